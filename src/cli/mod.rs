@@ -1,0 +1,63 @@
+//! The `elastica` command line. Each subcommand lives in its own file with its argument
+//! struct and a `run` function; this file only dispatches.
+//!
+//! Every flag can also come from a TOML file given as `--config FILE`: its keys are the long
+//! flag names (`lr = 1e-5`, `no_shuffle = true`, `betas = [0.9, 0.95]`). Flags typed on the
+//! command line override the file.
+
+mod config;
+mod eval_loss;
+mod generate;
+mod train;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "elastica",
+    version,
+    about = "Measure how strongly a language model resists alignment (arXiv 2406.06144)",
+    args_override_self = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Supervised fine-tuning (or from-scratch training) of a Llama-family model.
+    Train(train::TrainArgs),
+    /// Mean NLL of a model on a data file, as JSON.
+    EvalLoss(eval_loss::EvalLossArgs),
+    /// Generate responses from a model.
+    Generate(generate::GenerateArgs),
+}
+
+/// Entry point used by `main`: parses arguments (with `--config` merging), runs the command,
+/// prints errors with their cause chain and returns the process exit code.
+pub fn main() -> i32 {
+    let argv = match config::expand_config_args(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return 2;
+        }
+    };
+    let cli = Cli::parse_from(argv);
+    match run(cli.command) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+fn run(cmd: Command) -> anyhow::Result<()> {
+    match cmd {
+        Command::Train(a) => train::run(a),
+        Command::EvalLoss(a) => eval_loss::run(a),
+        Command::Generate(a) => generate::run(a),
+    }
+}

@@ -1,0 +1,16 @@
+//! elastica: measure how strongly a language model resists alignment
+//! (Ji et al., "Language Models Resist Alignment", arXiv 2406.06144).
+//!
+//! Data path (one direction): data -> tokenizer -> model -> train -> generate -> score
+//! -> experiments -> report. `theory` and `compress` sit beside the path.
+
+pub mod cli;
+pub mod compress;
+pub mod data;
+pub mod experiments;
+pub mod model;
+pub mod report;
+pub mod score;
+pub mod theory;
+pub mod train;
+pub mod util;

@@ -1,0 +1,23 @@
+//! Scorers: text in, score out, batched. Every scorer (the world's exact rules, HF
+//! classifiers, cost models, keyword matchers) sits behind [`Scorer`] so that experiments
+//! never care which one they use.
+
+use anyhow::Result;
+
+/// One generation to score: the prompt it answered and the model's response.
+#[derive(Debug, Clone)]
+pub struct Sample<'a> {
+    pub prompt: &'a str,
+    pub response: &'a str,
+}
+
+/// A batched scorer. Higher is "more aligned" or "more unsafe" depending on the scorer;
+/// [`Scorer::higher_is_aligned`] says which, so reports can phrase results correctly.
+pub trait Scorer: Send + Sync {
+    /// Registry name, e.g. `world-sentiment`.
+    fn name(&self) -> &str;
+    /// True when a larger score means the aligned (positive / safe) behaviour.
+    fn higher_is_aligned(&self) -> bool;
+    /// Score each sample; the output has the same length and order as the input.
+    fn score_batch(&self, samples: &[Sample<'_>]) -> Result<Vec<f64>>;
+}
