@@ -1,0 +1,491 @@
+//! Small-sample statistics for experiment reports: mean, sample standard deviation, the 95%
+//! confidence interval of a mean from the Student t distribution, the exact two-sided sign
+//! test, an ordinary least-squares line with the slope's standard error, and linear
+//! interpolation of the first crossing of a level.
+//!
+//! Experiments here run a handful of seeds, so the t quantile is computed exactly (by
+//! inverting the t CDF, written with the regularised incomplete beta function) rather than
+//! taken from the normal approximation, which is badly off for n < 30.
+//!
+//! Convention: a quantity that needs more data than it was given is `None` (serialised as
+//! JSON `null`), never NaN: the mean of nothing, the standard deviation of one value, the
+//! confidence interval of one value, the slope's standard error from two points.
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+/// Arithmetic mean; `None` for an empty slice.
+pub fn mean(xs: &[f64]) -> Option<f64> {
+    if xs.is_empty() {
+        return None;
+    }
+    Some(xs.iter().sum::<f64>() / xs.len() as f64)
+}
+
+/// Sample standard deviation (divisor n - 1); `None` when fewer than two values.
+pub fn sample_std(xs: &[f64]) -> Option<f64> {
+    if xs.len() < 2 {
+        return None;
+    }
+    let m = mean(xs)?;
+    let ss: f64 = xs.iter().map(|x| (x - m) * (x - m)).sum();
+    Some((ss / (xs.len() - 1) as f64).sqrt())
+}
+
+/// Mean of a sample with its spread and the half-width of its confidence interval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct MeanCi {
+    pub n: usize,
+    pub mean: f64,
+    /// Sample standard deviation; `None` when n = 1.
+    pub std: Option<f64>,
+    /// Half-width `t_{(1+level)/2, n-1} * std / sqrt(n)`; `None` when n = 1 (no interval
+    /// can be estimated from one value).
+    pub half_width: Option<f64>,
+    /// Confidence level of `half_width`, e.g. 0.95.
+    pub level: f64,
+}
+
+impl MeanCi {
+    /// Lower and upper ends of the interval, if there is one.
+    pub fn bounds(&self) -> Option<(f64, f64)> {
+        self.half_width.map(|h| (self.mean - h, self.mean + h))
+    }
+}
+
+/// Mean with a 95% Student-t confidence interval; `None` for an empty slice.
+pub fn mean_ci95(xs: &[f64]) -> Option<MeanCi> {
+    mean_ci(xs, 0.95)
+}
+
+/// Mean with a two-sided Student-t confidence interval at `level` (in (0, 1)).
+pub fn mean_ci(xs: &[f64], level: f64) -> Option<MeanCi> {
+    let m = mean(xs)?;
+    let n = xs.len();
+    let std = sample_std(xs);
+    let half_width = match std {
+        Some(s) if level > 0.0 && level < 1.0 => {
+            let t = student_t_quantile(0.5 + level / 2.0, (n - 1) as f64);
+            Some(t * s / (n as f64).sqrt())
+        }
+        _ => None,
+    };
+    Some(MeanCi {
+        n,
+        mean: m,
+        std,
+        half_width,
+        level,
+    })
+}
+
+/// Natural log of the gamma function (Lanczos, g = 7, 9 terms; relative error ~1e-15).
+pub fn ln_gamma(x: f64) -> f64 {
+    const G: f64 = 7.0;
+    const C: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        // Reflection: Gamma(x) Gamma(1 - x) = pi / sin(pi x).
+        let pi = std::f64::consts::PI;
+        return (pi / (pi * x).sin()).abs().ln() - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let mut a = C[0];
+    let t = x + G + 0.5;
+    for (i, c) in C.iter().enumerate().skip(1) {
+        a += c / (x + i as f64);
+    }
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + a.ln()
+}
+
+/// Regularised incomplete beta function I_x(a, b), by the continued fraction (modified
+/// Lentz), using the symmetry I_x(a,b) = 1 - I_{1-x}(b,a) where it converges faster.
+pub fn inc_beta(x: f64, a: f64, b: f64) -> f64 {
+    if x <= 0.0 {
+        return 0.0;
+    }
+    if x >= 1.0 {
+        return 1.0;
+    }
+    let ln_front = ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * (1.0 - x).ln();
+    if x < (a + 1.0) / (a + b + 2.0) {
+        ln_front.exp() * beta_cf(x, a, b) / a
+    } else {
+        1.0 - ln_front.exp() * beta_cf(1.0 - x, b, a) / b
+    }
+}
+
+fn beta_cf(x: f64, a: f64, b: f64) -> f64 {
+    const TINY: f64 = 1e-300;
+    let (qab, qap, qam) = (a + b, a + 1.0, a - 1.0);
+    let mut c = 1.0;
+    let mut d = 1.0 - qab * x / qap;
+    if d.abs() < TINY {
+        d = TINY;
+    }
+    d = 1.0 / d;
+    let mut h = d;
+    for m in 1..=10_000 {
+        let m = m as f64;
+        let m2 = 2.0 * m;
+        let aa = m * (b - m) * x / ((qam + m2) * (a + m2));
+        d = 1.0 + aa * d;
+        if d.abs() < TINY {
+            d = TINY;
+        }
+        c = 1.0 + aa / c;
+        if c.abs() < TINY {
+            c = TINY;
+        }
+        d = 1.0 / d;
+        h *= d * c;
+        let aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2));
+        d = 1.0 + aa * d;
+        if d.abs() < TINY {
+            d = TINY;
+        }
+        c = 1.0 + aa / c;
+        if c.abs() < TINY {
+            c = TINY;
+        }
+        d = 1.0 / d;
+        let del = d * c;
+        h *= del;
+        if (del - 1.0).abs() < 1e-16 {
+            break;
+        }
+    }
+    h
+}
+
+/// CDF of the Student t distribution with `df` degrees of freedom.
+pub fn student_t_cdf(t: f64, df: f64) -> f64 {
+    let tail = 0.5 * inc_beta(df / (df + t * t), df / 2.0, 0.5);
+    if t >= 0.0 {
+        1.0 - tail
+    } else {
+        tail
+    }
+}
+
+/// Quantile of the Student t distribution: the t with `P(T <= t) = p`. Closed forms for
+/// df = 1 and 2; otherwise the CDF is inverted by bisection to machine precision.
+/// Returns NaN when p is outside (0, 1) or df is not positive.
+pub fn student_t_quantile(p: f64, df: f64) -> f64 {
+    if !(p > 0.0 && p < 1.0) || !(df > 0.0) {
+        return f64::NAN;
+    }
+    if df == 1.0 {
+        return (std::f64::consts::PI * (p - 0.5)).tan();
+    }
+    if df == 2.0 {
+        let a = 4.0 * p * (1.0 - p);
+        return 2.0 * (p - 0.5) * (2.0 / a).sqrt();
+    }
+    if p < 0.5 {
+        return -student_t_quantile(1.0 - p, df);
+    }
+    let mut hi = 1.0;
+    while student_t_cdf(hi, df) < p && hi < 1e300 {
+        hi *= 2.0;
+    }
+    let mut lo = 0.0;
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if mid <= lo || mid >= hi {
+            break;
+        }
+        if student_t_cdf(mid, df) < p {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    0.5 * (lo + hi)
+}
+
+/// Outcome of an exact two-sided sign test.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SignTest {
+    pub positive: usize,
+    pub negative: usize,
+    /// Zero differences, dropped before testing (the usual convention).
+    pub ties: usize,
+    /// Two-sided p-value `min(1, 2 P(X <= min(pos, neg)))`, X ~ Binomial(pos + neg, 1/2);
+    /// 1.0 when every difference is a tie.
+    pub p_value: f64,
+}
+
+/// Exact two-sided sign test of the differences `diffs` against a median of zero.
+/// Non-finite differences are an error (they would silently count as neither sign).
+pub fn sign_test(diffs: &[f64]) -> Result<SignTest> {
+    let (mut positive, mut negative, mut ties) = (0usize, 0usize, 0usize);
+    for (i, d) in diffs.iter().enumerate() {
+        if !d.is_finite() {
+            bail!("sign test: difference #{i} is {d}; every difference must be a finite number");
+        }
+        if *d > 0.0 {
+            positive += 1;
+        } else if *d < 0.0 {
+            negative += 1;
+        } else {
+            ties += 1;
+        }
+    }
+    let n = positive + negative;
+    let m = positive.min(negative);
+    // Sum the binomial pmf in log space so large n does not underflow 0.5^n.
+    let ln2 = std::f64::consts::LN_2;
+    let mut ln_choose = 0.0; // ln C(n, 0)
+    let mut terms = Vec::with_capacity(m + 1);
+    for k in 0..=m {
+        if k > 0 {
+            ln_choose += ((n - k + 1) as f64).ln() - (k as f64).ln();
+        }
+        terms.push(ln_choose - n as f64 * ln2);
+    }
+    let top = terms.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let tail = top.exp() * terms.iter().map(|t| (t - top).exp()).sum::<f64>();
+    let p_value = if n == 0 { 1.0 } else { (2.0 * tail).min(1.0) };
+    Ok(SignTest {
+        positive,
+        negative,
+        ties,
+        p_value,
+    })
+}
+
+/// Least-squares line `y = intercept + slope * x`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct LinearFit {
+    pub n: usize,
+    pub slope: f64,
+    pub intercept: f64,
+    /// Standard error of the slope, `sqrt(SSR / (n - 2) / Sxx)`; `None` when n = 2.
+    pub slope_se: Option<f64>,
+    /// 95% confidence interval of the slope with the t quantile on n - 2 degrees of freedom;
+    /// `None` when n = 2.
+    pub slope_ci95: Option<(f64, f64)>,
+    /// Coefficient of determination (1 when the points are exactly on a line).
+    pub r2: f64,
+}
+
+/// Ordinary least-squares fit of `ys` on `xs`. Errors: different lengths, fewer than two
+/// points, non-finite values, or all `xs` equal (the slope is undefined).
+pub fn linear_fit(xs: &[f64], ys: &[f64]) -> Result<LinearFit> {
+    if xs.len() != ys.len() {
+        bail!(
+            "linear fit: {} x values but {} y values; they must pair up",
+            xs.len(),
+            ys.len()
+        );
+    }
+    let n = xs.len();
+    if n < 2 {
+        bail!("linear fit: needs at least 2 points, got {n}");
+    }
+    if let Some(i) = (0..n).find(|&i| !xs[i].is_finite() || !ys[i].is_finite()) {
+        bail!(
+            "linear fit: point #{i} is ({}, {}); all points must be finite",
+            xs[i],
+            ys[i]
+        );
+    }
+    let mx = xs.iter().sum::<f64>() / n as f64;
+    let my = ys.iter().sum::<f64>() / n as f64;
+    let sxx: f64 = xs.iter().map(|x| (x - mx) * (x - mx)).sum();
+    let sxy: f64 = xs.iter().zip(ys).map(|(x, y)| (x - mx) * (y - my)).sum();
+    let syy: f64 = ys.iter().map(|y| (y - my) * (y - my)).sum();
+    if sxx <= 0.0 {
+        bail!("linear fit: all x values are equal ({mx}), so the slope is undefined");
+    }
+    let slope = sxy / sxx;
+    let intercept = my - slope * mx;
+    let ssr: f64 = xs
+        .iter()
+        .zip(ys)
+        .map(|(x, y)| {
+            let r = y - intercept - slope * x;
+            r * r
+        })
+        .sum();
+    let r2 = if syy > 0.0 { 1.0 - ssr / syy } else { 1.0 };
+    let (slope_se, slope_ci95) = if n > 2 {
+        let se = (ssr / (n - 2) as f64 / sxx).sqrt();
+        let t = student_t_quantile(0.975, (n - 2) as f64);
+        (Some(se), Some((slope - t * se, slope + t * se)))
+    } else {
+        (None, None)
+    };
+    Ok(LinearFit {
+        n,
+        slope,
+        intercept,
+        slope_se,
+        slope_ci95,
+        r2,
+    })
+}
+
+/// The x at which the piecewise-linear curve through `(xs[i], ys[i])` first reaches `level`
+/// (touching counts), scanning in the given order; `None` if it never does, if the
+/// lengths differ, or if the curve is empty. Segments with a non-finite end are skipped.
+pub fn first_crossing(xs: &[f64], ys: &[f64], level: f64) -> Option<f64> {
+    if xs.len() != ys.len() || xs.is_empty() {
+        return None;
+    }
+    if ys[0] == level && xs[0].is_finite() {
+        return Some(xs[0]);
+    }
+    for i in 1..xs.len() {
+        let (x0, y0, x1, y1) = (xs[i - 1], ys[i - 1], xs[i], ys[i]);
+        if ![x0, y0, x1, y1].iter().all(|v| v.is_finite()) {
+            continue;
+        }
+        let (a, b) = (y0 - level, y1 - level);
+        if b == 0.0 {
+            return Some(x1);
+        }
+        if a * b < 0.0 {
+            return Some(x0 + (x1 - x0) * a / (a - b));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: f64, b: f64, tol: f64) -> bool {
+        (a - b).abs() <= tol * (1.0 + b.abs())
+    }
+
+    #[test]
+    fn mean_and_std_by_hand() {
+        assert_eq!(mean(&[]), None);
+        assert_eq!(mean(&[1.0, 2.0, 6.0]), Some(3.0));
+        assert_eq!(sample_std(&[4.0]), None);
+        // Deviations -2, -1, 3 -> SS = 14, /2 = 7.
+        assert!(close(
+            sample_std(&[1.0, 2.0, 6.0]).unwrap(),
+            7f64.sqrt(),
+            1e-15
+        ));
+    }
+
+    #[test]
+    fn t_quantiles_match_tables() {
+        // Standard two-sided 95% critical values.
+        for (df, want) in [
+            (1.0, 12.706_204_736_174_7),
+            (2.0, 4.302_652_729_749_464),
+            (3.0, 3.182_446_305_283_709_6),
+            (4.0, 2.776_445_105_197_794_4),
+            (9.0, 2.262_157_162_798_205_5),
+            (30.0, 2.042_272_456_301_238),
+            (1000.0, 1.962_339_080_826_408_5),
+        ] {
+            let got = student_t_quantile(0.975, df);
+            assert!(close(got, want, 1e-10), "df {df}: {got} vs {want}");
+            assert!(close(student_t_quantile(0.025, df), -want, 1e-10));
+        }
+        assert!(close(
+            student_t_quantile(0.995, 5.0),
+            4.032_142_983_555_228,
+            1e-10
+        ));
+        assert!(student_t_quantile(0.5, 7.0).abs() < 1e-12);
+        assert!(student_t_quantile(1.0, 3.0).is_nan());
+        assert!(student_t_quantile(0.9, 0.0).is_nan());
+    }
+
+    #[test]
+    fn mean_ci_by_hand() {
+        // 1..5: mean 3, std sqrt(2.5), se sqrt(0.5), t(0.975, 4) = 2.776445105.
+        let ci = mean_ci95(&[1.0, 2.0, 3.0, 4.0, 5.0]).unwrap();
+        assert_eq!(ci.mean, 3.0);
+        assert!(close(
+            ci.half_width.unwrap(),
+            2.776_445_105_197_794_4 * 0.5f64.sqrt(),
+            1e-10
+        ));
+        let one = mean_ci95(&[0.7]).unwrap();
+        assert_eq!(
+            (one.n, one.mean, one.std, one.half_width),
+            (1, 0.7, None, None)
+        );
+        assert!(one.bounds().is_none());
+        assert!(mean_ci95(&[]).is_none());
+    }
+
+    #[test]
+    fn sign_test_exact_by_hand() {
+        // 8 positive, 2 negative, 1 tie: 2 * (C(10,0)+C(10,1)+C(10,2)) / 2^10 = 112/1024.
+        let mut d = vec![1.0; 8];
+        d.extend([-0.5, -2.0, 0.0]);
+        let s = sign_test(&d).unwrap();
+        assert_eq!((s.positive, s.negative, s.ties), (8, 2, 1));
+        assert!(close(s.p_value, 112.0 / 1024.0, 1e-13));
+        // 27 of 27 (the paper's resistance count): 2 / 2^27.
+        let s = sign_test(&[0.1; 27]).unwrap();
+        assert!(close(s.p_value, 2.0 / 2f64.powi(27), 1e-12));
+        assert_eq!(sign_test(&[1.0, -1.0, 2.0, -2.0]).unwrap().p_value, 1.0);
+        assert_eq!(sign_test(&[0.0, 0.0]).unwrap().p_value, 1.0);
+        // Large n must not underflow.
+        let p = sign_test(&vec![1.0; 3000]).unwrap().p_value;
+        assert!(p.is_finite() && p >= 0.0);
+        assert!(sign_test(&[1.0, f64::NAN]).is_err());
+    }
+
+    #[test]
+    fn linear_fit_by_hand() {
+        // x̄ = 2.5, ȳ = 4.75, Sxx = 5, Sxy = 9.5 -> slope 1.9, intercept 0;
+        // residuals 0.1, 0.2, -0.7, 0.4 -> SSR 0.7, se = sqrt(0.35 / 5).
+        let f = linear_fit(&[1.0, 2.0, 3.0, 4.0], &[2.0, 4.0, 5.0, 8.0]).unwrap();
+        assert!(close(f.slope, 1.9, 1e-14));
+        assert!(f.intercept.abs() < 1e-12);
+        let se = 0.07f64.sqrt();
+        assert!(close(f.slope_se.unwrap(), se, 1e-12));
+        let (lo, hi) = f.slope_ci95.unwrap();
+        assert!(close(hi - 1.9, 4.302_652_729_749_464 * se, 1e-9));
+        assert!(close(1.9 - lo, 4.302_652_729_749_464 * se, 1e-9));
+        assert!(close(f.r2, 1.0 - 0.7 / 18.75, 1e-12));
+        let two = linear_fit(&[0.0, 1.0], &[1.0, 3.0]).unwrap();
+        assert_eq!((two.slope, two.slope_se), (2.0, None));
+        assert!(linear_fit(&[1.0], &[1.0]).is_err());
+        assert!(linear_fit(&[1.0, 1.0], &[1.0, 2.0]).is_err());
+        assert!(linear_fit(&[1.0, 2.0], &[1.0]).is_err());
+        assert!(linear_fit(&[1.0, f64::INFINITY], &[1.0, 2.0]).is_err());
+    }
+
+    #[test]
+    fn first_crossing_interpolates() {
+        let xs = [0.0, 100.0, 200.0, 500.0];
+        let ys = [0.9, 0.7, 0.4, 0.2];
+        // Between (100, 0.7) and (200, 0.4): 0.5 is 2/3 of the way.
+        assert!(close(
+            first_crossing(&xs, &ys, 0.5).unwrap(),
+            100.0 + 200.0 / 3.0,
+            1e-12
+        ));
+        assert_eq!(first_crossing(&xs, &ys, 0.9), Some(0.0));
+        assert_eq!(first_crossing(&xs, &ys, 0.4), Some(200.0));
+        assert_eq!(first_crossing(&xs, &ys, 0.1), None);
+        // Rising crossings count too, and only the first one is reported.
+        assert_eq!(
+            first_crossing(&[0.0, 1.0, 2.0], &[0.0, 2.0, 0.0], 1.0),
+            Some(0.5)
+        );
+        assert_eq!(first_crossing(&[0.0], &[1.0, 2.0], 1.5), None);
+    }
+}

@@ -1,0 +1,244 @@
+//! Result tables and number formatting. A [`Table`] is plain strings (headers and rows) and
+//! renders to Markdown (for `report.md` and the terminal), CSV (RFC 4180 quoting) and a LaTeX
+//! `tabular` (special characters escaped), so one table feeds every output.
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+/// A rectangular table of already-formatted cells.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Table {
+    pub headers: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new<S: Into<String>>(headers: impl IntoIterator<Item = S>) -> Self {
+        Table {
+            headers: headers.into_iter().map(Into::into).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Append a row; it must have one cell per header.
+    pub fn push_row<S: Into<String>>(&mut self, row: impl IntoIterator<Item = S>) -> Result<()> {
+        let row: Vec<String> = row.into_iter().map(Into::into).collect();
+        if row.len() != self.headers.len() {
+            bail!(
+                "table row {} has {} cells but the table has {} columns ({})",
+                self.rows.len() + 1,
+                row.len(),
+                self.headers.len(),
+                self.headers.join(", ")
+            );
+        }
+        self.rows.push(row);
+        Ok(())
+    }
+
+    /// GitHub-flavoured Markdown; `|` inside a cell is escaped and newlines become spaces.
+    pub fn to_markdown(&self) -> String {
+        let cell = |s: &str| s.replace('|', "\\|").replace(['\r', '\n'], " ");
+        let line = |cells: &[String]| {
+            let parts: Vec<String> = cells.iter().map(|c| cell(c)).collect();
+            format!("| {} |\n", parts.join(" | "))
+        };
+        let mut out = line(&self.headers);
+        out.push('|');
+        for _ in &self.headers {
+            out.push_str("---|");
+        }
+        out.push('\n');
+        for r in &self.rows {
+            out.push_str(&line(r));
+        }
+        out
+    }
+
+    /// CSV with RFC 4180 quoting: a field containing a comma, a double quote, CR or LF is
+    /// enclosed in double quotes with inner quotes doubled. Records end with `\n` (not the
+    /// RFC's CRLF), which every CSV reader accepts and keeps diffs clean.
+    pub fn to_csv(&self) -> String {
+        let mut out = csv_record(&self.headers);
+        for r in &self.rows {
+            out.push_str(&csv_record(r));
+        }
+        out
+    }
+
+    /// A LaTeX `tabular` (booktabs rules): first column left-aligned, the others
+    /// right-aligned. Cells are escaped with [`latex_escape`].
+    pub fn to_latex(&self) -> String {
+        let ncol = self.headers.len();
+        let spec: String = (0..ncol).map(|i| if i == 0 { 'l' } else { 'r' }).collect();
+        let line = |cells: &[String]| {
+            let parts: Vec<String> = cells.iter().map(|c| latex_escape(c)).collect();
+            format!("{} \\\\\n", parts.join(" & "))
+        };
+        let mut out = format!("\\begin{{tabular}}{{{spec}}}\n\\toprule\n");
+        out.push_str(&line(&self.headers));
+        out.push_str("\\midrule\n");
+        for r in &self.rows {
+            out.push_str(&line(r));
+        }
+        out.push_str("\\bottomrule\n\\end{tabular}\n");
+        out
+    }
+}
+
+fn csv_record(cells: &[String]) -> String {
+    let fields: Vec<String> = cells.iter().map(|c| csv_field(c)).collect();
+    format!("{}\n", fields.join(","))
+}
+
+/// One CSV field with RFC 4180 quoting.
+pub fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\r', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Escape text for LaTeX: `\ & % $ # _ { } ~ ^` and the `±` that [`fmt_ci`] produces.
+pub fn latex_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 8);
+    for ch in s.chars() {
+        match ch {
+            '\\' => out.push_str("\\textbackslash{}"),
+            '&' | '%' | '$' | '#' | '_' | '{' | '}' => {
+                out.push('\\');
+                out.push(ch);
+            }
+            '~' => out.push_str("\\textasciitilde{}"),
+            '^' => out.push_str("\\textasciicircum{}"),
+            '±' => out.push_str("$\\pm$"),
+            _ => out.push(ch),
+        }
+    }
+    out
+}
+
+/// `x` with `sig` significant digits, in plain notation for moderate magnitudes and in
+/// scientific notation below 1e-3 or from 1e6 on. Non-finite values print as `nan`/`inf`.
+pub fn fmt_sig(x: f64, sig: usize) -> String {
+    let sig = sig.max(1);
+    if !x.is_finite() {
+        return format!("{x}").to_lowercase();
+    }
+    if x == 0.0 {
+        return "0".to_string();
+    }
+    let mag = x.abs().log10().floor() as i32;
+    if !(-3..6).contains(&mag) {
+        return format!("{:.*e}", sig - 1, x);
+    }
+    let decimals = (sig as i32 - 1 - mag).max(0) as usize;
+    format!("{:.*}", decimals, x)
+}
+
+/// `mean ± half` with the half-width rounded to two significant digits and the mean to the
+/// same decimal place, e.g. `fmt_ci(0.51234, Some(0.0341))` = `"0.512 ± 0.034"`. Without an
+/// interval (one sample) the mean alone is printed with four significant digits.
+pub fn fmt_ci(mean: f64, half: Option<f64>) -> String {
+    let Some(h) = half.filter(|h| h.is_finite() && *h > 0.0) else {
+        return fmt_sig(mean, 4);
+    };
+    if !mean.is_finite() {
+        return format!("{} ± {}", fmt_sig(mean, 4), fmt_sig(h, 2));
+    }
+    let hmag = h.log10().floor() as i32;
+    let decimals = 1 - hmag; // two significant digits in the half-width
+    let mmag = if mean == 0.0 {
+        hmag
+    } else {
+        mean.abs().log10().floor() as i32
+    };
+    if decimals > 6 || mmag >= 6 {
+        return format!("{:.3e} ± {:.1e}", mean, h);
+    }
+    let d = decimals.max(0) as usize;
+    format!("{:.*} ± {:.*}", d, mean, d, h)
+}
+
+/// A p-value for a table: three significant digits, or `< 1e-6` below that.
+pub fn fmt_p(p: f64) -> String {
+    if p < 1e-6 {
+        "< 1e-6".to_string()
+    } else {
+        fmt_sig(p, 3)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Table {
+        let mut t = Table::new(["k", "ratio", "note"]);
+        t.push_row(["10", "9.8 ± 0.4", "a, \"quoted\" | piped"])
+            .unwrap();
+        t.push_row(["100", "101", "x_1 & 50% #2"]).unwrap();
+        t
+    }
+
+    #[test]
+    fn markdown_renders_and_escapes_pipes() {
+        let md = sample().to_markdown();
+        let lines: Vec<&str> = md.lines().collect();
+        assert_eq!(lines[0], "| k | ratio | note |");
+        assert_eq!(lines[1], "|---|---|---|");
+        assert_eq!(lines[2], "| 10 | 9.8 ± 0.4 | a, \"quoted\" \\| piped |");
+        assert_eq!(lines.len(), 4);
+    }
+
+    #[test]
+    fn csv_quotes_per_rfc4180() {
+        let csv = sample().to_csv();
+        assert_eq!(
+            csv,
+            "k,ratio,note\n10,9.8 ± 0.4,\"a, \"\"quoted\"\" | piped\"\n100,101,x_1 & 50% #2\n"
+        );
+        assert_eq!(csv_field("two\nlines"), "\"two\nlines\"");
+        assert_eq!(csv_field("plain"), "plain");
+    }
+
+    #[test]
+    fn latex_escapes_specials() {
+        let tex = sample().to_latex();
+        assert!(tex.starts_with("\\begin{tabular}{lrr}\n\\toprule\nk & ratio & note \\\\\n"));
+        assert!(tex.contains("9.8 $\\pm$ 0.4"));
+        assert!(tex.contains("x\\_1 \\& 50\\% \\#2"));
+        assert!(tex.trim_end().ends_with("\\end{tabular}"));
+        assert_eq!(
+            latex_escape("a\\b~c^d{e}$"),
+            "a\\textbackslash{}b\\textasciitilde{}c\\textasciicircum{}d\\{e\\}\\$"
+        );
+    }
+
+    #[test]
+    fn wrong_row_width_is_an_error_naming_the_columns() {
+        let mut t = Table::new(["a", "b"]);
+        let e = t.push_row(["1"]).unwrap_err().to_string();
+        assert!(
+            e.contains("1 cells") && e.contains("2 columns") && e.contains("a, b"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn number_formatting() {
+        assert_eq!(fmt_ci(0.51234, Some(0.0341)), "0.512 ± 0.034");
+        assert_eq!(fmt_ci(1234.4, Some(56.0)), "1234 ± 56");
+        assert_eq!(fmt_ci(9.81, Some(0.4)), "9.81 ± 0.40");
+        assert_eq!(fmt_ci(0.7, None), "0.7000");
+        assert_eq!(fmt_ci(2.5e-9, Some(1e-10)), "2.500e-9 ± 1.0e-10");
+        assert_eq!(fmt_sig(0.0012345, 3), "0.00123");
+        assert_eq!(fmt_sig(123456.0, 3), "123456");
+        assert_eq!(fmt_sig(1.5e7, 2), "1.5e7");
+        assert_eq!(fmt_sig(0.0, 3), "0");
+        assert_eq!(fmt_sig(f64::NAN, 3), "nan");
+        assert_eq!(fmt_p(0.109375), "0.109");
+        assert_eq!(fmt_p(1e-9), "< 1e-6");
+    }
+}
