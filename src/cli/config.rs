@@ -31,7 +31,8 @@ pub fn expand_config_args(argv: Vec<OsString>) -> Result<Vec<OsString>> {
     let path = std::path::PathBuf::from(path);
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
-    let flags = toml_to_flags(&text).with_context(|| format!("in config file {}", path.display()))?;
+    let flags =
+        toml_to_flags(&text).with_context(|| format!("in config file {}", path.display()))?;
     // Subcommand is argv[1]; file flags go right after it, the user's flags after those.
     let mut out: Vec<OsString> = Vec::with_capacity(argv.len() + flags.len());
     let insert_at = 2.min(argv.len());
@@ -89,8 +90,9 @@ mod tests {
 
     #[test]
     fn toml_keys_become_flags() {
-        let f = toml_to_flags("lr = 0.001\nno_shuffle = true\nbetas = [0.9, 0.95]\nmodel = \"m\"\n")
-            .unwrap();
+        let f =
+            toml_to_flags("lr = 0.001\nno_shuffle = true\nbetas = [0.9, 0.95]\nmodel = \"m\"\n")
+                .unwrap();
         let s = f.join(" ");
         assert!(s.contains("--lr 0.001"), "{s}");
         assert!(s.contains("--no-shuffle"), "{s}");
@@ -103,12 +105,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");
         std::fs::write(&p, "lr = 0.5\n").unwrap();
-        let argv: Vec<OsString> = ["elastica", "train", "--config", p.to_str().unwrap(), "--lr", "0.1"]
-            .iter()
-            .map(OsString::from)
-            .collect();
+        let argv: Vec<OsString> = [
+            "elastica",
+            "train",
+            "--config",
+            p.to_str().unwrap(),
+            "--lr",
+            "0.1",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
         let out = expand_config_args(argv).unwrap();
-        let out: Vec<String> = out.iter().map(|s| s.to_string_lossy().into_owned()).collect();
+        let out: Vec<String> = out
+            .iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect();
         assert_eq!(out, vec!["elastica", "train", "--lr", "0.5", "--lr", "0.1"]);
     }
 

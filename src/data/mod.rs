@@ -1,4 +1,8 @@
 //! Data: SFT records and their JSONL files, prompt templates, loaders for the published
 //! data-set schemas, and the synthetic world.
 
+pub mod files;
+pub mod hf_cache;
 pub mod records;
+pub mod rows;
+pub mod schemas;

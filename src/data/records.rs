@@ -35,11 +35,14 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Record>> {
         .with_context(|| format!("cannot open data file {}", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
-        let line = line.with_context(|| format!("{}: line {}: cannot read", path.display(), i + 1))?;
+        let line =
+            line.with_context(|| format!("{}: line {}: cannot read", path.display(), i + 1))?;
         if line.trim().is_empty() {
             continue;
         }
-        out.push(parse_record(&line).with_context(|| format!("{}: line {}", path.display(), i + 1))?);
+        out.push(
+            parse_record(&line).with_context(|| format!("{}: line {}", path.display(), i + 1))?,
+        );
     }
     if out.is_empty() {
         bail!("data file {} holds no records", path.display());
@@ -50,8 +53,17 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Record>> {
 /// Parse one JSONL line into a [`Record`].
 pub fn parse_record(line: &str) -> Result<Record> {
     let v: serde_json::Value = serde_json::from_str(line).context("not valid JSON")?;
+    record_from_json(&v)
+}
+
+/// A [`Record`] from a parsed JSON value: an object with string fields `prompt`+`response`
+/// or `text`.
+pub fn record_from_json(v: &serde_json::Value) -> Result<Record> {
     let Some(obj) = v.as_object() else {
-        bail!("expected a JSON object with \"prompt\" and \"response\" (or \"text\"), found {}", kind(&v));
+        bail!(
+            "expected a JSON object with \"prompt\" and \"response\" (or \"text\"), found {}",
+            kind(v)
+        );
     };
     let field = |k: &str| -> Result<Option<String>> {
         match obj.get(k) {
@@ -106,7 +118,10 @@ mod tests {
 
         std::fs::write(&p, "{\"prompt\":\"a\",\"response\":\"b\"}\n[1,2]\n").unwrap();
         let e = format!("{:#}", read_jsonl(&p).unwrap_err());
-        assert!(e.contains("line 2") && e.contains("d.jsonl") && e.contains("an array"), "{e}");
+        assert!(
+            e.contains("line 2") && e.contains("d.jsonl") && e.contains("an array"),
+            "{e}"
+        );
 
         std::fs::write(&p, "{\"prompt\":\"a\"}\n").unwrap();
         let e = format!("{:#}", read_jsonl(&p).unwrap_err());

@@ -30,8 +30,12 @@ where
             .with_context(|| format!("while writing {}", path.display()))?;
     }
     tmp.as_file().sync_all().ok();
-    tmp.persist(path)
-        .with_context(|| format!("cannot move the finished file into place at {}", path.display()))?;
+    tmp.persist(path).with_context(|| {
+        format!(
+            "cannot move the finished file into place at {}",
+            path.display()
+        )
+    })?;
     Ok(())
 }
 

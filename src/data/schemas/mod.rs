@@ -1,0 +1,527 @@
+//! Loaders for the published data-set schemas, behind one registry and one spec.
+//!
+//! A [`DataSpec`] (embedded in experiment configs as a TOML table) names the files, the
+//! schema, which labelled half to keep (`select`), and how many rows; [`load`] resolves it
+//! into SFT [`Record`]s. Each schema lives in its own file and says how one row becomes a
+//! labelled record:
+//! - `imdb`: IMDb reviews (`text`, `label`; 1 = positive), split into an opening and the rest;
+//! - `beavertails`: BeaverTails QA pairs (`prompt`, `response`, `category`, `is_safe`);
+//! - `alpaca`: Alpaca instructions (`instruction`, `input`, `output`);
+//! - `jsonl`: elastica's own `{"prompt", "response"}` / `{"text"}` records;
+//! - `world`: the synthetic world's data, provided by `crate::data::world`.
+//!
+//! Rows are kept in file order (files sorted by path), filtered by `select`, optionally
+//! shuffled with `shuffle_seed`, then `offset` rows are dropped and `limit` kept. A malformed
+//! row stops the load with its file and row number, unless `skip_bad_rows = true`, in which
+//! case it is skipped and counted in [`Dataset::skipped_bad`].
+//!
+//! ```toml
+//! [positive]
+//! path = "stanfordnlp/imdb"   # a file, a directory of shards, or a hub data set id
+//! files = "train"             # a split name or a glob (optional)
+//! schema = "imdb"
+//! select = "positive"
+//! limit = 1000
+//! shuffle_seed = 42
+//! ```
+
+pub mod alpaca;
+pub mod beavertails;
+pub mod imdb;
+pub mod jsonl;
+
+use crate::data::records::Record;
+use crate::data::rows::{self, json_kind, Object};
+use anyhow::{anyhow, bail, Result};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+
+/// The schema name served by the synthetic world (`crate::data::world`).
+pub const WORLD_SCHEMA: &str = "world";
+
+/// Words of a review used as its prompt when a schema splits texts (IMDb). Eight words give
+/// the model a clear topic and tone to continue while leaving the rest of the review as the
+/// response; `prompt_words` changes it.
+pub const DEFAULT_PROMPT_WORDS: usize = 8;
+
+/// Which data to load, as written in a config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSpec {
+    /// A file, a directory of shards, or a hub data set id in the offline cache.
+    pub path: String,
+    /// A registry name: `imdb`, `beavertails`, `alpaca`, `jsonl`, or `world`.
+    pub schema: String,
+    /// Inside a directory: a split name (`train`) or a glob (`*30k*train*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<String>,
+    /// Which labelled half to keep.
+    #[serde(default)]
+    pub select: Select,
+    /// Keep at most this many records (after `select`, shuffling and `offset`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// Drop this many records first, e.g. to take evaluation prompts that training never saw.
+    #[serde(default)]
+    pub offset: usize,
+    /// Shuffle the selected rows with this seed before `offset`/`limit`; unset keeps file order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shuffle_seed: Option<u64>,
+    /// Skip and count malformed rows instead of stopping at the first.
+    #[serde(default)]
+    pub skip_bad_rows: bool,
+    /// Words in a prompt when a schema splits texts into prompt and response (IMDb).
+    #[serde(default = "default_prompt_words")]
+    pub prompt_words: usize,
+}
+
+fn default_prompt_words() -> usize {
+    DEFAULT_PROMPT_WORDS
+}
+
+impl DataSpec {
+    /// A spec with every optional key at its default.
+    pub fn new(path: impl Into<String>, schema: impl Into<String>) -> Self {
+        DataSpec {
+            path: path.into(),
+            schema: schema.into(),
+            files: None,
+            select: Select::All,
+            limit: None,
+            offset: 0,
+            shuffle_seed: None,
+            skip_bad_rows: false,
+            prompt_words: DEFAULT_PROMPT_WORDS,
+        }
+    }
+}
+
+/// The labelled half of a data set to keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Select {
+    #[default]
+    All,
+    Positive,
+    Negative,
+    Safe,
+    Unsafe,
+}
+
+impl Select {
+    fn accepts(self, class: Class) -> bool {
+        match self {
+            Select::All => true,
+            Select::Positive => class == Class::Positive,
+            Select::Negative => class == Class::Negative,
+            Select::Safe => class == Class::Safe,
+            Select::Unsafe => class == Class::Unsafe,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Select::All => "all",
+            Select::Positive => "positive",
+            Select::Negative => "negative",
+            Select::Safe => "safe",
+            Select::Unsafe => "unsafe",
+        }
+    }
+}
+
+/// The label a schema gives a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    Positive,
+    Negative,
+    Safe,
+    Unsafe,
+    /// Rows without a label (Alpaca, generic JSONL, IMDb's `unsupervised` split).
+    Unlabeled,
+}
+
+/// Per-load settings a schema may use when turning a row into a record.
+#[derive(Debug, Clone)]
+pub struct RowOptions {
+    pub prompt_words: usize,
+}
+
+/// One row's outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Parsed {
+    Row(Record, Class),
+    /// A well-formed row that yields no record (an IMDb review too short to split).
+    TooShort,
+}
+
+/// A registered schema: its name, the selections it supports, and its row parser.
+pub struct Schema {
+    pub name: &'static str,
+    /// One line for listings and error messages.
+    pub about: &'static str,
+    /// Selections other than `all` this schema's labels support.
+    pub selects: &'static [Select],
+    pub parse: fn(&Object, &RowOptions) -> Result<Parsed>,
+}
+
+/// Every file-backed schema, in the order listings show them.
+pub const SCHEMAS: &[Schema] = &[
+    imdb::SCHEMA,
+    beavertails::SCHEMA,
+    alpaca::SCHEMA,
+    jsonl::SCHEMA,
+];
+
+/// All valid schema names, including `world`.
+pub fn schema_names() -> Vec<&'static str> {
+    SCHEMAS
+        .iter()
+        .map(|s| s.name)
+        .chain([WORLD_SCHEMA])
+        .collect()
+}
+
+/// Look a file-backed schema up by name; unknown names get an error listing the valid ones.
+pub fn schema(name: &str) -> Result<&'static Schema> {
+    if let Some(s) = SCHEMAS.iter().find(|s| s.name == name) {
+        return Ok(s);
+    }
+    if name == WORLD_SCHEMA {
+        bail!(
+            "schema \"world\" is the synthetic world's data; it is produced by the world \
+             generator (crate::data::world), not read from files"
+        );
+    }
+    bail!(
+        "unknown data schema \"{name}\"; valid schemas: {}",
+        schema_names().join(", ")
+    )
+}
+
+/// Records loaded from a [`DataSpec`], with what was skipped and why.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub records: Vec<Record>,
+    /// The files read, in order.
+    pub files: Vec<PathBuf>,
+    /// Rows seen in those files (before any filtering).
+    pub rows_read: usize,
+    /// Malformed rows skipped under `skip_bad_rows = true`.
+    pub skipped_bad: usize,
+    /// The first few skipped rows, as "file: line N: reason".
+    pub bad_examples: Vec<String>,
+    /// Well-formed rows that gave no record (reviews shorter than `prompt_words` + 1 words).
+    pub skipped_short: usize,
+}
+
+/// How many skipped rows [`Dataset::bad_examples`] keeps.
+const BAD_EXAMPLES: usize = 5;
+
+impl Dataset {
+    /// The records' prompts (generation prompts for evaluation). Plain-text records have no
+    /// prompt and are an error.
+    pub fn prompts(&self) -> Result<Vec<String>> {
+        self.records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| match r {
+                Record::Pair { prompt, .. } => Ok(prompt.clone()),
+                Record::Text { .. } => Err(anyhow!(
+                    "record {} is a plain {{\"text\"}} record with no prompt; evaluation \
+                     prompts need {{\"prompt\", \"response\"}} records",
+                    i + 1
+                )),
+            })
+            .collect()
+    }
+
+    /// One line for logs and reports: counts of kept and skipped rows.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "{} records from {} rows in {} file(s)",
+            self.records.len(),
+            self.rows_read,
+            self.files.len()
+        );
+        if self.skipped_bad > 0 {
+            s += &format!("; skipped {} malformed rows", self.skipped_bad);
+            if let Some(first) = self.bad_examples.first() {
+                s += &format!(" (first: {first})");
+            }
+        }
+        if self.skipped_short > 0 {
+            s += &format!("; {} rows too short to split", self.skipped_short);
+        }
+        s
+    }
+}
+
+/// Resolve a spec into records. See the module doc for the order of operations.
+pub fn load(spec: &DataSpec) -> Result<Dataset> {
+    let files = crate::data::files::resolve(&spec.path, spec.files.as_deref())?;
+    load_files(spec, files)
+}
+
+/// [`load`] on files already resolved (the hub-cache lookup done by the caller).
+pub fn load_files(spec: &DataSpec, files: Vec<PathBuf>) -> Result<Dataset> {
+    let schema = schema(&spec.schema)?;
+    if spec.select != Select::All && !schema.selects.contains(&spec.select) {
+        let valid: Vec<&str> = [Select::All]
+            .iter()
+            .chain(schema.selects)
+            .map(|s| s.name())
+            .collect();
+        bail!(
+            "schema \"{}\" has no \"{}\" rows; valid `select` values for it: {}",
+            schema.name,
+            spec.select.name(),
+            valid.join(", ")
+        );
+    }
+    if spec.prompt_words == 0 {
+        bail!("prompt_words must be at least 1");
+    }
+    if spec.limit == Some(0) {
+        bail!("limit = 0 selects nothing; remove `limit` to keep every row");
+    }
+    let opts = RowOptions {
+        prompt_words: spec.prompt_words,
+    };
+    // Without shuffling, reading can stop as soon as offset + limit records are in hand.
+    let enough = match (spec.shuffle_seed, spec.limit) {
+        (None, Some(l)) => Some(spec.offset.saturating_add(l)),
+        _ => None,
+    };
+
+    let mut ds = Dataset {
+        records: Vec::new(),
+        files: files.clone(),
+        rows_read: 0,
+        skipped_bad: 0,
+        bad_examples: Vec::new(),
+        skipped_short: 0,
+    };
+    'files: for file in &files {
+        let mut stop = false;
+        rows::for_each_row(file, &mut |loc, row| {
+            ds.rows_read += 1;
+            match row.and_then(|obj| (schema.parse)(&obj, &opts)) {
+                Ok(Parsed::Row(record, class)) => {
+                    if spec.select.accepts(class) {
+                        ds.records.push(record);
+                    }
+                }
+                Ok(Parsed::TooShort) => ds.skipped_short += 1,
+                Err(e) if spec.skip_bad_rows => {
+                    ds.skipped_bad += 1;
+                    if ds.bad_examples.len() < BAD_EXAMPLES {
+                        ds.bad_examples
+                            .push(format!("{}: {loc}: {e:#}", file.display()));
+                    }
+                }
+                Err(e) => bail!(
+                    "{}: {loc}: {e:#} (schema \"{}\"); fix the row, or set skip_bad_rows = \
+                     true to skip and count malformed rows",
+                    file.display(),
+                    schema.name
+                ),
+            }
+            stop = enough.is_some_and(|n| ds.records.len() >= n);
+            Ok(if stop {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            })
+        })?;
+        if stop {
+            break 'files;
+        }
+    }
+
+    let selected = ds.records.len();
+    if let Some(seed) = spec.shuffle_seed {
+        ds.records
+            .shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+    }
+    let want = spec.offset.saturating_add(spec.limit.unwrap_or(0));
+    if selected == 0 || selected < want || selected <= spec.offset {
+        let asked = match spec.limit {
+            Some(l) => format!("offset {} + limit {l} = {want}", spec.offset),
+            None => format!("more than offset {}", spec.offset),
+        };
+        bail!(
+            "{} selects too few records: {selected} match select = \"{}\" but the spec asks for \
+             {asked}; {}",
+            spec.path,
+            spec.select.name(),
+            ds.summary()
+        );
+    }
+    ds.records.drain(..spec.offset);
+    if let Some(l) = spec.limit {
+        ds.records.truncate(l);
+    }
+    Ok(ds)
+}
+
+// Field accessors shared by the schema files; errors name the field and what was found.
+
+fn field<'a>(obj: &'a Object, key: &str) -> Result<&'a Value> {
+    match obj.get(key) {
+        None => bail!("field \"{key}\" is missing"),
+        Some(Value::Null) => bail!("field \"{key}\" is null"),
+        Some(v) => Ok(v),
+    }
+}
+
+pub(crate) fn str_field<'a>(obj: &'a Object, key: &str) -> Result<&'a str> {
+    match field(obj, key)? {
+        Value::String(s) => Ok(s),
+        other => bail!(
+            "field \"{key}\" must be a string, found {}",
+            describe(other)
+        ),
+    }
+}
+
+pub(crate) fn bool_field(obj: &Object, key: &str) -> Result<bool> {
+    match field(obj, key)? {
+        Value::Bool(b) => Ok(*b),
+        other => bail!(
+            "field \"{key}\" must be a boolean, found {}",
+            describe(other)
+        ),
+    }
+}
+
+pub(crate) fn int_field(obj: &Object, key: &str) -> Result<i64> {
+    match field(obj, key)? {
+        Value::Number(n) if n.is_i64() => Ok(n.as_i64().unwrap_or_default()),
+        other => bail!(
+            "field \"{key}\" must be an integer, found {}",
+            describe(other)
+        ),
+    }
+}
+
+/// "a string (\"1\")": the kind plus a short excerpt of the value.
+fn describe(v: &Value) -> String {
+    let mut shown = v.to_string();
+    if shown.len() > 40 {
+        let cut = (0..=40)
+            .rev()
+            .find(|i| shown.is_char_boundary(*i))
+            .unwrap_or(0);
+        shown.truncate(cut);
+        shown.push('…');
+    }
+    format!("{} ({shown})", json_kind(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(rel: &str) -> String {
+        format!("{}/tests/fixtures/data/{rel}", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    #[test]
+    fn spec_from_toml_with_defaults_and_unknown_keys_rejected() {
+        let spec: DataSpec = toml::from_str(
+            "path = \"stanfordnlp/imdb\"\nschema = \"imdb\"\nfiles = \"train\"\nselect = \"positive\"\nlimit = 3",
+        )
+        .unwrap();
+        assert_eq!(spec.select, Select::Positive);
+        assert_eq!(spec.prompt_words, DEFAULT_PROMPT_WORDS);
+        assert!(!spec.skip_bad_rows && spec.offset == 0 && spec.shuffle_seed.is_none());
+        let back: DataSpec = toml::from_str(&toml::to_string(&spec).unwrap()).unwrap();
+        assert_eq!(back, spec);
+        let e =
+            toml::from_str::<DataSpec>("path = \"x\"\nschema = \"imdb\"\nlimt = 3").unwrap_err();
+        assert!(e.to_string().contains("limt"), "{e}");
+        let e = toml::from_str::<DataSpec>("path = \"x\"\nschema = \"imdb\"\nselect = \"good\"")
+            .unwrap_err();
+        assert!(e.to_string().contains("positive"), "{e}");
+    }
+
+    #[test]
+    fn registry_lists_valid_names() {
+        let e = format!("{:#}", schema("csv").err().unwrap());
+        for name in ["imdb", "beavertails", "alpaca", "jsonl", "world"] {
+            assert!(e.contains(name), "{e}");
+        }
+        assert!(schema("world").is_err());
+        assert_eq!(schema("alpaca").unwrap().name, "alpaca");
+    }
+
+    #[test]
+    fn select_must_fit_the_schema() {
+        let mut spec = DataSpec::new(fixture("alpaca/alpaca_data.json"), "alpaca");
+        spec.select = Select::Positive;
+        let e = format!("{:#}", load(&spec).unwrap_err());
+        assert!(
+            e.contains("no \"positive\" rows") && e.contains("all"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn shuffle_offset_limit_are_deterministic_and_disjoint() {
+        let mut spec = DataSpec::new(fixture("imdb"), "imdb");
+        spec.shuffle_seed = Some(7);
+        spec.limit = Some(3);
+        let a = load(&spec).unwrap();
+        assert_eq!(
+            a.records,
+            load(&spec).unwrap().records,
+            "same seed, same rows"
+        );
+        spec.offset = 3;
+        spec.limit = Some(4);
+        let b = load(&spec).unwrap();
+        assert!(
+            a.records.iter().all(|r| !b.records.contains(r)),
+            "offset skips the first rows"
+        );
+        // 8 rows in imdb/, one too short: 7 usable; asking for 8 is an error that says so.
+        spec.limit = Some(5);
+        let e = format!("{:#}", load(&spec).unwrap_err());
+        assert!(
+            e.contains("too few records") && e.contains("7 match"),
+            "{e}"
+        );
+
+        let mut unshuffled = DataSpec::new(fixture("imdb"), "imdb");
+        unshuffled.limit = Some(2);
+        let c = load(&unshuffled).unwrap();
+        assert_eq!(c.records.len(), 2);
+        assert!(c.rows_read == 2, "reading stops once the limit is met");
+    }
+
+    #[test]
+    fn bad_rows_error_with_location_or_are_counted() {
+        let spec = DataSpec::new(fixture("generic_bad.jsonl"), "jsonl");
+        let e = format!("{:#}", load(&spec).unwrap_err());
+        assert!(
+            e.contains("generic_bad.jsonl: line 2") && e.contains("skip_bad_rows"),
+            "{e}"
+        );
+        let mut spec = spec;
+        spec.skip_bad_rows = true;
+        let ds = load(&spec).unwrap();
+        assert_eq!((ds.records.len(), ds.skipped_bad), (2, 2));
+        assert!(
+            ds.bad_examples[1].contains("line 3") && ds.bad_examples[1].contains("\"response\"")
+        );
+        assert!(
+            ds.summary().contains("skipped 2 malformed rows"),
+            "{}",
+            ds.summary()
+        );
+    }
+}
