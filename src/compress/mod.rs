@@ -1,1 +1,29 @@
-//! (module under construction)
+//! Compression with a language model (PAPER.md §2 made measurable): the model's next-token
+//! probabilities drive a range coder (constriction 0.5), so any byte file compresses to about
+//! its code length under the model, and a data set's compression rate is that code length
+//! per token or byte.
+//!
+//! - [`predictor`]: the probability source ([`TokenPredictor`], [`Tokenization`]) and its
+//!   determinism contract.
+//! - [`segment`]: the byte scheme (text pieces that round-trip through the tokenizer, raw
+//!   bytes for everything else).
+//! - [`symbols`]: the alphabet of the stream and the quantised entropy models.
+//! - [`coder`]: the range-coded stream, one predictor walk for both directions.
+//! - [`format`]: the checked file header.
+//! - [`codec`]: whole-file [`compress`] / [`decompress`].
+//! - [`baselines`]: gzip / xz / zstd sizes of the same input.
+//! - [`rates`]: compression rates of data sets (bits per token, per byte, normalised).
+//! - [`testing`]: a toy tokenizer and an adaptive bigram predictor for tests.
+
+pub mod baselines;
+pub mod codec;
+pub mod coder;
+pub mod format;
+pub mod predictor;
+pub mod rates;
+pub mod segment;
+pub mod symbols;
+pub mod testing;
+
+pub use codec::{compress, decompress, CompressOptions, CompressReport};
+pub use predictor::{TokenPredictor, Tokenization};
