@@ -2,6 +2,11 @@
 //! classifiers, cost models, keyword matchers) sits behind [`Scorer`] so that experiments
 //! never care which one they use.
 
+pub mod classifier;
+pub mod encoder;
+pub mod keywords;
+pub mod registry;
+
 use anyhow::Result;
 
 /// One generation to score: the prompt it answered and the model's response.
