@@ -1,8 +1,122 @@
-//! `elastica generate` (under construction).
+//! `elastica generate`: continue one prompt (printed) or a JSONL file of prompts (written as
+//! `{"prompt","response"}` records).
+
+use crate::data::template::Template;
+use crate::model::checkpoint::load_model;
+use crate::model::generate::{generate, GenConfig};
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
-pub struct GenerateArgs {}
+pub struct GenerateArgs {
+    /// Model directory or `org/name` in the offline HF cache.
+    #[arg(long)]
+    pub model: String,
+    /// One prompt; the response is printed.
+    #[arg(long, conflicts_with = "prompts")]
+    pub prompt: Option<String>,
+    /// JSONL file of {"prompt": ...} records (other fields are ignored).
+    #[arg(long, requires = "out")]
+    pub prompts: Option<PathBuf>,
+    /// Output JSONL of {"prompt","response"} (with --prompts).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Prompt template.
+    #[arg(long, value_enum, default_value = "safe-rlhf")]
+    pub template: Template,
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// Sampling temperature; 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// Nucleus sampling mass (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// Sample only among the k most likely tokens (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Prompts decoded together.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Worker threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
 
-pub fn run(_args: GenerateArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+/// Read `{"prompt": ...}` lines (line-numbered errors).
+pub fn read_prompts(path: &std::path::Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read prompts file {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{}: line {}: not valid JSON", path.display(), i + 1))?;
+        match v.get("prompt").and_then(|p| p.as_str()) {
+            Some(p) => out.push(p.to_string()),
+            None => bail!(
+                "{}: line {}: expected an object with a string \"prompt\"",
+                path.display(),
+                i + 1
+            ),
+        }
+    }
+    if out.is_empty() {
+        bail!("prompts file {} holds no prompts", path.display());
+    }
+    Ok(out)
+}
+
+pub fn run(a: GenerateArgs) -> Result<()> {
+    super::train::set_threads(a.threads);
+    let lm = load_model(&a.model, &Device::Cpu)?;
+    let prompts = match (&a.prompt, &a.prompts) {
+        (Some(p), _) => vec![p.clone()],
+        (None, Some(f)) => read_prompts(f)?,
+        (None, None) => bail!("give --prompt TEXT or --prompts FILE.jsonl --out FILE.jsonl"),
+    };
+    let cfg = GenConfig {
+        max_new_tokens: a.max_new_tokens,
+        temperature: a.temperature,
+        top_p: a.top_p,
+        top_k: a.top_k,
+        seed: a.seed,
+        batch_size: a.batch_size,
+    };
+    let ids: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| a.template.encode_prompt(p, &lm.tokenizer))
+        .collect::<Result<_>>()?;
+    let pb = crate::util::progress::bar(prompts.len() as u64, "generate");
+    let outs = generate(
+        &lm.model,
+        &ids,
+        lm.tokenizer.eos_ids(),
+        lm.tokenizer.pad_id(),
+        &cfg,
+        |n| pb.inc(n as u64),
+    )?;
+    pb.finish_and_clear();
+    let responses: Vec<String> = outs
+        .iter()
+        .map(|o| lm.tokenizer.decode(o, true))
+        .collect::<Result<_>>()?;
+    match &a.out {
+        Some(out) => {
+            let recs: Vec<crate::data::records::Record> = prompts
+                .iter()
+                .zip(&responses)
+                .map(|(p, r)| crate::data::records::Record::pair(p.clone(), r.clone()))
+                .collect();
+            crate::data::records::write_jsonl(out, &recs)?;
+            eprintln!("wrote {} generations to {}", recs.len(), out.display());
+        }
+        None => println!("{}", responses[0]),
+    }
+    Ok(())
 }

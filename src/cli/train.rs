@@ -1,8 +1,152 @@
-//! `elastica train` (under construction).
+//! `elastica train`: supervised fine-tuning, or from-scratch training with `--init`.
+
+use crate::data::records::read_jsonl;
+use crate::data::template::Template;
+use crate::model::checkpoint::{init_model, load_model};
+use crate::train::schedule::Schedule;
+use crate::train::{train, TrainConfig};
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
-pub struct TrainArgs {}
+pub struct TrainArgs {
+    /// Base model: a directory in the HF layout, or `org/name` in the offline HF cache.
+    #[arg(long, required_unless_present = "init", conflicts_with = "init")]
+    pub model: Option<String>,
+    /// Train from scratch from this config.json (random init, seeded by --seed).
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// With --init: directory holding tokenizer.json (and tokenizer_config.json).
+    #[arg(long, requires = "init")]
+    pub tokenizer: Option<PathBuf>,
+    /// Training data: JSONL of {"prompt","response"} (prompt masked) or {"text"} records.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output directory: final model (HF layout), train_log.jsonl, checkpoints.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Prompt template.
+    #[arg(long, value_enum, default_value = "safe-rlhf")]
+    pub template: Template,
+    /// Peak learning rate (paper: 1e-5).
+    #[arg(long, default_value_t = 1e-5)]
+    pub lr: f64,
+    /// AdamW betas, "b1,b2" (paper: 0.9,0.95).
+    #[arg(long, default_value = "0.9,0.95")]
+    pub betas: String,
+    /// AdamW epsilon.
+    #[arg(long, default_value_t = 1e-8)]
+    pub eps: f64,
+    /// Decoupled weight decay (applied to matrices only; paper: 0).
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// Learning-rate schedule after warm-up.
+    #[arg(long, value_enum, default_value = "constant")]
+    pub schedule: Schedule,
+    /// Fraction of steps spent warming up linearly from 0.
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup_ratio: f64,
+    /// Records per micro-batch.
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step (effective batch = batch-size x grad-accum; paper: 32).
+    #[arg(long, default_value_t = 8)]
+    pub grad_accum: usize,
+    /// Passes over the data.
+    #[arg(long, default_value_t = 1)]
+    pub epochs: usize,
+    /// Stop after this many optimizer steps (0 = run the epochs).
+    #[arg(long, default_value_t = 0)]
+    pub max_steps: usize,
+    /// Longest sequence in tokens; longer records are truncated (and counted).
+    #[arg(long, default_value_t = 2048)]
+    pub max_length: usize,
+    /// Global gradient-norm clip (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    pub clip: f64,
+    /// Seed for shuffling (and for --init).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Keep the file order instead of shuffling each epoch.
+    #[arg(long)]
+    pub no_shuffle: bool,
+    /// Write a resumable checkpoint every N optimizer steps (0 = none).
+    #[arg(long, default_value_t = 0)]
+    pub save_every: usize,
+    /// Continue from the newest checkpoint in --out.
+    #[arg(long)]
+    pub resume: bool,
+    /// Worker threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
 
-pub fn run(_args: TrainArgs) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+pub fn parse_betas(s: &str) -> Result<(f64, f64)> {
+    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
+    if parts.len() != 2 {
+        bail!("--betas expects two numbers \"b1,b2\", got \"{s}\"");
+    }
+    let p = |x: &str| {
+        x.parse::<f64>()
+            .with_context(|| format!("--betas: \"{x}\" is not a number"))
+    };
+    Ok((p(parts[0])?, p(parts[1])?))
+}
+
+/// Use `n` threads for rayon (and so for candle's CPU kernels); 0 keeps the default.
+pub fn set_threads(n: usize) {
+    if n > 0 {
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .ok();
+    }
+}
+
+pub fn run(a: TrainArgs) -> Result<()> {
+    set_threads(a.threads);
+    let (beta1, beta2) = parse_betas(&a.betas)?;
+    let cfg = TrainConfig {
+        template: a.template,
+        lr: a.lr,
+        beta1,
+        beta2,
+        eps: a.eps,
+        weight_decay: a.weight_decay,
+        schedule: a.schedule,
+        warmup_ratio: a.warmup_ratio,
+        batch_size: a.batch_size,
+        grad_accum: a.grad_accum,
+        epochs: a.epochs,
+        max_steps: a.max_steps,
+        max_length: a.max_length,
+        clip: a.clip,
+        seed: a.seed,
+        shuffle: !a.no_shuffle,
+        save_every: a.save_every,
+    };
+    let dev = Device::Cpu;
+    let lm = match (&a.model, &a.init) {
+        (Some(m), _) => load_model(m, &dev)?,
+        (None, Some(init)) => {
+            let Some(tok) = &a.tokenizer else {
+                bail!("--init needs --tokenizer DIR (a directory with tokenizer.json)");
+            };
+            init_model(init, tok, a.seed, &dev)?
+        }
+        (None, None) => bail!("give --model or --init"),
+    };
+    let records = read_jsonl(&a.data)?;
+    let s = train(&lm, &records, &cfg, &a.out, a.resume, None, true)?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "out": a.out, "steps": s.steps, "records": s.records, "truncated": s.truncated,
+            "mean_loss": s.mean_loss, "final_loss": s.log.last().map(|l| l.loss),
+            "resumed_from": s.resumed_from,
+        })
+    );
+    Ok(())
 }

@@ -6,3 +6,4 @@ pub mod hf_cache;
 pub mod records;
 pub mod rows;
 pub mod schemas;
+pub mod template;

@@ -1,1 +1,18 @@
-//! (module under construction)
+//! The language model: a decoder-only transformer covering the Llama, Qwen2 and Gemma
+//! families, with Hugging Face tensor names, checkpoint I/O in the HF layout, the tokenizer
+//! wrapper and generation.
+
+pub mod checkpoint;
+pub mod config;
+pub mod generate;
+pub mod init;
+pub mod llama;
+pub mod params;
+pub mod rope;
+pub mod tokenizer;
+
+pub use checkpoint::{load_model, save_model, LoadedModel};
+pub use config::{Family, ModelConfig};
+pub use llama::{KvCache, Llama};
+pub use params::Params;
+pub use tokenizer::TextTokenizer;

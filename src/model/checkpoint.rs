@@ -1,0 +1,303 @@
+//! Checkpoint I/O in the Hugging Face layout: `config.json`, `model.safetensors` or shards
+//! with `model.safetensors.index.json`, the tokenizer files and `generation_config.json`.
+//! What we save loads unchanged in transformers: same tensor names, dtype and config keys.
+//! Models come from a directory or from the offline HF cache, never from the network.
+
+use super::config::ModelConfig;
+use super::init::init_params;
+use super::llama::Llama;
+use super::params::{param_specs, Params};
+use super::tokenizer::TextTokenizer;
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// A model with its tokenizer and the directory it came from.
+pub struct LoadedModel {
+    pub model: Llama,
+    pub tokenizer: TextTokenizer,
+    pub dir: PathBuf,
+}
+
+/// Files copied verbatim from the source directory when saving.
+const SIDE_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "chat_template.jinja",
+];
+
+/// Resolve a model given as a directory, or as `org/name` in the offline HF cache
+/// (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`).
+pub fn resolve_model_dir(spec: &str) -> Result<PathBuf> {
+    let p = Path::new(spec);
+    if p.is_dir() {
+        return Ok(p.to_path_buf());
+    }
+    if p.exists() {
+        bail!("{spec} is a file; give the model's directory (the one holding config.json)");
+    }
+    resolve_in_hf_cache(spec).with_context(|| {
+        format!(
+            "model \"{spec}\" is neither a directory nor a model in the offline Hugging Face cache"
+        )
+    })
+}
+
+/// `org/name` -> `<cache>/models--org--name/snapshots/<rev>` (rev from `refs/main`, else the
+/// newest snapshot).
+fn resolve_in_hf_cache(spec: &str) -> Result<PathBuf> {
+    let root = match (
+        std::env::var_os("HF_HUB_CACHE"),
+        std::env::var_os("HF_HOME"),
+    ) {
+        (Some(c), _) => PathBuf::from(c),
+        (None, Some(h)) => PathBuf::from(h).join("hub"),
+        (None, None) => match std::env::var_os("HOME") {
+            Some(home) => PathBuf::from(home).join(".cache/huggingface/hub"),
+            None => bail!("HOME is not set, so the Hugging Face cache cannot be found"),
+        },
+    };
+    let repo = root.join(format!("models--{}", spec.replace('/', "--")));
+    let snaps = repo.join("snapshots");
+    if !snaps.is_dir() {
+        bail!("looked for {} and found nothing", snaps.display());
+    }
+    if let Ok(rev) = std::fs::read_to_string(repo.join("refs/main")) {
+        let p = snaps.join(rev.trim());
+        if p.is_dir() {
+            return Ok(p);
+        }
+    }
+    let mut dirs: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&snaps)?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| {
+            (
+                e.metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::UNIX_EPOCH),
+                e.path(),
+            )
+        })
+        .collect();
+    dirs.sort();
+    match dirs.pop() {
+        Some((_, p)) => Ok(p),
+        None => bail!("{} holds no snapshot", snaps.display()),
+    }
+}
+
+/// Load config, weights (as f32 on `device`) and tokenizer.
+pub fn load_model(spec: &str, device: &Device) -> Result<LoadedModel> {
+    let dir = resolve_model_dir(spec)?;
+    let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
+    let params = load_params(&dir, &cfg, device)?;
+    let tokenizer = TextTokenizer::from_dir(&dir, &cfg.eos_token_ids, cfg.pad_token_id)?;
+    let model = Llama::new(cfg, params, device)?;
+    Ok(LoadedModel {
+        model,
+        tokenizer,
+        dir,
+    })
+}
+
+/// A fresh model from a `config.json` (from-scratch training), with the tokenizer taken from
+/// `tokenizer_dir`.
+pub fn init_model(
+    config: &Path,
+    tokenizer_dir: &Path,
+    seed: u64,
+    device: &Device,
+) -> Result<LoadedModel> {
+    let cfg = ModelConfig::from_file(config)?;
+    let params = init_params(&cfg, seed, device)?;
+    let tokenizer = TextTokenizer::from_dir(tokenizer_dir, &cfg.eos_token_ids, cfg.pad_token_id)?;
+    if tokenizer.vocab_size() > cfg.vocab_size {
+        bail!(
+            "the tokenizer in {} has {} tokens but {} sets vocab_size = {}",
+            tokenizer_dir.display(),
+            tokenizer.vocab_size(),
+            config.display(),
+            cfg.vocab_size
+        );
+    }
+    let model = Llama::new(cfg, params, device)?;
+    Ok(LoadedModel {
+        model,
+        tokenizer,
+        dir: tokenizer_dir.to_path_buf(),
+    })
+}
+
+fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let text = std::fs::read_to_string(&index)
+            .with_context(|| format!("cannot read {}", index.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", index.display()))?;
+        let Some(map) = v.get("weight_map").and_then(|m| m.as_object()) else {
+            bail!("{} has no \"weight_map\" object", index.display());
+        };
+        let mut files: Vec<String> = map
+            .values()
+            .filter_map(|f| f.as_str().map(String::from))
+            .collect();
+        files.sort();
+        files.dedup();
+        let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
+        for p in &paths {
+            if !p.exists() {
+                bail!(
+                    "shard {} named in {} is missing",
+                    p.display(),
+                    index.display()
+                );
+            }
+        }
+        return Ok(paths);
+    }
+    let pickles: Vec<String> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".bin") || n.ends_with(".pt") || n.ends_with(".pth"))
+        .collect();
+    if !pickles.is_empty() {
+        bail!(
+            "{} holds only pickle weights ({}). elastica refuses pickles because loading one can run arbitrary code. \
+             Convert once with transformers: `python -c \"from transformers import AutoModelForCausalLM as M; \
+             M.from_pretrained('{d}').save_pretrained('{d}', safe_serialization=True)\"`",
+            dir.display(),
+            pickles.join(", "),
+            d = dir.display()
+        );
+    }
+    bail!(
+        "no model.safetensors or model.safetensors.index.json in {}",
+        dir.display()
+    )
+}
+
+fn load_params(dir: &Path, cfg: &ModelConfig, device: &Device) -> Result<Params> {
+    let files = weight_files(dir)?;
+    // SAFETY: the files are memory-mapped read-only; elastica never writes a checkpoint in
+    // place (saves go to a temp file and are renamed), so the mapping cannot change under us.
+    let st = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&files) }.with_context(
+        || {
+            format!(
+                "cannot read weights in {} (truncated or not safetensors?)",
+                dir.display()
+            )
+        },
+    )?;
+    let specs = param_specs(cfg);
+    let expected: std::collections::HashSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    for (name, _) in st.tensors() {
+        let tolerated = name.ends_with("rotary_emb.inv_freq")
+            || (cfg.tie_word_embeddings && name == "lm_head.weight");
+        if !expected.contains(name.as_str()) && !tolerated {
+            bail!(
+                "unexpected tensor \"{name}\" in {}: the checkpoint does not match the {:?} architecture its config.json describes",
+                dir.display(),
+                cfg.family
+            );
+        }
+    }
+    let mut entries = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let t = st.load(&spec.name, device).with_context(|| {
+            format!(
+                "tensor \"{}\" is missing or unreadable in {}",
+                spec.name,
+                dir.display()
+            )
+        })?;
+        if t.dims() != spec.shape.as_slice() {
+            bail!(
+                "tensor \"{}\" in {} has shape {:?}, expected {:?} from config.json",
+                spec.name,
+                dir.display(),
+                t.dims(),
+                spec.shape
+            );
+        }
+        let t = t.to_dtype(DType::F32)?;
+        entries.push((spec.name, Var::from_tensor(&t)?));
+    }
+    Ok(Params::new(entries))
+}
+
+/// The candle dtype for a config dtype name.
+pub fn dtype_from_name(name: &str) -> Result<DType> {
+    Ok(match name {
+        "float32" | "fp32" => DType::F32,
+        "bfloat16" | "bf16" => DType::BF16,
+        "float16" | "fp16" => DType::F16,
+        other => {
+            bail!("unsupported weight dtype \"{other}\"; supported: float32, bfloat16, float16")
+        }
+    })
+}
+
+/// Save `model` in the HF layout into `out` (created if needed), in the checkpoint's own dtype
+/// (or `dtype` if given). Each file is written atomically. Tokenizer and side files are copied
+/// from `source_dir`.
+pub fn save_model(model: &Llama, source_dir: &Path, out: &Path, dtype: Option<&str>) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let dtype_name = dtype.unwrap_or(&model.cfg.torch_dtype).to_string();
+    let dt = dtype_from_name(&dtype_name)?;
+    save_params(&model.params, dt, &out.join("model.safetensors"))?;
+    let cfg = model.cfg.to_json_for_save(&dtype_name);
+    crate::util::fsx::atomic_write_json(&out.join("config.json"), &cfg)?;
+    if source_dir != out {
+        for f in SIDE_FILES {
+            let src = source_dir.join(f);
+            if src.exists() {
+                let bytes = std::fs::read(&src)
+                    .with_context(|| format!("cannot read {}", src.display()))?;
+                crate::util::fsx::atomic_write(&out.join(f), &bytes)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Write parameters as one safetensors file (with the `format: pt` metadata transformers
+/// expects), atomically.
+pub fn save_params(params: &Params, dtype: DType, path: &Path) -> Result<()> {
+    let mut tensors: Vec<(String, Tensor)> = Vec::new();
+    for (name, var) in params.iter() {
+        tensors.push((name.clone(), var.as_tensor().to_dtype(dtype)?.contiguous()?));
+    }
+    save_tensors(&tensors, path)
+}
+
+/// Write named tensors as a safetensors file atomically.
+pub fn save_tensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    safetensors::serialize_to_file(
+        tensors.iter().map(|(n, t)| (n.as_str(), t)),
+        Some(meta),
+        tmp.path(),
+    )
+    .with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.persist(path).with_context(|| {
+        format!(
+            "cannot move the finished file into place at {}",
+            path.display()
+        )
+    })?;
+    Ok(())
+}

@@ -1,0 +1,373 @@
+//! `config.json` for the three supported families. The raw serde struct mirrors the file
+//! (both the paper-era dialect with top-level `rope_theta`/`torch_dtype` and the
+//! transformers-5 dialect with `rope_parameters`/`dtype`) and is resolved once into a plain
+//! [`ModelConfig`]. The original JSON is kept so a saved checkpoint carries the same keys.
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use std::path::Path;
+
+/// Which architecture variant: decides biases, norm offset, activation and embedding scale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Family {
+    Llama,
+    Qwen2,
+    Gemma,
+}
+
+impl Family {
+    pub const NAMES: &'static [&'static str] = &["llama", "qwen2", "gemma"];
+
+    fn from_model_type(t: &str) -> Option<Self> {
+        match t {
+            "llama" => Some(Family::Llama),
+            "qwen2" => Some(Family::Qwen2),
+            "gemma" => Some(Family::Gemma),
+            _ => None,
+        }
+    }
+}
+
+/// Activation of the gated MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// SwiGLU (Llama, Qwen2).
+    Silu,
+    /// GeGLU with the tanh approximation (Gemma's `gelu_pytorch_tanh`).
+    GeluTanh,
+    /// GeGLU with exact erf GELU.
+    Gelu,
+}
+
+/// RoPE frequency scaling read from `rope_scaling` / `rope_parameters`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    None,
+    /// Positions divided by `factor`.
+    Linear {
+        factor: f64,
+    },
+    /// Llama-3.1 wavelength-dependent scaling.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
+}
+
+/// The resolved runtime configuration.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub family: Family,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_scaling: RopeScaling,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    pub attention_bias: bool,
+    pub mlp_bias: bool,
+    pub activation: Activation,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+    pub pad_token_id: Option<u32>,
+    /// Weight dtype named by the checkpoint (`torch_dtype` or `dtype`), e.g. "bfloat16".
+    pub torch_dtype: String,
+    /// The file as read, re-written on save with only the dtype key updated.
+    pub raw: serde_json::Value,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawConfig {
+    model_type: Option<String>,
+    architectures: Option<Vec<String>>,
+    vocab_size: Option<usize>,
+    hidden_size: Option<usize>,
+    intermediate_size: Option<usize>,
+    num_hidden_layers: Option<usize>,
+    num_attention_heads: Option<usize>,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    rms_norm_eps: Option<f64>,
+    rope_theta: Option<f64>,
+    rope_scaling: Option<serde_json::Value>,
+    rope_parameters: Option<serde_json::Value>,
+    max_position_embeddings: Option<usize>,
+    tie_word_embeddings: Option<bool>,
+    attention_bias: Option<bool>,
+    mlp_bias: Option<bool>,
+    hidden_act: Option<String>,
+    hidden_activation: Option<String>,
+    bos_token_id: Option<serde_json::Value>,
+    eos_token_id: Option<serde_json::Value>,
+    pad_token_id: Option<serde_json::Value>,
+    torch_dtype: Option<String>,
+    dtype: Option<String>,
+}
+
+impl ModelConfig {
+    /// Read and resolve `config.json`; every error names the file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read model config {}", path.display()))?;
+        Self::from_json_str(&text).with_context(|| format!("in model config {}", path.display()))
+    }
+
+    pub fn from_json_str(text: &str) -> Result<Self> {
+        let raw_value: serde_json::Value = serde_json::from_str(text).context("not valid JSON")?;
+        let raw: RawConfig =
+            serde_json::from_value(raw_value.clone()).context("unexpected value type in config")?;
+        Self::resolve(raw, raw_value)
+    }
+
+    fn resolve(raw: RawConfig, raw_value: serde_json::Value) -> Result<Self> {
+        let model_type = match (&raw.model_type, &raw.architectures) {
+            (Some(t), _) => t.clone(),
+            (None, Some(a)) if !a.is_empty() => a[0].clone(),
+            _ => bail!("missing key \"model_type\""),
+        };
+        let Some(family) = Family::from_model_type(&model_type) else {
+            bail!(
+                "unsupported architecture model_type=\"{model_type}\"; supported: {}",
+                Family::NAMES.join(", ")
+            );
+        };
+        let need = |v: Option<usize>, k: &str| -> Result<usize> {
+            match v {
+                Some(0) => bail!("key \"{k}\" must be positive"),
+                Some(x) => Ok(x),
+                None => bail!("missing key \"{k}\""),
+            }
+        };
+        let hidden_size = need(raw.hidden_size, "hidden_size")?;
+        let num_attention_heads = need(raw.num_attention_heads, "num_attention_heads")?;
+        let num_key_value_heads = raw.num_key_value_heads.unwrap_or(num_attention_heads);
+        if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
+            bail!("num_attention_heads ({num_attention_heads}) must be a multiple of num_key_value_heads ({num_key_value_heads})");
+        }
+        let head_dim = match raw.head_dim {
+            Some(h) if h > 0 => h,
+            _ => {
+                if hidden_size % num_attention_heads != 0 {
+                    bail!("hidden_size ({hidden_size}) is not divisible by num_attention_heads ({num_attention_heads}) and no head_dim is given");
+                }
+                hidden_size / num_attention_heads
+            }
+        };
+        if head_dim % 2 != 0 {
+            bail!("head_dim ({head_dim}) must be even for rotary embeddings");
+        }
+        // Rope theta: top-level (paper era) or inside rope_parameters (transformers 5).
+        let rope_params = raw.rope_parameters.as_ref().and_then(|v| v.as_object());
+        let rope_theta = raw
+            .rope_theta
+            .or_else(|| {
+                rope_params
+                    .and_then(|p| p.get("rope_theta"))
+                    .and_then(|v| v.as_f64())
+            })
+            .unwrap_or(match family {
+                // transformers' own class defaults when the key is absent.
+                Family::Qwen2 => 10_000.0,
+                _ => 10_000.0,
+            });
+        let scaling_src = raw
+            .rope_scaling
+            .as_ref()
+            .filter(|v| !v.is_null())
+            .or(raw.rope_parameters.as_ref());
+        let rope_scaling = parse_rope_scaling(scaling_src)?;
+        let act_name = raw
+            .hidden_activation
+            .clone()
+            .or(raw.hidden_act.clone())
+            .unwrap_or_else(|| match family {
+                Family::Gemma => "gelu_pytorch_tanh".into(),
+                _ => "silu".into(),
+            });
+        let activation = match (family, act_name.as_str()) {
+            // transformers' Gemma forces the tanh approximation for the legacy "gelu" value.
+            (Family::Gemma, "gelu") | (_, "gelu_pytorch_tanh") | (_, "gelu_new") => {
+                Activation::GeluTanh
+            }
+            (_, "silu") | (_, "swish") => Activation::Silu,
+            (_, "gelu") => Activation::Gelu,
+            (_, other) => bail!(
+                "unsupported activation \"{other}\"; supported: silu, gelu, gelu_pytorch_tanh"
+            ),
+        };
+        let tie_word_embeddings = raw.tie_word_embeddings.unwrap_or(match family {
+            Family::Gemma => true,
+            _ => false,
+        });
+        let attention_bias = match family {
+            Family::Qwen2 => true,
+            _ => raw.attention_bias.unwrap_or(false),
+        };
+        let eos_token_ids = token_ids(raw.eos_token_id.as_ref()).context("key \"eos_token_id\"")?;
+        let bos_token_id = token_ids(raw.bos_token_id.as_ref())
+            .context("key \"bos_token_id\"")?
+            .first()
+            .copied();
+        let pad_token_id = token_ids(raw.pad_token_id.as_ref())
+            .context("key \"pad_token_id\"")?
+            .first()
+            .copied();
+        let vocab_size = need(raw.vocab_size, "vocab_size")?;
+        Ok(ModelConfig {
+            family,
+            vocab_size,
+            hidden_size,
+            intermediate_size: need(raw.intermediate_size, "intermediate_size")?,
+            num_hidden_layers: need(raw.num_hidden_layers, "num_hidden_layers")?,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
+            rope_theta,
+            rope_scaling,
+            max_position_embeddings: raw.max_position_embeddings.unwrap_or(2048),
+            tie_word_embeddings,
+            attention_bias,
+            mlp_bias: raw.mlp_bias.unwrap_or(false),
+            activation,
+            bos_token_id,
+            eos_token_ids,
+            pad_token_id,
+            torch_dtype: raw
+                .torch_dtype
+                .or(raw.dtype)
+                .unwrap_or_else(|| "float32".into()),
+            raw: raw_value,
+        })
+    }
+
+    /// The config as JSON for saving: the original keys, with the dtype key set to `dtype`
+    /// in whichever dialect the file used.
+    pub fn to_json_for_save(&self, dtype: &str) -> serde_json::Value {
+        let mut v = self.raw.clone();
+        if let Some(obj) = v.as_object_mut() {
+            if obj.contains_key("dtype") && !obj.contains_key("torch_dtype") {
+                obj.insert("dtype".into(), dtype.into());
+            } else {
+                obj.insert("torch_dtype".into(), dtype.into());
+            }
+        }
+        v
+    }
+
+    /// Number of parameters the model has (embeddings counted once when tied).
+    pub fn num_params(&self) -> usize {
+        let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
+        let q = self.num_attention_heads * self.head_dim;
+        let kv = self.num_key_value_heads * self.head_dim;
+        let mut attn = h * q + 2 * h * kv + q * h;
+        if self.attention_bias {
+            attn += q + 2 * kv;
+        }
+        let mlp = 3 * h * i + if self.mlp_bias { 2 * i + h } else { 0 };
+        let layer = attn + mlp + 2 * h;
+        let head = if self.tie_word_embeddings { 0 } else { v * h };
+        v * h + self.num_hidden_layers * layer + h + head
+    }
+}
+
+fn token_ids(v: Option<&serde_json::Value>) -> Result<Vec<u32>> {
+    match v {
+        None | Some(serde_json::Value::Null) => Ok(vec![]),
+        Some(serde_json::Value::Number(n)) => Ok(vec![as_u32(n)?]),
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .map(|x| match x {
+                serde_json::Value::Number(n) => as_u32(n),
+                other => bail!("expected token ids, found {other}"),
+            })
+            .collect(),
+        Some(other) => bail!("expected a token id or a list of ids, found {other}"),
+    }
+}
+
+fn as_u32(n: &serde_json::Number) -> Result<u32> {
+    n.as_u64()
+        .and_then(|x| u32::try_from(x).ok())
+        .with_context(|| format!("{n} is not a valid token id"))
+}
+
+fn parse_rope_scaling(v: Option<&serde_json::Value>) -> Result<RopeScaling> {
+    let Some(obj) = v.and_then(|v| v.as_object()) else {
+        return Ok(RopeScaling::None);
+    };
+    let kind = obj
+        .get("rope_type")
+        .or_else(|| obj.get("type"))
+        .and_then(|t| t.as_str())
+        .unwrap_or("default");
+    let num = |k: &str| -> Result<f64> {
+        obj.get(k)
+            .and_then(|x| x.as_f64())
+            .with_context(|| format!("rope scaling \"{kind}\" needs a number \"{k}\""))
+    };
+    Ok(match kind {
+        "default" => RopeScaling::None,
+        "linear" => RopeScaling::Linear {
+            factor: num("factor")?,
+        },
+        "llama3" => RopeScaling::Llama3 {
+            factor: num("factor")?,
+            low_freq_factor: num("low_freq_factor")?,
+            high_freq_factor: num("high_freq_factor")?,
+            original_max_position_embeddings: num("original_max_position_embeddings")?,
+        },
+        other => {
+            bail!("unsupported rope scaling type \"{other}\"; supported: default, linear, llama3")
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"{"model_type":"llama","vocab_size":10,"hidden_size":8,"intermediate_size":16,
+        "num_hidden_layers":1,"num_attention_heads":2"#;
+
+    #[test]
+    fn both_rope_dialects_are_read() {
+        let old = ModelConfig::from_json_str(&format!(
+            "{BASE},\"rope_theta\":500000.0,\"torch_dtype\":\"bfloat16\"}}"
+        ))
+        .unwrap();
+        assert_eq!(old.rope_theta, 500000.0);
+        assert_eq!(old.torch_dtype, "bfloat16");
+        let new = ModelConfig::from_json_str(&format!(
+            "{BASE},\"rope_parameters\":{{\"rope_theta\":1000000.0,\"rope_type\":\"default\"}},\"dtype\":\"float32\"}}"
+        ))
+        .unwrap();
+        assert_eq!(new.rope_theta, 1e6);
+        assert_eq!(new.rope_scaling, RopeScaling::None);
+        let saved = new.to_json_for_save("bfloat16");
+        assert_eq!(saved["dtype"], "bfloat16");
+        assert!(saved.get("torch_dtype").is_none());
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let e = format!(
+            "{:#}",
+            ModelConfig::from_json_str(r#"{"model_type":"gpt2"}"#).unwrap_err()
+        );
+        assert!(e.contains("gpt2") && e.contains("llama"), "{e}");
+        let e = format!(
+            "{:#}",
+            ModelConfig::from_json_str(r#"{"model_type":"llama","vocab_size":3}"#).unwrap_err()
+        );
+        assert!(e.contains("hidden_size"), "{e}");
+    }
+}

@@ -1,0 +1,209 @@
+//! Generation with a KV cache: batched prompts (left-padded, with position ids from the
+//! attention mask as transformers does), greedy or sampled (temperature, top-k, top-p),
+//! stopping at EOS or after `max_new_tokens`. Each prompt gets its own RNG stream seeded by
+//! (seed, prompt index), so results do not depend on how prompts are batched.
+
+use super::llama::{KvCache, Llama};
+use anyhow::Result;
+use candle_core::Tensor;
+use rand::{Rng, SeedableRng};
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct GenConfig {
+    pub max_new_tokens: usize,
+    /// 0 means greedy.
+    pub temperature: f64,
+    /// Nucleus sampling mass (1.0 = off).
+    pub top_p: f64,
+    /// Keep only the k most likely tokens (0 = off).
+    pub top_k: usize,
+    pub seed: u64,
+    /// Prompts decoded together.
+    pub batch_size: usize,
+}
+
+impl Default for GenConfig {
+    fn default() -> Self {
+        GenConfig {
+            max_new_tokens: 64,
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            seed: 42,
+            batch_size: 16,
+        }
+    }
+}
+
+/// Generate continuations of each prompt (token ids). Returns the new tokens of each prompt,
+/// without the EOS that ended it. `on_done` is called with the number of prompts finished.
+pub fn generate(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    eos_ids: &[u32],
+    pad_id: u32,
+    cfg: &GenConfig,
+    mut on_done: impl FnMut(usize),
+) -> Result<Vec<Vec<u32>>> {
+    anyhow::ensure!(cfg.batch_size > 0, "generation batch size must be positive");
+    anyhow::ensure!(
+        cfg.temperature >= 0.0 && cfg.top_p > 0.0 && cfg.top_p <= 1.0,
+        "invalid sampling settings: temperature must be >= 0 and top_p in (0, 1]"
+    );
+    let mut out = Vec::with_capacity(prompts.len());
+    for (chunk_idx, chunk) in prompts.chunks(cfg.batch_size).enumerate() {
+        let first = chunk_idx * cfg.batch_size;
+        out.extend(generate_batch(model, chunk, first, eos_ids, pad_id, cfg)?);
+        on_done(chunk.len());
+    }
+    Ok(out)
+}
+
+fn generate_batch(
+    model: &Llama,
+    prompts: &[Vec<u32>],
+    first_index: usize,
+    eos_ids: &[u32],
+    pad_id: u32,
+    cfg: &GenConfig,
+) -> Result<Vec<Vec<u32>>> {
+    let dev = model.device();
+    let b = prompts.len();
+    let max_len = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+    anyhow::ensure!(
+        max_len > 0,
+        "cannot generate from an empty prompt (no tokens)"
+    );
+    // Left padding: (b, L) ids and mask; positions count real tokens only.
+    let mut ids = Vec::with_capacity(b * max_len);
+    let mut mask = Vec::with_capacity(b * max_len);
+    let mut pos = Vec::with_capacity(b * max_len);
+    let mut next_pos = vec![0u32; b];
+    for (r, p) in prompts.iter().enumerate() {
+        let pad = max_len - p.len();
+        for _ in 0..pad {
+            ids.push(pad_id);
+            mask.push(0u32);
+            pos.push(0u32);
+        }
+        for (j, &t) in p.iter().enumerate() {
+            ids.push(t);
+            mask.push(1u32);
+            pos.push(j as u32);
+        }
+        next_pos[r] = p.len() as u32;
+    }
+    // Per-row key mask over every position so far (prompt, then one column per step).
+    let mut key_mask: Vec<Vec<u32>> = mask.chunks(max_len).map(|c| c.to_vec()).collect();
+    let mut cache = KvCache::new(model.cfg.num_hidden_layers);
+    let mut rngs: Vec<rand_chacha::ChaCha8Rng> = (0..b)
+        .map(|r| {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
+            rng.set_stream((first_index + r) as u64);
+            rng
+        })
+        .collect();
+    let mut logits = model.forward_cached(
+        &Tensor::from_vec(ids, (b, max_len), dev)?,
+        &Tensor::from_vec(pos, (b, max_len), dev)?,
+        &Tensor::from_vec(mask, (b, max_len), dev)?,
+        &mut cache,
+    )?;
+    let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); b];
+    let mut done = vec![false; b];
+    let mut total = max_len;
+    for _ in 0..cfg.max_new_tokens {
+        let last = logits.narrow(1, logits.dim(1)? - 1, 1)?.squeeze(1)?; // (b, vocab)
+        let rows: Vec<Vec<f32>> = last.to_dtype(candle_core::DType::F32)?.to_vec2()?;
+        let mut step_ids = Vec::with_capacity(b);
+        for r in 0..b {
+            let tok = if done[r] {
+                pad_id
+            } else {
+                let t = pick(&rows[r], cfg, &mut rngs[r]);
+                if eos_ids.contains(&t) {
+                    done[r] = true;
+                } else {
+                    outputs[r].push(t);
+                }
+                t
+            };
+            step_ids.push(tok);
+        }
+        if done.iter().all(|&d| d) {
+            break;
+        }
+        // Finished rows keep decoding pad tokens that nothing attends to (mask 0).
+        for (r, row) in key_mask.iter_mut().enumerate() {
+            row.push(if done[r] { 0 } else { 1 });
+        }
+        total += 1;
+        let km: Vec<u32> = key_mask.concat();
+        let positions: Vec<u32> = next_pos.clone();
+        next_pos.iter_mut().for_each(|p| *p += 1);
+        logits = model.forward_cached(
+            &Tensor::from_vec(step_ids, (b, 1), dev)?,
+            &Tensor::from_vec(positions, (b, 1), dev)?,
+            &Tensor::from_vec(km, (b, total), dev)?,
+            &mut cache,
+        )?;
+    }
+    Ok(outputs)
+}
+
+/// Choose the next token from one row of logits.
+pub fn pick(logits: &[f32], cfg: &GenConfig, rng: &mut impl Rng) -> u32 {
+    if cfg.temperature == 0.0 {
+        return argmax(logits);
+    }
+    let t = cfg.temperature as f32;
+    let mut cand: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (i as u32, l / t))
+        .collect();
+    cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    if cfg.top_k > 0 && cfg.top_k < cand.len() {
+        cand.truncate(cfg.top_k);
+    }
+    let m = cand[0].1;
+    let mut probs: Vec<f64> = cand.iter().map(|c| ((c.1 - m) as f64).exp()).collect();
+    let z: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= z);
+    if cfg.top_p < 1.0 {
+        // Keep the smallest prefix of most likely tokens whose mass reaches top_p.
+        let mut acc = 0.0;
+        let mut keep = probs.len();
+        for (i, p) in probs.iter().enumerate() {
+            acc += p;
+            if acc >= cfg.top_p {
+                keep = i + 1;
+                break;
+            }
+        }
+        probs.truncate(keep);
+        cand.truncate(keep);
+        let z: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|p| *p /= z);
+    }
+    let u: f64 = rng.random::<f64>();
+    let mut acc = 0.0;
+    for (i, p) in probs.iter().enumerate() {
+        acc += p;
+        if u < acc {
+            return cand[i].0;
+        }
+    }
+    cand[cand.len() - 1].0
+}
+
+/// Index of the largest logit (first one on ties, as torch.argmax).
+pub fn argmax(xs: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in xs.iter().enumerate() {
+        if x > xs[best] {
+            best = i;
+        }
+    }
+    best as u32
+}

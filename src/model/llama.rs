@@ -1,0 +1,348 @@
+//! The decoder: embeddings -> N x (RMSNorm -> attention -> RMSNorm -> gated MLP) -> norm ->
+//! LM head, with the family differences of Llama, Qwen2 and Gemma. Every op records a
+//! backward (no fused candle-nn ops), so the same code trains and generates.
+//! Read bottom-up: norm -> linear -> attention -> mlp -> block -> model.
+
+use super::config::{Activation, Family, ModelConfig};
+use super::params::Params;
+use super::rope::{self, Rope};
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor, D};
+
+/// RMSNorm, differentiable: x / sqrt(mean(x^2) + eps) * w (Gemma: * (1 + w)).
+fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, gemma: bool) -> candle_core::Result<Tensor> {
+    let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let xn = x.broadcast_div(&(var + eps)?.sqrt()?)?;
+    if gemma {
+        xn.broadcast_mul(&(w + 1.0)?)
+    } else {
+        xn.broadcast_mul(w)
+    }
+}
+
+/// x (.., in) times W^T (out, in), plus bias.
+fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let last = dims[dims.len() - 1];
+    let rows: usize = dims[..dims.len() - 1].iter().product();
+    let y = x.reshape((rows, last))?.matmul(&w.t()?)?; // (rows, out)
+    let y = match b {
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    let mut out_dims = dims;
+    let n = out_dims.len();
+    out_dims[n - 1] = w.dim(0)?;
+    y.reshape(out_dims)
+}
+
+/// Softmax over the last dim from basic ops (so it has a backward). The max is detached:
+/// softmax is shift-invariant, so this changes no gradient.
+pub fn softmax_last(x: &Tensor) -> candle_core::Result<Tensor> {
+    let m = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&m)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+struct Linear {
+    w: Tensor,
+    b: Option<Tensor>,
+}
+
+impl Linear {
+    fn load(p: &Params, name: &str) -> Result<Self> {
+        let b = format!("{name}.bias");
+        Ok(Linear {
+            w: p.tensor(&format!("{name}.weight"))?,
+            b: if p.contains(&b) {
+                Some(p.tensor(&b)?)
+            } else {
+                None
+            },
+        })
+    }
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        linear(x, &self.w, self.b.as_ref())
+    }
+}
+
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    n_heads: usize,
+    n_kv: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    /// x (b, t, hidden); bias (b or 1, 1, t, T) additive mask; returns (b, t, hidden).
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        bias: &Tensor,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> candle_core::Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let hd = self.head_dim;
+        // (b, t, heads*hd) -> (b, heads, t, hd)
+        let q = self
+            .q_proj
+            .forward(x)?
+            .reshape((b, t, self.n_heads, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let k = self
+            .k_proj
+            .forward(x)?
+            .reshape((b, t, self.n_kv, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let v = self
+            .v_proj
+            .forward(x)?
+            .reshape((b, t, self.n_kv, hd))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let q = rope::apply(&q, cos, sin)?;
+        let k = rope::apply(&k, cos, sin)?;
+        let (k, v) = match cache {
+            Some(slot) => {
+                let kv = match slot.take() {
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                    None => (k, v),
+                };
+                *slot = Some(kv.clone());
+                kv
+            }
+            None => (k, v),
+        };
+        let k = repeat_kv(&k, self.n_heads / self.n_kv)?; // (b, heads, T, hd)
+        let v = repeat_kv(&v, self.n_heads / self.n_kv)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let att = (q.matmul(&k.t()?)? * scale)?; // (b, heads, t, T)
+        let att = softmax_last(&att.broadcast_add(bias)?)?;
+        let y = att.matmul(&v)?; // (b, heads, t, hd)
+        let y = y.transpose(1, 2)?.reshape((b, t, self.n_heads * hd))?;
+        self.o_proj.forward(&y)
+    }
+}
+
+/// (b, kv, T, hd) -> (b, kv*n_rep, T, hd), each kv head repeated for its query group.
+fn repeat_kv(x: &Tensor, n_rep: usize) -> candle_core::Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kv, t, hd) = x.dims4()?;
+    x.unsqueeze(2)?
+        .broadcast_as((b, kv, n_rep, t, hd))?
+        .reshape((b, kv * n_rep, t, hd))
+}
+
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+    act: Activation,
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let g = self.gate_proj.forward(x)?;
+        let g = match self.act {
+            Activation::Silu => g.silu()?,
+            Activation::GeluTanh => g.gelu()?,
+            Activation::Gelu => g.gelu_erf()?,
+        };
+        self.down_proj.forward(&(g * self.up_proj.forward(x)?)?)
+    }
+}
+
+struct Block {
+    input_layernorm: Tensor,
+    self_attn: Attention,
+    post_attention_layernorm: Tensor,
+    mlp: Mlp,
+}
+
+/// Per-layer key/value cache for incremental decoding.
+#[derive(Clone)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    pub fn new(n_layers: usize) -> Self {
+        KvCache {
+            layers: vec![None; n_layers],
+        }
+    }
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        match self.layers.first() {
+            Some(Some((k, _))) => k.dim(2).unwrap_or(0),
+            _ => 0,
+        }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Keep only the rows of the batch listed in `rows` (drop finished sequences).
+    pub fn select_rows(&mut self, rows: &Tensor) -> candle_core::Result<()> {
+        for slot in self.layers.iter_mut().flatten() {
+            *slot = (slot.0.index_select(rows, 0)?, slot.1.index_select(rows, 0)?);
+        }
+        Ok(())
+    }
+}
+
+/// The model. Holds views of the [`Params`] variables, so a trainer updating them is seen.
+pub struct Llama {
+    pub cfg: ModelConfig,
+    pub params: Params,
+    embed_tokens: Tensor,
+    layers: Vec<Block>,
+    norm: Tensor,
+    lm_head: Tensor,
+    rope: Rope,
+    device: Device,
+}
+
+impl Llama {
+    pub fn new(cfg: ModelConfig, params: Params, device: &Device) -> Result<Self> {
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for l in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            layers.push(Block {
+                input_layernorm: params.tensor(&format!("{p}.input_layernorm.weight"))?,
+                self_attn: Attention {
+                    q_proj: Linear::load(&params, &format!("{p}.self_attn.q_proj"))?,
+                    k_proj: Linear::load(&params, &format!("{p}.self_attn.k_proj"))?,
+                    v_proj: Linear::load(&params, &format!("{p}.self_attn.v_proj"))?,
+                    o_proj: Linear::load(&params, &format!("{p}.self_attn.o_proj"))?,
+                    n_heads: cfg.num_attention_heads,
+                    n_kv: cfg.num_key_value_heads,
+                    head_dim: cfg.head_dim,
+                },
+                post_attention_layernorm: params
+                    .tensor(&format!("{p}.post_attention_layernorm.weight"))?,
+                mlp: Mlp {
+                    gate_proj: Linear::load(&params, &format!("{p}.mlp.gate_proj"))?,
+                    up_proj: Linear::load(&params, &format!("{p}.mlp.up_proj"))?,
+                    down_proj: Linear::load(&params, &format!("{p}.mlp.down_proj"))?,
+                    act: cfg.activation,
+                },
+            });
+        }
+        let embed_tokens = params.tensor("model.embed_tokens.weight")?;
+        let lm_head = if cfg.tie_word_embeddings {
+            embed_tokens.clone()
+        } else {
+            params.tensor("lm_head.weight")?
+        };
+        Ok(Llama {
+            rope: Rope::new(&cfg, device)?,
+            norm: params.tensor("model.norm.weight")?,
+            embed_tokens,
+            lm_head,
+            layers,
+            cfg,
+            params,
+            device: device.clone(),
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Training / scoring forward: `ids` (b, t) u32, causal attention, positions 0..t.
+    /// Right padding needs no mask: pad keys come after every real query.
+    /// Returns logits (b, t, vocab) f32.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let (_, t) = ids.dims2()?;
+        let positions = Tensor::arange(0u32, t as u32, &self.device)?.unsqueeze(0)?;
+        let bias = causal_bias(t, 0, None, &self.device)?;
+        self.forward_inner(ids, &positions, &bias, None)
+    }
+
+    /// Incremental forward for generation: `ids` (b, t) new tokens, `positions` (b, t),
+    /// `key_mask` (b, T_total) with 1 for real tokens and 0 for (left) padding, covering the
+    /// cached and the new tokens.
+    pub fn forward_cached(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        key_mask: &Tensor,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let (_, t) = ids.dims2()?;
+        let past = cache.len();
+        let bias = causal_bias(t, past, Some(key_mask), &self.device)?;
+        self.forward_inner(ids, positions, &bias, Some(cache))
+    }
+
+    fn forward_inner(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        bias: &Tensor,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let h = self.cfg.hidden_size;
+        let gemma = self.cfg.family == Family::Gemma;
+        let mut x = self
+            .embed_tokens
+            .index_select(&ids.flatten_all()?, 0)
+            .context("token id out of the vocabulary")?
+            .reshape((b, t, h))?;
+        if gemma {
+            // transformers scales by sqrt(hidden) cast to the activation dtype.
+            x = (x * (h as f32).sqrt() as f64)?;
+        }
+        let (cos, sin) = self.rope.cos_sin(positions)?;
+        let eps = self.cfg.rms_norm_eps;
+        for (l, block) in self.layers.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|c| &mut c.layers[l]);
+            let hn = rms_norm(&x, &block.input_layernorm, eps, gemma)?;
+            x = (x + block.self_attn.forward(&hn, &cos, &sin, bias, slot)?)?;
+            let hn = rms_norm(&x, &block.post_attention_layernorm, eps, gemma)?;
+            x = (x + block.mlp.forward(&hn)?)?;
+        }
+        let x = rms_norm(&x, &self.norm, eps, gemma)?;
+        Ok(linear(&x, &self.lm_head, None)?)
+    }
+}
+
+/// Additive attention bias (b or 1, 1, t, past+t): 0 where query i may see key j (causal,
+/// and the key is not padding), f32::MIN elsewhere. f32::MIN (not -inf) keeps fully masked
+/// rows finite, as transformers does.
+fn causal_bias(t: usize, past: usize, key_mask: Option<&Tensor>, dev: &Device) -> Result<Tensor> {
+    let total = past + t;
+    let mut v = vec![0f32; t * total];
+    for i in 0..t {
+        for j in (past + i + 1)..total {
+            v[i * total + j] = f32::MIN;
+        }
+    }
+    let causal = Tensor::from_vec(v, (1, 1, t, total), dev)?;
+    match key_mask {
+        None => Ok(causal),
+        Some(m) => {
+            let (b, tm) = m.dims2()?;
+            anyhow::ensure!(
+                tm == total,
+                "key mask covers {tm} positions, expected {total}"
+            );
+            // (b, 1, 1, total): 0 for real keys, MIN for padding.
+            let pad = ((m.to_dtype(DType::F32)? - 1.0)? * -(f32::MIN as f64))?
+                .reshape((b, 1, 1, total))?;
+            // MIN + MIN would overflow to -inf; clamp keeps it finite.
+            Ok(causal.broadcast_add(&pad)?.clamp(f32::MIN, 0f32)?)
+        }
+    }
+}

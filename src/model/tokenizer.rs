@@ -1,0 +1,125 @@
+//! The tokenizer: `tokenizer.json` through the tokenizers crate (offline), plus what
+//! `tokenizer_config.json` adds (bos/eos/pad tokens, the chat template).
+
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+
+pub struct TextTokenizer {
+    pub inner: tokenizers::Tokenizer,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+    pub pad_token: Option<String>,
+    pub chat_template: Option<String>,
+    eos_ids: Vec<u32>,
+    pad_id: u32,
+}
+
+fn token_string(v: Option<&serde_json::Value>) -> Option<String> {
+    match v? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        // AddedToken written as a dict: {"content": "</s>", ...}
+        serde_json::Value::Object(o) => o.get("content")?.as_str().map(String::from),
+        _ => None,
+    }
+}
+
+impl TextTokenizer {
+    /// Load `tokenizer.json` (and `tokenizer_config.json` if present) from a model directory.
+    /// `config_eos` are the model config's EOS ids, used when the tokenizer config names none.
+    pub fn from_dir(dir: &Path, config_eos: &[u32], config_pad: Option<u32>) -> Result<Self> {
+        let tj = dir.join("tokenizer.json");
+        if !tj.exists() {
+            bail!(
+                "{} is missing: elastica needs the fast-tokenizer file (save the tokenizer with transformers' save_pretrained to create it)",
+                tj.display()
+            );
+        }
+        let inner = tokenizers::Tokenizer::from_file(&tj)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("cannot load tokenizer {}", tj.display()))?;
+        let cfg_path = dir.join("tokenizer_config.json");
+        let cfg: serde_json::Value = if cfg_path.exists() {
+            let s = std::fs::read_to_string(&cfg_path)
+                .with_context(|| format!("cannot read {}", cfg_path.display()))?;
+            serde_json::from_str(&s)
+                .with_context(|| format!("{} is not valid JSON", cfg_path.display()))?
+        } else {
+            serde_json::Value::Null
+        };
+        let bos_token = token_string(cfg.get("bos_token"));
+        let eos_token = token_string(cfg.get("eos_token"));
+        let pad_token = token_string(cfg.get("pad_token"));
+        let chat_template = match cfg.get("chat_template") {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            _ => {
+                let j = dir.join("chat_template.jinja");
+                if j.exists() {
+                    Some(
+                        std::fs::read_to_string(&j)
+                            .with_context(|| format!("cannot read {}", j.display()))?,
+                    )
+                } else {
+                    None
+                }
+            }
+        };
+        let mut eos_ids: Vec<u32> = config_eos.to_vec();
+        if let Some(id) = eos_token.as_deref().and_then(|t| inner.token_to_id(t)) {
+            if !eos_ids.contains(&id) {
+                eos_ids.insert(0, id);
+            }
+        }
+        if eos_ids.is_empty() {
+            bail!(
+                "no end-of-sequence token: neither {} nor config.json names one (set \"eos_token\")",
+                cfg_path.display()
+            );
+        }
+        let pad_id = pad_token
+            .as_deref()
+            .and_then(|t| inner.token_to_id(t))
+            .or(config_pad)
+            .unwrap_or(eos_ids[0]);
+        Ok(TextTokenizer {
+            inner,
+            bos_token,
+            eos_token,
+            pad_token,
+            chat_template,
+            eos_ids,
+            pad_id,
+        })
+    }
+
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, add_special_tokens)
+            .map_err(|e| anyhow::anyhow!("tokenizer failed: {e}"))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| anyhow::anyhow!("tokenizer failed to decode: {e}"))
+    }
+
+    /// The primary EOS id (appended after every training response).
+    pub fn eos_id(&self) -> u32 {
+        self.eos_ids[0]
+    }
+
+    /// Every id that ends generation.
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.eos_ids
+    }
+
+    pub fn pad_id(&self) -> u32 {
+        self.pad_id
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+}

@@ -1,0 +1,116 @@
+//! From records to token ids and labels, and from examples to padded micro-batches.
+//! A pair is `prompt_ids (tokenizer specials included) + response_ids + [EOS]` with the prompt
+//! masked (-100); a text record is `text_ids + [EOS]`, all counted. Prompt and response are
+//! tokenized separately so the mask boundary is exact.
+
+use crate::data::records::Record;
+use crate::data::template::Template;
+use crate::model::TextTokenizer;
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+
+pub const IGNORE: i64 = -100;
+
+/// One tokenized training example.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    pub ids: Vec<u32>,
+    /// Same length as `ids`; -100 where the loss does not count.
+    pub labels: Vec<i64>,
+    /// UTF-8 bytes of the text whose tokens are counted (for bits per byte).
+    pub scored_bytes: usize,
+}
+
+/// Tokenize records; sequences longer than `max_length` are cut, and the number cut is
+/// returned so the caller can say so.
+pub fn tokenize(
+    records: &[Record],
+    tok: &TextTokenizer,
+    template: Template,
+    max_length: usize,
+) -> Result<(Vec<Example>, usize)> {
+    let mut out = Vec::with_capacity(records.len());
+    let mut truncated = 0;
+    for (i, r) in records.iter().enumerate() {
+        let (mut ids, mut labels, bytes) = match r {
+            Record::Pair { prompt, response } => {
+                let p = template
+                    .encode_prompt(prompt, tok)
+                    .with_context(|| format!("record {}", i + 1))?;
+                let mut resp = tok
+                    .encode(response, false)
+                    .with_context(|| format!("record {}", i + 1))?;
+                resp.push(tok.eos_id());
+                let mut labels = vec![IGNORE; p.len()];
+                labels.extend(resp.iter().map(|&t| t as i64));
+                let mut ids = p;
+                ids.extend(resp);
+                (ids, labels, response.len())
+            }
+            Record::Text { text } => {
+                let mut ids = tok
+                    .encode(text, true)
+                    .with_context(|| format!("record {}", i + 1))?;
+                ids.push(tok.eos_id());
+                let labels = ids.iter().map(|&t| t as i64).collect();
+                (ids, labels, text.len())
+            }
+        };
+        if ids.len() > max_length {
+            truncated += 1;
+            ids.truncate(max_length);
+            labels.truncate(max_length);
+        }
+        out.push(Example {
+            ids,
+            labels,
+            scored_bytes: bytes,
+        });
+    }
+    Ok((out, truncated))
+}
+
+/// Number of tokens the loss counts for an example (labels shifted by one).
+pub fn loss_tokens(e: &Example) -> usize {
+    e.labels.iter().skip(1).filter(|&&l| l != IGNORE).count()
+}
+
+/// A right-padded micro-batch: ids (b, t) u32 and labels (b, t) i64 already shifted so that
+/// `labels[i][j]` is the target of position j (-100 where nothing counts).
+pub struct Batch {
+    pub ids: Tensor,
+    pub targets: Tensor,
+    pub n_targets: usize,
+    pub n_tokens: usize,
+}
+
+pub fn collate(examples: &[&Example], pad_id: u32, device: &Device) -> Result<Batch> {
+    let b = examples.len();
+    let t = examples
+        .iter()
+        .map(|e| e.ids.len())
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let mut ids = vec![pad_id; b * t];
+    let mut targets = vec![IGNORE; b * t];
+    let mut n_targets = 0;
+    let mut n_tokens = 0;
+    for (r, e) in examples.iter().enumerate() {
+        ids[r * t..r * t + e.ids.len()].copy_from_slice(&e.ids);
+        n_tokens += e.ids.len();
+        for j in 0..e.labels.len().saturating_sub(1) {
+            let l = e.labels[j + 1];
+            targets[r * t + j] = l;
+            if l != IGNORE {
+                n_targets += 1;
+            }
+        }
+    }
+    Ok(Batch {
+        ids: Tensor::from_vec(ids, (b, t), device)?,
+        targets: Tensor::from_vec(targets, (b, t), device)?,
+        n_targets,
+        n_tokens,
+    })
+}

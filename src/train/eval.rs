@@ -1,0 +1,68 @@
+//! Held-out loss: the mean NLL of a data set under a model, with the same masking as
+//! training, and its compression reading (bits per token, bits per byte).
+
+use super::batch::{collate, tokenize, Example};
+use super::loss::nll_sum;
+use crate::data::records::Record;
+use crate::data::template::Template;
+use crate::model::LoadedModel;
+use anyhow::{bail, Result};
+use candle_core::DType;
+
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct EvalLoss {
+    /// Tokens the loss counted.
+    pub tokens: usize,
+    pub mean_nll: f64,
+    pub bits_per_token: f64,
+    /// Total bits over the UTF-8 bytes of the scored text (responses, or whole texts).
+    pub bits_per_byte: f64,
+}
+
+pub fn eval_loss(
+    lm: &LoadedModel,
+    records: &[Record],
+    template: Template,
+    max_length: usize,
+    batch_size: usize,
+    progress: bool,
+) -> Result<EvalLoss> {
+    if batch_size == 0 {
+        bail!("batch size must be at least 1");
+    }
+    let (examples, _) = tokenize(records, &lm.tokenizer, template, max_length)?;
+    let pb = crate::util::progress::bar(examples.len() as u64, "eval");
+    if !progress {
+        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut total_nll = 0.0;
+    let mut tokens = 0;
+    let bytes: usize = examples.iter().map(|e| e.scored_bytes).sum();
+    for chunk in examples.chunks(batch_size) {
+        let refs: Vec<&Example> = chunk.iter().collect();
+        let b = collate(&refs, lm.tokenizer.pad_id(), lm.model.device())?;
+        if b.n_targets > 0 {
+            let logits = lm.model.forward(&b.ids)?;
+            total_nll += nll_sum(&logits, &b.targets)?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?;
+            tokens += b.n_targets;
+        }
+        pb.inc(chunk.len() as u64);
+    }
+    pb.finish_and_clear();
+    if tokens == 0 {
+        bail!("the data has no token to score");
+    }
+    let ln2 = std::f64::consts::LN_2;
+    Ok(EvalLoss {
+        tokens,
+        mean_nll: total_nll / tokens as f64,
+        bits_per_token: total_nll / tokens as f64 / ln2,
+        bits_per_byte: if bytes > 0 {
+            total_nll / ln2 / bytes as f64
+        } else {
+            f64::NAN
+        },
+    })
+}

@@ -1,0 +1,101 @@
+//! Test support: a tiny word-level tokenizer and tiny model configs written to a temp dir.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+pub const WORDS: &[&str] = &[
+    "the", "movie", "was", "good", "bad", "great", "awful", "i", "loved", "hated", "it", "plot",
+    "acting", "very", "not", "a", "and", "but", "story", "film",
+];
+
+/// Write tokenizer.json (WordLevel over WORDS, whitespace split) and tokenizer_config.json.
+pub fn write_tokenizer(dir: &Path) {
+    let mut vocab = serde_json::Map::new();
+    let specials = ["<pad>", "<s>", "</s>", "<unk>"];
+    for (i, s) in specials.iter().enumerate() {
+        vocab.insert(s.to_string(), i.into());
+    }
+    for (i, w) in WORDS.iter().enumerate() {
+        vocab.insert(w.to_string(), (i + specials.len()).into());
+    }
+    let added: Vec<serde_json::Value> = specials
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            serde_json::json!({"id": i, "content": s, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    let tj = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": {"type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}},
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
+    });
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("tokenizer.json"),
+        serde_json::to_string(&tj).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        r#"{"bos_token":"<s>","eos_token":"</s>","pad_token":"<pad>"}"#,
+    )
+    .unwrap();
+}
+
+pub fn vocab_size() -> usize {
+    WORDS.len() + 4
+}
+
+/// A tiny config.json for `family` ("llama" | "qwen2" | "gemma").
+pub fn tiny_config(family: &str) -> String {
+    let v = vocab_size();
+    match family {
+        "llama" => format!(
+            r#"{{"model_type":"llama","vocab_size":{v},"hidden_size":16,"intermediate_size":24,
+            "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"rms_norm_eps":1e-5,
+            "rope_theta":10000.0,"max_position_embeddings":64,"tie_word_embeddings":false,
+            "bos_token_id":1,"eos_token_id":2,"pad_token_id":0,"torch_dtype":"float32","initializer_range":0.2}}"#
+        ),
+        "qwen2" => format!(
+            r#"{{"model_type":"qwen2","vocab_size":{v},"hidden_size":16,"intermediate_size":24,
+            "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,"rms_norm_eps":1e-6,
+            "rope_parameters":{{"rope_theta":1000000.0,"rope_type":"default"}},"max_position_embeddings":64,
+            "tie_word_embeddings":true,"bos_token_id":1,"eos_token_id":2,"dtype":"float32","initializer_range":0.2}}"#
+        ),
+        "gemma" => format!(
+            r#"{{"model_type":"gemma","vocab_size":{v},"hidden_size":16,"intermediate_size":24,
+            "num_hidden_layers":2,"num_attention_heads":2,"num_key_value_heads":1,"head_dim":12,
+            "rms_norm_eps":1e-6,"rope_theta":10000.0,"max_position_embeddings":64,
+            "hidden_activation":"gelu_pytorch_tanh","bos_token_id":1,"eos_token_id":2,"pad_token_id":0,
+            "torch_dtype":"float32","initializer_range":0.2}}"#
+        ),
+        other => panic!("unknown family {other}"),
+    }
+}
+
+/// Write a tokenizer and config for `family` into `dir`, returning the config path.
+pub fn tiny_setup(dir: &Path, family: &str) -> std::path::PathBuf {
+    write_tokenizer(dir);
+    let p = dir.join("init_config.json");
+    std::fs::write(&p, tiny_config(family)).unwrap();
+    p
+}
+
+pub fn sft_records() -> Vec<elastica::data::records::Record> {
+    use elastica::data::records::Record;
+    vec![
+        Record::pair("the movie was", "good and i loved it"),
+        Record::pair("the plot was", "bad and i hated it"),
+        Record::pair("the acting was", "very great"),
+        Record::pair("a film", "not good but the story was great"),
+        Record::pair("the story", "was awful"),
+        Record::text("i loved the film and the acting"),
+    ]
+}
