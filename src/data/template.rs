@@ -53,6 +53,9 @@ fn render_chat(prompt: &str, tok: &TextTokenizer) -> Result<String> {
         bail!("template \"chat\" needs a chat_template in tokenizer_config.json, and this tokenizer has none; use --template raw or safe-rlhf");
     };
     let mut env = minijinja::Environment::new();
+    // transformers renders chat templates with jinja2's trim_blocks and lstrip_blocks.
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
     minijinja_contrib::add_to_environment(&mut env);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function(

@@ -39,55 +39,7 @@ pub fn resolve_model_dir(spec: &str) -> Result<PathBuf> {
     if p.exists() {
         bail!("{spec} is a file; give the model's directory (the one holding config.json)");
     }
-    resolve_in_hf_cache(spec).with_context(|| {
-        format!(
-            "model \"{spec}\" is neither a directory nor a model in the offline Hugging Face cache"
-        )
-    })
-}
-
-/// `org/name` -> `<cache>/models--org--name/snapshots/<rev>` (rev from `refs/main`, else the
-/// newest snapshot).
-fn resolve_in_hf_cache(spec: &str) -> Result<PathBuf> {
-    let root = match (
-        std::env::var_os("HF_HUB_CACHE"),
-        std::env::var_os("HF_HOME"),
-    ) {
-        (Some(c), _) => PathBuf::from(c),
-        (None, Some(h)) => PathBuf::from(h).join("hub"),
-        (None, None) => match std::env::var_os("HOME") {
-            Some(home) => PathBuf::from(home).join(".cache/huggingface/hub"),
-            None => bail!("HOME is not set, so the Hugging Face cache cannot be found"),
-        },
-    };
-    let repo = root.join(format!("models--{}", spec.replace('/', "--")));
-    let snaps = repo.join("snapshots");
-    if !snaps.is_dir() {
-        bail!("looked for {} and found nothing", snaps.display());
-    }
-    if let Ok(rev) = std::fs::read_to_string(repo.join("refs/main")) {
-        let p = snaps.join(rev.trim());
-        if p.is_dir() {
-            return Ok(p);
-        }
-    }
-    let mut dirs: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&snaps)?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().is_dir())
-        .map(|e| {
-            (
-                e.metadata()
-                    .and_then(|m| m.modified())
-                    .unwrap_or(std::time::UNIX_EPOCH),
-                e.path(),
-            )
-        })
-        .collect();
-    dirs.sort();
-    match dirs.pop() {
-        Some((_, p)) => Ok(p),
-        None => bail!("{} holds no snapshot", snaps.display()),
-    }
+    crate::data::hf_cache::resolve_hf_cache(crate::data::hf_cache::RepoKind::Model, spec)
 }
 
 /// Load config, weights (as f32 on `device`) and tokenizer.
