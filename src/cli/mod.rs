@@ -5,6 +5,7 @@
 //! flag names (`lr = 1e-5`, `no_shuffle = true`, `betas = [0.9, 0.95]`). Flags typed on the
 //! command line override the file.
 
+mod cell;
 mod config;
 mod eval_loss;
 mod generate;
@@ -32,6 +33,8 @@ pub enum Command {
     EvalLoss(eval_loss::EvalLossArgs),
     /// Generate responses from a model.
     Generate(generate::GenerateArgs),
+    /// Run or inspect single cells of a planned experiment grid (used by cluster executors).
+    Cell(cell::CellArgs),
 }
 
 /// Entry point used by `main`: parses arguments (with `--config` merging), runs the command,
@@ -59,5 +62,6 @@ fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Train(a) => train::run(a),
         Command::EvalLoss(a) => eval_loss::run(a),
         Command::Generate(a) => generate::run(a),
+        Command::Cell(a) => cell::run(a),
     }
 }

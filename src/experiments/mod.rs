@@ -1,1 +1,22 @@
-//! (module under construction)
+//! Experiments as grids of independent cells.
+//!
+//! An experiment (rebound, scaling, resist) turns its config into a [`manifest::Manifest`]:
+//! a list of cells, each a named unit of work with a kind, parameters, inputs and
+//! dependencies. An [`executor::Executor`] runs the cells (locally, or on a cluster through
+//! `elastica cell run --manifest M --index I`); each cell writes into `cells/<id>/` of the
+//! run directory and finishes by writing `result.json`. The experiment then reads the
+//! results back and writes its report. Cells that share a prefix (an aligned checkpoint
+//! that several perturbations start from) are separate cells linked by a dependency, so the
+//! prefix runs once.
+//!
+//! - [`manifest`]: the cell list, its validation and hashes;
+//! - [`grid`]: a run directory and the on-disk status of its cells;
+//! - [`cell`]: running one cell, and the [`cell::CellKind`] trait kinds implement;
+//! - [`kinds`]: the registry of cell kinds;
+//! - [`executor`]: the executor interface and the local executor.
+
+pub mod cell;
+pub mod executor;
+pub mod grid;
+pub mod kinds;
+pub mod manifest;

@@ -1,0 +1,297 @@
+//! Running one cell, and the interface every cell kind implements.
+//!
+//! [`run_cell`] is the only way a cell runs, whichever executor calls it (the local
+//! executor's worker threads, or `elastica cell run --manifest M --index I` in a Slurm array
+//! task). In order it: skips a cell that is already done; checks that the dependencies are
+//! done and the inputs exist (and still have their planned hashes); counts the attempt;
+//! runs the kind (a panic counts as a failure); and writes `result.json` atomically, last.
+//! A failure writes `error.txt` instead and leaves every partial output in place, so the
+//! next attempt can resume (training resumes from its last checkpoint, finished stages are
+//! skipped by the kind).
+//!
+//! Adding a cell kind: implement [`CellKind`] on a unit struct and list it in
+//! `experiments::kinds::KINDS`.
+//!
+//! Fault injection (for tests of the resume path): with `ELASTICA_INJECT_FAULT=<id>@<point>`
+//! (several comma-separated), the cell `<id>` fails at `<point>`: `start` (before the kind
+//! runs) or any point a kind checks with [`CellContext::fault_point`] (the rebound kinds
+//! check `train-step-N` after optimizer step N).
+
+use super::grid::{CellStatus, Grid};
+use super::manifest::{resolve, sha256_file, CellSpec};
+use crate::util::fsx::{atomic_write, atomic_write_json};
+use anyhow::{anyhow, bail, Context, Result};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const RESULT_FILE: &str = "result.json";
+pub const ERROR_FILE: &str = "error.txt";
+pub const ATTEMPTS_FILE: &str = "attempts";
+/// Environment variable naming injected faults (`<cell-id>@<point>`, comma-separated).
+pub const FAULT_ENV: &str = "ELASTICA_INJECT_FAULT";
+
+/// `cells/<id>/result.json`: the done marker and the cell's output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CellResult {
+    pub id: String,
+    pub kind: String,
+    /// Hash of the cell definition this result belongs to (see `CellSpec::hash`).
+    pub cell_hash: String,
+    /// Times the cell was started, the successful attempt included.
+    pub attempts: u32,
+    /// Wall-clock seconds of the successful attempt.
+    pub seconds: f64,
+    /// Unix time (seconds) when it finished.
+    pub finished_unix: u64,
+    /// What the kind returned.
+    pub output: serde_json::Value,
+}
+
+impl CellResult {
+    pub fn read(path: &Path) -> Result<CellResult> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a valid cell result", path.display()))
+    }
+
+    /// The output, deserialised into the kind's output type.
+    pub fn output_as<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_value(self.output.clone()).with_context(|| {
+            format!(
+                "the result of cell {} does not have the layout of a {} output",
+                self.id, self.kind
+            )
+        })
+    }
+}
+
+/// A kind of cell: how to run it. Implementations are unit structs listed in
+/// `experiments::kinds::KINDS`.
+pub trait CellKind: Send + Sync {
+    /// The name written in manifests, `<experiment>.<step>` (e.g. `rebound.align`).
+    fn name(&self) -> &'static str;
+    /// One line for listings.
+    fn about(&self) -> &'static str;
+    /// Do the work, writing files into `ctx.dir`; the returned JSON becomes the result's
+    /// `output`. Must be safe to call again after an interrupted attempt.
+    fn run(&self, ctx: &CellContext<'_>) -> Result<serde_json::Value>;
+    /// Peak memory the cell needs, in bytes, if the kind can estimate it. The local
+    /// executor runs cells side by side only while their estimates fit in free memory.
+    fn memory_bytes(&self, _grid: &Grid, _index: usize) -> Option<u64> {
+        None
+    }
+    /// Clean-up after `result.json` is written (e.g. deleting weights no cell needs).
+    fn after_result(&self, _ctx: &CellContext<'_>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// What a running cell sees.
+pub struct CellContext<'a> {
+    pub grid: &'a Grid,
+    pub index: usize,
+    pub cell: &'a CellSpec,
+    /// `cells/<id>/`, created before the kind runs.
+    pub dir: PathBuf,
+    /// Whether the cell may draw progress bars (off when cells run side by side).
+    pub progress: bool,
+}
+
+impl CellContext<'_> {
+    /// The cell's parameters as the kind's type; errors name the cell.
+    pub fn params<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_value(self.cell.params.clone()).with_context(|| {
+            format!(
+                "cell {} ({}): its params do not fit the kind (was the manifest written by \
+                 another elastica version?)",
+                self.cell.id, self.cell.kind
+            )
+        })
+    }
+
+    /// The path of input `name`, resolved against the run directory.
+    pub fn input(&self, name: &str) -> Result<PathBuf> {
+        let inp = self.cell.inputs.get(name).ok_or_else(|| {
+            anyhow!(
+                "cell {} has no input named \"{name}\" (inputs: {})",
+                self.cell.id,
+                self.cell
+                    .inputs
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?;
+        Ok(resolve(self.grid.run_dir(), &inp.path))
+    }
+
+    /// The directory of dependency `id`.
+    pub fn dep_dir(&self, id: &str) -> PathBuf {
+        self.grid.cell_dir_by_id(id)
+    }
+
+    /// The output of dependency `id` (which must be done).
+    pub fn dep_output<T: DeserializeOwned>(&self, id: &str) -> Result<T> {
+        let i = self
+            .grid
+            .manifest()
+            .index_of(id)
+            .ok_or_else(|| anyhow!("cell {} depends on unknown cell {id}", self.cell.id))?;
+        match self.grid.result(i)? {
+            Some(r) => r.output_as(),
+            None => bail!("cell {id} has not finished"),
+        }
+    }
+
+    /// Fail here if a fault was injected at `point` for this cell (see the module doc).
+    pub fn fault_point(&self, point: &str) -> Result<()> {
+        check_fault(&self.cell.id, point)
+    }
+}
+
+fn check_fault(id: &str, point: &str) -> Result<()> {
+    if let Ok(spec) = std::env::var(FAULT_ENV) {
+        let want = format!("{id}@{point}");
+        if spec.split(',').any(|s| s.trim() == want) {
+            bail!("injected fault at {point} ({FAULT_ENV}={spec})");
+        }
+    }
+    Ok(())
+}
+
+/// How [`run_cell`] ended without error.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CellRun {
+    /// `result.json` was already there; nothing ran.
+    AlreadyDone,
+    /// The cell ran and finished.
+    Finished(CellResult),
+}
+
+/// Run cell `index` of `grid` (see the module doc). The error of a failed cell is also
+/// written to `cells/<id>/error.txt`.
+pub fn run_cell(grid: &Grid, index: usize, progress: bool) -> Result<CellRun> {
+    let n = grid.len();
+    if index >= n {
+        bail!(
+            "cell index {index} is out of range: {} has {n} cells (indices 0 to {})",
+            grid.manifest_path().display(),
+            n.saturating_sub(1)
+        );
+    }
+    let cell = &grid.manifest().cells[index];
+    match grid.status(index) {
+        CellStatus::Done => return Ok(CellRun::AlreadyDone),
+        CellStatus::Stale => bail!(
+            "cell {} has a result.json from a different definition of the cell; delete {} to \
+             redo it",
+            cell.id,
+            grid.cell_dir(index).display()
+        ),
+        _ => {}
+    }
+    let kind = super::kinds::kind(&cell.kind)?;
+    for d in &cell.deps {
+        let j = grid
+            .manifest()
+            .index_of(d)
+            .ok_or_else(|| anyhow!("cell {} depends on unknown cell {d}", cell.id))?;
+        let st = grid.status(j);
+        if st != CellStatus::Done {
+            bail!(
+                "cell {} (index {index}) needs cell {d} (index {j}) to finish first; its status \
+                 is {}",
+                cell.id,
+                st.label()
+            );
+        }
+    }
+    check_inputs(grid, cell)?;
+
+    let dir = grid.cell_dir(index);
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create the cell directory {}", dir.display()))?;
+    let err_path = dir.join(ERROR_FILE);
+    if err_path.exists() {
+        std::fs::remove_file(&err_path)
+            .with_context(|| format!("cannot remove {}", err_path.display()))?;
+    }
+    let attempts = grid.attempts(index) + 1;
+    atomic_write(&dir.join(ATTEMPTS_FILE), format!("{attempts}\n").as_bytes())?;
+
+    let ctx = CellContext {
+        grid,
+        index,
+        cell,
+        dir: dir.clone(),
+        progress,
+    };
+    let started = std::time::Instant::now();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        check_fault(&cell.id, "start")?;
+        kind.run(&ctx)
+    }))
+    .unwrap_or_else(|panic| {
+        let msg = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".to_string());
+        Err(anyhow!("the cell panicked: {msg}"))
+    });
+    let output = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            let e = e.context(format!("cell {} ({}) failed", cell.id, cell.kind));
+            let text = format!("{e:#}\n\n{e:?}\n");
+            atomic_write(&err_path, text.as_bytes()).ok();
+            return Err(e);
+        }
+    };
+    let result = CellResult {
+        id: cell.id.clone(),
+        kind: cell.kind.clone(),
+        cell_hash: cell.hash(),
+        attempts,
+        seconds: started.elapsed().as_secs_f64(),
+        finished_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        output,
+    };
+    atomic_write_json(&dir.join(RESULT_FILE), &result)?;
+    if let Err(e) = kind.after_result(&ctx) {
+        eprintln!("warning: clean-up after cell {} failed: {e:#}", cell.id);
+    }
+    Ok(CellRun::Finished(result))
+}
+
+fn check_inputs(grid: &Grid, cell: &CellSpec) -> Result<()> {
+    for (name, inp) in &cell.inputs {
+        let p = resolve(grid.run_dir(), &inp.path);
+        if !p.exists() {
+            bail!(
+                "cell {}: input \"{name}\" ({}) does not exist",
+                cell.id,
+                p.display()
+            );
+        }
+        if let Some(want) = &inp.sha256 {
+            let got = sha256_file(&p)?;
+            if &got != want {
+                bail!(
+                    "cell {}: input \"{name}\" ({}) changed since the grid was planned (its \
+                     sha256 is {got}, the manifest pins {want}); re-plan the run instead of \
+                     editing its inputs",
+                    cell.id,
+                    p.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,225 @@
+//! A grid: a run directory plus its manifest, and the on-disk state of every cell.
+//!
+//! Layout of a run directory:
+//! ```text
+//! <run>/manifest.json          the cells (see `manifest`)
+//! <run>/status.json            the last executor's summary (done / failed / skipped)
+//! <run>/cells/<id>/            everything one cell writes
+//! <run>/cells/<id>/result.json written atomically LAST: its presence means "done"
+//! <run>/cells/<id>/error.txt   the error of the last failed attempt
+//! <run>/cells/<id>/attempts    how many times the cell was started
+//! ```
+//! A cell's status is read from these files alone, so any process (a local executor, a Slurm
+//! array task, `elastica cell status`) sees the same state.
+
+use super::cell::{CellResult, ATTEMPTS_FILE, ERROR_FILE, RESULT_FILE};
+use super::manifest::{Manifest, MANIFEST_FILE};
+use crate::report::Table;
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+
+/// Directory holding one sub-directory per cell.
+pub const CELLS_DIR: &str = "cells";
+/// The executor's summary of the last run.
+pub const STATUS_FILE: &str = "status.json";
+
+/// What the files of a cell say about it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CellStatus {
+    /// `result.json` exists and belongs to this exact cell.
+    Done,
+    /// The last attempt failed; the first line of `error.txt`.
+    Failed(String),
+    /// Started (its directory exists) but neither finished nor failed: killed, or running now.
+    Started,
+    /// Never started.
+    Pending,
+    /// `result.json` belongs to a different definition of the cell (another manifest).
+    Stale,
+}
+
+impl CellStatus {
+    pub fn label(&self) -> &'static str {
+        match self {
+            CellStatus::Done => "done",
+            CellStatus::Failed(_) => "failed",
+            CellStatus::Started => "started",
+            CellStatus::Pending => "pending",
+            CellStatus::Stale => "stale",
+        }
+    }
+}
+
+/// A run directory and its manifest.
+#[derive(Debug, Clone)]
+pub struct Grid {
+    run_dir: PathBuf,
+    manifest: Manifest,
+}
+
+impl Grid {
+    /// Record `manifest` in `run_dir` (created if needed). An existing manifest there is
+    /// replaced only when no started cell changes definition: adding cells (more seeds, a
+    /// longer n- list) or dropping cells keeps every finished result; changing a cell that
+    /// already has output is refused, naming the cells, so results of two different setups
+    /// never mix.
+    pub fn plan(run_dir: &Path, manifest: Manifest) -> Result<Grid> {
+        std::fs::create_dir_all(run_dir)
+            .with_context(|| format!("cannot create the run directory {}", run_dir.display()))?;
+        let path = run_dir.join(MANIFEST_FILE);
+        if path.exists() {
+            let old = Manifest::read(&path)?;
+            if old.hash == manifest.hash {
+                return Ok(Grid {
+                    run_dir: run_dir.to_path_buf(),
+                    manifest,
+                });
+            }
+            let grid_old = Grid {
+                run_dir: run_dir.to_path_buf(),
+                manifest: old,
+            };
+            let mut changed = Vec::new();
+            for c in &manifest.cells {
+                if let Some(j) = grid_old.manifest.index_of(&c.id) {
+                    let same = grid_old.manifest.cells[j].hash() == c.hash();
+                    if !same && grid_old.cell_dir(j).exists() {
+                        changed.push(c.id.clone());
+                    }
+                }
+            }
+            if !changed.is_empty() {
+                let shown: Vec<&str> = changed.iter().take(5).map(String::as_str).collect();
+                bail!(
+                    "{} was planned with a different definition of {} cell(s) that already \
+                     have output ({}{}); the config changed something those cells depend on. \
+                     Use a new output directory, or delete those cells/<id> directories to \
+                     redo them",
+                    run_dir.display(),
+                    changed.len(),
+                    shown.join(", "),
+                    if changed.len() > 5 { ", ..." } else { "" }
+                );
+            }
+        }
+        manifest.write(run_dir)?;
+        Ok(Grid {
+            run_dir: run_dir.to_path_buf(),
+            manifest,
+        })
+    }
+
+    /// Open the grid of an existing manifest file; the run directory is its parent.
+    pub fn open(manifest_path: &Path) -> Result<Grid> {
+        let manifest = Manifest::read(manifest_path)?;
+        let run_dir = match manifest_path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        Ok(Grid { run_dir, manifest })
+    }
+
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn manifest_path(&self) -> PathBuf {
+        self.run_dir.join(MANIFEST_FILE)
+    }
+
+    pub fn len(&self) -> usize {
+        self.manifest.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.manifest.is_empty()
+    }
+
+    /// `cells/<id>` of cell `i`.
+    pub fn cell_dir(&self, i: usize) -> PathBuf {
+        self.run_dir
+            .join(CELLS_DIR)
+            .join(&self.manifest.cells[i].id)
+    }
+
+    /// The directory of the cell named `id`.
+    pub fn cell_dir_by_id(&self, id: &str) -> PathBuf {
+        self.run_dir.join(CELLS_DIR).join(id)
+    }
+
+    pub fn status(&self, i: usize) -> CellStatus {
+        let dir = self.cell_dir(i);
+        let result = dir.join(RESULT_FILE);
+        if result.exists() {
+            return match CellResult::read(&result) {
+                Ok(r) if r.cell_hash == self.manifest.cells[i].hash() => CellStatus::Done,
+                _ => CellStatus::Stale,
+            };
+        }
+        let err = dir.join(ERROR_FILE);
+        if err.exists() {
+            let first = std::fs::read_to_string(&err)
+                .ok()
+                .and_then(|t| t.lines().next().map(str::to_string))
+                .unwrap_or_default();
+            return CellStatus::Failed(first);
+        }
+        if dir.exists() {
+            CellStatus::Started
+        } else {
+            CellStatus::Pending
+        }
+    }
+
+    pub fn is_done(&self, i: usize) -> bool {
+        self.status(i) == CellStatus::Done
+    }
+
+    /// The result of cell `i` if it is done (and belongs to this cell).
+    pub fn result(&self, i: usize) -> Result<Option<CellResult>> {
+        if !self.is_done(i) {
+            return Ok(None);
+        }
+        CellResult::read(&self.cell_dir(i).join(RESULT_FILE)).map(Some)
+    }
+
+    /// The results of every finished cell, by manifest index.
+    pub fn results(&self) -> Result<Vec<Option<CellResult>>> {
+        (0..self.len()).map(|i| self.result(i)).collect()
+    }
+
+    /// Times cell `i` was started (0 if never).
+    pub fn attempts(&self, i: usize) -> u32 {
+        std::fs::read_to_string(self.cell_dir(i).join(ATTEMPTS_FILE))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// One row per cell: index, id, kind, status, attempts, and the error if it failed.
+    pub fn status_table(&self) -> Table {
+        let mut t = Table::new(["index", "id", "kind", "status", "attempts", "detail"]);
+        for (i, c) in self.manifest.cells.iter().enumerate() {
+            let st = self.status(i);
+            let detail = match &st {
+                CellStatus::Failed(e) => e.clone(),
+                CellStatus::Stale => "result belongs to another manifest".to_string(),
+                _ => String::new(),
+            };
+            // Rows always have the header's width.
+            let _ = t.push_row([
+                i.to_string(),
+                c.id.clone(),
+                c.kind.clone(),
+                st.label().to_string(),
+                self.attempts(i).to_string(),
+                detail,
+            ]);
+        }
+        t
+    }
+}
