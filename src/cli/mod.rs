@@ -6,6 +6,7 @@
 //! command line override the file.
 
 mod cell;
+mod bench;
 mod config;
 mod eval_loss;
 mod generate;
@@ -35,6 +36,8 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Run or inspect single cells of a planned experiment grid (used by cluster executors).
     Cell(cell::CellArgs),
+    /// Measure training, forward and generation throughput (compare: scripts/bench_compare.sh).
+    Bench(bench::BenchArgs),
 }
 
 /// Entry point used by `main`: parses arguments (with `--config` merging), runs the command,
@@ -63,5 +66,6 @@ fn run(cmd: Command) -> anyhow::Result<()> {
         Command::EvalLoss(a) => eval_loss::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Cell(a) => cell::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }

@@ -3,14 +3,14 @@
 //! step is a pure function of (seed, step), so a run resumed from a checkpoint replays exactly
 //! what the uninterrupted run would have done and ends on bit-identical weights.
 
-use super::batch::{collate, loss_tokens, tokenize, Example};
+use super::batch::{collate, loss_tokens, tokenize, Batch, Example};
 use super::loss::nll_sum;
 use super::optim::{AdamW, AdamWConfig, Grads};
 use super::schedule::{lr_at, warmup_steps, Schedule};
 use crate::data::records::Record;
 use crate::data::template::Template;
 use crate::model::checkpoint::{save_model, save_params};
-use crate::model::LoadedModel;
+use crate::model::{Llama, LoadedModel};
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use rand::seq::SliceRandom;
@@ -163,7 +163,6 @@ pub fn train(
         eps: cfg.eps,
         weight_decay: cfg.weight_decay,
     });
-    let params = &lm.model.params;
     let log_path = out.join("train_log.jsonl");
     let mut log: Vec<StepLog> = Vec::new();
     let mut start = 0;
@@ -191,30 +190,11 @@ pub fn train(
         let batch_idx = step_indices(examples.len(), cfg, step, steps_per_epoch);
         let step_examples: Vec<&Example> = batch_idx.iter().map(|&i| &examples[i]).collect();
         let n_step: usize = step_examples.iter().map(|e| loss_tokens(e)).sum();
-        let mut grads: Option<Grads> = None;
-        let mut nll_total = 0.0;
-        if n_step > 0 {
-            for micro in step_examples.chunks(cfg.batch_size) {
-                let b = collate(micro, lm.tokenizer.pad_id(), &dev)?;
-                if b.n_targets == 0 {
-                    continue;
-                }
-                let logits = lm.model.forward(&b.ids)?;
-                let nll = nll_sum(&logits, &b.targets)?;
-                nll_total += nll.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-                let scaled = (nll / n_step as f64)?;
-                let g = Grads::from_store(params, &scaled.backward()?)?;
-                match grads.as_mut() {
-                    Some(acc) => acc.add(g),
-                    None => grads = Some(g),
-                }
-            }
-        }
-        let mut grad_norm = 0.0;
-        if let Some(mut g) = grads {
-            grad_norm = g.clip(cfg.clip);
-            opt.update(params, &g, lr)?;
-        }
+        let micro: Vec<Batch> = step_examples
+            .chunks(cfg.batch_size)
+            .map(|m| collate(m, lm.tokenizer.pad_id(), &dev))
+            .collect::<Result<_>>()?;
+        let (nll_total, grad_norm) = optimizer_step(&lm.model, &micro, &mut opt, lr, cfg.clip)?;
         let entry = StepLog {
             step: step + 1,
             loss: if n_step > 0 {
@@ -258,6 +238,43 @@ pub fn train(
         resumed_from,
         log,
     })
+}
+
+/// One optimizer step over `micro` batches: forward, token-weighted loss, backward and
+/// accumulate per micro-batch, then clip and update. Returns (summed NLL, grad norm before
+/// clipping). The loss is normalised by the step's total target count, so accumulation over
+/// micro-batches equals one big batch.
+pub fn optimizer_step(
+    model: &Llama,
+    micro: &[Batch],
+    opt: &mut AdamW,
+    lr: f64,
+    clip: f64,
+) -> Result<(f64, f64)> {
+    let params = &model.params;
+    let n_step: usize = micro.iter().map(|b| b.n_targets).sum();
+    if n_step == 0 {
+        return Ok((0.0, 0.0));
+    }
+    let mut grads: Option<Grads> = None;
+    let mut nll_total = 0.0;
+    for b in micro.iter().filter(|b| b.n_targets > 0) {
+        let logits = model.forward(&b.ids)?;
+        let nll = nll_sum(&logits, &b.targets)?;
+        nll_total += nll.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let scaled = (nll / n_step as f64)?;
+        let g = Grads::from_store(params, &scaled.backward()?)?;
+        match grads.as_mut() {
+            Some(acc) => acc.add(g),
+            None => grads = Some(g),
+        }
+    }
+    let mut grad_norm = 0.0;
+    if let Some(mut g) = grads {
+        grad_norm = g.clip(clip);
+        opt.update(params, &g, lr)?;
+    }
+    Ok((nll_total, grad_norm))
 }
 
 /// Example indices of optimizer step `step` (0-based): epoch order is a seeded shuffle of
