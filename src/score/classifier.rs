@@ -355,9 +355,12 @@ mod tests {
             .join(name)
     }
 
+    /// One reference run: the truncation length, the token ids, P(POSITIVE), P(NEGATIVE).
+    type Run = (usize, Vec<Vec<u32>>, Vec<f64>, Vec<f64>);
+
     struct Reference {
         texts: Vec<String>,
-        runs: Vec<(usize, Vec<Vec<u32>>, Vec<f64>, Vec<f64>)>,
+        runs: Vec<Run>,
     }
 
     fn reference(name: &str) -> Reference {

@@ -82,7 +82,17 @@ mod tests {
             )
         );
         spec.select = Select::Safe;
-        assert_eq!(load(&spec).unwrap().records.len(), 3);
+        let safe = load(&spec).unwrap();
+        assert_eq!(safe.records.len(), 3);
+        spec.select = Select::All;
+        let all = load(&spec).unwrap();
+        assert_eq!(
+            (
+                all.prompts().unwrap().len(),
+                all.unique_prompts().unwrap().len()
+            ),
+            (5, 4)
+        );
         spec.files = None;
         spec.select = Select::All;
         assert_eq!(

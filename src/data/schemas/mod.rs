@@ -239,6 +239,17 @@ impl Dataset {
             .collect()
     }
 
+    /// [`Dataset::prompts`] without repeats, in first-seen order (BeaverTails pairs one
+    /// prompt with several responses).
+    pub fn unique_prompts(&self) -> Result<Vec<String>> {
+        let mut seen = std::collections::HashSet::new();
+        Ok(self
+            .prompts()?
+            .into_iter()
+            .filter(|p| seen.insert(p.clone()))
+            .collect())
+    }
+
     /// One line for logs and reports: counts of kept and skipped rows.
     pub fn summary(&self) -> String {
         let mut s = format!(

@@ -46,7 +46,8 @@ impl BertConfig {
             layer_norm_eps: f64_key(c, "layer_norm_eps", 1e-12)?,
             pad_token_id: usize_key(c, "pad_token_id", Some(0))?,
         };
-        if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads)
+        {
             bail!(
                 "config.json: hidden_size {} is not a multiple of num_attention_heads {}",
                 cfg.hidden_size,

@@ -37,7 +37,7 @@ impl DistilBertConfig {
             activation: Activation::from_name(str_key(c, "activation", "gelu")?)?,
             max_position_embeddings: usize_key(c, "max_position_embeddings", Some(512))?,
         };
-        if cfg.n_heads == 0 || cfg.dim % cfg.n_heads != 0 {
+        if cfg.n_heads == 0 || !cfg.dim.is_multiple_of(cfg.n_heads) {
             bail!(
                 "config.json: dim {} is not a multiple of n_heads {}",
                 cfg.dim,
