@@ -5,8 +5,11 @@
 //! flag names (`lr = 1e-5`, `no_shuffle = true`, `betas = [0.9, 0.95]`). Flags typed on the
 //! command line override the file.
 
-mod cell;
 mod bench;
+mod cell;
+// `compress`, `decompress` and `rates` join `Command` once `compress::load_predictor` can load
+// a real model (issue 6); public so that its functions are not dead code until then.
+pub mod compress;
 mod config;
 mod eval_loss;
 mod generate;

@@ -11,17 +11,23 @@
 //! - [`coder`]: the range-coded stream, one predictor walk for both directions.
 //! - [`format`]: the checked file header.
 //! - [`codec`]: whole-file [`compress`] / [`decompress`].
+//! - [`hf`]: [`Tokenization`] for Hugging Face tokenizers.
 //! - [`baselines`]: gzip / xz / zstd sizes of the same input.
 //! - [`rates`]: compression rates of data sets (bits per token, per byte, normalised).
+//! - [`rates_report`]: the rates as table, CSV, JSON and plots by checkpoint.
+//! - [`summary`]: the compressor's report, next to the baselines.
 //! - [`testing`]: a toy tokenizer and an adaptive bigram predictor for tests.
 
 pub mod baselines;
 pub mod codec;
 pub mod coder;
 pub mod format;
+pub mod hf;
 pub mod predictor;
 pub mod rates;
+pub mod rates_report;
 pub mod segment;
+pub mod summary;
 pub mod symbols;
 pub mod testing;
 

@@ -165,8 +165,9 @@ pub fn ideal_bits(log_probs: &[f32], token: usize) -> Result<f64> {
 /// polynomial (truncation error < 1e-16 at that range).
 pub fn exp_det(x: f64) -> f64 {
     // Cody-Waite split of ln2/64: the high part has trailing zero bits, so k * HI is exact.
-    const HI: f64 = 6.931_471_803_691_238_164_90e-1 / 64.0;
-    const LO: f64 = 1.908_214_929_270_587_700_02e-10 / 64.0;
+    // fdlibm's ln2_hi and ln2_lo, bit for bit.
+    const HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000) / 64.0;
+    const LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76) / 64.0;
     // Round to nearest by adding and subtracting 1.5 * 2^52 (exact IEEE arithmetic; much
     // faster than `f64::round`, a library call on baseline x86-64).
     const SHIFTER: f64 = 6_755_399_441_055_744.0;

@@ -118,8 +118,9 @@ impl Tokenization for ToyTokenizer {
 /// of real ones (a real model also spends a little mass on tokens that never occur).
 /// Its outputs are a deterministic function of the calls since [`TokenPredictor::start`].
 #[derive(Debug, Clone)]
-pub struct NgramPredictor {
-    tok: ToyTokenizer,
+pub struct NgramPredictor<T: Tokenization = ToyTokenizer> {
+    tok: T,
+    tokenizer_id: [u8; 32],
     vocab_size: usize,
     max_context: usize,
     base: Vec<f64>,
@@ -137,21 +138,40 @@ const A: f64 = 8.0;
 
 impl NgramPredictor {
     /// A predictor over `vocab_size` ids (at least the toy tokenizer's) that allows
-    /// `max_context` calls per chunk.
+    /// `max_context` calls per chunk, with the [`ToyTokenizer`].
     pub fn new(vocab_size: usize, max_context: usize) -> Result<Self> {
         let tok = ToyTokenizer::new();
-        if vocab_size < tok.vocab_len() {
-            bail!(
-                "vocab_size {vocab_size} is smaller than the toy tokenizer's {}",
-                tok.vocab_len()
-            );
+        let mut h = Sha256::new();
+        for p in &tok.pieces {
+            h.update((p.len() as u64).to_le_bytes());
+            h.update(p.as_bytes());
+        }
+        let id = h.finalize().into();
+        let used = tok.vocab_len();
+        NgramPredictor::with_tokenizer(tok, id, used, vocab_size, max_context)
+    }
+}
+
+impl<T: Tokenization> NgramPredictor<T> {
+    /// The same predictor with any tokenizer: `tokenizer_id` identifies it in the
+    /// fingerprint (e.g. SHA-256 of its `tokenizer.json`), and ids from `used_vocab` up to
+    /// `vocab_size` get the small weight of padding rows.
+    pub fn with_tokenizer(
+        tok: T,
+        tokenizer_id: [u8; 32],
+        used_vocab: usize,
+        vocab_size: usize,
+        max_context: usize,
+    ) -> Result<Self> {
+        if vocab_size < used_vocab || vocab_size < 2 {
+            bail!("vocab_size {vocab_size} is smaller than the tokenizer's {used_vocab} (or 2)");
         }
         if max_context == 0 {
             bail!("max_context must be at least 1");
         }
         let mut base: Vec<f64> = (0..vocab_size)
             .map(|t| {
-                if t < tok.vocab_len() {
+                if t < used_vocab {
                     1.0 + ((t as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 61) as f64
                 } else {
                     1e-3
@@ -163,6 +183,7 @@ impl NgramPredictor {
         let ln_base = base.iter().map(|&b| (A * b).ln()).collect();
         Ok(NgramPredictor {
             tok,
+            tokenizer_id,
             vocab_size,
             max_context,
             base,
@@ -177,7 +198,7 @@ impl NgramPredictor {
     }
 }
 
-impl TokenPredictor for NgramPredictor {
+impl<T: Tokenization> TokenPredictor for NgramPredictor<T> {
     fn vocab_size(&self) -> usize {
         self.vocab_size
     }
@@ -191,10 +212,7 @@ impl TokenPredictor for NgramPredictor {
         h.update(b"elastica ngram mock v1");
         h.update((self.vocab_size as u64).to_le_bytes());
         h.update((self.max_context as u64).to_le_bytes());
-        for p in &self.tok.pieces {
-            h.update((p.len() as u64).to_le_bytes());
-            h.update(p.as_bytes());
-        }
+        h.update(self.tokenizer_id);
         h.finalize().into()
     }
 

@@ -1,0 +1,335 @@
+//! `elastica compress`, `elastica decompress` and `elastica rates`: the language model as a
+//! compressor of byte files, and the compression rates of data sets across checkpoints
+//! (issue 6, items 1 and 2). The library side is [`crate::compress`].
+//!
+//! [`load_predictor`] is the single point where a model on disk becomes a
+//! [`TokenPredictor`]; every command goes through it.
+
+use crate::compress::baselines::baselines;
+use crate::compress::rates::{rate, ScoredSequence};
+use crate::compress::rates_report::{rates_table, write_rates, RateRow};
+use crate::compress::summary::CompressSummary;
+use crate::compress::{compress, decompress, CompressOptions, TokenPredictor};
+use crate::data::records::read_jsonl;
+use crate::report::{default_run_dir, RunDir};
+use crate::util::fsx::{atomic_write, atomic_write_json};
+use anyhow::{anyhow, bail, Context, Result};
+use std::path::PathBuf;
+
+/// Load the model at `model` (a Hugging Face directory or cached hub id) as a next-token
+/// predictor with an incremental (KV-cache) forward.
+pub fn load_predictor(model: &str) -> Result<Box<dyn TokenPredictor>> {
+    bail!(
+        "cannot load {model} as a compressor: loading a model as a token predictor lands with \
+         the model core (issue 6); until then the compressor runs only on test predictors"
+    )
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CompressArgs {
+    /// Model directory (Hugging Face layout) or hub id in the local cache.
+    #[arg(long)]
+    pub model: String,
+    /// File to compress (any bytes).
+    pub input: PathBuf,
+    /// Where to write the compressed file.
+    pub output: PathBuf,
+    /// Token steps per chunk; the model restarts from an empty context after each
+    /// (default and maximum: the model's context length).
+    #[arg(long)]
+    pub chunk_tokens: Option<usize>,
+    /// Also write the report (sizes, code lengths, baselines) as JSON to this file.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Skip the gzip / xz / zstd baselines.
+    #[arg(long)]
+    pub no_baselines: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DecompressArgs {
+    /// The model the file was compressed with.
+    #[arg(long)]
+    pub model: String,
+    /// Compressed file.
+    pub input: PathBuf,
+    /// Where to write the original bytes.
+    pub output: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RatesArgs {
+    /// Checkpoints, in order (the x axis of the plots), comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub models: Vec<String>,
+    /// Held-out data sets as NAME=FILE.jsonl, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub data: Vec<String>,
+    /// Output directory (default: runs/rates-<UTC time>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Use only the first N records of each data set.
+    #[arg(long)]
+    pub max_records: Option<usize>,
+}
+
+pub fn run_compress(args: CompressArgs) -> Result<()> {
+    let mut pred = load_predictor(&args.model)?;
+    compress_file(&args, pred.as_mut())
+}
+
+pub fn run_decompress(args: DecompressArgs) -> Result<()> {
+    let mut pred = load_predictor(&args.model)?;
+    decompress_file(&args, pred.as_mut())
+}
+
+pub fn run_rates(args: RatesArgs) -> Result<()> {
+    rates_with(&args, &mut |m| load_predictor(m))
+}
+
+/// `compress` with a given predictor.
+pub fn compress_file(args: &CompressArgs, pred: &mut dyn TokenPredictor) -> Result<()> {
+    let input = std::fs::read(&args.input)
+        .with_context(|| format!("cannot read {}", args.input.display()))?;
+    let opts = CompressOptions {
+        chunk_tokens: args.chunk_tokens,
+        progress: true,
+    };
+    let (file, report) = compress(&input, pred, &opts)
+        .with_context(|| format!("cannot compress {}", args.input.display()))?;
+    atomic_write(&args.output, &file)?;
+    let base = if args.no_baselines {
+        Vec::new()
+    } else {
+        baselines(&input)?
+    };
+    let summary = CompressSummary::new(args.input.display().to_string(), report, base);
+    println!(
+        "{} -> {}\n\n{}\n{}",
+        args.input.display(),
+        args.output.display(),
+        summary.table()?.to_markdown(),
+        summary.notes()
+    );
+    if let Some(p) = &args.report {
+        atomic_write_json(p, &summary)?;
+    }
+    Ok(())
+}
+
+/// `decompress` with a given predictor.
+pub fn decompress_file(args: &DecompressArgs, pred: &mut dyn TokenPredictor) -> Result<()> {
+    let file = std::fs::read(&args.input)
+        .with_context(|| format!("cannot read {}", args.input.display()))?;
+    let (out, report) = decompress(&file, pred, true)
+        .with_context(|| format!("cannot decompress {}", args.input.display()))?;
+    atomic_write(&args.output, &out)?;
+    println!(
+        "{} -> {}: {} bytes from {} ({:.4} bits/byte), checksum verified",
+        args.input.display(),
+        args.output.display(),
+        out.len(),
+        file.len(),
+        report.bits_per_byte()
+    );
+    Ok(())
+}
+
+/// A `--data` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedData {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+pub fn parse_named_data(spec: &str) -> Result<NamedData> {
+    let (name, path) = spec
+        .split_once('=')
+        .ok_or_else(|| anyhow!("--data entry {spec:?} is not NAME=FILE"))?;
+    let name = name.trim();
+    if name.is_empty() || path.trim().is_empty() {
+        bail!("--data entry {spec:?} needs both a name and a file (NAME=FILE)");
+    }
+    Ok(NamedData {
+        name: name.to_string(),
+        path: PathBuf::from(path.trim()),
+    })
+}
+
+/// `rates` with a given way of loading models (tests pass test predictors).
+pub fn rates_with(
+    args: &RatesArgs,
+    load: &mut dyn FnMut(&str) -> Result<Box<dyn TokenPredictor>>,
+) -> Result<()> {
+    let data: Vec<NamedData> = args
+        .data
+        .iter()
+        .map(|s| parse_named_data(s))
+        .collect::<Result<_>>()?;
+    let mut seen = std::collections::HashSet::new();
+    if let Some(d) = data.iter().find(|d| !seen.insert(&d.name)) {
+        bail!("--data names the data set {:?} twice", d.name);
+    }
+    let sets = data
+        .iter()
+        .map(|d| {
+            let mut recs = read_jsonl(&d.path)?;
+            if let Some(n) = args.max_records {
+                recs.truncate(n);
+            }
+            Ok((d, recs))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let run = RunDir::create(args.out.clone().unwrap_or_else(|| default_run_dir("rates")))?;
+    let mut rows = Vec::new();
+    for (checkpoint, model) in args.models.iter().enumerate() {
+        let mut pred = load(model).with_context(|| format!("model {model}"))?;
+        for (d, recs) in &sets {
+            let seqs = recs
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    ScoredSequence::raw(r, pred.tokenization()).with_context(|| {
+                        format!("{}: record {}: cannot tokenize", d.path.display(), i + 1)
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let pb = crate::util::progress::bar(seqs.len() as u64, &format!("{model} {}", d.name));
+            let r = rate(pred.as_mut(), &seqs, &pb)
+                .with_context(|| format!("rate of {} under {model}", d.path.display()))?;
+            pb.finish_and_clear();
+            rows.push(RateRow {
+                model: model.clone(),
+                checkpoint,
+                dataset: d.name.clone(),
+                rate: r,
+            });
+        }
+    }
+    write_rates(&run, &rows)?;
+    println!("{}", rates_table(&rows)?.to_markdown());
+    println!("written to {}", run.root().display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compress::testing::NgramPredictor;
+
+    #[test]
+    fn compress_then_decompress_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let input = tmp.path().join("in.txt");
+        let packed = tmp.path().join("in.elz");
+        let back = tmp.path().join("back.txt");
+        let report = tmp.path().join("report.json");
+        let mut text = "the cat sat on the mat; \u{00e9}t\u{00e9} "
+            .repeat(40)
+            .into_bytes();
+        text.extend_from_slice(b"\xff\xfe binary tail \x00\x01");
+        std::fs::write(&input, &text).unwrap();
+        let args = CompressArgs {
+            model: "mock".into(),
+            input: input.clone(),
+            output: packed.clone(),
+            chunk_tokens: Some(100),
+            report: Some(report.clone()),
+            no_baselines: false,
+        };
+        compress_file(&args, &mut NgramPredictor::new(400, 512).unwrap()).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        assert_eq!(json["baselines"].as_array().unwrap().len(), 3);
+        assert_eq!(json["report"]["chunk_tokens"], 100);
+        let dargs = DecompressArgs {
+            model: "mock".into(),
+            input: packed.clone(),
+            output: back.clone(),
+        };
+        decompress_file(&dargs, &mut NgramPredictor::new(400, 512).unwrap()).unwrap();
+        assert_eq!(std::fs::read(&back).unwrap(), text);
+
+        // A damaged file: the error names it, and nothing is written.
+        let mut bytes = std::fs::read(&packed).unwrap();
+        let n = bytes.len();
+        bytes.truncate(n - 3);
+        std::fs::write(&packed, &bytes).unwrap();
+        let dargs = DecompressArgs {
+            output: tmp.path().join("never.txt"),
+            ..dargs
+        };
+        let err = decompress_file(&dargs, &mut NgramPredictor::new(400, 512).unwrap()).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("in.elz") && msg.contains("truncated"), "{msg}");
+        assert!(!tmp.path().join("never.txt").exists());
+    }
+
+    #[test]
+    fn the_real_loader_says_what_is_missing() {
+        let err = load_predictor("some/model").err().unwrap();
+        assert!(format!("{err:#}").contains("some/model"));
+    }
+
+    #[test]
+    fn named_data_parsing() {
+        assert_eq!(
+            parse_named_data("align=a/b.jsonl").unwrap(),
+            NamedData {
+                name: "align".into(),
+                path: "a/b.jsonl".into()
+            }
+        );
+        assert!(parse_named_data("a/b.jsonl").is_err());
+        assert!(parse_named_data("=x").is_err());
+    }
+
+    #[test]
+    fn rates_across_checkpoints_write_all_outputs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = tmp.path().join("a.jsonl");
+        let b = tmp.path().join("b.jsonl");
+        std::fs::write(
+            &a,
+            "{\"prompt\": \"the cat\", \"response\": \" sat on the mat\"}\n{\"text\": \"and the dog\"}\n",
+        )
+        .unwrap();
+        std::fs::write(&b, "{\"text\": \"zzz qqq xxx\"}\n").unwrap();
+        let out = tmp.path().join("out");
+        let args = RatesArgs {
+            models: vec!["small".into(), "big".into()],
+            data: vec![
+                format!("pre={}", a.display()),
+                format!("neg={}", b.display()),
+            ],
+            out: Some(out.clone()),
+            max_records: None,
+        };
+        let mut load = |m: &str| -> Result<Box<dyn TokenPredictor>> {
+            let ctx = if m == "small" { 3 } else { 512 };
+            Ok(Box::new(NgramPredictor::new(400, ctx)?))
+        };
+        rates_with(&args, &mut load).unwrap();
+        let rows: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("rates.json")).unwrap())
+                .unwrap();
+        let rows = rows.as_array().unwrap();
+        assert_eq!(rows.len(), 4);
+        assert_eq!(rows[0]["dataset"], "pre");
+        assert_eq!(rows[3]["checkpoint"], 1);
+        for stem in ["rates_bits_per_byte", "rates_bits_per_token"] {
+            assert!(out.join(format!("{stem}.png")).exists());
+            assert!(out.join(format!("{stem}.svg")).exists());
+        }
+
+        let bad = RatesArgs {
+            data: vec![format!(
+                "pre={}",
+                tmp.path().join("missing.jsonl").display()
+            )],
+            ..args
+        };
+        let err = rates_with(&bad, &mut load).unwrap_err();
+        assert!(format!("{err:#}").contains("missing.jsonl"));
+    }
+}

@@ -1,0 +1,148 @@
+//! Output of `elastica rates`: one row per (checkpoint, data set), written as a Markdown
+//! table, CSV, JSON, and plots of the rate against the checkpoint with one line per data set.
+
+use super::rates::Rate;
+use crate::report::{LinePlot, RunDir, Series, Table};
+use anyhow::{bail, Result};
+use serde::Serialize;
+use std::path::PathBuf;
+
+/// A plotted quantity: file stem, axis label, and how to read it from a [`Rate`].
+type Metric = (&'static str, &'static str, fn(&Rate) -> f64);
+
+/// The rate of one data set under one checkpoint.
+#[derive(Debug, Clone, Serialize)]
+pub struct RateRow {
+    pub model: String,
+    /// Position of the model in the `--models` list (the x axis of the plots).
+    pub checkpoint: usize,
+    pub dataset: String,
+    #[serde(flatten)]
+    pub rate: Rate,
+}
+
+pub fn rates_table(rows: &[RateRow]) -> Result<Table> {
+    let mut t = Table::new([
+        "checkpoint",
+        "model",
+        "dataset",
+        "records",
+        "tokens",
+        "bytes",
+        "bits/token",
+        "bits/byte",
+        "normalised",
+        "nats/token",
+    ]);
+    for r in rows {
+        t.push_row([
+            r.checkpoint.to_string(),
+            r.model.clone(),
+            r.dataset.clone(),
+            r.rate.records.to_string(),
+            r.rate.tokens.to_string(),
+            r.rate.bytes.to_string(),
+            format!("{:.4}", r.rate.bits_per_token),
+            format!("{:.4}", r.rate.bits_per_byte),
+            format!("{:.4}", r.rate.normalized),
+            format!("{:.4}", r.rate.nats_per_token),
+        ])?;
+    }
+    Ok(t)
+}
+
+/// Write `rates.md`, `rates.csv`, `rates.json` and the plots `rates_bits_per_byte` and
+/// `rates_bits_per_token` (PNG and SVG) into `run`; returns the paths written.
+pub fn write_rates(run: &RunDir, rows: &[RateRow]) -> Result<Vec<PathBuf>> {
+    if rows.is_empty() {
+        bail!("no rates to write");
+    }
+    let table = rates_table(rows)?;
+    let mut md = String::from(
+        "# Compression rates\n\nExact code length (sum of -log2 p) of each data set's scored \
+         tokens under each checkpoint. normalised = bits/token - log2(vocabulary size); \
+         nats/token is the mean NLL (the eval-loss figure).\n\n",
+    );
+    md.push_str(&table.to_markdown());
+    let mut written = vec![
+        run.write_text("rates.md", &md)?,
+        run.write_table_csv("rates.csv", &table)?,
+        run.write_json("rates.json", &rows)?,
+    ];
+    let mut datasets: Vec<&str> = Vec::new();
+    for r in rows {
+        if !datasets.contains(&r.dataset.as_str()) {
+            datasets.push(&r.dataset);
+        }
+    }
+    let metrics: [Metric; 2] = [
+        ("rates_bits_per_byte", "bits per byte", |r| r.bits_per_byte),
+        ("rates_bits_per_token", "bits per token", |r| {
+            r.bits_per_token
+        }),
+    ];
+    for (stem, label, get) in metrics {
+        let mut plot = LinePlot::new(
+            format!("Compression rate ({label}) by checkpoint"),
+            "checkpoint (order of --models)",
+            label,
+        );
+        for d in &datasets {
+            let points = rows
+                .iter()
+                .filter(|r| r.dataset == *d)
+                .map(|r| (r.checkpoint as f64, get(&r.rate)))
+                .collect();
+            plot = plot.series(Series::new(*d, points));
+        }
+        let (png, svg) = run.plot(stem, &plot)?;
+        written.push(png);
+        written.push(svg);
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compress::rates::{Rate, RecordCode};
+
+    #[test]
+    fn writes_table_json_and_plots() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir::create(tmp.path()).unwrap();
+        let rate = |bits: f64| {
+            Rate::from_codes(
+                &[RecordCode {
+                    bits,
+                    tokens: 10,
+                    bytes: 40,
+                }],
+                256,
+            )
+            .unwrap()
+        };
+        let rows: Vec<RateRow> = (0..3)
+            .flat_map(|c| {
+                ["pretrain", "align"].map(|d| RateRow {
+                    model: format!("ckpt-{c}"),
+                    checkpoint: c,
+                    dataset: d.to_string(),
+                    rate: rate(30.0 + c as f64),
+                })
+            })
+            .collect();
+        let files = write_rates(&run, &rows).unwrap();
+        assert_eq!(files.len(), 7);
+        for f in &files {
+            assert!(std::fs::metadata(f).unwrap().len() > 0, "{}", f.display());
+        }
+        let csv = std::fs::read_to_string(run.path("rates.csv")).unwrap();
+        assert_eq!(csv.lines().count(), 7);
+        assert!(csv.contains("ckpt-2,align,1,10,40,3.2000,0.8000,-4.8000"));
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.path("rates.json")).unwrap())
+                .unwrap();
+        assert_eq!(json[0]["bits_per_token"], 3.0);
+    }
+}

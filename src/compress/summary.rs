@@ -1,0 +1,112 @@
+//! What `elastica compress` tells the user: the model's code next to its ideal length and
+//! the gzip / xz / zstd baselines, as a table and as JSON.
+
+use super::baselines::Baseline;
+use super::codec::CompressReport;
+use crate::report::{fmt_sig, Table};
+use anyhow::Result;
+use serde::Serialize;
+
+/// The JSON form of one compression run.
+#[derive(Debug, Clone, Serialize)]
+pub struct CompressSummary {
+    pub input: String,
+    pub report: CompressReport,
+    /// Whole file (header included), bits per original byte.
+    pub bits_per_byte: f64,
+    /// Sum of -log2 p over every coded symbol, per original byte.
+    pub ideal_bits_per_byte: f64,
+    /// Ideal bits per token (tokens only).
+    pub bits_per_token: f64,
+    /// Payload over ideal, in percent (the header is not included).
+    pub overhead_percent: f64,
+    pub baselines: Vec<Baseline>,
+}
+
+impl CompressSummary {
+    pub fn new(input: impl Into<String>, report: CompressReport, baselines: Vec<Baseline>) -> Self {
+        CompressSummary {
+            input: input.into(),
+            bits_per_byte: report.bits_per_byte(),
+            ideal_bits_per_byte: report.ideal_bits_per_byte(),
+            bits_per_token: report.bits_per_token(),
+            overhead_percent: report.overhead() * 100.0,
+            report,
+            baselines,
+        }
+    }
+
+    /// Sizes side by side: the model's file, its ideal code length, and the baselines.
+    pub fn table(&self) -> Result<Table> {
+        let n = self.report.original_bytes;
+        let mut t = Table::new(["method", "bytes", "bits/byte", "ratio"]);
+        let mut row = |name: &str, bytes: f64| -> Result<()> {
+            let bpb = if n == 0 { 0.0 } else { bytes * 8.0 / n as f64 };
+            let ratio = if bytes > 0.0 { n as f64 / bytes } else { 0.0 };
+            t.push_row([
+                name.to_string(),
+                format!("{:.0}", bytes.ceil()),
+                format!("{bpb:.4}"),
+                format!("{ratio:.3}"),
+            ])
+        };
+        row("original", n as f64)?;
+        row(
+            "model (file, with header)",
+            self.report.compressed_bytes as f64,
+        )?;
+        row(
+            "model ideal (sum of -log2 p)",
+            self.report.stream.ideal_bits() / 8.0,
+        )?;
+        for b in &self.baselines {
+            row(&b.name, b.bytes as f64)?;
+        }
+        Ok(t)
+    }
+
+    /// One-paragraph account of the code: overhead, header, tokens, chunks, raw bytes.
+    pub fn notes(&self) -> String {
+        let r = &self.report;
+        let s = &r.stream;
+        format!(
+            "code overhead over the ideal: {}% of {:.0} bits (payload {} bytes; header {} bytes \
+             extra). {} tokens in {} chunk(s) of up to {} tokens, {:.4} bits/token; {} text \
+             piece(s); {} raw byte(s) in {} run(s).",
+            fmt_sig(self.overhead_percent, 3),
+            s.ideal_bits(),
+            r.payload_bytes,
+            r.header_bytes,
+            s.tokens,
+            s.chunks,
+            r.chunk_tokens,
+            self.bits_per_token,
+            s.pieces,
+            s.raw_bytes,
+            s.raw_runs,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compress::baselines::baselines;
+    use crate::compress::testing::NgramPredictor;
+    use crate::compress::{compress, CompressOptions};
+
+    #[test]
+    fn table_lists_the_model_and_every_baseline() {
+        let input = b"the cat sat on the mat and the dog sat on the log. ".repeat(20);
+        let mut pred = NgramPredictor::new(400, 4096).unwrap();
+        let (_, report) = compress(&input, &mut pred, &CompressOptions::default()).unwrap();
+        let s = CompressSummary::new("x.txt", report, baselines(&input).unwrap());
+        let t = s.table().unwrap();
+        assert_eq!(t.rows.len(), 6);
+        assert_eq!(t.rows[0][1], input.len().to_string());
+        assert!(t.to_markdown().contains("xz -9"));
+        assert!(s.notes().contains("tokens"));
+        let json = serde_json::to_value(&s).unwrap();
+        assert!(json["overhead_percent"].as_f64().unwrap() < 5.0);
+    }
+}
