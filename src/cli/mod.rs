@@ -13,6 +13,7 @@ pub mod compress;
 mod config;
 mod eval_loss;
 mod generate;
+mod theory;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -41,6 +42,8 @@ pub enum Command {
     Cell(cell::CellArgs),
     /// Measure training, forward and generation throughput (compare: scripts/bench_compare.sh).
     Bench(bench::BenchArgs),
+    /// Exact token-tree simulation of the elasticity theorem (no neural network).
+    Theory(theory::TheoryArgs),
 }
 
 /// Entry point used by `main`: parses arguments (with `--config` merging), runs the command,
@@ -70,5 +73,6 @@ fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Cell(a) => cell::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Theory(a) => theory::run(a),
     }
 }

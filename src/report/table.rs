@@ -154,6 +154,10 @@ pub fn fmt_ci(mean: f64, half: Option<f64>) -> String {
     } else {
         mean.abs().log10().floor() as i32
     };
+    if decimals > 6 && (0..6).contains(&mmag) {
+        // An interval far narrower than a mean of ordinary size: keep the mean readable.
+        return format!("{} ± {:.1e}", fmt_sig(mean, 6), h);
+    }
     if decimals > 6 || mmag >= 6 {
         return format!("{:.3e} ± {:.1e}", mean, h);
     }
@@ -233,6 +237,8 @@ mod tests {
         assert_eq!(fmt_ci(9.81, Some(0.4)), "9.81 ± 0.40");
         assert_eq!(fmt_ci(0.7, None), "0.7000");
         assert_eq!(fmt_ci(2.5e-9, Some(1e-10)), "2.500e-9 ± 1.0e-10");
+        assert_eq!(fmt_ci(10.0, Some(3.2e-13)), "10.0000 ± 3.2e-13");
+        assert_eq!(fmt_ci(-1.047e-3, Some(7.8e-6)), "-1.047e-3 ± 7.8e-6");
         assert_eq!(fmt_sig(0.0012345, 3), "0.00123");
         assert_eq!(fmt_sig(123456.0, 3), "123456");
         assert_eq!(fmt_sig(1.5e7, 2), "1.5e7");

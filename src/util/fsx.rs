@@ -23,6 +23,12 @@ where
         .with_context(|| format!("cannot create directory {}", dir.display()))?;
     let tmp = tempfile::NamedTempFile::new_in(&dir)
         .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
+    // Temp files are created owner-only (0600); a result file should be readable like any other.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644)).ok();
+    }
     {
         let mut w = std::io::BufWriter::new(tmp.as_file());
         f(&mut w).with_context(|| format!("while writing {}", path.display()))?;
