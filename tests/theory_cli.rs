@@ -42,6 +42,8 @@ fn theory_command_writes_results_report_and_plots() {
 
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("# Elasticity theorem") && report.contains("## Springs in series"));
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 4, "{csv}");
     for stem in ["ratio_vs_k", "regime"] {
         let png = std::fs::read(out.join(format!("{stem}.png"))).unwrap();
         assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");

@@ -15,6 +15,15 @@ fn ci_cell(c: &Option<MeanCi>) -> String {
     }
 }
 
+/// k as typed: integers without decimals.
+fn fmt_k(k: f64) -> String {
+    if k.fract() == 0.0 && k.abs() < 1e15 {
+        format!("{}", k as i64)
+    } else {
+        fmt_sig(k, 4)
+    }
+}
+
 fn opt(v: Option<f64>) -> String {
     v.map(|x| fmt_sig(x, 3))
         .unwrap_or_else(|| "undefined".to_string())
@@ -24,11 +33,11 @@ fn fit_row(name: &str, f: &SlopeFit) -> Vec<String> {
     match &f.fit {
         Some(fit) => vec![
             name.to_string(),
-            fmt_sig(fit.slope, 5),
+            format!("{:.4}", fit.slope),
             fit.slope_ci95
-                .map(|(lo, hi)| format!("[{}, {}]", fmt_sig(lo, 5), fmt_sig(hi, 5)))
+                .map(|(lo, hi)| format!("[{lo:.4}, {hi:.4}]"))
                 .unwrap_or_else(|| "n/a (2 points)".to_string()),
-            fmt_sig(fit.r2, 4),
+            format!("{:.4}", fit.r2),
             f.points.to_string(),
             f.excluded.to_string(),
         ],
@@ -62,7 +71,7 @@ impl TheoryResults {
                 .ratio_secant
                 .map(|c| fmt_ci(c.mean / s.k, c.half_width.map(|h| h / s.k)));
             let row = vec![
-                fmt_sig(s.k, 6),
+                fmt_k(s.k),
                 ci_cell(&s.dgamma_a_l0),
                 ci_cell(&s.dgamma_p_l0),
                 ci_cell(&s.ratio_l0),
@@ -97,7 +106,7 @@ impl TheoryResults {
         let l1 = self.config.l_max / self.config.l_steps as f64;
         for s in &self.per_k {
             t.rows.push(vec![
-                fmt_sig(s.k, 6),
+                fmt_k(s.k),
                 fmt_sig(l1, 3),
                 opt(s.force_pretrain),
                 opt(s.force_align),
@@ -142,7 +151,8 @@ impl TheoryResults {
             out.push(format!(
                 "Signs: only {ok} of {n} runs have d γ(D_p)/dl < 0 < d γ(D_a)/dl at l = 0; in the others \
                  D_a and D_t overlap enough (Σ p_a p_t / q ≥ 1) that the perturbation improves alignment \
-                 compression. The theorem's sign pattern does not hold there."
+                 compression. The theorem's sign pattern does not hold there; the magnitudes still obey \
+                 |γ_a'| = k |γ_p'| at l → 0 (force balance), only the direction flips."
             ));
         }
         out.push(format!(
@@ -182,14 +192,26 @@ impl TheoryResults {
                 .per_k
                 .iter()
                 .filter(|s| s.huffman_defined < s.seeds)
-                .map(|s| fmt_sig(s.k, 6))
+                .map(|s| fmt_k(s.k))
                 .collect();
             out.push(format!(
                 "Huffman: in {undefined} of {} runs (k = {}) the Huffman code does not change between l = 0 \
-                 and l = {} (q moves by O(l/k)), so its rate is flat and the ratio is undefined there.",
+                 and l = {} (the code changes only when q crosses a tie between subtrees, and q moves by O(l/k)), \
+                 so the Huffman rates are flat and the ratio is undefined there.",
                 self.runs.len(),
                 ks.join(", "),
                 fmt_sig(self.config.l_max, 3)
+            ));
+        }
+        let non_positive = self
+            .runs
+            .iter()
+            .filter(|r| r.huffman.secant.ratio.is_some_and(|x| x <= 0.0))
+            .count();
+        if non_positive > 0 {
+            out.push(format!(
+                "Huffman: in {non_positive} of {} runs the code change moved γ(D_a) and γ(D_p) the same way                  (ratio ≤ 0): a step function's secant is dominated by which ties happen to flip. These runs                  are left out of the Huffman slope fit.",
+                self.runs.len()
             ));
         }
         let fwd: Vec<f64> = self
@@ -206,7 +228,7 @@ impl TheoryResults {
             let range = |v: &[f64]| {
                 let lo = v.iter().cloned().fold(f64::INFINITY, f64::min);
                 let hi = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                format!("{}–{}", fmt_sig(lo, 3), fmt_sig(hi, 3))
+                format!("{}–{}", fmt_sig(lo, 4), fmt_sig(hi, 4))
             };
             let mut s = format!(
                 "Springs: |D_p| ΔKL(D_p‖model) and |D_a| ΔKL(D_a‖model) are equal and opposite (balance {} \
@@ -241,7 +263,7 @@ impl TheoryResults {
         let mut t = Table::new(["k", "ratio dγ(D_a)/dl ÷ −dγ(D_p)/dl", "ratio / k"]);
         for k in &self.per_k {
             t.rows.push(vec![
-                fmt_sig(k.k, 6),
+                fmt_k(k.k),
                 ci_cell(&k.ratio_secant),
                 k.ratio_secant
                     .map(|r| fmt_ci(r.mean / k.k, r.half_width.map(|h| h / k.k)))
@@ -267,7 +289,7 @@ impl TheoryResults {
             1u64 << c.depth,
             c.alpha,
             c.ks.iter()
-                .map(|k| fmt_sig(*k, 6))
+                .map(|k| fmt_k(*k))
                 .collect::<Vec<_>>()
                 .join(", "),
             c.first_seed,
@@ -310,13 +332,14 @@ impl TheoryResults {
             "\n## Where the regime ends\n\nFor k = {}, seed {}: Δγ(D_a) and −k Δγ(D_p) over l ∈ [0, {}]. \
              They coincide for small l (force balance) and separate as l grows; γ(D_p) stops improving at \
              l* = {}.\n\n",
-            fmt_sig(r.k, 6),
+            fmt_k(r.k),
             r.seed,
             fmt_sig(r.points.last().map(|p| p.0).unwrap_or(0.0), 3),
             opt(r.l_star)
         ));
         s.push_str(
             "## Files\n\n- `results.json`: configuration, per-k summaries, fits, every run with its sweep\n\
+             - `results.csv`: the ratio table above\n\
              - `ratio_vs_k.png` / `.svg`: log-log ratio against k\n\
              - `regime.png` / `.svg`: rate changes over a wide l range\n",
         );
@@ -381,10 +404,10 @@ impl TheoryResults {
         let title = match r.l_star {
             Some(s) => format!(
                 "Rates against perturbation, k = {} (l* = {})",
-                fmt_sig(r.k, 6),
+                fmt_k(r.k),
                 fmt_sig(s, 3)
             ),
-            None => format!("Rates against perturbation, k = {}", fmt_sig(r.k, 6)),
+            None => format!("Rates against perturbation, k = {}", fmt_k(r.k)),
         };
         LinePlot::new(title, "l = |D_t| / |D_a|", "change in rate (bits/token)")
             .series(
@@ -405,6 +428,7 @@ impl TheoryResults {
         let mut paths = vec![
             run.write_json("results.json", self)?,
             run.write_text("report.md", &self.report_markdown())?,
+            run.write_table_csv("results.csv", &self.ratio_table())?,
         ];
         let (a, b) = run.plot("ratio_vs_k", &self.ratio_plot())?;
         paths.extend([a, b]);
