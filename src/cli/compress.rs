@@ -6,6 +6,7 @@
 //! [`TokenPredictor`]; every command goes through it.
 
 use crate::compress::baselines::baselines;
+use crate::compress::model_predictor::ModelPredictor;
 use crate::compress::rates::{rate, ScoredSequence};
 use crate::compress::rates_report::{rates_table, write_rates, RateRow};
 use crate::compress::summary::CompressSummary;
@@ -19,10 +20,11 @@ use std::path::PathBuf;
 /// Load the model at `model` (a Hugging Face directory or cached hub id) as a next-token
 /// predictor with an incremental (KV-cache) forward.
 pub fn load_predictor(model: &str) -> Result<Box<dyn TokenPredictor>> {
-    bail!(
-        "cannot load {model} as a compressor: loading a model as a token predictor lands with \
-         the model core (issue 6); until then the compressor runs only on test predictors"
-    )
+    let lm = crate::model::load_model(model, &candle_core::Device::Cpu)
+        .with_context(|| format!("cannot load {model} as a compressor"))?;
+    Ok(Box::new(
+        ModelPredictor::new(lm).with_context(|| format!("model {model}"))?,
+    ))
 }
 
 #[derive(clap::Args, Debug)]
@@ -267,7 +269,7 @@ mod tests {
 
     #[test]
     fn the_real_loader_says_what_is_missing() {
-        let err = load_predictor("some/model").err().unwrap();
+        let err = load_predictor("/nonexistent/some/model").err().unwrap();
         assert!(format!("{err:#}").contains("some/model"));
     }
 

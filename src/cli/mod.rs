@@ -7,8 +7,6 @@
 
 mod bench;
 mod cell;
-// `compress`, `decompress` and `rates` join `Command` once `compress::load_predictor` can load
-// a real model (issue 6); public so that its functions are not dead code until then.
 pub mod compress;
 mod config;
 mod eval_loss;
@@ -44,6 +42,12 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Exact token-tree simulation of the elasticity theorem (no neural network).
     Theory(theory::TheoryArgs),
+    /// Compress any file with a language model as the probability source (arithmetic coding).
+    Compress(compress::CompressArgs),
+    /// Restore a file written by `compress` (needs the same model).
+    Decompress(compress::DecompressArgs),
+    /// Compression rates (bits/token, bits/byte) of data sets under one or more checkpoints.
+    Rates(compress::RatesArgs),
 }
 
 /// Entry point used by `main`: parses arguments (with `--config` merging), runs the command,
@@ -74,5 +78,8 @@ fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Cell(a) => cell::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Theory(a) => theory::run(a),
+        Command::Compress(a) => compress::run_compress(a),
+        Command::Decompress(a) => compress::run_decompress(a),
+        Command::Rates(a) => compress::run_rates(a),
     }
 }

@@ -12,6 +12,7 @@
 //! - [`format`]: the checked file header.
 //! - [`codec`]: whole-file [`compress`] / [`decompress`].
 //! - [`hf`]: [`Tokenization`] for Hugging Face tokenizers.
+//! - [`model_predictor`]: the Llama-family model as a [`TokenPredictor`] (KV-cache forward).
 //! - [`baselines`]: gzip / xz / zstd sizes of the same input.
 //! - [`rates`]: compression rates of data sets (bits per token, per byte, normalised).
 //! - [`rates_report`]: the rates as table, CSV, JSON and plots by checkpoint.
@@ -23,6 +24,7 @@ pub mod codec;
 pub mod coder;
 pub mod format;
 pub mod hf;
+pub mod model_predictor;
 pub mod predictor;
 pub mod rates;
 pub mod rates_report;

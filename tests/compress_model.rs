@@ -1,0 +1,158 @@
+//! End-to-end tests of `elastica compress | decompress | rates` with a real (tiny) Hugging Face
+//! checkpoint as the probability source: exact round trips, header guards (wrong model,
+//! flipped bits), and rates that equal `eval-loss`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn model(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+fn elastica(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_elastica"))
+        .args(args)
+        .env("RAYON_NUM_THREADS", "1")
+        .output()
+        .expect("cannot run elastica");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn round_trip(dir: &Path, name: &str, input: &[u8]) -> PathBuf {
+    let src = dir.join(format!("{name}.bin"));
+    let packed = dir.join(format!("{name}.elz"));
+    let back = dir.join(format!("{name}.out"));
+    std::fs::write(&src, input).unwrap();
+    let m = model("tiny-llama");
+    let (ok, so, se) = elastica(&[
+        "compress",
+        "--model",
+        &m,
+        src.to_str().unwrap(),
+        packed.to_str().unwrap(),
+    ]);
+    assert!(ok, "compress {name}: {so}\n{se}");
+    let (ok, so, se) = elastica(&[
+        "decompress",
+        "--model",
+        &m,
+        packed.to_str().unwrap(),
+        back.to_str().unwrap(),
+    ]);
+    assert!(ok, "decompress {name}: {so}\n{se}");
+    assert_eq!(std::fs::read(&back).unwrap(), input, "{name}");
+    packed
+}
+
+const ENGLISH: &str = "The committee met on Tuesday to review the proposal. After a long \
+discussion about costs, schedules and the risks of delay, the members agreed that the plan \
+was sound but needed more detail on how the work would be tested. ";
+
+#[test]
+fn round_trips_through_the_binary_and_guards_the_header() {
+    let tmp = tempfile::tempdir().unwrap();
+    round_trip(tmp.path(), "empty", b"");
+    round_trip(tmp.path(), "one", b"x");
+    let mut state = 0x9e3779b97f4a7c15u64;
+    let random: Vec<u8> = (0..300)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect();
+    round_trip(tmp.path(), "random", &random);
+    let text = ENGLISH.repeat(2048 / ENGLISH.len() + 1);
+    let packed = round_trip(tmp.path(), "english", text.as_bytes());
+
+    // A different model: a clear error, and no output.
+    let out = tmp.path().join("wrong.out");
+    let (ok, _, se) = elastica(&[
+        "decompress",
+        "--model",
+        &model("tiny-qwen2"),
+        packed.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(se.to_lowercase().contains("model"), "{se}");
+    assert!(!out.exists());
+
+    // One flipped bit in the payload: refused, no output.
+    let mut bytes = std::fs::read(&packed).unwrap();
+    let i = bytes.len() - 10;
+    bytes[i] ^= 0x10;
+    let bad = tmp.path().join("flipped.elz");
+    std::fs::write(&bad, &bytes).unwrap();
+    let (ok, _, se) = elastica(&[
+        "decompress",
+        "--model",
+        &model("tiny-llama"),
+        bad.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok, "a flipped bit decompressed");
+    assert!(se.contains("flipped.elz"), "{se}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn rates_equal_eval_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("d.jsonl");
+    std::fs::write(
+        &data,
+        "{\"text\": \"The cat sat on the mat and looked at the dog.\"}\n\
+         {\"prompt\": \"What is the plan?\", \"response\": \" We test it first, then ship.\"}\n\
+         {\"text\": \"Numbers like 12345 and words like naive cafe.\"}\n",
+    )
+    .unwrap();
+    let m = model("tiny-llama");
+    let out = tmp.path().join("rates");
+    let (ok, so, se) = elastica(&[
+        "rates",
+        "--models",
+        &m,
+        "--data",
+        &format!("d={}", data.display()),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{so}\n{se}");
+    let rows: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("rates.json")).unwrap()).unwrap();
+    let row = &rows.as_array().unwrap()[0];
+    let bits = row["bits_per_token"].as_f64().unwrap();
+    let (ok, so, se) = elastica(&[
+        "eval-loss",
+        "--model",
+        &m,
+        "--data",
+        data.to_str().unwrap(),
+        "--template",
+        "raw",
+    ]);
+    assert!(ok, "{so}\n{se}");
+    let line = so.lines().rev().find(|l| l.starts_with('{')).unwrap();
+    let ev: serde_json::Value = serde_json::from_str(line).unwrap();
+    let nll = ev["mean_nll"].as_f64().unwrap();
+    assert_eq!(
+        row["tokens"].as_u64(),
+        ev["tokens"].as_u64(),
+        "{row} vs {ev}"
+    );
+    let nats = bits * std::f64::consts::LN_2;
+    assert!(
+        ((nats - nll) / nll).abs() < 1e-4,
+        "rates {nats} nats/token vs eval-loss {nll}"
+    );
+}
