@@ -13,6 +13,7 @@ mod eval_loss;
 mod generate;
 mod theory;
 mod train;
+mod world;
 
 use clap::{Parser, Subcommand};
 
@@ -48,6 +49,9 @@ pub enum Command {
     Decompress(compress::DecompressArgs),
     /// Compression rates (bits/token, bits/byte) of data sets under one or more checkpoints.
     Rates(compress::RatesArgs),
+    /// Generate the synthetic world: pre-training text, alignment/perturbation pairs,
+    /// evaluation prompts, a BPE tokenizer and world.json.
+    World(world::WorldArgs),
 }
 
 /// Entry point used by `main`: parses arguments (with `--config` merging), runs the command,
@@ -81,5 +85,6 @@ fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Compress(a) => compress::run_compress(a),
         Command::Decompress(a) => compress::run_decompress(a),
         Command::Rates(a) => compress::run_rates(a),
+        Command::World(a) => world::run(a),
     }
 }

@@ -7,3 +7,4 @@ pub mod records;
 pub mod rows;
 pub mod schemas;
 pub mod template;
+pub mod world;

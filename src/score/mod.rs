@@ -6,6 +6,7 @@ pub mod classifier;
 pub mod encoder;
 pub mod keywords;
 pub mod registry;
+pub mod world;
 
 use anyhow::Result;
 
@@ -26,3 +27,4 @@ pub trait Scorer: Send + Sync {
     /// Score each sample; the output has the same length and order as the input.
     fn score_batch(&self, samples: &[Sample<'_>]) -> Result<Vec<f64>>;
 }
+

@@ -108,12 +108,9 @@ pub fn build(spec: &ScorerSpec, device: &Device) -> Result<Box<dyn Scorer>> {
         }
         ScorerSpec::Keywords { path: None } => Box::new(KeywordScorer::builtin()),
         ScorerSpec::Keywords { path: Some(p) } => Box::new(KeywordScorer::from_file(p)?),
-        // Hook: the synthetic world's scorers live in crate::score::world (by_name).
-        ScorerSpec::WorldSentiment | ScorerSpec::WorldSafety => bail!(
-            "scorer \"{}\" is the synthetic world's rule and is not part of this build yet \
-             (crate::score::world)",
-            spec.kind()
-        ),
+        ScorerSpec::WorldSentiment | ScorerSpec::WorldSafety => {
+            crate::score::world::by_name(spec.kind())?
+        }
         // Hook: needs the Llama backbone from crate::model.
         ScorerSpec::CostModel { .. } => bail!(
             "scorer \"cost-model\" (safe-rlhf LlamaForScore) needs the Llama model, which is \
