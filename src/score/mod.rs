@@ -27,4 +27,3 @@ pub trait Scorer: Send + Sync {
     /// Score each sample; the output has the same length and order as the input.
     fn score_batch(&self, samples: &[Sample<'_>]) -> Result<Vec<f64>>;
 }
-

@@ -404,6 +404,12 @@ mod tests {
         let c = by_name("world-safety").unwrap();
         assert!(!c.higher_is_aligned());
         assert_eq!(c.name(), "world-safety");
+        // The global registry builds them from `kind = "world-..."`.
+        for kind in NAMES {
+            let spec = crate::score::registry::parse_spec(&format!("kind = \"{kind}\"")).unwrap();
+            let s = crate::score::registry::build(&spec, &candle_core::Device::Cpu).unwrap();
+            assert_eq!(s.name(), kind);
+        }
         let e = match by_name("sentiment") {
             Err(e) => e.to_string(),
             Ok(_) => panic!("an unknown name was accepted"),
@@ -412,21 +418,5 @@ mod tests {
             e.contains("world-sentiment") && e.contains("world-safety"),
             "{e}"
         );
-    }
-}
-#[cfg(test)]
-mod dump {
-    #[test]
-    fn dump_sets() {
-        let sw = super::safety_words();
-        for (n, s) in [
-            ("T", &sw.instructions),
-            ("R", &sw.refusal),
-            ("C", &sw.comply),
-        ] {
-            let mut v: Vec<_> = s.iter().collect();
-            v.sort();
-            println!("{n} ({}): {v:?}", v.len());
-        }
     }
 }
