@@ -9,9 +9,11 @@ mod bench;
 mod cell;
 pub mod compress;
 mod config;
+mod demo;
 mod eval_loss;
 mod generate;
 mod theory;
+mod pretrain;
 mod train;
 mod world;
 
@@ -33,6 +35,10 @@ pub struct Cli {
 pub enum Command {
     /// Supervised fine-tuning (or from-scratch training) of a Llama-family model.
     Train(train::TrainArgs),
+    /// The paper's pipeline end to end on a synthetic world, from scratch (no downloads).
+    Demo(demo::DemoArgs),
+    /// Pre-train a size preset from scratch on a world's text.
+    Pretrain(pretrain::PretrainArgs),
     /// Mean NLL of a model on a data file, as JSON.
     EvalLoss(eval_loss::EvalLossArgs),
     /// Generate responses from a model.
@@ -77,6 +83,8 @@ pub fn main() -> i32 {
 fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Train(a) => train::run(a),
+        Command::Demo(a) => demo::run(a),
+        Command::Pretrain(a) => pretrain::run(a),
         Command::EvalLoss(a) => eval_loss::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Cell(a) => cell::run(a),

@@ -16,7 +16,9 @@
 //! - [`executor`]: the executor interface and the local executor.
 
 pub mod cell;
+pub mod demo;
 pub mod executor;
 pub mod grid;
 pub mod kinds;
 pub mod manifest;
+pub mod pretrain;

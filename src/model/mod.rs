@@ -8,6 +8,7 @@ pub mod generate;
 pub mod init;
 pub mod llama;
 pub mod params;
+pub mod presets;
 pub mod rope;
 pub mod tokenizer;
 

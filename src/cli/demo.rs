@@ -1,0 +1,33 @@
+//! `elastica demo`: the whole pipeline on the embedded default, no downloads, no input files.
+
+use crate::experiments::demo::{run as run_demo, DemoConfig};
+use anyhow::Result;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// Run directory (report.md, plots, results.csv/jsonl, world.json, models).
+    #[arg(long, default_value = "runs/demo")]
+    pub out: PathBuf,
+    /// Seed of the world and of pre-training.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Smaller grid and one seed (about a minute); what the test suite runs.
+    #[arg(long)]
+    pub quick: bool,
+    /// Worker threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+pub fn run(a: DemoArgs) -> Result<()> {
+    super::train::set_threads(a.threads);
+    let cfg = if a.quick {
+        DemoConfig::quick(a.seed)
+    } else {
+        DemoConfig::full(a.seed)
+    };
+    let summary = run_demo(&cfg, &a.out)?;
+    println!("{summary}");
+    Ok(())
+}

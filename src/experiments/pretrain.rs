@@ -1,0 +1,95 @@
+//! Pre-training from scratch on the synthetic world's text: a size preset, an exact token
+//! budget (|D_p| known to the token), and the model saved in the HF layout.
+
+use crate::data::records::Record;
+use crate::data::template::Template;
+use crate::data::world::World;
+use crate::model::checkpoint::{init_model, LoadedModel};
+use crate::model::presets;
+use crate::model::TextTokenizer;
+use crate::train::schedule::Schedule;
+use crate::train::{train, TrainConfig, TrainSummary};
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use std::path::Path;
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PretrainConfig {
+    pub size: String,
+    /// Pre-training budget in sequence tokens (BOS + text + EOS per record).
+    pub tokens: usize,
+    pub seed: u64,
+    pub lr: f64,
+    pub batch_size: usize,
+}
+
+impl Default for PretrainConfig {
+    fn default() -> Self {
+        PretrainConfig {
+            size: "tiny".into(),
+            tokens: 200_000,
+            seed: 42,
+            lr: 3e-3,
+            batch_size: 16,
+        }
+    }
+}
+
+/// The world's pre-training records in file order until `tokens` sequence tokens are used.
+/// Errors if the world holds fewer.
+pub fn take_tokens(
+    world: &World,
+    tok: &TextTokenizer,
+    tokens: usize,
+) -> Result<(Vec<Record>, usize)> {
+    let mut used = 0;
+    let mut out = Vec::new();
+    for r in world.pretrain() {
+        let Record::Text { text } = r else { continue };
+        let n = tok.encode(text, true)?.len() + 1;
+        if used + n > tokens {
+            break;
+        }
+        used += n;
+        out.push(r.clone());
+    }
+    if out.len() == world.pretrain().len() && used < tokens {
+        bail!(
+            "the world holds only {used} pre-training tokens but {tokens} were asked for; regenerate it with --pretrain-tokens {tokens} or more"
+        );
+    }
+    Ok((out, used))
+}
+
+/// Pre-train a fresh model of preset `cfg.size` on the world in `world_dir`, into `out`.
+pub fn pretrain(
+    world_dir: &Path,
+    cfg: &PretrainConfig,
+    out: &Path,
+    progress: bool,
+) -> Result<(LoadedModel, TrainSummary, usize)> {
+    let world = World::load(world_dir)
+        .with_context(|| format!("cannot load the world in {}", world_dir.display()))?;
+    let tok = TextTokenizer::from_dir(world_dir, &[], None)?;
+    let config = presets::config_json(&cfg.size, &tok, 512)?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let config_path = out.join("init_config.json");
+    crate::util::fsx::atomic_write(&config_path, config.as_bytes())?;
+    let lm = init_model(&config_path, world_dir, cfg.seed, &Device::Cpu)?;
+    let (records, used) = take_tokens(&world, &tok, cfg.tokens)?;
+    let tc = TrainConfig {
+        template: Template::Raw,
+        lr: cfg.lr,
+        schedule: Schedule::Cosine,
+        warmup_ratio: 0.05,
+        batch_size: cfg.batch_size,
+        grad_accum: 1,
+        epochs: 1,
+        max_length: 512,
+        seed: cfg.seed,
+        save_every: 50,
+        ..Default::default()
+    };
+    let s = train(&lm, &records, &tc, out, true, None, progress)?;
+    Ok((lm, s, used))
+}
