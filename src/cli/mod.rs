@@ -12,8 +12,8 @@ mod config;
 mod demo;
 mod eval_loss;
 mod generate;
-mod theory;
 mod pretrain;
+mod theory;
 mod train;
 mod world;
 
