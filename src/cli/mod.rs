@@ -13,6 +13,7 @@ mod demo;
 mod eval_loss;
 mod generate;
 mod pretrain;
+mod resist;
 mod theory;
 mod train;
 mod world;
@@ -58,12 +59,20 @@ pub enum Command {
     /// Generate the synthetic world: pre-training text, alignment/perturbation pairs,
     /// evaluation prompts, a BPE tokenizer and world.json.
     World(world::WorldArgs),
+    /// Resistance experiment: forward vs inverse alignment between sequential checkpoints.
+    Resist(resist::ResistArgs),
 }
 
 /// Entry point used by `main`: parses arguments (with `--config` merging), runs the command,
 /// prints errors with their cause chain and returns the process exit code.
 pub fn main() -> i32 {
-    let argv = match config::expand_config_args(std::env::args_os().collect()) {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let argv = if reads_own_config(&argv) {
+        Ok(argv)
+    } else {
+        config::expand_config_args(argv)
+    };
+    let argv = match argv {
         Ok(a) => a,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -80,6 +89,18 @@ pub fn main() -> i32 {
     }
 }
 
+/// Whether the subcommand in `argv` declares its own `--config` (an experiment whose TOML
+/// has nested tables); those files are not expanded into flags.
+fn reads_own_config(argv: &[std::ffi::OsString]) -> bool {
+    use clap::CommandFactory;
+    let Some(name) = argv.get(1).and_then(|a| a.to_str()) else {
+        return false;
+    };
+    Cli::command()
+        .find_subcommand(name)
+        .is_some_and(|sub| sub.get_arguments().any(|a| a.get_long() == Some("config")))
+}
+
 fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Train(a) => train::run(a),
@@ -94,5 +115,6 @@ fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Decompress(a) => compress::run_decompress(a),
         Command::Rates(a) => compress::run_rates(a),
         Command::World(a) => world::run(a),
+        Command::Resist(a) => resist::run(a),
     }
 }

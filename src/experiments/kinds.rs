@@ -6,7 +6,11 @@ use super::cell::CellKind;
 use anyhow::{bail, Result};
 
 /// Every registered cell kind.
-pub static KINDS: &[&dyn CellKind] = &[];
+pub static KINDS: &[&dyn CellKind] = &[
+    &crate::experiments::resist::cells::ThetaKind,
+    &crate::experiments::resist::cells::GenerateKind,
+    &crate::experiments::resist::cells::PairKind,
+];
 
 /// Registered kinds, plus test-only kinds in unit tests.
 pub fn all() -> Vec<&'static dyn CellKind> {

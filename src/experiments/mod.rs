@@ -13,7 +13,8 @@
 //! - [`grid`]: a run directory and the on-disk status of its cells;
 //! - [`cell`]: running one cell, and the [`cell::CellKind`] trait kinds implement;
 //! - [`kinds`]: the registry of cell kinds;
-//! - [`executor`]: the executor interface and the local executor.
+//! - [`executor`]: the executor interface and the local executor;
+//! - [`resist`]: experiment 1, forward vs inverse alignment (PAPER.md §3).
 
 pub mod cell;
 pub mod demo;
@@ -22,3 +23,4 @@ pub mod grid;
 pub mod kinds;
 pub mod manifest;
 pub mod pretrain;
+pub mod resist;

@@ -1,0 +1,33 @@
+//! `elastica resist`: the resistance experiment (forward vs inverse alignment, PAPER.md §3)
+//! from a `resist.toml` (see `experiments::resist::config` for every key). Rerunning with the
+//! same `--out` resumes: finished fine-tunes and generations are not redone.
+
+use crate::experiments::resist::{self, ResistConfig};
+use anyhow::Result;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct ResistArgs {
+    /// The experiment's TOML config (model, [data], slices, seeds, [generate], [train], ...).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Run directory (default: runs/resist-<UTC time>). An existing one is resumed.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Worker threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+pub fn run(a: ResistArgs) -> Result<()> {
+    super::train::set_threads(a.threads);
+    let cfg = ResistConfig::from_file(&a.config)?;
+    let out = a
+        .out
+        .unwrap_or_else(|| crate::report::default_run_dir("resist"));
+    let res = resist::run(&cfg, &out)?;
+    println!("{}", resist::markdown_summary(&res));
+    println!("{}", resist::results::pair_table(&res)?.to_markdown());
+    eprintln!("report: {}", out.join("report.md").display());
+    Ok(())
+}

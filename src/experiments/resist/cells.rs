@@ -1,0 +1,255 @@
+//! The resistance experiment's cell kinds, run by the grid executor (or by `elastica cell
+//! run` on a cluster):
+//! - `resist.theta`: theta_k = theta_{k-1} fine-tuned on slice k (the model is the cell's
+//!   directory);
+//! - `resist.generate`: a checkpoint answers the held-out prompts (`gen_k.jsonl`);
+//! - `resist.pair`: one direction of one pair; its output holds the per-step losses.
+//!
+//! Fine-tunes run with `resume = true`, so a killed cell continues from its newest
+//! checkpoint (`train.save_every` > 0) when it runs again. Each fine-tune checks the fault
+//! point `train-step-N` after optimizer step N (see `experiments::cell`).
+
+use super::plan::{Direction, PairPlan};
+use crate::data::records::{read_jsonl, write_jsonl, Record};
+use crate::data::template::Template;
+use crate::experiments::cell::{CellContext, CellKind};
+use crate::model::checkpoint::load_model;
+use crate::model::generate::{generate, GenConfig};
+use crate::train::{train, TrainConfig, TrainSummary};
+use anyhow::{Context, Result};
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+pub const THETA: &str = "resist.theta";
+pub const GENERATE: &str = "resist.generate";
+pub const PAIR: &str = "resist.pair";
+
+/// Where a checkpoint's weights are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ModelRef {
+    /// The base model theta_0, as an absolute directory.
+    Base(String),
+    /// The directory of a `resist.theta` cell (a dependency).
+    Cell(String),
+}
+
+impl ModelRef {
+    fn dir(&self, ctx: &CellContext<'_>) -> PathBuf {
+        match self {
+            ModelRef::Base(p) => PathBuf::from(p),
+            ModelRef::Cell(id) => ctx.dep_dir(id),
+        }
+    }
+}
+
+/// Parameters of a `resist.theta` cell; its input `data` is the slice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThetaParams {
+    pub k: usize,
+    /// theta_{k-1}.
+    pub start: ModelRef,
+    pub train: TrainConfig,
+}
+
+/// Parameters of a `resist.generate` cell; its input `prompts` is the held-out prompts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateParams {
+    pub k: usize,
+    pub model: ModelRef,
+    pub template: Template,
+    pub generate: GenConfig,
+}
+
+/// Parameters of a `resist.pair` cell. The start model and the training data both follow
+/// from `pair` and `direction`; `models` and `gens` only say where each checkpoint's
+/// weights and generations are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairParams {
+    pub pair: PairPlan,
+    pub direction: Direction,
+    /// Weights of theta_k and theta_l.
+    pub models: BTreeMap<usize, ModelRef>,
+    /// Ids of the `resist.generate` cells of k and l.
+    pub gens: BTreeMap<usize, String>,
+    pub keep_model: bool,
+}
+
+/// Output of a fine-tuning cell.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FineTuneOutput {
+    pub records: usize,
+    pub steps: usize,
+    pub truncated: usize,
+    pub mean_loss: f64,
+    pub resumed_from: Option<usize>,
+    /// Loss of optimizer step 1, 2, ...
+    pub losses: Vec<f64>,
+}
+
+impl From<&TrainSummary> for FineTuneOutput {
+    fn from(s: &TrainSummary) -> Self {
+        FineTuneOutput {
+            records: s.records,
+            steps: s.steps,
+            truncated: s.truncated,
+            mean_loss: s.mean_loss,
+            resumed_from: s.resumed_from,
+            losses: s.log.iter().map(|l| l.loss).collect(),
+        }
+    }
+}
+
+/// Output of a `resist.pair` cell.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairOutput {
+    pub k: usize,
+    pub l: usize,
+    pub direction: Direction,
+    pub samples: usize,
+    pub seed: u64,
+    pub fine_tune: FineTuneOutput,
+}
+
+/// Output of a `resist.generate` cell.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerateOutput {
+    /// File name inside the cell directory.
+    pub file: String,
+    pub records: usize,
+}
+
+/// `gen_k.jsonl`.
+pub fn gen_file(k: usize) -> String {
+    format!("gen_{k}.jsonl")
+}
+
+/// Fine-tune the model in `start` on `data` into the cell directory, resuming a killed
+/// attempt.
+fn fine_tune(
+    ctx: &CellContext<'_>,
+    start: &std::path::Path,
+    data: &[Record],
+    t: &TrainConfig,
+) -> Result<TrainSummary> {
+    let lm = load_model(&start.to_string_lossy(), &Device::Cpu)?;
+    let mut hook = |_: &crate::model::LoadedModel, s: &crate::train::sft::StepLog| {
+        ctx.fault_point(&format!("train-step-{}", s.step))
+    };
+    train(&lm, data, t, &ctx.dir, true, Some(&mut hook), ctx.progress)
+        .with_context(|| format!("fine-tuning {} into {}", start.display(), ctx.dir.display()))
+}
+
+pub struct ThetaKind;
+
+impl CellKind for ThetaKind {
+    fn name(&self) -> &'static str {
+        THETA
+    }
+    fn about(&self) -> &'static str {
+        "resist: fine-tune theta_{k-1} on slice k into theta_k"
+    }
+    fn run(&self, ctx: &CellContext<'_>) -> Result<serde_json::Value> {
+        let p: ThetaParams = ctx.params()?;
+        let data = read_jsonl(&ctx.input("data")?)?;
+        let s = fine_tune(ctx, &p.start.dir(ctx), &data, &p.train)?;
+        Ok(serde_json::to_value(FineTuneOutput::from(&s))?)
+    }
+}
+
+pub struct GenerateKind;
+
+impl CellKind for GenerateKind {
+    fn name(&self) -> &'static str {
+        GENERATE
+    }
+    fn about(&self) -> &'static str {
+        "resist: checkpoint theta_k answers the held-out prompts (gen_k.jsonl)"
+    }
+    fn run(&self, ctx: &CellContext<'_>) -> Result<serde_json::Value> {
+        let p: GenerateParams = ctx.params()?;
+        let path = ctx.input("prompts")?;
+        let prompts = super::slices::prompts_of(&read_jsonl(&path)?, &path.display().to_string())?;
+        let lm = load_model(&p.model.dir(ctx).to_string_lossy(), &Device::Cpu)?;
+        let ids: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|q| p.template.encode_prompt(q, &lm.tokenizer))
+            .collect::<Result<_>>()?;
+        let pb = crate::util::progress::bar(prompts.len() as u64, "generate");
+        if !ctx.progress {
+            pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        let outs = generate(
+            &lm.model,
+            &ids,
+            lm.tokenizer.eos_ids(),
+            lm.tokenizer.pad_id(),
+            &p.generate,
+            |n| pb.inc(n as u64),
+        )?;
+        pb.finish_and_clear();
+        let recs: Vec<Record> = prompts
+            .iter()
+            .zip(&outs)
+            .map(|(q, o)| Ok(Record::pair(q.clone(), lm.tokenizer.decode(o, true)?)))
+            .collect::<Result<_>>()?;
+        let file = gen_file(p.k);
+        write_jsonl(&ctx.dir.join(&file), &recs)?;
+        Ok(serde_json::to_value(GenerateOutput {
+            file,
+            records: recs.len(),
+        })?)
+    }
+}
+
+pub struct PairKind;
+
+impl CellKind for PairKind {
+    fn name(&self) -> &'static str {
+        PAIR
+    }
+    fn about(&self) -> &'static str {
+        "resist: forward (theta_k on gen_l) or inverse (theta_l on gen_k) fine-tune"
+    }
+    fn run(&self, ctx: &CellContext<'_>) -> Result<serde_json::Value> {
+        let p: PairParams = ctx.params()?;
+        let mut gens = BTreeMap::new();
+        for c in [p.pair.k(), p.pair.l()] {
+            let id = p
+                .gens
+                .get(&c)
+                .with_context(|| format!("cell {}: no generation cell for θ{c}", ctx.cell.id))?;
+            let out: GenerateOutput = ctx.dep_output(id)?;
+            gens.insert(c, read_jsonl(&ctx.dep_dir(id).join(out.file))?);
+        }
+        let data = p.pair.training_set(p.direction, &gens)?;
+        let start_k = p.pair.start(p.direction);
+        let start = p
+            .models
+            .get(&start_k)
+            .with_context(|| format!("cell {}: no weights for θ{start_k}", ctx.cell.id))?;
+        let s = fine_tune(ctx, &start.dir(ctx), &data, p.pair.train())?;
+        Ok(serde_json::to_value(PairOutput {
+            k: p.pair.k(),
+            l: p.pair.l(),
+            direction: p.direction,
+            samples: p.pair.samples(),
+            seed: p.pair.train().seed,
+            fine_tune: FineTuneOutput::from(&s),
+        })?)
+    }
+    /// Only the losses of a pair fine-tune are needed; its weights go unless kept.
+    fn after_result(&self, ctx: &CellContext<'_>) -> Result<()> {
+        let p: PairParams = ctx.params()?;
+        let w = ctx.dir.join("model.safetensors");
+        if !p.keep_model && w.exists() {
+            std::fs::remove_file(&w).with_context(|| format!("cannot remove {}", w.display()))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,303 @@
+//! The resistance experiment's configuration (`resist.toml`): what to split into slices, how
+//! the checkpoints generate, which seeds to replicate, and the fine-tuning hyper-parameters.
+//! Every key has a default except `model` and `[data]`; [`ResistConfig::validate`] checks the
+//! values that serde cannot (ratios, counts) before any work starts.
+//!
+//! ```toml
+//! model = "meta-llama/Llama-2-7b-hf"   # base model theta_0: a directory or an HF cache id
+//! slices = 3                           # S: theta_1 .. theta_S
+//! slice_ratios = [1, 1, 1]             # relative slice sizes (default: equal)
+//! include_base = false                 # also compare against theta_0
+//! eval_prompts = 64                    # held-out prompts every checkpoint answers
+//! pair_samples = 64                    # samples per forward/inverse fine-tune (<= eval_prompts)
+//! seeds = [42]                         # one replicate of the whole pipeline per seed
+//!
+//! [data]                               # the SFT data set that is sliced (data::schemas)
+//! path = "tatsu-lab/alpaca"
+//! schema = "alpaca"
+//!
+//! [generate]                           # the authors' sampling settings are the defaults
+//! max_new_tokens = 128
+//!
+//! [train]                              # slice fine-tunes (train::TrainConfig; PAPER.md §5)
+//! [pair_train]                         # forward/inverse fine-tunes (default: same as [train])
+//! [executor]                           # who runs the cells (default: kind = "local", jobs = 1)
+//! ```
+
+use crate::data::schemas::DataSpec;
+use crate::experiments::executor::ExecutorSpec;
+use crate::model::generate::GenConfig;
+use crate::train::TrainConfig;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Everything `elastica resist` needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResistConfig {
+    /// The base model theta_0: an HF-layout directory or `org/name` in the offline HF cache.
+    pub model: String,
+    /// The SFT data set split into slices.
+    pub data: DataSpec,
+    /// Where the held-out generation prompts come from. Unset: the last `eval_prompts`
+    /// records of `data`, which the slices then do not use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompts: Option<DataSpec>,
+    /// Number of slices S (checkpoints theta_1 .. theta_S).
+    #[serde(default = "default_slices")]
+    pub slices: usize,
+    /// Relative slice sizes, one per slice; empty means equal slices.
+    #[serde(default)]
+    pub slice_ratios: Vec<f64>,
+    /// Also use the base model theta_0 as a checkpoint (adds the pairs (0, l)).
+    #[serde(default)]
+    pub include_base: bool,
+    /// Held-out prompts each checkpoint answers (the size of every gen_k.jsonl).
+    #[serde(default = "default_eval_prompts")]
+    pub eval_prompts: usize,
+    /// Samples in each forward and inverse fine-tune (unset: all `eval_prompts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair_samples: Option<usize>,
+    /// One replicate of the whole pipeline per seed: it seeds the slice fine-tunes'
+    /// data order, the sampling, and the pair fine-tunes (overriding `train.seed`).
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<u64>,
+    #[serde(default)]
+    pub generate: GenSettings,
+    /// Hyper-parameters of the sequential slice fine-tunes.
+    #[serde(default)]
+    pub train: TrainConfig,
+    /// Hyper-parameters of the forward and inverse fine-tunes (unset: `train`). Both
+    /// directions of a pair always use these same values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair_train: Option<TrainConfig>,
+    /// Keep the weights of the forward/inverse fine-tunes (only their losses are needed).
+    #[serde(default)]
+    pub keep_pair_models: bool,
+    /// What runs the cells (default: this machine, one cell at a time).
+    #[serde(default)]
+    pub executor: ExecutorSpec,
+}
+
+fn default_slices() -> usize {
+    3
+}
+fn default_eval_prompts() -> usize {
+    64
+}
+fn default_seeds() -> Vec<u64> {
+    vec![42]
+}
+
+/// How every checkpoint answers the held-out prompts. Defaults are the authors'
+/// (temperature 0.05, top-p 0.95).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GenSettings {
+    pub max_new_tokens: usize,
+    /// 0 = greedy.
+    pub temperature: f64,
+    /// Nucleus mass (1 = off).
+    pub top_p: f64,
+    /// Keep only the k most likely tokens (0 = off).
+    pub top_k: usize,
+    /// Prompts decoded together (does not change the results).
+    pub batch_size: usize,
+}
+
+impl Default for GenSettings {
+    fn default() -> Self {
+        GenSettings {
+            max_new_tokens: 128,
+            temperature: 0.05,
+            top_p: 0.95,
+            top_k: 0,
+            batch_size: 16,
+        }
+    }
+}
+
+impl GenSettings {
+    /// The generation config of one replicate.
+    pub fn gen_config(&self, seed: u64) -> GenConfig {
+        GenConfig {
+            max_new_tokens: self.max_new_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            seed,
+            batch_size: self.batch_size,
+        }
+    }
+}
+
+impl ResistConfig {
+    /// A config with every optional key at its default.
+    pub fn new(model: impl Into<String>, data: DataSpec) -> Self {
+        ResistConfig {
+            model: model.into(),
+            data,
+            prompts: None,
+            slices: default_slices(),
+            slice_ratios: Vec::new(),
+            include_base: false,
+            eval_prompts: default_eval_prompts(),
+            pair_samples: None,
+            seeds: default_seeds(),
+            generate: GenSettings::default(),
+            train: TrainConfig::default(),
+            pair_train: None,
+            keep_pair_models: false,
+            executor: ExecutorSpec::default(),
+        }
+    }
+
+    /// Read and validate a `resist.toml`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read resist config {}", path.display()))?;
+        let cfg: ResistConfig = toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid resist config", path.display()))?;
+        cfg.validate()
+            .with_context(|| format!("in resist config {}", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// The resolved config as TOML (written to the run directory as `config.toml`).
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string(self).context("cannot serialise the resist config")
+    }
+
+    /// Check everything that does not need the data or the model.
+    pub fn validate(&self) -> Result<()> {
+        if self.slices < 1 {
+            bail!("slices must be at least 1 (theta_1 .. theta_S)");
+        }
+        if self.checkpoints().len() < 2 {
+            bail!(
+                "slices = 1 without include_base = true gives one checkpoint and no pair to \
+                 compare; use slices >= 2 or include_base = true"
+            );
+        }
+        if !self.slice_ratios.is_empty() {
+            if self.slice_ratios.len() != self.slices {
+                bail!(
+                    "slice_ratios has {} entries but slices = {}; give one ratio per slice (or \
+                     none for equal slices)",
+                    self.slice_ratios.len(),
+                    self.slices
+                );
+            }
+            if let Some((i, r)) = self
+                .slice_ratios
+                .iter()
+                .enumerate()
+                .find(|(_, r)| !(r.is_finite() && **r > 0.0))
+            {
+                bail!("slice_ratios[{i}] = {r}; every ratio must be a positive number");
+            }
+        }
+        if self.eval_prompts == 0 {
+            bail!("eval_prompts must be at least 1");
+        }
+        let samples = self.samples_per_pair();
+        if samples == 0 {
+            bail!("pair_samples must be at least 1");
+        }
+        if samples > self.eval_prompts {
+            bail!(
+                "pair_samples = {samples} but each checkpoint only answers eval_prompts = {} \
+                 prompts; lower pair_samples or raise eval_prompts",
+                self.eval_prompts
+            );
+        }
+        if self.seeds.is_empty() {
+            bail!("seeds is empty; give at least one seed");
+        }
+        let mut sorted = self.seeds.clone();
+        sorted.sort_unstable();
+        if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+            bail!("seed {} is listed twice in seeds", w[0]);
+        }
+        self.train.validate().context("in [train]")?;
+        self.pair_train().validate().context("in [pair_train]")?;
+        let g = &self.generate;
+        if g.max_new_tokens == 0 || g.batch_size == 0 {
+            bail!("generate.max_new_tokens and generate.batch_size must be at least 1");
+        }
+        if !(g.temperature >= 0.0 && g.top_p > 0.0 && g.top_p <= 1.0) {
+            bail!("generate: temperature must be >= 0 and top_p in (0, 1]");
+        }
+        Ok(())
+    }
+
+    /// Indices of the compared checkpoints: 1..=S, with 0 first under `include_base`.
+    pub fn checkpoints(&self) -> Vec<usize> {
+        let first = if self.include_base { 0 } else { 1 };
+        (first..=self.slices).collect()
+    }
+
+    /// Samples in each forward and inverse fine-tune.
+    pub fn samples_per_pair(&self) -> usize {
+        self.pair_samples.unwrap_or(self.eval_prompts)
+    }
+
+    /// Hyper-parameters of the forward/inverse fine-tunes (before the seed is applied).
+    pub fn pair_train(&self) -> &TrainConfig {
+        self.pair_train.as_ref().unwrap_or(&self.train)
+    }
+
+    /// Relative slice sizes, defaulting to equal.
+    pub fn ratios(&self) -> Vec<f64> {
+        if self.slice_ratios.is_empty() {
+            vec![1.0; self.slices]
+        } else {
+            self.slice_ratios.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &str) -> Result<ResistConfig> {
+        let text =
+            format!("model = \"m\"\n{extra}\n[data]\npath = \"d.jsonl\"\nschema = \"jsonl\"\n");
+        let cfg: ResistConfig = toml::from_str(&text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    #[test]
+    fn defaults_are_the_papers() {
+        let c = parse("").unwrap();
+        assert_eq!(c.slices, 3);
+        assert_eq!(c.checkpoints(), vec![1, 2, 3]);
+        assert_eq!(c.ratios(), vec![1.0; 3]);
+        assert_eq!(c.generate.temperature, 0.05);
+        assert_eq!(c.generate.top_p, 0.95);
+        assert_eq!(c.train.lr, 1e-5);
+        assert_eq!(c.samples_per_pair(), c.eval_prompts);
+        // Round trip through the saved config.toml.
+        let back: ResistConfig = toml::from_str(&c.to_toml().unwrap()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = |extra: &str| format!("{:#}", parse(extra).unwrap_err());
+        assert!(e("slice_ratios = [1, 2]").contains("slice_ratios has 2 entries"));
+        assert!(e("slice_ratios = [1, 0, 2]").contains("slice_ratios[1] = 0"));
+        assert!(e("slices = 1").contains("include_base"));
+        assert!(e("pair_samples = 100\neval_prompts = 10").contains("pair_samples = 100"));
+        assert!(e("seeds = []").contains("seeds is empty"));
+        assert!(e("seeds = [1, 2, 1]").contains("seed 1 is listed twice"));
+        assert!(e("slicez = 3").contains("slicez"));
+        assert!(e("[generate]\ntop_p = 0").contains("top_p"));
+        assert!(e("[train]\nbatch_size = 0").contains("[train]"));
+        let c = parse("slices = 1\ninclude_base = true").unwrap();
+        assert_eq!(c.checkpoints(), vec![0, 1]);
+    }
+}

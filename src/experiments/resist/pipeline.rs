@@ -1,0 +1,355 @@
+//! Planning and running the resistance experiment as a grid of cells. Planning loads and
+//! splits the data (`slices/slice_k.jsonl`, `prompts.jsonl`, pinned by hash in the
+//! manifest) and lists, per seed, the sequential slice fine-tunes, one generation cell per
+//! compared checkpoint and the forward and inverse cell of every pair. The executor named in
+//! the config runs them; rerunning the command skips finished cells and resumes killed ones.
+//! Finally the pair cells' losses are analysed and the report is written.
+//!
+//! Run directory:
+//! ```text
+//! config.toml  manifest.json  status.json       the resolved config and the grid
+//! prompts.jsonl  slices/slice_k.jsonl           the held-out prompts and the slices
+//! cells/seed{S}-theta{k}/                        theta_k (HF layout) and its train_log.jsonl
+//! cells/seed{S}-gen{k}/gen_{k}.jsonl             theta_k's answers
+//! cells/seed{S}-pair{k}-{l}-{forward,inverse}/   train_log.jsonl of each pair fine-tune
+//! results.* pairs.csv table.tex report.md loss_{k}-{l}.{png,svg}
+//! ```
+
+use super::cells::{
+    GenerateParams, ModelRef, PairOutput, PairParams, ThetaParams, GENERATE, PAIR, THETA,
+};
+use super::config::ResistConfig;
+use super::plan::{Direction, PairPlan};
+use super::results::{analyse, write_all, ResistResults, RunLosses};
+use super::slices;
+use crate::data::records::Record;
+use crate::experiments::executor;
+use crate::experiments::grid::Grid;
+use crate::experiments::manifest::{sha256_hex, CellSpec, Input, Manifest};
+use crate::report::RunDir;
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+pub const PROMPTS_FILE: &str = "prompts.jsonl";
+
+/// `slices/slice_k.jsonl`, relative to the run directory.
+pub fn slice_file(k: usize) -> String {
+    format!("slices/slice_{k}.jsonl")
+}
+
+pub fn theta_id(seed: u64, k: usize) -> String {
+    format!("seed{seed}-theta{k}")
+}
+pub fn gen_id(seed: u64, k: usize) -> String {
+    format!("seed{seed}-gen{k}")
+}
+pub fn pair_id(seed: u64, pair: &PairPlan, d: Direction) -> String {
+    format!("seed{seed}-pair{}-{}", pair.id(), d.name())
+}
+
+/// The data a run trains and prompts on, as the exact bytes written to the run directory.
+#[derive(Debug, Clone)]
+pub struct PreparedData {
+    /// `(relative path, JSONL bytes)`: the slices, then the prompts.
+    pub files: Vec<(String, Vec<u8>)>,
+    pub slice_sizes: Vec<usize>,
+    pub prompts: usize,
+}
+
+fn jsonl_bytes(records: &[Record]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for r in records {
+        serde_json::to_writer(&mut out, r)?;
+        out.push(b'\n');
+    }
+    Ok(out)
+}
+
+/// Load the `[data]` set (and `[prompts]` if given) and split it into slices and prompts.
+pub fn prepare_data(cfg: &ResistConfig) -> Result<PreparedData> {
+    let ds = crate::data::schemas::load(&cfg.data)
+        .with_context(|| format!("cannot load the [data] set {}", cfg.data.path))?;
+    let held_out = if cfg.prompts.is_some() {
+        0
+    } else {
+        cfg.eval_prompts
+    };
+    let mut split = slices::split(&ds.records, &cfg.ratios(), held_out, &cfg.data.path)?;
+    if let Some(spec) = &cfg.prompts {
+        let pds = crate::data::schemas::load(spec)
+            .with_context(|| format!("cannot load the [prompts] set {}", spec.path))?;
+        let prompts = slices::prompts_of(&pds.records, &spec.path)?;
+        if prompts.len() < cfg.eval_prompts {
+            bail!(
+                "the [prompts] set {} has {} prompts but eval_prompts = {}; lower eval_prompts \
+                 or add prompts",
+                spec.path,
+                prompts.len(),
+                cfg.eval_prompts
+            );
+        }
+        split.prompts = prompts[..cfg.eval_prompts].to_vec();
+    }
+    let mut files = Vec::new();
+    for (i, s) in split.slices.iter().enumerate() {
+        files.push((slice_file(i + 1), jsonl_bytes(s)?));
+    }
+    let prompts: Vec<Record> = split
+        .prompts
+        .iter()
+        .map(|p| Record::pair(p.clone(), String::new()))
+        .collect();
+    files.push((PROMPTS_FILE.to_string(), jsonl_bytes(&prompts)?));
+    Ok(PreparedData {
+        files,
+        slice_sizes: split.slices.iter().map(Vec::len).collect(),
+        prompts: prompts.len(),
+    })
+}
+
+/// The base model's directory as an absolute path (cells may run from another directory).
+fn base_dir(cfg: &ResistConfig) -> Result<String> {
+    let dir = crate::model::checkpoint::resolve_model_dir(&cfg.model)
+        .with_context(|| format!("cannot find the base model {}", cfg.model))?;
+    let abs = std::fs::canonicalize(&dir)
+        .with_context(|| format!("cannot resolve the base model directory {}", dir.display()))?;
+    Ok(abs.to_string_lossy().into_owned())
+}
+
+/// The grid's cells, in an order where every dependency comes first.
+pub fn cells(cfg: &ResistConfig, base: &str, data: &PreparedData) -> Result<Vec<CellSpec>> {
+    cfg.validate()?;
+    let pinned = |path: &str| -> Result<Input> {
+        let bytes = data
+            .files
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, b)| b)
+            .with_context(|| format!("no prepared file {path}"))?;
+        Ok(Input {
+            path: path.to_string(),
+            sha256: Some(sha256_hex(bytes)),
+        })
+    };
+    let mut out = Vec::new();
+    for &seed in &cfg.seeds {
+        let model = |k: usize| {
+            if k == 0 {
+                ModelRef::Base(base.to_string())
+            } else {
+                ModelRef::Cell(theta_id(seed, k))
+            }
+        };
+        let deps_of = |m: &ModelRef| match m {
+            ModelRef::Cell(id) => vec![id.clone()],
+            ModelRef::Base(_) => vec![],
+        };
+        for k in 1..=cfg.slices {
+            let mut train = cfg.train.clone();
+            train.seed = seed;
+            let start = model(k - 1);
+            out.push(CellSpec {
+                id: theta_id(seed, k),
+                kind: THETA.into(),
+                deps: deps_of(&start),
+                inputs: BTreeMap::from([("data".to_string(), pinned(&slice_file(k))?)]),
+                params: serde_json::to_value(ThetaParams { k, start, train })?,
+            });
+        }
+        for k in cfg.checkpoints() {
+            let m = model(k);
+            out.push(CellSpec {
+                id: gen_id(seed, k),
+                kind: GENERATE.into(),
+                deps: deps_of(&m),
+                inputs: BTreeMap::from([("prompts".to_string(), pinned(PROMPTS_FILE)?)]),
+                params: serde_json::to_value(GenerateParams {
+                    k,
+                    model: m,
+                    template: cfg.train.template,
+                    generate: cfg.generate.gen_config(seed),
+                })?,
+            });
+        }
+        let mut train = cfg.pair_train().clone();
+        train.seed = seed;
+        for pair in PairPlan::all(&cfg.checkpoints(), cfg.samples_per_pair(), &train)? {
+            let (k, l) = (pair.k(), pair.l());
+            let models = BTreeMap::from([(k, model(k)), (l, model(l))]);
+            let gens = BTreeMap::from([(k, gen_id(seed, k)), (l, gen_id(seed, l))]);
+            for d in Direction::BOTH {
+                let mut deps = deps_of(&models[&pair.start(d)]);
+                deps.extend([gen_id(seed, k), gen_id(seed, l)]);
+                out.push(CellSpec {
+                    id: pair_id(seed, &pair, d),
+                    kind: PAIR.into(),
+                    deps,
+                    inputs: BTreeMap::new(),
+                    params: serde_json::to_value(PairParams {
+                        pair: pair.clone(),
+                        direction: d,
+                        models: models.clone(),
+                        gens: gens.clone(),
+                        keep_model: cfg.keep_pair_models,
+                    })?,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Plan the grid of `cfg` in `out`: prepare the data, record the manifest (refusing to mix
+/// with finished cells of a different setup), then write the data files.
+pub fn plan(cfg: &ResistConfig, out: &Path) -> Result<(Grid, PreparedData)> {
+    cfg.validate()?;
+    let data = prepare_data(cfg)?;
+    let base = base_dir(cfg)?;
+    let manifest = Manifest::new("resist", cells(cfg, &base, &data)?)?;
+    let grid = Grid::plan(out, manifest)?;
+    for (rel, bytes) in &data.files {
+        let p = out.join(rel);
+        // Rewriting identical bytes would only churn mtimes; a changed file means no cell
+        // that read it has output (Grid::plan checked), so replacing it is safe.
+        if std::fs::read(&p).ok().as_deref() != Some(bytes.as_slice()) {
+            crate::util::fsx::atomic_write(&p, bytes)?;
+        }
+    }
+    crate::util::fsx::atomic_write(&out.join("config.toml"), cfg.to_toml()?.as_bytes())?;
+    Ok((grid, data))
+}
+
+/// The losses of every pair cell of a finished grid.
+pub fn losses(grid: &Grid) -> Result<Vec<RunLosses>> {
+    let mut out = Vec::new();
+    for (i, c) in grid.manifest().cells.iter().enumerate() {
+        if c.kind != PAIR {
+            continue;
+        }
+        let Some(r) = grid.result(i)? else {
+            bail!("cell {} has not finished", c.id);
+        };
+        let o: PairOutput = r.output_as()?;
+        out.push(RunLosses {
+            seed: o.seed,
+            k: o.k,
+            l: o.l,
+            direction: o.direction,
+            samples: o.samples,
+            losses: o.fine_tune.losses,
+        });
+    }
+    Ok(out)
+}
+
+/// Run the whole experiment into `out` (resuming what a previous run left) and write the
+/// report. Returns the analysed results.
+pub fn run(cfg: &ResistConfig, out: &Path) -> Result<ResistResults> {
+    run_with(cfg, out, true)
+}
+
+/// [`run`] with progress bars on or off (the demo runs quietly).
+pub fn run_with(cfg: &ResistConfig, out: &Path, progress: bool) -> Result<ResistResults> {
+    let run_dir = RunDir::create(out)?;
+    let (grid, data) = plan(cfg, out)?;
+    let exec = executor::build(&cfg.executor, progress)?;
+    let report = exec.execute(&grid)?;
+    report.ensure_complete(&grid)?;
+    let res = analyse(&losses(&grid)?)?;
+    write_all(&run_dir, &res, &header(cfg, &data))?;
+    Ok(res)
+}
+
+/// The report's description of the setup.
+pub fn header(cfg: &ResistConfig, data: &PreparedData) -> String {
+    let pt = cfg.pair_train();
+    let g = &cfg.generate;
+    let sizes: Vec<String> = data.slice_sizes.iter().map(usize::to_string).collect();
+    let template = serde_json::to_value(pt.template)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    format!(
+        "- base model θ0: `{}`\n\
+         - data: `{}` (schema `{}`), {} slices of {} records\n\
+         - checkpoints compared: {}\n\
+         - held-out prompts: {}; samples per forward/inverse fine-tune: {}\n\
+         - generation: temperature {}, top-p {}, top-k {}, max new tokens {}\n\
+         - pair fine-tunes: lr {}, batch {} × {} accumulation, {} epoch(s), template `{}`\n\
+         - seeds: {:?}\n",
+        cfg.model,
+        cfg.data.path,
+        cfg.data.schema,
+        cfg.slices,
+        sizes.join(" / "),
+        cfg.checkpoints()
+            .iter()
+            .map(|k| format!("θ{k}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        data.prompts,
+        cfg.samples_per_pair(),
+        g.temperature,
+        g.top_p,
+        g.top_k,
+        g.max_new_tokens,
+        pt.lr,
+        pt.batch_size,
+        pt.grad_accum,
+        pt.epochs,
+        template,
+        cfg.seeds,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::schemas::DataSpec;
+
+    fn data(n: usize) -> (tempfile::TempDir, ResistConfig) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.jsonl");
+        let recs: Vec<Record> = (0..n)
+            .map(|i| Record::pair(format!("p{i}"), format!("r{i}")))
+            .collect();
+        crate::data::records::write_jsonl(&p, &recs).unwrap();
+        let mut cfg = ResistConfig::new("m", DataSpec::new(p.to_string_lossy(), "jsonl"));
+        cfg.eval_prompts = 2;
+        (dir, cfg)
+    }
+
+    #[test]
+    fn grid_has_the_papers_shape() {
+        let (_d, mut cfg) = data(8);
+        cfg.seeds = vec![1, 2];
+        let prep = prepare_data(&cfg).unwrap();
+        assert_eq!(prep.slice_sizes, vec![2, 2, 2]);
+        let cs = cells(&cfg, "/base", &prep).unwrap();
+        // Per seed: 3 slice fine-tunes, 3 generations, 3 pairs x 2 directions.
+        assert_eq!(cs.len(), 2 * (3 + 3 + 6));
+        let m = Manifest::new("resist", cs).unwrap();
+        let c = &m.cells[m.index_of("seed2-pair1-3-inverse").unwrap()];
+        assert_eq!(c.deps, ["seed2-theta3", "seed2-gen1", "seed2-gen3"]);
+        let p: PairParams = serde_json::from_value(c.params.clone()).unwrap();
+        assert_eq!((p.pair.samples(), p.pair.train().seed), (2, 2));
+        // Both directions carry the same pair plan.
+        let f = &m.cells[m.index_of("seed2-pair1-3-forward").unwrap()];
+        assert_eq!(f.params["pair"], c.params["pair"]);
+        assert_eq!(f.deps, ["seed2-theta1", "seed2-gen1", "seed2-gen3"]);
+        let t1 = &m.cells[m.index_of("seed1-theta1").unwrap()];
+        assert!(t1.deps.is_empty());
+        assert_eq!(t1.params["start"], serde_json::json!({"base": "/base"}));
+
+        // With theta_0, its generation and pairs start from the base model.
+        cfg.include_base = true;
+        let cs = cells(&cfg, "/base", &prep).unwrap();
+        assert_eq!(cs.len(), 2 * (3 + 4 + 12));
+        let m = Manifest::new("resist", cs).unwrap();
+        let g0 = &m.cells[m.index_of("seed1-gen0").unwrap()];
+        assert!(g0.deps.is_empty());
+        let f = &m.cells[m.index_of("seed1-pair0-2-forward").unwrap()];
+        assert_eq!(f.deps, ["seed1-gen0", "seed1-gen2"]);
+    }
+}

@@ -1,0 +1,219 @@
+//! `elastica resist` end to end on the tiny Llama fixture: a 2-slice, 1-seed run writes the
+//! table, plots and CSV; a rerun redoes nothing; a fine-tune killed midway resumes and ends
+//! bit-identically; unreadable and too-small data sets get clear errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixture_model() -> String {
+    format!(
+        "{}/tests/fixtures/models/tiny-llama",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+/// `n` short prompt/response records (the tiny model's byte-level tokenizer keeps them
+/// well under 128 tokens with the raw template).
+fn write_data(path: &Path, n: usize) {
+    let words = [
+        "the cat sat",
+        "a dog ran",
+        "birds fly",
+        "fish swim",
+        "rain falls",
+        "sun shines",
+    ];
+    let mut text = String::new();
+    for i in 0..n {
+        text += &serde_json::json!({
+            "prompt": format!("about {}", words[i % 6]),
+            "response": format!("{} and {}", words[(i * 5 + 1) % 6], words[(i * 3) % 6]),
+        })
+        .to_string();
+        text.push('\n');
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// Write `<dir>/<name>` with the test settings plus `extra` top-level keys or tables.
+fn write_config(dir: &Path, name: &str, data: &Path, extra: &str) -> PathBuf {
+    let cfg = dir.join(name);
+    std::fs::write(
+        &cfg,
+        format!(
+            "model = {:?}\nslices = 2\neval_prompts = 4\nseeds = [3]\n{extra}\n\
+             [data]\npath = {:?}\nschema = \"jsonl\"\n\
+             [generate]\nmax_new_tokens = 6\n\
+             [train]\nlr = 1e-3\nbatch_size = 2\ngrad_accum = 1\nmax_length = 96\ntemplate = \"raw\"\nsave_every = 1\n",
+            fixture_model(),
+            data.display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// Run `elastica resist`, optionally with an injected fault (`<cell>@<point>`).
+fn resist(cfg: &Path, out: &Path, fault: Option<&str>) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_elastica"));
+    c.args(["resist", "--threads", "1", "--config"])
+        .arg(cfg)
+        .arg("--out")
+        .arg(out)
+        .env_remove("ELASTICA_INJECT_FAULT");
+    if let Some(f) = fault {
+        c.env("ELASTICA_INJECT_FAULT", f);
+    }
+    c.output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn two_slices_one_seed_end_to_end_and_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data.jsonl");
+    write_data(&data, 12);
+    let cfg = write_config(tmp.path(), "resist.toml", &data, "");
+    let out = tmp.path().join("run");
+    let o = resist(&cfg, &out, None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for f in [
+        "config.toml",
+        "manifest.json",
+        "prompts.jsonl",
+        "slices/slice_1.jsonl",
+        "slices/slice_2.jsonl",
+        "cells/seed3-theta1/model.safetensors",
+        "cells/seed3-theta2/model.safetensors",
+        "cells/seed3-gen1/gen_1.jsonl",
+        "cells/seed3-gen2/gen_2.jsonl",
+        "cells/seed3-pair1-2-forward/train_log.jsonl",
+        "cells/seed3-pair1-2-inverse/train_log.jsonl",
+        "results.csv",
+        "results.jsonl",
+        "results.json",
+        "pairs.csv",
+        "table.tex",
+        "report.md",
+        "loss_1-2.png",
+        "loss_1-2.svg",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing; stderr: {}", stderr(&o));
+    }
+    // Pair fine-tunes keep their losses, not their weights.
+    assert!(!out
+        .join("cells/seed3-pair1-2-forward/model.safetensors")
+        .exists());
+    // 12 records - 4 held-out prompts = 8, split 4 / 4.
+    let slice = std::fs::read_to_string(out.join("slices/slice_1.jsonl")).unwrap();
+    assert_eq!(slice.lines().count(), 4);
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 2, "{csv}");
+    assert!(lines[0].starts_with("seed,k,l,samples,steps,inverse_loss,forward_loss"));
+    // Seed 3, pair 1-2, 4 samples, 2 steps of 2.
+    assert!(lines[1].starts_with("3,1,2,4,2,"), "{csv}");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.contains("| θ1 vs θ2 |") && report.contains("Sign test"),
+        "{report}"
+    );
+    assert!(std::fs::read_to_string(out.join("table.tex"))
+        .unwrap()
+        .contains("\\begin{tabular}"));
+
+    // Rerun: every cell is already done and nothing is retrained.
+    let theta1 = out.join("cells/seed3-theta1/model.safetensors");
+    let mtime = std::fs::metadata(&theta1).unwrap().modified().unwrap();
+    let o = resist(&cfg, &out, None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("running"), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::metadata(&theta1).unwrap().modified().unwrap(),
+        mtime
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("results.csv")).unwrap(),
+        csv
+    );
+
+    // A different training setup is refused in the same directory.
+    let cfg2 = write_config(tmp.path(), "changed.toml", &data, "[pair_train]\nlr = 0.5");
+    let o = resist(&cfg2, &out, None);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("different definition of 2 cell(s)"),
+        "{}",
+        stderr(&o)
+    );
+
+    // A run killed in the middle of a fine-tune: the inverse cell fails after its second
+    // optimizer step (a checkpoint exists after the first, save_every = 1); every other cell
+    // finishes. The rerun resumes that fine-tune from step 1 and ends on the same losses as
+    // the uninterrupted run.
+    let out2 = tmp.path().join("run2");
+    let o = resist(&cfg, &out2, Some("seed3-pair1-2-inverse@train-step-2"));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("seed3-pair1-2-inverse") && stderr(&o).contains("injected fault"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(out2
+        .join("cells/seed3-pair1-2-forward/result.json")
+        .exists());
+    let o = resist(&cfg, &out2, None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("running 1 of 6 cells"),
+        "{}",
+        stderr(&o)
+    );
+    let result: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out2.join("cells/seed3-pair1-2-inverse/result.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(result["output"]["fine_tune"]["resumed_from"], 1, "{result}");
+    assert_eq!(
+        std::fs::read_to_string(out2.join("results.csv")).unwrap(),
+        csv
+    );
+}
+
+#[test]
+fn unreadable_and_too_small_data_sets_get_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("small.jsonl");
+    write_data(&data, 5);
+    let cfg = write_config(tmp.path(), "resist.toml", &data, "");
+    let o = resist(&cfg, &tmp.path().join("a"), None);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("small.jsonl has 5 records")
+            && e.contains("at least 2 records")
+            && e.contains("6 in all"),
+        "{e}"
+    );
+
+    let missing = tmp.path().join("missing.jsonl");
+    let cfg = write_config(tmp.path(), "resist.toml", &missing, "");
+    let o = resist(&cfg, &tmp.path().join("b"), None);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("missing.jsonl"), "{e}");
+
+    let bad = tmp.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"prompt\": \"a\", \"response\": \"b\"}\nnot json\n").unwrap();
+    let cfg = write_config(tmp.path(), "resist.toml", &bad, "");
+    let o = resist(&cfg, &tmp.path().join("c"), None);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("bad.jsonl: line 2"), "{}", stderr(&o));
+
+    let o = resist(&tmp.path().join("nope.toml"), &tmp.path().join("d"), None);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("nope.toml"), "{}", stderr(&o));
+}
