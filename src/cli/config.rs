@@ -4,9 +4,19 @@
 use anyhow::{bail, Context, Result};
 use std::ffi::OsString;
 
+/// Subcommands whose `--config` is their own structured experiment config (nested TOML
+/// tables), passed through to them instead of being expanded into flags.
+pub const OWN_CONFIG_COMMANDS: &[&str] = &["rebound", "scaling", "resist"];
+
 /// Replace `--config FILE` (or `--config=FILE`) in `argv` by the flags the TOML file sets.
 /// Only the first occurrence is expanded; the file's flags go right after the subcommand.
 pub fn expand_config_args(argv: Vec<OsString>) -> Result<Vec<OsString>> {
+    if argv
+        .get(1)
+        .is_some_and(|c| OWN_CONFIG_COMMANDS.contains(&c.to_string_lossy().as_ref()))
+    {
+        return Ok(argv);
+    }
     let mut pos = None;
     let mut path = None;
     for (i, a) in argv.iter().enumerate() {

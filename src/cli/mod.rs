@@ -13,7 +13,9 @@ mod demo;
 mod eval_loss;
 mod generate;
 mod pretrain;
+mod rebound;
 mod resist;
+mod scaling;
 mod theory;
 mod train;
 mod world;
@@ -61,6 +63,11 @@ pub enum Command {
     World(world::WorldArgs),
     /// Resistance experiment: forward vs inverse alignment between sequential checkpoints.
     Resist(resist::ResistArgs),
+    /// The rebound experiment: align on n+ positives, perturb with n- negatives, score,
+    /// KL to the base model, report (`--config rebound.toml`).
+    Rebound(rebound::ReboundArgs),
+    /// The rebound grid over several base models; rebound strength vs size or tokens.
+    Scaling(scaling::ScalingArgs),
 }
 
 /// Entry point used by `main`: parses arguments (with `--config` merging), runs the command,
@@ -116,5 +123,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Rates(a) => compress::run_rates(a),
         Command::World(a) => world::run(a),
         Command::Resist(a) => resist::run(a),
+        Command::Rebound(a) => rebound::run(a),
+        Command::Scaling(a) => scaling::run(a),
     }
 }

@@ -10,6 +10,9 @@ pub static KINDS: &[&dyn CellKind] = &[
     &crate::experiments::resist::cells::ThetaKind,
     &crate::experiments::resist::cells::GenerateKind,
     &crate::experiments::resist::cells::PairKind,
+    &super::rebound::cells::BaseEval,
+    &super::rebound::cells::Align,
+    &super::rebound::cells::Perturb,
 ];
 
 /// Registered kinds, plus test-only kinds in unit tests.
@@ -80,7 +83,10 @@ mod tests {
     #[test]
     fn unknown_kind_lists_the_valid_ones() {
         let e = format!("{:#}", super::kind("rebound.nope").err().unwrap());
-        assert!(e.contains("test.echo"), "{e}");
+        assert!(
+            e.contains("rebound.align") && e.contains("rebound.perturb"),
+            "{e}"
+        );
         assert_eq!(super::kind("test.echo").unwrap().name(), "test.echo");
     }
 }

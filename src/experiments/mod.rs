@@ -15,12 +15,18 @@
 //! - [`kinds`]: the registry of cell kinds;
 //! - [`executor`]: the executor interface and the local executor;
 //! - [`resist`]: experiment 1, forward vs inverse alignment (PAPER.md §3).
+//! - [`evaluate`], [`kl`]: judging a model (generations, scores, KL to the base);
+//! - [`rebound`], [`scaling`]: the rebound experiment and its scaling study.
 
 pub mod cell;
 pub mod demo;
+pub mod evaluate;
 pub mod executor;
 pub mod grid;
 pub mod kinds;
+pub mod kl;
 pub mod manifest;
 pub mod pretrain;
+pub mod rebound;
 pub mod resist;
+pub mod scaling;

@@ -84,7 +84,8 @@ pub fn init_model(
     })
 }
 
-fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+/// The weight files of a model directory: `model.safetensors`, or the shards its index names.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let single = dir.join("model.safetensors");
     if single.exists() {
         return Ok(vec![single]);

@@ -263,10 +263,17 @@ impl Llama {
     /// Right padding needs no mask: pad keys come after every real query.
     /// Returns logits (b, t, vocab) f32.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        Ok(linear(&self.forward_hidden(ids)?, &self.lm_head, None)?)
+    }
+
+    /// The backbone alone (transformers' `LlamaModel`): the final-normed hidden states
+    /// (b, t, hidden) f32 of `ids` (b, t), causal, positions 0..t, right padding OK. Score
+    /// models put their own head on top.
+    pub fn forward_hidden(&self, ids: &Tensor) -> Result<Tensor> {
         let (_, t) = ids.dims2()?;
         let positions = Tensor::arange(0u32, t as u32, &self.device)?.unsqueeze(0)?;
         let bias = causal_bias(t, 0, None, &self.device)?;
-        self.forward_inner(ids, &positions, &bias, None)
+        self.hidden_inner(ids, &positions, &bias, None)
     }
 
     /// Incremental forward for generation: `ids` (b, t) new tokens, `positions` (b, t),
@@ -282,10 +289,12 @@ impl Llama {
         let (_, t) = ids.dims2()?;
         let past = cache.len();
         let bias = causal_bias(t, past, Some(key_mask), &self.device)?;
-        self.forward_inner(ids, positions, &bias, Some(cache))
+        let x = self.hidden_inner(ids, positions, &bias, Some(cache))?;
+        Ok(linear(&x, &self.lm_head, None)?)
     }
 
-    fn forward_inner(
+    /// Embeddings -> blocks -> final norm: (b, t, hidden).
+    fn hidden_inner(
         &self,
         ids: &Tensor,
         positions: &Tensor,
@@ -313,8 +322,7 @@ impl Llama {
             let hn = rms_norm(&x, &block.post_attention_layernorm, eps, gemma)?;
             x = (x + block.mlp.forward(&hn)?)?;
         }
-        let x = rms_norm(&x, &self.norm, eps, gemma)?;
-        Ok(linear(&x, &self.lm_head, None)?)
+        Ok(rms_norm(&x, &self.norm, eps, gemma)?)
     }
 }
 

@@ -33,7 +33,7 @@ pub fn sample_std(xs: &[f64]) -> Option<f64> {
 }
 
 /// Mean of a sample with its spread and the half-width of its confidence interval.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
 pub struct MeanCi {
     pub n: usize,
     pub mean: f64,

@@ -3,6 +3,7 @@
 //! never care which one they use.
 
 pub mod classifier;
+pub mod cost_model;
 pub mod encoder;
 pub mod keywords;
 pub mod registry;

@@ -12,7 +12,7 @@
 use crate::score::classifier::{ClassifierInput, ClassifierOptions, ClassifierScorer};
 use crate::score::keywords::KeywordScorer;
 use crate::score::Scorer;
-use anyhow::{bail, Result};
+use anyhow::Result;
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -111,10 +111,8 @@ pub fn build(spec: &ScorerSpec, device: &Device) -> Result<Box<dyn Scorer>> {
         ScorerSpec::WorldSentiment | ScorerSpec::WorldSafety => {
             crate::score::world::by_name(spec.kind())?
         }
-        // Hook: needs the Llama backbone from crate::model.
-        ScorerSpec::CostModel { .. } => bail!(
-            "scorer \"cost-model\" (safe-rlhf LlamaForScore) needs the Llama model, which is \
-             not part of this build yet; use kind = \"keywords\" or \"classifier\" meanwhile"
+        ScorerSpec::CostModel { path, max_length } => Box::new(
+            crate::score::cost_model::CostModelScorer::load(path, *max_length, device)?,
         ),
     })
 }
@@ -211,18 +209,12 @@ mod tests {
             .unwrap();
         assert!(got[0] > 0.0 && got[0] < 1.0);
 
-        let e = format!(
-            "{:#}",
-            build(
-                &ScorerSpec::CostModel {
-                    path: "x".into(),
-                    max_length: 512
-                },
-                &Device::Cpu
-            )
-            .err()
-            .unwrap()
+        let path = format!(
+            "{}/tests/fixtures/scorers/cost-model",
+            env!("CARGO_MANIFEST_DIR")
         );
-        assert!(e.contains("cost-model"), "{e}");
+        let spec = parse_spec(&format!("kind = \"cost-model\"\npath = \"{path}\"")).unwrap();
+        let c = build(&spec, &Device::Cpu).unwrap();
+        assert_eq!((c.name(), c.higher_is_aligned()), ("cost-model", false));
     }
 }

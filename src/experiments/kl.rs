@@ -1,0 +1,238 @@
+//! KL(model || base) on the model's own generations (the paper's Table 3 quantity).
+//!
+//! For each generation, both models read prompt + generated tokens in one causal forward.
+//! At every position where the model chose a token of its response (and the position where
+//! it chose EOS, when the response ended with one), the exact KL over the vocabulary is
+//! `sum_v p(v) (log p(v) - log q(v))` with p the model's and q the base's next-token
+//! distribution. A cell's KL is the mean over all those positions of all prompts. Because
+//! the positions are visited along the model's own samples (at temperature 1), this mean is
+//! an estimate of the per-token KL rate between the two models' response distributions.
+//!
+//! The same model on both sides gives exactly 0: the two log-softmaxes are the same bits.
+
+use crate::model::Llama;
+use crate::train::loss::log_softmax;
+use anyhow::{bail, ensure, Result};
+use candle_core::{Tensor, D};
+
+/// One generation to measure.
+#[derive(Debug, Clone, Copy)]
+pub struct Continuation<'a> {
+    /// The prompt's token ids, exactly as generation saw them (template applied).
+    pub prompt: &'a [u32],
+    /// The generated tokens, without the EOS.
+    pub tokens: &'a [u32],
+    /// Whether generation stopped at an EOS (then its position counts too).
+    pub ended: bool,
+}
+
+impl Continuation<'_> {
+    /// Positions at which the model chose a token.
+    pub fn positions(&self) -> usize {
+        self.tokens.len() + usize::from(self.ended)
+    }
+}
+
+/// The KL summed over one generation's positions.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SequenceKl {
+    pub sum: f64,
+    pub positions: usize,
+}
+
+impl SequenceKl {
+    /// Mean per-token KL of this generation.
+    pub fn mean(&self) -> f64 {
+        if self.positions == 0 {
+            0.0
+        } else {
+            self.sum / self.positions as f64
+        }
+    }
+}
+
+/// Per-generation KL(model || base), `batch_size` sequences per forward (right-padded with
+/// `pad_id`, which causal attention never lets a real position see). `on_done` gets the
+/// number of sequences finished.
+pub fn sequence_kl(
+    model: &Llama,
+    base: &Llama,
+    seqs: &[Continuation<'_>],
+    pad_id: u32,
+    batch_size: usize,
+    mut on_done: impl FnMut(usize),
+) -> Result<Vec<SequenceKl>> {
+    ensure!(batch_size > 0, "KL batch size must be positive");
+    if model.cfg.vocab_size != base.cfg.vocab_size {
+        bail!(
+            "cannot compare the model with the base model: their vocabularies differ ({} vs {} \
+             tokens)",
+            model.cfg.vocab_size,
+            base.cfg.vocab_size
+        );
+    }
+    let dev = model.device();
+    let mut out = Vec::with_capacity(seqs.len());
+    for chunk in seqs.chunks(batch_size) {
+        let b = chunk.len();
+        let t = chunk
+            .iter()
+            .map(|s| s.prompt.len() + s.tokens.len())
+            .max()
+            .unwrap_or(0);
+        let mut ids = Vec::with_capacity(b * t);
+        // Flat (row * t + position) indices of the positions that chose a token.
+        let mut rows: Vec<u32> = Vec::new();
+        let mut owner: Vec<usize> = Vec::new();
+        for (r, s) in chunk.iter().enumerate() {
+            if s.prompt.is_empty() {
+                bail!("cannot measure KL after an empty prompt (no tokens)");
+            }
+            ids.extend_from_slice(s.prompt);
+            ids.extend_from_slice(s.tokens);
+            ids.extend(std::iter::repeat_n(
+                pad_id,
+                t - s.prompt.len() - s.tokens.len(),
+            ));
+            // Position prompt_len - 1 + k predicts the k-th response token (or the EOS).
+            let start = s.prompt.len() - 1;
+            for k in 0..s.positions() {
+                rows.push((r * t + start + k) as u32);
+                owner.push(r);
+            }
+        }
+        let ids = Tensor::from_vec(ids, (b, t), dev)?;
+        let idx = Tensor::from_vec(rows, owner.len(), dev)?;
+        // One model at a time, keeping only the chosen rows: (n, vocab) each.
+        let pick = |m: &Llama| -> Result<Tensor> {
+            let logits = m.forward(&ids)?; // (b, t, vocab)
+            let v = logits.dim(D::Minus1)?;
+            Ok(log_softmax(
+                &logits.reshape((b * t, v))?.index_select(&idx, 0)?,
+            )?)
+        };
+        let lp = pick(model)?;
+        let lq = pick(base)?;
+        let kl: Vec<f32> = (lp.exp()? * (&lp - &lq)?)?.sum(D::Minus1)?.to_vec1()?;
+        let mut acc = vec![
+            SequenceKl {
+                sum: 0.0,
+                positions: 0
+            };
+            b
+        ];
+        for (k, r) in kl.into_iter().zip(owner) {
+            acc[r].sum += k as f64;
+            acc[r].positions += 1;
+        }
+        out.extend(acc);
+        on_done(b);
+    }
+    Ok(out)
+}
+
+/// Token-weighted mean over generations: the KL of a cell.
+pub fn pooled_mean(kls: &[SequenceKl]) -> f64 {
+    let positions: usize = kls.iter().map(|k| k.positions).sum();
+    if positions == 0 {
+        return 0.0;
+    }
+    kls.iter().map(|k| k.sum).sum::<f64>() / positions as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::checkpoint::load_model;
+    use candle_core::Device;
+
+    fn tiny() -> crate::model::LoadedModel {
+        let dir = format!(
+            "{}/tests/fixtures/models/tiny-llama",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        load_model(&dir, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn kl_of_a_model_to_itself_is_exactly_zero() {
+        let a = tiny();
+        let b = tiny();
+        let p1 = [5u32, 9, 17, 33];
+        let t1 = [40u32, 41, 42];
+        let p2 = [7u32, 8];
+        let t2 = [100u32, 3, 250, 6, 6, 9];
+        let seqs = [
+            Continuation {
+                prompt: &p1,
+                tokens: &t1,
+                ended: true,
+            },
+            Continuation {
+                prompt: &p2,
+                tokens: &t2,
+                ended: false,
+            },
+            Continuation {
+                prompt: &p2,
+                tokens: &[],
+                ended: true,
+            },
+        ];
+        for batch in [1, 3] {
+            let same = sequence_kl(&a.model, &a.model, &seqs, 2, batch, |_| {}).unwrap();
+            let copy = sequence_kl(&a.model, &b.model, &seqs, 2, batch, |_| {}).unwrap();
+            for k in same.iter().chain(&copy) {
+                assert_eq!(k.sum, 0.0);
+            }
+            let positions: Vec<usize> = same.iter().map(|k| k.positions).collect();
+            assert_eq!(positions, [4, 6, 1]);
+            assert_eq!(pooled_mean(&same), 0.0);
+        }
+    }
+
+    #[test]
+    fn kl_matches_a_direct_computation_and_is_positive_for_different_models() {
+        let a = tiny();
+        let b = tiny();
+        // Perturb one weight of b so the two models differ.
+        let var = b
+            .model
+            .params
+            .get("model.layers.0.mlp.up_proj.weight")
+            .unwrap();
+        var.set(&(var.as_tensor() * 3.0).unwrap()).unwrap();
+        let p = [5u32, 9, 17];
+        let t = [40u32, 41];
+        let seqs = [Continuation {
+            prompt: &p,
+            tokens: &t,
+            ended: true,
+        }];
+        let got = sequence_kl(&a.model, &b.model, &seqs, 2, 4, |_| {}).unwrap()[0];
+        assert_eq!(got.positions, 3);
+        assert!(got.sum > 0.0);
+        // Direct: full-sequence log-probs at positions 2, 3, 4.
+        let ids = Tensor::new(&[[5u32, 9, 17, 40, 41]], &Device::Cpu).unwrap();
+        let lp: Vec<Vec<f32>> = log_softmax(&a.model.forward(&ids).unwrap().squeeze(0).unwrap())
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        let lq: Vec<Vec<f32>> = log_softmax(&b.model.forward(&ids).unwrap().squeeze(0).unwrap())
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        let mut want = 0.0f64;
+        for pos in 2..5 {
+            for v in 0..lp[pos].len() {
+                let (x, y) = (lp[pos][v] as f64, lq[pos][v] as f64);
+                want += x.exp() * (x - y);
+            }
+        }
+        assert!(
+            (got.sum - want).abs() < 1e-4 * want.max(1e-3),
+            "{} vs {want}",
+            got.sum
+        );
+    }
+}

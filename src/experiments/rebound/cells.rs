@@ -1,0 +1,309 @@
+//! The rebound experiment's three cell kinds.
+//!
+//! - `rebound.base` evaluates the pre-trained model (its score is the reference level);
+//! - `rebound.align` fine-tunes the base model on the first n+ positive records, once per
+//!   (model, n+, seed); its checkpoint is the shared prefix of every n- cell;
+//! - `rebound.perturb` starts from its align cell's checkpoint, fine-tunes on the first n-
+//!   negative records (none when n- = 0), then evaluates: generations, scores, KL to base.
+//!
+//! Inputs (manifest names): `base` (the base model's directory), `positive`, `negative`
+//! (frozen JSONL records in the run's `data/`), `prompts` (frozen `{"prompt"}` lines).
+//! Resuming: training resumes from the newest checkpoint in `cells/<id>/model/checkpoints`
+//! (written every `train.save_every` steps); a finished training stage is marked by
+//! `train_summary.json` and not redone. Evaluation always reads the model back from disk,
+//! so an interrupted and an uninterrupted cell evaluate the same weights.
+
+use crate::data::records::{read_jsonl, Record};
+use crate::data::template::Template;
+use crate::experiments::cell::{CellContext, CellKind};
+use crate::experiments::evaluate::{evaluate, EvalSummary};
+use crate::experiments::grid::Grid;
+use crate::experiments::manifest::resolve;
+use crate::model::checkpoint::load_model;
+use crate::model::generate::GenConfig;
+use crate::model::{LoadedModel, ModelConfig};
+use crate::score::registry::ScorerSpec;
+use crate::train::{train, TrainConfig};
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Sub-directory of a training cell holding its model (HF layout), log and checkpoints.
+pub const MODEL_DIR: &str = "model";
+/// Marker of a finished training stage (the [`TrainOutcome`]).
+pub const TRAIN_SUMMARY: &str = "train_summary.json";
+/// Per-prompt generations, scores and KL of an evaluating cell.
+pub const SAMPLES_FILE: &str = "samples.jsonl";
+
+/// How a cell's responses are produced and judged.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalParams {
+    pub template: Template,
+    pub generation: GenConfig,
+    pub scorer: ScorerSpec,
+    pub kl_batch_size: usize,
+}
+
+/// Parameters of `rebound.base`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaseParams {
+    pub model: String,
+    pub seed: u64,
+    pub eval: EvalParams,
+}
+
+/// Parameters of `rebound.align`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlignParams {
+    pub model: String,
+    pub n_positive: usize,
+    pub seed: u64,
+    pub train: TrainConfig,
+}
+
+/// Parameters of `rebound.perturb`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PerturbParams {
+    pub model: String,
+    pub n_positive: usize,
+    pub n_negative: usize,
+    pub seed: u64,
+    /// The `rebound.align` cell this one starts from.
+    pub align_cell: String,
+    pub train: TrainConfig,
+    pub eval: EvalParams,
+    /// Keep the perturbed weights after the result is written.
+    pub keep_model: bool,
+}
+
+/// A finished fine-tuning stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainOutcome {
+    pub steps: usize,
+    pub records: usize,
+    pub truncated: usize,
+    pub mean_loss: f64,
+    pub final_loss: Option<f64>,
+    /// The checkpoint step this stage resumed from, if it was interrupted before.
+    pub resumed_from: Option<usize>,
+    pub seconds: f64,
+}
+
+/// Output of `rebound.align`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AlignOutput {
+    pub model: String,
+    pub n_positive: usize,
+    pub seed: u64,
+    pub train: TrainOutcome,
+}
+
+/// Output of `rebound.base` (n+ = n- = 0, no training) and `rebound.perturb`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalOutput {
+    pub model: String,
+    pub n_positive: usize,
+    pub n_negative: usize,
+    pub seed: u64,
+    /// The n- fine-tuning stage (absent for the base model and for n- = 0).
+    pub train: Option<TrainOutcome>,
+    pub eval: EvalSummary,
+}
+
+pub struct BaseEval;
+pub struct Align;
+pub struct Perturb;
+
+impl CellKind for BaseEval {
+    fn name(&self) -> &'static str {
+        "rebound.base"
+    }
+    fn about(&self) -> &'static str {
+        "evaluate the pre-trained model (the reference level)"
+    }
+    fn run(&self, ctx: &CellContext<'_>) -> Result<serde_json::Value> {
+        let p: BaseParams = ctx.params()?;
+        let lm = load_model(&path_str(&ctx.input("base")?), &Device::Cpu)?;
+        let eval = evaluate_cell(ctx, &lm, None, &p.eval, p.seed)?;
+        Ok(serde_json::to_value(EvalOutput {
+            model: p.model,
+            n_positive: 0,
+            n_negative: 0,
+            seed: p.seed,
+            train: None,
+            eval,
+        })?)
+    }
+    fn memory_bytes(&self, grid: &Grid, index: usize) -> Option<u64> {
+        // Weights once, plus generation caches and the scorer.
+        base_params(grid, index).map(|n| 8 * n + (256 << 20))
+    }
+}
+
+impl CellKind for Align {
+    fn name(&self) -> &'static str {
+        "rebound.align"
+    }
+    fn about(&self) -> &'static str {
+        "fine-tune the base model on the first n+ positive records"
+    }
+    fn run(&self, ctx: &CellContext<'_>) -> Result<serde_json::Value> {
+        let p: AlignParams = ctx.params()?;
+        let records = first_records(&ctx.input("positive")?, p.n_positive, "n+")?;
+        let train = train_stage(ctx, &ctx.input("base")?, &records, &p.train)?;
+        Ok(serde_json::to_value(AlignOutput {
+            model: p.model,
+            n_positive: p.n_positive,
+            seed: p.seed,
+            train,
+        })?)
+    }
+    fn memory_bytes(&self, grid: &Grid, index: usize) -> Option<u64> {
+        train_memory(grid, index)
+    }
+}
+
+impl CellKind for Perturb {
+    fn name(&self) -> &'static str {
+        "rebound.perturb"
+    }
+    fn about(&self) -> &'static str {
+        "fine-tune an aligned model on the first n- negative records, then score it and \
+         measure its KL to the base model"
+    }
+    fn run(&self, ctx: &CellContext<'_>) -> Result<serde_json::Value> {
+        let p: PerturbParams = ctx.params()?;
+        let aligned = ctx.dep_dir(&p.align_cell).join(MODEL_DIR);
+        let (model_dir, train) = if p.n_negative == 0 {
+            (aligned, None)
+        } else {
+            let records = first_records(&ctx.input("negative")?, p.n_negative, "n-")?;
+            let t = train_stage(ctx, &aligned, &records, &p.train)?;
+            (ctx.dir.join(MODEL_DIR), Some(t))
+        };
+        let lm = load_model(&path_str(&model_dir), &Device::Cpu)?;
+        let base = load_model(&path_str(&ctx.input("base")?), &Device::Cpu)?;
+        let eval = evaluate_cell(ctx, &lm, Some(&base), &p.eval, p.seed)?;
+        Ok(serde_json::to_value(EvalOutput {
+            model: p.model,
+            n_positive: p.n_positive,
+            n_negative: p.n_negative,
+            seed: p.seed,
+            train,
+            eval,
+        })?)
+    }
+    fn memory_bytes(&self, grid: &Grid, index: usize) -> Option<u64> {
+        train_memory(grid, index)
+    }
+    fn after_result(&self, ctx: &CellContext<'_>) -> Result<()> {
+        let p: PerturbParams = ctx.params()?;
+        if p.keep_model || p.n_negative == 0 {
+            return Ok(());
+        }
+        // The log, config and tokenizer stay; only the weights go.
+        let w = ctx.dir.join(MODEL_DIR).join("model.safetensors");
+        if w.exists() {
+            std::fs::remove_file(&w).with_context(|| format!("cannot remove {}", w.display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Fine-tune the model in `start` on `records` into `cells/<id>/model`, resuming from a
+/// checkpoint; a finished stage (its summary file exists) is returned as is.
+fn train_stage(
+    ctx: &CellContext<'_>,
+    start: &Path,
+    records: &[Record],
+    cfg: &TrainConfig,
+) -> Result<TrainOutcome> {
+    let marker = ctx.dir.join(TRAIN_SUMMARY);
+    let out = ctx.dir.join(MODEL_DIR);
+    if marker.exists() && out.join("model.safetensors").exists() {
+        let text = std::fs::read_to_string(&marker)
+            .with_context(|| format!("cannot read {}", marker.display()))?;
+        return serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a training summary", marker.display()));
+    }
+    let t0 = std::time::Instant::now();
+    let lm = load_model(&path_str(start), &Device::Cpu)?;
+    let mut hook = |_: &LoadedModel, log: &crate::train::sft::StepLog| -> Result<()> {
+        ctx.fault_point(&format!("train-step-{}", log.step))
+    };
+    let s = train(&lm, records, cfg, &out, true, Some(&mut hook), ctx.progress)?;
+    let outcome = TrainOutcome {
+        steps: s.steps,
+        records: s.records,
+        truncated: s.truncated,
+        mean_loss: s.mean_loss,
+        final_loss: s.log.last().map(|l| l.loss),
+        resumed_from: s.resumed_from,
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    crate::util::fsx::atomic_write_json(&marker, &outcome)?;
+    Ok(outcome)
+}
+
+/// Evaluate and write `samples.jsonl`.
+fn evaluate_cell(
+    ctx: &CellContext<'_>,
+    lm: &LoadedModel,
+    base: Option<&LoadedModel>,
+    p: &EvalParams,
+    seed: u64,
+) -> Result<EvalSummary> {
+    let prompts = super::data::read_prompts(&ctx.input("prompts")?)?;
+    let scorer = crate::score::registry::build(&p.scorer, &Device::Cpu)?;
+    let mut gen = p.generation.clone();
+    gen.seed = seed;
+    let (summary, rows) = evaluate(
+        lm,
+        base,
+        &prompts,
+        p.template,
+        &gen,
+        scorer.as_ref(),
+        p.kl_batch_size,
+        ctx.progress,
+    )?;
+    crate::report::RunDir::create(&ctx.dir)?.write_jsonl(SAMPLES_FILE, &rows)?;
+    Ok(summary)
+}
+
+/// The first `n` records of a frozen data file.
+fn first_records(path: &Path, n: usize, what: &str) -> Result<Vec<Record>> {
+    let mut r = read_jsonl(path)?;
+    if r.len() < n {
+        bail!(
+            "{} holds {} records but this cell needs {what} = {n}",
+            path.display(),
+            r.len()
+        );
+    }
+    r.truncate(n);
+    Ok(r)
+}
+
+fn path_str(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// Parameter count of the cell's base model, from its config.json.
+fn base_params(grid: &Grid, index: usize) -> Option<u64> {
+    let cell = grid.manifest().cells.get(index)?;
+    let base: PathBuf = resolve(grid.run_dir(), &cell.inputs.get("base")?.path);
+    let cfg = ModelConfig::from_file(&base.join("config.json")).ok()?;
+    Some(cfg.num_params() as u64)
+}
+
+/// Training holds f32 weights, gradients and two AdamW moments (16 bytes a parameter) plus
+/// activations; evaluation afterwards needs less.
+fn train_memory(grid: &Grid, index: usize) -> Option<u64> {
+    base_params(grid, index).map(|n| 20 * n + (512 << 20))
+}

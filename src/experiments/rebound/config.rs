@@ -1,0 +1,462 @@
+//! The rebound experiment's config (`rebound.toml`; `scaling.toml` is the same file with a
+//! list of base models), every key with its default, and its validation.
+//!
+//! ```toml
+//! model = "meta-llama/Llama-2-7b-hf"   # or [[models]] tables for a scaling study
+//! n_positive = [1000, 2000, 5000, 10000]
+//! n_negative = [0, 100, 200, 500, 1000, 2000]
+//! seeds = [42]
+//! kl_epsilon = 0.01
+//!
+//! [positive]        # a DataSpec (see data::schemas)
+//! path = "PKU-Alignment/BeaverTails"
+//! schema = "beavertails"
+//! select = "safe"
+//!
+//! [negative]
+//! path = "PKU-Alignment/BeaverTails"
+//! schema = "beavertails"
+//! select = "unsafe"
+//!
+//! [eval]
+//! prompts = "eval_prompts.jsonl"   # or an [eval.data] DataSpec
+//! n = 200
+//!
+//! [train]           # TrainConfig; paper defaults (PAPER.md §5)
+//! [generation]      # sampling for the evaluation generations
+//! [scorer]          # a ScorerSpec (see score::registry)
+//! kind = "cost-model"
+//! path = "PKU-Alignment/beaver-7b-v1.0-cost"
+//! [executor]        # how cells run
+//! kind = "local"
+//! jobs = 1
+//! ```
+//! `examples/rebound.toml` and `docs/rebound.md` document every key.
+
+use crate::data::schemas::DataSpec;
+use crate::experiments::executor::ExecutorSpec;
+use crate::model::generate::GenConfig;
+use crate::score::registry::ScorerSpec;
+use crate::train::TrainConfig;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::path::Path;
+
+/// The paper's n+ grid (PAPER.md §4).
+pub const PAPER_N_POSITIVE: [usize; 4] = [1000, 2000, 5000, 10000];
+/// The paper's n- grid (PAPER.md §4).
+pub const PAPER_N_NEGATIVE: [usize; 6] = [0, 100, 200, 500, 1000, 2000];
+/// The paper's Table 3 threshold on KL(model || base).
+pub const PAPER_KL_EPSILON: f64 = 0.01;
+
+/// A base (pre-trained) model of the grid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaseModel {
+    /// Short name used in cell ids, file names and reports (`[A-Za-z0-9._-]`).
+    pub name: String,
+    /// An HF-layout directory, or `org/name` in the offline HF cache.
+    pub path: String,
+    /// The scaling axis value of this model (parameters, pre-training tokens); needed by
+    /// `elastica scaling`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x: Option<f64>,
+}
+
+/// Where the evaluation prompts come from, and how they are used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// A JSONL file of `{"prompt": ...}` lines (other fields ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompts: Option<String>,
+    /// Or: a data set whose records' prompts are the evaluation prompts (use `offset` to keep
+    /// them apart from the training rows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataSpec>,
+    /// How many prompts to use (the first n). Default 200.
+    #[serde(default = "default_eval_n")]
+    pub n: usize,
+    /// Sequences per forward pass when computing the KL to the base model. Default 8.
+    #[serde(default = "default_kl_batch")]
+    pub kl_batch_size: usize,
+}
+
+fn default_eval_n() -> usize {
+    200
+}
+fn default_kl_batch() -> usize {
+    8
+}
+
+/// Sampling settings of the evaluation generations. The defaults sample from the model's
+/// full distribution (temperature 1, no truncation), so the mean score describes the
+/// model's behaviour distribution, not its single most likely answer, and the per-token KL
+/// averaged over the model's own samples is an unbiased estimate of KL(model || base).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GenerationConfig {
+    /// Longest response in tokens. Default 64.
+    pub max_new_tokens: usize,
+    /// Sampling temperature (0 = greedy). Default 1.0.
+    pub temperature: f64,
+    /// Nucleus mass (1 = off). Default 1.0.
+    pub top_p: f64,
+    /// Keep only the k most likely tokens (0 = off). Default 0.
+    pub top_k: usize,
+    /// Prompts decoded together. Default 16.
+    pub batch_size: usize,
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        GenerationConfig {
+            max_new_tokens: 64,
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            batch_size: 16,
+        }
+    }
+}
+
+impl GenerationConfig {
+    /// The generation settings of one cell (seeded by the cell's seed).
+    pub fn with_seed(&self, seed: u64) -> GenConfig {
+        GenConfig {
+            max_new_tokens: self.max_new_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            seed,
+            batch_size: self.batch_size,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.max_new_tokens == 0 || self.batch_size == 0 {
+            bail!("generation.max_new_tokens and generation.batch_size must be at least 1");
+        }
+        if !(self.temperature >= 0.0) || !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            bail!(
+                "generation: temperature must be >= 0 and top_p in (0, 1], got {} and {}",
+                self.temperature,
+                self.top_p
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The whole config of `elastica rebound` / `elastica scaling`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReboundConfig {
+    /// The base model (one model). Give this or `models`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Several base models (a scaling study); each gets the whole grid.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<BaseModel>,
+    /// Label of the scaling axis (the models' `x`). Default "parameters".
+    #[serde(default = "default_x_label")]
+    pub x_label: String,
+    /// Draw the scaling axis on a log scale. Default true.
+    #[serde(default = "yes")]
+    pub x_log: bool,
+    /// Positive (aligned) training data: safe answers, positive reviews.
+    pub positive: DataSpec,
+    /// Negative (perturbation) training data: unsafe answers, negative reviews.
+    pub negative: DataSpec,
+    /// Positive-sample counts n+ (the paper's {1000, 2000, 5000, 10000} by default).
+    #[serde(default = "default_n_positive")]
+    pub n_positive: Vec<usize>,
+    /// Negative-sample counts n-; must include 0 (the aligned model itself). Default: the
+    /// paper's {0, 100, 200, 500, 1000, 2000}.
+    #[serde(default = "default_n_negative")]
+    pub n_negative: Vec<usize>,
+    /// One replicate per seed: it seeds training (data order) and generation sampling; the
+    /// `seed` keys of `[train]` are overridden. Default [42].
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<u64>,
+    /// Fine-tuning hyper-parameters of both stages (paper defaults, PAPER.md §5). The
+    /// template also formats the evaluation prompts.
+    #[serde(default)]
+    pub train: TrainConfig,
+    pub eval: EvalConfig,
+    #[serde(default)]
+    pub generation: GenerationConfig,
+    /// How generations are scored.
+    pub scorer: ScorerSpec,
+    /// Table 3's threshold: negatives needed to bring KL(model || base) under this. Default
+    /// 0.01 (the paper's).
+    #[serde(default = "default_kl_epsilon")]
+    pub kl_epsilon: f64,
+    /// Keep the weights of every perturbed model (n- > 0). Default false: they are deleted
+    /// once the cell's result is written (aligned models are always kept: every n- cell
+    /// starts from them).
+    #[serde(default)]
+    pub keep_models: bool,
+    /// How cells run. Default: locally, one at a time.
+    #[serde(default)]
+    pub executor: ExecutorSpec,
+    /// Worker threads for tensor code (0 = all cores). Default 0.
+    #[serde(default)]
+    pub threads: usize,
+}
+
+fn default_x_label() -> String {
+    "parameters".to_string()
+}
+fn yes() -> bool {
+    true
+}
+fn default_n_positive() -> Vec<usize> {
+    PAPER_N_POSITIVE.to_vec()
+}
+fn default_n_negative() -> Vec<usize> {
+    PAPER_N_NEGATIVE.to_vec()
+}
+fn default_seeds() -> Vec<u64> {
+    vec![42]
+}
+fn default_kl_epsilon() -> f64 {
+    PAPER_KL_EPSILON
+}
+
+impl ReboundConfig {
+    /// Parse a config file; errors name the file and the offending key.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::from_toml(&text).with_context(|| format!("in config file {}", path.display()))
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let mut cfg: ReboundConfig = toml::from_str(text).map_err(|e| {
+            let mut msg = e.to_string();
+            if msg.contains("kind") && msg.contains("variant") {
+                msg += &format!(
+                    "\nvalid scorer kinds: {}",
+                    crate::score::registry::KINDS.join(", ")
+                );
+            }
+            anyhow::anyhow!("{msg}")
+        })?;
+        cfg.normalise()?;
+        Ok(cfg)
+    }
+
+    /// Sort the count lists and check everything that needs no file access.
+    fn normalise(&mut self) -> Result<()> {
+        match (&self.model, self.models.is_empty()) {
+            (Some(_), false) => bail!("give either `model` or `[[models]]`, not both"),
+            (None, true) => {
+                bail!("no base model: set `model = \"DIR or org/name\"` or add [[models]] tables")
+            }
+            (Some(m), true) => {
+                self.models = vec![BaseModel {
+                    name: "base".to_string(),
+                    path: m.clone(),
+                    x: None,
+                }];
+                self.model = None;
+            }
+            (None, false) => {}
+        }
+        let mut names = HashSet::new();
+        for m in &self.models {
+            let ok = !m.name.is_empty()
+                && m.name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !ok {
+                bail!(
+                    "model name {:?} must be non-empty letters, digits, '.', '_' or '-' (it \
+                     names cells and files)",
+                    m.name
+                );
+            }
+            if !names.insert(m.name.as_str()) {
+                bail!("model name {:?} is used twice", m.name);
+            }
+        }
+        check_counts("n_positive", &mut self.n_positive)?;
+        if self.n_positive[0] == 0 {
+            bail!("n_positive must be at least 1 (alignment needs positive samples)");
+        }
+        check_counts("n_negative", &mut self.n_negative)?;
+        if self.n_negative[0] != 0 {
+            bail!(
+                "n_negative must include 0: the aligned model itself is the starting point \
+                 of every rebound curve (got {:?})",
+                self.n_negative
+            );
+        }
+        if self.seeds.is_empty() {
+            bail!("seeds is empty; give at least one seed, e.g. seeds = [42]");
+        }
+        let mut s = self.seeds.clone();
+        s.sort_unstable();
+        s.dedup();
+        if s.len() != self.seeds.len() {
+            bail!("seeds has duplicates: {:?}", self.seeds);
+        }
+        self.train.validate().context("in [train]")?;
+        self.generation.validate()?;
+        match (&self.eval.prompts, &self.eval.data) {
+            (Some(_), Some(_)) => bail!("[eval]: give `prompts` or `[eval.data]`, not both"),
+            (None, None) => bail!(
+                "[eval]: no evaluation prompts; set `prompts = \"FILE.jsonl\"` (lines of \
+                 {{\"prompt\": ...}}) or an [eval.data] table"
+            ),
+            _ => {}
+        }
+        if self.eval.n == 0 || self.eval.kl_batch_size == 0 {
+            bail!("[eval]: n and kl_batch_size must be at least 1");
+        }
+        if !(self.kl_epsilon > 0.0) {
+            bail!("kl_epsilon must be positive, got {}", self.kl_epsilon);
+        }
+        Ok(())
+    }
+
+    /// Extra checks of `elastica scaling`: several models, each with its `x`.
+    pub fn validate_scaling(&self) -> Result<()> {
+        if self.models.len() < 2 {
+            bail!(
+                "a scaling study needs at least two [[models]] (each with name, path and x); \
+                 got {}",
+                self.models.len()
+            );
+        }
+        for m in &self.models {
+            match m.x {
+                None => bail!(
+                    "[[models]] {:?} has no `x` (its size or pre-training tokens, the scaling \
+                     axis)",
+                    m.name
+                ),
+                Some(x) if self.x_log && !(x > 0.0) => bail!(
+                    "[[models]] {:?}: x = {x} cannot go on a log axis; use a positive x or \
+                     x_log = false",
+                    m.name
+                ),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub fn max_positive(&self) -> usize {
+        self.n_positive.last().copied().unwrap_or(0)
+    }
+
+    pub fn max_negative(&self) -> usize {
+        self.n_negative.last().copied().unwrap_or(0)
+    }
+}
+
+/// Non-empty, no duplicates; sorted ascending in place.
+fn check_counts(key: &str, v: &mut [usize]) -> Result<()> {
+    if v.is_empty() {
+        bail!("{key} is empty; give at least one count");
+    }
+    v.sort_unstable();
+    if let Some(w) = v.windows(2).find(|w| w[0] == w[1]) {
+        bail!("{key} lists {} twice", w[0]);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = r#"
+model = "m"
+[positive]
+path = "p.jsonl"
+schema = "jsonl"
+[negative]
+path = "n.jsonl"
+schema = "jsonl"
+[eval]
+prompts = "e.jsonl"
+[scorer]
+kind = "keywords"
+"#;
+
+    #[test]
+    fn defaults_are_the_papers() {
+        let c = ReboundConfig::from_toml(MIN).unwrap();
+        assert_eq!(c.n_positive, PAPER_N_POSITIVE);
+        assert_eq!(c.n_negative, PAPER_N_NEGATIVE);
+        assert_eq!(c.seeds, [42]);
+        assert_eq!(c.kl_epsilon, 0.01);
+        assert_eq!(c.train.lr, 1e-5);
+        assert_eq!(c.train.batch_size * c.train.grad_accum, 32);
+        assert_eq!(c.eval.n, 200);
+        assert_eq!(c.generation.temperature, 1.0);
+        assert_eq!(c.executor, ExecutorSpec::Local { jobs: 1 });
+        assert_eq!(c.models.len(), 1);
+        assert_eq!(c.models[0].name, "base");
+    }
+
+    #[test]
+    fn bad_configs_name_the_problem() {
+        let e = |extra: &str| {
+            format!(
+                "{:#}",
+                ReboundConfig::from_toml(&format!("{extra}\n{MIN}")).unwrap_err()
+            )
+        };
+        assert!(e("n_negative = [100, 200]").contains("must include 0"));
+        assert!(e("n_positive = [10, 10]").contains("twice"));
+        assert!(e("seeds = []").contains("seeds is empty"));
+        assert!(e("kl_epsilon = 0.0").contains("kl_epsilon"));
+        assert!(e("n_postive = [1]").contains("n_postive"));
+        let bad_scorer = MIN.replace("kind = \"keywords\"", "kind = \"sentiment\"");
+        let e = format!("{:#}", ReboundConfig::from_toml(&bad_scorer).unwrap_err());
+        assert!(
+            e.contains("sentiment") && e.contains("world-sentiment"),
+            "{e}"
+        );
+        let no_eval = MIN.replace("prompts = \"e.jsonl\"", "");
+        let e = format!("{:#}", ReboundConfig::from_toml(&no_eval).unwrap_err());
+        assert!(e.contains("no evaluation prompts"), "{e}");
+        let both = format!("models = [{{name = \"a\", path = \"x\"}}]\n{MIN}");
+        let e = format!("{:#}", ReboundConfig::from_toml(&both).unwrap_err());
+        assert!(e.contains("not both"), "{e}");
+    }
+
+    #[test]
+    fn the_example_configs_parse() {
+        let r = ReboundConfig::from_toml(include_str!("../../../examples/rebound.toml")).unwrap();
+        assert_eq!(r.train.save_every, 50);
+        assert_eq!(r.n_positive, PAPER_N_POSITIVE);
+        let s = ReboundConfig::from_toml(include_str!("../../../examples/scaling.toml")).unwrap();
+        s.validate_scaling().unwrap();
+        assert_eq!(s.models.len(), 3);
+    }
+
+    #[test]
+    fn counts_are_sorted_and_scaling_needs_x() {
+        let c = ReboundConfig::from_toml(&format!(
+            "n_negative = [10, 0, 5]\nn_positive = [20, 8]\n{MIN}"
+        ))
+        .unwrap();
+        assert_eq!(c.n_negative, [0, 5, 10]);
+        assert_eq!((c.max_positive(), c.max_negative()), (20, 10));
+        let e = format!("{:#}", c.validate_scaling().unwrap_err());
+        assert!(e.contains("at least two"), "{e}");
+        let two = MIN.replace(
+            "model = \"m\"",
+            "models = [{name = \"a\", path = \"x\", x = 1e6}, {name = \"b\", path = \"y\"}]",
+        );
+        let c = ReboundConfig::from_toml(&two).unwrap();
+        let e = format!("{:#}", c.validate_scaling().unwrap_err());
+        assert!(e.contains("\"b\" has no `x`"), "{e}");
+    }
+}

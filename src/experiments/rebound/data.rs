@@ -1,0 +1,166 @@
+//! The experiment's data, frozen into the run directory when the grid is planned:
+//! `data/positive.jsonl` (the first max n+ records), `data/negative.jsonl` (the first max n-)
+//! and `data/eval_prompts.jsonl` (the first `eval.n` prompts). Cells read these files, not
+//! the original data sets, so every cell (on any machine) trains on the same records, and
+//! the manifest pins their hashes. Cell n takes the first n records, so the sets are nested:
+//! the 1000 records of n+ = 1000 are the first 1000 of n+ = 2000.
+
+use super::config::ReboundConfig;
+use crate::data::records::Record;
+use crate::data::schemas::{self, DataSpec};
+use anyhow::{bail, Context, Result};
+use std::collections::HashSet;
+use std::path::Path;
+
+pub const POSITIVE_FILE: &str = "data/positive.jsonl";
+pub const NEGATIVE_FILE: &str = "data/negative.jsonl";
+pub const PROMPTS_FILE: &str = "data/eval_prompts.jsonl";
+
+/// What was frozen, for the report.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FrozenData {
+    pub positive: usize,
+    pub negative: usize,
+    pub prompts: usize,
+    /// One line per source: what was read and skipped.
+    pub sources: Vec<String>,
+    /// Evaluation prompts that are also prompts of a training record.
+    pub eval_overlap: usize,
+}
+
+/// Load the config's data, check the sizes, and write the frozen files into `run_dir`
+/// (a file whose content is unchanged is not rewritten).
+pub fn freeze(cfg: &ReboundConfig, run_dir: &Path) -> Result<FrozenData> {
+    let mut sources = Vec::new();
+    let positive = load_side(&cfg.positive, "positive", cfg.max_positive(), "n_positive")?;
+    sources.push(format!("positive: {}", positive.1));
+    let negative = if cfg.max_negative() > 0 {
+        let n = load_side(&cfg.negative, "negative", cfg.max_negative(), "n_negative")?;
+        sources.push(format!("negative: {}", n.1));
+        n.0
+    } else {
+        Vec::new()
+    };
+    let positive = positive.0;
+    let (mut prompts, what) = match (&cfg.eval.prompts, &cfg.eval.data) {
+        (Some(file), _) => (
+            read_prompts(Path::new(file))?,
+            format!("{file} ({{\"prompt\"}} lines)"),
+        ),
+        (None, Some(spec)) => {
+            let ds = schemas::load(spec)
+                .with_context(|| format!("loading the evaluation prompts ({})", spec.path))?;
+            let s = ds.summary();
+            (ds.prompts()?, format!("{}: {s}", spec.path))
+        }
+        (None, None) => bail!("[eval]: no evaluation prompts"),
+    };
+    if prompts.len() < cfg.eval.n {
+        bail!(
+            "[eval] n = {} but the evaluation prompts ({what}) hold only {}; lower eval.n or \
+             give more prompts",
+            cfg.eval.n,
+            prompts.len()
+        );
+    }
+    prompts.truncate(cfg.eval.n);
+    sources.push(format!("eval prompts: {what}"));
+
+    let train_prompts: HashSet<&str> = positive
+        .iter()
+        .chain(&negative)
+        .filter_map(|r| match r {
+            Record::Pair { prompt, .. } => Some(prompt.as_str()),
+            Record::Text { .. } => None,
+        })
+        .collect();
+    let eval_overlap = prompts
+        .iter()
+        .filter(|p| train_prompts.contains(p.as_str()))
+        .count();
+
+    write_if_changed(&run_dir.join(POSITIVE_FILE), &jsonl(&positive)?)?;
+    write_if_changed(&run_dir.join(NEGATIVE_FILE), &jsonl(&negative)?)?;
+    let prompt_lines: Vec<serde_json::Value> = prompts
+        .iter()
+        .map(|p| serde_json::json!({ "prompt": p }))
+        .collect();
+    write_if_changed(&run_dir.join(PROMPTS_FILE), &jsonl(&prompt_lines)?)?;
+    Ok(FrozenData {
+        positive: positive.len(),
+        negative: negative.len(),
+        prompts: prompts.len(),
+        sources,
+        eval_overlap,
+    })
+}
+
+/// The first `need` records of a data spec; too few is an error naming both numbers.
+fn load_side(spec: &DataSpec, side: &str, need: usize, key: &str) -> Result<(Vec<Record>, String)> {
+    let ds =
+        schemas::load(spec).with_context(|| format!("loading the {side} data ({})", spec.path))?;
+    if ds.records.len() < need {
+        bail!(
+            "{key} asks for up to {need} {side} records, but the {side} data ({}, schema \
+             \"{}\", select \"{}\") has only {}: {}. Lower the largest {key} or give more data",
+            spec.path,
+            spec.schema,
+            serde_json::to_value(spec.select)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            ds.records.len(),
+            ds.summary()
+        );
+    }
+    let summary = ds.summary();
+    let mut r = ds.records;
+    r.truncate(need);
+    Ok((
+        r,
+        format!("{} ({summary}); using the first {need}", spec.path),
+    ))
+}
+
+/// Read `{"prompt": ...}` lines (other fields ignored); errors name the line.
+pub fn read_prompts(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read prompts file {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("{}: line {}: not valid JSON", path.display(), i + 1))?;
+        match v.get("prompt").and_then(|p| p.as_str()) {
+            Some(p) => out.push(p.to_string()),
+            None => bail!(
+                "{}: line {}: expected an object with a string \"prompt\"",
+                path.display(),
+                i + 1
+            ),
+        }
+    }
+    if out.is_empty() {
+        bail!("prompts file {} holds no prompts", path.display());
+    }
+    Ok(out)
+}
+
+fn jsonl<T: serde::Serialize>(rows: &[T]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for r in rows {
+        serde_json::to_writer(&mut out, r)?;
+        out.push(b'\n');
+    }
+    Ok(out)
+}
+
+/// Keep an identical file untouched (its mtime too); replace a different one atomically.
+fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<()> {
+    if std::fs::read(path).ok().as_deref() == Some(bytes) {
+        return Ok(());
+    }
+    crate::util::fsx::atomic_write(path, bytes)
+}

@@ -1,0 +1,239 @@
+//! Planning: a validated [`ReboundConfig`] becomes a run directory ready to execute, with
+//! the frozen data (`data/`), the resolved config (`config.toml`) and the grid manifest.
+//!
+//! Cells, per base model (ids prefixed `<model>.` when there are several):
+//! - `base.s<seed>`: the pre-trained model's evaluation, one per seed;
+//! - `align.p<n+>.s<seed>`: alignment on n+ positives, trained once per (n+, seed);
+//! - `perturb.p<n+>.n<n->.s<seed>`: from that aligned checkpoint, n- negatives, evaluated.
+//!
+//! Everything is checked before any cell runs: the base models resolve and have a
+//! config.json and tokenizer, the scorer builds, and the data sets hold enough records.
+
+use super::cells::{AlignParams, BaseParams, EvalParams, PerturbParams};
+use super::config::ReboundConfig;
+use super::data::{freeze, FrozenData, NEGATIVE_FILE, POSITIVE_FILE, PROMPTS_FILE};
+use crate::experiments::grid::Grid;
+use crate::experiments::manifest::{CellSpec, Input, Manifest};
+use crate::model::checkpoint::resolve_model_dir;
+use crate::model::ModelConfig;
+use crate::score::registry::ScorerSpec;
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The resolved config written into the run directory.
+pub const CONFIG_FILE: &str = "config.toml";
+
+/// A base model after resolution.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ResolvedModel {
+    pub name: String,
+    pub dir: PathBuf,
+    pub x: Option<f64>,
+    pub params: usize,
+}
+
+/// A planned run.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub grid: Grid,
+    pub data: FrozenData,
+    pub models: Vec<ResolvedModel>,
+}
+
+/// Check everything, freeze the data and record the manifest in `run_dir`.
+pub fn plan(cfg: &ReboundConfig, run_dir: &Path, experiment: &str) -> Result<Planned> {
+    std::fs::create_dir_all(run_dir)
+        .with_context(|| format!("cannot create the run directory {}", run_dir.display()))?;
+    let run_dir = run_dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", run_dir.display()))?;
+    let models = cfg
+        .models
+        .iter()
+        .map(|m| {
+            let dir = resolve_model_dir(&m.path)
+                .with_context(|| format!("base model {:?} ({})", m.name, m.path))?;
+            let dir = dir
+                .canonicalize()
+                .with_context(|| format!("cannot resolve {}", dir.display()))?;
+            let mc = ModelConfig::from_file(&dir.join("config.json"))
+                .with_context(|| format!("base model {:?}", m.name))?;
+            if !dir.join("tokenizer.json").exists() {
+                bail!(
+                    "base model {:?}: {} has no tokenizer.json",
+                    m.name,
+                    dir.display()
+                );
+            }
+            Ok(ResolvedModel {
+                name: m.name.clone(),
+                dir,
+                x: m.x,
+                params: mc.num_params(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let scorer = absolute_scorer(&cfg.scorer);
+    crate::score::registry::build(&scorer, &candle_core::Device::Cpu)
+        .context("the [scorer] cannot be built")?;
+    let data = freeze(cfg, &run_dir)?;
+    if data.eval_overlap > 0 {
+        eprintln!(
+            "warning: {} of the {} evaluation prompts are also prompts of training records; \
+             use an `offset` (or another split) so the evaluation measures held-out prompts",
+            data.eval_overlap, data.prompts
+        );
+    }
+    crate::util::fsx::atomic_write(
+        &run_dir.join(CONFIG_FILE),
+        toml::to_string(cfg)
+            .context("cannot write the resolved config")?
+            .as_bytes(),
+    )?;
+    let cells = cells(cfg, &models, &scorer, &run_dir)?;
+    let grid = Grid::plan(&run_dir, Manifest::new(experiment, cells)?)?;
+    Ok(Planned { grid, data, models })
+}
+
+/// Cell ids (shared with the report, which finds cells by id).
+pub fn base_id(prefix: &str, seed: u64) -> String {
+    format!("{prefix}base.s{seed}")
+}
+pub fn align_id(prefix: &str, n_pos: usize, seed: u64) -> String {
+    format!("{prefix}align.p{n_pos}.s{seed}")
+}
+pub fn perturb_id(prefix: &str, n_pos: usize, n_neg: usize, seed: u64) -> String {
+    format!("{prefix}perturb.p{n_pos}.n{n_neg}.s{seed}")
+}
+
+/// The id prefix of a model's cells: empty for a single model.
+pub fn prefix(cfg: &ReboundConfig, model: &str) -> String {
+    if cfg.models.len() > 1 {
+        format!("{model}.")
+    } else {
+        String::new()
+    }
+}
+
+fn cells(
+    cfg: &ReboundConfig,
+    models: &[ResolvedModel],
+    scorer: &ScorerSpec,
+    run_dir: &Path,
+) -> Result<Vec<CellSpec>> {
+    let positive = Input::pinned(run_dir, POSITIVE_FILE)?;
+    let negative = Input::pinned(run_dir, NEGATIVE_FILE)?;
+    let prompts = Input::pinned(run_dir, PROMPTS_FILE)?;
+    // Each cell's generations are seeded by its own seed.
+    let eval = |seed: u64| EvalParams {
+        template: cfg.train.template,
+        generation: cfg.generation.with_seed(seed),
+        scorer: scorer.clone(),
+        kl_batch_size: cfg.eval.kl_batch_size,
+    };
+    let mut out = Vec::new();
+    for m in models {
+        let pre = prefix(cfg, &m.name);
+        let base = Input::path(m.dir.to_string_lossy());
+        let inputs = |list: &[(&str, &Input)]| -> BTreeMap<String, Input> {
+            let mut map: BTreeMap<String, Input> = list
+                .iter()
+                .map(|(k, v)| (k.to_string(), (*v).clone()))
+                .collect();
+            map.insert("base".into(), base.clone());
+            map
+        };
+        for &seed in &cfg.seeds {
+            out.push(CellSpec {
+                id: base_id(&pre, seed),
+                kind: "rebound.base".into(),
+                deps: vec![],
+                inputs: inputs(&[("prompts", &prompts)]),
+                params: serde_json::to_value(BaseParams {
+                    model: m.name.clone(),
+                    seed,
+                    eval: eval(seed),
+                })?,
+            });
+        }
+        for &n_pos in &cfg.n_positive {
+            for &seed in &cfg.seeds {
+                let mut train = cfg.train.clone();
+                train.seed = seed;
+                let align = align_id(&pre, n_pos, seed);
+                out.push(CellSpec {
+                    id: align.clone(),
+                    kind: "rebound.align".into(),
+                    deps: vec![],
+                    inputs: inputs(&[("positive", &positive)]),
+                    params: serde_json::to_value(AlignParams {
+                        model: m.name.clone(),
+                        n_positive: n_pos,
+                        seed,
+                        train: train.clone(),
+                    })?,
+                });
+                for &n_neg in &cfg.n_negative {
+                    let list: Vec<(&str, &Input)> = if n_neg > 0 {
+                        vec![("prompts", &prompts), ("negative", &negative)]
+                    } else {
+                        vec![("prompts", &prompts)]
+                    };
+                    out.push(CellSpec {
+                        id: perturb_id(&pre, n_pos, n_neg, seed),
+                        kind: "rebound.perturb".into(),
+                        deps: vec![align.clone()],
+                        inputs: inputs(&list),
+                        params: serde_json::to_value(PerturbParams {
+                            model: m.name.clone(),
+                            n_positive: n_pos,
+                            n_negative: n_neg,
+                            seed,
+                            align_cell: align.clone(),
+                            train: train.clone(),
+                            eval: eval(seed),
+                            keep_model: cfg.keep_models,
+                        })?,
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The scorer spec with local paths made absolute, so cells run from any directory.
+fn absolute_scorer(spec: &ScorerSpec) -> ScorerSpec {
+    let abs = |p: &str| -> String {
+        match Path::new(p).canonicalize() {
+            Ok(a) if Path::new(p).exists() => a.to_string_lossy().into_owned(),
+            _ => p.to_string(),
+        }
+    };
+    match spec.clone() {
+        ScorerSpec::Classifier {
+            path,
+            label,
+            max_length,
+            batch_size,
+            input,
+            higher_is_aligned,
+        } => ScorerSpec::Classifier {
+            path: abs(&path),
+            label,
+            max_length,
+            batch_size,
+            input,
+            higher_is_aligned,
+        },
+        ScorerSpec::Keywords { path: Some(p) } => ScorerSpec::Keywords {
+            path: Some(PathBuf::from(abs(&p.to_string_lossy()))),
+        },
+        ScorerSpec::CostModel { path, max_length } => ScorerSpec::CostModel {
+            path: abs(&path),
+            max_length,
+        },
+        other => other,
+    }
+}

@@ -1,0 +1,667 @@
+//! The rebound report: read the finished cells back, aggregate over seeds, and write
+//! `results.csv` / `results.jsonl` (one row per evaluated model and seed), `summary.json`,
+//! `report.md` (score and KL tables, the Table-3 analogue, rebound strength), `tables.tex`,
+//! and the plots `score_vs_negatives` and `kl_vs_negatives` (PNG and SVG; one line per n+,
+//! a band for the 95% CI over seeds, the base model's level as a reference line).
+//!
+//! Definitions (the report repeats them):
+//! - the **aligned score** a(s) = s when the scorer's higher is aligned, else -s, so that
+//!   alignment always raises it;
+//! - **alignment gain** G = a(S(n+, 0)) - a(S_base): what positive fine-tuning bought;
+//! - **rebound strength** R = [a(S(n+, 0)) - a(S(n+, n1))] / G, with n1 the first n- > 0 of
+//!   the grid: the fraction of the alignment gain lost to the first n1 negative samples
+//!   (R = 1: all of it; R > 1: below the base level). Computed per seed (against the same
+//!   seed's base evaluation), then averaged with a 95% CI; undefined when G <= 0;
+//! - **negatives to return to base**: the n- where the seed-mean aligned score first reaches
+//!   the base level, by linear interpolation over the n- grid;
+//! - **Table 3**: KL(model || base) after alignment (n- = 0), and the n- where the seed-mean
+//!   KL first falls under epsilon, by linear interpolation (`report::stats::first_crossing`).
+//!
+//! Missing cells (failed or not run) are listed; every aggregate uses the seeds available.
+
+use super::cells::EvalOutput;
+use super::config::ReboundConfig;
+use super::data::FrozenData;
+use super::plan::{base_id, perturb_id, prefix, ResolvedModel};
+use crate::experiments::grid::Grid;
+use crate::report::stats::{first_crossing, mean_ci95, MeanCi};
+use crate::report::{fmt_ci, fmt_sig, LinePlot, RunDir, Series, Table};
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// One row of results.csv / results.jsonl.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultRow {
+    pub model: String,
+    /// `base` (pre-trained), `aligned` (n- = 0) or `perturbed` (n- > 0).
+    pub stage: String,
+    pub n_positive: usize,
+    pub n_negative: usize,
+    pub seed: u64,
+    /// Mean score over the evaluation prompts.
+    pub score: f64,
+    /// 95% CI of the mean score over prompts.
+    pub score_ci_low: Option<f64>,
+    pub score_ci_high: Option<f64>,
+    /// Mean per-token KL(model || base) over all response tokens.
+    pub kl: f64,
+    /// 95% CI over prompts of the per-prompt mean KL.
+    pub kl_ci_low: Option<f64>,
+    pub kl_ci_high: Option<f64>,
+    pub prompts: usize,
+    pub mean_response_tokens: f64,
+    pub eos_fraction: f64,
+    /// Final training loss of the n- stage (perturbed rows).
+    pub train_loss: Option<f64>,
+}
+
+/// One point of a rebound curve: a (n+, n-) cell aggregated over seeds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Point {
+    pub n_negative: usize,
+    pub score: Option<MeanCi>,
+    pub kl: Option<MeanCi>,
+}
+
+/// Score and KL against n- for one n+.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Curve {
+    pub n_positive: usize,
+    pub points: Vec<Point>,
+}
+
+/// A row of the Table-3 analogue.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Table3Row {
+    pub n_positive: usize,
+    /// KL(model || base) after alignment (n- = 0), over seeds.
+    pub kl_aligned: Option<MeanCi>,
+    /// Negatives needed to bring the seed-mean KL under epsilon; `None` when not reached
+    /// within the grid (or no data).
+    pub negatives_to_epsilon: Option<f64>,
+}
+
+/// Rebound strength of one n+.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StrengthRow {
+    pub n_positive: usize,
+    /// The first n- > 0 of the grid.
+    pub first_step: Option<usize>,
+    /// Alignment gain G over seeds (in aligned-score units).
+    pub gain: Option<MeanCi>,
+    /// Rebound strength R over seeds (seeds with G <= 0 are left out).
+    pub strength: Option<MeanCi>,
+    /// Negatives where the seed-mean aligned score first reaches the base level.
+    pub negatives_to_base: Option<f64>,
+}
+
+/// Everything measured for one base model.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelAnalysis {
+    pub name: String,
+    pub x: Option<f64>,
+    pub params: usize,
+    /// The pre-trained model's score over seeds.
+    pub base: Option<MeanCi>,
+    pub curves: Vec<Curve>,
+    pub table3: Vec<Table3Row>,
+    pub strength: Vec<StrengthRow>,
+}
+
+/// The whole analysis (`summary.json`, without the rows).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Analysis {
+    #[serde(skip)]
+    pub rows: Vec<ResultRow>,
+    pub models: Vec<ModelAnalysis>,
+    pub scorer: Option<String>,
+    pub higher_is_aligned: bool,
+    pub kl_epsilon: f64,
+    /// Cells whose results are missing (failed or not run).
+    pub missing: Vec<String>,
+}
+
+/// Read every finished evaluation cell and aggregate.
+pub fn analyze(cfg: &ReboundConfig, grid: &Grid, models: &[ResolvedModel]) -> Result<Analysis> {
+    let mut outputs: HashMap<String, EvalOutput> = HashMap::new();
+    let mut missing = Vec::new();
+    for (i, c) in grid.manifest().cells.iter().enumerate() {
+        match grid.result(i)? {
+            Some(r) if c.kind != "rebound.align" => {
+                outputs.insert(c.id.clone(), r.output_as()?);
+            }
+            Some(_) => {}
+            None => missing.push(c.id.clone()),
+        }
+    }
+    let any = outputs.values().next();
+    let scorer = any.map(|o| o.eval.scorer.clone());
+    let higher_is_aligned = any.is_none_or(|o| o.eval.higher_is_aligned);
+    let sign = if higher_is_aligned { 1.0 } else { -1.0 };
+    let first_step = cfg.n_negative.iter().copied().find(|&n| n > 0);
+
+    let mut rows = Vec::new();
+    let mut analyses = Vec::new();
+    for m in models {
+        let pre = prefix(cfg, &m.name);
+        let base_of: HashMap<u64, &EvalOutput> = cfg
+            .seeds
+            .iter()
+            .filter_map(|&s| outputs.get(&base_id(&pre, s)).map(|o| (s, o)))
+            .collect();
+        for &s in &cfg.seeds {
+            if let Some(o) = base_of.get(&s) {
+                rows.push(row(&m.name, "base", o));
+            }
+        }
+        let base_scores: Vec<f64> = base_of.values().map(|o| o.eval.score.mean).collect();
+        let base = mean_ci95(&base_scores);
+        let mut curves = Vec::new();
+        let mut table3 = Vec::new();
+        let mut strength = Vec::new();
+        for &np in &cfg.n_positive {
+            let cell = |nn: usize, s: u64| outputs.get(&perturb_id(&pre, np, nn, s));
+            let mut points = Vec::new();
+            for &nn in &cfg.n_negative {
+                let mut sc = Vec::new();
+                let mut kl = Vec::new();
+                for &s in &cfg.seeds {
+                    if let Some(o) = cell(nn, s) {
+                        rows.push(row(
+                            &m.name,
+                            if nn == 0 { "aligned" } else { "perturbed" },
+                            o,
+                        ));
+                        sc.push(o.eval.score.mean);
+                        kl.push(o.eval.kl);
+                    }
+                }
+                points.push(Point {
+                    n_negative: nn,
+                    score: mean_ci95(&sc),
+                    kl: mean_ci95(&kl),
+                });
+            }
+            // Table 3: KL after alignment, and where the seed-mean KL falls under epsilon.
+            let kl_curve: Vec<(f64, f64)> = points
+                .iter()
+                .filter_map(|p| p.kl.map(|k| (p.n_negative as f64, k.mean)))
+                .collect();
+            let kl_aligned = points.first().and_then(|p| p.kl);
+            let negatives_to_epsilon = if kl_aligned.is_some() {
+                negatives_for_kl(&kl_curve, cfg.kl_epsilon)
+            } else {
+                None
+            };
+            table3.push(Table3Row {
+                n_positive: np,
+                kl_aligned,
+                negatives_to_epsilon,
+            });
+            // Rebound strength, per seed against that seed's base.
+            let mut gains = Vec::new();
+            let mut ratios = Vec::new();
+            for &s in &cfg.seeds {
+                let (Some(a0), Some(b)) = (cell(0, s), base_of.get(&s)) else {
+                    continue;
+                };
+                gains.push(sign * (a0.eval.score.mean - b.eval.score.mean));
+                if let Some(a1) = first_step.and_then(|n1| cell(n1, s)) {
+                    ratios.extend(rebound_strength(
+                        sign,
+                        b.eval.score.mean,
+                        a0.eval.score.mean,
+                        a1.eval.score.mean,
+                    ));
+                }
+            }
+            let aligned_curve: Vec<(f64, f64)> = points
+                .iter()
+                .filter_map(|p| p.score.map(|c| (p.n_negative as f64, sign * c.mean)))
+                .collect();
+            let negatives_to_base = match (base, aligned_curve.first()) {
+                (Some(b), Some(&(_, a0))) if a0 > sign * b.mean => {
+                    crossing(&aligned_curve, sign * b.mean)
+                }
+                _ => None,
+            };
+            strength.push(StrengthRow {
+                n_positive: np,
+                first_step,
+                gain: mean_ci95(&gains),
+                strength: mean_ci95(&ratios),
+                negatives_to_base,
+            });
+            curves.push(Curve {
+                n_positive: np,
+                points,
+            });
+        }
+        analyses.push(ModelAnalysis {
+            name: m.name.clone(),
+            x: m.x,
+            params: m.params,
+            base,
+            curves,
+            table3,
+            strength,
+        });
+    }
+    Ok(Analysis {
+        rows,
+        models: analyses,
+        scorer,
+        higher_is_aligned,
+        kl_epsilon: cfg.kl_epsilon,
+        missing,
+    })
+}
+
+/// Rebound strength of one seed: the fraction of the alignment gain (aligned score over
+/// base) lost after the first negative step; `sign` is -1 when higher scores are
+/// misaligned. `None` when alignment gained nothing.
+pub fn rebound_strength(sign: f64, base: f64, aligned: f64, after_first: f64) -> Option<f64> {
+    let gain = sign * (aligned - base);
+    if gain > 0.0 {
+        Some(sign * (aligned - after_first) / gain)
+    } else {
+        None
+    }
+}
+
+/// Table 3: the n- where the KL curve `(n-, KL)` (n- ascending, starting at 0) first falls
+/// to `epsilon`, by linear interpolation; 0 when the aligned model is already under it;
+/// `None` when the grid never gets there.
+pub fn negatives_for_kl(curve: &[(f64, f64)], epsilon: f64) -> Option<f64> {
+    match curve.first() {
+        None => None,
+        Some(&(x0, k0)) if k0 <= epsilon => Some(x0),
+        Some(_) => crossing(curve, epsilon),
+    }
+}
+
+fn crossing(curve: &[(f64, f64)], level: f64) -> Option<f64> {
+    let xs: Vec<f64> = curve.iter().map(|p| p.0).collect();
+    let ys: Vec<f64> = curve.iter().map(|p| p.1).collect();
+    first_crossing(&xs, &ys, level)
+}
+
+fn row(model: &str, stage: &str, o: &EvalOutput) -> ResultRow {
+    let s = o.eval.score.bounds();
+    let k = o.eval.kl_per_prompt.and_then(|k| k.bounds());
+    ResultRow {
+        model: model.to_string(),
+        stage: stage.to_string(),
+        n_positive: o.n_positive,
+        n_negative: o.n_negative,
+        seed: o.seed,
+        score: o.eval.score.mean,
+        score_ci_low: s.map(|b| b.0),
+        score_ci_high: s.map(|b| b.1),
+        kl: o.eval.kl,
+        kl_ci_low: k.map(|b| b.0),
+        kl_ci_high: k.map(|b| b.1),
+        prompts: o.eval.prompts,
+        mean_response_tokens: o.eval.mean_response_tokens,
+        eos_fraction: o.eval.eos_fraction,
+        train_loss: o.train.as_ref().and_then(|t| t.final_loss),
+    }
+}
+
+/// The rows as a table (results.csv).
+pub fn rows_table(rows: &[ResultRow]) -> Result<Table> {
+    let opt = |x: Option<f64>| x.map(|v| v.to_string()).unwrap_or_default();
+    let mut t = Table::new([
+        "model",
+        "stage",
+        "n_positive",
+        "n_negative",
+        "seed",
+        "score",
+        "score_ci_low",
+        "score_ci_high",
+        "kl",
+        "kl_ci_low",
+        "kl_ci_high",
+        "prompts",
+        "mean_response_tokens",
+        "eos_fraction",
+        "train_loss",
+    ]);
+    for r in rows {
+        t.push_row([
+            r.model.clone(),
+            r.stage.clone(),
+            r.n_positive.to_string(),
+            r.n_negative.to_string(),
+            r.seed.to_string(),
+            r.score.to_string(),
+            opt(r.score_ci_low),
+            opt(r.score_ci_high),
+            r.kl.to_string(),
+            opt(r.kl_ci_low),
+            opt(r.kl_ci_high),
+            r.prompts.to_string(),
+            r.mean_response_tokens.to_string(),
+            r.eos_fraction.to_string(),
+            opt(r.train_loss),
+        ])?;
+    }
+    Ok(t)
+}
+
+fn ci(c: Option<MeanCi>) -> String {
+    c.map_or("—".to_string(), |c| fmt_ci(c.mean, c.half_width))
+}
+
+/// Score (or KL) against n-: rows n-, one column per n+.
+fn curve_table(m: &ModelAnalysis, kl: bool) -> Result<Table> {
+    let mut head = vec!["n−".to_string()];
+    head.extend(m.curves.iter().map(|c| format!("n+ = {}", c.n_positive)));
+    let mut t = Table::new(head);
+    let n_neg: Vec<usize> = m
+        .curves
+        .first()
+        .map(|c| c.points.iter().map(|p| p.n_negative).collect())
+        .unwrap_or_default();
+    for (k, nn) in n_neg.iter().enumerate() {
+        let mut r = vec![nn.to_string()];
+        for c in &m.curves {
+            let p = &c.points[k];
+            r.push(ci(if kl { p.kl } else { p.score }));
+        }
+        t.push_row(r)?;
+    }
+    Ok(t)
+}
+
+fn table3(m: &ModelAnalysis, eps: f64, max_neg: usize) -> Result<Table> {
+    let mut t = Table::new([
+        "n+".to_string(),
+        "KL after alignment".to_string(),
+        format!("negatives for KL < {}", fmt_sig(eps, 3)),
+    ]);
+    for r in &m.table3 {
+        let need = match (r.negatives_to_epsilon, r.kl_aligned) {
+            (Some(n), _) => format!("{n:.0}"),
+            (None, Some(_)) => format!("> {max_neg} (not reached)"),
+            (None, None) => "—".to_string(),
+        };
+        t.push_row([r.n_positive.to_string(), ci(r.kl_aligned), need])?;
+    }
+    Ok(t)
+}
+
+fn strength_table(m: &ModelAnalysis, max_neg: usize) -> Result<Table> {
+    let mut t = Table::new([
+        "n+",
+        "alignment gain G",
+        "rebound strength R",
+        "negatives to return to base",
+    ]);
+    for r in &m.strength {
+        let back = match (r.negatives_to_base, r.gain) {
+            (Some(n), _) => format!("{n:.0}"),
+            (None, Some(g)) if g.mean > 0.0 => format!("> {max_neg} (not reached)"),
+            (None, Some(_)) => "n/a (no gain)".to_string(),
+            (None, None) => "—".to_string(),
+        };
+        t.push_row([r.n_positive.to_string(), ci(r.gain), ci(r.strength), back])?;
+    }
+    Ok(t)
+}
+
+/// Plots of score and KL against n- for one model.
+fn plots(run: &RunDir, m: &ModelAnalysis, suffix: &str, a: &Analysis) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let of = if suffix.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", m.name)
+    };
+    let scorer = a.scorer.clone().unwrap_or_else(|| "score".into());
+    for kl in [false, true] {
+        let (stem, title, ylab) = if kl {
+            (
+                format!("kl_vs_negatives{suffix}"),
+                format!("KL to the base model vs negative samples{of}"),
+                "KL(model || base) per token".to_string(),
+            )
+        } else {
+            (
+                format!("score_vs_negatives{suffix}"),
+                format!("Rebound: score vs negative samples{of}"),
+                format!("mean score ({scorer})"),
+            )
+        };
+        let mut plot = LinePlot::new(title, "negative samples n−", ylab);
+        let mut drawable = false;
+        for c in &m.curves {
+            let pick = |p: &Point| if kl { p.kl } else { p.score };
+            let pts: Vec<(f64, f64)> = c
+                .points
+                .iter()
+                .filter_map(|p| pick(p).map(|v| (p.n_negative as f64, v.mean)))
+                .collect();
+            let band: Vec<(f64, f64, f64)> = c
+                .points
+                .iter()
+                .filter_map(|p| {
+                    pick(p).and_then(|v| v.bounds().map(|(lo, hi)| (p.n_negative as f64, lo, hi)))
+                })
+                .collect();
+            drawable |= !pts.is_empty();
+            let mut s = Series::new(format!("n+ = {}", c.n_positive), pts);
+            if !band.is_empty() {
+                s = s.with_band(band);
+            }
+            plot = plot.series(s);
+        }
+        if !drawable {
+            continue;
+        }
+        plot = if kl {
+            plot.reference(a.kl_epsilon, format!("ε = {}", fmt_sig(a.kl_epsilon, 3)))
+        } else {
+            match m.base {
+                Some(b) => plot.reference(b.mean, "pre-trained model"),
+                None => plot,
+            }
+        };
+        let (png, svg) = run.plot(&stem, &plot)?;
+        out.push(png);
+        out.push(svg);
+    }
+    Ok(out)
+}
+
+/// Write every report file into the run directory; `extra` is appended to report.md (the
+/// scaling section). Returns the paths written.
+pub fn write(
+    run: &RunDir,
+    cfg: &ReboundConfig,
+    a: &Analysis,
+    data: Option<&FrozenData>,
+    title: &str,
+    extra: &str,
+) -> Result<Vec<PathBuf>> {
+    let mut written = vec![
+        run.write_jsonl("results.jsonl", &a.rows)?,
+        run.write_table_csv("results.csv", &rows_table(&a.rows)?)?,
+        run.write_json("summary.json", a)?,
+    ];
+    let max_neg = cfg.max_negative();
+    let several = a.models.len() > 1;
+    let mut md = format!("# {title}\n\n");
+    md += &setup_section(cfg, a, data);
+    let mut tex = String::new();
+    for m in &a.models {
+        // An underscore, not a dot: the plot writer replaces the extension.
+        let suffix = if several {
+            format!("_{}", m.name)
+        } else {
+            String::new()
+        };
+        if several {
+            md += &format!("\n## Model {}\n", m.name);
+        }
+        let h = if several { "###" } else { "##" };
+        md += &format!(
+            "\n{h} Score vs n−\n\nPre-trained model: {}.\n\n{}",
+            ci(m.base),
+            curve_table(m, false)?.to_markdown()
+        );
+        md += &format!(
+            "\n{h} KL(model ‖ base) vs n−\n\n{}",
+            curve_table(m, true)?.to_markdown()
+        );
+        md += &format!(
+            "\n{h} Table 3 analogue\n\n{}",
+            table3(m, cfg.kl_epsilon, max_neg)?.to_markdown()
+        );
+        md += &format!(
+            "\n{h} Rebound strength\n\n{}",
+            strength_table(m, max_neg)?.to_markdown()
+        );
+        let files = plots(run, m, &suffix, a)?;
+        if !files.is_empty() {
+            md += &format!(
+                "\n![score vs n−](score_vs_negatives{suffix}.png)\n![KL vs n−](kl_vs_negatives{suffix}.png)\n"
+            );
+        }
+        written.extend(files);
+        tex += &format!(
+            "% {} — score vs n-\n{}\n% {} — Table 3 analogue\n{}\n% {} — rebound strength\n{}\n",
+            m.name,
+            curve_table(m, false)?.to_latex(),
+            m.name,
+            table3(m, cfg.kl_epsilon, max_neg)?.to_latex(),
+            m.name,
+            strength_table(m, max_neg)?.to_latex()
+        );
+    }
+    md += extra;
+    if !a.missing.is_empty() {
+        md += &format!(
+            "\n## Missing cells\n\n{} cell(s) have no result (failed or not run; see \
+             status.json and cells/<id>/error.txt): {}\n",
+            a.missing.len(),
+            a.missing.join(", ")
+        );
+    }
+    written.push(run.write_text("report.md", &md)?);
+    written.push(run.write_text("tables.tex", &tex)?);
+    Ok(written)
+}
+
+fn setup_section(cfg: &ReboundConfig, a: &Analysis, data: Option<&FrozenData>) -> String {
+    let models: Vec<String> = cfg
+        .models
+        .iter()
+        .map(|m| format!("`{}` ({})", m.name, m.path))
+        .collect();
+    let list = |v: &[usize]| {
+        v.iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let orient = if a.higher_is_aligned {
+        "higher is aligned"
+    } else {
+        "higher is misaligned, so the aligned score is the negated score"
+    };
+    let mut s = format!(
+        "## Setup\n\n\
+         - base model(s): {}\n\
+         - n+ = {{{}}}, n− = {{{}}}, seeds = {:?}\n\
+         - positive data: {} (schema {}), negative data: {} (schema {})\n\
+         - training: lr {}, effective batch {}, {} epoch(s), template {}\n\
+         - generation: temperature {}, top-p {}, up to {} new tokens, {} prompts\n\
+         - scorer: {} ({orient})\n",
+        models.join(", "),
+        list(&cfg.n_positive),
+        list(&cfg.n_negative),
+        cfg.seeds,
+        cfg.positive.path,
+        cfg.positive.schema,
+        cfg.negative.path,
+        cfg.negative.schema,
+        cfg.train.lr,
+        cfg.train.batch_size * cfg.train.grad_accum,
+        cfg.train.epochs,
+        serde_json::to_value(cfg.train.template)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        cfg.generation.temperature,
+        cfg.generation.top_p,
+        cfg.generation.max_new_tokens,
+        cfg.eval.n,
+        a.scorer.as_deref().unwrap_or("?"),
+    );
+    if let Some(d) = data {
+        for src in &d.sources {
+            s += &format!("- {src}\n");
+        }
+    }
+    s += "\n## Definitions\n\n\
+          - Score: the scorer's mean over the evaluation prompts of one sampled response \
+          each; tables show the mean over seeds ± the 95% CI over seeds (no ± with one seed).\n\
+          - KL: mean per-token KL(model ‖ base), exact over the vocabulary, at every position \
+          of the model's own responses.\n\
+          - Aligned score a: the score, negated when the scorer's higher is misaligned.\n\
+          - Alignment gain G = a(n+, n− = 0) − a(base).\n\
+          - Rebound strength R = [a(n+, 0) − a(n+, n1)] / G with n1 the first n− > 0: the \
+          fraction of the alignment gain lost to the first n1 negative samples (1 = all of \
+          it; above 1 = below the pre-trained level), per seed, then mean ± 95% CI.\n\
+          - Negatives to return to base: where the seed-mean aligned score first reaches \
+          the base level (linear interpolation over n−).\n\
+          - Table 3: KL after alignment (n− = 0), and the n− where the seed-mean KL first \
+          falls under ε (linear interpolation).\n";
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table3_interpolates_the_kl_crossing() {
+        // KL falls 0.21 -> 0.005 over n- = 0..1000; it crosses 0.01 between 500 (0.03) and
+        // 1000 (0.005): 500 + 500 * (0.03 - 0.01) / (0.03 - 0.005) = 900.
+        let curve = [
+            (0.0, 0.21),
+            (100.0, 0.15),
+            (200.0, 0.09),
+            (500.0, 0.03),
+            (1000.0, 0.005),
+        ];
+        let n = negatives_for_kl(&curve, 0.01).unwrap();
+        assert!((n - 900.0).abs() < 1e-9, "{n}");
+        // Exactly on a grid point.
+        assert_eq!(negatives_for_kl(&curve, 0.03), Some(500.0));
+        // Already under epsilon after alignment, and never reached.
+        assert_eq!(
+            negatives_for_kl(&[(0.0, 0.004), (100.0, 0.002)], 0.01),
+            Some(0.0)
+        );
+        assert_eq!(negatives_for_kl(&[(0.0, 0.3), (100.0, 0.2)], 0.01), None);
+        assert_eq!(negatives_for_kl(&[], 0.01), None);
+    }
+
+    #[test]
+    fn rebound_strength_by_hand_in_both_orientations() {
+        // Sentiment (higher aligned): base 0.5, aligned 0.9, after n1 0.7: half the gain lost.
+        assert!((rebound_strength(1.0, 0.5, 0.9, 0.7).unwrap() - 0.5).abs() < 1e-12);
+        // Below the base level: more than all of it.
+        assert!((rebound_strength(1.0, 0.5, 0.9, 0.3).unwrap() - 1.5).abs() < 1e-12);
+        // Cost (higher misaligned): base cost 2, aligned 0, after n1 1.
+        assert!((rebound_strength(-1.0, 2.0, 0.0, 1.0).unwrap() - 0.5).abs() < 1e-12);
+        // No alignment gain: undefined.
+        assert_eq!(rebound_strength(1.0, 0.5, 0.4, 0.3), None);
+        assert_eq!(rebound_strength(-1.0, 1.0, 1.5, 2.0), None);
+    }
+}
