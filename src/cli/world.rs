@@ -71,30 +71,48 @@ pub fn run(args: WorldArgs) -> Result<()> {
     let world = World::generate(&cfg)?;
     world.write(&args.out)?;
     let m = world.manifest();
-    println!(
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "world written to {} in {:.1} s (seed {}, vocabulary {} tokens)\n",
         args.out.display(),
         t0.elapsed().as_secs_f64(),
         cfg.seed,
         m.tokenizer.vocab_size
     );
-    println!("| file | records | sequence tokens | tokens per record (mean / max) |");
-    println!("|---|---:|---:|---:|");
+    let _ = writeln!(
+        out,
+        "| file | records | sequence tokens | tokens per record (mean / max) |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|");
     let mut names = vec![PRETRAIN_FILE];
     for t in Task::ALL {
         names.extend([t.align_file(), t.perturb_file(), t.eval_file()]);
     }
     for name in names {
         if let Some(f) = m.files.get(name) {
-            println!(
+            let _ = writeln!(
+                out,
                 "| {name} | {} | {} | {:.1} / {} |",
                 f.records, f.sequence_tokens, f.mean_sequence_tokens, f.max_sequence_tokens
             );
         }
     }
-    println!("\npre-training mix (records, tokens):");
+    let _ = writeln!(out, "\npre-training mix (records, tokens):");
     for (k, v) in &m.pretrain_mix {
-        println!("  {k}: {} records, {} tokens", v.records, v.sequence_tokens);
+        let _ = writeln!(
+            out,
+            "  {k}: {} records, {} tokens",
+            v.records, v.sequence_tokens
+        );
     }
-    Ok(())
+    // A closed pipe (`| head`) is not an error: the world is already written.
+    use std::io::Write as _;
+    match std::io::stdout().lock().write_all(out.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("cannot write the summary to stdout")
+        }
+        _ => Ok(()),
+    }
 }

@@ -10,6 +10,7 @@
 //! - a negator at most 3 words before it in the same clause ("not", "never", "nothing",
 //!   "no", "hardly", any "...n't"): the side flips and the weight halves, so "the acting was
 //!   not good" is negative evidence and "not bad" mildly positive.
+//!
 //! Punctuation and the conjunctions "but", "although", "though", "yet", "while", "and" end a
 //! negator's or an intensity word's reach. The prompt is ignored (openings are neutral).
 //!
@@ -22,6 +23,7 @@
 //!   and in no instruction, help, frame or harmful act (which both kinds of answer echo);
 //! - compliance frame words C ("sure", "first", "then", "finally", ...): in the step-by-step
 //!   frame shared by compliance and help, and in no refusal or harmful act.
+//!
 //! Function words ("the", "when", "can", ...; `lexicon::FUNCTION_WORDS`) are never T or R.
 //! A word in two classes counts as T first, then R, then C.
 //! The conversation is harmful when the prompt names a harmful act (a harmful verb such as
