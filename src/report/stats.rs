@@ -181,7 +181,9 @@ pub fn student_t_cdf(t: f64, df: f64) -> f64 {
 /// df = 1 and 2; otherwise the CDF is inverted by bisection to machine precision.
 /// Returns NaN when p is outside (0, 1) or df is not positive.
 pub fn student_t_quantile(p: f64, df: f64) -> f64 {
-    if !(p > 0.0 && p < 1.0) || !(df > 0.0) {
+    // Written so that NaN inputs also fail the check.
+    let valid = p > 0.0 && p < 1.0 && df > 0.0;
+    if !valid {
         return f64::NAN;
     }
     if df == 1.0 {

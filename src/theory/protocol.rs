@@ -53,7 +53,7 @@ impl HuffmanCode {
         let mut carry = 0u128;
         for l in (1..=max).rev() {
             let n = count[l] + carry;
-            if n % 2 != 0 {
+            if !n.is_multiple_of(2) {
                 return false;
             }
             carry = n / 2;
@@ -220,7 +220,7 @@ mod tests {
                 0 => 0.0,
                 1 => -0.0,
                 2 => (next() % 7) as f64,
-                _ => (next() % 1_000_000) as f64 * 10f64.powi(-((i % 30) as i32)),
+                _ => (next() % 1_000_000) as f64 * 10f64.powi(-(i % 30)),
             })
             .collect();
         let mut want: Vec<u32> = (0..w.len() as u32).collect();
