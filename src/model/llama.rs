@@ -4,21 +4,11 @@
 //! Read bottom-up: norm -> linear -> attention -> mlp -> block -> model.
 
 use super::config::{Activation, Family, ModelConfig};
+use super::fused::{self, attention::RopeTables, norm::rms_norm, swiglu::swiglu, Kernel};
 use super::params::Params;
 use super::rope::{self, Rope};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor, D};
-
-/// RMSNorm, differentiable: x / sqrt(mean(x^2) + eps) * w (Gemma: * (1 + w)).
-fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, gemma: bool) -> candle_core::Result<Tensor> {
-    let var = x.sqr()?.mean_keepdim(D::Minus1)?;
-    let xn = x.broadcast_div(&(var + eps)?.sqrt()?)?;
-    if gemma {
-        xn.broadcast_mul(&(w + 1.0)?)
-    } else {
-        xn.broadcast_mul(w)
-    }
-}
 
 /// x (.., in) times W^T (out, in), plus bias.
 fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> candle_core::Result<Tensor> {
@@ -85,9 +75,22 @@ impl Attention {
         sin: &Tensor,
         bias: &Tensor,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
+        tables: Option<&RopeTables>,
     ) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let hd = self.head_dim;
+        if let (None, Some(tables)) = (&cache, tables) {
+            // Positions 0..t, causal, no cache: one fused op from the projections to o_proj.
+            let y = fused::attention::causal_attention(
+                &self.q_proj.forward(x)?,
+                &self.k_proj.forward(x)?,
+                &self.v_proj.forward(x)?,
+                self.n_heads,
+                self.n_kv,
+                tables,
+            )?;
+            return self.o_proj.forward(&y);
+        }
         // (b, t, heads*hd) -> (b, heads, t, hd)
         let q = self
             .q_proj
@@ -152,12 +155,13 @@ struct Mlp {
 impl Mlp {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let g = self.gate_proj.forward(x)?;
-        let g = match self.act {
-            Activation::Silu => g.silu()?,
-            Activation::GeluTanh => g.gelu()?,
-            Activation::Gelu => g.gelu_erf()?,
+        let u = self.up_proj.forward(x)?;
+        let h = match self.act {
+            Activation::Silu => swiglu(&g, &u)?,
+            Activation::GeluTanh => (g.gelu()? * u)?,
+            Activation::Gelu => (g.gelu_erf()? * u)?,
         };
-        self.down_proj.forward(&(g * self.up_proj.forward(x)?)?)
+        self.down_proj.forward(&h)
     }
 }
 
@@ -273,7 +277,10 @@ impl Llama {
         let (_, t) = ids.dims2()?;
         let positions = Tensor::arange(0u32, t as u32, &self.device)?.unsqueeze(0)?;
         let bias = causal_bias(t, 0, None, &self.device)?;
-        self.hidden_inner(ids, &positions, &bias, None)
+        // The fused attention kernel applies RoPE itself from tables of positions 0..t.
+        let x = self.embed(ids)?;
+        let tables = fused::usable(Kernel::Attention, &[&x]).then(|| self.rope.tables(t));
+        self.blocks(x, &positions, &bias, None, tables.as_ref())
     }
 
     /// Incremental forward for generation: `ids` (b, t) new tokens, `positions` (b, t),
@@ -289,36 +296,45 @@ impl Llama {
         let (_, t) = ids.dims2()?;
         let past = cache.len();
         let bias = causal_bias(t, past, Some(key_mask), &self.device)?;
-        let x = self.hidden_inner(ids, positions, &bias, Some(cache))?;
+        let x = self.blocks(self.embed(ids)?, positions, &bias, Some(cache), None)?;
         Ok(linear(&x, &self.lm_head, None)?)
     }
 
-    /// Embeddings -> blocks -> final norm: (b, t, hidden).
-    fn hidden_inner(
-        &self,
-        ids: &Tensor,
-        positions: &Tensor,
-        bias: &Tensor,
-        mut cache: Option<&mut KvCache>,
-    ) -> Result<Tensor> {
+    /// Token embeddings (b, t, hidden), Gemma-scaled.
+    fn embed(&self, ids: &Tensor) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let h = self.cfg.hidden_size;
-        let gemma = self.cfg.family == Family::Gemma;
-        let mut x = self
+        let x = self
             .embed_tokens
             .index_select(&ids.flatten_all()?, 0)
             .context("token id out of the vocabulary")?
             .reshape((b, t, h))?;
-        if gemma {
+        if self.cfg.family == Family::Gemma {
             // transformers scales by sqrt(hidden) cast to the activation dtype.
-            x = (x * (h as f32).sqrt() as f64)?;
+            return Ok((x * (h as f32).sqrt() as f64)?);
         }
+        Ok(x)
+    }
+
+    /// Blocks -> final norm: (b, t, hidden). `tables` selects the fused attention kernel
+    /// (positions 0..t, no cache).
+    fn blocks(
+        &self,
+        mut x: Tensor,
+        positions: &Tensor,
+        bias: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        tables: Option<&RopeTables>,
+    ) -> Result<Tensor> {
+        let gemma = self.cfg.family == Family::Gemma;
         let (cos, sin) = self.rope.cos_sin(positions)?;
         let eps = self.cfg.rms_norm_eps;
         for (l, block) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[l]);
             let hn = rms_norm(&x, &block.input_layernorm, eps, gemma)?;
-            x = (x + block.self_attn.forward(&hn, &cos, &sin, bias, slot)?)?;
+            x = (x + block
+                .self_attn
+                .forward(&hn, &cos, &sin, bias, slot, tables)?)?;
             let hn = rms_norm(&x, &block.post_attention_layernorm, eps, gemma)?;
             x = (x + block.mlp.forward(&hn)?)?;
         }

@@ -4,6 +4,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod fused;
 pub mod generate;
 pub mod init;
 pub mod llama;

@@ -9,6 +9,8 @@ use candle_core::{DType, Device, Result, Tensor, D};
 pub struct Rope {
     /// (1, 1, head_dim/2) inverse frequencies, f32.
     inv_freq: Tensor,
+    /// The same frequencies as a vector (for the fused attention's tables).
+    inv: Vec<f32>,
 }
 
 /// Inverse frequencies exactly as transformers computes them (f32 powers, then scaling).
@@ -61,8 +63,14 @@ impl Rope {
         let f = inv_freq(cfg);
         let n = f.len();
         Ok(Rope {
-            inv_freq: Tensor::from_vec(f, (1, 1, n), device)?,
+            inv_freq: Tensor::from_vec(f.clone(), (1, 1, n), device)?,
+            inv: f,
         })
+    }
+
+    /// cos / sin tables of positions 0..t for the fused attention kernel.
+    pub fn tables(&self, t: usize) -> crate::model::fused::attention::RopeTables {
+        crate::model::fused::attention::RopeTables::new(&self.inv, t)
     }
 
     /// cos and sin tables for `positions` (b, t) as f32, each (b, 1, t, head_dim).

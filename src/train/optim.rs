@@ -3,10 +3,13 @@
 //! Weight decay applies to tensors of rank >= 2 only (transformers' Trainer leaves norms and
 //! biases undecayed). Moments live in plain vectors so they can be checkpointed.
 
+use crate::model::fused::{self, Kernel};
 use crate::model::Params;
 use anyhow::{bail, Context, Result};
-use candle_core::{backprop::GradStore, Device, Tensor};
+use candle_core::{backprop::GradStore, CpuStorage, Device, InplaceOp1, Layout, Tensor};
+use rayon::prelude::*;
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct AdamWConfig {
@@ -74,6 +77,73 @@ impl Grads {
     }
 }
 
+/// The per-step scalars of the update.
+#[derive(Clone, Copy)]
+struct StepConsts {
+    bc2_sqrt: f32,
+    step_size: f32,
+    w1: f32,
+    b2: f32,
+    one_minus_b2: f32,
+    eps: f32,
+    keep: f32,
+    decay: bool,
+}
+
+/// Elements per parallel task of the update (elementwise, so the split changes no result).
+const CHUNK: usize = 32 * 1024;
+
+impl StepConsts {
+    /// torch's single-tensor AdamW, element by element.
+    fn apply(&self, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
+        p.par_chunks_mut(CHUNK)
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .zip(g.par_chunks(CHUNK))
+            .for_each(|(((p, m), v), g)| {
+                for i in 0..p.len() {
+                    if self.decay {
+                        p[i] *= self.keep;
+                    }
+                    // torch.lerp with weight < 0.5: m + w * (g - m)
+                    m[i] += self.w1 * (g[i] - m[i]);
+                    v[i] = v[i] * self.b2 + self.one_minus_b2 * g[i] * g[i];
+                    let denom = v[i].sqrt() / self.bc2_sqrt + self.eps;
+                    p[i] += -self.step_size * (m[i] / denom);
+                }
+            });
+    }
+}
+
+/// The update as an in-place op on the parameter's storage (no copy out and back).
+struct InPlace<'a> {
+    state: Mutex<(&'a mut [f32], &'a mut [f32])>,
+    g: &'a [f32],
+    k: StepConsts,
+}
+
+impl InplaceOp1 for InPlace<'_> {
+    fn name(&self) -> &'static str {
+        "adamw-in-place"
+    }
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let (a, b) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("AdamW: parameter is not contiguous".into()))?;
+        let p = match storage {
+            CpuStorage::F32(p) => &mut p[a..b],
+            _ => candle_core::bail!("AdamW: parameter is not f32"),
+        };
+        let mut st = self
+            .state
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("AdamW: state lock poisoned".into()))?;
+        let (m, v) = &mut *st;
+        self.k.apply(p, m, v, self.g);
+        Ok(())
+    }
+}
+
 impl AdamW {
     pub fn new(cfg: AdamWConfig) -> Self {
         AdamW {
@@ -84,41 +154,49 @@ impl AdamW {
         }
     }
 
-    /// One update of every parameter with learning rate `lr`.
+    /// One update of every parameter with learning rate `lr`. On CPU f32 the parameters are
+    /// updated in place ([`Kernel::AdamW`]); otherwise (or with the kernel off) each is read
+    /// out, updated and written back. Both do the same arithmetic, element by element.
     pub fn update(&mut self, params: &Params, grads: &Grads, lr: f64) -> Result<()> {
         self.step += 1;
         let c = self.cfg;
         let bc1 = 1.0 - c.beta1.powi(self.step as i32);
-        let bc2_sqrt = (1.0 - c.beta2.powi(self.step as i32)).sqrt() as f32;
-        let step_size = (lr / bc1) as f32;
-        let w1 = (1.0 - c.beta1) as f32;
-        let (b2, one_minus_b2) = (c.beta2 as f32, (1.0 - c.beta2) as f32);
-        let eps = c.eps as f32;
+        let k = StepConsts {
+            bc2_sqrt: (1.0 - c.beta2.powi(self.step as i32)).sqrt() as f32,
+            step_size: (lr / bc1) as f32,
+            w1: (1.0 - c.beta1) as f32,
+            b2: c.beta2 as f32,
+            one_minus_b2: (1.0 - c.beta2) as f32,
+            eps: c.eps as f32,
+            keep: 1.0,
+            decay: false,
+        };
         for (name, g) in &grads.0 {
             let var = params.get(name)?;
             let decay = if var.rank() >= 2 { c.weight_decay } else { 0.0 };
-            let mut p = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-            let m = self
-                .m
-                .entry(name.clone())
-                .or_insert_with(|| vec![0.0; p.len()]);
-            let v = self
-                .v
-                .entry(name.clone())
-                .or_insert_with(|| vec![0.0; p.len()]);
-            let keep = (1.0 - lr * decay) as f32;
-            for i in 0..p.len() {
-                if decay != 0.0 {
-                    p[i] *= keep;
-                }
-                // torch.lerp with weight < 0.5: m + w * (g - m)
-                m[i] += w1 * (g[i] - m[i]);
-                v[i] = v[i] * b2 + one_minus_b2 * g[i] * g[i];
-                let denom = v[i].sqrt() / bc2_sqrt + eps;
-                p[i] += -step_size * (m[i] / denom);
+            let k = StepConsts {
+                keep: (1.0 - lr * decay) as f32,
+                decay: decay != 0.0,
+                ..k
+            };
+            let n = var.elem_count();
+            let m = self.m.entry(name.clone()).or_insert_with(|| vec![0.0; n]);
+            let v = self.v.entry(name.clone()).or_insert_with(|| vec![0.0; n]);
+            if m.len() != n || v.len() != n || g.len() != n {
+                bail!("optimizer state of \"{name}\" does not match the parameter's size {n}");
             }
-            let t = Tensor::from_vec(p, var.shape(), var.device())?;
-            var.set(&t)?;
+            let t = var.as_tensor();
+            if fused::usable(Kernel::AdamW, &[t]) && t.is_contiguous() {
+                t.inplace_op1(&InPlace {
+                    state: Mutex::new((m.as_mut_slice(), v.as_mut_slice())),
+                    g,
+                    k,
+                })?;
+            } else {
+                let mut p = t.flatten_all()?.to_vec1::<f32>()?;
+                k.apply(&mut p, m, v, g);
+                var.set(&Tensor::from_vec(p, var.shape(), var.device())?)?;
+            }
         }
         Ok(())
     }

@@ -1,0 +1,246 @@
+//! Fused CPU kernels for the decoder's hot spots, each a candle `CustomOp` with an analytic
+//! backward: causal attention with RoPE (no T x T tensor), RMSNorm, SwiGLU, and the
+//! cross-entropy over the vocabulary. Every kernel has a slow reference path built from
+//! differentiable candle ops; the switches here choose between them at run time, so the
+//! reference stays tested and `elastica bench` can time both in one run.
+//!
+//! The kernels run on CPU f32 tensors only; any other device or dtype takes the reference
+//! path (the callers check [`usable`]).
+
+pub mod attention;
+pub mod cross_entropy;
+pub mod norm;
+pub mod swiglu;
+
+use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// One switchable kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    Attention = 1,
+    RmsNorm = 2,
+    SwiGlu = 4,
+    CrossEntropy = 8,
+    AdamW = 16,
+}
+
+impl Kernel {
+    pub const ALL: [Kernel; 5] = [
+        Kernel::RmsNorm,
+        Kernel::SwiGlu,
+        Kernel::CrossEntropy,
+        Kernel::Attention,
+        Kernel::AdamW,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Attention => "fused causal attention + RoPE",
+            Kernel::RmsNorm => "fused RMSNorm",
+            Kernel::SwiGlu => "fused SwiGLU",
+            Kernel::CrossEntropy => "fused cross-entropy",
+            Kernel::AdamW => "in-place AdamW",
+        }
+    }
+}
+
+const ALL_ON: u32 = 31;
+
+/// Enabled kernels (bit set of [`Kernel`]); all on unless `ELASTICA_REFERENCE_KERNELS` is
+/// set in the environment when the first model runs.
+static ENABLED: AtomicU32 = AtomicU32::new(u32::MAX);
+
+fn mask() -> u32 {
+    let m = ENABLED.load(Ordering::Relaxed);
+    if m != u32::MAX {
+        return m;
+    }
+    let init = if std::env::var_os("ELASTICA_REFERENCE_KERNELS").is_some() {
+        0
+    } else {
+        ALL_ON
+    };
+    ENABLED.store(init, Ordering::Relaxed);
+    init
+}
+
+/// Whether `k` is switched on.
+pub fn enabled(k: Kernel) -> bool {
+    mask() & k as u32 != 0
+}
+
+/// Switch exactly the kernels in `on` on (all others off). Process-wide.
+pub fn set_enabled(on: &[Kernel]) {
+    ENABLED.store(on.iter().fold(0, |m, &k| m | k as u32), Ordering::Relaxed);
+}
+
+/// Whether kernel `k` is on and can run on all of `ts` (CPU, f32).
+pub fn usable(k: Kernel, ts: &[&Tensor]) -> bool {
+    enabled(k)
+        && ts
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+/// The contiguous f32 data of a CPU storage under `l`.
+pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("fused kernel: input is not contiguous"),
+    }
+}
+
+/// Run `f` on the contiguous f32 data of a CPU tensor (copying it first if it is strided).
+pub(crate) fn with_data<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (s, l) = t.storage_and_layout();
+    match &*s {
+        Storage::Cpu(c) => f(slice(c, l)?),
+        _ => candle_core::bail!("fused kernel: tensor is not on the CPU"),
+    }
+}
+
+/// A raw pointer that parallel tasks may share because each writes a disjoint region.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut(pub *mut f32);
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// The pointer (a method, so closures capture the whole Send + Sync wrapper).
+    pub(crate) fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// dst (m x n, row stride dst_rs) = beta_dst * dst + alpha * A (m x k) B (k x n), single
+/// threaded (callers parallelise over heads / rows themselves). Strides in elements: each
+/// matrix is (row stride, column stride).
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    a: *const f32,
+    (a_rs, a_cs): (usize, usize),
+    b: *const f32,
+    (b_rs, b_cs): (usize, usize),
+    alpha: f32,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                std::ptr::write_bytes(dst.add(i * dst_rs), 0, n);
+            }
+        }
+        return;
+    }
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        accumulate,
+        a,
+        a_cs as isize,
+        a_rs as isize,
+        b,
+        b_cs as isize,
+        b_rs as isize,
+        1.0,
+        alpha,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    );
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Gradient checks shared by the kernel tests.
+    use candle_core::{Device, Tensor, Var};
+
+    pub fn randn(shape: &[usize], seed: u64) -> Tensor {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// Central finite differences of the scalar `f` at a few coordinates of input `which`,
+    /// compared with the analytic gradient `grad` (relative tolerance `tol`).
+    pub fn check_fd(
+        inputs: &[Tensor],
+        which: usize,
+        grad: &Tensor,
+        f: &dyn Fn(&[Tensor]) -> f64,
+        tol: f64,
+    ) {
+        let flat: Vec<f32> = inputs[which].flatten_all().unwrap().to_vec1().unwrap();
+        let g: Vec<f32> = grad.flatten_all().unwrap().to_vec1().unwrap();
+        let h = 1e-2f32;
+        let n = flat.len();
+        let scale = g.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
+        for idx in [0, n / 3, n / 2, (2 * n) / 3, n - 1] {
+            let eval = |delta: f32| {
+                let mut v = flat.clone();
+                v[idx] += delta;
+                let mut ins = inputs.to_vec();
+                ins[which] = Tensor::from_vec(v, inputs[which].shape(), &Device::Cpu).unwrap();
+                f(&ins)
+            };
+            let fd = (eval(h) - eval(-h)) / (2.0 * h as f64);
+            let err = (fd - g[idx] as f64).abs();
+            assert!(
+                err <= tol * scale.max(1e-3),
+                "input {which} coord {idx}: finite difference {fd} vs analytic {}",
+                g[idx]
+            );
+        }
+    }
+
+    /// Gradients of sum(out * w) w.r.t. each input, through `f`.
+    pub fn grads(
+        inputs: &[Tensor],
+        w: &Tensor,
+        f: &dyn Fn(&[Tensor]) -> Tensor,
+    ) -> (Tensor, Vec<Tensor>) {
+        let vars: Vec<Var> = inputs
+            .iter()
+            .map(|t| Var::from_tensor(t).unwrap())
+            .collect();
+        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let out = f(&ts);
+        let loss = (&out * w).unwrap().sum_all().unwrap();
+        let store = loss.backward().unwrap();
+        let gs = ts
+            .iter()
+            .map(|t| store.get(t).expect("input has a gradient").clone())
+            .collect();
+        (out.detach(), gs)
+    }
+}

@@ -1,0 +1,170 @@
+//! RMSNorm as one pass per row: y = x / sqrt(mean(x^2) + eps) * w (Gemma: * (1 + w)),
+//! with the analytic backward dx = (g*w - xn * mean(g*w*xn)) / s and dw = sum_rows(g * xn).
+
+use super::{slice, with_data, Kernel};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, D};
+use rayon::prelude::*;
+
+/// Rows per parallel task: enough work to amortise the task, small enough to balance.
+const ROWS_PER_TASK: usize = 16;
+
+/// The slow, differentiable reference (basic candle ops).
+pub fn rms_norm_reference(x: &Tensor, w: &Tensor, eps: f64, gemma: bool) -> Result<Tensor> {
+    let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let xn = x.broadcast_div(&(var + eps)?.sqrt()?)?;
+    if gemma {
+        xn.broadcast_mul(&(w + 1.0)?)
+    } else {
+        xn.broadcast_mul(w)
+    }
+}
+
+/// RMSNorm over the last dim of `x`, fused when the kernel is on and the tensors allow it.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, gemma: bool) -> Result<Tensor> {
+    if super::usable(Kernel::RmsNorm, &[x, w]) {
+        x.contiguous()?
+            .apply_op2(&w.contiguous()?, RmsNorm { eps, gemma })
+    } else {
+        rms_norm_reference(x, w, eps, gemma)
+    }
+}
+
+struct RmsNorm {
+    eps: f64,
+    gemma: bool,
+}
+
+impl RmsNorm {
+    fn weight(&self, w: &[f32]) -> Vec<f32> {
+        w.iter()
+            .map(|&v| if self.gemma { v + 1.0 } else { v })
+            .collect()
+    }
+    /// 1 / sqrt(mean(x^2) + eps) of one row, in f32 as the reference computes it.
+    fn denom(&self, row: &[f32]) -> f32 {
+        let ss: f32 = row.iter().map(|v| v * v).sum();
+        (ss / row.len() as f32 + self.eps as f32).sqrt()
+    }
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "fused-rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1)?;
+        let w = self.weight(slice(s2, l2)?);
+        let h = w.len();
+        if h == 0 || l1.dims().last() != Some(&h) {
+            candle_core::bail!(
+                "fused rms norm: weight length {h} does not match {:?}",
+                l1.dims()
+            );
+        }
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(h * ROWS_PER_TASK)
+            .zip(x.par_chunks(h * ROWS_PER_TASK))
+            .for_each(|(yc, xc)| {
+                for (yr, xr) in yc.chunks_mut(h).zip(xc.chunks(h)) {
+                    let s = self.denom(xr);
+                    for ((o, &v), &wv) in yr.iter_mut().zip(xr).zip(&w) {
+                        *o = v / s * wv;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let h = w.elem_count();
+        let wv = with_data(w, |w| Ok(self.weight(w)))?;
+        let (dx, dw) = with_data(x, |x| {
+            with_data(grad, |g| {
+                let mut dx = vec![0f32; x.len()];
+                let dw = dx
+                    .par_chunks_mut(h * ROWS_PER_TASK)
+                    .zip(x.par_chunks(h * ROWS_PER_TASK))
+                    .zip(g.par_chunks(h * ROWS_PER_TASK))
+                    .map(|((dxc, xc), gc)| {
+                        let mut dw = vec![0f32; h];
+                        for ((dxr, xr), gr) in dxc.chunks_mut(h).zip(xc.chunks(h)).zip(gc.chunks(h))
+                        {
+                            let s = self.denom(xr);
+                            let inv = 1.0 / s;
+                            let mut dot = 0f32;
+                            for i in 0..h {
+                                let xn = xr[i] * inv;
+                                dot += gr[i] * wv[i] * xn;
+                                dw[i] += gr[i] * xn;
+                            }
+                            let mean = dot / h as f32;
+                            for i in 0..h {
+                                dxr[i] = (gr[i] * wv[i] - xr[i] * inv * mean) * inv;
+                            }
+                        }
+                        dw
+                    })
+                    .collect::<Vec<_>>();
+                // Summed in chunk order so the result does not depend on thread timing.
+                let mut total = vec![0f32; h];
+                for part in dw {
+                    total.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+                }
+                Ok((dx, total))
+            })
+        })?;
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
+            Some(Tensor::from_vec(dw, w.shape(), w.device())?),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{check_fd, grads, max_abs_diff, randn};
+    use super::*;
+
+    #[test]
+    fn matches_reference_and_finite_differences() {
+        for gemma in [false, true] {
+            let x = randn(&[3, 5, 16], 1);
+            let w = randn(&[16], 2);
+            let out_w = randn(&[3, 5, 16], 3);
+            let fused = |t: &[Tensor]| t[0].apply_op2(&t[1], RmsNorm { eps: 1e-6, gemma }).unwrap();
+            let reference = |t: &[Tensor]| rms_norm_reference(&t[0], &t[1], 1e-6, gemma).unwrap();
+            let (yf, gf) = grads(&[x.clone(), w.clone()], &out_w, &fused);
+            let (yr, gr) = grads(&[x.clone(), w.clone()], &out_w, &reference);
+            assert!(max_abs_diff(&yf, &yr) < 1e-5);
+            for (a, b) in gf.iter().zip(&gr) {
+                assert!(
+                    max_abs_diff(a, b) < 1e-4,
+                    "gradient differs from the reference"
+                );
+            }
+            let loss = |t: &[Tensor]| {
+                (fused(t) * &out_w)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap() as f64
+            };
+            check_fd(&[x.clone(), w.clone()], 0, &gf[0], &loss, 2e-2);
+            check_fd(&[x, w], 1, &gf[1], &loss, 2e-2);
+        }
+    }
+}
