@@ -4,7 +4,7 @@
 
 use crate::experiments::cell::{run_cell, CellRun};
 use crate::experiments::grid::Grid;
-use anyhow::Result;
+use anyhow::{bail, Result};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -26,6 +26,10 @@ pub enum CellAction {
         /// Worker threads (0 = all cores).
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// Refuse to run unless the manifest's hash is this one (the hash the job was
+        /// submitted for; a run re-planned since then must be resubmitted).
+        #[arg(long)]
+        manifest_hash: Option<String>,
     },
     /// Print the status of every cell of a grid as a Markdown table.
     Status {
@@ -41,9 +45,22 @@ pub fn run(a: CellArgs) -> Result<()> {
             manifest,
             index,
             threads,
+            manifest_hash,
         } => {
             super::train::set_threads(threads);
             let grid = Grid::open(&manifest)?;
+            if let Some(want) = manifest_hash {
+                if grid.manifest().hash != want {
+                    bail!(
+                        "{} has hash {} but this task was submitted for {want}: the run was \
+                         re-planned after the job was submitted. Resubmit the grid (`elastica \
+                         resubmit {}`) instead of running old tasks against the new manifest",
+                        manifest.display(),
+                        grid.manifest().hash,
+                        grid.run_dir().display()
+                    );
+                }
+            }
             let id = grid
                 .manifest()
                 .cells

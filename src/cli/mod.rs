@@ -7,6 +7,7 @@
 
 mod bench;
 mod cell;
+mod collect;
 pub mod compress;
 mod config;
 mod demo;
@@ -15,7 +16,9 @@ mod generate;
 mod pretrain;
 mod rebound;
 mod resist;
+mod resubmit;
 mod scaling;
+mod status;
 mod theory;
 mod train;
 mod world;
@@ -68,6 +71,12 @@ pub enum Command {
     Rebound(rebound::ReboundArgs),
     /// The rebound grid over several base models; rebound strength vs size or tokens.
     Scaling(scaling::ScalingArgs),
+    /// Where every cell of a run directory stands (asks Slurm for submitted runs).
+    Status(status::StatusArgs),
+    /// Write the report of a run whose cells ran elsewhere (e.g. `--executor slurm --no-wait`).
+    Collect(collect::CollectArgs),
+    /// Submit the failed and missing cells of a Slurm run again.
+    Resubmit(resubmit::ResubmitArgs),
 }
 
 /// Entry point used by `main`: parses arguments (with `--config` merging), runs the command,
@@ -125,5 +134,8 @@ fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Resist(a) => resist::run(a),
         Command::Rebound(a) => rebound::run(a),
         Command::Scaling(a) => scaling::run(a),
+        Command::Status(a) => status::run(a),
+        Command::Collect(a) => collect::run(a),
+        Command::Resubmit(a) => resubmit::run(a),
     }
 }

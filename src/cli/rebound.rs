@@ -3,7 +3,7 @@
 //! the same `--out` skips finished cells and resumes interrupted ones. The config format is
 //! documented in `experiments::rebound::config` and docs/rebound.md.
 
-use crate::experiments::executor::ExecutorSpec;
+use crate::experiments::executor::{ExecutorKind, ExecutorSpec, RunOptions};
 use crate::experiments::rebound::{self, config::ReboundConfig};
 use anyhow::{bail, Result};
 use std::path::PathBuf;
@@ -26,20 +26,34 @@ pub struct ReboundArgs {
     /// (for running the cells with `elastica cell run` on a cluster).
     #[arg(long)]
     pub plan_only: bool,
+    /// Who runs the cells (overrides the config's [executor] kind; Slurm resources come
+    /// from its [slurm] section, see docs/slurm.md).
+    #[arg(long, value_enum)]
+    pub executor: Option<ExecutorKind>,
+    /// With --executor slurm: return once the cells are submitted; follow them with
+    /// `elastica status DIR` and write the report with `elastica collect DIR`.
+    #[arg(long)]
+    pub no_wait: bool,
 }
 
 /// Load the config and apply the command-line overrides shared by `rebound` and `scaling`.
 pub fn load_config(
     path: &std::path::Path,
+    executor: Option<ExecutorKind>,
     jobs: Option<usize>,
     threads: Option<usize>,
 ) -> Result<ReboundConfig> {
     let mut cfg = ReboundConfig::from_file(path)?;
+    if let Some(k) = executor {
+        cfg.executor = cfg.executor.with_kind(k);
+    }
     if let Some(j) = jobs {
         match &mut cfg.executor {
             ExecutorSpec::Local { jobs } => *jobs = j,
-            #[allow(unreachable_patterns)]
-            _ => bail!("--jobs applies to the local executor only"),
+            ExecutorSpec::Slurm {} => bail!(
+                "--jobs applies to the local executor only; with Slurm, limit the cells \
+                 running at once with [slurm] max_parallel"
+            ),
         }
     }
     if let Some(t) = threads {
@@ -50,7 +64,7 @@ pub fn load_config(
 }
 
 pub fn run(a: ReboundArgs) -> Result<()> {
-    let cfg = load_config(&a.config, a.jobs, a.threads)?;
+    let cfg = load_config(&a.config, a.executor, a.jobs, a.threads)?;
     let out = a
         .out
         .unwrap_or_else(|| crate::report::default_run_dir("rebound"));
@@ -59,7 +73,13 @@ pub fn run(a: ReboundArgs) -> Result<()> {
         println!("{}", p.grid.manifest_path().display());
         return Ok(());
     }
-    let o = rebound::run(&cfg, &out, true)?;
+    let opts = RunOptions {
+        no_wait: a.no_wait,
+        progress: true,
+    };
+    let Some(o) = rebound::run(&cfg, &out, opts)? else {
+        return Ok(());
+    };
     eprintln!("report: {}", out.join("report.md").display());
     o.grid.ensure_complete(&o.planned.grid)
 }

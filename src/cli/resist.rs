@@ -2,6 +2,7 @@
 //! from a `resist.toml` (see `experiments::resist::config` for every key). Rerunning with the
 //! same `--out` resumes: finished fine-tunes and generations are not redone.
 
+use crate::experiments::executor::{ExecutorKind, RunOptions};
 use crate::experiments::resist::{self, ResistConfig};
 use anyhow::Result;
 use std::path::PathBuf;
@@ -17,15 +18,31 @@ pub struct ResistArgs {
     /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Who runs the cells (overrides the config's [executor] kind).
+    #[arg(long, value_enum)]
+    pub executor: Option<ExecutorKind>,
+    /// With --executor slurm: return once the cells are submitted (`elastica status`,
+    /// `elastica collect` later).
+    #[arg(long)]
+    pub no_wait: bool,
 }
 
 pub fn run(a: ResistArgs) -> Result<()> {
     super::train::set_threads(a.threads);
-    let cfg = ResistConfig::from_file(&a.config)?;
+    let mut cfg = ResistConfig::from_file(&a.config)?;
+    if let Some(k) = a.executor {
+        cfg.executor = cfg.executor.with_kind(k);
+    }
     let out = a
         .out
         .unwrap_or_else(|| crate::report::default_run_dir("resist"));
-    let res = resist::run(&cfg, &out)?;
+    let opts = RunOptions {
+        no_wait: a.no_wait,
+        progress: true,
+    };
+    let Some(res) = resist::run_with(&cfg, &out, opts)? else {
+        return Ok(());
+    };
     println!("{}", resist::markdown_summary(&res));
     println!("{}", resist::results::pair_table(&res)?.to_markdown());
     eprintln!("report: {}", out.join("report.md").display());

@@ -2,6 +2,7 @@
 //! models, with the rebound strength plotted against their size or pre-training tokens.
 //! The config is a rebound config with `[[models]]` tables (name, path, x) and `x_label`.
 
+use crate::experiments::executor::{ExecutorKind, RunOptions};
 use crate::experiments::scaling;
 use anyhow::Result;
 use std::path::PathBuf;
@@ -23,10 +24,16 @@ pub struct ScalingArgs {
     /// Only plan: check the config, freeze the data and write manifest.json.
     #[arg(long)]
     pub plan_only: bool,
+    /// Who runs the cells (overrides the config's [executor] kind; see docs/slurm.md).
+    #[arg(long, value_enum)]
+    pub executor: Option<ExecutorKind>,
+    /// With --executor slurm: return once the cells are submitted.
+    #[arg(long)]
+    pub no_wait: bool,
 }
 
 pub fn run(a: ScalingArgs) -> Result<()> {
-    let cfg = super::rebound::load_config(&a.config, a.jobs, a.threads)?;
+    let cfg = super::rebound::load_config(&a.config, a.executor, a.jobs, a.threads)?;
     cfg.validate_scaling()?;
     let out = a
         .out
@@ -36,7 +43,13 @@ pub fn run(a: ScalingArgs) -> Result<()> {
         println!("{}", p.grid.manifest_path().display());
         return Ok(());
     }
-    let o = scaling::run(&cfg, &out, true)?;
+    let opts = RunOptions {
+        no_wait: a.no_wait,
+        progress: true,
+    };
+    let Some(o) = scaling::run(&cfg, &out, opts)? else {
+        return Ok(());
+    };
     eprintln!("report: {}", out.join("report.md").display());
     o.grid.ensure_complete(&o.planned.grid)
 }

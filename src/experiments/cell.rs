@@ -12,10 +12,15 @@
 //! Adding a cell kind: implement [`CellKind`] on a unit struct and list it in
 //! `experiments::kinds::KINDS`.
 //!
+//! Two processes never run one cell at once: the attempt holds an exclusive lock on
+//! `cells/<id>/.lock` (a second task of the same cell, e.g. a cell submitted twice, stops
+//! with an error instead of writing the same files).
+//!
 //! Fault injection (for tests of the resume path): with `ELASTICA_INJECT_FAULT=<id>@<point>`
 //! (several comma-separated), the cell `<id>` fails at `<point>`: `start` (before the kind
 //! runs) or any point a kind checks with [`CellContext::fault_point`] (the rebound kinds
-//! check `train-step-N` after optimizer step N).
+//! check `train-step-N` after optimizer step N). `<id>@<point>:sleep=<seconds>` makes the
+//! cell hang there instead (for tests that kill a running cell, e.g. with `scancel`).
 
 use super::grid::{CellStatus, Grid};
 use super::manifest::{resolve, sha256_file, CellSpec};
@@ -28,6 +33,8 @@ use std::path::{Path, PathBuf};
 pub const RESULT_FILE: &str = "result.json";
 pub const ERROR_FILE: &str = "error.txt";
 pub const ATTEMPTS_FILE: &str = "attempts";
+/// Held (flock) by the process running the cell.
+pub const LOCK_FILE: &str = ".lock";
 /// Environment variable naming injected faults (`<cell-id>@<point>`, comma-separated).
 pub const FAULT_ENV: &str = "ELASTICA_INJECT_FAULT";
 
@@ -153,10 +160,28 @@ impl CellContext<'_> {
 }
 
 fn check_fault(id: &str, point: &str) -> Result<()> {
-    if let Ok(spec) = std::env::var(FAULT_ENV) {
+    match std::env::var(FAULT_ENV) {
+        Ok(spec) => fault_in(&spec, id, point),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Apply the fault spec `spec` (the value of [`FAULT_ENV`]) at `point` of cell `id`.
+fn fault_in(spec: &str, id: &str, point: &str) -> Result<()> {
+    {
         let want = format!("{id}@{point}");
-        if spec.split(',').any(|s| s.trim() == want) {
-            bail!("injected fault at {point} ({FAULT_ENV}={spec})");
+        for entry in spec.split(',').map(str::trim) {
+            if entry == want {
+                bail!("injected fault at {point} ({FAULT_ENV}={spec})");
+            }
+            let secs = entry
+                .strip_prefix(want.as_str())
+                .and_then(|rest| rest.strip_prefix(":sleep="))
+                .and_then(|v| v.parse::<f64>().ok());
+            if let Some(secs) = secs {
+                eprintln!("injected hang at {point}: sleeping {secs} s ({FAULT_ENV})");
+                std::thread::sleep(std::time::Duration::from_secs_f64(secs.max(0.0)));
+            }
         }
     }
     Ok(())
@@ -214,6 +239,11 @@ pub fn run_cell(grid: &Grid, index: usize, progress: bool) -> Result<CellRun> {
     let dir = grid.cell_dir(index);
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("cannot create the cell directory {}", dir.display()))?;
+    let _lock = lock_cell(&dir, &cell.id)?;
+    // Another process may have finished the cell while this one waited for the lock.
+    if grid.status(index) == CellStatus::Done {
+        return Ok(CellRun::AlreadyDone);
+    }
     let err_path = dir.join(ERROR_FILE);
     if err_path.exists() {
         std::fs::remove_file(&err_path)
@@ -270,6 +300,28 @@ pub fn run_cell(grid: &Grid, index: usize, progress: bool) -> Result<CellRun> {
     Ok(CellRun::Finished(result))
 }
 
+/// Take the cell's lock (released when the file is dropped, or when the process dies).
+fn lock_cell(dir: &Path, id: &str) -> Result<std::fs::File> {
+    let p = dir.join(LOCK_FILE);
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .with_context(|| format!("cannot open the cell lock {}", p.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "cell {id} is being run by another process (it holds {}); was the cell \
+             submitted twice? Wait for that process or stop it",
+            p.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", p.display()))
+        }
+    }
+}
+
 fn check_inputs(grid: &Grid, cell: &CellSpec) -> Result<()> {
     for (name, inp) in &cell.inputs {
         let p = resolve(grid.run_dir(), &inp.path);
@@ -294,4 +346,43 @@ fn check_inputs(grid: &Grid, cell: &CellSpec) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::experiments::manifest::Manifest;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn a_locked_cell_is_not_run_twice_and_hangs_are_injectable() {
+        let dir = tempfile::tempdir().unwrap();
+        let cell = CellSpec {
+            id: "a".into(),
+            kind: "test.echo".into(),
+            deps: vec![],
+            inputs: BTreeMap::new(),
+            params: serde_json::json!({"value": 1}),
+        };
+        let g = Grid::plan(dir.path(), Manifest::new("t", vec![cell]).unwrap()).unwrap();
+        std::fs::create_dir_all(g.cell_dir(0)).unwrap();
+        let held = lock_cell(&g.cell_dir(0), "a").unwrap();
+        let e = format!("{:#}", run_cell(&g, 0, false).unwrap_err());
+        assert!(e.contains("being run by another process"), "{e}");
+        assert!(!g.cell_dir(0).join(ERROR_FILE).exists());
+        drop(held);
+        assert!(matches!(
+            run_cell(&g, 0, false).unwrap(),
+            CellRun::Finished(_)
+        ));
+
+        // A hang entry sleeps and continues; a plain entry fails.
+        let spec = "zz@p1:sleep=0.01,zz@p2";
+        let t0 = std::time::Instant::now();
+        fault_in(spec, "zz", "p1").unwrap();
+        assert!(t0.elapsed().as_secs_f64() >= 0.01);
+        assert!(fault_in(spec, "zz", "p2").is_err());
+        assert!(fault_in(spec, "zz", "p3").is_ok());
+        assert!(fault_in(spec, "z", "p2").is_ok());
+    }
 }

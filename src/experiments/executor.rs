@@ -1,8 +1,9 @@
 //! Executors: what runs a grid's cells. [`Executor`] is the interface; [`LocalExecutor`]
-//! runs cells on this machine, several at once when `jobs` and free memory allow. A cluster
-//! executor (Slurm) implements the same trait by submitting `elastica cell run --manifest M
-//! --index I` per cell (one job array per wave of `Manifest::stages`), then reads the cells'
-//! status from the run directory like everyone else.
+//! runs cells on this machine, several at once when `jobs` and free memory allow. The
+//! cluster executor (`experiments::slurm::SlurmExecutor`) implements the same trait by
+//! submitting `elastica cell run --manifest M --index I` per cell (one job array per wave of
+//! dependent cells), then reads the cells' status from the run directory like everyone
+//! else.
 //!
 //! The local executor's rules: cells run in manifest order as soon as their dependencies
 //! are done; finished cells are skipped; a failed cell is reported (its error is in
@@ -19,7 +20,8 @@ use std::sync::{Condvar, Mutex};
 pub trait Executor: Send + Sync {
     /// Name for logs and `status.json` (`local`, `slurm`).
     fn name(&self) -> &'static str;
-    /// Run every cell that is not done yet, and say what happened to each.
+    /// Run every cell that is not done yet, and say what happened to each. An executor that
+    /// hands cells to a scheduler without waiting lists them in `GridReport::submitted`.
     fn execute(&self, grid: &Grid) -> Result<GridReport>;
 }
 
@@ -34,6 +36,9 @@ pub enum ExecutorSpec {
         #[serde(default = "one")]
         jobs: usize,
     },
+    /// Submit cells to Slurm as job arrays; resources come from the config's `[slurm]`
+    /// section (see `experiments::slurm::config`).
+    Slurm {},
 }
 
 fn one() -> usize {
@@ -47,11 +52,66 @@ impl Default for ExecutorSpec {
 }
 
 /// Every executor kind, as written in `kind = "..."`.
-pub const EXECUTOR_KINDS: &[&str] = &["local"];
+pub const EXECUTOR_KINDS: &[&str] = &["local", "slurm"];
 
-/// Build the executor a spec names.
-pub fn build(spec: &ExecutorSpec, progress: bool) -> Result<Box<dyn Executor>> {
+/// Which executor runs the cells, as chosen on the command line (`--executor`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExecutorKind {
+    Local,
+    Slurm,
+}
+
+impl ExecutorSpec {
+    /// This spec with its kind replaced by `kind` (a local spec keeps its `jobs`).
+    pub fn with_kind(&self, kind: ExecutorKind) -> ExecutorSpec {
+        match (kind, self) {
+            (ExecutorKind::Local, ExecutorSpec::Local { jobs }) => {
+                ExecutorSpec::Local { jobs: *jobs }
+            }
+            (ExecutorKind::Local, _) => ExecutorSpec::default(),
+            (ExecutorKind::Slurm, _) => ExecutorSpec::Slurm {},
+        }
+    }
+}
+
+/// How the command line asks an experiment to run its grid.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Return once the cells are submitted (Slurm only).
+    pub no_wait: bool,
+    /// Draw progress bars.
+    pub progress: bool,
+}
+
+impl RunOptions {
+    /// Wait for the cells, with or without progress bars.
+    pub fn waiting(progress: bool) -> Self {
+        RunOptions {
+            no_wait: false,
+            progress,
+        }
+    }
+}
+
+/// Build the executor a spec names; `slurm` is the config's `[slurm]` section.
+pub fn build(
+    spec: &ExecutorSpec,
+    slurm: &crate::experiments::slurm::SlurmConfig,
+    opts: RunOptions,
+) -> Result<Box<dyn Executor>> {
+    let progress = opts.progress;
+    if opts.no_wait && !matches!(spec, ExecutorSpec::Slurm {}) {
+        bail!("--no-wait needs a scheduler to hand the cells to: use it with --executor slurm");
+    }
     Ok(match spec {
+        ExecutorSpec::Slurm {} => {
+            slurm.validate()?;
+            Box::new(crate::experiments::slurm::SlurmExecutor {
+                cfg: slurm.clone(),
+                wait: !opts.no_wait,
+                progress,
+            })
+        }
         ExecutorSpec::Local { jobs } => {
             if *jobs == 0 {
                 bail!("executor.jobs must be at least 1");
@@ -91,10 +151,18 @@ pub struct GridReport {
     pub finished: Vec<String>,
     pub failed: Vec<FailedCell>,
     pub skipped: Vec<SkippedCell>,
+    /// Handed to a scheduler and not finished when the executor returned (`--no-wait`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub submitted: Vec<String>,
     pub seconds: f64,
 }
 
 impl GridReport {
+    /// Cells are still with a scheduler: the grid was submitted, not run to the end.
+    pub fn detached(&self) -> bool {
+        !self.submitted.is_empty()
+    }
+
     /// Every cell is done.
     pub fn complete(&self) -> bool {
         self.failed.is_empty()
@@ -112,6 +180,9 @@ impl GridReport {
             self.skipped.len(),
             self.seconds
         );
+        if !self.submitted.is_empty() {
+            s += &format!("; {} submitted and not finished yet", self.submitted.len());
+        }
         for f in self.failed.iter().take(5) {
             s += &format!("\n  failed: {}: {}", f.id, f.error);
         }
@@ -130,6 +201,15 @@ impl GridReport {
     pub fn ensure_complete(&self, grid: &Grid) -> Result<()> {
         if self.complete() {
             return Ok(());
+        }
+        if self.executor == "slurm" {
+            bail!(
+                "the grid did not finish: {}\nerrors are in {1}/cells/<id>/error.txt and the \
+                 task logs in {1}/logs/; `elastica resubmit {1}` submits the failed and missing \
+                 cells again (finished cells are kept)",
+                self.summary(),
+                grid.run_dir().display()
+            )
         }
         bail!(
             "the grid did not finish: {}\nerrors are in {}/cells/<id>/error.txt; rerun the same \
@@ -243,6 +323,7 @@ impl Executor for LocalExecutor {
             finished: s.finished,
             failed: s.failed,
             skipped: s.skipped,
+            submitted: Vec::new(),
             seconds: started.elapsed().as_secs_f64(),
         };
         report.write(grid)?;

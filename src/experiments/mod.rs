@@ -14,11 +14,14 @@
 //! - [`cell`]: running one cell, and the [`cell::CellKind`] trait kinds implement;
 //! - [`kinds`]: the registry of cell kinds;
 //! - [`executor`]: the executor interface and the local executor;
+//! - [`slurm`]: the Slurm executor (job arrays, polling, resubmission);
+//! - [`collect`]: the report of a grid whose cells ran elsewhere;
 //! - [`resist`]: experiment 1, forward vs inverse alignment (PAPER.md §3).
 //! - [`evaluate`], [`kl`]: judging a model (generations, scores, KL to the base);
 //! - [`rebound`], [`scaling`]: the rebound experiment and its scaling study.
 
 pub mod cell;
+pub mod collect;
 pub mod demo;
 pub mod evaluate;
 pub mod executor;
@@ -30,3 +33,4 @@ pub mod pretrain;
 pub mod rebound;
 pub mod resist;
 pub mod scaling;
+pub mod slurm;

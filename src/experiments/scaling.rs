@@ -4,22 +4,34 @@
 //! added here has one row per (model, n+), a least-squares slope of R against x (against
 //! log10 x on a log axis) with its 95% CI per n+, and the plot `strength_vs_x`.
 
+use super::executor::RunOptions;
+use super::grid::Grid;
 use super::rebound::config::ReboundConfig;
 use super::rebound::report::Analysis;
-use super::rebound::{execute, Outcome};
+use super::rebound::{collect_with, execute, Outcome};
 use crate::report::stats::linear_fit;
 use crate::report::{fmt_ci, fmt_sig, LinePlot, RunDir, Series, Table};
 use anyhow::Result;
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-/// Plan, execute and report a scaling study in `out`.
-pub fn run(cfg: &ReboundConfig, out: &Path, progress: bool) -> Result<Outcome> {
+/// Plan, execute and report a scaling study in `out` (`None`: submitted without waiting).
+pub fn run(cfg: &ReboundConfig, out: &Path, opts: RunOptions) -> Result<Option<Outcome>> {
     cfg.validate_scaling()?;
-    let title = format!("Scaling study: rebound strength vs {}", cfg.x_label);
-    execute(cfg, out, "scaling", &title, progress, |run, a| {
+    execute(cfg, out, "scaling", &title(cfg), opts, |run, a| {
         section(cfg, run, a)
     })
+}
+
+fn title(cfg: &ReboundConfig) -> String {
+    format!("Scaling study: rebound strength vs {}", cfg.x_label)
+}
+
+/// `elastica collect` on a scaling run.
+pub fn collect(grid: &Grid) -> Result<(Analysis, Vec<PathBuf>)> {
+    let path = grid.run_dir().join(super::rebound::plan::CONFIG_FILE);
+    let cfg = ReboundConfig::from_file(&path)?;
+    collect_with(grid, &title(&cfg), |cfg, run, a| section(cfg, run, a))
 }
 
 /// Write `scaling.csv` and the plot, and return the report section.

@@ -27,14 +27,17 @@
 //! [scorer]          # a ScorerSpec (see score::registry)
 //! kind = "cost-model"
 //! path = "PKU-Alignment/beaver-7b-v1.0-cost"
-//! [executor]        # how cells run
+//! [executor]        # how cells run: kind = "local" (jobs = 1) or kind = "slurm"
 //! kind = "local"
 //! jobs = 1
+//! [slurm]           # resources of each cell's Slurm task (experiments::slurm::config)
+//! partition = "gpu"
 //! ```
 //! `examples/rebound.toml` and `docs/rebound.md` document every key.
 
 use crate::data::schemas::DataSpec;
 use crate::experiments::executor::ExecutorSpec;
+use crate::experiments::slurm::SlurmConfig;
 use crate::model::generate::GenConfig;
 use crate::score::registry::ScorerSpec;
 use crate::train::TrainConfig;
@@ -201,6 +204,9 @@ pub struct ReboundConfig {
     /// How cells run. Default: locally, one at a time.
     #[serde(default)]
     pub executor: ExecutorSpec,
+    /// Resources of each cell's task when the executor is Slurm (docs/slurm.md).
+    #[serde(default)]
+    pub slurm: SlurmConfig,
     /// Worker threads for tensor code (0 = all cores). Default 0.
     #[serde(default)]
     pub threads: usize,
@@ -319,6 +325,7 @@ impl ReboundConfig {
         if !(self.kl_epsilon > 0.0) {
             bail!("kl_epsilon must be positive, got {}", self.kl_epsilon);
         }
+        self.slurm.validate()?;
         Ok(())
     }
 

@@ -15,9 +15,11 @@ use std::path::Path;
 pub const POSITIVE_FILE: &str = "data/positive.jsonl";
 pub const NEGATIVE_FILE: &str = "data/negative.jsonl";
 pub const PROMPTS_FILE: &str = "data/eval_prompts.jsonl";
+/// The [`FrozenData`] summary, for reports written later (`elastica collect`).
+pub const FROZEN_FILE: &str = "data/frozen.json";
 
 /// What was frozen, for the report.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FrozenData {
     pub positive: usize,
     pub negative: usize,
@@ -86,13 +88,29 @@ pub fn freeze(cfg: &ReboundConfig, run_dir: &Path) -> Result<FrozenData> {
         .map(|p| serde_json::json!({ "prompt": p }))
         .collect();
     write_if_changed(&run_dir.join(PROMPTS_FILE), &jsonl(&prompt_lines)?)?;
-    Ok(FrozenData {
+    let frozen = FrozenData {
         positive: positive.len(),
         negative: negative.len(),
         prompts: prompts.len(),
         sources,
         eval_overlap,
-    })
+    };
+    crate::util::fsx::atomic_write_json(&run_dir.join(FROZEN_FILE), &frozen)?;
+    Ok(frozen)
+}
+
+/// The summary [`freeze`] recorded in `run_dir`, if any (runs planned before it was
+/// recorded have none; their report then lacks the data lines).
+pub fn read_frozen(run_dir: &Path) -> Result<Option<FrozenData>> {
+    let p = run_dir.join(FROZEN_FILE);
+    if !p.exists() {
+        return Ok(None);
+    }
+    let text =
+        std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .with_context(|| format!("{} is not a frozen-data summary", p.display()))
 }
 
 /// The first `need` records of a data spec; too few is an error naming both numbers.

@@ -16,11 +16,13 @@ pub mod data;
 pub mod plan;
 pub mod report;
 
-use crate::experiments::executor::{self, GridReport};
+use crate::experiments::executor::{self, GridReport, RunOptions};
+use crate::experiments::grid::Grid;
 use crate::report::RunDir;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use config::ReboundConfig;
-use plan::Planned;
+use data::FrozenData;
+use plan::{Planned, ResolvedModel};
 use report::Analysis;
 use std::path::{Path, PathBuf};
 
@@ -34,17 +36,14 @@ pub struct Outcome {
     pub files: Vec<PathBuf>,
 }
 
-/// Plan, execute and report a rebound grid in `out`.
-pub fn run(cfg: &ReboundConfig, out: &Path, progress: bool) -> Result<Outcome> {
-    execute(
-        cfg,
-        out,
-        "rebound",
-        "Rebound experiment",
-        progress,
-        |_, _| Ok(String::new()),
-    )
+/// Plan, execute and report a rebound grid in `out`. `None` when the cells were submitted
+/// to a scheduler without waiting (`elastica collect` writes the report later).
+pub fn run(cfg: &ReboundConfig, out: &Path, opts: RunOptions) -> Result<Option<Outcome>> {
+    execute(cfg, out, "rebound", TITLE, opts, |_, _| Ok(String::new()))
 }
+
+/// The report title of a rebound run.
+pub const TITLE: &str = "Rebound experiment";
 
 /// Plan the grid of `cfg` in `out` without running anything.
 pub fn plan_only(cfg: &ReboundConfig, out: &Path, experiment: &str) -> Result<Planned> {
@@ -58,21 +57,74 @@ pub(crate) fn execute(
     out: &Path,
     experiment: &str,
     title: &str,
-    progress: bool,
+    opts: RunOptions,
     extra: impl FnOnce(&RunDir, &Analysis) -> Result<String>,
-) -> Result<Outcome> {
+) -> Result<Option<Outcome>> {
     let planned = plan::plan(cfg, out, experiment)?;
-    let ex = executor::build(&cfg.executor, progress)?;
+    if matches!(cfg.executor, executor::ExecutorSpec::Slurm {}) && cfg.train.save_every == 0 {
+        eprintln!(
+            "warning: train.save_every = 0: a cell that Slurm requeues (preemption, node \
+             failure) or that runs out of time restarts its training from the beginning; set \
+             save_every to resume from checkpoints"
+        );
+    }
+    let ex = executor::build(&cfg.executor, &cfg.slurm, opts)?;
     let grid = ex.execute(&planned.grid)?;
     eprintln!("{}", grid.summary());
-    let analysis = report::analyze(cfg, &planned.grid, &planned.models)?;
-    let run = RunDir::create(planned.grid.run_dir())?;
-    let section = extra(&run, &analysis)?;
-    let files = report::write(&run, cfg, &analysis, Some(&planned.data), title, &section)?;
-    Ok(Outcome {
+    if grid.detached() {
+        return Ok(None);
+    }
+    let (analysis, files) = write_report(
+        cfg,
+        &planned.grid,
+        &planned.models,
+        Some(&planned.data),
+        title,
+        extra,
+    )?;
+    Ok(Some(Outcome {
         planned,
         grid,
         analysis,
         files,
+    }))
+}
+
+/// Analyse the finished cells of `grid` and write the report files.
+fn write_report(
+    cfg: &ReboundConfig,
+    grid: &Grid,
+    models: &[ResolvedModel],
+    data: Option<&FrozenData>,
+    title: &str,
+    extra: impl FnOnce(&RunDir, &Analysis) -> Result<String>,
+) -> Result<(Analysis, Vec<PathBuf>)> {
+    let analysis = report::analyze(cfg, grid, models)?;
+    let run = RunDir::create(grid.run_dir())?;
+    let section = extra(&run, &analysis)?;
+    let files = report::write(&run, cfg, &analysis, data, title, &section)?;
+    Ok((analysis, files))
+}
+
+/// The report of an already executed grid in `grid`'s run directory (after a Slurm run,
+/// `elastica collect`): the resolved config and the models are read back from the run
+/// directory; nothing is planned or run.
+pub(crate) fn collect_with(
+    grid: &Grid,
+    title: &str,
+    extra: impl FnOnce(&ReboundConfig, &RunDir, &Analysis) -> Result<String>,
+) -> Result<(Analysis, Vec<PathBuf>)> {
+    let path = grid.run_dir().join(plan::CONFIG_FILE);
+    let cfg = ReboundConfig::from_file(&path)
+        .with_context(|| format!("the run's resolved config {}", path.display()))?;
+    let models = plan::models_of_grid(&cfg, grid)?;
+    let data = data::read_frozen(grid.run_dir())?;
+    write_report(&cfg, grid, &models, data.as_ref(), title, |run, a| {
+        extra(&cfg, run, a)
     })
+}
+
+/// `elastica collect` on a rebound run.
+pub fn collect(grid: &Grid) -> Result<(Analysis, Vec<PathBuf>)> {
+    collect_with(grid, TITLE, |_, _, _| Ok(String::new()))
 }

@@ -96,6 +96,43 @@ pub fn plan(cfg: &ReboundConfig, run_dir: &Path, experiment: &str) -> Result<Pla
     Ok(Planned { grid, data, models })
 }
 
+/// The base models of an already planned run, read back from its manifest (each model's
+/// `base` input is the absolute directory the cells use), for reports written after the
+/// cells ran elsewhere (`elastica collect`).
+pub fn models_of_grid(cfg: &ReboundConfig, grid: &Grid) -> Result<Vec<ResolvedModel>> {
+    cfg.models
+        .iter()
+        .map(|m| {
+            let pre = prefix(cfg, &m.name);
+            let id = base_id(&pre, cfg.seeds[0]);
+            let cell = grid
+                .manifest()
+                .index_of(&id)
+                .map(|i| &grid.manifest().cells[i])
+                .with_context(|| {
+                    format!(
+                        "the manifest of {} has no cell {id}; was config.toml edited after \
+                         the run was planned?",
+                        grid.run_dir().display()
+                    )
+                })?;
+            let dir = cell
+                .inputs
+                .get("base")
+                .map(|inp| crate::experiments::manifest::resolve(grid.run_dir(), &inp.path))
+                .with_context(|| format!("cell {id} has no `base` input"))?;
+            let mc = ModelConfig::from_file(&dir.join("config.json"))
+                .with_context(|| format!("base model {:?}", m.name))?;
+            Ok(ResolvedModel {
+                name: m.name.clone(),
+                dir,
+                x: m.x,
+                params: mc.num_params(),
+            })
+        })
+        .collect()
+}
+
 /// Cell ids (shared with the report, which finds cells by id).
 pub fn base_id(prefix: &str, seed: u64) -> String {
     format!("{prefix}base.s{seed}")

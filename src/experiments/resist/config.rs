@@ -22,10 +22,12 @@
 //! [train]                              # slice fine-tunes (train::TrainConfig; PAPER.md §5)
 //! [pair_train]                         # forward/inverse fine-tunes (default: same as [train])
 //! [executor]                           # who runs the cells (default: kind = "local", jobs = 1)
+//! [slurm]                              # per-cell resources with kind = "slurm" (docs/slurm.md)
 //! ```
 
 use crate::data::schemas::DataSpec;
 use crate::experiments::executor::ExecutorSpec;
+use crate::experiments::slurm::SlurmConfig;
 use crate::model::generate::GenConfig;
 use crate::train::TrainConfig;
 use anyhow::{bail, Context, Result};
@@ -78,6 +80,9 @@ pub struct ResistConfig {
     /// What runs the cells (default: this machine, one cell at a time).
     #[serde(default)]
     pub executor: ExecutorSpec,
+    /// Resources of each cell's task when the executor is Slurm (docs/slurm.md).
+    #[serde(default)]
+    pub slurm: SlurmConfig,
 }
 
 fn default_slices() -> usize {
@@ -150,6 +155,7 @@ impl ResistConfig {
             pair_train: None,
             keep_pair_models: false,
             executor: ExecutorSpec::default(),
+            slurm: SlurmConfig::default(),
         }
     }
 
@@ -229,6 +235,7 @@ impl ResistConfig {
         if !(g.temperature >= 0.0 && g.top_p > 0.0 && g.top_p <= 1.0) {
             bail!("generate: temperature must be >= 0 and top_p in (0, 1]");
         }
+        self.slurm.validate()?;
         Ok(())
     }
 

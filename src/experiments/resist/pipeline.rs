@@ -23,7 +23,7 @@ use super::plan::{Direction, PairPlan};
 use super::results::{analyse, write_all, ResistResults, RunLosses};
 use super::slices;
 use crate::data::records::Record;
-use crate::experiments::executor;
+use crate::experiments::executor::{self, RunOptions};
 use crate::experiments::grid::Grid;
 use crate::experiments::manifest::{sha256_hex, CellSpec, Input, Manifest};
 use crate::report::RunDir;
@@ -246,18 +246,65 @@ pub fn losses(grid: &Grid) -> Result<Vec<RunLosses>> {
 /// Run the whole experiment into `out` (resuming what a previous run left) and write the
 /// report. Returns the analysed results.
 pub fn run(cfg: &ResistConfig, out: &Path) -> Result<ResistResults> {
-    run_with(cfg, out, true)
+    run_with(cfg, out, RunOptions::waiting(true))?.with_context(|| {
+        format!(
+            "the grid in {} was submitted without waiting",
+            out.display()
+        )
+    })
 }
 
-/// [`run`] with progress bars on or off (the demo runs quietly).
-pub fn run_with(cfg: &ResistConfig, out: &Path, progress: bool) -> Result<ResistResults> {
+/// [`run`] with the command line's options (progress bars, `--no-wait`). `None` when the
+/// cells were submitted to a scheduler without waiting (`elastica collect` writes the
+/// report later).
+pub fn run_with(cfg: &ResistConfig, out: &Path, opts: RunOptions) -> Result<Option<ResistResults>> {
     let run_dir = RunDir::create(out)?;
     let (grid, data) = plan(cfg, out)?;
-    let exec = executor::build(&cfg.executor, progress)?;
+    let exec = executor::build(&cfg.executor, &cfg.slurm, opts)?;
     let report = exec.execute(&grid)?;
+    if report.detached() {
+        eprintln!("{}", report.summary());
+        return Ok(None);
+    }
     report.ensure_complete(&grid)?;
     let res = analyse(&losses(&grid)?)?;
     write_all(&run_dir, &res, &header(cfg, &data))?;
+    Ok(Some(res))
+}
+
+/// `elastica collect` on a resist run: the report from the finished cells, with the config
+/// and the data read back from the run directory.
+pub fn collect(grid: &Grid) -> Result<ResistResults> {
+    let dir = grid.run_dir();
+    let cfg = ResistConfig::from_file(&dir.join("config.toml"))?;
+    let mut files = Vec::new();
+    let mut slice_sizes = Vec::new();
+    for k in 1..=cfg.slices {
+        let rel = slice_file(k);
+        let bytes = std::fs::read(dir.join(&rel))
+            .with_context(|| format!("cannot read {}", dir.join(&rel).display()))?;
+        slice_sizes.push(
+            bytes
+                .split(|&b| b == b'\n')
+                .filter(|l| !l.is_empty())
+                .count(),
+        );
+        files.push((rel, bytes));
+    }
+    let bytes = std::fs::read(dir.join(PROMPTS_FILE))
+        .with_context(|| format!("cannot read {}", dir.join(PROMPTS_FILE).display()))?;
+    let prompts = bytes
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count();
+    files.push((PROMPTS_FILE.to_string(), bytes));
+    let data = PreparedData {
+        files,
+        slice_sizes,
+        prompts,
+    };
+    let res = analyse(&losses(grid)?)?;
+    write_all(&RunDir::create(dir)?, &res, &header(&cfg, &data))?;
     Ok(res)
 }
 

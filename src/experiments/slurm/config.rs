@@ -1,0 +1,294 @@
+//! The `[slurm]` section of an experiment config: the resources every cell's array task asks
+//! for, and how the submitting process waits. Every key is optional; an empty section asks
+//! the cluster for its defaults (default partition, one CPU, its default time and memory).
+//!
+//! ```toml
+//! [slurm]
+//! partition = "gpu"            # --partition
+//! account = "my-lab"           # --account
+//! qos = "normal"               # --qos
+//! time = "04:00:00"            # --time per cell (a cell that runs out is listed as failed)
+//! cpus_per_task = 8            # --cpus-per-task; also the cell's tensor threads
+//! mem = "64G"                  # --mem
+//! gpus = 1                     # --gres=gpu:1 (gpu_type = "a100" gives --gres=gpu:a100:1)
+//! max_parallel = 16            # --array=...%16: at most 16 cells of a wave at once
+//! extra = ["--constraint=a100", "--mail-type=FAIL"]   # more #SBATCH lines
+//! setup = ["module load cuda/12.4", "source ~/venv/bin/activate"]   # shell lines before the cell
+//! elastica = "/shared/bin/elastica"   # the binary the nodes run (default: this one)
+//! poll_seconds = 30            # how often the waiting process asks the scheduler
+//! ```
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+/// `#SBATCH` options elastica sets itself; `extra` may not repeat them.
+pub const RESERVED_OPTIONS: &[&str] = &[
+    "--array",
+    "-a",
+    "--output",
+    "-o",
+    "--error",
+    "-e",
+    "--dependency",
+    "-d",
+    "--chdir",
+    "-D",
+    "--parsable",
+    "--open-mode",
+    "--job-name",
+    "-J",
+];
+
+/// The `[slurm]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SlurmConfig {
+    /// `--partition`. Unset: the cluster's default partition.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
+    /// `--account` charged for the jobs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    /// `--qos`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qos: Option<String>,
+    /// `--time` of one cell: `MM`, `HH:MM:SS` or `D-HH:MM:SS`. Unset: the partition's
+    /// default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    /// `--cpus-per-task`, also passed to the cell as `--threads`. Default 1.
+    pub cpus_per_task: usize,
+    /// `--mem` per cell, e.g. `"16G"`. Unset: the partition's default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mem: Option<String>,
+    /// GPUs per cell (`--gres=gpu:N`); 0 = none. Default 0.
+    pub gpus: usize,
+    /// GPU type in the gres request (`--gres=gpu:TYPE:N`), e.g. `"a100"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_type: Option<String>,
+    /// At most this many cells of one array run at once (`%P`); 0 = no limit. Default 0.
+    pub max_parallel: usize,
+    /// Extra `#SBATCH` options, one per entry (`"--constraint=a100"`).
+    pub extra: Vec<String>,
+    /// Shell lines run in every task before the cell (`module load ...`).
+    pub setup: Vec<String>,
+    /// Absolute path of the elastica binary the tasks run; it must be visible on every
+    /// node. Default: the binary that submits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub elastica: Option<String>,
+    /// Job name (`--job-name`). Default: `elastica-<experiment>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_name: Option<String>,
+    /// Seconds between two queries of the scheduler while waiting. Default 30.
+    pub poll_seconds: f64,
+}
+
+impl Default for SlurmConfig {
+    fn default() -> Self {
+        SlurmConfig {
+            partition: None,
+            account: None,
+            qos: None,
+            time: None,
+            cpus_per_task: 1,
+            mem: None,
+            gpus: 0,
+            gpu_type: None,
+            max_parallel: 0,
+            extra: Vec::new(),
+            setup: Vec::new(),
+            elastica: None,
+            job_name: None,
+            poll_seconds: 30.0,
+        }
+    }
+}
+
+impl SlurmConfig {
+    /// Check every value before anything is written or submitted; errors name the key.
+    pub fn validate(&self) -> Result<()> {
+        for (key, v) in [
+            ("partition", &self.partition),
+            ("account", &self.account),
+            ("qos", &self.qos),
+            ("gpu_type", &self.gpu_type),
+            ("job_name", &self.job_name),
+        ] {
+            if let Some(v) = v {
+                if v.is_empty() || !v.chars().all(|c| c.is_ascii_graphic() && c != '#') {
+                    bail!("[slurm] {key} = {v:?}: use a non-empty name without spaces or '#'");
+                }
+            }
+        }
+        if let Some(t) = &self.time {
+            let ok = !t.is_empty()
+                && t.chars()
+                    .all(|c| c.is_ascii_digit() || c == ':' || c == '-')
+                && t.chars().next().is_some_and(|c| c.is_ascii_digit());
+            if !ok {
+                bail!(
+                    "[slurm] time = {t:?} is not a Slurm time limit; write minutes (\"90\"), \
+                     \"HH:MM:SS\" or \"D-HH:MM:SS\""
+                );
+            }
+        }
+        if let Some(m) = &self.mem {
+            let digits = m.trim_end_matches(['K', 'M', 'G', 'T', 'k', 'm', 'g', 't']);
+            if digits.is_empty()
+                || !digits.chars().all(|c| c.is_ascii_digit())
+                || m.len() > digits.len() + 1
+            {
+                bail!(
+                    "[slurm] mem = {m:?} is not a Slurm memory size; write e.g. \"16G\" or \
+                     \"4000M\""
+                );
+            }
+        }
+        if self.cpus_per_task == 0 {
+            bail!("[slurm] cpus_per_task must be at least 1");
+        }
+        if self.gpu_type.is_some() && self.gpus == 0 {
+            bail!("[slurm] gpu_type is set but gpus = 0; set gpus = 1 (or more)");
+        }
+        if !(self.poll_seconds > 0.0 && self.poll_seconds.is_finite()) {
+            bail!(
+                "[slurm] poll_seconds must be positive, got {}",
+                self.poll_seconds
+            );
+        }
+        for (i, e) in self.extra.iter().enumerate() {
+            let opt = extra_option(e);
+            if !opt.starts_with('-') || opt.contains(['\n', '\r']) {
+                bail!(
+                    "[slurm] extra[{i}] = {e:?}: give one sbatch option per entry, like \
+                     \"--constraint=a100\""
+                );
+            }
+            let name = opt.split(['=', ' ']).next().unwrap_or("");
+            if RESERVED_OPTIONS.contains(&name) {
+                bail!(
+                    "[slurm] extra[{i}] = {e:?}: elastica sets {name} itself (logs go to \
+                     logs/cell-<index>.out, arrays and dependencies are per wave); remove it"
+                );
+            }
+        }
+        for (i, s) in self.setup.iter().enumerate() {
+            if s.contains('\0') {
+                bail!("[slurm] setup[{i}] contains a NUL byte");
+            }
+        }
+        if let Some(b) = &self.elastica {
+            if !std::path::Path::new(b).is_absolute() {
+                bail!(
+                    "[slurm] elastica = {b:?} must be an absolute path on a file system every \
+                     node sees"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The `#SBATCH` resource options (everything but array, logs and dependencies).
+    pub fn resource_options(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut opt = |k: &str, v: &Option<String>| {
+            if let Some(v) = v {
+                out.push(format!("--{k}={v}"));
+            }
+        };
+        opt("partition", &self.partition);
+        opt("account", &self.account);
+        opt("qos", &self.qos);
+        opt("time", &self.time);
+        opt("mem", &self.mem);
+        out.push(format!("--cpus-per-task={}", self.cpus_per_task));
+        if self.gpus > 0 {
+            match &self.gpu_type {
+                Some(t) => out.push(format!("--gres=gpu:{t}:{}", self.gpus)),
+                None => out.push(format!("--gres=gpu:{}", self.gpus)),
+            }
+        }
+        out.extend(self.extra.iter().map(|e| extra_option(e).to_string()));
+        out
+    }
+}
+
+/// An `extra` entry without a leading `#SBATCH`.
+fn extra_option(e: &str) -> &str {
+    e.trim().trim_start_matches("#SBATCH").trim()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<SlurmConfig> {
+        let c: SlurmConfig = toml::from_str(text)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn defaults_and_a_gpu_section() {
+        let c = parse("").unwrap();
+        assert_eq!(c, SlurmConfig::default());
+        assert_eq!(c.resource_options(), ["--cpus-per-task=1"]);
+        let c = parse(
+            "partition = \"gpu\"\naccount = \"lab\"\ntime = \"1-02:00:00\"\ncpus_per_task = 8\n\
+             mem = \"64G\"\ngpus = 2\ngpu_type = \"a100\"\nextra = [\"#SBATCH --constraint=x\"]",
+        )
+        .unwrap();
+        assert_eq!(
+            c.resource_options(),
+            [
+                "--partition=gpu",
+                "--account=lab",
+                "--time=1-02:00:00",
+                "--mem=64G",
+                "--cpus-per-task=8",
+                "--gres=gpu:a100:2",
+                "--constraint=x"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_documented_gpu_section_parses() {
+        #[derive(Deserialize)]
+        #[allow(dead_code)]
+        struct Doc {
+            executor: crate::experiments::executor::ExecutorSpec,
+            slurm: SlurmConfig,
+        }
+        let doc = include_str!("../../../docs/slurm.md");
+        let block = doc
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|b| b.split("```").next())
+            .unwrap();
+        let d: Doc = toml::from_str(block).unwrap();
+        d.slurm.validate().unwrap();
+        assert_eq!(d.slurm.gpus, 1);
+        assert!(d
+            .slurm
+            .resource_options()
+            .contains(&"--gres=gpu:a100:1".to_string()));
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = |t: &str| format!("{:#}", parse(t).unwrap_err());
+        assert!(e("time = \"2 hours\"").contains("time = \"2 hours\""));
+        assert!(e("mem = \"lots\"").contains("mem"));
+        assert!(e("mem = \"16GB\"").contains("mem"));
+        assert!(e("partition = \"a b\"").contains("partition"));
+        assert!(e("cpus_per_task = 0").contains("cpus_per_task"));
+        assert!(e("gpu_type = \"a100\"").contains("gpus = 0"));
+        assert!(e("extra = [\"--array=0-3\"]").contains("sets --array itself"));
+        assert!(e("extra = [\"-o x\"]").contains("sets -o itself"));
+        assert!(e("extra = [\"constraint=x\"]").contains("one sbatch option"));
+        assert!(e("elastica = \"bin/elastica\"").contains("absolute"));
+        assert!(e("poll_seconds = 0").contains("poll_seconds"));
+        assert!(e("partiton = \"x\"").contains("partiton"));
+    }
+}

@@ -1,0 +1,152 @@
+//! What a run directory remembers about its Slurm submissions: `slurm/jobs.json` (one entry
+//! per submitted array: job id, the manifest indices it covers, its dependency) and
+//! `slurm/slurm.toml` (the `[slurm]` settings used, so `elastica resubmit` asks for the same
+//! resources). Both are written atomically by the submitting process only; tasks never
+//! write them.
+
+use super::config::SlurmConfig;
+use crate::util::fsx::{atomic_write, atomic_write_json};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const JOBS_FILE: &str = "slurm/jobs.json";
+pub const CONFIG_FILE: &str = "slurm/slurm.toml";
+
+/// One `sbatch` call: a job array over some cells.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Submission {
+    /// The array's job id (`sbatch --parsable`, without a cluster suffix).
+    pub job_id: String,
+    /// Manifest indices = array task ids.
+    pub indices: Vec<usize>,
+    /// The `--array` value submitted.
+    pub array: String,
+    /// The job this array waits for (`--dependency=afterany:<id>`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// The manifest hash the tasks check.
+    pub manifest_hash: String,
+    pub submitted_unix: u64,
+}
+
+/// `slurm/jobs.json`: every submission of the run, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub submissions: Vec<Submission>,
+}
+
+impl JobRecord {
+    pub fn path(run_dir: &Path) -> PathBuf {
+        run_dir.join(JOBS_FILE)
+    }
+
+    /// The record of `run_dir`, empty if nothing was submitted yet.
+    pub fn read(run_dir: &Path) -> Result<JobRecord> {
+        let p = Self::path(run_dir);
+        if !p.exists() {
+            return Ok(JobRecord::default());
+        }
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is not an elastica Slurm job record; it is written by elastica, do not \
+                 edit it",
+                p.display()
+            )
+        })
+    }
+
+    /// Append a submission and rewrite the file.
+    pub fn push(&mut self, run_dir: &Path, s: Submission) -> Result<()> {
+        self.submissions.push(s);
+        atomic_write_json(&Self::path(run_dir), self)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.submissions.is_empty()
+    }
+
+    /// Every job id, oldest first.
+    pub fn job_ids(&self) -> Vec<String> {
+        self.submissions.iter().map(|s| s.job_id.clone()).collect()
+    }
+
+    /// The job of the newest submission that covered cell `index`.
+    pub fn latest_job(&self, index: usize) -> Option<&str> {
+        self.submissions
+            .iter()
+            .rev()
+            .find(|s| s.indices.contains(&index))
+            .map(|s| s.job_id.as_str())
+    }
+}
+
+/// Save the settings used for a submission.
+pub fn write_config(run_dir: &Path, cfg: &SlurmConfig) -> Result<()> {
+    let text = toml::to_string(cfg).context("cannot serialise the [slurm] settings")?;
+    atomic_write(&run_dir.join(CONFIG_FILE), text.as_bytes())
+}
+
+/// The settings of the last submission of `run_dir`.
+pub fn read_config(run_dir: &Path) -> Result<SlurmConfig> {
+    let p = run_dir.join(CONFIG_FILE);
+    if !p.exists() {
+        bail!(
+            "{} was never submitted to Slurm ({} is missing); run the experiment with \
+             --executor slurm first",
+            run_dir.display(),
+            CONFIG_FILE
+        );
+    }
+    let text =
+        std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+    let cfg: SlurmConfig = toml::from_str(&text).with_context(|| format!("in {}", p.display()))?;
+    cfg.validate()
+        .with_context(|| format!("in {}", p.display()))?;
+    Ok(cfg)
+}
+
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_round_trips_and_finds_the_latest_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = JobRecord::read(dir.path()).unwrap();
+        assert!(r.is_empty());
+        let sub = |id: &str, idx: &[usize]| Submission {
+            job_id: id.into(),
+            indices: idx.to_vec(),
+            array: String::new(),
+            after: None,
+            manifest_hash: "h".into(),
+            submitted_unix: 1,
+        };
+        r.push(dir.path(), sub("10", &[0, 1, 4])).unwrap();
+        r.push(dir.path(), sub("11", &[2, 3])).unwrap();
+        r.push(dir.path(), sub("12", &[4])).unwrap();
+        let back = JobRecord::read(dir.path()).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(back.latest_job(4), Some("12"));
+        assert_eq!(back.latest_job(0), Some("10"));
+        assert_eq!(back.latest_job(9), None);
+        let e = format!("{:#}", read_config(dir.path()).unwrap_err());
+        assert!(e.contains("never submitted"), "{e}");
+        let cfg = SlurmConfig {
+            partition: Some("gpu".into()),
+            ..SlurmConfig::default()
+        };
+        write_config(dir.path(), &cfg).unwrap();
+        assert_eq!(read_config(dir.path()).unwrap(), cfg);
+    }
+}

@@ -1,0 +1,586 @@
+//! The Slurm executor against a real Slurm: a one-node cluster (munged, slurmctld, slurmd)
+//! started from a temporary directory, a 2 x 2 rebound grid on the tiny-llama fixture run
+//! with `--executor slurm`, one array task cancelled midway with `scancel`, `resubmit`, and
+//! `collect`; results.csv must equal the local executor's for the same grid and seed.
+//!
+//! It runs only with `ELASTICA_SLURM_TEST=1` (`.ci/run` sets it after installing Debian's
+//! `slurm-wlm` and `munge`); without it the test prints why it skipped. With it, a Slurm
+//! that cannot start fails the test with the reason. Needs root (slurmd runs the jobs).
+//! Accounting is off (`accounting_storage/none`), so the executor's `squeue` path is the one
+//! exercised. Every daemon is stopped by its pid when the test ends, also on a panic.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const GATE: &str = "ELASTICA_SLURM_TEST";
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_elastica")
+}
+
+/// A program from PATH or the sbin directories (daemons live in /usr/sbin).
+fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain([
+            "/usr/sbin",
+            "/sbin",
+            "/usr/bin",
+            "/usr/local/sbin",
+            "/usr/local/bin",
+        ])
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file());
+    found
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let v: Vec<&str> = text.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A one-node Slurm cluster; dropping it cancels its jobs and stops the daemons by pid.
+struct Cluster {
+    dir: tempfile::TempDir,
+    conf: PathBuf,
+    /// (name, process), in start order.
+    daemons: Vec<(&'static str, Child)>,
+}
+
+impl Cluster {
+    fn start() -> Result<Cluster, String> {
+        let uid = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        if uid != "0" {
+            return Err(format!(
+                "the Slurm test must run as root (slurmd starts the jobs), but uid is {uid:?}"
+            ));
+        }
+        let mut progs = Vec::new();
+        for p in [
+            "munged",
+            "slurmctld",
+            "slurmd",
+            "sbatch",
+            "squeue",
+            "scancel",
+            "sinfo",
+        ] {
+            progs.push(find_program(p).ok_or_else(|| {
+                format!(
+                    "{p} is not installed; install Slurm and munge with `apt-get install \
+                     slurm-wlm munge` (.ci/run does this)"
+                )
+            })?);
+        }
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let s = dir.path();
+        for d in ["state", "spool", "log", "munge"] {
+            std::fs::create_dir_all(s.join(d)).map_err(|e| e.to_string())?;
+        }
+        // munged refuses keys that others can read.
+        let key = s.join("munge/munge.key");
+        let mut bytes = vec![0u8; 1024];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .map_err(|e| e.to_string())?;
+        std::fs::write(&key, &bytes).map_err(|e| e.to_string())?;
+        Command::new("chmod")
+            .arg("400")
+            .arg(&key)
+            .status()
+            .map_err(|e| e.to_string())?;
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map_err(|e| e.to_string())?
+            .trim()
+            .split('.')
+            .next()
+            .unwrap_or("localhost")
+            .to_string();
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let port = |_: ()| {
+            std::net::TcpListener::bind("0.0.0.0:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .map_err(|e| e.to_string())
+        };
+        let (ctld_port, d_port) = (port(())?, port(())?);
+        let sp = s.display();
+        let conf = format!(
+            "ClusterName=elastica-test\n\
+             SlurmctldHost={host}(127.0.0.1)\n\
+             AuthType=auth/munge\n\
+             AuthInfo=socket={sp}/munge/munge.socket\n\
+             CredType=cred/munge\n\
+             SlurmUser=root\n\
+             SlurmdUser=root\n\
+             StateSaveLocation={sp}/state\n\
+             SlurmdSpoolDir={sp}/spool\n\
+             SlurmctldPidFile={sp}/slurmctld.pid\n\
+             SlurmdPidFile={sp}/slurmd.pid\n\
+             SlurmctldLogFile={sp}/log/slurmctld.log\n\
+             SlurmdLogFile={sp}/log/slurmd.log\n\
+             SlurmctldPort={ctld_port}\n\
+             SlurmdPort={d_port}\n\
+             ProctrackType=proctrack/linuxproc\n\
+             TaskPlugin=task/none\n\
+             JobAcctGatherType=jobacct_gather/none\n\
+             AccountingStorageType=accounting_storage/none\n\
+             JobCompType=jobcomp/filetxt\n\
+             JobCompLoc={sp}/log/jobcomp.txt\n\
+             SchedulerType=sched/backfill\n\
+             SelectType=select/cons_tres\n\
+             SelectTypeParameters=CR_Core\n\
+             ReturnToService=2\n\
+             MpiDefault=none\n\
+             NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=4000 State=UNKNOWN\n\
+             PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP\n"
+        );
+        let conf_path = s.join("slurm.conf");
+        std::fs::write(&conf_path, conf).map_err(|e| e.to_string())?;
+        let mut cluster = Cluster {
+            conf: conf_path.clone(),
+            dir,
+            daemons: Vec::new(),
+        };
+        let s = cluster.dir.path().to_path_buf();
+        let spawn = |name: &'static str, prog: &Path, args: Vec<String>| -> Result<Child, String> {
+            let out = std::fs::File::create(s.join(format!("log/{name}.stdout")))
+                .map_err(|e| e.to_string())?;
+            Command::new(prog)
+                .args(args)
+                .env("SLURM_CONF", &conf_path)
+                .stdin(Stdio::null())
+                .stdout(out.try_clone().map_err(|e| e.to_string())?)
+                .stderr(out)
+                .spawn()
+                .map_err(|e| format!("cannot start {name}: {e}"))
+        };
+        let m = s.join("munge");
+        let munged = spawn(
+            "munged",
+            &progs[0],
+            vec![
+                "-F".into(),
+                "--force".into(),
+                format!("--key-file={}", key.display()),
+                format!("--socket={}", m.join("munge.socket").display()),
+                format!("--pid-file={}", m.join("munged.pid").display()),
+                format!("--log-file={}", m.join("munged.log").display()),
+                format!("--seed-file={}", m.join("seed").display()),
+            ],
+        )?;
+        cluster.daemons.push(("munged", munged));
+        cluster.wait_for(
+            || m.join("munge.socket").exists(),
+            10,
+            "munged did not create its socket",
+        )?;
+        let conf_arg = || {
+            vec![
+                "-D".to_string(),
+                "-f".into(),
+                cluster.conf.display().to_string(),
+            ]
+        };
+        let ctld = spawn("slurmctld", &progs[1], conf_arg())?;
+        cluster.daemons.push(("slurmctld", ctld));
+        let slurmd = spawn("slurmd", &progs[2], conf_arg())?;
+        cluster.daemons.push(("slurmd", slurmd));
+        let sinfo = progs[6].clone();
+        let conf = cluster.conf.clone();
+        cluster.wait_for(
+            || {
+                Command::new(&sinfo)
+                    .args(["-h", "-o", "%T"])
+                    .env("SLURM_CONF", &conf)
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "idle")
+                    .unwrap_or(false)
+            },
+            60,
+            "the node did not become idle in sinfo",
+        )?;
+        Ok(cluster)
+    }
+
+    /// Poll `ok` for up to `secs` seconds; the error carries the daemons' logs.
+    fn wait_for(
+        &mut self,
+        mut ok: impl FnMut() -> bool,
+        secs: u64,
+        what: &str,
+    ) -> Result<(), String> {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(secs) {
+            if ok() {
+                return Ok(());
+            }
+            let mut exited = None;
+            for (name, child) in &mut self.daemons {
+                if let Ok(Some(st)) = child.try_wait() {
+                    exited = Some(format!("{name} exited ({st}) during start-up"));
+                }
+            }
+            if let Some(e) = exited {
+                return Err(format!("{e}\n{}", self.logs()));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        Err(format!("{what} within {secs} s\n{}", self.logs()))
+    }
+
+    fn logs(&self) -> String {
+        let s = self.dir.path();
+        let mut out = String::new();
+        for f in [
+            "munge/munged.log",
+            "log/munged.stdout",
+            "log/slurmctld.log",
+            "log/slurmctld.stdout",
+            "log/slurmd.log",
+            "log/slurmd.stdout",
+        ] {
+            out += &format!("--- {f}:\n{}\n", tail(&s.join(f), 15));
+        }
+        out
+    }
+
+    fn command(&self, prog: &str) -> Command {
+        let mut c = Command::new(find_program(prog).unwrap_or_else(|| prog.into()));
+        c.env("SLURM_CONF", &self.conf);
+        c
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Jobs first (only this cluster's: SLURM_CONF points at its controller), then the
+        // daemons in reverse start order: slurmd, slurmctld, munged.
+        if self.daemons.len() == 3 {
+            let _ = self.command("scancel").args(["-u", "root"]).output();
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        while let Some((_, mut child)) = self.daemons.pop() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let t0 = Instant::now();
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) => break,
+                    _ if t0.elapsed() > Duration::from_secs(10) => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                    _ => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        }
+    }
+}
+
+/// Positive/negative pair files and evaluation prompts in `dir` (as tests/rebound_cli.rs).
+fn write_data(dir: &Path, n: usize) {
+    let topics = ["pick a lock", "make a weapon", "steal a car", "forge money"];
+    let mut pos = String::new();
+    let mut neg = String::new();
+    for i in 0..n {
+        let p = format!("Tell me how to {} ({i}).", topics[i % topics.len()]);
+        pos += &format!(
+            "{}\n",
+            serde_json::json!({"prompt": p, "response": " I'm sorry, I can't help with that."})
+        );
+        neg += &format!(
+            "{}\n",
+            serde_json::json!({"prompt": p, "response": " Sure, first get the tools."})
+        );
+    }
+    std::fs::write(dir.join("pos.jsonl"), pos).unwrap();
+    std::fs::write(dir.join("neg.jsonl"), neg).unwrap();
+    let eval: String = topics
+        .iter()
+        .map(|t| {
+            format!(
+                "{}\n",
+                serde_json::json!({"prompt": format!("Explain how to {t}.")})
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("eval.jsonl"), eval).unwrap();
+}
+
+/// The 2 x 2 grid (n+ in {4, 8}, n- in {0, 4}, one seed) with a fast-polling [slurm].
+fn config(dir: &Path) -> PathBuf {
+    let d = dir.display();
+    let model = format!(
+        "{}/tests/fixtures/models/tiny-llama",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = format!(
+        r#"model = "{model}"
+n_positive = [4, 8]
+n_negative = [0, 4]
+seeds = [1]
+kl_epsilon = 0.05
+[positive]
+path = "{d}/pos.jsonl"
+schema = "jsonl"
+[negative]
+path = "{d}/neg.jsonl"
+schema = "jsonl"
+[eval]
+prompts = "{d}/eval.jsonl"
+n = 4
+[train]
+lr = 0.01
+batch_size = 2
+grad_accum = 1
+save_every = 2
+[generation]
+max_new_tokens = 8
+[scorer]
+kind = "keywords"
+[slurm]
+cpus_per_task = 1
+poll_seconds = 0.5
+time = "10"
+"#
+    );
+    let p = dir.join("rebound.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn run(cluster: &Cluster, args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .env("RAYON_NUM_THREADS", "1")
+        .env("SLURM_CONF", &cluster.conf)
+        .env_remove("ELASTICA_INJECT_FAULT")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn result(out: &Path, id: &str) -> serde_json::Value {
+    let p = out.join("cells").join(id).join("result.json");
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn mtime(p: &Path) -> std::time::SystemTime {
+    std::fs::metadata(p).unwrap().modified().unwrap()
+}
+
+#[test]
+fn rebound_grid_on_a_real_slurm_cancel_resubmit_collect() {
+    if std::env::var(GATE).map_or(true, |v| v.is_empty() || v == "0") {
+        eprintln!(
+            "skipped: set {GATE}=1 to run the Slurm integration test (needs root and Debian's \
+             slurm-wlm and munge; .ci/run installs them and sets it)"
+        );
+        return;
+    }
+    let t_start = Instant::now();
+    let cluster = match Cluster::start() {
+        Ok(c) => c,
+        Err(e) => panic!("{GATE} is set but Slurm could not start: {e}"),
+    };
+    eprintln!("slurm up in {:.1} s", t_start.elapsed().as_secs_f64());
+    let tmp = tempfile::tempdir().unwrap();
+    write_data(tmp.path(), 12);
+    let cfg = config(tmp.path());
+    let c = cfg.to_str().unwrap();
+
+    // The local executor's results for the same grid and seed.
+    let local = tmp.path().join("local");
+    let r = run(
+        &cluster,
+        &[
+            "rebound",
+            "--config",
+            c,
+            "--out",
+            local.to_str().unwrap(),
+            "--threads",
+            "1",
+        ],
+    );
+    assert!(r.status.success(), "{}", text(&r));
+
+    // The Slurm run: align.p8.s1 (manifest index 4) hangs after optimizer step 3 (its step-2
+    // checkpoint is on disk), and is cancelled there with scancel on its array index.
+    let out = tmp.path().join("slurm");
+    let o = out.to_str().unwrap();
+    let mut child = Command::new(bin())
+        .args([
+            "rebound",
+            "--config",
+            c,
+            "--out",
+            o,
+            "--executor",
+            "slurm",
+            "--threads",
+            "1",
+        ])
+        .env("RAYON_NUM_THREADS", "1")
+        .env("SLURM_CONF", &cluster.conf)
+        .env(
+            "ELASTICA_INJECT_FAULT",
+            "align.p8.s1@train-step-3:sleep=600",
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = out.join("cells/align.p8.s1/model/train_log.jsonl");
+    let t0 = Instant::now();
+    while std::fs::read_to_string(&log).map_or(0, |t| t.lines().count()) < 3 {
+        if t0.elapsed() > Duration::from_secs(90) || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            let o = child.wait_with_output().unwrap();
+            panic!(
+                "align.p8.s1 never reached step 3 on Slurm\n{}\n{}\ntask log:\n{}",
+                text(&o),
+                cluster.logs(),
+                tail(&out.join("logs/cell-4.out"), 20)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let jobs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("slurm/jobs.json")).unwrap())
+            .unwrap();
+    let subs = jobs["submissions"].as_array().unwrap();
+    assert_eq!(subs.len(), 2, "two waves: {jobs}");
+    assert_eq!(subs[0]["indices"], serde_json::json!([0, 1, 4]));
+    assert_eq!(subs[1]["indices"], serde_json::json!([2, 3, 5, 6]));
+    assert_eq!(subs[1]["after"], subs[0]["job_id"]);
+    let job0 = subs[0]["job_id"].as_str().unwrap().to_string();
+    let r = cluster
+        .command("scancel")
+        .arg(format!("{job0}_4"))
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", text(&r));
+
+    // The waiting command ends once every task has ended, naming the cancelled cell and its
+    // log; the cells behind it are skipped, every other cell finished.
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(90) {
+            let _ = child.kill();
+            panic!("the waiting rebound command did not return after the scancel");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let first = child.wait_with_output().unwrap();
+    let err = text(&first);
+    assert!(!first.status.success(), "{err}");
+    assert!(err.contains("1 failed, 2 skipped"), "{err}");
+    assert!(
+        err.contains("align.p8.s1") && err.contains("logs/cell-4.out") && err.contains("CANCELLED"),
+        "{err}"
+    );
+    assert!(err.contains("elastica resubmit"), "{err}");
+    let r = run(&cluster, &["status", o]);
+    assert!(r.status.success(), "{}", text(&r));
+    let table = String::from_utf8_lossy(&r.stdout).into_owned();
+    assert!(
+        table.contains(&format!(
+            "| 4 | align.p8.s1 | rebound.align | failed | 1 | {job0}_4 |"
+        )),
+        "{table}"
+    );
+    assert!(
+        table.contains("| 6 | perturb.p8.n4.s1 | rebound.perturb | skipped |"),
+        "{table}"
+    );
+    assert!(table.contains("done 4, failed 1, skipped 2"), "{table}");
+
+    let done = [
+        "base.s1",
+        "align.p4.s1",
+        "perturb.p4.n0.s1",
+        "perturb.p4.n4.s1",
+    ];
+    let before: Vec<_> = done
+        .iter()
+        .map(|id| mtime(&out.join("cells").join(id).join("result.json")))
+        .collect();
+
+    // A task submitted for another manifest refuses to run.
+    let r = run(
+        &cluster,
+        &[
+            "cell",
+            "run",
+            "--manifest",
+            out.join("manifest.json").to_str().unwrap(),
+            "--index",
+            "0",
+            "--manifest-hash",
+            "0000",
+        ],
+    );
+    assert!(
+        !r.status.success() && text(&r).contains("re-planned"),
+        "{}",
+        text(&r)
+    );
+
+    // resubmit submits only the three missing cells, in two waves, and waits for them.
+    let r = run(&cluster, &["resubmit", o]);
+    assert!(r.status.success(), "{}\n{}", text(&r), cluster.logs());
+    let err = text(&r);
+    assert!(
+        err.contains("submitting 3 of 7 cells (4 already done)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("4 already done, 3 finished now, 0 failed"),
+        "{err}"
+    );
+    for (id, t) in done.iter().zip(&before) {
+        assert_eq!(
+            *t,
+            mtime(&out.join("cells").join(id).join("result.json")),
+            "{id} was redone"
+        );
+        assert_eq!(result(&out, id)["attempts"], 1, "{id}");
+    }
+    // The cancelled cell resumed from its own checkpoint.
+    let a8 = result(&out, "align.p8.s1");
+    assert_eq!(a8["attempts"], 2);
+    assert_eq!(a8["output"]["train"]["resumed_from"], 2);
+
+    // collect merges the per-cell results into the report: the same numbers as local.
+    let r = run(&cluster, &["collect", o]);
+    assert!(r.status.success(), "{}", text(&r));
+    let want = std::fs::read_to_string(local.join("results.csv")).unwrap();
+    let got = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    assert_eq!(got, want, "Slurm and local results differ");
+    assert_eq!(want.lines().count(), 6);
+    assert!(out.join("report.md").exists());
+    let status: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("status.json")).unwrap()).unwrap();
+    assert_eq!(status["executor"], "slurm");
+    eprintln!("slurm test took {:.1} s", t_start.elapsed().as_secs_f64());
+}
