@@ -1,7 +1,9 @@
 //! The Slurm executor against a real Slurm: a one-node cluster (munged, slurmctld, slurmd)
 //! started from a temporary directory, a 2 x 2 rebound grid on the tiny-llama fixture run
 //! with `--executor slurm`, one array task cancelled midway with `scancel`, `resubmit`, and
-//! `collect`; results.csv must equal the local executor's for the same grid and seed.
+//! `collect`; results.csv must equal the local executor's for the same grid and seed. Then a
+//! scaling study submitted with `--no-wait` (followed with `status`, reported by `collect`)
+//! and a resist grid (four chained waves) whose pair losses must equal the local ones.
 //!
 //! It runs only with `ELASTICA_SLURM_TEST=1` (`.ci/run` sets it after installing Debian's
 //! `slurm-wlm` and `munge`); without it the test prints why it skipped. With it, a Slurm
@@ -389,7 +391,7 @@ fn mtime(p: &Path) -> std::time::SystemTime {
 }
 
 #[test]
-fn rebound_grid_on_a_real_slurm_cancel_resubmit_collect() {
+fn grids_on_a_real_slurm_cancel_resubmit_no_wait_collect() {
     if std::env::var(GATE).map_or(true, |v| v.is_empty() || v == "0") {
         eprintln!(
             "skipped: set {GATE}=1 to run the Slurm integration test (needs root and Debian's \
@@ -582,5 +584,133 @@ fn rebound_grid_on_a_real_slurm_cancel_resubmit_collect() {
     let status: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("status.json")).unwrap()).unwrap();
     assert_eq!(status["executor"], "slurm");
+    eprintln!(
+        "rebound phase done at {:.1} s",
+        t_start.elapsed().as_secs_f64()
+    );
+
+    // scaling with --no-wait: the command returns at once; `status` follows the cells and
+    // `collect` writes the scaling report.
+    let scfg = tmp.path().join("scaling.toml");
+    let model = format!(
+        "{}/tests/fixtures/models/tiny-llama",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let head = format!(
+        "x_label = \"parameters\"\n\
+         models = [{{name = \"small\", path = \"{model}\", x = 1e5}}, \
+         {{name = \"large\", path = \"{model}\", x = 1e6}}]\nn_positive = [8]\n"
+    );
+    let body = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(&format!("model = \"{model}\"\n"), &head)
+        .replace("n_positive = [4, 8]\n", "");
+    std::fs::write(&scfg, body).unwrap();
+    let sout = tmp.path().join("scaling");
+    let so = sout.to_str().unwrap();
+    let r = run(
+        &cluster,
+        &[
+            "scaling",
+            "--config",
+            scfg.to_str().unwrap(),
+            "--out",
+            so,
+            "--executor",
+            "slurm",
+            "--no-wait",
+        ],
+    );
+    assert!(r.status.success(), "{}", text(&r));
+    assert!(text(&r).contains("elastica collect"), "{}", text(&r));
+    assert!(!sout.join("report.md").exists(), "--no-wait wrote a report");
+    let t0 = Instant::now();
+    loop {
+        let r = run(&cluster, &["status", so]);
+        assert!(r.status.success(), "{}", text(&r));
+        let out = String::from_utf8_lossy(&r.stdout).into_owned();
+        if out.contains("pending 0, running 0, done 8, failed 0") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(90) && !out.contains("failed 1"),
+            "the scaling grid did not finish: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let r = run(&cluster, &["collect", so]);
+    assert!(r.status.success(), "{}", text(&r));
+    let scsv = std::fs::read_to_string(sout.join("scaling.csv")).unwrap();
+    assert_eq!(scsv.lines().count(), 3, "{scsv}");
+    let report = std::fs::read_to_string(sout.join("report.md")).unwrap();
+    assert!(report.contains("Scaling: rebound strength vs parameters"));
+    eprintln!(
+        "scaling phase done at {:.1} s",
+        t_start.elapsed().as_secs_f64()
+    );
+
+    // resist: a chain of dependent waves (theta1 -> theta2, generations, pairs) on Slurm
+    // gives the same pair losses as the local executor.
+    let data = tmp.path().join("resist.jsonl");
+    let words = [
+        "the cat sat",
+        "a dog ran",
+        "birds fly",
+        "fish swim",
+        "rain falls",
+    ];
+    let lines: String = (0..12)
+        .map(|i| {
+            format!(
+                "{}\n",
+                serde_json::json!({
+                    "prompt": format!("about {}", words[i % 5]),
+                    "response": format!("{} and {}", words[(i * 3 + 1) % 5], words[(i * 2) % 5]),
+                })
+            )
+        })
+        .collect();
+    std::fs::write(&data, lines).unwrap();
+    let rcfg = tmp.path().join("resist.toml");
+    std::fs::write(
+        &rcfg,
+        format!(
+            "model = {model:?}\nslices = 2\neval_prompts = 4\nseeds = [3]\n\
+             [data]\npath = {:?}\nschema = \"jsonl\"\n[generate]\nmax_new_tokens = 6\n\
+             [train]\nlr = 1e-3\nbatch_size = 2\ngrad_accum = 1\nmax_length = 96\n\
+             template = \"raw\"\nsave_every = 1\n[slurm]\npoll_seconds = 0.5\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let mut csv = Vec::new();
+    for (name, executor) in [("resist-local", "local"), ("resist-slurm", "slurm")] {
+        let dir = tmp.path().join(name);
+        let r = run(
+            &cluster,
+            &[
+                "resist",
+                "--config",
+                rcfg.to_str().unwrap(),
+                "--out",
+                dir.to_str().unwrap(),
+                "--threads",
+                "1",
+                "--executor",
+                executor,
+            ],
+        );
+        assert!(r.status.success(), "{executor}: {}", text(&r));
+        let st: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("status.json")).unwrap())
+                .unwrap();
+        assert_eq!(st["executor"], executor);
+        assert_eq!(st["failed"], serde_json::json!([]));
+        csv.push(std::fs::read_to_string(dir.join("pairs.csv")).unwrap());
+    }
+    assert_eq!(
+        csv[0], csv[1],
+        "resist pair losses differ between local and Slurm"
+    );
     eprintln!("slurm test took {:.1} s", t_start.elapsed().as_secs_f64());
 }
