@@ -378,7 +378,7 @@ fn worker(
             if let Some(i) = ready {
                 break Some(i);
             }
-            let waiting = s.st.iter().any(|x| *x == St::Waiting);
+            let waiting = s.st.contains(&St::Waiting);
             if !waiting || s.running == 0 {
                 break None;
             }

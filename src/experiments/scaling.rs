@@ -31,7 +31,7 @@ fn title(cfg: &ReboundConfig) -> String {
 pub fn collect(grid: &Grid) -> Result<(Analysis, Vec<PathBuf>)> {
     let path = grid.run_dir().join(super::rebound::plan::CONFIG_FILE);
     let cfg = ReboundConfig::from_file(&path)?;
-    collect_with(grid, &title(&cfg), |cfg, run, a| section(cfg, run, a))
+    collect_with(grid, &title(&cfg), section)
 }
 
 /// Write `scaling.csv` and the plot, and return the report section.

@@ -224,7 +224,7 @@ pub fn cell_states(grid: &Grid, record: &JobRecord, snap: Option<&Snapshot>) -> 
     let n = grid.len();
     let deps = grid.manifest().dep_indices();
     let mut out: Vec<CellState> = Vec::with_capacity(n);
-    for i in 0..n {
+    for (i, deps_i) in deps.iter().enumerate() {
         let files = grid.status(i);
         let job = record.latest_job(i);
         let sched = match (job, snap) {
@@ -238,10 +238,7 @@ pub fn cell_states(grid: &Grid, record: &JobRecord, snap: Option<&Snapshot>) -> 
             (_, Some(TaskState::Running)) => CellState::Running,
             _ => {
                 // Dependencies come first, so their states are known.
-                let blocked = deps[i]
-                    .iter()
-                    .find(|&&d| out[d] != CellState::Done)
-                    .copied();
+                let blocked = deps_i.iter().find(|&&d| out[d] != CellState::Done).copied();
                 match (blocked, &files) {
                     (Some(d), CellStatus::Pending) => CellState::Skipped {
                         because: grid.manifest().cells[d].id.clone(),
