@@ -1,7 +1,8 @@
 //! The Slurm executor against a real Slurm: a one-node cluster (munged, slurmctld, slurmd)
 //! started from a temporary directory, a 2 x 2 rebound grid on the tiny-llama fixture run
 //! with `--executor slurm`, one array task cancelled midway with `scancel`, `resubmit`, and
-//! `collect`; results.csv must equal the local executor's for the same grid and seed. Then a
+//! `collect`; results.csv must equal the local executor's for the same grid and seed. A task
+//! requeued midway (`scontrol requeue`) must resume from its checkpoint. Then a
 //! scaling study submitted with `--no-wait` (followed with `status`, reported by `collect`)
 //! and a resist grid (four chained waves) whose pair losses must equal the local ones.
 //!
@@ -586,6 +587,107 @@ fn grids_on_a_real_slurm_cancel_resubmit_no_wait_collect() {
     assert_eq!(status["executor"], "slurm");
     eprintln!(
         "rebound phase done at {:.1} s",
+        t_start.elapsed().as_secs_f64()
+    );
+
+    // Requeue (what preemption or a node failure does): align.p8.s1 hangs a few seconds
+    // after step 3 and is requeued there; Slurm runs the task again, it resumes from its
+    // step-2 checkpoint, and the waiting command ends with every cell done and the same
+    // results as the local executor.
+    let rq = tmp.path().join("requeue");
+    let mut child = Command::new(bin())
+        .args(["rebound", "--config", c, "--out", rq.to_str().unwrap()])
+        .args(["--executor", "slurm", "--threads", "1"])
+        .env("RAYON_NUM_THREADS", "1")
+        .env("SLURM_CONF", &cluster.conf)
+        .env("ELASTICA_INJECT_FAULT", "align.p8.s1@train-step-3:sleep=8")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = rq.join("cells/align.p8.s1/model/train_log.jsonl");
+    let t0 = Instant::now();
+    while std::fs::read_to_string(&log).map_or(0, |t| t.lines().count()) < 3 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(90) && child.try_wait().unwrap().is_none(),
+            "align.p8.s1 never reached step 3"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let jobs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rq.join("slurm/jobs.json")).unwrap())
+            .unwrap();
+    let job = jobs["submissions"][0]["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = cluster
+        .command("scontrol")
+        .args(["requeue", &format!("{job}_4")])
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", text(&r));
+    // Slurm holds a requeued job for a while (reason BeginTime) once it has left the node;
+    // make it eligible now instead of waiting.
+    let t0 = Instant::now();
+    let mut held = false;
+    loop {
+        let q = cluster
+            .command("squeue")
+            .args(["-h", "-r", "-j", &job, "-o", "%K|%T|%r"])
+            .output()
+            .unwrap();
+        let q = String::from_utf8_lossy(&q.stdout).into_owned();
+        let task = q
+            .lines()
+            .find(|l| l.starts_with("4|"))
+            .unwrap_or("")
+            .to_string();
+        held |= task.contains("PENDING");
+        if task.contains("BeginTime") {
+            let r = cluster
+                .command("scontrol")
+                .args(["update", &format!("JobId={job}_4"), "StartTime=now"])
+                .output()
+                .unwrap();
+            assert!(r.status.success(), "{}", text(&r));
+        } else if held && task.contains("RUNNING") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the requeued task did not start again: {q}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(90) {
+            let q = cluster.command("squeue").args(["-r"]).output().unwrap();
+            let _ = child.kill();
+            panic!("the requeued grid did not finish\n{}", text(&q));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let o = child.wait_with_output().unwrap();
+    assert!(
+        o.status.success(),
+        "{}\n{}",
+        text(&o),
+        tail(&rq.join("logs/cell-4.out"), 30)
+    );
+    let a8 = result(&rq, "align.p8.s1");
+    assert_eq!(a8["attempts"], 2, "{a8}");
+    assert_eq!(a8["output"]["train"]["resumed_from"], 2);
+    let task_log = std::fs::read_to_string(rq.join("logs/cell-4.out")).unwrap();
+    assert!(task_log.contains("restart 1"), "{task_log}");
+    assert_eq!(
+        std::fs::read_to_string(rq.join("results.csv")).unwrap(),
+        want,
+        "a requeued run differs from the local one"
+    );
+    eprintln!(
+        "requeue phase done at {:.1} s",
         t_start.elapsed().as_secs_f64()
     );
 
