@@ -61,6 +61,9 @@ impl Executor for SlurmExecutor {
         } else {
             Some(poll::query(&record.job_ids())?)
         };
+        if let Some(snap) = &snap {
+            warn_old_plans(grid, &record, snap);
+        }
         let before = cell_states(grid, &record, snap.as_ref());
         let already: Vec<usize> = (0..grid.len())
             .filter(|&i| before[i] == CellState::Done)
@@ -73,7 +76,11 @@ impl Executor for SlurmExecutor {
         // Jobs that still hold tasks: new cells may depend on those tasks' cells.
         let busy: BTreeSet<String> = (0..grid.len())
             .filter(|&i| before[i].is_active())
-            .filter_map(|i| record.latest_job(i).map(str::to_string))
+            .filter_map(|i| {
+                record
+                    .latest_job(i, &grid.manifest().hash)
+                    .map(str::to_string)
+            })
             .collect();
         if !busy.is_empty() {
             eprintln!(
@@ -113,6 +120,29 @@ impl Executor for SlurmExecutor {
             );
         }
         Ok(report)
+    }
+}
+
+/// Warn about jobs of an earlier plan of this run that still hold tasks: those tasks refuse
+/// to start (their `--manifest-hash` no longer matches) and running ones may hold cells.
+fn warn_old_plans(grid: &Grid, record: &JobRecord, snap: &poll::Snapshot) {
+    let hash = &grid.manifest().hash;
+    let old: BTreeSet<&str> = record
+        .submissions
+        .iter()
+        .filter(|s| &s.manifest_hash != hash)
+        .filter(|s| s.indices.iter().any(|&i| snap.is_active(&s.job_id, i)))
+        .map(|s| s.job_id.as_str())
+        .collect();
+    if !old.is_empty() {
+        let ids: Vec<&str> = old.into_iter().collect();
+        eprintln!(
+            "warning: jobs {} were submitted for an earlier plan of this run and still hold \
+             tasks; those tasks refuse to start against the new manifest. Cancel them \
+             (scancel {}) so they do not hold cells the new jobs need",
+            ids.join(", "),
+            ids.join(" ")
+        );
     }
 }
 
@@ -245,7 +275,7 @@ pub fn status_table(grid: &Grid, states: &[CellState], record: &JobRecord) -> cr
             _ => String::new(),
         };
         let job = record
-            .latest_job(i)
+            .latest_job(i, &grid.manifest().hash)
             .map(|j| format!("{j}_{i}"))
             .unwrap_or_default();
         // Rows always have the header's width.

@@ -226,7 +226,7 @@ pub fn cell_states(grid: &Grid, record: &JobRecord, snap: Option<&Snapshot>) -> 
     let mut out: Vec<CellState> = Vec::with_capacity(n);
     for (i, deps_i) in deps.iter().enumerate() {
         let files = grid.status(i);
-        let job = record.latest_job(i);
+        let job = record.latest_job(i, &grid.manifest().hash);
         let sched = match (job, snap) {
             (Some(j), Some(s)) => s.get(j, i).cloned(),
             _ => None,

@@ -73,12 +73,14 @@ impl JobRecord {
         self.submissions.iter().map(|s| s.job_id.clone()).collect()
     }
 
-    /// The job of the newest submission that covered cell `index`.
-    pub fn latest_job(&self, index: usize) -> Option<&str> {
+    /// The job of the newest submission that covered cell `index` of the manifest with hash
+    /// `manifest_hash`. Submissions for another manifest (the run was re-planned since, and
+    /// indices may have moved) are ignored; their tasks refuse to run anyway.
+    pub fn latest_job(&self, index: usize, manifest_hash: &str) -> Option<&str> {
         self.submissions
             .iter()
             .rev()
-            .find(|s| s.indices.contains(&index))
+            .find(|s| s.manifest_hash == manifest_hash && s.indices.contains(&index))
             .map(|s| s.job_id.as_str())
     }
 }
@@ -137,9 +139,11 @@ mod tests {
         r.push(dir.path(), sub("12", &[4])).unwrap();
         let back = JobRecord::read(dir.path()).unwrap();
         assert_eq!(back, r);
-        assert_eq!(back.latest_job(4), Some("12"));
-        assert_eq!(back.latest_job(0), Some("10"));
-        assert_eq!(back.latest_job(9), None);
+        assert_eq!(back.latest_job(4, "h"), Some("12"));
+        assert_eq!(back.latest_job(0, "h"), Some("10"));
+        assert_eq!(back.latest_job(9, "h"), None);
+        // A re-planned manifest does not inherit the old jobs.
+        assert_eq!(back.latest_job(4, "other"), None);
         let e = format!("{:#}", read_config(dir.path()).unwrap_err());
         assert!(e.contains("never submitted"), "{e}");
         let cfg = SlurmConfig {
