@@ -56,14 +56,13 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Result<Cluster, String> {
-        let uid = Command::new("id")
-            .arg("-u")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default();
-        if uid != "0" {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let uid = std::fs::metadata("/proc/self")
+            .map(|m| m.uid())
+            .map_err(|e| e.to_string())?;
+        if uid != 0 {
             return Err(format!(
-                "the Slurm test must run as root (slurmd starts the jobs), but uid is {uid:?}"
+                "the Slurm test must run as root (slurmd starts the jobs), but uid is {uid}"
             ));
         }
         let mut progs = Vec::new();
@@ -95,10 +94,7 @@ impl Cluster {
             .and_then(|mut f| f.read_exact(&mut bytes))
             .map_err(|e| e.to_string())?;
         std::fs::write(&key, &bytes).map_err(|e| e.to_string())?;
-        Command::new("chmod")
-            .arg("400")
-            .arg(&key)
-            .status()
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o400))
             .map_err(|e| e.to_string())?;
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map_err(|e| e.to_string())?
@@ -108,6 +104,14 @@ impl Cluster {
             .unwrap_or("localhost")
             .to_string();
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // slurmd drains a node that has less memory than configured.
+        let mem_mb = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|t| {
+                let line = t.lines().find(|l| l.starts_with("MemTotal:"))?.to_string();
+                line.split_whitespace().nth(1)?.parse::<u64>().ok()
+            })
+            .map_or(1000, |kb| (kb / 1024 * 8 / 10).clamp(100, 4000));
         let port = |_: ()| {
             std::net::TcpListener::bind("0.0.0.0:0")
                 .and_then(|l| l.local_addr())
@@ -143,7 +147,7 @@ impl Cluster {
              SelectTypeParameters=CR_Core\n\
              ReturnToService=2\n\
              MpiDefault=none\n\
-             NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=4000 State=UNKNOWN\n\
+             NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem_mb} State=UNKNOWN\n\
              PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP\n"
         );
         let conf_path = s.join("slurm.conf");
@@ -272,9 +276,14 @@ impl Drop for Cluster {
             std::thread::sleep(Duration::from_millis(500));
         }
         while let Some((_, mut child)) = self.daemons.pop() {
-            let _ = Command::new("kill")
+            // SIGTERM lets each daemon shut down cleanly; without a `kill` program, SIGKILL.
+            let term = Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
-                .status();
+                .status()
+                .is_ok_and(|s| s.success());
+            if !term {
+                let _ = child.kill();
+            }
             let t0 = Instant::now();
             loop {
                 match child.try_wait() {
