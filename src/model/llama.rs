@@ -4,6 +4,7 @@
 //! Read bottom-up: norm -> linear -> attention -> mlp -> block -> model.
 
 use super::config::{Activation, Family, ModelConfig};
+use super::fused::decode::{self, DecodeCtx};
 use super::fused::{self, attention::RopeTables, norm::rms_norm, swiglu::swiglu, Kernel};
 use super::params::Params;
 use super::rope::{self, Rope};
@@ -12,18 +13,11 @@ use candle_core::{DType, Device, Tensor, D};
 
 /// x (.., in) times W^T (out, in), plus bias.
 fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> candle_core::Result<Tensor> {
-    let dims = x.dims().to_vec();
-    let last = dims[dims.len() - 1];
-    let rows: usize = dims[..dims.len() - 1].iter().product();
-    let y = x.reshape((rows, last))?.matmul(&w.t()?)?; // (rows, out)
-    let y = match b {
-        Some(b) => y.broadcast_add(b)?,
-        None => y,
-    };
-    let mut out_dims = dims;
-    let n = out_dims.len();
-    out_dims[n - 1] = w.dim(0)?;
-    y.reshape(out_dims)
+    let y = fused::linear::linear_no_bias(x, w)?;
+    match b {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
+    }
 }
 
 /// Softmax over the last dim from basic ops (so it has a backward). The max is detached:
@@ -66,31 +60,64 @@ struct Attention {
     head_dim: usize,
 }
 
+/// How attention runs in one forward call.
+enum AttnPath<'a> {
+    /// The reference ops: RoPE tables (b, 1, t, hd) and the additive bias (b or 1, 1, t, T).
+    Reference {
+        cos: Tensor,
+        sin: Tensor,
+        bias: &'a Tensor,
+    },
+    /// The fused training kernel (positions 0..t, no cache).
+    Fused(&'a RopeTables),
+    /// The fused decoding kernels (with a cache).
+    Decode(&'a DecodeCtx),
+}
+
 impl Attention {
-    /// x (b, t, hidden); bias (b or 1, 1, t, T) additive mask; returns (b, t, hidden).
+    /// x (b, t, hidden); returns (b, t, hidden).
     fn forward(
         &self,
         x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        bias: &Tensor,
+        path: &AttnPath,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
-        tables: Option<&RopeTables>,
     ) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let hd = self.head_dim;
-        if let (None, Some(tables)) = (&cache, tables) {
-            // Positions 0..t, causal, no cache: one fused op from the projections to o_proj.
-            let y = fused::attention::causal_attention(
-                &self.q_proj.forward(x)?,
-                &self.k_proj.forward(x)?,
-                &self.v_proj.forward(x)?,
-                self.n_heads,
-                self.n_kv,
-                tables,
-            )?;
-            return self.o_proj.forward(&y);
-        }
+        let (cos, sin, bias, cache) = match (path, cache) {
+            (AttnPath::Fused(tables), None) => {
+                // One fused op from the projections to o_proj.
+                let y = fused::attention::causal_attention(
+                    &self.q_proj.forward(x)?,
+                    &self.k_proj.forward(x)?,
+                    &self.v_proj.forward(x)?,
+                    self.n_heads,
+                    self.n_kv,
+                    tables,
+                )?;
+                return self.o_proj.forward(&y);
+            }
+            (AttnPath::Decode(ctx), Some(slot)) => {
+                let q = decode::rope_heads(&self.q_proj.forward(x)?, self.n_heads, ctx)?;
+                let k = decode::rope_heads(&self.k_proj.forward(x)?, self.n_kv, ctx)?;
+                // (b, t, kv*hd) -> (b, kv, t, hd)
+                let v = self
+                    .v_proj
+                    .forward(x)?
+                    .reshape((b, t, self.n_kv, hd))?
+                    .transpose(1, 2)?
+                    .contiguous()?;
+                let (k, v) = match slot.take() {
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                    None => (k, v),
+                };
+                let y = decode::cached_attention(&q, &k, &v, ctx)?;
+                *slot = Some((k, v));
+                return self.o_proj.forward(&y);
+            }
+            (AttnPath::Reference { cos, sin, bias }, cache) => (cos, sin, *bias, cache),
+            _ => candle_core::bail!("attention: kernel path and cache do not match"),
+        };
         // (b, t, heads*hd) -> (b, heads, t, hd)
         let q = self
             .q_proj
@@ -276,11 +303,23 @@ impl Llama {
     pub fn forward_hidden(&self, ids: &Tensor) -> Result<Tensor> {
         let (_, t) = ids.dims2()?;
         let positions = Tensor::arange(0u32, t as u32, &self.device)?.unsqueeze(0)?;
-        let bias = causal_bias(t, 0, None, &self.device)?;
-        // The fused attention kernel applies RoPE itself from tables of positions 0..t.
         let x = self.embed(ids)?;
-        let tables = fused::usable(Kernel::Attention, &[&x]).then(|| self.rope.tables(t));
-        self.blocks(x, &positions, &bias, None, tables.as_ref())
+        if fused::usable(Kernel::Attention, &[&x]) {
+            // The fused kernel applies RoPE itself from tables of positions 0..t.
+            let tables = self.rope.tables(t);
+            return self.blocks(x, &AttnPath::Fused(&tables), None);
+        }
+        let bias = causal_bias(t, 0, None, &self.device)?;
+        let (cos, sin) = self.rope.cos_sin(&positions)?;
+        self.blocks(
+            x,
+            &AttnPath::Reference {
+                cos,
+                sin,
+                bias: &bias,
+            },
+            None,
+        )
     }
 
     /// Incremental forward for generation: `ids` (b, t) new tokens, `positions` (b, t),
@@ -293,10 +332,38 @@ impl Llama {
         key_mask: &Tensor,
         cache: &mut KvCache,
     ) -> Result<Tensor> {
-        let (_, t) = ids.dims2()?;
+        let (b, t) = ids.dims2()?;
         let past = cache.len();
-        let bias = causal_bias(t, past, Some(key_mask), &self.device)?;
-        let x = self.blocks(self.embed(ids)?, positions, &bias, Some(cache), None)?;
+        let x = self.embed(ids)?;
+        let x = if fused::usable(Kernel::Attention, &[&x]) {
+            let ctx = DecodeCtx::new(
+                self.rope.inv_freq(),
+                b,
+                t,
+                past,
+                &positions
+                    .flatten_all()?
+                    .to_dtype(DType::U32)?
+                    .to_vec1::<u32>()?,
+                key_mask
+                    .flatten_all()?
+                    .to_dtype(DType::U32)?
+                    .to_vec1::<u32>()?,
+            )?;
+            self.blocks(x, &AttnPath::Decode(&ctx), Some(cache))?
+        } else {
+            let bias = causal_bias(t, past, Some(key_mask), &self.device)?;
+            let (cos, sin) = self.rope.cos_sin(positions)?;
+            self.blocks(
+                x,
+                &AttnPath::Reference {
+                    cos,
+                    sin,
+                    bias: &bias,
+                },
+                Some(cache),
+            )?
+        };
         Ok(linear(&x, &self.lm_head, None)?)
     }
 
@@ -316,25 +383,19 @@ impl Llama {
         Ok(x)
     }
 
-    /// Blocks -> final norm: (b, t, hidden). `tables` selects the fused attention kernel
-    /// (positions 0..t, no cache).
+    /// Blocks -> final norm: (b, t, hidden).
     fn blocks(
         &self,
         mut x: Tensor,
-        positions: &Tensor,
-        bias: &Tensor,
+        path: &AttnPath,
         mut cache: Option<&mut KvCache>,
-        tables: Option<&RopeTables>,
     ) -> Result<Tensor> {
         let gemma = self.cfg.family == Family::Gemma;
-        let (cos, sin) = self.rope.cos_sin(positions)?;
         let eps = self.cfg.rms_norm_eps;
         for (l, block) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[l]);
             let hn = rms_norm(&x, &block.input_layernorm, eps, gemma)?;
-            x = (x + block
-                .self_attn
-                .forward(&hn, &cos, &sin, bias, slot, tables)?)?;
+            x = (x + block.self_attn.forward(&hn, path, slot)?)?;
             let hn = rms_norm(&x, &block.post_attention_layernorm, eps, gemma)?;
             x = (x + block.mlp.forward(&hn)?)?;
         }

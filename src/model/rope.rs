@@ -68,6 +68,11 @@ impl Rope {
         })
     }
 
+    /// The inverse frequencies (head_dim / 2).
+    pub fn inv_freq(&self) -> &[f32] {
+        &self.inv
+    }
+
     /// cos / sin tables of positions 0..t for the fused attention kernel.
     pub fn tables(&self, t: usize) -> crate::model::fused::attention::RopeTables {
         crate::model::fused::attention::RopeTables::new(&self.inv, t)

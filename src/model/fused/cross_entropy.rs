@@ -2,7 +2,7 @@
 //! logsumexp(x) - x[target] (targets of -100 do not count), without materialising the
 //! log-probabilities. Backward: d x = g * (softmax(x) - onehot(target)) on counted rows.
 
-use super::{slice, with_data};
+use super::{slice, with_data, SERIAL_MAX};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -45,7 +45,11 @@ impl CustomOp1 for CrossEntropy {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = slice(s, l)?;
         let v = l.dims()[1];
-        let lse: Vec<f32> = x.par_chunks(v).map(logsumexp).collect();
+        let lse: Vec<f32> = if x.len() <= SERIAL_MAX {
+            x.chunks(v).map(logsumexp).collect()
+        } else {
+            x.par_chunks(v).map(logsumexp).collect()
+        };
         // Summed in f64, in row order (deterministic and exact enough for any batch).
         let total: f64 = lse
             .iter()

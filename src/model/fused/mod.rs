@@ -1,6 +1,6 @@
 //! Fused CPU kernels for the decoder's hot spots, each a candle `CustomOp` with an analytic
-//! backward: causal attention with RoPE (no T x T tensor), RMSNorm, SwiGLU, and the
-//! cross-entropy over the vocabulary. Every kernel has a slow reference path built from
+//! backward: causal attention with RoPE (no T x T tensor), RMSNorm, SwiGLU, the
+//! cross-entropy over the vocabulary, and the projections as direct gemm calls. Every kernel has a slow reference path built from
 //! differentiable candle ops; the switches here choose between them at run time, so the
 //! reference stays tested and `elastica bench` can time both in one run.
 //!
@@ -9,6 +9,8 @@
 
 pub mod attention;
 pub mod cross_entropy;
+pub mod decode;
+pub mod linear;
 pub mod norm;
 pub mod swiglu;
 
@@ -23,16 +25,30 @@ pub enum Kernel {
     SwiGlu = 4,
     CrossEntropy = 8,
     AdamW = 16,
+    Linear = 32,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 5] = [
+    pub const ALL: [Kernel; 6] = [
         Kernel::RmsNorm,
         Kernel::SwiGlu,
         Kernel::CrossEntropy,
         Kernel::Attention,
+        Kernel::Linear,
         Kernel::AdamW,
     ];
+    /// The short name `ELASTICA_KERNELS` uses.
+    pub fn from_name(n: &str) -> Option<Kernel> {
+        Some(match n {
+            "attention" => Kernel::Attention,
+            "rmsnorm" => Kernel::RmsNorm,
+            "swiglu" => Kernel::SwiGlu,
+            "cross-entropy" => Kernel::CrossEntropy,
+            "linear" => Kernel::Linear,
+            "adamw" => Kernel::AdamW,
+            _ => return None,
+        })
+    }
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Attention => "fused causal attention + RoPE",
@@ -40,26 +56,44 @@ impl Kernel {
             Kernel::SwiGlu => "fused SwiGLU",
             Kernel::CrossEntropy => "fused cross-entropy",
             Kernel::AdamW => "in-place AdamW",
+            Kernel::Linear => "direct-gemm linear",
         }
     }
 }
 
-const ALL_ON: u32 = 31;
+const ALL_ON: u32 = 63;
 
-/// Enabled kernels (bit set of [`Kernel`]); all on unless `ELASTICA_REFERENCE_KERNELS` is
-/// set in the environment when the first model runs.
+/// Enabled kernels (bit set of [`Kernel`]), read once from `ELASTICA_KERNELS` (see
+/// [`from_env`]) unless [`set_enabled`] was called first.
 static ENABLED: AtomicU32 = AtomicU32::new(u32::MAX);
+
+/// `ELASTICA_KERNELS`: unset or `all` = every kernel; `none` = the reference path; or a
+/// comma list of `attention,rmsnorm,swiglu,cross-entropy,linear,adamw` (unknown names are
+/// reported once and ignored).
+fn from_env() -> u32 {
+    match std::env::var("ELASTICA_KERNELS") {
+        Err(_) => ALL_ON,
+        Ok(v) if v.trim() == "all" => ALL_ON,
+        Ok(v) => v
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty() && *n != "none")
+            .fold(0, |m, n| match Kernel::from_name(n) {
+                Some(k) => m | k as u32,
+                None => {
+                    eprintln!("warning: ELASTICA_KERNELS: unknown kernel \"{n}\" ignored (known: attention, rmsnorm, swiglu, cross-entropy, linear, adamw)");
+                    m
+                }
+            }),
+    }
+}
 
 fn mask() -> u32 {
     let m = ENABLED.load(Ordering::Relaxed);
     if m != u32::MAX {
         return m;
     }
-    let init = if std::env::var_os("ELASTICA_REFERENCE_KERNELS").is_some() {
-        0
-    } else {
-        ALL_ON
-    };
+    let init = from_env();
     ENABLED.store(init, Ordering::Relaxed);
     init
 }
@@ -100,6 +134,11 @@ pub(crate) fn with_data<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> R
         _ => candle_core::bail!("fused kernel: tensor is not on the CPU"),
     }
 }
+
+/// Below this many elements a kernel runs on the calling thread: handing the work to the
+/// thread pool (waking a worker, waiting for it) costs more than it saves, as in a
+/// decoding step.
+pub(crate) const SERIAL_MAX: usize = 32 * 1024;
 
 /// A raw pointer that parallel tasks may share because each writes a disjoint region.
 #[derive(Clone, Copy)]

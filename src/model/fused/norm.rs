@@ -1,7 +1,7 @@
 //! RMSNorm as one pass per row: y = x / sqrt(mean(x^2) + eps) * w (Gemma: * (1 + w)),
 //! with the analytic backward dx = (g*w - xn * mean(g*w*xn)) / s and dw = sum_rows(g * xn).
 
-use super::{slice, with_data, Kernel};
+use super::{slice, with_data, Kernel, SERIAL_MAX};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
@@ -69,16 +69,20 @@ impl CustomOp2 for RmsNorm {
             );
         }
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(h * ROWS_PER_TASK)
-            .zip(x.par_chunks(h * ROWS_PER_TASK))
-            .for_each(|(yc, xc)| {
-                for (yr, xr) in yc.chunks_mut(h).zip(xc.chunks(h)) {
-                    let s = self.denom(xr);
-                    for ((o, &v), &wv) in yr.iter_mut().zip(xr).zip(&w) {
-                        *o = v / s * wv;
-                    }
+        let rows = |(yc, xc): (&mut [f32], &[f32])| {
+            for (yr, xr) in yc.chunks_mut(h).zip(xc.chunks(h)) {
+                let s = self.denom(xr);
+                for ((o, &v), &wv) in yr.iter_mut().zip(xr).zip(&w) {
+                    *o = v / s * wv;
                 }
-            });
+            }
+        };
+        let n = h * ROWS_PER_TASK;
+        if x.len() <= SERIAL_MAX {
+            y.chunks_mut(n).zip(x.chunks(n)).for_each(rows);
+        } else {
+            y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(rows);
+        }
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -94,30 +98,38 @@ impl CustomOp2 for RmsNorm {
         let (dx, dw) = with_data(x, |x| {
             with_data(grad, |g| {
                 let mut dx = vec![0f32; x.len()];
-                let dw = dx
-                    .par_chunks_mut(h * ROWS_PER_TASK)
-                    .zip(x.par_chunks(h * ROWS_PER_TASK))
-                    .zip(g.par_chunks(h * ROWS_PER_TASK))
-                    .map(|((dxc, xc), gc)| {
-                        let mut dw = vec![0f32; h];
-                        for ((dxr, xr), gr) in dxc.chunks_mut(h).zip(xc.chunks(h)).zip(gc.chunks(h))
-                        {
-                            let s = self.denom(xr);
-                            let inv = 1.0 / s;
-                            let mut dot = 0f32;
-                            for i in 0..h {
-                                let xn = xr[i] * inv;
-                                dot += gr[i] * wv[i] * xn;
-                                dw[i] += gr[i] * xn;
-                            }
-                            let mean = dot / h as f32;
-                            for i in 0..h {
-                                dxr[i] = (gr[i] * wv[i] - xr[i] * inv * mean) * inv;
-                            }
+                let rows = |((dxc, xc), gc): ((&mut [f32], &[f32]), &[f32])| {
+                    let mut dw = vec![0f32; h];
+                    for ((dxr, xr), gr) in dxc.chunks_mut(h).zip(xc.chunks(h)).zip(gc.chunks(h)) {
+                        let s = self.denom(xr);
+                        let inv = 1.0 / s;
+                        let mut dot = 0f32;
+                        for i in 0..h {
+                            let xn = xr[i] * inv;
+                            dot += gr[i] * wv[i] * xn;
+                            dw[i] += gr[i] * xn;
                         }
-                        dw
-                    })
-                    .collect::<Vec<_>>();
+                        let mean = dot / h as f32;
+                        for i in 0..h {
+                            dxr[i] = (gr[i] * wv[i] - xr[i] * inv * mean) * inv;
+                        }
+                    }
+                    dw
+                };
+                let n = h * ROWS_PER_TASK;
+                let dw: Vec<Vec<f32>> = if x.len() <= SERIAL_MAX {
+                    dx.chunks_mut(n)
+                        .zip(x.chunks(n))
+                        .zip(g.chunks(n))
+                        .map(rows)
+                        .collect()
+                } else {
+                    dx.par_chunks_mut(n)
+                        .zip(x.par_chunks(n))
+                        .zip(g.par_chunks(n))
+                        .map(rows)
+                        .collect()
+                };
                 // Summed in chunk order so the result does not depend on thread timing.
                 let mut total = vec![0f32; h];
                 for part in dw {

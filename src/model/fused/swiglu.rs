@@ -1,7 +1,7 @@
 //! The gated MLP's activation, silu(g) * u, in one pass; backward
 //! du = dy * silu(g), dg = dy * u * s * (1 + g * (1 - s)) with s = sigmoid(g).
 
-use super::{slice, with_data, Kernel};
+use super::{slice, with_data, Kernel, SERIAL_MAX};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -45,13 +45,20 @@ impl CustomOp2 for SwiGlu {
         let g = slice(s1, l1)?;
         let u = slice(s2, l2)?;
         let mut y = vec![0f32; g.len()];
-        y.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
-            .for_each(|(yc, (gc, uc))| {
-                for ((o, &gv), &uv) in yc.iter_mut().zip(gc).zip(uc) {
-                    *o = gv / (1.0 + (-gv).exp()) * uv;
-                }
-            });
+        let f = |(yc, (gc, uc)): (&mut [f32], (&[f32], &[f32]))| {
+            for ((o, &gv), &uv) in yc.iter_mut().zip(gc).zip(uc) {
+                *o = gv / (1.0 + (-gv).exp()) * uv;
+            }
+        };
+        if g.len() <= SERIAL_MAX {
+            y.chunks_mut(CHUNK)
+                .zip(g.chunks(CHUNK).zip(u.chunks(CHUNK)))
+                .for_each(f);
+        } else {
+            y.par_chunks_mut(CHUNK)
+                .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
+                .for_each(f);
+        }
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -68,17 +75,29 @@ impl CustomOp2 for SwiGlu {
         with_data(g, |g| {
             with_data(u, |u| {
                 with_data(grad, |dy| {
-                    dg.par_chunks_mut(CHUNK)
-                        .zip(du.par_chunks_mut(CHUNK))
-                        .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
-                        .zip(dy.par_chunks(CHUNK))
-                        .for_each(|(((dgc, duc), (gc, uc)), dyc)| {
-                            for i in 0..gc.len() {
-                                let s = sigmoid(gc[i]);
-                                duc[i] = dyc[i] * gc[i] * s;
-                                dgc[i] = dyc[i] * uc[i] * s * (1.0 + gc[i] * (1.0 - s));
-                            }
-                        });
+                    let f = |(((dgc, duc), (gc, uc)), dyc): (
+                        ((&mut [f32], &mut [f32]), (&[f32], &[f32])),
+                        &[f32],
+                    )| {
+                        for i in 0..gc.len() {
+                            let s = sigmoid(gc[i]);
+                            duc[i] = dyc[i] * gc[i] * s;
+                            dgc[i] = dyc[i] * uc[i] * s * (1.0 + gc[i] * (1.0 - s));
+                        }
+                    };
+                    if n <= SERIAL_MAX {
+                        dg.chunks_mut(CHUNK)
+                            .zip(du.chunks_mut(CHUNK))
+                            .zip(g.chunks(CHUNK).zip(u.chunks(CHUNK)))
+                            .zip(dy.chunks(CHUNK))
+                            .for_each(f);
+                    } else {
+                        dg.par_chunks_mut(CHUNK)
+                            .zip(du.par_chunks_mut(CHUNK))
+                            .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
+                            .zip(dy.par_chunks(CHUNK))
+                            .for_each(f);
+                    }
                     Ok(())
                 })
             })

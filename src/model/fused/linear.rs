@@ -1,0 +1,168 @@
+//! The projection y = x W^T as one gemm call on the layouts the checkpoint stores (W is
+//! (out, in), row-major), with the backward dx = dy W and dW = dy^T x written straight into
+//! W's own layout (no transposed gradient to copy later). Small products (one decoding
+//! step) run on the calling thread: the thread-pool hand-off costs more than they do.
+
+use super::{slice, with_data, Kernel};
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+
+/// Multiply-adds below which a product is not worth splitting across threads.
+const PARALLEL_MIN_MACS: usize = 1 << 18;
+
+/// x (.., in) times W^T (out, in): (.., out). Fused when the kernel is on and the tensors
+/// allow it; otherwise candle's matmul (the reference).
+pub fn linear_no_bias(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let dims = x.dims().to_vec();
+    let last = dims[dims.len() - 1];
+    let rows: usize = dims[..dims.len() - 1].iter().product();
+    let x2 = x.reshape((rows, last))?; // (rows, in)
+    let y = if super::usable(Kernel::Linear, &[x, w]) && w.rank() == 2 {
+        x2.contiguous()?.apply_op2(&w.contiguous()?, Linear)?
+    } else {
+        x2.matmul(&w.t()?)?
+    };
+    let mut out_dims = dims;
+    let n = out_dims.len();
+    out_dims[n - 1] = w.dim(0)?;
+    y.reshape(out_dims)
+}
+
+struct Linear;
+
+fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
+    let threads = rayon::current_num_threads();
+    if m * n * k >= PARALLEL_MIN_MACS && threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
+/// A fresh (m x n) row-major product of a (m x k, strides a) and b (k x n, strides b).
+fn product(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_strides: (usize, usize),
+    b: &[f32],
+    b_strides: (usize, usize),
+) -> Vec<f32> {
+    if k == 0 {
+        return vec![0f32; m * n];
+    }
+    let mut out: Vec<f32> = Vec::with_capacity(m * n);
+    // SAFETY: gemm writes every element of the m x n destination (read_dst = false) before
+    // the length is set; a and b are in bounds for the given shapes and strides.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            a_strides.1 as isize,
+            a_strides.0 as isize,
+            b.as_ptr(),
+            b_strides.1 as isize,
+            b_strides.0 as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism(m, n, k),
+        );
+        out.set_len(m * n);
+    }
+    out
+}
+
+impl CustomOp2 for Linear {
+    fn name(&self) -> &'static str {
+        "fused-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, w) = (slice(s1, l1)?, slice(s2, l2)?);
+        let (rows, inp) = l1.shape().dims2()?;
+        let (out, inw) = l2.shape().dims2()?;
+        if inp != inw {
+            candle_core::bail!("linear: input width {inp} does not match the weight's {inw}");
+        }
+        // (rows, in) x (in, out) where W^T's element (i, j) is w[j * in + i].
+        let y = product(rows, out, inp, x, (inp, 1), w, (1, inp));
+        Ok((CpuStorage::F32(y), Shape::from((rows, out))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (rows, inp) = x.dims2()?;
+        let out = w.dim(0)?;
+        let (dx, dw) = with_data(grad, |dy| {
+            let dx = with_data(w, |w| {
+                Ok(product(rows, inp, out, dy, (out, 1), w, (inp, 1)))
+            })?;
+            // dW (out, in) = dy^T (out, rows) x (rows, in)
+            let dw = with_data(x, |x| {
+                Ok(product(out, inp, rows, dy, (1, out), x, (inp, 1)))
+            })?;
+            Ok((dx, dw))
+        })?;
+        Ok((
+            Some(Tensor::from_vec(dx, (rows, inp), x.device())?),
+            Some(Tensor::from_vec(dw, (out, inp), w.device())?),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{check_fd, grads, max_abs_diff, randn};
+    use super::*;
+
+    #[test]
+    fn matches_reference_and_finite_differences() {
+        // 3 x 70 x 90 exceeds PARALLEL_MIN_MACS only for the big case below.
+        for (rows, inp, out) in [(5, 7, 3), (96, 64, 48)] {
+            let x = randn(&[rows, inp], 1);
+            let w = randn(&[out, inp], 2);
+            let o = randn(&[rows, out], 3);
+            let fused = |t: &[Tensor]| t[0].apply_op2(&t[1], Linear).unwrap();
+            let reference = |t: &[Tensor]| t[0].matmul(&t[1].t().unwrap()).unwrap();
+            let (yf, gf) = grads(&[x.clone(), w.clone()], &o, &fused);
+            let (yr, gr) = grads(&[x.clone(), w.clone()], &o, &reference);
+            assert!(max_abs_diff(&yf, &yr) < 1e-4);
+            for (a, b) in gf.iter().zip(&gr) {
+                assert!(
+                    max_abs_diff(a, b) < 1e-4,
+                    "gradient differs from the reference"
+                );
+            }
+            let loss = |t: &[Tensor]| {
+                (fused(t) * &o)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap() as f64
+            };
+            check_fd(&[x.clone(), w.clone()], 0, &gf[0], &loss, 2e-2);
+            check_fd(&[x, w], 1, &gf[1], &loss, 2e-2);
+        }
+    }
+}
