@@ -96,26 +96,27 @@ const CHUNK: usize = 32 * 1024;
 impl StepConsts {
     /// torch's single-tensor AdamW, element by element.
     fn apply(&self, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
-        let f = |(((p, m), v), g): (((&mut [f32], &mut [f32]), &mut [f32]), &[f32])| {
-            for i in 0..p.len() {
-                if self.decay {
-                    p[i] *= self.keep;
-                }
-                // torch.lerp with weight < 0.5: m + w * (g - m)
-                m[i] += self.w1 * (g[i] - m[i]);
-                v[i] = v[i] * self.b2 + self.one_minus_b2 * g[i] * g[i];
-                let denom = v[i].sqrt() / self.bc2_sqrt + self.eps;
-                p[i] += -self.step_size * (m[i] / denom);
-            }
-        };
         if p.len() <= CHUNK {
-            f((((p, m), v), g));
+            self.apply_chunk(p, m, v, g);
         } else {
             p.par_chunks_mut(CHUNK)
                 .zip(m.par_chunks_mut(CHUNK))
                 .zip(v.par_chunks_mut(CHUNK))
                 .zip(g.par_chunks(CHUNK))
-                .for_each(f);
+                .for_each(|(((p, m), v), g)| self.apply_chunk(p, m, v, g));
+        }
+    }
+
+    fn apply_chunk(&self, p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]) {
+        for i in 0..p.len() {
+            if self.decay {
+                p[i] *= self.keep;
+            }
+            // torch.lerp with weight < 0.5: m + w * (g - m)
+            m[i] += self.w1 * (g[i] - m[i]);
+            v[i] = v[i] * self.b2 + self.one_minus_b2 * g[i] * g[i];
+            let denom = v[i].sqrt() / self.bc2_sqrt + self.eps;
+            p[i] += -self.step_size * (m[i] / denom);
         }
     }
 }

@@ -61,7 +61,7 @@ pub fn causal_attention(
 ) -> Result<Tensor> {
     let (_, t, qd) = q.dims3()?;
     let hd = qd / n_heads.max(1);
-    if n_heads == 0 || n_kv == 0 || n_heads % n_kv != 0 || qd != n_heads * hd {
+    if n_heads == 0 || n_kv == 0 || !n_heads.is_multiple_of(n_kv) || qd != n_heads * hd {
         candle_core::bail!(
             "fused attention: {n_heads} heads / {n_kv} kv heads do not fit q width {qd}"
         );
@@ -495,8 +495,8 @@ mod tests {
                 .to_scalar::<f32>()
                 .unwrap() as f64
         };
-        for i in 0..3 {
-            check_fd(&ins, i, &gf[i], &loss, 3e-2);
+        for (i, g) in gf.iter().enumerate() {
+            check_fd(&ins, i, g, &loss, 3e-2);
         }
     }
 

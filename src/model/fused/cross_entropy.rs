@@ -114,8 +114,8 @@ mod tests {
             )
             .unwrap()
         };
-        let (yf, gf) = grads(&[logits.clone()], &one, &fused);
-        let (yr, gr) = grads(&[logits.clone()], &one, &reference);
+        let (yf, gf) = grads(std::slice::from_ref(&logits), &one, &fused);
+        let (yr, gr) = grads(std::slice::from_ref(&logits), &one, &reference);
         assert!(max_abs_diff(&yf, &yr) < 1e-4);
         assert!(max_abs_diff(&gf[0], &gr[0]) < 1e-5);
         let loss = |x: &[Tensor]| fused(x).to_scalar::<f32>().unwrap() as f64;

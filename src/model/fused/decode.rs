@@ -122,7 +122,7 @@ impl CustomOp1 for RopeHeads {
 /// (b, n_kv, past + t, hd): query i sees keys up to past + i that the mask marks real.
 /// Returns (b, t, n_heads * hd), ready for o_proj.
 pub fn cached_attention(q: &Tensor, k: &Tensor, v: &Tensor, ctx: &DecodeCtx) -> Result<Tensor> {
-    let (b, nh, t, hd) = q.dims4()?;
+    let (b, nh, t, _) = q.dims4()?;
     let (_, nkv, total, _) = k.dims4()?;
     if nkv == 0 || nh % nkv != 0 || v.dims() != k.dims() || total != ctx.past + t || b != ctx.b {
         candle_core::bail!(
@@ -133,7 +133,6 @@ pub fn cached_attention(q: &Tensor, k: &Tensor, v: &Tensor, ctx: &DecodeCtx) -> 
             ctx.past
         );
     }
-    let _ = hd;
     q.contiguous()?.apply_op3(
         &k.contiguous()?,
         &v.contiguous()?,

@@ -24,6 +24,15 @@ pub fn swiglu_reference(g: &Tensor, u: &Tensor) -> Result<Tensor> {
 
 struct SwiGlu;
 
+/// dg, du of one chunk from g, u and the output gradient dy.
+fn bwd_chunk(dg: &mut [f32], du: &mut [f32], g: &[f32], u: &[f32], dy: &[f32]) {
+    for i in 0..g.len() {
+        let s = sigmoid(g[i]);
+        du[i] = dy[i] * g[i] * s;
+        dg[i] = dy[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
+    }
+}
+
 /// sigmoid as candle's silu computes it: silu(x) = x / (1 + exp(-x)).
 #[inline]
 fn sigmoid(x: f32) -> f32 {
@@ -75,28 +84,18 @@ impl CustomOp2 for SwiGlu {
         with_data(g, |g| {
             with_data(u, |u| {
                 with_data(grad, |dy| {
-                    let f = |(((dgc, duc), (gc, uc)), dyc): (
-                        ((&mut [f32], &mut [f32]), (&[f32], &[f32])),
-                        &[f32],
-                    )| {
-                        for i in 0..gc.len() {
-                            let s = sigmoid(gc[i]);
-                            duc[i] = dyc[i] * gc[i] * s;
-                            dgc[i] = dyc[i] * uc[i] * s * (1.0 + gc[i] * (1.0 - s));
-                        }
-                    };
                     if n <= SERIAL_MAX {
                         dg.chunks_mut(CHUNK)
                             .zip(du.chunks_mut(CHUNK))
                             .zip(g.chunks(CHUNK).zip(u.chunks(CHUNK)))
                             .zip(dy.chunks(CHUNK))
-                            .for_each(f);
+                            .for_each(|(((dg, du), (g, u)), dy)| bwd_chunk(dg, du, g, u, dy));
                     } else {
                         dg.par_chunks_mut(CHUNK)
                             .zip(du.par_chunks_mut(CHUNK))
                             .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
                             .zip(dy.par_chunks(CHUNK))
-                            .for_each(f);
+                            .for_each(|(((dg, du), (g, u)), dy)| bwd_chunk(dg, du, g, u, dy));
                     }
                     Ok(())
                 })
