@@ -1,9 +1,12 @@
 //! `elastica train`: supervised fine-tuning, or from-scratch training with `--init`.
 
+use crate::compress::tracking::{load_sets, parse_sets, plot_rows, RateTracker};
 use crate::data::records::read_jsonl;
 use crate::data::template::Template;
-use crate::model::checkpoint::{init_model, load_model};
+use crate::model::checkpoint::{init_model, load_model, LoadedModel};
+use crate::report::RunDir;
 use crate::train::schedule::Schedule;
+use crate::train::sft::{latest_checkpoint, StepLog};
 use crate::train::{train, TrainConfig};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
@@ -77,6 +80,16 @@ pub struct TrainArgs {
     /// Continue from the newest checkpoint in --out.
     #[arg(long)]
     pub resume: bool,
+    /// Track compression rates of held-out sets during training: NAME=FILE.jsonl,...
+    /// (written to OUT/rates.jsonl and plotted as OUT/rates.png/svg).
+    #[arg(long)]
+    pub track_rates: Option<String>,
+    /// Measure the tracked rates every N optimizer steps (and at the start and the end).
+    #[arg(long, default_value_t = 10)]
+    pub track_every: usize,
+    /// Use at most this many records of each tracked set.
+    #[arg(long, default_value_t = 256)]
+    pub track_records: usize,
     /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -139,7 +152,32 @@ pub fn run(a: TrainArgs) -> Result<()> {
         (None, None) => bail!("give --model or --init"),
     };
     let records = read_jsonl(&a.data)?;
-    let s = train(&lm, &records, &cfg, &a.out, a.resume, None, true)?;
+    let mut tracker = match &a.track_rates {
+        Some(spec) => {
+            let sets = load_sets(&parse_sets(spec)?, Some(a.track_records))?;
+            let mut t =
+                RateTracker::new(sets, cfg.template, cfg.max_length, a.track_every, &a.out)?;
+            let start = if a.resume {
+                latest_checkpoint(&a.out)?.map(|(s, _)| s).unwrap_or(0)
+            } else {
+                0
+            };
+            t.begin(&lm, start)?;
+            Some(t)
+        }
+        None => None,
+    };
+    let s = match tracker.as_mut() {
+        Some(t) => {
+            let mut hook = |m: &LoadedModel, l: &StepLog| t.after_step(m, l.step);
+            train(&lm, &records, &cfg, &a.out, a.resume, Some(&mut hook), true)?
+        }
+        None => train(&lm, &records, &cfg, &a.out, a.resume, None, true)?,
+    };
+    if let Some(t) = tracker.as_mut() {
+        t.finish(&lm, s.steps)?;
+        plot_rows(&RunDir::create(&a.out)?, t.rows())?;
+    }
     println!(
         "{}",
         serde_json::json!({

@@ -15,6 +15,7 @@
 //! - [`model_predictor`]: the Llama-family model as a [`TokenPredictor`] (KV-cache forward).
 //! - [`baselines`]: gzip / xz / zstd sizes of the same input.
 //! - [`rates`]: compression rates of data sets (bits per token, per byte, normalised).
+//! - [`tracking`]: rates of named sets tracked through fine-tuning (`train --track-rates`).
 //! - [`rates_report`]: the rates as table, CSV, JSON and plots by checkpoint.
 //! - [`summary`]: the compressor's report, next to the baselines.
 //! - [`testing`]: a toy tokenizer and an adaptive bigram predictor for tests.
@@ -32,6 +33,7 @@ pub mod segment;
 pub mod summary;
 pub mod symbols;
 pub mod testing;
+pub mod tracking;
 
 pub use codec::{compress, decompress, CompressOptions, CompressReport};
 pub use predictor::{TokenPredictor, Tokenization};

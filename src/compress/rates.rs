@@ -170,12 +170,24 @@ impl Rate {
         let tokens: u64 = codes.iter().map(|c| c.tokens).sum();
         let bytes: u64 = codes.iter().map(|c| c.bytes).sum();
         let bits: f64 = codes.iter().map(|c| c.bits).sum();
+        Self::from_totals(codes.len() as u64, tokens, bytes, bits, vocab_size)
+    }
+
+    /// A rate from pooled totals: `bits` is the summed code length of `tokens` scored tokens
+    /// standing for `bytes` bytes of `records` records.
+    pub fn from_totals(
+        records: u64,
+        tokens: u64,
+        bytes: u64,
+        bits: f64,
+        vocab_size: usize,
+    ) -> Result<Rate> {
         if tokens == 0 {
             bail!("no scored tokens: a rate needs at least one record with a response or text");
         }
         let bits_per_token = bits / tokens as f64;
         Ok(Rate {
-            records: codes.len() as u64,
+            records,
             tokens,
             bytes,
             bits,

@@ -11,8 +11,12 @@ use candle_core::DType;
 
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct EvalLoss {
+    /// Records scored.
+    pub records: usize,
     /// Tokens the loss counted.
     pub tokens: usize,
+    /// UTF-8 bytes of the scored text.
+    pub bytes: usize,
     pub mean_nll: f64,
     pub bits_per_token: f64,
     /// Total bits over the UTF-8 bytes of the scored text (responses, or whole texts).
@@ -56,7 +60,9 @@ pub fn eval_loss(
     }
     let ln2 = std::f64::consts::LN_2;
     Ok(EvalLoss {
+        records: examples.len(),
         tokens,
+        bytes,
         mean_nll: total_nll / tokens as f64,
         bits_per_token: total_nll / tokens as f64 / ln2,
         bits_per_byte: if bytes > 0 {

@@ -1,0 +1,177 @@
+//! `elastica train --track-rates`: the tracked rates appear at the requested steps, and they
+//! are the rates `eval-loss` (before training) and the token-by-token `rates` command (after
+//! training) give for the same sets.
+
+use std::path::Path;
+use std::process::Command;
+
+fn elastica(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_elastica"))
+        .args(args)
+        .env("RAYON_NUM_THREADS", "1")
+        .output()
+        .expect("cannot run elastica");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn write_pairs(path: &Path, pairs: &[(&str, &str)]) {
+    let text: String = pairs
+        .iter()
+        .map(|(p, r)| serde_json::json!({"prompt": p, "response": r}).to_string() + "\n")
+        .collect();
+    std::fs::write(path, text).unwrap();
+}
+
+fn rows(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn tracked_rates_appear_at_the_requested_steps_and_equal_eval_loss_and_rates() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/tiny-llama");
+    let model = model.to_str().unwrap();
+    let train = dir.path().join("train.jsonl");
+    let words = ["good", "fine", "great", "nice", "kind", "warm"];
+    let pairs: Vec<(String, String)> = (0..12)
+        .map(|i| {
+            (
+                format!("the film {i} was"),
+                format!(" {} and {}", words[i % 6], words[(i + 1) % 6]),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, &str)> = pairs
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    write_pairs(&train, &refs);
+    let pos = dir.path().join("pos.jsonl");
+    write_pairs(
+        &pos,
+        &[("the play was", " good and warm"), ("it was", " great")],
+    );
+    let neg = dir.path().join("neg.jsonl");
+    write_pairs(
+        &neg,
+        &[("the play was", " bad and cold"), ("it was", " awful")],
+    );
+    let out = dir.path().join("run");
+    let track = format!("pos={},neg={}", pos.display(), neg.display());
+    let (ok, so, se) = elastica(&[
+        "train",
+        "--model",
+        model,
+        "--data",
+        train.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--template",
+        "raw",
+        "--lr",
+        "1e-2",
+        "--batch-size",
+        "2",
+        "--grad-accum",
+        "1",
+        "--track-rates",
+        &track,
+        "--track-every",
+        "4",
+    ]);
+    assert!(ok, "{so}\n{se}");
+    let got = rows(&out.join("rates.jsonl"));
+    let steps: Vec<(u64, &str)> = got
+        .iter()
+        .map(|r| (r["step"].as_u64().unwrap(), r["set"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            (0, "pos"),
+            (0, "neg"),
+            (4, "pos"),
+            (4, "neg"),
+            (6, "pos"),
+            (6, "neg")
+        ],
+        "12 records at 2 per step = 6 steps, measured at 0, every 4, and at the end"
+    );
+    assert!(out.join("rates.png").exists() && out.join("rates.svg").exists());
+    // Before training: the base model's eval-loss on each set.
+    for (i, set) in [(0usize, &pos), (1, &neg)] {
+        let (ok, so, se) = elastica(&[
+            "eval-loss",
+            "--model",
+            model,
+            "--data",
+            set.to_str().unwrap(),
+            "--template",
+            "raw",
+        ]);
+        assert!(ok, "{so}\n{se}");
+        let line = so.lines().rev().find(|l| l.starts_with('{')).unwrap();
+        let ev: serde_json::Value = serde_json::from_str(line).unwrap();
+        let nats = got[i]["bits_per_token"].as_f64().unwrap() * std::f64::consts::LN_2;
+        let nll = ev["mean_nll"].as_f64().unwrap();
+        assert!(
+            ((nats - nll) / nll).abs() < 1e-5,
+            "{nats} vs eval-loss {nll}"
+        );
+        assert_eq!(got[i]["tokens"], ev["tokens"]);
+    }
+    // After training: the exact code length of the trained model (`rates`, token by token).
+    let rates_dir = dir.path().join("rates");
+    let (ok, so, se) = elastica(&[
+        "rates",
+        "--models",
+        out.to_str().unwrap(),
+        "--data",
+        &track,
+        "--out",
+        rates_dir.to_str().unwrap(),
+    ]);
+    assert!(ok, "{so}\n{se}");
+    let exact: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rates_dir.join("rates.json")).unwrap())
+            .unwrap();
+    let exact = exact.as_array().unwrap();
+    for (i, name) in ["pos", "neg"].iter().enumerate() {
+        let e = exact.iter().find(|r| r["dataset"] == *name).unwrap();
+        let t = &got[4 + i];
+        let (a, b) = (
+            t["bits_per_token"].as_f64().unwrap(),
+            e["bits_per_token"].as_f64().unwrap(),
+        );
+        assert!(
+            ((a - b) / b).abs() < 1e-4,
+            "{name}: tracked {a} vs rates {b}"
+        );
+        assert_eq!(t["tokens"], e["tokens"]);
+    }
+    // Training moved the rates: the trained-on positive words got cheaper.
+    let p0 = got[0]["bits_per_token"].as_f64().unwrap();
+    let p6 = got[4]["bits_per_token"].as_f64().unwrap();
+    assert!(p6 < p0, "pos rate {p0} -> {p6}");
+    // A malformed spec is named.
+    let (ok, _, se) = elastica(&[
+        "train",
+        "--model",
+        model,
+        "--data",
+        train.to_str().unwrap(),
+        "--out",
+        dir.path().join("bad").to_str().unwrap(),
+        "--track-rates",
+        "pos.jsonl",
+    ]);
+    assert!(!ok && se.contains("NAME=FILE"), "{se}");
+}
