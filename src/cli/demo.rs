@@ -15,19 +15,27 @@ pub struct DemoArgs {
     /// Smaller grid and one seed (about a minute); what the test suite runs.
     #[arg(long)]
     pub quick: bool,
-    /// Worker threads (0 = all cores).
+    /// A TOML file of demo settings (any field of the preset: bases, n_plus, n_minus, seeds,
+    /// align_lr, ...); fields left out keep the preset's (default or --quick) value.
+    #[arg(long)]
+    pub settings: Option<PathBuf>,
+    /// Parallel jobs, each on one thread (0 = one per core). Results do not depend on it.
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
 }
 
 pub fn run(a: DemoArgs) -> Result<()> {
     super::train::set_threads(a.threads);
-    let cfg = if a.quick {
+    let preset = if a.quick {
         DemoConfig::quick(a.seed)
     } else {
         DemoConfig::full(a.seed)
     };
-    let summary = run_demo(&cfg, &a.out)?;
+    let cfg = match &a.settings {
+        Some(p) => DemoConfig::from_toml(p, &preset)?,
+        None => preset,
+    };
+    let summary = run_demo(&cfg, &a.out, crate::util::parallel::workers(a.threads))?;
     println!("{summary}");
     Ok(())
 }

@@ -23,7 +23,10 @@ pub struct PretrainArgs {
     /// Peak learning rate (cosine schedule, 5% warm-up).
     #[arg(long, default_value_t = 3e-3)]
     pub lr: f64,
-    #[arg(long, default_value_t = 16)]
+    /// Records per optimizer step. Small batches win at a fixed token budget: on a world at
+    /// 60k tokens the tiny preset reached held-out NLL 2.49 with batch 1 (lr 3e-3), 2.94 with
+    /// batch 2 (lr 5e-3), 3.21 with batch 4 (lr 1e-2), in the same CPU time.
+    #[arg(long, default_value_t = 1)]
     pub batch_size: usize,
     /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 0)]

@@ -95,7 +95,6 @@ pub struct RateTracker {
     sets: Vec<TrackedSet>,
     template: Template,
     max_length: usize,
-    batch_size: usize,
     every: usize,
     path: PathBuf,
     rows: Vec<TrackedRate>,
@@ -127,7 +126,6 @@ impl RateTracker {
             sets,
             template,
             max_length,
-            batch_size: 8,
             every,
             path,
             rows,
@@ -136,39 +134,11 @@ impl RateTracker {
 
     /// Rates of every set under the model as it is now.
     pub fn measure(&self, lm: &LoadedModel, step: usize) -> Result<Vec<TrackedRate>> {
-        let vocab = lm.tokenizer.vocab_size();
-        self.sets
-            .iter()
-            .map(|s| {
-                let e = eval_loss(
-                    lm,
-                    &s.records,
-                    self.template,
-                    self.max_length,
-                    self.batch_size,
-                    false,
-                )
-                .with_context(|| format!("tracked set {:?}", s.name))?;
-                let bits = e.mean_nll * e.tokens as f64 / std::f64::consts::LN_2;
-                let r = Rate::from_totals(
-                    e.records as u64,
-                    e.tokens as u64,
-                    e.bytes as u64,
-                    bits,
-                    vocab,
-                )?;
-                Ok(TrackedRate {
-                    step,
-                    set: s.name.clone(),
-                    records: r.records,
-                    tokens: r.tokens,
-                    bytes: r.bytes,
-                    bits_per_token: r.bits_per_token,
-                    bits_per_byte: r.bits_per_byte,
-                    normalized: r.normalized,
-                })
-            })
-            .collect()
+        let mut rows = measure_sets(lm, &self.sets, self.template, self.max_length)?;
+        for r in &mut rows {
+            r.step = step;
+        }
+        Ok(rows)
     }
 
     /// Before the first step of this run, which continues from step `start` (0 = a fresh
@@ -221,6 +191,40 @@ impl RateTracker {
             Ok(())
         })
     }
+}
+
+/// The rate of each set under `lm` (rows with `step` 0), from batched forward passes.
+pub fn measure_sets(
+    lm: &LoadedModel,
+    sets: &[TrackedSet],
+    template: Template,
+    max_length: usize,
+) -> Result<Vec<TrackedRate>> {
+    let vocab = lm.tokenizer.vocab_size();
+    sets.iter()
+        .map(|s| {
+            let e = eval_loss(lm, &s.records, template, max_length, 8, false)
+                .with_context(|| format!("tracked set {:?}", s.name))?;
+            let bits = e.mean_nll * e.tokens as f64 / std::f64::consts::LN_2;
+            let r = Rate::from_totals(
+                e.records as u64,
+                e.tokens as u64,
+                e.bytes as u64,
+                bits,
+                vocab,
+            )?;
+            Ok(TrackedRate {
+                step: 0,
+                set: s.name.clone(),
+                records: r.records,
+                tokens: r.tokens,
+                bytes: r.bytes,
+                bits_per_token: r.bits_per_token,
+                bits_per_byte: r.bits_per_byte,
+                normalized: r.normalized,
+            })
+        })
+        .collect()
 }
 
 /// Read a `rates.jsonl`.

@@ -30,7 +30,7 @@ impl Default for PretrainConfig {
             tokens: 200_000,
             seed: 42,
             lr: 3e-3,
-            batch_size: 16,
+            batch_size: 1,
         }
     }
 }
@@ -87,7 +87,12 @@ pub fn pretrain(
         epochs: 1,
         max_length: 512,
         seed: cfg.seed,
-        save_every: 50,
+        // About ten resumable checkpoints per run, whatever its length.
+        save_every: records
+            .len()
+            .div_ceil(cfg.batch_size.max(1))
+            .div_ceil(10)
+            .max(50),
         ..Default::default()
     };
     let s = train(&lm, &records, &tc, out, true, None, progress)?;

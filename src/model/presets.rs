@@ -15,14 +15,20 @@ pub fn names() -> Vec<&'static str> {
     PRESETS.iter().map(|p| p.0).collect()
 }
 
-/// The config.json text of preset `name` for a tokenizer's vocabulary.
-pub fn config_json(name: &str, tok: &TextTokenizer, max_positions: usize) -> Result<String> {
+/// The preset called `name`, or an error listing the valid names.
+pub fn config_json_check(name: &str) -> Result<(usize, usize, usize, usize)> {
     let Some(&(_, hidden, layers, heads, ff)) = PRESETS.iter().find(|p| p.0 == name) else {
         bail!(
             "unknown model size \"{name}\"; valid: {}",
             names().join(", ")
         );
     };
+    Ok((hidden, layers, heads, ff))
+}
+
+/// The config.json text of preset `name` for a tokenizer's vocabulary.
+pub fn config_json(name: &str, tok: &TextTokenizer, max_positions: usize) -> Result<String> {
+    let (hidden, layers, heads, ff) = config_json_check(name)?;
     let bos = tok
         .bos_token
         .as_deref()

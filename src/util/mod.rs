@@ -1,4 +1,5 @@
-//! Small shared helpers: atomic file writes and progress bars.
+//! Small shared helpers: atomic file writes, progress bars, parallel jobs.
 
 pub mod fsx;
+pub mod parallel;
 pub mod progress;

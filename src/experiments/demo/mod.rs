@@ -1,0 +1,330 @@
+//! `elastica demo`: the paper's whole pipeline on the synthetic world, from scratch, in
+//! minutes on a CPU. World -> tokenizer -> pre-training (two budgets, two model sizes) ->
+//! rebound grid (alignment SFT on n+ positive reviews, perturbation SFT on n- negative
+//! reviews, generation, exact sentiment scores) with the compression rates of D_p, D_a and
+//! D_t tracked through every perturbation -> resistance (forward vs inverse alignment) ->
+//! the exact token-tree simulation of the theorem -> one report.
+//!
+//! - [`config`]: the presets (default and `--quick`).
+//! - [`rebound`]: the resumable (base, seed) units of the rebound grid.
+//! - [`rebound_report`]: the rebound section and the two scaling claims.
+//! - [`elasticity`]: the compression section (the theorem on trained models).
+//! - [`sections`]: the resistance and theory sections, run through their own commands' code.
+//!
+//! Run directory: `report.md`, `results.json` (every section's numbers; identical on a rerun
+//! with the same seed), `results.csv/jsonl` (rebound cells), `rates.csv/jsonl` (tracked
+//! compression rates), `elasticity.csv`, plots (PNG and SVG), `world.json`, `world/`,
+//! `models/` (the pre-trained bases), `cells/`, `resist/`, `theory/`.
+
+pub mod config;
+pub mod elasticity;
+pub mod rebound;
+pub mod rebound_report;
+pub mod sections;
+
+pub use config::{BaseSpec, DemoConfig};
+pub use rebound::CellResult;
+
+use super::pretrain::{pretrain, take_tokens, PretrainConfig};
+use crate::data::world::{Task, World, WorldConfig};
+use crate::model::TextTokenizer;
+use crate::report::table::Table;
+use crate::report::RunDir;
+use crate::util::parallel::run_jobs;
+use anyhow::{Context, Result};
+use rebound::{run_unit, DemoData, RatePoint};
+use serde::Serialize;
+use std::path::Path;
+
+/// Extra pre-training text generated past the largest budget: the held-out D_p sample.
+const HELD_OUT_TOKENS: usize = 8_000;
+
+/// Everything the demo measured, as `results.json`.
+#[derive(Serialize)]
+struct DemoResults<'a> {
+    config: &'a DemoConfig,
+    /// (base, seed, score) of each pre-trained model.
+    base_scores: &'a [(String, u64, f64)],
+    /// Exact pre-training tokens per base.
+    pretrain_tokens: &'a [(String, usize)],
+    rebound: &'a [CellResult],
+    rates: &'a [RatePoint],
+    elasticity: &'a elasticity::ElasticitySummary,
+    resistance: Option<&'a crate::experiments::resist::results::ResistResults>,
+    theory: Option<serde_json::Value>,
+}
+
+/// A job of the demo's second phase.
+enum Job {
+    /// The rebound unit of base `.0` (index into the bases) and seed `.1`.
+    Unit(usize, u64),
+    Resist,
+}
+
+enum Done {
+    Unit(rebound::UnitOutcome),
+    Resist(
+        Box<(
+            String,
+            String,
+            crate::experiments::resist::results::ResistResults,
+        )>,
+    ),
+}
+
+fn world_config(cfg: &DemoConfig) -> WorldConfig {
+    let max_tokens = cfg.bases.iter().map(|b| b.tokens).max().unwrap_or(0);
+    WorldConfig {
+        seed: cfg.seed,
+        // Sequence-token budget plus slack (records are whole, so cuts land below it) plus
+        // the held-out pre-training sample.
+        pretrain_tokens: (max_tokens + max_tokens / 20 + 1000 + HELD_OUT_TOKENS) as u64,
+        positive_fraction: cfg.positive_fraction,
+        n_align: cfg.positives_needed(),
+        n_perturb: cfg.n_minus.iter().copied().max().unwrap_or(0).max(1),
+        n_eval: cfg.eval_prompts,
+        ..WorldConfig::default()
+    }
+}
+
+/// Run the demo into `out` with `workers` parallel single-threaded jobs; returns the printed
+/// summary. Finished stages on disk (world,
+/// pre-trained models, rebound units, resistance cells) are reused, so a killed demo resumes.
+pub fn run(cfg: &DemoConfig, out: &Path, workers: usize) -> Result<String> {
+    let started = std::time::Instant::now();
+    cfg.validate_settings()?;
+    let run = RunDir::create(out)?;
+    let world_dir = out.join("world");
+    let wcfg = world_config(cfg);
+    let world = match World::load(&world_dir) {
+        Ok(w) if *w.config() == wcfg => w,
+        _ => {
+            eprintln!("[demo] generating the world");
+            let w = World::generate(&wcfg)?;
+            w.write(&world_dir)?;
+            w
+        }
+    };
+    cfg.validate(&world)?;
+    run.write_json("demo_config.json", cfg)?;
+    std::fs::copy(world_dir.join("world.json"), out.join("world.json"))
+        .context("cannot copy world.json")?;
+    let tok = TextTokenizer::from_dir(&world_dir, &[], None)?;
+    let scorer = crate::score::world::by_name("world-sentiment")?;
+    let prompts: Vec<String> = world
+        .eval_prompts(Task::Reviews)
+        .iter()
+        .take(cfg.eval_prompts)
+        .cloned()
+        .collect();
+    let max_tokens = cfg.bases.iter().map(|b| b.tokens).max().unwrap_or(0);
+    let (seen_by_any, _) = take_tokens(&world, &tok, max_tokens)?;
+    let held_out = &world.pretrain()[seen_by_any.len()..];
+    let data = DemoData {
+        prompts: &prompts,
+        align: world.align(Task::Reviews),
+        perturb: world.perturb(Task::Reviews),
+        held_out_pretrain: held_out,
+    };
+
+    // Phase 1: pre-train the bases (in parallel, one worker per core).
+    let resist_base = cfg
+        .bases
+        .iter()
+        .filter(|b| b.size == "tiny")
+        .max_by_key(|b| b.tokens)
+        .unwrap_or(&cfg.bases[0])
+        .clone();
+    let with_resist = cfg.resist_slice_records > 0;
+    let total = cfg.bases.len() * (1 + cfg.seeds.len()) + usize::from(with_resist);
+    let pb = crate::util::progress::bar(total as u64, "demo");
+    pb.set_message("pre-training");
+    let pretrained = run_jobs(cfg.bases.clone(), workers, |base| {
+        let base_dir = out.join("models").join(base.name());
+        let pc = PretrainConfig {
+            size: base.size.clone(),
+            tokens: base.tokens,
+            seed: cfg.seed,
+            lr: cfg.pretrain_lr,
+            batch_size: cfg.pretrain_batch_size,
+        };
+        // A base is reused only if it was pre-trained with these settings on this world.
+        let stamp = serde_json::to_string(&(&pc, &wcfg))?;
+        let stamp_path = base_dir.join("demo_pretrain.json");
+        let same = std::fs::read_to_string(&stamp_path).ok().as_deref() == Some(stamp.as_str());
+        if !(same && base_dir.join("model.safetensors").exists()) {
+            // Checkpoints of other settings must not be resumed from; those of a killed run
+            // with the same settings are (the stamp is written before training starts).
+            if !same && base_dir.exists() {
+                std::fs::remove_dir_all(&base_dir)
+                    .with_context(|| format!("cannot clear {}", base_dir.display()))?;
+            }
+            crate::util::fsx::atomic_write(&stamp_path, stamp.as_bytes())?;
+            pretrain(&world_dir, &pc, &base_dir, false)
+                .with_context(|| format!("pre-training {}", base.name()))?;
+        }
+        pb.inc(1);
+        let (_, used) = take_tokens(&world, &tok, base.tokens)?;
+        Ok((base, base_dir, used))
+    })?;
+    let pretrain_tokens: Vec<(String, usize)> = pretrained
+        .iter()
+        .map(|(b, _, used)| (b.name(), *used))
+        .collect();
+
+    // Phase 2: the rebound units and the resistance run, side by side.
+    pb.set_message("rebound and resistance");
+    let mut jobs: Vec<Job> = Vec::new();
+    if with_resist {
+        // The longest job first, so it does not end up alone at the tail.
+        jobs.push(Job::Resist);
+    }
+    for (i, _) in pretrained.iter().enumerate() {
+        for &seed in &cfg.seeds {
+            jobs.push(Job::Unit(i, seed));
+        }
+    }
+    let done = run_jobs(jobs, workers, |job| {
+        let r = match job {
+            Job::Unit(i, seed) => {
+                let (base, base_dir, used) = &pretrained[i];
+                let u = run_unit(
+                    cfg,
+                    base,
+                    base_dir,
+                    *used,
+                    seed,
+                    &data,
+                    scorer.as_ref(),
+                    out,
+                )
+                .with_context(|| format!("rebound unit {} seed {seed}", base.name()))?;
+                Done::Unit(u)
+            }
+            Job::Resist => {
+                let base_dir = out.join("models").join(resist_base.name());
+                Done::Resist(Box::new(sections::resistance(
+                    cfg,
+                    &base_dir,
+                    &resist_base.name(),
+                    &world_dir,
+                    &out.join("resist"),
+                )?))
+            }
+        };
+        pb.inc(1);
+        Ok(r)
+    })?;
+    let mut rows: Vec<CellResult> = Vec::new();
+    let mut rates: Vec<RatePoint> = Vec::new();
+    let mut base_scores: Vec<(String, u64, f64)> = Vec::new();
+    let mut resist_out = None;
+    for d in done {
+        match d {
+            Done::Unit(u) => {
+                if let Some(r) = u.rows.first() {
+                    base_scores.push((r.base.clone(), r.seed, u.base_score));
+                }
+                rows.extend(u.rows);
+                rates.extend(u.rates);
+            }
+            Done::Resist(r) => resist_out = Some(*r),
+        }
+    }
+    pb.finish_and_clear();
+    run.write_jsonl("results.jsonl", &rows)?;
+    run.write_jsonl("rates.jsonl", &rates)?;
+    run.write_table_csv("rates.csv", &rates_table(&rates)?)?;
+
+    let mut md = String::from("# elastica demo: alignment elasticity in a synthetic world\n\n");
+    md.push_str(&format!(
+        "Everything below was computed from scratch by `elastica demo` (world seed {}): a synthetic review/dialogue world, Llama-family models pre-trained on it with exact token budgets, and the paper's experiments on them.\n\n",
+        cfg.seed
+    ));
+    let (rebound_md, mut claims) = rebound_report::section(cfg, &run, &rows, &base_scores)?;
+    md.push_str(&rebound_md);
+
+    let el = elasticity::analyse(&rates, cfg.slope_l_max);
+    run.write_table_csv("elasticity.csv", &el.table()?)?;
+    md.push_str(&el.section(&run, &rates)?);
+    claims.extend(el.claims());
+
+    let resistance = match resist_out {
+        Some((res_md, res_claim, res)) => {
+            md.push_str(&res_md);
+            claims.push(res_claim);
+            Some(res)
+        }
+        None => None,
+    };
+
+    let theory = if cfg.theory {
+        let (th_md, th_claims, th) = sections::theory(&out.join("theory"))?;
+        md.push_str(&th_md);
+        claims.extend(th_claims);
+        Some(th)
+    } else {
+        None
+    };
+
+    md.push_str("## Summary of the paper's claims, as measured here\n\n");
+    for c in &claims {
+        md.push_str(c);
+        md.push('\n');
+    }
+    md.push_str(&format!(
+        "\nTotal time {:.0} s.\n",
+        started.elapsed().as_secs_f64()
+    ));
+    run.write_text("report.md", &md)?;
+    run.write_json(
+        "results.json",
+        &DemoResults {
+            config: cfg,
+            base_scores: &base_scores,
+            pretrain_tokens: &pretrain_tokens,
+            rebound: &rows,
+            rates: &rates,
+            elasticity: &el,
+            resistance: resistance.as_ref(),
+            theory,
+        },
+    )?;
+    let mut summary = String::from("elastica demo summary\n");
+    for c in &claims {
+        summary.push_str(c);
+        summary.push('\n');
+    }
+    summary.push_str(&format!(
+        "report: {} ({:.0} s)\n",
+        run.path("report.md").display(),
+        started.elapsed().as_secs_f64()
+    ));
+    Ok(summary)
+}
+
+fn rates_table(rates: &[RatePoint]) -> Result<Table> {
+    let mut t = Table::new([
+        "base",
+        "n_plus",
+        "seed",
+        "n_minus",
+        "l",
+        "k",
+        "set",
+        "bits_per_token",
+    ]);
+    for r in rates {
+        t.push_row([
+            r.base.clone(),
+            r.n_plus.to_string(),
+            r.seed.to_string(),
+            r.n_minus.to_string(),
+            format!("{:.5}", r.l),
+            format!("{:.3}", r.k),
+            r.set.clone(),
+            format!("{:.5}", r.bits_per_token),
+        ])?;
+    }
+    Ok(t)
+}

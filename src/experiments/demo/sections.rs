@@ -1,0 +1,88 @@
+//! The demo's resistance and theory sections. Each runs through its own command's code
+//! (`elastica resist`, `elastica theory`) into a subdirectory of the run, with its full
+//! report there, and contributes a short section and its claims to the demo report.
+
+use super::config::DemoConfig;
+use crate::experiments::resist::config::ResistConfig;
+use crate::experiments::resist::pipeline::run_with;
+use crate::experiments::resist::results::{markdown_summary, ResistResults};
+use crate::report::table::fmt_ci;
+use crate::theory::elasticity::{run_experiment, TheoryConfig};
+use anyhow::{Context, Result};
+use std::path::Path;
+
+/// Forward vs inverse alignment (PAPER.md §3) on the world model in `base_dir`: slices of
+/// positive reviews, checkpoints theta_1..3, their generations, and the pair fine-tunes.
+pub fn resistance(
+    cfg: &DemoConfig,
+    base_dir: &Path,
+    base_name: &str,
+    world_dir: &Path,
+    out: &Path,
+) -> Result<(String, String, ResistResults)> {
+    let data = world_dir.join("reviews_positive.jsonl");
+    let mut rc = ResistConfig::demo(
+        base_dir.to_string_lossy(),
+        data.to_string_lossy(),
+        cfg.resist_slice_records,
+    );
+    rc.seeds = cfg.resist_seeds.clone();
+    rc.eval_prompts = cfg.resist_prompts;
+    rc.data.limit = Some(3 * cfg.resist_slice_records + cfg.resist_prompts);
+    rc.validate().context("the demo's resistance settings")?;
+    let res = run_with(&rc, out, false).context("the demo's resistance section")?;
+    let mut md = String::from("## Resistance: forward vs inverse alignment\n\n");
+    md.push_str(&format!(
+        "The {base_name} model is fine-tuned in sequence on 3 slices of {} positive reviews (checkpoints θ1..θ3 after θ0 = the pre-trained model); each checkpoint answers {} held-out prompts; then for every pair k < l, forward = θk fine-tuned on θl's answers and inverse = θl fine-tuned on θk's answers, with the same data size and settings, {} seed(s). Full report: [resist/report.md](resist/report.md).\n\n",
+        cfg.resist_slice_records,
+        cfg.resist_prompts,
+        cfg.resist_seeds.len()
+    ));
+    md.push_str(&markdown_summary(&res));
+    md.push('\n');
+    let claim = format!(
+        "- Resistance (inverse alignment easier than forward): {} of {} comparisons, mean forward − inverse loss {}, sign test p = {:.3} -> {}",
+        res.inverse_lower,
+        res.total,
+        fmt_ci(res.difference.mean, res.difference.half_width),
+        res.sign_test.p_value,
+        if res.inverse_lower == res.total {
+            "held in every comparison"
+        } else if 2 * res.inverse_lower > res.total {
+            "held in most comparisons"
+        } else {
+            "did not hold here"
+        }
+    );
+    Ok((md, claim, res))
+}
+
+/// The exact token-tree simulation of the elasticity theorem (PAPER.md §2) at its defaults.
+pub fn theory(out: &Path) -> Result<(String, Vec<String>, serde_json::Value)> {
+    let tc = TheoryConfig::default();
+    let res = run_experiment(&tc).context("the demo's theory section")?;
+    res.write(out)?;
+    let mut md = String::from("## Theory: the elasticity theorem, simulated exactly\n\n");
+    md.push_str(&res.summary_markdown());
+    md.push_str("\nFull report: [theory/report.md](theory/report.md).\n\n");
+    let slope = res.fits.ideal_secant.fit.as_ref().map(|f| f.slope);
+    let claim = format!(
+        "- Theory (exact simulation): slope of log(ratio) against log(k) {} (theorem: about 1) -> {}",
+        slope
+            .map(|s| format!("{s:.3}"))
+            .unwrap_or_else(|| "undefined".into()),
+        match slope {
+            Some(s) if (s - 1.0).abs() < 0.2 => "held",
+            Some(_) => "did not hold at these settings",
+            None => "not measurable",
+        }
+    );
+    let json = serde_json::json!({
+        "per_k": res.per_k.iter().map(|k| serde_json::json!({
+            "k": k.k, "ratio_secant": k.ratio_secant, "signs_as_theorem": k.signs_as_theorem,
+            "seeds": k.seeds,
+        })).collect::<Vec<_>>(),
+        "log_log_slope": slope,
+    });
+    Ok((md, vec![claim], json))
+}
