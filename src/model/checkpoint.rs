@@ -246,6 +246,12 @@ pub fn save_tensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
         tmp.path(),
     )
     .with_context(|| format!("cannot write {}", path.display()))?;
+    // Temp files are owner-only (0600); a checkpoint should be readable like any other file.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644)).ok();
+    }
     tmp.persist(path).with_context(|| {
         format!(
             "cannot move the finished file into place at {}",

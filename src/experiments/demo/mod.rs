@@ -30,7 +30,7 @@ use crate::data::world::{Task, World, WorldConfig};
 use crate::model::TextTokenizer;
 use crate::report::table::Table;
 use crate::report::RunDir;
-use crate::util::parallel::run_jobs;
+use crate::util::parallel::run_graph;
 use anyhow::{Context, Result};
 use rebound::{run_unit, DemoData, RatePoint};
 use serde::Serialize;
@@ -54,14 +54,17 @@ struct DemoResults<'a> {
     theory: Option<serde_json::Value>,
 }
 
-/// A job of the demo's second phase.
+/// A job of the demo's graph.
 enum Job {
+    /// Pre-train base `.0` (index into the bases).
+    Pretrain(usize),
     /// The rebound unit of base `.0` (index into the bases) and seed `.1`.
     Unit(usize, u64),
     Resist,
 }
 
 enum Done {
+    Pretrained(()),
     Unit(rebound::UnitOutcome),
     Resist(
         Box<(
@@ -127,72 +130,58 @@ pub fn run(cfg: &DemoConfig, out: &Path, workers: usize) -> Result<String> {
         held_out_pretrain: held_out,
     };
 
-    // Phase 1: pre-train the bases (in parallel, one worker per core).
+    // One job graph: pre-training of each base, then its rebound units, and the resistance
+    // run on its base. A free worker takes the first ready job, so costly jobs come first.
     let resist_base = cfg
         .bases
         .iter()
-        .filter(|b| b.size == "tiny")
-        .max_by_key(|b| b.tokens)
-        .unwrap_or(&cfg.bases[0])
-        .clone();
-    let with_resist = cfg.resist_slice_records > 0;
-    let total = cfg.bases.len() * (1 + cfg.seeds.len()) + usize::from(with_resist);
-    let pb = crate::util::progress::bar(total as u64, "demo");
-    pb.set_message("pre-training");
-    let pretrained = run_jobs(cfg.bases.clone(), workers, |base| {
-        let base_dir = out.join("models").join(base.name());
-        let pc = PretrainConfig {
-            size: base.size.clone(),
-            tokens: base.tokens,
-            seed: cfg.seed,
-            lr: cfg.pretrain_lr,
-            batch_size: cfg.pretrain_batch_size,
-        };
-        // A base is reused only if it was pre-trained with these settings on this world.
-        let stamp = serde_json::to_string(&(&pc, &wcfg))?;
-        let stamp_path = base_dir.join("demo_pretrain.json");
-        let same = std::fs::read_to_string(&stamp_path).ok().as_deref() == Some(stamp.as_str());
-        if !(same && base_dir.join("model.safetensors").exists()) {
-            // Checkpoints of other settings must not be resumed from; those of a killed run
-            // with the same settings are (the stamp is written before training starts).
-            if !same && base_dir.exists() {
-                std::fs::remove_dir_all(&base_dir)
-                    .with_context(|| format!("cannot clear {}", base_dir.display()))?;
-            }
-            crate::util::fsx::atomic_write(&stamp_path, stamp.as_bytes())?;
-            pretrain(&world_dir, &pc, &base_dir, false)
-                .with_context(|| format!("pre-training {}", base.name()))?;
+        .position(|b| {
+            b.size == "tiny"
+                && Some(b.tokens)
+                    == cfg
+                        .bases
+                        .iter()
+                        .filter(|b| b.size == "tiny")
+                        .map(|b| b.tokens)
+                        .max()
+        })
+        .unwrap_or(0);
+    let cost = |i: usize| size_cost(&cfg.bases[i].size);
+    let mut order: Vec<usize> = (0..cfg.bases.len()).collect();
+    order.sort_by(|&a, &b| {
+        (cost(b) * cfg.bases[b].tokens as f64).total_cmp(&(cost(a) * cfg.bases[a].tokens as f64))
+    });
+    let mut jobs: Vec<Job> = order.iter().map(|&i| Job::Pretrain(i)).collect();
+    let pretrain_job = |i: usize| order.iter().position(|&o| o == i).unwrap_or(0);
+    let mut deps: Vec<Vec<usize>> = vec![Vec::new(); jobs.len()];
+    let mut by_cost: Vec<usize> = (0..cfg.bases.len()).collect();
+    by_cost.sort_by(|&a, &b| cost(b).total_cmp(&cost(a)));
+    for &i in &by_cost {
+        if cfg.resist_slice_records > 0 && i == resist_base {
+            jobs.push(Job::Resist);
+            deps.push(vec![pretrain_job(i)]);
         }
-        pb.inc(1);
-        let (_, used) = take_tokens(&world, &tok, base.tokens)?;
-        Ok((base, base_dir, used))
-    })?;
-    let pretrain_tokens: Vec<(String, usize)> = pretrained
-        .iter()
-        .map(|(b, _, used)| (b.name(), *used))
-        .collect();
-
-    // Phase 2: the rebound units and the resistance run, side by side.
-    pb.set_message("rebound and resistance");
-    let mut jobs: Vec<Job> = Vec::new();
-    if with_resist {
-        // The longest job first, so it does not end up alone at the tail.
-        jobs.push(Job::Resist);
-    }
-    for (i, _) in pretrained.iter().enumerate() {
         for &seed in &cfg.seeds {
             jobs.push(Job::Unit(i, seed));
+            deps.push(vec![pretrain_job(i)]);
         }
     }
-    let done = run_jobs(jobs, workers, |job| {
+    let pb = crate::util::progress::bar(jobs.len() as u64, "demo");
+    let done = run_graph(jobs, deps, workers, |job, _| {
         let r = match job {
+            Job::Pretrain(i) => {
+                let base = &cfg.bases[i];
+                Done::Pretrained(pretrain_base(cfg, base, &wcfg, &world_dir, out)?)
+            }
             Job::Unit(i, seed) => {
-                let (base, base_dir, used) = &pretrained[i];
+                let base = &cfg.bases[i];
+                let base_dir = out.join("models").join(base.name());
+                let (_, used) = take_tokens(&world, &tok, base.tokens)?;
                 let u = run_unit(
                     cfg,
                     base,
-                    base_dir,
-                    *used,
+                    &base_dir,
+                    used,
                     seed,
                     &data,
                     scorer.as_ref(),
@@ -202,11 +191,12 @@ pub fn run(cfg: &DemoConfig, out: &Path, workers: usize) -> Result<String> {
                 Done::Unit(u)
             }
             Job::Resist => {
-                let base_dir = out.join("models").join(resist_base.name());
+                let base = &cfg.bases[resist_base];
+                let base_dir = out.join("models").join(base.name());
                 Done::Resist(Box::new(sections::resistance(
                     cfg,
                     &base_dir,
-                    &resist_base.name(),
+                    &base.name(),
                     &world_dir,
                     &out.join("resist"),
                 )?))
@@ -215,6 +205,11 @@ pub fn run(cfg: &DemoConfig, out: &Path, workers: usize) -> Result<String> {
         pb.inc(1);
         Ok(r)
     })?;
+    pb.finish_and_clear();
+    let mut pretrain_tokens: Vec<(String, usize)> = Vec::new();
+    for b in &cfg.bases {
+        pretrain_tokens.push((b.name(), take_tokens(&world, &tok, b.tokens)?.1));
+    }
     let mut rows: Vec<CellResult> = Vec::new();
     let mut rates: Vec<RatePoint> = Vec::new();
     let mut base_scores: Vec<(String, u64, f64)> = Vec::new();
@@ -229,9 +224,9 @@ pub fn run(cfg: &DemoConfig, out: &Path, workers: usize) -> Result<String> {
                 rates.extend(u.rates);
             }
             Done::Resist(r) => resist_out = Some(*r),
+            Done::Pretrained(()) => {}
         }
     }
-    pb.finish_and_clear();
     run.write_jsonl("results.jsonl", &rows)?;
     run.write_jsonl("rates.jsonl", &rates)?;
     run.write_table_csv("rates.csv", &rates_table(&rates)?)?;
@@ -301,6 +296,50 @@ pub fn run(cfg: &DemoConfig, out: &Path, workers: usize) -> Result<String> {
         started.elapsed().as_secs_f64()
     ));
     Ok(summary)
+}
+
+/// Relative compute per token of a size preset (the demo's scheduling order only).
+fn size_cost(size: &str) -> f64 {
+    match size {
+        "tiny" => 1.0,
+        "small" => 4.0,
+        _ => 16.0,
+    }
+}
+
+/// Pre-train one base into `out/models/<name>` unless it is already there with these settings.
+fn pretrain_base(
+    cfg: &DemoConfig,
+    base: &BaseSpec,
+    wcfg: &WorldConfig,
+    world_dir: &Path,
+    out: &Path,
+) -> Result<()> {
+    let base_dir = out.join("models").join(base.name());
+    let pc = PretrainConfig {
+        size: base.size.clone(),
+        tokens: base.tokens,
+        seed: cfg.seed,
+        lr: cfg.pretrain_lr,
+        batch_size: cfg.pretrain_batch_size,
+    };
+    // A base is reused only if it was pre-trained with these settings on this world.
+    let stamp = serde_json::to_string(&(&pc, wcfg))?;
+    let stamp_path = base_dir.join("demo_pretrain.json");
+    let same = std::fs::read_to_string(&stamp_path).ok().as_deref() == Some(stamp.as_str());
+    if same && base_dir.join("model.safetensors").exists() {
+        return Ok(());
+    }
+    // Checkpoints of other settings must not be resumed from; those of a killed run with the
+    // same settings are (the stamp is written before training starts).
+    if !same && base_dir.exists() {
+        std::fs::remove_dir_all(&base_dir)
+            .with_context(|| format!("cannot clear {}", base_dir.display()))?;
+    }
+    crate::util::fsx::atomic_write(&stamp_path, stamp.as_bytes())?;
+    pretrain(world_dir, &pc, &base_dir, false)
+        .with_context(|| format!("pre-training {}", base.name()))?;
+    Ok(())
 }
 
 fn rates_table(rates: &[RatePoint]) -> Result<Table> {

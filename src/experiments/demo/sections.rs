@@ -3,6 +3,7 @@
 //! report there, and contributes a short section and its claims to the demo report.
 
 use super::config::DemoConfig;
+use crate::experiments::executor::RunOptions;
 use crate::experiments::resist::config::ResistConfig;
 use crate::experiments::resist::pipeline::run_with;
 use crate::experiments::resist::results::{markdown_summary, ResistResults};
@@ -30,7 +31,9 @@ pub fn resistance(
     rc.eval_prompts = cfg.resist_prompts;
     rc.data.limit = Some(3 * cfg.resist_slice_records + cfg.resist_prompts);
     rc.validate().context("the demo's resistance settings")?;
-    let res = run_with(&rc, out, false).context("the demo's resistance section")?;
+    let res = run_with(&rc, out, RunOptions::waiting(false))
+        .context("the demo's resistance section")?
+        .context("the demo's resistance run did not finish")?;
     let mut md = String::from("## Resistance: forward vs inverse alignment\n\n");
     md.push_str(&format!(
         "The {base_name} model is fine-tuned in sequence on 3 slices of {} positive reviews (checkpoints θ1..θ3 after θ0 = the pre-trained model); each checkpoint answers {} held-out prompts; then for every pair k < l, forward = θk fine-tuned on θl's answers and inverse = θl fine-tuned on θk's answers, with the same data size and settings, {} seed(s). Full report: [resist/report.md](resist/report.md).\n\n",
