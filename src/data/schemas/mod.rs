@@ -32,7 +32,7 @@ pub mod jsonl;
 
 use crate::data::records::Record;
 use crate::data::rows::{self, json_kind, Object};
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
@@ -273,8 +273,75 @@ impl Dataset {
 
 /// Resolve a spec into records. See the module doc for the order of operations.
 pub fn load(spec: &DataSpec) -> Result<Dataset> {
+    if spec.schema == WORLD_SCHEMA {
+        return load_world(spec);
+    }
     let files = crate::data::files::resolve(&spec.path, spec.files.as_deref())?;
     load_files(spec, files)
+}
+
+/// The world's sets by name, and the `select` value that names each labelled one.
+const WORLD_SETS: &[(&str, Select)] = &[
+    ("reviews_positive", Select::Positive),
+    ("reviews_negative", Select::Negative),
+    ("dialogue_safe", Select::Safe),
+    ("dialogue_unsafe", Select::Unsafe),
+    ("reviews_eval", Select::All),
+    ("dialogue_eval", Select::All),
+    ("pretrain", Select::All),
+];
+
+/// `schema = "world"`: `path` is a directory written by `elastica world` (checked against its
+/// `world.json`), and the set is named by `files` (`reviews_positive`, `reviews_eval`,
+/// `pretrain`, ...) or by `select` (`positive` / `negative` are the reviews, `safe` / `unsafe`
+/// the dialogue answers). The chosen file is then read as generic JSONL with every other key
+/// (`limit`, `offset`, `shuffle_seed`, `skip_bad_rows`) applying as usual.
+fn load_world(spec: &DataSpec) -> Result<Dataset> {
+    let dir = PathBuf::from(&spec.path);
+    let dir = if dir.is_file() {
+        dir.parent().map(PathBuf::from).unwrap_or_default()
+    } else {
+        dir
+    };
+    crate::data::world::World::load(&dir).with_context(|| {
+        format!(
+            "schema \"world\": {} is not a world directory (write one with `elastica world --out DIR`)",
+            dir.display()
+        )
+    })?;
+    let names: Vec<&str> = WORLD_SETS.iter().map(|s| s.0).collect();
+    let set = match (spec.files.as_deref(), spec.select) {
+        (Some(f), _) => {
+            let f = f.trim_end_matches(".jsonl");
+            if !names.contains(&f) {
+                bail!(
+                    "schema \"world\": no set \"{f}\" in a world; valid: {}",
+                    names.join(", ")
+                );
+            }
+            f
+        }
+        (None, Select::All) => bail!(
+            "schema \"world\" needs the set: `files = \"reviews_positive\"` (one of {}) or `select = \"positive\"|\"negative\"|\"safe\"|\"unsafe\"`",
+            names.join(", ")
+        ),
+        (None, sel) => WORLD_SETS
+            .iter()
+            .find(|s| s.1 == sel)
+            .map(|s| s.0)
+            .context("every labelled select names a world set")?,
+    };
+    if set.ends_with("_eval") {
+        bail!(
+            "schema \"world\": {set} holds evaluation prompts only (no responses); give the file {} as the evaluation prompts (e.g. `eval.prompts`) instead",
+            dir.join(format!("{set}.jsonl")).display()
+        );
+    }
+    let mut jsonl = spec.clone();
+    jsonl.schema = "jsonl".into();
+    jsonl.select = Select::All;
+    jsonl.files = None;
+    load_files(&jsonl, vec![dir.join(format!("{set}.jsonl"))])
 }
 
 /// [`load`] on files already resolved (the hub-cache lookup done by the caller).
@@ -467,6 +534,10 @@ mod tests {
             assert!(e.contains(name), "{e}");
         }
         assert!(schema("world").is_err());
+        assert!(load(&DataSpec::new("/nonexistent-world", "world"))
+            .unwrap_err()
+            .to_string()
+            .contains("not a world directory"));
         assert_eq!(schema("alpaca").unwrap().name, "alpaca");
     }
 
@@ -534,5 +605,57 @@ mod tests {
             "{}",
             ds.summary()
         );
+    }
+}
+
+#[cfg(test)]
+mod world_schema_tests {
+    use super::*;
+    use crate::data::world::{Task, World, WorldConfig};
+
+    #[test]
+    fn world_sets_load_by_select_or_name_with_the_usual_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = WorldConfig {
+            seed: 3,
+            pretrain_tokens: 5_000,
+            n_align: 12,
+            n_perturb: 10,
+            n_eval: 6,
+            vocab_size: 400,
+            tokenizer_records: 500,
+            ..WorldConfig::default()
+        };
+        let w = World::generate(&cfg).unwrap();
+        w.write(dir.path()).unwrap();
+        let path = dir.path().to_string_lossy().into_owned();
+        let mut spec = DataSpec::new(&path, "world");
+        spec.select = Select::Positive;
+        assert_eq!(load(&spec).unwrap().records, w.align(Task::Reviews));
+        spec.select = Select::Unsafe;
+        assert_eq!(load(&spec).unwrap().records, w.perturb(Task::Dialogue));
+        let mut spec = DataSpec::new(&path, "world");
+        spec.files = Some("reviews_negative".into());
+        spec.offset = 2;
+        spec.limit = Some(3);
+        assert_eq!(
+            load(&spec).unwrap().records,
+            w.perturb(Task::Reviews)[2..5].to_vec()
+        );
+        spec.files = Some("pretrain".into());
+        spec.offset = 0;
+        spec.limit = None;
+        assert_eq!(load(&spec).unwrap().records, w.pretrain());
+        spec.files = Some("reviews_eval".into());
+        let e = load(&spec).unwrap_err().to_string();
+        assert!(e.contains("evaluation prompts only"), "{e}");
+        // The set must be named, and only real sets are.
+        let e = load(&DataSpec::new(&path, "world"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs the set"), "{e}");
+        spec.files = Some("nope".into());
+        let e = load(&spec).unwrap_err().to_string();
+        assert!(e.contains("no set \"nope\""), "{e}");
     }
 }
