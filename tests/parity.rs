@@ -73,7 +73,7 @@ fn check_model(name: &str) {
     };
     let out = generate(
         &lm.model,
-        &[prompt.clone()],
+        std::slice::from_ref(&prompt),
         &[],
         lm.tokenizer.pad_id(),
         &cfg,

@@ -157,7 +157,7 @@ impl RateTracker {
 
     /// After optimizer step `step`: measure when it is due (every N steps).
     pub fn after_step(&mut self, lm: &LoadedModel, step: usize) -> Result<()> {
-        if step % self.every != 0 {
+        if !step.is_multiple_of(self.every) {
             return Ok(());
         }
         self.record(lm, step)

@@ -203,10 +203,9 @@ impl ModelConfig {
                 "unsupported activation \"{other}\"; supported: silu, gelu, gelu_pytorch_tanh"
             ),
         };
-        let tie_word_embeddings = raw.tie_word_embeddings.unwrap_or(match family {
-            Family::Gemma => true,
-            _ => false,
-        });
+        let tie_word_embeddings = raw
+            .tie_word_embeddings
+            .unwrap_or(matches!(family, Family::Gemma));
         let attention_bias = match family {
             Family::Qwen2 => true,
             _ => raw.attention_bias.unwrap_or(false),

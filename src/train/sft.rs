@@ -79,7 +79,8 @@ impl TrainConfig {
         if self.epochs == 0 && self.max_steps == 0 {
             bail!("set epochs >= 1 or max_steps >= 1");
         }
-        if !(self.lr >= 0.0)
+        if self.lr.is_nan()
+            || self.lr < 0.0
             || !(0.0..1.0).contains(&self.beta1)
             || !(0.0..1.0).contains(&self.beta2)
         {

@@ -66,12 +66,9 @@ where
         let mut st = state.lock().map_err(|_| anyhow!("a worker panicked"))?;
         loop {
             // Dependencies that failed make their dependents fail without running.
-            for i in 0..n {
+            for (i, needs) in deps.iter().enumerate() {
                 if st.pending[i].is_some() {
-                    if let Some(&d) = deps[i]
-                        .iter()
-                        .find(|&&d| matches!(st.done[d], Some(Err(_))))
-                    {
+                    if let Some(&d) = needs.iter().find(|&&d| matches!(st.done[d], Some(Err(_)))) {
                         st.pending[i] = None;
                         st.done[i] = Some(Err(anyhow!("not run: job {} it needs failed", d + 1)));
                         wake.notify_all();

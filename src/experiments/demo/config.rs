@@ -5,6 +5,11 @@ use crate::data::world::{Task, World};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
+/// True for a number greater than 0 (false for NaN).
+fn is_positive(x: f64) -> bool {
+    x.partial_cmp(&0.0) == Some(std::cmp::Ordering::Greater)
+}
+
 /// Largest n+, n- and resistance slice the demo builds a world for.
 pub const MAX_PAIRS: usize = 5_000;
 /// Largest pre-training budget of a demo base.
@@ -218,13 +223,13 @@ impl DemoConfig {
                 self.batch_size
             );
         }
-        if self.pretrain_batch_size == 0 || !(self.pretrain_lr > 0.0) {
+        if self.pretrain_batch_size == 0 || !is_positive(self.pretrain_lr) {
             bail!("pretrain_batch_size must be at least 1 and pretrain_lr greater than 0");
         }
         if self.rate_records == 0 {
             bail!("rate_records must be at least 1");
         }
-        if !(self.slope_l_max > 0.0) {
+        if !is_positive(self.slope_l_max) {
             bail!("slope_l_max must be greater than 0");
         }
         Ok(())

@@ -169,7 +169,7 @@ pub fn section(
                 strengths.push((format!("{name} n+={np}"), lost));
             }
         }
-        md.push_str("\n");
+        md.push('\n');
         md.push_str(&t.to_markdown());
         md.push('\n');
         run.plot(&format!("rebound_{name}"), &plot)?;

@@ -141,7 +141,10 @@ impl GenerationConfig {
         if self.max_new_tokens == 0 || self.batch_size == 0 {
             bail!("generation.max_new_tokens and generation.batch_size must be at least 1");
         }
-        if !(self.temperature >= 0.0) || !(self.top_p > 0.0 && self.top_p <= 1.0) {
+        if self.temperature.is_nan()
+            || self.temperature < 0.0
+            || !(self.top_p.is_finite() && (f64::MIN_POSITIVE..=1.0).contains(&self.top_p))
+        {
             bail!(
                 "generation: temperature must be >= 0 and top_p in (0, 1], got {} and {}",
                 self.temperature,
@@ -322,7 +325,7 @@ impl ReboundConfig {
         if self.eval.n == 0 || self.eval.kl_batch_size == 0 {
             bail!("[eval]: n and kl_batch_size must be at least 1");
         }
-        if !(self.kl_epsilon > 0.0) {
+        if self.kl_epsilon.is_nan() || self.kl_epsilon <= 0.0 {
             bail!("kl_epsilon must be positive, got {}", self.kl_epsilon);
         }
         self.slurm.validate()?;
@@ -345,7 +348,7 @@ impl ReboundConfig {
                      axis)",
                     m.name
                 ),
-                Some(x) if self.x_log && !(x > 0.0) => bail!(
+                Some(x) if self.x_log && (x.is_nan() || x <= 0.0) => bail!(
                     "[[models]] {:?}: x = {x} cannot go on a log axis; use a positive x or \
                      x_log = false",
                     m.name
