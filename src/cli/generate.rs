@@ -4,7 +4,7 @@
 use crate::data::template::Template;
 use crate::model::checkpoint::load_model;
 use crate::model::generate::{generate, GenConfig};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::Device;
 use std::path::PathBuf;
 
@@ -46,31 +46,7 @@ pub struct GenerateArgs {
     pub threads: usize,
 }
 
-/// Read `{"prompt": ...}` lines (line-numbered errors).
-pub fn read_prompts(path: &std::path::Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read prompts file {}", path.display()))?;
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("{}: line {}: not valid JSON", path.display(), i + 1))?;
-        match v.get("prompt").and_then(|p| p.as_str()) {
-            Some(p) => out.push(p.to_string()),
-            None => bail!(
-                "{}: line {}: expected an object with a string \"prompt\"",
-                path.display(),
-                i + 1
-            ),
-        }
-    }
-    if out.is_empty() {
-        bail!("prompts file {} holds no prompts", path.display());
-    }
-    Ok(out)
-}
+pub use crate::data::records::read_prompts;
 
 pub fn run(a: GenerateArgs) -> Result<()> {
     super::train::set_threads(a.threads);

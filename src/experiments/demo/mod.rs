@@ -130,6 +130,13 @@ pub fn run(cfg: &DemoConfig, out: &Path, workers: usize) -> Result<String> {
         held_out_pretrain: held_out,
     };
 
+    // Exact pre-training tokens of each base (the world is tokenized once per base, not once
+    // per job).
+    let pretrain_tokens: Vec<(String, usize)> = cfg
+        .bases
+        .iter()
+        .map(|b| Ok((b.name(), take_tokens(&world, &tok, b.tokens)?.1)))
+        .collect::<Result<_>>()?;
     // One job graph: pre-training of each base, then its rebound units, and the resistance
     // run on its base. A free worker takes the first ready job, so costly jobs come first.
     let resist_base = cfg
@@ -176,7 +183,7 @@ pub fn run(cfg: &DemoConfig, out: &Path, workers: usize) -> Result<String> {
             Job::Unit(i, seed) => {
                 let base = &cfg.bases[i];
                 let base_dir = out.join("models").join(base.name());
-                let (_, used) = take_tokens(&world, &tok, base.tokens)?;
+                let used = pretrain_tokens[i].1;
                 let u = run_unit(
                     cfg,
                     base,
@@ -206,10 +213,6 @@ pub fn run(cfg: &DemoConfig, out: &Path, workers: usize) -> Result<String> {
         Ok(r)
     })?;
     pb.finish_and_clear();
-    let mut pretrain_tokens: Vec<(String, usize)> = Vec::new();
-    for b in &cfg.bases {
-        pretrain_tokens.push((b.name(), take_tokens(&world, &tok, b.tokens)?.1));
-    }
     let mut rows: Vec<CellResult> = Vec::new();
     let mut rates: Vec<RatePoint> = Vec::new();
     let mut base_scores: Vec<(String, u64, f64)> = Vec::new();

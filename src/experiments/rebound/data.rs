@@ -140,31 +140,7 @@ fn load_side(spec: &DataSpec, side: &str, need: usize, key: &str) -> Result<(Vec
     ))
 }
 
-/// Read `{"prompt": ...}` lines (other fields ignored); errors name the line.
-pub fn read_prompts(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read prompts file {}", path.display()))?;
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("{}: line {}: not valid JSON", path.display(), i + 1))?;
-        match v.get("prompt").and_then(|p| p.as_str()) {
-            Some(p) => out.push(p.to_string()),
-            None => bail!(
-                "{}: line {}: expected an object with a string \"prompt\"",
-                path.display(),
-                i + 1
-            ),
-        }
-    }
-    if out.is_empty() {
-        bail!("prompts file {} holds no prompts", path.display());
-    }
-    Ok(out)
-}
+pub use crate::data::records::read_prompts;
 
 fn jsonl<T: serde::Serialize>(rows: &[T]) -> Result<Vec<u8>> {
     let mut out = Vec::new();
