@@ -943,8 +943,27 @@ mod tests {
                 ..Default::default()
             };
             let res = run_experiment(&cfg).unwrap();
-            let means: Vec<f64> = res.per_k.iter().map(|s| s.ratio_secant.unwrap().mean).collect();
-            prop_assert!(means[0] < means[1] && means[1] < means[2], "means {means:?}");
+            // The median over seeds, not the mean: when D_a and D_t happen to overlap, both
+            // slopes at l = 0 are near zero and one seed's secant ratio can be any size or
+            // sign (CI failure at depth 5, alpha 1.6: means 12.7, 1397, -712).
+            let medians: Vec<f64> = cfg
+                .ks
+                .iter()
+                .map(|&k| {
+                    let mut r: Vec<f64> = res
+                        .runs
+                        .iter()
+                        .filter(|r| r.k == k)
+                        .filter_map(|r| r.ideal_secant.ratio)
+                        .collect();
+                    r.sort_by(f64::total_cmp);
+                    r[r.len() / 2]
+                })
+                .collect();
+            prop_assert!(
+                medians[0] < medians[1] && medians[1] < medians[2],
+                "medians {medians:?}"
+            );
         }
     }
 }
