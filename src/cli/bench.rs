@@ -195,7 +195,7 @@ fn ratio(a: f64, b: Option<f64>) -> String {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    super::train::set_threads(a.threads);
+    crate::util::threads::set_threads(a.threads);
     let torch: Option<serde_json::Value> = match &a.torch {
         Some(p) => Some(
             serde_json::from_str(

@@ -47,7 +47,7 @@ pub fn run(a: CellArgs) -> Result<()> {
             threads,
             manifest_hash,
         } => {
-            super::train::set_threads(threads);
+            crate::util::threads::set_threads(threads);
             let grid = Grid::open(&manifest)?;
             if let Some(want) = manifest_hash {
                 if grid.manifest().hash != want {

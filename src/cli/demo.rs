@@ -25,7 +25,7 @@ pub struct DemoArgs {
 }
 
 pub fn run(a: DemoArgs) -> Result<()> {
-    super::train::set_threads(a.threads);
+    crate::util::threads::set_threads(a.threads);
     let preset = if a.quick {
         DemoConfig::quick(a.seed)
     } else {

@@ -30,7 +30,7 @@ pub struct EvalLossArgs {
 }
 
 pub fn run(a: EvalLossArgs) -> Result<()> {
-    super::train::set_threads(a.threads);
+    crate::util::threads::set_threads(a.threads);
     let lm = load_model(&a.model, &Device::Cpu)?;
     let records = read_jsonl(&a.data)?;
     let r =

@@ -49,7 +49,7 @@ pub struct GenerateArgs {
 pub use crate::data::records::read_prompts;
 
 pub fn run(a: GenerateArgs) -> Result<()> {
-    super::train::set_threads(a.threads);
+    crate::util::threads::set_threads(a.threads);
     let lm = load_model(&a.model, &Device::Cpu)?;
     let prompts = match (&a.prompt, &a.prompts) {
         (Some(p), _) => vec![p.clone()],

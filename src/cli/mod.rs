@@ -82,6 +82,7 @@ pub enum Command {
 /// Entry point used by `main`: parses arguments (with `--config` merging), runs the command,
 /// prints errors with their cause chain and returns the process exit code.
 pub fn main() -> i32 {
+    crate::util::threads::init_candle_pool();
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let argv = if reads_own_config(&argv) {
         Ok(argv)

@@ -34,7 +34,7 @@ pub struct PretrainArgs {
 }
 
 pub fn run(a: PretrainArgs) -> Result<()> {
-    super::train::set_threads(a.threads);
+    crate::util::threads::set_threads(a.threads);
     let cfg = PretrainConfig {
         size: a.size,
         tokens: a.tokens,

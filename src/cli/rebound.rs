@@ -59,7 +59,7 @@ pub fn load_config(
     if let Some(t) = threads {
         cfg.threads = t;
     }
-    super::train::set_threads(cfg.threads);
+    crate::util::threads::set_threads(cfg.threads);
     Ok(cfg)
 }
 

@@ -28,7 +28,7 @@ pub struct ResistArgs {
 }
 
 pub fn run(a: ResistArgs) -> Result<()> {
-    super::train::set_threads(a.threads);
+    crate::util::threads::set_threads(a.threads);
     let mut cfg = ResistConfig::from_file(&a.config)?;
     if let Some(k) = a.executor {
         cfg.executor = cfg.executor.with_kind(k);

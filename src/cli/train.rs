@@ -107,19 +107,8 @@ pub fn parse_betas(s: &str) -> Result<(f64, f64)> {
     Ok((p(parts[0])?, p(parts[1])?))
 }
 
-/// Use `n` threads for rayon (and so for candle's CPU kernels); 0 keeps the default.
-pub fn set_threads(n: usize) {
-    if n > 0 {
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()
-            .ok();
-    }
-}
-
 pub fn run(a: TrainArgs) -> Result<()> {
-    set_threads(a.threads);
+    crate::util::threads::set_threads(a.threads);
     let (beta1, beta2) = parse_betas(&a.betas)?;
     let cfg = TrainConfig {
         template: a.template,

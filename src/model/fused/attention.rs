@@ -176,14 +176,8 @@ impl FusedAttention {
         for i in 0..nb {
             let row = &mut s[i * kend..(i + 1) * kend];
             let valid = r0 + i + 1;
-            let m = row[..valid]
-                .iter()
-                .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-            let mut sum = 0f32;
-            for x in row[..valid].iter_mut() {
-                *x = (*x - m).exp();
-                sum += *x;
-            }
+            let m = super::vexp::max(&row[..valid]);
+            let sum = super::vexp::exp_shifted_sum(&mut row[..valid], m);
             for x in row[..valid].iter_mut() {
                 *x /= sum;
             }

@@ -2,7 +2,7 @@
 //! logsumexp(x) - x[target] (targets of -100 do not count), without materialising the
 //! log-probabilities. Backward: d x = g * (softmax(x) - onehot(target)) on counted rows.
 
-use super::{slice, with_data, SERIAL_MAX};
+use super::{slice, vexp, with_data, SERIAL_MAX};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -32,9 +32,8 @@ struct CrossEntropy {
 }
 
 fn logsumexp(row: &[f32]) -> f32 {
-    let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let s: f32 = row.iter().map(|&x| (x - m).exp()).sum();
-    m + s.ln()
+    let m = vexp::max(row);
+    m + vexp::sum_exp_shifted(row, m).ln()
 }
 
 impl CustomOp1 for CrossEntropy {
@@ -81,9 +80,7 @@ impl CustomOp1 for CrossEntropy {
                             continue;
                         }
                         let z = saved.get(r).copied().unwrap_or_else(|| logsumexp(xr));
-                        for (d, &xv) in dr.iter_mut().zip(xr) {
-                            *d = g * (xv - z).exp();
-                        }
+                        vexp::scaled_exp_shifted(dr, xr, z, g);
                         dr[t as usize] -= g;
                     }
                 });

@@ -213,7 +213,11 @@ impl CustomOp3 for CachedAttention {
                 }
                 let mut sum = 0f32;
                 for (j, x) in row.iter_mut().enumerate() {
-                    *x = if sees(j) { (*x - m).exp() } else { 0.0 };
+                    *x = if sees(j) {
+                        super::vexp::exp(*x - m)
+                    } else {
+                        0.0
+                    };
                     sum += *x;
                 }
                 row.iter_mut().for_each(|x| *x /= sum);

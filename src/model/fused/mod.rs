@@ -13,6 +13,7 @@ pub mod decode;
 pub mod linear;
 pub mod norm;
 pub mod swiglu;
+pub mod vexp;
 
 use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor};
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -1,6 +1,7 @@
 //! The gated MLP's activation, silu(g) * u, in one pass; backward
 //! du = dy * silu(g), dg = dy * u * s * (1 + g * (1 - s)) with s = sigmoid(g).
 
+use super::vexp::{multiversion, sigmoid};
 use super::{slice, with_data, Kernel, SERIAL_MAX};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -24,19 +25,25 @@ pub fn swiglu_reference(g: &Tensor, u: &Tensor) -> Result<Tensor> {
 
 struct SwiGlu;
 
-/// dg, du of one chunk from g, u and the output gradient dy.
-fn bwd_chunk(dg: &mut [f32], du: &mut [f32], g: &[f32], u: &[f32], dy: &[f32]) {
-    for i in 0..g.len() {
-        let s = sigmoid(g[i]);
-        du[i] = dy[i] * g[i] * s;
-        dg[i] = dy[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
+multiversion! {
+    /// y = silu(g) * u over one chunk (silu(x) = x / (1 + exp(-x)), as candle computes it).
+    pub fn fwd_chunk(y: &mut [f32], g: &[f32], u: &[f32]) {
+        for ((o, &gv), &uv) in y.iter_mut().zip(g).zip(u) {
+            *o = gv * sigmoid(gv) * uv;
+        }
     }
 }
 
-/// sigmoid as candle's silu computes it: silu(x) = x / (1 + exp(-x)).
-#[inline]
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
+multiversion! {
+    /// dg, du of one chunk from g, u and the output gradient dy.
+    pub fn bwd_chunk(dg: &mut [f32], du: &mut [f32], g: &[f32], u: &[f32], dy: &[f32]) {
+        let n = g.len().min(u.len()).min(dy.len()).min(dg.len()).min(du.len());
+        for i in 0..n {
+            let s = sigmoid(g[i]);
+            du[i] = dy[i] * g[i] * s;
+            dg[i] = dy[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
+        }
+    }
 }
 
 impl CustomOp2 for SwiGlu {
@@ -54,11 +61,7 @@ impl CustomOp2 for SwiGlu {
         let g = slice(s1, l1)?;
         let u = slice(s2, l2)?;
         let mut y = vec![0f32; g.len()];
-        let f = |(yc, (gc, uc)): (&mut [f32], (&[f32], &[f32]))| {
-            for ((o, &gv), &uv) in yc.iter_mut().zip(gc).zip(uc) {
-                *o = gv / (1.0 + (-gv).exp()) * uv;
-            }
-        };
+        let f = |(yc, (gc, uc)): (&mut [f32], (&[f32], &[f32]))| fwd_chunk(yc, gc, uc);
         if g.len() <= SERIAL_MAX {
             y.chunks_mut(CHUNK)
                 .zip(g.chunks(CHUNK).zip(u.chunks(CHUNK)))

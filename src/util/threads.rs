@@ -1,0 +1,26 @@
+//! The process's thread set-up: rayon's global pool (our kernels and gemm) and candle's own
+//! elementwise pool.
+
+/// Use `n` threads for rayon (and so for gemm and the fused kernels); 0 keeps the default
+/// (all cores).
+pub fn set_threads(n: usize) {
+    if n > 0 {
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .ok();
+    }
+}
+
+/// Runs candle's elementwise ops on the calling thread unless the user set
+/// `CANDLE_NUM_THREADS`. Candle 0.11 otherwise keeps a pool of (cores - 1) workers that spin
+/// 25,000 times after every op: on 2 cores that worker steals CPU from rayon's gemm threads
+/// and from the demo's parallel jobs (which also queue on the pool's one lock). Measured on
+/// the training benchmark: 0.87 -> 0.77 CPU s/step at the same wall time (BENCHMARKS.md).
+/// Must run before the first candle op, while the process has one thread.
+pub fn init_candle_pool() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
