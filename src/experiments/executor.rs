@@ -290,9 +290,13 @@ impl Executor for LocalExecutor {
             .or_else(available_memory)
             .unwrap_or(u64::MAX);
         let jobs = self.jobs.max(1);
-        let bars = self.progress && jobs == 1;
+        // Without progress (the demo, tests) the grid runs quietly: no per-cell lines either.
+        let show = Show {
+            bars: self.progress && jobs == 1,
+            lines: self.progress,
+        };
         let todo = st.iter().filter(|s| **s == St::Waiting).count();
-        if todo > 0 {
+        if todo > 0 && show.lines {
             eprintln!(
                 "running {todo} of {n} cells ({} already done) with {jobs} job(s)",
                 already_done.len()
@@ -310,7 +314,7 @@ impl Executor for LocalExecutor {
         let cv = Condvar::new();
         std::thread::scope(|scope| {
             for _ in 0..jobs.min(todo.max(1)) {
-                scope.spawn(|| worker(grid, &deps, &est, budget, bars, todo, &shared, &cv));
+                scope.spawn(|| worker(grid, &deps, &est, budget, show, todo, &shared, &cv));
             }
         });
         let s = shared
@@ -331,6 +335,15 @@ impl Executor for LocalExecutor {
     }
 }
 
+/// What a local grid prints while it runs.
+#[derive(Debug, Clone, Copy)]
+struct Show {
+    /// Per-cell progress bars (one cell at a time only).
+    bars: bool,
+    /// A line per finished cell.
+    lines: bool,
+}
+
 /// One worker thread: take the first runnable cell, run it, record the outcome, repeat.
 #[allow(clippy::too_many_arguments)]
 fn worker(
@@ -338,7 +351,7 @@ fn worker(
     deps: &[Vec<usize>],
     est: &[u64],
     budget: u64,
-    bars: bool,
+    show: Show,
     todo: usize,
     shared: &Mutex<Shared>,
     cv: &Condvar,
@@ -397,7 +410,7 @@ fn worker(
         drop(s);
 
         let t0 = std::time::Instant::now();
-        let outcome = run_cell(grid, i, bars);
+        let outcome = run_cell(grid, i, show.bars);
 
         let Ok(mut s) = shared.lock() else { return };
         s.running -= 1;
@@ -407,12 +420,14 @@ fn worker(
                 s.st[i] = St::Done;
                 s.done_count += 1;
                 s.finished.push(cells[i].id.clone());
-                eprintln!(
-                    "[{}/{todo}] {} done in {:.1} s",
-                    s.done_count,
-                    cells[i].id,
-                    t0.elapsed().as_secs_f64()
-                );
+                if show.lines {
+                    eprintln!(
+                        "[{}/{todo}] {} done in {:.1} s",
+                        s.done_count,
+                        cells[i].id,
+                        t0.elapsed().as_secs_f64()
+                    );
+                }
             }
             Err(e) => {
                 s.st[i] = St::Failed;

@@ -61,6 +61,7 @@ impl TheoryResults {
             "dγ(D_p)/dl at l=0",
             "ratio, l→0",
             "ratio, secant [0, l_max]",
+            "secant ratio, median",
             "secant ratio / k",
             "Huffman ratio (seeds defined)",
             "signs as theorem",
@@ -76,6 +77,9 @@ impl TheoryResults {
                 ci_cell(&s.dgamma_p_l0),
                 ci_cell(&s.ratio_l0),
                 ci_cell(&s.ratio_secant),
+                s.ratio_secant_median
+                    .map(|m| fmt_sig(m, 4))
+                    .unwrap_or_else(|| "undefined".into()),
                 over_k.unwrap_or_else(|| "undefined".into()),
                 format!(
                     "{} ({}/{})",

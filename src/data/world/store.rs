@@ -6,7 +6,6 @@ use super::{MANIFEST_FILE, PRETRAIN_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE}
 use crate::data::records::{read_jsonl, write_jsonl, Record};
 use crate::util::fsx::{atomic_write, atomic_write_json, atomic_write_with};
 use anyhow::{bail, Context, Result};
-use std::io::BufRead;
 use std::path::Path;
 
 pub fn write(world: &World, dir: &Path) -> Result<()> {
@@ -90,7 +89,7 @@ pub fn load(dir: &Path) -> Result<World> {
             is_pair,
             "{\"prompt\",\"response\"}",
         )?;
-        let eval = read_prompts(&dir.join(task.eval_file()))?;
+        let eval = crate::data::records::read_prompts(&dir.join(task.eval_file()))?;
         expect_count(&m, task.eval_file(), eval.len(), dir)?;
         sets.push(TaskSets {
             align,
@@ -152,28 +151,4 @@ fn write_prompts(path: &Path, prompts: &[String]) -> Result<()> {
         }
         Ok(())
     })
-}
-
-/// Read `{"prompt": ...}` lines; errors name the file and line.
-pub fn read_prompts(path: &Path) -> Result<Vec<String>> {
-    let f = std::fs::File::open(path)
-        .with_context(|| format!("cannot open prompt file {}", path.display()))?;
-    let mut out = Vec::new();
-    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
-        let where_ = || format!("{}: line {}", path.display(), i + 1);
-        let line = line.with_context(where_)?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: serde_json::Value =
-            serde_json::from_str(&line).with_context(|| format!("{}: not valid JSON", where_()))?;
-        match v.get("prompt") {
-            Some(serde_json::Value::String(s)) => out.push(s.clone()),
-            _ => bail!(
-                "{}: expected an object with a string field \"prompt\"",
-                where_()
-            ),
-        }
-    }
-    Ok(out)
 }

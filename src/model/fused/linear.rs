@@ -7,7 +7,7 @@ use super::{slice, with_data, Kernel};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// Products with at most this many rows (a decoding step's batch) take [`few_rows_product`].
+/// Products with 1 to this many rows (a decoding step's batch) take [`few_rows_product`].
 const FEW_ROWS: usize = 16;
 
 /// Weight rows per parallel task of [`few_rows_product`].
@@ -59,7 +59,7 @@ fn product(
         return vec![0f32; m * n];
     }
     #[cfg(target_arch = "x86_64")]
-    if m <= FEW_ROWS
+    if (1..=FEW_ROWS).contains(&m)
         && a_strides == (k, 1)
         && b_strides == (1, k)
         && std::arch::is_x86_feature_detected!("avx512f")
@@ -103,6 +103,11 @@ fn product(
 /// on one thread). Other CPUs keep gemm, whose AVX2 tiles are 16 rows tall.
 #[cfg(target_arch = "x86_64")]
 fn few_rows_product(m: usize, n: usize, k: usize, x: &[f32], w: &[f32]) -> Vec<f32> {
+    // The kernel reads x through raw pointers.
+    assert!(
+        x.len() >= m * k && w.len() >= n * k,
+        "few-row product: short operands"
+    );
     // Computed transposed, (n, m), so parallel tasks own contiguous blocks.
     let mut ct = vec![0f32; n * m];
     // SAFETY: the caller checked AVX-512F; blocks hold whole rows (n rows of m and of k).
