@@ -26,7 +26,8 @@ pub fn swiglu_reference(g: &Tensor, u: &Tensor) -> Result<Tensor> {
 struct SwiGlu;
 
 multiversion! {
-    /// y = silu(g) * u over one chunk (silu(x) = x / (1 + exp(-x)), as candle computes it).
+    /// y = silu(g) * u over one chunk, silu(x) = x * sigmoid(x) (candle divides instead: the
+    /// two agree to rounding).
     pub fn fwd_chunk(y: &mut [f32], g: &[f32], u: &[f32]) {
         for ((o, &gv), &uv) in y.iter_mut().zip(g).zip(u) {
             *o = gv * sigmoid(gv) * uv;
