@@ -239,7 +239,7 @@ impl CustomOp2 for Linear {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{check_fd, grads, max_abs_diff, randn};
+    use super::super::testing::{check_op2, randn};
     use super::*;
 
     #[test]
@@ -258,25 +258,7 @@ mod tests {
             let o = randn(&[rows, out], 3);
             let fused = |t: &[Tensor]| t[0].apply_op2(&t[1], Linear).unwrap();
             let reference = |t: &[Tensor]| t[0].matmul(&t[1].t().unwrap()).unwrap();
-            let (yf, gf) = grads(&[x.clone(), w.clone()], &o, &fused);
-            let (yr, gr) = grads(&[x.clone(), w.clone()], &o, &reference);
-            assert!(max_abs_diff(&yf, &yr) < 1e-4);
-            for (a, b) in gf.iter().zip(&gr) {
-                assert!(
-                    max_abs_diff(a, b) < 1e-4,
-                    "gradient differs from the reference"
-                );
-            }
-            let loss = |t: &[Tensor]| {
-                (fused(t) * &o)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap() as f64
-            };
-            check_fd(&[x.clone(), w.clone()], 0, &gf[0], &loss, 2e-2);
-            check_fd(&[x, w], 1, &gf[1], &loss, 2e-2);
+            check_op2(&x, &w, &o, &fused, &reference, (1e-4, 1e-4));
         }
     }
 }

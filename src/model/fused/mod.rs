@@ -264,6 +264,42 @@ pub(crate) mod testing {
     }
 
     /// Gradients of sum(out * w) w.r.t. each input, through `f`.
+    /// A two-input kernel against its reference on inputs `a`, `b`, with the loss
+    /// sum(op(a, b) * out_w): outputs within `y_tol`, gradients within `g_tol`, and the
+    /// kernel's gradients against finite differences.
+    pub fn check_op2(
+        a: &Tensor,
+        b: &Tensor,
+        out_w: &Tensor,
+        fused: &dyn Fn(&[Tensor]) -> Tensor,
+        reference: &dyn Fn(&[Tensor]) -> Tensor,
+        (y_tol, g_tol): (f32, f32),
+    ) {
+        let inputs = [a.clone(), b.clone()];
+        let (yf, gf) = grads(&inputs, out_w, fused);
+        let (yr, gr) = grads(&inputs, out_w, reference);
+        assert!(
+            max_abs_diff(&yf, &yr) < y_tol,
+            "output differs from the reference"
+        );
+        for (x, y) in gf.iter().zip(&gr) {
+            assert!(
+                max_abs_diff(x, y) < g_tol,
+                "gradient differs from the reference"
+            );
+        }
+        let loss = |t: &[Tensor]| {
+            (fused(t) * out_w)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap() as f64
+        };
+        check_fd(&inputs, 0, &gf[0], &loss, 2e-2);
+        check_fd(&inputs, 1, &gf[1], &loss, 2e-2);
+    }
+
     pub fn grads(
         inputs: &[Tensor],
         w: &Tensor,
