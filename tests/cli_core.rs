@@ -280,3 +280,23 @@ fn bad_data_gets_clear_errors() {
     );
     assert!(!ok && err.contains("chat_template"), "{err}");
 }
+
+#[test]
+fn a_named_blas_that_cannot_be_used_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_blas = dir.path().join("libnot-blas.so");
+    std::fs::write(&not_blas, "not a shared library").unwrap();
+    for lib in [not_blas.to_str().unwrap(), "/no/such/libopenblas.so.0"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_elastica"))
+            .args(["bench", "sgemm", "--rounds", "1"])
+            .env("ELASTICA_BLAS", lib)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "ELASTICA_BLAS={lib} was accepted");
+        assert!(
+            err.contains("ELASTICA_BLAS") && err.contains(lib) && !err.contains("panicked"),
+            "{err}"
+        );
+    }
+}

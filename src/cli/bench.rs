@@ -64,6 +64,8 @@ pub enum BenchWhat {
     Train,
     Forward,
     Generate,
+    /// The training step's matrix products alone: the gemm crate against the system BLAS.
+    Sgemm,
 }
 
 fn bench_config(a: &BenchArgs) -> Result<ModelConfig> {
@@ -81,16 +83,17 @@ fn random_ids(b: usize, t: usize, vocab: usize, rng: &mut impl Rng) -> Vec<u32> 
         .collect()
 }
 
-/// Single-precision matmul GFLOP/s on (m,k)x(k,n), best of a few runs.
+/// Single-precision matmul GFLOP/s on (m,k)x(k,n), best of a few runs, through the same
+/// product the fused linear uses (the system BLAS where it is on, else the gemm crate).
 fn sgemm_gflops(m: usize, k: usize, n: usize) -> Result<f64> {
     let dev = Device::Cpu;
     let a = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
-    let b = Tensor::randn(0f32, 1.0, (k, n), &dev)?;
-    let _ = a.matmul(&b)?;
+    let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?;
+    let _ = fused::linear::linear_no_bias(&a, &w)?;
     let mut best = f64::MAX;
     for _ in 0..5 {
         let t = Instant::now();
-        let _ = a.matmul(&b)?;
+        let _ = fused::linear::linear_no_bias(&a, &w)?;
         best = best.min(t.elapsed().as_secs_f64());
     }
     Ok(2.0 * (m * k * n) as f64 / best / 1e9)
@@ -234,12 +237,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "impl": "elastica", "threads": rayon::current_num_threads(), "params": n_params,
         "layers": a.layers, "hidden": a.hidden, "seq": a.seq, "batch": a.batch,
         "sgemm_gflops_2048": peak, "sgemm_gflops_1024x256x688": sgemm_gflops(1024, 256, 688)?,
-        "loadavg_at_start": load, "rounds": a.rounds,
+        "loadavg_at_start": load, "rounds": a.rounds, "sgemm": fused::blas::status(),
     });
     println!(
         "elastica bench: Llama {} layers, d={}, {} heads, ff {}, vocab {}, seq {}, batch {}, f32, \
-         {} threads, {n_params} params; load average at start {load}; sgemm 2048^3 {peak:.1} GFLOP/s\n",
-        a.layers, a.hidden, a.heads, a.ff, a.vocab, a.seq, a.batch, rayon::current_num_threads()
+         {} threads, {n_params} params; load average at start {load}; sgemm 2048^3 {peak:.1} GFLOP/s\n\
+         sgemm: {}\n",
+        a.layers, a.hidden, a.heads, a.ff, a.vocab, a.seq, a.batch, rayon::current_num_threads(),
+        fused::blas::status()
     );
     // Training FLOPs per token: 6N for the weights, plus the attention matmuls (QK^T and AV:
     // 4 * seq * hidden per layer forward, counted in full as PyTorch's eager path computes
@@ -384,12 +389,69 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
         println!();
     }
+    if matches!(a.what, BenchWhat::All | BenchWhat::Sgemm) {
+        out["sgemm_table"] = sgemm_table(&a)?.into();
+    }
     fused::set_enabled(&Kernel::ALL);
     out["peak_rss_mb"] = peak_rss_mb().into();
     if let Some(p) = &a.json {
         crate::util::fsx::atomic_write_json(p, &out)?;
     }
     Ok(())
+}
+
+/// GFLOP/s of each matrix product in a training step (forward, and the backward's input and
+/// weight gradients), on the gemm crate and on the system BLAS, interleaved; also the JSON rows.
+fn sgemm_table(a: &BenchArgs) -> Result<Vec<serde_json::Value>> {
+    let rows = a.batch * a.seq;
+    let (d, f, v) = (a.hidden, a.ff, a.vocab);
+    // (what, m, k, n, A strides, B strides) as fused::linear computes them: y = x W^T,
+    // dx = dy W, dW = dy^T x.
+    let mut shapes = Vec::new();
+    for (name, inp, out) in [
+        ("q/k/v/o", d, d),
+        ("gate/up", d, f),
+        ("down", f, d),
+        ("head", d, v),
+    ] {
+        shapes.push((
+            format!("{name} forward"),
+            rows,
+            inp,
+            out,
+            (inp, 1),
+            (1, inp),
+        ));
+        shapes.push((format!("{name} dx"), rows, out, inp, (out, 1), (inp, 1)));
+        shapes.push((format!("{name} dW"), out, rows, inp, (1, out), (inp, 1)));
+    }
+    let gemm_only: Vec<Kernel> = Kernel::ALL
+        .into_iter()
+        .filter(|&k| k != Kernel::Blas)
+        .collect();
+    let configs = [gemm_only, Kernel::ALL.to_vec()];
+    println!(
+        "## Matrix products of the training step, GFLOP/s (sgemm: {})\n",
+        fused::blas::status()
+    );
+    println!("| product | m x k x n | gemm crate | system BLAS | ratio |\n|---|---|---|---|---|");
+    let mut json = Vec::new();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    for (name, m, k, n, sa, sb) in shapes {
+        let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let y: Vec<f32> = (0..k * n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let flops = 2 * m * k * n;
+        let ms = interleaved(&configs, a.rounds, 1, a.steps.max(4), flops, |_| {
+            std::hint::black_box(fused::linear::product(m, n, k, &x, sa, &y, sb));
+            Ok(())
+        })?;
+        let (g, b) = (ms[0].tok_s / 1e9, ms[1].tok_s / 1e9);
+        println!("| {name} | {m}x{k}x{n} | {g:.0} | {b:.0} | {:.2}x |", b / g);
+        json.push(serde_json::json!({"product": name, "m": m, "k": k, "n": n,
+            "gemm_gflops": g, "blas_gflops": b}));
+    }
+    println!();
+    Ok(json)
 }
 
 /// Peak resident set size of this process (VmHWM), in MB; 0 where /proc is unavailable.

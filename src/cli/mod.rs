@@ -83,6 +83,7 @@ pub enum Command {
 /// prints errors with their cause chain and returns the process exit code.
 pub fn main() -> i32 {
     crate::util::threads::init_candle_pool();
+    crate::util::threads::init_blas_threads();
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let argv = if reads_own_config(&argv) {
         Ok(argv)
@@ -119,6 +120,7 @@ fn reads_own_config(argv: &[std::ffi::OsString]) -> bool {
 }
 
 fn run(cmd: Command) -> anyhow::Result<()> {
+    crate::model::fused::blas::check_env()?;
     match cmd {
         Command::Train(a) => train::run(a),
         Command::Demo(a) => demo::run(a),

@@ -290,6 +290,11 @@ impl Llama {
         &self.device
     }
 
+    /// The fused attention's RoPE tables for positions 0..t.
+    pub fn rope_tables(&self, t: usize) -> RopeTables {
+        self.rope.tables(t)
+    }
+
     /// Training / scoring forward: `ids` (b, t) u32, causal attention, positions 0..t.
     /// Right padding needs no mask: pad keys come after every real query.
     /// Returns logits (b, t, vocab) f32.

@@ -1,6 +1,7 @@
 //! Training: tokenized batches, the masked cross-entropy loss, AdamW, learning-rate
 //! schedules and the SFT loop with atomic checkpoints and exact resume.
 
+pub mod backprop;
 pub mod batch;
 pub mod eval;
 pub mod loss;

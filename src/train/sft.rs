@@ -259,12 +259,24 @@ pub fn optimizer_step(
     }
     let mut grads: Option<Grads> = None;
     let mut nll_total = 0.0;
+    let by_hand = crate::train::backprop::usable(model);
     for b in micro.iter().filter(|b| b.n_targets > 0) {
-        let logits = model.forward(&b.ids)?;
-        let nll = nll_sum(&logits, &b.targets)?;
-        nll_total += nll.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        let scaled = (nll / n_step as f64)?;
-        let g = Grads::from_store(params, &scaled.backward()?)?;
+        let g = if by_hand {
+            let (nll, g) = crate::train::backprop::nll_and_grads(
+                model,
+                &b.ids,
+                &b.targets,
+                1.0 / n_step as f64,
+            )?;
+            nll_total += nll;
+            g
+        } else {
+            let logits = model.forward(&b.ids)?;
+            let nll = nll_sum(&logits, &b.targets)?;
+            nll_total += nll.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let scaled = (nll / n_step as f64)?;
+            Grads::from_store(params, &scaled.backward()?)?
+        };
         match grads.as_mut() {
             Some(acc) => acc.add(g),
             None => grads = Some(g),

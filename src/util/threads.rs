@@ -24,3 +24,14 @@ pub fn init_candle_pool() {
         std::env::set_var("CANDLE_NUM_THREADS", "1");
     }
 }
+
+/// Starts the system BLAS with one thread unless the user set its own variable: we split
+/// products across rayon's pool ourselves (model::fused::blas), so the library's own pool
+/// would only sleep. Must run before the library is loaded, while the process has one thread.
+pub fn init_blas_threads() {
+    for var in ["OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"] {
+        if std::env::var_os(var).is_none() {
+            std::env::set_var(var, "1");
+        }
+    }
+}

@@ -59,6 +59,20 @@ pub fn causal_attention(
     n_kv: usize,
     rope: &RopeTables,
 ) -> Result<Tensor> {
+    let op = attention_op(q, k, v, n_heads, n_kv, rope)?;
+    q.contiguous()?
+        .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+}
+
+/// The op [`causal_attention`] applies, after checking that the shapes fit it.
+pub(crate) fn attention_op(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    n_heads: usize,
+    n_kv: usize,
+    rope: &RopeTables,
+) -> Result<FusedAttention> {
     let (_, t, qd) = q.dims3()?;
     let hd = qd / n_heads.max(1);
     if n_heads == 0 || n_kv == 0 || !n_heads.is_multiple_of(n_kv) || qd != n_heads * hd {
@@ -75,20 +89,16 @@ pub fn causal_attention(
             rope.t
         );
     }
-    q.contiguous()?.apply_op3(
-        &k.contiguous()?,
-        &v.contiguous()?,
-        FusedAttention {
-            n_heads,
-            n_kv,
-            hd,
-            scale: (1.0 / (hd as f64).sqrt()) as f32,
-            rope: rope.clone(),
-        },
-    )
+    Ok(FusedAttention {
+        n_heads,
+        n_kv,
+        hd,
+        scale: (1.0 / (hd as f64).sqrt()) as f32,
+        rope: rope.clone(),
+    })
 }
 
-struct FusedAttention {
+pub(crate) struct FusedAttention {
     n_heads: usize,
     n_kv: usize,
     hd: usize,

@@ -12,6 +12,11 @@ const ROWS_PER_TASK: usize = 4;
 
 /// Summed NLL (a scalar tensor) of `logits` (n, vocab) at `targets` (n values, -100 = skip).
 pub fn nll_sum(logits: &Tensor, targets: Vec<i64>) -> Result<Tensor> {
+    logits.contiguous()?.apply_op1(loss_op(logits, targets)?)
+}
+
+/// The op [`nll_sum`] applies, after checking the targets against `logits` (n, vocab).
+pub(crate) fn loss_op(logits: &Tensor, targets: Vec<i64>) -> Result<CrossEntropy> {
     let (n, v) = logits.dims2()?;
     if targets.len() != n {
         candle_core::bail!("cross entropy: {} targets for {n} rows", targets.len());
@@ -19,13 +24,13 @@ pub fn nll_sum(logits: &Tensor, targets: Vec<i64>) -> Result<Tensor> {
     if let Some(t) = targets.iter().find(|&&t| t >= v as i64) {
         candle_core::bail!("cross entropy: target {t} is outside the vocabulary of {v}");
     }
-    logits.contiguous()?.apply_op1(CrossEntropy {
+    Ok(CrossEntropy {
         targets: Arc::new(targets),
         lse: Mutex::new(Vec::new()),
     })
 }
 
-struct CrossEntropy {
+pub(crate) struct CrossEntropy {
     targets: Arc<Vec<i64>>,
     /// Per-row logsumexp saved by the forward for the backward.
     lse: Mutex<Vec<f32>>,

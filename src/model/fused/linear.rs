@@ -1,9 +1,11 @@
 //! The projection y = x W^T as one gemm call on the layouts the checkpoint stores (W is
 //! (out, in), row-major), with the backward dx = dy W and dW = dy^T x written straight into
-//! W's own layout (no transposed gradient to copy later). Small products (one decoding
-//! step) run on the calling thread: the thread-pool hand-off costs more than they do.
+//! W's own layout (no transposed gradient to copy later). Large products go to the system
+//! BLAS where there is one ([`super::blas`]), split across rayon's threads here, and to the
+//! gemm crate otherwise. Small products (one decoding step) run on the calling thread: the
+//! thread-pool hand-off costs more than they do.
 
-use super::{slice, with_data, Kernel};
+use super::{blas, slice, with_data, Kernel, SharedMut};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -36,6 +38,25 @@ pub fn linear_no_bias(x: &Tensor, w: &Tensor) -> Result<Tensor> {
 
 struct Linear;
 
+/// y (rows, out) = x (rows, in) W^T for W (out, in).
+pub(crate) fn forward(x: &[f32], w: &[f32], rows: usize, inp: usize, out: usize) -> Vec<f32> {
+    product(rows, out, inp, x, (inp, 1), w, (1, inp))
+}
+
+/// The gradients of y = x W^T: dx (rows, in) = dy W and dW (out, in) = dy^T x.
+pub(crate) fn backward(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    rows: usize,
+    inp: usize,
+    out: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let dx = product(rows, inp, out, dy, (out, 1), w, (inp, 1));
+    let dw = product(out, inp, rows, dy, (1, out), x, (inp, 1));
+    (dx, dw)
+}
+
 fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
     let threads = rayon::current_num_threads();
     if m * n * k >= PARALLEL_MIN_MACS && threads > 1 {
@@ -46,7 +67,7 @@ fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
 }
 
 /// A fresh (m x n) row-major product of a (m x k, strides a) and b (k x n, strides b).
-fn product(
+pub fn product(
     m: usize,
     n: usize,
     k: usize,
@@ -67,6 +88,30 @@ fn product(
         return few_rows_product(m, n, k, a, b);
     }
     let mut out: Vec<f32> = Vec::with_capacity(m * n);
+    if let Some(lib) = blas::get().filter(|_| super::enabled(Kernel::Blas)) {
+        if lib.accepts(m, n, k, a_strides, b_strides) {
+            blas_product(lib, m, n, k, a, a_strides, b, b_strides, &mut out);
+            // SAFETY: blas_product wrote all m x n elements (beta = 0 never reads them).
+            unsafe { out.set_len(m * n) };
+            return out;
+        }
+    }
+    gemm_product(m, n, k, a, a_strides, b, b_strides, out)
+}
+
+/// [`product`] on the gemm crate, into `out`'s spare capacity.
+#[allow(clippy::too_many_arguments)]
+fn gemm_product(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_strides: (usize, usize),
+    b: &[f32],
+    b_strides: (usize, usize),
+    mut out: Vec<f32>,
+) -> Vec<f32> {
+    assert!(out.capacity() >= m * n, "gemm product: short destination");
     // SAFETY: gemm writes every element of the m x n destination (read_dst = false) before
     // the length is set; a and b are in bounds for the given shapes and strides.
     unsafe {
@@ -94,6 +139,89 @@ fn product(
         out.set_len(m * n);
     }
     out
+}
+
+/// Rows or columns per block of a split BLAS product: a multiple of the kernels' tile edge,
+/// and at least enough that packing the other operand again per block costs little.
+const BLAS_BLOCK_ALIGN: usize = 16;
+const BLAS_BLOCK_MIN: usize = 64;
+
+/// Blocks per rayon thread in a split BLAS product.
+const BLAS_BLOCKS_PER_THREAD: usize = 4;
+
+/// `out`'s spare capacity (m x n) = A B through the system BLAS, the larger of m and n split
+/// into blocks for rayon's threads (the library itself runs single-threaded, see
+/// [`blas`]). The caller checked [`blas::Blas::accepts`]; blocks keep the full product's
+/// strides, so they are accepted too.
+#[allow(clippy::too_many_arguments)]
+fn blas_product(
+    lib: &blas::Blas,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_strides: (usize, usize),
+    b: &[f32],
+    b_strides: (usize, usize),
+    out: &mut Vec<f32>,
+) {
+    assert!(out.capacity() >= m * n, "blas product: short destination");
+    // Several blocks per thread, taken by work stealing: with one block each, the product
+    // waits for whichever core the host slowed down.
+    let parts = if m * n * k >= PARALLEL_MIN_MACS {
+        BLAS_BLOCKS_PER_THREAD * rayon::current_num_threads()
+    } else {
+        1
+    };
+    let split_rows = m >= n;
+    let len = if split_rows { m } else { n };
+    let block = len
+        .div_ceil(parts)
+        .next_multiple_of(BLAS_BLOCK_ALIGN)
+        .max(BLAS_BLOCK_MIN);
+    let c = SharedMut(out.as_mut_ptr());
+    let run = |start: usize| {
+        let size = block.min(len - start);
+        // SAFETY: each block writes its own rows (or columns) of the m x n destination; the
+        // operands' offsets stay inside a and b for the strides the caller gave.
+        unsafe {
+            let done = if split_rows {
+                lib.sgemm(
+                    size,
+                    n,
+                    k,
+                    a.as_ptr().add(start * a_strides.0),
+                    a_strides,
+                    b.as_ptr(),
+                    b_strides,
+                    c.ptr().add(start * n),
+                    n,
+                )
+            } else {
+                lib.sgemm(
+                    m,
+                    size,
+                    k,
+                    a.as_ptr(),
+                    a_strides,
+                    b.as_ptr().add(start * b_strides.1),
+                    b_strides,
+                    c.ptr().add(start),
+                    n,
+                )
+            };
+            assert!(
+                done,
+                "blas product: a block was refused after the product was accepted"
+            );
+        }
+    };
+    let starts: Vec<usize> = (0..len).step_by(block.max(1)).collect();
+    if starts.len() > 1 {
+        starts.into_par_iter().for_each(run);
+    } else {
+        starts.into_iter().for_each(run);
+    }
 }
 
 /// x (m, k) times W^T for a weight W (n, k), when m is a decoding step's few rows, on an
@@ -206,8 +334,7 @@ impl CustomOp2 for Linear {
         if inp != inw {
             candle_core::bail!("linear: input width {inp} does not match the weight's {inw}");
         }
-        // (rows, in) x (in, out) where W^T's element (i, j) is w[j * in + i].
-        let y = product(rows, out, inp, x, (inp, 1), w, (1, inp));
+        let y = forward(x, w, rows, inp, out);
         Ok((CpuStorage::F32(y), Shape::from((rows, out))))
     }
 
@@ -221,14 +348,9 @@ impl CustomOp2 for Linear {
         let (rows, inp) = x.dims2()?;
         let out = w.dim(0)?;
         let (dx, dw) = with_data(grad, |dy| {
-            let dx = with_data(w, |w| {
-                Ok(product(rows, inp, out, dy, (out, 1), w, (inp, 1)))
-            })?;
-            // dW (out, in) = dy^T (out, rows) x (rows, in)
-            let dw = with_data(x, |x| {
-                Ok(product(out, inp, rows, dy, (1, out), x, (inp, 1)))
-            })?;
-            Ok((dx, dw))
+            with_data(w, |w| {
+                with_data(x, |x| Ok(backward(x, w, dy, rows, inp, out)))
+            })
         })?;
         Ok((
             Some(Tensor::from_vec(dx, (rows, inp), x.device())?),
@@ -241,6 +363,50 @@ impl CustomOp2 for Linear {
 mod tests {
     use super::super::testing::{check_op2, randn};
     use super::*;
+
+    #[test]
+    fn system_blas_blocks_match_gemm() {
+        let Some(lib) = blas::get() else {
+            // .ci/run installs OpenBLAS and sets this, so CI always runs the comparison.
+            assert!(
+                std::env::var_os("ELASTICA_REQUIRE_BLAS").is_none(),
+                "no system BLAS: {}",
+                blas::status()
+            );
+            eprintln!("skipped: {}", blas::status());
+            return;
+        };
+        // Transposed and plain operands, sizes off the block alignment, split by rows (m > n)
+        // and by columns, on threads (above PARALLEL_MIN_MACS) and not.
+        for (m, n, k) in [(200, 150, 100), (90, 333, 70), (17, 5, 3), (64, 64, 64)] {
+            let a = randn(&[m * k], 4)
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let b = randn(&[k * n], 5)
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            for (sa, sb) in [((k, 1), (n, 1)), ((1, m), (1, k)), ((k, 1), (1, k))] {
+                let want = gemm_product(m, n, k, &a, sa, &b, sb, Vec::with_capacity(m * n));
+                assert!(lib.accepts(m, n, k, sa, sb));
+                let mut got = Vec::with_capacity(m * n);
+                blas_product(lib, m, n, k, &a, sa, &b, sb, &mut got);
+                // SAFETY: blas_product wrote all m x n elements.
+                unsafe { got.set_len(m * n) };
+                let diff = want
+                    .iter()
+                    .zip(&got)
+                    .fold(0f32, |d, (x, y)| d.max((x - y).abs()));
+                assert!(
+                    diff < 1e-4,
+                    "{m}x{n}x{k} strides {sa:?} {sb:?}: differs by {diff}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn matches_reference_and_finite_differences() {

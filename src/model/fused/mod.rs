@@ -8,6 +8,7 @@
 //! path (the callers check [`usable`]).
 
 pub mod attention;
+pub mod blas;
 pub mod cross_entropy;
 pub mod decode;
 pub mod linear;
@@ -27,16 +28,23 @@ pub enum Kernel {
     CrossEntropy = 8,
     AdamW = 16,
     Linear = 32,
+    /// The direct-gemm linear's large products on the system BLAS ([`blas`]), where found.
+    Blas = 64,
+    /// The training gradient computed by hand from the kernels above
+    /// (`model::backprop`) instead of through candle's autograd.
+    Backprop = 128,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 6] = [
+    pub const ALL: [Kernel; 8] = [
         Kernel::RmsNorm,
         Kernel::SwiGlu,
         Kernel::CrossEntropy,
         Kernel::Attention,
         Kernel::Linear,
         Kernel::AdamW,
+        Kernel::Backprop,
+        Kernel::Blas,
     ];
     /// The short name `ELASTICA_KERNELS` uses.
     pub fn from_name(n: &str) -> Option<Kernel> {
@@ -47,6 +55,8 @@ impl Kernel {
             "cross-entropy" => Kernel::CrossEntropy,
             "linear" => Kernel::Linear,
             "adamw" => Kernel::AdamW,
+            "blas" => Kernel::Blas,
+            "backprop" => Kernel::Backprop,
             _ => return None,
         })
     }
@@ -58,18 +68,20 @@ impl Kernel {
             Kernel::CrossEntropy => "fused cross-entropy",
             Kernel::AdamW => "in-place AdamW",
             Kernel::Linear => "direct-gemm linear",
+            Kernel::Blas => "system BLAS for the linear",
+            Kernel::Backprop => "hand-written backward",
         }
     }
 }
 
-const ALL_ON: u32 = 63;
+const ALL_ON: u32 = 255;
 
 /// Enabled kernels (bit set of [`Kernel`]), read once from `ELASTICA_KERNELS` (see
 /// [`from_env`]) unless [`set_enabled`] was called first.
 static ENABLED: AtomicU32 = AtomicU32::new(u32::MAX);
 
 /// `ELASTICA_KERNELS`: unset or `all` = every kernel; `none` = the reference path; or a
-/// comma list of `attention,rmsnorm,swiglu,cross-entropy,linear,adamw` (unknown names are
+/// comma list of `attention,rmsnorm,swiglu,cross-entropy,linear,adamw,backprop,blas` (unknown names are
 /// reported once and ignored).
 fn from_env() -> u32 {
     match std::env::var("ELASTICA_KERNELS") {
@@ -82,7 +94,7 @@ fn from_env() -> u32 {
             .fold(0, |m, n| match Kernel::from_name(n) {
                 Some(k) => m | k as u32,
                 None => {
-                    eprintln!("warning: ELASTICA_KERNELS: unknown kernel \"{n}\" ignored (known: attention, rmsnorm, swiglu, cross-entropy, linear, adamw)");
+                    eprintln!("warning: ELASTICA_KERNELS: unknown kernel \"{n}\" ignored (known: attention, rmsnorm, swiglu, cross-entropy, linear, adamw, backprop, blas)");
                     m
                 }
             }),

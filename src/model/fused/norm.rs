@@ -29,9 +29,9 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, gemma: bool) -> Result<Tensor>
     }
 }
 
-struct RmsNorm {
-    eps: f64,
-    gemma: bool,
+pub(crate) struct RmsNorm {
+    pub(crate) eps: f64,
+    pub(crate) gemma: bool,
 }
 
 impl RmsNorm {

@@ -23,7 +23,7 @@ pub fn swiglu_reference(g: &Tensor, u: &Tensor) -> Result<Tensor> {
     g.silu()? * u
 }
 
-struct SwiGlu;
+pub(crate) struct SwiGlu;
 
 multiversion! {
     /// y = silu(g) * u over one chunk, silu(x) = x * sigmoid(x) (candle divides instead: the

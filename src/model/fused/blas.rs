@@ -1,0 +1,265 @@
+//! A system CBLAS (OpenBLAS, or Intel MKL), loaded at run time for the projections' large
+//! products. On the shapes of a d=256 training step OpenBLAS's AVX-512 sgemm runs 1.3-1.6x
+//! faster than the gemm crate's (DESIGN.md section 6, BENCHMARKS.md), and the projections are
+//! most of a step. Loading it with dlopen, instead of linking it, keeps the build and both
+//! README commands working on a machine without it: there gemm stays the only path.
+//!
+//! Threads: the library always runs single-threaded, and [`super::linear`] splits a product
+//! across rayon's pool itself, so the demo's concurrent one-thread jobs never oversubscribe
+//! the cores. That needs a library that is safe to call from several threads at once:
+//! OpenBLAS's pthread and OpenMP flavours are (they lock their buffer pool); its serial flavour
+//! is only when built with USE_LOCKING, which a caller cannot check, so it is refused.
+//!
+//! `ELASTICA_BLAS`: unset = look for OpenBLAS where Debian puts it, then MKL; a path = use
+//! that library (an error if it cannot be used); `off` = gemm only.
+
+use std::ffi::{c_char, c_int, CStr};
+use std::sync::OnceLock;
+
+/// cblas_sgemm(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc).
+type SgemmFn = unsafe extern "C" fn(
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    c_int,
+    f32,
+    *const f32,
+    c_int,
+    *const f32,
+    c_int,
+    f32,
+    *mut f32,
+    c_int,
+);
+
+const ROW_MAJOR: c_int = 101;
+const NO_TRANS: c_int = 111;
+const TRANS: c_int = 112;
+
+/// Where to look when `ELASTICA_BLAS` is unset, in order: the library Debian's alternatives
+/// select, then each OpenBLAS flavour's own directory (the selected one may be the serial
+/// flavour), then MKL's runtime library (e.g. from the `mkl` Python wheel on the loader path).
+const CANDIDATES: &[&str] = &[
+    "libopenblas.so.0",
+    "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0",
+    "/usr/lib/x86_64-linux-gnu/openblas-openmp/libopenblas.so.0",
+    "/usr/lib/aarch64-linux-gnu/openblas-pthread/libopenblas.so.0",
+    "libmkl_rt.so.3",
+    "libmkl_rt.so.2",
+    "libmkl_rt.so",
+];
+
+/// A loaded library's sgemm.
+pub struct Blas {
+    sgemm: SgemmFn,
+    /// What was loaded, for `elastica bench` and error messages: path and version.
+    pub description: String,
+    // Kept so the library stays mapped for as long as `sgemm` may be called.
+    _lib: libloading::Library,
+}
+
+/// The outcome of looking for a library: the one in use, or why there is none.
+static LOADED: OnceLock<Result<Blas, String>> = OnceLock::new();
+
+/// The system BLAS, loaded on first use; `None` where there is none (see [`status`]).
+pub fn get() -> Option<&'static Blas> {
+    LOADED.get_or_init(find).as_ref().ok()
+}
+
+/// One line saying which sgemm the projections use, and why not a system BLAS if not.
+pub fn status() -> String {
+    match LOADED.get_or_init(find) {
+        Ok(b) => format!("system BLAS {}", b.description),
+        Err(why) => format!("gemm crate ({why})"),
+    }
+}
+
+/// Checks `ELASTICA_BLAS` up front: a library the user named that cannot be used is an error
+/// here, at start-up, instead of a silent fall-back to the slower path.
+pub fn check_env() -> anyhow::Result<()> {
+    match std::env::var("ELASTICA_BLAS") {
+        Ok(v) if !v.trim().is_empty() && v.trim() != "off" => match LOADED.get_or_init(find) {
+            Ok(_) => Ok(()),
+            Err(why) => Err(anyhow::anyhow!("ELASTICA_BLAS={v}: {why}")),
+        },
+        _ => Ok(()),
+    }
+}
+
+fn find() -> Result<Blas, String> {
+    match std::env::var("ELASTICA_BLAS") {
+        Ok(v) if v.trim() == "off" => Err("ELASTICA_BLAS=off".into()),
+        Ok(v) if !v.trim().is_empty() => load(v.trim()),
+        _ => {
+            let mut refused = Vec::new();
+            for c in CANDIDATES {
+                match load(c) {
+                    Ok(b) => return Ok(b),
+                    Err(e) if e.contains("cannot open") => {}
+                    Err(e) => refused.push(e),
+                }
+            }
+            if refused.is_empty() {
+                Err("no OpenBLAS or MKL found; Debian: apt-get install libopenblas0-pthread".into())
+            } else {
+                Err(refused.join("; "))
+            }
+        }
+    }
+}
+
+/// Opens `path`, checks that it is a CBLAS that is safe to call from several threads, and
+/// pins it to one thread per call.
+fn load(path: &str) -> Result<Blas, String> {
+    // SAFETY: loading runs the library's initialisers; OpenBLAS and MKL have no
+    // requirements on the caller's state.
+    let lib = unsafe { libloading::Library::new(path) }
+        .map_err(|e| format!("cannot open {path}: {e}"))?;
+    // SAFETY: the symbols are looked up with the signatures the CBLAS, OpenBLAS and MKL
+    // headers declare.
+    unsafe {
+        let sgemm = *lib
+            .get::<SgemmFn>(b"cblas_sgemm\0")
+            .map_err(|_| format!("{path} has no cblas_sgemm (not a CBLAS)"))?;
+        let description = if let Ok(parallel) =
+            lib.get::<unsafe extern "C" fn() -> c_int>(b"openblas_get_parallel\0")
+        {
+            // 0 = serial, 1 = pthreads, 2 = OpenMP.
+            if parallel() == 0 {
+                return Err(format!(
+                    "{path} is OpenBLAS's serial flavour, which may not be safe to call from \
+                     several threads (Debian: apt-get install libopenblas0-pthread)"
+                ));
+            }
+            if let Ok(set) = lib.get::<unsafe extern "C" fn(c_int)>(b"openblas_set_num_threads\0") {
+                set(1);
+            }
+            let config = lib
+                .get::<unsafe extern "C" fn() -> *const c_char>(b"openblas_get_config\0")
+                .ok()
+                .map(|f| f())
+                .filter(|p| !p.is_null())
+                .map(|p| CStr::from_ptr(p).to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let core = lib
+                .get::<unsafe extern "C" fn() -> *const c_char>(b"openblas_get_corename\0")
+                .ok()
+                .map(|f| f())
+                .filter(|p| !p.is_null())
+                .map(|p| CStr::from_ptr(p).to_string_lossy().into_owned())
+                .unwrap_or_default();
+            format!("{path} ({config}, kernels for {core})")
+        } else if let Ok(set) = lib.get::<unsafe extern "C" fn(c_int)>(b"MKL_Set_Num_Threads\0") {
+            // The sequential layer needs no OpenMP runtime beside the library (1 =
+            // MKL_THREADING_SEQUENTIAL); it must be chosen before the first BLAS call.
+            if let Ok(layer) =
+                lib.get::<unsafe extern "C" fn(c_int) -> c_int>(b"MKL_Set_Threading_Layer\0")
+            {
+                layer(1);
+            }
+            set(1);
+            format!("{path} (Intel MKL)")
+        } else {
+            return Err(format!(
+                "{path} is neither OpenBLAS nor MKL; their threading is known, another \
+                 library's is not"
+            ));
+        };
+        Ok(Blas {
+            sgemm,
+            description,
+            _lib: lib,
+        })
+    }
+}
+
+/// How a CBLAS sees a matrix with (row stride, column stride): transposed or not, and its
+/// leading dimension. `None` when neither stride is 1 or a size overflows a C int.
+fn operand(rows: usize, cols: usize, (rs, cs): (usize, usize)) -> Option<(c_int, c_int)> {
+    let ld = if cs == 1 && rs >= cols.max(1) {
+        (NO_TRANS, rs)
+    } else if rs == 1 && cs >= rows.max(1) {
+        (TRANS, cs)
+    } else {
+        return None;
+    };
+    Some((ld.0, c_int::try_from(ld.1).ok()?))
+}
+
+impl Blas {
+    /// Whether A (m x k) B (k x n) with these strides is a product a CBLAS takes.
+    pub fn accepts(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a_strides: (usize, usize),
+        b_strides: (usize, usize),
+    ) -> bool {
+        m > 0
+            && n > 0
+            && k > 0
+            && c_int::try_from(m.max(n).max(k)).is_ok()
+            && operand(m, k, a_strides).is_some()
+            && operand(k, n, b_strides).is_some()
+    }
+
+    /// c (m x n, row stride ldc) = A (m x k) B (k x n), on the calling thread. Returns false
+    /// (and writes nothing) when the layouts or sizes are not ones a CBLAS takes.
+    ///
+    /// # Safety
+    /// `a`, `b` and `c` must be valid for the given shapes and strides, and `c` writable.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn sgemm(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: *const f32,
+        a_strides: (usize, usize),
+        b: *const f32,
+        b_strides: (usize, usize),
+        c: *mut f32,
+        ldc: usize,
+    ) -> bool {
+        let (Some((ta, lda)), Some((tb, ldb))) =
+            (operand(m, k, a_strides), operand(k, n, b_strides))
+        else {
+            return false;
+        };
+        let (Ok(mi), Ok(ni), Ok(ki), Ok(ldci)) = (
+            c_int::try_from(m),
+            c_int::try_from(n),
+            c_int::try_from(k),
+            c_int::try_from(ldc),
+        ) else {
+            return false;
+        };
+        if m == 0 || n == 0 || k == 0 || ldc < n {
+            return false;
+        }
+        (self.sgemm)(
+            ROW_MAJOR, ta, tb, mi, ni, ki, 1.0, a, lda, b, ldb, 0.0, c, ldci,
+        );
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operands_map_to_cblas_transposes() {
+        // Row-major (3 x 5): not transposed, lda 5; its transpose viewed as (5 x 3): lda 5.
+        assert_eq!(operand(3, 5, (5, 1)), Some((NO_TRANS, 5)));
+        assert_eq!(operand(5, 3, (1, 5)), Some((TRANS, 5)));
+        // A block of rows keeps the parent's row stride.
+        assert_eq!(operand(2, 5, (8, 1)), Some((NO_TRANS, 8)));
+        // Neither stride 1, or a leading dimension shorter than a row: not expressible.
+        assert_eq!(operand(3, 5, (10, 2)), None);
+        assert_eq!(operand(3, 5, (4, 1)), None);
+    }
+}
