@@ -337,7 +337,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let torch_fwd = tf(&["forward_tok_s_eager", "forward_tok_s_sdpa"]);
         let configs = [vec![], Kernel::ALL.to_vec()];
         let ms = interleaved(&configs, a.rounds, 1, a.steps, tok_per_step, |_| {
-            let _ = model.forward(&ids)?.detach();
+            let _ = crate::train::backprop::scoring_logits(&model, &ids)?;
             Ok(())
         })?;
         for (label, m) in ["reference", "fused"].iter().zip(&ms) {

@@ -105,7 +105,7 @@ pub fn sequence_kl(
         let idx = Tensor::from_vec(rows, owner.len(), dev)?;
         // One model at a time, keeping only the chosen rows: (n, vocab) each.
         let pick = |m: &Llama| -> Result<Tensor> {
-            let logits = m.forward(&ids)?; // (b, t, vocab)
+            let logits = crate::train::backprop::scoring_logits(m, &ids)?; // (b, t, vocab)
             let v = logits.dim(D::Minus1)?;
             Ok(log_softmax(
                 &logits.reshape((b * t, v))?.index_select(&idx, 0)?,

@@ -192,6 +192,140 @@ fn residual(x: &Tensor, y: &Tensor) -> Result<Tensor> {
     tensor(out, x.dims2()?)
 }
 
+/// The decoder's weights (detached views of the parameters) for one sequence length.
+struct Decoder<'a> {
+    model: &'a Llama,
+    norm: RmsNorm,
+    tables: attention::RopeTables,
+    layers: Vec<Layer>,
+    embed: Tensor,
+    head: Proj,
+    w_final: Tensor,
+}
+
+/// The forward's results: the last layer's output, its final norm and the logits.
+struct Forward {
+    x: Tensor,
+    nf: Tensor,
+    logits: Tensor,
+}
+
+impl<'a> Decoder<'a> {
+    fn load(model: &'a Llama, t: usize) -> Result<Self> {
+        let cfg = &model.cfg;
+        let embed = model.params.tensor("model.embed_tokens.weight")?.detach();
+        let tied = cfg.tie_word_embeddings;
+        Ok(Decoder {
+            norm: RmsNorm {
+                eps: cfg.rms_norm_eps,
+                gemma: false,
+            },
+            tables: model.rope_tables(t),
+            layers: (0..cfg.num_hidden_layers)
+                .map(|l| Layer::load(model, l))
+                .collect::<Result<_>>()?,
+            head: Proj {
+                name: if tied {
+                    "model.embed_tokens"
+                } else {
+                    "lm_head"
+                }
+                .into(),
+                w: if tied {
+                    embed.clone()
+                } else {
+                    model.params.tensor("lm_head.weight")?.detach()
+                },
+                b: None,
+            },
+            embed,
+            w_final: model.params.tensor("model.norm.weight")?.detach(),
+            model,
+        })
+    }
+
+    /// The fused attention op for q, k, v (b, t, width).
+    fn attention(
+        &self,
+        q3: &Tensor,
+        k3: &Tensor,
+        v3: &Tensor,
+    ) -> Result<attention::FusedAttention> {
+        let cfg = &self.model.cfg;
+        Ok(attention::attention_op(
+            q3,
+            k3,
+            v3,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            &self.tables,
+        )?)
+    }
+
+    /// Logits (b * t, vocab) of `ids` (b, t), pushing each layer's activations onto `keep`
+    /// when given (for the backward); otherwise each layer's are freed as it finishes.
+    fn forward(&self, ids: &Tensor, mut keep: Option<&mut Vec<Saved>>) -> Result<Forward> {
+        let (b, t) = ids.dims2()?;
+        let rows = b * t;
+        let norm = &self.norm;
+        let mut x = self
+            .embed
+            .index_select(&ids.flatten_all()?, 0)
+            .context("token id out of the vocabulary")?;
+        for layer in &self.layers {
+            let n1 = x.apply_op2_no_bwd(&layer.w_in, norm)?;
+            let (q, k, v) = (
+                layer.q.forward(&n1)?,
+                layer.k.forward(&n1)?,
+                layer.v.forward(&n1)?,
+            );
+            let (q3, k3, v3) = (
+                q.reshape((b, t, ()))?,
+                k.reshape((b, t, ()))?,
+                v.reshape((b, t, ()))?,
+            );
+            let op = self.attention(&q3, &k3, &v3)?;
+            let att = q3.apply_op3_no_bwd(&k3, &v3, &op)?.reshape((rows, ()))?;
+            let x_mid = residual(&x, &layer.o.forward(&att)?)?;
+            let n2 = x_mid.apply_op2_no_bwd(&layer.w_post, norm)?;
+            let (g, u) = (layer.gate.forward(&n2)?, layer.up.forward(&n2)?);
+            let s = g.apply_op2_no_bwd(&u, &SwiGlu)?;
+            let x_out = residual(&x_mid, &layer.down.forward(&s)?)?;
+            if let Some(keep) = keep.as_deref_mut() {
+                keep.push(Saved {
+                    x_in: x,
+                    n1,
+                    q,
+                    k,
+                    v,
+                    att,
+                    x_mid,
+                    n2,
+                    g,
+                    u,
+                    s,
+                });
+            }
+            x = x_out;
+        }
+        let nf = x.apply_op2_no_bwd(&self.w_final, norm)?;
+        let logits = self.head.forward(&nf)?;
+        Ok(Forward { x, nf, logits })
+    }
+}
+
+/// Logits (b, t, vocab) of `ids` (b, t) for scoring, where no gradient is needed: where
+/// [`usable`], the training forward without a graph (each layer's activations are freed as
+/// soon as the next layer has them, and no op is recorded); otherwise `Llama::forward`.
+pub fn scoring_logits(model: &Llama, ids: &Tensor) -> Result<Tensor> {
+    if !usable(model) {
+        return Ok(model.forward(ids)?.detach());
+    }
+    let (b, t) = ids.dims2()?;
+    let logits = Decoder::load(model, t)?.forward(ids, None)?.logits;
+    Ok(logits.reshape((b, t, ()))?)
+}
+
 /// The summed NLL of `targets` (b, t) i64 (-100 = not counted) after `ids` (b, t) u32, and
 /// the gradient of `scale` * NLL for every parameter, in `model.params` order (zeros for a
 /// parameter the loss does not reach). Equal, to rounding, to autograd on `Llama::forward`.
@@ -204,81 +338,11 @@ pub fn nll_and_grads(
     let cfg = &model.cfg;
     let (b, t) = ids.dims2()?;
     let rows = b * t;
-    let norm = RmsNorm {
-        eps: cfg.rms_norm_eps,
-        gemma: false,
-    };
-    let tables = model.rope_tables(t);
-    let layers: Vec<Layer> = (0..cfg.num_hidden_layers)
-        .map(|l| Layer::load(model, l))
-        .collect::<Result<_>>()?;
-    let embed_name = "model.embed_tokens.weight";
-    let embed = model.params.tensor(embed_name)?.detach();
-    let head = Proj {
-        name: if cfg.tie_word_embeddings {
-            "model.embed_tokens".into()
-        } else {
-            "lm_head".into()
-        },
-        w: if cfg.tie_word_embeddings {
-            embed.clone()
-        } else {
-            model.params.tensor("lm_head.weight")?.detach()
-        },
-        b: None,
-    };
-    let w_final = model.params.tensor("model.norm.weight")?.detach();
-    let flat_ids = ids.flatten_all()?;
-    let id_list: Vec<u32> = flat_ids.to_dtype(DType::U32)?.to_vec1()?;
-
-    // Forward, keeping each layer's activations.
-    let mut x = embed
-        .index_select(&flat_ids, 0)
-        .context("token id out of the vocabulary")?;
+    let dec = Decoder::load(model, t)?;
+    let (norm, head, layers) = (&dec.norm, &dec.head, &dec.layers);
+    let id_list: Vec<u32> = ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1()?;
     let mut saved = Vec::with_capacity(layers.len());
-    for layer in &layers {
-        let n1 = x.apply_op2_no_bwd(&layer.w_in, &norm)?;
-        let (q, k, v) = (
-            layer.q.forward(&n1)?,
-            layer.k.forward(&n1)?,
-            layer.v.forward(&n1)?,
-        );
-        let (q3, k3, v3) = (
-            q.reshape((b, t, ()))?,
-            k.reshape((b, t, ()))?,
-            v.reshape((b, t, ()))?,
-        );
-        let op = attention::attention_op(
-            &q3,
-            &k3,
-            &v3,
-            cfg.num_attention_heads,
-            cfg.num_key_value_heads,
-            &tables,
-        )?;
-        let att = q3.apply_op3_no_bwd(&k3, &v3, &op)?.reshape((rows, ()))?;
-        let x_mid = residual(&x, &layer.o.forward(&att)?)?;
-        let n2 = x_mid.apply_op2_no_bwd(&layer.w_post, &norm)?;
-        let (g, u) = (layer.gate.forward(&n2)?, layer.up.forward(&n2)?);
-        let s = g.apply_op2_no_bwd(&u, &SwiGlu)?;
-        let x_out = residual(&x_mid, &layer.down.forward(&s)?)?;
-        saved.push(Saved {
-            x_in: x,
-            n1,
-            q,
-            k,
-            v,
-            att,
-            x_mid,
-            n2,
-            g,
-            u,
-            s,
-        });
-        x = x_out;
-    }
-    let nf = x.apply_op2_no_bwd(&w_final, &norm)?;
-    let logits = head.forward(&nf)?;
+    let Forward { x, nf, logits } = dec.forward(ids, Some(&mut saved))?;
     let target_list: Vec<i64> = targets.flatten_all()?.to_dtype(DType::I64)?.to_vec1()?;
     let loss = cross_entropy::loss_op(&logits, target_list)?;
     let nll = logits.apply_op1_no_bwd(&loss)?;
@@ -296,7 +360,12 @@ pub fn nll_and_grads(
     let head_grad = grads
         .remove(&format!("{}.weight", head.name))
         .context("LM head: no gradient")?;
-    let (dx, dw) = norm.bwd(&x, &w_final, &nf, &tensor(dnf, (rows, cfg.hidden_size))?)?;
+    let (dx, dw) = norm.bwd(
+        &x,
+        &dec.w_final,
+        &nf,
+        &tensor(dnf, (rows, cfg.hidden_size))?,
+    )?;
     grads.insert(
         "model.norm.weight".into(),
         to_vec(&dw.context("norm: no gradient")?)?,
@@ -332,14 +401,7 @@ pub fn nll_and_grads(
             sv.k.reshape((b, t, ()))?,
             sv.v.reshape((b, t, ()))?,
         );
-        let op = attention::attention_op(
-            &q3,
-            &k3,
-            &v3,
-            cfg.num_attention_heads,
-            cfg.num_key_value_heads,
-            &tables,
-        )?;
+        let op = dec.attention(&q3, &k3, &v3)?;
         let att3 = sv.att.reshape((b, t, ()))?;
         let datt = Tensor::from_vec(datt, att3.shape(), &candle_core::Device::Cpu)?;
         let (dq, dk, dv) = op.bwd(&q3, &k3, &v3, &att3, &datt)?;
@@ -367,7 +429,7 @@ pub fn nll_and_grads(
         head_grad
     } else {
         grads.insert("lm_head.weight".into(), head_grad);
-        vec![0f32; embed.elem_count()]
+        vec![0f32; dec.embed.elem_count()]
     };
     for (r, &id) in id_list.iter().enumerate() {
         let row = id as usize * hidden;
@@ -376,7 +438,7 @@ pub fn nll_and_grads(
             &dx[r * hidden..(r + 1) * hidden],
         );
     }
-    grads.insert(embed_name.into(), dembed);
+    grads.insert("model.embed_tokens.weight".into(), dembed);
     let out = model
         .params
         .iter()
@@ -424,7 +486,7 @@ mod tests {
     }
 
     #[test]
-    fn equals_autograd_for_llama_and_qwen2_tied_or_not() {
+    fn equals_autograd_and_the_graph_forward_for_llama_and_qwen2_tied_or_not() {
         let ids: Vec<u32> = (0..2 * 9).map(|i| (i * 7 + 3) % 50).collect();
         let mut targets: Vec<i64> = (0..2 * 9).map(|i| (i * 5 + 1) % 50).collect();
         targets[0] = -100; // a prompt position, not counted
@@ -435,6 +497,14 @@ mod tests {
             let model = tiny(family, tied);
             let (nll_a, ga) = autograd(&model, &ids, &targets, 0.25);
             let (nll_b, gb) = nll_and_grads(&model, &ids, &targets, 0.25).unwrap();
+            let want = model.forward(&ids).unwrap();
+            let got = scoring_logits(&model, &ids).unwrap();
+            assert_eq!(want.dims(), got.dims());
+            let diff = (want - got).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(
+                diff.to_scalar::<f32>().unwrap() < 1e-5,
+                "{family}: logits differ"
+            );
             assert!(
                 (nll_a - nll_b).abs() < 1e-4 * nll_a.abs(),
                 "{family}: nll {nll_a} vs {nll_b}"

@@ -46,7 +46,7 @@ pub fn eval_loss(
         let refs: Vec<&Example> = chunk.iter().collect();
         let b = collate(&refs, lm.tokenizer.pad_id(), lm.model.device())?;
         if b.n_targets > 0 {
-            let logits = lm.model.forward(&b.ids)?;
+            let logits = crate::train::backprop::scoring_logits(&lm.model, &b.ids)?;
             total_nll += nll_sum(&logits, &b.targets)?
                 .to_dtype(DType::F64)?
                 .to_scalar::<f64>()?;
