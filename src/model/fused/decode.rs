@@ -118,13 +118,14 @@ impl CustomOp1 for RopeHeads {
     }
 }
 
-/// Attention of rotated queries `q` (b, n_heads, t, hd) over the whole cache `k`, `v`
-/// (b, n_kv, past + t, hd): query i sees keys up to past + i that the mask marks real.
+/// Attention of rotated queries `q` (b, n_heads, t, hd) over the cache `k`, `v`
+/// (b, n_kv, capacity, hd) whose first past + t positions are filled: query i sees keys up
+/// to past + i that the mask marks real.
 /// Returns (b, t, n_heads * hd), ready for o_proj.
 pub fn cached_attention(q: &Tensor, k: &Tensor, v: &Tensor, ctx: &DecodeCtx) -> Result<Tensor> {
     let (b, nh, t, _) = q.dims4()?;
-    let (_, nkv, total, _) = k.dims4()?;
-    if nkv == 0 || nh % nkv != 0 || v.dims() != k.dims() || total != ctx.past + t || b != ctx.b {
+    let (_, nkv, capacity, _) = k.dims4()?;
+    if nkv == 0 || nh % nkv != 0 || v.dims() != k.dims() || capacity < ctx.past + t || b != ctx.b {
         candle_core::bail!(
             "decoding attention: q {:?} k {:?} v {:?} after {} cached positions do not fit",
             q.dims(),
@@ -160,7 +161,10 @@ impl CustomOp3 for CachedAttention {
     ) -> Result<(CpuStorage, Shape)> {
         let (q, k, v) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
         let (b, nh, t, hd) = l1.shape().dims4()?;
-        let (_, nkv, total, _) = l2.shape().dims4()?;
+        // The cache may hold room for later positions: (b, kv, capacity, hd), of which the
+        // first past + t rows of each head are filled.
+        let (_, nkv, capacity, _) = l2.shape().dims4()?;
+        let total = self.ctx.past + t;
         let n_rep = nh / nkv;
         let scale = (1.0 / (hd as f64).sqrt()) as f32;
         let past = self.ctx.past;
@@ -171,7 +175,7 @@ impl CustomOp3 for CachedAttention {
             let (bi, h) = (idx / nh, idx % nh);
             let g = h / n_rep;
             let qh = &q[(bi * nh + h) * t * hd..(bi * nh + h + 1) * t * hd];
-            let kv0 = (bi * nkv + g) * total * hd;
+            let kv0 = (bi * nkv + g) * capacity * hd;
             let mask = &self.ctx.key_mask[bi * total..(bi + 1) * total];
             let mut s = vec![0f32; t * total];
             if t == 1 {
