@@ -182,6 +182,25 @@ impl Layer {
     }
 }
 
+/// The backward of a residual branch's RMSNorm y = norm(x; w) given dy (rows, width): the
+/// weight's gradient goes into `grads` under `name`, the input's is added to `dx` (the
+/// residual stream's gradient, which also reaches x by the skip connection).
+fn norm_backward(
+    norm: &RmsNorm,
+    (x, w, y): (&Tensor, &Tensor, &Tensor),
+    dy: Vec<f32>,
+    name: String,
+    grads: &mut HashMap<String, Vec<f32>>,
+    dx: &mut [f32],
+) -> Result<()> {
+    let (dx_branch, dw) = norm.bwd(x, w, y, &tensor(dy, x.dims2()?)?)?;
+    grads.insert(name, to_vec(&dw.context("norm: no weight gradient")?)?);
+    with_slice(&dx_branch.context("norm: no input gradient")?, |d| {
+        add_into(dx, d);
+        Ok(())
+    })
+}
+
 /// x + y for two (rows, width) tensors, as a new tensor.
 fn residual(x: &Tensor, y: &Tensor) -> Result<Tensor> {
     let mut out = to_vec(x)?;
@@ -380,20 +399,16 @@ pub fn nll_and_grads(
         let mut dn2 = with_slice(&dg, |d| layer.gate.backward(&sv.n2, d, &mut grads))?;
         let dn2u = with_slice(&du, |d| layer.up.backward(&sv.n2, d, &mut grads))?;
         add_into(&mut dn2, &dn2u);
-        let (dxm, dw) = norm.bwd(
-            &sv.x_mid,
-            &layer.w_post,
-            &sv.n2,
-            &tensor(dn2, (rows, hidden))?,
+        let name = format!("{}.post_attention_layernorm.weight", layer.prefix);
+        let (x_mid, w_post) = (&sv.x_mid, &layer.w_post);
+        norm_backward(
+            norm,
+            (x_mid, w_post, &sv.n2),
+            dn2,
+            name,
+            &mut grads,
+            &mut dx,
         )?;
-        grads.insert(
-            format!("{}.post_attention_layernorm.weight", layer.prefix),
-            to_vec(&dw.context("norm")?)?,
-        );
-        with_slice(&dxm.context("norm")?, |d| {
-            add_into(&mut dx, d);
-            Ok(())
-        })?;
         // Attention branch: x_mid = x_in + o(attention(q(n1), k(n1), v(n1))), n1 = norm(x_in).
         let datt = layer.o.backward(&sv.att, &dx, &mut grads)?;
         let (q3, k3, v3) = (
@@ -414,15 +429,9 @@ pub fn nll_and_grads(
             })?;
             add_into(&mut dn1, &part);
         }
-        let (dxi, dw) = norm.bwd(&sv.x_in, &layer.w_in, &sv.n1, &tensor(dn1, (rows, hidden))?)?;
-        grads.insert(
-            format!("{}.input_layernorm.weight", layer.prefix),
-            to_vec(&dw.context("norm")?)?,
-        );
-        with_slice(&dxi.context("norm")?, |d| {
-            add_into(&mut dx, d);
-            Ok(())
-        })?;
+        let name = format!("{}.input_layernorm.weight", layer.prefix);
+        let (x_in, w_in) = (&sv.x_in, &layer.w_in);
+        norm_backward(norm, (x_in, w_in, &sv.n1), dn1, name, &mut grads, &mut dx)?;
     }
     // The embedding rows the batch used, plus the head's gradient where they are tied.
     let mut dembed = if cfg.tie_word_embeddings {

@@ -136,20 +136,8 @@ fn load(path: &str) -> Result<Blas, String> {
             if let Ok(set) = lib.get::<unsafe extern "C" fn(c_int)>(b"openblas_set_num_threads\0") {
                 set(1);
             }
-            let config = lib
-                .get::<unsafe extern "C" fn() -> *const c_char>(b"openblas_get_config\0")
-                .ok()
-                .map(|f| f())
-                .filter(|p| !p.is_null())
-                .map(|p| CStr::from_ptr(p).to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let core = lib
-                .get::<unsafe extern "C" fn() -> *const c_char>(b"openblas_get_corename\0")
-                .ok()
-                .map(|f| f())
-                .filter(|p| !p.is_null())
-                .map(|p| CStr::from_ptr(p).to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let config = c_string(&lib, b"openblas_get_config\0");
+            let core = c_string(&lib, b"openblas_get_corename\0");
             format!("{path} ({config}, kernels for {core})")
         } else if let Ok(set) = lib.get::<unsafe extern "C" fn(c_int)>(b"MKL_Set_Num_Threads\0") {
             // The sequential layer needs no OpenMP runtime beside the library (1 =
@@ -173,6 +161,19 @@ fn load(path: &str) -> Result<Blas, String> {
             _lib: lib,
         })
     }
+}
+
+/// The string a `const char *f(void)` of the library returns ("" where it has no `symbol`).
+///
+/// # Safety
+/// `symbol` must name a function of that signature returning a NUL-terminated string or null.
+unsafe fn c_string(lib: &libloading::Library, symbol: &[u8]) -> String {
+    lib.get::<unsafe extern "C" fn() -> *const c_char>(symbol)
+        .ok()
+        .map(|f| f())
+        .filter(|p| !p.is_null())
+        .map(|p| CStr::from_ptr(p).to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// How a CBLAS sees a matrix with (row stride, column stride): transposed or not, and its
