@@ -283,7 +283,18 @@ impl<'a> Decoder<'a> {
 
     /// Logits (b * t, vocab) of `ids` (b, t), pushing each layer's activations onto `keep`
     /// when given (for the backward); otherwise each layer's are freed as it finishes.
-    fn forward(&self, ids: &Tensor, mut keep: Option<&mut Vec<Saved>>) -> Result<Forward> {
+    fn forward(&self, ids: &Tensor, keep: Option<&mut Vec<Saved>>) -> Result<Forward> {
+        let (x, nf) = self.forward_hidden(ids, keep)?;
+        let logits = self.head.forward(&nf)?;
+        Ok(Forward { x, nf, logits })
+    }
+
+    /// The last layer's output and its final norm (b * t, hidden), as [`Self::forward`].
+    fn forward_hidden(
+        &self,
+        ids: &Tensor,
+        mut keep: Option<&mut Vec<Saved>>,
+    ) -> Result<(Tensor, Tensor)> {
         let (b, t) = ids.dims2()?;
         let rows = b * t;
         let norm = &self.norm;
@@ -328,8 +339,7 @@ impl<'a> Decoder<'a> {
             x = x_out;
         }
         let nf = x.apply_op2_no_bwd(&self.w_final, norm)?;
-        let logits = self.head.forward(&nf)?;
-        Ok(Forward { x, nf, logits })
+        Ok((x, nf))
     }
 }
 
@@ -343,6 +353,41 @@ pub fn scoring_logits(model: &Llama, ids: &Tensor) -> Result<Tensor> {
     let (b, t) = ids.dims2()?;
     let logits = Decoder::load(model, t)?.forward(ids, None)?.logits;
     Ok(logits.reshape((b, t, ()))?)
+}
+
+/// Rows of logits a scoring pass holds at once (a (rows, vocab) block).
+const SCORE_ROWS: usize = 256;
+
+/// The summed NLL of `targets` (b, t) i64 (-100 = not counted) after `ids` (b, t) u32, for
+/// scoring (eval-loss): where [`usable`], the training forward without a graph, with the LM
+/// head and the loss run over blocks of [`SCORE_ROWS`] rows, so the (b * t, vocab) logits
+/// (64 MB at batch 8, seq 512, vocab 4096) never exist at once; otherwise through
+/// `Llama::forward`. Equal to `nll_sum` on the full logits.
+pub fn scoring_nll(model: &Llama, ids: &Tensor, targets: &Tensor) -> Result<f64> {
+    if !usable(model) {
+        let nll = crate::train::loss::nll_sum(&model.forward(ids)?, targets)?;
+        return Ok(nll.to_dtype(DType::F64)?.to_scalar::<f64>()?);
+    }
+    let (_, t) = ids.dims2()?;
+    let dec = Decoder::load(model, t)?;
+    let nf = dec.forward_hidden(ids, None)?.1;
+    let target_list: Vec<i64> = targets.flatten_all()?.to_dtype(DType::I64)?.to_vec1()?;
+    let rows = nf.dim(0)?;
+    let mut total = 0f64;
+    for start in (0..rows).step_by(SCORE_ROWS) {
+        let n = SCORE_ROWS.min(rows - start);
+        let block = &target_list[start..start + n];
+        if block.iter().all(|&t| t < 0) {
+            continue;
+        }
+        let logits = dec.head.forward(&nf.narrow(0, start, n)?)?;
+        let loss = cross_entropy::loss_op(&logits, block.to_vec())?;
+        total += logits
+            .apply_op1_no_bwd(&loss)?
+            .to_dtype(DType::F64)?
+            .to_scalar::<f64>()?;
+    }
+    Ok(total)
 }
 
 /// The summed NLL of `targets` (b, t) i64 (-100 = not counted) after `ids` (b, t) u32, and
@@ -506,6 +551,13 @@ mod tests {
             let model = tiny(family, tied);
             let (nll_a, ga) = autograd(&model, &ids, &targets, 0.25);
             let (nll_b, gb) = nll_and_grads(&model, &ids, &targets, 0.25).unwrap();
+            let whole = nll_sum(&model.forward(&ids).unwrap(), &targets).unwrap();
+            let whole = whole.to_scalar::<f32>().unwrap() as f64;
+            let blocks = scoring_nll(&model, &ids, &targets).unwrap();
+            assert!(
+                (whole - blocks).abs() < 1e-5 * whole.abs(),
+                "{family}: scoring nll"
+            );
             let want = model.forward(&ids).unwrap();
             let got = scoring_logits(&model, &ids).unwrap();
             assert_eq!(want.dims(), got.dims());

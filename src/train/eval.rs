@@ -2,12 +2,10 @@
 //! training, and its compression reading (bits per token, bits per byte).
 
 use super::batch::{collate, tokenize, Example};
-use super::loss::nll_sum;
 use crate::data::records::Record;
 use crate::data::template::Template;
 use crate::model::LoadedModel;
 use anyhow::{bail, Result};
-use candle_core::DType;
 
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct EvalLoss {
@@ -46,10 +44,7 @@ pub fn eval_loss(
         let refs: Vec<&Example> = chunk.iter().collect();
         let b = collate(&refs, lm.tokenizer.pad_id(), lm.model.device())?;
         if b.n_targets > 0 {
-            let logits = crate::train::backprop::scoring_logits(&lm.model, &b.ids)?;
-            total_nll += nll_sum(&logits, &b.targets)?
-                .to_dtype(DType::F64)?
-                .to_scalar::<f64>()?;
+            total_nll += crate::train::backprop::scoring_nll(&lm.model, &b.ids, &b.targets)?;
             tokens += b.n_targets;
         }
         pb.inc(chunk.len() as u64);
