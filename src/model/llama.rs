@@ -4,12 +4,14 @@
 //! Read bottom-up: norm -> linear -> attention -> mlp -> block -> model.
 
 use super::config::{Activation, Family, ModelConfig};
-use super::fused::decode::{self, DecodeCtx};
+use super::fused::decode::KvBuffers;
 use super::fused::{self, attention::RopeTables, norm::rms_norm, swiglu::swiglu, Kernel};
 use super::params::Params;
 use super::rope::{self, Rope};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor, D};
+
+mod incremental;
 
 /// x (.., in) times W^T (out, in), plus bias.
 fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> candle_core::Result<Tensor> {
@@ -70,8 +72,6 @@ enum AttnPath<'a> {
     },
     /// The fused training kernel (positions 0..t, no cache).
     Fused(&'a RopeTables),
-    /// The fused decoding kernels (with a cache).
-    Decode(&'a DecodeCtx),
 }
 
 impl Attention {
@@ -95,21 +95,6 @@ impl Attention {
                     self.n_kv,
                     tables,
                 )?;
-                return self.o_proj.forward(&y);
-            }
-            (AttnPath::Decode(ctx), Some(slot)) => {
-                let q = decode::rope_heads(&self.q_proj.forward(x)?, self.n_heads, ctx)?;
-                let k = decode::rope_heads(&self.k_proj.forward(x)?, self.n_kv, ctx)?;
-                // (b, t, kv*hd) -> (b, kv, t, hd)
-                let v = self
-                    .v_proj
-                    .forward(x)?
-                    .reshape((b, t, self.n_kv, hd))?
-                    .transpose(1, 2)?
-                    .contiguous()?;
-                let (k, v) = append_in_place(slot.take(), &k, &v, ctx.past)?;
-                let y = decode::cached_attention(&q, &k, &v, ctx)?;
-                *slot = Some((k, v));
                 return self.o_proj.forward(&y);
             }
             (AttnPath::Reference { cos, sin, bias }, cache) => (cos, sin, *bias, cache),
@@ -158,38 +143,6 @@ impl Attention {
     }
 }
 
-/// Fewest positions a decoding cache makes room for.
-const CACHE_MIN_CAPACITY: usize = 64;
-
-/// The decoding path's cache of one layer after appending `k`, `v` (b, kv, t, hd) at
-/// position `past`: buffers (b, kv, capacity, hd) written in place, which double when full.
-/// Concatenating instead copied the whole cache every step (6% of a batch-16 decoding step,
-/// and as much again in page faults for the fresh buffers).
-fn append_in_place(
-    slot: Option<(Tensor, Tensor)>,
-    k: &Tensor,
-    v: &Tensor,
-    past: usize,
-) -> candle_core::Result<(Tensor, Tensor)> {
-    let (b, kv, t, hd) = k.dims4()?;
-    let (kb, vb) = match slot {
-        Some((kb, vb)) if kb.dim(2)? >= past + t => (kb, vb),
-        old => {
-            let cap = (past + t).next_power_of_two().max(CACHE_MIN_CAPACITY);
-            let kb = Tensor::zeros((b, kv, cap, hd), k.dtype(), k.device())?;
-            let vb = Tensor::zeros((b, kv, cap, hd), v.dtype(), v.device())?;
-            if let Some((ok, ov)) = old.filter(|_| past > 0) {
-                kb.slice_set(&ok.narrow(2, 0, past)?.contiguous()?, 2, 0)?;
-                vb.slice_set(&ov.narrow(2, 0, past)?.contiguous()?, 2, 0)?;
-            }
-            (kb, vb)
-        }
-    };
-    kb.slice_set(&k.contiguous()?, 2, past)?;
-    vb.slice_set(&v.contiguous()?, 2, past)?;
-    Ok((kb, vb))
-}
-
 /// (b, kv, T, hd) -> (b, kv*n_rep, T, hd), each kv head repeated for its query group.
 fn repeat_kv(x: &Tensor, n_rep: usize) -> candle_core::Result<Tensor> {
     if n_rep == 1 {
@@ -228,11 +181,12 @@ struct Block {
     mlp: Mlp,
 }
 
-/// Per-layer key/value cache for incremental decoding. The fused decoding path keeps room
-/// for later positions in its buffers (written in place), so `len` counts the filled ones.
+/// Per-layer key/value cache for incremental decoding: tensors on the reference path, buffers
+/// written in place on the fused one (see `incremental`). One cache serves one path.
 /// Not `Clone`: two caches sharing a buffer would overwrite each other's positions.
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
+    buffers: Vec<KvBuffers>,
     len: usize,
 }
 
@@ -240,6 +194,7 @@ impl KvCache {
     pub fn new(n_layers: usize) -> Self {
         KvCache {
             layers: vec![None; n_layers],
+            buffers: (0..n_layers).map(|_| KvBuffers::default()).collect(),
             len: 0,
         }
     }
@@ -249,13 +204,6 @@ impl KvCache {
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-    /// Keep only the rows of the batch listed in `rows` (drop finished sequences).
-    pub fn select_rows(&mut self, rows: &Tensor) -> candle_core::Result<()> {
-        for slot in self.layers.iter_mut().flatten() {
-            *slot = (slot.0.index_select(rows, 0)?, slot.1.index_select(rows, 0)?);
-        }
-        Ok(())
     }
 }
 
@@ -358,7 +306,8 @@ impl Llama {
 
     /// Incremental forward for generation: `ids` (b, t) new tokens, `positions` (b, t),
     /// `key_mask` (b, T_total) with 1 for real tokens and 0 for (left) padding, covering the
-    /// cached and the new tokens.
+    /// cached and the new tokens. Returns the logits (b, vocab) f32 of each row's last new
+    /// token (what generation and the compressor read).
     pub fn forward_cached(
         &self,
         ids: &Tensor,
@@ -367,28 +316,32 @@ impl Llama {
         cache: &mut KvCache,
     ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
+        anyhow::ensure!(b > 0 && t > 0, "decoding needs at least one new token");
         let past = cache.len();
-        let x = self.embed(ids)?;
-        let x = if fused::usable(Kernel::Attention, &[&x]) {
-            let ctx = DecodeCtx::new(
-                self.rope.inv_freq(),
+        let on_buffers = cache.buffers.iter().any(|c| !c.is_empty());
+        let on_tensors = cache.layers.iter().any(|c| c.is_some());
+        let fused = incremental::usable(self);
+        anyhow::ensure!(
+            !(fused && on_tensors || !fused && on_buffers),
+            "this KV cache was filled with the kernels switched {}; start a new cache",
+            if on_buffers { "on" } else { "off" }
+        );
+        let flat = |x: &Tensor| -> Result<Vec<u32>> {
+            Ok(x.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?)
+        };
+        let logits = if fused {
+            self.forward_incremental(
+                &flat(ids)?,
+                &flat(positions)?,
+                flat(key_mask)?,
                 b,
-                t,
-                past,
-                &positions
-                    .flatten_all()?
-                    .to_dtype(DType::U32)?
-                    .to_vec1::<u32>()?,
-                key_mask
-                    .flatten_all()?
-                    .to_dtype(DType::U32)?
-                    .to_vec1::<u32>()?,
-            )?;
-            self.blocks(x, &AttnPath::Decode(&ctx), Some(cache))?
+                &mut cache.buffers,
+            )?
         } else {
+            let x = self.embed(ids)?;
             let bias = causal_bias(t, past, Some(key_mask), &self.device)?;
             let (cos, sin) = self.rope.cos_sin(positions)?;
-            self.blocks(
+            let x = self.blocks(
                 x,
                 &AttnPath::Reference {
                     cos,
@@ -396,12 +349,13 @@ impl Llama {
                     bias: &bias,
                 },
                 Some(cache),
-            )?
+            )?;
+            linear(&x.narrow(1, t - 1, 1)?.squeeze(1)?, &self.lm_head, None)?
         };
         // Counted once every layer holds the new positions (after an error the caller starts
         // a new cache).
         cache.len = past + t;
-        Ok(linear(&x, &self.lm_head, None)?)
+        Ok(logits)
     }
 
     /// Token embeddings (b, t, hidden), Gemma-scaled.
@@ -465,43 +419,6 @@ fn causal_bias(t: usize, past: usize, key_mask: Option<&Tensor>, dev: &Device) -
                 .reshape((b, 1, 1, total))?;
             // MIN + MIN would overflow to -inf; clamp keeps it finite.
             Ok(causal.broadcast_add(&pad)?.clamp(f32::MIN, 0f32)?)
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cache_appended_in_place_equals_concatenation_across_growth() {
-        let dev = Device::Cpu;
-        let (mut slot, mut want): (Option<(Tensor, Tensor)>, Option<Tensor>) = (None, None);
-        let mut past = 0;
-        // 60 + 1 + 10 + 70 positions: fills the first 64-row buffer, then grows it twice.
-        for (step, t) in [60usize, 1, 10, 70].into_iter().enumerate() {
-            let k = Tensor::rand(0f32, 1.0, (2, 3, t, 4), &dev).unwrap();
-            let v = (&k + step as f64).unwrap();
-            let (kb, vb) = append_in_place(slot.take(), &k, &v, past).unwrap();
-            past += t;
-            want = Some(match want {
-                Some(w) => Tensor::cat(&[&w, &k], 2).unwrap(),
-                None => k,
-            });
-            let w = want.as_ref().unwrap();
-            assert!(kb.dim(2).unwrap() >= past);
-            let got = kb.narrow(2, 0, past).unwrap();
-            let diff = (got - w).unwrap().abs().unwrap().max_all().unwrap();
-            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "keys after {past}");
-            // The last block of values is its keys + step.
-            let vlast = vb.narrow(2, past - t, t).unwrap();
-            let klast = kb.narrow(2, past - t, t).unwrap();
-            let d = ((vlast - klast).unwrap() - step as f64)
-                .unwrap()
-                .abs()
-                .unwrap();
-            assert!(d.max_all().unwrap().to_scalar::<f32>().unwrap() < 1e-6);
-            slot = Some((kb, vb));
         }
     }
 }

@@ -1,13 +1,15 @@
-//! Incremental decoding kernels (forward only): RoPE at arbitrary per-row positions into the
-//! KV-cache layout, and attention of new queries over the cache with a key-padding mask.
-//! They replace the ~25 small tensor ops per layer of the reference path, whose per-op cost
-//! dominates a decoding step. Backward is deliberately unsupported (candle reports an error
-//! instead of silently dropping gradients): training never goes through the cache.
+//! Incremental decoding kernels on raw f32 buffers (forward only: training never goes
+//! through the cache): RoPE at arbitrary per-row positions, the KV cache written in place,
+//! and attention of the new queries over the cache with a key-padding mask. The fused
+//! decoding forward (`Llama::forward_cached`) strings them together with the projections.
 
-use super::{sgemm, slice, SharedMut, SERIAL_MAX};
-use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
+use super::vexp::{self, add_weighted_rows};
+use super::{sgemm, SharedMut, SERIAL_MAX};
+use candle_core::Result;
 use rayon::prelude::*;
-use std::sync::Arc;
+
+/// Fewest positions a cache makes room for.
+const MIN_CAPACITY: usize = 64;
 
 /// Per-call decoding context: the positions of the new tokens and which keys are real.
 #[derive(Debug, Clone)]
@@ -18,11 +20,11 @@ pub struct DecodeCtx {
     /// Cached positions before this call.
     pub past: usize,
     /// (b * t, half) cos / sin of each new token's position.
-    cos: Arc<Vec<f32>>,
-    sin: Arc<Vec<f32>>,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
     half: usize,
     /// (b, past + t): 1 for real keys, 0 for padding.
-    key_mask: Arc<Vec<u32>>,
+    key_mask: Vec<u32>,
 }
 
 impl DecodeCtx {
@@ -56,278 +58,369 @@ impl DecodeCtx {
             b,
             t,
             past,
-            cos: Arc::new(cos),
-            sin: Arc::new(sin),
+            cos,
+            sin,
             half,
-            key_mask: Arc::new(key_mask),
+            key_mask,
         })
     }
+
+    /// Head size the rope tables are for.
+    pub fn head_dim(&self) -> usize {
+        2 * self.half
+    }
 }
 
-/// x (b, t, n * hd) from a projection -> RoPE-rotated (b, n, t, hd), the cache layout.
-pub fn rope_heads(x: &Tensor, n: usize, ctx: &DecodeCtx) -> Result<Tensor> {
-    let (b, t, w) = x.dims3()?;
-    if b != ctx.b || t != ctx.t || w != n * 2 * ctx.half {
+/// Rotates, in place, the `n` heads of each of the b * t rows of `x` (the rotate-half RoPE
+/// of Llama, at each row's own position).
+pub fn rope_in_place(x: &mut [f32], n: usize, ctx: &DecodeCtx) -> Result<()> {
+    let (half, hd) = (ctx.half, ctx.head_dim());
+    if x.len() != ctx.b * ctx.t * n * hd {
         candle_core::bail!(
-            "decoding rope: {:?} does not fit {n} heads of {}",
-            x.dims(),
-            2 * ctx.half
+            "decoding rope: {} values are not {} rows of {n} heads of {hd}",
+            x.len(),
+            ctx.b * ctx.t
         );
     }
-    x.contiguous()?.apply_op1(RopeHeads {
-        n,
-        ctx: ctx.clone(),
-    })
+    for (r, row) in x.chunks_exact_mut(n * hd).enumerate() {
+        let (c, s) = (
+            &ctx.cos[r * half..(r + 1) * half],
+            &ctx.sin[r * half..(r + 1) * half],
+        );
+        for head in row.chunks_exact_mut(hd) {
+            let (lo, hi) = head.split_at_mut(half);
+            for i in 0..half {
+                let (a, b) = (lo[i], hi[i]);
+                lo[i] = a * c[i] + (-b) * s[i];
+                hi[i] = b * c[i] + a * s[i];
+            }
+        }
+    }
+    Ok(())
 }
 
-struct RopeHeads {
-    n: usize,
-    ctx: DecodeCtx,
+/// One layer's cached keys (rotated) and values, each (b, n_kv, capacity, hd) row-major, of
+/// which the first `len` positions of every head are filled. New positions are written in
+/// place and the buffers double when full (concatenating copied the whole cache every step).
+#[derive(Debug, Default)]
+pub struct KvBuffers {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    b: usize,
+    n_kv: usize,
+    hd: usize,
+    capacity: usize,
+    len: usize,
 }
 
-impl CustomOp1 for RopeHeads {
-    fn name(&self) -> &'static str {
-        "decode-rope"
+impl KvBuffers {
+    /// Filled positions.
+    pub fn len(&self) -> usize {
+        self.len
     }
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s, l)?;
-        let (b, t, n, half) = (self.ctx.b, self.ctx.t, self.n, self.ctx.half);
-        let hd = 2 * half;
-        let mut out = vec![0f32; x.len()];
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Positions there is room for before the buffers grow.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Writes the new keys `k` and values `v` (b * t rows of n_kv * hd, keys already
+    /// rotated) at positions len..len + t.
+    pub fn append(&mut self, k: &[f32], v: &[f32], b: usize, n_kv: usize, hd: usize) -> Result<()> {
+        let width = n_kv * hd;
+        if b == 0 || width == 0 || k.len() != v.len() || !k.len().is_multiple_of(b * width) {
+            candle_core::bail!(
+                "decoding cache: {} keys and {} values are not {b} rows of {n_kv} heads of {hd}",
+                k.len(),
+                v.len()
+            );
+        }
+        if self.len > 0 && (b, n_kv, hd) != (self.b, self.n_kv, self.hd) {
+            candle_core::bail!(
+                "decoding cache holds {} rows of {} heads of {}, not {b} of {n_kv} of {hd}",
+                self.b,
+                self.n_kv,
+                self.hd
+            );
+        }
+        let t = k.len() / (b * width);
+        let need = self.len + t;
+        if self.len == 0 || need > self.capacity {
+            self.grow(b, n_kv, hd, need);
+        }
+        let cap = self.capacity;
         for bi in 0..b {
             for p in 0..t {
-                let r = bi * t + p;
-                let (c, sn) = (
-                    &self.ctx.cos[r * half..(r + 1) * half],
-                    &self.ctx.sin[r * half..(r + 1) * half],
-                );
-                for h in 0..n {
-                    let src = &x[r * n * hd + h * hd..r * n * hd + (h + 1) * hd];
-                    let o0 = ((bi * n + h) * t + p) * hd;
-                    let o = &mut out[o0..o0 + hd];
-                    for i in 0..half {
-                        let (a, bb) = (src[i], src[i + half]);
-                        o[i] = a * c[i] + (-bb) * sn[i];
-                        o[i + half] = bb * c[i] + a * sn[i];
-                    }
+                let src = (bi * t + p) * width;
+                for g in 0..n_kv {
+                    let dst = ((bi * n_kv + g) * cap + self.len + p) * hd;
+                    self.k[dst..dst + hd].copy_from_slice(&k[src + g * hd..src + (g + 1) * hd]);
+                    self.v[dst..dst + hd].copy_from_slice(&v[src + g * hd..src + (g + 1) * hd]);
                 }
             }
         }
-        Ok((CpuStorage::F32(out), Shape::from((b, n, t, hd))))
+        self.len = need;
+        Ok(())
+    }
+
+    /// Room for at least `need` positions (a power of two), keeping the filled ones.
+    fn grow(&mut self, b: usize, n_kv: usize, hd: usize, need: usize) {
+        let cap = need.next_power_of_two().max(MIN_CAPACITY);
+        let mut k = vec![0f32; b * n_kv * cap * hd];
+        let mut v = vec![0f32; b * n_kv * cap * hd];
+        let filled = self.len * hd;
+        for head in 0..b * n_kv {
+            let (src, dst) = (head * self.capacity * hd, head * cap * hd);
+            k[dst..dst + filled].copy_from_slice(&self.k[src..src + filled]);
+            v[dst..dst + filled].copy_from_slice(&self.v[src..src + filled]);
+        }
+        (self.k, self.v) = (k, v);
+        (self.b, self.n_kv, self.hd, self.capacity) = (b, n_kv, hd, cap);
+    }
+
+    /// The filled keys or values of row `bi`'s kv head `g` (len rows of hd).
+    #[cfg(test)]
+    pub fn head(&self, values: bool, bi: usize, g: usize) -> &[f32] {
+        let start = (bi * self.n_kv + g) * self.capacity * self.hd;
+        let buf = if values { &self.v } else { &self.k };
+        &buf[start..start + self.len * self.hd]
     }
 }
 
-/// Attention of rotated queries `q` (b, n_heads, t, hd) over the cache `k`, `v`
-/// (b, n_kv, capacity, hd) whose first past + t positions are filled: query i sees keys up
-/// to past + i that the mask marks real.
-/// Returns (b, t, n_heads * hd), ready for o_proj.
-pub fn cached_attention(q: &Tensor, k: &Tensor, v: &Tensor, ctx: &DecodeCtx) -> Result<Tensor> {
-    let (b, nh, t, _) = q.dims4()?;
-    let (_, nkv, capacity, _) = k.dims4()?;
-    if nkv == 0 || nh % nkv != 0 || v.dims() != k.dims() || capacity < ctx.past + t || b != ctx.b {
+/// Attention of the rotated queries `q` (b * t rows of n_heads * hd) over `cache`, which
+/// already holds this call's keys and values: query i of a row sees the keys up to past + i
+/// that the mask marks real. Returns (b * t rows of n_heads * hd), ready for o_proj.
+pub fn attend(q: &[f32], cache: &KvBuffers, n_heads: usize, ctx: &DecodeCtx) -> Result<Vec<f32>> {
+    let (b, t, past, hd) = (ctx.b, ctx.t, ctx.past, ctx.head_dim());
+    let (nkv, capacity) = (cache.n_kv, cache.capacity);
+    let total = past + t;
+    if nkv == 0
+        || !n_heads.is_multiple_of(nkv)
+        || cache.len != total
+        || cache.b != b
+        || cache.hd != hd
+        || q.len() != b * t * n_heads * hd
+    {
         candle_core::bail!(
-            "decoding attention: q {:?} k {:?} v {:?} after {} cached positions do not fit",
-            q.dims(),
-            k.dims(),
-            v.dims(),
-            ctx.past
+            "decoding attention: {} query values for {b} rows of {t} x {n_heads} heads of {hd} \
+             do not fit a cache of {} positions ({} rows, {nkv} heads of {}) after {past}",
+            q.len(),
+            cache.len,
+            cache.b,
+            cache.hd
         );
     }
-    q.contiguous()?.apply_op3(
-        &k.contiguous()?,
-        &v.contiguous()?,
-        CachedAttention { ctx: ctx.clone() },
-    )
-}
-
-struct CachedAttention {
-    ctx: DecodeCtx,
-}
-
-impl CustomOp3 for CachedAttention {
-    fn name(&self) -> &'static str {
-        "decode-attention"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
-        let (b, nh, t, hd) = l1.shape().dims4()?;
-        // The cache may hold room for later positions: (b, kv, capacity, hd), of which the
-        // first past + t rows of each head are filled.
-        let (_, nkv, capacity, _) = l2.shape().dims4()?;
-        let total = self.ctx.past + t;
-        let n_rep = nh / nkv;
-        let scale = (1.0 / (hd as f64).sqrt()) as f32;
-        let past = self.ctx.past;
-        let mut y = vec![0f32; q.len()];
-        let yp = SharedMut(y.as_mut_ptr());
-        let row_y = nh * hd;
-        let task = |idx: usize| {
-            let (bi, h) = (idx / nh, idx % nh);
-            let g = h / n_rep;
-            let qh = &q[(bi * nh + h) * t * hd..(bi * nh + h + 1) * t * hd];
-            let kv0 = (bi * nkv + g) * capacity * hd;
-            let mask = &self.ctx.key_mask[bi * total..(bi + 1) * total];
+    let n_rep = n_heads / nkv;
+    let scale = (1.0 / (hd as f64).sqrt()) as f32;
+    let row_y = n_heads * hd;
+    let mut y = vec![0f32; q.len()];
+    let yp = SharedMut(y.as_mut_ptr());
+    let (k, v) = (&cache.k, &cache.v);
+    let task = |idx: usize| {
+        let (bi, h) = (idx / n_heads, idx % n_heads);
+        let kv0 = (bi * nkv + h / n_rep) * capacity * hd;
+        let (kh, vh) = (&k[kv0..kv0 + total * hd], &v[kv0..kv0 + total * hd]);
+        let q0 = bi * t * row_y + h * hd;
+        let mask = &ctx.key_mask[bi * total..(bi + 1) * total];
+        let mut s = if t == 1 {
+            // One query (a decoding step): the few-row product kernel, not a gemm set-up.
+            let mut s = super::linear::product(1, total, hd, &q[q0..q0 + hd], (hd, 1), kh, (1, hd));
+            s.iter_mut().for_each(|x| *x *= scale);
+            s
+        } else {
             let mut s = vec![0f32; t * total];
-            if t == 1 {
-                // One query (a decoding step): plain dot products beat a gemm call's set-up.
-                let kh = &k[kv0..kv0 + total * hd];
-                for (x, kj) in s.iter_mut().zip(kh.chunks(hd)) {
-                    *x = qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
-                }
-            } else {
-                // SAFETY: shapes checked above.
-                unsafe {
-                    sgemm(
-                        t,
-                        total,
-                        hd,
-                        s.as_mut_ptr(),
-                        total,
-                        false,
-                        qh.as_ptr(),
-                        (hd, 1),
-                        k.as_ptr().add(kv0),
-                        (1, hd),
-                        scale,
-                    );
-                }
-            }
-            for i in 0..t {
-                let row = &mut s[i * total..(i + 1) * total];
-                let sees = |j: usize| j <= past + i && mask[j] != 0;
-                let m = (0..total)
-                    .filter(|&j| sees(j))
-                    .map(|j| row[j])
-                    .fold(f32::NEG_INFINITY, f32::max);
-                if m == f32::NEG_INFINITY {
-                    // No real key (a padding query): the reference's all-f32::MIN row is a
-                    // uniform average; its output is never read.
-                    row.iter_mut().for_each(|x| *x = 1.0 / total as f32);
-                    continue;
-                }
-                let mut sum = 0f32;
-                for (j, x) in row.iter_mut().enumerate() {
-                    *x = if sees(j) {
-                        super::vexp::exp(*x - m)
-                    } else {
-                        0.0
-                    };
-                    sum += *x;
-                }
-                row.iter_mut().for_each(|x| *x /= sum);
-            }
-            if t == 1 {
-                // SAFETY: this task alone writes y[bi, 0, h, :].
-                let out = unsafe {
-                    std::slice::from_raw_parts_mut(yp.ptr().add(bi * row_y + h * hd), hd)
-                };
-                for (&p, vj) in s.iter().zip(v[kv0..kv0 + total * hd].chunks(hd)) {
-                    if p != 0.0 {
-                        out.iter_mut().zip(vj).for_each(|(o, &x)| *o += p * x);
-                    }
-                }
-                return;
-            }
-            // SAFETY: this task alone writes y[bi, :, h, :].
+            // SAFETY: q's rows of this head and the filled keys are in bounds (checked above).
             unsafe {
                 sgemm(
                     t,
-                    hd,
                     total,
-                    yp.ptr().add(bi * t * row_y + h * hd),
-                    row_y,
+                    hd,
+                    s.as_mut_ptr(),
+                    total,
                     false,
-                    s.as_ptr(),
-                    (total, 1),
-                    v.as_ptr().add(kv0),
-                    (hd, 1),
-                    1.0,
+                    q.as_ptr().add(q0),
+                    (row_y, 1),
+                    kh.as_ptr(),
+                    (1, hd),
+                    scale,
                 );
             }
+            s
         };
-        if b * nh * t * total * hd <= SERIAL_MAX * 8 {
-            (0..b * nh).for_each(task);
-        } else {
-            (0..b * nh).into_par_iter().for_each(task);
+        for (i, row) in s.chunks_exact_mut(total).enumerate() {
+            let sees = |j: usize| j <= past + i && mask[j] != 0;
+            for (j, x) in row.iter_mut().enumerate() {
+                if !sees(j) {
+                    *x = f32::NEG_INFINITY;
+                }
+            }
+            let m = vexp::max(row);
+            if m == f32::NEG_INFINITY {
+                // No real key (a padding query): the reference's all-f32::MIN row is a
+                // uniform average; its output is never read.
+                row.iter_mut().for_each(|x| *x = 1.0 / total as f32);
+                continue;
+            }
+            let sum = vexp::exp_shifted_sum(row, m);
+            row.iter_mut().for_each(|x| *x /= sum);
         }
-        Ok((CpuStorage::F32(y), Shape::from((b, t, nh * hd))))
+        if t == 1 {
+            // SAFETY: this task alone writes y[bi, 0, h, :].
+            let out = unsafe { std::slice::from_raw_parts_mut(yp.ptr().add(q0), hd) };
+            add_weighted_rows(out, &s, vh);
+            return;
+        }
+        // SAFETY: this task alone writes y[bi, :, h, :].
+        unsafe {
+            sgemm(
+                t,
+                hd,
+                total,
+                yp.ptr().add(q0),
+                row_y,
+                false,
+                s.as_ptr(),
+                (total, 1),
+                vh.as_ptr(),
+                (hd, 1),
+                1.0,
+            );
+        }
+    };
+    if t == 1 || b * n_heads * t * total * hd <= SERIAL_MAX * 8 {
+        (0..b * n_heads).for_each(task);
+    } else {
+        (0..b * n_heads).into_par_iter().for_each(task);
     }
+    Ok(y)
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::attention::{causal_attention, RopeTables};
-    use super::super::testing::{max_abs_diff, randn};
+    use super::super::testing::randn;
     use super::*;
+    use candle_core::Tensor;
 
-    /// Prefill from an empty cache, all keys real, equals the training kernel; a padded key
-    /// changes the result of rows that can see it only; a one-token step after a cache
-    /// (the dot-product path) equals the same row of the full prefill.
+    fn data(x: &Tensor) -> Vec<f32> {
+        x.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    /// A prefill into an empty cache, all keys real, equals the training kernel; a padded key
+    /// changes the rows that can see it and no others; one token after a cache of the
+    /// first t - 1 (the dot-product path) equals the last row of the prefill.
     #[test]
     fn prefill_equals_the_training_kernel_and_the_mask_hides_keys() {
         let (b, t, nh, nkv, hd) = (2, 7, 4, 2, 8);
         let inv: Vec<f32> = (0..hd / 2)
             .map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / hd as f32))
             .collect();
-        let q = randn(&[b, t, nh * hd], 1);
-        let k = randn(&[b, t, nkv * hd], 2);
-        let v = randn(&[b, t, nkv * hd], 3);
+        let (qt, kt, vt) = (
+            randn(&[b, t, nh * hd], 1),
+            randn(&[b, t, nkv * hd], 2),
+            randn(&[b, t, nkv * hd], 3),
+        );
+        let (q, k, v) = (data(&qt), data(&kt), data(&vt));
         let pos: Vec<u32> = (0..b).flat_map(|_| 0..t as u32).collect();
-        let ctx = DecodeCtx::new(&inv, b, t, 0, &pos, vec![1; b * t]).unwrap();
-        let heads = |x: &Tensor, n: usize| {
-            x.reshape((b, t, n, hd))
-                .unwrap()
-                .transpose(1, 2)
-                .unwrap()
-                .contiguous()
-                .unwrap()
+        let run = |mask: Vec<u32>| {
+            let ctx = DecodeCtx::new(&inv, b, t, 0, &pos, mask).unwrap();
+            let (mut q, mut k) = (q.clone(), k.clone());
+            rope_in_place(&mut q, nh, &ctx).unwrap();
+            rope_in_place(&mut k, nkv, &ctx).unwrap();
+            let mut cache = KvBuffers::default();
+            cache.append(&k, &v, b, nkv, hd).unwrap();
+            (attend(&q, &cache, nh, &ctx).unwrap(), cache)
         };
-        let y = cached_attention(
-            &rope_heads(&q, nh, &ctx).unwrap(),
-            &rope_heads(&k, nkv, &ctx).unwrap(),
-            &heads(&v, nkv),
-            &ctx,
-        )
-        .unwrap();
-        let want = causal_attention(&q, &k, &v, nh, nkv, &RopeTables::new(&inv, t)).unwrap();
-        assert!(max_abs_diff(&y, &want) < 1e-5);
+        let (y, cache) = run(vec![1; b * t]);
+        let want = causal_attention(&qt, &kt, &vt, nh, nkv, &RopeTables::new(&inv, t)).unwrap();
+        assert!(max_diff(&y, &data(&want)) < 1e-5);
         // Mask key 3 of row 0: queries 0..3 of row 0 and all of row 1 are unchanged.
         let mut mask = vec![1u32; b * t];
         mask[3] = 0;
-        let ctx = DecodeCtx::new(&inv, b, t, 0, &pos, mask).unwrap();
-        let y2 = cached_attention(
-            &rope_heads(&q, nh, &ctx).unwrap(),
-            &rope_heads(&k, nkv, &ctx).unwrap(),
-            &heads(&v, nkv),
-            &ctx,
-        )
-        .unwrap();
-        let same = |a: &Tensor, r: usize, p: std::ops::Range<usize>| {
-            a.narrow(0, r, 1)
-                .unwrap()
-                .narrow(1, p.start, p.len())
-                .unwrap()
+        let (y2, _) = run(mask);
+        let w = nh * hd;
+        assert!(max_diff(&y2[..3 * w], &y[..3 * w]) < 1e-6);
+        assert!(max_diff(&y2[t * w..], &y[t * w..]) < 1e-6);
+        assert!(max_diff(&y2[3 * w..t * w], &y[3 * w..t * w]) > 1e-4);
+        // The last token alone, over a cache of the first t - 1 positions.
+        let first: Vec<usize> = (0..b)
+            .flat_map(|r| (0..t - 1).map(move |p| r * t + p))
+            .collect();
+        let rows = |x: &[f32], width: usize, which: &[usize]| -> Vec<f32> {
+            which
+                .iter()
+                .flat_map(|&r| x[r * width..(r + 1) * width].to_vec())
+                .collect()
         };
-        assert!(max_abs_diff(&same(&y2, 0, 0..3), &same(&y, 0, 0..3)) < 1e-6);
-        assert!(max_abs_diff(&same(&y2, 1, 0..t), &same(&y, 1, 0..t)) < 1e-6);
-        assert!(max_abs_diff(&same(&y2, 0, 3..t), &same(&y, 0, 3..t)) > 1e-4);
-        // The last token alone, over a cache of the first t - 1.
-        let ctx_all = DecodeCtx::new(&inv, b, t, 0, &pos, vec![1; b * t]).unwrap();
-        let (kr, vr) = (rope_heads(&k, nkv, &ctx_all).unwrap(), heads(&v, nkv));
-        let last: Vec<u32> = vec![(t - 1) as u32; b];
-        let ctx1 = DecodeCtx::new(&inv, b, 1, t - 1, &last, vec![1; b * t]).unwrap();
-        let q1 = q.narrow(1, t - 1, 1).unwrap();
-        let y1 = cached_attention(&rope_heads(&q1, nh, &ctx1).unwrap(), &kr, &vr, &ctx1).unwrap();
-        assert!(max_abs_diff(&y1, &y.narrow(1, t - 1, 1).unwrap()) < 1e-5);
+        let pos0: Vec<u32> = (0..b).flat_map(|_| 0..(t - 1) as u32).collect();
+        let ctx0 = DecodeCtx::new(&inv, b, t - 1, 0, &pos0, vec![1; b * (t - 1)]).unwrap();
+        let mut k0 = rows(&k, nkv * hd, &first);
+        rope_in_place(&mut k0, nkv, &ctx0).unwrap();
+        let mut cache1 = KvBuffers::default();
+        cache1
+            .append(&k0, &rows(&v, nkv * hd, &first), b, nkv, hd)
+            .unwrap();
+        let last: Vec<usize> = (0..b).map(|r| r * t + t - 1).collect();
+        let ctx1 =
+            DecodeCtx::new(&inv, b, 1, t - 1, &vec![(t - 1) as u32; b], vec![1; b * t]).unwrap();
+        let (mut q1, mut k1) = (rows(&q, nh * hd, &last), rows(&k, nkv * hd, &last));
+        rope_in_place(&mut q1, nh, &ctx1).unwrap();
+        rope_in_place(&mut k1, nkv, &ctx1).unwrap();
+        cache1
+            .append(&k1, &rows(&v, nkv * hd, &last), b, nkv, hd)
+            .unwrap();
+        let y1 = attend(&q1, &cache1, nh, &ctx1).unwrap();
+        assert!(max_diff(&y1, &rows(&y, nh * hd, &last)) < 1e-5);
+        // Both caches hold the same rotated keys and values.
+        for (bi, g) in [(0, 0), (1, 1)] {
+            for values in [false, true] {
+                assert!(max_diff(cache1.head(values, bi, g), cache.head(values, bi, g)) < 1e-6);
+            }
+        }
+    }
+
+    /// Appending across growth keeps every filled position: 60 + 1 + 10 + 70 positions fill
+    /// the first 64-position buffer, then grow it twice.
+    #[test]
+    fn appends_keep_every_position_across_growth() {
+        let (b, nkv, hd) = (2, 3, 4);
+        let mut cache = KvBuffers::default();
+        let mut want_k: Vec<Vec<f32>> = vec![Vec::new(); b * nkv];
+        let mut want_v: Vec<Vec<f32>> = vec![Vec::new(); b * nkv];
+        for (step, t) in [60usize, 1, 10, 70].into_iter().enumerate() {
+            let k = data(&randn(&[b, t, nkv * hd], step as u64));
+            let v: Vec<f32> = k.iter().map(|x| x + step as f32).collect();
+            cache.append(&k, &v, b, nkv, hd).unwrap();
+            for bi in 0..b {
+                for p in 0..t {
+                    for g in 0..nkv {
+                        let s = ((bi * t + p) * nkv + g) * hd;
+                        want_k[bi * nkv + g].extend_from_slice(&k[s..s + hd]);
+                        want_v[bi * nkv + g].extend_from_slice(&v[s..s + hd]);
+                    }
+                }
+            }
+            assert!(cache.capacity() >= cache.len());
+            for bi in 0..b {
+                for g in 0..nkv {
+                    assert_eq!(cache.head(false, bi, g), &want_k[bi * nkv + g][..]);
+                    assert_eq!(cache.head(true, bi, g), &want_v[bi * nkv + g][..]);
+                }
+            }
+        }
+        assert_eq!((cache.len(), cache.capacity()), (141, 256));
+        assert!(cache.append(&[0.0; 8], &[0.0; 8], 1, 2, 4).is_err());
     }
 }

@@ -40,6 +40,32 @@ impl RmsNorm {
             .map(|&v| if self.gemma { v + 1.0 } else { v })
             .collect()
     }
+    /// The normed rows of `x` (rows of the weight's length; `dims` only names the shape in
+    /// errors), with the checkpoint's weight `w` (Gemma's stored as w - 1).
+    pub(crate) fn forward(&self, x: &[f32], w: &[f32], dims: &[usize]) -> Result<Vec<f32>> {
+        let w = self.weight(w);
+        let h = w.len();
+        if h == 0 || !x.len().is_multiple_of(h) || dims.last().is_some_and(|&d| d != h) {
+            candle_core::bail!("fused rms norm: weight length {h} does not match {dims:?}");
+        }
+        let mut y = vec![0f32; x.len()];
+        let rows = |(yc, xc): (&mut [f32], &[f32])| {
+            for (yr, xr) in yc.chunks_mut(h).zip(xc.chunks(h)) {
+                let s = self.denom(xr);
+                for ((o, &v), &wv) in yr.iter_mut().zip(xr).zip(&w) {
+                    *o = v / s * wv;
+                }
+            }
+        };
+        let n = h * ROWS_PER_TASK;
+        if x.len() <= SERIAL_MAX {
+            y.chunks_mut(n).zip(x.chunks(n)).for_each(rows);
+        } else {
+            y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(rows);
+        }
+        Ok(y)
+    }
+
     /// 1 / sqrt(mean(x^2) + eps) of one row, in f32 as the reference computes it.
     fn denom(&self, row: &[f32]) -> f32 {
         let ss: f32 = row.iter().map(|v| v * v).sum();
@@ -59,30 +85,7 @@ impl CustomOp2 for RmsNorm {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s1, l1)?;
-        let w = self.weight(slice(s2, l2)?);
-        let h = w.len();
-        if h == 0 || l1.dims().last() != Some(&h) {
-            candle_core::bail!(
-                "fused rms norm: weight length {h} does not match {:?}",
-                l1.dims()
-            );
-        }
-        let mut y = vec![0f32; x.len()];
-        let rows = |(yc, xc): (&mut [f32], &[f32])| {
-            for (yr, xr) in yc.chunks_mut(h).zip(xc.chunks(h)) {
-                let s = self.denom(xr);
-                for ((o, &v), &wv) in yr.iter_mut().zip(xr).zip(&w) {
-                    *o = v / s * wv;
-                }
-            }
-        };
-        let n = h * ROWS_PER_TASK;
-        if x.len() <= SERIAL_MAX {
-            y.chunks_mut(n).zip(x.chunks(n)).for_each(rows);
-        } else {
-            y.par_chunks_mut(n).zip(x.par_chunks(n)).for_each(rows);
-        }
+        let y = self.forward(slice(s1, l1)?, slice(s2, l2)?, l1.dims())?;
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 

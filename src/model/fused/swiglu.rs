@@ -47,6 +47,22 @@ multiversion! {
     }
 }
 
+/// silu(g) * u of two equal-length slices, on rayon's threads when large.
+pub(crate) fn forward(g: &[f32], u: &[f32]) -> Vec<f32> {
+    let mut y = vec![0f32; g.len()];
+    let f = |(yc, (gc, uc)): (&mut [f32], (&[f32], &[f32]))| fwd_chunk(yc, gc, uc);
+    if g.len() <= SERIAL_MAX {
+        y.chunks_mut(CHUNK)
+            .zip(g.chunks(CHUNK).zip(u.chunks(CHUNK)))
+            .for_each(f);
+    } else {
+        y.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
+            .for_each(f);
+    }
+    y
+}
+
 impl CustomOp2 for SwiGlu {
     fn name(&self) -> &'static str {
         "fused-swiglu"
@@ -59,19 +75,7 @@ impl CustomOp2 for SwiGlu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = slice(s1, l1)?;
-        let u = slice(s2, l2)?;
-        let mut y = vec![0f32; g.len()];
-        let f = |(yc, (gc, uc)): (&mut [f32], (&[f32], &[f32]))| fwd_chunk(yc, gc, uc);
-        if g.len() <= SERIAL_MAX {
-            y.chunks_mut(CHUNK)
-                .zip(g.chunks(CHUNK).zip(u.chunks(CHUNK)))
-                .for_each(f);
-        } else {
-            y.par_chunks_mut(CHUNK)
-                .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
-                .for_each(f);
-        }
+        let y = forward(slice(s1, l1)?, slice(s2, l2)?);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 

@@ -162,6 +162,20 @@ multiversion! {
     }
 }
 
+multiversion! {
+    /// out += sum_j p[j] * row j of `rows` (rows of out's length; one query's attention
+    /// output from its probabilities and a head's values). Zero weights are skipped.
+    pub fn add_weighted_rows(out: &mut [f32], p: &[f32], rows: &[f32]) {
+        for (&pj, r) in p.iter().zip(rows.chunks_exact(out.len().max(1))) {
+            if pj != 0.0 {
+                for (o, &x) in out.iter_mut().zip(r) {
+                    *o += pj * x;
+                }
+            }
+        }
+    }
+}
+
 /// Logistic sigmoid 1 / (1 + exp(-x)), the form candle's silu uses.
 #[inline(always)]
 pub fn sigmoid(x: f32) -> f32 {
@@ -205,6 +219,19 @@ mod tests {
             acc[i % LANES] += *x;
         }
         reduce(acc)
+    }
+
+    #[test]
+    fn weighted_rows_match_a_plain_loop() {
+        for n in [1usize, 16, 17, 64, 100] {
+            let q: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let rows: Vec<f32> = (0..3 * n).map(|i| (i as f32 * 0.11).cos()).collect();
+            let mut out = q.clone();
+            add_weighted_rows(&mut out, &[0.5, 0.0, 2.0], &rows);
+            for (i, o) in out.iter().enumerate() {
+                assert_eq!(*o, q[i] + 0.5 * rows[i] + 2.0 * rows[2 * n + i]);
+            }
+        }
     }
 
     #[test]
