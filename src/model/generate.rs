@@ -74,7 +74,10 @@ fn generate_split(
 ) -> Result<Vec<Vec<u32>>> {
     let parts = rayon::current_num_threads().clamp(1, prompts.len().max(1));
     if parts == 1 {
-        return generate_batch(model, prompts, first_index, eos_ids, pad_id, cfg);
+        // On a worker thread, the products' fork-joins run their halves themselves unless
+        // the other worker is free to steal one; from outside the pool each would wait for
+        // a worker to wake.
+        return rayon::scope(|_| generate_batch(model, prompts, first_index, eos_ids, pad_id, cfg));
     }
     let size = prompts.len().div_ceil(parts);
     let done: Vec<Result<Vec<Vec<u32>>>> = prompts

@@ -330,13 +330,12 @@ impl Llama {
             Ok(x.flatten_all()?.to_dtype(DType::U32)?.to_vec1::<u32>()?)
         };
         let logits = if fused {
-            self.forward_incremental(
-                &flat(ids)?,
-                &flat(positions)?,
-                flat(key_mask)?,
-                b,
-                &mut cache.buffers,
-            )?
+            let (ids, positions, key_mask) = (flat(ids)?, flat(positions)?, flat(key_mask)?);
+            // Run on one of the pool's threads: there, a product's fork-join runs both halves
+            // itself unless the other worker is free to take one, while from outside the pool
+            // every split waits for a worker to wake (a one-token step splits ~30 products).
+            let buffers = &mut cache.buffers;
+            rayon::scope(|_| self.forward_incremental(&ids, &positions, key_mask, b, buffers))?
         } else {
             let x = self.embed(ids)?;
             let bias = causal_bias(t, past, Some(key_mask), &self.device)?;

@@ -17,7 +17,7 @@ const FEW_ROWS_PARALLEL_MACS: usize = 1 << 20;
 
 /// Weight size from which [`few_rows_product`] splits across threads whatever the rows: a
 /// product that streams this much from memory goes faster on two cores' bandwidth.
-const FEW_ROWS_PARALLEL_WEIGHT: usize = 1 << 20;
+const FEW_ROWS_PARALLEL_WEIGHT: usize = 1 << 16;
 
 /// Multiply-adds below which a product is not worth splitting across threads.
 const PARALLEL_MIN_MACS: usize = 1 << 18;
