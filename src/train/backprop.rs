@@ -11,17 +11,14 @@
 
 use crate::model::config::{Activation, Family};
 use crate::model::fused::{
-    self, attention, cross_entropy, linear, norm::RmsNorm, swiglu::SwiGlu, with_data, Kernel,
+    self, add_into, attention, cross_entropy, linear, norm::RmsNorm, swiglu::SwiGlu, with_data,
+    Kernel,
 };
 use crate::model::Llama;
 use crate::train::optim::Grads;
 use anyhow::{Context, Result};
 use candle_core::{CustomOp1, CustomOp2, CustomOp3, DType, Tensor};
-use rayon::prelude::*;
 use std::collections::HashMap;
-
-/// Elements per parallel task of the elementwise adds.
-const ADD_CHUNK: usize = 32 * 1024;
 
 /// Whether [`nll_and_grads`] can compute `model`'s gradient (otherwise use autograd).
 pub fn usable(model: &Llama) -> bool {
@@ -39,18 +36,6 @@ pub fn usable(model: &Llama) -> bool {
         && model.cfg.family != Family::Gemma
         && model.cfg.activation == Activation::Silu
         && model.params.iter().all(|(_, v)| v.dtype() == DType::F32)
-}
-
-/// a += b, elementwise, on rayon's threads when large.
-fn add_into(a: &mut [f32], b: &[f32]) {
-    let add = |(x, y): (&mut [f32], &[f32])| x.iter_mut().zip(y).for_each(|(x, y)| *x += y);
-    if a.len() <= ADD_CHUNK {
-        add((a, b));
-    } else {
-        a.par_chunks_mut(ADD_CHUNK)
-            .zip(b.par_chunks(ADD_CHUNK))
-            .for_each(add);
-    }
 }
 
 /// Runs `f` on the contiguous f32 data of a CPU tensor (see `fused::with_data`).

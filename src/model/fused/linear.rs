@@ -244,14 +244,14 @@ fn few_rows_product(m: usize, n: usize, k: usize, x: &[f32], w: &[f32]) -> Vec<f
     let dst = SharedMut(out.as_mut_ptr());
     // SAFETY: the caller checked AVX-512F; each task writes its own columns j0..j1 of out.
     let task = |(j0, j1): (usize, usize)| unsafe { few_rows_block(dst, x, w, m, n, k, j0, j1) };
-    // Fork-join on this machine's pool costs tens of microseconds: only products well above
-    // that are split.
+    // A fork-join costs tens of microseconds from outside the pool (less on a pool thread,
+    // where decoding runs): only products well above that are split.
     let blocks = if m * n * k >= FEW_ROWS_PARALLEL_MACS || n * k >= FEW_ROWS_PARALLEL_WEIGHT {
         rayon::current_num_threads()
     } else {
         1
     };
-    let step = n.div_ceil(blocks).next_multiple_of(4);
+    let step = n.div_ceil(blocks).next_multiple_of(4).max(4);
     let ranges: Vec<(usize, usize)> = (0..n)
         .step_by(step)
         .map(|j| (j, (j + step).min(n)))
@@ -552,6 +552,7 @@ mod tests {
                 "{m}x{n}x{k}: the last row alone differs from the batch"
             );
         }
+        assert!(few_rows_product(2, 0, 8, &[1.0; 16], &[]).is_empty());
     }
 
     #[test]

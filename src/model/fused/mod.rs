@@ -17,6 +17,7 @@ pub mod swiglu;
 pub mod vexp;
 
 use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor};
+use rayon::prelude::*;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// One switchable kernel.
@@ -152,6 +153,21 @@ pub(crate) fn with_data<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> R
 /// thread pool (waking a worker, waiting for it) costs more than it saves, as in a
 /// decoding step.
 pub(crate) const SERIAL_MAX: usize = 32 * 1024;
+
+/// Elements per parallel task of [`add_into`].
+const ADD_CHUNK: usize = 32 * 1024;
+
+/// a += b, elementwise, on rayon's threads when large.
+pub(crate) fn add_into(a: &mut [f32], b: &[f32]) {
+    let add = |(x, y): (&mut [f32], &[f32])| x.iter_mut().zip(y).for_each(|(x, y)| *x += y);
+    if a.len() <= ADD_CHUNK {
+        add((a, b));
+    } else {
+        a.par_chunks_mut(ADD_CHUNK)
+            .zip(b.par_chunks(ADD_CHUNK))
+            .for_each(add);
+    }
+}
 
 /// A raw pointer that parallel tasks may share because each writes a disjoint region.
 #[derive(Clone, Copy)]

@@ -7,7 +7,7 @@
 use super::{Block, Linear, Llama};
 use crate::model::config::{Activation, Family};
 use crate::model::fused::decode::{self, DecodeCtx, KvBuffers};
-use crate::model::fused::{self, linear, norm::RmsNorm, swiglu, Kernel};
+use crate::model::fused::{self, add_into, linear, norm::RmsNorm, swiglu, Kernel};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Layout, Storage, StorageRef, Tensor, TensorId};
 use std::collections::HashMap;
@@ -68,15 +68,10 @@ impl<'m> Weights<'m> {
         let mut y = linear::forward(x, self.get(&p.w)?, rows, inp, out);
         if let Some(b) = &p.b {
             let b = self.get(b)?;
-            y.chunks_exact_mut(out)
-                .for_each(|r| r.iter_mut().zip(b).for_each(|(y, b)| *y += b));
+            y.chunks_exact_mut(out).for_each(|r| add_into(r, b));
         }
         Ok(y)
     }
-}
-
-fn add_into(x: &mut [f32], y: &[f32]) {
-    x.iter_mut().zip(y).for_each(|(x, y)| *x += y);
 }
 
 impl Llama {
@@ -149,8 +144,9 @@ impl Llama {
             .flat_map(|r| x[(r * t + t - 1) * h..(r * t + t) * h].iter().copied())
             .collect();
         let nf = norm.forward(&last, w.get(&self.norm)?, &[b, h])?;
-        let logits = linear::forward(&nf, w.get(&self.lm_head)?, b, h, vocab);
-        Ok(Tensor::from_vec(logits, (b, vocab), &Device::Cpu)?)
+        let n_out = self.lm_head.dim(0)?;
+        let logits = linear::forward(&nf, w.get(&self.lm_head)?, b, h, n_out);
+        Ok(Tensor::from_vec(logits, (b, n_out), &Device::Cpu)?)
     }
 
     /// One decoder layer on the residual stream `x` (b * t rows of hidden), in place.
