@@ -60,10 +60,15 @@ pub fn generate(
     Ok(out)
 }
 
-/// One batch, as one sub-batch per worker thread. The rows of a batch never interact while
-/// decoding, so each thread can run its own rows through the whole model: a decoding step's
-/// products are small (~100 us at batch 16) and splitting each one across threads cost about
-/// as much in fork-join as it saved.
+/// Fewest rows a sub-batch of [`generate_split`] keeps: each sub-batch reads every weight
+/// once per step, so with fewer rows the extra weight traffic (a big model's real cost)
+/// outgrows what the split saves.
+const MIN_ROWS_PER_THREAD: usize = 8;
+
+/// One batch, as up to one sub-batch per worker thread. The rows of a batch never interact
+/// while decoding, so each thread can run its own rows through the whole model: a decoding
+/// step's products are small (~100 us at batch 16) and splitting each one across threads
+/// cost about as much in fork-join as it saved.
 fn generate_split(
     model: &Llama,
     prompts: &[Vec<u32>],
@@ -72,7 +77,7 @@ fn generate_split(
     pad_id: u32,
     cfg: &GenConfig,
 ) -> Result<Vec<Vec<u32>>> {
-    let parts = rayon::current_num_threads().clamp(1, prompts.len().max(1));
+    let parts = rayon::current_num_threads().clamp(1, (prompts.len() / MIN_ROWS_PER_THREAD).max(1));
     if parts == 1 {
         // On a worker thread, the products' fork-joins run their halves themselves unless
         // the other worker is free to steal one; from outside the pool each would wait for
