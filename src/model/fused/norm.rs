@@ -40,6 +40,7 @@ impl RmsNorm {
             .map(|&v| if self.gemma { v + 1.0 } else { v })
             .collect()
     }
+
     /// The normed rows of `x` (rows of the weight's length; `dims` only names the shape in
     /// errors), with the checkpoint's weight `w` (Gemma's stored as w - 1).
     pub(crate) fn forward(&self, x: &[f32], w: &[f32], dims: &[usize]) -> Result<Vec<f32>> {
