@@ -140,11 +140,9 @@ impl FusedAttention {
                 &self.rope.cos[p * half..(p + 1) * half],
                 &self.rope.sin[p * half..(p + 1) * half],
             );
-            for i in 0..half {
-                let (a, b) = (x[i], x[i + half]);
-                o[i] = a * c[i] + (-b) * s[i];
-                o[i + half] = b * c[i] + a * s[i];
-            }
+            o.copy_from_slice(x);
+            let (lo, hi) = o.split_at_mut(half);
+            super::vexp::rotate_halves(lo, hi, c, s);
         }
     }
 

@@ -89,11 +89,7 @@ pub fn rope_in_place(x: &mut [f32], n: usize, ctx: &DecodeCtx) -> Result<()> {
         );
         for head in row.chunks_exact_mut(hd) {
             let (lo, hi) = head.split_at_mut(half);
-            for i in 0..half {
-                let (a, b) = (lo[i], hi[i]);
-                lo[i] = a * c[i] + (-b) * s[i];
-                hi[i] = b * c[i] + a * s[i];
-            }
+            super::vexp::rotate_halves(lo, hi, c, s);
         }
     }
     Ok(())

@@ -69,7 +69,7 @@ impl RmsNorm {
 
     /// 1 / sqrt(mean(x^2) + eps) of one row, in f32 as the reference computes it.
     fn denom(&self, row: &[f32]) -> f32 {
-        let ss: f32 = row.iter().map(|v| v * v).sum();
+        let ss = super::vexp::sum_squares(row);
         (ss / row.len() as f32 + self.eps as f32).sqrt()
     }
 }
@@ -107,11 +107,10 @@ impl CustomOp2 for RmsNorm {
                     for ((dxr, xr), gr) in dxc.chunks_mut(h).zip(xc.chunks(h)).zip(gc.chunks(h)) {
                         let s = self.denom(xr);
                         let inv = 1.0 / s;
-                        let mut dot = 0f32;
+                        // sum(g w x_hat), with x_hat = x / s factored out of the sum.
+                        let dot = super::vexp::sum_products3(gr, &wv, xr) * inv;
                         for i in 0..h {
-                            let xn = xr[i] * inv;
-                            dot += gr[i] * wv[i] * xn;
-                            dw[i] += gr[i] * xn;
+                            dw[i] += gr[i] * (xr[i] * inv);
                         }
                         let mean = dot / h as f32;
                         for i in 0..h {

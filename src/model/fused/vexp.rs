@@ -1,4 +1,5 @@
-//! Vectorised `exp` for the kernels' softmaxes and sigmoids. libm's scalar `expf` was 8.7% of
+//! Vectorised `exp` for the kernels' softmaxes and sigmoids, and the float reductions they
+//! and the norms need (max, sums), which a plain loop keeps scalar. libm's scalar `expf` was 8.7% of
 //! a training step's CPU samples (the softmax over a 4096-word vocabulary alone is 4M calls a
 //! step); this one is Cephes' single-precision polynomial (relative error < 2e-7), written
 //! branch-free so LLVM vectorises it, and compiled three times (AVX-512, AVX2, baseline) with
@@ -118,6 +119,56 @@ multiversion! {
             acc[i] = if x > acc[i] { x } else { acc[i] };
         }
         acc.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b))
+    }
+}
+
+multiversion! {
+    /// Sum of xs[i]^2 (an RMSNorm's denominator). A plain `.sum()` adds in sequence, which
+    /// LLVM may not reorder, so it ran one scalar add at a time.
+    pub fn sum_squares(xs: &[f32]) -> f32 {
+        let mut acc = [0f32; LANES];
+        let chunks = xs.chunks_exact(LANES);
+        let rest = chunks.remainder();
+        for c in chunks {
+            for i in 0..LANES {
+                acc[i] += c[i] * c[i];
+            }
+        }
+        for (i, &x) in rest.iter().enumerate() {
+            acc[i] += x * x;
+        }
+        reduce(acc)
+    }
+}
+
+multiversion! {
+    /// Sum of a[i] * b[i] * c[i] over the shortest of the three.
+    pub fn sum_products3(a: &[f32], b: &[f32], c: &[f32]) -> f32 {
+        let n = a.len().min(b.len()).min(c.len());
+        let (a, b, c) = (&a[..n], &b[..n], &c[..n]);
+        let mut acc = [0f32; LANES];
+        let full = n - n % LANES;
+        for j in (0..full).step_by(LANES) {
+            for i in 0..LANES {
+                acc[i] += a[j + i] * b[j + i] * c[j + i];
+            }
+        }
+        for (i, j) in (full..n).enumerate() {
+            acc[i] += a[j] * b[j] * c[j];
+        }
+        reduce(acc)
+    }
+}
+
+multiversion! {
+    /// RoPE's rotation of one head in place, its halves `lo` and `hi` turned by the angles
+    /// whose cosines and sines are `c` and `s`: (a, b) -> (a c - b s, b c + a s).
+    pub fn rotate_halves(lo: &mut [f32], hi: &mut [f32], c: &[f32], s: &[f32]) {
+        for (((a, b), &c), &s) in lo.iter_mut().zip(hi.iter_mut()).zip(c).zip(s) {
+            let (x, y) = (*a, *b);
+            *a = x * c + (-y) * s;
+            *b = y * c + x * s;
+        }
     }
 }
 
@@ -261,6 +312,23 @@ mod tests {
                 .iter()
                 .zip(&b)
                 .all(|(o, e)| o.to_bits() == (0.5 * e).to_bits()));
+            // The reductions against a plain loop in the same lane order (bit for bit), and
+            // against f64.
+            let ys: Vec<f32> = xs.iter().map(|x| 0.5 - x * 0.01).collect();
+            let zs: Vec<f32> = xs.iter().map(|x| x.sin()).collect();
+            let (mut sq, mut pr) = ([0f32; LANES], [0f32; LANES]);
+            for i in 0..n {
+                sq[i % LANES] += xs[i] * xs[i];
+                pr[i % LANES] += xs[i] * ys[i] * zs[i];
+            }
+            assert_eq!(sum_squares(&xs).to_bits(), reduce(sq).to_bits(), "n {n}");
+            assert_eq!(
+                sum_products3(&xs, &ys, &zs).to_bits(),
+                reduce(pr).to_bits(),
+                "n {n}"
+            );
+            let exact: f64 = xs.iter().map(|&x| x as f64 * x as f64).sum();
+            assert!((sum_squares(&xs) as f64 - exact).abs() <= 1e-6 * exact.max(1.0));
             if n > 0 {
                 let lse = m + s.ln();
                 let exact =
