@@ -2,8 +2,9 @@
 //! (out, in), row-major), with the backward dx = dy W and dW = dy^T x written straight into
 //! W's own layout (no transposed gradient to copy later). Large products go to the system
 //! BLAS where there is one ([`super::blas`]: on its own threads when called from outside
-//! rayon's pool, else split across rayon's threads here), and to the gemm crate otherwise. Small products (one decoding step) run on the calling thread: the
-//! thread-pool hand-off costs more than they do.
+//! rayon's pool, else split across rayon's threads here), and to the gemm crate otherwise.
+//! Small products (one decoding step) run on the calling thread: the thread-pool hand-off
+//! costs more than they do.
 
 use super::{blas, slice, with_data, Kernel, SharedMut};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};

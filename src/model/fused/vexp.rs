@@ -1,9 +1,11 @@
 //! Vectorised `exp` for the kernels' softmaxes and sigmoids, and the float reductions they
-//! and the norms need (max, sums), which a plain loop keeps scalar. libm's scalar `expf` was 8.7% of
-//! a training step's CPU samples (the softmax over a 4096-word vocabulary alone is 4M calls a
-//! step); this one is Cephes' single-precision polynomial (relative error < 2e-7), written
-//! branch-free so LLVM vectorises it, and compiled three times (AVX-512, AVX2, baseline) with
-//! the widest one this CPU has picked at run time.
+//! and the norms need (max, sums), which a plain loop keeps scalar. libm's scalar `expf` was
+//! 8.7% of a training step's CPU samples (the softmax over a 4096-word vocabulary alone is 4M
+//! calls a step); this one is Cephes' single-precision polynomial (relative error < 2e-7),
+//! written branch-free so LLVM vectorises it, and compiled three times (AVX-512, AVX2,
+//! baseline) with the widest one this CPU has picked at run time. RoPE's rotation lives here
+//! too, for the same reason: outside these multiversioned functions the crate compiles for
+//! the baseline instruction set.
 //!
 //! The arithmetic is plain IEEE mul/add (no FMA contraction), and the reductions keep
 //! [`LANES`] partial sums in a fixed order, so every variant returns bit-identical results:
