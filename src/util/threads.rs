@@ -25,9 +25,9 @@ pub fn init_candle_pool() {
     }
 }
 
-/// Starts the system BLAS with one thread unless the user set its own variable: products
-/// called on rayon's pool run single-threaded, and model::fused::blas raises the count to the
-/// pool's size only for products called from outside it. Must run before the library is loaded, while the process has one thread.
+/// Starts the system BLAS with one thread unless the user set its own variable: we split
+/// products across rayon's pool ourselves (model::fused::blas), so the library's own pool
+/// would only sleep. Must run before the library is loaded, while the process has one thread.
 pub fn init_blas_threads() {
     for var in ["OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"] {
         if std::env::var_os(var).is_none() {

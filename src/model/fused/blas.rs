@@ -4,26 +4,16 @@
 //! most of a step. Loading it with dlopen, instead of linking it, keeps the build and both
 //! README commands working on a machine without it: there gemm stays the only path.
 //!
-//! Threads: a product called from outside rayon's pool (the one caller of a training step or
-//! a scoring forward) runs on OpenBLAS's own threads, as many as rayon's pool has: its
-//! threaded driver packs each operand once for all threads, where blocks split on rayon each
-//! packed the other operand again (forward 1.04-1.6x, training step 1.08-1.5x, interleaved
-//! A/B on this 2-core box, BENCHMARKS.md). A product called on a pool thread (the demo's
-//! one-thread jobs, generation's sub-batches) runs single-threaded, split by
-//! [`super::linear`] if the pool has several threads, so concurrent callers never
-//! oversubscribe the cores. OpenBLAS's thread count is one global: it is set before each call
-//! (a store, unless it changes), so a main-thread call racing a pool-thread call could
-//! briefly run the latter on two threads too: slower, never wrong. MKL is loaded with its
-//! sequential layer (no OpenMP runtime beside it) and always takes the split. All this needs a
-//! library that is safe to call from several threads at once: OpenBLAS's pthread and OpenMP
-//! flavours are (they lock their buffer pool); its serial flavour is only when built with
-//! USE_LOCKING, which a caller cannot check, so it is refused.
+//! Threads: the library always runs single-threaded, and [`super::linear`] splits a product
+//! across rayon's pool itself, so the demo's concurrent one-thread jobs never oversubscribe
+//! the cores. That needs a library that is safe to call from several threads at once:
+//! OpenBLAS's pthread and OpenMP flavours are (they lock their buffer pool); its serial flavour
+//! is only when built with USE_LOCKING, which a caller cannot check, so it is refused.
 //!
 //! `ELASTICA_BLAS`: unset = look for OpenBLAS where Debian puts it, then MKL; a path = use
 //! that library (an error if it cannot be used); `off` = gemm only.
 
 use std::ffi::{c_char, c_int, CStr};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 /// cblas_sgemm(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc).
@@ -64,10 +54,6 @@ const CANDIDATES: &[&str] = &[
 /// A loaded library's sgemm.
 pub struct Blas {
     sgemm: SgemmFn,
-    /// `openblas_set_num_threads`; `None` for MKL, which runs its sequential layer.
-    set_threads: Option<unsafe extern "C" fn(c_int)>,
-    /// The thread count last given to `set_threads`.
-    threads: AtomicUsize,
     /// What was loaded, for `elastica bench` and error messages: path and version.
     pub description: String,
     // Kept so the library stays mapped for as long as `sgemm` may be called.
@@ -137,7 +123,6 @@ fn load(path: &str) -> Result<Blas, String> {
         let sgemm = *lib
             .get::<SgemmFn>(b"cblas_sgemm\0")
             .map_err(|_| format!("{path} has no cblas_sgemm (not a CBLAS)"))?;
-        let mut set_threads = None;
         let description = if let Ok(parallel) =
             lib.get::<unsafe extern "C" fn() -> c_int>(b"openblas_get_parallel\0")
         {
@@ -148,11 +133,7 @@ fn load(path: &str) -> Result<Blas, String> {
                      several threads (Debian: apt-get install libopenblas0-pthread)"
                 ));
             }
-            set_threads = lib
-                .get::<unsafe extern "C" fn(c_int)>(b"openblas_set_num_threads\0")
-                .ok()
-                .map(|f| *f);
-            if let Some(set) = set_threads {
+            if let Ok(set) = lib.get::<unsafe extern "C" fn(c_int)>(b"openblas_set_num_threads\0") {
                 set(1);
             }
             let config = c_string(&lib, b"openblas_get_config\0");
@@ -176,8 +157,6 @@ fn load(path: &str) -> Result<Blas, String> {
         };
         Ok(Blas {
             sgemm,
-            set_threads,
-            threads: AtomicUsize::new(1),
             description,
             _lib: lib,
         })
@@ -211,21 +190,6 @@ fn operand(rows: usize, cols: usize, (rs, cs): (usize, usize)) -> Option<(c_int,
 }
 
 impl Blas {
-    /// Whether the library can run one product on several threads of its own (OpenBLAS).
-    pub fn can_thread(&self) -> bool {
-        self.set_threads.is_some()
-    }
-
-    /// Makes the library's next calls use `n` threads (1 where it cannot thread).
-    pub fn use_threads(&self, n: usize) {
-        let Some(set) = self.set_threads else { return };
-        if self.threads.swap(n, Ordering::Relaxed) != n {
-            // SAFETY: openblas_set_num_threads(int) as OpenBLAS declares it; it only sets a
-            // count (starting workers when it grows), and calls already running keep theirs.
-            unsafe { set(c_int::try_from(n).unwrap_or(c_int::MAX)) };
-        }
-    }
-
     /// Whether A (m x k) B (k x n) with these strides is a product a CBLAS takes.
     pub fn accepts(
         &self,

@@ -1,10 +1,9 @@
 //! The projection y = x W^T as one gemm call on the layouts the checkpoint stores (W is
 //! (out, in), row-major), with the backward dx = dy W and dW = dy^T x written straight into
 //! W's own layout (no transposed gradient to copy later). Large products go to the system
-//! BLAS where there is one ([`super::blas`]: on its own threads when called from outside
-//! rayon's pool, else split across rayon's threads here), and to the gemm crate otherwise.
-//! Small products (one decoding step) run on the calling thread: the thread-pool hand-off
-//! costs more than they do.
+//! BLAS where there is one ([`super::blas`]), split across rayon's threads here, and to the
+//! gemm crate otherwise. Small products (one decoding step) run on the calling thread: the
+//! thread-pool hand-off costs more than they do.
 
 use super::{blas, slice, with_data, Kernel, SharedMut};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
@@ -171,34 +170,10 @@ fn blas_product(
     out: &mut Vec<f32>,
 ) {
     assert!(out.capacity() >= m * n, "blas product: short destination");
-    let pool = rayon::current_num_threads();
-    let large = m * n * k >= PARALLEL_MIN_MACS;
-    // From outside the pool this is the only product running: the library's own threads
-    // share one packing of each operand (see [`blas`]).
-    if large && pool > 1 && lib.can_thread() && rayon::current_thread_index().is_none() {
-        lib.use_threads(pool);
-        // SAFETY: the caller checked the layouts (accepts) and out has room for m x n.
-        let done = unsafe {
-            lib.sgemm(
-                m,
-                n,
-                k,
-                a.as_ptr(),
-                a_strides,
-                b.as_ptr(),
-                b_strides,
-                out.as_mut_ptr(),
-                n,
-            )
-        };
-        assert!(done, "blas product: refused after the product was accepted");
-        return;
-    }
-    lib.use_threads(1);
     // Several blocks per thread, taken by work stealing: with one block each, the product
     // waits for whichever core the host slowed down.
-    let parts = if large {
-        BLAS_BLOCKS_PER_THREAD * pool
+    let parts = if m * n * k >= PARALLEL_MIN_MACS {
+        BLAS_BLOCKS_PER_THREAD * rayon::current_num_threads()
     } else {
         1
     };
@@ -510,7 +485,7 @@ mod tests {
             return;
         };
         // Transposed and plain operands, sizes off the block alignment, split by rows (m > n)
-        // and by columns, threaded (above PARALLEL_MIN_MACS) and not.
+        // and by columns, on threads (above PARALLEL_MIN_MACS) and not.
         for (m, n, k) in [(200, 150, 100), (90, 333, 70), (17, 5, 3), (64, 64, 64)] {
             let a = randn(&[m * k], 4)
                 .flatten_all()
@@ -525,30 +500,18 @@ mod tests {
             for (sa, sb) in [((k, 1), (n, 1)), ((1, m), (1, k)), ((k, 1), (1, k))] {
                 let want = gemm_product(m, n, k, &a, sa, &b, sb, Vec::with_capacity(m * n));
                 assert!(lib.accepts(m, n, k, sa, sb));
-                let run = || {
-                    let mut got = Vec::with_capacity(m * n);
-                    blas_product(lib, m, n, k, &a, sa, &b, sb, &mut got);
-                    // SAFETY: blas_product wrote all m x n elements.
-                    unsafe { got.set_len(m * n) };
-                    got
-                };
-                // From this thread (the library's own threads, where it has them), then on
-                // a pool thread (blocks split on rayon), then from here again (the thread
-                // count raised back).
-                for (path, got) in [
-                    ("outside the pool", run()),
-                    ("on a pool thread", rayon::scope(|_| run())),
-                    ("outside the pool again", run()),
-                ] {
-                    let diff = want
-                        .iter()
-                        .zip(&got)
-                        .fold(0f32, |d, (x, y)| d.max((x - y).abs()));
-                    assert!(
-                        diff < 1e-4,
-                        "{m}x{n}x{k} strides {sa:?} {sb:?}, {path}: differs by {diff}"
-                    );
-                }
+                let mut got = Vec::with_capacity(m * n);
+                blas_product(lib, m, n, k, &a, sa, &b, sb, &mut got);
+                // SAFETY: blas_product wrote all m x n elements.
+                unsafe { got.set_len(m * n) };
+                let diff = want
+                    .iter()
+                    .zip(&got)
+                    .fold(0f32, |d, (x, y)| d.max((x - y).abs()));
+                assert!(
+                    diff < 1e-4,
+                    "{m}x{n}x{k} strides {sa:?} {sb:?}: differs by {diff}"
+                );
             }
         }
     }
