@@ -150,8 +150,17 @@ fn gemm_product(
 const BLAS_BLOCK_ALIGN: usize = 16;
 const BLAS_BLOCK_MIN: usize = 64;
 
-/// Blocks per rayon thread in a split BLAS product.
-const BLAS_BLOCKS_PER_THREAD: usize = 4;
+/// Blocks a large BLAS product is split into: one per core of the machine, whatever the
+/// pool's size. The blocks must not follow the thread count, because a library may round a
+/// block of rows differently from the whole product (MKL does: at k = 1024 a 128-row block
+/// differs from the same rows of a 256-row one), and then `--threads` would change the
+/// numbers. One block per core, not several to balance a slowed core by work stealing: each
+/// block packs the other operand again, and four per thread cost 10-17% more CPU per
+/// forward and 5-10% more per training step (BENCHMARKS.md, 2026-11-29).
+fn blas_parts() -> usize {
+    static PARTS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *PARTS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
 
 /// `out`'s spare capacity (m x n) = A B through the system BLAS, the larger of m and n split
 /// into blocks for rayon's threads (the library itself runs single-threaded, see
@@ -170,10 +179,8 @@ fn blas_product(
     out: &mut Vec<f32>,
 ) {
     assert!(out.capacity() >= m * n, "blas product: short destination");
-    // Several blocks per thread, taken by work stealing: with one block each, the product
-    // waits for whichever core the host slowed down.
     let parts = if m * n * k >= PARALLEL_MIN_MACS {
-        BLAS_BLOCKS_PER_THREAD * rayon::current_num_threads()
+        blas_parts()
     } else {
         1
     };
@@ -512,6 +519,46 @@ mod tests {
                     diff < 1e-4,
                     "{m}x{n}x{k} strides {sa:?} {sb:?}: differs by {diff}"
                 );
+            }
+        }
+    }
+
+    /// `--threads` must not change a number: a product split across a 1-thread pool and a
+    /// 3-thread pool gives the same bits, on the system BLAS (its blocks are fixed per
+    /// machine, not per pool) and on gemm.
+    #[test]
+    fn products_do_not_depend_on_the_pool_size() {
+        let in_pool = |threads: usize, f: &(dyn Fn() -> Vec<f32> + Sync)| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap()
+                .install(f)
+        };
+        // Above PARALLEL_MIN_MACS, rows off the block alignment, k = 688 (the down
+        // projection's), and 1024 x 256 x 1024, where MKL rounds the 96-row blocks a 3-thread
+        // split by pool size made differently from 256-row ones (this test failed on MKL then).
+        for (m, n, k) in [(1000, 96, 688), (72, 700, 256), (1024, 256, 1024)] {
+            let data = |len: usize, seed: u64| -> Vec<f32> {
+                randn(&[len], seed)
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap()
+            };
+            let (a, b) = (data(m * k, 6), data(k * n, 7));
+            for (sa, sb) in [((k, 1), (1, k)), ((1, m), (n, 1))] {
+                let via_product = || product(m, n, k, &a, sa, &b, sb);
+                let via_gemm = || gemm_product(m, n, k, &a, sa, &b, sb, Vec::with_capacity(m * n));
+                for f in [&via_product as &(dyn Fn() -> Vec<f32> + Sync), &via_gemm] {
+                    let (one, three) = (in_pool(1, f), in_pool(3, f));
+                    assert!(
+                        one.iter()
+                            .zip(&three)
+                            .all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "{m}x{n}x{k} strides {sa:?} {sb:?}: 1 and 3 threads differ"
+                    );
+                }
             }
         }
     }
