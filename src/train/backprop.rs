@@ -85,13 +85,35 @@ impl Proj {
         let mut y = with_slice(x, |x| {
             with_slice(&self.w, |w| Ok(linear::forward(x, w, rows, inp, out)))
         })?;
-        if let Some(b) = &self.b {
-            with_slice(b, |b| {
+        self.add_bias(&mut y, out)?;
+        tensor(y, (rows, out))
+    }
+
+    /// residual + x W^T + b for x (rows, in): the projection summed onto the residual
+    /// stream in one product (see `linear::forward_add`).
+    fn forward_onto(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        let (rows, inp) = x.dims2()?;
+        let out = self.w.dim(0)?;
+        let mut y = to_vec(residual)?;
+        with_slice(x, |x| {
+            with_slice(&self.w, |w| {
+                linear::forward_add(x, w, rows, inp, out, &mut y);
+                Ok(())
+            })
+        })?;
+        self.add_bias(&mut y, out)?;
+        tensor(y, (rows, out))
+    }
+
+    /// Adds the bias (if any) to each row of y (rows, out).
+    fn add_bias(&self, y: &mut [f32], out: usize) -> Result<()> {
+        match &self.b {
+            Some(b) => with_slice(b, |b| {
                 y.chunks_mut(out).for_each(|r| add_into(r, b));
                 Ok(())
-            })?;
+            }),
+            None => Ok(()),
         }
-        tensor(y, (rows, out))
     }
 
     /// dx for the input x (rows, in) from dy (rows, out); the weight's (and bias') gradient
@@ -184,16 +206,6 @@ fn norm_backward(
         add_into(dx, d);
         Ok(())
     })
-}
-
-/// x + y for two (rows, width) tensors, as a new tensor.
-fn residual(x: &Tensor, y: &Tensor) -> Result<Tensor> {
-    let mut out = to_vec(x)?;
-    with_slice(y, |y| {
-        add_into(&mut out, y);
-        Ok(())
-    })?;
-    tensor(out, x.dims2()?)
 }
 
 /// The decoder's weights (detached views of the parameters) for one sequence length.
@@ -301,11 +313,11 @@ impl<'a> Decoder<'a> {
             );
             let op = self.attention(&q3, &k3, &v3)?;
             let att = q3.apply_op3_no_bwd(&k3, &v3, &op)?.reshape((rows, ()))?;
-            let x_mid = residual(&x, &layer.o.forward(&att)?)?;
+            let x_mid = layer.o.forward_onto(&att, &x)?;
             let n2 = x_mid.apply_op2_no_bwd(&layer.w_post, norm)?;
             let (g, u) = (layer.gate.forward(&n2)?, layer.up.forward(&n2)?);
             let s = g.apply_op2_no_bwd(&u, &SwiGlu)?;
-            let x_out = residual(&x_mid, &layer.down.forward(&s)?)?;
+            let x_out = layer.down.forward_onto(&s, &x_mid)?;
             if let Some(keep) = keep.as_deref_mut() {
                 keep.push(Saved {
                     x_in: x,

@@ -207,11 +207,13 @@ impl Blas {
             && operand(k, n, b_strides).is_some()
     }
 
-    /// c (m x n, row stride ldc) = A (m x k) B (k x n), on the calling thread. Returns false
-    /// (and writes nothing) when the layouts or sizes are not ones a CBLAS takes.
+    /// c (m x n, row stride ldc) = A (m x k) B (k x n) + beta c, on the calling thread.
+    /// Returns false (and writes nothing) when the layouts or sizes are not ones a CBLAS
+    /// takes.
     ///
     /// # Safety
-    /// `a`, `b` and `c` must be valid for the given shapes and strides, and `c` writable.
+    /// `a`, `b` and `c` must be valid for the given shapes and strides, and `c` writable (and
+    /// initialised where beta is not 0).
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn sgemm(
         &self,
@@ -222,6 +224,7 @@ impl Blas {
         a_strides: (usize, usize),
         b: *const f32,
         b_strides: (usize, usize),
+        beta: f32,
         c: *mut f32,
         ldc: usize,
     ) -> bool {
@@ -242,7 +245,7 @@ impl Blas {
             return false;
         }
         (self.sgemm)(
-            ROW_MAJOR, ta, tb, mi, ni, ki, 1.0, a, lda, b, ldb, 0.0, c, ldci,
+            ROW_MAJOR, ta, tb, mi, ni, ki, 1.0, a, lda, b, ldb, beta, c, ldci,
         );
         true
     }

@@ -92,15 +92,73 @@ pub fn product(
         return few_rows_product(m, n, k, a, b);
     }
     let mut out: Vec<f32> = Vec::with_capacity(m * n);
-    if let Some(lib) = blas::get().filter(|_| super::enabled(Kernel::Blas)) {
-        if lib.accepts(m, n, k, a_strides, b_strides) {
-            blas_product(lib, m, n, k, a, a_strides, b, b_strides, &mut out);
-            // SAFETY: blas_product wrote all m x n elements (beta = 0 never reads them).
-            unsafe { out.set_len(m * n) };
-            return out;
+    if let Some(lib) = system_blas(m, n, k, a_strides, b_strides) {
+        // SAFETY: out has room for m x n; beta = 0 never reads it, and blas_product writes
+        // every element before the length is set.
+        unsafe {
+            blas_product(
+                lib,
+                (m, n, k),
+                a,
+                a_strides,
+                b,
+                b_strides,
+                0.0,
+                SharedMut(out.as_mut_ptr()),
+            );
+            out.set_len(m * n);
         }
+        return out;
     }
     gemm_product(m, n, k, a, a_strides, b, b_strides, out)
+}
+
+/// acc (rows, out) += x (rows, in) W^T for W (out, in): a projection added onto the
+/// residual stream. On the system BLAS the sum is the product's own accumulator (beta = 1),
+/// which saves the pass that zeroes a fresh destination, the destination itself, and the
+/// pass that adds it.
+pub(crate) fn forward_add(
+    x: &[f32],
+    w: &[f32],
+    rows: usize,
+    inp: usize,
+    out: usize,
+    acc: &mut [f32],
+) {
+    assert!(acc.len() >= rows * out, "projection sum: short destination");
+    // Decoding steps' few rows keep their own kernel (see `product`).
+    if rows > FEW_ROWS && inp > 0 {
+        if let Some(lib) = system_blas(rows, out, inp, (inp, 1), (1, inp)) {
+            // SAFETY: acc holds rows x out initialised elements; x and w are in bounds.
+            unsafe {
+                blas_product(
+                    lib,
+                    (rows, out, inp),
+                    x,
+                    (inp, 1),
+                    w,
+                    (1, inp),
+                    1.0,
+                    SharedMut(acc.as_mut_ptr()),
+                )
+            };
+            return;
+        }
+    }
+    super::add_into(acc, &forward(x, w, rows, inp, out));
+}
+
+/// The system BLAS, when it is on and takes a product of this shape and these strides.
+fn system_blas(
+    m: usize,
+    n: usize,
+    k: usize,
+    a_strides: (usize, usize),
+    b_strides: (usize, usize),
+) -> Option<&'static blas::Blas> {
+    blas::get()
+        .filter(|_| super::enabled(Kernel::Blas))
+        .filter(|lib| lib.accepts(m, n, k, a_strides, b_strides))
 }
 
 /// [`product`] on the gemm crate, into `out`'s spare capacity.
@@ -162,23 +220,24 @@ fn blas_parts() -> usize {
     *PARTS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// `out`'s spare capacity (m x n) = A B through the system BLAS, the larger of m and n split
-/// into blocks for rayon's threads (the library itself runs single-threaded, see
-/// [`blas`]). The caller checked [`blas::Blas::accepts`]; blocks keep the full product's
-/// strides, so they are accepted too.
+/// c (m x n, row-major) = A B + beta c through the system BLAS, the larger of m and n split
+/// into blocks for rayon's threads (the library itself runs single-threaded, see [`blas`]).
+/// The caller checked [`blas::Blas::accepts`]; blocks keep the full product's strides, so
+/// they are accepted too.
+///
+/// # Safety
+/// `c` must be valid for m x n writes, and initialised where beta is not 0.
 #[allow(clippy::too_many_arguments)]
-fn blas_product(
+unsafe fn blas_product(
     lib: &blas::Blas,
-    m: usize,
-    n: usize,
-    k: usize,
+    (m, n, k): (usize, usize, usize),
     a: &[f32],
     a_strides: (usize, usize),
     b: &[f32],
     b_strides: (usize, usize),
-    out: &mut Vec<f32>,
+    beta: f32,
+    c: SharedMut,
 ) {
-    assert!(out.capacity() >= m * n, "blas product: short destination");
     let parts = if m * n * k >= PARALLEL_MIN_MACS {
         blas_parts()
     } else {
@@ -190,7 +249,6 @@ fn blas_product(
         .div_ceil(parts)
         .next_multiple_of(BLAS_BLOCK_ALIGN)
         .max(BLAS_BLOCK_MIN);
-    let c = SharedMut(out.as_mut_ptr());
     let run = |start: usize| {
         let size = block.min(len - start);
         // SAFETY: each block writes its own rows (or columns) of the m x n destination; the
@@ -205,6 +263,7 @@ fn blas_product(
                     a_strides,
                     b.as_ptr(),
                     b_strides,
+                    beta,
                     c.ptr().add(start * n),
                     n,
                 )
@@ -217,6 +276,7 @@ fn blas_product(
                     a_strides,
                     b.as_ptr().add(start * b_strides.1),
                     b_strides,
+                    beta,
                     c.ptr().add(start),
                     n,
                 )
@@ -507,19 +567,83 @@ mod tests {
             for (sa, sb) in [((k, 1), (n, 1)), ((1, m), (1, k)), ((k, 1), (1, k))] {
                 let want = gemm_product(m, n, k, &a, sa, &b, sb, Vec::with_capacity(m * n));
                 assert!(lib.accepts(m, n, k, sa, sb));
-                let mut got = Vec::with_capacity(m * n);
-                blas_product(lib, m, n, k, &a, sa, &b, sb, &mut got);
-                // SAFETY: blas_product wrote all m x n elements.
-                unsafe { got.set_len(m * n) };
+                // Onto a non-zero destination (beta = 1) and into a fresh one (beta = 0).
+                let mut got = vec![0.5f32; m * n];
+                // SAFETY: got holds m x n initialised elements.
+                unsafe {
+                    blas_product(
+                        lib,
+                        (m, n, k),
+                        &a,
+                        sa,
+                        &b,
+                        sb,
+                        1.0,
+                        SharedMut(got.as_mut_ptr()),
+                    )
+                };
+                got.iter_mut().for_each(|v| *v -= 0.5);
+                let mut fresh = Vec::with_capacity(m * n);
+                // SAFETY: fresh has room for m x n; beta = 0 writes every element.
+                unsafe {
+                    blas_product(
+                        lib,
+                        (m, n, k),
+                        &a,
+                        sa,
+                        &b,
+                        sb,
+                        0.0,
+                        SharedMut(fresh.as_mut_ptr()),
+                    );
+                    fresh.set_len(m * n);
+                }
+                let diff = want
+                    .iter()
+                    .zip(&fresh)
+                    .fold(0f32, |d, (x, y)| d.max((x - y).abs()));
+                assert!(
+                    diff < 1e-4,
+                    "{m}x{n}x{k} strides {sa:?} {sb:?}: differs by {diff}"
+                );
                 let diff = want
                     .iter()
                     .zip(&got)
                     .fold(0f32, |d, (x, y)| d.max((x - y).abs()));
                 assert!(
                     diff < 1e-4,
-                    "{m}x{n}x{k} strides {sa:?} {sb:?}: differs by {diff}"
+                    "{m}x{n}x{k} strides {sa:?} {sb:?}, beta = 1: differs by {diff}"
                 );
             }
+        }
+    }
+
+    /// A projection summed onto the residual equals the residual plus the projection: on
+    /// the system BLAS's accumulator (many rows) and on the few-row kernel.
+    #[test]
+    fn projection_sums_match_product_plus_residual() {
+        let data = |len: usize, seed: u64| -> Vec<f32> {
+            randn(&[len], seed)
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        for (rows, inp, out) in [(300, 96, 80), (9, 40, 24), (200, 700, 64)] {
+            let (x, w, resid) = (
+                data(rows * inp, 8),
+                data(out * inp, 9),
+                data(rows * out, 10),
+            );
+            let mut got = resid.clone();
+            forward_add(&x, &w, rows, inp, out, &mut got);
+            let y = forward(&x, &w, rows, inp, out);
+            let diff = resid
+                .iter()
+                .zip(&y)
+                .zip(&got)
+                .fold(0f32, |d, ((r, y), g)| d.max((r + y - g).abs()));
+            assert!(diff < 1e-4, "{rows}x{inp}->{out}: differs by {diff}");
         }
     }
 
