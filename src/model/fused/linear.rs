@@ -539,6 +539,15 @@ mod tests {
     use super::super::testing::{check_op2, randn};
     use super::*;
 
+    /// `len` standard normal values from `seed`.
+    fn data(len: usize, seed: u64) -> Vec<f32> {
+        randn(&[len], seed)
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
     #[test]
     fn system_blas_blocks_match_gemm() {
         let Some(lib) = blas::get() else {
@@ -554,66 +563,35 @@ mod tests {
         // Transposed and plain operands, sizes off the block alignment, split by rows (m > n)
         // and by columns, on threads (above PARALLEL_MIN_MACS) and not.
         for (m, n, k) in [(200, 150, 100), (90, 333, 70), (17, 5, 3), (64, 64, 64)] {
-            let a = randn(&[m * k], 4)
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            let b = randn(&[k * n], 5)
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
+            let (a, b) = (data(m * k, 4), data(k * n, 5));
             for (sa, sb) in [((k, 1), (n, 1)), ((1, m), (1, k)), ((k, 1), (1, k))] {
                 let want = gemm_product(m, n, k, &a, sa, &b, sb, Vec::with_capacity(m * n));
                 assert!(lib.accepts(m, n, k, sa, sb));
-                // Onto a non-zero destination (beta = 1) and into a fresh one (beta = 0).
-                let mut got = vec![0.5f32; m * n];
-                // SAFETY: got holds m x n initialised elements.
-                unsafe {
-                    blas_product(
-                        lib,
-                        (m, n, k),
-                        &a,
-                        sa,
-                        &b,
-                        sb,
-                        1.0,
-                        SharedMut(got.as_mut_ptr()),
-                    )
-                };
-                got.iter_mut().for_each(|v| *v -= 0.5);
-                let mut fresh = Vec::with_capacity(m * n);
-                // SAFETY: fresh has room for m x n; beta = 0 writes every element.
-                unsafe {
-                    blas_product(
-                        lib,
-                        (m, n, k),
-                        &a,
-                        sa,
-                        &b,
-                        sb,
-                        0.0,
-                        SharedMut(fresh.as_mut_ptr()),
+                // beta = 1 adds onto what is there; beta = 0 must ignore it, even NaN.
+                for (beta, start) in [(1.0f32, 0.5f32), (0.0, f32::NAN)] {
+                    let mut got = vec![start; m * n];
+                    // SAFETY: got holds m x n initialised elements.
+                    unsafe {
+                        blas_product(
+                            lib,
+                            (m, n, k),
+                            &a,
+                            sa,
+                            &b,
+                            sb,
+                            beta,
+                            SharedMut(got.as_mut_ptr()),
+                        )
+                    };
+                    let added = if beta == 0.0 { 0.0 } else { start };
+                    // `all` with `<`, so a NaN left behind fails (a max would skip it).
+                    assert!(
+                        want.iter()
+                            .zip(&got)
+                            .all(|(x, y)| (x + added - y).abs() < 1e-4),
+                        "{m}x{n}x{k} strides {sa:?} {sb:?}, beta {beta}: differs"
                     );
-                    fresh.set_len(m * n);
                 }
-                let diff = want
-                    .iter()
-                    .zip(&fresh)
-                    .fold(0f32, |d, (x, y)| d.max((x - y).abs()));
-                assert!(
-                    diff < 1e-4,
-                    "{m}x{n}x{k} strides {sa:?} {sb:?}: differs by {diff}"
-                );
-                let diff = want
-                    .iter()
-                    .zip(&got)
-                    .fold(0f32, |d, (x, y)| d.max((x - y).abs()));
-                assert!(
-                    diff < 1e-4,
-                    "{m}x{n}x{k} strides {sa:?} {sb:?}, beta = 1: differs by {diff}"
-                );
             }
         }
     }
@@ -622,13 +600,6 @@ mod tests {
     /// the system BLAS's accumulator (many rows) and on the few-row kernel.
     #[test]
     fn projection_sums_match_product_plus_residual() {
-        let data = |len: usize, seed: u64| -> Vec<f32> {
-            randn(&[len], seed)
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap()
-        };
         for (rows, inp, out) in [(300, 96, 80), (9, 40, 24), (200, 700, 64)] {
             let (x, w, resid) = (
                 data(rows * inp, 8),
@@ -663,13 +634,6 @@ mod tests {
         // projection's), and 1024 x 256 x 1024, where MKL rounds the 96-row blocks a 3-thread
         // split by pool size made differently from 256-row ones (this test failed on MKL then).
         for (m, n, k) in [(1000, 96, 688), (72, 700, 256), (1024, 256, 1024)] {
-            let data = |len: usize, seed: u64| -> Vec<f32> {
-                randn(&[len], seed)
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap()
-            };
             let (a, b) = (data(m * k, 6), data(k * n, 7));
             for (sa, sb) in [((k, 1), (1, k)), ((1, m), (n, 1))] {
                 let via_product = || product(m, n, k, &a, sa, &b, sb);
@@ -697,9 +661,6 @@ mod tests {
             eprintln!("skipped: no AVX-512 (few-row products take gemm)");
             return;
         }
-        let data = |n: usize, seed: u64| -> Vec<f32> {
-            randn(&[n], seed).flatten_all().unwrap().to_vec1().unwrap()
-        };
         for (m, n, k) in [
             (16, 64, 32),
             (5, 7, 3),
