@@ -54,7 +54,7 @@ const MKL: &[&str] = &["libmkl_rt.so.3", "libmkl_rt.so.2", "libmkl_rt.so"];
 /// Where to look when `ELASTICA_BLAS` is unset, in order. MKL is looked for on the loader
 /// path and in the active Python environment's `lib` (`VIRTUAL_ENV`, `CONDA_PREFIX`: where
 /// the `mkl` wheel or conda package puts it). On an Intel CPU MKL comes first: its kernels
-/// did this project's products with 15-25% less CPU than OpenBLAS's on an AVX-512 Xeon
+/// did a training step with about a fifth less CPU than OpenBLAS's on an AVX-512 Xeon
 /// (BENCHMARKS.md, 2026-11-29), and PyTorch runs MKL. Elsewhere OpenBLAS comes first: MKL's
 /// fast paths are for Intel's CPUs.
 fn candidates(intel: bool, env_prefixes: &[String]) -> Vec<String> {
