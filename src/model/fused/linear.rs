@@ -127,7 +127,7 @@ pub(crate) fn forward_add(
 ) {
     assert!(acc.len() >= rows * out, "projection sum: short destination");
     // Decoding steps' few rows keep their own kernel (see `product`).
-    if rows > FEW_ROWS && inp > 0 {
+    if rows > FEW_ROWS {
         if let Some(lib) = system_blas(rows, out, inp, (inp, 1), (1, inp)) {
             // SAFETY: acc holds rows x out initialised elements; x and w are in bounds.
             unsafe {
@@ -213,8 +213,8 @@ const BLAS_BLOCK_MIN: usize = 64;
 /// block of rows differently from the whole product (MKL does: at k = 1024 a 128-row block
 /// differs from the same rows of a 256-row one), and then `--threads` would change the
 /// numbers. One block per core, not several to balance a slowed core by work stealing: each
-/// block packs the other operand again, and four per thread cost 10-17% more CPU per
-/// forward and 5-10% more per training step (BENCHMARKS.md, 2026-11-29).
+/// block packs the other operand again, and four per thread cost 8-20% more CPU per
+/// forward and 5-15% more per training step (BENCHMARKS.md, 2026-11-29).
 fn blas_parts() -> usize {
     static PARTS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *PARTS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
