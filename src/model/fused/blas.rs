@@ -8,7 +8,10 @@
 //! across rayon's pool itself, so the demo's concurrent one-thread jobs never oversubscribe
 //! the cores. That needs a library that is safe to call from several threads at once:
 //! OpenBLAS's pthread and OpenMP flavours are (they lock their buffer pool); its serial flavour
-//! is only when built with USE_LOCKING, which a caller cannot check, so it is refused.
+//! is only when built with USE_LOCKING, which a caller cannot check, so it is refused. The
+//! library's own threads are not used: OpenBLAS 0.3.21's threaded sgemm rounds some products
+//! (k = 688) differently from its one-thread call, so `--threads` would change the numbers
+//! (BENCHMARKS.md, 2026-11-29).
 //!
 //! `ELASTICA_BLAS`: unset = look for both; on an Intel CPU MKL first, elsewhere OpenBLAS
 //! first (see [`candidates`]); a path = use that library (an error if it cannot be used);
