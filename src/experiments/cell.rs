@@ -303,22 +303,13 @@ pub fn run_cell(grid: &Grid, index: usize, progress: bool) -> Result<CellRun> {
 /// Take the cell's lock (released when the file is dropped, or when the process dies).
 fn lock_cell(dir: &Path, id: &str) -> Result<std::fs::File> {
     let p = dir.join(LOCK_FILE);
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&p)
-        .with_context(|| format!("cannot open the cell lock {}", p.display()))?;
-    match f.try_lock() {
-        Ok(()) => Ok(f),
-        Err(std::fs::TryLockError::WouldBlock) => bail!(
+    match crate::util::fsx::try_lock(&p)? {
+        Some(f) => Ok(f),
+        None => bail!(
             "cell {id} is being run by another process (it holds {}); was the cell \
              submitted twice? Wait for that process or stop it",
             p.display()
         ),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(e).with_context(|| format!("cannot lock {}", p.display()))
-        }
     }
 }
 

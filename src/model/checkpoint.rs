@@ -233,30 +233,15 @@ pub fn save_params(params: &Params, dtype: DType, path: &Path) -> Result<()> {
     save_tensors(&tensors, path)
 }
 
-/// Write named tensors as a safetensors file atomically.
+/// Write named tensors as a safetensors file, atomically and durably (util::fsx).
 pub fn save_tensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
     let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-    safetensors::serialize_to_file(
-        tensors.iter().map(|(n, t)| (n.as_str(), t)),
-        Some(meta),
-        tmp.path(),
-    )
-    .with_context(|| format!("cannot write {}", path.display()))?;
-    // Temp files are owner-only (0600); a checkpoint should be readable like any other file.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644)).ok();
-    }
-    tmp.persist(path).with_context(|| {
-        format!(
-            "cannot move the finished file into place at {}",
-            path.display()
+    crate::util::fsx::atomic_write_path(path, ".safetensors", |tmp| {
+        safetensors::serialize_to_file(
+            tensors.iter().map(|(n, t)| (n.as_str(), t)),
+            Some(meta),
+            tmp,
         )
-    })?;
-    Ok(())
+        .with_context(|| format!("cannot write {}", path.display()))
+    })
 }

@@ -167,34 +167,11 @@ impl LinePlot {
         }
         atomic_write(&svg, text.as_bytes())?;
 
-        let dir = match png.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create directory {}", dir.display()))?;
         // The bitmap encoder picks the format from the extension, so the temp name ends in .png.
-        let tmp = tempfile::Builder::new()
-            .prefix(".plot-")
-            .suffix(".png")
-            .tempfile_in(&dir)
-            .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
-        {
-            let root = BitMapBackend::new(tmp.path(), self.size).into_drawing_area();
+        crate::util::fsx::atomic_write_path(&png, ".png", |tmp| {
+            let root = BitMapBackend::new(tmp, self.size).into_drawing_area();
             self.render(root, &bounds)
-                .with_context(|| format!("while drawing {}", png.display()))?;
-        }
-        // Temp files are created owner-only; a result file should be as readable as any other.
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644)).ok();
-        }
-        tmp.persist(&png).with_context(|| {
-            format!(
-                "cannot move the finished plot into place at {}",
-                png.display()
-            )
+                .with_context(|| format!("while drawing {}", png.display()))
         })?;
         Ok((png, svg))
     }
