@@ -1,18 +1,29 @@
-//! `elastica train`: supervised fine-tuning, or from-scratch training with `--init`.
+//! `elastica train`: supervised fine-tuning, or from-scratch training with `--init`. The
+//! command holds an exclusive lock on `--out` for its whole run, so two processes never
+//! train into one directory.
 
 use crate::compress::tracking::{load_sets, parse_sets, plot_rows, RateTracker};
 use crate::data::records::read_jsonl;
 use crate::data::template::Template;
-use crate::model::checkpoint::{init_model, load_model, LoadedModel};
+use crate::model::checkpoint::{init_model, load_model, resolve_model_dir, LoadedModel};
+use crate::model::ModelConfig;
 use crate::report::RunDir;
 use crate::train::schedule::Schedule;
-use crate::train::sft::{latest_checkpoint, StepLog};
+use crate::train::sft::{resume_point, ResumePoint, StepLog};
 use crate::train::{train, TrainConfig};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use std::path::PathBuf;
 
+/// The name of `train`'s lock file inside `--out`.
+pub const LOCK_FILE: &str = ".train.lock";
+
 #[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Every flag can also be set in a TOML file given as --config FILE \
+(keys are the long flag names: lr = 1e-5, no_shuffle = true, betas = [0.9, 0.95]); flags typed \
+on the command line win."
+)]
 pub struct TrainArgs {
     /// Base model: a directory in the HF layout, or `org/name` in the offline HF cache.
     #[arg(long, required_unless_present = "init", conflicts_with = "init")]
@@ -77,9 +88,14 @@ pub struct TrainArgs {
     /// Write a resumable checkpoint every N optimizer steps (0 = none).
     #[arg(long, default_value_t = 0)]
     pub save_every: usize,
-    /// Continue from the newest checkpoint in --out.
+    /// Continue from the newest checkpoint in --out (refused if it was written with other
+    /// settings or data; a run already finished with these settings is left as it is).
     #[arg(long)]
     pub resume: bool,
+    /// Weight dtype of the saved model: float32, bfloat16 or float16 (default: the input
+    /// checkpoint's). Keep float32 for a model you will train further.
+    #[arg(long)]
+    pub save_dtype: Option<String>,
     /// Track compression rates of held-out sets during training: NAME=FILE.jsonl,...
     /// (written to OUT/rates.jsonl and plotted as OUT/rates.png/svg).
     #[arg(long)]
@@ -128,10 +144,28 @@ pub fn run(a: TrainArgs) -> Result<()> {
         seed: a.seed,
         shuffle: !a.no_shuffle,
         save_every: a.save_every,
+        save_dtype: a.save_dtype.clone(),
+    };
+    cfg.validate()?;
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create output directory {}", a.out.display()))?;
+    let lock_path = a.out.join(LOCK_FILE);
+    let Some(_lock) = crate::util::fsx::try_lock(&lock_path)? else {
+        bail!(
+            "another elastica process is training into {} (it holds {}); wait for it to \
+             finish or stop it, or give another --out",
+            a.out.display(),
+            lock_path.display()
+        );
     };
     let dev = Device::Cpu;
     let lm = match (&a.model, &a.init) {
-        (Some(m), _) => load_model(m, &dev)?,
+        (Some(m), _) => {
+            let dir = resolve_model_dir(m)?;
+            let config = dir.join("config.json");
+            ModelConfig::from_file(&config)?.check_training_fits(&config)?;
+            load_model(m, &dev)?
+        }
         (None, Some(init)) => {
             let Some(tok) = &a.tokenizer else {
                 bail!("--init needs --tokenizer DIR (a directory with tokenizer.json)");
@@ -141,15 +175,22 @@ pub fn run(a: TrainArgs) -> Result<()> {
         (None, None) => bail!("give --model or --init"),
     };
     let records = read_jsonl(&a.data)?;
+    // Resume's checks (and "already finished") come before anything is written into --out.
+    let resume_at = if a.resume {
+        Some(resume_point(&lm, &records, &cfg, &a.out)?)
+    } else {
+        None
+    };
+    let finished = resume_at == Some(ResumePoint::Finished);
     let mut tracker = match &a.track_rates {
+        Some(_) if finished => None,
         Some(spec) => {
             let sets = load_sets(&parse_sets(spec)?, Some(a.track_records))?;
             let mut t =
                 RateTracker::new(sets, cfg.template, cfg.max_length, a.track_every, &a.out)?;
-            let start = if a.resume {
-                latest_checkpoint(&a.out)?.map(|(s, _)| s).unwrap_or(0)
-            } else {
-                0
+            let start = match &resume_at {
+                Some(ResumePoint::Checkpoint { step, .. }) => *step,
+                _ => 0,
             };
             t.begin(&lm, start)?;
             Some(t)

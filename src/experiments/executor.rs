@@ -446,10 +446,7 @@ fn worker(
 
 /// `MemAvailable` from /proc/meminfo, in bytes (Linux); `None` elsewhere.
 pub fn available_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    crate::util::sysmem::available_bytes()
 }
 
 #[cfg(test)]

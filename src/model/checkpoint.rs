@@ -65,6 +65,7 @@ pub fn init_model(
     device: &Device,
 ) -> Result<LoadedModel> {
     let cfg = ModelConfig::from_file(config)?;
+    cfg.check_training_fits(config)?;
     let params = init_params(&cfg, seed, device)?;
     let tokenizer = TextTokenizer::from_dir(tokenizer_dir, &cfg.eos_token_ids, cfg.pad_token_id)?;
     if tokenizer.vocab_size() > cfg.vocab_size {
@@ -105,7 +106,10 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
             .collect();
         files.sort();
         files.dedup();
-        let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
+        let paths: Vec<PathBuf> = files
+            .iter()
+            .map(|f| shard_path(dir, f, &index))
+            .collect::<Result<_>>()?;
         for p in &paths {
             if !p.exists() {
                 bail!(
@@ -137,6 +141,70 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
         "no model.safetensors or model.safetensors.index.json in {}",
         dir.display()
     )
+}
+
+/// A shard named in an index, refused unless it stays inside the model directory: no
+/// absolute path, no `..`, and no symlink that leads out. In the HF cache a snapshot's files
+/// are symlinks into the repository's `blobs/`, so there the repository directory
+/// (`models--org--name`, two levels up from `snapshots/<rev>`) is the boundary.
+fn shard_path(dir: &Path, name: &str, index: &Path) -> Result<PathBuf> {
+    use std::path::Component;
+    let rel = Path::new(name);
+    if name.is_empty()
+        || !rel
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        bail!(
+            "{} names the shard \"{name}\", which is not a plain file path inside the model \
+             directory (absolute paths and \"..\" are refused)",
+            index.display()
+        );
+    }
+    let p = dir.join(rel);
+    if let Ok(real) = p.canonicalize() {
+        let dir_real = dir
+            .canonicalize()
+            .with_context(|| format!("cannot resolve {}", dir.display()))?;
+        let in_cache = dir_real
+            .parent()
+            .and_then(|s| s.file_name())
+            .is_some_and(|n| n == "snapshots");
+        let boundary = if in_cache {
+            dir_real
+                .parent()
+                .and_then(Path::parent)
+                .unwrap_or(&dir_real)
+        } else {
+            &dir_real
+        };
+        if !real.starts_with(boundary) {
+            bail!(
+                "{} names the shard \"{name}\", a symlink to {} outside the model directory {}; \
+                 refusing to read it",
+                index.display(),
+                real.display(),
+                boundary.display()
+            );
+        }
+    }
+    Ok(p)
+}
+
+/// The first non-finite value of `t`, if any: one pass, and no copy for a contiguous f32
+/// tensor on the CPU.
+fn non_finite(t: &Tensor) -> Result<Option<f32>> {
+    let t = t.to_dtype(DType::F32)?;
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) = &*storage {
+            if let Some((a, b)) = layout.contiguous_offsets() {
+                return Ok(v[a..b].iter().find(|x| !x.is_finite()).copied());
+            }
+        }
+    }
+    let v = t.flatten_all()?.to_vec1::<f32>()?;
+    Ok(v.into_iter().find(|x| !x.is_finite()))
 }
 
 fn load_params(dir: &Path, cfg: &ModelConfig, device: &Device) -> Result<Params> {
@@ -183,6 +251,14 @@ fn load_params(dir: &Path, cfg: &ModelConfig, device: &Device) -> Result<Params>
             );
         }
         let t = t.to_dtype(DType::F32)?;
+        if let Some(x) = non_finite(&t)? {
+            bail!(
+                "tensor \"{}\" in {} holds a non-finite value ({x}); the checkpoint is damaged \
+                 or its training diverged",
+                spec.name,
+                dir.display()
+            );
+        }
         entries.push((spec.name, Var::from_tensor(&t)?));
     }
     Ok(Params::new(entries))
@@ -228,6 +304,14 @@ pub fn save_model(model: &Llama, source_dir: &Path, out: &Path, dtype: Option<&s
 pub fn save_params(params: &Params, dtype: DType, path: &Path) -> Result<()> {
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
     for (name, var) in params.iter() {
+        // Never write diverged weights (over good ones, or for a later stage to start from).
+        if let Some(x) = non_finite(var.as_tensor())? {
+            bail!(
+                "refusing to save {}: tensor \"{name}\" holds a non-finite value ({x}); training \
+                 diverged (lower the learning rate)",
+                path.display()
+            );
+        }
         tensors.push((name.clone(), var.as_tensor().to_dtype(dtype)?.contiguous()?));
     }
     save_tensors(&tensors, path)

@@ -220,6 +220,17 @@ impl ModelConfig {
             .first()
             .copied();
         let vocab_size = need(raw.vocab_size, "vocab_size")?;
+        let rms_norm_eps = raw.rms_norm_eps.unwrap_or(1e-6);
+        if !(rms_norm_eps.is_finite() && rms_norm_eps > 0.0) {
+            bail!("key \"rms_norm_eps\" must be a finite number > 0, got {rms_norm_eps}");
+        }
+        if !(rope_theta.is_finite() && rope_theta > 0.0) {
+            bail!("key \"rope_theta\" must be a finite number > 0, got {rope_theta}");
+        }
+        let max_position_embeddings = raw.max_position_embeddings.unwrap_or(2048);
+        if max_position_embeddings == 0 {
+            bail!("key \"max_position_embeddings\" must be positive");
+        }
         Ok(ModelConfig {
             family,
             vocab_size,
@@ -229,10 +240,10 @@ impl ModelConfig {
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
+            rms_norm_eps,
             rope_theta,
             rope_scaling,
-            max_position_embeddings: raw.max_position_embeddings.unwrap_or(2048),
+            max_position_embeddings,
             tie_word_embeddings,
             attention_bias,
             mlp_bias: raw.mlp_bias.unwrap_or(false),
@@ -262,19 +273,66 @@ impl ModelConfig {
         v
     }
 
-    /// Number of parameters the model has (embeddings counted once when tied).
+    /// Number of parameters the model has (embeddings counted once when tied); saturates at
+    /// `usize::MAX` for sizes no machine holds.
     pub fn num_params(&self) -> usize {
+        self.checked_num_params().unwrap_or(usize::MAX)
+    }
+
+    /// [`Self::num_params`], or `None` when the count overflows.
+    pub fn checked_num_params(&self) -> Option<usize> {
         let (h, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
-        let q = self.num_attention_heads * self.head_dim;
-        let kv = self.num_key_value_heads * self.head_dim;
-        let mut attn = h * q + 2 * h * kv + q * h;
+        let q = self.num_attention_heads.checked_mul(self.head_dim)?;
+        let kv = self.num_key_value_heads.checked_mul(self.head_dim)?;
+        let hq = h.checked_mul(q)?;
+        let mut attn = hq
+            .checked_mul(2)?
+            .checked_add(h.checked_mul(kv)?.checked_mul(2)?)?;
         if self.attention_bias {
-            attn += q + 2 * kv;
+            attn = attn.checked_add(q)?.checked_add(kv.checked_mul(2)?)?;
         }
-        let mlp = 3 * h * i + if self.mlp_bias { 2 * i + h } else { 0 };
-        let layer = attn + mlp + 2 * h;
-        let head = if self.tie_word_embeddings { 0 } else { v * h };
-        v * h + self.num_hidden_layers * layer + h + head
+        let mut mlp = h.checked_mul(i)?.checked_mul(3)?;
+        if self.mlp_bias {
+            mlp = mlp.checked_add(i.checked_mul(2)?)?.checked_add(h)?;
+        }
+        let layer = attn.checked_add(mlp)?.checked_add(h.checked_mul(2)?)?;
+        let embed = v.checked_mul(h)?;
+        let head = if self.tie_word_embeddings { 0 } else { embed };
+        embed
+            .checked_add(self.num_hidden_layers.checked_mul(layer)?)?
+            .checked_add(h)?
+            .checked_add(head)
+    }
+
+    /// Bytes that training holds besides activations: f32 weights, f32 gradients and two f32
+    /// AdamW moments, 16 bytes a parameter (`None`: beyond any count).
+    pub fn training_bytes(&self) -> Option<u64> {
+        (self.checked_num_params()? as u64).checked_mul(16)
+    }
+
+    /// Refuse, before anything is allocated, a model whose training state alone exceeds this
+    /// machine's memory (/proc/meminfo `MemTotal`; no check where that is unknown).
+    pub fn check_training_fits(&self, source: &Path) -> Result<()> {
+        let Some(total) = crate::util::sysmem::total_bytes() else {
+            return Ok(());
+        };
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        match self.training_bytes() {
+            Some(need) if need <= total => Ok(()),
+            need => bail!(
+                "{}: training this model needs about {} (parameters {}, each with an f32 weight, \
+                 gradient and two AdamW moments: 16 bytes) before activations, but this machine \
+                 has {:.1} GiB of memory",
+                source.display(),
+                need.map_or("more memory than any count holds".to_string(), |b| format!(
+                    "{:.1} GiB",
+                    gib(b)
+                )),
+                self.checked_num_params()
+                    .map_or("beyond count".to_string(), |n| n.to_string()),
+                gib(total)
+            ),
+        }
     }
 }
 

@@ -2,6 +2,22 @@
 //! loss, backward, accumulate) -> clip -> AdamW -> log -> checkpoint. The data order of every
 //! step is a pure function of (seed, step), so a run resumed from a checkpoint replays exactly
 //! what the uninterrupted run would have done and ends on bit-identical weights.
+//!
+//! What a run can rely on:
+//! - settings are checked before the first step (finite, in range, counts that do not
+//!   overflow, a dtype the result can be saved in);
+//! - a non-finite loss or gradient norm stops the run at that step, before the update, and
+//!   non-finite weights are never saved (model::checkpoint refuses them);
+//! - a checkpoint directory counts only when its completion marker exists: the marker is
+//!   written last and deleted first, so a kill while writing or removing one leaves a
+//!   directory that is skipped (and cleaned) instead of one that breaks every resume;
+//! - each checkpoint, and the finished run's `train_config.toml`, carries the resolved
+//!   settings and a fingerprint of the tokenized data ([`RunSettings`]); a resume with other
+//!   settings or data is refused, naming what changed, and a resume of a finished run with
+//!   the same settings does nothing.
+//!
+//! The caller must hold exclusive use of the output directory (`elastica train` locks it;
+//! a grid cell holds its cell's lock).
 
 use super::batch::{collate, loss_tokens, tokenize, Batch, Example};
 use super::loss::nll_sum;
@@ -9,13 +25,14 @@ use super::optim::{AdamW, AdamWConfig, Grads};
 use super::schedule::{lr_at, warmup_steps, Schedule};
 use crate::data::records::Record;
 use crate::data::template::Template;
-use crate::model::checkpoint::{save_model, save_params};
+use crate::model::checkpoint::{dtype_from_name, save_model, save_params};
 use crate::model::{Llama, LoadedModel};
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -45,6 +62,11 @@ pub struct TrainConfig {
     pub shuffle: bool,
     /// Write a resumable checkpoint every N optimizer steps (0 = only at the end).
     pub save_every: usize,
+    /// Weight dtype of the final model ("float32", "bfloat16", "float16"); absent = the
+    /// input checkpoint's own dtype. A model that a later stage trains from should stay
+    /// float32: bf16 rounds small updates away. (Resumable checkpoints are always float32.)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub save_dtype: Option<String>,
 }
 
 impl Default for TrainConfig {
@@ -67,33 +89,158 @@ impl Default for TrainConfig {
             seed: 42,
             shuffle: true,
             save_every: 0,
+            save_dtype: None,
         }
     }
 }
 
 impl TrainConfig {
+    /// Refuse settings that cannot train: every number finite and in range, counts whose
+    /// products fit, a known save dtype. Messages name the setting as the CLI spells it.
     pub fn validate(&self) -> Result<()> {
         if self.batch_size == 0 || self.grad_accum == 0 {
             bail!("batch_size and grad_accum must be at least 1");
         }
+        self.records_per_step()?;
         if self.epochs == 0 && self.max_steps == 0 {
             bail!("set epochs >= 1 or max_steps >= 1");
         }
-        if self.lr.is_nan()
-            || self.lr < 0.0
-            || !(0.0..1.0).contains(&self.beta1)
-            || !(0.0..1.0).contains(&self.beta2)
-        {
-            bail!("invalid optimizer settings: lr must be >= 0 and betas in [0, 1)");
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            bail!("lr (--lr) must be a finite number > 0, got {}", self.lr);
+        }
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            bail!("eps (--eps) must be a finite number > 0, got {}", self.eps);
+        }
+        for (name, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                bail!("{name} (--betas) must be in [0, 1), got {b}");
+            }
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            bail!(
+                "weight_decay (--weight-decay) must be a finite number >= 0, got {}",
+                self.weight_decay
+            );
+        }
+        if !(self.clip.is_finite() && self.clip >= 0.0) {
+            bail!(
+                "clip (--clip) must be a finite number >= 0 (0 = off), got {}",
+                self.clip
+            );
         }
         if !(0.0..=1.0).contains(&self.warmup_ratio) {
-            bail!("warmup_ratio must be in [0, 1]");
+            bail!(
+                "warmup_ratio (--warmup-ratio) must be in [0, 1], got {}",
+                self.warmup_ratio
+            );
         }
         if self.max_length < 2 {
             bail!("max_length must be at least 2");
         }
+        if let Some(d) = &self.save_dtype {
+            dtype_from_name(d).context("save_dtype (--save-dtype)")?;
+        }
         Ok(())
     }
+
+    /// Records per optimizer step (batch_size x grad_accum), refused when it overflows.
+    pub fn records_per_step(&self) -> Result<usize> {
+        self.batch_size
+            .checked_mul(self.grad_accum)
+            .with_context(|| {
+                format!(
+                    "batch_size x grad_accum = {} x {} does not fit in a {}-bit count",
+                    self.batch_size,
+                    self.grad_accum,
+                    usize::BITS
+                )
+            })
+    }
+
+    /// Optimizer steps of a run over `n` examples: max_steps, or epochs x steps per epoch.
+    pub fn total_steps(&self, n: usize) -> Result<usize> {
+        if self.max_steps > 0 {
+            return Ok(self.max_steps);
+        }
+        let per_epoch = n.div_ceil(self.records_per_step()?);
+        self.epochs.checked_mul(per_epoch).with_context(|| {
+            format!(
+                "epochs x steps per epoch = {} x {per_epoch} does not fit in a {}-bit count; \
+                 lower --epochs or set --max-steps",
+                self.epochs,
+                usize::BITS
+            )
+        })
+    }
+}
+
+/// What makes two runs the same run: the resolved settings and the data, as tokenized. Stored
+/// in every checkpoint's `trainer_state.json` and, once finished, as `train_config.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSettings {
+    /// sha256 of the tokenized examples (ids and loss labels), in order.
+    pub data_sha256: String,
+    /// Examples the run trains on.
+    pub examples: usize,
+    pub train: TrainConfig,
+}
+
+impl RunSettings {
+    /// The fields of `self` (stored) that differ from `now`, as `name: stored -> now`.
+    /// `save_every` is left out: it changes when checkpoints are written, not the weights.
+    pub fn changes(&self, now: &RunSettings) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.data_sha256 != now.data_sha256 || self.examples != now.examples {
+            out.push(format!(
+                "data: {} examples (sha256 {}) -> {} examples (sha256 {})",
+                self.examples,
+                short(&self.data_sha256),
+                now.examples,
+                short(&now.data_sha256)
+            ));
+        }
+        let as_map = |c: &TrainConfig| match serde_json::to_value(c) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        };
+        let (old, new) = (as_map(&self.train), as_map(&now.train));
+        let mut keys: Vec<&String> = old.keys().chain(new.keys()).collect();
+        keys.sort();
+        keys.dedup();
+        for k in keys {
+            if k == "save_every" {
+                continue;
+            }
+            let (a, b) = (old.get(k), new.get(k));
+            if a != b {
+                let show = |v: Option<&serde_json::Value>| {
+                    v.map_or("(default)".to_string(), |v| v.to_string())
+                };
+                out.push(format!("{k}: {} -> {}", show(a), show(b)));
+            }
+        }
+        out
+    }
+}
+
+fn short(h: &str) -> &str {
+    &h[..h.len().min(12)]
+}
+
+/// sha256 over the tokenized examples: what the run trains on, whatever file it came from.
+pub fn data_fingerprint(examples: &[Example]) -> String {
+    let mut h = Sha256::new();
+    for e in examples {
+        h.update((e.ids.len() as u64).to_le_bytes());
+        for &t in &e.ids {
+            h.update(t.to_le_bytes());
+        }
+        for &l in &e.labels {
+            h.update(l.to_le_bytes());
+        }
+    }
+    hex::encode(h.finalize())
 }
 
 /// One line of `train_log.jsonl`.
@@ -123,7 +270,9 @@ pub struct TrainSummary {
 pub type StepHook<'a> = dyn FnMut(&LoadedModel, &StepLog) -> Result<()> + 'a;
 
 /// Fine-tune `lm` on `records`, writing `train_log.jsonl`, checkpoints and the final model
-/// into `out`. With `resume`, continues from the newest complete checkpoint in `out`.
+/// into `out`. With `resume`, continues from the newest complete checkpoint in `out` (refused
+/// when it was written with other settings or data); a finished run with the same settings
+/// is not redone: its final weights are loaded into `lm` and its summary is returned.
 pub fn train(
     lm: &LoadedModel,
     records: &[Record],
@@ -133,13 +282,14 @@ pub fn train(
     mut hook: Option<&mut StepHook<'_>>,
     progress: bool,
 ) -> Result<TrainSummary> {
-    cfg.validate()?;
-    if records.is_empty() {
-        bail!("no training records");
-    }
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("cannot create output directory {}", out.display()))?;
-    let (examples, truncated) = tokenize(records, &lm.tokenizer, cfg.template, cfg.max_length)?;
+    let Prepared {
+        examples,
+        truncated,
+        total,
+        steps_per_epoch,
+        settings,
+        save_dtype,
+    } = prepare(lm, records, cfg)?;
     if truncated > 0 {
         eprintln!(
             "warning: {truncated} of {} records were longer than max_length = {} tokens and were truncated",
@@ -147,15 +297,13 @@ pub fn train(
             cfg.max_length
         );
     }
-    if examples.iter().all(|e| loss_tokens(e) == 0) {
-        bail!("no record has a token the loss can count (are all responses empty or cut by max_length?)");
-    }
-    let per_step = cfg.batch_size * cfg.grad_accum;
-    let steps_per_epoch = examples.len().div_ceil(per_step);
-    let total = if cfg.max_steps > 0 {
-        cfg.max_steps
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("cannot create output directory {}", out.display()))?;
+    let log_path = out.join("train_log.jsonl");
+    let point = if resume {
+        resume_point_of(out, &settings, total)?
     } else {
-        cfg.epochs * steps_per_epoch
+        ResumePoint::Fresh
     };
     let warmup = warmup_steps(cfg.warmup_ratio, total);
     let mut opt = AdamW::new(AdamWConfig {
@@ -164,12 +312,27 @@ pub fn train(
         eps: cfg.eps,
         weight_decay: cfg.weight_decay,
     });
-    let log_path = out.join("train_log.jsonl");
     let mut log: Vec<StepLog> = Vec::new();
     let mut start = 0;
     let mut resumed_from = None;
-    if resume {
-        if let Some((step, dir)) = latest_checkpoint(out)? {
+    match point {
+        ResumePoint::Finished => {
+            eprintln!(
+                "{} already holds this run, finished ({total} steps, same settings and data); \
+                 nothing to do",
+                out.display()
+            );
+            load_final(lm, out)?;
+            let log = read_log(&log_path)?;
+            return Ok(summarize(
+                total,
+                examples.len(),
+                truncated,
+                Some(total),
+                log,
+            ));
+        }
+        ResumePoint::Checkpoint { step, dir } => {
             restore(lm, &mut opt, &dir, step)?;
             log = read_log(&log_path)?
                 .into_iter()
@@ -178,11 +341,15 @@ pub fn train(
             start = step;
             resumed_from = Some(step);
         }
+        ResumePoint::Fresh => {}
     }
     rewrite_log(&log_path, &log)?;
     let pb = crate::util::progress::bar(total as u64, "train");
+    let mut lines = None;
     if !progress {
         pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    } else if !crate::util::progress::stderr_is_terminal() {
+        lines = Some(crate::util::progress::LogLines::new("train", total, start));
     }
     pb.set_position(start as u64);
     let dev = lm.model.device().clone();
@@ -195,7 +362,14 @@ pub fn train(
             .chunks(cfg.batch_size)
             .map(|m| collate(m, lm.tokenizer.pad_id(), &dev))
             .collect::<Result<_>>()?;
-        let (nll_total, grad_norm) = optimizer_step(&lm.model, &micro, &mut opt, lr, cfg.clip)?;
+        let (nll_total, grad_norm) = optimizer_step(&lm.model, &micro, &mut opt, lr, cfg.clip)
+            .with_context(|| {
+                format!(
+                    "training stopped at step {} of {total} (lr {lr:e}): the step was not \
+                     applied and nothing was saved for it",
+                    step + 1
+                )
+            })?;
         let entry = StepLog {
             step: step + 1,
             loss: if n_step > 0 {
@@ -213,32 +387,223 @@ pub fn train(
         }
         pb.set_message(format!("loss {:.4}", entry.loss));
         pb.inc(1);
+        if let Some(l) = lines.as_mut() {
+            l.step(entry.step, entry.loss, entry.tokens);
+        }
         log.push(entry);
         let done = step + 1;
         if cfg.save_every > 0 && done % cfg.save_every == 0 && done < total {
-            write_checkpoint(lm, &opt, out, done)?;
+            // The log lines up to this step must survive whatever the checkpoint survives.
+            sync_file(&log_path)?;
+            write_checkpoint(lm, &opt, out, done, &settings)?;
         }
     }
     pb.finish_and_clear();
-    save_model(&lm.model, &lm.dir, out, None)?;
+    if let Some(l) = lines.as_mut() {
+        l.finish();
+    }
+    save_model(&lm.model, &lm.dir, out, Some(&save_dtype))?;
+    // Written after the model: its presence (with equal settings) marks the run finished.
     crate::util::fsx::atomic_write(
-        &out.join("train_config.toml"),
-        toml::to_string(cfg)?.as_bytes(),
+        &out.join(FINISHED_SETTINGS),
+        toml::to_string(&settings)?.as_bytes(),
     )?;
     remove_checkpoints(out)?;
+    Ok(summarize(
+        total,
+        examples.len(),
+        truncated,
+        resumed_from,
+        log,
+    ))
+}
+
+/// The resolved settings of a finished run, written after its final model.
+pub const FINISHED_SETTINGS: &str = "train_config.toml";
+
+fn summarize(
+    steps: usize,
+    records: usize,
+    truncated: usize,
+    resumed_from: Option<usize>,
+    log: Vec<StepLog>,
+) -> TrainSummary {
     let mean_loss = if log.is_empty() {
         0.0
     } else {
         log.iter().map(|l| l.loss).sum::<f64>() / log.len() as f64
     };
-    Ok(TrainSummary {
-        steps: total,
-        records: examples.len(),
+    TrainSummary {
+        steps,
+        records,
         truncated,
         mean_loss,
         resumed_from,
         log,
+    }
+}
+
+/// A run's data and settings, resolved and checked before anything is written.
+struct Prepared {
+    examples: Vec<Example>,
+    truncated: usize,
+    total: usize,
+    steps_per_epoch: usize,
+    settings: RunSettings,
+    save_dtype: String,
+}
+
+fn prepare(lm: &LoadedModel, records: &[Record], cfg: &TrainConfig) -> Result<Prepared> {
+    cfg.validate()?;
+    if records.is_empty() {
+        bail!("no training records");
+    }
+    // Refuse before the first step what only the final save would find out.
+    let save_dtype = cfg
+        .save_dtype
+        .clone()
+        .unwrap_or_else(|| lm.model.cfg.torch_dtype.clone());
+    dtype_from_name(&save_dtype).with_context(|| {
+        format!(
+            "the trained model would be saved in the input checkpoint's dtype \"{save_dtype}\" \
+             (config.json in {}); set save_dtype (--save-dtype) to float32, bfloat16 or float16",
+            lm.dir.display()
+        )
+    })?;
+    let (examples, truncated) = tokenize(records, &lm.tokenizer, cfg.template, cfg.max_length)?;
+    if examples.iter().all(|e| loss_tokens(e) == 0) {
+        bail!("no record has a token the loss can count (are all responses empty or cut by max_length?)");
+    }
+    let steps_per_epoch = examples.len().div_ceil(cfg.records_per_step()?);
+    let total = cfg.total_steps(examples.len())?;
+    let settings = RunSettings {
+        data_sha256: data_fingerprint(&examples),
+        examples: examples.len(),
+        train: cfg.clone(),
+    };
+    Ok(Prepared {
+        examples,
+        truncated,
+        total,
+        steps_per_epoch,
+        settings,
+        save_dtype,
     })
+}
+
+/// Where a resumed run starts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResumePoint {
+    /// Nothing to resume: train from the start.
+    Fresh,
+    /// From this complete checkpoint, written with the same settings and data.
+    Checkpoint { step: usize, dir: PathBuf },
+    /// The run finished with the same settings and data: nothing to do.
+    Finished,
+}
+
+/// Where `train(.., resume = true, ..)` would start in `out`, refusing what it would refuse
+/// (a checkpoint or finished run with other settings or data, a checkpoint past the last
+/// step). Lets a caller check before it writes anything of its own. Incomplete checkpoints
+/// are cleaned as [`latest_checkpoint`] does.
+pub fn resume_point(
+    lm: &LoadedModel,
+    records: &[Record],
+    cfg: &TrainConfig,
+    out: &Path,
+) -> Result<ResumePoint> {
+    let p = prepare(lm, records, cfg)?;
+    resume_point_of(out, &p.settings, p.total)
+}
+
+fn resume_point_of(out: &Path, settings: &RunSettings, total: usize) -> Result<ResumePoint> {
+    if finished_with(out, settings)? {
+        return Ok(ResumePoint::Finished);
+    }
+    let Some((step, dir)) = latest_checkpoint(out)? else {
+        return Ok(ResumePoint::Fresh);
+    };
+    if step > total {
+        bail!(
+            "the checkpoint in {} is at step {step}, past this run's {total} steps \
+             (max_steps = {}); resume with --max-steps {step} or more, or start over \
+             without --resume",
+            dir.display(),
+            settings.train.max_steps
+        );
+    }
+    check_same_run(&dir, settings)?;
+    Ok(ResumePoint::Checkpoint { step, dir })
+}
+
+/// Whether `out` holds a finished run with these settings. A finished run with other
+/// settings is refused: resuming it would train from scratch over it.
+fn finished_with(out: &Path, settings: &RunSettings) -> Result<bool> {
+    let cfg_path = out.join(FINISHED_SETTINGS);
+    if !cfg_path.is_file() || !out.join("model.safetensors").is_file() {
+        return Ok(false);
+    }
+    let text = std::fs::read_to_string(&cfg_path)
+        .with_context(|| format!("cannot read {}", cfg_path.display()))?;
+    // A file from an older elastica (settings only, no data fingerprint) cannot be compared:
+    // such a run is trained again, as before.
+    let Ok(stored) = toml::from_str::<RunSettings>(&text) else {
+        return Ok(false);
+    };
+    let changes = stored.changes(settings);
+    if !changes.is_empty() {
+        bail!(
+            "{} holds a finished run with other settings or data ({}); --resume would train \
+             over it: give another --out, or drop --resume to replace it",
+            out.display(),
+            changes.join("; ")
+        );
+    }
+    Ok(true)
+}
+
+/// Load a finished run's saved weights into `lm`.
+fn load_final(lm: &LoadedModel, out: &Path) -> Result<()> {
+    let weights = out.join("model.safetensors");
+    let tensors = candle_core::safetensors::load(&weights, lm.model.device())
+        .with_context(|| format!("cannot read {}", weights.display()))?;
+    for (name, var) in lm.model.params.iter() {
+        let t = tensors
+            .get(name)
+            .with_context(|| format!("{} lacks tensor \"{name}\"", weights.display()))?;
+        var.set(&t.to_dtype(DType::F32)?)
+            .with_context(|| format!("tensor \"{name}\" in {}", weights.display()))?;
+    }
+    Ok(())
+}
+
+/// Refuse to resume from a checkpoint written with other settings or data.
+fn check_same_run(dir: &Path, now: &RunSettings) -> Result<()> {
+    let path = dir.join("trainer_state.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let state: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let Some(stored) = state.get("settings") else {
+        eprintln!(
+            "warning: {} was written by an older elastica without its settings; they cannot \
+             be checked against this run's",
+            path.display()
+        );
+        return Ok(());
+    };
+    let stored: RunSettings = serde_json::from_value(stored.clone())
+        .with_context(|| format!("{}: unreadable \"settings\"", path.display()))?;
+    let changes = stored.changes(now);
+    if !changes.is_empty() {
+        bail!(
+            "cannot resume from {}: it was written with other settings or data ({}). Resume \
+             with the same settings, or start over without --resume (or in another --out)",
+            dir.display(),
+            changes.join("; ")
+        );
+    }
+    Ok(())
 }
 
 /// One optimizer step over `micro` batches: forward, token-weighted loss, backward and
@@ -282,9 +647,16 @@ pub fn optimizer_step(
             None => grads = Some(g),
         }
     }
+    if !nll_total.is_finite() {
+        bail!("the loss is {nll_total} (not finite); lower the learning rate or check the weights and data");
+    }
     let mut grad_norm = 0.0;
     if let Some(mut g) = grads {
         grad_norm = g.clip(clip);
+        // Checked before the update, so the weights never take a non-finite step.
+        if !grad_norm.is_finite() {
+            bail!("the gradient norm is {grad_norm} (not finite); lower the learning rate or set --clip");
+        }
         opt.update(params, &g, lr)?;
     }
     Ok((nll_total, grad_norm))
@@ -306,16 +678,22 @@ pub fn step_indices(
         rng.set_stream(epoch as u64);
         order.shuffle(&mut rng);
     }
-    let per = cfg.batch_size * cfg.grad_accum;
-    order[k * per..((k + 1) * per).min(n)].to_vec()
+    // Callers validated that batch_size x grad_accum fits; k * per < n.
+    let per = cfg.batch_size.saturating_mul(cfg.grad_accum);
+    order[k * per..(k * per).saturating_add(per).min(n)].to_vec()
 }
 
 fn checkpoint_root(out: &Path) -> PathBuf {
     out.join("checkpoints")
 }
 
-/// The newest complete checkpoint (`checkpoints/step-N`), if any. Incomplete ones cannot
-/// exist: a checkpoint is written under a temporary name and renamed when finished.
+/// The file that makes a checkpoint directory count: written last, deleted first.
+pub const COMPLETE_MARKER: &str = "complete";
+
+/// The newest complete checkpoint (`checkpoints/step-N`), if any. A `step-N` directory
+/// without its completion marker was cut short while being removed (or was left by an older
+/// elastica): it is skipped with a warning and deleted, as is a temporary directory of a
+/// checkpoint whose writing was cut short.
 pub fn latest_checkpoint(out: &Path) -> Result<Option<(usize, PathBuf)>> {
     let root = checkpoint_root(out);
     if !root.is_dir() {
@@ -323,26 +701,50 @@ pub fn latest_checkpoint(out: &Path) -> Result<Option<(usize, PathBuf)>> {
     }
     let mut best: Option<(usize, PathBuf)> = None;
     for e in std::fs::read_dir(&root).with_context(|| format!("cannot list {}", root.display()))? {
-        let e = e?;
+        let e = e.with_context(|| format!("cannot list {}", root.display()))?;
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(n) = name
+        let path = e.path();
+        if name.starts_with(".tmp-step-") {
+            remove_checkpoint_dir(&path)?;
+            continue;
+        }
+        let Some(n) = name
             .strip_prefix("step-")
             .and_then(|s| s.parse::<usize>().ok())
-        {
-            if best.as_ref().is_none_or(|(b, _)| n > *b) {
-                best = Some((n, e.path()));
-            }
+        else {
+            continue;
+        };
+        if !path.join(COMPLETE_MARKER).is_file() {
+            eprintln!(
+                "warning: checkpoint {} is incomplete (no \"{COMPLETE_MARKER}\" marker: a kill \
+                 while it was being removed?); skipping and deleting it",
+                path.display()
+            );
+            remove_checkpoint_dir(&path)?;
+            continue;
+        }
+        if best.as_ref().is_none_or(|(b, _)| n > *b) {
+            best = Some((n, path));
         }
     }
     Ok(best)
 }
 
-fn write_checkpoint(lm: &LoadedModel, opt: &AdamW, out: &Path, step: usize) -> Result<()> {
+/// Write `checkpoints/step-N` durably: every file in a temporary directory, the completion
+/// marker last, then one rename; superseded checkpoints are removed afterwards.
+fn write_checkpoint(
+    lm: &LoadedModel,
+    opt: &AdamW,
+    out: &Path,
+    step: usize,
+    settings: &RunSettings,
+) -> Result<()> {
     let root = checkpoint_root(out);
-    std::fs::create_dir_all(&root)?;
+    std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
     let tmp = tempfile::Builder::new()
         .prefix(".tmp-step-")
-        .tempdir_in(&root)?;
+        .tempdir_in(&root)
+        .with_context(|| format!("cannot create a temporary directory in {}", root.display()))?;
     save_params(
         &lm.model.params,
         DType::F32,
@@ -352,24 +754,35 @@ fn write_checkpoint(lm: &LoadedModel, opt: &AdamW, out: &Path, step: usize) -> R
         &opt.state_tensors(&lm.model.params)?,
         &tmp.path().join("optimizer.safetensors"),
     )?;
-    let state = serde_json::json!({ "step": step, "adam_step": opt.step });
+    let state = serde_json::json!({ "step": step, "adam_step": opt.step, "settings": settings });
     crate::util::fsx::atomic_write_json(&tmp.path().join("trainer_state.json"), &state)?;
+    crate::util::fsx::atomic_write(&tmp.path().join(COMPLETE_MARKER), b"")?;
     let final_dir = root.join(format!("step-{step}"));
     let tmp_path = tmp.keep();
-    std::fs::rename(&tmp_path, &final_dir).with_context(|| {
-        format!(
-            "cannot move checkpoint into place at {}",
-            final_dir.display()
-        )
-    })?;
+    crate::util::fsx::durable_rename(&tmp_path, &final_dir)?;
     // Older checkpoints are superseded.
-    for e in std::fs::read_dir(&root)?.flatten() {
+    for e in std::fs::read_dir(&root)
+        .with_context(|| format!("cannot list {}", root.display()))?
+        .flatten()
+    {
         let p = e.path();
         if p != final_dir && e.file_name().to_string_lossy().starts_with("step-") {
-            std::fs::remove_dir_all(&p).ok();
+            remove_checkpoint_dir(&p)?;
         }
     }
     Ok(())
+}
+
+/// Delete a checkpoint directory, its completion marker first (and durably), so a kill
+/// part-way leaves a directory that no resume trusts.
+fn remove_checkpoint_dir(dir: &Path) -> Result<()> {
+    let marker = dir.join(COMPLETE_MARKER);
+    match std::fs::remove_file(&marker) {
+        Ok(()) => crate::util::fsx::sync_dir(dir)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot remove {}", marker.display())),
+    }
+    std::fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))
 }
 
 fn restore(lm: &LoadedModel, opt: &mut AdamW, dir: &Path, step: usize) -> Result<()> {
@@ -396,6 +809,14 @@ fn restore(lm: &LoadedModel, opt: &mut AdamW, dir: &Path, step: usize) -> Result
 fn remove_checkpoints(out: &Path) -> Result<()> {
     let root = checkpoint_root(out);
     if root.is_dir() {
+        for e in std::fs::read_dir(&root)
+            .with_context(|| format!("cannot list {}", root.display()))?
+            .flatten()
+        {
+            if e.path().is_dir() {
+                remove_checkpoint_dir(&e.path())?;
+            }
+        }
         std::fs::remove_dir_all(&root)
             .with_context(|| format!("cannot remove {}", root.display()))?;
     }
@@ -431,6 +852,12 @@ fn rewrite_log(path: &Path, log: &[StepLog]) -> Result<()> {
         }
         Ok(())
     })
+}
+
+fn sync_file(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("cannot sync {}", path.display()))
 }
 
 fn append_log(path: &Path, entry: &StepLog) -> Result<()> {

@@ -1,15 +1,38 @@
 //! The process's thread set-up: rayon's global pool (our kernels and gemm) and candle's own
 //! elementwise pool.
 
+/// More threads than this many per core only add contention (and `--threads 2^64-1` would
+/// keep creating threads until the machine gives out).
+pub const MAX_THREADS_PER_CORE: usize = 8;
+
 /// Use `n` threads for rayon (and so for gemm and the fused kernels); 0 keeps the default
-/// (all cores).
+/// (all cores). Above [`MAX_THREADS_PER_CORE`] x cores, `n` is capped with a warning.
 pub fn set_threads(n: usize) {
+    let n = capped(n, cores());
     if n > 0 {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global()
             .ok();
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// `n` capped at [`MAX_THREADS_PER_CORE`] x `cores`, with a warning when it was above.
+fn capped(n: usize, cores: usize) -> usize {
+    let cap = cores.saturating_mul(MAX_THREADS_PER_CORE).max(1);
+    if n > cap {
+        eprintln!(
+            "warning: --threads {n} is more than {MAX_THREADS_PER_CORE} per core on this \
+             {cores}-core machine; using {cap}"
+        );
+        cap
+    } else {
+        n
     }
 }
 
@@ -33,5 +56,16 @@ pub fn init_blas_threads() {
         if std::env::var_os(var).is_none() {
             std::env::set_var(var, "1");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn thread_counts_are_capped_per_core() {
+        assert_eq!(super::capped(0, 2), 0);
+        assert_eq!(super::capped(16, 2), 16);
+        assert_eq!(super::capped(17, 2), 16);
+        assert_eq!(super::capped(usize::MAX, 2), 16);
     }
 }

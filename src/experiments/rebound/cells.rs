@@ -2,7 +2,8 @@
 //!
 //! - `rebound.base` evaluates the pre-trained model (its score is the reference level);
 //! - `rebound.align` fine-tunes the base model on the first n+ positive records, once per
-//!   (model, n+, seed); its checkpoint is the shared prefix of every n- cell;
+//!   (model, n+, seed); its checkpoint is the shared prefix of every n- cell, saved in
+//!   float32 whatever the base's dtype (so perturbed models are float32 too);
 //! - `rebound.perturb` starts from its align cell's checkpoint, fine-tunes on the first n-
 //!   negative records (none when n- = 0), then evaluates: generations, scores, KL to base.
 //!
@@ -155,7 +156,12 @@ impl CellKind for Align {
     fn run(&self, ctx: &CellContext<'_>) -> Result<serde_json::Value> {
         let p: AlignParams = ctx.params()?;
         let records = first_records(&ctx.input("positive")?, p.n_positive, "n+")?;
-        let train = train_stage(ctx, &ctx.input("base")?, &records, &p.train)?;
+        // Every perturb cell trains from this model: f32, so no update is rounded away.
+        let t = TrainConfig {
+            save_dtype: Some("float32".into()),
+            ..p.train.clone()
+        };
+        let train = train_stage(ctx, &ctx.input("base")?, &records, &t)?;
         Ok(serde_json::to_value(AlignOutput {
             model: p.model,
             n_positive: p.n_positive,

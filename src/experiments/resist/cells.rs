@@ -157,7 +157,12 @@ impl CellKind for ThetaKind {
     fn run(&self, ctx: &CellContext<'_>) -> Result<serde_json::Value> {
         let p: ThetaParams = ctx.params()?;
         let data = read_jsonl(&ctx.input("data")?)?;
-        let s = fine_tune(ctx, &p.start.dir(ctx), &data, &p.train)?;
+        // θ_k is trained further (θ_{k+1}, the pairs): f32, so no update is rounded away.
+        let t = TrainConfig {
+            save_dtype: Some("float32".into()),
+            ..p.train.clone()
+        };
+        let s = fine_tune(ctx, &p.start.dir(ctx), &data, &t)?;
         Ok(serde_json::to_value(FineTuneOutput::from(&s))?)
     }
 }

@@ -1,0 +1,579 @@
+//! What a user can rely on from `elastica train` (issue 17; issue 23 items 5, 13, 16), tested
+//! through the binary as a user types it: a checkpoint cut short while being removed is
+//! skipped and the run resumes to the same weights; a resume with other settings or data is
+//! refused; a finished run is not redone; a second process on one --out is refused; bad
+//! numbers, dtypes, sizes and shard paths are refused before the first step; a diverging run
+//! stops without saving; progress lines appear off a terminal.
+
+use elastica::data::records::read_jsonl;
+use elastica::data::template::Template;
+use elastica::model::checkpoint::load_model;
+use elastica::train::{train, TrainConfig};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+fn elastica_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_elastica"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr,
+    )
+}
+
+fn elastica(args: &[&str]) -> (bool, String, String) {
+    elastica_env(args, &[])
+}
+
+fn model() -> String {
+    format!("{FIX}/models/tiny-llama")
+}
+
+fn data() -> String {
+    format!("{FIX}/sft/data.jsonl")
+}
+
+fn copy_model(dst: &Path) -> PathBuf {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(model()).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+    dst.to_path_buf()
+}
+
+fn set_config(m: &Path, key: &str, value: serde_json::Value) {
+    let p = m.join("config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    v.as_object_mut().unwrap().insert(key.into(), value);
+    std::fs::write(&p, v.to_string()).unwrap();
+}
+
+/// The run every test shares: 8 records, 2 per step, 3 epochs = 12 steps, a checkpoint
+/// every 2 steps. The CLI's defaults are TrainConfig's.
+const ARGS: &[&str] = &[
+    "--template",
+    "raw",
+    "--lr",
+    "3e-3",
+    "--batch-size",
+    "2",
+    "--grad-accum",
+    "1",
+    "--epochs",
+    "3",
+    "--save-every",
+    "2",
+];
+
+fn cfg() -> TrainConfig {
+    TrainConfig {
+        template: Template::Raw,
+        lr: 3e-3,
+        batch_size: 2,
+        grad_accum: 1,
+        epochs: 3,
+        save_every: 2,
+        ..Default::default()
+    }
+}
+
+fn train_cli(out: &Path, extra: &[&str]) -> (bool, String, String) {
+    train_cli_env(out, extra, &[])
+}
+
+fn train_cli_env(out: &Path, extra: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let m = model();
+    let d = data();
+    let mut args = vec![
+        "train",
+        "--model",
+        &m,
+        "--data",
+        &d,
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(ARGS);
+    args.extend_from_slice(extra);
+    elastica_env(&args, env)
+}
+
+/// Train with the shared settings but die after `stop` steps (the hook fails, as a SIGKILL
+/// would: no final model, no clean-up), leaving the newest checkpoint.
+fn train_killed_after(out: &Path, stop: usize) {
+    let lm = load_model(&model(), &candle_core::Device::Cpu).unwrap();
+    let recs = read_jsonl(Path::new(&data())).unwrap();
+    let mut hook = |_: &elastica::model::LoadedModel,
+                    l: &elastica::train::sft::StepLog|
+     -> anyhow::Result<()> {
+        if l.step == stop {
+            anyhow::bail!("killed")
+        }
+        Ok(())
+    };
+    let e = train(&lm, &recs, &cfg(), out, false, Some(&mut hook), false).unwrap_err();
+    assert!(format!("{e:#}").contains("killed"));
+}
+
+/// Every file under `dir` with its bytes.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(p.clone(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+fn summary(stdout: &str) -> serde_json::Value {
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+#[test]
+fn a_checkpoint_cut_short_while_removed_is_skipped_and_resume_ends_on_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = dir.path().join("full");
+    let (ok, _, err) = train_cli(&full, &[]);
+    assert!(ok, "{err}");
+    let want = std::fs::read(full.join("model.safetensors")).unwrap();
+
+    // A complete step-2 checkpoint, from a run killed at step 3.
+    let early = dir.path().join("early");
+    train_killed_after(&early, 3);
+    let step2 = early.join("checkpoints/step-2");
+    assert!(step2.join("complete").is_file());
+
+    // A run killed at step 5 holds step-4; put step-2 beside it, then cut step-4 as a kill
+    // during its removal does (the marker goes first, then some files).
+    let run = dir.path().join("run");
+    train_killed_after(&run, 5);
+    let ck = run.join("checkpoints");
+    std::fs::rename(&step2, ck.join("step-2")).unwrap();
+    std::fs::remove_file(ck.join("step-4/complete")).unwrap();
+    std::fs::remove_file(ck.join("step-4/optimizer.safetensors")).unwrap();
+    let (ok, stdout, err) = train_cli(&run, &["--resume"]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("step-4") && err.contains("incomplete"),
+        "no warning about the incomplete checkpoint: {err}"
+    );
+    assert_eq!(summary(&stdout)["resumed_from"], 2);
+    assert_eq!(
+        std::fs::read(run.join("model.safetensors")).unwrap(),
+        want,
+        "the resumed run does not end on the uninterrupted run's weights"
+    );
+
+    // Only an incomplete checkpoint: it is cleaned and the run starts over.
+    let only = dir.path().join("only");
+    train_killed_after(&only, 5);
+    std::fs::remove_file(only.join("checkpoints/step-4/complete")).unwrap();
+    let (ok, stdout, err) = train_cli(&only, &["--resume"]);
+    assert!(ok, "{err}");
+    assert!(summary(&stdout)["resumed_from"].is_null());
+    assert_eq!(std::fs::read(only.join("model.safetensors")).unwrap(), want);
+    assert!(!only.join("checkpoints").exists());
+}
+
+#[test]
+fn resume_refuses_other_settings_or_data_and_a_finished_run_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    train_killed_after(&run, 5);
+    // The CLI's lock file is created by its first call and stays; it holds no data.
+    std::fs::File::create(run.join(".train.lock")).unwrap();
+    let before = snapshot(&run);
+    let other_data = dir.path().join("other.jsonl");
+    let mut text = std::fs::read_to_string(data()).unwrap();
+    text = text.replacen("blue", "green", 1);
+    std::fs::write(&other_data, text).unwrap();
+    let refused = |extra: &[&str], expect: &[&str]| {
+        let (ok, _, err) = train_cli(&run, extra);
+        assert!(!ok, "{extra:?} should be refused");
+        for e in expect {
+            assert!(err.contains(e), "{extra:?}: error lacks \"{e}\": {err}");
+        }
+        assert_eq!(
+            snapshot(&run),
+            before,
+            "{extra:?}: a refused resume changed files"
+        );
+    };
+    refused(
+        &["--resume", "--lr", "2e-3"],
+        &["cannot resume", "lr: 0.003 -> 0.002"],
+    );
+    refused(&["--resume", "--seed", "7"], &["seed: 42 -> 7"]);
+    refused(
+        &["--resume", "--batch-size", "4", "--grad-accum", "1"],
+        &["batch_size: 2 -> 4"],
+    );
+    refused(
+        &["--resume", "--data", other_data.to_str().unwrap()],
+        &["data: 8 examples"],
+    );
+    refused(
+        &["--resume", "--max-steps", "3"],
+        &["step 4", "past this run's 3 steps", "--max-steps 4"],
+    );
+
+    // The same settings resume and finish; a second --resume does nothing at all.
+    let (ok, stdout, err) = train_cli(&run, &["--resume"]);
+    assert!(ok, "{err}");
+    assert_eq!(summary(&stdout)["resumed_from"], 4);
+    let finished = snapshot(&run);
+    let (ok, stdout, err) = train_cli(&run, &["--resume"]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("finished") && err.contains("nothing to do"),
+        "{err}"
+    );
+    assert_eq!(summary(&stdout)["steps"], 12);
+    assert_eq!(
+        snapshot(&run),
+        finished,
+        "--resume of a finished run changed files"
+    );
+    // ...and with other settings it is refused rather than trained over.
+    let (ok, _, err) = train_cli(&run, &["--resume", "--lr", "1e-3"]);
+    assert!(
+        !ok && err.contains("finished run with other settings"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&run), finished);
+}
+
+#[test]
+fn a_second_train_on_one_out_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    std::fs::create_dir_all(&out).unwrap();
+    let held = elastica::util::fsx::try_lock(&out.join(".train.lock"))
+        .unwrap()
+        .unwrap();
+    let (ok, _, err) = train_cli(&out, &[]);
+    assert!(!ok, "the second process was not refused");
+    assert!(
+        err.contains("another elastica process is training into"),
+        "{err}"
+    );
+    assert!(!out.join("train_log.jsonl").exists());
+    drop(held);
+    let (ok, _, err) = train_cli(&out, &["--max-steps", "1"]);
+    assert!(ok, "{err}");
+}
+
+#[test]
+fn bad_settings_are_refused_before_the_first_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--lr", "inf"],
+            "lr (--lr) must be a finite number > 0, got inf",
+        ),
+        (&["--lr", "NaN"], "lr (--lr)"),
+        (&["--lr", "0"], "lr (--lr)"),
+        (&["--eps", "0"], "eps (--eps)"),
+        (&["--betas", "1,0.95"], "beta1 (--betas) must be in [0, 1)"),
+        (&["--clip=-1"], "clip (--clip)"),
+        (&["--weight-decay", "nan"], "weight_decay (--weight-decay)"),
+        (&["--save-dtype", "int8"], "int8"),
+        (
+            &["--batch-size", "4294967296", "--grad-accum", "4294967296"],
+            "batch_size x grad_accum = 4294967296 x 4294967296 does not fit",
+        ),
+        (
+            &["--epochs", "9223372036854775808"],
+            "epochs x steps per epoch = 9223372036854775808 x",
+        ),
+    ];
+    for (extra, expect) in cases {
+        let (ok, _, err) = train_cli(&out, extra);
+        assert!(!ok, "{extra:?} was accepted");
+        assert!(
+            err.contains(expect),
+            "{extra:?}: error lacks \"{expect}\": {err}"
+        );
+        assert!(
+            !out.join("model.safetensors").exists() && !out.join("train_log.jsonl").exists(),
+            "{extra:?}: something was trained"
+        );
+    }
+
+    // config.json values that cannot run, refused at load with the key named.
+    for (key, value, expect) in [
+        ("rms_norm_eps", serde_json::json!(-1.0), "rms_norm_eps"),
+        ("rope_theta", serde_json::json!(0.0), "rope_theta"),
+        (
+            "max_position_embeddings",
+            serde_json::json!(0),
+            "max_position_embeddings",
+        ),
+    ] {
+        let m = copy_model(&dir.path().join(key));
+        set_config(&m, key, value);
+        let (ok, _, err) = elastica(&[
+            "eval-loss",
+            "--model",
+            m.to_str().unwrap(),
+            "--data",
+            &data(),
+        ]);
+        assert!(
+            !ok && err.contains(expect) && err.contains("config.json"),
+            "{key}: {err}"
+        );
+    }
+
+    // A dtype the model cannot be saved in is found before the first step, not at the end.
+    let m = copy_model(&dir.path().join("int8"));
+    set_config(&m, "torch_dtype", "int8".into());
+    let (ok, _, err) = elastica(&[
+        "train",
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        &data(),
+        "--out",
+        out.to_str().unwrap(),
+        "--max-steps",
+        "1",
+    ]);
+    assert!(
+        !ok && err.contains("\"int8\"") && err.contains("--save-dtype"),
+        "{err}"
+    );
+    assert!(
+        !out.join("train_log.jsonl").exists(),
+        "it trained before refusing"
+    );
+    let (ok, _, err) = elastica(&[
+        "train",
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        &data(),
+        "--out",
+        out.to_str().unwrap(),
+        "--max-steps",
+        "1",
+        "--save-dtype",
+        "bfloat16",
+    ]);
+    assert!(ok, "{err}");
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(saved["torch_dtype"], "bfloat16");
+    let t =
+        candle_core::safetensors::load(out.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    assert!(t.values().all(|t| t.dtype() == candle_core::DType::BF16));
+}
+
+#[test]
+fn a_diverging_run_stops_at_its_step_and_saves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let (ok, _, err) = train_cli(&out, &["--lr", "1e30", "--clip", "0"]);
+    assert!(!ok, "a diverging run exited 0");
+    assert!(
+        err.contains("training stopped at step") && err.contains("not finite"),
+        "{err}"
+    );
+    assert!(
+        !out.join("model.safetensors").exists(),
+        "non-finite weights were saved"
+    );
+    let steps = std::fs::read_to_string(out.join("train_log.jsonl"))
+        .unwrap()
+        .lines()
+        .count();
+    assert!(steps < 12, "it ran to the end: {steps} steps");
+    // No checkpoint holds a non-finite value either (checked at every save).
+    if let Ok(rd) = std::fs::read_dir(out.join("checkpoints")) {
+        for e in rd.flatten() {
+            let p = e.path().join("model.safetensors");
+            if let Ok(t) = candle_core::safetensors::load(&p, &candle_core::Device::Cpu) {
+                for v in t.values() {
+                    let x: Vec<f32> = v.flatten_all().unwrap().to_vec1().unwrap();
+                    assert!(x.iter().all(|x| x.is_finite()), "{}", p.display());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn weights_with_nan_are_refused_naming_the_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = copy_model(&dir.path().join("nan"));
+    let p = m.join("model.safetensors");
+    let mut t = candle_core::safetensors::load(&p, &candle_core::Device::Cpu).unwrap();
+    let name = "model.layers.1.mlp.up_proj.weight";
+    let w = &t[name];
+    let mut v: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
+    v[5] = f32::NAN;
+    let bad = candle_core::Tensor::from_vec(v, w.dims(), &candle_core::Device::Cpu).unwrap();
+    t.insert(name.to_string(), bad);
+    candle_core::safetensors::save(&t, &p).unwrap();
+    let (ok, _, err) = elastica(&[
+        "eval-loss",
+        "--model",
+        m.to_str().unwrap(),
+        "--data",
+        &data(),
+    ]);
+    assert!(
+        !ok && err.contains(name) && err.contains("non-finite"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_shard_index_may_not_leave_the_model_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = dir.path().join("other");
+    copy_model(&outside);
+    let case = |name: &str, shard: &str, expect: &str| {
+        let m = copy_model(&dir.path().join(name));
+        std::fs::remove_file(m.join("model.safetensors")).unwrap();
+        let t = candle_core::safetensors::load(
+            outside.join("model.safetensors"),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let map: serde_json::Map<String, serde_json::Value> =
+            t.keys().map(|k| (k.clone(), shard.into())).collect();
+        std::fs::write(
+            m.join("model.safetensors.index.json"),
+            serde_json::json!({"metadata": {}, "weight_map": map}).to_string(),
+        )
+        .unwrap();
+        let (ok, _, err) = elastica(&[
+            "eval-loss",
+            "--model",
+            m.to_str().unwrap(),
+            "--data",
+            &data(),
+        ]);
+        assert!(!ok, "{name}: the shard outside was read");
+        assert!(
+            err.contains(expect) && err.contains("index.json"),
+            "{name}: {err}"
+        );
+        m
+    };
+    case(
+        "dotdot",
+        "../other/model.safetensors",
+        "not a plain file path",
+    );
+    let abs = outside.join("model.safetensors");
+    case("absolute", abs.to_str().unwrap(), "not a plain file path");
+    #[cfg(unix)]
+    {
+        let m = dir.path().join("link");
+        copy_model(&m);
+        std::os::unix::fs::symlink(&abs, m.join("shard.safetensors")).unwrap();
+        case("link", "shard.safetensors", "outside the model directory");
+    }
+}
+
+#[test]
+fn absurd_sizes_and_thread_counts_are_refused_or_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = copy_model(&dir.path().join("m"));
+    let out = dir.path().join("run");
+    for (key, value) in [
+        ("hidden_size", serde_json::json!(1_000_000_000u64)),
+        ("vocab_size", serde_json::json!(1_000_000_000_000u64)),
+        ("num_hidden_layers", serde_json::json!(1_000_000u64)),
+    ] {
+        let cfg = dir.path().join(format!("{key}.json"));
+        std::fs::copy(m.join("config.json"), &cfg).unwrap();
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+        v[key] = value;
+        std::fs::write(&cfg, v.to_string()).unwrap();
+        let (ok, _, err) = elastica(&[
+            "train",
+            "--init",
+            cfg.to_str().unwrap(),
+            "--tokenizer",
+            m.to_str().unwrap(),
+            "--data",
+            &data(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(!ok, "{key}: accepted");
+        assert!(
+            err.contains("training this model needs about") && err.contains("GiB of memory"),
+            "{key}: {err}"
+        );
+    }
+    let (ok, _, err) = train_cli(
+        &out,
+        &["--max-steps", "1", "--threads", "18446744073709551615"],
+    );
+    assert!(ok, "{err}");
+    assert!(err.contains("per core") && err.contains("using"), "{err}");
+}
+
+#[test]
+fn off_a_terminal_progress_is_logged_as_lines_and_help_names_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let (ok, _, err) = train_cli_env(&out, &[], &[("ELASTICA_PROGRESS_SECS", "0")]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("train: step "))
+        .collect();
+    assert_eq!(lines.len(), 13, "a line per step and one at the end: {err}");
+    assert!(
+        lines[0].starts_with("train: step 1/12 (8.3%) loss "),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[12].starts_with("train: step 12/12 (100.0%)"),
+        "{}",
+        lines[12]
+    );
+    assert!(lines[12].contains("tok/s") && lines[12].contains("eta 0s"));
+    // The default interval (30 s) prints only the closing line on a run this short.
+    let out2 = dir.path().join("run2");
+    let (ok, _, err) = train_cli(&out2, &[]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        err.lines()
+            .filter(|l| l.starts_with("train: step "))
+            .count(),
+        1
+    );
+
+    let (ok, stdout, _) = elastica(&["train", "--help"]);
+    assert!(ok);
+    assert!(stdout.contains("--config FILE"), "{stdout}");
+    assert!(stdout.contains("--save-dtype"), "{stdout}");
+}
