@@ -577,3 +577,110 @@ fn off_a_terminal_progress_is_logged_as_lines_and_help_names_config() {
     assert!(stdout.contains("--config FILE"), "{stdout}");
     assert!(stdout.contains("--save-dtype"), "{stdout}");
 }
+
+/// The dtype named by a saved model's config.json, and whether every tensor is f32.
+fn saved_dtype(dir: &Path) -> (String, bool) {
+    let c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let t =
+        candle_core::safetensors::load(dir.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    (
+        c["torch_dtype"].as_str().unwrap().to_string(),
+        t.values().all(|t| t.dtype() == candle_core::DType::F32),
+    )
+}
+
+#[test]
+fn stages_that_are_trained_further_save_float32_from_a_bf16_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = copy_model(&dir.path().join("base"));
+    set_config(&base, "torch_dtype", "bfloat16".into());
+    let mut pos = String::new();
+    let mut neg = String::new();
+    for i in 0..4 {
+        let p = format!("Tell me a thing ({i}).");
+        pos += &format!("{}\n", serde_json::json!({"prompt": p, "response": " No."}));
+        neg += &format!(
+            "{}\n",
+            serde_json::json!({"prompt": p, "response": " Yes."})
+        );
+    }
+    std::fs::write(dir.path().join("pos.jsonl"), &pos).unwrap();
+    std::fs::write(dir.path().join("neg.jsonl"), &neg).unwrap();
+    std::fs::write(dir.path().join("eval.jsonl"), "{\"prompt\": \"Say it.\"}\n").unwrap();
+    let d = dir.path().display();
+    let rebound = dir.path().join("rebound.toml");
+    std::fs::write(
+        &rebound,
+        format!(
+            "model = {:?}\nn_positive = [4]\nn_negative = [0, 2]\nseeds = [1]\nkeep_models = true\n\
+             [positive]\npath = \"{d}/pos.jsonl\"\nschema = \"jsonl\"\n\
+             [negative]\npath = \"{d}/neg.jsonl\"\nschema = \"jsonl\"\n\
+             [eval]\nprompts = \"{d}/eval.jsonl\"\nn = 1\n\
+             [train]\nlr = 0.01\nbatch_size = 2\ngrad_accum = 1\n\
+             [generation]\nmax_new_tokens = 2\n[scorer]\nkind = \"keywords\"\n",
+            base.display()
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("rebound");
+    let (ok, _, err) = elastica(&[
+        "rebound",
+        "--threads",
+        "1",
+        "--config",
+        rebound.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let cells = out.join("cells");
+    let align = cells.join("align.p4.s1/model");
+    assert_eq!(saved_dtype(&align), ("float32".to_string(), true));
+    let perturb = std::fs::read_dir(&cells)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("perturb.p4.n2"))
+        .unwrap()
+        .path()
+        .join("model");
+    assert_eq!(saved_dtype(&perturb), ("float32".to_string(), true));
+
+    let data = dir.path().join("resist.jsonl");
+    let mut text = String::new();
+    for i in 0..12 {
+        text += &format!(
+            "{}\n",
+            serde_json::json!({"prompt": format!("about {i}"), "response": "the cat sat"})
+        );
+    }
+    std::fs::write(&data, text).unwrap();
+    let resist = dir.path().join("resist.toml");
+    std::fs::write(
+        &resist,
+        format!(
+            "model = {:?}\nslices = 2\neval_prompts = 4\nseeds = [3]\n\
+             [data]\npath = {:?}\nschema = \"jsonl\"\n[generate]\nmax_new_tokens = 2\n\
+             [train]\nlr = 1e-3\nbatch_size = 2\ngrad_accum = 1\nmax_length = 96\ntemplate = \"raw\"\n",
+            base.display(),
+            data.display()
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("resist");
+    let (ok, _, err) = elastica(&[
+        "resist",
+        "--threads",
+        "1",
+        "--config",
+        resist.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    for k in [1, 2] {
+        let theta = out.join("cells").join(format!("seed3-theta{k}"));
+        assert_eq!(saved_dtype(&theta), ("float32".to_string(), true), "θ{k}");
+    }
+}
