@@ -684,3 +684,64 @@ fn stages_that_are_trained_further_save_float32_from_a_bf16_base() {
         assert_eq!(saved_dtype(&theta), ("float32".to_string(), true), "θ{k}");
     }
 }
+
+#[cfg(unix)]
+#[test]
+fn an_output_that_is_a_symlink_or_fifo_is_written_through_never_replaced() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tempfile::tempdir().unwrap();
+    let prompts = dir.path().join("prompts.jsonl");
+    std::fs::write(&prompts, "{\"prompt\": \"hello\"}\n{\"prompt\": \"sky\"}\n").unwrap();
+    let gen = |out: &Path| {
+        let m = model();
+        elastica(&[
+            "generate",
+            "--model",
+            &m,
+            "--prompts",
+            prompts.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--max-new-tokens",
+            "3",
+        ])
+    };
+    // A symlink stays a symlink; its target gets the generations.
+    let target = dir.path().join("real.jsonl");
+    std::fs::write(&target, "old\n").unwrap();
+    let link = dir.path().join("link.jsonl");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let (ok, _, err) = gen(&link);
+    assert!(ok, "{err}");
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(std::fs::read_to_string(&target).unwrap().lines().count(), 2);
+
+    // A FIFO is written into and stays a FIFO.
+    let fifo = dir.path().join("pipe");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read_to_string(&fifo).unwrap())
+    };
+    let (ok, _, err) = gen(&fifo);
+    assert!(ok, "{err}");
+    assert_eq!(reader.join().unwrap().lines().count(), 2);
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+
+    // A directory is refused by name, and left as it was.
+    let sub = dir.path().join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let (ok, _, err) = gen(&sub);
+    assert!(!ok && err.contains("is a directory"), "{err}");
+    assert!(sub.is_dir());
+}
