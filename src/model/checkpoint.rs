@@ -2,6 +2,8 @@
 //! with `model.safetensors.index.json`, the tokenizer files and `generation_config.json`.
 //! What we save loads unchanged in transformers: same tensor names, dtype and config keys.
 //! Models come from a directory or from the offline HF cache, never from the network.
+//! Weights holding NaN or inf are refused when loaded and never saved; a shard index may name
+//! only files inside the model directory; every file is written durably (util::fsx).
 
 use super::config::ModelConfig;
 use super::init::init_params;

@@ -2,6 +2,9 @@
 //! (both the paper-era dialect with top-level `rope_theta`/`torch_dtype` and the
 //! transformers-5 dialect with `rope_parameters`/`dtype`) and is resolved once into a plain
 //! [`ModelConfig`]. The original JSON is kept so a saved checkpoint carries the same keys.
+//! Values that cannot run (`rms_norm_eps` or `rope_theta` not > 0, zero sizes) are refused
+//! here, and [`ModelConfig::check_training_fits`] refuses a model too large to train before
+//! anything is allocated.
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
