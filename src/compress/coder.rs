@@ -251,9 +251,11 @@ pub fn decode(
     expect: &Expect,
     progress: &ProgressBar,
 ) -> Result<(Vec<u8>, StreamStats)> {
+    // The header's length is a promise, not a justification: reserve no more than the
+    // payload could plausibly hold and let the output grow as bytes are actually decoded.
     let capacity = usize::try_from(expect.original_len)
         .unwrap_or(0)
-        .min(1 << 30);
+        .min(words.len().saturating_mul(64).saturating_add(4096));
     let mut out: Vec<u8> = Vec::with_capacity(capacity);
     let mut dec = DefaultRangeDecoder::from_compressed(words)
         .map_err(|e| anyhow!("cannot read the payload: {e:?}"))?;
