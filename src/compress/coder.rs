@@ -29,6 +29,24 @@ use constriction::stream::queue::{DefaultRangeDecoder, DefaultRangeEncoder};
 use constriction::stream::{Decode, Encode};
 use indicatif::ProgressBar;
 use serde::Serialize;
+use thiserror::Error;
+
+/// The payload does not decode consistently under the predictor: a symbol the stream cannot
+/// hold, more tokens or bytes than the header promises, data after the end symbol. Either
+/// the payload is damaged or the predictor's probabilities differ from the encoder's; the
+/// caller, which knows whether the payload's hash matched, says which.
+#[derive(Debug, Error)]
+#[error("{0}")]
+pub struct Inconsistent(pub String);
+
+/// What [`encode`] produced.
+pub struct Encoded {
+    pub words: Vec<u32>,
+    pub stats: StreamStats,
+    /// Ideal code length in bits of each segment, in order (a text piece's includes the
+    /// break before it; a raw run's its escape and length).
+    pub segment_bits: Vec<f64>,
+}
 
 /// Counts and ideal code lengths of one stream, the same whether measured while encoding or
 /// decoding.
@@ -118,22 +136,24 @@ impl<'a> Steps<'a> {
     }
 }
 
-/// Range-code `segments` of `input`; returns the payload words and the stream's statistics.
-/// `progress` counts tokens.
+/// Range-code `segments` of `input`; returns the payload words, the stream's statistics and
+/// each segment's code length. `progress` counts tokens.
 pub fn encode(
     pred: &mut dyn TokenPredictor,
     input: &[u8],
     segments: &[Segment],
     chunk_tokens: usize,
     progress: &ProgressBar,
-) -> Result<(Vec<u32>, StreamStats)> {
+) -> Result<Encoded> {
     let mut enc = Encoder {
         coder: DefaultRangeEncoder::new(),
         steps: Steps::new(pred, chunk_tokens)?,
         stats: StreamStats::default(),
     };
     let mut prev_was_text = false;
+    let mut segment_bits = Vec::with_capacity(segments.len());
     for seg in segments {
+        let before = enc.stats.ideal_bits();
         match seg {
             Segment::Text { tokens, .. } => {
                 if prev_was_text {
@@ -160,13 +180,18 @@ pub fn encode(
                 prev_was_text = false;
             }
         }
+        segment_bits.push(enc.stats.ideal_bits() - before);
     }
     enc.escape(Control::End)?;
     let words = enc
         .coder
         .into_compressed()
         .map_err(|e| anyhow!("range coder failed to finish: {e:?}"))?;
-    Ok((words, enc.stats))
+    Ok(Encoded {
+        words,
+        stats: enc.stats,
+        segment_bits,
+    })
 }
 
 struct Encoder<'a> {
@@ -217,8 +242,8 @@ pub struct Expect {
 }
 
 /// Decode a payload back into bytes. Any inconsistency (a symbol the stream cannot hold,
-/// more tokens or bytes than the header promises, data after the end symbol) is an error
-/// that calls the payload corrupt.
+/// more tokens or bytes than the header promises, data after the end symbol) is an
+/// [`Inconsistent`] error.
 pub fn decode(
     pred: &mut dyn TokenPredictor,
     words: Vec<u32>,
@@ -226,9 +251,11 @@ pub fn decode(
     expect: &Expect,
     progress: &ProgressBar,
 ) -> Result<(Vec<u8>, StreamStats)> {
+    // The header's length is a promise, not a justification: reserve no more than the
+    // payload could plausibly hold and let the output grow as bytes are actually decoded.
     let capacity = usize::try_from(expect.original_len)
         .unwrap_or(0)
-        .min(1 << 30);
+        .min(words.len().saturating_mul(64).saturating_add(4096));
     let mut out: Vec<u8> = Vec::with_capacity(capacity);
     let mut dec = DefaultRangeDecoder::from_compressed(words)
         .map_err(|e| anyhow!("cannot read the payload: {e:?}"))?;
@@ -236,7 +263,7 @@ pub fn decode(
     let mut piece: Vec<u32> = Vec::new();
     let mut steps = Steps::new(pred, chunk_tokens)?;
     let vocab = steps.vocab_size;
-    let corrupt = |what: String| anyhow!("corrupt payload: {what}");
+    let corrupt = |what: String| anyhow::Error::new(Inconsistent(what));
 
     loop {
         let dist = steps.dist(&mut stats)?;

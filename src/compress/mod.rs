@@ -10,6 +10,7 @@
 //! - [`symbols`]: the alphabet of the stream and the quantised entropy models.
 //! - [`coder`]: the range-coded stream, one predictor walk for both directions.
 //! - [`format`]: the checked file header.
+//! - [`probe`]: the numerics probe in the header (same model, different arithmetic).
 //! - [`codec`]: whole-file [`compress`] / [`decompress`].
 //! - [`hf`]: [`Tokenization`] for Hugging Face tokenizers.
 //! - [`model_predictor`]: the Llama-family model as a [`TokenPredictor`] (KV-cache forward).
@@ -27,6 +28,7 @@ pub mod format;
 pub mod hf;
 pub mod model_predictor;
 pub mod predictor;
+pub mod probe;
 pub mod rates;
 pub mod rates_report;
 pub mod segment;

@@ -65,11 +65,28 @@ impl CompressSummary {
         Ok(t)
     }
 
-    /// One-paragraph account of the code: overhead, header, tokens, chunks, raw bytes.
+    /// One-paragraph account of the code: overhead, header, tokens, chunks, raw bytes, and
+    /// what was stored raw because the model coded it worse than its bytes.
     pub fn notes(&self) -> String {
         let r = &self.report;
         let s = &r.stream;
-        format!(
+        let f = &r.raw_fallback;
+        let fallback = if f.whole_file {
+            format!(
+                " The model coded this input worse than its raw bytes, so it is stored raw \
+                 (the file is the input plus {} bytes).",
+                r.compressed_bytes.saturating_sub(r.original_bytes)
+            )
+        } else if f.pieces > 0 {
+            format!(
+                " {} byte(s) in {} text piece(s) are stored raw: the model coded them worse \
+                 than 8 bits per byte.",
+                f.bytes, f.pieces
+            )
+        } else {
+            String::new()
+        };
+        let notes = format!(
             "code overhead over the ideal: {}% of {:.0} bits (payload {} bytes; header {} bytes \
              extra). {} tokens in {} chunk(s) of up to {} tokens, {:.4} bits/token; {} text \
              piece(s); {} raw byte(s) in {} run(s).",
@@ -84,7 +101,8 @@ impl CompressSummary {
             s.pieces,
             s.raw_bytes,
             s.raw_runs,
-        )
+        );
+        notes + &fallback
     }
 }
 

@@ -180,15 +180,30 @@ fn parquet_rows(
     f: &mut dyn FnMut(Loc, Result<Object>) -> Result<ControlFlow<()>>,
 ) -> Result<()> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
+    use std::panic::{catch_unwind, AssertUnwindSafe};
     let file = std::fs::File::open(path)
         .with_context(|| format!("cannot open data file {}", path.display()))?;
-    let reader = SerializedFileReader::new(file)
+    // The parquet crate (56) panics on some corrupt files (an out-of-range slice, an
+    // `unimplemented!` page type) instead of returning an error: each call into it is
+    // guarded, and a panic becomes an error naming the file.
+    let guarded = |what: &str| {
+        anyhow!(
+            "{}: the parquet reader failed while {what}: the file is corrupt (or uses a \
+             parquet feature this reader lacks)",
+            path.display()
+        )
+    };
+    let reader = catch_unwind(AssertUnwindSafe(|| SerializedFileReader::new(file)))
+        .map_err(|_| guarded("reading the footer"))?
         .with_context(|| format!("{}: not a readable parquet file", path.display()))?;
-    let rows = reader
-        .get_row_iter(None)
+    let mut rows = catch_unwind(AssertUnwindSafe(|| reader.get_row_iter(None)))
+        .map_err(|_| guarded("reading the schema"))?
         .with_context(|| format!("{}: cannot read the parquet schema", path.display()))?;
-    for (i, row) in rows.enumerate() {
+    for i in 0.. {
         let loc = Loc::Row(i + 1);
+        let next = catch_unwind(AssertUnwindSafe(|| rows.next()))
+            .map_err(|_| guarded(&format!("decoding {loc}")))?;
+        let Some(row) = next else { break };
         // A decoding failure is a property of the file (codec, corrupt page), not of one row.
         let row = row.map_err(|e| {
             let hint = if e.to_string().contains("Disabled feature") {

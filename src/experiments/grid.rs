@@ -62,51 +62,62 @@ impl Grid {
     /// replaced only when no started cell changes definition: adding cells (more seeds, a
     /// longer n- list) or dropping cells keeps every finished result; changing a cell that
     /// already has output is refused, naming the cells, so results of two different setups
-    /// never mix.
+    /// never mix. A planner that writes other files (frozen data, the resolved config) calls
+    /// [`Grid::check_replan`] before writing them, so that a refusal leaves the run
+    /// directory untouched.
     pub fn plan(run_dir: &Path, manifest: Manifest) -> Result<Grid> {
+        Grid::check_replan(run_dir, &manifest)?;
         std::fs::create_dir_all(run_dir)
             .with_context(|| format!("cannot create the run directory {}", run_dir.display()))?;
         let path = run_dir.join(MANIFEST_FILE);
-        if path.exists() {
-            let old = Manifest::read(&path)?;
-            if old.hash == manifest.hash {
-                return Ok(Grid {
-                    run_dir: run_dir.to_path_buf(),
-                    manifest,
-                });
-            }
-            let grid_old = Grid {
-                run_dir: run_dir.to_path_buf(),
-                manifest: old,
-            };
-            let mut changed = Vec::new();
-            for c in &manifest.cells {
-                if let Some(j) = grid_old.manifest.index_of(&c.id) {
-                    let same = grid_old.manifest.cells[j].hash() == c.hash();
-                    if !same && grid_old.cell_dir(j).exists() {
-                        changed.push(c.id.clone());
-                    }
-                }
-            }
-            if !changed.is_empty() {
-                let shown: Vec<&str> = changed.iter().take(5).map(String::as_str).collect();
-                bail!(
-                    "{} was planned with a different definition of {} cell(s) that already \
-                     have output ({}{}); the config changed something those cells depend on. \
-                     Use a new output directory, or delete those cells/<id> directories to \
-                     redo them",
-                    run_dir.display(),
-                    changed.len(),
-                    shown.join(", "),
-                    if changed.len() > 5 { ", ..." } else { "" }
-                );
-            }
+        let unchanged = path.exists() && Manifest::read(&path)?.hash == manifest.hash;
+        if !unchanged {
+            manifest.write(run_dir)?;
         }
-        manifest.write(run_dir)?;
         Ok(Grid {
             run_dir: run_dir.to_path_buf(),
             manifest,
         })
+    }
+
+    /// Whether `manifest` may replace the one in `run_dir` (see [`Grid::plan`]); reads only,
+    /// writes nothing. A run directory without a manifest accepts any.
+    pub fn check_replan(run_dir: &Path, manifest: &Manifest) -> Result<()> {
+        let path = run_dir.join(MANIFEST_FILE);
+        if !path.exists() {
+            return Ok(());
+        }
+        let old = Manifest::read(&path)?;
+        if old.hash == manifest.hash {
+            return Ok(());
+        }
+        let grid_old = Grid {
+            run_dir: run_dir.to_path_buf(),
+            manifest: old,
+        };
+        let mut changed = Vec::new();
+        for c in &manifest.cells {
+            if let Some(j) = grid_old.manifest.index_of(&c.id) {
+                let same = grid_old.manifest.cells[j].hash() == c.hash();
+                if !same && grid_old.cell_dir(j).exists() {
+                    changed.push(c.id.clone());
+                }
+            }
+        }
+        if !changed.is_empty() {
+            let shown: Vec<&str> = changed.iter().take(5).map(String::as_str).collect();
+            bail!(
+                "{} was planned with a different definition of {} cell(s) that already \
+                 have output ({}{}); the config changed something those cells depend on. \
+                 Nothing was written. Use a new output directory, or delete those \
+                 cells/<id> directories to redo them",
+                run_dir.display(),
+                changed.len(),
+                shown.join(", "),
+                if changed.len() > 5 { ", ..." } else { "" }
+            );
+        }
+        Ok(())
     }
 
     /// Open the grid of an existing manifest file; the run directory is its parent.

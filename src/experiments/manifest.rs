@@ -60,6 +60,15 @@ impl Input {
             sha256: Some(sha),
         })
     }
+
+    /// An input pinned by the hash of `bytes`, the content the planner is about to write
+    /// at `path` (planning checks the whole manifest before writing any file).
+    pub fn pinned_bytes(path: impl Into<String>, bytes: &[u8]) -> Self {
+        Input {
+            path: path.into(),
+            sha256: Some(sha256_hex(bytes)),
+        }
+    }
 }
 
 /// One cell: a named unit of work.

@@ -221,6 +221,17 @@ fn load_params(dir: &Path, cfg: &ModelConfig, device: &Device) -> Result<Params>
             )
         },
     )?;
+    // Every layer has tensors in the file: a config declaring more layers than the file has
+    // tensors is wrong, and building its parameter list first would allocate by the config's
+    // number instead of the checkpoint's size.
+    let n_tensors = st.tensors().len();
+    if cfg.num_hidden_layers > n_tensors {
+        bail!(
+            "config.json in {} declares {} layers but the weights hold only {n_tensors} tensors",
+            dir.display(),
+            cfg.num_hidden_layers
+        );
+    }
     let specs = param_specs(cfg);
     let expected: std::collections::HashSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
     for (name, _) in st.tensors() {

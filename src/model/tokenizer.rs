@@ -23,6 +23,21 @@ fn token_string(v: Option<&serde_json::Value>) -> Option<String> {
     }
 }
 
+/// A `tokenizer.json` loaded with the tokenizers library, never panicking: tokenizers 0.23
+/// panics (an `expect` in its decoder deserializer) on some syntactically broken files, e.g.
+/// one truncated inside "decoder". The JSON syntax is checked first (an error with line and
+/// column), and any other panic of the library becomes an error.
+pub fn read_tokenizer_file(path: &Path) -> Result<tokenizers::Tokenizer> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str::<serde::de::IgnoredAny>(&text)
+        .with_context(|| format!("{} is not valid JSON", path.display()))?;
+    std::panic::catch_unwind(|| text.parse::<tokenizers::Tokenizer>())
+        .map_err(|_| anyhow::anyhow!("the tokenizers library panicked on this file"))
+        .and_then(|r| r.map_err(|e| anyhow::anyhow!("{e}")))
+        .with_context(|| format!("cannot load tokenizer {}", path.display()))
+}
+
 impl TextTokenizer {
     /// Load `tokenizer.json` (and `tokenizer_config.json` if present) from a model directory.
     /// `config_eos` are the model config's EOS ids, used when the tokenizer config names none.
@@ -34,9 +49,7 @@ impl TextTokenizer {
                 tj.display()
             );
         }
-        let inner = tokenizers::Tokenizer::from_file(&tj)
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .with_context(|| format!("cannot load tokenizer {}", tj.display()))?;
+        let inner = read_tokenizer_file(&tj)?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: serde_json::Value = if cfg_path.exists() {
             let s = std::fs::read_to_string(&cfg_path)

@@ -144,8 +144,7 @@ impl ClassifierScorer {
                 d = dir.display()
             );
         }
-        let mut tokenizer = Tokenizer::from_file(&tok_path)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", tok_path.display()))?;
+        let mut tokenizer = crate::model::tokenizer::read_tokenizer_file(&tok_path)?;
         // Padding is done here, with the model's pad id; a padding config in the file (some
         // pad to a fixed 512) would only waste work.
         tokenizer.with_padding(None);

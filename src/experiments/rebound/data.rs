@@ -30,9 +30,38 @@ pub struct FrozenData {
     pub eval_overlap: usize,
 }
 
-/// Load the config's data, check the sizes, and write the frozen files into `run_dir`
-/// (a file whose content is unchanged is not rewritten).
-pub fn freeze(cfg: &ReboundConfig, run_dir: &Path) -> Result<FrozenData> {
+/// The frozen files in memory, before anything is written: the planner pins their hashes
+/// in the manifest and checks the manifest against the run directory first, so a refused
+/// re-plan writes nothing.
+#[derive(Debug, Clone)]
+pub struct Frozen {
+    pub summary: FrozenData,
+    /// `(path relative to the run directory, bytes)`, in writing order.
+    pub files: Vec<(&'static str, Vec<u8>)>,
+}
+
+impl Frozen {
+    /// The bytes of the frozen file `rel` (one of the `*_FILE` constants).
+    pub fn bytes(&self, rel: &str) -> Result<&[u8]> {
+        self.files
+            .iter()
+            .find(|(p, _)| *p == rel)
+            .map(|(_, b)| b.as_slice())
+            .with_context(|| format!("internal error: no frozen file {rel}"))
+    }
+
+    /// Write the files into `run_dir`; a file whose content is unchanged is not rewritten.
+    pub fn write(&self, run_dir: &Path) -> Result<()> {
+        for (rel, bytes) in &self.files {
+            write_if_changed(&run_dir.join(rel), bytes)?;
+        }
+        Ok(())
+    }
+}
+
+/// Load the config's data and check the sizes; returns the frozen files without writing
+/// them ([`Frozen::write`]).
+pub fn freeze(cfg: &ReboundConfig) -> Result<Frozen> {
     let mut sources = Vec::new();
     let positive = load_side(&cfg.positive, "positive", cfg.max_positive(), "n_positive")?;
     sources.push(format!("positive: {}", positive.1));
@@ -81,22 +110,27 @@ pub fn freeze(cfg: &ReboundConfig, run_dir: &Path) -> Result<FrozenData> {
         .filter(|p| train_prompts.contains(p.as_str()))
         .count();
 
-    write_if_changed(&run_dir.join(POSITIVE_FILE), &jsonl(&positive)?)?;
-    write_if_changed(&run_dir.join(NEGATIVE_FILE), &jsonl(&negative)?)?;
     let prompt_lines: Vec<serde_json::Value> = prompts
         .iter()
         .map(|p| serde_json::json!({ "prompt": p }))
         .collect();
-    write_if_changed(&run_dir.join(PROMPTS_FILE), &jsonl(&prompt_lines)?)?;
-    let frozen = FrozenData {
+    let summary = FrozenData {
         positive: positive.len(),
         negative: negative.len(),
         prompts: prompts.len(),
         sources,
         eval_overlap,
     };
-    crate::util::fsx::atomic_write_json(&run_dir.join(FROZEN_FILE), &frozen)?;
-    Ok(frozen)
+    let files = vec![
+        (POSITIVE_FILE, jsonl(&positive)?),
+        (NEGATIVE_FILE, jsonl(&negative)?),
+        (PROMPTS_FILE, jsonl(&prompt_lines)?),
+        (
+            FROZEN_FILE,
+            serde_json::to_string_pretty(&summary)?.into_bytes(),
+        ),
+    ];
+    Ok(Frozen { summary, files })
 }
 
 /// The summary [`freeze`] recorded in `run_dir`, if any (runs planned before it was
@@ -152,7 +186,7 @@ fn jsonl<T: serde::Serialize>(rows: &[T]) -> Result<Vec<u8>> {
 }
 
 /// Keep an identical file untouched (its mtime too); replace a different one atomically.
-fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<()> {
     if std::fs::read(path).ok().as_deref() == Some(bytes) {
         return Ok(());
     }

@@ -8,10 +8,16 @@
 //!
 //! Everything is checked before any cell runs: the base models resolve and have a
 //! config.json and tokenizer, the scorer builds, and the data sets hold enough records.
+//! And everything is checked before anything is written: the data are frozen in memory,
+//! the manifest is built from their hashes and checked against the run directory's
+//! ([`Grid::check_replan`]), and only then are the data, `config.toml` and the manifest
+//! written. A refused re-plan leaves the run directory byte-identical.
 
 use super::cells::{AlignParams, BaseParams, EvalParams, PerturbParams};
 use super::config::ReboundConfig;
-use super::data::{freeze, FrozenData, NEGATIVE_FILE, POSITIVE_FILE, PROMPTS_FILE};
+use super::data::{
+    freeze, write_if_changed, Frozen, FrozenData, NEGATIVE_FILE, POSITIVE_FILE, PROMPTS_FILE,
+};
 use crate::experiments::grid::Grid;
 use crate::experiments::manifest::{CellSpec, Input, Manifest};
 use crate::model::checkpoint::resolve_model_dir;
@@ -41,13 +47,10 @@ pub struct Planned {
     pub models: Vec<ResolvedModel>,
 }
 
-/// Check everything, freeze the data and record the manifest in `run_dir`.
+/// Check everything, freeze the data and record the manifest in `run_dir`; nothing is
+/// written unless every check passed.
 pub fn plan(cfg: &ReboundConfig, run_dir: &Path, experiment: &str) -> Result<Planned> {
-    std::fs::create_dir_all(run_dir)
-        .with_context(|| format!("cannot create the run directory {}", run_dir.display()))?;
-    let run_dir = run_dir
-        .canonicalize()
-        .with_context(|| format!("cannot resolve {}", run_dir.display()))?;
+    let run_dir = absolute_dir(run_dir)?;
     let models = cfg
         .models
         .iter()
@@ -77,7 +80,12 @@ pub fn plan(cfg: &ReboundConfig, run_dir: &Path, experiment: &str) -> Result<Pla
     let scorer = absolute_scorer(&cfg.scorer);
     crate::score::registry::build(&scorer, &candle_core::Device::Cpu)
         .context("the [scorer] cannot be built")?;
-    let data = freeze(cfg, &run_dir)?;
+    let frozen = freeze(cfg)?;
+    let config_text = toml::to_string(cfg).context("cannot write the resolved config")?;
+    let cells = cells(cfg, &models, &scorer, &frozen)?;
+    let manifest = Manifest::new(experiment, cells)?;
+    Grid::check_replan(&run_dir, &manifest)?;
+    let data = frozen.summary.clone();
     if data.eval_overlap > 0 {
         eprintln!(
             "warning: {} of the {} evaluation prompts are also prompts of training records; \
@@ -85,15 +93,23 @@ pub fn plan(cfg: &ReboundConfig, run_dir: &Path, experiment: &str) -> Result<Pla
             data.eval_overlap, data.prompts
         );
     }
-    crate::util::fsx::atomic_write(
-        &run_dir.join(CONFIG_FILE),
-        toml::to_string(cfg)
-            .context("cannot write the resolved config")?
-            .as_bytes(),
-    )?;
-    let cells = cells(cfg, &models, &scorer, &run_dir)?;
-    let grid = Grid::plan(&run_dir, Manifest::new(experiment, cells)?)?;
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("cannot create the run directory {}", run_dir.display()))?;
+    frozen.write(&run_dir)?;
+    write_if_changed(&run_dir.join(CONFIG_FILE), config_text.as_bytes())?;
+    let grid = Grid::plan(&run_dir, manifest)?;
     Ok(Planned { grid, data, models })
+}
+
+/// `dir` as an absolute path without symlinks where it exists (cells run from any working
+/// directory), without creating it.
+fn absolute_dir(dir: &Path) -> Result<PathBuf> {
+    if dir.exists() {
+        dir.canonicalize()
+            .with_context(|| format!("cannot resolve {}", dir.display()))
+    } else {
+        std::path::absolute(dir).with_context(|| format!("cannot resolve {}", dir.display()))
+    }
 }
 
 /// The base models of an already planned run, read back from its manifest (each model's
@@ -157,11 +173,12 @@ fn cells(
     cfg: &ReboundConfig,
     models: &[ResolvedModel],
     scorer: &ScorerSpec,
-    run_dir: &Path,
+    frozen: &Frozen,
 ) -> Result<Vec<CellSpec>> {
-    let positive = Input::pinned(run_dir, POSITIVE_FILE)?;
-    let negative = Input::pinned(run_dir, NEGATIVE_FILE)?;
-    let prompts = Input::pinned(run_dir, PROMPTS_FILE)?;
+    let pin = |rel: &str| -> Result<Input> { Ok(Input::pinned_bytes(rel, frozen.bytes(rel)?)) };
+    let positive = pin(POSITIVE_FILE)?;
+    let negative = pin(NEGATIVE_FILE)?;
+    let prompts = pin(PROMPTS_FILE)?;
     // Each cell's generations are seeded by its own seed.
     let eval = |seed: u64| EvalParams {
         template: cfg.train.template,
