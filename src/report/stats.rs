@@ -525,18 +525,19 @@ impl Effect {
             .unwrap_or_else(|| " [no interval]".into());
         let p = self
             .p_value
-            .map(|p| format!(", p = {}", fmt_p(p)))
+            .map(|p| format!(", {}", p_phrase(p)))
             .unwrap_or_default();
         format!("{:+.digits$}{ci}{p} (n = {})", self.estimate, self.n)
     }
 }
 
-/// A p-value to three decimals, or `< 0.001`.
-pub fn fmt_p(p: f64) -> String {
-    if p < 0.001 {
-        "< 0.001".into()
+/// `p = 0.0123` (three significant digits, as tables print it), or `p < 1e-6`.
+pub fn p_phrase(p: f64) -> String {
+    let s = crate::report::table::fmt_p(p);
+    if s.starts_with('<') {
+        format!("p {s}")
     } else {
-        format!("{p:.3}")
+        format!("p = {s}")
     }
 }
 
@@ -735,6 +736,7 @@ mod tests {
             .unwrap()
             .describe(2)
             .starts_with("+1.00 ["));
-        assert_eq!(fmt_p(0.0004), "< 0.001");
+        assert_eq!(p_phrase(1e-9), "p < 1e-6");
+        assert_eq!(p_phrase(0.0123), "p = 0.0123");
     }
 }
