@@ -1,5 +1,7 @@
-//! `elastica demo --quick` end to end: every promised file is written, the same seed gives
-//! the same results.json, and a rerun in the same directory reuses the finished work.
+//! `elastica demo --quick` end to end: every promised file is written, the positive controls
+//! hold (so a broken measurement cannot pass as "undecided"), every claim is a three-outcome
+//! verdict, the same seed gives the same results.json, and a rerun in the same directory
+//! reuses the finished work. Also: bases whose budgets round to the same name stay apart.
 
 use std::path::Path;
 use std::process::Command;
@@ -21,8 +23,33 @@ fn quick_demo_writes_every_promised_file_is_deterministic_and_resumes() {
     let a = dir.path().join("a");
     let (summary, _) = run(&a, &[]);
     assert!(summary.contains("report.md"), "{summary}");
-    for claim in ["Compression, signs", "Resistance", "Theory"] {
+    for claim in [
+        "Compression, dγ(D_p)/dl < 0",
+        "Resistance",
+        "Theory",
+        "More pre-training, stronger rebound",
+    ] {
         assert!(summary.contains(claim), "{claim} missing from\n{summary}");
+    }
+    // Positive controls (alignment raises the margin, negatives lower it, for each base):
+    // true by construction, so anything but "held" means the measurement is broken.
+    let controls: Vec<&str> = summary.lines().filter(|l| l.contains("Control:")).collect();
+    assert_eq!(controls.len(), 4, "{summary}");
+    for c in &controls {
+        assert!(c.ends_with("-> held"), "positive control failed: {c}");
+    }
+    // Every judged claim ends in one of the three outcomes, with an interval and a p-value.
+    for l in summary.lines().filter(|l| l.contains("rebound (")) {
+        assert!(
+            ["-> held", "-> reversed", "-> undecided"]
+                .iter()
+                .any(|v| l.ends_with(v)),
+            "{l}"
+        );
+        assert!(
+            (l.contains("p = ") || l.contains("p < ")) && l.contains("(n = 3)"),
+            "{l}"
+        );
     }
     for f in [
         "report.md",
@@ -35,6 +62,8 @@ fn quick_demo_writes_every_promised_file_is_deterministic_and_resumes() {
         "world.json",
         "rebound_tiny-20k.png",
         "rebound_tiny-20k.svg",
+        "rebound_tiny-20k_margin.png",
+        "rebound_tiny-20k_first_word.svg",
         "compression_rates.png",
         "compression_rates.svg",
         "resist/report.md",
@@ -48,6 +77,10 @@ fn quick_demo_writes_every_promised_file_is_deterministic_and_resumes() {
     for section in [
         "Pre-trained score",
         "n-=60",
+        "## Settings",
+        "### Precision of the measures",
+        "### Rebound strength",
+        "### Positive controls",
         "## Compression",
         "## Resistance",
         "## Theory",
@@ -58,12 +91,22 @@ fn quick_demo_writes_every_promised_file_is_deterministic_and_resumes() {
     let rows = std::fs::read_to_string(a.join("results.jsonl")).unwrap();
     assert_eq!(
         rows.lines().count(),
-        2 * 3,
-        "2 bases x 3 n- values x 1 seed"
+        2 * 3 * 3,
+        "2 bases x 3 n- values x 3 seeds"
     );
-    // D_p, D_a and D_t at each of the 3 n- points, for each base.
+    // D_p, its two parts, D_a and D_t at each of the 3 n- points and after the first step,
+    // for each base and seed.
     let rates = std::fs::read_to_string(a.join("rates.jsonl")).unwrap();
-    assert_eq!(rates.lines().count(), 2 * 3 * 3);
+    assert_eq!(rates.lines().count(), 2 * 3 * 4 * 5);
+    // The exact measures are in every row, finite, and the first-word one a probability.
+    for l in rows.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        let fw = v["first_word"].as_f64().unwrap();
+        assert!(
+            v["margin"].as_f64().unwrap().is_finite() && (0.0..=1.0).contains(&fw),
+            "{l}"
+        );
+    }
     let results = std::fs::read_to_string(a.join("results.json")).unwrap();
 
     // Same seed, another directory, one worker instead of several: the same numbers.
@@ -119,6 +162,64 @@ fn quick_demo_writes_every_promised_file_is_deterministic_and_resumes() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         !o.status.success() && err.contains("bad.toml") && err.contains("n_pluss"),
+        "{err}"
+    );
+}
+
+/// Issue 17 item 10: budgets of 2000 and 2500 tokens were both "tiny-2k" and shared their
+/// model and cell directories; now each has its own, and a true duplicate is refused.
+#[test]
+fn bases_with_the_same_rounded_budget_stay_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = dir.path().join("s.toml");
+    let small = "seeds = [1]\nn_plus = [10]\nn_minus = [0, 5]\nresist_slice_records = 0\ntheory = false\neval_prompts = 4\nmax_new_tokens = 4\nprobe_records = 4\nrate_records = 4\ndrop_fit_points = 2\n";
+    std::fs::write(
+        &settings,
+        format!("{small}bases = [{{size = \"tiny\", tokens = 2000}}, {{size = \"tiny\", tokens = 2500}}]\n"),
+    )
+    .unwrap();
+    let out = dir.path().join("run");
+    run(&out, &["--settings", settings.to_str().unwrap()]);
+    for d in [
+        "models/tiny-2k",
+        "models/tiny-2500",
+        "cells/tiny-2k-seed1",
+        "cells/tiny-2500-seed1",
+    ] {
+        assert!(out.join(d).is_dir(), "{d} missing");
+    }
+    let rows = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
+    for (base, tokens) in [("tiny-2k", 2000), ("tiny-2500", 2500)] {
+        let mine: Vec<serde_json::Value> = rows
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|v: &serde_json::Value| v["base"] == base)
+            .collect();
+        assert_eq!(mine.len(), 2, "{rows}");
+        assert!(
+            mine.iter().all(|v| v["pretrain_tokens"] == tokens),
+            "{rows}"
+        );
+    }
+    std::fs::write(
+        &settings,
+        format!("{small}bases = [{{size = \"tiny\", tokens = 2000}}, {{size = \"tiny\", tokens = 2000}}]\n"),
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_elastica"))
+        .args([
+            "demo",
+            "--quick",
+            "--settings",
+            settings.to_str().unwrap(),
+            "--out",
+        ])
+        .arg(dir.path().join("dup"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("tiny-2k") && err.contains("#0 and #1"),
         "{err}"
     );
 }

@@ -1,7 +1,9 @@
 //! Small-sample statistics for experiment reports: mean, sample standard deviation, the 95%
 //! confidence interval of a mean from the Student t distribution, the exact two-sided sign
 //! test, an ordinary least-squares line with the slope's standard error, and linear
-//! interpolation of the first crossing of a level.
+//! interpolation of the first crossing of a level, the one-sample (paired) t test, the exact
+//! sign-flip permutation test, and three-outcome verdicts (held / reversed / undecided) on a
+//! directional effect.
 //!
 //! Experiments here run a handful of seeds, so the t quantile is computed exactly (by
 //! inverting the t CDF, written with the regularised incomplete beta function) rather than
@@ -364,6 +366,181 @@ pub fn first_crossing(xs: &[f64], ys: &[f64], level: f64) -> Option<f64> {
     None
 }
 
+/// A one-sample Student t test of the mean against zero, with the mean's confidence
+/// interval; applied to per-seed differences it is the paired t test.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
+pub struct TTest {
+    pub n: usize,
+    pub mean: f64,
+    /// Two-sided 95% interval of the mean.
+    pub ci95: (f64, f64),
+    pub t: f64,
+    pub df: f64,
+    /// Two-sided p-value `2 P(T >= |t|)`.
+    pub p_value: f64,
+}
+
+/// One-sample t test of `xs` against a mean of zero (two-sided). `None` with fewer than two
+/// values or a non-finite one. With zero spread the interval is the point itself and the
+/// p-value is 0 (a non-zero mean) or 1 (all zero).
+pub fn t_test(xs: &[f64]) -> Option<TTest> {
+    if xs.len() < 2 || xs.iter().any(|x| !x.is_finite()) {
+        return None;
+    }
+    let n = xs.len();
+    let m = mean(xs)?;
+    let s = sample_std(xs)?;
+    let df = (n - 1) as f64;
+    let se = s / (n as f64).sqrt();
+    let q = student_t_quantile(0.975, df);
+    let (t, p_value) = if se > 0.0 {
+        let t = m / se;
+        (
+            t,
+            (2.0 * (1.0 - student_t_cdf(t.abs(), df))).clamp(0.0, 1.0),
+        )
+    } else if m == 0.0 {
+        (0.0, 1.0)
+    } else {
+        (f64::INFINITY.copysign(m), 0.0)
+    };
+    Some(TTest {
+        n,
+        mean: m,
+        ci95: (m - q * se, m + q * se),
+        t,
+        df,
+        p_value,
+    })
+}
+
+/// Largest sample the exact sign-flip test enumerates (2^n sign patterns).
+pub const MAX_SIGN_FLIP_N: usize = 20;
+
+/// Exact two-sided sign-flip permutation test of `xs` against a mean of zero: the share of
+/// the 2^n sign patterns whose |sum| is at least the observed |sum|. Valid when each value
+/// is symmetric about zero under the null, e.g. a per-seed difference whose two arms could
+/// be swapped. Errors: an empty sample, more than [`MAX_SIGN_FLIP_N`] values, or a
+/// non-finite value.
+pub fn sign_flip_test(xs: &[f64]) -> Result<f64> {
+    let n = xs.len();
+    if n == 0 || n > MAX_SIGN_FLIP_N {
+        bail!("sign-flip test: needs 1 to {MAX_SIGN_FLIP_N} values, got {n}");
+    }
+    if let Some(i) = xs.iter().position(|x| !x.is_finite()) {
+        bail!(
+            "sign-flip test: value #{i} is {}; every value must be finite",
+            xs[i]
+        );
+    }
+    let observed = xs.iter().sum::<f64>().abs();
+    // Sums that differ only by rounding count as equal.
+    let tol = 1e-12 * xs.iter().map(|x| x.abs()).sum::<f64>();
+    let mut extreme = 0u64;
+    for mask in 0u64..(1u64 << n) {
+        let s: f64 = xs
+            .iter()
+            .enumerate()
+            .map(|(i, x)| if mask >> i & 1 == 1 { -x } else { *x })
+            .sum();
+        if s.abs() >= observed - tol {
+            extreme += 1;
+        }
+    }
+    Ok(extreme as f64 / (1u64 << n) as f64)
+}
+
+/// The three outcomes of a directional claim judged by a 95% interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// The interval excludes zero on the predicted side.
+    Held,
+    /// The interval excludes zero on the other side.
+    Reversed,
+    /// The interval includes zero (or there is no interval): the data cannot tell.
+    Undecided,
+}
+
+impl Verdict {
+    /// The verdict on an effect predicted to be positive (`predicted_positive`) or negative,
+    /// given its interval.
+    pub fn of_interval(ci: Option<(f64, f64)>, predicted_positive: bool) -> Verdict {
+        let Some((lo, hi)) = ci else {
+            return Verdict::Undecided;
+        };
+        let (above, below) = (lo > 0.0, hi < 0.0);
+        match (above, below, predicted_positive) {
+            (true, _, true) | (_, true, false) => Verdict::Held,
+            (true, _, false) | (_, true, true) => Verdict::Reversed,
+            _ => Verdict::Undecided,
+        }
+    }
+
+    pub fn word(self) -> &'static str {
+        match self {
+            Verdict::Held => "held",
+            Verdict::Reversed => "reversed",
+            Verdict::Undecided => "undecided",
+        }
+    }
+}
+
+/// A directional effect estimated from independent per-unit values (per seed): its size,
+/// 95% interval, p-value and verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
+pub struct Effect {
+    pub n: usize,
+    pub estimate: f64,
+    pub ci95: Option<(f64, f64)>,
+    /// Two-sided t-test p-value; `None` with fewer than two units.
+    pub p_value: Option<f64>,
+    /// Exact sign-flip permutation p-value over the units (when n <= [`MAX_SIGN_FLIP_N`]).
+    pub p_permutation: Option<f64>,
+    pub verdict: Verdict,
+}
+
+impl Effect {
+    /// The effect whose per-unit values are `xs` (for a paired design, the per-seed
+    /// differences), predicted positive or negative. `None` for an empty sample.
+    pub fn of(xs: &[f64], predicted_positive: bool) -> Option<Effect> {
+        let estimate = mean(xs)?;
+        let t = t_test(xs);
+        let ci95 = t.map(|t| t.ci95);
+        Some(Effect {
+            n: xs.len(),
+            estimate,
+            ci95,
+            p_value: t.map(|t| t.p_value),
+            p_permutation: sign_flip_test(xs).ok(),
+            verdict: Verdict::of_interval(ci95, predicted_positive),
+        })
+    }
+
+    /// `+0.123 [0.050, 0.196], p = 0.004 (n = 5)`, with `digits` decimals.
+    pub fn describe(&self, digits: usize) -> String {
+        let ci = self
+            .ci95
+            .map(|(lo, hi)| format!(" [{lo:.digits$}, {hi:.digits$}]"))
+            .unwrap_or_else(|| " [no interval]".into());
+        let p = self
+            .p_value
+            .map(|p| format!(", {}", p_phrase(p)))
+            .unwrap_or_default();
+        format!("{:+.digits$}{ci}{p} (n = {})", self.estimate, self.n)
+    }
+}
+
+/// `p = 0.0123` (three significant digits, as tables print it), or `p < 1e-6`.
+pub fn p_phrase(p: f64) -> String {
+    let s = crate::report::table::fmt_p(p);
+    if s.starts_with('<') {
+        format!("p {s}")
+    } else {
+        format!("p = {s}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -489,5 +666,77 @@ mod tests {
             Some(0.5)
         );
         assert_eq!(first_crossing(&[0.0], &[1.0, 2.0], 1.5), None);
+    }
+    #[test]
+    fn t_test_matches_r() {
+        // R: t.test(1:5): t = 4.2426, df = 4, p-value = 0.01324, CI 1.036757 4.963243.
+        let t = t_test(&[1.0, 2.0, 3.0, 4.0, 5.0]).unwrap();
+        assert!(close(t.t, 18f64.sqrt(), 1e-12));
+        assert_eq!(t.df, 4.0);
+        assert!((t.p_value - 0.01324).abs() < 5e-6, "{}", t.p_value);
+        assert!((t.ci95.0 - 1.036757).abs() < 1e-6 && (t.ci95.1 - 4.963243).abs() < 1e-6);
+        // R: t.test(c(-1, 0.5, 2)): t = 0.57735, df = 2, p-value = 0.6220.
+        let t = t_test(&[-1.0, 0.5, 2.0]).unwrap();
+        assert!((t.p_value - 0.6220).abs() < 5e-5, "{}", t.p_value);
+        assert!(t_test(&[1.0]).is_none());
+        assert!(t_test(&[1.0, f64::NAN]).is_none());
+        let flat = t_test(&[2.0, 2.0, 2.0]).unwrap();
+        assert_eq!((flat.p_value, flat.ci95), (0.0, (2.0, 2.0)));
+        assert_eq!(t_test(&[0.0, 0.0]).unwrap().p_value, 1.0);
+    }
+
+    #[test]
+    fn sign_flip_test_by_hand() {
+        // Sums of the 8 patterns of (1, 2, 3): 6 4 2 0 0 -2 -4 -6; |sum| >= 6 in 2.
+        assert!(close(
+            sign_flip_test(&[1.0, 2.0, 3.0]).unwrap(),
+            0.25,
+            1e-15
+        ));
+        // (1, 2, -3): observed |sum| 0, every pattern is as extreme.
+        assert_eq!(sign_flip_test(&[1.0, 2.0, -3.0]).unwrap(), 1.0);
+        // Six positive values: only the two all-same-sign patterns reach the total.
+        assert!(close(sign_flip_test(&[1.0; 6]).unwrap(), 2.0 / 64.0, 1e-15));
+        // (3, -1, 1, 1): |sum| 4; patterns reaching 4: +3 with the rest summing >= 1 or
+        // its mirror -> (3,-1,1,1) (3,1,1,1) (3,1,-1,1) (3,1,1,-1) and mirrors = 8 of 16.
+        assert!(close(
+            sign_flip_test(&[3.0, -1.0, 1.0, 1.0]).unwrap(),
+            0.5,
+            1e-15
+        ));
+        assert!(sign_flip_test(&[]).is_err());
+        assert!(sign_flip_test(&[1.0; 21]).is_err());
+        assert!(sign_flip_test(&[1.0, f64::INFINITY]).is_err());
+    }
+
+    #[test]
+    fn verdicts_have_three_outcomes() {
+        use Verdict::*;
+        assert_eq!(Verdict::of_interval(Some((0.1, 0.3)), true), Held);
+        assert_eq!(Verdict::of_interval(Some((0.1, 0.3)), false), Reversed);
+        assert_eq!(Verdict::of_interval(Some((-0.3, -0.1)), false), Held);
+        assert_eq!(Verdict::of_interval(Some((-0.3, -0.1)), true), Reversed);
+        assert_eq!(Verdict::of_interval(Some((-0.1, 0.3)), true), Undecided);
+        assert_eq!(Verdict::of_interval(None, true), Undecided);
+        // A planted effect is found, its mirror is reversed, pure noise is undecided.
+        let planted = [0.9, 1.1, 1.0, 0.95, 1.05];
+        assert_eq!(Effect::of(&planted, true).unwrap().verdict, Held);
+        let mirrored: Vec<f64> = planted.iter().map(|x| -x).collect();
+        assert_eq!(Effect::of(&mirrored, true).unwrap().verdict, Reversed);
+        let noise = [0.5, -0.4, 0.1, -0.3, 0.2];
+        let e = Effect::of(&noise, true).unwrap();
+        assert_eq!(e.verdict, Undecided);
+        assert!(e.p_value.unwrap() > 0.05 && e.p_permutation.unwrap() > 0.05);
+        let one = Effect::of(&[1.0], true).unwrap();
+        assert_eq!(
+            (one.verdict, one.ci95, one.p_value),
+            (Undecided, None, None)
+        );
+        assert!(Effect::of(&planted, true)
+            .unwrap()
+            .describe(2)
+            .starts_with("+1.00 ["));
+        assert_eq!(p_phrase(1e-9), "p < 1e-6");
+        assert_eq!(p_phrase(0.0123), "p = 0.0123");
     }
 }

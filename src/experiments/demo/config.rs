@@ -1,5 +1,7 @@
-//! What the demo runs: the pre-trained bases, the rebound grid, the seeds, and the scale of
-//! the compression, resistance and theory sections. Two presets: the default and `--quick`.
+//! What the demo runs: the pre-trained bases, the rebound grid, the seeds, the exact
+//! measures, and the scale of the compression, resistance and theory sections. Three
+//! presets: the default, `--quick` (the test suite's) and `--full` (10 seeds, pre-training
+//! budgets spanning 100x, the compression ablation).
 
 use crate::data::world::{Task, World};
 use anyhow::{bail, Result};
@@ -23,9 +25,33 @@ pub struct BaseSpec {
 }
 
 impl BaseSpec {
+    /// `tiny-40k`, `tiny-4M`, or the exact count (`tiny-2500`) when it is not a round
+    /// number: two different budgets never share a name (their models and cells live in
+    /// directories named after it).
     pub fn name(&self) -> String {
-        format!("{}-{}k", self.size, self.tokens / 1000)
+        let t = self.tokens;
+        if t > 0 && t % 1_000_000 == 0 {
+            format!("{}-{}M", self.size, t / 1_000_000)
+        } else if t > 0 && t % 1000 == 0 {
+            format!("{}-{}k", self.size, t / 1000)
+        } else {
+            format!("{}-{t}", self.size)
+        }
     }
+}
+
+/// One arm of the compression ablation (`--full`): the perturbation pass of the rebound
+/// grid rerun with another learning rate and/or another perturbation set, tracking the
+/// compression rates only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AblationArm {
+    pub name: String,
+    /// Learning rate of the perturbation pass (alignment keeps `align_lr`).
+    pub lr: f64,
+    /// `negative` (D_t = negative reviews, as in the rebound grid) or `pretrain` (D_t =
+    /// held-out text drawn from the pre-training distribution).
+    pub perturb: String,
 }
 
 /// Every field can be set in a `--settings FILE.toml`; fields left out keep the default
@@ -59,11 +85,28 @@ pub struct DemoConfig {
     pub resist_prompts: usize,
     /// Run the exact token-tree simulation of the theorem.
     pub theory: bool,
+    /// Held-out reviews of each sentiment for the exact measures (likelihood margin,
+    /// first-word sentiment).
+    pub probe_records: usize,
+    /// Measure the rebound strength on: `margin` (likelihood margin), `first_word` (exact
+    /// first-word sentiment) or `score` (the sampled score).
+    pub rebound_measure: String,
+    /// Points of the n- grid (n- = 0 included) the initial drop rate is fitted on.
+    pub drop_fit_points: usize,
+    /// The compression rates are also measured after each of the first this many optimizer
+    /// steps of the perturbation (small l, where the theorem speaks).
+    pub rate_first_steps: usize,
+    /// The compression ablation (empty = none), run on the largest tiny base with the first
+    /// n+ and every seed.
+    pub ablation: Vec<AblationArm>,
 }
+
+/// The measures a rebound strength can be computed on.
+pub const REBOUND_MEASURES: &[&str] = &["margin", "first_word", "score"];
 
 impl Default for DemoConfig {
     fn default() -> Self {
-        Self::full(42)
+        Self::standard(42)
     }
 }
 
@@ -85,8 +128,8 @@ impl DemoConfig {
     }
 
     /// The default demo: two pre-training budgets for the tiny model, and the small model at
-    /// the larger budget (the model-size comparison); 3 seeds.
-    pub fn full(seed: u64) -> Self {
+    /// the larger budget (the model-size comparison); 5 seeds.
+    pub fn standard(seed: u64) -> Self {
         DemoConfig {
             seed,
             bases: vec![
@@ -106,7 +149,7 @@ impl DemoConfig {
             n_plus: vec![100, 300],
             // Dense where the curves move fastest; up to n- = n+ of the smaller n+.
             n_minus: vec![0, 10, 20, 40, 70, 100],
-            seeds: vec![1, 2, 3],
+            seeds: vec![1, 2, 3, 4, 5],
             eval_prompts: 32,
             max_new_tokens: 32,
             temperature: 1.0,
@@ -118,13 +161,60 @@ impl DemoConfig {
             rate_records: 32,
             slope_l_max: 0.25,
             resist_slice_records: 48,
-            resist_seeds: vec![1, 2, 3],
+            resist_seeds: vec![1, 2, 3, 4, 5],
             resist_prompts: 24,
             theory: true,
+            probe_records: 32,
+            rebound_measure: "margin".into(),
+            drop_fit_points: 3,
+            rate_first_steps: 1,
+            ablation: Vec::new(),
         }
     }
 
-    /// `--quick`: one seed, two budgets of the tiny model, a short n- grid, a small
+    /// `--full`: 10 seeds, tiny bases pre-trained on 40k, 400k and 4M tokens (k spans
+    /// 100x), the small model at 400k, and the compression ablation (learning rate; D_t
+    /// from the pre-training distribution or not).
+    pub fn full(seed: u64) -> Self {
+        let base = Self::standard(seed);
+        let tiny = |tokens| BaseSpec {
+            size: "tiny".into(),
+            tokens,
+        };
+        let arm = |name: &str, lr: f64, perturb: &str| AblationArm {
+            name: name.into(),
+            lr,
+            perturb: perturb.into(),
+        };
+        DemoConfig {
+            bases: vec![
+                tiny(40_000),
+                tiny(400_000),
+                tiny(4_000_000),
+                BaseSpec {
+                    size: "small".into(),
+                    tokens: 400_000,
+                },
+            ],
+            seeds: (1..=10).collect(),
+            resist_seeds: (1..=10).collect(),
+            rate_first_steps: 2,
+            ablation: vec![
+                arm("negative, lr 2e-3", base.align_lr, "negative"),
+                arm("negative, lr 2e-4", base.align_lr / 10.0, "negative"),
+                arm("pre-training text, lr 2e-3", base.align_lr, "pretrain"),
+                arm(
+                    "pre-training text, lr 2e-4",
+                    base.align_lr / 10.0,
+                    "pretrain",
+                ),
+            ],
+            ..base
+        }
+    }
+
+    /// `--quick`: three seeds (the fewest that give a usable interval, so the positive
+    /// controls can decide), two budgets of the tiny model, a short n- grid, a small
     /// resistance run (the test suite runs it).
     pub fn quick(seed: u64) -> Self {
         DemoConfig {
@@ -140,13 +230,15 @@ impl DemoConfig {
             ],
             n_plus: vec![100],
             n_minus: vec![0, 20, 60],
-            seeds: vec![1],
+            seeds: vec![1, 2, 3],
             eval_prompts: 16,
             max_new_tokens: 24,
             resist_slice_records: 16,
             resist_seeds: vec![1],
             resist_prompts: 8,
-            ..Self::full(seed)
+            probe_records: 16,
+            drop_fit_points: 2,
+            ..Self::standard(seed)
         }
     }
 
@@ -175,13 +267,57 @@ impl DemoConfig {
         if let Some(&m) = self.n_minus.iter().max().filter(|&&m| m > MAX_PAIRS) {
             bail!("n- = {m} is larger than the demo allows ({MAX_PAIRS} negative pairs); run `elastica rebound` with schema = \"world\" for larger grids");
         }
-        for b in &self.bases {
+        for (i, b) in self.bases.iter().enumerate() {
+            if let Some(j) = self.bases[..i].iter().position(|o| o.name() == b.name()) {
+                bail!(
+                    "bases #{j} and #{i} are both {} ({} tokens): every base needs its own size or budget",
+                    b.name(),
+                    b.tokens
+                );
+            }
             crate::model::presets::config_json_check(&b.size)?;
             if b.tokens == 0 || b.tokens > MAX_PRETRAIN_TOKENS {
                 bail!(
                     "base {}: a pre-training budget of {} tokens is outside 1..={MAX_PRETRAIN_TOKENS}",
                     b.name(),
                     b.tokens
+                );
+            }
+        }
+        for (what, list) in [("seeds", &self.seeds), ("resist_seeds", &self.resist_seeds)] {
+            if let Some((i, s)) = list
+                .iter()
+                .enumerate()
+                .find(|(i, s)| list[..*i].contains(s))
+            {
+                bail!("{what}: seed {s} is listed twice (entry #{i}); each seed is one unit of the statistics");
+            }
+        }
+        if !REBOUND_MEASURES.contains(&self.rebound_measure.as_str()) {
+            bail!(
+                "rebound_measure = {:?}: valid are {}",
+                self.rebound_measure,
+                REBOUND_MEASURES.join(", ")
+            );
+        }
+        if self.drop_fit_points < 2 {
+            bail!("drop_fit_points must be at least 2 (a slope needs two points)");
+        }
+        if self.probe_records == 0 || self.probe_records > MAX_PAIRS {
+            bail!("probe_records must be between 1 and {MAX_PAIRS}");
+        }
+        for a in &self.ablation {
+            if !is_positive(a.lr) || !a.lr.is_finite() {
+                bail!(
+                    "ablation arm {:?}: lr must be a finite number above 0",
+                    a.name
+                );
+            }
+            if a.perturb != "negative" && a.perturb != "pretrain" {
+                bail!(
+                    "ablation arm {:?}: perturb = {:?}; valid are \"negative\" and \"pretrain\"",
+                    a.name,
+                    a.perturb
                 );
             }
         }
@@ -226,6 +362,12 @@ impl DemoConfig {
         if self.pretrain_batch_size == 0 || !is_positive(self.pretrain_lr) {
             bail!("pretrain_batch_size must be at least 1 and pretrain_lr greater than 0");
         }
+        if self.n_minus.first() != Some(&0) || self.n_minus.windows(2).any(|w| w[0] >= w[1]) {
+            bail!(
+                "n_minus must start at 0 and increase (got {:?})",
+                self.n_minus
+            );
+        }
         if self.rate_records == 0 {
             bail!("rate_records must be at least 1");
         }
@@ -233,5 +375,67 @@ impl DemoConfig {
             bail!("slope_l_max must be greater than 0");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base(tokens: usize) -> BaseSpec {
+        BaseSpec {
+            size: "tiny".into(),
+            tokens,
+        }
+    }
+
+    /// Issue 17 item 10: 2000 and 2500 tokens both used to be "tiny-2k".
+    #[test]
+    fn base_names_are_unique_per_budget() {
+        assert_eq!(base(2000).name(), "tiny-2k");
+        assert_eq!(base(2500).name(), "tiny-2500");
+        assert_eq!(base(4_000_000).name(), "tiny-4M");
+        assert_eq!(base(1_500_000).name(), "tiny-1500k");
+        let mut c = DemoConfig::quick(1);
+        c.bases = vec![base(2000), base(2500)];
+        c.validate_settings().unwrap();
+        c.bases = vec![base(2000), base(2000)];
+        let e = c.validate_settings().unwrap_err().to_string();
+        assert!(e.contains("#0 and #1") && e.contains("tiny-2k"), "{e}");
+    }
+
+    #[test]
+    fn presets_are_valid_and_full_spans_100x() {
+        for c in [
+            DemoConfig::quick(1),
+            DemoConfig::standard(1),
+            DemoConfig::full(1),
+        ] {
+            c.validate_settings().unwrap();
+        }
+        assert!(DemoConfig::standard(1).seeds.len() >= 5);
+        let f = DemoConfig::full(1);
+        assert!(f.seeds.len() >= 10);
+        let t: Vec<usize> = f
+            .bases
+            .iter()
+            .filter(|b| b.size == "tiny")
+            .map(|b| b.tokens)
+            .collect();
+        assert!(t.iter().max().unwrap() / t.iter().min().unwrap() >= 100);
+        let mut c = DemoConfig::quick(1);
+        c.seeds = vec![1, 2, 1];
+        assert!(c
+            .validate_settings()
+            .unwrap_err()
+            .to_string()
+            .contains("seed 1 is listed twice"));
+        c.seeds = vec![1];
+        c.rebound_measure = "vibes".into();
+        assert!(c
+            .validate_settings()
+            .unwrap_err()
+            .to_string()
+            .contains("margin"));
     }
 }

@@ -1,13 +1,16 @@
 //! `elastica demo`: the paper's whole pipeline on the synthetic world, from scratch, in
-//! minutes on a CPU. World -> tokenizer -> pre-training (two budgets, two model sizes) ->
-//! rebound grid (alignment SFT on n+ positive reviews, perturbation SFT on n- negative
-//! reviews, generation, exact sentiment scores) with the compression rates of D_p, D_a and
-//! D_t tracked through every perturbation -> resistance (forward vs inverse alignment) ->
-//! the exact token-tree simulation of the theorem -> one report.
+//! minutes on a CPU. World -> tokenizer -> pre-training (several budgets, two model sizes)
+//! -> rebound grid (alignment SFT on n+ positive reviews, perturbation SFT on n- negative
+//! reviews; the sampled score and two exact measures) with the compression rates of D_p,
+//! D_a and D_t tracked through every perturbation -> the compression ablation (`--full`)
+//! -> resistance (forward vs inverse alignment) -> the exact token-tree simulation of the
+//! theorem -> one report, every claim a three-outcome verdict (held / reversed /
+//! undecided) with its effect size, 95% CI and p-value over seeds.
 //!
-//! - [`config`]: the presets (default and `--quick`).
-//! - [`rebound`]: the resumable (base, seed) units of the rebound grid.
-//! - [`rebound_report`]: the rebound section and the two scaling claims.
+//! - [`config`]: the presets (default, `--quick`, `--full`).
+//! - [`measures`]: the exact measures (likelihood margin, first-word sentiment).
+//! - [`rebound`]: the resumable (base, seed) units of the rebound grid and the ablation.
+//! - [`rebound_report`]: the rebound section, the controls and the two scaling claims.
 //! - [`elasticity`]: the compression section (the theorem on trained models).
 //! - [`sections`]: the resistance and theory sections, run through their own commands' code.
 //!
@@ -18,6 +21,7 @@
 
 pub mod config;
 pub mod elasticity;
+pub mod measures;
 pub mod rebound;
 pub mod rebound_report;
 pub mod sections;
@@ -36,20 +40,46 @@ use rebound::{run_unit, DemoData, RatePoint};
 use serde::Serialize;
 use std::path::Path;
 
-/// Extra pre-training text generated past the largest budget: the held-out D_p sample.
+/// Extra pre-training text generated past the largest budget: the held-out D_p sample, and
+/// per negative of the n- grid room for the ablation's pre-training-distributed D_t.
 const HELD_OUT_TOKENS: usize = 8_000;
+const HELD_OUT_TOKENS_PER_NEGATIVE: usize = 80;
+
+/// Each (base, seed) pre-trained model's measures.
+#[derive(Debug, Clone, Serialize)]
+pub struct BaseScore {
+    pub base: String,
+    pub seed: u64,
+    pub score: f64,
+    pub margin: f64,
+    pub first_word: f64,
+}
+
+impl BaseScore {
+    pub fn measure(&self, name: &str) -> f64 {
+        match name {
+            "margin" => self.margin,
+            "first_word" => self.first_word,
+            _ => self.score,
+        }
+    }
+}
 
 /// Everything the demo measured, as `results.json`.
 #[derive(Serialize)]
 struct DemoResults<'a> {
     config: &'a DemoConfig,
-    /// (base, seed, score) of each pre-trained model.
-    base_scores: &'a [(String, u64, f64)],
+    /// The measures of each pre-trained model (per rebound seed: the score samples with it).
+    base_scores: &'a [BaseScore],
     /// Exact pre-training tokens per base.
     pretrain_tokens: &'a [(String, usize)],
     rebound: &'a [CellResult],
     rates: &'a [RatePoint],
     elasticity: &'a elasticity::ElasticitySummary,
+    rebound_analysis: &'a rebound_report::Analysis,
+    /// The compression ablation's tracked rates (`base` = the arm's name) and slopes.
+    ablation_rates: &'a [RatePoint],
+    ablation: Option<&'a elasticity::ElasticitySummary>,
     resistance: Option<&'a crate::experiments::resist::results::ResistResults>,
     theory: Option<serde_json::Value>,
 }
@@ -60,12 +90,15 @@ enum Job {
     Pretrain(usize),
     /// The rebound unit of base `.0` (index into the bases) and seed `.1`.
     Unit(usize, u64),
+    /// Ablation arm `.1` on base `.0` with seed `.2`.
+    Ablation(usize, usize, u64),
     Resist,
 }
 
 enum Done {
     Pretrained(()),
     Unit(rebound::UnitOutcome),
+    Ablation(rebound::AblationOutcome),
     Resist(
         Box<(
             String,
@@ -81,7 +114,12 @@ fn world_config(cfg: &DemoConfig) -> WorldConfig {
         seed: cfg.seed,
         // Sequence-token budget plus slack (records are whole, so cuts land below it) plus
         // the held-out pre-training sample.
-        pretrain_tokens: (max_tokens + max_tokens / 20 + 1000 + HELD_OUT_TOKENS) as u64,
+        pretrain_tokens: (max_tokens
+            + max_tokens / 20
+            + 1000
+            + HELD_OUT_TOKENS
+            + HELD_OUT_TOKENS_PER_NEGATIVE * cfg.n_minus.iter().copied().max().unwrap_or(0))
+            as u64,
         positive_fraction: cfg.positive_fraction,
         n_align: cfg.positives_needed(),
         n_perturb: cfg.n_minus.iter().copied().max().unwrap_or(0).max(1),
@@ -123,11 +161,13 @@ pub fn run(cfg: &DemoConfig, out: &Path, workers: usize) -> Result<String> {
     let max_tokens = cfg.bases.iter().map(|b| b.tokens).max().unwrap_or(0);
     let (seen_by_any, _) = take_tokens(&world, &tok, max_tokens)?;
     let held_out = &world.pretrain()[seen_by_any.len()..];
+    let probes = measures::probes(&world, cfg.seed, cfg.probe_records)?;
     let data = DemoData {
         prompts: &prompts,
         align: world.align(Task::Reviews),
         perturb: world.perturb(Task::Reviews),
         held_out_pretrain: held_out,
+        probes: &probes,
     };
 
     // Exact pre-training tokens of each base (the world is tokenized once per base, not once
@@ -168,6 +208,14 @@ pub fn run(cfg: &DemoConfig, out: &Path, workers: usize) -> Result<String> {
             jobs.push(Job::Resist);
             deps.push(vec![pretrain_job(i)]);
         }
+        if i == resist_base {
+            for a in 0..cfg.ablation.len() {
+                for &seed in &cfg.seeds {
+                    jobs.push(Job::Ablation(i, a, seed));
+                    deps.push(vec![pretrain_job(i)]);
+                }
+            }
+        }
         for &seed in &cfg.seeds {
             jobs.push(Job::Unit(i, seed));
             deps.push(vec![pretrain_job(i)]);
@@ -197,6 +245,24 @@ pub fn run(cfg: &DemoConfig, out: &Path, workers: usize) -> Result<String> {
                 .with_context(|| format!("rebound unit {} seed {seed}", base.name()))?;
                 Done::Unit(u)
             }
+            Job::Ablation(i, a, seed) => {
+                let base = &cfg.bases[i];
+                let base_dir = out.join("models").join(base.name());
+                let arm = &cfg.ablation[a];
+                let u = rebound::run_ablation_unit(
+                    cfg,
+                    base,
+                    &base_dir,
+                    pretrain_tokens[i].1,
+                    arm,
+                    a,
+                    seed,
+                    &data,
+                    out,
+                )
+                .with_context(|| format!("ablation arm {:?} seed {seed}", arm.name))?;
+                Done::Ablation(u)
+            }
             Job::Resist => {
                 let base = &cfg.bases[resist_base];
                 let base_dir = out.join("models").join(base.name());
@@ -215,17 +281,25 @@ pub fn run(cfg: &DemoConfig, out: &Path, workers: usize) -> Result<String> {
     pb.finish_and_clear();
     let mut rows: Vec<CellResult> = Vec::new();
     let mut rates: Vec<RatePoint> = Vec::new();
-    let mut base_scores: Vec<(String, u64, f64)> = Vec::new();
+    let mut base_scores: Vec<BaseScore> = Vec::new();
+    let mut ablation_rates: Vec<RatePoint> = Vec::new();
     let mut resist_out = None;
     for d in done {
         match d {
             Done::Unit(u) => {
                 if let Some(r) = u.rows.first() {
-                    base_scores.push((r.base.clone(), r.seed, u.base_score));
+                    base_scores.push(BaseScore {
+                        base: r.base.clone(),
+                        seed: r.seed,
+                        score: u.base_score,
+                        margin: u.base_exact.margin,
+                        first_word: u.base_exact.first_word,
+                    });
                 }
                 rows.extend(u.rows);
                 rates.extend(u.rates);
             }
+            Done::Ablation(u) => ablation_rates.extend(u.rates),
             Done::Resist(r) => resist_out = Some(*r),
             Done::Pretrained(()) => {}
         }
@@ -239,13 +313,25 @@ pub fn run(cfg: &DemoConfig, out: &Path, workers: usize) -> Result<String> {
         "Everything below was computed from scratch by `elastica demo` (world seed {}): a synthetic review/dialogue world, Llama-family models pre-trained on it with exact token budgets, and the paper's experiments on them.\n\n",
         cfg.seed
     ));
-    let (rebound_md, mut claims) = rebound_report::section(cfg, &run, &rows, &base_scores)?;
+    md.push_str(&settings_section(cfg, &pretrain_tokens));
+    let (rebound_md, mut claims, rebound_analysis) =
+        rebound_report::section(cfg, &run, &rows, &base_scores)?;
     md.push_str(&rebound_md);
 
     let el = elasticity::analyse(&rates, cfg.slope_l_max);
     run.write_table_csv("elasticity.csv", &el.table()?)?;
     md.push_str(&el.section(&run, &rates)?);
     claims.extend(el.claims());
+    let ablation = if ablation_rates.is_empty() {
+        None
+    } else {
+        run.write_jsonl("ablation_rates.jsonl", &ablation_rates)?;
+        let ab = elasticity::analyse(&ablation_rates, cfg.slope_l_max);
+        run.write_table_csv("ablation.csv", &ab.table()?)?;
+        md.push_str(&ab.ablation_section(cfg)?);
+        claims.extend(ab.ablation_claims());
+        Some(ab)
+    };
 
     let resistance = match resist_out {
         Some((res_md, res_claim, res)) => {
@@ -284,6 +370,9 @@ pub fn run(cfg: &DemoConfig, out: &Path, workers: usize) -> Result<String> {
             rebound: &rows,
             rates: &rates,
             elasticity: &el,
+            rebound_analysis: &rebound_analysis,
+            ablation_rates: &ablation_rates,
+            ablation: ablation.as_ref(),
             resistance: resistance.as_ref(),
             theory,
         },
@@ -299,6 +388,67 @@ pub fn run(cfg: &DemoConfig, out: &Path, workers: usize) -> Result<String> {
         started.elapsed().as_secs_f64()
     ));
     Ok(summary)
+}
+
+/// Every setting the run used, so a reader can repeat or question it.
+fn settings_section(cfg: &DemoConfig, pretrain_tokens: &[(String, usize)]) -> String {
+    let mut md = String::from(
+        "## Settings
+
+",
+    );
+    md.push_str(&format!(
+        "- bases (size, requested / exact pre-training sequence tokens): {}
+",
+        cfg.bases
+            .iter()
+            .zip(pretrain_tokens)
+            .map(|(b, (_, t))| format!("{} ({}, {} / {t})", b.name(), b.size, b.tokens))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    md.push_str(&format!(
+        "- pre-training: lr {}, batch {} records, world positive share {}
+",
+        cfg.pretrain_lr, cfg.pretrain_batch_size, cfg.positive_fraction
+    ));
+    md.push_str(&format!(
+        "- rebound: n+ {:?}, n- {:?}, seeds {:?}; alignment and perturbation SFT lr {} (constant), batch {}, 1 epoch, no shuffling
+",
+        cfg.n_plus, cfg.n_minus, cfg.seeds, cfg.align_lr, cfg.batch_size
+    ));
+    md.push_str(&format!(
+        "- sampled score: {} held-out openings, {} new tokens, temperature {}; exact measures on {} held-out reviews of each sentiment
+",
+        cfg.eval_prompts, cfg.max_new_tokens, cfg.temperature, cfg.probe_records
+    ));
+    md.push_str(&format!(
+        "- rebound strength measured on `{}`; drop rate fitted on the first {} points of the n- grid
+",
+        cfg.rebound_measure, cfg.drop_fit_points
+    ));
+    md.push_str(&format!(
+        "- compression: {} records per tracked set, slopes over l <= {}, rates also after each of the first {} perturbation step(s)
+",
+        cfg.rate_records, cfg.slope_l_max, cfg.rate_first_steps
+    ));
+    for a in &cfg.ablation {
+        md.push_str(&format!(
+            "- ablation arm \"{}\": perturbation lr {}, D_t = {}\n",
+            a.name,
+            a.lr,
+            if a.perturb == "pretrain" {
+                "held-out pre-training text"
+            } else {
+                "negative reviews"
+            }
+        ));
+    }
+    md.push_str(&format!(
+        "- resistance: {} records per slice, {} prompts, seeds {:?}; theory: {}\n\n",
+        cfg.resist_slice_records, cfg.resist_prompts, cfg.resist_seeds, cfg.theory
+    ));
+    md
 }
 
 /// Relative compute per token of a size preset (the demo's scheduling order only).

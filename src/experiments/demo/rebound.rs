@@ -1,6 +1,10 @@
 //! The demo's rebound cells: for one (base model, seed), score the base, then for each n+
-//! align on n+ positive reviews and perturb on negative reviews, scoring the model and
-//! measuring the compression rates of D_p, D_a and D_t at every n- of the grid.
+//! align on n+ positive reviews and perturb on negative reviews, scoring the model (the
+//! sampled score and the two exact measures of [`super::measures`]) and measuring the
+//! compression rates of D_p (split into its reviews and its dialogue), D_a and D_t at every
+//! n- of the grid and after each of the first optimizer steps (small l). The compression
+//! ablation's units ([`run_ablation_unit`]) repeat the perturbation pass with another
+//! learning rate or perturbation set and track the rates only.
 //!
 //! The n- grid is evaluated along ONE perturbation pass per (base, n+, seed): with a constant
 //! learning rate, no shuffling and a batch size dividing every n-, the model after the first
@@ -11,7 +15,8 @@
 //! a fingerprint of everything that determines it; a rerun reuses a unit whose fingerprint
 //! matches, so a killed demo resumes where it stopped.
 
-use super::config::{BaseSpec, DemoConfig};
+use super::config::{AblationArm, BaseSpec, DemoConfig};
+use super::measures::{self, Exact, Probes};
 use crate::compress::tracking::{measure_sets, TrackedSet};
 use crate::data::records::Record;
 use crate::data::template::Template;
@@ -40,6 +45,21 @@ pub struct CellResult {
     pub seed: u64,
     pub score: f64,
     pub score_ci: Option<f64>,
+    /// Likelihood margin (nats/token, positive minus negative held-out reviews).
+    pub margin: f64,
+    /// Exact P(positive) at the first sentiment-bearing word.
+    pub first_word: f64,
+}
+
+impl CellResult {
+    /// The value of measure `name` (one of `config::REBOUND_MEASURES`).
+    pub fn measure(&self, name: &str) -> f64 {
+        match name {
+            "margin" => self.margin,
+            "first_word" => self.first_word,
+            _ => self.score,
+        }
+    }
 }
 
 /// The compression rate of one tracked set at one point of the perturbation.
@@ -53,8 +73,8 @@ pub struct RatePoint {
     pub l: f64,
     /// k = |D_p| / |D_a| in sequence tokens.
     pub k: f64,
-    /// `D_p` (held-out pre-training text), `D_a` (the alignment pairs) or `D_t` (the
-    /// perturbation pairs).
+    /// `D_p` (held-out pre-training text), its parts `D_p:reviews` and `D_p:dialogue`, `D_a`
+    /// (the alignment pairs) or `D_t` (the perturbation pairs).
     pub set: String,
     pub bits_per_token: f64,
 }
@@ -64,6 +84,7 @@ pub struct RatePoint {
 pub struct UnitOutcome {
     pub fingerprint: String,
     pub base_score: f64,
+    pub base_exact: Exact,
     pub rows: Vec<CellResult>,
     pub rates: Vec<RatePoint>,
 }
@@ -75,6 +96,77 @@ pub struct DemoData<'a> {
     pub perturb: &'a [Record],
     /// Pre-training text that no base model saw (after the largest budget's cut).
     pub held_out_pretrain: &'a [Record],
+    /// Held-out reviews of the exact measures.
+    pub probes: &'a Probes,
+}
+
+/// D_p's parts: the first `n` held-out pre-training records, split into reviews and
+/// dialogue (a dialogue text starts with the user tag).
+fn pretrain_parts(held_out: &[Record], n: usize) -> (Vec<Record>, Vec<Record>) {
+    held_out.iter().take(n).cloned().partition(|r| match r {
+        Record::Text { text } => !text.starts_with(crate::data::world::lexicon::USER_TAG),
+        Record::Pair { .. } => true,
+    })
+}
+
+/// The tracked sets: D_p's two parts, D_a and D_t (D_p itself is their token-weighted sum).
+fn tracked_sets(
+    held_out: &[Record],
+    n: usize,
+    align: &[Record],
+    perturb: &[Record],
+) -> Vec<TrackedSet> {
+    let (reviews, dialogue) = pretrain_parts(held_out, n);
+    let mut sets = Vec::new();
+    for (name, records) in [
+        ("D_p:reviews", reviews),
+        ("D_p:dialogue", dialogue),
+        ("D_a", align.iter().take(n).cloned().collect()),
+        ("D_t", perturb.iter().take(n).cloned().collect()),
+    ] {
+        if !records.is_empty() {
+            sets.push(TrackedSet {
+                name: name.into(),
+                records,
+            });
+        }
+    }
+    sets
+}
+
+/// Rate points of `lm` at one point of a perturbation, D_p included.
+fn rate_points(
+    lm: &LoadedModel,
+    sets: &[TrackedSet],
+    at: (&str, usize, u64, usize, f64, f64),
+) -> Result<Vec<RatePoint>> {
+    let (base, n_plus, seed, n_minus, l, k) = at;
+    let measured = measure_sets(lm, sets, Template::Raw, 512)?;
+    let point = |set: &str, bits_per_token: f64| RatePoint {
+        base: base.to_string(),
+        n_plus,
+        seed,
+        n_minus,
+        l,
+        k,
+        set: set.to_string(),
+        bits_per_token,
+    };
+    let parts: Vec<&_> = measured
+        .iter()
+        .filter(|r| r.set.starts_with("D_p:"))
+        .collect();
+    let tokens: u64 = parts.iter().map(|r| r.tokens).sum();
+    let mut out = Vec::new();
+    if tokens > 0 {
+        let bits: f64 = parts
+            .iter()
+            .map(|r| r.bits_per_token * r.tokens as f64)
+            .sum();
+        out.push(point("D_p", bits / tokens as f64));
+    }
+    out.extend(measured.iter().map(|r| point(&r.set, r.bits_per_token)));
+    Ok(out)
 }
 
 /// Sequence tokens (BOS + text + EOS) of records, the unit the pre-training budget counts.
@@ -134,12 +226,13 @@ fn draw(pool: &[Record], n: usize, seed: u64, stride: usize) -> Vec<Record> {
 
 fn fingerprint(cfg: &DemoConfig, base: &BaseSpec, seed: u64) -> Result<String> {
     let key = serde_json::json!({
-        "version": 2, "world_seed": cfg.seed, "base": base, "seed": seed,
+        "version": 3, "world_seed": cfg.seed, "base": base, "seed": seed,
         "n_plus": cfg.n_plus, "n_minus": cfg.n_minus, "eval_prompts": cfg.eval_prompts,
         "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,
         "align_lr": cfg.align_lr, "batch_size": cfg.batch_size,
         "positive_fraction": cfg.positive_fraction, "rate_records": cfg.rate_records,
         "pretrain_lr": cfg.pretrain_lr, "pretrain_batch_size": cfg.pretrain_batch_size,
+        "probe_records": cfg.probe_records, "rate_first_steps": cfg.rate_first_steps,
     });
     Ok(sha256_hex(serde_json::to_string(&key)?.as_bytes()))
 }
@@ -179,6 +272,7 @@ pub fn run_unit(
     };
     let base_lm = load_model(&base_spec, &Device::Cpu)?;
     let (base_score, _) = score_model(&base_lm, data.prompts, scorer, &gen)?;
+    let base_exact = measures::measure(&base_lm, data.probes)?;
     let max_minus = cfg.n_minus.iter().copied().max().unwrap_or(0);
     let neg = if max_minus > 0 {
         draw(data.perturb, max_minus, seed, 104_729)
@@ -186,80 +280,23 @@ pub fn run_unit(
         Vec::new()
     };
     let tok = &base_lm.tokenizer;
-    // l is counted in tokens: tokens of the first n- negatives of the pass.
-    let mut neg_prefix_tokens = vec![0usize];
-    for r in &neg {
-        let last = *neg_prefix_tokens.last().unwrap_or(&0);
-        neg_prefix_tokens.push(last + sequence_tokens(tok, std::slice::from_ref(r))?);
-    }
-    let held_out: Vec<Record> = data
-        .held_out_pretrain
-        .iter()
-        .take(cfg.rate_records)
-        .cloned()
-        .collect();
+    let neg_prefix_tokens = prefix_tokens(tok, &neg)?;
     let mut rows = Vec::new();
     let mut rates = Vec::new();
     for &np in &cfg.n_plus {
-        let lm = load_model(&base_spec, &Device::Cpu)?;
-        let tc = TrainConfig {
-            template: Template::Raw,
-            lr: cfg.align_lr,
-            schedule: Schedule::Constant,
-            batch_size: cfg.batch_size,
-            grad_accum: 1,
-            epochs: 1,
-            max_length: 512,
-            seed,
-            shuffle: false,
-            ..Default::default()
-        };
-        let pos = draw(data.align, np, seed, 7919);
-        let align_tokens = sequence_tokens(tok, &pos)? as f64;
-        let k = pretrain_tokens as f64 / align_tokens;
-        let sets = vec![
-            TrackedSet {
-                name: "D_p".into(),
-                records: held_out.clone(),
-            },
-            TrackedSet {
-                name: "D_a".into(),
-                records: pos.iter().take(cfg.rate_records).cloned().collect(),
-            },
-            TrackedSet {
-                name: "D_t".into(),
-                records: neg.iter().take(cfg.rate_records).cloned().collect(),
-            },
-        ];
         let cell_dir = unit_dir.join(format!("nplus{np}"));
-        train(
-            &lm,
-            &pos,
-            &tc,
-            &cell_dir.join("aligned"),
-            false,
-            None,
-            false,
-        )?;
-        let mut measured: Vec<(usize, f64, Option<f64>)> = Vec::new();
+        let (lm, pos, align_tokens) = aligned(cfg, &base_spec, np, seed, data, &cell_dir)?;
+        let k = pretrain_tokens as f64 / align_tokens;
+        let sets = tracked_sets(data.held_out_pretrain, cfg.rate_records, &pos, &neg);
+        let mut measured: Vec<(usize, f64, Option<f64>, Exact)> = Vec::new();
         let mut measure = |m: &LoadedModel, nm: usize| -> Result<()> {
-            let (s, ci) = score_model(m, data.prompts, scorer, &gen)?;
-            measured.push((nm, s, ci));
             let l = neg_prefix_tokens[nm] as f64 / align_tokens;
-            if neg.is_empty() {
-                return Ok(());
+            if cfg.n_minus.contains(&nm) {
+                let (s, ci) = score_model(m, data.prompts, scorer, &gen)?;
+                measured.push((nm, s, ci, measures::measure(m, data.probes)?));
             }
-            for r in measure_sets(m, &sets, Template::Raw, 512)? {
-                rates.push(RatePoint {
-                    base: base.name(),
-                    n_plus: np,
-                    seed,
-                    n_minus: nm,
-                    l,
-                    k,
-                    set: r.set,
-                    bits_per_token: r.bits_per_token,
-                });
+            if !neg.is_empty() {
+                rates.extend(rate_points(m, &sets, (&base.name(), np, seed, nm, l, k))?);
             }
             Ok(())
         };
@@ -268,11 +305,12 @@ pub fn run_unit(
             let bs = cfg.batch_size;
             let mut hook = |m: &LoadedModel, l: &StepLog| -> Result<()> {
                 let seen = l.step * bs;
-                if cfg.n_minus.contains(&seen) {
+                if cfg.n_minus.contains(&seen) || l.step <= cfg.rate_first_steps {
                     measure(m, seen)?;
                 }
                 Ok(())
             };
+            let tc = train_config(cfg, cfg.align_lr, seed);
             train(
                 &lm,
                 &neg,
@@ -283,10 +321,7 @@ pub fn run_unit(
                 false,
             )?;
         }
-        for (nm, s, ci) in measured {
-            if !cfg.n_minus.contains(&nm) {
-                continue;
-            }
+        for (nm, s, ci, exact) in measured {
             rows.push(CellResult {
                 base: base.name(),
                 size: base.size.clone(),
@@ -296,13 +331,164 @@ pub fn run_unit(
                 seed,
                 score: s,
                 score_ci: ci,
+                margin: exact.margin,
+                first_word: exact.first_word,
             });
         }
     }
     let outcome = UnitOutcome {
         fingerprint: fp,
         base_score,
+        base_exact,
         rows,
+        rates,
+    };
+    crate::util::fsx::atomic_write_json(&outcome_path, &outcome)?;
+    Ok(outcome)
+}
+
+/// Sequence tokens of the first i records, for i = 0..=len (l counts tokens).
+fn prefix_tokens(tok: &TextTokenizer, records: &[Record]) -> Result<Vec<usize>> {
+    let mut out = vec![0usize];
+    for r in records {
+        let last = *out.last().unwrap_or(&0);
+        out.push(last + sequence_tokens(tok, std::slice::from_ref(r))?);
+    }
+    Ok(out)
+}
+
+/// SFT settings of the alignment and perturbation passes: constant lr, no shuffling, so
+/// the model after the first n- samples of a pass is the model of a run on those n-.
+fn train_config(cfg: &DemoConfig, lr: f64, seed: u64) -> TrainConfig {
+    TrainConfig {
+        template: Template::Raw,
+        lr,
+        schedule: Schedule::Constant,
+        batch_size: cfg.batch_size,
+        grad_accum: 1,
+        epochs: 1,
+        max_length: 512,
+        seed,
+        shuffle: false,
+        ..Default::default()
+    }
+}
+
+/// The base aligned on the seed's n+ positives: the model, the positives and their
+/// sequence tokens.
+fn aligned(
+    cfg: &DemoConfig,
+    base_spec: &str,
+    np: usize,
+    seed: u64,
+    data: &DemoData,
+    cell_dir: &Path,
+) -> Result<(LoadedModel, Vec<Record>, f64)> {
+    let lm = load_model(base_spec, &Device::Cpu)?;
+    let pos = draw(data.align, np, seed, 7919);
+    let align_tokens = sequence_tokens(&lm.tokenizer, &pos)? as f64;
+    let tc = train_config(cfg, cfg.align_lr, seed);
+    train(
+        &lm,
+        &pos,
+        &tc,
+        &cell_dir.join("aligned"),
+        false,
+        None,
+        false,
+    )?;
+    Ok((lm, pos, align_tokens))
+}
+
+/// What one ablation unit measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AblationOutcome {
+    pub fingerprint: String,
+    pub rates: Vec<RatePoint>,
+}
+
+/// One (arm, seed) of the compression ablation on `base`: align on the first n+ as the
+/// rebound grid does, then perturb with the arm's learning rate on the arm's set, tracking
+/// the compression rates at the grid's n- and the first steps. `base` in the points is the
+/// arm's name.
+#[allow(clippy::too_many_arguments)]
+pub fn run_ablation_unit(
+    cfg: &DemoConfig,
+    base: &BaseSpec,
+    base_dir: &Path,
+    pretrain_tokens: usize,
+    arm: &AblationArm,
+    arm_index: usize,
+    seed: u64,
+    data: &DemoData,
+    out: &Path,
+) -> Result<AblationOutcome> {
+    let unit_dir = out
+        .join("ablation")
+        .join(format!("{}-arm{arm_index}-seed{seed}", base.name()));
+    let outcome_path = unit_dir.join("outcome.json");
+    let fp = sha256_hex(serde_json::to_string(&(fingerprint(cfg, base, seed)?, arm))?.as_bytes());
+    if let Ok(text) = std::fs::read_to_string(&outcome_path) {
+        if let Ok(done) = serde_json::from_str::<AblationOutcome>(&text) {
+            if done.fingerprint == fp {
+                return Ok(done);
+            }
+        }
+    }
+    let np = *cfg.n_plus.first().context("no n+")?;
+    let max_minus = cfg.n_minus.iter().copied().max().unwrap_or(0);
+    if max_minus == 0 {
+        anyhow::bail!("the compression ablation needs an n- above 0");
+    }
+    let perturb: Vec<Record> = if arm.perturb == "pretrain" {
+        // Pre-training text no base saw and D_p does not hold.
+        let pool = data
+            .held_out_pretrain
+            .get(cfg.rate_records..)
+            .unwrap_or_default();
+        if pool.len() < max_minus {
+            anyhow::bail!(
+                "ablation arm {:?}: {} held-out pre-training records, {max_minus} needed",
+                arm.name,
+                pool.len()
+            );
+        }
+        draw(pool, max_minus, seed, 104_729)
+    } else {
+        draw(data.perturb, max_minus, seed, 104_729)
+    };
+    let base_spec = base_dir.to_string_lossy().into_owned();
+    let (lm, pos, align_tokens) = aligned(cfg, &base_spec, np, seed, data, &unit_dir)?;
+    let k = pretrain_tokens as f64 / align_tokens;
+    let prefix = prefix_tokens(&lm.tokenizer, &perturb)?;
+    let sets = tracked_sets(data.held_out_pretrain, cfg.rate_records, &pos, &perturb);
+    let mut rates = Vec::new();
+    let mut measure = |m: &LoadedModel, nm: usize| -> Result<()> {
+        let l = prefix[nm] as f64 / align_tokens;
+        rates.extend(rate_points(m, &sets, (&arm.name, np, seed, nm, l, k))?);
+        Ok(())
+    };
+    measure(&lm, 0)?;
+    let bs = cfg.batch_size;
+    let mut hook = |m: &LoadedModel, l: &StepLog| -> Result<()> {
+        let seen = l.step * bs;
+        if cfg.n_minus.contains(&seen) || l.step <= cfg.rate_first_steps {
+            measure(m, seen)?;
+        }
+        Ok(())
+    };
+    let tc = train_config(cfg, arm.lr, seed);
+    train(
+        &lm,
+        &perturb,
+        &tc,
+        &unit_dir.join("perturbed"),
+        false,
+        Some(&mut hook),
+        false,
+    )?;
+    let outcome = AblationOutcome {
+        fingerprint: fp,
         rates,
     };
     crate::util::fsx::atomic_write_json(&outcome_path, &outcome)?;

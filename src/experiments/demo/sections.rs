@@ -7,7 +7,7 @@ use crate::experiments::executor::RunOptions;
 use crate::experiments::resist::config::ResistConfig;
 use crate::experiments::resist::pipeline::run_with;
 use crate::experiments::resist::results::{markdown_summary, ResistResults};
-use crate::report::table::fmt_ci;
+use crate::report::stats::{p_phrase, Effect};
 use crate::theory::elasticity::{run_experiment, TheoryConfig};
 use anyhow::{Context, Result};
 use std::path::Path;
@@ -43,20 +43,38 @@ pub fn resistance(
     ));
     md.push_str(&markdown_summary(&res));
     md.push('\n');
+    // The comparisons of one seed share its checkpoints, so the seed is the unit: per seed,
+    // the mean forward - inverse loss over its pairs; the test is over seeds.
+    let mut seeds: Vec<u64> = res.comparisons.iter().map(|c| c.seed).collect();
+    seeds.sort_unstable();
+    seeds.dedup();
+    let per_seed: Vec<f64> = seeds
+        .iter()
+        .filter_map(|s| {
+            let d: Vec<f64> = res
+                .comparisons
+                .iter()
+                .filter(|c| c.seed == *s)
+                .map(|c| c.difference)
+                .collect();
+            crate::report::stats::mean(&d)
+        })
+        .collect();
+    let effect = Effect::of(&per_seed, true);
     let claim = format!(
-        "- Resistance (inverse alignment easier than forward): {} of {} comparisons, mean forward − inverse loss {}, sign test p = {:.3} -> {}",
+        "- Resistance (inverse alignment easier than forward; mean forward − inverse loss per seed, the seed's {} comparisons share its checkpoints): {} -> {} ({} of {} comparisons had the lower inverse loss{})",
+        res.pairs.len(),
+        effect.map(|e| e.describe(3)).unwrap_or_else(|| "no comparison".into()),
+        effect.map(|e| e.verdict.word()).unwrap_or("undecided"),
         res.inverse_lower,
         res.total,
-        fmt_ci(res.difference.mean, res.difference.half_width),
-        res.sign_test.p_value,
-        if res.inverse_lower == res.total {
-            "held in every comparison"
-        } else if 2 * res.inverse_lower > res.total {
-            "held in most comparisons"
-        } else {
-            "did not hold here"
-        }
+        effect
+            .and_then(|e| e.p_permutation)
+            .map(|p| format!("; exact sign-flip test over seeds {}", p_phrase(p)))
+            .unwrap_or_default()
     );
+    md.push_str(&claim);
+    md.push_str("\n\n");
     Ok((md, claim, res))
 }
 
