@@ -7,7 +7,6 @@
 //! PATH=/work/venv-torch/bin:$PATH LIBTORCH_USE_PYTORCH=1 \
 //!     cargo test --release --features torch --test torch_backend
 
-use std::path::Path;
 use std::process::Command;
 
 const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
@@ -79,6 +78,7 @@ mod torch {
     use elastica::train::optim::AdamWConfig;
     use elastica::train::schedule::Schedule;
     use elastica::train::TrainConfig;
+    use std::path::Path;
 
     fn choice(kind: BackendKind, precision: Precision) -> BackendChoice {
         BackendChoice::new(DeviceSpec::Cpu, Some(kind), precision).unwrap()

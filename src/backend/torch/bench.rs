@@ -232,6 +232,7 @@ pub fn run(shape: &Shape, device: DeviceSpec, precision: Precision) -> Result<se
     out["forward_tok_s"] = fwd_tok_s.into();
     // Greedy generation at batch 1: a 16-token prompt, gen_tokens new tokens, no EOS stop.
     let n_new = shape.gen_tokens as i64;
+    let dec = Decoder::new(cfg, &w, dev, kind).with_cast_weights();
     let mut gen_s = 0.0;
     super_guard("the generation benchmark", &mut || {
         tch::no_grad(|| -> Result<()> {

@@ -191,7 +191,7 @@ impl TorchModel {
         first_index: usize,
         cfg: &GenConfig,
     ) -> Result<Vec<Vec<u32>>> {
-        let dec = self.core.decoder();
+        let dec = self.core.decoder().with_cast_weights();
         let (eos, pad) = (self.tokenizer.eos_ids(), self.tokenizer.pad_id());
         let b = prompts.len();
         let max_len = prompts.iter().map(|p| p.len()).max().unwrap_or(0);

@@ -59,6 +59,9 @@ pub struct Decoder<'a> {
     /// Kind of matmuls and activations (Float or BFloat16).
     pub compute: Kind,
     inv_freq: Tensor,
+    /// Weights cast once to `compute` (for decoding, where the weights do not change and a
+    /// cast per token would read every f32 master again).
+    cast: Option<std::collections::HashMap<String, Tensor>>,
 }
 
 impl<'a> Decoder<'a> {
@@ -70,11 +73,31 @@ impl<'a> Decoder<'a> {
             device,
             compute,
             inv_freq: Tensor::from_slice(&inv).to_device(device),
+            cast: None,
         }
+    }
+
+    /// Cast every weight to the compute kind now, once (no-grad use only).
+    pub fn with_cast_weights(mut self) -> Self {
+        if self.compute != Kind::Float {
+            let kind = self.compute;
+            let cast = self
+                .w
+                .names
+                .iter()
+                .zip(&self.w.tensors)
+                .map(|(n, t)| (n.clone(), t.detach().to_kind(kind)))
+                .collect();
+            self.cast = Some(cast);
+        }
+        self
     }
 
     /// A weight in the compute kind (a differentiable cast of the f32 master).
     fn p(&self, name: &str) -> Tensor {
+        if let Some(t) = self.cast.as_ref().and_then(|c| c.get(name)) {
+            return t.shallow_clone();
+        }
         let t = self.w.must(name);
         if self.compute == Kind::Float {
             t.shallow_clone()
