@@ -217,6 +217,9 @@ impl<'a> Decoder<'a> {
         mask: Option<&Tensor>,
         mut cache: Option<&mut Cache>,
     ) -> Tensor {
+        // Out of place on purpose: `x += ..` is libtorch's in-place add, which would change
+        // a tensor autograd saved for the backward.
+        #[allow(clippy::assign_op_pattern)]
         for l in 0..self.cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
             let h = self.rms(&x, &format!("{p}.input_layernorm.weight"));
