@@ -2,8 +2,10 @@
 //! (Ji et al., "Language Models Resist Alignment", arXiv 2406.06144).
 //!
 //! Data path (one direction): data -> tokenizer -> model -> train -> generate -> score
-//! -> experiments -> report. `theory` and `compress` sit beside the path.
+//! -> experiments -> report. `theory` and `compress` sit beside the path. `backend` puts
+//! the model and its training step behind one interface (CPU fused kernels, or libtorch).
 
+pub mod backend;
 pub mod cli;
 pub mod compress;
 pub mod data;

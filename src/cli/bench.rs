@@ -56,6 +56,24 @@ pub struct BenchArgs {
     /// Also write every figure as JSON here.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    /// Key/value heads (0 = as many as --heads; Qwen2-0.5B has 2).
+    #[arg(long, default_value_t = 0)]
+    pub kv_heads: usize,
+    /// Architecture: llama, or qwen2 (q/k/v biases).
+    #[arg(long, default_value = "llama")]
+    pub model_type: String,
+    /// Tie the LM head to the embeddings (Qwen2-0.5B does).
+    #[arg(long)]
+    pub tie_embeddings: bool,
+    /// Dense peak TFLOP/s for MFU on a GPU (default: from the GPU's name; H100/H200 SXM
+    /// bf16 989).
+    #[arg(long)]
+    pub peak_tflops: Option<f64>,
+    /// New tokens of the batch-1 generation timing on the torch backend.
+    #[arg(long, default_value_t = 128)]
+    pub gen_tokens: usize,
+    #[command(flatten)]
+    pub device: super::device_args::DeviceArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -70,10 +88,17 @@ pub enum BenchWhat {
 
 fn bench_config(a: &BenchArgs) -> Result<ModelConfig> {
     ModelConfig::from_json_str(&format!(
-        r#"{{"model_type":"llama","vocab_size":{},"hidden_size":{},"intermediate_size":{},
+        r#"{{"model_type":"{}","vocab_size":{},"hidden_size":{},"intermediate_size":{},
         "num_hidden_layers":{},"num_attention_heads":{},"num_key_value_heads":{},"rms_norm_eps":1e-6,
-        "max_position_embeddings":4096,"tie_word_embeddings":false,"eos_token_id":1}}"#,
-        a.vocab, a.hidden, a.ff, a.layers, a.heads, a.heads
+        "max_position_embeddings":32768,"tie_word_embeddings":{},"eos_token_id":1}}"#,
+        a.model_type,
+        a.vocab,
+        a.hidden,
+        a.ff,
+        a.layers,
+        a.heads,
+        if a.kv_heads == 0 { a.heads } else { a.kv_heads },
+        a.tie_embeddings
     ))
 }
 
@@ -199,6 +224,9 @@ fn ratio(a: f64, b: Option<f64>) -> String {
 
 pub fn run(a: BenchArgs) -> Result<()> {
     crate::util::threads::set_threads(a.threads);
+    if !a.device.choice()?.is_default_cpu() {
+        return super::device_args::bench(&a, bench_config(&a)?);
+    }
     let torch: Option<serde_json::Value> = match &a.torch {
         Some(p) => Some(
             serde_json::from_str(

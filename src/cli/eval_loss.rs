@@ -27,10 +27,15 @@ pub struct EvalLossArgs {
     /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    #[command(flatten)]
+    pub device: super::device_args::DeviceArgs,
 }
 
 pub fn run(a: EvalLossArgs) -> Result<()> {
     crate::util::threads::set_threads(a.threads);
+    if !a.device.choice()?.is_default_cpu() {
+        return super::device_args::eval_loss(&a);
+    }
     let lm = load_model(&a.model, &Device::Cpu)?;
     let records = read_jsonl(&a.data)?;
     let r =

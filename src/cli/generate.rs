@@ -44,12 +44,17 @@ pub struct GenerateArgs {
     /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    #[command(flatten)]
+    pub device: super::device_args::DeviceArgs,
 }
 
 pub use crate::data::records::read_prompts;
 
 pub fn run(a: GenerateArgs) -> Result<()> {
     crate::util::threads::set_threads(a.threads);
+    if !a.device.choice()?.is_default_cpu() {
+        return super::device_args::generate(&a);
+    }
     let lm = load_model(&a.model, &Device::Cpu)?;
     let prompts = match (&a.prompt, &a.prompts) {
         (Some(p), _) => vec![p.clone()],

@@ -11,6 +11,7 @@ mod collect;
 pub mod compress;
 mod config;
 mod demo;
+mod device_args;
 mod eval_loss;
 mod generate;
 mod pretrain;

@@ -109,6 +109,8 @@ pub struct TrainArgs {
     /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    #[command(flatten)]
+    pub device: super::device_args::DeviceArgs,
 }
 
 pub fn parse_betas(s: &str) -> Result<(f64, f64)> {
@@ -158,6 +160,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
             lock_path.display()
         );
     };
+    if !a.device.choice()?.is_default_cpu() {
+        return super::device_args::train(&a, &cfg);
+    }
     let dev = Device::Cpu;
     let lm = match (&a.model, &a.init) {
         (Some(m), _) => {

@@ -1,0 +1,126 @@
+//! The CPU fused path behind [`LanguageModel`]: a thin adapter over `model` and `train`
+//! (the same calls the commands make without it, so nothing changes in what they compute).
+
+use super::LanguageModel;
+use crate::model::checkpoint::{save_model, save_params, save_tensors};
+use crate::model::generate::{generate, GenConfig};
+use crate::model::{LoadedModel, ModelConfig, TextTokenizer};
+use crate::train::backprop::{scoring_logits, scoring_nll};
+use crate::train::batch::Batch;
+use crate::train::loss::log_softmax;
+use crate::train::optim::{AdamW, AdamWConfig};
+use crate::train::sft::optimizer_step;
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
+use std::path::Path;
+
+pub struct FusedModel {
+    pub lm: LoadedModel,
+    opt: Option<AdamW>,
+}
+
+impl FusedModel {
+    pub fn new(lm: LoadedModel) -> Self {
+        FusedModel { lm, opt: None }
+    }
+}
+
+impl LanguageModel for FusedModel {
+    fn backend_name(&self) -> &'static str {
+        "fused"
+    }
+    fn device_name(&self) -> String {
+        "cpu".into()
+    }
+    fn config(&self) -> &ModelConfig {
+        &self.lm.model.cfg
+    }
+    fn tokenizer(&self) -> &TextTokenizer {
+        &self.lm.tokenizer
+    }
+    fn logits(&self, ids: &[u32], b: usize, t: usize) -> Result<Vec<f32>> {
+        let ids = Tensor::from_slice(ids, (b, t), &Device::Cpu)?;
+        Ok(scoring_logits(&self.lm.model, &ids)?
+            .flatten_all()?
+            .to_vec1::<f32>()?)
+    }
+    fn nll_sum(&self, batch: &Batch) -> Result<f64> {
+        scoring_nll(&self.lm.model, &batch.ids, &batch.targets)
+    }
+    fn token_logprobs(&self, batch: &Batch) -> Result<Vec<f32>> {
+        let logits = scoring_logits(&self.lm.model, &batch.ids)?;
+        let v = logits.dim(2)?;
+        let logp = log_softmax(&logits.reshape(((), v))?)?;
+        let targets: Vec<i64> = batch.targets.flatten_all()?.to_vec1()?;
+        let idx: Vec<u32> = targets.iter().map(|&t| t.max(0) as u32).collect();
+        let idx = Tensor::from_vec(idx, (targets.len(), 1), &Device::Cpu)?;
+        let picked: Vec<f32> = logp.gather(&idx, 1)?.flatten_all()?.to_vec1()?;
+        Ok(picked
+            .into_iter()
+            .zip(&targets)
+            .map(|(p, &t)| if t < 0 { 0.0 } else { p })
+            .collect())
+    }
+    fn sft_step(
+        &mut self,
+        micro: &[Batch],
+        opt: &AdamWConfig,
+        lr: f64,
+        clip: f64,
+    ) -> Result<(f64, f64)> {
+        let adam = self.opt.get_or_insert_with(|| AdamW::new(*opt));
+        optimizer_step(&self.lm.model, micro, adam, lr, clip)
+    }
+    fn adam_step(&self) -> u64 {
+        self.opt.as_ref().map_or(0, |o| o.step)
+    }
+    fn generate(&self, prompts: &[Vec<u32>], cfg: &GenConfig) -> Result<Vec<Vec<u32>>> {
+        let tok = &self.lm.tokenizer;
+        generate(
+            &self.lm.model,
+            prompts,
+            tok.eos_ids(),
+            tok.pad_id(),
+            cfg,
+            |_| {},
+        )
+    }
+    fn save(&self, out: &Path, dtype: Option<&str>) -> Result<()> {
+        save_model(&self.lm.model, &self.lm.dir, out, dtype)
+    }
+    fn save_train_state(&self, dir: &Path) -> Result<()> {
+        let params = &self.lm.model.params;
+        save_params(params, DType::F32, &dir.join("model.safetensors"))?;
+        let moments = match &self.opt {
+            Some(o) => o.state_tensors(params)?,
+            None => vec![],
+        };
+        save_tensors(&moments, &dir.join("optimizer.safetensors"))
+    }
+    fn load_train_state(&mut self, dir: &Path, opt: &AdamWConfig, adam_step: u64) -> Result<()> {
+        let (weights, moments) = read_train_state(dir)?;
+        for (name, var) in self.lm.model.params.iter() {
+            let t = weights
+                .get(name)
+                .with_context(|| format!("checkpoint {} lacks tensor \"{name}\"", dir.display()))?;
+            var.set(t)
+                .with_context(|| format!("tensor \"{name}\" in checkpoint {}", dir.display()))?;
+        }
+        let mut adam = AdamW::new(*opt);
+        adam.load_state(&self.lm.model.params, &moments, adam_step)?;
+        self.opt = Some(adam);
+        Ok(())
+    }
+}
+
+/// Both files of a train state, as CPU tensors by name.
+pub type TensorMap = std::collections::HashMap<String, Tensor>;
+
+/// Read `model.safetensors` and `optimizer.safetensors` of a train-state directory.
+pub fn read_train_state(dir: &Path) -> Result<(TensorMap, TensorMap)> {
+    let weights = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu)
+        .with_context(|| format!("cannot read checkpoint {}", dir.display()))?;
+    let moments = candle_core::safetensors::load(dir.join("optimizer.safetensors"), &Device::Cpu)
+        .with_context(|| format!("cannot read optimizer state in {}", dir.display()))?;
+    Ok((weights, moments))
+}

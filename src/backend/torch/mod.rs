@@ -1,0 +1,490 @@
+//! The libtorch backend (`--features torch`): the model of `model::llama` on libtorch's
+//! kernels (cuBLAS, FlashAttention through sdpa, bf16) on a CUDA GPU or the CPU. Loading,
+//! saving and checkpoints go through `model::checkpoint` (host f32 copies), so files, names
+//! and dtypes are the fused path's. libtorch errors (a C++ exception surfaces as a tch
+//! panic) become errors that say what was running, with advice on an out-of-memory.
+
+pub mod bench;
+mod model;
+mod optim;
+
+pub use model::TorchWeights;
+
+use super::{DeviceSpec, LanguageModel, Precision};
+use crate::model::generate::{pick, GenConfig};
+use crate::model::{LoadedModel, ModelConfig, TextTokenizer};
+use crate::train::batch::Batch;
+use crate::train::optim::AdamWConfig;
+use anyhow::{bail, Context, Result};
+use model::Decoder;
+use optim::TorchAdamW;
+use rand::SeedableRng;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use tch::{Device, Kind, Tensor};
+
+pub struct TorchModel {
+    core: Core,
+    tokenizer: TextTokenizer,
+    /// Where the tokenizer and side files are copied from on save.
+    dir: PathBuf,
+    opt: Option<TorchAdamW>,
+}
+
+/// The model without its optimizer (so a step can borrow both).
+struct Core {
+    cfg: ModelConfig,
+    weights: TorchWeights,
+    device: Device,
+    precision: Precision,
+}
+
+/// The tch device for a spec, checked to exist.
+pub fn tch_device(spec: DeviceSpec) -> Result<Device> {
+    match spec {
+        DeviceSpec::Cpu => Ok(Device::Cpu),
+        DeviceSpec::Cuda(n) => {
+            if !tch::Cuda::is_available() {
+                bail!(
+                    "--device {spec}: libtorch sees no CUDA GPU (is the NVIDIA driver loaded, and is \
+                     the libtorch on LD_LIBRARY_PATH a CUDA build? a CPU-only torch wheel has no CUDA)"
+                );
+            }
+            let count = tch::Cuda::device_count() as usize;
+            if n >= count {
+                bail!(
+                    "--device {spec}: this machine has {count} CUDA device(s), cuda:0 to cuda:{}",
+                    count.saturating_sub(1)
+                );
+            }
+            Ok(Device::Cuda(n))
+        }
+    }
+}
+
+/// Run libtorch work, turning its panics (C++ exceptions) into errors.
+fn guard<T>(what: &str, hint: impl FnOnce() -> String, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown error".into());
+            let first = msg.lines().next().unwrap_or("").to_string();
+            if msg.contains("out of memory") {
+                bail!(
+                    "libtorch ran out of memory during {what}: {}. {first}",
+                    hint()
+                );
+            }
+            bail!("libtorch failed during {what}: {first}")
+        }
+    }
+}
+
+/// Host f32 data of a tensor.
+fn to_host(t: &Tensor) -> Result<Vec<f32>> {
+    let flat = t
+        .to_kind(Kind::Float)
+        .to_device(Device::Cpu)
+        .contiguous()
+        .view([-1]);
+    Ok(Vec::<f32>::try_from(&flat)?)
+}
+
+impl TorchModel {
+    /// Move a model loaded by `model::checkpoint` (f32, CPU) onto `device`.
+    pub fn from_loaded(lm: LoadedModel, device: DeviceSpec, precision: Precision) -> Result<Self> {
+        let dev = tch_device(device)?;
+        if dev == Device::Cpu {
+            // libtorch's own pool, as wide as elastica's.
+            tch::set_num_threads(rayon::current_num_threads() as i32);
+        }
+        let mut entries = Vec::new();
+        for (name, var) in lm.model.params.iter() {
+            let data = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+            let shape: Vec<i64> = var.dims().iter().map(|&d| d as i64).collect();
+            let t = guard(
+                "loading the weights",
+                || format!("the model has {} parameters", lm.model.cfg.num_params()),
+                || {
+                    Ok(Tensor::from_slice(&data)
+                        .view(shape.as_slice())
+                        .to_device(dev))
+                },
+            )?;
+            entries.push((name.clone(), t.set_requires_grad(true)));
+        }
+        Ok(TorchModel {
+            core: Core {
+                cfg: lm.model.cfg.clone(),
+                weights: TorchWeights::new(entries),
+                device: dev,
+                precision,
+            },
+            tokenizer: lm.tokenizer,
+            dir: lm.dir,
+            opt: None,
+        })
+    }
+}
+
+impl Core {
+    fn decoder(&self) -> Decoder<'_> {
+        let kind = match self.precision {
+            Precision::F32 => Kind::Float,
+            Precision::Bf16 => Kind::BFloat16,
+        };
+        Decoder::new(&self.cfg, &self.weights, self.device, kind)
+    }
+
+    fn oom_hint(&self, b: usize, t: usize) -> String {
+        format!(
+            "model of {:.2}B parameters, batch {b} x {t} tokens, {:?}; try a smaller --batch-size \
+             with a larger --grad-accum, a smaller --max-length, --dtype bf16, or \
+             PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True",
+            self.cfg.num_params() as f64 / 1e9,
+            self.precision
+        )
+    }
+
+    fn ids(&self, ids: &[u32], b: usize, t: usize) -> Tensor {
+        let v: Vec<i64> = ids.iter().map(|&x| x as i64).collect();
+        Tensor::from_slice(&v)
+            .view([b as i64, t as i64])
+            .to_device(self.device)
+    }
+
+    fn batch_tensors(&self, batch: &Batch) -> Result<(Tensor, Tensor, usize, usize)> {
+        let (b, t) = batch.ids.dims2()?;
+        let ids: Vec<u32> = batch.ids.flatten_all()?.to_vec1()?;
+        let targets: Vec<i64> = batch.targets.flatten_all()?.to_vec1()?;
+        let vocab = self.cfg.vocab_size as u32;
+        if let Some(bad) = ids.iter().find(|&&i| i >= vocab) {
+            bail!("token id {bad} is out of the vocabulary ({vocab} tokens)");
+        }
+        let targets = Tensor::from_slice(&targets).to_device(self.device);
+        Ok((self.ids(&ids, b, t), targets, b, t))
+    }
+
+    /// The f32 parameters as a host `Params` (for saving through `model::checkpoint`).
+    fn host_params(&self) -> Result<crate::model::Params> {
+        let mut entries = Vec::new();
+        for (name, t) in self.weights.names.iter().zip(&self.weights.tensors) {
+            let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+            let c = candle_core::Tensor::from_vec(to_host(t)?, shape, &candle_core::Device::Cpu)?;
+            entries.push((name.clone(), candle_core::Var::from_tensor(&c)?));
+        }
+        Ok(crate::model::Params::new(entries))
+    }
+}
+
+impl TorchModel {
+    /// Generation of one batch, as `model::generate` does it: left padding, positions
+    /// counting real tokens, one RNG stream per prompt index, finished rows fed pad tokens
+    /// that nothing attends to. Greedy picks the argmax on the device.
+    fn generate_batch(
+        &self,
+        prompts: &[Vec<u32>],
+        first_index: usize,
+        cfg: &GenConfig,
+    ) -> Result<Vec<Vec<u32>>> {
+        let dec = self.core.decoder().with_cast_weights();
+        let (eos, pad) = (self.tokenizer.eos_ids(), self.tokenizer.pad_id());
+        let b = prompts.len();
+        let max_len = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+        anyhow::ensure!(
+            max_len > 0,
+            "cannot generate from an empty prompt (no tokens)"
+        );
+        let (mut ids, mut pos) = (Vec::new(), Vec::new());
+        let mut key_mask: Vec<Vec<u32>> = Vec::with_capacity(b);
+        let mut next_pos = vec![0f32; b];
+        for (r, p) in prompts.iter().enumerate() {
+            let padn = max_len - p.len();
+            ids.extend(std::iter::repeat_n(pad, padn).chain(p.iter().copied()));
+            pos.extend(
+                (0..padn)
+                    .map(|_| 0f32)
+                    .chain((0..p.len()).map(|j| j as f32)),
+            );
+            key_mask.push((0..max_len).map(|j| u32::from(j >= padn)).collect());
+            next_pos[r] = p.len() as f32;
+        }
+        let mut rngs: Vec<rand_chacha::ChaCha8Rng> = (0..b)
+            .map(|r| {
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
+                rng.set_stream((first_index + r) as u64);
+                rng
+            })
+            .collect();
+        let mut cache = dec.new_cache(b as i64, (max_len + cfg.max_new_tokens) as i64);
+        let positions = Tensor::from_slice(&pos)
+            .view([b as i64, max_len as i64])
+            .to_device(self.core.device);
+        let mut logits = dec.forward_cached(
+            &self.core.ids(&ids, b, max_len),
+            &positions,
+            &key_mask,
+            &mut cache,
+        )?;
+        let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); b];
+        let mut done = vec![false; b];
+        for _ in 0..cfg.max_new_tokens {
+            let picked: Vec<u32> = if cfg.temperature == 0.0 {
+                let am = logits.argmax(-1, false).to_device(Device::Cpu);
+                Vec::<i64>::try_from(&am)?
+                    .into_iter()
+                    .map(|x| x as u32)
+                    .collect()
+            } else {
+                let v = self.core.cfg.vocab_size;
+                let host = to_host(&logits)?;
+                (0..b)
+                    .map(|r| pick(&host[r * v..(r + 1) * v], cfg, &mut rngs[r]))
+                    .collect()
+            };
+            let mut step_ids = Vec::with_capacity(b);
+            for r in 0..b {
+                let tok = if done[r] {
+                    pad
+                } else {
+                    let t = picked[r];
+                    if eos.contains(&t) {
+                        done[r] = true;
+                    } else {
+                        outputs[r].push(t);
+                    }
+                    t
+                };
+                step_ids.push(tok);
+            }
+            if done.iter().all(|&d| d) {
+                break;
+            }
+            for (r, row) in key_mask.iter_mut().enumerate() {
+                row.push(u32::from(!done[r]));
+            }
+            let positions = Tensor::from_slice(&next_pos)
+                .view([b as i64, 1])
+                .to_device(self.core.device);
+            next_pos.iter_mut().for_each(|p| *p += 1.0);
+            logits = dec.forward_cached(
+                &self.core.ids(&step_ids, b, 1),
+                &positions,
+                &key_mask,
+                &mut cache,
+            )?;
+        }
+        Ok(outputs)
+    }
+}
+
+impl LanguageModel for TorchModel {
+    fn backend_name(&self) -> &'static str {
+        "torch"
+    }
+    fn device_name(&self) -> String {
+        match self.core.device {
+            Device::Cuda(n) => format!("cuda:{n}"),
+            _ => "cpu".into(),
+        }
+    }
+    fn config(&self) -> &ModelConfig {
+        &self.core.cfg
+    }
+    fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+    fn logits(&self, ids: &[u32], b: usize, t: usize) -> Result<Vec<f32>> {
+        guard(
+            "a forward pass",
+            || self.core.oom_hint(b, t),
+            || tch::no_grad(|| to_host(&self.core.decoder().forward(&self.core.ids(ids, b, t)))),
+        )
+    }
+    fn nll_sum(&self, batch: &Batch) -> Result<f64> {
+        let (ids, targets, b, t) = self.core.batch_tensors(batch)?;
+        guard(
+            "a forward pass",
+            || self.core.oom_hint(b, t),
+            || {
+                Ok(tch::no_grad(|| {
+                    let logits = self.core.decoder().forward(&ids);
+                    nll(&logits, &targets).double_value(&[])
+                }))
+            },
+        )
+    }
+    fn token_logprobs(&self, batch: &Batch) -> Result<Vec<f32>> {
+        let (ids, targets, b, t) = self.core.batch_tensors(batch)?;
+        guard(
+            "a forward pass",
+            || self.core.oom_hint(b, t),
+            || {
+                tch::no_grad(|| {
+                    let logits = self.core.decoder().forward(&ids);
+                    let v = logits.size()[2];
+                    let logp = logits.view([-1, v]).log_softmax(-1, Kind::Float);
+                    let counted = targets.ge(0);
+                    let idx = targets.clamp_min(0).unsqueeze(1);
+                    let picked = logp.gather(1, &idx, false).squeeze_dim(1);
+                    to_host(&(picked * counted.to_kind(Kind::Float)))
+                })
+            },
+        )
+    }
+    fn sft_step(
+        &mut self,
+        micro: &[Batch],
+        opt: &AdamWConfig,
+        lr: f64,
+        clip: f64,
+    ) -> Result<(f64, f64)> {
+        let n_step: usize = micro.iter().map(|b| b.n_targets).sum();
+        if n_step == 0 {
+            return Ok((0.0, 0.0));
+        }
+        let (mb, mt) = micro.first().map_or(Ok((0, 0)), |b| b.ids.dims2())?;
+        let adam = self.opt.get_or_insert_with(|| TorchAdamW::new(*opt));
+        let core = &self.core;
+        guard(
+            "a training step",
+            || core.oom_hint(mb, mt),
+            || {
+                let dec = core.decoder();
+                let mut nll_total = 0.0;
+                for b in micro.iter().filter(|b| b.n_targets > 0) {
+                    let (ids, targets, _, _) = core.batch_tensors(b)?;
+                    let nll = nll(&dec.forward(&ids), &targets);
+                    nll_total += nll.double_value(&[]);
+                    // Scaled in f32 and seeded with 1, as the fused path's autograd does.
+                    (nll * (1.0 / n_step as f64)).backward();
+                }
+                let norm = TorchAdamW::clip(&core.weights, clip);
+                adam.update(&core.weights, lr);
+                for p in &core.weights.tensors {
+                    p.shallow_clone().zero_grad();
+                }
+                Ok((nll_total, norm))
+            },
+        )
+    }
+    fn adam_step(&self) -> u64 {
+        self.opt.as_ref().map_or(0, |o| o.step)
+    }
+    fn generate(&self, prompts: &[Vec<u32>], cfg: &GenConfig) -> Result<Vec<Vec<u32>>> {
+        anyhow::ensure!(cfg.batch_size > 0, "generation batch size must be positive");
+        anyhow::ensure!(
+            cfg.temperature >= 0.0 && cfg.top_p > 0.0 && cfg.top_p <= 1.0,
+            "invalid sampling settings: temperature must be >= 0 and top_p in (0, 1]"
+        );
+        let mut out = Vec::with_capacity(prompts.len());
+        for (i, chunk) in prompts.chunks(cfg.batch_size).enumerate() {
+            let t = chunk.iter().map(|p| p.len()).max().unwrap_or(0) + cfg.max_new_tokens;
+            let r = guard(
+                "generation",
+                || self.core.oom_hint(chunk.len(), t),
+                || tch::no_grad(|| self.generate_batch(chunk, i * cfg.batch_size, cfg)),
+            )?;
+            out.extend(r);
+        }
+        Ok(out)
+    }
+    fn save(&self, out: &Path, dtype: Option<&str>) -> Result<()> {
+        let model = crate::model::Llama::new(
+            self.core.cfg.clone(),
+            self.core.host_params()?,
+            &candle_core::Device::Cpu,
+        )?;
+        crate::model::checkpoint::save_model(&model, &self.dir, out, dtype)
+    }
+    fn save_train_state(&self, dir: &Path) -> Result<()> {
+        let params = self.core.host_params()?;
+        crate::model::checkpoint::save_params(
+            &params,
+            candle_core::DType::F32,
+            &dir.join("model.safetensors"),
+        )?;
+        let mut moments = Vec::new();
+        if let Some(o) = &self.opt {
+            for ((name, p), (m, v)) in self
+                .core
+                .weights
+                .names
+                .iter()
+                .zip(&self.core.weights.tensors)
+                .zip(&o.moments)
+            {
+                let shape: Vec<usize> = p.size().iter().map(|&d| d as usize).collect();
+                let cpu = &candle_core::Device::Cpu;
+                moments.push((
+                    format!("exp_avg.{name}"),
+                    candle_core::Tensor::from_vec(to_host(m)?, shape.clone(), cpu)?,
+                ));
+                moments.push((
+                    format!("exp_avg_sq.{name}"),
+                    candle_core::Tensor::from_vec(to_host(v)?, shape, cpu)?,
+                ));
+            }
+        }
+        crate::model::checkpoint::save_tensors(&moments, &dir.join("optimizer.safetensors"))
+    }
+    fn load_train_state(&mut self, dir: &Path, opt: &AdamWConfig, adam_step: u64) -> Result<()> {
+        let (weights, moments) = super::fused::read_train_state(dir)?;
+        let dev = self.core.device;
+        let to_dev = |t: &candle_core::Tensor, like: &Tensor, what: &str| -> Result<Tensor> {
+            anyhow::ensure!(
+                t.elem_count() as i64 == like.numel() as i64,
+                "{what} in {} has the wrong size",
+                dir.display()
+            );
+            let v = t
+                .to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            Ok(Tensor::from_slice(&v)
+                .view(like.size().as_slice())
+                .to_device(dev))
+        };
+        let mut adam = TorchAdamW::new(*opt);
+        adam.step = adam_step;
+        for (name, p) in self
+            .core
+            .weights
+            .names
+            .iter()
+            .zip(&self.core.weights.tensors)
+        {
+            let w = weights
+                .get(name)
+                .with_context(|| format!("checkpoint {} lacks tensor \"{name}\"", dir.display()))?;
+            let w = to_dev(w, p, &format!("tensor \"{name}\""))?;
+            tch::no_grad(|| p.shallow_clone().copy_(&w));
+            if adam_step > 0 {
+                let get = |k: String| -> Result<Tensor> {
+                    let t = moments
+                        .get(&k)
+                        .with_context(|| format!("optimizer state lacks \"{k}\""))?;
+                    to_dev(t, p, &k)
+                };
+                adam.moments.push((
+                    get(format!("exp_avg.{name}"))?,
+                    get(format!("exp_avg_sq.{name}"))?,
+                ));
+            }
+        }
+        self.opt = Some(adam);
+        Ok(())
+    }
+}
+
+/// Summed NLL over targets that are not -100, from f32 logits (b, t, vocab).
+fn nll(logits: &Tensor, targets: &Tensor) -> Tensor {
+    let v = logits.size()[2];
+    logits
+        .view([-1, v])
+        .cross_entropy_loss::<Tensor>(targets, None, tch::Reduction::Sum, -100, 0.0)
+}

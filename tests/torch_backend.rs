@@ -1,0 +1,623 @@
+//! The libtorch backend (`--features torch`), run on the CPU: against the transformers
+//! fixtures (logits, mean NLL, greedy tokens), against the fused path (eval NLL, an SFT loss
+//! trajectory, sampled generation), resume bit-identical on the same backend, bf16 mixed
+//! precision keeping f32 master weights, and the commands through the binary. Without the
+//! feature, the flags that need it must say how to build with it.
+//!
+//! PATH=/work/venv-torch/bin:$PATH LIBTORCH_USE_PYTORCH=1 \
+//!     cargo test --release --features torch --test torch_backend
+
+use std::process::Command;
+
+const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+fn elastica(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_elastica"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr,
+    )
+}
+
+#[cfg(not(feature = "torch"))]
+#[test]
+fn without_the_feature_torch_flags_say_how_to_build() {
+    let model = format!("{FIX}/models/tiny-llama");
+    let data = format!("{FIX}/sft/data.jsonl");
+    for extra in [
+        &["--device", "cuda"][..],
+        &["--backend", "torch"][..],
+        &["--device", "cuda:1", "--dtype", "bf16"][..],
+    ] {
+        let mut args = vec!["eval-loss", "--model", &model, "--data", &data];
+        args.extend_from_slice(extra);
+        let (ok, _, err) = elastica(&args);
+        assert!(!ok, "{extra:?} ran without libtorch");
+        assert!(
+            err.contains("--features torch") && err.contains("LIBTORCH_USE_PYTORCH"),
+            "{extra:?}: {err}"
+        );
+    }
+    let (ok, _, err) = elastica(&[
+        "generate", "--model", &model, "--prompt", "hi", "--dtype", "bf16",
+    ]);
+    assert!(
+        !ok && err.contains("bf16") && err.contains("--backend torch"),
+        "{err}"
+    );
+    let (ok, _, err) = elastica(&[
+        "eval-loss",
+        "--model",
+        &model,
+        "--data",
+        &data,
+        "--device",
+        "tpu",
+    ]);
+    assert!(!ok && err.contains("unknown device \"tpu\""), "{err}");
+}
+
+#[cfg(feature = "torch")]
+mod torch {
+    use super::*;
+    use candle_core::{DType, Device, Tensor};
+    use elastica::backend::{
+        self, BackendChoice, BackendKind, DeviceSpec, LanguageModel, Precision,
+    };
+    use elastica::data::records::read_jsonl;
+    use elastica::data::template::Template;
+    use elastica::model::generate::GenConfig;
+    use elastica::model::{ModelConfig, TextTokenizer};
+    use elastica::train::batch::Batch;
+    use elastica::train::optim::AdamWConfig;
+    use elastica::train::schedule::Schedule;
+    use elastica::train::TrainConfig;
+    use std::path::Path;
+
+    fn choice(kind: BackendKind, precision: Precision) -> BackendChoice {
+        BackendChoice::new(DeviceSpec::Cpu, Some(kind), precision).unwrap()
+    }
+
+    fn load(name: &str, kind: BackendKind, precision: Precision) -> Box<dyn LanguageModel> {
+        backend::load(&format!("{FIX}/models/{name}"), &choice(kind, precision)).unwrap()
+    }
+
+    fn torch(name: &str) -> Box<dyn LanguageModel> {
+        load(name, BackendKind::Torch, Precision::F32)
+    }
+
+    fn fixture(name: &str) -> std::collections::HashMap<String, Tensor> {
+        candle_core::safetensors::load(format!("{FIX}/parity/{name}.safetensors"), &Device::Cpu)
+            .unwrap()
+    }
+
+    fn check_against_transformers(name: &str) {
+        let m = torch(name);
+        let f = fixture(name);
+        let raw: Vec<Vec<i64>> = f["input_ids"].to_vec2().unwrap();
+        let mask: Vec<Vec<i64>> = f["attention_mask"].to_vec2().unwrap();
+        let want: Vec<Vec<Vec<f32>>> = f["logits"].to_vec3().unwrap();
+        let (b, t, v) = (raw.len(), raw[0].len(), want[0][0].len());
+        let ids: Vec<u32> = raw.iter().flatten().map(|&x| x as u32).collect();
+        let got = m.logits(&ids, b, t).unwrap();
+        let mut worst = 0f32;
+        for r in 0..b {
+            for p in 0..t {
+                if mask[r][p] == 0 {
+                    continue;
+                }
+                let w = &want[r][p];
+                let scale = w.iter().fold(0f32, |m, x| m.max(x.abs())).max(1.0);
+                for k in 0..v {
+                    worst = worst.max((got[(r * t + p) * v + k] - w[k]).abs() / scale);
+                }
+            }
+        }
+        assert!(
+            worst < 1e-5,
+            "{name}: logits differ from transformers by {worst} (relative)"
+        );
+
+        // Mean NLL over the fixture's 19 shifted labels, to 1e-5 relative.
+        let mut targets = vec![-100i64; b * t];
+        for r in 0..b {
+            for p in 0..t - 1 {
+                if mask[r][p + 1] == 1 {
+                    targets[r * t + p] = raw[r][p + 1];
+                }
+            }
+        }
+        let n = targets.iter().filter(|&&x| x >= 0).count();
+        let batch = Batch {
+            ids: Tensor::from_vec(ids.clone(), (b, t), &Device::Cpu).unwrap(),
+            targets: Tensor::from_vec(targets, (b, t), &Device::Cpu).unwrap(),
+            n_targets: n,
+            n_tokens: b * t,
+        };
+        let mean = m.nll_sum(&batch).unwrap() / n as f64;
+        let want_loss = f["loss"].to_scalar::<f32>().unwrap() as f64;
+        assert!(
+            (mean - want_loss).abs() / want_loss < 1e-5,
+            "{name}: mean NLL {mean} vs transformers {want_loss}"
+        );
+        // Per-token log-probs add up to the same NLL.
+        let lp: f64 = m
+            .token_logprobs(&batch)
+            .unwrap()
+            .iter()
+            .map(|&x| x as f64)
+            .sum();
+        assert!(
+            (-lp / n as f64 - mean).abs() / mean < 1e-5,
+            "{name}: log-probs {lp}"
+        );
+
+        // Greedy decoding with the KV cache, no EOS stop.
+        let greedy: Vec<Vec<i64>> = f["greedy_ids"].to_vec2().unwrap();
+        let prompt: Vec<u32> = raw[0].iter().map(|&x| x as u32).collect();
+        let want_new: Vec<u32> = greedy[0][t..].iter().map(|&x| x as u32).collect();
+        let cfg = GenConfig {
+            max_new_tokens: want_new.len(),
+            ..Default::default()
+        };
+        let out = NoEos(&*m).generate(&[prompt], &cfg);
+        assert_eq!(
+            out[0], want_new,
+            "{name}: greedy tokens differ from transformers"
+        );
+    }
+
+    /// Generation with EOS stopping off (the fixtures' greedy runs ignore EOS): the model's
+    /// generate with an EOS id no token has.
+    struct NoEos<'a>(&'a dyn LanguageModel);
+
+    impl NoEos<'_> {
+        fn generate(&self, prompts: &[Vec<u32>], cfg: &GenConfig) -> Vec<Vec<u32>> {
+            // The tiny fixtures' EOS is 1; a prompt continuation may produce it (gemma's 8th
+            // token does). Decode token by token with max_new_tokens = 1 would re-run the
+            // prompt; instead generate and, if EOS ended a row early, continue from there.
+            let mut out: Vec<Vec<u32>> = vec![vec![]; prompts.len()];
+            for (r, p) in prompts.iter().enumerate() {
+                let mut ctx = p.clone();
+                while out[r].len() < cfg.max_new_tokens {
+                    let c = GenConfig {
+                        max_new_tokens: cfg.max_new_tokens - out[r].len(),
+                        ..cfg.clone()
+                    };
+                    let got = self.0.generate(std::slice::from_ref(&ctx), &c).unwrap();
+                    out[r].extend(&got[0]);
+                    ctx.extend(&got[0]);
+                    if out[r].len() < cfg.max_new_tokens {
+                        // Stopped at EOS: record it and go on after it.
+                        let eos = self.0.tokenizer().eos_id();
+                        out[r].push(eos);
+                        ctx.push(eos);
+                    }
+                }
+            }
+            out
+        }
+    }
+
+    #[test]
+    fn llama_matches_transformers() {
+        check_against_transformers("tiny-llama");
+    }
+
+    #[test]
+    fn qwen2_matches_transformers() {
+        check_against_transformers("tiny-qwen2");
+    }
+
+    #[test]
+    fn gemma_matches_transformers() {
+        check_against_transformers("tiny-gemma");
+    }
+
+    #[test]
+    fn eval_nll_and_sampling_match_the_fused_path() {
+        let recs = read_jsonl(Path::new(&format!("{FIX}/sft/data.jsonl"))).unwrap();
+        for name in ["tiny-llama", "tiny-qwen2", "tiny-gemma"] {
+            let f = load(name, BackendKind::Fused, Precision::F32);
+            let t = torch(name);
+            let a = backend::run::eval_loss(&*f, &recs, Template::Raw, 2048, 3).unwrap();
+            let b = backend::run::eval_loss(&*t, &recs, Template::Raw, 2048, 3).unwrap();
+            assert_eq!(a.tokens, b.tokens);
+            assert!(
+                (a.mean_nll - b.mean_nll).abs() / a.mean_nll < 1e-5,
+                "{name}: fused {} vs torch {}",
+                a.mean_nll,
+                b.mean_nll
+            );
+            // Sampled, left-padded batch of prompts of different lengths: same RNG streams,
+            // same tokens.
+            let tok = t.tokenizer();
+            let prompts: Vec<Vec<u32>> = ["The film", "A quiet evening with the", "I"]
+                .iter()
+                .map(|p| tok.encode(p, true).unwrap())
+                .collect();
+            let cfg = GenConfig {
+                max_new_tokens: 12,
+                temperature: 0.9,
+                top_p: 0.95,
+                top_k: 50,
+                seed: 7,
+                batch_size: 3,
+            };
+            let gf = f.generate(&prompts, &cfg).unwrap();
+            let gt = t.generate(&prompts, &cfg).unwrap();
+            assert_eq!(
+                gf, gt,
+                "{name}: sampled generation differs between backends"
+            );
+            assert!(
+                gt.iter().any(|g| !g.is_empty()),
+                "{name}: nothing generated"
+            );
+        }
+    }
+
+    fn sft_config() -> TrainConfig {
+        // The fixtures' SFT protocol (tests/fixtures/README.md): linear warm-up, decay on
+        // matrices, clipping always active, accumulation over two micro-batches.
+        TrainConfig {
+            template: Template::Raw,
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.01,
+            schedule: Schedule::Linear,
+            warmup_ratio: 0.2,
+            batch_size: 2,
+            grad_accum: 2,
+            epochs: 3,
+            clip: 1.0,
+            shuffle: false,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn sft_trajectory_matches_the_fused_path_and_pytorch() {
+        let recs = read_jsonl(Path::new(&format!("{FIX}/sft/data.jsonl"))).unwrap();
+        let cfg = sft_config();
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = load("tiny-llama", BackendKind::Fused, Precision::F32);
+        let mut t = torch("tiny-llama");
+        let sf =
+            backend::sft::train(&mut *f, &recs, &cfg, &dir.path().join("f"), false, false).unwrap();
+        let st =
+            backend::sft::train(&mut *t, &recs, &cfg, &dir.path().join("t"), false, false).unwrap();
+        let traj: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(format!("{FIX}/sft/trajectory.json")).unwrap(),
+        )
+        .unwrap();
+        let want = traj["steps"].as_array().unwrap();
+        assert_eq!(st.log.len(), want.len());
+        for ((a, b), w) in sf.log.iter().zip(&st.log).zip(want) {
+            assert!(
+                (a.loss - b.loss).abs() / a.loss < 1e-4,
+                "step {}: fused loss {} vs torch {}",
+                a.step,
+                a.loss,
+                b.loss
+            );
+            assert!(
+                (a.grad_norm - b.grad_norm).abs() / a.grad_norm < 1e-4,
+                "step {}: grad norm",
+                a.step
+            );
+            let wl = w["loss"].as_f64().unwrap();
+            assert!(
+                (b.loss - wl).abs() / wl < 1e-4,
+                "step {}: torch {} vs PyTorch {wl}",
+                b.step,
+                b.loss
+            );
+            assert_eq!((a.tokens, a.lr), (b.tokens, b.lr));
+        }
+        // The saved models: HF names, float32, and equal weights to rounding.
+        let wf =
+            candle_core::safetensors::load(dir.path().join("f/model.safetensors"), &Device::Cpu)
+                .unwrap();
+        let wt =
+            candle_core::safetensors::load(dir.path().join("t/model.safetensors"), &Device::Cpu)
+                .unwrap();
+        let mut names: Vec<_> = wt.keys().collect();
+        names.sort();
+        let mut fnames: Vec<_> = wf.keys().collect();
+        fnames.sort();
+        assert_eq!(names, fnames);
+        for (n, a) in &wf {
+            let b = &wt[n];
+            assert_eq!(b.dtype(), DType::F32, "{n}");
+            let rel = ((a - b)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                / a.sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap())
+            .sqrt();
+            assert!(
+                rel < 1e-4,
+                "{n}: fused and torch weights differ by {rel} (relative)"
+            );
+        }
+        let cfg_saved = ModelConfig::from_file(&dir.path().join("t/config.json")).unwrap();
+        assert_eq!(cfg_saved.torch_dtype, "float32");
+        assert!(dir.path().join("t/tokenizer.json").exists());
+    }
+
+    /// A model that fails its step after `left` steps, as a kill would stop a run: no final
+    /// save, the checkpoints stay.
+    struct Killed {
+        inner: Box<dyn LanguageModel>,
+        left: usize,
+    }
+
+    impl LanguageModel for Killed {
+        fn backend_name(&self) -> &'static str {
+            self.inner.backend_name()
+        }
+        fn device_name(&self) -> String {
+            self.inner.device_name()
+        }
+        fn config(&self) -> &ModelConfig {
+            self.inner.config()
+        }
+        fn tokenizer(&self) -> &TextTokenizer {
+            self.inner.tokenizer()
+        }
+        fn logits(&self, ids: &[u32], b: usize, t: usize) -> anyhow::Result<Vec<f32>> {
+            self.inner.logits(ids, b, t)
+        }
+        fn nll_sum(&self, batch: &Batch) -> anyhow::Result<f64> {
+            self.inner.nll_sum(batch)
+        }
+        fn token_logprobs(&self, batch: &Batch) -> anyhow::Result<Vec<f32>> {
+            self.inner.token_logprobs(batch)
+        }
+        fn sft_step(
+            &mut self,
+            m: &[Batch],
+            o: &AdamWConfig,
+            lr: f64,
+            clip: f64,
+        ) -> anyhow::Result<(f64, f64)> {
+            anyhow::ensure!(self.left > 0, "killed");
+            self.left -= 1;
+            self.inner.sft_step(m, o, lr, clip)
+        }
+        fn adam_step(&self) -> u64 {
+            self.inner.adam_step()
+        }
+        fn generate(&self, p: &[Vec<u32>], c: &GenConfig) -> anyhow::Result<Vec<Vec<u32>>> {
+            self.inner.generate(p, c)
+        }
+        fn save(&self, out: &Path, dtype: Option<&str>) -> anyhow::Result<()> {
+            self.inner.save(out, dtype)
+        }
+        fn save_train_state(&self, dir: &Path) -> anyhow::Result<()> {
+            self.inner.save_train_state(dir)
+        }
+        fn load_train_state(&mut self, dir: &Path, o: &AdamWConfig, s: u64) -> anyhow::Result<()> {
+            self.inner.load_train_state(dir, o, s)
+        }
+    }
+
+    #[test]
+    fn resume_on_torch_is_bit_identical() {
+        let recs = read_jsonl(Path::new(&format!("{FIX}/sft/data.jsonl"))).unwrap();
+        let cfg = TrainConfig {
+            batch_size: 2,
+            grad_accum: 1,
+            epochs: 3,
+            save_every: 5,
+            ..sft_config()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let full = dir.path().join("full");
+        let s = backend::sft::train(&mut *torch("tiny-qwen2"), &recs, &cfg, &full, false, false)
+            .unwrap();
+        assert_eq!(s.steps, 12);
+        let part = dir.path().join("part");
+        let mut killed = Killed {
+            inner: torch("tiny-qwen2"),
+            left: 7,
+        };
+        let e = backend::sft::train(&mut killed, &recs, &cfg, &part, false, false).unwrap_err();
+        assert!(e.to_string().contains("killed"));
+        assert!(part.join("checkpoints/step-5").is_dir());
+        let r = backend::sft::train(&mut *torch("tiny-qwen2"), &recs, &cfg, &part, true, false)
+            .unwrap();
+        assert_eq!(r.resumed_from, Some(5));
+        assert_eq!(
+            std::fs::read(part.join("model.safetensors")).unwrap(),
+            std::fs::read(full.join("model.safetensors")).unwrap(),
+            "resume on the torch backend is not bit-identical"
+        );
+        assert_eq!(r.log, s.log);
+    }
+
+    #[test]
+    fn bf16_is_mixed_precision_with_f32_master_weights() {
+        let recs = read_jsonl(Path::new(&format!("{FIX}/sft/data.jsonl"))).unwrap();
+        let f32m = torch("tiny-llama");
+        let mut bf = load("tiny-llama", BackendKind::Torch, Precision::Bf16);
+        let a = backend::run::eval_loss(&*f32m, &recs, Template::Raw, 2048, 4).unwrap();
+        let b = backend::run::eval_loss(&*bf, &recs, Template::Raw, 2048, 4).unwrap();
+        let rel = (a.mean_nll - b.mean_nll).abs() / a.mean_nll;
+        // bf16 has 8 bits of mantissa: close, but not equal (it does run in bf16).
+        assert!(
+            rel < 2e-2 && rel > 1e-7,
+            "bf16 NLL {} vs f32 {} ({rel})",
+            b.mean_nll,
+            a.mean_nll
+        );
+        // A tiny update survives in the saved f32 weights (a bf16 master would round most of
+        // it away): lr 1e-6 moves each weight by ~1e-6, far below bf16's spacing at ~0.3.
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = TrainConfig {
+            lr: 1e-6,
+            schedule: Schedule::Constant,
+            warmup_ratio: 0.0,
+            weight_decay: 0.0,
+            max_steps: 2,
+            ..sft_config()
+        };
+        backend::sft::train(&mut *bf, &recs, &cfg, dir.path(), false, false).unwrap();
+        let before = candle_core::safetensors::load(
+            format!("{FIX}/models/tiny-llama/model.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let after =
+            candle_core::safetensors::load(dir.path().join("model.safetensors"), &Device::Cpu)
+                .unwrap();
+        let w0: Vec<f32> = before["model.layers.0.mlp.up_proj.weight"]
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let w1 = &after["model.layers.0.mlp.up_proj.weight"];
+        assert_eq!(w1.dtype(), DType::F32);
+        let w1: Vec<f32> = w1.flatten_all().unwrap().to_vec1().unwrap();
+        let changed = w0.iter().zip(&w1).filter(|(x, y)| x != y).count();
+        assert!(
+            changed * 10 > w0.len() * 9,
+            "only {changed} of {} weights moved",
+            w0.len()
+        );
+        let max = w0
+            .iter()
+            .zip(&w1)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(max < 1e-5, "an lr-1e-6 step moved a weight by {max}");
+    }
+
+    #[test]
+    fn commands_run_on_the_torch_backend() {
+        let model = format!("{FIX}/models/tiny-llama");
+        let data = format!("{FIX}/sft/data.jsonl");
+        let (ok, fused, err) = elastica(&[
+            "eval-loss",
+            "--model",
+            &model,
+            "--data",
+            &data,
+            "--template",
+            "raw",
+        ]);
+        assert!(ok, "{err}");
+        let (ok, torch, err) = elastica(&[
+            "eval-loss",
+            "--model",
+            &model,
+            "--data",
+            &data,
+            "--template",
+            "raw",
+            "--backend",
+            "torch",
+        ]);
+        assert!(ok, "{err}");
+        let nll = |s: &str| {
+            serde_json::from_str::<serde_json::Value>(s).unwrap()["mean_nll"]
+                .as_f64()
+                .unwrap()
+        };
+        assert!(
+            (nll(&fused) - nll(&torch)).abs() / nll(&fused) < 1e-5,
+            "{fused} vs {torch}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("m");
+        let (ok, so, err) = elastica(&[
+            "train",
+            "--model",
+            &model,
+            "--data",
+            &data,
+            "--out",
+            out.to_str().unwrap(),
+            "--template",
+            "raw",
+            "--batch-size",
+            "2",
+            "--grad-accum",
+            "2",
+            "--max-steps",
+            "2",
+            "--lr",
+            "1e-3",
+            "--backend",
+            "torch",
+            "--dtype",
+            "bf16",
+        ]);
+        assert!(ok, "{err}");
+        assert!(so.contains("\"backend\":\"torch\""), "{so}");
+        assert!(out.join("model.safetensors").exists() && out.join("train_log.jsonl").exists());
+        // The trained checkpoint loads and generates on both backends, token for token.
+        let m = out.to_str().unwrap();
+        let g = |extra: &[&str]| {
+            let mut args = vec![
+                "generate",
+                "--model",
+                m,
+                "--prompt",
+                "The movie",
+                "--max-new-tokens",
+                "8",
+            ];
+            args.extend_from_slice(extra);
+            let (ok, o, e) = elastica(&args);
+            assert!(ok, "{e}");
+            o
+        };
+        assert_eq!(g(&[]), g(&["--backend", "torch"]));
+
+        // No GPU here: CUDA is a clear error, not a crash.
+        if !tch::Cuda::is_available() {
+            let (ok, _, err) = elastica(&[
+                "eval-loss",
+                "--model",
+                &model,
+                "--data",
+                &data,
+                "--device",
+                "cuda",
+            ]);
+            assert!(!ok && err.contains("no CUDA GPU"), "{err}");
+        }
+        let (ok, _, err) = elastica(&[
+            "eval-loss",
+            "--model",
+            &model,
+            "--data",
+            &data,
+            "--device",
+            "cuda",
+            "--backend",
+            "fused",
+        ]);
+        assert!(!ok && err.contains("CPU only"), "{err}");
+    }
+}
