@@ -330,13 +330,22 @@ fn write_data(dir: &Path, n: usize) {
     std::fs::write(dir.join("eval.jsonl"), eval).unwrap();
 }
 
-/// The 2 x 2 grid (n+ in {4, 8}, n- in {0, 4}, one seed) with a fast-polling [slurm].
-fn config(dir: &Path) -> PathBuf {
-    let d = dir.display();
-    let model = format!(
+fn fixture_model() -> String {
+    format!(
         "{}/tests/fixtures/models/tiny-llama",
         env!("CARGO_MANIFEST_DIR")
-    );
+    )
+}
+
+/// The 2 x 2 grid (n+ in {4, 8}, n- in {0, 4}, one seed) with a fast-polling [slurm], and
+/// perturb cells with a time limit of their own (`[executor.resources.perturb]`, kept when
+/// `--executor slurm` switches the local executor to Slurm).
+fn config(dir: &Path) -> PathBuf {
+    config_with_model(dir, &fixture_model())
+}
+
+fn config_with_model(dir: &Path, model: &str) -> PathBuf {
+    let d = dir.display();
     let text = format!(
         r#"model = "{model}"
 n_positive = [4, 8]
@@ -365,6 +374,11 @@ kind = "keywords"
 cpus_per_task = 1
 poll_seconds = 0.5
 time = "10"
+[executor]
+kind = "local"
+jobs = 1
+[executor.resources.perturb]
+time = "9"
 "#
     );
     let p = dir.join("rebound.toml");
@@ -824,4 +838,126 @@ fn grids_on_a_real_slurm_cancel_resubmit_no_wait_collect() {
         "resist pair losses differ between local and Slurm"
     );
     eprintln!("slurm test took {:.1} s", t_start.elapsed().as_secs_f64());
+}
+
+/// Run elastica with PATH set to `path` (an empty directory: no squeue, no scancel).
+fn run_with_path(args: &[&str], path: &Path) -> Output {
+    Command::new(bin())
+        .args(args)
+        .env("PATH", path)
+        .env("RAYON_NUM_THREADS", "1")
+        .env_remove("ELASTICA_INJECT_FAULT")
+        .output()
+        .unwrap()
+}
+
+/// What a researcher sees when the cluster's tools or inputs are missing, without a Slurm:
+/// a cell whose model is not mounted on the node writes error.txt and `status` shows that
+/// error (exit 1); without squeue the submitted cells are "unknown", not failed (exit 3);
+/// `cancel` says when there is nothing to cancel and when scancel is missing.
+#[test]
+fn status_and_cancel_without_slurm_tools() {
+    let tmp = tempfile::tempdir().unwrap();
+    let no_tools = tmp.path().join("empty-path");
+    std::fs::create_dir_all(&no_tools).unwrap();
+    // The base model on "shared storage" that the compute node will not see.
+    let model = tmp.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in std::fs::read_dir(fixture_model()).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), model.join(f.file_name())).unwrap();
+    }
+    write_data(tmp.path(), 12);
+    let cfg = config_with_model(tmp.path(), model.to_str().unwrap());
+    let out = tmp.path().join("run");
+    let o = out.to_str().unwrap();
+    let r = run_with_path(
+        &[
+            "rebound",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            o,
+            "--plan-only",
+        ],
+        &no_tools,
+    );
+    assert!(r.status.success(), "{}", text(&r));
+
+    // Never submitted: nothing to cancel, said clearly.
+    let r = run_with_path(&["cancel", o], &no_tools);
+    assert!(!r.status.success(), "{}", text(&r));
+    assert!(
+        text(&r).contains("nothing to cancel") && text(&r).contains("never submitted"),
+        "{}",
+        text(&r)
+    );
+
+    // As if submitted as job 999: every cell recorded, none ran yet.
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let n = manifest["cells"].as_array().unwrap().len();
+    std::fs::create_dir_all(out.join("slurm")).unwrap();
+    std::fs::write(
+        out.join("slurm/jobs.json"),
+        serde_json::json!({"submissions": [{
+            "job_id": "999", "indices": (0..n).collect::<Vec<_>>(), "array": format!("0-{}", n - 1),
+            "manifest_hash": manifest["hash"], "submitted_unix": 0}]})
+        .to_string(),
+    )
+    .unwrap();
+
+    // Without squeue the state of submitted cells is unknown, not failed: exit status 3.
+    let r = run_with_path(&["status", o], &no_tools);
+    let t = text(&r);
+    assert_eq!(r.status.code(), Some(3), "{t}");
+    assert!(t.contains(&format!("state unknown {n}")), "{t}");
+    assert!(
+        !t.contains("failed 1") && !t.contains("elastica resubmit"),
+        "{t}"
+    );
+    assert!(
+        t.contains("| 0 | base.s1 | rebound.base | unknown | 0 | 999_0 |"),
+        "{t}"
+    );
+
+    // The model is not mounted on the compute node: the task fails in its input check, and
+    // that error lands in error.txt (with the attempt counted), where status shows it.
+    std::fs::rename(&model, tmp.path().join("model-elsewhere")).unwrap();
+    let m = out.join("manifest.json");
+    let r = run_with_path(
+        &[
+            "cell",
+            "run",
+            "--manifest",
+            m.to_str().unwrap(),
+            "--index",
+            "0",
+        ],
+        &no_tools,
+    );
+    assert!(!r.status.success(), "{}", text(&r));
+    let err = std::fs::read_to_string(out.join("cells/base.s1/error.txt")).unwrap();
+    assert!(
+        err.contains("does not exist") && err.contains(model.to_str().unwrap()),
+        "{err}"
+    );
+    let r = run_with_path(&["status", o], &no_tools);
+    let t = text(&r);
+    assert_eq!(r.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("| 0 | base.s1 | rebound.base | failed | 1 | 999_0 |")
+            && t.contains("does not exist"),
+        "{t}"
+    );
+    assert!(t.contains("did not finish"), "{t}");
+
+    // No scancel on PATH (nor squeue): a clear message with the command to run by hand.
+    let r = run_with_path(&["cancel", o], &no_tools);
+    let t = text(&r);
+    assert!(!r.status.success(), "{t}");
+    assert!(
+        t.contains("scancel is not on PATH") && t.contains("scancel 999"),
+        "{t}"
+    );
 }

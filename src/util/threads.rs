@@ -1,9 +1,18 @@
 //! The process's thread set-up: rayon's global pool (our kernels and gemm) and candle's own
 //! elementwise pool.
 
+/// The thread count last asked of [`set_threads`] (0 = none or "all cores").
+static REQUESTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The thread count the command asked for with [`set_threads`]; 0 when it asked for none.
+pub fn requested() -> usize {
+    REQUESTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Use `n` threads for rayon (and so for gemm and the fused kernels); 0 keeps the default
 /// (all cores).
 pub fn set_threads(n: usize) {
+    REQUESTED.store(n, std::sync::atomic::Ordering::Relaxed);
     if n > 0 {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
         rayon::ThreadPoolBuilder::new()
