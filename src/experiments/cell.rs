@@ -359,6 +359,29 @@ mod tests {
     use std::collections::BTreeMap;
 
     #[test]
+    fn a_missing_input_is_a_counted_attempt_with_error_txt() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cell = CellSpec {
+            id: "a".into(),
+            kind: "test.echo".into(),
+            deps: vec![],
+            inputs: BTreeMap::new(),
+            params: serde_json::json!({"value": 1}),
+        };
+        cell.inputs.insert(
+            "model".into(),
+            crate::experiments::manifest::Input::path("/nonexistent/model"),
+        );
+        let g = Grid::plan(dir.path(), Manifest::new("t", vec![cell]).unwrap()).unwrap();
+        let e = format!("{:#}", run_cell(&g, 0, false).unwrap_err());
+        assert!(e.contains("/nonexistent/model"), "{e}");
+        let text = std::fs::read_to_string(g.cell_dir(0).join(ERROR_FILE)).unwrap();
+        assert!(text.contains("input \"model\" (/nonexistent/model) does not exist"));
+        assert_eq!(g.attempts(0), 1);
+        assert!(matches!(g.status(0), CellStatus::Failed(ref m) if m.contains("/nonexistent")));
+    }
+
+    #[test]
     fn a_locked_cell_is_not_run_twice_and_hangs_are_injectable() {
         let dir = tempfile::tempdir().unwrap();
         let cell = CellSpec {

@@ -375,6 +375,70 @@ mod tests {
     }
 
     #[test]
+    fn per_kind_resources_fall_back_to_the_slurm_section() {
+        #[derive(Deserialize)]
+        struct Doc {
+            executor: crate::experiments::executor::ExecutorSpec,
+            slurm: SlurmConfig,
+        }
+        let d: Doc = toml::from_str(
+            "[executor]\nkind = \"slurm\"\njobs = 1\n\
+             [executor.resources.align]\ntime = \"08:00:00\"\ncpus = 8\ngpus = 1\n\
+             [executor.resources.perturb]\nmem = \"96G\"\n\
+             [slurm]\ntime = \"01:00:00\"\nmem = \"32G\"\ncpus_per_task = 2\n\
+             gpu_type = \"a100\"",
+        )
+        .unwrap();
+        let crate::experiments::executor::ExecutorSpec::Slurm { jobs, resources } = d.executor
+        else {
+            panic!("not slurm")
+        };
+        assert_eq!(jobs, Some(1));
+        let mut c = d.slurm;
+        c.resources = resources;
+        // gpu_type with gpus = 0 at top level is fine when a kind asks for GPUs.
+        c.validate().unwrap();
+        let opts = |k: &str| c.for_kind(k).resource_options();
+        assert_eq!(
+            opts("rebound.align"),
+            [
+                "--time=08:00:00",
+                "--mem=32G",
+                "--cpus-per-task=8",
+                "--gres=gpu:a100:1"
+            ]
+        );
+        assert_eq!(
+            opts("perturb"),
+            ["--time=01:00:00", "--mem=96G", "--cpus-per-task=2"]
+        );
+        assert_eq!(
+            opts("rebound.base"),
+            ["--time=01:00:00", "--mem=32G", "--cpus-per-task=2"]
+        );
+        assert!(c.has_own_resources("rebound.align") && !c.has_own_resources("rebound.base"));
+        // Recorded in slurm.toml and read back for resubmit.
+        let back: SlurmConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+
+        let bad = |t: &str| {
+            let mut c = SlurmConfig::default();
+            c.resources = toml::from_str(t).unwrap();
+            format!("{:#}", c.validate().unwrap_err())
+        };
+        let e = bad("[algin]\ntime = \"10\"");
+        assert!(
+            e.contains("[executor.resources.algin]") && e.contains("align, perturb"),
+            "{e}"
+        );
+        let e = bad("[align]\ntime = \"2 hours\"");
+        assert!(e.contains("[executor.resources.align] time"), "{e}");
+        let e = bad("[pair]\ncpus = 0");
+        assert!(e.contains("cpus must be at least 1"), "{e}");
+        assert!(toml::from_str::<KindResources>("memory = \"1G\"").is_err());
+    }
+
+    #[test]
     fn bad_values_name_the_key() {
         let e = |t: &str| format!("{:#}", parse(t).unwrap_err());
         assert!(e("time = \"2 hours\"").contains("time = \"2 hours\""));

@@ -214,6 +214,22 @@ mod tests {
         // #SBATCH lines must come before the first command.
         let first_cmd = s.find("set -euo").unwrap();
         assert!(s.rfind("#SBATCH").unwrap() < first_cmd);
+        // A kind with resources of its own: its script asks for them and passes its CPUs on.
+        let mut own = cfg.clone();
+        own.resources.insert(
+            "align".into(),
+            crate::experiments::slurm::config::KindResources {
+                time: Some("08:00:00".into()),
+                cpus: Some(6),
+                ..Default::default()
+            },
+        );
+        let s = render(&own.for_kind("rebound.align"), &spec).unwrap();
+        assert!(s.contains("#SBATCH --time=08:00:00\n"), "{s}");
+        assert!(s.contains("#SBATCH --cpus-per-task=6\n"), "{s}");
+        assert!(s.contains("--threads 6\n"), "{s}");
+        assert_eq!(script_file(Some("align")), "slurm/cells-align.sbatch");
+        assert_eq!(script_file(None), SCRIPT_FILE);
         let rel = ScriptSpec {
             run_dir: Path::new("runs/r1"),
             ..spec
