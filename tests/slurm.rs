@@ -500,6 +500,22 @@ fn grids_on_a_real_slurm_cancel_resubmit_no_wait_collect() {
     assert_eq!(subs[1]["indices"], serde_json::json!([2, 3, 5, 6]));
     assert_eq!(subs[1]["after"], subs[0]["job_id"]);
     let job0 = subs[0]["job_id"].as_str().unwrap().to_string();
+    // The perturb cells ([executor.resources.perturb] time = "9") have their own script,
+    // and Slurm got their time limit; the others keep [slurm] time = "10".
+    let perturb = std::fs::read_to_string(out.join("slurm/cells-perturb.sbatch")).unwrap();
+    assert!(perturb.contains("#SBATCH --time=9\n"), "{perturb}");
+    let common = std::fs::read_to_string(out.join("slurm/cells.sbatch")).unwrap();
+    assert!(common.contains("#SBATCH --time=10\n"), "{common}");
+    let q = cluster
+        .command("squeue")
+        .args(["-h", "-j", subs[1]["job_id"].as_str().unwrap(), "-o", "%l"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&q.stdout).contains("9:00"),
+        "{}",
+        text(&q)
+    );
     let r = cluster
         .command("scancel")
         .arg(format!("{job0}_4"))
@@ -526,8 +542,9 @@ fn grids_on_a_real_slurm_cancel_resubmit_no_wait_collect() {
         "{err}"
     );
     assert!(err.contains("elastica resubmit"), "{err}");
+    // status lists the failure and, for scripts, exits 1.
     let r = run(&cluster, &["status", o]);
-    assert!(r.status.success(), "{}", text(&r));
+    assert_eq!(r.status.code(), Some(1), "{}", text(&r));
     let table = String::from_utf8_lossy(&r.stdout).into_owned();
     assert!(
         table.contains(&format!(
@@ -726,45 +743,81 @@ fn grids_on_a_real_slurm_cancel_resubmit_no_wait_collect() {
          models = [{{name = \"small\", path = \"{model}\", x = 1e5}}, \
          {{name = \"large\", path = \"{model}\", x = 1e6}}]\nn_positive = [8]\n"
     );
+    // A config left with `jobs = 1` under kind = "slurm" loads (with a warning), as does
+    // --threads 2 with cpus_per_task = 1 (the cells use their task's CPUs: said so).
     let body = std::fs::read_to_string(&cfg)
         .unwrap()
         .replace(&format!("model = \"{model}\"\n"), &head)
-        .replace("n_positive = [4, 8]\n", "");
+        .replace("n_positive = [4, 8]\n", "")
+        .replace("kind = \"local\"\n", "kind = \"slurm\"\n");
     std::fs::write(&scfg, body).unwrap();
     let sout = tmp.path().join("scaling");
     let so = sout.to_str().unwrap();
-    let r = run(
-        &cluster,
-        &[
-            "scaling",
-            "--config",
-            scfg.to_str().unwrap(),
-            "--out",
-            so,
-            "--executor",
-            "slurm",
-            "--no-wait",
-        ],
-    );
-    assert!(r.status.success(), "{}", text(&r));
-    assert!(text(&r).contains("elastica collect"), "{}", text(&r));
+    // large.align.p8.s1 (index 5) hangs at its start, so that the run can be cancelled with
+    // one task running and the perturb wave pending.
+    let r = Command::new(bin())
+        .args(["scaling", "--config", scfg.to_str().unwrap(), "--out", so])
+        .args(["--no-wait", "--threads", "2"])
+        .env("RAYON_NUM_THREADS", "1")
+        .env("SLURM_CONF", &cluster.conf)
+        .env("ELASTICA_INJECT_FAULT", "large.align.p8.s1@start:sleep=600")
+        .output()
+        .unwrap();
+    let t = text(&r);
+    assert!(r.status.success(), "{t}");
+    assert!(t.contains("elastica collect"), "{t}");
+    assert!(t.contains("jobs = 1 is ignored"), "{t}");
+    assert!(t.contains("does not apply to Slurm cells"), "{t}");
     assert!(!sout.join("report.md").exists(), "--no-wait wrote a report");
     let t0 = Instant::now();
     loop {
         let r = run(&cluster, &["status", so]);
         assert!(r.status.success(), "{}", text(&r));
         let out = String::from_utf8_lossy(&r.stdout).into_owned();
-        if out.contains("pending 0, running 0, done 8, failed 0") {
+        if out.contains("pending 4, running 1, done 3, failed 0") {
             break;
         }
         assert!(
-            t0.elapsed() < Duration::from_secs(90) && !out.contains("failed 1"),
-            "the scaling grid did not finish: {out}"
+            t0.elapsed() < Duration::from_secs(90),
+            "the scaling grid did not reach its hanging cell: {out}"
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    let r = run(&cluster, &["collect", so]);
+    // cancel: the running and the pending cells are cancelled; status says so (exit 1).
+    let r = run(&cluster, &["cancel", so]);
     assert!(r.status.success(), "{}", text(&r));
+    assert!(text(&r).contains("cancelled jobs"), "{}", text(&r));
+    let t0 = Instant::now();
+    loop {
+        let r = run(&cluster, &["status", so]);
+        let out = String::from_utf8_lossy(&r.stdout).into_owned();
+        if out.contains("done 3, failed 0, cancelled 5") {
+            assert_eq!(r.status.code(), Some(1), "{}", text(&r));
+            assert!(
+                out.contains("| 5 | large.align.p8.s1 | rebound.align | cancelled |"),
+                "{out}"
+            );
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the cancelled cells are not listed as cancelled: {}",
+            text(&r)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let r = run(&cluster, &["cancel", so]);
+    assert!(r.status.success(), "{}", text(&r));
+    assert!(text(&r).contains("nothing to cancel"), "{}", text(&r));
+    // A waiting resubmit runs the cancelled cells and writes the report itself.
+    let r = run(&cluster, &["resubmit", so]);
+    assert!(r.status.success(), "{}\n{}", text(&r), cluster.logs());
+    assert!(
+        text(&r).contains("submitting 5 of 8 cells (3 already done)"),
+        "{}",
+        text(&r)
+    );
+    assert!(sout.join("report.md").exists(), "resubmit wrote no report");
     let scsv = std::fs::read_to_string(sout.join("scaling.csv")).unwrap();
     assert_eq!(scsv.lines().count(), 3, "{scsv}");
     let report = std::fs::read_to_string(sout.join("report.md")).unwrap();

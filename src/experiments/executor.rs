@@ -698,4 +698,34 @@ mod tests {
         let e = format!("{:#}", run_cell(&g, 0, false).unwrap_err());
         assert!(e.contains("changed since the grid was planned"), "{e}");
     }
+
+    /// examples/rebound.toml's commented Slurm settings, switched on, parse and validate;
+    /// `jobs = 1` left under a Slurm executor is accepted.
+    #[test]
+    fn the_examples_slurm_settings_parse_when_uncommented() {
+        let mut on = false;
+        let mut text = String::new();
+        for line in include_str!("../../examples/rebound.toml").lines() {
+            let l = line.replace("kind = \"local\"", "kind = \"slurm\"");
+            let block = l.starts_with("# [executor.resources") || l.starts_with("# [slurm]");
+            on = block || (on && l.starts_with("# ") && l.contains(" = "));
+            text += if on { &l[2..] } else { &l };
+            text += "\n";
+        }
+        let cfg = crate::experiments::rebound::config::ReboundConfig::from_toml(&text).unwrap();
+        let ExecutorSpec::Slurm { jobs, resources } = &cfg.executor else {
+            panic!("{:?}", cfg.executor)
+        };
+        assert_eq!(*jobs, Some(1));
+        assert_eq!(resources["align"].cpus, Some(8));
+        assert_eq!(resources["perturb"].mem.as_deref(), Some("96G"));
+        assert_eq!(cfg.slurm.partition.as_deref(), Some("gpu"));
+        build(&cfg.executor, &cfg.slurm, RunOptions::default()).unwrap();
+        // Switching the kind keeps the resources.
+        let local = cfg.executor.with_kind(ExecutorKind::Local);
+        assert!(
+            matches!(&local, ExecutorSpec::Local { jobs: 1, resources } if resources.len() == 2)
+        );
+        assert!(local.with_kind(ExecutorKind::Slurm).is_slurm());
+    }
 }
