@@ -330,13 +330,22 @@ fn write_data(dir: &Path, n: usize) {
     std::fs::write(dir.join("eval.jsonl"), eval).unwrap();
 }
 
-/// The 2 x 2 grid (n+ in {4, 8}, n- in {0, 4}, one seed) with a fast-polling [slurm].
-fn config(dir: &Path) -> PathBuf {
-    let d = dir.display();
-    let model = format!(
+fn fixture_model() -> String {
+    format!(
         "{}/tests/fixtures/models/tiny-llama",
         env!("CARGO_MANIFEST_DIR")
-    );
+    )
+}
+
+/// The 2 x 2 grid (n+ in {4, 8}, n- in {0, 4}, one seed) with a fast-polling [slurm], and
+/// perturb cells with a time limit of their own (`[executor.resources.perturb]`, kept when
+/// `--executor slurm` switches the local executor to Slurm).
+fn config(dir: &Path) -> PathBuf {
+    config_with_model(dir, &fixture_model())
+}
+
+fn config_with_model(dir: &Path, model: &str) -> PathBuf {
+    let d = dir.display();
     let text = format!(
         r#"model = "{model}"
 n_positive = [4, 8]
@@ -365,6 +374,11 @@ kind = "keywords"
 cpus_per_task = 1
 poll_seconds = 0.5
 time = "10"
+[executor]
+kind = "local"
+jobs = 1
+[executor.resources.perturb]
+time = "9"
 "#
     );
     let p = dir.join("rebound.toml");
@@ -486,6 +500,22 @@ fn grids_on_a_real_slurm_cancel_resubmit_no_wait_collect() {
     assert_eq!(subs[1]["indices"], serde_json::json!([2, 3, 5, 6]));
     assert_eq!(subs[1]["after"], subs[0]["job_id"]);
     let job0 = subs[0]["job_id"].as_str().unwrap().to_string();
+    // The perturb cells ([executor.resources.perturb] time = "9") have their own script,
+    // and Slurm got their time limit; the others keep [slurm] time = "10".
+    let perturb = std::fs::read_to_string(out.join("slurm/cells-perturb.sbatch")).unwrap();
+    assert!(perturb.contains("#SBATCH --time=9\n"), "{perturb}");
+    let common = std::fs::read_to_string(out.join("slurm/cells.sbatch")).unwrap();
+    assert!(common.contains("#SBATCH --time=10\n"), "{common}");
+    let q = cluster
+        .command("squeue")
+        .args(["-h", "-j", subs[1]["job_id"].as_str().unwrap(), "-o", "%l"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&q.stdout).contains("9:00"),
+        "{}",
+        text(&q)
+    );
     let r = cluster
         .command("scancel")
         .arg(format!("{job0}_4"))
@@ -512,8 +542,9 @@ fn grids_on_a_real_slurm_cancel_resubmit_no_wait_collect() {
         "{err}"
     );
     assert!(err.contains("elastica resubmit"), "{err}");
+    // status lists the failure and, for scripts, exits 1.
     let r = run(&cluster, &["status", o]);
-    assert!(r.status.success(), "{}", text(&r));
+    assert_eq!(r.status.code(), Some(1), "{}", text(&r));
     let table = String::from_utf8_lossy(&r.stdout).into_owned();
     assert!(
         table.contains(&format!(
@@ -712,45 +743,81 @@ fn grids_on_a_real_slurm_cancel_resubmit_no_wait_collect() {
          models = [{{name = \"small\", path = \"{model}\", x = 1e5}}, \
          {{name = \"large\", path = \"{model}\", x = 1e6}}]\nn_positive = [8]\n"
     );
+    // A config left with `jobs = 1` under kind = "slurm" loads (with a warning), as does
+    // --threads 2 with cpus_per_task = 1 (the cells use their task's CPUs: said so).
     let body = std::fs::read_to_string(&cfg)
         .unwrap()
         .replace(&format!("model = \"{model}\"\n"), &head)
-        .replace("n_positive = [4, 8]\n", "");
+        .replace("n_positive = [4, 8]\n", "")
+        .replace("kind = \"local\"\n", "kind = \"slurm\"\n");
     std::fs::write(&scfg, body).unwrap();
     let sout = tmp.path().join("scaling");
     let so = sout.to_str().unwrap();
-    let r = run(
-        &cluster,
-        &[
-            "scaling",
-            "--config",
-            scfg.to_str().unwrap(),
-            "--out",
-            so,
-            "--executor",
-            "slurm",
-            "--no-wait",
-        ],
-    );
-    assert!(r.status.success(), "{}", text(&r));
-    assert!(text(&r).contains("elastica collect"), "{}", text(&r));
+    // large.align.p8.s1 (index 5) hangs at its start, so that the run can be cancelled with
+    // one task running and the perturb wave pending.
+    let r = Command::new(bin())
+        .args(["scaling", "--config", scfg.to_str().unwrap(), "--out", so])
+        .args(["--no-wait", "--threads", "2"])
+        .env("RAYON_NUM_THREADS", "1")
+        .env("SLURM_CONF", &cluster.conf)
+        .env("ELASTICA_INJECT_FAULT", "large.align.p8.s1@start:sleep=600")
+        .output()
+        .unwrap();
+    let t = text(&r);
+    assert!(r.status.success(), "{t}");
+    assert!(t.contains("elastica collect"), "{t}");
+    assert!(t.contains("jobs = 1 is ignored"), "{t}");
+    assert!(t.contains("does not apply to Slurm cells"), "{t}");
     assert!(!sout.join("report.md").exists(), "--no-wait wrote a report");
     let t0 = Instant::now();
     loop {
         let r = run(&cluster, &["status", so]);
         assert!(r.status.success(), "{}", text(&r));
         let out = String::from_utf8_lossy(&r.stdout).into_owned();
-        if out.contains("pending 0, running 0, done 8, failed 0") {
+        if out.contains("pending 4, running 1, done 3, failed 0") {
             break;
         }
         assert!(
-            t0.elapsed() < Duration::from_secs(90) && !out.contains("failed 1"),
-            "the scaling grid did not finish: {out}"
+            t0.elapsed() < Duration::from_secs(90),
+            "the scaling grid did not reach its hanging cell: {out}"
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    let r = run(&cluster, &["collect", so]);
+    // cancel: the running and the pending cells are cancelled; status says so (exit 1).
+    let r = run(&cluster, &["cancel", so]);
     assert!(r.status.success(), "{}", text(&r));
+    assert!(text(&r).contains("cancelled jobs"), "{}", text(&r));
+    let t0 = Instant::now();
+    loop {
+        let r = run(&cluster, &["status", so]);
+        let out = String::from_utf8_lossy(&r.stdout).into_owned();
+        if out.contains("done 3, failed 0, cancelled 5") {
+            assert_eq!(r.status.code(), Some(1), "{}", text(&r));
+            assert!(
+                out.contains("| 5 | large.align.p8.s1 | rebound.align | cancelled |"),
+                "{out}"
+            );
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the cancelled cells are not listed as cancelled: {}",
+            text(&r)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let r = run(&cluster, &["cancel", so]);
+    assert!(r.status.success(), "{}", text(&r));
+    assert!(text(&r).contains("nothing to cancel"), "{}", text(&r));
+    // A waiting resubmit runs the cancelled cells and writes the report itself.
+    let r = run(&cluster, &["resubmit", so]);
+    assert!(r.status.success(), "{}\n{}", text(&r), cluster.logs());
+    assert!(
+        text(&r).contains("submitting 5 of 8 cells (3 already done)"),
+        "{}",
+        text(&r)
+    );
+    assert!(sout.join("report.md").exists(), "resubmit wrote no report");
     let scsv = std::fs::read_to_string(sout.join("scaling.csv")).unwrap();
     assert_eq!(scsv.lines().count(), 3, "{scsv}");
     let report = std::fs::read_to_string(sout.join("report.md")).unwrap();
@@ -824,4 +891,126 @@ fn grids_on_a_real_slurm_cancel_resubmit_no_wait_collect() {
         "resist pair losses differ between local and Slurm"
     );
     eprintln!("slurm test took {:.1} s", t_start.elapsed().as_secs_f64());
+}
+
+/// Run elastica with PATH set to `path` (an empty directory: no squeue, no scancel).
+fn run_with_path(args: &[&str], path: &Path) -> Output {
+    Command::new(bin())
+        .args(args)
+        .env("PATH", path)
+        .env("RAYON_NUM_THREADS", "1")
+        .env_remove("ELASTICA_INJECT_FAULT")
+        .output()
+        .unwrap()
+}
+
+/// What a researcher sees when the cluster's tools or inputs are missing, without a Slurm:
+/// a cell whose model is not mounted on the node writes error.txt and `status` shows that
+/// error (exit 1); without squeue the submitted cells are "unknown", not failed (exit 3);
+/// `cancel` says when there is nothing to cancel and when scancel is missing.
+#[test]
+fn status_and_cancel_without_slurm_tools() {
+    let tmp = tempfile::tempdir().unwrap();
+    let no_tools = tmp.path().join("empty-path");
+    std::fs::create_dir_all(&no_tools).unwrap();
+    // The base model on "shared storage" that the compute node will not see.
+    let model = tmp.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in std::fs::read_dir(fixture_model()).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), model.join(f.file_name())).unwrap();
+    }
+    write_data(tmp.path(), 12);
+    let cfg = config_with_model(tmp.path(), model.to_str().unwrap());
+    let out = tmp.path().join("run");
+    let o = out.to_str().unwrap();
+    let r = run_with_path(
+        &[
+            "rebound",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--out",
+            o,
+            "--plan-only",
+        ],
+        &no_tools,
+    );
+    assert!(r.status.success(), "{}", text(&r));
+
+    // Never submitted: nothing to cancel, said clearly.
+    let r = run_with_path(&["cancel", o], &no_tools);
+    assert!(!r.status.success(), "{}", text(&r));
+    assert!(
+        text(&r).contains("nothing to cancel") && text(&r).contains("never submitted"),
+        "{}",
+        text(&r)
+    );
+
+    // As if submitted as job 999: every cell recorded, none ran yet.
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let n = manifest["cells"].as_array().unwrap().len();
+    std::fs::create_dir_all(out.join("slurm")).unwrap();
+    std::fs::write(
+        out.join("slurm/jobs.json"),
+        serde_json::json!({"submissions": [{
+            "job_id": "999", "indices": (0..n).collect::<Vec<_>>(), "array": format!("0-{}", n - 1),
+            "manifest_hash": manifest["hash"], "submitted_unix": 0}]})
+        .to_string(),
+    )
+    .unwrap();
+
+    // Without squeue the state of submitted cells is unknown, not failed: exit status 3.
+    let r = run_with_path(&["status", o], &no_tools);
+    let t = text(&r);
+    assert_eq!(r.status.code(), Some(3), "{t}");
+    assert!(t.contains(&format!("state unknown {n}")), "{t}");
+    assert!(
+        !t.contains("failed 1") && !t.contains("elastica resubmit"),
+        "{t}"
+    );
+    assert!(
+        t.contains("| 0 | base.s1 | rebound.base | unknown | 0 | 999_0 |"),
+        "{t}"
+    );
+
+    // The model is not mounted on the compute node: the task fails in its input check, and
+    // that error lands in error.txt (with the attempt counted), where status shows it.
+    std::fs::rename(&model, tmp.path().join("model-elsewhere")).unwrap();
+    let m = out.join("manifest.json");
+    let r = run_with_path(
+        &[
+            "cell",
+            "run",
+            "--manifest",
+            m.to_str().unwrap(),
+            "--index",
+            "0",
+        ],
+        &no_tools,
+    );
+    assert!(!r.status.success(), "{}", text(&r));
+    let err = std::fs::read_to_string(out.join("cells/base.s1/error.txt")).unwrap();
+    assert!(
+        err.contains("does not exist") && err.contains(model.to_str().unwrap()),
+        "{err}"
+    );
+    let r = run_with_path(&["status", o], &no_tools);
+    let t = text(&r);
+    assert_eq!(r.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("| 0 | base.s1 | rebound.base | failed | 1 | 999_0 |")
+            && t.contains("does not exist"),
+        "{t}"
+    );
+    assert!(t.contains("did not finish"), "{t}");
+
+    // No scancel on PATH (nor squeue): a clear message with the command to run by hand.
+    let r = run_with_path(&["cancel", o], &no_tools);
+    let t = text(&r);
+    assert!(!r.status.success(), "{t}");
+    assert!(
+        t.contains("scancel is not on PATH") && t.contains("scancel 999"),
+        "{t}"
+    );
 }

@@ -6,6 +6,7 @@
 //! command line override the file.
 
 mod bench;
+mod cancel;
 mod cell;
 mod collect;
 pub mod compress;
@@ -78,6 +79,8 @@ pub enum Command {
     Collect(collect::CollectArgs),
     /// Submit the failed and missing cells of a Slurm run again.
     Resubmit(resubmit::ResubmitArgs),
+    /// Cancel a Slurm run's queued and running cells (scancel of the jobs it recorded).
+    Cancel(cancel::CancelArgs),
 }
 
 /// Entry point used by `main`: parses arguments (with `--config` merging), runs the command,
@@ -103,7 +106,11 @@ pub fn main() -> i32 {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e:#}");
-            1
+            // `status` tells "a cell failed" (1) from "Slurm could not be asked" (3).
+            match e.downcast_ref::<status::StateUnknown>() {
+                Some(_) => status::UNKNOWN_EXIT,
+                None => 1,
+            }
         }
     }
 }
@@ -139,6 +146,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Rebound(a) => rebound::run(a),
         Command::Scaling(a) => scaling::run(a),
         Command::Status(a) => status::run(a),
+        Command::Cancel(a) => cancel::run(a),
         Command::Collect(a) => collect::run(a),
         Command::Resubmit(a) => resubmit::run(a),
     }

@@ -49,8 +49,8 @@ pub fn load_config(
     }
     if let Some(j) = jobs {
         match &mut cfg.executor {
-            ExecutorSpec::Local { jobs } => *jobs = j,
-            ExecutorSpec::Slurm {} => bail!(
+            ExecutorSpec::Local { jobs, .. } => *jobs = j,
+            ExecutorSpec::Slurm { .. } => bail!(
                 "--jobs applies to the local executor only; with Slurm, limit the cells \
                  running at once with [slurm] max_parallel"
             ),

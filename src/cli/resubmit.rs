@@ -1,8 +1,10 @@
 //! `elastica resubmit DIR`: submit the failed and missing cells of a Slurm run again, with
 //! the resources recorded at its first submission (optionally a longer time or more
 //! memory). Finished cells are never submitted again; cells still queued or running are
-//! left to their tasks.
+//! left to their tasks. Waiting (without `--no-wait`), it writes the report when every cell
+//! is done, as `elastica collect` does.
 
+use crate::experiments::collect::collect;
 use crate::experiments::slurm;
 use anyhow::Result;
 use std::path::PathBuf;
@@ -29,9 +31,7 @@ pub fn run(a: ResubmitArgs) -> Result<()> {
         return Ok(());
     }
     report.ensure_complete(&grid)?;
-    eprintln!(
-        "every cell is done; write the report with `elastica collect {}`",
-        a.dir.display()
-    );
+    let c = collect(&a.dir)?;
+    eprintln!("every cell is done; report: {}", c.report.display());
     Ok(())
 }

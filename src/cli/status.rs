@@ -1,9 +1,23 @@
 //! `elastica status DIR`: where every cell of a run stands (done, pending, running, failed
-//! with its log, skipped), asking Slurm when the run was submitted there.
+//! with its error or log, skipped, cancelled), asking Slurm when the run was submitted there.
+//!
+//! The exit status is for scripts: 0 when no cell failed (every cell is done, or still
+//! pending or running); 1 when a cell failed, was cancelled, is skipped behind one that did
+//! not finish, was never submitted, or has a stale result (`elastica resubmit` is the next
+//! step); 3 when none failed but Slurm could not be asked about some submitted cells
+//! (no `squeue` on PATH), so their state is unknown.
 
 use crate::experiments::slurm::{self, poll::Counts};
-use anyhow::Result;
+use anyhow::{bail, Result};
 use std::path::PathBuf;
+
+/// Exit status when some cells' state is unknown and none failed.
+pub const UNKNOWN_EXIT: i32 = 3;
+
+/// The error `status` ends with when Slurm could not be asked (exit status [`UNKNOWN_EXIT`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StateUnknown(pub String);
 
 #[derive(clap::Args, Debug)]
 pub struct StatusArgs {
@@ -22,16 +36,31 @@ pub fn run(a: StatusArgs) -> Result<()> {
     if !record.is_empty() {
         println!("Slurm jobs: {}", record.job_ids().join(", "));
     }
-    if c.failed + c.skipped + c.other > 0 && c.pending + c.running == 0 {
-        println!(
-            "submit the failed and missing cells again with `elastica resubmit {}`",
-            a.dir.display()
+    let d = a.dir.display();
+    let unfinished = c.failed + c.skipped + c.cancelled + c.other;
+    if unfinished > 0 {
+        let next = if c.pending + c.running + c.unknown == 0 {
+            format!("submit them again with `elastica resubmit {d}`")
+        } else {
+            format!("once the other cells have ended, `elastica resubmit {d}` submits them again")
+        };
+        bail!(
+            "{unfinished} of {} cells did not finish ({}); errors are in the detail column \
+             (each failed cell's error.txt or task log); {next}",
+            grid.len(),
+            c.line()
         );
-    } else if c.done == grid.len() {
-        println!(
-            "every cell is done; write the report with `elastica collect {}`",
-            a.dir.display()
-        );
+    }
+    if c.unknown > 0 {
+        return Err(StateUnknown(format!(
+            "the state of {} submitted cell(s) is unknown: Slurm could not be asked (is squeue \
+             on PATH?); none has failed so far",
+            c.unknown
+        ))
+        .into());
+    }
+    if c.done == grid.len() {
+        println!("every cell is done; write the report with `elastica collect {d}`");
     }
     Ok(())
 }

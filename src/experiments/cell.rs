@@ -3,11 +3,13 @@
 //! [`run_cell`] is the only way a cell runs, whichever executor calls it (the local
 //! executor's worker threads, or `elastica cell run --manifest M --index I` in a Slurm array
 //! task). In order it: skips a cell that is already done; checks that the dependencies are
-//! done and the inputs exist (and still have their planned hashes); counts the attempt;
-//! runs the kind (a panic counts as a failure); and writes `result.json` atomically, last.
-//! A failure writes `error.txt` instead and leaves every partial output in place, so the
-//! next attempt can resume (training resumes from its last checkpoint, finished stages are
-//! skipped by the kind).
+//! done (a cell whose dependency is not done is skipped, not failed: it writes nothing);
+//! takes the cell's lock and counts the attempt; checks that the inputs exist (and still
+//! have their planned hashes); runs the kind (a panic counts as a failure); and writes
+//! `result.json` atomically, last. Every failure of an attempt, the input checks included,
+//! writes `error.txt` instead and leaves every partial output in place, so the next attempt
+//! can resume (training resumes from its last checkpoint, finished stages are skipped by the
+//! kind).
 //!
 //! Adding a cell kind: implement [`CellKind`] on a unit struct and list it in
 //! `experiments::kinds::KINDS`.
@@ -234,8 +236,6 @@ pub fn run_cell(grid: &Grid, index: usize, progress: bool) -> Result<CellRun> {
             );
         }
     }
-    check_inputs(grid, cell)?;
-
     let dir = grid.cell_dir(index);
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("cannot create the cell directory {}", dir.display()))?;
@@ -261,6 +261,10 @@ pub fn run_cell(grid: &Grid, index: usize, progress: bool) -> Result<CellRun> {
     };
     let started = std::time::Instant::now();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // Inside the attempt, so that an input the node cannot see (a path that is not
+        // mounted there, the likeliest cluster failure) is counted and lands in error.txt,
+        // where `status` shows it, instead of only in the task's log.
+        check_inputs(grid, cell)?;
         check_fault(&cell.id, "start")?;
         kind.run(&ctx)
     }))
@@ -344,6 +348,29 @@ mod tests {
     use super::*;
     use crate::experiments::manifest::Manifest;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn a_missing_input_is_a_counted_attempt_with_error_txt() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cell = CellSpec {
+            id: "a".into(),
+            kind: "test.echo".into(),
+            deps: vec![],
+            inputs: BTreeMap::new(),
+            params: serde_json::json!({"value": 1}),
+        };
+        cell.inputs.insert(
+            "model".into(),
+            crate::experiments::manifest::Input::path("/nonexistent/model"),
+        );
+        let g = Grid::plan(dir.path(), Manifest::new("t", vec![cell]).unwrap()).unwrap();
+        let e = format!("{:#}", run_cell(&g, 0, false).unwrap_err());
+        assert!(e.contains("/nonexistent/model"), "{e}");
+        let text = std::fs::read_to_string(g.cell_dir(0).join(ERROR_FILE)).unwrap();
+        assert!(text.contains("input \"model\" (/nonexistent/model) does not exist"));
+        assert_eq!(g.attempts(0), 1);
+        assert!(matches!(g.status(0), CellStatus::Failed(ref m) if m.contains("/nonexistent")));
+    }
 
     #[test]
     fn a_locked_cell_is_not_run_twice_and_hangs_are_injectable() {

@@ -12,8 +12,10 @@
 
 use super::cell::{run_cell, CellRun};
 use super::grid::{Grid, STATUS_FILE};
+use super::slurm::config::KindResources;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::sync::{Condvar, Mutex};
 
 /// Runs the cells of a grid.
@@ -25,7 +27,12 @@ pub trait Executor: Send + Sync {
     fn execute(&self, grid: &Grid) -> Result<GridReport>;
 }
 
-/// Which executor to use, as written in experiment configs (`[executor]` table).
+/// Per-kind Slurm resources, `[executor.resources.<kind>]` (see `experiments::slurm::config`).
+pub type Resources = BTreeMap<String, KindResources>;
+
+/// Which executor to use, as written in experiment configs (`[executor]` table). Both kinds
+/// accept both kinds' keys, so that `--executor` can switch a config between them: a local
+/// executor ignores `resources`, Slurm ignores `jobs` (with a warning).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum ExecutorSpec {
@@ -35,10 +42,20 @@ pub enum ExecutorSpec {
         /// tensor code already uses every core, so more than 1 helps only with many cores.
         #[serde(default = "one")]
         jobs: usize,
+        /// Used when `--executor slurm` switches the run to Slurm.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        resources: Resources,
     },
     /// Submit cells to Slurm as job arrays; resources come from the config's `[slurm]`
-    /// section (see `experiments::slurm::config`).
-    Slurm {},
+    /// section, per kind of cell from `resources` (see `experiments::slurm::config`).
+    Slurm {
+        /// Accepted so that a config switched from `local` still loads; Slurm ignores it
+        /// (`[slurm] max_parallel` limits the cells running at once).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        jobs: Option<usize>,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        resources: Resources,
+    },
 }
 
 fn one() -> usize {
@@ -47,7 +64,10 @@ fn one() -> usize {
 
 impl Default for ExecutorSpec {
     fn default() -> Self {
-        ExecutorSpec::Local { jobs: 1 }
+        ExecutorSpec::Local {
+            jobs: 1,
+            resources: BTreeMap::new(),
+        }
     }
 }
 
@@ -62,15 +82,27 @@ pub enum ExecutorKind {
 }
 
 impl ExecutorSpec {
-    /// This spec with its kind replaced by `kind` (a local spec keeps its `jobs`).
+    /// This spec with its kind replaced by `kind`; the resources are kept, and a local
+    /// spec keeps its `jobs` (which a switch to Slurm drops without a warning: the user
+    /// chose Slurm on the command line).
     pub fn with_kind(&self, kind: ExecutorKind) -> ExecutorSpec {
         match (kind, self) {
-            (ExecutorKind::Local, ExecutorSpec::Local { jobs }) => {
-                ExecutorSpec::Local { jobs: *jobs }
-            }
-            (ExecutorKind::Local, _) => ExecutorSpec::default(),
-            (ExecutorKind::Slurm, _) => ExecutorSpec::Slurm {},
+            (ExecutorKind::Local, ExecutorSpec::Local { .. }) => self.clone(),
+            (ExecutorKind::Local, ExecutorSpec::Slurm { resources, .. }) => ExecutorSpec::Local {
+                jobs: 1,
+                resources: resources.clone(),
+            },
+            (ExecutorKind::Slurm, ExecutorSpec::Slurm { .. }) => self.clone(),
+            (ExecutorKind::Slurm, ExecutorSpec::Local { resources, .. }) => ExecutorSpec::Slurm {
+                jobs: None,
+                resources: resources.clone(),
+            },
         }
+    }
+
+    /// Whether the cells go to Slurm.
+    pub fn is_slurm(&self) -> bool {
+        matches!(self, ExecutorSpec::Slurm { .. })
     }
 }
 
@@ -100,19 +132,29 @@ pub fn build(
     opts: RunOptions,
 ) -> Result<Box<dyn Executor>> {
     let progress = opts.progress;
-    if opts.no_wait && !matches!(spec, ExecutorSpec::Slurm {}) {
+    if opts.no_wait && !spec.is_slurm() {
         bail!("--no-wait needs a scheduler to hand the cells to: use it with --executor slurm");
     }
     Ok(match spec {
-        ExecutorSpec::Slurm {} => {
-            slurm.validate()?;
+        ExecutorSpec::Slurm { jobs, resources } => {
+            if let Some(j) = jobs {
+                eprintln!(
+                    "warning: [executor] jobs = {j} is ignored with kind = \"slurm\": every \
+                     cell is its own array task; [slurm] max_parallel limits how many run at \
+                     once"
+                );
+            }
+            let mut cfg = slurm.clone();
+            cfg.resources.extend(resources.clone());
+            cfg.validate()?;
+            warn_threads(&cfg);
             Box::new(crate::experiments::slurm::SlurmExecutor {
-                cfg: slurm.clone(),
+                cfg,
                 wait: !opts.no_wait,
                 progress,
             })
         }
-        ExecutorSpec::Local { jobs } => {
+        ExecutorSpec::Local { jobs, .. } => {
             if *jobs == 0 {
                 bail!("executor.jobs must be at least 1");
             }
@@ -123,6 +165,25 @@ pub fn build(
             })
         }
     })
+}
+
+/// Under Slurm each cell runs with its task's CPUs (`--threads` of the sbatch script is
+/// `cpus_per_task`, or the kind's `cpus`); a different thread count asked of the submitting
+/// command (`--threads N`, `threads = N`) does not reach the cells, so say so.
+fn warn_threads(cfg: &crate::experiments::slurm::SlurmConfig) {
+    let asked = crate::util::threads::requested();
+    let mut cpus: Vec<usize> = std::iter::once(cfg.cpus_per_task)
+        .chain(cfg.resources.values().filter_map(|r| r.cpus))
+        .collect();
+    cpus.dedup();
+    if asked > 0 && cpus.iter().any(|&c| c != asked) {
+        eprintln!(
+            "warning: --threads / threads = {asked} does not apply to Slurm cells: each cell \
+             uses its task's CPUs ([slurm] cpus_per_task = {}, or \
+             [executor.resources.<kind>] cpus); set those instead",
+            cfg.cpus_per_task
+        );
+    }
 }
 
 /// A cell that failed, with its error's first line.
@@ -633,5 +694,35 @@ mod tests {
         std::fs::write(dir.path().join("sub/in.txt"), "two").unwrap();
         let e = format!("{:#}", run_cell(&g, 0, false).unwrap_err());
         assert!(e.contains("changed since the grid was planned"), "{e}");
+    }
+
+    /// examples/rebound.toml's commented Slurm settings, switched on, parse and validate;
+    /// `jobs = 1` left under a Slurm executor is accepted.
+    #[test]
+    fn the_examples_slurm_settings_parse_when_uncommented() {
+        let mut on = false;
+        let mut text = String::new();
+        for line in include_str!("../../examples/rebound.toml").lines() {
+            let l = line.replace("kind = \"local\"", "kind = \"slurm\"");
+            let block = l.starts_with("# [executor.resources") || l.starts_with("# [slurm]");
+            on = block || (on && l.starts_with("# ") && l.contains(" = "));
+            text += if on { &l[2..] } else { &l };
+            text += "\n";
+        }
+        let cfg = crate::experiments::rebound::config::ReboundConfig::from_toml(&text).unwrap();
+        let ExecutorSpec::Slurm { jobs, resources } = &cfg.executor else {
+            panic!("{:?}", cfg.executor)
+        };
+        assert_eq!(*jobs, Some(1));
+        assert_eq!(resources["align"].cpus, Some(8));
+        assert_eq!(resources["perturb"].mem.as_deref(), Some("96G"));
+        assert_eq!(cfg.slurm.partition.as_deref(), Some("gpu"));
+        build(&cfg.executor, &cfg.slurm, RunOptions::default()).unwrap();
+        // Switching the kind keeps the resources.
+        let local = cfg.executor.with_kind(ExecutorKind::Local);
+        assert!(
+            matches!(&local, ExecutorSpec::Local { jobs: 1, resources } if resources.len() == 2)
+        );
+        assert!(local.with_kind(ExecutorKind::Slurm).is_slurm());
     }
 }

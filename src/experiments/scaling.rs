@@ -66,7 +66,7 @@ fn section(cfg: &ReboundConfig, run: &RunDir, a: &Analysis) -> Result<String> {
                 fmt_sig(x, 4),
                 r.n_positive.to_string(),
                 show(r.gain),
-                show(r.strength),
+                crate::experiments::rebound::report::strength_cell(r),
             ])?;
             let num = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
             csv.push_row([

@@ -18,6 +18,7 @@
 //! ```
 
 pub mod plot;
+pub mod png_text;
 pub mod stats;
 pub mod table;
 

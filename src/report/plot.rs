@@ -3,10 +3,16 @@
 //! and [`LinePlot::write`] renders it twice, to `stem.png` and `stem.svg`.
 //!
 //! Text in the PNG is drawn with DejaVu Sans embedded in the binary (assets/fonts, licence
-//! next to it), so rendering needs no system fontconfig. Both files are written atomically:
+//! next to it), so rendering needs no system fontconfig, and laid out by
+//! [`super::png_text::TextFix`] (plotters drops each glyph's side bearing).
+//!
+//! Options for quantities with a nature: [`LinePlot::integer_x`] (counts such as optimizer
+//! steps get integer ticks only) and [`LinePlot::nonnegative_y`] (a loss cannot be negative:
+//! confidence bands are clipped at zero, and so is the axis). Both files are written atomically:
 //! the SVG is rendered into memory, the PNG into a temporary sibling that is renamed into
 //! place.
 
+use super::png_text::TextFix;
 use crate::util::fsx::atomic_write;
 use anyhow::{anyhow, bail, Context, Result};
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
@@ -102,6 +108,10 @@ pub struct LinePlot {
     pub legend: LegendPosition,
     /// Pixel size of the PNG (and the SVG's viewport).
     pub size: (u32, u32),
+    /// x is a count (optimizer steps): ticks at integers only.
+    pub integer_x: bool,
+    /// y cannot be negative (a loss): bands and the axis stop at zero.
+    pub nonnegative_y: bool,
 }
 
 impl LinePlot {
@@ -120,7 +130,21 @@ impl LinePlot {
             reference: None,
             legend: LegendPosition::UpperRight,
             size: (900, 600),
+            integer_x: false,
+            nonnegative_y: false,
         }
+    }
+
+    /// Integer x ticks only (x counts something, e.g. optimizer steps).
+    pub fn integer_x(mut self, on: bool) -> Self {
+        self.integer_x = on;
+        self
+    }
+
+    /// y cannot be negative: clip confidence bands (and the axis) at zero.
+    pub fn nonnegative_y(mut self, on: bool) -> Self {
+        self.nonnegative_y = on;
+        self
     }
 
     pub fn log_x(mut self, on: bool) -> Self {
@@ -169,7 +193,8 @@ impl LinePlot {
 
         // The bitmap encoder picks the format from the extension, so the temp name ends in .png.
         crate::util::fsx::atomic_write_path(&png, ".png", |tmp| {
-            let root = BitMapBackend::new(tmp, self.size).into_drawing_area();
+            let backend = BitMapBackend::new(tmp, self.size);
+            let root = TextFix::new(backend, dejavu()?).into_drawing_area();
             self.render(root, &bounds)
                 .with_context(|| format!("while drawing {}", png.display()))
         })?;
@@ -190,6 +215,7 @@ impl LinePlot {
                 }
             }
             for &(x, lo, hi) in s.band.iter().flatten() {
+                let lo = self.clip_y(lo);
                 if x.is_finite() && lo.is_finite() && hi.is_finite() {
                     self.check_log(&s.name, x, lo.min(hi))?;
                     xs.push(x);
@@ -206,8 +232,20 @@ impl LinePlot {
             }
         }
         let (x0, x1) = padded(&xs, self.log_x);
-        let (y0, y1) = padded(&ys, self.log_y);
+        let (mut y0, y1) = padded(&ys, self.log_y);
+        if self.nonnegative_y && !self.log_y && ys.iter().all(|&y| y >= 0.0) {
+            y0 = y0.max(0.0);
+        }
         Ok(Bounds { x0, x1, y0, y1 })
+    }
+
+    /// A band's lower edge as drawn: at least zero where y cannot be negative.
+    fn clip_y(&self, lo: f64) -> f64 {
+        if self.nonnegative_y {
+            lo.max(0.0)
+        } else {
+            lo
+        }
     }
 
     fn check_log(&self, series: &str, x: f64, y: f64) -> Result<()> {
@@ -248,13 +286,30 @@ impl LinePlot {
             .y_label_area_size(72)
             .build_cartesian_2d(xr, yr)
             .map_err(draw_err)?;
+        let integer_x = self.integer_x;
+        // At most one tick per integer, so plotters' "nice" steps are whole numbers; the
+        // formatter leaves any other tick unlabelled.
+        let x_ticks = if integer_x {
+            let r = chart.x_range();
+            ((r.end - r.start).floor() as usize + 1).clamp(2, 10)
+        } else {
+            10
+        };
+        let x_fmt = move |v: &f64| {
+            if integer_x && (v - v.round()).abs() > 1e-9 {
+                String::new()
+            } else {
+                fmt_tick(*v)
+            }
+        };
         chart
             .configure_mesh()
             .x_desc(&self.x_label)
             .y_desc(&self.y_label)
             .axis_desc_style((FONT, 18))
             .label_style((FONT, 14))
-            .x_label_formatter(&|v| fmt_tick(*v))
+            .x_labels(x_ticks)
+            .x_label_formatter(&x_fmt)
             .y_label_formatter(&|v| fmt_tick(*v))
             .light_line_style(WHITE.mix(0.0))
             .bold_line_style(BLACK.mix(0.12))
@@ -268,8 +323,9 @@ impl LinePlot {
         for (i, s) in self.series.iter().enumerate() {
             let color = PALETTE[i % PALETTE.len()];
             if let Some(band) = &s.band {
-                let band: Vec<_> = band
+                let band: Vec<(f64, f64, f64)> = band
                     .iter()
+                    .map(|&(x, lo, hi)| (x, self.clip_y(lo), hi))
                     .filter(|(x, lo, hi)| x.is_finite() && lo.is_finite() && hi.is_finite())
                     .collect();
                 if band.len() >= 2 {
@@ -328,6 +384,12 @@ impl LinePlot {
             .map_err(draw_err)?;
         Ok(())
     }
+}
+
+/// The embedded font, for the PNG's text layout.
+fn dejavu() -> Result<ab_glyph::FontRef<'static>> {
+    ab_glyph::FontRef::try_from_slice(DEJAVU_SANS)
+        .map_err(|e| anyhow!("the embedded DejaVu Sans font cannot be read: {e}"))
 }
 
 /// plotters' position enum is not `Copy`; rebuild it for each draw.
@@ -458,6 +520,56 @@ mod tests {
         let empty =
             LinePlot::new("empty", "x", "y").series(Series::new("nan", vec![(f64::NAN, 1.0)]));
         assert!(empty.write(&dir.path().join("y")).is_err());
+    }
+
+    /// The texts of an SVG's `<text>` elements.
+    fn svg_texts(svg: &str) -> Vec<String> {
+        svg.split("<text")
+            .skip(1)
+            .filter_map(|t| {
+                let body = t.split_once('>')?.1;
+                Some(body.split("</text>").next()?.trim().to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn step_axes_have_integer_ticks_and_loss_bands_stop_at_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        // Three optimizer steps with a wide band (two seeds): the lower edge dips below 0.
+        let plot = |on: bool| {
+            LinePlot::new("loss", "optimizer step", "training loss")
+                .integer_x(on)
+                .nonnegative_y(on)
+                .series(
+                    Series::new("forward", vec![(1.0, 500.0), (2.0, 300.0), (3.0, 200.0)])
+                        .with_band(vec![
+                            (1.0, -200.0, 1200.0),
+                            (2.0, -100.0, 700.0),
+                            (3.0, 100.0, 300.0),
+                        ]),
+                )
+        };
+        let (_, svg) = plot(true).write(&dir.path().join("on")).unwrap();
+        let texts = svg_texts(&std::fs::read_to_string(svg).unwrap());
+        for want in ["1", "2", "3"] {
+            assert!(texts.iter().any(|t| t == want), "no tick {want}: {texts:?}");
+        }
+        // y ticks are multiples of 100 here, so any fractional label would be an x tick.
+        let fractional = |texts: &[String]| {
+            texts
+                .iter()
+                .any(|t| t.parse::<f64>().is_ok_and(|v| v.fract() != 0.0))
+        };
+        assert!(!fractional(&texts), "{texts:?}");
+        assert!(plot(true).bounds().unwrap().y0 >= 0.0);
+        assert!(plot(false).bounds().unwrap().y0 < 0.0);
+        let (_, svg) = plot(false).write(&dir.path().join("off")).unwrap();
+        let texts = svg_texts(&std::fs::read_to_string(svg).unwrap());
+        assert!(
+            fractional(&texts),
+            "plotters' default x ticks were expected to be fractional here: {texts:?}"
+        );
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! Result tables and number formatting. A [`Table`] is plain strings (headers and rows) and
 //! renders to Markdown (for `report.md` and the terminal), CSV (RFC 4180 quoting) and a LaTeX
 //! `tabular` (special characters escaped), so one table feeds every output.
+//!
+//! No table shows a negative zero: a value that rounds to zero prints as `0.00`, not
+//! `-0.00` (the sign of a rounded-away number says nothing, and reads as a result).
 
 use anyhow::{bail, Result};
 use serde::Serialize;
@@ -20,9 +23,13 @@ impl Table {
         }
     }
 
-    /// Append a row; it must have one cell per header.
+    /// Append a row; it must have one cell per header. Numbers that print as a negative
+    /// zero (`-0`, `-0.000`) lose their sign.
     pub fn push_row<S: Into<String>>(&mut self, row: impl IntoIterator<Item = S>) -> Result<()> {
-        let row: Vec<String> = row.into_iter().map(Into::into).collect();
+        let row: Vec<String> = row
+            .into_iter()
+            .map(|c| without_negative_zero(c.into()))
+            .collect();
         if row.len() != self.headers.len() {
             bail!(
                 "table row {} has {} cells but the table has {} columns ({})",
@@ -119,9 +126,28 @@ pub fn latex_escape(s: &str) -> String {
     out
 }
 
+/// `s` with every space-separated number that reads as zero but carries a minus sign
+/// (`-0`, `-0.000`, `-0e0`, what formatting a tiny negative value gives) written without it.
+pub fn without_negative_zero(s: String) -> String {
+    if !s.contains("-0") {
+        return s;
+    }
+    s.split(' ')
+        .map(|tok| match tok.strip_prefix('-') {
+            Some(rest) if rest.parse::<f64>().is_ok_and(|v| v == 0.0) => rest,
+            _ => tok,
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// `x` with `sig` significant digits, in plain notation for moderate magnitudes and in
 /// scientific notation below 1e-3 or from 1e6 on. Non-finite values print as `nan`/`inf`.
 pub fn fmt_sig(x: f64, sig: usize) -> String {
+    without_negative_zero(fmt_sig_signed(x, sig))
+}
+
+fn fmt_sig_signed(x: f64, sig: usize) -> String {
     let sig = sig.max(1);
     if !x.is_finite() {
         return format!("{x}").to_lowercase();
@@ -141,6 +167,10 @@ pub fn fmt_sig(x: f64, sig: usize) -> String {
 /// same decimal place, e.g. `fmt_ci(0.51234, Some(0.0341))` = `"0.512 ± 0.034"`. Without an
 /// interval (one sample) the mean alone is printed with four significant digits.
 pub fn fmt_ci(mean: f64, half: Option<f64>) -> String {
+    without_negative_zero(fmt_ci_signed(mean, half))
+}
+
+fn fmt_ci_signed(mean: f64, half: Option<f64>) -> String {
     let Some(h) = half.filter(|h| h.is_finite() && *h > 0.0) else {
         return fmt_sig(mean, 4);
     };
@@ -246,5 +276,25 @@ mod tests {
         assert_eq!(fmt_sig(f64::NAN, 3), "nan");
         assert_eq!(fmt_p(0.109375), "0.109");
         assert_eq!(fmt_p(1e-9), "< 1e-6");
+    }
+
+    #[test]
+    fn no_negative_zero_anywhere() {
+        assert_eq!(fmt_ci(-0.0004, Some(0.031)), "0.000 ± 0.031");
+        assert_eq!(fmt_ci(-0.0, None), "0");
+        assert_eq!(fmt_sig(-0.0, 3), "0");
+        assert_eq!(fmt_ci(-0.4, Some(0.031)), "-0.400 ± 0.031");
+        assert_eq!(fmt_sig(-1e-9, 2), "-1.0e-9");
+        let mut t = Table::new(["a", "b", "c"]);
+        t.push_row([
+            format!("{:.2}", -0.001),
+            "-0 (1 of 2 seeds)".into(),
+            "-0.5".into(),
+        ])
+        .unwrap();
+        t.push_row([(-0.0f64).to_string(), "x-0".into(), "-0e0".into()])
+            .unwrap();
+        assert_eq!(t.rows[0], ["0.00", "0 (1 of 2 seeds)", "-0.5"]);
+        assert_eq!(t.rows[1], ["0", "x-0", "0e0"]);
     }
 }

@@ -5,10 +5,19 @@
 /// keep creating threads until the machine gives out).
 pub const MAX_THREADS_PER_CORE: usize = 8;
 
+/// The thread count last asked of [`set_threads`] (0 = none or "all cores").
+static REQUESTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The thread count the command asked for with [`set_threads`]; 0 when it asked for none.
+pub fn requested() -> usize {
+    REQUESTED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Use `n` threads for rayon (and so for gemm and the fused kernels); 0 keeps the default
 /// (all cores). Above [`MAX_THREADS_PER_CORE`] x cores, `n` is capped with a warning.
 pub fn set_threads(n: usize) {
     let n = capped(n, cores());
+    REQUESTED.store(n, std::sync::atomic::Ordering::Relaxed);
     if n > 0 {
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
         rayon::ThreadPoolBuilder::new()

@@ -409,7 +409,7 @@ kind = "keywords"
         assert_eq!(c.train.batch_size * c.train.grad_accum, 32);
         assert_eq!(c.eval.n, 200);
         assert_eq!(c.generation.temperature, 1.0);
-        assert_eq!(c.executor, ExecutorSpec::Local { jobs: 1 });
+        assert_eq!(c.executor, ExecutorSpec::default());
         assert_eq!(c.models.len(), 1);
         assert_eq!(c.models[0].name, "base");
     }

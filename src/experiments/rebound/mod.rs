@@ -61,7 +61,7 @@ pub(crate) fn execute(
     extra: impl FnOnce(&RunDir, &Analysis) -> Result<String>,
 ) -> Result<Option<Outcome>> {
     let planned = plan::plan(cfg, out, experiment)?;
-    if matches!(cfg.executor, executor::ExecutorSpec::Slurm {}) && cfg.train.save_every == 0 {
+    if cfg.executor.is_slurm() && cfg.train.save_every == 0 {
         eprintln!(
             "warning: train.save_every = 0: a cell that Slurm requeues (preemption, node \
              failure) or that runs out of time restarts its training from the beginning; set \

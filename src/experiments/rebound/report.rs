@@ -93,6 +93,8 @@ pub struct StrengthRow {
     pub gain: Option<MeanCi>,
     /// Rebound strength R over seeds (seeds with G <= 0 are left out).
     pub strength: Option<MeanCi>,
+    /// Seeds of the grid (R comes from `strength.n` of them).
+    pub seeds: usize,
     /// Negatives where the seed-mean aligned score first reaches the base level.
     pub negatives_to_base: Option<f64>,
 }
@@ -232,6 +234,7 @@ pub fn analyze(cfg: &ReboundConfig, grid: &Grid, models: &[ResolvedModel]) -> Re
                 first_step,
                 gain: mean_ci95(&gains),
                 strength: mean_ci95(&ratios),
+                seeds: cfg.seeds.len(),
                 negatives_to_base,
             });
             curves.push(Curve {
@@ -394,6 +397,25 @@ fn table3(m: &ModelAnalysis, eps: f64, max_neg: usize) -> Result<Table> {
     Ok(t)
 }
 
+/// The score axis: the scorer and which way is aligned (a cost model's lower is better).
+fn score_axis(a: &Analysis) -> String {
+    let scorer = a.scorer.as_deref().unwrap_or("score");
+    let better = if a.higher_is_aligned {
+        "higher is better"
+    } else {
+        "lower is better"
+    };
+    format!("mean score ({scorer}; {better})")
+}
+
+/// R as a table shows it: mean ± 95% CI (an interval needs two seeds) and how many of the
+/// grid's seeds it comes from, always: a mean of 1 of 2 seeds reads very differently.
+pub fn strength_cell(r: &StrengthRow) -> String {
+    let k = r.strength.map_or(0, |c| c.n);
+    let seeds = if r.seeds == 1 { "seed" } else { "seeds" };
+    format!("{} ({k} of {} {seeds})", ci(r.strength), r.seeds)
+}
+
 fn strength_table(m: &ModelAnalysis, max_neg: usize) -> Result<Table> {
     let mut t = Table::new([
         "n+",
@@ -405,10 +427,10 @@ fn strength_table(m: &ModelAnalysis, max_neg: usize) -> Result<Table> {
         let back = match (r.negatives_to_base, r.gain) {
             (Some(n), _) => format!("{n:.0}"),
             (None, Some(g)) if g.mean > 0.0 => format!("> {max_neg} (not reached)"),
-            (None, Some(_)) => "n/a (no gain)".to_string(),
+            (None, Some(_)) => "n/a (mean gain ≤ 0)".to_string(),
             (None, None) => "—".to_string(),
         };
-        t.push_row([r.n_positive.to_string(), ci(r.gain), ci(r.strength), back])?;
+        t.push_row([r.n_positive.to_string(), ci(r.gain), strength_cell(r), back])?;
     }
     Ok(t)
 }
@@ -421,7 +443,6 @@ fn plots(run: &RunDir, m: &ModelAnalysis, suffix: &str, a: &Analysis) -> Result<
     } else {
         format!(" ({})", m.name)
     };
-    let scorer = a.scorer.clone().unwrap_or_else(|| "score".into());
     for kl in [false, true] {
         let (stem, title, ylab) = if kl {
             (
@@ -433,7 +454,7 @@ fn plots(run: &RunDir, m: &ModelAnalysis, suffix: &str, a: &Analysis) -> Result<
             (
                 format!("score_vs_negatives{suffix}"),
                 format!("Rebound: score vs negative samples{of}"),
-                format!("mean score ({scorer})"),
+                score_axis(a),
             )
         };
         let mut plot = LinePlot::new(title, "negative samples n−", ylab);
@@ -616,7 +637,8 @@ fn setup_section(cfg: &ReboundConfig, a: &Analysis, data: Option<&FrozenData>) -
           - Alignment gain G = a(n+, n− = 0) − a(base).\n\
           - Rebound strength R = [a(n+, 0) − a(n+, n1)] / G with n1 the first n− > 0: the \
           fraction of the alignment gain lost to the first n1 negative samples (1 = all of \
-          it; above 1 = below the pre-trained level), per seed, then mean ± 95% CI.\n\
+          it; above 1 = below the pre-trained level), per seed, then mean ± 95% CI over the \
+          seeds with G > 0 whose cells finished (\"k of n seeds\": k of the grid's n).\n\
           - Negatives to return to base: where the seed-mean aligned score first reaches \
           the base level (linear interpolation over n−).\n\
           - Table 3: KL after alignment (n− = 0), and the n− where the seed-mean KL first \
@@ -663,5 +685,55 @@ mod tests {
         // No alignment gain: undefined.
         assert_eq!(rebound_strength(1.0, 0.5, 0.4, 0.3), None);
         assert_eq!(rebound_strength(-1.0, 1.0, 1.5, 2.0), None);
+    }
+
+    #[test]
+    fn the_score_axis_says_which_way_is_better() {
+        let mut a = Analysis {
+            rows: vec![],
+            models: vec![],
+            scorer: Some("cost-model".into()),
+            higher_is_aligned: false,
+            kl_epsilon: 0.01,
+            missing: vec![],
+        };
+        assert_eq!(score_axis(&a), "mean score (cost-model; lower is better)");
+        a.higher_is_aligned = true;
+        a.scorer = Some("classifier".into());
+        assert_eq!(score_axis(&a), "mean score (classifier; higher is better)");
+    }
+
+    #[test]
+    fn strength_always_says_how_many_seeds() {
+        // The issue's row: one of two seeds gained, the mean gain is negative.
+        let row = |gains: &[f64], rs: &[f64]| StrengthRow {
+            n_positive: 16,
+            first_step: Some(4),
+            gain: mean_ci95(gains),
+            strength: mean_ci95(rs),
+            seeds: 2,
+            negatives_to_base: None,
+        };
+        let m = ModelAnalysis {
+            name: "base".into(),
+            x: None,
+            params: 0,
+            base: None,
+            curves: vec![],
+            table3: vec![],
+            strength: vec![
+                row(&[0.02, -0.1], &[-53.46]),
+                row(&[0.2, 0.3], &[0.5, 0.7]),
+                row(&[-0.2, -0.1], &[]),
+                row(&[0.2, 0.1], &[-0.3, 0.29]),
+            ],
+        };
+        let t = strength_table(&m, 8).unwrap();
+        assert_eq!(t.rows[0][2], "-53.46 (1 of 2 seeds)");
+        assert_eq!(t.rows[0][3], "n/a (mean gain ≤ 0)");
+        assert!(t.rows[1][2].contains(" ± ") && t.rows[1][2].ends_with("(2 of 2 seeds)"));
+        assert_eq!(t.rows[2][2], "— (0 of 2 seeds)");
+        // A mean of -0.005 at this precision is zero, printed without a sign.
+        assert_eq!(t.rows[3][2], "0.0 ± 3.7 (2 of 2 seeds)");
     }
 }

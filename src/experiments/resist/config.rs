@@ -340,4 +340,38 @@ mod tests {
         let c = parse("slices = 1\ninclude_base = true").unwrap();
         assert_eq!(c.checkpoints(), vec![0, 1]);
     }
+
+    /// examples/resist.toml parses, shows every key at its default (the model and the data
+    /// aside), and names every key of the config, [data], [generate] and [train].
+    #[test]
+    fn the_example_documents_every_key() {
+        let text = include_str!("../../../examples/resist.toml");
+        let c: ResistConfig = toml::from_str(text).unwrap();
+        c.validate().unwrap();
+        let want = ResistConfig::new(
+            "meta-llama/Llama-2-7b-hf",
+            DataSpec::new("tatsu-lab/alpaca", "alpaca"),
+        );
+        assert_eq!(c, want);
+        let mut full = want.clone();
+        full.pair_samples = Some(64);
+        full.prompts = Some(DataSpec::new("x", "jsonl"));
+        full.pair_train = Some(TrainConfig::default());
+        let keys = |v: &toml::Value| -> Vec<String> {
+            v.as_table().map_or(vec![], |t| t.keys().cloned().collect())
+        };
+        let all = toml::Value::try_from(&full).unwrap();
+        let mut missing = Vec::new();
+        for k in keys(&all) {
+            if !text.contains(&format!("{k} =")) && !text.contains(&format!("[{k}]")) {
+                missing.push(k.clone());
+            }
+            for sub in keys(&all[&k]) {
+                if !text.contains(&format!("{sub} =")) {
+                    missing.push(format!("{k}.{sub}"));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "examples/resist.toml lacks {missing:?}");
+    }
 }

@@ -325,7 +325,10 @@ pub fn curve_plot(pair_id: &str, curves: &[Curve], samples: usize) -> LinePlot {
         format!("Training loss, θ{k} vs θ{l} ({samples} samples)"),
         "optimizer step",
         "training loss",
-    );
+    )
+    // Steps are counted; a loss is never negative, so neither is its band.
+    .integer_x(true)
+    .nonnegative_y(true);
     for c in curves {
         let name = match c.direction {
             Direction::Forward => format!("forward (θ{k} on gen_{l})"),

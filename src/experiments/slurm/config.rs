@@ -17,9 +17,43 @@
 //! elastica = "/shared/bin/elastica"   # the binary the nodes run (default: this one)
 //! poll_seconds = 30            # how often the waiting process asks the scheduler
 //! ```
+//!
+//! Cells of different kinds need different resources (an align cell trains longest, a
+//! perturb cell holds the model, its base and the scorer). `[executor.resources.<kind>]`
+//! (kind: the part after the dot of a cell kind, `align`, `perturb`, `base`, `theta`,
+//! `generate`, `pair`) sets `time`, `mem`, `cpus` and `gpus` for that kind's cells; what it
+//! leaves out comes from `[slurm]`. Such cells are submitted with their own script,
+//! `slurm/cells-<kind>.sbatch`. The experiment copies the table into
+//! [`SlurmConfig::resources`], so `slurm/slurm.toml` records it for `resubmit`.
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Resources of one kind of cell (`[executor.resources.<kind>]`); unset keys fall back to
+/// the `[slurm]` section.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KindResources {
+    /// `--time` of one cell of this kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    /// `--mem` per cell of this kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem: Option<String>,
+    /// `--cpus-per-task` (and the cell's tensor threads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<usize>,
+    /// GPUs per cell (`--gres=gpu:N`, with `[slurm] gpu_type` when set); 0 = none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<usize>,
+}
+
+/// The short name of a cell kind, as `[executor.resources.<kind>]` spells it
+/// (`rebound.align` -> `align`).
+pub fn short_kind(kind: &str) -> &str {
+    kind.rsplit('.').next().unwrap_or(kind)
+}
 
 /// `#SBATCH` options elastica sets itself; `extra` may not repeat them.
 pub const RESERVED_OPTIONS: &[&str] = &[
@@ -81,6 +115,10 @@ pub struct SlurmConfig {
     pub job_name: Option<String>,
     /// Seconds between two queries of the scheduler while waiting. Default 30.
     pub poll_seconds: f64,
+    /// Per-kind resources, from the config's `[executor.resources.<kind>]` (see the module
+    /// doc); empty = every cell asks for the resources above.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub resources: BTreeMap<String, KindResources>,
 }
 
 impl Default for SlurmConfig {
@@ -100,6 +138,7 @@ impl Default for SlurmConfig {
             elastica: None,
             job_name: None,
             poll_seconds: 30.0,
+            resources: BTreeMap::new(),
         }
     }
 }
@@ -120,34 +159,28 @@ impl SlurmConfig {
                 }
             }
         }
-        if let Some(t) = &self.time {
-            let ok = !t.is_empty()
-                && t.chars()
-                    .all(|c| c.is_ascii_digit() || c == ':' || c == '-')
-                && t.chars().next().is_some_and(|c| c.is_ascii_digit());
-            if !ok {
-                bail!(
-                    "[slurm] time = {t:?} is not a Slurm time limit; write minutes (\"90\"), \
-                     \"HH:MM:SS\" or \"D-HH:MM:SS\""
-                );
-            }
-        }
-        if let Some(m) = &self.mem {
-            let digits = m.trim_end_matches(['K', 'M', 'G', 'T', 'k', 'm', 'g', 't']);
-            if digits.is_empty()
-                || !digits.chars().all(|c| c.is_ascii_digit())
-                || m.len() > digits.len() + 1
-            {
-                bail!(
-                    "[slurm] mem = {m:?} is not a Slurm memory size; write e.g. \"16G\" or \
-                     \"4000M\""
-                );
-            }
-        }
+        check_time("[slurm] time", &self.time)?;
+        check_mem("[slurm] mem", &self.mem)?;
         if self.cpus_per_task == 0 {
             bail!("[slurm] cpus_per_task must be at least 1");
         }
-        if self.gpu_type.is_some() && self.gpus == 0 {
+        let known = known_kinds();
+        for (kind, r) in &self.resources {
+            let at = format!("[executor.resources.{kind}]");
+            if !known.contains(&kind.as_str()) {
+                bail!(
+                    "{at}: there is no cell kind \"{kind}\"; the kinds are {}",
+                    known.join(", ")
+                );
+            }
+            check_time(&format!("{at} time"), &r.time)?;
+            check_mem(&format!("{at} mem"), &r.mem)?;
+            if r.cpus == Some(0) {
+                bail!("{at} cpus must be at least 1");
+            }
+        }
+        let any_gpus = self.gpus > 0 || self.resources.values().any(|r| r.gpus > Some(0));
+        if self.gpu_type.is_some() && !any_gpus {
             bail!("[slurm] gpu_type is set but gpus = 0; set gpus = 1 (or more)");
         }
         if !(self.poll_seconds > 0.0 && self.poll_seconds.is_finite()) {
@@ -188,6 +221,33 @@ impl SlurmConfig {
         Ok(())
     }
 
+    /// The settings for cells of kind `kind` (short or full name): `[slurm]` with the
+    /// kind's `[executor.resources.<kind>]` applied.
+    pub fn for_kind(&self, kind: &str) -> SlurmConfig {
+        let mut c = self.clone();
+        c.resources = BTreeMap::new();
+        if let Some(r) = self.resources.get(short_kind(kind)) {
+            if r.time.is_some() {
+                c.time = r.time.clone();
+            }
+            if r.mem.is_some() {
+                c.mem = r.mem.clone();
+            }
+            if let Some(n) = r.cpus {
+                c.cpus_per_task = n;
+            }
+            if let Some(n) = r.gpus {
+                c.gpus = n;
+            }
+        }
+        c
+    }
+
+    /// Whether cells of `kind` have resources of their own.
+    pub fn has_own_resources(&self, kind: &str) -> bool {
+        self.resources.contains_key(short_kind(kind))
+    }
+
     /// The `#SBATCH` resource options (everything but array, logs and dependencies).
     pub fn resource_options(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -211,6 +271,45 @@ impl SlurmConfig {
         out.extend(self.extra.iter().map(|e| extra_option(e).to_string()));
         out
     }
+}
+
+/// Every registered cell kind's short name.
+fn known_kinds() -> Vec<&'static str> {
+    crate::experiments::kinds::all()
+        .iter()
+        .map(|k| short_kind(k.name()))
+        .collect()
+}
+
+/// `value` is a Slurm time limit (or unset); errors name `key`.
+fn check_time(key: &str, value: &Option<String>) -> Result<()> {
+    if let Some(t) = value {
+        let ok = !t.is_empty()
+            && t.chars()
+                .all(|c| c.is_ascii_digit() || c == ':' || c == '-')
+            && t.chars().next().is_some_and(|c| c.is_ascii_digit());
+        if !ok {
+            bail!(
+                "{key} = {t:?} is not a Slurm time limit; write minutes (\"90\"), \"HH:MM:SS\" \
+                 or \"D-HH:MM:SS\""
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `value` is a Slurm memory size (or unset); errors name `key`.
+fn check_mem(key: &str, value: &Option<String>) -> Result<()> {
+    if let Some(m) = value {
+        let digits = m.trim_end_matches(['K', 'M', 'G', 'T', 'k', 'm', 'g', 't']);
+        if digits.is_empty()
+            || !digits.chars().all(|c| c.is_ascii_digit())
+            || m.len() > digits.len() + 1
+        {
+            bail!("{key} = {m:?} is not a Slurm memory size; write e.g. \"16G\" or \"4000M\"");
+        }
+    }
+    Ok(())
 }
 
 /// An `extra` entry without a leading `#SBATCH`.
@@ -273,6 +372,70 @@ mod tests {
             .slurm
             .resource_options()
             .contains(&"--gres=gpu:a100:1".to_string()));
+    }
+
+    #[test]
+    fn per_kind_resources_fall_back_to_the_slurm_section() {
+        #[derive(Deserialize)]
+        struct Doc {
+            executor: crate::experiments::executor::ExecutorSpec,
+            slurm: SlurmConfig,
+        }
+        let d: Doc = toml::from_str(
+            "[executor]\nkind = \"slurm\"\njobs = 1\n\
+             [executor.resources.align]\ntime = \"08:00:00\"\ncpus = 8\ngpus = 1\n\
+             [executor.resources.perturb]\nmem = \"96G\"\n\
+             [slurm]\ntime = \"01:00:00\"\nmem = \"32G\"\ncpus_per_task = 2\n\
+             gpu_type = \"a100\"",
+        )
+        .unwrap();
+        let crate::experiments::executor::ExecutorSpec::Slurm { jobs, resources } = d.executor
+        else {
+            panic!("not slurm")
+        };
+        assert_eq!(jobs, Some(1));
+        let mut c = d.slurm;
+        c.resources = resources;
+        // gpu_type with gpus = 0 at top level is fine when a kind asks for GPUs.
+        c.validate().unwrap();
+        let opts = |k: &str| c.for_kind(k).resource_options();
+        assert_eq!(
+            opts("rebound.align"),
+            [
+                "--time=08:00:00",
+                "--mem=32G",
+                "--cpus-per-task=8",
+                "--gres=gpu:a100:1"
+            ]
+        );
+        assert_eq!(
+            opts("perturb"),
+            ["--time=01:00:00", "--mem=96G", "--cpus-per-task=2"]
+        );
+        assert_eq!(
+            opts("rebound.base"),
+            ["--time=01:00:00", "--mem=32G", "--cpus-per-task=2"]
+        );
+        assert!(c.has_own_resources("rebound.align") && !c.has_own_resources("rebound.base"));
+        // Recorded in slurm.toml and read back for resubmit.
+        let back: SlurmConfig = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+
+        let bad = |t: &str| {
+            let mut c = SlurmConfig::default();
+            c.resources = toml::from_str(t).unwrap();
+            format!("{:#}", c.validate().unwrap_err())
+        };
+        let e = bad("[algin]\ntime = \"10\"");
+        assert!(
+            e.contains("[executor.resources.algin]") && e.contains("align, perturb"),
+            "{e}"
+        );
+        let e = bad("[align]\ntime = \"2 hours\"");
+        assert!(e.contains("[executor.resources.align] time"), "{e}");
+        let e = bad("[pair]\ncpus = 0");
+        assert!(e.contains("cpus must be at least 1"), "{e}");
+        assert!(toml::from_str::<KindResources>("memory = \"1G\"").is_err());
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! - [`script`]: the sbatch script and `--array` index lists;
 //! - [`submit`]: path checks, waves of dependent cells, `sbatch`;
 //! - [`record`]: `slurm/jobs.json` and `slurm/slurm.toml` in the run directory;
-//! - [`poll`]: `squeue`/`sacct` and the state of every cell.
+//! - [`poll`]: `squeue`/`sacct` and the state of every cell;
+//! - [`cancel`]: `scancel` of a run's jobs that still hold tasks.
 //!
 //! Safety rules, shared with the local executor: a cell writes only into `cells/<id>/`, its
 //! `result.json` is written last and atomically, a finished cell is never run again, and
@@ -15,6 +16,7 @@
 //! submitting process writes `status.json` and `slurm/`; only `collect` (or the waiting
 //! experiment command) merges the cells' results into the report.
 
+pub mod cancel;
 pub mod config;
 pub mod poll;
 pub mod record;
@@ -164,7 +166,11 @@ fn report_of(grid: &Grid, already: &[usize], states: &[CellState], seconds: f64)
         match st {
             CellState::Done if !already.contains(&i) => r.finished.push(id),
             CellState::Done => {}
-            CellState::Queued(_) | CellState::Running => r.submitted.push(id),
+            CellState::Queued(_) | CellState::Running | CellState::Unknown => r.submitted.push(id),
+            CellState::Cancelled { log } => r.failed.push(FailedCell {
+                id,
+                error: format!("cancelled with `elastica cancel` (log: {})", log.display()),
+            }),
             CellState::Failed { reason, log } => r.failed.push(FailedCell {
                 id,
                 error: format!("{reason} (log: {})", log.display()),
@@ -251,7 +257,9 @@ pub fn status(run_dir: &Path) -> Result<(Grid, Vec<CellState>, JobRecord)> {
             Err(e) => {
                 eprintln!(
                     "warning: cannot ask Slurm about jobs {} ({e:#}); the states below come \
-                     from the run directory's files alone",
+                     from the run directory's files alone, and a submitted cell with neither \
+                     a result nor an error is listed as unknown: it may be pending, running \
+                     or have ended. Run `elastica status` where squeue works (a login node)",
                     record.job_ids().join(", ")
                 );
                 None
@@ -272,6 +280,12 @@ pub fn status_table(grid: &Grid, states: &[CellState], record: &JobRecord) -> cr
             CellState::Failed { reason, log } => format!("{reason}; log: {}", log.display()),
             CellState::Skipped { because } => format!("{because} is not done"),
             CellState::Stale => "result.json belongs to another definition".into(),
+            CellState::Cancelled { log } => {
+                format!("cancelled with `elastica cancel`; log: {}", log.display())
+            }
+            CellState::Unknown => {
+                "Slurm could not be asked: pending, running or ended without a result".into()
+            }
             _ => String::new(),
         };
         let job = record
@@ -303,11 +317,14 @@ pub fn resubmit(
     progress: bool,
 ) -> Result<(Grid, GridReport)> {
     let mut cfg = record::read_config(run_dir)?;
+    // A raised limit applies to every cell, whatever its kind asked for before.
     if time.is_some() {
         cfg.time = time;
+        cfg.resources.values_mut().for_each(|r| r.time = None);
     }
     if mem.is_some() {
         cfg.mem = mem;
+        cfg.resources.values_mut().for_each(|r| r.mem = None);
     }
     let grid = Grid::open(&run_dir.join(super::manifest::MANIFEST_FILE))?;
     let ex = SlurmExecutor {

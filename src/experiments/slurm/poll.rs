@@ -6,8 +6,11 @@
 //! of pending and running tasks. Where accounting is disabled `sacct` fails and `squeue`
 //! alone answers. Either way the files decide
 //! whether a cell is done: `result.json` is written last and atomically by the task. A cell
-//! whose task left the queue without a result failed; the reason comes from `sacct`, from the
-//! cell's `error.txt`, or from the `slurmstepd` line at the end of its log.
+//! whose task left the queue without a result failed (or was cancelled, when its job was
+//! cancelled with `elastica cancel`); the reason comes from the cell's `error.txt`, from
+//! `sacct`, or from the `slurmstepd` line at the end of its log. When the scheduler cannot be
+//! asked at all (no `squeue` on PATH), a submitted cell without a result or an error is
+//! `Unknown`, never failed.
 
 use super::record::JobRecord;
 use super::script::log_path;
@@ -198,6 +201,13 @@ pub enum CellState {
     NotSubmitted,
     /// `result.json` belongs to another definition of the cell.
     Stale,
+    /// Its job was cancelled with `elastica cancel` before the cell finished.
+    Cancelled {
+        log: PathBuf,
+    },
+    /// Submitted, no result and no error, and the scheduler could not be asked: it may be
+    /// pending, running, or have ended.
+    Unknown,
 }
 
 impl CellState {
@@ -210,6 +220,8 @@ impl CellState {
             CellState::Skipped { .. } => "skipped",
             CellState::NotSubmitted => "not submitted",
             CellState::Stale => "stale",
+            CellState::Cancelled { .. } => "cancelled",
+            CellState::Unknown => "unknown",
         }
     }
 
@@ -231,11 +243,22 @@ pub fn cell_states(grid: &Grid, record: &JobRecord, snap: Option<&Snapshot>) -> 
             (Some(j), Some(s)) => s.get(j, i).cloned(),
             _ => None,
         };
+        let own_error = matches!(files, CellStatus::Failed(_));
         let st = match (&files, &sched) {
             (CellStatus::Done, _) => CellState::Done,
             (CellStatus::Stale, _) => CellState::Stale,
             (_, Some(TaskState::Pending(r))) => CellState::Queued(r.clone()),
             (_, Some(TaskState::Running)) => CellState::Running,
+            // error.txt says how the cell itself failed, whatever happened to its job since.
+            _ if !own_error && job.is_some_and(|j| record.is_cancelled(j)) => {
+                CellState::Cancelled {
+                    log: log_path(grid.run_dir(), i),
+                }
+            }
+            // Without the scheduler's answer a submitted cell with no result and no error
+            // may still be queued or running: calling it failed would invite a resubmit of
+            // a cell that is about to run.
+            _ if !own_error && job.is_some() && snap.is_none() => CellState::Unknown,
             _ => {
                 // Dependencies come first, so their states are known.
                 let blocked = deps_i.iter().find(|&&d| out[d] != CellState::Done).copied();
@@ -298,6 +321,8 @@ pub struct Counts {
     pub running: usize,
     pub failed: usize,
     pub skipped: usize,
+    pub cancelled: usize,
+    pub unknown: usize,
     pub other: usize,
 }
 
@@ -311,6 +336,8 @@ impl Counts {
                 CellState::Running => c.running += 1,
                 CellState::Failed { .. } => c.failed += 1,
                 CellState::Skipped { .. } => c.skipped += 1,
+                CellState::Cancelled { .. } => c.cancelled += 1,
+                CellState::Unknown => c.unknown += 1,
                 CellState::NotSubmitted | CellState::Stale => c.other += 1,
             }
         }
@@ -324,6 +351,12 @@ impl Counts {
         );
         if self.skipped > 0 {
             s += &format!(", skipped {}", self.skipped);
+        }
+        if self.cancelled > 0 {
+            s += &format!(", cancelled {}", self.cancelled);
+        }
+        if self.unknown > 0 {
+            s += &format!(", state unknown {}", self.unknown);
         }
         if self.other > 0 {
             s += &format!(", not submitted or stale {}", self.other);
@@ -409,6 +442,7 @@ mod tests {
                 manifest_hash: g.manifest().hash.clone(),
                 submitted_unix: 0,
             }],
+            cancelled: Vec::new(),
         };
         let mut tasks = HashMap::new();
         tasks.insert(("7".to_string(), 4), TaskState::Running);
@@ -454,5 +488,35 @@ mod tests {
             CellState::Failed { reason, .. } => assert!(reason.contains("TIMEOUT"), "{reason}"),
             other => panic!("{other:?}"),
         }
+
+        // Without the scheduler's answer, submitted cells with no result and no error are
+        // unknown (not failed); a cell with error.txt failed whatever the scheduler says;
+        // a never-submitted cell is still "not submitted".
+        std::fs::create_dir_all(g.cell_dir(3)).unwrap();
+        std::fs::write(
+            g.cell_dir(3).join(crate::experiments::cell::ERROR_FILE),
+            "boom\n",
+        )
+        .unwrap();
+        let s = cell_states(&g, &rec, None);
+        assert_eq!(s[0], CellState::Done);
+        assert_eq!(s[2], CellState::Unknown);
+        assert_eq!(s[4], CellState::Unknown);
+        assert_eq!(s[5], CellState::Unknown);
+        assert!(matches!(&s[3], CellState::Failed { reason, .. } if reason == "boom"));
+        assert_eq!(s[6], CellState::NotSubmitted);
+        assert!(Counts::of(&s).line().contains("state unknown 3"));
+
+        // Cells of a job cancelled with `elastica cancel` are cancelled, not failed.
+        let mut rec = rec;
+        rec.cancelled.push(super::super::record::Cancellation {
+            job_ids: vec!["7".into()],
+            cancelled_unix: 0,
+        });
+        let s = cell_states(&g, &rec, Some(&snap));
+        assert!(matches!(s[2], CellState::Cancelled { .. }), "{:?}", s[2]);
+        assert!(matches!(s[4], CellState::Cancelled { .. }), "{:?}", s[4]);
+        assert!(matches!(s[3], CellState::Failed { .. }), "{:?}", s[3]);
+        assert_eq!(Counts::of(&s).cancelled, 3);
     }
 }

@@ -1,8 +1,9 @@
 //! What a run directory remembers about its Slurm submissions: `slurm/jobs.json` (one entry
-//! per submitted array: job id, the manifest indices it covers, its dependency) and
+//! per submitted array: job id, the manifest indices it covers, its dependency),
 //! `slurm/slurm.toml` (the `[slurm]` settings used, so `elastica resubmit` asks for the same
-//! resources). Both are written atomically by the submitting process only; tasks never
-//! write them.
+//! resources) and `slurm/cancelled.json` (the jobs `elastica cancel` cancelled, so `status`
+//! can say "cancelled" rather than "failed"). The first two are written atomically by the
+//! submitting process only, the third by `cancel` only; tasks never write them.
 
 use super::config::SlurmConfig;
 use crate::util::fsx::{atomic_write, atomic_write_json};
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 pub const JOBS_FILE: &str = "slurm/jobs.json";
 pub const CONFIG_FILE: &str = "slurm/slurm.toml";
+pub const CANCELLED_FILE: &str = "slurm/cancelled.json";
 
 /// One `sbatch` call: a job array over some cells.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,6 +36,17 @@ pub struct Submission {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
     pub submissions: Vec<Submission>,
+    /// Jobs cancelled with `elastica cancel` (from `slurm/cancelled.json`, not jobs.json:
+    /// the two files have different writers).
+    #[serde(skip)]
+    pub cancelled: Vec<Cancellation>,
+}
+
+/// One `elastica cancel`: the jobs it cancelled and when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cancellation {
+    pub job_ids: Vec<String>,
+    pub cancelled_unix: u64,
 }
 
 impl JobRecord {
@@ -47,15 +60,28 @@ impl JobRecord {
         if !p.exists() {
             return Ok(JobRecord::default());
         }
-        let text =
-            std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
-        serde_json::from_str(&text).with_context(|| {
-            format!(
-                "{} is not an elastica Slurm job record; it is written by elastica, do not \
-                 edit it",
-                p.display()
-            )
-        })
+        let mut record: JobRecord = read_json(&p)?;
+        let c = run_dir.join(CANCELLED_FILE);
+        if c.exists() {
+            record.cancelled = read_json(&c)?;
+        }
+        Ok(record)
+    }
+
+    /// Whether job `job_id` was cancelled with `elastica cancel`.
+    pub fn is_cancelled(&self, job_id: &str) -> bool {
+        self.cancelled
+            .iter()
+            .any(|c| c.job_ids.iter().any(|j| j == job_id))
+    }
+
+    /// Record that `job_ids` were cancelled (rewrites `slurm/cancelled.json`).
+    pub fn push_cancelled(&mut self, run_dir: &Path, job_ids: Vec<String>) -> Result<()> {
+        self.cancelled.push(Cancellation {
+            job_ids,
+            cancelled_unix: now_unix(),
+        });
+        atomic_write_json(&run_dir.join(CANCELLED_FILE), &self.cancelled)
     }
 
     /// Append a submission and rewrite the file.
@@ -110,6 +136,18 @@ pub fn read_config(run_dir: &Path) -> Result<SlurmConfig> {
     Ok(cfg)
 }
 
+/// A JSON file that elastica wrote, with an error naming it.
+fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Result<T> {
+    let text =
+        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not an elastica Slurm record; it is written by elastica, do not edit it",
+            p.display()
+        )
+    })
+}
+
 pub fn now_unix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -139,6 +177,13 @@ mod tests {
         r.push(dir.path(), sub("12", &[4])).unwrap();
         let back = JobRecord::read(dir.path()).unwrap();
         assert_eq!(back, r);
+        assert!(!back.is_cancelled("11"));
+        let mut c = back.clone();
+        c.push_cancelled(dir.path(), vec!["11".into(), "12".into()])
+            .unwrap();
+        let back = JobRecord::read(dir.path()).unwrap();
+        assert!(back.is_cancelled("11") && back.is_cancelled("12") && !back.is_cancelled("10"));
+        assert_eq!(back.submissions, r.submissions);
         assert_eq!(back.latest_job(4, "h"), Some("12"));
         assert_eq!(back.latest_job(0, "h"), Some("10"));
         assert_eq!(back.latest_job(9, "h"), None);

@@ -6,6 +6,10 @@
 //!
 //! Every path in the script is absolute: the tasks start on other nodes, in another working
 //! directory, and see the run directory only through a shared file system.
+//!
+//! A kind of cell with resources of its own (`[executor.resources.<kind>]`) gets its own
+//! script, `slurm/cells-<kind>.sbatch`, the same but for its `#SBATCH` resource lines and
+//! `--threads`.
 
 use super::config::SlurmConfig;
 use anyhow::{bail, Result};
@@ -13,6 +17,15 @@ use std::path::Path;
 
 /// The script, relative to the run directory.
 pub const SCRIPT_FILE: &str = "slurm/cells.sbatch";
+
+/// The script of the cells of `kind` (short name) when that kind has resources of its own
+/// (`[executor.resources.<kind>]`), else the common one; relative to the run directory.
+pub fn script_file(kind: Option<&str>) -> String {
+    match kind {
+        Some(k) => format!("slurm/cells-{k}.sbatch"),
+        None => SCRIPT_FILE.to_string(),
+    }
+}
 /// Task logs, relative to the run directory (`%a` is the array index = manifest index).
 pub const LOG_PATTERN: &str = "logs/cell-%a.out";
 
@@ -201,6 +214,22 @@ mod tests {
         // #SBATCH lines must come before the first command.
         let first_cmd = s.find("set -euo").unwrap();
         assert!(s.rfind("#SBATCH").unwrap() < first_cmd);
+        // A kind with resources of its own: its script asks for them and passes its CPUs on.
+        let mut own = cfg.clone();
+        own.resources.insert(
+            "align".into(),
+            crate::experiments::slurm::config::KindResources {
+                time: Some("08:00:00".into()),
+                cpus: Some(6),
+                ..Default::default()
+            },
+        );
+        let s = render(&own.for_kind("rebound.align"), &spec).unwrap();
+        assert!(s.contains("#SBATCH --time=08:00:00\n"), "{s}");
+        assert!(s.contains("#SBATCH --cpus-per-task=6\n"), "{s}");
+        assert!(s.contains("--threads 6\n"), "{s}");
+        assert_eq!(script_file(Some("align")), "slurm/cells-align.sbatch");
+        assert_eq!(script_file(None), SCRIPT_FILE);
         let rel = ScriptSpec {
             run_dir: Path::new("runs/r1"),
             ..spec

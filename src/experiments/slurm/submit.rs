@@ -19,10 +19,15 @@
 //! own), which costs little when the cells of a wave take similar time, as in the paper's
 //! grids. The alternative, one array whose tasks wait for their inputs, would hold nodes
 //! (and GPUs) idle while waiting.
+//!
+//! Within a wave, the cells of a kind with resources of its own (`[executor.resources]`) form
+//! their own array with their own script; the next wave waits for every array of the
+//! previous one (`afterany:<job>:<job>`).
 
+use super::config::short_kind;
 use super::config::SlurmConfig;
 use super::record::{now_unix, write_config, JobRecord, Submission};
-use super::script::{array_spec, render, ScriptSpec, SCRIPT_FILE};
+use super::script::{array_spec, render, script_file, ScriptSpec, SCRIPT_FILE};
 use crate::experiments::grid::Grid;
 use crate::experiments::manifest::{resolve, Manifest};
 use anyhow::{bail, Context, Result};
@@ -168,18 +173,33 @@ pub fn submit(
             );
         }
     }
-    let script = render(
-        cfg,
-        &ScriptSpec {
-            run_dir: &run_dir,
-            elastica: &elastica,
-            experiment: &m.experiment,
-            manifest_hash: &m.hash,
-            cells: m.len(),
-        },
-    )?;
-    let script_path = run_dir.join(SCRIPT_FILE);
-    crate::util::fsx::atomic_write(&script_path, script.as_bytes())?;
+    // One script for the cells with the common resources, one per kind with its own.
+    let group_of = |i: usize| -> Option<String> {
+        let kind = &m.cells[i].kind;
+        cfg.has_own_resources(kind)
+            .then(|| short_kind(kind).to_string())
+    };
+    let mut groups: Vec<Option<String>> = todo.iter().map(|&i| group_of(i)).collect();
+    groups.sort();
+    groups.dedup();
+    for g in &groups {
+        let kcfg = match g {
+            Some(k) => cfg.for_kind(k),
+            None => cfg.clone(),
+        };
+        let script = render(
+            &kcfg,
+            &ScriptSpec {
+                run_dir: &run_dir,
+                elastica: &elastica,
+                experiment: &m.experiment,
+                manifest_hash: &m.hash,
+                cells: m.len(),
+            },
+        )?;
+        let path = run_dir.join(script_file(g.as_deref()));
+        crate::util::fsx::atomic_write(&path, script.as_bytes())?;
+    }
     write_config(&run_dir, cfg)?;
     std::fs::create_dir_all(run_dir.join("logs"))
         .with_context(|| format!("cannot create {}/logs", run_dir.display()))?;
@@ -188,57 +208,97 @@ pub fn submit(
     let mut made = Vec::new();
     let mut after: Option<String> = (!after_jobs.is_empty()).then(|| after_jobs.join(":"));
     for (w, wave) in waves(m, todo).into_iter().enumerate() {
-        let array = array_spec(&wave, cfg.max_parallel);
-        let mut cmd = Command::new("sbatch");
-        cmd.arg("--parsable").arg(format!("--array={array}"));
-        if let Some(j) = &after {
-            cmd.arg(format!("--dependency=afterany:{j}"));
-        }
-        cmd.arg(&script_path).current_dir(&run_dir);
-        let out = cmd
-            .output()
-            .context("cannot run sbatch (is Slurm installed and on PATH?)")?;
-        if !out.status.success() {
-            let mut msg = format!(
-                "sbatch refused wave {w} (cells {array}) of {}: {}",
-                run_dir.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            if !made.is_empty() {
-                msg += "\nthe earlier waves were submitted; after fixing the cause, `elastica \
-                        resubmit` submits the rest";
+        let mut wave_jobs = Vec::new();
+        for g in &groups {
+            let part: Vec<usize> = wave
+                .iter()
+                .copied()
+                .filter(|&i| &group_of(i) == g)
+                .collect();
+            if part.is_empty() {
+                continue;
             }
-            bail!("{msg}\n(the script is {})", script_path.display());
+            let script_path = run_dir.join(script_file(g.as_deref()));
+            let sub = submit_array(
+                &run_dir,
+                &script_path,
+                (w, &part),
+                cfg.max_parallel,
+                after.as_deref(),
+                &m.hash,
+                !made.is_empty(),
+            )?;
+            record.push(&run_dir, sub.clone())?;
+            wave_jobs.push(sub.job_id.clone());
+            made.push(sub);
         }
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let job_id = stdout
-            .trim()
-            .split(';')
-            .next()
-            .filter(|j| !j.is_empty() && j.chars().all(|c| c.is_ascii_digit()))
-            .with_context(|| format!("sbatch answered {stdout:?}, not a job id"))?
-            .to_string();
-        eprintln!(
-            "submitted wave {w}: job {job_id}, {} cell(s) (--array={array}{})",
-            wave.len(),
-            after
-                .as_ref()
-                .map(|j| format!(", after job {j}"))
-                .unwrap_or_default()
-        );
-        let sub = Submission {
-            job_id: job_id.clone(),
-            indices: wave,
-            array,
-            after: after.clone(),
-            manifest_hash: m.hash.clone(),
-            submitted_unix: now_unix(),
-        };
-        record.push(&run_dir, sub.clone())?;
-        made.push(sub);
-        after = Some(job_id);
+        after = Some(wave_jobs.join(":"));
     }
     Ok(made)
+}
+
+/// One `sbatch --parsable` of `script_path` over the cells `wave.1` (of wave `wave.0`),
+/// after the jobs `after` (colon-separated) when given. `earlier`: whether other arrays
+/// were submitted before this one (for the error message).
+fn submit_array(
+    run_dir: &Path,
+    script_path: &Path,
+    (w, wave): (usize, &[usize]),
+    max_parallel: usize,
+    after: Option<&str>,
+    manifest_hash: &str,
+    earlier: bool,
+) -> Result<Submission> {
+    let array = array_spec(wave, max_parallel);
+    let mut cmd = Command::new("sbatch");
+    cmd.arg("--parsable").arg(format!("--array={array}"));
+    if let Some(j) = after {
+        cmd.arg(format!("--dependency=afterany:{j}"));
+    }
+    cmd.arg(script_path).current_dir(run_dir);
+    let out = cmd
+        .output()
+        .context("cannot run sbatch (is Slurm installed and on PATH?)")?;
+    if !out.status.success() {
+        let mut msg = format!(
+            "sbatch refused wave {w} (cells {array}) of {}: {}",
+            run_dir.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        if earlier {
+            msg += "\nthe earlier waves were submitted; after fixing the cause, `elastica \
+                    resubmit` submits the rest";
+        }
+        bail!("{msg}\n(the script is {})", script_path.display());
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let job_id = stdout
+        .trim()
+        .split(';')
+        .next()
+        .filter(|j| !j.is_empty() && j.chars().all(|c| c.is_ascii_digit()))
+        .with_context(|| format!("sbatch answered {stdout:?}, not a job id"))?
+        .to_string();
+    eprintln!(
+        "submitted wave {w}: job {job_id}, {} cell(s) (--array={array}{}{})",
+        wave.len(),
+        after
+            .map(|j| format!(", after job {j}"))
+            .unwrap_or_default(),
+        if script_path.ends_with(SCRIPT_FILE) {
+            String::new()
+        } else {
+            format!(", script {}", script_path.display())
+        }
+    );
+    Ok(Submission {
+        job_id,
+        indices: wave.to_vec(),
+        array,
+        after: after.map(str::to_string),
+        manifest_hash: manifest_hash.to_string(),
+        submitted_unix: now_unix(),
+    })
 }
 
 #[cfg(test)]
