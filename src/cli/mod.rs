@@ -21,6 +21,7 @@ mod scaling;
 mod status;
 mod theory;
 mod train;
+mod train_hooks;
 mod world;
 
 use clap::{Parser, Subcommand};

@@ -188,8 +188,18 @@ impl ResistConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read resist config {}", path.display()))?;
-        let cfg: ResistConfig = toml::from_str(&text)
+        let mut cfg: ResistConfig = toml::from_str(&text)
             .with_context(|| format!("{} is not a valid resist config", path.display()))?;
+        // An unset template follows the data's schema (IMDb: raw, as in the paper); the pair
+        // fine-tunes use the slices' template unless they set their own.
+        let doc: toml::Table = toml::from_str(&text)?;
+        let set = |t: &str| doc.get(t).and_then(|t| t.get("template")).is_some();
+        if !set("train") {
+            cfg.train.template = crate::data::schemas::default_template(&cfg.data.schema);
+        }
+        if let Some(p) = cfg.pair_train.as_mut().filter(|_| !set("pair_train")) {
+            p.template = cfg.train.template;
+        }
         cfg.validate()
             .with_context(|| format!("in resist config {}", path.display()))?;
         Ok(cfg)
