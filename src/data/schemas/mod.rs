@@ -436,7 +436,7 @@ pub fn load_files(spec: &DataSpec, files: Vec<PathBuf>) -> Result<Dataset> {
                 }
                 Err(e) => bail!(
                     "{}: {loc}: {e:#} (schema \"{}\"); fix the row, or set skip_bad_rows = \
-                     true to skip and count malformed rows",
+                     true (--skip-bad-rows) to skip and count malformed rows",
                     file.display(),
                     schema.name
                 ),
@@ -453,6 +453,17 @@ pub fn load_files(spec: &DataSpec, files: Vec<PathBuf>) -> Result<Dataset> {
         }
     }
 
+    if ds.rows_read == 0 {
+        bail!(
+            "{} holds no records (no rows in {})",
+            spec.path,
+            files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let selected = ds.records.len();
     if let Some(seed) = spec.shuffle_seed {
         ds.records

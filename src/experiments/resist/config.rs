@@ -313,6 +313,31 @@ mod tests {
     }
 
     #[test]
+    fn an_unset_template_follows_the_schema() {
+        use crate::data::template::Template;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("resist.toml");
+        let read = |text: &str| {
+            std::fs::write(&p, text).unwrap();
+            ResistConfig::from_file(&p).unwrap()
+        };
+        let imdb =
+            "model = \"m\"\n[data]\npath = \"d\"\nschema = \"imdb\"\nselect = \"positive\"\n";
+        let c = read(imdb);
+        assert_eq!(c.train.template, Template::Raw, "IMDb trains on raw text");
+        let c = read(&format!("{imdb}[pair_train]\nlr = 1e-4\n"));
+        assert_eq!(
+            c.pair_train().template,
+            Template::Raw,
+            "pairs follow the slices"
+        );
+        let c = read(&format!("{imdb}[train]\ntemplate = \"chat\"\n"));
+        assert_eq!(c.train.template, Template::Chat, "a set template wins");
+        let c = read("model = \"m\"\n[data]\npath = \"d\"\nschema = \"alpaca\"\n");
+        assert_eq!(c.train.template, Template::SafeRlhf);
+    }
+
+    #[test]
     fn defaults_are_the_papers() {
         let c = parse("").unwrap();
         assert_eq!(c.slices, 3);
