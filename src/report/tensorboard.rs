@@ -430,6 +430,10 @@ mod tests {
         assert_eq!(crc32c(b"123456789"), 0xE306_9283);
         assert_eq!(crc32c(&[0u8; 32]), 0x8A91_36AA);
         assert_eq!(crc32c(b""), 0);
+        // TensorBoard's own masked_crc32c (tensorflow_stub.pywrap_tensorflow) gives these;
+        // eight zero bytes are the length header of an empty record.
+        assert_eq!(masked_crc32c(b"123456789"), 0xc78a_b0e5);
+        assert_eq!(masked_crc32c(&[0u8; 8]), 0x0798_0329);
     }
 
     #[test]
