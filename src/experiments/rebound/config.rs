@@ -195,6 +195,10 @@ pub struct ReboundConfig {
     pub generation: GenerationConfig,
     /// How generations are scored.
     pub scorer: ScorerSpec,
+    /// Write TensorBoard event files of every training cell into `<log_dir>/<cell id>`
+    /// (`tensorboard --logdir <log_dir>` shows the grid's curves side by side). Unset: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_dir: Option<String>,
     /// Table 3's threshold: negatives needed to bring KL(model || base) under this. Default
     /// 0.01 (the paper's).
     #[serde(default = "default_kl_epsilon")]

@@ -77,6 +77,10 @@ pub struct ResistConfig {
     /// Keep the weights of the forward/inverse fine-tunes (only their losses are needed).
     #[serde(default)]
     pub keep_pair_models: bool,
+    /// Write TensorBoard event files of every fine-tune into `<log_dir>/<cell id>`
+    /// (`tensorboard --logdir <log_dir>`). Unset: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_dir: Option<String>,
     /// What runs the cells (default: this machine, one cell at a time).
     #[serde(default)]
     pub executor: ExecutorSpec,
@@ -154,6 +158,7 @@ impl ResistConfig {
             train: TrainConfig::default(),
             pair_train: None,
             keep_pair_models: false,
+            log_dir: None,
             executor: ExecutorSpec::default(),
             slurm: SlurmConfig::default(),
         }
