@@ -145,12 +145,8 @@ fn datasets_cache_split(name: &str) -> Option<&str> {
     let parts: Vec<&str> = stem.split('-').collect();
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     let n = parts.len();
-    let split_at = if n >= 5 && parts[n - 2] == "of" && digits(parts[n - 1]) && digits(parts[n - 3])
-    {
-        n - 4
-    } else {
-        n.checked_sub(1)?
-    };
+    let sharded = n >= 4 && parts[n - 2] == "of" && digits(parts[n - 1]) && digits(parts[n - 3]);
+    let split_at = if sharded { n.checked_sub(4)? } else { n - 1 };
     // A name must come before the split.
     (split_at >= 1 && !parts[split_at].is_empty()).then_some(parts[split_at])
 }
@@ -238,6 +234,7 @@ mod tests {
             "imdb-test-00000-of-00001.parquet"
         ));
         assert!(!matches_selector("of", "imdb-test-00000-of-00001.parquet"));
+        assert!(!matches_selector("00001", "train-00000-of-00001.parquet"));
         assert!(!matches_selector("*30k*", "round0/30k/test.jsonl.xz"));
         assert!(matches_selector("round0/30k/*", "round0/30k/test.jsonl.xz"));
     }
