@@ -11,10 +11,10 @@ use crate::compress::rates::{rate, ScoredSequence};
 use crate::compress::rates_report::{rates_table, write_rates, RateRow};
 use crate::compress::summary::CompressSummary;
 use crate::compress::{compress, decompress, CompressOptions, TokenPredictor};
-use crate::data::records::read_jsonl;
+use crate::data::source::{load as load_data, DataArgs};
 use crate::report::{default_run_dir, RunDir};
 use crate::util::fsx::{atomic_write, atomic_write_json};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result};
 use std::path::PathBuf;
 
 /// Load the model at `model` (a Hugging Face directory or cached hub id) as a next-token
@@ -64,9 +64,17 @@ pub struct RatesArgs {
     /// Checkpoints, in order (the x axis of the plots), comma-separated.
     #[arg(long, value_delimiter = ',', required = true)]
     pub models: Vec<String>,
-    /// Held-out data sets as NAME=FILE.jsonl, comma-separated.
-    #[arg(long, value_delimiter = ',', required = true)]
+    /// Held-out data sets as NAME=PATH, comma-separated, each read with --schema etc.
+    /// (default: JSONL records); or name them in --data-config.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        required_unless_present = "data_config",
+        conflicts_with = "data_config"
+    )]
     pub data: Vec<String>,
+    #[command(flatten)]
+    pub data_args: DataArgs,
     /// Output directory (default: runs/rates-<UTC time>).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -137,73 +145,46 @@ pub fn decompress_file(args: &DecompressArgs, pred: &mut dyn TokenPredictor) -> 
     Ok(())
 }
 
-/// A `--data` entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NamedData {
-    pub name: String,
-    pub path: PathBuf,
-}
-
-pub fn parse_named_data(spec: &str) -> Result<NamedData> {
-    let (name, path) = spec
-        .split_once('=')
-        .ok_or_else(|| anyhow!("--data entry {spec:?} is not NAME=FILE"))?;
-    let name = name.trim();
-    if name.is_empty() || path.trim().is_empty() {
-        bail!("--data entry {spec:?} needs both a name and a file (NAME=FILE)");
-    }
-    Ok(NamedData {
-        name: name.to_string(),
-        path: PathBuf::from(path.trim()),
-    })
-}
-
 /// `rates` with a given way of loading models (tests pass test predictors).
 pub fn rates_with(
     args: &RatesArgs,
     load: &mut dyn FnMut(&str) -> Result<Box<dyn TokenPredictor>>,
 ) -> Result<()> {
-    let data: Vec<NamedData> = args
-        .data
-        .iter()
-        .map(|s| parse_named_data(s))
-        .collect::<Result<_>>()?;
-    let mut seen = std::collections::HashSet::new();
-    if let Some(d) = data.iter().find(|d| !seen.insert(&d.name)) {
-        bail!("--data names the data set {:?} twice", d.name);
-    }
-    let sets = data
-        .iter()
-        .map(|d| {
-            let mut recs = read_jsonl(&d.path)?;
+    let sets = args
+        .data_args
+        .named_specs(&args.data)?
+        .into_iter()
+        .map(|(name, spec)| {
+            let mut recs = load_data(&spec)
+                .with_context(|| format!("data set {name:?}"))?
+                .records;
             if let Some(n) = args.max_records {
                 recs.truncate(n);
             }
-            Ok((d, recs))
+            Ok((name, spec.path, recs))
         })
         .collect::<Result<Vec<_>>>()?;
     let run = RunDir::create(args.out.clone().unwrap_or_else(|| default_run_dir("rates")))?;
     let mut rows = Vec::new();
     for (checkpoint, model) in args.models.iter().enumerate() {
         let mut pred = load(model).with_context(|| format!("model {model}"))?;
-        for (d, recs) in &sets {
+        for (name, path, recs) in &sets {
             let seqs = recs
                 .iter()
                 .enumerate()
                 .map(|(i, r)| {
-                    ScoredSequence::raw(r, pred.tokenization()).with_context(|| {
-                        format!("{}: record {}: cannot tokenize", d.path.display(), i + 1)
-                    })
+                    ScoredSequence::raw(r, pred.tokenization())
+                        .with_context(|| format!("{path}: record {}: cannot tokenize", i + 1))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let pb = crate::util::progress::bar(seqs.len() as u64, &format!("{model} {}", d.name));
+            let pb = crate::util::progress::bar(seqs.len() as u64, &format!("{model} {name}"));
             let r = rate(pred.as_mut(), &seqs, &pb)
-                .with_context(|| format!("rate of {} under {model}", d.path.display()))?;
+                .with_context(|| format!("rate of {path} under {model}"))?;
             pb.finish_and_clear();
             rows.push(RateRow {
                 model: model.clone(),
                 checkpoint,
-                dataset: d.name.clone(),
+                dataset: name.clone(),
                 rate: r,
             });
         }
@@ -274,19 +255,6 @@ mod tests {
     }
 
     #[test]
-    fn named_data_parsing() {
-        assert_eq!(
-            parse_named_data("align=a/b.jsonl").unwrap(),
-            NamedData {
-                name: "align".into(),
-                path: "a/b.jsonl".into()
-            }
-        );
-        assert!(parse_named_data("a/b.jsonl").is_err());
-        assert!(parse_named_data("=x").is_err());
-    }
-
-    #[test]
     fn rates_across_checkpoints_write_all_outputs() {
         let tmp = tempfile::tempdir().unwrap();
         let a = tmp.path().join("a.jsonl");
@@ -306,6 +274,7 @@ mod tests {
             ],
             out: Some(out.clone()),
             max_records: None,
+            data_args: Default::default(),
         };
         let mut load = |m: &str| -> Result<Box<dyn TokenPredictor>> {
             let ctx = if m == "small" { 3 } else { 512 };

@@ -31,11 +31,14 @@ impl DeviceArgs {
 // stays in the command's own file, unchanged.)
 
 /// `elastica eval-loss` on the chosen backend.
-pub fn eval_loss(a: &super::eval_loss::EvalLossArgs) -> Result<()> {
+pub fn eval_loss(
+    a: &super::eval_loss::EvalLossArgs,
+    records: &[crate::data::records::Record],
+    template: crate::data::template::Template,
+) -> Result<()> {
     let model = crate::backend::load(&a.model, &a.device.choice()?)?;
-    let records = crate::data::records::read_jsonl(&a.data)?;
     let r =
-        crate::backend::run::eval_loss(&*model, &records, a.template, a.max_length, a.batch_size)?;
+        crate::backend::run::eval_loss(&*model, records, template, a.max_length, a.batch_size)?;
     println!("{}", serde_json::to_string(&r)?);
     Ok(())
 }
@@ -75,7 +78,11 @@ pub fn generate(a: &super::generate::GenerateArgs) -> Result<()> {
 }
 
 /// `elastica train` on the chosen backend (the loop of `backend::sft`).
-pub fn train(a: &super::train::TrainArgs, cfg: &crate::train::TrainConfig) -> Result<()> {
+pub fn train(
+    a: &super::train::TrainArgs,
+    cfg: &crate::train::TrainConfig,
+    records: &[crate::data::records::Record],
+) -> Result<()> {
     let choice = a.device.choice()?;
     if a.track_rates.is_some() {
         anyhow::bail!(
@@ -94,8 +101,7 @@ pub fn train(a: &super::train::TrainArgs, cfg: &crate::train::TrainConfig) -> Re
         (None, None) => anyhow::bail!("give --model or --init"),
     };
     let mut model = crate::backend::from_loaded(lm, &choice)?;
-    let records = crate::data::records::read_jsonl(&a.data)?;
-    let s = crate::backend::sft::train(&mut *model, &records, cfg, &a.out, a.resume, true)?;
+    let s = crate::backend::sft::train(&mut *model, records, cfg, &a.out, a.resume, true)?;
     println!(
         "{}",
         serde_json::json!({

@@ -1,6 +1,7 @@
-//! `elastica eval-loss`: mean NLL of a model on a data file, as JSON.
+//! `elastica eval-loss`: mean NLL of a model on a data set (`--data` with the shared data
+//! flags of [`crate::data::source`]), as JSON.
 
-use crate::data::records::read_jsonl;
+use crate::data::source::{load, template_for, DataArgs};
 use crate::data::template::Template;
 use crate::model::checkpoint::load_model;
 use anyhow::Result;
@@ -12,12 +13,19 @@ pub struct EvalLossArgs {
     /// Model directory or `org/name` in the offline HF cache.
     #[arg(long)]
     pub model: String,
-    /// JSONL of {"prompt","response"} (response scored) or {"text"} (all scored).
-    #[arg(long)]
-    pub data: PathBuf,
-    /// Prompt template.
-    #[arg(long, value_enum, default_value = "safe-rlhf")]
-    pub template: Template,
+    /// Data: a file or directory, read with --schema (default: JSONL of
+    /// {"prompt","response"} (response scored) or {"text"} (all scored)).
+    #[arg(
+        long,
+        required_unless_present = "data_config",
+        conflicts_with = "data_config"
+    )]
+    pub data: Option<PathBuf>,
+    #[command(flatten)]
+    pub data_args: DataArgs,
+    /// Prompt template (default: by schema, raw for imdb, safe-rlhf otherwise).
+    #[arg(long, value_enum)]
+    pub template: Option<Template>,
     /// Records per forward pass.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
@@ -33,13 +41,21 @@ pub struct EvalLossArgs {
 
 pub fn run(a: EvalLossArgs) -> Result<()> {
     crate::util::threads::set_threads(a.threads);
+    let spec = a.data_args.spec(a.data.as_deref())?;
+    let data = load(&spec)?;
+    let template = template_for(a.template, &spec);
     if !a.device.choice()?.is_default_cpu() {
-        return super::device_args::eval_loss(&a);
+        return super::device_args::eval_loss(&a, &data.records, template);
     }
     let lm = load_model(&a.model, &Device::Cpu)?;
-    let records = read_jsonl(&a.data)?;
-    let r =
-        crate::train::eval::eval_loss(&lm, &records, a.template, a.max_length, a.batch_size, true)?;
+    let r = crate::train::eval::eval_loss(
+        &lm,
+        &data.records,
+        template,
+        a.max_length,
+        a.batch_size,
+        true,
+    )?;
     println!("{}", serde_json::to_string(&r)?);
     Ok(())
 }

@@ -23,6 +23,7 @@ mod scaling;
 mod status;
 mod theory;
 mod train;
+mod train_hooks;
 mod world;
 
 use clap::{Parser, Subcommand};
@@ -39,6 +40,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process, so the size of the largest variant (train's flags) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Supervised fine-tuning (or from-scratch training) of a Llama-family model.

@@ -2,12 +2,12 @@
 //! command holds an exclusive lock on `--out` for its whole run, so two processes never
 //! train into one directory.
 
-use crate::compress::tracking::{load_sets, parse_sets, plot_rows, RateTracker};
-use crate::data::records::read_jsonl;
+use super::train_hooks::StepHooks;
+use crate::compress::tracking::{load_sets, parse_sets, RateTracker};
+use crate::data::source::{load as load_data, template_for, DataArgs};
 use crate::data::template::Template;
 use crate::model::checkpoint::{init_model, load_model, resolve_model_dir, LoadedModel};
 use crate::model::ModelConfig;
-use crate::report::RunDir;
 use crate::train::schedule::Schedule;
 use crate::train::sft::{resume_point, ResumePoint, StepLog};
 use crate::train::{train, TrainConfig};
@@ -34,15 +34,22 @@ pub struct TrainArgs {
     /// With --init: directory holding tokenizer.json (and tokenizer_config.json).
     #[arg(long, requires = "init")]
     pub tokenizer: Option<PathBuf>,
-    /// Training data: JSONL of {"prompt","response"} (prompt masked) or {"text"} records.
-    #[arg(long)]
-    pub data: PathBuf,
+    /// Training data: a file or directory, read with --schema (default: JSONL of
+    /// {"prompt","response"} (prompt masked) or {"text"} records).
+    #[arg(
+        long,
+        required_unless_present = "data_config",
+        conflicts_with = "data_config"
+    )]
+    pub data: Option<PathBuf>,
+    #[command(flatten)]
+    pub data_args: DataArgs,
     /// Output directory: final model (HF layout), train_log.jsonl, checkpoints.
     #[arg(long)]
     pub out: PathBuf,
-    /// Prompt template.
-    #[arg(long, value_enum, default_value = "safe-rlhf")]
-    pub template: Template,
+    /// Prompt template (default: by schema, raw for imdb, safe-rlhf otherwise).
+    #[arg(long, value_enum)]
+    pub template: Option<Template>,
     /// Peak learning rate (paper: 1e-5).
     #[arg(long, default_value_t = 1e-5)]
     pub lr: f64,
@@ -106,6 +113,10 @@ pub struct TrainArgs {
     /// Use at most this many records of each tracked set.
     #[arg(long, default_value_t = 256)]
     pub track_records: usize,
+    /// Write TensorBoard event files here (loss, lr, grad_norm, tokens/s, and the tracked
+    /// rates): `tensorboard --logdir DIR`.
+    #[arg(long)]
+    pub log_dir: Option<PathBuf>,
     /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -128,8 +139,9 @@ pub fn parse_betas(s: &str) -> Result<(f64, f64)> {
 pub fn run(a: TrainArgs) -> Result<()> {
     crate::util::threads::set_threads(a.threads);
     let (beta1, beta2) = parse_betas(&a.betas)?;
+    let spec = a.data_args.spec(a.data.as_deref())?;
     let cfg = TrainConfig {
-        template: a.template,
+        template: template_for(a.template, &spec),
         lr: a.lr,
         beta1,
         beta2,
@@ -160,8 +172,11 @@ pub fn run(a: TrainArgs) -> Result<()> {
             lock_path.display()
         );
     };
+    let data = load_data(&spec)?;
+    eprintln!("data: {}", data.summary());
+    let records = data.records;
     if !a.device.choice()?.is_default_cpu() {
-        return super::device_args::train(&a, &cfg);
+        return super::device_args::train(&a, &cfg, &records);
     }
     let dev = Device::Cpu;
     let lm = match (&a.model, &a.init) {
@@ -179,7 +194,6 @@ pub fn run(a: TrainArgs) -> Result<()> {
         }
         (None, None) => bail!("give --model or --init"),
     };
-    let records = read_jsonl(&a.data)?;
     // Resume's checks (and "already finished") come before anything is written into --out.
     let resume_at = if a.resume {
         Some(resume_point(&lm, &records, &cfg, &a.out)?)
@@ -187,7 +201,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         None
     };
     let finished = resume_at == Some(ResumePoint::Finished);
-    let mut tracker = match &a.track_rates {
+    let tracker = match &a.track_rates {
         Some(_) if finished => None,
         Some(spec) => {
             let sets = load_sets(&parse_sets(spec)?, Some(a.track_records))?;
@@ -202,17 +216,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
         }
         None => None,
     };
-    let s = match tracker.as_mut() {
-        Some(t) => {
-            let mut hook = |m: &LoadedModel, l: &StepLog| t.after_step(m, l.step);
-            train(&lm, &records, &cfg, &a.out, a.resume, Some(&mut hook), true)?
-        }
-        None => train(&lm, &records, &cfg, &a.out, a.resume, None, true)?,
-    };
-    if let Some(t) = tracker.as_mut() {
-        t.finish(&lm, s.steps)?;
-        plot_rows(&RunDir::create(&a.out)?, t.rows())?;
-    }
+    // A finished run is left as it is: no new event file either.
+    let log_dir = a.log_dir.as_deref().filter(|_| !finished);
+    let mut hooks = StepHooks::new(tracker, log_dir)?;
+    let mut hook = |m: &LoadedModel, l: &StepLog| hooks.after_step(m, l);
+    let s = train(&lm, &records, &cfg, &a.out, a.resume, Some(&mut hook), true)?;
+    hooks.finish(&lm, s.steps, &a.out)?;
     println!(
         "{}",
         serde_json::json!({

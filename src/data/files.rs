@@ -1,8 +1,10 @@
 //! Which data files a data path names. A path is a file, a directory of shards (searched
 //! recursively), or a hub data set id (`stanfordnlp/imdb`) found in the offline Hugging Face
 //! cache. An optional `files` selector narrows a directory to a split or a glob:
-//! - a split name (`train`, `test`): files named `train.*`, `train-*` or `train_*`, or files
-//!   under a directory named `train` (the hub's shard layouts);
+//! - a split name (`train`, `test`): files named `train.*`, `train-*` or `train_*`, files
+//!   under a directory named `train` (the hub's shard layouts), and files the HF `datasets`
+//!   cache names `<name>-<split>.*` or `<name>-<split>-NNNNN-of-NNNNN.*`
+//!   (`imdb-train-00000-of-00001.parquet`);
 //! - a glob (`*30k*train*`, `plain_text/test-*.parquet`): `*` and `?` within one path
 //!   component, `**` across components; a glob without `/` matches the file name only.
 //!
@@ -54,15 +56,18 @@ pub fn resolve_with_cache(
     walk(&root, &root, &mut found)?;
     found.sort();
     let all = found.len();
+    let all_files = found.clone();
     if let Some(sel) = selector {
         found.retain(|rel| matches_selector(sel, rel));
     }
     if found.is_empty() {
         match selector {
             Some(sel) => bail!(
-                "no data file under {} matches `files = \"{sel}\"` ({all} data files there); \
-                 use a split name such as \"train\" or a glob such as \"*train*.parquet\"",
-                root.display()
+                "no data file under {} matches `files = \"{sel}\"`; the {all} data file(s) \
+                 there: {}. Use a split name (matching `{sel}.*`, `{sel}-*`, `{sel}/...` or \
+                 `<name>-{sel}-00000-of-00001.*`) or a glob such as \"*{sel}*.parquet\"",
+                root.display(),
+                listing(&all_files)
             ),
             None => bail!(
                 "no data files (.parquet, .json, .jsonl[.gz|.xz|.zst]) under {}",
@@ -99,6 +104,21 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
     Ok(())
 }
 
+/// How many file names an error message lists before "and N more".
+const LISTED: usize = 12;
+
+/// "a.parquet, b/c.jsonl and 3 more" (or "none").
+fn listing(files: &[String]) -> String {
+    if files.is_empty() {
+        return "none".into();
+    }
+    let shown = files[..files.len().min(LISTED)].join(", ");
+    match files.len().saturating_sub(LISTED) {
+        0 => shown,
+        more => format!("{shown} and {more} more"),
+    }
+}
+
 fn matches_selector(sel: &str, rel: &str) -> bool {
     let is_glob = sel.contains(['*', '?', '/', '.']);
     if !is_glob {
@@ -107,13 +127,28 @@ fn matches_selector(sel: &str, rel: &str) -> bool {
         return parts.contains(&sel)
             || name
                 .strip_prefix(sel)
-                .is_some_and(|rest| rest.starts_with(['.', '-', '_']));
+                .is_some_and(|rest| rest.starts_with(['.', '-', '_']))
+            || datasets_cache_split(name) == Some(sel);
     }
     if sel.contains('/') {
         glob(sel, rel)
     } else {
         glob(sel, rel.rsplit('/').next().unwrap_or(rel))
     }
+}
+
+/// The split of a file named as the HF `datasets` cache names its shards:
+/// `<name>-<split>.<ext>` or `<name>-<split>-NNNNN-of-NNNNN.<ext>` (e.g.
+/// `imdb-train-00000-of-00001.parquet` -> `train`).
+fn datasets_cache_split(name: &str) -> Option<&str> {
+    let stem = name.split('.').next()?;
+    let parts: Vec<&str> = stem.split('-').collect();
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let n = parts.len();
+    let sharded = n >= 4 && parts[n - 2] == "of" && digits(parts[n - 1]) && digits(parts[n - 3]);
+    let split_at = if sharded { n.checked_sub(4)? } else { n - 1 };
+    // A name must come before the split.
+    (split_at >= 1 && !parts[split_at].is_empty()).then_some(parts[split_at])
 }
 
 /// Glob match: `*` and `?` never cross `/`; `**` does.
@@ -180,6 +215,26 @@ mod tests {
             "plain_text/test-00000-of-00001.parquet"
         ));
         assert!(!matches_selector("test", "plain_text/testing.parquet"));
+        // The HF datasets cache's shard names.
+        assert!(matches_selector(
+            "train",
+            "imdb-train-00000-of-00001.parquet"
+        ));
+        assert!(matches_selector("train", "x/imdb-train.parquet"));
+        assert!(matches_selector(
+            "unsupervised",
+            "imdb-unsupervised-00001-of-00002.parquet"
+        ));
+        assert!(!matches_selector(
+            "train",
+            "imdb-test-00000-of-00001.parquet"
+        ));
+        assert!(!matches_selector(
+            "00001",
+            "imdb-test-00000-of-00001.parquet"
+        ));
+        assert!(!matches_selector("of", "imdb-test-00000-of-00001.parquet"));
+        assert!(!matches_selector("00001", "train-00000-of-00001.parquet"));
         assert!(!matches_selector("*30k*", "round0/30k/test.jsonl.xz"));
         assert!(matches_selector("round0/30k/*", "round0/30k/test.jsonl.xz"));
     }
@@ -200,8 +255,25 @@ mod tests {
             resolve(imdb.to_str().unwrap(), Some("validation")).unwrap_err()
         );
         assert!(
-            e.contains("validation") && e.contains("2 data files"),
+            e.contains("validation")
+                && e.contains("the 2 data file(s) there: plain_text/test-00000-of-00001.parquet, plain_text/train-00000-of-00001.parquet."),
             "{e}"
+        );
+        // The HF datasets cache's flat shard names select by split.
+        let cache = tempfile::tempdir().unwrap();
+        for split in ["train", "test"] {
+            std::fs::copy(
+                imdb.join(format!("plain_text/{split}-00000-of-00001.parquet")),
+                cache
+                    .path()
+                    .join(format!("imdb-{split}-00000-of-00001.parquet")),
+            )
+            .unwrap();
+        }
+        let got = resolve(cache.path().to_str().unwrap(), Some("train")).unwrap();
+        assert_eq!(
+            got,
+            vec![cache.path().join("imdb-train-00000-of-00001.parquet")]
         );
         let one = root.join("generic.jsonl");
         let e = format!(

@@ -1,10 +1,11 @@
 //! Data: SFT records and their JSONL files, prompt templates, loaders for the published
-//! data-set schemas, and the synthetic world.
+//! data-set schemas, the data flags commands share (`source`), and the synthetic world.
 
 pub mod files;
 pub mod hf_cache;
 pub mod records;
 pub mod rows;
 pub mod schemas;
+pub mod source;
 pub mod template;
 pub mod world;

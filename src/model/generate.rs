@@ -1,7 +1,10 @@
 //! Generation with a KV cache: batched prompts (left-padded, with position ids from the
 //! attention mask as transformers does), greedy or sampled (temperature, top-k, top-p),
-//! stopping at EOS or after `max_new_tokens`. Each prompt gets its own RNG stream seeded by
-//! (seed, prompt index), so results do not depend on how prompts are batched.
+//! stopping at EOS, after `max_new_tokens`, or when the sequence fills the model's context
+//! (`max_position_embeddings`, as transformers' `max_length` would: RoPE would go on past it,
+//! but on positions the model never saw). A prompt that alone fills the context is refused,
+//! and rows stopped by the context are counted in a warning. Each prompt gets its own RNG
+//! stream seeded by (seed, prompt index), so results do not depend on how prompts are batched.
 
 use super::llama::{KvCache, Llama};
 use anyhow::Result;
@@ -51,14 +54,37 @@ pub fn generate(
         cfg.temperature >= 0.0 && cfg.top_p > 0.0 && cfg.top_p <= 1.0,
         "invalid sampling settings: temperature must be >= 0 and top_p in (0, 1]"
     );
+    let context = model.cfg.max_position_embeddings;
+    if let Some((i, p)) = prompts.iter().enumerate().find(|(_, p)| p.len() >= context) {
+        anyhow::bail!(
+            "prompt {} is {} tokens long, but the model's context (max_position_embeddings) is              {context} tokens, so no token can follow it; shorten the prompt",
+            i + 1,
+            p.len()
+        );
+    }
     let mut out = Vec::with_capacity(prompts.len());
+    let mut at_context = 0;
     for (chunk_idx, chunk) in prompts.chunks(cfg.batch_size).enumerate() {
         let first = chunk_idx * cfg.batch_size;
-        out.extend(generate_split(model, chunk, first, eos_ids, pad_id, cfg)?);
+        let (gens, stopped) = generate_split(model, chunk, first, eos_ids, pad_id, cfg)?;
+        out.extend(gens);
+        at_context += stopped;
         on_done(chunk.len());
+    }
+    if at_context > 0 {
+        eprintln!(
+            "warning: {at_context} of {} generation(s) stopped at the model's context \
+             (max_position_embeddings = {context} tokens, prompt included) before \
+             max_new_tokens = {}",
+            prompts.len(),
+            cfg.max_new_tokens
+        );
     }
     Ok(out)
 }
+
+/// Generations of one batch, and how many of them the context stopped.
+type Batch = (Vec<Vec<u32>>, usize);
 
 /// Fewest rows a sub-batch of [`generate_split`] keeps: each sub-batch reads every weight
 /// once per step, so with fewer rows the extra weight traffic (a big model's real cost)
@@ -76,7 +102,7 @@ fn generate_split(
     eos_ids: &[u32],
     pad_id: u32,
     cfg: &GenConfig,
-) -> Result<Vec<Vec<u32>>> {
+) -> Result<Batch> {
     let parts = rayon::current_num_threads().clamp(1, (prompts.len() / MIN_ROWS_PER_THREAD).max(1));
     if parts == 1 {
         // On a worker thread, the products' fork-joins run their halves themselves unless
@@ -85,16 +111,19 @@ fn generate_split(
         return rayon::scope(|_| generate_batch(model, prompts, first_index, eos_ids, pad_id, cfg));
     }
     let size = prompts.len().div_ceil(parts);
-    let done: Vec<Result<Vec<Vec<u32>>>> = prompts
+    let done: Vec<Result<Batch>> = prompts
         .par_chunks(size)
         .enumerate()
         .map(|(i, sub)| generate_batch(model, sub, first_index + i * size, eos_ids, pad_id, cfg))
         .collect();
     let mut out = Vec::with_capacity(prompts.len());
+    let mut stopped = 0;
     for d in done {
-        out.extend(d?);
+        let (gens, n) = d?;
+        out.extend(gens);
+        stopped += n;
     }
-    Ok(out)
+    Ok((out, stopped))
 }
 
 fn generate_batch(
@@ -104,8 +133,9 @@ fn generate_batch(
     eos_ids: &[u32],
     pad_id: u32,
     cfg: &GenConfig,
-) -> Result<Vec<Vec<u32>>> {
+) -> Result<Batch> {
     let dev = model.device();
+    let context = model.cfg.max_position_embeddings as u32;
     let b = prompts.len();
     let max_len = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
     anyhow::ensure!(
@@ -149,12 +179,18 @@ fn generate_batch(
     )?;
     let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); b];
     let mut done = vec![false; b];
+    let mut at_context = 0;
     let mut total = max_len;
     for _ in 0..cfg.max_new_tokens {
         // (b, vocab): each row's last token.
         let rows: Vec<Vec<f32>> = logits.to_dtype(candle_core::DType::F32)?.to_vec2()?;
         let mut step_ids = Vec::with_capacity(b);
         for r in 0..b {
+            // The next token would sit at position next_pos[r]: past the context, stop.
+            if !done[r] && next_pos[r] >= context {
+                done[r] = true;
+                at_context += 1;
+            }
             let tok = if done[r] {
                 pad_id
             } else {
@@ -186,7 +222,7 @@ fn generate_batch(
             &mut cache,
         )?;
     }
-    Ok(outputs)
+    Ok((outputs, at_context))
 }
 
 /// Choose the next token from one row of logits.

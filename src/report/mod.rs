@@ -1,6 +1,7 @@
 //! Shared result-writing toolkit used by every experiment: statistics for small samples
 //! ([`stats`]), tables rendered as Markdown/CSV/LaTeX ([`table`]), line plots written as PNG
-//! and SVG ([`plot`]), and a [`RunDir`] that writes an experiment's files atomically.
+//! and SVG ([`plot`]), TensorBoard event files ([`tensorboard`]), and a [`RunDir`] that
+//! writes an experiment's files atomically.
 //!
 //! Typical use:
 //! ```no_run
@@ -21,6 +22,7 @@ pub mod plot;
 pub mod png_text;
 pub mod stats;
 pub mod table;
+pub mod tensorboard;
 
 pub use plot::{LegendPosition, LinePlot, RefLine, Series};
 pub use stats::{first_crossing, linear_fit, mean_ci95, sign_test, LinearFit, MeanCi, SignTest};

@@ -24,6 +24,9 @@
 //! limit = 1000
 //! shuffle_seed = 42
 //! ```
+//!
+//! Each schema has a default prompt template ([`default_template`]: raw for IMDb), used
+//! wherever data is trained on or prompted with and no template was set.
 
 pub mod alpaca;
 pub mod beavertails;
@@ -32,6 +35,7 @@ pub mod jsonl;
 
 use crate::data::records::Record;
 use crate::data::rows::{self, json_kind, Object};
+use crate::data::template::Template;
 use anyhow::{anyhow, bail, Context, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -101,7 +105,7 @@ impl DataSpec {
 }
 
 /// The labelled half of a data set to keep.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Select {
     #[default]
@@ -183,6 +187,35 @@ pub fn schema_names() -> Vec<&'static str> {
         .map(|s| s.name)
         .chain([WORLD_SCHEMA])
         .collect()
+}
+
+/// The prompt template a schema's data is trained and prompted with when none is set: raw
+/// text for IMDb reviews and the synthetic world (the paper trains IMDb without a template,
+/// PAPER.md §5), the paper's safe-rlhf conversation template for everything else.
+pub fn default_template(schema: &str) -> Template {
+    match schema {
+        "imdb" | WORLD_SCHEMA => Template::Raw,
+        _ => Template::SafeRlhf,
+    }
+}
+
+/// The default template shared by several data specs (an experiment's positive and negative
+/// sets); an error, asking for `[train] template`, when their schemas' defaults differ.
+pub fn default_template_of(specs: &[&DataSpec]) -> Result<Template> {
+    let mut chosen: Option<(Template, &str)> = None;
+    for s in specs {
+        let t = default_template(&s.schema);
+        match chosen {
+            Some((c, first)) if c != t => bail!(
+                "no `[train] template` is set, and the data's schemas default to different                  templates (\"{first}\" and \"{}\"); set `template` under [train] \
+                 (raw, safe-rlhf or chat)",
+                s.schema
+            ),
+            Some(_) => {}
+            None => chosen = Some((t, &s.schema)),
+        }
+    }
+    Ok(chosen.map(|c| c.0).unwrap_or(Template::SafeRlhf))
 }
 
 /// Look a file-backed schema up by name; unknown names get an error listing the valid ones.
@@ -403,7 +436,7 @@ pub fn load_files(spec: &DataSpec, files: Vec<PathBuf>) -> Result<Dataset> {
                 }
                 Err(e) => bail!(
                     "{}: {loc}: {e:#} (schema \"{}\"); fix the row, or set skip_bad_rows = \
-                     true to skip and count malformed rows",
+                     true (--skip-bad-rows) to skip and count malformed rows",
                     file.display(),
                     schema.name
                 ),
@@ -420,6 +453,17 @@ pub fn load_files(spec: &DataSpec, files: Vec<PathBuf>) -> Result<Dataset> {
         }
     }
 
+    if ds.rows_read == 0 {
+        bail!(
+            "{} holds no records (no rows in {})",
+            spec.path,
+            files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let selected = ds.records.len();
     if let Some(seed) = spec.shuffle_seed {
         ds.records

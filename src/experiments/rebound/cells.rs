@@ -23,6 +23,7 @@ use crate::experiments::manifest::resolve;
 use crate::model::checkpoint::load_model;
 use crate::model::generate::GenConfig;
 use crate::model::{LoadedModel, ModelConfig};
+use crate::report::tensorboard::TrainBoard;
 use crate::score::registry::ScorerSpec;
 use crate::train::{train, TrainConfig};
 use anyhow::{bail, Context, Result};
@@ -64,6 +65,9 @@ pub struct AlignParams {
     pub n_positive: usize,
     pub seed: u64,
     pub train: TrainConfig,
+    /// TensorBoard event directory of this cell's training (the config's `log_dir`/<id>).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_dir: Option<String>,
 }
 
 /// Parameters of `rebound.perturb`.
@@ -77,6 +81,9 @@ pub struct PerturbParams {
     /// The `rebound.align` cell this one starts from.
     pub align_cell: String,
     pub train: TrainConfig,
+    /// TensorBoard event directory of this cell's training (the config's `log_dir`/<id>).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_dir: Option<String>,
     pub eval: EvalParams,
     /// Keep the perturbed weights after the result is written.
     pub keep_model: bool,
@@ -161,7 +168,13 @@ impl CellKind for Align {
             save_dtype: Some("float32".into()),
             ..p.train.clone()
         };
-        let train = train_stage(ctx, &ctx.input("base")?, &records, &t)?;
+        let train = train_stage(
+            ctx,
+            &ctx.input("base")?,
+            &records,
+            &t,
+            p.log_dir.as_deref(),
+        )?;
         Ok(serde_json::to_value(AlignOutput {
             model: p.model,
             n_positive: p.n_positive,
@@ -189,7 +202,7 @@ impl CellKind for Perturb {
             (aligned, None)
         } else {
             let records = first_records(&ctx.input("negative")?, p.n_negative, "n-")?;
-            let t = train_stage(ctx, &aligned, &records, &p.train)?;
+            let t = train_stage(ctx, &aligned, &records, &p.train, p.log_dir.as_deref())?;
             (ctx.dir.join(MODEL_DIR), Some(t))
         };
         let lm = load_model(&path_str(&model_dir), &Device::Cpu)?;
@@ -228,6 +241,7 @@ fn train_stage(
     start: &Path,
     records: &[Record],
     cfg: &TrainConfig,
+    log_dir: Option<&str>,
 ) -> Result<TrainOutcome> {
     let marker = ctx.dir.join(TRAIN_SUMMARY);
     let out = ctx.dir.join(MODEL_DIR);
@@ -239,7 +253,13 @@ fn train_stage(
     }
     let t0 = std::time::Instant::now();
     let lm = load_model(&path_str(start), &Device::Cpu)?;
+    let mut board = log_dir
+        .map(|d| TrainBoard::create(Path::new(d)))
+        .transpose()?;
     let mut hook = |_: &LoadedModel, log: &crate::train::sft::StepLog| -> Result<()> {
+        if let Some(b) = board.as_mut() {
+            b.step(log.step as u64, log.loss, log.lr, log.grad_norm, log.tokens)?;
+        }
         ctx.fault_point(&format!("train-step-{}", log.step))
     };
     let s = train(&lm, records, cfg, &out, true, Some(&mut hook), ctx.progress)?;

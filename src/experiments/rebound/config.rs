@@ -195,6 +195,10 @@ pub struct ReboundConfig {
     pub generation: GenerationConfig,
     /// How generations are scored.
     pub scorer: ScorerSpec,
+    /// Write TensorBoard event files of every training cell into `<log_dir>/<cell id>`
+    /// (`tensorboard --logdir <log_dir>` shows the grid's curves side by side). Unset: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_dir: Option<String>,
     /// Table 3's threshold: negatives needed to bring KL(model || base) under this. Default
     /// 0.01 (the paper's).
     #[serde(default = "default_kl_epsilon")]
@@ -254,6 +258,12 @@ impl ReboundConfig {
             anyhow::anyhow!("{msg}")
         })?;
         cfg.normalise()?;
+        // An unset `[train] template` follows the data's schema (IMDb: raw, as in the paper).
+        let doc: toml::Table = toml::from_str(text)?;
+        if doc.get("train").and_then(|t| t.get("template")).is_none() {
+            cfg.train.template =
+                crate::data::schemas::default_template_of(&[&cfg.positive, &cfg.negative])?;
+        }
         Ok(cfg)
     }
 
@@ -449,6 +459,30 @@ kind = "keywords"
         let s = ReboundConfig::from_toml(include_str!("../../../examples/scaling.toml")).unwrap();
         s.validate_scaling().unwrap();
         assert_eq!(s.models.len(), 3);
+    }
+
+    #[test]
+    fn an_unset_template_follows_the_schema() {
+        use crate::data::template::Template;
+        assert_eq!(
+            ReboundConfig::from_toml(MIN).unwrap().train.template,
+            Template::SafeRlhf
+        );
+        let imdb = MIN.replace("schema = \"jsonl\"", "schema = \"imdb\"");
+        assert_eq!(
+            ReboundConfig::from_toml(&imdb).unwrap().train.template,
+            Template::Raw,
+            "IMDb trains on raw text (PAPER.md §5)"
+        );
+        let set = format!("{imdb}[train]\ntemplate = \"safe-rlhf\"\n");
+        assert_eq!(
+            ReboundConfig::from_toml(&set).unwrap().train.template,
+            Template::SafeRlhf,
+            "a template that is set wins"
+        );
+        let mixed = MIN.replacen("schema = \"jsonl\"", "schema = \"imdb\"", 1);
+        let e = format!("{:#}", ReboundConfig::from_toml(&mixed).unwrap_err());
+        assert!(e.contains("[train]") && e.contains("imdb"), "{e}");
     }
 
     #[test]

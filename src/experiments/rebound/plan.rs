@@ -169,6 +169,18 @@ pub fn prefix(cfg: &ReboundConfig, model: &str) -> String {
     }
 }
 
+/// `<log_dir>/<cell id>` as an absolute path (cells may run in another working directory).
+fn cell_log_dir(cfg: &ReboundConfig, id: &str) -> Result<Option<String>> {
+    cfg.log_dir
+        .as_ref()
+        .map(|d| {
+            let dir = std::path::absolute(Path::new(d).join(id))
+                .with_context(|| format!("log_dir {d}: cannot make it absolute"))?;
+            Ok(dir.to_string_lossy().into_owned())
+        })
+        .transpose()
+}
+
 fn cells(
     cfg: &ReboundConfig,
     models: &[ResolvedModel],
@@ -216,6 +228,7 @@ fn cells(
                 let mut train = cfg.train.clone();
                 train.seed = seed;
                 let align = align_id(&pre, n_pos, seed);
+                let log_dir = |id: &str| cell_log_dir(cfg, id);
                 out.push(CellSpec {
                     id: align.clone(),
                     kind: "rebound.align".into(),
@@ -226,6 +239,7 @@ fn cells(
                         n_positive: n_pos,
                         seed,
                         train: train.clone(),
+                        log_dir: log_dir(&align)?,
                     })?,
                 });
                 for &n_neg in &cfg.n_negative {
@@ -234,8 +248,9 @@ fn cells(
                     } else {
                         vec![("prompts", &prompts)]
                     };
+                    let id = perturb_id(&pre, n_pos, n_neg, seed);
                     out.push(CellSpec {
-                        id: perturb_id(&pre, n_pos, n_neg, seed),
+                        id: id.clone(),
                         kind: "rebound.perturb".into(),
                         deps: vec![align.clone()],
                         inputs: inputs(&list),
@@ -246,6 +261,8 @@ fn cells(
                             seed,
                             align_cell: align.clone(),
                             train: train.clone(),
+                            // n- = 0 trains nothing.
+                            log_dir: if n_neg > 0 { log_dir(&id)? } else { None },
                             eval: eval(seed),
                             keep_model: cfg.keep_models,
                         })?,

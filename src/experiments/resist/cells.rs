@@ -53,6 +53,9 @@ pub struct ThetaParams {
     /// theta_{k-1}.
     pub start: ModelRef,
     pub train: TrainConfig,
+    /// TensorBoard event directory of this fine-tune (the config's `log_dir`/<id>).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_dir: Option<String>,
 }
 
 /// Parameters of a `resist.generate` cell; its input `prompts` is the held-out prompts.
@@ -78,6 +81,9 @@ pub struct PairParams {
     /// Ids of the `resist.generate` cells of k and l.
     pub gens: BTreeMap<usize, String>,
     pub keep_model: bool,
+    /// TensorBoard event directory of this fine-tune (the config's `log_dir`/<id>).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_dir: Option<String>,
 }
 
 /// Output of a fine-tuning cell.
@@ -136,9 +142,16 @@ fn fine_tune(
     start: &std::path::Path,
     data: &[Record],
     t: &TrainConfig,
+    log_dir: Option<&str>,
 ) -> Result<TrainSummary> {
     let lm = load_model(&start.to_string_lossy(), &Device::Cpu)?;
+    let mut board = log_dir
+        .map(|d| crate::report::tensorboard::TrainBoard::create(std::path::Path::new(d)))
+        .transpose()?;
     let mut hook = |_: &crate::model::LoadedModel, s: &crate::train::sft::StepLog| {
+        if let Some(b) = board.as_mut() {
+            b.step(s.step as u64, s.loss, s.lr, s.grad_norm, s.tokens)?;
+        }
         ctx.fault_point(&format!("train-step-{}", s.step))
     };
     train(&lm, data, t, &ctx.dir, true, Some(&mut hook), ctx.progress)
@@ -162,7 +175,7 @@ impl CellKind for ThetaKind {
             save_dtype: Some("float32".into()),
             ..p.train.clone()
         };
-        let s = fine_tune(ctx, &p.start.dir(ctx), &data, &t)?;
+        let s = fine_tune(ctx, &p.start.dir(ctx), &data, &t, p.log_dir.as_deref())?;
         Ok(serde_json::to_value(FineTuneOutput::from(&s))?)
     }
 }
@@ -238,7 +251,13 @@ impl CellKind for PairKind {
             .models
             .get(&start_k)
             .with_context(|| format!("cell {}: no weights for θ{start_k}", ctx.cell.id))?;
-        let s = fine_tune(ctx, &start.dir(ctx), &data, p.pair.train())?;
+        let s = fine_tune(
+            ctx,
+            &start.dir(ctx),
+            &data,
+            p.pair.train(),
+            p.log_dir.as_deref(),
+        )?;
         Ok(serde_json::to_value(PairOutput {
             k: p.pair.k(),
             l: p.pair.l(),

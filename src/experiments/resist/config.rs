@@ -77,6 +77,10 @@ pub struct ResistConfig {
     /// Keep the weights of the forward/inverse fine-tunes (only their losses are needed).
     #[serde(default)]
     pub keep_pair_models: bool,
+    /// Write TensorBoard event files of every fine-tune into `<log_dir>/<cell id>`
+    /// (`tensorboard --logdir <log_dir>`). Unset: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_dir: Option<String>,
     /// What runs the cells (default: this machine, one cell at a time).
     #[serde(default)]
     pub executor: ExecutorSpec,
@@ -154,6 +158,7 @@ impl ResistConfig {
             train: TrainConfig::default(),
             pair_train: None,
             keep_pair_models: false,
+            log_dir: None,
             executor: ExecutorSpec::default(),
             slurm: SlurmConfig::default(),
         }
@@ -188,8 +193,18 @@ impl ResistConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read resist config {}", path.display()))?;
-        let cfg: ResistConfig = toml::from_str(&text)
+        let mut cfg: ResistConfig = toml::from_str(&text)
             .with_context(|| format!("{} is not a valid resist config", path.display()))?;
+        // An unset template follows the data's schema (IMDb: raw, as in the paper); the pair
+        // fine-tunes use the slices' template unless they set their own.
+        let doc: toml::Table = toml::from_str(&text)?;
+        let set = |t: &str| doc.get(t).and_then(|t| t.get("template")).is_some();
+        if !set("train") {
+            cfg.train.template = crate::data::schemas::default_template(&cfg.data.schema);
+        }
+        if let Some(p) = cfg.pair_train.as_mut().filter(|_| !set("pair_train")) {
+            p.template = cfg.train.template;
+        }
         cfg.validate()
             .with_context(|| format!("in resist config {}", path.display()))?;
         Ok(cfg)
@@ -300,6 +315,31 @@ mod tests {
         let cfg: ResistConfig = toml::from_str(&text)?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    #[test]
+    fn an_unset_template_follows_the_schema() {
+        use crate::data::template::Template;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("resist.toml");
+        let read = |text: &str| {
+            std::fs::write(&p, text).unwrap();
+            ResistConfig::from_file(&p).unwrap()
+        };
+        let imdb =
+            "model = \"m\"\n[data]\npath = \"d\"\nschema = \"imdb\"\nselect = \"positive\"\n";
+        let c = read(imdb);
+        assert_eq!(c.train.template, Template::Raw, "IMDb trains on raw text");
+        let c = read(&format!("{imdb}[pair_train]\nlr = 1e-4\n"));
+        assert_eq!(
+            c.pair_train().template,
+            Template::Raw,
+            "pairs follow the slices"
+        );
+        let c = read(&format!("{imdb}[train]\ntemplate = \"chat\"\n"));
+        assert_eq!(c.train.template, Template::Chat, "a set template wins");
+        let c = read("model = \"m\"\n[data]\npath = \"d\"\nschema = \"alpaca\"\n");
+        assert_eq!(c.train.template, Template::SafeRlhf);
     }
 
     #[test]

@@ -117,6 +117,18 @@ fn base_dir(cfg: &ResistConfig) -> Result<String> {
     Ok(abs.to_string_lossy().into_owned())
 }
 
+/// `<log_dir>/<cell id>` as an absolute path (cells may run in another working directory).
+fn cell_log_dir(cfg: &ResistConfig, id: &str) -> Result<Option<String>> {
+    cfg.log_dir
+        .as_ref()
+        .map(|d| {
+            let dir = std::path::absolute(Path::new(d).join(id))
+                .with_context(|| format!("log_dir {d}: cannot make it absolute"))?;
+            Ok(dir.to_string_lossy().into_owned())
+        })
+        .transpose()
+}
+
 /// The grid's cells, in an order where every dependency comes first.
 pub fn cells(cfg: &ResistConfig, base: &str, data: &PreparedData) -> Result<Vec<CellSpec>> {
     cfg.validate()?;
@@ -154,7 +166,12 @@ pub fn cells(cfg: &ResistConfig, base: &str, data: &PreparedData) -> Result<Vec<
                 kind: THETA.into(),
                 deps: deps_of(&start),
                 inputs: BTreeMap::from([("data".to_string(), pinned(&slice_file(k))?)]),
-                params: serde_json::to_value(ThetaParams { k, start, train })?,
+                params: serde_json::to_value(ThetaParams {
+                    k,
+                    start,
+                    train,
+                    log_dir: cell_log_dir(cfg, &theta_id(seed, k))?,
+                })?,
             });
         }
         for k in cfg.checkpoints() {
@@ -192,6 +209,7 @@ pub fn cells(cfg: &ResistConfig, base: &str, data: &PreparedData) -> Result<Vec<
                         models: models.clone(),
                         gens: gens.clone(),
                         keep_model: cfg.keep_pair_models,
+                        log_dir: cell_log_dir(cfg, &pair_id(seed, &pair, d))?,
                     })?,
                 });
             }
@@ -398,5 +416,21 @@ mod tests {
         assert!(g0.deps.is_empty());
         let f = &m.cells[m.index_of("seed1-pair0-2-forward").unwrap()];
         assert_eq!(f.deps, ["seed1-gen0", "seed1-gen2"]);
+        assert!(f.params.get("log_dir").is_none(), "no log_dir, no key");
+
+        // log_dir: one absolute directory per fine-tuning cell, named by its id.
+        cfg.log_dir = Some("tb".into());
+        let m = Manifest::new("resist", cells(&cfg, "/base", &prep).unwrap()).unwrap();
+        let here = std::env::current_dir().unwrap();
+        for id in ["seed1-theta2", "seed1-pair0-2-forward"] {
+            let c = &m.cells[m.index_of(id).unwrap()];
+            let want = here.join("tb").join(id);
+            assert_eq!(c.params["log_dir"], want.to_string_lossy().as_ref(), "{id}");
+        }
+        let g = &m.cells[m.index_of("seed1-gen2").unwrap()];
+        assert!(
+            g.params.get("log_dir").is_none(),
+            "generation trains nothing"
+        );
     }
 }
