@@ -230,6 +230,16 @@ fn resume_refuses_other_settings_or_data_and_a_finished_run_is_left_alone() {
         &["--resume", "--data", other_data.to_str().unwrap()],
         &["data: 8 examples"],
     );
+    let other_model = copy_model(&dir.path().join("other-model"));
+    let w = other_model.join("model.safetensors");
+    let mut t = candle_core::safetensors::load(&w, &candle_core::Device::Cpu).unwrap();
+    let n = "model.norm.weight";
+    t.insert(n.into(), (&t[n] * 1.5).unwrap());
+    candle_core::safetensors::save(&t, &w).unwrap();
+    refused(
+        &["--resume", "--model", other_model.to_str().unwrap()],
+        &["starting weights (--model / --init)"],
+    );
     refused(
         &["--resume", "--max-steps", "3"],
         &["step 4", "past this run's 3 steps", "--max-steps 4"],

@@ -12,8 +12,8 @@
 //!   written last and deleted first, so a kill while writing or removing one leaves a
 //!   directory that is skipped (and cleaned) instead of one that breaks every resume;
 //! - each checkpoint, and the finished run's `train_config.toml`, carries the resolved
-//!   settings and a fingerprint of the tokenized data ([`RunSettings`]); a resume with other
-//!   settings or data is refused, naming what changed, and a resume of a finished run with
+//!   settings and fingerprints of the starting weights and the tokenized data
+//!   ([`RunSettings`]); a resume with another model, other settings or data is refused, naming what changed, and a resume of a finished run with
 //!   the same settings does nothing.
 //!
 //! The caller must hold exclusive use of the output directory (`elastica train` locks it;
@@ -179,6 +179,8 @@ impl TrainConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunSettings {
+    /// sha256 of the starting weights (names and f32 values, in order).
+    pub start_sha256: String,
     /// sha256 of the tokenized examples (ids and loss labels), in order.
     pub data_sha256: String,
     /// Examples the run trains on.
@@ -191,6 +193,13 @@ impl RunSettings {
     /// `save_every` is left out: it changes when checkpoints are written, not the weights.
     pub fn changes(&self, now: &RunSettings) -> Vec<String> {
         let mut out = Vec::new();
+        if self.start_sha256 != now.start_sha256 {
+            out.push(format!(
+                "starting weights (--model / --init): sha256 {} -> {}",
+                short(&self.start_sha256),
+                short(&now.start_sha256)
+            ));
+        }
         if self.data_sha256 != now.data_sha256 || self.examples != now.examples {
             out.push(format!(
                 "data: {} examples (sha256 {}) -> {} examples (sha256 {})",
@@ -226,6 +235,20 @@ impl RunSettings {
 
 fn short(h: &str) -> &str {
     &h[..h.len().min(12)]
+}
+
+/// sha256 over the parameters' names and f32 values: which model a run starts from,
+/// wherever it was loaded from (one pass over the weights).
+pub fn weights_fingerprint(lm: &LoadedModel) -> Result<String> {
+    let mut h = Sha256::new();
+    for (name, var) in lm.model.params.iter() {
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        let v: Vec<f32> = var.as_tensor().flatten_all()?.to_vec1()?;
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        h.update(&bytes);
+    }
+    Ok(hex::encode(h.finalize()))
 }
 
 /// sha256 over the tokenized examples: what the run trains on, whatever file it came from.
@@ -477,6 +500,7 @@ fn prepare(lm: &LoadedModel, records: &[Record], cfg: &TrainConfig) -> Result<Pr
     let steps_per_epoch = examples.len().div_ceil(cfg.records_per_step()?);
     let total = cfg.total_steps(examples.len())?;
     let settings = RunSettings {
+        start_sha256: weights_fingerprint(lm)?,
         data_sha256: data_fingerprint(&examples),
         examples: examples.len(),
         train: cfg.clone(),
