@@ -422,8 +422,10 @@ mod tests {
         assert_eq!(back, c);
 
         let bad = |t: &str| {
-            let mut c = SlurmConfig::default();
-            c.resources = toml::from_str(t).unwrap();
+            let c = SlurmConfig {
+                resources: toml::from_str(t).unwrap(),
+                ..SlurmConfig::default()
+            };
             format!("{:#}", c.validate().unwrap_err())
         };
         let e = bad("[algin]\ntime = \"10\"");
