@@ -15,6 +15,8 @@ use std::path::Path;
 pub const POSITIVE_FILE: &str = "data/positive.jsonl";
 pub const NEGATIVE_FILE: &str = "data/negative.jsonl";
 pub const PROMPTS_FILE: &str = "data/eval_prompts.jsonl";
+/// The held-out general text of "capability kept" (only with a `[capability]` table).
+pub const CAPABILITY_FILE: &str = "data/capability.jsonl";
 /// The [`FrozenData`] summary, for reports written later (`elastica collect`).
 pub const FROZEN_FILE: &str = "data/frozen.json";
 
@@ -28,6 +30,9 @@ pub struct FrozenData {
     pub sources: Vec<String>,
     /// Evaluation prompts that are also prompts of a training record.
     pub eval_overlap: usize,
+    /// Records of the capability set (0 without one).
+    #[serde(default)]
+    pub capability: usize,
 }
 
 /// Load the config's data, check the sizes, and write the frozen files into `run_dir`
@@ -88,7 +93,28 @@ pub fn freeze(cfg: &ReboundConfig, run_dir: &Path) -> Result<FrozenData> {
         .map(|p| serde_json::json!({ "prompt": p }))
         .collect();
     write_if_changed(&run_dir.join(PROMPTS_FILE), &jsonl(&prompt_lines)?)?;
+    let capability = match &cfg.capability {
+        Some(spec) => {
+            let ds = schemas::load(spec)
+                .with_context(|| format!("loading the capability data ({})", spec.path))?;
+            let s = ds.summary();
+            let mut r = ds.records;
+            r.truncate(cfg.measures.capability_n);
+            if r.is_empty() {
+                bail!("the capability data ({}) has no records: {s}", spec.path);
+            }
+            sources.push(format!(
+                "capability: {} ({s}); using the first {}",
+                spec.path,
+                r.len()
+            ));
+            write_if_changed(&run_dir.join(CAPABILITY_FILE), &jsonl(&r)?)?;
+            r.len()
+        }
+        None => 0,
+    };
     let frozen = FrozenData {
+        capability,
         positive: positive.len(),
         negative: negative.len(),
         prompts: prompts.len(),

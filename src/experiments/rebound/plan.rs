@@ -9,9 +9,13 @@
 //! Everything is checked before any cell runs: the base models resolve and have a
 //! config.json and tokenizer, the scorer builds, and the data sets hold enough records.
 
-use super::cells::{AlignParams, BaseParams, EvalParams, PerturbParams};
+use super::cells::{
+    AlignParams, BaseParams, CapabilityParams, EvalParams, PerturbParams, RefusalParams,
+};
 use super::config::ReboundConfig;
-use super::data::{freeze, FrozenData, NEGATIVE_FILE, POSITIVE_FILE, PROMPTS_FILE};
+use super::data::{
+    freeze, FrozenData, CAPABILITY_FILE, NEGATIVE_FILE, POSITIVE_FILE, PROMPTS_FILE,
+};
 use crate::experiments::grid::Grid;
 use crate::experiments::manifest::{CellSpec, Input, Manifest};
 use crate::model::checkpoint::resolve_model_dir;
@@ -162,12 +166,38 @@ fn cells(
     let positive = Input::pinned(run_dir, POSITIVE_FILE)?;
     let negative = Input::pinned(run_dir, NEGATIVE_FILE)?;
     let prompts = Input::pinned(run_dir, PROMPTS_FILE)?;
+    let capability = match cfg.capability {
+        Some(_) => Some(Input::pinned(run_dir, CAPABILITY_FILE)?),
+        None => None,
+    };
+    let refusal = if cfg.measures.refusals(scorer) {
+        let keywords = match &cfg.measures.refusal_keywords {
+            Some(p) => {
+                // Checked now, so a bad list fails before any cell runs.
+                crate::score::keywords::KeywordScorer::from_file(p)
+                    .context("[measures] refusal_keywords")?;
+                Some(
+                    p.canonicalize()
+                        .with_context(|| format!("cannot resolve {}", p.display()))?,
+                )
+            }
+            None => None,
+        };
+        Some(RefusalParams { keywords })
+    } else {
+        None
+    };
     // Each cell's generations are seeded by its own seed.
     let eval = |seed: u64| EvalParams {
         template: cfg.train.template,
         generation: cfg.generation.with_seed(seed),
         scorer: scorer.clone(),
         kl_batch_size: cfg.eval.kl_batch_size,
+        capability: capability.as_ref().map(|_| CapabilityParams {
+            max_length: cfg.train.max_length,
+            batch_size: cfg.eval.kl_batch_size,
+        }),
+        refusal: refusal.clone(),
     };
     let mut out = Vec::new();
     for m in models {
@@ -181,12 +211,20 @@ fn cells(
             map.insert("base".into(), base.clone());
             map
         };
+        // Evaluating cells also read the capability set, when there is one.
+        let eval_inputs = |list: &[(&str, &Input)]| {
+            let mut map = inputs(list);
+            if let Some(c) = &capability {
+                map.insert("capability".into(), c.clone());
+            }
+            map
+        };
         for &seed in &cfg.seeds {
             out.push(CellSpec {
                 id: base_id(&pre, seed),
                 kind: "rebound.base".into(),
                 deps: vec![],
-                inputs: inputs(&[("prompts", &prompts)]),
+                inputs: eval_inputs(&[("prompts", &prompts)]),
                 params: serde_json::to_value(BaseParams {
                     model: m.name.clone(),
                     seed,
@@ -221,7 +259,7 @@ fn cells(
                         id: perturb_id(&pre, n_pos, n_neg, seed),
                         kind: "rebound.perturb".into(),
                         deps: vec![align.clone()],
-                        inputs: inputs(&list),
+                        inputs: eval_inputs(&list),
                         params: serde_json::to_value(PerturbParams {
                             model: m.name.clone(),
                             n_positive: n_pos,
@@ -231,6 +269,8 @@ fn cells(
                             train: train.clone(),
                             eval: eval(seed),
                             keep_model: cfg.keep_models,
+                            kl_to_aligned: n_neg > 0 && cfg.measures.kl_to_aligned,
+                            weight_space: n_neg > 0 && cfg.measures.weight_space,
                         })?,
                     });
                 }
