@@ -291,9 +291,10 @@ pub fn measure(reference: &Path, start: &Path, end: &Path) -> Result<WeightSpace
                     n: len as u64,
                     ..Sums::default()
                 };
-                for i in 0..len {
-                    let a = x[1][i] - x[0][i];
-                    let p = x[2][i] - x[1][i];
+                let [r, s, e] = &x;
+                for ((r, s), e) in r.iter().zip(s).zip(e) {
+                    let a = s - r;
+                    let p = e - s;
                     acc.dot += p * a;
                     acc.a += a * a;
                     acc.p += p * p;
