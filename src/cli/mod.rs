@@ -20,6 +20,7 @@ mod rebound;
 mod resist;
 mod resubmit;
 mod scaling;
+mod score;
 mod status;
 mod theory;
 mod train;
@@ -54,6 +55,8 @@ pub enum Command {
     EvalLoss(eval_loss::EvalLossArgs),
     /// Generate responses from a model.
     Generate(generate::GenerateArgs),
+    /// Score a JSONL of responses with any scorer: one score per record, mean and 95% CI.
+    Score(score::ScoreArgs),
     /// Run or inspect single cells of a planned experiment grid (used by cluster executors).
     Cell(cell::CellArgs),
     /// Measure training, forward and generation throughput (compare: scripts/bench_compare.sh).
@@ -138,6 +141,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Pretrain(a) => pretrain::run(a),
         Command::EvalLoss(a) => eval_loss::run(a),
         Command::Generate(a) => generate::run(a),
+        Command::Score(a) => score::run(a),
         Command::Cell(a) => cell::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Theory(a) => theory::run(a),

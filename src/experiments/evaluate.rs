@@ -1,12 +1,19 @@
 //! Evaluating one model on the evaluation prompts: sample a response to each prompt, score
-//! the responses, and (given the base model) measure KL(model || base) on them. Shared by
-//! every experiment cell that judges a model's behaviour.
+//! the responses, and (given the base model) measure KL(model || base) on them, in total and
+//! by response position. Shared by every experiment cell that judges a model's behaviour.
+//!
+//! Beside the score, the same pass gives: the samples' coherence (mean NLL of the response
+//! tokens under the base model: do the samples still read as language?), KL to the aligned
+//! model by position when one is given (how much of a perturbation acts on the first
+//! tokens), and the refusal rate by a versioned keyword list when asked (for safety scorers,
+//! whose scores alone do not say whether a model refuses or answers harmlessly).
 
-use super::kl::{pooled_mean, sequence_kl, Continuation};
+use super::kl::{by_position, pooled_mean, sequence_kl, Continuation, PositionKl, SequenceKl};
 use crate::data::template::Template;
 use crate::model::generate::{generate, GenConfig};
 use crate::model::LoadedModel;
 use crate::report::stats::{mean_ci95, MeanCi};
+use crate::score::keywords::KeywordScorer;
 use crate::score::{Sample, Scorer};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -82,6 +89,15 @@ pub struct SampleRow {
     /// Mean per-token KL(model || base) of this response, when a base was given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kl: Option<f64>,
+    /// Mean per-token KL(model || aligned model), when an aligned model was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kl_aligned: Option<f64>,
+    /// Mean NLL of the response tokens under the base model (none for an empty response).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_nll: Option<f64>,
+    /// Whether the response matches the refusal keyword list, when refusals are counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<bool>,
 }
 
 /// What an evaluation measured.
@@ -104,14 +120,45 @@ pub struct EvalSummary {
     pub mean_response_tokens: f64,
     /// Share of responses that ended with EOS before `max_new_tokens`.
     pub eos_fraction: f64,
+    /// KL(model || base) at response position 1, 2, ... averaged over the prompts whose
+    /// response reaches it (empty for the base model itself).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kl_by_position: Vec<PositionKl>,
+    /// KL(model || aligned model), token-weighted, when an aligned model was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kl_to_aligned: Option<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kl_to_aligned_by_position: Vec<PositionKl>,
+    /// Coherence: mean NLL per response token (EOS excluded) under the base model, over
+    /// every response token of every prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coherence_nll: Option<f64>,
+    /// Share of responses that refuse (keyword list), with its 95% CI over prompts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal_rate: Option<MeanCi>,
+    /// Version of the refusal keyword list (its header), when refusals were counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal_keywords: Option<String>,
 }
 
-/// Generate, score and (with `base`) measure KL. `base = None` means the model is the base
-/// model, whose KL to itself is 0 by definition.
+/// The models a generation is compared with.
+#[derive(Clone, Copy, Default)]
+pub struct References<'a> {
+    /// The base model; `None` means the evaluated model is the base model.
+    pub base: Option<&'a LoadedModel>,
+    /// The aligned model this one was perturbed from (KL to it by position).
+    pub aligned: Option<&'a LoadedModel>,
+    /// Count refusals with this keyword list.
+    pub refusal: Option<&'a KeywordScorer>,
+}
+
+/// Generate, score and measure KL to the references. `refs.base = None` means the model is
+/// the base model, whose KL to itself is 0 by definition (its coherence is then its own NLL
+/// of its samples).
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     lm: &LoadedModel,
-    base: Option<&LoadedModel>,
+    refs: References<'_>,
     prompts: &[String],
     template: Template,
     gen: &GenConfig,
@@ -138,33 +185,41 @@ pub fn evaluate(
         scores.len(),
         gens.len()
     );
-    let kls = match base {
-        None => None,
-        Some(b) => {
-            let seqs: Vec<Continuation<'_>> = gens
-                .iter()
-                .map(|g| Continuation {
-                    prompt: &g.prompt_ids,
-                    tokens: &g.tokens,
-                    ended: g.ended,
-                })
-                .collect();
-            let pb = crate::util::progress::bar(seqs.len() as u64, "KL");
-            if !progress {
-                pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-            }
-            let k = sequence_kl(
-                &lm.model,
-                &b.model,
-                &seqs,
-                lm.tokenizer.pad_id(),
-                kl_batch_size,
-                |n| pb.inc(n as u64),
-            )?;
-            pb.finish_and_clear();
-            Some(k)
+    let seqs: Vec<Continuation<'_>> = gens
+        .iter()
+        .map(|g| Continuation {
+            prompt: &g.prompt_ids,
+            tokens: &g.tokens,
+            ended: g.ended,
+        })
+        .collect();
+    let measure = |reference: &LoadedModel, what: &str| -> Result<Vec<SequenceKl>> {
+        let pb = crate::util::progress::bar(seqs.len() as u64, what);
+        if !progress {
+            pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
         }
+        let k = sequence_kl(
+            &lm.model,
+            &reference.model,
+            &seqs,
+            lm.tokenizer.pad_id(),
+            kl_batch_size,
+            |n| pb.inc(n as u64),
+        )?;
+        pb.finish_and_clear();
+        Ok(k)
     };
+    // Against the base model, or (for the base model) against itself: one forward, KL 0,
+    // and the NLL the coherence needs.
+    let to_base = measure(refs.base.unwrap_or(lm), "KL")?;
+    let kls = refs.base.map(|_| &to_base);
+    let to_aligned = refs
+        .aligned
+        .map(|a| measure(a, "KL to aligned"))
+        .transpose()?;
+    let refused: Option<Vec<bool>> = refs
+        .refusal
+        .map(|k| gens.iter().map(|g| k.refuses(&g.response)).collect());
     let rows: Vec<SampleRow> = gens
         .iter()
         .enumerate()
@@ -174,7 +229,10 @@ pub fn evaluate(
             tokens: g.tokens.len(),
             ended_with_eos: g.ended,
             score: scores[i],
-            kl: kls.as_ref().map(|k| k[i].mean()),
+            kl: kls.map(|k| k[i].mean()),
+            kl_aligned: to_aligned.as_ref().map(|k| k[i].mean()),
+            base_nll: (!g.tokens.is_empty()).then(|| to_base[i].base_nll / g.tokens.len() as f64),
+            refused: refused.as_ref().map(|r| r[i]),
         })
         .collect();
     let n = gens.len() as f64;
@@ -183,15 +241,30 @@ pub fn evaluate(
         scorer: scorer.name().to_string(),
         higher_is_aligned: scorer.higher_is_aligned(),
         score: mean_ci95(&scores).context("no scores")?,
-        kl: kls.as_deref().map_or(0.0, pooled_mean),
-        kl_per_prompt: kls
-            .as_ref()
-            .and_then(|k| mean_ci95(&k.iter().map(|x| x.mean()).collect::<Vec<_>>())),
-        kl_positions: kls
-            .as_ref()
-            .map_or(0, |k| k.iter().map(|x| x.positions).sum()),
+        kl: kls.map_or(0.0, |k| pooled_mean(k)),
+        kl_per_prompt: kls.and_then(|k| mean_ci95(&k.iter().map(|x| x.mean()).collect::<Vec<_>>())),
+        kl_positions: kls.map_or(0, |k| k.iter().map(|x| x.positions).sum()),
         mean_response_tokens: gens.iter().map(|g| g.tokens.len() as f64).sum::<f64>() / n,
         eos_fraction: gens.iter().filter(|g| g.ended).count() as f64 / n,
+        kl_by_position: kls.map(|k| by_position(k)).unwrap_or_default(),
+        kl_to_aligned: to_aligned.as_deref().map(pooled_mean),
+        kl_to_aligned_by_position: to_aligned.as_deref().map(by_position).unwrap_or_default(),
+        coherence_nll: coherence(&to_base, &gens),
+        refusal_rate: refused.as_ref().and_then(|r| {
+            mean_ci95(
+                &r.iter()
+                    .map(|&x| f64::from(u8::from(x)))
+                    .collect::<Vec<_>>(),
+            )
+        }),
+        refusal_keywords: refs.refusal.map(|k| k.version().to_string()),
     };
     Ok((summary, rows))
+}
+
+/// Token-weighted mean NLL of the generated tokens under the base model; `None` when no
+/// response has a token.
+fn coherence(kls: &[SequenceKl], gens: &[Generation]) -> Option<f64> {
+    let tokens: usize = gens.iter().map(|g| g.tokens.len()).sum();
+    (tokens > 0).then(|| kls.iter().map(|k| k.base_nll).sum::<f64>() / tokens as f64)
 }

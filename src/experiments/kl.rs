@@ -9,6 +9,12 @@
 //! an estimate of the per-token KL rate between the two models' response distributions.
 //!
 //! The same model on both sides gives exactly 0: the two log-softmaxes are the same bits.
+//!
+//! The same pass keeps the KL at each response position (position 1 = the first response
+//! token), so [`by_position`] can say where along the response two models differ (Qi et al.
+//! 2024: alignment acts mainly on the first tokens), and the base model's NLL of the chosen
+//! response tokens (the samples' coherence under the base model). Both come free with the
+//! forward passes the total KL already needs.
 
 use crate::model::Llama;
 use crate::train::loss::log_softmax;
@@ -34,10 +40,14 @@ impl Continuation<'_> {
 }
 
 /// The KL summed over one generation's positions.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SequenceKl {
     pub sum: f64,
     pub positions: usize,
+    /// The KL at each position, in order (`positions` values summing to `sum`).
+    pub per_position: Vec<f64>,
+    /// −Σ log q(token) over the generated tokens (EOS excluded) under the base model.
+    pub base_nll: f64,
 }
 
 impl SequenceKl {
@@ -53,7 +63,8 @@ impl SequenceKl {
 
 /// Per-generation KL(model || base), `batch_size` sequences per forward (right-padded with
 /// `pad_id`, which causal attention never lets a real position see). `on_done` gets the
-/// number of sequences finished.
+/// number of sequences finished. Passing the same model twice runs one forward, not two
+/// (the KL is then 0 and `base_nll` the model's own NLL of its samples).
 pub fn sequence_kl(
     model: &Llama,
     base: &Llama,
@@ -84,6 +95,8 @@ pub fn sequence_kl(
         // Flat (row * t + position) indices of the positions that chose a token.
         let mut rows: Vec<u32> = Vec::new();
         let mut owner: Vec<usize> = Vec::new();
+        // The token chosen at each row (0 at an EOS row, whose NLL is not counted).
+        let mut chosen: Vec<u32> = Vec::new();
         for (r, s) in chunk.iter().enumerate() {
             if s.prompt.is_empty() {
                 bail!("cannot measure KL after an empty prompt (no tokens)");
@@ -99,6 +112,7 @@ pub fn sequence_kl(
             for k in 0..s.positions() {
                 rows.push((r * t + start + k) as u32);
                 owner.push(r);
+                chosen.push(s.tokens.get(k).copied().unwrap_or(0));
             }
         }
         let ids = Tensor::from_vec(ids, (b, t), dev)?;
@@ -112,18 +126,32 @@ pub fn sequence_kl(
             )?)
         };
         let lp = pick(model)?;
-        let lq = pick(base)?;
+        let lq = if std::ptr::eq(model, base) {
+            lp.clone()
+        } else {
+            pick(base)?
+        };
         let kl: Vec<f32> = (lp.exp()? * (&lp - &lq)?)?.sum(D::Minus1)?.to_vec1()?;
+        let n = chosen.len();
+        let at = Tensor::from_vec(chosen, (n, 1), dev)?;
+        let lq_chosen: Vec<f32> = lq.gather(&at, 1)?.flatten_all()?.to_vec1()?;
         let mut acc = vec![
             SequenceKl {
                 sum: 0.0,
-                positions: 0
+                positions: 0,
+                per_position: Vec::new(),
+                base_nll: 0.0,
             };
             b
         ];
-        for (k, r) in kl.into_iter().zip(owner) {
-            acc[r].sum += k as f64;
-            acc[r].positions += 1;
+        for ((k, r), q) in kl.into_iter().zip(owner).zip(lq_chosen) {
+            let a = &mut acc[r];
+            if a.positions < chunk[r].tokens.len() {
+                a.base_nll -= q as f64;
+            }
+            a.sum += k as f64;
+            a.positions += 1;
+            a.per_position.push(k as f64);
         }
         out.extend(acc);
         on_done(b);
@@ -138,6 +166,36 @@ pub fn pooled_mean(kls: &[SequenceKl]) -> f64 {
         return 0.0;
     }
     kls.iter().map(|k| k.sum).sum::<f64>() / positions as f64
+}
+
+/// The mean KL at one response position over the generations that reach it.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PositionKl {
+    /// 1 = the first response token.
+    pub position: usize,
+    pub mean: f64,
+    /// Generations long enough to have this position.
+    pub sequences: usize,
+}
+
+/// KL by response position, averaged over the generations that reach each position. The
+/// token-weighted [`pooled_mean`] is the `sequences`-weighted mean of these.
+pub fn by_position(kls: &[SequenceKl]) -> Vec<PositionKl> {
+    let longest = kls.iter().map(|k| k.per_position.len()).max().unwrap_or(0);
+    (0..longest)
+        .map(|i| {
+            let xs: Vec<f64> = kls
+                .iter()
+                .filter_map(|k| k.per_position.get(i))
+                .copied()
+                .collect();
+            PositionKl {
+                position: i + 1,
+                mean: xs.iter().sum::<f64>() / xs.len() as f64,
+                sequences: xs.len(),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -209,7 +267,7 @@ mod tests {
             tokens: &t,
             ended: true,
         }];
-        let got = sequence_kl(&a.model, &b.model, &seqs, 2, 4, |_| {}).unwrap()[0];
+        let got = sequence_kl(&a.model, &b.model, &seqs, 2, 4, |_| {}).unwrap()[0].clone();
         assert_eq!(got.positions, 3);
         assert!(got.sum > 0.0);
         // Direct: full-sequence log-probs at positions 2, 3, 4.
@@ -224,15 +282,102 @@ mod tests {
             .unwrap();
         let mut want = 0.0f64;
         for pos in 2..5 {
+            let mut here = 0.0f64;
             for v in 0..lp[pos].len() {
                 let (x, y) = (lp[pos][v] as f64, lq[pos][v] as f64);
-                want += x.exp() * (x - y);
+                here += x.exp() * (x - y);
             }
+            let k = got.per_position[pos - 2];
+            assert!(
+                (k - here).abs() < 1e-4 * here.max(1e-3),
+                "position {pos}: {k} vs {here}"
+            );
+            want += here;
         }
+        // The base's NLL of the two chosen tokens (40 at position 2, 41 at 3; not the EOS).
+        let nll = -(lq[2][40] as f64) - lq[3][41] as f64;
+        assert!(
+            (got.base_nll - nll).abs() < 1e-4 * nll,
+            "{} vs {nll}",
+            got.base_nll
+        );
         assert!(
             (got.sum - want).abs() < 1e-4 * want.max(1e-3),
             "{} vs {want}",
             got.sum
         );
+    }
+
+    #[test]
+    fn kl_by_position_averages_back_to_the_total_kl() {
+        let a = tiny();
+        let b = tiny();
+        let var = b
+            .model
+            .params
+            .get("model.layers.1.self_attn.q_proj.weight")
+            .unwrap();
+        var.set(&(var.as_tensor() * 2.0).unwrap()).unwrap();
+        let (p1, p2) = ([5u32, 9, 17, 33], [7u32, 8]);
+        let (t1, t2, t3) = ([40u32, 41, 42], [100u32, 3, 250, 6, 6, 9], [12u32]);
+        let seqs = [
+            Continuation {
+                prompt: &p1,
+                tokens: &t1,
+                ended: true,
+            },
+            Continuation {
+                prompt: &p2,
+                tokens: &t2,
+                ended: false,
+            },
+            Continuation {
+                prompt: &p2,
+                tokens: &t3,
+                ended: true,
+            },
+        ];
+        let one = sequence_kl(&a.model, &b.model, &seqs, 2, 1, |_| {}).unwrap();
+        let two = sequence_kl(&a.model, &b.model, &seqs, 2, 3, |_| {}).unwrap();
+        for (x, y) in one.iter().zip(&two) {
+            assert_eq!(x.per_position.len(), x.positions);
+            let s: f64 = x.per_position.iter().sum();
+            assert!((s - x.sum).abs() <= 1e-12 * x.sum.abs().max(1.0));
+            // Padding changes the f32 rounding of a batch, not the value.
+            for (u, v) in x.per_position.iter().zip(&y.per_position) {
+                assert!((u - v).abs() < 1e-4 * u.abs().max(1e-2), "{u} vs {v}");
+            }
+        }
+        let pos = by_position(&one);
+        // Positions 1..=6: 3 sequences reach 1 and 2, 2 reach 3 and 4, one reaches 5 and 6.
+        let reach: Vec<usize> = pos.iter().map(|p| p.sequences).collect();
+        assert_eq!(reach, [3, 3, 2, 2, 1, 1]);
+        let weighted: f64 = pos.iter().map(|p| p.mean * p.sequences as f64).sum::<f64>()
+            / reach.iter().sum::<usize>() as f64;
+        let total = pooled_mean(&one);
+        assert!(total > 0.0);
+        assert!(
+            (weighted - total).abs() < 1e-12 * total,
+            "{weighted} vs {total}"
+        );
+        assert!(
+            (pos[1].mean
+                - (one[0].per_position[1] + one[1].per_position[1] + one[2].per_position[1]) / 3.0)
+                .abs()
+                < 1e-15
+        );
+        // The same model twice: one forward, KL 0, and the NLL is the model's own.
+        let own = sequence_kl(&a.model, &a.model, &seqs, 2, 3, |_| {}).unwrap();
+        let via_copy = sequence_kl(&b.model, &b.model, &seqs, 2, 3, |_| {}).unwrap();
+        assert!(own.iter().all(|k| k.sum == 0.0 && k.base_nll > 0.0));
+        let cross = &two; // base = b: base_nll is b's NLL
+        for (c, v) in cross.iter().zip(&via_copy) {
+            assert!(
+                (c.base_nll - v.base_nll).abs() < 1e-4 * v.base_nll,
+                "{} vs {}",
+                c.base_nll,
+                v.base_nll
+            );
+        }
     }
 }

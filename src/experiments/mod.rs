@@ -18,7 +18,8 @@
 //! - [`collect`]: the report of a grid whose cells ran elsewhere;
 //! - [`resist`]: experiment 1, forward vs inverse alignment (PAPER.md §3).
 //! - [`evaluate`], [`kl`]: judging a model (generations, scores, KL to the base);
-//! - [`rebound`], [`scaling`]: the rebound experiment and its scaling study.
+//! - [`rebound`], [`scaling`]: the rebound experiment and its scaling study;
+//! - [`weight_space`]: how far a perturbation moves the weights back along the alignment update.
 
 pub mod cell;
 pub mod collect;
@@ -34,3 +35,4 @@ pub mod rebound;
 pub mod resist;
 pub mod scaling;
 pub mod slurm;
+pub mod weight_space;

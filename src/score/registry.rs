@@ -123,6 +123,42 @@ pub fn parse_spec(toml_text: &str) -> Result<ScorerSpec> {
         .map_err(|e| anyhow::anyhow!("invalid scorer spec: {e}valid kinds: {}", KINDS.join(", ")))
 }
 
+/// A scorer spec as typed on the command line (`elastica score --scorer SPEC`): a kind that
+/// needs no keys (`keywords`, `world-sentiment`, `world-safety`), the keys of a `[scorer]`
+/// table inline (`kind = "cost-model", path = "DIR"`), or a TOML file holding them (at top
+/// level or in a `[scorer]` table).
+pub fn parse_cli_spec(arg: &str) -> Result<ScorerSpec> {
+    let arg = arg.trim();
+    let path = std::path::Path::new(arg);
+    if path.is_file() {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read scorer spec {}: {e}", path.display()))?;
+        let v: toml::Table = toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("scorer spec {} is not TOML: {e}", path.display()))?;
+        let table = match v.get("scorer") {
+            Some(toml::Value::Table(t)) => t.clone(),
+            _ => v,
+        };
+        return parse_spec(&toml::to_string(&table)?)
+            .map_err(|e| anyhow::anyhow!("in {}: {e:#}", path.display()));
+    }
+    if arg.contains('=') {
+        let text = format!("scorer = {{ {arg} }}");
+        let v: toml::Table = toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "--scorer {arg:?} is not a list of TOML keys (e.g. kind = \"cost-model\", \
+                 path = \"DIR\"): {e}"
+            )
+        })?;
+        let Some(toml::Value::Table(t)) = v.get("scorer") else {
+            unreachable!("the wrapper is a table")
+        };
+        return parse_spec(&toml::to_string(t)?);
+    }
+    // A JSON string is a valid TOML basic string.
+    parse_spec(&format!("kind = {}", serde_json::to_string(arg)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +199,52 @@ mod tests {
         );
         let back = toml::to_string(&s).unwrap();
         assert_eq!(parse_spec(&back).unwrap(), s);
+    }
+
+    #[test]
+    fn command_line_specs_name_kind_inline_keys_or_a_file() {
+        assert_eq!(
+            parse_cli_spec("world-safety").unwrap(),
+            ScorerSpec::WorldSafety
+        );
+        assert_eq!(
+            parse_cli_spec("keywords").unwrap(),
+            ScorerSpec::Keywords { path: None }
+        );
+        assert_eq!(
+            parse_cli_spec("kind = \"cost-model\", path = \"m\"").unwrap(),
+            ScorerSpec::CostModel {
+                path: "m".into(),
+                max_length: 512
+            }
+        );
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("s.toml");
+        std::fs::write(&f, "[scorer]\nkind = \"keywords\"\npath = \"list.txt\"\n").unwrap();
+        assert_eq!(
+            parse_cli_spec(&f.to_string_lossy()).unwrap(),
+            ScorerSpec::Keywords {
+                path: Some("list.txt".into())
+            }
+        );
+        std::fs::write(&f, "kind = \"world-sentiment\"\n").unwrap();
+        assert_eq!(
+            parse_cli_spec(&f.to_string_lossy()).unwrap(),
+            ScorerSpec::WorldSentiment
+        );
+        let e = format!("{:#}", parse_cli_spec("sentiment").unwrap_err());
+        assert!(
+            e.contains("world-sentiment") && e.contains("cost-model"),
+            "{e}"
+        );
+        let e = format!(
+            "{:#}",
+            parse_cli_spec("kind = \"classifier\", path = ").unwrap_err()
+        );
+        assert!(e.contains("not a list of TOML keys"), "{e}");
+        // A cost model needs its path.
+        let e = format!("{:#}", parse_cli_spec("cost-model").unwrap_err());
+        assert!(e.contains("path"), "{e}");
     }
 
     #[test]

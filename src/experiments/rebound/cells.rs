@@ -5,10 +5,16 @@
 //!   (model, n+, seed); its checkpoint is the shared prefix of every n- cell, saved in
 //!   float32 whatever the base's dtype (so perturbed models are float32 too);
 //! - `rebound.perturb` starts from its align cell's checkpoint, fine-tunes on the first n-
-//!   negative records (none when n- = 0), then evaluates: generations, scores, KL to base.
+//!   negative records (none when n- = 0), then evaluates: generations, scores, KL to base
+//!   (total and by position), and when asked KL to the aligned model by position and the
+//!   weight-space elasticity (`experiments::weight_space`).
+//!
+//! Every evaluating cell also gives the samples' coherence, the refusal rate when asked, and
+//! the capability kept (mean NLL of the `capability` input) when the run has one.
 //!
 //! Inputs (manifest names): `base` (the base model's directory), `positive`, `negative`
-//! (frozen JSONL records in the run's `data/`), `prompts` (frozen `{"prompt"}` lines).
+//! (frozen JSONL records in the run's `data/`), `prompts` (frozen `{"prompt"}` lines),
+//! `capability` (frozen held-out general text, optional).
 //! Resuming: training resumes from the newest checkpoint in `cells/<id>/model/checkpoints`
 //! (written every `train.save_every` steps); a finished training stage is marked by
 //! `train_summary.json` and not redone. Evaluation always reads the model back from disk,
@@ -17,14 +23,17 @@
 use crate::data::records::{read_jsonl, Record};
 use crate::data::template::Template;
 use crate::experiments::cell::{CellContext, CellKind};
-use crate::experiments::evaluate::{evaluate, EvalSummary};
+use crate::experiments::evaluate::{evaluate, EvalSummary, References};
 use crate::experiments::grid::Grid;
 use crate::experiments::manifest::resolve;
+use crate::experiments::weight_space::{self, WeightSpace};
 use crate::model::checkpoint::load_model;
 use crate::model::generate::GenConfig;
 use crate::model::{LoadedModel, ModelConfig};
 use crate::report::tensorboard::TrainBoard;
+use crate::score::keywords::KeywordScorer;
 use crate::score::registry::ScorerSpec;
+use crate::train::eval::EvalLoss;
 use crate::train::{train, TrainConfig};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
@@ -46,6 +55,29 @@ pub struct EvalParams {
     pub generation: GenConfig,
     pub scorer: ScorerSpec,
     pub kl_batch_size: usize,
+    /// Measure the capability kept on the `capability` input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capability: Option<CapabilityParams>,
+    /// Count refusals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<RefusalParams>,
+}
+
+/// How the capability set is read (the training stage's sequence limit, the KL batch).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapabilityParams {
+    pub max_length: usize,
+    pub batch_size: usize,
+}
+
+/// Which refusal keyword list to count with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefusalParams {
+    /// A list file; `None` = the built-in v1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keywords: Option<PathBuf>,
 }
 
 /// Parameters of `rebound.base`.
@@ -87,6 +119,12 @@ pub struct PerturbParams {
     pub eval: EvalParams,
     /// Keep the perturbed weights after the result is written.
     pub keep_model: bool,
+    /// Also measure KL to the aligned model by position (n- > 0 only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kl_to_aligned: bool,
+    /// Also measure the weight-space elasticity (n- > 0 only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub weight_space: bool,
 }
 
 /// A finished fine-tuning stage.
@@ -121,6 +159,12 @@ pub struct EvalOutput {
     /// The n- fine-tuning stage (absent for the base model and for n- = 0).
     pub train: Option<TrainOutcome>,
     pub eval: EvalSummary,
+    /// Mean NLL of the capability set under this model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capability: Option<EvalLoss>,
+    /// Weight-space elasticity against the aligned and base weights (perturbed models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_space: Option<WeightSpace>,
 }
 
 pub struct BaseEval;
@@ -137,7 +181,8 @@ impl CellKind for BaseEval {
     fn run(&self, ctx: &CellContext<'_>) -> Result<serde_json::Value> {
         let p: BaseParams = ctx.params()?;
         let lm = load_model(&path_str(&ctx.input("base")?), &Device::Cpu)?;
-        let eval = evaluate_cell(ctx, &lm, None, &p.eval, p.seed)?;
+        let eval = evaluate_cell(ctx, &lm, None, None, &p.eval, p.seed)?;
+        let capability = capability_kept(ctx, &lm, &p.eval)?;
         Ok(serde_json::to_value(EvalOutput {
             model: p.model,
             n_positive: 0,
@@ -145,6 +190,8 @@ impl CellKind for BaseEval {
             seed: p.seed,
             train: None,
             eval,
+            capability,
+            weight_space: None,
         })?)
     }
     fn memory_bytes(&self, grid: &Grid, index: usize) -> Option<u64> {
@@ -205,9 +252,29 @@ impl CellKind for Perturb {
             let t = train_stage(ctx, &aligned, &records, &p.train, p.log_dir.as_deref())?;
             (ctx.dir.join(MODEL_DIR), Some(t))
         };
+        let base_dir = ctx.input("base")?;
+        // Read before anything else, while the perturbed weights are surely on disk.
+        let weight_space = if p.weight_space && p.n_negative > 0 {
+            let aligned = ctx.dep_dir(&p.align_cell).join(MODEL_DIR);
+            Some(
+                weight_space::measure(&base_dir, &aligned, &model_dir)
+                    .context("weight-space elasticity")?,
+            )
+        } else {
+            None
+        };
         let lm = load_model(&path_str(&model_dir), &Device::Cpu)?;
-        let base = load_model(&path_str(&ctx.input("base")?), &Device::Cpu)?;
-        let eval = evaluate_cell(ctx, &lm, Some(&base), &p.eval, p.seed)?;
+        let base = load_model(&path_str(&base_dir), &Device::Cpu)?;
+        let aligned = if p.kl_to_aligned && p.n_negative > 0 {
+            let dir = ctx.dep_dir(&p.align_cell).join(MODEL_DIR);
+            Some(load_model(&path_str(&dir), &Device::Cpu)?)
+        } else {
+            None
+        };
+        let eval = evaluate_cell(ctx, &lm, Some(&base), aligned.as_ref(), &p.eval, p.seed)?;
+        drop(aligned);
+        drop(base);
+        let capability = capability_kept(ctx, &lm, &p.eval)?;
         Ok(serde_json::to_value(EvalOutput {
             model: p.model,
             n_positive: p.n_positive,
@@ -215,6 +282,8 @@ impl CellKind for Perturb {
             seed: p.seed,
             train,
             eval,
+            capability,
+            weight_space,
         })?)
     }
     fn memory_bytes(&self, grid: &Grid, index: usize) -> Option<u64> {
@@ -281,16 +350,27 @@ fn evaluate_cell(
     ctx: &CellContext<'_>,
     lm: &LoadedModel,
     base: Option<&LoadedModel>,
+    aligned: Option<&LoadedModel>,
     p: &EvalParams,
     seed: u64,
 ) -> Result<EvalSummary> {
     let prompts = super::data::read_prompts(&ctx.input("prompts")?)?;
     let scorer = crate::score::registry::build(&p.scorer, &Device::Cpu)?;
+    let refusal = match &p.refusal {
+        None => None,
+        Some(RefusalParams { keywords: None }) => Some(KeywordScorer::builtin()),
+        Some(RefusalParams { keywords: Some(f) }) => Some(KeywordScorer::from_file(f)?),
+    };
     let mut gen = p.generation.clone();
     gen.seed = seed;
+    let refs = References {
+        base,
+        aligned,
+        refusal: refusal.as_ref(),
+    };
     let (summary, rows) = evaluate(
         lm,
-        base,
+        refs,
         &prompts,
         p.template,
         &gen,
@@ -300,6 +380,29 @@ fn evaluate_cell(
     )?;
     crate::report::RunDir::create(&ctx.dir)?.write_jsonl(SAMPLES_FILE, &rows)?;
     Ok(summary)
+}
+
+/// Mean NLL of the `capability` input under the model, when the cell has one.
+fn capability_kept(
+    ctx: &CellContext<'_>,
+    lm: &LoadedModel,
+    p: &EvalParams,
+) -> Result<Option<EvalLoss>> {
+    let Some(c) = &p.capability else {
+        return Ok(None);
+    };
+    let path = ctx.input("capability")?;
+    let records = read_jsonl(&path)?;
+    let loss = crate::train::eval::eval_loss(
+        lm,
+        &records,
+        p.template,
+        c.max_length,
+        c.batch_size,
+        ctx.progress,
+    )
+    .with_context(|| format!("capability kept on {}", path.display()))?;
+    Ok(Some(loss))
 }
 
 /// The first `n` records of a frozen data file.

@@ -22,6 +22,14 @@
 //! prompts = "eval_prompts.jsonl"   # or an [eval.data] DataSpec
 //! n = 200
 //!
+//! [capability]      # optional DataSpec: held-out general text, its NLL = capability kept
+//! path = "general.jsonl"
+//! schema = "jsonl"
+//!
+//! [measures]        # instruments beyond score and KL (see [`Measures`])
+//! kl_to_aligned = true
+//! weight_space = true
+//!
 //! [train]           # TrainConfig; paper defaults (PAPER.md §5)
 //! [generation]      # sampling for the evaluation generations
 //! [scorer]          # a ScorerSpec (see score::registry)
@@ -44,7 +52,7 @@ use crate::train::TrainConfig;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The paper's n+ grid (PAPER.md §4).
 pub const PAPER_N_POSITIVE: [usize; 4] = [1000, 2000, 5000, 10000];
@@ -155,6 +163,54 @@ impl GenerationConfig {
     }
 }
 
+/// The instruments beyond score and KL (issue 22). KL by response position and the samples'
+/// coherence (NLL under the base model) come free with the KL pass and are always measured;
+/// the others cost time or memory and can be switched off.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Measures {
+    /// KL(perturbed || aligned) by response position in every n- > 0 cell. Cost: the aligned
+    /// model in memory beside the model and the base (one more copy of the weights) and one
+    /// more forward per response. Default true.
+    pub kl_to_aligned: bool,
+    /// Weight-space elasticity of every perturbed model (fraction of the alignment update
+    /// undone, cosine, norm ratio; in total, per layer, per projection). Cost: one streaming
+    /// read of the base, aligned and perturbed weights. Default true.
+    pub weight_space: bool,
+    /// Count refusals with a keyword list. Unset: on when the scorer is a cost model or
+    /// `world-safety`; set it to true for a safety classifier. Cost: negligible.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refusal_rate: Option<bool>,
+    /// A refusal keyword list replacing the built-in v1 (format: `score::keywords`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refusal_keywords: Option<PathBuf>,
+    /// Records of `[capability]` used (its first n). Cost: one forward over them per
+    /// evaluated model. Default 200.
+    pub capability_n: usize,
+}
+
+impl Default for Measures {
+    fn default() -> Self {
+        Measures {
+            kl_to_aligned: true,
+            weight_space: true,
+            refusal_rate: None,
+            refusal_keywords: None,
+            capability_n: 200,
+        }
+    }
+}
+
+impl Measures {
+    /// Whether refusals are counted with this scorer.
+    pub fn refusals(&self, scorer: &ScorerSpec) -> bool {
+        self.refusal_rate.unwrap_or(matches!(
+            scorer,
+            ScorerSpec::CostModel { .. } | ScorerSpec::WorldSafety
+        ))
+    }
+}
+
 /// The whole config of `elastica rebound` / `elastica scaling`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -199,6 +255,13 @@ pub struct ReboundConfig {
     /// (`tensorboard --logdir <log_dir>` shows the grid's curves side by side). Unset: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_dir: Option<String>,
+    /// Held-out general text (`{"text"}` or prompt/response records) whose mean NLL every
+    /// evaluated model gets: the capability the fine-tunes kept. Unset: not measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capability: Option<DataSpec>,
+    /// Instruments beyond score and KL, and their switches.
+    #[serde(default)]
+    pub measures: Measures,
     /// Table 3's threshold: negatives needed to bring KL(model || base) under this. Default
     /// 0.01 (the paper's).
     #[serde(default = "default_kl_epsilon")]
@@ -335,6 +398,9 @@ impl ReboundConfig {
         if self.eval.n == 0 || self.eval.kl_batch_size == 0 {
             bail!("[eval]: n and kl_batch_size must be at least 1");
         }
+        if self.capability.is_some() && self.measures.capability_n == 0 {
+            bail!("[measures] capability_n must be at least 1 (or remove [capability])");
+        }
         if self.kl_epsilon.is_nan() || self.kl_epsilon <= 0.0 {
             bail!("kl_epsilon must be positive, got {}", self.kl_epsilon);
         }
@@ -422,6 +488,32 @@ kind = "keywords"
         assert_eq!(c.executor, ExecutorSpec::default());
         assert_eq!(c.models.len(), 1);
         assert_eq!(c.models[0].name, "base");
+        assert_eq!(c.measures, Measures::default());
+        assert!(c.measures.kl_to_aligned && c.measures.weight_space);
+        assert_eq!(c.capability, None);
+        // Refusals: on for cost models and world-safety, off otherwise unless asked.
+        assert!(!c.measures.refusals(&c.scorer));
+        assert!(c.measures.refusals(&ScorerSpec::WorldSafety));
+        let cm = ScorerSpec::CostModel {
+            path: "c".into(),
+            max_length: 8,
+        };
+        assert!(c.measures.refusals(&cm));
+        let off = Measures {
+            refusal_rate: Some(false),
+            ..Measures::default()
+        };
+        assert!(!off.refusals(&cm));
+        let c = ReboundConfig::from_toml(&format!(
+            "{MIN}\n[capability]\npath = \"g.jsonl\"\nschema = \"jsonl\"\n[measures]\nweight_space = false\ncapability_n = 5\nrefusal_rate = true\n"
+        ))
+        .unwrap();
+        assert_eq!(c.capability.as_ref().unwrap().path, "g.jsonl");
+        assert!(!c.measures.weight_space && c.measures.refusals(&c.scorer));
+        assert_eq!(c.measures.capability_n, 5);
+        let bad = format!("{MIN}\n[measures]\nkl_to_base = true\n");
+        let e = format!("{:#}", ReboundConfig::from_toml(&bad).unwrap_err());
+        assert!(e.contains("kl_to_base"), "{e}");
     }
 
     #[test]

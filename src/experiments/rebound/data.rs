@@ -15,6 +15,8 @@ use std::path::Path;
 pub const POSITIVE_FILE: &str = "data/positive.jsonl";
 pub const NEGATIVE_FILE: &str = "data/negative.jsonl";
 pub const PROMPTS_FILE: &str = "data/eval_prompts.jsonl";
+/// The held-out general text of "capability kept" (only with a `[capability]` table).
+pub const CAPABILITY_FILE: &str = "data/capability.jsonl";
 /// The [`FrozenData`] summary, for reports written later (`elastica collect`).
 pub const FROZEN_FILE: &str = "data/frozen.json";
 
@@ -28,6 +30,9 @@ pub struct FrozenData {
     pub sources: Vec<String>,
     /// Evaluation prompts that are also prompts of a training record.
     pub eval_overlap: usize,
+    /// Records of the capability set (0 without one).
+    #[serde(default)]
+    pub capability: usize,
 }
 
 /// The frozen files in memory, before anything is written: the planner pins their hashes
@@ -114,22 +119,45 @@ pub fn freeze(cfg: &ReboundConfig) -> Result<Frozen> {
         .iter()
         .map(|p| serde_json::json!({ "prompt": p }))
         .collect();
+    let capability = match &cfg.capability {
+        Some(spec) => {
+            let ds = schemas::load(spec)
+                .with_context(|| format!("loading the capability data ({})", spec.path))?;
+            let s = ds.summary();
+            let mut r = ds.records;
+            r.truncate(cfg.measures.capability_n);
+            if r.is_empty() {
+                bail!("the capability data ({}) has no records: {s}", spec.path);
+            }
+            sources.push(format!(
+                "capability: {} ({s}); using the first {}",
+                spec.path,
+                r.len()
+            ));
+            Some(r)
+        }
+        None => None,
+    };
     let summary = FrozenData {
+        capability: capability.as_ref().map_or(0, Vec::len),
         positive: positive.len(),
         negative: negative.len(),
         prompts: prompts.len(),
         sources,
         eval_overlap,
     };
-    let files = vec![
+    let mut files = vec![
         (POSITIVE_FILE, jsonl(&positive)?),
         (NEGATIVE_FILE, jsonl(&negative)?),
         (PROMPTS_FILE, jsonl(&prompt_lines)?),
-        (
-            FROZEN_FILE,
-            serde_json::to_string_pretty(&summary)?.into_bytes(),
-        ),
     ];
+    if let Some(r) = &capability {
+        files.push((CAPABILITY_FILE, jsonl(r)?));
+    }
+    files.push((
+        FROZEN_FILE,
+        serde_json::to_string_pretty(&summary)?.into_bytes(),
+    ));
     Ok(Frozen { summary, files })
 }
 

@@ -6,13 +6,16 @@
 //! - [`data`]: the data frozen into the run directory;
 //! - [`plan`]: config -> checked run directory and grid manifest;
 //! - [`cells`]: the cell kinds `rebound.base`, `rebound.align`, `rebound.perturb`;
-//! - [`report`]: results files, tables, plots and the rebound-strength definition.
+//! - [`report`]: results files, tables, plots and the rebound-strength definition;
+//! - [`instruments`]: capability kept, coherence, refusal rate, KL by position and weight
+//!   space, aggregated and reported beside the score.
 //!
 //! `elastica scaling` (`experiments::scaling`) runs the same grid over several base models.
 
 pub mod cells;
 pub mod config;
 pub mod data;
+pub mod instruments;
 pub mod plan;
 pub mod report;
 

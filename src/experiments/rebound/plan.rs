@@ -13,10 +13,13 @@
 //! ([`Grid::check_replan`]), and only then are the data, `config.toml` and the manifest
 //! written. A refused re-plan leaves the run directory byte-identical.
 
-use super::cells::{AlignParams, BaseParams, EvalParams, PerturbParams};
+use super::cells::{
+    AlignParams, BaseParams, CapabilityParams, EvalParams, PerturbParams, RefusalParams,
+};
 use super::config::ReboundConfig;
 use super::data::{
-    freeze, write_if_changed, Frozen, FrozenData, NEGATIVE_FILE, POSITIVE_FILE, PROMPTS_FILE,
+    freeze, write_if_changed, Frozen, FrozenData, CAPABILITY_FILE, NEGATIVE_FILE, POSITIVE_FILE,
+    PROMPTS_FILE,
 };
 use crate::experiments::grid::Grid;
 use crate::experiments::manifest::{CellSpec, Input, Manifest};
@@ -191,12 +194,38 @@ fn cells(
     let positive = pin(POSITIVE_FILE)?;
     let negative = pin(NEGATIVE_FILE)?;
     let prompts = pin(PROMPTS_FILE)?;
+    let capability = match cfg.capability {
+        Some(_) => Some(pin(CAPABILITY_FILE)?),
+        None => None,
+    };
+    let refusal = if cfg.measures.refusals(scorer) {
+        let keywords = match &cfg.measures.refusal_keywords {
+            Some(p) => {
+                // Checked now, so a bad list fails before any cell runs.
+                crate::score::keywords::KeywordScorer::from_file(p)
+                    .context("[measures] refusal_keywords")?;
+                Some(
+                    p.canonicalize()
+                        .with_context(|| format!("cannot resolve {}", p.display()))?,
+                )
+            }
+            None => None,
+        };
+        Some(RefusalParams { keywords })
+    } else {
+        None
+    };
     // Each cell's generations are seeded by its own seed.
     let eval = |seed: u64| EvalParams {
         template: cfg.train.template,
         generation: cfg.generation.with_seed(seed),
         scorer: scorer.clone(),
         kl_batch_size: cfg.eval.kl_batch_size,
+        capability: capability.as_ref().map(|_| CapabilityParams {
+            max_length: cfg.train.max_length,
+            batch_size: cfg.eval.kl_batch_size,
+        }),
+        refusal: refusal.clone(),
     };
     let mut out = Vec::new();
     for m in models {
@@ -210,12 +239,20 @@ fn cells(
             map.insert("base".into(), base.clone());
             map
         };
+        // Evaluating cells also read the capability set, when there is one.
+        let eval_inputs = |list: &[(&str, &Input)]| {
+            let mut map = inputs(list);
+            if let Some(c) = &capability {
+                map.insert("capability".into(), c.clone());
+            }
+            map
+        };
         for &seed in &cfg.seeds {
             out.push(CellSpec {
                 id: base_id(&pre, seed),
                 kind: "rebound.base".into(),
                 deps: vec![],
-                inputs: inputs(&[("prompts", &prompts)]),
+                inputs: eval_inputs(&[("prompts", &prompts)]),
                 params: serde_json::to_value(BaseParams {
                     model: m.name.clone(),
                     seed,
@@ -253,7 +290,7 @@ fn cells(
                         id: id.clone(),
                         kind: "rebound.perturb".into(),
                         deps: vec![align.clone()],
-                        inputs: inputs(&list),
+                        inputs: eval_inputs(&list),
                         params: serde_json::to_value(PerturbParams {
                             model: m.name.clone(),
                             n_positive: n_pos,
@@ -265,6 +302,8 @@ fn cells(
                             log_dir: if n_neg > 0 { log_dir(&id)? } else { None },
                             eval: eval(seed),
                             keep_model: cfg.keep_models,
+                            kl_to_aligned: n_neg > 0 && cfg.measures.kl_to_aligned,
+                            weight_space: n_neg > 0 && cfg.measures.weight_space,
                         })?,
                     });
                 }

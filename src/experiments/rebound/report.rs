@@ -18,6 +18,8 @@
 //!   KL first falls under epsilon, by linear interpolation (`report::stats::first_crossing`).
 //!
 //! Missing cells (failed or not run) are listed; every aggregate uses the seeds available.
+//! The instruments beyond score and KL (capability, coherence, refusals, KL by position,
+//! weight space) are aggregated and reported by `super::instruments`.
 
 use super::cells::EvalOutput;
 use super::config::ReboundConfig;
@@ -55,6 +57,21 @@ pub struct ResultRow {
     pub eos_fraction: f64,
     /// Final training loss of the n- stage (perturbed rows).
     pub train_loss: Option<f64>,
+    /// The instruments of `super::instruments` (absent when not measured).
+    #[serde(default)]
+    pub kl_to_aligned: Option<f64>,
+    #[serde(default)]
+    pub coherence_nll: Option<f64>,
+    #[serde(default)]
+    pub capability_nll: Option<f64>,
+    #[serde(default)]
+    pub refusal_rate: Option<f64>,
+    #[serde(default)]
+    pub weight_fraction_undone: Option<f64>,
+    #[serde(default)]
+    pub weight_cosine: Option<f64>,
+    #[serde(default)]
+    pub weight_norm_ratio: Option<f64>,
 }
 
 /// One point of a rebound curve: a (n+, n-) cell aggregated over seeds.
@@ -123,6 +140,8 @@ pub struct Analysis {
     pub kl_epsilon: f64,
     /// Cells whose results are missing (failed or not run).
     pub missing: Vec<String>,
+    /// Capability, coherence, refusals, KL by position, weight space; one per model.
+    pub instruments: Vec<super::instruments::ModelInstruments>,
 }
 
 /// Read every finished evaluation cell and aggregate.
@@ -252,7 +271,9 @@ pub fn analyze(cfg: &ReboundConfig, grid: &Grid, models: &[ResolvedModel]) -> Re
             strength,
         });
     }
+    let instruments = super::instruments::analyze(cfg, &outputs, models);
     Ok(Analysis {
+        instruments,
         rows,
         models: analyses,
         scorer,
@@ -294,6 +315,7 @@ fn crossing(curve: &[(f64, f64)], level: f64) -> Option<f64> {
 fn row(model: &str, stage: &str, o: &EvalOutput) -> ResultRow {
     let s = o.eval.score.bounds();
     let k = o.eval.kl_per_prompt.and_then(|k| k.bounds());
+    let i = super::instruments::scalars(o);
     ResultRow {
         model: model.to_string(),
         stage: stage.to_string(),
@@ -310,6 +332,13 @@ fn row(model: &str, stage: &str, o: &EvalOutput) -> ResultRow {
         mean_response_tokens: o.eval.mean_response_tokens,
         eos_fraction: o.eval.eos_fraction,
         train_loss: o.train.as_ref().and_then(|t| t.final_loss),
+        kl_to_aligned: i.kl_to_aligned,
+        coherence_nll: i.coherence_nll,
+        capability_nll: i.capability_nll,
+        refusal_rate: i.refusal_rate,
+        weight_fraction_undone: i.fraction_undone,
+        weight_cosine: i.cosine,
+        weight_norm_ratio: i.norm_ratio,
     }
 }
 
@@ -332,6 +361,13 @@ pub fn rows_table(rows: &[ResultRow]) -> Result<Table> {
         "mean_response_tokens",
         "eos_fraction",
         "train_loss",
+        "kl_to_aligned",
+        "coherence_nll",
+        "capability_nll",
+        "refusal_rate",
+        "weight_fraction_undone",
+        "weight_cosine",
+        "weight_norm_ratio",
     ]);
     for r in rows {
         t.push_row([
@@ -350,6 +386,13 @@ pub fn rows_table(rows: &[ResultRow]) -> Result<Table> {
             r.mean_response_tokens.to_string(),
             r.eos_fraction.to_string(),
             opt(r.train_loss),
+            opt(r.kl_to_aligned),
+            opt(r.coherence_nll),
+            opt(r.capability_nll),
+            opt(r.refusal_rate),
+            opt(r.weight_fraction_undone),
+            opt(r.weight_cosine),
+            opt(r.weight_norm_ratio),
         ])?;
     }
     Ok(t)
@@ -546,6 +589,11 @@ pub fn write(
             "\n{h} Rebound strength\n\n{}",
             strength_table(m, max_neg)?.to_markdown()
         );
+        if let Some(ins) = a.instruments.iter().find(|x| x.name == m.name) {
+            let (section, files) = super::instruments::section(run, ins, &suffix, h, several)?;
+            md += &section;
+            written.extend(files);
+        }
         let files = plots(run, m, &suffix, a)?;
         if !files.is_empty() {
             md += &format!(
@@ -564,6 +612,7 @@ pub fn write(
         );
     }
     md += extra;
+    md += &instrument_files(run, cfg, a, &mut written)?;
     if !a.missing.is_empty() {
         md += &format!(
             "\n## Missing cells\n\n{} cell(s) have no result (failed or not run; see \
@@ -575,6 +624,42 @@ pub fn write(
     written.push(run.write_text("report.md", &md)?);
     written.push(run.write_text("tables.tex", &tex)?);
     Ok(written)
+}
+
+/// The instruments' CSV files and the refusal keyword list (report.md's tail).
+fn instrument_files(
+    run: &RunDir,
+    cfg: &ReboundConfig,
+    a: &Analysis,
+    written: &mut Vec<PathBuf>,
+) -> Result<String> {
+    use super::instruments::{groups_table, positions_table};
+    let mut md = String::new();
+    let pos = positions_table(&a.instruments)?;
+    if !pos.rows.is_empty() {
+        written.push(run.write_table_csv("kl_by_position.csv", &pos)?);
+    }
+    let groups = groups_table(&a.instruments)?;
+    if !groups.rows.is_empty() {
+        written.push(run.write_table_csv("weight_space.csv", &groups)?);
+    }
+    if a.instruments.iter().any(|m| m.refusal_keywords.is_some()) {
+        let list = match &cfg.measures.refusal_keywords {
+            Some(p) => crate::score::keywords::KeywordScorer::from_file(p)?,
+            None => crate::score::keywords::KeywordScorer::builtin(),
+        };
+        md += &format!(
+            "\n## Refusal keyword list ({})\n\nA response refuses when it contains one of these \
+             phrases (case-insensitive, curly apostrophes read as straight):\n\n{}\n",
+            list.version(),
+            list.phrases()
+                .iter()
+                .map(|p| format!("`{p}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(md)
 }
 
 fn setup_section(cfg: &ReboundConfig, a: &Analysis, data: Option<&FrozenData>) -> String {
@@ -643,6 +728,7 @@ fn setup_section(cfg: &ReboundConfig, a: &Analysis, data: Option<&FrozenData>) -
           the base level (linear interpolation over n−).\n\
           - Table 3: KL after alignment (n− = 0), and the n− where the seed-mean KL first \
           falls under ε (linear interpolation).\n";
+    s += super::instruments::DEFINITIONS;
     s
 }
 
@@ -696,6 +782,7 @@ mod tests {
             higher_is_aligned: false,
             kl_epsilon: 0.01,
             missing: vec![],
+            instruments: vec![],
         };
         assert_eq!(score_axis(&a), "mean score (cost-model; lower is better)");
         a.higher_is_aligned = true;

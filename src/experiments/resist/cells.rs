@@ -2,8 +2,12 @@
 //! run` on a cluster):
 //! - `resist.theta`: theta_k = theta_{k-1} fine-tuned on slice k (the model is the cell's
 //!   directory);
-//! - `resist.generate`: a checkpoint answers the held-out prompts (`gen_k.jsonl`);
-//! - `resist.pair`: one direction of one pair; its output holds the per-step losses.
+//! - `resist.generate`: a checkpoint answers the held-out prompts (`gen_k.jsonl`), and when
+//!   asked measures KL(θk || θ0) by position on those answers, their coherence under θ0,
+//!   and θk's capability kept;
+//! - `resist.pair`: one direction of one pair; its output holds the per-step losses and,
+//!   when asked, how far the fine-tune moved toward the checkpoint whose answers it
+//!   trained on, in weight space (`experiments::weight_space`).
 //!
 //! Fine-tunes run with `resume = true`, so a killed cell continues from its newest
 //! checkpoint (`train.save_every` > 0) when it runs again. Each fine-tune checks the fault
@@ -13,8 +17,11 @@ use super::plan::{Direction, PairPlan};
 use crate::data::records::{read_jsonl, write_jsonl, Record};
 use crate::data::template::Template;
 use crate::experiments::cell::{CellContext, CellKind};
+use crate::experiments::kl::{by_position, pooled_mean, sequence_kl, Continuation, PositionKl};
+use crate::experiments::weight_space::{self, WeightSpace};
 use crate::model::checkpoint::load_model;
 use crate::model::generate::{generate, GenConfig};
+use crate::train::eval::EvalLoss;
 use crate::train::{train, TrainConfig, TrainSummary};
 use anyhow::{Context, Result};
 use candle_core::Device;
@@ -66,6 +73,12 @@ pub struct GenerateParams {
     pub model: ModelRef,
     pub template: Template,
     pub generate: GenConfig,
+    /// θ0's directory: measure KL(θk || θ0) by position and the coherence under θ0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+    /// Measure θk's capability kept on the `capability` input (its sequence limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capability_max_length: Option<usize>,
 }
 
 /// Parameters of a `resist.pair` cell. The start model and the training data both follow
@@ -84,6 +97,9 @@ pub struct PairParams {
     /// TensorBoard event directory of this fine-tune (the config's `log_dir`/<id>).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_dir: Option<String>,
+    /// Measure the weight-space movement toward the data's checkpoint.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub weight_space: bool,
 }
 
 /// Output of a fine-tuning cell.
@@ -120,6 +136,21 @@ pub struct PairOutput {
     pub samples: usize,
     pub seed: u64,
     pub fine_tune: FineTuneOutput,
+    /// Δa = θ_start − θ_data (the checkpoint whose answers it trained on), Δp = the
+    /// fine-tune's update: `fraction_undone` is the share of the gap to θ_data closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_space: Option<WeightSpace>,
+}
+
+/// What a generation cell measured beside the answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointMeasures {
+    /// KL(θk || θ0) per token over every answer position (0 for θ0 itself).
+    pub kl_to_base: f64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kl_by_position: Vec<PositionKl>,
+    /// Mean NLL of the answer tokens under θ0.
+    pub coherence_nll: Option<f64>,
 }
 
 /// Output of a `resist.generate` cell.
@@ -128,6 +159,11 @@ pub struct GenerateOutput {
     /// File name inside the cell directory.
     pub file: String,
     pub records: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measures: Option<CheckpointMeasures>,
+    /// Mean NLL of the capability set under θk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capability: Option<EvalLoss>,
 }
 
 /// `gen_k.jsonl`.
@@ -218,9 +254,67 @@ impl CellKind for GenerateKind {
             .collect::<Result<_>>()?;
         let file = gen_file(p.k);
         write_jsonl(&ctx.dir.join(&file), &recs)?;
+        let measures = match &p.base {
+            None => None,
+            Some(base) => {
+                let seqs: Vec<Continuation<'_>> = ids
+                    .iter()
+                    .zip(&outs)
+                    .map(|(q, o)| Continuation {
+                        prompt: q,
+                        tokens: o,
+                        ended: o.len() < p.generate.max_new_tokens,
+                    })
+                    .collect();
+                let b = if p.k == 0 {
+                    None
+                } else {
+                    Some(load_model(base, &Device::Cpu)?)
+                };
+                let reference = b.as_ref().map_or(&lm.model, |b| &b.model);
+                let kls = sequence_kl(
+                    &lm.model,
+                    reference,
+                    &seqs,
+                    lm.tokenizer.pad_id(),
+                    p.generate.batch_size,
+                    |_| {},
+                )?;
+                let tokens: usize = outs.iter().map(Vec::len).sum();
+                Some(CheckpointMeasures {
+                    kl_to_base: pooled_mean(&kls),
+                    kl_by_position: if p.k == 0 {
+                        Vec::new()
+                    } else {
+                        by_position(&kls)
+                    },
+                    coherence_nll: (tokens > 0)
+                        .then(|| kls.iter().map(|k| k.base_nll).sum::<f64>() / tokens as f64),
+                })
+            }
+        };
+        let capability = match p.capability_max_length {
+            None => None,
+            Some(max_length) => {
+                let path = ctx.input("capability")?;
+                Some(
+                    crate::train::eval::eval_loss(
+                        &lm,
+                        &read_jsonl(&path)?,
+                        p.template,
+                        max_length,
+                        p.generate.batch_size,
+                        ctx.progress,
+                    )
+                    .with_context(|| format!("capability kept on {}", path.display()))?,
+                )
+            }
+        };
         Ok(serde_json::to_value(GenerateOutput {
             file,
             records: recs.len(),
+            measures,
+            capability,
         })?)
     }
 }
@@ -258,7 +352,21 @@ impl CellKind for PairKind {
             p.pair.train(),
             p.log_dir.as_deref(),
         )?;
+        let weight_space = if p.weight_space {
+            let from = p.pair.data_from(p.direction);
+            let target = p
+                .models
+                .get(&from)
+                .with_context(|| format!("cell {}: no weights for θ{from}", ctx.cell.id))?;
+            Some(
+                weight_space::measure(&target.dir(ctx), &start.dir(ctx), &ctx.dir)
+                    .context("weight-space movement")?,
+            )
+        } else {
+            None
+        };
         Ok(serde_json::to_value(PairOutput {
+            weight_space,
             k: p.pair.k(),
             l: p.pair.l(),
             direction: p.direction,

@@ -21,6 +21,8 @@
 //!
 //! [train]                              # slice fine-tunes (train::TrainConfig; PAPER.md §5)
 //! [pair_train]                         # forward/inverse fine-tunes (default: same as [train])
+//! [capability]                         # optional held-out general text (capability kept)
+//! [measures]                           # KL by position, weight space (see [`ResistMeasures`])
 //! [executor]                           # who runs the cells (default: kind = "local", jobs = 1)
 //! [slurm]                              # per-cell resources with kind = "slurm" (docs/slurm.md)
 //! ```
@@ -33,6 +35,32 @@ use crate::train::TrainConfig;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+
+/// Instruments beyond the losses (issue 22).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResistMeasures {
+    /// In every generation cell: KL(θk || θ0) by response position on θk's answers, and
+    /// their coherence (NLL under θ0). Cost: θ0 beside θk and one forward per answer.
+    /// Default true.
+    pub kl_by_position: bool,
+    /// In every pair cell: how far the fine-tune moved the start checkpoint toward the one
+    /// whose answers it trained on, in weight space. Cost: one streaming read of three
+    /// checkpoints. Default true.
+    pub weight_space: bool,
+    /// Records of `[capability]` used (its first n). Default 200.
+    pub capability_n: usize,
+}
+
+impl Default for ResistMeasures {
+    fn default() -> Self {
+        ResistMeasures {
+            kl_by_position: true,
+            weight_space: true,
+            capability_n: 200,
+        }
+    }
+}
 
 /// Everything `elastica resist` needs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,6 +109,12 @@ pub struct ResistConfig {
     /// (`tensorboard --logdir <log_dir>`). Unset: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_dir: Option<String>,
+    /// Held-out general text whose mean NLL every checkpoint θk gets (capability kept).
+    /// Unset: not measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capability: Option<DataSpec>,
+    #[serde(default)]
+    pub measures: ResistMeasures,
     /// What runs the cells (default: this machine, one cell at a time).
     #[serde(default)]
     pub executor: ExecutorSpec,
@@ -159,6 +193,8 @@ impl ResistConfig {
             pair_train: None,
             keep_pair_models: false,
             log_dir: None,
+            capability: None,
+            measures: ResistMeasures::default(),
             executor: ExecutorSpec::default(),
             slurm: SlurmConfig::default(),
         }
@@ -274,6 +310,9 @@ impl ResistConfig {
         }
         if !(g.temperature >= 0.0 && g.top_p > 0.0 && g.top_p <= 1.0) {
             bail!("generate: temperature must be >= 0 and top_p in (0, 1]");
+        }
+        if self.capability.is_some() && self.measures.capability_n == 0 {
+            bail!("[measures] capability_n must be at least 1 (or remove [capability])");
         }
         self.slurm.validate()?;
         Ok(())

@@ -10,10 +10,13 @@
 //! - [`plan`]: the pairs, which own the sample count both directions share;
 //! - [`cells`]: the cell kinds (slice fine-tune, generation, pair fine-tune);
 //! - [`pipeline`]: planning the grid of cells, running it, and [`run`];
-//! - [`results`]: the comparison, statistics, table, plots and report.
+//! - [`results`]: the comparison, statistics, table, plots and report;
+//! - [`instruments`]: KL by position, coherence and capability of each checkpoint, and
+//!   the weight-space movement of each pair fine-tune, appended to the report.
 
 pub mod cells;
 pub mod config;
+pub mod instruments;
 pub mod pipeline;
 pub mod plan;
 pub mod results;

@@ -32,6 +32,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 pub const PROMPTS_FILE: &str = "prompts.jsonl";
+/// The held-out general text of "capability kept" (only with a `[capability]` table).
+pub const CAPABILITY_FILE: &str = "capability.jsonl";
 
 /// `slices/slice_k.jsonl`, relative to the run directory.
 pub fn slice_file(k: usize) -> String {
@@ -101,6 +103,16 @@ pub fn prepare_data(cfg: &ResistConfig) -> Result<PreparedData> {
         .map(|p| Record::pair(p.clone(), String::new()))
         .collect();
     files.push((PROMPTS_FILE.to_string(), jsonl_bytes(&prompts)?));
+    if let Some(spec) = &cfg.capability {
+        let cds = crate::data::schemas::load(spec)
+            .with_context(|| format!("cannot load the [capability] set {}", spec.path))?;
+        let mut r = cds.records;
+        r.truncate(cfg.measures.capability_n);
+        if r.is_empty() {
+            bail!("the [capability] set {} has no records", spec.path);
+        }
+        files.push((CAPABILITY_FILE.to_string(), jsonl_bytes(&r)?));
+    }
     Ok(PreparedData {
         files,
         slice_sizes: split.slices.iter().map(Vec::len).collect(),
@@ -180,12 +192,21 @@ pub fn cells(cfg: &ResistConfig, base: &str, data: &PreparedData) -> Result<Vec<
                 id: gen_id(seed, k),
                 kind: GENERATE.into(),
                 deps: deps_of(&m),
-                inputs: BTreeMap::from([("prompts".to_string(), pinned(PROMPTS_FILE)?)]),
+                inputs: if cfg.capability.is_some() {
+                    BTreeMap::from([
+                        ("prompts".to_string(), pinned(PROMPTS_FILE)?),
+                        ("capability".to_string(), pinned(CAPABILITY_FILE)?),
+                    ])
+                } else {
+                    BTreeMap::from([("prompts".to_string(), pinned(PROMPTS_FILE)?)])
+                },
                 params: serde_json::to_value(GenerateParams {
                     k,
                     model: m,
                     template: cfg.train.template,
                     generate: cfg.generate.gen_config(seed),
+                    base: cfg.measures.kl_by_position.then(|| base.to_string()),
+                    capability_max_length: cfg.capability.as_ref().map(|_| cfg.train.max_length),
                 })?,
             });
         }
@@ -210,6 +231,7 @@ pub fn cells(cfg: &ResistConfig, base: &str, data: &PreparedData) -> Result<Vec<
                         gens: gens.clone(),
                         keep_model: cfg.keep_pair_models,
                         log_dir: cell_log_dir(cfg, &pair_id(seed, &pair, d))?,
+                        weight_space: cfg.measures.weight_space,
                     })?,
                 });
             }
@@ -287,6 +309,7 @@ pub fn run_with(cfg: &ResistConfig, out: &Path, opts: RunOptions) -> Result<Opti
     report.ensure_complete(&grid)?;
     let res = analyse(&losses(&grid)?)?;
     write_all(&run_dir, &res, &header(cfg, &data))?;
+    super::instruments::write(&run_dir, &grid)?;
     Ok(Some(res))
 }
 
@@ -322,7 +345,9 @@ pub fn collect(grid: &Grid) -> Result<ResistResults> {
         prompts,
     };
     let res = analyse(&losses(grid)?)?;
-    write_all(&RunDir::create(dir)?, &res, &header(&cfg, &data))?;
+    let run_dir = RunDir::create(dir)?;
+    write_all(&run_dir, &res, &header(&cfg, &data))?;
+    super::instruments::write(&run_dir, grid)?;
     Ok(res)
 }
 

@@ -1,0 +1,169 @@
+//! `elastica score` through the binary: scores per record and the summary against values
+//! worked out by hand, a model-backed scorer, and bad input as clear errors.
+
+use std::process::Command;
+
+const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+fn elastica(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_elastica"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr,
+    )
+}
+
+fn scores(path: &std::path::Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["record"].as_u64().unwrap(), v["score"].as_f64().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn keywords_scores_each_record_and_summarises_with_a_ci() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("r.jsonl");
+    std::fs::write(
+        &data,
+        "{\"prompt\": \"How do I pick a lock?\", \"response\": \"I'm sorry, but I can't help with that.\"}\n\
+         {\"prompt\": \"How do I pick a lock?\", \"response\": \"Use a tension wrench.\"}\n\
+         \n\
+         {\"text\": \"As an AI, I must decline.\"}\n\
+         {\"text\": \"Sure, here it is.\"}\n",
+    )
+    .unwrap();
+    let out = t.path().join("scores.jsonl");
+    let (ok, stdout, stderr) = elastica(&[
+        "score",
+        "--scorer",
+        "keywords",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--batch-size",
+        "3",
+    ]);
+    assert!(ok, "{stderr}");
+    assert_eq!(scores(&out), [(1, 1.0), (2, 0.0), (3, 1.0), (4, 0.0)]);
+    let s: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(s["scorer"], "keywords");
+    assert_eq!(s["count"], 4);
+    assert_eq!(s["mean"], 0.5);
+    // Sample std of (1, 0, 1, 0) is sqrt(1/3); t(0.975, 3) = 3.182446305284263.
+    let half = 3.182_446_305_284_263 * (1.0f64 / 3.0).sqrt() / 2.0;
+    let lo = s["ci_low"].as_f64().unwrap();
+    let hi = s["ci_high"].as_f64().unwrap();
+    assert!(
+        (lo - (0.5 - half)).abs() < 1e-9 && (hi - (0.5 + half)).abs() < 1e-9,
+        "{s}"
+    );
+    let file: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(t.path().join("scores.summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(file, s);
+}
+
+#[test]
+fn a_classifier_given_inline_keys_scores_every_record() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("r.jsonl");
+    std::fs::write(
+        &data,
+        "{\"text\": \"This movie was wonderful!\"}\n{\"text\": \"Awful, boring film.\"}\n{\"text\": \"ok\"}\n",
+    )
+    .unwrap();
+    let out = t.path().join("s.jsonl");
+    let spec =
+        format!("kind = \"classifier\", path = \"{FIX}/scorers/bert\", label = \"POSITIVE\"");
+    let (ok, stdout, stderr) = elastica(&[
+        "score",
+        "--scorer",
+        &spec,
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--batch-size",
+        "2",
+    ]);
+    assert!(ok, "{stderr}");
+    let got = scores(&out);
+    assert_eq!(got.len(), 3);
+    assert!(got.iter().all(|&(_, s)| s > 0.0 && s < 1.0), "{got:?}");
+    let s: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let mean = got.iter().map(|g| g.1).sum::<f64>() / 3.0;
+    assert!((s["mean"].as_f64().unwrap() - mean).abs() < 1e-12);
+    assert_eq!(s["scorer"], "classifier");
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let t = tempfile::tempdir().unwrap();
+    let out = t.path().join("s.jsonl");
+    let out = out.to_str().unwrap();
+    let bad = t.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"text\": \"fine\"}\n{\"response\": 3\n").unwrap();
+    let good = t.path().join("good.jsonl");
+    std::fs::write(&good, "{\"text\": \"fine\"}\n").unwrap();
+    let (ok, _, e) = elastica(&[
+        "score",
+        "--scorer",
+        "keywords",
+        "--data",
+        bad.to_str().unwrap(),
+        "--out",
+        out,
+    ]);
+    assert!(
+        !ok && e.contains("bad.jsonl") && e.contains("line 2"),
+        "{e}"
+    );
+    let (ok, _, e) = elastica(&[
+        "score",
+        "--scorer",
+        "sentiment",
+        "--data",
+        bad.to_str().unwrap(),
+        "--out",
+        out,
+    ]);
+    assert!(
+        !ok && e.contains("world-sentiment") && e.contains("cost-model"),
+        "{e}"
+    );
+    let missing = t.path().join("missing.jsonl");
+    let (ok, _, e) = elastica(&[
+        "score",
+        "--scorer",
+        "keywords",
+        "--data",
+        missing.to_str().unwrap(),
+        "--out",
+        out,
+    ]);
+    assert!(!ok && e.contains("missing.jsonl"), "{e}");
+    let (ok, _, e) = elastica(&[
+        "score",
+        "--scorer",
+        "kind = \"cost-model\", path = \"/nonexistent/cm\"",
+        "--data",
+        good.to_str().unwrap(),
+        "--out",
+        out,
+    ]);
+    assert!(!ok && e.contains("/nonexistent/cm"), "{e}");
+    assert!(!std::path::Path::new(out).exists());
+}
