@@ -76,8 +76,9 @@ say "(b) bench: elastica, ${SHAPE[*]} batch $BATCH bf16"
 "$BIN" bench train "${SHAPE[@]}" --model-type qwen2 --tie-embeddings --batch "$BATCH" "${STEPS[@]}" \
     "${DEV[@]}" --dtype bf16 --json "$WORK/bench.elastica.json" >>"$LOG" 2>&1
 say "(b) bench: PyTorch"
+PEAK=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1])).get("peak_tflops") or 989)' "$WORK/bench.elastica.json")
 "$PY" scripts/gpu_bench_torch.py --device "$DEVICE" --dtype bf16 --model-type qwen2 --tie-embeddings \
-    "${PYSHAPE[@]}" --batch "$BATCH" "${STEPS[@]}" >"$WORK/bench.torch.json" 2>>"$LOG"
+    "${PYSHAPE[@]}" --batch "$BATCH" "${STEPS[@]}" --peak-tflops "$PEAK" >"$WORK/bench.torch.json" 2>>"$LOG"
 
 # (c) align -> perturb on the device and on the CPU.
 say "(c) align -> perturb chain"
@@ -135,10 +136,11 @@ md = [f"# elastica GPU check ({device}; {res['gpu'] or 'no nvidia-smi'})", "",
       "| check | ok | detail |", "|---|---|---|"]
 md += [f"| {c['check']} | {'yes' if c['ok'] else '**NO**'} | {c['detail']} |" for c in res["checks"]]
 fmt = lambda x, p=0: "-" if x is None else f"{x:.{p}f}"
+pct = lambda x: "-" if x is None else f"{x * 100:.1f}%"
 md += ["", f"## Qwen2-0.5B shape, bf16, batch {e['batch']} x seq {e['seq']}: elastica vs PyTorch on the same device", "",
        "| measure | elastica (libtorch) | PyTorch (transformers, autocast, sdpa, fused AdamW) | ratio |", "|---|---|---|---|",
        f"| training tok/s | {fmt(e['train_tok_s'])} | {fmt(t['train_tok_s'])} | {fmt(res['bench']['ratios']['train'], 2)} |",
-       f"| MFU (6 N tok/s over peak) | {fmt((e.get('mfu_train') or 0) * 100, 1)}% (peak {e.get('peak_tflops')}, {e.get('peak_source')}) | {fmt(t['mfu_train'] * 100, 1)}% | |",
+       f"| MFU (6 N tok/s over peak) | {pct(e.get('mfu_train'))} (peak {e.get('peak_tflops')} TFLOP/s, {e.get('peak_source')}) | {pct(t.get('mfu_train') if e.get('mfu_train') is not None else None)} (same peak) | |",
        f"| forward tok/s | {fmt(e['forward_tok_s'])} | {fmt(t['forward_tok_s'])} | {fmt(res['bench']['ratios']['forward'], 2)} |",
        f"| greedy generation, batch 1, tok/s | {fmt(e['generate_b1_tok_s'], 1)} | {fmt(t['generate_b1_tok_s'], 1)} | {fmt(res['bench']['ratios']['generate_b1'], 2)} |",
        f"| GPU memory, MiB | {fmt(e.get('gpu_mem_mib_after_train'))} (nvidia-smi, process, after training) | {fmt(t.get('max_memory_reserved_mib'))} (max reserved; allocated {fmt(t.get('max_memory_allocated_mib'))}) | |",
