@@ -37,8 +37,7 @@ pub fn eval_loss(
     template: crate::data::template::Template,
 ) -> Result<()> {
     let model = crate::backend::load(&a.model, &a.device.choice()?)?;
-    let r =
-        crate::backend::run::eval_loss(&*model, records, template, a.max_length, a.batch_size)?;
+    let r = crate::backend::run::eval_loss(&*model, records, template, a.max_length, a.batch_size)?;
     println!("{}", serde_json::to_string(&r)?);
     Ok(())
 }

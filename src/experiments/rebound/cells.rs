@@ -215,13 +215,7 @@ impl CellKind for Align {
             save_dtype: Some("float32".into()),
             ..p.train.clone()
         };
-        let train = train_stage(
-            ctx,
-            &ctx.input("base")?,
-            &records,
-            &t,
-            p.log_dir.as_deref(),
-        )?;
+        let train = train_stage(ctx, &ctx.input("base")?, &records, &t, p.log_dir.as_deref())?;
         Ok(serde_json::to_value(AlignOutput {
             model: p.model,
             n_positive: p.n_positive,
