@@ -30,9 +30,9 @@ impl BaseSpec {
     /// directories named after it).
     pub fn name(&self) -> String {
         let t = self.tokens;
-        if t > 0 && t % 1_000_000 == 0 {
+        if t > 0 && t.is_multiple_of(1_000_000) {
             format!("{}-{}M", self.size, t / 1_000_000)
-        } else if t > 0 && t % 1000 == 0 {
+        } else if t > 0 && t.is_multiple_of(1000) {
             format!("{}-{}k", self.size, t / 1000)
         } else {
             format!("{}-{t}", self.size)

@@ -653,7 +653,7 @@ mod tests {
         let names: Vec<String> = cfg.bases.iter().map(|b| b.name()).collect();
         // Per-seed drop per negative of each base.
         let rate = |base: usize, planted: (f64, f64), seed: u64| {
-            let alt = if seed % 2 == 0 { 1e-3 } else { -1e-3 };
+            let alt = if seed.is_multiple_of(2) { 1e-3 } else { -1e-3 };
             match base {
                 0 => planted.0 + seed as f64 * 1e-4,
                 _ => planted.1 + seed as f64 * 1e-4 + alt,
