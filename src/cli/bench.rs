@@ -294,7 +294,7 @@ fn ratio(a: f64, b: Option<f64>) -> String {
 pub fn run(a: BenchArgs) -> Result<()> {
     crate::util::threads::set_threads(a.threads);
     if !a.device.choice()?.is_default_cpu() {
-        return super::device_args::bench(&a, bench_config(&a)?);
+        return on_backend(&a, bench_config(&a)?);
     }
     let torch: Option<serde_json::Value> = match &a.torch {
         Some(p) => Some(
@@ -621,6 +621,37 @@ pub fn peak_rss_mb() -> f64 {
         })
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
+}
+
+/// `elastica bench` on the libtorch backend.
+fn on_backend(a: &BenchArgs, cfg: crate::model::ModelConfig) -> Result<()> {
+    let choice = a.device.choice()?;
+    if choice.kind != crate::backend::BackendKind::Torch {
+        anyhow::bail!("--device/--dtype other than cpu/f32 need --backend torch");
+    }
+    #[cfg(feature = "torch")]
+    {
+        let shape = crate::backend::torch::bench::Shape {
+            cfg,
+            batch: a.batch,
+            seq: a.seq,
+            steps: a.steps,
+            warmup: a.warmup,
+            gen_tokens: a.gen_tokens,
+            peak_tflops: a.peak_tflops,
+        };
+        let out = crate::backend::torch::bench::run(&shape, choice.device, choice.precision)?;
+        println!("{}", serde_json::to_string(&out)?);
+        if let Some(p) = &a.json {
+            crate::util::fsx::atomic_write_json(p, &out)?;
+        }
+        Ok(())
+    }
+    #[cfg(not(feature = "torch"))]
+    {
+        let _ = cfg;
+        anyhow::bail!("{}", crate::backend::BUILD_HINT)
+    }
 }
 
 #[cfg(test)]

@@ -45,7 +45,7 @@ pub fn run(a: EvalLossArgs) -> Result<()> {
     let data = load(&spec)?;
     let template = template_for(a.template, &spec);
     if !a.device.choice()?.is_default_cpu() {
-        return super::device_args::eval_loss(&a, &data.records, template);
+        return on_backend(&a, &data.records, template);
     }
     let lm = load_model(&a.model, &Device::Cpu)?;
     let r = crate::train::eval::eval_loss(
@@ -56,6 +56,18 @@ pub fn run(a: EvalLossArgs) -> Result<()> {
         a.batch_size,
         true,
     )?;
+    println!("{}", serde_json::to_string(&r)?);
+    Ok(())
+}
+
+/// `elastica eval-loss` on the chosen backend.
+fn on_backend(
+    a: &EvalLossArgs,
+    records: &[crate::data::records::Record],
+    template: crate::data::template::Template,
+) -> Result<()> {
+    let model = crate::backend::load(&a.model, &a.device.choice()?)?;
+    let r = crate::backend::run::eval_loss(&*model, records, template, a.max_length, a.batch_size)?;
     println!("{}", serde_json::to_string(&r)?);
     Ok(())
 }

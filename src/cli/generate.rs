@@ -53,7 +53,7 @@ pub use crate::data::records::read_prompts;
 pub fn run(a: GenerateArgs) -> Result<()> {
     crate::util::threads::set_threads(a.threads);
     if !a.device.choice()?.is_default_cpu() {
-        return super::device_args::generate(&a);
+        return on_backend(&a);
     }
     let lm = load_model(&a.model, &Device::Cpu)?;
     let prompts = match (&a.prompt, &a.prompts) {
@@ -87,6 +87,40 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         .iter()
         .map(|o| lm.tokenizer.decode(o, true))
         .collect::<Result<_>>()?;
+    match &a.out {
+        Some(out) => {
+            let recs: Vec<crate::data::records::Record> = prompts
+                .iter()
+                .zip(&responses)
+                .map(|(p, r)| crate::data::records::Record::pair(p.clone(), r.clone()))
+                .collect();
+            crate::data::records::write_jsonl(out, &recs)?;
+            eprintln!("wrote {} generations to {}", recs.len(), out.display());
+        }
+        None => println!("{}", responses[0]),
+    }
+    Ok(())
+}
+
+/// `elastica generate` on the chosen backend.
+fn on_backend(a: &GenerateArgs) -> Result<()> {
+    let model = crate::backend::load(&a.model, &a.device.choice()?)?;
+    let prompts = match (&a.prompt, &a.prompts) {
+        (Some(p), _) => vec![p.clone()],
+        (None, Some(f)) => crate::data::records::read_prompts(f)?,
+        (None, None) => {
+            anyhow::bail!("give --prompt TEXT or --prompts FILE.jsonl --out FILE.jsonl")
+        }
+    };
+    let cfg = crate::model::generate::GenConfig {
+        max_new_tokens: a.max_new_tokens,
+        temperature: a.temperature,
+        top_p: a.top_p,
+        top_k: a.top_k,
+        seed: a.seed,
+        batch_size: a.batch_size,
+    };
+    let responses = crate::backend::run::generate_texts(&*model, &prompts, a.template, &cfg)?;
     match &a.out {
         Some(out) => {
             let recs: Vec<crate::data::records::Record> = prompts

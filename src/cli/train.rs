@@ -176,7 +176,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     eprintln!("data: {}", data.summary());
     let records = data.records;
     if !a.device.choice()?.is_default_cpu() {
-        return super::device_args::train(&a, &cfg, &records);
+        return on_backend(&a, &cfg, &records);
     }
     let dev = Device::Cpu;
     let lm = match (&a.model, &a.init) {
@@ -228,6 +228,43 @@ pub fn run(a: TrainArgs) -> Result<()> {
             "out": a.out, "steps": s.steps, "records": s.records, "truncated": s.truncated,
             "mean_loss": s.mean_loss, "final_loss": s.log.last().map(|l| l.loss),
             "resumed_from": s.resumed_from,
+        })
+    );
+    Ok(())
+}
+
+/// `elastica train` on the chosen backend (the loop of `backend::sft`).
+fn on_backend(
+    a: &TrainArgs,
+    cfg: &crate::train::TrainConfig,
+    records: &[crate::data::records::Record],
+) -> Result<()> {
+    let choice = a.device.choice()?;
+    if a.track_rates.is_some() {
+        anyhow::bail!(
+            "--track-rates runs on the fused CPU path only for now; drop it or use --device cpu --backend fused"
+        );
+    }
+    let cpu = candle_core::Device::Cpu;
+    let lm = match (&a.model, &a.init) {
+        (Some(m), _) => crate::model::load_model(m, &cpu)?,
+        (None, Some(init)) => {
+            let Some(tok) = &a.tokenizer else {
+                anyhow::bail!("--init needs --tokenizer DIR (a directory with tokenizer.json)");
+            };
+            crate::model::checkpoint::init_model(init, tok, a.seed, &cpu)?
+        }
+        (None, None) => anyhow::bail!("give --model or --init"),
+    };
+    let mut model = crate::backend::from_loaded(lm, &choice)?;
+    let s = crate::backend::sft::train(&mut *model, records, cfg, &a.out, a.resume, true)?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "out": a.out, "steps": s.steps, "records": s.records, "truncated": s.truncated,
+            "mean_loss": s.mean_loss, "final_loss": s.log.last().map(|l| l.loss),
+            "resumed_from": s.resumed_from, "backend": model.backend_name(),
+            "device": model.device_name(),
         })
     );
     Ok(())
