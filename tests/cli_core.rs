@@ -2,24 +2,13 @@
 //! TOML --config), and every bad input named in the core issue giving a clear error, never a
 //! panic.
 
+mod common;
+use common::elastica;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-
-fn elastica(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_elastica"))
-        .args(args)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr,
-    )
-}
 
 fn copy_model(dst: &Path) -> PathBuf {
     let src = Path::new(FIX).join("models/tiny-llama");

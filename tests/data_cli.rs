@@ -3,24 +3,15 @@
 //! like one without a schema is refused with the flag to add, split names match the HF
 //! datasets cache's shard names, and IMDb defaults to the raw template.
 
+mod common;
+
 use std::path::Path;
-use std::process::Command;
 
 const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
+/// One worker thread, as the CLI tests of the data flags were written for.
 fn elastica(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_elastica"))
-        .args(args)
-        .env("RAYON_NUM_THREADS", "1")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr,
-    )
+    common::elastica_env(args, &[("RAYON_NUM_THREADS", "1")])
 }
 
 fn model() -> String {

@@ -5,6 +5,9 @@
 //! numbers, dtypes, sizes and shard paths are refused before the first step; a diverging run
 //! stops without saving; progress lines appear off a terminal.
 
+mod common;
+use common::{elastica, elastica_env};
+
 use elastica::data::records::read_jsonl;
 use elastica::data::template::Template;
 use elastica::model::checkpoint::load_model;
@@ -14,25 +17,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-
-fn elastica_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_elastica"))
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr,
-    )
-}
-
-fn elastica(args: &[&str]) -> (bool, String, String) {
-    elastica_env(args, &[])
-}
 
 fn model() -> String {
     format!("{FIX}/models/tiny-llama")

@@ -1,23 +1,10 @@
 //! `elastica score` through the binary: scores per record and the summary against values
 //! worked out by hand, a model-backed scorer, and bad input as clear errors.
 
-use std::process::Command;
+mod common;
+use common::elastica;
 
 const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-
-fn elastica(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_elastica"))
-        .args(args)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr,
-    )
-}
 
 fn scores(path: &std::path::Path) -> Vec<(u64, f64)> {
     std::fs::read_to_string(path)

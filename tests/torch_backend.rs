@@ -7,23 +7,10 @@
 //! PATH=/work/venv-torch/bin:$PATH LIBTORCH_USE_PYTORCH=1 \
 //!     cargo test --release --features torch --test torch_backend
 
-use std::process::Command;
+mod common;
+use common::elastica;
 
 const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-
-fn elastica(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_elastica"))
-        .args(args)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr,
-    )
-}
 
 #[cfg(not(feature = "torch"))]
 #[test]

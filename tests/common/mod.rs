@@ -99,3 +99,25 @@ pub fn sft_records() -> Vec<elastica::data::records::Record> {
         Record::text("i loved the film and the acting"),
     ]
 }
+
+/// Run the elastica binary with `args` and extra environment: (success, stdout, stderr).
+/// A panic is a failure whatever the test expects.
+pub fn elastica_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_elastica"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr,
+    )
+}
+
+/// [`elastica_env`] with the inherited environment.
+pub fn elastica(args: &[&str]) -> (bool, String, String) {
+    elastica_env(args, &[])
+}
