@@ -9,7 +9,10 @@ use crate::data::records::Record;
 use crate::train::batch::{collate, loss_tokens, tokenize, Batch, Example};
 use crate::train::optim::AdamWConfig;
 use crate::train::schedule::{lr_at, warmup_steps};
-use crate::train::sft::{latest_checkpoint, read_log, step_indices, StepLog, TrainSummary};
+use crate::train::sft::{
+    latest_checkpoint, read_log, remove_checkpoints, step_indices, write_checkpoint_with, StepLog,
+    TrainSummary,
+};
 use crate::train::TrainConfig;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
@@ -113,11 +116,7 @@ pub fn train(
         &out.join("train_config.toml"),
         toml::to_string(cfg)?.as_bytes(),
     )?;
-    let root = out.join("checkpoints");
-    if root.is_dir() {
-        std::fs::remove_dir_all(&root)
-            .with_context(|| format!("cannot remove {}", root.display()))?;
-    }
+    remove_checkpoints(out)?;
     let mean_loss = if log.is_empty() {
         0.0
     } else {
@@ -140,32 +139,11 @@ fn read_state(dir: &Path) -> Result<serde_json::Value> {
     serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", p.display()))
 }
 
-/// `checkpoints/step-N`, written under a temporary name and renamed when complete; older
-/// checkpoints are removed (the layout `train::sft` writes and reads).
+/// `checkpoints/step-N` in the layout `train::sft` writes and reads (completion marker last,
+/// one rename, older checkpoints removed marker first).
 fn write_checkpoint(model: &dyn LanguageModel, out: &Path, step: usize) -> Result<()> {
-    let root = out.join("checkpoints");
-    std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".tmp-step-")
-        .tempdir_in(&root)?;
-    model.save_train_state(tmp.path())?;
     let state = serde_json::json!({ "step": step, "adam_step": model.adam_step() });
-    crate::util::fsx::atomic_write_json(&tmp.path().join("trainer_state.json"), &state)?;
-    let final_dir = root.join(format!("step-{step}"));
-    let tmp_path = tmp.keep();
-    std::fs::rename(&tmp_path, &final_dir).with_context(|| {
-        format!(
-            "cannot move checkpoint into place at {}",
-            final_dir.display()
-        )
-    })?;
-    for e in std::fs::read_dir(&root)?.flatten() {
-        let p = e.path();
-        if p != final_dir && e.file_name().to_string_lossy().starts_with("step-") {
-            std::fs::remove_dir_all(&p).ok();
-        }
-    }
-    Ok(())
+    write_checkpoint_with(out, step, &state, |dir| model.save_train_state(dir))
 }
 
 /// Rewrite the log with `entries`, or append them.

@@ -763,23 +763,34 @@ fn write_checkpoint(
     step: usize,
     settings: &RunSettings,
 ) -> Result<()> {
+    let state = serde_json::json!({ "step": step, "adam_step": opt.step, "settings": settings });
+    write_checkpoint_with(out, step, &state, |dir| {
+        save_params(&lm.model.params, DType::F32, &dir.join("model.safetensors"))?;
+        crate::model::checkpoint::save_tensors(
+            &opt.state_tensors(&lm.model.params)?,
+            &dir.join("optimizer.safetensors"),
+        )
+    })
+}
+
+/// The checkpoint layout every training loop shares: `fill` writes the weights and optimizer
+/// state into a temporary directory, then `trainer_state.json` (`state`) and the completion
+/// marker are written, the directory is renamed to `checkpoints/step-N` in one step, and
+/// older checkpoints are removed (marker first).
+pub fn write_checkpoint_with(
+    out: &Path,
+    step: usize,
+    state: &serde_json::Value,
+    fill: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
     let root = checkpoint_root(out);
     std::fs::create_dir_all(&root).with_context(|| format!("cannot create {}", root.display()))?;
     let tmp = tempfile::Builder::new()
         .prefix(".tmp-step-")
         .tempdir_in(&root)
         .with_context(|| format!("cannot create a temporary directory in {}", root.display()))?;
-    save_params(
-        &lm.model.params,
-        DType::F32,
-        &tmp.path().join("model.safetensors"),
-    )?;
-    crate::model::checkpoint::save_tensors(
-        &opt.state_tensors(&lm.model.params)?,
-        &tmp.path().join("optimizer.safetensors"),
-    )?;
-    let state = serde_json::json!({ "step": step, "adam_step": opt.step, "settings": settings });
-    crate::util::fsx::atomic_write_json(&tmp.path().join("trainer_state.json"), &state)?;
+    fill(tmp.path())?;
+    crate::util::fsx::atomic_write_json(&tmp.path().join("trainer_state.json"), state)?;
     crate::util::fsx::atomic_write(&tmp.path().join(COMPLETE_MARKER), b"")?;
     let final_dir = root.join(format!("step-{step}"));
     let tmp_path = tmp.keep();
@@ -830,7 +841,8 @@ fn restore(lm: &LoadedModel, opt: &mut AdamW, dir: &Path, step: usize) -> Result
     opt.load_state(&lm.model.params, &moments, adam_step)
 }
 
-fn remove_checkpoints(out: &Path) -> Result<()> {
+/// Remove every checkpoint of a finished run (each marker first).
+pub fn remove_checkpoints(out: &Path) -> Result<()> {
     let root = checkpoint_root(out);
     if root.is_dir() {
         for e in std::fs::read_dir(&root)
