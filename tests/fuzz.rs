@@ -21,7 +21,7 @@ use elastica::compress::testing::NgramPredictor;
 use elastica::compress::{compress, decompress, CompressOptions};
 use proptest::prelude::*;
 use proptest::sample::Index;
-use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
+use proptest::test_runner::{Config, FileFailurePersistence, RngSeed, TestCaseError, TestRunner};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -241,6 +241,20 @@ fn digit_runs(b: &[u8]) -> Vec<(usize, usize)> {
 // ---------------------------------------------------------------------------------------
 // The harness.
 
+/// The cases come from a fixed seed, so `cargo test` is repeatable (CI must not pass or fail
+/// by chance); `ELASTICA_FUZZ_SEED=N` picks another, `ELASTICA_FUZZ_SEED=random` a fresh one
+/// each run, to search further. Regressions found either way are replayed first.
+fn rng_seed() -> RngSeed {
+    match std::env::var("ELASTICA_FUZZ_SEED").ok().as_deref() {
+        Some("random") => RngSeed::Random,
+        Some(v) => RngSeed::Fixed(
+            v.parse()
+                .expect("ELASTICA_FUZZ_SEED: a number or \"random\""),
+        ),
+        None => RngSeed::Fixed(20261206),
+    }
+}
+
 fn cases() -> u32 {
     std::env::var("ELASTICA_FUZZ_CASES")
         .ok()
@@ -282,6 +296,7 @@ fn fuzz(
         panic!("{name}: the valid seed does not load: {e:#}");
     }
     let mut config = Config::with_cases(cases());
+    config.rng_seed = rng_seed();
     config.failure_persistence = Some(Box::new(FileFailurePersistence::Direct(leak(format!(
         "proptest-regressions/fuzz-{name}.txt"
     )))));
