@@ -32,22 +32,7 @@ pub fn eval_loss(
             tokens += b.n_targets;
         }
     }
-    if tokens == 0 {
-        bail!("the data has no token to score");
-    }
-    let ln2 = std::f64::consts::LN_2;
-    Ok(EvalLoss {
-        records: examples.len(),
-        tokens,
-        bytes,
-        mean_nll: total_nll / tokens as f64,
-        bits_per_token: total_nll / tokens as f64 / ln2,
-        bits_per_byte: if bytes > 0 {
-            total_nll / ln2 / bytes as f64
-        } else {
-            f64::NAN
-        },
-    })
+    EvalLoss::from_totals(examples.len(), tokens, bytes, total_nll)
 }
 
 /// Responses (decoded, special tokens skipped) to `prompts` under `template`.

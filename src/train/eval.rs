@@ -21,6 +21,34 @@ pub struct EvalLoss {
     pub bits_per_byte: f64,
 }
 
+impl EvalLoss {
+    /// The scores of `records` records whose `tokens` counted tokens (over `bytes` UTF-8
+    /// bytes) summed to `total_nll` nats; every backend's eval-loss ends here.
+    pub fn from_totals(
+        records: usize,
+        tokens: usize,
+        bytes: usize,
+        total_nll: f64,
+    ) -> Result<Self> {
+        if tokens == 0 {
+            bail!("the data has no token to score");
+        }
+        let ln2 = std::f64::consts::LN_2;
+        Ok(EvalLoss {
+            records,
+            tokens,
+            bytes,
+            mean_nll: total_nll / tokens as f64,
+            bits_per_token: total_nll / tokens as f64 / ln2,
+            bits_per_byte: if bytes > 0 {
+                total_nll / ln2 / bytes as f64
+            } else {
+                f64::NAN
+            },
+        })
+    }
+}
+
 pub fn eval_loss(
     lm: &LoadedModel,
     records: &[Record],
@@ -50,20 +78,5 @@ pub fn eval_loss(
         pb.inc(chunk.len() as u64);
     }
     pb.finish_and_clear();
-    if tokens == 0 {
-        bail!("the data has no token to score");
-    }
-    let ln2 = std::f64::consts::LN_2;
-    Ok(EvalLoss {
-        records: examples.len(),
-        tokens,
-        bytes,
-        mean_nll: total_nll / tokens as f64,
-        bits_per_token: total_nll / tokens as f64 / ln2,
-        bits_per_byte: if bytes > 0 {
-            total_nll / ln2 / bytes as f64
-        } else {
-            f64::NAN
-        },
-    })
+    EvalLoss::from_totals(examples.len(), tokens, bytes, total_nll)
 }
