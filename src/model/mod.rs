@@ -1,6 +1,6 @@
 //! The language model: a decoder-only transformer covering the Llama, Qwen2 and Gemma
 //! families, with Hugging Face tensor names, checkpoint I/O in the HF layout, the tokenizer
-//! wrapper and generation.
+//! wrapper with its prompt templates (`template`), and generation.
 
 pub mod checkpoint;
 pub mod config;
@@ -11,6 +11,7 @@ pub mod llama;
 pub mod params;
 pub mod presets;
 pub mod rope;
+pub mod template;
 pub mod tokenizer;
 
 pub use checkpoint::{load_model, save_model, LoadedModel};
