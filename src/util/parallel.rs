@@ -1,4 +1,8 @@
-//! Independent jobs on a fixed number of workers, each single-threaded. The demo's models are
+//! Jobs on a fixed number of workers, in the order their dependencies allow: [`schedule`] is
+//! the one scheduler of the crate (the grid's local executor runs its cells with it);
+//! [`run_jobs`] and [`run_graph`] are its short forms for jobs that each run on one thread.
+//!
+//! Why one thread per job by default: the demo's models are
 //! so small that candle's kernels gain little from a second thread (a tiny-model SFT run took
 //! 2.4 s of CPU on one thread and 6.5 s on two), so running whole jobs side by side uses the
 //! cores far better. Each worker installs its own one-thread rayon pool, so the kernels inside
@@ -43,86 +47,182 @@ where
     T: Send + Sync,
     F: Fn(J, &[&T]) -> Result<T> + Sync,
 {
+    schedule(jobs, deps, &Limits::workers(workers), |_, j, inputs| {
+        f(j, inputs)
+    })?
+    .into_iter()
+    .map(|o| match o {
+        Outcome::Done(t) => Ok(t),
+        Outcome::Failed(e) => Err(e),
+        Outcome::NotRun { because } => Err(anyhow!("not run: job {} it needs failed", because + 1)),
+    })
+    .collect()
+}
+
+/// How many jobs of a [`schedule`] run at once, and how.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Jobs running at the same time (at least 1).
+    pub workers: usize,
+    /// Run each job inside a one-thread rayon pool (see the module doc). Off for jobs whose
+    /// kernels should use every core, like a grid's cells.
+    pub one_thread_each: bool,
+    /// What job `i` holds while it runs (e.g. bytes of memory); empty = nothing.
+    pub cost: Vec<u64>,
+    /// The running jobs' costs add up to at most this, except that one job may always run.
+    pub budget: u64,
+}
+
+impl Limits {
+    /// `workers` one-thread workers, no cost limit.
+    pub fn workers(workers: usize) -> Limits {
+        Limits {
+            workers,
+            one_thread_each: true,
+            cost: Vec::new(),
+            budget: u64::MAX,
+        }
+    }
+}
+
+/// How one job of a [`schedule`] ended.
+#[derive(Debug)]
+pub enum Outcome<T> {
+    Done(T),
+    Failed(anyhow::Error),
+    /// Not run because its dependency `because` (an index) failed or was not run.
+    NotRun {
+        because: usize,
+    },
+}
+
+/// The scheduler behind [`run_graph`] and the grid's local executor: job `i` starts once
+/// every job in `deps[i]` is done, on the first free worker, taking the first ready job in
+/// list order whose cost fits; `f` gets the job's index, the job, and its dependencies'
+/// results. Every job runs unless a dependency failed; each job's outcome comes back in job
+/// order. A dependency cycle fails the jobs on it instead of hanging. The error is for the
+/// scheduler itself (a bad graph, a panicking job).
+pub fn schedule<J, T, F>(
+    jobs: Vec<J>,
+    deps: Vec<Vec<usize>>,
+    limits: &Limits,
+    f: F,
+) -> Result<Vec<Outcome<T>>>
+where
+    J: Send,
+    T: Send + Sync,
+    F: Fn(usize, J, &[&T]) -> Result<T> + Sync,
+{
     let n = jobs.len();
     if deps.len() != n || deps.iter().flatten().any(|&d| d >= n) {
         return Err(anyhow!("job graph: dependencies do not match the {n} jobs"));
     }
+    let cost = |i: usize| limits.cost.get(i).copied().unwrap_or(0);
+    enum Slot<J, T> {
+        Pending(J),
+        Running,
+        Done(Arc<T>),
+        Failed(anyhow::Error),
+        NotRun(usize),
+    }
+    impl<J, T> Slot<J, T> {
+        fn ended_badly(&self) -> bool {
+            matches!(self, Slot::Failed(_) | Slot::NotRun(_))
+        }
+    }
     struct State<J, T> {
-        pending: Vec<Option<J>>,
-        done: Vec<Option<Result<Arc<T>>>>,
+        slots: Vec<Slot<J, T>>,
         running: usize,
+        running_cost: u64,
     }
     let state = Mutex::new(State {
-        pending: jobs.into_iter().map(Some).collect(),
-        done: (0..n).map(|_| None).collect(),
+        slots: jobs.into_iter().map(Slot::Pending).collect(),
         running: 0,
+        running_cost: 0,
     });
     let wake = Condvar::new();
+    let poisoned = || anyhow!("a worker panicked");
     let work = || -> Result<()> {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .map_err(|e| anyhow!("cannot start a worker: {e}"))?;
-        let mut st = state.lock().map_err(|_| anyhow!("a worker panicked"))?;
+        let pool = match limits.one_thread_each {
+            true => Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .build()
+                    .map_err(|e| anyhow!("cannot start a worker: {e}"))?,
+            ),
+            false => None,
+        };
+        let mut st = state.lock().map_err(|_| poisoned())?;
         loop {
             // Dependencies that failed make their dependents fail without running.
             for (i, needs) in deps.iter().enumerate() {
-                if st.pending[i].is_some() {
-                    if let Some(&d) = needs.iter().find(|&&d| matches!(st.done[d], Some(Err(_)))) {
-                        st.pending[i] = None;
-                        st.done[i] = Some(Err(anyhow!("not run: job {} it needs failed", d + 1)));
+                if matches!(st.slots[i], Slot::Pending(_)) {
+                    if let Some(&d) = needs.iter().find(|&&d| st.slots[d].ended_badly()) {
+                        st.slots[i] = Slot::NotRun(d);
                         wake.notify_all();
                     }
                 }
             }
             let ready = (0..n).find(|&i| {
-                st.pending[i].is_some()
-                    && deps[i].iter().all(|&d| matches!(st.done[d], Some(Ok(_))))
+                matches!(st.slots[i], Slot::Pending(_))
+                    && deps[i]
+                        .iter()
+                        .all(|&d| matches!(st.slots[d], Slot::Done(_)))
+                    && (st.running == 0 || st.running_cost.saturating_add(cost(i)) <= limits.budget)
             });
+            let any_pending = st.slots.iter().any(|s| matches!(s, Slot::Pending(_)));
             match ready {
                 Some(i) => {
-                    let job = st.pending[i].take().expect("checked above");
-                    st.running += 1;
-                    drop(st);
-                    let inputs: Vec<Arc<T>> = {
-                        let guard = state.lock().map_err(|_| anyhow!("a worker panicked"))?;
-                        deps[i]
-                            .iter()
-                            .filter_map(|&d| match &guard.done[d] {
-                                Some(Ok(t)) => Some(Arc::clone(t)),
-                                _ => None,
-                            })
-                            .collect()
+                    let Slot::Pending(job) = std::mem::replace(&mut st.slots[i], Slot::Running)
+                    else {
+                        unreachable!("checked above")
                     };
+                    st.running += 1;
+                    st.running_cost = st.running_cost.saturating_add(cost(i));
+                    let inputs: Vec<Arc<T>> = deps[i]
+                        .iter()
+                        .filter_map(|&d| match &st.slots[d] {
+                            Slot::Done(t) => Some(Arc::clone(t)),
+                            _ => None,
+                        })
+                        .collect();
+                    drop(st);
                     let refs: Vec<&T> = inputs.iter().map(|a| a.as_ref()).collect();
-                    let out = pool.install(|| f(job, &refs)).map(Arc::new);
+                    let out = match &pool {
+                        Some(pool) => pool.install(|| f(i, job, &refs)),
+                        None => f(i, job, &refs),
+                    };
                     drop(refs);
                     drop(inputs);
-                    st = state.lock().map_err(|_| anyhow!("a worker panicked"))?;
-                    st.done[i] = Some(out);
+                    st = state.lock().map_err(|_| poisoned())?;
+                    st.slots[i] = match out {
+                        Ok(t) => Slot::Done(Arc::new(t)),
+                        Err(e) => Slot::Failed(e),
+                    };
                     st.running -= 1;
+                    st.running_cost = st.running_cost.saturating_sub(cost(i));
                     wake.notify_all();
                 }
-                None if st.pending.iter().all(Option::is_none) => return Ok(()),
+                None if !any_pending => return Ok(()),
                 None if st.running == 0 => {
                     // Nothing runs and nothing is ready: a dependency cycle.
                     for i in 0..n {
-                        if st.pending[i].take().is_some() {
-                            st.done[i] =
-                                Some(Err(anyhow!("job {} waits on a dependency cycle", i + 1)));
+                        if matches!(st.slots[i], Slot::Pending(_)) {
+                            st.slots[i] =
+                                Slot::Failed(anyhow!("job {} waits on a dependency cycle", i + 1));
                         }
                     }
                     wake.notify_all();
                     return Ok(());
                 }
                 None => {
-                    st = wake.wait(st).map_err(|_| anyhow!("a worker panicked"))?;
+                    st = wake.wait(st).map_err(|_| poisoned())?;
                 }
             }
         }
     };
     let worker_errors: Vec<anyhow::Error> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..workers.max(1).min(n.max(1)))
+        let handles: Vec<_> = (0..limits.workers.max(1).min(n.max(1)))
             .map(|_| s.spawn(work))
             .collect();
         handles
@@ -130,22 +230,29 @@ where
             .filter_map(|h| match h.join() {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(e),
-                Err(_) => Some(anyhow!("a worker panicked")),
+                Err(_) => Some(poisoned()),
             })
             .collect()
     });
     if let Some(e) = worker_errors.into_iter().next() {
         return Err(e);
     }
-    let st = state
-        .into_inner()
-        .map_err(|_| anyhow!("a worker panicked"))?;
-    st.done
+    let st = state.into_inner().map_err(|_| poisoned())?;
+    st.slots
         .into_iter()
         .enumerate()
-        .map(|(i, r)| {
-            let t = r.unwrap_or_else(|| Err(anyhow!("job {} did not run", i + 1)))?;
-            Arc::try_unwrap(t).map_err(|_| anyhow!("job {}: result still shared", i + 1))
+        .map(|(i, s)| {
+            Ok(match s {
+                Slot::Done(t) => Outcome::Done(
+                    Arc::try_unwrap(t)
+                        .map_err(|_| anyhow!("job {}: result still shared", i + 1))?,
+                ),
+                Slot::Failed(e) => Outcome::Failed(e),
+                Slot::NotRun(d) => Outcome::NotRun { because: d },
+                Slot::Pending(_) | Slot::Running => {
+                    Outcome::Failed(anyhow!("job {} did not run", i + 1))
+                }
+            })
         })
         .collect()
 }
