@@ -617,7 +617,7 @@ fn fuzz_compressed_files() {
 
 #[test]
 fn fuzz_manifest_and_cell_result() {
-    use elastica::experiments::manifest::{CellSpec, Manifest};
+    use elastica::grid::manifest::{CellSpec, Manifest};
     let tmp = tempfile::tempdir().unwrap();
     let cell = |id: &str, deps: &[&str]| CellSpec {
         id: id.into(),
@@ -625,7 +625,7 @@ fn fuzz_manifest_and_cell_result() {
         deps: deps.iter().map(|d| d.to_string()).collect(),
         inputs: BTreeMap::from([(
             "data".to_string(),
-            elastica::experiments::manifest::Input::pinned_bytes("data/a.jsonl", b"{}"),
+            elastica::grid::manifest::Input::pinned_bytes("data/a.jsonl", b"{}"),
         )]),
         params: serde_json::json!({"n_positive": 8, "lr": 0.01, "seed": 1}),
     };
@@ -639,7 +639,7 @@ fn fuzz_manifest_and_cell_result() {
         seed.len(),
         linear(64),
         |d| {
-            let g = elastica::experiments::grid::Grid::open(&d.join("manifest.json"))?;
+            let g = elastica::grid::rundir::Grid::open(&d.join("manifest.json"))?;
             g.manifest().stages();
             Ok(())
         },
@@ -657,6 +657,6 @@ fn fuzz_manifest_and_cell_result() {
         &seed,
         seed.len(),
         linear(64),
-        |d| elastica::experiments::cell::CellResult::read(&d.join("result.json")).map(|_| ()),
+        |d| elastica::grid::rundir::CellResult::read(&d.join("result.json")).map(|_| ()),
     );
 }

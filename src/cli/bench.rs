@@ -381,7 +381,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         // (the weights are already allocated, so MemAvailable is what the step may add).
         let avail = match a.mem_available {
             Some(gb) => Some(gb * 1e9),
-            None => crate::experiments::executor::available_memory().map(|b| b as f64),
+            None => crate::util::sysmem::available_bytes().map(|b| b as f64),
         };
         let (steps, skipped): (Vec<_>, Vec<_>) = steps.into_iter().partition(|(_, on)| {
             avail.is_none_or(|av| step_memory_bytes(&cfg, n_params, a.batch, a.seq, on) <= 0.9 * av)

@@ -2,7 +2,7 @@
 //! the jobs the run recorded); `elastica status` then lists them as cancelled and
 //! `elastica resubmit` submits them again.
 
-use crate::experiments::slurm::cancel::{cancel, Cancelled};
+use crate::grid::slurm::cancel::{cancel, Cancelled};
 use anyhow::Result;
 use std::path::PathBuf;
 

@@ -2,8 +2,9 @@
 //! --index I` is what a cluster job array calls for each task; `cell status` prints every
 //! cell's state.
 
-use crate::experiments::cell::{run_cell, CellRun};
-use crate::experiments::grid::Grid;
+use crate::experiments::registry::registry;
+use crate::grid::cell::{run_cell, CellRun};
+use crate::grid::rundir::Grid;
 use anyhow::{bail, Result};
 use std::path::PathBuf;
 
@@ -67,7 +68,7 @@ pub fn run(a: CellArgs) -> Result<()> {
                 .get(index)
                 .map(|c| c.id.clone())
                 .unwrap_or_default();
-            match run_cell(&grid, index, true)? {
+            match run_cell(&grid, &registry().kinds(), index, true)? {
                 CellRun::AlreadyDone => eprintln!("cell {index} ({id}) is already done"),
                 CellRun::Finished(r) => {
                     eprintln!("cell {index} ({id}) done in {:.1} s", r.seconds)

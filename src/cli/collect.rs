@@ -1,7 +1,8 @@
 //! `elastica collect DIR`: write the report of a run whose cells ran elsewhere (a Slurm
 //! run submitted with `--no-wait`, or cells run with `elastica cell run`).
 
-use crate::experiments::collect::{collect, preview};
+use crate::experiments::registry::registry;
+use crate::grid::collect::{collect, preview};
 use anyhow::{bail, Result};
 use std::path::PathBuf;
 
@@ -12,7 +13,7 @@ pub struct CollectArgs {
 }
 
 pub fn run(a: CollectArgs) -> Result<()> {
-    let c = collect(&a.dir)?;
+    let c = collect(&a.dir, &registry())?;
     eprintln!("report: {}", c.report.display());
     if !c.missing.is_empty() {
         bail!(

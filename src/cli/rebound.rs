@@ -3,8 +3,8 @@
 //! the same `--out` skips finished cells and resumes interrupted ones. The config format is
 //! documented in `experiments::rebound::config` and docs/rebound.md.
 
-use crate::experiments::executor::{ExecutorKind, ExecutorSpec, RunOptions};
 use crate::experiments::rebound::{self, config::ReboundConfig};
+use crate::grid::config::{ExecutorKind, ExecutorSpec, RunOptions};
 use anyhow::{bail, Result};
 use std::path::PathBuf;
 

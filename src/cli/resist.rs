@@ -2,8 +2,8 @@
 //! from a `resist.toml` (see `experiments::resist::config` for every key). Rerunning with the
 //! same `--out` resumes: finished fine-tunes and generations are not redone.
 
-use crate::experiments::executor::{ExecutorKind, RunOptions};
 use crate::experiments::resist::{self, ResistConfig};
+use crate::grid::config::{ExecutorKind, RunOptions};
 use anyhow::Result;
 use std::path::PathBuf;
 

@@ -4,8 +4,9 @@
 //! left to their tasks. Waiting (without `--no-wait`), it writes the report when every cell
 //! is done, as `elastica collect` does.
 
-use crate::experiments::collect::collect;
-use crate::experiments::slurm;
+use crate::experiments::registry::registry;
+use crate::grid::collect::collect;
+use crate::grid::slurm;
 use anyhow::Result;
 use std::path::PathBuf;
 
@@ -25,13 +26,14 @@ pub struct ResubmitArgs {
 }
 
 pub fn run(a: ResubmitArgs) -> Result<()> {
-    let (grid, report) = slurm::resubmit(&a.dir, a.time, a.mem, !a.no_wait, true)?;
+    let kinds = registry().kinds();
+    let (grid, report) = slurm::resubmit(&a.dir, &kinds, a.time, a.mem, !a.no_wait, true)?;
     eprintln!("{}", report.summary());
     if report.detached() {
         return Ok(());
     }
     report.ensure_complete(&grid)?;
-    let c = collect(&a.dir)?;
+    let c = collect(&a.dir, &registry())?;
     eprintln!("every cell is done; report: {}", c.report.display());
     Ok(())
 }

@@ -2,8 +2,8 @@
 //! models, with the rebound strength plotted against their size or pre-training tokens.
 //! The config is a rebound config with `[[models]]` tables (name, path, x) and `x_label`.
 
-use crate::experiments::executor::{ExecutorKind, RunOptions};
 use crate::experiments::scaling;
+use crate::grid::config::{ExecutorKind, RunOptions};
 use anyhow::Result;
 use std::path::PathBuf;
 

@@ -7,7 +7,7 @@
 //! step); 3 when none failed but Slurm could not be asked about some submitted cells
 //! (no `squeue` on PATH), so their state is unknown.
 
-use crate::experiments::slurm::{self, poll::Counts};
+use crate::grid::slurm::{self, poll::Counts};
 use anyhow::{bail, Result};
 use std::path::PathBuf;
 

@@ -4,11 +4,11 @@
 //! added here has one row per (model, n+), a least-squares slope of R against x (against
 //! log10 x on a log axis) with its 95% CI per n+, and the plot `strength_vs_x`.
 
-use super::executor::RunOptions;
-use super::grid::Grid;
 use super::rebound::config::ReboundConfig;
 use super::rebound::report::Analysis;
 use super::rebound::{collect_with, execute, Outcome};
+use crate::grid::config::RunOptions;
+use crate::grid::rundir::Grid;
 use crate::report::stats::linear_fit;
 use crate::report::{fmt_ci, fmt_sig, LinePlot, RunDir, Series, Table};
 use anyhow::Result;

@@ -11,8 +11,9 @@
 //! can resume (training resumes from its last checkpoint, finished stages are skipped by the
 //! kind).
 //!
-//! Adding a cell kind: implement [`CellKind`] on a unit struct and list it in
-//! `experiments::kinds::KINDS`.
+//! Adding a cell kind: implement [`CellKind`] on a unit struct and list it in its
+//! experiment's kinds (`grid::registry::Experiment::kinds`); whoever runs cells passes the
+//! kinds in, so this layer knows no experiment.
 //!
 //! Two processes never run one cell at once: the attempt holds an exclusive lock on
 //! `cells/<id>/.lock` (a second task of the same cell, e.g. a cell submitted twice, stops
@@ -24,60 +25,20 @@
 //! check `train-step-N` after optimizer step N). `<id>@<point>:sleep=<seconds>` makes the
 //! cell hang there instead (for tests that kill a running cell, e.g. with `scancel`).
 
-use super::grid::{CellStatus, Grid};
 use super::manifest::{resolve, sha256_file, CellSpec};
+use super::rundir::{
+    CellResult, CellStatus, Grid, ATTEMPTS_FILE, ERROR_FILE, LOCK_FILE, RESULT_FILE,
+};
 use crate::util::fsx::{atomic_write, atomic_write_json};
 use anyhow::{anyhow, bail, Context, Result};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-pub const RESULT_FILE: &str = "result.json";
-pub const ERROR_FILE: &str = "error.txt";
-pub const ATTEMPTS_FILE: &str = "attempts";
-/// Held (flock) by the process running the cell.
-pub const LOCK_FILE: &str = ".lock";
 /// Environment variable naming injected faults (`<cell-id>@<point>`, comma-separated).
 pub const FAULT_ENV: &str = "ELASTICA_INJECT_FAULT";
 
-/// `cells/<id>/result.json`: the done marker and the cell's output.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CellResult {
-    pub id: String,
-    pub kind: String,
-    /// Hash of the cell definition this result belongs to (see `CellSpec::hash`).
-    pub cell_hash: String,
-    /// Times the cell was started, the successful attempt included.
-    pub attempts: u32,
-    /// Wall-clock seconds of the successful attempt.
-    pub seconds: f64,
-    /// Unix time (seconds) when it finished.
-    pub finished_unix: u64,
-    /// What the kind returned.
-    pub output: serde_json::Value,
-}
-
-impl CellResult {
-    pub fn read(path: &Path) -> Result<CellResult> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a valid cell result", path.display()))
-    }
-
-    /// The output, deserialised into the kind's output type.
-    pub fn output_as<T: DeserializeOwned>(&self) -> Result<T> {
-        serde_json::from_value(self.output.clone()).with_context(|| {
-            format!(
-                "the result of cell {} does not have the layout of a {} output",
-                self.id, self.kind
-            )
-        })
-    }
-}
-
-/// A kind of cell: how to run it. Implementations are unit structs listed in
-/// `experiments::kinds::KINDS`.
+/// A kind of cell: how to run it. Implementations are unit structs listed in their
+/// experiment's `kinds` (see `grid::registry`).
 pub trait CellKind: Send + Sync {
     /// The name written in manifests, `<experiment>.<step>` (e.g. `rebound.align`).
     fn name(&self) -> &'static str;
@@ -95,6 +56,21 @@ pub trait CellKind: Send + Sync {
     fn after_result(&self, _ctx: &CellContext<'_>) -> Result<()> {
         Ok(())
     }
+}
+
+/// The cell kinds a grid may hold; whoever runs cells passes them in.
+pub type Kinds = [&'static dyn CellKind];
+
+/// The kind named `name` among `kinds`.
+pub fn find(kinds: &Kinds, name: &str) -> Result<&'static dyn CellKind> {
+    if let Some(k) = kinds.iter().find(|k| k.name() == name) {
+        return Ok(*k);
+    }
+    let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
+    bail!(
+        "unknown cell kind \"{name}\"; this elastica knows: {}",
+        names.join(", ")
+    )
 }
 
 /// What a running cell sees.
@@ -198,9 +174,9 @@ pub enum CellRun {
     Finished(CellResult),
 }
 
-/// Run cell `index` of `grid` (see the module doc). The error of a failed cell is also
-/// written to `cells/<id>/error.txt`.
-pub fn run_cell(grid: &Grid, index: usize, progress: bool) -> Result<CellRun> {
+/// Run cell `index` of `grid`, its kind looked up in `kinds` (see the module doc). The error
+/// of a failed cell is also written to `cells/<id>/error.txt`.
+pub fn run_cell(grid: &Grid, kinds: &Kinds, index: usize, progress: bool) -> Result<CellRun> {
     let n = grid.len();
     if index >= n {
         bail!(
@@ -220,7 +196,7 @@ pub fn run_cell(grid: &Grid, index: usize, progress: bool) -> Result<CellRun> {
         ),
         _ => {}
     }
-    let kind = super::kinds::kind(&cell.kind)?;
+    let kind = find(kinds, &cell.kind)?;
     for d in &cell.deps {
         let j = grid
             .manifest()
@@ -346,7 +322,8 @@ fn check_inputs(grid: &Grid, cell: &CellSpec) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::experiments::manifest::Manifest;
+    use crate::grid::manifest::Manifest;
+    use crate::grid::registry::testing::TEST_KINDS;
     use std::collections::BTreeMap;
 
     #[test]
@@ -361,10 +338,10 @@ mod tests {
         };
         cell.inputs.insert(
             "model".into(),
-            crate::experiments::manifest::Input::path("/nonexistent/model"),
+            crate::grid::manifest::Input::path("/nonexistent/model"),
         );
         let g = Grid::plan(dir.path(), Manifest::new("t", vec![cell]).unwrap()).unwrap();
-        let e = format!("{:#}", run_cell(&g, 0, false).unwrap_err());
+        let e = format!("{:#}", run_cell(&g, TEST_KINDS, 0, false).unwrap_err());
         assert!(e.contains("/nonexistent/model"), "{e}");
         let text = std::fs::read_to_string(g.cell_dir(0).join(ERROR_FILE)).unwrap();
         assert!(text.contains("input \"model\" (/nonexistent/model) does not exist"));
@@ -385,12 +362,12 @@ mod tests {
         let g = Grid::plan(dir.path(), Manifest::new("t", vec![cell]).unwrap()).unwrap();
         std::fs::create_dir_all(g.cell_dir(0)).unwrap();
         let held = lock_cell(&g.cell_dir(0), "a").unwrap();
-        let e = format!("{:#}", run_cell(&g, 0, false).unwrap_err());
+        let e = format!("{:#}", run_cell(&g, TEST_KINDS, 0, false).unwrap_err());
         assert!(e.contains("being run by another process"), "{e}");
         assert!(!g.cell_dir(0).join(ERROR_FILE).exists());
         drop(held);
         assert!(matches!(
-            run_cell(&g, 0, false).unwrap(),
+            run_cell(&g, TEST_KINDS, 0, false).unwrap(),
             CellRun::Finished(_)
         ));
 

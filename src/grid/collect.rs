@@ -1,17 +1,15 @@
 //! `elastica collect DIR`: the experiment's report from the cells' per-cell results, for a
 //! grid whose cells ran somewhere else (Slurm tasks, `elastica cell run` by hand). Nothing
-//! is planned or run; the experiment is read from the manifest and its resolved config from
-//! the run directory. Cells write only their own `cells/<id>/result.json`; this is the one
-//! place (besides a waiting experiment command) that merges them into `results.*` and
-//! `report.md`.
+//! is planned or run; the experiment named in the manifest is looked up in the registry and
+//! writes its report from the run directory. Cells write only their own
+//! `cells/<id>/result.json`; this is the one place (besides a waiting experiment command)
+//! that merges them into `results.*` and `report.md`.
 
-use super::grid::Grid;
 use super::manifest::MANIFEST_FILE;
-use anyhow::{bail, Result};
+use super::registry::Registry;
+use super::rundir::Grid;
+use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
-
-/// Experiments `collect` knows.
-pub const EXPERIMENTS: &[&str] = &["rebound", "scaling", "resist"];
 
 /// What `collect` wrote.
 #[derive(Debug, Clone)]
@@ -22,41 +20,21 @@ pub struct Collected {
     pub missing: Vec<String>,
 }
 
-/// Write the report of the run in `run_dir`.
-pub fn collect(run_dir: &Path) -> Result<Collected> {
+/// Write the report of the run in `run_dir`, by the experiment in `registry` that planned it.
+pub fn collect(run_dir: &Path, registry: &Registry) -> Result<Collected> {
     let grid = Grid::open(&run_dir.join(MANIFEST_FILE))?;
     let missing: Vec<String> = (0..grid.len())
         .filter(|&i| !grid.is_done(i))
         .map(|i| grid.manifest().cells[i].id.clone())
         .collect();
     let experiment = grid.manifest().experiment.clone();
-    match experiment.as_str() {
-        "rebound" => {
-            super::rebound::collect(&grid)?;
-        }
-        "scaling" => {
-            super::scaling::collect(&grid)?;
-        }
-        "resist" => {
-            if !missing.is_empty() {
-                bail!(
-                    "the resist report needs every cell; {} of {} are not done ({}); see \
-                     `elastica status {}`",
-                    missing.len(),
-                    grid.len(),
-                    preview(&missing),
-                    run_dir.display()
-                );
-            }
-            super::resist::pipeline::collect(&grid)?;
-        }
-        other => bail!(
-            "{} was planned by experiment {other:?}, which has no report to collect (known: \
-             {})",
-            run_dir.display(),
-            EXPERIMENTS.join(", ")
-        ),
-    }
+    let e = registry.experiment(&experiment).with_context(|| {
+        format!(
+            "{} was planned by experiment {experiment:?}, which has no report to collect",
+            run_dir.display()
+        )
+    })?;
+    e.collect(&grid, &missing)?;
     Ok(Collected {
         experiment,
         report: grid.run_dir().join("report.md"),

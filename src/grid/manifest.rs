@@ -78,7 +78,7 @@ pub struct CellSpec {
     /// Unique, file-name safe (`[A-Za-z0-9][A-Za-z0-9._-]*`); the cell writes into
     /// `cells/<id>/`.
     pub id: String,
-    /// A registered cell kind (see `experiments::kinds`), e.g. `rebound.align`.
+    /// A cell kind (see `grid::cell::CellKind`), e.g. `rebound.align`.
     pub kind: String,
     /// Ids of cells that must finish first; each must appear earlier in the manifest.
     #[serde(default)]

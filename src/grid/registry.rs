@@ -1,49 +1,62 @@
-//! The registry of cell kinds: the name written in a manifest's `kind` field mapped to the
-//! code that runs it. An experiment adds its kinds by listing them in [`KINDS`]; an unknown
-//! name gets an error listing the valid ones.
+//! The registry: which experiments (and so which cell kinds) a program knows. This layer
+//! knows none itself; the experiments describe themselves with [`Experiment`] and the binary
+//! passes their list in (see `experiments::registry`). A run directory's experiment is
+//! looked up by the manifest's `experiment` field ([`Registry::experiment`]), a cell's kind
+//! by its `kind` field (`cell::find`); an unknown name gets an error listing the valid ones.
 
-use super::cell::CellKind;
+use super::cell::{CellKind, Kinds};
+use super::rundir::Grid;
 use anyhow::{bail, Result};
 
-/// Every registered cell kind.
-pub static KINDS: &[&dyn CellKind] = &[
-    &crate::experiments::resist::cells::ThetaKind,
-    &crate::experiments::resist::cells::GenerateKind,
-    &crate::experiments::resist::cells::PairKind,
-    &super::rebound::cells::BaseEval,
-    &super::rebound::cells::Align,
-    &super::rebound::cells::Perturb,
-];
-
-/// Registered kinds, plus test-only kinds in unit tests.
-pub fn all() -> Vec<&'static dyn CellKind> {
-    #[allow(unused_mut)]
-    let mut v: Vec<&'static dyn CellKind> = KINDS.to_vec();
-    #[cfg(test)]
-    v.extend(testing::TEST_KINDS.iter().copied());
-    v
+/// An experiment as the grid layer sees it.
+pub trait Experiment: Sync {
+    /// The manifest's `experiment` field of its grids (`rebound`, `scaling`, `resist`).
+    fn name(&self) -> &'static str;
+    /// The kinds of cell its grids hold.
+    fn kinds(&self) -> &'static Kinds;
+    /// Write the report (`results.*`, `report.md`) from the grid's cell results, for
+    /// `elastica collect`; `missing` lists the cells without a result.
+    fn collect(&self, grid: &Grid, missing: &[String]) -> Result<()>;
 }
 
-/// The kind named `name`.
-pub fn kind(name: &str) -> Result<&'static dyn CellKind> {
-    let all = all();
-    if let Some(k) = all.iter().find(|k| k.name() == name) {
-        return Ok(*k);
+/// The experiments a program knows.
+#[derive(Clone)]
+pub struct Registry {
+    pub experiments: Vec<&'static dyn Experiment>,
+}
+
+impl Registry {
+    /// Every experiment's kinds (a kind shared by two experiments is listed once).
+    pub fn kinds(&self) -> Vec<&'static dyn CellKind> {
+        let mut v: Vec<&'static dyn CellKind> = Vec::new();
+        for k in self.experiments.iter().flat_map(|e| e.kinds().iter()) {
+            if !v.iter().any(|have| have.name() == k.name()) {
+                v.push(*k);
+            }
+        }
+        v
     }
-    let names: Vec<&str> = all.iter().map(|k| k.name()).collect();
-    bail!(
-        "unknown cell kind \"{name}\"; this elastica knows: {}",
-        names.join(", ")
-    )
+
+    /// The experiment named `name`.
+    pub fn experiment(&self, name: &str) -> Result<&'static dyn Experiment> {
+        if let Some(e) = self.experiments.iter().find(|e| e.name() == name) {
+            return Ok(*e);
+        }
+        let names: Vec<&str> = self.experiments.iter().map(|e| e.name()).collect();
+        bail!(
+            "unknown experiment \"{name}\"; this elastica knows: {}",
+            names.join(", ")
+        )
+    }
 }
 
 /// Test-only kinds for the grid machinery's unit tests.
 #[cfg(test)]
 pub mod testing {
-    use super::super::cell::{CellContext, CellKind};
+    use super::super::cell::{CellContext, CellKind, Kinds};
     use anyhow::{bail, Result};
 
-    pub static TEST_KINDS: &[&dyn CellKind] = &[&Echo];
+    pub static TEST_KINDS: &Kinds = &[&Echo];
 
     /// Writes `out.txt` with its `value` param plus the values of its dependencies' outputs;
     /// fails when `fail = true`; sleeps `sleep_ms` first.
@@ -80,13 +93,25 @@ pub mod testing {
 
 #[cfg(test)]
 mod tests {
+    use super::testing::TEST_KINDS;
+
     #[test]
     fn unknown_kind_lists_the_valid_ones() {
-        let e = format!("{:#}", super::kind("rebound.nope").err().unwrap());
+        let e = format!(
+            "{:#}",
+            crate::grid::cell::find(TEST_KINDS, "test.nope")
+                .err()
+                .unwrap()
+        );
         assert!(
-            e.contains("rebound.align") && e.contains("rebound.perturb"),
+            e.contains("unknown cell kind") && e.contains("test.echo"),
             "{e}"
         );
-        assert_eq!(super::kind("test.echo").unwrap().name(), "test.echo");
+        assert_eq!(
+            crate::grid::cell::find(TEST_KINDS, "test.echo")
+                .unwrap()
+                .name(),
+            "test.echo"
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! A grid: a run directory plus its manifest, and the on-disk state of every cell.
+//! A grid: a run directory plus its manifest, and the on-disk state of every cell (the file
+//! names below and [`CellResult`], the `result.json` every cell ends with).
 //!
 //! Layout of a run directory:
 //! ```text
@@ -12,16 +13,61 @@
 //! A cell's status is read from these files alone, so any process (a local executor, a Slurm
 //! array task, `elastica cell status`) sees the same state.
 
-use super::cell::{CellResult, ATTEMPTS_FILE, ERROR_FILE, RESULT_FILE};
 use super::manifest::{Manifest, MANIFEST_FILE};
 use crate::report::Table;
 use anyhow::{bail, Context, Result};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// Directory holding one sub-directory per cell.
 pub const CELLS_DIR: &str = "cells";
 /// The executor's summary of the last run.
 pub const STATUS_FILE: &str = "status.json";
+/// A cell's done marker and output ([`CellResult`]).
+pub const RESULT_FILE: &str = "result.json";
+/// The error of a cell's last failed attempt.
+pub const ERROR_FILE: &str = "error.txt";
+/// How many times a cell was started.
+pub const ATTEMPTS_FILE: &str = "attempts";
+/// Held (flock) by the process running the cell.
+pub const LOCK_FILE: &str = ".lock";
+
+/// `cells/<id>/result.json`: the done marker and the cell's output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CellResult {
+    pub id: String,
+    pub kind: String,
+    /// Hash of the cell definition this result belongs to (see `CellSpec::hash`).
+    pub cell_hash: String,
+    /// Times the cell was started, the successful attempt included.
+    pub attempts: u32,
+    /// Wall-clock seconds of the successful attempt.
+    pub seconds: f64,
+    /// Unix time (seconds) when it finished.
+    pub finished_unix: u64,
+    /// What the kind returned.
+    pub output: serde_json::Value,
+}
+
+impl CellResult {
+    pub fn read(path: &Path) -> Result<CellResult> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a valid cell result", path.display()))
+    }
+
+    /// The output, deserialised into the kind's output type.
+    pub fn output_as<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_value(self.output.clone()).with_context(|| {
+            format!(
+                "the result of cell {} does not have the layout of a {} output",
+                self.id, self.kind
+            )
+        })
+    }
+}
 
 /// What the files of a cell say about it.
 #[derive(Debug, Clone, PartialEq)]

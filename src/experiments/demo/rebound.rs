@@ -20,7 +20,7 @@ use super::measures::{self, Exact, Probes};
 use crate::compress::tracking::{measure_sets, TrackedSet};
 use crate::data::records::Record;
 use crate::data::template::Template;
-use crate::experiments::manifest::sha256_hex;
+use crate::grid::manifest::sha256_hex;
 use crate::model::checkpoint::{load_model, LoadedModel};
 use crate::model::generate::{generate, GenConfig};
 use crate::model::TextTokenizer;

@@ -3,10 +3,10 @@
 //! report there, and contributes a short section and its claims to the demo report.
 
 use super::config::DemoConfig;
-use crate::experiments::executor::RunOptions;
 use crate::experiments::resist::config::ResistConfig;
 use crate::experiments::resist::pipeline::run_with;
 use crate::experiments::resist::results::{markdown_summary, ResistResults};
+use crate::grid::config::RunOptions;
 use crate::report::stats::{p_phrase, Effect};
 use crate::theory::elasticity::{run_experiment, TheoryConfig};
 use anyhow::{Context, Result};

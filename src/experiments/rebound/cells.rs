@@ -22,11 +22,12 @@
 
 use crate::data::records::{read_jsonl, Record};
 use crate::data::template::Template;
-use crate::experiments::cell::{CellContext, CellKind};
 use crate::experiments::evaluate::{evaluate, EvalSummary, References};
-use crate::experiments::grid::Grid;
-use crate::experiments::manifest::resolve;
 use crate::experiments::weight_space::{self, WeightSpace};
+use crate::grid::cell::Kinds;
+use crate::grid::cell::{CellContext, CellKind};
+use crate::grid::manifest::resolve;
+use crate::grid::rundir::Grid;
 use crate::model::checkpoint::load_model;
 use crate::model::generate::GenConfig;
 use crate::model::{LoadedModel, ModelConfig};
@@ -170,6 +171,9 @@ pub struct EvalOutput {
 pub struct BaseEval;
 pub struct Align;
 pub struct Perturb;
+
+/// The rebound grid's kinds of cell (see `experiments::registry`).
+pub static KINDS: &Kinds = &[&BaseEval, &Align, &Perturb];
 
 impl CellKind for BaseEval {
     fn name(&self) -> &'static str {

@@ -38,14 +38,14 @@
 //! [executor]        # how cells run: kind = "local" (jobs = 1) or kind = "slurm"
 //! kind = "local"
 //! jobs = 1
-//! [slurm]           # resources of each cell's Slurm task (experiments::slurm::config)
+//! [slurm]           # resources of each cell's Slurm task (grid::slurm::config)
 //! partition = "gpu"
 //! ```
 //! `examples/rebound.toml` and `docs/rebound.md` document every key.
 
 use crate::data::schemas::DataSpec;
-use crate::experiments::executor::ExecutorSpec;
-use crate::experiments::slurm::SlurmConfig;
+use crate::grid::config::ExecutorSpec;
+use crate::grid::slurm::SlurmConfig;
 use crate::model::generate::GenConfig;
 use crate::score::registry::ScorerSpec;
 use crate::train::TrainConfig;

@@ -19,8 +19,10 @@ pub mod instruments;
 pub mod plan;
 pub mod report;
 
-use crate::experiments::executor::{self, GridReport, RunOptions};
-use crate::experiments::grid::Grid;
+use crate::grid::config::RunOptions;
+use crate::grid::executor::GridReport;
+use crate::grid::launch::launch;
+use crate::grid::rundir::Grid;
 use crate::report::RunDir;
 use anyhow::{Context, Result};
 use config::ReboundConfig;
@@ -71,7 +73,7 @@ pub(crate) fn execute(
              save_every to resume from checkpoints"
         );
     }
-    let ex = executor::build(&cfg.executor, &cfg.slurm, opts)?;
+    let ex = launch(&cfg.executor, &cfg.slurm, opts, cells::KINDS)?;
     let grid = ex.execute(&planned.grid)?;
     eprintln!("{}", grid.summary());
     if grid.detached() {

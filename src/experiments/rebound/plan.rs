@@ -21,8 +21,8 @@ use super::data::{
     freeze, write_if_changed, Frozen, FrozenData, CAPABILITY_FILE, NEGATIVE_FILE, POSITIVE_FILE,
     PROMPTS_FILE,
 };
-use crate::experiments::grid::Grid;
-use crate::experiments::manifest::{CellSpec, Input, Manifest};
+use crate::grid::manifest::{CellSpec, Input, Manifest};
+use crate::grid::rundir::Grid;
 use crate::model::checkpoint::resolve_model_dir;
 use crate::model::ModelConfig;
 use crate::score::registry::ScorerSpec;
@@ -138,7 +138,7 @@ pub fn models_of_grid(cfg: &ReboundConfig, grid: &Grid) -> Result<Vec<ResolvedMo
             let dir = cell
                 .inputs
                 .get("base")
-                .map(|inp| crate::experiments::manifest::resolve(grid.run_dir(), &inp.path))
+                .map(|inp| crate::grid::manifest::resolve(grid.run_dir(), &inp.path))
                 .with_context(|| format!("cell {id} has no `base` input"))?;
             let mc = ModelConfig::from_file(&dir.join("config.json"))
                 .with_context(|| format!("base model {:?}", m.name))?;

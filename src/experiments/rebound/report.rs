@@ -25,7 +25,7 @@ use super::cells::EvalOutput;
 use super::config::ReboundConfig;
 use super::data::FrozenData;
 use super::plan::{base_id, perturb_id, prefix, ResolvedModel};
-use crate::experiments::grid::Grid;
+use crate::grid::rundir::Grid;
 use crate::report::stats::{first_crossing, mean_ci95, MeanCi};
 use crate::report::{fmt_ci, fmt_sig, LinePlot, RunDir, Series, Table};
 use anyhow::Result;

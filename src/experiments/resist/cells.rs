@@ -11,14 +11,15 @@
 //!
 //! Fine-tunes run with `resume = true`, so a killed cell continues from its newest
 //! checkpoint (`train.save_every` > 0) when it runs again. Each fine-tune checks the fault
-//! point `train-step-N` after optimizer step N (see `experiments::cell`).
+//! point `train-step-N` after optimizer step N (see `grid::cell`).
 
 use super::plan::{Direction, PairPlan};
 use crate::data::records::{read_jsonl, write_jsonl, Record};
 use crate::data::template::Template;
-use crate::experiments::cell::{CellContext, CellKind};
 use crate::experiments::kl::{by_position, pooled_mean, sequence_kl, Continuation, PositionKl};
 use crate::experiments::weight_space::{self, WeightSpace};
+use crate::grid::cell::Kinds;
+use crate::grid::cell::{CellContext, CellKind};
 use crate::model::checkpoint::load_model;
 use crate::model::generate::{generate, GenConfig};
 use crate::train::eval::EvalLoss;
@@ -193,6 +194,9 @@ fn fine_tune(
     train(&lm, data, t, &ctx.dir, true, Some(&mut hook), ctx.progress)
         .with_context(|| format!("fine-tuning {} into {}", start.display(), ctx.dir.display()))
 }
+
+/// The resist grid's kinds of cell (see `experiments::registry`).
+pub static KINDS: &Kinds = &[&ThetaKind, &GenerateKind, &PairKind];
 
 pub struct ThetaKind;
 

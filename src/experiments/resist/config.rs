@@ -28,8 +28,8 @@
 //! ```
 
 use crate::data::schemas::DataSpec;
-use crate::experiments::executor::ExecutorSpec;
-use crate::experiments::slurm::SlurmConfig;
+use crate::grid::config::ExecutorSpec;
+use crate::grid::slurm::SlurmConfig;
 use crate::model::generate::GenConfig;
 use crate::train::TrainConfig;
 use anyhow::{bail, Context, Result};

@@ -13,7 +13,7 @@
 
 use super::cells::{GenerateOutput, GenerateParams, PairOutput, GENERATE, PAIR};
 use super::plan::Direction;
-use crate::experiments::grid::Grid;
+use crate::grid::rundir::Grid;
 use crate::report::stats::{mean_ci95, MeanCi};
 use crate::report::{fmt_ci, LinePlot, RunDir, Series, Table};
 use anyhow::{Context, Result};

@@ -23,9 +23,10 @@ use super::plan::{Direction, PairPlan};
 use super::results::{analyse, write_all, ResistResults, RunLosses};
 use super::slices;
 use crate::data::records::Record;
-use crate::experiments::executor::{self, RunOptions};
-use crate::experiments::grid::Grid;
-use crate::experiments::manifest::{sha256_hex, CellSpec, Input, Manifest};
+use crate::grid::config::RunOptions;
+use crate::grid::launch::launch;
+use crate::grid::manifest::{sha256_hex, CellSpec, Input, Manifest};
+use crate::grid::rundir::Grid;
 use crate::report::RunDir;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
@@ -300,7 +301,7 @@ pub fn run(cfg: &ResistConfig, out: &Path) -> Result<ResistResults> {
 pub fn run_with(cfg: &ResistConfig, out: &Path, opts: RunOptions) -> Result<Option<ResistResults>> {
     let run_dir = RunDir::create(out)?;
     let (grid, data) = plan(cfg, out)?;
-    let exec = executor::build(&cfg.executor, &cfg.slurm, opts)?;
+    let exec = launch(&cfg.executor, &cfg.slurm, opts, super::cells::KINDS)?;
     let report = exec.execute(&grid)?;
     if report.detached() {
         eprintln!("{}", report.summary());

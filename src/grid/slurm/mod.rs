@@ -25,8 +25,11 @@ pub mod submit;
 
 pub use config::SlurmConfig;
 
+use super::cell::Kinds;
+use super::config::SLURM;
 use super::executor::{Executor, FailedCell, GridReport, SkippedCell};
-use super::grid::Grid;
+use super::manifest::MANIFEST_FILE;
+use super::rundir::Grid;
 use anyhow::{bail, Result};
 use poll::{cell_states, CellState, Counts};
 use record::JobRecord;
@@ -47,7 +50,7 @@ pub struct SlurmExecutor {
 
 impl Executor for SlurmExecutor {
     fn name(&self) -> &'static str {
-        "slurm"
+        SLURM
     }
 
     /// Submit every cell that is neither done nor still queued or running (those of an
@@ -56,7 +59,7 @@ impl Executor for SlurmExecutor {
         let started = std::time::Instant::now();
         self.cfg.validate()?;
         let run_dir = submit::check_paths(grid)?;
-        let grid = &Grid::open(&run_dir.join(super::manifest::MANIFEST_FILE))?;
+        let grid = &Grid::open(&run_dir.join(MANIFEST_FILE))?;
         let record = JobRecord::read(&run_dir)?;
         let snap = if record.is_empty() {
             None
@@ -152,7 +155,7 @@ fn warn_old_plans(grid: &Grid, record: &JobRecord, snap: &poll::Snapshot) {
 fn report_of(grid: &Grid, already: &[usize], states: &[CellState], seconds: f64) -> GridReport {
     let cells = &grid.manifest().cells;
     let mut r = GridReport {
-        executor: "slurm".to_string(),
+        executor: SLURM.to_string(),
         total: grid.len(),
         already_done: already.iter().map(|&i| cells[i].id.clone()).collect(),
         finished: Vec::new(),
@@ -247,7 +250,7 @@ pub fn wait(grid: &Grid, poll_seconds: f64, progress: bool) -> Result<Vec<CellSt
 /// The state of every cell of the run in `run_dir`, asking Slurm when the run was submitted
 /// there (a run of the local executor is read from its files alone).
 pub fn status(run_dir: &Path) -> Result<(Grid, Vec<CellState>, JobRecord)> {
-    let grid = Grid::open(&run_dir.join(super::manifest::MANIFEST_FILE))?;
+    let grid = Grid::open(&run_dir.join(MANIFEST_FILE))?;
     let record = JobRecord::read(run_dir)?;
     let snap = if record.is_empty() {
         None
@@ -308,15 +311,18 @@ pub fn status_table(grid: &Grid, states: &[CellState], record: &JobRecord) -> cr
 
 /// Submit the missing and failed cells of a run submitted before, with its recorded
 /// `[slurm]` settings (`time` and `mem` may be raised for cells that ran out), then wait
-/// unless `wait` is false.
+/// unless `wait` is false. `kinds`: the cell kinds this program knows, which the recorded
+/// `[executor.resources.<kind>]` names must be among.
 pub fn resubmit(
     run_dir: &Path,
+    kinds: &Kinds,
     time: Option<String>,
     mem: Option<String>,
     wait: bool,
     progress: bool,
 ) -> Result<(Grid, GridReport)> {
     let mut cfg = record::read_config(run_dir)?;
+    cfg.check_kinds(kinds)?;
     // A raised limit applies to every cell, whatever its kind asked for before.
     if time.is_some() {
         cfg.time = time;
@@ -326,7 +332,7 @@ pub fn resubmit(
         cfg.mem = mem;
         cfg.resources.values_mut().for_each(|r| r.mem = None);
     }
-    let grid = Grid::open(&run_dir.join(super::manifest::MANIFEST_FILE))?;
+    let grid = Grid::open(&run_dir.join(MANIFEST_FILE))?;
     let ex = SlurmExecutor {
         cfg,
         wait,

@@ -14,7 +14,7 @@
 
 use super::record::JobRecord;
 use super::script::log_path;
-use crate::experiments::grid::{CellStatus, Grid};
+use crate::grid::rundir::{CellStatus, Grid};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -368,8 +368,9 @@ impl Counts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::experiments::manifest::{CellSpec, Manifest};
-    use crate::experiments::slurm::record::Submission;
+    use crate::grid::manifest::{CellSpec, Manifest};
+    use crate::grid::registry::testing::TEST_KINDS;
+    use crate::grid::slurm::record::Submission;
     use std::collections::BTreeMap;
 
     #[test]
@@ -423,8 +424,8 @@ mod tests {
             echo("g", &[]),
         ];
         let g = Grid::plan(dir.path(), Manifest::new("t", cells).unwrap()).unwrap();
-        crate::experiments::cell::run_cell(&g, 0, false).unwrap();
-        crate::experiments::cell::run_cell(&g, 1, false).unwrap();
+        crate::grid::cell::run_cell(&g, TEST_KINDS, 0, false).unwrap();
+        crate::grid::cell::run_cell(&g, TEST_KINDS, 1, false).unwrap();
         // c was killed mid-run: its directory exists, no result, no error.
         std::fs::create_dir_all(g.cell_dir(2)).unwrap();
         std::fs::create_dir_all(dir.path().join("logs")).unwrap();
@@ -494,7 +495,7 @@ mod tests {
         // a never-submitted cell is still "not submitted".
         std::fs::create_dir_all(g.cell_dir(3)).unwrap();
         std::fs::write(
-            g.cell_dir(3).join(crate::experiments::cell::ERROR_FILE),
+            g.cell_dir(3).join(crate::grid::rundir::ERROR_FILE),
             "boom\n",
         )
         .unwrap();

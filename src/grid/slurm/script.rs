@@ -218,7 +218,7 @@ mod tests {
         let mut own = cfg.clone();
         own.resources.insert(
             "align".into(),
-            crate::experiments::slurm::config::KindResources {
+            crate::grid::slurm::config::KindResources {
                 time: Some("08:00:00".into()),
                 cpus: Some(6),
                 ..Default::default()

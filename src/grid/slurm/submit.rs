@@ -28,8 +28,8 @@ use super::config::short_kind;
 use super::config::SlurmConfig;
 use super::record::{now_unix, write_config, JobRecord, Submission};
 use super::script::{array_spec, render, script_file, ScriptSpec, SCRIPT_FILE};
-use crate::experiments::grid::Grid;
-use crate::experiments::manifest::{resolve, Manifest};
+use crate::grid::manifest::{resolve, Manifest};
+use crate::grid::rundir::Grid;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -304,7 +304,7 @@ fn submit_array(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::experiments::manifest::CellSpec;
+    use crate::grid::manifest::CellSpec;
     use std::collections::BTreeMap;
 
     fn cell(id: &str, deps: &[&str]) -> CellSpec {
@@ -346,7 +346,7 @@ mod tests {
         let mut c = cell("x", &[]);
         c.inputs.insert(
             "data".into(),
-            crate::experiments::manifest::Input::path("/nonexistent/data.jsonl"),
+            crate::grid::manifest::Input::path("/nonexistent/data.jsonl"),
         );
         let g = Grid::plan(dir.path(), Manifest::new("t", vec![c]).unwrap()).unwrap();
         let e = format!("{:#}", check_paths(&g).unwrap_err());
