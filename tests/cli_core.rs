@@ -289,3 +289,18 @@ fn a_named_blas_that_cannot_be_used_is_an_error() {
         );
     }
 }
+
+/// `rebound`, `scaling` and `resist` take one shared set of grid arguments.
+#[test]
+fn grid_commands_share_their_grid_arguments() {
+    for cmd in ["rebound", "scaling", "resist"] {
+        let (ok, stdout, err) = elastica(&[cmd, "--help"]);
+        assert!(ok, "{cmd}: {err}");
+        for flag in ["--out", "--jobs", "--threads", "--executor", "--no-wait"] {
+            assert!(
+                stdout.contains(flag),
+                "{cmd} --help lacks {flag}:\n{stdout}"
+            );
+        }
+    }
+}

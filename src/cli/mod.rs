@@ -15,6 +15,7 @@ mod demo;
 mod device_args;
 mod eval_loss;
 mod generate;
+mod grid_args;
 mod pretrain;
 mod rebound;
 mod resist;
