@@ -392,7 +392,7 @@ mod tests {
         let src = fixture("imdb/plain_text/test-00000-of-00001.parquet");
         let mut bytes = std::fs::read(&src).unwrap();
         // proptest's `Index(5932212851897785322)` over len + 1 positions.
-        let at = ((bytes.len() as u128 + 1) * 5932212851897785322u128 >> 64) as usize;
+        let at = (((bytes.len() as u128 + 1) * 5932212851897785322u128) >> 64) as usize;
         let insert = [
             0, 0, 199, 0, 0, 0, 0, 0, 0, 0, 0, 139, 1, 131, 128, 128, 128, 9,
         ];
