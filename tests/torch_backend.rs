@@ -718,5 +718,29 @@ mod torch {
             "fused",
         ]);
         assert!(!ok && err.contains("CPU only"), "{err}");
+
+        // `rates` on the torch backend: the coder's bits per token, to float rounding.
+        let held_out = format!("d={FIX}/sft/data.jsonl");
+        let rates = |extra: &[&str]| {
+            let out = dir.path().join(format!("rates{}", extra.len()));
+            let mut args = vec![
+                "rates",
+                "--models",
+                &model,
+                "--data",
+                &held_out,
+                "--out",
+                out.to_str().unwrap(),
+            ];
+            args.extend_from_slice(extra);
+            let (ok, _, err) = elastica(&args);
+            assert!(ok, "{err}");
+            let rows: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(out.join("rates.json")).unwrap())
+                    .unwrap();
+            rows[0]["bits_per_token"].as_f64().unwrap()
+        };
+        let (coder, torch) = (rates(&[]), rates(&["--backend", "torch"]));
+        assert!((coder - torch).abs() / coder < 1e-5, "{coder} vs {torch}");
     }
 }
