@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The GPU check of issue 19, item 7, in one run (well under 8 minutes on an H100/H200):
 #  (a) parity, GPU (libtorch, f32) vs CPU (fused path), on the tiny transformers fixtures:
-#      mean NLL, 10 SFT steps' losses, greedy tokens; bf16 NLL beside them;
+#      mean NLL, 10 SFT steps' losses, greedy tokens, `rates` bits per token; bf16 NLL beside
+#      them; 10 SFT steps with --grad-checkpoint against the plain backward on the device;
 #  (b) a Qwen2-0.5B-shaped random model (24 layers, hidden 896, 14 heads, 2 KV heads, ff 4864,
 #      vocab 151936, tied, seq 1024) in bf16: elastica's training step, forward and batch-1
 #      generation, side by side with PyTorch on the same GPU (scripts/gpu_bench_torch.py:
 #      transformers' Qwen2 under bf16 autocast, sdpa, AdamW(fused=True), same batch and seq);
+#      and elastica's training step again with --grad-checkpoint (tok/s and memory);
 #  (c) an align -> perturb chain (two `train` runs, the second from the first's checkpoint)
 #      with eval-loss after each, on the GPU and on the CPU. (The rebound grid itself runs on
 #      the CPU until the experiments take a device; see README, GPUs.)
@@ -60,6 +62,9 @@ for m in tiny-llama tiny-qwen2 tiny-gemma; do
     "$BIN" generate --model "$M" --prompts "$WORK/prompts.jsonl" --out "$WORK/$m.gen.dev.jsonl" --template raw --max-new-tokens 16 "${DEV[@]}" 2>>"$LOG"
     "$BIN" train --model "$M" "${TRAIN[@]}" --out "$WORK/$m.sft.cpu" >>"$LOG" 2>&1
     "$BIN" train --model "$M" "${TRAIN[@]}" --out "$WORK/$m.sft.dev" "${DEV[@]}" >>"$LOG" 2>&1
+    "$BIN" train --model "$M" "${TRAIN[@]}" --out "$WORK/$m.sft.ckpt" "${DEV[@]}" --grad-checkpoint >>"$LOG" 2>&1
+    "$BIN" rates --models "$M" --data "d=$FIX/sft/data.jsonl" --out "$WORK/$m.rates.cpu" >>"$LOG" 2>&1
+    "$BIN" rates --models "$M" --data "d=$FIX/sft/data.jsonl" --out "$WORK/$m.rates.dev" "${DEV[@]}" >>"$LOG" 2>&1
 done
 
 # (b) the 0.5B shape, elastica then PyTorch, same GPU, same batch and seq.
@@ -79,6 +84,9 @@ say "(b) bench: PyTorch"
 PEAK=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1])).get("peak_tflops") or 989)' "$WORK/bench.elastica.json")
 "$PY" scripts/gpu_bench_torch.py --device "$DEVICE" --dtype bf16 --model-type qwen2 --tie-embeddings \
     "${PYSHAPE[@]}" --batch "$BATCH" "${STEPS[@]}" --peak-tflops "$PEAK" >"$WORK/bench.torch.json" 2>>"$LOG"
+say "(b) bench: elastica with --grad-checkpoint"
+"$BIN" bench train "${SHAPE[@]}" --model-type qwen2 --tie-embeddings --batch "$BATCH" "${STEPS[@]}" \
+    "${DEV[@]}" --dtype bf16 --grad-checkpoint --json "$WORK/bench.elastica.ckpt.json" >>"$LOG" 2>&1
 
 # (c) align -> perturb on the device and on the CPU.
 say "(c) align -> perturb chain"
@@ -115,14 +123,20 @@ for m in ["tiny-llama", "tiny-qwen2", "tiny-gemma"]:
     gd = [r["response"] for r in lines(f"{m}.gen.dev.jsonl")]
     worst = max(rel(x, y) for x, y in zip(lc, ld))
     same = sum(x == y for x, y in zip(gc, gd))
+    lk = [l["loss"] for l in lines(f"{m}.sft.ckpt/train_log.jsonl")]
+    worst_ckpt = max(rel(x, y) for x, y in zip(ld, lk))
+    rc, rdv = (rd(f"{m}.rates.{s}/rates.json")[0]["bits_per_token"] for s in ["cpu", "dev"])
     res["parity"][m] = {"nll_cpu": c, "nll_device_f32": d, "nll_device_bf16": b, "sft_losses_cpu": lc,
                         "sft_losses_device": ld, "sft_worst_rel": worst, "greedy_equal": f"{same}/{len(gc)}"}
     check(f"{m}: mean NLL, device f32 vs CPU, rel < 1e-5", rel(c, d) < 1e-5, f"{c:.8f} vs {d:.8f} ({rel(c, d):.1e})")
     check(f"{m}: bf16 NLL within 2% of f32", rel(c, b) < 2e-2, f"{b:.6f} ({rel(c, b):.1e})")
     check(f"{m}: 10 SFT losses, rel < 1e-4", len(lc) == len(ld) == 10 and worst < 1e-4, f"worst {worst:.1e}")
     check(f"{m}: greedy generations equal", same == len(gc), f"{same}/{len(gc)} prompts")
+    check(f"{m}: 10 SFT losses with --grad-checkpoint vs without, rel < 1e-5", len(lk) == 10 and worst_ckpt < 1e-5, f"worst {worst_ckpt:.1e}")
+    check(f"{m}: rates bits/token, device vs CPU coder, rel < 1e-5", rel(rc, rdv) < 1e-5, f"{rc:.6f} vs {rdv:.6f}")
 e, t = rd("bench.elastica.json"), rd("bench.torch.json")
-res["bench"] = {"elastica": e, "pytorch": t}
+k = rd("bench.elastica.ckpt.json")
+res["bench"] = {"elastica": e, "pytorch": t, "elastica_grad_checkpoint": k}
 ratio = lambda k, k2=None: e[k] / t[k2 or k] if t.get(k2 or k) else None
 res["bench"]["ratios"] = {"train": ratio("train_tok_s"), "forward": ratio("forward_tok_s"),
                           "generate_b1": ratio("generate_b1_tok_s")}
@@ -144,6 +158,7 @@ md += ["", f"## Qwen2-0.5B shape, bf16, batch {e['batch']} x seq {e['seq']}: ela
        f"| forward tok/s | {fmt(e['forward_tok_s'])} | {fmt(t['forward_tok_s'])} | {fmt(res['bench']['ratios']['forward'], 2)} |",
        f"| greedy generation, batch 1, tok/s | {fmt(e['generate_b1_tok_s'], 1)} | {fmt(t['generate_b1_tok_s'], 1)} | {fmt(res['bench']['ratios']['generate_b1'], 2)} |",
        f"| GPU memory, MiB | {fmt(e.get('gpu_mem_mib_after_train'))} (nvidia-smi, process, after training) | {fmt(t.get('max_memory_reserved_mib'))} (max reserved; allocated {fmt(t.get('max_memory_allocated_mib'))}) | |",
+       f"| with --grad-checkpoint: training tok/s, GPU memory MiB | {fmt(k['train_tok_s'])}, {fmt(k.get('gpu_mem_mib_after_train'))} | | |",
        "", f"params: elastica {e['params']}, PyTorch {t['params']}"]
 open(os.path.join(outdir, "gpu_check.md"), "w").write("\n".join(md) + "\n")
 print("\n".join(md))

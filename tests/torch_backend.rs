@@ -48,6 +48,40 @@ fn without_the_feature_torch_flags_say_how_to_build() {
         "tpu",
     ]);
     assert!(!ok && err.contains("unknown device \"tpu\""), "{err}");
+
+    // `rates` resolves the device before it reads anything: the build hint, not the
+    // missing data file.
+    let (ok, _, err) = elastica(&[
+        "rates",
+        "--models",
+        &model,
+        "--data",
+        "d=/nonexistent/held-out.jsonl",
+        "--device",
+        "cuda",
+    ]);
+    assert!(
+        !ok && err.contains("--features torch") && !err.contains("nonexistent"),
+        "{err}"
+    );
+    // Gradient checkpointing is the torch backend's; the fused path refuses it up front.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m");
+    let (ok, _, err) = elastica(&[
+        "train",
+        "--model",
+        &model,
+        "--data",
+        &data,
+        "--out",
+        out.to_str().unwrap(),
+        "--grad-checkpoint",
+    ]);
+    assert!(
+        !ok && err.contains("--grad-checkpoint needs the torch backend"),
+        "{err}"
+    );
+    assert!(!out.join("model.safetensors").exists());
 }
 
 #[cfg(feature = "torch")]
@@ -390,6 +424,9 @@ mod torch {
             self.left -= 1;
             self.inner.sft_step(m, o, lr, clip)
         }
+        fn weights_sha256(&self) -> anyhow::Result<String> {
+            self.inner.weights_sha256()
+        }
         fn adam_step(&self) -> u64 {
             self.inner.adam_step()
         }
@@ -428,8 +465,19 @@ mod torch {
             left: 7,
         };
         let e = backend::sft::train(&mut killed, &recs, &cfg, &part, false, false).unwrap_err();
-        assert!(e.to_string().contains("killed"));
+        assert!(format!("{e:#}").contains("killed"));
         assert!(part.join("checkpoints/step-5").is_dir());
+        // Other settings are refused as the fused loop refuses them (issue 19 item 5).
+        let other = TrainConfig {
+            lr: cfg.lr * 2.0,
+            ..cfg.clone()
+        };
+        let e = backend::sft::train(&mut *torch("tiny-qwen2"), &recs, &other, &part, true, false)
+            .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("cannot resume") && format!("{e:#}").contains("lr: "),
+            "{e:#}"
+        );
         let r = backend::sft::train(&mut *torch("tiny-qwen2"), &recs, &cfg, &part, true, false)
             .unwrap();
         assert_eq!(r.resumed_from, Some(5));
@@ -439,6 +487,70 @@ mod torch {
             "resume on the torch backend is not bit-identical"
         );
         assert_eq!(r.log, s.log);
+    }
+
+    /// `--grad-checkpoint` recomputes blocks in the backward: the same losses, gradient
+    /// norms and weights as the plain backward, up to summation order.
+    #[test]
+    fn grad_checkpointing_trains_as_the_plain_backward() {
+        let recs = read_jsonl(Path::new(&format!("{FIX}/sft/data.jsonl"))).unwrap();
+        let cfg = TrainConfig {
+            max_steps: 4,
+            ..sft_config()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["tiny-llama", "tiny-qwen2"] {
+            let mut plain = torch(name);
+            let mut ckpt = torch(name);
+            ckpt.set_grad_checkpoint(true).unwrap();
+            let a = backend::sft::train(
+                &mut *plain,
+                &recs,
+                &cfg,
+                &dir.path().join(format!("{name}-plain")),
+                false,
+                false,
+            )
+            .unwrap();
+            let b = backend::sft::train(
+                &mut *ckpt,
+                &recs,
+                &cfg,
+                &dir.path().join(format!("{name}-ckpt")),
+                false,
+                false,
+            )
+            .unwrap();
+            assert_eq!(a.log.len(), 4);
+            for (x, y) in a.log.iter().zip(&b.log) {
+                assert!(
+                    (x.loss - y.loss).abs() / x.loss < 1e-6
+                        && (x.grad_norm - y.grad_norm).abs() / x.grad_norm < 1e-5,
+                    "{name} step {}: plain ({}, {}) vs checkpointed ({}, {})",
+                    x.step,
+                    x.loss,
+                    x.grad_norm,
+                    y.loss,
+                    y.grad_norm
+                );
+            }
+            let weights = |run: &str| {
+                let p = dir.path().join(format!("{name}-{run}/model.safetensors"));
+                candle_core::safetensors::load(p, &Device::Cpu).unwrap()
+            };
+            let (wa, wb) = (weights("plain"), weights("ckpt"));
+            for (k, ta) in &wa {
+                let d = (ta.to_dtype(DType::F32).unwrap() - wb[k].to_dtype(DType::F32).unwrap())
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(d < 1e-5, "{name}: {k} differs by {d}");
+            }
+        }
     }
 
     #[test]
@@ -606,5 +718,29 @@ mod torch {
             "fused",
         ]);
         assert!(!ok && err.contains("CPU only"), "{err}");
+
+        // `rates` on the torch backend: the coder's bits per token, to float rounding.
+        let held_out = format!("d={FIX}/sft/data.jsonl");
+        let rates = |extra: &[&str]| {
+            let out = dir.path().join(format!("rates{}", extra.len()));
+            let mut args = vec![
+                "rates",
+                "--models",
+                &model,
+                "--data",
+                &held_out,
+                "--out",
+                out.to_str().unwrap(),
+            ];
+            args.extend_from_slice(extra);
+            let (ok, _, err) = elastica(&args);
+            assert!(ok, "{err}");
+            let rows: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(out.join("rates.json")).unwrap())
+                    .unwrap();
+            rows[0]["bits_per_token"].as_f64().unwrap()
+        };
+        let (coder, torch) = (rates(&[]), rates(&["--backend", "torch"]));
+        assert!((coder - torch).abs() / coder < 1e-5, "{coder} vs {torch}");
     }
 }

@@ -71,6 +71,9 @@ impl LanguageModel for FusedModel {
         let adam = self.opt.get_or_insert_with(|| AdamW::new(*opt));
         optimizer_step(&self.lm.model, micro, adam, lr, clip)
     }
+    fn weights_sha256(&self) -> Result<String> {
+        crate::train::sft::params_fingerprint(&self.lm.model.params)
+    }
     fn adam_step(&self) -> u64 {
         self.opt.as_ref().map_or(0, |o| o.step)
     }

@@ -44,6 +44,22 @@ pub trait LanguageModel {
         lr: f64,
         clip: f64,
     ) -> Result<(f64, f64)>;
+    /// Gradient checkpointing for [`LanguageModel::sft_step`]: recompute each block's
+    /// activations in the backward instead of holding them all (less memory, ~1/3 more
+    /// compute). Only the torch backend has it.
+    fn set_grad_checkpoint(&mut self, on: bool) -> Result<()> {
+        if on {
+            bail!(
+                "--grad-checkpoint needs the torch backend (--backend torch); the {} backend \
+                 keeps every block's activations",
+                self.backend_name()
+            );
+        }
+        Ok(())
+    }
+    /// sha256 of the weights as they are now (`train::sft::params_fingerprint`): which
+    /// model a run starts from, the same on every backend.
+    fn weights_sha256(&self) -> Result<String>;
     /// AdamW updates done so far.
     fn adam_step(&self) -> u64;
     /// New tokens of each prompt (EOS not included), as `model::generate` documents.

@@ -2,25 +2,31 @@
 //! log (`train_log.jsonl`), atomic checkpoints and exact resume of `train::sft`, whose
 //! public pieces it reuses, with the step itself left to the backend. `elastica train`
 //! runs `train::sft::train` on the fused path (its rate-tracking hook needs the candle
-//! model) and this loop on any other backend; both write the same files.
+//! model) and this loop on any other backend; both write the same files and resolve a run
+//! with the same `train::sft::prepare_run`, so a resume with other settings, data or starting
+//! weights is refused here exactly as there, and a finished run is not redone.
 
 use super::LanguageModel;
 use crate::data::records::Record;
-use crate::train::batch::{collate, loss_tokens, tokenize, Batch, Example};
+use crate::train::batch::{collate, loss_tokens, Batch, Example};
 use crate::train::optim::AdamWConfig;
 use crate::train::schedule::{lr_at, warmup_steps};
 use crate::train::sft::{
-    latest_checkpoint, read_log, remove_checkpoints, step_indices, write_checkpoint_with, StepLog,
-    TrainSummary,
+    prepare_run, read_log, remove_checkpoints, resume_point_of, step_indices,
+    write_checkpoint_with, Prepared, ResumePoint, RunSettings, StepLog, TrainSummary,
+    FINISHED_SETTINGS,
 };
 use crate::train::TrainConfig;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use candle_core::Device;
 use std::io::Write;
 use std::path::Path;
 
 /// Fine-tune `model` on `records` into `out` (final model, `train_log.jsonl`, checkpoints
-/// every `save_every` steps); with `resume`, continue from the newest checkpoint in `out`.
+/// every `save_every` steps); with `resume`, continue from the newest complete checkpoint in
+/// `out` (refused when it was written with other settings, data or starting weights). A
+/// finished run with the same settings is not redone: its summary is returned and `model`
+/// keeps the weights it was given (the trained ones are in `out`).
 pub fn train(
     model: &mut dyn LanguageModel,
     records: &[Record],
@@ -29,13 +35,24 @@ pub fn train(
     resume: bool,
     progress: bool,
 ) -> Result<TrainSummary> {
+    // Settings first: fingerprinting the weights is a pass over all of them.
     cfg.validate()?;
-    if records.is_empty() {
-        bail!("no training records");
-    }
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("cannot create output directory {}", out.display()))?;
-    let (examples, truncated) = tokenize(records, model.tokenizer(), cfg.template, cfg.max_length)?;
+    let start_sha256 = model.weights_sha256()?;
+    let Prepared {
+        examples,
+        truncated,
+        total,
+        steps_per_epoch,
+        settings,
+        save_dtype,
+    } = prepare_run(
+        model.tokenizer(),
+        &model.config().torch_dtype,
+        "the model's config.json",
+        start_sha256,
+        records,
+        cfg,
+    )?;
     if truncated > 0 {
         eprintln!(
             "warning: {truncated} of {} records were longer than max_length = {} tokens and were truncated",
@@ -43,16 +60,14 @@ pub fn train(
             cfg.max_length
         );
     }
-    if examples.iter().all(|e| loss_tokens(e) == 0) {
-        bail!("no record has a token the loss can count (are all responses empty or cut by max_length?)");
-    }
-    let per_step = cfg.batch_size * cfg.grad_accum;
-    let steps_per_epoch = examples.len().div_ceil(per_step);
-    let total = if cfg.max_steps > 0 {
-        cfg.max_steps
+    // Resume's checks come before anything is written into `out`.
+    let point = if resume {
+        resume_point_of(out, &settings, total)?
     } else {
-        cfg.epochs * steps_per_epoch
+        ResumePoint::Fresh
     };
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("cannot create output directory {}", out.display()))?;
     let warmup = warmup_steps(cfg.warmup_ratio, total);
     let opt = AdamWConfig {
         beta1: cfg.beta1,
@@ -64,8 +79,22 @@ pub fn train(
     let mut log: Vec<StepLog> = Vec::new();
     let mut start = 0;
     let mut resumed_from = None;
-    if resume {
-        if let Some((step, dir)) = latest_checkpoint(out)? {
+    match point {
+        ResumePoint::Finished => {
+            eprintln!(
+                "{} already holds this run, finished ({total} steps, same settings and data); \
+                 nothing to do",
+                out.display()
+            );
+            return Ok(summarize(
+                total,
+                examples.len(),
+                truncated,
+                Some(total),
+                read_log(&log_path)?,
+            ));
+        }
+        ResumePoint::Checkpoint { step, dir } => {
             let state = read_state(&dir)?;
             let adam_step = state["adam_step"].as_u64().unwrap_or(step as u64);
             model.load_train_state(&dir, &opt, adam_step)?;
@@ -76,6 +105,7 @@ pub fn train(
             start = step;
             resumed_from = Some(step);
         }
+        ResumePoint::Fresh => {}
     }
     write_log(&log_path, &log, false)?;
     let pb = crate::util::progress::bar(total as u64, "train");
@@ -93,7 +123,30 @@ pub fn train(
             .chunks(cfg.batch_size)
             .map(|m| collate(m, pad, &Device::Cpu))
             .collect::<Result<_>>()?;
-        let (nll, grad_norm) = model.sft_step(&micro, &opt, lr, cfg.clip)?;
+        let stopped = || {
+            format!(
+                "training stopped at step {} of {total} (lr {lr:e}); nothing was saved for it",
+                step + 1
+            )
+        };
+        let (nll, grad_norm) = model
+            .sft_step(&micro, &opt, lr, cfg.clip)
+            .with_context(stopped)?;
+        // The backend has applied the step; the weights it made are never saved.
+        if !nll.is_finite() {
+            return Err(anyhow::anyhow!(
+                "the loss is {nll} (not finite); lower the learning rate or check the weights \
+                 and data"
+            ))
+            .with_context(stopped);
+        }
+        if !grad_norm.is_finite() {
+            return Err(anyhow::anyhow!(
+                "the gradient norm is {grad_norm} (not finite); lower the learning rate or set \
+                 --clip"
+            ))
+            .with_context(stopped);
+        }
         let entry = StepLog {
             step: step + 1,
             loss: if n_step > 0 { nll / n_step as f64 } else { 0.0 },
@@ -107,29 +160,50 @@ pub fn train(
         log.push(entry);
         let done = step + 1;
         if cfg.save_every > 0 && done % cfg.save_every == 0 && done < total {
-            write_checkpoint(&*model, out, done)?;
+            // The log lines up to this step must survive whatever the checkpoint survives.
+            std::fs::File::open(&log_path)
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("cannot sync {}", log_path.display()))?;
+            write_checkpoint(&*model, out, done, &settings)?;
         }
     }
     pb.finish_and_clear();
-    model.save(out, None)?;
+    model.save(out, Some(&save_dtype))?;
+    // Written after the model: its presence (with equal settings) marks the run finished.
     crate::util::fsx::atomic_write(
-        &out.join("train_config.toml"),
-        toml::to_string(cfg)?.as_bytes(),
+        &out.join(FINISHED_SETTINGS),
+        toml::to_string(&settings)?.as_bytes(),
     )?;
     remove_checkpoints(out)?;
+    Ok(summarize(
+        total,
+        examples.len(),
+        truncated,
+        resumed_from,
+        log,
+    ))
+}
+
+fn summarize(
+    steps: usize,
+    records: usize,
+    truncated: usize,
+    resumed_from: Option<usize>,
+    log: Vec<StepLog>,
+) -> TrainSummary {
     let mean_loss = if log.is_empty() {
         0.0
     } else {
         log.iter().map(|l| l.loss).sum::<f64>() / log.len() as f64
     };
-    Ok(TrainSummary {
-        steps: total,
-        records: examples.len(),
+    TrainSummary {
+        steps,
+        records,
         truncated,
         mean_loss,
         resumed_from,
         log,
-    })
+    }
 }
 
 fn read_state(dir: &Path) -> Result<serde_json::Value> {
@@ -141,8 +215,15 @@ fn read_state(dir: &Path) -> Result<serde_json::Value> {
 
 /// `checkpoints/step-N` in the layout `train::sft` writes and reads (completion marker last,
 /// one rename, older checkpoints removed marker first).
-fn write_checkpoint(model: &dyn LanguageModel, out: &Path, step: usize) -> Result<()> {
-    let state = serde_json::json!({ "step": step, "adam_step": model.adam_step() });
+fn write_checkpoint(
+    model: &dyn LanguageModel,
+    out: &Path,
+    step: usize,
+    settings: &RunSettings,
+) -> Result<()> {
+    let state = serde_json::json!({
+        "step": step, "adam_step": model.adam_step(), "settings": settings,
+    });
     write_checkpoint_with(out, step, &state, |dir| model.save_train_state(dir))
 }
 
@@ -163,4 +244,199 @@ fn write_log(path: &Path, entries: &[StepLog], append: bool) -> Result<()> {
         .with_context(|| format!("cannot append to {}", path.display()))?;
     f.write_all(text.as_bytes())
         .with_context(|| format!("cannot append to {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::fused::FusedModel;
+    use crate::data::records::read_jsonl;
+    use crate::data::template::Template;
+    use crate::model::generate::GenConfig;
+    use crate::model::{ModelConfig, TextTokenizer};
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+    fn fused() -> FusedModel {
+        let lm = crate::model::load_model(
+            &format!("{FIX}/models/tiny-llama"),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        FusedModel::new(lm)
+    }
+
+    /// 8 records, 2 per step, 3 epochs = 12 steps, a checkpoint every 2.
+    fn cfg() -> TrainConfig {
+        TrainConfig {
+            template: Template::Raw,
+            lr: 3e-3,
+            batch_size: 2,
+            grad_accum: 1,
+            epochs: 3,
+            save_every: 2,
+            ..TrainConfig::default()
+        }
+    }
+
+    fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+        let mut out = BTreeMap::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else {
+                    out.insert(p.clone(), std::fs::read(&p).unwrap());
+                }
+            }
+        }
+        out
+    }
+
+    /// A model whose step fails after `left` steps: a run killed part-way.
+    struct Killed {
+        inner: FusedModel,
+        left: usize,
+    }
+
+    impl LanguageModel for Killed {
+        fn backend_name(&self) -> &'static str {
+            "killed"
+        }
+        fn device_name(&self) -> String {
+            self.inner.device_name()
+        }
+        fn config(&self) -> &ModelConfig {
+            self.inner.config()
+        }
+        fn tokenizer(&self) -> &TextTokenizer {
+            self.inner.tokenizer()
+        }
+        fn logits(&self, ids: &[u32], b: usize, t: usize) -> Result<Vec<f32>> {
+            self.inner.logits(ids, b, t)
+        }
+        fn nll_sum(&self, batch: &Batch) -> Result<f64> {
+            self.inner.nll_sum(batch)
+        }
+        fn token_logprobs(&self, batch: &Batch) -> Result<Vec<f32>> {
+            self.inner.token_logprobs(batch)
+        }
+        fn sft_step(
+            &mut self,
+            m: &[Batch],
+            o: &AdamWConfig,
+            lr: f64,
+            clip: f64,
+        ) -> Result<(f64, f64)> {
+            anyhow::ensure!(self.left > 0, "killed");
+            self.left -= 1;
+            self.inner.sft_step(m, o, lr, clip)
+        }
+        fn weights_sha256(&self) -> Result<String> {
+            self.inner.weights_sha256()
+        }
+        fn adam_step(&self) -> u64 {
+            self.inner.adam_step()
+        }
+        fn generate(&self, p: &[Vec<u32>], c: &GenConfig) -> Result<Vec<Vec<u32>>> {
+            self.inner.generate(p, c)
+        }
+        fn save(&self, out: &Path, dtype: Option<&str>) -> Result<()> {
+            self.inner.save(out, dtype)
+        }
+        fn save_train_state(&self, dir: &Path) -> Result<()> {
+            self.inner.save_train_state(dir)
+        }
+        fn load_train_state(&mut self, dir: &Path, o: &AdamWConfig, s: u64) -> Result<()> {
+            self.inner.load_train_state(dir, o, s)
+        }
+    }
+
+    /// Issue 19 item 5: the backend loop checks a resume exactly as `train::sft` does, and
+    /// ends on the fused loop's own bytes.
+    #[test]
+    fn resume_refuses_changed_settings_and_a_finished_run_is_left_alone() {
+        let recs = read_jsonl(Path::new(&format!("{FIX}/sft/data.jsonl"))).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        // The fused loop's run, uninterrupted: the reference bytes.
+        let reference = dir.path().join("reference");
+        let lm = crate::model::load_model(
+            &format!("{FIX}/models/tiny-llama"),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        crate::train::sft::train(&lm, &recs, &cfg(), &reference, false, None, false).unwrap();
+
+        let run = dir.path().join("run");
+        let mut killed = Killed {
+            inner: fused(),
+            left: 5,
+        };
+        let e = train(&mut killed, &recs, &cfg(), &run, false, false).unwrap_err();
+        assert!(format!("{e:#}").contains("killed"), "{e:#}");
+        assert!(run.join("checkpoints/step-4/trainer_state.json").is_file());
+        let before = snapshot(&run);
+        let refused = |c: &TrainConfig, recs: &[Record], expect: &[&str]| {
+            let e = train(&mut fused(), recs, c, &run, true, false).unwrap_err();
+            let e = format!("{e:#}");
+            for x in expect {
+                assert!(e.contains(x), "error lacks \"{x}\": {e}");
+            }
+            assert_eq!(snapshot(&run), before, "a refused resume changed files");
+        };
+        refused(
+            &TrainConfig { lr: 2e-3, ..cfg() },
+            &recs,
+            &["cannot resume", "lr: 0.003 -> 0.002"],
+        );
+        refused(&TrainConfig { seed: 7, ..cfg() }, &recs, &["seed: 42 -> 7"]);
+        refused(&cfg(), &recs[..6], &["data: 8 examples"]);
+        refused(
+            &TrainConfig {
+                max_steps: 3,
+                ..cfg()
+            },
+            &recs,
+            &["step 4", "past this run's 3 steps"],
+        );
+
+        // The same settings resume and end on the fused loop's bytes.
+        let s = train(&mut fused(), &recs, &cfg(), &run, true, false).unwrap();
+        assert_eq!(s.resumed_from, Some(4));
+        assert_eq!(s.steps, 12);
+        for f in ["model.safetensors", "train_log.jsonl", FINISHED_SETTINGS] {
+            assert_eq!(
+                std::fs::read(run.join(f)).unwrap(),
+                std::fs::read(reference.join(f)).unwrap(),
+                "{f} differs from the fused loop's"
+            );
+        }
+        // A second resume does nothing; with other settings it is refused.
+        let finished = snapshot(&run);
+        let s = train(&mut fused(), &recs, &cfg(), &run, true, false).unwrap();
+        assert_eq!((s.steps, s.resumed_from), (12, Some(12)));
+        assert_eq!(
+            snapshot(&run),
+            finished,
+            "resuming a finished run changed files"
+        );
+        let e = train(
+            &mut fused(),
+            &recs,
+            &TrainConfig { lr: 1e-3, ..cfg() },
+            &run,
+            true,
+            false,
+        )
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("finished run with other settings"),
+            "{e:#}"
+        );
+        assert_eq!(snapshot(&run), finished);
+    }
 }

@@ -639,6 +639,7 @@ fn on_backend(a: &BenchArgs, cfg: crate::model::ModelConfig) -> Result<()> {
             warmup: a.warmup,
             gen_tokens: a.gen_tokens,
             peak_tflops: a.peak_tflops,
+            grad_checkpoint: a.device.grad_checkpoint,
         };
         let out = crate::backend::torch::bench::run(&shape, choice.device, choice.precision)?;
         println!("{}", serde_json::to_string(&out)?);

@@ -7,7 +7,7 @@
 
 use crate::compress::baselines::baselines;
 use crate::compress::model_predictor::ModelPredictor;
-use crate::compress::rates::{rate, ScoredSequence};
+use crate::compress::rates::{rate_scored, Coder, RecordScorer, ScoredSequence};
 use crate::compress::rates_report::{rates_table, write_rates, RateRow};
 use crate::compress::summary::CompressSummary;
 use crate::compress::{compress, decompress, CompressOptions, TokenPredictor};
@@ -81,6 +81,11 @@ pub struct RatesArgs {
     /// Use only the first N records of each data set.
     #[arg(long)]
     pub max_records: Option<usize>,
+    /// Where and how the models run. The default (fused, CPU) scores with the compressor's
+    /// own predictor, bit for bit what `compress` codes; another backend scores each chunk
+    /// in one forward (equal to float rounding).
+    #[command(flatten)]
+    pub device: super::device_args::DeviceArgs,
 }
 
 pub fn run_compress(args: CompressArgs) -> Result<()> {
@@ -94,7 +99,17 @@ pub fn run_decompress(args: DecompressArgs) -> Result<()> {
 }
 
 pub fn run_rates(args: RatesArgs) -> Result<()> {
-    rates_with(&args, &mut |m| load_predictor(m))
+    // Resolved before any data is read: a CUDA device without the torch build fails here.
+    let choice = args.device.choice()?;
+    if choice.is_default_cpu() {
+        return rates_with(&args, &mut |m| load_predictor(m));
+    }
+    rates_scored(&args, &mut |m| {
+        Ok(Box::new(
+            crate::compress::rates_backend::BackendRates::load(m, &choice)
+                .with_context(|| format!("cannot load {m} on {}", choice.device))?,
+        ))
+    })
 }
 
 /// `compress` with a given predictor.
@@ -150,6 +165,14 @@ pub fn rates_with(
     args: &RatesArgs,
     load: &mut dyn FnMut(&str) -> Result<Box<dyn TokenPredictor>>,
 ) -> Result<()> {
+    rates_scored(args, &mut |m| Ok(Box::new(Coder(load(m)?))))
+}
+
+/// `rates` with any [`RecordScorer`] per model.
+pub fn rates_scored(
+    args: &RatesArgs,
+    load: &mut dyn FnMut(&str) -> Result<Box<dyn RecordScorer>>,
+) -> Result<()> {
     let sets = args
         .data_args
         .named_specs(&args.data)?
@@ -178,7 +201,7 @@ pub fn rates_with(
                 })
                 .collect::<Result<Vec<_>>>()?;
             let pb = crate::util::progress::bar(seqs.len() as u64, &format!("{model} {name}"));
-            let r = rate(pred.as_mut(), &seqs, &pb)
+            let r = rate_scored(pred.as_mut(), &seqs, &pb)
                 .with_context(|| format!("rate of {path} under {model}"))?;
             pb.finish_and_clear();
             rows.push(RateRow {
@@ -275,6 +298,12 @@ mod tests {
             out: Some(out.clone()),
             max_records: None,
             data_args: Default::default(),
+            device: crate::cli::device_args::DeviceArgs {
+                device: "cpu".into(),
+                backend: None,
+                dtype: crate::backend::Precision::F32,
+                grad_checkpoint: false,
+            },
         };
         let mut load = |m: &str| -> Result<Box<dyn TokenPredictor>> {
             let ctx = if m == "small" { 3 } else { 512 };

@@ -18,10 +18,22 @@ pub struct DeviceArgs {
     /// state, softmax and loss; torch backend only).
     #[arg(long, value_enum, default_value = "f32")]
     pub dtype: Precision,
+    /// Gradient checkpointing when training (torch backend): recompute each block in the
+    /// backward, holding one block's activations at a time instead of all of them (less GPU
+    /// memory for ~1/3 more compute). Ignored by commands that do not train.
+    #[arg(long)]
+    pub grad_checkpoint: bool,
 }
 
 impl DeviceArgs {
     pub fn choice(&self) -> Result<BackendChoice> {
-        BackendChoice::new(DeviceSpec::parse(&self.device)?, self.backend, self.dtype)
+        let c = BackendChoice::new(DeviceSpec::parse(&self.device)?, self.backend, self.dtype)?;
+        if self.grad_checkpoint && c.kind != BackendKind::Torch {
+            anyhow::bail!(
+                "--grad-checkpoint needs the torch backend (--backend torch, or --device cuda); \
+                 the fused CPU path keeps every block's activations"
+            );
+        }
+        Ok(c)
     }
 }

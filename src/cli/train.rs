@@ -257,6 +257,7 @@ fn on_backend(
         (None, None) => anyhow::bail!("give --model or --init"),
     };
     let mut model = crate::backend::from_loaded(lm, &choice)?;
+    model.set_grad_checkpoint(a.device.grad_checkpoint)?;
     let s = crate::backend::sft::train(&mut *model, records, cfg, &a.out, a.resume, true)?;
     println!(
         "{}",

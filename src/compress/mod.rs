@@ -30,6 +30,7 @@ pub mod model_predictor;
 pub mod predictor;
 pub mod probe;
 pub mod rates;
+pub mod rates_backend;
 pub mod rates_report;
 pub mod segment;
 pub mod summary;

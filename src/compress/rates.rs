@@ -214,6 +214,51 @@ pub fn rate(
     Rate::from_codes(&codes, pred.vocab_size())
 }
 
+/// What `rates` scores records with: the coder's predictor ([`Coder`]), or a model on a
+/// compute backend (`super::rates_backend`).
+pub trait RecordScorer {
+    fn tokenization(&self) -> &dyn Tokenization;
+    fn vocab_size(&self) -> usize;
+    /// The exact code length of `seq`'s scored tokens (see [`code_length`]).
+    fn code_length(&mut self, seq: &ScoredSequence) -> Result<RecordCode>;
+}
+
+/// The compressor's [`TokenPredictor`] as a [`RecordScorer`]: rates bit-identical to what
+/// `compress` codes.
+pub struct Coder(pub Box<dyn TokenPredictor>);
+
+impl RecordScorer for Coder {
+    fn tokenization(&self) -> &dyn Tokenization {
+        self.0.tokenization()
+    }
+    fn vocab_size(&self) -> usize {
+        self.0.vocab_size()
+    }
+    fn code_length(&mut self, seq: &ScoredSequence) -> Result<RecordCode> {
+        code_length(self.0.as_mut(), seq)
+    }
+}
+
+/// [`rate`] with any [`RecordScorer`].
+pub fn rate_scored(
+    scorer: &mut dyn RecordScorer,
+    seqs: &[ScoredSequence],
+    progress: &ProgressBar,
+) -> Result<Rate> {
+    let codes = seqs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let c = scorer
+                .code_length(s)
+                .with_context(|| format!("record {}", i + 1))?;
+            progress.inc(1);
+            Ok(c)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Rate::from_codes(&codes, scorer.vocab_size())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 
 pub mod files;
 pub mod hf_cache;
+pub mod parquet_pages;
 pub mod records;
 pub mod rows;
 pub mod schemas;

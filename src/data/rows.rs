@@ -6,7 +6,9 @@
 //! A problem with one row (a line that is not JSON, an entry that is not an object) is handed
 //! to the caller as that row's `Err`, so the caller decides whether to stop or skip it. A
 //! problem with the whole file (cannot open, not parquet, a JSON list that does not parse) is
-//! this module's error.
+//! this module's error. Parquet page headers are checked against the file's size before the
+//! `parquet` crate reads them (`data::parquet_pages`), so a hostile file cannot make it
+//! allocate what it declares.
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{Map, Value};
@@ -196,6 +198,8 @@ fn parquet_rows(
     let reader = catch_unwind(AssertUnwindSafe(|| SerializedFileReader::new(file)))
         .map_err(|_| guarded("reading the footer"))?
         .with_context(|| format!("{}: not a readable parquet file", path.display()))?;
+    // The crate allocates what page headers declare: check them against the file first.
+    super::parquet_pages::check_page_headers(path, reader.metadata())?;
     let mut rows = catch_unwind(AssertUnwindSafe(|| reader.get_row_iter(None)))
         .map_err(|_| guarded("reading the schema"))?
         .with_context(|| format!("{}: cannot read the parquet schema", path.display()))?;
@@ -376,6 +380,29 @@ mod tests {
         let e = format!("{:#}", collect(&fixture("missing.parquet")).unwrap_err());
         assert!(
             e.contains("cannot open") && e.contains("missing.parquet"),
+            "{e}"
+        );
+    }
+
+    /// The fuzz finding of issue 17 (the shrunk case from `tests/fuzz.rs`): 18 bytes inserted
+    /// into the IMDb seed make a page header's statistics declare an 18 MB field, which the
+    /// parquet crate allocated before reading; now the file is refused, naming it.
+    #[test]
+    fn a_page_header_declaring_more_than_the_file_is_refused() {
+        let src = fixture("imdb/plain_text/test-00000-of-00001.parquet");
+        let mut bytes = std::fs::read(&src).unwrap();
+        // proptest's `Index(5932212851897785322)` over len + 1 positions.
+        let at = (((bytes.len() as u128 + 1) * 5932212851897785322u128) >> 64) as usize;
+        let insert = [
+            0, 0, 199, 0, 0, 0, 0, 0, 0, 0, 0, 139, 1, 131, 128, 128, 128, 9,
+        ];
+        bytes.splice(at..at, insert);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hostile.parquet");
+        std::fs::write(&path, &bytes).unwrap();
+        let e = format!("{:#}", collect(&path).unwrap_err());
+        assert!(
+            e.contains("hostile.parquet") && e.contains("corrupt page header"),
             "{e}"
         );
     }

@@ -240,8 +240,13 @@ fn short(h: &str) -> &str {
 /// sha256 over the parameters' names and f32 values: which model a run starts from,
 /// wherever it was loaded from (one pass over the weights).
 pub fn weights_fingerprint(lm: &LoadedModel) -> Result<String> {
+    params_fingerprint(&lm.model.params)
+}
+
+/// [`weights_fingerprint`] of a parameter set (what any backend hands back as host weights).
+pub fn params_fingerprint(params: &crate::model::Params) -> Result<String> {
     let mut h = Sha256::new();
-    for (name, var) in lm.model.params.iter() {
+    for (name, var) in params.iter() {
         h.update((name.len() as u64).to_le_bytes());
         h.update(name.as_bytes());
         let v: Vec<f32> = var.as_tensor().flatten_all()?.to_vec1()?;
@@ -467,16 +472,42 @@ fn summarize(
 }
 
 /// A run's data and settings, resolved and checked before anything is written.
-struct Prepared {
-    examples: Vec<Example>,
-    truncated: usize,
-    total: usize,
-    steps_per_epoch: usize,
-    settings: RunSettings,
-    save_dtype: String,
+pub struct Prepared {
+    pub examples: Vec<Example>,
+    pub truncated: usize,
+    pub total: usize,
+    pub steps_per_epoch: usize,
+    pub settings: RunSettings,
+    /// The dtype the finished model is saved in.
+    pub save_dtype: String,
 }
 
 fn prepare(lm: &LoadedModel, records: &[Record], cfg: &TrainConfig) -> Result<Prepared> {
+    cfg.validate()?;
+    let source = format!("config.json in {}", lm.dir.display());
+    let start = weights_fingerprint(lm)?;
+    prepare_run(
+        &lm.tokenizer,
+        &lm.model.cfg.torch_dtype,
+        &source,
+        start,
+        records,
+        cfg,
+    )
+}
+
+/// [`Prepared`] for a model on any backend: its tokenizer, the dtype its checkpoint was
+/// stored in (`source` says where that came from, for the error), and the fingerprint of its
+/// starting weights. Every training loop resolves its run here, so all of them check and
+/// store the same settings.
+pub fn prepare_run(
+    tokenizer: &crate::model::TextTokenizer,
+    torch_dtype: &str,
+    source: &str,
+    start_sha256: String,
+    records: &[Record],
+    cfg: &TrainConfig,
+) -> Result<Prepared> {
     cfg.validate()?;
     if records.is_empty() {
         bail!("no training records");
@@ -485,22 +516,21 @@ fn prepare(lm: &LoadedModel, records: &[Record], cfg: &TrainConfig) -> Result<Pr
     let save_dtype = cfg
         .save_dtype
         .clone()
-        .unwrap_or_else(|| lm.model.cfg.torch_dtype.clone());
+        .unwrap_or_else(|| torch_dtype.to_string());
     dtype_from_name(&save_dtype).with_context(|| {
         format!(
             "the trained model would be saved in the input checkpoint's dtype \"{save_dtype}\" \
-             (config.json in {}); set save_dtype (--save-dtype) to float32, bfloat16 or float16",
-            lm.dir.display()
+             ({source}); set save_dtype (--save-dtype) to float32, bfloat16 or float16"
         )
     })?;
-    let (examples, truncated) = tokenize(records, &lm.tokenizer, cfg.template, cfg.max_length)?;
+    let (examples, truncated) = tokenize(records, tokenizer, cfg.template, cfg.max_length)?;
     if examples.iter().all(|e| loss_tokens(e) == 0) {
         bail!("no record has a token the loss can count (are all responses empty or cut by max_length?)");
     }
     let steps_per_epoch = examples.len().div_ceil(cfg.records_per_step()?);
     let total = cfg.total_steps(examples.len())?;
     let settings = RunSettings {
-        start_sha256: weights_fingerprint(lm)?,
+        start_sha256,
         data_sha256: data_fingerprint(&examples),
         examples: examples.len(),
         train: cfg.clone(),
@@ -540,7 +570,8 @@ pub fn resume_point(
     resume_point_of(out, &p.settings, p.total)
 }
 
-fn resume_point_of(out: &Path, settings: &RunSettings, total: usize) -> Result<ResumePoint> {
+/// [`resume_point`] for a run already resolved by [`prepare_run`].
+pub fn resume_point_of(out: &Path, settings: &RunSettings, total: usize) -> Result<ResumePoint> {
     if finished_with(out, settings)? {
         return Ok(ResumePoint::Finished);
     }

@@ -22,6 +22,8 @@ pub struct Shape {
     pub gen_tokens: usize,
     /// Dense peak in TFLOP/s; None = from the device name.
     pub peak_tflops: Option<f64>,
+    /// Time the training step with gradient checkpointing (`--grad-checkpoint`).
+    pub grad_checkpoint: bool,
 }
 
 /// The GPU's name, from nvidia-smi (None on the CPU or without nvidia-smi).
@@ -155,7 +157,7 @@ pub fn run(shape: &Shape, device: DeviceSpec, precision: Precision) -> Result<se
         "dtype": format!("{precision:?}").to_lowercase(), "params": n_params,
         "layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size, "heads": cfg.num_attention_heads,
         "kv_heads": cfg.num_key_value_heads, "ff": cfg.intermediate_size, "vocab": cfg.vocab_size,
-        "seq": t, "batch": b, "steps": shape.steps,
+        "seq": t, "batch": b, "steps": shape.steps, "grad_checkpoint": shape.grad_checkpoint,
     });
     let super_guard = |what: &str, f: &mut dyn FnMut() -> Result<()>| {
         super::guard(
@@ -171,16 +173,21 @@ pub fn run(shape: &Shape, device: DeviceSpec, precision: Precision) -> Result<se
         eps: 1e-8,
         weight_decay: 0.0,
     });
-    let mut step = || {
-        let logits = dec.forward(&ids);
-        let loss = logits.view([-1, vocab]).cross_entropy_loss::<Tensor>(
+    let mean_loss = |logits: &Tensor| {
+        logits.view([-1, vocab]).cross_entropy_loss::<Tensor>(
             &targets,
             None,
             tch::Reduction::Mean,
             -100,
             0.0,
-        );
-        loss.backward();
+        )
+    };
+    let mut step = || {
+        if shape.grad_checkpoint {
+            let _ = dec.loss_backward_checkpointed(&ids, &mean_loss, 1.0);
+        } else {
+            mean_loss(&dec.forward(&ids)).backward();
+        }
         TorchAdamW::clip(&w, 1.0);
         opt.update(&w, 1e-5);
         for p in &w.tensors {

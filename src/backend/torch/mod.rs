@@ -37,6 +37,8 @@ struct Core {
     weights: TorchWeights,
     device: Device,
     precision: Precision,
+    /// Recompute each block in the backward (`--grad-checkpoint`).
+    grad_checkpoint: bool,
 }
 
 /// The tch device for a spec, checked to exist.
@@ -123,6 +125,7 @@ impl TorchModel {
                 weights: TorchWeights::new(entries),
                 device: dev,
                 precision,
+                grad_checkpoint: false,
             },
             tokenizer: lm.tokenizer,
             dir: lm.dir,
@@ -142,9 +145,9 @@ impl Core {
 
     fn oom_hint(&self, b: usize, t: usize) -> String {
         format!(
-            "model of {:.2}B parameters, batch {b} x {t} tokens, {:?}; try a smaller --batch-size \
-             with a larger --grad-accum, a smaller --max-length, --dtype bf16, or \
-             PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True",
+            "model of {:.2}B parameters, batch {b} x {t} tokens, {:?}; try --grad-checkpoint, a \
+             smaller --batch-size with a larger --grad-accum, a smaller --max-length, --dtype \
+             bf16, or PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True",
             self.cfg.num_params() as f64 / 1e9,
             self.precision
         )
@@ -356,12 +359,22 @@ impl LanguageModel for TorchModel {
             || {
                 let dec = core.decoder();
                 let mut nll_total = 0.0;
+                let scale = 1.0 / n_step as f64;
                 for b in micro.iter().filter(|b| b.n_targets > 0) {
                     let (ids, targets, _, _) = core.batch_tensors(b)?;
+                    if core.grad_checkpoint {
+                        let nll = dec.loss_backward_checkpointed(
+                            &ids,
+                            |logits| nll(logits, &targets),
+                            scale,
+                        );
+                        nll_total += nll.double_value(&[]);
+                        continue;
+                    }
                     let nll = nll(&dec.forward(&ids), &targets);
                     nll_total += nll.double_value(&[]);
                     // Scaled in f32 and seeded with 1, as the fused path's autograd does.
-                    (nll * (1.0 / n_step as f64)).backward();
+                    (nll * scale).backward();
                 }
                 let norm = TorchAdamW::clip(&core.weights, clip);
                 adam.update(&core.weights, lr);
@@ -371,6 +384,13 @@ impl LanguageModel for TorchModel {
                 Ok((nll_total, norm))
             },
         )
+    }
+    fn set_grad_checkpoint(&mut self, on: bool) -> Result<()> {
+        self.core.grad_checkpoint = on;
+        Ok(())
+    }
+    fn weights_sha256(&self) -> Result<String> {
+        crate::train::sft::params_fingerprint(&self.core.host_params()?)
     }
     fn adam_step(&self) -> u64 {
         self.opt.as_ref().map_or(0, |o| o.step)

@@ -217,17 +217,68 @@ impl<'a> Decoder<'a> {
         mask: Option<&Tensor>,
         mut cache: Option<&mut Cache>,
     ) -> Tensor {
-        // Out of place on purpose: `x += ..` is libtorch's in-place add, which would change
-        // a tensor autograd saved for the backward.
-        #[allow(clippy::assign_op_pattern)]
         for l in 0..self.cfg.num_hidden_layers {
-            let p = format!("model.layers.{l}");
-            let h = self.rms(&x, &format!("{p}.input_layernorm.weight"));
-            x = x + self.attention(&h, l, cos, sin, mask, cache.as_deref_mut());
-            let h = self.rms(&x, &format!("{p}.post_attention_layernorm.weight"));
-            x = x + self.mlp(&h, &p);
+            x = self.block(&x, l, cos, sin, mask, cache.as_deref_mut());
         }
         self.rms(&x, "model.norm.weight")
+    }
+
+    /// Decoder block `l` (pre-norm attention, then pre-norm MLP, each residual).
+    fn block(
+        &self,
+        x: &Tensor,
+        l: usize,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut Cache>,
+    ) -> Tensor {
+        // Out of place on purpose: `x += ..` is libtorch's in-place add, which would change
+        // a tensor autograd saved for the backward.
+        let p = format!("model.layers.{l}");
+        let h = self.rms(x, &format!("{p}.input_layernorm.weight"));
+        let x = x + self.attention(&h, l, cos, sin, mask, cache);
+        let h = self.rms(&x, &format!("{p}.post_attention_layernorm.weight"));
+        &x + self.mlp(&h, &p)
+    }
+
+    /// Gradient checkpointing (`--grad-checkpoint`): `loss(logits)` of `ids` and its gradient
+    /// (accumulated into the weights' `.grad`), holding one block's activations at a time
+    /// instead of every block's. The forward runs without autograd and keeps only each
+    /// block's input; the backward recomputes block by block, last to first, seeding each
+    /// with the gradient of its output (the gradient of `sum(out * g)` is `g`). The backward
+    /// is of `loss * scale`; returns `loss`, detached. The gradients equal the plain
+    /// backward's up to summation order.
+    pub fn loss_backward_checkpointed(
+        &self,
+        ids: &Tensor,
+        loss: impl Fn(&Tensor) -> Tensor,
+        scale: f64,
+    ) -> Tensor {
+        let t = ids.size()[1];
+        let pos = Tensor::arange(t, (Kind::Float, self.device)).unsqueeze(0);
+        let (cos, sin) = self.cos_sin(&pos);
+        let emb = self.embed(ids);
+        let mut inputs = Vec::with_capacity(self.cfg.num_hidden_layers);
+        let mut x = emb.detach();
+        tch::no_grad(|| {
+            for l in 0..self.cfg.num_hidden_layers {
+                let next = self.block(&x, l, &cos, &sin, None, None);
+                inputs.push(std::mem::replace(&mut x, next));
+            }
+        });
+        let last = x.set_requires_grad(true);
+        let value = loss(&self.head(&self.rms(&last, "model.norm.weight")));
+        (&value * scale).backward();
+        let mut g = last.grad();
+        for (l, input) in inputs.iter().enumerate().rev() {
+            let xi = input.set_requires_grad(true);
+            let y = self.block(&xi, l, &cos, &sin, None, None);
+            (y * &g).sum(Kind::Float).backward();
+            g = xi.grad();
+        }
+        (emb * &g).sum(Kind::Float).backward();
+        value.detach()
     }
 
     fn head(&self, x: &Tensor) -> Tensor {
