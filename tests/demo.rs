@@ -1,7 +1,8 @@
 //! `elastica demo --quick` end to end: every promised file is written, the positive controls
 //! hold (so a broken measurement cannot pass as "undecided"), every claim is a three-outcome
 //! verdict, the same seed gives the same results.json, and a rerun in the same directory
-//! reuses the finished work. Also: bases whose budgets round to the same name stay apart.
+//! reuses the finished work. Also: bases whose budgets round to the same name stay apart, and
+//! off a terminal the demo writes progress lines a log can follow.
 
 use std::path::Path;
 use std::process::Command;
@@ -220,6 +221,50 @@ fn bases_with_the_same_rounded_budget_stay_apart() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         !o.status.success() && err.contains("tiny-2k") && err.contains("#0 and #1"),
+        "{err}"
+    );
+}
+
+/// Off a terminal (stderr piped, as under nohup or Slurm) the demo writes a progress line per
+/// `ELASTICA_PROGRESS_SECS` (0 here: one per job), each naming the job that finished, the
+/// last one at 100%.
+#[test]
+fn demo_writes_progress_lines_off_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = dir.path().join("s.toml");
+    std::fs::write(
+        &settings,
+        "seeds = [1]\nn_plus = [10]\nn_minus = [0, 5]\nresist_slice_records = 0\ntheory = false\neval_prompts = 4\nmax_new_tokens = 4\nprobe_records = 4\nrate_records = 4\ndrop_fit_points = 2\nbases = [{size = \"tiny\", tokens = 2000}]\n",
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_elastica"))
+        .args(["demo", "--quick", "--settings", settings.to_str().unwrap()])
+        .arg("--out")
+        .arg(dir.path().join("run"))
+        .env("ELASTICA_PROGRESS_SECS", "0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("demo: job "))
+        .collect();
+    // Pre-training, the rebound unit, and the instruments unit of the one base.
+    let total = 3;
+    assert_eq!(lines.len(), total, "{err}");
+    for (i, l) in lines.iter().enumerate() {
+        assert!(
+            l.starts_with(&format!("demo: job {}/{total} (", i + 1)) && l.contains("elapsed"),
+            "{l}"
+        );
+    }
+    assert!(lines[0].contains("done: pre-training tiny-2k"), "{err}");
+    assert!(lines[total - 1].contains("(100.0%)"), "{err}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("done: rebound unit tiny-2k seed 1")),
         "{err}"
     );
 }
