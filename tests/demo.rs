@@ -71,6 +71,9 @@ fn quick_demo_writes_every_promised_file_is_deterministic_and_resumes() {
         "resist/results.csv",
         "theory/report.md",
         "theory/results.json",
+        "kl_by_position.png",
+        "weight_space.svg",
+        "instruments/tiny-60k-seed1/outcome.json",
     ] {
         assert!(a.join(f).exists(), "{f} missing");
     }
@@ -85,6 +88,7 @@ fn quick_demo_writes_every_promised_file_is_deterministic_and_resumes() {
         "## Compression",
         "## Resistance",
         "## Theory",
+        "## Beyond the paper",
         "## Summary",
     ] {
         assert!(report.contains(section), "{section} missing from\n{report}");
@@ -109,6 +113,41 @@ fn quick_demo_writes_every_promised_file_is_deterministic_and_resumes() {
         );
     }
     let results = std::fs::read_to_string(a.join("results.json")).unwrap();
+    // The instruments beyond the paper, on the larger tiny base and the first seed: KL by
+    // position at every n-, 0 against the aligned model before the perturbation (the same
+    // weights), positive against the base; the weight-space numbers after it, finite.
+    let v: serde_json::Value = serde_json::from_str(&results).unwrap();
+    let ins = &v["instruments"];
+    assert_eq!(ins["base"], "tiny-60k", "{ins}");
+    let points = ins["points"].as_array().unwrap();
+    assert_eq!(points.len(), 3, "one per n-: {ins}");
+    let kl = |p: &serde_json::Value, to: &str| -> Vec<f64> {
+        p[to]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["mean"].as_f64().unwrap())
+            .collect()
+    };
+    assert!(
+        kl(&points[0], "kl_to_aligned")
+            .iter()
+            .all(|k| k.abs() < 1e-6),
+        "{ins}"
+    );
+    assert!(
+        kl(&points[0], "kl_to_base").iter().all(|k| *k > 0.0),
+        "{ins}"
+    );
+    assert!(points[0]["weight_space"].is_null(), "{ins}");
+    for p in &points[1..] {
+        assert!(kl(p, "kl_to_aligned").iter().any(|k| *k > 0.0), "{ins}");
+        let ws = &p["weight_space"];
+        for f in ["fraction_undone", "cosine", "norm_ratio"] {
+            assert!(ws[f].as_f64().unwrap().is_finite(), "{ins}");
+        }
+        assert!(ws["cosine"].as_f64().unwrap().abs() <= 1.0 + 1e-9, "{ins}");
+    }
 
     // Same seed, another directory, one worker instead of several: the same numbers.
     let b = dir.path().join("b");

@@ -233,17 +233,14 @@ impl InstrumentsOutcome {
         for i in 1..=TABLE_POSITIONS {
             head.push(format!("KL to base, pos {i}"));
         }
-        head.extend(
-            [
-                format!("KL to base, pos > {TABLE_POSITIONS}"),
-                "KL to aligned, pos 1".into(),
-                format!("KL to aligned, pos > {TABLE_POSITIONS}"),
-                "fraction undone".into(),
-                "cos(Δp, −Δa)".into(),
-                "‖Δp‖ / ‖Δa‖".into(),
-            ]
-            .into_iter(),
-        );
+        head.extend([
+            format!("KL to base, pos > {TABLE_POSITIONS}"),
+            "KL to aligned, pos 1".into(),
+            format!("KL to aligned, pos > {TABLE_POSITIONS}"),
+            "fraction undone".into(),
+            "cos(Δp, −Δa)".into(),
+            "‖Δp‖ / ‖Δa‖".into(),
+        ]);
         let mut t = Table::new(head);
         let f = |x: Option<f64>| x.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
         for p in &self.points {

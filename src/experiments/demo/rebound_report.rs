@@ -392,7 +392,7 @@ fn base_curves(
             plot = plot.reference(p.mean, "pre-trained model");
         }
         for &np in &cfg.n_plus {
-            let c = curve(rows, &name, np, &n_minus, m);
+            let c = curve(rows, &name, np, n_minus, m);
             t.push_row(
                 [m.to_string(), np.to_string()]
                     .into_iter()
