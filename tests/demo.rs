@@ -1,7 +1,8 @@
 //! `elastica demo --quick` end to end: every promised file is written, the positive controls
 //! hold (so a broken measurement cannot pass as "undecided"), every claim is a three-outcome
 //! verdict, the same seed gives the same results.json, and a rerun in the same directory
-//! reuses the finished work. Also: bases whose budgets round to the same name stay apart.
+//! reuses the finished work. Also: bases whose budgets round to the same name stay apart, and
+//! off a terminal the demo writes progress lines a log can follow.
 
 use std::path::Path;
 use std::process::Command;
@@ -70,6 +71,9 @@ fn quick_demo_writes_every_promised_file_is_deterministic_and_resumes() {
         "resist/results.csv",
         "theory/report.md",
         "theory/results.json",
+        "kl_by_position.png",
+        "weight_space.svg",
+        "instruments/tiny-60k-seed1/outcome.json",
     ] {
         assert!(a.join(f).exists(), "{f} missing");
     }
@@ -84,6 +88,7 @@ fn quick_demo_writes_every_promised_file_is_deterministic_and_resumes() {
         "## Compression",
         "## Resistance",
         "## Theory",
+        "## Beyond the paper",
         "## Summary",
     ] {
         assert!(report.contains(section), "{section} missing from\n{report}");
@@ -108,6 +113,41 @@ fn quick_demo_writes_every_promised_file_is_deterministic_and_resumes() {
         );
     }
     let results = std::fs::read_to_string(a.join("results.json")).unwrap();
+    // The instruments beyond the paper, on the larger tiny base and the first seed: KL by
+    // position at every n-, 0 against the aligned model before the perturbation (the same
+    // weights), positive against the base; the weight-space numbers after it, finite.
+    let v: serde_json::Value = serde_json::from_str(&results).unwrap();
+    let ins = &v["instruments"];
+    assert_eq!(ins["base"], "tiny-60k", "{ins}");
+    let points = ins["points"].as_array().unwrap();
+    assert_eq!(points.len(), 3, "one per n-: {ins}");
+    let kl = |p: &serde_json::Value, to: &str| -> Vec<f64> {
+        p[to]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["mean"].as_f64().unwrap())
+            .collect()
+    };
+    assert!(
+        kl(&points[0], "kl_to_aligned")
+            .iter()
+            .all(|k| k.abs() < 1e-6),
+        "{ins}"
+    );
+    assert!(
+        kl(&points[0], "kl_to_base").iter().all(|k| *k > 0.0),
+        "{ins}"
+    );
+    assert!(points[0]["weight_space"].is_null(), "{ins}");
+    for p in &points[1..] {
+        assert!(kl(p, "kl_to_aligned").iter().any(|k| *k > 0.0), "{ins}");
+        let ws = &p["weight_space"];
+        for f in ["fraction_undone", "cosine", "norm_ratio"] {
+            assert!(ws[f].as_f64().unwrap().is_finite(), "{ins}");
+        }
+        assert!(ws["cosine"].as_f64().unwrap().abs() <= 1.0 + 1e-9, "{ins}");
+    }
 
     // Same seed, another directory, one worker instead of several: the same numbers.
     let b = dir.path().join("b");
@@ -220,6 +260,50 @@ fn bases_with_the_same_rounded_budget_stay_apart() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         !o.status.success() && err.contains("tiny-2k") && err.contains("#0 and #1"),
+        "{err}"
+    );
+}
+
+/// Off a terminal (stderr piped, as under nohup or Slurm) the demo writes a progress line per
+/// `ELASTICA_PROGRESS_SECS` (0 here: one per job), each naming the job that finished, the
+/// last one at 100%.
+#[test]
+fn demo_writes_progress_lines_off_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = dir.path().join("s.toml");
+    std::fs::write(
+        &settings,
+        "seeds = [1]\nn_plus = [10]\nn_minus = [0, 5]\nresist_slice_records = 0\ntheory = false\neval_prompts = 4\nmax_new_tokens = 4\nprobe_records = 4\nrate_records = 4\ndrop_fit_points = 2\nbases = [{size = \"tiny\", tokens = 2000}]\n",
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_elastica"))
+        .args(["demo", "--quick", "--settings", settings.to_str().unwrap()])
+        .arg("--out")
+        .arg(dir.path().join("run"))
+        .env("ELASTICA_PROGRESS_SECS", "0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("demo: job "))
+        .collect();
+    // Pre-training, the rebound unit, and the instruments unit of the one base.
+    let total = 3;
+    assert_eq!(lines.len(), total, "{err}");
+    for (i, l) in lines.iter().enumerate() {
+        assert!(
+            l.starts_with(&format!("demo: job {}/{total} (", i + 1)) && l.contains("elapsed"),
+            "{l}"
+        );
+    }
+    assert!(lines[0].contains("done: pre-training tiny-2k"), "{err}");
+    assert!(lines[total - 1].contains("(100.0%)"), "{err}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("done: rebound unit tiny-2k seed 1")),
         "{err}"
     );
 }

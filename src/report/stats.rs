@@ -2,8 +2,9 @@
 //! confidence interval of a mean from the Student t distribution, the exact two-sided sign
 //! test, an ordinary least-squares line with the slope's standard error, and linear
 //! interpolation of the first crossing of a level, the one-sample (paired) t test, the exact
-//! sign-flip permutation test, and three-outcome verdicts (held / reversed / undecided) on a
-//! directional effect.
+//! sign-flip permutation test, three-outcome verdicts (held / reversed / undecided) on a
+//! directional effect, and the power of such a test (units needed for 80% power, the
+//! smallest effect detectable at the units run).
 //!
 //! Experiments here run a handful of seeds, so the t quantile is computed exactly (by
 //! inverting the t CDF, written with the regularised incomplete beta function) rather than
@@ -498,6 +499,8 @@ pub struct Effect {
     /// Exact sign-flip permutation p-value over the units (when n <= [`MAX_SIGN_FLIP_N`]).
     pub p_permutation: Option<f64>,
     pub verdict: Verdict,
+    /// What the units' spread lets the test detect; `None` with fewer than two units.
+    pub power: Option<Power>,
 }
 
 impl Effect {
@@ -514,7 +517,25 @@ impl Effect {
             p_value: t.map(|t| t.p_value),
             p_permutation: sign_flip_test(xs).ok(),
             verdict: Verdict::of_interval(ci95, predicted_positive),
+            power: power80(xs),
         })
+    }
+
+    /// For an undecided effect, why: `; across-seed SD 0.099: 80% power at this effect
+    /// needs 11 seeds; at 5 seeds the smallest detectable effect is 0.125` (`unit` names the
+    /// units, e.g. "seed"). Empty for a decided effect or without a spread.
+    pub fn power_phrase(&self, unit: &str, digits: usize) -> String {
+        let Some(pw) = self.power.filter(|_| self.verdict == Verdict::Undecided) else {
+            return String::new();
+        };
+        let needed = match pw.units_needed {
+            Some(n) => format!("80% power at this effect needs {n} {unit}s"),
+            None => format!("80% power at this effect needs more than {MAX_POWER_UNITS} {unit}s"),
+        };
+        format!(
+            "; across-{unit} SD {:.digits$}: {needed}; at {} {unit}s the smallest detectable effect is {:.digits$}",
+            pw.sd, self.n, pw.min_detectable
+        )
     }
 
     /// `+0.123 [0.050, 0.196], p = 0.004 (n = 5)`, with `digits` decimals.
@@ -529,6 +550,70 @@ impl Effect {
             .unwrap_or_default();
         format!("{:+.digits$}{ci}{p} (n = {})", self.estimate, self.n)
     }
+}
+
+/// Most units [`power80`] searches for.
+pub const MAX_POWER_UNITS: usize = 10_000;
+
+/// The power of the two-sided 5% one-sample (paired) t test, from the per-unit values.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, serde::Deserialize)]
+pub struct Power {
+    /// Across-unit standard deviation of the values.
+    pub sd: f64,
+    /// The smallest |mean| the test finds with 80% power at the units run.
+    pub min_detectable: f64,
+    /// Units needed for 80% power if the true mean were the observed one; `None` when the
+    /// mean is 0 or more than [`MAX_POWER_UNITS`] would be needed.
+    pub units_needed: Option<usize>,
+}
+
+/// The smallest |mean| that the two-sided 5% t test on `n` units of standard deviation
+/// `sd` detects with 80% power: (t(0.975, n-1) + t(0.80, n-1)) sd / sqrt(n), the usual
+/// central-t approximation to the noncentral t (it gives G*Power's 34 units at d = 0.5 and
+/// 10 at d = 1).
+pub fn min_detectable_effect(sd: f64, n: usize) -> Option<f64> {
+    if n < 2 || !sd.is_finite() || sd < 0.0 {
+        return None;
+    }
+    let df = (n - 1) as f64;
+    Some((student_t_quantile(0.975, df) + student_t_quantile(0.8, df)) * sd / (n as f64).sqrt())
+}
+
+/// [`Power`] of `xs`: its SD, the smallest detectable effect at its size, and the units
+/// an effect of its mean would need. `None` with fewer than two values or a non-finite one.
+pub fn power80(xs: &[f64]) -> Option<Power> {
+    if xs.len() < 2 || xs.iter().any(|x| !x.is_finite()) {
+        return None;
+    }
+    let sd = sample_std(xs)?;
+    let m = mean(xs)?.abs();
+    let units_needed = if m > 0.0 {
+        // The detectable effect falls monotonically with n: bisect for the first n <= m.
+        let ok = |n: usize| min_detectable_effect(sd, n).is_some_and(|e| e <= m);
+        if ok(2) {
+            Some(2)
+        } else if !ok(MAX_POWER_UNITS) {
+            None
+        } else {
+            let (mut lo, mut hi) = (2, MAX_POWER_UNITS);
+            while hi - lo > 1 {
+                let mid = (lo + hi) / 2;
+                if ok(mid) {
+                    hi = mid
+                } else {
+                    lo = mid
+                }
+            }
+            Some(hi)
+        }
+    } else {
+        None
+    };
+    Some(Power {
+        sd,
+        min_detectable: min_detectable_effect(sd, xs.len())?,
+        units_needed,
+    })
 }
 
 /// `p = 0.0123` (three significant digits, as tables print it), or `p < 1e-6`.
@@ -707,6 +792,42 @@ mod tests {
         assert!(sign_flip_test(&[]).is_err());
         assert!(sign_flip_test(&[1.0; 21]).is_err());
         assert!(sign_flip_test(&[1.0, f64::INFINITY]).is_err());
+    }
+
+    #[test]
+    fn power_matches_g_power_tables() {
+        // G*Power, one-sample t, two-sided 5%, 80% power: d = 1 needs 10, d = 0.5 needs 34.
+        let with_d = |d: f64| {
+            // Ten values with SD 1 (±1 about the mean, n/(n-1) corrected) and mean d.
+            let c = (9.0f64 / 10.0).sqrt();
+            (0..10)
+                .map(|i| d + if i % 2 == 0 { c } else { -c })
+                .collect::<Vec<f64>>()
+        };
+        let p = power80(&with_d(1.0)).unwrap();
+        assert!(close(p.sd, 1.0, 1e-12), "{p:?}");
+        assert_eq!(p.units_needed, Some(10));
+        assert_eq!(power80(&with_d(0.5)).unwrap().units_needed, Some(34));
+        // At n = 10 the detectable effect is (2.262 + 0.883) / sqrt(10) SDs.
+        assert!(close(
+            p.min_detectable,
+            (2.2622 + 0.8834) / 10f64.sqrt(),
+            1e-3
+        ));
+        // No effect: no number of units; a tiny one: more than the search.
+        assert_eq!(power80(&with_d(0.0)).unwrap().units_needed, None);
+        assert_eq!(power80(&with_d(1e-4)).unwrap().units_needed, None);
+        assert!(power80(&[1.0]).is_none() && power80(&[1.0, f64::NAN]).is_none());
+        // The phrase appears only for an undecided effect.
+        let undecided = Effect::of(&[0.1, -0.05, 0.2, -0.1, 0.05], true).unwrap();
+        assert_eq!(undecided.verdict, Verdict::Undecided);
+        let s = undecided.power_phrase("seed", 3);
+        assert!(
+            s.contains("seeds; at 5 seeds the smallest detectable effect is"),
+            "{s}"
+        );
+        let held = Effect::of(&[1.0, 1.1, 0.9], true).unwrap();
+        assert_eq!(held.power_phrase("seed", 3), "");
     }
 
     #[test]

@@ -25,6 +25,17 @@ pub fn stderr_is_terminal() -> bool {
     std::io::stderr().is_terminal()
 }
 
+/// The interval between two progress lines off a terminal: [`INTERVAL_ENV`] seconds, 30 if
+/// unset or not a number >= 0.
+pub fn interval() -> Duration {
+    let secs = std::env::var(INTERVAL_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .unwrap_or(30.0);
+    Duration::from_secs_f64(secs)
+}
+
 /// Progress lines for a log file:
 /// `train: step 120/1000 (12.0%) loss 2.3456 tok/s 1530 elapsed 1m20s eta 9m47s`, every
 /// [`INTERVAL_ENV`] seconds and once at the end. Rates count the steps run by this process
@@ -42,11 +53,6 @@ pub struct LogLines {
 
 impl LogLines {
     pub fn new(what: &str, total: usize, start: usize) -> Self {
-        let secs = std::env::var(INTERVAL_ENV)
-            .ok()
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .unwrap_or(30.0);
         let now = Instant::now();
         LogLines {
             what: what.to_string(),
@@ -54,7 +60,7 @@ impl LogLines {
             first: start,
             started: now,
             last_line: now,
-            every: Duration::from_secs_f64(secs),
+            every: interval(),
             tokens: 0,
             last: None,
         }
@@ -109,7 +115,7 @@ impl LogLines {
 }
 
 /// `1h02m03s`, `4m05s`, `7s`.
-fn clock(secs: f64) -> String {
+pub fn clock(secs: f64) -> String {
     let s = secs.max(0.0).round() as u64;
     let (h, m, s) = (s / 3600, s / 60 % 60, s % 60);
     if h > 0 {

@@ -85,6 +85,9 @@ pub struct DemoConfig {
     pub resist_prompts: usize,
     /// Run the exact token-tree simulation of the theorem.
     pub theory: bool,
+    /// Run the instruments beyond the paper (KL by response position, weight-space
+    /// elasticity) on one base and seed.
+    pub instruments: bool,
     /// Held-out reviews of each sentiment for the exact measures (likelihood margin,
     /// first-word sentiment).
     pub probe_records: usize,
@@ -164,6 +167,7 @@ impl DemoConfig {
             resist_seeds: vec![1, 2, 3, 4, 5],
             resist_prompts: 24,
             theory: true,
+            instruments: true,
             probe_records: 32,
             rebound_measure: "margin".into(),
             drop_fit_points: 3,

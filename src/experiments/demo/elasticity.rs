@@ -106,50 +106,7 @@ pub fn analyse(rates: &[RatePoint], l_max: f64) -> ElasticitySummary {
     }
     let mut rows = Vec::new();
     for (base, np) in groups {
-        let mut seeds: Vec<u64> = rates
-            .iter()
-            .filter(|r| r.base == base && r.n_plus == np)
-            .map(|r| r.seed)
-            .collect();
-        seeds.sort_unstable();
-        seeds.dedup();
-        let mut per_seed = Vec::new();
-        for &seed in &seeds {
-            let curve = |set: &str| -> Vec<(f64, f64)> {
-                let mut v: Vec<(f64, f64)> = rates
-                    .iter()
-                    .filter(|r| r.base == base && r.n_plus == np && r.seed == seed && r.set == set)
-                    .map(|r| (r.l, r.bits_per_token))
-                    .collect();
-                v.sort_by(|a, b| a.0.total_cmp(&b.0));
-                v
-            };
-            let (Some(a), Some(p), Some(t)) = (
-                slope(&curve("D_a"), l_max),
-                slope(&curve("D_p"), l_max),
-                slope(&curve("D_t"), l_max),
-            ) else {
-                continue;
-            };
-            let Some(k) = rates
-                .iter()
-                .find(|r| r.base == base && r.n_plus == np && r.seed == seed)
-                .map(|r| r.k)
-            else {
-                continue;
-            };
-            per_seed.push(SeedSlopes {
-                seed,
-                k,
-                align: a,
-                pretrain: p,
-                perturb: t,
-                pretrain_reviews: slope(&curve("D_p:reviews"), l_max),
-                pretrain_dialogue: slope(&curve("D_p:dialogue"), l_max),
-                first_step_align: first_step(&curve("D_a")),
-                first_step_pretrain: first_step(&curve("D_p")),
-            });
-        }
+        let per_seed = seed_slopes(rates, &base, np, l_max);
         let col = |f: &dyn Fn(&SeedSlopes) -> Option<f64>| -> Vec<f64> {
             per_seed.iter().filter_map(f).collect()
         };
@@ -219,6 +176,55 @@ pub fn analyse(rates: &[RatePoint], l_max: f64) -> ElasticitySummary {
         concordant_pairs: concordant,
         k_scaling,
     }
+}
+
+/// The slopes of every seed of (base, n+); seeds missing a set or a slope are left out.
+fn seed_slopes(rates: &[RatePoint], base: &str, np: usize, l_max: f64) -> Vec<SeedSlopes> {
+    let mut seeds: Vec<u64> = rates
+        .iter()
+        .filter(|r| r.base == base && r.n_plus == np)
+        .map(|r| r.seed)
+        .collect();
+    seeds.sort_unstable();
+    seeds.dedup();
+    let mut per_seed = Vec::new();
+    for &seed in &seeds {
+        let curve = |set: &str| -> Vec<(f64, f64)> {
+            let mut v: Vec<(f64, f64)> = rates
+                .iter()
+                .filter(|r| r.base == base && r.n_plus == np && r.seed == seed && r.set == set)
+                .map(|r| (r.l, r.bits_per_token))
+                .collect();
+            v.sort_by(|a, b| a.0.total_cmp(&b.0));
+            v
+        };
+        let (Some(a), Some(p), Some(t)) = (
+            slope(&curve("D_a"), l_max),
+            slope(&curve("D_p"), l_max),
+            slope(&curve("D_t"), l_max),
+        ) else {
+            continue;
+        };
+        let Some(k) = rates
+            .iter()
+            .find(|r| r.base == base && r.n_plus == np && r.seed == seed)
+            .map(|r| r.k)
+        else {
+            continue;
+        };
+        per_seed.push(SeedSlopes {
+            seed,
+            k,
+            align: a,
+            pretrain: p,
+            perturb: t,
+            pretrain_reviews: slope(&curve("D_p:reviews"), l_max),
+            pretrain_dialogue: slope(&curve("D_p:dialogue"), l_max),
+            first_step_align: first_step(&curve("D_a")),
+            first_step_pretrain: first_step(&curve("D_p")),
+        });
+    }
+    per_seed
 }
 
 /// Per seed: the slope of ln(|a| / |p|) against ln k over the rows; the effect over seeds.
@@ -355,8 +361,9 @@ impl ElasticitySummary {
                 "- Compression, |dγ(D_a)/dl| / |dγ(D_p)/dl| grows with k: not testable (one k value only)".into(),
             ),
             Some(e) => out.push(format!(
-                "- Compression, |dγ(D_a)/dl| / |dγ(D_p)/dl| grows with k (per seed, slope of its log against ln k; theorem: about 1): {} -> {}",
+                "- Compression, |dγ(D_a)/dl| / |dγ(D_p)/dl| grows with k (per seed, slope of its log against ln k; theorem: about 1): {}{} -> {}",
                 e.describe(2),
+                e.power_phrase("seed", 2),
                 e.verdict.word()
             )),
         }
@@ -364,7 +371,8 @@ impl ElasticitySummary {
     }
 
     /// Markdown section, plus the plots written into `run`.
-    pub fn section(&self, run: &RunDir, rates: &[RatePoint]) -> Result<String> {
+    /// `ablation_ran`: whether this run has the ablation section (else `--full` has it).
+    pub fn section(&self, run: &RunDir, rates: &[RatePoint], ablation_ran: bool) -> Result<String> {
         let mut md = String::from("## Compression: the elasticity theorem on trained models\n\n");
         md.push_str(
             "While each aligned model is perturbed, the compression rate γ (bits per token, exact code length of the model) of three sets is measured at every n- and after each of the first steps: D_p = held-out pre-training text (also split into its reviews and its dialogue), D_a = the n+ alignment pairs, D_t = the perturbation pairs. l = |D_t|/|D_a| and k = |D_p|/|D_a| count sequence tokens. Slopes are least-squares fits of γ against l over the points with small l, per seed, and the first-step columns are the secant over the first step alone (the smallest l measured); mean ± 95% CI over seeds. The theorem predicts dγ(D_p)/dl < 0 < dγ(D_a)/dl and a ratio growing like k.\n\n",
@@ -375,7 +383,16 @@ impl ElasticitySummary {
             md.push_str(&c);
             md.push('\n');
         }
-        md.push_str("\nWhy D_p's sign can fail: the theorem's model is a mixture that fits every data set exactly, so more D_t can only move mass toward what D_t and D_p share. A small network fine-tuned at a high learning rate also forgets: half of D_p is dialogue, which the negative reviews do not contain, and its rate can rise while D_p's reviews get easier. The D_p split above shows which part moves which way, the first-step columns show the sign where l is smallest, and the ablation (`--full`) varies the learning rate and draws D_t from the pre-training distribution.\n\n");
+        let failed = self
+            .rows
+            .iter()
+            .filter(|r| r.pretrain_sign.map(|e| e.verdict) != Some(Verdict::Held))
+            .count();
+        if failed > 0 {
+            md.push_str(&format!("\nWhy D_p's sign can fail (it was not held in {failed} of {} rows here): the theorem's model is a mixture that fits every data set exactly, so more D_t can only move mass toward what D_t and D_p share. A small network fine-tuned at a high learning rate also forgets: part of D_p is dialogue, which the negative reviews do not contain, and its rate can rise while D_p's reviews get easier. The D_p split above shows which part moves which way, the first-step columns show the sign where l is smallest, and the ablation ({}) varies the learning rate and draws D_t from the pre-training distribution.\n\n", self.rows.len(), if ablation_ran { "below" } else { "`elastica demo --full`" }));
+        } else {
+            md.push('\n');
+        }
         let mut plot = LinePlot::new(
             "Change of compression rate under perturbation",
             "l = |D_t| / |D_a|",

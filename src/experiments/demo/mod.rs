@@ -13,24 +13,28 @@
 //! - [`rebound_report`]: the rebound section, the controls and the two scaling claims.
 //! - [`elasticity`]: the compression section (the theorem on trained models).
 //! - [`sections`]: the resistance and theory sections, run through their own commands' code.
+//! - [`instruments`]: beyond the paper, on one base and seed: KL by response position and
+//!   the alignment update undone in weight space.
 //!
 //! Run directory: `report.md`, `results.json` (every section's numbers; identical on a rerun
 //! with the same seed), `results.csv/jsonl` (rebound cells), `rates.csv/jsonl` (tracked
 //! compression rates), `elasticity.csv`, plots (PNG and SVG), `world.json`, `world/`,
-//! `models/` (the pre-trained bases), `cells/`, `resist/`, `theory/`.
+//! `models/` (the pre-trained bases), `cells/`, `instruments/`, `resist/`, `theory/`.
 
 pub mod config;
 pub mod elasticity;
+pub mod instruments;
 pub mod measures;
 pub mod rebound;
 pub mod rebound_report;
 pub mod sections;
 
 pub use config::{BaseSpec, DemoConfig};
-pub use rebound::CellResult;
+pub use rebound::ReboundRow;
 
 use super::pretrain::{pretrain, take_tokens, PretrainConfig};
 use crate::data::world::{Task, World, WorldConfig};
+use crate::experiments::resist::results::ResistResults;
 use crate::model::TextTokenizer;
 use crate::report::table::Table;
 use crate::report::RunDir;
@@ -73,15 +77,17 @@ struct DemoResults<'a> {
     base_scores: &'a [BaseScore],
     /// Exact pre-training tokens per base.
     pretrain_tokens: &'a [(String, usize)],
-    rebound: &'a [CellResult],
+    rebound: &'a [ReboundRow],
     rates: &'a [RatePoint],
     elasticity: &'a elasticity::ElasticitySummary,
     rebound_analysis: &'a rebound_report::Analysis,
     /// The compression ablation's tracked rates (`base` = the arm's name) and slopes.
     ablation_rates: &'a [RatePoint],
     ablation: Option<&'a elasticity::ElasticitySummary>,
-    resistance: Option<&'a crate::experiments::resist::results::ResistResults>,
+    resistance: Option<&'a ResistResults>,
     theory: Option<serde_json::Value>,
+    /// KL by response position and weight-space elasticity on one base and seed.
+    instruments: Option<&'a instruments::InstrumentsOutcome>,
 }
 
 /// A job of the demo's graph.
@@ -93,19 +99,93 @@ enum Job {
     /// Ablation arm `.1` on base `.0` with seed `.2`.
     Ablation(usize, usize, u64),
     Resist,
+    /// The instruments beyond the paper on base `.0` with seed `.1`.
+    Instruments(usize, u64),
+}
+
+impl Job {
+    /// What the job is, for progress lines.
+    fn describe(&self, cfg: &DemoConfig) -> String {
+        let name = |i: usize| cfg.bases.get(i).map(|b| b.name()).unwrap_or_default();
+        match *self {
+            Job::Pretrain(i) => format!("pre-training {}", name(i)),
+            Job::Unit(i, seed) => format!("rebound unit {} seed {seed}", name(i)),
+            Job::Ablation(i, a, seed) => format!(
+                "ablation arm \"{}\" on {} seed {seed}",
+                cfg.ablation.get(a).map(|a| a.name.as_str()).unwrap_or(""),
+                name(i)
+            ),
+            Job::Resist => "resistance".into(),
+            Job::Instruments(i, seed) => format!("instruments on {} seed {seed}", name(i)),
+        }
+    }
+}
+
+/// Progress of the job graph: a bar on a terminal; off a terminal (a log file) a plain line
+/// on stderr every `ELASTICA_PROGRESS_SECS` seconds and after the last job, as `train`
+/// writes, naming the job that just finished. Jobs differ in cost (pre-training the largest
+/// base is the longest), so the eta, which assumes equal jobs, is rough.
+struct JobProgress {
+    bar: indicatif::ProgressBar,
+    /// Off a terminal: (jobs done, when the last line was written).
+    lines: Option<std::sync::Mutex<(usize, std::time::Instant)>>,
+    total: usize,
+    started: std::time::Instant,
+    every: std::time::Duration,
+}
+
+impl JobProgress {
+    fn new(total: usize) -> Self {
+        let bar = crate::util::progress::bar(total as u64, "demo");
+        let now = std::time::Instant::now();
+        let lines = if crate::util::progress::stderr_is_terminal() {
+            None
+        } else {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            Some(std::sync::Mutex::new((0, now)))
+        };
+        JobProgress {
+            bar,
+            lines,
+            total,
+            started: now,
+            every: crate::util::progress::interval(),
+        }
+    }
+
+    fn done(&self, what: &str) {
+        self.bar.inc(1);
+        let Some(lines) = &self.lines else { return };
+        // A poisoned lock only loses progress lines, never the run.
+        let Ok(mut st) = lines.lock() else { return };
+        st.0 += 1;
+        if st.1.elapsed() >= self.every || st.0 == self.total {
+            st.1 = std::time::Instant::now();
+            let secs = self.started.elapsed().as_secs_f64();
+            let eta = crate::util::progress::clock(
+                secs / st.0 as f64 * self.total.saturating_sub(st.0) as f64,
+            );
+            eprintln!(
+                "demo: job {}/{} ({:.1}%) done: {what}; elapsed {} eta {eta}",
+                st.0,
+                self.total,
+                100.0 * st.0 as f64 / self.total.max(1) as f64,
+                crate::util::progress::clock(secs)
+            );
+        }
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
 }
 
 enum Done {
     Pretrained(()),
     Unit(rebound::UnitOutcome),
     Ablation(rebound::AblationOutcome),
-    Resist(
-        Box<(
-            String,
-            String,
-            crate::experiments::resist::results::ResistResults,
-        )>,
-    ),
+    Resist(Box<(String, String, ResistResults)>),
+    Instruments(instruments::InstrumentsOutcome),
 }
 
 fn world_config(cfg: &DemoConfig) -> WorldConfig {
@@ -129,10 +209,49 @@ fn world_config(cfg: &DemoConfig) -> WorldConfig {
 }
 
 /// Run the demo into `out` with `workers` parallel single-threaded jobs; returns the printed
-/// summary. Finished stages on disk (world,
-/// pre-trained models, rebound units, resistance cells) are reused, so a killed demo resumes.
+/// summary. Plan (world, data, job graph) -> run (the graph) -> report. Finished stages on
+/// disk (world, pre-trained models, rebound units, resistance cells) are reused, so a killed
+/// demo resumes.
 pub fn run(cfg: &DemoConfig, out: &Path, workers: usize) -> Result<String> {
     let started = std::time::Instant::now();
+    let (run, plan) = plan(cfg, out)?;
+    let measured = execute(cfg, &plan, out, workers)?;
+    report(cfg, &plan, &run, measured, out, started)
+}
+
+/// What the demo will run, and on what: the world and the data every job draws from, the
+/// exact pre-training tokens of each base, and the job graph.
+struct Plan {
+    world_dir: std::path::PathBuf,
+    wcfg: WorldConfig,
+    world: World,
+    scorer: Box<dyn crate::score::Scorer>,
+    prompts: Vec<String>,
+    /// Index of the first pre-training record that no base saw.
+    held_out_from: usize,
+    probes: measures::Probes,
+    /// Exact pre-training tokens per base.
+    pretrain_tokens: Vec<(String, usize)>,
+    jobs: Vec<Job>,
+    deps: Vec<Vec<usize>>,
+    /// The base that the resistance run and the ablation use.
+    resist_base: usize,
+}
+
+impl Plan {
+    fn data(&self) -> DemoData<'_> {
+        DemoData {
+            prompts: &self.prompts,
+            align: self.world.align(Task::Reviews),
+            perturb: self.world.perturb(Task::Reviews),
+            held_out_pretrain: &self.world.pretrain()[self.held_out_from..],
+            probes: &self.probes,
+        }
+    }
+}
+
+/// Check the settings, make (or reuse) the world, and lay out the job graph.
+fn plan(cfg: &DemoConfig, out: &Path) -> Result<(RunDir, Plan)> {
     cfg.validate_settings()?;
     let run = RunDir::create(out)?;
     let world_dir = out.join("world");
@@ -159,17 +278,8 @@ pub fn run(cfg: &DemoConfig, out: &Path, workers: usize) -> Result<String> {
         .cloned()
         .collect();
     let max_tokens = cfg.bases.iter().map(|b| b.tokens).max().unwrap_or(0);
-    let (seen_by_any, _) = take_tokens(&world, &tok, max_tokens)?;
-    let held_out = &world.pretrain()[seen_by_any.len()..];
+    let held_out_from = take_tokens(&world, &tok, max_tokens)?.0.len();
     let probes = measures::probes(&world, cfg.seed, cfg.probe_records)?;
-    let data = DemoData {
-        prompts: &prompts,
-        align: world.align(Task::Reviews),
-        perturb: world.perturb(Task::Reviews),
-        held_out_pretrain: held_out,
-        probes: &probes,
-    };
-
     // Exact pre-training tokens of each base (the world is tokenized once per base, not once
     // per job).
     let pretrain_tokens: Vec<(String, usize)> = cfg
@@ -177,8 +287,29 @@ pub fn run(cfg: &DemoConfig, out: &Path, workers: usize) -> Result<String> {
         .iter()
         .map(|b| Ok((b.name(), take_tokens(&world, &tok, b.tokens)?.1)))
         .collect::<Result<_>>()?;
-    // One job graph: pre-training of each base, then its rebound units, and the resistance
-    // run on its base. A free worker takes the first ready job, so costly jobs come first.
+    let (jobs, deps, resist_base) = job_graph(cfg);
+    Ok((
+        run,
+        Plan {
+            world_dir,
+            wcfg,
+            world,
+            scorer,
+            prompts,
+            held_out_from,
+            probes,
+            pretrain_tokens,
+            jobs,
+            deps,
+            resist_base,
+        },
+    ))
+}
+
+/// One job graph: pre-training of each base, then its rebound units, and the resistance
+/// run and the ablation on the largest tiny base. A free worker takes the first ready job,
+/// so costly jobs come first. Returns the jobs, their dependencies and the resistance base.
+fn job_graph(cfg: &DemoConfig) -> (Vec<Job>, Vec<Vec<usize>>, usize) {
     let resist_base = cfg
         .bases
         .iter()
@@ -208,6 +339,12 @@ pub fn run(cfg: &DemoConfig, out: &Path, workers: usize) -> Result<String> {
             jobs.push(Job::Resist);
             deps.push(vec![pretrain_job(i)]);
         }
+        if cfg.instruments && i == resist_base {
+            if let Some(&seed) = cfg.seeds.first() {
+                jobs.push(Job::Instruments(i, seed));
+                deps.push(vec![pretrain_job(i)]);
+            }
+        }
         if i == resist_base {
             for a in 0..cfg.ablation.len() {
                 for &seed in &cfg.seeds {
@@ -221,74 +358,37 @@ pub fn run(cfg: &DemoConfig, out: &Path, workers: usize) -> Result<String> {
             deps.push(vec![pretrain_job(i)]);
         }
     }
-    let pb = crate::util::progress::bar(jobs.len() as u64, "demo");
-    let done = run_graph(jobs, deps, workers, |job, _| {
-        let r = match job {
-            Job::Pretrain(i) => {
-                let base = &cfg.bases[i];
-                Done::Pretrained(pretrain_base(cfg, base, &wcfg, &world_dir, out)?)
-            }
-            Job::Unit(i, seed) => {
-                let base = &cfg.bases[i];
-                let base_dir = out.join("models").join(base.name());
-                let used = pretrain_tokens[i].1;
-                let u = run_unit(
-                    cfg,
-                    base,
-                    &base_dir,
-                    used,
-                    seed,
-                    &data,
-                    scorer.as_ref(),
-                    out,
-                )
-                .with_context(|| format!("rebound unit {} seed {seed}", base.name()))?;
-                Done::Unit(u)
-            }
-            Job::Ablation(i, a, seed) => {
-                let base = &cfg.bases[i];
-                let base_dir = out.join("models").join(base.name());
-                let arm = &cfg.ablation[a];
-                let u = rebound::run_ablation_unit(
-                    cfg,
-                    base,
-                    &base_dir,
-                    pretrain_tokens[i].1,
-                    arm,
-                    a,
-                    seed,
-                    &data,
-                    out,
-                )
-                .with_context(|| format!("ablation arm {:?} seed {seed}", arm.name))?;
-                Done::Ablation(u)
-            }
-            Job::Resist => {
-                let base = &cfg.bases[resist_base];
-                let base_dir = out.join("models").join(base.name());
-                Done::Resist(Box::new(sections::resistance(
-                    cfg,
-                    &base_dir,
-                    &base.name(),
-                    &world_dir,
-                    &out.join("resist"),
-                )?))
-            }
-        };
-        pb.inc(1);
+    (jobs, deps, resist_base)
+}
+
+/// Everything the jobs measured, in job order.
+#[derive(Default)]
+struct Measured {
+    rows: Vec<ReboundRow>,
+    rates: Vec<RatePoint>,
+    base_scores: Vec<BaseScore>,
+    ablation_rates: Vec<RatePoint>,
+    resist: Option<(String, String, ResistResults)>,
+    instruments: Option<instruments::InstrumentsOutcome>,
+}
+
+/// Run the plan's job graph on `workers` workers and gather what the jobs measured.
+fn execute(cfg: &DemoConfig, plan: &Plan, out: &Path, workers: usize) -> Result<Measured> {
+    let data = plan.data();
+    let jobs: Vec<&Job> = plan.jobs.iter().collect();
+    let progress = JobProgress::new(jobs.len());
+    let done = run_graph(jobs, plan.deps.clone(), workers, |job, _| {
+        let r = run_job(cfg, plan, &data, job, out)?;
+        progress.done(&job.describe(cfg));
         Ok(r)
     })?;
-    pb.finish_and_clear();
-    let mut rows: Vec<CellResult> = Vec::new();
-    let mut rates: Vec<RatePoint> = Vec::new();
-    let mut base_scores: Vec<BaseScore> = Vec::new();
-    let mut ablation_rates: Vec<RatePoint> = Vec::new();
-    let mut resist_out = None;
+    progress.finish();
+    let mut m = Measured::default();
     for d in done {
         match d {
             Done::Unit(u) => {
                 if let Some(r) = u.rows.first() {
-                    base_scores.push(BaseScore {
+                    m.base_scores.push(BaseScore {
                         base: r.base.clone(),
                         seed: r.seed,
                         score: u.base_score,
@@ -296,44 +396,113 @@ pub fn run(cfg: &DemoConfig, out: &Path, workers: usize) -> Result<String> {
                         first_word: u.base_exact.first_word,
                     });
                 }
-                rows.extend(u.rows);
-                rates.extend(u.rates);
+                m.rows.extend(u.rows);
+                m.rates.extend(u.rates);
             }
-            Done::Ablation(u) => ablation_rates.extend(u.rates),
-            Done::Resist(r) => resist_out = Some(*r),
+            Done::Ablation(u) => m.ablation_rates.extend(u.rates),
+            Done::Resist(r) => m.resist = Some(*r),
+            Done::Instruments(o) => m.instruments = Some(o),
             Done::Pretrained(()) => {}
         }
     }
-    run.write_jsonl("results.jsonl", &rows)?;
-    run.write_jsonl("rates.jsonl", &rates)?;
-    run.write_table_csv("rates.csv", &rates_table(&rates)?)?;
+    Ok(m)
+}
+
+/// One job of the graph.
+fn run_job(cfg: &DemoConfig, plan: &Plan, data: &DemoData, job: &Job, out: &Path) -> Result<Done> {
+    let base_dir = |i: usize| out.join("models").join(cfg.bases[i].name());
+    Ok(match *job {
+        Job::Pretrain(i) => Done::Pretrained(pretrain_base(
+            cfg,
+            &cfg.bases[i],
+            &plan.wcfg,
+            &plan.world_dir,
+            out,
+        )?),
+        Job::Unit(i, seed) => {
+            let base = &cfg.bases[i];
+            let used = plan.pretrain_tokens[i].1;
+            let u = run_unit(
+                cfg,
+                base,
+                &base_dir(i),
+                used,
+                seed,
+                data,
+                plan.scorer.as_ref(),
+                out,
+            )
+            .with_context(|| format!("rebound unit {} seed {seed}", base.name()))?;
+            Done::Unit(u)
+        }
+        Job::Ablation(i, a, seed) => {
+            let arm = &cfg.ablation[a];
+            let u = rebound::run_ablation_unit(
+                cfg,
+                &cfg.bases[i],
+                &base_dir(i),
+                plan.pretrain_tokens[i].1,
+                arm,
+                a,
+                seed,
+                data,
+                out,
+            )
+            .with_context(|| format!("ablation arm {:?} seed {seed}", arm.name))?;
+            Done::Ablation(u)
+        }
+        Job::Instruments(i, seed) => Done::Instruments(
+            instruments::run_instruments(cfg, &cfg.bases[i], &base_dir(i), seed, data, out)
+                .with_context(|| format!("instruments on {} seed {seed}", cfg.bases[i].name()))?,
+        ),
+        Job::Resist => Done::Resist(Box::new(sections::resistance(
+            cfg,
+            &base_dir(plan.resist_base),
+            &cfg.bases[plan.resist_base].name(),
+            &plan.world_dir,
+            &out.join("resist"),
+        )?)),
+    })
+}
+
+/// Write the measured rows, the report and `results.json`; returns the printed summary.
+fn report(
+    cfg: &DemoConfig,
+    plan: &Plan,
+    run: &RunDir,
+    m: Measured,
+    out: &Path,
+    started: std::time::Instant,
+) -> Result<String> {
+    run.write_jsonl("results.jsonl", &m.rows)?;
+    run.write_jsonl("rates.jsonl", &m.rates)?;
+    run.write_table_csv("rates.csv", &rates_table(&m.rates)?)?;
 
     let mut md = String::from("# elastica demo: alignment elasticity in a synthetic world\n\n");
     md.push_str(&format!(
         "Everything below was computed from scratch by `elastica demo` (world seed {}): a synthetic review/dialogue world, Llama-family models pre-trained on it with exact token budgets, and the paper's experiments on them.\n\n",
         cfg.seed
     ));
-    md.push_str(&settings_section(cfg, &pretrain_tokens));
+    md.push_str(&settings_section(cfg, &plan.pretrain_tokens));
     let (rebound_md, mut claims, rebound_analysis) =
-        rebound_report::section(cfg, &run, &rows, &base_scores)?;
+        rebound_report::section(cfg, run, &m.rows, &m.base_scores)?;
     md.push_str(&rebound_md);
 
-    let el = elasticity::analyse(&rates, cfg.slope_l_max);
+    let el = elasticity::analyse(&m.rates, cfg.slope_l_max);
     run.write_table_csv("elasticity.csv", &el.table()?)?;
-    md.push_str(&el.section(&run, &rates)?);
+    md.push_str(&el.section(run, &m.rates, !m.ablation_rates.is_empty())?);
     claims.extend(el.claims());
-    let ablation = if ablation_rates.is_empty() {
+    let ablation = if m.ablation_rates.is_empty() {
         None
     } else {
-        run.write_jsonl("ablation_rates.jsonl", &ablation_rates)?;
-        let ab = elasticity::analyse(&ablation_rates, cfg.slope_l_max);
+        run.write_jsonl("ablation_rates.jsonl", &m.ablation_rates)?;
+        let ab = elasticity::analyse(&m.ablation_rates, cfg.slope_l_max);
         run.write_table_csv("ablation.csv", &ab.table()?)?;
         md.push_str(&ab.ablation_section(cfg)?);
         claims.extend(ab.ablation_claims());
         Some(ab)
     };
-
-    let resistance = match resist_out {
+    let resistance = match m.resist {
         Some((res_md, res_claim, res)) => {
             md.push_str(&res_md);
             claims.push(res_claim);
@@ -341,7 +510,9 @@ pub fn run(cfg: &DemoConfig, out: &Path, workers: usize) -> Result<String> {
         }
         None => None,
     };
-
+    if let Some(ins) = &m.instruments {
+        md.push_str(&ins.section(run)?);
+    }
     let theory = if cfg.theory {
         let (th_md, th_claims, th) = sections::theory(&out.join("theory"))?;
         md.push_str(&th_md);
@@ -365,16 +536,17 @@ pub fn run(cfg: &DemoConfig, out: &Path, workers: usize) -> Result<String> {
         "results.json",
         &DemoResults {
             config: cfg,
-            base_scores: &base_scores,
-            pretrain_tokens: &pretrain_tokens,
-            rebound: &rows,
-            rates: &rates,
+            base_scores: &m.base_scores,
+            pretrain_tokens: &plan.pretrain_tokens,
+            rebound: &m.rows,
+            rates: &m.rates,
             elasticity: &el,
             rebound_analysis: &rebound_analysis,
-            ablation_rates: &ablation_rates,
+            ablation_rates: &m.ablation_rates,
             ablation: ablation.as_ref(),
             resistance: resistance.as_ref(),
             theory,
+            instruments: m.instruments.as_ref(),
         },
     )?;
     let mut summary = String::from("elastica demo summary\n");
@@ -445,8 +617,8 @@ fn settings_section(cfg: &DemoConfig, pretrain_tokens: &[(String, usize)]) -> St
         ));
     }
     md.push_str(&format!(
-        "- resistance: {} records per slice, {} prompts, seeds {:?}; theory: {}\n\n",
-        cfg.resist_slice_records, cfg.resist_prompts, cfg.resist_seeds, cfg.theory
+        "- resistance: {} records per slice, {} prompts, seeds {:?}; theory: {}; instruments beyond the paper: {}\n\n",
+        cfg.resist_slice_records, cfg.resist_prompts, cfg.resist_seeds, cfg.theory, cfg.instruments
     ));
     md
 }

@@ -34,9 +34,10 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// One measured cell: mean score of the eval generations.
+/// One point of the demo's rebound grid, (base, n+, n-, seed): its three measures. (The
+/// grid runner's `CellResult` is a different thing: one cell's files.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CellResult {
+pub struct ReboundRow {
     pub base: String,
     pub size: String,
     pub pretrain_tokens: usize,
@@ -51,7 +52,7 @@ pub struct CellResult {
     pub first_word: f64,
 }
 
-impl CellResult {
+impl ReboundRow {
     /// The value of measure `name` (one of `config::REBOUND_MEASURES`).
     pub fn measure(&self, name: &str) -> f64 {
         match name {
@@ -85,7 +86,7 @@ pub struct UnitOutcome {
     pub fingerprint: String,
     pub base_score: f64,
     pub base_exact: Exact,
-    pub rows: Vec<CellResult>,
+    pub rows: Vec<ReboundRow>,
     pub rates: Vec<RatePoint>,
 }
 
@@ -216,15 +217,18 @@ pub fn score_model(
     Ok((ci.mean, ci.half_width))
 }
 
+/// Stride of the rotation of the negatives' pool per seed (a prime, so seeds start apart).
+pub(super) const PERTURB_STRIDE: usize = 104_729;
+
 /// Each seed draws its own n+ positives and negatives (rotations of the pools).
-fn draw(pool: &[Record], n: usize, seed: u64, stride: usize) -> Vec<Record> {
+pub(super) fn draw(pool: &[Record], n: usize, seed: u64, stride: usize) -> Vec<Record> {
     let start = (seed as usize).wrapping_mul(stride) % pool.len();
     (0..n)
         .map(|i| pool[(start + i) % pool.len()].clone())
         .collect()
 }
 
-fn fingerprint(cfg: &DemoConfig, base: &BaseSpec, seed: u64) -> Result<String> {
+pub(super) fn fingerprint(cfg: &DemoConfig, base: &BaseSpec, seed: u64) -> Result<String> {
     let key = serde_json::json!({
         "version": 3, "world_seed": cfg.seed, "base": base, "seed": seed,
         "n_plus": cfg.n_plus, "n_minus": cfg.n_minus, "eval_prompts": cfg.eval_prompts,
@@ -275,7 +279,7 @@ pub fn run_unit(
     let base_exact = measures::measure(&base_lm, data.probes)?;
     let max_minus = cfg.n_minus.iter().copied().max().unwrap_or(0);
     let neg = if max_minus > 0 {
-        draw(data.perturb, max_minus, seed, 104_729)
+        draw(data.perturb, max_minus, seed, PERTURB_STRIDE)
     } else {
         Vec::new()
     };
@@ -322,7 +326,7 @@ pub fn run_unit(
             )?;
         }
         for (nm, s, ci, exact) in measured {
-            rows.push(CellResult {
+            rows.push(ReboundRow {
                 base: base.name(),
                 size: base.size.clone(),
                 pretrain_tokens: base.tokens,
@@ -359,7 +363,7 @@ fn prefix_tokens(tok: &TextTokenizer, records: &[Record]) -> Result<Vec<usize>> 
 
 /// SFT settings of the alignment and perturbation passes: constant lr, no shuffling, so
 /// the model after the first n- samples of a pass is the model of a run on those n-.
-fn train_config(cfg: &DemoConfig, lr: f64, seed: u64) -> TrainConfig {
+pub(super) fn train_config(cfg: &DemoConfig, lr: f64, seed: u64) -> TrainConfig {
     TrainConfig {
         template: Template::Raw,
         lr,
@@ -376,7 +380,7 @@ fn train_config(cfg: &DemoConfig, lr: f64, seed: u64) -> TrainConfig {
 
 /// The base aligned on the seed's n+ positives: the model, the positives and their
 /// sequence tokens.
-fn aligned(
+pub(super) fn aligned(
     cfg: &DemoConfig,
     base_spec: &str,
     np: usize,
@@ -453,9 +457,9 @@ pub fn run_ablation_unit(
                 pool.len()
             );
         }
-        draw(pool, max_minus, seed, 104_729)
+        draw(pool, max_minus, seed, PERTURB_STRIDE)
     } else {
-        draw(data.perturb, max_minus, seed, 104_729)
+        draw(data.perturb, max_minus, seed, PERTURB_STRIDE)
     };
     let base_spec = base_dir.to_string_lossy().into_owned();
     let (lm, pos, align_tokens) = aligned(cfg, &base_spec, np, seed, data, &unit_dir)?;

@@ -16,8 +16,9 @@
 //! exact, and an average over every token of the held-out reviews).
 
 use super::config::{DemoConfig, REBOUND_MEASURES};
-use super::rebound::CellResult;
+use super::rebound::ReboundRow;
 use super::BaseScore;
+use crate::experiments::rebound::report::rebound_strength;
 use crate::report::stats::{first_crossing, linear_fit, mean, mean_ci95, Effect, MeanCi};
 use crate::report::table::{fmt_ci, Table};
 use crate::report::{LinePlot, RunDir};
@@ -33,8 +34,8 @@ fn label(measure: &str) -> &'static str {
     }
 }
 
-/// Alignment gains (in score units) below this are treated as "alignment did not take" for
-/// the old share-of-gain ratio.
+/// Alignment gains (in score units) at or below this are treated as "alignment did not take"
+/// for the old share-of-gain ratio (the rebound grid's formula, [`rebound_strength`]).
 const MIN_GAIN: f64 = 0.05;
 
 /// The rebound strength of one (base, n+, measure) over seeds.
@@ -82,7 +83,7 @@ pub struct Analysis {
     pub claims: Vec<Claim>,
 }
 
-fn curve(rows: &[CellResult], base: &str, np: usize, n_minus: &[usize], m: &str) -> Vec<MeanCi> {
+fn curve(rows: &[ReboundRow], base: &str, np: usize, n_minus: &[usize], m: &str) -> Vec<MeanCi> {
     n_minus
         .iter()
         .filter_map(|&nm| {
@@ -97,7 +98,7 @@ fn curve(rows: &[CellResult], base: &str, np: usize, n_minus: &[usize], m: &str)
 }
 
 /// One seed's curve of measure `m`: (n-, value) in grid order.
-fn seed_curve(rows: &[CellResult], base: &str, np: usize, seed: u64, m: &str) -> Vec<(f64, f64)> {
+fn seed_curve(rows: &[ReboundRow], base: &str, np: usize, seed: u64, m: &str) -> Vec<(f64, f64)> {
     let mut v: Vec<(f64, f64)> = rows
         .iter()
         .filter(|r| r.base == base && r.n_plus == np && r.seed == seed)
@@ -107,7 +108,7 @@ fn seed_curve(rows: &[CellResult], base: &str, np: usize, seed: u64, m: &str) ->
     v
 }
 
-fn seeds_of(rows: &[CellResult], base: &str) -> Vec<u64> {
+fn seeds_of(rows: &[ReboundRow], base: &str) -> Vec<u64> {
     let mut s: Vec<u64> = rows
         .iter()
         .filter(|r| r.base == base)
@@ -126,7 +127,7 @@ fn base_value(base_scores: &[BaseScore], base: &str, seed: u64, m: &str) -> Opti
 }
 
 /// Drop rate and n½ of every (base, n+, measure).
-fn strengths(cfg: &DemoConfig, rows: &[CellResult], base_scores: &[BaseScore]) -> Vec<Strength> {
+fn strengths(cfg: &DemoConfig, rows: &[ReboundRow], base_scores: &[BaseScore]) -> Vec<Strength> {
     let mut out = Vec::new();
     for base in &cfg.bases {
         let name = base.name();
@@ -173,7 +174,7 @@ fn strengths(cfg: &DemoConfig, rows: &[CellResult], base_scores: &[BaseScore]) -
 
 /// Per-seed alignment gain (n- = 0 minus the pre-trained model) of (base, n+) under `m`.
 fn gains(
-    rows: &[CellResult],
+    rows: &[ReboundRow],
     base_scores: &[BaseScore],
     base: &str,
     np: usize,
@@ -224,8 +225,9 @@ fn claim(
     Some(Claim {
         name: name.to_string(),
         text: format!(
-            "- {name} ({what}): {} -> {}",
+            "- {name} ({what}): {}{} -> {}",
             effect.describe(digits),
+            effect.power_phrase("seed", digits),
             effect.verdict.word()
         ),
         effect,
@@ -237,9 +239,88 @@ fn claim(
 pub fn section(
     cfg: &DemoConfig,
     run: &RunDir,
-    rows: &[CellResult],
+    rows: &[ReboundRow],
     base_scores: &[BaseScore],
 ) -> Result<(String, Vec<String>, Analysis)> {
+    write_results_csv(run, rows)?;
+    let vm = cfg.rebound_measure.as_str();
+    let mut md = String::from("## Rebound\n\n");
+    md.push_str(&format!(
+        "Llama models ({}) pre-trained from scratch on the world (positive share {:.0}%), aligned by SFT on n+ positive reviews, then perturbed by SFT on n- negative reviews. Three measures of each model: the **sampled score** (the paper's measure: mean exact world-sentiment P(positive) of {} sampled continuations, temperature {}, of held-out review openings), and two exact ones without sampling noise: the **likelihood margin** (mean log-likelihood per token of {n} held-out positive reviews minus {n} held-out negative ones, nats) and the **first-word sentiment** (P(positive word) / P(any sentiment word of the lexicon) at the first sentiment-bearing word of held-out reviews). Mean ± 95% CI over {} seed(s). Each base is pre-trained once (seed {}), so a seed varies the alignment and perturbation data and their order and the sampling, not the pre-training run: the verdicts below generalise over those draws, for these pre-trained models; the pre-trained model's exact measures are the same in every seed.\n\n",
+        sizes(cfg), cfg.positive_fraction * 100.0, cfg.eval_prompts, cfg.temperature, cfg.seeds.len(), cfg.seed, n = cfg.probe_records
+    ));
+    for base in &cfg.bases {
+        md.push_str(&base_curves(cfg, run, rows, base_scores, base)?);
+    }
+    let (precision_md, precision) = precision_section(cfg, rows, base_scores)?;
+    md.push_str(&precision_md);
+    let strengths = strengths(cfg, rows, base_scores);
+    md.push_str(&strength_section(cfg, rows, base_scores, &strengths)?);
+    let controls = controls(cfg, rows, base_scores);
+    md.push_str("### Positive controls\n\nEffects that hold by construction (SFT on positive reviews must make positive reviews likelier; SFT on negative ones must undo it). If a control is not \"held\", the measurement is broken or too noisy to judge anything else.\n\n");
+    for c in &controls {
+        md.push_str(&c.text);
+        md.push('\n');
+    }
+    md.push('\n');
+    let claims = scaling_claims(cfg, &strengths);
+    md.push_str("### The paper's scaling claims\n\n");
+    if claims.is_empty() {
+        md.push_str("- No scaling comparison is possible with these bases.\n");
+    }
+    for c in &claims {
+        md.push_str(&c.text);
+        md.push('\n');
+    }
+    md.push_str("\nEach verdict: held = the 95% CI of the paired effect excludes zero in the paper's direction; reversed = it excludes zero in the other direction; undecided = it includes zero (the demo cannot tell at this number of seeds). p is the two-sided paired t test; the exact sign-flip permutation p over seeds is in results.json. For an undecided verdict the line also gives what the seeds could resolve (two-sided 5% t test, 80% power): the across-seed SD of the per-seed values, the seeds an effect of the observed size would need, and the smallest effect detectable at the seeds run.\n\n");
+    let lines: Vec<String> = controls
+        .iter()
+        .chain(&claims)
+        .map(|c| c.text.clone())
+        .collect();
+    Ok((
+        md,
+        lines,
+        Analysis {
+            verdict_measure: vm.to_string(),
+            strengths,
+            precision,
+            controls,
+            claims,
+        },
+    ))
+}
+
+/// The smallest per-seed alignment gain of the sampled score over every (base, n+).
+fn smallest_score_gain(
+    cfg: &DemoConfig,
+    rows: &[ReboundRow],
+    base_scores: &[BaseScore],
+) -> Option<f64> {
+    cfg.bases
+        .iter()
+        .flat_map(|b| {
+            cfg.n_plus
+                .iter()
+                .flat_map(move |&np| gains(rows, base_scores, &b.name(), np, "score"))
+        })
+        .map(|x| x.1)
+        .min_by(f64::total_cmp)
+}
+
+/// The model sizes of the bases, in order of first appearance: "tiny and small".
+fn sizes(cfg: &DemoConfig) -> String {
+    let mut v: Vec<&str> = Vec::new();
+    for b in &cfg.bases {
+        if !v.contains(&b.size.as_str()) {
+            v.push(&b.size);
+        }
+    }
+    v.join(" and ")
+}
+
+/// `results.csv`: one line per rebound grid point.
+fn write_results_csv(run: &RunDir, rows: &[ReboundRow]) -> Result<()> {
     let mut csv = Table::new([
         "base",
         "size",
@@ -267,83 +348,96 @@ pub fn section(
         ])?;
     }
     run.write_table_csv("results.csv", &csv)?;
-    let vm = cfg.rebound_measure.as_str();
-    let mut md = String::from("## Rebound\n\n");
-    md.push_str(&format!(
-        "Tiny Llama models pre-trained from scratch on the world (positive share {:.0}%), aligned by SFT on n+ positive reviews, then perturbed by SFT on n- negative reviews. Three measures of each model: the **sampled score** (the paper's measure: mean exact world-sentiment P(positive) of {} sampled continuations, temperature {}, of held-out review openings), and two exact ones without sampling noise: the **likelihood margin** (mean log-likelihood per token of {n} held-out positive reviews minus {n} held-out negative ones, nats) and the **first-word sentiment** (P(positive word) / P(any sentiment word of the lexicon) at the first sentiment-bearing word of held-out reviews). Mean ± 95% CI over {} seed(s). Each base is pre-trained once (seed {}), so a seed varies the alignment and perturbation data and their order and the sampling, not the pre-training run: the verdicts below generalise over those draws, for these pre-trained models; the pre-trained model's exact measures are the same in every seed.\n\n",
-        cfg.positive_fraction * 100.0, cfg.eval_prompts, cfg.temperature, cfg.seeds.len(), cfg.seed, n = cfg.probe_records
-    ));
-    let n_minus = cfg.n_minus.clone();
-    for base in &cfg.bases {
-        let name = base.name();
-        let pre = |m: &str| {
-            let v: Vec<f64> = base_scores
-                .iter()
-                .filter(|b| b.base == name)
-                .map(|b| b.measure(m))
-                .collect();
-            mean_ci95(&v)
-        };
-        let score_ci = pre("score").context("no base score")?;
-        md.push_str(&format!(
-            "### {name}: {} model, {} pre-training tokens\n\nPre-trained score: {}; margin {}; first-word {}\n\n",
-            base.size,
-            base.tokens,
-            fmt_ci(score_ci.mean, score_ci.half_width),
-            pre("margin").map(|c| fmt_ci(c.mean, c.half_width)).unwrap_or_default(),
-            pre("first_word").map(|c| fmt_ci(c.mean, c.half_width)).unwrap_or_default(),
-        ));
-        let mut t = Table::new(
-            ["measure".to_string(), "n+".to_string()]
-                .into_iter()
-                .chain(n_minus.iter().map(|n| format!("n-={n}"))),
-        );
-        for m in REBOUND_MEASURES {
-            let mut plot =
-                LinePlot::new(format!("Rebound, {name}"), "negative samples n-", label(m));
-            if let Some(p) = pre(m) {
-                plot = plot.reference(p.mean, "pre-trained model");
-            }
-            for &np in &cfg.n_plus {
-                let c = curve(rows, &name, np, &n_minus, m);
-                t.push_row(
-                    [m.to_string(), np.to_string()]
-                        .into_iter()
-                        .chain(c.iter().map(|ci| fmt_ci(ci.mean, ci.half_width))),
-                )?;
-                let xs: Vec<f64> = n_minus.iter().take(c.len()).map(|&n| n as f64).collect();
-                let band: Vec<(f64, f64, f64)> = xs
-                    .iter()
-                    .zip(&c)
-                    .map(|(x, ci)| {
-                        let h = ci.half_width.unwrap_or(0.0);
-                        (*x, ci.mean - h, ci.mean + h)
-                    })
-                    .collect();
-                plot = plot.series(
-                    crate::report::plot::Series::new(
-                        format!("n+={np}"),
-                        xs.iter().copied().zip(c.iter().map(|ci| ci.mean)).collect(),
-                    )
-                    .with_band(band),
-                );
-            }
-            // The sampled score keeps its old file name; the exact measures get a suffix.
-            let file = if *m == "score" {
-                format!("rebound_{name}")
-            } else {
-                format!("rebound_{name}_{m}")
-            };
-            run.plot(&file, &plot)?;
-        }
-        md.push('\n');
-        md.push_str(&t.to_markdown());
-        md.push_str(&format!(
-            "\n![rebound {name}](rebound_{name}.png) ![{vm}](rebound_{name}_{vm}.png)\n\n"
-        ));
-    }
+    Ok(())
+}
 
-    // How much the exact measures narrow the across-seed interval of the alignment gain.
+/// One base's subsection: its pre-trained measures, the curves of every measure against n-
+/// (a table and one plot per measure).
+fn base_curves(
+    cfg: &DemoConfig,
+    run: &RunDir,
+    rows: &[ReboundRow],
+    base_scores: &[BaseScore],
+    base: &super::BaseSpec,
+) -> Result<String> {
+    let vm = cfg.rebound_measure.as_str();
+    let n_minus = &cfg.n_minus;
+    let mut md = String::new();
+    let name = base.name();
+    let pre = |m: &str| {
+        let v: Vec<f64> = base_scores
+            .iter()
+            .filter(|b| b.base == name)
+            .map(|b| b.measure(m))
+            .collect();
+        mean_ci95(&v)
+    };
+    let score_ci = pre("score").context("no base score")?;
+    md.push_str(&format!(
+        "### {name}: {} model, {} pre-training tokens\n\nPre-trained score: {}; margin {}; first-word {} (the exact measures are one number: the same model in every seed)\n\n",
+        base.size,
+        base.tokens,
+        fmt_ci(score_ci.mean, score_ci.half_width),
+        pre("margin").map(|c| format!("{:.4}", c.mean)).unwrap_or_default(),
+        pre("first_word").map(|c| format!("{:.4}", c.mean)).unwrap_or_default(),
+    ));
+    let mut t = Table::new(
+        ["measure".to_string(), "n+".to_string()]
+            .into_iter()
+            .chain(n_minus.iter().map(|n| format!("n-={n}"))),
+    );
+    for m in REBOUND_MEASURES {
+        let mut plot = LinePlot::new(format!("Rebound, {name}"), "negative samples n-", label(m));
+        if let Some(p) = pre(m) {
+            plot = plot.reference(p.mean, "pre-trained model");
+        }
+        for &np in &cfg.n_plus {
+            let c = curve(rows, &name, np, n_minus, m);
+            t.push_row(
+                [m.to_string(), np.to_string()]
+                    .into_iter()
+                    .chain(c.iter().map(|ci| fmt_ci(ci.mean, ci.half_width))),
+            )?;
+            let xs: Vec<f64> = n_minus.iter().take(c.len()).map(|&n| n as f64).collect();
+            let band: Vec<(f64, f64, f64)> = xs
+                .iter()
+                .zip(&c)
+                .map(|(x, ci)| {
+                    let h = ci.half_width.unwrap_or(0.0);
+                    (*x, ci.mean - h, ci.mean + h)
+                })
+                .collect();
+            plot = plot.series(
+                crate::report::plot::Series::new(
+                    format!("n+={np}"),
+                    xs.iter().copied().zip(c.iter().map(|ci| ci.mean)).collect(),
+                )
+                .with_band(band),
+            );
+        }
+        // The sampled score keeps its old file name; the exact measures get a suffix.
+        let file = if *m == "score" {
+            format!("rebound_{name}")
+        } else {
+            format!("rebound_{name}_{m}")
+        };
+        run.plot(&file, &plot)?;
+    }
+    md.push('\n');
+    md.push_str(&t.to_markdown());
+    md.push_str(&format!(
+        "\n![rebound {name}](rebound_{name}.png) ![{vm}](rebound_{name}_{vm}.png)\n\n"
+    ));
+    Ok(md)
+}
+
+/// How much the exact measures narrow the across-seed interval of the alignment gain.
+fn precision_section(
+    cfg: &DemoConfig,
+    rows: &[ReboundRow],
+    base_scores: &[BaseScore],
+) -> Result<(String, Vec<Precision>)> {
+    let mut md = String::new();
     let mut precision = Vec::new();
     let mut pt = Table::new([
         "base",
@@ -395,8 +489,19 @@ pub fn section(
     md.push_str(&pt.to_markdown());
     md.push('\n');
 
-    // Rebound strength.
-    let strengths = strengths(cfg, rows, base_scores);
+    Ok((md, precision))
+}
+
+/// The rebound-strength table of every (base, n+, measure).
+fn strength_section(
+    cfg: &DemoConfig,
+    rows: &[ReboundRow],
+    base_scores: &[BaseScore],
+    strengths: &[Strength],
+) -> Result<String> {
+    let vm = cfg.rebound_measure.as_str();
+    let n_minus = &cfg.n_minus;
+    let mut md = String::new();
     let mut st = Table::new([
         "base",
         "n+",
@@ -406,7 +511,7 @@ pub fn section(
         "share of gain lost at the first step (old ratio)",
     ]);
     let first = n_minus.iter().copied().find(|&n| n > 0);
-    for s in &strengths {
+    for s in strengths {
         let old = if s.measure == "score" {
             first
                 .map(|f| old_ratio(rows, base_scores, &s.base, s.n_plus, f))
@@ -435,23 +540,19 @@ pub fn section(
         ])?;
     }
     md.push_str(&format!(
-        "### Rebound strength\n\nThe verdicts use the **initial drop rate** of the {}: per seed, minus the least-squares slope of the measure against n- over the first {} points of the grid (n- = 0 included), in measure units per 100 negatives. It is well conditioned (no division) and it is where the paper's effect lives (the fast first drop). n½ (negatives needed to lose half the alignment gain, interpolated; only seeds with a positive gain that fell that far) is shown beside it; it divides by nothing either, but it is censored when the curve does not fall far enough within the grid, so it does not drive verdicts. The old ratio (share of the sampled gain lost at the first step) divides by a gain as small as a few hundredths and stays only as a column.\n\n",
-        label(vm), cfg.drop_fit_points
+        "### Rebound strength\n\nThe verdicts use the **initial drop rate** of the {}: per seed, minus the least-squares slope of the measure against n- over the first {} points of the grid (n- = 0 included), in measure units per 100 negatives. It is well conditioned (no division) and it is where the paper's effect lives (the fast first drop). n½ (negatives needed to lose half the alignment gain, interpolated; only seeds with a positive gain that fell that far) is shown beside it; it divides by nothing either, but it is censored when the curve does not fall far enough within the grid, so it does not drive verdicts. The old ratio (share of the sampled gain lost at the first step) divides by the sampled gain (per seed; the smallest here {}; seeds with a gain at or below {MIN_GAIN} are left out) and stays only as a column.\n\n",
+        label(vm), cfg.drop_fit_points, smallest_score_gain(cfg, rows, base_scores).map(|g| format!("{g:.3}")).unwrap_or_else(|| "n/a".into())
     ));
     md.push_str(&st.to_markdown());
     md.push('\n');
 
-    let strength_of = |base: &str| -> Vec<(u64, f64)> {
-        per_seed(cfg, |np| {
-            strengths
-                .iter()
-                .find(|s| s.base == base && s.n_plus == np && s.measure == vm)
-                .map(|s| s.drop_rate.clone())
-                .unwrap_or_default()
-        })
-    };
+    Ok(md)
+}
 
-    // Positive controls: known by construction, so a broken measurement shows here.
+/// Positive controls: known by construction, so a broken measurement shows here.
+fn controls(cfg: &DemoConfig, rows: &[ReboundRow], base_scores: &[BaseScore]) -> Vec<Claim> {
+    let vm = cfg.rebound_measure.as_str();
+    let n_minus = &cfg.n_minus;
     let mut controls = Vec::new();
     let last = n_minus.last().copied().unwrap_or(0);
     for base in &cfg.bases {
@@ -489,14 +590,22 @@ pub fn section(
             }
         }
     }
-    md.push_str("### Positive controls\n\nEffects that hold by construction (SFT on positive reviews must make positive reviews likelier; SFT on negative ones must undo it). If a control is not \"held\", the measurement is broken or too noisy to judge anything else.\n\n");
-    for c in &controls {
-        md.push_str(&c.text);
-        md.push('\n');
-    }
-    md.push('\n');
+    controls
+}
 
-    // The paper's scaling claims, paired by seed.
+/// The paper's scaling claims on the drop rate of the verdict measure, paired by seed.
+fn scaling_claims(cfg: &DemoConfig, strengths: &[Strength]) -> Vec<Claim> {
+    let vm = cfg.rebound_measure.as_str();
+    let strength_of = |base: &str| -> Vec<(u64, f64)> {
+        per_seed(cfg, |np| {
+            strengths
+                .iter()
+                .find(|s| s.base == base && s.n_plus == np && s.measure == vm)
+                .map(|s| s.drop_rate.clone())
+                .unwrap_or_default()
+        })
+    };
+
     let mut claims = Vec::new();
     let mut tiny: Vec<&super::BaseSpec> = cfg.bases.iter().filter(|b| b.size == "tiny").collect();
     tiny.sort_by_key(|b| b.tokens);
@@ -566,37 +675,13 @@ pub fn section(
             3,
         ));
     }
-    md.push_str("### The paper's scaling claims\n\n");
-    if claims.is_empty() {
-        md.push_str("- No scaling comparison is possible with these bases.\n");
-    }
-    for c in &claims {
-        md.push_str(&c.text);
-        md.push('\n');
-    }
-    md.push_str("\nEach verdict: held = the 95% CI of the paired effect excludes zero in the paper's direction; reversed = it excludes zero in the other direction; undecided = it includes zero (the demo cannot tell at this number of seeds). p is the two-sided paired t test; the exact sign-flip permutation p over seeds is in results.json.\n\n");
-    let lines: Vec<String> = controls
-        .iter()
-        .chain(&claims)
-        .map(|c| c.text.clone())
-        .collect();
-    Ok((
-        md,
-        lines,
-        Analysis {
-            verdict_measure: vm.to_string(),
-            strengths,
-            precision,
-            controls,
-            claims,
-        },
-    ))
+    claims
 }
 
 /// The old strength, kept as a column: per seed, the share of the sampled alignment gain
 /// lost after the first n- step (seeds with a gain below `MIN_GAIN` left out).
 fn old_ratio(
-    rows: &[CellResult],
+    rows: &[ReboundRow],
     base_scores: &[BaseScore],
     base: &str,
     np: usize,
@@ -616,10 +701,7 @@ fn old_ratio(
         let Some(b) = base_value(base_scores, base, r0.seed, "score") else {
             continue;
         };
-        let gain = r0.score - b;
-        if gain > MIN_GAIN {
-            out.push((r0.score - r1.score) / gain);
-        }
+        out.extend(rebound_strength(1.0, b, r0.score, r1.score, MIN_GAIN));
     }
     out
 }
@@ -629,8 +711,8 @@ mod tests {
     use super::*;
     use crate::report::stats::Verdict;
 
-    fn row(base: &str, seed: u64, nm: usize, v: f64) -> CellResult {
-        CellResult {
+    fn row(base: &str, seed: u64, nm: usize, v: f64) -> ReboundRow {
+        ReboundRow {
             base: base.into(),
             size: "tiny".into(),
             pretrain_tokens: 0,

@@ -5,7 +5,7 @@
 use super::config::DemoConfig;
 use crate::experiments::resist::config::ResistConfig;
 use crate::experiments::resist::pipeline::run_with;
-use crate::experiments::resist::results::{markdown_summary, ResistResults};
+use crate::experiments::resist::results::{markdown_counts, ResistResults};
 use crate::grid::config::RunOptions;
 use crate::report::stats::{p_phrase, Effect};
 use crate::theory::elasticity::{run_experiment, TheoryConfig};
@@ -41,8 +41,9 @@ pub fn resistance(
         cfg.resist_prompts,
         cfg.resist_seeds.len()
     ));
-    md.push_str(&markdown_summary(&res));
-    md.push('\n');
+    // The counts only: the verdict is the claim below, over seeds.
+    md.push_str(&markdown_counts(&res));
+    md.push_str("\n\n");
     // The comparisons of one seed share its checkpoints, so the seed is the unit: per seed,
     // the mean forward - inverse loss over its pairs; the test is over seeds.
     let mut seeds: Vec<u64> = res.comparisons.iter().map(|c| c.seed).collect();
@@ -62,9 +63,10 @@ pub fn resistance(
         .collect();
     let effect = Effect::of(&per_seed, true);
     let claim = format!(
-        "- Resistance (inverse alignment easier than forward; mean forward − inverse loss per seed, the seed's {} comparisons share its checkpoints): {} -> {} ({} of {} comparisons had the lower inverse loss{})",
+        "- Resistance (inverse alignment easier than forward; mean forward − inverse loss per seed, the seed's {} comparisons share its checkpoints): {}{} -> {} ({} of {} comparisons had the lower inverse loss{})",
         res.pairs.len(),
         effect.map(|e| e.describe(3)).unwrap_or_else(|| "no comparison".into()),
+        effect.map(|e| e.power_phrase("seed", 3)).unwrap_or_default(),
         effect.map(|e| e.verdict.word()).unwrap_or("undecided"),
         res.inverse_lower,
         res.total,

@@ -235,6 +235,7 @@ pub fn analyze(cfg: &ReboundConfig, grid: &Grid, models: &[ResolvedModel]) -> Re
                         b.eval.score.mean,
                         a0.eval.score.mean,
                         a1.eval.score.mean,
+                        0.0,
                     ));
                 }
             }
@@ -285,10 +286,18 @@ pub fn analyze(cfg: &ReboundConfig, grid: &Grid, models: &[ResolvedModel]) -> Re
 
 /// Rebound strength of one seed: the fraction of the alignment gain (aligned score over
 /// base) lost after the first negative step; `sign` is -1 when higher scores are
-/// misaligned. `None` when alignment gained nothing.
-pub fn rebound_strength(sign: f64, base: f64, aligned: f64, after_first: f64) -> Option<f64> {
+/// misaligned. `None` when the gain is not above `min_gain` (0 = any gain; a ratio over a
+/// gain near zero is noise, so the demo's old-ratio column asks for more). The one
+/// formula: the rebound report and the demo both call it.
+pub fn rebound_strength(
+    sign: f64,
+    base: f64,
+    aligned: f64,
+    after_first: f64,
+    min_gain: f64,
+) -> Option<f64> {
     let gain = sign * (aligned - base);
-    if gain > 0.0 {
+    if gain > min_gain {
         Some(sign * (aligned - after_first) / gain)
     } else {
         None
@@ -763,14 +772,17 @@ mod tests {
     #[test]
     fn rebound_strength_by_hand_in_both_orientations() {
         // Sentiment (higher aligned): base 0.5, aligned 0.9, after n1 0.7: half the gain lost.
-        assert!((rebound_strength(1.0, 0.5, 0.9, 0.7).unwrap() - 0.5).abs() < 1e-12);
+        assert!((rebound_strength(1.0, 0.5, 0.9, 0.7, 0.0).unwrap() - 0.5).abs() < 1e-12);
         // Below the base level: more than all of it.
-        assert!((rebound_strength(1.0, 0.5, 0.9, 0.3).unwrap() - 1.5).abs() < 1e-12);
+        assert!((rebound_strength(1.0, 0.5, 0.9, 0.3, 0.0).unwrap() - 1.5).abs() < 1e-12);
         // Cost (higher misaligned): base cost 2, aligned 0, after n1 1.
-        assert!((rebound_strength(-1.0, 2.0, 0.0, 1.0).unwrap() - 0.5).abs() < 1e-12);
+        assert!((rebound_strength(-1.0, 2.0, 0.0, 1.0, 0.0).unwrap() - 0.5).abs() < 1e-12);
         // No alignment gain: undefined.
-        assert_eq!(rebound_strength(1.0, 0.5, 0.4, 0.3), None);
-        assert_eq!(rebound_strength(-1.0, 1.0, 1.5, 2.0), None);
+        assert_eq!(rebound_strength(1.0, 0.5, 0.4, 0.3, 0.0), None);
+        assert_eq!(rebound_strength(-1.0, 1.0, 1.5, 2.0, 0.0), None);
+        // A gain at or under `min_gain` is too small to divide by.
+        assert_eq!(rebound_strength(1.0, 0.5, 0.53, 0.4, 0.05), None);
+        assert!((rebound_strength(1.0, 0.5, 0.6, 0.55, 0.05).unwrap() - 0.5).abs() < 1e-9);
     }
 
     #[test]

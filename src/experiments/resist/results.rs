@@ -284,8 +284,22 @@ pub fn comparison_table(res: &ResistResults) -> Result<Table> {
     Ok(t)
 }
 
-/// The verdict in one paragraph of Markdown (used by `report.md` and `elastica demo`).
+/// The verdict in one paragraph of Markdown (used by `report.md`): the counts, then the
+/// per-comparison verdict sentence.
 pub fn markdown_summary(res: &ResistResults) -> String {
+    let verdict = if res.inverse_lower == res.total {
+        "Resistance held in every comparison, as in the paper (27 of 27)."
+    } else if res.inverse_lower * 2 > res.total {
+        "Resistance held in most comparisons but not all."
+    } else {
+        "Resistance did not hold in most comparisons."
+    };
+    format!("{}\n\n{verdict}\n", markdown_counts(res))
+}
+
+/// The counts, the mean difference and the sign test, without a verdict (`elastica demo`
+/// judges over seeds instead, since a seed's comparisons share its checkpoints).
+pub fn markdown_counts(res: &ResistResults) -> String {
     let st = &res.sign_test;
     let mut s = format!(
         "Inverse alignment reached a lower mean training loss than forward alignment in \
@@ -305,16 +319,6 @@ pub fn markdown_summary(res: &ResistResults) -> String {
         st.ties,
         fmt_p(st.p_value)
     );
-    let verdict = if res.inverse_lower == res.total {
-        "Resistance held in every comparison, as in the paper (27 of 27)."
-    } else if res.inverse_lower * 2 > res.total {
-        "Resistance held in most comparisons but not all."
-    } else {
-        "Resistance did not hold in most comparisons."
-    };
-    s += "\n\n";
-    s += verdict;
-    s += "\n";
     s
 }
 
