@@ -21,7 +21,7 @@ use super::rebound::{aligned, draw, fingerprint, train_config, DemoData, PERTURB
 use crate::data::template::Template;
 use crate::experiments::evaluate::generate_responses;
 use crate::experiments::kl::{by_position, sequence_kl, Continuation, PositionKl};
-use crate::experiments::manifest::sha256_hex;
+use crate::grid::manifest::sha256_hex;
 use crate::experiments::weight_space::{self, Movement};
 use crate::model::checkpoint::{load_model, save_model, LoadedModel};
 use crate::model::generate::GenConfig;
