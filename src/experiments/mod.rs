@@ -9,6 +9,7 @@
 //! that several perturbations start from) are separate cells linked by a dependency, so the
 //! prefix runs once.
 //!
+//! - [`align`]: the align stage's method (`[align] method = "sft" | "dpo"`);
 //! - [`manifest`]: the cell list, its validation and hashes;
 //! - [`grid`]: a run directory and the on-disk status of its cells;
 //! - [`cell`]: running one cell, and the [`cell::CellKind`] trait kinds implement;
@@ -21,6 +22,7 @@
 //! - [`rebound`], [`scaling`]: the rebound experiment and its scaling study;
 //! - [`weight_space`]: how far a perturbation moves the weights back along the alignment update.
 
+pub mod align;
 pub mod cell;
 pub mod collect;
 pub mod demo;
