@@ -1,13 +1,17 @@
-//! `elastica train`: supervised fine-tuning, or from-scratch training with `--init`. The
+//! `elastica train`: supervised fine-tuning (or DPO with `--method dpo`), or from-scratch
+//! training with `--init`. The
 //! command holds an exclusive lock on `--out` for its whole run, so two processes never
 //! train into one directory.
 
 use super::train_hooks::StepHooks;
 use crate::compress::tracking::{load_sets, parse_sets, RateTracker};
+use crate::data::prefs::{self, Prefer};
 use crate::data::source::{load as load_data, template_for, DataArgs};
 use crate::data::template::Template;
 use crate::model::checkpoint::{init_model, load_model, resolve_model_dir, LoadedModel};
 use crate::model::ModelConfig;
+use crate::train::dpo;
+use crate::train::objective::{DpoConfig, Method};
 use crate::train::schedule::Schedule;
 use crate::train::sft::{resume_point, ResumePoint, StepLog};
 use crate::train::{train, TrainConfig};
@@ -44,6 +48,12 @@ pub struct TrainArgs {
     pub data: Option<PathBuf>,
     #[command(flatten)]
     pub data_args: DataArgs,
+    /// With --method dpo and --schema pku-saferlhf: which label names the chosen answer
+    /// (safer_response_id or better_response_id).
+    #[arg(long, value_enum)]
+    pub prefer: Option<Prefer>,
+    #[command(flatten)]
+    pub objective: DpoConfig,
     /// Output directory: final model (HF layout), train_log.jsonl, checkpoints.
     #[arg(long)]
     pub out: PathBuf,
@@ -140,8 +150,14 @@ pub fn run(a: TrainArgs) -> Result<()> {
     crate::util::threads::set_threads(a.threads);
     let (beta1, beta2) = parse_betas(&a.betas)?;
     let spec = a.data_args.spec(a.data.as_deref())?;
+    let template = match a.objective.method {
+        Method::Sft => template_for(a.template, &spec),
+        Method::Dpo => a
+            .template
+            .unwrap_or_else(|| prefs::default_template(&spec.schema)),
+    };
     let cfg = TrainConfig {
-        template: template_for(a.template, &spec),
+        template,
         lr: a.lr,
         beta1,
         beta2,
@@ -159,8 +175,13 @@ pub fn run(a: TrainArgs) -> Result<()> {
         shuffle: !a.no_shuffle,
         save_every: a.save_every,
         save_dtype: a.save_dtype.clone(),
+        dpo: a.objective.clone(),
     };
     cfg.validate()?;
+    cfg.dpo.validate()?;
+    if cfg.dpo.method == Method::Sft && a.prefer.is_some() {
+        bail!("--prefer chooses between preference labels; it applies to --method dpo only");
+    }
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create output directory {}", a.out.display()))?;
     let lock_path = a.out.join(LOCK_FILE);
@@ -172,10 +193,22 @@ pub fn run(a: TrainArgs) -> Result<()> {
             lock_path.display()
         );
     };
-    let data = load_data(&spec)?;
-    eprintln!("data: {}", data.summary());
-    let records = data.records;
+    let (records, pairs) = match cfg.dpo.method {
+        Method::Sft => {
+            let data = load_data(&spec)?;
+            eprintln!("data: {}", data.summary());
+            (data.records, Vec::new())
+        }
+        Method::Dpo => {
+            let data = prefs::load(&spec, a.prefer)?;
+            eprintln!("data: {}", data.summary());
+            (Vec::new(), data.records)
+        }
+    };
     if !a.device.choice()?.is_default_cpu() {
+        if cfg.dpo.method == Method::Dpo {
+            bail!("--method dpo runs on the CPU fused path only for now; drop --device/--backend");
+        }
         return on_backend(&a, &cfg, &records);
     }
     let dev = Device::Cpu;
@@ -195,10 +228,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
         (None, None) => bail!("give --model or --init"),
     };
     // Resume's checks (and "already finished") come before anything is written into --out.
-    let resume_at = if a.resume {
-        Some(resume_point(&lm, &records, &cfg, &a.out)?)
-    } else {
-        None
+    let resume_at = match (a.resume, cfg.dpo.method) {
+        (false, _) => None,
+        (true, Method::Sft) => Some(resume_point(&lm, &records, &cfg, &a.out)?),
+        (true, Method::Dpo) => Some(dpo::resume_point(&lm, &pairs, &cfg, &a.out)?),
     };
     let finished = resume_at == Some(ResumePoint::Finished);
     let tracker = match &a.track_rates {
@@ -220,6 +253,24 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let log_dir = a.log_dir.as_deref().filter(|_| !finished);
     let mut hooks = StepHooks::new(tracker, log_dir)?;
     let mut hook = |m: &LoadedModel, l: &StepLog| hooks.after_step(m, l);
+    if cfg.dpo.method == Method::Dpo {
+        let d = dpo::train(&lm, &pairs, &cfg, &a.out, a.resume, Some(&mut hook), true)?;
+        let s = &d.train;
+        hooks.finish(&lm, s.steps, &a.out)?;
+        let last = d.log.last();
+        println!(
+            "{}",
+            serde_json::json!({
+                "out": a.out, "method": "dpo", "steps": s.steps, "pairs": s.records,
+                "truncated": s.truncated, "mean_loss": s.mean_loss,
+                "final_loss": last.map(|l| l.base.loss),
+                "final_margin": last.map(|l| l.margin),
+                "final_accuracy": last.map(|l| l.accuracy),
+                "reference_cached": d.reference_cached, "resumed_from": s.resumed_from,
+            })
+        );
+        return Ok(());
+    }
     let s = train(&lm, &records, &cfg, &a.out, a.resume, Some(&mut hook), true)?;
     hooks.finish(&lm, s.steps, &a.out)?;
     println!(

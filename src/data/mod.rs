@@ -1,9 +1,10 @@
-//! Data: SFT records and their JSONL files, prompt templates, loaders for the published
+//! Data: SFT records and their JSONL files, DPO preference pairs (`prefs`), prompt templates, loaders for the published
 //! data-set schemas, the data flags commands share (`source`), and the synthetic world.
 
 pub mod files;
 pub mod hf_cache;
 pub mod parquet_pages;
+pub mod prefs;
 pub mod records;
 pub mod rows;
 pub mod schemas;

@@ -5,11 +5,13 @@
 //! report from the cells' results.
 //!
 //! - [`registry`]: every experiment and its cell kinds, for the binary to pass to the grid;
+//! - [`align`]: the align stage's method (`[align] method = "sft" | "dpo"`);
 //! - [`resist`]: experiment 1, forward vs inverse alignment (PAPER.md §3).
 //! - [`evaluate`], [`kl`]: judging a model (generations, scores, KL to the base);
 //! - [`rebound`], [`scaling`]: the rebound experiment and its scaling study;
 //! - [`weight_space`]: how far a perturbation moves the weights back along the alignment update.
 
+pub mod align;
 pub mod demo;
 pub mod evaluate;
 pub mod kl;

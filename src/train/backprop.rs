@@ -396,6 +396,55 @@ pub fn nll_and_grads(
     targets: &Tensor,
     scale: f64,
 ) -> Result<(f64, Grads)> {
+    let (nll, _, grads) = nll_and_grads_seeded(model, ids, targets, Seed::Uniform(scale))?;
+    Ok((nll, grads))
+}
+
+/// The summed NLL of each sequence (row of `targets`, -100 = not counted) and the gradient of
+/// sum_s w_s * NLL_s, where `weigh` turns the forward's per-sequence NLLs into the weights
+/// w_s (DPO's per-pair scalars; see `train::dpo`). One forward: the weights scale the rows of
+/// the loss's logit gradient before the shared backward.
+pub fn seq_nll_and_weighted_grads(
+    model: &Llama,
+    ids: &Tensor,
+    targets: &Tensor,
+    weigh: &mut dyn FnMut(&[f64]) -> Result<Vec<f64>>,
+) -> Result<(Vec<f64>, Grads)> {
+    let (_, seq, grads) = nll_and_grads_seeded(model, ids, targets, Seed::PerSequence(weigh))?;
+    Ok((seq, grads))
+}
+
+/// How the loss's logit gradient is seeded: one scale for every row (SFT), or a weight per
+/// sequence computed from the sequences' NLLs.
+enum Seed<'a> {
+    Uniform(f64),
+    PerSequence(&'a mut dyn FnMut(&[f64]) -> Result<Vec<f64>>),
+}
+
+/// Per-sequence summed NLLs of `logits` (b * t, vocab) at `targets` (b * t values).
+fn sequence_nlls(logits: &Tensor, targets: &[i64], b: usize, t: usize) -> Result<Vec<f64>> {
+    (0..b)
+        .map(|s| {
+            let rows = &targets[s * t..(s + 1) * t];
+            if rows.iter().all(|&x| x < 0) {
+                return Ok(0.0);
+            }
+            let block = logits.narrow(0, s * t, t)?;
+            let op = cross_entropy::loss_op(&block, rows.to_vec())?;
+            Ok(block
+                .apply_op1_no_bwd(&op)?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?)
+        })
+        .collect()
+}
+
+fn nll_and_grads_seeded(
+    model: &Llama,
+    ids: &Tensor,
+    targets: &Tensor,
+    seed: Seed<'_>,
+) -> Result<(f64, Vec<f64>, Grads)> {
     let cfg = &model.cfg;
     let (b, t) = ids.dims2()?;
     let rows = b * t;
@@ -405,16 +454,34 @@ pub fn nll_and_grads(
     let mut saved = Vec::with_capacity(layers.len());
     let Forward { x, nf, logits } = dec.forward(ids, Some(&mut saved))?;
     let target_list: Vec<i64> = targets.flatten_all()?.to_dtype(DType::I64)?.to_vec1()?;
-    let loss = cross_entropy::loss_op(&logits, target_list)?;
+    let loss = cross_entropy::loss_op(&logits, target_list.clone())?;
     let nll = logits.apply_op1_no_bwd(&loss)?;
     let nll_sum = nll.to_dtype(DType::F64)?.to_scalar::<f64>()?;
 
     // Backward. Autograd seeds the scaled loss with 1 and scales in f32; so does this.
     let mut grads: HashMap<String, Vec<f32>> = HashMap::new();
+    let (scale, weights, seq_nll) = match seed {
+        Seed::Uniform(scale) => (scale, None, Vec::new()),
+        Seed::PerSequence(weigh) => {
+            let seq = sequence_nlls(&logits, &target_list, b, t)?;
+            let w = weigh(&seq)?;
+            anyhow::ensure!(w.len() == b, "{} weights for {b} sequences", w.len());
+            (1.0, Some(w), seq)
+        }
+    };
     let seed = Tensor::new(scale as f32, &candle_core::Device::Cpu)?;
-    let dlogits = loss
+    let mut dlogits = loss
         .bwd(&logits, &nll, &seed)?
         .context("cross entropy: no gradient")?;
+    if let Some(w) = weights {
+        // Row r belongs to sequence r / t: scale its logit gradient by that sequence's weight.
+        let v = logits.dim(1)?;
+        let mut d = to_vec(&dlogits)?;
+        d.chunks_mut(t * v)
+            .zip(&w)
+            .for_each(|(rows, &w)| rows.iter_mut().for_each(|x| *x *= w as f32));
+        dlogits = tensor(d, (rows, v))?;
+    }
     drop(logits);
     let dnf = with_slice(&dlogits, |d| head.backward(&nf, d, &mut grads))?;
     drop(dlogits);
@@ -500,7 +567,7 @@ pub fn nll_and_grads(
             (name.clone(), g)
         })
         .collect();
-    Ok((nll_sum, Grads(out)))
+    Ok((nll_sum, seq_nll, Grads(out)))
 }
 
 #[cfg(test)]

@@ -1,10 +1,13 @@
 //! Training: tokenized batches, the masked cross-entropy loss, AdamW, learning-rate
-//! schedules and the SFT loop with atomic checkpoints and exact resume.
+//! schedules, the SFT loop with atomic checkpoints and exact resume, and DPO (`dpo`) on the
+//! same machinery.
 
 pub mod backprop;
 pub mod batch;
+pub mod dpo;
 pub mod eval;
 pub mod loss;
+pub mod objective;
 pub mod optim;
 pub mod schedule;
 pub mod sft;

@@ -21,6 +21,7 @@
 
 use super::batch::{collate, loss_tokens, tokenize, Batch, Example};
 use super::loss::nll_sum;
+use super::objective::DpoConfig;
 use super::optim::{AdamW, AdamWConfig, Grads};
 use super::schedule::{lr_at, warmup_steps, Schedule};
 use crate::data::records::Record;
@@ -67,6 +68,10 @@ pub struct TrainConfig {
     /// float32: bf16 rounds small updates away. (Resumable checkpoints are always float32.)
     #[serde(skip_serializing_if = "Option::is_none")]
     pub save_dtype: Option<String>,
+    /// The objective (sft or dpo) and DPO's settings (`train::dpo`). Left out of saved
+    /// settings when it is plain SFT, so SFT runs compare with those written before it.
+    #[serde(skip_serializing_if = "DpoConfig::is_default")]
+    pub dpo: DpoConfig,
 }
 
 impl Default for TrainConfig {
@@ -90,6 +95,7 @@ impl Default for TrainConfig {
             shuffle: true,
             save_every: 0,
             save_dtype: None,
+            dpo: DpoConfig::default(),
         }
     }
 }
@@ -618,7 +624,7 @@ fn finished_with(out: &Path, settings: &RunSettings) -> Result<bool> {
 }
 
 /// Load a finished run's saved weights into `lm`.
-fn load_final(lm: &LoadedModel, out: &Path) -> Result<()> {
+pub(crate) fn load_final(lm: &LoadedModel, out: &Path) -> Result<()> {
     let weights = out.join("model.safetensors");
     let tensors = candle_core::safetensors::load(&weights, lm.model.device())
         .with_context(|| format!("cannot read {}", weights.display()))?;
@@ -787,7 +793,7 @@ pub fn latest_checkpoint(out: &Path) -> Result<Option<(usize, PathBuf)>> {
 
 /// Write `checkpoints/step-N` durably: every file in a temporary directory, the completion
 /// marker last, then one rename; superseded checkpoints are removed afterwards.
-fn write_checkpoint(
+pub(crate) fn write_checkpoint(
     lm: &LoadedModel,
     opt: &AdamW,
     out: &Path,
@@ -851,7 +857,7 @@ fn remove_checkpoint_dir(dir: &Path) -> Result<()> {
     std::fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))
 }
 
-fn restore(lm: &LoadedModel, opt: &mut AdamW, dir: &Path, step: usize) -> Result<()> {
+pub(crate) fn restore(lm: &LoadedModel, opt: &mut AdamW, dir: &Path, step: usize) -> Result<()> {
     let dev = lm.model.device();
     let weights = candle_core::safetensors::load(dir.join("model.safetensors"), dev)
         .with_context(|| format!("cannot read checkpoint {}", dir.display()))?;
@@ -921,7 +927,7 @@ fn rewrite_log(path: &Path, log: &[StepLog]) -> Result<()> {
     })
 }
 
-fn sync_file(path: &Path) -> Result<()> {
+pub(crate) fn sync_file(path: &Path) -> Result<()> {
     std::fs::File::open(path)
         .and_then(|f| f.sync_all())
         .with_context(|| format!("cannot sync {}", path.display()))

@@ -20,6 +20,7 @@
 //! `train_summary.json` and not redone. Evaluation always reads the model back from disk,
 //! so an interrupted and an uninterrupted cell evaluate the same weights.
 
+use crate::data::prefs::PrefRecord;
 use crate::data::records::{read_jsonl, Record};
 use crate::data::template::Template;
 use crate::experiments::evaluate::{evaluate, EvalSummary, References};
@@ -35,6 +36,7 @@ use crate::report::tensorboard::TrainBoard;
 use crate::score::keywords::KeywordScorer;
 use crate::score::registry::ScorerSpec;
 use crate::train::eval::EvalLoss;
+use crate::train::objective::Method;
 use crate::train::{train, TrainConfig};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
@@ -213,13 +215,18 @@ impl CellKind for Align {
     }
     fn run(&self, ctx: &CellContext<'_>) -> Result<serde_json::Value> {
         let p: AlignParams = ctx.params()?;
-        let records = first_records(&ctx.input("positive")?, p.n_positive, "n+")?;
         // Every perturb cell trains from this model: f32, so no update is rounded away.
         let t = TrainConfig {
             save_dtype: Some("float32".into()),
             ..p.train.clone()
         };
-        let train = train_stage(ctx, &ctx.input("base")?, &records, &t, p.log_dir.as_deref())?;
+        let data = match t.dpo.method {
+            Method::Sft => {
+                StageData::Records(first_records(&ctx.input("positive")?, p.n_positive, "n+")?)
+            }
+            Method::Dpo => StageData::Pairs(first_pairs(&ctx.input("positive")?, p.n_positive)?),
+        };
+        let train = train_stage_of(ctx, &ctx.input("base")?, &data, &t, p.log_dir.as_deref())?;
         Ok(serde_json::to_value(AlignOutput {
             model: p.model,
             n_positive: p.n_positive,
@@ -310,6 +317,28 @@ fn train_stage(
     cfg: &TrainConfig,
     log_dir: Option<&str>,
 ) -> Result<TrainOutcome> {
+    train_stage_of(
+        ctx,
+        start,
+        &StageData::Records(records.to_vec()),
+        cfg,
+        log_dir,
+    )
+}
+
+/// What a training stage trains on: SFT records, or DPO pairs (`[align] method = "dpo"`).
+enum StageData {
+    Records(Vec<Record>),
+    Pairs(Vec<PrefRecord>),
+}
+
+fn train_stage_of(
+    ctx: &CellContext<'_>,
+    start: &Path,
+    data: &StageData,
+    cfg: &TrainConfig,
+    log_dir: Option<&str>,
+) -> Result<TrainOutcome> {
     let marker = ctx.dir.join(TRAIN_SUMMARY);
     let out = ctx.dir.join(MODEL_DIR);
     if marker.exists() && out.join("model.safetensors").exists() {
@@ -329,7 +358,12 @@ fn train_stage(
         }
         ctx.fault_point(&format!("train-step-{}", log.step))
     };
-    let s = train(&lm, records, cfg, &out, true, Some(&mut hook), ctx.progress)?;
+    let s = match data {
+        StageData::Records(r) => train(&lm, r, cfg, &out, true, Some(&mut hook), ctx.progress)?,
+        StageData::Pairs(p) => {
+            crate::train::dpo::train(&lm, p, cfg, &out, true, Some(&mut hook), ctx.progress)?.train
+        }
+    };
     let outcome = TrainOutcome {
         steps: s.steps,
         records: s.records,
@@ -409,6 +443,21 @@ fn first_records(path: &Path, n: usize, what: &str) -> Result<Vec<Record>> {
     if r.len() < n {
         bail!(
             "{} holds {} records but this cell needs {what} = {n}",
+            path.display(),
+            r.len()
+        );
+    }
+    r.truncate(n);
+    Ok(r)
+}
+
+/// The first `n` preference pairs of a frozen positive file.
+fn first_pairs(path: &Path, n: usize) -> Result<Vec<PrefRecord>> {
+    let spec = crate::data::schemas::DataSpec::new(path_str(path), "jsonl");
+    let mut r = crate::data::prefs::load(&spec, None)?.records;
+    if r.len() < n {
+        bail!(
+            "{} holds {} preference pairs but this cell needs n+ = {n}",
             path.display(),
             r.len()
         );

@@ -44,6 +44,7 @@
 //! `examples/rebound.toml` and `docs/rebound.md` document every key.
 
 use crate::data::schemas::DataSpec;
+use crate::experiments::align::AlignSpec;
 use crate::grid::config::ExecutorSpec;
 use crate::grid::slurm::SlurmConfig;
 use crate::model::generate::GenConfig;
@@ -246,6 +247,10 @@ pub struct ReboundConfig {
     /// template also formats the evaluation prompts.
     #[serde(default)]
     pub train: TrainConfig,
+    /// How the align stage aligns: SFT (default) or DPO on preference pairs read from
+    /// `positive` (see `experiments::align`).
+    #[serde(default)]
+    pub align: AlignSpec,
     pub eval: EvalConfig,
     #[serde(default)]
     pub generation: GenerationConfig,
@@ -364,6 +369,7 @@ impl ReboundConfig {
                 bail!("model name {:?} is used twice", m.name);
             }
         }
+        self.align.check(&self.train)?;
         check_counts("n_positive", &mut self.n_positive)?;
         if self.n_positive[0] == 0 {
             bail!("n_positive must be at least 1 (alignment needs positive samples)");

@@ -1,11 +1,13 @@
 //! The experiment's data, frozen into the run directory when the grid is planned:
-//! `data/positive.jsonl` (the first max n+ records), `data/negative.jsonl` (the first max n-)
+//! `data/positive.jsonl` (the first max n+ records, or preference pairs when the align
+//! method is DPO), `data/negative.jsonl` (the first max n-)
 //! and `data/eval_prompts.jsonl` (the first `eval.n` prompts). Cells read these files, not
 //! the original data sets, so every cell (on any machine) trains on the same records, and
 //! the manifest pins their hashes. Cell n takes the first n records, so the sets are nested:
 //! the 1000 records of n+ = 1000 are the first 1000 of n+ = 2000.
 
 use super::config::ReboundConfig;
+use crate::data::prefs::{self, PrefRecord};
 use crate::data::records::Record;
 use crate::data::schemas::{self, DataSpec};
 use anyhow::{bail, Context, Result};
@@ -68,7 +70,21 @@ impl Frozen {
 /// them ([`Frozen::write`]).
 pub fn freeze(cfg: &ReboundConfig) -> Result<Frozen> {
     let mut sources = Vec::new();
-    let positive = load_side(&cfg.positive, "positive", cfg.max_positive(), "n_positive")?;
+    // Under `[align] method = "dpo"` the positive file holds preference pairs; `positive`
+    // then stands for their (prompt, chosen) halves where prompts and counts are needed.
+    let pairs = match cfg.align.is_dpo() {
+        true => Some(load_pairs(cfg)?),
+        false => None,
+    };
+    let positive = match &pairs {
+        Some((p, what)) => (
+            p.iter()
+                .map(|r| Record::pair(r.prompt.clone(), r.chosen.clone()))
+                .collect(),
+            what.clone(),
+        ),
+        None => load_side(&cfg.positive, "positive", cfg.max_positive(), "n_positive")?,
+    };
     sources.push(format!("positive: {}", positive.1));
     let negative = if cfg.max_negative() > 0 {
         let n = load_side(&cfg.negative, "negative", cfg.max_negative(), "n_negative")?;
@@ -146,8 +162,12 @@ pub fn freeze(cfg: &ReboundConfig) -> Result<Frozen> {
         sources,
         eval_overlap,
     };
+    let positive_bytes = match &pairs {
+        Some((p, _)) => jsonl(p)?,
+        None => jsonl(&positive)?,
+    };
     let mut files = vec![
-        (POSITIVE_FILE, jsonl(&positive)?),
+        (POSITIVE_FILE, positive_bytes),
         (NEGATIVE_FILE, jsonl(&negative)?),
         (PROMPTS_FILE, jsonl(&prompt_lines)?),
     ];
@@ -191,6 +211,30 @@ fn load_side(spec: &DataSpec, side: &str, need: usize, key: &str) -> Result<(Vec
                 .unwrap_or_default(),
             ds.records.len(),
             ds.summary()
+        );
+    }
+    let summary = ds.summary();
+    let mut r = ds.records;
+    r.truncate(need);
+    Ok((
+        r,
+        format!("{} ({summary}); using the first {need}", spec.path),
+    ))
+}
+
+/// The first max n+ preference pairs of the positive spec (`[align] method = "dpo"`).
+fn load_pairs(cfg: &ReboundConfig) -> Result<(Vec<PrefRecord>, String)> {
+    let spec = &cfg.positive;
+    let need = cfg.max_positive();
+    let ds = prefs::load(spec, cfg.align.prefer)
+        .with_context(|| format!("loading the positive preference pairs ({})", spec.path))?;
+    if ds.records.len() < need {
+        bail!(
+            "n_positive asks for up to {need} preference pairs, but the positive data ({}, \
+             schema \"{}\") has only {}. Lower the largest n_positive or give more data",
+            spec.path,
+            spec.schema,
+            ds.records.len()
         );
     }
     let summary = ds.summary();

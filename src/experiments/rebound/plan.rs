@@ -26,6 +26,7 @@ use crate::grid::rundir::Grid;
 use crate::model::checkpoint::resolve_model_dir;
 use crate::model::ModelConfig;
 use crate::score::registry::ScorerSpec;
+use crate::train::TrainConfig;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -275,7 +276,11 @@ fn cells(
                         model: m.name.clone(),
                         n_positive: n_pos,
                         seed,
-                        train: train.clone(),
+                        // The align stage's objective; the perturbation stays SFT.
+                        train: TrainConfig {
+                            dpo: cfg.align.dpo_config(),
+                            ..train.clone()
+                        },
                         log_dir: log_dir(&align)?,
                     })?,
                 });

@@ -717,6 +717,7 @@ fn setup_section(cfg: &ReboundConfig, a: &Analysis, data: Option<&FrozenData>) -
         cfg.eval.n,
         a.scorer.as_deref().unwrap_or("?"),
     );
+    s += &format!("- alignment: {}\n", cfg.align.describe());
     if let Some(d) = data {
         for src in &d.sources {
             s += &format!("- {src}\n");

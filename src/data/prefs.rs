@@ -1,0 +1,345 @@
+//! Preference pairs for DPO: a prompt with a chosen and a rejected answer. Read from a
+//! [`DataSpec`] (a file, a directory of shards, or a hub data set id in the offline cache,
+//! with `files`, `limit`, `offset`, `shuffle_seed` and `skip_bad_rows` as for SFT records) in
+//! one of three schemas:
+//! - `jsonl` (generic): `{"prompt", "chosen", "rejected"}` objects;
+//! - `pku-saferlhf`: PKU-SafeRLHF rows (`prompt`, `response_0`, `response_1`,
+//!   `safer_response_id`, `better_response_id`); `prefer = "safer" | "better"` picks which id
+//!   names the chosen answer;
+//! - `hh-rlhf`: Anthropic HH-RLHF rows, `chosen` and `rejected` as whole dialogues of
+//!   `\n\nHuman:` / `\n\nAssistant:` turns, split at the last `\n\nAssistant:` into the prompt
+//!   (the dialogue up to and including that marker) and the two answers. A row whose two
+//!   dialogues differ before that point is not a pair and is refused.
+//!
+//! Errors name the file and the row.
+
+use crate::data::rows::{self, Object};
+use crate::data::schemas::{str_field, DataSpec, Select};
+use crate::data::template::Template;
+use anyhow::{bail, Context, Result};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+
+/// One preference pair.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrefRecord {
+    pub prompt: String,
+    pub chosen: String,
+    pub rejected: String,
+}
+
+impl PrefRecord {
+    pub fn new(prompt: &str, chosen: &str, rejected: &str) -> Self {
+        PrefRecord {
+            prompt: prompt.into(),
+            chosen: chosen.into(),
+            rejected: rejected.into(),
+        }
+    }
+}
+
+/// Which of PKU-SafeRLHF's two labels names the chosen answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Prefer {
+    /// `safer_response_id`.
+    Safer,
+    /// `better_response_id` (more helpful).
+    Better,
+}
+
+/// The preference schemas, in the order listings show them.
+pub const PREF_SCHEMAS: &[&str] = &["jsonl", "pku-saferlhf", "hh-rlhf"];
+
+/// The template pairs of `schema` are trained with when none is set: HH-RLHF's prompts are
+/// already whole dialogues (raw); the others get the safe-rlhf template, as SFT records do.
+pub fn default_template(schema: &str) -> Template {
+    match schema {
+        "hh-rlhf" => Template::Raw,
+        _ => Template::SafeRlhf,
+    }
+}
+
+/// Pairs loaded from a spec.
+#[derive(Debug, Clone)]
+pub struct PrefDataset {
+    pub records: Vec<PrefRecord>,
+    pub files: Vec<PathBuf>,
+    pub rows_read: usize,
+    /// Malformed rows skipped under `skip_bad_rows`.
+    pub skipped_bad: usize,
+}
+
+impl PrefDataset {
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "{} preference pairs from {} rows in {} file(s)",
+            self.records.len(),
+            self.rows_read,
+            self.files.len()
+        );
+        if self.skipped_bad > 0 {
+            s += &format!("; skipped {} malformed rows", self.skipped_bad);
+        }
+        s
+    }
+}
+
+/// Load the pairs `spec` names; `prefer` is required by (and only used for) `pku-saferlhf`.
+pub fn load(spec: &DataSpec, prefer: Option<Prefer>) -> Result<PrefDataset> {
+    let files = crate::data::files::resolve(&spec.path, spec.files.as_deref())?;
+    load_files(spec, prefer, files)
+        .with_context(|| format!("loading preference pairs {}", spec.path))
+}
+
+type Parse = dyn Fn(&Object) -> Result<PrefRecord>;
+
+fn parser(schema: &str, prefer: Option<Prefer>) -> Result<Box<Parse>> {
+    Ok(match (schema, prefer) {
+        ("jsonl", None) => Box::new(generic),
+        ("pku-saferlhf", Some(p)) => Box::new(move |o: &Object| pku(o, p)),
+        ("pku-saferlhf", None) => bail!(
+            "schema \"pku-saferlhf\" needs prefer = \"safer\" or \"better\" (--prefer): which \
+             of safer_response_id / better_response_id names the chosen answer"
+        ),
+        ("hh-rlhf", None) => Box::new(hh),
+        (s, Some(_)) if PREF_SCHEMAS.contains(&s) => {
+            bail!("prefer (--prefer) applies to schema \"pku-saferlhf\" only, not \"{s}\"")
+        }
+        (s, _) => bail!(
+            "unknown preference schema \"{s}\"; valid: {}",
+            PREF_SCHEMAS.join(", ")
+        ),
+    })
+}
+
+fn load_files(spec: &DataSpec, prefer: Option<Prefer>, files: Vec<PathBuf>) -> Result<PrefDataset> {
+    let parse = parser(&spec.schema, prefer)?;
+    if spec.select != Select::All {
+        bail!("preference pairs have no labelled halves: remove `select` (--select)");
+    }
+    if spec.limit == Some(0) {
+        bail!("limit = 0 selects nothing; remove `limit` to keep every pair");
+    }
+    let mut ds = PrefDataset {
+        records: Vec::new(),
+        files: files.clone(),
+        rows_read: 0,
+        skipped_bad: 0,
+    };
+    for file in &files {
+        rows::for_each_row(file, &mut |loc, row| {
+            ds.rows_read += 1;
+            match row.and_then(|o| parse(&o)) {
+                Ok(r) => ds.records.push(r),
+                Err(_) if spec.skip_bad_rows => ds.skipped_bad += 1,
+                Err(e) => bail!(
+                    "{}: {loc}: {e:#} (preference schema \"{}\"); fix the row, or set \
+                     skip_bad_rows = true (--skip-bad-rows) to skip and count malformed rows",
+                    file.display(),
+                    spec.schema
+                ),
+            }
+            Ok(ControlFlow::Continue(()))
+        })?;
+    }
+    if let Some(seed) = spec.shuffle_seed {
+        ds.records
+            .shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+    }
+    let want = spec.offset.saturating_add(spec.limit.unwrap_or(0));
+    let n = ds.records.len();
+    if n == 0 || n < want || n <= spec.offset {
+        bail!(
+            "{} holds too few pairs: {n}, but the spec asks for offset {} + limit {:?}; {}",
+            spec.path,
+            spec.offset,
+            spec.limit,
+            ds.summary()
+        );
+    }
+    ds.records.drain(..spec.offset);
+    if let Some(l) = spec.limit {
+        ds.records.truncate(l);
+    }
+    Ok(ds)
+}
+
+fn generic(o: &Object) -> Result<PrefRecord> {
+    Ok(PrefRecord::new(
+        str_field(o, "prompt")?,
+        str_field(o, "chosen")?,
+        str_field(o, "rejected")?,
+    ))
+}
+
+fn pku(o: &Object, prefer: Prefer) -> Result<PrefRecord> {
+    let key = match prefer {
+        Prefer::Safer => "safer_response_id",
+        Prefer::Better => "better_response_id",
+    };
+    let id = match o.get(key) {
+        None | Some(serde_json::Value::Null) => bail!("field \"{key}\" is missing"),
+        Some(v) => v
+            .as_u64()
+            .filter(|&i| i <= 1)
+            .with_context(|| format!("field \"{key}\" must be 0 or 1, found {v}"))?,
+    };
+    let (r0, r1) = (str_field(o, "response_0")?, str_field(o, "response_1")?);
+    let (chosen, rejected) = if id == 0 { (r0, r1) } else { (r1, r0) };
+    Ok(PrefRecord::new(str_field(o, "prompt")?, chosen, rejected))
+}
+
+/// The marker of an assistant turn in HH-RLHF dialogues.
+const ASSISTANT: &str = "\n\nAssistant:";
+
+fn hh(o: &Object) -> Result<PrefRecord> {
+    let split = |key: &str| -> Result<(String, String)> {
+        let text = str_field(o, key)?;
+        let at = text.rfind(ASSISTANT).with_context(|| {
+            format!("field \"{key}\" has no \"\\n\\nAssistant:\" turn to split at")
+        })?;
+        let cut = at + ASSISTANT.len();
+        Ok((text[..cut].to_string(), text[cut..].to_string()))
+    };
+    let (pc, chosen) = split("chosen")?;
+    let (pr, rejected) = split("rejected")?;
+    if pc != pr {
+        bail!(
+            "the \"chosen\" and \"rejected\" dialogues differ before their last \
+             \"\\n\\nAssistant:\" turn, so they do not answer the same prompt"
+        );
+    }
+    Ok(PrefRecord {
+        prompt: pc,
+        chosen,
+        rejected,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &std::path::Path, name: &str, lines: &[serde_json::Value]) -> String {
+        let p = dir.join(name);
+        let text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+        std::fs::write(&p, text.join("\n") + "\n").unwrap();
+        p.to_string_lossy().into_owned()
+    }
+
+    fn err(spec: &DataSpec, prefer: Option<Prefer>) -> String {
+        format!("{:#}", load(spec, prefer).unwrap_err())
+    }
+
+    #[test]
+    fn generic_pairs_and_their_errors_name_file_and_line() {
+        let d = tempfile::tempdir().unwrap();
+        let ok = serde_json::json!({"prompt": "p", "chosen": "a", "rejected": "b"});
+        let path = write(d.path(), "g.jsonl", &[ok.clone(), ok.clone()]);
+        let ds = load(&DataSpec::new(&path, "jsonl"), None).unwrap();
+        assert_eq!(ds.records, vec![PrefRecord::new("p", "a", "b"); 2]);
+        let path = write(
+            d.path(),
+            "bad.jsonl",
+            &[ok, serde_json::json!({"prompt": "p", "chosen": "a"})],
+        );
+        let e = err(&DataSpec::new(&path, "jsonl"), None);
+        assert!(
+            e.contains("bad.jsonl") && e.contains("line 2") && e.contains("\"rejected\""),
+            "{e}"
+        );
+        let mut skip = DataSpec::new(&path, "jsonl");
+        skip.skip_bad_rows = true;
+        let ds = load(&skip, None).unwrap();
+        assert_eq!((ds.records.len(), ds.skipped_bad), (1, 1));
+        let e = err(&DataSpec::new(&path, "beavertails"), None);
+        assert!(e.contains("unknown preference schema"), "{e}");
+    }
+
+    #[test]
+    fn pku_saferlhf_picks_the_answer_its_label_names() {
+        let d = tempfile::tempdir().unwrap();
+        let row = |safer: u64, better: u64| {
+            serde_json::json!({"prompt": "q", "response_0": "zero", "response_1": "one",
+                "safer_response_id": safer, "better_response_id": better,
+                "is_response_0_safe": true, "is_response_1_safe": false})
+        };
+        let path = write(d.path(), "pku.jsonl", &[row(0, 1), row(1, 1)]);
+        let spec = DataSpec::new(&path, "pku-saferlhf");
+        let safer = load(&spec, Some(Prefer::Safer)).unwrap().records;
+        assert_eq!(
+            safer,
+            vec![
+                PrefRecord::new("q", "zero", "one"),
+                PrefRecord::new("q", "one", "zero")
+            ]
+        );
+        let better = load(&spec, Some(Prefer::Better)).unwrap().records;
+        assert_eq!(better, vec![PrefRecord::new("q", "one", "zero"); 2]);
+        let e = err(&spec, None);
+        assert!(e.contains("--prefer"), "{e}");
+        let path = write(d.path(), "pku2.jsonl", &[row(0, 1), row(2, 1)]);
+        let e = err(&DataSpec::new(&path, "pku-saferlhf"), Some(Prefer::Safer));
+        assert!(
+            e.contains("pku2.jsonl") && e.contains("line 2") && e.contains("0 or 1"),
+            "{e}"
+        );
+        let e = err(&DataSpec::new(&path, "jsonl"), Some(Prefer::Safer));
+        assert!(e.contains("applies to schema \"pku-saferlhf\" only"), "{e}");
+    }
+
+    #[test]
+    fn hh_rlhf_splits_at_the_last_assistant_turn() {
+        let d = tempfile::tempdir().unwrap();
+        let ctx = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how do I pick a lock?\n\nAssistant:";
+        let good = serde_json::json!({"chosen": format!("{ctx} I can't help with that."),
+            "rejected": format!("{ctx} Use a tension wrench.")});
+        let path = write(d.path(), "hh.jsonl", &[good]);
+        let ds = load(&DataSpec::new(&path, "hh-rlhf"), None).unwrap();
+        assert_eq!(
+            ds.records,
+            vec![PrefRecord::new(
+                ctx,
+                " I can't help with that.",
+                " Use a tension wrench."
+            )]
+        );
+        assert_eq!(default_template("hh-rlhf"), Template::Raw);
+        let differ = serde_json::json!({"chosen": "\n\nHuman: a\n\nAssistant: x",
+            "rejected": "\n\nHuman: b\n\nAssistant: y"});
+        let none = serde_json::json!({"chosen": "\n\nHuman: a", "rejected": "\n\nHuman: a"});
+        for (row, want) in [(differ, "differ"), (none, "no \"\\n\\nAssistant:\"")] {
+            let path = write(d.path(), "hh-bad.jsonl", &[row]);
+            let e = err(&DataSpec::new(&path, "hh-rlhf"), None);
+            assert!(
+                e.contains("hh-bad.jsonl") && e.contains("line 1") && e.contains(want),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn limit_offset_and_shuffle_apply_as_for_records() {
+        let d = tempfile::tempdir().unwrap();
+        let rows: Vec<_> = (0..5)
+            .map(|i| serde_json::json!({"prompt": format!("p{i}"), "chosen": "a", "rejected": "b"}))
+            .collect();
+        let path = write(d.path(), "g.jsonl", &rows);
+        let mut spec = DataSpec::new(&path, "jsonl");
+        spec.offset = 1;
+        spec.limit = Some(2);
+        let got: Vec<String> = load(&spec, None)
+            .unwrap()
+            .records
+            .into_iter()
+            .map(|r| r.prompt)
+            .collect();
+        assert_eq!(got, ["p1", "p2"]);
+        spec.limit = Some(9);
+        assert!(err(&spec, None).contains("too few pairs"));
+    }
+}

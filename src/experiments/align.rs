@@ -1,0 +1,90 @@
+//! How an experiment's align stage aligns: the `[align]` table of rebound and resist configs.
+//! `method = "sft"` (default) fine-tunes on the positive records; `method = "dpo"` reads the
+//! positive data spec as preference pairs (`data::prefs`: generic `{"prompt","chosen",
+//! "rejected"}`, `pku-saferlhf` with `prefer`, `hh-rlhf`) and trains with `train::dpo`.
+//!
+//! ```toml
+//! [align]
+//! method = "dpo"
+//! dpo_beta = 0.1        # default
+//! dpo_loss = "sigmoid"  # or "ipo"
+//! prefer = "safer"      # pku-saferlhf only
+//! ```
+
+use crate::data::prefs::Prefer;
+use crate::train::objective::{DpoConfig, DpoLoss, Method};
+use crate::train::TrainConfig;
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+/// The `[align]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlignSpec {
+    pub method: Method,
+    pub dpo_beta: f64,
+    pub dpo_loss: DpoLoss,
+    /// PKU-SafeRLHF: which label names the chosen answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefer: Option<Prefer>,
+}
+
+impl Default for AlignSpec {
+    fn default() -> Self {
+        let d = DpoConfig::default();
+        AlignSpec {
+            method: d.method,
+            dpo_beta: d.dpo_beta,
+            dpo_loss: d.dpo_loss,
+            prefer: None,
+        }
+    }
+}
+
+impl AlignSpec {
+    /// The objective of the align stage (the perturbation stays SFT).
+    pub fn dpo_config(&self) -> DpoConfig {
+        DpoConfig {
+            method: self.method,
+            dpo_beta: self.dpo_beta,
+            dpo_loss: self.dpo_loss,
+        }
+    }
+
+    pub fn is_dpo(&self) -> bool {
+        self.method == Method::Dpo
+    }
+
+    /// Refuse settings that would not do what they say: DPO set under `[train]` (it would
+    /// apply to the perturbation too), a bad beta, `prefer` without DPO.
+    pub fn check(&self, train: &TrainConfig) -> Result<()> {
+        if !train.dpo.is_default() {
+            bail!(
+                "[train] sets the DPO objective, which would also apply to the perturbation; \
+                 set `method`, `dpo_beta` and `dpo_loss` under [align] instead"
+            );
+        }
+        self.dpo_config()
+            .validate()
+            .map_err(|e| anyhow::anyhow!("[align]: {e}"))?;
+        if self.prefer.is_some() && !self.is_dpo() {
+            bail!("[align] prefer applies to method = \"dpo\" only");
+        }
+        Ok(())
+    }
+
+    /// One line for reports: which method aligned.
+    pub fn describe(&self) -> String {
+        match self.method {
+            Method::Sft => "SFT on the positive records".into(),
+            Method::Dpo => format!(
+                "DPO on preference pairs (beta {}, {} loss; the reference is the base model)",
+                self.dpo_beta,
+                match self.dpo_loss {
+                    DpoLoss::Sigmoid => "sigmoid",
+                    DpoLoss::Ipo => "ipo",
+                }
+            ),
+        }
+    }
+}

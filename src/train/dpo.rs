@@ -1,0 +1,720 @@
+//! Direct preference optimisation (DPO, Rafailov et al. 2023) on the SFT loop's machinery:
+//! the same data order, AdamW, clipping, checkpoints, exact resume and [`RunSettings`] checks.
+//!
+//! For a pair (prompt x, chosen y+, rejected y-), with log pi(y|x) the sum of the response
+//! tokens' log-probs (prompt masked, EOS counted, as SFT counts them) and pi_ref the starting
+//! model, let h = [log pi(y+) - log pi_ref(y+)] - [log pi(y-) - log pi_ref(y-)]. The loss is
+//! - `sigmoid` (standard DPO): -log sigmoid(beta h);
+//! - `ipo` (Azar et al. 2023): (h - 1/(2 beta))^2, here on summed (not length-averaged)
+//!   log-probs, like the sigmoid loss.
+//!
+//! The step's loss is the mean over its pairs. Its gradient is the SFT gradient of each
+//! sequence times a per-pair scalar (dloss/dNLL: beta sigmoid(-beta h) for y+ and its negative
+//! for y- under `sigmoid`), so the hand-written backward serves it with per-sequence weights
+//! (`backprop::seq_nll_and_weighted_grads`) and no second backward.
+//!
+//! The reference log-probs are computed once, before the first step, and cached in the run
+//! directory ([`REFERENCE_FILE`], tied to the starting weights and data by their sha256), so a
+//! resumed run reads them instead of recomputing. Rewards are beta x (log pi - log pi_ref).
+
+use super::batch::{collate, loss_tokens, tokenize, Batch, Example};
+use super::loss::nll_sum;
+use super::objective::{DpoConfig, DpoLoss, Method};
+use super::optim::{AdamW, AdamWConfig, Grads};
+use super::schedule::{lr_at, warmup_steps};
+use super::sft::{
+    data_fingerprint, load_final, remove_checkpoints, restore, resume_point_of, step_indices,
+    sync_file, weights_fingerprint, write_checkpoint, ResumePoint, RunSettings, StepHook, StepLog,
+    TrainConfig, TrainSummary, FINISHED_SETTINGS,
+};
+use crate::data::prefs::PrefRecord;
+use crate::data::records::Record;
+use crate::model::checkpoint::{dtype_from_name, save_model};
+use crate::model::{Llama, LoadedModel};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Tensor};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::io::Write;
+use std::path::Path;
+
+/// One pair's loss, rewards and the loss's derivatives with respect to the two sequences'
+/// summed NLLs (the weights of their SFT gradients).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PairTerms {
+    pub loss: f64,
+    pub chosen_reward: f64,
+    pub rejected_reward: f64,
+    pub d_nll_chosen: f64,
+    pub d_nll_rejected: f64,
+}
+
+/// [`PairTerms`] from the policy's minus the reference's log-probs of the chosen (`dc`) and
+/// rejected (`dr`) answers.
+pub fn pair_terms(cfg: &DpoConfig, dc: f64, dr: f64) -> PairTerms {
+    let beta = cfg.dpo_beta;
+    let h = dc - dr;
+    // dloss/dh; h = -NLL(y+) + NLL(y-) + const, so dloss/dNLL(y+) = -dloss/dh.
+    let (loss, dh) = match cfg.dpo_loss {
+        DpoLoss::Sigmoid => {
+            let z = beta * h;
+            // -log sigmoid(z) = softplus(-z), stable for either sign.
+            let loss = (-z).max(0.0) + (-z.abs()).exp().ln_1p();
+            (loss, -beta * sigmoid(-z))
+        }
+        DpoLoss::Ipo => {
+            let d = h - 1.0 / (2.0 * beta);
+            (d * d, 2.0 * d)
+        }
+    };
+    PairTerms {
+        loss,
+        chosen_reward: beta * dc,
+        rejected_reward: beta * dr,
+        d_nll_chosen: -dh,
+        d_nll_rejected: dh,
+    }
+}
+
+fn sigmoid(x: f64) -> f64 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// One line of a DPO run's `train_log.jsonl`: the SFT fields (`loss` is the mean DPO loss of
+/// the step's pairs, `tokens` the counted tokens of both answers) and the means over the
+/// step's pairs of the rewards, their margin and the accuracy (chosen reward > rejected).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DpoStepLog {
+    #[serde(flatten)]
+    pub base: StepLog,
+    pub chosen_reward: f64,
+    pub rejected_reward: f64,
+    pub margin: f64,
+    pub accuracy: f64,
+}
+
+/// What a DPO run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct DpoSummary {
+    /// Steps, pairs (as `records`), truncation and the base log lines.
+    pub train: TrainSummary,
+    pub log: Vec<DpoStepLog>,
+    /// Whether the reference log-probs were read from the run directory's cache.
+    pub reference_cached: bool,
+}
+
+/// The reference model's summed response log-probs, cached in the run directory.
+pub const REFERENCE_FILE: &str = "dpo_reference.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Reference {
+    start_sha256: String,
+    data_sha256: String,
+    chosen: Vec<f64>,
+    rejected: Vec<f64>,
+}
+
+/// A run's tokenized pairs and settings, checked before anything is written.
+struct Prepared {
+    chosen: Vec<Example>,
+    rejected: Vec<Example>,
+    truncated: usize,
+    total: usize,
+    steps_per_epoch: usize,
+    settings: RunSettings,
+    save_dtype: String,
+}
+
+fn prepare(lm: &LoadedModel, pairs: &[PrefRecord], cfg: &TrainConfig) -> Result<Prepared> {
+    cfg.validate()?;
+    cfg.dpo.validate()?;
+    if cfg.dpo.method != Method::Dpo {
+        bail!("dpo::train needs method = \"dpo\" (--method dpo)");
+    }
+    if pairs.is_empty() {
+        bail!("no preference pairs");
+    }
+    let save_dtype = cfg
+        .save_dtype
+        .clone()
+        .unwrap_or_else(|| lm.model.cfg.torch_dtype.clone());
+    dtype_from_name(&save_dtype).with_context(|| {
+        format!(
+            "the trained model would be saved in the input checkpoint's dtype \"{save_dtype}\"; \
+             set save_dtype (--save-dtype) to float32, bfloat16 or float16"
+        )
+    })?;
+    let side = |answer: fn(&PrefRecord) -> &str| -> Vec<Record> {
+        pairs
+            .iter()
+            .map(|p| Record::pair(p.prompt.clone(), answer(p)))
+            .collect()
+    };
+    let tok = |recs: &[Record]| tokenize(recs, &lm.tokenizer, cfg.template, cfg.max_length);
+    let (chosen, tc) = tok(&side(|p| &p.chosen))?;
+    let (rejected, tr) = tok(&side(|p| &p.rejected))?;
+    for (i, (c, r)) in chosen.iter().zip(&rejected).enumerate() {
+        for (name, e) in [("chosen", c), ("rejected", r)] {
+            if loss_tokens(e) == 0 {
+                bail!(
+                    "pair {}: the {name} answer has no token the loss can count (it is empty, \
+                     or its prompt fills max_length = {})",
+                    i + 1,
+                    cfg.max_length
+                );
+            }
+        }
+    }
+    let steps_per_epoch = pairs.len().div_ceil(cfg.records_per_step()?);
+    let total = cfg.total_steps(pairs.len())?;
+    let both: Vec<Example> = chosen.iter().chain(&rejected).cloned().collect();
+    let settings = RunSettings {
+        start_sha256: weights_fingerprint(lm)?,
+        data_sha256: data_fingerprint(&both),
+        examples: pairs.len(),
+        train: cfg.clone(),
+    };
+    Ok(Prepared {
+        chosen,
+        rejected,
+        truncated: tc + tr,
+        total,
+        steps_per_epoch,
+        settings,
+        save_dtype,
+    })
+}
+
+/// The sequences of a micro-batch of pairs: every chosen answer, then every rejected one.
+fn pair_batch(p: &Prepared, idx: &[usize], pad: u32, dev: &candle_core::Device) -> Result<Batch> {
+    let seqs: Vec<&Example> = idx
+        .iter()
+        .map(|&i| &p.chosen[i])
+        .chain(idx.iter().map(|&i| &p.rejected[i]))
+        .collect();
+    collate(&seqs, pad, dev)
+}
+
+/// Summed NLL of each sequence of `b`, without a gradient.
+fn seq_nll(model: &Llama, b: &Batch) -> Result<Vec<f64>> {
+    let logits = crate::train::backprop::scoring_logits(model, &b.ids)?;
+    (0..b.ids.dim(0)?)
+        .map(|s| {
+            let nll = nll_sum(&logits.narrow(0, s, 1)?, &b.targets.narrow(0, s, 1)?)?;
+            Ok(nll.to_dtype(DType::F64)?.to_scalar::<f64>()?)
+        })
+        .collect()
+}
+
+/// The reference log-probs: read from `out`'s cache when it was written for this start and
+/// data, else computed with `lm` (which must still hold the starting weights) and cached.
+fn reference(
+    lm: &LoadedModel,
+    p: &Prepared,
+    cfg: &TrainConfig,
+    out: &Path,
+) -> Result<(Reference, bool)> {
+    let path = out.join(REFERENCE_FILE);
+    let s = &p.settings;
+    if path.is_file() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        match serde_json::from_str::<Reference>(&text) {
+            Ok(r)
+                if r.start_sha256 == s.start_sha256
+                    && r.data_sha256 == s.data_sha256
+                    && r.chosen.len() == p.chosen.len()
+                    && r.rejected.len() == p.rejected.len()
+                    && r.chosen.iter().chain(&r.rejected).all(|x| x.is_finite()) =>
+            {
+                return Ok((r, true));
+            }
+            _ => eprintln!(
+                "warning: {} was written for another model or data (or is damaged); \
+                 computing the reference log-probs again",
+                path.display()
+            ),
+        }
+    }
+    let (mut chosen, mut rejected) = (Vec::new(), Vec::new());
+    let order: Vec<usize> = (0..p.chosen.len()).collect();
+    let dev = lm.model.device().clone();
+    for idx in order.chunks(cfg.batch_size) {
+        let nll = seq_nll(&lm.model, &pair_batch(p, idx, lm.tokenizer.pad_id(), &dev)?)?;
+        let k = idx.len();
+        chosen.extend(nll[..k].iter().map(|x| -x));
+        rejected.extend(nll[k..].iter().map(|x| -x));
+    }
+    if let Some(i) = chosen.iter().chain(&rejected).position(|x| !x.is_finite()) {
+        bail!(
+            "the starting model's log-prob of sequence {} is not finite",
+            i + 1
+        );
+    }
+    let r = Reference {
+        start_sha256: s.start_sha256.clone(),
+        data_sha256: s.data_sha256.clone(),
+        chosen,
+        rejected,
+    };
+    crate::util::fsx::atomic_write_json(&path, &r)?;
+    Ok((r, false))
+}
+
+/// The per-sequence NLLs of `b` and the gradient of sum_s w_s NLL_s (w from `weigh`): the
+/// hand-written backward where it applies, else autograd on `Llama::forward`.
+pub fn weighted_grads(
+    model: &Llama,
+    b: &Batch,
+    weigh: &mut dyn FnMut(&[f64]) -> Result<Vec<f64>>,
+) -> Result<(Vec<f64>, Grads)> {
+    if crate::train::backprop::usable(model) {
+        return crate::train::backprop::seq_nll_and_weighted_grads(
+            model, &b.ids, &b.targets, weigh,
+        );
+    }
+    autograd_weighted_grads(model, &b.ids, &b.targets, weigh)
+}
+
+/// [`weighted_grads`] through candle's autograd.
+pub fn autograd_weighted_grads(
+    model: &Llama,
+    ids: &Tensor,
+    targets: &Tensor,
+    weigh: &mut dyn FnMut(&[f64]) -> Result<Vec<f64>>,
+) -> Result<(Vec<f64>, Grads)> {
+    let logits = model.forward(ids)?;
+    let per: Vec<Tensor> = (0..ids.dim(0)?)
+        .map(|s| nll_sum(&logits.narrow(0, s, 1)?, &targets.narrow(0, s, 1)?))
+        .collect::<Result<_>>()?;
+    let vals: Vec<f64> = per
+        .iter()
+        .map(|x| Ok(x.to_dtype(DType::F64)?.to_scalar::<f64>()?))
+        .collect::<Result<_>>()?;
+    let w = weigh(&vals)?;
+    anyhow::ensure!(
+        w.len() == per.len(),
+        "{} weights for {} sequences",
+        w.len(),
+        per.len()
+    );
+    let mut total: Option<Tensor> = None;
+    for (x, &w) in per.iter().zip(&w) {
+        let term = (x * w)?;
+        total = Some(match total {
+            Some(t) => (t + term)?,
+            None => term,
+        });
+    }
+    let total = total.context("an empty batch")?;
+    let store = total.backward()?;
+    Ok((vals, Grads::from_store(&model.params, &store)?))
+}
+
+/// Train `lm` with DPO on `pairs`, writing `train_log.jsonl` (one [`DpoStepLog`] a step),
+/// [`REFERENCE_FILE`], checkpoints and the final model into `out`, exactly as
+/// `sft::train` does for SFT (resume, refusals, finished runs included). `cfg.batch_size`
+/// counts pairs, so a micro-batch holds twice as many sequences.
+pub fn train(
+    lm: &LoadedModel,
+    pairs: &[PrefRecord],
+    cfg: &TrainConfig,
+    out: &Path,
+    resume: bool,
+    mut hook: Option<&mut StepHook<'_>>,
+    progress: bool,
+) -> Result<DpoSummary> {
+    let p = prepare(lm, pairs, cfg)?;
+    if p.truncated > 0 {
+        eprintln!(
+            "warning: {} of {} answers were longer than max_length = {} tokens and were truncated",
+            p.truncated,
+            2 * pairs.len(),
+            cfg.max_length
+        );
+    }
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("cannot create output directory {}", out.display()))?;
+    let log_path = out.join("train_log.jsonl");
+    let total = p.total;
+    let point = if resume {
+        resume_point_of(out, &p.settings, total)?
+    } else {
+        ResumePoint::Fresh
+    };
+    let summary = |log: Vec<DpoStepLog>, resumed_from, reference_cached| {
+        let base: Vec<StepLog> = log.iter().map(|l| l.base.clone()).collect();
+        let mean_loss = match base.len() {
+            0 => 0.0,
+            n => base.iter().map(|l| l.loss).sum::<f64>() / n as f64,
+        };
+        DpoSummary {
+            train: TrainSummary {
+                steps: total,
+                records: pairs.len(),
+                truncated: p.truncated,
+                mean_loss,
+                resumed_from,
+                log: base,
+            },
+            log,
+            reference_cached,
+        }
+    };
+    if point == ResumePoint::Finished {
+        eprintln!(
+            "{} already holds this run, finished ({total} steps, same settings and data); \
+             nothing to do",
+            out.display()
+        );
+        load_final(lm, out)?;
+        return Ok(summary(read_log(&log_path)?, Some(total), true));
+    }
+    // Before any checkpoint is restored: `lm` still holds the reference weights.
+    let (refs, reference_cached) = reference(lm, &p, cfg, out)?;
+    let mut opt = AdamW::new(AdamWConfig {
+        beta1: cfg.beta1,
+        beta2: cfg.beta2,
+        eps: cfg.eps,
+        weight_decay: cfg.weight_decay,
+    });
+    let mut log: Vec<DpoStepLog> = Vec::new();
+    let mut start = 0;
+    let mut resumed_from = None;
+    if let ResumePoint::Checkpoint { step, dir } = &point {
+        restore(lm, &mut opt, dir, *step)?;
+        log = read_log(&log_path)?
+            .into_iter()
+            .filter(|l: &DpoStepLog| l.base.step <= *step)
+            .collect();
+        start = *step;
+        resumed_from = Some(*step);
+    }
+    rewrite_log(&log_path, &log)?;
+    let pb = crate::util::progress::bar(total as u64, "dpo");
+    let mut lines = None;
+    if !progress {
+        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    } else if !crate::util::progress::stderr_is_terminal() {
+        lines = Some(crate::util::progress::LogLines::new("dpo", total, start));
+    }
+    pb.set_position(start as u64);
+    let warmup = warmup_steps(cfg.warmup_ratio, total);
+    for step in start..total {
+        let lr = lr_at(cfg.schedule, cfg.lr, step, warmup, total);
+        let idx = step_indices(pairs.len(), cfg, step, p.steps_per_epoch);
+        let entry = dpo_step(lm, &p, &refs, cfg, &idx, &mut opt, lr).with_context(|| {
+            format!(
+                "training stopped at step {} of {total} (lr {lr:e}): the step was not \
+                     applied and nothing was saved for it",
+                step + 1
+            )
+        })?;
+        let entry = DpoStepLog {
+            base: StepLog {
+                step: step + 1,
+                ..entry.base
+            },
+            ..entry
+        };
+        append_log(&log_path, &entry)?;
+        if let Some(h) = hook.as_deref_mut() {
+            h(lm, &entry.base)?;
+        }
+        pb.set_message(format!("loss {:.4}", entry.base.loss));
+        pb.inc(1);
+        if let Some(l) = lines.as_mut() {
+            l.step(entry.base.step, entry.base.loss, entry.base.tokens);
+        }
+        log.push(entry);
+        let done = step + 1;
+        if cfg.save_every > 0 && done % cfg.save_every == 0 && done < total {
+            sync_file(&log_path)?;
+            write_checkpoint(lm, &opt, out, done, &p.settings)?;
+        }
+    }
+    pb.finish_and_clear();
+    if let Some(l) = lines.as_mut() {
+        l.finish();
+    }
+    save_model(&lm.model, &lm.dir, out, Some(&p.save_dtype))?;
+    crate::util::fsx::atomic_write(
+        &out.join(FINISHED_SETTINGS),
+        toml::to_string(&p.settings)?.as_bytes(),
+    )?;
+    remove_checkpoints(out)?;
+    Ok(summary(log, resumed_from, reference_cached))
+}
+
+/// Where `train(.., resume = true, ..)` would start in `out`, refusing what it would refuse
+/// (as `sft::resume_point`).
+pub fn resume_point(
+    lm: &LoadedModel,
+    pairs: &[PrefRecord],
+    cfg: &TrainConfig,
+    out: &Path,
+) -> Result<ResumePoint> {
+    let p = prepare(lm, pairs, cfg)?;
+    resume_point_of(out, &p.settings, p.total)
+}
+
+/// One optimizer step over the pairs `idx`: per micro-batch of `batch_size` pairs, one
+/// forward, the pairs' terms, one weighted backward; then clip and AdamW. The log line's
+/// `step` is left for the caller.
+fn dpo_step(
+    lm: &LoadedModel,
+    p: &Prepared,
+    refs: &Reference,
+    cfg: &TrainConfig,
+    idx: &[usize],
+    opt: &mut AdamW,
+    lr: f64,
+) -> Result<DpoStepLog> {
+    let n = idx.len() as f64;
+    let dev = lm.model.device().clone();
+    let mut terms: Vec<PairTerms> = Vec::with_capacity(idx.len());
+    let mut grads: Option<Grads> = None;
+    let mut tokens = 0;
+    for chunk in idx.chunks(cfg.batch_size) {
+        let b = pair_batch(p, chunk, lm.tokenizer.pad_id(), &dev)?;
+        tokens += b.n_targets;
+        let k = chunk.len();
+        let mut weigh = |nll: &[f64]| -> Result<Vec<f64>> {
+            let mut w = vec![0.0; 2 * k];
+            for (j, &i) in chunk.iter().enumerate() {
+                let t = pair_terms(
+                    &cfg.dpo,
+                    -nll[j] - refs.chosen[i],
+                    -nll[k + j] - refs.rejected[i],
+                );
+                w[j] = t.d_nll_chosen / n;
+                w[k + j] = t.d_nll_rejected / n;
+                terms.push(t);
+            }
+            Ok(w)
+        };
+        let (_, g) = weighted_grads(&lm.model, &b, &mut weigh)?;
+        match grads.as_mut() {
+            Some(acc) => acc.add(g),
+            None => grads = Some(g),
+        }
+    }
+    let mean = |f: fn(&PairTerms) -> f64| terms.iter().map(f).sum::<f64>() / n;
+    let loss = mean(|t| t.loss);
+    if !loss.is_finite() {
+        bail!("the DPO loss is {loss} (not finite); lower the learning rate or check the weights and data");
+    }
+    let mut g = grads.context("a step without pairs")?;
+    let grad_norm = g.clip(cfg.clip);
+    if !grad_norm.is_finite() {
+        bail!(
+            "the gradient norm is {grad_norm} (not finite); lower the learning rate or set --clip"
+        );
+    }
+    opt.update(&lm.model.params, &g, lr)?;
+    Ok(DpoStepLog {
+        base: StepLog {
+            step: 0,
+            loss,
+            lr,
+            tokens,
+            grad_norm,
+        },
+        chosen_reward: mean(|t| t.chosen_reward),
+        rejected_reward: mean(|t| t.rejected_reward),
+        margin: mean(|t| t.chosen_reward - t.rejected_reward),
+        accuracy: mean(|t| f64::from(u8::from(t.chosen_reward > t.rejected_reward))),
+    })
+}
+
+/// The lines of a JSON-lines log; a last line cut by a kill is dropped.
+pub fn read_log<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    if !path.exists() {
+        return Ok(vec![]);
+    }
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let n = text.lines().count();
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str(line) {
+            Ok(l) => out.push(l),
+            Err(_) if i + 1 == n => {}
+            Err(e) => bail!("{}: line {}: {e}", path.display(), i + 1),
+        }
+    }
+    Ok(out)
+}
+
+fn rewrite_log<T: Serialize>(path: &Path, log: &[T]) -> Result<()> {
+    crate::util::fsx::atomic_write_with(path, |w| {
+        for l in log {
+            serde_json::to_writer(&mut *w, l)?;
+            w.write_all(b"\n")?;
+        }
+        Ok(())
+    })
+}
+
+fn append_log<T: Serialize>(path: &Path, entry: &T) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .with_context(|| format!("cannot append to {}", path.display()))?;
+    let mut line = serde_json::to_string(entry)?;
+    line.push('\n');
+    f.write_all(line.as_bytes())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::init::init_params;
+    use crate::model::ModelConfig;
+    use candle_core::Device;
+
+    fn tiny(family: &str, tied: bool) -> Llama {
+        let cfg = ModelConfig::from_json_str(&format!(
+            r#"{{"model_type":"{family}","vocab_size":50,"hidden_size":32,"intermediate_size":40,
+            "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,
+            "rms_norm_eps":1e-6,"max_position_embeddings":64,"tie_word_embeddings":{tied},
+            "initializer_range":0.2}}"#
+        ))
+        .unwrap();
+        let params = init_params(&cfg, 7, &Device::Cpu).unwrap();
+        Llama::new(cfg, params, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn fused_weighted_gradient_equals_autograd() {
+        // Four sequences of unequal length (right-padded), one weight each, of both signs.
+        let ids: Vec<u32> = (0..4 * 7).map(|i| (i * 7 + 3) % 50).collect();
+        let mut targets: Vec<i64> = (0..4 * 7).map(|i| (i * 5 + 1) % 50).collect();
+        for i in [0, 7, 8, 14, 26, 27] {
+            targets[i] = -100;
+        }
+        let ids = Tensor::from_vec(ids, (4, 7), &Device::Cpu).unwrap();
+        let targets = Tensor::from_vec(targets, (4, 7), &Device::Cpu).unwrap();
+        let weights = [0.3, -0.7, 0.05, -0.2];
+        for (family, tied) in [("llama", false), ("llama", true), ("qwen2", false)] {
+            let model = tiny(family, tied);
+            assert!(crate::train::backprop::usable(&model));
+            let mut seen = Vec::new();
+            let mut weigh = |nll: &[f64]| {
+                seen.push(nll.to_vec());
+                Ok(weights.to_vec())
+            };
+            let (na, ga) = autograd_weighted_grads(&model, &ids, &targets, &mut weigh).unwrap();
+            let (nb, gb) = crate::train::backprop::seq_nll_and_weighted_grads(
+                &model, &ids, &targets, &mut weigh,
+            )
+            .unwrap();
+            // Both paths hand the weighing the NLLs they return.
+            assert_eq!(seen, vec![na.clone(), nb.clone()]);
+            for (a, b) in na.iter().zip(&nb) {
+                assert!(
+                    *a > 0.0 && (a - b).abs() < 1e-4 * a,
+                    "{family}: nll {a} vs {b}"
+                );
+            }
+            for ((name, a), (_, b)) in ga.0.iter().zip(&gb.0) {
+                let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+                assert!(scale > 0.0, "{family} tied={tied}: {name} has no gradient");
+                let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+                assert!(
+                    diff <= 1e-4 * scale,
+                    "{family} tied={tied}: {name} differs by {diff} (largest {scale})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn weights_equal_uniform_scale_and_sum_per_sequence() {
+        // All weights equal to s: the same gradient as nll_and_grads with scale s, and the
+        // per-sequence NLLs sum to its total.
+        let model = tiny("llama", false);
+        let ids = Tensor::from_vec(
+            (0..18u32).map(|i| (i * 3) % 50).collect(),
+            (2, 9),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let targets = Tensor::from_vec(
+            (0..18i64).map(|i| (i * 11) % 50).collect(),
+            (2, 9),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let (total, gu) =
+            crate::train::backprop::nll_and_grads(&model, &ids, &targets, 0.5).unwrap();
+        let (seq, gw) =
+            crate::train::backprop::seq_nll_and_weighted_grads(&model, &ids, &targets, &mut |_| {
+                Ok(vec![0.5, 0.5])
+            })
+            .unwrap();
+        assert!((seq.iter().sum::<f64>() - total).abs() < 1e-4 * total);
+        for ((name, a), (_, b)) in gu.0.iter().zip(&gw.0) {
+            let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(diff <= 1e-5 * scale.max(1e-12), "{name}: {diff}");
+        }
+    }
+
+    #[test]
+    fn pair_terms_are_the_dpo_and_ipo_formulas() {
+        let sig = DpoConfig {
+            method: Method::Dpo,
+            dpo_beta: 0.5,
+            dpo_loss: DpoLoss::Sigmoid,
+        };
+        let t = pair_terms(&sig, 0.0, 0.0);
+        assert!((t.loss - std::f64::consts::LN_2).abs() < 1e-15);
+        assert!((t.d_nll_chosen - 0.25).abs() < 1e-15 && (t.d_nll_rejected + 0.25).abs() < 1e-15);
+        // Finite differences of the loss in the two NLLs (dc = -NLL_c + const).
+        let (dc, dr) = (1.3, -0.4);
+        for cfg in [
+            sig.clone(),
+            DpoConfig {
+                dpo_loss: DpoLoss::Ipo,
+                ..sig.clone()
+            },
+        ] {
+            let t = pair_terms(&cfg, dc, dr);
+            let e = 1e-6;
+            let fd_c =
+                (pair_terms(&cfg, dc - e, dr).loss - pair_terms(&cfg, dc + e, dr).loss) / (2.0 * e);
+            let fd_r =
+                (pair_terms(&cfg, dc, dr - e).loss - pair_terms(&cfg, dc, dr + e).loss) / (2.0 * e);
+            assert!((fd_c - t.d_nll_chosen).abs() < 1e-6, "{cfg:?}");
+            assert!((fd_r - t.d_nll_rejected).abs() < 1e-6, "{cfg:?}");
+            assert!(
+                (t.chosen_reward - 0.65).abs() < 1e-12 && (t.rejected_reward + 0.2).abs() < 1e-12
+            );
+        }
+        let ipo = pair_terms(
+            &DpoConfig {
+                dpo_loss: DpoLoss::Ipo,
+                ..sig.clone()
+            },
+            1.0,
+            0.0,
+        );
+        assert!(
+            (ipo.loss - 0.0).abs() < 1e-15,
+            "h = 1/(2 beta) is IPO's target"
+        );
+        // Large margins stay finite.
+        let far = pair_terms(&sig, -4000.0, 0.0);
+        assert!(far.loss.is_finite() && (far.loss - 2000.0).abs() < 1e-9);
+    }
+}

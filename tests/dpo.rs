@@ -1,0 +1,391 @@
+//! DPO (issue 20): the loss, rewards, gradient norm and the weights after an AdamW step equal
+//! a PyTorch computation of the same formula (tests/fixtures/dpo, written by
+//! scripts/make_dpo_fixture.py; no Python here); the first step's loss is ln 2; a killed run
+//! resumes from its checkpoint and cached reference to bit-identical weights, and a resume
+//! with another beta, loss or method is refused; `elastica train --method dpo` as a user types
+//! it, with its log fields and its errors.
+
+mod common;
+use common::elastica;
+
+use elastica::data::prefs::{self, PrefRecord};
+use elastica::data::schemas::DataSpec;
+use elastica::data::template::Template;
+use elastica::model::checkpoint::load_model;
+use elastica::train::batch::tokenize;
+use elastica::train::dpo::{self, DpoStepLog, REFERENCE_FILE};
+use elastica::train::objective::{DpoConfig, DpoLoss, Method};
+use elastica::train::schedule::Schedule;
+use elastica::train::TrainConfig;
+use std::path::Path;
+
+const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+fn model() -> String {
+    format!("{FIX}/models/tiny-llama")
+}
+
+fn pairs_path() -> String {
+    format!("{FIX}/dpo/pairs.jsonl")
+}
+
+fn pairs() -> Vec<PrefRecord> {
+    prefs::load(&DataSpec::new(pairs_path(), "jsonl"), None)
+        .unwrap()
+        .records
+}
+
+fn trajectory() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(format!("{FIX}/dpo/trajectory.json")).unwrap())
+        .unwrap()
+}
+
+/// The fixture's hyper-parameters.
+fn cfg(loss: DpoLoss) -> TrainConfig {
+    TrainConfig {
+        template: Template::Raw,
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.01,
+        schedule: Schedule::Constant,
+        batch_size: 2,
+        grad_accum: 2,
+        epochs: 2,
+        clip: 1.0,
+        shuffle: false,
+        dpo: DpoConfig {
+            method: Method::Dpo,
+            dpo_beta: 0.1,
+            dpo_loss: loss,
+        },
+        ..Default::default()
+    }
+}
+
+fn close(got: f64, want: f64, rel: f64, abs: f64) -> bool {
+    (got - want).abs() <= abs + rel * want.abs()
+}
+
+#[test]
+fn loss_rewards_and_first_step_match_pytorch() {
+    let traj = trajectory();
+    let lm = load_model(&model(), &candle_core::Device::Cpu).unwrap();
+    let pairs = pairs();
+    // The same token ids and loss labels as the script.
+    for (side, answer) in [
+        (
+            "chosen",
+            (|p: &PrefRecord| p.chosen.clone()) as fn(&PrefRecord) -> String,
+        ),
+        ("rejected", |p: &PrefRecord| p.rejected.clone()),
+    ] {
+        let recs: Vec<_> = pairs
+            .iter()
+            .map(|p| elastica::data::records::Record::pair(p.prompt.clone(), answer(p)))
+            .collect();
+        let (ex, _) = tokenize(&recs, &lm.tokenizer, Template::Raw, 2048).unwrap();
+        for (e, want) in ex.iter().zip(traj[side].as_array().unwrap()) {
+            let ids: Vec<u32> = serde_json::from_value(want["input_ids"].clone()).unwrap();
+            let labels: Vec<i64> = serde_json::from_value(want["labels"].clone()).unwrap();
+            assert_eq!((&e.ids, &e.labels), (&ids, &labels), "{side} tokens");
+        }
+    }
+    for loss in [DpoLoss::Sigmoid, DpoLoss::Ipo] {
+        let lm = load_model(&model(), &candle_core::Device::Cpu).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let s = dpo::train(&lm, &pairs, &cfg(loss), out.path(), false, None, false).unwrap();
+        assert!(!s.reference_cached);
+        // The cached reference log-probs are the script's.
+        let r: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.path().join(REFERENCE_FILE)).unwrap(),
+        )
+        .unwrap();
+        for side in ["chosen", "rejected"] {
+            let got: Vec<f64> = serde_json::from_value(r[side].clone()).unwrap();
+            let want: Vec<f64> =
+                serde_json::from_value(traj[format!("reference_{side}")].clone()).unwrap();
+            assert_eq!(got.len(), want.len());
+            for (g, w) in got.iter().zip(&want) {
+                assert!(close(*g, *w, 1e-5, 0.0), "reference {side}: {g} vs {w}");
+            }
+        }
+        let name = match loss {
+            DpoLoss::Sigmoid => "sigmoid",
+            DpoLoss::Ipo => "ipo",
+        };
+        let want = traj[name].as_array().unwrap();
+        assert_eq!(s.log.len(), want.len());
+        // The log on disk is the summary's.
+        let on_disk: Vec<DpoStepLog> = dpo::read_log(&out.path().join("train_log.jsonl")).unwrap();
+        assert_eq!(on_disk, s.log);
+        for (got, w) in s.log.iter().zip(want) {
+            let f = |k: &str| w[k].as_f64().unwrap();
+            let step = got.base.step;
+            assert!(
+                close(got.base.loss, f("loss"), 1e-4, 1e-6),
+                "{name} step {step}: loss {} vs {}",
+                got.base.loss,
+                f("loss")
+            );
+            assert!(
+                close(got.base.grad_norm, f("grad_norm"), 1e-3, 0.0),
+                "{name} step {step}: grad_norm {} vs {}",
+                got.base.grad_norm,
+                f("grad_norm")
+            );
+            for (g, k) in [
+                (got.chosen_reward, "chosen_reward"),
+                (got.rejected_reward, "rejected_reward"),
+                (got.margin, "margin"),
+            ] {
+                assert!(
+                    close(g, f(k), 1e-3, 1e-5),
+                    "{name} step {step}: {k} {g} vs {}",
+                    f(k)
+                );
+            }
+            assert_eq!(got.base.tokens as u64, w["tokens"].as_u64().unwrap());
+            if step > 1 {
+                // At step 1 the rewards are 0 up to float noise, so accuracy is noise too.
+                assert_eq!(got.accuracy, f("accuracy"), "{name} step {step}");
+            }
+        }
+        if loss == DpoLoss::Sigmoid {
+            // Policy = reference at the first step: loss ln 2, rewards 0.
+            let first = &s.log[0];
+            assert!((first.base.loss - std::f64::consts::LN_2).abs() < 1e-6);
+            assert!(first.margin.abs() < 1e-5);
+            assert!(s.log[1].margin > 1.0 && s.log[1].accuracy == 1.0);
+        }
+    }
+}
+
+#[test]
+fn weights_after_one_adamw_step_match_pytorch() {
+    let lm = load_model(&model(), &candle_core::Device::Cpu).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let one = TrainConfig {
+        max_steps: 1,
+        save_dtype: Some("float32".into()),
+        ..cfg(DpoLoss::Sigmoid)
+    };
+    dpo::train(&lm, &pairs(), &one, out.path(), false, None, false).unwrap();
+    let dev = candle_core::Device::Cpu;
+    let want =
+        candle_core::safetensors::load(format!("{FIX}/dpo/step1.safetensors"), &dev).unwrap();
+    let got = candle_core::safetensors::load(out.path().join("model.safetensors"), &dev).unwrap();
+    let start =
+        candle_core::safetensors::load(format!("{}/model.safetensors", model()), &dev).unwrap();
+    for (name, w) in &want {
+        let g = got
+            .get(name)
+            .unwrap_or_else(|| panic!("saved model lacks {name}"));
+        let flat = |t: &candle_core::Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (g, w, s) = (flat(g), flat(w), flat(&start[name]));
+        // The step moved the weights (so the comparison says something) ...
+        let moved = w
+            .iter()
+            .zip(&s)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(moved > 1e-4, "{name}: the reference step did not move it");
+        // ... and elastica's step is PyTorch's: relative distance of the update, plus a loose
+        // element bound (AdamW moves coordinates whose gradients are float noise by up to lr).
+        let num: f64 = g
+            .iter()
+            .zip(&w)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum();
+        let den: f64 = w
+            .iter()
+            .zip(&s)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum();
+        let max = g
+            .iter()
+            .zip(&w)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            (num / den).sqrt() < 1e-2 && max < 1e-3,
+            "{name}: update differs from PyTorch's (relative {}, max {max})",
+            (num / den).sqrt()
+        );
+    }
+}
+
+/// Run the fixture's sigmoid settings for 4 steps with a checkpoint every step, killed (the
+/// hook fails) at step `stop` when given.
+fn run(out: &Path, stop: Option<usize>, c: &TrainConfig) -> anyhow::Result<dpo::DpoSummary> {
+    let lm = load_model(&model(), &candle_core::Device::Cpu).unwrap();
+    let mut hook = |_: &elastica::model::LoadedModel,
+                    l: &elastica::train::sft::StepLog|
+     -> anyhow::Result<()> {
+        if Some(l.step) == stop {
+            anyhow::bail!("killed")
+        }
+        Ok(())
+    };
+    dpo::train(
+        &lm,
+        &pairs(),
+        c,
+        out,
+        stop.is_none(),
+        Some(&mut hook),
+        false,
+    )
+}
+
+#[test]
+fn a_killed_run_resumes_bit_identical_from_its_cached_reference_and_other_settings_are_refused() {
+    let c = TrainConfig {
+        epochs: 4,
+        save_every: 1,
+        save_dtype: Some("float32".into()),
+        ..cfg(DpoLoss::Sigmoid)
+    };
+    let whole = tempfile::tempdir().unwrap();
+    let a = run(whole.path(), None, &c).unwrap();
+    let cut = tempfile::tempdir().unwrap();
+    let e = run(cut.path(), Some(3), &c).unwrap_err();
+    assert!(format!("{e:#}").contains("killed"));
+    // The checkpoint of step 2 stands; a resume with another beta, loss or method is refused.
+    for (other, what) in [
+        (
+            DpoConfig {
+                dpo_beta: 0.2,
+                ..c.dpo.clone()
+            },
+            "dpo_beta",
+        ),
+        (
+            DpoConfig {
+                dpo_loss: DpoLoss::Ipo,
+                ..c.dpo.clone()
+            },
+            "ipo",
+        ),
+    ] {
+        let changed = TrainConfig {
+            dpo: other,
+            ..c.clone()
+        };
+        let e = format!("{:#}", run(cut.path(), None, &changed).unwrap_err());
+        assert!(e.contains("cannot resume") && e.contains(what), "{e}");
+    }
+    let b = run(cut.path(), None, &c).unwrap();
+    assert_eq!(b.train.resumed_from, Some(2));
+    assert!(
+        b.reference_cached,
+        "the resumed run recomputed the reference"
+    );
+    assert_eq!(a.log, b.log);
+    let (wa, wb) = (
+        std::fs::read(whole.path().join("model.safetensors")).unwrap(),
+        std::fs::read(cut.path().join("model.safetensors")).unwrap(),
+    );
+    assert!(
+        wa == wb,
+        "resumed weights differ from the uninterrupted run's"
+    );
+    // A finished run is left as it is.
+    let again = run(cut.path(), None, &c).unwrap();
+    assert_eq!(again.log, a.log);
+}
+
+fn cli(out: &Path, extra: &[&str]) -> (bool, String, String) {
+    let (m, d) = (model(), pairs_path());
+    let mut args = vec![
+        "train",
+        "--model",
+        &m,
+        "--data",
+        &d,
+        "--out",
+        out.to_str().unwrap(),
+        "--method",
+        "dpo",
+        "--template",
+        "raw",
+        "--batch-size",
+        "2",
+        "--grad-accum",
+        "2",
+        "--max-steps",
+        "2",
+        "--lr",
+        "1e-3",
+    ];
+    args.extend_from_slice(extra);
+    elastica(&args)
+}
+
+#[test]
+fn train_method_dpo_through_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let (ok, stdout, stderr) = cli(&out, &["--no-shuffle"]);
+    assert!(ok, "{stderr}");
+    let s: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(s["method"], "dpo");
+    assert_eq!(s["pairs"], 4);
+    assert!(s["final_margin"].as_f64().unwrap() > 0.0, "{s}");
+    let log = std::fs::read_to_string(out.join("train_log.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    for k in [
+        "loss",
+        "chosen_reward",
+        "rejected_reward",
+        "margin",
+        "accuracy",
+        "grad_norm",
+    ] {
+        assert!(first[k].is_number(), "{k} missing: {first}");
+    }
+    assert!((first["loss"].as_f64().unwrap() - std::f64::consts::LN_2).abs() < 1e-6);
+    assert!(out.join(REFERENCE_FILE).is_file() && out.join("model.safetensors").is_file());
+    let settings = std::fs::read_to_string(out.join("train_config.toml")).unwrap();
+    assert!(settings.contains("method = \"dpo\""), "{settings}");
+
+    // --resume of the finished run with another beta is refused, naming the setting.
+    let (ok, _, stderr) = cli(&out, &["--no-shuffle", "--resume", "--dpo-beta", "0.5"]);
+    assert!(!ok && stderr.contains("dpo_beta"), "{stderr}");
+
+    // SFT records given to --method dpo: the file, the line and the missing field.
+    let sft = format!("{FIX}/sft/data.jsonl");
+    let m = model();
+    let other = dir.path().join("other");
+    let (ok, _, stderr) = elastica(&[
+        "train",
+        "--model",
+        &m,
+        "--data",
+        &sft,
+        "--out",
+        other.to_str().unwrap(),
+        "--method",
+        "dpo",
+    ]);
+    assert!(
+        !ok && stderr.contains("data.jsonl")
+            && stderr.contains("line 1")
+            && stderr.contains("\"chosen\""),
+        "{stderr}"
+    );
+    // Bad beta and a stray --prefer are refused before anything runs.
+    let (ok, _, stderr) = cli(&other, &["--dpo-beta", "0"]);
+    assert!(!ok && stderr.contains("--dpo-beta"), "{stderr}");
+    let (ok, _, stderr) = elastica(&[
+        "train",
+        "--model",
+        &m,
+        "--data",
+        &sft,
+        "--out",
+        other.to_str().unwrap(),
+        "--prefer",
+        "safer",
+    ]);
+    assert!(!ok && stderr.contains("--method dpo"), "{stderr}");
+}
