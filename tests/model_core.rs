@@ -10,7 +10,7 @@ use elastica::model::checkpoint::{init_model, load_model, save_model};
 use elastica::model::generate::{argmax, generate, GenConfig};
 use elastica::train::batch::{collate, tokenize};
 use elastica::train::loss::nll_sum;
-use elastica::train::{train, TrainConfig};
+use elastica::train::{train, TrainConfig, TrainRun};
 
 fn tiny(family: &str, dir: &std::path::Path) -> elastica::model::LoadedModel {
     let cfg = common::tiny_setup(dir, family);
@@ -260,7 +260,18 @@ fn training_lowers_the_loss_and_resume_is_bit_identical() {
         ..Default::default()
     };
     let full = dir.path().join("full");
-    let s = train(&lm, &recs, &cfg, &full, false, None, false).unwrap();
+    let s = train(
+        &lm,
+        &recs,
+        &cfg,
+        TrainRun {
+            out: &full,
+            resume: false,
+            hook: None,
+            progress: false,
+        },
+    )
+    .unwrap();
     assert_eq!(s.steps, 12);
     assert!(
         s.log.last().unwrap().loss < s.log[0].loss,
@@ -281,7 +292,18 @@ fn training_lowers_the_loss_and_resume_is_bit_identical() {
     assert!(part.join("checkpoints/step-6").is_dir());
     // ...then resume with the full config from a fresh process state.
     let lm = tiny("llama", dir.path());
-    let r = train(&lm, &recs, &cfg, &part, true, None, false).unwrap();
+    let r = train(
+        &lm,
+        &recs,
+        &cfg,
+        TrainRun {
+            out: &part,
+            resume: true,
+            hook: None,
+            progress: false,
+        },
+    )
+    .unwrap();
     assert_eq!(r.resumed_from, Some(6));
     assert_eq!(
         std::fs::read(part.join("model.safetensors")).unwrap(),
@@ -317,5 +339,16 @@ fn train_until_killed(
         }
         Ok(())
     };
-    train(lm, recs, &full, out, false, Some(&mut hook), false).map(|_| ())
+    train(
+        lm,
+        recs,
+        &full,
+        TrainRun {
+            out,
+            resume: false,
+            hook: Some(&mut hook),
+            progress: false,
+        },
+    )
+    .map(|_| ())
 }

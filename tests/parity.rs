@@ -10,7 +10,7 @@ use elastica::model::generate::{generate, GenConfig};
 use elastica::train::batch::{collate, tokenize};
 use elastica::train::loss::nll_sum;
 use elastica::train::schedule::Schedule;
-use elastica::train::{train, TrainConfig};
+use elastica::train::{train, TrainConfig, TrainRun};
 use std::path::Path;
 
 const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
@@ -168,7 +168,18 @@ fn sft_trajectory_matches_pytorch() {
         ..Default::default()
     };
     let out = tempfile::tempdir().unwrap();
-    let s = train(&lm, &recs, &cfg, out.path(), false, None, false).unwrap();
+    let s = train(
+        &lm,
+        &recs,
+        &cfg,
+        TrainRun {
+            out: out.path(),
+            resume: false,
+            hook: None,
+            progress: false,
+        },
+    )
+    .unwrap();
     let traj = trajectory();
     let steps = traj["steps"].as_array().unwrap();
     assert_eq!(s.log.len(), steps.len());

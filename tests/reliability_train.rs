@@ -11,7 +11,7 @@ use common::{elastica, elastica_env};
 use elastica::data::records::read_jsonl;
 use elastica::data::template::Template;
 use elastica::model::checkpoint::load_model;
-use elastica::train::{train, TrainConfig};
+use elastica::train::{train, TrainConfig, TrainRun};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -106,7 +106,18 @@ fn train_killed_after(out: &Path, stop: usize) {
         }
         Ok(())
     };
-    let e = train(&lm, &recs, &cfg(), out, false, Some(&mut hook), false).unwrap_err();
+    let e = train(
+        &lm,
+        &recs,
+        &cfg(),
+        TrainRun {
+            out,
+            resume: false,
+            hook: Some(&mut hook),
+            progress: false,
+        },
+    )
+    .unwrap_err();
     assert!(format!("{e:#}").contains("killed"));
 }
 

@@ -5,9 +5,8 @@ use super::LanguageModel;
 use crate::data::records::Record;
 use crate::data::template::Template;
 use crate::model::generate::GenConfig;
-use crate::train::batch::{collate, tokenize, Example};
-use crate::train::eval::EvalLoss;
-use anyhow::{bail, Result};
+use crate::train::eval::{EvalBatches, EvalLoss};
+use anyhow::Result;
 use candle_core::Device;
 
 /// `train::eval::eval_loss` on any backend.
@@ -18,21 +17,15 @@ pub fn eval_loss(
     max_length: usize,
     batch_size: usize,
 ) -> Result<EvalLoss> {
-    if batch_size == 0 {
-        bail!("batch size must be at least 1");
-    }
-    let (examples, _) = tokenize(records, model.tokenizer(), template, max_length)?;
-    let (mut total_nll, mut tokens) = (0.0, 0);
-    let bytes: usize = examples.iter().map(|e| e.scored_bytes).sum();
-    for chunk in examples.chunks(batch_size) {
-        let refs: Vec<&Example> = chunk.iter().collect();
-        let b = collate(&refs, model.tokenizer().pad_id(), &Device::Cpu)?;
-        if b.n_targets > 0 {
-            total_nll += model.nll_sum(&b)?;
-            tokens += b.n_targets;
-        }
-    }
-    EvalLoss::from_totals(examples.len(), tokens, bytes, total_nll)
+    let batches = EvalBatches {
+        tokenizer: model.tokenizer(),
+        device: &Device::Cpu,
+        template,
+        max_length,
+        batch_size,
+        progress: false,
+    };
+    batches.eval_loss(records, |b| model.nll_sum(b))
 }
 
 /// Responses (decoded, special tokens skipped) to `prompts` under `template`.

@@ -369,7 +369,13 @@ mod tests {
             &candle_core::Device::Cpu,
         )
         .unwrap();
-        crate::train::sft::train(&lm, &recs, &cfg(), &reference, false, None, false).unwrap();
+        let run = crate::train::TrainRun {
+            out: &reference,
+            resume: false,
+            hook: None,
+            progress: false,
+        };
+        crate::train::sft::train(&lm, &recs, &cfg(), run).unwrap();
 
         let run = dir.path().join("run");
         let mut killed = Killed {

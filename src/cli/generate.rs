@@ -25,22 +25,8 @@ pub struct GenerateArgs {
     /// Prompt template.
     #[arg(long, value_enum, default_value = "safe-rlhf")]
     pub template: Template,
-    #[arg(long, default_value_t = 64)]
-    pub max_new_tokens: usize,
-    /// Sampling temperature; 0 = greedy.
-    #[arg(long, default_value_t = 0.0)]
-    pub temperature: f64,
-    /// Nucleus sampling mass (1 = off).
-    #[arg(long, default_value_t = 1.0)]
-    pub top_p: f64,
-    /// Sample only among the k most likely tokens (0 = off).
-    #[arg(long, default_value_t = 0)]
-    pub top_k: usize,
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    /// Prompts decoded together.
-    #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
+    #[command(flatten)]
+    pub gen: GenConfig,
     /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -61,14 +47,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         (None, Some(f)) => read_prompts(f)?,
         (None, None) => bail!("give --prompt TEXT or --prompts FILE.jsonl --out FILE.jsonl"),
     };
-    let cfg = GenConfig {
-        max_new_tokens: a.max_new_tokens,
-        temperature: a.temperature,
-        top_p: a.top_p,
-        top_k: a.top_k,
-        seed: a.seed,
-        batch_size: a.batch_size,
-    };
+    let cfg = &a.gen;
     let ids: Vec<Vec<u32>> = prompts
         .iter()
         .map(|p| a.template.encode_prompt(p, &lm.tokenizer))
@@ -79,7 +58,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         &ids,
         lm.tokenizer.eos_ids(),
         lm.tokenizer.pad_id(),
-        &cfg,
+        cfg,
         |n| pb.inc(n as u64),
     )?;
     pb.finish_and_clear();
@@ -112,15 +91,7 @@ fn on_backend(a: &GenerateArgs) -> Result<()> {
             anyhow::bail!("give --prompt TEXT or --prompts FILE.jsonl --out FILE.jsonl")
         }
     };
-    let cfg = crate::model::generate::GenConfig {
-        max_new_tokens: a.max_new_tokens,
-        temperature: a.temperature,
-        top_p: a.top_p,
-        top_k: a.top_k,
-        seed: a.seed,
-        batch_size: a.batch_size,
-    };
-    let responses = crate::backend::run::generate_texts(&*model, &prompts, a.template, &cfg)?;
+    let responses = crate::backend::run::generate_texts(&*model, &prompts, a.template, &a.gen)?;
     match &a.out {
         Some(out) => {
             let recs: Vec<crate::data::records::Record> = prompts

@@ -11,10 +11,9 @@ use crate::data::template::Template;
 use crate::model::checkpoint::{init_model, load_model, resolve_model_dir, LoadedModel};
 use crate::model::ModelConfig;
 use crate::train::dpo;
-use crate::train::objective::{DpoConfig, Method};
-use crate::train::schedule::Schedule;
+use crate::train::objective::Method;
 use crate::train::sft::{resume_point, ResumePoint, StepLog};
-use crate::train::{train, TrainConfig};
+use crate::train::{train, TrainConfig, TrainRun};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use std::path::PathBuf;
@@ -52,67 +51,21 @@ pub struct TrainArgs {
     /// (safer_response_id or better_response_id).
     #[arg(long, value_enum)]
     pub prefer: Option<Prefer>,
-    #[command(flatten)]
-    pub objective: DpoConfig,
     /// Output directory: final model (HF layout), train_log.jsonl, checkpoints.
     #[arg(long)]
     pub out: PathBuf,
     /// Prompt template (default: by schema, raw for imdb, safe-rlhf otherwise).
     #[arg(long, value_enum)]
     pub template: Option<Template>,
-    /// Peak learning rate (paper: 1e-5).
-    #[arg(long, default_value_t = 1e-5)]
-    pub lr: f64,
-    /// AdamW betas, "b1,b2" (paper: 0.9,0.95).
-    #[arg(long, default_value = "0.9,0.95")]
-    pub betas: String,
-    /// AdamW epsilon.
-    #[arg(long, default_value_t = 1e-8)]
-    pub eps: f64,
-    /// Decoupled weight decay (applied to matrices only; paper: 0).
-    #[arg(long, default_value_t = 0.0)]
-    pub weight_decay: f64,
-    /// Learning-rate schedule after warm-up.
-    #[arg(long, value_enum, default_value = "constant")]
-    pub schedule: Schedule,
-    /// Fraction of steps spent warming up linearly from 0.
-    #[arg(long, default_value_t = 0.0)]
-    pub warmup_ratio: f64,
-    /// Records per micro-batch.
-    #[arg(long, default_value_t = 4)]
-    pub batch_size: usize,
-    /// Micro-batches per optimizer step (effective batch = batch-size x grad-accum; paper: 32).
-    #[arg(long, default_value_t = 8)]
-    pub grad_accum: usize,
-    /// Passes over the data.
-    #[arg(long, default_value_t = 1)]
-    pub epochs: usize,
-    /// Stop after this many optimizer steps (0 = run the epochs).
-    #[arg(long, default_value_t = 0)]
-    pub max_steps: usize,
-    /// Longest sequence in tokens; longer records are truncated (and counted).
-    #[arg(long, default_value_t = 2048)]
-    pub max_length: usize,
-    /// Global gradient-norm clip (0 = off).
-    #[arg(long, default_value_t = 1.0)]
-    pub clip: f64,
-    /// Seed for shuffling (and for --init).
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    /// Keep the file order instead of shuffling each epoch.
+    /// AdamW betas, "b1,b2" (default and paper: 0.9,0.95).
     #[arg(long)]
-    pub no_shuffle: bool,
-    /// Write a resumable checkpoint every N optimizer steps (0 = none).
-    #[arg(long, default_value_t = 0)]
-    pub save_every: usize,
+    pub betas: Option<String>,
+    #[command(flatten)]
+    pub train: TrainConfig,
     /// Continue from the newest checkpoint in --out (refused if it was written with other
     /// settings or data; a run already finished with these settings is left as it is).
     #[arg(long)]
     pub resume: bool,
-    /// Weight dtype of the saved model: float32, bfloat16 or float16 (default: the input
-    /// checkpoint's). Keep float32 for a model you will train further.
-    #[arg(long)]
-    pub save_dtype: Option<String>,
     /// Track compression rates of held-out sets during training: NAME=FILE.jsonl,...
     /// (written to OUT/rates.jsonl and plotted as OUT/rates.png/svg).
     #[arg(long)]
@@ -148,34 +101,17 @@ pub fn parse_betas(s: &str) -> Result<(f64, f64)> {
 
 pub fn run(a: TrainArgs) -> Result<()> {
     crate::util::threads::set_threads(a.threads);
-    let (beta1, beta2) = parse_betas(&a.betas)?;
+    // The two settings the command line spells differently from the TOML keys.
+    let mut cfg = a.train.clone();
+    if let Some(betas) = &a.betas {
+        (cfg.beta1, cfg.beta2) = parse_betas(betas)?;
+    }
     let spec = a.data_args.spec(a.data.as_deref())?;
-    let template = match a.objective.method {
+    cfg.template = match cfg.dpo.method {
         Method::Sft => template_for(a.template, &spec),
         Method::Dpo => a
             .template
             .unwrap_or_else(|| prefs::default_template(&spec.schema)),
-    };
-    let cfg = TrainConfig {
-        template,
-        lr: a.lr,
-        beta1,
-        beta2,
-        eps: a.eps,
-        weight_decay: a.weight_decay,
-        schedule: a.schedule,
-        warmup_ratio: a.warmup_ratio,
-        batch_size: a.batch_size,
-        grad_accum: a.grad_accum,
-        epochs: a.epochs,
-        max_steps: a.max_steps,
-        max_length: a.max_length,
-        clip: a.clip,
-        seed: a.seed,
-        shuffle: !a.no_shuffle,
-        save_every: a.save_every,
-        save_dtype: a.save_dtype.clone(),
-        dpo: a.objective.clone(),
     };
     cfg.validate()?;
     cfg.dpo.validate()?;
@@ -223,7 +159,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             let Some(tok) = &a.tokenizer else {
                 bail!("--init needs --tokenizer DIR (a directory with tokenizer.json)");
             };
-            init_model(init, tok, a.seed, &dev)?
+            init_model(init, tok, cfg.seed, &dev)?
         }
         (None, None) => bail!("give --model or --init"),
     };
@@ -271,7 +207,13 @@ pub fn run(a: TrainArgs) -> Result<()> {
         );
         return Ok(());
     }
-    let s = train(&lm, &records, &cfg, &a.out, a.resume, Some(&mut hook), true)?;
+    let run = TrainRun {
+        out: &a.out,
+        resume: a.resume,
+        hook: Some(&mut hook),
+        progress: true,
+    };
+    let s = train(&lm, &records, &cfg, run)?;
     hooks.finish(&lm, s.steps, &a.out)?;
     println!(
         "{}",
@@ -303,7 +245,7 @@ fn on_backend(
             let Some(tok) = &a.tokenizer else {
                 anyhow::bail!("--init needs --tokenizer DIR (a directory with tokenizer.json)");
             };
-            crate::model::checkpoint::init_model(init, tok, a.seed, &cpu)?
+            crate::model::checkpoint::init_model(init, tok, cfg.seed, &cpu)?
         }
         (None, None) => anyhow::bail!("give --model or --init"),
     };

@@ -31,6 +31,25 @@ pub struct Generation {
     pub ended: bool,
 }
 
+impl Generation {
+    /// The prompt and response text, as a scorer reads them.
+    pub fn sample(&self) -> Sample<'_> {
+        Sample {
+            prompt: &self.prompt,
+            response: &self.response,
+        }
+    }
+
+    /// The prompt and response tokens, as the KL measures read them.
+    pub fn continuation(&self) -> Continuation<'_> {
+        Continuation {
+            prompt: &self.prompt_ids,
+            tokens: &self.tokens,
+            ended: self.ended,
+        }
+    }
+}
+
 /// Sample one response per prompt (deterministic for a given `gen.seed`).
 pub fn generate_responses(
     lm: &LoadedModel,
@@ -168,13 +187,7 @@ pub fn evaluate(
 ) -> Result<(EvalSummary, Vec<SampleRow>)> {
     anyhow::ensure!(!prompts.is_empty(), "no evaluation prompts");
     let gens = generate_responses(lm, prompts, template, gen, progress)?;
-    let samples: Vec<Sample<'_>> = gens
-        .iter()
-        .map(|g| Sample {
-            prompt: &g.prompt,
-            response: &g.response,
-        })
-        .collect();
+    let samples: Vec<Sample<'_>> = gens.iter().map(Generation::sample).collect();
     let scores = scorer
         .score_batch(&samples)
         .with_context(|| format!("scoring with {}", scorer.name()))?;
@@ -185,14 +198,7 @@ pub fn evaluate(
         scores.len(),
         gens.len()
     );
-    let seqs: Vec<Continuation<'_>> = gens
-        .iter()
-        .map(|g| Continuation {
-            prompt: &g.prompt_ids,
-            tokens: &g.tokens,
-            ended: g.ended,
-        })
-        .collect();
+    let seqs: Vec<Continuation<'_>> = gens.iter().map(Generation::continuation).collect();
     let measure = |reference: &LoadedModel, what: &str| -> Result<Vec<SequenceKl>> {
         let pb = crate::util::progress::bar(seqs.len() as u64, what);
         if !progress {

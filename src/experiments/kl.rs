@@ -212,6 +212,17 @@ mod tests {
         load_model(&dir, &Device::Cpu).unwrap()
     }
 
+    /// (prompt, response tokens, ended with EOS) triples as continuations.
+    fn continuations<'a>(list: &[(&'a [u32], &'a [u32], bool)]) -> Vec<Continuation<'a>> {
+        list.iter()
+            .map(|&(prompt, tokens, ended)| Continuation {
+                prompt,
+                tokens,
+                ended,
+            })
+            .collect()
+    }
+
     #[test]
     fn kl_of_a_model_to_itself_is_exactly_zero() {
         let a = tiny();
@@ -220,23 +231,7 @@ mod tests {
         let t1 = [40u32, 41, 42];
         let p2 = [7u32, 8];
         let t2 = [100u32, 3, 250, 6, 6, 9];
-        let seqs = [
-            Continuation {
-                prompt: &p1,
-                tokens: &t1,
-                ended: true,
-            },
-            Continuation {
-                prompt: &p2,
-                tokens: &t2,
-                ended: false,
-            },
-            Continuation {
-                prompt: &p2,
-                tokens: &[],
-                ended: true,
-            },
-        ];
+        let seqs = continuations(&[(&p1, &t1, true), (&p2, &t2, false), (&p2, &[], true)]);
         for batch in [1, 3] {
             let same = sequence_kl(&a.model, &a.model, &seqs, 2, batch, |_| {}).unwrap();
             let copy = sequence_kl(&a.model, &b.model, &seqs, 2, batch, |_| {}).unwrap();
@@ -320,23 +315,7 @@ mod tests {
         var.set(&(var.as_tensor() * 2.0).unwrap()).unwrap();
         let (p1, p2) = ([5u32, 9, 17, 33], [7u32, 8]);
         let (t1, t2, t3) = ([40u32, 41, 42], [100u32, 3, 250, 6, 6, 9], [12u32]);
-        let seqs = [
-            Continuation {
-                prompt: &p1,
-                tokens: &t1,
-                ended: true,
-            },
-            Continuation {
-                prompt: &p2,
-                tokens: &t2,
-                ended: false,
-            },
-            Continuation {
-                prompt: &p2,
-                tokens: &t3,
-                ended: true,
-            },
-        ];
+        let seqs = continuations(&[(&p1, &t1, true), (&p2, &t2, false), (&p2, &t3, true)]);
         let one = sequence_kl(&a.model, &b.model, &seqs, 2, 1, |_| {}).unwrap();
         let two = sequence_kl(&a.model, &b.model, &seqs, 2, 3, |_| {}).unwrap();
         for (x, y) in one.iter().zip(&two) {

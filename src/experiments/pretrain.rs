@@ -8,7 +8,7 @@ use crate::model::checkpoint::{init_model, LoadedModel};
 use crate::model::presets;
 use crate::model::TextTokenizer;
 use crate::train::schedule::Schedule;
-use crate::train::{train, TrainConfig, TrainSummary};
+use crate::train::{train, TrainConfig, TrainRun, TrainSummary};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use std::path::Path;
@@ -95,6 +95,16 @@ pub fn pretrain(
             .max(50),
         ..Default::default()
     };
-    let s = train(&lm, &records, &tc, out, true, None, progress)?;
+    let s = train(
+        &lm,
+        &records,
+        &tc,
+        TrainRun {
+            out,
+            resume: true,
+            hook: None,
+            progress,
+        },
+    )?;
     Ok((lm, s, used))
 }

@@ -12,30 +12,46 @@ use candle_core::Tensor;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+/// How responses are sampled. Declared once: clap flattens it into `elastica generate`'s
+/// flags, and serde stores it in the cells' parameters; each field's doc line is its
+/// `--help` text. (The rebound and resist configs keep their own sampling defaults.)
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, clap::Args)]
 pub struct GenConfig {
+    /// Longest response in tokens.
+    #[arg(long, default_value_t = GenConfig::DEFAULT.max_new_tokens)]
     pub max_new_tokens: usize,
-    /// 0 means greedy.
+    /// Sampling temperature; 0 = greedy.
+    #[arg(long, default_value_t = GenConfig::DEFAULT.temperature)]
     pub temperature: f64,
-    /// Nucleus sampling mass (1.0 = off).
+    /// Nucleus sampling mass (1 = off).
+    #[arg(long, default_value_t = GenConfig::DEFAULT.top_p)]
     pub top_p: f64,
-    /// Keep only the k most likely tokens (0 = off).
+    /// Sample only among the k most likely tokens (0 = off).
+    #[arg(long, default_value_t = GenConfig::DEFAULT.top_k)]
     pub top_k: usize,
+    /// Seed of the sampling (each prompt gets its own stream, so batching does not matter).
+    #[arg(long, default_value_t = GenConfig::DEFAULT.seed)]
     pub seed: u64,
     /// Prompts decoded together.
+    #[arg(long, default_value_t = GenConfig::DEFAULT.batch_size)]
     pub batch_size: usize,
+}
+
+impl GenConfig {
+    /// The defaults (greedy), as a constant so that `--help` shows the same values.
+    pub const DEFAULT: GenConfig = GenConfig {
+        max_new_tokens: 64,
+        temperature: 0.0,
+        top_p: 1.0,
+        top_k: 0,
+        seed: 42,
+        batch_size: 16,
+    };
 }
 
 impl Default for GenConfig {
     fn default() -> Self {
-        GenConfig {
-            max_new_tokens: 64,
-            temperature: 0.0,
-            top_p: 1.0,
-            top_k: 0,
-            seed: 42,
-            batch_size: 16,
-        }
+        GenConfig::DEFAULT
     }
 }
 
@@ -280,4 +296,47 @@ pub fn argmax(xs: &[f32]) -> u32 {
         }
     }
     best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        gen: GenConfig,
+    }
+
+    #[test]
+    fn the_flags_are_the_fields_with_the_same_defaults() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("generate").chain(args.iter().copied()))
+                .unwrap()
+                .gen
+        };
+        let d = parse(&[]);
+        let want = GenConfig::default();
+        assert_eq!(
+            (
+                d.max_new_tokens,
+                d.temperature,
+                d.top_p,
+                d.top_k,
+                d.seed,
+                d.batch_size
+            ),
+            (
+                want.max_new_tokens,
+                want.temperature,
+                want.top_p,
+                want.top_k,
+                want.seed,
+                want.batch_size
+            )
+        );
+        let c = parse(&["--temperature", "0.7", "--top-k", "5", "--seed", "3"]);
+        assert_eq!((c.temperature, c.top_k, c.seed), (0.7, 5, 3));
+    }
 }

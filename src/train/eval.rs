@@ -1,11 +1,12 @@
 //! Held-out loss: the mean NLL of a data set under a model, with the same masking as
 //! training, and its compression reading (bits per token, bits per byte).
 
-use super::batch::{collate, tokenize, Example};
+use super::batch::{collate, tokenize, Batch, Example};
 use crate::data::records::Record;
 use crate::data::template::Template;
-use crate::model::LoadedModel;
+use crate::model::{LoadedModel, TextTokenizer};
 use anyhow::{bail, Result};
+use candle_core::Device;
 
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct EvalLoss {
@@ -49,6 +50,7 @@ impl EvalLoss {
     }
 }
 
+/// The held-out loss of `records` under `lm` (the fused CPU model).
 pub fn eval_loss(
     lm: &LoadedModel,
     records: &[Record],
@@ -57,26 +59,59 @@ pub fn eval_loss(
     batch_size: usize,
     progress: bool,
 ) -> Result<EvalLoss> {
-    if batch_size == 0 {
-        bail!("batch size must be at least 1");
-    }
-    let (examples, _) = tokenize(records, &lm.tokenizer, template, max_length)?;
-    let pb = crate::util::progress::bar(examples.len() as u64, "eval");
-    if !progress {
-        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    let mut total_nll = 0.0;
-    let mut tokens = 0;
-    let bytes: usize = examples.iter().map(|e| e.scored_bytes).sum();
-    for chunk in examples.chunks(batch_size) {
-        let refs: Vec<&Example> = chunk.iter().collect();
-        let b = collate(&refs, lm.tokenizer.pad_id(), lm.model.device())?;
-        if b.n_targets > 0 {
-            total_nll += crate::train::backprop::scoring_nll(&lm.model, &b.ids, &b.targets)?;
-            tokens += b.n_targets;
+    let batches = EvalBatches {
+        tokenizer: &lm.tokenizer,
+        device: lm.model.device(),
+        template,
+        max_length,
+        batch_size,
+        progress,
+    };
+    batches.eval_loss(records, |b| {
+        crate::train::backprop::scoring_nll(&lm.model, &b.ids, &b.targets)
+    })
+}
+
+/// How a data set is cut into the batches its held-out loss is summed over: the same
+/// tokenization and masking as training, whatever model computes each batch's NLL.
+pub struct EvalBatches<'a> {
+    pub tokenizer: &'a TextTokenizer,
+    /// Where the batches' tensors live.
+    pub device: &'a Device,
+    pub template: Template,
+    pub max_length: usize,
+    pub batch_size: usize,
+    pub progress: bool,
+}
+
+impl EvalBatches<'_> {
+    /// Sum `nll_sum` (summed NLL of a batch's counted tokens) over the batches of `records`.
+    pub fn eval_loss(
+        &self,
+        records: &[Record],
+        mut nll_sum: impl FnMut(&Batch) -> Result<f64>,
+    ) -> Result<EvalLoss> {
+        if self.batch_size == 0 {
+            bail!("batch size must be at least 1");
         }
-        pb.inc(chunk.len() as u64);
+        let (examples, _) = tokenize(records, self.tokenizer, self.template, self.max_length)?;
+        let pb = crate::util::progress::bar(examples.len() as u64, "eval");
+        if !self.progress {
+            pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        let mut total_nll = 0.0;
+        let mut tokens = 0;
+        let bytes: usize = examples.iter().map(|e| e.scored_bytes).sum();
+        for chunk in examples.chunks(self.batch_size) {
+            let refs: Vec<&Example> = chunk.iter().collect();
+            let b = collate(&refs, self.tokenizer.pad_id(), self.device)?;
+            if b.n_targets > 0 {
+                total_nll += nll_sum(&b)?;
+                tokens += b.n_targets;
+            }
+            pb.inc(chunk.len() as u64);
+        }
+        pb.finish_and_clear();
+        EvalLoss::from_totals(examples.len(), tokens, bytes, total_nll)
     }
-    pb.finish_and_clear();
-    EvalLoss::from_totals(examples.len(), tokens, bytes, total_nll)
 }

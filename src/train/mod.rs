@@ -12,4 +12,4 @@ pub mod optim;
 pub mod schedule;
 pub mod sft;
 
-pub use sft::{train, TrainConfig, TrainSummary};
+pub use sft::{train, TrainConfig, TrainRun, TrainSummary};

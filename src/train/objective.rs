@@ -37,7 +37,7 @@ pub struct DpoConfig {
     #[arg(long, value_enum, default_value = "sft")]
     pub method: Method,
     /// DPO's beta: the strength of the pull towards the reference (starting) model.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = DpoConfig::DEFAULT.dpo_beta)]
     pub dpo_beta: f64,
     /// DPO's loss: sigmoid (standard DPO) or ipo.
     #[arg(long, value_enum, default_value = "sigmoid")]
@@ -46,15 +46,18 @@ pub struct DpoConfig {
 
 impl Default for DpoConfig {
     fn default() -> Self {
-        DpoConfig {
-            method: Method::Sft,
-            dpo_beta: 0.1,
-            dpo_loss: DpoLoss::Sigmoid,
-        }
+        DpoConfig::DEFAULT
     }
 }
 
 impl DpoConfig {
+    /// The defaults, as a constant so that `TrainConfig::DEFAULT` can hold them.
+    pub const DEFAULT: DpoConfig = DpoConfig {
+        method: Method::Sft,
+        dpo_beta: 0.1,
+        dpo_loss: DpoLoss::Sigmoid,
+    };
+
     /// SFT with DPO's settings untouched: left out of saved settings, so SFT runs written
     /// before DPO existed compare equal.
     pub fn is_default(&self) -> bool {

@@ -37,66 +37,110 @@ use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Every training hyper-parameter, with the paper's values (PAPER.md §5) as defaults.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Every training hyper-parameter, with the paper's values (PAPER.md §5) as defaults. The one
+/// declaration of each setting: serde reads it from a TOML `[train]` table (the keys are the
+/// field names) and clap flattens it into `elastica train`'s flags (`--lr`, `--grad-accum`,
+/// ...), so each field's doc line below is both its `--help` text and its TOML doc. Two
+/// settings are spelled differently on the command line, in `cli::train`: `--betas B1,B2`
+/// sets `beta1` and `beta2`, and `--template` defaults by the data's schema.
+/// (A stage's own settings, such as DPO's or LoRA's, join as one flattened field each.)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
+    /// Prompt template the records are rendered with.
+    #[arg(skip = TrainConfig::DEFAULT.template)]
     pub template: Template,
+    /// Peak learning rate (paper: 1e-5).
+    #[arg(long, default_value_t = TrainConfig::DEFAULT.lr)]
     pub lr: f64,
+    /// AdamW beta1, in [0, 1) (paper: 0.9).
+    #[arg(skip = TrainConfig::DEFAULT.beta1)]
     pub beta1: f64,
+    /// AdamW beta2, in [0, 1) (paper: 0.95).
+    #[arg(skip = TrainConfig::DEFAULT.beta2)]
     pub beta2: f64,
+    /// AdamW epsilon.
+    #[arg(long, default_value_t = TrainConfig::DEFAULT.eps)]
     pub eps: f64,
+    /// Decoupled weight decay (applied to matrices only; paper: 0).
+    #[arg(long, default_value_t = TrainConfig::DEFAULT.weight_decay)]
     pub weight_decay: f64,
+    /// Learning-rate schedule after warm-up.
+    #[arg(long, value_enum, default_value_t = TrainConfig::DEFAULT.schedule)]
     pub schedule: Schedule,
+    /// Fraction of steps spent warming up linearly from 0.
+    #[arg(long, default_value_t = TrainConfig::DEFAULT.warmup_ratio)]
     pub warmup_ratio: f64,
     /// Records per micro-batch.
+    #[arg(long, default_value_t = TrainConfig::DEFAULT.batch_size)]
     pub batch_size: usize,
-    /// Micro-batches per optimizer step.
+    /// Micro-batches per optimizer step (effective batch = batch-size x grad-accum; paper: 32).
+    #[arg(long, default_value_t = TrainConfig::DEFAULT.grad_accum)]
     pub grad_accum: usize,
+    /// Passes over the data.
+    #[arg(long, default_value_t = TrainConfig::DEFAULT.epochs)]
     pub epochs: usize,
     /// Stop after this many optimizer steps (0 = run the epochs).
+    #[arg(long, default_value_t = TrainConfig::DEFAULT.max_steps)]
     pub max_steps: usize,
+    /// Longest sequence in tokens; longer records are truncated (and counted).
+    #[arg(long, default_value_t = TrainConfig::DEFAULT.max_length)]
     pub max_length: usize,
     /// Global gradient-norm clip (0 = off).
+    #[arg(long, default_value_t = TrainConfig::DEFAULT.clip)]
     pub clip: f64,
+    /// Seed of the data order (and, with --init, of the random weights).
+    #[arg(long, default_value_t = TrainConfig::DEFAULT.seed)]
     pub seed: u64,
+    /// Shuffle the records each epoch; `--no-shuffle` (TOML: `shuffle = false`) keeps the
+    /// file order.
+    #[arg(long = "no-shuffle", action = clap::ArgAction::SetFalse)]
     pub shuffle: bool,
-    /// Write a resumable checkpoint every N optimizer steps (0 = only at the end).
+    /// Write a resumable checkpoint every N optimizer steps (0 = none; the final model is
+    /// always saved).
+    #[arg(long, default_value_t = TrainConfig::DEFAULT.save_every)]
     pub save_every: usize,
-    /// Weight dtype of the final model ("float32", "bfloat16", "float16"); absent = the
-    /// input checkpoint's own dtype. A model that a later stage trains from should stay
-    /// float32: bf16 rounds small updates away. (Resumable checkpoints are always float32.)
+    /// Weight dtype of the saved model: float32, bfloat16 or float16 (default: the input
+    /// checkpoint's). Keep float32 for a model you will train further: bf16 rounds small
+    /// updates away. (Resumable checkpoints are always float32.)
+    #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub save_dtype: Option<String>,
     /// The objective (sft or dpo) and DPO's settings (`train::dpo`). Left out of saved
     /// settings when it is plain SFT, so SFT runs compare with those written before it.
+    #[command(flatten)]
     #[serde(skip_serializing_if = "DpoConfig::is_default")]
     pub dpo: DpoConfig,
 }
 
+impl TrainConfig {
+    /// The defaults, as a constant so that clap's `--help` shows the same values.
+    pub const DEFAULT: TrainConfig = TrainConfig {
+        template: Template::SafeRlhf,
+        lr: 1e-5,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.0,
+        schedule: Schedule::Constant,
+        warmup_ratio: 0.0,
+        batch_size: 4,
+        grad_accum: 8,
+        epochs: 1,
+        max_steps: 0,
+        max_length: 2048,
+        clip: 1.0,
+        seed: 42,
+        shuffle: true,
+        save_every: 0,
+        save_dtype: None,
+        dpo: DpoConfig::DEFAULT,
+    };
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
-        TrainConfig {
-            template: Template::SafeRlhf,
-            lr: 1e-5,
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            schedule: Schedule::Constant,
-            warmup_ratio: 0.0,
-            batch_size: 4,
-            grad_accum: 8,
-            epochs: 1,
-            max_steps: 0,
-            max_length: 2048,
-            clip: 1.0,
-            seed: 42,
-            shuffle: true,
-            save_every: 0,
-            save_dtype: None,
-            dpo: DpoConfig::default(),
-        }
+        TrainConfig::DEFAULT
     }
 }
 
@@ -303,19 +347,36 @@ pub struct TrainSummary {
 /// Called after every optimizer step with the model and the step's log (for rate tracking).
 pub type StepHook<'a> = dyn FnMut(&LoadedModel, &StepLog) -> Result<()> + 'a;
 
+/// Where a [`train`] run writes and how it runs (everything but the model, data and
+/// hyper-parameters).
+pub struct TrainRun<'a, 'h> {
+    /// Final model, `train_log.jsonl` and checkpoints go here.
+    pub out: &'a Path,
+    /// Continue from the newest complete checkpoint in `out` (refused when it was written
+    /// with other settings or data); a finished run with the same settings is not redone.
+    pub resume: bool,
+    /// Called after every optimizer step with the model and the step's log.
+    pub hook: Option<&'a mut StepHook<'h>>,
+    /// Show a progress bar (log lines when stderr is not a terminal).
+    pub progress: bool,
+}
+
 /// Fine-tune `lm` on `records`, writing `train_log.jsonl`, checkpoints and the final model
-/// into `out`. With `resume`, continues from the newest complete checkpoint in `out` (refused
-/// when it was written with other settings or data); a finished run with the same settings
-/// is not redone: its final weights are loaded into `lm` and its summary is returned.
+/// into `run.out`. With `run.resume`, continues from the newest complete checkpoint in `out`
+/// (refused when it was written with other settings or data); a finished run with the same
+/// settings is not redone: its final weights are loaded into `lm` and its summary is returned.
 pub fn train(
     lm: &LoadedModel,
     records: &[Record],
     cfg: &TrainConfig,
-    out: &Path,
-    resume: bool,
-    mut hook: Option<&mut StepHook<'_>>,
-    progress: bool,
+    run: TrainRun<'_, '_>,
 ) -> Result<TrainSummary> {
+    let TrainRun {
+        out,
+        resume,
+        mut hook,
+        progress,
+    } = run;
     let Prepared {
         examples,
         truncated,
@@ -943,4 +1004,56 @@ fn append_log(path: &Path, entry: &StepLog) -> Result<()> {
     line.push('\n');
     f.write_all(line.as_bytes())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        train: TrainConfig,
+    }
+
+    fn parse(args: &[&str]) -> TrainConfig {
+        let argv = std::iter::once("train").chain(args.iter().copied());
+        Cli::try_parse_from(argv).unwrap().train
+    }
+
+    #[test]
+    fn the_flags_default_to_the_toml_defaults() {
+        // One declaration: no flag typed gives exactly what an empty [train] table gives.
+        let from_toml: TrainConfig = toml::from_str("").unwrap();
+        assert_eq!(parse(&[]), from_toml);
+        assert_eq!(parse(&[]), TrainConfig::default());
+    }
+
+    #[test]
+    fn flags_set_the_fields_of_the_same_name() {
+        let c = parse(&[
+            "--lr",
+            "0.003",
+            "--grad-accum",
+            "2",
+            "--schedule",
+            "cosine",
+            "--no-shuffle",
+            "--save-dtype",
+            "float32",
+        ]);
+        let want = TrainConfig {
+            lr: 0.003,
+            grad_accum: 2,
+            schedule: Schedule::Cosine,
+            shuffle: false,
+            save_dtype: Some("float32".into()),
+            ..TrainConfig::default()
+        };
+        assert_eq!(c, want);
+        // The stored spelling of --no-shuffle is `shuffle = false`.
+        let t: TrainConfig = toml::from_str("shuffle = false").unwrap();
+        assert!(!t.shuffle);
+    }
 }

@@ -21,15 +21,15 @@ use super::rebound::{aligned, draw, fingerprint, train_config, DemoData, PERTURB
 use crate::data::template::Template;
 use crate::experiments::evaluate::generate_responses;
 use crate::experiments::kl::{by_position, sequence_kl, Continuation, PositionKl};
-use crate::grid::manifest::sha256_hex;
 use crate::experiments::weight_space::{self, Movement};
+use crate::grid::manifest::sha256_hex;
 use crate::model::checkpoint::{load_model, save_model, LoadedModel};
 use crate::model::generate::GenConfig;
 use crate::report::plot::Series;
 use crate::report::table::Table;
 use crate::report::{LinePlot, RunDir};
 use crate::train::sft::StepLog;
-use crate::train::train;
+use crate::train::{train, TrainRun};
 use anyhow::{Context, Result};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
@@ -126,15 +126,13 @@ pub fn run_instruments(
             Ok(())
         };
         let tc = train_config(cfg, cfg.align_lr, seed);
-        train(
-            &lm,
-            &neg,
-            &tc,
-            &unit_dir.join("perturbed"),
-            false,
-            Some(&mut hook),
-            false,
-        )?;
+        let run = TrainRun {
+            out: &unit_dir.join("perturbed"),
+            resume: false,
+            hook: Some(&mut hook),
+            progress: false,
+        };
+        train(&lm, &neg, &tc, run)?;
     }
     let outcome = InstrumentsOutcome {
         fingerprint: fp,

@@ -20,15 +20,16 @@ use super::measures::{self, Exact, Probes};
 use crate::compress::tracking::{measure_sets, TrackedSet};
 use crate::data::records::Record;
 use crate::data::template::Template;
+use crate::experiments::evaluate::{generate_responses, Generation};
 use crate::grid::manifest::sha256_hex;
 use crate::model::checkpoint::{load_model, LoadedModel};
-use crate::model::generate::{generate, GenConfig};
+use crate::model::generate::GenConfig;
 use crate::model::TextTokenizer;
 use crate::report::stats::mean_ci95;
 use crate::score::{Sample, Scorer};
 use crate::train::schedule::Schedule;
 use crate::train::sft::StepLog;
-use crate::train::{train, TrainConfig};
+use crate::train::{train, TrainConfig, TrainRun};
 use anyhow::{Context, Result};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
@@ -188,30 +189,8 @@ pub fn score_model(
     scorer: &dyn Scorer,
     gen: &GenConfig,
 ) -> Result<(f64, Option<f64>)> {
-    let ids: Vec<Vec<u32>> = prompts
-        .iter()
-        .map(|p| Template::Raw.encode_prompt(p, &lm.tokenizer))
-        .collect::<Result<_>>()?;
-    let outs = generate(
-        &lm.model,
-        &ids,
-        lm.tokenizer.eos_ids(),
-        lm.tokenizer.pad_id(),
-        gen,
-        |_| {},
-    )?;
-    let texts: Vec<String> = outs
-        .iter()
-        .map(|o| lm.tokenizer.decode(o, true))
-        .collect::<Result<_>>()?;
-    let samples: Vec<Sample> = prompts
-        .iter()
-        .zip(&texts)
-        .map(|(p, r)| Sample {
-            prompt: p,
-            response: r,
-        })
-        .collect();
+    let gens = generate_responses(lm, prompts, Template::Raw, gen, false)?;
+    let samples: Vec<Sample> = gens.iter().map(Generation::sample).collect();
     let scores = scorer.score_batch(&samples)?;
     let ci = mean_ci95(&scores).context("no eval scores")?;
     Ok((ci.mean, ci.half_width))
@@ -319,10 +298,12 @@ pub fn run_unit(
                 &lm,
                 &neg,
                 &tc,
-                &cell_dir.join("perturbed"),
-                false,
-                Some(&mut hook),
-                false,
+                TrainRun {
+                    out: &cell_dir.join("perturbed"),
+                    resume: false,
+                    hook: Some(&mut hook),
+                    progress: false,
+                },
             )?;
         }
         for (nm, s, ci, exact) in measured {
@@ -396,10 +377,12 @@ pub(super) fn aligned(
         &lm,
         &pos,
         &tc,
-        &cell_dir.join("aligned"),
-        false,
-        None,
-        false,
+        TrainRun {
+            out: &cell_dir.join("aligned"),
+            resume: false,
+            hook: None,
+            progress: false,
+        },
     )?;
     Ok((lm, pos, align_tokens))
 }
@@ -486,10 +469,12 @@ pub fn run_ablation_unit(
         &lm,
         &perturb,
         &tc,
-        &unit_dir.join("perturbed"),
-        false,
-        Some(&mut hook),
-        false,
+        TrainRun {
+            out: &unit_dir.join("perturbed"),
+            resume: false,
+            hook: Some(&mut hook),
+            progress: false,
+        },
     )?;
     let outcome = AblationOutcome {
         fingerprint: fp,

@@ -35,13 +35,21 @@ use crate::model::{LoadedModel, ModelConfig};
 use crate::report::tensorboard::TrainBoard;
 use crate::score::keywords::KeywordScorer;
 use crate::score::registry::ScorerSpec;
+use crate::score::Scorer;
 use crate::train::eval::EvalLoss;
 use crate::train::objective::Method;
-use crate::train::{train, TrainConfig};
+use crate::train::{train, TrainConfig, TrainRun};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+/// The cell kinds' names (the manifest's `kind`).
+pub const BASE: &str = "rebound.base";
+pub const ALIGN: &str = "rebound.align";
+pub const PERTURB: &str = "rebound.perturb";
 
 /// Sub-directory of a training cell holding its model (HF layout), log and checkpoints.
 pub const MODEL_DIR: &str = "model";
@@ -179,7 +187,7 @@ pub static KINDS: &Kinds = &[&BaseEval, &Align, &Perturb];
 
 impl CellKind for BaseEval {
     fn name(&self) -> &'static str {
-        "rebound.base"
+        BASE
     }
     fn about(&self) -> &'static str {
         "evaluate the pre-trained model (the reference level)"
@@ -187,7 +195,7 @@ impl CellKind for BaseEval {
     fn run(&self, ctx: &CellContext<'_>) -> Result<serde_json::Value> {
         let p: BaseParams = ctx.params()?;
         let lm = load_model(&path_str(&ctx.input("base")?), &Device::Cpu)?;
-        let eval = evaluate_cell(ctx, &lm, None, None, &p.eval, p.seed)?;
+        let eval = evaluate_cell(ctx, &lm, None, None, &p.eval)?;
         let capability = capability_kept(ctx, &lm, &p.eval)?;
         Ok(serde_json::to_value(EvalOutput {
             model: p.model,
@@ -208,7 +216,7 @@ impl CellKind for BaseEval {
 
 impl CellKind for Align {
     fn name(&self) -> &'static str {
-        "rebound.align"
+        ALIGN
     }
     fn about(&self) -> &'static str {
         "fine-tune the base model on the first n+ positive records"
@@ -241,7 +249,7 @@ impl CellKind for Align {
 
 impl CellKind for Perturb {
     fn name(&self) -> &'static str {
-        "rebound.perturb"
+        PERTURB
     }
     fn about(&self) -> &'static str {
         "fine-tune an aligned model on the first n- negative records, then score it and \
@@ -276,7 +284,7 @@ impl CellKind for Perturb {
         } else {
             None
         };
-        let eval = evaluate_cell(ctx, &lm, Some(&base), aligned.as_ref(), &p.eval, p.seed)?;
+        let eval = evaluate_cell(ctx, &lm, Some(&base), aligned.as_ref(), &p.eval)?;
         drop(aligned);
         drop(base);
         let capability = capability_kept(ctx, &lm, &p.eval)?;
@@ -359,7 +367,17 @@ fn train_stage_of(
         ctx.fault_point(&format!("train-step-{}", log.step))
     };
     let s = match data {
-        StageData::Records(r) => train(&lm, r, cfg, &out, true, Some(&mut hook), ctx.progress)?,
+        StageData::Records(r) => train(
+            &lm,
+            r,
+            cfg,
+            TrainRun {
+                out: &out,
+                resume: true,
+                hook: Some(&mut hook),
+                progress: ctx.progress,
+            },
+        )?,
         StageData::Pairs(p) => {
             crate::train::dpo::train(&lm, p, cfg, &out, true, Some(&mut hook), ctx.progress)?.train
         }
@@ -377,24 +395,40 @@ fn train_stage_of(
     Ok(outcome)
 }
 
-/// Evaluate and write `samples.jsonl`.
+/// The scorer of `spec`, built once per process: the plan builds it (to check it before any
+/// cell runs) and every cell this process runs afterwards scores with that same instance.
+pub fn shared_scorer(spec: &ScorerSpec) -> Result<Arc<dyn Scorer>> {
+    static BUILT: OnceLock<Mutex<HashMap<String, Arc<dyn Scorer>>>> = OnceLock::new();
+    let key = serde_json::to_string(spec)?;
+    // Held while building, so cells running side by side build a scorer once, not each.
+    let mut built = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if let Some(s) = built.get(&key) {
+        return Ok(s.clone());
+    }
+    let s: Arc<dyn Scorer> = Arc::from(crate::score::registry::build(spec, &Device::Cpu)?);
+    built.insert(key, s.clone());
+    Ok(s)
+}
+
+/// Evaluate with the generation settings the plan gave this cell (seeded by its seed) and
+/// write `samples.jsonl`.
 fn evaluate_cell(
     ctx: &CellContext<'_>,
     lm: &LoadedModel,
     base: Option<&LoadedModel>,
     aligned: Option<&LoadedModel>,
     p: &EvalParams,
-    seed: u64,
 ) -> Result<EvalSummary> {
     let prompts = super::data::read_prompts(&ctx.input("prompts")?)?;
-    let scorer = crate::score::registry::build(&p.scorer, &Device::Cpu)?;
+    let scorer = shared_scorer(&p.scorer)?;
     let refusal = match &p.refusal {
         None => None,
         Some(RefusalParams { keywords: None }) => Some(KeywordScorer::builtin()),
         Some(RefusalParams { keywords: Some(f) }) => Some(KeywordScorer::from_file(f)?),
     };
-    let mut gen = p.generation.clone();
-    gen.seed = seed;
     let refs = References {
         base,
         aligned,
@@ -405,7 +439,7 @@ fn evaluate_cell(
         refs,
         &prompts,
         p.template,
-        &gen,
+        &p.generation,
         scorer.as_ref(),
         p.kl_batch_size,
         ctx.progress,
@@ -482,4 +516,20 @@ fn base_params(grid: &Grid, index: usize) -> Option<u64> {
 /// activations; evaluation afterwards needs less.
 fn train_memory(grid: &Grid, index: usize) -> Option<u64> {
     base_params(grid, index).map(|n| 20 * n + (512 << 20))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scorer_is_built_once_per_process() {
+        let spec = ScorerSpec::Keywords { path: None };
+        let a = shared_scorer(&spec).unwrap();
+        let b = shared_scorer(&spec).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        let other = shared_scorer(&ScorerSpec::WorldSafety).unwrap();
+        assert!(!Arc::ptr_eq(&a, &other));
+        assert_eq!(other.name(), "world-safety");
+    }
 }

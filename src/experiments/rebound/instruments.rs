@@ -13,13 +13,14 @@
 
 use super::cells::EvalOutput;
 use super::config::ReboundConfig;
-use super::plan::{base_id, perturb_id, prefix, ResolvedModel};
+use super::plan::ResolvedModel;
+use super::report::Outputs;
 use crate::experiments::weight_space::Movement;
 use crate::report::stats::{mean_ci95, MeanCi};
 use crate::report::{fmt_ci, LinePlot, RunDir, Series, Table};
 use anyhow::Result;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// Response positions shown in report.md (the CSV has all).
@@ -160,16 +161,15 @@ pub struct ModelInstruments {
 /// Aggregate the instruments of every model from the finished cells' outputs.
 pub fn analyze(
     cfg: &ReboundConfig,
-    outputs: &HashMap<String, EvalOutput>,
+    outputs: &Outputs,
     models: &[ResolvedModel],
 ) -> Vec<ModelInstruments> {
     let mut out = Vec::new();
     for m in models {
-        let pre = prefix(cfg, &m.name);
         let bases: Vec<&EvalOutput> = cfg
             .seeds
             .iter()
-            .filter_map(|&s| outputs.get(&base_id(&pre, s)))
+            .filter_map(|&s| outputs.base(&m.name, s))
             .collect();
         let mut curves = Vec::new();
         let mut positions = Vec::new();
@@ -181,7 +181,7 @@ pub fn analyze(
                 let outs: Vec<&EvalOutput> = cfg
                     .seeds
                     .iter()
-                    .filter_map(|&s| outputs.get(&perturb_id(&pre, np, nn, s)))
+                    .filter_map(|&s| outputs.perturbed(&m.name, np, nn, s))
                     .collect();
                 refusal_keywords = refusal_keywords
                     .or_else(|| outs.iter().find_map(|o| o.eval.refusal_keywords.clone()));

@@ -14,7 +14,8 @@
 //! written. A refused re-plan leaves the run directory byte-identical.
 
 use super::cells::{
-    AlignParams, BaseParams, CapabilityParams, EvalParams, PerturbParams, RefusalParams,
+    AlignParams, BaseParams, CapabilityParams, EvalParams, PerturbParams, RefusalParams, ALIGN,
+    BASE, PERTURB,
 };
 use super::config::ReboundConfig;
 use super::data::{
@@ -82,8 +83,8 @@ pub fn plan(cfg: &ReboundConfig, run_dir: &Path, experiment: &str) -> Result<Pla
         })
         .collect::<Result<Vec<_>>>()?;
     let scorer = absolute_scorer(&cfg.scorer);
-    crate::score::registry::build(&scorer, &candle_core::Device::Cpu)
-        .context("the [scorer] cannot be built")?;
+    // Built now to check it; the cells this process runs reuse this instance.
+    super::cells::shared_scorer(&scorer).context("the [scorer] cannot be built")?;
     let frozen = freeze(cfg)?;
     let config_text = toml::to_string(cfg).context("cannot write the resolved config")?;
     let cells = cells(cfg, &models, &scorer, &frozen)?;
@@ -216,7 +217,7 @@ fn cells(
     } else {
         None
     };
-    // Each cell's generations are seeded by its own seed.
+    // Each cell's generations are seeded by its own seed, here and only here.
     let eval = |seed: u64| EvalParams {
         template: cfg.train.template,
         generation: cfg.generation.with_seed(seed),
@@ -251,7 +252,7 @@ fn cells(
         for &seed in &cfg.seeds {
             out.push(CellSpec {
                 id: base_id(&pre, seed),
-                kind: "rebound.base".into(),
+                kind: BASE.into(),
                 deps: vec![],
                 inputs: eval_inputs(&[("prompts", &prompts)]),
                 params: serde_json::to_value(BaseParams {
@@ -269,7 +270,7 @@ fn cells(
                 let log_dir = |id: &str| cell_log_dir(cfg, id);
                 out.push(CellSpec {
                     id: align.clone(),
-                    kind: "rebound.align".into(),
+                    kind: ALIGN.into(),
                     deps: vec![],
                     inputs: inputs(&[("positive", &positive)]),
                     params: serde_json::to_value(AlignParams {
@@ -293,7 +294,7 @@ fn cells(
                     let id = perturb_id(&pre, n_pos, n_neg, seed);
                     out.push(CellSpec {
                         id: id.clone(),
-                        kind: "rebound.perturb".into(),
+                        kind: PERTURB.into(),
                         deps: vec![align.clone()],
                         inputs: eval_inputs(&list),
                         params: serde_json::to_value(PerturbParams {

@@ -21,10 +21,10 @@
 //! The instruments beyond score and KL (capability, coherence, refusals, KL by position,
 //! weight space) are aggregated and reported by `super::instruments`.
 
-use super::cells::EvalOutput;
+use super::cells::{EvalOutput, BASE, PERTURB};
 use super::config::ReboundConfig;
 use super::data::FrozenData;
-use super::plan::{base_id, perturb_id, prefix, ResolvedModel};
+use super::plan::ResolvedModel;
 use crate::grid::rundir::Grid;
 use crate::report::stats::{first_crossing, mean_ci95, MeanCi};
 use crate::report::{fmt_ci, fmt_sig, LinePlot, RunDir, Series, Table};
@@ -144,20 +144,58 @@ pub struct Analysis {
     pub instruments: Vec<super::instruments::ModelInstruments>,
 }
 
+/// The finished evaluations of a run, found by their own fields: each [`EvalOutput`] says
+/// which model, n+, n- and seed it measured, so nothing is rebuilt from cell ids.
+#[derive(Debug, Default)]
+pub struct Outputs {
+    base: HashMap<(String, u64), EvalOutput>,
+    perturbed: HashMap<(String, usize, usize, u64), EvalOutput>,
+}
+
+impl Outputs {
+    /// Every finished evaluating cell of `grid`, and the ids of the cells without a result.
+    pub fn read(grid: &Grid) -> Result<(Outputs, Vec<String>)> {
+        let mut outputs = Outputs::default();
+        let mut missing = Vec::new();
+        for (i, c) in grid.manifest().cells.iter().enumerate() {
+            match grid.result(i)? {
+                Some(r) if c.kind == BASE => outputs.insert_base(r.output_as()?),
+                Some(r) if c.kind == PERTURB => outputs.insert_perturbed(r.output_as()?),
+                Some(_) => {}
+                None => missing.push(c.id.clone()),
+            }
+        }
+        Ok((outputs, missing))
+    }
+
+    pub fn insert_base(&mut self, o: EvalOutput) {
+        self.base.insert((o.model.clone(), o.seed), o);
+    }
+
+    pub fn insert_perturbed(&mut self, o: EvalOutput) {
+        let key = (o.model.clone(), o.n_positive, o.n_negative, o.seed);
+        self.perturbed.insert(key, o);
+    }
+
+    /// The pre-trained model's evaluation with this seed.
+    pub fn base(&self, model: &str, seed: u64) -> Option<&EvalOutput> {
+        self.base.get(&(model.to_string(), seed))
+    }
+
+    /// The evaluation after n+ positives and n- negatives (n- = 0: the aligned model).
+    pub fn perturbed(&self, model: &str, np: usize, nn: usize, seed: u64) -> Option<&EvalOutput> {
+        self.perturbed.get(&(model.to_string(), np, nn, seed))
+    }
+
+    fn any(&self) -> Option<&EvalOutput> {
+        self.base.values().chain(self.perturbed.values()).next()
+    }
+}
+
 /// Read every finished evaluation cell and aggregate.
 pub fn analyze(cfg: &ReboundConfig, grid: &Grid, models: &[ResolvedModel]) -> Result<Analysis> {
-    let mut outputs: HashMap<String, EvalOutput> = HashMap::new();
-    let mut missing = Vec::new();
-    for (i, c) in grid.manifest().cells.iter().enumerate() {
-        match grid.result(i)? {
-            Some(r) if c.kind != "rebound.align" => {
-                outputs.insert(c.id.clone(), r.output_as()?);
-            }
-            Some(_) => {}
-            None => missing.push(c.id.clone()),
-        }
-    }
-    let any = outputs.values().next();
+    let (outputs, missing) = Outputs::read(grid)?;
+    let any = outputs.any();
     let scorer = any.map(|o| o.eval.scorer.clone());
     let higher_is_aligned = any.is_none_or(|o| o.eval.higher_is_aligned);
     let sign = if higher_is_aligned { 1.0 } else { -1.0 };
@@ -166,11 +204,10 @@ pub fn analyze(cfg: &ReboundConfig, grid: &Grid, models: &[ResolvedModel]) -> Re
     let mut rows = Vec::new();
     let mut analyses = Vec::new();
     for m in models {
-        let pre = prefix(cfg, &m.name);
         let base_of: HashMap<u64, &EvalOutput> = cfg
             .seeds
             .iter()
-            .filter_map(|&s| outputs.get(&base_id(&pre, s)).map(|o| (s, o)))
+            .filter_map(|&s| outputs.base(&m.name, s).map(|o| (s, o)))
             .collect();
         for &s in &cfg.seeds {
             if let Some(o) = base_of.get(&s) {
@@ -183,7 +220,7 @@ pub fn analyze(cfg: &ReboundConfig, grid: &Grid, models: &[ResolvedModel]) -> Re
         let mut table3 = Vec::new();
         let mut strength = Vec::new();
         for &np in &cfg.n_positive {
-            let cell = |nn: usize, s: u64| outputs.get(&perturb_id(&pre, np, nn, s));
+            let cell = |nn: usize, s: u64| outputs.perturbed(&m.name, np, nn, s);
             let mut points = Vec::new();
             for &nn in &cfg.n_negative {
                 let mut sc = Vec::new();
@@ -745,6 +782,35 @@ fn setup_section(cfg: &ReboundConfig, a: &Analysis, data: Option<&FrozenData>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn output(model: &str, np: usize, nn: usize, seed: u64, score: f64) -> EvalOutput {
+        serde_json::from_value(serde_json::json!({
+            "model": model, "n_positive": np, "n_negative": nn, "seed": seed, "train": null,
+            "eval": {
+                "prompts": 1, "scorer": "keywords", "higher_is_aligned": true,
+                "score": mean_ci95(&[score]).unwrap(), "kl": 0.0, "kl_positions": 0,
+                "mean_response_tokens": 1.0, "eos_fraction": 1.0,
+            },
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn outputs_are_found_by_their_own_fields() {
+        let mut o = Outputs::default();
+        o.insert_base(output("a", 0, 0, 1, 0.1));
+        // n+ = 0, n- = 0 after "alignment" on nothing is not the base evaluation.
+        o.insert_perturbed(output("a", 0, 0, 1, 0.2));
+        o.insert_perturbed(output("a", 4, 2, 1, 0.3));
+        o.insert_perturbed(output("b", 4, 2, 1, 0.4));
+        let score = |x: Option<&EvalOutput>| x.map(|x| x.eval.score.mean);
+        assert_eq!(score(o.base("a", 1)), Some(0.1));
+        assert_eq!(score(o.perturbed("a", 0, 0, 1)), Some(0.2));
+        assert_eq!(score(o.perturbed("a", 4, 2, 1)), Some(0.3));
+        assert_eq!(score(o.perturbed("b", 4, 2, 1)), Some(0.4));
+        assert_eq!(score(o.base("b", 1)), None);
+        assert_eq!(score(o.perturbed("a", 4, 2, 2)), None);
+    }
 
     #[test]
     fn table3_interpolates_the_kl_crossing() {

@@ -16,14 +16,15 @@
 use super::plan::{Direction, PairPlan};
 use crate::data::records::{read_jsonl, write_jsonl, Record};
 use crate::data::template::Template;
+use crate::experiments::evaluate::{generate_responses, Generation};
 use crate::experiments::kl::{by_position, pooled_mean, sequence_kl, Continuation, PositionKl};
 use crate::experiments::weight_space::{self, WeightSpace};
 use crate::grid::cell::Kinds;
 use crate::grid::cell::{CellContext, CellKind};
 use crate::model::checkpoint::load_model;
-use crate::model::generate::{generate, GenConfig};
+use crate::model::generate::GenConfig;
 use crate::train::eval::EvalLoss;
-use crate::train::{train, TrainConfig, TrainSummary};
+use crate::train::{train, TrainConfig, TrainRun, TrainSummary};
 use anyhow::{Context, Result};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
@@ -191,8 +192,18 @@ fn fine_tune(
         }
         ctx.fault_point(&format!("train-step-{}", s.step))
     };
-    train(&lm, data, t, &ctx.dir, true, Some(&mut hook), ctx.progress)
-        .with_context(|| format!("fine-tuning {} into {}", start.display(), ctx.dir.display()))
+    train(
+        &lm,
+        data,
+        t,
+        TrainRun {
+            out: &ctx.dir,
+            resume: true,
+            hook: Some(&mut hook),
+            progress: ctx.progress,
+        },
+    )
+    .with_context(|| format!("fine-tuning {} into {}", start.display(), ctx.dir.display()))
 }
 
 /// The resist grid's kinds of cell (see `experiments::registry`).
@@ -234,42 +245,18 @@ impl CellKind for GenerateKind {
         let path = ctx.input("prompts")?;
         let prompts = super::slices::prompts_of(&read_jsonl(&path)?, &path.display().to_string())?;
         let lm = load_model(&p.model.dir(ctx).to_string_lossy(), &Device::Cpu)?;
-        let ids: Vec<Vec<u32>> = prompts
+        let gens = generate_responses(&lm, &prompts, p.template, &p.generate, ctx.progress)?;
+        let recs: Vec<Record> = gens
             .iter()
-            .map(|q| p.template.encode_prompt(q, &lm.tokenizer))
-            .collect::<Result<_>>()?;
-        let pb = crate::util::progress::bar(prompts.len() as u64, "generate");
-        if !ctx.progress {
-            pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-        }
-        let outs = generate(
-            &lm.model,
-            &ids,
-            lm.tokenizer.eos_ids(),
-            lm.tokenizer.pad_id(),
-            &p.generate,
-            |n| pb.inc(n as u64),
-        )?;
-        pb.finish_and_clear();
-        let recs: Vec<Record> = prompts
-            .iter()
-            .zip(&outs)
-            .map(|(q, o)| Ok(Record::pair(q.clone(), lm.tokenizer.decode(o, true)?)))
-            .collect::<Result<_>>()?;
+            .map(|g| Record::pair(g.prompt.clone(), g.response.clone()))
+            .collect();
         let file = gen_file(p.k);
         write_jsonl(&ctx.dir.join(&file), &recs)?;
         let measures = match &p.base {
             None => None,
             Some(base) => {
-                let seqs: Vec<Continuation<'_>> = ids
-                    .iter()
-                    .zip(&outs)
-                    .map(|(q, o)| Continuation {
-                        prompt: q,
-                        tokens: o,
-                        ended: o.len() < p.generate.max_new_tokens,
-                    })
-                    .collect();
+                let seqs: Vec<Continuation<'_>> =
+                    gens.iter().map(Generation::continuation).collect();
                 let b = if p.k == 0 {
                     None
                 } else {
@@ -284,7 +271,7 @@ impl CellKind for GenerateKind {
                     p.generate.batch_size,
                     |_| {},
                 )?;
-                let tokens: usize = outs.iter().map(Vec::len).sum();
+                let tokens: usize = gens.iter().map(|g| g.tokens.len()).sum();
                 Some(CheckpointMeasures {
                     kl_to_base: pooled_mean(&kls),
                     kl_by_position: if p.k == 0 {
