@@ -26,6 +26,7 @@ use super::schedule::{lr_at, warmup_steps, Schedule};
 use crate::data::records::Record;
 use crate::data::template::Template;
 use crate::model::checkpoint::{dtype_from_name, save_model, save_params};
+use crate::model::lora::LoraConfig;
 use crate::model::{Llama, LoadedModel};
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
@@ -67,6 +68,10 @@ pub struct TrainConfig {
     /// float32: bf16 rounds small updates away. (Resumable checkpoints are always float32.)
     #[serde(skip_serializing_if = "Option::is_none")]
     pub save_dtype: Option<String>,
+    /// LoRA: train a low-rank adapter with the base frozen (`[train.lora]`, rank 0 = full
+    /// fine-tune). Left out of saved settings when off, so older runs compare equal.
+    #[serde(skip_serializing_if = "LoraConfig::is_off")]
+    pub lora: LoraConfig,
 }
 
 impl Default for TrainConfig {
@@ -90,6 +95,7 @@ impl Default for TrainConfig {
             shuffle: true,
             save_every: 0,
             save_dtype: None,
+            lora: LoraConfig::default(),
         }
     }
 }
@@ -140,6 +146,7 @@ impl TrainConfig {
         if let Some(d) = &self.save_dtype {
             dtype_from_name(d).context("save_dtype (--save-dtype)")?;
         }
+        self.lora.validate()?;
         Ok(())
     }
 
@@ -241,7 +248,8 @@ fn short(h: &str) -> &str {
 /// wherever it was loaded from (one pass over the weights).
 pub fn weights_fingerprint(lm: &LoadedModel) -> Result<String> {
     let mut h = Sha256::new();
-    for (name, var) in lm.model.params.iter() {
+    let adapter = lm.model.adapter().map(|a| &a.params);
+    for (name, var) in lm.model.params.iter().chain(adapter.iter().flat_map(|p| p.iter())) {
         h.update((name.len() as u64).to_le_bytes());
         h.update(name.as_bytes());
         let v: Vec<f32> = var.as_tensor().flatten_all()?.to_vec1()?;
@@ -425,7 +433,11 @@ pub fn train(
     if let Some(l) = lines.as_mut() {
         l.finish();
     }
-    save_model(&lm.model, &lm.dir, out, Some(&save_dtype))?;
+    match lm.model.adapter() {
+        // A LoRA run saves the adapter (PEFT's format), not the frozen base.
+        Some(a) => a.save(out)?,
+        None => save_model(&lm.model, &lm.dir, out, Some(&save_dtype))?,
+    }
     // Written after the model: its presence (with equal settings) marks the run finished.
     crate::util::fsx::atomic_write(
         &out.join(FINISHED_SETTINGS),
@@ -439,6 +451,15 @@ pub fn train(
         resumed_from,
         log,
     ))
+}
+
+/// The final weights of a run in `out`: the adapter of a LoRA run (its marker is
+/// adapter_config.json), else the model.
+fn final_weights(out: &Path) -> PathBuf {
+    match out.join(crate::model::lora::CONFIG_FILE).is_file() {
+        true => out.join(crate::model::lora::WEIGHTS_FILE),
+        false => out.join("model.safetensors"),
+    }
 }
 
 /// The resolved settings of a finished run, written after its final model.
@@ -478,6 +499,7 @@ struct Prepared {
 
 fn prepare(lm: &LoadedModel, records: &[Record], cfg: &TrainConfig) -> Result<Prepared> {
     cfg.validate()?;
+    crate::model::lora::check_for_training(&lm.model, &cfg.lora)?;
     if records.is_empty() {
         bail!("no training records");
     }
@@ -564,7 +586,7 @@ fn resume_point_of(out: &Path, settings: &RunSettings, total: usize) -> Result<R
 /// settings is refused: resuming it would train from scratch over it.
 fn finished_with(out: &Path, settings: &RunSettings) -> Result<bool> {
     let cfg_path = out.join(FINISHED_SETTINGS);
-    if !cfg_path.is_file() || !out.join("model.safetensors").is_file() {
+    if !cfg_path.is_file() || !final_weights(out).is_file() {
         return Ok(false);
     }
     let text = std::fs::read_to_string(&cfg_path)
@@ -588,12 +610,17 @@ fn finished_with(out: &Path, settings: &RunSettings) -> Result<bool> {
 
 /// Load a finished run's saved weights into `lm`.
 fn load_final(lm: &LoadedModel, out: &Path) -> Result<()> {
-    let weights = out.join("model.safetensors");
+    let weights = final_weights(out);
     let tensors = candle_core::safetensors::load(&weights, lm.model.device())
         .with_context(|| format!("cannot read {}", weights.display()))?;
-    for (name, var) in lm.model.params.iter() {
+    // An adapter's keys carry PEFT's prefix.
+    let prefix = match lm.model.adapter() {
+        Some(_) => "base_model.model.",
+        None => "",
+    };
+    for (name, var) in lm.model.trainable().iter() {
         let t = tensors
-            .get(name)
+            .get(&format!("{prefix}{name}"))
             .with_context(|| format!("{} lacks tensor \"{name}\"", weights.display()))?;
         var.set(&t.to_dtype(DType::F32)?)
             .with_context(|| format!("tensor \"{name}\" in {}", weights.display()))?;
@@ -641,7 +668,7 @@ pub fn optimizer_step(
     lr: f64,
     clip: f64,
 ) -> Result<(f64, f64)> {
-    let params = &model.params;
+    let params = model.trainable();
     let n_step: usize = micro.iter().map(|b| b.n_targets).sum();
     if n_step == 0 {
         return Ok((0.0, 0.0));
@@ -765,9 +792,9 @@ fn write_checkpoint(
 ) -> Result<()> {
     let state = serde_json::json!({ "step": step, "adam_step": opt.step, "settings": settings });
     write_checkpoint_with(out, step, &state, |dir| {
-        save_params(&lm.model.params, DType::F32, &dir.join("model.safetensors"))?;
+        save_params(lm.model.trainable(), DType::F32, &dir.join("model.safetensors"))?;
         crate::model::checkpoint::save_tensors(
-            &opt.state_tensors(&lm.model.params)?,
+            &opt.state_tensors(lm.model.trainable())?,
             &dir.join("optimizer.safetensors"),
         )
     })
@@ -824,7 +851,7 @@ fn restore(lm: &LoadedModel, opt: &mut AdamW, dir: &Path, step: usize) -> Result
     let dev = lm.model.device();
     let weights = candle_core::safetensors::load(dir.join("model.safetensors"), dev)
         .with_context(|| format!("cannot read checkpoint {}", dir.display()))?;
-    for (name, var) in lm.model.params.iter() {
+    for (name, var) in lm.model.trainable().iter() {
         let t = weights
             .get(name)
             .with_context(|| format!("checkpoint {} lacks tensor \"{name}\"", dir.display()))?;
@@ -838,7 +865,7 @@ fn restore(lm: &LoadedModel, opt: &mut AdamW, dir: &Path, step: usize) -> Result
     let adam_step = state["adam_step"].as_u64().unwrap_or(step as u64);
     let moments = candle_core::safetensors::load(dir.join("optimizer.safetensors"), dev)
         .with_context(|| format!("cannot read optimizer state in {}", dir.display()))?;
-    opt.load_state(&lm.model.params, &moments, adam_step)
+    opt.load_state(lm.model.trainable(), &moments, adam_step)
 }
 
 /// Remove every checkpoint of a finished run (each marker first).
