@@ -5,8 +5,8 @@
 
 use super::config::{Activation, Family, ModelConfig};
 use super::fused::decode::KvBuffers;
-use super::lora::Adapter;
 use super::fused::{self, attention::RopeTables, norm::rms_norm, swiglu::swiglu, Kernel};
+use super::lora::Adapter;
 use super::params::Params;
 use super::rope::{self, Rope};
 use anyhow::{Context, Result};

@@ -549,11 +549,7 @@ impl PeftConfig {
 
 /// Load `spec` (a model directory or `org/name` in the offline HF cache) with the adapter in
 /// `adapter` on top, if given: what every command's `--model M --adapter DIR` loads.
-pub fn load_model_with(
-    spec: &str,
-    adapter: Option<&Path>,
-    device: &Device,
-) -> Result<LoadedModel> {
+pub fn load_model_with(spec: &str, adapter: Option<&Path>, device: &Device) -> Result<LoadedModel> {
     let lm = super::checkpoint::load_model(spec, device)?;
     match adapter {
         None => Ok(lm),

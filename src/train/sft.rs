@@ -249,7 +249,12 @@ fn short(h: &str) -> &str {
 pub fn weights_fingerprint(lm: &LoadedModel) -> Result<String> {
     let mut h = Sha256::new();
     let adapter = lm.model.adapter().map(|a| &a.params);
-    for (name, var) in lm.model.params.iter().chain(adapter.iter().flat_map(|p| p.iter())) {
+    for (name, var) in lm
+        .model
+        .params
+        .iter()
+        .chain(adapter.iter().flat_map(|p| p.iter()))
+    {
         h.update((name.len() as u64).to_le_bytes());
         h.update(name.as_bytes());
         let v: Vec<f32> = var.as_tensor().flatten_all()?.to_vec1()?;
@@ -792,7 +797,11 @@ fn write_checkpoint(
 ) -> Result<()> {
     let state = serde_json::json!({ "step": step, "adam_step": opt.step, "settings": settings });
     write_checkpoint_with(out, step, &state, |dir| {
-        save_params(lm.model.trainable(), DType::F32, &dir.join("model.safetensors"))?;
+        save_params(
+            lm.model.trainable(),
+            DType::F32,
+            &dir.join("model.safetensors"),
+        )?;
         crate::model::checkpoint::save_tensors(
             &opt.state_tensors(lm.model.trainable())?,
             &dir.join("optimizer.safetensors"),
