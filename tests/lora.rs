@@ -392,3 +392,51 @@ fn unsupported_or_broken_adapters_are_refused_naming_the_file_and_key() {
         "{err}"
     );
 }
+
+#[test]
+fn bench_lora_times_a_lora_step_against_a_full_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("lora.json");
+    let (ok, stdout, err) = common::elastica(&[
+        "bench",
+        "lora",
+        "--layers",
+        "1",
+        "--hidden",
+        "32",
+        "--heads",
+        "2",
+        "--ff",
+        "48",
+        "--vocab",
+        "64",
+        "--seq",
+        "16",
+        "--batch",
+        "2",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--rounds",
+        "1",
+        "--lora-rank",
+        "2",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        stdout.contains("| LoRA |") && stdout.contains("| full |"),
+        "{stdout}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    // rank 2 on 7 projections of one layer: 2 * (in + out) each.
+    let (h, ff) = (32, 48);
+    let want = 2 * (4 * (h + h) + 2 * (h + ff) + (ff + h));
+    assert_eq!(v["adapter_params"], want);
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r["tok_s"].as_f64().unwrap() > 0.0));
+}

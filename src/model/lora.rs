@@ -567,8 +567,9 @@ pub fn check_for_training(model: &super::Llama, cfg: &LoraConfig) -> Result<()> 
     match (model.adapter(), cfg.enabled()) {
         (None, false) => Ok(()),
         (None, true) => bail!(
-            "lora rank {} is set but the model has no adapter (attach one with \
-             lora::for_training)",
+            "LoRA settings (lora rank {}) reached a training loop whose model has no adapter: \
+             LoRA runs through `elastica train --lora-rank` for now (experiment stages train \
+             full models only)",
             cfg.rank
         ),
         (Some(_), false) => bail!(
