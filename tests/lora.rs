@@ -440,3 +440,26 @@ fn bench_lora_times_a_lora_step_against_a_full_step() {
     assert_eq!(rows.len(), 2);
     assert!(rows.iter().all(|r| r["tok_s"].as_f64().unwrap() > 0.0));
 }
+
+#[test]
+fn lora_settings_on_a_model_without_an_adapter_are_refused_before_training() {
+    // What an experiment stage with `[train.lora]` reaches: a clear refusal, nothing written.
+    let dir = tempfile::tempdir().unwrap();
+    let c = common::tiny_setup(dir.path(), "llama");
+    let lm = init_model(&c, dir.path(), 7, &Device::Cpu).unwrap();
+    let out = dir.path().join("out");
+    let Err(e) = train(
+        &lm,
+        &common::sft_records(),
+        &lora_cfg(),
+        &out,
+        false,
+        None,
+        false,
+    ) else {
+        panic!("LoRA settings without an adapter trained the full model");
+    };
+    let e = format!("{e:#}");
+    assert!(e.contains("lora rank 2") && e.contains("no adapter"), "{e}");
+    assert!(!out.exists(), "something was written: {e}");
+}

@@ -18,7 +18,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The projections an adapter may sit on, with the block they live in.
 pub const PROJECTIONS: [(&str, &str); 7] = [
@@ -648,13 +648,6 @@ pub fn save_merged(lm: &LoadedModel, out: &Path, dtype: Option<&str>) -> Result<
     let merged = adapter.merged(&lm.model.params)?;
     let model = super::Llama::new(lm.model.cfg.clone(), merged, lm.model.device())?;
     super::checkpoint::save_model(&model, &lm.dir, out, dtype)
-}
-
-/// The adapter directory given next to a model, as a path (for messages).
-pub fn describe(adapter: Option<&Path>) -> String {
-    adapter.map_or(String::new(), |p| {
-        format!(" with adapter {}", PathBuf::from(p).display())
-    })
 }
 
 #[cfg(test)]
