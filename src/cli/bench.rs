@@ -664,39 +664,6 @@ fn on_backend(a: &BenchArgs, cfg: crate::model::ModelConfig) -> Result<()> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_memory_estimate_matches_a_measured_run() {
-        // The issue's shape: 4 layers, hidden 896 (14 heads), ff 4864, vocab 151936,
-        // seq 256, batch 2, 337M parameters; every kernel on it peaked at 5.9 GB.
-        let cfg = ModelConfig::from_json_str(
-            r#"{"model_type":"llama","vocab_size":151936,"hidden_size":896,
-            "intermediate_size":4864,"num_hidden_layers":4,"num_attention_heads":14,
-            "num_key_value_heads":14,"rms_norm_eps":1e-6,"max_position_embeddings":4096,
-            "tie_word_embeddings":false}"#,
-        )
-        .unwrap();
-        let n = 337_380_224;
-        let fused = step_memory_bytes(&cfg, n, 2, 256, &Kernel::ALL) + 4.0 * n as f64;
-        assert!(
-            (5.9e9..5.9e9 * 1.15).contains(&fused),
-            "estimate {fused:.3e} B, measured 5.9e9"
-        );
-        // The reference path keeps more; every kernel switched on lowers the estimate.
-        let mut last = f64::MAX;
-        for (_, on) in kernel_steps() {
-            let b = step_memory_bytes(&cfg, n, 2, 256, &on);
-            assert!(b <= last, "{on:?}");
-            last = b;
-        }
-        let activations = |on: &[Kernel]| step_memory_bytes(&cfg, n, 2, 256, on) - 12.0 * n as f64;
-        assert!(activations(&[]) > 2.0 * activations(&Kernel::ALL));
-    }
-}
-
 /// `bench lora`: one LoRA training step against one full step on the same weights and
 /// batches (all kernels on), each its fastest of --rounds rounds of --steps steps, with its
 /// own AdamW. The LoRA row runs first: peak RSS only grows within a process, and the full
@@ -778,4 +745,37 @@ fn lora_vs_full(a: &BenchArgs, cfg: &ModelConfig, params: crate::model::Params) 
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memory_estimate_matches_a_measured_run() {
+        // The issue's shape: 4 layers, hidden 896 (14 heads), ff 4864, vocab 151936,
+        // seq 256, batch 2, 337M parameters; every kernel on it peaked at 5.9 GB.
+        let cfg = ModelConfig::from_json_str(
+            r#"{"model_type":"llama","vocab_size":151936,"hidden_size":896,
+            "intermediate_size":4864,"num_hidden_layers":4,"num_attention_heads":14,
+            "num_key_value_heads":14,"rms_norm_eps":1e-6,"max_position_embeddings":4096,
+            "tie_word_embeddings":false}"#,
+        )
+        .unwrap();
+        let n = 337_380_224;
+        let fused = step_memory_bytes(&cfg, n, 2, 256, &Kernel::ALL) + 4.0 * n as f64;
+        assert!(
+            (5.9e9..5.9e9 * 1.15).contains(&fused),
+            "estimate {fused:.3e} B, measured 5.9e9"
+        );
+        // The reference path keeps more; every kernel switched on lowers the estimate.
+        let mut last = f64::MAX;
+        for (_, on) in kernel_steps() {
+            let b = step_memory_bytes(&cfg, n, 2, 256, &on);
+            assert!(b <= last, "{on:?}");
+            last = b;
+        }
+        let activations = |on: &[Kernel]| step_memory_bytes(&cfg, n, 2, 256, on) - 12.0 * n as f64;
+        assert!(activations(&[]) > 2.0 * activations(&Kernel::ALL));
+    }
 }
