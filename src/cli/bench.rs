@@ -81,6 +81,9 @@ pub struct BenchArgs {
     /// bf16 989).
     #[arg(long)]
     pub peak_tflops: Option<f64>,
+    /// Adapter rank of `bench lora`.
+    #[arg(long, default_value_t = 8)]
+    pub lora_rank: usize,
     /// New tokens of the batch-1 generation timing on the torch backend.
     #[arg(long, default_value_t = 128)]
     pub gen_tokens: usize,
@@ -96,6 +99,10 @@ pub enum BenchWhat {
     Generate,
     /// The training step's matrix products alone: the gemm crate against the system BLAS.
     Sgemm,
+    /// A LoRA step (rank --lora-rank on every projection, base frozen) against a full step:
+    /// step time and peak RSS, LoRA first (so the full step's AdamW state is not counted in
+    /// the LoRA row).
+    Lora,
 }
 
 fn bench_config(a: &BenchArgs) -> Result<ModelConfig> {
@@ -320,6 +327,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let cfg = bench_config(&a)?;
     let dev = Device::Cpu;
     let params = init_params(&cfg, 0, &dev)?;
+    if a.what == BenchWhat::Lora {
+        return lora_vs_full(&a, &cfg, params);
+    }
     let n_params = params.num_elements();
     let model = Llama::new(cfg.clone(), params, &dev)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
@@ -653,6 +663,89 @@ fn on_backend(a: &BenchArgs, cfg: crate::model::ModelConfig) -> Result<()> {
         let _ = cfg;
         anyhow::bail!("{}", crate::backend::BUILD_HINT)
     }
+}
+
+/// `bench lora`: one LoRA training step against one full step on the same weights and
+/// batches (all kernels on), each its fastest of --rounds rounds of --steps steps, with its
+/// own AdamW. The LoRA row runs first: peak RSS only grows within a process, and the full
+/// step's AdamW state (8 bytes per parameter) would otherwise be counted in the LoRA row.
+fn lora_vs_full(a: &BenchArgs, cfg: &ModelConfig, params: crate::model::Params) -> Result<()> {
+    use crate::model::lora::{Adapter, LoraConfig};
+    let dev = Device::Cpu;
+    let lora_cfg = LoraConfig {
+        rank: a.lora_rank,
+        ..LoraConfig::default()
+    };
+    let adapter = Adapter::init(cfg, &lora_cfg, 0, "bench")?;
+    let n_adapter = adapter.params.num_elements();
+    let n_params = params.num_elements();
+    let lora = Llama::new(cfg.clone(), params.clone(), &dev)?.with_adapter(adapter)?;
+    let full = Llama::new(cfg.clone(), params, &dev)?;
+    let tok_per_step = a.batch * a.seq;
+    println!(
+        "elastica bench lora: Llama {} layers, d={}, ff {}, vocab {}, seq {}, batch {}, f32, {} \
+         threads; {n_params} base params, rank-{} adapter on all 7 projections = {n_adapter} \
+         params\n",
+        a.layers,
+        a.hidden,
+        a.ff,
+        a.vocab,
+        a.seq,
+        a.batch,
+        rayon::current_num_threads(),
+        a.lora_rank
+    );
+    println!("| step | tok/s | wall s/step | CPU s/step | peak RSS MB |");
+    println!("|---|---|---|---|---|");
+    let all: Vec<Kernel> = Kernel::ALL
+        .into_iter()
+        .filter(|&k| fused::enabled(k))
+        .collect();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let mut rows = Vec::new();
+    for (label, model) in [("LoRA", &lora), ("full", &full)] {
+        let mut opt = AdamW::new(AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        });
+        let ms = interleaved(
+            std::slice::from_ref(&all),
+            a.rounds,
+            a.warmup,
+            a.steps,
+            tok_per_step,
+            |_| {
+                let ids = random_ids(a.batch, a.seq, a.vocab, &mut rng);
+                let targets: Vec<i64> = ids.iter().map(|&x| x as i64).collect();
+                let batch = Batch {
+                    ids: Tensor::from_vec(ids, (a.batch, a.seq), &dev)?,
+                    targets: Tensor::from_vec(targets, (a.batch, a.seq), &dev)?,
+                    n_targets: tok_per_step,
+                    n_tokens: tok_per_step,
+                };
+                optimizer_step(model, &[batch], &mut opt, 1e-4, 1.0)?;
+                Ok(())
+            },
+        )?;
+        let m = ms.first().context("no measurement")?;
+        println!(
+            "| {label} | {:.0} | {:.3} | {:.3} | {:.0} |",
+            m.tok_s, m.wall_s_per_step, m.cpu_s_per_step, m.rss_mb
+        );
+        rows.push(serde_json::json!({"step": label, "tok_s": m.tok_s,
+            "wall_s_per_step": m.wall_s_per_step, "cpu_s_per_step": m.cpu_s_per_step,
+            "peak_rss_mb": m.rss_mb}));
+    }
+    if let Some(p) = &a.json {
+        crate::util::fsx::atomic_write_json(
+            p,
+            &serde_json::json!({"params": n_params, "adapter_params": n_adapter,
+                "lora_rank": a.lora_rank, "rows": rows}),
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -3,7 +3,6 @@
 
 use crate::data::source::{load, template_for, DataArgs};
 use crate::data::template::Template;
-use crate::model::checkpoint::load_model;
 use anyhow::Result;
 use candle_core::Device;
 use std::path::PathBuf;
@@ -13,6 +12,10 @@ pub struct EvalLossArgs {
     /// Model directory or `org/name` in the offline HF cache.
     #[arg(long)]
     pub model: String,
+    /// A LoRA adapter (PEFT's format: adapter_config.json, adapter_model.safetensors) on
+    /// top of --model.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// Data: a file or directory, read with --schema (default: JSONL of
     /// {"prompt","response"} (response scored) or {"text"} (all scored)).
     #[arg(
@@ -45,9 +48,12 @@ pub fn run(a: EvalLossArgs) -> Result<()> {
     let data = load(&spec)?;
     let template = template_for(a.template, &spec);
     if !a.device.choice()?.is_default_cpu() {
+        if a.adapter.is_some() {
+            anyhow::bail!("--adapter runs on the CPU path only for now; drop --device/--backend or merge the adapter first (elastica merge)");
+        }
         return on_backend(&a, &data.records, template);
     }
-    let lm = load_model(&a.model, &Device::Cpu)?;
+    let lm = crate::model::lora::load_model_with(&a.model, a.adapter.as_deref(), &Device::Cpu)?;
     let r = crate::train::eval::eval_loss(
         &lm,
         &data.records,

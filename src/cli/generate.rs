@@ -2,7 +2,6 @@
 //! `{"prompt","response"}` records).
 
 use crate::data::template::Template;
-use crate::model::checkpoint::load_model;
 use crate::model::generate::{generate, GenConfig};
 use anyhow::{bail, Result};
 use candle_core::Device;
@@ -13,6 +12,10 @@ pub struct GenerateArgs {
     /// Model directory or `org/name` in the offline HF cache.
     #[arg(long)]
     pub model: String,
+    /// A LoRA adapter (PEFT's format: adapter_config.json, adapter_model.safetensors) on
+    /// top of --model.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// One prompt; the response is printed.
     #[arg(long, conflicts_with = "prompts")]
     pub prompt: Option<String>,
@@ -39,9 +42,12 @@ pub use crate::data::records::read_prompts;
 pub fn run(a: GenerateArgs) -> Result<()> {
     crate::util::threads::set_threads(a.threads);
     if !a.device.choice()?.is_default_cpu() {
+        if a.adapter.is_some() {
+            anyhow::bail!("--adapter runs on the CPU path only for now; drop --device/--backend or merge the adapter first (elastica merge)");
+        }
         return on_backend(&a);
     }
-    let lm = load_model(&a.model, &Device::Cpu)?;
+    let lm = crate::model::lora::load_model_with(&a.model, a.adapter.as_deref(), &Device::Cpu)?;
     let prompts = match (&a.prompt, &a.prompts) {
         (Some(p), _) => vec![p.clone()],
         (None, Some(f)) => read_prompts(f)?,

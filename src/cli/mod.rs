@@ -16,6 +16,7 @@ mod device_args;
 mod eval_loss;
 mod generate;
 mod grid_args;
+mod merge;
 mod pretrain;
 mod rebound;
 mod resist;
@@ -56,6 +57,8 @@ pub enum Command {
     EvalLoss(eval_loss::EvalLossArgs),
     /// Generate responses from a model.
     Generate(generate::GenerateArgs),
+    /// Fold a LoRA adapter into its base model and save the result as an HF checkpoint.
+    Merge(merge::MergeArgs),
     /// Score a JSONL of responses with any scorer: one score per record, mean and 95% CI.
     Score(score::ScoreArgs),
     /// Run or inspect single cells of a planned experiment grid (used by cluster executors).
@@ -142,6 +145,7 @@ fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Pretrain(a) => pretrain::run(a),
         Command::EvalLoss(a) => eval_loss::run(a),
         Command::Generate(a) => generate::run(a),
+        Command::Merge(a) => merge::run(a),
         Command::Score(a) => score::run(a),
         Command::Cell(a) => cell::run(a),
         Command::Bench(a) => bench::run(a),

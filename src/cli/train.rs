@@ -8,7 +8,7 @@ use crate::compress::tracking::{load_sets, parse_sets, RateTracker};
 use crate::data::prefs::{self, Prefer};
 use crate::data::source::{load as load_data, template_for, DataArgs};
 use crate::data::template::Template;
-use crate::model::checkpoint::{init_model, load_model, resolve_model_dir, LoadedModel};
+use crate::model::checkpoint::{init_model, resolve_model_dir, LoadedModel};
 use crate::model::ModelConfig;
 use crate::train::dpo;
 use crate::train::objective::Method;
@@ -31,6 +31,10 @@ pub struct TrainArgs {
     /// Base model: a directory in the HF layout, or `org/name` in the offline HF cache.
     #[arg(long, required_unless_present = "init", conflicts_with = "init")]
     pub model: Option<String>,
+    /// A LoRA adapter directory (PEFT's format) on top of --model: training continues this
+    /// adapter (the LoRA flags default to its own settings).
+    #[arg(long, requires = "model")]
+    pub adapter: Option<PathBuf>,
     /// Train from scratch from this config.json (random init, seeded by --seed).
     #[arg(long)]
     pub init: Option<PathBuf>,
@@ -145,6 +149,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
         if cfg.dpo.method == Method::Dpo {
             bail!("--method dpo runs on the CPU fused path only for now; drop --device/--backend");
         }
+        if cfg.lora.enabled() || a.adapter.is_some() {
+            bail!("LoRA training (--lora-rank, --adapter) runs on the fused CPU path only for now; use --device cpu --backend fused");
+        }
         return on_backend(&a, &cfg, &records);
     }
     let dev = Device::Cpu;
@@ -153,7 +160,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             let dir = resolve_model_dir(m)?;
             let config = dir.join("config.json");
             ModelConfig::from_file(&config)?.check_training_fits(&config)?;
-            load_model(m, &dev)?
+            crate::model::lora::load_model_with(m, a.adapter.as_deref(), &dev)?
         }
         (None, Some(init)) => {
             let Some(tok) = &a.tokenizer else {
@@ -163,6 +170,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
         }
         (None, None) => bail!("give --model or --init"),
     };
+    let base_name = a.model.clone().unwrap_or_default();
+    let (lm, lora) = crate::model::lora::for_training(lm, &cfg.lora, cfg.seed, &base_name)?;
+    let cfg = TrainConfig { lora, ..cfg };
     // Resume's checks (and "already finished") come before anything is written into --out.
     let resume_at = match (a.resume, cfg.dpo.method) {
         (false, _) => None,

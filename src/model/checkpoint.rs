@@ -195,7 +195,7 @@ fn shard_path(dir: &Path, name: &str, index: &Path) -> Result<PathBuf> {
 
 /// The first non-finite value of `t`, if any: one pass, and no copy for a contiguous f32
 /// tensor on the CPU.
-fn non_finite(t: &Tensor) -> Result<Option<f32>> {
+pub(crate) fn non_finite(t: &Tensor) -> Result<Option<f32>> {
     let t = t.to_dtype(DType::F32)?;
     {
         let (storage, layout) = t.storage_and_layout();

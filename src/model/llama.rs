@@ -6,6 +6,7 @@
 use super::config::{Activation, Family, ModelConfig};
 use super::fused::decode::KvBuffers;
 use super::fused::{self, attention::RopeTables, norm::rms_norm, swiglu::swiglu, Kernel};
+use super::lora::Adapter;
 use super::params::Params;
 use super::rope::{self, Rope};
 use anyhow::{Context, Result};
@@ -33,11 +34,17 @@ pub fn softmax_last(x: &Tensor) -> candle_core::Result<Tensor> {
 struct Linear {
     w: Tensor,
     b: Option<Tensor>,
+    /// A LoRA adapter's A (r, in), B (out, r) and scale (see `lora`).
+    lora: Option<(Tensor, Tensor, f64)>,
 }
 
 impl Linear {
-    fn load(p: &Params, name: &str) -> Result<Self> {
+    fn load(p: &Params, adapter: Option<&Adapter>, name: &str) -> Result<Self> {
         let b = format!("{name}.bias");
+        let lora = match adapter {
+            Some(a) => a.pair(name)?.map(|(la, lb)| (la, lb, a.scale())),
+            None => None,
+        };
         Ok(Linear {
             w: p.tensor(&format!("{name}.weight"))?,
             b: if p.contains(&b) {
@@ -45,10 +52,17 @@ impl Linear {
             } else {
                 None
             },
+            lora,
         })
     }
+    /// x W^T + b, plus s * x A^T B^T with an adapter (no dropout: this path scores, and
+    /// trains only with lora dropout 0).
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        linear(x, &self.w, self.b.as_ref())
+        let y = linear(x, &self.w, self.b.as_ref())?;
+        match &self.lora {
+            Some((a, b, s)) => y + (linear(&linear(x, a, None)?, b, None)? * *s)?,
+            None => Ok(y),
+        }
     }
 }
 
@@ -211,6 +225,8 @@ impl KvCache {
 pub struct Llama {
     pub cfg: ModelConfig,
     pub params: Params,
+    /// A LoRA adapter on the projections (its tensors are the trainable ones).
+    adapter: Option<Adapter>,
     embed_tokens: Tensor,
     layers: Vec<Block>,
     norm: Tensor,
@@ -221,16 +237,47 @@ pub struct Llama {
 
 impl Llama {
     pub fn new(cfg: ModelConfig, params: Params, device: &Device) -> Result<Self> {
+        Self::build(cfg, params, None, device)
+    }
+
+    /// This model with `adapter` on its projections (replacing any it had). The base
+    /// parameters are shared, not copied.
+    pub fn with_adapter(self, adapter: Adapter) -> Result<Self> {
+        adapter.check_fits(&self.cfg, std::path::Path::new("the adapter"))?;
+        Self::build(self.cfg, self.params, Some(adapter), &self.device)
+    }
+
+    /// The LoRA adapter, if the model has one.
+    pub fn adapter(&self) -> Option<&Adapter> {
+        self.adapter.as_ref()
+    }
+
+    /// The parameters training updates: the adapter's when there is one (the base is then
+    /// frozen), otherwise every parameter.
+    pub fn trainable(&self) -> &Params {
+        match &self.adapter {
+            Some(a) => &a.params,
+            None => &self.params,
+        }
+    }
+
+    fn build(
+        cfg: ModelConfig,
+        params: Params,
+        adapter: Option<Adapter>,
+        device: &Device,
+    ) -> Result<Self> {
+        let lin = |name: &str| Linear::load(&params, adapter.as_ref(), name);
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
             layers.push(Block {
                 input_layernorm: params.tensor(&format!("{p}.input_layernorm.weight"))?,
                 self_attn: Attention {
-                    q_proj: Linear::load(&params, &format!("{p}.self_attn.q_proj"))?,
-                    k_proj: Linear::load(&params, &format!("{p}.self_attn.k_proj"))?,
-                    v_proj: Linear::load(&params, &format!("{p}.self_attn.v_proj"))?,
-                    o_proj: Linear::load(&params, &format!("{p}.self_attn.o_proj"))?,
+                    q_proj: lin(&format!("{p}.self_attn.q_proj"))?,
+                    k_proj: lin(&format!("{p}.self_attn.k_proj"))?,
+                    v_proj: lin(&format!("{p}.self_attn.v_proj"))?,
+                    o_proj: lin(&format!("{p}.self_attn.o_proj"))?,
                     n_heads: cfg.num_attention_heads,
                     n_kv: cfg.num_key_value_heads,
                     head_dim: cfg.head_dim,
@@ -238,9 +285,9 @@ impl Llama {
                 post_attention_layernorm: params
                     .tensor(&format!("{p}.post_attention_layernorm.weight"))?,
                 mlp: Mlp {
-                    gate_proj: Linear::load(&params, &format!("{p}.mlp.gate_proj"))?,
-                    up_proj: Linear::load(&params, &format!("{p}.mlp.up_proj"))?,
-                    down_proj: Linear::load(&params, &format!("{p}.mlp.down_proj"))?,
+                    gate_proj: lin(&format!("{p}.mlp.gate_proj"))?,
+                    up_proj: lin(&format!("{p}.mlp.up_proj"))?,
+                    down_proj: lin(&format!("{p}.mlp.down_proj"))?,
                     act: cfg.activation,
                 },
             });
@@ -259,6 +306,7 @@ impl Llama {
             layers,
             cfg,
             params,
+            adapter,
             device: device.clone(),
         })
     }

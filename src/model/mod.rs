@@ -8,6 +8,7 @@ pub mod fused;
 pub mod generate;
 pub mod init;
 pub mod llama;
+pub mod lora;
 pub mod params;
 pub mod presets;
 pub mod rope;

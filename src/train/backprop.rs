@@ -62,12 +62,68 @@ struct Proj {
     name: String,
     w: Tensor,
     b: Option<Tensor>,
+    /// The base is frozen (a LoRA run): no gradient for the weight or bias.
+    frozen: bool,
+    /// A LoRA adapter on this projection.
+    lora: Option<LoraProj>,
+}
+
+/// A projection's adapter: y += s * (x A^T) B^T, A (r, in), B (out, r).
+struct LoraProj {
+    a: Tensor,
+    b: Tensor,
+    s: f32,
+}
+
+impl LoraProj {
+    /// h = s * x A^T (rows, r) for x (rows, in): the adapter's scaled inner activations.
+    fn inner(&self, x: &[f32], rows: usize, inp: usize) -> Result<Vec<f32>> {
+        let r = self.a.dim(0)?;
+        let mut h = with_slice(&self.a, |a| Ok(linear::forward(x, a, rows, inp, r)))?;
+        h.iter_mut().for_each(|v| *v *= self.s);
+        Ok(h)
+    }
+
+    /// y (rows, out) += h B^T.
+    fn add_onto(&self, x: &[f32], rows: usize, inp: usize, y: &mut [f32]) -> Result<()> {
+        let (out, r) = self.b.dims2()?;
+        let h = self.inner(x, rows, inp)?;
+        with_slice(&self.b, |b| {
+            linear::forward_add(&h, b, rows, r, out, y);
+            Ok(())
+        })
+    }
+
+    /// The gradients of y = s * (x A^T) B^T from dy (rows, out): (dx, dA, dB). With
+    /// h = s x A^T: dB = dy^T h, dh = dy B, dA = s dh^T x, dx = s dh A.
+    fn backward(
+        &self,
+        x: &[f32],
+        dy: &[f32],
+        rows: usize,
+        inp: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+        let (out, r) = self.b.dims2()?;
+        let h = self.inner(x, rows, inp)?;
+        let (mut dh, db) = with_slice(&self.b, |b| Ok(linear::backward(&h, b, dy, rows, r, out)))?;
+        dh.iter_mut().for_each(|v| *v *= self.s);
+        let (dx, da) = with_slice(&self.a, |a| Ok(linear::backward(x, a, &dh, rows, inp, r)))?;
+        Ok((dx, da, db))
+    }
 }
 
 impl Proj {
     fn load(model: &Llama, name: &str) -> Result<Self> {
         let p = &model.params;
         let bias = format!("{name}.bias");
+        let lora = match model.adapter() {
+            Some(ad) => ad.pair(name)?.map(|(a, b)| LoraProj {
+                a: a.detach(),
+                b: b.detach(),
+                s: ad.scale() as f32,
+            }),
+            None => None,
+        };
         Ok(Proj {
             w: p.tensor(&format!("{name}.weight"))?.detach(),
             b: match p.contains(&bias) {
@@ -75,6 +131,8 @@ impl Proj {
                 false => None,
             },
             name: name.to_string(),
+            frozen: model.adapter().is_some(),
+            lora,
         })
     }
 
@@ -83,7 +141,11 @@ impl Proj {
         let (rows, inp) = x.dims2()?;
         let out = self.w.dim(0)?;
         let mut y = with_slice(x, |x| {
-            with_slice(&self.w, |w| Ok(linear::forward(x, w, rows, inp, out)))
+            let mut y = with_slice(&self.w, |w| Ok(linear::forward(x, w, rows, inp, out)))?;
+            if let Some(l) = &self.lora {
+                l.add_onto(x, rows, inp, &mut y)?;
+            }
+            Ok(y)
         })?;
         self.add_bias(&mut y, out)?;
         tensor(y, (rows, out))
@@ -99,7 +161,11 @@ impl Proj {
             with_slice(&self.w, |w| {
                 linear::forward_add(x, w, rows, inp, out, &mut y);
                 Ok(())
-            })
+            })?;
+            match &self.lora {
+                Some(l) => l.add_onto(x, rows, inp, &mut y),
+                None => Ok(()),
+            }
         })?;
         self.add_bias(&mut y, out)?;
         tensor(y, (rows, out))
@@ -117,7 +183,7 @@ impl Proj {
     }
 
     /// dx for the input x (rows, in) from dy (rows, out); the weight's (and bias') gradient
-    /// goes into `grads`.
+    /// goes into `grads`, or, when the base is frozen, the adapter's A and B gradients.
     fn backward(
         &self,
         x: &Tensor,
@@ -126,6 +192,22 @@ impl Proj {
     ) -> Result<Vec<f32>> {
         let (rows, inp) = x.dims2()?;
         let out = self.w.dim(0)?;
+        if self.frozen {
+            return with_slice(x, |x| {
+                // dx = dy W through the frozen weight, plus the adapter's path.
+                let mut dx = with_slice(&self.w, |w| {
+                    Ok(linear::product(rows, inp, out, dy, (out, 1), w, (inp, 1)))
+                })?;
+                if let Some(l) = &self.lora {
+                    let (dxl, da, db) = l.backward(x, dy, rows, inp)?;
+                    add_into(&mut dx, &dxl);
+                    let (na, nb) = crate::model::lora::lora_names(&self.name);
+                    grads.insert(na, da);
+                    grads.insert(nb, db);
+                }
+                Ok(dx)
+            });
+        }
         let (dx, dw) = with_slice(x, |x| {
             with_slice(&self.w, |w| Ok(linear::backward(x, w, dy, rows, inp, out)))
         })?;
@@ -253,6 +335,8 @@ impl<'a> Decoder<'a> {
                     model.params.tensor("lm_head.weight")?.detach()
                 },
                 b: None,
+                frozen: model.adapter().is_some(),
+                lora: None,
             },
             embed,
             w_final: model.params.tensor("model.norm.weight")?.detach(),
@@ -485,9 +569,10 @@ fn nll_and_grads_seeded(
     drop(logits);
     let dnf = with_slice(&dlogits, |d| head.backward(&nf, d, &mut grads))?;
     drop(dlogits);
+    // Empty when the base is frozen (a LoRA run): then only the adapter's gradients count.
     let head_grad = grads
         .remove(&format!("{}.weight", head.name))
-        .context("LM head: no gradient")?;
+        .unwrap_or_default();
     let (dx, dw) = norm.bwd(
         &x,
         &dec.w_final,
@@ -542,23 +627,27 @@ fn nll_and_grads_seeded(
         let (x_in, w_in) = (&sv.x_in, &layer.w_in);
         norm_backward(norm, (x_in, w_in, &sv.n1), dn1, name, &mut grads, &mut dx)?;
     }
-    // The embedding rows the batch used, plus the head's gradient where they are tied.
-    let mut dembed = if cfg.tie_word_embeddings {
-        head_grad
-    } else {
-        grads.insert("lm_head.weight".into(), head_grad);
-        vec![0f32; dec.embed.elem_count()]
-    };
-    for (r, &id) in id_list.iter().enumerate() {
-        let row = id as usize * hidden;
-        add_into(
-            &mut dembed[row..row + hidden],
-            &dx[r * hidden..(r + 1) * hidden],
-        );
+    // The embedding rows the batch used, plus the head's gradient where they are tied
+    // (nothing when the base is frozen).
+    if !head.frozen {
+        let mut dembed = if cfg.tie_word_embeddings {
+            head_grad
+        } else {
+            grads.insert("lm_head.weight".into(), head_grad);
+            vec![0f32; dec.embed.elem_count()]
+        };
+        for (r, &id) in id_list.iter().enumerate() {
+            let row = id as usize * hidden;
+            add_into(
+                &mut dembed[row..row + hidden],
+                &dx[r * hidden..(r + 1) * hidden],
+            );
+        }
+        grads.insert("model.embed_tokens.weight".into(), dembed);
     }
-    grads.insert("model.embed_tokens.weight".into(), dembed);
+    // Only what trains: the adapter's tensors in a LoRA run.
     let out = model
-        .params
+        .trainable()
         .iter()
         .map(|(name, var)| {
             let g = grads

@@ -27,6 +27,7 @@ use super::schedule::{lr_at, warmup_steps, Schedule};
 use crate::data::records::Record;
 use crate::data::template::Template;
 use crate::model::checkpoint::{dtype_from_name, save_model, save_params};
+use crate::model::lora::LoraConfig;
 use crate::model::{Llama, LoadedModel};
 use anyhow::{bail, Context, Result};
 use candle_core::DType;
@@ -111,6 +112,11 @@ pub struct TrainConfig {
     #[command(flatten)]
     #[serde(skip_serializing_if = "DpoConfig::is_default")]
     pub dpo: DpoConfig,
+    /// LoRA: train a low-rank adapter with the base frozen (`[train.lora]`, rank 0 = full
+    /// fine-tune). Left out of saved settings when off, so older runs compare equal.
+    #[command(flatten)]
+    #[serde(skip_serializing_if = "LoraConfig::is_off")]
+    pub lora: LoraConfig,
 }
 
 impl TrainConfig {
@@ -135,12 +141,16 @@ impl TrainConfig {
         save_every: 0,
         save_dtype: None,
         dpo: DpoConfig::DEFAULT,
+        lora: LoraConfig::DEFAULT,
     };
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        TrainConfig::DEFAULT
+        TrainConfig {
+            lora: LoraConfig::default(),
+            ..TrainConfig::DEFAULT
+        }
     }
 }
 
@@ -190,6 +200,7 @@ impl TrainConfig {
         if let Some(d) = &self.save_dtype {
             dtype_from_name(d).context("save_dtype (--save-dtype)")?;
         }
+        self.lora.validate()?;
         Ok(())
     }
 
@@ -290,13 +301,26 @@ fn short(h: &str) -> &str {
 /// sha256 over the parameters' names and f32 values: which model a run starts from,
 /// wherever it was loaded from (one pass over the weights).
 pub fn weights_fingerprint(lm: &LoadedModel) -> Result<String> {
-    params_fingerprint(&lm.model.params)
+    let adapter = lm.model.adapter().map(|a| &a.params);
+    fingerprint(
+        lm.model
+            .params
+            .iter()
+            .chain(adapter.iter().flat_map(|p| p.iter())),
+    )
 }
 
 /// [`weights_fingerprint`] of a parameter set (what any backend hands back as host weights).
 pub fn params_fingerprint(params: &crate::model::Params) -> Result<String> {
+    fingerprint(params.iter())
+}
+
+/// sha256 over (name, f32 values) pairs, in order.
+fn fingerprint<'a>(
+    params: impl Iterator<Item = (&'a String, &'a candle_core::Var)>,
+) -> Result<String> {
     let mut h = Sha256::new();
-    for (name, var) in params.iter() {
+    for (name, var) in params {
         h.update((name.len() as u64).to_le_bytes());
         h.update(name.as_bytes());
         let v: Vec<f32> = var.as_tensor().flatten_all()?.to_vec1()?;
@@ -497,7 +521,11 @@ pub fn train(
     if let Some(l) = lines.as_mut() {
         l.finish();
     }
-    save_model(&lm.model, &lm.dir, out, Some(&save_dtype))?;
+    match lm.model.adapter() {
+        // A LoRA run saves the adapter (PEFT's format), not the frozen base.
+        Some(a) => a.save(out)?,
+        None => save_model(&lm.model, &lm.dir, out, Some(&save_dtype))?,
+    }
     // Written after the model: its presence (with equal settings) marks the run finished.
     crate::util::fsx::atomic_write(
         &out.join(FINISHED_SETTINGS),
@@ -511,6 +539,15 @@ pub fn train(
         resumed_from,
         log,
     ))
+}
+
+/// The final weights of a run in `out`: the adapter of a LoRA run (its marker is
+/// adapter_config.json), else the model.
+fn final_weights(out: &Path) -> PathBuf {
+    match out.join(crate::model::lora::CONFIG_FILE).is_file() {
+        true => out.join(crate::model::lora::WEIGHTS_FILE),
+        false => out.join("model.safetensors"),
+    }
 }
 
 /// The resolved settings of a finished run, written after its final model.
@@ -551,6 +588,7 @@ pub struct Prepared {
 
 fn prepare(lm: &LoadedModel, records: &[Record], cfg: &TrainConfig) -> Result<Prepared> {
     cfg.validate()?;
+    crate::model::lora::check_for_training(&lm.model, &cfg.lora)?;
     let source = format!("config.json in {}", lm.dir.display());
     let start = weights_fingerprint(lm)?;
     prepare_run(
@@ -662,7 +700,7 @@ pub fn resume_point_of(out: &Path, settings: &RunSettings, total: usize) -> Resu
 /// settings is refused: resuming it would train from scratch over it.
 fn finished_with(out: &Path, settings: &RunSettings) -> Result<bool> {
     let cfg_path = out.join(FINISHED_SETTINGS);
-    if !cfg_path.is_file() || !out.join("model.safetensors").is_file() {
+    if !cfg_path.is_file() || !final_weights(out).is_file() {
         return Ok(false);
     }
     let text = std::fs::read_to_string(&cfg_path)
@@ -686,12 +724,17 @@ fn finished_with(out: &Path, settings: &RunSettings) -> Result<bool> {
 
 /// Load a finished run's saved weights into `lm`.
 pub(crate) fn load_final(lm: &LoadedModel, out: &Path) -> Result<()> {
-    let weights = out.join("model.safetensors");
+    let weights = final_weights(out);
     let tensors = candle_core::safetensors::load(&weights, lm.model.device())
         .with_context(|| format!("cannot read {}", weights.display()))?;
-    for (name, var) in lm.model.params.iter() {
+    // An adapter's keys carry PEFT's prefix.
+    let prefix = match lm.model.adapter() {
+        Some(_) => "base_model.model.",
+        None => "",
+    };
+    for (name, var) in lm.model.trainable().iter() {
         let t = tensors
-            .get(name)
+            .get(&format!("{prefix}{name}"))
             .with_context(|| format!("{} lacks tensor \"{name}\"", weights.display()))?;
         var.set(&t.to_dtype(DType::F32)?)
             .with_context(|| format!("tensor \"{name}\" in {}", weights.display()))?;
@@ -739,7 +782,7 @@ pub fn optimizer_step(
     lr: f64,
     clip: f64,
 ) -> Result<(f64, f64)> {
-    let params = &model.params;
+    let params = model.trainable();
     let n_step: usize = micro.iter().map(|b| b.n_targets).sum();
     if n_step == 0 {
         return Ok((0.0, 0.0));
@@ -863,9 +906,13 @@ pub(crate) fn write_checkpoint(
 ) -> Result<()> {
     let state = serde_json::json!({ "step": step, "adam_step": opt.step, "settings": settings });
     write_checkpoint_with(out, step, &state, |dir| {
-        save_params(&lm.model.params, DType::F32, &dir.join("model.safetensors"))?;
+        save_params(
+            lm.model.trainable(),
+            DType::F32,
+            &dir.join("model.safetensors"),
+        )?;
         crate::model::checkpoint::save_tensors(
-            &opt.state_tensors(&lm.model.params)?,
+            &opt.state_tensors(lm.model.trainable())?,
             &dir.join("optimizer.safetensors"),
         )
     })
@@ -922,7 +969,7 @@ pub(crate) fn restore(lm: &LoadedModel, opt: &mut AdamW, dir: &Path, step: usize
     let dev = lm.model.device();
     let weights = candle_core::safetensors::load(dir.join("model.safetensors"), dev)
         .with_context(|| format!("cannot read checkpoint {}", dir.display()))?;
-    for (name, var) in lm.model.params.iter() {
+    for (name, var) in lm.model.trainable().iter() {
         let t = weights
             .get(name)
             .with_context(|| format!("checkpoint {} lacks tensor \"{name}\"", dir.display()))?;
@@ -936,7 +983,7 @@ pub(crate) fn restore(lm: &LoadedModel, opt: &mut AdamW, dir: &Path, step: usize
     let adam_step = state["adam_step"].as_u64().unwrap_or(step as u64);
     let moments = candle_core::safetensors::load(dir.join("optimizer.safetensors"), dev)
         .with_context(|| format!("cannot read optimizer state in {}", dir.display()))?;
-    opt.load_state(&lm.model.params, &moments, adam_step)
+    opt.load_state(lm.model.trainable(), &moments, adam_step)
 }
 
 /// Remove every checkpoint of a finished run (each marker first).

@@ -1,0 +1,129 @@
+"""LoRA fixtures for tests/lora.rs, written by PEFT (tests never run Python).
+
+Writes under tests/fixtures/lora/:
+- peft-llama/: an adapter PEFT made on models/tiny-llama (r=4, alpha=8, target_modules
+  "all-linear", lora_dropout 0.1, random A and B so it changes the model), saved by
+  `save_pretrained` (keys without ".default").
+- peft-qwen2-rslora/: on models/tiny-qwen2 (projection biases, tied head), r=3, alpha=5,
+  use_rslora, target_modules as a list [q_proj, v_proj, down_proj], with the adapter's name
+  kept in the keys (".lora_A.default.weight"), as some PEFT versions saved them.
+- expected.json: token ids, and for each adapter (and for elastica-trained/, an adapter that
+  `elastica train --lora-rank 4` wrote and that is committed here) the summed NLL and token
+  count transformers + peft compute on those ids.
+
+Loading elastica-trained/ with `peft.PeftModel.from_pretrained` is itself the check that an
+adapter elastica writes loads in PEFT unchanged; the script also checks that it is not the
+identity (its NLL differs from the base's) and that PEFT's merge_and_unload gives the same NLL.
+
+Run: /work/venv-h3/bin/python scripts/make_lora_fixture.py   (torch, transformers, peft)
+"""
+import json
+import os
+import sys
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
+
+torch.manual_seed(0)
+torch.set_num_threads(1)
+ROOT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures")
+OUT = os.path.join(ROOT, "lora")
+
+
+def base(name):
+    return AutoModelForCausalLM.from_pretrained(
+        os.path.join(ROOT, "models", name), torch_dtype=torch.float32
+    ).eval()
+
+
+# Fixed ids inside the fixture vocabulary (300), two rows of 12, no padding.
+IDS = [[(i * 37 + 11 * r + 5) % 300 for i in range(12)] for r in range(2)]
+
+
+def nll(model):
+    ids = torch.tensor(IDS)
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits.float()
+    lp = torch.log_softmax(logits[:, :-1], dim=-1)
+    tgt = ids[:, 1:]
+    return float(-lp.gather(-1, tgt.unsqueeze(-1)).sum()), int(tgt.numel())
+
+
+def randomise(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    for n, p in model.named_parameters():
+        if "lora_" in n:
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+
+
+def make(name, base_name, cfg, seed, keep_default):
+    m = get_peft_model(base(base_name), cfg)
+    randomise(m, seed)
+    m.eval()
+    d = os.path.join(OUT, name)
+    m.save_pretrained(d, safe_serialization=True)
+    os.remove(os.path.join(d, "README.md"))  # PEFT's model-card template
+    if keep_default:
+        path = os.path.join(d, "adapter_model.safetensors")
+        t = load_file(path)
+        t = {
+            k.replace(".lora_A.weight", ".lora_A.default.weight").replace(
+                ".lora_B.weight", ".lora_B.default.weight"
+            ): v
+            for k, v in t.items()
+        }
+        save_file(t, path, metadata={"format": "pt"})
+    # Reload from disk, as a user would.
+    loaded = PeftModel.from_pretrained(base(base_name), d).eval()
+    got = nll(loaded)
+    assert abs(got[0] - nll(m)[0]) < 1e-4 * abs(got[0]), "reload changed the adapter"
+    assert abs(got[0] - nll(base(base_name))[0]) > 1e-3, "adapter is the identity"
+    return got
+
+
+results = {}
+results["peft-llama"] = make(
+    "peft-llama",
+    "tiny-llama",
+    LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules="all-linear",
+               task_type="CAUSAL_LM"),
+    1,
+    False,
+)
+results["peft-qwen2-rslora"] = make(
+    "peft-qwen2-rslora",
+    "tiny-qwen2",
+    LoraConfig(r=3, lora_alpha=5, use_rslora=True, target_modules=["q_proj", "v_proj", "down_proj"],
+               task_type="CAUSAL_LM"),
+    2,
+    True,
+)
+
+# The adapter elastica trained: PEFT must load it unchanged.
+el = os.path.join(OUT, "elastica-trained")
+m = PeftModel.from_pretrained(base("tiny-llama"), el).eval()
+got = nll(m)
+assert abs(got[0] - nll(base("tiny-llama"))[0]) > 1e-3, "elastica's adapter is the identity"
+merged = nll(m.merge_and_unload())
+assert abs(merged[0] - got[0]) < 1e-4 * abs(got[0]), "peft merge differs"
+results["elastica-trained"] = got
+print("peft loaded elastica-trained/: nll_sum %.6f over %d tokens" % got, file=sys.stderr)
+
+json.dump(
+    {
+        "ids": IDS,
+        "base": {"peft-llama": "tiny-llama", "peft-qwen2-rslora": "tiny-qwen2",
+                 "elastica-trained": "tiny-llama"},
+        "nll_sum": {k: v[0] for k, v in results.items()},
+        "tokens": {k: v[1] for k, v in results.items()},
+        "peft_version": __import__("peft").__version__,
+        "transformers_version": __import__("transformers").__version__,
+        "torch_version": torch.__version__,
+    },
+    open(os.path.join(OUT, "expected.json"), "w"),
+    indent=1,
+)
+print("ok", file=sys.stderr)

@@ -1,0 +1,41 @@
+//! `elastica merge`: a base model with a LoRA adapter folded in (W + s * B A on every adapted
+//! projection), written as a plain HF checkpoint that any command (or transformers) loads
+//! without the adapter. Each file is written atomically and durably.
+
+use crate::model::lora::{load_model_with, save_merged};
+use anyhow::{bail, Result};
+use candle_core::Device;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct MergeArgs {
+    /// Base model: a directory in the HF layout, or `org/name` in the offline HF cache.
+    #[arg(long)]
+    pub model: String,
+    /// The LoRA adapter directory (PEFT's format: adapter_config.json,
+    /// adapter_model.safetensors).
+    #[arg(long)]
+    pub adapter: PathBuf,
+    /// Output directory for the merged model (HF layout, with the base's tokenizer files).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Weight dtype of the merged model: float32, bfloat16 or float16 (default: the base's).
+    #[arg(long)]
+    pub save_dtype: Option<String>,
+}
+
+pub fn run(a: MergeArgs) -> Result<()> {
+    let lm = load_model_with(&a.model, Some(&a.adapter), &Device::Cpu)?;
+    if a.out == lm.dir {
+        bail!(
+            "--out {} is the base model's own directory; give another one",
+            a.out.display()
+        );
+    }
+    save_merged(&lm, &a.out, a.save_dtype.as_deref())?;
+    println!(
+        "{}",
+        serde_json::json!({"out": a.out, "model": a.model, "adapter": a.adapter})
+    );
+    Ok(())
+}

@@ -1,0 +1,724 @@
+//! LoRA adapters (Hu et al. 2021) in PEFT's on-disk format. A projection W (out, in) with an
+//! adapter computes x W^T + b + s * x A^T B^T, A (r, in), B (out, r), s = alpha / r (or
+//! alpha / sqrt(r) with rsLoRA). The base stays frozen; only A and B train.
+//!
+//! On disk (what `peft.PeftModel.from_pretrained(base, dir)` reads): `adapter_config.json`
+//! and `adapter_model.safetensors` with keys
+//! `base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight` (PEFT also wrote
+//! `.lora_A.default.weight` in some versions; both are read). Inside elastica the adapter's
+//! tensors are named without the `base_model.model.` prefix, next to the weight they adapt.
+//! What PEFT can express but elastica does not compute (DoRA, trained biases, extra trained
+//! modules, per-module ranks, adapters on embeddings or the LM head) is refused by name.
+
+use super::checkpoint::{save_tensors, LoadedModel};
+use super::config::ModelConfig;
+use super::params::Params;
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// The projections an adapter may sit on, with the block they live in.
+pub const PROJECTIONS: [(&str, &str); 7] = [
+    ("self_attn", "q_proj"),
+    ("self_attn", "k_proj"),
+    ("self_attn", "v_proj"),
+    ("self_attn", "o_proj"),
+    ("mlp", "gate_proj"),
+    ("mlp", "up_proj"),
+    ("mlp", "down_proj"),
+];
+
+/// The adapter's file names inside its directory.
+pub const CONFIG_FILE: &str = "adapter_config.json";
+pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+
+/// The prefix PEFT puts before the base model's own tensor names.
+const PEFT_PREFIX: &str = "base_model.model.";
+
+fn default_targets() -> Vec<String> {
+    PROJECTIONS.iter().map(|(_, p)| p.to_string()).collect()
+}
+
+/// LoRA settings of a training run (`train --lora-rank ..`, `[train.lora]` in experiment
+/// configs). rank 0 means a full fine-tune (no adapter).
+#[derive(clap::Args, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoraConfig {
+    /// LoRA rank r: train a rank-r adapter on each target projection with the base frozen
+    /// (0 = full fine-tune). Saved in PEFT's format (adapter_config.json,
+    /// adapter_model.safetensors).
+    #[arg(long = "lora-rank", id = "lora_rank", default_value_t = 0)]
+    pub rank: usize,
+    /// LoRA alpha: the adapter's output is scaled by alpha / r (alpha / sqrt(r) with
+    /// --lora-rslora).
+    #[arg(long = "lora-alpha", id = "lora_alpha", default_value_t = 16.0)]
+    pub alpha: f64,
+    /// Dropout on the adapter's input (PEFT's lora_dropout). Recorded in the adapter's
+    /// config; training with dropout > 0 is not supported yet (refused).
+    #[arg(long = "lora-dropout", id = "lora_dropout", default_value_t = 0.0)]
+    pub dropout: f64,
+    /// Projections that get an adapter, comma-separated, or all-linear (every projection
+    /// below, not the LM head): q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj.
+    #[arg(
+        long = "lora-targets",
+        id = "lora_targets",
+        value_delimiter = ',',
+        default_value = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    )]
+    pub targets: Vec<String>,
+    /// rsLoRA: scale by alpha / sqrt(r) instead of alpha / r (PEFT's use_rslora).
+    #[arg(long = "lora-rslora", id = "lora_rslora")]
+    pub rslora: bool,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        LoraConfig {
+            targets: default_targets(),
+            ..LoraConfig::DEFAULT
+        }
+    }
+}
+
+impl LoraConfig {
+    /// The defaults a constant can hold (`TrainConfig::DEFAULT`): no adapter. Its empty
+    /// `targets` is never used, since rank 0 trains no adapter; [`Default`] fills in the
+    /// seven projections.
+    pub const DEFAULT: LoraConfig = LoraConfig {
+        rank: 0,
+        alpha: 16.0,
+        dropout: 0.0,
+        targets: Vec::new(),
+        rslora: false,
+    };
+
+    /// Whether this run trains an adapter (rank > 0).
+    pub fn enabled(&self) -> bool {
+        self.rank > 0
+    }
+
+    /// Whether the settings are the defaults of a full fine-tune (left out of saved
+    /// settings, so runs from before LoRA existed compare equal).
+    pub fn is_off(&self) -> bool {
+        *self == LoraConfig::default()
+    }
+
+    /// The adapter's output scale: alpha / r, or alpha / sqrt(r) for rsLoRA.
+    pub fn scale(&self) -> f64 {
+        if self.rslora {
+            self.alpha / (self.rank as f64).sqrt()
+        } else {
+            self.alpha / self.rank as f64
+        }
+    }
+
+    /// The target projections resolved ("all-linear" = every projection), each checked.
+    pub fn resolved_targets(&self) -> Result<Vec<String>> {
+        if self.targets.iter().any(|t| t == "all-linear") {
+            return Ok(default_targets());
+        }
+        let mut out = Vec::new();
+        for t in &self.targets {
+            let t = t.trim();
+            if !PROJECTIONS.iter().any(|(_, p)| *p == t) {
+                bail!(
+                    "lora targets (--lora-targets): \"{t}\" is not a projection; use some of \
+                     q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj or all-linear"
+                );
+            }
+            if !out.iter().any(|o| o == t) {
+                out.push(t.to_string());
+            }
+        }
+        if out.is_empty() {
+            bail!("lora targets (--lora-targets) is empty");
+        }
+        Ok(out)
+    }
+
+    /// Refuse settings that cannot train (only checked when [`Self::enabled`]).
+    pub fn validate(&self) -> Result<()> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            bail!(
+                "lora alpha (--lora-alpha) must be a finite number > 0, got {}",
+                self.alpha
+            );
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            bail!(
+                "lora dropout (--lora-dropout) must be in [0, 1), got {}",
+                self.dropout
+            );
+        }
+        if self.dropout > 0.0 {
+            bail!(
+                "lora dropout (--lora-dropout) {} is not supported in training yet; use 0 \
+                 (adapters saved with dropout load and score fine: dropout is off at inference)",
+                self.dropout
+            );
+        }
+        self.resolved_targets()?;
+        Ok(())
+    }
+}
+
+/// A LoRA adapter: its settings and its A / B tensors (trainable variables).
+#[derive(Clone)]
+pub struct Adapter {
+    /// rank, alpha, dropout, rsLoRA and the projections that carry an adapter.
+    pub cfg: LoraConfig,
+    /// `model.layers.{l}.{block}.{proj}.lora_A.weight` (r, in) and `...lora_B.weight`
+    /// (out, r), in layer then [`PROJECTIONS`] order.
+    pub params: Params,
+    /// PEFT's `base_model_name_or_path`: the base model the adapter was trained on.
+    pub base_model: String,
+}
+
+/// The internal names of one projection's A and B.
+pub fn lora_names(module: &str) -> (String, String) {
+    (
+        format!("{module}.lora_A.weight"),
+        format!("{module}.lora_B.weight"),
+    )
+}
+
+/// (out, in) of a projection's weight.
+fn proj_shape(cfg: &ModelConfig, proj: &str) -> (usize, usize) {
+    let h = cfg.hidden_size;
+    let q = cfg.num_attention_heads * cfg.head_dim;
+    let kv = cfg.num_key_value_heads * cfg.head_dim;
+    let i = cfg.intermediate_size;
+    match proj {
+        "q_proj" => (q, h),
+        "k_proj" | "v_proj" => (kv, h),
+        "o_proj" => (h, q),
+        "gate_proj" | "up_proj" => (i, h),
+        _ => (h, i), // down_proj
+    }
+}
+
+impl Adapter {
+    /// A fresh adapter as PEFT initialises one (init_lora_weights = True): A from
+    /// kaiming_uniform(a = sqrt 5), i.e. U(-1/sqrt(in), 1/sqrt(in)); B zero, so the adapted
+    /// model starts equal to the base. Seeded, so a resumed run starts from the same A.
+    pub fn init(
+        model: &ModelConfig,
+        cfg: &LoraConfig,
+        seed: u64,
+        base_model: &str,
+    ) -> Result<Adapter> {
+        cfg.validate()?;
+        let targets = cfg.resolved_targets()?;
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        // Its own stream: the same seed also orders the data.
+        rng.set_stream(0x10_4a);
+        let r = cfg.rank;
+        let mut entries = Vec::new();
+        for l in 0..model.num_hidden_layers {
+            for (block, proj) in PROJECTIONS {
+                if !targets.iter().any(|t| t == proj) {
+                    continue;
+                }
+                let (out, inp) = proj_shape(model, proj);
+                let bound = 1.0 / (inp as f32).sqrt();
+                let a: Vec<f32> = (0..r * inp)
+                    .map(|_| rng.random_range(-bound..bound))
+                    .collect();
+                let (na, nb) = lora_names(&format!("model.layers.{l}.{block}.{proj}"));
+                let a = Tensor::from_vec(a, (r, inp), &Device::Cpu)?;
+                entries.push((na, Var::from_tensor(&a)?));
+                entries.push((nb, Var::zeros((out, r), DType::F32, &Device::Cpu)?));
+            }
+        }
+        Ok(Adapter {
+            cfg: LoraConfig {
+                targets,
+                ..cfg.clone()
+            },
+            params: Params::new(entries),
+            base_model: base_model.to_string(),
+        })
+    }
+
+    /// The output scale s of `x A^T B^T`.
+    pub fn scale(&self) -> f64 {
+        self.cfg.scale()
+    }
+
+    /// A (r, in) and B (out, r) of `module` (`model.layers.0.self_attn.q_proj`), if adapted.
+    pub fn pair(&self, module: &str) -> Result<Option<(Tensor, Tensor)>> {
+        let (na, nb) = lora_names(module);
+        if !self.params.contains(&na) {
+            return Ok(None);
+        }
+        Ok(Some((self.params.tensor(&na)?, self.params.tensor(&nb)?)))
+    }
+
+    /// Check every A / B against the model's projection shapes (rank r).
+    pub fn check_fits(&self, model: &ModelConfig, source: &Path) -> Result<()> {
+        for (name, var) in self.params.iter() {
+            let (module, which) = split_name(name)
+                .with_context(|| format!("{}: unexpected tensor \"{name}\"", source.display()))?;
+            let layer = module
+                .strip_prefix("model.layers.")
+                .and_then(|s| s.split('.').next())
+                .and_then(|s| s.parse::<usize>().ok());
+            let proj = module.rsplit('.').next().unwrap_or("");
+            match layer {
+                Some(l) if l < model.num_hidden_layers => {}
+                _ => bail!(
+                    "{}: tensor \"{name}\" is for a layer the base model (with {} layers) lacks",
+                    source.display(),
+                    model.num_hidden_layers
+                ),
+            }
+            let (out, inp) = proj_shape(model, proj);
+            let want = if which == 'A' {
+                vec![self.cfg.rank, inp]
+            } else {
+                vec![out, self.cfg.rank]
+            };
+            if var.dims() != want.as_slice() {
+                bail!(
+                    "{}: tensor \"{name}\" has shape {:?}, expected {want:?} (r = {} on this \
+                     base model); is the adapter for another base model?",
+                    source.display(),
+                    var.dims(),
+                    self.cfg.rank
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Read an adapter directory PEFT (or elastica) wrote, checked against `model`.
+    pub fn load(dir: &Path, model: &ModelConfig) -> Result<Adapter> {
+        let cfg_path = dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&cfg_path).with_context(|| {
+            format!(
+                "cannot read {} (an adapter directory holds {CONFIG_FILE} and {WEIGHTS_FILE})",
+                cfg_path.display()
+            )
+        })?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", cfg_path.display()))?;
+        let peft = PeftConfig::from_json(&json).with_context(|| cfg_path.display().to_string())?;
+        let weights = dir.join(WEIGHTS_FILE);
+        if !weights.is_file() {
+            if dir.join("adapter_model.bin").exists() {
+                bail!(
+                    "{} holds only adapter_model.bin (a pickle); elastica refuses pickles because \
+                     loading one can run arbitrary code. Re-save it with safe_serialization=True",
+                    dir.display()
+                );
+            }
+            bail!("{} is missing", weights.display());
+        }
+        let tensors = candle_core::safetensors::load(&weights, &Device::Cpu)
+            .with_context(|| format!("cannot read {}", weights.display()))?;
+        let mut by_name = std::collections::BTreeMap::new();
+        for (key, t) in tensors {
+            let name = internal_name(&key).with_context(|| {
+                format!("{}: tensor \"{key}\" is not supported", weights.display())
+            })?;
+            let t = t.to_dtype(DType::F32)?;
+            if let Some(x) = super::checkpoint::non_finite(&t)? {
+                bail!(
+                    "{}: tensor \"{key}\" holds a non-finite value ({x})",
+                    weights.display()
+                );
+            }
+            if by_name.insert(name.clone(), t).is_some() {
+                bail!("{}: tensor \"{name}\" appears twice", weights.display());
+            }
+        }
+        // Order: layer, then projection, then A before B; every A has its B.
+        let mut entries = Vec::new();
+        let mut targets = BTreeSet::new();
+        for l in 0..model.num_hidden_layers {
+            for (block, proj) in PROJECTIONS {
+                let (na, nb) = lora_names(&format!("model.layers.{l}.{block}.{proj}"));
+                match (by_name.remove(&na), by_name.remove(&nb)) {
+                    (Some(a), Some(b)) => {
+                        targets.insert(proj);
+                        entries.push((na, Var::from_tensor(&a)?));
+                        entries.push((nb, Var::from_tensor(&b)?));
+                    }
+                    (None, None) => {}
+                    (Some(_), None) => bail!("{}: \"{na}\" has no lora_B", weights.display()),
+                    (None, Some(_)) => bail!("{}: \"{nb}\" has no lora_A", weights.display()),
+                }
+            }
+        }
+        if let Some(name) = by_name.keys().next() {
+            bail!(
+                "{}: tensor \"{name}\" is not on a projection of the base model's {} layers",
+                weights.display(),
+                model.num_hidden_layers
+            );
+        }
+        if entries.is_empty() {
+            bail!("{} holds no LoRA tensors", weights.display());
+        }
+        let adapter = Adapter {
+            cfg: LoraConfig {
+                rank: peft.r,
+                alpha: peft.alpha,
+                dropout: peft.dropout,
+                targets: PROJECTIONS
+                    .iter()
+                    .filter(|(_, p)| targets.contains(p))
+                    .map(|(_, p)| p.to_string())
+                    .collect(),
+                rslora: peft.rslora,
+            },
+            params: Params::new(entries),
+            base_model: peft.base_model,
+        };
+        adapter.check_fits(model, &weights)?;
+        Ok(adapter)
+    }
+
+    /// Write the adapter in PEFT's format into `dir` (created if needed): each file atomic
+    /// and durable, the config last.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let mut tensors = Vec::new();
+        for (name, var) in self.params.iter() {
+            if let Some(x) = super::checkpoint::non_finite(var.as_tensor())? {
+                bail!(
+                    "refusing to save the adapter in {}: tensor \"{name}\" holds a non-finite \
+                     value ({x}); training diverged (lower the learning rate)",
+                    dir.display()
+                );
+            }
+            tensors.push((
+                format!("{PEFT_PREFIX}{name}"),
+                var.as_tensor().contiguous()?,
+            ));
+        }
+        save_tensors(&tensors, &dir.join(WEIGHTS_FILE))?;
+        let config = serde_json::json!({
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": self.base_model,
+            "r": self.cfg.rank,
+            "lora_alpha": self.cfg.alpha,
+            "lora_dropout": self.cfg.dropout,
+            "target_modules": self.cfg.targets,
+            "bias": "none",
+            "use_rslora": self.cfg.rslora,
+            "use_dora": false,
+            "fan_in_fan_out": false,
+            "modules_to_save": null,
+            "init_lora_weights": true,
+            "layers_to_transform": null,
+            "layers_pattern": null,
+            "rank_pattern": {},
+            "alpha_pattern": {},
+            "inference_mode": true,
+            "revision": null,
+        });
+        crate::util::fsx::atomic_write_json(&dir.join(CONFIG_FILE), &config)
+    }
+
+    /// The merged weights W + s * B A for every adapted projection, with every other tensor
+    /// of `base` as it is (new variables: the base is not changed).
+    pub fn merged(&self, base: &Params) -> Result<Params> {
+        let s = self.scale();
+        let mut entries = Vec::new();
+        for (name, var) in base.iter() {
+            let module = name.strip_suffix(".weight").unwrap_or(name);
+            let t = match self.pair(module)? {
+                Some((a, b)) => (var.as_tensor() + (b.matmul(&a)? * s)?)?,
+                None => var.as_tensor().copy()?,
+            };
+            entries.push((name.clone(), Var::from_tensor(&t)?));
+        }
+        Ok(Params::new(entries))
+    }
+}
+
+/// `model.layers.0.self_attn.q_proj.lora_A.weight` -> (`model.layers.0.self_attn.q_proj`, 'A').
+fn split_name(name: &str) -> Option<(&str, char)> {
+    if let Some(m) = name.strip_suffix(".lora_A.weight") {
+        return Some((m, 'A'));
+    }
+    name.strip_suffix(".lora_B.weight").map(|m| (m, 'B'))
+}
+
+/// PEFT's key -> elastica's name, or why it is not supported.
+fn internal_name(key: &str) -> Result<String> {
+    let Some(rest) = key.strip_prefix(PEFT_PREFIX) else {
+        bail!("expected keys starting with \"{PEFT_PREFIX}\" (PEFT's layout)");
+    };
+    // Some PEFT versions keep the adapter's name ("default") in the key.
+    let rest = rest
+        .replace(".lora_A.default.weight", ".lora_A.weight")
+        .replace(".lora_B.default.weight", ".lora_B.weight");
+    if rest.contains("lora_magnitude_vector") {
+        bail!("DoRA (use_dora) is not supported");
+    }
+    if rest.contains("lora_embedding_") {
+        bail!("adapters on embeddings are not supported");
+    }
+    let Some((module, _)) = split_name(&rest) else {
+        bail!(
+            "only LoRA A/B matrices are supported (trained biases, modules_to_save and other \
+             extras are not)"
+        );
+    };
+    let proj = module.rsplit('.').next().unwrap_or("");
+    let block = module.rsplit('.').nth(1).unwrap_or("");
+    if !PROJECTIONS.iter().any(|(b, p)| *p == proj && *b == block) {
+        bail!("adapters on \"{module}\" are not supported (only the decoder's projections)");
+    }
+    Ok(rest)
+}
+
+/// The fields of PEFT's `adapter_config.json` elastica reads, with what it refuses.
+struct PeftConfig {
+    r: usize,
+    alpha: f64,
+    dropout: f64,
+    rslora: bool,
+    base_model: String,
+}
+
+impl PeftConfig {
+    fn from_json(v: &serde_json::Value) -> Result<PeftConfig> {
+        let get = |k: &str| v.get(k).filter(|x| !x.is_null());
+        let peft_type = get("peft_type").and_then(|x| x.as_str()).unwrap_or("");
+        if peft_type != "LORA" {
+            bail!("peft_type is \"{peft_type}\"; only LORA adapters are supported");
+        }
+        if let Some(t) = get("task_type").and_then(|x| x.as_str()) {
+            if t != "CAUSAL_LM" {
+                bail!("task_type is \"{t}\"; only CAUSAL_LM adapters are supported");
+            }
+        }
+        let flag = |k: &str| get(k).and_then(|x| x.as_bool()).unwrap_or(false);
+        for k in ["use_dora", "fan_in_fan_out", "lora_bias", "use_qalora"] {
+            if flag(k) {
+                bail!("{k} = true is not supported");
+            }
+        }
+        if let Some(b) = get("bias").and_then(|x| x.as_str()) {
+            if b != "none" {
+                bail!("bias = \"{b}\" is not supported (only \"none\": no trained biases)");
+            }
+        }
+        let nonempty = |k: &str| match get(k) {
+            None => false,
+            Some(serde_json::Value::Array(a)) => !a.is_empty(),
+            Some(serde_json::Value::Object(o)) => !o.is_empty(),
+            Some(serde_json::Value::String(s)) => !s.is_empty(),
+            Some(_) => true,
+        };
+        for k in [
+            "modules_to_save",
+            "rank_pattern",
+            "alpha_pattern",
+            "layers_to_transform",
+            "target_parameters",
+            "trainable_token_indices",
+        ] {
+            if nonempty(k) {
+                bail!("{k} is set; elastica supports one rank and alpha on projections only");
+            }
+        }
+        let r = get("r")
+            .and_then(|x| x.as_u64())
+            .filter(|&r| r > 0)
+            .context("\"r\" must be a positive integer")? as usize;
+        let alpha = get("lora_alpha")
+            .and_then(|x| x.as_f64())
+            .filter(|a| a.is_finite())
+            .context("\"lora_alpha\" must be a number")?;
+        let dropout = get("lora_dropout").and_then(|x| x.as_f64()).unwrap_or(0.0);
+        Ok(PeftConfig {
+            r,
+            alpha,
+            dropout,
+            rslora: flag("use_rslora"),
+            base_model: get("base_model_name_or_path")
+                .and_then(|x| x.as_str())
+                .unwrap_or("")
+                .to_string(),
+        })
+    }
+}
+
+/// Load `spec` (a model directory or `org/name` in the offline HF cache) with the adapter in
+/// `adapter` on top, if given: what every command's `--model M --adapter DIR` loads.
+pub fn load_model_with(spec: &str, adapter: Option<&Path>, device: &Device) -> Result<LoadedModel> {
+    let lm = super::checkpoint::load_model(spec, device)?;
+    match adapter {
+        None => Ok(lm),
+        Some(dir) => {
+            let adapter = Adapter::load(dir, &lm.model.cfg)?;
+            attach(lm, adapter)
+        }
+    }
+}
+
+/// Refuse to train `model` with `cfg` when the two disagree: LoRA settings without an
+/// adapter on the model (see [`for_training`]), or an adapter whose rank, alpha or targets
+/// differ from the settings.
+pub fn check_for_training(model: &super::Llama, cfg: &LoraConfig) -> Result<()> {
+    match (model.adapter(), cfg.enabled()) {
+        (None, false) => Ok(()),
+        (None, true) => bail!(
+            "LoRA settings (lora rank {}) reached a training loop whose model has no adapter: \
+             LoRA runs through `elastica train --lora-rank` for now (experiment stages train \
+             full models only)",
+            cfg.rank
+        ),
+        (Some(_), false) => bail!(
+            "the model carries a LoRA adapter but the LoRA settings are off; set the \
+             adapter's lora rank (--lora-rank) to train it, or merge it first (elastica merge)"
+        ),
+        (Some(a), true) => {
+            let want = LoraConfig {
+                targets: cfg.resolved_targets()?,
+                ..cfg.clone()
+            };
+            if a.cfg != want {
+                bail!(
+                    "the adapter being continued has r = {}, alpha = {}, rslora = {}, \
+                     targets {:?}, but the run asks for r = {}, alpha = {}, rslora = {}, \
+                     targets {:?}; give the adapter's own settings",
+                    a.cfg.rank,
+                    a.cfg.alpha,
+                    a.cfg.rslora,
+                    a.cfg.targets,
+                    want.rank,
+                    want.alpha,
+                    want.rslora,
+                    want.targets
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Ready `lm` for a run with LoRA settings `cfg`: with LoRA on and no adapter yet, a fresh
+/// one (seeded by `seed`; PEFT's init, so the model starts equal to the base); a model that
+/// already carries an adapter (`--adapter DIR`) continues that adapter, and LoRA settings
+/// left off take the adapter's own. Returns the model and the settings the run records.
+pub fn for_training(
+    lm: LoadedModel,
+    cfg: &LoraConfig,
+    seed: u64,
+    base_model: &str,
+) -> Result<(LoadedModel, LoraConfig)> {
+    cfg.validate()?;
+    if let Some(a) = lm.model.adapter() {
+        let resolved = if cfg.enabled() {
+            cfg.clone()
+        } else {
+            a.cfg.clone()
+        };
+        resolved.validate()?;
+        check_for_training(&lm.model, &resolved)?;
+        return Ok((lm, resolved));
+    }
+    if !cfg.enabled() {
+        return Ok((lm, cfg.clone()));
+    }
+    let adapter = Adapter::init(&lm.model.cfg, cfg, seed, base_model)?;
+    Ok((attach(lm, adapter)?, cfg.clone()))
+}
+
+/// `lm` with `adapter` on its projections.
+pub fn attach(lm: LoadedModel, adapter: Adapter) -> Result<LoadedModel> {
+    Ok(LoadedModel {
+        model: lm.model.with_adapter(adapter)?,
+        tokenizer: lm.tokenizer,
+        dir: lm.dir,
+    })
+}
+
+/// Write `lm`'s base with its adapter merged in as an HF checkpoint in `out` (the base's
+/// dtype unless `dtype` is given), each file atomic and durable.
+pub fn save_merged(lm: &LoadedModel, out: &Path, dtype: Option<&str>) -> Result<()> {
+    let adapter = lm
+        .model
+        .adapter()
+        .context("the model has no adapter to merge")?;
+    let merged = adapter.merged(&lm.model.params)?;
+    let model = super::Llama::new(lm.model.cfg.clone(), merged, lm.model.device())?;
+    super::checkpoint::save_model(&model, &lm.dir, out, dtype)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peft_keys_map_with_or_without_the_adapter_name() {
+        let k = "base_model.model.model.layers.3.mlp.down_proj.lora_B.default.weight";
+        assert_eq!(
+            internal_name(k).unwrap(),
+            "model.layers.3.mlp.down_proj.lora_B.weight"
+        );
+        let k = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight";
+        assert_eq!(
+            internal_name(k).unwrap(),
+            "model.layers.0.self_attn.q_proj.lora_A.weight"
+        );
+        for (k, why) in [
+            (
+                "base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector",
+                "DoRA",
+            ),
+            ("base_model.model.lm_head.lora_A.weight", "not supported"),
+            (
+                "base_model.model.model.layers.0.self_attn.q_proj.bias",
+                "biases",
+            ),
+        ] {
+            let e = format!("{:#}", internal_name(k).unwrap_err());
+            assert!(e.contains(why), "{k}: {e}");
+        }
+    }
+
+    #[test]
+    fn peft_configs_that_elastica_cannot_compute_are_refused_by_name() {
+        let base = serde_json::json!({"peft_type":"LORA","r":4,"lora_alpha":8,"bias":"none",
+            "target_modules":"all-linear","task_type":"CAUSAL_LM"});
+        let ok = PeftConfig::from_json(&base).unwrap();
+        assert_eq!((ok.r, ok.alpha, ok.rslora), (4, 8.0, false));
+        for (k, v) in [
+            ("use_dora", serde_json::json!(true)),
+            ("bias", serde_json::json!("all")),
+            ("modules_to_save", serde_json::json!(["lm_head"])),
+            ("rank_pattern", serde_json::json!({"q_proj": 8})),
+            ("peft_type", serde_json::json!("IA3")),
+        ] {
+            let mut c = base.clone();
+            c[k] = v;
+            let e = format!("{:#}", PeftConfig::from_json(&c).err().unwrap());
+            assert!(e.contains(k) || e.contains("IA3"), "{k}: {e}");
+        }
+    }
+
+    #[test]
+    fn scale_is_alpha_over_r_or_over_sqrt_r() {
+        let mut c = LoraConfig {
+            rank: 4,
+            alpha: 8.0,
+            ..LoraConfig::default()
+        };
+        assert_eq!(c.scale(), 2.0);
+        c.rslora = true;
+        assert_eq!(c.scale(), 4.0);
+    }
+}

@@ -1,0 +1,511 @@
+//! LoRA adapters: PEFT's adapters score as transformers + peft; the hand-written LoRA
+//! backward equals autograd and a finite difference; a LoRA run trains only the adapter and
+//! resumes bit-identically; merge equals the adapter applied on the fly; the CLI's
+//! `--adapter`, `--lora-rank` and `merge`.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use elastica::model::checkpoint::{init_model, load_model};
+use elastica::model::lora::{for_training, load_model_with, save_merged, LoraConfig};
+use elastica::model::LoadedModel;
+use elastica::train::backprop::{nll_and_grads, scoring_nll, usable};
+use elastica::train::loss::nll_sum;
+use elastica::train::optim::Grads;
+use elastica::train::{train, TrainConfig, TrainRun};
+use std::path::{Path, PathBuf};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn expected() -> serde_json::Value {
+    let p = fixtures().join("lora/expected.json");
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// The fixture's ids (b, t) and next-token targets (last position not counted).
+fn ids_and_targets() -> (Tensor, Tensor) {
+    let rows: Vec<Vec<u32>> = serde_json::from_value(expected()["ids"].clone()).unwrap();
+    let (b, t) = (rows.len(), rows[0].len());
+    let ids: Vec<u32> = rows.iter().flatten().copied().collect();
+    let targets: Vec<i64> = rows
+        .iter()
+        .flat_map(|r| (0..t).map(|i| r.get(i + 1).map_or(-100, |&x| x as i64)))
+        .collect();
+    (
+        Tensor::from_vec(ids, (b, t), &Device::Cpu).unwrap(),
+        Tensor::from_vec(targets, (b, t), &Device::Cpu).unwrap(),
+    )
+}
+
+fn with_adapter(name: &str) -> LoadedModel {
+    let base = expected()["base"][name].as_str().unwrap().to_string();
+    load_model_with(
+        fixtures().join("models").join(base).to_str().unwrap(),
+        Some(&fixtures().join("lora").join(name)),
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+#[test]
+fn peft_adapters_score_as_transformers_plus_peft_on_both_paths() {
+    let (ids, targets) = ids_and_targets();
+    for name in ["peft-llama", "peft-qwen2-rslora", "elastica-trained"] {
+        let want = expected()["nll_sum"][name].as_f64().unwrap();
+        let lm = with_adapter(name);
+        assert!(usable(&lm.model), "{name}: the fused path should take it");
+        let fused = scoring_nll(&lm.model, &ids, &targets).unwrap();
+        let graph = nll_sum(&lm.model.forward(&ids).unwrap(), &targets)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        for (path, got) in [("fused", fused), ("graph", graph)] {
+            assert!(
+                (got - want).abs() <= 1e-5 * want.abs(),
+                "{name} ({path}): elastica {got} vs transformers+peft {want}"
+            );
+        }
+        // Without the adapter the score differs: the adapter is really applied.
+        let base = load_model(&lm.dir.to_string_lossy(), &Device::Cpu).unwrap();
+        let plain = scoring_nll(&base.model, &ids, &targets).unwrap();
+        assert!((plain - want).abs() > 1e-2, "{name}: adapter had no effect");
+    }
+}
+
+/// The gradient of the adapted model's NLL through candle's autograd, adapter tensors only.
+fn autograd(lm: &LoadedModel, ids: &Tensor, targets: &Tensor, scale: f64) -> Grads {
+    let nll = nll_sum(&lm.model.forward(ids).unwrap(), targets).unwrap();
+    let store = (nll * scale).unwrap().backward().unwrap();
+    Grads::from_store(lm.model.trainable(), &store).unwrap()
+}
+
+#[test]
+fn the_lora_backward_equals_autograd_and_a_finite_difference() {
+    let (ids, targets) = ids_and_targets();
+    for name in ["peft-llama", "peft-qwen2-rslora"] {
+        let lm = with_adapter(name);
+        let (_, by_hand) = nll_and_grads(&lm.model, &ids, &targets, 0.5).unwrap();
+        let auto = autograd(&lm, &ids, &targets, 0.5);
+        let names: Vec<&String> = lm.model.trainable().names().iter().collect();
+        assert_eq!(by_hand.0.len(), names.len(), "{name}: only adapter tensors");
+        assert!(names.iter().all(|n| n.contains(".lora_")), "{name}");
+        for ((n, a), (_, b)) in auto.0.iter().zip(&by_hand.0) {
+            let top = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!(top > 0.0, "{name}: {n} has no gradient");
+            let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(
+                diff <= 1e-4 * top,
+                "{name}: {n} differs by {diff} (top {top})"
+            );
+        }
+        // Central differences of 0.5 * NLL on the largest entries of two tensors.
+        let params = lm.model.trainable().clone();
+        for (pi, (n, g)) in by_hand.0.iter().enumerate().filter(|(i, _)| *i < 2) {
+            let var = params.get(n).unwrap();
+            let (k, &gk) = g
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+                .unwrap();
+            let orig: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+            let eps = 1e-2f32;
+            let at = |d: f32| {
+                let mut v = orig.clone();
+                v[k] += d;
+                var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
+                0.5 * scoring_nll(&lm.model, &ids, &targets).unwrap()
+            };
+            let fd = (at(eps) - at(-eps)) / (2.0 * eps as f64);
+            var.set(&Tensor::from_vec(orig, var.shape(), &Device::Cpu).unwrap())
+                .unwrap();
+            assert!(
+                (fd - gk as f64).abs() <= 2e-2 * (gk as f64).abs(),
+                "{name}: tensor {pi} {n}[{k}]: finite difference {fd} vs backward {gk}"
+            );
+        }
+    }
+}
+
+#[test]
+fn merging_equals_the_adapter_on_the_fly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ids, _) = ids_and_targets();
+    for name in ["peft-llama", "peft-qwen2-rslora"] {
+        let lm = with_adapter(name);
+        let out = dir.path().join(name);
+        save_merged(&lm, &out, None).unwrap();
+        let merged = load_model(&out.to_string_lossy(), &Device::Cpu).unwrap();
+        assert!(merged.model.adapter().is_none());
+        let a = lm.model.forward(&ids).unwrap();
+        let b = merged.model.forward(&ids).unwrap();
+        let max = |t: Tensor| {
+            t.abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        let top = max(a.clone());
+        let diff = max((a - b).unwrap());
+        // f32 rounding of W + s B A against x W^T + s (x A^T) B^T.
+        assert!(
+            diff <= 1e-5 * top,
+            "{name}: merged logits differ by {diff} (largest {top})"
+        );
+    }
+}
+
+fn lora_cfg() -> TrainConfig {
+    TrainConfig {
+        template: elastica::data::template::Template::Raw,
+        lr: 1e-2,
+        batch_size: 2,
+        grad_accum: 1,
+        epochs: 4,
+        save_every: 3,
+        lora: LoraConfig {
+            rank: 2,
+            alpha: 4.0,
+            ..LoraConfig::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn tiny_lora(dir: &Path, cfg: &TrainConfig) -> LoadedModel {
+    let c = common::tiny_setup(dir, "llama");
+    let lm = init_model(&c, dir, 7, &Device::Cpu).unwrap();
+    for_training(lm, &cfg.lora, cfg.seed, "tiny").unwrap().0
+}
+
+#[test]
+fn a_lora_run_trains_only_the_adapter_and_resumes_bit_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = lora_cfg();
+    let recs = common::sft_records();
+    let lm = tiny_lora(dir.path(), &cfg);
+    let base_before: Vec<Vec<f32>> = lm
+        .model
+        .params
+        .iter()
+        .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+        .collect();
+    let full = dir.path().join("full");
+    let s = train(
+        &lm,
+        &recs,
+        &cfg,
+        TrainRun {
+            out: &full,
+            resume: false,
+            hook: None,
+            progress: false,
+        },
+    )
+    .unwrap();
+    assert_eq!(s.steps, 12);
+    assert!(s.log.last().unwrap().loss < s.log[0].loss, "{:?}", s.log);
+    for ((n, v), before) in lm.model.params.iter().zip(&base_before) {
+        let now: Vec<f32> = v.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(&now, before, "base tensor {n} changed in a LoRA run");
+    }
+    assert!(full.join("adapter_config.json").is_file());
+    assert!(
+        !full.join("model.safetensors").exists(),
+        "a LoRA run saves no base copy"
+    );
+    let final_full = std::fs::read(full.join("adapter_model.safetensors")).unwrap();
+
+    // Killed after step 7 (checkpoint at 6), then resumed in a fresh model.
+    let part = dir.path().join("part");
+    let lm = tiny_lora(dir.path(), &cfg);
+    let mut hook = |_: &LoadedModel, l: &elastica::train::sft::StepLog| -> anyhow::Result<()> {
+        if l.step == 7 {
+            anyhow::bail!("killed")
+        }
+        Ok(())
+    };
+    assert!(train(
+        &lm,
+        &recs,
+        &cfg,
+        TrainRun {
+            out: &part,
+            resume: false,
+            hook: Some(&mut hook),
+            progress: false
+        }
+    )
+    .is_err());
+    let ckpt = part.join("checkpoints/step-6");
+    let moments =
+        candle_core::safetensors::load(ckpt.join("optimizer.safetensors"), &Device::Cpu).unwrap();
+    assert!(!moments.is_empty());
+    assert!(
+        moments.keys().all(|k| k.contains(".lora_")),
+        "AdamW state outside the adapter: {:?}",
+        moments.keys().collect::<Vec<_>>()
+    );
+    let lm = tiny_lora(dir.path(), &cfg);
+    let r = train(
+        &lm,
+        &recs,
+        &cfg,
+        TrainRun {
+            out: &part,
+            resume: true,
+            hook: None,
+            progress: false,
+        },
+    )
+    .unwrap();
+    assert_eq!(r.resumed_from, Some(6));
+    assert_eq!(
+        std::fs::read(part.join("adapter_model.safetensors")).unwrap(),
+        final_full,
+        "LoRA resume is not bit-identical"
+    );
+    // A finished run with the same settings is left alone, and its adapter reloads.
+    let lm = tiny_lora(dir.path(), &cfg);
+    let again = train(
+        &lm,
+        &recs,
+        &cfg,
+        TrainRun {
+            out: &part,
+            resume: true,
+            hook: None,
+            progress: false,
+        },
+    )
+    .unwrap();
+    assert_eq!(again.resumed_from, Some(12));
+}
+
+#[test]
+fn the_cli_trains_an_adapter_scores_it_and_merges_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let base = fixtures().join("models/tiny-llama");
+    let data = fixtures().join("sft/data.jsonl");
+    let (base_s, data_s) = (base.to_str().unwrap(), data.to_str().unwrap());
+    let out = d.join("run");
+    let (ok, _, err) = common::elastica(&[
+        "train",
+        "--model",
+        base_s,
+        "--data",
+        data_s,
+        "--out",
+        out.to_str().unwrap(),
+        "--lora-rank",
+        "4",
+        "--lora-alpha",
+        "8",
+        "--lora-targets",
+        "q_proj,v_proj",
+        "--lr",
+        "1e-2",
+        "--batch-size",
+        "2",
+        "--grad-accum",
+        "1",
+        "--max-steps",
+        "3",
+    ]);
+    assert!(ok, "{err}");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["peft_type"], "LORA");
+    assert_eq!(cfg["r"], 4);
+    assert_eq!(
+        cfg["target_modules"],
+        serde_json::json!(["q_proj", "v_proj"])
+    );
+    let eval = |extra: &[&str]| -> f64 {
+        let mut args = vec!["eval-loss", "--data", data_s];
+        args.extend_from_slice(extra);
+        let (ok, stdout, err) = common::elastica(&args);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        v["mean_nll"].as_f64().unwrap()
+    };
+    let adapted = eval(&["--model", base_s, "--adapter", out.to_str().unwrap()]);
+    let plain = eval(&["--model", base_s]);
+    assert!(
+        adapted < plain,
+        "training the adapter did not lower the loss: {adapted} vs {plain}"
+    );
+    let merged = d.join("merged");
+    let (ok, _, err) = common::elastica(&[
+        "merge",
+        "--model",
+        base_s,
+        "--adapter",
+        out.to_str().unwrap(),
+        "--out",
+        merged.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let m = eval(&["--model", merged.to_str().unwrap()]);
+    assert!(
+        (m - adapted).abs() <= 1e-5 * adapted,
+        "merged {m} vs on the fly {adapted}"
+    );
+    // Continuing the adapter with other settings is refused, naming them.
+    let (ok, _, err) = common::elastica(&[
+        "train",
+        "--model",
+        base_s,
+        "--adapter",
+        out.to_str().unwrap(),
+        "--data",
+        data_s,
+        "--out",
+        d.join("more").to_str().unwrap(),
+        "--lora-rank",
+        "8",
+    ]);
+    assert!(!ok && err.contains("r = 4"), "{err}");
+}
+
+#[test]
+fn unsupported_or_broken_adapters_are_refused_naming_the_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = fixtures().join("models/tiny-llama");
+    let src = fixtures().join("lora/peft-llama");
+    type Edit<'a> = &'a dyn Fn(&mut serde_json::Value);
+    let cases: [(&str, Edit, &str); 3] = [
+        ("dora", &|c| c["use_dora"] = true.into(), "use_dora"),
+        ("bias", &|c| c["bias"] = "lora_only".into(), "bias"),
+        (
+            "save",
+            &|c| c["modules_to_save"] = serde_json::json!(["lm_head"]),
+            "modules_to_save",
+        ),
+    ];
+    for (name, edit, word) in cases {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::copy(
+            src.join("adapter_model.safetensors"),
+            d.join("adapter_model.safetensors"),
+        )
+        .unwrap();
+        let mut c: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(src.join("adapter_config.json")).unwrap(),
+        )
+        .unwrap();
+        edit(&mut c);
+        std::fs::write(d.join("adapter_config.json"), c.to_string()).unwrap();
+        let (ok, _, err) = common::elastica(&[
+            "eval-loss",
+            "--model",
+            base.to_str().unwrap(),
+            "--adapter",
+            d.to_str().unwrap(),
+            "--data",
+            fixtures().join("sft/data.jsonl").to_str().unwrap(),
+        ]);
+        assert!(!ok, "{name} was accepted");
+        assert!(
+            err.contains(word) && err.contains("adapter_config.json"),
+            "{name}: {err}"
+        );
+    }
+    // An adapter for another base model: the shape error names the tensor and the file.
+    let (ok, _, err) = common::elastica(&[
+        "eval-loss",
+        "--model",
+        fixtures().join("models/tiny-qwen2").to_str().unwrap(),
+        "--adapter",
+        src.to_str().unwrap(),
+        "--data",
+        fixtures().join("sft/data.jsonl").to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("adapter_model.safetensors") && err.contains("lora_"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bench_lora_times_a_lora_step_against_a_full_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("lora.json");
+    let (ok, stdout, err) = common::elastica(&[
+        "bench",
+        "lora",
+        "--layers",
+        "1",
+        "--hidden",
+        "32",
+        "--heads",
+        "2",
+        "--ff",
+        "48",
+        "--vocab",
+        "64",
+        "--seq",
+        "16",
+        "--batch",
+        "2",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--rounds",
+        "1",
+        "--lora-rank",
+        "2",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        stdout.contains("| LoRA |") && stdout.contains("| full |"),
+        "{stdout}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    // rank 2 on 7 projections of one layer: 2 * (in + out) each.
+    let (h, ff) = (32, 48);
+    let want = 2 * (4 * (h + h) + 2 * (h + ff) + (ff + h));
+    assert_eq!(v["adapter_params"], want);
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows.iter().all(|r| r["tok_s"].as_f64().unwrap() > 0.0));
+}
+
+#[test]
+fn lora_settings_on_a_model_without_an_adapter_are_refused_before_training() {
+    // What an experiment stage with `[train.lora]` reaches: a clear refusal, nothing written.
+    let dir = tempfile::tempdir().unwrap();
+    let c = common::tiny_setup(dir.path(), "llama");
+    let lm = init_model(&c, dir.path(), 7, &Device::Cpu).unwrap();
+    let out = dir.path().join("out");
+    let Err(e) = train(
+        &lm,
+        &common::sft_records(),
+        &lora_cfg(),
+        TrainRun {
+            out: &out,
+            resume: false,
+            hook: None,
+            progress: false,
+        },
+    ) else {
+        panic!("LoRA settings without an adapter trained the full model");
+    };
+    let e = format!("{e:#}");
+    assert!(e.contains("lora rank 2") && e.contains("no adapter"), "{e}");
+    assert!(!out.exists(), "something was written: {e}");
+}
