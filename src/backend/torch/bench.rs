@@ -184,7 +184,7 @@ pub fn run(shape: &Shape, device: DeviceSpec, precision: Precision) -> Result<se
     };
     let mut step = || {
         if shape.grad_checkpoint {
-            let _ = dec.loss_backward_checkpointed(&ids, &mean_loss, 1.0);
+            let _ = dec.loss_backward_checkpointed(&ids, mean_loss, 1.0);
         } else {
             mean_loss(&dec.forward(&ids)).backward();
         }
