@@ -122,16 +122,23 @@ impl Job {
 }
 
 /// Progress of the job graph: a bar on a terminal; off a terminal (a log file) a plain line
-/// on stderr every `ELASTICA_PROGRESS_SECS` seconds and after the last job, as `train`
-/// writes, naming the job that just finished. Jobs differ in cost (pre-training the largest
-/// base is the longest), so the eta, which assumes equal jobs, is rough.
+/// on stderr, as `train` writes: one when a job finishes (at most one per
+/// `ELASTICA_PROGRESS_SECS`, and always after the last), naming it, and while nothing
+/// finishes (a long pre-training) one per interval (at least a second) naming the jobs still
+/// running. Jobs differ in cost, so the eta, which assumes equal jobs, is rough.
 struct JobProgress {
     bar: indicatif::ProgressBar,
-    /// Off a terminal: (jobs done, when the last line was written).
-    lines: Option<std::sync::Mutex<(usize, std::time::Instant)>>,
+    /// Off a terminal: what the lines need.
+    lines: Option<std::sync::Mutex<LineState>>,
     total: usize,
     started: std::time::Instant,
     every: std::time::Duration,
+}
+
+struct LineState {
+    done: usize,
+    last_line: std::time::Instant,
+    running: Vec<String>,
 }
 
 impl JobProgress {
@@ -142,7 +149,11 @@ impl JobProgress {
             None
         } else {
             bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-            Some(std::sync::Mutex::new((0, now)))
+            Some(std::sync::Mutex::new(LineState {
+                done: 0,
+                last_line: now,
+                running: Vec::new(),
+            }))
         };
         JobProgress {
             bar,
@@ -153,25 +164,75 @@ impl JobProgress {
         }
     }
 
+    /// Run `f` with the progress lines of a log going (a no-op on a terminal).
+    fn around<T>(&self, f: impl FnOnce() -> T) -> T {
+        if self.lines.is_none() {
+            return f();
+        }
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                    self.tick();
+                }
+            });
+            let out = f();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            out
+        })
+    }
+
+    fn start(&self, what: &str) {
+        if let Some(Ok(mut st)) = self.lines.as_ref().map(|l| l.lock()) {
+            st.running.push(what.to_string());
+        }
+    }
+
+    /// The line for `st`, after `event` ("done: <job>" or "running: <jobs>").
+    fn line(&self, st: &mut LineState, event: &str) {
+        st.last_line = std::time::Instant::now();
+        let secs = self.started.elapsed().as_secs_f64();
+        let eta = if st.done > 0 {
+            crate::util::progress::clock(
+                secs / st.done as f64 * self.total.saturating_sub(st.done) as f64,
+            )
+        } else {
+            "?".into()
+        };
+        eprintln!(
+            "demo: job {}/{} ({:.1}%) {event}; elapsed {} eta {eta}",
+            st.done,
+            self.total,
+            100.0 * st.done as f64 / self.total.max(1) as f64,
+            crate::util::progress::clock(secs)
+        );
+    }
+
     fn done(&self, what: &str) {
         self.bar.inc(1);
-        let Some(lines) = &self.lines else { return };
         // A poisoned lock only loses progress lines, never the run.
-        let Ok(mut st) = lines.lock() else { return };
-        st.0 += 1;
-        if st.1.elapsed() >= self.every || st.0 == self.total {
-            st.1 = std::time::Instant::now();
-            let secs = self.started.elapsed().as_secs_f64();
-            let eta = crate::util::progress::clock(
-                secs / st.0 as f64 * self.total.saturating_sub(st.0) as f64,
-            );
-            eprintln!(
-                "demo: job {}/{} ({:.1}%) done: {what}; elapsed {} eta {eta}",
-                st.0,
-                self.total,
-                100.0 * st.0 as f64 / self.total.max(1) as f64,
-                crate::util::progress::clock(secs)
-            );
+        let Some(Ok(mut st)) = self.lines.as_ref().map(|l| l.lock()) else {
+            return;
+        };
+        st.done += 1;
+        if let Some(i) = st.running.iter().position(|r| r == what) {
+            st.running.remove(i);
+        }
+        if st.last_line.elapsed() >= self.every || st.done == self.total {
+            self.line(&mut st, &format!("done: {what}"));
+        }
+    }
+
+    fn tick(&self) {
+        let Some(Ok(mut st)) = self.lines.as_ref().map(|l| l.lock()) else {
+            return;
+        };
+        if st.last_line.elapsed() >= self.every.max(std::time::Duration::from_secs(1))
+            && !st.running.is_empty()
+        {
+            let event = format!("running: {}", st.running.join(", "));
+            self.line(&mut st, &event);
         }
     }
 
@@ -377,10 +438,14 @@ fn execute(cfg: &DemoConfig, plan: &Plan, out: &Path, workers: usize) -> Result<
     let data = plan.data();
     let jobs: Vec<&Job> = plan.jobs.iter().collect();
     let progress = JobProgress::new(jobs.len());
-    let done = run_graph(jobs, plan.deps.clone(), workers, |job, _| {
-        let r = run_job(cfg, plan, &data, job, out)?;
-        progress.done(&job.describe(cfg));
-        Ok(r)
+    let done = progress.around(|| {
+        run_graph(jobs, plan.deps.clone(), workers, |job, _| {
+            let what = job.describe(cfg);
+            progress.start(&what);
+            let r = run_job(cfg, plan, &data, job, out)?;
+            progress.done(&what);
+            Ok(r)
+        })
     })?;
     progress.finish();
     let mut m = Measured::default();
