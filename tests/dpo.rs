@@ -389,3 +389,62 @@ fn train_method_dpo_through_the_binary() {
     ]);
     assert!(!ok && stderr.contains("--method dpo"), "{stderr}");
 }
+
+#[test]
+fn dpo_trains_a_lora_adapter_with_the_base_frozen() {
+    // Most DPO runs train an adapter: the reference is the starting model (base + an adapter
+    // whose B is zero), only the adapter moves, and it is saved in PEFT's layout.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let lora = ["--no-shuffle", "--lora-rank", "4", "--lora-alpha", "8"];
+    let (ok, stdout, stderr) = cli(&out, &lora);
+    assert!(ok, "{stderr}");
+    let s: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(s["final_margin"].as_f64().unwrap() > 0.0, "{s}");
+    let log = std::fs::read_to_string(out.join("train_log.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    assert!((first["loss"].as_f64().unwrap() - std::f64::consts::LN_2).abs() < 1e-6);
+    assert!(out.join("adapter_config.json").is_file());
+    assert!(
+        !out.join("model.safetensors").exists(),
+        "the frozen base was saved"
+    );
+    let tensors = candle_core::safetensors::load(
+        out.join("adapter_model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    assert!(!tensors.is_empty());
+    assert!(tensors
+        .keys()
+        .all(|k| k.contains(".lora_A.") || k.contains(".lora_B.")));
+    // The adapter moved: some B is no longer zero.
+    let moved = tensors
+        .iter()
+        .filter(|(k, _)| k.contains(".lora_B."))
+        .any(|(_, t)| {
+            t.abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                > 0.0
+        });
+    assert!(moved, "no lora_B moved");
+    // Finished with these settings: left alone; with another rank: refused.
+    let (ok, _, stderr) = cli(&out, &[&lora[..], &["--resume"]].concat());
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = cli(
+        &out,
+        &[
+            "--no-shuffle",
+            "--lora-rank",
+            "8",
+            "--lora-alpha",
+            "8",
+            "--resume",
+        ],
+    );
+    assert!(!ok && stderr.contains("lora"), "{stderr}");
+}

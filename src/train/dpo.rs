@@ -29,7 +29,7 @@ use super::sft::{
 };
 use crate::data::prefs::PrefRecord;
 use crate::data::records::Record;
-use crate::model::checkpoint::{dtype_from_name, save_model};
+use crate::model::checkpoint::dtype_from_name;
 use crate::model::{Llama, LoadedModel};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
@@ -312,7 +312,7 @@ pub fn autograd_weighted_grads(
     }
     let total = total.context("an empty batch")?;
     let store = total.backward()?;
-    Ok((vals, Grads::from_store(&model.params, &store)?))
+    Ok((vals, Grads::from_store(model.trainable(), &store)?))
 }
 
 /// Train `lm` with DPO on `pairs`, writing `train_log.jsonl` (one [`DpoStepLog`] a step),
@@ -441,7 +441,7 @@ pub fn train(
     if let Some(l) = lines.as_mut() {
         l.finish();
     }
-    save_model(&lm.model, &lm.dir, out, Some(&p.save_dtype))?;
+    crate::train::sft::save_trained(lm, out, &p.save_dtype)?;
     crate::util::fsx::atomic_write(
         &out.join(FINISHED_SETTINGS),
         toml::to_string(&p.settings)?.as_bytes(),
@@ -515,7 +515,7 @@ fn dpo_step(
             "the gradient norm is {grad_norm} (not finite); lower the learning rate or set --clip"
         );
     }
-    opt.update(&lm.model.params, &g, lr)?;
+    opt.update(lm.model.trainable(), &g, lr)?;
     Ok(DpoStepLog {
         base: StepLog {
             step: 0,

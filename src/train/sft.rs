@@ -521,11 +521,7 @@ pub fn train(
     if let Some(l) = lines.as_mut() {
         l.finish();
     }
-    match lm.model.adapter() {
-        // A LoRA run saves the adapter (PEFT's format), not the frozen base.
-        Some(a) => a.save(out)?,
-        None => save_model(&lm.model, &lm.dir, out, Some(&save_dtype))?,
-    }
+    save_trained(lm, out, &save_dtype)?;
     // Written after the model: its presence (with equal settings) marks the run finished.
     crate::util::fsx::atomic_write(
         &out.join(FINISHED_SETTINGS),
@@ -547,6 +543,15 @@ fn final_weights(out: &Path) -> PathBuf {
     match out.join(crate::model::lora::CONFIG_FILE).is_file() {
         true => out.join(crate::model::lora::WEIGHTS_FILE),
         false => out.join("model.safetensors"),
+    }
+}
+
+/// Save what a run trained into `out`: the adapter (PEFT's format) of a LoRA run, not the
+/// frozen base; otherwise the whole model in `save_dtype`.
+pub(crate) fn save_trained(lm: &LoadedModel, out: &Path, save_dtype: &str) -> Result<()> {
+    match lm.model.adapter() {
+        Some(a) => a.save(out),
+        None => save_model(&lm.model, &lm.dir, out, Some(save_dtype)),
     }
 }
 
