@@ -6,8 +6,9 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
+use elastica::model::adapted::{for_training, load_model_with, save_merged};
 use elastica::model::checkpoint::{init_model, load_model};
-use elastica::model::lora::{for_training, load_model_with, save_merged, LoraConfig};
+use elastica::model::lora::LoraConfig;
 use elastica::model::LoadedModel;
 use elastica::train::backprop::{nll_and_grads, scoring_nll, usable};
 use elastica::train::loss::nll_sum;

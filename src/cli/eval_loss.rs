@@ -53,7 +53,7 @@ pub fn run(a: EvalLossArgs) -> Result<()> {
         }
         return on_backend(&a, &data.records, template);
     }
-    let lm = crate::model::lora::load_model_with(&a.model, a.adapter.as_deref(), &Device::Cpu)?;
+    let lm = crate::model::adapted::load_model_with(&a.model, a.adapter.as_deref(), &Device::Cpu)?;
     let r = crate::train::eval::eval_loss(
         &lm,
         &data.records,

@@ -47,7 +47,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         }
         return on_backend(&a);
     }
-    let lm = crate::model::lora::load_model_with(&a.model, a.adapter.as_deref(), &Device::Cpu)?;
+    let lm = crate::model::adapted::load_model_with(&a.model, a.adapter.as_deref(), &Device::Cpu)?;
     let prompts = match (&a.prompt, &a.prompts) {
         (Some(p), _) => vec![p.clone()],
         (None, Some(f)) => read_prompts(f)?,

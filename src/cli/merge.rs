@@ -2,7 +2,7 @@
 //! projection), written as a plain HF checkpoint that any command (or transformers) loads
 //! without the adapter. Each file is written atomically and durably.
 
-use crate::model::lora::{load_model_with, save_merged};
+use crate::model::adapted::{load_model_with, save_merged};
 use anyhow::{bail, Result};
 use candle_core::Device;
 use std::path::PathBuf;

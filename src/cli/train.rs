@@ -160,7 +160,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             let dir = resolve_model_dir(m)?;
             let config = dir.join("config.json");
             ModelConfig::from_file(&config)?.check_training_fits(&config)?;
-            crate::model::lora::load_model_with(m, a.adapter.as_deref(), &dev)?
+            crate::model::adapted::load_model_with(m, a.adapter.as_deref(), &dev)?
         }
         (None, Some(init)) => {
             let Some(tok) = &a.tokenizer else {
@@ -171,7 +171,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         (None, None) => bail!("give --model or --init"),
     };
     let base_name = a.model.clone().unwrap_or_default();
-    let (lm, lora) = crate::model::lora::for_training(lm, &cfg.lora, cfg.seed, &base_name)?;
+    let (lm, lora) = crate::model::adapted::for_training(lm, &cfg.lora, cfg.seed, &base_name)?;
     let cfg = TrainConfig { lora, ..cfg };
     // Resume's checks (and "already finished") come before anything is written into --out.
     let resume_at = match (a.resume, cfg.dpo.method) {

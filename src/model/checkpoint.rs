@@ -9,10 +9,11 @@ use super::config::ModelConfig;
 use super::init::init_params;
 use super::llama::Llama;
 use super::params::{param_specs, Params};
+use super::tensor_file::non_finite;
+pub use super::tensor_file::save_tensors;
 use super::tokenizer::TextTokenizer;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// A model with its tokenizer and the directory it came from.
@@ -193,22 +194,6 @@ fn shard_path(dir: &Path, name: &str, index: &Path) -> Result<PathBuf> {
     Ok(p)
 }
 
-/// The first non-finite value of `t`, if any: one pass, and no copy for a contiguous f32
-/// tensor on the CPU.
-pub(crate) fn non_finite(t: &Tensor) -> Result<Option<f32>> {
-    let t = t.to_dtype(DType::F32)?;
-    {
-        let (storage, layout) = t.storage_and_layout();
-        if let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) = &*storage {
-            if let Some((a, b)) = layout.contiguous_offsets() {
-                return Ok(v[a..b].iter().find(|x| !x.is_finite()).copied());
-            }
-        }
-    }
-    let v = t.flatten_all()?.to_vec1::<f32>()?;
-    Ok(v.into_iter().find(|x| !x.is_finite()))
-}
-
 fn load_params(dir: &Path, cfg: &ModelConfig, device: &Device) -> Result<Params> {
     let files = weight_files(dir)?;
     // SAFETY: the files are memory-mapped read-only; elastica never writes a checkpoint in
@@ -328,17 +313,4 @@ pub fn save_params(params: &Params, dtype: DType, path: &Path) -> Result<()> {
         tensors.push((name.clone(), var.as_tensor().to_dtype(dtype)?.contiguous()?));
     }
     save_tensors(&tensors, path)
-}
-
-/// Write named tensors as a safetensors file, atomically and durably (util::fsx).
-pub fn save_tensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
-    let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
-    crate::util::fsx::atomic_write_path(path, ".safetensors", |tmp| {
-        safetensors::serialize_to_file(
-            tensors.iter().map(|(n, t)| (n.as_str(), t)),
-            Some(meta),
-            tmp,
-        )
-        .with_context(|| format!("cannot write {}", path.display()))
-    })
 }

@@ -2,6 +2,7 @@
 //! families, with Hugging Face tensor names, checkpoint I/O in the HF layout, the tokenizer
 //! wrapper with its prompt templates (`template`), and generation.
 
+pub mod adapted;
 pub mod checkpoint;
 pub mod config;
 pub mod fused;
@@ -13,6 +14,7 @@ pub mod params;
 pub mod presets;
 pub mod rope;
 pub mod template;
+pub mod tensor_file;
 pub mod tokenizer;
 
 pub use checkpoint::{load_model, save_model, LoadedModel};

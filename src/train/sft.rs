@@ -147,10 +147,10 @@ impl TrainConfig {
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        TrainConfig {
-            lora: LoraConfig::default(),
-            ..TrainConfig::DEFAULT
-        }
+        // DEFAULT, with LoRA's target list (a constant cannot hold it).
+        let mut c = TrainConfig::DEFAULT;
+        c.lora = LoraConfig::default();
+        c
     }
 }
 
@@ -593,7 +593,7 @@ pub struct Prepared {
 
 fn prepare(lm: &LoadedModel, records: &[Record], cfg: &TrainConfig) -> Result<Prepared> {
     cfg.validate()?;
-    crate::model::lora::check_for_training(&lm.model, &cfg.lora)?;
+    crate::model::adapted::check_for_training(&lm.model, &cfg.lora)?;
     let source = format!("config.json in {}", lm.dir.display());
     let start = weights_fingerprint(lm)?;
     prepare_run(

@@ -13,8 +13,8 @@
 
 use super::cells::EvalOutput;
 use super::config::ReboundConfig;
+use super::outputs::Outputs;
 use super::plan::ResolvedModel;
-use super::report::Outputs;
 use crate::experiments::weight_space::Movement;
 use crate::report::stats::{mean_ci95, MeanCi};
 use crate::report::{fmt_ci, LinePlot, RunDir, Series, Table};

@@ -7,6 +7,7 @@
 //! - [`plan`]: config -> checked run directory and grid manifest;
 //! - [`cells`]: the cell kinds `rebound.base`, `rebound.align`, `rebound.perturb`;
 //! - [`report`]: results files, tables, plots and the rebound-strength definition;
+//! - [`outputs`]: the finished evaluations, found by their own fields;
 //! - [`instruments`]: capability kept, coherence, refusal rate, KL by position and weight
 //!   space, aggregated and reported beside the score.
 //!
@@ -16,6 +17,7 @@ pub mod cells;
 pub mod config;
 pub mod data;
 pub mod instruments;
+pub mod outputs;
 pub mod plan;
 pub mod report;
 

@@ -1,0 +1,112 @@
+//! A base model with a LoRA adapter (`model::lora`): loading one for `--model M --adapter
+//! DIR`, preparing one for training, and merging it into a plain checkpoint. Kept apart from
+//! `lora` so that the decoder (which applies an adapter) does not depend on checkpoint I/O.
+
+use super::checkpoint::LoadedModel;
+use super::lora::{Adapter, LoraConfig};
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use std::path::Path;
+
+/// Load `spec` (a model directory or `org/name` in the offline HF cache) with the adapter in
+/// `adapter` on top, if given: what every command's `--model M --adapter DIR` loads.
+pub fn load_model_with(spec: &str, adapter: Option<&Path>, device: &Device) -> Result<LoadedModel> {
+    let lm = super::checkpoint::load_model(spec, device)?;
+    match adapter {
+        None => Ok(lm),
+        Some(dir) => {
+            let adapter = Adapter::load(dir, &lm.model.cfg)?;
+            attach(lm, adapter)
+        }
+    }
+}
+
+/// Refuse to train `model` with `cfg` when the two disagree: LoRA settings without an
+/// adapter on the model (see [`for_training`]), or an adapter whose rank, alpha or targets
+/// differ from the settings.
+pub fn check_for_training(model: &super::Llama, cfg: &LoraConfig) -> Result<()> {
+    match (model.adapter(), cfg.enabled()) {
+        (None, false) => Ok(()),
+        (None, true) => bail!(
+            "LoRA settings (lora rank {}) reached a training loop whose model has no adapter: \
+             LoRA runs through `elastica train --lora-rank` for now (experiment stages train \
+             full models only)",
+            cfg.rank
+        ),
+        (Some(_), false) => bail!(
+            "the model carries a LoRA adapter but the LoRA settings are off; set the \
+             adapter's lora rank (--lora-rank) to train it, or merge it first (elastica merge)"
+        ),
+        (Some(a), true) => {
+            let want = LoraConfig {
+                targets: cfg.resolved_targets()?,
+                ..cfg.clone()
+            };
+            if a.cfg != want {
+                bail!(
+                    "the adapter being continued has r = {}, alpha = {}, rslora = {}, \
+                     targets {:?}, but the run asks for r = {}, alpha = {}, rslora = {}, \
+                     targets {:?}; give the adapter's own settings",
+                    a.cfg.rank,
+                    a.cfg.alpha,
+                    a.cfg.rslora,
+                    a.cfg.targets,
+                    want.rank,
+                    want.alpha,
+                    want.rslora,
+                    want.targets
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Ready `lm` for a run with LoRA settings `cfg`: with LoRA on and no adapter yet, a fresh
+/// one (seeded by `seed`; PEFT's init, so the model starts equal to the base); a model that
+/// already carries an adapter (`--adapter DIR`) continues that adapter, and LoRA settings
+/// left off take the adapter's own. Returns the model and the settings the run records.
+pub fn for_training(
+    lm: LoadedModel,
+    cfg: &LoraConfig,
+    seed: u64,
+    base_model: &str,
+) -> Result<(LoadedModel, LoraConfig)> {
+    cfg.validate()?;
+    if let Some(a) = lm.model.adapter() {
+        let resolved = if cfg.enabled() {
+            cfg.clone()
+        } else {
+            a.cfg.clone()
+        };
+        resolved.validate()?;
+        check_for_training(&lm.model, &resolved)?;
+        return Ok((lm, resolved));
+    }
+    if !cfg.enabled() {
+        return Ok((lm, cfg.clone()));
+    }
+    let adapter = Adapter::init(&lm.model.cfg, cfg, seed, base_model)?;
+    Ok((attach(lm, adapter)?, cfg.clone()))
+}
+
+/// `lm` with `adapter` on its projections.
+pub fn attach(lm: LoadedModel, adapter: Adapter) -> Result<LoadedModel> {
+    Ok(LoadedModel {
+        model: lm.model.with_adapter(adapter)?,
+        tokenizer: lm.tokenizer,
+        dir: lm.dir,
+    })
+}
+
+/// Write `lm`'s base with its adapter merged in as an HF checkpoint in `out` (the base's
+/// dtype unless `dtype` is given), each file atomic and durable.
+pub fn save_merged(lm: &LoadedModel, out: &Path, dtype: Option<&str>) -> Result<()> {
+    let adapter = lm
+        .model
+        .adapter()
+        .context("the model has no adapter to merge")?;
+    let merged = adapter.merged(&lm.model.params)?;
+    let model = super::Llama::new(lm.model.cfg.clone(), merged, lm.model.device())?;
+    super::checkpoint::save_model(&model, &lm.dir, out, dtype)
+}
