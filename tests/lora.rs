@@ -510,3 +510,96 @@ fn lora_settings_on_a_model_without_an_adapter_are_refused_before_training() {
     assert!(e.contains("lora rank 2") && e.contains("no adapter"), "{e}");
     assert!(!out.exists(), "something was written: {e}");
 }
+
+#[test]
+fn compress_decompress_and_rates_take_an_adapter() {
+    // A PEFT-written adapter on the tiny base: compress/decompress round-trip with it, the file
+    // is refused without it (nothing written), and `rates` scores an adapter entry of
+    // --models as the merged model scores.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let base = fixtures().join("models/tiny-llama");
+    let adapter = fixtures().join("lora/peft-llama");
+    let (base_s, adapter_s) = (base.to_str().unwrap(), adapter.to_str().unwrap());
+    let input = d.join("in.txt");
+    std::fs::write(
+        &input,
+        "the cat sat on the mat and the dog ran after it. ".repeat(6),
+    )
+    .unwrap();
+    let (packed, back, never) = (d.join("in.elz"), d.join("back.txt"), d.join("never.txt"));
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let run = |args: &[&str]| common::elastica(args);
+    let (ok, _, err) = run(&[
+        "compress",
+        "--model",
+        base_s,
+        "--adapter",
+        adapter_s,
+        &s(&input),
+        &s(&packed),
+        "--no-baselines",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(&[
+        "decompress",
+        "--model",
+        base_s,
+        "--adapter",
+        adapter_s,
+        &s(&packed),
+        &s(&back),
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        std::fs::read(&back).unwrap(),
+        std::fs::read(&input).unwrap()
+    );
+    let (ok, _, err) = run(&["decompress", "--model", base_s, &s(&packed), &s(&never)]);
+    assert!(
+        !ok && !never.exists(),
+        "the base alone decoded an adapter's file: {err}"
+    );
+
+    let merged = d.join("merged");
+    let (ok, _, err) = run(&[
+        "merge",
+        "--model",
+        base_s,
+        "--adapter",
+        adapter_s,
+        "--out",
+        &s(&merged),
+    ]);
+    assert!(ok, "{err}");
+    let data = d.join("held.jsonl");
+    std::fs::write(
+        &data,
+        "{\"text\": \"the cat sat on the mat\"}\n{\"text\": \"a dog ran in the park\"}\n",
+    )
+    .unwrap();
+    let out = d.join("rates");
+    let models = format!("{base_s},{adapter_s},{}", s(&merged));
+    let held = format!("held={}", s(&data));
+    let (ok, _, err) = run(&[
+        "rates",
+        "--models",
+        &models,
+        "--base",
+        base_s,
+        "--data",
+        &held,
+        "--out",
+        &s(&out),
+    ]);
+    assert!(ok, "{err}");
+    let rows: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("rates.json")).unwrap()).unwrap();
+    let bpt = |i: usize| rows[i]["rate"]["bits_per_token"].as_f64().unwrap();
+    let (b, a, m) = (bpt(0), bpt(1), bpt(2));
+    assert!((a - m).abs() <= 1e-4 * m, "adapter {a} vs merged {m}");
+    assert!(
+        (a - b).abs() > 1e-3 * b,
+        "the adapter did not change the rate: {a} vs {b}"
+    );
+}

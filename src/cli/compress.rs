@@ -12,19 +12,50 @@ use crate::compress::rates_report::{rates_table, write_rates, RateRow};
 use crate::compress::summary::CompressSummary;
 use crate::compress::{compress, decompress, CompressOptions, TokenPredictor};
 use crate::data::source::{load as load_data, DataArgs};
+use crate::model::adapted::load_model_with;
 use crate::report::{default_run_dir, RunDir};
 use crate::util::fsx::{atomic_write, atomic_write_json};
-use anyhow::{Context, Result};
-use std::path::PathBuf;
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
 
-/// Load the model at `model` (a Hugging Face directory or cached hub id) as a next-token
-/// predictor with an incremental (KV-cache) forward.
-pub fn load_predictor(model: &str) -> Result<Box<dyn TokenPredictor>> {
-    let lm = crate::model::load_model(model, &candle_core::Device::Cpu)
+/// Load the model at `model` (a Hugging Face directory or cached hub id), with the LoRA
+/// adapter in `adapter` on top if given, as a next-token predictor with an incremental
+/// (KV-cache) forward.
+pub fn load_predictor(model: &str, adapter: Option<&Path>) -> Result<Box<dyn TokenPredictor>> {
+    let lm = load_model_with(model, adapter, &candle_core::Device::Cpu)
         .with_context(|| format!("cannot load {model} as a compressor"))?;
-    Ok(Box::new(
-        ModelPredictor::new(lm).with_context(|| format!("model {model}"))?,
-    ))
+    let pred = ModelPredictor::new(lm).with_context(|| format!("model {model}"))?;
+    Ok(Box::new(match adapter {
+        Some(a) => pred.with_adapter(a)?,
+        None => pred,
+    }))
+}
+
+/// One entry of `rates --models`: a model, or a LoRA adapter directory (it holds
+/// adapter_config.json) on top of `--base` or, without it, of the base its config names.
+fn model_and_adapter(entry: &str, base: Option<&str>) -> Result<(String, Option<PathBuf>)> {
+    let dir = Path::new(entry);
+    if !dir.join(crate::model::lora::CONFIG_FILE).is_file() {
+        return Ok((entry.to_string(), None));
+    }
+    let base = match base {
+        Some(b) => b.to_string(),
+        None => {
+            let p = dir.join(crate::model::lora::CONFIG_FILE);
+            let cfg: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?,
+            )
+            .with_context(|| format!("{} is not JSON", p.display()))?;
+            match cfg["base_model_name_or_path"].as_str() {
+                Some(b) if !b.is_empty() => b.to_string(),
+                _ => bail!(
+                    "{} names no base_model_name_or_path; give the base model with --base",
+                    p.display()
+                ),
+            }
+        }
+    };
+    Ok((base, Some(dir.to_path_buf())))
 }
 
 #[derive(clap::Args, Debug)]
@@ -32,6 +63,9 @@ pub struct CompressArgs {
     /// Model directory (Hugging Face layout) or hub id in the local cache.
     #[arg(long)]
     pub model: String,
+    /// A LoRA adapter (PEFT's format) on top of --model; decompress needs the same one.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// File to compress (any bytes).
     pub input: PathBuf,
     /// Where to write the compressed file.
@@ -53,6 +87,9 @@ pub struct DecompressArgs {
     /// The model the file was compressed with.
     #[arg(long)]
     pub model: String,
+    /// The LoRA adapter the file was compressed with, if any.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
     /// Compressed file.
     pub input: PathBuf,
     /// Where to write the original bytes.
@@ -61,9 +98,14 @@ pub struct DecompressArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct RatesArgs {
-    /// Checkpoints, in order (the x axis of the plots), comma-separated.
+    /// Checkpoints, in order (the x axis of the plots), comma-separated. An entry may be a
+    /// LoRA adapter directory (PEFT's format), scored on top of --base.
     #[arg(long, value_delimiter = ',', required = true)]
     pub models: Vec<String>,
+    /// The base model under the adapter entries of --models (default: the base each
+    /// adapter_config.json names).
+    #[arg(long)]
+    pub base: Option<String>,
     /// Held-out data sets as NAME=PATH, comma-separated, each read with --schema etc.
     /// (default: JSONL records); or name them in --data-config.
     #[arg(
@@ -89,22 +131,29 @@ pub struct RatesArgs {
 }
 
 pub fn run_compress(args: CompressArgs) -> Result<()> {
-    let mut pred = load_predictor(&args.model)?;
+    let mut pred = load_predictor(&args.model, args.adapter.as_deref())?;
     compress_file(&args, pred.as_mut())
 }
 
 pub fn run_decompress(args: DecompressArgs) -> Result<()> {
-    let mut pred = load_predictor(&args.model)?;
+    let mut pred = load_predictor(&args.model, args.adapter.as_deref())?;
     decompress_file(&args, pred.as_mut())
 }
 
 pub fn run_rates(args: RatesArgs) -> Result<()> {
     // Resolved before any data is read: a CUDA device without the torch build fails here.
     let choice = args.device.choice()?;
+    let base = args.base.as_deref();
     if choice.is_default_cpu() {
-        return rates_with(&args, &mut |m| load_predictor(m));
+        return rates_with(&args, &mut |m| {
+            let (model, adapter) = model_and_adapter(m, base)?;
+            load_predictor(&model, adapter.as_deref())
+        });
     }
     rates_scored(&args, &mut |m| {
+        if model_and_adapter(m, base)?.1.is_some() {
+            bail!("{m} is a LoRA adapter: adapters run on the CPU path only for now; drop --device/--backend or merge it first (elastica merge)");
+        }
         Ok(Box::new(
             crate::compress::rates_backend::BackendRates::load(m, &choice)
                 .with_context(|| format!("cannot load {m} on {}", choice.device))?,
@@ -237,6 +286,7 @@ mod tests {
         std::fs::write(&input, &text).unwrap();
         let args = CompressArgs {
             model: "mock".into(),
+            adapter: None,
             input: input.clone(),
             output: packed.clone(),
             chunk_tokens: Some(100),
@@ -250,6 +300,7 @@ mod tests {
         assert_eq!(json["report"]["chunk_tokens"], 100);
         let dargs = DecompressArgs {
             model: "mock".into(),
+            adapter: None,
             input: packed.clone(),
             output: back.clone(),
         };
@@ -273,7 +324,9 @@ mod tests {
 
     #[test]
     fn the_real_loader_says_what_is_missing() {
-        let err = load_predictor("/nonexistent/some/model").err().unwrap();
+        let err = load_predictor("/nonexistent/some/model", None)
+            .err()
+            .unwrap();
         assert!(format!("{err:#}").contains("some/model"));
     }
 
@@ -291,6 +344,7 @@ mod tests {
         let out = tmp.path().join("out");
         let args = RatesArgs {
             models: vec!["small".into(), "big".into()],
+            base: None,
             data: vec![
                 format!("pre={}", a.display()),
                 format!("neg={}", b.display()),

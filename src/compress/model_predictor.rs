@@ -98,6 +98,26 @@ pub struct ModelPredictor {
 }
 
 impl ModelPredictor {
+    /// With a LoRA adapter applied to the model (`model::adapted::load_model_with`): the
+    /// fingerprint also covers the adapter's files, so a file compressed with one adapter is
+    /// refused by the base alone or by another adapter rather than decoded into garbage.
+    pub fn with_adapter(mut self, dir: &Path) -> Result<Self> {
+        let mut h = Sha256::new();
+        h.update(self.fingerprint);
+        for name in [
+            crate::model::lora::CONFIG_FILE,
+            crate::model::lora::WEIGHTS_FILE,
+        ] {
+            let p = dir.join(name);
+            let bytes =
+                std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?;
+            h.update((bytes.len() as u64).to_le_bytes());
+            h.update(sha256(&bytes));
+        }
+        self.fingerprint = h.finalize().into();
+        Ok(self)
+    }
+
     pub fn new(lm: LoadedModel) -> Result<Self> {
         let fingerprint = model_fingerprint(&lm.dir)?;
         let prefix = special_prefix(&lm.tokenizer)?;
