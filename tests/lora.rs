@@ -595,11 +595,13 @@ fn compress_decompress_and_rates_take_an_adapter() {
     assert!(ok, "{err}");
     let rows: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("rates.json")).unwrap()).unwrap();
-    let bpt = |i: usize| rows[i]["rate"]["bits_per_token"].as_f64().unwrap();
+    let bpt = |i: usize| rows[i]["bits_per_token"].as_f64().unwrap();
     let (b, a, m) = (bpt(0), bpt(1), bpt(2));
-    assert!((a - m).abs() <= 1e-4 * m, "adapter {a} vs merged {m}");
+    // The fixture's adapter is small (PEFT's init plus a little noise): it moves the rate by
+    // about 4e-4 relative, far above the merge's rounding.
+    assert!((a - m).abs() <= 1e-5 * m, "adapter {a} vs merged {m}");
     assert!(
-        (a - b).abs() > 1e-3 * b,
+        (a - b).abs() > 1e-4 * b,
         "the adapter did not change the rate: {a} vs {b}"
     );
 }
