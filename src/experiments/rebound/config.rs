@@ -30,7 +30,9 @@
 //! kl_to_aligned = true
 //! weight_space = true
 //!
-//! [train]           # TrainConfig; paper defaults (PAPER.md §5)
+//! [train]           # TrainConfig; paper defaults (PAPER.md §5); no [train.lora] here
+//! [align]           # experiments::align: method, DPO keys, lora = { rank, alpha } or full
+//! [perturb]         # PerturbSpec: lora (or full), from = "merged" | "adapter"
 //! [generation]      # sampling for the evaluation generations
 //! [scorer]          # a ScorerSpec (see score::registry)
 //! kind = "cost-model"
