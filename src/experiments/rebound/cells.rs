@@ -9,6 +9,11 @@
 //!   (total and by position), and when asked KL to the aligned model by position and the
 //!   weight-space elasticity (`experiments::weight_space`).
 //!
+//! A stage with LoRA settings (`[align] lora`, `[perturb] lora` / `from`) saves an adapter in
+//! PEFT's layout instead of a full model; the cells rebuild the model it sits on (the base, or
+//! the aligned model with its adapter merged in memory) and evaluate with the adapter applied.
+//! The weight-space instrument reads full checkpoints only (the plan turns it off for LoRA).
+//!
 //! Every evaluating cell also gives the samples' coherence, the refusal rate when asked, and
 //! the capability kept (mean NLL of the `capability` input) when the run has one.
 //!
