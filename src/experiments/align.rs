@@ -9,9 +9,11 @@
 //! dpo_beta = 0.1        # default
 //! dpo_loss = "sigmoid"  # or "ipo"
 //! prefer = "safer"      # pku-saferlhf only
+//! lora = { rank = 8, alpha = 16 }  # align with a LoRA adapter (default: full fine-tune)
 //! ```
 
 use crate::data::prefs::Prefer;
+use crate::model::lora::LoraConfig;
 use crate::train::objective::{DpoConfig, DpoLoss, Method};
 use crate::train::TrainConfig;
 use anyhow::{bail, Result};
@@ -27,6 +29,10 @@ pub struct AlignSpec {
     /// PKU-SafeRLHF: which label names the chosen answer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prefer: Option<Prefer>,
+    /// Align with a LoRA adapter (`model::lora`) instead of a full fine-tune: the `[train.lora]`
+    /// keys (`rank`, `alpha`, `targets`, `rslora`). Off (rank 0) by default.
+    #[serde(skip_serializing_if = "LoraConfig::is_off")]
+    pub lora: LoraConfig,
 }
 
 impl Default for AlignSpec {
@@ -37,6 +43,7 @@ impl Default for AlignSpec {
             dpo_beta: d.dpo_beta,
             dpo_loss: d.dpo_loss,
             prefer: None,
+            lora: LoraConfig::default(),
         }
     }
 }
@@ -70,6 +77,15 @@ impl AlignSpec {
         if self.prefer.is_some() && !self.is_dpo() {
             bail!("[align] prefer applies to method = \"dpo\" only");
         }
+        if train.lora.enabled() {
+            bail!(
+                "[train.lora] would apply to both stages; choose LoRA per stage with \
+                 `[align] lora = {{ rank = .., alpha = .. }}` and/or `[perturb] lora = ..`"
+            );
+        }
+        self.lora
+            .validate()
+            .map_err(|e| anyhow::anyhow!("[align] lora: {e}"))?;
         Ok(())
     }
 
@@ -85,6 +101,21 @@ impl AlignSpec {
                     DpoLoss::Ipo => "ipo",
                 }
             ),
+        }
+    }
+
+    /// One line for reports: full fine-tune or LoRA, with its settings.
+    pub fn describe_lora(lora: &LoraConfig) -> String {
+        if lora.enabled() {
+            format!(
+                "LoRA adapter (rank {}, alpha {}{}, targets {})",
+                lora.rank,
+                lora.alpha,
+                if lora.rslora { ", rsLoRA" } else { "" },
+                lora.targets.join(",")
+            )
+        } else {
+            "full fine-tune".into()
         }
     }
 }

@@ -9,6 +9,11 @@
 //!   (total and by position), and when asked KL to the aligned model by position and the
 //!   weight-space elasticity (`experiments::weight_space`).
 //!
+//! A stage with LoRA settings (`[align] lora`, `[perturb] lora` / `from`) saves an adapter in
+//! PEFT's layout instead of a full model; the cells rebuild the model it sits on (the base, or
+//! the aligned model with its adapter merged in memory) and evaluate with the adapter applied.
+//! The weight-space instrument reads full checkpoints only (the plan turns it off for LoRA).
+//!
 //! Every evaluating cell also gives the samples' coherence, the refusal rate when asked, and
 //! the capability kept (mean NLL of the `capability` input) when the run has one.
 //!
@@ -20,6 +25,7 @@
 //! `train_summary.json` and not redone. Evaluation always reads the model back from disk,
 //! so an interrupted and an uninterrupted cell evaluate the same weights.
 
+use super::config::PerturbFrom;
 use crate::data::prefs::PrefRecord;
 use crate::data::records::{read_jsonl, Record};
 use crate::data::template::Template;
@@ -29,8 +35,10 @@ use crate::grid::cell::Kinds;
 use crate::grid::cell::{CellContext, CellKind};
 use crate::grid::manifest::resolve;
 use crate::grid::rundir::Grid;
+use crate::model::adapted;
 use crate::model::checkpoint::load_model;
 use crate::model::generate::GenConfig;
+use crate::model::lora::{self, Adapter};
 use crate::model::{LoadedModel, ModelConfig};
 use crate::report::tensorboard::TrainBoard;
 use crate::score::keywords::KeywordScorer;
@@ -123,6 +131,9 @@ pub struct PerturbParams {
     pub seed: u64,
     /// The `rebound.align` cell this one starts from.
     pub align_cell: String,
+    /// With a LoRA alignment: train from the merged aligned model or continue its adapter.
+    #[serde(default)]
+    pub from: PerturbFrom,
     pub train: TrainConfig,
     /// TensorBoard event directory of this cell's training (the config's `log_dir`/<id>).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -234,7 +245,15 @@ impl CellKind for Align {
             }
             Method::Dpo => StageData::Pairs(first_pairs(&ctx.input("positive")?, p.n_positive)?),
         };
-        let train = train_stage_of(ctx, &ctx.input("base")?, &data, &t, p.log_dir.as_deref())?;
+        let base = ctx.input("base")?;
+        let train = train_stage_of(
+            ctx,
+            &|| load_model(&path_str(&base), &Device::Cpu),
+            &base,
+            &data,
+            &t,
+            p.log_dir.as_deref(),
+        )?;
         Ok(serde_json::to_value(AlignOutput {
             model: p.model,
             n_positive: p.n_positive,
@@ -257,30 +276,62 @@ impl CellKind for Perturb {
     }
     fn run(&self, ctx: &CellContext<'_>) -> Result<serde_json::Value> {
         let p: PerturbParams = ctx.params()?;
-        let aligned = ctx.dep_dir(&p.align_cell).join(MODEL_DIR);
+        let base_dir = ctx.input("base")?;
+        let aligned_dir = ctx.dep_dir(&p.align_cell).join(MODEL_DIR);
+        // The aligned model: a full checkpoint, or the base with the align stage's adapter.
+        let aligned_model = || {
+            stage_model(
+                &|| load_model(&path_str(&base_dir), &Device::Cpu),
+                &aligned_dir,
+            )
+        };
+        // What the perturbation trains (and its adapter, if any, sits on): the aligned model,
+        // its adapter continued (`from = "adapter"`) or merged into the weights.
+        let under = || -> Result<LoadedModel> {
+            match p.from {
+                PerturbFrom::Adapter => aligned_model(),
+                PerturbFrom::Merged => merged(aligned_model()?),
+            }
+        };
         let (model_dir, train) = if p.n_negative == 0 {
-            (aligned, None)
+            (aligned_dir.clone(), None)
         } else {
             let records = first_records(&ctx.input("negative")?, p.n_negative, "n-")?;
-            let t = train_stage(ctx, &aligned, &records, &p.train, p.log_dir.as_deref())?;
+            let data = StageData::Records(records);
+            let t = train_stage_of(
+                ctx,
+                &under,
+                &base_dir,
+                &data,
+                &p.train,
+                p.log_dir.as_deref(),
+            )?;
             (ctx.dir.join(MODEL_DIR), Some(t))
         };
-        let base_dir = ctx.input("base")?;
-        // Read before anything else, while the perturbed weights are surely on disk.
+        // Read before anything else, while the perturbed weights are surely on disk (full
+        // checkpoints only: the plan turns it off for LoRA runs).
         let weight_space = if p.weight_space && p.n_negative > 0 {
-            let aligned = ctx.dep_dir(&p.align_cell).join(MODEL_DIR);
             Some(
-                weight_space::measure(&base_dir, &aligned, &model_dir)
+                weight_space::measure(&base_dir, &aligned_dir, &model_dir)
                     .context("weight-space elasticity")?,
             )
         } else {
             None
         };
-        let lm = load_model(&path_str(&model_dir), &Device::Cpu)?;
+        let lm = if p.n_negative == 0 {
+            aligned_model()?
+        } else if p.from == PerturbFrom::Adapter {
+            // The continued adapter holds alignment and perturbation together, on the base.
+            stage_model(
+                &|| load_model(&path_str(&base_dir), &Device::Cpu),
+                &model_dir,
+            )?
+        } else {
+            stage_model(&|| merged(aligned_model()?), &model_dir)?
+        };
         let base = load_model(&path_str(&base_dir), &Device::Cpu)?;
         let aligned = if p.kl_to_aligned && p.n_negative > 0 {
-            let dir = ctx.dep_dir(&p.align_cell).join(MODEL_DIR);
-            Some(load_model(&path_str(&dir), &Device::Cpu)?)
+            Some(aligned_model()?)
         } else {
             None
         };
@@ -307,31 +358,42 @@ impl CellKind for Perturb {
         if p.keep_model || p.n_negative == 0 {
             return Ok(());
         }
-        // The log, config and tokenizer stay; only the weights go.
-        let w = ctx.dir.join(MODEL_DIR).join("model.safetensors");
-        if w.exists() {
-            std::fs::remove_file(&w).with_context(|| format!("cannot remove {}", w.display()))?;
+        // The log, config and tokenizer stay; only the weights (or the adapter's) go.
+        for name in ["model.safetensors", lora::WEIGHTS_FILE] {
+            let w = ctx.dir.join(MODEL_DIR).join(name);
+            if w.exists() {
+                std::fs::remove_file(&w)
+                    .with_context(|| format!("cannot remove {}", w.display()))?;
+            }
         }
         Ok(())
     }
 }
 
-/// Fine-tune the model in `start` on `records` into `cells/<id>/model`, resuming from a
-/// checkpoint; a finished stage (its summary file exists) is returned as is.
-fn train_stage(
-    ctx: &CellContext<'_>,
-    start: &Path,
-    records: &[Record],
-    cfg: &TrainConfig,
-    log_dir: Option<&str>,
-) -> Result<TrainOutcome> {
-    train_stage_of(
-        ctx,
-        start,
-        &StageData::Records(records.to_vec()),
-        cfg,
-        log_dir,
-    )
+/// The model a training stage wrote in `dir`: a full checkpoint, or an adapter (PEFT's
+/// layout) applied to the model `under` gives.
+fn stage_model(under: &dyn Fn() -> Result<LoadedModel>, dir: &Path) -> Result<LoadedModel> {
+    if !dir.join(lora::CONFIG_FILE).exists() {
+        return load_model(&path_str(dir), &Device::Cpu);
+    }
+    let lm = under()?;
+    let adapter = Adapter::load(dir, &lm.model.cfg)?;
+    adapted::attach(lm, adapter)
+}
+
+/// `lm` with its adapter, if any, merged into the weights in memory (`model::adapted::save_merged`'s
+/// math, without the file).
+fn merged(lm: LoadedModel) -> Result<LoadedModel> {
+    let Some(adapter) = lm.model.adapter() else {
+        return Ok(lm);
+    };
+    let params = adapter.merged(&lm.model.params)?;
+    let model = crate::model::Llama::new(lm.model.cfg.clone(), params, lm.model.device())?;
+    Ok(LoadedModel {
+        model,
+        tokenizer: lm.tokenizer,
+        dir: lm.dir,
+    })
 }
 
 /// What a training stage trains on: SFT records, or DPO pairs (`[align] method = "dpo"`).
@@ -340,23 +402,29 @@ enum StageData {
     Pairs(Vec<PrefRecord>),
 }
 
+/// Fine-tune the model `start` gives (a new LoRA adapter on it when `cfg.lora` is on, or its
+/// own adapter continued) on `data` into `cells/<id>/model`, resuming from a checkpoint; a
+/// finished stage (its summary file exists) is returned as is. `base` names the adapter's
+/// base model in its config.
 fn train_stage_of(
     ctx: &CellContext<'_>,
-    start: &Path,
+    start: &dyn Fn() -> Result<LoadedModel>,
+    base: &Path,
     data: &StageData,
     cfg: &TrainConfig,
     log_dir: Option<&str>,
 ) -> Result<TrainOutcome> {
     let marker = ctx.dir.join(TRAIN_SUMMARY);
     let out = ctx.dir.join(MODEL_DIR);
-    if marker.exists() && out.join("model.safetensors").exists() {
+    let saved = out.join("model.safetensors").exists() || out.join(lora::WEIGHTS_FILE).exists();
+    if marker.exists() && saved {
         let text = std::fs::read_to_string(&marker)
             .with_context(|| format!("cannot read {}", marker.display()))?;
         return serde_json::from_str(&text)
             .with_context(|| format!("{} is not a training summary", marker.display()));
     }
     let t0 = std::time::Instant::now();
-    let lm = load_model(&path_str(start), &Device::Cpu)?;
+    let (lm, _) = adapted::for_training(start()?, &cfg.lora, cfg.seed, &path_str(base))?;
     let mut board = log_dir
         .map(|d| TrainBoard::create(Path::new(d)))
         .transpose()?;

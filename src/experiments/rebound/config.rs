@@ -30,7 +30,9 @@
 //! kl_to_aligned = true
 //! weight_space = true
 //!
-//! [train]           # TrainConfig; paper defaults (PAPER.md §5)
+//! [train]           # TrainConfig; paper defaults (PAPER.md §5); no [train.lora] here
+//! [align]           # experiments::align: method, DPO keys, lora = { rank, alpha } or full
+//! [perturb]         # PerturbSpec: lora (or full), from = "merged" | "adapter"
 //! [generation]      # sampling for the evaluation generations
 //! [scorer]          # a ScorerSpec (see score::registry)
 //! kind = "cost-model"
@@ -48,6 +50,7 @@ use crate::experiments::align::AlignSpec;
 use crate::grid::config::ExecutorSpec;
 use crate::grid::slurm::SlurmConfig;
 use crate::model::generate::GenConfig;
+use crate::model::lora::LoraConfig;
 use crate::score::registry::ScorerSpec;
 use crate::train::TrainConfig;
 use anyhow::{bail, Context, Result};
@@ -251,6 +254,9 @@ pub struct ReboundConfig {
     /// `positive` (see `experiments::align`).
     #[serde(default)]
     pub align: AlignSpec,
+    /// How the perturb stage fine-tunes: full or LoRA, and from which model.
+    #[serde(default)]
+    pub perturb: PerturbSpec,
     pub eval: EvalConfig,
     #[serde(default)]
     pub generation: GenerationConfig,
@@ -287,6 +293,62 @@ pub struct ReboundConfig {
     pub threads: usize,
 }
 
+/// Where a perturbation starts when alignment trained a LoRA adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PerturbFrom {
+    /// The aligned model with its adapter merged into the weights; the perturbation trains a
+    /// new adapter (`[perturb] lora`) or the whole model. Asks: how fast does an aligned
+    /// model, however it was aligned, rebound?
+    #[default]
+    Merged,
+    /// Continue training the align stage's own adapter (the base stays frozen throughout).
+    /// Asks: how fast does the alignment an adapter holds come undone inside that adapter?
+    Adapter,
+}
+
+/// The `[perturb]` table.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PerturbSpec {
+    /// Perturb with a LoRA adapter (`rank`, `alpha`, `targets`, `rslora`); off = full.
+    #[serde(skip_serializing_if = "LoraConfig::is_off")]
+    pub lora: LoraConfig,
+    /// With a LoRA alignment: start from the merged model or continue its adapter.
+    pub from: PerturbFrom,
+}
+
+impl PerturbSpec {
+    fn check(&self, align: &AlignSpec) -> Result<()> {
+        self.lora
+            .validate()
+            .map_err(|e| anyhow::anyhow!("[perturb] lora: {e}"))?;
+        if self.from == PerturbFrom::Adapter {
+            if !align.lora.enabled() {
+                bail!(
+                    "[perturb] from = \"adapter\" continues the align stage's adapter, but \
+                     [align] has no lora; set [align] lora or from = \"merged\""
+                );
+            }
+            if self.lora.enabled() && self.lora != align.lora {
+                bail!(
+                    "[perturb] from = \"adapter\" continues the align stage's adapter, so \
+                     [perturb] lora must be left out or equal [align] lora"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The LoRA settings the perturb stage trains with.
+    pub fn stage_lora(&self, align: &AlignSpec) -> LoraConfig {
+        match self.from {
+            PerturbFrom::Adapter => align.lora.clone(),
+            PerturbFrom::Merged => self.lora.clone(),
+        }
+    }
+}
+
 fn default_x_label() -> String {
     "parameters".to_string()
 }
@@ -307,6 +369,11 @@ fn default_kl_epsilon() -> f64 {
 }
 
 impl ReboundConfig {
+    /// Whether either stage trains a LoRA adapter (the weight-space instrument is then off).
+    pub fn uses_lora(&self) -> bool {
+        self.align.lora.enabled() || self.perturb.stage_lora(&self.align).enabled()
+    }
+
     /// Parse a config file; errors name the file and the offending key.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
@@ -370,6 +437,7 @@ impl ReboundConfig {
             }
         }
         self.align.check(&self.train)?;
+        self.perturb.check(&self.align)?;
         check_counts("n_positive", &mut self.n_positive)?;
         if self.n_positive[0] == 0 {
             bail!("n_positive must be at least 1 (alignment needs positive samples)");

@@ -280,6 +280,7 @@ fn cells(
                         // The align stage's objective; the perturbation stays SFT.
                         train: TrainConfig {
                             dpo: cfg.align.dpo_config(),
+                            lora: cfg.align.lora.clone(),
                             ..train.clone()
                         },
                         log_dir: log_dir(&align)?,
@@ -303,13 +304,21 @@ fn cells(
                             n_negative: n_neg,
                             seed,
                             align_cell: align.clone(),
-                            train: train.clone(),
+                            train: TrainConfig {
+                                lora: cfg.perturb.stage_lora(&cfg.align),
+                                ..train.clone()
+                            },
+                            from: cfg.perturb.from,
                             // n- = 0 trains nothing.
                             log_dir: if n_neg > 0 { log_dir(&id)? } else { None },
                             eval: eval(seed),
                             keep_model: cfg.keep_models,
                             kl_to_aligned: n_neg > 0 && cfg.measures.kl_to_aligned,
-                            weight_space: n_neg > 0 && cfg.measures.weight_space,
+                            // Weight space compares full checkpoints; off for LoRA runs
+                            // (the report says so).
+                            weight_space: n_neg > 0
+                                && cfg.measures.weight_space
+                                && !cfg.uses_lora(),
                         })?,
                     });
                 }

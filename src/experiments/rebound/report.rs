@@ -708,6 +708,22 @@ fn setup_section(cfg: &ReboundConfig, a: &Analysis, data: Option<&FrozenData>) -
         a.scorer.as_deref().unwrap_or("?"),
     );
     s += &format!("- alignment: {}\n", cfg.align.describe());
+    s += &format!(
+        "- align stage: {}; perturb stage: {}{}\n",
+        crate::experiments::align::AlignSpec::describe_lora(&cfg.align.lora),
+        crate::experiments::align::AlignSpec::describe_lora(&cfg.perturb.stage_lora(&cfg.align)),
+        match (cfg.align.lora.enabled(), cfg.perturb.from) {
+            (false, _) => "",
+            (true, super::config::PerturbFrom::Merged) => {
+                ", starting from the aligned model with its adapter merged"
+            }
+            (true, super::config::PerturbFrom::Adapter) => ", continuing the align stage's adapter",
+        }
+    );
+    if cfg.uses_lora() && cfg.measures.weight_space {
+        s += "- weight-space elasticity: not measured (it compares full checkpoints; a stage \
+              trained a LoRA adapter)\n";
+    }
     if let Some(d) = data {
         for src in &d.sources {
             s += &format!("- {src}\n");

@@ -303,6 +303,12 @@ impl ResistConfig {
             bail!("seed {} is listed twice in seeds", w[0]);
         }
         self.train.validate().context("in [train]")?;
+        if self.train.lora.enabled() {
+            bail!(
+                "[train.lora]: resist trains full models only (LoRA stages exist in `rebound`); \
+                 merge the adapter (elastica merge) and give the merged model"
+            );
+        }
         self.pair_train().validate().context("in [pair_train]")?;
         let g = &self.generate;
         if g.max_new_tokens == 0 || g.batch_size == 0 {
@@ -394,6 +400,12 @@ mod tests {
         // Round trip through the saved config.toml.
         let back: ResistConfig = toml::from_str(&c.to_toml().unwrap()).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn lora_is_refused_with_a_pointer() {
+        let e = parse("[train.lora]\nrank = 4\n").unwrap_err().to_string();
+        assert!(e.contains("resist trains full models only"), "{e}");
     }
 
     #[test]
