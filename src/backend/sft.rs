@@ -12,7 +12,7 @@ use crate::train::batch::{collate, loss_tokens, Batch, Example};
 use crate::train::optim::AdamWConfig;
 use crate::train::schedule::{lr_at, warmup_steps};
 use crate::train::sft::{
-    prepare_run, read_log, remove_checkpoints, resume_point_of, step_indices,
+    prepare_run, read_log, remove_checkpoints, resume_point_of, step_indices, summarize,
     write_checkpoint_with, Prepared, ResumePoint, RunSettings, StepLog, TrainSummary,
     FINISHED_SETTINGS,
 };
@@ -182,28 +182,6 @@ pub fn train(
         resumed_from,
         log,
     ))
-}
-
-fn summarize(
-    steps: usize,
-    records: usize,
-    truncated: usize,
-    resumed_from: Option<usize>,
-    log: Vec<StepLog>,
-) -> TrainSummary {
-    let mean_loss = if log.is_empty() {
-        0.0
-    } else {
-        log.iter().map(|l| l.loss).sum::<f64>() / log.len() as f64
-    };
-    TrainSummary {
-        steps,
-        records,
-        truncated,
-        mean_loss,
-        resumed_from,
-        log,
-    }
 }
 
 fn read_state(dir: &Path) -> Result<serde_json::Value> {

@@ -23,9 +23,9 @@ use super::objective::{DpoConfig, DpoLoss, Method};
 use super::optim::{AdamW, AdamWConfig, Grads};
 use super::schedule::{lr_at, warmup_steps};
 use super::sft::{
-    data_fingerprint, load_final, remove_checkpoints, restore, resume_point_of, step_indices,
-    sync_file, weights_fingerprint, write_checkpoint, ResumePoint, RunSettings, StepHook, StepLog,
-    TrainConfig, TrainSummary, FINISHED_SETTINGS,
+    append_log, data_fingerprint, load_final, remove_checkpoints, restore, resume_point_of,
+    step_indices, sync_file, weights_fingerprint, write_checkpoint, ResumePoint, RunSettings,
+    StepHook, StepLog, TrainConfig, TrainSummary, FINISHED_SETTINGS,
 };
 use crate::data::prefs::PrefRecord;
 use crate::data::records::Record;
@@ -561,18 +561,6 @@ fn rewrite_log<T: Serialize>(path: &Path, log: &[T]) -> Result<()> {
         }
         Ok(())
     })
-}
-
-fn append_log<T: Serialize>(path: &Path, entry: &T) -> Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)
-        .with_context(|| format!("cannot append to {}", path.display()))?;
-    let mut line = serde_json::to_string(entry)?;
-    line.push('\n');
-    f.write_all(line.as_bytes())?;
-    Ok(())
 }
 
 #[cfg(test)]

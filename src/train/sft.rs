@@ -558,7 +558,8 @@ pub(crate) fn save_trained(lm: &LoadedModel, out: &Path, save_dtype: &str) -> Re
 /// The resolved settings of a finished run, written after its final model.
 pub const FINISHED_SETTINGS: &str = "train_config.toml";
 
-fn summarize(
+/// The summary of a run from its step log (mean loss over the logged steps; 0 without any).
+pub(crate) fn summarize(
     steps: usize,
     records: usize,
     truncated: usize,
@@ -1046,7 +1047,8 @@ pub(crate) fn sync_file(path: &Path) -> Result<()> {
         .with_context(|| format!("cannot sync {}", path.display()))
 }
 
-fn append_log(path: &Path, entry: &StepLog) -> Result<()> {
+/// Append one JSON line to a run's `train_log.jsonl`.
+pub(crate) fn append_log<T: Serialize>(path: &Path, entry: &T) -> Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
