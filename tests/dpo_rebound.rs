@@ -3,8 +3,9 @@
 //! per-step rewards), the perturbation by SFT, and the report says which method aligned.
 //! Also: examples/rebound-dpo.toml parses, and DPO set under [train] is refused.
 
+mod common;
+
 use std::path::Path;
-use std::process::Command;
 
 fn tiny_llama() -> String {
     format!(
@@ -74,28 +75,13 @@ kind = "keywords"
     p
 }
 
-fn rebound(cfg: &Path, out: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_elastica"))
-        .args([
-            "rebound",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .env("RAYON_NUM_THREADS", "1")
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn rebound_aligns_by_dpo_and_the_report_says_so() {
     let tmp = tempfile::tempdir().unwrap();
     write_data(tmp.path());
     let out = tmp.path().join("run");
-    let r = rebound(&config(tmp.path(), ""), &out);
-    let err = String::from_utf8_lossy(&r.stderr);
-    assert!(r.status.success(), "{err}");
+    let (ok, _, err) = common::rebound(&config(tmp.path(), ""), &out);
+    assert!(ok, "{err}");
     assert!(!err.contains("panicked"), "{err}");
     // The frozen positive file holds the pairs.
     let frozen = std::fs::read_to_string(out.join("data/positive.jsonl")).unwrap();
@@ -129,12 +115,8 @@ fn dpo_under_train_is_refused_and_the_example_parses() {
     let tmp = tempfile::tempdir().unwrap();
     write_data(tmp.path());
     let cfg = config(tmp.path(), "[train.dpo]\nmethod = \"dpo\"");
-    let r = rebound(&cfg, &tmp.path().join("run"));
-    let err = String::from_utf8_lossy(&r.stderr);
-    assert!(
-        !r.status.success() && err.contains("under [align]"),
-        "{err}"
-    );
+    let (ok, _, err) = common::rebound(&cfg, &tmp.path().join("run"));
+    assert!(!ok && err.contains("under [align]"), "{err}");
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/examples/rebound-dpo.toml"

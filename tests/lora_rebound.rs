@@ -4,8 +4,9 @@
 //! (`from = "adapter"`). The cells save adapters (not full models), the evaluation scores the
 //! model with its adapter, and the report names the settings. Bad layouts are refused.
 
+mod common;
+
 use std::path::Path;
-use std::process::Command;
 
 fn tiny_llama() -> String {
     format!(
@@ -73,20 +74,6 @@ kind = "keywords"
     p
 }
 
-fn rebound(cfg: &Path, out: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_elastica"))
-        .args([
-            "rebound",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .env("RAYON_NUM_THREADS", "1")
-        .output()
-        .unwrap()
-}
-
 fn result(out: &Path, id: &str) -> serde_json::Value {
     let p = out.join("cells").join(id).join("result.json");
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
@@ -97,9 +84,8 @@ fn run_lora_grid(stages: &str) -> (tempfile::TempDir, String) {
     let tmp = tempfile::tempdir().unwrap();
     write_data(tmp.path());
     let out = tmp.path().join("run");
-    let r = rebound(&config(tmp.path(), stages, ""), &out);
-    let err = String::from_utf8_lossy(&r.stderr);
-    assert!(r.status.success(), "{err}");
+    let (ok, _, err) = common::rebound(&config(tmp.path(), stages, ""), &out);
+    assert!(ok, "{err}");
     assert!(!err.contains("panicked"), "{err}");
     for cell in ["align.p4.s1", "perturb.p4.n4.s1"] {
         let model = out.join("cells").join(cell).join("model");
@@ -197,9 +183,8 @@ fn bad_lora_layouts_are_refused_before_anything_runs() {
         ("[perturb]\nfrom = \"both\"", "", "from"),
     ] {
         let out = tmp.path().join("run");
-        let r = rebound(&config(tmp.path(), stages, extra), &out);
-        let err = String::from_utf8_lossy(&r.stderr);
-        assert!(!r.status.success() && err.contains(want), "{stages}: {err}");
+        let (ok, _, err) = common::rebound(&config(tmp.path(), stages, extra), &out);
+        assert!(!ok && err.contains(want), "{stages}: {err}");
         assert!(!out.join("cells").exists(), "{stages}: cells ran");
     }
 }

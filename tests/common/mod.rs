@@ -121,3 +121,12 @@ pub fn elastica_env(args: &[&str], env: &[(&str, &str)]) -> (bool, String, Strin
 pub fn elastica(args: &[&str]) -> (bool, String, String) {
     elastica_env(args, &[])
 }
+
+/// `elastica rebound --config CFG --out OUT` on one rayon thread (the rebound tests' runs).
+pub fn rebound(cfg: &Path, out: &Path) -> (bool, String, String) {
+    let (cfg, out) = (cfg.to_str().unwrap(), out.to_str().unwrap());
+    elastica_env(
+        &["rebound", "--config", cfg, "--out", out],
+        &[("RAYON_NUM_THREADS", "1")],
+    )
+}
