@@ -298,32 +298,90 @@ fn ratio(a: f64, b: Option<f64>) -> String {
     }
 }
 
+/// The figures of `--torch` (the JSON line scripts/bench_torch.py prints), if given.
+fn read_torch(path: Option<&std::path::Path>) -> Result<Option<serde_json::Value>> {
+    let Some(p) = path else { return Ok(None) };
+    let text = std::fs::read_to_string(p)
+        .with_context(|| format!("cannot read the PyTorch results {}", p.display()))?;
+    let v = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not the JSON line scripts/bench_torch.py prints",
+            p.display()
+        )
+    })?;
+    Ok(Some(v))
+}
+
+/// The first three fields of /proc/loadavg ("" where unavailable): how loaded the machine
+/// was, printed beside the figures it disturbs.
+fn load_average() -> String {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    load.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A batch of random tokens whose targets are the tokens themselves, every one counted.
+fn random_batch(a: &BenchArgs, rng: &mut impl Rng) -> Result<Batch> {
+    let ids = random_ids(a.batch, a.seq, a.vocab, rng);
+    let targets: Vec<i64> = ids.iter().map(|&x| x as i64).collect();
+    let tokens = a.batch * a.seq;
+    Ok(Batch {
+        ids: Tensor::from_vec(ids, (a.batch, a.seq), &Device::Cpu)?,
+        targets: Tensor::from_vec(targets, (a.batch, a.seq), &Device::Cpu)?,
+        n_targets: tokens,
+        n_tokens: tokens,
+    })
+}
+
+/// The AdamW every timed step uses (PyTorch's side uses the same betas and eps).
+fn bench_adamw() -> AdamW {
+    AdamW::new(AdamWConfig {
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.0,
+    })
+}
+
+/// One `elastica bench` run on the CPU: the model every table times, the PyTorch figures it
+/// compares with, and the JSON every table adds to.
+struct Session<'a> {
+    a: &'a BenchArgs,
+    cfg: ModelConfig,
+    model: Llama,
+    n_params: usize,
+    torch: Option<serde_json::Value>,
+    rng: rand_chacha::ChaCha8Rng,
+    out: serde_json::Value,
+}
+
+impl Session<'_> {
+    /// The best PyTorch figure under `keys` (e.g. its eager and sdpa runs), if given.
+    fn torch(&self, keys: &[&str]) -> Option<f64> {
+        let t = self.torch.as_ref()?;
+        keys.iter()
+            .filter_map(|k| t.get(*k)?.as_f64())
+            .reduce(f64::max)
+    }
+
+    /// Model FLOPs utilisation of a training step at `tok_s` over `peak` GFLOP/s. Training
+    /// FLOPs per token: 6N for the weights, plus the attention matmuls (QK^T and AV: 4 x seq
+    /// x hidden per layer forward, counted in full as PyTorch's eager path computes them; x3
+    /// for forward + backward).
+    fn mfu(&self, tok_s: f64, peak: f64) -> f64 {
+        let attn_flops_per_tok = 12.0 * (self.a.layers * self.a.seq * self.a.hidden) as f64;
+        (6.0 * self.n_params as f64 + attn_flops_per_tok) * tok_s / (peak * 1e9)
+    }
+}
+
 pub fn run(a: BenchArgs) -> Result<()> {
     crate::util::threads::set_threads(a.threads);
     if !a.device.choice()?.is_default_cpu() {
         return on_backend(&a, bench_config(&a)?);
     }
-    let torch: Option<serde_json::Value> = match &a.torch {
-        Some(p) => Some(
-            serde_json::from_str(
-                &std::fs::read_to_string(p)
-                    .with_context(|| format!("cannot read the PyTorch results {}", p.display()))?,
-            )
-            .with_context(|| {
-                format!(
-                    "{} is not the JSON line scripts/bench_torch.py prints",
-                    p.display()
-                )
-            })?,
-        ),
-        None => None,
-    };
-    let tf = |keys: &[&str]| -> Option<f64> {
-        let t = torch.as_ref()?;
-        keys.iter()
-            .filter_map(|k| t.get(*k)?.as_f64())
-            .reduce(f64::max)
-    };
+    let torch = read_torch(a.torch.as_deref())?;
     let cfg = bench_config(&a)?;
     let dev = Device::Cpu;
     let params = init_params(&cfg, 0, &dev)?;
@@ -332,24 +390,18 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     let n_params = params.num_elements();
     let model = Llama::new(cfg.clone(), params, &dev)?;
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load: String = load
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ");
+    let load = load_average();
     if let Some(p) = a.peak_gflops {
         anyhow::ensure!(
             p.is_finite() && p > 0.0,
             "--peak-gflops must be a positive number of GFLOP/s, got {p}"
         );
     }
-    let mut peak = match a.peak_gflops {
+    let peak = match a.peak_gflops {
         Some(p) => p,
         None => sgemm_peak(&a)?,
     };
-    let mut out = serde_json::json!({
+    let out = serde_json::json!({
         "impl": "elastica", "threads": rayon::current_num_threads(), "params": n_params,
         "layers": a.layers, "hidden": a.hidden, "seq": a.seq, "batch": a.batch,
         "sgemm_gflops_1024x256x688": sgemm_gflops(1024, 256, 688)?,
@@ -362,202 +414,229 @@ pub fn run(a: BenchArgs) -> Result<()> {
         a.layers, a.hidden, a.heads, a.ff, a.vocab, a.seq, a.batch, rayon::current_num_threads(),
         fused::blas::status()
     );
-    // Training FLOPs per token: 6N for the weights, plus the attention matmuls (QK^T and AV:
-    // 4 * seq * hidden per layer forward, counted in full as PyTorch's eager path computes
-    // them; x3 for forward + backward).
-    let attn_flops_per_tok = 12.0 * (a.layers * a.seq * a.hidden) as f64;
-    let tok_per_step = a.batch * a.seq;
-    // Over the best sgemm rate seen (measured at the start and again after the training
-    // table), so a disturbed measurement of the peak cannot inflate the MFU.
-    let mfu =
-        |tps: f64, peak: f64| (6.0 * n_params as f64 + attn_flops_per_tok) * tps / (peak * 1e9);
+    let mut s = Session {
+        a: &a,
+        cfg,
+        model,
+        n_params,
+        torch,
+        rng: rand_chacha::ChaCha8Rng::seed_from_u64(0),
+        out,
+    };
     if matches!(a.what, BenchWhat::All | BenchWhat::Train) {
-        let torch_train = tf(&["train_tok_s_eager", "train_tok_s_sdpa"]);
-        println!("## Training step (forward + backward + AdamW), tok/s\n");
-        println!("| optimisation | tok/s | CPU s/step | wall s/step | vs reference | vs PyTorch | MFU | peak RSS MB |");
-        println!("|---|---|---|---|---|---|---|---|");
-        let mut rows = Vec::new();
-        let steps = if a.table {
-            kernel_steps()
-        } else {
-            // Only the kernels switched on now (ELASTICA_KERNELS, default all).
-            let on: Vec<Kernel> = Kernel::ALL
-                .into_iter()
-                .filter(|&k| fused::enabled(k))
-                .collect();
-            vec![(format!("{} kernels on", on.len()), on)]
-        };
-        // Rows whose estimated memory does not fit what the machine has free are skipped
-        // (the weights are already allocated, so MemAvailable is what the step may add).
-        let avail = match a.mem_available {
-            Some(gb) => Some(gb * 1e9),
-            None => crate::util::sysmem::available_bytes().map(|b| b as f64),
-        };
-        let (steps, skipped): (Vec<_>, Vec<_>) = steps.into_iter().partition(|(_, on)| {
-            avail.is_none_or(|av| step_memory_bytes(&cfg, n_params, a.batch, a.seq, on) <= 0.9 * av)
-        });
-        let configs: Vec<Vec<Kernel>> = steps.iter().map(|s| s.1.clone()).collect();
-        // One optimizer for every row: the rows step the same weights, and one AdamW state
-        // per row would multiply its 8 bytes per parameter by the number of rows.
-        let mut opt = AdamW::new(AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        });
-        let ms = interleaved(&configs, a.rounds, a.warmup, a.steps, tok_per_step, |_| {
-            let ids = random_ids(a.batch, a.seq, a.vocab, &mut rng);
-            let targets: Vec<i64> = ids.iter().map(|&x| x as i64).collect();
-            let batch = Batch {
-                ids: Tensor::from_vec(ids, (a.batch, a.seq), &dev)?,
-                targets: Tensor::from_vec(targets, (a.batch, a.seq), &dev)?,
-                n_targets: tok_per_step,
-                n_tokens: tok_per_step,
-            };
-            optimizer_step(&model, &[batch], &mut opt, 1e-4, 1.0)?;
-            Ok(())
-        })?;
-        if a.peak_gflops.is_none() && !configs.is_empty() {
-            peak = peak.max(sgemm_peak(&a)?);
-        }
-        let base = ms.first().map(|m| m.tok_s);
-        for ((label, _), m) in steps.iter().zip(&ms) {
-            println!(
-                "| {label} | {:.0} | {:.3} | {:.3} | {} | {} | {:.3} | {:.0} |",
-                m.tok_s,
-                m.cpu_s_per_step,
-                m.wall_s_per_step,
-                ratio(m.tok_s, base),
-                ratio(m.tok_s, torch_train),
-                mfu(m.tok_s, peak),
-                m.rss_mb
-            );
-            rows.push(serde_json::json!({"optimisation": label, "tok_s": m.tok_s,
-                "cpu_s_per_step": m.cpu_s_per_step, "mfu": mfu(m.tok_s, peak), "peak_rss_mb": m.rss_mb}));
-            out["train_tok_s"] = m.tok_s.into();
-            out["train_mfu"] = mfu(m.tok_s, peak).into();
-            out["train_peak_rss_mb"] = m.rss_mb.into();
-        }
-        for (label, on) in &skipped {
-            let need = step_memory_bytes(&cfg, n_params, a.batch, a.seq, on);
-            let have = avail.unwrap_or(0.0);
-            println!(
-                "| {label} | skipped: needs about {} beyond the weights (estimate), {} \
-                 available | | | | | | |",
-                gb(need),
-                gb(have)
-            );
-            rows.push(serde_json::json!({"optimisation": label, "skipped": true,
-                "estimated_bytes": need, "available_bytes": have}));
-        }
-        if !skipped.is_empty() {
-            eprintln!(
-                "warning: {} row(s) skipped because their estimated memory exceeds 90% of the \
-                 available memory (MemAvailable or --mem-available); a smaller --batch, --seq \
-                 or --vocab fits",
-                skipped.len()
-            );
-        }
-        let source = match a.peak_gflops {
-            Some(_) => "stated with --peak-gflops".to_string(),
-            None => format!(
-                "measured: best of {PEAK_REPS} runs of 2048^3 and of the step's own product \
-                 shapes, before and after the table"
-            ),
-        };
-        println!("\nMFU = (6 x params + attention) FLOPs x tok/s over a peak of {peak:.1} GFLOP/s ({source}).");
-        out["peak_gflops"] = peak.into();
-        out["peak_source"] = source.into();
-        if ms.iter().any(|m| mfu(m.tok_s, peak) > 1.0) {
-            println!(
-                "warning: an MFU above 1 means the peak of {peak:.1} GFLOP/s is not this \
-                 machine's peak (the peak measurement was disturbed by other load, or the \
-                 step used a faster product); rerun on an idle machine or pass --peak-gflops"
-            );
-        }
-        out["train_table"] = rows.into();
-        if let Some(t) = torch_train {
-            println!(
-                "\nPyTorch (best of eager / sdpa): {t:.0} tok/s, MFU {:.3} over the same peak; peak RSS {} MB",
-                mfu(t, peak),
-                tf(&["peak_rss_mb"]).map_or("-".into(), |r| format!("{r:.0}"))
-            );
-        }
-        println!();
+        train_table(&mut s, peak)?;
     }
     if matches!(a.what, BenchWhat::All | BenchWhat::Forward) {
-        println!("## Forward-only scoring (no grad), tok/s\n");
-        println!(
-            "| path | tok/s | CPU s/batch | vs reference | vs PyTorch |\n|---|---|---|---|---|"
-        );
-        let ids = Tensor::from_vec(
-            random_ids(a.batch, a.seq, a.vocab, &mut rng),
-            (a.batch, a.seq),
-            &dev,
-        )?;
-        let torch_fwd = tf(&["forward_tok_s_eager", "forward_tok_s_sdpa"]);
-        let configs = [vec![], Kernel::ALL.to_vec()];
-        let ms = interleaved(&configs, a.rounds, 1, a.steps, tok_per_step, |_| {
-            let _ = crate::train::backprop::scoring_logits(&model, &ids)?;
-            Ok(())
-        })?;
-        for (label, m) in ["reference", "fused"].iter().zip(&ms) {
-            println!(
-                "| {label} | {:.0} | {:.3} | {} | {} |",
-                m.tok_s,
-                m.cpu_s_per_step,
-                ratio(m.tok_s, Some(ms[0].tok_s)),
-                ratio(m.tok_s, torch_fwd)
-            );
-            out[format!("forward_tok_s_{label}")] = m.tok_s.into();
-            out["forward_tok_s"] = m.tok_s.into();
-        }
-        println!();
+        forward_table(&mut s)?;
     }
     if matches!(a.what, BenchWhat::All | BenchWhat::Generate) {
-        println!("## Greedy generation with KV cache (16-token prompts, 64 new tokens), tok/s\n");
-        println!(
-            "| batch | path | tok/s | vs reference | vs PyTorch generate |\n|---|---|---|---|---|"
-        );
-        for b in [1usize, 16] {
-            let prompts: Vec<Vec<u32>> = (0..b)
-                .map(|_| random_ids(1, 16, a.vocab, &mut rng))
-                .collect();
-            let g = GenConfig {
-                max_new_tokens: 64,
-                batch_size: b,
-                ..Default::default()
-            };
-            let torch_gen = tf(&[&format!("generate_tok_s_b{b}")]);
-            let configs = [vec![], Kernel::ALL.to_vec()];
-            let mut n = 0;
-            let ms = interleaved(&configs, a.rounds, 1, 1, b * 64, |_| {
-                let outs = generate(&model, &prompts, &[], 0, &g, |_| {})?;
-                n = outs.iter().map(|o| o.len()).sum();
-                Ok(())
-            })?;
-            anyhow::ensure!(n == b * 64, "generation stopped early ({n} tokens)");
-            for (label, m) in ["reference", "fused"].iter().zip(&ms) {
-                println!(
-                    "| {b} | {label} | {:.0} | {} | {} |",
-                    m.tok_s,
-                    ratio(m.tok_s, Some(ms[0].tok_s)),
-                    ratio(m.tok_s, torch_gen)
-                );
-                out[format!("generate_b{b}_tok_s_{label}")] = m.tok_s.into();
-                out[format!("generate_b{b}_tok_s")] = m.tok_s.into();
-            }
-        }
-        println!();
+        generate_table(&mut s)?;
     }
     if matches!(a.what, BenchWhat::All | BenchWhat::Sgemm) {
-        out["sgemm_table"] = sgemm_table(&a)?.into();
+        s.out["sgemm_table"] = sgemm_table(&a)?.into();
     }
     fused::set_enabled(&Kernel::ALL);
-    out["peak_rss_mb"] = peak_rss_mb().into();
+    s.out["peak_rss_mb"] = peak_rss_mb().into();
     if let Some(p) = &a.json {
-        crate::util::fsx::atomic_write_json(p, &out)?;
+        crate::util::fsx::atomic_write_json(p, &s.out)?;
     }
+    Ok(())
+}
+
+/// The training table's rows: one per optimisation (`--table`), else one row with the
+/// kernels switched on now (ELASTICA_KERNELS, default all).
+fn train_rows(a: &BenchArgs) -> Vec<(String, Vec<Kernel>)> {
+    if a.table {
+        return kernel_steps();
+    }
+    let on: Vec<Kernel> = Kernel::ALL
+        .into_iter()
+        .filter(|&k| fused::enabled(k))
+        .collect();
+    vec![(format!("{} kernels on", on.len()), on)]
+}
+
+/// The training table (forward + backward + AdamW per row). Its MFU divides by the best
+/// sgemm rate seen, `peak` or a rate measured again after the table, so a disturbed first
+/// measurement of the peak cannot inflate it.
+fn train_table(s: &mut Session, mut peak: f64) -> Result<()> {
+    let a = s.a;
+    println!("## Training step (forward + backward + AdamW), tok/s\n");
+    println!("| optimisation | tok/s | CPU s/step | wall s/step | vs reference | vs PyTorch | MFU | peak RSS MB |");
+    println!("|---|---|---|---|---|---|---|---|");
+    // Rows whose estimated memory does not fit what the machine has free are skipped
+    // (the weights are already allocated, so MemAvailable is what the step may add).
+    let avail = match a.mem_available {
+        Some(gb) => Some(gb * 1e9),
+        None => crate::util::sysmem::available_bytes().map(|b| b as f64),
+    };
+    let need = |on: &[Kernel]| step_memory_bytes(&s.cfg, s.n_params, a.batch, a.seq, on);
+    let (rows, skipped): (Vec<_>, Vec<_>) = train_rows(a)
+        .into_iter()
+        .partition(|(_, on)| avail.is_none_or(|av| need(on) <= 0.9 * av));
+    let configs: Vec<Vec<Kernel>> = rows.iter().map(|r| r.1.clone()).collect();
+    // One optimizer for every row: the rows step the same weights, and one AdamW state
+    // per row would multiply its 8 bytes per parameter by the number of rows.
+    let mut opt = bench_adamw();
+    let (model, rng) = (&s.model, &mut s.rng);
+    let ms = interleaved(
+        &configs,
+        a.rounds,
+        a.warmup,
+        a.steps,
+        a.batch * a.seq,
+        |_| {
+            optimizer_step(model, &[random_batch(a, rng)?], &mut opt, 1e-4, 1.0)?;
+            Ok(())
+        },
+    )?;
+    if a.peak_gflops.is_none() && !configs.is_empty() {
+        peak = peak.max(sgemm_peak(a)?);
+    }
+    let mut json = Vec::new();
+    let base = ms.first().map(|m| m.tok_s);
+    let torch_train = s.torch(&["train_tok_s_eager", "train_tok_s_sdpa"]);
+    for ((label, _), m) in rows.iter().zip(&ms) {
+        let mfu = s.mfu(m.tok_s, peak);
+        println!(
+            "| {label} | {:.0} | {:.3} | {:.3} | {} | {} | {mfu:.3} | {:.0} |",
+            m.tok_s,
+            m.cpu_s_per_step,
+            m.wall_s_per_step,
+            ratio(m.tok_s, base),
+            ratio(m.tok_s, torch_train),
+            m.rss_mb
+        );
+        json.push(serde_json::json!({"optimisation": label, "tok_s": m.tok_s,
+            "cpu_s_per_step": m.cpu_s_per_step, "mfu": mfu, "peak_rss_mb": m.rss_mb}));
+        s.out["train_tok_s"] = m.tok_s.into();
+        s.out["train_mfu"] = mfu.into();
+        s.out["train_peak_rss_mb"] = m.rss_mb.into();
+    }
+    for (label, on) in &skipped {
+        let (need, have) = (need(on), avail.unwrap_or(0.0));
+        println!(
+            "| {label} | skipped: needs about {} beyond the weights (estimate), {} \
+             available | | | | | | |",
+            gb(need),
+            gb(have)
+        );
+        json.push(serde_json::json!({"optimisation": label, "skipped": true,
+            "estimated_bytes": need, "available_bytes": have}));
+    }
+    if !skipped.is_empty() {
+        eprintln!(
+            "warning: {} row(s) skipped because their estimated memory exceeds 90% of the \
+             available memory (MemAvailable or --mem-available); a smaller --batch, --seq \
+             or --vocab fits",
+            skipped.len()
+        );
+    }
+    s.out["train_table"] = json.into();
+    report_peak(s, peak, &ms, torch_train);
+    Ok(())
+}
+
+/// The lines under the training table: which peak the MFU divides by, a warning where an
+/// MFU exceeds 1, and PyTorch's figures over the same peak.
+fn report_peak(s: &mut Session, peak: f64, ms: &[Measured], torch_train: Option<f64>) {
+    let source = match s.a.peak_gflops {
+        Some(_) => "stated with --peak-gflops".to_string(),
+        None => format!(
+            "measured: best of {PEAK_REPS} runs of 2048^3 and of the step's own product \
+             shapes, before and after the table"
+        ),
+    };
+    println!("\nMFU = (6 x params + attention) FLOPs x tok/s over a peak of {peak:.1} GFLOP/s ({source}).");
+    s.out["peak_gflops"] = peak.into();
+    s.out["peak_source"] = source.into();
+    if ms.iter().any(|m| s.mfu(m.tok_s, peak) > 1.0) {
+        println!(
+            "warning: an MFU above 1 means the peak of {peak:.1} GFLOP/s is not this \
+             machine's peak (the peak measurement was disturbed by other load, or the \
+             step used a faster product); rerun on an idle machine or pass --peak-gflops"
+        );
+    }
+    if let Some(t) = torch_train {
+        println!(
+            "\nPyTorch (best of eager / sdpa): {t:.0} tok/s, MFU {:.3} over the same peak; peak RSS {} MB",
+            s.mfu(t, peak),
+            s.torch(&["peak_rss_mb"])
+                .map_or("-".into(), |r| format!("{r:.0}"))
+        );
+    }
+    println!();
+}
+
+/// Forward-only scoring (no gradient), reference path against all kernels.
+fn forward_table(s: &mut Session) -> Result<()> {
+    let a = s.a;
+    println!("## Forward-only scoring (no grad), tok/s\n");
+    println!("| path | tok/s | CPU s/batch | vs reference | vs PyTorch |\n|---|---|---|---|---|");
+    let ids = Tensor::from_vec(
+        random_ids(a.batch, a.seq, a.vocab, &mut s.rng),
+        (a.batch, a.seq),
+        &Device::Cpu,
+    )?;
+    let torch_fwd = s.torch(&["forward_tok_s_eager", "forward_tok_s_sdpa"]);
+    let configs = [vec![], Kernel::ALL.to_vec()];
+    let model = &s.model;
+    let ms = interleaved(&configs, a.rounds, 1, a.steps, a.batch * a.seq, |_| {
+        let _ = crate::train::backprop::scoring_logits(model, &ids)?;
+        Ok(())
+    })?;
+    for (label, m) in ["reference", "fused"].iter().zip(&ms) {
+        println!(
+            "| {label} | {:.0} | {:.3} | {} | {} |",
+            m.tok_s,
+            m.cpu_s_per_step,
+            ratio(m.tok_s, Some(ms[0].tok_s)),
+            ratio(m.tok_s, torch_fwd)
+        );
+        s.out[format!("forward_tok_s_{label}")] = m.tok_s.into();
+        s.out["forward_tok_s"] = m.tok_s.into();
+    }
+    println!();
+    Ok(())
+}
+
+/// Greedy generation with the KV cache at batch 1 and 16, reference path against all kernels.
+fn generate_table(s: &mut Session) -> Result<()> {
+    println!("## Greedy generation with KV cache (16-token prompts, 64 new tokens), tok/s\n");
+    println!(
+        "| batch | path | tok/s | vs reference | vs PyTorch generate |\n|---|---|---|---|---|"
+    );
+    for b in [1usize, 16] {
+        let prompts: Vec<Vec<u32>> = (0..b)
+            .map(|_| random_ids(1, 16, s.a.vocab, &mut s.rng))
+            .collect();
+        let g = GenConfig {
+            max_new_tokens: 64,
+            batch_size: b,
+            ..Default::default()
+        };
+        let torch_gen = s.torch(&[&format!("generate_tok_s_b{b}")]);
+        let configs = [vec![], Kernel::ALL.to_vec()];
+        let mut n = 0;
+        let model = &s.model;
+        let ms = interleaved(&configs, s.a.rounds, 1, 1, b * 64, |_| {
+            let outs = generate(model, &prompts, &[], 0, &g, |_| {})?;
+            n = outs.iter().map(|o| o.len()).sum();
+            Ok(())
+        })?;
+        anyhow::ensure!(n == b * 64, "generation stopped early ({n} tokens)");
+        for (label, m) in ["reference", "fused"].iter().zip(&ms) {
+            println!(
+                "| {b} | {label} | {:.0} | {} | {} |",
+                m.tok_s,
+                ratio(m.tok_s, Some(ms[0].tok_s)),
+                ratio(m.tok_s, torch_gen)
+            );
+            s.out[format!("generate_b{b}_tok_s_{label}")] = m.tok_s.into();
+            s.out[format!("generate_b{b}_tok_s")] = m.tok_s.into();
+        }
+    }
+    println!();
     Ok(())
 }
 
@@ -704,12 +783,7 @@ fn lora_vs_full(a: &BenchArgs, cfg: &ModelConfig, params: crate::model::Params) 
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let mut rows = Vec::new();
     for (label, model) in [("LoRA", &lora), ("full", &full)] {
-        let mut opt = AdamW::new(AdamWConfig {
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        });
+        let mut opt = bench_adamw();
         let ms = interleaved(
             std::slice::from_ref(&all),
             a.rounds,
@@ -717,15 +791,7 @@ fn lora_vs_full(a: &BenchArgs, cfg: &ModelConfig, params: crate::model::Params) 
             a.steps,
             tok_per_step,
             |_| {
-                let ids = random_ids(a.batch, a.seq, a.vocab, &mut rng);
-                let targets: Vec<i64> = ids.iter().map(|&x| x as i64).collect();
-                let batch = Batch {
-                    ids: Tensor::from_vec(ids, (a.batch, a.seq), &dev)?,
-                    targets: Tensor::from_vec(targets, (a.batch, a.seq), &dev)?,
-                    n_targets: tok_per_step,
-                    n_tokens: tok_per_step,
-                };
-                optimizer_step(model, &[batch], &mut opt, 1e-4, 1.0)?;
+                optimizer_step(model, &[random_batch(a, &mut rng)?], &mut opt, 1e-4, 1.0)?;
                 Ok(())
             },
         )?;

@@ -96,6 +96,117 @@ pub enum Outcome<T> {
     },
 }
 
+impl Limits {
+    /// What job `i` holds while it runs.
+    fn cost_of(&self, i: usize) -> u64 {
+        self.cost.get(i).copied().unwrap_or(0)
+    }
+}
+
+/// Where one job of a [`schedule`] stands.
+enum Slot<J, T> {
+    Pending(J),
+    Running,
+    Done(Arc<T>),
+    Failed(anyhow::Error),
+    NotRun(usize),
+}
+
+impl<J, T> Slot<J, T> {
+    fn ended_badly(&self) -> bool {
+        matches!(self, Slot::Failed(_) | Slot::NotRun(_))
+    }
+
+    /// The job's outcome once the schedule has ended (job `i` for the messages).
+    fn outcome(self, i: usize) -> Result<Outcome<T>> {
+        Ok(match self {
+            Slot::Done(t) => Outcome::Done(
+                Arc::try_unwrap(t).map_err(|_| anyhow!("job {}: result still shared", i + 1))?,
+            ),
+            Slot::Failed(e) => Outcome::Failed(e),
+            Slot::NotRun(d) => Outcome::NotRun { because: d },
+            Slot::Pending(_) | Slot::Running => {
+                Outcome::Failed(anyhow!("job {} did not run", i + 1))
+            }
+        })
+    }
+}
+
+/// The state the workers of a [`schedule`] share, behind its mutex.
+struct State<'a, J, T> {
+    slots: Vec<Slot<J, T>>,
+    deps: &'a [Vec<usize>],
+    limits: &'a Limits,
+    running: usize,
+    running_cost: u64,
+}
+
+impl<J, T> State<'_, J, T> {
+    /// Pending jobs whose dependency failed (or was not run) will not run; true if any
+    /// job changed so.
+    fn skip_failed_dependents(&mut self) -> bool {
+        let mut changed = false;
+        for (i, needs) in self.deps.iter().enumerate() {
+            if matches!(self.slots[i], Slot::Pending(_)) {
+                if let Some(&d) = needs.iter().find(|&&d| self.slots[d].ended_badly()) {
+                    self.slots[i] = Slot::NotRun(d);
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
+
+    /// The first pending job whose dependencies are done and whose cost fits (one job may
+    /// always run).
+    fn ready(&self) -> Option<usize> {
+        (0..self.slots.len()).find(|&i| {
+            matches!(self.slots[i], Slot::Pending(_))
+                && self.deps[i]
+                    .iter()
+                    .all(|&d| matches!(self.slots[d], Slot::Done(_)))
+                && (self.running == 0
+                    || self.running_cost.saturating_add(self.limits.cost_of(i))
+                        <= self.limits.budget)
+        })
+    }
+
+    /// Mark job `i` running; its job and its dependencies' results.
+    fn start(&mut self, i: usize) -> (J, Vec<Arc<T>>) {
+        let Slot::Pending(job) = std::mem::replace(&mut self.slots[i], Slot::Running) else {
+            unreachable!("only a ready (pending) job is started")
+        };
+        self.running += 1;
+        self.running_cost = self.running_cost.saturating_add(self.limits.cost_of(i));
+        let inputs = self.deps[i]
+            .iter()
+            .filter_map(|&d| match &self.slots[d] {
+                Slot::Done(t) => Some(Arc::clone(t)),
+                _ => None,
+            })
+            .collect();
+        (job, inputs)
+    }
+
+    fn finish(&mut self, i: usize, out: Result<T>) {
+        self.slots[i] = match out {
+            Ok(t) => Slot::Done(Arc::new(t)),
+            Err(e) => Slot::Failed(e),
+        };
+        self.running -= 1;
+        self.running_cost = self.running_cost.saturating_sub(self.limits.cost_of(i));
+    }
+
+    /// Nothing runs and nothing is ready: the pending jobs wait on a dependency cycle.
+    fn fail_cycle(&mut self) {
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            if matches!(s, Slot::Pending(_)) {
+                *s = Slot::Failed(anyhow!("job {} waits on a dependency cycle", i + 1));
+            }
+        }
+    }
+}
+
 /// The scheduler behind [`run_graph`] and the grid's local executor: job `i` starts once
 /// every job in `deps[i]` is done, on the first free worker, taking the first ready job in
 /// list order whose cost fits; `f` gets the job's index, the job, and its dependencies'
@@ -117,26 +228,10 @@ where
     if deps.len() != n || deps.iter().flatten().any(|&d| d >= n) {
         return Err(anyhow!("job graph: dependencies do not match the {n} jobs"));
     }
-    let cost = |i: usize| limits.cost.get(i).copied().unwrap_or(0);
-    enum Slot<J, T> {
-        Pending(J),
-        Running,
-        Done(Arc<T>),
-        Failed(anyhow::Error),
-        NotRun(usize),
-    }
-    impl<J, T> Slot<J, T> {
-        fn ended_badly(&self) -> bool {
-            matches!(self, Slot::Failed(_) | Slot::NotRun(_))
-        }
-    }
-    struct State<J, T> {
-        slots: Vec<Slot<J, T>>,
-        running: usize,
-        running_cost: u64,
-    }
-    let state = Mutex::new(State {
+    let state = Mutex::new(State::<J, T> {
         slots: jobs.into_iter().map(Slot::Pending).collect(),
+        deps: &deps,
+        limits,
         running: 0,
         running_cost: 0,
     });
@@ -154,38 +249,13 @@ where
         };
         let mut st = state.lock().map_err(|_| poisoned())?;
         loop {
-            // Dependencies that failed make their dependents fail without running.
-            for (i, needs) in deps.iter().enumerate() {
-                if matches!(st.slots[i], Slot::Pending(_)) {
-                    if let Some(&d) = needs.iter().find(|&&d| st.slots[d].ended_badly()) {
-                        st.slots[i] = Slot::NotRun(d);
-                        wake.notify_all();
-                    }
-                }
+            if st.skip_failed_dependents() {
+                wake.notify_all();
             }
-            let ready = (0..n).find(|&i| {
-                matches!(st.slots[i], Slot::Pending(_))
-                    && deps[i]
-                        .iter()
-                        .all(|&d| matches!(st.slots[d], Slot::Done(_)))
-                    && (st.running == 0 || st.running_cost.saturating_add(cost(i)) <= limits.budget)
-            });
             let any_pending = st.slots.iter().any(|s| matches!(s, Slot::Pending(_)));
-            match ready {
+            match st.ready() {
                 Some(i) => {
-                    let Slot::Pending(job) = std::mem::replace(&mut st.slots[i], Slot::Running)
-                    else {
-                        unreachable!("checked above")
-                    };
-                    st.running += 1;
-                    st.running_cost = st.running_cost.saturating_add(cost(i));
-                    let inputs: Vec<Arc<T>> = deps[i]
-                        .iter()
-                        .filter_map(|&d| match &st.slots[d] {
-                            Slot::Done(t) => Some(Arc::clone(t)),
-                            _ => None,
-                        })
-                        .collect();
+                    let (job, inputs) = st.start(i);
                     drop(st);
                     let refs: Vec<&T> = inputs.iter().map(|a| a.as_ref()).collect();
                     let out = match &pool {
@@ -195,23 +265,12 @@ where
                     drop(refs);
                     drop(inputs);
                     st = state.lock().map_err(|_| poisoned())?;
-                    st.slots[i] = match out {
-                        Ok(t) => Slot::Done(Arc::new(t)),
-                        Err(e) => Slot::Failed(e),
-                    };
-                    st.running -= 1;
-                    st.running_cost = st.running_cost.saturating_sub(cost(i));
+                    st.finish(i, out);
                     wake.notify_all();
                 }
                 None if !any_pending => return Ok(()),
                 None if st.running == 0 => {
-                    // Nothing runs and nothing is ready: a dependency cycle.
-                    for i in 0..n {
-                        if matches!(st.slots[i], Slot::Pending(_)) {
-                            st.slots[i] =
-                                Slot::Failed(anyhow!("job {} waits on a dependency cycle", i + 1));
-                        }
-                    }
+                    st.fail_cycle();
                     wake.notify_all();
                     return Ok(());
                 }
@@ -241,19 +300,7 @@ where
     st.slots
         .into_iter()
         .enumerate()
-        .map(|(i, s)| {
-            Ok(match s {
-                Slot::Done(t) => Outcome::Done(
-                    Arc::try_unwrap(t)
-                        .map_err(|_| anyhow!("job {}: result still shared", i + 1))?,
-                ),
-                Slot::Failed(e) => Outcome::Failed(e),
-                Slot::NotRun(d) => Outcome::NotRun { because: d },
-                Slot::Pending(_) | Slot::Running => {
-                    Outcome::Failed(anyhow!("job {} did not run", i + 1))
-                }
-            })
-        })
+        .map(|(i, s)| s.outcome(i))
         .collect()
 }
 

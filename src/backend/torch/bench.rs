@@ -106,15 +106,9 @@ fn sync(dev: Device) {
     }
 }
 
-/// Run the benchmark; prints a table and returns every figure as JSON.
-pub fn run(shape: &Shape, device: DeviceSpec, precision: Precision) -> Result<serde_json::Value> {
-    let dev = super::tch_device(device)?;
-    if dev == Device::Cpu {
-        tch::set_num_threads(rayon::current_num_threads() as i32);
-    }
-    let cfg = &shape.cfg;
-    let n_params = cfg.num_params();
-    tch::manual_seed(0);
+/// Random weights for `cfg` on `dev` (std 0.02 where the model initialises with a normal),
+/// with gradients on.
+fn random_weights(cfg: &ModelConfig, dev: Device) -> TorchWeights {
     let entries: Vec<(String, Tensor)> = param_specs(cfg)
         .into_iter()
         .map(|s| {
@@ -127,17 +121,154 @@ pub fn run(shape: &Shape, device: DeviceSpec, precision: Precision) -> Result<se
             (s.name, t.set_requires_grad(true))
         })
         .collect();
-    let w = TorchWeights::new(entries);
+    TorchWeights::new(entries)
+}
+
+/// What the three timings share: the model, its batch of random tokens, the device.
+struct Bench<'a> {
+    shape: &'a Shape,
+    w: TorchWeights,
+    dev: Device,
+    kind: Kind,
+    ids: Tensor,
+    /// What a failure (out of memory, mostly) says the run was timing.
+    what: String,
+}
+
+impl Bench<'_> {
+    /// `f` under [`super::guard`], which turns a libtorch failure into an error naming the
+    /// benchmark and its size.
+    fn guard<T>(&self, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        super::guard(what, || self.what.clone(), f)
+    }
+
+    /// Seconds of `shape.steps` training steps after `shape.warmup` untimed ones: mean loss
+    /// over the batch (as transformers), backward, clip at 1, AdamW.
+    fn train_seconds(&self) -> Result<f64> {
+        let dec = Decoder::new(&self.shape.cfg, &self.w, self.dev, self.kind);
+        let vocab = self.shape.cfg.vocab_size as i64;
+        let targets = self.ids.view([-1]);
+        let mut opt = TorchAdamW::new(AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        });
+        let mean_loss = |logits: &Tensor| {
+            logits.view([-1, vocab]).cross_entropy_loss::<Tensor>(
+                &targets,
+                None,
+                tch::Reduction::Mean,
+                -100,
+                0.0,
+            )
+        };
+        let mut step = || {
+            if self.shape.grad_checkpoint {
+                let _ = dec.loss_backward_checkpointed(&self.ids, mean_loss, 1.0);
+            } else {
+                mean_loss(&dec.forward(&self.ids)).backward();
+            }
+            TorchAdamW::clip(&self.w, 1.0);
+            opt.update(&self.w, 1e-5);
+            for p in &self.w.tensors {
+                p.shallow_clone().zero_grad();
+            }
+        };
+        self.guard("the training benchmark", || {
+            for _ in 0..self.shape.warmup {
+                step();
+            }
+            sync(self.dev);
+            let t0 = Instant::now();
+            for _ in 0..self.shape.steps {
+                step();
+            }
+            sync(self.dev);
+            Ok(t0.elapsed().as_secs_f64())
+        })
+    }
+
+    /// Seconds of `shape.steps` no-grad forwards after one untimed one.
+    fn forward_seconds(&self) -> Result<f64> {
+        let dec = Decoder::new(&self.shape.cfg, &self.w, self.dev, self.kind);
+        self.guard("the forward benchmark", || {
+            tch::no_grad(|| {
+                let _ = dec.forward(&self.ids);
+                sync(self.dev);
+                let t0 = Instant::now();
+                for _ in 0..self.shape.steps {
+                    let _ = dec.forward(&self.ids);
+                }
+                sync(self.dev);
+                Ok(t0.elapsed().as_secs_f64())
+            })
+        })
+    }
+
+    /// Seconds of greedy generation at batch 1: a 16-token prompt, `shape.gen_tokens` new
+    /// tokens, no EOS stop; the second of two rounds.
+    fn generate_seconds(&self) -> Result<f64> {
+        let n_new = self.shape.gen_tokens as i64;
+        let vocab = self.shape.cfg.vocab_size as i64;
+        let dev = self.dev;
+        let dec = Decoder::new(&self.shape.cfg, &self.w, dev, self.kind).with_cast_weights();
+        self.guard("the generation benchmark", || {
+            tch::no_grad(|| -> Result<f64> {
+                let mut secs = 0.0;
+                for round in 0..2 {
+                    let mut cache = dec.new_cache(1, 16 + n_new);
+                    let mut mask = vec![vec![1u32; 16]];
+                    let prompt = Tensor::randint_low(2, vocab, [1, 16], (Kind::Int64, dev));
+                    let pos = Tensor::arange(16, (Kind::Float, dev)).unsqueeze(0);
+                    sync(dev);
+                    let t0 = Instant::now();
+                    let mut logits = dec.forward_cached(&prompt, &pos, &mask, &mut cache)?;
+                    for i in 0..n_new - 1 {
+                        let next = logits.argmax(-1, true);
+                        mask[0].push(1);
+                        let p = Tensor::from_slice(&[(16 + i) as f32])
+                            .view([1, 1])
+                            .to_device(dev);
+                        logits = dec.forward_cached(&next, &p, &mask, &mut cache)?;
+                    }
+                    // The host reads each token in real use; read the last one here.
+                    let _ = logits.argmax(-1, false).int64_value(&[0]);
+                    if round == 1 {
+                        secs = t0.elapsed().as_secs_f64();
+                    }
+                }
+                Ok(secs)
+            })
+        })
+    }
+}
+
+/// This process's GPU memory on a CUDA device (None on the CPU).
+fn device_mem_mib(device: DeviceSpec) -> Option<f64> {
+    match device {
+        DeviceSpec::Cuda(n) => gpu_mem_mib(n),
+        DeviceSpec::Cpu => None,
+    }
+}
+
+/// Run the benchmark; prints a table and returns every figure as JSON.
+pub fn run(shape: &Shape, device: DeviceSpec, precision: Precision) -> Result<serde_json::Value> {
+    let dev = super::tch_device(device)?;
+    if dev == Device::Cpu {
+        tch::set_num_threads(rayon::current_num_threads() as i32);
+    }
+    let cfg = &shape.cfg;
+    let n_params = cfg.num_params();
+    tch::manual_seed(0);
+    let w = random_weights(cfg, dev);
     let kind = if precision == Precision::Bf16 {
         Kind::BFloat16
     } else {
         Kind::Float
     };
-    let dec = Decoder::new(cfg, &w, dev, kind);
     let (b, t) = (shape.batch as i64, shape.seq as i64);
-    let vocab = cfg.vocab_size as i64;
-    let ids = Tensor::randint_low(2, vocab, [b, t], (Kind::Int64, dev));
-    let targets = ids.view([-1]);
+    let ids = Tensor::randint_low(2, cfg.vocab_size as i64, [b, t], (Kind::Int64, dev));
     let name = match device {
         DeviceSpec::Cuda(n) => gpu_name(n).unwrap_or_else(|| "unknown CUDA GPU".into()),
         DeviceSpec::Cpu => "cpu".into(),
@@ -159,60 +290,17 @@ pub fn run(shape: &Shape, device: DeviceSpec, precision: Precision) -> Result<se
         "kv_heads": cfg.num_key_value_heads, "ff": cfg.intermediate_size, "vocab": cfg.vocab_size,
         "seq": t, "batch": b, "steps": shape.steps, "grad_checkpoint": shape.grad_checkpoint,
     });
-    let super_guard = |what: &str, f: &mut dyn FnMut() -> Result<()>| {
-        super::guard(
-            what,
-            || format!("{:.2}B parameters, batch {b} x {t}", n_params as f64 / 1e9),
-            f,
-        )
+    let bench = Bench {
+        shape,
+        w,
+        dev,
+        kind,
+        ids,
+        what: format!("{:.2}B parameters, batch {b} x {t}", n_params as f64 / 1e9),
     };
-    // Training: mean loss over the batch (as transformers), backward, clip at 1, AdamW.
-    let mut opt = TorchAdamW::new(AdamWConfig {
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        weight_decay: 0.0,
-    });
-    let mean_loss = |logits: &Tensor| {
-        logits.view([-1, vocab]).cross_entropy_loss::<Tensor>(
-            &targets,
-            None,
-            tch::Reduction::Mean,
-            -100,
-            0.0,
-        )
-    };
-    let mut step = || {
-        if shape.grad_checkpoint {
-            let _ = dec.loss_backward_checkpointed(&ids, mean_loss, 1.0);
-        } else {
-            mean_loss(&dec.forward(&ids)).backward();
-        }
-        TorchAdamW::clip(&w, 1.0);
-        opt.update(&w, 1e-5);
-        for p in &w.tensors {
-            p.shallow_clone().zero_grad();
-        }
-    };
-    let mut train_s = 0.0;
-    super_guard("the training benchmark", &mut || {
-        for _ in 0..shape.warmup {
-            step();
-        }
-        sync(dev);
-        let t0 = Instant::now();
-        for _ in 0..shape.steps {
-            step();
-        }
-        sync(dev);
-        train_s = t0.elapsed().as_secs_f64();
-        Ok(())
-    })?;
+    let train_s = bench.train_seconds()?;
     let train_tok_s = (b * t) as f64 * shape.steps as f64 / train_s;
-    let mem_train = match device {
-        DeviceSpec::Cuda(n) => gpu_mem_mib(n),
-        _ => None,
-    };
+    let mem_train = device_mem_mib(device);
     let mfu = peak.map(|(p, _)| 6.0 * n_params as f64 * train_tok_s / (p * 1e12));
     out["train_tok_s"] = train_tok_s.into();
     out["train_step_s"] = (train_s / shape.steps as f64).into();
@@ -220,61 +308,11 @@ pub fn run(shape: &Shape, device: DeviceSpec, precision: Precision) -> Result<se
     out["mfu_train"] = mfu.into();
     out["peak_tflops"] = peak.map(|p| p.0).into();
     out["peak_source"] = peak.map(|p| p.1).into();
-    // Forward (no grad).
-    let mut fwd_s = 0.0;
-    super_guard("the forward benchmark", &mut || {
-        tch::no_grad(|| {
-            let _ = dec.forward(&ids);
-            sync(dev);
-            let t0 = Instant::now();
-            for _ in 0..shape.steps {
-                let _ = dec.forward(&ids);
-            }
-            sync(dev);
-            fwd_s = t0.elapsed().as_secs_f64();
-        });
-        Ok(())
-    })?;
-    let fwd_tok_s = (b * t) as f64 * shape.steps as f64 / fwd_s;
+    let fwd_tok_s = (b * t) as f64 * shape.steps as f64 / bench.forward_seconds()?;
     out["forward_tok_s"] = fwd_tok_s.into();
-    // Greedy generation at batch 1: a 16-token prompt, gen_tokens new tokens, no EOS stop.
-    let n_new = shape.gen_tokens as i64;
-    let dec = Decoder::new(cfg, &w, dev, kind).with_cast_weights();
-    let mut gen_s = 0.0;
-    super_guard("the generation benchmark", &mut || {
-        tch::no_grad(|| -> Result<()> {
-            for round in 0..2 {
-                let mut cache = dec.new_cache(1, 16 + n_new);
-                let mut mask = vec![vec![1u32; 16]];
-                let prompt = Tensor::randint_low(2, vocab, [1, 16], (Kind::Int64, dev));
-                let pos = Tensor::arange(16, (Kind::Float, dev)).unsqueeze(0);
-                sync(dev);
-                let t0 = Instant::now();
-                let mut logits = dec.forward_cached(&prompt, &pos, &mask, &mut cache)?;
-                for i in 0..n_new - 1 {
-                    let next = logits.argmax(-1, true);
-                    mask[0].push(1);
-                    let p = Tensor::from_slice(&[(16 + i) as f32])
-                        .view([1, 1])
-                        .to_device(dev);
-                    logits = dec.forward_cached(&next, &p, &mask, &mut cache)?;
-                }
-                // The host reads each token in real use; read the last one here.
-                let _ = logits.argmax(-1, false).int64_value(&[0]);
-                if round == 1 {
-                    gen_s = t0.elapsed().as_secs_f64();
-                }
-            }
-            Ok(())
-        })
-    })?;
-    let gen_tok_s = n_new as f64 / gen_s;
+    let gen_tok_s = shape.gen_tokens as f64 / bench.generate_seconds()?;
     out["generate_b1_tok_s"] = gen_tok_s.into();
-    out["gpu_mem_mib"] = match device {
-        DeviceSpec::Cuda(n) => gpu_mem_mib(n),
-        _ => None,
-    }
-    .into();
+    out["gpu_mem_mib"] = device_mem_mib(device).into();
     println!("| measure | value |\n|---|---|");
     println!("| training step tok/s | {train_tok_s:.0} |");
     println!("| training step s | {:.3} |", train_s / shape.steps as f64);
