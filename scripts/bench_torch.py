@@ -19,6 +19,15 @@ Prints ONE JSON line:
   mfu_train_sdpa                           6 * params * train_tok_s_sdpa / sgemm 2048^3 rate
   params, torch, transformers, threads, seq, batch, steps, warmup
   loadavg_1m_at_start                      other load on the machine (figures are only honest near 0)
+  dpo_tok_s_eager, dpo_tok_s_sdpa          tokens/s (both answers) of DPO steps on batch pairs, as
+                                           `elastica bench dpo` times them (below)
+  sft_same_tok_s_eager, sft_same_tok_s_sdpa  the SFT step on those same 2*batch sequences
+
+One DPO step (sigmoid loss, beta 0.1): forward the chosen and the rejected answers as one batch
+of 2*batch sequences, each sequence's summed log-prob of its next tokens, loss = mean over pairs
+of -log sigmoid(beta * ((lp_c - ref_c) - (lp_r - ref_r))) with the reference log-probs computed
+once before timing (cached, as a DPO run does), backward, clip at 1, AdamW, zero_grad.
+`--only dpo` times just these two (the DPO row of BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ def cli() -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=10, help="timed training steps per attention kind (default 10)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps (default 2)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", choices=["all", "dpo"], default="all", help="what to time (default all)")
     return ap.parse_args()
 
 
@@ -118,6 +128,43 @@ def bench_generate(m, batch: int, seed: int, prompt_len=16, new=64, reps=2) -> f
     return batch * new * reps / dt
 
 
+def seq_logprobs(m, ids: torch.Tensor) -> torch.Tensor:
+    """Each sequence's summed log-prob of its next tokens (labels = input ids, shifted)."""
+    logits = m(input_ids=ids).logits[:, :-1].float()
+    return torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1).sum(-1)
+
+
+def bench_dpo(cfg, attn, pairs, steps, warmup, seed, beta=0.1) -> tuple[float, float]:
+    """tokens/s of DPO steps and of SFT steps on the same sequences (first half chosen)."""
+    m = model(cfg, attn, seed)
+    m.train()
+    k = pairs.shape[0] // 2
+    with torch.no_grad():
+        ref = seq_logprobs(m, pairs)
+    out = []
+    for dpo in (True, False):
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.01)
+
+        def step():
+            if dpo:
+                h = seq_logprobs(m, pairs) - ref
+                loss = -torch.nn.functional.logsigmoid(beta * (h[:k] - h[k:])).mean()
+            else:
+                loss = m(input_ids=pairs, labels=pairs).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        for _ in range(warmup):
+            step()
+        t = time.perf_counter()
+        for _ in range(steps):
+            step()
+        out.append(pairs.numel() * steps / (time.perf_counter() - t))
+    return out[0], out[1]
+
+
 def sgemm(m: int, k: int, n: int, min_s=0.5) -> float:
     a, b = torch.randn(m, k), torch.randn(k, n)
     for _ in range(3):
@@ -138,6 +185,15 @@ def main() -> None:
 
     # Other processes on the box distort every figure: record the load we started under.
     r: dict = {"loadavg_1m_at_start": round(os.getloadavg()[0], 2)}
+    if a.only == "dpo":
+        pairs = torch.randint(3, cfg.vocab_size, (2 * a.batch, a.seq), generator=g)
+        for attn in ("eager", "sdpa"):
+            dpo, sft = bench_dpo(cfg, attn, pairs, a.steps, a.warmup, a.seed)
+            r[f"dpo_tok_s_{attn}"], r[f"sft_same_tok_s_{attn}"] = round(dpo, 1), round(sft, 1)
+        r["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        r.update(torch=torch.__version__, threads=torch.get_num_threads(), seq=a.seq, pairs=a.batch, steps=a.steps)
+        print(json.dumps(r))
+        return
     for attn in ("eager", "sdpa"):
         r[f"train_tok_s_{attn}"] = round(bench_train(cfg, attn, ids, a.steps, a.warmup, a.seed), 1)
     r["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

@@ -66,3 +66,61 @@ fn mfu_names_its_peak_and_warns_above_one() {
         "{err}"
     );
 }
+
+#[test]
+fn bench_dpo_times_a_dpo_step_against_sft_on_the_same_sequences() {
+    let dir = tempfile::tempdir().unwrap();
+    let (json, torch) = (dir.path().join("dpo.json"), dir.path().join("torch.json"));
+    // The PyTorch side's JSON line (scripts/bench_torch.py --only dpo), for the ratio column.
+    std::fs::write(
+        &torch,
+        r#"{"dpo_tok_s_eager": 1e-9, "dpo_tok_s_sdpa": 2e-9}"#,
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_elastica"))
+        .args([
+            "bench", "dpo", "--layers", "1", "--hidden", "32", "--heads", "2",
+        ])
+        .args(["--ff", "64", "--vocab", "64", "--seq", "8", "--batch", "2"])
+        .args([
+            "--steps",
+            "2",
+            "--warmup",
+            "0",
+            "--rounds",
+            "1",
+            "--threads",
+            "1",
+        ])
+        .args([
+            "--json",
+            json.to_str().unwrap(),
+            "--torch",
+            torch.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("2 pairs (4 sequences)"), "{stdout}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows[0]["step"], "DPO");
+    assert_eq!(rows[1]["step"], "SFT, same sequences");
+    for r in rows {
+        assert!(r["tok_s"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["cpu_s_per_step"].as_f64().unwrap() >= 0.0, "{r}");
+    }
+    // The best of the PyTorch figures feeds the DPO row; the SFT row has none here.
+    assert_eq!(rows[0]["torch_tok_s"].as_f64(), Some(2e-9));
+    assert!(rows[1]["torch_tok_s"].is_null());
+    assert!(!stdout.contains("| DPO | 0 |"), "{stdout}");
+    // The reference is the starting policy (cached before the first step), so that step's
+    // loss is -log sigmoid(0) = ln 2: the reference log-probs line up with the pairs.
+    let first = v["first_dpo_loss"].as_f64().unwrap();
+    assert!((first - std::f64::consts::LN_2).abs() < 1e-4, "{first}");
+}

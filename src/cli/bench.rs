@@ -13,6 +13,7 @@ use crate::model::generate::{generate, GenConfig};
 use crate::model::init::init_params;
 use crate::model::{Llama, ModelConfig};
 use crate::train::batch::Batch;
+use crate::train::objective::{DpoConfig, Method};
 use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::sft::optimizer_step;
 use anyhow::{Context, Result};
@@ -103,6 +104,10 @@ pub enum BenchWhat {
     /// step time and peak RSS, LoRA first (so the full step's AdamW state is not counted in
     /// the LoRA row).
     Lora,
+    /// A DPO step on --batch pairs (policy forward + backward on the chosen and the rejected
+    /// answers, reference log-probs cached) against an SFT step on the same sequences; with
+    /// --torch, the JSON of `scripts/bench_torch.py --only dpo`.
+    Dpo,
 }
 
 fn bench_config(a: &BenchArgs) -> Result<ModelConfig> {
@@ -322,14 +327,15 @@ fn load_average() -> String {
         .join(" ")
 }
 
-/// A batch of random tokens whose targets are the tokens themselves, every one counted.
-fn random_batch(a: &BenchArgs, rng: &mut impl Rng) -> Result<Batch> {
-    let ids = random_ids(a.batch, a.seq, a.vocab, rng);
+/// `rows` sequences of random tokens whose targets are the tokens themselves, every one
+/// counted.
+fn random_batch(a: &BenchArgs, rows: usize, rng: &mut impl Rng) -> Result<Batch> {
+    let ids = random_ids(rows, a.seq, a.vocab, rng);
     let targets: Vec<i64> = ids.iter().map(|&x| x as i64).collect();
-    let tokens = a.batch * a.seq;
+    let tokens = rows * a.seq;
     Ok(Batch {
-        ids: Tensor::from_vec(ids, (a.batch, a.seq), &Device::Cpu)?,
-        targets: Tensor::from_vec(targets, (a.batch, a.seq), &Device::Cpu)?,
+        ids: Tensor::from_vec(ids, (rows, a.seq), &Device::Cpu)?,
+        targets: Tensor::from_vec(targets, (rows, a.seq), &Device::Cpu)?,
         n_targets: tokens,
         n_tokens: tokens,
     })
@@ -385,8 +391,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let cfg = bench_config(&a)?;
     let dev = Device::Cpu;
     let params = init_params(&cfg, 0, &dev)?;
-    if a.what == BenchWhat::Lora {
-        return lora_vs_full(&a, &cfg, params);
+    match a.what {
+        BenchWhat::Lora => return lora_vs_full(&a, &cfg, params),
+        BenchWhat::Dpo => return dpo_vs_sft(&a, &cfg, params, torch.as_ref()),
+        _ => {}
     }
     let n_params = params.num_elements();
     let model = Llama::new(cfg.clone(), params, &dev)?;
@@ -486,7 +494,13 @@ fn train_table(s: &mut Session, mut peak: f64) -> Result<()> {
         a.steps,
         a.batch * a.seq,
         |_| {
-            optimizer_step(model, &[random_batch(a, rng)?], &mut opt, 1e-4, 1.0)?;
+            optimizer_step(
+                model,
+                &[random_batch(a, a.batch, rng)?],
+                &mut opt,
+                1e-4,
+                1.0,
+            )?;
             Ok(())
         },
     )?;
@@ -791,7 +805,13 @@ fn lora_vs_full(a: &BenchArgs, cfg: &ModelConfig, params: crate::model::Params) 
             a.steps,
             tok_per_step,
             |_| {
-                optimizer_step(model, &[random_batch(a, &mut rng)?], &mut opt, 1e-4, 1.0)?;
+                optimizer_step(
+                    model,
+                    &[random_batch(a, a.batch, &mut rng)?],
+                    &mut opt,
+                    1e-4,
+                    1.0,
+                )?;
                 Ok(())
             },
         )?;
@@ -809,6 +829,137 @@ fn lora_vs_full(a: &BenchArgs, cfg: &ModelConfig, params: crate::model::Params) 
             p,
             &serde_json::json!({"params": n_params, "adapter_params": n_adapter,
                 "lora_rank": a.lora_rank, "rows": rows}),
+        )?;
+    }
+    Ok(())
+}
+
+/// One DPO step as `train --method dpo` takes it, on a batch whose first `ref_chosen.len()`
+/// sequences are the chosen answers and the rest the rejected ones: the policy's forward and
+/// backward on both (one backward, per-sequence weights), the reference log-probs given
+/// (cached), clipping at 1 and AdamW. Returns the mean DPO loss of the pairs.
+fn dpo_step(
+    model: &Llama,
+    b: &Batch,
+    ref_chosen: &[f64],
+    ref_rejected: &[f64],
+    dpo: &DpoConfig,
+    opt: &mut AdamW,
+) -> Result<f64> {
+    let n = ref_chosen.len() as f64;
+    let mut loss = 0.0;
+    let mut weigh = |nll: &[f64]| -> Result<Vec<f64>> {
+        let refs = ref_chosen.iter().copied().zip(ref_rejected.iter().copied());
+        let (w, terms) = crate::train::dpo::pair_weights(dpo, nll, refs, n);
+        loss = terms.iter().map(|t| t.loss).sum::<f64>() / n;
+        Ok(w)
+    };
+    let (_, mut g) = crate::train::dpo::weighted_grads(model, b, &mut weigh)?;
+    g.clip(1.0);
+    opt.update(model.trainable(), &g, 1e-4)?;
+    Ok(loss)
+}
+
+/// `bench dpo`: one DPO step on --batch pairs of random answers (reference log-probs
+/// computed once before timing, as `train --method dpo` caches them) against one SFT step
+/// on the same 2 x --batch sequences, all kernels on, each its fastest of --rounds rounds
+/// of --steps steps with its own AdamW; DPO runs first (peak RSS only grows). tok/s counts
+/// the tokens of both answers.
+fn dpo_vs_sft(
+    a: &BenchArgs,
+    cfg: &ModelConfig,
+    params: crate::model::Params,
+    torch: Option<&serde_json::Value>,
+) -> Result<()> {
+    let model = Llama::new(cfg.clone(), params, &Device::Cpu)?;
+    let n_params = model.trainable().num_elements();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let pairs = random_batch(a, 2 * a.batch, &mut rng)?;
+    // The reference is the starting policy, so the first step's loss is ln 2 (h = 0).
+    let reference: Vec<f64> = crate::train::dpo::seq_nll(&model, &pairs)?
+        .iter()
+        .map(|nll| -nll)
+        .collect();
+    let (ref_chosen, ref_rejected) = reference.split_at(a.batch);
+    let dpo = DpoConfig {
+        method: Method::Dpo,
+        ..DpoConfig::default()
+    };
+    let tokens = 2 * a.batch * a.seq;
+    println!(
+        "elastica bench dpo: Llama {} layers, d={}, ff {}, vocab {}, seq {}, {} pairs ({} \
+         sequences) a step, f32, {} threads; DPO beta {}, sigmoid loss\n",
+        a.layers,
+        a.hidden,
+        a.ff,
+        a.vocab,
+        a.seq,
+        a.batch,
+        2 * a.batch,
+        rayon::current_num_threads(),
+        dpo.dpo_beta
+    );
+    println!("| step | tok/s | wall s/step | CPU s/step | vs PyTorch | peak RSS MB |");
+    println!("|---|---|---|---|---|---|");
+    let all: Vec<Kernel> = Kernel::ALL
+        .into_iter()
+        .filter(|&k| fused::enabled(k))
+        .collect();
+    let torch_best = |keys: &[&str]| {
+        keys.iter()
+            .filter_map(|k| torch?.get(*k)?.as_f64())
+            .reduce(f64::max)
+    };
+    let mut first_loss = None;
+    let mut rows = Vec::new();
+    for (label, is_dpo) in [("DPO", true), ("SFT, same sequences", false)] {
+        let mut opt = bench_adamw();
+        let ms = interleaved(
+            std::slice::from_ref(&all),
+            a.rounds,
+            a.warmup,
+            a.steps,
+            tokens,
+            |_| {
+                if is_dpo {
+                    let loss = dpo_step(&model, &pairs, ref_chosen, ref_rejected, &dpo, &mut opt)?;
+                    first_loss.get_or_insert(loss);
+                } else {
+                    let b = Batch {
+                        ids: pairs.ids.clone(),
+                        targets: pairs.targets.clone(),
+                        ..pairs
+                    };
+                    optimizer_step(&model, &[b], &mut opt, 1e-4, 1.0)?;
+                }
+                Ok(())
+            },
+        )?;
+        let m = ms.first().context("no measurement")?;
+        let torch_key = if is_dpo { "dpo" } else { "sft2" };
+        let torch_tok_s = torch_best(&[
+            &format!("{torch_key}_tok_s_eager"),
+            &format!("{torch_key}_tok_s_sdpa"),
+        ]);
+        println!(
+            "| {label} | {:.0} | {:.3} | {:.3} | {} | {:.0} |",
+            m.tok_s,
+            m.wall_s_per_step,
+            m.cpu_s_per_step,
+            ratio(m.tok_s, torch_tok_s),
+            m.rss_mb
+        );
+        rows.push(serde_json::json!({"step": label, "tok_s": m.tok_s,
+            "wall_s_per_step": m.wall_s_per_step, "cpu_s_per_step": m.cpu_s_per_step,
+            "peak_rss_mb": m.rss_mb, "torch_tok_s": torch_tok_s}));
+    }
+    let first_loss = first_loss.context("no DPO step ran")?;
+    println!("\nThe first DPO step's loss: {first_loss:.6} (ln 2 = 0.693147: policy = reference).");
+    if let Some(p) = &a.json {
+        crate::util::fsx::atomic_write_json(
+            p,
+            &serde_json::json!({"params": n_params, "pairs": a.batch, "seq": a.seq,
+                "dpo_beta": dpo.dpo_beta, "first_dpo_loss": first_loss, "rows": rows}),
         )?;
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! `elastica generate`: continue one prompt (printed) or a JSONL file of prompts (written as
 //! `{"prompt","response"}` records).
 
+use crate::data::records::Record;
 use crate::data::template::Template;
 use crate::model::generate::{generate, GenConfig};
 use anyhow::{bail, Result};
@@ -48,11 +49,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         return on_backend(&a);
     }
     let lm = crate::model::adapted::load_model_with(&a.model, a.adapter.as_deref(), &Device::Cpu)?;
-    let prompts = match (&a.prompt, &a.prompts) {
-        (Some(p), _) => vec![p.clone()],
-        (None, Some(f)) => read_prompts(f)?,
-        (None, None) => bail!("give --prompt TEXT or --prompts FILE.jsonl --out FILE.jsonl"),
-    };
+    let prompts = prompts_of(&a)?;
     let cfg = &a.gen;
     let ids: Vec<Vec<u32>> = prompts
         .iter()
@@ -72,38 +69,34 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         .iter()
         .map(|o| lm.tokenizer.decode(o, true))
         .collect::<Result<_>>()?;
-    match &a.out {
-        Some(out) => {
-            let recs: Vec<crate::data::records::Record> = prompts
-                .iter()
-                .zip(&responses)
-                .map(|(p, r)| crate::data::records::Record::pair(p.clone(), r.clone()))
-                .collect();
-            crate::data::records::write_jsonl(out, &recs)?;
-            eprintln!("wrote {} generations to {}", recs.len(), out.display());
-        }
-        None => println!("{}", responses[0]),
-    }
-    Ok(())
+    write_responses(&a, &prompts, &responses)
 }
 
 /// `elastica generate` on the chosen backend.
 fn on_backend(a: &GenerateArgs) -> Result<()> {
     let model = crate::backend::load(&a.model, &a.device.choice()?)?;
-    let prompts = match (&a.prompt, &a.prompts) {
-        (Some(p), _) => vec![p.clone()],
-        (None, Some(f)) => crate::data::records::read_prompts(f)?,
-        (None, None) => {
-            anyhow::bail!("give --prompt TEXT or --prompts FILE.jsonl --out FILE.jsonl")
-        }
-    };
+    let prompts = prompts_of(a)?;
     let responses = crate::backend::run::generate_texts(&*model, &prompts, a.template, &a.gen)?;
+    write_responses(a, &prompts, &responses)
+}
+
+/// The prompts to continue: `--prompt`, or the records of `--prompts`.
+fn prompts_of(a: &GenerateArgs) -> Result<Vec<String>> {
+    Ok(match (&a.prompt, &a.prompts) {
+        (Some(p), _) => vec![p.clone()],
+        (None, Some(f)) => read_prompts(f)?,
+        (None, None) => bail!("give --prompt TEXT or --prompts FILE.jsonl --out FILE.jsonl"),
+    })
+}
+
+/// The responses as `{"prompt","response"}` records in `--out`, or the one response printed.
+fn write_responses(a: &GenerateArgs, prompts: &[String], responses: &[String]) -> Result<()> {
     match &a.out {
         Some(out) => {
-            let recs: Vec<crate::data::records::Record> = prompts
+            let recs: Vec<Record> = prompts
                 .iter()
-                .zip(&responses)
-                .map(|(p, r)| crate::data::records::Record::pair(p.clone(), r.clone()))
+                .zip(responses)
+                .map(|(p, r)| Record::pair(p.clone(), r.clone()))
                 .collect();
             crate::data::records::write_jsonl(out, &recs)?;
             eprintln!("wrote {} generations to {}", recs.len(), out.display());

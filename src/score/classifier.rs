@@ -491,34 +491,27 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         std::fs::copy(path.join("config.json"), t.path().join("config.json")).unwrap();
         std::fs::write(t.path().join("pytorch_model.bin"), b"not really a pickle").unwrap();
-        let e = format!(
-            "{:#}",
-            ClassifierScorer::load(
-                t.path().to_str().unwrap(),
-                ClassifierOptions::new("POSITIVE"),
-                &Device::Cpu
-            )
-            .err()
-            .unwrap()
-        );
+        let e = load_error(t.path().to_str().unwrap());
         assert!(
             e.contains("pickle") && e.contains("safe_serialization=True"),
             "{e}"
         );
-        let e = format!(
-            "{:#}",
-            ClassifierScorer::load(
-                "no-such-org/no-such-model",
-                ClassifierOptions::new("POSITIVE"),
-                &Device::Cpu
-            )
-            .err()
-            .unwrap()
-        );
+        let e = load_error("no-such-org/no-such-model");
         assert!(
             e.contains("hub model id") && e.contains("models--no-such-org--no-such-model"),
             "{e}"
         );
+    }
+
+    /// The error, causes included, of loading `path` as a classifier with a POSITIVE label.
+    fn load_error(path: &str) -> String {
+        let opts = ClassifierOptions::new("POSITIVE");
+        format!(
+            "{:#}",
+            ClassifierScorer::load(path, opts, &Device::Cpu)
+                .err()
+                .unwrap()
+        )
     }
 
     #[test]
@@ -537,16 +530,7 @@ mod tests {
             .filter(|(n, _)| !n.starts_with("classifier.out_proj"))
             .collect();
         safetensors::serialize_to_file(kept, None, &t.path().join("model.safetensors")).unwrap();
-        let e = format!(
-            "{:#}",
-            ClassifierScorer::load(
-                t.path().to_str().unwrap(),
-                ClassifierOptions::new("POSITIVE"),
-                &Device::Cpu
-            )
-            .err()
-            .unwrap()
-        );
+        let e = load_error(t.path().to_str().unwrap());
         assert!(e.contains("classifier.out_proj.weight"), "{e}");
     }
 

@@ -75,6 +75,28 @@ pub fn pair_terms(cfg: &DpoConfig, dc: f64, dr: f64) -> PairTerms {
     }
 }
 
+/// The gradient weights of a micro-batch of pairs (`nll`: its sequences' summed NLLs, every
+/// chosen answer then every rejected one) and each pair's terms; `refs` yields the pairs'
+/// reference log-probs (chosen, rejected) in order, and `n` counts the step's pairs (the
+/// loss is their mean).
+pub fn pair_weights(
+    cfg: &DpoConfig,
+    nll: &[f64],
+    refs: impl Iterator<Item = (f64, f64)>,
+    n: f64,
+) -> (Vec<f64>, Vec<PairTerms>) {
+    let k = nll.len() / 2;
+    let mut w = vec![0.0; 2 * k];
+    let mut terms = Vec::with_capacity(k);
+    for (j, (ref_chosen, ref_rejected)) in refs.take(k).enumerate() {
+        let t = pair_terms(cfg, -nll[j] - ref_chosen, -nll[k + j] - ref_rejected);
+        w[j] = t.d_nll_chosen / n;
+        w[k + j] = t.d_nll_rejected / n;
+        terms.push(t);
+    }
+    (w, terms)
+}
+
 fn sigmoid(x: f64) -> f64 {
     if x >= 0.0 {
         1.0 / (1.0 + (-x).exp())
@@ -200,7 +222,7 @@ fn pair_batch(p: &Prepared, idx: &[usize], pad: u32, dev: &candle_core::Device) 
 }
 
 /// Summed NLL of each sequence of `b`, without a gradient.
-fn seq_nll(model: &Llama, b: &Batch) -> Result<Vec<f64>> {
+pub(crate) fn seq_nll(model: &Llama, b: &Batch) -> Result<Vec<f64>> {
     let logits = crate::train::backprop::scoring_logits(model, &b.ids)?;
     (0..b.ids.dim(0)?)
         .map(|s| {
@@ -482,19 +504,10 @@ fn dpo_step(
     for chunk in idx.chunks(cfg.batch_size) {
         let b = pair_batch(p, chunk, lm.tokenizer.pad_id(), &dev)?;
         tokens += b.n_targets;
-        let k = chunk.len();
         let mut weigh = |nll: &[f64]| -> Result<Vec<f64>> {
-            let mut w = vec![0.0; 2 * k];
-            for (j, &i) in chunk.iter().enumerate() {
-                let t = pair_terms(
-                    &cfg.dpo,
-                    -nll[j] - refs.chosen[i],
-                    -nll[k + j] - refs.rejected[i],
-                );
-                w[j] = t.d_nll_chosen / n;
-                w[k + j] = t.d_nll_rejected / n;
-                terms.push(t);
-            }
+            let pair_refs = chunk.iter().map(|&i| (refs.chosen[i], refs.rejected[i]));
+            let (w, t) = pair_weights(&cfg.dpo, nll, pair_refs, n);
+            terms.extend(t);
             Ok(w)
         };
         let (_, g) = weighted_grads(&lm.model, &b, &mut weigh)?;
