@@ -14,10 +14,12 @@ use crate::model::fused::{
     self, add_into, attention, cross_entropy, linear, norm::RmsNorm, swiglu::SwiGlu, with_data,
     Kernel,
 };
+use crate::model::lora::{LoraDropout, PROJECTIONS};
 use crate::model::Llama;
 use crate::train::optim::Grads;
 use anyhow::{Context, Result};
 use candle_core::{CustomOp1, CustomOp2, CustomOp3, DType, Tensor};
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 /// Whether [`nll_and_grads`] can compute `model`'s gradient (otherwise use autograd).
@@ -68,18 +70,33 @@ struct Proj {
     lora: Option<LoraProj>,
 }
 
-/// A projection's adapter: y += s * (x A^T) B^T, A (r, in), B (out, r).
+/// A projection's adapter: y += s * (dropout(x) A^T) B^T, A (r, in), B (out, r).
 struct LoraProj {
     a: Tensor,
     b: Tensor,
     s: f32,
+    /// The training forward's dropout with this adapter's (layer, projection index).
+    drop: Option<(LoraDropout, usize, usize)>,
 }
 
 impl LoraProj {
-    /// h = s * x A^T (rows, r) for x (rows, in): the adapter's scaled inner activations.
-    fn inner(&self, x: &[f32], rows: usize, inp: usize) -> Result<Vec<f32>> {
+    /// x masked by this adapter's dropout (x itself without dropout), and the mask.
+    fn dropped<'x>(&self, x: &'x [f32]) -> (Cow<'x, [f32]>, Option<Vec<f32>>) {
+        match &self.drop {
+            None => (Cow::Borrowed(x), None),
+            Some((d, layer, proj)) => {
+                let mask = d.mask(*layer, *proj, x.len());
+                let xd = x.iter().zip(&mask).map(|(x, m)| x * m).collect();
+                (Cow::Owned(xd), Some(mask))
+            }
+        }
+    }
+
+    /// h = s * xd A^T (rows, r) for the (dropped-out) input xd (rows, in): the adapter's
+    /// scaled inner activations.
+    fn inner(&self, xd: &[f32], rows: usize, inp: usize) -> Result<Vec<f32>> {
         let r = self.a.dim(0)?;
-        let mut h = with_slice(&self.a, |a| Ok(linear::forward(x, a, rows, inp, r)))?;
+        let mut h = with_slice(&self.a, |a| Ok(linear::forward(xd, a, rows, inp, r)))?;
         h.iter_mut().for_each(|v| *v *= self.s);
         Ok(h)
     }
@@ -87,15 +104,16 @@ impl LoraProj {
     /// y (rows, out) += h B^T.
     fn add_onto(&self, x: &[f32], rows: usize, inp: usize, y: &mut [f32]) -> Result<()> {
         let (out, r) = self.b.dims2()?;
-        let h = self.inner(x, rows, inp)?;
+        let h = self.inner(&self.dropped(x).0, rows, inp)?;
         with_slice(&self.b, |b| {
             linear::forward_add(&h, b, rows, r, out, y);
             Ok(())
         })
     }
 
-    /// The gradients of y = s * (x A^T) B^T from dy (rows, out): (dx, dA, dB). With
-    /// h = s x A^T: dB = dy^T h, dh = dy B, dA = s dh^T x, dx = s dh A.
+    /// The gradients of y = s * (xd A^T) B^T, xd = x * mask, from dy (rows, out):
+    /// (dx, dA, dB). With h = s xd A^T: dB = dy^T h, dh = dy B, dA = s dh^T xd,
+    /// dx = mask * (s dh A).
     fn backward(
         &self,
         x: &[f32],
@@ -104,23 +122,33 @@ impl LoraProj {
         inp: usize,
     ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
         let (out, r) = self.b.dims2()?;
-        let h = self.inner(x, rows, inp)?;
+        let (xd, mask) = self.dropped(x);
+        let h = self.inner(&xd, rows, inp)?;
         let (mut dh, db) = with_slice(&self.b, |b| Ok(linear::backward(&h, b, dy, rows, r, out)))?;
         dh.iter_mut().for_each(|v| *v *= self.s);
-        let (dx, da) = with_slice(&self.a, |a| Ok(linear::backward(x, a, &dh, rows, inp, r)))?;
+        let (mut dx, da) =
+            with_slice(&self.a, |a| Ok(linear::backward(&xd, a, &dh, rows, inp, r)))?;
+        if let Some(mask) = mask {
+            dx.iter_mut().zip(&mask).for_each(|(d, m)| *d *= m);
+        }
         Ok((dx, da, db))
     }
 }
 
 impl Proj {
-    fn load(model: &Llama, name: &str) -> Result<Self> {
+    /// Projection `proj` (index in `lora::PROJECTIONS`) of layer `layer`, with its adapter's
+    /// dropout `drop` in a training forward.
+    fn load(model: &Llama, layer: usize, proj: usize, drop: Option<&LoraDropout>) -> Result<Self> {
+        let (block, pname) = PROJECTIONS[proj];
+        let name = format!("model.layers.{layer}.{block}.{pname}");
         let p = &model.params;
         let bias = format!("{name}.bias");
         let lora = match model.adapter() {
-            Some(ad) => ad.pair(name)?.map(|(a, b)| LoraProj {
+            Some(ad) => ad.pair(&name)?.map(|(a, b)| LoraProj {
                 a: a.detach(),
                 b: b.detach(),
                 s: ad.scale() as f32,
+                drop: drop.map(|d| (*d, layer, proj)),
             }),
             None => None,
         };
@@ -130,7 +158,7 @@ impl Proj {
                 true => Some(p.tensor(&bias)?.detach()),
                 false => None,
             },
-            name: name.to_string(),
+            name,
             frozen: model.adapter().is_some(),
             lora,
         })
@@ -251,21 +279,22 @@ struct Layer {
 }
 
 impl Layer {
-    fn load(model: &Llama, l: usize) -> Result<Self> {
+    fn load(model: &Llama, l: usize, drop: Option<&LoraDropout>) -> Result<Self> {
         let p = format!("model.layers.{l}");
+        let proj = |j: usize| Proj::load(model, l, j, drop);
         let norm = |n: &str| -> Result<Tensor> {
             Ok(model.params.tensor(&format!("{p}.{n}.weight"))?.detach())
         };
         Ok(Layer {
             w_in: norm("input_layernorm")?,
             w_post: norm("post_attention_layernorm")?,
-            q: Proj::load(model, &format!("{p}.self_attn.q_proj"))?,
-            k: Proj::load(model, &format!("{p}.self_attn.k_proj"))?,
-            v: Proj::load(model, &format!("{p}.self_attn.v_proj"))?,
-            o: Proj::load(model, &format!("{p}.self_attn.o_proj"))?,
-            gate: Proj::load(model, &format!("{p}.mlp.gate_proj"))?,
-            up: Proj::load(model, &format!("{p}.mlp.up_proj"))?,
-            down: Proj::load(model, &format!("{p}.mlp.down_proj"))?,
+            q: proj(0)?,
+            k: proj(1)?,
+            v: proj(2)?,
+            o: proj(3)?,
+            gate: proj(4)?,
+            up: proj(5)?,
+            down: proj(6)?,
             prefix: p,
         })
     }
@@ -309,7 +338,8 @@ struct Forward {
 }
 
 impl<'a> Decoder<'a> {
-    fn load(model: &'a Llama, t: usize) -> Result<Self> {
+    /// `drop`: the LoRA dropout of a training forward (None when scoring).
+    fn load(model: &'a Llama, t: usize, drop: Option<&LoraDropout>) -> Result<Self> {
         let cfg = &model.cfg;
         let embed = model.params.tensor("model.embed_tokens.weight")?.detach();
         let tied = cfg.tie_word_embeddings;
@@ -320,7 +350,7 @@ impl<'a> Decoder<'a> {
             },
             tables: model.rope_tables(t),
             layers: (0..cfg.num_hidden_layers)
-                .map(|l| Layer::load(model, l))
+                .map(|l| Layer::load(model, l, drop))
                 .collect::<Result<_>>()?,
             head: Proj {
                 name: if tied {
@@ -432,7 +462,7 @@ pub fn scoring_logits(model: &Llama, ids: &Tensor) -> Result<Tensor> {
         return Ok(model.forward(ids)?.detach());
     }
     let (b, t) = ids.dims2()?;
-    let logits = Decoder::load(model, t)?.forward(ids, None)?.logits;
+    let logits = Decoder::load(model, t, None)?.forward(ids, None)?.logits;
     Ok(logits.reshape((b, t, ()))?)
 }
 
@@ -450,7 +480,7 @@ pub fn scoring_nll(model: &Llama, ids: &Tensor, targets: &Tensor) -> Result<f64>
         return Ok(nll.to_dtype(DType::F64)?.to_scalar::<f64>()?);
     }
     let (_, t) = ids.dims2()?;
-    let dec = Decoder::load(model, t)?;
+    let dec = Decoder::load(model, t, None)?;
     let nf = dec.forward_hidden(ids, None)?.1;
     let target_list: Vec<i64> = targets.flatten_all()?.to_dtype(DType::I64)?.to_vec1()?;
     let rows = nf.dim(0)?;
@@ -472,29 +502,33 @@ pub fn scoring_nll(model: &Llama, ids: &Tensor, targets: &Tensor) -> Result<f64>
 }
 
 /// The summed NLL of `targets` (b, t) i64 (-100 = not counted) after `ids` (b, t) u32, and
-/// the gradient of `scale` * NLL for every parameter, in `model.params` order (zeros for a
-/// parameter the loss does not reach). Equal, to rounding, to autograd on `Llama::forward`.
+/// the gradient of `scale` * NLL for every trainable parameter, in `model.trainable()` order
+/// (zeros for a parameter the loss does not reach), with the LoRA dropout `drop` of a
+/// training step if given. Equal, to rounding, to autograd on `Llama::forward_train`.
 pub fn nll_and_grads(
     model: &Llama,
     ids: &Tensor,
     targets: &Tensor,
     scale: f64,
+    drop: Option<&LoraDropout>,
 ) -> Result<(f64, Grads)> {
-    let (nll, _, grads) = nll_and_grads_seeded(model, ids, targets, Seed::Uniform(scale))?;
+    let (nll, _, grads) = nll_and_grads_seeded(model, ids, targets, Seed::Uniform(scale), drop)?;
     Ok((nll, grads))
 }
 
 /// The summed NLL of each sequence (row of `targets`, -100 = not counted) and the gradient of
 /// sum_s w_s * NLL_s, where `weigh` turns the forward's per-sequence NLLs into the weights
 /// w_s (DPO's per-pair scalars; see `train::dpo`). One forward: the weights scale the rows of
-/// the loss's logit gradient before the shared backward.
+/// the loss's logit gradient before the shared backward. `drop` as in [`nll_and_grads`].
 pub fn seq_nll_and_weighted_grads(
     model: &Llama,
     ids: &Tensor,
     targets: &Tensor,
+    drop: Option<&LoraDropout>,
     weigh: &mut dyn FnMut(&[f64]) -> Result<Vec<f64>>,
 ) -> Result<(Vec<f64>, Grads)> {
-    let (_, seq, grads) = nll_and_grads_seeded(model, ids, targets, Seed::PerSequence(weigh))?;
+    let (_, seq, grads) =
+        nll_and_grads_seeded(model, ids, targets, Seed::PerSequence(weigh), drop)?;
     Ok((seq, grads))
 }
 
@@ -528,11 +562,12 @@ fn nll_and_grads_seeded(
     ids: &Tensor,
     targets: &Tensor,
     seed: Seed<'_>,
+    dropout: Option<&LoraDropout>,
 ) -> Result<(f64, Vec<f64>, Grads)> {
     let cfg = &model.cfg;
     let (b, t) = ids.dims2()?;
     let rows = b * t;
-    let dec = Decoder::load(model, t)?;
+    let dec = Decoder::load(model, t, dropout)?;
     let (norm, head, layers) = (&dec.norm, &dec.head, &dec.layers);
     let id_list: Vec<u32> = ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1()?;
     let mut saved = Vec::with_capacity(layers.len());
@@ -703,7 +738,7 @@ mod tests {
         for (family, tied) in [("llama", false), ("llama", true), ("qwen2", false)] {
             let model = tiny(family, tied);
             let (nll_a, ga) = autograd(&model, &ids, &targets, 0.25);
-            let (nll_b, gb) = nll_and_grads(&model, &ids, &targets, 0.25).unwrap();
+            let (nll_b, gb) = nll_and_grads(&model, &ids, &targets, 0.25, None).unwrap();
             let whole = nll_sum(&model.forward(&ids).unwrap(), &targets).unwrap();
             let whole = whole.to_scalar::<f32>().unwrap() as f64;
             let blocks = scoring_nll(&model, &ids, &targets).unwrap();
@@ -748,7 +783,7 @@ mod tests {
         let model = tiny("llama", false);
         let ids = Tensor::from_vec(vec![3u32, 77], (1, 2), &Device::Cpu).unwrap();
         let targets = Tensor::from_vec(vec![1i64, 2], (1, 2), &Device::Cpu).unwrap();
-        let Err(err) = nll_and_grads(&model, &ids, &targets, 1.0) else {
+        let Err(err) = nll_and_grads(&model, &ids, &targets, 1.0, None) else {
             panic!("an id past the vocabulary was accepted");
         };
         assert!(format!("{err:#}").contains("vocabulary"), "{err:#}");
