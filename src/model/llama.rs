@@ -1,6 +1,9 @@
 //! The decoder: embeddings -> N x (RMSNorm -> attention -> RMSNorm -> gated MLP) -> norm ->
-//! LM head, with the family differences of Llama, Qwen2 and Gemma. Every op records a
-//! backward (no fused candle-nn ops), so the same code trains and generates.
+//! LM head, with the family differences of Llama, Qwen2 and Gemma, its weights loaded once
+//! under their HF names into the structs below. Three ways run them: the graph forward here
+//! (every op records a backward, so autograd can train it: the reference path and the
+//! families the kernels do not cover), `backward` (the training step by hand on the fused
+//! kernels, and graph-free scoring) and `incremental` (KV-cache decoding).
 //! Read bottom-up: norm -> linear -> attention -> mlp -> block -> model.
 
 use super::config::{Activation, Family, ModelConfig};
@@ -12,6 +15,7 @@ use super::rope::{self, Rope};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor, D};
 
+pub mod backward;
 mod incremental;
 
 /// x (.., in) times W^T (out, in), plus bias.
@@ -34,6 +38,8 @@ pub fn softmax_last(x: &Tensor) -> candle_core::Result<Tensor> {
 /// A projection: its weight (out, in), optional bias and, when the model carries one, its
 /// LoRA adapter.
 struct Linear {
+    /// The module's name (`model.layers.0.self_attn.q_proj`), which names its gradients.
+    name: String,
     w: Tensor,
     b: Option<Tensor>,
     lora: Option<LoraLinear>,
@@ -73,6 +79,7 @@ impl Linear {
                 None
             },
             lora,
+            name,
         })
     }
 
