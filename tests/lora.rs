@@ -1,18 +1,20 @@
 //! LoRA adapters: PEFT's adapters score as transformers + peft; the hand-written LoRA
-//! backward equals autograd and a finite difference; a LoRA run trains only the adapter and
-//! resumes bit-identically; merge equals the adapter applied on the fly; the CLI's
+//! backward equals autograd and a finite difference, with and without a dropout mask; a
+//! LoRA run (with or without dropout) trains only the adapter and resumes bit-identically; merge equals the adapter applied on the fly; the CLI's
 //! `--adapter`, `--lora-rank` and `merge`.
 
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use elastica::model::adapted::{for_training, load_model_with, save_merged};
+use elastica::model::adapted::{attach, for_training, load_model_with, save_merged};
 use elastica::model::checkpoint::{init_model, load_model};
-use elastica::model::lora::LoraConfig;
+use elastica::model::lora::{LoraConfig, LoraDropout};
 use elastica::model::LoadedModel;
 use elastica::train::backprop::{nll_and_grads, scoring_nll, usable};
+use elastica::train::batch::Batch;
 use elastica::train::loss::nll_sum;
-use elastica::train::optim::Grads;
+use elastica::train::optim::{AdamW, AdamWConfig, Grads};
+use elastica::train::sft::optimizer_step;
 use elastica::train::{train, TrainConfig, TrainRun};
 use std::path::{Path, PathBuf};
 
@@ -89,7 +91,7 @@ fn the_lora_backward_equals_autograd_and_a_finite_difference() {
     let (ids, targets) = ids_and_targets();
     for name in ["peft-llama", "peft-qwen2-rslora"] {
         let lm = with_adapter(name);
-        let (_, by_hand) = nll_and_grads(&lm.model, &ids, &targets, 0.5).unwrap();
+        let (_, by_hand) = nll_and_grads(&lm.model, &ids, &targets, 0.5, None).unwrap();
         let auto = autograd(&lm, &ids, &targets, 0.5);
         let names: Vec<&String> = lm.model.trainable().names().iter().collect();
         assert_eq!(by_hand.0.len(), names.len(), "{name}: only adapter tensors");
@@ -130,6 +132,209 @@ fn the_lora_backward_equals_autograd_and_a_finite_difference() {
             );
         }
     }
+}
+
+/// `name`'s fixture adapter with dropout `p` and dropout seed `seed` (its tensors as loaded).
+fn with_dropout(name: &str, p: f64, seed: u64) -> LoadedModel {
+    let lm = with_adapter(name);
+    let mut adapter = lm.model.adapter().unwrap().clone();
+    adapter.cfg.dropout = p;
+    adapter.seed = seed;
+    attach(lm, adapter).unwrap()
+}
+
+/// Summed NLL of a forward with dropout `drop`.
+fn nll_with(lm: &LoadedModel, ids: &Tensor, targets: &Tensor, drop: Option<&LoraDropout>) -> f64 {
+    nll_sum(&lm.model.forward_train(ids, drop).unwrap(), targets)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+#[test]
+fn lora_dropout_masks_are_inverted_keyed_and_reproducible() {
+    let d = LoraDropout {
+        p: 0.25,
+        seed: 5,
+        step: 2,
+        micro: 1,
+    };
+    let m = d.mask(1, 3, 20_000);
+    let dropped = m.iter().filter(|&&x| x == 0.0).count() as f64 / m.len() as f64;
+    assert!((dropped - 0.25).abs() < 0.02, "dropped fraction {dropped}");
+    assert!(m.iter().all(|&x| x == 0.0 || x == (1.0f64 / 0.75) as f32));
+    assert_eq!(m, d.mask(1, 3, 20_000), "the same key draws the same mask");
+    for other in [
+        LoraDropout { seed: 6, ..d },
+        LoraDropout { step: 3, ..d },
+        LoraDropout { micro: 0, ..d },
+    ] {
+        assert_ne!(m, other.mask(1, 3, 20_000), "{other:?}");
+    }
+    assert_ne!(m, d.mask(0, 3, 20_000), "another layer");
+    assert_ne!(m, d.mask(1, 4, 20_000), "another projection");
+    // Only a training step has dropout, and only with p > 0.
+    let lm = with_dropout("peft-llama", 0.5, 9);
+    let got = lm.model.lora_dropout(4, 2).unwrap();
+    assert_eq!((got.p, got.seed, got.step, got.micro), (0.5, 9, 4, 2));
+    assert!(with_dropout("peft-llama", 0.0, 9)
+        .model
+        .lora_dropout(4, 2)
+        .is_none());
+}
+
+#[test]
+fn the_lora_backward_with_a_dropout_mask_equals_autograd_and_a_finite_difference() {
+    let (ids, targets) = ids_and_targets();
+    for name in ["peft-llama", "peft-qwen2-rslora"] {
+        let lm = with_dropout(name, 0.5, 11);
+        let drop = lm.model.lora_dropout(3, 1).unwrap();
+        // The mask is really applied: the masked loss is not the model's loss.
+        let masked = nll_with(&lm, &ids, &targets, Some(&drop));
+        let plain = scoring_nll(&lm.model, &ids, &targets).unwrap();
+        assert!(
+            (masked - plain).abs() > 1e-3 * plain,
+            "{name}: {masked} vs {plain}"
+        );
+        let none = nll_with(&lm, &ids, &targets, None);
+        assert!(
+            (none - plain).abs() <= 1e-5 * plain,
+            "{name}: no dropout {none} vs {plain}"
+        );
+        let (nll, by_hand) = nll_and_grads(&lm.model, &ids, &targets, 0.5, Some(&drop)).unwrap();
+        assert!(
+            (nll - masked).abs() <= 1e-5 * masked,
+            "{name}: {nll} vs {masked}"
+        );
+        let loss = nll_sum(
+            &lm.model.forward_train(&ids, Some(&drop)).unwrap(),
+            &targets,
+        )
+        .unwrap();
+        let store = (loss * 0.5).unwrap().backward().unwrap();
+        let auto = Grads::from_store(lm.model.trainable(), &store).unwrap();
+        for ((n, a), (_, b)) in auto.0.iter().zip(&by_hand.0) {
+            let top = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!(top > 0.0, "{name}: {n} has no gradient");
+            let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(
+                diff <= 1e-4 * top,
+                "{name}: {n} differs by {diff} (top {top})"
+            );
+        }
+        // Central differences of 0.5 * NLL under the same mask, on the largest entries of
+        // an A (its gradient goes through the mask) and a B.
+        let params = lm.model.trainable().clone();
+        for (n, g) in by_hand.0.iter().take(2) {
+            let var = params.get(n).unwrap();
+            let (k, &gk) = g
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
+                .unwrap();
+            let orig: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+            // Smaller than above: the doubled (kept) inputs bend the loss more.
+            let eps = 3e-3f32;
+            let at = |d: f32| {
+                let mut v = orig.clone();
+                v[k] += d;
+                var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
+                0.5 * nll_with(&lm, &ids, &targets, Some(&drop))
+            };
+            let fd = (at(eps) - at(-eps)) / (2.0 * eps as f64);
+            var.set(&Tensor::from_vec(orig, var.shape(), &Device::Cpu).unwrap())
+                .unwrap();
+            assert!(
+                (fd - gk as f64).abs() <= 2e-2 * (gk as f64).abs(),
+                "{name}: {n}[{k}]: finite difference {fd} vs backward {gk}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_dropout_step_reports_the_masked_loss_and_differs_from_a_dropout_free_step() {
+    let (ids, targets) = ids_and_targets();
+    let n_targets = targets
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<i64>()
+        .unwrap()
+        .iter()
+        .filter(|&&t| t >= 0)
+        .count();
+    let batch = Batch {
+        ids: ids.clone(),
+        targets: targets.clone(),
+        n_targets,
+        n_tokens: ids.elem_count(),
+    };
+    let step = |p: f64| {
+        let lm = with_dropout("peft-llama", p, 3);
+        // The first update's mask: AdamW has done 0 updates, micro-batch 0.
+        let want = nll_with(&lm, &ids, &targets, lm.model.lora_dropout(0, 0).as_ref());
+        let mut opt = AdamW::new(AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        });
+        let (nll, _) =
+            optimizer_step(&lm.model, std::slice::from_ref(&batch), &mut opt, 1e-2, 1.0).unwrap();
+        assert!(
+            (nll - want).abs() <= 1e-5 * want,
+            "p = {p}: {nll} vs {want}"
+        );
+        let after: Vec<Vec<f32>> = lm
+            .model
+            .trainable()
+            .iter()
+            .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+            .collect();
+        (nll, after)
+    };
+    let (nll0, after0) = step(0.0);
+    let (nll5, after5) = step(0.5);
+    assert!((nll0 - nll5).abs() > 1e-3 * nll0, "{nll0} vs {nll5}");
+    assert_ne!(
+        after0, after5,
+        "the dropout step updated the adapter as the plain one"
+    );
+}
+
+#[test]
+fn the_cli_trains_with_lora_dropout_and_records_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = fixtures().join("models/tiny-llama");
+    let data = fixtures().join("sft/data.jsonl");
+    let out = dir.path().join("run");
+    let (ok, _, err) = common::elastica(&[
+        "train",
+        "--model",
+        base.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--lora-rank",
+        "2",
+        "--lora-dropout",
+        "0.1",
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "2",
+    ]);
+    assert!(ok, "{err}");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["lora_dropout"], 0.1);
+    let log = std::fs::read_to_string(out.join("train_log.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 2, "{log}");
 }
 
 #[test]
@@ -187,8 +392,22 @@ fn tiny_lora(dir: &Path, cfg: &TrainConfig) -> LoadedModel {
 
 #[test]
 fn a_lora_run_trains_only_the_adapter_and_resumes_bit_identically() {
+    let plain = lora_run_and_resume(lora_cfg());
+    // With dropout the same holds (masks keyed by seed, step, micro-batch, layer and
+    // projection), and the masks change what the adapter learns.
+    let mut cfg = lora_cfg();
+    cfg.lora.dropout = 0.25;
+    let dropped = lora_run_and_resume(cfg);
+    assert_ne!(
+        plain, dropped,
+        "lora dropout 0.25 trained the same adapter as 0"
+    );
+}
+
+/// Trains `cfg` (LoRA) on the tiny model, then kills a second run after step 7 and resumes
+/// it, checking it ends bit-identical; returns the finished adapter's bytes.
+fn lora_run_and_resume(cfg: TrainConfig) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = lora_cfg();
     let recs = common::sft_records();
     let lm = tiny_lora(dir.path(), &cfg);
     let base_before: Vec<Vec<f32>> = lm
@@ -287,6 +506,7 @@ fn a_lora_run_trains_only_the_adapter_and_resumes_bit_identically() {
     )
     .unwrap();
     assert_eq!(again.resumed_from, Some(12));
+    final_full
 }
 
 #[test]

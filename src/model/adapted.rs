@@ -44,15 +44,17 @@ pub fn check_for_training(model: &super::Llama, cfg: &LoraConfig) -> Result<()> 
             };
             if a.cfg != want {
                 bail!(
-                    "the adapter being continued has r = {}, alpha = {}, rslora = {}, \
-                     targets {:?}, but the run asks for r = {}, alpha = {}, rslora = {}, \
-                     targets {:?}; give the adapter's own settings",
+                    "the adapter being continued has r = {}, alpha = {}, dropout = {}, \
+                     rslora = {}, targets {:?}, but the run asks for r = {}, alpha = {}, \
+                     dropout = {}, rslora = {}, targets {:?}; give the adapter's own settings",
                     a.cfg.rank,
                     a.cfg.alpha,
+                    a.cfg.dropout,
                     a.cfg.rslora,
                     a.cfg.targets,
                     want.rank,
                     want.alpha,
+                    want.dropout,
                     want.rslora,
                     want.targets
                 );
@@ -65,7 +67,8 @@ pub fn check_for_training(model: &super::Llama, cfg: &LoraConfig) -> Result<()> 
 /// Ready `lm` for a run with LoRA settings `cfg`: with LoRA on and no adapter yet, a fresh
 /// one (seeded by `seed`; PEFT's init, so the model starts equal to the base); a model that
 /// already carries an adapter (`--adapter DIR`) continues that adapter, and LoRA settings
-/// left off take the adapter's own. Returns the model and the settings the run records.
+/// left off take the adapter's own. `seed` (the run's) also draws the dropout masks.
+/// Returns the model and the settings the run records.
 pub fn for_training(
     lm: LoadedModel,
     cfg: &LoraConfig,
@@ -81,7 +84,9 @@ pub fn for_training(
         };
         resolved.validate()?;
         check_for_training(&lm.model, &resolved)?;
-        return Ok((lm, resolved));
+        // The same tensors (shared variables), keyed for this run's dropout masks.
+        let adapter = Adapter { seed, ..a.clone() };
+        return Ok((attach(lm, adapter)?, resolved));
     }
     if !cfg.enabled() {
         return Ok((lm, cfg.clone()));

@@ -1,17 +1,21 @@
 //! The decoder: embeddings -> N x (RMSNorm -> attention -> RMSNorm -> gated MLP) -> norm ->
-//! LM head, with the family differences of Llama, Qwen2 and Gemma. Every op records a
-//! backward (no fused candle-nn ops), so the same code trains and generates.
+//! LM head, with the family differences of Llama, Qwen2 and Gemma, its weights loaded once
+//! under their HF names into the structs below. Three ways run them: the graph forward here
+//! (every op records a backward, so autograd can train it: the reference path and the
+//! families the kernels do not cover), `backward` (the training step by hand on the fused
+//! kernels, and graph-free scoring) and `incremental` (KV-cache decoding).
 //! Read bottom-up: norm -> linear -> attention -> mlp -> block -> model.
 
 use super::config::{Activation, Family, ModelConfig};
 use super::fused::decode::KvBuffers;
 use super::fused::{self, attention::RopeTables, norm::rms_norm, swiglu::swiglu, Kernel};
-use super::lora::Adapter;
+use super::lora::{Adapter, LoraDropout, PROJECTIONS};
 use super::params::Params;
 use super::rope::{self, Rope};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor, D};
 
+pub mod backward;
 mod incremental;
 
 /// x (.., in) times W^T (out, in), plus bias.
@@ -31,18 +35,40 @@ pub fn softmax_last(x: &Tensor) -> candle_core::Result<Tensor> {
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
 }
 
+/// A projection: its weight (out, in), optional bias and, when the model carries one, its
+/// LoRA adapter.
 struct Linear {
+    /// The module's name (`model.layers.0.self_attn.q_proj`), which names its gradients.
+    name: String,
     w: Tensor,
     b: Option<Tensor>,
-    /// A LoRA adapter's A (r, in), B (out, r) and scale (see `lora`).
-    lora: Option<(Tensor, Tensor, f64)>,
+    lora: Option<LoraLinear>,
+}
+
+/// A projection's adapter: A (r, in), B (out, r), the scale s, and where it sits (layer,
+/// index in `lora::PROJECTIONS`), which keys its dropout mask.
+struct LoraLinear {
+    a: Tensor,
+    b: Tensor,
+    s: f64,
+    layer: usize,
+    proj: usize,
 }
 
 impl Linear {
-    fn load(p: &Params, adapter: Option<&Adapter>, name: &str) -> Result<Self> {
+    /// Projection `proj` (index in `lora::PROJECTIONS`) of layer `layer`.
+    fn load(p: &Params, adapter: Option<&Adapter>, layer: usize, proj: usize) -> Result<Self> {
+        let (block, name) = PROJECTIONS[proj];
+        let name = format!("model.layers.{layer}.{block}.{name}");
         let b = format!("{name}.bias");
         let lora = match adapter {
-            Some(a) => a.pair(name)?.map(|(la, lb)| (la, lb, a.scale())),
+            Some(ad) => ad.pair(&name)?.map(|(a, b)| LoraLinear {
+                a,
+                b,
+                s: ad.scale(),
+                layer,
+                proj,
+            }),
             None => None,
         };
         Ok(Linear {
@@ -53,16 +79,25 @@ impl Linear {
                 None
             },
             lora,
+            name,
         })
     }
-    /// x W^T + b, plus s * x A^T B^T with an adapter (no dropout: this path scores, and
-    /// trains only with lora dropout 0).
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+
+    /// x W^T + b, plus s * dropout(x) A^T B^T with an adapter (dropout only in a training
+    /// forward, `drop` given).
+    fn forward(&self, x: &Tensor, drop: Option<&LoraDropout>) -> candle_core::Result<Tensor> {
         let y = linear(x, &self.w, self.b.as_ref())?;
-        match &self.lora {
-            Some((a, b, s)) => y + (linear(&linear(x, a, None)?, b, None)? * *s)?,
-            None => Ok(y),
-        }
+        let Some(l) = &self.lora else {
+            return Ok(y);
+        };
+        let x = match drop {
+            Some(d) => {
+                let mask = d.mask(l.layer, l.proj, x.elem_count());
+                (x * Tensor::from_vec(mask, x.shape(), x.device())?)?
+            }
+            None => x.clone(),
+        };
+        y + (linear(&linear(&x, &l.a, None)?, &l.b, None)? * l.s)?
     }
 }
 
@@ -95,6 +130,7 @@ impl Attention {
         x: &Tensor,
         path: &AttnPath,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
+        drop: Option<&LoraDropout>,
     ) -> candle_core::Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let hd = self.head_dim;
@@ -102,14 +138,14 @@ impl Attention {
             (AttnPath::Fused(tables), None) => {
                 // One fused op from the projections to o_proj.
                 let y = fused::attention::causal_attention(
-                    &self.q_proj.forward(x)?,
-                    &self.k_proj.forward(x)?,
-                    &self.v_proj.forward(x)?,
+                    &self.q_proj.forward(x, drop)?,
+                    &self.k_proj.forward(x, drop)?,
+                    &self.v_proj.forward(x, drop)?,
                     self.n_heads,
                     self.n_kv,
                     tables,
                 )?;
-                return self.o_proj.forward(&y);
+                return self.o_proj.forward(&y, drop);
             }
             (AttnPath::Reference { cos, sin, bias }, cache) => (cos, sin, *bias, cache),
             _ => candle_core::bail!("attention: kernel path and cache do not match"),
@@ -117,19 +153,19 @@ impl Attention {
         // (b, t, heads*hd) -> (b, heads, t, hd)
         let q = self
             .q_proj
-            .forward(x)?
+            .forward(x, drop)?
             .reshape((b, t, self.n_heads, hd))?
             .transpose(1, 2)?
             .contiguous()?;
         let k = self
             .k_proj
-            .forward(x)?
+            .forward(x, drop)?
             .reshape((b, t, self.n_kv, hd))?
             .transpose(1, 2)?
             .contiguous()?;
         let v = self
             .v_proj
-            .forward(x)?
+            .forward(x, drop)?
             .reshape((b, t, self.n_kv, hd))?
             .transpose(1, 2)?
             .contiguous()?;
@@ -153,7 +189,7 @@ impl Attention {
         let att = softmax_last(&att.broadcast_add(bias)?)?;
         let y = att.matmul(&v)?; // (b, heads, t, hd)
         let y = y.transpose(1, 2)?.reshape((b, t, self.n_heads * hd))?;
-        self.o_proj.forward(&y)
+        self.o_proj.forward(&y, drop)
     }
 }
 
@@ -176,15 +212,15 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let g = self.gate_proj.forward(x)?;
-        let u = self.up_proj.forward(x)?;
+    fn forward(&self, x: &Tensor, drop: Option<&LoraDropout>) -> candle_core::Result<Tensor> {
+        let g = self.gate_proj.forward(x, drop)?;
+        let u = self.up_proj.forward(x, drop)?;
         let h = match self.act {
             Activation::Silu => swiglu(&g, &u)?,
             Activation::GeluTanh => (g.gelu()? * u)?,
             Activation::Gelu => (g.gelu_erf()? * u)?,
         };
-        self.down_proj.forward(&h)
+        self.down_proj.forward(&h, drop)
     }
 }
 
@@ -267,17 +303,17 @@ impl Llama {
         adapter: Option<Adapter>,
         device: &Device,
     ) -> Result<Self> {
-        let lin = |name: &str| Linear::load(&params, adapter.as_ref(), name);
+        let lin = |l: usize, proj: usize| Linear::load(&params, adapter.as_ref(), l, proj);
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
             layers.push(Block {
                 input_layernorm: params.tensor(&format!("{p}.input_layernorm.weight"))?,
                 self_attn: Attention {
-                    q_proj: lin(&format!("{p}.self_attn.q_proj"))?,
-                    k_proj: lin(&format!("{p}.self_attn.k_proj"))?,
-                    v_proj: lin(&format!("{p}.self_attn.v_proj"))?,
-                    o_proj: lin(&format!("{p}.self_attn.o_proj"))?,
+                    q_proj: lin(l, 0)?,
+                    k_proj: lin(l, 1)?,
+                    v_proj: lin(l, 2)?,
+                    o_proj: lin(l, 3)?,
                     n_heads: cfg.num_attention_heads,
                     n_kv: cfg.num_key_value_heads,
                     head_dim: cfg.head_dim,
@@ -285,9 +321,9 @@ impl Llama {
                 post_attention_layernorm: params
                     .tensor(&format!("{p}.post_attention_layernorm.weight"))?,
                 mlp: Mlp {
-                    gate_proj: lin(&format!("{p}.mlp.gate_proj"))?,
-                    up_proj: lin(&format!("{p}.mlp.up_proj"))?,
-                    down_proj: lin(&format!("{p}.mlp.down_proj"))?,
+                    gate_proj: lin(l, 4)?,
+                    up_proj: lin(l, 5)?,
+                    down_proj: lin(l, 6)?,
                     act: cfg.activation,
                 },
             });
@@ -324,20 +360,47 @@ impl Llama {
     /// Right padding needs no mask: pad keys come after every real query.
     /// Returns logits (b, t, vocab) f32.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        Ok(linear(&self.forward_hidden(ids)?, &self.lm_head, None)?)
+        self.forward_train(ids, None)
+    }
+
+    /// [`Self::forward`] of a training step: with `drop`, each LoRA adapter's input goes
+    /// through its dropout mask (see [`LoraDropout`]); without, the same as `forward`.
+    pub fn forward_train(&self, ids: &Tensor, drop: Option<&LoraDropout>) -> Result<Tensor> {
+        Ok(linear(
+            &self.hidden_states(ids, drop)?,
+            &self.lm_head,
+            None,
+        )?)
+    }
+
+    /// The LoRA dropout of micro-batch `micro` of the optimizer step that follows `step`
+    /// AdamW updates, or None where there is none (no adapter, or p = 0).
+    pub fn lora_dropout(&self, step: u64, micro: u64) -> Option<LoraDropout> {
+        let a = self.adapter.as_ref()?;
+        (a.cfg.dropout > 0.0).then_some(LoraDropout {
+            p: a.cfg.dropout,
+            seed: a.seed,
+            step,
+            micro,
+        })
     }
 
     /// The backbone alone (transformers' `LlamaModel`): the final-normed hidden states
     /// (b, t, hidden) f32 of `ids` (b, t), causal, positions 0..t, right padding OK. Score
     /// models put their own head on top.
     pub fn forward_hidden(&self, ids: &Tensor) -> Result<Tensor> {
+        self.hidden_states(ids, None)
+    }
+
+    /// [`Self::forward_hidden`], with LoRA dropout when `drop` is given.
+    fn hidden_states(&self, ids: &Tensor, drop: Option<&LoraDropout>) -> Result<Tensor> {
         let (_, t) = ids.dims2()?;
         let positions = Tensor::arange(0u32, t as u32, &self.device)?.unsqueeze(0)?;
         let x = self.embed(ids)?;
         if fused::usable(Kernel::Attention, &[&x]) {
             // The fused kernel applies RoPE itself from tables of positions 0..t.
             let tables = self.rope.tables(t);
-            return self.blocks(x, &AttnPath::Fused(&tables), None);
+            return self.blocks(x, &AttnPath::Fused(&tables), None, drop);
         }
         let bias = causal_bias(t, 0, None, &self.device)?;
         let (cos, sin) = self.rope.cos_sin(&positions)?;
@@ -349,6 +412,7 @@ impl Llama {
                 bias: &bias,
             },
             None,
+            drop,
         )
     }
 
@@ -396,6 +460,7 @@ impl Llama {
                     bias: &bias,
                 },
                 Some(cache),
+                None,
             )?;
             linear(&x.narrow(1, t - 1, 1)?.squeeze(1)?, &self.lm_head, None)?
         };
@@ -427,15 +492,16 @@ impl Llama {
         mut x: Tensor,
         path: &AttnPath,
         mut cache: Option<&mut KvCache>,
+        drop: Option<&LoraDropout>,
     ) -> Result<Tensor> {
         let gemma = self.cfg.family == Family::Gemma;
         let eps = self.cfg.rms_norm_eps;
         for (l, block) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[l]);
             let hn = rms_norm(&x, &block.input_layernorm, eps, gemma)?;
-            x = (x + block.self_attn.forward(&hn, path, slot)?)?;
+            x = (x + block.self_attn.forward(&hn, path, slot, drop)?)?;
             let hn = rms_norm(&x, &block.post_attention_layernorm, eps, gemma)?;
-            x = (x + block.mlp.forward(&hn)?)?;
+            x = (x + block.mlp.forward(&hn, drop)?)?;
         }
         Ok(rms_norm(&x, &self.norm, eps, gemma)?)
     }

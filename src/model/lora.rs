@@ -1,6 +1,8 @@
 //! LoRA adapters (Hu et al. 2021) in PEFT's on-disk format. A projection W (out, in) with an
 //! adapter computes x W^T + b + s * x A^T B^T, A (r, in), B (out, r), s = alpha / r (or
-//! alpha / sqrt(r) with rsLoRA). The base stays frozen; only A and B train.
+//! alpha / sqrt(r) with rsLoRA). The base stays frozen; only A and B train. In training,
+//! PEFT's lora_dropout masks the adapter's input x (not the frozen path's); the masks are
+//! drawn by [`LoraDropout`], keyed by where the forward sits in its run.
 //!
 //! On disk (what `peft.PeftModel.from_pretrained(base, dir)` reads): `adapter_config.json`
 //! and `adapter_model.safetensors` with keys
@@ -15,7 +17,7 @@ use super::params::Params;
 use super::tensor_file::save_tensors;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
-use rand::{Rng, SeedableRng};
+use rand::{Rng, RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -56,8 +58,10 @@ pub struct LoraConfig {
     /// --lora-rslora).
     #[arg(long = "lora-alpha", id = "lora_alpha", default_value_t = 16.0)]
     pub alpha: f64,
-    /// Dropout on the adapter's input (PEFT's lora_dropout). Recorded in the adapter's
-    /// config; training with dropout > 0 is not supported yet (refused).
+    /// Dropout on the adapter's input (PEFT's lora_dropout): in training each adapter's
+    /// input x is masked (kept entries scaled by 1 / (1 - p)), the frozen path sees x
+    /// unchanged; off in evaluation and generation. Masks are drawn from (seed, step,
+    /// micro-batch, layer, projection), so a resumed run draws the same ones.
     #[arg(long = "lora-dropout", id = "lora_dropout", default_value_t = 0.0)]
     pub dropout: f64,
     /// Projections that get an adapter, comma-separated, or all-linear (every projection
@@ -156,13 +160,6 @@ impl LoraConfig {
                 self.dropout
             );
         }
-        if self.dropout > 0.0 {
-            bail!(
-                "lora dropout (--lora-dropout) {} is not supported in training yet; use 0 \
-                 (adapters saved with dropout load and score fine: dropout is off at inference)",
-                self.dropout
-            );
-        }
         self.resolved_targets()?;
         Ok(())
     }
@@ -178,6 +175,53 @@ pub struct Adapter {
     pub params: Params,
     /// PEFT's `base_model_name_or_path`: the base model the adapter was trained on.
     pub base_model: String,
+    /// The training run's seed, which draws the dropout masks (see [`LoraDropout`]); set by
+    /// `adapted::for_training`, unused outside training.
+    pub seed: u64,
+}
+
+/// The LoRA dropout of one training forward: the probability p and where the forward sits
+/// in its run (the run's seed, the optimizer step, the micro-batch within the step). With
+/// a layer and a projection it fixes that adapter's mask, so a killed and resumed run draws
+/// the same masks, and the forward and the backward of one micro-batch see the same one.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LoraDropout {
+    pub p: f64,
+    pub seed: u64,
+    /// AdamW's update count before this step (restored on resume).
+    pub step: u64,
+    /// The micro-batch's index within the step.
+    pub micro: u64,
+}
+
+impl LoraDropout {
+    /// The inverted-dropout multipliers of the `n` (rows x in, row-major) inputs of
+    /// projection `proj` (index in [`PROJECTIONS`]) of layer `layer`: 0 with probability p,
+    /// else 1 / (1 - p) (PyTorch's `F.dropout` in training). One ChaCha8 stream per
+    /// (seed, step, micro-batch, layer, projection): each adapter draws its own mask, as
+    /// PEFT gives each its own dropout module.
+    pub fn mask(&self, layer: usize, proj: usize, n: usize) -> Vec<f32> {
+        let mut key = [0u8; 32];
+        key[..8].copy_from_slice(&self.seed.to_le_bytes());
+        key[8..16].copy_from_slice(&self.step.to_le_bytes());
+        key[16..24].copy_from_slice(&self.micro.to_le_bytes());
+        key[24..28].copy_from_slice(&(layer as u32).to_le_bytes());
+        key[28..30].copy_from_slice(&(proj as u16).to_le_bytes());
+        key[30..32].copy_from_slice(b"Ld"); // apart from every other seeded stream
+        let mut rng = rand_chacha::ChaCha8Rng::from_seed(key);
+        // Drop where a uniform 32-bit draw falls below p * 2^32.
+        let below = (self.p * 4294967296.0) as u64;
+        let keep = (1.0 / (1.0 - self.p)) as f32;
+        (0..n)
+            .map(|_| {
+                if (rng.next_u32() as u64) < below {
+                    0.0
+                } else {
+                    keep
+                }
+            })
+            .collect()
+    }
 }
 
 /// The internal names of one projection's A and B.
@@ -243,6 +287,7 @@ impl Adapter {
             },
             params: Params::new(entries),
             base_model: base_model.to_string(),
+            seed,
         })
     }
 
@@ -380,6 +425,7 @@ impl Adapter {
             },
             params: Params::new(entries),
             base_model: peft.base_model,
+            seed: 0,
         };
         adapter.check_fits(model, &weights)?;
         Ok(adapter)

@@ -30,6 +30,7 @@ use super::sft::{
 use crate::data::prefs::PrefRecord;
 use crate::data::records::Record;
 use crate::model::checkpoint::dtype_from_name;
+use crate::model::lora::LoraDropout;
 use crate::model::{Llama, LoadedModel};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
@@ -288,18 +289,20 @@ fn reference(
 }
 
 /// The per-sequence NLLs of `b` and the gradient of sum_s w_s NLL_s (w from `weigh`): the
-/// hand-written backward where it applies, else autograd on `Llama::forward`.
+/// hand-written backward where it applies, else autograd on `Llama::forward_train`; with
+/// the LoRA dropout `drop` of a training step if given.
 pub fn weighted_grads(
     model: &Llama,
     b: &Batch,
+    drop: Option<&LoraDropout>,
     weigh: &mut dyn FnMut(&[f64]) -> Result<Vec<f64>>,
 ) -> Result<(Vec<f64>, Grads)> {
     if crate::train::backprop::usable(model) {
         return crate::train::backprop::seq_nll_and_weighted_grads(
-            model, &b.ids, &b.targets, weigh,
+            model, &b.ids, &b.targets, drop, weigh,
         );
     }
-    autograd_weighted_grads(model, &b.ids, &b.targets, weigh)
+    autograd_weighted_grads(model, &b.ids, &b.targets, drop, weigh)
 }
 
 /// [`weighted_grads`] through candle's autograd.
@@ -307,9 +310,10 @@ pub fn autograd_weighted_grads(
     model: &Llama,
     ids: &Tensor,
     targets: &Tensor,
+    drop: Option<&LoraDropout>,
     weigh: &mut dyn FnMut(&[f64]) -> Result<Vec<f64>>,
 ) -> Result<(Vec<f64>, Grads)> {
-    let logits = model.forward(ids)?;
+    let logits = model.forward_train(ids, drop)?;
     let per: Vec<Tensor> = (0..ids.dim(0)?)
         .map(|s| nll_sum(&logits.narrow(0, s, 1)?, &targets.narrow(0, s, 1)?))
         .collect::<Result<_>>()?;
@@ -501,8 +505,10 @@ fn dpo_step(
     let mut terms: Vec<PairTerms> = Vec::with_capacity(idx.len());
     let mut grads: Option<Grads> = None;
     let mut tokens = 0;
-    for chunk in idx.chunks(cfg.batch_size) {
+    for (i, chunk) in idx.chunks(cfg.batch_size).enumerate() {
         let b = pair_batch(p, chunk, lm.tokenizer.pad_id(), &dev)?;
+        // LoRA dropout masks keyed by the update count, which a resumed run restores.
+        let drop = lm.model.lora_dropout(opt.step, i as u64);
         tokens += b.n_targets;
         let mut weigh = |nll: &[f64]| -> Result<Vec<f64>> {
             let pair_refs = chunk.iter().map(|&i| (refs.chosen[i], refs.rejected[i]));
@@ -510,7 +516,7 @@ fn dpo_step(
             terms.extend(t);
             Ok(w)
         };
-        let (_, g) = weighted_grads(&lm.model, &b, &mut weigh)?;
+        let (_, g) = weighted_grads(&lm.model, &b, drop.as_ref(), &mut weigh)?;
         match grads.as_mut() {
             Some(acc) => acc.add(g),
             None => grads = Some(g),
@@ -614,9 +620,10 @@ mod tests {
                 seen.push(nll.to_vec());
                 Ok(weights.to_vec())
             };
-            let (na, ga) = autograd_weighted_grads(&model, &ids, &targets, &mut weigh).unwrap();
+            let (na, ga) =
+                autograd_weighted_grads(&model, &ids, &targets, None, &mut weigh).unwrap();
             let (nb, gb) = crate::train::backprop::seq_nll_and_weighted_grads(
-                &model, &ids, &targets, &mut weigh,
+                &model, &ids, &targets, None, &mut weigh,
             )
             .unwrap();
             // Both paths hand the weighing the NLLs they return.
@@ -657,12 +664,15 @@ mod tests {
         )
         .unwrap();
         let (total, gu) =
-            crate::train::backprop::nll_and_grads(&model, &ids, &targets, 0.5).unwrap();
-        let (seq, gw) =
-            crate::train::backprop::seq_nll_and_weighted_grads(&model, &ids, &targets, &mut |_| {
-                Ok(vec![0.5, 0.5])
-            })
-            .unwrap();
+            crate::train::backprop::nll_and_grads(&model, &ids, &targets, 0.5, None).unwrap();
+        let (seq, gw) = crate::train::backprop::seq_nll_and_weighted_grads(
+            &model,
+            &ids,
+            &targets,
+            None,
+            &mut |_| Ok(vec![0.5, 0.5]),
+        )
+        .unwrap();
         assert!((seq.iter().sum::<f64>() - total).abs() < 1e-4 * total);
         for ((name, a), (_, b)) in gu.0.iter().zip(&gw.0) {
             let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));

@@ -796,18 +796,21 @@ pub fn optimizer_step(
     let mut grads: Option<Grads> = None;
     let mut nll_total = 0.0;
     let by_hand = crate::train::backprop::usable(model);
-    for b in micro.iter().filter(|b| b.n_targets > 0) {
+    for (i, b) in micro.iter().enumerate().filter(|(_, b)| b.n_targets > 0) {
+        // LoRA dropout masks keyed by the update count, which a resumed run restores.
+        let drop = model.lora_dropout(opt.step, i as u64);
         let g = if by_hand {
             let (nll, g) = crate::train::backprop::nll_and_grads(
                 model,
                 &b.ids,
                 &b.targets,
                 1.0 / n_step as f64,
+                drop.as_ref(),
             )?;
             nll_total += nll;
             g
         } else {
-            let logits = model.forward(&b.ids)?;
+            let logits = model.forward_train(&b.ids, drop.as_ref())?;
             let nll = nll_sum(&logits, &b.targets)?;
             nll_total += nll.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             let scaled = (nll / n_step as f64)?;

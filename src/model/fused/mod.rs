@@ -32,7 +32,7 @@ pub enum Kernel {
     /// The direct-gemm linear's large products on the system BLAS ([`blas`]), where found.
     Blas = 64,
     /// The training gradient computed by hand from the kernels above
-    /// (`model::backprop`) instead of through candle's autograd.
+    /// (`model::llama::backward`) instead of through candle's autograd.
     Backprop = 128,
 }
 

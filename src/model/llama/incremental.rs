@@ -70,12 +70,12 @@ impl<'m> Weights<'m> {
             let b = self.get(b)?;
             y.chunks_exact_mut(out).for_each(|r| add_into(r, b));
         }
-        if let Some((a, b, s)) = &p.lora {
+        if let Some(l) = &p.lora {
             // + s * (x A^T) B^T
-            let r = a.dim(0)?;
-            let mut h = linear::forward(x, self.get(a)?, rows, inp, r);
-            h.iter_mut().for_each(|v| *v *= *s as f32);
-            linear::forward_add(&h, self.get(b)?, rows, r, out, &mut y);
+            let r = l.a.dim(0)?;
+            let mut h = linear::forward(x, self.get(&l.a)?, rows, inp, r);
+            h.iter_mut().for_each(|v| *v *= l.s as f32);
+            linear::forward_add(&h, self.get(&l.b)?, rows, r, out, &mut y);
         }
         Ok(y)
     }
@@ -103,7 +103,7 @@ impl Llama {
                     .flat_map(|p| {
                         std::iter::once(&p.w)
                             .chain(p.b.as_ref())
-                            .chain(p.lora.iter().flat_map(|(a, b, _)| [a, b]))
+                            .chain(p.lora.iter().flat_map(|l| [&l.a, &l.b]))
                     }),
                 )
         });
