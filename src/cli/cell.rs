@@ -1,6 +1,7 @@
 //! `elastica cell`: run or inspect single cells of a planned grid. `cell run --manifest M
-//! --index I` is what a cluster job array calls for each task; `cell status` prints every
-//! cell's state.
+//! --index I` is what a cluster job array calls for each task; it computes where the run
+//! directory records (`grid::device`), or where `--device`, `--backend`, `--dtype` say.
+//! `cell status` prints every cell's state.
 
 use crate::backend::{BackendKind, Precision};
 use crate::experiments::registry::registry;
