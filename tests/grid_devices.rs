@@ -200,3 +200,34 @@ fn the_torch_backend_trains_the_cells_like_the_fused_path() {
         "{err}"
     );
 }
+
+/// `elastica resist` reads the same keys: a device this build cannot use is refused before
+/// the run directory is made, naming the config.
+#[test]
+fn resist_checks_its_device_keys_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let model = format!(
+        "{}/tests/fixtures/models/tiny-llama",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut cases = vec![("device = \"tpu\"", "unknown device \"tpu\"")];
+    if !cfg!(feature = "torch") {
+        cases.push(("device = \"cuda:1\"", "--features torch"));
+    }
+    for (keys, want) in cases {
+        let cfg = dir.path().join("resist.toml");
+        let text = format!(
+            "model = {model:?}\n{keys}\n[data]\npath = \"{}/none.jsonl\"\nschema = \"jsonl\"\n",
+            dir.path().display()
+        );
+        std::fs::write(&cfg, text).unwrap();
+        let (cfg, o) = (cfg.to_str().unwrap(), out.to_str().unwrap());
+        let (ok, _, err) = elastica_env(&["resist", "--config", cfg, "--out", o], &[]);
+        assert!(
+            !ok && err.contains("resist.toml: ") && err.contains(want),
+            "{err}"
+        );
+        assert!(!out.exists());
+    }
+}
