@@ -1,11 +1,14 @@
 //! `elastica cell`: run or inspect single cells of a planned grid. `cell run --manifest M
-//! --index I` is what a cluster job array calls for each task; `cell status` prints every
-//! cell's state.
+//! --index I` is what a cluster job array calls for each task; it computes where the run
+//! directory records (`grid::device`), or where `--device`, `--backend`, `--dtype` say.
+//! `cell status` prints every cell's state.
 
+use crate::backend::{BackendKind, Precision};
 use crate::experiments::registry::registry;
-use crate::grid::cell::{run_cell, CellRun};
+use crate::grid::cell::{run_cell_on, CellRun};
+use crate::grid::device::CellDevice;
 use crate::grid::rundir::Grid;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -31,6 +34,16 @@ pub enum CellAction {
         /// submitted for; a run re-planned since then must be resubmitted).
         #[arg(long)]
         manifest_hash: Option<String>,
+        /// Run on this device (cpu, cuda, cuda:N) instead of the one the run directory
+        /// records (its config's `device`).
+        #[arg(long)]
+        device: Option<String>,
+        /// Run on this backend (fused, torch) instead of the recorded one.
+        #[arg(long, value_enum)]
+        backend: Option<BackendKind>,
+        /// Compute in this precision (f32, bf16) instead of the recorded one.
+        #[arg(long, value_enum)]
+        dtype: Option<Precision>,
     },
     /// Print the status of every cell of a grid as a Markdown table.
     Status {
@@ -47,6 +60,9 @@ pub fn run(a: CellArgs) -> Result<()> {
             index,
             threads,
             manifest_hash,
+            device,
+            backend,
+            dtype,
         } => {
             crate::util::threads::set_threads(threads);
             let grid = Grid::open(&manifest)?;
@@ -68,7 +84,21 @@ pub fn run(a: CellArgs) -> Result<()> {
                 .get(index)
                 .map(|c| c.id.clone())
                 .unwrap_or_default();
-            match run_cell(&grid, &registry().kinds(), index, true)? {
+            let mut on = CellDevice::read(grid.run_dir())?;
+            if let Some(d) = device {
+                on.device = d;
+            }
+            if let Some(b) = backend {
+                on.backend = Some(value_name(b));
+            }
+            if let Some(t) = dtype {
+                on.dtype = Some(value_name(t));
+            }
+            // Refused here, before the cell counts an attempt, when this build cannot run it.
+            crate::experiments::device::choice(&on)
+                .with_context(|| format!("cell {index} ({id}) on {}", on.label()))?;
+            eprintln!("cell {index} ({id}) on {}", on.label());
+            match run_cell_on(&grid, &registry().kinds(), index, true, &on)? {
                 CellRun::AlreadyDone => eprintln!("cell {index} ({id}) is already done"),
                 CellRun::Finished(r) => {
                     eprintln!("cell {index} ({id}) done in {:.1} s", r.seconds)
@@ -82,4 +112,11 @@ pub fn run(a: CellArgs) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// A flag value as the command line spells it (`torch`, `bf16`).
+fn value_name(v: impl clap::ValueEnum) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
 }

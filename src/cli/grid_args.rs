@@ -2,7 +2,7 @@
 //! run directory is, who runs the cells, how many at once, and whether to wait for them.
 
 use crate::grid::config::{ExecutorKind, ExecutorSpec, RunOptions};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -14,6 +14,11 @@ pub struct GridArgs {
     /// Cells run at the same time (overrides executor.jobs of a local executor).
     #[arg(long)]
     pub jobs: Option<usize>,
+    /// Run one cell per device at once, each on its own (e.g. `cuda:0,cuda:1`; overrides
+    /// [executor] devices and the config's `device` of a local executor). Under Slurm each
+    /// task gets its GPUs from [slurm] gpus instead.
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Vec<String>,
     /// Worker threads for tensor code (overrides the config's `threads`; 0 = all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -34,6 +39,20 @@ impl GridArgs {
             Some(k) => spec.with_kind(k),
             None => spec.clone(),
         };
+        if !self.devices.is_empty() {
+            match &mut spec {
+                ExecutorSpec::Local { devices, .. } => {
+                    devices.clone_from(&self.devices);
+                    for d in devices.iter() {
+                        crate::experiments::device::check_device_name(d).context("in --devices")?;
+                    }
+                }
+                ExecutorSpec::Slurm { .. } => bail!(
+                    "--devices applies to the local executor only; a Slurm task runs on the \
+                     GPUs its job asks for ([slurm] gpus = 1 runs each cell with --device cuda)"
+                ),
+            }
+        }
         if let Some(j) = self.jobs {
             match &mut spec {
                 ExecutorSpec::Local { jobs, .. } => *jobs = j,

@@ -25,6 +25,7 @@ pub struct ReboundArgs {
 pub fn load_config(path: &std::path::Path, grid: &GridArgs) -> Result<ReboundConfig> {
     let mut cfg = ReboundConfig::from_file(path)?;
     cfg.executor = grid.executor(&cfg.executor)?;
+    crate::experiments::device::check(&cfg.cell_device(), &cfg.executor, &cfg.slurm, path)?;
     if let Some(t) = grid.threads {
         cfg.threads = t;
     }

@@ -6,6 +6,7 @@
 //!
 //! - [`registry`]: every experiment and its cell kinds, for the binary to pass to the grid;
 //! - [`align`]: the align stage's method (`[align] method = "sft" | "dpo"`);
+//! - [`device`]: the configs' `device` keys and the training stage on the backend they name;
 //! - [`resist`]: experiment 1, forward vs inverse alignment (PAPER.md §3).
 //! - [`evaluate`], [`kl`]: judging a model (generations, scores, KL to the base);
 //! - [`rebound`], [`scaling`]: the rebound experiment and its scaling study;
@@ -13,6 +14,7 @@
 
 pub mod align;
 pub mod demo;
+pub mod device;
 pub mod evaluate;
 pub mod kl;
 pub mod pretrain;

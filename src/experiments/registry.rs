@@ -139,7 +139,7 @@ mod tests {
         // Switching the kind keeps the resources.
         let local = cfg.executor.with_kind(ExecutorKind::Local);
         assert!(
-            matches!(&local, ExecutorSpec::Local { jobs: 1, resources } if resources.len() == 2)
+            matches!(&local, ExecutorSpec::Local { jobs: 1, resources, .. } if resources.len() == 2)
         );
         assert!(local.with_kind(ExecutorKind::Slurm).is_slurm());
     }

@@ -25,6 +25,7 @@
 //! check `train-step-N` after optimizer step N). `<id>@<point>:sleep=<seconds>` makes the
 //! cell hang there instead (for tests that kill a running cell, e.g. with `scancel`).
 
+use super::device::CellDevice;
 use super::manifest::{resolve, sha256_file, CellSpec};
 use super::rundir::{
     CellResult, CellStatus, Grid, ATTEMPTS_FILE, ERROR_FILE, LOCK_FILE, RESULT_FILE,
@@ -82,6 +83,8 @@ pub struct CellContext<'a> {
     pub dir: PathBuf,
     /// Whether the cell may draw progress bars (off when cells run side by side).
     pub progress: bool,
+    /// Where the cell computes (`experiments::device` resolves it to a backend).
+    pub device: CellDevice,
 }
 
 impl CellContext<'_> {
@@ -174,9 +177,23 @@ pub enum CellRun {
     Finished(CellResult),
 }
 
-/// Run cell `index` of `grid`, its kind looked up in `kinds` (see the module doc). The error
-/// of a failed cell is also written to `cells/<id>/error.txt`.
+/// Run cell `index` of `grid`, its kind looked up in `kinds` (see the module doc), on the
+/// device the run directory records (`grid::device`). The error of a failed cell is also
+/// written to `cells/<id>/error.txt`.
 pub fn run_cell(grid: &Grid, kinds: &Kinds, index: usize, progress: bool) -> Result<CellRun> {
+    let device = CellDevice::read(grid.run_dir())?;
+    run_cell_on(grid, kinds, index, progress, &device)
+}
+
+/// [`run_cell`] on `device` (the local executor's device for this cell, or `cell run
+/// --device`).
+pub fn run_cell_on(
+    grid: &Grid,
+    kinds: &Kinds,
+    index: usize,
+    progress: bool,
+    device: &CellDevice,
+) -> Result<CellRun> {
     let n = grid.len();
     if index >= n {
         bail!(
@@ -234,6 +251,7 @@ pub fn run_cell(grid: &Grid, kinds: &Kinds, index: usize, progress: bool) -> Res
         cell,
         dir: dir.clone(),
         progress,
+        device: device.clone(),
     };
     let started = std::time::Instant::now();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -272,6 +290,7 @@ pub fn run_cell(grid: &Grid, kinds: &Kinds, index: usize, progress: bool) -> Res
             .map(|d| d.as_secs())
             .unwrap_or(0),
         output,
+        device: Some(device.clone()),
     };
     atomic_write_json(&dir.join(RESULT_FILE), &result)?;
     if let Err(e) = kind.after_result(&ctx) {

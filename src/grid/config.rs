@@ -27,6 +27,11 @@ pub enum ExecutorSpec {
         /// tensor code already uses every core, so more than 1 helps only with many cores.
         #[serde(default = "one")]
         jobs: usize,
+        /// One cell per device at a time (`["cuda:0", "cuda:1"]`, or `--devices`): as many
+        /// cells run at once as devices are listed, each on its own. Empty = every cell on
+        /// the config's `device`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        devices: Vec<String>,
         /// Used when `--executor slurm` switches the run to Slurm.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         resources: Resources,
@@ -51,6 +56,7 @@ impl Default for ExecutorSpec {
     fn default() -> Self {
         ExecutorSpec::Local {
             jobs: 1,
+            devices: Vec::new(),
             resources: BTreeMap::new(),
         }
     }
@@ -72,6 +78,7 @@ impl ExecutorSpec {
             (ExecutorKind::Local, ExecutorSpec::Local { .. }) => self.clone(),
             (ExecutorKind::Local, ExecutorSpec::Slurm { resources, .. }) => ExecutorSpec::Local {
                 jobs: 1,
+                devices: Vec::new(),
                 resources: resources.clone(),
             },
             (ExecutorKind::Slurm, ExecutorSpec::Slurm { .. }) => self.clone(),

@@ -5,9 +5,15 @@
 //! cells are skipped; a failed cell is reported (its error is in `cells/<id>/error.txt`) and
 //! every cell that depends on it is skipped, while all other cells still run. The summary
 //! goes to `status.json` in the run directory.
+//!
+//! Devices: every cell computes on the device the run directory records (`grid::device`),
+//! unless `devices` lists several (`--devices cuda:0,cuda:1`): then as many cells run at once
+//! as there are devices, each holding one of them until it ends, so no two running cells share
+//! a device. Data parallelism inside one cell is not done.
 
-use super::cell::{find, run_cell, CellKind, Kinds};
+use super::cell::{find, run_cell_on, CellKind, Kinds};
 use super::config::LOCAL;
+use super::device::{CellDevice, DevicePool};
 use super::executor::{Executor, FailedCell, GridReport, SkippedCell};
 use super::rundir::Grid;
 use crate::util::parallel::{schedule, Limits, Outcome};
@@ -26,6 +32,9 @@ pub struct LocalExecutor {
     pub memory_budget: Option<u64>,
     /// The kinds of cell it can run.
     pub kinds: Vec<&'static dyn CellKind>,
+    /// One running cell per device (`jobs` is then their number); empty = every cell on the
+    /// recorded device.
+    pub devices: Vec<String>,
 }
 
 impl LocalExecutor {
@@ -35,6 +44,7 @@ impl LocalExecutor {
             progress: false,
             memory_budget: None,
             kinds: kinds.to_vec(),
+            devices: Vec::new(),
         }
     }
 }
@@ -92,15 +102,24 @@ impl Executor for LocalExecutor {
             .memory_budget
             .or_else(available_memory)
             .unwrap_or(u64::MAX);
-        let jobs = self.jobs.max(1);
+        let base = CellDevice::read(grid.run_dir())?;
+        let pool = DevicePool::new(&self.devices);
+        let jobs = match self.devices.len() {
+            0 => self.jobs.max(1),
+            n => n,
+        };
         // Without progress (the demo, tests) the grid runs quietly: no per-cell lines either.
         let show = Show {
             bars: self.progress && jobs == 1,
             lines: self.progress,
         };
         if !todo.is_empty() && show.lines {
+            let on = match self.devices.is_empty() {
+                true => base.label(),
+                false => self.devices.join(", "),
+            };
             eprintln!(
-                "running {} of {n} cells ({} already done) with {jobs} job(s)",
+                "running {} of {n} cells ({} already done) with {jobs} job(s) on {on}",
                 todo.len(),
                 already_done.len()
             );
@@ -119,12 +138,18 @@ impl Executor for LocalExecutor {
         let outcomes = schedule(todo.clone(), deps, &limits, |_, i, _: &[&()]| {
             let t0 = std::time::Instant::now();
             let id = &cells[i].id;
-            match run_cell(grid, &self.kinds, i, show.bars) {
+            let held = match self.devices.is_empty() {
+                true => None,
+                false => Some(pool.take()?),
+            };
+            let device = held.as_ref().map_or(base.clone(), |h| base.on(&h.device));
+            match run_cell_on(grid, &self.kinds, i, show.bars, &device) {
                 Ok(_) => {
                     let k = count.fetch_add(1, Ordering::Relaxed) + 1;
                     if show.lines {
                         let secs = t0.elapsed().as_secs_f64();
-                        eprintln!("[{k}/{}] {id} done in {secs:.1} s", todo.len());
+                        let on = device.label();
+                        eprintln!("[{k}/{}] {id} done in {secs:.1} s on {on}", todo.len());
                     }
                     lock(&finished).push(id.clone());
                     Ok(())
@@ -185,7 +210,7 @@ pub fn available_memory() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::grid::cell::CellRun;
+    use crate::grid::cell::{run_cell, CellRun};
     use crate::grid::manifest::{CellSpec, Manifest};
     use crate::grid::registry::testing::TEST_KINDS;
     use crate::grid::rundir::{CellStatus, ERROR_FILE, STATUS_FILE};
@@ -273,6 +298,54 @@ mod tests {
     }
 
     #[test]
+    fn devices_run_one_cell_each_at_once_and_results_say_where() {
+        let dir = tempfile::tempdir().unwrap();
+        // c0 and c1 each wait until both run: they pass only side by side. c2 runs after c0.
+        let cells = vec![
+            echo("c0", &[], serde_json::json!({"value": 0, "meet": 2})),
+            echo("c1", &[], serde_json::json!({"value": 1, "meet": 2})),
+            echo("c2", &["c0"], serde_json::json!({"value": 2})),
+        ];
+        let g = Grid::plan(dir.path(), Manifest::new("test", cells).unwrap()).unwrap();
+        // The recorded backend and precision travel with each cell's own device. The test
+        // kind computes nothing, so GPU names serve on any machine.
+        let base = CellDevice {
+            device: "cpu".into(),
+            backend: Some("torch".into()),
+            dtype: None,
+        };
+        base.write(dir.path()).unwrap();
+        let ex = LocalExecutor {
+            devices: vec!["cuda:0".into(), "cuda:1".into()],
+            ..LocalExecutor::new(1, TEST_KINDS)
+        };
+        let r = ex.execute(&g).unwrap();
+        assert!(r.complete(), "{}", r.summary());
+        let on = |i: usize| g.result(i).unwrap().unwrap().device.unwrap();
+        let mut first: Vec<String> = vec![on(0).device, on(1).device];
+        first.sort();
+        assert_eq!(
+            first,
+            ["cuda:0", "cuda:1"],
+            "two cells at once never share a device"
+        );
+        assert!(on(2).device.starts_with("cuda:"));
+        assert_eq!(on(2).backend.as_deref(), Some("torch"));
+        // Without devices a cell runs on the recorded device.
+        let d2 = tempfile::tempdir().unwrap();
+        let g2 = Grid::plan(
+            d2.path(),
+            Manifest::new("test", vec![echo("a", &[], serde_json::json!({}))]).unwrap(),
+        )
+        .unwrap();
+        LocalExecutor::new(1, TEST_KINDS).execute(&g2).unwrap();
+        assert_eq!(
+            g2.result(0).unwrap().unwrap().device,
+            Some(CellDevice::default())
+        );
+    }
+
+    #[test]
     fn memory_budget_still_runs_one_cell_at_a_time() {
         let dir = tempfile::tempdir().unwrap();
         let cells = (0..4)
@@ -284,6 +357,7 @@ mod tests {
             progress: false,
             memory_budget: Some(0),
             kinds: TEST_KINDS.to_vec(),
+            devices: Vec::new(),
         };
         let r = ex.execute(&g).unwrap();
         assert!(r.complete(), "{}", r.summary());

@@ -16,6 +16,7 @@
 //! - [`cell`]: running one cell, and the [`cell::CellKind`] trait kinds implement;
 //! - [`registry`]: the experiments and cell kinds a program knows (passed in, never imported);
 //! - [`config`]: the `[executor]` table, `--executor` and the run options;
+//! - [`device`]: where the cells compute (`device.json`, the local executor's devices);
 //! - [`executor`]: the executor interface and its report (`status.json`);
 //! - [`local`]: the local executor, on `util::parallel`'s scheduler;
 //! - [`slurm`]: the Slurm executor (job arrays, polling, resubmission);
@@ -25,6 +26,7 @@
 pub mod cell;
 pub mod collect;
 pub mod config;
+pub mod device;
 pub mod executor;
 pub mod launch;
 pub mod local;

@@ -59,7 +59,8 @@ pub mod testing {
     pub static TEST_KINDS: &Kinds = &[&Echo];
 
     /// Writes `out.txt` with its `value` param plus the values of its dependencies' outputs;
-    /// fails when `fail = true`; sleeps `sleep_ms` first.
+    /// fails when `fail = true`; sleeps `sleep_ms` first; with `meet = n`, waits until `n`
+    /// cells with `meet` have started (failing after 20 s: they did not run side by side).
     pub struct Echo;
 
     impl CellKind for Echo {
@@ -73,6 +74,9 @@ pub mod testing {
             let p = &ctx.cell.params;
             if let Some(ms) = p.get("sleep_ms").and_then(|v| v.as_u64()) {
                 std::thread::sleep(std::time::Duration::from_millis(ms));
+            }
+            if let Some(n) = p.get("meet").and_then(|v| v.as_u64()) {
+                meet(ctx, n as usize)?;
             }
             if p.get("fail").and_then(|v| v.as_bool()) == Some(true) {
                 bail!("asked to fail");
@@ -88,6 +92,24 @@ pub mod testing {
             std::fs::write(ctx.dir.join("out.txt"), total.to_string())?;
             Ok(serde_json::json!({ "total": total }))
         }
+    }
+
+    /// Mark this cell arrived in the run directory and wait for `n` arrivals.
+    fn meet(ctx: &CellContext<'_>, n: usize) -> Result<()> {
+        let dir = ctx.grid.run_dir().join("arrived");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join(&ctx.cell.id), "")?;
+        let t0 = std::time::Instant::now();
+        while std::fs::read_dir(&dir)?.count() < n {
+            if t0.elapsed().as_secs() >= 20 {
+                bail!(
+                    "cell {} waited 20 s for {n} cells to run at once",
+                    ctx.cell.id
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        Ok(())
     }
 }
 

@@ -5,6 +5,7 @@
 //! ```text
 //! <run>/manifest.json          the cells (see `manifest`)
 //! <run>/status.json            the last executor's summary (done / failed / skipped)
+//! <run>/device.json            where the cells compute (see `device`)
 //! <run>/cells/<id>/            everything one cell writes
 //! <run>/cells/<id>/result.json written atomically LAST: its presence means "done"
 //! <run>/cells/<id>/error.txt   the error of the last failed attempt
@@ -13,6 +14,7 @@
 //! A cell's status is read from these files alone, so any process (a local executor, a Slurm
 //! array task, `elastica cell status`) sees the same state.
 
+use super::device::CellDevice;
 use super::manifest::{Manifest, MANIFEST_FILE};
 use crate::report::Table;
 use anyhow::{bail, Context, Result};
@@ -48,6 +50,9 @@ pub struct CellResult {
     pub finished_unix: u64,
     /// What the kind returned.
     pub output: serde_json::Value,
+    /// Where the cell ran (absent in results written before devices were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<CellDevice>,
 }
 
 impl CellResult {

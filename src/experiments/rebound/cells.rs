@@ -29,6 +29,7 @@ use super::config::PerturbFrom;
 use crate::data::prefs::PrefRecord;
 use crate::data::records::{read_jsonl, Record};
 use crate::data::template::Template;
+use crate::experiments::device;
 use crate::experiments::evaluate::{evaluate, EvalSummary, References};
 use crate::experiments::weight_space::{self, WeightSpace};
 use crate::grid::cell::Kinds;
@@ -46,7 +47,7 @@ use crate::score::registry::ScorerSpec;
 use crate::score::Scorer;
 use crate::train::eval::EvalLoss;
 use crate::train::objective::Method;
-use crate::train::{train, TrainConfig, TrainRun};
+use crate::train::TrainConfig;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
@@ -435,18 +436,11 @@ fn train_stage_of(
         ctx.fault_point(&format!("train-step-{}", log.step))
     };
     let s = match data {
-        StageData::Records(r) => train(
-            &lm,
-            r,
-            cfg,
-            TrainRun {
-                out: &out,
-                resume: true,
-                hook: Some(&mut hook),
-                progress: ctx.progress,
-            },
-        )?,
+        StageData::Records(r) => {
+            device::train_sft(&ctx.device, lm, r, cfg, &out, Some(&mut hook), ctx.progress)?
+        }
         StageData::Pairs(p) => {
+            device::refuse_on_backend(&ctx.device, cfg, &lm)?;
             crate::train::dpo::train(&lm, p, cfg, &out, true, Some(&mut hook), ctx.progress)?.train
         }
     };

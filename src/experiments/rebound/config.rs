@@ -291,6 +291,16 @@ pub struct ReboundConfig {
     /// Worker threads for tensor code (0 = all cores). Default 0.
     #[serde(default)]
     pub threads: usize,
+    /// Where the cells train: "cpu" (default), "cuda" or "cuda:N" (a build with the torch
+    /// feature); see `experiments::device`.
+    #[serde(default = "crate::experiments::device::default_device")]
+    pub device: String,
+    /// "fused" or "torch" (default: fused on the CPU, torch on CUDA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// "f32" (default) or "bf16" (mixed precision, torch backend).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<String>,
 }
 
 /// Where a perturbation starts when alignment trained a LoRA adapter.
@@ -369,6 +379,11 @@ fn default_kl_epsilon() -> f64 {
 }
 
 impl ReboundConfig {
+    /// The `device`, `backend` and `dtype` keys, as the cells get them.
+    pub fn cell_device(&self) -> crate::grid::device::CellDevice {
+        crate::experiments::device::cell_device(&self.device, &self.backend, &self.dtype)
+    }
+
     /// Whether either stage trains a LoRA adapter (the weight-space instrument is then off).
     pub fn uses_lora(&self) -> bool {
         self.align.lora.enabled() || self.perturb.stage_lora(&self.align).enabled()

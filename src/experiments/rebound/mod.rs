@@ -54,7 +54,9 @@ pub const TITLE: &str = "Rebound experiment";
 
 /// Plan the grid of `cfg` in `out` without running anything.
 pub fn plan_only(cfg: &ReboundConfig, out: &Path, experiment: &str) -> Result<Planned> {
-    plan::plan(cfg, out, experiment)
+    let planned = plan::plan(cfg, out, experiment)?;
+    cfg.cell_device().write(planned.grid.run_dir())?;
+    Ok(planned)
 }
 
 /// The shared driver of `rebound` and `scaling`: plan, run the cells with the configured
@@ -67,7 +69,7 @@ pub(crate) fn execute(
     opts: RunOptions,
     extra: impl FnOnce(&RunDir, &Analysis) -> Result<String>,
 ) -> Result<Option<Outcome>> {
-    let planned = plan::plan(cfg, out, experiment)?;
+    let planned = plan_only(cfg, out, experiment)?;
     if cfg.executor.is_slurm() && cfg.train.save_every == 0 {
         eprintln!(
             "warning: train.save_every = 0: a cell that Slurm requeues (preemption, node \

@@ -24,7 +24,7 @@ use crate::grid::cell::{CellContext, CellKind};
 use crate::model::checkpoint::load_model;
 use crate::model::generate::GenConfig;
 use crate::train::eval::EvalLoss;
-use crate::train::{train, TrainConfig, TrainRun, TrainSummary};
+use crate::train::{TrainConfig, TrainSummary};
 use anyhow::{Context, Result};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
@@ -192,18 +192,9 @@ fn fine_tune(
         }
         ctx.fault_point(&format!("train-step-{}", s.step))
     };
-    train(
-        &lm,
-        data,
-        t,
-        TrainRun {
-            out: &ctx.dir,
-            resume: true,
-            hook: Some(&mut hook),
-            progress: ctx.progress,
-        },
-    )
-    .with_context(|| format!("fine-tuning {} into {}", start.display(), ctx.dir.display()))
+    let (out, progress) = (&ctx.dir, ctx.progress);
+    crate::experiments::device::train_sft(&ctx.device, lm, data, t, out, Some(&mut hook), progress)
+        .with_context(|| format!("fine-tuning {} into {}", start.display(), ctx.dir.display()))
 }
 
 /// The resist grid's kinds of cell (see `experiments::registry`).

@@ -121,6 +121,15 @@ pub struct ResistConfig {
     /// Resources of each cell's task when the executor is Slurm (docs/slurm.md).
     #[serde(default)]
     pub slurm: SlurmConfig,
+    /// Where the cells train: "cpu" (default), "cuda" or "cuda:N"; see `experiments::device`.
+    #[serde(default = "crate::experiments::device::default_device")]
+    pub device: String,
+    /// "fused" or "torch" (default: fused on the CPU, torch on CUDA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// "f32" (default) or "bf16" (mixed precision, torch backend).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<String>,
 }
 
 fn default_slices() -> usize {
@@ -197,6 +206,9 @@ impl ResistConfig {
             measures: ResistMeasures::default(),
             executor: ExecutorSpec::default(),
             slurm: SlurmConfig::default(),
+            device: crate::experiments::device::default_device(),
+            backend: None,
+            dtype: None,
         }
     }
 
@@ -223,6 +235,11 @@ impl ResistConfig {
             ..TrainConfig::default()
         };
         cfg
+    }
+
+    /// The `device`, `backend` and `dtype` keys, as the cells get them.
+    pub fn cell_device(&self) -> crate::grid::device::CellDevice {
+        crate::experiments::device::cell_device(&self.device, &self.backend, &self.dtype)
     }
 
     /// Read and validate a `resist.toml`.

@@ -301,6 +301,7 @@ pub fn run(cfg: &ResistConfig, out: &Path) -> Result<ResistResults> {
 pub fn run_with(cfg: &ResistConfig, out: &Path, opts: RunOptions) -> Result<Option<ResistResults>> {
     let run_dir = RunDir::create(out)?;
     let (grid, data) = plan(cfg, out)?;
+    cfg.cell_device().write(grid.run_dir())?;
     let exec = launch(&cfg.executor, &cfg.slurm, opts, super::cells::KINDS)?;
     let report = exec.execute(&grid)?;
     if report.detached() {

@@ -7,6 +7,10 @@
 //! Every path in the script is absolute: the tasks start on other nodes, in another working
 //! directory, and see the run directory only through a shared file system.
 //!
+//! The cells run with the run's device settings (`grid::device`); a script whose tasks ask
+//! for GPUs (`gpus >= 1`) runs them with `--device cuda`: each job sees the GPUs it was
+//! given, the first as `cuda:0`.
+//!
 //! A kind of cell with resources of its own (`[executor.resources.<kind>]`) gets its own
 //! script, `slurm/cells-<kind>.sbatch`, the same but for its `#SBATCH` resource lines and
 //! `--threads`.
@@ -46,6 +50,8 @@ pub struct ScriptSpec<'a> {
     pub manifest_hash: &'a str,
     /// Number of cells (the default `--array` covers them all).
     pub cells: usize,
+    /// Where the cells compute: `cell run`'s `--device` (and `--backend`, `--dtype`) flags.
+    pub device: &'a [String],
 }
 
 /// The text of the sbatch script.
@@ -68,6 +74,14 @@ pub fn render(cfg: &SlurmConfig, spec: &ScriptSpec<'_>) -> Result<String> {
                 p.display()
             );
         }
+    }
+    if let Some(a) = spec.device.iter().find(|a| {
+        a.is_empty()
+            || !a
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '-' | '_' | '.'))
+    }) {
+        bail!("the device setting {a:?} cannot go on the cell's command line; use cpu, cuda or cuda:N");
     }
     let run = spec.run_dir.display();
     let job_name = cfg
@@ -107,10 +121,14 @@ pub fn render(cfg: &SlurmConfig, spec: &ScriptSpec<'_>) -> Result<String> {
     }
     s += &format!(
         "exec '{}' cell run --manifest '{run}/manifest.json' --index \"${{SLURM_ARRAY_TASK_ID}}\" \
-         --manifest-hash {} --threads {}\n",
+         --manifest-hash {} --threads {}{}\n",
         spec.elastica.display(),
         spec.manifest_hash,
-        cfg.cpus_per_task
+        cfg.cpus_per_task,
+        spec.device
+            .iter()
+            .map(|a| format!(" {a}"))
+            .collect::<String>()
     );
     Ok(s)
 }
@@ -195,6 +213,7 @@ mod tests {
             experiment: "rebound",
             manifest_hash: "abc123",
             cells: 7,
+            device: &["--device".into(), "cuda".into()],
         };
         let s = render(&cfg, &spec).unwrap();
         for want in [
@@ -207,7 +226,7 @@ mod tests {
             "#SBATCH --job-name=elastica-rebound\n",
             "module load cuda\nexec '/shared/bin/elastica' cell run --manifest \
              '/shared/runs/r1/manifest.json' --index \"${SLURM_ARRAY_TASK_ID}\" \
-             --manifest-hash abc123 --threads 4\n",
+             --manifest-hash abc123 --threads 4 --device cuda\n",
         ] {
             assert!(s.contains(want), "missing {want:?} in\n{s}");
         }
@@ -227,7 +246,7 @@ mod tests {
         let s = render(&own.for_kind("rebound.align"), &spec).unwrap();
         assert!(s.contains("#SBATCH --time=08:00:00\n"), "{s}");
         assert!(s.contains("#SBATCH --cpus-per-task=6\n"), "{s}");
-        assert!(s.contains("--threads 6\n"), "{s}");
+        assert!(s.contains("--threads 6 --device cuda\n"), "{s}");
         assert_eq!(script_file(Some("align")), "slurm/cells-align.sbatch");
         assert_eq!(script_file(None), SCRIPT_FILE);
         let rel = ScriptSpec {
@@ -236,5 +255,19 @@ mod tests {
         };
         let e = format!("{:#}", render(&cfg, &rel).unwrap_err());
         assert!(e.contains("not an absolute path"), "{e}");
+        // Device settings are plain tokens: nothing else reaches the shell line.
+        let bad = ["--device".to_string(), "cuda; rm -rf /".to_string()];
+        let e = format!(
+            "{:#}",
+            render(
+                &cfg,
+                &ScriptSpec {
+                    device: &bad,
+                    ..spec
+                }
+            )
+            .unwrap_err()
+        );
+        assert!(e.contains("cannot go on the cell's command line"), "{e}");
     }
 }

@@ -28,6 +28,7 @@ use super::config::short_kind;
 use super::config::SlurmConfig;
 use super::record::{now_unix, write_config, JobRecord, Submission};
 use super::script::{array_spec, render, script_file, ScriptSpec, SCRIPT_FILE};
+use crate::grid::device::CellDevice;
 use crate::grid::manifest::{resolve, Manifest};
 use crate::grid::rundir::Grid;
 use anyhow::{bail, Context, Result};
@@ -164,6 +165,7 @@ pub fn submit(
     let run_dir = check_paths(grid)?;
     let elastica = elastica_binary(cfg)?;
     let m = grid.manifest();
+    let device = CellDevice::read(&run_dir)?;
     if let (Some(max), Some(&top)) = (max_array_size(), todo.iter().max()) {
         if top >= max {
             bail!(
@@ -182,11 +184,17 @@ pub fn submit(
     let mut groups: Vec<Option<String>> = todo.iter().map(|&i| group_of(i)).collect();
     groups.sort();
     groups.dedup();
-    for g in &groups {
-        let kcfg = match g {
-            Some(k) => cfg.for_kind(k),
-            None => cfg.clone(),
-        };
+    let kind_cfg = |g: &Option<String>| match g {
+        Some(k) => cfg.for_kind(k),
+        None => cfg.clone(),
+    };
+    // Every group's device is checked before any script is written or job submitted.
+    let args: Vec<Vec<String>> = groups
+        .iter()
+        .map(|g| device_args(&device, &kind_cfg(g), g.as_deref()))
+        .collect::<Result<_>>()?;
+    for (g, args) in groups.iter().zip(&args) {
+        let kcfg = kind_cfg(g);
         let script = render(
             &kcfg,
             &ScriptSpec {
@@ -195,6 +203,7 @@ pub fn submit(
                 experiment: &m.experiment,
                 manifest_hash: &m.hash,
                 cells: m.len(),
+                device: args,
             },
         )?;
         let path = run_dir.join(script_file(g.as_deref()));
@@ -235,6 +244,39 @@ pub fn submit(
         after = Some(wave_jobs.join(":"));
     }
     Ok(made)
+}
+
+/// `cell run`'s device flags for the cells of `group` (a kind with resources of its own, or
+/// `None`), whose tasks get `kcfg`'s resources: a task with GPUs runs on `cuda` (its first
+/// GPU), one without runs on the run's device, which must then not be a GPU. A GPU needs a
+/// build with the torch feature.
+fn device_args(
+    device: &CellDevice,
+    kcfg: &SlurmConfig,
+    group: Option<&str>,
+) -> Result<Vec<String>> {
+    let section = match group {
+        Some(k) => format!("[executor.resources.{k}] (or [slurm])"),
+        None => "[slurm]".to_string(),
+    };
+    if kcfg.gpus > 0 {
+        if !cfg!(feature = "torch") {
+            bail!(
+                "{section} gpus = {} asks for GPUs, but {}",
+                kcfg.gpus,
+                crate::backend::BUILD_HINT
+            );
+        }
+        return Ok(device.on("cuda").args());
+    }
+    if device.is_gpu() {
+        bail!(
+            "the cells compute on {} (the config's device), but {section} gpus = 0 gives \
+             their tasks no GPU; set gpus = 1",
+            device.device
+        );
+    }
+    Ok(device.args())
 }
 
 /// One `sbatch --parsable` of `script_path` over the cells `wave.1` (of wave `wave.0`),
@@ -338,6 +380,43 @@ mod tests {
         // a4 done: its dependents go in the first wave.
         assert_eq!(waves(&m, &[2, 5, 6, 4]), vec![vec![2, 4], vec![5, 6]]);
         assert!(waves(&m, &[]).is_empty());
+    }
+
+    #[test]
+    fn tasks_with_gpus_run_on_cuda_and_a_gpu_needs_the_torch_build() {
+        let cpu = CellDevice {
+            device: "cpu".into(),
+            backend: None,
+            dtype: Some("f32".into()),
+        };
+        let none = SlurmConfig::default();
+        assert_eq!(
+            device_args(&cpu, &none, None).unwrap(),
+            ["--device", "cpu", "--dtype", "f32"]
+        );
+        let gpu = SlurmConfig {
+            gpus: 1,
+            ..SlurmConfig::default()
+        };
+        let got = device_args(&cpu.on("cuda:3"), &gpu, Some("align"));
+        if cfg!(feature = "torch") {
+            // The job's own GPU is its cuda:0, whatever the config named.
+            assert_eq!(got.unwrap(), ["--device", "cuda", "--dtype", "f32"]);
+        } else {
+            let e = got.unwrap_err().to_string();
+            assert!(
+                e.contains("[executor.resources.align] (or [slurm]) gpus = 1")
+                    && e.contains("--features torch"),
+                "{e}"
+            );
+        }
+        let e = device_args(&cpu.on("cuda"), &none, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("[slurm] gpus = 0") && e.contains("no GPU"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,0 +1,229 @@
+//! Where an experiment's cells compute: the config's `device`, `backend` and `dtype` keys
+//! (recorded for the cells as a `grid::device::CellDevice`), checked before anything is
+//! written, and the training stage that runs on the backend they name.
+//!
+//! On the default (the fused CPU path) a cell trains through `train::sft` as it always did,
+//! with its per-step hook (TensorBoard, fault points). On any other choice (`device = "cuda"`,
+//! or `backend = "torch"` on the CPU) the stage goes through `backend::sft`, which writes the
+//! same files (log, checkpoints, final model) and resumes the same way; the step hook is not
+//! called there (the step log is `train_log.jsonl`). Evaluation (generation, scores, KL) runs
+//! on the CPU path in both cases.
+
+use crate::backend::{self, BackendChoice, BackendKind, DeviceSpec, Precision};
+use crate::data::records::Record;
+use crate::grid::config::ExecutorSpec;
+use crate::grid::device::CellDevice;
+use crate::grid::slurm::SlurmConfig;
+use crate::model::LoadedModel;
+use crate::train::objective::Method;
+use crate::train::sft::{StepHook, TrainSummary};
+use crate::train::{train, TrainConfig, TrainRun};
+use anyhow::{bail, Context, Result};
+use clap::ValueEnum;
+use std::path::Path;
+
+/// The default of the configs' `device` key.
+pub fn default_device() -> String {
+    crate::grid::device::CPU.to_string()
+}
+
+/// The configs' `device`, `backend` and `dtype` keys as one value.
+pub fn cell_device(device: &str, backend: &Option<String>, dtype: &Option<String>) -> CellDevice {
+    CellDevice {
+        device: device.to_string(),
+        backend: backend.clone(),
+        dtype: dtype.clone(),
+    }
+}
+
+/// The backend `d` names; errors say which key is wrong and what it may be.
+pub fn choice(d: &CellDevice) -> Result<BackendChoice> {
+    let device = DeviceSpec::parse(&d.device).context("device")?;
+    let backend = match &d.backend {
+        None => None,
+        Some(b) => Some(BackendKind::from_str(b, true).map_err(|_| {
+            anyhow::anyhow!("backend = \"{b}\" is not a backend; use \"fused\" or \"torch\"")
+        })?),
+    };
+    let precision = match &d.dtype {
+        None => Precision::F32,
+        Some(t) => Precision::from_str(t, true).map_err(|_| {
+            anyhow::anyhow!("dtype = \"{t}\" is not a precision; use \"f32\" or \"bf16\"")
+        })?,
+    };
+    BackendChoice::new(device, backend, precision)
+}
+
+/// `d` is a device this build can use (`cpu`, or `cuda`/`cuda:N` with `--features torch`).
+pub fn check_device_name(d: &str) -> Result<()> {
+    BackendChoice::new(DeviceSpec::parse(d)?, None, Precision::F32)?;
+    Ok(())
+}
+
+/// Check an experiment config's device keys against its executor before anything is
+/// written: the device itself, each of the local executor's `devices` with the config's
+/// backend and dtype, and under Slurm the GPU the tasks of a kind with `gpus >= 1` run on
+/// (`cuda`, which needs a build with the torch feature). `config` names the file for errors.
+pub fn check(
+    d: &CellDevice,
+    executor: &ExecutorSpec,
+    slurm: &SlurmConfig,
+    config: &Path,
+) -> Result<()> {
+    let within = || {
+        format!(
+            "{}: device = \"{}\"{}{}",
+            config.display(),
+            d.device,
+            d.backend
+                .as_ref()
+                .map_or(String::new(), |b| format!(", backend = \"{b}\"")),
+            d.dtype
+                .as_ref()
+                .map_or(String::new(), |t| format!(", dtype = \"{t}\"")),
+        )
+    };
+    choice(d).with_context(within)?;
+    match executor {
+        ExecutorSpec::Local { jobs, devices, .. } => {
+            crate::grid::launch::check_devices(*jobs, devices)
+                .with_context(|| format!("{}: [executor] devices", config.display()))?;
+            for dev in devices {
+                choice(&d.on(dev)).with_context(|| format!("{} on {dev}", within()))?;
+            }
+        }
+        ExecutorSpec::Slurm { resources, .. } => {
+            let gpus = slurm.gpus > 0 || resources.values().any(|r| r.gpus > Some(0));
+            if gpus {
+                choice(&d.on("cuda")).with_context(|| {
+                    format!(
+                        "{}: [slurm] gpus >= 1 runs the cells with --device cuda",
+                        config.display()
+                    )
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Fine-tune `lm` on `records` into `out` on the backend `d` names, resuming from `out`'s
+/// newest checkpoint; `hook` is called after each step on the fused path only (see the
+/// module doc). LoRA and DPO stages run on the fused path only, for now.
+pub fn train_sft(
+    d: &CellDevice,
+    lm: LoadedModel,
+    records: &[Record],
+    cfg: &TrainConfig,
+    out: &Path,
+    hook: Option<&mut StepHook<'_>>,
+    progress: bool,
+) -> Result<TrainSummary> {
+    let c = choice(d)?;
+    if c.is_default_cpu() {
+        return train(
+            &lm,
+            records,
+            cfg,
+            TrainRun {
+                out,
+                resume: true,
+                hook,
+                progress,
+            },
+        );
+    }
+    refuse_on_backend(d, cfg, &lm)?;
+    let mut model = backend::from_loaded(lm, &c)?;
+    backend::sft::train(model.as_mut(), records, cfg, out, true, progress)
+}
+
+/// A LoRA or DPO stage on a backend other than the fused CPU path is refused, naming it.
+pub fn refuse_on_backend(d: &CellDevice, cfg: &TrainConfig, lm: &LoadedModel) -> Result<()> {
+    if choice(d)?.is_default_cpu() {
+        return Ok(());
+    }
+    if cfg.lora.enabled() || lm.model.adapter().is_some() {
+        bail!(
+            "LoRA stages run on the fused CPU path only for now, but the cells compute on {}; \
+             set device = \"cpu\" (and no backend) or train the full model",
+            d.label()
+        );
+    }
+    if cfg.dpo.method == Method::Dpo {
+        bail!(
+            "DPO stages run on the fused CPU path only for now, but the cells compute on {}; \
+             set device = \"cpu\" (and no backend) or align with method = \"sft\"",
+            d.label()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_keys_resolve_or_name_the_bad_key() {
+        assert!(choice(&CellDevice::default()).unwrap().is_default_cpu());
+        let bad = |device: &str, backend: Option<&str>, dtype: Option<&str>| {
+            let d = CellDevice {
+                device: device.into(),
+                backend: backend.map(Into::into),
+                dtype: dtype.map(Into::into),
+            };
+            format!("{:#}", choice(&d).unwrap_err())
+        };
+        assert!(bad("tpu", None, None).contains("unknown device \"tpu\""));
+        let e = bad("cpu", Some("jax"), None);
+        assert!(
+            e.contains("backend = \"jax\"") && e.contains("torch"),
+            "{e}"
+        );
+        let e = bad("cpu", None, Some("f16"));
+        assert!(e.contains("dtype = \"f16\""), "{e}");
+        let e = bad("cpu", Some("fused"), Some("bf16"));
+        assert!(e.contains("bf16"), "{e}");
+        let cuda = CellDevice {
+            device: "cuda:1".into(),
+            ..CellDevice::default()
+        };
+        let slurm_gpu = SlurmConfig {
+            gpus: 1,
+            ..SlurmConfig::default()
+        };
+        let slurm = ExecutorSpec::default().with_kind(crate::grid::config::ExecutorKind::Slurm);
+        let cfg = Path::new("x.toml");
+        if cfg!(feature = "torch") {
+            assert_eq!(choice(&cuda).unwrap().kind, BackendKind::Torch);
+            check(&CellDevice::default(), &slurm, &slurm_gpu, cfg).unwrap();
+        } else {
+            let e = format!(
+                "{:#}",
+                check(
+                    &cuda,
+                    &ExecutorSpec::default(),
+                    &SlurmConfig::default(),
+                    cfg
+                )
+                .unwrap_err()
+            );
+            assert!(
+                e.contains("x.toml: device = \"cuda:1\"") && e.contains("--features torch"),
+                "{e}"
+            );
+            let e = format!(
+                "{:#}",
+                check(&CellDevice::default(), &slurm, &slurm_gpu, cfg).unwrap_err()
+            );
+            assert!(
+                e.contains("[slurm] gpus >= 1") && e.contains("--features torch"),
+                "{e}"
+            );
+            assert!(check_device_name("cuda:0").is_err());
+        }
+        check(&CellDevice::default(), &slurm, &SlurmConfig::default(), cfg).unwrap();
+        check_device_name("cpu").unwrap();
+    }
+}

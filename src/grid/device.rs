@@ -1,0 +1,202 @@
+//! Where a grid's cells compute. [`CellDevice`] holds the experiment config's `device`,
+//! `backend` and `dtype` keys; the experiment records it in the run directory
+//! (`device.json`), so every process that runs a cell (the local executor, a Slurm array
+//! task, `elastica cell run` typed by hand) computes the same way. What may change per
+//! process is the device alone: the local executor's `--devices` gives each running cell one
+//! device of its list ([`DevicePool`]), a Slurm task with a GPU runs on `cuda` (the GPU the
+//! job was given is its `cuda:0`), and `cell run --device` overrides it.
+//!
+//! The device is not part of a cell's definition (its hash): a grid planned on one machine
+//! resumes on another. `result.json` records where each cell ran.
+//!
+//! This layer keeps the settings as the config wrote them; `experiments::device` resolves
+//! them to a backend (and refuses what this build cannot run).
+
+use crate::util::fsx::atomic_write_json;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::Mutex;
+
+/// The run directory's record of how its cells compute.
+pub const DEVICE_FILE: &str = "device.json";
+
+/// A device, a backend and a precision, as text (`"cuda:1"`, `"torch"`, `"bf16"`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CellDevice {
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: String,
+    /// `fused` or `torch`; `None` = the device's default (fused on the CPU, torch on CUDA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// `f32` or `bf16`; `None` = f32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<String>,
+}
+
+impl Default for CellDevice {
+    fn default() -> Self {
+        CellDevice {
+            device: CPU.to_string(),
+            backend: None,
+            dtype: None,
+        }
+    }
+}
+
+/// The default device.
+pub const CPU: &str = "cpu";
+
+/// Whether `device` names a GPU (`cuda`, `cuda:N`).
+pub fn is_gpu(device: &str) -> bool {
+    let d = device.trim();
+    d == "cuda" || d == "gpu" || d.starts_with("cuda:")
+}
+
+impl CellDevice {
+    /// Whether the cells ask for a GPU.
+    pub fn is_gpu(&self) -> bool {
+        is_gpu(&self.device)
+    }
+
+    /// The same backend and precision on `device`.
+    pub fn on(&self, device: &str) -> CellDevice {
+        CellDevice {
+            device: device.trim().to_string(),
+            ..self.clone()
+        }
+    }
+
+    /// The `elastica cell run` flags that ask for these settings.
+    pub fn args(&self) -> Vec<String> {
+        let mut a = vec!["--device".to_string(), self.device.clone()];
+        if let Some(b) = &self.backend {
+            a.extend(["--backend".to_string(), b.clone()]);
+        }
+        if let Some(d) = &self.dtype {
+            a.extend(["--dtype".to_string(), d.clone()]);
+        }
+        a
+    }
+
+    /// One line for logs: `cuda:1 (torch, bf16)`, or just the device for the defaults.
+    pub fn label(&self) -> String {
+        let extra: Vec<&str> = [self.backend.as_deref(), self.dtype.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect();
+        if extra.is_empty() {
+            self.device.clone()
+        } else {
+            format!("{} ({})", self.device, extra.join(", "))
+        }
+    }
+
+    /// The settings recorded in `run_dir`; the default (the CPU) when none were.
+    pub fn read(run_dir: &Path) -> Result<CellDevice> {
+        let p = run_dir.join(DEVICE_FILE);
+        if !p.exists() {
+            return Ok(CellDevice::default());
+        }
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is not a device record (keys device, backend, dtype); it is written by \
+                 the experiment command, from its config's device keys",
+                p.display()
+            )
+        })
+    }
+
+    /// Record these settings in `run_dir` (replacing an earlier record).
+    pub fn write(&self, run_dir: &Path) -> Result<()> {
+        atomic_write_json(&run_dir.join(DEVICE_FILE), self)
+    }
+}
+
+/// The local executor's devices: each running cell holds one, and gives it back when it
+/// ends. With as many workers as devices, a starting cell always finds one free, and no two
+/// running cells hold the same one.
+pub struct DevicePool {
+    free: Mutex<Vec<String>>,
+}
+
+impl DevicePool {
+    pub fn new(devices: &[String]) -> DevicePool {
+        // Taken from the back: reversed, so the first cell gets the first device.
+        DevicePool {
+            free: Mutex::new(devices.iter().rev().cloned().collect()),
+        }
+    }
+
+    /// Hold a free device until the returned guard is dropped.
+    pub fn take(&self) -> Result<HeldDevice<'_>> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        match free.pop() {
+            Some(device) => Ok(HeldDevice { pool: self, device }),
+            None => bail!("no free device: more cells run at once than devices are listed"),
+        }
+    }
+}
+
+/// A device a running cell holds.
+pub struct HeldDevice<'a> {
+    pool: &'a DevicePool,
+    pub device: String,
+}
+
+impl Drop for HeldDevice<'_> {
+    fn drop(&mut self) {
+        let mut free = self.pool.free.lock().unwrap_or_else(|p| p.into_inner());
+        free.push(std::mem::take(&mut self.device));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_round_trip_and_render_as_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(CellDevice::read(dir.path()).unwrap(), CellDevice::default());
+        let d = CellDevice {
+            device: "cuda:1".into(),
+            backend: Some("torch".into()),
+            dtype: Some("bf16".into()),
+        };
+        d.write(dir.path()).unwrap();
+        assert_eq!(CellDevice::read(dir.path()).unwrap(), d);
+        assert!(d.is_gpu() && !CellDevice::default().is_gpu());
+        assert_eq!(
+            d.on("cuda").args(),
+            ["--device", "cuda", "--backend", "torch", "--dtype", "bf16"]
+        );
+        assert_eq!(CellDevice::default().args(), ["--device", "cpu"]);
+        assert_eq!(d.label(), "cuda:1 (torch, bf16)");
+        assert_eq!(CellDevice::default().label(), "cpu");
+        std::fs::write(
+            dir.path().join(DEVICE_FILE),
+            "{\"device\": \"cpu\", \"x\": 1}",
+        )
+        .unwrap();
+        let e = format!("{:#}", CellDevice::read(dir.path()).unwrap_err());
+        assert!(
+            e.contains(DEVICE_FILE) && e.contains("unknown field"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_pool_never_hands_out_a_held_device() {
+        let pool = DevicePool::new(&["cuda:0".into(), "cuda:1".into()]);
+        let a = pool.take().unwrap();
+        let b = pool.take().unwrap();
+        assert_eq!((a.device.as_str(), b.device.as_str()), ("cuda:0", "cuda:1"));
+        assert!(pool.take().is_err());
+        drop(a);
+        assert_eq!(pool.take().unwrap().device, "cuda:0");
+    }
+}
