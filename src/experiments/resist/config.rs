@@ -20,7 +20,10 @@
 //! max_new_tokens = 128
 //!
 //! [train]                              # slice fine-tunes (train::TrainConfig; PAPER.md §5)
+//! [align]                              # how the slice fine-tunes train: method = "sft" | "dpo",
+//!                                      # DPO keys, lora = { rank, alpha } (experiments::align)
 //! [pair_train]                         # forward/inverse fine-tunes (default: same as [train])
+//! [pair_train.lora]                    # forward/inverse fine-tunes as LoRA adapters
 //! [capability]                         # optional held-out general text (capability kept)
 //! [measures]                           # KL by position, weight space (see [`ResistMeasures`])
 //! [executor]                           # who runs the cells (default: kind = "local", jobs = 1)
@@ -28,6 +31,7 @@
 //! ```
 
 use crate::data::schemas::DataSpec;
+use crate::experiments::align::AlignSpec;
 use crate::grid::config::ExecutorSpec;
 use crate::grid::slurm::SlurmConfig;
 use crate::model::generate::GenConfig;
@@ -98,6 +102,11 @@ pub struct ResistConfig {
     /// Hyper-parameters of the sequential slice fine-tunes.
     #[serde(default)]
     pub train: TrainConfig,
+    /// How each slice fine-tune trains: SFT (default) or DPO on the slice's preference pairs
+    /// (then `[data]` holds pairs; each stage's reference is its own starting model), as a
+    /// full fine-tune or a LoRA adapter merged into θk. The pair fine-tunes stay SFT.
+    #[serde(default)]
+    pub align: AlignSpec,
     /// Hyper-parameters of the forward and inverse fine-tunes (unset: `train`). Both
     /// directions of a pair always use these same values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -190,6 +199,7 @@ impl ResistConfig {
             seeds: default_seeds(),
             generate: GenSettings::default(),
             train: TrainConfig::default(),
+            align: AlignSpec::default(),
             pair_train: None,
             keep_pair_models: false,
             log_dir: None,
@@ -236,7 +246,11 @@ impl ResistConfig {
         let doc: toml::Table = toml::from_str(&text)?;
         let set = |t: &str| doc.get(t).and_then(|t| t.get("template")).is_some();
         if !set("train") {
-            cfg.train.template = crate::data::schemas::default_template(&cfg.data.schema);
+            cfg.train.template = if cfg.align.is_dpo() {
+                crate::data::prefs::default_template(&cfg.data.schema)
+            } else {
+                crate::data::schemas::default_template(&cfg.data.schema)
+            };
         }
         if let Some(p) = cfg.pair_train.as_mut().filter(|_| !set("pair_train")) {
             p.template = cfg.train.template;
@@ -303,13 +317,7 @@ impl ResistConfig {
             bail!("seed {} is listed twice in seeds", w[0]);
         }
         self.train.validate().context("in [train]")?;
-        if self.train.lora.enabled() {
-            bail!(
-                "[train.lora]: resist trains full models only (LoRA stages exist in `rebound`); \
-                 merge the adapter (elastica merge) and give the merged model"
-            );
-        }
-        self.pair_train().validate().context("in [pair_train]")?;
+        self.check_stages()?;
         let g = &self.generate;
         if g.max_new_tokens == 0 || g.batch_size == 0 {
             bail!("generate.max_new_tokens and generate.batch_size must be at least 1");
@@ -322,6 +330,67 @@ impl ResistConfig {
         }
         self.slurm.validate()?;
         Ok(())
+    }
+
+    /// The stage settings [`validate`](Self::validate) checks: the slices' method and LoRA
+    /// under `[align]`, the pair fine-tunes' LoRA under `[pair_train.lora]`, each refused
+    /// where it would not do what it says.
+    fn check_stages(&self) -> Result<()> {
+        if self.train.lora.enabled() {
+            bail!(
+                "[train.lora] is ambiguous in resist (it would apply to the slices and, through \
+                 an unset [pair_train], to the pair fine-tunes); set the slices' adapter with \
+                 `[align] lora = {{ rank = .., alpha = .. }}` and the pair fine-tunes' with \
+                 [pair_train.lora]"
+            );
+        }
+        if !self.train.dpo.is_default() {
+            bail!(
+                "[train] sets the DPO objective; in resist set `method`, `dpo_beta` and \
+                 `dpo_loss` under [align] (the slice fine-tunes), not [train]"
+            );
+        }
+        self.align.check(&self.train)?;
+        let pt = self.pair_train();
+        pt.validate().context("in [pair_train]")?;
+        if !pt.dpo.is_default() {
+            bail!(
+                "[pair_train] sets the DPO objective, but the forward and inverse fine-tunes \
+                 train on one checkpoint's answers (no pairs) and their SFT loss is what resist \
+                 compares (PAPER.md §3); set DPO for the slices under [align]"
+            );
+        }
+        if self.align.is_dpo() {
+            let schemas = crate::data::prefs::PREF_SCHEMAS;
+            if !schemas.contains(&self.data.schema.as_str()) {
+                bail!(
+                    "[align] method = \"dpo\" reads [data] as preference pairs, but its schema \
+                     is \"{}\"; use one of {} (generic jsonl is {{\"prompt\", \"chosen\", \
+                     \"rejected\"}})",
+                    self.data.schema,
+                    schemas.join(", ")
+                );
+            }
+            if (self.data.schema == "pku-saferlhf") != self.align.prefer.is_some() {
+                bail!(
+                    "[align] prefer = \"safer\" | \"better\" is needed with schema \
+                     \"pku-saferlhf\" and only there (schema here: \"{}\")",
+                    self.data.schema
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The slice fine-tunes' training settings: `[train]` with `[align]`'s objective and
+    /// adapter, seeded for one replicate.
+    pub fn slice_train(&self, seed: u64) -> TrainConfig {
+        TrainConfig {
+            seed,
+            dpo: self.align.dpo_config(),
+            lora: self.align.lora.clone(),
+            ..self.train.clone()
+        }
     }
 
     /// Indices of the compared checkpoints: 1..=S, with 0 first under `include_base`.
@@ -403,9 +472,19 @@ mod tests {
     }
 
     #[test]
-    fn lora_is_refused_with_a_pointer() {
+    fn train_lora_is_refused_with_a_pointer_to_the_stages() {
         let e = parse("[train.lora]\nrank = 4\n").unwrap_err().to_string();
-        assert!(e.contains("resist trains full models only"), "{e}");
+        assert!(
+            e.contains("[align] lora") && e.contains("[pair_train.lora]"),
+            "{e}"
+        );
+        // Per stage it is accepted, and the slices' settings carry [align]'s adapter.
+        let c = parse("[align]\nlora = { rank = 4, alpha = 8 }\n[pair_train.lora]\nrank = 2\n")
+            .unwrap();
+        assert_eq!(c.slice_train(7).lora.rank, 4);
+        assert_eq!(c.slice_train(7).seed, 7);
+        assert_eq!(c.pair_train().lora.rank, 2);
+        assert!(!c.train.lora.enabled());
     }
 
     #[test]
@@ -433,7 +512,7 @@ mod tests {
     }
 
     /// examples/resist.toml parses, shows every key at its default (the model and the data
-    /// aside), and names every key of the config, [data], [generate] and [train].
+    /// aside), and names every key of the config, [data], [generate], [train] and [align].
     #[test]
     fn the_example_documents_every_key() {
         let text = include_str!("../../../examples/resist.toml");
