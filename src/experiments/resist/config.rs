@@ -97,8 +97,14 @@ pub struct ResistConfig {
     /// data order, the sampling, and the pair fine-tunes (overriding `train.seed`).
     #[serde(default = "default_seeds")]
     pub seeds: Vec<u64>,
-    #[serde(default)]
-    pub generate: GenSettings,
+    /// How every checkpoint answers the held-out prompts: `GenConfig`'s keys but `seed`
+    /// (each replicate samples with its own), defaults in [`SAMPLING`].
+    #[serde(
+        default = "default_generate",
+        deserialize_with = "read_generate",
+        serialize_with = "crate::experiments::sampling::write"
+    )]
+    pub generate: GenConfig,
     /// Hyper-parameters of the sequential slice fine-tunes.
     #[serde(default)]
     pub train: TrainConfig,
@@ -142,46 +148,23 @@ fn default_seeds() -> Vec<u64> {
     vec![42]
 }
 
-/// How every checkpoint answers the held-out prompts. Defaults are the authors'
-/// (temperature 0.05, top-p 0.95).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct GenSettings {
-    pub max_new_tokens: usize,
-    /// 0 = greedy.
-    pub temperature: f64,
-    /// Nucleus mass (1 = off).
-    pub top_p: f64,
-    /// Keep only the k most likely tokens (0 = off).
-    pub top_k: usize,
-    /// Prompts decoded together (does not change the results).
-    pub batch_size: usize,
-}
+/// Default sampling of the held-out answers (`[generate]`; a key left out takes its value
+/// here): the authors' temperature 0.05 and top-p 0.95 (PAPER.md §3), up to 128 new tokens,
+/// 16 prompts decoded together (does not change the results). The seed is each replicate's.
+pub const SAMPLING: GenConfig = GenConfig {
+    max_new_tokens: 128,
+    temperature: 0.05,
+    top_p: 0.95,
+    top_k: 0,
+    seed: 42,
+    batch_size: 16,
+};
 
-impl Default for GenSettings {
-    fn default() -> Self {
-        GenSettings {
-            max_new_tokens: 128,
-            temperature: 0.05,
-            top_p: 0.95,
-            top_k: 0,
-            batch_size: 16,
-        }
-    }
+fn default_generate() -> GenConfig {
+    SAMPLING
 }
-
-impl GenSettings {
-    /// The generation config of one replicate.
-    pub fn gen_config(&self, seed: u64) -> GenConfig {
-        GenConfig {
-            max_new_tokens: self.max_new_tokens,
-            temperature: self.temperature,
-            top_p: self.top_p,
-            top_k: self.top_k,
-            seed,
-            batch_size: self.batch_size,
-        }
-    }
+fn read_generate<'de, D: serde::Deserializer<'de>>(d: D) -> Result<GenConfig, D::Error> {
+    crate::experiments::sampling::read(&SAMPLING, d)
 }
 
 impl ResistConfig {
@@ -197,7 +180,7 @@ impl ResistConfig {
             eval_prompts: default_eval_prompts(),
             pair_samples: None,
             seeds: default_seeds(),
-            generate: GenSettings::default(),
+            generate: SAMPLING,
             train: TrainConfig::default(),
             align: AlignSpec::default(),
             pair_train: None,
@@ -318,13 +301,7 @@ impl ResistConfig {
         }
         self.train.validate().context("in [train]")?;
         self.check_stages()?;
-        let g = &self.generate;
-        if g.max_new_tokens == 0 || g.batch_size == 0 {
-            bail!("generate.max_new_tokens and generate.batch_size must be at least 1");
-        }
-        if !(g.temperature >= 0.0 && g.top_p > 0.0 && g.top_p <= 1.0) {
-            bail!("generate: temperature must be >= 0 and top_p in (0, 1]");
-        }
+        self.generate.validate().context("in [generate]")?;
         if self.capability.is_some() && self.measures.capability_n == 0 {
             bail!("[measures] capability_n must be at least 1 (or remove [capability])");
         }
@@ -485,6 +462,44 @@ mod tests {
         assert_eq!(c.slice_train(7).seed, 7);
         assert_eq!(c.pair_train().lora.rank, 2);
         assert!(!c.train.lora.enabled());
+    }
+
+    /// A partial `[generate]` table keeps resist's own defaults (the authors' sampling, the
+    /// values resist's former `GenSettings` had) for the keys it leaves out; the seed is each
+    /// replicate's, never the table's, and the saved config.toml reads back equal.
+    #[test]
+    fn a_partial_generate_table_keeps_resists_defaults() {
+        let c = parse("[generate]\ntop_k = 5").unwrap();
+        let g = &c.generate;
+        assert_eq!(
+            (
+                g.max_new_tokens,
+                g.temperature,
+                g.top_p,
+                g.top_k,
+                g.batch_size
+            ),
+            (128, 0.05, 0.95, 5, 16)
+        );
+        let d = parse("").unwrap().generate;
+        assert_eq!(
+            (
+                d.max_new_tokens,
+                d.temperature,
+                d.top_p,
+                d.top_k,
+                d.batch_size
+            ),
+            (128, 0.05, 0.95, 0, 16)
+        );
+        let back: ResistConfig = toml::from_str(&c.to_toml().unwrap()).unwrap();
+        assert_eq!(back, c);
+        let saved: toml::Table = toml::from_str(&c.to_toml().unwrap()).unwrap();
+        assert!(saved["generate"].get("seed").is_none(), "{saved}");
+        assert!(saved["generate"].get("top_k").is_some(), "{saved}");
+        let e = |extra: &str| format!("{:#}", parse(extra).unwrap_err());
+        assert!(e("[generate]\nseed = 1").contains("`seeds`"));
+        assert!(e("[generate]\nmax_new_tokens = 0").contains("in [generate]"));
     }
 
     #[test]

@@ -226,7 +226,7 @@ pub fn cells(cfg: &ResistConfig, base: &str, data: &PreparedData) -> Result<Vec<
                     k,
                     model: m,
                     template: cfg.train.template,
-                    generate: cfg.generate.gen_config(seed),
+                    generate: cfg.generate.with_seed(seed),
                     base: cfg.measures.kl_by_position.then(|| base.to_string()),
                     capability_max_length: cfg.capability.as_ref().map(|_| cfg.train.max_length),
                 })?,
