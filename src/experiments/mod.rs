@@ -8,6 +8,7 @@
 //! - [`align`]: the align stage's method (`[align] method = "sft" | "dpo"`);
 //! - [`device`]: the configs' `device` keys and the training stage on the backend they name;
 //! - [`resist`]: experiment 1, forward vs inverse alignment (PAPER.md §3).
+//! - [`sampling`]: the experiments' sampling tables (`GenConfig` with per-experiment defaults);
 //! - [`evaluate`], [`kl`]: judging a model (generations, scores, KL to the base);
 //! - [`rebound`], [`scaling`]: the rebound experiment and its scaling study;
 //! - [`weight_space`]: how far a perturbation moves the weights back along the alignment update.
@@ -21,5 +22,6 @@ pub mod pretrain;
 pub mod rebound;
 pub mod registry;
 pub mod resist;
+pub mod sampling;
 pub mod scaling;
 pub mod weight_space;

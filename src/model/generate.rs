@@ -13,9 +13,11 @@ use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
 /// How responses are sampled. Declared once: clap flattens it into `elastica generate`'s
-/// flags, and serde stores it in the cells' parameters; each field's doc line is its
-/// `--help` text. (The rebound and resist configs keep their own sampling defaults.)
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, clap::Args)]
+/// flags, serde stores it in the cells' parameters, and the rebound and resist configs read
+/// their `[generation]` / `[generate]` tables into it (`experiments::sampling`, with each
+/// experiment's own defaults and without the seed); each field's doc line is its `--help`
+/// text and its TOML doc.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, clap::Args)]
 pub struct GenConfig {
     /// Longest response in tokens.
     #[arg(long, default_value_t = GenConfig::DEFAULT.max_new_tokens)]
@@ -47,6 +49,30 @@ impl GenConfig {
         seed: 42,
         batch_size: 16,
     };
+
+    /// These settings with another sampling seed (one replicate's).
+    pub fn with_seed(&self, seed: u64) -> GenConfig {
+        GenConfig {
+            seed,
+            ..self.clone()
+        }
+    }
+
+    /// Check the values `generate` cannot use: no tokens or no batch, a negative (or NaN)
+    /// temperature, a nucleus mass outside (0, 1].
+    pub fn validate(&self) -> Result<()> {
+        if self.max_new_tokens == 0 || self.batch_size == 0 {
+            anyhow::bail!("max_new_tokens and batch_size must be at least 1");
+        }
+        if !(self.temperature >= 0.0 && self.top_p > 0.0 && self.top_p <= 1.0) {
+            anyhow::bail!(
+                "temperature must be >= 0 and top_p in (0, 1], got {} and {}",
+                self.temperature,
+                self.top_p
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Default for GenConfig {

@@ -105,66 +105,26 @@ fn default_kl_batch() -> usize {
     8
 }
 
-/// Sampling settings of the evaluation generations. The defaults sample from the model's
-/// full distribution (temperature 1, no truncation), so the mean score describes the
-/// model's behaviour distribution, not its single most likely answer, and the per-token KL
-/// averaged over the model's own samples is an unbiased estimate of KL(model || base).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct GenerationConfig {
-    /// Longest response in tokens. Default 64.
-    pub max_new_tokens: usize,
-    /// Sampling temperature (0 = greedy). Default 1.0.
-    pub temperature: f64,
-    /// Nucleus mass (1 = off). Default 1.0.
-    pub top_p: f64,
-    /// Keep only the k most likely tokens (0 = off). Default 0.
-    pub top_k: usize,
-    /// Prompts decoded together. Default 16.
-    pub batch_size: usize,
+/// Default sampling of the evaluation generations (`[generation]`; a key left out takes its
+/// value here). It samples from the model's full distribution (temperature 1, no truncation),
+/// so the mean score describes the model's behaviour distribution, not its single most likely
+/// answer, and the per-token KL averaged over the model's own samples is an unbiased estimate
+/// of KL(model || base). Responses up to 64 tokens, 16 prompts decoded together. The seed is
+/// each cell's own.
+pub const SAMPLING: GenConfig = GenConfig {
+    max_new_tokens: 64,
+    temperature: 1.0,
+    top_p: 1.0,
+    top_k: 0,
+    seed: 42,
+    batch_size: 16,
+};
+
+fn default_generation() -> GenConfig {
+    SAMPLING
 }
-
-impl Default for GenerationConfig {
-    fn default() -> Self {
-        GenerationConfig {
-            max_new_tokens: 64,
-            temperature: 1.0,
-            top_p: 1.0,
-            top_k: 0,
-            batch_size: 16,
-        }
-    }
-}
-
-impl GenerationConfig {
-    /// The generation settings of one cell (seeded by the cell's seed).
-    pub fn with_seed(&self, seed: u64) -> GenConfig {
-        GenConfig {
-            max_new_tokens: self.max_new_tokens,
-            temperature: self.temperature,
-            top_p: self.top_p,
-            top_k: self.top_k,
-            seed,
-            batch_size: self.batch_size,
-        }
-    }
-
-    fn validate(&self) -> Result<()> {
-        if self.max_new_tokens == 0 || self.batch_size == 0 {
-            bail!("generation.max_new_tokens and generation.batch_size must be at least 1");
-        }
-        if self.temperature.is_nan()
-            || self.temperature < 0.0
-            || !(self.top_p.is_finite() && (f64::MIN_POSITIVE..=1.0).contains(&self.top_p))
-        {
-            bail!(
-                "generation: temperature must be >= 0 and top_p in (0, 1], got {} and {}",
-                self.temperature,
-                self.top_p
-            );
-        }
-        Ok(())
-    }
+fn read_generation<'de, D: serde::Deserializer<'de>>(d: D) -> Result<GenConfig, D::Error> {
+    crate::experiments::sampling::read(&SAMPLING, d)
 }
 
 /// The instruments beyond score and KL (issue 22). KL by response position and the samples'
@@ -258,8 +218,14 @@ pub struct ReboundConfig {
     #[serde(default)]
     pub perturb: PerturbSpec,
     pub eval: EvalConfig,
-    #[serde(default)]
-    pub generation: GenerationConfig,
+    /// Sampling of the evaluation generations: `GenConfig`'s keys but `seed` (each cell
+    /// samples with its own), defaults in [`SAMPLING`].
+    #[serde(
+        default = "default_generation",
+        deserialize_with = "read_generation",
+        serialize_with = "crate::experiments::sampling::write"
+    )]
+    pub generation: GenConfig,
     /// How generations are scored.
     pub scorer: ScorerSpec,
     /// Write TensorBoard event files of every training cell into `<log_dir>/<cell id>`
@@ -475,7 +441,7 @@ impl ReboundConfig {
             bail!("seeds has duplicates: {:?}", self.seeds);
         }
         self.train.validate().context("in [train]")?;
-        self.generation.validate()?;
+        self.generation.validate().context("in [generation]")?;
         match (&self.eval.prompts, &self.eval.data) {
             (Some(_), Some(_)) => bail!("[eval]: give `prompts` or `[eval.data]`, not both"),
             (None, None) => bail!(
@@ -603,6 +569,47 @@ kind = "keywords"
         let bad = format!("{MIN}\n[measures]\nkl_to_base = true\n");
         let e = format!("{:#}", ReboundConfig::from_toml(&bad).unwrap_err());
         assert!(e.contains("kl_to_base"), "{e}");
+    }
+
+    /// A partial `[generation]` table keeps rebound's own defaults for the keys it leaves out
+    /// (the values rebound's former `GenerationConfig` had), not `elastica generate`'s greedy
+    /// ones; the seed is each cell's, never the table's.
+    #[test]
+    fn a_partial_generation_table_keeps_rebounds_defaults() {
+        let c = ReboundConfig::from_toml(&format!("{MIN}\n[generation]\nmax_new_tokens = 8\n"))
+            .unwrap();
+        let g = &c.generation;
+        assert_eq!(
+            (
+                g.max_new_tokens,
+                g.temperature,
+                g.top_p,
+                g.top_k,
+                g.batch_size
+            ),
+            (8, 1.0, 1.0, 0, 16)
+        );
+        let d = ReboundConfig::from_toml(MIN).unwrap().generation;
+        assert_eq!(
+            (
+                d.max_new_tokens,
+                d.temperature,
+                d.top_p,
+                d.top_k,
+                d.batch_size
+            ),
+            (64, 1.0, 1.0, 0, 16)
+        );
+        assert_eq!(c.generation.with_seed(7).seed, 7);
+        let e = |t: &str| {
+            format!(
+                "{:#}",
+                ReboundConfig::from_toml(&format!("{MIN}\n[generation]\n{t}\n")).unwrap_err()
+            )
+        };
+        assert!(e("seed = 1").contains("`seeds`"));
+        assert!(e("top_p = 0").contains("in [generation]: temperature must be >= 0"));
+        assert!(e("batch_size = 0").contains("batch_size"));
     }
 
     #[test]

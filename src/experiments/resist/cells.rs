@@ -1,11 +1,13 @@
 //! The resistance experiment's cell kinds, run by the grid executor (or by `elastica cell
 //! run` on a cluster):
 //! - `resist.theta`: theta_k = theta_{k-1} fine-tuned on slice k (the model is the cell's
-//!   directory);
+//!   directory): SFT or DPO (`[align] method`; DPO's reference is theta_{k-1}), the whole
+//!   model or a LoRA adapter (kept in `adapter/`) merged into theta_k;
 //! - `resist.generate`: a checkpoint answers the held-out prompts (`gen_k.jsonl`), and when
 //!   asked measures KL(θk || θ0) by position on those answers, their coherence under θ0,
 //!   and θk's capability kept;
-//! - `resist.pair`: one direction of one pair; its output holds the per-step losses and,
+//! - `resist.pair`: one direction of one pair, always SFT (full or a LoRA adapter under
+//!   `[pair_train.lora]`); its output holds the per-step losses and,
 //!   when asked, how far the fine-tune moved toward the checkpoint whose answers it
 //!   trained on, in weight space (`experiments::weight_space`).
 //!
@@ -14,22 +16,27 @@
 //! point `train-step-N` after optimizer step N (see `grid::cell`).
 
 use super::plan::{Direction, PairPlan};
+use crate::data::prefs::PrefRecord;
 use crate::data::records::{read_jsonl, write_jsonl, Record};
+use crate::data::schemas::DataSpec;
 use crate::data::template::Template;
 use crate::experiments::evaluate::{generate_responses, Generation};
 use crate::experiments::kl::{by_position, pooled_mean, sequence_kl, Continuation, PositionKl};
 use crate::experiments::weight_space::{self, WeightSpace};
 use crate::grid::cell::Kinds;
 use crate::grid::cell::{CellContext, CellKind};
+use crate::model::adapted;
 use crate::model::checkpoint::load_model;
 use crate::model::generate::GenConfig;
+use crate::model::lora::{self, Adapter};
 use crate::train::eval::EvalLoss;
+use crate::train::objective::Method;
 use crate::train::{TrainConfig, TrainSummary};
 use anyhow::{Context, Result};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub const THETA: &str = "resist.theta";
 pub const GENERATE: &str = "resist.generate";
@@ -173,18 +180,37 @@ pub fn gen_file(k: usize) -> String {
     format!("gen_{k}.jsonl")
 }
 
-/// Fine-tune the model in `start` on `data` into the cell directory, resuming a killed
-/// attempt.
+/// What a fine-tune trains on: SFT records, or preference pairs (slice fine-tunes under
+/// `[align] method = "dpo"`).
+pub enum Examples {
+    Records(Vec<Record>),
+    Pairs(Vec<PrefRecord>),
+}
+
+/// Where a LoRA slice fine-tune keeps its adapter and log inside the cell directory (the
+/// cell directory itself holds θk with the adapter merged in).
+pub const ADAPTER_DIR: &str = "adapter";
+
+/// Fine-tune the model in `start` on `data` into `out`, resuming a killed attempt: the whole
+/// model, or a new LoRA adapter on it when `t.lora` is on; SFT, or DPO with `start` as the
+/// reference when `t.dpo` says so.
 fn fine_tune(
     ctx: &CellContext<'_>,
-    start: &std::path::Path,
-    data: &[Record],
+    start: &Path,
+    out: &Path,
+    data: &Examples,
     t: &TrainConfig,
     log_dir: Option<&str>,
 ) -> Result<TrainSummary> {
-    let lm = load_model(&start.to_string_lossy(), &Device::Cpu)?;
+    let start_s = start.to_string_lossy();
+    let (lm, _) = adapted::for_training(
+        load_model(&start_s, &Device::Cpu)?,
+        &t.lora,
+        t.seed,
+        &start_s,
+    )?;
     let mut board = log_dir
-        .map(|d| crate::report::tensorboard::TrainBoard::create(std::path::Path::new(d)))
+        .map(|d| crate::report::tensorboard::TrainBoard::create(Path::new(d)))
         .transpose()?;
     let mut hook = |_: &crate::model::LoadedModel, s: &crate::train::sft::StepLog| {
         if let Some(b) = board.as_mut() {
@@ -192,9 +218,18 @@ fn fine_tune(
         }
         ctx.fault_point(&format!("train-step-{}", s.step))
     };
-    let (out, progress) = (&ctx.dir, ctx.progress);
-    crate::experiments::device::train_sft(&ctx.device, lm, data, t, out, Some(&mut hook), progress)
-        .with_context(|| format!("fine-tuning {} into {}", start.display(), ctx.dir.display()))
+    let device = &ctx.device;
+    match data {
+        Examples::Records(r) => {
+            crate::experiments::device::train_sft(device, lm, r, t, out, Some(&mut hook), ctx.progress)
+        }
+        Examples::Pairs(p) => {
+            crate::experiments::device::refuse_on_backend(device, t, &lm)?;
+            crate::train::dpo::train(&lm, p, t, out, true, Some(&mut hook), ctx.progress)
+                .map(|s| s.train)
+        }
+    }
+    .with_context(|| format!("fine-tuning {} into {}", start.display(), out.display()))
 }
 
 /// The resist grid's kinds of cell (see `experiments::registry`).
@@ -211,13 +246,35 @@ impl CellKind for ThetaKind {
     }
     fn run(&self, ctx: &CellContext<'_>) -> Result<serde_json::Value> {
         let p: ThetaParams = ctx.params()?;
-        let data = read_jsonl(&ctx.input("data")?)?;
+        let input = ctx.input("data")?;
+        let data = match p.train.dpo.method {
+            Method::Sft => Examples::Records(read_jsonl(&input)?),
+            Method::Dpo => {
+                let spec = DataSpec::new(input.to_string_lossy(), "jsonl");
+                Examples::Pairs(crate::data::prefs::load(&spec, None)?.records)
+            }
+        };
         // θ_k is trained further (θ_{k+1}, the pairs): f32, so no update is rounded away.
         let t = TrainConfig {
             save_dtype: Some("float32".into()),
             ..p.train.clone()
         };
-        let s = fine_tune(ctx, &p.start.dir(ctx), &data, &t, p.log_dir.as_deref())?;
+        let start = p.start.dir(ctx);
+        if !t.lora.enabled() {
+            let s = fine_tune(ctx, &start, &ctx.dir, &data, &t, p.log_dir.as_deref())?;
+            return Ok(serde_json::to_value(FineTuneOutput::from(&s))?);
+        }
+        // A LoRA stage: the adapter trains on θ_{k-1}, then θ_k is θ_{k-1} with it merged in,
+        // a full checkpoint like every other θ (the next slice, the generations and the pair
+        // fine-tunes start from it unchanged).
+        let adapter_dir = ctx.dir.join(ADAPTER_DIR);
+        let s = fine_tune(ctx, &start, &adapter_dir, &data, &t, p.log_dir.as_deref())?;
+        let lm = load_model(&start.to_string_lossy(), &Device::Cpu)?;
+        let adapter = Adapter::load(&adapter_dir, &lm.model.cfg)?;
+        adapted::save_merged(&adapted::attach(lm, adapter)?, &ctx.dir, Some("float32"))
+            .with_context(|| {
+                format!("merging the adapter of θ{} into {}", p.k, ctx.dir.display())
+            })?;
         Ok(serde_json::to_value(FineTuneOutput::from(&s))?)
     }
 }
@@ -330,7 +387,8 @@ impl CellKind for PairKind {
         let s = fine_tune(
             ctx,
             &start.dir(ctx),
-            &data,
+            &ctx.dir,
+            &Examples::Records(data),
             p.pair.train(),
             p.log_dir.as_deref(),
         )?;
@@ -360,9 +418,16 @@ impl CellKind for PairKind {
     /// Only the losses of a pair fine-tune are needed; its weights go unless kept.
     fn after_result(&self, ctx: &CellContext<'_>) -> Result<()> {
         let p: PairParams = ctx.params()?;
-        let w = ctx.dir.join("model.safetensors");
-        if !p.keep_model && w.exists() {
-            std::fs::remove_file(&w).with_context(|| format!("cannot remove {}", w.display()))?;
+        if p.keep_model {
+            return Ok(());
+        }
+        // The full weights, or the adapter's under [pair_train.lora].
+        for name in ["model.safetensors", lora::WEIGHTS_FILE] {
+            let w = ctx.dir.join(name);
+            if w.exists() {
+                std::fs::remove_file(&w)
+                    .with_context(|| format!("cannot remove {}", w.display()))?;
+            }
         }
         Ok(())
     }

@@ -20,7 +20,10 @@
 //! max_new_tokens = 128
 //!
 //! [train]                              # slice fine-tunes (train::TrainConfig; PAPER.md §5)
+//! [align]                              # how the slice fine-tunes train: method = "sft" | "dpo",
+//!                                      # DPO keys, lora = { rank, alpha } (experiments::align)
 //! [pair_train]                         # forward/inverse fine-tunes (default: same as [train])
+//! [pair_train.lora]                    # forward/inverse fine-tunes as LoRA adapters
 //! [capability]                         # optional held-out general text (capability kept)
 //! [measures]                           # KL by position, weight space (see [`ResistMeasures`])
 //! [executor]                           # who runs the cells (default: kind = "local", jobs = 1)
@@ -28,6 +31,7 @@
 //! ```
 
 use crate::data::schemas::DataSpec;
+use crate::experiments::align::AlignSpec;
 use crate::grid::config::ExecutorSpec;
 use crate::grid::slurm::SlurmConfig;
 use crate::model::generate::GenConfig;
@@ -93,11 +97,22 @@ pub struct ResistConfig {
     /// data order, the sampling, and the pair fine-tunes (overriding `train.seed`).
     #[serde(default = "default_seeds")]
     pub seeds: Vec<u64>,
-    #[serde(default)]
-    pub generate: GenSettings,
+    /// How every checkpoint answers the held-out prompts: `GenConfig`'s keys but `seed`
+    /// (each replicate samples with its own), defaults in [`SAMPLING`].
+    #[serde(
+        default = "default_generate",
+        deserialize_with = "read_generate",
+        serialize_with = "crate::experiments::sampling::write"
+    )]
+    pub generate: GenConfig,
     /// Hyper-parameters of the sequential slice fine-tunes.
     #[serde(default)]
     pub train: TrainConfig,
+    /// How each slice fine-tune trains: SFT (default) or DPO on the slice's preference pairs
+    /// (then `[data]` holds pairs; each stage's reference is its own starting model), as a
+    /// full fine-tune or a LoRA adapter merged into θk. The pair fine-tunes stay SFT.
+    #[serde(default)]
+    pub align: AlignSpec,
     /// Hyper-parameters of the forward and inverse fine-tunes (unset: `train`). Both
     /// directions of a pair always use these same values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -142,46 +157,23 @@ fn default_seeds() -> Vec<u64> {
     vec![42]
 }
 
-/// How every checkpoint answers the held-out prompts. Defaults are the authors'
-/// (temperature 0.05, top-p 0.95).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct GenSettings {
-    pub max_new_tokens: usize,
-    /// 0 = greedy.
-    pub temperature: f64,
-    /// Nucleus mass (1 = off).
-    pub top_p: f64,
-    /// Keep only the k most likely tokens (0 = off).
-    pub top_k: usize,
-    /// Prompts decoded together (does not change the results).
-    pub batch_size: usize,
-}
+/// Default sampling of the held-out answers (`[generate]`; a key left out takes its value
+/// here): the authors' temperature 0.05 and top-p 0.95 (PAPER.md §3), up to 128 new tokens,
+/// 16 prompts decoded together (does not change the results). The seed is each replicate's.
+pub const SAMPLING: GenConfig = GenConfig {
+    max_new_tokens: 128,
+    temperature: 0.05,
+    top_p: 0.95,
+    top_k: 0,
+    seed: 42,
+    batch_size: 16,
+};
 
-impl Default for GenSettings {
-    fn default() -> Self {
-        GenSettings {
-            max_new_tokens: 128,
-            temperature: 0.05,
-            top_p: 0.95,
-            top_k: 0,
-            batch_size: 16,
-        }
-    }
+fn default_generate() -> GenConfig {
+    SAMPLING
 }
-
-impl GenSettings {
-    /// The generation config of one replicate.
-    pub fn gen_config(&self, seed: u64) -> GenConfig {
-        GenConfig {
-            max_new_tokens: self.max_new_tokens,
-            temperature: self.temperature,
-            top_p: self.top_p,
-            top_k: self.top_k,
-            seed,
-            batch_size: self.batch_size,
-        }
-    }
+fn read_generate<'de, D: serde::Deserializer<'de>>(d: D) -> Result<GenConfig, D::Error> {
+    crate::experiments::sampling::read(&SAMPLING, d)
 }
 
 impl ResistConfig {
@@ -197,8 +189,9 @@ impl ResistConfig {
             eval_prompts: default_eval_prompts(),
             pair_samples: None,
             seeds: default_seeds(),
-            generate: GenSettings::default(),
+            generate: SAMPLING,
             train: TrainConfig::default(),
+            align: AlignSpec::default(),
             pair_train: None,
             keep_pair_models: false,
             log_dir: None,
@@ -253,7 +246,11 @@ impl ResistConfig {
         let doc: toml::Table = toml::from_str(&text)?;
         let set = |t: &str| doc.get(t).and_then(|t| t.get("template")).is_some();
         if !set("train") {
-            cfg.train.template = crate::data::schemas::default_template(&cfg.data.schema);
+            cfg.train.template = if cfg.align.is_dpo() {
+                crate::data::prefs::default_template(&cfg.data.schema)
+            } else {
+                crate::data::schemas::default_template(&cfg.data.schema)
+            };
         }
         if let Some(p) = cfg.pair_train.as_mut().filter(|_| !set("pair_train")) {
             p.template = cfg.train.template;
@@ -320,25 +317,74 @@ impl ResistConfig {
             bail!("seed {} is listed twice in seeds", w[0]);
         }
         self.train.validate().context("in [train]")?;
-        if self.train.lora.enabled() {
-            bail!(
-                "[train.lora]: resist trains full models only (LoRA stages exist in `rebound`); \
-                 merge the adapter (elastica merge) and give the merged model"
-            );
-        }
-        self.pair_train().validate().context("in [pair_train]")?;
-        let g = &self.generate;
-        if g.max_new_tokens == 0 || g.batch_size == 0 {
-            bail!("generate.max_new_tokens and generate.batch_size must be at least 1");
-        }
-        if !(g.temperature >= 0.0 && g.top_p > 0.0 && g.top_p <= 1.0) {
-            bail!("generate: temperature must be >= 0 and top_p in (0, 1]");
-        }
+        self.check_stages()?;
+        self.generate.validate().context("in [generate]")?;
         if self.capability.is_some() && self.measures.capability_n == 0 {
             bail!("[measures] capability_n must be at least 1 (or remove [capability])");
         }
         self.slurm.validate()?;
         Ok(())
+    }
+
+    /// The stage settings [`validate`](Self::validate) checks: the slices' method and LoRA
+    /// under `[align]`, the pair fine-tunes' LoRA under `[pair_train.lora]`, each refused
+    /// where it would not do what it says.
+    fn check_stages(&self) -> Result<()> {
+        if self.train.lora.enabled() {
+            bail!(
+                "[train.lora] is ambiguous in resist (it would apply to the slices and, through \
+                 an unset [pair_train], to the pair fine-tunes); set the slices' adapter with \
+                 `[align] lora = {{ rank = .., alpha = .. }}` and the pair fine-tunes' with \
+                 [pair_train.lora]"
+            );
+        }
+        if !self.train.dpo.is_default() {
+            bail!(
+                "[train] sets the DPO objective; in resist set `method`, `dpo_beta` and \
+                 `dpo_loss` under [align] (the slice fine-tunes), not [train]"
+            );
+        }
+        self.align.check(&self.train)?;
+        let pt = self.pair_train();
+        pt.validate().context("in [pair_train]")?;
+        if !pt.dpo.is_default() {
+            bail!(
+                "[pair_train] sets the DPO objective, but the forward and inverse fine-tunes \
+                 train on one checkpoint's answers (no pairs) and their SFT loss is what resist \
+                 compares (PAPER.md §3); set DPO for the slices under [align]"
+            );
+        }
+        if self.align.is_dpo() {
+            let schemas = crate::data::prefs::PREF_SCHEMAS;
+            if !schemas.contains(&self.data.schema.as_str()) {
+                bail!(
+                    "[align] method = \"dpo\" reads [data] as preference pairs, but its schema \
+                     is \"{}\"; use one of {} (generic jsonl is {{\"prompt\", \"chosen\", \
+                     \"rejected\"}})",
+                    self.data.schema,
+                    schemas.join(", ")
+                );
+            }
+            if (self.data.schema == "pku-saferlhf") != self.align.prefer.is_some() {
+                bail!(
+                    "[align] prefer = \"safer\" | \"better\" is needed with schema \
+                     \"pku-saferlhf\" and only there (schema here: \"{}\")",
+                    self.data.schema
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The slice fine-tunes' training settings: `[train]` with `[align]`'s objective and
+    /// adapter, seeded for one replicate.
+    pub fn slice_train(&self, seed: u64) -> TrainConfig {
+        TrainConfig {
+            seed,
+            dpo: self.align.dpo_config(),
+            lora: self.align.lora.clone(),
+            ..self.train.clone()
+        }
     }
 
     /// Indices of the compared checkpoints: 1..=S, with 0 first under `include_base`.
@@ -420,9 +466,57 @@ mod tests {
     }
 
     #[test]
-    fn lora_is_refused_with_a_pointer() {
+    fn train_lora_is_refused_with_a_pointer_to_the_stages() {
         let e = parse("[train.lora]\nrank = 4\n").unwrap_err().to_string();
-        assert!(e.contains("resist trains full models only"), "{e}");
+        assert!(
+            e.contains("[align] lora") && e.contains("[pair_train.lora]"),
+            "{e}"
+        );
+        // Per stage it is accepted, and the slices' settings carry [align]'s adapter.
+        let c = parse("[align]\nlora = { rank = 4, alpha = 8 }\n[pair_train.lora]\nrank = 2\n")
+            .unwrap();
+        assert_eq!(c.slice_train(7).lora.rank, 4);
+        assert_eq!(c.slice_train(7).seed, 7);
+        assert_eq!(c.pair_train().lora.rank, 2);
+        assert!(!c.train.lora.enabled());
+    }
+
+    /// A partial `[generate]` table keeps resist's own defaults (the authors' sampling, the
+    /// values resist's former `GenSettings` had) for the keys it leaves out; the seed is each
+    /// replicate's, never the table's, and the saved config.toml reads back equal.
+    #[test]
+    fn a_partial_generate_table_keeps_resists_defaults() {
+        let c = parse("[generate]\ntop_k = 5").unwrap();
+        let g = &c.generate;
+        assert_eq!(
+            (
+                g.max_new_tokens,
+                g.temperature,
+                g.top_p,
+                g.top_k,
+                g.batch_size
+            ),
+            (128, 0.05, 0.95, 5, 16)
+        );
+        let d = parse("").unwrap().generate;
+        assert_eq!(
+            (
+                d.max_new_tokens,
+                d.temperature,
+                d.top_p,
+                d.top_k,
+                d.batch_size
+            ),
+            (128, 0.05, 0.95, 0, 16)
+        );
+        let back: ResistConfig = toml::from_str(&c.to_toml().unwrap()).unwrap();
+        assert_eq!(back, c);
+        let saved: toml::Table = toml::from_str(&c.to_toml().unwrap()).unwrap();
+        assert!(saved["generate"].get("seed").is_none(), "{saved}");
+        assert!(saved["generate"].get("top_k").is_some(), "{saved}");
+        let e = |extra: &str| format!("{:#}", parse(extra).unwrap_err());
+        assert!(e("[generate]\nseed = 1").contains("`seeds`"));
+        assert!(e("[generate]\nmax_new_tokens = 0").contains("in [generate]"));
     }
 
     #[test]
@@ -450,7 +544,7 @@ mod tests {
     }
 
     /// examples/resist.toml parses, shows every key at its default (the model and the data
-    /// aside), and names every key of the config, [data], [generate] and [train].
+    /// aside), and names every key of the config, [data], [generate], [train] and [align].
     #[test]
     fn the_example_documents_every_key() {
         let text = include_str!("../../../examples/resist.toml");

@@ -22,7 +22,7 @@ pub mod plan;
 pub mod results;
 pub mod slices;
 
-pub use config::{GenSettings, ResistConfig};
+pub use config::ResistConfig;
 pub use pipeline::{run, run_with};
 pub use plan::{Direction, PairPlan};
 pub use results::{markdown_summary, ResistResults};

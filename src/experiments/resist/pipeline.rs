@@ -60,7 +60,7 @@ pub struct PreparedData {
     pub prompts: usize,
 }
 
-fn jsonl_bytes(records: &[Record]) -> Result<Vec<u8>> {
+fn jsonl_bytes<T: serde::Serialize>(records: &[T]) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     for r in records {
         serde_json::to_writer(&mut out, r)?;
@@ -69,37 +69,59 @@ fn jsonl_bytes(records: &[Record]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// The slices of `records` as JSONL bytes with their sizes, and the held-out prompts.
+type Sliced = (Vec<(Vec<u8>, usize)>, Vec<String>);
+
+fn sliced<T: slices::SliceRecord + serde::Serialize>(
+    records: &[T],
+    cfg: &ResistConfig,
+    held_out: usize,
+) -> Result<Sliced> {
+    let split = slices::split(records, &cfg.ratios(), held_out, &cfg.data.path)?;
+    let files = split
+        .slices
+        .iter()
+        .map(|s| Ok((jsonl_bytes(s)?, s.len())))
+        .collect::<Result<_>>()?;
+    Ok((files, split.prompts))
+}
+
 /// Load the `[data]` set (and `[prompts]` if given) and split it into slices and prompts.
+/// Under `[align] method = "dpo"` the data are preference pairs and so are the slices.
 pub fn prepare_data(cfg: &ResistConfig) -> Result<PreparedData> {
-    let ds = crate::data::schemas::load(&cfg.data)
-        .with_context(|| format!("cannot load the [data] set {}", cfg.data.path))?;
     let held_out = if cfg.prompts.is_some() {
         0
     } else {
         cfg.eval_prompts
     };
-    let mut split = slices::split(&ds.records, &cfg.ratios(), held_out, &cfg.data.path)?;
+    let what = || format!("cannot load the [data] set {}", cfg.data.path);
+    let (slice_files, mut prompts) = if cfg.align.is_dpo() {
+        let ds = crate::data::prefs::load(&cfg.data, cfg.align.prefer).with_context(what)?;
+        sliced(&ds.records, cfg, held_out)?
+    } else {
+        let ds = crate::data::schemas::load(&cfg.data).with_context(what)?;
+        sliced(&ds.records, cfg, held_out)?
+    };
     if let Some(spec) = &cfg.prompts {
         let pds = crate::data::schemas::load(spec)
             .with_context(|| format!("cannot load the [prompts] set {}", spec.path))?;
-        let prompts = slices::prompts_of(&pds.records, &spec.path)?;
-        if prompts.len() < cfg.eval_prompts {
+        let given = slices::prompts_of(&pds.records, &spec.path)?;
+        if given.len() < cfg.eval_prompts {
             bail!(
                 "the [prompts] set {} has {} prompts but eval_prompts = {}; lower eval_prompts \
                  or add prompts",
                 spec.path,
-                prompts.len(),
+                given.len(),
                 cfg.eval_prompts
             );
         }
-        split.prompts = prompts[..cfg.eval_prompts].to_vec();
+        prompts = given[..cfg.eval_prompts].to_vec();
     }
     let mut files = Vec::new();
-    for (i, s) in split.slices.iter().enumerate() {
-        files.push((slice_file(i + 1), jsonl_bytes(s)?));
+    for (i, (bytes, _)) in slice_files.iter().enumerate() {
+        files.push((slice_file(i + 1), bytes.clone()));
     }
-    let prompts: Vec<Record> = split
-        .prompts
+    let prompts: Vec<Record> = prompts
         .iter()
         .map(|p| Record::pair(p.clone(), String::new()))
         .collect();
@@ -116,7 +138,7 @@ pub fn prepare_data(cfg: &ResistConfig) -> Result<PreparedData> {
     }
     Ok(PreparedData {
         files,
-        slice_sizes: split.slices.iter().map(Vec::len).collect(),
+        slice_sizes: slice_files.iter().map(|(_, n)| *n).collect(),
         prompts: prompts.len(),
     })
 }
@@ -171,8 +193,7 @@ pub fn cells(cfg: &ResistConfig, base: &str, data: &PreparedData) -> Result<Vec<
             ModelRef::Base(_) => vec![],
         };
         for k in 1..=cfg.slices {
-            let mut train = cfg.train.clone();
-            train.seed = seed;
+            let train = cfg.slice_train(seed);
             let start = model(k - 1);
             out.push(CellSpec {
                 id: theta_id(seed, k),
@@ -205,7 +226,7 @@ pub fn cells(cfg: &ResistConfig, base: &str, data: &PreparedData) -> Result<Vec<
                     k,
                     model: m,
                     template: cfg.train.template,
-                    generate: cfg.generate.gen_config(seed),
+                    generate: cfg.generate.with_seed(seed),
                     base: cfg.measures.kl_by_position.then(|| base.to_string()),
                     capability_max_length: cfg.capability.as_ref().map(|_| cfg.train.max_length),
                 })?,
@@ -232,7 +253,8 @@ pub fn cells(cfg: &ResistConfig, base: &str, data: &PreparedData) -> Result<Vec<
                         gens: gens.clone(),
                         keep_model: cfg.keep_pair_models,
                         log_dir: cell_log_dir(cfg, &pair_id(seed, &pair, d))?,
-                        weight_space: cfg.measures.weight_space,
+                        // A LoRA pair fine-tune keeps only its adapter, no full weights.
+                        weight_space: cfg.measures.weight_space && !train.lora.enabled(),
                     })?,
                 });
             }
@@ -369,7 +391,7 @@ pub fn header(cfg: &ResistConfig, data: &PreparedData) -> String {
          - held-out prompts: {}; samples per forward/inverse fine-tune: {}\n\
          - generation: temperature {}, top-p {}, top-k {}, max new tokens {}\n\
          - pair fine-tunes: lr {}, batch {} × {} accumulation, {} epoch(s), template `{}`\n\
-         - seeds: {:?}\n",
+         - seeds: {:?}\n{}",
         cfg.model,
         cfg.data.path,
         cfg.data.schema,
@@ -392,6 +414,42 @@ pub fn header(cfg: &ResistConfig, data: &PreparedData) -> String {
         pt.epochs,
         template,
         cfg.seeds,
+        stages(cfg),
+    )
+}
+
+/// The report's lines on how each stage trained: the slices' method and adapter, the pair
+/// fine-tunes' (always SFT: their loss on the other checkpoint's answers is the measure).
+fn stages(cfg: &ResistConfig) -> String {
+    use crate::experiments::align::AlignSpec;
+    let slices = match cfg.align.is_dpo() {
+        false => "SFT on the slice's records".to_string(),
+        true => format!(
+            "DPO on the slice's preference pairs (beta {}, {} loss; each stage's reference is \
+             its starting model θk-1)",
+            cfg.align.dpo_beta,
+            serde_json::to_value(cfg.align.dpo_loss)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default()
+        ),
+    };
+    let merged = if cfg.align.lora.enabled() {
+        ", merged into θk"
+    } else {
+        ""
+    };
+    let pair_lora = cfg.pair_train().lora.enabled();
+    format!(
+        "- slice fine-tunes: {slices}, {}{merged}\n\
+         - pair fine-tunes: SFT on the other checkpoint's answers (the compared loss), {}{}\n",
+        AlignSpec::describe_lora(&cfg.align.lora),
+        AlignSpec::describe_lora(&cfg.pair_train().lora),
+        if pair_lora && cfg.measures.weight_space {
+            "; weight-space movement not measured (an adapter holds no full weights)"
+        } else {
+            ""
+        },
     )
 }
 

@@ -1,16 +1,39 @@
 //! Splitting the SFT data set into the S sequential slices (theta_k is theta_{k-1} fine-tuned
 //! on slice k) and the held-out generation prompts. Slice sizes follow the configured ratios
 //! by the largest-remainder method, so they always add up to the records available and no
-//! record is used twice.
+//! record is used twice. A slice holds SFT records or, under `[align] method = "dpo"`,
+//! preference pairs; both give their prompt to the held-out set the same way.
 
+use crate::data::prefs::PrefRecord;
 use crate::data::records::Record;
 use anyhow::{bail, Result};
 
+/// A record a slice can hold, whose prompt a held-out record gives to the generations.
+pub trait SliceRecord: Clone {
+    /// The prompt, or `None` for a record without one (plain text).
+    fn prompt(&self) -> Option<&str>;
+}
+
+impl SliceRecord for Record {
+    fn prompt(&self) -> Option<&str> {
+        match self {
+            Record::Pair { prompt, .. } => Some(prompt),
+            Record::Text { .. } => None,
+        }
+    }
+}
+
+impl SliceRecord for PrefRecord {
+    fn prompt(&self) -> Option<&str> {
+        Some(&self.prompt)
+    }
+}
+
 /// The data of one replicate-independent split.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Split {
+pub struct Split<T = Record> {
     /// `slices[k - 1]` trains theta_k.
-    pub slices: Vec<Vec<Record>>,
+    pub slices: Vec<Vec<T>>,
     /// Prompts every checkpoint answers (never in a slice when held out of the same data).
     pub prompts: Vec<String>,
 }
@@ -59,7 +82,12 @@ pub fn min_records(ratios: &[f64]) -> usize {
 /// are kept aside as generation prompts first (they must be prompt/response records); with
 /// `held_out == 0` the caller supplies prompts from elsewhere and `Split::prompts` is empty.
 /// `source` names the data set in errors.
-pub fn split(records: &[Record], ratios: &[f64], held_out: usize, source: &str) -> Result<Split> {
+pub fn split<T: SliceRecord>(
+    records: &[T],
+    ratios: &[f64],
+    held_out: usize,
+    source: &str,
+) -> Result<Split<T>> {
     let need_slices = min_records(ratios);
     let need = need_slices + held_out;
     if records.len() < need {
@@ -87,14 +115,15 @@ pub fn split(records: &[Record], ratios: &[f64], held_out: usize, source: &str) 
     Ok(Split { slices, prompts })
 }
 
-/// The prompts of prompt/response records; a plain-text record has none and is an error.
-pub fn prompts_of(records: &[Record], source: &str) -> Result<Vec<String>> {
+/// The prompts of prompt/response records (or preference pairs); a plain-text record has
+/// none and is an error.
+pub fn prompts_of<T: SliceRecord>(records: &[T], source: &str) -> Result<Vec<String>> {
     records
         .iter()
         .enumerate()
-        .map(|(i, r)| match r {
-            Record::Pair { prompt, .. } => Ok(prompt.clone()),
-            Record::Text { .. } => bail!(
+        .map(|(i, r)| match r.prompt() {
+            Some(p) => Ok(p.to_string()),
+            None => bail!(
                 "{source}: held-out record {} is a plain {{\"text\"}} record; generation \
                  prompts need {{\"prompt\", \"response\"}} records (or give a [prompts] data \
                  set)",
@@ -138,6 +167,13 @@ mod tests {
         let s = split(&r, &[1.0, 1.0], 4, "d").unwrap();
         assert_eq!(s.slices, vec![r[0..3].to_vec(), r[3..6].to_vec()]);
         assert_eq!(s.prompts, vec!["p6", "p7", "p8", "p9"]);
+        // Preference pairs split the same way and give their prompts.
+        let pairs: Vec<PrefRecord> = (0..5)
+            .map(|i| PrefRecord::new(&format!("q{i}"), "yes", "no"))
+            .collect();
+        let s = split(&pairs, &[1.0, 1.0], 1, "d").unwrap();
+        assert_eq!(s.slices, vec![pairs[0..2].to_vec(), pairs[2..4].to_vec()]);
+        assert_eq!(s.prompts, vec!["q4"]);
     }
 
     #[test]
