@@ -309,3 +309,75 @@ fn demo_writes_progress_lines_off_a_terminal() {
         "{err}"
     );
 }
+
+/// The DPO variant (issue 20; on in `--full`, here through `--settings`): the same units
+/// aligned by DPO on the world's preference pairs, perturbed by the same SFT, reported
+/// beside the SFT rebound with its own claims; without it results.json has no such key.
+#[test]
+fn the_dpo_variant_aligns_by_dpo_and_is_reported_beside_sft() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = dir.path().join("s.toml");
+    std::fs::write(
+        &settings,
+        "seeds = [1, 2]\nn_plus = [10]\nn_minus = [0, 5]\nresist_slice_records = 0\ntheory = false\ninstruments = false\neval_prompts = 4\nmax_new_tokens = 4\nprobe_records = 4\nrate_records = 4\ndrop_fit_points = 2\nbases = [{size = \"tiny\", tokens = 2000}]\ndpo = { beta = 0.1, lr = 0.002 }\n",
+    )
+    .unwrap();
+    let out = dir.path().join("run");
+    let (summary, _) = run(&out, &["--settings", settings.to_str().unwrap()]);
+    // DPO trained each seed's alignment (its reference cache) and the perturbation was SFT.
+    for seed in [1, 2] {
+        let cell = out.join(format!("cells/tiny-2k-seed{seed}-dpo/nplus10"));
+        assert!(cell.join("aligned/dpo_reference.json").is_file(), "{seed}");
+        let log = std::fs::read_to_string(cell.join("aligned/train_log.jsonl")).unwrap();
+        assert!(log.contains("\"margin\""), "{log}");
+        let log = std::fs::read_to_string(cell.join("perturbed/train_log.jsonl")).unwrap();
+        assert!(!log.contains("\"margin\""), "{log}");
+    }
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let dpo = &results["dpo_rebound"];
+    assert_eq!(dpo["beta"], 0.1, "{dpo}");
+    let rows = dpo["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "{dpo}");
+    // The DPO-aligned model (n- = 0) is not the pre-trained one: the in-memory model trained.
+    let base_margin = results["base_scores"][0]["margin"].as_f64().unwrap();
+    for r in rows.iter().filter(|r| r["n_minus"] == 0) {
+        assert!(r["margin"].as_f64().unwrap() != base_margin, "{r}");
+    }
+    let sft_rows = results["rebound"].as_array().unwrap();
+    assert_ne!(sft_rows[0]["margin"], rows[0]["margin"]);
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.contains("## Rebound after DPO alignment")
+            && report.contains("DPO variant: alignment by DPO (sigmoid loss, beta 0.1, lr 0.002"),
+        "{report}"
+    );
+    let line = summary
+        .lines()
+        .find(|l| l.contains("DPO vs SFT alignment, tiny-2k"))
+        .unwrap_or_else(|| panic!("{summary}"));
+    assert!(
+        [
+            "-> DPO-aligned models rebound faster",
+            "-> DPO-aligned models rebound slower",
+            "-> cannot tell"
+        ]
+        .iter()
+        .any(|v| line.ends_with(v))
+            && line.contains("(n = 2)"),
+        "{line}"
+    );
+    assert!(summary.contains("DPO control:") && summary.contains("Rebound after DPO:"));
+    // Without the variant results.json has no DPO key (the default demo's file is unchanged).
+    let plain = dir.path().join("plain");
+    std::fs::write(
+        &settings,
+        std::fs::read_to_string(&settings)
+            .unwrap()
+            .replace("dpo = { beta = 0.1, lr = 0.002 }\n", ""),
+    )
+    .unwrap();
+    run(&plain, &["--settings", settings.to_str().unwrap()]);
+    let text = std::fs::read_to_string(plain.join("results.json")).unwrap();
+    assert!(!text.contains("dpo"), "{text}");
+}

@@ -39,6 +39,11 @@ fn write_data(dir: &Path) {
 }
 
 fn config(dir: &Path, train_extra: &str) -> std::path::PathBuf {
+    config_with(dir, "", "", train_extra)
+}
+
+/// The config, with lines added at the top level, in `[align]` and in `[train]`.
+fn config_with(dir: &Path, top: &str, align: &str, train_extra: &str) -> std::path::PathBuf {
     let d = dir.display();
     let m = tiny_llama();
     let text = format!(
@@ -46,9 +51,11 @@ fn config(dir: &Path, train_extra: &str) -> std::path::PathBuf {
 n_positive = [4]
 n_negative = [0, 4]
 seeds = [1]
+{top}
 [align]
 method = "dpo"
 dpo_beta = 0.5
+{align}
 [positive]
 path = "{d}/pairs.jsonl"
 schema = "jsonl"
@@ -125,4 +132,95 @@ fn dpo_under_train_is_refused_and_the_example_parses() {
     let c = elastica::experiments::rebound::config::ReboundConfig::from_toml(&text).unwrap();
     assert!(c.align.is_dpo());
     assert_eq!(c.align.prefer, Some(elastica::data::prefs::Prefer::Safer));
+}
+
+/// The tensor names in a safetensors file's header.
+fn tensor_names(file: &Path) -> Vec<String> {
+    let bytes = std::fs::read(file).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let mut names: Vec<String> = header
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| *k != "__metadata__")
+        .cloned()
+        .collect();
+    names.sort();
+    names
+}
+
+/// DPO with a LoRA adapter aligns, a new LoRA adapter perturbs (on the merged aligned
+/// model): the cells save PEFT adapters, the report names both, and the weight-space
+/// elasticity is measured on the merged weights.
+#[test]
+fn rebound_aligns_by_dpo_with_lora_and_perturbs_with_lora() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_data(tmp.path());
+    let out = tmp.path().join("run");
+    let cfg = config_with(
+        tmp.path(),
+        "keep_models = true",
+        "lora = { rank = 2, alpha = 4 }\n[perturb]\nlora = { rank = 4, alpha = 8 }",
+        "",
+    );
+    let (ok, _, err) = common::rebound(&cfg, &out);
+    assert!(ok, "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    for (cell, rank) in [("align.p4.s1", 2), ("perturb.p4.n4.s1", 4)] {
+        let model = out.join("cells").join(cell).join("model");
+        assert!(!model.join("model.safetensors").exists(), "{cell}");
+        let c: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(model.join("adapter_config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(c["peft_type"], "LORA", "{cell}: {c}");
+        assert_eq!(c["task_type"], "CAUSAL_LM", "{cell}: {c}");
+        assert_eq!(c["r"], rank, "{cell}: {c}");
+        let names = tensor_names(&model.join("adapter_model.safetensors"));
+        assert!(!names.is_empty(), "{cell}");
+        for n in &names {
+            assert!(
+                n.starts_with("base_model.model.model.layers.")
+                    && (n.ends_with(".lora_A.weight") || n.ends_with(".lora_B.weight")),
+                "{cell}: {n}"
+            );
+        }
+    }
+    // The align stage trained by DPO (reward columns in its log), the perturbation by SFT.
+    let log = |cell: &str| {
+        std::fs::read_to_string(out.join("cells").join(cell).join("model/train_log.jsonl")).unwrap()
+    };
+    assert!(log("align.p4.s1").contains("\"margin\""));
+    assert!(!log("perturb.p4.n4.s1").contains("margin"));
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for want in [
+        "alignment: DPO on preference pairs (beta 0.5, sigmoid loss",
+        "- align stage: LoRA adapter (rank 2, alpha 4",
+        "perturb stage: LoRA adapter (rank 4, alpha 8",
+        "weight-space elasticity: on the merged weights",
+    ] {
+        assert!(report.contains(want), "{want}\n{report}");
+    }
+    let result: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("cells/perturb.p4.n4.s1/result.json")).unwrap(),
+    )
+    .unwrap();
+    let ws = &result["output"]["weight_space"];
+    for key in ["fraction_undone", "cosine", "norm_ratio"] {
+        let v = ws["total"][key].as_f64();
+        assert!(v.is_some_and(f64::is_finite), "{key}: {ws}");
+    }
+    // Only the adapted projections moved: the embeddings' group moved by nothing.
+    assert!(ws["total"]["align_sq"].as_f64().unwrap() > 0.0, "{ws}");
+    let other = ws["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["group"] == "other")
+        .unwrap();
+    assert_eq!(other["align_sq"], 0.0, "{other}");
+    assert_eq!(other["perturb_sq"], 0.0, "{other}");
+    let csv = std::fs::read_to_string(out.join("weight_space.csv")).unwrap();
+    assert!(csv.lines().count() > 1, "{csv}");
 }

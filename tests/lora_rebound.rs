@@ -2,7 +2,8 @@
 //! `[align] lora` aligns with an adapter, `[perturb] lora` perturbs with one, starting from
 //! the merged aligned model (`from = "merged"`) or continuing the align stage's adapter
 //! (`from = "adapter"`). The cells save adapters (not full models), the evaluation scores the
-//! model with its adapter, and the report names the settings. Bad layouts are refused.
+//! model with its adapter, the weight-space elasticity compares the merged weights, and the
+//! report names the settings. Bad layouts are refused.
 
 mod common;
 
@@ -109,14 +110,19 @@ fn run_lora_grid(stages: &str) -> (tempfile::TempDir, String) {
     assert!(kl(perturbed).is_finite() && kl(perturbed) != kl(aligned));
     assert!(perturbed["eval"]["kl_to_aligned"].as_f64().unwrap() > 0.0);
     assert!(perturbed["train"]["steps"].as_u64().unwrap() > 0);
-    assert!(perturbed.get("weight_space").is_none());
+    // Weight-space elasticity on the merged weights: present and finite.
+    let ws = &perturbed["weight_space"]["total"];
+    for key in ["fraction_undone", "cosine", "norm_ratio"] {
+        assert!(ws[key].as_f64().is_some_and(f64::is_finite), "{key}: {ws}");
+    }
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(
         report.contains("- align stage: LoRA adapter (rank 2, alpha 4"),
         "{report}"
     );
     assert!(
-        report.contains("weight-space elasticity: not measured"),
+        report.contains("weight-space elasticity: on the merged weights")
+            && report.contains("aligned = the base with the align stage's adapter"),
         "{report}"
     );
     (tmp, report)
@@ -129,7 +135,8 @@ fn lora_perturbation_from_the_merged_aligned_model() {
     );
     assert!(
         report.contains("perturb stage: LoRA adapter (rank 4, alpha 8")
-            && report.contains("starting from the aligned model with its adapter merged"),
+            && report.contains("starting from the aligned model with its adapter merged")
+            && report.contains("perturbed = the aligned weights with the perturbation's adapter"),
         "{report}"
     );
     // A new adapter: rank 4, not the align stage's 2.
@@ -148,7 +155,8 @@ fn lora_perturbation_continues_the_aligned_adapter() {
         run_lora_grid("[align]\nlora = { rank = 2, alpha = 4 }\n[perturb]\nfrom = \"adapter\"");
     assert!(
         report.contains("perturb stage: LoRA adapter (rank 2, alpha 4")
-            && report.contains("continuing the align stage's adapter"),
+            && report.contains("continuing the align stage's adapter")
+            && report.contains("perturbed = the base with the continued adapter"),
         "{report}"
     );
     // The same adapter, trained further: its A matrices moved from the aligned ones.

@@ -16,8 +16,8 @@ pub struct DemoArgs {
     #[arg(long, conflicts_with = "full")]
     pub quick: bool,
     /// The decisive run: 10 seeds, tiny bases pre-trained on 40k, 400k and 4M tokens (k
-    /// spans 100x), the small model at 400k, the compression ablation (under 30 minutes on
-    /// 2 cores).
+    /// spans 100x), the small model at 400k, the compression ablation, the rebound after DPO
+    /// alignment (under 30 minutes on 2 cores).
     #[arg(long)]
     pub full: bool,
     /// A TOML file of demo settings (any field of the preset: bases, n_plus, n_minus, seeds,

@@ -17,8 +17,15 @@
 //! walked at a time in fixed-size chunks converted to f64, so a 7B model needs the page
 //! cache and a few chunk buffers, never a copy of a model. Chunks run in parallel; their
 //! partial sums are added in chunk order, so the result does not depend on the thread count.
+//!
+//! A model may also be a checkpoint with LoRA adapters (PEFT's layout) on it ([`Weights`]):
+//! its weights are then the merged ones, W + s·B·A for every adapted projection (adapters
+//! added in order), computed in f64 one tensor at a time, so the memory bound is one dense
+//! tensor per adapted model instead of a few chunks.
 
 use crate::model::checkpoint::weight_files;
+use crate::model::lora::Adapter;
+use crate::model::ModelConfig;
 use anyhow::{bail, Context, Result};
 use memmap2::Mmap;
 use rayon::prelude::*;
@@ -94,6 +101,127 @@ pub struct WeightSpace {
     pub kinds: Vec<Movement>,
     /// Tensors compared.
     pub tensors: usize,
+}
+
+/// The weights of one model in the measure: a checkpoint directory, with LoRA adapter
+/// directories merged onto it in order (none for a full checkpoint).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Weights {
+    pub checkpoint: PathBuf,
+    pub adapters: Vec<PathBuf>,
+}
+
+impl Weights {
+    /// A full checkpoint.
+    pub fn checkpoint(dir: &Path) -> Weights {
+        Weights {
+            checkpoint: dir.to_path_buf(),
+            adapters: Vec::new(),
+        }
+    }
+
+    /// These weights with one more adapter merged on top.
+    pub fn with_adapter(mut self, dir: &Path) -> Weights {
+        self.adapters.push(dir.to_path_buf());
+        self
+    }
+
+    /// Whether any adapter is merged.
+    pub fn is_merged(&self) -> bool {
+        !self.adapters.is_empty()
+    }
+}
+
+/// One model's tensors: its checkpoint mapped, its adapters loaded.
+struct Source {
+    mapped: Mapped,
+    adapters: Vec<Adapter>,
+}
+
+/// A tensor's values: the checkpoint's bytes as stored, or merged with adapters (f64).
+enum Values<'a> {
+    Stored(Dtype, usize, &'a [u8]),
+    Merged(Vec<f64>),
+}
+
+impl Values<'_> {
+    /// Elements `lo..lo + out.len()` as f64.
+    fn fill(&self, lo: usize, out: &mut [f64]) {
+        match self {
+            Values::Stored(d, size, b) => decode(*d, &b[lo * size..(lo + out.len()) * size], out),
+            Values::Merged(v) => out.copy_from_slice(&v[lo..lo + out.len()]),
+        }
+    }
+}
+
+impl Source {
+    fn open(w: &Weights) -> Result<Source> {
+        let mapped = Mapped::open(&w.checkpoint)?;
+        let adapters = if w.adapters.is_empty() {
+            Vec::new()
+        } else {
+            let cfg_path = w.checkpoint.join("config.json");
+            let cfg = ModelConfig::from_file(&cfg_path)?;
+            w.adapters
+                .iter()
+                .map(|d| Adapter::load(d, &cfg))
+                .collect::<Result<_>>()?
+        };
+        Ok(Source { mapped, adapters })
+    }
+
+    /// Tensor `name`, checked to have `shape` (`shape_of` names where that shape came from),
+    /// merged with every adapter that adapts it.
+    fn values(&self, name: &str, shape: &[usize], shape_of: &Path) -> Result<Values<'_>> {
+        let dir = &self.mapped.dir;
+        let (d, sh, bytes) = self.mapped.tensor(name)?;
+        if sh != shape {
+            bail!(
+                "tensor \"{name}\" has shape {sh:?} in {} but {shape:?} in {}",
+                dir.display(),
+                shape_of.display()
+            );
+        }
+        let size = elem_size(d, name, dir)?;
+        let n: usize = shape.iter().product();
+        if bytes.len() != n * size {
+            bail!(
+                "tensor \"{name}\" in {} holds {} bytes, expected {} for shape {shape:?}",
+                dir.display(),
+                bytes.len(),
+                n * size
+            );
+        }
+        let module = name.strip_suffix(".weight").unwrap_or(name);
+        let mut merged: Option<Vec<f64>> = None;
+        for adapter in &self.adapters {
+            let Some((a, b)) = adapter.pair(module)? else {
+                continue;
+            };
+            let f64s = |t: &candle_core::Tensor| t.to_dtype(candle_core::DType::F64);
+            let delta = (f64s(&b)?.matmul(&f64s(&a)?)? * adapter.scale())?;
+            let delta: Vec<f64> = delta.flatten_all()?.to_vec1()?;
+            if delta.len() != n {
+                bail!(
+                    "an adapter's B·A for \"{name}\" has {} elements, the weight in {} {n}",
+                    delta.len(),
+                    dir.display()
+                );
+            }
+            let w = merged.get_or_insert_with(|| {
+                let mut w = vec![0f64; n];
+                decode(d, bytes, &mut w);
+                w
+            });
+            for (w, x) in w.iter_mut().zip(&delta) {
+                *w += x;
+            }
+        }
+        Ok(match merged {
+            Some(w) => Values::Merged(w),
+            None => Values::Stored(d, size, bytes),
+        })
+    }
 }
 
 /// A model's safetensors files, memory-mapped, with where each tensor lives.
@@ -218,26 +346,36 @@ pub fn kind_of(name: &str) -> String {
 /// `start` (rotary caches excepted). The three directories must hold the same tensor names
 /// and shapes; dtypes may differ.
 pub fn measure(reference: &Path, start: &Path, end: &Path) -> Result<WeightSpace> {
-    let r = Mapped::open(reference)?;
-    let s = Mapped::open(start)?;
-    let e = Mapped::open(end)?;
+    measure_weights(
+        &Weights::checkpoint(reference),
+        &Weights::checkpoint(start),
+        &Weights::checkpoint(end),
+    )
+}
+
+/// [`measure`] on weights that may carry LoRA adapters: each model's merged weights.
+pub fn measure_weights(reference: &Weights, start: &Weights, end: &Weights) -> Result<WeightSpace> {
+    let r = Source::open(reference)?;
+    let s = Source::open(start)?;
+    let e = Source::open(end)?;
     let mut names: Vec<&String> = s
+        .mapped
         .index
         .keys()
         .filter(|n| !n.ends_with("rotary_emb.inv_freq"))
         .collect();
     names.sort();
-    for m in [&r, &e] {
+    for m in [&r.mapped, &e.mapped] {
         let extra = m
             .index
             .keys()
-            .find(|n| !n.ends_with("rotary_emb.inv_freq") && !s.index.contains_key(*n));
+            .find(|n| !n.ends_with("rotary_emb.inv_freq") && !s.mapped.index.contains_key(*n));
         if let Some(n) = extra {
             bail!(
                 "tensor \"{n}\" is in {} but not in {}: the checkpoints do not share an \
                  architecture",
                 m.dir.display(),
-                s.dir.display()
+                s.mapped.dir.display()
             );
         }
     }
@@ -245,53 +383,29 @@ pub fn measure(reference: &Path, start: &Path, end: &Path) -> Result<WeightSpace
     let mut layers: BTreeMap<(usize, String), Sums> = BTreeMap::new();
     let mut kinds: BTreeMap<String, Sums> = BTreeMap::new();
     for name in &names {
-        let (ds, shape, bs) = s.tensor(name)?;
-        let (dr, shape_r, br) = r.tensor(name)?;
-        let (de, shape_e, be) = e.tensor(name)?;
-        for (m, sh) in [(&r, &shape_r), (&e, &shape_e)] {
-            if *sh != shape {
-                bail!(
-                    "tensor \"{name}\" has shape {sh:?} in {} but {shape:?} in {}",
-                    m.dir.display(),
-                    s.dir.display()
-                );
-            }
-        }
-        let sizes = [
-            elem_size(dr, name, &r.dir)?,
-            elem_size(ds, name, &s.dir)?,
-            elem_size(de, name, &e.dir)?,
+        let (_, shape, _) = s.mapped.tensor(name)?;
+        let sdir = &s.mapped.dir;
+        let x = [
+            r.values(name, &shape, sdir)?,
+            s.values(name, &shape, sdir)?,
+            e.values(name, &shape, sdir)?,
         ];
         let n: usize = shape.iter().product();
-        for (bytes, size, dir) in [
-            (br, sizes[0], &r.dir),
-            (bs, sizes[1], &s.dir),
-            (be, sizes[2], &e.dir),
-        ] {
-            if bytes.len() != n * size {
-                bail!(
-                    "tensor \"{name}\" in {} holds {} bytes, expected {} for shape {shape:?}",
-                    dir.display(),
-                    bytes.len(),
-                    n * size
-                );
-            }
-        }
         let chunks = n.div_ceil(CHUNK);
         let partial: Vec<Sums> = (0..chunks)
             .into_par_iter()
             .map(|c| {
                 let lo = c * CHUNK;
                 let len = CHUNK.min(n - lo);
-                let mut x = [vec![0f64; len], vec![0f64; len], vec![0f64; len]];
-                for (k, (d, b)) in [(dr, br), (ds, bs), (de, be)].into_iter().enumerate() {
-                    decode(d, &b[lo * sizes[k]..(lo + len) * sizes[k]], &mut x[k]);
+                let mut buf = [vec![0f64; len], vec![0f64; len], vec![0f64; len]];
+                for (v, b) in x.iter().zip(&mut buf) {
+                    v.fill(lo, b);
                 }
                 let mut acc = Sums {
                     n: len as u64,
                     ..Sums::default()
                 };
-                let [r, s, e] = &x;
+                let [r, s, e] = &buf;
                 for ((r, s), e) in r.iter().zip(s).zip(e) {
                     let a = s - r;
                     let p = e - s;
@@ -314,7 +428,7 @@ pub fn measure(reference: &Path, start: &Path, end: &Path) -> Result<WeightSpace
         kinds.entry(kind_of(name)).or_default().add(&t);
     }
     if names.is_empty() {
-        bail!("{} holds no tensors", s.dir.display());
+        bail!("{} holds no tensors", s.mapped.dir.display());
     }
     Ok(WeightSpace {
         total: total.movement("total"),
@@ -455,6 +569,114 @@ mod tests {
         // No movement: nothing undone, cosine undefined.
         let still = measure(&b, &a, &a).unwrap().total;
         assert_eq!((still.fraction_undone, still.cosine), (Some(0.0), None));
+    }
+
+    /// A LoRA adapter on the tiny-llama fixture, with B filled (a fresh one has B = 0).
+    fn adapter_on_fixture(dir: &Path, rank: usize, seed: u64) -> Adapter {
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/tiny-llama");
+        let cfg = ModelConfig::from_file(&base.join("config.json")).unwrap();
+        let lora = crate::model::lora::LoraConfig {
+            rank,
+            alpha: 2.0 * rank as f64 + 1.0,
+            targets: vec!["q_proj".into(), "down_proj".into()],
+            ..crate::model::lora::LoraConfig::DEFAULT
+        };
+        let ad = Adapter::init(&cfg, &lora, seed, "tiny-llama").unwrap();
+        for (name, var) in ad.params.iter() {
+            if name.ends_with("lora_B.weight") {
+                let v: Vec<f64> = values(var.elem_count(), seed + 7)
+                    .iter()
+                    .map(|x| x / 8.0)
+                    .collect();
+                let t = Tensor::from_vec(v, var.dims(), &Device::Cpu)
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap();
+                var.set(&t).unwrap();
+            }
+        }
+        ad.save(dir).unwrap();
+        ad
+    }
+
+    /// s·B·A of `module` by plain loops, or zeros when the adapter does not adapt it.
+    fn delta(ad: &Adapter, module: &str, n: usize) -> Vec<f64> {
+        let Some((a, b)) = ad.pair(module).unwrap() else {
+            return vec![0.0; n];
+        };
+        let a: Vec<Vec<f32>> = a.to_vec2().unwrap();
+        let b: Vec<Vec<f32>> = b.to_vec2().unwrap();
+        let mut d = Vec::with_capacity(n);
+        for row in &b {
+            for j in 0..a[0].len() {
+                let dot: f64 = (0..a.len()).map(|k| row[k] as f64 * a[k][j] as f64).sum();
+                d.push(ad.scale() * dot);
+            }
+        }
+        d
+    }
+
+    #[test]
+    fn merged_adapters_match_plain_loops() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/tiny-llama");
+        let (d1, d2) = (tmp.path().join("align"), tmp.path().join("perturb"));
+        let a1 = adapter_on_fixture(&d1, 2, 1);
+        let a2 = adapter_on_fixture(&d2, 3, 2);
+        let start = Weights::checkpoint(&base).with_adapter(&d1);
+        let end = start.clone().with_adapter(&d2);
+        let got = measure_weights(&Weights::checkpoint(&base), &start, &end).unwrap();
+
+        // Plain loops: Δa = s1·B1·A1 and Δp = s2·B2·A2 on every adapted weight, 0 elsewhere.
+        let tensors =
+            candle_core::safetensors::load(base.join("model.safetensors"), &Device::Cpu).unwrap();
+        let mut want: BTreeMap<String, [f64; 3]> = BTreeMap::new();
+        let mut elements = 0u64;
+        for (name, t) in &tensors {
+            let n = t.elem_count();
+            elements += n as u64;
+            let module = name.strip_suffix(".weight").unwrap_or(name);
+            let (da, dp) = (delta(&a1, module, n), delta(&a2, module, n));
+            for group in ["total".to_string(), layer_of(name), kind_of(name)] {
+                let w = want.entry(group).or_default();
+                for (a, p) in da.iter().zip(&dp) {
+                    w[0] += p * a;
+                    w[1] += a * a;
+                    w[2] += p * p;
+                }
+            }
+        }
+        assert_eq!(got.total.elements, elements);
+        assert_eq!(got.tensors, tensors.len());
+        for m in std::iter::once(&got.total)
+            .chain(&got.layers)
+            .chain(&got.kinds)
+        {
+            let w = want[&m.group];
+            // The merged weights round to the base's f32 values' f64 sums: 1e-9 relative.
+            let close = |x: f64, y: f64| (x - y).abs() <= 1e-9 * y.abs().max(1e-12);
+            assert!(
+                close(m.dot, w[0]) && close(m.align_sq, w[1]) && close(m.perturb_sq, w[2]),
+                "{m:?} vs {w:?}"
+            );
+        }
+        assert!(got.total.align_sq > 0.0 && got.total.perturb_sq > 0.0);
+        let kind = |k: &str| got.kinds.iter().find(|m| m.group == k).unwrap().clone();
+        assert_eq!(kind("k_proj").align_sq, 0.0);
+        assert!(kind("down_proj").align_sq > 0.0);
+
+        // A full checkpoint mixed with merged weights: back to the base undoes everything.
+        let back = measure_weights(
+            &Weights::checkpoint(&base),
+            &start,
+            &Weights::checkpoint(&base),
+        )
+        .unwrap()
+        .total;
+        assert!(
+            (back.fraction_undone.unwrap() - 1.0).abs() < 1e-12,
+            "{back:?}"
+        );
     }
 
     #[test]

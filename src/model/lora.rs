@@ -143,6 +143,23 @@ impl LoraConfig {
         Ok(out)
     }
 
+    /// The adapter's parameter count on `model`: r·(in + out) for every target projection of
+    /// every layer (0 when off).
+    pub fn num_params(&self, model: &ModelConfig) -> Result<usize> {
+        if !self.enabled() {
+            return Ok(0);
+        }
+        let per_layer: usize = self
+            .resolved_targets()?
+            .iter()
+            .map(|t| {
+                let (out, inp) = proj_shape(model, t);
+                self.rank * (out + inp)
+            })
+            .sum();
+        Ok(per_layer * model.num_hidden_layers)
+    }
+
     /// Refuse settings that cannot train (only checked when [`Self::enabled`]).
     pub fn validate(&self) -> Result<()> {
         if !self.enabled() {

@@ -1,7 +1,7 @@
 //! What the demo runs: the pre-trained bases, the rebound grid, the seeds, the exact
 //! measures, and the scale of the compression, resistance and theory sections. Three
 //! presets: the default, `--quick` (the test suite's) and `--full` (10 seeds, pre-training
-//! budgets spanning 100x, the compression ablation).
+//! budgets spanning 100x, the compression ablation, the DPO variant of the rebound).
 
 use crate::data::world::{Task, World};
 use anyhow::{bail, Result};
@@ -54,6 +54,29 @@ pub struct AblationArm {
     pub perturb: String,
 }
 
+/// The DPO variant of the rebound grid: the same bases aligned by DPO on preference pairs of
+/// the world (a positive and a negative continuation of the same review opening), then
+/// perturbed by SFT on negative reviews as the SFT grid is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpoVariant {
+    /// DPO's β (the sigmoid loss).
+    pub beta: f64,
+    /// Learning rate of the DPO alignment (constant; the perturbation keeps `align_lr`).
+    pub lr: f64,
+}
+
+impl DpoVariant {
+    /// β 0.1 (the usual default, `train --dpo-beta`'s) and the SFT alignment's learning
+    /// rate: the same optimizer budget as the SFT grid, not a setting tuned to the result.
+    pub fn standard(align_lr: f64) -> Self {
+        DpoVariant {
+            beta: 0.1,
+            lr: align_lr,
+        }
+    }
+}
+
 /// Every field can be set in a `--settings FILE.toml`; fields left out keep the default
 /// preset's value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,6 +125,9 @@ pub struct DemoConfig {
     /// The compression ablation (empty = none), run on the largest tiny base with the first
     /// n+ and every seed.
     pub ablation: Vec<AblationArm>,
+    /// The DPO-aligned variant of the rebound grid (`None` = not run; on in `--full`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dpo: Option<DpoVariant>,
 }
 
 /// The measures a rebound strength can be computed on.
@@ -173,6 +199,7 @@ impl DemoConfig {
             drop_fit_points: 3,
             rate_first_steps: 1,
             ablation: Vec::new(),
+            dpo: None,
         }
     }
 
@@ -213,6 +240,7 @@ impl DemoConfig {
                     "pretrain",
                 ),
             ],
+            dpo: Some(DpoVariant::standard(base.align_lr)),
             ..base
         }
     }
@@ -322,6 +350,19 @@ impl DemoConfig {
                     "ablation arm {:?}: perturb = {:?}; valid are \"negative\" and \"pretrain\"",
                     a.name,
                     a.perturb
+                );
+            }
+        }
+        if let Some(d) = &self.dpo {
+            if !is_positive(d.lr)
+                || !d.lr.is_finite()
+                || !is_positive(d.beta)
+                || !d.beta.is_finite()
+            {
+                bail!(
+                    "dpo: lr and beta must be finite numbers above 0 (got lr {}, beta {})",
+                    d.lr,
+                    d.beta
                 );
             }
         }

@@ -17,7 +17,9 @@
 //! rebound units do, so a rerun reuses it.
 
 use super::config::{BaseSpec, DemoConfig};
-use super::rebound::{aligned, draw, fingerprint, train_config, DemoData, PERTURB_STRIDE};
+use super::rebound::{
+    aligned, draw, fingerprint, train_config, Alignment, DemoData, PERTURB_STRIDE,
+};
 use crate::data::template::Template;
 use crate::experiments::evaluate::generate_responses;
 use crate::experiments::kl::{by_position, sequence_kl, Continuation, PositionKl};
@@ -83,7 +85,7 @@ pub fn run_instruments(
     let np = *cfg.n_plus.first().context("no n+")?;
     let base_spec = base_dir.to_string_lossy().into_owned();
     let base_lm = load_model(&base_spec, &Device::Cpu)?;
-    let (lm, _, _) = aligned(cfg, &base_spec, np, seed, data, &unit_dir)?;
+    let (lm, _, _) = aligned(cfg, &base_spec, np, seed, data, &unit_dir, Alignment::Sft)?;
     let aligned_dir = unit_dir.join("aligned");
     let aligned_lm = load_model(&aligned_dir.to_string_lossy(), &Device::Cpu)?;
     let gen = GenConfig {

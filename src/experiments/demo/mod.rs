@@ -4,13 +4,15 @@
 //! reviews; the sampled score and two exact measures) with the compression rates of D_p,
 //! D_a and D_t tracked through every perturbation -> the compression ablation (`--full`)
 //! -> resistance (forward vs inverse alignment) -> the exact token-tree simulation of the
-//! theorem -> one report, every claim a three-outcome verdict (held / reversed /
+//! theorem -> (`--full`) the DPO variant of the rebound -> one report, every claim a three-outcome verdict (held / reversed /
 //! undecided) with its effect size, 95% CI and p-value over seeds.
 //!
 //! - [`config`]: the presets (default, `--quick`, `--full`).
 //! - [`measures`]: the exact measures (likelihood margin, first-word sentiment).
 //! - [`rebound`]: the resumable (base, seed) units of the rebound grid and the ablation.
 //! - [`rebound_report`]: the rebound section, the controls and the two scaling claims.
+//! - [`preferences`], [`dpo_report`]: the DPO variant (`--full`): preference pairs of the
+//!   world, the same units aligned by DPO, and its section beside the SFT rebound.
 //! - [`elasticity`]: the compression section (the theorem on trained models).
 //! - [`sections`]: the resistance and theory sections, run through their own commands' code.
 //! - [`instruments`]: beyond the paper, on one base and seed: KL by response position and
@@ -22,9 +24,11 @@
 //! `models/` (the pre-trained bases), `cells/`, `instruments/`, `resist/`, `theory/`.
 
 pub mod config;
+pub mod dpo_report;
 pub mod elasticity;
 pub mod instruments;
 pub mod measures;
+pub mod preferences;
 pub mod rebound;
 pub mod rebound_report;
 pub mod sections;
@@ -40,7 +44,7 @@ use crate::report::table::Table;
 use crate::report::RunDir;
 use crate::util::parallel::run_graph;
 use anyhow::{Context, Result};
-use rebound::{run_unit, DemoData, RatePoint};
+use rebound::{run_unit, Alignment, DemoData, RatePoint};
 use serde::Serialize;
 use std::path::Path;
 
@@ -88,6 +92,9 @@ struct DemoResults<'a> {
     theory: Option<serde_json::Value>,
     /// KL by response position and weight-space elasticity on one base and seed.
     instruments: Option<&'a instruments::InstrumentsOutcome>,
+    /// The DPO variant of the rebound (absent when it did not run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dpo_rebound: Option<&'a dpo_report::DpoOutcome>,
 }
 
 /// A job of the demo's graph.
@@ -96,6 +103,8 @@ enum Job {
     Pretrain(usize),
     /// The rebound unit of base `.0` (index into the bases) and seed `.1`.
     Unit(usize, u64),
+    /// The same unit aligned by DPO (the DPO variant).
+    DpoUnit(usize, u64),
     /// Ablation arm `.1` on base `.0` with seed `.2`.
     Ablation(usize, usize, u64),
     Resist,
@@ -110,6 +119,7 @@ impl Job {
         match *self {
             Job::Pretrain(i) => format!("pre-training {}", name(i)),
             Job::Unit(i, seed) => format!("rebound unit {} seed {seed}", name(i)),
+            Job::DpoUnit(i, seed) => format!("DPO rebound unit {} seed {seed}", name(i)),
             Job::Ablation(i, a, seed) => format!(
                 "ablation arm \"{}\" on {} seed {seed}",
                 cfg.ablation.get(a).map(|a| a.name.as_str()).unwrap_or(""),
@@ -244,6 +254,7 @@ impl JobProgress {
 enum Done {
     Pretrained(()),
     Unit(rebound::UnitOutcome),
+    DpoUnit(rebound::UnitOutcome),
     Ablation(rebound::AblationOutcome),
     Resist(Box<(String, String, ResistResults)>),
     Instruments(instruments::InstrumentsOutcome),
@@ -297,6 +308,8 @@ struct Plan {
     deps: Vec<Vec<usize>>,
     /// The base that the resistance run and the ablation use.
     resist_base: usize,
+    /// The DPO variant's preference pairs (empty without it).
+    pairs: Vec<crate::data::prefs::PrefRecord>,
 }
 
 impl Plan {
@@ -307,6 +320,7 @@ impl Plan {
             perturb: self.world.perturb(Task::Reviews),
             held_out_pretrain: &self.world.pretrain()[self.held_out_from..],
             probes: &self.probes,
+            pairs: &self.pairs,
         }
     }
 }
@@ -349,6 +363,15 @@ fn plan(cfg: &DemoConfig, out: &Path) -> Result<(RunDir, Plan)> {
         .map(|b| Ok((b.name(), take_tokens(&world, &tok, b.tokens)?.1)))
         .collect::<Result<_>>()?;
     let (jobs, deps, resist_base) = job_graph(cfg);
+    let pairs = match cfg.dpo {
+        Some(_) => preferences::pairs(
+            cfg.seed,
+            cfg.positives_needed(),
+            world.eval_prompts(Task::Reviews),
+            world.pretrain(),
+        )?,
+        None => Vec::new(),
+    };
     Ok((
         run,
         Plan {
@@ -363,6 +386,7 @@ fn plan(cfg: &DemoConfig, out: &Path) -> Result<(RunDir, Plan)> {
             jobs,
             deps,
             resist_base,
+            pairs,
         },
     ))
 }
@@ -418,6 +442,12 @@ fn job_graph(cfg: &DemoConfig) -> (Vec<Job>, Vec<Vec<usize>>, usize) {
             jobs.push(Job::Unit(i, seed));
             deps.push(vec![pretrain_job(i)]);
         }
+        if cfg.dpo.is_some() {
+            for &seed in &cfg.seeds {
+                jobs.push(Job::DpoUnit(i, seed));
+                deps.push(vec![pretrain_job(i)]);
+            }
+        }
     }
     (jobs, deps, resist_base)
 }
@@ -426,6 +456,8 @@ fn job_graph(cfg: &DemoConfig) -> (Vec<Job>, Vec<Vec<usize>>, usize) {
 #[derive(Default)]
 struct Measured {
     rows: Vec<ReboundRow>,
+    /// The DPO variant's rows.
+    dpo_rows: Vec<ReboundRow>,
     rates: Vec<RatePoint>,
     base_scores: Vec<BaseScore>,
     ablation_rates: Vec<RatePoint>,
@@ -464,6 +496,7 @@ fn execute(cfg: &DemoConfig, plan: &Plan, out: &Path, workers: usize) -> Result<
                 m.rows.extend(u.rows);
                 m.rates.extend(u.rates);
             }
+            Done::DpoUnit(u) => m.dpo_rows.extend(u.rows),
             Done::Ablation(u) => m.ablation_rates.extend(u.rates),
             Done::Resist(r) => m.resist = Some(*r),
             Done::Instruments(o) => m.instruments = Some(o),
@@ -484,21 +517,27 @@ fn run_job(cfg: &DemoConfig, plan: &Plan, data: &DemoData, job: &Job, out: &Path
             &plan.world_dir,
             out,
         )?),
-        Job::Unit(i, seed) => {
-            let base = &cfg.bases[i];
-            let used = plan.pretrain_tokens[i].1;
+        Job::Unit(i, seed) | Job::DpoUnit(i, seed) => {
+            let how = match (job, &cfg.dpo) {
+                (Job::DpoUnit(..), Some(v)) => Alignment::Dpo(v),
+                _ => Alignment::Sft,
+            };
             let u = run_unit(
                 cfg,
-                base,
+                &cfg.bases[i],
                 &base_dir(i),
-                used,
+                plan.pretrain_tokens[i].1,
                 seed,
                 data,
                 plan.scorer.as_ref(),
                 out,
+                how,
             )
-            .with_context(|| format!("rebound unit {} seed {seed}", base.name()))?;
-            Done::Unit(u)
+            .with_context(|| job.describe(cfg))?;
+            match how {
+                Alignment::Sft => Done::Unit(u),
+                Alignment::Dpo(_) => Done::DpoUnit(u),
+            }
         }
         Job::Ablation(i, a, seed) => {
             let arm = &cfg.ablation[a];
@@ -552,6 +591,21 @@ fn report(
     let (rebound_md, mut claims, rebound_analysis) =
         rebound_report::section(cfg, run, &m.rows, &m.base_scores)?;
     md.push_str(&rebound_md);
+    let dpo = if cfg.dpo.is_some() {
+        run.write_jsonl("results_dpo.jsonl", &m.dpo_rows)?;
+        let (dpo_md, dpo_claims, dpo) = dpo_report::section(
+            cfg,
+            m.dpo_rows,
+            &m.rows,
+            &rebound_analysis.strengths,
+            &m.base_scores,
+        )?;
+        md.push_str(&dpo_md);
+        claims.extend(dpo_claims);
+        Some(dpo)
+    } else {
+        None
+    };
 
     let el = elasticity::analyse(&m.rates, cfg.slope_l_max);
     run.write_table_csv("elasticity.csv", &el.table()?)?;
@@ -612,6 +666,7 @@ fn report(
             resistance: resistance.as_ref(),
             theory,
             instruments: m.instruments.as_ref(),
+            dpo_rebound: dpo.as_ref(),
         },
     )?;
     let mut summary = String::from("elastica demo summary\n");
@@ -669,6 +724,12 @@ fn settings_section(cfg: &DemoConfig, pretrain_tokens: &[(String, usize)]) -> St
 ",
         cfg.rate_records, cfg.slope_l_max, cfg.rate_first_steps
     ));
+    if let Some(d) = &cfg.dpo {
+        md.push_str(&format!(
+            "- DPO variant: alignment by DPO (sigmoid loss, beta {}, lr {} constant, batch {} pairs, 1 epoch) on n+ preference pairs, perturbation as above\n",
+            d.beta, d.lr, cfg.batch_size
+        ));
+    }
     for a in &cfg.ablation {
         md.push_str(&format!(
             "- ablation arm \"{}\": perturbation lr {}, D_t = {}\n",

@@ -6,6 +6,9 @@
 //! ablation's units ([`run_ablation_unit`]) repeat the perturbation pass with another
 //! learning rate or perturbation set and track the rates only.
 //!
+//! The DPO variant ([`Alignment::Dpo`]) runs the same unit with DPO alignment on preference
+//! pairs (a positive and a negative continuation of one opening) and tracks no rates.
+//!
 //! The n- grid is evaluated along ONE perturbation pass per (base, n+, seed): with a constant
 //! learning rate, no shuffling and a batch size dividing every n-, the model after the first
 //! n- negatives of the pass is exactly the model a separate run on those n- samples would
@@ -15,9 +18,10 @@
 //! a fingerprint of everything that determines it; a rerun reuses a unit whose fingerprint
 //! matches, so a killed demo resumes where it stopped.
 
-use super::config::{AblationArm, BaseSpec, DemoConfig};
+use super::config::{AblationArm, BaseSpec, DemoConfig, DpoVariant};
 use super::measures::{self, Exact, Probes};
 use crate::compress::tracking::{measure_sets, TrackedSet};
+use crate::data::prefs::PrefRecord;
 use crate::data::records::Record;
 use crate::data::template::Template;
 use crate::experiments::evaluate::{generate_responses, Generation};
@@ -27,6 +31,7 @@ use crate::model::generate::GenConfig;
 use crate::model::TextTokenizer;
 use crate::report::stats::mean_ci95;
 use crate::score::{Sample, Scorer};
+use crate::train::objective::{DpoConfig, Method};
 use crate::train::schedule::Schedule;
 use crate::train::sft::StepLog;
 use crate::train::{train, TrainConfig, TrainRun};
@@ -100,6 +105,27 @@ pub struct DemoData<'a> {
     pub held_out_pretrain: &'a [Record],
     /// Held-out reviews of the exact measures.
     pub probes: &'a Probes,
+    /// Preference pairs of the DPO variant (empty when it does not run).
+    pub pairs: &'a [PrefRecord],
+}
+
+/// How a unit aligns its base.
+#[derive(Debug, Clone, Copy)]
+pub enum Alignment<'a> {
+    /// SFT on positive reviews (the paper's grid), with the compression rates tracked.
+    Sft,
+    /// DPO on preference pairs; no rates (D_a is a set of pairs, not of texts).
+    Dpo(&'a DpoVariant),
+}
+
+impl Alignment<'_> {
+    /// The unit's directory name under `cells/`.
+    fn unit_name(&self, base: &BaseSpec, seed: u64) -> String {
+        match self {
+            Alignment::Sft => format!("{}-seed{seed}", base.name()),
+            Alignment::Dpo(_) => format!("{}-seed{seed}-dpo", base.name()),
+        }
+    }
 }
 
 /// D_p's parts: the first `n` held-out pre-training records, split into reviews and
@@ -200,7 +226,7 @@ pub fn score_model(
 pub(super) const PERTURB_STRIDE: usize = 104_729;
 
 /// Each seed draws its own n+ positives and negatives (rotations of the pools).
-pub(super) fn draw(pool: &[Record], n: usize, seed: u64, stride: usize) -> Vec<Record> {
+pub(super) fn draw<T: Clone>(pool: &[T], n: usize, seed: u64, stride: usize) -> Vec<T> {
     let start = (seed as usize).wrapping_mul(stride) % pool.len();
     (0..n)
         .map(|i| pool[(start + i) % pool.len()].clone())
@@ -221,7 +247,7 @@ pub(super) fn fingerprint(cfg: &DemoConfig, base: &BaseSpec, seed: u64) -> Resul
 }
 
 /// Run (or reuse) the unit of `base` (pre-trained into `base_dir`, on `pretrain_tokens`
-/// sequence tokens) and `seed`.
+/// sequence tokens) and `seed`, aligned as `how` says.
 #[allow(clippy::too_many_arguments)]
 pub fn run_unit(
     cfg: &DemoConfig,
@@ -232,12 +258,16 @@ pub fn run_unit(
     data: &DemoData,
     scorer: &dyn Scorer,
     out: &Path,
+    how: Alignment,
 ) -> Result<UnitOutcome> {
-    let unit_dir = out
-        .join("cells")
-        .join(format!("{}-seed{seed}", base.name()));
+    let unit_dir = out.join("cells").join(how.unit_name(base, seed));
     let outcome_path = unit_dir.join("outcome.json");
-    let fp = fingerprint(cfg, base, seed)?;
+    let fp = match how {
+        Alignment::Sft => fingerprint(cfg, base, seed)?,
+        Alignment::Dpo(v) => sha256_hex(
+            serde_json::to_string(&(fingerprint(cfg, base, seed)?, "dpo", v))?.as_bytes(),
+        ),
+    };
     if let Ok(text) = std::fs::read_to_string(&outcome_path) {
         if let Ok(done) = serde_json::from_str::<UnitOutcome>(&text) {
             if done.fingerprint == fp {
@@ -268,8 +298,9 @@ pub fn run_unit(
     let mut rates = Vec::new();
     for &np in &cfg.n_plus {
         let cell_dir = unit_dir.join(format!("nplus{np}"));
-        let (lm, pos, align_tokens) = aligned(cfg, &base_spec, np, seed, data, &cell_dir)?;
+        let (lm, pos, align_tokens) = aligned(cfg, &base_spec, np, seed, data, &cell_dir, how)?;
         let k = pretrain_tokens as f64 / align_tokens;
+        let track_rates = !neg.is_empty() && matches!(how, Alignment::Sft);
         let sets = tracked_sets(data.held_out_pretrain, cfg.rate_records, &pos, &neg);
         let mut measured: Vec<(usize, f64, Option<f64>, Exact)> = Vec::new();
         let mut measure = |m: &LoadedModel, nm: usize| -> Result<()> {
@@ -278,7 +309,7 @@ pub fn run_unit(
                 let (s, ci) = score_model(m, data.prompts, scorer, &gen)?;
                 measured.push((nm, s, ci, measures::measure(m, data.probes)?));
             }
-            if !neg.is_empty() {
+            if track_rates {
                 rates.extend(rate_points(m, &sets, (&base.name(), np, seed, nm, l, k))?);
             }
             Ok(())
@@ -359,8 +390,11 @@ pub(super) fn train_config(cfg: &DemoConfig, lr: f64, seed: u64) -> TrainConfig 
     }
 }
 
-/// The base aligned on the seed's n+ positives: the model, the positives and their
-/// sequence tokens.
+/// Stride of the rotation of the positives' (and the preference pairs') pool per seed.
+const ALIGN_STRIDE: usize = 7919;
+
+/// The base aligned on the seed's n+ positives (SFT) or n+ preference pairs (DPO): the
+/// model, the positives (the chosen answers) and their sequence tokens.
 pub(super) fn aligned(
     cfg: &DemoConfig,
     base_spec: &str,
@@ -368,22 +402,51 @@ pub(super) fn aligned(
     seed: u64,
     data: &DemoData,
     cell_dir: &Path,
+    how: Alignment,
 ) -> Result<(LoadedModel, Vec<Record>, f64)> {
     let lm = load_model(base_spec, &Device::Cpu)?;
-    let pos = draw(data.align, np, seed, 7919);
-    let align_tokens = sequence_tokens(&lm.tokenizer, &pos)? as f64;
     let tc = train_config(cfg, cfg.align_lr, seed);
-    train(
-        &lm,
-        &pos,
-        &tc,
-        TrainRun {
-            out: &cell_dir.join("aligned"),
-            resume: false,
-            hook: None,
-            progress: false,
-        },
-    )?;
+    let out = cell_dir.join("aligned");
+    let pos = match how {
+        Alignment::Sft => {
+            let pos = draw(data.align, np, seed, ALIGN_STRIDE);
+            let run = TrainRun {
+                out: &out,
+                resume: false,
+                hook: None,
+                progress: false,
+            };
+            train(&lm, &pos, &tc, run)?;
+            pos
+        }
+        Alignment::Dpo(v) => {
+            if data.pairs.len() < np {
+                anyhow::bail!(
+                    "the DPO variant needs n+ = {np} preference pairs, {} were made",
+                    data.pairs.len()
+                );
+            }
+            let pairs = draw(data.pairs, np, seed, ALIGN_STRIDE);
+            let tc = TrainConfig {
+                lr: v.lr,
+                dpo: DpoConfig {
+                    method: Method::Dpo,
+                    dpo_beta: v.beta,
+                    ..DpoConfig::DEFAULT
+                },
+                ..tc
+            };
+            crate::train::dpo::train(&lm, &pairs, &tc, &out, false, None, false)?;
+            pairs
+                .iter()
+                .map(|p| Record::Pair {
+                    prompt: p.prompt.clone(),
+                    response: p.chosen.clone(),
+                })
+                .collect()
+        }
+    };
+    let align_tokens = sequence_tokens(&lm.tokenizer, &pos)? as f64;
     Ok((lm, pos, align_tokens))
 }
 
@@ -445,7 +508,8 @@ pub fn run_ablation_unit(
         draw(data.perturb, max_minus, seed, PERTURB_STRIDE)
     };
     let base_spec = base_dir.to_string_lossy().into_owned();
-    let (lm, pos, align_tokens) = aligned(cfg, &base_spec, np, seed, data, &unit_dir)?;
+    let (lm, pos, align_tokens) =
+        aligned(cfg, &base_spec, np, seed, data, &unit_dir, Alignment::Sft)?;
     let k = pretrain_tokens as f64 / align_tokens;
     let prefix = prefix_tokens(&lm.tokenizer, &perturb)?;
     let sets = tracked_sets(data.held_out_pretrain, cfg.rate_records, &pos, &perturb);

@@ -26,7 +26,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 /// What a measure is called in the report.
-fn label(measure: &str) -> &'static str {
+pub(super) fn label(measure: &str) -> &'static str {
     match measure {
         "margin" => "likelihood margin (nats/token)",
         "first_word" => "first-word P(positive)",
@@ -83,7 +83,13 @@ pub struct Analysis {
     pub claims: Vec<Claim>,
 }
 
-fn curve(rows: &[ReboundRow], base: &str, np: usize, n_minus: &[usize], m: &str) -> Vec<MeanCi> {
+pub(super) fn curve(
+    rows: &[ReboundRow],
+    base: &str,
+    np: usize,
+    n_minus: &[usize],
+    m: &str,
+) -> Vec<MeanCi> {
     n_minus
         .iter()
         .filter_map(|&nm| {
@@ -98,7 +104,13 @@ fn curve(rows: &[ReboundRow], base: &str, np: usize, n_minus: &[usize], m: &str)
 }
 
 /// One seed's curve of measure `m`: (n-, value) in grid order.
-fn seed_curve(rows: &[ReboundRow], base: &str, np: usize, seed: u64, m: &str) -> Vec<(f64, f64)> {
+pub(super) fn seed_curve(
+    rows: &[ReboundRow],
+    base: &str,
+    np: usize,
+    seed: u64,
+    m: &str,
+) -> Vec<(f64, f64)> {
     let mut v: Vec<(f64, f64)> = rows
         .iter()
         .filter(|r| r.base == base && r.n_plus == np && r.seed == seed)
@@ -108,7 +120,7 @@ fn seed_curve(rows: &[ReboundRow], base: &str, np: usize, seed: u64, m: &str) ->
     v
 }
 
-fn seeds_of(rows: &[ReboundRow], base: &str) -> Vec<u64> {
+pub(super) fn seeds_of(rows: &[ReboundRow], base: &str) -> Vec<u64> {
     let mut s: Vec<u64> = rows
         .iter()
         .filter(|r| r.base == base)
@@ -127,7 +139,11 @@ fn base_value(base_scores: &[BaseScore], base: &str, seed: u64, m: &str) -> Opti
 }
 
 /// Drop rate and n½ of every (base, n+, measure).
-fn strengths(cfg: &DemoConfig, rows: &[ReboundRow], base_scores: &[BaseScore]) -> Vec<Strength> {
+pub(super) fn strengths(
+    cfg: &DemoConfig,
+    rows: &[ReboundRow],
+    base_scores: &[BaseScore],
+) -> Vec<Strength> {
     let mut out = Vec::new();
     for base in &cfg.bases {
         let name = base.name();
@@ -173,7 +189,7 @@ fn strengths(cfg: &DemoConfig, rows: &[ReboundRow], base_scores: &[BaseScore]) -
 }
 
 /// Per-seed alignment gain (n- = 0 minus the pre-trained model) of (base, n+) under `m`.
-fn gains(
+pub(super) fn gains(
     rows: &[ReboundRow],
     base_scores: &[BaseScore],
     base: &str,
@@ -190,7 +206,7 @@ fn gains(
 
 /// Per seed, the mean over n+ of `f(n+, seed)` (seeds missing a value for some n+ are left
 /// out, so every seed's number averages the same cells).
-fn per_seed(cfg: &DemoConfig, f: impl Fn(usize) -> Vec<(u64, f64)>) -> Vec<(u64, f64)> {
+pub(super) fn per_seed(cfg: &DemoConfig, f: impl Fn(usize) -> Vec<(u64, f64)>) -> Vec<(u64, f64)> {
     let by_np: Vec<Vec<(u64, f64)>> = cfg.n_plus.iter().map(|&np| f(np)).collect();
     let mut seeds: Vec<u64> = by_np.iter().flatten().map(|x| x.0).collect();
     seeds.sort_unstable();
@@ -208,13 +224,13 @@ fn per_seed(cfg: &DemoConfig, f: impl Fn(usize) -> Vec<(u64, f64)>) -> Vec<(u64,
 }
 
 /// Paired by seed: `b - a` for the seeds both have.
-fn paired(a: &[(u64, f64)], b: &[(u64, f64)]) -> Vec<f64> {
+pub(super) fn paired(a: &[(u64, f64)], b: &[(u64, f64)]) -> Vec<f64> {
     b.iter()
         .filter_map(|(s, y)| a.iter().find(|x| x.0 == *s).map(|x| y - x.1))
         .collect()
 }
 
-fn claim(
+pub(super) fn claim(
     name: &str,
     what: &str,
     diffs: &[f64],
@@ -593,18 +609,22 @@ fn controls(cfg: &DemoConfig, rows: &[ReboundRow], base_scores: &[BaseScore]) ->
     controls
 }
 
+/// The per-seed drop rates of the verdict measure of `base`, averaged over n+.
+pub(super) fn drop_rates(cfg: &DemoConfig, strengths: &[Strength], base: &str) -> Vec<(u64, f64)> {
+    let vm = cfg.rebound_measure.as_str();
+    per_seed(cfg, |np| {
+        strengths
+            .iter()
+            .find(|s| s.base == base && s.n_plus == np && s.measure == vm)
+            .map(|s| s.drop_rate.clone())
+            .unwrap_or_default()
+    })
+}
+
 /// The paper's scaling claims on the drop rate of the verdict measure, paired by seed.
 fn scaling_claims(cfg: &DemoConfig, strengths: &[Strength]) -> Vec<Claim> {
     let vm = cfg.rebound_measure.as_str();
-    let strength_of = |base: &str| -> Vec<(u64, f64)> {
-        per_seed(cfg, |np| {
-            strengths
-                .iter()
-                .find(|s| s.base == base && s.n_plus == np && s.measure == vm)
-                .map(|s| s.drop_rate.clone())
-                .unwrap_or_default()
-        })
-    };
+    let strength_of = |base: &str| drop_rates(cfg, strengths, base);
 
     let mut claims = Vec::new();
     let mut tiny: Vec<&super::BaseSpec> = cfg.bases.iter().filter(|b| b.size == "tiny").collect();

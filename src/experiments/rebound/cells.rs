@@ -12,7 +12,8 @@
 //! A stage with LoRA settings (`[align] lora`, `[perturb] lora` / `from`) saves an adapter in
 //! PEFT's layout instead of a full model; the cells rebuild the model it sits on (the base, or
 //! the aligned model with its adapter merged in memory) and evaluate with the adapter applied.
-//! The weight-space instrument reads full checkpoints only (the plan turns it off for LoRA).
+//! The weight-space instrument compares the merged weights there (base + s·B·A of each
+//! adapter the model carries, [`stage_weights`]).
 //!
 //! Every evaluating cell also gives the samples' coherence, the refusal rate when asked, and
 //! the capability kept (mean NLL of the `capability` input) when the run has one.
@@ -26,12 +27,13 @@
 //! so an interrupted and an uninterrupted cell evaluate the same weights.
 
 use super::config::PerturbFrom;
+use super::memory;
 use crate::data::prefs::PrefRecord;
 use crate::data::records::{read_jsonl, Record};
 use crate::data::template::Template;
 use crate::experiments::device;
 use crate::experiments::evaluate::{evaluate, EvalSummary, References};
-use crate::experiments::weight_space::{self, WeightSpace};
+use crate::experiments::weight_space::{self, WeightSpace, Weights};
 use crate::grid::cell::Kinds;
 use crate::grid::cell::{CellContext, CellKind};
 use crate::grid::manifest::resolve;
@@ -221,8 +223,7 @@ impl CellKind for BaseEval {
         })?)
     }
     fn memory_bytes(&self, grid: &Grid, index: usize) -> Option<u64> {
-        // Weights once, plus generation caches and the scorer.
-        base_params(grid, index).map(|n| 8 * n + (256 << 20))
+        base_params(grid, index).map(memory::base_cell)
     }
 }
 
@@ -263,7 +264,8 @@ impl CellKind for Align {
         })?)
     }
     fn memory_bytes(&self, grid: &Grid, index: usize) -> Option<u64> {
-        train_memory(grid, index)
+        let p: AlignParams = cell_params(grid, index)?;
+        Some(memory::align_cell(stage_memory(grid, index, &p.train)?))
     }
 }
 
@@ -309,11 +311,11 @@ impl CellKind for Perturb {
             )?;
             (ctx.dir.join(MODEL_DIR), Some(t))
         };
-        // Read before anything else, while the perturbed weights are surely on disk (full
-        // checkpoints only: the plan turns it off for LoRA runs).
+        // Read before anything else, while the perturbed weights are surely on disk.
         let weight_space = if p.weight_space && p.n_negative > 0 {
+            let (start, end) = stage_weights(&base_dir, &aligned_dir, &model_dir, p.from);
             Some(
-                weight_space::measure(&base_dir, &aligned_dir, &model_dir)
+                weight_space::measure_weights(&Weights::checkpoint(&base_dir), &start, &end)
                     .context("weight-space elasticity")?,
             )
         } else {
@@ -352,7 +354,13 @@ impl CellKind for Perturb {
         })?)
     }
     fn memory_bytes(&self, grid: &Grid, index: usize) -> Option<u64> {
-        train_memory(grid, index)
+        let p: PerturbParams = cell_params(grid, index)?;
+        let stage = stage_memory(grid, index, &p.train)?;
+        Some(memory::perturb_cell(
+            stage,
+            p.n_negative > 0,
+            p.kl_to_aligned,
+        ))
     }
     fn after_result(&self, ctx: &CellContext<'_>) -> Result<()> {
         let p: PerturbParams = ctx.params()?;
@@ -380,6 +388,30 @@ fn stage_model(under: &dyn Fn() -> Result<LoadedModel>, dir: &Path) -> Result<Lo
     let lm = under()?;
     let adapter = Adapter::load(dir, &lm.model.cfg)?;
     adapted::attach(lm, adapter)
+}
+
+/// The weights the weight-space elasticity compares, as the cells build the models: the
+/// aligned model (a checkpoint, or the base with the align stage's adapter) and the perturbed
+/// one (a checkpoint; the continued adapter on the base; or a new adapter on the aligned
+/// model's merged weights).
+pub fn stage_weights(
+    base: &Path,
+    aligned: &Path,
+    perturbed: &Path,
+    from: PerturbFrom,
+) -> (Weights, Weights) {
+    let is_adapter = |d: &Path| d.join(lora::CONFIG_FILE).exists();
+    let start = if is_adapter(aligned) {
+        Weights::checkpoint(base).with_adapter(aligned)
+    } else {
+        Weights::checkpoint(aligned)
+    };
+    let end = match (is_adapter(perturbed), from) {
+        (false, _) => Weights::checkpoint(perturbed),
+        (true, PerturbFrom::Adapter) => Weights::checkpoint(base).with_adapter(perturbed),
+        (true, PerturbFrom::Merged) => start.clone().with_adapter(perturbed),
+    };
+    (start, end)
 }
 
 /// `lm` with its adapter, if any, merged into the weights in memory (`model::adapted::save_merged`'s
@@ -568,16 +600,35 @@ fn path_str(p: &Path) -> String {
 
 /// Parameter count of the cell's base model, from its config.json.
 fn base_params(grid: &Grid, index: usize) -> Option<u64> {
-    let cell = grid.manifest().cells.get(index)?;
-    let base: PathBuf = resolve(grid.run_dir(), &cell.inputs.get("base")?.path);
-    let cfg = ModelConfig::from_file(&base.join("config.json")).ok()?;
-    Some(cfg.num_params() as u64)
+    Some(base_config(grid, index)?.num_params() as u64)
 }
 
-/// Training holds f32 weights, gradients and two AdamW moments (16 bytes a parameter) plus
-/// activations; evaluation afterwards needs less.
-fn train_memory(grid: &Grid, index: usize) -> Option<u64> {
-    base_params(grid, index).map(|n| 20 * n + (512 << 20))
+/// The cell's base model's config.json.
+fn base_config(grid: &Grid, index: usize) -> Option<ModelConfig> {
+    let cell = grid.manifest().cells.get(index)?;
+    let base: PathBuf = resolve(grid.run_dir(), &cell.inputs.get("base")?.path);
+    ModelConfig::from_file(&base.join("config.json")).ok()
+}
+
+/// The cell's parameters, as the plan wrote them.
+fn cell_params<T: serde::de::DeserializeOwned>(grid: &Grid, index: usize) -> Option<T> {
+    let cell = grid.manifest().cells.get(index)?;
+    serde_json::from_value(cell.params.clone()).ok()
+}
+
+/// What the training stage `t` of the cell holds (see [`memory`]).
+fn stage_memory(grid: &Grid, index: usize, t: &TrainConfig) -> Option<memory::Stage> {
+    let cfg = base_config(grid, index)?;
+    let adapter = if t.lora.enabled() {
+        Some(t.lora.num_params(&cfg).ok()? as u64)
+    } else {
+        None
+    };
+    Some(memory::Stage {
+        params: cfg.num_params() as u64,
+        adapter,
+        dpo: t.dpo.method == Method::Dpo,
+    })
 }
 
 #[cfg(test)]

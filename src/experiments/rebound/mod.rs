@@ -6,6 +6,7 @@
 //! - [`data`]: the data frozen into the run directory;
 //! - [`plan`]: config -> checked run directory and grid manifest;
 //! - [`cells`]: the cell kinds `rebound.base`, `rebound.align`, `rebound.perturb`;
+//! - [`memory`]: each cell's memory estimate, following its stage (full, LoRA, DPO);
 //! - [`report`]: results files, tables, plots and the rebound-strength definition;
 //! - [`outputs`]: the finished evaluations, found by their own fields;
 //! - [`instruments`]: capability kept, coherence, refusal rate, KL by position and weight
@@ -17,6 +18,7 @@ pub mod cells;
 pub mod config;
 pub mod data;
 pub mod instruments;
+pub mod memory;
 pub mod outputs;
 pub mod plan;
 pub mod report;

@@ -314,11 +314,8 @@ fn cells(
                             eval: eval(seed),
                             keep_model: cfg.keep_models,
                             kl_to_aligned: n_neg > 0 && cfg.measures.kl_to_aligned,
-                            // Weight space compares full checkpoints; off for LoRA runs
-                            // (the report says so).
-                            weight_space: n_neg > 0
-                                && cfg.measures.weight_space
-                                && !cfg.uses_lora(),
+                            // With LoRA stages it compares the merged weights.
+                            weight_space: n_neg > 0 && cfg.measures.weight_space,
                         })?,
                     });
                 }

@@ -721,8 +721,27 @@ fn setup_section(cfg: &ReboundConfig, a: &Analysis, data: Option<&FrozenData>) -
         }
     );
     if cfg.uses_lora() && cfg.measures.weight_space {
-        s += "- weight-space elasticity: not measured (it compares full checkpoints; a stage \
-              trained a LoRA adapter)\n";
+        s += &format!(
+            "- weight-space elasticity: on the merged weights (W + s·B·A for every adapted \
+             projection): aligned = {}; perturbed = {}\n",
+            if cfg.align.lora.enabled() {
+                "the base with the align stage's adapter"
+            } else {
+                "the aligned checkpoint"
+            },
+            match (
+                cfg.perturb.stage_lora(&cfg.align).enabled(),
+                cfg.perturb.from
+            ) {
+                (false, _) => "the perturbed checkpoint",
+                (true, super::config::PerturbFrom::Adapter) => {
+                    "the base with the continued adapter"
+                }
+                (true, super::config::PerturbFrom::Merged) => {
+                    "the aligned weights with the perturbation's adapter"
+                }
+            }
+        );
     }
     if let Some(d) = data {
         for src in &d.sources {

@@ -1,0 +1,201 @@
+//! The DPO variant's section: does a DPO-aligned model rebound as an SFT-aligned one does?
+//! The same bases, seeds, n+ and n- grid as the rebound section, the alignment by DPO on
+//! preference pairs instead of SFT on positive reviews, the perturbation the same SFT on the
+//! same negatives. Per (base, n+) the verdict measure's curve beside the SFT one; the DPO
+//! rebound strength (the same drop rate and n½); and per base three claims on per-seed
+//! values: DPO alignment raises the measure (a control), negatives lower it after DPO
+//! alignment (the rebound), and the drop rate DPO minus SFT, paired by seed. The paper
+//! predicts rebound after any alignment method but no direction for the difference, so that
+//! line says "faster", "slower" or "cannot tell" from its interval alone.
+
+use super::config::DemoConfig;
+use super::rebound::ReboundRow;
+use super::rebound_report::{
+    claim, curve, drop_rates, gains, label, paired, per_seed, seed_curve, seeds_of, strengths,
+    Claim, Strength,
+};
+use super::BaseScore;
+use crate::report::stats::{Effect, Verdict};
+use crate::report::table::{fmt_ci, Table};
+use anyhow::Result;
+use serde::Serialize;
+
+/// What the DPO variant measured and concluded (`dpo_rebound` in results.json).
+#[derive(Debug, Clone, Serialize)]
+pub struct DpoOutcome {
+    pub beta: f64,
+    pub lr: f64,
+    pub rows: Vec<ReboundRow>,
+    pub strengths: Vec<Strength>,
+    pub claims: Vec<Claim>,
+}
+
+/// The claims of one base: the control, the rebound and the comparison with SFT.
+fn base_claims(
+    cfg: &DemoConfig,
+    name: &str,
+    sft: &[Strength],
+    dpo: &[Strength],
+    rows: &[ReboundRow],
+    base_scores: &[BaseScore],
+) -> Vec<Claim> {
+    let vm = cfg.rebound_measure.as_str();
+    let mut out = Vec::new();
+    let g: Vec<f64> = per_seed(cfg, |np| gains(rows, base_scores, name, np, vm))
+        .iter()
+        .map(|x| x.1)
+        .collect();
+    out.extend(claim(
+        &format!("DPO control: DPO alignment on preference pairs raises the {vm} of {name}"),
+        "DPO-aligned minus pre-trained, per seed",
+        &g,
+        true,
+        3,
+    ));
+    let last = cfg.n_minus.last().copied().unwrap_or(0);
+    if last > 0 {
+        let d: Vec<f64> = per_seed(cfg, |np| {
+            seeds_of(rows, name)
+                .into_iter()
+                .filter_map(|seed| {
+                    let c = seed_curve(rows, name, np, seed, vm);
+                    Some((seed, c.last()?.1 - c.first()?.1))
+                })
+                .collect()
+        })
+        .iter()
+        .map(|x| x.1)
+        .collect();
+        out.extend(claim(
+            &format!("Rebound after DPO: {last} negatives lower the {vm} of DPO-aligned {name}"),
+            &format!("n- = {last} minus n- = 0, per seed"),
+            &d,
+            false,
+            3,
+        ));
+    }
+    let diff = paired(&drop_rates(cfg, sft, name), &drop_rates(cfg, dpo, name));
+    if let Some(effect) = Effect::of(&diff, true) {
+        let word = match effect.verdict {
+            Verdict::Held => "DPO-aligned models rebound faster",
+            Verdict::Reversed => "DPO-aligned models rebound slower",
+            Verdict::Undecided => "cannot tell",
+        };
+        out.push(Claim {
+            name: format!("DPO vs SFT alignment, {name}"),
+            text: format!(
+                "- DPO vs SFT alignment, {name} (drop rate of the {vm} per 100 negatives, DPO \
+                 minus SFT, paired by seed; no predicted direction): {}{} -> {word}",
+                effect.describe(3),
+                effect.power_phrase("seed", 3),
+            ),
+            effect,
+        });
+    }
+    out
+}
+
+/// The section's Markdown and claim lines, and its outcome; `sft_rows` and `sft` are the
+/// SFT grid's rows and strengths (the rebound section's).
+pub fn section(
+    cfg: &DemoConfig,
+    rows: Vec<ReboundRow>,
+    sft_rows: &[ReboundRow],
+    sft: &[Strength],
+    base_scores: &[BaseScore],
+) -> Result<(String, Vec<String>, DpoOutcome)> {
+    let Some(v) = &cfg.dpo else {
+        anyhow::bail!("internal: the DPO section without DPO settings");
+    };
+    let vm = cfg.rebound_measure.as_str();
+    let mut md = format!(
+        "## Rebound after DPO alignment\n\nThe same bases and seeds aligned by **DPO** instead of SFT: sigmoid loss, β {}, learning rate {} (constant), batch {} pairs, 1 epoch, no shuffling, the reference the pre-trained model, on n+ preference pairs of the world (a review opening with a positive continuation chosen and a negative one rejected; drawn from their own stream, no opening among the evaluation prompts, no review in the pre-training text), then perturbed by the same SFT on the same n- negative reviews as the SFT grid. The {} against n- (mean ± 95% CI over seeds), SFT-aligned beside DPO-aligned:\n\n",
+        v.beta, v.lr, cfg.batch_size, label(vm)
+    );
+    let mut t = Table::new(
+        [
+            "base".to_string(),
+            "n+".to_string(),
+            "alignment".to_string(),
+        ]
+        .into_iter()
+        .chain(cfg.n_minus.iter().map(|n| format!("n-={n}"))),
+    );
+    for base in &cfg.bases {
+        let name = base.name();
+        for &np in &cfg.n_plus {
+            for (how, r) in [("SFT", sft_rows), ("DPO", &rows[..])] {
+                let c = curve(r, &name, np, &cfg.n_minus, vm);
+                t.push_row(
+                    [name.clone(), np.to_string(), how.to_string()]
+                        .into_iter()
+                        .chain(c.iter().map(|ci| fmt_ci(ci.mean, ci.half_width))),
+                )?;
+            }
+        }
+    }
+    md.push_str(&t.to_markdown());
+    let dpo = strengths(cfg, &rows, base_scores);
+    let mut st = Table::new([
+        "base",
+        "n+",
+        "alignment",
+        "drop rate per 100 negatives",
+        "n½ (negatives to lose half the gain)",
+    ]);
+    for (how, list) in [("SFT", sft), ("DPO", &dpo[..])] {
+        for s in list.iter().filter(|s| s.measure == vm) {
+            let ci = |c: Option<crate::report::stats::MeanCi>| {
+                c.map(|c| fmt_ci(c.mean, c.half_width))
+                    .unwrap_or_else(|| "n/a".into())
+            };
+            st.push_row([
+                s.base.clone(),
+                s.n_plus.to_string(),
+                how.to_string(),
+                ci(s.drop_rate_ci),
+                format!(
+                    "{} ({} of {} seeds reached it)",
+                    ci(s.n_half_ci),
+                    s.n_half.len(),
+                    s.gained
+                ),
+            ])?;
+        }
+    }
+    md.push_str(&format!(
+        "\nRebound strength of the {} (as in the rebound section):\n\n",
+        label(vm)
+    ));
+    md.push_str(&st.to_markdown());
+    md.push('\n');
+    let dpo = strengths(cfg, &rows, base_scores);
+    let mut claims = Vec::new();
+    for base in &cfg.bases {
+        claims.extend(base_claims(
+            cfg,
+            &base.name(),
+            sft,
+            &dpo,
+            &rows,
+            base_scores,
+        ));
+    }
+    for c in &claims {
+        md.push_str(&c.text);
+        md.push('\n');
+    }
+    md.push('\n');
+    let lines = claims.iter().map(|c| c.text.clone()).collect();
+    Ok((
+        md,
+        lines,
+        DpoOutcome {
+            beta: v.beta,
+            lr: v.lr,
+            rows,
+            strengths: dpo,
+            claims,
+        },
+    ))
+}
