@@ -854,7 +854,7 @@ fn dpo_step(
         loss = terms.iter().map(|t| t.loss).sum::<f64>() / n;
         Ok(w)
     };
-    let (_, mut g) = crate::train::dpo::weighted_grads(model, b, &mut weigh)?;
+    let (_, mut g) = crate::train::dpo::weighted_grads(model, b, None, &mut weigh)?;
     g.clip(1.0);
     opt.update(model.trainable(), &g, 1e-4)?;
     Ok(loss)
