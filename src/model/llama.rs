@@ -9,8 +9,8 @@
 use super::config::{Activation, Family, ModelConfig};
 use super::fused::decode::KvBuffers;
 use super::fused::{self, attention::RopeTables, norm::rms_norm, swiglu::swiglu, Kernel};
-use super::lora::{Adapter, LoraDropout, PROJECTIONS};
-use super::params::Params;
+use super::lora::{Adapter, LoraDropout};
+use super::params::{proj_module, Params};
 use super::rope::{self, Rope};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor, D};
@@ -46,7 +46,7 @@ struct Linear {
 }
 
 /// A projection's adapter: A (r, in), B (out, r), the scale s, and where it sits (layer,
-/// index in `lora::PROJECTIONS`), which keys its dropout mask.
+/// index in `params::PROJECTIONS`), which keys its dropout mask.
 struct LoraLinear {
     a: Tensor,
     b: Tensor,
@@ -56,10 +56,9 @@ struct LoraLinear {
 }
 
 impl Linear {
-    /// Projection `proj` (index in `lora::PROJECTIONS`) of layer `layer`.
+    /// Projection `proj` (index in `params::PROJECTIONS`) of layer `layer`.
     fn load(p: &Params, adapter: Option<&Adapter>, layer: usize, proj: usize) -> Result<Self> {
-        let (block, name) = PROJECTIONS[proj];
-        let name = format!("model.layers.{layer}.{block}.{name}");
+        let name = proj_module(layer, proj);
         let b = format!("{name}.bias");
         let lora = match adapter {
             Some(ad) => ad.pair(&name)?.map(|(a, b)| LoraLinear {

@@ -13,7 +13,7 @@
 //! modules, per-module ranks, adapters on embeddings or the LM head) is refused by name.
 
 use super::config::ModelConfig;
-use super::params::Params;
+use super::params::{proj_module, proj_shape, Params};
 use super::tensor_file::save_tensors;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
@@ -22,16 +22,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::path::Path;
 
-/// The projections an adapter may sit on, with the block they live in.
-pub const PROJECTIONS: [(&str, &str); 7] = [
-    ("self_attn", "q_proj"),
-    ("self_attn", "k_proj"),
-    ("self_attn", "v_proj"),
-    ("self_attn", "o_proj"),
-    ("mlp", "gate_proj"),
-    ("mlp", "up_proj"),
-    ("mlp", "down_proj"),
-];
+/// The projections an adapter may sit on (every projection of a layer).
+pub use super::params::PROJECTIONS;
 
 /// The adapter's file names inside its directory.
 pub const CONFIG_FILE: &str = "adapter_config.json";
@@ -249,21 +241,6 @@ pub fn lora_names(module: &str) -> (String, String) {
     )
 }
 
-/// (out, in) of a projection's weight.
-fn proj_shape(cfg: &ModelConfig, proj: &str) -> (usize, usize) {
-    let h = cfg.hidden_size;
-    let q = cfg.num_attention_heads * cfg.head_dim;
-    let kv = cfg.num_key_value_heads * cfg.head_dim;
-    let i = cfg.intermediate_size;
-    match proj {
-        "q_proj" => (q, h),
-        "k_proj" | "v_proj" => (kv, h),
-        "o_proj" => (h, q),
-        "gate_proj" | "up_proj" => (i, h),
-        _ => (h, i), // down_proj
-    }
-}
-
 impl Adapter {
     /// A fresh adapter as PEFT initialises one (init_lora_weights = True): A from
     /// kaiming_uniform(a = sqrt 5), i.e. U(-1/sqrt(in), 1/sqrt(in)); B zero, so the adapted
@@ -282,7 +259,7 @@ impl Adapter {
         let r = cfg.rank;
         let mut entries = Vec::new();
         for l in 0..model.num_hidden_layers {
-            for (block, proj) in PROJECTIONS {
+            for (j, (_, proj)) in PROJECTIONS.into_iter().enumerate() {
                 if !targets.iter().any(|t| t == proj) {
                     continue;
                 }
@@ -291,7 +268,7 @@ impl Adapter {
                 let a: Vec<f32> = (0..r * inp)
                     .map(|_| rng.random_range(-bound..bound))
                     .collect();
-                let (na, nb) = lora_names(&format!("model.layers.{l}.{block}.{proj}"));
+                let (na, nb) = lora_names(&proj_module(l, j));
                 let a = Tensor::from_vec(a, (r, inp), &Device::Cpu)?;
                 entries.push((na, Var::from_tensor(&a)?));
                 entries.push((nb, Var::zeros((out, r), DType::F32, &Device::Cpu)?));
@@ -404,8 +381,8 @@ impl Adapter {
         let mut entries = Vec::new();
         let mut targets = BTreeSet::new();
         for l in 0..model.num_hidden_layers {
-            for (block, proj) in PROJECTIONS {
-                let (na, nb) = lora_names(&format!("model.layers.{l}.{block}.{proj}"));
+            for (j, (_, proj)) in PROJECTIONS.into_iter().enumerate() {
+                let (na, nb) = lora_names(&proj_module(l, j));
                 match (by_name.remove(&na), by_name.remove(&nb)) {
                     (Some(a), Some(b)) => {
                         targets.insert(proj);

@@ -64,6 +64,9 @@ fn tensor(v: Vec<f32>, shape: (usize, usize)) -> Result<Tensor> {
 /// Gradients by parameter name, as the backward writes them.
 type GradMap = HashMap<String, Vec<f32>>;
 
+/// (parameter name, gradient) in `model.trainable()` order: what the optimizer reads.
+pub type NamedGrads = Vec<(String, Vec<f32>)>;
+
 /// How one call runs its projections: the LoRA dropout of a training forward (None when
 /// scoring), and whether the base is frozen (a LoRA run: no gradient for weights or biases).
 #[derive(Clone, Copy)]
@@ -468,7 +471,7 @@ pub fn nll_and_grads(
     targets: &Tensor,
     seed: Seed<'_>,
     dropout: Option<&LoraDropout>,
-) -> Result<(f64, Vec<f64>, Vec<(String, Vec<f32>)>)> {
+) -> Result<(f64, Vec<f64>, NamedGrads)> {
     let cfg = &model.cfg;
     let (b, t) = ids.dims2()?;
     let rows = b * t;
