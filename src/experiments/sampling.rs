@@ -23,6 +23,20 @@ pub const KEYS: [&str; 5] = [
     "batch_size",
 ];
 
+/// An experiment's default sampling: `max_new_tokens`, `temperature` and `top_p` as given,
+/// no top-k, 16 prompts decoded together, and a placeholder seed (each replicate sets its own
+/// with `GenConfig::with_seed`).
+pub const fn defaults(max_new_tokens: usize, temperature: f64, top_p: f64) -> GenConfig {
+    GenConfig {
+        max_new_tokens,
+        temperature,
+        top_p,
+        top_k: 0,
+        seed: 42,
+        batch_size: 16,
+    }
+}
+
 /// Read a table over `defaults`: each key given replaces the default's value.
 pub fn read<'de, D: Deserializer<'de>>(defaults: &GenConfig, d: D) -> Result<GenConfig, D::Error> {
     let given = Map::<String, Value>::deserialize(d)?;
@@ -71,17 +85,24 @@ mod tests {
     #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
     struct Cfg {
         #[serde(
-            default = "defaults",
+            default = "fixed",
             deserialize_with = "table",
             serialize_with = "write"
         )]
         g: GenConfig,
     }
-    fn defaults() -> GenConfig {
+    fn fixed() -> GenConfig {
         DEFAULTS
     }
     fn table<'de, D: Deserializer<'de>>(d: D) -> Result<GenConfig, D::Error> {
         read(&DEFAULTS, d)
+    }
+
+    /// Both experiments' former types had no top-k and batches of 16 by default.
+    #[test]
+    fn experiment_defaults_keep_top_k_off_and_batches_of_16() {
+        let d = defaults(5, 0.5, 0.5);
+        assert_eq!((d.max_new_tokens, d.top_k, d.batch_size), (5, 0, 16));
     }
 
     #[test]

@@ -111,14 +111,7 @@ fn default_kl_batch() -> usize {
 /// answer, and the per-token KL averaged over the model's own samples is an unbiased estimate
 /// of KL(model || base). Responses up to 64 tokens, 16 prompts decoded together. The seed is
 /// each cell's own.
-pub const SAMPLING: GenConfig = GenConfig {
-    max_new_tokens: 64,
-    temperature: 1.0,
-    top_p: 1.0,
-    top_k: 0,
-    seed: 42,
-    batch_size: 16,
-};
+pub const SAMPLING: GenConfig = crate::experiments::sampling::defaults(64, 1.0, 1.0);
 
 fn default_generation() -> GenConfig {
     SAMPLING
@@ -578,38 +571,22 @@ kind = "keywords"
     fn a_partial_generation_table_keeps_rebounds_defaults() {
         let c = ReboundConfig::from_toml(&format!("{MIN}\n[generation]\nmax_new_tokens = 8\n"))
             .unwrap();
-        let g = &c.generation;
-        assert_eq!(
-            (
-                g.max_new_tokens,
-                g.temperature,
-                g.top_p,
-                g.top_k,
-                g.batch_size
-            ),
-            (8, 1.0, 1.0, 0, 16)
-        );
+        // The former GenerationConfig's values: 64 tokens, temperature 1, top-p 1, top-k 0,
+        // batches of 16.
+        use crate::experiments::sampling::defaults;
+        assert_eq!(c.generation, defaults(8, 1.0, 1.0));
         let d = ReboundConfig::from_toml(MIN).unwrap().generation;
-        assert_eq!(
-            (
-                d.max_new_tokens,
-                d.temperature,
-                d.top_p,
-                d.top_k,
-                d.batch_size
-            ),
-            (64, 1.0, 1.0, 0, 16)
-        );
+        assert_eq!(d, defaults(64, 1.0, 1.0));
         assert_eq!(c.generation.with_seed(7).seed, 7);
-        let e = |t: &str| {
-            format!(
-                "{:#}",
-                ReboundConfig::from_toml(&format!("{MIN}\n[generation]\n{t}\n")).unwrap_err()
-            )
-        };
-        assert!(e("seed = 1").contains("`seeds`"));
-        assert!(e("top_p = 0").contains("in [generation]: temperature must be >= 0"));
-        assert!(e("batch_size = 0").contains("batch_size"));
+        for (table, want) in [
+            ("seed = 1", "`seeds`"),
+            ("top_p = 0", "in [generation]: temperature must be >= 0"),
+            ("batch_size = 0", "batch_size"),
+        ] {
+            let text = format!("{MIN}\n[generation]\n{table}\n");
+            let e = format!("{:#}", ReboundConfig::from_toml(&text).unwrap_err());
+            assert!(e.contains(want), "{table}: {e}");
+        }
     }
 
     #[test]

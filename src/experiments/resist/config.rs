@@ -160,14 +160,7 @@ fn default_seeds() -> Vec<u64> {
 /// Default sampling of the held-out answers (`[generate]`; a key left out takes its value
 /// here): the authors' temperature 0.05 and top-p 0.95 (PAPER.md §3), up to 128 new tokens,
 /// 16 prompts decoded together (does not change the results). The seed is each replicate's.
-pub const SAMPLING: GenConfig = GenConfig {
-    max_new_tokens: 128,
-    temperature: 0.05,
-    top_p: 0.95,
-    top_k: 0,
-    seed: 42,
-    batch_size: 16,
-};
+pub const SAMPLING: GenConfig = crate::experiments::sampling::defaults(128, 0.05, 0.95);
 
 fn default_generate() -> GenConfig {
     SAMPLING
@@ -487,28 +480,15 @@ mod tests {
     #[test]
     fn a_partial_generate_table_keeps_resists_defaults() {
         let c = parse("[generate]\ntop_k = 5").unwrap();
-        let g = &c.generate;
-        assert_eq!(
-            (
-                g.max_new_tokens,
-                g.temperature,
-                g.top_p,
-                g.top_k,
-                g.batch_size
-            ),
-            (128, 0.05, 0.95, 5, 16)
-        );
-        let d = parse("").unwrap().generate;
-        assert_eq!(
-            (
-                d.max_new_tokens,
-                d.temperature,
-                d.top_p,
-                d.top_k,
-                d.batch_size
-            ),
-            (128, 0.05, 0.95, 0, 16)
-        );
+        // The former GenSettings' values: 128 tokens, temperature 0.05, top-p 0.95, top-k 0,
+        // batches of 16.
+        use crate::experiments::sampling::defaults;
+        let want = GenConfig {
+            top_k: 5,
+            ..defaults(128, 0.05, 0.95)
+        };
+        assert_eq!(c.generate, want);
+        assert_eq!(parse("").unwrap().generate, defaults(128, 0.05, 0.95));
         let back: ResistConfig = toml::from_str(&c.to_toml().unwrap()).unwrap();
         assert_eq!(back, c);
         let saved: toml::Table = toml::from_str(&c.to_toml().unwrap()).unwrap();
