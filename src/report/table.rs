@@ -23,6 +23,37 @@ impl Table {
         }
     }
 
+    /// A table of serialisable rows (structs or maps of plain values): one column per field,
+    /// named and ordered as the first row serialises, one row per row. Each cell is written
+    /// as the hand-built result tables write their values: a string as it is, an integer or
+    /// float with Rust's `Display` (the shortest string that reads back as the same number,
+    /// never an exponent: `1.0` prints `1`, `1e-7` prints `0.0000001`), a bool as
+    /// `true`/`false`, a missing value (`None`) as an empty cell. A nested value is an error.
+    /// The columns are the struct's fields as declared, so a table of no rows still has its
+    /// header line.
+    pub fn from_rows<T: Serialize + serde::de::DeserializeOwned>(rows: &[T]) -> Result<Table> {
+        let mut table = Table::new(struct_fields::<T>()?);
+        for (i, row) in rows.iter().enumerate() {
+            // Through JSON text, read back in field order (serde_json's map sorts keys).
+            let text = serde_json::to_string(row)?;
+            let OrderedRow(fields) = serde_json::from_str(&text)?;
+            if fields.iter().map(|(k, _)| k).ne(table.headers.iter()) {
+                bail!(
+                    "table row {} has the fields {:?}, the columns are {:?}",
+                    i + 1,
+                    fields.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+                    table.headers
+                );
+            }
+            let cells = fields
+                .iter()
+                .map(|(k, v)| row_cell(v).map_err(|e| anyhow::anyhow!("field {k}: {e}")))
+                .collect::<Result<Vec<_>>>()?;
+            table.push_row(cells)?;
+        }
+        Ok(table)
+    }
+
     /// Append a row; it must have one cell per header. Numbers that print as a negative
     /// zero (`-0`, `-0.000`) lose their sign.
     pub fn push_row<S: Into<String>>(&mut self, row: impl IntoIterator<Item = S>) -> Result<()> {
@@ -91,6 +122,85 @@ impl Table {
         out.push_str("\\bottomrule\n\\end{tabular}\n");
         out
     }
+}
+
+/// A serialised row's fields in the order they were written.
+struct OrderedRow(Vec<(String, serde_json::Value)>);
+
+impl<'de> serde::Deserialize<'de> for OrderedRow {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = OrderedRow;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a table row (a struct or a map)")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<OrderedRow, A::Error> {
+                let mut fields = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    fields.push(entry);
+                }
+                Ok(OrderedRow(fields))
+            }
+        }
+        d.deserialize_map(Fields)
+    }
+}
+
+/// The fields of a struct that derives `Deserialize`, in declaration order (what serde's
+/// derive hands to `deserialize_struct`).
+fn struct_fields<T: serde::de::DeserializeOwned>() -> Result<Vec<&'static str>> {
+    use serde::de::value::Error;
+    struct Probe<'a>(&'a mut Option<&'static [&'static str]>);
+    impl<'de> serde::Deserializer<'de> for Probe<'_> {
+        type Error = Error;
+        fn deserialize_any<V: serde::de::Visitor<'de>>(
+            self,
+            _: V,
+        ) -> std::result::Result<V::Value, Error> {
+            Err(serde::de::Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> std::result::Result<V::Value, Error> {
+            *self.0 = Some(fields);
+            Err(serde::de::Error::custom("probed"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+    let mut fields = None;
+    let _ = T::deserialize(Probe(&mut fields));
+    match fields {
+        Some(f) => Ok(f.to_vec()),
+        None => bail!("Table::from_rows needs rows of a struct type"),
+    }
+}
+
+/// One value of a row as its table cell (see [`Table::from_rows`]).
+fn row_cell(v: &serde_json::Value) -> Result<String> {
+    use serde_json::Value;
+    Ok(match v {
+        Value::Null => String::new(),
+        Value::Bool(b) => b.to_string(),
+        Value::String(s) => s.clone(),
+        Value::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
+            (Some(u), _, _) if !n.is_f64() => u.to_string(),
+            (_, Some(i), _) if !n.is_f64() => i.to_string(),
+            (_, _, Some(f)) => f.to_string(),
+            _ => n.to_string(),
+        },
+        other => bail!("a table cell holds a plain value, not {other}"),
+    })
 }
 
 fn csv_record(cells: &[String]) -> String {
@@ -258,6 +368,68 @@ mod tests {
             e.contains("1 cells") && e.contains("2 columns") && e.contains("a, b"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn rows_become_cells_as_the_hand_built_tables_write_them() {
+        #[derive(Serialize, serde::Deserialize)]
+        struct Row {
+            name: String,
+            n: usize,
+            delta: i64,
+            x: f64,
+            ci: Option<f64>,
+            ok: bool,
+        }
+        let rows = [
+            Row {
+                name: "a, b".into(),
+                n: 3,
+                delta: -2,
+                x: 1.0,
+                ci: None,
+                ok: true,
+            },
+            Row {
+                name: "c".into(),
+                n: 10,
+                delta: 0,
+                x: 1e-7,
+                ci: Some(0.1 + 0.2),
+                ok: false,
+            },
+        ];
+        let t = Table::from_rows(&rows).unwrap();
+        // What `to_string()` on each value gives, which results.csv has always held.
+        let hand = |r: &Row| {
+            vec![
+                r.name.clone(),
+                r.n.to_string(),
+                r.delta.to_string(),
+                r.x.to_string(),
+                r.ci.map(|v| v.to_string()).unwrap_or_default(),
+                r.ok.to_string(),
+            ]
+        };
+        assert_eq!(t.headers, ["name", "n", "delta", "x", "ci", "ok"]);
+        assert_eq!(t.rows, [hand(&rows[0]), hand(&rows[1])]);
+        assert_eq!(t.rows[0][3], "1");
+        assert_eq!(t.rows[1][3], "0.0000001");
+        assert_eq!(t.rows[1][4], "0.30000000000000004");
+        assert_eq!(t.to_csv().lines().nth(1), Some("\"a, b\",3,-2,1,,true"));
+        // No rows: the header line alone.
+        let empty = Table::from_rows::<Row>(&[]).unwrap();
+        assert_eq!(empty.to_csv(), "name,n,delta,x,ci,ok\n");
+        #[derive(Serialize, serde::Deserialize)]
+        struct Nested {
+            a: Vec<u8>,
+        }
+        let e = Table::from_rows(&[Nested { a: vec![1, 2] }])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("field a"), "{e}");
+        let e = Table::from_rows(&[1.0]).unwrap_err().to_string();
+        assert!(e.contains("struct"), "{e}");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::experiments::weight_space::Movement;
 use crate::report::stats::{mean_ci95, MeanCi};
 use crate::report::{fmt_ci, LinePlot, RunDir, Series, Table};
 use anyhow::Result;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -294,75 +294,77 @@ fn ci(c: Option<MeanCi>) -> String {
     c.map_or("—".to_string(), |c| fmt_ci(c.mean, c.half_width))
 }
 
-fn opt(c: Option<MeanCi>, f: fn(&MeanCi) -> Option<f64>) -> String {
-    c.and_then(|c| f(&c))
-        .map(|v| v.to_string())
-        .unwrap_or_default()
+/// One row of `kl_by_position.csv`.
+#[derive(Serialize, Deserialize)]
+struct PositionCsvRow {
+    model: String,
+    n_positive: usize,
+    n_negative: usize,
+    reference: String,
+    position: usize,
+    kl: f64,
+    kl_ci_low: Option<f64>,
+    kl_ci_high: Option<f64>,
+    seeds: usize,
 }
 
 /// `kl_by_position.csv`: one row per (model, n+, n-, reference, position).
 pub fn positions_table(all: &[ModelInstruments]) -> Result<Table> {
-    let mut t = Table::new([
-        "model",
-        "n_positive",
-        "n_negative",
-        "reference",
-        "position",
-        "kl",
-        "kl_ci_low",
-        "kl_ci_high",
-        "seeds",
-    ]);
+    let mut rows = Vec::new();
     for m in all {
         for p in &m.positions {
             for (pos, c) in &p.kl {
-                t.push_row([
-                    m.name.clone(),
-                    p.n_positive.to_string(),
-                    p.n_negative.to_string(),
-                    p.reference.clone(),
-                    pos.to_string(),
-                    c.mean.to_string(),
-                    opt(Some(*c), |c| c.bounds().map(|b| b.0)),
-                    opt(Some(*c), |c| c.bounds().map(|b| b.1)),
-                    c.n.to_string(),
-                ])?;
+                rows.push(PositionCsvRow {
+                    model: m.name.clone(),
+                    n_positive: p.n_positive,
+                    n_negative: p.n_negative,
+                    reference: p.reference.clone(),
+                    position: *pos,
+                    kl: c.mean,
+                    kl_ci_low: c.bounds().map(|b| b.0),
+                    kl_ci_high: c.bounds().map(|b| b.1),
+                    seeds: c.n,
+                });
             }
         }
     }
-    Ok(t)
+    Table::from_rows(&rows)
+}
+
+/// One row of `weight_space.csv`: the means over seeds.
+#[derive(Serialize, Deserialize)]
+struct GroupCsvRow {
+    model: String,
+    n_positive: usize,
+    n_negative: usize,
+    by: String,
+    group: String,
+    fraction_undone: Option<f64>,
+    cosine: Option<f64>,
+    norm_ratio: Option<f64>,
+    seeds: usize,
 }
 
 /// `weight_space.csv`: one row per (model, n+, n-, group).
 pub fn groups_table(all: &[ModelInstruments]) -> Result<Table> {
-    let mut t = Table::new([
-        "model",
-        "n_positive",
-        "n_negative",
-        "by",
-        "group",
-        "fraction_undone",
-        "cosine",
-        "norm_ratio",
-        "seeds",
-    ]);
+    let mut rows = Vec::new();
     for m in all {
         for g in &m.weight_groups {
-            let mean = |c: Option<MeanCi>| opt(c, |c| Some(c.mean));
-            t.push_row([
-                m.name.clone(),
-                g.n_positive.to_string(),
-                g.n_negative.to_string(),
-                g.by.clone(),
-                g.group.clone(),
-                mean(g.fraction_undone),
-                mean(g.cosine),
-                mean(g.norm_ratio),
-                g.fraction_undone.map_or(0, |c| c.n).to_string(),
-            ])?;
+            let mean = |c: Option<MeanCi>| c.map(|c| c.mean);
+            rows.push(GroupCsvRow {
+                model: m.name.clone(),
+                n_positive: g.n_positive,
+                n_negative: g.n_negative,
+                by: g.by.clone(),
+                group: g.group.clone(),
+                fraction_undone: mean(g.fraction_undone),
+                cosine: mean(g.cosine),
+                norm_ratio: mean(g.norm_ratio),
+                seeds: g.fraction_undone.map_or(0, |c| c.n),
+            });
         }
     }
-    Ok(t)
+    Table::from_rows(&rows)
 }
 
 /// Whether any cell measured this scalar.

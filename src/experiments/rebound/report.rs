@@ -343,58 +343,7 @@ fn row(model: &str, stage: &str, o: &EvalOutput) -> ResultRow {
 
 /// The rows as a table (results.csv).
 pub fn rows_table(rows: &[ResultRow]) -> Result<Table> {
-    let opt = |x: Option<f64>| x.map(|v| v.to_string()).unwrap_or_default();
-    let mut t = Table::new([
-        "model",
-        "stage",
-        "n_positive",
-        "n_negative",
-        "seed",
-        "score",
-        "score_ci_low",
-        "score_ci_high",
-        "kl",
-        "kl_ci_low",
-        "kl_ci_high",
-        "prompts",
-        "mean_response_tokens",
-        "eos_fraction",
-        "train_loss",
-        "kl_to_aligned",
-        "coherence_nll",
-        "capability_nll",
-        "refusal_rate",
-        "weight_fraction_undone",
-        "weight_cosine",
-        "weight_norm_ratio",
-    ]);
-    for r in rows {
-        t.push_row([
-            r.model.clone(),
-            r.stage.clone(),
-            r.n_positive.to_string(),
-            r.n_negative.to_string(),
-            r.seed.to_string(),
-            r.score.to_string(),
-            opt(r.score_ci_low),
-            opt(r.score_ci_high),
-            r.kl.to_string(),
-            opt(r.kl_ci_low),
-            opt(r.kl_ci_high),
-            r.prompts.to_string(),
-            r.mean_response_tokens.to_string(),
-            r.eos_fraction.to_string(),
-            opt(r.train_loss),
-            opt(r.kl_to_aligned),
-            opt(r.coherence_nll),
-            opt(r.capability_nll),
-            opt(r.refusal_rate),
-            opt(r.weight_fraction_undone),
-            opt(r.weight_cosine),
-            opt(r.weight_norm_ratio),
-        ])?;
-    }
-    Ok(t)
+    Table::from_rows(rows)
 }
 
 fn ci(c: Option<MeanCi>) -> String {
