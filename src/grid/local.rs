@@ -211,20 +211,9 @@ pub fn available_memory() -> Option<u64> {
 mod tests {
     use super::*;
     use crate::grid::cell::{run_cell, CellRun};
-    use crate::grid::manifest::{CellSpec, Manifest};
-    use crate::grid::registry::testing::TEST_KINDS;
+    use crate::grid::manifest::Manifest;
+    use crate::grid::registry::testing::{echo, TEST_KINDS};
     use crate::grid::rundir::{CellStatus, ERROR_FILE, STATUS_FILE};
-    use std::collections::BTreeMap;
-
-    fn echo(id: &str, deps: &[&str], params: serde_json::Value) -> CellSpec {
-        CellSpec {
-            id: id.into(),
-            kind: "test.echo".into(),
-            deps: deps.iter().map(|d| d.to_string()).collect(),
-            inputs: BTreeMap::new(),
-            params,
-        }
-    }
 
     fn grid(dir: &std::path::Path) -> Grid {
         let cells = vec![

@@ -329,14 +329,8 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 mod tests {
     use super::*;
 
-    pub(crate) fn cell(id: &str, deps: &[&str]) -> CellSpec {
-        CellSpec {
-            id: id.into(),
-            kind: "test.echo".into(),
-            deps: deps.iter().map(|d| d.to_string()).collect(),
-            inputs: BTreeMap::new(),
-            params: serde_json::json!({"x": 1.5, "a": [1, 2]}),
-        }
+    fn cell(id: &str, deps: &[&str]) -> CellSpec {
+        crate::grid::registry::testing::echo(id, deps, serde_json::json!({"x": 1.5, "a": [1, 2]}))
     }
 
     #[test]

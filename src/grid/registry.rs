@@ -54,9 +54,21 @@ impl Registry {
 #[cfg(test)]
 pub mod testing {
     use super::super::cell::{CellContext, CellKind, Kinds};
+    use super::super::manifest::CellSpec;
     use anyhow::{bail, Result};
 
     pub static TEST_KINDS: &Kinds = &[&Echo];
+
+    /// A `test.echo` cell after `deps`, with `params` (the grid tests' one cell builder).
+    pub fn echo(id: &str, deps: &[&str], params: serde_json::Value) -> CellSpec {
+        CellSpec {
+            id: id.into(),
+            kind: "test.echo".into(),
+            deps: deps.iter().map(|d| d.to_string()).collect(),
+            inputs: std::collections::BTreeMap::new(),
+            params,
+        }
+    }
 
     /// Writes `out.txt` with its `value` param plus the values of its dependencies' outputs;
     /// fails when `fail = true`; sleeps `sleep_ms` first; with `meet = n`, waits until `n`

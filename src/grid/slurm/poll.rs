@@ -371,7 +371,6 @@ mod tests {
     use crate::grid::manifest::{CellSpec, Manifest};
     use crate::grid::registry::testing::TEST_KINDS;
     use crate::grid::slurm::record::Submission;
-    use std::collections::BTreeMap;
 
     #[test]
     fn squeue_and_sacct_lines_parse() {
@@ -402,13 +401,7 @@ mod tests {
     }
 
     fn echo(id: &str, deps: &[&str]) -> CellSpec {
-        CellSpec {
-            id: id.into(),
-            kind: "test.echo".into(),
-            deps: deps.iter().map(|d| d.to_string()).collect(),
-            inputs: BTreeMap::new(),
-            params: serde_json::json!({"value": 1}),
-        }
+        crate::grid::registry::testing::echo(id, deps, serde_json::json!({"value": 1}))
     }
 
     #[test]

@@ -347,16 +347,9 @@ fn submit_array(
 mod tests {
     use super::*;
     use crate::grid::manifest::CellSpec;
-    use std::collections::BTreeMap;
 
     fn cell(id: &str, deps: &[&str]) -> CellSpec {
-        CellSpec {
-            id: id.into(),
-            kind: "test.echo".into(),
-            deps: deps.iter().map(|d| d.to_string()).collect(),
-            inputs: BTreeMap::new(),
-            params: serde_json::Value::Null,
-        }
+        crate::grid::registry::testing::echo(id, deps, serde_json::Value::Null)
     }
 
     #[test]
