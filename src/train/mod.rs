@@ -5,6 +5,7 @@
 pub mod backprop;
 pub mod batch;
 pub mod dpo;
+pub mod driver;
 pub mod eval;
 pub mod loss;
 pub mod objective;

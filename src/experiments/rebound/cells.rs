@@ -434,21 +434,15 @@ fn train_stage_of(
         }
         ctx.fault_point(&format!("train-step-{}", log.step))
     };
+    let run = TrainRun {
+        out: &out,
+        resume: true,
+        hook: Some(&mut hook),
+        progress: ctx.progress,
+    };
     let s = match data {
-        StageData::Records(r) => train(
-            &lm,
-            r,
-            cfg,
-            TrainRun {
-                out: &out,
-                resume: true,
-                hook: Some(&mut hook),
-                progress: ctx.progress,
-            },
-        )?,
-        StageData::Pairs(p) => {
-            crate::train::dpo::train(&lm, p, cfg, &out, true, Some(&mut hook), ctx.progress)?.train
-        }
+        StageData::Records(r) => train(&lm, r, cfg, run)?,
+        StageData::Pairs(p) => crate::train::dpo::train(&lm, p, cfg, run)?.train,
     };
     let outcome = TrainOutcome {
         steps: s.steps,
