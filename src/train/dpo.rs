@@ -1,5 +1,6 @@
-//! Direct preference optimisation (DPO, Rafailov et al. 2023) on the SFT loop's machinery:
-//! the same data order, AdamW, clipping, checkpoints, exact resume and [`RunSettings`] checks.
+//! Direct preference optimisation (DPO, Rafailov et al. 2023) as a step ([`DpoStep`]) of the
+//! one training loop (`train::driver`): the same data order, AdamW, clipping, checkpoints,
+//! exact resume and [`RunSettings`] checks as SFT, on the fused path or any backend.
 //!
 //! For a pair (prompt x, chosen y+, rejected y-), with log pi(y|x) the sum of the response
 //! tokens' log-probs (prompt masked, EOS counted, as SFT counts them) and pi_ref the starting

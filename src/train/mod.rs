@@ -1,6 +1,6 @@
 //! Training: tokenized batches, the masked cross-entropy loss, AdamW, learning-rate
-//! schedules, the SFT loop with atomic checkpoints and exact resume, and DPO (`dpo`) on the
-//! same machinery.
+//! schedules, one training loop (`driver`) with atomic checkpoints and exact resume, and the
+//! two methods it runs: SFT (`sft`, which also holds the shared run settings) and DPO (`dpo`).
 
 pub mod backprop;
 pub mod batch;

@@ -1,5 +1,7 @@
-//! The SFT loop. In order, each optimizer step: lr -> micro-batches (forward, token-weighted
-//! loss, backward, accumulate) -> clip -> AdamW -> log -> checkpoint. The data order of every
+//! SFT, and the run machinery every method shares: settings ([`TrainConfig`]), the resolved
+//! run ([`RunSettings`], [`prepare_run`]), resume points, checkpoints and the step log. The
+//! loop itself is `train::driver`'s; SFT's step ([`SftStep`]) is: micro-batches (forward,
+//! token-weighted loss, backward, accumulate) -> clip -> AdamW. The data order of every
 //! step is a pure function of (seed, step), so a run resumed from a checkpoint replays exactly
 //! what the uninterrupted run would have done and ends on bit-identical weights.
 //!

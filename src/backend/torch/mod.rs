@@ -1,5 +1,6 @@
 //! The libtorch backend (`--features torch`): the model of `model::llama` on libtorch's
-//! kernels (cuBLAS, FlashAttention through sdpa, bf16) on a CUDA GPU or the CPU. Loading,
+//! kernels (cuBLAS, FlashAttention through sdpa, bf16) on a CUDA GPU or the CPU, with an
+//! optional LoRA adapter (then only the adapter trains and is saved, in PEFT's format). Loading,
 //! saving and checkpoints go through `model::checkpoint` (host f32 copies), so files, names
 //! and dtypes are the fused path's. libtorch errors (a C++ exception surfaces as a tch
 //! panic) become errors that say what was running, with advice on an out-of-memory.
