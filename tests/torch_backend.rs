@@ -828,6 +828,7 @@ mod torch {
             ids: Tensor::from_vec(ids, (b, t), &Device::Cpu).unwrap(),
             targets: Tensor::from_vec(targets, (b, t), &Device::Cpu).unwrap(),
             n_targets: b * (t - 1),
+            n_tokens: b * t,
         };
         for name in ["peft-llama", "peft-qwen2-rslora", "elastica-trained"] {
             let want = expected["nll_sum"][name].as_f64().unwrap();
