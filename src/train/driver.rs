@@ -90,13 +90,16 @@ pub struct Plan<'a> {
     pub save_dtype: &'a str,
 }
 
+/// A hook the loop calls after every step with its log line.
+pub type AfterStep<'a> = dyn FnMut(&StepLog) -> Result<()> + 'a;
+
 /// Where the loop writes and how it reports.
 pub struct Run<'a> {
     pub out: &'a Path,
     pub resume: bool,
     pub progress: bool,
     /// Called after every step with its log line.
-    pub hook: Option<&'a mut dyn FnMut(&StepLog) -> Result<()>>,
+    pub hook: Option<&'a mut AfterStep<'a>>,
 }
 
 /// What the loop did.

@@ -22,7 +22,7 @@
 //! a grid cell holds its cell's lock).
 
 use super::batch::{collate, loss_tokens, tokenize, Batch, Example};
-use super::driver::{adamw_config, drive, Fused, Method, Outcome, Plan, Run, Trainee};
+use super::driver::{adamw_config, drive, AfterStep, Fused, Method, Outcome, Plan, Run, Trainee};
 use super::loss::nll_sum;
 use super::objective::DpoConfig;
 use super::optim::{AdamW, Grads};
@@ -432,9 +432,7 @@ pub(crate) fn drive_fused<M: Method>(
         out,
         resume,
         progress,
-        hook: hook
-            .as_mut()
-            .map(|h| h as &mut dyn FnMut(&StepLog) -> Result<()>),
+        hook: hook.as_mut().map(|h| h as &mut AfterStep<'_>),
     };
     drive(&mut Fused::new(lm), method, plan, run)
 }
