@@ -16,7 +16,7 @@ use elastica::train::batch::tokenize;
 use elastica::train::dpo::{self, DpoStepLog, REFERENCE_FILE};
 use elastica::train::objective::{DpoConfig, DpoLoss, Method};
 use elastica::train::schedule::Schedule;
-use elastica::train::TrainConfig;
+use elastica::train::{TrainConfig, TrainRun};
 use std::path::Path;
 
 const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
@@ -64,6 +64,16 @@ fn cfg(loss: DpoLoss) -> TrainConfig {
     }
 }
 
+/// A fresh run into `out`, without a hook or progress bar.
+fn quiet(out: &Path) -> TrainRun<'_, 'static> {
+    TrainRun {
+        out,
+        resume: false,
+        hook: None,
+        progress: false,
+    }
+}
+
 fn close(got: f64, want: f64, rel: f64, abs: f64) -> bool {
     (got - want).abs() <= abs + rel * want.abs()
 }
@@ -95,7 +105,7 @@ fn loss_rewards_and_first_step_match_pytorch() {
     for loss in [DpoLoss::Sigmoid, DpoLoss::Ipo] {
         let lm = load_model(&model(), &candle_core::Device::Cpu).unwrap();
         let out = tempfile::tempdir().unwrap();
-        let s = dpo::train(&lm, &pairs, &cfg(loss), out.path(), false, None, false).unwrap();
+        let s = dpo::train(&lm, &pairs, &cfg(loss), quiet(out.path())).unwrap();
         assert!(!s.reference_cached);
         // The cached reference log-probs are the script's.
         let r: serde_json::Value = serde_json::from_str(
@@ -171,7 +181,7 @@ fn weights_after_one_adamw_step_match_pytorch() {
         save_dtype: Some("float32".into()),
         ..cfg(DpoLoss::Sigmoid)
     };
-    dpo::train(&lm, &pairs(), &one, out.path(), false, None, false).unwrap();
+    dpo::train(&lm, &pairs(), &one, quiet(out.path())).unwrap();
     let dev = candle_core::Device::Cpu;
     let want =
         candle_core::safetensors::load(format!("{FIX}/dpo/step1.safetensors"), &dev).unwrap();
@@ -226,15 +236,13 @@ fn run(out: &Path, stop: Option<usize>, c: &TrainConfig) -> anyhow::Result<dpo::
         }
         Ok(())
     };
-    dpo::train(
-        &lm,
-        &pairs(),
-        c,
+    let run = TrainRun {
         out,
-        stop.is_none(),
-        Some(&mut hook),
-        false,
-    )
+        resume: stop.is_none(),
+        hook: Some(&mut hook),
+        progress: false,
+    };
+    dpo::train(&lm, &pairs(), c, run)
 }
 
 #[test]

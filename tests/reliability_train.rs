@@ -9,9 +9,10 @@ mod common;
 use common::{elastica, elastica_env};
 
 use elastica::data::records::read_jsonl;
+use elastica::data::records::Record;
 use elastica::data::template::Template;
 use elastica::model::checkpoint::load_model;
-use elastica::train::{train, TrainConfig, TrainRun};
+use elastica::train::{train, TrainConfig, TrainRun, TrainSummary};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -93,32 +94,65 @@ fn train_cli_env(out: &Path, extra: &[&str], env: &[(&str, &str)]) -> (bool, Str
     elastica_env(&args, env)
 }
 
-/// Train with the shared settings but die after `stop` steps (the hook fails, as a SIGKILL
-/// would: no final model, no clean-up), leaving the newest checkpoint.
-fn train_killed_after(out: &Path, stop: usize) {
+/// Which training loop a test drives: the fused path's own entry point (`train::train`, what
+/// `elastica train` runs on the CPU) or the backend loop (`backend::train::train`, on the
+/// fused backend here; tests/torch_backend.rs drives it on torch).
+#[derive(Clone, Copy)]
+enum Loop {
+    Fused,
+    Backend,
+}
+
+/// Train the fixture model on `recs` with `c` into `out`; with `kill_after`, the run dies
+/// once that step is logged (the hook fails, as a SIGKILL would: no final model, no
+/// clean-up), leaving the newest checkpoint.
+fn run_loop(
+    which: Loop,
+    out: &Path,
+    c: &TrainConfig,
+    recs: &[Record],
+    resume: bool,
+    kill_after: Option<usize>,
+) -> anyhow::Result<TrainSummary> {
     let lm = load_model(&model(), &candle_core::Device::Cpu).unwrap();
-    let recs = read_jsonl(Path::new(&data())).unwrap();
-    let mut hook = |_: &elastica::model::LoadedModel,
-                    l: &elastica::train::sft::StepLog|
-     -> anyhow::Result<()> {
-        if l.step == stop {
-            anyhow::bail!("killed")
-        }
+    let mut kill = |l: &elastica::train::sft::StepLog| -> anyhow::Result<()> {
+        anyhow::ensure!(Some(l.step) != kill_after, "killed");
         Ok(())
     };
-    let e = train(
-        &lm,
-        &recs,
-        &cfg(),
-        TrainRun {
-            out,
-            resume: false,
-            hook: Some(&mut hook),
-            progress: false,
-        },
-    )
-    .unwrap_err();
-    assert!(format!("{e:#}").contains("killed"));
+    match which {
+        Loop::Fused => {
+            let mut hook = |_: &elastica::model::LoadedModel, l: &_| kill(l);
+            let run = TrainRun {
+                out,
+                resume,
+                hook: Some(&mut hook),
+                progress: false,
+            };
+            train(&lm, recs, c, run)
+        }
+        Loop::Backend => {
+            let mut model = elastica::backend::fused::FusedModel::new(lm);
+            let run = elastica::train::driver::Run {
+                out,
+                resume,
+                progress: false,
+                hook: Some(&mut kill),
+            };
+            elastica::backend::train::train(&mut model, recs, c, run)
+        }
+    }
+}
+
+/// The shared settings' run on `which` loop, killed once step `stop` is logged.
+fn killed_after(which: Loop, out: &Path, stop: usize) {
+    let recs = read_jsonl(Path::new(&data())).unwrap();
+    let e = run_loop(which, out, &cfg(), &recs, false, Some(stop)).unwrap_err();
+    assert!(format!("{e:#}").contains("killed"), "{e:#}");
+}
+
+/// The fused loop's run, killed once step `stop` is logged.
+fn train_killed_after(out: &Path, stop: usize) {
+    killed_after(Loop::Fused, out, stop);
 }
 
 /// Every file under `dir` with its bytes.
@@ -262,6 +296,73 @@ fn resume_refuses_other_settings_or_data_and_a_finished_run_is_left_alone() {
     assert!(
         !ok && err.contains("finished run with other settings"),
         "{err}"
+    );
+    assert_eq!(snapshot(&run), finished);
+}
+
+/// Issue 19 item 5: the backend loop checks a resume exactly as the fused loop does, and
+/// ends on the fused loop's own bytes.
+#[test]
+fn the_backend_loop_refuses_and_resumes_as_the_fused_loop() {
+    let recs = read_jsonl(Path::new(&data())).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // The fused loop's run, uninterrupted: the reference bytes.
+    let reference = dir.path().join("reference");
+    run_loop(Loop::Fused, &reference, &cfg(), &recs, false, None).unwrap();
+
+    let run = dir.path().join("run");
+    killed_after(Loop::Backend, &run, 5);
+    assert!(run.join("checkpoints/step-4/trainer_state.json").is_file());
+    let before = snapshot(&run);
+    let backend =
+        |c: &TrainConfig, recs: &[Record]| run_loop(Loop::Backend, &run, c, recs, true, None);
+    let refused = |c: &TrainConfig, recs: &[Record], expect: &[&str]| {
+        let e = format!("{:#}", backend(c, recs).unwrap_err());
+        for x in expect {
+            assert!(e.contains(x), "error lacks \"{x}\": {e}");
+        }
+        assert_eq!(snapshot(&run), before, "a refused resume changed files");
+    };
+    refused(
+        &TrainConfig { lr: 2e-3, ..cfg() },
+        &recs,
+        &["cannot resume", "lr: 0.003 -> 0.002"],
+    );
+    refused(&TrainConfig { seed: 7, ..cfg() }, &recs, &["seed: 42 -> 7"]);
+    refused(&cfg(), &recs[..6], &["data: 8 examples"]);
+    refused(
+        &TrainConfig {
+            max_steps: 3,
+            ..cfg()
+        },
+        &recs,
+        &["step 4", "past this run's 3 steps"],
+    );
+
+    // The same settings resume and end on the fused loop's bytes.
+    let s = backend(&cfg(), &recs).unwrap();
+    assert_eq!(s.resumed_from, Some(4));
+    assert_eq!(s.steps, 12);
+    for f in ["model.safetensors", "train_log.jsonl", "train_config.toml"] {
+        assert_eq!(
+            std::fs::read(run.join(f)).unwrap(),
+            std::fs::read(reference.join(f)).unwrap(),
+            "{f} differs from the fused loop's"
+        );
+    }
+    // A second resume does nothing; with other settings it is refused.
+    let finished = snapshot(&run);
+    let s = backend(&cfg(), &recs).unwrap();
+    assert_eq!((s.steps, s.resumed_from), (12, Some(12)));
+    assert_eq!(
+        snapshot(&run),
+        finished,
+        "resuming a finished run changed files"
+    );
+    let e = backend(&TrainConfig { lr: 1e-3, ..cfg() }, &recs).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("finished run with other settings"),
+        "{e:#}"
     );
     assert_eq!(snapshot(&run), finished);
 }

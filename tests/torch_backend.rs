@@ -94,10 +94,11 @@ mod torch {
     use elastica::data::records::read_jsonl;
     use elastica::data::template::Template;
     use elastica::model::generate::GenConfig;
-    use elastica::model::{ModelConfig, TextTokenizer};
+    use elastica::model::ModelConfig;
     use elastica::train::batch::Batch;
-    use elastica::train::optim::AdamWConfig;
+    use elastica::train::driver::Run;
     use elastica::train::schedule::Schedule;
+    use elastica::train::sft::StepLog;
     use elastica::train::TrainConfig;
     use std::path::Path;
 
@@ -313,9 +314,11 @@ mod torch {
         let mut f = load("tiny-llama", BackendKind::Fused, Precision::F32);
         let mut t = torch("tiny-llama");
         let sf =
-            backend::sft::train(&mut *f, &recs, &cfg, &dir.path().join("f"), false, false).unwrap();
+            backend::train::train(&mut *f, &recs, &cfg, at(&dir.path().join("f"), false, None))
+                .unwrap();
         let st =
-            backend::sft::train(&mut *t, &recs, &cfg, &dir.path().join("t"), false, false).unwrap();
+            backend::train::train(&mut *t, &recs, &cfg, at(&dir.path().join("t"), false, None))
+                .unwrap();
         let traj: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(format!("{FIX}/sft/trajectory.json")).unwrap(),
         )
@@ -384,63 +387,24 @@ mod torch {
         assert!(dir.path().join("t/tokenizer.json").exists());
     }
 
-    /// A model that fails its step after `left` steps, as a kill would stop a run: no final
-    /// save, the checkpoints stay.
-    struct Killed {
-        inner: Box<dyn LanguageModel>,
-        left: usize,
+    /// A quiet run into `out` (no progress bar), with `hook` after each step.
+    fn at<'a>(out: &'a Path, resume: bool, hook: Option<&'a mut StepFn<'a>>) -> Run<'a> {
+        Run {
+            out,
+            resume,
+            progress: false,
+            hook,
+        }
     }
 
-    impl LanguageModel for Killed {
-        fn backend_name(&self) -> &'static str {
-            self.inner.backend_name()
-        }
-        fn device_name(&self) -> String {
-            self.inner.device_name()
-        }
-        fn config(&self) -> &ModelConfig {
-            self.inner.config()
-        }
-        fn tokenizer(&self) -> &TextTokenizer {
-            self.inner.tokenizer()
-        }
-        fn logits(&self, ids: &[u32], b: usize, t: usize) -> anyhow::Result<Vec<f32>> {
-            self.inner.logits(ids, b, t)
-        }
-        fn nll_sum(&self, batch: &Batch) -> anyhow::Result<f64> {
-            self.inner.nll_sum(batch)
-        }
-        fn token_logprobs(&self, batch: &Batch) -> anyhow::Result<Vec<f32>> {
-            self.inner.token_logprobs(batch)
-        }
-        fn sft_step(
-            &mut self,
-            m: &[Batch],
-            o: &AdamWConfig,
-            lr: f64,
-            clip: f64,
-        ) -> anyhow::Result<(f64, f64)> {
-            anyhow::ensure!(self.left > 0, "killed");
-            self.left -= 1;
-            self.inner.sft_step(m, o, lr, clip)
-        }
-        fn weights_sha256(&self) -> anyhow::Result<String> {
-            self.inner.weights_sha256()
-        }
-        fn adam_step(&self) -> u64 {
-            self.inner.adam_step()
-        }
-        fn generate(&self, p: &[Vec<u32>], c: &GenConfig) -> anyhow::Result<Vec<Vec<u32>>> {
-            self.inner.generate(p, c)
-        }
-        fn save(&self, out: &Path, dtype: Option<&str>) -> anyhow::Result<()> {
-            self.inner.save(out, dtype)
-        }
-        fn save_train_state(&self, dir: &Path) -> anyhow::Result<()> {
-            self.inner.save_train_state(dir)
-        }
-        fn load_train_state(&mut self, dir: &Path, o: &AdamWConfig, s: u64) -> anyhow::Result<()> {
-            self.inner.load_train_state(dir, o, s)
+    type StepFn<'a> = dyn FnMut(&StepLog) -> anyhow::Result<()> + 'a;
+
+    /// A hook that stops the run once step `n` is logged, as a kill would: no final save,
+    /// the checkpoints stay.
+    fn kill_after(n: usize) -> impl FnMut(&StepLog) -> anyhow::Result<()> {
+        move |l| {
+            anyhow::ensure!(l.step < n, "killed");
+            Ok(())
         }
     }
 
@@ -456,15 +420,23 @@ mod torch {
         };
         let dir = tempfile::tempdir().unwrap();
         let full = dir.path().join("full");
-        let s = backend::sft::train(&mut *torch("tiny-qwen2"), &recs, &cfg, &full, false, false)
-            .unwrap();
+        let s = backend::train::train(
+            &mut *torch("tiny-qwen2"),
+            &recs,
+            &cfg,
+            at(&full, false, None),
+        )
+        .unwrap();
         assert_eq!(s.steps, 12);
         let part = dir.path().join("part");
-        let mut killed = Killed {
-            inner: torch("tiny-qwen2"),
-            left: 7,
-        };
-        let e = backend::sft::train(&mut killed, &recs, &cfg, &part, false, false).unwrap_err();
+        let mut kill = kill_after(7);
+        let e = backend::train::train(
+            &mut *torch("tiny-qwen2"),
+            &recs,
+            &cfg,
+            at(&part, false, Some(&mut kill)),
+        )
+        .unwrap_err();
         assert!(format!("{e:#}").contains("killed"));
         assert!(part.join("checkpoints/step-5").is_dir());
         // Other settings are refused as the fused loop refuses them (issue 19 item 5).
@@ -472,14 +444,24 @@ mod torch {
             lr: cfg.lr * 2.0,
             ..cfg.clone()
         };
-        let e = backend::sft::train(&mut *torch("tiny-qwen2"), &recs, &other, &part, true, false)
-            .unwrap_err();
+        let e = backend::train::train(
+            &mut *torch("tiny-qwen2"),
+            &recs,
+            &other,
+            at(&part, true, None),
+        )
+        .unwrap_err();
         assert!(
             format!("{e:#}").contains("cannot resume") && format!("{e:#}").contains("lr: "),
             "{e:#}"
         );
-        let r = backend::sft::train(&mut *torch("tiny-qwen2"), &recs, &cfg, &part, true, false)
-            .unwrap();
+        let r = backend::train::train(
+            &mut *torch("tiny-qwen2"),
+            &recs,
+            &cfg,
+            at(&part, true, None),
+        )
+        .unwrap();
         assert_eq!(r.resumed_from, Some(5));
         assert_eq!(
             std::fs::read(part.join("model.safetensors")).unwrap(),
@@ -503,22 +485,18 @@ mod torch {
             let mut plain = torch(name);
             let mut ckpt = torch(name);
             ckpt.set_grad_checkpoint(true).unwrap();
-            let a = backend::sft::train(
+            let a = backend::train::train(
                 &mut *plain,
                 &recs,
                 &cfg,
-                &dir.path().join(format!("{name}-plain")),
-                false,
-                false,
+                at(&dir.path().join(format!("{name}-plain")), false, None),
             )
             .unwrap();
-            let b = backend::sft::train(
+            let b = backend::train::train(
                 &mut *ckpt,
                 &recs,
                 &cfg,
-                &dir.path().join(format!("{name}-ckpt")),
-                false,
-                false,
+                at(&dir.path().join(format!("{name}-ckpt")), false, None),
             )
             .unwrap();
             assert_eq!(a.log.len(), 4);
@@ -579,7 +557,7 @@ mod torch {
             max_steps: 2,
             ..sft_config()
         };
-        backend::sft::train(&mut *bf, &recs, &cfg, dir.path(), false, false).unwrap();
+        backend::train::train(&mut *bf, &recs, &cfg, at(dir.path(), false, None)).unwrap();
         let before = candle_core::safetensors::load(
             format!("{FIX}/models/tiny-llama/model.safetensors"),
             &Device::Cpu,
@@ -742,5 +720,357 @@ mod torch {
         };
         let (coder, torch) = (rates(&[]), rates(&["--backend", "torch"]));
         assert!((coder - torch).abs() / coder < 1e-5, "{coder} vs {torch}");
+    }
+
+    // ---- LoRA and DPO on the torch backend (issue 20 on issue 19's backend) ----
+
+    use elastica::data::prefs::{self, PrefRecord};
+    use elastica::data::schemas::DataSpec;
+    use elastica::model::lora::LoraConfig;
+    use elastica::train::objective::{DpoConfig, DpoLoss, Method};
+
+    /// `name` (a fixture model) with a fresh LoRA adapter of `cfg`, on `kind` in f32 or bf16.
+    fn with_lora(
+        name: &str,
+        cfg: &TrainConfig,
+        kind: BackendKind,
+        precision: Precision,
+    ) -> Box<dyn LanguageModel> {
+        let lm =
+            elastica::model::load_model(&format!("{FIX}/models/{name}"), &Device::Cpu).unwrap();
+        let (lm, _) =
+            elastica::model::adapted::for_training(lm, &cfg.lora, cfg.seed, name).unwrap();
+        backend::from_loaded(lm, &choice(kind, precision)).unwrap()
+    }
+
+    fn lora_config() -> TrainConfig {
+        TrainConfig {
+            lr: 1e-2,
+            max_steps: 4,
+            lora: LoraConfig {
+                rank: 4,
+                alpha: 8.0,
+                ..LoraConfig::default()
+            },
+            ..sft_config()
+        }
+    }
+
+    fn dpo_pairs() -> Vec<PrefRecord> {
+        let spec = DataSpec::new(format!("{FIX}/dpo/pairs.jsonl"), "jsonl");
+        prefs::load(&spec, None).unwrap().records
+    }
+
+    /// tests/dpo.rs's fixture settings.
+    fn dpo_config(loss: DpoLoss) -> TrainConfig {
+        TrainConfig {
+            schedule: Schedule::Constant,
+            warmup_ratio: 0.0,
+            epochs: 2,
+            dpo: DpoConfig {
+                method: Method::Dpo,
+                dpo_beta: 0.1,
+                dpo_loss: loss,
+            },
+            ..sft_config()
+        }
+    }
+
+    /// Largest relative difference (L2 norm of the difference over the norm) between the
+    /// tensors of two safetensors files, which must hold the same names.
+    fn weights_rel_diff(a: &Path, b: &Path) -> f32 {
+        let wa = candle_core::safetensors::load(a, &Device::Cpu).unwrap();
+        let wb = candle_core::safetensors::load(b, &Device::Cpu).unwrap();
+        let (mut ka, mut kb): (Vec<_>, Vec<_>) = (wa.keys().collect(), wb.keys().collect());
+        ka.sort();
+        kb.sort();
+        assert_eq!(
+            ka,
+            kb,
+            "{} and {} hold other tensors",
+            a.display(),
+            b.display()
+        );
+        let norm = |t: &Tensor| {
+            t.to_dtype(DType::F32)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+                .sqrt()
+        };
+        wa.iter()
+            .map(|(n, x)| {
+                let y = wb[n].to_dtype(DType::F32).unwrap();
+                let d = norm(&(x.to_dtype(DType::F32).unwrap() - y).unwrap());
+                d / norm(x).max(1e-30)
+            })
+            .fold(0f32, f32::max)
+    }
+
+    #[test]
+    fn fixture_adapters_score_as_transformers_plus_peft_on_torch() {
+        let expected: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(format!("{FIX}/lora/expected.json")).unwrap(),
+        )
+        .unwrap();
+        let rows: Vec<Vec<u32>> = serde_json::from_value(expected["ids"].clone()).unwrap();
+        let (b, t) = (rows.len(), rows[0].len());
+        let ids: Vec<u32> = rows.iter().flatten().copied().collect();
+        let targets: Vec<i64> = rows
+            .iter()
+            .flat_map(|r| (0..t).map(|i| r.get(i + 1).map_or(-100, |&x| x as i64)))
+            .collect();
+        let batch = Batch {
+            ids: Tensor::from_vec(ids, (b, t), &Device::Cpu).unwrap(),
+            targets: Tensor::from_vec(targets, (b, t), &Device::Cpu).unwrap(),
+            n_targets: b * (t - 1),
+            n_tokens: b * t,
+        };
+        for name in ["peft-llama", "peft-qwen2-rslora", "elastica-trained"] {
+            let want = expected["nll_sum"][name].as_f64().unwrap();
+            let base = expected["base"][name].as_str().unwrap();
+            let lm = elastica::model::adapted::load_model_with(
+                &format!("{FIX}/models/{base}"),
+                Some(Path::new(&format!("{FIX}/lora/{name}"))),
+                &Device::Cpu,
+            )
+            .unwrap();
+            let m = backend::from_loaded(lm, &choice(BackendKind::Torch, Precision::F32)).unwrap();
+            let got = m.nll_sum(&batch).unwrap();
+            assert!(
+                (got - want).abs() <= 1e-5 * want.abs(),
+                "{name}: torch {got} vs transformers+peft {want}"
+            );
+            let plain = torch(base).nll_sum(&batch).unwrap();
+            assert!((plain - want).abs() > 1e-2, "{name}: adapter had no effect");
+        }
+    }
+
+    /// A LoRA run on torch trains as the fused path's does: the same losses, gradient norms
+    /// and adapter; the base stays frozen and only the adapter is saved (PEFT's files).
+    #[test]
+    fn lora_on_torch_matches_the_fused_path() {
+        let recs = read_jsonl(Path::new(&format!("{FIX}/sft/data.jsonl"))).unwrap();
+        let cfg = lora_config();
+        let dir = tempfile::tempdir().unwrap();
+        let (fo, to) = (dir.path().join("f"), dir.path().join("t"));
+        let mut f = with_lora("tiny-llama", &cfg, BackendKind::Fused, Precision::F32);
+        let mut t = with_lora("tiny-llama", &cfg, BackendKind::Torch, Precision::F32);
+        assert_eq!(f.weights_sha256().unwrap(), t.weights_sha256().unwrap());
+        let a = backend::train::train(&mut *f, &recs, &cfg, at(&fo, false, None)).unwrap();
+        let b = backend::train::train(&mut *t, &recs, &cfg, at(&to, false, None)).unwrap();
+        assert_eq!(a.log.len(), 4);
+        for (x, y) in a.log.iter().zip(&b.log) {
+            assert!(
+                (x.loss - y.loss).abs() / x.loss < 1e-5
+                    && (x.grad_norm - y.grad_norm).abs() / x.grad_norm < 1e-4,
+                "step {}: fused ({}, {}) vs torch ({}, {})",
+                x.step,
+                x.loss,
+                x.grad_norm,
+                y.loss,
+                y.grad_norm
+            );
+        }
+        // The loss moved: the adapter really trains.
+        assert!(b.log[3].loss < b.log[0].loss, "{:?}", b.log);
+        for out in [&fo, &to] {
+            assert!(out.join("adapter_config.json").is_file());
+            assert!(
+                !out.join("model.safetensors").exists(),
+                "the frozen base was saved"
+            );
+        }
+        let rel = weights_rel_diff(
+            &fo.join("adapter_model.safetensors"),
+            &to.join("adapter_model.safetensors"),
+        );
+        assert!(rel < 1e-4, "fused and torch adapters differ by {rel}");
+        // The torch-trained adapter loads back and scores as the torch model it came from.
+        let recs_b = elastica::train::batch::tokenize(&recs[..2], t.tokenizer(), Template::Raw, 64)
+            .unwrap()
+            .0;
+        let refs: Vec<_> = recs_b.iter().collect();
+        let batch =
+            elastica::train::batch::collate(&refs, t.tokenizer().pad_id(), &Device::Cpu).unwrap();
+        let back = elastica::model::adapted::load_model_with(
+            &format!("{FIX}/models/tiny-llama"),
+            Some(&to),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let back = backend::from_loaded(back, &choice(BackendKind::Torch, Precision::F32)).unwrap();
+        let (x, y) = (t.nll_sum(&batch).unwrap(), back.nll_sum(&batch).unwrap());
+        assert!((x - y).abs() <= 1e-6 * x, "{x} vs reloaded {y}");
+    }
+
+    /// bf16 with LoRA: mixed precision, the adapter's master weights and the saved adapter
+    /// in f32, the losses near the f32 run's.
+    #[test]
+    fn lora_in_bf16_keeps_f32_adapter_weights() {
+        let recs = read_jsonl(Path::new(&format!("{FIX}/sft/data.jsonl"))).unwrap();
+        let cfg = lora_config();
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = with_lora("tiny-llama", &cfg, BackendKind::Torch, Precision::F32);
+        let mut h = with_lora("tiny-llama", &cfg, BackendKind::Torch, Precision::Bf16);
+        let a = backend::train::train(&mut *f, &recs, &cfg, at(&dir.path().join("f"), false, None))
+            .unwrap();
+        let b = backend::train::train(&mut *h, &recs, &cfg, at(&dir.path().join("h"), false, None))
+            .unwrap();
+        for (x, y) in a.log.iter().zip(&b.log) {
+            assert!(
+                (x.loss - y.loss).abs() / x.loss < 3e-2,
+                "step {}: f32 {} vs bf16 {}",
+                x.step,
+                x.loss,
+                y.loss
+            );
+        }
+        let w = candle_core::safetensors::load(
+            dir.path().join("h/adapter_model.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert!(!w.is_empty());
+        let mut moved = 0;
+        for (n, t) in &w {
+            assert_eq!(t.dtype(), DType::F32, "{n}");
+            if n.contains("lora_B") {
+                // B starts at zero; small f32 updates survive (bf16 would round many away).
+                let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+                moved += v.iter().filter(|x| **x != 0.0).count();
+                let bf: Vec<f32> = t
+                    .to_dtype(DType::BF16)
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                assert!(
+                    v.iter().zip(&bf).any(|(a, b)| a != b),
+                    "{n}: the saved adapter holds bf16-rounded values"
+                );
+            }
+        }
+        assert!(moved > 0, "no adapter weight moved");
+    }
+
+    /// DPO on torch: the fused path's losses, rewards and weights (sigmoid and IPO); the
+    /// first step's loss is ln 2 (policy = reference).
+    #[test]
+    fn dpo_on_torch_matches_the_fused_path() {
+        let pairs = dpo_pairs();
+        let dir = tempfile::tempdir().unwrap();
+        for loss in [DpoLoss::Sigmoid, DpoLoss::Ipo] {
+            let cfg = dpo_config(loss);
+            let (fo, to) = (
+                dir.path().join(format!("{loss:?}-f")),
+                dir.path().join(format!("{loss:?}-t")),
+            );
+            let mut f = load("tiny-llama", BackendKind::Fused, Precision::F32);
+            let mut t = torch("tiny-llama");
+            let a = backend::train::train_dpo(&mut *f, &pairs, &cfg, at(&fo, false, None)).unwrap();
+            let b = backend::train::train_dpo(&mut *t, &pairs, &cfg, at(&to, false, None)).unwrap();
+            assert!(a.log.len() >= 2 && a.log.len() == b.log.len());
+            if loss == DpoLoss::Sigmoid {
+                let first = b.log[0].base.loss;
+                assert!(
+                    (first - std::f64::consts::LN_2).abs() < 1e-6,
+                    "first loss {first}"
+                );
+            }
+            for (x, y) in a.log.iter().zip(&b.log) {
+                let close = |p: f64, q: f64| (p - q).abs() <= 1e-5 * p.abs().max(1e-3);
+                assert!(
+                    close(x.base.loss, y.base.loss)
+                        && close(x.margin, y.margin)
+                        && close(x.chosen_reward, y.chosen_reward),
+                    "{loss:?} step {}: fused {x:?} vs torch {y:?}",
+                    x.base.step
+                );
+                assert_eq!(x.base.tokens, y.base.tokens);
+            }
+            let rel =
+                weights_rel_diff(&fo.join("model.safetensors"), &to.join("model.safetensors"));
+            assert!(
+                rel < 1e-4,
+                "{loss:?}: fused and torch weights differ by {rel}"
+            );
+        }
+    }
+
+    /// DPO with a LoRA adapter on torch, killed after a checkpoint and resumed: the cached
+    /// reference is read, and the adapter is bit-identical to the uninterrupted run's.
+    #[test]
+    fn lora_dpo_resume_on_torch_is_bit_identical() {
+        let pairs = dpo_pairs();
+        let cfg = TrainConfig {
+            batch_size: 1,
+            grad_accum: 1,
+            save_every: 2,
+            lr: 1e-2,
+            lora: lora_config().lora,
+            ..dpo_config(DpoLoss::Sigmoid)
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (full, part) = (dir.path().join("full"), dir.path().join("part"));
+        let model = || with_lora("tiny-qwen2", &cfg, BackendKind::Torch, Precision::F32);
+        let s =
+            backend::train::train_dpo(&mut *model(), &pairs, &cfg, at(&full, false, None)).unwrap();
+        assert!(s.train.steps >= 4, "{} steps", s.train.steps);
+        let mut kill = kill_after(3);
+        let e = backend::train::train_dpo(
+            &mut *model(),
+            &pairs,
+            &cfg,
+            at(&part, false, Some(&mut kill)),
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("killed"), "{e:#}");
+        assert!(part.join("checkpoints/step-2").is_dir());
+        let r =
+            backend::train::train_dpo(&mut *model(), &pairs, &cfg, at(&part, true, None)).unwrap();
+        assert_eq!(r.train.resumed_from, Some(2));
+        assert!(
+            r.reference_cached,
+            "the resumed run recomputed the reference"
+        );
+        assert_eq!(
+            std::fs::read(part.join("adapter_model.safetensors")).unwrap(),
+            std::fs::read(full.join("adapter_model.safetensors")).unwrap(),
+            "a resumed LoRA DPO run on torch is not bit-identical"
+        );
+        assert_eq!(r.log, s.log);
+    }
+
+    #[test]
+    fn lora_dropout_is_refused_on_torch() {
+        let recs = read_jsonl(Path::new(&format!("{FIX}/sft/data.jsonl"))).unwrap();
+        let mut cfg = lora_config();
+        let lm =
+            elastica::model::load_model(&format!("{FIX}/models/tiny-llama"), &Device::Cpu).unwrap();
+        let (lm, _) =
+            elastica::model::adapted::for_training(lm, &cfg.lora, cfg.seed, "tiny").unwrap();
+        // An adapter that records dropout (as one trained elsewhere may).
+        let mut lm = lm;
+        let mut adapter = lm.model.adapter().unwrap().clone();
+        adapter.cfg.dropout = 0.1;
+        lm = elastica::model::adapted::attach(lm, adapter).unwrap();
+        cfg.lora.dropout = 0.0;
+        let mut m = backend::from_loaded(lm, &choice(BackendKind::Torch, Precision::F32)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let e =
+            backend::train::train(&mut *m, &recs, &cfg, at(dir.path(), false, None)).unwrap_err();
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("LoRA dropout 0.1") && e.contains("--backend fused"),
+            "{e}"
+        );
     }
 }

@@ -7,6 +7,8 @@ use crate::model::generate::{generate, GenConfig};
 use crate::model::{LoadedModel, ModelConfig, TextTokenizer};
 use crate::train::backprop::{scoring_logits, scoring_nll};
 use crate::train::batch::Batch;
+use crate::train::dpo::weighted_optimizer_step;
+use crate::train::driver::Weigh;
 use crate::train::loss::log_softmax;
 use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::sft::optimizer_step;
@@ -71,8 +73,22 @@ impl LanguageModel for FusedModel {
         let adam = self.opt.get_or_insert_with(|| AdamW::new(*opt));
         optimizer_step(&self.lm.model, micro, adam, lr, clip)
     }
+    fn seq_nll(&self, batch: &Batch) -> Result<Vec<f64>> {
+        crate::train::dpo::seq_nll(&self.lm.model, batch)
+    }
+    fn weighted_step(
+        &mut self,
+        micro: &[Batch],
+        weigh: &mut Weigh<'_>,
+        opt: &AdamWConfig,
+        lr: f64,
+        clip: f64,
+    ) -> Result<f64> {
+        let adam = self.opt.get_or_insert_with(|| AdamW::new(*opt));
+        weighted_optimizer_step(&self.lm.model, micro, weigh, adam, lr, clip)
+    }
     fn weights_sha256(&self) -> Result<String> {
-        crate::train::sft::params_fingerprint(&self.lm.model.params)
+        crate::train::sft::weights_fingerprint(&self.lm)
     }
     fn adam_step(&self) -> u64 {
         self.opt.as_ref().map_or(0, |o| o.step)
@@ -88,11 +104,15 @@ impl LanguageModel for FusedModel {
             |_| {},
         )
     }
+    /// A LoRA model saves its adapter (PEFT's format), not the frozen base.
     fn save(&self, out: &Path, dtype: Option<&str>) -> Result<()> {
-        save_model(&self.lm.model, &self.lm.dir, out, dtype)
+        match self.lm.model.adapter() {
+            Some(a) => a.save(out),
+            None => save_model(&self.lm.model, &self.lm.dir, out, dtype),
+        }
     }
     fn save_train_state(&self, dir: &Path) -> Result<()> {
-        let params = &self.lm.model.params;
+        let params = self.lm.model.trainable();
         save_params(params, DType::F32, &dir.join("model.safetensors"))?;
         let moments = match &self.opt {
             Some(o) => o.state_tensors(params)?,
@@ -102,7 +122,7 @@ impl LanguageModel for FusedModel {
     }
     fn load_train_state(&mut self, dir: &Path, opt: &AdamWConfig, adam_step: u64) -> Result<()> {
         let (weights, moments) = read_train_state(dir)?;
-        for (name, var) in self.lm.model.params.iter() {
+        for (name, var) in self.lm.model.trainable().iter() {
             let t = weights
                 .get(name)
                 .with_context(|| format!("checkpoint {} lacks tensor \"{name}\"", dir.display()))?;
@@ -110,7 +130,7 @@ impl LanguageModel for FusedModel {
                 .with_context(|| format!("tensor \"{name}\" in checkpoint {}", dir.display()))?;
         }
         let mut adam = AdamW::new(*opt);
-        adam.load_state(&self.lm.model.params, &moments, adam_step)?;
+        adam.load_state(self.lm.model.trainable(), &moments, adam_step)?;
         self.opt = Some(adam);
         Ok(())
     }

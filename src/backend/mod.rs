@@ -7,19 +7,20 @@
 
 pub mod fused;
 pub mod run;
-pub mod sft;
 #[cfg(feature = "torch")]
 pub mod torch;
+pub mod train;
 
 use crate::model::generate::GenConfig;
 use crate::model::{ModelConfig, TextTokenizer};
 use crate::train::batch::Batch;
+use crate::train::driver::Weigh;
 use crate::train::optim::AdamWConfig;
 use anyhow::{bail, Result};
 use std::path::Path;
 
-/// What every backend does with a decoder-only model: forward, loss, an SFT step with AdamW
-/// (torch's arithmetic), save in the HF layout, KV-cache generation, and the train state a
+/// What every backend does with a decoder-only model: forward, loss, an SFT and a weighted
+/// (DPO) step with AdamW (torch's arithmetic), save in the HF layout, KV-cache generation, and the train state a
 /// resumed run restores.
 pub trait LanguageModel {
     /// "fused" or "torch".
@@ -36,7 +37,8 @@ pub trait LanguageModel {
     fn token_logprobs(&self, batch: &Batch) -> Result<Vec<f32>>;
     /// One optimizer step over `micro` batches, the loss normalised by the step's target
     /// count; returns (summed NLL, gradient norm before clipping). The AdamW state is the
-    /// model's own, created at the first step.
+    /// model's own, created at the first step. A non-finite loss or norm is refused before
+    /// the update.
     fn sft_step(
         &mut self,
         micro: &[Batch],
@@ -44,6 +46,19 @@ pub trait LanguageModel {
         lr: f64,
         clip: f64,
     ) -> Result<(f64, f64)>;
+    /// Summed NLL of each sequence of `batch` (no gradient): DPO's reference log-probs.
+    fn seq_nll(&self, batch: &Batch) -> Result<Vec<f64>>;
+    /// One optimizer step on the gradient of sum_s w_s NLL_s over `micro` (DPO's step),
+    /// the weights of each micro-batch's sequences from `weigh(index, their NLLs)`; returns
+    /// the gradient norm before clipping. A non-finite norm is refused before the update.
+    fn weighted_step(
+        &mut self,
+        micro: &[Batch],
+        weigh: &mut Weigh<'_>,
+        opt: &AdamWConfig,
+        lr: f64,
+        clip: f64,
+    ) -> Result<f64>;
     /// Gradient checkpointing for [`LanguageModel::sft_step`]: recompute each block's
     /// activations in the backward instead of holding them all (less memory, ~1/3 more
     /// compute). Only the torch backend has it.

@@ -145,34 +145,14 @@ pub fn run(a: TrainArgs) -> Result<()> {
             (Vec::new(), data.records)
         }
     };
-    if !a.device.choice()?.is_default_cpu() {
-        if cfg.dpo.method == Method::Dpo {
-            bail!("--method dpo runs on the CPU fused path only for now; drop --device/--backend");
-        }
-        if cfg.lora.enabled() || a.adapter.is_some() {
-            bail!("LoRA training (--lora-rank, --adapter) runs on the fused CPU path only for now; use --device cpu --backend fused");
-        }
-        return on_backend(&a, &cfg, &records);
-    }
-    let dev = Device::Cpu;
-    let lm = match (&a.model, &a.init) {
-        (Some(m), _) => {
-            let dir = resolve_model_dir(m)?;
-            let config = dir.join("config.json");
-            ModelConfig::from_file(&config)?.check_training_fits(&config)?;
-            crate::model::adapted::load_model_with(m, a.adapter.as_deref(), &dev)?
-        }
-        (None, Some(init)) => {
-            let Some(tok) = &a.tokenizer else {
-                bail!("--init needs --tokenizer DIR (a directory with tokenizer.json)");
-            };
-            init_model(init, tok, cfg.seed, &dev)?
-        }
-        (None, None) => bail!("give --model or --init"),
-    };
+    let choice = a.device.choice()?;
+    let lm = load_start(&a, cfg.seed, choice.is_default_cpu())?;
     let base_name = a.model.clone().unwrap_or_default();
     let (lm, lora) = crate::model::adapted::for_training(lm, &cfg.lora, cfg.seed, &base_name)?;
     let cfg = TrainConfig { lora, ..cfg };
+    if !choice.is_default_cpu() {
+        return on_backend(&a, &cfg, lm, &records, &pairs);
+    }
     // Resume's checks (and "already finished") come before anything is written into --out.
     let resume_at = match (a.resume, cfg.dpo.method) {
         (false, _) => None,
@@ -199,77 +179,113 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let log_dir = a.log_dir.as_deref().filter(|_| !finished);
     let mut hooks = StepHooks::new(tracker, log_dir)?;
     let mut hook = |m: &LoadedModel, l: &StepLog| hooks.after_step(m, l);
-    if cfg.dpo.method == Method::Dpo {
-        let d = dpo::train(&lm, &pairs, &cfg, &a.out, a.resume, Some(&mut hook), true)?;
-        let s = &d.train;
-        hooks.finish(&lm, s.steps, &a.out)?;
-        let last = d.log.last();
-        println!(
-            "{}",
-            serde_json::json!({
-                "out": a.out, "method": "dpo", "steps": s.steps, "pairs": s.records,
-                "truncated": s.truncated, "mean_loss": s.mean_loss,
-                "final_loss": last.map(|l| l.base.loss),
-                "final_margin": last.map(|l| l.margin),
-                "final_accuracy": last.map(|l| l.accuracy),
-                "reference_cached": d.reference_cached, "resumed_from": s.resumed_from,
-            })
-        );
-        return Ok(());
-    }
     let run = TrainRun {
         out: &a.out,
         resume: a.resume,
         hook: Some(&mut hook),
         progress: true,
     };
+    if cfg.dpo.method == Method::Dpo {
+        let d = dpo::train(&lm, &pairs, &cfg, run)?;
+        hooks.finish(&lm, d.train.steps, &a.out)?;
+        println!("{}", dpo_summary(&a.out, &d, None));
+        return Ok(());
+    }
     let s = train(&lm, &records, &cfg, run)?;
     hooks.finish(&lm, s.steps, &a.out)?;
-    println!(
-        "{}",
-        serde_json::json!({
-            "out": a.out, "steps": s.steps, "records": s.records, "truncated": s.truncated,
-            "mean_loss": s.mean_loss, "final_loss": s.log.last().map(|l| l.loss),
-            "resumed_from": s.resumed_from,
-        })
-    );
+    println!("{}", sft_summary(&a.out, &s));
     Ok(())
 }
 
-/// `elastica train` on the chosen backend (the loop of `backend::sft`).
+/// The starting model: --model (with --adapter) or a random --init, on the host. `fused`:
+/// the fused path trains on the host, so its training state must fit this machine's memory.
+fn load_start(a: &TrainArgs, seed: u64, fused: bool) -> Result<LoadedModel> {
+    let dev = Device::Cpu;
+    match (&a.model, &a.init) {
+        (Some(m), _) => {
+            if fused {
+                let dir = resolve_model_dir(m)?;
+                let config = dir.join("config.json");
+                ModelConfig::from_file(&config)?.check_training_fits(&config)?;
+            }
+            crate::model::adapted::load_model_with(m, a.adapter.as_deref(), &dev)
+        }
+        (None, Some(init)) => {
+            let Some(tok) = &a.tokenizer else {
+                bail!("--init needs --tokenizer DIR (a directory with tokenizer.json)");
+            };
+            init_model(init, tok, seed, &dev)
+        }
+        (None, None) => bail!("give --model or --init"),
+    }
+}
+
+/// `elastica train` on the chosen backend (`backend::train`'s loop).
 fn on_backend(
     a: &TrainArgs,
-    cfg: &crate::train::TrainConfig,
+    cfg: &TrainConfig,
+    lm: LoadedModel,
     records: &[crate::data::records::Record],
+    pairs: &[crate::data::prefs::PrefRecord],
 ) -> Result<()> {
     let choice = a.device.choice()?;
     if a.track_rates.is_some() {
-        anyhow::bail!(
+        bail!(
             "--track-rates runs on the fused CPU path only for now; drop it or use --device cpu --backend fused"
         );
     }
-    let cpu = candle_core::Device::Cpu;
-    let lm = match (&a.model, &a.init) {
-        (Some(m), _) => crate::model::load_model(m, &cpu)?,
-        (None, Some(init)) => {
-            let Some(tok) = &a.tokenizer else {
-                anyhow::bail!("--init needs --tokenizer DIR (a directory with tokenizer.json)");
-            };
-            crate::model::checkpoint::init_model(init, tok, cfg.seed, &cpu)?
-        }
-        (None, None) => anyhow::bail!("give --model or --init"),
-    };
     let mut model = crate::backend::from_loaded(lm, &choice)?;
     model.set_grad_checkpoint(a.device.grad_checkpoint)?;
-    let s = crate::backend::sft::train(&mut *model, records, cfg, &a.out, a.resume, true)?;
-    println!(
-        "{}",
-        serde_json::json!({
-            "out": a.out, "steps": s.steps, "records": s.records, "truncated": s.truncated,
-            "mean_loss": s.mean_loss, "final_loss": s.log.last().map(|l| l.loss),
-            "resumed_from": s.resumed_from, "backend": model.backend_name(),
-            "device": model.device_name(),
-        })
-    );
+    let run = || crate::train::driver::Run {
+        out: &a.out,
+        resume: a.resume,
+        progress: true,
+        hook: None,
+    };
+    let on = serde_json::json!({
+        "backend": model.backend_name(), "device": model.device_name(),
+    });
+    if cfg.dpo.method == Method::Dpo {
+        let d = crate::backend::train::train_dpo(&mut *model, pairs, cfg, run())?;
+        println!("{}", dpo_summary(&a.out, &d, Some(on)));
+        return Ok(());
+    }
+    let s = crate::backend::train::train(&mut *model, records, cfg, run())?;
+    let mut line = sft_summary(&a.out, &s);
+    line["backend"] = on["backend"].clone();
+    line["device"] = on["device"].clone();
+    println!("{line}");
     Ok(())
+}
+
+/// The JSON line `elastica train` prints for an SFT run.
+fn sft_summary(out: &std::path::Path, s: &crate::train::TrainSummary) -> serde_json::Value {
+    serde_json::json!({
+        "out": out, "steps": s.steps, "records": s.records, "truncated": s.truncated,
+        "mean_loss": s.mean_loss, "final_loss": s.log.last().map(|l| l.loss),
+        "resumed_from": s.resumed_from,
+    })
+}
+
+/// The JSON line `elastica train` prints for a DPO run (with the backend and device when
+/// it ran off the default path).
+fn dpo_summary(
+    out: &std::path::Path,
+    d: &dpo::DpoSummary,
+    on: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let (s, last) = (&d.train, d.log.last());
+    let mut line = serde_json::json!({
+        "out": out, "method": "dpo", "steps": s.steps, "pairs": s.records,
+        "truncated": s.truncated, "mean_loss": s.mean_loss,
+        "final_loss": last.map(|l| l.base.loss),
+        "final_margin": last.map(|l| l.margin),
+        "final_accuracy": last.map(|l| l.accuracy),
+        "reference_cached": d.reference_cached, "resumed_from": s.resumed_from,
+    });
+    if let Some(on) = on {
+        line["backend"] = on["backend"].clone();
+        line["device"] = on["device"].clone();
+    }
+    line
 }

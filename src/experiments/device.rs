@@ -2,12 +2,12 @@
 //! (recorded for the cells as a `grid::device::CellDevice`), checked before anything is
 //! written, and the training stage that runs on the backend they name.
 //!
-//! On the default (the fused CPU path) a cell trains through `train::sft` as it always did,
-//! with its per-step hook (TensorBoard, fault points). On any other choice (`device = "cuda"`,
-//! or `backend = "torch"` on the CPU) the stage goes through `backend::sft`, which writes the
-//! same files (log, checkpoints, final model) and resumes the same way; the step hook is not
-//! called there (the step log is `train_log.jsonl`). Evaluation (generation, scores, KL) runs
-//! on the CPU path in both cases.
+//! On the default (the fused CPU path) a stage trains through `train::sft` / `train::dpo` as
+//! it always did. On any other choice (`device = "cuda"`, or `backend = "torch"` on the CPU)
+//! it goes through `backend::train` (SFT or DPO, full or LoRA), which writes the same files
+//! (log, checkpoints, final model or adapter) and resumes the same way. The per-step hook
+//! (TensorBoard, fault points) runs on both. Evaluation (generation, scores, KL) runs on the
+//! CPU path in both cases.
 
 use crate::backend::{self, BackendChoice, BackendKind, DeviceSpec, Precision};
 use crate::data::records::Record;
@@ -15,8 +15,9 @@ use crate::grid::config::ExecutorSpec;
 use crate::grid::device::CellDevice;
 use crate::grid::slurm::SlurmConfig;
 use crate::model::LoadedModel;
-use crate::train::objective::Method;
-use crate::train::sft::{StepHook, TrainSummary};
+use crate::data::prefs::PrefRecord;
+use crate::train::driver::{AfterStep, Run};
+use crate::train::sft::{StepLog, TrainSummary};
 use crate::train::{train, TrainConfig, TrainRun};
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
@@ -107,57 +108,52 @@ pub fn check(
     Ok(())
 }
 
-/// Fine-tune `lm` on `records` into `out` on the backend `d` names, resuming from `out`'s
-/// newest checkpoint; `hook` is called after each step on the fused path only (see the
-/// module doc). LoRA and DPO stages run on the fused path only, for now.
-pub fn train_sft(
+/// What a training stage learns from: SFT records, or DPO's preference pairs.
+#[derive(Clone, Copy)]
+pub enum StageExamples<'a> {
+    Records(&'a [Record]),
+    Pairs(&'a [PrefRecord]),
+}
+
+/// Fine-tune `lm` on `data` into `out` on the backend `d` names (SFT or DPO, full or LoRA as
+/// `cfg` and `lm`'s adapter say), resuming from `out`'s newest checkpoint; `hook` is called
+/// after every step on either path.
+pub fn train_stage(
     d: &CellDevice,
     lm: LoadedModel,
-    records: &[Record],
+    data: StageExamples<'_>,
     cfg: &TrainConfig,
     out: &Path,
-    hook: Option<&mut StepHook<'_>>,
+    hook: &mut AfterStep<'_>,
     progress: bool,
 ) -> Result<TrainSummary> {
     let c = choice(d)?;
     if c.is_default_cpu() {
-        return train(
-            &lm,
-            records,
-            cfg,
-            TrainRun {
-                out,
-                resume: true,
-                hook,
-                progress,
-            },
-        );
+        let mut fused_hook = |_: &LoadedModel, s: &StepLog| hook(s);
+        let run = TrainRun {
+            out,
+            resume: true,
+            hook: Some(&mut fused_hook),
+            progress,
+        };
+        return match data {
+            StageExamples::Records(r) => train(&lm, r, cfg, run),
+            StageExamples::Pairs(p) => crate::train::dpo::train(&lm, p, cfg, run).map(|s| s.train),
+        };
     }
-    refuse_on_backend(d, cfg, &lm)?;
     let mut model = backend::from_loaded(lm, &c)?;
-    backend::sft::train(model.as_mut(), records, cfg, out, true, progress)
-}
-
-/// A LoRA or DPO stage on a backend other than the fused CPU path is refused, naming it.
-pub fn refuse_on_backend(d: &CellDevice, cfg: &TrainConfig, lm: &LoadedModel) -> Result<()> {
-    if choice(d)?.is_default_cpu() {
-        return Ok(());
+    let run = Run {
+        out,
+        resume: true,
+        progress,
+        hook: Some(hook),
+    };
+    match data {
+        StageExamples::Records(r) => backend::train::train(model.as_mut(), r, cfg, run),
+        StageExamples::Pairs(p) => {
+            backend::train::train_dpo(model.as_mut(), p, cfg, run).map(|s| s.train)
+        }
     }
-    if cfg.lora.enabled() || lm.model.adapter().is_some() {
-        bail!(
-            "LoRA stages run on the fused CPU path only for now, but the cells compute on {}; \
-             set device = \"cpu\" (and no backend) or train the full model",
-            d.label()
-        );
-    }
-    if cfg.dpo.method == Method::Dpo {
-        bail!(
-            "DPO stages run on the fused CPU path only for now, but the cells compute on {}; \
-             set device = \"cpu\" (and no backend) or align with method = \"sft\"",
-            d.label()
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! Direct preference optimisation (DPO, Rafailov et al. 2023) on the SFT loop's machinery:
-//! the same data order, AdamW, clipping, checkpoints, exact resume and [`RunSettings`] checks.
+//! Direct preference optimisation (DPO, Rafailov et al. 2023) as a step ([`DpoStep`]) of the
+//! one training loop (`train::driver`): the same data order, AdamW, clipping, checkpoints,
+//! exact resume and [`RunSettings`] checks as SFT, on the fused path or any backend.
 //!
 //! For a pair (prompt x, chosen y+, rejected y-), with log pi(y|x) the sum of the response
 //! tokens' log-probs (prompt masked, EOS counted, as SFT counts them) and pi_ref the starting
@@ -18,24 +19,22 @@
 //! resumed run reads them instead of recomputing. Rewards are beta x (log pi - log pi_ref).
 
 use super::batch::{collate, loss_tokens, tokenize, Batch, Example};
+use super::driver::{adamw_config, Method, Outcome, Plan, Trainee, Weigh};
 use super::loss::nll_sum;
-use super::objective::{DpoConfig, DpoLoss, Method};
-use super::optim::{AdamW, AdamWConfig, Grads};
-use super::schedule::{lr_at, warmup_steps};
+use super::objective::{DpoConfig, DpoLoss, Method as Objective};
+use super::optim::{AdamW, Grads};
 use super::sft::{
-    append_log, data_fingerprint, load_final, remove_checkpoints, restore, resume_point_of,
-    step_indices, sync_file, weights_fingerprint, write_checkpoint, ResumePoint, RunSettings,
-    StepHook, StepLog, TrainConfig, TrainSummary, FINISHED_SETTINGS,
+    data_fingerprint, resume_point_of, summarize, weights_fingerprint, ResumePoint, RunSettings,
+    StepLog, TrainConfig, TrainRun, TrainSummary,
 };
 use crate::data::prefs::PrefRecord;
 use crate::data::records::Record;
 use crate::model::checkpoint::dtype_from_name;
 use crate::model::lora::LoraDropout;
-use crate::model::{Llama, LoadedModel};
+use crate::model::{Llama, LoadedModel, TextTokenizer};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use std::io::Write;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// One pair's loss, rewards and the loss's derivatives with respect to the two sequences'
@@ -139,10 +138,13 @@ struct Reference {
     data_sha256: String,
     chosen: Vec<f64>,
     rejected: Vec<f64>,
+    /// Read from the run directory (not written to the file).
+    #[serde(skip)]
+    cached: bool,
 }
 
 /// A run's tokenized pairs and settings, checked before anything is written.
-struct Prepared {
+pub struct PairPlan {
     chosen: Vec<Example>,
     rejected: Vec<Example>,
     truncated: usize,
@@ -152,10 +154,42 @@ struct Prepared {
     save_dtype: String,
 }
 
-fn prepare(lm: &LoadedModel, pairs: &[PrefRecord], cfg: &TrainConfig) -> Result<Prepared> {
+impl PairPlan {
+    /// What the training loop schedules.
+    pub fn plan(&self) -> Plan<'_> {
+        Plan {
+            settings: &self.settings,
+            examples: self.chosen.len(),
+            total: self.total,
+            steps_per_epoch: self.steps_per_epoch,
+            save_dtype: &self.save_dtype,
+        }
+    }
+}
+
+fn prepare(lm: &LoadedModel, pairs: &[PrefRecord], cfg: &TrainConfig) -> Result<PairPlan> {
+    cfg.validate()?;
+    prepare_pairs(
+        &lm.tokenizer,
+        &lm.model.cfg.torch_dtype,
+        weights_fingerprint(lm)?,
+        pairs,
+        cfg,
+    )
+}
+
+/// [`PairPlan`] for a model on any backend: its tokenizer, the dtype its checkpoint was
+/// stored in and the fingerprint of its starting weights (as `sft::prepare_run`).
+pub fn prepare_pairs(
+    tokenizer: &TextTokenizer,
+    torch_dtype: &str,
+    start_sha256: String,
+    pairs: &[PrefRecord],
+    cfg: &TrainConfig,
+) -> Result<PairPlan> {
     cfg.validate()?;
     cfg.dpo.validate()?;
-    if cfg.dpo.method != Method::Dpo {
+    if cfg.dpo.method != Objective::Dpo {
         bail!("dpo::train needs method = \"dpo\" (--method dpo)");
     }
     if pairs.is_empty() {
@@ -164,7 +198,7 @@ fn prepare(lm: &LoadedModel, pairs: &[PrefRecord], cfg: &TrainConfig) -> Result<
     let save_dtype = cfg
         .save_dtype
         .clone()
-        .unwrap_or_else(|| lm.model.cfg.torch_dtype.clone());
+        .unwrap_or_else(|| torch_dtype.to_string());
     dtype_from_name(&save_dtype).with_context(|| {
         format!(
             "the trained model would be saved in the input checkpoint's dtype \"{save_dtype}\"; \
@@ -177,7 +211,7 @@ fn prepare(lm: &LoadedModel, pairs: &[PrefRecord], cfg: &TrainConfig) -> Result<
             .map(|p| Record::pair(p.prompt.clone(), answer(p)))
             .collect()
     };
-    let tok = |recs: &[Record]| tokenize(recs, &lm.tokenizer, cfg.template, cfg.max_length);
+    let tok = |recs: &[Record]| tokenize(recs, tokenizer, cfg.template, cfg.max_length);
     let (chosen, tc) = tok(&side(|p| &p.chosen))?;
     let (rejected, tr) = tok(&side(|p| &p.rejected))?;
     for (i, (c, r)) in chosen.iter().zip(&rejected).enumerate() {
@@ -196,12 +230,12 @@ fn prepare(lm: &LoadedModel, pairs: &[PrefRecord], cfg: &TrainConfig) -> Result<
     let total = cfg.total_steps(pairs.len())?;
     let both: Vec<Example> = chosen.iter().chain(&rejected).cloned().collect();
     let settings = RunSettings {
-        start_sha256: weights_fingerprint(lm)?,
+        start_sha256,
         data_sha256: data_fingerprint(&both),
         examples: pairs.len(),
         train: cfg.clone(),
     };
-    Ok(Prepared {
+    Ok(PairPlan {
         chosen,
         rejected,
         truncated: tc + tr,
@@ -213,16 +247,16 @@ fn prepare(lm: &LoadedModel, pairs: &[PrefRecord], cfg: &TrainConfig) -> Result<
 }
 
 /// The sequences of a micro-batch of pairs: every chosen answer, then every rejected one.
-fn pair_batch(p: &Prepared, idx: &[usize], pad: u32, dev: &candle_core::Device) -> Result<Batch> {
+fn pair_batch(p: &PairPlan, idx: &[usize], pad: u32) -> Result<Batch> {
     let seqs: Vec<&Example> = idx
         .iter()
         .map(|&i| &p.chosen[i])
         .chain(idx.iter().map(|&i| &p.rejected[i]))
         .collect();
-    collate(&seqs, pad, dev)
+    collate(&seqs, pad, &candle_core::Device::Cpu)
 }
 
-/// Summed NLL of each sequence of `b`, without a gradient.
+/// Summed NLL of each sequence of `b`, without a gradient (the fused path).
 pub(crate) fn seq_nll(model: &Llama, b: &Batch) -> Result<Vec<f64>> {
     let logits = crate::train::backprop::scoring_logits(model, &b.ids)?;
     (0..b.ids.dim(0)?)
@@ -234,10 +268,10 @@ pub(crate) fn seq_nll(model: &Llama, b: &Batch) -> Result<Vec<f64>> {
 }
 
 /// The reference log-probs: read from `out`'s cache when it was written for this start and
-/// data, else computed with `lm` (which must still hold the starting weights) and cached.
+/// data, else computed with `model` (which must still hold the starting weights) and cached.
 fn reference(
-    lm: &LoadedModel,
-    p: &Prepared,
+    model: &mut dyn Trainee,
+    p: &PairPlan,
     cfg: &TrainConfig,
     out: &Path,
 ) -> Result<(Reference, bool)> {
@@ -265,9 +299,9 @@ fn reference(
     }
     let (mut chosen, mut rejected) = (Vec::new(), Vec::new());
     let order: Vec<usize> = (0..p.chosen.len()).collect();
-    let dev = lm.model.device().clone();
     for idx in order.chunks(cfg.batch_size) {
-        let nll = seq_nll(&lm.model, &pair_batch(p, idx, lm.tokenizer.pad_id(), &dev)?)?;
+        let batch = pair_batch(p, idx, model.pad_id())?;
+        let nll = model.seq_nll(&batch)?;
         let k = idx.len();
         chosen.extend(nll[..k].iter().map(|x| -x));
         rejected.extend(nll[k..].iter().map(|x| -x));
@@ -283,6 +317,7 @@ fn reference(
         data_sha256: s.data_sha256.clone(),
         chosen,
         rejected,
+        cached: false,
     };
     crate::util::fsx::atomic_write_json(&path, &r)?;
     Ok((r, false))
@@ -341,139 +376,52 @@ pub fn autograd_weighted_grads(
     Ok((vals, Grads::from_store(model.trainable(), &store)?))
 }
 
+/// One optimizer step on the fused path over `micro`: per micro-batch one forward and one
+/// weighted backward (weights from `weigh`), accumulated; then clip and AdamW. Returns the
+/// gradient norm before clipping; a non-finite one is refused before the update.
+pub(crate) fn weighted_optimizer_step(
+    model: &Llama,
+    micro: &[Batch],
+    weigh: &mut Weigh<'_>,
+    opt: &mut AdamW,
+    lr: f64,
+    clip: f64,
+) -> Result<f64> {
+    let mut grads: Option<Grads> = None;
+    for (m, b) in micro.iter().enumerate() {
+        // LoRA dropout masks keyed by the update count, which a resumed run restores.
+        let drop = model.lora_dropout(opt.step, m as u64);
+        let (_, g) = weighted_grads(model, b, drop.as_ref(), &mut |nll| weigh(m, nll))?;
+        match grads.as_mut() {
+            Some(acc) => acc.add(g),
+            None => grads = Some(g),
+        }
+    }
+    let mut g = grads.context("a step without sequences")?;
+    let grad_norm = g.clip(clip);
+    if !grad_norm.is_finite() {
+        bail!(
+            "the gradient norm is {grad_norm} (not finite); lower the learning rate or set --clip"
+        );
+    }
+    opt.update(model.trainable(), &g, lr)?;
+    Ok(grad_norm)
+}
+
 /// Train `lm` with DPO on `pairs`, writing `train_log.jsonl` (one [`DpoStepLog`] a step),
-/// [`REFERENCE_FILE`], checkpoints and the final model into `out`, exactly as
-/// `sft::train` does for SFT (resume, refusals, finished runs included). `cfg.batch_size`
-/// counts pairs, so a micro-batch holds twice as many sequences.
+/// [`REFERENCE_FILE`], checkpoints and the final model into `run.out`, exactly as
+/// `sft::train` does for SFT (resume, refusals, finished runs, the hook included).
+/// `cfg.batch_size` counts pairs, so a micro-batch holds twice as many sequences.
 pub fn train(
     lm: &LoadedModel,
     pairs: &[PrefRecord],
     cfg: &TrainConfig,
-    out: &Path,
-    resume: bool,
-    mut hook: Option<&mut StepHook<'_>>,
-    progress: bool,
+    run: TrainRun<'_, '_>,
 ) -> Result<DpoSummary> {
     let p = prepare(lm, pairs, cfg)?;
-    if p.truncated > 0 {
-        eprintln!(
-            "warning: {} of {} answers were longer than max_length = {} tokens and were truncated",
-            p.truncated,
-            2 * pairs.len(),
-            cfg.max_length
-        );
-    }
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("cannot create output directory {}", out.display()))?;
-    let log_path = out.join("train_log.jsonl");
-    let total = p.total;
-    let point = if resume {
-        resume_point_of(out, &p.settings, total)?
-    } else {
-        ResumePoint::Fresh
-    };
-    let summary = |log: Vec<DpoStepLog>, resumed_from, reference_cached| {
-        let base: Vec<StepLog> = log.iter().map(|l| l.base.clone()).collect();
-        let mean_loss = match base.len() {
-            0 => 0.0,
-            n => base.iter().map(|l| l.loss).sum::<f64>() / n as f64,
-        };
-        DpoSummary {
-            train: TrainSummary {
-                steps: total,
-                records: pairs.len(),
-                truncated: p.truncated,
-                mean_loss,
-                resumed_from,
-                log: base,
-            },
-            log,
-            reference_cached,
-        }
-    };
-    if point == ResumePoint::Finished {
-        eprintln!(
-            "{} already holds this run, finished ({total} steps, same settings and data); \
-             nothing to do",
-            out.display()
-        );
-        load_final(lm, out)?;
-        return Ok(summary(read_log(&log_path)?, Some(total), true));
-    }
-    // Before any checkpoint is restored: `lm` still holds the reference weights.
-    let (refs, reference_cached) = reference(lm, &p, cfg, out)?;
-    let mut opt = AdamW::new(AdamWConfig {
-        beta1: cfg.beta1,
-        beta2: cfg.beta2,
-        eps: cfg.eps,
-        weight_decay: cfg.weight_decay,
-    });
-    let mut log: Vec<DpoStepLog> = Vec::new();
-    let mut start = 0;
-    let mut resumed_from = None;
-    if let ResumePoint::Checkpoint { step, dir } = &point {
-        restore(lm, &mut opt, dir, *step)?;
-        log = read_log(&log_path)?
-            .into_iter()
-            .filter(|l: &DpoStepLog| l.base.step <= *step)
-            .collect();
-        start = *step;
-        resumed_from = Some(*step);
-    }
-    rewrite_log(&log_path, &log)?;
-    let pb = crate::util::progress::bar(total as u64, "dpo");
-    let mut lines = None;
-    if !progress {
-        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    } else if !crate::util::progress::stderr_is_terminal() {
-        lines = Some(crate::util::progress::LogLines::new("dpo", total, start));
-    }
-    pb.set_position(start as u64);
-    let warmup = warmup_steps(cfg.warmup_ratio, total);
-    for step in start..total {
-        let lr = lr_at(cfg.schedule, cfg.lr, step, warmup, total);
-        let idx = step_indices(pairs.len(), cfg, step, p.steps_per_epoch);
-        let entry = dpo_step(lm, &p, &refs, cfg, &idx, &mut opt, lr).with_context(|| {
-            format!(
-                "training stopped at step {} of {total} (lr {lr:e}): the step was not \
-                     applied and nothing was saved for it",
-                step + 1
-            )
-        })?;
-        let entry = DpoStepLog {
-            base: StepLog {
-                step: step + 1,
-                ..entry.base
-            },
-            ..entry
-        };
-        append_log(&log_path, &entry)?;
-        if let Some(h) = hook.as_deref_mut() {
-            h(lm, &entry.base)?;
-        }
-        pb.set_message(format!("loss {:.4}", entry.base.loss));
-        pb.inc(1);
-        if let Some(l) = lines.as_mut() {
-            l.step(entry.base.step, entry.base.loss, entry.base.tokens);
-        }
-        log.push(entry);
-        let done = step + 1;
-        if cfg.save_every > 0 && done % cfg.save_every == 0 && done < total {
-            sync_file(&log_path)?;
-            write_checkpoint(lm, &opt, out, done, &p.settings)?;
-        }
-    }
-    pb.finish_and_clear();
-    if let Some(l) = lines.as_mut() {
-        l.finish();
-    }
-    crate::train::sft::save_trained(lm, out, &p.save_dtype)?;
-    crate::util::fsx::atomic_write(
-        &out.join(FINISHED_SETTINGS),
-        toml::to_string(&p.settings)?.as_bytes(),
-    )?;
-    remove_checkpoints(out)?;
-    Ok(summary(log, resumed_from, reference_cached))
+    let mut method = DpoStep::new(&p);
+    let o = super::sft::drive_fused(lm, &mut method, &p.plan(), run)?;
+    Ok(method.summary(o))
 }
 
 /// Where `train(.., resume = true, ..)` would start in `out`, refusing what it would refuse
@@ -488,99 +436,107 @@ pub fn resume_point(
     resume_point_of(out, &p.settings, p.total)
 }
 
-/// One optimizer step over the pairs `idx`: per micro-batch of `batch_size` pairs, one
-/// forward, the pairs' terms, one weighted backward; then clip and AdamW. The log line's
-/// `step` is left for the caller.
-fn dpo_step(
-    lm: &LoadedModel,
-    p: &Prepared,
-    refs: &Reference,
-    cfg: &TrainConfig,
-    idx: &[usize],
-    opt: &mut AdamW,
-    lr: f64,
-) -> Result<DpoStepLog> {
-    let n = idx.len() as f64;
-    let dev = lm.model.device().clone();
-    let mut terms: Vec<PairTerms> = Vec::with_capacity(idx.len());
-    let mut grads: Option<Grads> = None;
-    let mut tokens = 0;
-    for (i, chunk) in idx.chunks(cfg.batch_size).enumerate() {
-        let b = pair_batch(p, chunk, lm.tokenizer.pad_id(), &dev)?;
-        // LoRA dropout masks keyed by the update count, which a resumed run restores.
-        let drop = lm.model.lora_dropout(opt.step, i as u64);
-        tokens += b.n_targets;
-        let mut weigh = |nll: &[f64]| -> Result<Vec<f64>> {
-            let pair_refs = chunk.iter().map(|&i| (refs.chosen[i], refs.rejected[i]));
+/// DPO's step (see the module doc), with the reference log-probs it computes or reads
+/// before the first step.
+pub struct DpoStep<'a> {
+    p: &'a PairPlan,
+    refs: Option<Reference>,
+}
+
+impl<'a> DpoStep<'a> {
+    /// The step over `p`'s pairs; warns when max_length cut some answers.
+    pub fn new(p: &'a PairPlan) -> Self {
+        super::sft::warn_truncated(
+            p.truncated,
+            2 * p.chosen.len(),
+            "answers",
+            &p.settings.train,
+        );
+        DpoStep { p, refs: None }
+    }
+
+    /// The run's summary from the loop's outcome.
+    pub fn summary(&self, o: Outcome<DpoStepLog>) -> DpoSummary {
+        let base: Vec<StepLog> = o.log.iter().map(|l| l.base.clone()).collect();
+        DpoSummary {
+            train: summarize(
+                self.p.total,
+                self.p.chosen.len(),
+                self.p.truncated,
+                o.resumed_from,
+                base,
+            ),
+            log: o.log,
+            reference_cached: o.finished_before || self.refs.as_ref().is_some_and(|r| r.cached),
+        }
+    }
+}
+
+impl Method for DpoStep<'_> {
+    type Log = DpoStepLog;
+    const LABEL: &'static str = "dpo";
+    fn begin(&mut self, model: &mut dyn Trainee, out: &Path) -> Result<()> {
+        let cfg = &self.p.settings.train;
+        let (mut r, cached) = reference(model, self.p, cfg, out)?;
+        r.cached = cached;
+        self.refs = Some(r);
+        Ok(())
+    }
+
+    /// Per micro-batch of `batch_size` pairs, one forward, the pairs' terms, one weighted
+    /// backward; then clip and AdamW.
+    fn step(&mut self, model: &mut dyn Trainee, idx: &[usize], lr: f64) -> Result<DpoStepLog> {
+        let (p, cfg) = (self.p, &self.p.settings.train);
+        let refs = self
+            .refs
+            .as_ref()
+            .context("DPO's step before its reference")?;
+        let n = idx.len() as f64;
+        let chunks: Vec<&[usize]> = idx.chunks(cfg.batch_size).collect();
+        let pad = model.pad_id();
+        let micro: Vec<Batch> = chunks
+            .iter()
+            .map(|c| pair_batch(p, c, pad))
+            .collect::<Result<_>>()?;
+        let tokens = micro.iter().map(|b| b.n_targets).sum();
+        let mut terms: Vec<PairTerms> = Vec::with_capacity(idx.len());
+        let mut weigh = |m: usize, nll: &[f64]| -> Result<Vec<f64>> {
+            let pair_refs = chunks[m].iter().map(|&i| (refs.chosen[i], refs.rejected[i]));
             let (w, t) = pair_weights(&cfg.dpo, nll, pair_refs, n);
+            // Refused before the update, as SFT refuses a non-finite loss.
+            if let Some(bad) = t.iter().find(|t| !t.loss.is_finite()) {
+                bail!("the DPO loss is {} (not finite); lower the learning rate or check the weights and data", bad.loss);
+            }
             terms.extend(t);
             Ok(w)
         };
-        let (_, g) = weighted_grads(&lm.model, &b, drop.as_ref(), &mut weigh)?;
-        match grads.as_mut() {
-            Some(acc) => acc.add(g),
-            None => grads = Some(g),
-        }
+        let opt = adamw_config(cfg);
+        let grad_norm = model.weighted_step(&micro, &mut weigh, &opt, lr, cfg.clip)?;
+        let mean = |f: fn(&PairTerms) -> f64| terms.iter().map(f).sum::<f64>() / n;
+        Ok(DpoStepLog {
+            base: StepLog {
+                step: 0,
+                loss: mean(|t| t.loss),
+                lr,
+                tokens,
+                grad_norm,
+            },
+            chosen_reward: mean(|t| t.chosen_reward),
+            rejected_reward: mean(|t| t.rejected_reward),
+            margin: mean(|t| t.chosen_reward - t.rejected_reward),
+            accuracy: mean(|t| f64::from(u8::from(t.chosen_reward > t.rejected_reward))),
+        })
     }
-    let mean = |f: fn(&PairTerms) -> f64| terms.iter().map(f).sum::<f64>() / n;
-    let loss = mean(|t| t.loss);
-    if !loss.is_finite() {
-        bail!("the DPO loss is {loss} (not finite); lower the learning rate or check the weights and data");
+    fn base(log: &DpoStepLog) -> &StepLog {
+        &log.base
     }
-    let mut g = grads.context("a step without pairs")?;
-    let grad_norm = g.clip(cfg.clip);
-    if !grad_norm.is_finite() {
-        bail!(
-            "the gradient norm is {grad_norm} (not finite); lower the learning rate or set --clip"
-        );
+    fn base_mut(log: &mut DpoStepLog) -> &mut StepLog {
+        &mut log.base
     }
-    opt.update(lm.model.trainable(), &g, lr)?;
-    Ok(DpoStepLog {
-        base: StepLog {
-            step: 0,
-            loss,
-            lr,
-            tokens,
-            grad_norm,
-        },
-        chosen_reward: mean(|t| t.chosen_reward),
-        rejected_reward: mean(|t| t.rejected_reward),
-        margin: mean(|t| t.chosen_reward - t.rejected_reward),
-        accuracy: mean(|t| f64::from(u8::from(t.chosen_reward > t.rejected_reward))),
-    })
 }
 
 /// The lines of a JSON-lines log; a last line cut by a kill is dropped.
-pub fn read_log<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
-    if !path.exists() {
-        return Ok(vec![]);
-    }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let n = text.lines().count();
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str(line) {
-            Ok(l) => out.push(l),
-            Err(_) if i + 1 == n => {}
-            Err(e) => bail!("{}: line {}: {e}", path.display(), i + 1),
-        }
-    }
-    Ok(out)
-}
-
-fn rewrite_log<T: Serialize>(path: &Path, log: &[T]) -> Result<()> {
-    crate::util::fsx::atomic_write_with(path, |w| {
-        for l in log {
-            serde_json::to_writer(&mut *w, l)?;
-            w.write_all(b"\n")?;
-        }
-        Ok(())
-    })
-}
+pub use super::sft::read_log_as as read_log;
 
 #[cfg(test)]
 mod tests {
@@ -684,7 +640,7 @@ mod tests {
     #[test]
     fn pair_terms_are_the_dpo_and_ipo_formulas() {
         let sig = DpoConfig {
-            method: Method::Dpo,
+            method: Objective::Dpo,
             dpo_beta: 0.5,
             dpo_loss: DpoLoss::Sigmoid,
         };

@@ -1,10 +1,11 @@
 //! Training: tokenized batches, the masked cross-entropy loss, AdamW, learning-rate
-//! schedules, the SFT loop with atomic checkpoints and exact resume, and DPO (`dpo`) on the
-//! same machinery.
+//! schedules, one training loop (`driver`) with atomic checkpoints and exact resume, and the
+//! two methods it runs: SFT (`sft`, which also holds the shared run settings) and DPO (`dpo`).
 
 pub mod backprop;
 pub mod batch;
 pub mod dpo;
+pub mod driver;
 pub mod eval;
 pub mod loss;
 pub mod objective;

@@ -1,5 +1,7 @@
-//! The SFT loop. In order, each optimizer step: lr -> micro-batches (forward, token-weighted
-//! loss, backward, accumulate) -> clip -> AdamW -> log -> checkpoint. The data order of every
+//! SFT, and the run machinery every method shares: settings ([`TrainConfig`]), the resolved
+//! run ([`RunSettings`], [`prepare_run`]), resume points, checkpoints and the step log. The
+//! loop itself is `train::driver`'s; SFT's step ([`SftStep`]) is: micro-batches (forward,
+//! token-weighted loss, backward, accumulate) -> clip -> AdamW. The data order of every
 //! step is a pure function of (seed, step), so a run resumed from a checkpoint replays exactly
 //! what the uninterrupted run would have done and ends on bit-identical weights.
 //!
@@ -20,10 +22,11 @@
 //! a grid cell holds its cell's lock).
 
 use super::batch::{collate, loss_tokens, tokenize, Batch, Example};
+use super::driver::{adamw_config, drive, AfterStep, Fused, Method, Outcome, Plan, Run, Trainee};
 use super::loss::nll_sum;
 use super::objective::DpoConfig;
-use super::optim::{AdamW, AdamWConfig, Grads};
-use super::schedule::{lr_at, warmup_steps, Schedule};
+use super::optim::{AdamW, Grads};
+use super::schedule::Schedule;
 use crate::data::records::Record;
 use crate::data::template::Template;
 use crate::model::checkpoint::{dtype_from_name, save_model, save_params};
@@ -33,7 +36,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::DType;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use serde::{Deserialize, Serialize};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -395,102 +398,66 @@ pub fn train(
     cfg: &TrainConfig,
     run: TrainRun<'_, '_>,
 ) -> Result<TrainSummary> {
+    let p = prepare(lm, records, cfg)?;
+    p.warn_truncated("records");
+    let mut method = SftStep {
+        examples: &p.examples,
+        cfg,
+    };
+    let o = drive_fused(lm, &mut method, &p.plan(), run)?;
+    Ok(summarize(
+        p.total,
+        p.examples.len(),
+        p.truncated,
+        o.resumed_from,
+        o.log,
+    ))
+}
+
+/// [`drive`] on the fused path, the caller's hook seeing `lm`.
+pub(crate) fn drive_fused<M: Method>(
+    lm: &LoadedModel,
+    method: &mut M,
+    plan: &Plan<'_>,
+    run: TrainRun<'_, '_>,
+) -> Result<Outcome<M::Log>> {
     let TrainRun {
         out,
         resume,
-        mut hook,
+        hook,
         progress,
     } = run;
-    let Prepared {
-        examples,
-        truncated,
-        total,
-        steps_per_epoch,
-        settings,
-        save_dtype,
-    } = prepare(lm, records, cfg)?;
-    if truncated > 0 {
-        eprintln!(
-            "warning: {truncated} of {} records were longer than max_length = {} tokens and were truncated",
-            examples.len(),
-            cfg.max_length
-        );
-    }
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("cannot create output directory {}", out.display()))?;
-    let log_path = out.join("train_log.jsonl");
-    let point = if resume {
-        resume_point_of(out, &settings, total)?
-    } else {
-        ResumePoint::Fresh
+    let mut hook = hook.map(|h| move |l: &StepLog| h(lm, l));
+    let run = Run {
+        out,
+        resume,
+        progress,
+        hook: hook.as_mut().map(|h| h as &mut AfterStep<'_>),
     };
-    let warmup = warmup_steps(cfg.warmup_ratio, total);
-    let mut opt = AdamW::new(AdamWConfig {
-        beta1: cfg.beta1,
-        beta2: cfg.beta2,
-        eps: cfg.eps,
-        weight_decay: cfg.weight_decay,
-    });
-    let mut log: Vec<StepLog> = Vec::new();
-    let mut start = 0;
-    let mut resumed_from = None;
-    match point {
-        ResumePoint::Finished => {
-            eprintln!(
-                "{} already holds this run, finished ({total} steps, same settings and data); \
-                 nothing to do",
-                out.display()
-            );
-            load_final(lm, out)?;
-            let log = read_log(&log_path)?;
-            return Ok(summarize(
-                total,
-                examples.len(),
-                truncated,
-                Some(total),
-                log,
-            ));
-        }
-        ResumePoint::Checkpoint { step, dir } => {
-            restore(lm, &mut opt, &dir, step)?;
-            log = read_log(&log_path)?
-                .into_iter()
-                .filter(|l| l.step <= step)
-                .collect();
-            start = step;
-            resumed_from = Some(step);
-        }
-        ResumePoint::Fresh => {}
-    }
-    rewrite_log(&log_path, &log)?;
-    let pb = crate::util::progress::bar(total as u64, "train");
-    let mut lines = None;
-    if !progress {
-        pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    } else if !crate::util::progress::stderr_is_terminal() {
-        lines = Some(crate::util::progress::LogLines::new("train", total, start));
-    }
-    pb.set_position(start as u64);
-    let dev = lm.model.device().clone();
-    for step in start..total {
-        let lr = lr_at(cfg.schedule, cfg.lr, step, warmup, total);
-        let batch_idx = step_indices(examples.len(), cfg, step, steps_per_epoch);
-        let step_examples: Vec<&Example> = batch_idx.iter().map(|&i| &examples[i]).collect();
+    drive(&mut Fused::new(lm), method, plan, run)
+}
+
+/// SFT's step: the step's examples in micro-batches of `batch_size`, token-weighted NLL.
+pub struct SftStep<'a> {
+    pub examples: &'a [Example],
+    pub cfg: &'a TrainConfig,
+}
+
+impl Method for SftStep<'_> {
+    type Log = StepLog;
+    const LABEL: &'static str = "train";
+    fn step(&mut self, model: &mut dyn Trainee, idx: &[usize], lr: f64) -> Result<StepLog> {
+        let step_examples: Vec<&Example> = idx.iter().map(|&i| &self.examples[i]).collect();
         let n_step: usize = step_examples.iter().map(|e| loss_tokens(e)).sum();
+        let pad = model.pad_id();
         let micro: Vec<Batch> = step_examples
-            .chunks(cfg.batch_size)
-            .map(|m| collate(m, lm.tokenizer.pad_id(), &dev))
+            .chunks(self.cfg.batch_size)
+            .map(|m| collate(m, pad, &candle_core::Device::Cpu))
             .collect::<Result<_>>()?;
-        let (nll_total, grad_norm) = optimizer_step(&lm.model, &micro, &mut opt, lr, cfg.clip)
-            .with_context(|| {
-                format!(
-                    "training stopped at step {} of {total} (lr {lr:e}): the step was not \
-                     applied and nothing was saved for it",
-                    step + 1
-                )
-            })?;
-        let entry = StepLog {
-            step: step + 1,
+        let opt = adamw_config(self.cfg);
+        let (nll_total, grad_norm) = model.sft_step(&micro, &opt, lr, self.cfg.clip)?;
+        Ok(StepLog {
+            step: 0,
             loss: if n_step > 0 {
                 nll_total / n_step as f64
             } else {
@@ -499,42 +466,14 @@ pub fn train(
             lr,
             tokens: n_step,
             grad_norm,
-        };
-        append_log(&log_path, &entry)?;
-        if let Some(h) = hook.as_deref_mut() {
-            h(lm, &entry)?;
-        }
-        pb.set_message(format!("loss {:.4}", entry.loss));
-        pb.inc(1);
-        if let Some(l) = lines.as_mut() {
-            l.step(entry.step, entry.loss, entry.tokens);
-        }
-        log.push(entry);
-        let done = step + 1;
-        if cfg.save_every > 0 && done % cfg.save_every == 0 && done < total {
-            // The log lines up to this step must survive whatever the checkpoint survives.
-            sync_file(&log_path)?;
-            write_checkpoint(lm, &opt, out, done, &settings)?;
-        }
+        })
     }
-    pb.finish_and_clear();
-    if let Some(l) = lines.as_mut() {
-        l.finish();
+    fn base(log: &StepLog) -> &StepLog {
+        log
     }
-    save_trained(lm, out, &save_dtype)?;
-    // Written after the model: its presence (with equal settings) marks the run finished.
-    crate::util::fsx::atomic_write(
-        &out.join(FINISHED_SETTINGS),
-        toml::to_string(&settings)?.as_bytes(),
-    )?;
-    remove_checkpoints(out)?;
-    Ok(summarize(
-        total,
-        examples.len(),
-        truncated,
-        resumed_from,
-        log,
-    ))
+    fn base_mut(log: &mut StepLog) -> &mut StepLog {
+        log
+    }
 }
 
 /// The final weights of a run in `out`: the adapter of a LoRA run (its marker is
@@ -590,6 +529,40 @@ pub struct Prepared {
     pub settings: RunSettings,
     /// The dtype the finished model is saved in.
     pub save_dtype: String,
+}
+
+impl Prepared {
+    /// What the training loop schedules.
+    pub fn plan(&self) -> Plan<'_> {
+        Plan {
+            settings: &self.settings,
+            examples: self.examples.len(),
+            total: self.total,
+            steps_per_epoch: self.steps_per_epoch,
+            save_dtype: &self.save_dtype,
+        }
+    }
+
+    /// Warn when max_length cut some of the `what` (records, answers).
+    pub fn warn_truncated(&self, what: &str) {
+        warn_truncated(
+            self.truncated,
+            self.examples.len(),
+            what,
+            &self.settings.train,
+        );
+    }
+}
+
+/// Warn that `truncated` of `n` `what` were cut to max_length.
+pub(crate) fn warn_truncated(truncated: usize, n: usize, what: &str, cfg: &TrainConfig) {
+    if truncated > 0 {
+        eprintln!(
+            "warning: {truncated} of {n} {what} were longer than max_length = {} tokens and \
+             were truncated",
+            cfg.max_length
+        );
+    }
 }
 
 fn prepare(lm: &LoadedModel, records: &[Record], cfg: &TrainConfig) -> Result<Prepared> {
@@ -1013,12 +986,20 @@ pub fn remove_checkpoints(out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The step log of a run (an SFT run's lines, or the shared fields of any method's).
 pub fn read_log(path: &Path) -> Result<Vec<StepLog>> {
+    read_log_as(path)
+}
+
+/// The lines of a JSON-lines log; a last line cut by a kill is dropped (the steps after the
+/// checkpoint are redone).
+pub fn read_log_as<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
     if !path.exists() {
         return Ok(vec![]);
     }
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let n = text.lines().count();
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -1026,15 +1007,15 @@ pub fn read_log(path: &Path) -> Result<Vec<StepLog>> {
         }
         match serde_json::from_str(line) {
             Ok(l) => out.push(l),
-            // A line cut by a kill is dropped; the steps after the checkpoint are redone.
-            Err(_) if i + 1 == text.lines().count() => {}
+            Err(_) if i + 1 == n => {}
             Err(e) => bail!("{}: line {}: {e}", path.display(), i + 1),
         }
     }
     Ok(out)
 }
 
-fn rewrite_log(path: &Path, log: &[StepLog]) -> Result<()> {
+/// Replace a log with `log`'s lines, atomically.
+pub(crate) fn rewrite_log<T: Serialize>(path: &Path, log: &[T]) -> Result<()> {
     crate::util::fsx::atomic_write_with(path, |w| {
         for l in log {
             serde_json::to_writer(&mut *w, l)?;

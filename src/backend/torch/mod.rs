@@ -1,5 +1,6 @@
 //! The libtorch backend (`--features torch`): the model of `model::llama` on libtorch's
-//! kernels (cuBLAS, FlashAttention through sdpa, bf16) on a CUDA GPU or the CPU. Loading,
+//! kernels (cuBLAS, FlashAttention through sdpa, bf16) on a CUDA GPU or the CPU, with an
+//! optional LoRA adapter (then only the adapter trains and is saved, in PEFT's format). Loading,
 //! saving and checkpoints go through `model::checkpoint` (host f32 copies), so files, names
 //! and dtypes are the fused path's. libtorch errors (a C++ exception surfaces as a tch
 //! panic) become errors that say what was running, with advice on an out-of-memory.
@@ -8,12 +9,13 @@ pub mod bench;
 mod model;
 mod optim;
 
-pub use model::TorchWeights;
+pub use model::{TorchLora, TorchWeights};
 
 use super::{DeviceSpec, LanguageModel, Precision};
 use crate::model::generate::{pick, GenConfig};
 use crate::model::{LoadedModel, ModelConfig, TextTokenizer};
 use crate::train::batch::Batch;
+use crate::train::driver::Weigh;
 use crate::train::optim::AdamWConfig;
 use anyhow::{bail, Context, Result};
 use model::Decoder;
@@ -39,6 +41,8 @@ struct Core {
     precision: Precision,
     /// Recompute each block in the backward (`--grad-checkpoint`).
     grad_checkpoint: bool,
+    /// A LoRA adapter: then only its tensors train (the base is frozen).
+    lora: Option<TorchLora>,
 }
 
 /// The tch device for a spec, checked to exist.
@@ -104,28 +108,27 @@ impl TorchModel {
             // libtorch's own pool, as wide as elastica's.
             tch::set_num_threads(rayon::current_num_threads() as i32);
         }
-        let mut entries = Vec::new();
-        for (name, var) in lm.model.params.iter() {
-            let data = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-            let shape: Vec<i64> = var.dims().iter().map(|&d| d as i64).collect();
-            let t = guard(
-                "loading the weights",
-                || format!("the model has {} parameters", lm.model.cfg.num_params()),
-                || {
-                    Ok(Tensor::from_slice(&data)
-                        .view(shape.as_slice())
-                        .to_device(dev))
-                },
-            )?;
-            entries.push((name.clone(), t.set_requires_grad(true)));
-        }
+        let hint = || format!("the model has {} parameters", lm.model.cfg.num_params());
+        // With an adapter the base is frozen: no gradient, no AdamW state for it.
+        let adapter = lm.model.adapter();
+        let weights = to_device(&lm.model.params, dev, adapter.is_none(), hint)?;
+        let lora = match adapter {
+            Some(a) => Some(TorchLora {
+                weights: to_device(&a.params, dev, true, hint)?,
+                scale: a.scale(),
+                cfg: a.cfg.clone(),
+                base_model: a.base_model.clone(),
+            }),
+            None => None,
+        };
         Ok(TorchModel {
             core: Core {
                 cfg: lm.model.cfg.clone(),
-                weights: TorchWeights::new(entries),
+                weights,
                 device: dev,
                 precision,
                 grad_checkpoint: false,
+                lora,
             },
             tokenizer: lm.tokenizer,
             dir: lm.dir,
@@ -134,13 +137,86 @@ impl TorchModel {
     }
 }
 
+/// Host parameters as f32 tensors on `dev`, tracking gradients when `train`.
+fn to_device(
+    params: &crate::model::Params,
+    dev: Device,
+    train: bool,
+    hint: impl Fn() -> String,
+) -> Result<TorchWeights> {
+    let mut entries = Vec::new();
+    for (name, var) in params.iter() {
+        let data = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+        let shape: Vec<i64> = var.dims().iter().map(|&d| d as i64).collect();
+        let t = guard("loading the weights", &hint, || {
+            Ok(Tensor::from_slice(&data)
+                .view(shape.as_slice())
+                .to_device(dev))
+        })?;
+        entries.push((name.clone(), t.set_requires_grad(train)));
+    }
+    Ok(TorchWeights::new(entries))
+}
+
+/// `w` as host f32 `Params` (for saving through `model::checkpoint`).
+fn host_params(w: &TorchWeights) -> Result<crate::model::Params> {
+    let mut entries = Vec::new();
+    for (name, t) in w.names.iter().zip(&w.tensors) {
+        let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+        let c = candle_core::Tensor::from_vec(to_host(t)?, shape, &candle_core::Device::Cpu)?;
+        entries.push((name.clone(), candle_core::Var::from_tensor(&c)?));
+    }
+    Ok(crate::model::Params::new(entries))
+}
+
 impl Core {
+    /// Clip the accumulated gradients, refuse a non-finite norm (before the update, the
+    /// gradients cleared) and take the AdamW step; returns the norm before clipping.
+    fn clip_and_update(&self, adam: &mut TorchAdamW, clip: f64, lr: f64) -> Result<f64> {
+        let norm = TorchAdamW::clip(self.trainable(), clip);
+        if !norm.is_finite() {
+            self.zero_grads();
+            bail!(
+                "the gradient norm is {norm} (not finite); lower the learning rate or set --clip"
+            );
+        }
+        adam.update(self.trainable(), lr);
+        self.zero_grads();
+        Ok(norm)
+    }
+
+    /// What training updates: the adapter's tensors when there is one, else the weights.
+    fn trainable(&self) -> &TorchWeights {
+        match &self.lora {
+            Some(l) => &l.weights,
+            None => &self.weights,
+        }
+    }
+
+    /// Refuse what this backend cannot train: LoRA dropout (the fused path has it).
+    fn check_trainable(&self) -> Result<()> {
+        if let Some(l) = self.lora.as_ref().filter(|l| l.cfg.dropout > 0.0) {
+            bail!(
+                "LoRA dropout {} is not supported on the torch backend yet; train with \
+                 --lora-dropout 0, or on the fused CPU path (--backend fused)",
+                l.cfg.dropout
+            );
+        }
+        Ok(())
+    }
+
+    fn zero_grads(&self) {
+        for p in &self.trainable().tensors {
+            p.shallow_clone().zero_grad();
+        }
+    }
+
     fn decoder(&self) -> Decoder<'_> {
         let kind = match self.precision {
             Precision::F32 => Kind::Float,
             Precision::Bf16 => Kind::BFloat16,
         };
-        Decoder::new(&self.cfg, &self.weights, self.device, kind)
+        Decoder::new(&self.cfg, &self.weights, self.device, kind).with_lora(self.lora.as_ref())
     }
 
     fn oom_hint(&self, b: usize, t: usize) -> String {
@@ -172,15 +248,20 @@ impl Core {
         Ok((self.ids(&ids, b, t), targets, b, t))
     }
 
-    /// The f32 parameters as a host `Params` (for saving through `model::checkpoint`).
-    fn host_params(&self) -> Result<crate::model::Params> {
-        let mut entries = Vec::new();
-        for (name, t) in self.weights.names.iter().zip(&self.weights.tensors) {
-            let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
-            let c = candle_core::Tensor::from_vec(to_host(t)?, shape, &candle_core::Device::Cpu)?;
-            entries.push((name.clone(), candle_core::Var::from_tensor(&c)?));
+    /// Base and adapter f32 parameters, in that order: what `weights_sha256` fingerprints
+    /// (as `train::sft::weights_fingerprint` does on the fused path).
+    fn host_all(&self) -> Result<crate::model::Params> {
+        let mut all = host_params(&self.weights)?;
+        if let Some(l) = &self.lora {
+            let a = host_params(&l.weights)?;
+            all = crate::model::Params::new(
+                all.iter()
+                    .chain(a.iter())
+                    .map(|(n, v)| (n.clone(), v.clone()))
+                    .collect(),
+            );
         }
-        Ok(crate::model::Params::new(entries))
+        Ok(all)
     }
 }
 
@@ -346,6 +427,7 @@ impl LanguageModel for TorchModel {
         lr: f64,
         clip: f64,
     ) -> Result<(f64, f64)> {
+        self.core.check_trainable()?;
         let n_step: usize = micro.iter().map(|b| b.n_targets).sum();
         if n_step == 0 {
             return Ok((0.0, 0.0));
@@ -376,12 +458,70 @@ impl LanguageModel for TorchModel {
                     // Scaled in f32 and seeded with 1, as the fused path's autograd does.
                     (nll * scale).backward();
                 }
-                let norm = TorchAdamW::clip(&core.weights, clip);
-                adam.update(&core.weights, lr);
-                for p in &core.weights.tensors {
-                    p.shallow_clone().zero_grad();
+                if !nll_total.is_finite() {
+                    core.zero_grads();
+                    bail!(
+                        "the loss is {nll_total} (not finite); lower the learning rate or check \
+                         the weights and data"
+                    );
                 }
+                let norm = core.clip_and_update(adam, clip, lr)?;
                 Ok((nll_total, norm))
+            },
+        )
+    }
+    fn seq_nll(&self, batch: &Batch) -> Result<Vec<f64>> {
+        let (ids, targets, b, t) = self.core.batch_tensors(batch)?;
+        guard(
+            "a forward pass",
+            || self.core.oom_hint(b, t),
+            || tch::no_grad(|| seq_nll(&self.core.decoder().forward(&ids), &targets)),
+        )
+    }
+    fn weighted_step(
+        &mut self,
+        micro: &[Batch],
+        weigh: &mut Weigh<'_>,
+        opt: &AdamWConfig,
+        lr: f64,
+        clip: f64,
+    ) -> Result<f64> {
+        self.core.check_trainable()?;
+        if self.core.grad_checkpoint {
+            bail!("--grad-checkpoint applies to SFT steps only; the DPO step keeps every block's activations");
+        }
+        let (mb, mt) = micro.first().map_or(Ok((0, 0)), |b| b.ids.dims2())?;
+        let adam = self.opt.get_or_insert_with(|| TorchAdamW::new(*opt));
+        let core = &self.core;
+        guard(
+            "a training step",
+            || core.oom_hint(mb, mt),
+            || {
+                let dec = core.decoder();
+                for (m, b) in micro.iter().enumerate() {
+                    let (ids, targets, _, _) = core.batch_tensors(b)?;
+                    let per = per_seq_nll(&dec.forward(&ids), &targets);
+                    let host: Vec<f64> = Vec::<f64>::try_from(
+                        &per.detach().to_kind(Kind::Double).to_device(Device::Cpu),
+                    )?;
+                    let w = match weigh(m, &host) {
+                        Ok(w) => w,
+                        Err(e) => {
+                            core.zero_grads();
+                            return Err(e);
+                        }
+                    };
+                    anyhow::ensure!(
+                        w.len() == host.len(),
+                        "{} weights for {} sequences",
+                        w.len(),
+                        host.len()
+                    );
+                    let w = Tensor::from_slice(&w.iter().map(|&x| x as f32).collect::<Vec<_>>())
+                        .to_device(core.device);
+                    (per * w).sum(Kind::Float).backward();
+                }
+                core.clip_and_update(adam, clip, lr)
             },
         )
     }
@@ -390,7 +530,7 @@ impl LanguageModel for TorchModel {
         Ok(())
     }
     fn weights_sha256(&self) -> Result<String> {
-        crate::train::sft::params_fingerprint(&self.core.host_params()?)
+        crate::train::sft::params_fingerprint(&self.core.host_all()?)
     }
     fn adam_step(&self) -> u64 {
         self.opt.as_ref().map_or(0, |o| o.step)
@@ -413,16 +553,26 @@ impl LanguageModel for TorchModel {
         }
         Ok(out)
     }
+    /// A LoRA model saves its adapter (PEFT's format, f32), not the frozen base, as
+    /// `train::sft::save_trained` does.
     fn save(&self, out: &Path, dtype: Option<&str>) -> Result<()> {
+        if let Some(l) = &self.core.lora {
+            let adapter = crate::model::lora::Adapter {
+                cfg: l.cfg.clone(),
+                params: host_params(&l.weights)?,
+                base_model: l.base_model.clone(),
+            };
+            return adapter.save(out);
+        }
         let model = crate::model::Llama::new(
             self.core.cfg.clone(),
-            self.core.host_params()?,
+            host_params(&self.core.weights)?,
             &candle_core::Device::Cpu,
         )?;
         crate::model::checkpoint::save_model(&model, &self.dir, out, dtype)
     }
     fn save_train_state(&self, dir: &Path) -> Result<()> {
-        let params = self.core.host_params()?;
+        let params = host_params(self.core.trainable())?;
         crate::model::checkpoint::save_params(
             &params,
             candle_core::DType::F32,
@@ -430,14 +580,8 @@ impl LanguageModel for TorchModel {
         )?;
         let mut moments = Vec::new();
         if let Some(o) = &self.opt {
-            for ((name, p), (m, v)) in self
-                .core
-                .weights
-                .names
-                .iter()
-                .zip(&self.core.weights.tensors)
-                .zip(&o.moments)
-            {
+            let w = self.core.trainable();
+            for ((name, p), (m, v)) in w.names.iter().zip(&w.tensors).zip(&o.moments) {
                 let shape: Vec<usize> = p.size().iter().map(|&d| d as usize).collect();
                 let cpu = &candle_core::Device::Cpu;
                 moments.push((
@@ -471,13 +615,8 @@ impl LanguageModel for TorchModel {
         };
         let mut adam = TorchAdamW::new(*opt);
         adam.step = adam_step;
-        for (name, p) in self
-            .core
-            .weights
-            .names
-            .iter()
-            .zip(&self.core.weights.tensors)
-        {
+        let trainable = self.core.trainable();
+        for (name, p) in trainable.names.iter().zip(&trainable.tensors) {
             let w = weights
                 .get(name)
                 .with_context(|| format!("checkpoint {} lacks tensor \"{name}\"", dir.display()))?;
@@ -499,6 +638,24 @@ impl LanguageModel for TorchModel {
         self.opt = Some(adam);
         Ok(())
     }
+}
+
+/// Summed NLL of each sequence (b,) over its targets that are not -100, from f32 logits
+/// (b, t, vocab).
+fn per_seq_nll(logits: &Tensor, targets: &Tensor) -> Tensor {
+    let size = logits.size();
+    let (b, t, v) = (size[0], size[1], size[2]);
+    logits
+        .view([-1, v])
+        .cross_entropy_loss::<Tensor>(targets, None, tch::Reduction::None, -100, 0.0)
+        .view([b, t])
+        .sum_dim_intlist(&[1i64][..], false, Kind::Float)
+}
+
+/// [`per_seq_nll`] on the host, in f64.
+fn seq_nll(logits: &Tensor, targets: &Tensor) -> Result<Vec<f64>> {
+    let per = per_seq_nll(logits, targets).to_kind(Kind::Double);
+    Ok(Vec::<f64>::try_from(&per.to_device(Device::Cpu))?)
 }
 
 /// Summed NLL over targets that are not -100, from f32 logits (b, t, vocab).

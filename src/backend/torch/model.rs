@@ -52,9 +52,22 @@ pub struct Cache {
     cap: i64,
 }
 
+/// A LoRA adapter on libtorch: A (r, in) and B (out, r) per adapted projection, named as
+/// `model::lora` names them (`{module}.lora_A.weight`), and the output scale.
+pub struct TorchLora {
+    pub weights: TorchWeights,
+    pub scale: f64,
+    /// rank, alpha, dropout, targets: what the saved adapter's config records.
+    pub cfg: crate::model::lora::LoraConfig,
+    /// PEFT's `base_model_name_or_path`.
+    pub base_model: String,
+}
+
 pub struct Decoder<'a> {
     pub cfg: &'a ModelConfig,
     pub w: &'a TorchWeights,
+    /// The adapter the projections add, if any (`model::llama::Linear`'s rule).
+    pub lora: Option<&'a TorchLora>,
     pub device: Device,
     /// Kind of matmuls and activations (Float or BFloat16).
     pub compute: Kind,
@@ -70,11 +83,18 @@ impl<'a> Decoder<'a> {
         Decoder {
             cfg,
             w,
+            lora: None,
             device,
             compute,
             inv_freq: Tensor::from_slice(&inv).to_device(device),
             cast: None,
         }
+    }
+
+    /// The projections add `lora`'s low-rank term.
+    pub fn with_lora(mut self, lora: Option<&'a TorchLora>) -> Self {
+        self.lora = lora;
+        self
     }
 
     /// Cast every weight to the compute kind now, once (no-grad use only).
@@ -106,10 +126,26 @@ impl<'a> Decoder<'a> {
         }
     }
 
+    /// x W^T + b, plus s * (x A^T) B^T where the adapter covers `name` (no dropout).
     fn linear(&self, x: &Tensor, name: &str) -> Tensor {
         let b = format!("{name}.bias");
         let bias = self.w.get(&b).map(|_| self.p(&b));
-        x.linear(&self.p(&format!("{name}.weight")), bias.as_ref())
+        let y = x.linear(&self.p(&format!("{name}.weight")), bias.as_ref());
+        let Some(lora) = self.lora else {
+            return y;
+        };
+        let (na, nb) = crate::model::lora::lora_names(name);
+        match (lora.weights.get(&na), lora.weights.get(&nb)) {
+            (Some(a), Some(b)) => {
+                let cast = |t: &Tensor| match self.compute {
+                    Kind::Float => t.shallow_clone(),
+                    k => t.to_kind(k),
+                };
+                let low = x.linear::<Tensor>(&cast(a), None);
+                y + low.linear::<Tensor>(&cast(b), None) * lora.scale
+            }
+            _ => y,
+        }
     }
 
     /// RMSNorm in f32, as transformers: Llama multiplies w by the normed x in the input's

@@ -31,7 +31,7 @@ use super::memory;
 use crate::data::prefs::PrefRecord;
 use crate::data::records::{read_jsonl, Record};
 use crate::data::template::Template;
-use crate::experiments::device;
+use crate::experiments::device::{self, StageExamples};
 use crate::experiments::evaluate::{evaluate, EvalSummary, References};
 use crate::experiments::weight_space::{self, WeightSpace, Weights};
 use crate::grid::cell::Kinds;
@@ -461,21 +461,17 @@ fn train_stage_of(
     let mut board = log_dir
         .map(|d| TrainBoard::create(Path::new(d)))
         .transpose()?;
-    let mut hook = |_: &LoadedModel, log: &crate::train::sft::StepLog| -> Result<()> {
+    let mut hook = |log: &crate::train::sft::StepLog| -> Result<()> {
         if let Some(b) = board.as_mut() {
             b.step(log.step as u64, log.loss, log.lr, log.grad_norm, log.tokens)?;
         }
         ctx.fault_point(&format!("train-step-{}", log.step))
     };
-    let s = match data {
-        StageData::Records(r) => {
-            device::train_sft(&ctx.device, lm, r, cfg, &out, Some(&mut hook), ctx.progress)?
-        }
-        StageData::Pairs(p) => {
-            device::refuse_on_backend(&ctx.device, cfg, &lm)?;
-            crate::train::dpo::train(&lm, p, cfg, &out, true, Some(&mut hook), ctx.progress)?.train
-        }
+    let examples = match data {
+        StageData::Records(r) => StageExamples::Records(r),
+        StageData::Pairs(p) => StageExamples::Pairs(p),
     };
+    let s = device::train_stage(&ctx.device, lm, examples, cfg, &out, &mut hook, ctx.progress)?;
     let outcome = TrainOutcome {
         steps: s.steps,
         records: s.records,

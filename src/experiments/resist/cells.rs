@@ -23,6 +23,7 @@ use crate::data::template::Template;
 use crate::experiments::evaluate::{generate_responses, Generation};
 use crate::experiments::kl::{by_position, pooled_mean, sequence_kl, Continuation, PositionKl};
 use crate::experiments::weight_space::{self, WeightSpace};
+use crate::experiments::device::{self, StageExamples};
 use crate::grid::cell::Kinds;
 use crate::grid::cell::{CellContext, CellKind};
 use crate::model::adapted;
@@ -212,23 +213,17 @@ fn fine_tune(
     let mut board = log_dir
         .map(|d| crate::report::tensorboard::TrainBoard::create(Path::new(d)))
         .transpose()?;
-    let mut hook = |_: &crate::model::LoadedModel, s: &crate::train::sft::StepLog| {
+    let mut hook = |s: &crate::train::sft::StepLog| {
         if let Some(b) = board.as_mut() {
             b.step(s.step as u64, s.loss, s.lr, s.grad_norm, s.tokens)?;
         }
         ctx.fault_point(&format!("train-step-{}", s.step))
     };
-    let device = &ctx.device;
-    match data {
-        Examples::Records(r) => {
-            crate::experiments::device::train_sft(device, lm, r, t, out, Some(&mut hook), ctx.progress)
-        }
-        Examples::Pairs(p) => {
-            crate::experiments::device::refuse_on_backend(device, t, &lm)?;
-            crate::train::dpo::train(&lm, p, t, out, true, Some(&mut hook), ctx.progress)
-                .map(|s| s.train)
-        }
-    }
+    let examples = match data {
+        Examples::Records(r) => StageExamples::Records(r),
+        Examples::Pairs(p) => StageExamples::Pairs(p),
+    };
+    device::train_stage(&ctx.device, lm, examples, t, out, &mut hook, ctx.progress)
     .with_context(|| format!("fine-tuning {} into {}", start.display(), out.display()))
 }
 

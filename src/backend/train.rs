@@ -1,0 +1,131 @@
+//! The training loop (`train::driver`) on any [`LanguageModel`]: SFT and DPO with the
+//! schedule, data order, log (`train_log.jsonl`), atomic checkpoints and exact resume that
+//! the fused path has, the steps left to the backend. `elastica train` runs the fused
+//! path's own entry points (`train::sft::train`, `train::dpo::train`: their hooks see the
+//! candle model) on the default CPU backend and these on any other; both resolve a run the
+//! same way, so a resume with other settings, data or starting weights is refused here
+//! exactly as there, and a finished run is not redone.
+
+use super::LanguageModel;
+use crate::data::prefs::PrefRecord;
+use crate::data::records::Record;
+use crate::train::batch::Batch;
+use crate::train::driver::{drive, Run, Trainee, Weigh};
+use crate::train::optim::AdamWConfig;
+use crate::train::sft::{
+    prepare_run, summarize, write_checkpoint_with, RunSettings, SftStep, TrainSummary,
+};
+use crate::train::TrainConfig;
+use anyhow::{Context, Result};
+use std::path::Path;
+
+/// Fine-tune `model` on `records` into `run.out` (final model, `train_log.jsonl`,
+/// checkpoints every `save_every` steps); with `run.resume`, continue from the newest
+/// complete checkpoint (refused when it was written with other settings, data or starting
+/// weights). A finished run with the same settings is not redone: its summary is returned
+/// and `model` keeps the weights it was given (the trained ones are in `out`).
+pub fn train(
+    model: &mut dyn LanguageModel,
+    records: &[Record],
+    cfg: &TrainConfig,
+    run: Run<'_>,
+) -> Result<TrainSummary> {
+    // Settings first: fingerprinting the weights is a pass over all of them.
+    cfg.validate()?;
+    let p = prepare_run(
+        model.tokenizer(),
+        &model.config().torch_dtype,
+        "the model's config.json",
+        model.weights_sha256()?,
+        records,
+        cfg,
+    )?;
+    p.warn_truncated("records");
+    let mut method = SftStep {
+        examples: &p.examples,
+        cfg,
+    };
+    let o = drive(&mut OnBackend(model), &mut method, &p.plan(), run)?;
+    Ok(summarize(
+        p.total,
+        p.examples.len(),
+        p.truncated,
+        o.resumed_from,
+        o.log,
+    ))
+}
+
+/// Train `model` with DPO on `pairs` into `run.out`, as `train::dpo::train` does on the
+/// fused path (the reference log-probs cached in the run, resume, refusals).
+pub fn train_dpo(
+    model: &mut dyn LanguageModel,
+    pairs: &[PrefRecord],
+    cfg: &TrainConfig,
+    run: Run<'_>,
+) -> Result<crate::train::dpo::DpoSummary> {
+    cfg.validate()?;
+    let p = crate::train::dpo::prepare_pairs(
+        model.tokenizer(),
+        &model.config().torch_dtype,
+        model.weights_sha256()?,
+        pairs,
+        cfg,
+    )?;
+    let mut method = crate::train::dpo::DpoStep::new(&p);
+    let o = drive(&mut OnBackend(model), &mut method, &p.plan(), run)?;
+    Ok(method.summary(o))
+}
+
+/// Any backend as the loop's [`Trainee`].
+pub struct OnBackend<'a>(pub &'a mut dyn LanguageModel);
+
+impl Trainee for OnBackend<'_> {
+    fn pad_id(&self) -> u32 {
+        self.0.tokenizer().pad_id()
+    }
+    fn sft_step(
+        &mut self,
+        micro: &[Batch],
+        opt: &AdamWConfig,
+        lr: f64,
+        clip: f64,
+    ) -> Result<(f64, f64)> {
+        self.0.sft_step(micro, opt, lr, clip)
+    }
+    fn seq_nll(&mut self, batch: &Batch) -> Result<Vec<f64>> {
+        self.0.seq_nll(batch)
+    }
+    fn weighted_step(
+        &mut self,
+        micro: &[Batch],
+        weigh: &mut Weigh<'_>,
+        opt: &AdamWConfig,
+        lr: f64,
+        clip: f64,
+    ) -> Result<f64> {
+        self.0.weighted_step(micro, weigh, opt, lr, clip)
+    }
+    fn restore(&mut self, dir: &Path, step: usize, opt: &AdamWConfig) -> Result<()> {
+        let p = dir.join("trainer_state.json");
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        let state: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", p.display()))?;
+        let adam_step = state["adam_step"].as_u64().unwrap_or(step as u64);
+        self.0.load_train_state(dir, opt, adam_step)
+    }
+    /// `checkpoints/step-N` in the layout `train::sft` writes and reads.
+    fn checkpoint(&self, out: &Path, step: usize, settings: &RunSettings) -> Result<()> {
+        let state = serde_json::json!({
+            "step": step, "adam_step": self.0.adam_step(), "settings": settings,
+        });
+        write_checkpoint_with(out, step, &state, |dir| self.0.save_train_state(dir))
+    }
+    fn save_final(&self, out: &Path, save_dtype: &str) -> Result<()> {
+        self.0.save(out, Some(save_dtype))
+    }
+    /// The model keeps the weights it was given: the finished run's are in `out`.
+    fn load_final(&mut self, _out: &Path) -> Result<()> {
+        Ok(())
+    }
+}
