@@ -922,7 +922,7 @@ fn dpo_vs_sft(
             },
         )?;
         let m = ms.first().context("no measurement")?;
-        let torch_key = if is_dpo { "dpo" } else { "sft2" };
+        let torch_key = if is_dpo { "dpo" } else { "sft_same" };
         let torch_tok_s = torch_best(
             torch,
             &[
