@@ -77,6 +77,16 @@ def model(cfg: LlamaConfig, attn: str, seed: int) -> LlamaForCausalLM:
     return LlamaForCausalLM._from_config(cfg, attn_implementation=attn, dtype=torch.float32)
 
 
+def timed(step, steps: int, warmup: int) -> float:
+    """Seconds of `steps` calls of `step` after `warmup` untimed ones."""
+    for _ in range(warmup):
+        step()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return time.perf_counter() - t
+
+
 def bench_train(cfg, attn, ids, steps, warmup, seed) -> float:
     m = model(cfg, attn, seed)
     m.train()
@@ -88,12 +98,7 @@ def bench_train(cfg, attn, ids, steps, warmup, seed) -> float:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for _ in range(warmup):
-        step()
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return ids.numel() * steps / (time.perf_counter() - t)
+    return ids.numel() * steps / timed(step, steps, warmup)
 
 
 def bench_forward(cfg, attn, ids, steps, warmup, seed) -> float:
@@ -156,12 +161,7 @@ def bench_dpo(cfg, attn, pairs, steps, warmup, seed, beta=0.1) -> tuple[float, f
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        for _ in range(warmup):
-            step()
-        t = time.perf_counter()
-        for _ in range(steps):
-            step()
-        out.append(pairs.numel() * steps / (time.perf_counter() - t))
+        out.append(pairs.numel() * steps / timed(step, steps, warmup))
     return out[0], out[1]
 
 

@@ -2,32 +2,31 @@
 //! skipped with a message (not killed by the out-of-memory killer), and the MFU column says
 //! which peak it divides by, with a warning when a ratio exceeds 1.
 
-use std::process::Command;
+mod common;
+
+/// `elastica bench WHAT` on a one-layer model, one step of one round on one thread, then
+/// `extra`.
+fn tiny(what: &str, extra: &[&str]) -> (bool, String, String) {
+    let mut args = vec![
+        "bench", what, "--layers", "1", "--hidden", "32", "--heads", "2",
+    ];
+    args.extend(["--ff", "64", "--vocab", "64", "--seq", "8", "--batch", "2"]);
+    args.extend([
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--rounds",
+        "1",
+        "--threads",
+        "1",
+    ]);
+    args.extend_from_slice(extra);
+    common::elastica(&args)
+}
 
 fn bench(extra: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_elastica"))
-        .args([
-            "bench", "train", "--layers", "1", "--hidden", "32", "--heads", "2",
-        ])
-        .args(["--ff", "64", "--vocab", "64", "--seq", "8", "--batch", "2"])
-        .args([
-            "--steps",
-            "1",
-            "--warmup",
-            "0",
-            "--rounds",
-            "1",
-            "--threads",
-            "1",
-        ])
-        .args(extra)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    tiny("train", extra)
 }
 
 #[test]
@@ -74,37 +73,12 @@ fn bench_dpo_times_a_dpo_step_against_sft_on_the_same_sequences() {
     // The PyTorch side's JSON line (scripts/bench_torch.py --only dpo), for the ratio column.
     std::fs::write(
         &torch,
-        r#"{"dpo_tok_s_eager": 1e-9, "dpo_tok_s_sdpa": 2e-9}"#,
+        r#"{"dpo_tok_s_eager": 1e-9, "dpo_tok_s_sdpa": 2e-9, "sft_same_tok_s_eager": 3e-9}"#,
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_elastica"))
-        .args([
-            "bench", "dpo", "--layers", "1", "--hidden", "32", "--heads", "2",
-        ])
-        .args(["--ff", "64", "--vocab", "64", "--seq", "8", "--batch", "2"])
-        .args([
-            "--steps",
-            "2",
-            "--warmup",
-            "0",
-            "--rounds",
-            "1",
-            "--threads",
-            "1",
-        ])
-        .args([
-            "--json",
-            json.to_str().unwrap(),
-            "--torch",
-            torch.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let (json_s, torch_s) = (json.to_str().unwrap(), torch.to_str().unwrap());
+    let (ok, stdout, stderr) = tiny("dpo", &["--json", json_s, "--torch", torch_s]);
+    assert!(ok, "{stdout}\n{stderr}");
     assert!(stdout.contains("2 pairs (4 sequences)"), "{stdout}");
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
@@ -115,9 +89,9 @@ fn bench_dpo_times_a_dpo_step_against_sft_on_the_same_sequences() {
         assert!(r["tok_s"].as_f64().unwrap() > 0.0, "{r}");
         assert!(r["cpu_s_per_step"].as_f64().unwrap() >= 0.0, "{r}");
     }
-    // The best of the PyTorch figures feeds the DPO row; the SFT row has none here.
+    // The best of PyTorch's figures under the keys bench_torch.py --only dpo writes.
     assert_eq!(rows[0]["torch_tok_s"].as_f64(), Some(2e-9));
-    assert!(rows[1]["torch_tok_s"].is_null());
+    assert_eq!(rows[1]["torch_tok_s"].as_f64(), Some(3e-9));
     assert!(!stdout.contains("| DPO | 0 |"), "{stdout}");
     // The reference is the starting policy (cached before the first step), so that step's
     // loss is -log sigmoid(0) = ln 2: the reference log-probs line up with the pairs.

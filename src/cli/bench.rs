@@ -317,6 +317,13 @@ fn read_torch(path: Option<&std::path::Path>) -> Result<Option<serde_json::Value
     Ok(Some(v))
 }
 
+/// The best of PyTorch's figures under `keys` (e.g. its eager and sdpa runs), if any.
+fn torch_best(torch: Option<&serde_json::Value>, keys: &[&str]) -> Option<f64> {
+    keys.iter()
+        .filter_map(|k| torch?.get(*k)?.as_f64())
+        .reduce(f64::max)
+}
+
 /// The first three fields of /proc/loadavg ("" where unavailable): how loaded the machine
 /// was, printed beside the figures it disturbs.
 fn load_average() -> String {
@@ -339,6 +346,12 @@ fn random_batch(a: &BenchArgs, rows: usize, rng: &mut impl Rng) -> Result<Batch>
         n_targets: tokens,
         n_tokens: tokens,
     })
+}
+
+/// One SFT training step (forward, backward, clipping at 1, AdamW) on a fresh random batch.
+fn sft_step(a: &BenchArgs, model: &Llama, opt: &mut AdamW, rng: &mut impl Rng) -> Result<()> {
+    optimizer_step(model, &[random_batch(a, a.batch, rng)?], opt, 1e-4, 1.0)?;
+    Ok(())
 }
 
 /// The AdamW every timed step uses (PyTorch's side uses the same betas and eps).
@@ -366,10 +379,7 @@ struct Session<'a> {
 impl Session<'_> {
     /// The best PyTorch figure under `keys` (e.g. its eager and sdpa runs), if given.
     fn torch(&self, keys: &[&str]) -> Option<f64> {
-        let t = self.torch.as_ref()?;
-        keys.iter()
-            .filter_map(|k| t.get(*k)?.as_f64())
-            .reduce(f64::max)
+        torch_best(self.torch.as_ref(), keys)
     }
 
     /// Model FLOPs utilisation of a training step at `tok_s` over `peak` GFLOP/s. Training
@@ -452,16 +462,21 @@ pub fn run(a: BenchArgs) -> Result<()> {
 }
 
 /// The training table's rows: one per optimisation (`--table`), else one row with the
-/// kernels switched on now (ELASTICA_KERNELS, default all).
+/// kernels switched on now.
 fn train_rows(a: &BenchArgs) -> Vec<(String, Vec<Kernel>)> {
     if a.table {
         return kernel_steps();
     }
-    let on: Vec<Kernel> = Kernel::ALL
+    let on = kernels_on();
+    vec![(format!("{} kernels on", on.len()), on)]
+}
+
+/// The kernels switched on now (ELASTICA_KERNELS, default all).
+fn kernels_on() -> Vec<Kernel> {
+    Kernel::ALL
         .into_iter()
         .filter(|&k| fused::enabled(k))
-        .collect();
-    vec![(format!("{} kernels on", on.len()), on)]
+        .collect()
 }
 
 /// The training table (forward + backward + AdamW per row). Its MFU divides by the best
@@ -493,16 +508,7 @@ fn train_table(s: &mut Session, mut peak: f64) -> Result<()> {
         a.warmup,
         a.steps,
         a.batch * a.seq,
-        |_| {
-            optimizer_step(
-                model,
-                &[random_batch(a, a.batch, rng)?],
-                &mut opt,
-                1e-4,
-                1.0,
-            )?;
-            Ok(())
-        },
+        |_| sft_step(a, model, &mut opt, rng),
     )?;
     if a.peak_gflops.is_none() && !configs.is_empty() {
         peak = peak.max(sgemm_peak(a)?);
@@ -790,10 +796,7 @@ fn lora_vs_full(a: &BenchArgs, cfg: &ModelConfig, params: crate::model::Params) 
     );
     println!("| step | tok/s | wall s/step | CPU s/step | peak RSS MB |");
     println!("|---|---|---|---|---|");
-    let all: Vec<Kernel> = Kernel::ALL
-        .into_iter()
-        .filter(|&k| fused::enabled(k))
-        .collect();
+    let all = kernels_on();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let mut rows = Vec::new();
     for (label, model) in [("LoRA", &lora), ("full", &full)] {
@@ -804,16 +807,7 @@ fn lora_vs_full(a: &BenchArgs, cfg: &ModelConfig, params: crate::model::Params) 
             a.warmup,
             a.steps,
             tok_per_step,
-            |_| {
-                optimizer_step(
-                    model,
-                    &[random_batch(a, a.batch, &mut rng)?],
-                    &mut opt,
-                    1e-4,
-                    1.0,
-                )?;
-                Ok(())
-            },
+            |_| sft_step(a, model, &mut opt, &mut rng),
         )?;
         let m = ms.first().context("no measurement")?;
         println!(
@@ -901,15 +895,7 @@ fn dpo_vs_sft(
     );
     println!("| step | tok/s | wall s/step | CPU s/step | vs PyTorch | peak RSS MB |");
     println!("|---|---|---|---|---|---|");
-    let all: Vec<Kernel> = Kernel::ALL
-        .into_iter()
-        .filter(|&k| fused::enabled(k))
-        .collect();
-    let torch_best = |keys: &[&str]| {
-        keys.iter()
-            .filter_map(|k| torch?.get(*k)?.as_f64())
-            .reduce(f64::max)
-    };
+    let all = kernels_on();
     let mut first_loss = None;
     let mut rows = Vec::new();
     for (label, is_dpo) in [("DPO", true), ("SFT, same sequences", false)] {
@@ -936,11 +922,14 @@ fn dpo_vs_sft(
             },
         )?;
         let m = ms.first().context("no measurement")?;
-        let torch_key = if is_dpo { "dpo" } else { "sft2" };
-        let torch_tok_s = torch_best(&[
-            &format!("{torch_key}_tok_s_eager"),
-            &format!("{torch_key}_tok_s_sdpa"),
-        ]);
+        let torch_key = if is_dpo { "dpo" } else { "sft_same" };
+        let torch_tok_s = torch_best(
+            torch,
+            &[
+                &format!("{torch_key}_tok_s_eager"),
+                &format!("{torch_key}_tok_s_sdpa"),
+            ],
+        );
         println!(
             "| {label} | {:.0} | {:.3} | {:.3} | {} | {:.0} |",
             m.tok_s,
