@@ -19,7 +19,7 @@ use crate::data::prefs::PrefRecord;
 use crate::train::driver::{AfterStep, Run};
 use crate::train::sft::{StepLog, TrainSummary};
 use crate::train::{train, TrainConfig, TrainRun};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::ValueEnum;
 use std::path::Path;
 

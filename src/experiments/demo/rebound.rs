@@ -436,7 +436,13 @@ pub(super) fn aligned(
                 },
                 ..tc
             };
-            crate::train::dpo::train(&lm, &pairs, &tc, &out, false, None, false)?;
+            let run = TrainRun {
+                out: &out,
+                resume: false,
+                hook: None,
+                progress: false,
+            };
+            crate::train::dpo::train(&lm, &pairs, &tc, run)?;
             pairs
                 .iter()
                 .map(|p| Record::Pair {
