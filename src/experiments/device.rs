@@ -10,12 +10,12 @@
 //! CPU path in both cases.
 
 use crate::backend::{self, BackendChoice, BackendKind, DeviceSpec, Precision};
+use crate::data::prefs::PrefRecord;
 use crate::data::records::Record;
 use crate::grid::config::ExecutorSpec;
 use crate::grid::device::CellDevice;
 use crate::grid::slurm::SlurmConfig;
 use crate::model::LoadedModel;
-use crate::data::prefs::PrefRecord;
 use crate::train::driver::{AfterStep, Run};
 use crate::train::sft::{StepLog, TrainSummary};
 use crate::train::{train, TrainConfig, TrainRun};

@@ -19,10 +19,10 @@
 //! resumed run reads them instead of recomputing. Rewards are beta x (log pi - log pi_ref).
 
 use super::batch::{collate, loss_tokens, tokenize, Batch, Example};
-use super::driver::{adamw_config, Method, Outcome, Plan, Trainee, Weigh};
-use super::loss::nll_sum;
+use super::driver::{adamw_config, Method, Outcome, Plan, Trainee};
+pub use super::fused::{autograd_weighted_grads, weighted_grads};
+pub(crate) use super::fused::{seq_nll, weighted_optimizer_step};
 use super::objective::{DpoConfig, DpoLoss, Method as Objective};
-use super::optim::{AdamW, Grads};
 use super::sft::{
     data_fingerprint, resume_point_of, summarize, weights_fingerprint, ResumePoint, RunSettings,
     StepLog, TrainConfig, TrainRun, TrainSummary,
@@ -30,10 +30,8 @@ use super::sft::{
 use crate::data::prefs::PrefRecord;
 use crate::data::records::Record;
 use crate::model::checkpoint::dtype_from_name;
-use crate::model::lora::LoraDropout;
-use crate::model::{Llama, LoadedModel, TextTokenizer};
+use crate::model::{LoadedModel, TextTokenizer};
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -256,17 +254,6 @@ fn pair_batch(p: &PairPlan, idx: &[usize], pad: u32) -> Result<Batch> {
     collate(&seqs, pad, &candle_core::Device::Cpu)
 }
 
-/// Summed NLL of each sequence of `b`, without a gradient (the fused path).
-pub(crate) fn seq_nll(model: &Llama, b: &Batch) -> Result<Vec<f64>> {
-    let logits = crate::train::backprop::scoring_logits(model, &b.ids)?;
-    (0..b.ids.dim(0)?)
-        .map(|s| {
-            let nll = nll_sum(&logits.narrow(0, s, 1)?, &b.targets.narrow(0, s, 1)?)?;
-            Ok(nll.to_dtype(DType::F64)?.to_scalar::<f64>()?)
-        })
-        .collect()
-}
-
 /// The reference log-probs: read from `out`'s cache when it was written for this start and
 /// data, else computed with `model` (which must still hold the starting weights) and cached.
 fn reference(
@@ -323,91 +310,6 @@ fn reference(
     Ok((r, false))
 }
 
-/// The per-sequence NLLs of `b` and the gradient of sum_s w_s NLL_s (w from `weigh`): the
-/// hand-written backward where it applies, else autograd on `Llama::forward_train`; with
-/// the LoRA dropout `drop` of a training step if given.
-pub fn weighted_grads(
-    model: &Llama,
-    b: &Batch,
-    drop: Option<&LoraDropout>,
-    weigh: &mut dyn FnMut(&[f64]) -> Result<Vec<f64>>,
-) -> Result<(Vec<f64>, Grads)> {
-    if crate::train::backprop::usable(model) {
-        return crate::train::backprop::seq_nll_and_weighted_grads(
-            model, &b.ids, &b.targets, drop, weigh,
-        );
-    }
-    autograd_weighted_grads(model, &b.ids, &b.targets, drop, weigh)
-}
-
-/// [`weighted_grads`] through candle's autograd.
-pub fn autograd_weighted_grads(
-    model: &Llama,
-    ids: &Tensor,
-    targets: &Tensor,
-    drop: Option<&LoraDropout>,
-    weigh: &mut dyn FnMut(&[f64]) -> Result<Vec<f64>>,
-) -> Result<(Vec<f64>, Grads)> {
-    let logits = model.forward_train(ids, drop)?;
-    let per: Vec<Tensor> = (0..ids.dim(0)?)
-        .map(|s| nll_sum(&logits.narrow(0, s, 1)?, &targets.narrow(0, s, 1)?))
-        .collect::<Result<_>>()?;
-    let vals: Vec<f64> = per
-        .iter()
-        .map(|x| Ok(x.to_dtype(DType::F64)?.to_scalar::<f64>()?))
-        .collect::<Result<_>>()?;
-    let w = weigh(&vals)?;
-    anyhow::ensure!(
-        w.len() == per.len(),
-        "{} weights for {} sequences",
-        w.len(),
-        per.len()
-    );
-    let mut total: Option<Tensor> = None;
-    for (x, &w) in per.iter().zip(&w) {
-        let term = (x * w)?;
-        total = Some(match total {
-            Some(t) => (t + term)?,
-            None => term,
-        });
-    }
-    let total = total.context("an empty batch")?;
-    let store = total.backward()?;
-    Ok((vals, Grads::from_store(model.trainable(), &store)?))
-}
-
-/// One optimizer step on the fused path over `micro`: per micro-batch one forward and one
-/// weighted backward (weights from `weigh`), accumulated; then clip and AdamW. Returns the
-/// gradient norm before clipping; a non-finite one is refused before the update.
-pub(crate) fn weighted_optimizer_step(
-    model: &Llama,
-    micro: &[Batch],
-    weigh: &mut Weigh<'_>,
-    opt: &mut AdamW,
-    lr: f64,
-    clip: f64,
-) -> Result<f64> {
-    let mut grads: Option<Grads> = None;
-    for (m, b) in micro.iter().enumerate() {
-        // LoRA dropout masks keyed by the update count, which a resumed run restores.
-        let drop = model.lora_dropout(opt.step, m as u64);
-        let (_, g) = weighted_grads(model, b, drop.as_ref(), &mut |nll| weigh(m, nll))?;
-        match grads.as_mut() {
-            Some(acc) => acc.add(g),
-            None => grads = Some(g),
-        }
-    }
-    let mut g = grads.context("a step without sequences")?;
-    let grad_norm = g.clip(clip);
-    if !grad_norm.is_finite() {
-        bail!(
-            "the gradient norm is {grad_norm} (not finite); lower the learning rate or set --clip"
-        );
-    }
-    opt.update(model.trainable(), &g, lr)?;
-    Ok(grad_norm)
-}
-
 /// Train `lm` with DPO on `pairs`, writing `train_log.jsonl` (one [`DpoStepLog`] a step),
 /// [`REFERENCE_FILE`], checkpoints and the final model into `run.out`, exactly as
 /// `sft::train` does for SFT (resume, refusals, finished runs, the hook included).
@@ -420,7 +322,7 @@ pub fn train(
 ) -> Result<DpoSummary> {
     let p = prepare(lm, pairs, cfg)?;
     let mut method = DpoStep::new(&p);
-    let o = super::sft::drive_fused(lm, &mut method, &p.plan(), run)?;
+    let o = super::fused::drive_fused(lm, &mut method, &p.plan(), run)?;
     Ok(method.summary(o))
 }
 
@@ -501,7 +403,9 @@ impl Method for DpoStep<'_> {
         let tokens = micro.iter().map(|b| b.n_targets).sum();
         let mut terms: Vec<PairTerms> = Vec::with_capacity(idx.len());
         let mut weigh = |m: usize, nll: &[f64]| -> Result<Vec<f64>> {
-            let pair_refs = chunks[m].iter().map(|&i| (refs.chosen[i], refs.rejected[i]));
+            let pair_refs = chunks[m]
+                .iter()
+                .map(|&i| (refs.chosen[i], refs.rejected[i]));
             let (w, t) = pair_weights(&cfg.dpo, nll, pair_refs, n);
             // Refused before the update, as SFT refuses a non-finite loss.
             if let Some(bad) = t.iter().find(|t| !t.loss.is_finite()) {
@@ -542,8 +446,10 @@ pub use super::sft::read_log_as as read_log;
 mod tests {
     use super::*;
     use crate::model::init::init_params;
+    use crate::model::Llama;
     use crate::model::ModelConfig;
     use candle_core::Device;
+    use candle_core::Tensor;
 
     fn tiny(family: &str, tied: bool) -> Llama {
         let cfg = ModelConfig::from_json_str(&format!(

@@ -9,14 +9,12 @@
 //! bit-identically on every backend.
 
 use super::batch::Batch;
-use super::optim::{AdamW, AdamWConfig};
-use super::schedule::{lr_at, warmup_steps};
-use super::sft::{
-    append_log, load_final, read_log_as, remove_checkpoints, restore, resume_point_of, rewrite_log,
-    save_trained, step_indices, sync_file, write_checkpoint, ResumePoint, RunSettings, StepLog,
-    FINISHED_SETTINGS,
+use super::optim::AdamWConfig;
+use super::run_dir::{
+    append_log, read_log_as, remove_checkpoints, resume_point_of, rewrite_log, step_indices,
+    sync_file, ResumePoint, RunSettings, StepLog, FINISHED_SETTINGS,
 };
-use crate::model::LoadedModel;
+use super::schedule::{lr_at, warmup_steps};
 use anyhow::{bail, Context, Result};
 use serde::{de::DeserializeOwned, Serialize};
 use std::path::Path;
@@ -112,7 +110,7 @@ pub struct Outcome<L> {
 }
 
 /// The AdamW settings of a run.
-pub fn adamw_config(cfg: &super::TrainConfig) -> AdamWConfig {
+pub fn adamw_config(cfg: &super::config::TrainConfig) -> AdamWConfig {
     AdamWConfig {
         beta1: cfg.beta1,
         beta2: cfg.beta2,
@@ -265,65 +263,5 @@ impl Progress {
         if let Some(lines) = self.lines.as_mut() {
             lines.finish();
         }
-    }
-}
-
-/// The fused CPU path as a [`Trainee`]: a loaded model (trained in place through its
-/// variables) and its AdamW state.
-pub struct Fused<'a> {
-    pub lm: &'a LoadedModel,
-    opt: Option<AdamW>,
-}
-
-impl<'a> Fused<'a> {
-    pub fn new(lm: &'a LoadedModel) -> Self {
-        Fused { lm, opt: None }
-    }
-}
-
-impl Trainee for Fused<'_> {
-    fn pad_id(&self) -> u32 {
-        self.lm.tokenizer.pad_id()
-    }
-    fn sft_step(
-        &mut self,
-        micro: &[Batch],
-        opt: &AdamWConfig,
-        lr: f64,
-        clip: f64,
-    ) -> Result<(f64, f64)> {
-        let adam = self.opt.get_or_insert_with(|| AdamW::new(*opt));
-        super::sft::optimizer_step(&self.lm.model, micro, adam, lr, clip)
-    }
-    fn seq_nll(&mut self, batch: &Batch) -> Result<Vec<f64>> {
-        super::dpo::seq_nll(&self.lm.model, batch)
-    }
-    fn weighted_step(
-        &mut self,
-        micro: &[Batch],
-        weigh: &mut Weigh<'_>,
-        opt: &AdamWConfig,
-        lr: f64,
-        clip: f64,
-    ) -> Result<f64> {
-        let adam = self.opt.get_or_insert_with(|| AdamW::new(*opt));
-        super::dpo::weighted_optimizer_step(&self.lm.model, micro, weigh, adam, lr, clip)
-    }
-    fn restore(&mut self, dir: &Path, step: usize, opt: &AdamWConfig) -> Result<()> {
-        let adam = self.opt.insert(AdamW::new(*opt));
-        restore(self.lm, adam, dir, step)
-    }
-    fn checkpoint(&self, out: &Path, step: usize, settings: &RunSettings) -> Result<()> {
-        let adam = self
-            .opt
-            .as_ref()
-            .context("a checkpoint before the first step")?;
-        write_checkpoint(self.lm, adam, out, step, settings)
-    }
-    fn save_final(&self, out: &Path, save_dtype: &str) -> Result<()> {
-        save_trained(self.lm, out, save_dtype)
-    }
-    fn load_final(&mut self, out: &Path) -> Result<()> {
-        load_final(self.lm, out)
     }
 }

@@ -4,13 +4,17 @@
 
 pub mod backprop;
 pub mod batch;
+pub mod config;
 pub mod dpo;
 pub mod driver;
 pub mod eval;
+pub mod fused;
 pub mod loss;
 pub mod objective;
 pub mod optim;
+pub mod run_dir;
 pub mod schedule;
 pub mod sft;
 
-pub use sft::{train, TrainConfig, TrainRun, TrainSummary};
+pub use config::TrainConfig;
+pub use sft::{train, TrainRun, TrainSummary};

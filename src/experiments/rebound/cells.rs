@@ -471,7 +471,15 @@ fn train_stage_of(
         StageData::Records(r) => StageExamples::Records(r),
         StageData::Pairs(p) => StageExamples::Pairs(p),
     };
-    let s = device::train_stage(&ctx.device, lm, examples, cfg, &out, &mut hook, ctx.progress)?;
+    let s = device::train_stage(
+        &ctx.device,
+        lm,
+        examples,
+        cfg,
+        &out,
+        &mut hook,
+        ctx.progress,
+    )?;
     let outcome = TrainOutcome {
         steps: s.steps,
         records: s.records,

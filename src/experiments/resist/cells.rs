@@ -20,10 +20,10 @@ use crate::data::prefs::PrefRecord;
 use crate::data::records::{read_jsonl, write_jsonl, Record};
 use crate::data::schemas::DataSpec;
 use crate::data::template::Template;
+use crate::experiments::device::{self, StageExamples};
 use crate::experiments::evaluate::{generate_responses, Generation};
 use crate::experiments::kl::{by_position, pooled_mean, sequence_kl, Continuation, PositionKl};
 use crate::experiments::weight_space::{self, WeightSpace};
-use crate::experiments::device::{self, StageExamples};
 use crate::grid::cell::Kinds;
 use crate::grid::cell::{CellContext, CellKind};
 use crate::model::adapted;
@@ -224,7 +224,7 @@ fn fine_tune(
         Examples::Pairs(p) => StageExamples::Pairs(p),
     };
     device::train_stage(&ctx.device, lm, examples, t, out, &mut hook, ctx.progress)
-    .with_context(|| format!("fine-tuning {} into {}", start.display(), out.display()))
+        .with_context(|| format!("fine-tuning {} into {}", start.display(), out.display()))
 }
 
 /// The resist grid's kinds of cell (see `experiments::registry`).
