@@ -118,6 +118,7 @@ impl TorchModel {
                 scale: a.scale(),
                 cfg: a.cfg.clone(),
                 base_model: a.base_model.clone(),
+                seed: a.seed,
             }),
             None => None,
         };
@@ -561,6 +562,7 @@ impl LanguageModel for TorchModel {
                 cfg: l.cfg.clone(),
                 params: host_params(&l.weights)?,
                 base_model: l.base_model.clone(),
+                seed: l.seed,
             };
             return adapter.save(out);
         }

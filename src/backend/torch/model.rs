@@ -61,6 +61,9 @@ pub struct TorchLora {
     pub cfg: crate::model::lora::LoraConfig,
     /// PEFT's `base_model_name_or_path`.
     pub base_model: String,
+    /// The run's seed, kept for the saved adapter as the fused path keeps it (dropout masks
+    /// are drawn from it there; the torch backend refuses dropout > 0 for now).
+    pub seed: u64,
 }
 
 pub struct Decoder<'a> {
