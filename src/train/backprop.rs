@@ -65,7 +65,7 @@ pub fn seq_nll_and_weighted_grads(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::init::init_params;
     use crate::model::ModelConfig;
@@ -73,7 +73,7 @@ mod tests {
     use candle_core::Device;
 
     /// A tiny model of `family` with grouped-query heads (4 query, 2 kv).
-    fn tiny(family: &str, tied: bool) -> Llama {
+    pub(crate) fn tiny(family: &str, tied: bool) -> Llama {
         let cfg = ModelConfig::from_json_str(&format!(
             r#"{{"model_type":"{family}","vocab_size":50,"hidden_size":32,"intermediate_size":40,
             "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,

@@ -445,23 +445,9 @@ pub use super::sft::read_log_as as read_log;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::init::init_params;
-    use crate::model::Llama;
-    use crate::model::ModelConfig;
+    use crate::train::backprop::tests::tiny;
     use candle_core::Device;
     use candle_core::Tensor;
-
-    fn tiny(family: &str, tied: bool) -> Llama {
-        let cfg = ModelConfig::from_json_str(&format!(
-            r#"{{"model_type":"{family}","vocab_size":50,"hidden_size":32,"intermediate_size":40,
-            "num_hidden_layers":2,"num_attention_heads":4,"num_key_value_heads":2,
-            "rms_norm_eps":1e-6,"max_position_embeddings":64,"tie_word_embeddings":{tied},
-            "initializer_range":0.2}}"#
-        ))
-        .unwrap();
-        let params = init_params(&cfg, 7, &Device::Cpu).unwrap();
-        Llama::new(cfg, params, &Device::Cpu).unwrap()
-    }
 
     #[test]
     fn fused_weighted_gradient_equals_autograd() {
