@@ -67,37 +67,12 @@ impl Executor for LocalExecutor {
         let started = std::time::Instant::now();
         let n = grid.len();
         let cells = &grid.manifest().cells;
-        let done: Vec<bool> = (0..n).map(|i| grid.is_done(i)).collect();
-        let already_done: Vec<String> = (0..n)
-            .filter(|&i| done[i])
-            .map(|i| cells[i].id.clone())
-            .collect();
-        // The scheduler sees the cells still to run; dependencies on finished cells are met.
-        let todo: Vec<usize> = (0..n).filter(|&i| !done[i]).collect();
-        let mut slot = vec![usize::MAX; n];
-        for (j, &i) in todo.iter().enumerate() {
-            slot[i] = j;
-        }
-        let all_deps = grid.manifest().dep_indices();
-        let deps: Vec<Vec<usize>> = todo
-            .iter()
-            .map(|&i| {
-                all_deps[i]
-                    .iter()
-                    .filter(|&&d| !done[d])
-                    .map(|&d| slot[d])
-                    .collect()
-            })
-            .collect();
-        let cost: Vec<u64> = todo
-            .iter()
-            .map(|&i| {
-                find(&self.kinds, &cells[i].kind)
-                    .ok()
-                    .and_then(|k| k.memory_bytes(grid, i))
-                    .unwrap_or(0)
-            })
-            .collect();
+        let Pending {
+            todo,
+            deps,
+            already_done,
+        } = Pending::of(grid);
+        let cost = self.memory_costs(grid, &todo);
         let budget = self
             .memory_budget
             .or_else(available_memory)
@@ -165,18 +140,7 @@ impl Executor for LocalExecutor {
                 }
             }
         })?;
-        // Cells behind a failed or skipped dependency never ran.
-        let mut skipped = Vec::new();
-        for (j, o) in outcomes.iter().enumerate() {
-            if let Outcome::NotRun { because } = o {
-                let (id, dep) = (&cells[todo[j]].id, &cells[todo[*because]].id);
-                eprintln!("[skipped] {id}: its dependency {dep} did not finish");
-                skipped.push(SkippedCell {
-                    id: id.clone(),
-                    because: dep.clone(),
-                });
-            }
-        }
+        let skipped = skipped_cells(grid, &todo, &outcomes);
         let report = GridReport {
             executor: self.name().to_string(),
             total: n,
@@ -190,6 +154,81 @@ impl Executor for LocalExecutor {
         report.write(grid)?;
         Ok(report)
     }
+}
+
+/// The cells still to run, in manifest order, as the scheduler sees them: `deps[j]` are the
+/// positions in `todo` of the unfinished dependencies of cell `todo[j]` (dependencies on
+/// finished cells are met).
+struct Pending {
+    todo: Vec<usize>,
+    deps: Vec<Vec<usize>>,
+    /// The ids of the cells finished before this run.
+    already_done: Vec<String>,
+}
+
+impl Pending {
+    fn of(grid: &Grid) -> Self {
+        let n = grid.len();
+        let cells = &grid.manifest().cells;
+        let done: Vec<bool> = (0..n).map(|i| grid.is_done(i)).collect();
+        let already_done = (0..n)
+            .filter(|&i| done[i])
+            .map(|i| cells[i].id.clone())
+            .collect();
+        let todo: Vec<usize> = (0..n).filter(|&i| !done[i]).collect();
+        let mut slot = vec![usize::MAX; n];
+        for (j, &i) in todo.iter().enumerate() {
+            slot[i] = j;
+        }
+        let all_deps = grid.manifest().dep_indices();
+        let deps = todo
+            .iter()
+            .map(|&i| {
+                all_deps[i]
+                    .iter()
+                    .filter(|&&d| !done[d])
+                    .map(|&d| slot[d])
+                    .collect()
+            })
+            .collect();
+        Pending {
+            todo,
+            deps,
+            already_done,
+        }
+    }
+}
+
+impl LocalExecutor {
+    /// Each pending cell's memory estimate in bytes (0 where its kind gives none).
+    fn memory_costs(&self, grid: &Grid, todo: &[usize]) -> Vec<u64> {
+        let cells = &grid.manifest().cells;
+        todo.iter()
+            .map(|&i| {
+                find(&self.kinds, &cells[i].kind)
+                    .ok()
+                    .and_then(|k| k.memory_bytes(grid, i))
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+}
+
+/// The cells that never ran because a dependency failed or was skipped, each reported.
+fn skipped_cells<T>(grid: &Grid, todo: &[usize], outcomes: &[Outcome<T>]) -> Vec<SkippedCell> {
+    let cells = &grid.manifest().cells;
+    let mut skipped = Vec::new();
+    for (j, o) in outcomes.iter().enumerate() {
+        if let Outcome::NotRun { because } = o {
+            let (id, dep) = (&cells[todo[j]].id, &cells[todo[*because]].id);
+            eprintln!("[skipped] {id}: its dependency {dep} did not finish");
+            skipped.push(SkippedCell {
+                id: id.clone(),
+                because: dep.clone(),
+            });
+        }
+    }
+    skipped
 }
 
 /// A list's lock; a panic elsewhere (caught per cell) cannot leave it half-written.
@@ -212,7 +251,7 @@ mod tests {
     use super::*;
     use crate::grid::cell::{run_cell, CellRun};
     use crate::grid::manifest::Manifest;
-    use crate::grid::registry::testing::{echo, TEST_KINDS};
+    use crate::grid::registry::testing::{echo, echo_reading, TEST_KINDS};
     use crate::grid::rundir::{CellStatus, ERROR_FILE, STATUS_FILE};
 
     fn grid(dir: &std::path::Path) -> Grid {
@@ -385,15 +424,10 @@ mod tests {
     #[test]
     fn run_cell_checks_index_dependencies_and_inputs() {
         let dir = tempfile::tempdir().unwrap();
-        let mut c = echo("x", &[], serde_json::json!({}));
-        c.inputs.insert(
-            "data".into(),
-            crate::grid::manifest::Input::path("missing.jsonl"),
-        );
         let cells = vec![
             echo("a", &[], serde_json::json!({"value": 1})),
             echo("b", &["a"], serde_json::json!({})),
-            c,
+            echo_reading("x", "missing.jsonl"),
         ];
         let g = Grid::plan(dir.path(), Manifest::new("test", cells).unwrap()).unwrap();
         let e = format!("{:#}", run_cell(&g, TEST_KINDS, 3, false).unwrap_err());

@@ -54,7 +54,7 @@ impl Registry {
 #[cfg(test)]
 pub mod testing {
     use super::super::cell::{CellContext, CellKind, Kinds};
-    use super::super::manifest::CellSpec;
+    use super::super::manifest::{CellSpec, Input};
     use anyhow::{bail, Result};
 
     pub static TEST_KINDS: &Kinds = &[&Echo];
@@ -68,6 +68,14 @@ pub mod testing {
             inputs: std::collections::BTreeMap::new(),
             params,
         }
+    }
+
+    /// A `test.echo` cell with no dependencies whose input `data` is the file `path` (which
+    /// the tests leave missing).
+    pub fn echo_reading(id: &str, path: &str) -> CellSpec {
+        let mut c = echo(id, &[], serde_json::json!({}));
+        c.inputs.insert("data".into(), Input::path(path));
+        c
     }
 
     /// Writes `out.txt` with its `value` param plus the values of its dependencies' outputs;

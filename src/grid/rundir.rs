@@ -265,7 +265,7 @@ impl Grid {
     /// One row per cell: index, id, kind, status, attempts, and the error if it failed.
     pub fn status_table(&self) -> Table {
         let mut t = Table::new(["index", "id", "kind", "status", "attempts", "detail"]);
-        for (i, c) in self.manifest.cells.iter().enumerate() {
+        for i in 0..self.len() {
             let st = self.status(i);
             let detail = match &st {
                 CellStatus::Failed(e) => e.clone(),
@@ -273,15 +273,25 @@ impl Grid {
                 _ => String::new(),
             };
             // Rows always have the header's width.
-            let _ = t.push_row([
-                i.to_string(),
-                c.id.clone(),
-                c.kind.clone(),
-                st.label().to_string(),
-                self.attempts(i).to_string(),
-                detail,
-            ]);
+            let _ = t.push_row(
+                self.status_columns(i, st.label())
+                    .into_iter()
+                    .chain([detail]),
+            );
         }
         t
+    }
+
+    /// The columns every status table starts a cell's row with: index, id, kind, its state
+    /// `label` and attempts.
+    pub fn status_columns(&self, i: usize, label: &str) -> [String; 5] {
+        let c = &self.manifest.cells[i];
+        [
+            i.to_string(),
+            c.id.clone(),
+            c.kind.clone(),
+            label.to_string(),
+            self.attempts(i).to_string(),
+        ]
     }
 }

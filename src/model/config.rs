@@ -115,6 +115,116 @@ struct RawConfig {
     dtype: Option<String>,
 }
 
+/// The count under key `k`, which the config must give and which must be positive.
+fn positive(v: Option<usize>, k: &str) -> Result<usize> {
+    match v {
+        Some(0) => bail!("key \"{k}\" must be positive"),
+        Some(x) => Ok(x),
+        None => bail!("missing key \"{k}\""),
+    }
+}
+
+impl RawConfig {
+    /// The family named by `model_type` (or, without it, the first of `architectures`).
+    fn family(&self) -> Result<Family> {
+        let model_type = match (&self.model_type, &self.architectures) {
+            (Some(t), _) => t.clone(),
+            (None, Some(a)) if !a.is_empty() => a[0].clone(),
+            _ => bail!("missing key \"model_type\""),
+        };
+        let Some(family) = Family::from_model_type(&model_type) else {
+            bail!(
+                "unsupported architecture model_type=\"{model_type}\"; supported: {}",
+                Family::NAMES.join(", ")
+            );
+        };
+        Ok(family)
+    }
+
+    /// (query heads, key/value heads, head width), checked against each other and against
+    /// `hidden_size`.
+    fn heads(&self, hidden_size: usize) -> Result<(usize, usize, usize)> {
+        let num_attention_heads = positive(self.num_attention_heads, "num_attention_heads")?;
+        let num_key_value_heads = self.num_key_value_heads.unwrap_or(num_attention_heads);
+        if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
+            bail!("num_attention_heads ({num_attention_heads}) must be a multiple of num_key_value_heads ({num_key_value_heads})");
+        }
+        let head_dim = match self.head_dim {
+            Some(h) if h > 0 => h,
+            _ => {
+                if !hidden_size.is_multiple_of(num_attention_heads) {
+                    bail!("hidden_size ({hidden_size}) is not divisible by num_attention_heads ({num_attention_heads}) and no head_dim is given");
+                }
+                hidden_size / num_attention_heads
+            }
+        };
+        if head_dim % 2 != 0 {
+            bail!("head_dim ({head_dim}) must be even for rotary embeddings");
+        }
+        Ok((num_attention_heads, num_key_value_heads, head_dim))
+    }
+
+    /// RoPE's theta (not yet checked) and scaling: top-level keys (paper era) or inside
+    /// `rope_parameters` (transformers 5).
+    fn rope(&self) -> Result<(f64, RopeScaling)> {
+        let rope_params = self.rope_parameters.as_ref().and_then(|v| v.as_object());
+        // transformers' own class default when the key is absent, for every family.
+        let rope_theta = self
+            .rope_theta
+            .or_else(|| {
+                rope_params
+                    .and_then(|p| p.get("rope_theta"))
+                    .and_then(|v| v.as_f64())
+            })
+            .unwrap_or(10_000.0);
+        let scaling_src = self
+            .rope_scaling
+            .as_ref()
+            .filter(|v| !v.is_null())
+            .or(self.rope_parameters.as_ref());
+        Ok((rope_theta, parse_rope_scaling(scaling_src)?))
+    }
+
+    /// The MLP's activation from `hidden_activation` or `hidden_act`, with each family's
+    /// default.
+    fn activation(&self, family: Family) -> Result<Activation> {
+        let act_name = self
+            .hidden_activation
+            .clone()
+            .or(self.hidden_act.clone())
+            .unwrap_or_else(|| match family {
+                Family::Gemma => "gelu_pytorch_tanh".into(),
+                _ => "silu".into(),
+            });
+        Ok(match (family, act_name.as_str()) {
+            // transformers' Gemma forces the tanh approximation for the legacy "gelu" value.
+            (Family::Gemma, "gelu") | (_, "gelu_pytorch_tanh") | (_, "gelu_new") => {
+                Activation::GeluTanh
+            }
+            (_, "silu") | (_, "swish") => Activation::Silu,
+            (_, "gelu") => Activation::Gelu,
+            (_, other) => bail!(
+                "unsupported activation \"{other}\"; supported: silu, gelu, gelu_pytorch_tanh"
+            ),
+        })
+    }
+
+    /// (bos, eos ids, pad): the first id where a key lists several, except for eos.
+    fn special_tokens(&self) -> Result<(Option<u32>, Vec<u32>, Option<u32>)> {
+        let eos_token_ids =
+            token_ids(self.eos_token_id.as_ref()).context("key \"eos_token_id\"")?;
+        let bos_token_id = token_ids(self.bos_token_id.as_ref())
+            .context("key \"bos_token_id\"")?
+            .first()
+            .copied();
+        let pad_token_id = token_ids(self.pad_token_id.as_ref())
+            .context("key \"pad_token_id\"")?
+            .first()
+            .copied();
+        Ok((bos_token_id, eos_token_ids, pad_token_id))
+    }
+}
+
 impl ModelConfig {
     /// Read and resolve `config.json`; every error names the file.
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -131,81 +241,11 @@ impl ModelConfig {
     }
 
     fn resolve(raw: RawConfig, raw_value: serde_json::Value) -> Result<Self> {
-        let model_type = match (&raw.model_type, &raw.architectures) {
-            (Some(t), _) => t.clone(),
-            (None, Some(a)) if !a.is_empty() => a[0].clone(),
-            _ => bail!("missing key \"model_type\""),
-        };
-        let Some(family) = Family::from_model_type(&model_type) else {
-            bail!(
-                "unsupported architecture model_type=\"{model_type}\"; supported: {}",
-                Family::NAMES.join(", ")
-            );
-        };
-        let need = |v: Option<usize>, k: &str| -> Result<usize> {
-            match v {
-                Some(0) => bail!("key \"{k}\" must be positive"),
-                Some(x) => Ok(x),
-                None => bail!("missing key \"{k}\""),
-            }
-        };
-        let hidden_size = need(raw.hidden_size, "hidden_size")?;
-        let num_attention_heads = need(raw.num_attention_heads, "num_attention_heads")?;
-        let num_key_value_heads = raw.num_key_value_heads.unwrap_or(num_attention_heads);
-        if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
-            bail!("num_attention_heads ({num_attention_heads}) must be a multiple of num_key_value_heads ({num_key_value_heads})");
-        }
-        let head_dim = match raw.head_dim {
-            Some(h) if h > 0 => h,
-            _ => {
-                if hidden_size % num_attention_heads != 0 {
-                    bail!("hidden_size ({hidden_size}) is not divisible by num_attention_heads ({num_attention_heads}) and no head_dim is given");
-                }
-                hidden_size / num_attention_heads
-            }
-        };
-        if head_dim % 2 != 0 {
-            bail!("head_dim ({head_dim}) must be even for rotary embeddings");
-        }
-        // Rope theta: top-level (paper era) or inside rope_parameters (transformers 5).
-        let rope_params = raw.rope_parameters.as_ref().and_then(|v| v.as_object());
-        let rope_theta = raw
-            .rope_theta
-            .or_else(|| {
-                rope_params
-                    .and_then(|p| p.get("rope_theta"))
-                    .and_then(|v| v.as_f64())
-            })
-            .unwrap_or(match family {
-                // transformers' own class defaults when the key is absent.
-                Family::Qwen2 => 10_000.0,
-                _ => 10_000.0,
-            });
-        let scaling_src = raw
-            .rope_scaling
-            .as_ref()
-            .filter(|v| !v.is_null())
-            .or(raw.rope_parameters.as_ref());
-        let rope_scaling = parse_rope_scaling(scaling_src)?;
-        let act_name = raw
-            .hidden_activation
-            .clone()
-            .or(raw.hidden_act.clone())
-            .unwrap_or_else(|| match family {
-                Family::Gemma => "gelu_pytorch_tanh".into(),
-                _ => "silu".into(),
-            });
-        let activation = match (family, act_name.as_str()) {
-            // transformers' Gemma forces the tanh approximation for the legacy "gelu" value.
-            (Family::Gemma, "gelu") | (_, "gelu_pytorch_tanh") | (_, "gelu_new") => {
-                Activation::GeluTanh
-            }
-            (_, "silu") | (_, "swish") => Activation::Silu,
-            (_, "gelu") => Activation::Gelu,
-            (_, other) => bail!(
-                "unsupported activation \"{other}\"; supported: silu, gelu, gelu_pytorch_tanh"
-            ),
-        };
+        let family = raw.family()?;
+        let hidden_size = positive(raw.hidden_size, "hidden_size")?;
+        let (num_attention_heads, num_key_value_heads, head_dim) = raw.heads(hidden_size)?;
+        let (rope_theta, rope_scaling) = raw.rope()?;
+        let activation = raw.activation(family)?;
         let tie_word_embeddings = raw
             .tie_word_embeddings
             .unwrap_or(matches!(family, Family::Gemma));
@@ -213,16 +253,8 @@ impl ModelConfig {
             Family::Qwen2 => true,
             _ => raw.attention_bias.unwrap_or(false),
         };
-        let eos_token_ids = token_ids(raw.eos_token_id.as_ref()).context("key \"eos_token_id\"")?;
-        let bos_token_id = token_ids(raw.bos_token_id.as_ref())
-            .context("key \"bos_token_id\"")?
-            .first()
-            .copied();
-        let pad_token_id = token_ids(raw.pad_token_id.as_ref())
-            .context("key \"pad_token_id\"")?
-            .first()
-            .copied();
-        let vocab_size = need(raw.vocab_size, "vocab_size")?;
+        let (bos_token_id, eos_token_ids, pad_token_id) = raw.special_tokens()?;
+        let vocab_size = positive(raw.vocab_size, "vocab_size")?;
         let rms_norm_eps = raw.rms_norm_eps.unwrap_or(1e-6);
         if !(rms_norm_eps.is_finite() && rms_norm_eps > 0.0) {
             bail!("key \"rms_norm_eps\" must be a finite number > 0, got {rms_norm_eps}");
@@ -238,8 +270,8 @@ impl ModelConfig {
             family,
             vocab_size,
             hidden_size,
-            intermediate_size: need(raw.intermediate_size, "intermediate_size")?,
-            num_hidden_layers: need(raw.num_hidden_layers, "num_hidden_layers")?,
+            intermediate_size: positive(raw.intermediate_size, "intermediate_size")?,
+            num_hidden_layers: positive(raw.num_hidden_layers, "num_hidden_layers")?,
             num_attention_heads,
             num_key_value_heads,
             head_dim,

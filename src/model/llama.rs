@@ -123,6 +123,21 @@ enum AttnPath<'a> {
 }
 
 impl Attention {
+    /// `proj`(x) for x (b, t, hidden) split into `n` heads: (b, n, t, head_dim).
+    fn split_heads(
+        &self,
+        proj: &Linear,
+        x: &Tensor,
+        n: usize,
+        drop: Option<&LoraDropout>,
+    ) -> candle_core::Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        proj.forward(x, drop)?
+            .reshape((b, t, n, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
     /// x (b, t, hidden); returns (b, t, hidden).
     fn forward(
         &self,
@@ -150,24 +165,9 @@ impl Attention {
             _ => candle_core::bail!("attention: kernel path and cache do not match"),
         };
         // (b, t, heads*hd) -> (b, heads, t, hd)
-        let q = self
-            .q_proj
-            .forward(x, drop)?
-            .reshape((b, t, self.n_heads, hd))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let k = self
-            .k_proj
-            .forward(x, drop)?
-            .reshape((b, t, self.n_kv, hd))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let v = self
-            .v_proj
-            .forward(x, drop)?
-            .reshape((b, t, self.n_kv, hd))?
-            .transpose(1, 2)?
-            .contiguous()?;
+        let q = self.split_heads(&self.q_proj, x, self.n_heads, drop)?;
+        let k = self.split_heads(&self.k_proj, x, self.n_kv, drop)?;
+        let v = self.split_heads(&self.v_proj, x, self.n_kv, drop)?;
         let q = rope::apply(&q, cos, sin)?;
         let k = rope::apply(&k, cos, sin)?;
         let (k, v) = match cache {

@@ -309,19 +309,28 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    /// A job that counts its runs in `ran` and fails with `msg` on the value `bad`.
+    fn failing_on<'a>(
+        bad: u64,
+        msg: &'a str,
+        ran: &'a AtomicUsize,
+    ) -> impl Fn(u64) -> Result<u64> + Sync + 'a {
+        move |j| {
+            ran.fetch_add(1, Ordering::Relaxed);
+            if j == bad {
+                anyhow::bail!("{msg}")
+            }
+            Ok(j)
+        }
+    }
+
     #[test]
     fn results_keep_job_order_and_every_job_runs() {
         let out = run_jobs((0..20).collect(), 3, |i: u64| Ok(i * i)).unwrap();
         assert_eq!(out, (0..20).map(|i| i * i).collect::<Vec<_>>());
         let ran = AtomicUsize::new(0);
-        let err = run_jobs((0..5).collect(), 2, |i: u64| {
-            ran.fetch_add(1, Ordering::Relaxed);
-            if i == 3 {
-                anyhow::bail!("job three failed")
-            }
-            Ok(i)
-        })
-        .unwrap_err();
+        let job = failing_on(3, "job three failed", &ran);
+        let err = run_jobs((0..5).collect(), 2, job).unwrap_err();
         assert!(err.to_string().contains("three"));
         assert_eq!(ran.load(Ordering::Relaxed), 5);
         assert!(run_jobs(Vec::<u64>::new(), 2, Ok).unwrap().is_empty());
@@ -343,12 +352,9 @@ mod tests {
         assert!(pos(10) < pos(20) && pos(20) < pos(30));
         // A failed dependency fails its dependents without running them.
         let ran = AtomicUsize::new(0);
+        let job = failing_on(1, "first failed", &ran);
         let err = run_graph(vec![1u64, 2], vec![vec![], vec![0]], 2, |j, _: &[&u64]| {
-            ran.fetch_add(1, Ordering::Relaxed);
-            if j == 1 {
-                anyhow::bail!("first failed")
-            }
-            Ok(j)
+            job(j)
         })
         .unwrap_err();
         assert!(err.to_string().contains("first failed"));

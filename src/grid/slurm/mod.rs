@@ -277,7 +277,7 @@ pub fn status(run_dir: &Path) -> Result<(Grid, Vec<CellState>, JobRecord)> {
 pub fn status_table(grid: &Grid, states: &[CellState], record: &JobRecord) -> crate::report::Table {
     let mut t =
         crate::report::Table::new(["index", "id", "kind", "state", "attempts", "job", "detail"]);
-    for (i, (c, st)) in grid.manifest().cells.iter().zip(states).enumerate() {
+    for (i, st) in states.iter().enumerate() {
         let detail = match st {
             CellState::Queued(r) => r.clone(),
             CellState::Failed { reason, log } => format!("{reason}; log: {}", log.display()),
@@ -296,15 +296,8 @@ pub fn status_table(grid: &Grid, states: &[CellState], record: &JobRecord) -> cr
             .map(|j| format!("{j}_{i}"))
             .unwrap_or_default();
         // Rows always have the header's width.
-        let _ = t.push_row([
-            i.to_string(),
-            c.id.clone(),
-            c.kind.clone(),
-            st.label().to_string(),
-            grid.attempts(i).to_string(),
-            job,
-            detail,
-        ]);
+        let row = grid.status_columns(i, st.label()).into_iter();
+        let _ = t.push_row(row.chain([job, detail]));
     }
     t
 }

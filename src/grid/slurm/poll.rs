@@ -120,46 +120,50 @@ fn sacct(job_ids: &[String]) -> Option<String> {
     Some(text)
 }
 
-/// Parse `squeue -h -r -o '%F|%K|%T|%r'` lines: array job id, task id, state, reason.
-pub fn parse_squeue(text: &str) -> HashMap<(String, usize), TaskState> {
+/// A `|`-separated line of `squeue` or `sacct` as (array job id, its task ids, their state),
+/// or None for a line that names no array task.
+type TaskLine = Option<(String, Vec<usize>, TaskState)>;
+
+/// Each array task's state in `text`, its lines read by `line`.
+fn task_states(
+    text: &str,
+    line: impl Fn(&[&str]) -> TaskLine,
+) -> HashMap<(String, usize), TaskState> {
     let mut out = HashMap::new();
-    for line in text.lines() {
-        let f: Vec<&str> = line.trim().split('|').collect();
-        if f.len() < 3 {
-            continue;
-        }
-        let Some(idx) = super::script::parse_indices(f[1]) else {
-            continue;
-        };
-        let state = classify(f[2], f.get(3).copied().unwrap_or(""));
-        for i in idx {
-            out.insert((f[0].to_string(), i), state.clone());
+    for l in text.lines() {
+        let f: Vec<&str> = l.trim().split('|').collect();
+        if let Some((job, idx, state)) = line(&f) {
+            for i in idx {
+                out.insert((job.clone(), i), state.clone());
+            }
         }
     }
     out
 }
 
+/// Parse `squeue -h -r -o '%F|%K|%T|%r'` lines: array job id, task id, state, reason.
+pub fn parse_squeue(text: &str) -> HashMap<(String, usize), TaskState> {
+    task_states(text, |f| {
+        if f.len() < 3 {
+            return None;
+        }
+        let idx = super::script::parse_indices(f[1])?;
+        let state = classify(f[2], f.get(3).copied().unwrap_or(""));
+        Some((f[0].to_string(), idx, state))
+    })
+}
+
 /// Parse `sacct -n -P -X -o JobID,State,ExitCode` lines (`12_3|COMPLETED|0:0`,
 /// `12_[4-6%2]|PENDING|0:0`). Lines of plain jobs (no `_`) are ignored.
 pub fn parse_sacct(text: &str) -> HashMap<(String, usize), TaskState> {
-    let mut out = HashMap::new();
-    for line in text.lines() {
-        let f: Vec<&str> = line.trim().split('|').collect();
+    task_states(text, |f| {
         if f.len() < 2 {
-            continue;
+            return None;
         }
-        let Some((job, tasks)) = f[0].split_once('_') else {
-            continue;
-        };
-        let Some(idx) = super::script::parse_indices(tasks) else {
-            continue;
-        };
-        let state = classify(f[1], "");
-        for i in idx {
-            out.insert((job.to_string(), i), state.clone());
-        }
-    }
-    out
+        let (job, tasks) = f[0].split_once('_')?;
+        let idx = super::script::parse_indices(tasks)?;
+        Some((job.to_string(), idx, classify(f[1], "")))
+    })
 }
 
 /// A Slurm job state (`squeue %T` / `sacct State`) as a [`TaskState`].

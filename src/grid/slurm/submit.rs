@@ -415,11 +415,7 @@ mod tests {
     #[test]
     fn missing_inputs_and_binaries_are_named() {
         let dir = tempfile::tempdir().unwrap();
-        let mut c = cell("x", &[]);
-        c.inputs.insert(
-            "data".into(),
-            crate::grid::manifest::Input::path("/nonexistent/data.jsonl"),
-        );
+        let c = crate::grid::registry::testing::echo_reading("x", "/nonexistent/data.jsonl");
         let g = Grid::plan(dir.path(), Manifest::new("t", vec![c]).unwrap()).unwrap();
         let e = format!("{:#}", check_paths(&g).unwrap_err());
         assert!(e.contains("/nonexistent/data.jsonl"), "{e}");

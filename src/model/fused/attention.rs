@@ -10,7 +10,7 @@
 //! dV += P^T dY; dP = dY V^T; dS = P * (dP - rowsum(dY * Y)) * scale; dQr = dS Kr;
 //! dKr += dS^T Qr; then dQ, dK are dQr, dKr rotated back (RoPE is a rotation).
 
-use super::{sgemm, slice, with_data, SharedMut};
+use super::{grad_like, sgemm, slice, with_data, SharedMut};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -281,11 +281,7 @@ impl CustomOp3 for FusedAttention {
                 })
             })
         })?;
-        Ok((
-            Some(Tensor::from_vec(dq, q.shape(), q.device())?),
-            Some(Tensor::from_vec(dk, k.shape(), k.device())?),
-            Some(Tensor::from_vec(dv, v.shape(), v.device())?),
-        ))
+        Ok((grad_like(dq, q)?, grad_like(dk, k)?, grad_like(dv, v)?))
     }
 }
 

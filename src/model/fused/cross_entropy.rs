@@ -2,7 +2,7 @@
 //! logsumexp(x) - x[target] (targets of -100 do not count), without materialising the
 //! log-probabilities. Backward: d x = g * (softmax(x) - onehot(target)) on counted rows.
 
-use super::{slice, vexp, with_data, SERIAL_MAX};
+use super::{grad_like, slice, vexp, with_data, SERIAL_MAX};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -91,7 +91,7 @@ impl CustomOp1 for CrossEntropy {
                 });
             Ok(dx)
         })?;
-        Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
+        grad_like(dx, x)
     }
 }
 

@@ -149,6 +149,11 @@ pub(crate) fn with_data<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> R
     }
 }
 
+/// A kernel's gradient for its input `like`: `data` in that input's shape, on its device.
+pub(crate) fn grad_like(data: Vec<f32>, like: &Tensor) -> Result<Option<Tensor>> {
+    Ok(Some(Tensor::from_vec(data, like.shape(), like.device())?))
+}
+
 /// Below this many elements a kernel runs on the calling thread: handing the work to the
 /// thread pool (waking a worker, waiting for it) costs more than it saves, as in a
 /// decoding step.

@@ -1,7 +1,7 @@
 //! RMSNorm as one pass per row: y = x / sqrt(mean(x^2) + eps) * w (Gemma: * (1 + w)),
 //! with the analytic backward dx = (g*w - xn * mean(g*w*xn)) / s and dw = sum_rows(g * xn).
 
-use super::{slice, with_data, Kernel, SERIAL_MAX};
+use super::{grad_like, slice, with_data, Kernel, SERIAL_MAX};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
@@ -141,10 +141,7 @@ impl CustomOp2 for RmsNorm {
                 Ok((dx, total))
             })
         })?;
-        Ok((
-            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
-            Some(Tensor::from_vec(dw, w.shape(), w.device())?),
-        ))
+        Ok((grad_like(dx, x)?, grad_like(dw, w)?))
     }
 }
 

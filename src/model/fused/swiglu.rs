@@ -2,7 +2,7 @@
 //! du = dy * silu(g), dg = dy * u * s * (1 + g * (1 - s)) with s = sigmoid(g).
 
 use super::vexp::{multiversion, sigmoid};
-use super::{slice, with_data, Kernel, SERIAL_MAX};
+use super::{grad_like, slice, with_data, Kernel, SERIAL_MAX};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -109,10 +109,7 @@ impl CustomOp2 for SwiGlu {
                 })
             })
         })?;
-        Ok((
-            Some(Tensor::from_vec(dg, g.shape(), g.device())?),
-            Some(Tensor::from_vec(du, u.shape(), u.device())?),
-        ))
+        Ok((grad_like(dg, g)?, grad_like(du, u)?))
     }
 }
 

@@ -12,7 +12,7 @@
 //! autograd (see [`usable`]). `train::backprop` puts the trainers on it (with the autograd
 //! fallback) and checks the two paths against each other.
 
-use super::{Linear, Llama, LoraLinear};
+use super::{Block, Linear, Llama, LoraLinear};
 use crate::model::config::{Activation, Family};
 use crate::model::fused::{
     self, add_into, attention, cross_entropy, linear, norm::RmsNorm, swiglu::SwiGlu, with_data,
@@ -461,6 +461,155 @@ fn sequence_nlls(logits: &Tensor, targets: &[i64], b: usize, t: usize) -> Result
         .collect()
 }
 
+/// The logits' gradient of the seeded loss, and the per-sequence NLLs (with
+/// [`Seed::PerSequence`], else empty). Autograd seeds the scaled loss with 1 and scales in
+/// f32; so does this.
+fn seeded_logit_grad(
+    (loss, logits, nll): (&cross_entropy::CrossEntropy, &Tensor, &Tensor),
+    seed: Seed<'_>,
+    targets: &[i64],
+    (b, t): (usize, usize),
+) -> Result<(Tensor, Vec<f64>)> {
+    let (scale, weights, seq_nll) = match seed {
+        Seed::Uniform(scale) => (scale, None, Vec::new()),
+        Seed::PerSequence(weigh) => {
+            let seq = sequence_nlls(logits, targets, b, t)?;
+            let w = weigh(&seq)?;
+            anyhow::ensure!(w.len() == b, "{} weights for {b} sequences", w.len());
+            (1.0, Some(w), seq)
+        }
+    };
+    let seed = Tensor::new(scale as f32, &candle_core::Device::Cpu)?;
+    let mut dlogits = loss
+        .bwd(logits, nll, &seed)?
+        .context("cross entropy: no gradient")?;
+    if let Some(w) = weights {
+        // Row r belongs to sequence r / t: scale its logit gradient by that sequence's weight.
+        let v = logits.dim(1)?;
+        let mut d = to_vec(&dlogits)?;
+        d.chunks_mut(t * v)
+            .zip(&w)
+            .for_each(|(rows, &w)| rows.iter_mut().for_each(|x| *x *= w as f32));
+        dlogits = tensor(d, (b * t, v))?;
+    }
+    Ok((dlogits, seq_nll))
+}
+
+impl Decoder<'_, '_> {
+    /// One decoder layer's backward, given the gradient `dx` of its output (rows, hidden),
+    /// which becomes the gradient of its input; its parameters' gradients go into `grads`.
+    fn layer_backward(
+        &self,
+        (l, layer, sv): (usize, &Block, &Saved),
+        bt: (usize, usize),
+        dx: &mut [f32],
+        grads: &mut GradMap,
+    ) -> Result<()> {
+        let prefix = format!("model.layers.{l}");
+        self.mlp_backward(layer, sv, &prefix, dx, grads)?;
+        self.attention_backward(layer, sv, &prefix, bt, dx, grads)
+    }
+
+    /// MLP branch: x_out = x_mid + down(swiglu(gate(n2), up(n2))), n2 = norm(x_mid); `dx`
+    /// goes from x_out's gradient to x_mid's.
+    fn mlp_backward(
+        &self,
+        layer: &Block,
+        sv: &Saved,
+        prefix: &str,
+        dx: &mut [f32],
+        grads: &mut GradMap,
+    ) -> Result<()> {
+        let (m, pass) = (&layer.mlp, self.pass);
+        let ds = m.down_proj.rows_backward(&sv.s, dx, pass, grads)?;
+        let (dg, du) = SwiGlu.bwd(&sv.g, &sv.u, &sv.s, &tensor(ds, sv.s.dims2()?)?)?;
+        let (dg, du) = (dg.context("swiglu")?, du.context("swiglu")?);
+        let mut dn2 = with_slice(&dg, |d| m.gate_proj.rows_backward(&sv.n2, d, pass, grads))?;
+        let dn2u = with_slice(&du, |d| m.up_proj.rows_backward(&sv.n2, d, pass, grads))?;
+        add_into(&mut dn2, &dn2u);
+        let name = format!("{prefix}.post_attention_layernorm.weight");
+        let (x_mid, w_post) = (&sv.x_mid, &layer.post_attention_layernorm);
+        norm_backward(&self.norm, (x_mid, w_post, &sv.n2), dn2, name, grads, dx)
+    }
+
+    /// Attention branch: x_mid = x_in + o(attention(q(n1), k(n1), v(n1))), n1 = norm(x_in);
+    /// `dx` goes from x_mid's gradient to x_in's.
+    fn attention_backward(
+        &self,
+        layer: &Block,
+        sv: &Saved,
+        prefix: &str,
+        (b, t): (usize, usize),
+        dx: &mut [f32],
+        grads: &mut GradMap,
+    ) -> Result<()> {
+        let (a, pass) = (&layer.self_attn, self.pass);
+        let datt = a.o_proj.rows_backward(&sv.att, dx, pass, grads)?;
+        let (q3, k3, v3) = (
+            sv.q.reshape((b, t, ()))?,
+            sv.k.reshape((b, t, ()))?,
+            sv.v.reshape((b, t, ()))?,
+        );
+        let op = self.attention(&q3, &k3, &v3)?;
+        let att3 = sv.att.reshape((b, t, ()))?;
+        let datt = Tensor::from_vec(datt, att3.shape(), &candle_core::Device::Cpu)?;
+        let (dq, dk, dv) = op.bwd(&q3, &k3, &v3, &att3, &datt)?;
+        let mut dn1 = with_slice(&dq.context("attention")?, |d| {
+            a.q_proj.rows_backward(&sv.n1, d, pass, grads)
+        })?;
+        for (proj, d) in [(&a.k_proj, dk), (&a.v_proj, dv)] {
+            let part = with_slice(&d.context("attention")?, |d| {
+                proj.rows_backward(&sv.n1, d, pass, grads)
+            })?;
+            add_into(&mut dn1, &part);
+        }
+        let name = format!("{prefix}.input_layernorm.weight");
+        let (x_in, w_in) = (&sv.x_in, &layer.input_layernorm);
+        norm_backward(&self.norm, (x_in, w_in, &sv.n1), dn1, name, grads, dx)
+    }
+}
+
+/// The embedding's gradient: the rows the batch's `ids` used, from the first layer's input
+/// gradient `dx` (rows, hidden), plus the head's gradient where the two are tied.
+fn embedding_grads(
+    model: &Llama,
+    ids: &[u32],
+    dx: &[f32],
+    head_grad: Vec<f32>,
+    grads: &mut GradMap,
+) {
+    let hidden = model.cfg.hidden_size;
+    let mut dembed = if model.cfg.tie_word_embeddings {
+        head_grad
+    } else {
+        grads.insert("lm_head.weight".into(), head_grad);
+        vec![0f32; model.embed_tokens.elem_count()]
+    };
+    for (r, &id) in ids.iter().enumerate() {
+        let row = id as usize * hidden;
+        add_into(
+            &mut dembed[row..row + hidden],
+            &dx[r * hidden..(r + 1) * hidden],
+        );
+    }
+    grads.insert("model.embed_tokens.weight".into(), dembed);
+}
+
+/// Only what trains, in `model.trainable()` order (the adapter's tensors in a LoRA run),
+/// zeros for a parameter the loss did not reach.
+fn trainable_grads(model: &Llama, mut grads: GradMap) -> NamedGrads {
+    model
+        .trainable()
+        .iter()
+        .map(|(name, var)| {
+            let g = grads
+                .remove(name.as_str())
+                .unwrap_or_else(|| vec![0f32; var.elem_count()]);
+            (name.clone(), g)
+        })
+        .collect()
+}
+
 /// The summed NLL of `targets` (b, t) i64 (-100 = not counted) after `ids` (b, t) u32, the
 /// per-sequence NLLs (with [`Seed::PerSequence`], else empty), and the gradient of the
 /// seeded loss for every trainable parameter in `model.trainable()` order (zeros for one
@@ -472,11 +621,8 @@ pub fn nll_and_grads(
     seed: Seed<'_>,
     dropout: Option<&LoraDropout>,
 ) -> Result<(f64, Vec<f64>, NamedGrads)> {
-    let cfg = &model.cfg;
     let (b, t) = ids.dims2()?;
-    let rows = b * t;
     let dec = Decoder::new(model, t, dropout);
-    let (norm, head, pass) = (&dec.norm, &dec.head, dec.pass);
     let id_list: Vec<u32> = ids.flatten_all()?.to_dtype(DType::U32)?.to_vec1()?;
     let mut saved = Vec::with_capacity(model.layers.len());
     let Forward { x, nf, logits } = dec.forward(ids, Some(&mut saved))?;
@@ -485,120 +631,31 @@ pub fn nll_and_grads(
     let nll = logits.apply_op1_no_bwd(&loss)?;
     let nll_sum = nll.to_dtype(DType::F64)?.to_scalar::<f64>()?;
 
-    // Backward. Autograd seeds the scaled loss with 1 and scales in f32; so does this.
+    // Backward, from the logits down to the embedding.
     let mut grads: GradMap = HashMap::new();
-    let (scale, weights, seq_nll) = match seed {
-        Seed::Uniform(scale) => (scale, None, Vec::new()),
-        Seed::PerSequence(weigh) => {
-            let seq = sequence_nlls(&logits, &target_list, b, t)?;
-            let w = weigh(&seq)?;
-            anyhow::ensure!(w.len() == b, "{} weights for {b} sequences", w.len());
-            (1.0, Some(w), seq)
-        }
-    };
-    let seed = Tensor::new(scale as f32, &candle_core::Device::Cpu)?;
-    let mut dlogits = loss
-        .bwd(&logits, &nll, &seed)?
-        .context("cross entropy: no gradient")?;
-    if let Some(w) = weights {
-        // Row r belongs to sequence r / t: scale its logit gradient by that sequence's weight.
-        let v = logits.dim(1)?;
-        let mut d = to_vec(&dlogits)?;
-        d.chunks_mut(t * v)
-            .zip(&w)
-            .for_each(|(rows, &w)| rows.iter_mut().for_each(|x| *x *= w as f32));
-        dlogits = tensor(d, (rows, v))?;
-    }
+    let (dlogits, seq_nll) = seeded_logit_grad((&loss, &logits, &nll), seed, &target_list, (b, t))?;
     drop(logits);
-    let dnf = with_slice(&dlogits, |d| head.rows_backward(&nf, d, pass, &mut grads))?;
+    let dnf = with_slice(&dlogits, |d| {
+        dec.head.rows_backward(&nf, d, dec.pass, &mut grads)
+    })?;
     drop(dlogits);
     // Empty when the base is frozen (a LoRA run): then only the adapter's gradients count.
     let head_grad = grads
-        .remove(&format!("{}.weight", head.name))
+        .remove(&format!("{}.weight", dec.head.name))
         .unwrap_or_default();
-    let (dx, dw) = norm.bwd(&x, &model.norm, &nf, &tensor(dnf, (rows, cfg.hidden_size))?)?;
+    let dnf = tensor(dnf, (b * t, model.cfg.hidden_size))?;
+    let (dx, dw) = dec.norm.bwd(&x, &model.norm, &nf, &dnf)?;
     grads.insert(
         "model.norm.weight".into(),
         to_vec(&dw.context("norm: no gradient")?)?,
     );
     let mut dx = to_vec(&dx.context("norm: no gradient")?)?;
-    let hidden = cfg.hidden_size;
     for (l, (layer, sv)) in model.layers.iter().zip(saved).enumerate().rev() {
-        let (a, m) = (&layer.self_attn, &layer.mlp);
-        let prefix = format!("model.layers.{l}");
-        // MLP branch: x_out = x_mid + down(swiglu(gate(n2), up(n2))), n2 = norm(x_mid).
-        let ds = m.down_proj.rows_backward(&sv.s, &dx, pass, &mut grads)?;
-        let (dg, du) = SwiGlu.bwd(&sv.g, &sv.u, &sv.s, &tensor(ds, sv.s.dims2()?)?)?;
-        let (dg, du) = (dg.context("swiglu")?, du.context("swiglu")?);
-        let mut dn2 = with_slice(&dg, |d| {
-            m.gate_proj.rows_backward(&sv.n2, d, pass, &mut grads)
-        })?;
-        let dn2u = with_slice(&du, |d| {
-            m.up_proj.rows_backward(&sv.n2, d, pass, &mut grads)
-        })?;
-        add_into(&mut dn2, &dn2u);
-        let name = format!("{prefix}.post_attention_layernorm.weight");
-        let (x_mid, w_post) = (&sv.x_mid, &layer.post_attention_layernorm);
-        norm_backward(
-            norm,
-            (x_mid, w_post, &sv.n2),
-            dn2,
-            name,
-            &mut grads,
-            &mut dx,
-        )?;
-        // Attention branch: x_mid = x_in + o(attention(q(n1), k(n1), v(n1))), n1 = norm(x_in).
-        let datt = a.o_proj.rows_backward(&sv.att, &dx, pass, &mut grads)?;
-        let (q3, k3, v3) = (
-            sv.q.reshape((b, t, ()))?,
-            sv.k.reshape((b, t, ()))?,
-            sv.v.reshape((b, t, ()))?,
-        );
-        let op = dec.attention(&q3, &k3, &v3)?;
-        let att3 = sv.att.reshape((b, t, ()))?;
-        let datt = Tensor::from_vec(datt, att3.shape(), &candle_core::Device::Cpu)?;
-        let (dq, dk, dv) = op.bwd(&q3, &k3, &v3, &att3, &datt)?;
-        let mut dn1 = with_slice(&dq.context("attention")?, |d| {
-            a.q_proj.rows_backward(&sv.n1, d, pass, &mut grads)
-        })?;
-        for (proj, d) in [(&a.k_proj, dk), (&a.v_proj, dv)] {
-            let part = with_slice(&d.context("attention")?, |d| {
-                proj.rows_backward(&sv.n1, d, pass, &mut grads)
-            })?;
-            add_into(&mut dn1, &part);
-        }
-        let name = format!("{prefix}.input_layernorm.weight");
-        let (x_in, w_in) = (&sv.x_in, &layer.input_layernorm);
-        norm_backward(norm, (x_in, w_in, &sv.n1), dn1, name, &mut grads, &mut dx)?;
+        dec.layer_backward((l, layer, &sv), (b, t), &mut dx, &mut grads)?;
     }
-    // The embedding rows the batch used, plus the head's gradient where they are tied
-    // (nothing when the base is frozen).
-    if !pass.frozen {
-        let mut dembed = if cfg.tie_word_embeddings {
-            head_grad
-        } else {
-            grads.insert("lm_head.weight".into(), head_grad);
-            vec![0f32; model.embed_tokens.elem_count()]
-        };
-        for (r, &id) in id_list.iter().enumerate() {
-            let row = id as usize * hidden;
-            add_into(
-                &mut dembed[row..row + hidden],
-                &dx[r * hidden..(r + 1) * hidden],
-            );
-        }
-        grads.insert("model.embed_tokens.weight".into(), dembed);
+    // Nothing for the embedding when the base is frozen.
+    if !dec.pass.frozen {
+        embedding_grads(model, &id_list, &dx, head_grad, &mut grads);
     }
-    // Only what trains: the adapter's tensors in a LoRA run.
-    let out = model
-        .trainable()
-        .iter()
-        .map(|(name, var)| {
-            let g = grads
-                .remove(name.as_str())
-                .unwrap_or_else(|| vec![0f32; var.elem_count()]);
-            (name.clone(), g)
-        })
-        .collect();
-    Ok((nll_sum, seq_nll, out))
+    Ok((nll_sum, seq_nll, trainable_grads(model, grads)))
 }
