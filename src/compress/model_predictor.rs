@@ -167,8 +167,9 @@ impl ModelPredictor {
     }
 }
 
-/// Natural-log softmax in f64 accumulation (deterministic: a plain sequential loop).
-fn log_softmax(logits: &[f32]) -> Result<Vec<f32>> {
+/// Natural-log softmax in f64 accumulation (deterministic: a plain sequential loop); the
+/// backend rates path uses it too, so both paths round alike where they can.
+pub(super) fn log_softmax(logits: &[f32]) -> Result<Vec<f32>> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     if !max.is_finite() {
         bail!("the model produced non-finite logits (max {max})");

@@ -52,6 +52,19 @@ impl ScoredSequence {
         }
     }
 
+    /// How many leading tokens a code length reads: up to the last scored one (tokens after
+    /// it would only be context nobody reads). An error when ids and flags differ in number.
+    pub fn scored_end(&self) -> Result<usize> {
+        if self.ids.len() != self.scored.len() {
+            bail!(
+                "a scored sequence has {} ids but {} score flags",
+                self.ids.len(),
+                self.scored.len()
+            );
+        }
+        Ok(self.scored.iter().rposition(|&s| s).map_or(0, |i| i + 1))
+    }
+
     /// The `raw` template: a pair is `prompt` then `response` verbatim, each tokenized on
     /// its own, with the response and an EOS scored; a text is scored entirely, then EOS.
     /// Bytes are those of the response (or the text); EOS stands for none.
@@ -81,20 +94,12 @@ pub struct RecordCode {
 
 /// Code length of the scored tokens of `seq`.
 pub fn code_length(pred: &mut dyn TokenPredictor, seq: &ScoredSequence) -> Result<RecordCode> {
-    if seq.ids.len() != seq.scored.len() {
-        bail!(
-            "a scored sequence has {} ids but {} score flags",
-            seq.ids.len(),
-            seq.scored.len()
-        );
-    }
+    let end = seq.scored_end()?;
     let vocab = pred.vocab_size();
     let max_context = pred.max_context();
     if max_context == 0 {
         bail!("the model's context is 0 tokens");
     }
-    // Calls after the last scored token would only feed context nobody reads.
-    let end = seq.scored.iter().rposition(|&s| s).map_or(0, |i| i + 1);
     let mut bits = 0.0;
     let mut calls = max_context; // forces a start on the first token
     let mut prev = None;
@@ -263,6 +268,29 @@ pub fn rate_scored(
 mod tests {
     use super::*;
     use crate::compress::testing::{NgramPredictor, EOS};
+
+    #[test]
+    fn a_code_length_reads_up_to_the_last_scored_token_and_refuses_unmatched_flags() {
+        let seq = ScoredSequence {
+            ids: vec![5, 6, 7, 8],
+            scored: vec![false, true, false, false],
+            bytes: 1,
+        };
+        assert_eq!(seq.scored_end().unwrap(), 2);
+        assert_eq!(
+            ScoredSequence::new(&[1, 2], &[], 0).scored_end().unwrap(),
+            0
+        );
+        let bad = ScoredSequence {
+            scored: vec![true],
+            ..seq
+        };
+        let e = bad.scored_end().unwrap_err().to_string();
+        assert!(e.contains("4 ids but 1 score flags"), "{e}");
+        let mut pred = NgramPredictor::new(300, 8).unwrap();
+        let e = code_length(&mut pred, &bad).unwrap_err().to_string();
+        assert!(e.contains("4 ids but 1 score flags"), "{e}");
+    }
 
     /// Reference: score by hand through the predictor, without chunking logic.
     fn direct_bits(pred: &mut NgramPredictor, ids: &[u32], from: usize) -> f64 {

@@ -10,7 +10,7 @@
 //! another order than the cached one), which is all a rate needs; an arithmetic-coded file
 //! needs the coder's bit-identical floats, so `compress` keeps the fused path.
 
-use super::model_predictor::{special_prefix, MAX_CONTEXT_CAP};
+use super::model_predictor::{log_softmax, special_prefix, MAX_CONTEXT_CAP};
 use super::predictor::Tokenization;
 use super::rates::{RecordCode, RecordScorer, ScoredSequence};
 use super::symbols::ideal_bits;
@@ -58,19 +58,11 @@ impl RecordScorer for BackendRates {
     }
 
     fn code_length(&mut self, seq: &ScoredSequence) -> Result<RecordCode> {
-        if seq.ids.len() != seq.scored.len() {
-            bail!(
-                "a scored sequence has {} ids but {} score flags",
-                seq.ids.len(),
-                seq.scored.len()
-            );
-        }
+        let end = seq.scored_end()?;
         let vocab = self.vocab_size();
         if let Some(&id) = seq.ids.iter().find(|&&id| id as usize >= vocab) {
             bail!("token id {id} is outside the model's vocabulary of {vocab}");
         }
-        // Tokens after the last scored one would only be context nobody reads.
-        let end = seq.scored.iter().rposition(|&s| s).map_or(0, |i| i + 1);
         let p = self.prefix.len();
         let mut bits = 0.0;
         for start in (0..end).step_by(self.max_context) {
@@ -112,17 +104,6 @@ impl RecordScorer for BackendRates {
             bytes: seq.bytes,
         })
     }
-}
-
-/// The coder's log-softmax (f64 sums), so both paths round alike where they can.
-fn log_softmax(logits: &[f32]) -> Result<Vec<f32>> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    if !max.is_finite() {
-        bail!("the model produced non-finite logits (max {max})");
-    }
-    let sum: f64 = logits.iter().map(|&x| ((x - max) as f64).exp()).sum();
-    let lse = max as f64 + sum.ln();
-    Ok(logits.iter().map(|&x| (x as f64 - lse) as f32).collect())
 }
 
 #[cfg(test)]

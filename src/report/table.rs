@@ -32,7 +32,34 @@ impl Table {
     /// The columns are the struct's fields as declared, so a table of no rows still has its
     /// header line.
     pub fn from_rows<T: Serialize + serde::de::DeserializeOwned>(rows: &[T]) -> Result<Table> {
+        Table::from_rows_fixed(rows, &[])
+    }
+
+    /// [`Table::from_rows`] with a fixed number of decimals for some columns: `("score", 4)`
+    /// writes every number of column `score` as `{:.4}` (`0.8135`, `0.5000`), so a column
+    /// lines up and keeps its trailing zeros. The other columns are as `from_rows` writes
+    /// them. A rule naming a column the rows do not have is an error (a renamed field must
+    /// not silently lose its format).
+    pub fn from_rows_fixed<T: Serialize + serde::de::DeserializeOwned>(
+        rows: &[T],
+        decimals: &[(&str, usize)],
+    ) -> Result<Table> {
         let mut table = Table::new(struct_fields::<T>()?);
+        if let Some((name, _)) = decimals
+            .iter()
+            .find(|(name, _)| !table.headers.iter().any(|h| h == name))
+        {
+            bail!(
+                "a decimals rule names the column {name:?}, the columns are {:?}",
+                table.headers
+            );
+        }
+        let places = |column: &str| {
+            decimals
+                .iter()
+                .find(|(name, _)| *name == column)
+                .map(|&(_, d)| d)
+        };
         for (i, row) in rows.iter().enumerate() {
             // Through JSON text, read back in field order (serde_json's map sorts keys).
             let text = serde_json::to_string(row)?;
@@ -47,7 +74,7 @@ impl Table {
             }
             let cells = fields
                 .iter()
-                .map(|(k, v)| row_cell(v).map_err(|e| anyhow::anyhow!("field {k}: {e}")))
+                .map(|(k, v)| row_cell(v, places(k)).map_err(|e| anyhow::anyhow!("field {k}: {e}")))
                 .collect::<Result<Vec<_>>>()?;
             table.push_row(cells)?;
         }
@@ -71,6 +98,19 @@ impl Table {
             );
         }
         self.rows.push(row);
+        Ok(())
+    }
+
+    /// Write column `from` under the header `to` (a row field whose name is not the header
+    /// a published file has always had); naming no column is an error.
+    pub fn rename_column(&mut self, from: &str, to: &str) -> Result<()> {
+        match self.headers.iter_mut().find(|h| *h == from) {
+            Some(h) => *h = to.to_string(),
+            None => bail!(
+                "no column {from:?} to rename, the columns are {:?}",
+                self.headers
+            ),
+        }
         Ok(())
     }
 
@@ -186,21 +226,31 @@ fn struct_fields<T: serde::de::DeserializeOwned>() -> Result<Vec<&'static str>> 
     }
 }
 
-/// One value of a row as its table cell (see [`Table::from_rows`]).
-fn row_cell(v: &serde_json::Value) -> Result<String> {
+/// One value of a row as its table cell (see [`Table::from_rows`]), a number with `decimals`
+/// places when its column has that rule.
+fn row_cell(v: &serde_json::Value, decimals: Option<usize>) -> Result<String> {
     use serde_json::Value;
     Ok(match v {
         Value::Null => String::new(),
         Value::Bool(b) => b.to_string(),
         Value::String(s) => s.clone(),
-        Value::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
-            (Some(u), _, _) if !n.is_f64() => u.to_string(),
-            (_, Some(i), _) if !n.is_f64() => i.to_string(),
-            (_, _, Some(f)) => f.to_string(),
-            _ => n.to_string(),
+        Value::Number(n) => match (decimals, n.as_f64()) {
+            (Some(d), Some(f)) => format!("{f:.d$}"),
+            _ => display_number(n),
         },
         other => bail!("a table cell holds a plain value, not {other}"),
     })
+}
+
+/// A number as Rust's `Display` writes it: an integer as one, a float as the shortest
+/// string that reads back as the same value.
+fn display_number(n: &serde_json::Number) -> String {
+    match (n.as_u64(), n.as_i64(), n.as_f64()) {
+        (Some(u), _, _) if !n.is_f64() => u.to_string(),
+        (_, Some(i), _) if !n.is_f64() => i.to_string(),
+        (_, _, Some(f)) => f.to_string(),
+        _ => n.to_string(),
+    }
 }
 
 fn csv_record(cells: &[String]) -> String {
@@ -430,6 +480,47 @@ mod tests {
         assert!(e.contains("field a"), "{e}");
         let e = Table::from_rows(&[1.0]).unwrap_err().to_string();
         assert!(e.contains("struct"), "{e}");
+    }
+
+    #[test]
+    fn a_decimals_rule_fixes_its_columns_places_and_names_a_wrong_column() {
+        #[derive(Serialize, serde::Deserialize)]
+        struct Row {
+            n: usize,
+            x: f64,
+            ci: Option<f64>,
+            y: f64,
+        }
+        let rows = [
+            Row {
+                n: 3,
+                x: 0.5,
+                ci: None,
+                y: 0.5,
+            },
+            Row {
+                n: 10,
+                x: 0.123456,
+                ci: Some(0.08384),
+                y: -0.00001,
+            },
+        ];
+        let mut t = Table::from_rows_fixed(&rows, &[("x", 4), ("ci", 4), ("n", 1)]).unwrap();
+        // Ruled columns keep trailing zeros and round; a missing value stays empty; the
+        // column without a rule is as `from_rows` writes it.
+        assert_eq!(t.rows[0], ["3.0", "0.5000", "", "0.5"]);
+        assert_eq!(t.rows[1], ["10.0", "0.1235", "0.0838", "-0.00001"]);
+        t.rename_column("ci", "ci95").unwrap();
+        assert_eq!(t.headers, ["n", "x", "ci95", "y"]);
+        let e = t.rename_column("ci", "x").unwrap_err().to_string();
+        assert!(e.contains("\"ci\"") && e.contains("ci95"), "{e}");
+        let e = Table::from_rows_fixed(&rows, &[("z", 2)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"z\"") && e.contains("\"y\""), "{e}");
+        // Rounding to zero drops the sign, as in every table.
+        let t = Table::from_rows_fixed(&rows, &[("y", 3)]).unwrap();
+        assert_eq!(t.rows[1][3], "0.000");
     }
 
     #[test]

@@ -8,17 +8,22 @@
 use super::token_tree::TokenTree;
 use anyhow::{bail, Result};
 
+/// The first value (and its index) that cannot weigh anything: not finite, or negative.
+pub(super) fn first_invalid_weight(values: &[f64]) -> Option<(usize, f64)> {
+    values
+        .iter()
+        .copied()
+        .enumerate()
+        .find(|&(_, v)| !v.is_finite() || v < 0.0)
+}
+
 /// Mixture weights `w_i = |D_i| / sum_j |D_j|` from data set sizes (finite, non-negative,
 /// not all zero).
 pub fn mixture_weights(sizes: &[f64]) -> Result<Vec<f64>> {
     if sizes.is_empty() {
         bail!("a mixture needs at least one data set");
     }
-    if let Some((i, s)) = sizes
-        .iter()
-        .enumerate()
-        .find(|(_, s)| !s.is_finite() || **s < 0.0)
-    {
+    if let Some((i, s)) = first_invalid_weight(sizes) {
         bail!("data set {i} has size {s}; sizes must be finite and non-negative");
     }
     let total: f64 = sizes.iter().sum();
@@ -63,6 +68,19 @@ mod tests {
     use super::*;
     use crate::theory::pareto::base_distributions;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_size_or_weight_that_weighs_nothing_is_named_by_its_index() {
+        assert_eq!(first_invalid_weight(&[0.0, 2.5]), None);
+        assert_eq!(
+            first_invalid_weight(&[1.0, -2.0, f64::NAN]),
+            Some((1, -2.0))
+        );
+        let e = mixture_weights(&[1.0, f64::INFINITY]).unwrap_err();
+        assert!(e.to_string().contains("data set 1 has size inf"), "{e}");
+        let e = crate::theory::protocol::huffman_code_lengths(&[1.0, 1.0, -0.5]).unwrap_err();
+        assert!(e.to_string().contains("symbol 2 has weight -0.5"), "{e}");
+    }
 
     #[test]
     fn mixture_by_hand() {

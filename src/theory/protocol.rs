@@ -9,6 +9,7 @@
 //! sort, then linear, with no recursion; ties break by leaf index so the code is
 //! deterministic.
 
+use super::mixture::first_invalid_weight;
 use super::token_tree::TokenTree;
 use anyhow::{bail, Result};
 
@@ -68,11 +69,7 @@ pub fn huffman_code_lengths(weights: &[f64]) -> Result<Vec<u32>> {
     if m < 2 {
         bail!("a Huffman code needs at least 2 symbols, got {m}");
     }
-    if let Some((i, w)) = weights
-        .iter()
-        .enumerate()
-        .find(|(_, w)| !w.is_finite() || **w < 0.0)
-    {
+    if let Some((i, w)) = first_invalid_weight(weights) {
         bail!("symbol {i} has weight {w}; Huffman weights must be finite and non-negative");
     }
     let (order, sorted) = ascending_order(weights);

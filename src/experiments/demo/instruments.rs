@@ -18,7 +18,7 @@
 
 use super::config::{BaseSpec, DemoConfig};
 use super::rebound::{
-    aligned, draw, fingerprint, train_config, Alignment, DemoData, PERTURB_STRIDE,
+    aligned, draw, fingerprint, finished_outcome, train_config, Alignment, DemoData, PERTURB_STRIDE,
 };
 use crate::data::template::Template;
 use crate::experiments::evaluate::generate_responses;
@@ -75,12 +75,8 @@ pub fn run_instruments(
     let fp = sha256_hex(
         serde_json::to_string(&(fingerprint(cfg, base, seed)?, "instruments", 1))?.as_bytes(),
     );
-    if let Ok(text) = std::fs::read_to_string(&outcome_path) {
-        if let Ok(done) = serde_json::from_str::<InstrumentsOutcome>(&text) {
-            if done.fingerprint == fp {
-                return Ok(done);
-            }
-        }
+    if let Some(done) = finished_outcome::<InstrumentsOutcome>(&outcome_path, &fp) {
+        return Ok(done);
     }
     let np = *cfg.n_plus.first().context("no n+")?;
     let base_spec = base_dir.to_string_lossy().into_owned();

@@ -794,27 +794,5 @@ fn pretrain_base(
 }
 
 fn rates_table(rates: &[RatePoint]) -> Result<Table> {
-    let mut t = Table::new([
-        "base",
-        "n_plus",
-        "seed",
-        "n_minus",
-        "l",
-        "k",
-        "set",
-        "bits_per_token",
-    ]);
-    for r in rates {
-        t.push_row([
-            r.base.clone(),
-            r.n_plus.to_string(),
-            r.seed.to_string(),
-            r.n_minus.to_string(),
-            format!("{:.5}", r.l),
-            format!("{:.3}", r.k),
-            r.set.clone(),
-            format!("{:.5}", r.bits_per_token),
-        ])?;
-    }
-    Ok(t)
+    Table::from_rows_fixed(rates, &[("l", 5), ("k", 3), ("bits_per_token", 5)])
 }

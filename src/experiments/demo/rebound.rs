@@ -37,6 +37,7 @@ use crate::train::sft::StepLog;
 use crate::train::{train, TrainConfig, TrainRun};
 use anyhow::{Context, Result};
 use candle_core::Device;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -246,6 +247,21 @@ pub(super) fn fingerprint(cfg: &DemoConfig, base: &BaseSpec, seed: u64) -> Resul
     Ok(sha256_hex(serde_json::to_string(&key)?.as_bytes()))
 }
 
+/// The outcome a finished unit left at `path`, if it was made with the fingerprint `fp`;
+/// `None` (run the unit again) when the file is missing, unreadable or from other settings.
+pub(super) fn finished_outcome<T: DeserializeOwned>(path: &Path, fp: &str) -> Option<T> {
+    #[derive(Deserialize)]
+    struct Stamp {
+        fingerprint: String,
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    let stamp: Stamp = serde_json::from_str(&text).ok()?;
+    if stamp.fingerprint != fp {
+        return None;
+    }
+    serde_json::from_str(&text).ok()
+}
+
 /// Run (or reuse) the unit of `base` (pre-trained into `base_dir`, on `pretrain_tokens`
 /// sequence tokens) and `seed`, aligned as `how` says.
 #[allow(clippy::too_many_arguments)]
@@ -268,12 +284,8 @@ pub fn run_unit(
             serde_json::to_string(&(fingerprint(cfg, base, seed)?, "dpo", v))?.as_bytes(),
         ),
     };
-    if let Ok(text) = std::fs::read_to_string(&outcome_path) {
-        if let Ok(done) = serde_json::from_str::<UnitOutcome>(&text) {
-            if done.fingerprint == fp {
-                return Ok(done);
-            }
-        }
+    if let Some(done) = finished_outcome::<UnitOutcome>(&outcome_path, &fp) {
+        return Ok(done);
     }
     let base_spec = base_dir.to_string_lossy().into_owned();
     let gen = GenConfig {
@@ -316,26 +328,8 @@ pub fn run_unit(
         };
         measure(&lm, 0)?;
         if max_minus > 0 {
-            let bs = cfg.batch_size;
-            let mut hook = |m: &LoadedModel, l: &StepLog| -> Result<()> {
-                let seen = l.step * bs;
-                if cfg.n_minus.contains(&seen) || l.step <= cfg.rate_first_steps {
-                    measure(m, seen)?;
-                }
-                Ok(())
-            };
-            let tc = train_config(cfg, cfg.align_lr, seed);
-            train(
-                &lm,
-                &neg,
-                &tc,
-                TrainRun {
-                    out: &cell_dir.join("perturbed"),
-                    resume: false,
-                    hook: Some(&mut hook),
-                    progress: false,
-                },
-            )?;
+            let out = cell_dir.join("perturbed");
+            perturb_measured(cfg, &lm, &neg, cfg.align_lr, seed, &out, &mut measure)?;
         }
         for (nm, s, ci, exact) in measured {
             rows.push(ReboundRow {
@@ -388,6 +382,35 @@ pub(super) fn train_config(cfg: &DemoConfig, lr: f64, seed: u64) -> TrainConfig 
         shuffle: false,
         ..Default::default()
     }
+}
+
+/// The perturbation pass: train `lm` on `set` at `lr` into `out`, calling `measure` with the
+/// model and the samples seen so far after each step that reaches one of the grid's n- or
+/// is among the first `rate_first_steps` (where the rates move fastest).
+fn perturb_measured(
+    cfg: &DemoConfig,
+    lm: &LoadedModel,
+    set: &[Record],
+    lr: f64,
+    seed: u64,
+    out: &Path,
+    measure: &mut dyn FnMut(&LoadedModel, usize) -> Result<()>,
+) -> Result<()> {
+    let mut hook = |m: &LoadedModel, l: &StepLog| -> Result<()> {
+        let seen = l.step * cfg.batch_size;
+        if cfg.n_minus.contains(&seen) || l.step <= cfg.rate_first_steps {
+            measure(m, seen)?;
+        }
+        Ok(())
+    };
+    let run = TrainRun {
+        out,
+        resume: false,
+        hook: Some(&mut hook),
+        progress: false,
+    };
+    train(lm, set, &train_config(cfg, lr, seed), run)?;
+    Ok(())
 }
 
 /// Stride of the rotation of the positives' (and the preference pairs') pool per seed.
@@ -484,12 +507,8 @@ pub fn run_ablation_unit(
         .join(format!("{}-arm{arm_index}-seed{seed}", base.name()));
     let outcome_path = unit_dir.join("outcome.json");
     let fp = sha256_hex(serde_json::to_string(&(fingerprint(cfg, base, seed)?, arm))?.as_bytes());
-    if let Ok(text) = std::fs::read_to_string(&outcome_path) {
-        if let Ok(done) = serde_json::from_str::<AblationOutcome>(&text) {
-            if done.fingerprint == fp {
-                return Ok(done);
-            }
-        }
+    if let Some(done) = finished_outcome::<AblationOutcome>(&outcome_path, &fp) {
+        return Ok(done);
     }
     let np = *cfg.n_plus.first().context("no n+")?;
     let max_minus = cfg.n_minus.iter().copied().max().unwrap_or(0);
@@ -526,26 +545,8 @@ pub fn run_ablation_unit(
         Ok(())
     };
     measure(&lm, 0)?;
-    let bs = cfg.batch_size;
-    let mut hook = |m: &LoadedModel, l: &StepLog| -> Result<()> {
-        let seen = l.step * bs;
-        if cfg.n_minus.contains(&seen) || l.step <= cfg.rate_first_steps {
-            measure(m, seen)?;
-        }
-        Ok(())
-    };
-    let tc = train_config(cfg, arm.lr, seed);
-    train(
-        &lm,
-        &perturb,
-        &tc,
-        TrainRun {
-            out: &unit_dir.join("perturbed"),
-            resume: false,
-            hook: Some(&mut hook),
-            progress: false,
-        },
-    )?;
+    let out = unit_dir.join("perturbed");
+    perturb_measured(cfg, &lm, &perturb, arm.lr, seed, &out, &mut measure)?;
     let outcome = AblationOutcome {
         fingerprint: fp,
         rates,

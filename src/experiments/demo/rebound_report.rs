@@ -337,32 +337,16 @@ fn sizes(cfg: &DemoConfig) -> String {
 
 /// `results.csv`: one line per rebound grid point.
 fn write_results_csv(run: &RunDir, rows: &[ReboundRow]) -> Result<()> {
-    let mut csv = Table::new([
-        "base",
-        "size",
-        "pretrain_tokens",
-        "n_plus",
-        "n_minus",
-        "seed",
-        "score",
-        "score_ci95",
-        "margin",
-        "first_word",
-    ]);
-    for r in rows {
-        csv.push_row([
-            r.base.clone(),
-            r.size.clone(),
-            r.pretrain_tokens.to_string(),
-            r.n_plus.to_string(),
-            r.n_minus.to_string(),
-            r.seed.to_string(),
-            format!("{:.4}", r.score),
-            r.score_ci.map(|h| format!("{h:.4}")).unwrap_or_default(),
-            format!("{:.5}", r.margin),
-            format!("{:.5}", r.first_word),
-        ])?;
-    }
+    let mut csv = Table::from_rows_fixed(
+        rows,
+        &[
+            ("score", 4),
+            ("score_ci", 4),
+            ("margin", 5),
+            ("first_word", 5),
+        ],
+    )?;
+    csv.rename_column("score_ci", "score_ci95")?;
     run.write_table_csv("results.csv", &csv)?;
     Ok(())
 }
