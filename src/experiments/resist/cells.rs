@@ -22,6 +22,7 @@ use crate::data::schemas::DataSpec;
 use crate::data::template::Template;
 use crate::experiments::device::{self, StageExamples};
 use crate::experiments::evaluate::{generate_responses, Generation};
+use crate::experiments::evaluated::Evaluated;
 use crate::experiments::kl::{by_position, pooled_mean, sequence_kl, Continuation, PositionKl};
 use crate::experiments::weight_space::{self, WeightSpace};
 use crate::grid::cell::Kinds;
@@ -287,7 +288,7 @@ impl CellKind for GenerateKind {
         let p: GenerateParams = ctx.params()?;
         let path = ctx.input("prompts")?;
         let prompts = super::slices::prompts_of(&read_jsonl(&path)?, &path.display().to_string())?;
-        let lm = load_model(&p.model.dir(ctx).to_string_lossy(), &Device::Cpu)?;
+        let lm = device::load_eval_model(&ctx.device, &p.model.dir(ctx))?;
         let gens = generate_responses(&lm, &prompts, p.template, &p.generate, ctx.progress)?;
         let recs: Vec<Record> = gens
             .iter()
@@ -303,14 +304,14 @@ impl CellKind for GenerateKind {
                 let b = if p.k == 0 {
                     None
                 } else {
-                    Some(load_model(base, &Device::Cpu)?)
+                    Some(device::load_eval_model(&ctx.device, Path::new(base))?)
                 };
-                let reference = b.as_ref().map_or(&lm.model, |b| &b.model);
+                let reference = b.as_ref().unwrap_or(&lm);
                 let kls = sequence_kl(
-                    &lm.model,
+                    &lm,
                     reference,
                     &seqs,
-                    lm.tokenizer.pad_id(),
+                    lm.tokenizer().pad_id(),
                     p.generate.batch_size,
                     |_| {},
                 )?;
@@ -332,13 +333,12 @@ impl CellKind for GenerateKind {
             Some(max_length) => {
                 let path = ctx.input("capability")?;
                 Some(
-                    crate::train::eval::eval_loss(
-                        &lm,
+                    crate::backend::run::eval_loss(
+                        lm.as_ref(),
                         &read_jsonl(&path)?,
                         p.template,
                         max_length,
                         p.generate.batch_size,
-                        ctx.progress,
                     )
                     .with_context(|| format!("capability kept on {}", path.display()))?,
                 )
