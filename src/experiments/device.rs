@@ -117,10 +117,13 @@ pub fn eval_model(d: &CellDevice, lm: LoadedModel) -> Result<Box<dyn backend::La
 
 /// The model saved in `dir` on the backend `d` names, to evaluate.
 pub fn load_eval_model(d: &CellDevice, dir: &Path) -> Result<Box<dyn backend::LanguageModel>> {
-    eval_model(
-        d,
-        load_model(&dir.to_string_lossy(), &candle_core::Device::Cpu)?,
-    )
+    eval_model(d, load_cpu(dir)?)
+}
+
+/// The model saved in `dir`, on the CPU in f32: what a training stage starts from, an
+/// adapter sits on, or [`eval_model`] puts on the backend.
+pub fn load_cpu(dir: &Path) -> Result<LoadedModel> {
+    load_model(&dir.to_string_lossy(), &candle_core::Device::Cpu)
 }
 
 /// What a training stage learns from: SFT records, or DPO's preference pairs.

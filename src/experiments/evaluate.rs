@@ -1,6 +1,8 @@
 //! Evaluating one model on the evaluation prompts: sample a response to each prompt, score
 //! the responses, and (given the base model) measure KL(model || base) on them, in total and
 //! by response position. Shared by every experiment cell that judges a model's behaviour.
+//! The model and its references are [`Evaluated`]: a cell's run on the cell's backend (its
+//! device and dtype); the scorer always reads the responses' text on the CPU.
 //!
 //! Beside the score, the same pass gives: the samples' coherence (mean NLL of the response
 //! tokens under the base model: do the samples still read as language?), KL to the aligned
@@ -71,7 +73,9 @@ pub fn generate_responses(
     if !progress {
         pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let outs = lm.generate(&ids, gen, &mut |n| pb.inc(n as u64))?;
+    // One call (generation is seeded by prompt index): the bar moves when it returns.
+    let outs = lm.generate(&ids, gen)?;
+    pb.inc(prompts.len() as u64);
     pb.finish_and_clear();
     prompts
         .iter()
@@ -263,7 +267,7 @@ pub fn evaluate(
 
 /// Token-weighted mean NLL of the generated tokens under the base model; `None` when no
 /// response has a token.
-fn coherence(kls: &[SequenceKl], gens: &[Generation]) -> Option<f64> {
+pub fn coherence(kls: &[SequenceKl], gens: &[Generation]) -> Option<f64> {
     let tokens: usize = gens.iter().map(|g| g.tokens.len()).sum();
     (tokens > 0).then(|| kls.iter().map(|k| k.base_nll).sum::<f64>() / tokens as f64)
 }

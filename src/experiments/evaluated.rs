@@ -7,7 +7,7 @@
 //! so they give the same bits.
 
 use crate::backend::LanguageModel;
-use crate::model::generate::{generate, GenConfig};
+use crate::model::generate::GenConfig;
 use crate::model::{LoadedModel, TextTokenizer};
 use anyhow::Result;
 use candle_core::{Device, Tensor};
@@ -18,14 +18,9 @@ pub trait Evaluated {
     fn vocab_size(&self) -> usize;
     /// Logits (b, t, vocab) of `ids` (b, t) u32, causal, as a CPU f32 tensor.
     fn scoring_logits(&self, ids: &Tensor) -> Result<Tensor>;
-    /// New tokens of each prompt (EOS not included), as `model::generate` documents;
-    /// `on_done` is told how many prompts are finished.
-    fn generate(
-        &self,
-        prompts: &[Vec<u32>],
-        cfg: &GenConfig,
-        on_done: &mut dyn FnMut(usize),
-    ) -> Result<Vec<Vec<u32>>>;
+    /// New tokens of each prompt (EOS not included), as `model::generate` documents. All
+    /// prompts in one call: `model::generate` seeds each prompt by its index in the call.
+    fn generate(&self, prompts: &[Vec<u32>], cfg: &GenConfig) -> Result<Vec<Vec<u32>>>;
 }
 
 impl Evaluated for LoadedModel {
@@ -38,21 +33,8 @@ impl Evaluated for LoadedModel {
     fn scoring_logits(&self, ids: &Tensor) -> Result<Tensor> {
         crate::train::backprop::scoring_logits(&self.model, ids)
     }
-    fn generate(
-        &self,
-        prompts: &[Vec<u32>],
-        cfg: &GenConfig,
-        on_done: &mut dyn FnMut(usize),
-    ) -> Result<Vec<Vec<u32>>> {
-        let tok = &self.tokenizer;
-        generate(
-            &self.model,
-            prompts,
-            tok.eos_ids(),
-            tok.pad_id(),
-            cfg,
-            on_done,
-        )
+    fn generate(&self, prompts: &[Vec<u32>], cfg: &GenConfig) -> Result<Vec<Vec<u32>>> {
+        LoadedModel::generate(self, prompts, cfg, |_| {})
     }
 }
 
@@ -73,16 +55,7 @@ impl Evaluated for Box<dyn LanguageModel> {
             &Device::Cpu,
         )?)
     }
-    /// The backend generates every prompt in one call (its batches seeded by prompt index,
-    /// as `model::generate`), so progress comes at the end.
-    fn generate(
-        &self,
-        prompts: &[Vec<u32>],
-        cfg: &GenConfig,
-        on_done: &mut dyn FnMut(usize),
-    ) -> Result<Vec<Vec<u32>>> {
-        let out = LanguageModel::generate(self.as_ref(), prompts, cfg)?;
-        on_done(prompts.len());
-        Ok(out)
+    fn generate(&self, prompts: &[Vec<u32>], cfg: &GenConfig) -> Result<Vec<Vec<u32>>> {
+        LanguageModel::generate(self.as_ref(), prompts, cfg)
     }
 }

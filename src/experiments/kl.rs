@@ -9,6 +9,8 @@
 //! an estimate of the per-token KL rate between the two models' response distributions.
 //!
 //! The same model on both sides gives exactly 0: the two log-softmaxes are the same bits.
+//! Each model's logits come from wherever it runs ([`Evaluated::scoring_logits`]: the fused
+//! CPU path, or libtorch on the cell's device); the KL itself is taken on the CPU in f32.
 //!
 //! The same pass keeps the KL at each response position (position 1 = the first response
 //! token), so [`by_position`] can say where along the response two models differ (Qi et al.
@@ -213,6 +215,14 @@ mod tests {
         load_model(&dir, &Device::Cpu).unwrap()
     }
 
+    /// The tiny model with one weight tensor scaled by `factor`, so it differs from [`tiny`].
+    fn perturbed(name: &str, factor: f64) -> crate::model::LoadedModel {
+        let m = tiny();
+        let var = m.model.params.get(name).unwrap();
+        var.set(&(var.as_tensor() * factor).unwrap()).unwrap();
+        m
+    }
+
     /// (prompt, response tokens, ended with EOS) triples as continuations.
     fn continuations<'a>(list: &[(&'a [u32], &'a [u32], bool)]) -> Vec<Continuation<'a>> {
         list.iter()
@@ -248,14 +258,7 @@ mod tests {
     #[test]
     fn kl_matches_a_direct_computation_and_is_positive_for_different_models() {
         let a = tiny();
-        let b = tiny();
-        // Perturb one weight of b so the two models differ.
-        let var = b
-            .model
-            .params
-            .get("model.layers.0.mlp.up_proj.weight")
-            .unwrap();
-        var.set(&(var.as_tensor() * 3.0).unwrap()).unwrap();
+        let b = perturbed("model.layers.0.mlp.up_proj.weight", 3.0);
         let p = [5u32, 9, 17];
         let t = [40u32, 41];
         let seqs = [Continuation {
@@ -307,13 +310,7 @@ mod tests {
     #[test]
     fn kl_by_position_averages_back_to_the_total_kl() {
         let a = tiny();
-        let b = tiny();
-        let var = b
-            .model
-            .params
-            .get("model.layers.1.self_attn.q_proj.weight")
-            .unwrap();
-        var.set(&(var.as_tensor() * 2.0).unwrap()).unwrap();
+        let b = perturbed("model.layers.1.self_attn.q_proj.weight", 2.0);
         let (p1, p2) = ([5u32, 9, 17, 33], [7u32, 8]);
         let (t1, t2, t3) = ([40u32, 41, 42], [100u32, 3, 250, 6, 6, 9], [12u32]);
         let seqs = continuations(&[(&p1, &t1, true), (&p2, &t2, false), (&p2, &t3, true)]);

@@ -35,7 +35,7 @@ use crate::backend::LanguageModel;
 use crate::data::prefs::PrefRecord;
 use crate::data::records::{read_jsonl, Record};
 use crate::data::template::Template;
-use crate::experiments::device::{self, StageExamples};
+use crate::experiments::device::{self, load_cpu, StageExamples};
 use crate::experiments::evaluate::{evaluate, EvalSummary, References};
 use crate::experiments::evaluated::Evaluated;
 use crate::experiments::weight_space::{self, WeightSpace, Weights};
@@ -44,7 +44,6 @@ use crate::grid::cell::{CellContext, CellKind};
 use crate::grid::manifest::resolve;
 use crate::grid::rundir::Grid;
 use crate::model::adapted;
-use crate::model::checkpoint::load_model;
 use crate::model::generate::GenConfig;
 use crate::model::lora::{self, Adapter};
 use crate::model::{LoadedModel, ModelConfig};
@@ -592,12 +591,6 @@ fn first_pairs(path: &Path, n: usize) -> Result<Vec<PrefRecord>> {
 
 fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
-}
-
-/// The model saved in `dir`, on the CPU: what a training stage starts from, or an adapter
-/// sits on (the backend takes it from there).
-fn load_cpu(dir: &Path) -> Result<LoadedModel> {
-    load_model(&path_str(dir), &Device::Cpu)
 }
 
 /// Parameter count of the cell's base model, from its config.json.

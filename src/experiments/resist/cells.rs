@@ -20,22 +20,20 @@ use crate::data::prefs::PrefRecord;
 use crate::data::records::{read_jsonl, write_jsonl, Record};
 use crate::data::schemas::DataSpec;
 use crate::data::template::Template;
-use crate::experiments::device::{self, StageExamples};
-use crate::experiments::evaluate::{generate_responses, Generation};
+use crate::experiments::device::{self, load_cpu, StageExamples};
+use crate::experiments::evaluate::{coherence, generate_responses, Generation};
 use crate::experiments::evaluated::Evaluated;
 use crate::experiments::kl::{by_position, pooled_mean, sequence_kl, Continuation, PositionKl};
 use crate::experiments::weight_space::{self, WeightSpace};
 use crate::grid::cell::Kinds;
 use crate::grid::cell::{CellContext, CellKind};
 use crate::model::adapted;
-use crate::model::checkpoint::load_model;
 use crate::model::generate::GenConfig;
 use crate::model::lora::{self, Adapter};
 use crate::train::eval::EvalLoss;
 use crate::train::objective::Method;
 use crate::train::{TrainConfig, TrainSummary};
 use anyhow::{Context, Result};
-use candle_core::Device;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -204,13 +202,8 @@ fn fine_tune(
     t: &TrainConfig,
     log_dir: Option<&str>,
 ) -> Result<TrainSummary> {
-    let start_s = start.to_string_lossy();
-    let (lm, _) = adapted::for_training(
-        load_model(&start_s, &Device::Cpu)?,
-        &t.lora,
-        t.seed,
-        &start_s,
-    )?;
+    let (lm, _) =
+        adapted::for_training(load_cpu(start)?, &t.lora, t.seed, &start.to_string_lossy())?;
     let mut board = log_dir
         .map(|d| crate::report::tensorboard::TrainBoard::create(Path::new(d)))
         .transpose()?;
@@ -265,7 +258,7 @@ impl CellKind for ThetaKind {
         // fine-tunes start from it unchanged).
         let adapter_dir = ctx.dir.join(ADAPTER_DIR);
         let s = fine_tune(ctx, &start, &adapter_dir, &data, &t, p.log_dir.as_deref())?;
-        let lm = load_model(&start.to_string_lossy(), &Device::Cpu)?;
+        let lm = load_cpu(&start)?;
         let adapter = Adapter::load(&adapter_dir, &lm.model.cfg)?;
         adapted::save_merged(&adapted::attach(lm, adapter)?, &ctx.dir, Some("float32"))
             .with_context(|| {
@@ -315,7 +308,6 @@ impl CellKind for GenerateKind {
                     p.generate.batch_size,
                     |_| {},
                 )?;
-                let tokens: usize = gens.iter().map(|g| g.tokens.len()).sum();
                 Some(CheckpointMeasures {
                     kl_to_base: pooled_mean(&kls),
                     kl_by_position: if p.k == 0 {
@@ -323,8 +315,7 @@ impl CellKind for GenerateKind {
                     } else {
                         by_position(&kls)
                     },
-                    coherence_nll: (tokens > 0)
-                        .then(|| kls.iter().map(|k| k.base_nll).sum::<f64>() / tokens as f64),
+                    coherence_nll: coherence(&kls, &gens),
                 })
             }
         };
