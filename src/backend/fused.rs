@@ -3,7 +3,7 @@
 
 use super::LanguageModel;
 use crate::model::checkpoint::{save_model, save_params, save_tensors};
-use crate::model::generate::{generate, GenConfig};
+use crate::model::generate::GenConfig;
 use crate::model::{LoadedModel, ModelConfig, TextTokenizer};
 use crate::train::backprop::{scoring_logits, scoring_nll};
 use crate::train::batch::Batch;
@@ -94,15 +94,7 @@ impl LanguageModel for FusedModel {
         self.opt.as_ref().map_or(0, |o| o.step)
     }
     fn generate(&self, prompts: &[Vec<u32>], cfg: &GenConfig) -> Result<Vec<Vec<u32>>> {
-        let tok = &self.lm.tokenizer;
-        generate(
-            &self.lm.model,
-            prompts,
-            tok.eos_ids(),
-            tok.pad_id(),
-            cfg,
-            |_| {},
-        )
+        self.lm.generate(prompts, cfg, |_| {})
     }
     /// A LoRA model saves its adapter (PEFT's format), not the frozen base.
     fn save(&self, out: &Path, dtype: Option<&str>) -> Result<()> {

@@ -93,6 +93,8 @@ pub fn run(a: CellArgs) -> Result<()> {
             }
             if let Some(t) = dtype {
                 on.dtype = Some(value_name(t));
+                on.check_precision(grid.run_dir())
+                    .with_context(|| format!("cell {index} ({id}): --dtype"))?;
             }
             // Refused here, before the cell counts an attempt, when this build cannot run it.
             crate::experiments::device::choice(&on)

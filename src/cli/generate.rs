@@ -3,7 +3,7 @@
 
 use crate::data::records::Record;
 use crate::data::template::Template;
-use crate::model::generate::{generate, GenConfig};
+use crate::model::generate::GenConfig;
 use anyhow::{bail, Result};
 use candle_core::Device;
 use std::path::PathBuf;
@@ -56,14 +56,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         .map(|p| a.template.encode_prompt(p, &lm.tokenizer))
         .collect::<Result<_>>()?;
     let pb = crate::util::progress::bar(prompts.len() as u64, "generate");
-    let outs = generate(
-        &lm.model,
-        &ids,
-        lm.tokenizer.eos_ids(),
-        lm.tokenizer.pad_id(),
-        cfg,
-        |n| pb.inc(n as u64),
-    )?;
+    let outs = lm.generate(&ids, cfg, |n| pb.inc(n as u64))?;
     pb.finish_and_clear();
     let responses: Vec<String> = outs
         .iter()

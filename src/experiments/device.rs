@@ -1,13 +1,14 @@
 //! Where an experiment's cells compute: the config's `device`, `backend` and `dtype` keys
 //! (recorded for the cells as a `grid::device::CellDevice`), checked before anything is
-//! written, and the training stage that runs on the backend they name.
+//! written, the training stage and the models evaluated on the backend they name.
 //!
 //! On the default (the fused CPU path) a stage trains through `train::sft` / `train::dpo` as
 //! it always did. On any other choice (`device = "cuda"`, or `backend = "torch"` on the CPU)
 //! it goes through `backend::train` (SFT or DPO, full or LoRA), which writes the same files
 //! (log, checkpoints, final model or adapter) and resumes the same way. The per-step hook
-//! (TensorBoard, fault points) runs on both. Evaluation (generation, scores, KL) runs on the
-//! CPU path in both cases.
+//! (TensorBoard, fault points) runs on both. Evaluation (generation, log-probs, KL, NLL)
+//! runs on the same backend ([`eval_model`], [`load_eval_model`]); the scorers (classifiers,
+//! keyword lists, the world's scorers) always run on the CPU.
 
 use crate::backend::{self, BackendChoice, BackendKind, DeviceSpec, Precision};
 use crate::data::prefs::PrefRecord;
@@ -15,6 +16,7 @@ use crate::data::records::Record;
 use crate::grid::config::ExecutorSpec;
 use crate::grid::device::CellDevice;
 use crate::grid::slurm::SlurmConfig;
+use crate::model::checkpoint::load_model;
 use crate::model::LoadedModel;
 use crate::train::driver::{AfterStep, Run};
 use crate::train::sft::{StepLog, TrainSummary};
@@ -106,6 +108,22 @@ pub fn check(
         }
     }
     Ok(())
+}
+
+/// `lm` (loaded on the CPU, with its adapter if any) on the backend `d` names, to evaluate.
+pub fn eval_model(d: &CellDevice, lm: LoadedModel) -> Result<Box<dyn backend::LanguageModel>> {
+    backend::from_loaded(lm, &choice(d)?)
+}
+
+/// The model saved in `dir` on the backend `d` names, to evaluate.
+pub fn load_eval_model(d: &CellDevice, dir: &Path) -> Result<Box<dyn backend::LanguageModel>> {
+    eval_model(d, load_cpu(dir)?)
+}
+
+/// The model saved in `dir`, on the CPU in f32: what a training stage starts from, an
+/// adapter sits on, or [`eval_model`] puts on the backend.
+pub fn load_cpu(dir: &Path) -> Result<LoadedModel> {
+    load_model(&dir.to_string_lossy(), &candle_core::Device::Cpu)
 }
 
 /// What a training stage learns from: SFT records, or DPO's preference pairs.

@@ -1,6 +1,8 @@
 //! Evaluating one model on the evaluation prompts: sample a response to each prompt, score
 //! the responses, and (given the base model) measure KL(model || base) on them, in total and
 //! by response position. Shared by every experiment cell that judges a model's behaviour.
+//! The model and its references are [`Evaluated`]: a cell's run on the cell's backend (its
+//! device and dtype); the scorer always reads the responses' text on the CPU.
 //!
 //! Beside the score, the same pass gives: the samples' coherence (mean NLL of the response
 //! tokens under the base model: do the samples still read as language?), KL to the aligned
@@ -8,10 +10,10 @@
 //! tokens), and the refusal rate by a versioned keyword list when asked (for safety scorers,
 //! whose scores alone do not say whether a model refuses or answers harmlessly).
 
+use super::evaluated::Evaluated;
 use super::kl::{by_position, pooled_mean, sequence_kl, Continuation, PositionKl, SequenceKl};
 use crate::data::template::Template;
-use crate::model::generate::{generate, GenConfig};
-use crate::model::LoadedModel;
+use crate::model::generate::GenConfig;
 use crate::report::stats::{mean_ci95, MeanCi};
 use crate::score::keywords::KeywordScorer;
 use crate::score::{Sample, Scorer};
@@ -52,7 +54,7 @@ impl Generation {
 
 /// Sample one response per prompt (deterministic for a given `gen.seed`).
 pub fn generate_responses(
-    lm: &LoadedModel,
+    lm: &dyn Evaluated,
     prompts: &[String],
     template: Template,
     gen: &GenConfig,
@@ -63,7 +65,7 @@ pub fn generate_responses(
         .enumerate()
         .map(|(i, p)| {
             template
-                .encode_prompt(p, &lm.tokenizer)
+                .encode_prompt(p, lm.tokenizer())
                 .with_context(|| format!("evaluation prompt {}", i + 1))
         })
         .collect::<Result<_>>()?;
@@ -71,14 +73,9 @@ pub fn generate_responses(
     if !progress {
         pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    let outs = generate(
-        &lm.model,
-        &ids,
-        lm.tokenizer.eos_ids(),
-        lm.tokenizer.pad_id(),
-        gen,
-        |n| pb.inc(n as u64),
-    )?;
+    // One call (generation is seeded by prompt index): the bar moves when it returns.
+    let outs = lm.generate(&ids, gen)?;
+    pb.inc(prompts.len() as u64);
     pb.finish_and_clear();
     prompts
         .iter()
@@ -87,7 +84,7 @@ pub fn generate_responses(
         .map(|((p, prompt_ids), tokens)| {
             Ok(Generation {
                 prompt: p.clone(),
-                response: lm.tokenizer.decode(&tokens, true)?,
+                response: lm.tokenizer().decode(&tokens, true)?,
                 ended: tokens.len() < gen.max_new_tokens,
                 prompt_ids,
                 tokens,
@@ -164,9 +161,9 @@ pub struct EvalSummary {
 #[derive(Clone, Copy, Default)]
 pub struct References<'a> {
     /// The base model; `None` means the evaluated model is the base model.
-    pub base: Option<&'a LoadedModel>,
+    pub base: Option<&'a dyn Evaluated>,
     /// The aligned model this one was perturbed from (KL to it by position).
-    pub aligned: Option<&'a LoadedModel>,
+    pub aligned: Option<&'a dyn Evaluated>,
     /// Count refusals with this keyword list.
     pub refusal: Option<&'a KeywordScorer>,
 }
@@ -176,7 +173,7 @@ pub struct References<'a> {
 /// of its samples).
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate(
-    lm: &LoadedModel,
+    lm: &dyn Evaluated,
     refs: References<'_>,
     prompts: &[String],
     template: Template,
@@ -199,16 +196,16 @@ pub fn evaluate(
         gens.len()
     );
     let seqs: Vec<Continuation<'_>> = gens.iter().map(Generation::continuation).collect();
-    let measure = |reference: &LoadedModel, what: &str| -> Result<Vec<SequenceKl>> {
+    let measure = |reference: &dyn Evaluated, what: &str| -> Result<Vec<SequenceKl>> {
         let pb = crate::util::progress::bar(seqs.len() as u64, what);
         if !progress {
             pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
         }
         let k = sequence_kl(
-            &lm.model,
-            &reference.model,
+            lm,
+            reference,
             &seqs,
-            lm.tokenizer.pad_id(),
+            lm.tokenizer().pad_id(),
             kl_batch_size,
             |n| pb.inc(n as u64),
         )?;
@@ -270,7 +267,7 @@ pub fn evaluate(
 
 /// Token-weighted mean NLL of the generated tokens under the base model; `None` when no
 /// response has a token.
-fn coherence(kls: &[SequenceKl], gens: &[Generation]) -> Option<f64> {
+pub fn coherence(kls: &[SequenceKl], gens: &[Generation]) -> Option<f64> {
     let tokens: usize = gens.iter().map(|g| g.tokens.len()).sum();
     (tokens > 0).then(|| kls.iter().map(|k| k.base_nll).sum::<f64>() / tokens as f64)
 }

@@ -9,6 +9,8 @@
 //! an estimate of the per-token KL rate between the two models' response distributions.
 //!
 //! The same model on both sides gives exactly 0: the two log-softmaxes are the same bits.
+//! Each model's logits come from wherever it runs ([`Evaluated::scoring_logits`]: the fused
+//! CPU path, or libtorch on the cell's device); the KL itself is taken on the CPU in f32.
 //!
 //! The same pass keeps the KL at each response position (position 1 = the first response
 //! token), so [`by_position`] can say where along the response two models differ (Qi et al.
@@ -16,10 +18,10 @@
 //! response tokens (the samples' coherence under the base model). Both come free with the
 //! forward passes the total KL already needs.
 
-use crate::model::Llama;
+use super::evaluated::Evaluated;
 use crate::train::loss::log_softmax;
 use anyhow::{bail, ensure, Result};
-use candle_core::{Tensor, D};
+use candle_core::{Device, Tensor, D};
 
 /// One generation to measure.
 #[derive(Debug, Clone, Copy)]
@@ -66,23 +68,24 @@ impl SequenceKl {
 /// number of sequences finished. Passing the same model twice runs one forward, not two
 /// (the KL is then 0 and `base_nll` the model's own NLL of its samples).
 pub fn sequence_kl(
-    model: &Llama,
-    base: &Llama,
+    model: &dyn Evaluated,
+    base: &dyn Evaluated,
     seqs: &[Continuation<'_>],
     pad_id: u32,
     batch_size: usize,
     mut on_done: impl FnMut(usize),
 ) -> Result<Vec<SequenceKl>> {
     ensure!(batch_size > 0, "KL batch size must be positive");
-    if model.cfg.vocab_size != base.cfg.vocab_size {
+    if model.vocab_size() != base.vocab_size() {
         bail!(
             "cannot compare the model with the base model: their vocabularies differ ({} vs {} \
              tokens)",
-            model.cfg.vocab_size,
-            base.cfg.vocab_size
+            model.vocab_size(),
+            base.vocab_size()
         );
     }
-    let dev = model.device();
+    // The backends hand logits back on the CPU; the KL is taken there.
+    let dev = &Device::Cpu;
     let mut out = Vec::with_capacity(seqs.len());
     for chunk in seqs.chunks(batch_size) {
         let b = chunk.len();
@@ -118,15 +121,15 @@ pub fn sequence_kl(
         let ids = Tensor::from_vec(ids, (b, t), dev)?;
         let idx = Tensor::from_vec(rows, owner.len(), dev)?;
         // One model at a time, keeping only the chosen rows: (n, vocab) each.
-        let pick = |m: &Llama| -> Result<Tensor> {
-            let logits = crate::train::backprop::scoring_logits(m, &ids)?; // (b, t, vocab)
+        let pick = |m: &dyn Evaluated| -> Result<Tensor> {
+            let logits = m.scoring_logits(&ids)?; // (b, t, vocab)
             let v = logits.dim(D::Minus1)?;
             Ok(log_softmax(
                 &logits.reshape((b * t, v))?.index_select(&idx, 0)?,
             )?)
         };
         let lp = pick(model)?;
-        let lq = if std::ptr::eq(model, base) {
+        let lq = if std::ptr::addr_eq(model, base) {
             lp.clone()
         } else {
             pick(base)?
@@ -212,6 +215,14 @@ mod tests {
         load_model(&dir, &Device::Cpu).unwrap()
     }
 
+    /// The tiny model with one weight tensor scaled by `factor`, so it differs from [`tiny`].
+    fn perturbed(name: &str, factor: f64) -> crate::model::LoadedModel {
+        let m = tiny();
+        let var = m.model.params.get(name).unwrap();
+        var.set(&(var.as_tensor() * factor).unwrap()).unwrap();
+        m
+    }
+
     /// (prompt, response tokens, ended with EOS) triples as continuations.
     fn continuations<'a>(list: &[(&'a [u32], &'a [u32], bool)]) -> Vec<Continuation<'a>> {
         list.iter()
@@ -233,8 +244,8 @@ mod tests {
         let t2 = [100u32, 3, 250, 6, 6, 9];
         let seqs = continuations(&[(&p1, &t1, true), (&p2, &t2, false), (&p2, &[], true)]);
         for batch in [1, 3] {
-            let same = sequence_kl(&a.model, &a.model, &seqs, 2, batch, |_| {}).unwrap();
-            let copy = sequence_kl(&a.model, &b.model, &seqs, 2, batch, |_| {}).unwrap();
+            let same = sequence_kl(&a, &a, &seqs, 2, batch, |_| {}).unwrap();
+            let copy = sequence_kl(&a, &b, &seqs, 2, batch, |_| {}).unwrap();
             for k in same.iter().chain(&copy) {
                 assert_eq!(k.sum, 0.0);
             }
@@ -247,14 +258,7 @@ mod tests {
     #[test]
     fn kl_matches_a_direct_computation_and_is_positive_for_different_models() {
         let a = tiny();
-        let b = tiny();
-        // Perturb one weight of b so the two models differ.
-        let var = b
-            .model
-            .params
-            .get("model.layers.0.mlp.up_proj.weight")
-            .unwrap();
-        var.set(&(var.as_tensor() * 3.0).unwrap()).unwrap();
+        let b = perturbed("model.layers.0.mlp.up_proj.weight", 3.0);
         let p = [5u32, 9, 17];
         let t = [40u32, 41];
         let seqs = [Continuation {
@@ -262,7 +266,7 @@ mod tests {
             tokens: &t,
             ended: true,
         }];
-        let got = sequence_kl(&a.model, &b.model, &seqs, 2, 4, |_| {}).unwrap()[0].clone();
+        let got = sequence_kl(&a, &b, &seqs, 2, 4, |_| {}).unwrap()[0].clone();
         assert_eq!(got.positions, 3);
         assert!(got.sum > 0.0);
         // Direct: full-sequence log-probs at positions 2, 3, 4.
@@ -306,18 +310,12 @@ mod tests {
     #[test]
     fn kl_by_position_averages_back_to_the_total_kl() {
         let a = tiny();
-        let b = tiny();
-        let var = b
-            .model
-            .params
-            .get("model.layers.1.self_attn.q_proj.weight")
-            .unwrap();
-        var.set(&(var.as_tensor() * 2.0).unwrap()).unwrap();
+        let b = perturbed("model.layers.1.self_attn.q_proj.weight", 2.0);
         let (p1, p2) = ([5u32, 9, 17, 33], [7u32, 8]);
         let (t1, t2, t3) = ([40u32, 41, 42], [100u32, 3, 250, 6, 6, 9], [12u32]);
         let seqs = continuations(&[(&p1, &t1, true), (&p2, &t2, false), (&p2, &t3, true)]);
-        let one = sequence_kl(&a.model, &b.model, &seqs, 2, 1, |_| {}).unwrap();
-        let two = sequence_kl(&a.model, &b.model, &seqs, 2, 3, |_| {}).unwrap();
+        let one = sequence_kl(&a, &b, &seqs, 2, 1, |_| {}).unwrap();
+        let two = sequence_kl(&a, &b, &seqs, 2, 3, |_| {}).unwrap();
         for (x, y) in one.iter().zip(&two) {
             assert_eq!(x.per_position.len(), x.positions);
             let s: f64 = x.per_position.iter().sum();
@@ -346,8 +344,8 @@ mod tests {
                 < 1e-15
         );
         // The same model twice: one forward, KL 0, and the NLL is the model's own.
-        let own = sequence_kl(&a.model, &a.model, &seqs, 2, 3, |_| {}).unwrap();
-        let via_copy = sequence_kl(&b.model, &b.model, &seqs, 2, 3, |_| {}).unwrap();
+        let own = sequence_kl(&a, &a, &seqs, 2, 3, |_| {}).unwrap();
+        let via_copy = sequence_kl(&b, &b, &seqs, 2, 3, |_| {}).unwrap();
         assert!(own.iter().all(|k| k.sum == 0.0 && k.base_nll > 0.0));
         let cross = &two; // base = b: base_nll is b's NLL
         for (c, v) in cross.iter().zip(&via_copy) {

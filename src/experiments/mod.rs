@@ -9,7 +9,8 @@
 //! - [`device`]: the configs' `device` keys and the training stage on the backend they name;
 //! - [`resist`]: experiment 1, forward vs inverse alignment (PAPER.md §3).
 //! - [`sampling`]: the experiments' sampling tables (`GenConfig` with per-experiment defaults);
-//! - [`evaluate`], [`kl`]: judging a model (generations, scores, KL to the base);
+//! - [`evaluate`], [`kl`]: judging a model (generations, scores, KL to the base), on any
+//!   model that is [`evaluated::Evaluated`] (a backend's, or the demo's CPU model);
 //! - [`rebound`], [`scaling`]: the rebound experiment and its scaling study;
 //! - [`weight_space`]: how far a perturbation moves the weights back along the alignment update.
 
@@ -17,6 +18,7 @@ pub mod align;
 pub mod demo;
 pub mod device;
 pub mod evaluate;
+pub mod evaluated;
 pub mod kl;
 pub mod pretrain;
 pub mod rebound;

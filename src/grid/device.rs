@@ -6,12 +6,16 @@
 //! device of its list ([`DevicePool`]), a Slurm task with a GPU runs on `cuda` (the GPU the
 //! job was given is its `cuda:0`), and `cell run --device` overrides it.
 //!
-//! The device is not part of a cell's definition (its hash): a grid planned on one machine
-//! resumes on another. `result.json` records where each cell ran.
+//! The device and the backend are not part of a cell's definition (its hash): a grid planned
+//! on one machine resumes on another, and the backends agree to 1e-5. The precision (`dtype`)
+//! is what a cell measures with, so a run directory holds one: [`CellDevice::check_precision`]
+//! refuses to run, resume or `cell run` cells of a run in another dtype, before anything is
+//! written. `result.json` records where each cell ran.
 //!
 //! This layer keeps the settings as the config wrote them; `experiments::device` resolves
 //! them to a backend (and refuses what this build cannot run).
 
+use super::manifest::MANIFEST_FILE;
 use crate::util::fsx::atomic_write_json;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -91,6 +95,41 @@ impl CellDevice {
         } else {
             format!("{} ({})", self.device, extra.join(", "))
         }
+    }
+
+    /// The precision as the config spells it, `f32` when unset.
+    pub fn precision(&self) -> String {
+        self.dtype
+            .as_deref()
+            .unwrap_or("f32")
+            .trim()
+            .to_ascii_lowercase()
+    }
+
+    /// Refuse to compute the cells of the run in `run_dir` in another precision than the one
+    /// it was made with (`device.json`; a planned run without one was made in f32). A bf16
+    /// and an f32 result of one cell are different measurements, and the cell's hash does not
+    /// tell them apart (so that every f32 run keeps its hashes): one run, one precision.
+    pub fn check_precision(&self, run_dir: &Path) -> Result<()> {
+        let file = run_dir.join(DEVICE_FILE);
+        let recorded = if file.exists() {
+            CellDevice::read(run_dir)?
+        } else if run_dir.join(MANIFEST_FILE).exists() {
+            CellDevice::default()
+        } else {
+            return Ok(());
+        };
+        let (was, want) = (recorded.precision(), self.precision());
+        if was != want {
+            bail!(
+                "{}: the cells of this run compute in dtype = \"{was}\", but dtype = \"{want}\" \
+                 was asked for. The precision is part of what a cell measures, so a run holds \
+                 one: give the {want} run a new --out directory, or keep dtype = \"{was}\" to \
+                 run or resume this one",
+                file.display()
+            );
+        }
+        Ok(())
     }
 
     /// The settings recorded in `run_dir`; the default (the CPU) when none were.
@@ -187,6 +226,38 @@ mod tests {
             e.contains(DEVICE_FILE) && e.contains("unknown field"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_run_keeps_the_precision_it_was_made_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let bf16 = CellDevice {
+            dtype: Some("BF16".into()),
+            ..CellDevice::default()
+        };
+        // Nothing planned yet: any precision may start the run.
+        bf16.check_precision(dir.path()).unwrap();
+        // Planned before device.json existed: f32.
+        std::fs::write(dir.path().join(MANIFEST_FILE), "{}").unwrap();
+        let e = format!("{:#}", bf16.check_precision(dir.path()).unwrap_err());
+        assert!(
+            e.contains("dtype = \"f32\"") && e.contains("dtype = \"bf16\""),
+            "{e}"
+        );
+        let f32 = CellDevice {
+            dtype: Some("f32".into()),
+            ..CellDevice::default()
+        };
+        f32.check_precision(dir.path()).unwrap();
+        bf16.on("cuda").write(dir.path()).unwrap();
+        bf16.check_precision(dir.path()).unwrap();
+        let e = format!(
+            "{:#}",
+            CellDevice::default()
+                .check_precision(dir.path())
+                .unwrap_err()
+        );
+        assert!(e.contains(DEVICE_FILE) && e.contains("new --out"), "{e}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! and rows stopped by the context are counted in a warning. Each prompt gets its own RNG
 //! stream seeded by (seed, prompt index), so results do not depend on how prompts are batched.
 
+use super::checkpoint::LoadedModel;
 use super::llama::{KvCache, Llama};
 use anyhow::Result;
 use candle_core::Tensor;
@@ -78,6 +79,26 @@ impl GenConfig {
 impl Default for GenConfig {
     fn default() -> Self {
         GenConfig::DEFAULT
+    }
+}
+
+impl LoadedModel {
+    /// [`generate`] with the model's own EOS and padding tokens.
+    pub fn generate(
+        &self,
+        prompts: &[Vec<u32>],
+        cfg: &GenConfig,
+        on_done: impl FnMut(usize),
+    ) -> Result<Vec<Vec<u32>>> {
+        let tok = &self.tokenizer;
+        generate(
+            &self.model,
+            prompts,
+            tok.eos_ids(),
+            tok.pad_id(),
+            cfg,
+            on_done,
+        )
     }
 }
 

@@ -162,14 +162,7 @@ fn kl_by_position(
         .collect();
     let pad = m.tokenizer.pad_id();
     let to = |r: &LoadedModel| -> Result<Vec<PositionKl>> {
-        Ok(by_position(&sequence_kl(
-            &m.model,
-            &r.model,
-            &seqs,
-            pad,
-            16,
-            |_| {},
-        )?))
+        Ok(by_position(&sequence_kl(m, r, &seqs, pad, 16, |_| {})?))
     };
     Ok((to(base)?, to(aligned)?))
 }

@@ -21,6 +21,9 @@
 //! Inputs (manifest names): `base` (the base model's directory), `positive`, `negative`
 //! (frozen JSONL records in the run's `data/`), `prompts` (frozen `{"prompt"}` lines),
 //! `capability` (frozen held-out general text, optional).
+//! Training and evaluation (generation, KL, the capability's NLL) run on the backend the run's
+//! `device.json` names (`experiments::device`); the scorers run on the CPU.
+//!
 //! Resuming: training resumes from the newest checkpoint in `cells/<id>/model/checkpoints`
 //! (written every `train.save_every` steps); a finished training stage is marked by
 //! `train_summary.json` and not redone. Evaluation always reads the model back from disk,
@@ -28,18 +31,19 @@
 
 use super::config::PerturbFrom;
 use super::memory;
+use crate::backend::LanguageModel;
 use crate::data::prefs::PrefRecord;
 use crate::data::records::{read_jsonl, Record};
 use crate::data::template::Template;
-use crate::experiments::device::{self, StageExamples};
+use crate::experiments::device::{self, load_cpu, StageExamples};
 use crate::experiments::evaluate::{evaluate, EvalSummary, References};
+use crate::experiments::evaluated::Evaluated;
 use crate::experiments::weight_space::{self, WeightSpace, Weights};
 use crate::grid::cell::Kinds;
 use crate::grid::cell::{CellContext, CellKind};
 use crate::grid::manifest::resolve;
 use crate::grid::rundir::Grid;
 use crate::model::adapted;
-use crate::model::checkpoint::load_model;
 use crate::model::generate::GenConfig;
 use crate::model::lora::{self, Adapter};
 use crate::model::{LoadedModel, ModelConfig};
@@ -208,9 +212,9 @@ impl CellKind for BaseEval {
     }
     fn run(&self, ctx: &CellContext<'_>) -> Result<serde_json::Value> {
         let p: BaseParams = ctx.params()?;
-        let lm = load_model(&path_str(&ctx.input("base")?), &Device::Cpu)?;
+        let lm = device::load_eval_model(&ctx.device, &ctx.input("base")?)?;
         let eval = evaluate_cell(ctx, &lm, None, None, &p.eval)?;
-        let capability = capability_kept(ctx, &lm, &p.eval)?;
+        let capability = capability_kept(ctx, lm.as_ref(), &p.eval)?;
         Ok(serde_json::to_value(EvalOutput {
             model: p.model,
             n_positive: 0,
@@ -250,7 +254,7 @@ impl CellKind for Align {
         let base = ctx.input("base")?;
         let train = train_stage_of(
             ctx,
-            &|| load_model(&path_str(&base), &Device::Cpu),
+            &|| load_cpu(&base),
             &base,
             &data,
             &t,
@@ -282,12 +286,7 @@ impl CellKind for Perturb {
         let base_dir = ctx.input("base")?;
         let aligned_dir = ctx.dep_dir(&p.align_cell).join(MODEL_DIR);
         // The aligned model: a full checkpoint, or the base with the align stage's adapter.
-        let aligned_model = || {
-            stage_model(
-                &|| load_model(&path_str(&base_dir), &Device::Cpu),
-                &aligned_dir,
-            )
-        };
+        let aligned_model = || stage_model(&|| load_cpu(&base_dir), &aligned_dir);
         // What the perturbation trains (and its adapter, if any, sits on): the aligned model,
         // its adapter continued (`from = "adapter"`) or merged into the weights.
         let under = || -> Result<LoadedModel> {
@@ -325,23 +324,22 @@ impl CellKind for Perturb {
             aligned_model()?
         } else if p.from == PerturbFrom::Adapter {
             // The continued adapter holds alignment and perturbation together, on the base.
-            stage_model(
-                &|| load_model(&path_str(&base_dir), &Device::Cpu),
-                &model_dir,
-            )?
+            stage_model(&|| load_cpu(&base_dir), &model_dir)?
         } else {
             stage_model(&|| merged(aligned_model()?), &model_dir)?
         };
-        let base = load_model(&path_str(&base_dir), &Device::Cpu)?;
+        let lm = device::eval_model(&ctx.device, lm)?;
+        let base = device::load_eval_model(&ctx.device, &base_dir)?;
         let aligned = if p.kl_to_aligned && p.n_negative > 0 {
-            Some(aligned_model()?)
+            Some(device::eval_model(&ctx.device, aligned_model()?)?)
         } else {
             None
         };
-        let eval = evaluate_cell(ctx, &lm, Some(&base), aligned.as_ref(), &p.eval)?;
+        let aligned_ref = aligned.as_ref().map(|a| a as &dyn Evaluated);
+        let eval = evaluate_cell(ctx, &lm, Some(&base), aligned_ref, &p.eval)?;
         drop(aligned);
         drop(base);
-        let capability = capability_kept(ctx, &lm, &p.eval)?;
+        let capability = capability_kept(ctx, lm.as_ref(), &p.eval)?;
         Ok(serde_json::to_value(EvalOutput {
             model: p.model,
             n_positive: p.n_positive,
@@ -383,7 +381,7 @@ impl CellKind for Perturb {
 /// layout) applied to the model `under` gives.
 fn stage_model(under: &dyn Fn() -> Result<LoadedModel>, dir: &Path) -> Result<LoadedModel> {
     if !dir.join(lora::CONFIG_FILE).exists() {
-        return load_model(&path_str(dir), &Device::Cpu);
+        return load_cpu(dir);
     }
     let lm = under()?;
     let adapter = Adapter::load(dir, &lm.model.cfg)?;
@@ -515,9 +513,9 @@ pub fn shared_scorer(spec: &ScorerSpec) -> Result<Arc<dyn Scorer>> {
 /// write `samples.jsonl`.
 fn evaluate_cell(
     ctx: &CellContext<'_>,
-    lm: &LoadedModel,
-    base: Option<&LoadedModel>,
-    aligned: Option<&LoadedModel>,
+    lm: &dyn Evaluated,
+    base: Option<&dyn Evaluated>,
+    aligned: Option<&dyn Evaluated>,
     p: &EvalParams,
 ) -> Result<EvalSummary> {
     let prompts = super::data::read_prompts(&ctx.input("prompts")?)?;
@@ -549,7 +547,7 @@ fn evaluate_cell(
 /// Mean NLL of the `capability` input under the model, when the cell has one.
 fn capability_kept(
     ctx: &CellContext<'_>,
-    lm: &LoadedModel,
+    lm: &dyn LanguageModel,
     p: &EvalParams,
 ) -> Result<Option<EvalLoss>> {
     let Some(c) = &p.capability else {
@@ -557,15 +555,8 @@ fn capability_kept(
     };
     let path = ctx.input("capability")?;
     let records = read_jsonl(&path)?;
-    let loss = crate::train::eval::eval_loss(
-        lm,
-        &records,
-        p.template,
-        c.max_length,
-        c.batch_size,
-        ctx.progress,
-    )
-    .with_context(|| format!("capability kept on {}", path.display()))?;
+    let loss = crate::backend::run::eval_loss(lm, &records, p.template, c.max_length, c.batch_size)
+        .with_context(|| format!("capability kept on {}", path.display()))?;
     Ok(Some(loss))
 }
 

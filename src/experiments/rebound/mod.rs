@@ -56,6 +56,7 @@ pub const TITLE: &str = "Rebound experiment";
 
 /// Plan the grid of `cfg` in `out` without running anything.
 pub fn plan_only(cfg: &ReboundConfig, out: &Path, experiment: &str) -> Result<Planned> {
+    cfg.cell_device().check_precision(out)?;
     let planned = plan::plan(cfg, out, experiment)?;
     cfg.cell_device().write(planned.grid.run_dir())?;
     Ok(planned)

@@ -20,21 +20,20 @@ use crate::data::prefs::PrefRecord;
 use crate::data::records::{read_jsonl, write_jsonl, Record};
 use crate::data::schemas::DataSpec;
 use crate::data::template::Template;
-use crate::experiments::device::{self, StageExamples};
-use crate::experiments::evaluate::{generate_responses, Generation};
+use crate::experiments::device::{self, load_cpu, StageExamples};
+use crate::experiments::evaluate::{coherence, generate_responses, Generation};
+use crate::experiments::evaluated::Evaluated;
 use crate::experiments::kl::{by_position, pooled_mean, sequence_kl, Continuation, PositionKl};
 use crate::experiments::weight_space::{self, WeightSpace};
 use crate::grid::cell::Kinds;
 use crate::grid::cell::{CellContext, CellKind};
 use crate::model::adapted;
-use crate::model::checkpoint::load_model;
 use crate::model::generate::GenConfig;
 use crate::model::lora::{self, Adapter};
 use crate::train::eval::EvalLoss;
 use crate::train::objective::Method;
 use crate::train::{TrainConfig, TrainSummary};
 use anyhow::{Context, Result};
-use candle_core::Device;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -203,13 +202,8 @@ fn fine_tune(
     t: &TrainConfig,
     log_dir: Option<&str>,
 ) -> Result<TrainSummary> {
-    let start_s = start.to_string_lossy();
-    let (lm, _) = adapted::for_training(
-        load_model(&start_s, &Device::Cpu)?,
-        &t.lora,
-        t.seed,
-        &start_s,
-    )?;
+    let (lm, _) =
+        adapted::for_training(load_cpu(start)?, &t.lora, t.seed, &start.to_string_lossy())?;
     let mut board = log_dir
         .map(|d| crate::report::tensorboard::TrainBoard::create(Path::new(d)))
         .transpose()?;
@@ -264,7 +258,7 @@ impl CellKind for ThetaKind {
         // fine-tunes start from it unchanged).
         let adapter_dir = ctx.dir.join(ADAPTER_DIR);
         let s = fine_tune(ctx, &start, &adapter_dir, &data, &t, p.log_dir.as_deref())?;
-        let lm = load_model(&start.to_string_lossy(), &Device::Cpu)?;
+        let lm = load_cpu(&start)?;
         let adapter = Adapter::load(&adapter_dir, &lm.model.cfg)?;
         adapted::save_merged(&adapted::attach(lm, adapter)?, &ctx.dir, Some("float32"))
             .with_context(|| {
@@ -287,7 +281,7 @@ impl CellKind for GenerateKind {
         let p: GenerateParams = ctx.params()?;
         let path = ctx.input("prompts")?;
         let prompts = super::slices::prompts_of(&read_jsonl(&path)?, &path.display().to_string())?;
-        let lm = load_model(&p.model.dir(ctx).to_string_lossy(), &Device::Cpu)?;
+        let lm = device::load_eval_model(&ctx.device, &p.model.dir(ctx))?;
         let gens = generate_responses(&lm, &prompts, p.template, &p.generate, ctx.progress)?;
         let recs: Vec<Record> = gens
             .iter()
@@ -303,18 +297,17 @@ impl CellKind for GenerateKind {
                 let b = if p.k == 0 {
                     None
                 } else {
-                    Some(load_model(base, &Device::Cpu)?)
+                    Some(device::load_eval_model(&ctx.device, Path::new(base))?)
                 };
-                let reference = b.as_ref().map_or(&lm.model, |b| &b.model);
+                let reference = b.as_ref().unwrap_or(&lm);
                 let kls = sequence_kl(
-                    &lm.model,
+                    &lm,
                     reference,
                     &seqs,
-                    lm.tokenizer.pad_id(),
+                    lm.tokenizer().pad_id(),
                     p.generate.batch_size,
                     |_| {},
                 )?;
-                let tokens: usize = gens.iter().map(|g| g.tokens.len()).sum();
                 Some(CheckpointMeasures {
                     kl_to_base: pooled_mean(&kls),
                     kl_by_position: if p.k == 0 {
@@ -322,8 +315,7 @@ impl CellKind for GenerateKind {
                     } else {
                         by_position(&kls)
                     },
-                    coherence_nll: (tokens > 0)
-                        .then(|| kls.iter().map(|k| k.base_nll).sum::<f64>() / tokens as f64),
+                    coherence_nll: coherence(&kls, &gens),
                 })
             }
         };
@@ -332,13 +324,12 @@ impl CellKind for GenerateKind {
             Some(max_length) => {
                 let path = ctx.input("capability")?;
                 Some(
-                    crate::train::eval::eval_loss(
-                        &lm,
+                    crate::backend::run::eval_loss(
+                        lm.as_ref(),
                         &read_jsonl(&path)?,
                         p.template,
                         max_length,
                         p.generate.batch_size,
-                        ctx.progress,
                     )
                     .with_context(|| format!("capability kept on {}", path.display()))?,
                 )

@@ -321,6 +321,7 @@ pub fn run(cfg: &ResistConfig, out: &Path) -> Result<ResistResults> {
 /// cells were submitted to a scheduler without waiting (`elastica collect` writes the
 /// report later).
 pub fn run_with(cfg: &ResistConfig, out: &Path, opts: RunOptions) -> Result<Option<ResistResults>> {
+    cfg.cell_device().check_precision(out)?;
     let run_dir = RunDir::create(out)?;
     let (grid, data) = plan(cfg, out)?;
     cfg.cell_device().write(grid.run_dir())?;
