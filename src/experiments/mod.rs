@@ -11,13 +11,15 @@
 //! - [`sampling`]: the experiments' sampling tables (`GenConfig` with per-experiment defaults);
 //! - [`evaluate`], [`kl`]: judging a model (generations, scores, KL to the base);
 //! - [`rebound`], [`scaling`]: the rebound experiment and its scaling study;
-//! - [`weight_space`]: how far a perturbation moves the weights back along the alignment update.
+//! - [`weight_space`]: how far a perturbation moves the weights back along the alignment update;
+//! - [`log_dir`]: each training cell's TensorBoard directory under the config's `log_dir`.
 
 pub mod align;
 pub mod demo;
 pub mod device;
 pub mod evaluate;
 pub mod kl;
+pub mod log_dir;
 pub mod pretrain;
 pub mod rebound;
 pub mod registry;

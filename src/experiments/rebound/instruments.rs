@@ -13,11 +13,12 @@
 
 use super::cells::EvalOutput;
 use super::config::ReboundConfig;
+use super::curves::{self, ci, seed_outputs, AtNegatives};
 use super::outputs::Outputs;
 use super::plan::ResolvedModel;
 use crate::experiments::weight_space::Movement;
 use crate::report::stats::{mean_ci95, MeanCi};
-use crate::report::{fmt_ci, LinePlot, RunDir, Series, Table};
+use crate::report::{LinePlot, RunDir, Series, Table};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -114,11 +115,13 @@ pub struct Point {
     pub scalars: Scalars<MeanCi>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Curve {
-    pub n_positive: usize,
-    pub points: Vec<Point>,
+impl AtNegatives for Point {
+    fn n_negative(&self) -> usize {
+        self.n_negative
+    }
 }
+
+pub type Curve = super::curves::Curve<Point>;
 
 /// KL by response position of one (n+, n-) against one reference, mean over seeds of the
 /// per-seed (prompt-averaged) value at each position.
@@ -178,11 +181,7 @@ pub fn analyze(
         for &np in &cfg.n_positive {
             let mut points = Vec::new();
             for &nn in &cfg.n_negative {
-                let outs: Vec<&EvalOutput> = cfg
-                    .seeds
-                    .iter()
-                    .filter_map(|&s| outputs.perturbed(&m.name, np, nn, s))
-                    .collect();
+                let outs = seed_outputs(outputs, &m.name, np, nn, &cfg.seeds);
                 refusal_keywords = refusal_keywords
                     .or_else(|| outs.iter().find_map(|o| o.eval.refusal_keywords.clone()));
                 points.push(Point {
@@ -290,10 +289,6 @@ fn group_rows(np: usize, nn: usize, outs: &[&EvalOutput]) -> Vec<GroupRow> {
         .collect()
 }
 
-fn ci(c: Option<MeanCi>) -> String {
-    c.map_or("—".to_string(), |c| fmt_ci(c.mean, c.half_width))
-}
-
 /// One row of `kl_by_position.csv`.
 #[derive(Serialize, Deserialize)]
 struct PositionCsvRow {
@@ -377,25 +372,8 @@ fn measured(m: &ModelInstruments, key: &str) -> bool {
 
 /// A scalar against n-: rows n-, one column per n+ (and the base model's value first).
 fn scalar_table(m: &ModelInstruments, key: &str) -> Result<Table> {
-    let mut head = vec!["n−".to_string()];
-    head.extend(m.curves.iter().map(|c| format!("n+ = {}", c.n_positive)));
-    let mut t = Table::new(head);
-    if m.base.get(key).is_some() {
-        let mut r = vec!["pre-trained".to_string()];
-        r.extend(m.curves.iter().map(|_| ci(m.base.get(key))));
-        t.push_row(r)?;
-    }
-    let n_neg: Vec<usize> = m
-        .curves
-        .first()
-        .map(|c| c.points.iter().map(|p| p.n_negative).collect())
-        .unwrap_or_default();
-    for (k, nn) in n_neg.iter().enumerate() {
-        let mut r = vec![nn.to_string()];
-        r.extend(m.curves.iter().map(|c| ci(c.points[k].scalars.get(key))));
-        t.push_row(r)?;
-    }
-    Ok(t)
+    let base = m.base.get(key).is_some().then_some(m.base.get(key));
+    curves::table(&m.curves, base, |p| p.scalars.get(key))
 }
 
 /// KL by position for the largest n+: rows positions, one column per n-.
@@ -463,32 +441,9 @@ fn scalar_plot(
     ylab: &str,
     of: &str,
 ) -> Option<LinePlot> {
-    let mut plot = LinePlot::new(format!("{title}{of}"), "negative samples n−", ylab);
-    let mut drawable = false;
-    for c in &m.curves {
-        let pts: Vec<(f64, f64)> = c
-            .points
-            .iter()
-            .filter_map(|p| p.scalars.get(key).map(|v| (p.n_negative as f64, v.mean)))
-            .collect();
-        let band: Vec<(f64, f64, f64)> = c
-            .points
-            .iter()
-            .filter_map(|p| {
-                let (lo, hi) = p.scalars.get(key)?.bounds()?;
-                Some((p.n_negative as f64, lo, hi))
-            })
-            .collect();
-        drawable |= !pts.is_empty();
-        let mut s = Series::new(format!("n+ = {}", c.n_positive), pts);
-        if !band.is_empty() {
-            s = s.with_band(band);
-        }
-        plot = plot.series(s);
-    }
-    if !drawable {
-        return None;
-    }
+    let plot = curves::plot(format!("{title}{of}"), ylab, &m.curves, |p| {
+        p.scalars.get(key)
+    })?;
     Some(match (key, m.base.get(key)) {
         ("weight_space", _) => plot.reference(1.0, "back to the base model's projection"),
         (_, Some(b)) => plot.reference(b.mean, "pre-trained model"),
