@@ -2,23 +2,25 @@
 //! The report's score and KL and the instruments' scalars are all such curves, so one table
 //! builder and one plot builder serve both.
 
-use super::cells::EvalOutput;
-use super::outputs::Outputs;
 use crate::report::stats::MeanCi;
 use crate::report::{fmt_ci, LinePlot, Series, Table};
 use anyhow::Result;
 use serde::Serialize;
 
-/// A measure against n- for one n+; `P` is the point type (one n- aggregated over seeds).
+/// Measures against n- for one n+.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Curve<P> {
+pub struct Curve<T> {
     pub n_positive: usize,
-    pub points: Vec<P>,
+    pub points: Vec<Point<T>>,
 }
 
-/// A point of a [`Curve`]: where it sits on the n- axis.
-pub trait AtNegatives {
-    fn n_negative(&self) -> usize;
+/// One (n+, n-) cell: what was measured there, aggregated over seeds (its fields sit beside
+/// `n_negative` in summary.json).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Point<T> {
+    pub n_negative: usize,
+    #[serde(flatten)]
+    pub at: T,
 }
 
 /// A seed aggregate as a table cell: `mean ± half-width`, or `—` when nothing was measured.
@@ -26,27 +28,12 @@ pub fn ci(c: Option<MeanCi>) -> String {
     c.map_or("—".to_string(), |c| fmt_ci(c.mean, c.half_width))
 }
 
-/// The finished evaluations of one (model, n+, n-) over `seeds`, in seed order (the seeds
-/// whose cell has no result are left out).
-pub fn seed_outputs<'a>(
-    outputs: &'a Outputs,
-    model: &str,
-    np: usize,
-    nn: usize,
-    seeds: &[u64],
-) -> Vec<&'a EvalOutput> {
-    seeds
-        .iter()
-        .filter_map(|&s| outputs.perturbed(model, np, nn, s))
-        .collect()
-}
-
 /// One measure against n-: rows n-, one column per n+; with `base`, a first row
 /// `pre-trained` repeats the pre-trained model's value under every n+.
-pub fn table<P: AtNegatives>(
-    curves: &[Curve<P>],
+pub fn table<T>(
+    curves: &[Curve<T>],
     base: Option<Option<MeanCi>>,
-    pick: impl Fn(&P) -> Option<MeanCi>,
+    pick: impl Fn(&T) -> Option<MeanCi>,
 ) -> Result<Table> {
     let mut head = vec!["n−".to_string()];
     head.extend(curves.iter().map(|c| format!("n+ = {}", c.n_positive)));
@@ -58,11 +45,11 @@ pub fn table<P: AtNegatives>(
     }
     let n_neg: Vec<usize> = curves
         .first()
-        .map(|c| c.points.iter().map(P::n_negative).collect())
+        .map(|c| c.points.iter().map(|p| p.n_negative).collect())
         .unwrap_or_default();
     for (k, nn) in n_neg.iter().enumerate() {
         let mut r = vec![nn.to_string()];
-        r.extend(curves.iter().map(|c| ci(pick(&c.points[k]))));
+        r.extend(curves.iter().map(|c| ci(pick(&c.points[k].at))));
         t.push_row(r)?;
     }
     Ok(t)
@@ -70,25 +57,23 @@ pub fn table<P: AtNegatives>(
 
 /// One measure against n-: a line per n+ with its 95% CI band over seeds; `None` when no
 /// point was measured.
-pub fn plot<P: AtNegatives>(
+pub fn plot<T>(
     title: String,
     ylab: impl Into<String>,
-    curves: &[Curve<P>],
-    pick: impl Fn(&P) -> Option<MeanCi>,
+    curves: &[Curve<T>],
+    pick: impl Fn(&T) -> Option<MeanCi>,
 ) -> Option<LinePlot> {
     let mut plot = LinePlot::new(title, "negative samples n−", ylab);
     let mut drawable = false;
     for c in curves {
-        let x = |p: &P| p.n_negative() as f64;
-        let pts: Vec<(f64, f64)> = c
-            .points
-            .iter()
-            .filter_map(|p| pick(p).map(|v| (x(p), v.mean)))
-            .collect();
-        let band: Vec<(f64, f64, f64)> = c
-            .points
-            .iter()
-            .filter_map(|p| pick(p)?.bounds().map(|(lo, hi)| (x(p), lo, hi)))
+        let measured = || {
+            c.points
+                .iter()
+                .filter_map(|p| pick(&p.at).map(|v| (p.n_negative as f64, v)))
+        };
+        let pts: Vec<(f64, f64)> = measured().map(|(x, v)| (x, v.mean)).collect();
+        let band: Vec<(f64, f64, f64)> = measured()
+            .filter_map(|(x, v)| v.bounds().map(|(lo, hi)| (x, lo, hi)))
             .collect();
         drawable |= !pts.is_empty();
         let mut s = Series::new(format!("n+ = {}", c.n_positive), pts);

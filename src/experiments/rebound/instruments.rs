@@ -13,7 +13,7 @@
 
 use super::cells::EvalOutput;
 use super::config::ReboundConfig;
-use super::curves::{self, ci, seed_outputs, AtNegatives};
+use super::curves::{self, ci};
 use super::outputs::Outputs;
 use super::plan::ResolvedModel;
 use crate::experiments::weight_space::Movement;
@@ -108,20 +108,17 @@ fn aggregate(outs: &[&EvalOutput]) -> Scalars<MeanCi> {
     }
 }
 
-/// One (n+, n-) cell aggregated over seeds.
+/// The scalar instruments of one (n+, n-) cell over seeds.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Point {
-    pub n_negative: usize,
+pub struct AtPoint {
     pub scalars: Scalars<MeanCi>,
 }
 
-impl AtNegatives for Point {
-    fn n_negative(&self) -> usize {
-        self.n_negative
-    }
-}
+/// One (n+, n-) cell aggregated over seeds.
+pub type Point = curves::Point<AtPoint>;
 
-pub type Curve = super::curves::Curve<Point>;
+/// The scalar instruments against n- for one n+.
+pub type Curve = curves::Curve<AtPoint>;
 
 /// KL by response position of one (n+, n-) against one reference, mean over seeds of the
 /// per-seed (prompt-averaged) value at each position.
@@ -181,12 +178,14 @@ pub fn analyze(
         for &np in &cfg.n_positive {
             let mut points = Vec::new();
             for &nn in &cfg.n_negative {
-                let outs = seed_outputs(outputs, &m.name, np, nn, &cfg.seeds);
+                let outs = outputs.perturbed_over_seeds(&m.name, np, nn, &cfg.seeds);
                 refusal_keywords = refusal_keywords
                     .or_else(|| outs.iter().find_map(|o| o.eval.refusal_keywords.clone()));
                 points.push(Point {
                     n_negative: nn,
-                    scalars: aggregate(&outs),
+                    at: AtPoint {
+                        scalars: aggregate(&outs),
+                    },
                 });
                 for (reference, pick) in [
                     ("base", by_pos_base as fn(&EvalOutput) -> Vec<(usize, f64)>),
@@ -367,7 +366,7 @@ fn measured(m: &ModelInstruments, key: &str) -> bool {
     m.base.get(key).is_some()
         || m.curves
             .iter()
-            .any(|c| c.points.iter().any(|p| p.scalars.get(key).is_some()))
+            .any(|c| c.points.iter().any(|p| p.at.scalars.get(key).is_some()))
 }
 
 /// A scalar against n-: rows n-, one column per n+ (and the base model's value first).

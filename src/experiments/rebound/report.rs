@@ -23,7 +23,7 @@
 
 use super::cells::EvalOutput;
 use super::config::ReboundConfig;
-use super::curves::{self, ci, seed_outputs, AtNegatives};
+use super::curves::{self, ci};
 use super::data::FrozenData;
 use super::outputs::Outputs;
 use super::plan::ResolvedModel;
@@ -76,22 +76,18 @@ pub struct ResultRow {
     pub weight_norm_ratio: Option<f64>,
 }
 
-/// One point of a rebound curve: a (n+, n-) cell aggregated over seeds.
+/// Score and KL of one (n+, n-) cell over seeds.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Point {
-    pub n_negative: usize,
+pub struct ScoreKl {
     pub score: Option<MeanCi>,
     pub kl: Option<MeanCi>,
 }
 
-impl AtNegatives for Point {
-    fn n_negative(&self) -> usize {
-        self.n_negative
-    }
-}
+/// One point of a rebound curve: a (n+, n-) cell aggregated over seeds.
+pub type Point = curves::Point<ScoreKl>;
 
 /// Score and KL against n- for one n+.
-pub type Curve = super::curves::Curve<Point>;
+pub type Curve = curves::Curve<ScoreKl>;
 
 /// A row of the Table-3 analogue.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -215,14 +211,16 @@ fn analyze_model(
             .n_negative
             .iter()
             .map(|&nn| {
-                let outs = seed_outputs(outputs, &m.name, np, nn, &cfg.seeds);
+                let outs = outputs.perturbed_over_seeds(&m.name, np, nn, &cfg.seeds);
                 let stage = if nn == 0 { "aligned" } else { "perturbed" };
                 rows.extend(outs.iter().map(|o| row(&m.name, stage, o)));
                 let of = |f: fn(&EvalOutput) -> f64| outs.iter().map(|o| f(o)).collect::<Vec<_>>();
                 Point {
                     n_negative: nn,
-                    score: mean_ci95(&of(|o| o.eval.score.mean)),
-                    kl: mean_ci95(&of(|o| o.eval.kl)),
+                    at: ScoreKl {
+                        score: mean_ci95(&of(|o| o.eval.score.mean)),
+                        kl: mean_ci95(&of(|o| o.eval.kl)),
+                    },
                 }
             })
             .collect();
@@ -248,9 +246,9 @@ fn analyze_model(
 fn table3_row(np: usize, points: &[Point], epsilon: f64) -> Table3Row {
     let kl_curve: Vec<(f64, f64)> = points
         .iter()
-        .filter_map(|p| p.kl.map(|k| (p.n_negative as f64, k.mean)))
+        .filter_map(|p| p.at.kl.map(|k| (p.n_negative as f64, k.mean)))
         .collect();
-    let kl_aligned = points.first().and_then(|p| p.kl);
+    let kl_aligned = points.first().and_then(|p| p.at.kl);
     let negatives_to_epsilon = if kl_aligned.is_some() {
         negatives_for_kl(&kl_curve, epsilon)
     } else {
@@ -293,7 +291,7 @@ fn strength_row(
     }
     let aligned_curve: Vec<(f64, f64)> = points
         .iter()
-        .filter_map(|p| p.score.map(|c| (p.n_negative as f64, sign * c.mean)))
+        .filter_map(|p| p.at.score.map(|c| (p.n_negative as f64, sign * c.mean)))
         .collect();
     let negatives_to_base = match (base, aligned_curve.first()) {
         (Some(b), Some(&(_, a0))) if a0 > sign * b.mean => crossing(&aligned_curve, sign * b.mean),
@@ -463,7 +461,7 @@ fn plots(run: &RunDir, m: &ModelAnalysis, suffix: &str, a: &Analysis) -> Result<
                 score_axis(a),
             )
         };
-        let pick = |p: &Point| if kl { p.kl } else { p.score };
+        let pick = |p: &ScoreKl| if kl { p.kl } else { p.score };
         let Some(plot) = curves::plot(title, ylab, &m.curves, pick) else {
             continue;
         };
