@@ -84,3 +84,46 @@ pub fn plot<T>(
     }
     drawable.then_some(plot)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::stats::mean_ci95;
+
+    fn curve(np: usize, values: &[(usize, &[f64])]) -> Curve<Option<MeanCi>> {
+        Curve {
+            n_positive: np,
+            points: values
+                .iter()
+                .map(|&(nn, xs)| Point {
+                    n_negative: nn,
+                    at: mean_ci95(xs),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_table_has_a_row_per_n_negative_and_a_column_per_n_positive() {
+        let curves = [
+            curve(2, &[(0, &[1.0]), (4, &[])]),
+            curve(8, &[(0, &[3.0]), (4, &[0.5])]),
+        ];
+        let t = table(&curves, Some(mean_ci95(&[0.25])), |p| *p).unwrap();
+        assert_eq!(t.headers, ["n−", "n+ = 2", "n+ = 8"]);
+        assert_eq!(t.rows[0], ["pre-trained", "0.2500", "0.2500"]);
+        assert_eq!(t.rows[1], ["0", "1.000", "3.000"]);
+        // A cell without a finished seed reads as a dash, not a zero.
+        assert_eq!(t.rows[2], ["4", "—", "0.5000"]);
+        let without_base = table(&curves, None, |p| *p).unwrap();
+        assert_eq!(without_base.rows.len(), 2);
+    }
+
+    #[test]
+    fn the_plot_draws_the_measured_points_and_nothing_when_none_was() {
+        let curves = [curve(2, &[(0, &[1.0, 2.0]), (4, &[])])];
+        assert!(plot("t".into(), "y", &curves, |p| *p).is_some());
+        let empty = [curve(2, &[(0, &[]), (4, &[])])];
+        assert!(plot("t".into(), "y", &empty, |p| *p).is_none());
+    }
+}
