@@ -93,6 +93,17 @@ pub fn write_jsonl(path: &Path, records: &[Record]) -> Result<()> {
     })
 }
 
+/// Rows as JSONL bytes, one JSON object a line: what a run directory pins by its hash
+/// before it writes them.
+pub fn jsonl_bytes<T: serde::Serialize>(rows: &[T]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for r in rows {
+        serde_json::to_writer(&mut out, r)?;
+        out.push(b'\n');
+    }
+    Ok(out)
+}
+
 fn kind(v: &serde_json::Value) -> &'static str {
     match v {
         serde_json::Value::Null => "null",

@@ -12,7 +12,8 @@
 //! - [`evaluate`], [`kl`]: judging a model (generations, scores, KL to the base), on any
 //!   model that is [`evaluated::Evaluated`] (a backend's, or the demo's CPU model);
 //! - [`rebound`], [`scaling`]: the rebound experiment and its scaling study;
-//! - [`weight_space`]: how far a perturbation moves the weights back along the alignment update.
+//! - [`weight_space`]: how far a perturbation moves the weights back along the alignment update;
+//! - [`log_dir`]: each training cell's TensorBoard directory under the config's `log_dir`.
 
 pub mod align;
 pub mod demo;
@@ -20,6 +21,7 @@ pub mod device;
 pub mod evaluate;
 pub mod evaluated;
 pub mod kl;
+pub mod log_dir;
 pub mod pretrain;
 pub mod rebound;
 pub mod registry;

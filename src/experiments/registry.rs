@@ -12,62 +12,61 @@ use anyhow::{bail, Result};
 /// Every experiment this elastica knows.
 pub fn registry() -> Registry {
     Registry {
-        experiments: vec![&Rebound, &Scaling, &Resist],
+        experiments: vec![&REBOUND, &SCALING, &RESIST],
     }
 }
 
-struct Rebound;
+/// One experiment as the grid layer sees it: a row of the registry's table.
+struct Listed {
+    name: &'static str,
+    kinds: &'static Kinds,
+    collect: fn(&Grid, &[String]) -> Result<()>,
+}
 
-impl Experiment for Rebound {
+impl Experiment for Listed {
     fn name(&self) -> &'static str {
-        "rebound"
+        self.name
     }
     fn kinds(&self) -> &'static Kinds {
-        super::rebound::cells::KINDS
+        self.kinds
     }
-    fn collect(&self, grid: &Grid, _missing: &[String]) -> Result<()> {
-        super::rebound::collect(grid).map(drop)
+    fn collect(&self, grid: &Grid, missing: &[String]) -> Result<()> {
+        (self.collect)(grid, missing)
     }
 }
+
+static REBOUND: Listed = Listed {
+    name: "rebound",
+    kinds: super::rebound::cells::KINDS,
+    collect: |grid, _missing| super::rebound::collect(grid).map(drop),
+};
 
 /// The rebound grid over several base models: the rebound kinds, its own report.
-struct Scaling;
+static SCALING: Listed = Listed {
+    name: "scaling",
+    kinds: super::rebound::cells::KINDS,
+    collect: |grid, _missing| super::scaling::collect(grid).map(drop),
+};
 
-impl Experiment for Scaling {
-    fn name(&self) -> &'static str {
-        "scaling"
-    }
-    fn kinds(&self) -> &'static Kinds {
-        super::rebound::cells::KINDS
-    }
-    fn collect(&self, grid: &Grid, _missing: &[String]) -> Result<()> {
-        super::scaling::collect(grid).map(drop)
-    }
-}
+static RESIST: Listed = Listed {
+    name: "resist",
+    kinds: super::resist::cells::KINDS,
+    collect: collect_resist,
+};
 
-struct Resist;
-
-impl Experiment for Resist {
-    fn name(&self) -> &'static str {
-        "resist"
+/// The resist report compares every slice with every other: it needs every cell.
+fn collect_resist(grid: &Grid, missing: &[String]) -> Result<()> {
+    if !missing.is_empty() {
+        bail!(
+            "the resist report needs every cell; {} of {} are not done ({}); see \
+             `elastica status {}`",
+            missing.len(),
+            grid.len(),
+            preview(missing),
+            grid.run_dir().display()
+        );
     }
-    fn kinds(&self) -> &'static Kinds {
-        super::resist::cells::KINDS
-    }
-    /// The resist report compares every slice with every other: it needs every cell.
-    fn collect(&self, grid: &Grid, missing: &[String]) -> Result<()> {
-        if !missing.is_empty() {
-            bail!(
-                "the resist report needs every cell; {} of {} are not done ({}); see \
-                 `elastica status {}`",
-                missing.len(),
-                grid.len(),
-                preview(missing),
-                grid.run_dir().display()
-            );
-        }
-        super::resist::pipeline::collect(grid).map(drop)
-    }
+    super::resist::pipeline::collect(grid).map(drop)
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 
 use super::config::ReboundConfig;
 use crate::data::prefs::{self, PrefRecord};
-use crate::data::records::Record;
+use crate::data::records::{jsonl_bytes, Record};
 use crate::data::schemas::{self, DataSpec};
 use anyhow::{bail, Context, Result};
 use std::collections::HashSet;
@@ -163,16 +163,16 @@ pub fn freeze(cfg: &ReboundConfig) -> Result<Frozen> {
         eval_overlap,
     };
     let positive_bytes = match &pairs {
-        Some((p, _)) => jsonl(p)?,
-        None => jsonl(&positive)?,
+        Some((p, _)) => jsonl_bytes(p)?,
+        None => jsonl_bytes(&positive)?,
     };
     let mut files = vec![
         (POSITIVE_FILE, positive_bytes),
-        (NEGATIVE_FILE, jsonl(&negative)?),
-        (PROMPTS_FILE, jsonl(&prompt_lines)?),
+        (NEGATIVE_FILE, jsonl_bytes(&negative)?),
+        (PROMPTS_FILE, jsonl_bytes(&prompt_lines)?),
     ];
     if let Some(r) = &capability {
-        files.push((CAPABILITY_FILE, jsonl(r)?));
+        files.push((CAPABILITY_FILE, jsonl_bytes(r)?));
     }
     files.push((
         FROZEN_FILE,
@@ -247,15 +247,6 @@ fn load_pairs(cfg: &ReboundConfig) -> Result<(Vec<PrefRecord>, String)> {
 }
 
 pub use crate::data::records::read_prompts;
-
-fn jsonl<T: serde::Serialize>(rows: &[T]) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    for r in rows {
-        serde_json::to_writer(&mut out, r)?;
-        out.push(b'\n');
-    }
-    Ok(out)
-}
 
 /// Keep an identical file untouched (its mtime too); replace a different one atomically.
 pub(crate) fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<()> {

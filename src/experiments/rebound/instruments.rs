@@ -13,11 +13,12 @@
 
 use super::cells::EvalOutput;
 use super::config::ReboundConfig;
+use super::curves::{self, ci};
 use super::outputs::Outputs;
 use super::plan::ResolvedModel;
 use crate::experiments::weight_space::Movement;
 use crate::report::stats::{mean_ci95, MeanCi};
-use crate::report::{fmt_ci, LinePlot, RunDir, Series, Table};
+use crate::report::{LinePlot, RunDir, Series, Table};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -107,18 +108,17 @@ fn aggregate(outs: &[&EvalOutput]) -> Scalars<MeanCi> {
     }
 }
 
-/// One (n+, n-) cell aggregated over seeds.
+/// The scalar instruments of one (n+, n-) cell over seeds.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Point {
-    pub n_negative: usize,
+pub struct AtPoint {
     pub scalars: Scalars<MeanCi>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Curve {
-    pub n_positive: usize,
-    pub points: Vec<Point>,
-}
+/// One (n+, n-) cell aggregated over seeds.
+pub type Point = curves::Point<AtPoint>;
+
+/// The scalar instruments against n- for one n+.
+pub type Curve = curves::Curve<AtPoint>;
 
 /// KL by response position of one (n+, n-) against one reference, mean over seeds of the
 /// per-seed (prompt-averaged) value at each position.
@@ -178,16 +178,14 @@ pub fn analyze(
         for &np in &cfg.n_positive {
             let mut points = Vec::new();
             for &nn in &cfg.n_negative {
-                let outs: Vec<&EvalOutput> = cfg
-                    .seeds
-                    .iter()
-                    .filter_map(|&s| outputs.perturbed(&m.name, np, nn, s))
-                    .collect();
+                let outs = outputs.perturbed_over_seeds(&m.name, np, nn, &cfg.seeds);
                 refusal_keywords = refusal_keywords
                     .or_else(|| outs.iter().find_map(|o| o.eval.refusal_keywords.clone()));
                 points.push(Point {
                     n_negative: nn,
-                    scalars: aggregate(&outs),
+                    at: AtPoint {
+                        scalars: aggregate(&outs),
+                    },
                 });
                 for (reference, pick) in [
                     ("base", by_pos_base as fn(&EvalOutput) -> Vec<(usize, f64)>),
@@ -290,10 +288,6 @@ fn group_rows(np: usize, nn: usize, outs: &[&EvalOutput]) -> Vec<GroupRow> {
         .collect()
 }
 
-fn ci(c: Option<MeanCi>) -> String {
-    c.map_or("—".to_string(), |c| fmt_ci(c.mean, c.half_width))
-}
-
 /// One row of `kl_by_position.csv`.
 #[derive(Serialize, Deserialize)]
 struct PositionCsvRow {
@@ -372,30 +366,13 @@ fn measured(m: &ModelInstruments, key: &str) -> bool {
     m.base.get(key).is_some()
         || m.curves
             .iter()
-            .any(|c| c.points.iter().any(|p| p.scalars.get(key).is_some()))
+            .any(|c| c.points.iter().any(|p| p.at.scalars.get(key).is_some()))
 }
 
 /// A scalar against n-: rows n-, one column per n+ (and the base model's value first).
 fn scalar_table(m: &ModelInstruments, key: &str) -> Result<Table> {
-    let mut head = vec!["n−".to_string()];
-    head.extend(m.curves.iter().map(|c| format!("n+ = {}", c.n_positive)));
-    let mut t = Table::new(head);
-    if m.base.get(key).is_some() {
-        let mut r = vec!["pre-trained".to_string()];
-        r.extend(m.curves.iter().map(|_| ci(m.base.get(key))));
-        t.push_row(r)?;
-    }
-    let n_neg: Vec<usize> = m
-        .curves
-        .first()
-        .map(|c| c.points.iter().map(|p| p.n_negative).collect())
-        .unwrap_or_default();
-    for (k, nn) in n_neg.iter().enumerate() {
-        let mut r = vec![nn.to_string()];
-        r.extend(m.curves.iter().map(|c| ci(c.points[k].scalars.get(key))));
-        t.push_row(r)?;
-    }
-    Ok(t)
+    let base = m.base.get(key).is_some().then_some(m.base.get(key));
+    curves::table(&m.curves, base, |p| p.scalars.get(key))
 }
 
 /// KL by position for the largest n+: rows positions, one column per n-.
@@ -463,32 +440,9 @@ fn scalar_plot(
     ylab: &str,
     of: &str,
 ) -> Option<LinePlot> {
-    let mut plot = LinePlot::new(format!("{title}{of}"), "negative samples n−", ylab);
-    let mut drawable = false;
-    for c in &m.curves {
-        let pts: Vec<(f64, f64)> = c
-            .points
-            .iter()
-            .filter_map(|p| p.scalars.get(key).map(|v| (p.n_negative as f64, v.mean)))
-            .collect();
-        let band: Vec<(f64, f64, f64)> = c
-            .points
-            .iter()
-            .filter_map(|p| {
-                let (lo, hi) = p.scalars.get(key)?.bounds()?;
-                Some((p.n_negative as f64, lo, hi))
-            })
-            .collect();
-        drawable |= !pts.is_empty();
-        let mut s = Series::new(format!("n+ = {}", c.n_positive), pts);
-        if !band.is_empty() {
-            s = s.with_band(band);
-        }
-        plot = plot.series(s);
-    }
-    if !drawable {
-        return None;
-    }
+    let plot = curves::plot(format!("{title}{of}"), ylab, &m.curves, |p| {
+        p.scalars.get(key)
+    })?;
     Some(match (key, m.base.get(key)) {
         ("weight_space", _) => plot.reference(1.0, "back to the base model's projection"),
         (_, Some(b)) => plot.reference(b.mean, "pre-trained model"),

@@ -9,6 +9,8 @@
 //! - [`memory`]: each cell's memory estimate, following its stage (full, LoRA, DPO);
 //! - [`report`]: results files, tables, plots and the rebound-strength definition;
 //! - [`outputs`]: the finished evaluations, found by their own fields;
+//! - [`curves`]: a measure against n- per n+, and its table and plot, for the report and
+//!   the instruments alike;
 //! - [`instruments`]: capability kept, coherence, refusal rate, KL by position and weight
 //!   space, aggregated and reported beside the score.
 //!
@@ -16,6 +18,7 @@
 
 pub mod cells;
 pub mod config;
+pub mod curves;
 pub mod data;
 pub mod instruments;
 pub mod memory;

@@ -49,6 +49,21 @@ impl Outputs {
         self.perturbed.get(&(model.to_string(), np, nn, seed))
     }
 
+    /// The evaluations after n+ positives and n- negatives over `seeds`, in seed order
+    /// (a seed whose cell has no result is left out).
+    pub fn perturbed_over_seeds(
+        &self,
+        model: &str,
+        np: usize,
+        nn: usize,
+        seeds: &[u64],
+    ) -> Vec<&EvalOutput> {
+        seeds
+            .iter()
+            .filter_map(|&s| self.perturbed(model, np, nn, s))
+            .collect()
+    }
+
     pub fn any(&self) -> Option<&EvalOutput> {
         self.base.values().chain(self.perturbed.values()).next()
     }

@@ -22,6 +22,7 @@ use super::data::{
     freeze, write_if_changed, Frozen, FrozenData, CAPABILITY_FILE, NEGATIVE_FILE, POSITIVE_FILE,
     PROMPTS_FILE,
 };
+use crate::experiments::log_dir::cell_log_dir;
 use crate::grid::manifest::{CellSpec, Input, Manifest};
 use crate::grid::rundir::Grid;
 use crate::model::checkpoint::resolve_model_dir;
@@ -174,16 +175,198 @@ pub fn prefix(cfg: &ReboundConfig, model: &str) -> String {
     }
 }
 
-/// `<log_dir>/<cell id>` as an absolute path (cells may run in another working directory).
-fn cell_log_dir(cfg: &ReboundConfig, id: &str) -> Result<Option<String>> {
-    cfg.log_dir
-        .as_ref()
-        .map(|d| {
-            let dir = std::path::absolute(Path::new(d).join(id))
-                .with_context(|| format!("log_dir {d}: cannot make it absolute"))?;
-            Ok(dir.to_string_lossy().into_owned())
+/// The frozen files the cells read, pinned by their bytes, and what every evaluation of the
+/// grid shares.
+struct CellPlanner<'a> {
+    cfg: &'a ReboundConfig,
+    scorer: &'a ScorerSpec,
+    positive: Input,
+    negative: Input,
+    prompts: Input,
+    capability: Option<Input>,
+    refusal: Option<RefusalParams>,
+}
+
+impl<'a> CellPlanner<'a> {
+    fn new(cfg: &'a ReboundConfig, scorer: &'a ScorerSpec, frozen: &Frozen) -> Result<Self> {
+        let pin = |rel: &str| -> Result<Input> { Ok(Input::pinned_bytes(rel, frozen.bytes(rel)?)) };
+        Ok(CellPlanner {
+            cfg,
+            scorer,
+            positive: pin(POSITIVE_FILE)?,
+            negative: pin(NEGATIVE_FILE)?,
+            prompts: pin(PROMPTS_FILE)?,
+            capability: match cfg.capability {
+                Some(_) => Some(pin(CAPABILITY_FILE)?),
+                None => None,
+            },
+            refusal: refusal_params(cfg, scorer)?,
         })
-        .transpose()
+    }
+
+    /// Each cell's generations are seeded by its own seed, here and only here.
+    fn eval(&self, seed: u64) -> EvalParams {
+        let cfg = self.cfg;
+        EvalParams {
+            template: cfg.train.template,
+            generation: cfg.generation.with_seed(seed),
+            scorer: self.scorer.clone(),
+            kl_batch_size: cfg.eval.kl_batch_size,
+            capability: self.capability.as_ref().map(|_| CapabilityParams {
+                max_length: cfg.train.max_length,
+                batch_size: cfg.eval.kl_batch_size,
+            }),
+            refusal: self.refusal.clone(),
+        }
+    }
+
+    /// A cell's inputs: `list` and the base model; an evaluating cell also reads the
+    /// capability set, when there is one.
+    fn inputs(
+        &self,
+        m: &Model,
+        list: &[(&str, &Input)],
+        evaluates: bool,
+    ) -> BTreeMap<String, Input> {
+        let mut map: BTreeMap<String, Input> = list
+            .iter()
+            .map(|(k, v)| (k.to_string(), (*v).clone()))
+            .collect();
+        map.insert("base".into(), m.dir.clone());
+        if let (true, Some(c)) = (evaluates, &self.capability) {
+            map.insert("capability".into(), c.clone());
+        }
+        map
+    }
+
+    /// The cells of one base model: its base evaluations, then per n+ and seed the align
+    /// cell and its perturb cells.
+    fn model_cells(&self, m: &ResolvedModel, out: &mut Vec<CellSpec>) -> Result<()> {
+        let m = Model {
+            name: &m.name,
+            pre: prefix(self.cfg, &m.name),
+            dir: Input::path(m.dir.to_string_lossy()),
+        };
+        for &seed in &self.cfg.seeds {
+            out.push(CellSpec {
+                id: base_id(&m.pre, seed),
+                kind: BASE.into(),
+                deps: vec![],
+                inputs: self.inputs(&m, &[("prompts", &self.prompts)], true),
+                params: serde_json::to_value(BaseParams {
+                    model: m.name.to_string(),
+                    seed,
+                    eval: self.eval(seed),
+                })?,
+            });
+        }
+        for &n_pos in &self.cfg.n_positive {
+            for &seed in &self.cfg.seeds {
+                out.push(self.align_cell(&m, n_pos, seed)?);
+                for &n_neg in &self.cfg.n_negative {
+                    out.push(self.perturb_cell(&m, n_pos, n_neg, seed)?);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The fine-tuning settings of `seed` (it overrides `[train]`'s own).
+    fn train(&self, seed: u64) -> TrainConfig {
+        let mut train = self.cfg.train.clone();
+        train.seed = seed;
+        train
+    }
+
+    fn align_cell(&self, m: &Model, n_pos: usize, seed: u64) -> Result<CellSpec> {
+        let id = align_id(&m.pre, n_pos, seed);
+        Ok(CellSpec {
+            id: id.clone(),
+            kind: ALIGN.into(),
+            deps: vec![],
+            inputs: self.inputs(m, &[("positive", &self.positive)], false),
+            params: serde_json::to_value(AlignParams {
+                model: m.name.to_string(),
+                n_positive: n_pos,
+                seed,
+                // The align stage's objective; the perturbation stays SFT.
+                train: TrainConfig {
+                    dpo: self.cfg.align.dpo_config(),
+                    lora: self.cfg.align.lora.clone(),
+                    ..self.train(seed)
+                },
+                log_dir: cell_log_dir(self.cfg.log_dir.as_deref(), &id)?,
+            })?,
+        })
+    }
+
+    fn perturb_cell(&self, m: &Model, n_pos: usize, n_neg: usize, seed: u64) -> Result<CellSpec> {
+        let cfg = self.cfg;
+        let align = align_id(&m.pre, n_pos, seed);
+        let list: Vec<(&str, &Input)> = if n_neg > 0 {
+            vec![("prompts", &self.prompts), ("negative", &self.negative)]
+        } else {
+            vec![("prompts", &self.prompts)]
+        };
+        let id = perturb_id(&m.pre, n_pos, n_neg, seed);
+        Ok(CellSpec {
+            id: id.clone(),
+            kind: PERTURB.into(),
+            deps: vec![align.clone()],
+            inputs: self.inputs(m, &list, true),
+            params: serde_json::to_value(PerturbParams {
+                model: m.name.to_string(),
+                n_positive: n_pos,
+                n_negative: n_neg,
+                seed,
+                align_cell: align,
+                train: TrainConfig {
+                    lora: cfg.perturb.stage_lora(&cfg.align),
+                    ..self.train(seed)
+                },
+                from: cfg.perturb.from,
+                // n- = 0 trains nothing.
+                log_dir: if n_neg > 0 {
+                    cell_log_dir(cfg.log_dir.as_deref(), &id)?
+                } else {
+                    None
+                },
+                eval: self.eval(seed),
+                keep_model: cfg.keep_models,
+                kl_to_aligned: n_neg > 0 && cfg.measures.kl_to_aligned,
+                // With LoRA stages it compares the merged weights.
+                weight_space: n_neg > 0 && cfg.measures.weight_space,
+            })?,
+        })
+    }
+}
+
+/// One base model as its cells name and read it.
+struct Model<'a> {
+    name: &'a str,
+    /// The id prefix of its cells.
+    pre: String,
+    dir: Input,
+}
+
+/// How refusals are counted, when they are; a refusal keyword list is read now, so a bad
+/// list fails before any cell runs.
+fn refusal_params(cfg: &ReboundConfig, scorer: &ScorerSpec) -> Result<Option<RefusalParams>> {
+    if !cfg.measures.refusals(scorer) {
+        return Ok(None);
+    }
+    let keywords = match &cfg.measures.refusal_keywords {
+        Some(p) => {
+            crate::score::keywords::KeywordScorer::from_file(p)
+                .context("[measures] refusal_keywords")?;
+            Some(
+                p.canonicalize()
+                    .with_context(|| format!("cannot resolve {}", p.display()))?,
+            )
+        }
+        None => None,
+    };
+    Ok(Some(RefusalParams { keywords }))
 }
 
 fn cells(
@@ -192,135 +375,10 @@ fn cells(
     scorer: &ScorerSpec,
     frozen: &Frozen,
 ) -> Result<Vec<CellSpec>> {
-    let pin = |rel: &str| -> Result<Input> { Ok(Input::pinned_bytes(rel, frozen.bytes(rel)?)) };
-    let positive = pin(POSITIVE_FILE)?;
-    let negative = pin(NEGATIVE_FILE)?;
-    let prompts = pin(PROMPTS_FILE)?;
-    let capability = match cfg.capability {
-        Some(_) => Some(pin(CAPABILITY_FILE)?),
-        None => None,
-    };
-    let refusal = if cfg.measures.refusals(scorer) {
-        let keywords = match &cfg.measures.refusal_keywords {
-            Some(p) => {
-                // Checked now, so a bad list fails before any cell runs.
-                crate::score::keywords::KeywordScorer::from_file(p)
-                    .context("[measures] refusal_keywords")?;
-                Some(
-                    p.canonicalize()
-                        .with_context(|| format!("cannot resolve {}", p.display()))?,
-                )
-            }
-            None => None,
-        };
-        Some(RefusalParams { keywords })
-    } else {
-        None
-    };
-    // Each cell's generations are seeded by its own seed, here and only here.
-    let eval = |seed: u64| EvalParams {
-        template: cfg.train.template,
-        generation: cfg.generation.with_seed(seed),
-        scorer: scorer.clone(),
-        kl_batch_size: cfg.eval.kl_batch_size,
-        capability: capability.as_ref().map(|_| CapabilityParams {
-            max_length: cfg.train.max_length,
-            batch_size: cfg.eval.kl_batch_size,
-        }),
-        refusal: refusal.clone(),
-    };
+    let planner = CellPlanner::new(cfg, scorer, frozen)?;
     let mut out = Vec::new();
     for m in models {
-        let pre = prefix(cfg, &m.name);
-        let base = Input::path(m.dir.to_string_lossy());
-        let inputs = |list: &[(&str, &Input)]| -> BTreeMap<String, Input> {
-            let mut map: BTreeMap<String, Input> = list
-                .iter()
-                .map(|(k, v)| (k.to_string(), (*v).clone()))
-                .collect();
-            map.insert("base".into(), base.clone());
-            map
-        };
-        // Evaluating cells also read the capability set, when there is one.
-        let eval_inputs = |list: &[(&str, &Input)]| {
-            let mut map = inputs(list);
-            if let Some(c) = &capability {
-                map.insert("capability".into(), c.clone());
-            }
-            map
-        };
-        for &seed in &cfg.seeds {
-            out.push(CellSpec {
-                id: base_id(&pre, seed),
-                kind: BASE.into(),
-                deps: vec![],
-                inputs: eval_inputs(&[("prompts", &prompts)]),
-                params: serde_json::to_value(BaseParams {
-                    model: m.name.clone(),
-                    seed,
-                    eval: eval(seed),
-                })?,
-            });
-        }
-        for &n_pos in &cfg.n_positive {
-            for &seed in &cfg.seeds {
-                let mut train = cfg.train.clone();
-                train.seed = seed;
-                let align = align_id(&pre, n_pos, seed);
-                let log_dir = |id: &str| cell_log_dir(cfg, id);
-                out.push(CellSpec {
-                    id: align.clone(),
-                    kind: ALIGN.into(),
-                    deps: vec![],
-                    inputs: inputs(&[("positive", &positive)]),
-                    params: serde_json::to_value(AlignParams {
-                        model: m.name.clone(),
-                        n_positive: n_pos,
-                        seed,
-                        // The align stage's objective; the perturbation stays SFT.
-                        train: TrainConfig {
-                            dpo: cfg.align.dpo_config(),
-                            lora: cfg.align.lora.clone(),
-                            ..train.clone()
-                        },
-                        log_dir: log_dir(&align)?,
-                    })?,
-                });
-                for &n_neg in &cfg.n_negative {
-                    let list: Vec<(&str, &Input)> = if n_neg > 0 {
-                        vec![("prompts", &prompts), ("negative", &negative)]
-                    } else {
-                        vec![("prompts", &prompts)]
-                    };
-                    let id = perturb_id(&pre, n_pos, n_neg, seed);
-                    out.push(CellSpec {
-                        id: id.clone(),
-                        kind: PERTURB.into(),
-                        deps: vec![align.clone()],
-                        inputs: eval_inputs(&list),
-                        params: serde_json::to_value(PerturbParams {
-                            model: m.name.clone(),
-                            n_positive: n_pos,
-                            n_negative: n_neg,
-                            seed,
-                            align_cell: align.clone(),
-                            train: TrainConfig {
-                                lora: cfg.perturb.stage_lora(&cfg.align),
-                                ..train.clone()
-                            },
-                            from: cfg.perturb.from,
-                            // n- = 0 trains nothing.
-                            log_dir: if n_neg > 0 { log_dir(&id)? } else { None },
-                            eval: eval(seed),
-                            keep_model: cfg.keep_models,
-                            kl_to_aligned: n_neg > 0 && cfg.measures.kl_to_aligned,
-                            // With LoRA stages it compares the merged weights.
-                            weight_space: n_neg > 0 && cfg.measures.weight_space,
-                        })?,
-                    });
-                }
-            }
-        }
+        planner.model_cells(m, &mut out)?;
     }
     Ok(out)
 }
@@ -333,29 +391,13 @@ fn absolute_scorer(spec: &ScorerSpec) -> ScorerSpec {
             _ => p.to_string(),
         }
     };
-    match spec.clone() {
-        ScorerSpec::Classifier {
-            path,
-            label,
-            max_length,
-            batch_size,
-            input,
-            higher_is_aligned,
-        } => ScorerSpec::Classifier {
-            path: abs(&path),
-            label,
-            max_length,
-            batch_size,
-            input,
-            higher_is_aligned,
-        },
-        ScorerSpec::Keywords { path: Some(p) } => ScorerSpec::Keywords {
-            path: Some(PathBuf::from(abs(&p.to_string_lossy()))),
-        },
-        ScorerSpec::CostModel { path, max_length } => ScorerSpec::CostModel {
-            path: abs(&path),
-            max_length,
-        },
-        other => other,
+    let mut spec = spec.clone();
+    match &mut spec {
+        ScorerSpec::Classifier { path, .. } | ScorerSpec::CostModel { path, .. } => {
+            *path = abs(path)
+        }
+        ScorerSpec::Keywords { path: Some(p) } => *p = PathBuf::from(abs(&p.to_string_lossy())),
+        _ => {}
     }
+    spec
 }

@@ -23,12 +23,13 @@
 
 use super::cells::EvalOutput;
 use super::config::ReboundConfig;
+use super::curves::{self, ci};
 use super::data::FrozenData;
 use super::outputs::Outputs;
 use super::plan::ResolvedModel;
 use crate::grid::rundir::Grid;
 use crate::report::stats::{first_crossing, mean_ci95, MeanCi};
-use crate::report::{fmt_ci, fmt_sig, LinePlot, RunDir, Series, Table};
+use crate::report::{fmt_sig, RunDir, Table};
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -75,20 +76,18 @@ pub struct ResultRow {
     pub weight_norm_ratio: Option<f64>,
 }
 
-/// One point of a rebound curve: a (n+, n-) cell aggregated over seeds.
+/// Score and KL of one (n+, n-) cell over seeds.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Point {
-    pub n_negative: usize,
+pub struct ScoreKl {
     pub score: Option<MeanCi>,
     pub kl: Option<MeanCi>,
 }
 
+/// One point of a rebound curve: a (n+, n-) cell aggregated over seeds.
+pub type Point = curves::Point<ScoreKl>;
+
 /// Score and KL against n- for one n+.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Curve {
-    pub n_positive: usize,
-    pub points: Vec<Point>,
-}
+pub type Curve = curves::Curve<ScoreKl>;
 
 /// A row of the Table-3 analogue.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -152,116 +151,11 @@ pub fn analyze(cfg: &ReboundConfig, grid: &Grid, models: &[ResolvedModel]) -> Re
     let scorer = any.map(|o| o.eval.scorer.clone());
     let higher_is_aligned = any.is_none_or(|o| o.eval.higher_is_aligned);
     let sign = if higher_is_aligned { 1.0 } else { -1.0 };
-    let first_step = cfg.n_negative.iter().copied().find(|&n| n > 0);
-
     let mut rows = Vec::new();
-    let mut analyses = Vec::new();
-    for m in models {
-        let base_of: HashMap<u64, &EvalOutput> = cfg
-            .seeds
-            .iter()
-            .filter_map(|&s| outputs.base(&m.name, s).map(|o| (s, o)))
-            .collect();
-        for &s in &cfg.seeds {
-            if let Some(o) = base_of.get(&s) {
-                rows.push(row(&m.name, "base", o));
-            }
-        }
-        let base_scores: Vec<f64> = base_of.values().map(|o| o.eval.score.mean).collect();
-        let base = mean_ci95(&base_scores);
-        let mut curves = Vec::new();
-        let mut table3 = Vec::new();
-        let mut strength = Vec::new();
-        for &np in &cfg.n_positive {
-            let cell = |nn: usize, s: u64| outputs.perturbed(&m.name, np, nn, s);
-            let mut points = Vec::new();
-            for &nn in &cfg.n_negative {
-                let mut sc = Vec::new();
-                let mut kl = Vec::new();
-                for &s in &cfg.seeds {
-                    if let Some(o) = cell(nn, s) {
-                        rows.push(row(
-                            &m.name,
-                            if nn == 0 { "aligned" } else { "perturbed" },
-                            o,
-                        ));
-                        sc.push(o.eval.score.mean);
-                        kl.push(o.eval.kl);
-                    }
-                }
-                points.push(Point {
-                    n_negative: nn,
-                    score: mean_ci95(&sc),
-                    kl: mean_ci95(&kl),
-                });
-            }
-            // Table 3: KL after alignment, and where the seed-mean KL falls under epsilon.
-            let kl_curve: Vec<(f64, f64)> = points
-                .iter()
-                .filter_map(|p| p.kl.map(|k| (p.n_negative as f64, k.mean)))
-                .collect();
-            let kl_aligned = points.first().and_then(|p| p.kl);
-            let negatives_to_epsilon = if kl_aligned.is_some() {
-                negatives_for_kl(&kl_curve, cfg.kl_epsilon)
-            } else {
-                None
-            };
-            table3.push(Table3Row {
-                n_positive: np,
-                kl_aligned,
-                negatives_to_epsilon,
-            });
-            // Rebound strength, per seed against that seed's base.
-            let mut gains = Vec::new();
-            let mut ratios = Vec::new();
-            for &s in &cfg.seeds {
-                let (Some(a0), Some(b)) = (cell(0, s), base_of.get(&s)) else {
-                    continue;
-                };
-                gains.push(sign * (a0.eval.score.mean - b.eval.score.mean));
-                if let Some(a1) = first_step.and_then(|n1| cell(n1, s)) {
-                    ratios.extend(rebound_strength(
-                        sign,
-                        b.eval.score.mean,
-                        a0.eval.score.mean,
-                        a1.eval.score.mean,
-                        0.0,
-                    ));
-                }
-            }
-            let aligned_curve: Vec<(f64, f64)> = points
-                .iter()
-                .filter_map(|p| p.score.map(|c| (p.n_negative as f64, sign * c.mean)))
-                .collect();
-            let negatives_to_base = match (base, aligned_curve.first()) {
-                (Some(b), Some(&(_, a0))) if a0 > sign * b.mean => {
-                    crossing(&aligned_curve, sign * b.mean)
-                }
-                _ => None,
-            };
-            strength.push(StrengthRow {
-                n_positive: np,
-                first_step,
-                gain: mean_ci95(&gains),
-                strength: mean_ci95(&ratios),
-                seeds: cfg.seeds.len(),
-                negatives_to_base,
-            });
-            curves.push(Curve {
-                n_positive: np,
-                points,
-            });
-        }
-        analyses.push(ModelAnalysis {
-            name: m.name.clone(),
-            x: m.x,
-            params: m.params,
-            base,
-            curves,
-            table3,
-            strength,
-        });
-    }
+    let analyses = models
+        .iter()
+        .map(|m| analyze_model(cfg, &outputs, m, sign, &mut rows))
+        .collect();
     let instruments = super::instruments::analyze(cfg, &outputs, models);
     Ok(Analysis {
         instruments,
@@ -272,6 +166,145 @@ pub fn analyze(cfg: &ReboundConfig, grid: &Grid, models: &[ResolvedModel]) -> Re
         kl_epsilon: cfg.kl_epsilon,
         missing,
     })
+}
+
+/// The finished evaluations of one base model, its pre-trained ones by seed.
+struct ModelCells<'a> {
+    outputs: &'a Outputs,
+    model: &'a str,
+    base: HashMap<u64, &'a EvalOutput>,
+}
+
+impl<'a> ModelCells<'a> {
+    fn perturbed(&self, np: usize, nn: usize, seed: u64) -> Option<&'a EvalOutput> {
+        self.outputs.perturbed(self.model, np, nn, seed)
+    }
+}
+
+/// One base model's curves, Table-3 rows and rebound strengths; its result rows are
+/// appended to `rows` (base first, then by n+, n-, seed).
+fn analyze_model(
+    cfg: &ReboundConfig,
+    outputs: &Outputs,
+    m: &ResolvedModel,
+    sign: f64,
+    rows: &mut Vec<ResultRow>,
+) -> ModelAnalysis {
+    let bases: Vec<(u64, &EvalOutput)> = cfg
+        .seeds
+        .iter()
+        .filter_map(|&s| outputs.base(&m.name, s).map(|o| (s, o)))
+        .collect();
+    rows.extend(bases.iter().map(|(_, o)| row(&m.name, "base", o)));
+    let base_scores: Vec<f64> = bases.iter().map(|(_, o)| o.eval.score.mean).collect();
+    let base = mean_ci95(&base_scores);
+    let cells = ModelCells {
+        outputs,
+        model: &m.name,
+        base: bases.into_iter().collect(),
+    };
+    let mut curves = Vec::new();
+    let mut table3 = Vec::new();
+    let mut strength = Vec::new();
+    for &np in &cfg.n_positive {
+        let points: Vec<Point> = cfg
+            .n_negative
+            .iter()
+            .map(|&nn| {
+                let outs = outputs.perturbed_over_seeds(&m.name, np, nn, &cfg.seeds);
+                let stage = if nn == 0 { "aligned" } else { "perturbed" };
+                rows.extend(outs.iter().map(|o| row(&m.name, stage, o)));
+                let of = |f: fn(&EvalOutput) -> f64| outs.iter().map(|o| f(o)).collect::<Vec<_>>();
+                Point {
+                    n_negative: nn,
+                    at: ScoreKl {
+                        score: mean_ci95(&of(|o| o.eval.score.mean)),
+                        kl: mean_ci95(&of(|o| o.eval.kl)),
+                    },
+                }
+            })
+            .collect();
+        table3.push(table3_row(np, &points, cfg.kl_epsilon));
+        strength.push(strength_row(cfg, &cells, np, &points, base, sign));
+        curves.push(Curve {
+            n_positive: np,
+            points,
+        });
+    }
+    ModelAnalysis {
+        name: m.name.clone(),
+        x: m.x,
+        params: m.params,
+        base,
+        curves,
+        table3,
+        strength,
+    }
+}
+
+/// Table 3: KL after alignment, and where the seed-mean KL falls under epsilon.
+fn table3_row(np: usize, points: &[Point], epsilon: f64) -> Table3Row {
+    let kl_curve: Vec<(f64, f64)> = points
+        .iter()
+        .filter_map(|p| p.at.kl.map(|k| (p.n_negative as f64, k.mean)))
+        .collect();
+    let kl_aligned = points.first().and_then(|p| p.at.kl);
+    let negatives_to_epsilon = if kl_aligned.is_some() {
+        negatives_for_kl(&kl_curve, epsilon)
+    } else {
+        None
+    };
+    Table3Row {
+        n_positive: np,
+        kl_aligned,
+        negatives_to_epsilon,
+    }
+}
+
+/// Rebound strength of one n+, per seed against that seed's base, and where the seed-mean
+/// aligned score returns to the base level.
+fn strength_row(
+    cfg: &ReboundConfig,
+    cells: &ModelCells,
+    np: usize,
+    points: &[Point],
+    base: Option<MeanCi>,
+    sign: f64,
+) -> StrengthRow {
+    let first_step = cfg.n_negative.iter().copied().find(|&n| n > 0);
+    let mut gains = Vec::new();
+    let mut ratios = Vec::new();
+    for &s in &cfg.seeds {
+        let (Some(a0), Some(b)) = (cells.perturbed(np, 0, s), cells.base.get(&s)) else {
+            continue;
+        };
+        gains.push(sign * (a0.eval.score.mean - b.eval.score.mean));
+        if let Some(a1) = first_step.and_then(|n1| cells.perturbed(np, n1, s)) {
+            ratios.extend(rebound_strength(
+                sign,
+                b.eval.score.mean,
+                a0.eval.score.mean,
+                a1.eval.score.mean,
+                0.0,
+            ));
+        }
+    }
+    let aligned_curve: Vec<(f64, f64)> = points
+        .iter()
+        .filter_map(|p| p.at.score.map(|c| (p.n_negative as f64, sign * c.mean)))
+        .collect();
+    let negatives_to_base = match (base, aligned_curve.first()) {
+        (Some(b), Some(&(_, a0))) if a0 > sign * b.mean => crossing(&aligned_curve, sign * b.mean),
+        _ => None,
+    };
+    StrengthRow {
+        n_positive: np,
+        first_step,
+        gain: mean_ci95(&gains),
+        strength: mean_ci95(&ratios),
+        seeds: cfg.seeds.len(),
+        negatives_to_base,
+    }
 }
 
 /// Rebound strength of one seed: the fraction of the alignment gain (aligned score over
@@ -346,29 +379,9 @@ pub fn rows_table(rows: &[ResultRow]) -> Result<Table> {
     Table::from_rows(rows)
 }
 
-fn ci(c: Option<MeanCi>) -> String {
-    c.map_or("—".to_string(), |c| fmt_ci(c.mean, c.half_width))
-}
-
 /// Score (or KL) against n-: rows n-, one column per n+.
 fn curve_table(m: &ModelAnalysis, kl: bool) -> Result<Table> {
-    let mut head = vec!["n−".to_string()];
-    head.extend(m.curves.iter().map(|c| format!("n+ = {}", c.n_positive)));
-    let mut t = Table::new(head);
-    let n_neg: Vec<usize> = m
-        .curves
-        .first()
-        .map(|c| c.points.iter().map(|p| p.n_negative).collect())
-        .unwrap_or_default();
-    for (k, nn) in n_neg.iter().enumerate() {
-        let mut r = vec![nn.to_string()];
-        for c in &m.curves {
-            let p = &c.points[k];
-            r.push(ci(if kl { p.kl } else { p.score }));
-        }
-        t.push_row(r)?;
-    }
-    Ok(t)
+    curves::table(&m.curves, None, |p| if kl { p.kl } else { p.score })
 }
 
 fn table3(m: &ModelAnalysis, eps: f64, max_neg: usize) -> Result<Table> {
@@ -448,33 +461,11 @@ fn plots(run: &RunDir, m: &ModelAnalysis, suffix: &str, a: &Analysis) -> Result<
                 score_axis(a),
             )
         };
-        let mut plot = LinePlot::new(title, "negative samples n−", ylab);
-        let mut drawable = false;
-        for c in &m.curves {
-            let pick = |p: &Point| if kl { p.kl } else { p.score };
-            let pts: Vec<(f64, f64)> = c
-                .points
-                .iter()
-                .filter_map(|p| pick(p).map(|v| (p.n_negative as f64, v.mean)))
-                .collect();
-            let band: Vec<(f64, f64, f64)> = c
-                .points
-                .iter()
-                .filter_map(|p| {
-                    pick(p).and_then(|v| v.bounds().map(|(lo, hi)| (p.n_negative as f64, lo, hi)))
-                })
-                .collect();
-            drawable |= !pts.is_empty();
-            let mut s = Series::new(format!("n+ = {}", c.n_positive), pts);
-            if !band.is_empty() {
-                s = s.with_band(band);
-            }
-            plot = plot.series(s);
-        }
-        if !drawable {
+        let pick = |p: &ScoreKl| if kl { p.kl } else { p.score };
+        let Some(plot) = curves::plot(title, ylab, &m.curves, pick) else {
             continue;
-        }
-        plot = if kl {
+        };
+        let plot = if kl {
             plot.reference(a.kl_epsilon, format!("ε = {}", fmt_sig(a.kl_epsilon, 3)))
         } else {
             match m.base {

@@ -22,7 +22,8 @@ use super::config::ResistConfig;
 use super::plan::{Direction, PairPlan};
 use super::results::{analyse, write_all, ResistResults, RunLosses};
 use super::slices;
-use crate::data::records::Record;
+use crate::data::records::{jsonl_bytes, Record};
+use crate::experiments::log_dir::cell_log_dir;
 use crate::grid::config::RunOptions;
 use crate::grid::launch::launch;
 use crate::grid::manifest::{sha256_hex, CellSpec, Input, Manifest};
@@ -58,15 +59,6 @@ pub struct PreparedData {
     pub files: Vec<(String, Vec<u8>)>,
     pub slice_sizes: Vec<usize>,
     pub prompts: usize,
-}
-
-fn jsonl_bytes<T: serde::Serialize>(records: &[T]) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    for r in records {
-        serde_json::to_writer(&mut out, r)?;
-        out.push(b'\n');
-    }
-    Ok(out)
 }
 
 /// The slices of `records` as JSONL bytes with their sizes, and the held-out prompts.
@@ -152,18 +144,6 @@ fn base_dir(cfg: &ResistConfig) -> Result<String> {
     Ok(abs.to_string_lossy().into_owned())
 }
 
-/// `<log_dir>/<cell id>` as an absolute path (cells may run in another working directory).
-fn cell_log_dir(cfg: &ResistConfig, id: &str) -> Result<Option<String>> {
-    cfg.log_dir
-        .as_ref()
-        .map(|d| {
-            let dir = std::path::absolute(Path::new(d).join(id))
-                .with_context(|| format!("log_dir {d}: cannot make it absolute"))?;
-            Ok(dir.to_string_lossy().into_owned())
-        })
-        .transpose()
-}
-
 /// The grid's cells, in an order where every dependency comes first.
 pub fn cells(cfg: &ResistConfig, base: &str, data: &PreparedData) -> Result<Vec<CellSpec>> {
     cfg.validate()?;
@@ -204,7 +184,7 @@ pub fn cells(cfg: &ResistConfig, base: &str, data: &PreparedData) -> Result<Vec<
                     k,
                     start,
                     train,
-                    log_dir: cell_log_dir(cfg, &theta_id(seed, k))?,
+                    log_dir: cell_log_dir(cfg.log_dir.as_deref(), &theta_id(seed, k))?,
                 })?,
             });
         }
@@ -252,7 +232,7 @@ pub fn cells(cfg: &ResistConfig, base: &str, data: &PreparedData) -> Result<Vec<
                         models: models.clone(),
                         gens: gens.clone(),
                         keep_model: cfg.keep_pair_models,
-                        log_dir: cell_log_dir(cfg, &pair_id(seed, &pair, d))?,
+                        log_dir: cell_log_dir(cfg.log_dir.as_deref(), &pair_id(seed, &pair, d))?,
                         // A LoRA pair fine-tune keeps only its adapter, no full weights.
                         weight_space: cfg.measures.weight_space && !train.lora.enabled(),
                     })?,

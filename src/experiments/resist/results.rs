@@ -8,7 +8,7 @@ use super::plan::Direction;
 use crate::report::stats::{mean_ci95, sign_test, MeanCi, SignTest};
 use crate::report::{fmt_ci, fmt_p, fmt_sig, LinePlot, RunDir, Series, Table};
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// The per-step training losses of one fine-tune (one seed, one pair, one direction).
@@ -25,7 +25,7 @@ pub struct RunLosses {
 }
 
 /// One comparison: a pair under one seed (a row of `results.csv`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Comparison {
     pub seed: u64,
     pub k: usize,
@@ -84,27 +84,51 @@ fn mean(xs: &[f64]) -> f64 {
     crate::report::stats::mean(xs).unwrap_or(f64::NAN)
 }
 
+/// The forward and inverse run of each (pair, seed), found by their own fields.
+type RunsByKey<'a> = BTreeMap<(usize, usize, u64), [Option<&'a RunLosses>; 2]>;
+
 /// Turn the fine-tunes' losses into comparisons, summaries, the sign test and curves. Every
 /// (seed, pair) needs exactly one forward and one inverse run with the same sample count.
 pub fn analyse(runs: &[RunLosses]) -> Result<ResistResults> {
-    let mut by_key: BTreeMap<(usize, usize, u64), [Option<&RunLosses>; 2]> = BTreeMap::new();
+    let comparisons = compare(&index_runs(runs)?)?;
+    let mut pairs = Vec::new();
+    let mut curves = BTreeMap::new();
+    let mut pair_keys: Vec<(usize, usize)> = comparisons.iter().map(|c| (c.k, c.l)).collect();
+    pair_keys.dedup();
+    for (k, l) in pair_keys {
+        pairs.push(summarise_pair(k, l, &comparisons)?);
+        let pc = Direction::BOTH
+            .into_iter()
+            .map(|dir| loss_curve(runs, k, l, dir))
+            .collect();
+        curves.insert(format!("{k}-{l}"), pc);
+    }
+    let diffs: Vec<f64> = comparisons.iter().map(|c| c.difference).collect();
+    Ok(ResistResults {
+        inverse_lower: comparisons.iter().filter(|c| c.inverse_lower).count(),
+        total: comparisons.len(),
+        sign_test: sign_test(&diffs)?,
+        difference: mean_ci95(&diffs).context("no comparisons")?,
+        comparisons,
+        pairs,
+        curves,
+    })
+}
+
+/// Check every run (a logged, finite loss; one run per direction, pair and seed) and index
+/// them by (k, l, seed).
+fn index_runs(runs: &[RunLosses]) -> Result<RunsByKey<'_>> {
+    let mut by_key: RunsByKey = BTreeMap::new();
     for r in runs {
+        let what = || format!("{} fine-tune of pair {}-{}", r.direction.name(), r.k, r.l);
         if r.losses.is_empty() {
-            bail!(
-                "the {} fine-tune of pair {}-{} (seed {}) logged no step",
-                r.direction.name(),
-                r.k,
-                r.l,
-                r.seed
-            );
+            bail!("the {} (seed {}) logged no step", what(), r.seed);
         }
         if let Some((i, x)) = r.losses.iter().enumerate().find(|(_, x)| !x.is_finite()) {
             bail!(
-                "the {} fine-tune of pair {}-{} (seed {}) has loss {x} at step {}; the run \
-                 diverged (lower the learning rate)",
-                r.direction.name(),
-                r.k,
-                r.l,
+                "the {} (seed {}) has loss {x} at step {}; the run diverged (lower the \
+                 learning rate)",
+                what(),
                 r.seed,
                 i + 1
             );
@@ -124,8 +148,13 @@ pub fn analyse(runs: &[RunLosses]) -> Result<ResistResults> {
     if by_key.is_empty() {
         bail!("no fine-tune results to analyse");
     }
+    Ok(by_key)
+}
+
+/// One comparison per (pair, seed): the forward and the inverse run's mean losses.
+fn compare(by_key: &RunsByKey) -> Result<Vec<Comparison>> {
     let mut comparisons = Vec::new();
-    for ((k, l, seed), [fwd, inv]) in &by_key {
+    for ((k, l, seed), [fwd, inv]) in by_key {
         let (Some(f), Some(i)) = (fwd, inv) else {
             bail!("pair {k}-{l} seed {seed} lacks its forward or its inverse run");
         };
@@ -151,63 +180,51 @@ pub fn analyse(runs: &[RunLosses]) -> Result<ResistResults> {
             forward_final_loss: *f.losses.last().unwrap_or(&f64::NAN),
         });
     }
+    Ok(comparisons)
+}
 
-    let mut pairs = Vec::new();
-    let mut curves = BTreeMap::new();
-    let mut pair_keys: Vec<(usize, usize)> = comparisons.iter().map(|c| (c.k, c.l)).collect();
-    pair_keys.dedup();
-    for (k, l) in pair_keys {
-        let cs: Vec<&Comparison> = comparisons
-            .iter()
-            .filter(|c| (c.k, c.l) == (k, l))
-            .collect();
-        let ci = |f: fn(&Comparison) -> f64| {
-            let xs: Vec<f64> = cs.iter().map(|c| f(c)).collect();
-            mean_ci95(&xs).context("a pair without comparisons")
-        };
-        pairs.push(PairSummary {
-            k,
-            l,
-            seeds: cs.len(),
-            inverse_loss: ci(|c| c.inverse_loss)?,
-            forward_loss: ci(|c| c.forward_loss)?,
-            difference: ci(|c| c.difference)?,
-            inverse_lower: cs.iter().filter(|c| c.inverse_lower).count(),
-        });
-        let mut pc = Vec::new();
-        for dir in Direction::BOTH {
-            let per_seed: Vec<&[f64]> = runs
-                .iter()
-                .filter(|r| (r.k, r.l, r.direction) == (k, l, dir))
-                .map(|r| r.losses.as_slice())
-                .collect();
-            let steps = per_seed.iter().map(|s| s.len()).max().unwrap_or(0);
-            let points = (0..steps)
-                .filter_map(|s| {
-                    let xs: Vec<f64> = per_seed.iter().filter_map(|r| r.get(s).copied()).collect();
-                    let m = mean_ci95(&xs)?;
-                    let (lo, hi) = m.bounds().unwrap_or((m.mean, m.mean));
-                    Some((s + 1, m.mean, lo, hi))
-                })
-                .collect();
-            pc.push(Curve {
-                direction: dir,
-                points,
-            });
-        }
-        curves.insert(format!("{k}-{l}"), pc);
-    }
-
-    let diffs: Vec<f64> = comparisons.iter().map(|c| c.difference).collect();
-    Ok(ResistResults {
-        inverse_lower: comparisons.iter().filter(|c| c.inverse_lower).count(),
-        total: comparisons.len(),
-        sign_test: sign_test(&diffs)?,
-        difference: mean_ci95(&diffs).context("no comparisons")?,
-        comparisons,
-        pairs,
-        curves,
+/// Pair k-l over seeds.
+fn summarise_pair(k: usize, l: usize, comparisons: &[Comparison]) -> Result<PairSummary> {
+    let cs: Vec<&Comparison> = comparisons
+        .iter()
+        .filter(|c| (c.k, c.l) == (k, l))
+        .collect();
+    let ci = |f: fn(&Comparison) -> f64| {
+        let xs: Vec<f64> = cs.iter().map(|c| f(c)).collect();
+        mean_ci95(&xs).context("a pair without comparisons")
+    };
+    Ok(PairSummary {
+        k,
+        l,
+        seeds: cs.len(),
+        inverse_loss: ci(|c| c.inverse_loss)?,
+        forward_loss: ci(|c| c.forward_loss)?,
+        difference: ci(|c| c.difference)?,
+        inverse_lower: cs.iter().filter(|c| c.inverse_lower).count(),
     })
+}
+
+/// The loss curve of one direction of pair k-l: per step, the mean and 95% CI over the
+/// seeds that reached it.
+fn loss_curve(runs: &[RunLosses], k: usize, l: usize, dir: Direction) -> Curve {
+    let per_seed: Vec<&[f64]> = runs
+        .iter()
+        .filter(|r| (r.k, r.l, r.direction) == (k, l, dir))
+        .map(|r| r.losses.as_slice())
+        .collect();
+    let steps = per_seed.iter().map(|s| s.len()).max().unwrap_or(0);
+    let points = (0..steps)
+        .filter_map(|s| {
+            let xs: Vec<f64> = per_seed.iter().filter_map(|r| r.get(s).copied()).collect();
+            let m = mean_ci95(&xs)?;
+            let (lo, hi) = m.bounds().unwrap_or((m.mean, m.mean));
+            Some((s + 1, m.mean, lo, hi))
+        })
+        .collect();
+    Curve {
+        direction: dir,
+        points,
+    }
 }
 
 /// Four significant digits for losses.
@@ -253,35 +270,7 @@ pub fn pair_table(res: &ResistResults) -> Result<Table> {
 
 /// Per (seed, pair) rows with full precision (`results.csv`).
 pub fn comparison_table(res: &ResistResults) -> Result<Table> {
-    let mut t = Table::new([
-        "seed",
-        "k",
-        "l",
-        "samples",
-        "steps",
-        "inverse_loss",
-        "forward_loss",
-        "difference",
-        "inverse_lower",
-        "inverse_final_loss",
-        "forward_final_loss",
-    ]);
-    for c in &res.comparisons {
-        t.push_row([
-            c.seed.to_string(),
-            c.k.to_string(),
-            c.l.to_string(),
-            c.samples.to_string(),
-            c.steps.to_string(),
-            c.inverse_loss.to_string(),
-            c.forward_loss.to_string(),
-            c.difference.to_string(),
-            c.inverse_lower.to_string(),
-            c.inverse_final_loss.to_string(),
-            c.forward_final_loss.to_string(),
-        ])?;
-    }
-    Ok(t)
+    Table::from_rows(&res.comparisons)
 }
 
 /// The verdict in one paragraph of Markdown (used by `report.md`): the counts, then the
