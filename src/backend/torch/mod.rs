@@ -15,8 +15,8 @@ use super::{DeviceSpec, LanguageModel, Precision};
 use crate::model::generate::{pick, GenConfig};
 use crate::model::{LoadedModel, ModelConfig, TextTokenizer};
 use crate::train::batch::Batch;
-use crate::train::driver::Weigh;
-use crate::train::optim::AdamWConfig;
+use crate::train::driver::{Trainee, Weigh};
+use crate::train::optim::{AdamWConfig, StepSettings};
 use anyhow::{bail, Context, Result};
 use model::Decoder;
 use optim::TorchAdamW;
@@ -367,6 +367,110 @@ impl TorchModel {
     }
 }
 
+impl TorchModel {
+    /// Run one training step `f` on the decoder with the AdamW state (made at the first step),
+    /// libtorch's panics and out-of-memory turned into errors that name the step's batch.
+    fn train_step<T>(
+        &mut self,
+        micro: &[Batch],
+        s: &StepSettings,
+        f: impl FnOnce(&Core, &Decoder<'_>, &mut TorchAdamW) -> Result<T>,
+    ) -> Result<T> {
+        let (mb, mt) = micro.first().map_or(Ok((0, 0)), |b| b.ids.dims2())?;
+        let adam = self.opt.get_or_insert_with(|| TorchAdamW::new(s.adamw));
+        let core = &self.core;
+        guard(
+            "a training step",
+            || core.oom_hint(mb, mt),
+            || f(core, &core.decoder(), adam),
+        )
+    }
+}
+
+impl Trainee for TorchModel {
+    fn pad_id(&self) -> u32 {
+        self.tokenizer.pad_id()
+    }
+    fn sft_step(&mut self, micro: &[Batch], s: &StepSettings) -> Result<(f64, f64)> {
+        self.core.check_trainable()?;
+        let n_step: usize = micro.iter().map(|b| b.n_targets).sum();
+        if n_step == 0 {
+            return Ok((0.0, 0.0));
+        }
+        self.train_step(micro, s, |core, dec, adam| {
+            let mut nll_total = 0.0;
+            let scale = 1.0 / n_step as f64;
+            for b in micro.iter().filter(|b| b.n_targets > 0) {
+                let (ids, targets, _, _) = core.batch_tensors(b)?;
+                if core.grad_checkpoint {
+                    let nll =
+                        dec.loss_backward_checkpointed(&ids, |logits| nll(logits, &targets), scale);
+                    nll_total += nll.double_value(&[]);
+                    continue;
+                }
+                let nll = nll(&dec.forward(&ids), &targets);
+                nll_total += nll.double_value(&[]);
+                // Scaled in f32 and seeded with 1, as the fused path's autograd does.
+                (nll * scale).backward();
+            }
+            if !nll_total.is_finite() {
+                core.zero_grads();
+                bail!(
+                    "the loss is {nll_total} (not finite); lower the learning rate or check \
+                     the weights and data"
+                );
+            }
+            let norm = core.clip_and_update(adam, s.clip, s.lr)?;
+            Ok((nll_total, norm))
+        })
+    }
+    fn seq_nll(&self, batch: &Batch) -> Result<Vec<f64>> {
+        let (ids, targets, b, t) = self.core.batch_tensors(batch)?;
+        guard(
+            "a forward pass",
+            || self.core.oom_hint(b, t),
+            || tch::no_grad(|| seq_nll(&self.core.decoder().forward(&ids), &targets)),
+        )
+    }
+    fn weighted_step(
+        &mut self,
+        micro: &[Batch],
+        weigh: &mut Weigh<'_>,
+        s: &StepSettings,
+    ) -> Result<f64> {
+        self.core.check_trainable()?;
+        if self.core.grad_checkpoint {
+            bail!("--grad-checkpoint applies to SFT steps only; the DPO step keeps every block's activations");
+        }
+        self.train_step(micro, s, |core, dec, adam| {
+            for (m, b) in micro.iter().enumerate() {
+                let (ids, targets, _, _) = core.batch_tensors(b)?;
+                let per = per_seq_nll(&dec.forward(&ids), &targets);
+                let host: Vec<f64> = Vec::<f64>::try_from(
+                    &per.detach().to_kind(Kind::Double).to_device(Device::Cpu),
+                )?;
+                let w = match weigh(m, &host) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        core.zero_grads();
+                        return Err(e);
+                    }
+                };
+                anyhow::ensure!(
+                    w.len() == host.len(),
+                    "{} weights for {} sequences",
+                    w.len(),
+                    host.len()
+                );
+                let w = Tensor::from_slice(&w.iter().map(|&x| x as f32).collect::<Vec<_>>())
+                    .to_device(core.device);
+                (per * w).sum(Kind::Float).backward();
+            }
+            core.clip_and_update(adam, s.clip, s.lr)
+        })
+    }
+}
+
 impl LanguageModel for TorchModel {
     fn backend_name(&self) -> &'static str {
         "torch"
@@ -418,111 +522,6 @@ impl LanguageModel for TorchModel {
                     let picked = logp.gather(1, &idx, false).squeeze_dim(1);
                     to_host(&(picked * counted.to_kind(Kind::Float)))
                 })
-            },
-        )
-    }
-    fn sft_step(
-        &mut self,
-        micro: &[Batch],
-        opt: &AdamWConfig,
-        lr: f64,
-        clip: f64,
-    ) -> Result<(f64, f64)> {
-        self.core.check_trainable()?;
-        let n_step: usize = micro.iter().map(|b| b.n_targets).sum();
-        if n_step == 0 {
-            return Ok((0.0, 0.0));
-        }
-        let (mb, mt) = micro.first().map_or(Ok((0, 0)), |b| b.ids.dims2())?;
-        let adam = self.opt.get_or_insert_with(|| TorchAdamW::new(*opt));
-        let core = &self.core;
-        guard(
-            "a training step",
-            || core.oom_hint(mb, mt),
-            || {
-                let dec = core.decoder();
-                let mut nll_total = 0.0;
-                let scale = 1.0 / n_step as f64;
-                for b in micro.iter().filter(|b| b.n_targets > 0) {
-                    let (ids, targets, _, _) = core.batch_tensors(b)?;
-                    if core.grad_checkpoint {
-                        let nll = dec.loss_backward_checkpointed(
-                            &ids,
-                            |logits| nll(logits, &targets),
-                            scale,
-                        );
-                        nll_total += nll.double_value(&[]);
-                        continue;
-                    }
-                    let nll = nll(&dec.forward(&ids), &targets);
-                    nll_total += nll.double_value(&[]);
-                    // Scaled in f32 and seeded with 1, as the fused path's autograd does.
-                    (nll * scale).backward();
-                }
-                if !nll_total.is_finite() {
-                    core.zero_grads();
-                    bail!(
-                        "the loss is {nll_total} (not finite); lower the learning rate or check \
-                         the weights and data"
-                    );
-                }
-                let norm = core.clip_and_update(adam, clip, lr)?;
-                Ok((nll_total, norm))
-            },
-        )
-    }
-    fn seq_nll(&self, batch: &Batch) -> Result<Vec<f64>> {
-        let (ids, targets, b, t) = self.core.batch_tensors(batch)?;
-        guard(
-            "a forward pass",
-            || self.core.oom_hint(b, t),
-            || tch::no_grad(|| seq_nll(&self.core.decoder().forward(&ids), &targets)),
-        )
-    }
-    fn weighted_step(
-        &mut self,
-        micro: &[Batch],
-        weigh: &mut Weigh<'_>,
-        opt: &AdamWConfig,
-        lr: f64,
-        clip: f64,
-    ) -> Result<f64> {
-        self.core.check_trainable()?;
-        if self.core.grad_checkpoint {
-            bail!("--grad-checkpoint applies to SFT steps only; the DPO step keeps every block's activations");
-        }
-        let (mb, mt) = micro.first().map_or(Ok((0, 0)), |b| b.ids.dims2())?;
-        let adam = self.opt.get_or_insert_with(|| TorchAdamW::new(*opt));
-        let core = &self.core;
-        guard(
-            "a training step",
-            || core.oom_hint(mb, mt),
-            || {
-                let dec = core.decoder();
-                for (m, b) in micro.iter().enumerate() {
-                    let (ids, targets, _, _) = core.batch_tensors(b)?;
-                    let per = per_seq_nll(&dec.forward(&ids), &targets);
-                    let host: Vec<f64> = Vec::<f64>::try_from(
-                        &per.detach().to_kind(Kind::Double).to_device(Device::Cpu),
-                    )?;
-                    let w = match weigh(m, &host) {
-                        Ok(w) => w,
-                        Err(e) => {
-                            core.zero_grads();
-                            return Err(e);
-                        }
-                    };
-                    anyhow::ensure!(
-                        w.len() == host.len(),
-                        "{} weights for {} sequences",
-                        w.len(),
-                        host.len()
-                    );
-                    let w = Tensor::from_slice(&w.iter().map(|&x| x as f32).collect::<Vec<_>>())
-                        .to_device(core.device);
-                    (per * w).sum(Kind::Float).backward();
-                }
-                core.clip_and_update(adam, clip, lr)
             },
         )
     }
