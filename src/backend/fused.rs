@@ -4,6 +4,7 @@
 use super::LanguageModel;
 use crate::model::checkpoint::save_model;
 use crate::model::generate::{generate, GenConfig};
+use crate::model::lora::LoraConfig;
 use crate::model::{LoadedModel, ModelConfig, TextTokenizer};
 use crate::train::backprop::{scoring_logits, scoring_nll};
 use crate::train::batch::Batch;
@@ -52,6 +53,9 @@ impl LanguageModel for FusedModel {
             .zip(&targets)
             .map(|(p, &t)| if t < 0 { 0.0 } else { p })
             .collect())
+    }
+    fn adapter_config(&self) -> Option<&LoraConfig> {
+        self.lm.model.adapter().map(|a| &a.cfg)
     }
     fn weights_sha256(&self) -> Result<String> {
         crate::train::sft::weights_fingerprint(&self.lm)

@@ -49,6 +49,8 @@ pub trait LanguageModel: Trainee {
         }
         Ok(())
     }
+    /// The settings of the LoRA adapter the model carries (only it trains), if any.
+    fn adapter_config(&self) -> Option<&crate::model::lora::LoraConfig>;
     /// sha256 of the weights as they are now (`train::sft::params_fingerprint`): which
     /// model a run starts from, the same on every backend.
     fn weights_sha256(&self) -> Result<String>;

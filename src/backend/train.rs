@@ -29,7 +29,7 @@ pub fn train(
     run: Run<'_, AfterStep<'_>>,
 ) -> Result<TrainSummary> {
     // Settings first: fingerprinting the weights is a pass over all of them.
-    cfg.validate()?;
+    check_settings(model, cfg)?;
     let p = prepare_run(
         model.tokenizer(),
         &model.config().torch_dtype,
@@ -49,7 +49,7 @@ pub fn train_dpo(
     cfg: &TrainConfig,
     run: Run<'_, AfterStep<'_>>,
 ) -> Result<crate::train::dpo::DpoSummary> {
-    cfg.validate()?;
+    check_settings(model, cfg)?;
     let p = crate::train::dpo::prepare_pairs(
         model.tokenizer(),
         &model.config().torch_dtype,
@@ -60,6 +60,13 @@ pub fn train_dpo(
     let mut method = crate::train::dpo::DpoStep::new(&p);
     let o = drive(&mut OnBackend(model), &mut method, &p.plan(), run)?;
     Ok(method.summary(o))
+}
+
+/// The settings, and the LoRA settings against the model's adapter, checked as the fused
+/// path's `train::sft` checks them (the same refusals, word for word).
+fn check_settings(model: &dyn LanguageModel, cfg: &TrainConfig) -> Result<()> {
+    cfg.validate()?;
+    crate::model::adapted::check_adapter_for_training(model.adapter_config(), &cfg.lora)
 }
 
 /// Any backend as the loop's [`Checkpointed`] model.
