@@ -492,18 +492,12 @@ mod torch {
             )
             .unwrap();
             assert_eq!(a.log.len(), 4);
-            for (x, y) in a.log.iter().zip(&b.log) {
-                assert!(
-                    (x.loss - y.loss).abs() / x.loss < 1e-6
-                        && (x.grad_norm - y.grad_norm).abs() / x.grad_norm < 1e-5,
-                    "{name} step {}: plain ({}, {}) vs checkpointed ({}, {})",
-                    x.step,
-                    x.loss,
-                    x.grad_norm,
-                    y.loss,
-                    y.grad_norm
-                );
-            }
+            assert_logs_close(
+                &a.log,
+                &b.log,
+                (1e-6, 1e-5),
+                &format!("{name}: plain vs checkpointed"),
+            );
             let weights = |run: &str| {
                 let p = dir.path().join(format!("{name}-{run}/model.safetensors"));
                 candle_core::safetensors::load(p, &Device::Cpu).unwrap()
@@ -771,12 +765,18 @@ mod torch {
     /// A fused and a torch run logged the same steps: each loss to 1e-5 and gradient norm to
     /// 1e-4, relative.
     fn assert_logs_match(fused: &[StepLog], torch: &[StepLog]) {
-        assert_eq!(fused.len(), torch.len());
-        for (x, y) in fused.iter().zip(torch) {
+        assert_logs_close(fused, torch, (1e-5, 1e-4), "fused vs torch");
+    }
+
+    /// Two runs (`what`) logged the same steps: each loss and gradient norm within `tol`
+    /// (loss, norm), relative.
+    fn assert_logs_close(a: &[StepLog], b: &[StepLog], tol: (f64, f64), what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}");
+        for (x, y) in a.iter().zip(b) {
             assert!(
-                (x.loss - y.loss).abs() / x.loss < 1e-5
-                    && (x.grad_norm - y.grad_norm).abs() / x.grad_norm < 1e-4,
-                "step {}: fused ({}, {}) vs torch ({}, {})",
+                (x.loss - y.loss).abs() / x.loss < tol.0
+                    && (x.grad_norm - y.grad_norm).abs() / x.grad_norm < tol.1,
+                "{what}, step {}: ({}, {}) vs ({}, {})",
                 x.step,
                 x.loss,
                 x.grad_norm,

@@ -9,10 +9,10 @@
 use super::LanguageModel;
 use crate::data::prefs::PrefRecord;
 use crate::data::records::Record;
-use crate::train::driver::{drive, AfterStep, Checkpointed, Run, Trainee};
+use crate::train::driver::{drive, Checkpointed, Run, Trainee};
 use crate::train::optim::AdamWConfig;
 use crate::train::run_dir::saved_adam_step;
-use crate::train::sft::{prepare_run, write_checkpoint_with, RunSettings, TrainSummary};
+use crate::train::sft::{prepare_run, write_checkpoint_with, RunSettings, StepLog, TrainSummary};
 use crate::train::TrainConfig;
 use anyhow::Result;
 use std::path::Path;
@@ -22,11 +22,11 @@ use std::path::Path;
 /// complete checkpoint (refused when it was written with other settings, data or starting
 /// weights). A finished run with the same settings is not redone: its summary is returned
 /// and `model` keeps the weights it was given (the trained ones are in `out`).
-pub fn train(
+pub fn train<H: FnMut(&StepLog) -> Result<()> + ?Sized>(
     model: &mut dyn LanguageModel,
     records: &[Record],
     cfg: &TrainConfig,
-    run: Run<'_, AfterStep<'_>>,
+    run: Run<'_, H>,
 ) -> Result<TrainSummary> {
     // Settings first: fingerprinting the weights is a pass over all of them.
     check_settings(model, cfg)?;
@@ -43,11 +43,11 @@ pub fn train(
 
 /// Train `model` with DPO on `pairs` into `run.out`, as `train::dpo::train` does on the
 /// fused path (the reference log-probs cached in the run, resume, refusals).
-pub fn train_dpo(
+pub fn train_dpo<H: FnMut(&StepLog) -> Result<()> + ?Sized>(
     model: &mut dyn LanguageModel,
     pairs: &[PrefRecord],
     cfg: &TrainConfig,
-    run: Run<'_, AfterStep<'_>>,
+    run: Run<'_, H>,
 ) -> Result<crate::train::dpo::DpoSummary> {
     check_settings(model, cfg)?;
     let p = crate::train::dpo::prepare_pairs(

@@ -92,8 +92,9 @@ pub struct Plan<'a> {
 /// A hook the loop calls after every step with its log line.
 pub type AfterStep<'a> = dyn FnMut(&StepLog) -> Result<()> + 'a;
 
-/// Where the loop writes and how it reports. `H` is the hook's type: [`drive`] calls an
-/// [`AfterStep`]; the fused path's `TrainRun` hook also sees the model.
+/// Where the loop writes and how it reports. `H` is the hook's type: [`drive`] calls any
+/// `FnMut(&StepLog)` (an [`AfterStep`] by default); the fused path's `TrainRun` hook also
+/// sees the model.
 pub struct Run<'a, H: ?Sized + 'a = AfterStep<'a>> {
     /// Final model, `train_log.jsonl` and checkpoints go here.
     pub out: &'a Path,
@@ -147,11 +148,11 @@ pub fn step_settings(cfg: &super::config::TrainConfig, lr: f64) -> StepSettings 
 }
 
 /// Run `method` on `model` as `plan` says, into `run.out` (see the module doc).
-pub fn drive<M: Method>(
+pub fn drive<M: Method, H: FnMut(&StepLog) -> Result<()> + ?Sized>(
     model: &mut dyn Checkpointed,
     method: &mut M,
     plan: &Plan<'_>,
-    run: Run<'_, AfterStep<'_>>,
+    run: Run<'_, H>,
 ) -> Result<Outcome<M::Log>> {
     let Run {
         out,
