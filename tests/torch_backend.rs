@@ -410,7 +410,6 @@ mod torch {
 
     #[test]
     fn resume_on_torch_is_bit_identical() {
-        let recs = read_jsonl(Path::new(&format!("{FIX}/sft/data.jsonl"))).unwrap();
         let cfg = TrainConfig {
             batch_size: 2,
             grad_accum: 1,
@@ -418,54 +417,47 @@ mod torch {
             save_every: 5,
             ..sft_config()
         };
+        check_resume(&|| torch("tiny-qwen2"), &cfg, 12, "model.safetensors");
+    }
+
+    /// An SFT run of `cfg` on `model()` (`steps` steps) killed after the step past its
+    /// first checkpoint and resumed from that checkpoint ends as the uninterrupted run: `file`
+    /// byte for byte, the same log. A resume with other settings is refused.
+    fn check_resume(
+        model: &dyn Fn() -> Box<dyn LanguageModel>,
+        cfg: &TrainConfig,
+        steps: usize,
+        file: &str,
+    ) {
+        let recs = read_jsonl(Path::new(&format!("{FIX}/sft/data.jsonl"))).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let full = dir.path().join("full");
-        let s = backend::train::train(
-            &mut *torch("tiny-qwen2"),
-            &recs,
-            &cfg,
-            at(&full, false, None),
-        )
-        .unwrap();
-        assert_eq!(s.steps, 12);
+        let s = backend::train::train(&mut *model(), &recs, cfg, at(&full, false, None)).unwrap();
+        assert_eq!(s.steps, steps);
         let part = dir.path().join("part");
-        let mut kill = kill_after(7);
-        let e = backend::train::train(
-            &mut *torch("tiny-qwen2"),
-            &recs,
-            &cfg,
-            at(&part, false, Some(&mut kill)),
-        )
-        .unwrap_err();
+        let mut kill = kill_after(cfg.save_every + 2);
+        let e = backend::train::train(&mut *model(), &recs, cfg, at(&part, false, Some(&mut kill)))
+            .unwrap_err();
         assert!(format!("{e:#}").contains("killed"));
-        assert!(part.join("checkpoints/step-5").is_dir());
+        assert!(part
+            .join(format!("checkpoints/step-{}", cfg.save_every))
+            .is_dir());
         // Other settings are refused as the fused loop refuses them (issue 19 item 5).
         let other = TrainConfig {
             lr: cfg.lr * 2.0,
             ..cfg.clone()
         };
-        let e = backend::train::train(
-            &mut *torch("tiny-qwen2"),
-            &recs,
-            &other,
-            at(&part, true, None),
-        )
-        .unwrap_err();
+        let e =
+            backend::train::train(&mut *model(), &recs, &other, at(&part, true, None)).unwrap_err();
         assert!(
             format!("{e:#}").contains("cannot resume") && format!("{e:#}").contains("lr: "),
             "{e:#}"
         );
-        let r = backend::train::train(
-            &mut *torch("tiny-qwen2"),
-            &recs,
-            &cfg,
-            at(&part, true, None),
-        )
-        .unwrap();
-        assert_eq!(r.resumed_from, Some(5));
+        let r = backend::train::train(&mut *model(), &recs, cfg, at(&part, true, None)).unwrap();
+        assert_eq!(r.resumed_from, Some(cfg.save_every));
         assert_eq!(
-            std::fs::read(part.join("model.safetensors")).unwrap(),
-            std::fs::read(full.join("model.safetensors")).unwrap(),
+            std::fs::read(part.join(file)).unwrap(),
+            std::fs::read(full.join(file)).unwrap(),
             "resume on the torch backend is not bit-identical"
         );
         assert_eq!(r.log, s.log);
@@ -500,18 +492,12 @@ mod torch {
             )
             .unwrap();
             assert_eq!(a.log.len(), 4);
-            for (x, y) in a.log.iter().zip(&b.log) {
-                assert!(
-                    (x.loss - y.loss).abs() / x.loss < 1e-6
-                        && (x.grad_norm - y.grad_norm).abs() / x.grad_norm < 1e-5,
-                    "{name} step {}: plain ({}, {}) vs checkpointed ({}, {})",
-                    x.step,
-                    x.loss,
-                    x.grad_norm,
-                    y.loss,
-                    y.grad_norm
-                );
-            }
+            assert_logs_close(
+                &a.log,
+                &b.log,
+                (1e-6, 1e-5),
+                &format!("{name}: plain vs checkpointed"),
+            );
             let weights = |run: &str| {
                 let p = dir.path().join(format!("{name}-{run}/model.safetensors"));
                 candle_core::safetensors::load(p, &Device::Cpu).unwrap()
@@ -776,6 +762,30 @@ mod torch {
         }
     }
 
+    /// A fused and a torch run logged the same steps: each loss to 1e-5 and gradient norm to
+    /// 1e-4, relative.
+    fn assert_logs_match(fused: &[StepLog], torch: &[StepLog]) {
+        assert_logs_close(fused, torch, (1e-5, 1e-4), "fused vs torch");
+    }
+
+    /// Two runs (`what`) logged the same steps: each loss and gradient norm within `tol`
+    /// (loss, norm), relative.
+    fn assert_logs_close(a: &[StepLog], b: &[StepLog], tol: (f64, f64), what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}");
+        for (x, y) in a.iter().zip(b) {
+            assert!(
+                (x.loss - y.loss).abs() / x.loss < tol.0
+                    && (x.grad_norm - y.grad_norm).abs() / x.grad_norm < tol.1,
+                "{what}, step {}: ({}, {}) vs ({}, {})",
+                x.step,
+                x.loss,
+                x.grad_norm,
+                y.loss,
+                y.grad_norm
+            );
+        }
+    }
+
     /// Largest relative difference (L2 norm of the difference over the norm) between the
     /// tensors of two safetensors files, which must hold the same names.
     fn weights_rel_diff(a: &Path, b: &Path) -> f32 {
@@ -864,18 +874,7 @@ mod torch {
         let a = backend::train::train(&mut *f, &recs, &cfg, at(&fo, false, None)).unwrap();
         let b = backend::train::train(&mut *t, &recs, &cfg, at(&to, false, None)).unwrap();
         assert_eq!(a.log.len(), 4);
-        for (x, y) in a.log.iter().zip(&b.log) {
-            assert!(
-                (x.loss - y.loss).abs() / x.loss < 1e-5
-                    && (x.grad_norm - y.grad_norm).abs() / x.grad_norm < 1e-4,
-                "step {}: fused ({}, {}) vs torch ({}, {})",
-                x.step,
-                x.loss,
-                x.grad_norm,
-                y.loss,
-                y.grad_norm
-            );
-        }
+        assert_logs_match(&a.log, &b.log);
         // The loss moved: the adapter really trains.
         assert!(b.log[3].loss < b.log[0].loss, "{:?}", b.log);
         for out in [&fo, &to] {
@@ -1049,28 +1048,217 @@ mod torch {
         assert_eq!(r.log, s.log);
     }
 
-    #[test]
-    fn lora_dropout_is_refused_on_torch() {
-        let recs = read_jsonl(Path::new(&format!("{FIX}/sft/data.jsonl"))).unwrap();
+    /// `lora_config()` with LoRA dropout 0.1.
+    fn dropout_config() -> TrainConfig {
         let mut cfg = lora_config();
-        let lm =
-            elastica::model::load_model(&format!("{FIX}/models/tiny-llama"), &Device::Cpu).unwrap();
-        let (lm, _) =
-            elastica::model::adapted::for_training(lm, &cfg.lora, cfg.seed, "tiny").unwrap();
-        // An adapter that records dropout (as one trained elsewhere may).
-        let mut lm = lm;
-        let mut adapter = lm.model.adapter().unwrap().clone();
-        adapter.cfg.dropout = 0.1;
-        lm = elastica::model::adapted::attach(lm, adapter).unwrap();
-        cfg.lora.dropout = 0.0;
-        let mut m = backend::from_loaded(lm, &choice(BackendKind::Torch, Precision::F32)).unwrap();
+        cfg.lora.dropout = 0.1;
+        cfg
+    }
+
+    /// LoRA dropout on torch draws the fused path's masks (keyed by seed, update count,
+    /// micro-batch, layer and projection): the same losses, norms and adapter, and not those
+    /// of a run without dropout.
+    #[test]
+    fn lora_dropout_on_torch_matches_the_fused_path() {
+        let recs = read_jsonl(Path::new(&format!("{FIX}/sft/data.jsonl"))).unwrap();
+        let cfg = dropout_config();
         let dir = tempfile::tempdir().unwrap();
-        let e =
-            backend::train::train(&mut *m, &recs, &cfg, at(dir.path(), false, None)).unwrap_err();
-        let e = format!("{e:#}");
-        assert!(
-            e.contains("LoRA dropout 0.1") && e.contains("--backend fused"),
-            "{e}"
+        let (fo, to, no) = (
+            dir.path().join("f"),
+            dir.path().join("t"),
+            dir.path().join("none"),
         );
+        let mut f = with_lora("tiny-llama", &cfg, BackendKind::Fused, Precision::F32);
+        let mut t = with_lora("tiny-llama", &cfg, BackendKind::Torch, Precision::F32);
+        let a = backend::train::train(&mut *f, &recs, &cfg, at(&fo, false, None)).unwrap();
+        let b = backend::train::train(&mut *t, &recs, &cfg, at(&to, false, None)).unwrap();
+        assert_eq!(b.log.len(), 4);
+        assert_logs_match(&a.log, &b.log);
+        let rel = weights_rel_diff(
+            &fo.join("adapter_model.safetensors"),
+            &to.join("adapter_model.safetensors"),
+        );
+        assert!(rel < 1e-4, "fused and torch adapters differ by {rel}");
+        // The masks really apply: without dropout the run goes elsewhere.
+        let mut plain = with_lora(
+            "tiny-llama",
+            &lora_config(),
+            BackendKind::Torch,
+            Precision::F32,
+        );
+        let c = backend::train::train(&mut *plain, &recs, &lora_config(), at(&no, false, None))
+            .unwrap();
+        let moved = b
+            .log
+            .iter()
+            .zip(&c.log)
+            .skip(1)
+            .any(|(x, y)| (x.loss - y.loss).abs() / y.loss > 1e-4);
+        assert!(moved, "dropout changed nothing: {:?} vs {:?}", b.log, c.log);
+        let rel = weights_rel_diff(
+            &no.join("adapter_model.safetensors"),
+            &to.join("adapter_model.safetensors"),
+        );
+        assert!(
+            rel > 1e-3,
+            "with and without dropout the adapters differ by {rel} only"
+        );
+    }
+
+    /// A LoRA run with dropout on torch, killed after a checkpoint and resumed, ends
+    /// bit-identical to the uninterrupted run: the masks are keyed by the restored update
+    /// count.
+    #[test]
+    fn lora_dropout_resume_on_torch_is_bit_identical() {
+        let cfg = TrainConfig {
+            save_every: 2,
+            ..dropout_config()
+        };
+        let model = || with_lora("tiny-llama", &cfg, BackendKind::Torch, Precision::F32);
+        check_resume(&model, &cfg, 4, "adapter_model.safetensors");
+    }
+
+    /// LoRA settings that disagree with the model's adapter are refused by the backend loop
+    /// on both backends, with the fused path's own message (`model::adapted`'s check).
+    #[test]
+    fn lora_settings_against_the_adapter_are_refused_alike() {
+        let recs = read_jsonl(Path::new(&format!("{FIX}/sft/data.jsonl"))).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let refusal = |kind: BackendKind, cfg: &TrainConfig, lora: bool| {
+            let lm = elastica::model::load_model(&format!("{FIX}/models/tiny-llama"), &Device::Cpu)
+                .unwrap();
+            let lm = match lora {
+                true => {
+                    elastica::model::adapted::for_training(lm, &lora_config().lora, 1, "t")
+                        .unwrap()
+                        .0
+                }
+                false => lm,
+            };
+            let mut m = backend::from_loaded(lm, &choice(kind, Precision::F32)).unwrap();
+            let out = dir.path().join(format!("{kind:?}"));
+            let e = backend::train::train(&mut *m, &recs, cfg, at(&out, false, None)).unwrap_err();
+            assert!(
+                !out.exists(),
+                "{kind:?} wrote {} before refusing",
+                out.display()
+            );
+            format!("{e:#}")
+        };
+        // An adapter with the LoRA settings off; LoRA settings without an adapter; an
+        // adapter of another rank.
+        let other_rank = TrainConfig {
+            lora: LoraConfig {
+                rank: 2,
+                ..lora_config().lora
+            },
+            ..lora_config()
+        };
+        for (cfg, lora, says) in [
+            (sft_config(), true, "the LoRA settings are off"),
+            (lora_config(), false, "has no adapter"),
+            (other_rank, true, "r = 4"),
+        ] {
+            let (f, t) = (
+                refusal(BackendKind::Fused, &cfg, lora),
+                refusal(BackendKind::Torch, &cfg, lora),
+            );
+            assert!(f.contains(says), "{f}");
+            assert_eq!(f, t, "the backends refuse differently");
+        }
+    }
+
+    /// `elastica train --backend torch` through the binary: a LoRA run (with dropout)
+    /// writes an adapter that `eval-loss` reads on either backend, and a DPO run writes its
+    /// log; the losses are the fused runs' within 1e-4.
+    #[test]
+    fn lora_and_dpo_train_through_the_binary_on_torch() {
+        let model = format!("{FIX}/models/tiny-llama");
+        let sft = format!("{FIX}/sft/data.jsonl");
+        let pairs = format!("{FIX}/dpo/pairs.jsonl");
+        let dir = tempfile::tempdir().unwrap();
+        let train = |name: &str, backend: &str, data: &str, extra: &[&str]| {
+            let out = dir.path().join(name);
+            let fixed =
+                "train --template raw --batch-size 2 --grad-accum 2 --max-steps 3 --lr 1e-2";
+            let mut args: Vec<&str> = fixed.split(' ').collect();
+            let run = [
+                "--model",
+                model.as_str(),
+                "--data",
+                data,
+                "--backend",
+                backend,
+            ];
+            args.extend(run.into_iter().chain(["--out", out.to_str().unwrap()]));
+            args.extend_from_slice(extra);
+            let (ok, so, err) = elastica(&args);
+            assert!(ok, "{err}");
+            let summary: serde_json::Value = serde_json::from_str(so.trim()).unwrap();
+            let log = std::fs::read_to_string(out.join("train_log.jsonl")).unwrap();
+            assert_eq!(log.lines().count(), 3, "{log}");
+            (out, summary)
+        };
+        let close = |a: &serde_json::Value, b: &serde_json::Value, what: &str| {
+            let (x, y) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+            assert!(
+                (x - y).abs() / x.abs() < 1e-4,
+                "{what}: fused {x} vs torch {y}"
+            );
+        };
+        let lora = [
+            "--lora-rank",
+            "4",
+            "--lora-alpha",
+            "8",
+            "--lora-dropout",
+            "0.1",
+        ];
+        let (fo, fs) = train("lora-fused", "fused", &sft, &lora);
+        let (to, ts) = train("lora-torch", "torch", &sft, &lora);
+        assert_eq!(ts["backend"], "torch", "{ts}");
+        close(&fs["final_loss"], &ts["final_loss"], "LoRA final loss");
+        assert!(to.join("adapter_model.safetensors").is_file());
+        assert!(
+            !to.join("model.safetensors").exists(),
+            "the frozen base was saved"
+        );
+        let eval = |adapter: Option<&Path>, extra: &[&str]| {
+            let mut args = vec![
+                "eval-loss",
+                "--model",
+                model.as_str(),
+                "--data",
+                sft.as_str(),
+                "--template",
+                "raw",
+            ];
+            if let Some(a) = adapter {
+                args.extend(["--adapter", a.to_str().unwrap()]);
+            }
+            args.extend_from_slice(extra);
+            let (ok, so, err) = elastica(&args);
+            assert!(ok, "{err}");
+            serde_json::from_str::<serde_json::Value>(so.trim()).unwrap()["mean_nll"].clone()
+        };
+        let base = eval(None, &[]).as_f64().unwrap();
+        let (on_fused, on_torch) = (eval(Some(&fo), &[]), eval(Some(&to), &[]));
+        close(&on_fused, &on_torch, "eval-loss of the two adapters");
+        assert!(
+            on_torch.as_f64().unwrap() < base,
+            "the adapter was not read: {on_torch} vs the base's {base}"
+        );
+        let torch_reads = eval(Some(&to), &["--backend", "torch"]);
+        close(&on_torch, &torch_reads, "eval-loss of the adapter on torch");
+
+        let dpo = ["--method", "dpo"];
+        let (_, fd) = train("dpo-fused", "fused", &pairs, &dpo);
+        let (_, td) = train("dpo-torch", "torch", &pairs, &dpo);
+        assert_eq!(
+            (td["method"].as_str(), td["backend"].as_str()),
+            (Some("dpo"), Some("torch"))
+        );
+        close(&fd["final_loss"], &td["final_loss"], "DPO final loss");
+        close(&fd["final_margin"], &td["final_margin"], "DPO final margin");
     }
 }

@@ -2,30 +2,21 @@
 //! (the same calls the commands make without it, so nothing changes in what they compute).
 
 use super::LanguageModel;
-use crate::model::checkpoint::{save_model, save_params, save_tensors};
+use crate::model::checkpoint::save_model;
 use crate::model::generate::GenConfig;
+use crate::model::lora::LoraConfig;
 use crate::model::{LoadedModel, ModelConfig, TextTokenizer};
 use crate::train::backprop::{scoring_logits, scoring_nll};
 use crate::train::batch::Batch;
-use crate::train::dpo::weighted_optimizer_step;
-use crate::train::driver::Weigh;
+use crate::train::fused::Fused;
 use crate::train::loss::log_softmax;
-use crate::train::optim::{AdamW, AdamWConfig};
-use crate::train::sft::optimizer_step;
+use crate::train::optim::AdamWConfig;
 use anyhow::{Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use std::path::Path;
 
-pub struct FusedModel {
-    pub lm: LoadedModel,
-    opt: Option<AdamW>,
-}
-
-impl FusedModel {
-    pub fn new(lm: LoadedModel) -> Self {
-        FusedModel { lm, opt: None }
-    }
-}
+/// The fused path owning its model: [`LanguageModel`]'s training steps are `train::fused`'s.
+pub type FusedModel = Fused<LoadedModel>;
 
 impl LanguageModel for FusedModel {
     fn backend_name(&self) -> &'static str {
@@ -63,35 +54,14 @@ impl LanguageModel for FusedModel {
             .map(|(p, &t)| if t < 0 { 0.0 } else { p })
             .collect())
     }
-    fn sft_step(
-        &mut self,
-        micro: &[Batch],
-        opt: &AdamWConfig,
-        lr: f64,
-        clip: f64,
-    ) -> Result<(f64, f64)> {
-        let adam = self.opt.get_or_insert_with(|| AdamW::new(*opt));
-        optimizer_step(&self.lm.model, micro, adam, lr, clip)
-    }
-    fn seq_nll(&self, batch: &Batch) -> Result<Vec<f64>> {
-        crate::train::dpo::seq_nll(&self.lm.model, batch)
-    }
-    fn weighted_step(
-        &mut self,
-        micro: &[Batch],
-        weigh: &mut Weigh<'_>,
-        opt: &AdamWConfig,
-        lr: f64,
-        clip: f64,
-    ) -> Result<f64> {
-        let adam = self.opt.get_or_insert_with(|| AdamW::new(*opt));
-        weighted_optimizer_step(&self.lm.model, micro, weigh, adam, lr, clip)
+    fn adapter_config(&self) -> Option<&LoraConfig> {
+        self.lm.model.adapter().map(|a| &a.cfg)
     }
     fn weights_sha256(&self) -> Result<String> {
         crate::train::sft::weights_fingerprint(&self.lm)
     }
     fn adam_step(&self) -> u64 {
-        self.opt.as_ref().map_or(0, |o| o.step)
+        Fused::adam_step(self)
     }
     fn generate(&self, prompts: &[Vec<u32>], cfg: &GenConfig) -> Result<Vec<Vec<u32>>> {
         self.lm.generate(prompts, cfg, |_| {})
@@ -104,27 +74,10 @@ impl LanguageModel for FusedModel {
         }
     }
     fn save_train_state(&self, dir: &Path) -> Result<()> {
-        let params = self.lm.model.trainable();
-        save_params(params, DType::F32, &dir.join("model.safetensors"))?;
-        let moments = match &self.opt {
-            Some(o) => o.state_tensors(params)?,
-            None => vec![],
-        };
-        save_tensors(&moments, &dir.join("optimizer.safetensors"))
+        Fused::save_train_state(self, dir)
     }
     fn load_train_state(&mut self, dir: &Path, opt: &AdamWConfig, adam_step: u64) -> Result<()> {
-        let (weights, moments) = read_train_state(dir)?;
-        for (name, var) in self.lm.model.trainable().iter() {
-            let t = weights
-                .get(name)
-                .with_context(|| format!("checkpoint {} lacks tensor \"{name}\"", dir.display()))?;
-            var.set(t)
-                .with_context(|| format!("tensor \"{name}\" in checkpoint {}", dir.display()))?;
-        }
-        let mut adam = AdamW::new(*opt);
-        adam.load_state(self.lm.model.trainable(), &moments, adam_step)?;
-        self.opt = Some(adam);
-        Ok(())
+        Fused::load_train_state(self, dir, opt, adam_step)
     }
 }
 

@@ -14,15 +14,16 @@ pub mod train;
 use crate::model::generate::GenConfig;
 use crate::model::{ModelConfig, TextTokenizer};
 use crate::train::batch::Batch;
-use crate::train::driver::Weigh;
+pub use crate::train::driver::Trainee;
 use crate::train::optim::AdamWConfig;
 use anyhow::{bail, Result};
 use std::path::Path;
 
-/// What every backend does with a decoder-only model: forward, loss, an SFT and a weighted
-/// (DPO) step with AdamW (torch's arithmetic), save in the HF layout, KV-cache generation, and the train state a
-/// resumed run restores.
-pub trait LanguageModel {
+/// What every backend does with a decoder-only model: forward, loss, the training steps of
+/// [`Trainee`] (an SFT and a weighted (DPO) step with AdamW in torch's arithmetic, the AdamW
+/// state the model's own, made at the first step), save in the HF layout, KV-cache
+/// generation, and the train state a resumed run restores.
+pub trait LanguageModel: Trainee {
     /// "fused" or "torch".
     fn backend_name(&self) -> &'static str;
     /// Where it runs, in words ("cpu", "cuda:0").
@@ -35,31 +36,7 @@ pub trait LanguageModel {
     fn nll_sum(&self, batch: &Batch) -> Result<f64>;
     /// log p(target) at each of the batch's (b * t) positions; 0 where nothing is counted.
     fn token_logprobs(&self, batch: &Batch) -> Result<Vec<f32>>;
-    /// One optimizer step over `micro` batches, the loss normalised by the step's target
-    /// count; returns (summed NLL, gradient norm before clipping). The AdamW state is the
-    /// model's own, created at the first step. A non-finite loss or norm is refused before
-    /// the update.
-    fn sft_step(
-        &mut self,
-        micro: &[Batch],
-        opt: &AdamWConfig,
-        lr: f64,
-        clip: f64,
-    ) -> Result<(f64, f64)>;
-    /// Summed NLL of each sequence of `batch` (no gradient): DPO's reference log-probs.
-    fn seq_nll(&self, batch: &Batch) -> Result<Vec<f64>>;
-    /// One optimizer step on the gradient of sum_s w_s NLL_s over `micro` (DPO's step),
-    /// the weights of each micro-batch's sequences from `weigh(index, their NLLs)`; returns
-    /// the gradient norm before clipping. A non-finite norm is refused before the update.
-    fn weighted_step(
-        &mut self,
-        micro: &[Batch],
-        weigh: &mut Weigh<'_>,
-        opt: &AdamWConfig,
-        lr: f64,
-        clip: f64,
-    ) -> Result<f64>;
-    /// Gradient checkpointing for [`LanguageModel::sft_step`]: recompute each block's
+    /// Gradient checkpointing for [`Trainee::sft_step`]: recompute each block's
     /// activations in the backward instead of holding them all (less memory, ~1/3 more
     /// compute). Only the torch backend has it.
     fn set_grad_checkpoint(&mut self, on: bool) -> Result<()> {
@@ -72,6 +49,8 @@ pub trait LanguageModel {
         }
         Ok(())
     }
+    /// The settings of the LoRA adapter the model carries (only it trains), if any.
+    fn adapter_config(&self) -> Option<&crate::model::lora::LoraConfig>;
     /// sha256 of the weights as they are now (`train::sft::params_fingerprint`): which
     /// model a run starts from, the same on every backend.
     fn weights_sha256(&self) -> Result<String>;

@@ -9,14 +9,12 @@
 use super::LanguageModel;
 use crate::data::prefs::PrefRecord;
 use crate::data::records::Record;
-use crate::train::batch::Batch;
-use crate::train::driver::{drive, Run, Trainee, Weigh};
+use crate::train::driver::{drive, Checkpointed, Run, Trainee};
 use crate::train::optim::AdamWConfig;
-use crate::train::sft::{
-    prepare_run, summarize, write_checkpoint_with, RunSettings, SftStep, TrainSummary,
-};
+use crate::train::run_dir::saved_adam_step;
+use crate::train::sft::{prepare_run, write_checkpoint_with, RunSettings, StepLog, TrainSummary};
 use crate::train::TrainConfig;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::path::Path;
 
 /// Fine-tune `model` on `records` into `run.out` (final model, `train_log.jsonl`,
@@ -24,14 +22,14 @@ use std::path::Path;
 /// complete checkpoint (refused when it was written with other settings, data or starting
 /// weights). A finished run with the same settings is not redone: its summary is returned
 /// and `model` keeps the weights it was given (the trained ones are in `out`).
-pub fn train(
+pub fn train<H: FnMut(&StepLog) -> Result<()> + ?Sized>(
     model: &mut dyn LanguageModel,
     records: &[Record],
     cfg: &TrainConfig,
-    run: Run<'_>,
+    run: Run<'_, H>,
 ) -> Result<TrainSummary> {
     // Settings first: fingerprinting the weights is a pass over all of them.
-    cfg.validate()?;
+    check_settings(model, cfg)?;
     let p = prepare_run(
         model.tokenizer(),
         &model.config().torch_dtype,
@@ -40,30 +38,18 @@ pub fn train(
         records,
         cfg,
     )?;
-    p.warn_truncated("records");
-    let mut method = SftStep {
-        examples: &p.examples,
-        cfg,
-    };
-    let o = drive(&mut OnBackend(model), &mut method, &p.plan(), run)?;
-    Ok(summarize(
-        p.total,
-        p.examples.len(),
-        p.truncated,
-        o.resumed_from,
-        o.log,
-    ))
+    p.run(cfg, |m, plan| drive(&mut OnBackend(model), m, plan, run))
 }
 
 /// Train `model` with DPO on `pairs` into `run.out`, as `train::dpo::train` does on the
 /// fused path (the reference log-probs cached in the run, resume, refusals).
-pub fn train_dpo(
+pub fn train_dpo<H: FnMut(&StepLog) -> Result<()> + ?Sized>(
     model: &mut dyn LanguageModel,
     pairs: &[PrefRecord],
     cfg: &TrainConfig,
-    run: Run<'_>,
+    run: Run<'_, H>,
 ) -> Result<crate::train::dpo::DpoSummary> {
-    cfg.validate()?;
+    check_settings(model, cfg)?;
     let p = crate::train::dpo::prepare_pairs(
         model.tokenizer(),
         &model.config().torch_dtype,
@@ -76,42 +62,22 @@ pub fn train_dpo(
     Ok(method.summary(o))
 }
 
-/// Any backend as the loop's [`Trainee`].
+/// The settings, and the LoRA settings against the model's adapter, checked as the fused
+/// path's `train::sft` checks them (the same refusals, word for word).
+fn check_settings(model: &dyn LanguageModel, cfg: &TrainConfig) -> Result<()> {
+    cfg.validate()?;
+    crate::model::adapted::check_adapter_for_training(model.adapter_config(), &cfg.lora)
+}
+
+/// Any backend as the loop's [`Checkpointed`] model.
 pub struct OnBackend<'a>(pub &'a mut dyn LanguageModel);
 
-impl Trainee for OnBackend<'_> {
-    fn pad_id(&self) -> u32 {
-        self.0.tokenizer().pad_id()
-    }
-    fn sft_step(
-        &mut self,
-        micro: &[Batch],
-        opt: &AdamWConfig,
-        lr: f64,
-        clip: f64,
-    ) -> Result<(f64, f64)> {
-        self.0.sft_step(micro, opt, lr, clip)
-    }
-    fn seq_nll(&mut self, batch: &Batch) -> Result<Vec<f64>> {
-        self.0.seq_nll(batch)
-    }
-    fn weighted_step(
-        &mut self,
-        micro: &[Batch],
-        weigh: &mut Weigh<'_>,
-        opt: &AdamWConfig,
-        lr: f64,
-        clip: f64,
-    ) -> Result<f64> {
-        self.0.weighted_step(micro, weigh, opt, lr, clip)
+impl Checkpointed for OnBackend<'_> {
+    fn trainee(&mut self) -> &mut dyn Trainee {
+        self.0
     }
     fn restore(&mut self, dir: &Path, step: usize, opt: &AdamWConfig) -> Result<()> {
-        let p = dir.join("trainer_state.json");
-        let text =
-            std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
-        let state: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not valid JSON", p.display()))?;
-        let adam_step = state["adam_step"].as_u64().unwrap_or(step as u64);
+        let adam_step = saved_adam_step(dir, step)?;
         self.0.load_train_state(dir, opt, adam_step)
     }
     /// `checkpoints/step-N` in the layout `train::sft` writes and reads.

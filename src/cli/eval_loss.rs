@@ -47,13 +47,11 @@ pub fn run(a: EvalLossArgs) -> Result<()> {
     let spec = a.data_args.spec(a.data.as_deref())?;
     let data = load(&spec)?;
     let template = template_for(a.template, &spec);
-    if !a.device.choice()?.is_default_cpu() {
-        if a.adapter.is_some() {
-            anyhow::bail!("--adapter runs on the CPU path only for now; drop --device/--backend or merge the adapter first (elastica merge)");
-        }
-        return on_backend(&a, &data.records, template);
-    }
+    let choice = a.device.choice()?;
     let lm = crate::model::adapted::load_model_with(&a.model, a.adapter.as_deref(), &Device::Cpu)?;
+    if !choice.is_default_cpu() {
+        return on_backend(&a, lm, &choice, &data.records, template);
+    }
     let r = crate::train::eval::eval_loss(
         &lm,
         &data.records,
@@ -66,13 +64,15 @@ pub fn run(a: EvalLossArgs) -> Result<()> {
     Ok(())
 }
 
-/// `elastica eval-loss` on the chosen backend.
+/// `elastica eval-loss` on the chosen backend (a LoRA adapter too: both backends run one).
 fn on_backend(
     a: &EvalLossArgs,
+    lm: crate::model::LoadedModel,
+    choice: &crate::backend::BackendChoice,
     records: &[crate::data::records::Record],
     template: crate::data::template::Template,
 ) -> Result<()> {
-    let model = crate::backend::load(&a.model, &a.device.choice()?)?;
+    let model = crate::backend::from_loaded(lm, choice)?;
     let r = crate::backend::run::eval_loss(&*model, records, template, a.max_length, a.batch_size)?;
     println!("{}", serde_json::to_string(&r)?);
     Ok(())

@@ -240,7 +240,7 @@ fn on_backend(
         out: &a.out,
         resume: a.resume,
         progress: true,
-        hook: None,
+        hook: None::<&mut crate::train::driver::AfterStep>,
     };
     let on = serde_json::json!({
         "backend": model.backend_name(), "device": model.device_name(),

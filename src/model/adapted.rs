@@ -25,7 +25,13 @@ pub fn load_model_with(spec: &str, adapter: Option<&Path>, device: &Device) -> R
 /// adapter on the model (see [`for_training`]), or an adapter whose rank, alpha or targets
 /// differ from the settings.
 pub fn check_for_training(model: &super::Llama, cfg: &LoraConfig) -> Result<()> {
-    match (model.adapter(), cfg.enabled()) {
+    check_adapter_for_training(model.adapter().map(|a| &a.cfg), cfg)
+}
+
+/// [`check_for_training`] of a model whose adapter has settings `adapter` (None: no
+/// adapter), on whatever backend holds it.
+pub fn check_adapter_for_training(adapter: Option<&LoraConfig>, cfg: &LoraConfig) -> Result<()> {
+    match (adapter, cfg.enabled()) {
         (None, false) => Ok(()),
         (None, true) => bail!(
             "LoRA settings (lora rank {}) reached a training loop whose model has no adapter: \
@@ -37,21 +43,21 @@ pub fn check_for_training(model: &super::Llama, cfg: &LoraConfig) -> Result<()> 
             "the model carries a LoRA adapter but the LoRA settings are off; set the \
              adapter's lora rank (--lora-rank) to train it, or merge it first (elastica merge)"
         ),
-        (Some(a), true) => {
+        (Some(have), true) => {
             let want = LoraConfig {
                 targets: cfg.resolved_targets()?,
                 ..cfg.clone()
             };
-            if a.cfg != want {
+            if *have != want {
                 bail!(
                     "the adapter being continued has r = {}, alpha = {}, dropout = {}, \
                      rslora = {}, targets {:?}, but the run asks for r = {}, alpha = {}, \
                      dropout = {}, rslora = {}, targets {:?}; give the adapter's own settings",
-                    a.cfg.rank,
-                    a.cfg.alpha,
-                    a.cfg.dropout,
-                    a.cfg.rslora,
-                    a.cfg.targets,
+                    have.rank,
+                    have.alpha,
+                    have.dropout,
+                    have.rslora,
+                    have.targets,
                     want.rank,
                     want.alpha,
                     want.dropout,

@@ -198,94 +198,145 @@ fn generate_batch(
     cfg: &GenConfig,
 ) -> Result<Batch> {
     let dev = model.device();
-    let context = model.cfg.max_position_embeddings as u32;
-    let b = prompts.len();
-    let max_len = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
-    anyhow::ensure!(
-        max_len > 0,
-        "cannot generate from an empty prompt (no tokens)"
-    );
-    // Left padding: (b, L) ids and mask; positions count real tokens only.
-    let mut ids = Vec::with_capacity(b * max_len);
-    let mut mask = Vec::with_capacity(b * max_len);
-    let mut pos = Vec::with_capacity(b * max_len);
-    let mut next_pos = vec![0u32; b];
-    for (r, p) in prompts.iter().enumerate() {
-        let pad = max_len - p.len();
-        for _ in 0..pad {
-            ids.push(pad_id);
-            mask.push(0u32);
-            pos.push(0u32);
-        }
-        for (j, &t) in p.iter().enumerate() {
-            ids.push(t);
-            mask.push(1u32);
-            pos.push(j as u32);
-        }
-        next_pos[r] = p.len() as u32;
-    }
-    // Per-row key mask over every position so far (prompt, then one column per step).
-    let mut key_mask: Vec<Vec<u32>> = mask.chunks(max_len).map(|c| c.to_vec()).collect();
+    let context = model.cfg.max_position_embeddings;
+    let (mut rows, ids, pos) = Rows::start(prompts, first_index, pad_id, cfg.seed)?;
+    let (b, max_len) = (prompts.len(), ids.len() / prompts.len());
     let mut cache = KvCache::new(model.cfg.num_hidden_layers);
-    let mut rngs: Vec<rand_chacha::ChaCha8Rng> = (0..b)
-        .map(|r| {
-            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
-            rng.set_stream((first_index + r) as u64);
-            rng
-        })
-        .collect();
     let mut logits = model.forward_cached(
         &Tensor::from_vec(ids, (b, max_len), dev)?,
         &Tensor::from_vec(pos, (b, max_len), dev)?,
-        &Tensor::from_vec(mask, (b, max_len), dev)?,
+        &Tensor::from_vec(rows.key_mask.concat(), (b, max_len), dev)?,
         &mut cache,
     )?;
-    let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); b];
-    let mut done = vec![false; b];
     let mut at_context = 0;
     let mut total = max_len;
     for _ in 0..cfg.max_new_tokens {
         // (b, vocab): each row's last token.
-        let rows: Vec<Vec<f32>> = logits.to_dtype(candle_core::DType::F32)?.to_vec2()?;
-        let mut step_ids = Vec::with_capacity(b);
-        for r in 0..b {
-            // The next token would sit at position next_pos[r]: past the context, stop.
-            if !done[r] && next_pos[r] >= context {
-                done[r] = true;
-                at_context += 1;
-            }
-            let tok = if done[r] {
-                pad_id
-            } else {
-                let t = pick(&rows[r], cfg, &mut rngs[r]);
-                if eos_ids.contains(&t) {
-                    done[r] = true;
-                } else {
-                    outputs[r].push(t);
-                }
-                t
-            };
-            step_ids.push(tok);
-        }
-        if done.iter().all(|&d| d) {
+        let last: Vec<Vec<f32>> = logits.to_dtype(candle_core::DType::F32)?.to_vec2()?;
+        at_context += rows.stop_at(context);
+        let Some((step_ids, positions)) =
+            rows.step(eos_ids, pad_id, |r, rng| pick(&last[r], cfg, rng))
+        else {
             break;
-        }
-        // Finished rows keep decoding pad tokens that nothing attends to (mask 0).
-        for (r, row) in key_mask.iter_mut().enumerate() {
-            row.push(if done[r] { 0 } else { 1 });
-        }
+        };
         total += 1;
-        let km: Vec<u32> = key_mask.concat();
-        let positions: Vec<u32> = next_pos.clone();
-        next_pos.iter_mut().for_each(|p| *p += 1);
         logits = model.forward_cached(
             &Tensor::from_vec(step_ids, (b, 1), dev)?,
             &Tensor::from_vec(positions, (b, 1), dev)?,
-            &Tensor::from_vec(km, (b, total), dev)?,
+            &Tensor::from_vec(rows.key_mask.concat(), (b, total), dev)?,
             &mut cache,
         )?;
     }
-    Ok((outputs, at_context))
+    Ok((rows.outputs, at_context))
+}
+
+/// The rows of a batch being decoded, on any backend: each row's key mask and next position
+/// under left padding (positions count real tokens only), its RNG stream (seed, prompt
+/// index), what it has generated and whether it has stopped.
+pub struct Rows {
+    pub outputs: Vec<Vec<u32>>,
+    pub done: Vec<bool>,
+    /// Per row, 1 where a key position holds a token to attend to (the prompt, then one
+    /// column per step).
+    pub key_mask: Vec<Vec<u32>>,
+    /// Per row, the position its next token sits at.
+    pub next_pos: Vec<u32>,
+    rngs: Vec<rand_chacha::ChaCha8Rng>,
+}
+
+impl Rows {
+    /// The rows of `prompts` (the first of which is prompt `first_index` of the run), and
+    /// the left-padded ids and positions (b, longest prompt), row-major, of the first
+    /// forward.
+    pub fn start(
+        prompts: &[Vec<u32>],
+        first_index: usize,
+        pad_id: u32,
+        seed: u64,
+    ) -> Result<(Self, Vec<u32>, Vec<u32>)> {
+        let b = prompts.len();
+        let max_len = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+        anyhow::ensure!(
+            max_len > 0,
+            "cannot generate from an empty prompt (no tokens)"
+        );
+        let (mut ids, mut pos) = (
+            Vec::with_capacity(b * max_len),
+            Vec::with_capacity(b * max_len),
+        );
+        let (mut key_mask, mut next_pos) = (Vec::with_capacity(b), Vec::with_capacity(b));
+        for p in prompts {
+            let padn = max_len - p.len();
+            ids.extend(std::iter::repeat_n(pad_id, padn).chain(p.iter().copied()));
+            pos.extend(std::iter::repeat_n(0, padn).chain(0..p.len() as u32));
+            key_mask.push((0..max_len).map(|j| u32::from(j >= padn)).collect());
+            next_pos.push(p.len() as u32);
+        }
+        let rngs = (0..b)
+            .map(|r| {
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+                rng.set_stream((first_index + r) as u64);
+                rng
+            })
+            .collect();
+        let rows = Rows {
+            outputs: vec![Vec::new(); b],
+            done: vec![false; b],
+            key_mask,
+            next_pos,
+            rngs,
+        };
+        Ok((rows, ids, pos))
+    }
+
+    /// Stop the rows whose next token would sit past the model's `context`; how many it
+    /// stopped.
+    pub fn stop_at(&mut self, context: usize) -> usize {
+        let mut stopped = 0;
+        for (done, &p) in self.done.iter_mut().zip(&self.next_pos) {
+            if !*done && p as usize >= context {
+                *done = true;
+                stopped += 1;
+            }
+        }
+        stopped
+    }
+
+    /// One decoding step: each row still going takes `pick(row, its RNG)`, an EOS stopping
+    /// it (and not kept); a stopped row takes `pad_id`. Returns the step's ids and positions
+    /// (b, 1), the key mask grown by one column, or None once every row has stopped.
+    pub fn step(
+        &mut self,
+        eos_ids: &[u32],
+        pad_id: u32,
+        mut pick: impl FnMut(usize, &mut rand_chacha::ChaCha8Rng) -> u32,
+    ) -> Option<(Vec<u32>, Vec<u32>)> {
+        let mut ids = Vec::with_capacity(self.done.len());
+        for r in 0..self.done.len() {
+            let tok = if self.done[r] {
+                pad_id
+            } else {
+                let t = pick(r, &mut self.rngs[r]);
+                if eos_ids.contains(&t) {
+                    self.done[r] = true;
+                } else {
+                    self.outputs[r].push(t);
+                }
+                t
+            };
+            ids.push(tok);
+        }
+        if self.done.iter().all(|&d| d) {
+            return None;
+        }
+        // Finished rows keep decoding pad tokens that nothing attends to (mask 0).
+        for (row, &done) in self.key_mask.iter_mut().zip(&self.done) {
+            row.push(u32::from(!done));
+        }
+        let positions = self.next_pos.clone();
+        self.next_pos.iter_mut().for_each(|p| *p += 1);
+        Some((ids, positions))
+    }
 }
 
 /// Choose the next token from one row of logits.

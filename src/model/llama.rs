@@ -376,12 +376,7 @@ impl Llama {
     /// AdamW updates, or None where there is none (no adapter, or p = 0).
     pub fn lora_dropout(&self, step: u64, micro: u64) -> Option<LoraDropout> {
         let a = self.adapter.as_ref()?;
-        (a.cfg.dropout > 0.0).then_some(LoraDropout {
-            p: a.cfg.dropout,
-            seed: a.seed,
-            step,
-            micro,
-        })
+        LoraDropout::of(&a.cfg, a.seed, step, micro)
     }
 
     /// The backbone alone (transformers' `LlamaModel`): the final-normed hidden states

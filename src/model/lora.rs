@@ -204,6 +204,17 @@ pub struct LoraDropout {
 }
 
 impl LoraDropout {
+    /// The dropout of micro-batch `micro` of the optimizer step that follows `step` AdamW
+    /// updates of a run seeded `seed`, or None where `cfg` has none (p = 0).
+    pub fn of(cfg: &LoraConfig, seed: u64, step: u64, micro: u64) -> Option<Self> {
+        (cfg.dropout > 0.0).then_some(LoraDropout {
+            p: cfg.dropout,
+            seed,
+            step,
+            micro,
+        })
+    }
+
     /// The inverted-dropout multipliers of the `n` (rows x in, row-major) inputs of
     /// projection `proj` (index in [`PROJECTIONS`]) of layer `layer`: 0 with probability p,
     /// else 1 / (1 - p) (PyTorch's `F.dropout` in training). One ChaCha8 stream per

@@ -19,17 +19,16 @@
 //! resumed run reads them instead of recomputing. Rewards are beta x (log pi - log pi_ref).
 
 use super::batch::{collate, loss_tokens, tokenize, Batch, Example};
-use super::driver::{adamw_config, Method, Outcome, Plan, Trainee};
+use super::driver::{step_settings, Method, Outcome, Plan, Trainee};
+pub(crate) use super::fused::seq_nll;
 pub use super::fused::{autograd_weighted_grads, weighted_grads};
-pub(crate) use super::fused::{seq_nll, weighted_optimizer_step};
 use super::objective::{DpoConfig, DpoLoss, Method as Objective};
 use super::sft::{
-    data_fingerprint, resume_point_of, summarize, weights_fingerprint, ResumePoint, RunSettings,
-    StepLog, TrainConfig, TrainRun, TrainSummary,
+    resume_point_of, save_dtype_of, schedule_of, summarize, weights_fingerprint, ResumePoint,
+    RunSettings, StepLog, TrainConfig, TrainRun, TrainSummary,
 };
 use crate::data::prefs::PrefRecord;
 use crate::data::records::Record;
-use crate::model::checkpoint::dtype_from_name;
 use crate::model::{LoadedModel, TextTokenizer};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -193,16 +192,7 @@ pub fn prepare_pairs(
     if pairs.is_empty() {
         bail!("no preference pairs");
     }
-    let save_dtype = cfg
-        .save_dtype
-        .clone()
-        .unwrap_or_else(|| torch_dtype.to_string());
-    dtype_from_name(&save_dtype).with_context(|| {
-        format!(
-            "the trained model would be saved in the input checkpoint's dtype \"{save_dtype}\"; \
-             set save_dtype (--save-dtype) to float32, bfloat16 or float16"
-        )
-    })?;
+    let save_dtype = save_dtype_of(cfg, torch_dtype, None)?;
     let side = |answer: fn(&PrefRecord) -> &str| -> Vec<Record> {
         pairs
             .iter()
@@ -224,15 +214,8 @@ pub fn prepare_pairs(
             }
         }
     }
-    let steps_per_epoch = pairs.len().div_ceil(cfg.records_per_step()?);
-    let total = cfg.total_steps(pairs.len())?;
     let both: Vec<Example> = chosen.iter().chain(&rejected).cloned().collect();
-    let settings = RunSettings {
-        start_sha256,
-        data_sha256: data_fingerprint(&both),
-        examples: pairs.len(),
-        train: cfg.clone(),
-    };
+    let (steps_per_epoch, total, settings) = schedule_of(cfg, pairs.len(), start_sha256, &both)?;
     Ok(PairPlan {
         chosen,
         rejected,
@@ -414,8 +397,7 @@ impl Method for DpoStep<'_> {
             terms.extend(t);
             Ok(w)
         };
-        let opt = adamw_config(cfg);
-        let grad_norm = model.weighted_step(&micro, &mut weigh, &opt, lr, cfg.clip)?;
+        let grad_norm = model.weighted_step(&micro, &mut weigh, &step_settings(cfg, lr))?;
         let mean = |f: fn(&PairTerms) -> f64| terms.iter().map(f).sum::<f64>() / n;
         Ok(DpoStepLog {
             base: StepLog {

@@ -4,12 +4,13 @@
 //! optimizer step: lr -> the method's step -> log line -> hook -> checkpoint; at the end the
 //! final save, `train_config.toml` (which marks the run finished) and the checkpoints
 //! removed. Two seams: [`Method`] is the per-method step (`sft::SftStep`, `dpo::DpoStep`)
-//! and [`Trainee`] the per-backend model ([`Fused`] here, `backend::train::OnBackend` for
-//! any `LanguageModel`). Keeping the loop in one place is what makes every method resume
+//! and [`Trainee`] the per-backend model's steps (`fused::Fused`, every
+//! `backend::LanguageModel`), which [`Checkpointed`] pairs with the run directory's files
+//! (`fused::Fused`, `backend::train::OnBackend`). Keeping the loop in one place is what makes every method resume
 //! bit-identically on every backend.
 
 use super::batch::Batch;
-use super::optim::AdamWConfig;
+use super::optim::{AdamWConfig, StepSettings};
 use super::run_dir::{
     append_log, read_log_as, remove_checkpoints, resume_point_of, rewrite_log, step_indices,
     sync_file, ResumePoint, RunSettings, StepLog, FINISHED_SETTINGS,
@@ -23,32 +24,32 @@ use std::path::Path;
 /// its sequences' summed NLLs, the weight of each sequence's NLL in the loss.
 pub type Weigh<'a> = dyn FnMut(usize, &[f64]) -> Result<Vec<f64>> + 'a;
 
-/// What the loop needs from whatever runs the model. Every step refuses a non-finite loss
-/// or gradient norm before it updates the weights.
+/// The optimizer steps a training method takes on a model: what every backend implements
+/// (`backend::LanguageModel` extends it). Every step refuses a non-finite loss or gradient
+/// norm before it updates the weights.
 pub trait Trainee {
     /// The token id right-padded batches are filled with.
     fn pad_id(&self) -> u32;
     /// One SFT optimizer step over `micro` (loss normalised by the step's target count):
     /// (summed NLL, gradient norm before clipping).
-    fn sft_step(
-        &mut self,
-        micro: &[Batch],
-        opt: &AdamWConfig,
-        lr: f64,
-        clip: f64,
-    ) -> Result<(f64, f64)>;
-    /// Summed NLL of each sequence of `batch`, without a gradient.
-    fn seq_nll(&mut self, batch: &Batch) -> Result<Vec<f64>>;
-    /// One optimizer step on the gradient of sum_s w_s NLL_s over `micro`, w from `weigh`;
-    /// returns the gradient norm before clipping.
+    fn sft_step(&mut self, micro: &[Batch], s: &StepSettings) -> Result<(f64, f64)>;
+    /// Summed NLL of each sequence of `batch`, without a gradient (DPO's reference).
+    fn seq_nll(&self, batch: &Batch) -> Result<Vec<f64>>;
+    /// One optimizer step on the gradient of sum_s w_s NLL_s over `micro` (DPO's step), the
+    /// weights of each micro-batch's sequences from `weigh(index, their NLLs)`; returns the
+    /// gradient norm before clipping.
     fn weighted_step(
         &mut self,
         micro: &[Batch],
         weigh: &mut Weigh<'_>,
-        opt: &AdamWConfig,
-        lr: f64,
-        clip: f64,
+        s: &StepSettings,
     ) -> Result<f64>;
+}
+
+/// A [`Trainee`] with its run directory's files: what [`drive`] trains.
+pub trait Checkpointed {
+    /// The model the method steps.
+    fn trainee(&mut self) -> &mut dyn Trainee;
     /// Restore the weights and AdamW state of checkpoint `dir` (at `step`).
     fn restore(&mut self, dir: &Path, step: usize, opt: &AdamWConfig) -> Result<()>;
     /// Write `checkpoints/step-N` (weights, AdamW state, `settings`).
@@ -91,13 +92,31 @@ pub struct Plan<'a> {
 /// A hook the loop calls after every step with its log line.
 pub type AfterStep<'a> = dyn FnMut(&StepLog) -> Result<()> + 'a;
 
-/// Where the loop writes and how it reports.
-pub struct Run<'a> {
+/// Where the loop writes and how it reports. `H` is the hook's type: [`drive`] calls any
+/// `FnMut(&StepLog)` (an [`AfterStep`] by default); the fused path's `TrainRun` hook also
+/// sees the model.
+pub struct Run<'a, H: ?Sized + 'a = AfterStep<'a>> {
+    /// Final model, `train_log.jsonl` and checkpoints go here.
     pub out: &'a Path,
+    /// Continue from the newest complete checkpoint in `out` (refused when it was written
+    /// with other settings or data); a finished run with the same settings is not redone.
     pub resume: bool,
+    /// Show a progress bar (log lines when stderr is not a terminal).
     pub progress: bool,
-    /// Called after every step with its log line.
-    pub hook: Option<&'a mut AfterStep<'a>>,
+    /// Called after every optimizer step with its log line.
+    pub hook: Option<&'a mut H>,
+}
+
+impl<'a, H: ?Sized> Run<'a, H> {
+    /// The same run with another hook.
+    pub fn with_hook<G: ?Sized>(self, hook: Option<&'a mut G>) -> Run<'a, G> {
+        Run {
+            out: self.out,
+            resume: self.resume,
+            progress: self.progress,
+            hook,
+        }
+    }
 }
 
 /// What the loop did.
@@ -119,12 +138,21 @@ pub fn adamw_config(cfg: &super::config::TrainConfig) -> AdamWConfig {
     }
 }
 
+/// The settings of one optimizer update of a run at learning rate `lr`.
+pub fn step_settings(cfg: &super::config::TrainConfig, lr: f64) -> StepSettings {
+    StepSettings {
+        adamw: adamw_config(cfg),
+        lr,
+        clip: cfg.clip,
+    }
+}
+
 /// Run `method` on `model` as `plan` says, into `run.out` (see the module doc).
-pub fn drive<M: Method>(
-    model: &mut dyn Trainee,
+pub fn drive<M: Method, H: FnMut(&StepLog) -> Result<()> + ?Sized>(
+    model: &mut dyn Checkpointed,
     method: &mut M,
     plan: &Plan<'_>,
-    run: Run<'_>,
+    run: Run<'_, H>,
 ) -> Result<Outcome<M::Log>> {
     let Run {
         out,
@@ -159,7 +187,7 @@ pub fn drive<M: Method>(
             });
         }
         ResumePoint::Checkpoint { step, dir } => {
-            method.begin(model, out)?;
+            method.begin(model.trainee(), out)?;
             model.restore(&dir, step, &opt)?;
             log = read_log_as::<M::Log>(&log_path)?
                 .into_iter()
@@ -167,7 +195,7 @@ pub fn drive<M: Method>(
                 .collect();
             (start, resumed_from) = (step, Some(step));
         }
-        ResumePoint::Fresh => method.begin(model, out)?,
+        ResumePoint::Fresh => method.begin(model.trainee(), out)?,
     }
     rewrite_log(&log_path, &log)?;
     let mut bar = Progress::new(M::LABEL, total, start, progress);
@@ -182,7 +210,9 @@ pub fn drive<M: Method>(
                 step + 1
             )
         };
-        let mut entry = method.step(model, &idx, lr).with_context(stopped)?;
+        let mut entry = method
+            .step(model.trainee(), &idx, lr)
+            .with_context(stopped)?;
         M::base_mut(&mut entry).step = step + 1;
         let base = M::base(&entry).clone();
         check_finite(&base).with_context(stopped)?;

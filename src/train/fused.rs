@@ -4,90 +4,104 @@
 //! dropout masks of the step.
 
 use super::batch::Batch;
-use super::driver::{drive, AfterStep, Method, Outcome, Plan, Run, Trainee, Weigh};
+use super::driver::{drive, AfterStep, Checkpointed, Method, Outcome, Plan, Run, Trainee, Weigh};
 use super::loss::nll_sum;
-use super::optim::{AdamW, AdamWConfig, Grads};
-use super::run_dir::{load_final, restore, save_trained, write_checkpoint, RunSettings, StepLog};
+use super::optim::{AdamW, AdamWConfig, Grads, StepSettings};
+use super::run_dir::{
+    load_final, load_state, save_state, save_trained, saved_adam_step, write_checkpoint,
+    RunSettings, StepLog,
+};
 use crate::model::lora::LoraDropout;
 use crate::model::{Llama, LoadedModel};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
+use std::borrow::Borrow;
 use std::path::Path;
 
 /// Called after every optimizer step with the model and the step's log (for rate tracking).
 pub type StepHook<'a> = dyn FnMut(&LoadedModel, &StepLog) -> Result<()> + 'a;
 
-/// Where a fused-path run (`sft::train`, `dpo::train`) writes and how it runs (everything but the model, data and
-/// hyper-parameters).
-pub struct TrainRun<'a, 'h> {
-    /// Final model, `train_log.jsonl` and checkpoints go here.
-    pub out: &'a Path,
-    /// Continue from the newest complete checkpoint in `out` (refused when it was written
-    /// with other settings or data); a finished run with the same settings is not redone.
-    pub resume: bool,
-    /// Called after every optimizer step with the model and the step's log.
-    pub hook: Option<&'a mut StepHook<'h>>,
-    /// Show a progress bar (log lines when stderr is not a terminal).
-    pub progress: bool,
-}
+/// Where a fused-path run (`sft::train`, `dpo::train`) writes and how it runs (everything
+/// but the model, data and hyper-parameters): the loop's [`Run`] with a hook that also sees
+/// the model.
+pub type TrainRun<'a, 'h> = Run<'a, StepHook<'h>>;
 
 /// The fused CPU path as a [`Trainee`]: a loaded model (trained in place through its
-/// variables) and its AdamW state.
-pub struct Fused<'a> {
-    pub lm: &'a LoadedModel,
+/// variables; owned or borrowed) and its AdamW state, made at the first step.
+pub struct Fused<L> {
+    pub lm: L,
     opt: Option<AdamW>,
 }
 
-impl<'a> Fused<'a> {
-    pub fn new(lm: &'a LoadedModel) -> Self {
+impl<L: Borrow<LoadedModel>> Fused<L> {
+    pub fn new(lm: L) -> Self {
         Fused { lm, opt: None }
+    }
+
+    /// AdamW updates done so far.
+    pub fn adam_step(&self) -> u64 {
+        self.opt.as_ref().map_or(0, |o| o.step)
+    }
+
+    /// Write the train state's files (f32 weights, AdamW moments) into `dir`.
+    pub fn save_train_state(&self, dir: &Path) -> Result<()> {
+        save_state(self.lm.borrow(), self.opt.as_ref(), dir)
+    }
+
+    /// Restore what [`Fused::save_train_state`] wrote, after `adam_step` updates.
+    pub fn load_train_state(
+        &mut self,
+        dir: &Path,
+        opt: &AdamWConfig,
+        adam_step: u64,
+    ) -> Result<()> {
+        let adam = self.opt.insert(AdamW::new(*opt));
+        load_state(self.lm.borrow(), adam, dir, adam_step)
     }
 }
 
-impl Trainee for Fused<'_> {
+impl<L: Borrow<LoadedModel>> Trainee for Fused<L> {
     fn pad_id(&self) -> u32 {
-        self.lm.tokenizer.pad_id()
+        self.lm.borrow().tokenizer.pad_id()
     }
-    fn sft_step(
-        &mut self,
-        micro: &[Batch],
-        opt: &AdamWConfig,
-        lr: f64,
-        clip: f64,
-    ) -> Result<(f64, f64)> {
-        let adam = self.opt.get_or_insert_with(|| AdamW::new(*opt));
-        optimizer_step(&self.lm.model, micro, adam, lr, clip)
+    fn sft_step(&mut self, micro: &[Batch], s: &StepSettings) -> Result<(f64, f64)> {
+        let adam = self.opt.get_or_insert_with(|| AdamW::new(s.adamw));
+        optimizer_step(&self.lm.borrow().model, micro, adam, s.lr, s.clip)
     }
-    fn seq_nll(&mut self, batch: &Batch) -> Result<Vec<f64>> {
-        seq_nll(&self.lm.model, batch)
+    fn seq_nll(&self, batch: &Batch) -> Result<Vec<f64>> {
+        seq_nll(&self.lm.borrow().model, batch)
     }
     fn weighted_step(
         &mut self,
         micro: &[Batch],
         weigh: &mut Weigh<'_>,
-        opt: &AdamWConfig,
-        lr: f64,
-        clip: f64,
+        s: &StepSettings,
     ) -> Result<f64> {
-        let adam = self.opt.get_or_insert_with(|| AdamW::new(*opt));
-        weighted_optimizer_step(&self.lm.model, micro, weigh, adam, lr, clip)
+        let adam = self.opt.get_or_insert_with(|| AdamW::new(s.adamw));
+        weighted_optimizer_step(&self.lm.borrow().model, micro, weigh, adam, s.lr, s.clip)
+    }
+}
+
+impl<L: Borrow<LoadedModel>> Checkpointed for Fused<L> {
+    fn trainee(&mut self) -> &mut dyn Trainee {
+        self
     }
     fn restore(&mut self, dir: &Path, step: usize, opt: &AdamWConfig) -> Result<()> {
-        let adam = self.opt.insert(AdamW::new(*opt));
-        restore(self.lm, adam, dir, step)
+        let adam_step = saved_adam_step(dir, step)?;
+        self.load_train_state(dir, opt, adam_step)
     }
     fn checkpoint(&self, out: &Path, step: usize, settings: &RunSettings) -> Result<()> {
         let adam = self
             .opt
             .as_ref()
             .context("a checkpoint before the first step")?;
-        write_checkpoint(self.lm, adam, out, step, settings)
+        write_checkpoint(self.lm.borrow(), adam, out, step, settings)
     }
     fn save_final(&self, out: &Path, save_dtype: &str) -> Result<()> {
-        save_trained(self.lm, out, save_dtype)
+        save_trained(self.lm.borrow(), out, save_dtype)
     }
     fn load_final(&mut self, out: &Path) -> Result<()> {
-        load_final(self.lm, out)
+        load_final(self.lm.borrow(), out)
     }
 }
 
@@ -96,21 +110,10 @@ pub(crate) fn drive_fused<M: Method>(
     lm: &LoadedModel,
     method: &mut M,
     plan: &Plan<'_>,
-    run: TrainRun<'_, '_>,
+    mut run: TrainRun<'_, '_>,
 ) -> Result<Outcome<M::Log>> {
-    let TrainRun {
-        out,
-        resume,
-        hook,
-        progress,
-    } = run;
-    let mut hook = hook.map(|h| move |l: &StepLog| h(lm, l));
-    let run = Run {
-        out,
-        resume,
-        progress,
-        hook: hook.as_mut().map(|h| h as &mut AfterStep<'_>),
-    };
+    let mut hook = run.hook.take().map(|h| move |l: &StepLog| h(lm, l));
+    let run = run.with_hook(hook.as_mut().map(|h| h as &mut AfterStep<'_>));
     drive(&mut Fused::new(lm), method, plan, run)
 }
 

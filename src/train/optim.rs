@@ -19,6 +19,15 @@ pub struct AdamWConfig {
     pub weight_decay: f64,
 }
 
+/// What one optimizer update takes besides the gradients: AdamW's settings (its state is
+/// created from them at the first step), the learning rate and the gradient-norm clip.
+#[derive(Debug, Clone, Copy)]
+pub struct StepSettings {
+    pub adamw: AdamWConfig,
+    pub lr: f64,
+    pub clip: f64,
+}
+
 pub struct AdamW {
     pub cfg: AdamWConfig,
     /// Number of updates done so far.

@@ -348,17 +348,7 @@ pub(crate) fn write_checkpoint(
     settings: &RunSettings,
 ) -> Result<()> {
     let state = serde_json::json!({ "step": step, "adam_step": opt.step, "settings": settings });
-    write_checkpoint_with(out, step, &state, |dir| {
-        save_params(
-            lm.model.trainable(),
-            DType::F32,
-            &dir.join("model.safetensors"),
-        )?;
-        crate::model::checkpoint::save_tensors(
-            &opt.state_tensors(lm.model.trainable())?,
-            &dir.join("optimizer.safetensors"),
-        )
-    })
+    write_checkpoint_with(out, step, &state, |dir| save_state(lm, Some(opt), dir))
 }
 
 /// The checkpoint layout every training loop shares: `fill` writes the weights and optimizer
@@ -408,7 +398,37 @@ fn remove_checkpoint_dir(dir: &Path) -> Result<()> {
     std::fs::remove_dir_all(dir).with_context(|| format!("cannot remove {}", dir.display()))
 }
 
-pub(crate) fn restore(lm: &LoadedModel, opt: &mut AdamW, dir: &Path, step: usize) -> Result<()> {
+/// The AdamW update count a checkpoint's `trainer_state.json` records (`step`, one update a
+/// step, where an older checkpoint lacks it).
+pub(crate) fn saved_adam_step(dir: &Path, step: usize) -> Result<u64> {
+    let p = dir.join("trainer_state.json");
+    let text =
+        std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+    let state: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", p.display()))?;
+    Ok(state["adam_step"].as_u64().unwrap_or(step as u64))
+}
+
+/// Write a train state's files into `dir`: the trainable weights in f32
+/// (`model.safetensors`) and the AdamW moments (`optimizer.safetensors`; none before the
+/// first update).
+pub(crate) fn save_state(lm: &LoadedModel, opt: Option<&AdamW>, dir: &Path) -> Result<()> {
+    let params = lm.model.trainable();
+    save_params(params, DType::F32, &dir.join("model.safetensors"))?;
+    let moments = match opt {
+        Some(o) => o.state_tensors(params)?,
+        None => vec![],
+    };
+    crate::model::checkpoint::save_tensors(&moments, &dir.join("optimizer.safetensors"))
+}
+
+/// Load what [`save_state`] wrote into `lm` and `opt` (which has done `adam_step` updates).
+pub(crate) fn load_state(
+    lm: &LoadedModel,
+    opt: &mut AdamW,
+    dir: &Path,
+    adam_step: u64,
+) -> Result<()> {
     let dev = lm.model.device();
     let weights = candle_core::safetensors::load(dir.join("model.safetensors"), dev)
         .with_context(|| format!("cannot read checkpoint {}", dir.display()))?;
@@ -419,11 +439,6 @@ pub(crate) fn restore(lm: &LoadedModel, opt: &mut AdamW, dir: &Path, step: usize
         var.set(t)
             .with_context(|| format!("tensor \"{name}\" in checkpoint {}", dir.display()))?;
     }
-    let state: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("trainer_state.json"))
-            .with_context(|| format!("cannot read {}/trainer_state.json", dir.display()))?,
-    )?;
-    let adam_step = state["adam_step"].as_u64().unwrap_or(step as u64);
     let moments = candle_core::safetensors::load(dir.join("optimizer.safetensors"), dev)
         .with_context(|| format!("cannot read optimizer state in {}", dir.display()))?;
     opt.load_state(lm.model.trainable(), &moments, adam_step)

@@ -24,7 +24,7 @@
 
 use super::batch::{collate, loss_tokens, tokenize, Batch, Example};
 pub use super::config::TrainConfig;
-use super::driver::{adamw_config, Method, Plan, Trainee};
+use super::driver::{step_settings, Method, Outcome, Plan, Trainee};
 pub(crate) use super::fused::drive_fused;
 pub use super::fused::{optimizer_step, StepHook, TrainRun};
 pub use super::run_dir::{
@@ -59,20 +59,7 @@ pub fn train(
     cfg: &TrainConfig,
     run: TrainRun<'_, '_>,
 ) -> Result<TrainSummary> {
-    let p = prepare(lm, records, cfg)?;
-    p.warn_truncated("records");
-    let mut method = SftStep {
-        examples: &p.examples,
-        cfg,
-    };
-    let o = drive_fused(lm, &mut method, &p.plan(), run)?;
-    Ok(summarize(
-        p.total,
-        p.examples.len(),
-        p.truncated,
-        o.resumed_from,
-        o.log,
-    ))
+    prepare(lm, records, cfg)?.run(cfg, |m, plan| drive_fused(lm, m, plan, run))
 }
 
 /// SFT's step: the step's examples in micro-batches of `batch_size`, token-weighted NLL.
@@ -92,8 +79,7 @@ impl Method for SftStep<'_> {
             .chunks(self.cfg.batch_size)
             .map(|m| collate(m, pad, &candle_core::Device::Cpu))
             .collect::<Result<_>>()?;
-        let opt = adamw_config(self.cfg);
-        let (nll_total, grad_norm) = model.sft_step(&micro, &opt, lr, self.cfg.clip)?;
+        let (nll_total, grad_norm) = model.sft_step(&micro, &step_settings(self.cfg, lr))?;
         Ok(StepLog {
             step: 0,
             loss: if n_step > 0 {
@@ -160,6 +146,28 @@ impl Prepared {
         }
     }
 
+    /// SFT on this run: `drive` runs the loop with the method and plan (on whatever runs the
+    /// model); the summary of what it did.
+    pub fn run(
+        &self,
+        cfg: &TrainConfig,
+        drive: impl FnOnce(&mut SftStep<'_>, &Plan<'_>) -> Result<Outcome<StepLog>>,
+    ) -> Result<TrainSummary> {
+        self.warn_truncated("records");
+        let mut method = SftStep {
+            examples: &self.examples,
+            cfg,
+        };
+        let o = drive(&mut method, &self.plan())?;
+        Ok(summarize(
+            self.total,
+            self.examples.len(),
+            self.truncated,
+            o.resumed_from,
+            o.log,
+        ))
+    }
+
     /// Warn when max_length cut some of the `what` (records, answers).
     pub fn warn_truncated(&self, what: &str) {
         warn_truncated(
@@ -213,29 +221,13 @@ pub fn prepare_run(
     if records.is_empty() {
         bail!("no training records");
     }
-    // Refuse before the first step what only the final save would find out.
-    let save_dtype = cfg
-        .save_dtype
-        .clone()
-        .unwrap_or_else(|| torch_dtype.to_string());
-    dtype_from_name(&save_dtype).with_context(|| {
-        format!(
-            "the trained model would be saved in the input checkpoint's dtype \"{save_dtype}\" \
-             ({source}); set save_dtype (--save-dtype) to float32, bfloat16 or float16"
-        )
-    })?;
+    let save_dtype = save_dtype_of(cfg, torch_dtype, Some(source))?;
     let (examples, truncated) = tokenize(records, tokenizer, cfg.template, cfg.max_length)?;
     if examples.iter().all(|e| loss_tokens(e) == 0) {
         bail!("no record has a token the loss can count (are all responses empty or cut by max_length?)");
     }
-    let steps_per_epoch = examples.len().div_ceil(cfg.records_per_step()?);
-    let total = cfg.total_steps(examples.len())?;
-    let settings = RunSettings {
-        start_sha256,
-        data_sha256: data_fingerprint(&examples),
-        examples: examples.len(),
-        train: cfg.clone(),
-    };
+    let (steps_per_epoch, total, settings) =
+        schedule_of(cfg, examples.len(), start_sha256, &examples)?;
     Ok(Prepared {
         examples,
         truncated,
@@ -244,6 +236,47 @@ pub fn prepare_run(
         settings,
         save_dtype,
     })
+}
+
+/// The dtype a run saves its model in: `save_dtype`, else the input checkpoint's
+/// (`torch_dtype`, read from `source` where given); refused before the first step when the
+/// final save could not write it.
+pub(crate) fn save_dtype_of(
+    cfg: &TrainConfig,
+    torch_dtype: &str,
+    source: Option<&str>,
+) -> Result<String> {
+    let save_dtype = cfg
+        .save_dtype
+        .clone()
+        .unwrap_or_else(|| torch_dtype.to_string());
+    let whence = source.map(|s| format!(" ({s})")).unwrap_or_default();
+    dtype_from_name(&save_dtype).with_context(|| {
+        format!(
+            "the trained model would be saved in the input checkpoint's dtype \"{save_dtype}\"\
+             {whence}; set save_dtype (--save-dtype) to float32, bfloat16 or float16"
+        )
+    })?;
+    Ok(save_dtype)
+}
+
+/// A run's schedule over `n` examples (or pairs) and the settings its checkpoints store,
+/// `data` fingerprinted: (steps per epoch, total steps, settings).
+pub(crate) fn schedule_of(
+    cfg: &TrainConfig,
+    n: usize,
+    start_sha256: String,
+    data: &[Example],
+) -> Result<(usize, usize, RunSettings)> {
+    let steps_per_epoch = n.div_ceil(cfg.records_per_step()?);
+    let total = cfg.total_steps(n)?;
+    let settings = RunSettings {
+        start_sha256,
+        data_sha256: data_fingerprint(data),
+        examples: n,
+        train: cfg.clone(),
+    };
+    Ok((steps_per_epoch, total, settings))
 }
 
 /// Where `train(.., resume = true, ..)` would start in `out`, refusing what it would refuse

@@ -12,15 +12,15 @@ mod optim;
 pub use model::{TorchLora, TorchWeights};
 
 use super::{DeviceSpec, LanguageModel, Precision};
-use crate::model::generate::{pick, GenConfig};
+use crate::model::generate::{pick, GenConfig, Rows};
+use crate::model::lora::LoraDropout;
 use crate::model::{LoadedModel, ModelConfig, TextTokenizer};
 use crate::train::batch::Batch;
-use crate::train::driver::Weigh;
-use crate::train::optim::AdamWConfig;
+use crate::train::driver::{Trainee, Weigh};
+use crate::train::optim::{AdamWConfig, StepSettings};
 use anyhow::{bail, Context, Result};
 use model::Decoder;
 use optim::TorchAdamW;
-use rand::SeedableRng;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -194,16 +194,10 @@ impl Core {
         }
     }
 
-    /// Refuse what this backend cannot train: LoRA dropout (the fused path has it).
-    fn check_trainable(&self) -> Result<()> {
-        if let Some(l) = self.lora.as_ref().filter(|l| l.cfg.dropout > 0.0) {
-            bail!(
-                "LoRA dropout {} is not supported on the torch backend yet; train with \
-                 --lora-dropout 0, or on the fused CPU path (--backend fused)",
-                l.cfg.dropout
-            );
-        }
-        Ok(())
+    /// The adapter's dropout in micro-batch `micro` of the step after `step` AdamW updates.
+    fn lora_dropout(&self, step: u64, micro: u64) -> Option<LoraDropout> {
+        let l = self.lora.as_ref()?;
+        LoraDropout::of(&l.cfg, l.seed, step, micro)
     }
 
     fn zero_grads(&self) {
@@ -278,92 +272,149 @@ impl TorchModel {
     ) -> Result<Vec<Vec<u32>>> {
         let dec = self.core.decoder().with_cast_weights();
         let (eos, pad) = (self.tokenizer.eos_ids(), self.tokenizer.pad_id());
-        let b = prompts.len();
-        let max_len = prompts.iter().map(|p| p.len()).max().unwrap_or(0);
-        anyhow::ensure!(
-            max_len > 0,
-            "cannot generate from an empty prompt (no tokens)"
-        );
-        let (mut ids, mut pos) = (Vec::new(), Vec::new());
-        let mut key_mask: Vec<Vec<u32>> = Vec::with_capacity(b);
-        let mut next_pos = vec![0f32; b];
-        for (r, p) in prompts.iter().enumerate() {
-            let padn = max_len - p.len();
-            ids.extend(std::iter::repeat_n(pad, padn).chain(p.iter().copied()));
-            pos.extend(
-                (0..padn)
-                    .map(|_| 0f32)
-                    .chain((0..p.len()).map(|j| j as f32)),
-            );
-            key_mask.push((0..max_len).map(|j| u32::from(j >= padn)).collect());
-            next_pos[r] = p.len() as f32;
-        }
-        let mut rngs: Vec<rand_chacha::ChaCha8Rng> = (0..b)
-            .map(|r| {
-                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
-                rng.set_stream((first_index + r) as u64);
-                rng
-            })
-            .collect();
+        let (mut rows, ids, pos) = Rows::start(prompts, first_index, pad, cfg.seed)?;
+        let (b, max_len) = (prompts.len(), ids.len() / prompts.len());
         let mut cache = dec.new_cache(b as i64, (max_len + cfg.max_new_tokens) as i64);
-        let positions = Tensor::from_slice(&pos)
-            .view([b as i64, max_len as i64])
-            .to_device(self.core.device);
+        let positions = |p: &[u32], t: usize| {
+            let p: Vec<f32> = p.iter().map(|&x| x as f32).collect();
+            Tensor::from_slice(&p)
+                .view([b as i64, t as i64])
+                .to_device(self.core.device)
+        };
         let mut logits = dec.forward_cached(
             &self.core.ids(&ids, b, max_len),
-            &positions,
-            &key_mask,
+            &positions(&pos, max_len),
+            &rows.key_mask,
             &mut cache,
         )?;
-        let mut outputs: Vec<Vec<u32>> = vec![Vec::new(); b];
-        let mut done = vec![false; b];
         for _ in 0..cfg.max_new_tokens {
-            let picked: Vec<u32> = if cfg.temperature == 0.0 {
+            let step = if cfg.temperature == 0.0 {
                 let am = logits.argmax(-1, false).to_device(Device::Cpu);
-                Vec::<i64>::try_from(&am)?
-                    .into_iter()
-                    .map(|x| x as u32)
-                    .collect()
+                let picked = Vec::<i64>::try_from(&am)?;
+                rows.step(eos, pad, |r, _| picked[r] as u32)
             } else {
                 let v = self.core.cfg.vocab_size;
                 let host = to_host(&logits)?;
-                (0..b)
-                    .map(|r| pick(&host[r * v..(r + 1) * v], cfg, &mut rngs[r]))
-                    .collect()
+                rows.step(eos, pad, |r, rng| pick(&host[r * v..(r + 1) * v], cfg, rng))
             };
-            let mut step_ids = Vec::with_capacity(b);
-            for r in 0..b {
-                let tok = if done[r] {
-                    pad
-                } else {
-                    let t = picked[r];
-                    if eos.contains(&t) {
-                        done[r] = true;
-                    } else {
-                        outputs[r].push(t);
-                    }
-                    t
-                };
-                step_ids.push(tok);
-            }
-            if done.iter().all(|&d| d) {
+            let Some((step_ids, next)) = step else {
                 break;
-            }
-            for (r, row) in key_mask.iter_mut().enumerate() {
-                row.push(u32::from(!done[r]));
-            }
-            let positions = Tensor::from_slice(&next_pos)
-                .view([b as i64, 1])
-                .to_device(self.core.device);
-            next_pos.iter_mut().for_each(|p| *p += 1.0);
+            };
             logits = dec.forward_cached(
                 &self.core.ids(&step_ids, b, 1),
-                &positions,
-                &key_mask,
+                &positions(&next, 1),
+                &rows.key_mask,
                 &mut cache,
             )?;
         }
-        Ok(outputs)
+        Ok(rows.outputs)
+    }
+}
+
+impl TorchModel {
+    /// Run one training step `f` on the decoder with the AdamW state (made at the first step),
+    /// libtorch's panics and out-of-memory turned into errors that name the step's batch.
+    fn train_step<T>(
+        &mut self,
+        micro: &[Batch],
+        s: &StepSettings,
+        f: impl FnOnce(&Core, &mut TorchAdamW) -> Result<T>,
+    ) -> Result<T> {
+        let (mb, mt) = micro.first().map_or(Ok((0, 0)), |b| b.ids.dims2())?;
+        let adam = self.opt.get_or_insert_with(|| TorchAdamW::new(s.adamw));
+        let core = &self.core;
+        guard(
+            "a training step",
+            || core.oom_hint(mb, mt),
+            || f(core, adam),
+        )
+    }
+}
+
+impl Trainee for TorchModel {
+    fn pad_id(&self) -> u32 {
+        self.tokenizer.pad_id()
+    }
+    fn sft_step(&mut self, micro: &[Batch], s: &StepSettings) -> Result<(f64, f64)> {
+        let n_step: usize = micro.iter().map(|b| b.n_targets).sum();
+        if n_step == 0 {
+            return Ok((0.0, 0.0));
+        }
+        self.train_step(micro, s, |core, adam| {
+            let mut nll_total = 0.0;
+            let scale = 1.0 / n_step as f64;
+            for (i, b) in micro.iter().enumerate().filter(|(_, b)| b.n_targets > 0) {
+                let (ids, targets, _, _) = core.batch_tensors(b)?;
+                // LoRA dropout masks keyed by the update count, as on the fused path.
+                let drop = core.lora_dropout(adam.step, i as u64);
+                let dec = core.decoder().with_dropout(drop.as_ref());
+                if core.grad_checkpoint {
+                    let nll =
+                        dec.loss_backward_checkpointed(&ids, |logits| nll(logits, &targets), scale);
+                    nll_total += nll.double_value(&[]);
+                    continue;
+                }
+                let nll = nll(&dec.forward(&ids), &targets);
+                nll_total += nll.double_value(&[]);
+                // Scaled in f32 and seeded with 1, as the fused path's autograd does.
+                (nll * scale).backward();
+            }
+            if !nll_total.is_finite() {
+                core.zero_grads();
+                bail!(
+                    "the loss is {nll_total} (not finite); lower the learning rate or check \
+                     the weights and data"
+                );
+            }
+            let norm = core.clip_and_update(adam, s.clip, s.lr)?;
+            Ok((nll_total, norm))
+        })
+    }
+    fn seq_nll(&self, batch: &Batch) -> Result<Vec<f64>> {
+        let (ids, targets, b, t) = self.core.batch_tensors(batch)?;
+        guard(
+            "a forward pass",
+            || self.core.oom_hint(b, t),
+            || tch::no_grad(|| seq_nll(&self.core.decoder().forward(&ids), &targets)),
+        )
+    }
+    fn weighted_step(
+        &mut self,
+        micro: &[Batch],
+        weigh: &mut Weigh<'_>,
+        s: &StepSettings,
+    ) -> Result<f64> {
+        if self.core.grad_checkpoint {
+            bail!("--grad-checkpoint applies to SFT steps only; the DPO step keeps every block's activations");
+        }
+        self.train_step(micro, s, |core, adam| {
+            for (m, b) in micro.iter().enumerate() {
+                let (ids, targets, _, _) = core.batch_tensors(b)?;
+                let drop = core.lora_dropout(adam.step, m as u64);
+                let dec = core.decoder().with_dropout(drop.as_ref());
+                let per = per_seq_nll(&dec.forward(&ids), &targets);
+                let host: Vec<f64> = Vec::<f64>::try_from(
+                    &per.detach().to_kind(Kind::Double).to_device(Device::Cpu),
+                )?;
+                let w = match weigh(m, &host) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        core.zero_grads();
+                        return Err(e);
+                    }
+                };
+                anyhow::ensure!(
+                    w.len() == host.len(),
+                    "{} weights for {} sequences",
+                    w.len(),
+                    host.len()
+                );
+                let w = Tensor::from_slice(&w.iter().map(|&x| x as f32).collect::<Vec<_>>())
+                    .to_device(core.device);
+                (per * w).sum(Kind::Float).backward();
+            }
+            core.clip_and_update(adam, s.clip, s.lr)
+        })
     }
 }
 
@@ -421,114 +472,12 @@ impl LanguageModel for TorchModel {
             },
         )
     }
-    fn sft_step(
-        &mut self,
-        micro: &[Batch],
-        opt: &AdamWConfig,
-        lr: f64,
-        clip: f64,
-    ) -> Result<(f64, f64)> {
-        self.core.check_trainable()?;
-        let n_step: usize = micro.iter().map(|b| b.n_targets).sum();
-        if n_step == 0 {
-            return Ok((0.0, 0.0));
-        }
-        let (mb, mt) = micro.first().map_or(Ok((0, 0)), |b| b.ids.dims2())?;
-        let adam = self.opt.get_or_insert_with(|| TorchAdamW::new(*opt));
-        let core = &self.core;
-        guard(
-            "a training step",
-            || core.oom_hint(mb, mt),
-            || {
-                let dec = core.decoder();
-                let mut nll_total = 0.0;
-                let scale = 1.0 / n_step as f64;
-                for b in micro.iter().filter(|b| b.n_targets > 0) {
-                    let (ids, targets, _, _) = core.batch_tensors(b)?;
-                    if core.grad_checkpoint {
-                        let nll = dec.loss_backward_checkpointed(
-                            &ids,
-                            |logits| nll(logits, &targets),
-                            scale,
-                        );
-                        nll_total += nll.double_value(&[]);
-                        continue;
-                    }
-                    let nll = nll(&dec.forward(&ids), &targets);
-                    nll_total += nll.double_value(&[]);
-                    // Scaled in f32 and seeded with 1, as the fused path's autograd does.
-                    (nll * scale).backward();
-                }
-                if !nll_total.is_finite() {
-                    core.zero_grads();
-                    bail!(
-                        "the loss is {nll_total} (not finite); lower the learning rate or check \
-                         the weights and data"
-                    );
-                }
-                let norm = core.clip_and_update(adam, clip, lr)?;
-                Ok((nll_total, norm))
-            },
-        )
-    }
-    fn seq_nll(&self, batch: &Batch) -> Result<Vec<f64>> {
-        let (ids, targets, b, t) = self.core.batch_tensors(batch)?;
-        guard(
-            "a forward pass",
-            || self.core.oom_hint(b, t),
-            || tch::no_grad(|| seq_nll(&self.core.decoder().forward(&ids), &targets)),
-        )
-    }
-    fn weighted_step(
-        &mut self,
-        micro: &[Batch],
-        weigh: &mut Weigh<'_>,
-        opt: &AdamWConfig,
-        lr: f64,
-        clip: f64,
-    ) -> Result<f64> {
-        self.core.check_trainable()?;
-        if self.core.grad_checkpoint {
-            bail!("--grad-checkpoint applies to SFT steps only; the DPO step keeps every block's activations");
-        }
-        let (mb, mt) = micro.first().map_or(Ok((0, 0)), |b| b.ids.dims2())?;
-        let adam = self.opt.get_or_insert_with(|| TorchAdamW::new(*opt));
-        let core = &self.core;
-        guard(
-            "a training step",
-            || core.oom_hint(mb, mt),
-            || {
-                let dec = core.decoder();
-                for (m, b) in micro.iter().enumerate() {
-                    let (ids, targets, _, _) = core.batch_tensors(b)?;
-                    let per = per_seq_nll(&dec.forward(&ids), &targets);
-                    let host: Vec<f64> = Vec::<f64>::try_from(
-                        &per.detach().to_kind(Kind::Double).to_device(Device::Cpu),
-                    )?;
-                    let w = match weigh(m, &host) {
-                        Ok(w) => w,
-                        Err(e) => {
-                            core.zero_grads();
-                            return Err(e);
-                        }
-                    };
-                    anyhow::ensure!(
-                        w.len() == host.len(),
-                        "{} weights for {} sequences",
-                        w.len(),
-                        host.len()
-                    );
-                    let w = Tensor::from_slice(&w.iter().map(|&x| x as f32).collect::<Vec<_>>())
-                        .to_device(core.device);
-                    (per * w).sum(Kind::Float).backward();
-                }
-                core.clip_and_update(adam, clip, lr)
-            },
-        )
-    }
     fn set_grad_checkpoint(&mut self, on: bool) -> Result<()> {
         self.core.grad_checkpoint = on;
         Ok(())
+    }
+    fn adapter_config(&self) -> Option<&crate::model::lora::LoraConfig> {
+        self.core.lora.as_ref().map(|l| &l.cfg)
     }
     fn weights_sha256(&self) -> Result<String> {
         crate::train::sft::params_fingerprint(&self.core.host_all()?)

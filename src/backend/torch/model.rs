@@ -6,6 +6,7 @@
 //! the logits come back as f32 for the loss.
 
 use crate::model::config::{Activation, Family, ModelConfig};
+use crate::model::lora::{LoraDropout, PROJECTIONS};
 use tch::{Device, Kind, Tensor};
 
 /// Masked-out score: finite in f32 and in bf16 (f32::MIN rounds to -inf in bf16), so a
@@ -61,9 +62,17 @@ pub struct TorchLora {
     pub cfg: crate::model::lora::LoraConfig,
     /// PEFT's `base_model_name_or_path`.
     pub base_model: String,
-    /// The run's seed, kept for the saved adapter as the fused path keeps it (dropout masks
-    /// are drawn from it there; the torch backend refuses dropout > 0 for now).
+    /// The run's seed, which draws the dropout masks (`model::lora::LoraDropout`), kept
+    /// for the saved adapter as the fused path keeps it.
     pub seed: u64,
+}
+
+/// Where a forward's tokens sit: the rotary tables of their positions and the attention
+/// mask (None: causal over positions 0..t).
+struct At {
+    cos: Tensor,
+    sin: Tensor,
+    mask: Option<Tensor>,
 }
 
 pub struct Decoder<'a> {
@@ -71,6 +80,8 @@ pub struct Decoder<'a> {
     pub w: &'a TorchWeights,
     /// The adapter the projections add, if any (`model::llama::Linear`'s rule).
     pub lora: Option<&'a TorchLora>,
+    /// The adapter's dropout in a training forward: the fused path's masks.
+    drop: Option<&'a LoraDropout>,
     pub device: Device,
     /// Kind of matmuls and activations (Float or BFloat16).
     pub compute: Kind,
@@ -87,6 +98,7 @@ impl<'a> Decoder<'a> {
             cfg,
             w,
             lora: None,
+            drop: None,
             device,
             compute,
             inv_freq: Tensor::from_slice(&inv).to_device(device),
@@ -97,6 +109,12 @@ impl<'a> Decoder<'a> {
     /// The projections add `lora`'s low-rank term.
     pub fn with_lora(mut self, lora: Option<&'a TorchLora>) -> Self {
         self.lora = lora;
+        self
+    }
+
+    /// The adapter's inputs go through `drop`'s masks (a training forward).
+    pub fn with_dropout(mut self, drop: Option<&'a LoraDropout>) -> Self {
+        self.drop = drop;
         self
     }
 
@@ -129,7 +147,8 @@ impl<'a> Decoder<'a> {
         }
     }
 
-    /// x W^T + b, plus s * (x A^T) B^T where the adapter covers `name` (no dropout).
+    /// x W^T + b, plus s * dropout(x) A^T B^T where the adapter covers `name`, dropout only
+    /// in a training forward (`with_dropout`).
     fn linear(&self, x: &Tensor, name: &str) -> Tensor {
         let b = format!("{name}.bias");
         let bias = self.w.get(&b).map(|_| self.p(&b));
@@ -144,11 +163,25 @@ impl<'a> Decoder<'a> {
                     Kind::Float => t.shallow_clone(),
                     k => t.to_kind(k),
                 };
-                let low = x.linear::<Tensor>(&cast(a), None);
+                let low = self.dropped(x, name).linear::<Tensor>(&cast(a), None);
                 y + low.linear::<Tensor>(&cast(b), None) * lora.scale
             }
             _ => y,
         }
+    }
+
+    /// `x` times the dropout mask of projection `name` (inverted scaling), drawn as the fused
+    /// path draws it (`LoraDropout::mask`, keyed by layer and projection); `x` itself
+    /// without dropout.
+    fn dropped(&self, x: &Tensor, name: &str) -> Tensor {
+        let Some((d, (layer, proj))) = self.drop.zip(proj_of(name)) else {
+            return x.shallow_clone();
+        };
+        let mask = d.mask(layer, proj, x.numel());
+        x * Tensor::from_slice(&mask)
+            .view(x.size().as_slice())
+            .to_device(self.device)
+            .to_kind(x.kind())
     }
 
     /// RMSNorm in f32, as transformers: Llama multiplies w by the normed x in the input's
@@ -167,6 +200,12 @@ impl<'a> Decoder<'a> {
     }
 
     /// cos and sin (b, 1, t, head_dim) in the compute kind for f32 `positions` (b, t).
+    /// Where the tokens at `positions` sit, with the attention `mask`.
+    fn at(&self, positions: &Tensor, mask: Option<Tensor>) -> At {
+        let (cos, sin) = self.cos_sin(positions);
+        At { cos, sin, mask }
+    }
+
     fn cos_sin(&self, positions: &Tensor) -> (Tensor, Tensor) {
         let freqs = positions.unsqueeze(-1) * self.inv_freq.view([1, 1, -1]);
         let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
@@ -199,17 +238,9 @@ impl<'a> Decoder<'a> {
         self.linear(&h, &format!("{p}.mlp.down_proj"))
     }
 
-    /// Attention of layer `l`. Without `mask` it is causal over positions 0..t (training;
+    /// Attention of layer `l`. Without `at.mask` it is causal over positions 0..t (training;
     /// right padding needs no mask); with one, `cache` holds the earlier positions.
-    fn attention(
-        &self,
-        x: &Tensor,
-        l: usize,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: Option<&Tensor>,
-        cache: Option<&mut Cache>,
-    ) -> Tensor {
+    fn attention(&self, x: &Tensor, l: usize, at: &At, cache: Option<&mut Cache>) -> Tensor {
         let c = self.cfg;
         let (nh, nkv, hd) = (
             c.num_attention_heads as i64,
@@ -224,6 +255,7 @@ impl<'a> Decoder<'a> {
                 .view([b, t, n, hd])
                 .transpose(1, 2)
         };
+        let (cos, sin, mask) = (&at.cos, &at.sin, at.mask.as_ref());
         let q = rope(&heads("q_proj", nh), cos, sin);
         let mut k = rope(&heads("k_proj", nkv), cos, sin);
         let mut v = heads("v_proj", nkv);
@@ -248,35 +280,20 @@ impl<'a> Decoder<'a> {
         self.linear(&y, &format!("{p}.o_proj"))
     }
 
-    fn blocks(
-        &self,
-        mut x: Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: Option<&Tensor>,
-        mut cache: Option<&mut Cache>,
-    ) -> Tensor {
+    fn blocks(&self, mut x: Tensor, at: &At, mut cache: Option<&mut Cache>) -> Tensor {
         for l in 0..self.cfg.num_hidden_layers {
-            x = self.block(&x, l, cos, sin, mask, cache.as_deref_mut());
+            x = self.block(&x, l, at, cache.as_deref_mut());
         }
         self.rms(&x, "model.norm.weight")
     }
 
     /// Decoder block `l` (pre-norm attention, then pre-norm MLP, each residual).
-    fn block(
-        &self,
-        x: &Tensor,
-        l: usize,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: Option<&Tensor>,
-        cache: Option<&mut Cache>,
-    ) -> Tensor {
+    fn block(&self, x: &Tensor, l: usize, at: &At, cache: Option<&mut Cache>) -> Tensor {
         // Out of place on purpose: `x += ..` is libtorch's in-place add, which would change
         // a tensor autograd saved for the backward.
         let p = format!("model.layers.{l}");
         let h = self.rms(x, &format!("{p}.input_layernorm.weight"));
-        let x = x + self.attention(&h, l, cos, sin, mask, cache);
+        let x = x + self.attention(&h, l, at, cache);
         let h = self.rms(&x, &format!("{p}.post_attention_layernorm.weight"));
         &x + self.mlp(&h, &p)
     }
@@ -296,13 +313,13 @@ impl<'a> Decoder<'a> {
     ) -> Tensor {
         let t = ids.size()[1];
         let pos = Tensor::arange(t, (Kind::Float, self.device)).unsqueeze(0);
-        let (cos, sin) = self.cos_sin(&pos);
+        let at = self.at(&pos, None);
         let emb = self.embed(ids);
         let mut inputs = Vec::with_capacity(self.cfg.num_hidden_layers);
         let mut x = emb.detach();
         tch::no_grad(|| {
             for l in 0..self.cfg.num_hidden_layers {
-                let next = self.block(&x, l, &cos, &sin, None, None);
+                let next = self.block(&x, l, &at, None);
                 inputs.push(std::mem::replace(&mut x, next));
             }
         });
@@ -312,7 +329,7 @@ impl<'a> Decoder<'a> {
         let mut g = last.grad();
         for (l, input) in inputs.iter().enumerate().rev() {
             let xi = input.set_requires_grad(true);
-            let y = self.block(&xi, l, &cos, &sin, None, None);
+            let y = self.block(&xi, l, &at, None);
             (y * &g).sum(Kind::Float).backward();
             g = xi.grad();
         }
@@ -333,8 +350,7 @@ impl<'a> Decoder<'a> {
     pub fn forward(&self, ids: &Tensor) -> Tensor {
         let t = ids.size()[1];
         let pos = Tensor::arange(t, (Kind::Float, self.device)).unsqueeze(0);
-        let (cos, sin) = self.cos_sin(&pos);
-        let x = self.blocks(self.embed(ids), &cos, &sin, None, None);
+        let x = self.blocks(self.embed(ids), &self.at(&pos, None), None);
         self.head(&x)
     }
 
@@ -394,8 +410,11 @@ impl<'a> Decoder<'a> {
             .view([b, 1, t, total])
             .to_kind(self.compute)
             .to_device(self.device);
-        let (cos, sin) = self.cos_sin(positions);
-        let x = self.blocks(self.embed(ids), &cos, &sin, Some(&mask), Some(cache));
+        let x = self.blocks(
+            self.embed(ids),
+            &self.at(positions, Some(mask)),
+            Some(cache),
+        );
         cache.len = total;
         Ok(self.head(&x.narrow(1, t - 1, 1).squeeze_dim(1)))
     }
@@ -408,4 +427,14 @@ fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
     let x2 = x.narrow(3, d / 2, d / 2);
     let rotated = Tensor::cat(&[&x2.neg(), &x1], 3);
     x * cos + rotated * sin
+}
+
+/// Layer and index in `PROJECTIONS` of a projection's module name
+/// (`model.layers.{layer}.{block}.{name}`, `model::params::proj_module`'s inverse).
+fn proj_of(module: &str) -> Option<(usize, usize)> {
+    let (layer, rest) = module.strip_prefix("model.layers.")?.split_once('.')?;
+    let proj = PROJECTIONS.iter().position(|(block, name)| {
+        rest.strip_prefix(block).and_then(|r| r.strip_prefix('.')) == Some(name)
+    })?;
+    Some((layer.parse().ok()?, proj))
 }
