@@ -8,9 +8,11 @@ use crate::experiments::rebound::{self, config::ReboundConfig};
 use anyhow::Result;
 use std::path::PathBuf;
 
+/// The arguments of `rebound` and of `scaling` (which runs the same grid over several models).
 #[derive(clap::Args, Debug)]
 pub struct ReboundArgs {
-    /// The experiment config (TOML; see docs/rebound.md and examples/rebound.toml).
+    /// The experiment config (TOML; see docs/rebound.md, and examples/rebound.toml or, for
+    /// `scaling`, examples/scaling.toml).
     #[arg(long)]
     pub config: PathBuf,
     #[command(flatten)]

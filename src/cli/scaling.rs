@@ -1,25 +1,13 @@
 //! `elastica scaling --config scaling.toml [--out DIR]`: the rebound grid over several base
 //! models, with the rebound strength plotted against their size or pre-training tokens.
-//! The config is a rebound config with `[[models]]` tables (name, path, x) and `x_label`.
+//! The config is a rebound config with `[[models]]` tables (name, path, x) and `x_label`;
+//! the arguments are `rebound`'s.
 
-use super::grid_args::GridArgs;
+use super::rebound::ReboundArgs;
 use crate::experiments::scaling;
 use anyhow::Result;
-use std::path::PathBuf;
 
-#[derive(clap::Args, Debug)]
-pub struct ScalingArgs {
-    /// The study's config (TOML; see docs/rebound.md and examples/scaling.toml).
-    #[arg(long)]
-    pub config: PathBuf,
-    #[command(flatten)]
-    pub grid: GridArgs,
-    /// Only plan: check the config, freeze the data and write manifest.json.
-    #[arg(long)]
-    pub plan_only: bool,
-}
-
-pub fn run(a: ScalingArgs) -> Result<()> {
+pub fn run(a: ReboundArgs) -> Result<()> {
     let cfg = super::rebound::load_config(&a.config, &a.grid)?;
     cfg.validate_scaling()?;
     let out = a.grid.out("scaling");

@@ -5,7 +5,10 @@
 //! Tensor names are the checkpoint's: `bert.embeddings.word_embeddings.weight`,
 //! `bert.encoder.layer.N.attention.self.query.weight`, ...
 
-use super::transformer::{Embeddings, Encoder, EncoderClassifier, Head, Positions, PostNormLayer};
+use super::transformer::{
+    Checkpoint, Embeddings, Encoder, EncoderClassifier, Head, LayerNames, LayerShape, Positions,
+    PostNormLayer,
+};
 use super::{embedding, f64_key, layer_norm, linear, str_key, usize_key, Activation};
 use anyhow::{bail, Result};
 use candle_core::Tensor;
@@ -73,8 +76,15 @@ pub fn load_encoder(vb: &VarBuilder, c: &BertConfig, positions: Positions) -> Re
         norm: layer_norm(&emb, "LayerNorm", h, c.layer_norm_eps)?,
         positions,
     };
+    let shape = LayerShape {
+        hidden: h,
+        intermediate: c.intermediate_size,
+        heads: c.num_attention_heads,
+        act: c.hidden_act,
+        eps: c.layer_norm_eps,
+    };
     let layers = (0..c.num_hidden_layers)
-        .map(|i| load_layer(&vb.pp("encoder").pp("layer").pp(i), c))
+        .map(|i| PostNormLayer::load(&vb.pp("encoder").pp("layer").pp(i), &LAYER_NAMES, &shape))
         .collect::<Result<Vec<_>>>()?;
     Ok(Encoder {
         embeddings,
@@ -83,40 +93,28 @@ pub fn load_encoder(vb: &VarBuilder, c: &BertConfig, positions: Positions) -> Re
     })
 }
 
-fn load_layer(vb: &VarBuilder, c: &BertConfig) -> Result<PostNormLayer> {
-    let (h, i) = (c.hidden_size, c.intermediate_size);
-    let attn = vb.pp("attention");
-    let this = attn.pp("self");
-    let attn_output = attn.pp("output");
-    let out = vb.pp("output");
-    Ok(PostNormLayer {
-        query: linear(&this, "query", h, h)?,
-        key: linear(&this, "key", h, h)?,
-        value: linear(&this, "value", h, h)?,
-        attn_out: linear(&attn_output, "dense", h, h)?,
-        attn_norm: layer_norm(&attn_output, "LayerNorm", h, c.layer_norm_eps)?,
-        ff_in: linear(&vb.pp("intermediate"), "dense", h, i)?,
-        ff_out: linear(&out, "dense", i, h)?,
-        ff_norm: layer_norm(&out, "LayerNorm", h, c.layer_norm_eps)?,
-        act: c.hidden_act,
-        heads: c.num_attention_heads,
-    })
-}
+/// A BERT layer's tensors, under `encoder.layer.N`.
+const LAYER_NAMES: LayerNames = LayerNames {
+    query: "attention.self.query",
+    key: "attention.self.key",
+    value: "attention.self.value",
+    attn_out: "attention.output.dense",
+    attn_norm: "attention.output.LayerNorm",
+    ff_in: "intermediate.dense",
+    ff_out: "output.dense",
+    ff_norm: "output.LayerNorm",
+};
 
 /// `BertForSequenceClassification`: pooler (dense + tanh on [CLS]) then `classifier`.
-pub fn load_classifier(
-    config: &serde_json::Value,
-    vb: VarBuilder,
-    num_labels: usize,
-) -> Result<EncoderClassifier> {
-    let c = BertConfig::from_json(config)?;
+pub fn load_classifier(ck: Checkpoint) -> Result<EncoderClassifier> {
+    let c = BertConfig::from_json(ck.config)?;
     let h = c.hidden_size;
     Ok(EncoderClassifier {
-        encoder: load_encoder(&vb.pp("bert"), &c, Positions::FromZero)?,
+        encoder: load_encoder(&ck.vb.pp("bert"), &c, Positions::FromZero)?,
         head: Head {
-            dense: linear(&vb.pp("bert").pp("pooler"), "dense", h, h)?,
+            dense: linear(&ck.vb.pp("bert").pp("pooler"), "dense", h, h)?,
             act: Tensor::tanh,
-            out: linear(&vb, "classifier", h, num_labels)?,
+            out: linear(&ck.vb, "classifier", h, ck.num_labels)?,
         },
     })
 }

@@ -5,11 +5,13 @@
 //! `pre_classifier` -> ReLU -> `classifier`). DistilBERT's config uses its own
 //! key names (`dim`, `n_layers`, `n_heads`, `hidden_dim`, `activation`).
 
-use super::transformer::{Embeddings, Encoder, EncoderClassifier, Head, Positions, PostNormLayer};
+use super::transformer::{
+    Checkpoint, Embeddings, Encoder, EncoderClassifier, Head, LayerNames, LayerShape, Positions,
+    PostNormLayer,
+};
 use super::{embedding, layer_norm, linear, str_key, usize_key, Activation};
 use anyhow::{bail, Result};
 use candle_core::Tensor;
-use candle_nn::VarBuilder;
 
 /// DistilBERT's layer norms are built with eps 1e-12 and the config has no key for it.
 const LAYER_NORM_EPS: f64 = 1e-12;
@@ -47,36 +49,39 @@ impl DistilBertConfig {
     }
 }
 
-fn load_layer(vb: &VarBuilder, c: &DistilBertConfig) -> Result<PostNormLayer> {
-    let (d, h) = (c.dim, c.hidden_dim);
-    let attn = vb.pp("attention");
-    let ffn = vb.pp("ffn");
-    Ok(PostNormLayer {
-        query: linear(&attn, "q_lin", d, d)?,
-        key: linear(&attn, "k_lin", d, d)?,
-        value: linear(&attn, "v_lin", d, d)?,
-        attn_out: linear(&attn, "out_lin", d, d)?,
-        attn_norm: layer_norm(vb, "sa_layer_norm", d, LAYER_NORM_EPS)?,
-        ff_in: linear(&ffn, "lin1", d, h)?,
-        ff_out: linear(&ffn, "lin2", h, d)?,
-        ff_norm: layer_norm(vb, "output_layer_norm", d, LAYER_NORM_EPS)?,
-        act: c.activation,
-        heads: c.n_heads,
-    })
-}
+/// A DistilBERT layer's tensors, under `distilbert.transformer.layer.N`.
+const LAYER_NAMES: LayerNames = LayerNames {
+    query: "attention.q_lin",
+    key: "attention.k_lin",
+    value: "attention.v_lin",
+    attn_out: "attention.out_lin",
+    attn_norm: "sa_layer_norm",
+    ff_in: "ffn.lin1",
+    ff_out: "ffn.lin2",
+    ff_norm: "output_layer_norm",
+};
 
 /// `DistilBertForSequenceClassification`: first token -> `pre_classifier` -> ReLU ->
 /// `classifier`.
-pub fn load_classifier(
-    config: &serde_json::Value,
-    vb: VarBuilder,
-    num_labels: usize,
-) -> Result<EncoderClassifier> {
-    let c = DistilBertConfig::from_json(config)?;
-    let base = vb.pp("distilbert");
+pub fn load_classifier(ck: Checkpoint) -> Result<EncoderClassifier> {
+    let c = DistilBertConfig::from_json(ck.config)?;
+    let base = ck.vb.pp("distilbert");
     let emb = base.pp("embeddings");
+    let shape = LayerShape {
+        hidden: c.dim,
+        intermediate: c.hidden_dim,
+        heads: c.n_heads,
+        act: c.activation,
+        eps: LAYER_NORM_EPS,
+    };
     let layers = (0..c.n_layers)
-        .map(|i| load_layer(&base.pp("transformer").pp("layer").pp(i), &c))
+        .map(|i| {
+            PostNormLayer::load(
+                &base.pp("transformer").pp("layer").pp(i),
+                &LAYER_NAMES,
+                &shape,
+            )
+        })
         .collect::<Result<Vec<_>>>()?;
     let embeddings = Embeddings {
         word: embedding(&emb, "word_embeddings", c.vocab_size, c.dim)?,
@@ -97,9 +102,9 @@ pub fn load_classifier(
             max_positions: c.max_position_embeddings,
         },
         head: Head {
-            dense: linear(&vb, "pre_classifier", c.dim, c.dim)?,
+            dense: linear(&ck.vb, "pre_classifier", c.dim, c.dim)?,
             act: Tensor::relu,
-            out: linear(&vb, "classifier", c.dim, num_labels)?,
+            out: linear(&ck.vb, "classifier", c.dim, ck.num_labels)?,
         },
     })
 }

@@ -61,12 +61,15 @@ pub fn load_classifier(
             other => other.to_owned(),
         },
     };
+    let ck = transformer::Checkpoint {
+        config,
+        vb,
+        num_labels,
+    };
     Ok(Box::new(match kind.as_str() {
-        "BertForSequenceClassification" => bert::load_classifier(config, vb, num_labels)?,
-        "DistilBertForSequenceClassification" => {
-            distilbert::load_classifier(config, vb, num_labels)?
-        }
-        "RobertaForSequenceClassification" => roberta::load_classifier(config, vb, num_labels)?,
+        "BertForSequenceClassification" => bert::load_classifier(ck)?,
+        "DistilBertForSequenceClassification" => distilbert::load_classifier(ck)?,
+        "RobertaForSequenceClassification" => roberta::load_classifier(ck)?,
         other => bail!(
             "unsupported classifier architecture \"{other}\"; supported: \
              BertForSequenceClassification, DistilBertForSequenceClassification, \

@@ -7,33 +7,28 @@
 
 use super::bert::{load_encoder, BertConfig};
 use super::linear;
-use super::transformer::{EncoderClassifier, Head, Positions};
+use super::transformer::{Checkpoint, EncoderClassifier, Head, Positions};
 use anyhow::Result;
 use candle_core::Tensor;
-use candle_nn::VarBuilder;
 
 /// `RobertaForSequenceClassification`: `classifier.dense` + tanh + `classifier.out_proj` on
 /// the <s> token.
-pub fn load_classifier(
-    config: &serde_json::Value,
-    vb: VarBuilder,
-    num_labels: usize,
-) -> Result<EncoderClassifier> {
+pub fn load_classifier(ck: Checkpoint) -> Result<EncoderClassifier> {
     // RoBERTa configs set pad_token_id = 1; BertConfig's default of 0 never applies here.
-    let c = BertConfig::from_json(config)?;
-    let padding_idx = u32::try_from(super::usize_key(config, "pad_token_id", Some(1))?)?;
+    let c = BertConfig::from_json(ck.config)?;
+    let padding_idx = u32::try_from(super::usize_key(ck.config, "pad_token_id", Some(1))?)?;
     let h = c.hidden_size;
-    let head = vb.pp("classifier");
+    let head = ck.vb.pp("classifier");
     Ok(EncoderClassifier {
         encoder: load_encoder(
-            &vb.pp("roberta"),
+            &ck.vb.pp("roberta"),
             &c,
             Positions::AfterPadding { padding_idx },
         )?,
         head: Head {
             dense: linear(&head, "dense", h, h)?,
             act: Tensor::tanh,
-            out: linear(&head, "out_proj", h, num_labels)?,
+            out: linear(&head, "out_proj", h, ck.num_labels)?,
         },
     })
 }

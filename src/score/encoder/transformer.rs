@@ -5,12 +5,20 @@
 //! that builds these structs from its checkpoint's own names.
 
 use super::{
-    attention_bias, check_len, first_token, fwd, multi_head_attention, Activation, Batch,
-    SequenceClassifier,
+    attention_bias, check_len, first_token, fwd, layer_norm, linear, multi_head_attention,
+    Activation, Batch, SequenceClassifier,
 };
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
-use candle_nn::{Embedding, LayerNorm, Linear};
+use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+
+/// What a model file's loader reads: the checkpoint's `config.json`, its tensors, and the
+/// number of labels the head predicts.
+pub struct Checkpoint<'a> {
+    pub config: &'a serde_json::Value,
+    pub vb: VarBuilder<'a>,
+    pub num_labels: usize,
+}
 
 /// How position ids are formed.
 #[derive(Debug, Clone, Copy)]
@@ -94,7 +102,44 @@ pub struct PostNormLayer {
     pub heads: usize,
 }
 
+/// Where a layer's tensors sit under the layer's prefix, in the checkpoint's own names.
+pub struct LayerNames {
+    pub query: &'static str,
+    pub key: &'static str,
+    pub value: &'static str,
+    pub attn_out: &'static str,
+    pub attn_norm: &'static str,
+    pub ff_in: &'static str,
+    pub ff_out: &'static str,
+    pub ff_norm: &'static str,
+}
+
+/// A layer's sizes and settings, read from each model's config.
+pub struct LayerShape {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub heads: usize,
+    pub act: Activation,
+    pub eps: f64,
+}
+
 impl PostNormLayer {
+    pub fn load(vb: &VarBuilder, names: &LayerNames, shape: &LayerShape) -> Result<Self> {
+        let (h, i) = (shape.hidden, shape.intermediate);
+        Ok(PostNormLayer {
+            query: linear(vb, names.query, h, h)?,
+            key: linear(vb, names.key, h, h)?,
+            value: linear(vb, names.value, h, h)?,
+            attn_out: linear(vb, names.attn_out, h, h)?,
+            attn_norm: layer_norm(vb, names.attn_norm, h, shape.eps)?,
+            ff_in: linear(vb, names.ff_in, h, i)?,
+            ff_out: linear(vb, names.ff_out, i, h)?,
+            ff_norm: layer_norm(vb, names.ff_norm, h, shape.eps)?,
+            act: shape.act,
+            heads: shape.heads,
+        })
+    }
+
     fn forward(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
         let ctx = multi_head_attention(
             &fwd(&self.query, x)?,
