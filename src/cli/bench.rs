@@ -471,6 +471,14 @@ fn train_rows(a: &BenchArgs) -> Vec<(String, Vec<Kernel>)> {
     vec![(format!("{} kernels on", on.len()), on)]
 }
 
+/// "Llama L layers, d=D, ff F, vocab V, seq S": the benchmarked model, for the headers.
+fn model_line(a: &BenchArgs) -> String {
+    format!(
+        "Llama {} layers, d={}, ff {}, vocab {}, seq {}",
+        a.layers, a.hidden, a.ff, a.vocab, a.seq
+    )
+}
+
 /// One configuration, the kernels enabled now, timed as [`interleaved`] times each
 /// (`a.rounds` rounds of `a.steps` calls of `f` after `a.warmup`).
 fn with_kernels_on(
@@ -795,14 +803,9 @@ fn lora_vs_full(a: &BenchArgs, cfg: &ModelConfig, params: crate::model::Params) 
     let full = Llama::new(cfg.clone(), params, &dev)?;
     let tok_per_step = a.batch * a.seq;
     println!(
-        "elastica bench lora: Llama {} layers, d={}, ff {}, vocab {}, seq {}, batch {}, f32, {} \
-         threads; {n_params} base params, rank-{} adapter on all 7 projections = {n_adapter} \
-         params\n",
-        a.layers,
-        a.hidden,
-        a.ff,
-        a.vocab,
-        a.seq,
+        "elastica bench lora: {}, batch {}, f32, {} threads; {n_params} base params, rank-{} \
+         adapter on all 7 projections = {n_adapter} params\n",
+        model_line(a),
         a.batch,
         rayon::current_num_threads(),
         a.lora_rank
@@ -885,13 +888,9 @@ fn dpo_vs_sft(
     };
     let tokens = 2 * a.batch * a.seq;
     println!(
-        "elastica bench dpo: Llama {} layers, d={}, ff {}, vocab {}, seq {}, {} pairs ({} \
-         sequences) a step, f32, {} threads; DPO beta {}, sigmoid loss\n",
-        a.layers,
-        a.hidden,
-        a.ff,
-        a.vocab,
-        a.seq,
+        "elastica bench dpo: {}, {} pairs ({} sequences) a step, f32, {} threads; DPO beta \
+         {}, sigmoid loss\n",
+        model_line(a),
         a.batch,
         2 * a.batch,
         rayon::current_num_threads(),

@@ -101,12 +101,12 @@ mod tests {
 
     #[test]
     fn bad_lines_are_located_and_explained() {
-        let (e, ds) = bad_rows("beavertails_bad.jsonl", "beavertails");
-        assert!(
-            e.contains("beavertails_bad.jsonl: line 2") && e.contains("not valid JSON"),
-            "{e}"
+        let ds = bad_rows(
+            "beavertails_bad.jsonl",
+            "beavertails",
+            &["beavertails_bad.jsonl: line 2", "not valid JSON"],
+            (2, 4),
         );
-        assert_eq!((ds.records.len(), ds.skipped_bad), (2, 4));
         let ex = ds.bad_examples.join("\n");
         assert!(
             ex.contains("line 3") && ex.contains("\"is_safe\" must be a boolean, found a string"),

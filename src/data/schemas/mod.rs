@@ -573,13 +573,22 @@ pub(crate) mod testing {
         format!("{}/tests/fixtures/data/{rel}", env!("CARGO_MANIFEST_DIR"))
     }
 
-    /// Load a fixture with malformed rows twice: the error the default load stops with, and
-    /// the data set that `skip_bad_rows = true` keeps.
-    pub fn bad_rows(rel: &str, schema: &str) -> (String, Dataset) {
+    /// Load a fixture with malformed rows twice and check both outcomes: the default load
+    /// stops with an error that holds each of `error_has`, and `skip_bad_rows = true` keeps
+    /// and skips `(kept, skipped)` rows. Returns the second load's data set.
+    pub fn bad_rows(
+        rel: &str,
+        schema: &str,
+        error_has: &[&str],
+        counts: (usize, usize),
+    ) -> Dataset {
         let mut spec = DataSpec::new(fixture(rel), schema);
         let e = format!("{:#}", load(&spec).unwrap_err());
+        assert!(error_has.iter().all(|w| e.contains(w)), "{e}");
         spec.skip_bad_rows = true;
-        (e, load(&spec).unwrap())
+        let ds = load(&spec).unwrap();
+        assert_eq!((ds.records.len(), ds.skipped_bad), counts);
+        ds
     }
 }
 
@@ -667,12 +676,12 @@ mod tests {
 
     #[test]
     fn bad_rows_error_with_location_or_are_counted() {
-        let (e, ds) = bad_rows("generic_bad.jsonl", "jsonl");
-        assert!(
-            e.contains("generic_bad.jsonl: line 2") && e.contains("skip_bad_rows"),
-            "{e}"
+        let ds = bad_rows(
+            "generic_bad.jsonl",
+            "jsonl",
+            &["generic_bad.jsonl: line 2", "skip_bad_rows"],
+            (2, 2),
         );
-        assert_eq!((ds.records.len(), ds.skipped_bad), (2, 2));
         assert!(
             ds.bad_examples[1].contains("line 3") && ds.bad_examples[1].contains("\"response\"")
         );
