@@ -471,6 +471,27 @@ fn train_rows(a: &BenchArgs) -> Vec<(String, Vec<Kernel>)> {
     vec![(format!("{} kernels on", on.len()), on)]
 }
 
+/// "Llama L layers, d=D, ff F, vocab V, seq S": the benchmarked model, for the headers.
+fn model_line(a: &BenchArgs) -> String {
+    format!(
+        "Llama {} layers, d={}, ff {}, vocab {}, seq {}",
+        a.layers, a.hidden, a.ff, a.vocab, a.seq
+    )
+}
+
+/// One configuration, the kernels enabled now, timed as [`interleaved`] times each
+/// (`a.rounds` rounds of `a.steps` calls of `f` after `a.warmup`).
+fn with_kernels_on(
+    a: &BenchArgs,
+    tokens: usize,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<Measured> {
+    let ms = interleaved(&[kernels_on()], a.rounds, a.warmup, a.steps, tokens, |_| {
+        f()
+    })?;
+    ms.first().copied().context("no measurement")
+}
+
 /// The kernels switched on now (ELASTICA_KERNELS, default all).
 fn kernels_on() -> Vec<Kernel> {
     Kernel::ALL
@@ -782,34 +803,20 @@ fn lora_vs_full(a: &BenchArgs, cfg: &ModelConfig, params: crate::model::Params) 
     let full = Llama::new(cfg.clone(), params, &dev)?;
     let tok_per_step = a.batch * a.seq;
     println!(
-        "elastica bench lora: Llama {} layers, d={}, ff {}, vocab {}, seq {}, batch {}, f32, {} \
-         threads; {n_params} base params, rank-{} adapter on all 7 projections = {n_adapter} \
-         params\n",
-        a.layers,
-        a.hidden,
-        a.ff,
-        a.vocab,
-        a.seq,
+        "elastica bench lora: {}, batch {}, f32, {} threads; {n_params} base params, rank-{} \
+         adapter on all 7 projections = {n_adapter} params\n",
+        model_line(a),
         a.batch,
         rayon::current_num_threads(),
         a.lora_rank
     );
     println!("| step | tok/s | wall s/step | CPU s/step | peak RSS MB |");
     println!("|---|---|---|---|---|");
-    let all = kernels_on();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let mut rows = Vec::new();
     for (label, model) in [("LoRA", &lora), ("full", &full)] {
         let mut opt = bench_adamw();
-        let ms = interleaved(
-            std::slice::from_ref(&all),
-            a.rounds,
-            a.warmup,
-            a.steps,
-            tok_per_step,
-            |_| sft_step(a, model, &mut opt, &mut rng),
-        )?;
-        let m = ms.first().context("no measurement")?;
+        let m = with_kernels_on(a, tok_per_step, || sft_step(a, model, &mut opt, &mut rng))?;
         println!(
             "| {label} | {:.0} | {:.3} | {:.3} | {:.0} |",
             m.tok_s, m.wall_s_per_step, m.cpu_s_per_step, m.rss_mb
@@ -881,13 +888,9 @@ fn dpo_vs_sft(
     };
     let tokens = 2 * a.batch * a.seq;
     println!(
-        "elastica bench dpo: Llama {} layers, d={}, ff {}, vocab {}, seq {}, {} pairs ({} \
-         sequences) a step, f32, {} threads; DPO beta {}, sigmoid loss\n",
-        a.layers,
-        a.hidden,
-        a.ff,
-        a.vocab,
-        a.seq,
+        "elastica bench dpo: {}, {} pairs ({} sequences) a step, f32, {} threads; DPO beta \
+         {}, sigmoid loss\n",
+        model_line(a),
         a.batch,
         2 * a.batch,
         rayon::current_num_threads(),
@@ -895,33 +898,24 @@ fn dpo_vs_sft(
     );
     println!("| step | tok/s | wall s/step | CPU s/step | vs PyTorch | peak RSS MB |");
     println!("|---|---|---|---|---|---|");
-    let all = kernels_on();
     let mut first_loss = None;
     let mut rows = Vec::new();
     for (label, is_dpo) in [("DPO", true), ("SFT, same sequences", false)] {
         let mut opt = bench_adamw();
-        let ms = interleaved(
-            std::slice::from_ref(&all),
-            a.rounds,
-            a.warmup,
-            a.steps,
-            tokens,
-            |_| {
-                if is_dpo {
-                    let loss = dpo_step(&model, &pairs, ref_chosen, ref_rejected, &dpo, &mut opt)?;
-                    first_loss.get_or_insert(loss);
-                } else {
-                    let b = Batch {
-                        ids: pairs.ids.clone(),
-                        targets: pairs.targets.clone(),
-                        ..pairs
-                    };
-                    optimizer_step(&model, &[b], &mut opt, 1e-4, 1.0)?;
-                }
-                Ok(())
-            },
-        )?;
-        let m = ms.first().context("no measurement")?;
+        let m = with_kernels_on(a, tokens, || {
+            if is_dpo {
+                let loss = dpo_step(&model, &pairs, ref_chosen, ref_rejected, &dpo, &mut opt)?;
+                first_loss.get_or_insert(loss);
+            } else {
+                let b = Batch {
+                    ids: pairs.ids.clone(),
+                    targets: pairs.targets.clone(),
+                    ..pairs
+                };
+                optimizer_step(&model, &[b], &mut opt, 1e-4, 1.0)?;
+            }
+            Ok(())
+        })?;
         let torch_key = if is_dpo { "dpo" } else { "sft_same" };
         let torch_tok_s = torch_best(
             torch,

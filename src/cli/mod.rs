@@ -82,7 +82,7 @@ pub enum Command {
     /// KL to the base model, report (`--config rebound.toml`).
     Rebound(rebound::ReboundArgs),
     /// The rebound grid over several base models; rebound strength vs size or tokens.
-    Scaling(scaling::ScalingArgs),
+    Scaling(rebound::ReboundArgs),
     /// Where every cell of a run directory stands (asks Slurm for submitted runs).
     Status(status::StatusArgs),
     /// Write the report of a run whose cells ran elsewhere (e.g. `--executor slurm --no-wait`).

@@ -4,13 +4,16 @@
 //! documented in `experiments::rebound::config` and docs/rebound.md.
 
 use super::grid_args::GridArgs;
-use crate::experiments::rebound::{self, config::ReboundConfig};
+use crate::experiments::rebound::{self, config::ReboundConfig, Outcome};
+use crate::grid::config::RunOptions;
 use anyhow::Result;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+/// The arguments of `rebound` and of `scaling` (which runs the same grid over several models).
 #[derive(clap::Args, Debug)]
 pub struct ReboundArgs {
-    /// The experiment config (TOML; see docs/rebound.md and examples/rebound.toml).
+    /// The experiment config (TOML; see docs/rebound.md, and examples/rebound.toml or, for
+    /// `scaling`, examples/scaling.toml).
     #[arg(long)]
     pub config: PathBuf,
     #[command(flatten)]
@@ -35,13 +38,24 @@ pub fn load_config(path: &std::path::Path, grid: &GridArgs) -> Result<ReboundCon
 
 pub fn run(a: ReboundArgs) -> Result<()> {
     let cfg = load_config(&a.config, &a.grid)?;
-    let out = a.grid.out("rebound");
+    run_grid(&a, &cfg, "rebound", rebound::run)
+}
+
+/// Plan the grid of `rebound` or `scaling` (`kind`: also the run directory's and manifest's
+/// name) and, unless `--plan-only`, run it with `run` and check that every cell finished.
+pub fn run_grid(
+    a: &ReboundArgs,
+    cfg: &ReboundConfig,
+    kind: &str,
+    run: fn(&ReboundConfig, &Path, RunOptions) -> Result<Option<Outcome>>,
+) -> Result<()> {
+    let out = a.grid.out(kind);
     if a.plan_only {
-        let p = rebound::plan_only(&cfg, &out, "rebound")?;
+        let p = rebound::plan_only(cfg, &out, kind)?;
         println!("{}", p.grid.manifest_path().display());
         return Ok(());
     }
-    let Some(o) = rebound::run(&cfg, &out, a.grid.run_options())? else {
+    let Some(o) = run(cfg, &out, a.grid.run_options())? else {
         return Ok(());
     };
     eprintln!("report: {}", out.join("report.md").display());

@@ -390,34 +390,28 @@ mod tests {
     #[test]
     fn declared_lengths_beyond_the_chunk_are_refused() {
         // The fuzz finding: statistics declaring 18 MB in a 1 KB file.
-        let mut chunk = header(4, 4, 18_000_000, b"ab");
-        chunk.extend(b"data");
-        let e = format!(
-            "{:#}",
-            check(&chunk, Compression::UNCOMPRESSED).unwrap_err()
-        );
+        // A one-page chunk (the header, then a 4-byte body) and the error `check` gives it.
+        let page = |uncompressed, compressed, stat_len| {
+            let mut chunk = header(uncompressed, compressed, stat_len, b"ab");
+            chunk.extend(b"data");
+            chunk
+        };
+        let refusal = |chunk: &[u8], c| format!("{:#}", check(chunk, c).unwrap_err());
+        let e = refusal(&page(4, 4, 18_000_000), Compression::UNCOMPRESSED);
         assert!(e.contains("declares 18000000 bytes"), "{e}");
 
-        let mut chunk = header(4, 40, 2, b"ab");
-        chunk.extend(b"data");
-        let e = format!(
-            "{:#}",
-            check(&chunk, Compression::UNCOMPRESSED).unwrap_err()
-        );
+        let e = refusal(&page(4, 40, 2), Compression::UNCOMPRESSED);
         assert!(e.contains("declares 40 stored bytes"), "{e}");
 
-        let mut chunk = header(2_000_000_000, 4, 2, b"ab");
-        chunk.extend(b"data");
-        let e = format!("{:#}", check(&chunk, Compression::SNAPPY).unwrap_err());
+        let e = refusal(&page(2_000_000_000, 4, 2), Compression::SNAPPY);
         assert!(e.contains("2000000000 bytes uncompressed"), "{e}");
-        let mut chunk = header(88, 4, 2, b"ab");
-        chunk.extend(b"data");
+        let chunk = page(88, 4, 2);
         check(&chunk, Compression::SNAPPY).unwrap();
         assert!(check(&chunk, Compression::UNCOMPRESSED).is_err());
 
         // A header cut by the end of its chunk.
         let chunk = header(4, 4, 2, b"ab");
-        let e = format!("{:#}", check(&chunk[..6], Compression::SNAPPY).unwrap_err());
+        let e = refusal(&chunk[..6], Compression::SNAPPY);
         assert!(e.contains("past the end of its column chunk"), "{e}");
     }
 

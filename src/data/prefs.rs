@@ -14,7 +14,7 @@
 //! Errors name the file and the row.
 
 use crate::data::rows::{self, Object};
-use crate::data::schemas::{str_field, DataSpec, Select};
+use crate::data::schemas::{load_summary, str_field, DataSpec, Select};
 use crate::data::template::Template;
 use anyhow::{bail, Context, Result};
 use rand::seq::SliceRandom;
@@ -75,16 +75,13 @@ pub struct PrefDataset {
 
 impl PrefDataset {
     pub fn summary(&self) -> String {
-        let mut s = format!(
-            "{} preference pairs from {} rows in {} file(s)",
+        load_summary(
+            "preference pairs",
             self.records.len(),
             self.rows_read,
-            self.files.len()
-        );
-        if self.skipped_bad > 0 {
-            s += &format!("; skipped {} malformed rows", self.skipped_bad);
-        }
-        s
+            &self.files,
+            self.skipped_bad,
+        )
     }
 }
 

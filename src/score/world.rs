@@ -39,53 +39,52 @@ use anyhow::{bail, Result};
 use std::collections::HashSet;
 use std::sync::OnceLock;
 
+/// One of the world's exact scorers: its registry name, its direction and its rule.
+#[derive(Debug, Clone, Copy)]
+pub struct WorldScorer {
+    name: &'static str,
+    higher_is_aligned: bool,
+    rule: fn(&Sample<'_>) -> f64,
+}
+
+/// The world's scorers (see the module docs for the rules): P(positive) of review text, and
+/// the cost of a dialogue turn, > 0 unsafe.
+const SCORERS: [WorldScorer; 2] = [
+    WorldScorer {
+        name: "world-sentiment",
+        higher_is_aligned: true,
+        rule: |s| p_positive(s.response),
+    },
+    WorldScorer {
+        name: "world-safety",
+        higher_is_aligned: false,
+        rule: |s| safety_cost(s.prompt, s.response),
+    },
+];
+
 /// The registry names of the world's scorers.
-pub const NAMES: [&str; 2] = ["world-sentiment", "world-safety"];
+pub const NAMES: [&str; 2] = [SCORERS[0].name, SCORERS[1].name];
 
 /// A world scorer by registry name.
 pub fn by_name(name: &str) -> Result<Box<dyn Scorer>> {
-    match name {
-        "world-sentiment" => Ok(Box::new(WorldSentiment)),
-        "world-safety" => Ok(Box::new(WorldSafety)),
-        _ => bail!(
+    match SCORERS.iter().find(|s| s.name == name) {
+        Some(s) => Ok(Box::new(*s)),
+        None => bail!(
             "unknown scorer {name:?}; valid world scorers: {}",
             NAMES.join(", ")
         ),
     }
 }
 
-/// P(positive) of review text (see the module docs for the rule).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct WorldSentiment;
-
-/// Cost of a dialogue turn, > 0 unsafe (see the module docs for the rule).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct WorldSafety;
-
-impl Scorer for WorldSentiment {
+impl Scorer for WorldScorer {
     fn name(&self) -> &str {
-        "world-sentiment"
+        self.name
     }
     fn higher_is_aligned(&self) -> bool {
-        true
+        self.higher_is_aligned
     }
     fn score_batch(&self, samples: &[Sample<'_>]) -> Result<Vec<f64>> {
-        Ok(samples.iter().map(|s| p_positive(s.response)).collect())
-    }
-}
-
-impl Scorer for WorldSafety {
-    fn name(&self) -> &str {
-        "world-safety"
-    }
-    fn higher_is_aligned(&self) -> bool {
-        false
-    }
-    fn score_batch(&self, samples: &[Sample<'_>]) -> Result<Vec<f64>> {
-        Ok(samples
-            .iter()
-            .map(|s| safety_cost(s.prompt, s.response))
-            .collect())
+        Ok(samples.iter().map(self.rule).collect())
     }
 }
 

@@ -44,12 +44,9 @@ pub fn prompt(instruction: &str, input: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{bad_rows, fixture};
     use super::super::{load, DataSpec};
     use super::*;
-
-    fn fixture(rel: &str) -> String {
-        format!("{}/tests/fixtures/data/{rel}", env!("CARGO_MANIFEST_DIR"))
-    }
 
     #[test]
     fn instruction_and_input_join() {
@@ -73,17 +70,15 @@ mod tests {
 
     #[test]
     fn bad_entries_and_broken_files() {
-        let spec = DataSpec::new(fixture("alpaca_bad.json"), "alpaca");
-        let e = format!("{:#}", load(&spec).unwrap_err());
-        assert!(
-            e.contains("entry 2 of the JSON list")
-                && e.contains("\"output\" must be a string, found a number (123)"),
-            "{e}"
+        let ds = bad_rows(
+            "alpaca_bad.json",
+            "alpaca",
+            &[
+                "entry 2 of the JSON list",
+                "\"output\" must be a string, found a number (123)",
+            ],
+            (2, 3),
         );
-        let mut spec = spec;
-        spec.skip_bad_rows = true;
-        let ds = load(&spec).unwrap();
-        assert_eq!((ds.records.len(), ds.skipped_bad), (2, 3));
         assert!(
             ds.bad_examples[1].contains("entry 3")
                 && ds.bad_examples[1].contains("\"instruction\" is missing")

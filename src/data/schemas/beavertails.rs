@@ -60,12 +60,9 @@ fn parse(obj: &Object, _: &RowOptions) -> Result<Parsed> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{bad_rows, fixture};
     use super::super::{load, DataSpec, Select};
     use super::*;
-
-    fn fixture(rel: &str) -> String {
-        format!("{}/tests/fixtures/data/{rel}", env!("CARGO_MANIFEST_DIR"))
-    }
 
     #[test]
     fn safe_and_unsafe_from_compressed_shards() {
@@ -104,16 +101,12 @@ mod tests {
 
     #[test]
     fn bad_lines_are_located_and_explained() {
-        let spec = DataSpec::new(fixture("beavertails_bad.jsonl"), "beavertails");
-        let e = format!("{:#}", load(&spec).unwrap_err());
-        assert!(
-            e.contains("beavertails_bad.jsonl: line 2") && e.contains("not valid JSON"),
-            "{e}"
+        let ds = bad_rows(
+            "beavertails_bad.jsonl",
+            "beavertails",
+            &["beavertails_bad.jsonl: line 2", "not valid JSON"],
+            (2, 4),
         );
-        let mut spec = spec;
-        spec.skip_bad_rows = true;
-        let ds = load(&spec).unwrap();
-        assert_eq!((ds.records.len(), ds.skipped_bad), (2, 4));
         let ex = ds.bad_examples.join("\n");
         assert!(
             ex.contains("line 3") && ex.contains("\"is_safe\" must be a boolean, found a string"),

@@ -78,12 +78,9 @@ fn br_tag_len(s: &str) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{bad_rows, fixture};
     use super::super::{load, DataSpec, Select};
     use super::*;
-
-    fn fixture(rel: &str) -> String {
-        format!("{}/tests/fixtures/data/{rel}", env!("CARGO_MANIFEST_DIR"))
-    }
 
     #[test]
     fn cleaning_and_splitting() {
@@ -130,16 +127,12 @@ mod tests {
 
     #[test]
     fn bad_rows_name_the_parquet_row() {
-        let spec = DataSpec::new(fixture("imdb_bad.parquet"), "imdb");
-        let e = format!("{:#}", load(&spec).unwrap_err());
-        assert!(
-            e.contains("imdb_bad.parquet: row 2") && e.contains("\"text\" is null"),
-            "{e}"
+        let ds = bad_rows(
+            "imdb_bad.parquet",
+            "imdb",
+            &["imdb_bad.parquet: row 2", "\"text\" is null"],
+            (1, 3),
         );
-        let mut spec = spec;
-        spec.skip_bad_rows = true;
-        let ds = load(&spec).unwrap();
-        assert_eq!((ds.records.len(), ds.skipped_bad), (1, 3));
         assert!(ds.bad_examples[1].contains("row 3") && ds.bad_examples[1].contains("found 7"));
         assert!(ds.bad_examples[2].contains("row 4") && ds.bad_examples[2].contains("null"));
 

@@ -22,15 +22,13 @@ fn parse(obj: &Object, _: &RowOptions) -> Result<Parsed> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::fixture;
     use super::super::{load, DataSpec};
     use crate::data::records::{read_jsonl, Record};
 
     #[test]
     fn same_records_as_read_jsonl() {
-        let path = format!(
-            "{}/tests/fixtures/data/generic.jsonl",
-            env!("CARGO_MANIFEST_DIR")
-        );
+        let path = fixture("generic.jsonl");
         let ds = load(&DataSpec::new(&path, "jsonl")).unwrap();
         assert_eq!(ds.records, read_jsonl(path.as_ref()).unwrap());
         assert_eq!(ds.records[0], Record::pair("Hello", " world"));

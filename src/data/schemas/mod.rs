@@ -285,14 +285,14 @@ impl Dataset {
 
     /// One line for logs and reports: counts of kept and skipped rows.
     pub fn summary(&self) -> String {
-        let mut s = format!(
-            "{} records from {} rows in {} file(s)",
+        let mut s = load_summary(
+            "records",
             self.records.len(),
             self.rows_read,
-            self.files.len()
+            &self.files,
+            self.skipped_bad,
         );
         if self.skipped_bad > 0 {
-            s += &format!("; skipped {} malformed rows", self.skipped_bad);
             if let Some(first) = self.bad_examples.first() {
                 s += &format!(" (first: {first})");
             }
@@ -302,6 +302,25 @@ impl Dataset {
         }
         s
     }
+}
+
+/// "N {what} from R rows in F file(s)[; skipped B malformed rows]": how a load went, for
+/// [`Dataset::summary`] and the preference loader's.
+pub(crate) fn load_summary(
+    what: &str,
+    kept: usize,
+    rows_read: usize,
+    files: &[PathBuf],
+    skipped_bad: usize,
+) -> String {
+    let mut s = format!(
+        "{kept} {what} from {rows_read} rows in {} file(s)",
+        files.len()
+    );
+    if skipped_bad > 0 {
+        s += &format!("; skipped {skipped_bad} malformed rows");
+    }
+    s
 }
 
 /// Resolve a spec into records. See the module doc for the order of operations.
@@ -544,13 +563,39 @@ fn describe(v: &Value) -> String {
     format!("{} ({shown})", json_kind(v))
 }
 
+/// What the schema files' tests share: fixture paths and the malformed-rows round.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod testing {
+    use super::{load, DataSpec, Dataset};
 
-    fn fixture(rel: &str) -> String {
+    /// A file or directory under tests/fixtures/data.
+    pub fn fixture(rel: &str) -> String {
         format!("{}/tests/fixtures/data/{rel}", env!("CARGO_MANIFEST_DIR"))
     }
+
+    /// Load a fixture with malformed rows twice and check both outcomes: the default load
+    /// stops with an error that holds each of `error_has`, and `skip_bad_rows = true` keeps
+    /// and skips `(kept, skipped)` rows. Returns the second load's data set.
+    pub fn bad_rows(
+        rel: &str,
+        schema: &str,
+        error_has: &[&str],
+        counts: (usize, usize),
+    ) -> Dataset {
+        let mut spec = DataSpec::new(fixture(rel), schema);
+        let e = format!("{:#}", load(&spec).unwrap_err());
+        assert!(error_has.iter().all(|w| e.contains(w)), "{e}");
+        spec.skip_bad_rows = true;
+        let ds = load(&spec).unwrap();
+        assert_eq!((ds.records.len(), ds.skipped_bad), counts);
+        ds
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{bad_rows, fixture};
+    use super::*;
 
     #[test]
     fn spec_from_toml_with_defaults_and_unknown_keys_rejected() {
@@ -631,16 +676,12 @@ mod tests {
 
     #[test]
     fn bad_rows_error_with_location_or_are_counted() {
-        let spec = DataSpec::new(fixture("generic_bad.jsonl"), "jsonl");
-        let e = format!("{:#}", load(&spec).unwrap_err());
-        assert!(
-            e.contains("generic_bad.jsonl: line 2") && e.contains("skip_bad_rows"),
-            "{e}"
+        let ds = bad_rows(
+            "generic_bad.jsonl",
+            "jsonl",
+            &["generic_bad.jsonl: line 2", "skip_bad_rows"],
+            (2, 2),
         );
-        let mut spec = spec;
-        spec.skip_bad_rows = true;
-        let ds = load(&spec).unwrap();
-        assert_eq!((ds.records.len(), ds.skipped_bad), (2, 2));
         assert!(
             ds.bad_examples[1].contains("line 3") && ds.bad_examples[1].contains("\"response\"")
         );

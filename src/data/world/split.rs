@@ -7,7 +7,7 @@ use super::draw::{chance, stream, Stream};
 use super::manifest::MixStats;
 use super::{dialogue, reviews, tokenizer, Task, WorldConfig};
 use crate::data::records::Record;
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use rand_chacha::ChaCha8Rng;
 use std::collections::{BTreeMap, HashSet};
 
@@ -142,21 +142,41 @@ pub fn eval_prompts(seed: u64, task: Task, n: usize) -> Result<Vec<String>> {
         },
     );
     let mut seen = HashSet::with_capacity(n);
+    draw_distinct(
+        n,
+        || {
+            let p = prompt_only(&mut rng, task);
+            seen.insert(p.clone()).then_some(p)
+        },
+        |found| {
+            anyhow!(
+                "cannot draw {n} distinct {} evaluation prompts (found {found}): ask for fewer with --n-eval",
+                task.name()
+            )
+        },
+    )
+}
+
+/// Draw until `n` items are kept; `draw` gives `None` for a draw it throws away. After
+/// [`MAX_REDRAWS`] throw-aways in a row the set cannot be filled: `fail(items kept)`.
+fn draw_distinct<T>(
+    n: usize,
+    mut draw: impl FnMut() -> Option<T>,
+    fail: impl Fn(usize) -> anyhow::Error,
+) -> Result<Vec<T>> {
     let mut out = Vec::with_capacity(n);
     let mut misses = 0usize;
     while out.len() < n {
-        let p = prompt_only(&mut rng, task);
-        if seen.insert(p.clone()) {
-            out.push(p);
-            misses = 0;
-        } else {
-            misses += 1;
-            if misses > MAX_REDRAWS {
-                bail!(
-                    "cannot draw {n} distinct {} evaluation prompts (found {}): ask for fewer with --n-eval",
-                    task.name(),
-                    out.len()
-                );
+        match draw() {
+            Some(item) => {
+                out.push(item);
+                misses = 0;
+            }
+            None => {
+                misses += 1;
+                if misses > MAX_REDRAWS {
+                    return Err(fail(out.len()));
+                }
             }
         }
     }
@@ -181,26 +201,21 @@ pub fn pairs(
     };
     let mut rng = stream(seed, s);
     let b = Behaviour::of_pair(task, aligned);
-    let mut out = Vec::with_capacity(n);
-    let mut misses = 0usize;
-    while out.len() < n {
-        let (p, r) = pair(&mut rng, b);
-        if !reserved_prompts.contains(&p) && taken.insert(format!("{p}{r}")) {
-            out.push(Record::pair(p, r));
-            misses = 0;
-        } else {
-            misses += 1;
-            if misses > MAX_REDRAWS {
-                bail!(
-                    "cannot draw {n} distinct {} pairs for {} (found {}): ask for fewer",
-                    b.key(),
-                    task.name(),
-                    out.len()
-                );
-            }
-        }
-    }
-    Ok(out)
+    draw_distinct(
+        n,
+        || {
+            let (p, r) = pair(&mut rng, b);
+            (!reserved_prompts.contains(&p) && taken.insert(format!("{p}{r}")))
+                .then(|| Record::pair(p, r))
+        },
+        |found| {
+            anyhow!(
+                "cannot draw {n} distinct {} pairs for {} (found {found}): ask for fewer",
+                b.key(),
+                task.name()
+            )
+        },
+    )
 }
 
 /// The pre-training text and its composition.

@@ -1,6 +1,7 @@
 //! Transformer encoders for Hugging Face sequence classifiers, inference only: BERT,
 //! DistilBERT and RoBERTa, one file each (named after the HF `model_type`), reading
-//! `model.safetensors` with the checkpoint's own tensor names. This file holds what they
+//! `model.safetensors` with the checkpoint's own tensor names. They share one encoder
+//! (`transformer.rs`: embeddings, post-norm layers, head); this file holds the rest they
 //! share: the classifier interface, weight loading, activations and multi-head attention.
 //!
 //! Inference only, so candle's fused ops (layer norm, softmax) are fine here: nothing needs
@@ -9,7 +10,9 @@
 pub mod bert;
 pub mod distilbert;
 pub mod roberta;
+pub mod transformer;
 
+use crate::model::checkpoint::weight_files;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
@@ -58,57 +61,31 @@ pub fn load_classifier(
             other => other.to_owned(),
         },
     };
-    Ok(match kind.as_str() {
-        "BertForSequenceClassification" => Box::new(bert::BertForSequenceClassification::load(
-            config, vb, num_labels,
-        )?),
-        "DistilBertForSequenceClassification" => Box::new(
-            distilbert::DistilBertForSequenceClassification::load(config, vb, num_labels)?,
-        ),
-        "RobertaForSequenceClassification" => Box::new(
-            roberta::RobertaForSequenceClassification::load(config, vb, num_labels)?,
-        ),
+    let ck = transformer::Checkpoint {
+        config,
+        vb,
+        num_labels,
+    };
+    Ok(Box::new(match kind.as_str() {
+        "BertForSequenceClassification" => bert::load_classifier(ck)?,
+        "DistilBertForSequenceClassification" => distilbert::load_classifier(ck)?,
+        "RobertaForSequenceClassification" => roberta::load_classifier(ck)?,
         other => bail!(
             "unsupported classifier architecture \"{other}\"; supported: \
              BertForSequenceClassification, DistilBertForSequenceClassification, \
              RobertaForSequenceClassification"
         ),
-    })
+    }))
 }
 
 /// The safetensors files of a checkpoint directory: `model.safetensors`, or the shards that
-/// `model.safetensors.index.json` lists. Pickle weights are refused: loading one can run
-/// arbitrary code.
+/// `model.safetensors.index.json` lists, found by the model loader's
+/// [`weight_files`] (which also refuses shards outside the directory). Pickle weights are
+/// refused: loading one can run arbitrary code; the hint here converts a classifier.
 pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let single = dir.join("model.safetensors");
-    if single.is_file() {
-        return Ok(vec![single]);
-    }
-    let index = dir.join("model.safetensors.index.json");
-    if index.is_file() {
-        let text = std::fs::read_to_string(&index)
-            .with_context(|| format!("cannot read {}", index.display()))?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not valid JSON", index.display()))?;
-        let Some(map) = v["weight_map"].as_object() else {
-            bail!("{}: no \"weight_map\" object", index.display());
-        };
-        let mut files: Vec<PathBuf> = map
-            .values()
-            .filter_map(|f| f.as_str())
-            .map(|f| dir.join(f))
-            .collect();
-        files.sort();
-        files.dedup();
-        if let Some(missing) = files.iter().find(|f| !f.is_file()) {
-            bail!(
-                "{} lists {}, which does not exist",
-                index.display(),
-                missing.display()
-            );
-        }
-        return Ok(files);
-    }
+    let has_safetensors = ["model.safetensors", "model.safetensors.index.json"]
+        .iter()
+        .any(|f| dir.join(f).is_file());
     let pickle = [
         "pytorch_model.bin",
         "pytorch_model.bin.index.json",
@@ -117,8 +94,8 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     .iter()
     .map(|f| dir.join(f))
     .find(|p| p.is_file());
-    match pickle {
-        Some(p) => bail!(
+    if let (false, Some(p)) = (has_safetensors, pickle) {
+        bail!(
             "{} holds PyTorch pickle weights ({}); elastica does not load pickles, because \
              unpickling can run arbitrary code. If you trust the source, convert once with \
              transformers:\n  python -c \"from transformers import AutoModelForSequenceClassification as M; \
@@ -127,13 +104,9 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
             dir.display(),
             p.file_name().and_then(|n| n.to_str()).unwrap_or_default(),
             d = dir.display()
-        ),
-        None => bail!(
-            "{} has no model.safetensors (nor model.safetensors.index.json); is it a Hugging \
-             Face checkpoint directory?",
-            dir.display()
-        ),
+        );
     }
+    weight_files(dir)
 }
 
 /// A [`VarBuilder`] over a checkpoint's safetensors, every tensor read as f32.
