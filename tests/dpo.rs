@@ -456,3 +456,18 @@ fn dpo_trains_a_lora_adapter_with_the_base_frozen() {
     );
     assert!(!ok && stderr.contains("lora"), "{stderr}");
 }
+
+#[test]
+fn lora_settings_that_disagree_with_the_model_are_refused_before_anything_is_written() {
+    // The library's DPO entry point checks what `sft::train` checks: LoRA settings on a
+    // model without an adapter would otherwise train every weight, silently.
+    let lm = load_model(&model(), &candle_core::Device::Cpu).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let mut c = cfg(DpoLoss::Sigmoid);
+    c.lora.rank = 4;
+    c.lora.alpha = 8.0;
+    let e = dpo::train(&lm, &pairs(), &c, quiet(&out)).unwrap_err();
+    assert!(format!("{e:#}").contains("has no adapter"), "{e:#}");
+    assert!(!out.exists(), "the refused run wrote {}", out.display());
+}

@@ -166,6 +166,9 @@ impl PairPlan {
 
 fn prepare(lm: &LoadedModel, pairs: &[PrefRecord], cfg: &TrainConfig) -> Result<PairPlan> {
     cfg.validate()?;
+    // As `sft::prepare`: LoRA settings and the model's adapter must agree, or a run with
+    // `lora.rank > 0` on a model without an adapter would train every weight.
+    crate::model::adapted::check_for_training(&lm.model, &cfg.lora)?;
     prepare_pairs(
         &lm.tokenizer,
         &lm.model.cfg.torch_dtype,
