@@ -285,6 +285,41 @@ mod torch {
         }
     }
 
+    #[test]
+    fn generation_on_torch_stops_at_the_context_as_the_fused_path() {
+        // The fixture's context is 128 tokens and its greedy decoding never emits EOS, so
+        // only the context can stop a 400-token request; a prompt that fills it is refused.
+        let (f, t) = (
+            load("tiny-llama", BackendKind::Fused, Precision::F32),
+            torch("tiny-llama"),
+        );
+        let context = t.config().max_position_embeddings;
+        assert_eq!(context, 128, "the fixture's context");
+        let prompts = vec![
+            vec![5u32, 6, 7, 8, 9],
+            (0..100).map(|i| 10 + i % 50).collect(),
+        ];
+        let cfg = GenConfig {
+            max_new_tokens: 400,
+            temperature: 0.0,
+            batch_size: 2,
+            ..GenConfig::default()
+        };
+        let gt = t.generate(&prompts, &cfg).unwrap();
+        assert_eq!((gt[0].len(), gt[1].len()), (context - 5, context - 100));
+        assert_eq!(gt, f.generate(&prompts, &cfg).unwrap());
+        let full: Vec<u32> = (0..context as u32).map(|i| 10 + i % 50).collect();
+        let refusal = |m: &dyn LanguageModel| {
+            format!(
+                "{:#}",
+                m.generate(&[vec![5], full.clone()], &cfg).unwrap_err()
+            )
+        };
+        let e = refusal(&*t);
+        assert!(e.contains("prompt 2 is 128 tokens"), "{e}");
+        assert_eq!(e, refusal(&*f));
+    }
+
     fn sft_config() -> TrainConfig {
         // The fixtures' SFT protocol (tests/fixtures/README.md): linear warm-up, decay on
         // matrices, clipping always active, accumulation over two micro-batches.

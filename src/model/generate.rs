@@ -112,19 +112,8 @@ pub fn generate(
     cfg: &GenConfig,
     mut on_done: impl FnMut(usize),
 ) -> Result<Vec<Vec<u32>>> {
-    anyhow::ensure!(cfg.batch_size > 0, "generation batch size must be positive");
-    anyhow::ensure!(
-        cfg.temperature >= 0.0 && cfg.top_p > 0.0 && cfg.top_p <= 1.0,
-        "invalid sampling settings: temperature must be >= 0 and top_p in (0, 1]"
-    );
     let context = model.cfg.max_position_embeddings;
-    if let Some((i, p)) = prompts.iter().enumerate().find(|(_, p)| p.len() >= context) {
-        anyhow::bail!(
-            "prompt {} is {} tokens long, but the model's context (max_position_embeddings) is              {context} tokens, so no token can follow it; shorten the prompt",
-            i + 1,
-            p.len()
-        );
-    }
+    check_request(prompts, cfg, context)?;
     let mut out = Vec::with_capacity(prompts.len());
     let mut at_context = 0;
     for (chunk_idx, chunk) in prompts.chunks(cfg.batch_size).enumerate() {
@@ -134,16 +123,39 @@ pub fn generate(
         at_context += stopped;
         on_done(chunk.len());
     }
+    warn_context_stops(at_context, prompts.len(), context, cfg);
+    Ok(out)
+}
+
+/// Refuse what no backend can generate from: bad sampling settings, or a prompt that alone
+/// fills the model's `context` (no token can follow it).
+pub fn check_request(prompts: &[Vec<u32>], cfg: &GenConfig, context: usize) -> Result<()> {
+    anyhow::ensure!(cfg.batch_size > 0, "generation batch size must be positive");
+    anyhow::ensure!(
+        cfg.temperature >= 0.0 && cfg.top_p > 0.0 && cfg.top_p <= 1.0,
+        "invalid sampling settings: temperature must be >= 0 and top_p in (0, 1]"
+    );
+    if let Some((i, p)) = prompts.iter().enumerate().find(|(_, p)| p.len() >= context) {
+        anyhow::bail!(
+            "prompt {} is {} tokens long, but the model's context (max_position_embeddings) is \
+             {context} tokens, so no token can follow it; shorten the prompt",
+            i + 1,
+            p.len()
+        );
+    }
+    Ok(())
+}
+
+/// Say how many of `n` generations the model's `context` stopped before `max_new_tokens`.
+pub fn warn_context_stops(at_context: usize, n: usize, context: usize, cfg: &GenConfig) {
     if at_context > 0 {
         eprintln!(
-            "warning: {at_context} of {} generation(s) stopped at the model's context \
+            "warning: {at_context} of {n} generation(s) stopped at the model's context \
              (max_position_embeddings = {context} tokens, prompt included) before \
              max_new_tokens = {}",
-            prompts.len(),
             cfg.max_new_tokens
         );
     }
-    Ok(out)
 }
 
 /// Generations of one batch, and how many of them the context stopped.

@@ -12,7 +12,7 @@ mod optim;
 pub use model::{TorchLora, TorchWeights};
 
 use super::{DeviceSpec, LanguageModel, Precision};
-use crate::model::generate::{pick, GenConfig, Rows};
+use crate::model::generate::{check_request, pick, warn_context_stops, GenConfig, Rows};
 use crate::model::lora::LoraDropout;
 use crate::model::{LoadedModel, ModelConfig, TextTokenizer};
 use crate::train::batch::Batch;
@@ -263,13 +263,15 @@ impl Core {
 impl TorchModel {
     /// Generation of one batch, as `model::generate` does it: left padding, positions
     /// counting real tokens, one RNG stream per prompt index, finished rows fed pad tokens
-    /// that nothing attends to. Greedy picks the argmax on the device.
+    /// that nothing attends to, rows stopped where the model's context ends (with how many
+    /// were). Greedy picks the argmax on the device.
     fn generate_batch(
         &self,
         prompts: &[Vec<u32>],
         first_index: usize,
         cfg: &GenConfig,
-    ) -> Result<Vec<Vec<u32>>> {
+    ) -> Result<(Vec<Vec<u32>>, usize)> {
+        let context = self.core.cfg.max_position_embeddings;
         let dec = self.core.decoder().with_cast_weights();
         let (eos, pad) = (self.tokenizer.eos_ids(), self.tokenizer.pad_id());
         let (mut rows, ids, pos) = Rows::start(prompts, first_index, pad, cfg.seed)?;
@@ -287,7 +289,9 @@ impl TorchModel {
             &rows.key_mask,
             &mut cache,
         )?;
+        let mut at_context = 0;
         for _ in 0..cfg.max_new_tokens {
+            at_context += rows.stop_at(context);
             let step = if cfg.temperature == 0.0 {
                 let am = logits.argmax(-1, false).to_device(Device::Cpu);
                 let picked = Vec::<i64>::try_from(&am)?;
@@ -307,7 +311,7 @@ impl TorchModel {
                 &mut cache,
             )?;
         }
-        Ok(rows.outputs)
+        Ok((rows.outputs, at_context))
     }
 }
 
@@ -486,11 +490,9 @@ impl LanguageModel for TorchModel {
         self.opt.as_ref().map_or(0, |o| o.step)
     }
     fn generate(&self, prompts: &[Vec<u32>], cfg: &GenConfig) -> Result<Vec<Vec<u32>>> {
-        anyhow::ensure!(cfg.batch_size > 0, "generation batch size must be positive");
-        anyhow::ensure!(
-            cfg.temperature >= 0.0 && cfg.top_p > 0.0 && cfg.top_p <= 1.0,
-            "invalid sampling settings: temperature must be >= 0 and top_p in (0, 1]"
-        );
+        let context = self.core.cfg.max_position_embeddings;
+        check_request(prompts, cfg, context)?;
+        let mut at_context = 0;
         let mut out = Vec::with_capacity(prompts.len());
         for (i, chunk) in prompts.chunks(cfg.batch_size).enumerate() {
             let t = chunk.iter().map(|p| p.len()).max().unwrap_or(0) + cfg.max_new_tokens;
@@ -499,8 +501,10 @@ impl LanguageModel for TorchModel {
                 || self.core.oom_hint(chunk.len(), t),
                 || tch::no_grad(|| self.generate_batch(chunk, i * cfg.batch_size, cfg)),
             )?;
-            out.extend(r);
+            out.extend(r.0);
+            at_context += r.1;
         }
+        warn_context_stops(at_context, prompts.len(), context, cfg);
         Ok(out)
     }
     /// A LoRA model saves its adapter (PEFT's format, f32), not the frozen base, as
