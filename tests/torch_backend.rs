@@ -397,21 +397,7 @@ mod torch {
         for (n, a) in &wf {
             let b = &wt[n];
             assert_eq!(b.dtype(), DType::F32, "{n}");
-            let rel = ((a - b)
-                .unwrap()
-                .sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-                / a.sqr()
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap())
-            .sqrt();
+            let rel = l2(&(a - b).unwrap()) / l2(a);
             assert!(
                 rel < 1e-4,
                 "{n}: fused and torch weights differ by {rel} (relative)"
@@ -821,6 +807,19 @@ mod torch {
         }
     }
 
+    /// The L2 norm of `t`, in f32.
+    fn l2(t: &Tensor) -> f32 {
+        t.to_dtype(DType::F32)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            .sqrt()
+    }
+
     /// Largest relative difference (L2 norm of the difference over the norm) between the
     /// tensors of two safetensors files, which must hold the same names.
     fn weights_rel_diff(a: &Path, b: &Path) -> f32 {
@@ -836,22 +835,11 @@ mod torch {
             a.display(),
             b.display()
         );
-        let norm = |t: &Tensor| {
-            t.to_dtype(DType::F32)
-                .unwrap()
-                .sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-                .sqrt()
-        };
         wa.iter()
             .map(|(n, x)| {
                 let y = wb[n].to_dtype(DType::F32).unwrap();
-                let d = norm(&(x.to_dtype(DType::F32).unwrap() - y).unwrap());
-                d / norm(x).max(1e-30)
+                let d = l2(&(x.to_dtype(DType::F32).unwrap() - y).unwrap());
+                d / l2(x).max(1e-30)
             })
             .fold(0f32, f32::max)
     }
