@@ -10,8 +10,9 @@
 //! dV += P^T dY; dP = dY V^T; dS = P * (dP - rowsum(dY * Y)) * scale; dQr = dS Kr;
 //! dKr += dS^T Qr; then dQ, dK are dQr, dKr rotated back (RoPE is a rotation).
 
-use super::{grad_like, sgemm, slice, with_data, SharedMut};
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use super::op::{Fused, FusedOp, Grads, Input};
+use super::{grad_like, sgemm, with_data, SharedMut};
+use candle_core::{Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -72,7 +73,7 @@ pub(crate) fn attention_op(
     n_heads: usize,
     n_kv: usize,
     rope: &RopeTables,
-) -> Result<FusedAttention> {
+) -> Result<Fused<FusedAttention>> {
     let (_, t, qd) = q.dims3()?;
     let hd = qd / n_heads.max(1);
     if n_heads == 0 || n_kv == 0 || !n_heads.is_multiple_of(n_kv) || qd != n_heads * hd {
@@ -89,13 +90,13 @@ pub(crate) fn attention_op(
             rope.t
         );
     }
-    Ok(FusedAttention {
+    Ok(Fused(FusedAttention {
         n_heads,
         n_kv,
         hd,
         scale: (1.0 / (hd as f64).sqrt()) as f32,
         rope: rope.clone(),
-    })
+    }))
 }
 
 pub(crate) struct FusedAttention {
@@ -194,22 +195,12 @@ impl FusedAttention {
     }
 }
 
-impl CustomOp3 for FusedAttention {
-    fn name(&self) -> &'static str {
-        "fused-causal-attention"
-    }
+impl FusedOp<3> for FusedAttention {
+    const NAME: &'static str = "fused-causal-attention";
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
-        let dims = l1.dims();
+    fn cpu_fwd(&self, [q, k, v]: [Input<'_>; 3]) -> Result<(Vec<f32>, Shape)> {
+        let (dims, shape) = (q.dims(), q.layout.shape().clone());
+        let (q, k, v) = (q.data, k.data, v.data);
         let d = self.dims(dims[0], dims[1]);
         let mut y = vec![0f32; q.len()];
         let yp = SharedMut(y.as_mut_ptr());
@@ -245,17 +236,10 @@ impl CustomOp3 for FusedAttention {
                 }
             }
         });
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        Ok((y, shape))
     }
 
-    fn bwd(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, [q, k, v]: [&Tensor; 3], res: &Tensor, grad: &Tensor) -> Grads<3> {
         let (b, t, _) = q.dims3()?;
         let d = self.dims(b, t);
         let mut dq = vec![0f32; q.elem_count()];
@@ -281,7 +265,7 @@ impl CustomOp3 for FusedAttention {
                 })
             })
         })?;
-        Ok((grad_like(dq, q)?, grad_like(dk, k)?, grad_like(dv, v)?))
+        Ok([grad_like(dq, q)?, grad_like(dk, k)?, grad_like(dv, v)?])
     }
 }
 
