@@ -50,17 +50,19 @@ impl RopeTables {
     }
 }
 
+/// The model's attention heads: `n_heads` query heads sharing `n_kv` key/value heads, and
+/// the RoPE tables of the sequence length.
+#[derive(Clone, Copy)]
+pub struct Heads<'a> {
+    pub n_heads: usize,
+    pub n_kv: usize,
+    pub rope: &'a RopeTables,
+}
+
 /// Causal attention of `q` (b, t, n_heads * hd) over `k`, `v` (b, t, n_kv * hd) with RoPE
 /// applied to q and k inside; returns (b, t, n_heads * hd).
-pub fn causal_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    n_heads: usize,
-    n_kv: usize,
-    rope: &RopeTables,
-) -> Result<Tensor> {
-    let op = attention_op(q, k, v, n_heads, n_kv, rope)?;
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: Heads<'_>) -> Result<Tensor> {
+    let op = attention_op(q, k, v, heads)?;
     q.contiguous()?
         .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
 }
@@ -70,10 +72,13 @@ pub(crate) fn attention_op(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    n_heads: usize,
-    n_kv: usize,
-    rope: &RopeTables,
+    heads: Heads<'_>,
 ) -> Result<Fused<FusedAttention>> {
+    let Heads {
+        n_heads,
+        n_kv,
+        rope,
+    } = heads;
     let (_, t, qd) = q.dims3()?;
     let hd = qd / n_heads.max(1);
     if n_heads == 0 || n_kv == 0 || !n_heads.is_multiple_of(n_kv) || qd != n_heads * hd {
@@ -448,12 +453,17 @@ mod tests {
             .map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / hd as f32))
             .collect();
         let tables = RopeTables::new(&inv, t);
+        let heads = Heads {
+            n_heads: nh,
+            n_kv: nkv,
+            rope: &tables,
+        };
         let q = randn(&[b, t, nh * hd], 1);
         let k = randn(&[b, t, nkv * hd], 2);
         let v = randn(&[b, t, nkv * hd], 3);
         let w = randn(&[b, t, nh * hd], 4);
         let ins = [q, k, v];
-        let fused = |x: &[Tensor]| causal_attention(&x[0], &x[1], &x[2], nh, nkv, &tables).unwrap();
+        let fused = |x: &[Tensor]| causal_attention(&x[0], &x[1], &x[2], heads).unwrap();
         let slow = |x: &[Tensor]| reference(&x[0], &x[1], &x[2], nh, nkv, &inv);
         let (yf, gf) = grads(&ins, &w, &fused);
         let (yr, gr) = grads(&ins, &w, &slow);

@@ -324,9 +324,11 @@ impl<'a, 'd> Decoder<'a, 'd> {
             q3,
             k3,
             v3,
-            cfg.num_attention_heads,
-            cfg.num_key_value_heads,
-            &self.tables,
+            attention::Heads {
+                n_heads: cfg.num_attention_heads,
+                n_kv: cfg.num_key_value_heads,
+                rope: &self.tables,
+            },
         )?)
     }
 
