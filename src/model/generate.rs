@@ -114,11 +114,17 @@ pub fn generate(
 ) -> Result<Vec<Vec<u32>>> {
     let context = model.cfg.max_position_embeddings;
     check_request(prompts, cfg, context)?;
+    let run = Decoding {
+        model,
+        eos_ids,
+        pad_id,
+        cfg,
+    };
     let mut out = Vec::with_capacity(prompts.len());
     let mut at_context = 0;
     for (chunk_idx, chunk) in prompts.chunks(cfg.batch_size).enumerate() {
         let first = chunk_idx * cfg.batch_size;
-        let (gens, stopped) = generate_split(model, chunk, first, eos_ids, pad_id, cfg)?;
+        let (gens, stopped) = run.split(chunk, first)?;
         out.extend(gens);
         at_context += stopped;
         on_done(chunk.len());
@@ -161,85 +167,86 @@ pub fn warn_context_stops(at_context: usize, n: usize, context: usize, cfg: &Gen
 /// Generations of one batch, and how many of them the context stopped.
 type Batch = (Vec<Vec<u32>>, usize);
 
-/// Fewest rows a sub-batch of [`generate_split`] keeps: each sub-batch reads every weight
+/// Fewest rows a sub-batch of [`Decoding::split`] keeps: each sub-batch reads every weight
 /// once per step, so with fewer rows the extra weight traffic (a big model's real cost)
 /// outgrows what the split saves.
 const MIN_ROWS_PER_THREAD: usize = 8;
 
-/// One batch, as up to one sub-batch per worker thread. The rows of a batch never interact
-/// while decoding, so each thread can run its own rows through the whole model: a decoding
-/// step's products are small (~100 us at batch 16) and splitting each one across threads
-/// cost about as much in fork-join as it saved.
-fn generate_split(
-    model: &Llama,
-    prompts: &[Vec<u32>],
-    first_index: usize,
-    eos_ids: &[u32],
+/// What stays fixed over one [`generate`] call: the model, its stop and padding tokens and
+/// the sampling settings.
+struct Decoding<'a> {
+    model: &'a Llama,
+    eos_ids: &'a [u32],
     pad_id: u32,
-    cfg: &GenConfig,
-) -> Result<Batch> {
-    let parts = rayon::current_num_threads().clamp(1, (prompts.len() / MIN_ROWS_PER_THREAD).max(1));
-    if parts == 1 {
-        // On a worker thread, the products' fork-joins run their halves themselves unless
-        // the other worker is free to steal one; from outside the pool each would wait for
-        // a worker to wake.
-        return rayon::scope(|_| generate_batch(model, prompts, first_index, eos_ids, pad_id, cfg));
-    }
-    let size = prompts.len().div_ceil(parts);
-    let done: Vec<Result<Batch>> = prompts
-        .par_chunks(size)
-        .enumerate()
-        .map(|(i, sub)| generate_batch(model, sub, first_index + i * size, eos_ids, pad_id, cfg))
-        .collect();
-    let mut out = Vec::with_capacity(prompts.len());
-    let mut stopped = 0;
-    for d in done {
-        let (gens, n) = d?;
-        out.extend(gens);
-        stopped += n;
-    }
-    Ok((out, stopped))
+    cfg: &'a GenConfig,
 }
 
-fn generate_batch(
-    model: &Llama,
-    prompts: &[Vec<u32>],
-    first_index: usize,
-    eos_ids: &[u32],
-    pad_id: u32,
-    cfg: &GenConfig,
-) -> Result<Batch> {
-    let dev = model.device();
-    let context = model.cfg.max_position_embeddings;
-    let (mut rows, ids, pos) = Rows::start(prompts, first_index, pad_id, cfg.seed)?;
-    let (b, max_len) = (prompts.len(), ids.len() / prompts.len());
-    let mut cache = KvCache::new(model.cfg.num_hidden_layers);
-    let mut logits = model.forward_cached(
-        &Tensor::from_vec(ids, (b, max_len), dev)?,
-        &Tensor::from_vec(pos, (b, max_len), dev)?,
-        &Tensor::from_vec(rows.key_mask.concat(), (b, max_len), dev)?,
-        &mut cache,
-    )?;
-    let mut at_context = 0;
-    let mut total = max_len;
-    for _ in 0..cfg.max_new_tokens {
-        // (b, vocab): each row's last token.
-        let last: Vec<Vec<f32>> = logits.to_dtype(candle_core::DType::F32)?.to_vec2()?;
-        at_context += rows.stop_at(context);
-        let Some((step_ids, positions)) =
-            rows.step(eos_ids, pad_id, |r, rng| pick(&last[r], cfg, rng))
-        else {
-            break;
-        };
-        total += 1;
-        logits = model.forward_cached(
-            &Tensor::from_vec(step_ids, (b, 1), dev)?,
-            &Tensor::from_vec(positions, (b, 1), dev)?,
-            &Tensor::from_vec(rows.key_mask.concat(), (b, total), dev)?,
+impl Decoding<'_> {
+    /// One batch (the first of which is prompt `first_index` of the run), as up to one
+    /// sub-batch per worker thread. The rows of a batch never interact while decoding, so each
+    /// thread can run its own rows through the whole model: a decoding step's products are
+    /// small (~100 us at batch 16) and splitting each one across threads cost about as much in
+    /// fork-join as it saved.
+    fn split(&self, prompts: &[Vec<u32>], first_index: usize) -> Result<Batch> {
+        let parts =
+            rayon::current_num_threads().clamp(1, (prompts.len() / MIN_ROWS_PER_THREAD).max(1));
+        if parts == 1 {
+            // On a worker thread, the products' fork-joins run their halves themselves unless
+            // the other worker is free to steal one; from outside the pool each would wait for
+            // a worker to wake.
+            return rayon::scope(|_| self.batch(prompts, first_index));
+        }
+        let size = prompts.len().div_ceil(parts);
+        let done: Vec<Result<Batch>> = prompts
+            .par_chunks(size)
+            .enumerate()
+            .map(|(i, sub)| self.batch(sub, first_index + i * size))
+            .collect();
+        let mut out = Vec::with_capacity(prompts.len());
+        let mut stopped = 0;
+        for d in done {
+            let (gens, n) = d?;
+            out.extend(gens);
+            stopped += n;
+        }
+        Ok((out, stopped))
+    }
+
+    /// One sub-batch of [`Self::split`], decoded on this thread.
+    fn batch(&self, prompts: &[Vec<u32>], first_index: usize) -> Result<Batch> {
+        let (model, eos_ids, pad_id, cfg) = (self.model, self.eos_ids, self.pad_id, self.cfg);
+        let dev = model.device();
+        let context = model.cfg.max_position_embeddings;
+        let (mut rows, ids, pos) = Rows::start(prompts, first_index, pad_id, cfg.seed)?;
+        let (b, max_len) = (prompts.len(), ids.len() / prompts.len());
+        let mut cache = KvCache::new(model.cfg.num_hidden_layers);
+        let mut logits = model.forward_cached(
+            &Tensor::from_vec(ids, (b, max_len), dev)?,
+            &Tensor::from_vec(pos, (b, max_len), dev)?,
+            &Tensor::from_vec(rows.key_mask.concat(), (b, max_len), dev)?,
             &mut cache,
         )?;
+        let mut at_context = 0;
+        let mut total = max_len;
+        for _ in 0..cfg.max_new_tokens {
+            // (b, vocab): each row's last token.
+            let last: Vec<Vec<f32>> = logits.to_dtype(candle_core::DType::F32)?.to_vec2()?;
+            at_context += rows.stop_at(context);
+            let Some((step_ids, positions)) =
+                rows.step(eos_ids, pad_id, |r, rng| pick(&last[r], cfg, rng))
+            else {
+                break;
+            };
+            total += 1;
+            logits = model.forward_cached(
+                &Tensor::from_vec(step_ids, (b, 1), dev)?,
+                &Tensor::from_vec(positions, (b, 1), dev)?,
+                &Tensor::from_vec(rows.key_mask.concat(), (b, total), dev)?,
+                &mut cache,
+            )?;
+        }
+        Ok((rows.outputs, at_context))
     }
-    Ok((rows.outputs, at_context))
 }
 
 /// The rows of a batch being decoded, on any backend: each row's key mask and next position

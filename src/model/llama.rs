@@ -155,9 +155,11 @@ impl Attention {
                     &self.q_proj.forward(x, drop)?,
                     &self.k_proj.forward(x, drop)?,
                     &self.v_proj.forward(x, drop)?,
-                    self.n_heads,
-                    self.n_kv,
-                    tables,
+                    fused::attention::Heads {
+                        n_heads: self.n_heads,
+                        n_kv: self.n_kv,
+                        rope: tables,
+                    },
                 )?;
                 return self.o_proj.forward(&y, drop);
             }

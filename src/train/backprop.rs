@@ -128,23 +128,29 @@ pub(crate) mod tests {
                 (nll_a - nll_b).abs() < 1e-4 * nll_a.abs(),
                 "{family}: nll {nll_a} vs {nll_b}"
             );
-            assert_eq!(ga.0.len(), gb.0.len());
             if family == "qwen2" {
                 assert!(
                     ga.0.iter().any(|(n, _)| n.ends_with("q_proj.bias")),
                     "qwen2 has biases"
                 );
             }
-            for ((name, a), (name_b, b)) in ga.0.iter().zip(&gb.0) {
-                assert_eq!(name, name_b);
-                let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
-                assert!(scale > 0.0, "{family} tied={tied}: {name} has no gradient");
-                let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-                assert!(
-                    diff <= 1e-4 * scale,
-                    "{family} tied={tied}: {name} differs by {diff} (largest entry {scale})"
-                );
-            }
+            assert_same_grads(&ga, &gb, &format!("{family} tied={tied}"));
+        }
+    }
+
+    /// `b` holds the tensors of `a`, in its order, each within 1e-4 of `a`'s largest entry,
+    /// and every tensor of `a` has a gradient.
+    pub(crate) fn assert_same_grads(a: &Grads, b: &Grads, what: &str) {
+        assert_eq!(a.0.len(), b.0.len());
+        for ((name, a), (name_b, b)) in a.0.iter().zip(&b.0) {
+            assert_eq!(name, name_b);
+            let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!(scale > 0.0, "{what}: {name} has no gradient");
+            let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(
+                diff <= 1e-4 * scale,
+                "{what}: {name} differs by {diff} (largest entry {scale})"
+            );
         }
     }
 

@@ -430,7 +430,7 @@ pub use super::sft::read_log_as as read_log;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::backprop::tests::tiny;
+    use crate::train::backprop::tests::{assert_same_grads, tiny};
     use candle_core::Device;
     use candle_core::Tensor;
 
@@ -467,15 +467,7 @@ mod tests {
                     "{family}: nll {a} vs {b}"
                 );
             }
-            for ((name, a), (_, b)) in ga.0.iter().zip(&gb.0) {
-                let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
-                assert!(scale > 0.0, "{family} tied={tied}: {name} has no gradient");
-                let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-                assert!(
-                    diff <= 1e-4 * scale,
-                    "{family} tied={tied}: {name} differs by {diff} (largest {scale})"
-                );
-            }
+            assert_same_grads(&ga, &gb, &format!("{family} tied={tied}"));
         }
     }
 

@@ -10,8 +10,9 @@
 //! dV += P^T dY; dP = dY V^T; dS = P * (dP - rowsum(dY * Y)) * scale; dQr = dS Kr;
 //! dKr += dS^T Qr; then dQ, dK are dQr, dKr rotated back (RoPE is a rotation).
 
-use super::{grad_like, sgemm, slice, with_data, SharedMut};
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use super::op::{Fused, FusedOp, Grads, Input};
+use super::{grad_like, sgemm, with_data, SharedMut};
+use candle_core::{Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -49,17 +50,19 @@ impl RopeTables {
     }
 }
 
+/// The model's attention heads: `n_heads` query heads sharing `n_kv` key/value heads, and
+/// the RoPE tables of the sequence length.
+#[derive(Clone, Copy)]
+pub struct Heads<'a> {
+    pub n_heads: usize,
+    pub n_kv: usize,
+    pub rope: &'a RopeTables,
+}
+
 /// Causal attention of `q` (b, t, n_heads * hd) over `k`, `v` (b, t, n_kv * hd) with RoPE
 /// applied to q and k inside; returns (b, t, n_heads * hd).
-pub fn causal_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    n_heads: usize,
-    n_kv: usize,
-    rope: &RopeTables,
-) -> Result<Tensor> {
-    let op = attention_op(q, k, v, n_heads, n_kv, rope)?;
+pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: Heads<'_>) -> Result<Tensor> {
+    let op = attention_op(q, k, v, heads)?;
     q.contiguous()?
         .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
 }
@@ -69,10 +72,13 @@ pub(crate) fn attention_op(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    n_heads: usize,
-    n_kv: usize,
-    rope: &RopeTables,
-) -> Result<FusedAttention> {
+    heads: Heads<'_>,
+) -> Result<Fused<FusedAttention>> {
+    let Heads {
+        n_heads,
+        n_kv,
+        rope,
+    } = heads;
     let (_, t, qd) = q.dims3()?;
     let hd = qd / n_heads.max(1);
     if n_heads == 0 || n_kv == 0 || !n_heads.is_multiple_of(n_kv) || qd != n_heads * hd {
@@ -89,13 +95,13 @@ pub(crate) fn attention_op(
             rope.t
         );
     }
-    Ok(FusedAttention {
+    Ok(Fused(FusedAttention {
         n_heads,
         n_kv,
         hd,
         scale: (1.0 / (hd as f64).sqrt()) as f32,
         rope: rope.clone(),
-    })
+    }))
 }
 
 pub(crate) struct FusedAttention {
@@ -194,22 +200,12 @@ impl FusedAttention {
     }
 }
 
-impl CustomOp3 for FusedAttention {
-    fn name(&self) -> &'static str {
-        "fused-causal-attention"
-    }
+impl FusedOp<3> for FusedAttention {
+    const NAME: &'static str = "fused-causal-attention";
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
-        let dims = l1.dims();
+    fn cpu_fwd(&self, [q, k, v]: [Input<'_>; 3]) -> Result<(Vec<f32>, Shape)> {
+        let (dims, shape) = (q.dims(), q.layout.shape().clone());
+        let (q, k, v) = (q.data, k.data, v.data);
         let d = self.dims(dims[0], dims[1]);
         let mut y = vec![0f32; q.len()];
         let yp = SharedMut(y.as_mut_ptr());
@@ -245,17 +241,10 @@ impl CustomOp3 for FusedAttention {
                 }
             }
         });
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        Ok((y, shape))
     }
 
-    fn bwd(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, [q, k, v]: [&Tensor; 3], res: &Tensor, grad: &Tensor) -> Grads<3> {
         let (b, t, _) = q.dims3()?;
         let d = self.dims(b, t);
         let mut dq = vec![0f32; q.elem_count()];
@@ -281,7 +270,7 @@ impl CustomOp3 for FusedAttention {
                 })
             })
         })?;
-        Ok((grad_like(dq, q)?, grad_like(dk, k)?, grad_like(dv, v)?))
+        Ok([grad_like(dq, q)?, grad_like(dk, k)?, grad_like(dv, v)?])
     }
 }
 
@@ -464,12 +453,17 @@ mod tests {
             .map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / hd as f32))
             .collect();
         let tables = RopeTables::new(&inv, t);
+        let heads = Heads {
+            n_heads: nh,
+            n_kv: nkv,
+            rope: &tables,
+        };
         let q = randn(&[b, t, nh * hd], 1);
         let k = randn(&[b, t, nkv * hd], 2);
         let v = randn(&[b, t, nkv * hd], 3);
         let w = randn(&[b, t, nh * hd], 4);
         let ins = [q, k, v];
-        let fused = |x: &[Tensor]| causal_attention(&x[0], &x[1], &x[2], nh, nkv, &tables).unwrap();
+        let fused = |x: &[Tensor]| causal_attention(&x[0], &x[1], &x[2], heads).unwrap();
         let slow = |x: &[Tensor]| reference(&x[0], &x[1], &x[2], nh, nkv, &inv);
         let (yf, gf) = grads(&ins, &w, &fused);
         let (yr, gr) = grads(&ins, &w, &slow);

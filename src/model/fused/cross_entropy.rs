@@ -2,8 +2,9 @@
 //! logsumexp(x) - x[target] (targets of -100 do not count), without materialising the
 //! log-probabilities. Backward: d x = g * (softmax(x) - onehot(target)) on counted rows.
 
-use super::{grad_like, slice, vexp, with_data, SERIAL_MAX};
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use super::op::{Fused, FusedOp, Grads, Input};
+use super::{grad_like, vexp, with_data, SERIAL_MAX};
+use candle_core::{Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -16,7 +17,7 @@ pub fn nll_sum(logits: &Tensor, targets: Vec<i64>) -> Result<Tensor> {
 }
 
 /// The op [`nll_sum`] applies, after checking the targets against `logits` (n, vocab).
-pub(crate) fn loss_op(logits: &Tensor, targets: Vec<i64>) -> Result<CrossEntropy> {
+pub(crate) fn loss_op(logits: &Tensor, targets: Vec<i64>) -> Result<Fused<CrossEntropy>> {
     let (n, v) = logits.dims2()?;
     if targets.len() != n {
         candle_core::bail!("cross entropy: {} targets for {n} rows", targets.len());
@@ -24,10 +25,10 @@ pub(crate) fn loss_op(logits: &Tensor, targets: Vec<i64>) -> Result<CrossEntropy
     if let Some(t) = targets.iter().find(|&&t| t >= v as i64) {
         candle_core::bail!("cross entropy: target {t} is outside the vocabulary of {v}");
     }
-    Ok(CrossEntropy {
+    Ok(Fused(CrossEntropy {
         targets: Arc::new(targets),
         lse: Mutex::new(Vec::new()),
-    })
+    }))
 }
 
 pub(crate) struct CrossEntropy {
@@ -41,14 +42,11 @@ fn logsumexp(row: &[f32]) -> f32 {
     m + vexp::sum_exp_shifted(row, m).ln()
 }
 
-impl CustomOp1 for CrossEntropy {
-    fn name(&self) -> &'static str {
-        "fused-cross-entropy"
-    }
+impl FusedOp<1> for CrossEntropy {
+    const NAME: &'static str = "fused-cross-entropy";
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s, l)?;
-        let v = l.dims()[1];
+    fn cpu_fwd(&self, [logits]: [Input<'_>; 1]) -> Result<(Vec<f32>, Shape)> {
+        let (x, v) = (logits.data, logits.dims()[1]);
         let lse: Vec<f32> = if x.len() <= SERIAL_MAX {
             x.chunks(v).map(logsumexp).collect()
         } else {
@@ -65,10 +63,10 @@ impl CustomOp1 for CrossEntropy {
         if let Ok(mut slot) = self.lse.lock() {
             *slot = lse;
         }
-        Ok((CpuStorage::F32(vec![total as f32]), Shape::from(())))
+        Ok((vec![total as f32], Shape::from(())))
     }
 
-    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+    fn bwd(&self, [x]: [&Tensor; 1], _res: &Tensor, grad: &Tensor) -> Grads<1> {
         let g = grad.to_scalar::<f32>()?;
         let (_, v) = x.dims2()?;
         let saved = self.lse.lock().map(|l| l.clone()).unwrap_or_default();
@@ -91,7 +89,7 @@ impl CustomOp1 for CrossEntropy {
                 });
             Ok(dx)
         })?;
-        grad_like(dx, x)
+        Ok([grad_like(dx, x)?])
     }
 }
 

@@ -297,7 +297,7 @@ pub fn attend(q: &[f32], cache: &KvBuffers, n_heads: usize, ctx: &DecodeCtx) -> 
 
 #[cfg(test)]
 mod tests {
-    use super::super::attention::{causal_attention, RopeTables};
+    use super::super::attention::{causal_attention, Heads, RopeTables};
     use super::super::testing::randn;
     use super::*;
     use candle_core::Tensor;
@@ -340,7 +340,12 @@ mod tests {
             (attend(&q, &cache, nh, &ctx).unwrap(), cache)
         };
         let (y, cache) = run(vec![1; b * t]);
-        let want = causal_attention(&qt, &kt, &vt, nh, nkv, &RopeTables::new(&inv, t)).unwrap();
+        let heads = Heads {
+            n_heads: nh,
+            n_kv: nkv,
+            rope: &RopeTables::new(&inv, t),
+        };
+        let want = causal_attention(&qt, &kt, &vt, heads).unwrap();
         assert!(max_diff(&y, &data(&want)) < 1e-5);
         // Mask key 3 of row 0: queries 0..3 of row 0 and all of row 1 are unchanged.
         let mut mask = vec![1u32; b * t];

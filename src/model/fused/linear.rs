@@ -5,8 +5,9 @@
 //! gemm crate otherwise. Small products (one decoding step) run on the calling thread: the
 //! thread-pool hand-off costs more than they do.
 
-use super::{blas, slice, with_data, Kernel, SharedMut};
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use super::op::{Fused, FusedOp, Grads, Input};
+use super::{blas, with_data, Kernel, SharedMut};
+use candle_core::{Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Products with 1 to this many rows (a decoding step's batch) take [`few_rows_product`].
@@ -30,7 +31,8 @@ pub fn linear_no_bias(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let rows: usize = dims[..dims.len() - 1].iter().product();
     let x2 = x.reshape((rows, last))?; // (rows, in)
     let y = if super::usable(Kernel::Linear, &[x, w]) && w.rank() == 2 {
-        x2.contiguous()?.apply_op2(&w.contiguous()?, Linear)?
+        x2.contiguous()?
+            .apply_op2(&w.contiguous()?, Fused(Linear))?
     } else {
         x2.matmul(&w.t()?)?
     };
@@ -491,35 +493,20 @@ unsafe fn reduce4_avx512(v: [std::arch::x86_64::__m512; 4]) -> [f32; 4] {
     out
 }
 
-impl CustomOp2 for Linear {
-    fn name(&self) -> &'static str {
-        "fused-linear"
-    }
+impl FusedOp<2> for Linear {
+    const NAME: &'static str = "fused-linear";
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (x, w) = (slice(s1, l1)?, slice(s2, l2)?);
-        let (rows, inp) = l1.shape().dims2()?;
-        let (out, inw) = l2.shape().dims2()?;
+    fn cpu_fwd(&self, [x, w]: [Input<'_>; 2]) -> Result<(Vec<f32>, Shape)> {
+        let (rows, inp) = x.layout.shape().dims2()?;
+        let (out, inw) = w.layout.shape().dims2()?;
         if inp != inw {
             candle_core::bail!("linear: input width {inp} does not match the weight's {inw}");
         }
-        let y = forward(x, w, rows, inp, out);
-        Ok((CpuStorage::F32(y), Shape::from((rows, out))))
+        let y = forward(x.data, w.data, rows, inp, out);
+        Ok((y, Shape::from((rows, out))))
     }
 
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, [x, w]: [&Tensor; 2], _res: &Tensor, grad: &Tensor) -> Grads<2> {
         let (rows, inp) = x.dims2()?;
         let out = w.dim(0)?;
         let (dx, dw) = with_data(grad, |dy| {
@@ -527,10 +514,10 @@ impl CustomOp2 for Linear {
                 with_data(x, |x| Ok(backward(x, w, dy, rows, inp, out)))
             })
         })?;
-        Ok((
+        Ok([
             Some(Tensor::from_vec(dx, (rows, inp), x.device())?),
             Some(Tensor::from_vec(dw, (out, inp), w.device())?),
-        ))
+        ])
     }
 }
 
@@ -701,7 +688,7 @@ mod tests {
             let x = randn(&[rows, inp], 1);
             let w = randn(&[out, inp], 2);
             let o = randn(&[rows, out], 3);
-            let fused = |t: &[Tensor]| t[0].apply_op2(&t[1], Linear).unwrap();
+            let fused = |t: &[Tensor]| t[0].apply_op2(&t[1], Fused(Linear)).unwrap();
             let reference = |t: &[Tensor]| t[0].matmul(&t[1].t().unwrap()).unwrap();
             check_op2(&x, &w, &o, &fused, &reference, (1e-4, 1e-4));
         }

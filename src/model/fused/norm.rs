@@ -1,8 +1,9 @@
 //! RMSNorm as one pass per row: y = x / sqrt(mean(x^2) + eps) * w (Gemma: * (1 + w)),
 //! with the analytic backward dx = (g*w - xn * mean(g*w*xn)) / s and dw = sum_rows(g * xn).
 
-use super::{grad_like, slice, with_data, Kernel, SERIAL_MAX};
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, D};
+use super::op::{Fused, FusedOp, Grads, Input};
+use super::{grad_like, with_data, Kernel, SERIAL_MAX};
+use candle_core::{Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
 /// Rows per parallel task: enough work to amortise the task, small enough to balance.
@@ -23,7 +24,7 @@ pub fn rms_norm_reference(x: &Tensor, w: &Tensor, eps: f64, gemma: bool) -> Resu
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, gemma: bool) -> Result<Tensor> {
     if super::usable(Kernel::RmsNorm, &[x, w]) {
         x.contiguous()?
-            .apply_op2(&w.contiguous()?, RmsNorm { eps, gemma })
+            .apply_op2(&w.contiguous()?, Fused(RmsNorm { eps, gemma }))
     } else {
         rms_norm_reference(x, w, eps, gemma)
     }
@@ -74,29 +75,15 @@ impl RmsNorm {
     }
 }
 
-impl CustomOp2 for RmsNorm {
-    fn name(&self) -> &'static str {
-        "fused-rms-norm"
+impl FusedOp<2> for RmsNorm {
+    const NAME: &'static str = "fused-rms-norm";
+
+    fn cpu_fwd(&self, [x, w]: [Input<'_>; 2]) -> Result<(Vec<f32>, Shape)> {
+        let y = self.forward(x.data, w.data, x.dims())?;
+        Ok((y, x.layout.shape().clone()))
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let y = self.forward(slice(s1, l1)?, slice(s2, l2)?, l1.dims())?;
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, [x, w]: [&Tensor; 2], _res: &Tensor, grad: &Tensor) -> Grads<2> {
         let h = w.elem_count();
         let wv = with_data(w, |w| Ok(self.weight(w)))?;
         let (dx, dw) = with_data(x, |x| {
@@ -141,7 +128,7 @@ impl CustomOp2 for RmsNorm {
                 Ok((dx, total))
             })
         })?;
-        Ok((grad_like(dx, x)?, grad_like(dw, w)?))
+        Ok([grad_like(dx, x)?, grad_like(dw, w)?])
     }
 }
 
@@ -156,7 +143,10 @@ mod tests {
             let x = randn(&[3, 5, 16], 1);
             let w = randn(&[16], 2);
             let out_w = randn(&[3, 5, 16], 3);
-            let fused = |t: &[Tensor]| t[0].apply_op2(&t[1], RmsNorm { eps: 1e-6, gemma }).unwrap();
+            let fused = |t: &[Tensor]| {
+                t[0].apply_op2(&t[1], Fused(RmsNorm { eps: 1e-6, gemma }))
+                    .unwrap()
+            };
             let reference = |t: &[Tensor]| rms_norm_reference(&t[0], &t[1], 1e-6, gemma).unwrap();
             check_op2(&x, &w, &out_w, &fused, &reference, (1e-5, 1e-4));
         }

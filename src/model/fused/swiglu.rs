@@ -1,9 +1,10 @@
 //! The gated MLP's activation, silu(g) * u, in one pass; backward
 //! du = dy * silu(g), dg = dy * u * s * (1 + g * (1 - s)) with s = sigmoid(g).
 
+use super::op::{Fused, FusedOp, Grads, Input};
 use super::vexp::{multiversion, sigmoid};
-use super::{grad_like, slice, with_data, Kernel, SERIAL_MAX};
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use super::{grad_like, with_data, Kernel, SERIAL_MAX};
+use candle_core::{Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Elements per parallel task.
@@ -12,7 +13,7 @@ const CHUNK: usize = 16 * 1024;
 /// silu(g) * u, fused when the kernel is on and the tensors allow it.
 pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
     if super::usable(Kernel::SwiGlu, &[g, u]) && g.shape() == u.shape() {
-        g.contiguous()?.apply_op2(&u.contiguous()?, SwiGlu)
+        g.contiguous()?.apply_op2(&u.contiguous()?, Fused(SwiGlu))
     } else {
         swiglu_reference(g, u)
     }
@@ -63,29 +64,14 @@ pub(crate) fn forward(g: &[f32], u: &[f32]) -> Vec<f32> {
     y
 }
 
-impl CustomOp2 for SwiGlu {
-    fn name(&self) -> &'static str {
-        "fused-swiglu"
+impl FusedOp<2> for SwiGlu {
+    const NAME: &'static str = "fused-swiglu";
+
+    fn cpu_fwd(&self, [g, u]: [Input<'_>; 2]) -> Result<(Vec<f32>, Shape)> {
+        Ok((forward(g.data, u.data), g.layout.shape().clone()))
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let y = forward(slice(s1, l1)?, slice(s2, l2)?);
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        g: &Tensor,
-        u: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(&self, [g, u]: [&Tensor; 2], _res: &Tensor, grad: &Tensor) -> Grads<2> {
         let n = g.elem_count();
         let mut dg = vec![0f32; n];
         let mut du = vec![0f32; n];
@@ -109,7 +95,7 @@ impl CustomOp2 for SwiGlu {
                 })
             })
         })?;
-        Ok((grad_like(dg, g)?, grad_like(du, u)?))
+        Ok([grad_like(dg, g)?, grad_like(du, u)?])
     }
 }
 
@@ -123,7 +109,7 @@ mod tests {
         let g = (randn(&[4, 7, 9], 1) * 4.0).unwrap();
         let u = randn(&[4, 7, 9], 2);
         let w = randn(&[4, 7, 9], 3);
-        let fused = |t: &[Tensor]| t[0].apply_op2(&t[1], SwiGlu).unwrap();
+        let fused = |t: &[Tensor]| t[0].apply_op2(&t[1], Fused(SwiGlu)).unwrap();
         let reference = |t: &[Tensor]| swiglu_reference(&t[0], &t[1]).unwrap();
         check_op2(&g, &u, &w, &fused, &reference, (1e-5, 1e-5));
     }

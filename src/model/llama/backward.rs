@@ -14,13 +14,14 @@
 
 use super::{Block, Linear, Llama, LoraLinear};
 use crate::model::config::{Activation, Family};
+use crate::model::fused::op::{Fused, FusedOp};
 use crate::model::fused::{
     self, add_into, attention, cross_entropy, linear, norm::RmsNorm, swiglu::SwiGlu, with_data,
     Kernel,
 };
 use crate::model::lora::{lora_names, LoraDropout};
 use anyhow::{Context, Result};
-use candle_core::{CustomOp1, CustomOp2, CustomOp3, DType, Tensor};
+use candle_core::{DType, Tensor};
 use std::borrow::Cow;
 use std::collections::HashMap;
 
@@ -257,7 +258,7 @@ fn norm_backward(
     grads: &mut GradMap,
     dx: &mut [f32],
 ) -> Result<()> {
-    let (dx_branch, dw) = norm.bwd(x, w, y, &tensor(dy, x.dims2()?)?)?;
+    let [dx_branch, dw] = norm.bwd([x, w], y, &tensor(dy, x.dims2()?)?)?;
     grads.insert(name, to_vec(&dw.context("norm: no weight gradient")?)?);
     with_slice(&dx_branch.context("norm: no input gradient")?, |d| {
         add_into(dx, d);
@@ -269,7 +270,7 @@ fn norm_backward(
 /// projection (named for its gradient) and how the projections run.
 struct Decoder<'a, 'd> {
     model: &'a Llama,
-    norm: RmsNorm,
+    norm: Fused<RmsNorm>,
     tables: attention::RopeTables,
     head: Linear,
     pass: Pass<'d>,
@@ -287,10 +288,10 @@ impl<'a, 'd> Decoder<'a, 'd> {
     fn new(model: &'a Llama, t: usize, drop: Option<&'d LoraDropout>) -> Self {
         let cfg = &model.cfg;
         Decoder {
-            norm: RmsNorm {
+            norm: Fused(RmsNorm {
                 eps: cfg.rms_norm_eps,
                 gemma: false,
-            },
+            }),
             tables: model.rope_tables(t),
             head: Linear {
                 name: if cfg.tie_word_embeddings {
@@ -317,15 +318,17 @@ impl<'a, 'd> Decoder<'a, 'd> {
         q3: &Tensor,
         k3: &Tensor,
         v3: &Tensor,
-    ) -> Result<attention::FusedAttention> {
+    ) -> Result<Fused<attention::FusedAttention>> {
         let cfg = &self.model.cfg;
         Ok(attention::attention_op(
             q3,
             k3,
             v3,
-            cfg.num_attention_heads,
-            cfg.num_key_value_heads,
-            &self.tables,
+            attention::Heads {
+                n_heads: cfg.num_attention_heads,
+                n_kv: cfg.num_key_value_heads,
+                rope: &self.tables,
+            },
         )?)
     }
 
@@ -373,7 +376,7 @@ impl<'a, 'd> Decoder<'a, 'd> {
                 m.gate_proj.rows_forward(&n2, pass)?,
                 m.up_proj.rows_forward(&n2, pass)?,
             );
-            let s = g.apply_op2_no_bwd(&u, &SwiGlu)?;
+            let s = g.apply_op2_no_bwd(&u, &Fused(SwiGlu))?;
             let x_out = m.down_proj.rows_forward_onto(&s, &x_mid, pass)?;
             if let Some(keep) = keep.as_deref_mut() {
                 keep.push(Saved {
@@ -465,7 +468,7 @@ fn sequence_nlls(logits: &Tensor, targets: &[i64], b: usize, t: usize) -> Result
 /// [`Seed::PerSequence`], else empty). Autograd seeds the scaled loss with 1 and scales in
 /// f32; so does this.
 fn seeded_logit_grad(
-    (loss, logits, nll): (&cross_entropy::CrossEntropy, &Tensor, &Tensor),
+    (loss, logits, nll): (&Fused<cross_entropy::CrossEntropy>, &Tensor, &Tensor),
     seed: Seed<'_>,
     targets: &[i64],
     (b, t): (usize, usize),
@@ -480,9 +483,8 @@ fn seeded_logit_grad(
         }
     };
     let seed = Tensor::new(scale as f32, &candle_core::Device::Cpu)?;
-    let mut dlogits = loss
-        .bwd(logits, nll, &seed)?
-        .context("cross entropy: no gradient")?;
+    let [dlogits] = loss.0.bwd([logits], nll, &seed)?;
+    let mut dlogits = dlogits.context("cross entropy: no gradient")?;
     if let Some(w) = weights {
         // Row r belongs to sequence r / t: scale its logit gradient by that sequence's weight.
         let v = logits.dim(1)?;
@@ -522,14 +524,14 @@ impl Decoder<'_, '_> {
     ) -> Result<()> {
         let (m, pass) = (&layer.mlp, self.pass);
         let ds = m.down_proj.rows_backward(&sv.s, dx, pass, grads)?;
-        let (dg, du) = SwiGlu.bwd(&sv.g, &sv.u, &sv.s, &tensor(ds, sv.s.dims2()?)?)?;
+        let [dg, du] = SwiGlu.bwd([&sv.g, &sv.u], &sv.s, &tensor(ds, sv.s.dims2()?)?)?;
         let (dg, du) = (dg.context("swiglu")?, du.context("swiglu")?);
         let mut dn2 = with_slice(&dg, |d| m.gate_proj.rows_backward(&sv.n2, d, pass, grads))?;
         let dn2u = with_slice(&du, |d| m.up_proj.rows_backward(&sv.n2, d, pass, grads))?;
         add_into(&mut dn2, &dn2u);
         let name = format!("{prefix}.post_attention_layernorm.weight");
         let (x_mid, w_post) = (&sv.x_mid, &layer.post_attention_layernorm);
-        norm_backward(&self.norm, (x_mid, w_post, &sv.n2), dn2, name, grads, dx)
+        norm_backward(&self.norm.0, (x_mid, w_post, &sv.n2), dn2, name, grads, dx)
     }
 
     /// Attention branch: x_mid = x_in + o(attention(q(n1), k(n1), v(n1))), n1 = norm(x_in);
@@ -553,7 +555,7 @@ impl Decoder<'_, '_> {
         let op = self.attention(&q3, &k3, &v3)?;
         let att3 = sv.att.reshape((b, t, ()))?;
         let datt = Tensor::from_vec(datt, att3.shape(), &candle_core::Device::Cpu)?;
-        let (dq, dk, dv) = op.bwd(&q3, &k3, &v3, &att3, &datt)?;
+        let [dq, dk, dv] = op.0.bwd([&q3, &k3, &v3], &att3, &datt)?;
         let mut dn1 = with_slice(&dq.context("attention")?, |d| {
             a.q_proj.rows_backward(&sv.n1, d, pass, grads)
         })?;
@@ -565,7 +567,7 @@ impl Decoder<'_, '_> {
         }
         let name = format!("{prefix}.input_layernorm.weight");
         let (x_in, w_in) = (&sv.x_in, &layer.input_layernorm);
-        norm_backward(&self.norm, (x_in, w_in, &sv.n1), dn1, name, grads, dx)
+        norm_backward(&self.norm.0, (x_in, w_in, &sv.n1), dn1, name, grads, dx)
     }
 }
 
@@ -644,7 +646,7 @@ pub fn nll_and_grads(
         .remove(&format!("{}.weight", dec.head.name))
         .unwrap_or_default();
     let dnf = tensor(dnf, (b * t, model.cfg.hidden_size))?;
-    let (dx, dw) = dec.norm.bwd(&x, &model.norm, &nf, &dnf)?;
+    let [dx, dw] = dec.norm.0.bwd([&x, &model.norm], &nf, &dnf)?;
     grads.insert(
         "model.norm.weight".into(),
         to_vec(&dw.context("norm: no gradient")?)?,
