@@ -46,20 +46,31 @@ pub fn baselines(input: &[u8]) -> Result<Vec<Baseline>> {
 type Codec = fn(&[u8]) -> Result<(Vec<u8>, Vec<u8>)>;
 
 fn gzip(input: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    enc.write_all(input)?;
-    let packed = enc.finish()?;
-    let mut unpacked = Vec::with_capacity(input.len());
-    flate2::read::GzDecoder::new(&packed[..]).read_to_end(&mut unpacked)?;
-    Ok((packed, unpacked))
+    let enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    streamed(input, enc, flate2::write::GzEncoder::finish, |packed| {
+        Box::new(flate2::read::GzDecoder::new(packed))
+    })
 }
 
 fn xz(input: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
-    let mut enc = xz2::write::XzEncoder::new(Vec::new(), 9);
+    let enc = xz2::write::XzEncoder::new(Vec::new(), 9);
+    streamed(input, enc, xz2::write::XzEncoder::finish, |packed| {
+        Box::new(xz2::read::XzDecoder::new(packed))
+    })
+}
+
+/// A [`Codec`] from a streaming encoder (`finish` ends its stream and returns the bytes) and
+/// the matching decoder over the packed bytes.
+fn streamed<E: Write>(
+    input: &[u8],
+    mut enc: E,
+    finish: fn(E) -> std::io::Result<Vec<u8>>,
+    decoder: fn(&[u8]) -> Box<dyn Read + '_>,
+) -> Result<(Vec<u8>, Vec<u8>)> {
     enc.write_all(input)?;
-    let packed = enc.finish()?;
+    let packed = finish(enc)?;
     let mut unpacked = Vec::with_capacity(input.len());
-    xz2::read::XzDecoder::new(&packed[..]).read_to_end(&mut unpacked)?;
+    decoder(&packed).read_to_end(&mut unpacked)?;
     Ok((packed, unpacked))
 }
 

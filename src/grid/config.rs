@@ -18,6 +18,7 @@ pub type Resources = BTreeMap<String, KindResources>;
 /// Which executor to use, as written in experiment configs (`[executor]` table). Both kinds
 /// accept both kinds' keys, so that `--executor` can switch a config between them: a local
 /// executor ignores `resources`, Slurm ignores `jobs` (with a warning).
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum ExecutorSpec {
@@ -41,7 +42,6 @@ pub enum ExecutorSpec {
     Slurm {
         /// Accepted so that a config switched from `local` still loads; Slurm ignores it
         /// (`[slurm] max_parallel` limits the cells running at once).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         jobs: Option<usize>,
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         resources: Resources,

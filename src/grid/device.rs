@@ -26,16 +26,15 @@ use std::sync::Mutex;
 pub const DEVICE_FILE: &str = "device.json";
 
 /// A device, a backend and a precision, as text (`"cuda:1"`, `"torch"`, `"bf16"`).
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CellDevice {
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: String,
     /// `fused` or `torch`; `None` = the device's default (fused on the CPU, torch on CUDA).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
     /// `f32` or `bf16`; `None` = f32.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dtype: Option<String>,
 }
 

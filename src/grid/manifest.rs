@@ -32,13 +32,13 @@ pub const VERSION: u32 = 1;
 const MAX_ID_LEN: usize = 200;
 
 /// A file a cell reads. Relative paths are relative to the run directory.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Input {
     pub path: String,
     /// SHA-256 of the file's bytes when the planner froze it; checked before the cell runs.
     /// Left out for large inputs (model weights) and directories.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
 }
 

@@ -36,6 +36,7 @@ pub const ATTEMPTS_FILE: &str = "attempts";
 pub const LOCK_FILE: &str = ".lock";
 
 /// `cells/<id>/result.json`: the done marker and the cell's output.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CellResult {
     pub id: String,
@@ -51,7 +52,6 @@ pub struct CellResult {
     /// What the kind returned.
     pub output: serde_json::Value,
     /// Where the cell ran (absent in results written before devices were recorded).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<CellDevice>,
 }
 

@@ -95,6 +95,17 @@ pub struct RefLine {
     pub label: String,
 }
 
+/// Builder methods that set one field each: `pub fn field(mut self, value: T) -> Self`.
+macro_rules! setters {
+    ($($(#[$doc:meta])* $field:ident: $ty:ty,)+) => {$(
+        $(#[$doc])*
+        pub fn $field(mut self, value: $ty) -> Self {
+            self.$field = value;
+            self
+        }
+    )+};
+}
+
 /// Specification of a line plot.
 #[derive(Debug, Clone)]
 pub struct LinePlot {
@@ -135,26 +146,14 @@ impl LinePlot {
         }
     }
 
-    /// Integer x ticks only (x counts something, e.g. optimizer steps).
-    pub fn integer_x(mut self, on: bool) -> Self {
-        self.integer_x = on;
-        self
-    }
-
-    /// y cannot be negative: clip confidence bands (and the axis) at zero.
-    pub fn nonnegative_y(mut self, on: bool) -> Self {
-        self.nonnegative_y = on;
-        self
-    }
-
-    pub fn log_x(mut self, on: bool) -> Self {
-        self.log_x = on;
-        self
-    }
-
-    pub fn log_y(mut self, on: bool) -> Self {
-        self.log_y = on;
-        self
+    setters! {
+        /// Integer x ticks only (x counts something, e.g. optimizer steps).
+        integer_x: bool,
+        /// y cannot be negative: clip confidence bands (and the axis) at zero.
+        nonnegative_y: bool,
+        log_x: bool,
+        log_y: bool,
+        legend: LegendPosition,
     }
 
     pub fn series(mut self, s: Series) -> Self {
@@ -167,11 +166,6 @@ impl LinePlot {
             y,
             label: label.into(),
         });
-        self
-    }
-
-    pub fn legend(mut self, pos: LegendPosition) -> Self {
-        self.legend = pos;
         self
     }
 

@@ -6,7 +6,7 @@
 //! position plus bearing (advances and kerning as plotters measures them, so layouts are
 //! unchanged); every other call passes through.
 
-use ab_glyph::{Font, FontRef, ScaleFont};
+use ab_glyph::{Font, FontRef, GlyphId, ScaleFont};
 use plotters::style::text_anchor::{HPos, VPos};
 use plotters_backend::{
     BackendColor, BackendCoord, BackendStyle, BackendTextStyle, DrawingBackend, DrawingErrorKind,
@@ -24,20 +24,38 @@ impl<B> TextFix<B> {
     }
 }
 
-/// Width of `text` at pixel size `size`: the advances plus kerning, as plotters measures it.
-fn text_width(font: &FontRef<'static>, size: f32, text: &str) -> f32 {
+/// Each glyph of `text` at pixel size `size` with its pen x position, and the width of the
+/// whole: the advances plus kerning, as plotters measures them.
+fn pen_positions(font: &FontRef<'static>, size: f32, text: &str) -> (Vec<(GlyphId, f32)>, f32) {
     let f = font.as_scaled(size);
-    let mut w = 0.0;
+    let mut glyphs = Vec::with_capacity(text.len());
+    let mut pen = 0.0;
     let mut prev = None;
     for c in text.chars() {
         let id = f.glyph_id(c);
         if let Some(p) = prev {
-            w += f.kern(p, id);
+            pen += f.kern(p, id);
         }
-        w += f.h_advance(id);
+        glyphs.push((id, pen));
+        pen += f.h_advance(id);
         prev = Some(id);
     }
-    w
+    (glyphs, pen)
+}
+
+/// Drawing calls that [`TextFix`] hands to the wrapped backend unchanged: each becomes
+/// `fn name(&mut self, args) -> Result<..> { self.inner.name(args) }`. Forwarded, not left to
+/// the trait's defaults: those rasterise through `draw_pixel`, which is not what the wrapped
+/// backend draws.
+macro_rules! pass_through {
+    ($(fn $name:ident $(<$($g:ident: $bound:path),+>)? ($($arg:ident: $ty:ty),*);)+) => {$(
+        fn $name $(<$($g: $bound),+>)? (
+            &mut self,
+            $($arg: $ty),*
+        ) -> Result<(), DrawingErrorKind<Self::ErrorType>> {
+            self.inner.$name($($arg),*)
+        }
+    )+};
 }
 
 impl<B: DrawingBackend> DrawingBackend for TextFix<B> {
@@ -47,74 +65,21 @@ impl<B: DrawingBackend> DrawingBackend for TextFix<B> {
         self.inner.get_size()
     }
 
-    fn ensure_prepared(&mut self) -> Result<(), DrawingErrorKind<Self::ErrorType>> {
-        self.inner.ensure_prepared()
-    }
-
-    fn present(&mut self) -> Result<(), DrawingErrorKind<Self::ErrorType>> {
-        self.inner.present()
-    }
-
-    fn draw_pixel(
-        &mut self,
-        point: BackendCoord,
-        color: BackendColor,
-    ) -> Result<(), DrawingErrorKind<Self::ErrorType>> {
-        self.inner.draw_pixel(point, color)
-    }
-
-    fn draw_line<S: BackendStyle>(
-        &mut self,
-        from: BackendCoord,
-        to: BackendCoord,
-        style: &S,
-    ) -> Result<(), DrawingErrorKind<Self::ErrorType>> {
-        self.inner.draw_line(from, to, style)
-    }
-
-    fn draw_rect<S: BackendStyle>(
-        &mut self,
-        upper_left: BackendCoord,
-        bottom_right: BackendCoord,
-        style: &S,
-        fill: bool,
-    ) -> Result<(), DrawingErrorKind<Self::ErrorType>> {
-        self.inner.draw_rect(upper_left, bottom_right, style, fill)
-    }
-
-    fn draw_path<S: BackendStyle, I: IntoIterator<Item = BackendCoord>>(
-        &mut self,
-        path: I,
-        style: &S,
-    ) -> Result<(), DrawingErrorKind<Self::ErrorType>> {
-        self.inner.draw_path(path, style)
-    }
-
-    fn draw_circle<S: BackendStyle>(
-        &mut self,
-        center: BackendCoord,
-        radius: u32,
-        style: &S,
-        fill: bool,
-    ) -> Result<(), DrawingErrorKind<Self::ErrorType>> {
-        self.inner.draw_circle(center, radius, style, fill)
-    }
-
-    fn fill_polygon<S: BackendStyle, I: IntoIterator<Item = BackendCoord>>(
-        &mut self,
-        vert: I,
-        style: &S,
-    ) -> Result<(), DrawingErrorKind<Self::ErrorType>> {
-        self.inner.fill_polygon(vert, style)
-    }
-
-    fn blit_bitmap(
-        &mut self,
-        pos: BackendCoord,
-        size: (u32, u32),
-        src: &[u8],
-    ) -> Result<(), DrawingErrorKind<Self::ErrorType>> {
-        self.inner.blit_bitmap(pos, size, src)
+    pass_through! {
+        fn ensure_prepared();
+        fn present();
+        fn draw_pixel(point: BackendCoord, color: BackendColor);
+        fn draw_line<S: BackendStyle>(from: BackendCoord, to: BackendCoord, style: &S);
+        fn draw_rect<S: BackendStyle>(
+            upper_left: BackendCoord,
+            bottom_right: BackendCoord,
+            style: &S,
+            fill: bool
+        );
+        fn draw_path<S: BackendStyle, I: IntoIterator<Item = BackendCoord>>(path: I, style: &S);
+        fn draw_circle<S: BackendStyle>(center: BackendCoord, radius: u32, style: &S, fill: bool);
+        fn fill_polygon<S: BackendStyle, I: IntoIterator<Item = BackendCoord>>(vert: I, style: &S);
+        fn blit_bitmap(pos: BackendCoord, size: (u32, u32), src: &[u8]);
     }
 
     /// plotters' own text drawing (anchor, rotation, the box it measured) with the glyphs
@@ -130,11 +95,9 @@ impl<B: DrawingBackend> DrawingBackend for TextFix<B> {
             return Ok(());
         }
         let size = style.size() as f32;
+        let (glyphs, width) = pen_positions(&self.font, size, text);
         // The box plotters lays out: the advances wide, size / 1.24 high.
-        let (w, h) = (
-            text_width(&self.font, size, text) as i32,
-            (size / 1.24) as i32,
-        );
+        let (w, h) = (width as i32, (size / 1.24) as i32);
         let dx = match style.anchor().h_pos {
             HPos::Left => 0,
             HPos::Right => -w,
@@ -147,17 +110,9 @@ impl<B: DrawingBackend> DrawingBackend for TextFix<B> {
         };
         let trans = style.transform();
         let (bw, bh) = self.inner.get_size();
-        let f = self.font.as_scaled(size);
-        let mut pen = 0.0f32;
-        let mut prev = None;
-        for c in text.chars() {
-            let id = f.glyph_id(c);
-            if let Some(p) = prev {
-                pen += f.kern(p, id);
-            }
-            prev = Some(id);
-            let glyph = id.with_scale_and_position(f.scale(), ab_glyph::point(pen, 0.0));
-            pen += f.h_advance(id);
+        let scale = self.font.as_scaled(size).scale();
+        for (id, pen) in glyphs {
+            let glyph = id.with_scale_and_position(scale, ab_glyph::point(pen, 0.0));
             let Some(q) = self.font.outline_glyph(glyph) else {
                 continue; // a space
             };

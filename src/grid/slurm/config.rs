@@ -33,20 +33,17 @@ use std::collections::BTreeMap;
 
 /// Resources of one kind of cell (`[executor.resources.<kind>]`); unset keys fall back to
 /// the `[slurm]` section.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KindResources {
     /// `--time` of one cell of this kind.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time: Option<String>,
     /// `--mem` per cell of this kind.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mem: Option<String>,
     /// `--cpus-per-task` (and the cell's tensor threads).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpus: Option<usize>,
     /// GPUs per cell (`--gres=gpu:N`, with `[slurm] gpu_type` when set); 0 = none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpus: Option<usize>,
 }
 
@@ -75,31 +72,26 @@ pub const RESERVED_OPTIONS: &[&str] = &[
 ];
 
 /// The `[slurm]` section.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SlurmConfig {
     /// `--partition`. Unset: the cluster's default partition.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub partition: Option<String>,
     /// `--account` charged for the jobs.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
     /// `--qos`.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub qos: Option<String>,
     /// `--time` of one cell: `MM`, `HH:MM:SS` or `D-HH:MM:SS`. Unset: the partition's
     /// default.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub time: Option<String>,
     /// `--cpus-per-task`, also passed to the cell as `--threads`. Default 1.
     pub cpus_per_task: usize,
     /// `--mem` per cell, e.g. `"16G"`. Unset: the partition's default.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub mem: Option<String>,
     /// GPUs per cell (`--gres=gpu:N`); 0 = none. Default 0.
     pub gpus: usize,
     /// GPU type in the gres request (`--gres=gpu:TYPE:N`), e.g. `"a100"`.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub gpu_type: Option<String>,
     /// At most this many cells of one array run at once (`%P`); 0 = no limit. Default 0.
     pub max_parallel: usize,
@@ -109,10 +101,8 @@ pub struct SlurmConfig {
     pub setup: Vec<String>,
     /// Absolute path of the elastica binary the tasks run; it must be visible on every
     /// node. Default: the binary that submits.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub elastica: Option<String>,
     /// Job name (`--job-name`). Default: `elastica-<experiment>`.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub job_name: Option<String>,
     /// Seconds between two queries of the scheduler while waiting. Default 30.
     pub poll_seconds: f64,

@@ -16,6 +16,7 @@ pub const CONFIG_FILE: &str = "slurm/slurm.toml";
 pub const CANCELLED_FILE: &str = "slurm/cancelled.json";
 
 /// One `sbatch` call: a job array over some cells.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Submission {
     /// The array's job id (`sbatch --parsable`, without a cluster suffix).
@@ -25,7 +26,6 @@ pub struct Submission {
     /// The `--array` value submitted.
     pub array: String,
     /// The job this array waits for (`--dependency=afterany:<id>`), if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<String>,
     /// The manifest hash the tasks check.
     pub manifest_hash: String,
