@@ -101,7 +101,7 @@ mod tests {
         let ds = load(&spec).unwrap();
         // 3 positive reviews, one of them two words long.
         assert_eq!(
-            (ds.records.len(), ds.skipped_short, ds.rows_read),
+            (ds.records.len(), ds.skipped_short, ds.read.rows_read),
             (2, 1, 6)
         );
         assert_eq!(
