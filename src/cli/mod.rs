@@ -47,15 +47,19 @@ pub struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Supervised fine-tuning (or from-scratch training) of a Llama-family model; the loss is
-    /// on the responses of {"prompt","response"} records (prompts masked), all of {"text"}.
+    /// Supervised fine-tuning (or from-scratch training) of a Llama-family model.
+    ///
+    /// The loss is on the responses of {"prompt","response"} records (prompts masked) and on
+    /// the whole of {"text"} records.
     Train(train::TrainArgs),
     /// The paper's pipeline end to end on a synthetic world, from scratch (no downloads).
     Demo(demo::DemoArgs),
     /// Pre-train a size preset from scratch on a world's text.
     Pretrain(pretrain::PretrainArgs),
-    /// Mean NLL of a model on a data file (the responses of {"prompt","response"} records,
-    /// all of {"text"}), as JSON.
+    /// Mean NLL of a model on a data file, as JSON.
+    ///
+    /// The NLL is of the responses of {"prompt","response"} records and of the whole of
+    /// {"text"} records.
     EvalLoss(eval_loss::EvalLossArgs),
     /// Generate responses from a model.
     Generate(generate::GenerateArgs),

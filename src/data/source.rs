@@ -243,9 +243,7 @@ mod tests {
     use super::*;
 
     fn fixture(rel: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/data")
-            .join(rel)
+        schemas::testing::fixture(rel).into()
     }
 
     #[test]

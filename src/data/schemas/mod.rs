@@ -577,6 +577,19 @@ pub(crate) mod testing {
         format!("{}/tests/fixtures/data/{rel}", env!("CARGO_MANIFEST_DIR"))
     }
 
+    /// Load `spec`, expecting an error whose text holds each of `has`.
+    pub fn load_fails(spec: &DataSpec, has: &[&str]) {
+        let e = format!("{:#}", load(spec).unwrap_err());
+        assert!(has.iter().all(|w| e.contains(w)), "{e}");
+    }
+
+    /// The `train` files of the fixture directory named after `schema`.
+    pub fn train_split(schema: &str) -> DataSpec {
+        let mut spec = DataSpec::new(fixture(schema), schema);
+        spec.files = Some("train".into());
+        spec
+    }
+
     /// Load a fixture with malformed rows twice and check both outcomes: the default load
     /// stops with an error that holds each of `error_has`, and `skip_bad_rows = true` keeps
     /// and skips `(kept, skipped)` rows. Returns the second load's data set.
@@ -587,8 +600,7 @@ pub(crate) mod testing {
         counts: (usize, usize),
     ) -> Dataset {
         let mut spec = DataSpec::new(fixture(rel), schema);
-        let e = format!("{:#}", load(&spec).unwrap_err());
-        assert!(error_has.iter().all(|w| e.contains(w)), "{e}");
+        load_fails(&spec, error_has);
         spec.skip_bad_rows = true;
         let ds = load(&spec).unwrap();
         assert_eq!((ds.records.len(), ds.read.skipped_bad), counts);
@@ -598,7 +610,7 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
-    use super::testing::{bad_rows, fixture};
+    use super::testing::{bad_rows, fixture, load_fails};
     use super::*;
 
     #[test]
@@ -638,11 +650,7 @@ mod tests {
     fn select_must_fit_the_schema() {
         let mut spec = DataSpec::new(fixture("alpaca/alpaca_data.json"), "alpaca");
         spec.select = Select::Positive;
-        let e = format!("{:#}", load(&spec).unwrap_err());
-        assert!(
-            e.contains("no \"positive\" rows") && e.contains("all"),
-            "{e}"
-        );
+        load_fails(&spec, &["no \"positive\" rows", "all"]);
     }
 
     #[test]
@@ -665,11 +673,7 @@ mod tests {
         );
         // 8 rows in imdb/, one too short: 7 usable; asking for 8 is an error that says so.
         spec.limit = Some(5);
-        let e = format!("{:#}", load(&spec).unwrap_err());
-        assert!(
-            e.contains("too few records") && e.contains("7 match"),
-            "{e}"
-        );
+        load_fails(&spec, &["too few records", "7 match"]);
 
         let mut unshuffled = DataSpec::new(fixture("imdb"), "imdb");
         unshuffled.limit = Some(2);
