@@ -1,7 +1,7 @@
 //! `elastica eval-loss`: mean NLL of a model on a data set (`--data` with the shared data
 //! flags of [`crate::data::source`]), as JSON.
 
-use crate::data::source::{load, template_for, DataArgs};
+use crate::data::source::{load, template_for, DataSetArgs};
 use crate::data::template::Template;
 use anyhow::Result;
 use candle_core::Device;
@@ -16,16 +16,8 @@ pub struct EvalLossArgs {
     /// top of --model.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
-    /// Data: a file or directory, read with --schema (default: JSONL of
-    /// {"prompt","response"} (response scored) or {"text"} (all scored)).
-    #[arg(
-        long,
-        required_unless_present = "data_config",
-        conflicts_with = "data_config"
-    )]
-    pub data: Option<PathBuf>,
     #[command(flatten)]
-    pub data_args: DataArgs,
+    pub data: DataSetArgs,
     /// Prompt template (default: by schema, raw for imdb, safe-rlhf otherwise).
     #[arg(long, value_enum)]
     pub template: Option<Template>,
@@ -44,7 +36,7 @@ pub struct EvalLossArgs {
 
 pub fn run(a: EvalLossArgs) -> Result<()> {
     crate::util::threads::set_threads(a.threads);
-    let spec = a.data_args.spec(a.data.as_deref())?;
+    let spec = a.data.spec()?;
     let data = load(&spec)?;
     let template = template_for(a.template, &spec);
     let choice = a.device.choice()?;

@@ -48,12 +48,18 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Supervised fine-tuning (or from-scratch training) of a Llama-family model.
+    ///
+    /// The loss is on the responses of {"prompt","response"} records (prompts masked) and on
+    /// the whole of {"text"} records.
     Train(train::TrainArgs),
     /// The paper's pipeline end to end on a synthetic world, from scratch (no downloads).
     Demo(demo::DemoArgs),
     /// Pre-train a size preset from scratch on a world's text.
     Pretrain(pretrain::PretrainArgs),
     /// Mean NLL of a model on a data file, as JSON.
+    ///
+    /// The NLL is of the responses of {"prompt","response"} records and of the whole of
+    /// {"text"} records.
     EvalLoss(eval_loss::EvalLossArgs),
     /// Generate responses from a model.
     Generate(generate::GenerateArgs),

@@ -6,7 +6,7 @@
 use super::train_hooks::StepHooks;
 use crate::compress::tracking::{load_sets, parse_sets, RateTracker};
 use crate::data::prefs::{self, Prefer};
-use crate::data::source::{load as load_data, template_for, DataArgs};
+use crate::data::source::{load as load_data, template_for, DataSetArgs};
 use crate::data::template::Template;
 use crate::model::checkpoint::{init_model, resolve_model_dir, LoadedModel};
 use crate::model::ModelConfig;
@@ -41,16 +41,8 @@ pub struct TrainArgs {
     /// With --init: directory holding tokenizer.json (and tokenizer_config.json).
     #[arg(long, requires = "init")]
     pub tokenizer: Option<PathBuf>,
-    /// Training data: a file or directory, read with --schema (default: JSONL of
-    /// {"prompt","response"} (prompt masked) or {"text"} records).
-    #[arg(
-        long,
-        required_unless_present = "data_config",
-        conflicts_with = "data_config"
-    )]
-    pub data: Option<PathBuf>,
     #[command(flatten)]
-    pub data_args: DataArgs,
+    pub data: DataSetArgs,
     /// With --method dpo and --schema pku-saferlhf: which label names the chosen answer
     /// (safer_response_id or better_response_id).
     #[arg(long, value_enum)]
@@ -110,7 +102,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     if let Some(betas) = &a.betas {
         (cfg.beta1, cfg.beta2) = parse_betas(betas)?;
     }
-    let spec = a.data_args.spec(a.data.as_deref())?;
+    let spec = a.data.spec()?;
     cfg.template = match cfg.dpo.method {
         Method::Sft => template_for(a.template, &spec),
         Method::Dpo => a

@@ -14,7 +14,7 @@
 //! Errors name the file and the row.
 
 use crate::data::rows::{self, Object};
-use crate::data::schemas::{load_summary, str_field, DataSpec, Select};
+use crate::data::schemas::{str_field, DataSpec, ReadCounts, Select};
 use crate::data::template::Template;
 use anyhow::{bail, Context, Result};
 use rand::seq::SliceRandom;
@@ -67,21 +67,12 @@ pub fn default_template(schema: &str) -> Template {
 #[derive(Debug, Clone)]
 pub struct PrefDataset {
     pub records: Vec<PrefRecord>,
-    pub files: Vec<PathBuf>,
-    pub rows_read: usize,
-    /// Malformed rows skipped under `skip_bad_rows`.
-    pub skipped_bad: usize,
+    pub read: ReadCounts,
 }
 
 impl PrefDataset {
     pub fn summary(&self) -> String {
-        load_summary(
-            "preference pairs",
-            self.records.len(),
-            self.rows_read,
-            &self.files,
-            self.skipped_bad,
-        )
+        self.read.summary("preference pairs", self.records.len())
     }
 }
 
@@ -123,16 +114,14 @@ fn load_files(spec: &DataSpec, prefer: Option<Prefer>, files: Vec<PathBuf>) -> R
     }
     let mut ds = PrefDataset {
         records: Vec::new(),
-        files: files.clone(),
-        rows_read: 0,
-        skipped_bad: 0,
+        read: ReadCounts::new(files.clone()),
     };
     for file in &files {
         rows::for_each_row(file, &mut |loc, row| {
-            ds.rows_read += 1;
+            ds.read.rows_read += 1;
             match row.and_then(|o| parse(&o)) {
                 Ok(r) => ds.records.push(r),
-                Err(_) if spec.skip_bad_rows => ds.skipped_bad += 1,
+                Err(_) if spec.skip_bad_rows => ds.read.skipped_bad += 1,
                 Err(e) => bail!(
                     "{}: {loc}: {e:#} (preference schema \"{}\"); fix the row, or set \
                      skip_bad_rows = true (--skip-bad-rows) to skip and count malformed rows",
@@ -252,7 +241,7 @@ mod tests {
         let mut skip = DataSpec::new(&path, "jsonl");
         skip.skip_bad_rows = true;
         let ds = load(&skip, None).unwrap();
-        assert_eq!((ds.records.len(), ds.skipped_bad), (1, 1));
+        assert_eq!((ds.records.len(), ds.read.skipped_bad), (1, 1));
         let e = err(&DataSpec::new(&path, "beavertails"), None);
         assert!(e.contains("unknown preference schema"), "{e}");
     }

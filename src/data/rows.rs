@@ -312,9 +312,7 @@ mod tests {
     }
 
     fn fixture(rel: &str) -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/data")
-            .join(rel)
+        crate::data::schemas::testing::fixture(rel).into()
     }
 
     #[test]

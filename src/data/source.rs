@@ -17,6 +17,28 @@ use anyhow::{anyhow, bail, Context, Result};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
+/// `--data PATH` and the data flags: the one data set `train` and `eval-loss` read.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct DataSetArgs {
+    /// Data: a file or directory, read with --schema (default: JSONL of
+    /// {"prompt","response"} or {"text"} records).
+    #[arg(
+        long,
+        required_unless_present = "data_config",
+        conflicts_with = "data_config"
+    )]
+    pub data: Option<PathBuf>,
+    #[command(flatten)]
+    pub flags: DataArgs,
+}
+
+impl DataSetArgs {
+    /// The one spec `--data` and the flags (or `--data-config`) name.
+    pub fn spec(&self) -> Result<DataSpec> {
+        self.flags.spec(self.data.as_deref())
+    }
+}
+
 /// The data flags, defined once and flattened into each command's arguments.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct DataArgs {
@@ -221,9 +243,7 @@ mod tests {
     use super::*;
 
     fn fixture(rel: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/data")
-            .join(rel)
+        schemas::testing::fixture(rel).into()
     }
 
     #[test]

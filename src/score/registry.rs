@@ -26,6 +26,7 @@ pub const KINDS: &[&str] = &[
     "cost-model",
 ];
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum ScorerSpec {
@@ -35,7 +36,6 @@ pub enum ScorerSpec {
         path: String,
         /// An `id2label` name, e.g. "POSITIVE".
         label: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         max_length: Option<usize>,
         #[serde(default = "default_batch_size")]
         batch_size: usize,
@@ -46,10 +46,7 @@ pub enum ScorerSpec {
         higher_is_aligned: bool,
     },
     /// Refusal keyword matcher; `path` replaces the built-in list.
-    Keywords {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        path: Option<PathBuf>,
-    },
+    Keywords { path: Option<PathBuf> },
     /// The synthetic world's exact sentiment rule (`crate::score::world`).
     WorldSentiment,
     /// The synthetic world's exact safety rule (`crate::score::world`).

@@ -60,14 +60,13 @@ fn parse(obj: &Object, _: &RowOptions) -> Result<Parsed> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{bad_rows, fixture};
-    use super::super::{load, DataSpec, Select};
+    use super::super::testing::{bad_rows, train_split};
+    use super::super::{load, Select};
     use super::*;
 
     #[test]
     fn safe_and_unsafe_from_compressed_shards() {
-        let mut spec = DataSpec::new(fixture("beavertails"), "beavertails");
-        spec.files = Some("train".into());
+        let mut spec = train_split("beavertails");
         spec.select = Select::Unsafe;
         let ds = load(&spec).unwrap();
         assert_eq!(ds.records.len(), 2);

@@ -78,7 +78,7 @@ fn br_tag_len(s: &str) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{bad_rows, fixture};
+    use super::super::testing::{bad_rows, fixture, load_fails, train_split};
     use super::super::{load, DataSpec, Select};
     use super::*;
 
@@ -95,13 +95,12 @@ mod tests {
 
     #[test]
     fn positive_and_negative_pairs_from_parquet() {
-        let mut spec = DataSpec::new(fixture("imdb"), "imdb");
-        spec.files = Some("train".into());
+        let mut spec = train_split("imdb");
         spec.select = Select::Positive;
         let ds = load(&spec).unwrap();
         // 3 positive reviews, one of them two words long.
         assert_eq!(
-            (ds.records.len(), ds.skipped_short, ds.rows_read),
+            (ds.records.len(), ds.skipped_short, ds.read.rows_read),
             (2, 1, 6)
         );
         assert_eq!(
@@ -137,10 +136,9 @@ mod tests {
         assert!(ds.bad_examples[2].contains("row 4") && ds.bad_examples[2].contains("null"));
 
         let spec = DataSpec::new(fixture("imdb_label_string.parquet"), "imdb");
-        let e = format!("{:#}", load(&spec).unwrap_err());
-        assert!(
-            e.contains("row 1") && e.contains("must be an integer, found a string (\"1\")"),
-            "{e}"
+        load_fails(
+            &spec,
+            &["row 1", "must be an integer, found a string (\"1\")"],
         );
     }
 }

@@ -13,7 +13,7 @@
 //! Rows are kept in file order (files sorted by path), filtered by `select`, optionally
 //! shuffled with `shuffle_seed`, then `offset` rows are dropped and `limit` kept. A malformed
 //! row stops the load with its file and row number, unless `skip_bad_rows = true`, in which
-//! case it is skipped and counted in [`Dataset::skipped_bad`].
+//! case it is skipped and counted in [`ReadCounts::skipped_bad`].
 //!
 //! ```toml
 //! [positive]
@@ -53,6 +53,7 @@ pub const WORLD_SCHEMA: &str = "world";
 pub const DEFAULT_PROMPT_WORDS: usize = 8;
 
 /// Which data to load, as written in a config.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataSpec {
@@ -61,19 +62,16 @@ pub struct DataSpec {
     /// A registry name: `imdb`, `beavertails`, `alpaca`, `jsonl`, or `world`.
     pub schema: String,
     /// Inside a directory: a split name (`train`) or a glob (`*30k*train*`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub files: Option<String>,
     /// Which labelled half to keep.
     #[serde(default)]
     pub select: Select,
     /// Keep at most this many records (after `select`, shuffling and `offset`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
     /// Drop this many records first, e.g. to take evaluation prompts that training never saw.
     #[serde(default)]
     pub offset: usize,
     /// Shuffle the selected rows with this seed before `offset`/`limit`; unset keeps file order.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shuffle_seed: Option<u64>,
     /// Skip and count malformed rows instead of stopping at the first.
     #[serde(default)]
@@ -239,12 +237,7 @@ pub fn schema(name: &str) -> Result<&'static Schema> {
 #[derive(Debug, Clone)]
 pub struct Dataset {
     pub records: Vec<Record>,
-    /// The files read, in order.
-    pub files: Vec<PathBuf>,
-    /// Rows seen in those files (before any filtering).
-    pub rows_read: usize,
-    /// Malformed rows skipped under `skip_bad_rows = true`.
-    pub skipped_bad: usize,
+    pub read: ReadCounts,
     /// The first few skipped rows, as "file: line N: reason".
     pub bad_examples: Vec<String>,
     /// Well-formed rows that gave no record (reviews shorter than `prompt_words` + 1 words).
@@ -285,14 +278,8 @@ impl Dataset {
 
     /// One line for logs and reports: counts of kept and skipped rows.
     pub fn summary(&self) -> String {
-        let mut s = load_summary(
-            "records",
-            self.records.len(),
-            self.rows_read,
-            &self.files,
-            self.skipped_bad,
-        );
-        if self.skipped_bad > 0 {
+        let mut s = self.read.summary("records", self.records.len());
+        if self.read.skipped_bad > 0 {
             if let Some(first) = self.bad_examples.first() {
                 s += &format!(" (first: {first})");
             }
@@ -306,21 +293,40 @@ impl Dataset {
 
 /// "N {what} from R rows in F file(s)[; skipped B malformed rows]": how a load went, for
 /// [`Dataset::summary`] and the preference loader's.
-pub(crate) fn load_summary(
-    what: &str,
-    kept: usize,
-    rows_read: usize,
-    files: &[PathBuf],
-    skipped_bad: usize,
-) -> String {
-    let mut s = format!(
-        "{kept} {what} from {rows_read} rows in {} file(s)",
-        files.len()
-    );
-    if skipped_bad > 0 {
-        s += &format!("; skipped {skipped_bad} malformed rows");
+/// What reading a spec's files gave before any row was kept or dropped: the same counts for
+/// records ([`Dataset`]) and preference pairs ([`crate::data::prefs::PrefDataset`]).
+#[derive(Debug, Clone)]
+pub struct ReadCounts {
+    /// The files read, in order.
+    pub files: Vec<PathBuf>,
+    /// Rows seen in those files (before any filtering).
+    pub rows_read: usize,
+    /// Malformed rows skipped under `skip_bad_rows = true`.
+    pub skipped_bad: usize,
+}
+
+impl ReadCounts {
+    /// Nothing read yet from `files`.
+    pub fn new(files: Vec<PathBuf>) -> Self {
+        ReadCounts {
+            files,
+            rows_read: 0,
+            skipped_bad: 0,
+        }
     }
-    s
+
+    /// "`kept` `what` from N rows in M file(s)", and the malformed rows skipped.
+    pub fn summary(&self, what: &str, kept: usize) -> String {
+        let mut s = format!(
+            "{kept} {what} from {} rows in {} file(s)",
+            self.rows_read,
+            self.files.len()
+        );
+        if self.skipped_bad > 0 {
+            s += &format!("; skipped {} malformed rows", self.skipped_bad);
+        }
+        s
+    }
 }
 
 /// Resolve a spec into records. See the module doc for the order of operations.
@@ -429,16 +435,14 @@ pub fn load_files(spec: &DataSpec, files: Vec<PathBuf>) -> Result<Dataset> {
 
     let mut ds = Dataset {
         records: Vec::new(),
-        files: files.clone(),
-        rows_read: 0,
-        skipped_bad: 0,
+        read: ReadCounts::new(files.clone()),
         bad_examples: Vec::new(),
         skipped_short: 0,
     };
     'files: for file in &files {
         let mut stop = false;
         rows::for_each_row(file, &mut |loc, row| {
-            ds.rows_read += 1;
+            ds.read.rows_read += 1;
             match row.and_then(|obj| (schema.parse)(&obj, &opts)) {
                 Ok(Parsed::Row(record, class)) => {
                     if spec.select.accepts(class) {
@@ -447,7 +451,7 @@ pub fn load_files(spec: &DataSpec, files: Vec<PathBuf>) -> Result<Dataset> {
                 }
                 Ok(Parsed::TooShort) => ds.skipped_short += 1,
                 Err(e) if spec.skip_bad_rows => {
-                    ds.skipped_bad += 1;
+                    ds.read.skipped_bad += 1;
                     if ds.bad_examples.len() < BAD_EXAMPLES {
                         ds.bad_examples
                             .push(format!("{}: {loc}: {e:#}", file.display()));
@@ -472,7 +476,7 @@ pub fn load_files(spec: &DataSpec, files: Vec<PathBuf>) -> Result<Dataset> {
         }
     }
 
-    if ds.rows_read == 0 {
+    if ds.read.rows_read == 0 {
         bail!(
             "{} holds no records (no rows in {})",
             spec.path,
@@ -573,6 +577,19 @@ pub(crate) mod testing {
         format!("{}/tests/fixtures/data/{rel}", env!("CARGO_MANIFEST_DIR"))
     }
 
+    /// Load `spec`, expecting an error whose text holds each of `has`.
+    pub fn load_fails(spec: &DataSpec, has: &[&str]) {
+        let e = format!("{:#}", load(spec).unwrap_err());
+        assert!(has.iter().all(|w| e.contains(w)), "{e}");
+    }
+
+    /// The `train` files of the fixture directory named after `schema`.
+    pub fn train_split(schema: &str) -> DataSpec {
+        let mut spec = DataSpec::new(fixture(schema), schema);
+        spec.files = Some("train".into());
+        spec
+    }
+
     /// Load a fixture with malformed rows twice and check both outcomes: the default load
     /// stops with an error that holds each of `error_has`, and `skip_bad_rows = true` keeps
     /// and skips `(kept, skipped)` rows. Returns the second load's data set.
@@ -583,18 +600,17 @@ pub(crate) mod testing {
         counts: (usize, usize),
     ) -> Dataset {
         let mut spec = DataSpec::new(fixture(rel), schema);
-        let e = format!("{:#}", load(&spec).unwrap_err());
-        assert!(error_has.iter().all(|w| e.contains(w)), "{e}");
+        load_fails(&spec, error_has);
         spec.skip_bad_rows = true;
         let ds = load(&spec).unwrap();
-        assert_eq!((ds.records.len(), ds.skipped_bad), counts);
+        assert_eq!((ds.records.len(), ds.read.skipped_bad), counts);
         ds
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::testing::{bad_rows, fixture};
+    use super::testing::{bad_rows, fixture, load_fails};
     use super::*;
 
     #[test]
@@ -634,11 +650,7 @@ mod tests {
     fn select_must_fit_the_schema() {
         let mut spec = DataSpec::new(fixture("alpaca/alpaca_data.json"), "alpaca");
         spec.select = Select::Positive;
-        let e = format!("{:#}", load(&spec).unwrap_err());
-        assert!(
-            e.contains("no \"positive\" rows") && e.contains("all"),
-            "{e}"
-        );
+        load_fails(&spec, &["no \"positive\" rows", "all"]);
     }
 
     #[test]
@@ -661,17 +673,13 @@ mod tests {
         );
         // 8 rows in imdb/, one too short: 7 usable; asking for 8 is an error that says so.
         spec.limit = Some(5);
-        let e = format!("{:#}", load(&spec).unwrap_err());
-        assert!(
-            e.contains("too few records") && e.contains("7 match"),
-            "{e}"
-        );
+        load_fails(&spec, &["too few records", "7 match"]);
 
         let mut unshuffled = DataSpec::new(fixture("imdb"), "imdb");
         unshuffled.limit = Some(2);
         let c = load(&unshuffled).unwrap();
         assert_eq!(c.records.len(), 2);
-        assert!(c.rows_read == 2, "reading stops once the limit is met");
+        assert!(c.read.rows_read == 2, "reading stops once the limit is met");
     }
 
     #[test]

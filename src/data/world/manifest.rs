@@ -56,17 +56,15 @@ pub enum Role {
     Eval,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FileStats {
     pub role: Role,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub task: Option<Task>,
     pub records: usize,
     /// Tokens of the text without special tokens (for pairs: prompt + response).
     pub text_tokens: u64,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub prompt_tokens: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub response_tokens: Option<u64>,
     /// Tokens with the special tokens a model sees: `<s>` + text + `</s>` for training
     /// records, `<s>` + prompt for evaluation prompts.

@@ -6,48 +6,23 @@
 //! key names (`dim`, `n_layers`, `n_heads`, `hidden_dim`, `activation`).
 
 use super::transformer::{
-    Checkpoint, Embeddings, Encoder, EncoderClassifier, Head, LayerNames, LayerShape, Positions,
-    PostNormLayer,
+    Checkpoint, Embeddings, Encoder, EncoderClassifier, EncoderSizes, Head, LayerNames, Positions,
+    SizeKeys,
 };
-use super::{embedding, layer_norm, linear, str_key, usize_key, Activation};
-use anyhow::{bail, Result};
+use super::{embedding, layer_norm, linear, str_key, Activation};
+use anyhow::Result;
 use candle_core::Tensor;
 
 /// DistilBERT's layer norms are built with eps 1e-12 and the config has no key for it.
 const LAYER_NORM_EPS: f64 = 1e-12;
 
-#[derive(Debug, Clone)]
-pub struct DistilBertConfig {
-    pub vocab_size: usize,
-    pub dim: usize,
-    pub n_layers: usize,
-    pub n_heads: usize,
-    pub hidden_dim: usize,
-    pub activation: Activation,
-    pub max_position_embeddings: usize,
-}
-
-impl DistilBertConfig {
-    pub fn from_json(c: &serde_json::Value) -> Result<Self> {
-        let cfg = DistilBertConfig {
-            vocab_size: usize_key(c, "vocab_size", None)?,
-            dim: usize_key(c, "dim", None)?,
-            n_layers: usize_key(c, "n_layers", None)?,
-            n_heads: usize_key(c, "n_heads", None)?,
-            hidden_dim: usize_key(c, "hidden_dim", None)?,
-            activation: Activation::from_name(str_key(c, "activation", "gelu")?)?,
-            max_position_embeddings: usize_key(c, "max_position_embeddings", Some(512))?,
-        };
-        if cfg.n_heads == 0 || !cfg.dim.is_multiple_of(cfg.n_heads) {
-            bail!(
-                "config.json: dim {} is not a multiple of n_heads {}",
-                cfg.dim,
-                cfg.n_heads
-            );
-        }
-        Ok(cfg)
-    }
-}
+/// DistilBERT's names for the encoder's sizes.
+const SIZE_KEYS: SizeKeys = SizeKeys {
+    hidden: "dim",
+    layers: "n_layers",
+    heads: "n_heads",
+    intermediate: "hidden_dim",
+};
 
 /// A DistilBERT layer's tensors, under `distilbert.transformer.layer.N`.
 const LAYER_NAMES: LayerNames = LayerNames {
@@ -64,47 +39,28 @@ const LAYER_NAMES: LayerNames = LayerNames {
 /// `DistilBertForSequenceClassification`: first token -> `pre_classifier` -> ReLU ->
 /// `classifier`.
 pub fn load_classifier(ck: Checkpoint) -> Result<EncoderClassifier> {
-    let c = DistilBertConfig::from_json(ck.config)?;
+    let act = Activation::from_name(str_key(ck.config, "activation", "gelu")?)?;
+    let c = EncoderSizes::from_json(ck.config, &SIZE_KEYS, act, LAYER_NORM_EPS)?;
+    let dim = c.layer.hidden;
     let base = ck.vb.pp("distilbert");
     let emb = base.pp("embeddings");
-    let shape = LayerShape {
-        hidden: c.dim,
-        intermediate: c.hidden_dim,
-        heads: c.n_heads,
-        act: c.activation,
-        eps: LAYER_NORM_EPS,
-    };
-    let layers = (0..c.n_layers)
-        .map(|i| {
-            PostNormLayer::load(
-                &base.pp("transformer").pp("layer").pp(i),
-                &LAYER_NAMES,
-                &shape,
-            )
-        })
-        .collect::<Result<Vec<_>>>()?;
     let embeddings = Embeddings {
-        word: embedding(&emb, "word_embeddings", c.vocab_size, c.dim)?,
-        position: embedding(
-            &emb,
-            "position_embeddings",
-            c.max_position_embeddings,
-            c.dim,
-        )?,
+        word: embedding(&emb, "word_embeddings", c.vocab_size, dim)?,
+        position: embedding(&emb, "position_embeddings", c.max_position_embeddings, dim)?,
         token_type: None,
-        norm: layer_norm(&emb, "LayerNorm", c.dim, LAYER_NORM_EPS)?,
+        norm: layer_norm(&emb, "LayerNorm", dim, LAYER_NORM_EPS)?,
         positions: Positions::FromZero,
     };
     Ok(EncoderClassifier {
         encoder: Encoder {
             embeddings,
-            layers,
+            layers: c.load_layers(&base.pp("transformer"), &LAYER_NAMES)?,
             max_positions: c.max_position_embeddings,
         },
         head: Head {
-            dense: linear(&ck.vb, "pre_classifier", c.dim, c.dim)?,
+            dense: linear(&ck.vb, "pre_classifier", dim, dim)?,
             act: Tensor::relu,
-            out: linear(&ck.vb, "classifier", c.dim, ck.num_labels)?,
+            out: linear(&ck.vb, "classifier", dim, ck.num_labels)?,
         },
     })
 }

@@ -17,7 +17,7 @@ pub fn load_classifier(ck: Checkpoint) -> Result<EncoderClassifier> {
     // RoBERTa configs set pad_token_id = 1; BertConfig's default of 0 never applies here.
     let c = BertConfig::from_json(ck.config)?;
     let padding_idx = u32::try_from(super::usize_key(ck.config, "pad_token_id", Some(1))?)?;
-    let h = c.hidden_size;
+    let h = c.sizes.layer.hidden;
     let head = ck.vb.pp("classifier");
     Ok(EncoderClassifier {
         encoder: load_encoder(

@@ -6,9 +6,9 @@
 
 use super::{
     attention_bias, check_len, first_token, fwd, layer_norm, linear, multi_head_attention,
-    Activation, Batch, SequenceClassifier,
+    usize_key, Activation, Batch, SequenceClassifier,
 };
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
 
@@ -115,12 +115,76 @@ pub struct LayerNames {
 }
 
 /// A layer's sizes and settings, read from each model's config.
+#[derive(Debug, Clone)]
 pub struct LayerShape {
     pub hidden: usize,
     pub intermediate: usize,
     pub heads: usize,
     pub act: Activation,
     pub eps: f64,
+}
+
+/// The sizes every encoder's config gives, and its layers' shape.
+#[derive(Debug, Clone)]
+pub struct EncoderSizes {
+    pub vocab_size: usize,
+    pub layers: usize,
+    /// Rows of the position table (`max_position_embeddings`).
+    pub max_position_embeddings: usize,
+    pub layer: LayerShape,
+}
+
+impl EncoderSizes {
+    /// Read the sizes under `keys`; the activation and the layer norms' `eps` are settings
+    /// each model reads by its own rule.
+    pub fn from_json(
+        c: &serde_json::Value,
+        keys: &SizeKeys,
+        act: Activation,
+        eps: f64,
+    ) -> Result<Self> {
+        let vocab_size = usize_key(c, "vocab_size", None)?;
+        let hidden = usize_key(c, keys.hidden, None)?;
+        let layers = usize_key(c, keys.layers, None)?;
+        let heads = usize_key(c, keys.heads, None)?;
+        let intermediate = usize_key(c, keys.intermediate, None)?;
+        let max_position_embeddings = usize_key(c, "max_position_embeddings", Some(512))?;
+        if heads == 0 || !hidden.is_multiple_of(heads) {
+            bail!(
+                "config.json: {} {hidden} is not a multiple of {} {heads}",
+                keys.hidden,
+                keys.heads
+            );
+        }
+        Ok(EncoderSizes {
+            vocab_size,
+            layers,
+            max_position_embeddings,
+            layer: LayerShape {
+                hidden,
+                intermediate,
+                heads,
+                act,
+                eps,
+            },
+        })
+    }
+
+    /// The layers `layer.0`, `layer.1`, ... under `vb`, with their tensors named by `names`.
+    pub fn load_layers(&self, vb: &VarBuilder, names: &LayerNames) -> Result<Vec<PostNormLayer>> {
+        (0..self.layers)
+            .map(|i| PostNormLayer::load(&vb.pp("layer").pp(i), names, &self.layer))
+            .collect()
+    }
+}
+
+/// The `config.json` keys of an encoder's sizes: BERT and DistilBERT give the same sizes
+/// under their own names (`hidden_size` / `dim`, ...).
+pub struct SizeKeys {
+    pub hidden: &'static str,
+    pub layers: &'static str,
+    pub heads: &'static str,
+    pub intermediate: &'static str,
 }
 
 impl PostNormLayer {
