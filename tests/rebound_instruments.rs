@@ -6,21 +6,9 @@
 
 mod common;
 
-use common::{cell_result, refusal_rebound_config, tiny_llama, write_refusal_data};
+use common::{cell_result, refusal_rebound_config, run_one_thread as run, stderr};
+use common::{tiny_llama, write_refusal_data};
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_elastica"))
-        .args(args)
-        .env("RAYON_NUM_THREADS", "1")
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// The refusal data (8 pairs), general text for the capability measure, and the grid.
 fn write_inputs(dir: &Path) -> std::path::PathBuf {

@@ -3,27 +3,9 @@
 //! to itself 0, capability of θ0 equal to `elastica eval-loss` on the frozen set, and the
 //! weight-space gap closed recomputed from the kept weights with plain loops.
 
+mod common;
+use common::{run_one_thread as run, stderr, tiny_llama, RESIST_WORDS};
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn fixture_model() -> String {
-    format!(
-        "{}/tests/fixtures/models/tiny-llama",
-        env!("CARGO_MANIFEST_DIR")
-    )
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_elastica"))
-        .args(args)
-        .env("RAYON_NUM_THREADS", "1")
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 fn output(out: &Path, id: &str) -> serde_json::Value {
     let p = out.join("cells").join(id).join("result.json");
@@ -64,28 +46,14 @@ fn weights(dir: &Path) -> std::collections::BTreeMap<String, Vec<f64>> {
 #[test]
 fn checkpoints_and_pairs_carry_the_instruments() {
     let tmp = tempfile::tempdir().unwrap();
-    let words = [
-        "the cat sat",
-        "a dog ran",
-        "birds fly",
-        "fish swim",
-        "rain falls",
-        "sun shines",
-    ];
-    let mut data = String::new();
+    common::write_resist_data(&tmp.path().join("data.jsonl"), 12);
     let mut general = String::new();
     for i in 0..12 {
-        data += &format!(
-            "{}\n",
-            serde_json::json!({"prompt": format!("about {}", words[i % 6]),
-                "response": format!("{} and {}", words[(i * 5 + 1) % 6], words[(i * 3) % 6])})
-        );
         general += &format!(
             "{}\n",
-            serde_json::json!({"text": format!("{} today", words[i % 6])})
+            serde_json::json!({"text": format!("{} today", RESIST_WORDS[i % 6])})
         );
     }
-    std::fs::write(tmp.path().join("data.jsonl"), data).unwrap();
     std::fs::write(tmp.path().join("general.jsonl"), general).unwrap();
     let d = tmp.path().display();
     let cfg = tmp.path().join("resist.toml");
@@ -98,7 +66,7 @@ fn checkpoints_and_pairs_carry_the_instruments() {
              [measures]\ncapability_n = 5\n\
              [generate]\nmax_new_tokens = 6\ntemperature = 1.0\ntop_p = 1.0\n\
              [train]\nlr = 1e-2\nbatch_size = 2\ngrad_accum = 1\nmax_length = 96\ntemplate = \"raw\"\n",
-            fixture_model()
+            tiny_llama()
         ),
     )
     .unwrap();
@@ -122,7 +90,7 @@ fn checkpoints_and_pairs_carry_the_instruments() {
     let e = run(&[
         "eval-loss",
         "--model",
-        &fixture_model(),
+        &tiny_llama(),
         "--data",
         frozen.to_str().unwrap(),
         "--template",

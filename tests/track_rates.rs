@@ -2,20 +2,14 @@
 //! are the rates `eval-loss` (before training) and the token-by-token `rates` command (after
 //! training) give for the same sets.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
+use common::jsonl_values as rows;
+use std::path::Path;
+
+/// `elastica ARGS` on one rayon thread: (success, stdout, stderr).
 fn elastica(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_elastica"))
-        .args(args)
-        .env("RAYON_NUM_THREADS", "1")
-        .output()
-        .expect("cannot run elastica");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::elastica_env(args, &[("RAYON_NUM_THREADS", "1")])
 }
 
 fn write_pairs(path: &Path, pairs: &[(&str, &str)]) {
@@ -24,14 +18,6 @@ fn write_pairs(path: &Path, pairs: &[(&str, &str)]) {
         .map(|(p, r)| serde_json::json!({"prompt": p, "response": r}).to_string() + "\n")
         .collect();
     std::fs::write(path, text).unwrap();
-}
-
-fn rows(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 #[test]
