@@ -384,15 +384,7 @@ fn dpo_trains_a_lora_adapter_with_the_base_frozen() {
     let moved = tensors
         .iter()
         .filter(|(k, _)| k.contains(".lora_B."))
-        .any(|(_, t)| {
-            t.abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-                > 0.0
-        });
+        .any(|(_, t)| common::max_abs(t) > 0.0);
     assert!(moved, "no lora_B moved");
     // Finished with these settings: left alone; with another rank: refused.
     let (ok, _, stderr) = cli(&out, &[&lora[..], &["--resume"]].concat());

@@ -299,16 +299,8 @@ fn merging_equals_the_adapter_on_the_fly() {
         assert!(merged.model.adapter().is_none());
         let a = lm.model.forward(&ids).unwrap();
         let b = merged.model.forward(&ids).unwrap();
-        let max = |t: Tensor| {
-            t.abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
-        let top = max(a.clone());
-        let diff = max((a - b).unwrap());
+        let top = common::max_abs(&a);
+        let diff = common::max_abs(&(a - b).unwrap());
         // f32 rounding of W + s B A against x W^T + s (x A^T) B^T.
         assert!(
             diff <= 1e-5 * top,

@@ -189,30 +189,8 @@ fn sft_trajectory_matches_pytorch() {
         // sqrt(v) + eps, so coordinates whose gradients are ~1e-8 (float noise in either
         // implementation) can move by up to lr per step; 2 of 19k embedding entries do.
         let diff = (g - w).unwrap();
-        let rel = diff
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .sqrt()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            / w.sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .sqrt()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-        let d = diff
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let rel = common::l2(&diff) / common::l2(w);
+        let d = common::max_abs(&diff);
         assert!(
             rel < 1e-5 && d < 1e-3,
             "{name}: final weights differ (relative {rel}, max {d})"

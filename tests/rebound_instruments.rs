@@ -39,14 +39,8 @@ fn every_instrument_reaches_results_report_and_plots() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = write_inputs(tmp.path());
     let out = tmp.path().join("run");
-    let r = run(&[
-        "rebound",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(r.status.success(), "{}", stderr(&r));
+    let (ok, _, err) = common::rebound(&cfg, &out);
+    assert!(ok, "{err}");
 
     // Capability of the base model = eval-loss of the same model on the frozen set.
     let frozen = out.join("data/capability.jsonl");

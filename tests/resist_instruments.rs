@@ -71,16 +71,8 @@ fn checkpoints_and_pairs_carry_the_instruments() {
     )
     .unwrap();
     let out = tmp.path().join("run");
-    let o = run(&[
-        "resist",
-        "--threads",
-        "1",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let (ok, _, err) = common::experiment("resist", &cfg, &out, &[]);
+    assert!(ok, "{err}");
 
     // θ0: KL to itself 0, capability = eval-loss of the base on the frozen set.
     let g0 = output(&out, "seed3-gen0");

@@ -71,7 +71,7 @@ fn without_the_feature_torch_flags_say_how_to_build() {
 mod torch {
     use super::*;
     use candle_core::{DType, Device, Tensor};
-    use common::{fixture_sft_config as sft_config, parity_fixture as fixture};
+    use common::{fixture_sft_config as sft_config, l2, parity_fixture as fixture};
     use elastica::backend::{
         self, BackendChoice, BackendKind, DeviceSpec, LanguageModel, Precision,
     };
@@ -483,14 +483,10 @@ mod torch {
             };
             let (wa, wb) = (weights("plain"), weights("ckpt"));
             for (k, ta) in &wa {
-                let d = (ta.to_dtype(DType::F32).unwrap() - wb[k].to_dtype(DType::F32).unwrap())
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let d = common::max_abs(
+                    &(ta.to_dtype(DType::F32).unwrap() - wb[k].to_dtype(DType::F32).unwrap())
+                        .unwrap(),
+                );
                 assert!(d < 1e-5, "{name}: {k} differs by {d}");
             }
         }
@@ -716,19 +712,6 @@ mod torch {
                 y.grad_norm
             );
         }
-    }
-
-    /// The L2 norm of `t`, in f32.
-    fn l2(t: &Tensor) -> f32 {
-        t.to_dtype(DType::F32)
-            .unwrap()
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            .sqrt()
     }
 
     /// Largest relative difference (L2 norm of the difference over the norm) between the

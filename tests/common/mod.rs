@@ -475,3 +475,28 @@ pub const TWO_STEPS: &[&str] = &[
     "--lr",
     "1e-3",
 ];
+
+/// The largest absolute entry of `t`, in f32.
+pub fn max_abs(t: &candle_core::Tensor) -> f32 {
+    t.to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// The L2 (Frobenius) norm of `t`, in f32.
+pub fn l2(t: &candle_core::Tensor) -> f32 {
+    t.to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+        .sqrt()
+}
