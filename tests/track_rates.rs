@@ -52,27 +52,34 @@ fn tracked_rates_appear_at_the_requested_steps_and_equal_eval_loss_and_rates() {
     );
     let out = dir.path().join("run");
     let track = format!("pos={},neg={}", pos.display(), neg.display());
-    let (ok, so, se) = elastica(&[
-        "train",
-        "--model",
-        model,
-        "--data",
-        train.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--template",
-        "raw",
-        "--lr",
-        "1e-2",
-        "--batch-size",
-        "2",
-        "--grad-accum",
-        "1",
-        "--track-rates",
-        &track,
-        "--track-every",
-        "4",
-    ]);
+    // `train --model MODEL --data TRAIN --out OUT EXTRA..`
+    let run = |out: &Path, extra: &[&str]| {
+        let (data, out) = (train.to_str().unwrap(), out.to_str().unwrap());
+        elastica(
+            &[
+                &["train", "--model", model, "--data", data, "--out", out],
+                extra,
+            ]
+            .concat(),
+        )
+    };
+    let (ok, so, se) = run(
+        &out,
+        &[
+            "--template",
+            "raw",
+            "--lr",
+            "1e-2",
+            "--batch-size",
+            "2",
+            "--grad-accum",
+            "1",
+            "--track-rates",
+            &track,
+            "--track-every",
+            "4",
+        ],
+    );
     assert!(ok, "{so}\n{se}");
     let got = rows(&out.join("rates.jsonl"));
     let steps: Vec<(u64, &str)> = got
@@ -148,16 +155,6 @@ fn tracked_rates_appear_at_the_requested_steps_and_equal_eval_loss_and_rates() {
     let p6 = got[4]["bits_per_token"].as_f64().unwrap();
     assert!(p6 < p0, "pos rate {p0} -> {p6}");
     // A malformed spec is named.
-    let (ok, _, se) = elastica(&[
-        "train",
-        "--model",
-        model,
-        "--data",
-        train.to_str().unwrap(),
-        "--out",
-        dir.path().join("bad").to_str().unwrap(),
-        "--track-rates",
-        "pos.jsonl",
-    ]);
+    let (ok, _, se) = run(&dir.path().join("bad"), &["--track-rates", "pos.jsonl"]);
     assert!(!ok && se.contains("NAME=FILE"), "{se}");
 }
