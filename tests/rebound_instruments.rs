@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{cell_result, refusal_rebound_config, run_one_thread as run, stderr};
+use common::{cell_result, refusal_rebound_config};
 use common::{tiny_llama, write_refusal_data};
 use std::path::Path;
 
@@ -45,15 +45,7 @@ fn every_instrument_reaches_results_report_and_plots() {
     // Capability of the base model = eval-loss of the same model on the frozen set.
     let frozen = out.join("data/capability.jsonl");
     assert_eq!(std::fs::read_to_string(&frozen).unwrap().lines().count(), 6);
-    let e = run(&[
-        "eval-loss",
-        "--model",
-        &tiny_llama(),
-        "--data",
-        frozen.to_str().unwrap(),
-    ]);
-    assert!(e.status.success(), "{}", stderr(&e));
-    let want: serde_json::Value = serde_json::from_slice(&e.stdout).unwrap();
+    let want = common::eval_loss_one_thread(&tiny_llama(), frozen.to_str().unwrap(), &[]);
     let base = &cell_result(&out, "base.s1")["output"];
     let got = base["capability"]["mean_nll"].as_f64().unwrap();
     let want = want["mean_nll"].as_f64().unwrap();

@@ -4,7 +4,7 @@
 //! weight-space gap closed recomputed from the kept weights with plain loops.
 
 mod common;
-use common::{run_one_thread as run, stderr, tiny_llama, RESIST_WORDS};
+use common::{tiny_llama, RESIST_WORDS};
 use std::path::Path;
 
 fn output(out: &Path, id: &str) -> serde_json::Value {
@@ -79,19 +79,8 @@ fn checkpoints_and_pairs_carry_the_instruments() {
     assert_eq!(g0["measures"]["kl_to_base"], 0.0);
     assert!(g0["measures"]["coherence_nll"].as_f64().unwrap() > 0.0);
     let frozen = out.join("capability.jsonl");
-    let e = run(&[
-        "eval-loss",
-        "--model",
-        &tiny_llama(),
-        "--data",
-        frozen.to_str().unwrap(),
-        "--template",
-        "raw",
-        "--max-length",
-        "96",
-    ]);
-    assert!(e.status.success(), "{}", stderr(&e));
-    let want: serde_json::Value = serde_json::from_slice(&e.stdout).unwrap();
+    let eval_flags = ["--template", "raw", "--max-length", "96"];
+    let want = common::eval_loss_one_thread(&tiny_llama(), frozen.to_str().unwrap(), &eval_flags);
     let (got, want) = (
         g0["capability"]["mean_nll"].as_f64().unwrap(),
         want["mean_nll"].as_f64().unwrap(),

@@ -500,3 +500,11 @@ pub fn l2(t: &candle_core::Tensor) -> f32 {
         .unwrap()
         .sqrt()
 }
+
+/// `elastica eval-loss --model MODEL --data DATA EXTRA..` on one rayon thread (as the
+/// experiments' cells run), which must succeed: its JSON summary (mean_nll, tokens, ...).
+pub fn eval_loss_one_thread(model: &str, data: &str, extra: &[&str]) -> serde_json::Value {
+    let o = run_one_thread(&[&["eval-loss", "--model", model, "--data", data], extra].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
