@@ -1,4 +1,8 @@
-//! Test support: a tiny word-level tokenizer and tiny model configs written to a temp dir.
+//! Test support shared by the integration tests: a tiny word-level tokenizer and tiny model
+//! configs written to a temp dir; the fixtures (tiny-llama, the LoRA adapters, the parity
+//! tensors, the SFT protocol of the PyTorch trajectories); running the binary (any command,
+//! `train`, `eval-loss`, an experiment, a tiny `bench`); the data the rebound and resistance
+//! tests run on; and small checks (a file tree snapshot, a central difference, norms).
 #![allow(dead_code)]
 
 use std::path::Path;
