@@ -4,29 +4,8 @@
 
 mod common;
 
-/// `elastica bench WHAT` on a one-layer model, one step of one round on one thread, then
-/// `extra`.
-fn tiny(what: &str, extra: &[&str]) -> (bool, String, String) {
-    let mut args = vec![
-        "bench", what, "--layers", "1", "--hidden", "32", "--heads", "2",
-    ];
-    args.extend(["--ff", "64", "--vocab", "64", "--seq", "8", "--batch", "2"]);
-    args.extend([
-        "--steps",
-        "1",
-        "--warmup",
-        "0",
-        "--rounds",
-        "1",
-        "--threads",
-        "1",
-    ]);
-    args.extend_from_slice(extra);
-    common::elastica(&args)
-}
-
 fn bench(extra: &[&str]) -> (bool, String, String) {
-    tiny("train", extra)
+    common::bench_tiny("train", extra)
 }
 
 #[test]
@@ -77,7 +56,7 @@ fn bench_dpo_times_a_dpo_step_against_sft_on_the_same_sequences() {
     )
     .unwrap();
     let (json_s, torch_s) = (json.to_str().unwrap(), torch.to_str().unwrap());
-    let (ok, stdout, stderr) = tiny("dpo", &["--json", json_s, "--torch", torch_s]);
+    let (ok, stdout, stderr) = common::bench_tiny("dpo", &["--json", json_s, "--torch", torch_s]);
     assert!(ok, "{stdout}\n{stderr}");
     assert!(stdout.contains("2 pairs (4 sequences)"), "{stdout}");
     let v: serde_json::Value =

@@ -67,15 +67,7 @@ fn train_eval_generate_end_to_end_with_config_file() {
     }
 
     let eval = |model: &str| -> f64 {
-        let (ok, stdout, err) = elastica(&[
-            "eval-loss",
-            "--model",
-            model,
-            "--data",
-            &data(),
-            "--template",
-            "raw",
-        ]);
+        let (ok, stdout, err) = common::eval_loss(model, &data(), &["--template", "raw"]);
         assert!(ok, "{err}");
         let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
         assert!(
@@ -135,13 +127,7 @@ fn bad_checkpoints_get_clear_errors() {
     let case = |name: &str, edit: &dyn Fn(&Path), expect: &[&str]| {
         let m = copy_model(&dir.path().join(name));
         edit(&m);
-        let (ok, _, err) = elastica(&[
-            "eval-loss",
-            "--model",
-            m.to_str().unwrap(),
-            "--data",
-            &data(),
-        ]);
+        let (ok, _, err) = common::eval_loss(m.to_str().unwrap(), &data(), &[]);
         assert!(!ok, "{name}: should fail");
         for e in expect {
             assert!(err.contains(e), "{name}: error lacks \"{e}\": {err}");
@@ -207,13 +193,7 @@ fn bad_checkpoints_get_clear_errors() {
         },
         &["pickle", "arbitrary code", "safe_serialization"],
     );
-    let (ok, _, err) = elastica(&[
-        "eval-loss",
-        "--model",
-        "/nonexistent/dir",
-        "--data",
-        &data(),
-    ]);
+    let (ok, _, err) = common::eval_loss("/nonexistent/dir", &data(), &[]);
     assert!(!ok && err.contains("/nonexistent/dir"), "{err}");
 }
 

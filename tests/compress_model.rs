@@ -2,6 +2,8 @@
 //! checkpoint as the probability source: exact round trips, header guards (wrong model,
 //! flipped bits), and rates that equal `eval-loss`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -13,17 +15,18 @@ fn model(name: &str) -> String {
         .to_string()
 }
 
+/// `elastica ARGS` on one rayon thread: (success, stdout, stderr).
 fn elastica(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_elastica"))
-        .args(args)
-        .env("RAYON_NUM_THREADS", "1")
-        .output()
-        .expect("cannot run elastica");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::elastica_env(args, &[("RAYON_NUM_THREADS", "1")])
+}
+
+/// `elastica compress --model tiny-llama SRC PACKED`, which must succeed: its stdout.
+fn compress(src: &Path, packed: &Path) -> String {
+    let m = model("tiny-llama");
+    let (src, packed) = (src.to_str().unwrap(), packed.to_str().unwrap());
+    let (ok, so, se) = elastica(&["compress", "--model", &m, src, packed]);
+    assert!(ok, "compress {src}: {so}\n{se}");
+    so
 }
 
 fn round_trip(dir: &Path, name: &str, input: &[u8]) -> PathBuf {
@@ -31,15 +34,8 @@ fn round_trip(dir: &Path, name: &str, input: &[u8]) -> PathBuf {
     let packed = dir.join(format!("{name}.elz"));
     let back = dir.join(format!("{name}.out"));
     std::fs::write(&src, input).unwrap();
+    compress(&src, &packed);
     let m = model("tiny-llama");
-    let (ok, so, se) = elastica(&[
-        "compress",
-        "--model",
-        &m,
-        src.to_str().unwrap(),
-        packed.to_str().unwrap(),
-    ]);
-    assert!(ok, "compress {name}: {so}\n{se}");
     let (ok, so, se) = elastica(&[
         "decompress",
         "--model",
@@ -168,15 +164,7 @@ fn an_elf_binary_never_grows_more_than_the_header() {
     let src = tmp.path().join("elf.bin");
     let packed = tmp.path().join("elf.elz");
     std::fs::write(&src, &elf).unwrap();
-    let m = model("tiny-llama");
-    let (ok, so, se) = elastica(&[
-        "compress",
-        "--model",
-        &m,
-        src.to_str().unwrap(),
-        packed.to_str().unwrap(),
-    ]);
-    assert!(ok, "{so}\n{se}");
+    let so = compress(&src, &packed);
     assert!(so.contains("stored raw"), "{so}");
     let size = std::fs::metadata(&packed).unwrap().len() as usize;
     eprintln!("6144-byte ELF -> {size} bytes");

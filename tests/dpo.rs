@@ -6,7 +6,6 @@
 //! it, with its log fields and its errors.
 
 mod common;
-use common::elastica;
 
 use elastica::data::prefs::{self, PrefRecord};
 use elastica::data::schemas::DataSpec;
@@ -64,16 +63,6 @@ fn cfg(loss: DpoLoss) -> TrainConfig {
     }
 }
 
-/// A fresh run into `out`, without a hook or progress bar.
-fn quiet(out: &Path) -> TrainRun<'_, 'static> {
-    TrainRun {
-        out,
-        resume: false,
-        hook: None,
-        progress: false,
-    }
-}
-
 fn close(got: f64, want: f64, rel: f64, abs: f64) -> bool {
     (got - want).abs() <= abs + rel * want.abs()
 }
@@ -105,7 +94,13 @@ fn loss_rewards_and_first_step_match_pytorch() {
     for loss in [DpoLoss::Sigmoid, DpoLoss::Ipo] {
         let lm = load_model(&model(), &candle_core::Device::Cpu).unwrap();
         let out = tempfile::tempdir().unwrap();
-        let s = dpo::train(&lm, &pairs, &cfg(loss), quiet(out.path())).unwrap();
+        let s = dpo::train(
+            &lm,
+            &pairs,
+            &cfg(loss),
+            common::quiet_run(out.path(), false),
+        )
+        .unwrap();
         assert!(!s.reference_cached);
         // The cached reference log-probs are the script's.
         let r: serde_json::Value = serde_json::from_str(
@@ -181,7 +176,7 @@ fn weights_after_one_adamw_step_match_pytorch() {
         save_dtype: Some("float32".into()),
         ..cfg(DpoLoss::Sigmoid)
     };
-    dpo::train(&lm, &pairs(), &one, quiet(out.path())).unwrap();
+    dpo::train(&lm, &pairs(), &one, common::quiet_run(out.path(), false)).unwrap();
     let dev = candle_core::Device::Cpu;
     let want =
         candle_core::safetensors::load(format!("{FIX}/dpo/step1.safetensors"), &dev).unwrap();
@@ -304,29 +299,8 @@ fn a_killed_run_resumes_bit_identical_from_its_cached_reference_and_other_settin
 
 fn cli(out: &Path, extra: &[&str]) -> (bool, String, String) {
     let (m, d) = (model(), pairs_path());
-    let mut args = vec![
-        "train",
-        "--model",
-        &m,
-        "--data",
-        &d,
-        "--out",
-        out.to_str().unwrap(),
-        "--method",
-        "dpo",
-        "--template",
-        "raw",
-        "--batch-size",
-        "2",
-        "--grad-accum",
-        "2",
-        "--max-steps",
-        "2",
-        "--lr",
-        "1e-3",
-    ];
-    args.extend_from_slice(extra);
-    elastica(&args)
+    let flags = [&["--method", "dpo"], common::TWO_STEPS, extra].concat();
+    common::train_cli(&m, &d, out, &flags)
 }
 
 #[test]
@@ -364,17 +338,7 @@ fn train_method_dpo_through_the_binary() {
     let sft = format!("{FIX}/sft/data.jsonl");
     let m = model();
     let other = dir.path().join("other");
-    let (ok, _, stderr) = elastica(&[
-        "train",
-        "--model",
-        &m,
-        "--data",
-        &sft,
-        "--out",
-        other.to_str().unwrap(),
-        "--method",
-        "dpo",
-    ]);
+    let (ok, _, stderr) = common::train_cli(&m, &sft, &other, &["--method", "dpo"]);
     assert!(
         !ok && stderr.contains("data.jsonl")
             && stderr.contains("line 1")
@@ -384,17 +348,7 @@ fn train_method_dpo_through_the_binary() {
     // Bad beta and a stray --prefer are refused before anything runs.
     let (ok, _, stderr) = cli(&other, &["--dpo-beta", "0"]);
     assert!(!ok && stderr.contains("--dpo-beta"), "{stderr}");
-    let (ok, _, stderr) = elastica(&[
-        "train",
-        "--model",
-        &m,
-        "--data",
-        &sft,
-        "--out",
-        other.to_str().unwrap(),
-        "--prefer",
-        "safer",
-    ]);
+    let (ok, _, stderr) = common::train_cli(&m, &sft, &other, &["--prefer", "safer"]);
     assert!(!ok && stderr.contains("--method dpo"), "{stderr}");
 }
 
@@ -430,15 +384,7 @@ fn dpo_trains_a_lora_adapter_with_the_base_frozen() {
     let moved = tensors
         .iter()
         .filter(|(k, _)| k.contains(".lora_B."))
-        .any(|(_, t)| {
-            t.abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-                > 0.0
-        });
+        .any(|(_, t)| common::max_abs(t) > 0.0);
     assert!(moved, "no lora_B moved");
     // Finished with these settings: left alone; with another rank: refused.
     let (ok, _, stderr) = cli(&out, &[&lora[..], &["--resume"]].concat());
@@ -467,7 +413,7 @@ fn lora_settings_that_disagree_with_the_model_are_refused_before_anything_is_wri
     let mut c = cfg(DpoLoss::Sigmoid);
     c.lora.rank = 4;
     c.lora.alpha = 8.0;
-    let e = dpo::train(&lm, &pairs(), &c, quiet(&out)).unwrap_err();
+    let e = dpo::train(&lm, &pairs(), &c, common::quiet_run(&out, false)).unwrap_err();
     assert!(format!("{e:#}").contains("has no adapter"), "{e:#}");
     assert!(!out.exists(), "the refused run wrote {}", out.display());
 }

@@ -16,6 +16,7 @@
 //! Failures proptest finds are kept in `proptest-regressions/` and replayed first.
 
 mod common;
+use common::snapshot;
 
 use elastica::compress::testing::NgramPredictor;
 use elastica::compress::{compress, decompress, CompressOptions};
@@ -260,23 +261,6 @@ fn cases() -> u32 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(DEFAULT_CASES)
-}
-
-/// Every file under `dir` with its bytes.
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.insert(p.clone(), std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
 }
 
 /// Fuzz one input: `seed` is written (mutated) to `dir/<file>` before each call of `load`,

@@ -48,23 +48,19 @@ fn rows_stop_at_the_context_and_long_prompts_are_refused() {
     );
 }
 
+/// `elastica generate` on the fixture with the raw template: PROMPT, up to MAX_NEW tokens.
+fn generate_cli(prompt: &str, max_new: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_elastica"))
+        .args(["generate", "--model", MODEL, "--template", "raw"])
+        .args(["--prompt", prompt, "--max-new-tokens", max_new])
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn the_cli_stops_at_the_context_with_a_warning() {
     // Greedy decoding of this fixture never emits EOS, so 400 tokens would run past 128.
-    let out = Command::new(env!("CARGO_BIN_EXE_elastica"))
-        .args([
-            "generate",
-            "--model",
-            MODEL,
-            "--template",
-            "raw",
-            "--prompt",
-            "the movie was",
-            "--max-new-tokens",
-            "400",
-        ])
-        .output()
-        .unwrap();
+    let out = generate_cli("the movie was", "400");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
@@ -76,20 +72,10 @@ fn the_cli_stops_at_the_context_with_a_warning() {
 
 #[test]
 fn the_cli_refuses_a_prompt_longer_than_the_context() {
-    let out = Command::new(env!("CARGO_BIN_EXE_elastica"))
-        .args([
-            "generate",
-            "--model",
-            MODEL,
-            "--template",
-            "raw",
-            "--prompt",
-            &"the quick brown fox jumps over the lazy dog ".repeat(40),
-            "--max-new-tokens",
-            "4",
-        ])
-        .output()
-        .unwrap();
+    let out = generate_cli(
+        &"the quick brown fox jumps over the lazy dog ".repeat(40),
+        "4",
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(

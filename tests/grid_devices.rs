@@ -5,7 +5,7 @@
 //! `backend = "torch"` on the CPU stands in for CUDA and must train like the fused path.
 
 mod common;
-use common::{elastica_env, tiny_rebound as config};
+use common::{elastica_env, snapshot, tiny_rebound as config};
 use std::path::Path;
 
 fn rebound(cfg: &Path, out: &Path, extra: &[&str]) -> (bool, String, String) {
@@ -18,23 +18,6 @@ fn rebound(cfg: &Path, out: &Path, extra: &[&str]) -> (bool, String, String) {
     ];
     args.extend_from_slice(extra);
     elastica_env(&args, &[("RAYON_NUM_THREADS", "1")])
-}
-
-/// Every file under `dir` with its bytes: what a refused command must leave as it was.
-fn snapshot(dir: &Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
-    let mut files = std::collections::BTreeMap::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                todo.push(p);
-            } else {
-                files.insert(p.clone(), std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    files
 }
 
 fn results(out: &Path) -> Vec<serde_json::Value> {

@@ -4,9 +4,13 @@
 //! `--adapter`, `--lora-rank` and `merge`.
 
 mod common;
+use common::{
+    lora_expected as expected, lora_ids_and_targets as ids_and_targets,
+    with_lora_adapter as with_adapter,
+};
 
 use candle_core::{DType, Device, Tensor};
-use elastica::model::adapted::{attach, for_training, load_model_with, save_merged};
+use elastica::model::adapted::{attach, for_training, save_merged};
 use elastica::model::checkpoint::{init_model, load_model};
 use elastica::model::lora::{LoraConfig, LoraDropout};
 use elastica::model::LoadedModel;
@@ -20,36 +24,6 @@ use std::path::{Path, PathBuf};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn expected() -> serde_json::Value {
-    let p = fixtures().join("lora/expected.json");
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-}
-
-/// The fixture's ids (b, t) and next-token targets (last position not counted).
-fn ids_and_targets() -> (Tensor, Tensor) {
-    let rows: Vec<Vec<u32>> = serde_json::from_value(expected()["ids"].clone()).unwrap();
-    let (b, t) = (rows.len(), rows[0].len());
-    let ids: Vec<u32> = rows.iter().flatten().copied().collect();
-    let targets: Vec<i64> = rows
-        .iter()
-        .flat_map(|r| (0..t).map(|i| r.get(i + 1).map_or(-100, |&x| x as i64)))
-        .collect();
-    (
-        Tensor::from_vec(ids, (b, t), &Device::Cpu).unwrap(),
-        Tensor::from_vec(targets, (b, t), &Device::Cpu).unwrap(),
-    )
-}
-
-fn with_adapter(name: &str) -> LoadedModel {
-    let base = expected()["base"][name].as_str().unwrap().to_string();
-    load_model_with(
-        fixtures().join("models").join(base).to_str().unwrap(),
-        Some(&fixtures().join("lora").join(name)),
-        &Device::Cpu,
-    )
-    .unwrap()
 }
 
 #[test]
@@ -86,6 +60,20 @@ fn autograd(lm: &LoadedModel, ids: &Tensor, targets: &Tensor, scale: f64) -> Gra
     Grads::from_store(lm.model.trainable(), &store).unwrap()
 }
 
+/// Autograd's gradient `auto` and the hand-written `by_hand` agree: every tensor has a
+/// gradient, and they differ by at most 1e-4 of its largest entry.
+fn assert_same_grads(name: &str, auto: &Grads, by_hand: &Grads) {
+    for ((n, a), (_, b)) in auto.0.iter().zip(&by_hand.0) {
+        let top = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert!(top > 0.0, "{name}: {n} has no gradient");
+        let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            diff <= 1e-4 * top,
+            "{name}: {n} differs by {diff} (top {top})"
+        );
+    }
+}
+
 #[test]
 fn the_lora_backward_equals_autograd_and_a_finite_difference() {
     let (ids, targets) = ids_and_targets();
@@ -96,15 +84,7 @@ fn the_lora_backward_equals_autograd_and_a_finite_difference() {
         let names: Vec<&String> = lm.model.trainable().names().iter().collect();
         assert_eq!(by_hand.0.len(), names.len(), "{name}: only adapter tensors");
         assert!(names.iter().all(|n| n.contains(".lora_")), "{name}");
-        for ((n, a), (_, b)) in auto.0.iter().zip(&by_hand.0) {
-            let top = a.iter().fold(0f32, |m, v| m.max(v.abs()));
-            assert!(top > 0.0, "{name}: {n} has no gradient");
-            let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-            assert!(
-                diff <= 1e-4 * top,
-                "{name}: {n} differs by {diff} (top {top})"
-            );
-        }
+        assert_same_grads(name, &auto, &by_hand);
         // Central differences of 0.5 * NLL on the largest entries of two tensors.
         let params = lm.model.trainable().clone();
         for (pi, (n, g)) in by_hand.0.iter().enumerate().filter(|(i, _)| *i < 2) {
@@ -114,18 +94,9 @@ fn the_lora_backward_equals_autograd_and_a_finite_difference() {
                 .enumerate()
                 .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
                 .unwrap();
-            let orig: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
-            let eps = 1e-2f32;
-            let at = |d: f32| {
-                let mut v = orig.clone();
-                v[k] += d;
-                var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
-                    .unwrap();
+            let fd = common::central_difference(var, k, 1e-2, || {
                 0.5 * scoring_nll(&lm.model, &ids, &targets).unwrap()
-            };
-            let fd = (at(eps) - at(-eps)) / (2.0 * eps as f64);
-            var.set(&Tensor::from_vec(orig, var.shape(), &Device::Cpu).unwrap())
-                .unwrap();
+            });
             assert!(
                 (fd - gk as f64).abs() <= 2e-2 * (gk as f64).abs(),
                 "{name}: tensor {pi} {n}[{k}]: finite difference {fd} vs backward {gk}"
@@ -215,15 +186,7 @@ fn the_lora_backward_with_a_dropout_mask_equals_autograd_and_a_finite_difference
         .unwrap();
         let store = (loss * 0.5).unwrap().backward().unwrap();
         let auto = Grads::from_store(lm.model.trainable(), &store).unwrap();
-        for ((n, a), (_, b)) in auto.0.iter().zip(&by_hand.0) {
-            let top = a.iter().fold(0f32, |m, v| m.max(v.abs()));
-            assert!(top > 0.0, "{name}: {n} has no gradient");
-            let diff = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-            assert!(
-                diff <= 1e-4 * top,
-                "{name}: {n} differs by {diff} (top {top})"
-            );
-        }
+        assert_same_grads(name, &auto, &by_hand);
         // Central differences of 0.5 * NLL under the same mask, on the largest entries of
         // an A (its gradient goes through the mask) and a B.
         let params = lm.model.trainable().clone();
@@ -234,19 +197,10 @@ fn the_lora_backward_with_a_dropout_mask_equals_autograd_and_a_finite_difference
                 .enumerate()
                 .max_by(|a, b| a.1.abs().total_cmp(&b.1.abs()))
                 .unwrap();
-            let orig: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
             // Smaller than above: the doubled (kept) inputs bend the loss more.
-            let eps = 3e-3f32;
-            let at = |d: f32| {
-                let mut v = orig.clone();
-                v[k] += d;
-                var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
-                    .unwrap();
+            let fd = common::central_difference(var, k, 3e-3, || {
                 0.5 * nll_with(&lm, &ids, &targets, Some(&drop))
-            };
-            let fd = (at(eps) - at(-eps)) / (2.0 * eps as f64);
-            var.set(&Tensor::from_vec(orig, var.shape(), &Device::Cpu).unwrap())
-                .unwrap();
+            });
             assert!(
                 (fd - gk as f64).abs() <= 2e-2 * (gk as f64).abs(),
                 "{name}: {n}[{k}]: finite difference {fd} vs backward {gk}"
@@ -311,27 +265,23 @@ fn the_cli_trains_with_lora_dropout_and_records_it() {
     let base = fixtures().join("models/tiny-llama");
     let data = fixtures().join("sft/data.jsonl");
     let out = dir.path().join("run");
-    let (ok, _, err) = common::elastica(&[
-        "train",
-        "--model",
+    let (ok, _, err) = common::train_cli(
         base.to_str().unwrap(),
-        "--data",
         data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--lora-rank",
-        "2",
-        "--lora-dropout",
-        "0.1",
-        "--batch-size",
-        "2",
-        "--max-steps",
-        "2",
-    ]);
+        &out,
+        &[
+            "--lora-rank",
+            "2",
+            "--lora-dropout",
+            "0.1",
+            "--batch-size",
+            "2",
+            "--max-steps",
+            "2",
+        ],
+    );
     assert!(ok, "{err}");
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
-            .unwrap();
+    let cfg: serde_json::Value = common::read_json(&out.join("adapter_config.json"));
     assert_eq!(cfg["lora_dropout"], 0.1);
     let log = std::fs::read_to_string(out.join("train_log.jsonl")).unwrap();
     assert_eq!(log.lines().count(), 2, "{log}");
@@ -349,16 +299,8 @@ fn merging_equals_the_adapter_on_the_fly() {
         assert!(merged.model.adapter().is_none());
         let a = lm.model.forward(&ids).unwrap();
         let b = merged.model.forward(&ids).unwrap();
-        let max = |t: Tensor| {
-            t.abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
-        let top = max(a.clone());
-        let diff = max((a - b).unwrap());
+        let top = common::max_abs(&a);
+        let diff = common::max_abs(&(a - b).unwrap());
         // f32 rounding of W + s B A against x W^T + s (x A^T) B^T.
         assert!(
             diff <= 1e-5 * top,
@@ -417,18 +359,7 @@ fn lora_run_and_resume(cfg: TrainConfig) -> Vec<u8> {
         .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
         .collect();
     let full = dir.path().join("full");
-    let s = train(
-        &lm,
-        &recs,
-        &cfg,
-        TrainRun {
-            out: &full,
-            resume: false,
-            hook: None,
-            progress: false,
-        },
-    )
-    .unwrap();
+    let s = train(&lm, &recs, &cfg, common::quiet_run(&full, false)).unwrap();
     assert_eq!(s.steps, 12);
     assert!(s.log.last().unwrap().loss < s.log[0].loss, "{:?}", s.log);
     for ((n, v), before) in lm.model.params.iter().zip(&base_before) {
@@ -473,18 +404,7 @@ fn lora_run_and_resume(cfg: TrainConfig) -> Vec<u8> {
         moments.keys().collect::<Vec<_>>()
     );
     let lm = tiny_lora(dir.path(), &cfg);
-    let r = train(
-        &lm,
-        &recs,
-        &cfg,
-        TrainRun {
-            out: &part,
-            resume: true,
-            hook: None,
-            progress: false,
-        },
-    )
-    .unwrap();
+    let r = train(&lm, &recs, &cfg, common::quiet_run(&part, true)).unwrap();
     assert_eq!(r.resumed_from, Some(6));
     assert_eq!(
         std::fs::read(part.join("adapter_model.safetensors")).unwrap(),
@@ -493,18 +413,7 @@ fn lora_run_and_resume(cfg: TrainConfig) -> Vec<u8> {
     );
     // A finished run with the same settings is left alone, and its adapter reloads.
     let lm = tiny_lora(dir.path(), &cfg);
-    let again = train(
-        &lm,
-        &recs,
-        &cfg,
-        TrainRun {
-            out: &part,
-            resume: true,
-            hook: None,
-            progress: false,
-        },
-    )
-    .unwrap();
+    let again = train(&lm, &recs, &cfg, common::quiet_run(&part, true)).unwrap();
     assert_eq!(again.resumed_from, Some(12));
     final_full
 }
@@ -517,33 +426,29 @@ fn the_cli_trains_an_adapter_scores_it_and_merges_it() {
     let data = fixtures().join("sft/data.jsonl");
     let (base_s, data_s) = (base.to_str().unwrap(), data.to_str().unwrap());
     let out = d.join("run");
-    let (ok, _, err) = common::elastica(&[
-        "train",
-        "--model",
+    let (ok, _, err) = common::train_cli(
         base_s,
-        "--data",
         data_s,
-        "--out",
-        out.to_str().unwrap(),
-        "--lora-rank",
-        "4",
-        "--lora-alpha",
-        "8",
-        "--lora-targets",
-        "q_proj,v_proj",
-        "--lr",
-        "1e-2",
-        "--batch-size",
-        "2",
-        "--grad-accum",
-        "1",
-        "--max-steps",
-        "3",
-    ]);
+        &out,
+        &[
+            "--lora-rank",
+            "4",
+            "--lora-alpha",
+            "8",
+            "--lora-targets",
+            "q_proj,v_proj",
+            "--lr",
+            "1e-2",
+            "--batch-size",
+            "2",
+            "--grad-accum",
+            "1",
+            "--max-steps",
+            "3",
+        ],
+    );
     assert!(ok, "{err}");
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
-            .unwrap();
+    let cfg: serde_json::Value = common::read_json(&out.join("adapter_config.json"));
     assert_eq!(cfg["peft_type"], "LORA");
     assert_eq!(cfg["r"], 4);
     assert_eq!(
@@ -620,10 +525,7 @@ fn unsupported_or_broken_adapters_are_refused_naming_the_file_and_key() {
             d.join("adapter_model.safetensors"),
         )
         .unwrap();
-        let mut c: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(src.join("adapter_config.json")).unwrap(),
-        )
-        .unwrap();
+        let mut c: serde_json::Value = common::read_json(&src.join("adapter_config.json"));
         edit(&mut c);
         std::fs::write(d.join("adapter_config.json"), c.to_string()).unwrap();
         let (ok, _, err) = common::elastica(&[
@@ -662,34 +564,8 @@ fn unsupported_or_broken_adapters_are_refused_naming_the_file_and_key() {
 fn bench_lora_times_a_lora_step_against_a_full_step() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("lora.json");
-    let (ok, stdout, err) = common::elastica(&[
-        "bench",
-        "lora",
-        "--layers",
-        "1",
-        "--hidden",
-        "32",
-        "--heads",
-        "2",
-        "--ff",
-        "48",
-        "--vocab",
-        "64",
-        "--seq",
-        "16",
-        "--batch",
-        "2",
-        "--steps",
-        "1",
-        "--warmup",
-        "0",
-        "--rounds",
-        "1",
-        "--lora-rank",
-        "2",
-        "--json",
-        json.to_str().unwrap(),
-    ]);
+    let json_arg = json.to_str().unwrap();
+    let (ok, stdout, err) = common::bench_tiny("lora", &["--lora-rank", "2", "--json", json_arg]);
     assert!(ok, "{err}");
     assert!(
         stdout.contains("| LoRA |") && stdout.contains("| full |"),
@@ -698,7 +574,7 @@ fn bench_lora_times_a_lora_step_against_a_full_step() {
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     // rank 2 on 7 projections of one layer: 2 * (in + out) each.
-    let (h, ff) = (32, 48);
+    let (h, ff) = (32, 64);
     let want = 2 * (4 * (h + h) + 2 * (h + ff) + (ff + h));
     assert_eq!(v["adapter_params"], want);
     let rows = v["rows"].as_array().unwrap();
@@ -717,12 +593,7 @@ fn lora_settings_on_a_model_without_an_adapter_are_refused_before_training() {
         &lm,
         &common::sft_records(),
         &lora_cfg(),
-        TrainRun {
-            out: &out,
-            resume: false,
-            hook: None,
-            progress: false,
-        },
+        common::quiet_run(&out, false),
     ) else {
         panic!("LoRA settings without an adapter trained the full model");
     };

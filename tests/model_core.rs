@@ -76,26 +76,12 @@ fn gradients_match_finite_differences() {
                 .unwrap()
                 .to_vec1::<f32>()
                 .unwrap();
-            let base = var
-                .as_tensor()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
             // the coordinate with the largest gradient, for a well-conditioned check
             let i = argmax(&g.iter().map(|x| x.abs()).collect::<Vec<_>>()) as usize;
-            let eps = 1e-2f32;
-            let eval = |delta: f32| -> f64 {
-                let mut p = base.clone();
-                p[i] += delta;
-                var.set(&Tensor::from_vec(p, var.shape(), &Device::Cpu).unwrap())
-                    .unwrap();
+            let fd = common::central_difference(var, i, 1e-2, || {
                 let (l, _) = batch_loss(&lm);
                 l.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
-            };
-            let fd = (eval(eps) - eval(-eps)) / (2.0 * eps as f64);
-            var.set(&Tensor::from_vec(base.clone(), var.shape(), &Device::Cpu).unwrap())
-                .unwrap();
+            });
             let an = g[i] as f64;
             let rel = (fd - an).abs() / an.abs().max(1e-3);
             assert!(
@@ -260,18 +246,7 @@ fn training_lowers_the_loss_and_resume_is_bit_identical() {
         ..Default::default()
     };
     let full = dir.path().join("full");
-    let s = train(
-        &lm,
-        &recs,
-        &cfg,
-        TrainRun {
-            out: &full,
-            resume: false,
-            hook: None,
-            progress: false,
-        },
-    )
-    .unwrap();
+    let s = train(&lm, &recs, &cfg, common::quiet_run(&full, false)).unwrap();
     assert_eq!(s.steps, 12);
     assert!(
         s.log.last().unwrap().loss < s.log[0].loss,
@@ -292,18 +267,7 @@ fn training_lowers_the_loss_and_resume_is_bit_identical() {
     assert!(part.join("checkpoints/step-6").is_dir());
     // ...then resume with the full config from a fresh process state.
     let lm = tiny("llama", dir.path());
-    let r = train(
-        &lm,
-        &recs,
-        &cfg,
-        TrainRun {
-            out: &part,
-            resume: true,
-            hook: None,
-            progress: false,
-        },
-    )
-    .unwrap();
+    let r = train(&lm, &recs, &cfg, common::quiet_run(&part, true)).unwrap();
     assert_eq!(r.resumed_from, Some(6));
     assert_eq!(
         std::fs::read(part.join("model.safetensors")).unwrap(),

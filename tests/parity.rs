@@ -2,23 +2,20 @@
 //! (tests/fixtures, made by scripts/make_fixtures.py): logits, loss, greedy generation, and a
 //! whole SFT trajectory with AdamW, warm-up, clipping and accumulation.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor};
+use common::parity_fixture as fixture;
 use elastica::data::records::read_jsonl;
 use elastica::data::template::Template;
 use elastica::model::checkpoint::load_model;
 use elastica::model::generate::{generate, GenConfig};
 use elastica::train::batch::{collate, tokenize};
 use elastica::train::loss::nll_sum;
-use elastica::train::schedule::Schedule;
-use elastica::train::{train, TrainConfig, TrainRun};
+use elastica::train::train;
 use std::path::Path;
 
 const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-
-fn fixture(name: &str) -> std::collections::HashMap<String, Tensor> {
-    candle_core::safetensors::load(format!("{FIX}/parity/{name}.safetensors"), &Device::Cpu)
-        .unwrap()
-}
 
 fn check_model(name: &str) {
     let lm = load_model(&format!("{FIX}/models/{name}"), &Device::Cpu).unwrap();
@@ -151,35 +148,9 @@ fn sft_tokenization_and_eval_match_the_reference() {
 fn sft_trajectory_matches_pytorch() {
     let lm = load_model(&format!("{FIX}/models/tiny-llama"), &Device::Cpu).unwrap();
     let recs = read_jsonl(Path::new(&format!("{FIX}/sft/data.jsonl"))).unwrap();
-    let cfg = TrainConfig {
-        template: Template::Raw,
-        lr: 1e-3,
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        weight_decay: 0.01,
-        schedule: Schedule::Linear,
-        warmup_ratio: 0.2,
-        batch_size: 2,
-        grad_accum: 2,
-        epochs: 3,
-        clip: 1.0,
-        shuffle: false,
-        ..Default::default()
-    };
+    let cfg = common::fixture_sft_config();
     let out = tempfile::tempdir().unwrap();
-    let s = train(
-        &lm,
-        &recs,
-        &cfg,
-        TrainRun {
-            out: out.path(),
-            resume: false,
-            hook: None,
-            progress: false,
-        },
-    )
-    .unwrap();
+    let s = train(&lm, &recs, &cfg, common::quiet_run(out.path(), false)).unwrap();
     let traj = trajectory();
     let steps = traj["steps"].as_array().unwrap();
     assert_eq!(s.log.len(), steps.len());
@@ -218,30 +189,8 @@ fn sft_trajectory_matches_pytorch() {
         // sqrt(v) + eps, so coordinates whose gradients are ~1e-8 (float noise in either
         // implementation) can move by up to lr per step; 2 of 19k embedding entries do.
         let diff = (g - w).unwrap();
-        let rel = diff
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .sqrt()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            / w.sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .sqrt()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-        let d = diff
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let rel = common::l2(&diff) / common::l2(w);
+        let d = common::max_abs(&diff);
         assert!(
             rel < 1e-5 && d < 1e-3,
             "{name}: final weights differ (relative {rel}, max {d})"

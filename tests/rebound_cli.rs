@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{cell_result, tiny_llama, write_refusal_data};
+use common::{cell_result, stderr, tiny_llama, write_refusal_data};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -27,8 +27,13 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     c.output().unwrap()
 }
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+/// `elastica CMD --config CFG --out OUT EXTRA..` (rebound or scaling) on one rayon thread.
+fn grid(cmd: &str, cfg: &Path, out: &Path, extra: &[&str]) -> Output {
+    let (cfg, out) = (cfg.to_str().unwrap(), out.to_str().unwrap());
+    run(
+        &[&[cmd, "--config", cfg, "--out", out], extra].concat(),
+        &[],
+    )
 }
 
 fn mtime(p: &Path) -> std::time::SystemTime {
@@ -207,17 +212,7 @@ fn cell_run_refuses_a_bad_index_and_an_edited_manifest() {
     write_refusal_data(tmp.path(), 12);
     let cfg = config(tmp.path(), &GRID_2X2.replace("MODEL", &tiny_llama()));
     let out = tmp.path().join("run");
-    let r = run(
-        &[
-            "rebound",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--plan-only",
-        ],
-        &[],
-    );
+    let r = grid("rebound", &cfg, &out, &["--plan-only"]);
     assert!(r.status.success(), "{}", stderr(&r));
     let manifest = out.join("manifest.json");
     let m = manifest.to_str().unwrap();
@@ -254,16 +249,7 @@ fn bad_configs_get_clear_errors() {
         let p = config(tmp.path(), head);
         let text = edit(std::fs::read_to_string(&p).unwrap());
         std::fs::write(&p, text).unwrap();
-        let r = run(
-            &[
-                "rebound",
-                "--config",
-                p.to_str().unwrap(),
-                "--out",
-                tmp.path().join("bad").to_str().unwrap(),
-            ],
-            &[],
-        );
+        let r = grid("rebound", &p, &tmp.path().join("bad"), &[]);
         assert!(!r.status.success());
         let e = stderr(&r);
         for w in want {
@@ -314,16 +300,7 @@ fn scaling_over_two_models_plots_strength_against_x() {
     );
     let cfg = config(tmp.path(), &head);
     let out = tmp.path().join("scale");
-    let r = run(
-        &[
-            "scaling",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let r = grid("scaling", &cfg, &out, &[]);
     assert!(r.status.success(), "{}", stderr(&r));
     for f in [
         "scaling.csv",
@@ -341,16 +318,7 @@ fn scaling_over_two_models_plots_strength_against_x() {
     assert!(report.contains("Scaling: rebound strength vs parameters"));
     // Scaling needs x on every model.
     let bad = config(tmp.path(), &head.replace(", x = 1e6", ""));
-    let r = run(
-        &[
-            "scaling",
-            "--config",
-            bad.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let r = grid("scaling", &bad, &out, &[]);
     assert!(
         stderr(&r).contains("\"large\" has no `x`"),
         "{}",

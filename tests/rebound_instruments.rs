@@ -6,21 +6,9 @@
 
 mod common;
 
-use common::{cell_result, refusal_rebound_config, tiny_llama, write_refusal_data};
+use common::{cell_result, refusal_rebound_config};
+use common::{tiny_llama, write_refusal_data};
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_elastica"))
-        .args(args)
-        .env("RAYON_NUM_THREADS", "1")
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 /// The refusal data (8 pairs), general text for the capability measure, and the grid.
 fn write_inputs(dir: &Path) -> std::path::PathBuf {
@@ -51,27 +39,13 @@ fn every_instrument_reaches_results_report_and_plots() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = write_inputs(tmp.path());
     let out = tmp.path().join("run");
-    let r = run(&[
-        "rebound",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(r.status.success(), "{}", stderr(&r));
+    let (ok, _, err) = common::rebound(&cfg, &out);
+    assert!(ok, "{err}");
 
     // Capability of the base model = eval-loss of the same model on the frozen set.
     let frozen = out.join("data/capability.jsonl");
     assert_eq!(std::fs::read_to_string(&frozen).unwrap().lines().count(), 6);
-    let e = run(&[
-        "eval-loss",
-        "--model",
-        &tiny_llama(),
-        "--data",
-        frozen.to_str().unwrap(),
-    ]);
-    assert!(e.status.success(), "{}", stderr(&e));
-    let want: serde_json::Value = serde_json::from_slice(&e.stdout).unwrap();
+    let want = common::eval_loss_one_thread(&tiny_llama(), frozen.to_str().unwrap(), &[]);
     let base = &cell_result(&out, "base.s1")["output"];
     let got = base["capability"]["mean_nll"].as_f64().unwrap();
     let want = want["mean_nll"].as_f64().unwrap();

@@ -6,14 +6,13 @@
 //! stops without saving; progress lines appear off a terminal.
 
 mod common;
-use common::{elastica, elastica_env};
+use common::{elastica, elastica_env, snapshot};
 
 use elastica::data::records::read_jsonl;
 use elastica::data::records::Record;
 use elastica::data::template::Template;
 use elastica::model::checkpoint::load_model;
 use elastica::train::{train, TrainConfig, TrainRun, TrainSummary};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -153,23 +152,6 @@ fn killed_after(which: Loop, out: &Path, stop: usize) {
 /// The fused loop's run, killed once step `stop` is logged.
 fn train_killed_after(out: &Path, stop: usize) {
     killed_after(Loop::Fused, out, stop);
-}
-
-/// Every file under `dir` with its bytes.
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.insert(p.clone(), std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
 }
 
 fn summary(stdout: &str) -> serde_json::Value {
@@ -437,13 +419,7 @@ fn bad_settings_are_refused_before_the_first_step() {
     ] {
         let m = copy_model(&dir.path().join(key));
         set_config(&m, key, value);
-        let (ok, _, err) = elastica(&[
-            "eval-loss",
-            "--model",
-            m.to_str().unwrap(),
-            "--data",
-            &data(),
-        ]);
+        let (ok, _, err) = common::eval_loss(m.to_str().unwrap(), &data(), &[]);
         assert!(
             !ok && err.contains(expect) && err.contains("config.json"),
             "{key}: {err}"
@@ -453,17 +429,7 @@ fn bad_settings_are_refused_before_the_first_step() {
     // A dtype the model cannot be saved in is found before the first step, not at the end.
     let m = copy_model(&dir.path().join("int8"));
     set_config(&m, "torch_dtype", "int8".into());
-    let (ok, _, err) = elastica(&[
-        "train",
-        "--model",
-        m.to_str().unwrap(),
-        "--data",
-        &data(),
-        "--out",
-        out.to_str().unwrap(),
-        "--max-steps",
-        "1",
-    ]);
+    let (ok, _, err) = common::train_cli(m.to_str().unwrap(), &data(), &out, &["--max-steps", "1"]);
     assert!(
         !ok && err.contains("\"int8\"") && err.contains("--save-dtype"),
         "{err}"
@@ -472,19 +438,12 @@ fn bad_settings_are_refused_before_the_first_step() {
         !out.join("train_log.jsonl").exists(),
         "it trained before refusing"
     );
-    let (ok, _, err) = elastica(&[
-        "train",
-        "--model",
+    let (ok, _, err) = common::train_cli(
         m.to_str().unwrap(),
-        "--data",
         &data(),
-        "--out",
-        out.to_str().unwrap(),
-        "--max-steps",
-        "1",
-        "--save-dtype",
-        "bfloat16",
-    ]);
+        &out,
+        &["--max-steps", "1", "--save-dtype", "bfloat16"],
+    );
     assert!(ok, "{err}");
     let saved: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
@@ -541,13 +500,7 @@ fn weights_with_nan_are_refused_naming_the_tensor() {
     let bad = candle_core::Tensor::from_vec(v, w.dims(), &candle_core::Device::Cpu).unwrap();
     t.insert(name.to_string(), bad);
     candle_core::safetensors::save(&t, &p).unwrap();
-    let (ok, _, err) = elastica(&[
-        "eval-loss",
-        "--model",
-        m.to_str().unwrap(),
-        "--data",
-        &data(),
-    ]);
+    let (ok, _, err) = common::eval_loss(m.to_str().unwrap(), &data(), &[]);
     assert!(
         !ok && err.contains(name) && err.contains("non-finite"),
         "{err}"
@@ -574,13 +527,7 @@ fn a_shard_index_may_not_leave_the_model_directory() {
             serde_json::json!({"metadata": {}, "weight_map": map}).to_string(),
         )
         .unwrap();
-        let (ok, _, err) = elastica(&[
-            "eval-loss",
-            "--model",
-            m.to_str().unwrap(),
-            "--data",
-            &data(),
-        ]);
+        let (ok, _, err) = common::eval_loss(m.to_str().unwrap(), &data(), &[]);
         assert!(!ok, "{name}: the shard outside was read");
         assert!(
             err.contains(expect) && err.contains("index.json"),
@@ -731,15 +678,7 @@ fn stages_that_are_trained_further_save_float32_from_a_bf16_base() {
     )
     .unwrap();
     let out = dir.path().join("rebound");
-    let (ok, _, err) = elastica(&[
-        "rebound",
-        "--threads",
-        "1",
-        "--config",
-        rebound.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let (ok, _, err) = common::experiment("rebound", &rebound, &out, &[]);
     assert!(ok, "{err}");
     let cells = out.join("cells");
     let align = cells.join("align.p4.s1/model");
@@ -775,15 +714,7 @@ fn stages_that_are_trained_further_save_float32_from_a_bf16_base() {
     )
     .unwrap();
     let out = dir.path().join("resist");
-    let (ok, _, err) = elastica(&[
-        "resist",
-        "--threads",
-        "1",
-        "--config",
-        resist.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let (ok, _, err) = common::experiment("resist", &resist, &out, &[]);
     assert!(ok, "{err}");
     for k in [1, 2] {
         let theta = out.join("cells").join(format!("seed3-theta{k}"));

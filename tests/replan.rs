@@ -4,6 +4,8 @@
 //! then resumes (after a kill -9 in the middle of a cell) as if the refused command had
 //! never happened.
 
+mod common;
+use common::{stderr, tiny_llama};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,13 +13,6 @@ use std::process::{Command, Output, Stdio};
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_elastica")
-}
-
-fn tiny_llama() -> String {
-    format!(
-        "{}/tests/fixtures/models/tiny-llama",
-        env!("CARGO_MANIFEST_DIR")
-    )
 }
 
 /// `<name>.jsonl` pairs in `dir` whose responses end with `tag`, and evaluation prompts.
@@ -66,10 +61,6 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
         c.env(k, v);
     }
     c.output().unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// Every file and directory under `root`: relative path -> SHA-256 of the content

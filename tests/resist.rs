@@ -2,38 +2,10 @@
 //! table, plots and CSV; a rerun redoes nothing; a fine-tune killed midway resumes and ends
 //! bit-identically; unreadable and too-small data sets get clear errors.
 
+mod common;
+use common::{stderr, tiny_llama, write_resist_data as write_data};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn fixture_model() -> String {
-    format!(
-        "{}/tests/fixtures/models/tiny-llama",
-        env!("CARGO_MANIFEST_DIR")
-    )
-}
-
-/// `n` short prompt/response records (the tiny model's byte-level tokenizer keeps them
-/// well under 128 tokens with the raw template).
-fn write_data(path: &Path, n: usize) {
-    let words = [
-        "the cat sat",
-        "a dog ran",
-        "birds fly",
-        "fish swim",
-        "rain falls",
-        "sun shines",
-    ];
-    let mut text = String::new();
-    for i in 0..n {
-        text += &serde_json::json!({
-            "prompt": format!("about {}", words[i % 6]),
-            "response": format!("{} and {}", words[(i * 5 + 1) % 6], words[(i * 3) % 6]),
-        })
-        .to_string();
-        text.push('\n');
-    }
-    std::fs::write(path, text).unwrap();
-}
 
 /// Write `<dir>/<name>` with the test settings plus `extra` top-level keys or tables.
 fn write_config(dir: &Path, name: &str, data: &Path, extra: &str) -> PathBuf {
@@ -45,7 +17,7 @@ fn write_config(dir: &Path, name: &str, data: &Path, extra: &str) -> PathBuf {
              [data]\npath = {:?}\nschema = \"jsonl\"\n\
              [generate]\nmax_new_tokens = 6\n\
              [train]\nlr = 1e-3\nbatch_size = 2\ngrad_accum = 1\nmax_length = 96\ntemplate = \"raw\"\nsave_every = 1\n",
-            fixture_model(),
+            tiny_llama(),
             data.display()
         ),
     )
@@ -65,10 +37,6 @@ fn resist(cfg: &Path, out: &Path, fault: Option<&str>) -> Output {
         c.env("ELASTICA_INJECT_FAULT", f);
     }
     c.output().unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]

@@ -3,27 +3,9 @@
 //! to itself 0, capability of θ0 equal to `elastica eval-loss` on the frozen set, and the
 //! weight-space gap closed recomputed from the kept weights with plain loops.
 
+mod common;
+use common::{tiny_llama, RESIST_WORDS};
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn fixture_model() -> String {
-    format!(
-        "{}/tests/fixtures/models/tiny-llama",
-        env!("CARGO_MANIFEST_DIR")
-    )
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_elastica"))
-        .args(args)
-        .env("RAYON_NUM_THREADS", "1")
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 fn output(out: &Path, id: &str) -> serde_json::Value {
     let p = out.join("cells").join(id).join("result.json");
@@ -64,28 +46,14 @@ fn weights(dir: &Path) -> std::collections::BTreeMap<String, Vec<f64>> {
 #[test]
 fn checkpoints_and_pairs_carry_the_instruments() {
     let tmp = tempfile::tempdir().unwrap();
-    let words = [
-        "the cat sat",
-        "a dog ran",
-        "birds fly",
-        "fish swim",
-        "rain falls",
-        "sun shines",
-    ];
-    let mut data = String::new();
+    common::write_resist_data(&tmp.path().join("data.jsonl"), 12);
     let mut general = String::new();
     for i in 0..12 {
-        data += &format!(
-            "{}\n",
-            serde_json::json!({"prompt": format!("about {}", words[i % 6]),
-                "response": format!("{} and {}", words[(i * 5 + 1) % 6], words[(i * 3) % 6])})
-        );
         general += &format!(
             "{}\n",
-            serde_json::json!({"text": format!("{} today", words[i % 6])})
+            serde_json::json!({"text": format!("{} today", RESIST_WORDS[i % 6])})
         );
     }
-    std::fs::write(tmp.path().join("data.jsonl"), data).unwrap();
     std::fs::write(tmp.path().join("general.jsonl"), general).unwrap();
     let d = tmp.path().display();
     let cfg = tmp.path().join("resist.toml");
@@ -98,40 +66,21 @@ fn checkpoints_and_pairs_carry_the_instruments() {
              [measures]\ncapability_n = 5\n\
              [generate]\nmax_new_tokens = 6\ntemperature = 1.0\ntop_p = 1.0\n\
              [train]\nlr = 1e-2\nbatch_size = 2\ngrad_accum = 1\nmax_length = 96\ntemplate = \"raw\"\n",
-            fixture_model()
+            tiny_llama()
         ),
     )
     .unwrap();
     let out = tmp.path().join("run");
-    let o = run(&[
-        "resist",
-        "--threads",
-        "1",
-        "--config",
-        cfg.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let (ok, _, err) = common::experiment("resist", &cfg, &out, &[]);
+    assert!(ok, "{err}");
 
     // θ0: KL to itself 0, capability = eval-loss of the base on the frozen set.
     let g0 = output(&out, "seed3-gen0");
     assert_eq!(g0["measures"]["kl_to_base"], 0.0);
     assert!(g0["measures"]["coherence_nll"].as_f64().unwrap() > 0.0);
     let frozen = out.join("capability.jsonl");
-    let e = run(&[
-        "eval-loss",
-        "--model",
-        &fixture_model(),
-        "--data",
-        frozen.to_str().unwrap(),
-        "--template",
-        "raw",
-        "--max-length",
-        "96",
-    ]);
-    assert!(e.status.success(), "{}", stderr(&e));
-    let want: serde_json::Value = serde_json::from_slice(&e.stdout).unwrap();
+    let eval_flags = ["--template", "raw", "--max-length", "96"];
+    let want = common::eval_loss_one_thread(&tiny_llama(), frozen.to_str().unwrap(), &eval_flags);
     let (got, want) = (
         g0["capability"]["mean_nll"].as_f64().unwrap(),
         want["mean_nll"].as_f64().unwrap(),

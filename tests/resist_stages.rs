@@ -64,18 +64,7 @@ fn config(dir: &Path, data: &Path, extra: &str) -> PathBuf {
 }
 
 fn resist(cfg: &Path, out: &Path) -> (bool, String, String) {
-    common::elastica_env(
-        &[
-            "resist",
-            "--threads",
-            "1",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        &[("RAYON_NUM_THREADS", "1")],
-    )
+    common::experiment("resist", cfg, out, &[])
 }
 
 fn log(path: &Path) -> Vec<serde_json::Value> {

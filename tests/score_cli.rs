@@ -17,6 +17,23 @@ fn scores(path: &std::path::Path) -> Vec<(u64, f64)> {
         .collect()
 }
 
+/// `elastica score --scorer SCORER --data DATA --out OUT EXTRA..`: (success, stdout, stderr).
+fn score(
+    scorer: &str,
+    data: &std::path::Path,
+    out: &str,
+    extra: &[&str],
+) -> (bool, String, String) {
+    let data = data.to_str().unwrap();
+    elastica(
+        &[
+            &["score", "--scorer", scorer, "--data", data, "--out", out],
+            extra,
+        ]
+        .concat(),
+    )
+}
+
 #[test]
 fn keywords_scores_each_record_and_summarises_with_a_ci() {
     let t = tempfile::tempdir().unwrap();
@@ -31,17 +48,12 @@ fn keywords_scores_each_record_and_summarises_with_a_ci() {
     )
     .unwrap();
     let out = t.path().join("scores.jsonl");
-    let (ok, stdout, stderr) = elastica(&[
-        "score",
-        "--scorer",
+    let (ok, stdout, stderr) = score(
         "keywords",
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
+        &data,
         out.to_str().unwrap(),
-        "--batch-size",
-        "3",
-    ]);
+        &["--batch-size", "3"],
+    );
     assert!(ok, "{stderr}");
     assert_eq!(scores(&out), [(1, 1.0), (2, 0.0), (3, 1.0), (4, 0.0)]);
     let s: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
@@ -75,17 +87,7 @@ fn a_classifier_given_inline_keys_scores_every_record() {
     let out = t.path().join("s.jsonl");
     let spec =
         format!("kind = \"classifier\", path = \"{FIX}/scorers/bert\", label = \"POSITIVE\"");
-    let (ok, stdout, stderr) = elastica(&[
-        "score",
-        "--scorer",
-        &spec,
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--batch-size",
-        "2",
-    ]);
+    let (ok, stdout, stderr) = score(&spec, &data, out.to_str().unwrap(), &["--batch-size", "2"]);
     assert!(ok, "{stderr}");
     let got = scores(&out);
     assert_eq!(got.len(), 3);
@@ -105,52 +107,25 @@ fn bad_input_is_a_clear_error() {
     std::fs::write(&bad, "{\"text\": \"fine\"}\n{\"response\": 3\n").unwrap();
     let good = t.path().join("good.jsonl");
     std::fs::write(&good, "{\"text\": \"fine\"}\n").unwrap();
-    let (ok, _, e) = elastica(&[
-        "score",
-        "--scorer",
-        "keywords",
-        "--data",
-        bad.to_str().unwrap(),
-        "--out",
-        out,
-    ]);
+    let (ok, _, e) = score("keywords", &bad, out, &[]);
     assert!(
         !ok && e.contains("bad.jsonl") && e.contains("line 2"),
         "{e}"
     );
-    let (ok, _, e) = elastica(&[
-        "score",
-        "--scorer",
-        "sentiment",
-        "--data",
-        bad.to_str().unwrap(),
-        "--out",
-        out,
-    ]);
+    let (ok, _, e) = score("sentiment", &bad, out, &[]);
     assert!(
         !ok && e.contains("world-sentiment") && e.contains("cost-model"),
         "{e}"
     );
     let missing = t.path().join("missing.jsonl");
-    let (ok, _, e) = elastica(&[
-        "score",
-        "--scorer",
-        "keywords",
-        "--data",
-        missing.to_str().unwrap(),
-        "--out",
-        out,
-    ]);
+    let (ok, _, e) = score("keywords", &missing, out, &[]);
     assert!(!ok && e.contains("missing.jsonl"), "{e}");
-    let (ok, _, e) = elastica(&[
-        "score",
-        "--scorer",
+    let (ok, _, e) = score(
         "kind = \"cost-model\", path = \"/nonexistent/cm\"",
-        "--data",
-        good.to_str().unwrap(),
-        "--out",
+        &good,
         out,
-    ]);
+        &[],
+    );
     assert!(!ok && e.contains("/nonexistent/cm"), "{e}");
     assert!(!std::path::Path::new(out).exists());
 }

@@ -2,20 +2,14 @@
 //! are the run's own numbers: every optimizer step's loss, lr and gradient norm as in
 //! `train_log.jsonl`, its tokens/s, and the tracked compression rates as in `rates.jsonl`.
 
+mod common;
+
+use common::jsonl_values as lines;
 use elastica::report::tensorboard::{event_files, read_events, FILE_VERSION};
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::Command;
 
 const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-
-fn lines(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
 
 #[test]
 fn train_writes_loss_lr_grad_norm_tokens_per_s_and_rates() {

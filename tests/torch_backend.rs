@@ -38,15 +38,7 @@ fn without_the_feature_torch_flags_say_how_to_build() {
         !ok && err.contains("bf16") && err.contains("--backend torch"),
         "{err}"
     );
-    let (ok, _, err) = elastica(&[
-        "eval-loss",
-        "--model",
-        &model,
-        "--data",
-        &data,
-        "--device",
-        "tpu",
-    ]);
+    let (ok, _, err) = common::eval_loss(&model, &data, &["--device", "tpu"]);
     assert!(!ok && err.contains("unknown device \"tpu\""), "{err}");
 
     // `rates` resolves the device before it reads anything: the build hint, not the
@@ -67,16 +59,7 @@ fn without_the_feature_torch_flags_say_how_to_build() {
     // Gradient checkpointing is the torch backend's; the fused path refuses it up front.
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("m");
-    let (ok, _, err) = elastica(&[
-        "train",
-        "--model",
-        &model,
-        "--data",
-        &data,
-        "--out",
-        out.to_str().unwrap(),
-        "--grad-checkpoint",
-    ]);
+    let (ok, _, err) = common::train_cli(&model, &data, &out, &["--grad-checkpoint"]);
     assert!(
         !ok && err.contains("--grad-checkpoint needs the torch backend"),
         "{err}"
@@ -88,6 +71,7 @@ fn without_the_feature_torch_flags_say_how_to_build() {
 mod torch {
     use super::*;
     use candle_core::{DType, Device, Tensor};
+    use common::{fixture_sft_config as sft_config, l2, parity_fixture as fixture};
     use elastica::backend::{
         self, BackendChoice, BackendKind, DeviceSpec, LanguageModel, Precision,
     };
@@ -112,11 +96,6 @@ mod torch {
 
     fn torch(name: &str) -> Box<dyn LanguageModel> {
         load(name, BackendKind::Torch, Precision::F32)
-    }
-
-    fn fixture(name: &str) -> std::collections::HashMap<String, Tensor> {
-        candle_core::safetensors::load(format!("{FIX}/parity/{name}.safetensors"), &Device::Cpu)
-            .unwrap()
     }
 
     fn check_against_transformers(name: &str) {
@@ -320,27 +299,6 @@ mod torch {
         assert_eq!(e, refusal(&*f));
     }
 
-    fn sft_config() -> TrainConfig {
-        // The fixtures' SFT protocol (tests/fixtures/README.md): linear warm-up, decay on
-        // matrices, clipping always active, accumulation over two micro-batches.
-        TrainConfig {
-            template: Template::Raw,
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.01,
-            schedule: Schedule::Linear,
-            warmup_ratio: 0.2,
-            batch_size: 2,
-            grad_accum: 2,
-            epochs: 3,
-            clip: 1.0,
-            shuffle: false,
-            ..Default::default()
-        }
-    }
-
     #[test]
     fn sft_trajectory_matches_the_fused_path_and_pytorch() {
         let recs = read_jsonl(Path::new(&format!("{FIX}/sft/data.jsonl"))).unwrap();
@@ -525,14 +483,10 @@ mod torch {
             };
             let (wa, wb) = (weights("plain"), weights("ckpt"));
             for (k, ta) in &wa {
-                let d = (ta.to_dtype(DType::F32).unwrap() - wb[k].to_dtype(DType::F32).unwrap())
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let d = common::max_abs(
+                    &(ta.to_dtype(DType::F32).unwrap() - wb[k].to_dtype(DType::F32).unwrap())
+                        .unwrap(),
+                );
                 assert!(d < 1e-5, "{name}: {k} differs by {d}");
             }
         }
@@ -599,27 +553,10 @@ mod torch {
     fn commands_run_on_the_torch_backend() {
         let model = format!("{FIX}/models/tiny-llama");
         let data = format!("{FIX}/sft/data.jsonl");
-        let (ok, fused, err) = elastica(&[
-            "eval-loss",
-            "--model",
-            &model,
-            "--data",
-            &data,
-            "--template",
-            "raw",
-        ]);
+        let (ok, fused, err) = common::eval_loss(&model, &data, &["--template", "raw"]);
         assert!(ok, "{err}");
-        let (ok, torch, err) = elastica(&[
-            "eval-loss",
-            "--model",
-            &model,
-            "--data",
-            &data,
-            "--template",
-            "raw",
-            "--backend",
-            "torch",
-        ]);
+        let (ok, torch, err) =
+            common::eval_loss(&model, &data, &["--template", "raw", "--backend", "torch"]);
         assert!(ok, "{err}");
         let nll = |s: &str| {
             serde_json::from_str::<serde_json::Value>(s).unwrap()["mean_nll"]
@@ -633,29 +570,16 @@ mod torch {
 
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("m");
-        let (ok, so, err) = elastica(&[
-            "train",
-            "--model",
+        let (ok, so, err) = common::train_cli(
             &model,
-            "--data",
             &data,
-            "--out",
-            out.to_str().unwrap(),
-            "--template",
-            "raw",
-            "--batch-size",
-            "2",
-            "--grad-accum",
-            "2",
-            "--max-steps",
-            "2",
-            "--lr",
-            "1e-3",
-            "--backend",
-            "torch",
-            "--dtype",
-            "bf16",
-        ]);
+            &out,
+            &[
+                common::TWO_STEPS,
+                &["--backend", "torch", "--dtype", "bf16"],
+            ]
+            .concat(),
+        );
         assert!(ok, "{err}");
         assert!(so.contains("\"backend\":\"torch\""), "{so}");
         assert!(out.join("model.safetensors").exists() && out.join("train_log.jsonl").exists());
@@ -680,28 +604,11 @@ mod torch {
 
         // No GPU here: CUDA is a clear error, not a crash.
         if !tch::Cuda::is_available() {
-            let (ok, _, err) = elastica(&[
-                "eval-loss",
-                "--model",
-                &model,
-                "--data",
-                &data,
-                "--device",
-                "cuda",
-            ]);
+            let (ok, _, err) = common::eval_loss(&model, &data, &["--device", "cuda"]);
             assert!(!ok && err.contains("no CUDA GPU"), "{err}");
         }
-        let (ok, _, err) = elastica(&[
-            "eval-loss",
-            "--model",
-            &model,
-            "--data",
-            &data,
-            "--device",
-            "cuda",
-            "--backend",
-            "fused",
-        ]);
+        let (ok, _, err) =
+            common::eval_loss(&model, &data, &["--device", "cuda", "--backend", "fused"]);
         assert!(!ok && err.contains("CPU only"), "{err}");
 
         // `rates` on the torch backend: the coder's bits per token, to float rounding.
@@ -807,19 +714,6 @@ mod torch {
         }
     }
 
-    /// The L2 norm of `t`, in f32.
-    fn l2(t: &Tensor) -> f32 {
-        t.to_dtype(DType::F32)
-            .unwrap()
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            .sqrt()
-    }
-
     /// Largest relative difference (L2 norm of the difference over the norm) between the
     /// tensors of two safetensors files, which must hold the same names.
     fn weights_rel_diff(a: &Path, b: &Path) -> f32 {
@@ -846,32 +740,19 @@ mod torch {
 
     #[test]
     fn fixture_adapters_score_as_transformers_plus_peft_on_torch() {
-        let expected: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(format!("{FIX}/lora/expected.json")).unwrap(),
-        )
-        .unwrap();
-        let rows: Vec<Vec<u32>> = serde_json::from_value(expected["ids"].clone()).unwrap();
-        let (b, t) = (rows.len(), rows[0].len());
-        let ids: Vec<u32> = rows.iter().flatten().copied().collect();
-        let targets: Vec<i64> = rows
-            .iter()
-            .flat_map(|r| (0..t).map(|i| r.get(i + 1).map_or(-100, |&x| x as i64)))
-            .collect();
+        let expected = common::lora_expected();
+        let (ids, targets) = common::lora_ids_and_targets();
+        let (b, t) = ids.dims2().unwrap();
         let batch = Batch {
-            ids: Tensor::from_vec(ids, (b, t), &Device::Cpu).unwrap(),
-            targets: Tensor::from_vec(targets, (b, t), &Device::Cpu).unwrap(),
+            ids,
+            targets,
             n_targets: b * (t - 1),
             n_tokens: b * t,
         };
         for name in ["peft-llama", "peft-qwen2-rslora", "elastica-trained"] {
             let want = expected["nll_sum"][name].as_f64().unwrap();
             let base = expected["base"][name].as_str().unwrap();
-            let lm = elastica::model::adapted::load_model_with(
-                &format!("{FIX}/models/{base}"),
-                Some(Path::new(&format!("{FIX}/lora/{name}"))),
-                &Device::Cpu,
-            )
-            .unwrap();
+            let lm = common::with_lora_adapter(name);
             let m = backend::from_loaded(lm, &choice(BackendKind::Torch, Precision::F32)).unwrap();
             let got = m.nll_sum(&batch).unwrap();
             assert!(

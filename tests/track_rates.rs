@@ -2,20 +2,14 @@
 //! are the rates `eval-loss` (before training) and the token-by-token `rates` command (after
 //! training) give for the same sets.
 
-use std::path::Path;
-use std::process::Command;
+mod common;
 
+use common::jsonl_values as rows;
+use std::path::Path;
+
+/// `elastica ARGS` on one rayon thread: (success, stdout, stderr).
 fn elastica(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_elastica"))
-        .args(args)
-        .env("RAYON_NUM_THREADS", "1")
-        .output()
-        .expect("cannot run elastica");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::elastica_env(args, &[("RAYON_NUM_THREADS", "1")])
 }
 
 fn write_pairs(path: &Path, pairs: &[(&str, &str)]) {
@@ -24,14 +18,6 @@ fn write_pairs(path: &Path, pairs: &[(&str, &str)]) {
         .map(|(p, r)| serde_json::json!({"prompt": p, "response": r}).to_string() + "\n")
         .collect();
     std::fs::write(path, text).unwrap();
-}
-
-fn rows(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 #[test]
@@ -66,27 +52,34 @@ fn tracked_rates_appear_at_the_requested_steps_and_equal_eval_loss_and_rates() {
     );
     let out = dir.path().join("run");
     let track = format!("pos={},neg={}", pos.display(), neg.display());
-    let (ok, so, se) = elastica(&[
-        "train",
-        "--model",
-        model,
-        "--data",
-        train.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--template",
-        "raw",
-        "--lr",
-        "1e-2",
-        "--batch-size",
-        "2",
-        "--grad-accum",
-        "1",
-        "--track-rates",
-        &track,
-        "--track-every",
-        "4",
-    ]);
+    // `train --model MODEL --data TRAIN --out OUT EXTRA..`
+    let run = |out: &Path, extra: &[&str]| {
+        let (data, out) = (train.to_str().unwrap(), out.to_str().unwrap());
+        elastica(
+            &[
+                &["train", "--model", model, "--data", data, "--out", out],
+                extra,
+            ]
+            .concat(),
+        )
+    };
+    let (ok, so, se) = run(
+        &out,
+        &[
+            "--template",
+            "raw",
+            "--lr",
+            "1e-2",
+            "--batch-size",
+            "2",
+            "--grad-accum",
+            "1",
+            "--track-rates",
+            &track,
+            "--track-every",
+            "4",
+        ],
+    );
     assert!(ok, "{so}\n{se}");
     let got = rows(&out.join("rates.jsonl"));
     let steps: Vec<(u64, &str)> = got
@@ -162,16 +155,6 @@ fn tracked_rates_appear_at_the_requested_steps_and_equal_eval_loss_and_rates() {
     let p6 = got[4]["bits_per_token"].as_f64().unwrap();
     assert!(p6 < p0, "pos rate {p0} -> {p6}");
     // A malformed spec is named.
-    let (ok, _, se) = elastica(&[
-        "train",
-        "--model",
-        model,
-        "--data",
-        train.to_str().unwrap(),
-        "--out",
-        dir.path().join("bad").to_str().unwrap(),
-        "--track-rates",
-        "pos.jsonl",
-    ]);
+    let (ok, _, se) = run(&dir.path().join("bad"), &["--track-rates", "pos.jsonl"]);
     assert!(!ok && se.contains("NAME=FILE"), "{se}");
 }

@@ -1,4 +1,8 @@
-//! Test support: a tiny word-level tokenizer and tiny model configs written to a temp dir.
+//! Test support shared by the integration tests: a tiny word-level tokenizer and tiny model
+//! configs written to a temp dir; the fixtures (tiny-llama, the LoRA adapters, the parity
+//! tensors, the SFT protocol of the PyTorch trajectories); running the binary (any command,
+//! `train`, `eval-loss`, an experiment, a tiny `bench`); the data the rebound and resistance
+//! tests run on; and small checks (a file tree snapshot, a central difference, norms).
 #![allow(dead_code)]
 
 use std::path::Path;
@@ -237,6 +241,274 @@ kind = "keywords"
 
 /// A finished cell's `result.json` in the run directory `out`.
 pub fn cell_result(out: &Path, id: &str) -> serde_json::Value {
-    let p = out.join("cells").join(id).join("result.json");
+    read_json(&out.join("cells").join(id).join("result.json"))
+}
+
+/// Every file under `dir` with its bytes: what a refused command must leave as it was.
+pub fn snapshot(dir: &Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                files.insert(p.clone(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    files
+}
+
+/// tests/fixtures/lora/expected.json: what transformers + peft computed on the LoRA fixtures.
+pub fn lora_expected() -> serde_json::Value {
+    let p = format!(
+        "{}/tests/fixtures/lora/expected.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// The LoRA fixture's ids (b, t) and next-token targets (last position not counted).
+pub fn lora_ids_and_targets() -> (candle_core::Tensor, candle_core::Tensor) {
+    use candle_core::{Device, Tensor};
+    let rows: Vec<Vec<u32>> = serde_json::from_value(lora_expected()["ids"].clone()).unwrap();
+    let (b, t) = (rows.len(), rows[0].len());
+    let ids: Vec<u32> = rows.iter().flatten().copied().collect();
+    let targets: Vec<i64> = rows
+        .iter()
+        .flat_map(|r| (0..t).map(|i| r.get(i + 1).map_or(-100, |&x| x as i64)))
+        .collect();
+    (
+        Tensor::from_vec(ids, (b, t), &Device::Cpu).unwrap(),
+        Tensor::from_vec(targets, (b, t), &Device::Cpu).unwrap(),
+    )
+}
+
+/// The LoRA fixture adapter `name` (tests/fixtures/lora/NAME) on its base model, on the CPU.
+pub fn with_lora_adapter(name: &str) -> elastica::model::LoadedModel {
+    let fix = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let base = lora_expected()["base"][name].as_str().unwrap().to_string();
+    elastica::model::adapted::load_model_with(
+        fix.join("models").join(base).to_str().unwrap(),
+        Some(&fix.join("lora").join(name)),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap()
+}
+
+/// The central difference (loss(x + eps) - loss(x - eps)) / 2 eps in entry `i` of `var`
+/// (flattened), with `var` restored afterwards: the finite-difference side of a gradient check.
+pub fn central_difference(
+    var: &candle_core::Var,
+    i: usize,
+    eps: f32,
+    loss: impl Fn() -> f64,
+) -> f64 {
+    use candle_core::{Device, Tensor};
+    let orig: Vec<f32> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+    let at = |d: f32| {
+        let mut v = orig.clone();
+        v[i] += d;
+        var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
+            .unwrap();
+        loss()
+    };
+    let fd = (at(eps) - at(-eps)) / (2.0 * eps as f64);
+    var.set(&Tensor::from_vec(orig, var.shape(), &Device::Cpu).unwrap())
+        .unwrap();
+    fd
+}
+
+/// A training run into `out` without a step hook or progress bar (`resume` as given).
+pub fn quiet_run(out: &Path, resume: bool) -> elastica::train::TrainRun<'_, 'static> {
+    elastica::train::TrainRun {
+        out,
+        resume,
+        hook: None,
+        progress: false,
+    }
+}
+
+/// `elastica ARGS` on one rayon thread, as the experiment tests run it: its raw output.
+pub fn run_one_thread(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_elastica"))
+        .args(args)
+        .env("RAYON_NUM_THREADS", "1")
+        .output()
+        .unwrap()
+}
+
+/// A command's stderr as text.
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// `elastica CMD --threads 1 --config CFG --out OUT EXTRA..` (rebound, resist, scaling) on
+/// one thread: (success, stdout, stderr).
+pub fn experiment(cmd: &str, cfg: &Path, out: &Path, extra: &[&str]) -> (bool, String, String) {
+    let (cfg, out) = (cfg.to_str().unwrap(), out.to_str().unwrap());
+    let args = [
+        &[cmd, "--threads", "1", "--config", cfg, "--out", out],
+        extra,
+    ]
+    .concat();
+    elastica_env(&args, &[("RAYON_NUM_THREADS", "1")])
+}
+
+/// The words of the resistance tests' data.
+pub const RESIST_WORDS: [&str; 6] = [
+    "the cat sat",
+    "a dog ran",
+    "birds fly",
+    "fish swim",
+    "rain falls",
+    "sun shines",
+];
+
+/// `n` short prompt/response records over [`RESIST_WORDS`] at `path` (the tiny model's
+/// byte-level tokenizer keeps them well under 128 tokens with the raw template).
+pub fn write_resist_data(path: &Path, n: usize) {
+    let words = RESIST_WORDS;
+    let mut text = String::new();
+    for i in 0..n {
+        text += &serde_json::json!({
+            "prompt": format!("about {}", words[i % 6]),
+            "response": format!("{} and {}", words[(i * 5 + 1) % 6], words[(i * 3) % 6]),
+        })
+        .to_string();
+        text.push('\n');
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// The SFT protocol of the fixtures' PyTorch trajectories (tests/fixtures/README.md): linear
+/// warm-up, decay on matrices, clipping always active, accumulation over two micro-batches.
+pub fn fixture_sft_config() -> elastica::train::TrainConfig {
+    elastica::train::TrainConfig {
+        template: elastica::data::template::Template::Raw,
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.01,
+        schedule: elastica::train::schedule::Schedule::Linear,
+        warmup_ratio: 0.2,
+        batch_size: 2,
+        grad_accum: 2,
+        epochs: 3,
+        clip: 1.0,
+        shuffle: false,
+        ..Default::default()
+    }
+}
+
+/// A tensor file of tests/fixtures/parity (what transformers computed), by tensor name.
+pub fn parity_fixture(name: &str) -> std::collections::HashMap<String, candle_core::Tensor> {
+    let p = format!(
+        "{}/tests/fixtures/parity/{name}.safetensors",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    candle_core::safetensors::load(p, &candle_core::Device::Cpu).unwrap()
+}
+
+/// `elastica eval-loss --model MODEL --data DATA EXTRA..`: (success, stdout, stderr).
+pub fn eval_loss(model: &str, data: &str, extra: &[&str]) -> (bool, String, String) {
+    elastica(&[&["eval-loss", "--model", model, "--data", data], extra].concat())
+}
+
+/// The records of a JSONL file (train_log.jsonl, rates.jsonl, ...), one JSON value a line.
+pub fn jsonl_values(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `elastica train --model MODEL --data DATA --out OUT EXTRA..`: (success, stdout, stderr).
+pub fn train_cli(model: &str, data: &str, out: &Path, extra: &[&str]) -> (bool, String, String) {
+    let out = out.to_str().unwrap();
+    elastica(
+        &[
+            &["train", "--model", model, "--data", data, "--out", out],
+            extra,
+        ]
+        .concat(),
+    )
+}
+
+/// A JSON file's value (a config, a result, a fixture's expectations).
+pub fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// `elastica bench WHAT` on a one-layer model (d 32, 2 heads, ff 64, vocab 64, 2 sequences
+/// of 8 tokens), one step of one round on one thread, then `extra`.
+pub fn bench_tiny(what: &str, extra: &[&str]) -> (bool, String, String) {
+    let mut args = vec![
+        "bench", what, "--layers", "1", "--hidden", "32", "--heads", "2",
+    ];
+    args.extend(["--ff", "64", "--vocab", "64", "--seq", "8", "--batch", "2"]);
+    args.extend([
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--rounds",
+        "1",
+        "--threads",
+        "1",
+    ]);
+    args.extend_from_slice(extra);
+    elastica(&args)
+}
+
+/// `train` flags for two optimizer steps of two micro-batches of 2 on the raw template at lr
+/// 1e-3: a quick run through the binary.
+pub const TWO_STEPS: &[&str] = &[
+    "--template",
+    "raw",
+    "--batch-size",
+    "2",
+    "--grad-accum",
+    "2",
+    "--max-steps",
+    "2",
+    "--lr",
+    "1e-3",
+];
+
+/// The largest absolute entry of `t`, in f32.
+pub fn max_abs(t: &candle_core::Tensor) -> f32 {
+    t.to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// The L2 (Frobenius) norm of `t`, in f32.
+pub fn l2(t: &candle_core::Tensor) -> f32 {
+    t.to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+        .sqrt()
+}
+
+/// `elastica eval-loss --model MODEL --data DATA EXTRA..` on one rayon thread (as the
+/// experiments' cells run), which must succeed: its JSON summary (mean_nll, tokens, ...).
+pub fn eval_loss_one_thread(model: &str, data: &str, extra: &[&str]) -> serde_json::Value {
+    let o = run_one_thread(&[&["eval-loss", "--model", model, "--data", data], extra].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
 }
