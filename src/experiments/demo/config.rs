@@ -6,6 +6,7 @@
 use crate::data::world::{Task, World};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
 
 /// True for a number greater than 0 (false for NaN).
 fn is_positive(x: f64) -> bool {
@@ -37,6 +38,11 @@ impl BaseSpec {
         } else {
             format!("{}-{t}", self.size)
         }
+    }
+
+    /// Where the demo writing into `out` pre-trains this base: `<out>/models/<name>`.
+    pub fn dir(&self, out: &Path) -> PathBuf {
+        out.join("models").join(self.name())
     }
 }
 

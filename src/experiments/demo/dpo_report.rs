@@ -8,7 +8,7 @@
 //! predicts rebound after any alignment method but no direction for the difference, so that
 //! line says "faster", "slower" or "cannot tell" from its interval alone.
 
-use super::config::DemoConfig;
+use super::config::{DemoConfig, DpoVariant};
 use super::rebound::ReboundRow;
 use super::rebound_report::{
     claim, curve, drop_rates, gains, label, paired, per_seed, seed_curve, seeds_of, strengths,
@@ -23,8 +23,9 @@ use serde::Serialize;
 /// What the DPO variant measured and concluded (`dpo_rebound` in results.json).
 #[derive(Debug, Clone, Serialize)]
 pub struct DpoOutcome {
-    pub beta: f64,
-    pub lr: f64,
+    /// The variant's settings, written inline (`beta`, `lr`).
+    #[serde(flatten)]
+    pub variant: DpoVariant,
     pub rows: Vec<ReboundRow>,
     pub strengths: Vec<Strength>,
     pub claims: Vec<Claim>,
@@ -191,8 +192,7 @@ pub fn section(
         md,
         lines,
         DpoOutcome {
-            beta: v.beta,
-            lr: v.lr,
+            variant: v.clone(),
             rows,
             strengths: dpo,
             claims,

@@ -16,10 +16,7 @@
 //! It writes `instruments/<base>-seed<S>/outcome.json` atomically with a fingerprint, as the
 //! rebound units do, so a rerun reuses it.
 
-use super::config::{BaseSpec, DemoConfig};
-use super::rebound::{
-    aligned, draw, fingerprint, finished_outcome, train_config, Alignment, DemoData, PERTURB_STRIDE,
-};
+use super::rebound::{aligned, draw, train_config, Alignment, UnitInputs, PERTURB_STRIDE};
 use crate::data::template::Template;
 use crate::experiments::evaluate::generate_responses;
 use crate::experiments::kl::{by_position, sequence_kl, Continuation, PositionKl};
@@ -35,7 +32,6 @@ use crate::train::{train, TrainRun};
 use anyhow::{Context, Result};
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
 
 /// The instruments at one point of the perturbation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,38 +55,21 @@ pub struct InstrumentsOutcome {
     pub points: Vec<InstrumentPoint>,
 }
 
-/// Run (or reuse) the instruments on `base` (pre-trained into `base_dir`) with `seed`.
-pub fn run_instruments(
-    cfg: &DemoConfig,
-    base: &BaseSpec,
-    base_dir: &Path,
-    seed: u64,
-    data: &DemoData,
-    out: &Path,
-) -> Result<InstrumentsOutcome> {
-    let unit_dir = out
-        .join("instruments")
-        .join(format!("{}-seed{seed}", base.name()));
-    let outcome_path = unit_dir.join("outcome.json");
-    let fp = sha256_hex(
-        serde_json::to_string(&(fingerprint(cfg, base, seed)?, "instruments", 1))?.as_bytes(),
-    );
-    if let Some(done) = finished_outcome::<InstrumentsOutcome>(&outcome_path, &fp) {
+/// Run (or reuse) the instruments on the base and seed of `u`.
+pub fn run_instruments(u: &UnitInputs) -> Result<InstrumentsOutcome> {
+    let (cfg, base, seed, data) = (u.cfg, u.base, u.seed, u.data);
+    let fp = sha256_hex(serde_json::to_string(&(u.fingerprint()?, "instruments", 1))?.as_bytes());
+    let dir = u.unit_dir("instruments", &format!("{}-seed{seed}", base.name()), fp);
+    if let Some(done) = dir.finished() {
         return Ok(done);
     }
+    let unit_dir = &dir.path;
     let np = *cfg.n_plus.first().context("no n+")?;
-    let base_spec = base_dir.to_string_lossy().into_owned();
-    let base_lm = load_model(&base_spec, &Device::Cpu)?;
-    let (lm, _, _) = aligned(cfg, &base_spec, np, seed, data, &unit_dir, Alignment::Sft)?;
+    let base_lm = load_model(&u.base_spec(), &Device::Cpu)?;
+    let (lm, _, _) = aligned(u, np, unit_dir, Alignment::Sft)?;
     let aligned_dir = unit_dir.join("aligned");
     let aligned_lm = load_model(&aligned_dir.to_string_lossy(), &Device::Cpu)?;
-    let gen = GenConfig {
-        max_new_tokens: cfg.max_new_tokens,
-        temperature: cfg.temperature,
-        seed,
-        batch_size: 16,
-        ..Default::default()
-    };
+    let gen = u.gen_config();
     let snapshot = unit_dir.join("snapshot");
     let mut points = Vec::new();
     let mut measure = |m: &LoadedModel, nm: usize| -> Result<()> {
@@ -99,7 +78,7 @@ pub fn run_instruments(
         let weight_space = if nm > 0 {
             // Written, measured streaming from disk as for any checkpoint, then overwritten.
             save_model(&m.model, &m.dir, &snapshot, None)?;
-            Some(weight_space::measure(base_dir, &aligned_dir, &snapshot)?.total)
+            Some(weight_space::measure(&u.base_dir(), &aligned_dir, &snapshot)?.total)
         } else {
             None
         };
@@ -133,13 +112,13 @@ pub fn run_instruments(
         train(&lm, &neg, &tc, run)?;
     }
     let outcome = InstrumentsOutcome {
-        fingerprint: fp,
+        fingerprint: dir.fingerprint.clone(),
         base: base.name(),
         n_plus: np,
         seed,
         points,
     };
-    crate::util::fsx::atomic_write_json(&outcome_path, &outcome)?;
+    dir.save(&outcome)?;
     Ok(outcome)
 }
 

@@ -44,7 +44,7 @@ use crate::report::table::Table;
 use crate::report::RunDir;
 use crate::util::parallel::run_graph;
 use anyhow::{Context, Result};
-use rebound::{run_unit, Alignment, DemoData, RatePoint};
+use rebound::{run_unit, Alignment, DemoData, RatePoint, UnitInputs};
 use serde::Serialize;
 use std::path::Path;
 
@@ -508,7 +508,14 @@ fn execute(cfg: &DemoConfig, plan: &Plan, out: &Path, workers: usize) -> Result<
 
 /// One job of the graph.
 fn run_job(cfg: &DemoConfig, plan: &Plan, data: &DemoData, job: &Job, out: &Path) -> Result<Done> {
-    let base_dir = |i: usize| out.join("models").join(cfg.bases[i].name());
+    let unit = |i: usize, seed: u64| UnitInputs {
+        cfg,
+        base: &cfg.bases[i],
+        pretrain_tokens: plan.pretrain_tokens[i].1,
+        seed,
+        data,
+        out,
+    };
     Ok(match *job {
         Job::Pretrain(i) => Done::Pretrained(pretrain_base(
             cfg,
@@ -522,18 +529,8 @@ fn run_job(cfg: &DemoConfig, plan: &Plan, data: &DemoData, job: &Job, out: &Path
                 (Job::DpoUnit(..), Some(v)) => Alignment::Dpo(v),
                 _ => Alignment::Sft,
             };
-            let u = run_unit(
-                cfg,
-                &cfg.bases[i],
-                &base_dir(i),
-                plan.pretrain_tokens[i].1,
-                seed,
-                data,
-                plan.scorer.as_ref(),
-                out,
-                how,
-            )
-            .with_context(|| job.describe(cfg))?;
+            let u = run_unit(&unit(i, seed), plan.scorer.as_ref(), how)
+                .with_context(|| job.describe(cfg))?;
             match how {
                 Alignment::Sft => Done::Unit(u),
                 Alignment::Dpo(_) => Done::DpoUnit(u),
@@ -541,27 +538,17 @@ fn run_job(cfg: &DemoConfig, plan: &Plan, data: &DemoData, job: &Job, out: &Path
         }
         Job::Ablation(i, a, seed) => {
             let arm = &cfg.ablation[a];
-            let u = rebound::run_ablation_unit(
-                cfg,
-                &cfg.bases[i],
-                &base_dir(i),
-                plan.pretrain_tokens[i].1,
-                arm,
-                a,
-                seed,
-                data,
-                out,
-            )
-            .with_context(|| format!("ablation arm {:?} seed {seed}", arm.name))?;
+            let u = rebound::run_ablation_unit(&unit(i, seed), arm, a)
+                .with_context(|| format!("ablation arm {:?} seed {seed}", arm.name))?;
             Done::Ablation(u)
         }
         Job::Instruments(i, seed) => Done::Instruments(
-            instruments::run_instruments(cfg, &cfg.bases[i], &base_dir(i), seed, data, out)
+            instruments::run_instruments(&unit(i, seed))
                 .with_context(|| format!("instruments on {} seed {seed}", cfg.bases[i].name()))?,
         ),
         Job::Resist => Done::Resist(Box::new(sections::resistance(
             cfg,
-            &base_dir(plan.resist_base),
+            &cfg.bases[plan.resist_base].dir(out),
             &cfg.bases[plan.resist_base].name(),
             &plan.world_dir,
             &out.join("resist"),
@@ -766,7 +753,7 @@ fn pretrain_base(
     world_dir: &Path,
     out: &Path,
 ) -> Result<()> {
-    let base_dir = out.join("models").join(base.name());
+    let base_dir = base.dir(out);
     let pc = PretrainConfig {
         size: base.size.clone(),
         tokens: base.tokens,

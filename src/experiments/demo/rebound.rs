@@ -39,7 +39,7 @@ use anyhow::{Context, Result};
 use candle_core::Device;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// One point of the demo's rebound grid, (base, n+, n-, seed): its three measures. (The
 /// grid runner's `CellResult` is a different thing: one cell's files.)
@@ -234,68 +234,111 @@ pub(super) fn draw<T: Clone>(pool: &[T], n: usize, seed: u64, stride: usize) -> 
         .collect()
 }
 
-pub(super) fn fingerprint(cfg: &DemoConfig, base: &BaseSpec, seed: u64) -> Result<String> {
-    let key = serde_json::json!({
-        "version": 3, "world_seed": cfg.seed, "base": base, "seed": seed,
-        "n_plus": cfg.n_plus, "n_minus": cfg.n_minus, "eval_prompts": cfg.eval_prompts,
-        "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,
-        "align_lr": cfg.align_lr, "batch_size": cfg.batch_size,
-        "positive_fraction": cfg.positive_fraction, "rate_records": cfg.rate_records,
-        "pretrain_lr": cfg.pretrain_lr, "pretrain_batch_size": cfg.pretrain_batch_size,
-        "probe_records": cfg.probe_records, "rate_first_steps": cfg.rate_first_steps,
-    });
-    Ok(sha256_hex(serde_json::to_string(&key)?.as_bytes()))
+/// What every unit of the demo runs on: the settings, one pre-trained base, a seed, the
+/// data and the output folder.
+pub struct UnitInputs<'a> {
+    pub cfg: &'a DemoConfig,
+    pub base: &'a BaseSpec,
+    /// Sequence tokens of `base`'s pre-training text (|D_p|, for k).
+    pub pretrain_tokens: usize,
+    pub seed: u64,
+    pub data: &'a DemoData<'a>,
+    pub out: &'a Path,
 }
 
-/// The outcome a finished unit left at `path`, if it was made with the fingerprint `fp`;
-/// `None` (run the unit again) when the file is missing, unreadable or from other settings.
-pub(super) fn finished_outcome<T: DeserializeOwned>(path: &Path, fp: &str) -> Option<T> {
-    #[derive(Deserialize)]
-    struct Stamp {
-        fingerprint: String,
+impl UnitInputs<'_> {
+    /// The fingerprint of every setting that determines a rebound unit of this base and seed.
+    pub(super) fn fingerprint(&self) -> Result<String> {
+        let cfg = self.cfg;
+        let key = serde_json::json!({
+            "version": 3, "world_seed": cfg.seed, "base": self.base, "seed": self.seed,
+            "n_plus": cfg.n_plus, "n_minus": cfg.n_minus, "eval_prompts": cfg.eval_prompts,
+            "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,
+            "align_lr": cfg.align_lr, "batch_size": cfg.batch_size,
+            "positive_fraction": cfg.positive_fraction, "rate_records": cfg.rate_records,
+            "pretrain_lr": cfg.pretrain_lr, "pretrain_batch_size": cfg.pretrain_batch_size,
+            "probe_records": cfg.probe_records, "rate_first_steps": cfg.rate_first_steps,
+        });
+        Ok(sha256_hex(serde_json::to_string(&key)?.as_bytes()))
     }
-    let text = std::fs::read_to_string(path).ok()?;
-    let stamp: Stamp = serde_json::from_str(&text).ok()?;
-    if stamp.fingerprint != fp {
-        return None;
+
+    /// The unit's folder `<out>/<group>/<name>`, stamped with `fingerprint`.
+    pub(super) fn unit_dir(&self, group: &str, name: &str, fingerprint: String) -> UnitDir {
+        UnitDir {
+            path: self.out.join(group).join(name),
+            fingerprint,
+        }
     }
-    serde_json::from_str(&text).ok()
+
+    /// The sampling settings of the unit's evaluation generations.
+    pub(super) fn gen_config(&self) -> GenConfig {
+        GenConfig {
+            max_new_tokens: self.cfg.max_new_tokens,
+            temperature: self.cfg.temperature,
+            seed: self.seed,
+            batch_size: 16,
+            ..Default::default()
+        }
+    }
+
+    /// Where the base was pre-trained.
+    pub(super) fn base_dir(&self) -> PathBuf {
+        self.base.dir(self.out)
+    }
+
+    /// The base's checkpoint, as `load_model` takes it.
+    pub(super) fn base_spec(&self) -> String {
+        self.base_dir().to_string_lossy().into_owned()
+    }
 }
 
-/// Run (or reuse) the unit of `base` (pre-trained into `base_dir`, on `pretrain_tokens`
-/// sequence tokens) and `seed`, aligned as `how` says.
-#[allow(clippy::too_many_arguments)]
-pub fn run_unit(
-    cfg: &DemoConfig,
-    base: &BaseSpec,
-    base_dir: &Path,
-    pretrain_tokens: usize,
-    seed: u64,
-    data: &DemoData,
-    scorer: &dyn Scorer,
-    out: &Path,
-    how: Alignment,
-) -> Result<UnitOutcome> {
-    let unit_dir = out.join("cells").join(how.unit_name(base, seed));
-    let outcome_path = unit_dir.join("outcome.json");
+/// A unit's folder and the fingerprint of everything that determines its outcome.
+pub(super) struct UnitDir {
+    pub path: PathBuf,
+    pub fingerprint: String,
+}
+
+impl UnitDir {
+    fn outcome_path(&self) -> PathBuf {
+        self.path.join("outcome.json")
+    }
+
+    /// The outcome a finished run left here, if it was made with this fingerprint; `None`
+    /// (run the unit again) when the file is missing, unreadable or from other settings.
+    pub(super) fn finished<T: DeserializeOwned>(&self) -> Option<T> {
+        #[derive(Deserialize)]
+        struct Stamp {
+            fingerprint: String,
+        }
+        let text = std::fs::read_to_string(self.outcome_path()).ok()?;
+        let stamp: Stamp = serde_json::from_str(&text).ok()?;
+        if stamp.fingerprint != self.fingerprint {
+            return None;
+        }
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Write the unit's outcome atomically, last, so that a killed unit leaves none.
+    pub(super) fn save<T: Serialize>(&self, outcome: &T) -> Result<()> {
+        crate::util::fsx::atomic_write_json(&self.outcome_path(), outcome)
+    }
+}
+
+/// Run (or reuse) the rebound unit of `u`, aligned as `how` says.
+pub fn run_unit(u: &UnitInputs, scorer: &dyn Scorer, how: Alignment) -> Result<UnitOutcome> {
+    let (cfg, base, seed, data) = (u.cfg, u.base, u.seed, u.data);
     let fp = match how {
-        Alignment::Sft => fingerprint(cfg, base, seed)?,
-        Alignment::Dpo(v) => sha256_hex(
-            serde_json::to_string(&(fingerprint(cfg, base, seed)?, "dpo", v))?.as_bytes(),
-        ),
+        Alignment::Sft => u.fingerprint()?,
+        Alignment::Dpo(v) => {
+            sha256_hex(serde_json::to_string(&(u.fingerprint()?, "dpo", v))?.as_bytes())
+        }
     };
-    if let Some(done) = finished_outcome::<UnitOutcome>(&outcome_path, &fp) {
+    let dir = u.unit_dir("cells", &how.unit_name(base, seed), fp);
+    if let Some(done) = dir.finished() {
         return Ok(done);
     }
-    let base_spec = base_dir.to_string_lossy().into_owned();
-    let gen = GenConfig {
-        max_new_tokens: cfg.max_new_tokens,
-        temperature: cfg.temperature,
-        seed,
-        batch_size: 16,
-        ..Default::default()
-    };
-    let base_lm = load_model(&base_spec, &Device::Cpu)?;
+    let gen = u.gen_config();
+    let base_lm = load_model(&u.base_spec(), &Device::Cpu)?;
     let (base_score, _) = score_model(&base_lm, data.prompts, scorer, &gen)?;
     let base_exact = measures::measure(&base_lm, data.probes)?;
     let max_minus = cfg.n_minus.iter().copied().max().unwrap_or(0);
@@ -309,9 +352,9 @@ pub fn run_unit(
     let mut rows = Vec::new();
     let mut rates = Vec::new();
     for &np in &cfg.n_plus {
-        let cell_dir = unit_dir.join(format!("nplus{np}"));
-        let (lm, pos, align_tokens) = aligned(cfg, &base_spec, np, seed, data, &cell_dir, how)?;
-        let k = pretrain_tokens as f64 / align_tokens;
+        let cell_dir = dir.path.join(format!("nplus{np}"));
+        let (lm, pos, align_tokens) = aligned(u, np, &cell_dir, how)?;
+        let k = u.pretrain_tokens as f64 / align_tokens;
         let track_rates = !neg.is_empty() && matches!(how, Alignment::Sft);
         let sets = tracked_sets(data.held_out_pretrain, cfg.rate_records, &pos, &neg);
         let mut measured: Vec<(usize, f64, Option<f64>, Exact)> = Vec::new();
@@ -347,13 +390,13 @@ pub fn run_unit(
         }
     }
     let outcome = UnitOutcome {
-        fingerprint: fp,
+        fingerprint: dir.fingerprint.clone(),
         base_score,
         base_exact,
         rows,
         rates,
     };
-    crate::util::fsx::atomic_write_json(&outcome_path, &outcome)?;
+    dir.save(&outcome)?;
     Ok(outcome)
 }
 
@@ -419,15 +462,13 @@ const ALIGN_STRIDE: usize = 7919;
 /// The base aligned on the seed's n+ positives (SFT) or n+ preference pairs (DPO): the
 /// model, the positives (the chosen answers) and their sequence tokens.
 pub(super) fn aligned(
-    cfg: &DemoConfig,
-    base_spec: &str,
+    u: &UnitInputs,
     np: usize,
-    seed: u64,
-    data: &DemoData,
     cell_dir: &Path,
     how: Alignment,
 ) -> Result<(LoadedModel, Vec<Record>, f64)> {
-    let lm = load_model(base_spec, &Device::Cpu)?;
+    let (cfg, seed, data) = (u.cfg, u.seed, u.data);
+    let lm = load_model(&u.base_spec(), &Device::Cpu)?;
     let tc = train_config(cfg, cfg.align_lr, seed);
     let out = cell_dir.join("aligned");
     let pos = match how {
@@ -490,24 +531,16 @@ pub struct AblationOutcome {
 /// rebound grid does, then perturb with the arm's learning rate on the arm's set, tracking
 /// the compression rates at the grid's n- and the first steps. `base` in the points is the
 /// arm's name.
-#[allow(clippy::too_many_arguments)]
 pub fn run_ablation_unit(
-    cfg: &DemoConfig,
-    base: &BaseSpec,
-    base_dir: &Path,
-    pretrain_tokens: usize,
+    u: &UnitInputs,
     arm: &AblationArm,
     arm_index: usize,
-    seed: u64,
-    data: &DemoData,
-    out: &Path,
 ) -> Result<AblationOutcome> {
-    let unit_dir = out
-        .join("ablation")
-        .join(format!("{}-arm{arm_index}-seed{seed}", base.name()));
-    let outcome_path = unit_dir.join("outcome.json");
-    let fp = sha256_hex(serde_json::to_string(&(fingerprint(cfg, base, seed)?, arm))?.as_bytes());
-    if let Some(done) = finished_outcome::<AblationOutcome>(&outcome_path, &fp) {
+    let (cfg, seed, data) = (u.cfg, u.seed, u.data);
+    let fp = sha256_hex(serde_json::to_string(&(u.fingerprint()?, arm))?.as_bytes());
+    let name = format!("{}-arm{arm_index}-seed{seed}", u.base.name());
+    let dir = u.unit_dir("ablation", &name, fp);
+    if let Some(done) = dir.finished() {
         return Ok(done);
     }
     let np = *cfg.n_plus.first().context("no n+")?;
@@ -532,10 +565,8 @@ pub fn run_ablation_unit(
     } else {
         draw(data.perturb, max_minus, seed, PERTURB_STRIDE)
     };
-    let base_spec = base_dir.to_string_lossy().into_owned();
-    let (lm, pos, align_tokens) =
-        aligned(cfg, &base_spec, np, seed, data, &unit_dir, Alignment::Sft)?;
-    let k = pretrain_tokens as f64 / align_tokens;
+    let (lm, pos, align_tokens) = aligned(u, np, &dir.path, Alignment::Sft)?;
+    let k = u.pretrain_tokens as f64 / align_tokens;
     let prefix = prefix_tokens(&lm.tokenizer, &perturb)?;
     let sets = tracked_sets(data.held_out_pretrain, cfg.rate_records, &pos, &perturb);
     let mut rates = Vec::new();
@@ -545,12 +576,12 @@ pub fn run_ablation_unit(
         Ok(())
     };
     measure(&lm, 0)?;
-    let out = unit_dir.join("perturbed");
+    let out = dir.path.join("perturbed");
     perturb_measured(cfg, &lm, &perturb, arm.lr, seed, &out, &mut measure)?;
     let outcome = AblationOutcome {
-        fingerprint: fp,
+        fingerprint: dir.fingerprint.clone(),
         rates,
     };
-    crate::util::fsx::atomic_write_json(&outcome_path, &outcome)?;
+    dir.save(&outcome)?;
     Ok(outcome)
 }
