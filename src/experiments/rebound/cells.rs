@@ -74,6 +74,7 @@ pub const TRAIN_SUMMARY: &str = "train_summary.json";
 pub const SAMPLES_FILE: &str = "samples.jsonl";
 
 /// How a cell's responses are produced and judged.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvalParams {
@@ -82,10 +83,8 @@ pub struct EvalParams {
     pub scorer: ScorerSpec,
     pub kl_batch_size: usize,
     /// Measure the capability kept on the `capability` input.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capability: Option<CapabilityParams>,
     /// Count refusals.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refusal: Option<RefusalParams>,
 }
 
@@ -98,11 +97,11 @@ pub struct CapabilityParams {
 }
 
 /// Which refusal keyword list to count with.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RefusalParams {
     /// A list file; `None` = the built-in v1.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keywords: Option<PathBuf>,
 }
 
@@ -116,6 +115,7 @@ pub struct BaseParams {
 }
 
 /// Parameters of `rebound.align`.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlignParams {
@@ -124,11 +124,11 @@ pub struct AlignParams {
     pub seed: u64,
     pub train: TrainConfig,
     /// TensorBoard event directory of this cell's training (the config's `log_dir`/<id>).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_dir: Option<String>,
 }
 
 /// Parameters of `rebound.perturb`.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PerturbParams {
@@ -143,7 +143,6 @@ pub struct PerturbParams {
     pub from: PerturbFrom,
     pub train: TrainConfig,
     /// TensorBoard event directory of this cell's training (the config's `log_dir`/<id>).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_dir: Option<String>,
     pub eval: EvalParams,
     /// Keep the perturbed weights after the result is written.
@@ -179,6 +178,7 @@ pub struct AlignOutput {
 }
 
 /// Output of `rebound.base` (n+ = n- = 0, no training) and `rebound.perturb`.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalOutput {
     pub model: String,
@@ -186,13 +186,12 @@ pub struct EvalOutput {
     pub n_negative: usize,
     pub seed: u64,
     /// The n- fine-tuning stage (absent for the base model and for n- = 0).
+    #[serialize_always]
     pub train: Option<TrainOutcome>,
     pub eval: EvalSummary,
     /// Mean NLL of the capability set under this model.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capability: Option<EvalLoss>,
     /// Weight-space elasticity against the aligned and base weights (perturbed models).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight_space: Option<WeightSpace>,
 }
 

@@ -62,6 +62,7 @@ impl ModelRef {
 }
 
 /// Parameters of a `resist.theta` cell; its input `data` is the slice.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ThetaParams {
@@ -70,11 +71,11 @@ pub struct ThetaParams {
     pub start: ModelRef,
     pub train: TrainConfig,
     /// TensorBoard event directory of this fine-tune (the config's `log_dir`/<id>).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_dir: Option<String>,
 }
 
 /// Parameters of a `resist.generate` cell; its input `prompts` is the held-out prompts.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateParams {
@@ -83,16 +84,15 @@ pub struct GenerateParams {
     pub template: Template,
     pub generate: GenConfig,
     /// θ0's directory: measure KL(θk || θ0) by position and the coherence under θ0.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<String>,
     /// Measure θk's capability kept on the `capability` input (its sequence limit).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capability_max_length: Option<usize>,
 }
 
 /// Parameters of a `resist.pair` cell. The start model and the training data both follow
 /// from `pair` and `direction`; `models` and `gens` only say where each checkpoint's
 /// weights and generations are.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PairParams {
@@ -104,7 +104,6 @@ pub struct PairParams {
     pub gens: BTreeMap<usize, String>,
     pub keep_model: bool,
     /// TensorBoard event directory of this fine-tune (the config's `log_dir`/<id>).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_dir: Option<String>,
     /// Measure the weight-space movement toward the data's checkpoint.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -137,6 +136,7 @@ impl From<&TrainSummary> for FineTuneOutput {
 }
 
 /// Output of a `resist.pair` cell.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PairOutput {
     pub k: usize,
@@ -147,7 +147,6 @@ pub struct PairOutput {
     pub fine_tune: FineTuneOutput,
     /// Δa = θ_start − θ_data (the checkpoint whose answers it trained on), Δp = the
     /// fine-tune's update: `fraction_undone` is the share of the gap to θ_data closed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight_space: Option<WeightSpace>,
 }
 
@@ -163,15 +162,14 @@ pub struct CheckpointMeasures {
 }
 
 /// Output of a `resist.generate` cell.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenerateOutput {
     /// File name inside the cell directory.
     pub file: String,
     pub records: usize,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub measures: Option<CheckpointMeasures>,
     /// Mean NLL of the capability set under θk.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capability: Option<EvalLoss>,
 }
 
