@@ -35,7 +35,7 @@ use crate::backend::LanguageModel;
 use crate::data::prefs::PrefRecord;
 use crate::data::records::{read_jsonl, Record};
 use crate::data::template::Template;
-use crate::experiments::device::{self, load_cpu, StageExamples};
+use crate::experiments::device::{self, load_cpu, StageData};
 use crate::experiments::evaluate::{evaluate, EvalSummary, References};
 use crate::experiments::evaluated::Evaluated;
 use crate::experiments::weight_space::{self, WeightSpace, Weights};
@@ -47,7 +47,6 @@ use crate::model::adapted;
 use crate::model::generate::GenConfig;
 use crate::model::lora::{self, Adapter};
 use crate::model::{LoadedModel, ModelConfig};
-use crate::report::tensorboard::TrainBoard;
 use crate::score::keywords::KeywordScorer;
 use crate::score::registry::ScorerSpec;
 use crate::score::Scorer;
@@ -426,12 +425,6 @@ fn merged(lm: LoadedModel) -> Result<LoadedModel> {
     })
 }
 
-/// What a training stage trains on: SFT records, or DPO pairs (`[align] method = "dpo"`).
-enum StageData {
-    Records(Vec<Record>),
-    Pairs(Vec<PrefRecord>),
-}
-
 /// Fine-tune the model `start` gives (a new LoRA adapter on it when `cfg.lora` is on, or its
 /// own adapter continued) on `data` into `cells/<id>/model`, resuming from a checkpoint; a
 /// finished stage (its summary file exists) is returned as is. `base` names the adapter's
@@ -454,29 +447,7 @@ fn train_stage_of(
             .with_context(|| format!("{} is not a training summary", marker.display()));
     }
     let t0 = std::time::Instant::now();
-    let (lm, _) = adapted::for_training(start()?, &cfg.lora, cfg.seed, &path_str(base))?;
-    let mut board = log_dir
-        .map(|d| TrainBoard::create(Path::new(d)))
-        .transpose()?;
-    let mut hook = |log: &crate::train::sft::StepLog| -> Result<()> {
-        if let Some(b) = board.as_mut() {
-            b.step(log.step as u64, log.loss, log.lr, log.grad_norm, log.tokens)?;
-        }
-        ctx.fault_point(&format!("train-step-{}", log.step))
-    };
-    let examples = match data {
-        StageData::Records(r) => StageExamples::Records(r),
-        StageData::Pairs(p) => StageExamples::Pairs(p),
-    };
-    let s = device::train_stage(
-        &ctx.device,
-        lm,
-        examples,
-        cfg,
-        &out,
-        &mut hook,
-        ctx.progress,
-    )?;
+    let s = device::train_cell(ctx, start()?, base, data, cfg, &out, log_dir)?;
     let outcome = TrainOutcome {
         steps: s.steps,
         records: s.records,
