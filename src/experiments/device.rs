@@ -6,7 +6,8 @@
 //! it always did. On any other choice (`device = "cuda"`, or `backend = "torch"` on the CPU)
 //! it goes through `backend::train` (SFT or DPO, full or LoRA), which writes the same files
 //! (log, checkpoints, final model or adapter) and resumes the same way. The per-step hook
-//! (TensorBoard, fault points) runs on both. Evaluation (generation, log-probs, KL, NLL)
+//! (TensorBoard, fault points) runs on both; [`train_cell`] is the stage as every rebound and
+//! resist cell runs it (LoRA set-up, that hook, then [`train_stage`]). Evaluation (generation, log-probs, KL, NLL)
 //! runs on the same backend ([`eval_model`], [`load_eval_model`]); the scorers (classifiers,
 //! keyword lists, the world's scorers) always run on the CPU.
 

@@ -184,7 +184,7 @@ pub struct EvalOutput {
     pub n_positive: usize,
     pub n_negative: usize,
     pub seed: u64,
-    /// The n- fine-tuning stage (absent for the base model and for n- = 0).
+    /// The n- fine-tuning stage (`null` for the base model and for n- = 0).
     #[serialize_always]
     pub train: Option<TrainOutcome>,
     pub eval: EvalSummary,
