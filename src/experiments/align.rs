@@ -20,6 +20,7 @@ use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
 /// The `[align]` table.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AlignSpec {
@@ -27,7 +28,6 @@ pub struct AlignSpec {
     pub dpo_beta: f64,
     pub dpo_loss: DpoLoss,
     /// PKU-SafeRLHF: which label names the chosen answer.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub prefer: Option<Prefer>,
     /// Align with a LoRA adapter (`model::lora`) instead of a full fine-tune: the `[train.lora]`
     /// keys (`rank`, `alpha`, `targets`, `rslora`). Off (rank 0) by default.

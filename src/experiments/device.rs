@@ -6,18 +6,22 @@
 //! it always did. On any other choice (`device = "cuda"`, or `backend = "torch"` on the CPU)
 //! it goes through `backend::train` (SFT or DPO, full or LoRA), which writes the same files
 //! (log, checkpoints, final model or adapter) and resumes the same way. The per-step hook
-//! (TensorBoard, fault points) runs on both. Evaluation (generation, log-probs, KL, NLL)
+//! (TensorBoard, fault points) runs on both; [`train_cell`] is the stage as every rebound and
+//! resist cell runs it (LoRA set-up, that hook, then [`train_stage`]). Evaluation (generation, log-probs, KL, NLL)
 //! runs on the same backend ([`eval_model`], [`load_eval_model`]); the scorers (classifiers,
 //! keyword lists, the world's scorers) always run on the CPU.
 
 use crate::backend::{self, BackendChoice, BackendKind, DeviceSpec, Precision};
 use crate::data::prefs::PrefRecord;
 use crate::data::records::Record;
+use crate::grid::cell::CellContext;
 use crate::grid::config::ExecutorSpec;
 use crate::grid::device::CellDevice;
 use crate::grid::slurm::SlurmConfig;
+use crate::model::adapted;
 use crate::model::checkpoint::load_model;
 use crate::model::LoadedModel;
+use crate::report::tensorboard::TrainBoard;
 use crate::train::driver::{AfterStep, Run};
 use crate::train::sft::{StepLog, TrainSummary};
 use crate::train::{train, TrainConfig, TrainRun};
@@ -127,10 +131,9 @@ pub fn load_cpu(dir: &Path) -> Result<LoadedModel> {
 }
 
 /// What a training stage learns from: SFT records, or DPO's preference pairs.
-#[derive(Clone, Copy)]
-pub enum StageExamples<'a> {
-    Records(&'a [Record]),
-    Pairs(&'a [PrefRecord]),
+pub enum StageData {
+    Records(Vec<Record>),
+    Pairs(Vec<PrefRecord>),
 }
 
 /// Fine-tune `lm` on `data` into `out` on the backend `d` names (SFT or DPO, full or LoRA as
@@ -139,7 +142,7 @@ pub enum StageExamples<'a> {
 pub fn train_stage(
     d: &CellDevice,
     lm: LoadedModel,
-    data: StageExamples<'_>,
+    data: &StageData,
     cfg: &TrainConfig,
     out: &Path,
     hook: &mut AfterStep<'_>,
@@ -155,8 +158,8 @@ pub fn train_stage(
             progress,
         };
         return match data {
-            StageExamples::Records(r) => train(&lm, r, cfg, run),
-            StageExamples::Pairs(p) => crate::train::dpo::train(&lm, p, cfg, run).map(|s| s.train),
+            StageData::Records(r) => train(&lm, r, cfg, run),
+            StageData::Pairs(p) => crate::train::dpo::train(&lm, p, cfg, run).map(|s| s.train),
         };
     }
     let mut model = backend::from_loaded(lm, &c)?;
@@ -167,11 +170,40 @@ pub fn train_stage(
         hook: Some(hook),
     };
     match data {
-        StageExamples::Records(r) => backend::train::train(model.as_mut(), r, cfg, run),
-        StageExamples::Pairs(p) => {
+        StageData::Records(r) => backend::train::train(model.as_mut(), r, cfg, run),
+        StageData::Pairs(p) => {
             backend::train::train_dpo(model.as_mut(), p, cfg, run).map(|s| s.train)
         }
     }
+}
+
+/// An experiment cell's training stage: `start` made trainable (the whole model, a new LoRA
+/// adapter on it when `cfg.lora` is on, or its own adapter continued), then [`train_stage`]
+/// (SFT, or DPO with `start` as the reference when `cfg.dpo` says so) on the cell's backend
+/// into `out`, resuming a killed attempt; every step is written to TensorBoard under
+/// `log_dir` (when given) and passes the cell's fault point `train-step-N`. `base` is the
+/// directory `start` was loaded from (the adapter's config names it).
+pub fn train_cell(
+    ctx: &CellContext<'_>,
+    start: LoadedModel,
+    base: &Path,
+    data: &StageData,
+    cfg: &TrainConfig,
+    out: &Path,
+    log_dir: Option<&str>,
+) -> Result<TrainSummary> {
+    let (lm, _) = adapted::for_training(start, &cfg.lora, cfg.seed, &base.to_string_lossy())?;
+    let mut board = log_dir
+        .map(|d| TrainBoard::create(Path::new(d)))
+        .transpose()?;
+    let mut hook = |log: &StepLog| -> Result<()> {
+        if let Some(b) = board.as_mut() {
+            b.step(log.step as u64, log.loss, log.lr, log.grad_norm, log.tokens)?;
+        }
+        ctx.fault_point(&format!("train-step-{}", log.step))
+    };
+    train_stage(&ctx.device, lm, data, cfg, out, &mut hook, ctx.progress)
+        .with_context(|| format!("fine-tuning {} into {}", base.display(), out.display()))
 }
 
 #[cfg(test)]

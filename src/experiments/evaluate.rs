@@ -94,6 +94,7 @@ pub fn generate_responses(
 }
 
 /// One line of a cell's `samples.jsonl`.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SampleRow {
     pub prompt: String,
@@ -103,20 +104,17 @@ pub struct SampleRow {
     pub ended_with_eos: bool,
     pub score: f64,
     /// Mean per-token KL(model || base) of this response, when a base was given.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kl: Option<f64>,
     /// Mean per-token KL(model || aligned model), when an aligned model was given.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kl_aligned: Option<f64>,
     /// Mean NLL of the response tokens under the base model (none for an empty response).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_nll: Option<f64>,
     /// Whether the response matches the refusal keyword list, when refusals are counted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused: Option<bool>,
 }
 
 /// What an evaluation measured.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalSummary {
     pub prompts: usize,
@@ -129,7 +127,6 @@ pub struct EvalSummary {
     /// (token-weighted); 0 for the base model itself.
     pub kl: f64,
     /// Per-prompt mean KL, averaged over prompts with its 95% CI (prompt-weighted).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kl_per_prompt: Option<MeanCi>,
     /// Response positions the KL averages over.
     pub kl_positions: usize,
@@ -141,19 +138,15 @@ pub struct EvalSummary {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kl_by_position: Vec<PositionKl>,
     /// KL(model || aligned model), token-weighted, when an aligned model was given.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kl_to_aligned: Option<f64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kl_to_aligned_by_position: Vec<PositionKl>,
     /// Coherence: mean NLL per response token (EOS excluded) under the base model, over
     /// every response token of every prompt.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coherence_nll: Option<f64>,
     /// Share of responses that refuse (keyword list), with its 95% CI over prompts.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refusal_rate: Option<MeanCi>,
     /// Version of the refusal keyword list (its header), when refusals were counted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refusal_keywords: Option<String>,
 }
 

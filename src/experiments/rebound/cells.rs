@@ -35,7 +35,7 @@ use crate::backend::LanguageModel;
 use crate::data::prefs::PrefRecord;
 use crate::data::records::{read_jsonl, Record};
 use crate::data::template::Template;
-use crate::experiments::device::{self, load_cpu, StageExamples};
+use crate::experiments::device::{self, load_cpu, StageData};
 use crate::experiments::evaluate::{evaluate, EvalSummary, References};
 use crate::experiments::evaluated::Evaluated;
 use crate::experiments::weight_space::{self, WeightSpace, Weights};
@@ -47,7 +47,6 @@ use crate::model::adapted;
 use crate::model::generate::GenConfig;
 use crate::model::lora::{self, Adapter};
 use crate::model::{LoadedModel, ModelConfig};
-use crate::report::tensorboard::TrainBoard;
 use crate::score::keywords::KeywordScorer;
 use crate::score::registry::ScorerSpec;
 use crate::score::Scorer;
@@ -74,6 +73,7 @@ pub const TRAIN_SUMMARY: &str = "train_summary.json";
 pub const SAMPLES_FILE: &str = "samples.jsonl";
 
 /// How a cell's responses are produced and judged.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvalParams {
@@ -82,10 +82,8 @@ pub struct EvalParams {
     pub scorer: ScorerSpec,
     pub kl_batch_size: usize,
     /// Measure the capability kept on the `capability` input.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capability: Option<CapabilityParams>,
     /// Count refusals.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refusal: Option<RefusalParams>,
 }
 
@@ -98,11 +96,11 @@ pub struct CapabilityParams {
 }
 
 /// Which refusal keyword list to count with.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RefusalParams {
     /// A list file; `None` = the built-in v1.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keywords: Option<PathBuf>,
 }
 
@@ -116,6 +114,7 @@ pub struct BaseParams {
 }
 
 /// Parameters of `rebound.align`.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlignParams {
@@ -124,11 +123,11 @@ pub struct AlignParams {
     pub seed: u64,
     pub train: TrainConfig,
     /// TensorBoard event directory of this cell's training (the config's `log_dir`/<id>).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_dir: Option<String>,
 }
 
 /// Parameters of `rebound.perturb`.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PerturbParams {
@@ -143,7 +142,6 @@ pub struct PerturbParams {
     pub from: PerturbFrom,
     pub train: TrainConfig,
     /// TensorBoard event directory of this cell's training (the config's `log_dir`/<id>).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_dir: Option<String>,
     pub eval: EvalParams,
     /// Keep the perturbed weights after the result is written.
@@ -179,20 +177,20 @@ pub struct AlignOutput {
 }
 
 /// Output of `rebound.base` (n+ = n- = 0, no training) and `rebound.perturb`.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalOutput {
     pub model: String,
     pub n_positive: usize,
     pub n_negative: usize,
     pub seed: u64,
-    /// The n- fine-tuning stage (absent for the base model and for n- = 0).
+    /// The n- fine-tuning stage (`null` for the base model and for n- = 0).
+    #[serialize_always]
     pub train: Option<TrainOutcome>,
     pub eval: EvalSummary,
     /// Mean NLL of the capability set under this model.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capability: Option<EvalLoss>,
     /// Weight-space elasticity against the aligned and base weights (perturbed models).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight_space: Option<WeightSpace>,
 }
 
@@ -427,12 +425,6 @@ fn merged(lm: LoadedModel) -> Result<LoadedModel> {
     })
 }
 
-/// What a training stage trains on: SFT records, or DPO pairs (`[align] method = "dpo"`).
-enum StageData {
-    Records(Vec<Record>),
-    Pairs(Vec<PrefRecord>),
-}
-
 /// Fine-tune the model `start` gives (a new LoRA adapter on it when `cfg.lora` is on, or its
 /// own adapter continued) on `data` into `cells/<id>/model`, resuming from a checkpoint; a
 /// finished stage (its summary file exists) is returned as is. `base` names the adapter's
@@ -455,29 +447,7 @@ fn train_stage_of(
             .with_context(|| format!("{} is not a training summary", marker.display()));
     }
     let t0 = std::time::Instant::now();
-    let (lm, _) = adapted::for_training(start()?, &cfg.lora, cfg.seed, &path_str(base))?;
-    let mut board = log_dir
-        .map(|d| TrainBoard::create(Path::new(d)))
-        .transpose()?;
-    let mut hook = |log: &crate::train::sft::StepLog| -> Result<()> {
-        if let Some(b) = board.as_mut() {
-            b.step(log.step as u64, log.loss, log.lr, log.grad_norm, log.tokens)?;
-        }
-        ctx.fault_point(&format!("train-step-{}", log.step))
-    };
-    let examples = match data {
-        StageData::Records(r) => StageExamples::Records(r),
-        StageData::Pairs(p) => StageExamples::Pairs(p),
-    };
-    let s = device::train_stage(
-        &ctx.device,
-        lm,
-        examples,
-        cfg,
-        &out,
-        &mut hook,
-        ctx.progress,
-    )?;
+    let s = device::train_cell(ctx, start()?, base, data, cfg, &out, log_dir)?;
     let outcome = TrainOutcome {
         steps: s.steps,
         records: s.records,

@@ -66,6 +66,7 @@ pub const PAPER_N_NEGATIVE: [usize; 6] = [0, 100, 200, 500, 1000, 2000];
 pub const PAPER_KL_EPSILON: f64 = 0.01;
 
 /// A base (pre-trained) model of the grid.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BaseModel {
@@ -75,20 +76,18 @@ pub struct BaseModel {
     pub path: String,
     /// The scaling axis value of this model (parameters, pre-training tokens); needed by
     /// `elastica scaling`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x: Option<f64>,
 }
 
 /// Where the evaluation prompts come from, and how they are used.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvalConfig {
     /// A JSONL file of `{"prompt": ...}` lines (other fields ignored).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompts: Option<String>,
     /// Or: a data set whose records' prompts are the evaluation prompts (use `offset` to keep
     /// them apart from the training rows).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<DataSpec>,
     /// How many prompts to use (the first n). Default 200.
     #[serde(default = "default_eval_n")]
@@ -123,6 +122,7 @@ fn read_generation<'de, D: serde::Deserializer<'de>>(d: D) -> Result<GenConfig, 
 /// The instruments beyond score and KL (issue 22). KL by response position and the samples'
 /// coherence (NLL under the base model) come free with the KL pass and are always measured;
 /// the others cost time or memory and can be switched off.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Measures {
@@ -136,10 +136,8 @@ pub struct Measures {
     pub weight_space: bool,
     /// Count refusals with a keyword list. Unset: on when the scorer is a cost model or
     /// `world-safety`; set it to true for a safety classifier. Cost: negligible.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub refusal_rate: Option<bool>,
     /// A refusal keyword list replacing the built-in v1 (format: `score::keywords`).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub refusal_keywords: Option<PathBuf>,
     /// Records of `[capability]` used (its first n). Cost: one forward over them per
     /// evaluated model. Default 200.
@@ -169,11 +167,11 @@ impl Measures {
 }
 
 /// The whole config of `elastica rebound` / `elastica scaling`.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReboundConfig {
     /// The base model (one model). Give this or `models`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
     /// Several base models (a scaling study); each gets the whole grid.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -223,11 +221,9 @@ pub struct ReboundConfig {
     pub scorer: ScorerSpec,
     /// Write TensorBoard event files of every training cell into `<log_dir>/<cell id>`
     /// (`tensorboard --logdir <log_dir>` shows the grid's curves side by side). Unset: none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_dir: Option<String>,
     /// Held-out general text (`{"text"}` or prompt/response records) whose mean NLL every
     /// evaluated model gets: the capability the fine-tunes kept. Unset: not measured.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capability: Option<DataSpec>,
     /// Instruments beyond score and KL, and their switches.
     #[serde(default)]
@@ -255,10 +251,8 @@ pub struct ReboundConfig {
     #[serde(default = "crate::experiments::device::default_device")]
     pub device: String,
     /// "fused" or "torch" (default: fused on the CPU, torch on CUDA).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
     /// "f32" (default) or "bf16" (mixed precision, torch backend).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dtype: Option<String>,
 }
 

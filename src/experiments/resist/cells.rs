@@ -16,11 +16,10 @@
 //! point `train-step-N` after optimizer step N (see `grid::cell`).
 
 use super::plan::{Direction, PairPlan};
-use crate::data::prefs::PrefRecord;
 use crate::data::records::{read_jsonl, write_jsonl, Record};
 use crate::data::schemas::DataSpec;
 use crate::data::template::Template;
-use crate::experiments::device::{self, load_cpu, StageExamples};
+use crate::experiments::device::{self, load_cpu, StageData};
 use crate::experiments::evaluate::{coherence, generate_responses, Generation};
 use crate::experiments::evaluated::Evaluated;
 use crate::experiments::kl::{by_position, pooled_mean, sequence_kl, Continuation, PositionKl};
@@ -62,6 +61,7 @@ impl ModelRef {
 }
 
 /// Parameters of a `resist.theta` cell; its input `data` is the slice.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ThetaParams {
@@ -70,11 +70,11 @@ pub struct ThetaParams {
     pub start: ModelRef,
     pub train: TrainConfig,
     /// TensorBoard event directory of this fine-tune (the config's `log_dir`/<id>).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_dir: Option<String>,
 }
 
 /// Parameters of a `resist.generate` cell; its input `prompts` is the held-out prompts.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateParams {
@@ -83,16 +83,15 @@ pub struct GenerateParams {
     pub template: Template,
     pub generate: GenConfig,
     /// θ0's directory: measure KL(θk || θ0) by position and the coherence under θ0.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<String>,
     /// Measure θk's capability kept on the `capability` input (its sequence limit).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capability_max_length: Option<usize>,
 }
 
 /// Parameters of a `resist.pair` cell. The start model and the training data both follow
 /// from `pair` and `direction`; `models` and `gens` only say where each checkpoint's
 /// weights and generations are.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PairParams {
@@ -104,7 +103,6 @@ pub struct PairParams {
     pub gens: BTreeMap<usize, String>,
     pub keep_model: bool,
     /// TensorBoard event directory of this fine-tune (the config's `log_dir`/<id>).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_dir: Option<String>,
     /// Measure the weight-space movement toward the data's checkpoint.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -137,6 +135,7 @@ impl From<&TrainSummary> for FineTuneOutput {
 }
 
 /// Output of a `resist.pair` cell.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PairOutput {
     pub k: usize,
@@ -147,7 +146,6 @@ pub struct PairOutput {
     pub fine_tune: FineTuneOutput,
     /// Δa = θ_start − θ_data (the checkpoint whose answers it trained on), Δp = the
     /// fine-tune's update: `fraction_undone` is the share of the gap to θ_data closed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight_space: Option<WeightSpace>,
 }
 
@@ -163,15 +161,14 @@ pub struct CheckpointMeasures {
 }
 
 /// Output of a `resist.generate` cell.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenerateOutput {
     /// File name inside the cell directory.
     pub file: String,
     pub records: usize,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub measures: Option<CheckpointMeasures>,
     /// Mean NLL of the capability set under θk.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capability: Option<EvalLoss>,
 }
 
@@ -180,46 +177,9 @@ pub fn gen_file(k: usize) -> String {
     format!("gen_{k}.jsonl")
 }
 
-/// What a fine-tune trains on: SFT records, or preference pairs (slice fine-tunes under
-/// `[align] method = "dpo"`).
-pub enum Examples {
-    Records(Vec<Record>),
-    Pairs(Vec<PrefRecord>),
-}
-
 /// Where a LoRA slice fine-tune keeps its adapter and log inside the cell directory (the
 /// cell directory itself holds θk with the adapter merged in).
 pub const ADAPTER_DIR: &str = "adapter";
-
-/// Fine-tune the model in `start` on `data` into `out`, resuming a killed attempt: the whole
-/// model, or a new LoRA adapter on it when `t.lora` is on; SFT, or DPO with `start` as the
-/// reference when `t.dpo` says so.
-fn fine_tune(
-    ctx: &CellContext<'_>,
-    start: &Path,
-    out: &Path,
-    data: &Examples,
-    t: &TrainConfig,
-    log_dir: Option<&str>,
-) -> Result<TrainSummary> {
-    let (lm, _) =
-        adapted::for_training(load_cpu(start)?, &t.lora, t.seed, &start.to_string_lossy())?;
-    let mut board = log_dir
-        .map(|d| crate::report::tensorboard::TrainBoard::create(Path::new(d)))
-        .transpose()?;
-    let mut hook = |s: &crate::train::sft::StepLog| {
-        if let Some(b) = board.as_mut() {
-            b.step(s.step as u64, s.loss, s.lr, s.grad_norm, s.tokens)?;
-        }
-        ctx.fault_point(&format!("train-step-{}", s.step))
-    };
-    let examples = match data {
-        Examples::Records(r) => StageExamples::Records(r),
-        Examples::Pairs(p) => StageExamples::Pairs(p),
-    };
-    device::train_stage(&ctx.device, lm, examples, t, out, &mut hook, ctx.progress)
-        .with_context(|| format!("fine-tuning {} into {}", start.display(), out.display()))
-}
 
 /// The resist grid's kinds of cell (see `experiments::registry`).
 pub static KINDS: &Kinds = &[&ThetaKind, &GenerateKind, &PairKind];
@@ -237,10 +197,10 @@ impl CellKind for ThetaKind {
         let p: ThetaParams = ctx.params()?;
         let input = ctx.input("data")?;
         let data = match p.train.dpo.method {
-            Method::Sft => Examples::Records(read_jsonl(&input)?),
+            Method::Sft => StageData::Records(read_jsonl(&input)?),
             Method::Dpo => {
                 let spec = DataSpec::new(input.to_string_lossy(), "jsonl");
-                Examples::Pairs(crate::data::prefs::load(&spec, None)?.records)
+                StageData::Pairs(crate::data::prefs::load(&spec, None)?.records)
             }
         };
         // θ_k is trained further (θ_{k+1}, the pairs): f32, so no update is rounded away.
@@ -249,15 +209,25 @@ impl CellKind for ThetaKind {
             ..p.train.clone()
         };
         let start = p.start.dir(ctx);
+        let log_dir = p.log_dir.as_deref();
         if !t.lora.enabled() {
-            let s = fine_tune(ctx, &start, &ctx.dir, &data, &t, p.log_dir.as_deref())?;
+            let s =
+                device::train_cell(ctx, load_cpu(&start)?, &start, &data, &t, &ctx.dir, log_dir)?;
             return Ok(serde_json::to_value(FineTuneOutput::from(&s))?);
         }
         // A LoRA stage: the adapter trains on θ_{k-1}, then θ_k is θ_{k-1} with it merged in,
         // a full checkpoint like every other θ (the next slice, the generations and the pair
         // fine-tunes start from it unchanged).
         let adapter_dir = ctx.dir.join(ADAPTER_DIR);
-        let s = fine_tune(ctx, &start, &adapter_dir, &data, &t, p.log_dir.as_deref())?;
+        let s = device::train_cell(
+            ctx,
+            load_cpu(&start)?,
+            &start,
+            &data,
+            &t,
+            &adapter_dir,
+            log_dir,
+        )?;
         let lm = load_cpu(&start)?;
         let adapter = Adapter::load(&adapter_dir, &lm.model.cfg)?;
         adapted::save_merged(&adapted::attach(lm, adapter)?, &ctx.dir, Some("float32"))
@@ -369,13 +339,15 @@ impl CellKind for PairKind {
         let start = p
             .models
             .get(&start_k)
-            .with_context(|| format!("cell {}: no weights for θ{start_k}", ctx.cell.id))?;
-        let s = fine_tune(
+            .with_context(|| format!("cell {}: no weights for θ{start_k}", ctx.cell.id))?
+            .dir(ctx);
+        let s = device::train_cell(
             ctx,
-            &start.dir(ctx),
-            &ctx.dir,
-            &Examples::Records(data),
+            load_cpu(&start)?,
+            &start,
+            &StageData::Records(data),
             p.pair.train(),
+            &ctx.dir,
             p.log_dir.as_deref(),
         )?;
         let weight_space = if p.weight_space {
@@ -385,7 +357,7 @@ impl CellKind for PairKind {
                 .get(&from)
                 .with_context(|| format!("cell {}: no weights for θ{from}", ctx.cell.id))?;
             Some(
-                weight_space::measure(&target.dir(ctx), &start.dir(ctx), &ctx.dir)
+                weight_space::measure(&target.dir(ctx), &start, &ctx.dir)
                     .context("weight-space movement")?,
             )
         } else {

@@ -67,6 +67,7 @@ impl Default for ResistMeasures {
 }
 
 /// Everything `elastica resist` needs.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResistConfig {
@@ -76,7 +77,6 @@ pub struct ResistConfig {
     pub data: DataSpec,
     /// Where the held-out generation prompts come from. Unset: the last `eval_prompts`
     /// records of `data`, which the slices then do not use.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompts: Option<DataSpec>,
     /// Number of slices S (checkpoints theta_1 .. theta_S).
     #[serde(default = "default_slices")]
@@ -91,7 +91,6 @@ pub struct ResistConfig {
     #[serde(default = "default_eval_prompts")]
     pub eval_prompts: usize,
     /// Samples in each forward and inverse fine-tune (unset: all `eval_prompts`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pair_samples: Option<usize>,
     /// One replicate of the whole pipeline per seed: it seeds the slice fine-tunes'
     /// data order, the sampling, and the pair fine-tunes (overriding `train.seed`).
@@ -115,18 +114,15 @@ pub struct ResistConfig {
     pub align: AlignSpec,
     /// Hyper-parameters of the forward and inverse fine-tunes (unset: `train`). Both
     /// directions of a pair always use these same values.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pair_train: Option<TrainConfig>,
     /// Keep the weights of the forward/inverse fine-tunes (only their losses are needed).
     #[serde(default)]
     pub keep_pair_models: bool,
     /// Write TensorBoard event files of every fine-tune into `<log_dir>/<cell id>`
     /// (`tensorboard --logdir <log_dir>`). Unset: none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_dir: Option<String>,
     /// Held-out general text whose mean NLL every checkpoint θk gets (capability kept).
     /// Unset: not measured.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capability: Option<DataSpec>,
     #[serde(default)]
     pub measures: ResistMeasures,
@@ -140,10 +136,8 @@ pub struct ResistConfig {
     #[serde(default = "crate::experiments::device::default_device")]
     pub device: String,
     /// "fused" or "torch" (default: fused on the CPU, torch on CUDA).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
     /// "f32" (default) or "bf16" (mixed precision, torch backend).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dtype: Option<String>,
 }
 
