@@ -424,13 +424,15 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "layers": a.layers, "hidden": a.hidden, "seq": a.seq, "batch": a.batch,
         "sgemm_gflops_1024x256x688": sgemm_gflops(1024, 256, 688)?,
         "loadavg_at_start": load, "rounds": a.rounds, "sgemm": fused::blas::status(),
+        "torch_linked": cfg!(feature = "torch"),
     });
     println!(
         "elastica bench: Llama {} layers, d={}, {} heads, ff {}, vocab {}, seq {}, batch {}, f32, \
          {} threads, {n_params} params; load average at start {load}; sgemm peak {peak:.1} GFLOP/s\n\
-         sgemm: {}\n",
+         sgemm: {}\n{}\n",
         a.layers, a.hidden, a.heads, a.ff, a.vocab, a.seq, a.batch, rayon::current_num_threads(),
-        fused::blas::status()
+        fused::blas::status(),
+        build_line()
     );
     let mut s = Session {
         a: &a,
@@ -472,6 +474,18 @@ fn train_rows(a: &BenchArgs) -> Vec<(String, Vec<Kernel>)> {
 }
 
 /// "Llama L layers, d=D, ff F, vocab V, seq S": the benchmarked model, for the headers.
+/// What the build loads besides elastica: a binary built with the torch feature maps
+/// libtorch and its CUDA libraries at start (about 340 MiB resident before any elastica code
+/// runs), which every peak RSS row then carries although the fused path never calls them.
+fn build_line() -> &'static str {
+    if cfg!(feature = "torch") {
+        "build: torch feature (libtorch loaded at start: about 340 MiB of each peak RSS below \
+         is libtorch's; build without the feature to compare memory)"
+    } else {
+        "build: default (no libtorch)"
+    }
+}
+
 fn model_line(a: &BenchArgs) -> String {
     format!(
         "Llama {} layers, d={}, ff {}, vocab {}, seq {}",
@@ -506,7 +520,7 @@ fn kernels_on() -> Vec<Kernel> {
 fn train_table(s: &mut Session, mut peak: f64) -> Result<()> {
     let a = s.a;
     println!("## Training step (forward + backward + AdamW), tok/s\n");
-    println!("| optimisation | tok/s | CPU s/step | wall s/step | vs reference | vs PyTorch | MFU | peak RSS MB |");
+    println!("| optimisation | tok/s | CPU s/step | wall s/step | vs reference | vs PyTorch | MFU | peak RSS MiB |");
     println!("|---|---|---|---|---|---|---|---|");
     // Rows whose estimated memory does not fit what the machine has free are skipped
     // (the weights are already allocated, so MemAvailable is what the step may add).
@@ -740,7 +754,8 @@ fn gb(bytes: f64) -> String {
     format!("{} GB", crate::report::fmt_sig(bytes / 1e9, 3))
 }
 
-/// Peak resident set size of this process (VmHWM), in MB; 0 where /proc is unavailable.
+/// Peak resident set size of this process (VmHWM), in MiB (the JSON keys say `mb`, as
+/// bench_torch.py's do, which also counts MiB); 0 where /proc is unavailable.
 pub fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -804,13 +819,14 @@ fn lora_vs_full(a: &BenchArgs, cfg: &ModelConfig, params: crate::model::Params) 
     let tok_per_step = a.batch * a.seq;
     println!(
         "elastica bench lora: {}, batch {}, f32, {} threads; {n_params} base params, rank-{} \
-         adapter on all 7 projections = {n_adapter} params\n",
+         adapter on all 7 projections = {n_adapter} params\n{}\n",
         model_line(a),
         a.batch,
         rayon::current_num_threads(),
-        a.lora_rank
+        a.lora_rank,
+        build_line()
     );
-    println!("| step | tok/s | wall s/step | CPU s/step | peak RSS MB |");
+    println!("| step | tok/s | wall s/step | CPU s/step | peak RSS MiB |");
     println!("|---|---|---|---|---|");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let mut rows = Vec::new();
@@ -889,14 +905,15 @@ fn dpo_vs_sft(
     let tokens = 2 * a.batch * a.seq;
     println!(
         "elastica bench dpo: {}, {} pairs ({} sequences) a step, f32, {} threads; DPO beta \
-         {}, sigmoid loss\n",
+         {}, sigmoid loss\n{}\n",
         model_line(a),
         a.batch,
         2 * a.batch,
         rayon::current_num_threads(),
-        dpo.dpo_beta
+        dpo.dpo_beta,
+        build_line()
     );
-    println!("| step | tok/s | wall s/step | CPU s/step | vs PyTorch | peak RSS MB |");
+    println!("| step | tok/s | wall s/step | CPU s/step | vs PyTorch | peak RSS MiB |");
     println!("|---|---|---|---|---|---|");
     let mut first_loss = None;
     let mut rows = Vec::new();

@@ -58,14 +58,29 @@ fn model_and_adapter(entry: &str, base: Option<&str>) -> Result<(String, Option<
     Ok((base, Some(dir.to_path_buf())))
 }
 
+/// The model that codes a file. Decompression reproduces the compressor's predictions bit for
+/// bit, so `decompress` needs the very model and adapter `compress` used.
 #[derive(clap::Args, Debug)]
-pub struct CompressArgs {
-    /// Model directory (Hugging Face layout) or hub id in the local cache.
+pub struct CoderArgs {
+    /// Model directory (Hugging Face layout) or hub id in the local cache; decompress needs
+    /// the same one.
     #[arg(long)]
     pub model: String,
     /// A LoRA adapter (PEFT's format) on top of --model; decompress needs the same one.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
+}
+
+impl CoderArgs {
+    fn load(&self) -> Result<Box<dyn TokenPredictor>> {
+        load_predictor(&self.model, self.adapter.as_deref())
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CompressArgs {
+    #[command(flatten)]
+    pub coder: CoderArgs,
     /// File to compress (any bytes).
     pub input: PathBuf,
     /// Where to write the compressed file.
@@ -84,12 +99,8 @@ pub struct CompressArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct DecompressArgs {
-    /// The model the file was compressed with.
-    #[arg(long)]
-    pub model: String,
-    /// The LoRA adapter the file was compressed with, if any.
-    #[arg(long)]
-    pub adapter: Option<PathBuf>,
+    #[command(flatten)]
+    pub coder: CoderArgs,
     /// Compressed file.
     pub input: PathBuf,
     /// Where to write the original bytes.
@@ -131,12 +142,12 @@ pub struct RatesArgs {
 }
 
 pub fn run_compress(args: CompressArgs) -> Result<()> {
-    let mut pred = load_predictor(&args.model, args.adapter.as_deref())?;
+    let mut pred = args.coder.load()?;
     compress_file(&args, pred.as_mut())
 }
 
 pub fn run_decompress(args: DecompressArgs) -> Result<()> {
-    let mut pred = load_predictor(&args.model, args.adapter.as_deref())?;
+    let mut pred = args.coder.load()?;
     decompress_file(&args, pred.as_mut())
 }
 
@@ -272,6 +283,13 @@ mod tests {
     use super::*;
     use crate::compress::testing::NgramPredictor;
 
+    fn mock_coder() -> CoderArgs {
+        CoderArgs {
+            model: "mock".into(),
+            adapter: None,
+        }
+    }
+
     #[test]
     fn compress_then_decompress_files() {
         let tmp = tempfile::tempdir().unwrap();
@@ -285,8 +303,7 @@ mod tests {
         text.extend_from_slice(b"\xff\xfe binary tail \x00\x01");
         std::fs::write(&input, &text).unwrap();
         let args = CompressArgs {
-            model: "mock".into(),
-            adapter: None,
+            coder: mock_coder(),
             input: input.clone(),
             output: packed.clone(),
             chunk_tokens: Some(100),
@@ -299,8 +316,7 @@ mod tests {
         assert_eq!(json["baselines"].as_array().unwrap().len(), 3);
         assert_eq!(json["report"]["chunk_tokens"], 100);
         let dargs = DecompressArgs {
-            model: "mock".into(),
-            adapter: None,
+            coder: mock_coder(),
             input: packed.clone(),
             output: back.clone(),
         };
