@@ -129,3 +129,47 @@ fn bad_input_is_a_clear_error() {
     assert!(!ok && e.contains("/nonexistent/cm"), "{e}");
     assert!(!std::path::Path::new(out).exists());
 }
+
+/// A classifier whose shard index names a file outside its directory is refused before any
+/// record is scored, as a language model's is: by a `..` path and by a symlink that leads out.
+#[test]
+fn a_classifier_shard_outside_its_directory_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("r.jsonl");
+    std::fs::write(&data, "{\"text\": \"fine\"}\n").unwrap();
+    let outside = t.path().join("outside.safetensors");
+    std::fs::copy(format!("{FIX}/scorers/bert/model.safetensors"), &outside).unwrap();
+    let cls = t.path().join("cls");
+    std::fs::create_dir(&cls).unwrap();
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(format!("{FIX}/scorers/bert/{f}"), cls.join(f)).unwrap();
+    }
+    std::os::unix::fs::symlink(&outside, cls.join("linked.safetensors")).unwrap();
+    let out = t.path().join("s.jsonl");
+    let spec = format!(
+        "kind = \"classifier\", path = \"{}\", label = \"POSITIVE\"",
+        cls.display()
+    );
+    for (shard, says) in [
+        ("../outside.safetensors", "not a plain file path"),
+        ("linked.safetensors", "outside the model directory"),
+    ] {
+        std::fs::write(
+            cls.join("model.safetensors.index.json"),
+            format!(
+                "{{\"weight_map\": {{\"bert.embeddings.word_embeddings.weight\": \"{shard}\"}}}}"
+            ),
+        )
+        .unwrap();
+        let (ok, _, e) = score(&spec, &data, out.to_str().unwrap(), &[]);
+        assert!(
+            !ok && e.contains("model.safetensors.index.json") && e.contains(says),
+            "{shard}: {e}"
+        );
+        assert!(
+            !out.exists(),
+            "{shard}: a refused scorer wrote {}",
+            out.display()
+        );
+    }
+}
