@@ -10,7 +10,7 @@
 //! dV += P^T dY; dP = dY V^T; dS = P * (dP - rowsum(dY * Y)) * scale; dQr = dS Kr;
 //! dKr += dS^T Qr; then dQ, dK are dQr, dKr rotated back (RoPE is a rotation).
 
-use super::op::{Fused, FusedOp, Grads, Input};
+use super::op::{FusedOp, Grads, Input, KernelOp};
 use super::{grad_like, sgemm, with_data, SharedMut};
 use candle_core::{Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -73,7 +73,7 @@ pub(crate) fn attention_op(
     k: &Tensor,
     v: &Tensor,
     heads: Heads<'_>,
-) -> Result<Fused<FusedAttention>> {
+) -> Result<KernelOp<FusedAttention>> {
     let Heads {
         n_heads,
         n_kv,
@@ -95,7 +95,7 @@ pub(crate) fn attention_op(
             rope.t
         );
     }
-    Ok(Fused(FusedAttention {
+    Ok(KernelOp(FusedAttention {
         n_heads,
         n_kv,
         hd,

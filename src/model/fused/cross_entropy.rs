@@ -2,7 +2,7 @@
 //! logsumexp(x) - x[target] (targets of -100 do not count), without materialising the
 //! log-probabilities. Backward: d x = g * (softmax(x) - onehot(target)) on counted rows.
 
-use super::op::{Fused, FusedOp, Grads, Input};
+use super::op::{FusedOp, Grads, Input, KernelOp};
 use super::{grad_like, vexp, with_data, SERIAL_MAX};
 use candle_core::{Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -17,7 +17,7 @@ pub fn nll_sum(logits: &Tensor, targets: Vec<i64>) -> Result<Tensor> {
 }
 
 /// The op [`nll_sum`] applies, after checking the targets against `logits` (n, vocab).
-pub(crate) fn loss_op(logits: &Tensor, targets: Vec<i64>) -> Result<Fused<CrossEntropy>> {
+pub(crate) fn loss_op(logits: &Tensor, targets: Vec<i64>) -> Result<KernelOp<CrossEntropy>> {
     let (n, v) = logits.dims2()?;
     if targets.len() != n {
         candle_core::bail!("cross entropy: {} targets for {n} rows", targets.len());
@@ -25,7 +25,7 @@ pub(crate) fn loss_op(logits: &Tensor, targets: Vec<i64>) -> Result<Fused<CrossE
     if let Some(t) = targets.iter().find(|&&t| t >= v as i64) {
         candle_core::bail!("cross entropy: target {t} is outside the vocabulary of {v}");
     }
-    Ok(Fused(CrossEntropy {
+    Ok(KernelOp(CrossEntropy {
         targets: Arc::new(targets),
         lse: Mutex::new(Vec::new()),
     }))

@@ -5,7 +5,7 @@
 //! gemm crate otherwise. Small products (one decoding step) run on the calling thread: the
 //! thread-pool hand-off costs more than they do.
 
-use super::op::{Fused, FusedOp, Grads, Input};
+use super::op::{FusedOp, Grads, Input, KernelOp};
 use super::{blas, with_data, Kernel, SharedMut};
 use candle_core::{Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -32,7 +32,7 @@ pub fn linear_no_bias(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let x2 = x.reshape((rows, last))?; // (rows, in)
     let y = if super::usable(Kernel::Linear, &[x, w]) && w.rank() == 2 {
         x2.contiguous()?
-            .apply_op2(&w.contiguous()?, Fused(Linear))?
+            .apply_op2(&w.contiguous()?, KernelOp(Linear))?
     } else {
         x2.matmul(&w.t()?)?
     };
@@ -688,7 +688,7 @@ mod tests {
             let x = randn(&[rows, inp], 1);
             let w = randn(&[out, inp], 2);
             let o = randn(&[rows, out], 3);
-            let fused = |t: &[Tensor]| t[0].apply_op2(&t[1], Fused(Linear)).unwrap();
+            let fused = |t: &[Tensor]| t[0].apply_op2(&t[1], KernelOp(Linear)).unwrap();
             let reference = |t: &[Tensor]| t[0].matmul(&t[1].t().unwrap()).unwrap();
             check_op2(&x, &w, &o, &fused, &reference, (1e-4, 1e-4));
         }

@@ -1,5 +1,5 @@
 //! Fused CPU kernels for the decoder's hot spots, each a candle `CustomOp` (through
-//! [`op::Fused`]) with an analytic backward: causal attention with RoPE (no T x T tensor),
+//! [`op::KernelOp`]) with an analytic backward: causal attention with RoPE (no T x T tensor),
 //! RMSNorm, SwiGLU, the cross-entropy over the vocabulary, and the projections as direct gemm
 //! calls. Every kernel has a slow reference path built from differentiable candle ops; the
 //! switches here choose between them at run time, so the reference stays tested and

@@ -1,7 +1,7 @@
 //! RMSNorm as one pass per row: y = x / sqrt(mean(x^2) + eps) * w (Gemma: * (1 + w)),
 //! with the analytic backward dx = (g*w - xn * mean(g*w*xn)) / s and dw = sum_rows(g * xn).
 
-use super::op::{Fused, FusedOp, Grads, Input};
+use super::op::{FusedOp, Grads, Input, KernelOp};
 use super::{grad_like, with_data, Kernel, SERIAL_MAX};
 use candle_core::{Result, Shape, Tensor, D};
 use rayon::prelude::*;
@@ -24,7 +24,7 @@ pub fn rms_norm_reference(x: &Tensor, w: &Tensor, eps: f64, gemma: bool) -> Resu
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64, gemma: bool) -> Result<Tensor> {
     if super::usable(Kernel::RmsNorm, &[x, w]) {
         x.contiguous()?
-            .apply_op2(&w.contiguous()?, Fused(RmsNorm { eps, gemma }))
+            .apply_op2(&w.contiguous()?, KernelOp(RmsNorm { eps, gemma }))
     } else {
         rms_norm_reference(x, w, eps, gemma)
     }
@@ -144,7 +144,7 @@ mod tests {
             let w = randn(&[16], 2);
             let out_w = randn(&[3, 5, 16], 3);
             let fused = |t: &[Tensor]| {
-                t[0].apply_op2(&t[1], Fused(RmsNorm { eps: 1e-6, gemma }))
+                t[0].apply_op2(&t[1], KernelOp(RmsNorm { eps: 1e-6, gemma }))
                     .unwrap()
             };
             let reference = |t: &[Tensor]| rms_norm_reference(&t[0], &t[1], 1e-6, gemma).unwrap();

@@ -1,5 +1,5 @@
 //! The seam between a fused kernel and candle's custom ops. A kernel implements [`FusedOp`]
-//! on plain f32 data; [`Fused`] makes it candle's `CustomOp1/2/3`, so the storage plumbing
+//! on plain f32 data; [`KernelOp`] makes it candle's `CustomOp1/2/3`, so the storage plumbing
 //! (CPU storage to contiguous slices, the result back into `CpuStorage::F32`) and the
 //! trait's signatures are written once here, not once per kernel.
 
@@ -31,14 +31,14 @@ pub(crate) trait FusedOp<const N: usize>: Send + Sync {
     fn bwd(&self, inputs: [&Tensor; N], res: &Tensor, grad: &Tensor) -> Grads<N>;
 }
 
-/// A kernel as a candle op: `x.apply_op2(&w, Fused(kernel))`.
-pub(crate) struct Fused<K>(pub K);
+/// A kernel as a candle op: `x.apply_op2(&w, KernelOp(kernel))`.
+pub(crate) struct KernelOp<K>(pub K);
 
-/// `impl CustomOpN for Fused<K>` for one arity: candle has a trait per arity, which no
+/// `impl CustomOpN for KernelOp<K>` for one arity: candle has a trait per arity, which no
 /// generic can range over, so the three impls come from this one template.
 macro_rules! custom_op {
     ($op:ident, $n:literal, $out:ty, $(($s:ident, $l:ident, $t:ident)),+) => {
-        impl<K: FusedOp<$n>> $op for Fused<K> {
+        impl<K: FusedOp<$n>> $op for KernelOp<K> {
             fn name(&self) -> &'static str {
                 K::NAME
             }

@@ -1,7 +1,7 @@
 //! The gated MLP's activation, silu(g) * u, in one pass; backward
 //! du = dy * silu(g), dg = dy * u * s * (1 + g * (1 - s)) with s = sigmoid(g).
 
-use super::op::{Fused, FusedOp, Grads, Input};
+use super::op::{FusedOp, Grads, Input, KernelOp};
 use super::vexp::{multiversion, sigmoid};
 use super::{grad_like, with_data, Kernel, SERIAL_MAX};
 use candle_core::{Result, Shape, Tensor};
@@ -13,7 +13,8 @@ const CHUNK: usize = 16 * 1024;
 /// silu(g) * u, fused when the kernel is on and the tensors allow it.
 pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
     if super::usable(Kernel::SwiGlu, &[g, u]) && g.shape() == u.shape() {
-        g.contiguous()?.apply_op2(&u.contiguous()?, Fused(SwiGlu))
+        g.contiguous()?
+            .apply_op2(&u.contiguous()?, KernelOp(SwiGlu))
     } else {
         swiglu_reference(g, u)
     }
@@ -109,7 +110,7 @@ mod tests {
         let g = (randn(&[4, 7, 9], 1) * 4.0).unwrap();
         let u = randn(&[4, 7, 9], 2);
         let w = randn(&[4, 7, 9], 3);
-        let fused = |t: &[Tensor]| t[0].apply_op2(&t[1], Fused(SwiGlu)).unwrap();
+        let fused = |t: &[Tensor]| t[0].apply_op2(&t[1], KernelOp(SwiGlu)).unwrap();
         let reference = |t: &[Tensor]| swiglu_reference(&t[0], &t[1]).unwrap();
         check_op2(&g, &u, &w, &fused, &reference, (1e-5, 1e-5));
     }

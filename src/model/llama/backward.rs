@@ -14,7 +14,7 @@
 
 use super::{Block, Linear, Llama, LoraLinear};
 use crate::model::config::{Activation, Family};
-use crate::model::fused::op::{Fused, FusedOp};
+use crate::model::fused::op::{FusedOp, KernelOp};
 use crate::model::fused::{
     self, add_into, attention, cross_entropy, linear, norm::RmsNorm, swiglu::SwiGlu, with_data,
     Kernel,
@@ -270,7 +270,7 @@ fn norm_backward(
 /// projection (named for its gradient) and how the projections run.
 struct Decoder<'a, 'd> {
     model: &'a Llama,
-    norm: Fused<RmsNorm>,
+    norm: KernelOp<RmsNorm>,
     tables: attention::RopeTables,
     head: Linear,
     pass: Pass<'d>,
@@ -288,7 +288,7 @@ impl<'a, 'd> Decoder<'a, 'd> {
     fn new(model: &'a Llama, t: usize, drop: Option<&'d LoraDropout>) -> Self {
         let cfg = &model.cfg;
         Decoder {
-            norm: Fused(RmsNorm {
+            norm: KernelOp(RmsNorm {
                 eps: cfg.rms_norm_eps,
                 gemma: false,
             }),
@@ -318,7 +318,7 @@ impl<'a, 'd> Decoder<'a, 'd> {
         q3: &Tensor,
         k3: &Tensor,
         v3: &Tensor,
-    ) -> Result<Fused<attention::FusedAttention>> {
+    ) -> Result<KernelOp<attention::FusedAttention>> {
         let cfg = &self.model.cfg;
         Ok(attention::attention_op(
             q3,
@@ -376,7 +376,7 @@ impl<'a, 'd> Decoder<'a, 'd> {
                 m.gate_proj.rows_forward(&n2, pass)?,
                 m.up_proj.rows_forward(&n2, pass)?,
             );
-            let s = g.apply_op2_no_bwd(&u, &Fused(SwiGlu))?;
+            let s = g.apply_op2_no_bwd(&u, &KernelOp(SwiGlu))?;
             let x_out = m.down_proj.rows_forward_onto(&s, &x_mid, pass)?;
             if let Some(keep) = keep.as_deref_mut() {
                 keep.push(Saved {
@@ -468,7 +468,7 @@ fn sequence_nlls(logits: &Tensor, targets: &[i64], b: usize, t: usize) -> Result
 /// [`Seed::PerSequence`], else empty). Autograd seeds the scaled loss with 1 and scales in
 /// f32; so does this.
 fn seeded_logit_grad(
-    (loss, logits, nll): (&Fused<cross_entropy::CrossEntropy>, &Tensor, &Tensor),
+    (loss, logits, nll): (&KernelOp<cross_entropy::CrossEntropy>, &Tensor, &Tensor),
     seed: Seed<'_>,
     targets: &[i64],
     (b, t): (usize, usize),
