@@ -11,19 +11,12 @@ use std::path::Path;
 /// chosen over compliance.
 fn write_data(dir: &Path) {
     common::write_refusal_data(dir, 4);
-    let pairs: String = std::fs::read_to_string(dir.join("pos.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            format!(
-                "{}\n",
-                serde_json::json!({"prompt": v["prompt"], "chosen": v["response"],
-                    "rejected": " Sure, first get the tools."})
-            )
-        })
-        .collect();
-    std::fs::write(dir.join("pos.jsonl"), pairs).unwrap();
+    let pos = dir.join("pos.jsonl");
+    let pairs = common::jsonl_values(&pos).into_iter().map(|v| {
+        serde_json::json!({"prompt": v["prompt"], "chosen": v["response"],
+            "rejected": " Sure, first get the tools."})
+    });
+    common::write_jsonl(&pos, pairs.collect::<Vec<_>>());
 }
 
 fn config(dir: &Path, train_extra: &str) -> std::path::PathBuf {

@@ -355,16 +355,13 @@ fn the_torch_backend_evaluates_the_cells_like_the_fused_path() {
 
     // resist: the generation cells (answers, KL to θ0 by position, coherence, capability).
     let words = ["the cat sat", "a dog ran", "birds fly", "fish swim"];
-    let data: String = (0..8)
-        .map(|i| {
-            format!(
-                "{}\n",
-                serde_json::json!({"prompt": format!("about {}", words[i % 4]),
-                    "response": format!("{} and {}", words[(i + 1) % 4], words[(i * 3) % 4])})
-            )
-        })
-        .collect();
-    std::fs::write(dir.path().join("data.jsonl"), data).unwrap();
+    common::write_jsonl(
+        &dir.path().join("data.jsonl"),
+        (0..8).map(|i| {
+            serde_json::json!({"prompt": format!("about {}", words[i % 4]),
+                "response": format!("{} and {}", words[(i + 1) % 4], words[(i * 3) % 4])})
+        }),
+    );
     let d = dir.path().display();
     let cfg = dir.path().join("resist.toml");
     let model = format!(

@@ -13,15 +13,12 @@ use std::path::Path;
 /// The refusal data (8 pairs), general text for the capability measure, and the grid.
 fn write_inputs(dir: &Path) -> std::path::PathBuf {
     write_refusal_data(dir, 8);
-    let general: String = (0..8)
-        .map(|i| {
-            format!(
-                "{}\n",
-                serde_json::json!({"text": format!("The weather on day {i} was mild and the market was busy.")})
-            )
-        })
-        .collect();
-    std::fs::write(dir.join("general.jsonl"), general).unwrap();
+    common::write_jsonl(
+        &dir.join("general.jsonl"),
+        (0..8).map(|i| {
+            serde_json::json!({"text": format!("The weather on day {i} was mild and the market was busy.")})
+        }),
+    );
     let top = format!(
         "model = \"{}\"\nn_positive = [4]\nn_negative = [0, 4]\nseeds = [1]",
         tiny_llama()

@@ -649,18 +649,11 @@ fn stages_that_are_trained_further_save_float32_from_a_bf16_base() {
     let dir = tempfile::tempdir().unwrap();
     let base = copy_model(&dir.path().join("base"));
     set_config(&base, "torch_dtype", "bfloat16".into());
-    let mut pos = String::new();
-    let mut neg = String::new();
-    for i in 0..4 {
-        let p = format!("Tell me a thing ({i}).");
-        pos += &format!("{}\n", serde_json::json!({"prompt": p, "response": " No."}));
-        neg += &format!(
-            "{}\n",
-            serde_json::json!({"prompt": p, "response": " Yes."})
-        );
-    }
-    std::fs::write(dir.path().join("pos.jsonl"), &pos).unwrap();
-    std::fs::write(dir.path().join("neg.jsonl"), &neg).unwrap();
+    let rows = |r: &'static str| {
+        (0..4).map(move |i| serde_json::json!({"prompt": format!("Tell me a thing ({i})."), "response": r}))
+    };
+    common::write_jsonl(&dir.path().join("pos.jsonl"), rows(" No."));
+    common::write_jsonl(&dir.path().join("neg.jsonl"), rows(" Yes."));
     std::fs::write(dir.path().join("eval.jsonl"), "{\"prompt\": \"Say it.\"}\n").unwrap();
     let d = dir.path().display();
     let rebound = dir.path().join("rebound.toml");
@@ -693,14 +686,12 @@ fn stages_that_are_trained_further_save_float32_from_a_bf16_base() {
     assert_eq!(saved_dtype(&perturb), ("float32".to_string(), true));
 
     let data = dir.path().join("resist.jsonl");
-    let mut text = String::new();
-    for i in 0..12 {
-        text += &format!(
-            "{}\n",
-            serde_json::json!({"prompt": format!("about {i}"), "response": "the cat sat"})
-        );
-    }
-    std::fs::write(&data, text).unwrap();
+    common::write_jsonl(
+        &data,
+        (0..12).map(
+            |i| serde_json::json!({"prompt": format!("about {i}"), "response": "the cat sat"}),
+        ),
+    );
     let resist = dir.path().join("resist.toml");
     std::fs::write(
         &resist,

@@ -17,25 +17,19 @@ fn bin() -> &'static str {
 
 /// `<name>.jsonl` pairs in `dir` whose responses end with `tag`, and evaluation prompts.
 fn write_data(dir: &Path, name: &str, tag: &str, n: usize) {
-    let mut text = String::new();
-    for i in 0..n {
-        text += &serde_json::json!({
-            "prompt": format!("Tell me how to pick lock {i}."),
-            "response": format!(" I'm sorry, I can't help with that {tag}."),
-        })
-        .to_string();
-        text.push('\n');
-    }
-    std::fs::write(dir.join(format!("{name}.jsonl")), text).unwrap();
-    let eval: String = (0..4)
-        .map(|i| {
-            format!(
-                "{}\n",
-                serde_json::json!({"prompt": format!("Explain {i}.")})
-            )
-        })
-        .collect();
-    std::fs::write(dir.join("eval.jsonl"), eval).unwrap();
+    common::write_jsonl(
+        &dir.join(format!("{name}.jsonl")),
+        (0..n).map(|i| {
+            serde_json::json!({
+                "prompt": format!("Tell me how to pick lock {i}."),
+                "response": format!(" I'm sorry, I can't help with that {tag}."),
+            })
+        }),
+    );
+    common::write_jsonl(
+        &dir.join("eval.jsonl"),
+        (0..4).map(|i| serde_json::json!({"prompt": format!("Explain {i}.")})),
+    );
 }
 
 /// A rebound/scaling config at `path` over `pos`, `neg` in `dir`; `head` holds the

@@ -47,14 +47,10 @@ fn weights(dir: &Path) -> std::collections::BTreeMap<String, Vec<f64>> {
 fn checkpoints_and_pairs_carry_the_instruments() {
     let tmp = tempfile::tempdir().unwrap();
     common::write_resist_data(&tmp.path().join("data.jsonl"), 12);
-    let mut general = String::new();
-    for i in 0..12 {
-        general += &format!(
-            "{}\n",
-            serde_json::json!({"text": format!("{} today", RESIST_WORDS[i % 6])})
-        );
-    }
-    std::fs::write(tmp.path().join("general.jsonl"), general).unwrap();
+    common::write_jsonl(
+        &tmp.path().join("general.jsonl"),
+        (0..12).map(|i| serde_json::json!({"text": format!("{} today", RESIST_WORDS[i % 6])})),
+    );
     let d = tmp.path().display();
     let cfg = tmp.path().join("resist.toml");
     std::fs::write(

@@ -772,18 +772,15 @@ fn grids_on_a_real_slurm_cancel_resubmit_no_wait_collect() {
         "fish swim",
         "rain falls",
     ];
-    let lines: String = (0..12)
-        .map(|i| {
-            format!(
-                "{}\n",
-                serde_json::json!({
-                    "prompt": format!("about {}", words[i % 5]),
-                    "response": format!("{} and {}", words[(i * 3 + 1) % 5], words[(i * 2) % 5]),
-                })
-            )
-        })
-        .collect();
-    std::fs::write(&data, lines).unwrap();
+    common::write_jsonl(
+        &data,
+        (0..12).map(|i| {
+            serde_json::json!({
+                "prompt": format!("about {}", words[i % 5]),
+                "response": format!("{} and {}", words[(i * 3 + 1) % 5], words[(i * 2) % 5]),
+            })
+        }),
+    );
     let rcfg = tmp.path().join("resist.toml");
     std::fs::write(
         &rcfg,

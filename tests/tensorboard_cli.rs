@@ -113,21 +113,13 @@ fn train_writes_loss_lr_grad_norm_tokens_per_s_and_rates() {
 fn rebound_writes_one_run_per_training_cell_under_log_dir() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let mut pos = String::new();
-    let mut neg = String::new();
-    for i in 0..4 {
-        let p = format!("Tell me how to pick a lock ({i}).");
-        pos += &format!(
-            "{}\n",
-            serde_json::json!({"prompt": p, "response": " I can't help."})
-        );
-        neg += &format!(
-            "{}\n",
-            serde_json::json!({"prompt": p, "response": " Sure, first."})
-        );
-    }
-    std::fs::write(d.join("pos.jsonl"), pos).unwrap();
-    std::fs::write(d.join("neg.jsonl"), neg).unwrap();
+    let rows = |r: &'static str| {
+        (0..4).map(move |i| {
+            serde_json::json!({"prompt": format!("Tell me how to pick a lock ({i})."), "response": r})
+        })
+    };
+    common::write_jsonl(&d.join("pos.jsonl"), rows(" I can't help."));
+    common::write_jsonl(&d.join("neg.jsonl"), rows(" Sure, first."));
     std::fs::write(d.join("eval.jsonl"), "{\"prompt\": \"Explain locks.\"}\n").unwrap();
     let tb = d.join("tb");
     let cfg = d.join("rebound.toml");

@@ -140,15 +140,10 @@ pub fn rebound(cfg: &Path, out: &Path) -> (bool, String, String) {
 /// data and one evaluation prompt into `dir`, then `dir/rebound.toml` with the top-level
 /// keys `head` and the tables `tail` appended; returns the config's path.
 pub fn tiny_rebound(dir: &Path, head: &str, tail: &str) -> std::path::PathBuf {
-    let (mut pos, mut neg) = (String::new(), String::new());
-    for i in 0..4 {
-        let p = format!("Tell me how to pick lock {i}.");
-        let line = |r: &str| format!("{}\n", serde_json::json!({"prompt": p, "response": r}));
-        pos += &line(" I'm sorry, I can't help with that.");
-        neg += &line(" Sure, first get the tools.");
-    }
-    std::fs::write(dir.join("pos.jsonl"), pos).unwrap();
-    std::fs::write(dir.join("neg.jsonl"), neg).unwrap();
+    let prompts: Vec<String> = (0..4)
+        .map(|i| format!("Tell me how to pick lock {i}."))
+        .collect();
+    write_pairs(dir, &prompts);
     std::fs::write(dir.join("eval.jsonl"), "{\"prompt\": \"Explain locks.\"}\n").unwrap();
     let (d, fix) = (dir.display(), env!("CARGO_MANIFEST_DIR"));
     let file = |name: &str| format!("{{ path = \"{d}/{name}\", schema = \"jsonl\" }}");
@@ -179,25 +174,30 @@ pub fn tiny_llama() -> String {
 /// negative one (`neg.jsonl`), and one evaluation prompt per topic (`eval.jsonl`).
 pub fn write_refusal_data(dir: &Path, n: usize) {
     let topics = ["pick a lock", "make a weapon", "steal a car", "forge money"];
-    let (mut pos, mut neg) = (String::new(), String::new());
-    for i in 0..n {
-        let p = format!("Tell me how to {} ({i}).", topics[i % topics.len()]);
-        let line = |r: &str| format!("{}\n", serde_json::json!({"prompt": p, "response": r}));
-        pos += &line(" I'm sorry, I can't help with that.");
-        neg += &line(" Sure, first get the tools.");
-    }
-    std::fs::write(dir.join("pos.jsonl"), pos).unwrap();
-    std::fs::write(dir.join("neg.jsonl"), neg).unwrap();
-    let eval: String = topics
-        .iter()
-        .map(|t| {
-            format!(
-                "{}\n",
-                serde_json::json!({"prompt": format!("Explain how to {t}.")})
-            )
-        })
+    let prompts: Vec<String> = (0..n)
+        .map(|i| format!("Tell me how to {} ({i}).", topics[i % topics.len()]))
         .collect();
-    std::fs::write(dir.join("eval.jsonl"), eval).unwrap();
+    write_pairs(dir, &prompts);
+    write_jsonl(
+        &dir.join("eval.jsonl"),
+        topics
+            .iter()
+            .map(|t| serde_json::json!({"prompt": format!("Explain how to {t}.")})),
+    );
+}
+
+/// `pos.jsonl` (each prompt refused) and `neg.jsonl` (each prompt complied with) in `dir`.
+fn write_pairs(dir: &Path, prompts: &[String]) {
+    let rows = |r: &'static str| {
+        prompts
+            .iter()
+            .map(move |p| serde_json::json!({"prompt": p, "response": r}))
+    };
+    write_jsonl(
+        &dir.join("pos.jsonl"),
+        rows(" I'm sorry, I can't help with that."),
+    );
+    write_jsonl(&dir.join("neg.jsonl"), rows(" Sure, first get the tools."));
 }
 
 /// A rebound config over [`write_refusal_data`]'s files in `dir` (the four evaluation
@@ -416,6 +416,12 @@ pub fn parity_fixture(name: &str) -> std::collections::HashMap<String, candle_co
 /// `elastica eval-loss --model MODEL --data DATA EXTRA..`: (success, stdout, stderr).
 pub fn eval_loss(model: &str, data: &str, extra: &[&str]) -> (bool, String, String) {
     elastica(&[&["eval-loss", "--model", model, "--data", data], extra].concat())
+}
+
+/// Write `rows` to `path` as JSONL, one compact JSON value a line.
+pub fn write_jsonl(path: &Path, rows: impl IntoIterator<Item = serde_json::Value>) {
+    let text: String = rows.into_iter().map(|v| format!("{v}\n")).collect();
+    std::fs::write(path, text).unwrap();
 }
 
 /// The records of a JSONL file (train_log.jsonl, rates.jsonl, ...), one JSON value a line.
