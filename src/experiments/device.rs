@@ -7,9 +7,10 @@
 //! it goes through `backend::train` (SFT or DPO, full or LoRA), which writes the same files
 //! (log, checkpoints, final model or adapter) and resumes the same way. The per-step hook
 //! (TensorBoard, fault points) runs on both; [`train_cell`] is the stage as every rebound and
-//! resist cell runs it (LoRA set-up, that hook, then [`train_stage`]). Evaluation (generation, log-probs, KL, NLL)
-//! runs on the same backend ([`eval_model`], [`load_eval_model`]); the scorers (classifiers,
-//! keyword lists, the world's scorers) always run on the CPU.
+//! resist cell runs it (LoRA set-up, that hook, then [`train_stage`]). Evaluation
+//! (generation, log-probs, KL, NLL) runs on the same backend ([`eval_model`],
+//! [`load_eval_model`]); the scorers (classifiers, keyword lists, the world's scorers) always
+//! run on the CPU.
 
 use crate::backend::{self, BackendChoice, BackendKind, DeviceSpec, Precision};
 use crate::data::prefs::PrefRecord;
