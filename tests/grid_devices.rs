@@ -381,16 +381,7 @@ fn the_torch_backend_evaluates_the_cells_like_the_fused_path() {
     )
     .unwrap();
     let out = dir.path().join("resist");
-    let (ok, _, err) = elastica_env(
-        &[
-            "resist",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        &[("RAYON_NUM_THREADS", "1")],
-    );
+    let (ok, _, err) = common::experiment("resist", &cfg, &out, &[]);
     assert!(ok, "{err}");
     let cells = reevaluated_on_fused(&out, &["resist.generate"]);
     assert_eq!(cells.len(), 3);
