@@ -329,3 +329,41 @@ fn imdb_defaults_to_the_raw_template() {
     };
     assert_eq!(g(None), g(Some("safe-rlhf")));
 }
+
+/// TruthfulQA, the paper's third SFT set of the resistance experiment: the hub's `generation`
+/// parquet and the original CSV train and score alike, and a directory holding both configs
+/// says which selector to use.
+#[test]
+fn truthfulqa_reads_from_the_hub_layout_and_the_original_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let (hub, csv) = (data("truthfulqa"), data("TruthfulQA.csv"));
+    let e = train(&out, &["--data", &csv]).unwrap_err();
+    assert!(
+        e.contains("looks like truthfulqa") && e.contains("--schema truthfulqa"),
+        "{e}"
+    );
+    let hub_flags = [
+        "--data",
+        &hub,
+        "--schema",
+        "truthfulqa",
+        "--files",
+        "generation/*",
+    ];
+    assert_eq!(train(&out, &hub_flags), Ok(4));
+    let csv_flags = ["--data", &csv, "--schema", "truthfulqa"];
+    assert_eq!(train(&out, &csv_flags), Ok(4));
+    // The same (question, best answer) pairs, so the same loss to the last bit.
+    assert_eq!(
+        eval_loss(&hub_flags).to_bits(),
+        eval_loss(&csv_flags).to_bits()
+    );
+
+    let e = train(&out, &["--data", &hub, "--schema", "truthfulqa"]).unwrap_err();
+    assert!(
+        e.contains("multiple_choice/validation-00000-of-00001.parquet")
+            && e.contains("files = \"generation/*\""),
+        "{e}"
+    );
+}

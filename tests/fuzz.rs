@@ -551,6 +551,40 @@ fn fuzz_imdb_parquet() {
     );
 }
 
+#[test]
+fn fuzz_truthfulqa_csv() {
+    let tmp = tempfile::tempdir().unwrap();
+    let seed = std::fs::read(fixture("data/TruthfulQA.csv")).unwrap();
+    fuzz(
+        "truthfulqa-csv",
+        tmp.path(),
+        "TruthfulQA.csv",
+        &seed,
+        seed.len(),
+        linear(64),
+        load_data("truthfulqa", "TruthfulQA.csv"),
+    );
+}
+
+#[test]
+fn fuzz_truthfulqa_parquet() {
+    let tmp = tempfile::tempdir().unwrap();
+    // List columns (correct_answers, incorrect_answers): nested pages the IMDb seed lacks.
+    let seed = std::fs::read(fixture(
+        "data/truthfulqa/generation/validation-00000-of-00001.parquet",
+    ))
+    .unwrap();
+    fuzz(
+        "truthfulqa-parquet",
+        tmp.path(),
+        "validation-00000-of-00001.parquet",
+        &seed,
+        seed.len(),
+        linear(64),
+        load_data("truthfulqa", "validation-00000-of-00001.parquet"),
+    );
+}
+
 /// The compressed-file fuzz target: the file as mutated, or (`resign`) with its header check
 /// and payload hash recomputed, so that the mutated payload reaches the decoder.
 fn load_compressed(resign: bool) -> impl Fn(&Path) -> anyhow::Result<()> {

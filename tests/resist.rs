@@ -185,3 +185,44 @@ fn unreadable_and_too_small_data_sets_get_clear_errors() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("nope.toml"), "{}", stderr(&o));
 }
+
+/// `schema = "truthfulqa"` (the paper's third data set) runs the whole experiment: the slices
+/// hold (question, best answer) pairs in file order and the held-out prompts are the last
+/// questions.
+#[test]
+fn truthfulqa_data_runs_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("TruthfulQA.csv");
+    let words = common::RESIST_WORDS;
+    let mut csv = String::from(
+        "Type,Category,Question,Best Answer,Correct Answers,Incorrect Answers,Source\n",
+    );
+    for i in 0..12 {
+        csv += &format!(
+            "Adversarial,Misconceptions,\"about {}, {i}?\",{} and {},a; b,c; d,https://x\n",
+            words[i % 6],
+            words[(i * 5 + 1) % 6],
+            words[(i * 3) % 6]
+        );
+    }
+    std::fs::write(&data, csv).unwrap();
+    let cfg = write_config(tmp.path(), "resist.toml", &data, "");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text.replace("schema = \"jsonl\"", "schema = \"truthfulqa\""),
+    )
+    .unwrap();
+    let out = tmp.path().join("run");
+    let o = resist(&cfg, &out, None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.join("results.json").exists());
+    let slice = common::jsonl_values(&out.join("slices/slice_1.jsonl"));
+    assert_eq!(slice.len(), 4);
+    assert_eq!(
+        slice[0],
+        serde_json::json!({"prompt": "about the cat sat, 0?", "response": "a dog ran and the cat sat"})
+    );
+    let prompts = std::fs::read_to_string(out.join("prompts.jsonl")).unwrap();
+    assert!(prompts.contains("about rain falls, 10?"), "{prompts}");
+}

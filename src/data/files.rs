@@ -70,7 +70,7 @@ pub fn resolve_with_cache(
                 listing(&all_files)
             ),
             None => bail!(
-                "no data files (.parquet, .json, .jsonl[.gz|.xz|.zst]) under {}",
+                "no data files (.parquet, .json, .jsonl / .csv [.gz|.xz|.zst]) under {}",
                 root.display()
             ),
         }

@@ -1,5 +1,6 @@
-//! Table rows from data files, whatever the container: a JSON list, JSON lines (plain or
-//! `.gz` / `.xz` / `.zst` compressed), or parquet (read with the `parquet` crate's row API).
+//! Table rows from data files, whatever the container: a JSON list, JSON lines or CSV with a
+//! header row (plain or `.gz` / `.xz` / `.zst` compressed), or parquet (read with the
+//! `parquet` crate's row API). A CSV cell is a string (CSV has no types).
 //! Every row comes out as a JSON object together with its location in the file, so the schema
 //! loaders map fields to records in one way for every format, and errors can name the row.
 //!
@@ -48,6 +49,8 @@ pub enum Format {
     Json,
     /// `.jsonl` / `.ndjson`, optionally compressed.
     JsonLines(Compression),
+    /// `.csv` with a header row (TruthfulQA's original release), optionally compressed.
+    Csv(Compression),
     Parquet,
 }
 
@@ -74,6 +77,9 @@ pub fn format_of(path: &Path) -> Option<Format> {
     if stem.ends_with(".jsonl") || stem.ends_with(".ndjson") {
         return Some(Format::JsonLines(compression));
     }
+    if stem.ends_with(".csv") {
+        return Some(Format::Csv(compression));
+    }
     if compression != Compression::None {
         return None;
     }
@@ -94,14 +100,15 @@ pub fn for_each_row(
 ) -> Result<()> {
     let format = format_of(path).ok_or_else(|| {
         anyhow!(
-            "{}: unknown data file type; expected .parquet, .json, or .jsonl (optionally .gz, \
-             .xz or .zst compressed)",
+            "{}: unknown data file type; expected .parquet, .json, .jsonl or .csv (the last \
+             two optionally .gz, .xz or .zst compressed)",
             path.display()
         )
     })?;
     match format {
         Format::Parquet => parquet_rows(path, f),
         Format::JsonLines(c) => json_lines(path, open(path, c)?, f),
+        Format::Csv(c) => csv_rows(path, open(path, c)?, f),
         Format::Json => json_file(path, f),
     }
 }
@@ -138,6 +145,52 @@ fn json_lines(
         let row = serde_json::from_str::<Value>(&line)
             .map_err(|e| anyhow!("not valid JSON ({e})"))
             .and_then(into_object);
+        if f(loc, row)?.is_break() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// CSV records keyed by the header row's names. A record that does not parse (a field count
+/// unlike the header's, bad UTF-8) is that row's error; an unreadable header ends the file.
+fn csv_rows(
+    path: &Path,
+    reader: Box<dyn BufRead>,
+    f: &mut dyn FnMut(Loc, Result<Object>) -> Result<ControlFlow<()>>,
+) -> Result<()> {
+    let mut csv = csv::ReaderBuilder::new().from_reader(reader);
+    let header: Vec<String> = csv
+        .headers()
+        .with_context(|| format!("{}: cannot read the CSV header row", path.display()))?
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    if header.is_empty() {
+        bail!("{}: empty CSV file (no header row)", path.display());
+    }
+    let mut record = csv::StringRecord::new();
+    loop {
+        let next = csv.read_record(&mut record);
+        // The record's first line (a quoted field may span lines).
+        let position = match &next {
+            Err(e) => e.position(),
+            Ok(_) => record.position(),
+        };
+        let loc = Loc::Line(position.map_or(0, |p| p.line() as usize));
+        let row = match next {
+            Ok(false) => break,
+            Ok(true) => Ok(header
+                .iter()
+                .zip(record.iter())
+                .map(|(k, v)| (k.clone(), Value::String(v.to_owned())))
+                .collect()),
+            // An I/O error (a corrupt compressed stream) ends the file, as for JSON lines.
+            Err(e) if matches!(e.kind(), csv::ErrorKind::Io(_)) => {
+                return Err(anyhow!("{}: cannot read: {e}", path.display()))
+            }
+            Err(e) => Err(anyhow!("not a valid CSV record ({e})")),
+        };
         if f(loc, row)?.is_break() {
             break;
         }
@@ -328,6 +381,14 @@ mod tests {
         assert_eq!(format_of(Path::new("x.parquet")), Some(Format::Parquet));
         assert_eq!(format_of(Path::new("x.json")), Some(Format::Json));
         assert_eq!(format_of(Path::new("x.parquet.gz")), None);
+        assert_eq!(
+            format_of(Path::new("x.csv")),
+            Some(Format::Csv(Compression::None))
+        );
+        assert_eq!(
+            format_of(Path::new("x.CSV.zst")),
+            Some(Format::Csv(Compression::Zstd))
+        );
         assert_eq!(format_of(Path::new("README.md")), None);
     }
 
@@ -359,6 +420,49 @@ mod tests {
             [Loc::Line(1), Loc::Line(2), Loc::Line(3), Loc::Line(5)]
         );
         assert!(rows[1].1.as_ref().unwrap_err().contains("not valid JSON"));
+    }
+
+    #[test]
+    fn csv_rows_are_keyed_by_the_header_and_compressed_files_read_alike() {
+        let plain = collect(&fixture("TruthfulQA.csv")).unwrap();
+        // A quoted field spans lines 3-4, so the next record starts on line 5.
+        let locs: Vec<Loc> = plain.iter().map(|r| r.0).collect();
+        assert_eq!(
+            locs,
+            [Loc::Line(2), Loc::Line(3), Loc::Line(5), Loc::Line(6)]
+        );
+        let row = plain[1].1.as_ref().unwrap();
+        assert_eq!(row.len(), 8);
+        assert_eq!(row["Question"], "Where did fortune cookies originate?");
+        assert!(row["Incorrect Answers"]
+            .as_str()
+            .unwrap()
+            .contains(";\nFortune"));
+
+        let tmp = tempfile::tempdir().unwrap();
+        let gz = tmp.path().join("t.csv.gz");
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut enc, &std::fs::read(fixture("TruthfulQA.csv")).unwrap())
+            .unwrap();
+        std::fs::write(&gz, enc.finish().unwrap()).unwrap();
+        assert_eq!(collect(&gz).unwrap(), plain);
+
+        let bad = collect(&fixture("truthfulqa_bad.csv")).unwrap();
+        assert_eq!(bad.len(), 4);
+        assert!(bad[1]
+            .1
+            .as_ref()
+            .unwrap_err()
+            .contains("not a valid CSV record"));
+        assert_eq!(bad[2].1.as_ref().unwrap()["Best Answer"], "");
+
+        let empty = tmp.path().join("empty.csv");
+        std::fs::write(&empty, "").unwrap();
+        let e = collect(&empty).unwrap_err().to_string();
+        assert!(
+            e.contains("empty.csv") && e.contains("no header row"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //!
 //! Without `--schema`, PATH is read as elastica's own JSONL records, as before; but a file
 //! whose first row looks like a published schema (IMDb's `text` + `label`, BeaverTails'
-//! `is_safe`, Alpaca's `instruction` + `output`) is refused with the flags to add, because
-//! reading it as generic records would silently train on the wrong text or on both labels.
+//! `is_safe`, Alpaca's `instruction` + `output`, TruthfulQA's `question` + `best_answer`) is
+//! refused with the flags to add, because reading it as generic records would silently train
+//! on the wrong text or on both labels.
 //!
 //! A data-config file holds one spec at top level (`path = ...`, `schema = ...`), or named
 //! specs as tables (`[safe]`, `[unsafe]`), which `rates` measures side by side.
@@ -200,6 +201,16 @@ const LAYOUTS: &[Layout] = &[
         fields: &["instruction", "output"],
         flags: "--schema alpaca",
     },
+    Layout {
+        schema: "truthfulqa",
+        fields: &["question", "best_answer"],
+        flags: "--schema truthfulqa",
+    },
+    Layout {
+        schema: "truthfulqa",
+        fields: &["Question", "Best Answer"],
+        flags: "--schema truthfulqa",
+    },
 ];
 
 /// With no schema named, refuse a file whose first row has a published schema's fields.
@@ -270,6 +281,7 @@ mod tests {
             ("imdb", "--schema imdb --select positive"),
             ("alpaca/alpaca_data.json", "--schema alpaca"),
             ("beavertails", "--schema beavertails --select safe"),
+            ("TruthfulQA.csv", "--schema truthfulqa"),
         ] {
             let e = format!("{:#}", none.spec(Some(&fixture(rel))).unwrap_err());
             assert!(e.contains(hint) && e.contains("looks like"), "{rel}: {e}");

@@ -7,6 +7,7 @@
 //! - `imdb`: IMDb reviews (`text`, `label`; 1 = positive), split into an opening and the rest;
 //! - `beavertails`: BeaverTails QA pairs (`prompt`, `response`, `category`, `is_safe`);
 //! - `alpaca`: Alpaca instructions (`instruction`, `input`, `output`);
+//! - `truthfulqa`: TruthfulQA questions and best answers (hub `generation` parquet or CSV);
 //! - `jsonl`: elastica's own `{"prompt", "response"}` / `{"text"}` records;
 //! - `world`: the synthetic world's data, provided by `crate::data::world`.
 //!
@@ -32,6 +33,7 @@ pub mod alpaca;
 pub mod beavertails;
 pub mod imdb;
 pub mod jsonl;
+pub mod truthfulqa;
 
 use crate::data::records::Record;
 use crate::data::rows::{self, json_kind, Object};
@@ -59,7 +61,7 @@ pub const DEFAULT_PROMPT_WORDS: usize = 8;
 pub struct DataSpec {
     /// A file, a directory of shards, or a hub data set id in the offline cache.
     pub path: String,
-    /// A registry name: `imdb`, `beavertails`, `alpaca`, `jsonl`, or `world`.
+    /// A registry name: `imdb`, `beavertails`, `alpaca`, `truthfulqa`, `jsonl`, or `world`.
     pub schema: String,
     /// Inside a directory: a split name (`train`) or a glob (`*30k*train*`).
     pub files: Option<String>,
@@ -175,6 +177,7 @@ pub const SCHEMAS: &[Schema] = &[
     imdb::SCHEMA,
     beavertails::SCHEMA,
     alpaca::SCHEMA,
+    truthfulqa::SCHEMA,
     jsonl::SCHEMA,
 ];
 
@@ -635,7 +638,14 @@ mod tests {
     #[test]
     fn registry_lists_valid_names() {
         let e = format!("{:#}", schema("csv").err().unwrap());
-        for name in ["imdb", "beavertails", "alpaca", "jsonl", "world"] {
+        for name in [
+            "imdb",
+            "beavertails",
+            "alpaca",
+            "truthfulqa",
+            "jsonl",
+            "world",
+        ] {
             assert!(e.contains(name), "{e}");
         }
         assert!(schema("world").is_err());
