@@ -478,6 +478,29 @@ fn load_data(schema: &'static str, file: &'static str) -> impl Fn(&Path) -> anyh
     }
 }
 
+/// Fuzz one data file of a schema, seeded with the fixture at `rel` (under tests/fixtures)
+/// and mutated anywhere (a parquet footer sits at the end, a JSON list's close at the end).
+fn fuzz_data_file(name: &str, rel: &str, schema: &'static str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let seed = std::fs::read(fixture(rel)).unwrap();
+    let file = leak(
+        Path::new(rel)
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned(),
+    );
+    fuzz(
+        name,
+        tmp.path(),
+        file,
+        &seed,
+        seed.len(),
+        linear(64),
+        load_data(schema, file),
+    );
+}
+
 #[test]
 fn fuzz_jsonl_data() {
     let tmp = tempfile::tempdir().unwrap();
@@ -522,67 +545,28 @@ fn fuzz_beavertails_jsonl() {
 
 #[test]
 fn fuzz_alpaca_json() {
-    let tmp = tempfile::tempdir().unwrap();
-    let seed = std::fs::read(fixture("data/alpaca/alpaca_data.json")).unwrap();
-    fuzz(
-        "alpaca",
-        tmp.path(),
-        "alpaca_data.json",
-        &seed,
-        seed.len(),
-        linear(64),
-        load_data("alpaca", "alpaca_data.json"),
-    );
+    fuzz_data_file("alpaca", "data/alpaca/alpaca_data.json", "alpaca");
 }
 
 #[test]
 fn fuzz_imdb_parquet() {
-    let tmp = tempfile::tempdir().unwrap();
-    let seed = std::fs::read(fixture("data/imdb/plain_text/test-00000-of-00001.parquet")).unwrap();
-    // The footer (metadata, its length, the magic) is at the end: mutate anywhere.
-    fuzz(
+    fuzz_data_file(
         "imdb-parquet",
-        tmp.path(),
-        "test-00000-of-00001.parquet",
-        &seed,
-        seed.len(),
-        linear(64),
-        load_data("imdb", "test-00000-of-00001.parquet"),
+        "data/imdb/plain_text/test-00000-of-00001.parquet",
+        "imdb",
     );
 }
 
 #[test]
 fn fuzz_truthfulqa_csv() {
-    let tmp = tempfile::tempdir().unwrap();
-    let seed = std::fs::read(fixture("data/TruthfulQA.csv")).unwrap();
-    fuzz(
-        "truthfulqa-csv",
-        tmp.path(),
-        "TruthfulQA.csv",
-        &seed,
-        seed.len(),
-        linear(64),
-        load_data("truthfulqa", "TruthfulQA.csv"),
-    );
+    fuzz_data_file("truthfulqa-csv", "data/TruthfulQA.csv", "truthfulqa");
 }
 
 #[test]
 fn fuzz_truthfulqa_parquet() {
-    let tmp = tempfile::tempdir().unwrap();
     // List columns (correct_answers, incorrect_answers): nested pages the IMDb seed lacks.
-    let seed = std::fs::read(fixture(
-        "data/truthfulqa/generation/validation-00000-of-00001.parquet",
-    ))
-    .unwrap();
-    fuzz(
-        "truthfulqa-parquet",
-        tmp.path(),
-        "validation-00000-of-00001.parquet",
-        &seed,
-        seed.len(),
-        linear(64),
-        load_data("truthfulqa", "validation-00000-of-00001.parquet"),
-    );
+    let rel = "data/truthfulqa/generation/validation-00000-of-00001.parquet";
+    fuzz_data_file("truthfulqa-parquet", rel, "truthfulqa");
 }
 
 /// The compressed-file fuzz target: the file as mutated, or (`resign`) with its header check

@@ -370,26 +370,19 @@ mod tests {
 
     #[test]
     fn formats_from_names() {
-        assert_eq!(
-            format_of(Path::new("a/train.jsonl.xz")),
-            Some(Format::JsonLines(Compression::Xz))
-        );
-        assert_eq!(
-            format_of(Path::new("x.JSONL")),
-            Some(Format::JsonLines(Compression::None))
-        );
-        assert_eq!(format_of(Path::new("x.parquet")), Some(Format::Parquet));
-        assert_eq!(format_of(Path::new("x.json")), Some(Format::Json));
-        assert_eq!(format_of(Path::new("x.parquet.gz")), None);
-        assert_eq!(
-            format_of(Path::new("x.csv")),
-            Some(Format::Csv(Compression::None))
-        );
-        assert_eq!(
-            format_of(Path::new("x.CSV.zst")),
-            Some(Format::Csv(Compression::Zstd))
-        );
-        assert_eq!(format_of(Path::new("README.md")), None);
+        let csv = |c| Some(Format::Csv(c));
+        for (name, format) in [
+            ("a/train.jsonl.xz", Some(Format::JsonLines(Compression::Xz))),
+            ("x.JSONL", Some(Format::JsonLines(Compression::None))),
+            ("x.parquet", Some(Format::Parquet)),
+            ("x.json", Some(Format::Json)),
+            ("x.parquet.gz", None),
+            ("README.md", None),
+            ("x.csv", csv(Compression::None)),
+            ("x.CSV.zst", csv(Compression::Zstd)),
+        ] {
+            assert_eq!(format_of(Path::new(name)), format, "{name}");
+        }
     }
 
     #[test]

@@ -201,14 +201,10 @@ const LAYOUTS: &[Layout] = &[
         fields: &["instruction", "output"],
         flags: "--schema alpaca",
     },
+    // Also the original CSV's "Question", "Best Answer" (keys are compared normalised).
     Layout {
         schema: "truthfulqa",
         fields: &["question", "best_answer"],
-        flags: "--schema truthfulqa",
-    },
-    Layout {
-        schema: "truthfulqa",
-        fields: &["Question", "Best Answer"],
         flags: "--schema truthfulqa",
     },
 ];
@@ -226,7 +222,12 @@ fn refuse_known_layouts(spec: &DataSpec) -> Result<()> {
     // Any error here is the load's to report, with its usual detail.
     let _ = rows::for_each_row(first, &mut |_, row| {
         if let Ok(obj) = row {
-            keys = Some(obj.keys().cloned().collect());
+            // "Best Answer" (a CSV header) reads as "best_answer".
+            keys = Some(
+                obj.keys()
+                    .map(|k| k.to_lowercase().replace(' ', "_"))
+                    .collect(),
+            );
         }
         Ok(ControlFlow::Break(()))
     });
