@@ -7,6 +7,8 @@ Writes under tests/fixtures/lora/:
 - peft-qwen2-rslora/: on models/tiny-qwen2 (projection biases, tied head), r=3, alpha=5,
   use_rslora, target_modules as a list [q_proj, v_proj, down_proj], with the adapter's name
   kept in the keys (".lora_A.default.weight"), as some PEFT versions saved them.
+- peft-qwen2-layers/: on models/tiny-qwen2, r=2, alpha=6, [q_proj, up_proj] on layer 1 only
+  (`layers_to_transform = [1]`).
 - expected.json: token ids, and for each adapter (and for elastica-trained/, an adapter that
   `elastica train --lora-rank 4` wrote and that is committed here) the summed NLL and token
   count transformers + peft compute on those ids.
@@ -102,6 +104,15 @@ results["peft-qwen2-rslora"] = make(
     True,
 )
 
+results["peft-qwen2-layers"] = make(
+    "peft-qwen2-layers",
+    "tiny-qwen2",
+    LoraConfig(r=2, lora_alpha=6, target_modules=["q_proj", "up_proj"], layers_to_transform=[1],
+               task_type="CAUSAL_LM"),
+    3,
+    False,
+)
+
 # The adapter elastica trained: PEFT must load it unchanged.
 el = os.path.join(OUT, "elastica-trained")
 m = PeftModel.from_pretrained(base("tiny-llama"), el).eval()
@@ -116,7 +127,7 @@ json.dump(
     {
         "ids": IDS,
         "base": {"peft-llama": "tiny-llama", "peft-qwen2-rslora": "tiny-qwen2",
-                 "elastica-trained": "tiny-llama"},
+                 "peft-qwen2-layers": "tiny-qwen2", "elastica-trained": "tiny-llama"},
         "nll_sum": {k: v[0] for k, v in results.items()},
         "tokens": {k: v[1] for k, v in results.items()},
         "peft_version": __import__("peft").__version__,

@@ -29,7 +29,12 @@ fn fixtures() -> PathBuf {
 #[test]
 fn peft_adapters_score_as_transformers_plus_peft_on_both_paths() {
     let (ids, targets) = ids_and_targets();
-    for name in ["peft-llama", "peft-qwen2-rslora", "elastica-trained"] {
+    for name in [
+        "peft-llama",
+        "peft-qwen2-rslora",
+        "peft-qwen2-layers",
+        "elastica-trained",
+    ] {
         let want = expected()["nll_sum"][name].as_f64().unwrap();
         let lm = with_adapter(name);
         assert!(usable(&lm.model), "{name}: the fused path should take it");
@@ -502,19 +507,105 @@ fn the_cli_trains_an_adapter_scores_it_and_merges_it() {
     assert!(!ok && err.contains("r = 4"), "{err}");
 }
 
+/// An adapter PEFT made with `layers_to_transform = [1]` continues training on layer 1 only,
+/// is saved with the same `layers_to_transform` (so PEFT builds the same modules), and
+/// merges to what it computes on the fly.
+#[test]
+fn an_adapter_on_some_layers_only_trains_saves_and_merges_as_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = fixtures().join("models/tiny-qwen2");
+    let data = fixtures().join("sft/data.jsonl");
+    let (base_s, data_s) = (base.to_str().unwrap(), data.to_str().unwrap());
+    let src = fixtures().join("lora/peft-qwen2-layers");
+    let out = dir.path().join("more");
+    let flags = [
+        "--adapter",
+        src.to_str().unwrap(),
+        "--lr",
+        "1e-2",
+        "--max-steps",
+        "2",
+    ];
+    let (ok, _, err) = common::train_cli(base_s, data_s, &out, &flags);
+    assert!(ok, "{err}");
+    let cfg: serde_json::Value = common::read_json(&out.join("adapter_config.json"));
+    assert_eq!(cfg["layers_to_transform"], serde_json::json!([1]));
+    let before = safetensors_names(&src.join("adapter_model.safetensors"));
+    let after = safetensors_names(&out.join("adapter_model.safetensors"));
+    assert_eq!(after, before, "the same modules, on layer 1 only");
+    assert!(after.iter().all(|n| n.contains(".layers.1.")), "{after:?}");
+    let eval = |model: &str, adapter: Option<&Path>| -> f64 {
+        let mut args = vec!["eval-loss", "--data", data_s, "--model", model];
+        let a = adapter.map(|a| a.to_string_lossy().into_owned());
+        if let Some(a) = &a {
+            args.extend(["--adapter", a]);
+        }
+        let (ok, stdout, err) = common::elastica(&args);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        v["mean_nll"].as_f64().unwrap()
+    };
+    let (start, trained) = (eval(base_s, Some(&src)), eval(base_s, Some(&out)));
+    assert!(
+        trained < start,
+        "training did not lower the loss: {trained} vs {start}"
+    );
+    let merged = dir.path().join("merged");
+    let (ok, _, err) = common::elastica(&[
+        "merge",
+        "--model",
+        base_s,
+        "--adapter",
+        out.to_str().unwrap(),
+        "--out",
+        merged.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let m = eval(merged.to_str().unwrap(), None);
+    assert!(
+        (m - trained).abs() <= 1e-5 * trained,
+        "merged {m} vs on the fly {trained}"
+    );
+}
+
+/// The tensor names of a safetensors file, sorted.
+fn safetensors_names(path: &Path) -> Vec<String> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(str::to_owned).collect();
+    names.sort();
+    names
+}
+
 #[test]
 fn unsupported_or_broken_adapters_are_refused_naming_the_file_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let base = fixtures().join("models/tiny-llama");
     let src = fixtures().join("lora/peft-llama");
     type Edit<'a> = &'a dyn Fn(&mut serde_json::Value);
-    let cases: [(&str, Edit, &str); 3] = [
+    let cases: [(&str, Edit, &str); 6] = [
         ("dora", &|c| c["use_dora"] = true.into(), "use_dora"),
         ("bias", &|c| c["bias"] = "lora_only".into(), "bias"),
         (
             "save",
             &|c| c["modules_to_save"] = serde_json::json!(["lm_head"]),
             "modules_to_save",
+        ),
+        // The tensors cover layers 0 and 1: PEFT would ignore layer 1's.
+        (
+            "layers",
+            &|c| c["layers_to_transform"] = serde_json::json!([0]),
+            "is on layer 1, which",
+        ),
+        (
+            "layers-range",
+            &|c| c["layers_to_transform"] = serde_json::json!([0, 1, 5]),
+            "names layer 5, but the base model has 2 layers",
+        ),
+        (
+            "layers-type",
+            &|c| c["layers_to_transform"] = "1".into(),
+            "must be a layer index",
         ),
     ];
     for (name, edit, word) in cases {

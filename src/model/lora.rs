@@ -10,7 +10,8 @@
 //! `.lora_A.default.weight` in some versions; both are read). Inside elastica the adapter's
 //! tensors are named without the `base_model.model.` prefix, next to the weight they adapt.
 //! What PEFT can express but elastica does not compute (DoRA, trained biases, extra trained
-//! modules, per-module ranks, adapters on embeddings or the LM head) is refused by name.
+//! modules, per-module ranks, adapters on embeddings or the LM head) is refused by name;
+//! `layers_to_transform` (adapters on some layers only) is read and written back.
 
 use super::config::ModelConfig;
 use super::params::{proj_module, proj_shape, Params};
@@ -184,6 +185,9 @@ pub struct Adapter {
     pub params: Params,
     /// PEFT's `base_model_name_or_path`: the base model the adapter was trained on.
     pub base_model: String,
+    /// PEFT's `layers_to_transform`: the only layers that carry adapters, as the adapter's
+    /// config said (None: every layer). Written back on save, so PEFT builds the same modules.
+    pub layers: Option<Vec<usize>>,
     /// The training run's seed, which draws the dropout masks (see [`LoraDropout`]); set by
     /// `adapted::for_training`, unused outside training.
     pub seed: u64,
@@ -292,6 +296,7 @@ impl Adapter {
             },
             params: Params::new(entries),
             base_model: base_model.to_string(),
+            layers: None,
             seed,
         })
     }
@@ -388,13 +393,35 @@ impl Adapter {
                 bail!("{}: tensor \"{name}\" appears twice", weights.display());
             }
         }
+        if let Some(l) = peft
+            .layers
+            .iter()
+            .flatten()
+            .find(|&&l| l >= model.num_hidden_layers)
+        {
+            bail!(
+                "{}: layers_to_transform names layer {l}, but the base model has {} layers",
+                cfg_path.display(),
+                model.num_hidden_layers
+            );
+        }
         // Order: layer, then projection, then A before B; every A has its B.
         let mut entries = Vec::new();
         let mut targets = BTreeSet::new();
         for l in 0..model.num_hidden_layers {
             for (j, (_, proj)) in PROJECTIONS.into_iter().enumerate() {
                 let (na, nb) = lora_names(&proj_module(l, j));
+                let listed = peft.layers.as_ref().is_none_or(|ls| ls.contains(&l));
                 match (by_name.remove(&na), by_name.remove(&nb)) {
+                    // PEFT would build no module there and ignore the tensor: refuse rather
+                    // than apply what PEFT would not.
+                    (Some(_), _) | (_, Some(_)) if !listed => bail!(
+                        "{}: \"{na}\" is on layer {l}, which {} does not list in \
+                         layers_to_transform {:?}",
+                        weights.display(),
+                        cfg_path.display(),
+                        peft.layers.as_deref().unwrap_or_default()
+                    ),
                     (Some(a), Some(b)) => {
                         targets.insert(proj);
                         entries.push((na, Var::from_tensor(&a)?));
@@ -430,6 +457,7 @@ impl Adapter {
             },
             params: Params::new(entries),
             base_model: peft.base_model,
+            layers: peft.layers,
             seed: 0,
         };
         adapter.check_fits(model, &weights)?;
@@ -469,7 +497,7 @@ impl Adapter {
             "fan_in_fan_out": false,
             "modules_to_save": null,
             "init_lora_weights": true,
-            "layers_to_transform": null,
+            "layers_to_transform": self.layers,
             "layers_pattern": null,
             "rank_pattern": {},
             "alpha_pattern": {},
@@ -540,6 +568,8 @@ struct PeftConfig {
     dropout: f64,
     rslora: bool,
     base_model: String,
+    /// `layers_to_transform`, sorted (an index or a list of them; None: every layer).
+    layers: Option<Vec<usize>>,
 }
 
 impl PeftConfig {
@@ -576,7 +606,6 @@ impl PeftConfig {
             "modules_to_save",
             "rank_pattern",
             "alpha_pattern",
-            "layers_to_transform",
             "target_parameters",
             "trainable_token_indices",
         ] {
@@ -593,6 +622,23 @@ impl PeftConfig {
             .filter(|a| a.is_finite())
             .context("\"lora_alpha\" must be a number")?;
         let dropout = get("lora_dropout").and_then(|x| x.as_f64()).unwrap_or(0.0);
+        let layer = |x: &serde_json::Value| x.as_u64().map(|l| l as usize);
+        let layers = match get("layers_to_transform") {
+            None => None,
+            Some(serde_json::Value::Array(a)) => {
+                let mut ls: Option<Vec<usize>> = a.iter().map(layer).collect();
+                if let Some(ls) = &mut ls {
+                    ls.sort_unstable();
+                    ls.dedup();
+                }
+                Some(ls.filter(|ls| !ls.is_empty()))
+            }
+            Some(x) => Some(layer(x).map(|l| vec![l])),
+        }
+        .map(|ls| {
+            ls.context("\"layers_to_transform\" must be a layer index or a non-empty list of them")
+        })
+        .transpose()?;
         Ok(PeftConfig {
             r,
             alpha,
@@ -602,6 +648,7 @@ impl PeftConfig {
                 .and_then(|x| x.as_str())
                 .unwrap_or("")
                 .to_string(),
+            layers,
         })
     }
 }

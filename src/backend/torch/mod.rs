@@ -118,6 +118,7 @@ impl TorchModel {
                 scale: a.scale(),
                 cfg: a.cfg.clone(),
                 base_model: a.base_model.clone(),
+                layers: a.layers.clone(),
                 seed: a.seed,
             }),
             None => None,
@@ -515,6 +516,7 @@ impl LanguageModel for TorchModel {
                 cfg: l.cfg.clone(),
                 params: host_params(&l.weights)?,
                 base_model: l.base_model.clone(),
+                layers: l.layers.clone(),
                 seed: l.seed,
             };
             return adapter.save(out);

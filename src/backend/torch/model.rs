@@ -62,6 +62,8 @@ pub struct TorchLora {
     pub cfg: crate::model::lora::LoraConfig,
     /// PEFT's `base_model_name_or_path`.
     pub base_model: String,
+    /// PEFT's `layers_to_transform` (`model::lora::Adapter::layers`).
+    pub layers: Option<Vec<usize>>,
     /// The run's seed, which draws the dropout masks (`model::lora::LoraDropout`), kept
     /// for the saved adapter as the fused path keeps it.
     pub seed: u64,
