@@ -460,36 +460,13 @@ fn the_cli_trains_an_adapter_scores_it_and_merges_it() {
         cfg["target_modules"],
         serde_json::json!(["q_proj", "v_proj"])
     );
-    let eval = |extra: &[&str]| -> f64 {
-        let mut args = vec!["eval-loss", "--data", data_s];
-        args.extend_from_slice(extra);
-        let (ok, stdout, err) = common::elastica(&args);
-        assert!(ok, "{err}");
-        let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-        v["mean_nll"].as_f64().unwrap()
-    };
-    let adapted = eval(&["--model", base_s, "--adapter", out.to_str().unwrap()]);
-    let plain = eval(&["--model", base_s]);
+    let adapted = eval_loss_cli(data_s, base_s, Some(&out));
+    let plain = eval_loss_cli(data_s, base_s, None);
     assert!(
         adapted < plain,
         "training the adapter did not lower the loss: {adapted} vs {plain}"
     );
-    let merged = d.join("merged");
-    let (ok, _, err) = common::elastica(&[
-        "merge",
-        "--model",
-        base_s,
-        "--adapter",
-        out.to_str().unwrap(),
-        "--out",
-        merged.to_str().unwrap(),
-    ]);
-    assert!(ok, "{err}");
-    let m = eval(&["--model", merged.to_str().unwrap()]);
-    assert!(
-        (m - adapted).abs() <= 1e-5 * adapted,
-        "merged {m} vs on the fly {adapted}"
-    );
+    merge_equals_on_the_fly(base_s, &out, &d.join("merged"), data_s, adapted);
     // Continuing the adapter with other settings is refused, naming them.
     let (ok, _, err) = common::elastica(&[
         "train",
@@ -534,37 +511,45 @@ fn an_adapter_on_some_layers_only_trains_saves_and_merges_as_one() {
     let after = safetensors_names(&out.join("adapter_model.safetensors"));
     assert_eq!(after, before, "the same modules, on layer 1 only");
     assert!(after.iter().all(|n| n.contains(".layers.1.")), "{after:?}");
-    let eval = |model: &str, adapter: Option<&Path>| -> f64 {
-        let mut args = vec!["eval-loss", "--data", data_s, "--model", model];
-        let a = adapter.map(|a| a.to_string_lossy().into_owned());
-        if let Some(a) = &a {
-            args.extend(["--adapter", a]);
-        }
-        let (ok, stdout, err) = common::elastica(&args);
-        assert!(ok, "{err}");
-        let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-        v["mean_nll"].as_f64().unwrap()
-    };
-    let (start, trained) = (eval(base_s, Some(&src)), eval(base_s, Some(&out)));
+    let start = eval_loss_cli(data_s, base_s, Some(&src));
+    let trained = eval_loss_cli(data_s, base_s, Some(&out));
     assert!(
         trained < start,
         "training did not lower the loss: {trained} vs {start}"
     );
-    let merged = dir.path().join("merged");
+    merge_equals_on_the_fly(base_s, &out, &dir.path().join("merged"), data_s, trained);
+}
+
+/// `eval-loss`'s mean NLL of `data` under `model`, with `adapter` when given.
+fn eval_loss_cli(data: &str, model: &str, adapter: Option<&Path>) -> f64 {
+    let mut args = vec!["eval-loss", "--data", data, "--model", model];
+    let a = adapter.map(|a| a.to_string_lossy().into_owned());
+    if let Some(a) = &a {
+        args.extend(["--adapter", a]);
+    }
+    let (ok, stdout, err) = common::elastica(&args);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    v["mean_nll"].as_f64().unwrap()
+}
+
+/// `elastica merge` of `adapter` into `base` at `merged` scores `on_the_fly` (the adapter
+/// applied on the fly) within 1e-5.
+fn merge_equals_on_the_fly(base: &str, adapter: &Path, merged: &Path, data: &str, on_the_fly: f64) {
     let (ok, _, err) = common::elastica(&[
         "merge",
         "--model",
-        base_s,
+        base,
         "--adapter",
-        out.to_str().unwrap(),
+        adapter.to_str().unwrap(),
         "--out",
         merged.to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
-    let m = eval(merged.to_str().unwrap(), None);
+    let m = eval_loss_cli(data, merged.to_str().unwrap(), None);
     assert!(
-        (m - trained).abs() <= 1e-5 * trained,
-        "merged {m} vs on the fly {trained}"
+        (m - on_the_fly).abs() <= 1e-5 * on_the_fly,
+        "merged {m} vs on the fly {on_the_fly}"
     );
 }
 
