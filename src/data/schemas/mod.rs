@@ -63,7 +63,7 @@ pub struct DataSpec {
     pub path: String,
     /// A registry name: `imdb`, `beavertails`, `alpaca`, `truthfulqa`, `jsonl`, or `world`.
     pub schema: String,
-    /// Inside a directory: a split name (`train`) or a glob (`*30k*train*`).
+    /// Inside a directory: a split name (`train`) or a glob (`round0/30k/train*`).
     pub files: Option<String>,
     /// Which labelled half to keep.
     #[serde(default)]

@@ -620,6 +620,39 @@ kind = "keywords"
         assert_eq!(s.models.len(), 3);
     }
 
+    /// The examples' BeaverTails selectors pick the one file they mean from the hub's
+    /// published layout (its repository's files, as `huggingface_hub` caches them).
+    #[test]
+    fn the_examples_select_beavertails_30k_from_the_published_layout() {
+        let hub = tempfile::tempdir().unwrap();
+        for f in [
+            "round0/30k/train.jsonl.gz",
+            "round0/30k/test.jsonl.gz",
+            "round0/330k/train.jsonl.xz",
+            "round0/330k/test.jsonl.xz",
+        ] {
+            let p = hub.path().join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, b"").unwrap();
+        }
+        for text in [
+            include_str!("../../../examples/rebound.toml"),
+            include_str!("../../../examples/rebound-dpo.toml"),
+        ] {
+            let r = ReboundConfig::from_toml(text).unwrap();
+            let eval = r.eval.data.as_ref().unwrap();
+            for (spec, want) in [
+                (&r.negative, "round0/30k/train.jsonl.gz"),
+                (eval, "round0/30k/test.jsonl.gz"),
+            ] {
+                assert_eq!(spec.path, "PKU-Alignment/BeaverTails");
+                let dir = hub.path().to_string_lossy();
+                let got = crate::data::files::resolve(&dir, spec.files.as_deref()).unwrap();
+                assert_eq!(got, [hub.path().join(want)], "files = {:?}", spec.files);
+            }
+        }
+    }
+
     #[test]
     fn an_unset_template_follows_the_schema() {
         use crate::data::template::Template;
