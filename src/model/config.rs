@@ -113,6 +113,10 @@ struct RawConfig {
     pad_token_id: Option<serde_json::Value>,
     torch_dtype: Option<String>,
     dtype: Option<String>,
+    use_sliding_window: Option<bool>,
+    sliding_window: Option<usize>,
+    max_window_layers: Option<usize>,
+    layer_types: Option<Vec<String>>,
 }
 
 /// The count under key `k`, which the config must give and which must be positive.
@@ -125,6 +129,47 @@ fn positive(v: Option<usize>, k: &str) -> Result<usize> {
 }
 
 impl RawConfig {
+    /// elastica computes full causal attention in every layer. A layer with sliding-window
+    /// attention (Qwen2's `use_sliding_window` on the layers from `max_window_layers` on, or
+    /// transformers 5's `layer_types`) agrees with it only on sequences up to the window, so a
+    /// window shorter than the context is refused rather than computed differently.
+    fn check_full_attention(&self, layers: usize, context: usize) -> Result<()> {
+        let sliding = match &self.layer_types {
+            Some(types) => {
+                if let Some(t) = types
+                    .iter()
+                    .find(|t| !matches!(t.as_str(), "full_attention" | "sliding_attention"))
+                {
+                    bail!("unsupported layer type \"{t}\" in \"layer_types\"; supported: full_attention");
+                }
+                types.iter().any(|t| t == "sliding_attention")
+            }
+            None => {
+                self.use_sliding_window == Some(true)
+                    && self.sliding_window.is_some()
+                    && self.max_window_layers.unwrap_or(layers) < layers
+            }
+        };
+        // transformers drops the window when `use_sliding_window` is false.
+        if !sliding || self.use_sliding_window == Some(false) {
+            return Ok(());
+        }
+        match self.sliding_window {
+            Some(w) if w >= context => Ok(()),
+            Some(w) => bail!(
+                "some layers use sliding-window attention (sliding_window = {w} tokens, shorter \
+                 than max_position_embeddings = {context}), which elastica does not compute: it \
+                 attends over the whole sequence, which agrees with transformers only up to {w} \
+                 tokens. If every sequence you use stays within {w} tokens, set \
+                 \"use_sliding_window\": false (and \"layer_types\" to full_attention) in \
+                 config.json"
+            ),
+            None => {
+                bail!("\"layer_types\" names sliding_attention but \"sliding_window\" is not set")
+            }
+        }
+    }
+
     /// The family named by `model_type` (or, without it, the first of `architectures`).
     fn family(&self) -> Result<Family> {
         let model_type = match (&self.model_type, &self.architectures) {
@@ -266,12 +311,14 @@ impl ModelConfig {
         if max_position_embeddings == 0 {
             bail!("key \"max_position_embeddings\" must be positive");
         }
+        let num_hidden_layers = positive(raw.num_hidden_layers, "num_hidden_layers")?;
+        raw.check_full_attention(num_hidden_layers, max_position_embeddings)?;
         Ok(ModelConfig {
             family,
             vocab_size,
             hidden_size,
             intermediate_size: positive(raw.intermediate_size, "intermediate_size")?,
-            num_hidden_layers: positive(raw.num_hidden_layers, "num_hidden_layers")?,
+            num_hidden_layers,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
@@ -461,5 +508,37 @@ mod tests {
             ModelConfig::from_json_str(r#"{"model_type":"llama","vocab_size":3}"#).unwrap_err()
         );
         assert!(e.contains("hidden_size"), "{e}");
+    }
+
+    /// Qwen1.5/Qwen2's published configs (use_sliding_window false) load; a window that
+    /// would change the attention inside the context is refused, in either dialect.
+    #[test]
+    fn sliding_window_attention_is_refused_only_where_it_would_differ() {
+        let qwen = r#"{"model_type":"qwen2","vocab_size":10,"hidden_size":8,"intermediate_size":16,
+            "num_hidden_layers":2,"num_attention_heads":2,"max_position_embeddings":64"#;
+        let cfg = |extra: &str| ModelConfig::from_json_str(&format!("{qwen},{extra}}}"));
+        for ok in [
+            r#""use_sliding_window":false,"sliding_window":32,"max_window_layers":0"#,
+            r#""use_sliding_window":true,"sliding_window":32,"max_window_layers":2"#,
+            r#""use_sliding_window":true,"sliding_window":64,"max_window_layers":0"#,
+            r#""layer_types":["full_attention","full_attention"],"sliding_window":null"#,
+        ] {
+            cfg(ok).unwrap_or_else(|e| panic!("{ok}: {e:#}"));
+        }
+        for bad in [
+            r#""use_sliding_window":true,"sliding_window":32,"max_window_layers":1"#,
+            r#""layer_types":["full_attention","sliding_attention"],"sliding_window":32"#,
+        ] {
+            let e = format!("{:#}", cfg(bad).unwrap_err());
+            assert!(
+                e.contains("sliding_window = 32") && e.contains("\"use_sliding_window\": false"),
+                "{bad}: {e}"
+            );
+        }
+        let e = format!(
+            "{:#}",
+            cfg(r#""layer_types":["full_attention","chunked"]"#).unwrap_err()
+        );
+        assert!(e.contains("\"chunked\""), "{e}");
     }
 }
