@@ -9,6 +9,9 @@ Writes under tests/fixtures/lora/:
   kept in the keys (".lora_A.default.weight"), as some PEFT versions saved them.
 - peft-qwen2-layers/: on models/tiny-qwen2, r=2, alpha=6, [q_proj, up_proj] on layer 1 only
   (`layers_to_transform = [1]`).
+- peft-qwen2-patterns/: on models/tiny-qwen2, r=2, alpha=4 on [q_proj, v_proj, down_proj]
+  with `rank_pattern = {q_proj: 4, layers.1.mlp.down_proj: 3}` and `alpha_pattern =
+  {v_proj: 2.5}` (per-module ranks and scales).
 - expected.json: token ids, and for each adapter (and for elastica-trained/, an adapter that
   `elastica train --lora-rank 4` wrote and that is committed here) the summed NLL and token
   count transformers + peft compute on those ids.
@@ -113,6 +116,16 @@ results["peft-qwen2-layers"] = make(
     False,
 )
 
+results["peft-qwen2-patterns"] = make(
+    "peft-qwen2-patterns",
+    "tiny-qwen2",
+    LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj", "down_proj"],
+               rank_pattern={"q_proj": 4, "layers.1.mlp.down_proj": 3},
+               alpha_pattern={"v_proj": 2.5}, task_type="CAUSAL_LM"),
+    4,
+    False,
+)
+
 # The adapter elastica trained: PEFT must load it unchanged.
 el = os.path.join(OUT, "elastica-trained")
 m = PeftModel.from_pretrained(base("tiny-llama"), el).eval()
@@ -127,7 +140,8 @@ json.dump(
     {
         "ids": IDS,
         "base": {"peft-llama": "tiny-llama", "peft-qwen2-rslora": "tiny-qwen2",
-                 "peft-qwen2-layers": "tiny-qwen2", "elastica-trained": "tiny-llama"},
+                 "peft-qwen2-layers": "tiny-qwen2", "peft-qwen2-patterns": "tiny-qwen2",
+                 "elastica-trained": "tiny-llama"},
         "nll_sum": {k: v[0] for k, v in results.items()},
         "tokens": {k: v[1] for k, v in results.items()},
         "peft_version": __import__("peft").__version__,

@@ -33,6 +33,7 @@ fn peft_adapters_score_as_transformers_plus_peft_on_both_paths() {
         "peft-llama",
         "peft-qwen2-rslora",
         "peft-qwen2-layers",
+        "peft-qwen2-patterns",
         "elastica-trained",
     ] {
         let want = expected()["nll_sum"][name].as_f64().unwrap();
@@ -484,40 +485,46 @@ fn the_cli_trains_an_adapter_scores_it_and_merges_it() {
     assert!(!ok && err.contains("r = 4"), "{err}");
 }
 
-/// An adapter PEFT made with `layers_to_transform = [1]` continues training on layer 1 only,
-/// is saved with the same `layers_to_transform` (so PEFT builds the same modules), and
-/// merges to what it computes on the fly.
+/// Adapters PEFT made with `layers_to_transform = [1]` and with `rank_pattern` /
+/// `alpha_pattern` continue training on their own modules (the same tensor names and
+/// shapes), are saved with the same layout keys (so PEFT builds the same modules with the
+/// same scales), and merge to what they compute on the fly.
 #[test]
-fn an_adapter_on_some_layers_only_trains_saves_and_merges_as_one() {
+fn peft_layouts_train_save_and_merge_as_they_load() {
     let dir = tempfile::tempdir().unwrap();
     let base = fixtures().join("models/tiny-qwen2");
     let data = fixtures().join("sft/data.jsonl");
     let (base_s, data_s) = (base.to_str().unwrap(), data.to_str().unwrap());
-    let src = fixtures().join("lora/peft-qwen2-layers");
-    let out = dir.path().join("more");
-    let flags = [
-        "--adapter",
-        src.to_str().unwrap(),
-        "--lr",
-        "1e-2",
-        "--max-steps",
-        "2",
-    ];
-    let (ok, _, err) = common::train_cli(base_s, data_s, &out, &flags);
-    assert!(ok, "{err}");
-    let cfg: serde_json::Value = common::read_json(&out.join("adapter_config.json"));
-    assert_eq!(cfg["layers_to_transform"], serde_json::json!([1]));
-    let before = safetensors_names(&src.join("adapter_model.safetensors"));
-    let after = safetensors_names(&out.join("adapter_model.safetensors"));
-    assert_eq!(after, before, "the same modules, on layer 1 only");
-    assert!(after.iter().all(|n| n.contains(".layers.1.")), "{after:?}");
-    let start = eval_loss_cli(data_s, base_s, Some(&src));
-    let trained = eval_loss_cli(data_s, base_s, Some(&out));
-    assert!(
-        trained < start,
-        "training did not lower the loss: {trained} vs {start}"
-    );
-    merge_equals_on_the_fly(base_s, &out, &dir.path().join("merged"), data_s, trained);
+    for name in ["peft-qwen2-layers", "peft-qwen2-patterns"] {
+        let src = fixtures().join("lora").join(name);
+        let out = dir.path().join(name);
+        let flags = [
+            "--adapter",
+            src.to_str().unwrap(),
+            "--lr",
+            "1e-2",
+            "--max-steps",
+            "2",
+        ];
+        let (ok, _, err) = common::train_cli(base_s, data_s, &out, &flags);
+        assert!(ok, "{name}: {err}");
+        let was: serde_json::Value = common::read_json(&src.join("adapter_config.json"));
+        let cfg: serde_json::Value = common::read_json(&out.join("adapter_config.json"));
+        for key in ["layers_to_transform", "rank_pattern", "alpha_pattern"] {
+            assert_eq!(cfg[key], was[key], "{name}: {key}");
+        }
+        let before = safetensors_shapes(&src.join("adapter_model.safetensors"));
+        let after = safetensors_shapes(&out.join("adapter_model.safetensors"));
+        assert_eq!(after, before, "{name}: the same modules and ranks");
+        let start = eval_loss_cli(data_s, base_s, Some(&src));
+        let trained = eval_loss_cli(data_s, base_s, Some(&out));
+        assert!(
+            trained < start,
+            "{name}: training did not lower the loss: {trained} vs {start}"
+        );
+        let merged = dir.path().join(format!("{name}-merged"));
+        merge_equals_on_the_fly(base_s, &out, &merged, data_s, trained);
+    }
 }
 
 /// `eval-loss`'s mean NLL of `data` under `model`, with `adapter` when given.
@@ -553,11 +560,15 @@ fn merge_equals_on_the_fly(base: &str, adapter: &Path, merged: &Path, data: &str
     );
 }
 
-/// The tensor names of a safetensors file, sorted.
-fn safetensors_names(path: &Path) -> Vec<String> {
+/// The tensor names of a safetensors file with their shapes, sorted by name.
+fn safetensors_shapes(path: &Path) -> Vec<(String, Vec<usize>)> {
     let bytes = std::fs::read(path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut names: Vec<String> = st.names().into_iter().map(str::to_owned).collect();
+    let mut names: Vec<(String, Vec<usize>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.shape().to_vec()))
+        .collect();
     names.sort();
     names
 }

@@ -753,6 +753,7 @@ mod torch {
             "peft-llama",
             "peft-qwen2-rslora",
             "peft-qwen2-layers",
+            "peft-qwen2-patterns",
             "elastica-trained",
         ] {
             let want = expected["nll_sum"][name].as_f64().unwrap();

@@ -199,7 +199,7 @@ impl Source {
                 continue;
             };
             let f64s = |t: &candle_core::Tensor| t.to_dtype(candle_core::DType::F64);
-            let delta = (f64s(&b)?.matmul(&f64s(&a)?)? * adapter.scale())?;
+            let delta = (f64s(&b)?.matmul(&f64s(&a)?)? * adapter.scale_of(module)?)?;
             let delta: Vec<f64> = delta.flatten_all()?.to_vec1()?;
             if delta.len() != n {
                 bail!(
@@ -610,7 +610,7 @@ mod tests {
         for row in &b {
             for j in 0..a[0].len() {
                 let dot: f64 = (0..a.len()).map(|k| row[k] as f64 * a[k][j] as f64).sum();
-                d.push(ad.scale() * dot);
+                d.push(ad.scale_of(module).unwrap() * dot);
             }
         }
         d

@@ -61,13 +61,16 @@ impl Linear {
         let name = proj_module(layer, proj);
         let b = format!("{name}.bias");
         let lora = match adapter {
-            Some(ad) => ad.pair(&name)?.map(|(a, b)| LoraLinear {
-                a,
-                b,
-                s: ad.scale(),
-                layer,
-                proj,
-            }),
+            Some(ad) => match ad.pair(&name)? {
+                Some((a, b)) => Some(LoraLinear {
+                    a,
+                    b,
+                    s: ad.scale_of(&name)?,
+                    layer,
+                    proj,
+                }),
+                None => None,
+            },
             None => None,
         };
         Ok(Linear {

@@ -10,8 +10,9 @@
 //! `.lora_A.default.weight` in some versions; both are read). Inside elastica the adapter's
 //! tensors are named without the `base_model.model.` prefix, next to the weight they adapt.
 //! What PEFT can express but elastica does not compute (DoRA, trained biases, extra trained
-//! modules, per-module ranks, adapters on embeddings or the LM head) is refused by name;
-//! `layers_to_transform` (adapters on some layers only) is read and written back.
+//! modules, adapters on embeddings or the LM head) is refused by name; `layers_to_transform`
+//! and the per-module `rank_pattern` / `alpha_pattern` ([`PeftLayout`]) are read and written
+//! back.
 
 use super::config::ModelConfig;
 use super::params::{proj_module, proj_shape, Params};
@@ -105,10 +106,15 @@ impl LoraConfig {
 
     /// The adapter's output scale: alpha / r, or alpha / sqrt(r) for rsLoRA.
     pub fn scale(&self) -> f64 {
+        self.scale_with(self.rank, self.alpha)
+    }
+
+    /// The scale of a module whose rank and alpha PEFT's patterns set (rsLoRA as configured).
+    fn scale_with(&self, rank: usize, alpha: f64) -> f64 {
         if self.rslora {
-            self.alpha / (self.rank as f64).sqrt()
+            alpha / (rank as f64).sqrt()
         } else {
-            self.alpha / self.rank as f64
+            alpha / rank as f64
         }
     }
 
@@ -185,9 +191,9 @@ pub struct Adapter {
     pub params: Params,
     /// PEFT's `base_model_name_or_path`: the base model the adapter was trained on.
     pub base_model: String,
-    /// PEFT's `layers_to_transform`: the only layers that carry adapters, as the adapter's
-    /// config said (None: every layer). Written back on save, so PEFT builds the same modules.
-    pub layers: Option<Vec<usize>>,
+    /// What PEFT's config says beyond one rank and alpha: the layers and per-module ranks
+    /// and alphas. Written back on save, so PEFT builds the same modules.
+    pub layout: PeftLayout,
     /// The training run's seed, which draws the dropout masks (see [`LoraDropout`]); set by
     /// `adapted::for_training`, unused outside training.
     pub seed: u64,
@@ -296,14 +302,16 @@ impl Adapter {
             },
             params: Params::new(entries),
             base_model: base_model.to_string(),
-            layers: None,
+            layout: PeftLayout::default(),
             seed,
         })
     }
 
-    /// The output scale s of `x A^T B^T`.
-    pub fn scale(&self) -> f64 {
-        self.cfg.scale()
+    /// The output scale s of `module`'s `x A^T B^T`: alpha / r (alpha / sqrt r with rsLoRA),
+    /// with PEFT's `rank_pattern` / `alpha_pattern` where they name the module.
+    pub fn scale_of(&self, module: &str) -> Result<f64> {
+        let (rank, alpha) = self.layout.rank_alpha(&self.cfg, module)?;
+        Ok(self.cfg.scale_with(rank, alpha))
     }
 
     /// A (r, in) and B (out, r) of `module` (`model.layers.0.self_attn.q_proj`), if adapted.
@@ -334,18 +342,21 @@ impl Adapter {
                 ),
             }
             let (out, inp) = proj_shape(model, proj);
+            let (rank, _) = self
+                .layout
+                .rank_alpha(&self.cfg, module)
+                .with_context(|| source.display().to_string())?;
             let want = if which == 'A' {
-                vec![self.cfg.rank, inp]
+                vec![rank, inp]
             } else {
-                vec![out, self.cfg.rank]
+                vec![out, rank]
             };
             if var.dims() != want.as_slice() {
                 bail!(
-                    "{}: tensor \"{name}\" has shape {:?}, expected {want:?} (r = {} on this \
+                    "{}: tensor \"{name}\" has shape {:?}, expected {want:?} (r = {rank} on this \
                      base model); is the adapter for another base model?",
                     source.display(),
                     var.dims(),
-                    self.cfg.rank
                 );
             }
         }
@@ -394,6 +405,7 @@ impl Adapter {
             }
         }
         if let Some(l) = peft
+            .layout
             .layers
             .iter()
             .flatten()
@@ -411,7 +423,7 @@ impl Adapter {
         for l in 0..model.num_hidden_layers {
             for (j, (_, proj)) in PROJECTIONS.into_iter().enumerate() {
                 let (na, nb) = lora_names(&proj_module(l, j));
-                let listed = peft.layers.as_ref().is_none_or(|ls| ls.contains(&l));
+                let listed = peft.layout.layers.as_ref().is_none_or(|ls| ls.contains(&l));
                 match (by_name.remove(&na), by_name.remove(&nb)) {
                     // PEFT would build no module there and ignore the tensor: refuse rather
                     // than apply what PEFT would not.
@@ -420,7 +432,7 @@ impl Adapter {
                          layers_to_transform {:?}",
                         weights.display(),
                         cfg_path.display(),
-                        peft.layers.as_deref().unwrap_or_default()
+                        peft.layout.layers.as_deref().unwrap_or_default()
                     ),
                     (Some(a), Some(b)) => {
                         targets.insert(proj);
@@ -457,7 +469,7 @@ impl Adapter {
             },
             params: Params::new(entries),
             base_model: peft.base_model,
-            layers: peft.layers,
+            layout: peft.layout,
             seed: 0,
         };
         adapter.check_fits(model, &weights)?;
@@ -497,10 +509,14 @@ impl Adapter {
             "fan_in_fan_out": false,
             "modules_to_save": null,
             "init_lora_weights": true,
-            "layers_to_transform": self.layers,
+            "layers_to_transform": self.layout.layers,
             "layers_pattern": null,
-            "rank_pattern": {},
-            "alpha_pattern": {},
+            "rank_pattern": serde_json::Map::from_iter(
+                self.layout.rank_pattern.iter().map(|(k, r)| (k.clone(), (*r).into()))
+            ),
+            "alpha_pattern": serde_json::Map::from_iter(
+                self.layout.alpha_pattern.iter().map(|(k, a)| (k.clone(), (*a).into()))
+            ),
             "inference_mode": true,
             "revision": null,
         });
@@ -510,12 +526,11 @@ impl Adapter {
     /// The merged weights W + s * B A for every adapted projection, with every other tensor
     /// of `base` as it is (new variables: the base is not changed).
     pub fn merged(&self, base: &Params) -> Result<Params> {
-        let s = self.scale();
         let mut entries = Vec::new();
         for (name, var) in base.iter() {
             let module = name.strip_suffix(".weight").unwrap_or(name);
             let t = match self.pair(module)? {
-                Some((a, b)) => (var.as_tensor() + (b.matmul(&a)? * s)?)?,
+                Some((a, b)) => (var.as_tensor() + (b.matmul(&a)? * self.scale_of(module)?)?)?,
                 None => var.as_tensor().copy()?,
             };
             entries.push((name.clone(), Var::from_tensor(&t)?));
@@ -568,8 +583,52 @@ struct PeftConfig {
     dropout: f64,
     rslora: bool,
     base_model: String,
-    /// `layers_to_transform`, sorted (an index or a list of them; None: every layer).
-    layers: Option<Vec<usize>>,
+    layout: PeftLayout,
+}
+
+/// What PEFT's `adapter_config.json` can say beyond one rank and alpha that elastica computes:
+/// `layers_to_transform`, and the per-module `rank_pattern` / `alpha_pattern`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PeftLayout {
+    /// The only layers that carry adapters, sorted (None: every layer).
+    pub layers: Option<Vec<usize>>,
+    /// (pattern, rank): PEFT gives a module the rank of the pattern it matches as a regex
+    /// `(.*\.)?(pattern)$` on its name (`model.layers.0.self_attn.q_proj`), else `r`.
+    pub rank_pattern: Vec<(String, usize)>,
+    /// (pattern, alpha), matched as `rank_pattern`; else `lora_alpha`.
+    pub alpha_pattern: Vec<(String, f64)>,
+}
+
+impl PeftLayout {
+    /// The rank and alpha PEFT gives `module`.
+    pub fn rank_alpha(&self, cfg: &LoraConfig, module: &str) -> Result<(usize, f64)> {
+        let rank = matching(&self.rank_pattern, "rank_pattern", module)?.unwrap_or(cfg.rank);
+        let alpha = matching(&self.alpha_pattern, "alpha_pattern", module)?.unwrap_or(cfg.alpha);
+        Ok((rank, alpha))
+    }
+}
+
+/// The value of the one `pattern` key that matches `module` as PEFT matches it. PEFT takes
+/// the first match in the file's key order; the JSON reader does not keep that order, so a
+/// module two keys match is refused rather than guessed.
+fn matching<T: Copy>(pattern: &[(String, T)], what: &str, module: &str) -> Result<Option<T>> {
+    let mut found: Option<(&str, T)> = None;
+    for (key, v) in pattern {
+        let re = regex::Regex::new(&format!("^(?:.*\\.)?(?:{key})$")).with_context(|| {
+            format!("{what} key \"{key}\" is not a regular expression elastica reads")
+        })?;
+        if !re.is_match(module) {
+            continue;
+        }
+        if let Some((first, _)) = found {
+            bail!(
+                "{what} keys \"{first}\" and \"{key}\" both match {module}; PEFT would take the \
+                 one listed first, an order elastica does not keep: make the keys disjoint"
+            );
+        }
+        found = Some((key, *v));
+    }
+    Ok(found.map(|(_, v)| v))
 }
 
 impl PeftConfig {
@@ -604,15 +663,34 @@ impl PeftConfig {
         };
         for k in [
             "modules_to_save",
-            "rank_pattern",
-            "alpha_pattern",
             "target_parameters",
             "trainable_token_indices",
         ] {
             if nonempty(k) {
-                bail!("{k} is set; elastica supports one rank and alpha on projections only");
+                bail!("{k} is set; elastica adapts the decoder's projections only");
             }
         }
+        let pattern = |k: &str, read: &dyn Fn(&serde_json::Value) -> Option<f64>| {
+            let Some(m) = get(k) else {
+                return Ok(Vec::new());
+            };
+            let m = m
+                .as_object()
+                .with_context(|| format!("\"{k}\" must be an object of module patterns"))?;
+            m.iter()
+                .map(|(key, v)| match read(v) {
+                    Some(x) => Ok((key.clone(), x)),
+                    None => bail!("\"{k}\": the value of \"{key}\" is not valid ({v})"),
+                })
+                .collect::<Result<Vec<_>>>()
+        };
+        let positive_int = |v: &serde_json::Value| v.as_u64().filter(|&r| r > 0).map(|r| r as f64);
+        let finite = |v: &serde_json::Value| v.as_f64().filter(|a| a.is_finite());
+        let rank_pattern = pattern("rank_pattern", &positive_int)?
+            .into_iter()
+            .map(|(k, r)| (k, r as usize))
+            .collect();
+        let alpha_pattern = pattern("alpha_pattern", &finite)?;
         let r = get("r")
             .and_then(|x| x.as_u64())
             .filter(|&r| r > 0)
@@ -648,7 +726,11 @@ impl PeftConfig {
                 .and_then(|x| x.as_str())
                 .unwrap_or("")
                 .to_string(),
-            layers,
+            layout: PeftLayout {
+                layers,
+                rank_pattern,
+                alpha_pattern,
+            },
         })
     }
 }
@@ -695,7 +777,7 @@ mod tests {
             ("use_dora", serde_json::json!(true)),
             ("bias", serde_json::json!("all")),
             ("modules_to_save", serde_json::json!(["lm_head"])),
-            ("rank_pattern", serde_json::json!({"q_proj": 8})),
+            ("rank_pattern", serde_json::json!({"q_proj": 0})),
             ("peft_type", serde_json::json!("IA3")),
         ] {
             let mut c = base.clone();
@@ -703,6 +785,54 @@ mod tests {
             let e = format!("{:#}", PeftConfig::from_json(&c).err().unwrap());
             assert!(e.contains(k) || e.contains("IA3"), "{k}: {e}");
         }
+    }
+
+    /// PEFT's pattern keys match a module's name as the regex `(.*\.)?(key)$`; a module two
+    /// keys match, and a key that is no regex, are refused naming them.
+    #[test]
+    fn rank_and_alpha_patterns_match_as_peft_matches_them() {
+        let cfg = LoraConfig {
+            rank: 2,
+            alpha: 4.0,
+            ..LoraConfig::default()
+        };
+        let layout = PeftLayout {
+            layers: None,
+            rank_pattern: vec![("q_proj".into(), 4), (r"layers\.1\.mlp\..*".into(), 3)],
+            alpha_pattern: vec![("proj".into(), 9.0), ("v_proj".into(), 2.5)],
+        };
+        let ra = |m: &str| layout.rank_alpha(&cfg, m).unwrap();
+        assert_eq!(ra("model.layers.0.self_attn.q_proj"), (4, 4.0));
+        assert_eq!(ra("model.layers.0.self_attn.v_proj"), (2, 2.5));
+        assert_eq!(ra("model.layers.1.mlp.down_proj"), (3, 4.0));
+        assert_eq!(
+            ra("model.layers.0.mlp.down_proj"),
+            (2, 4.0),
+            "\"proj\" is a whole name"
+        );
+        let both = PeftLayout {
+            rank_pattern: vec![("q_proj".into(), 4), ("self_attn.q_proj".into(), 8)],
+            ..layout.clone()
+        };
+        let e = format!(
+            "{:#}",
+            both.rank_alpha(&cfg, "model.layers.0.self_attn.q_proj")
+                .unwrap_err()
+        );
+        assert!(
+            e.contains("\"q_proj\" and \"self_attn.q_proj\" both match"),
+            "{e}"
+        );
+        let bad = PeftLayout {
+            alpha_pattern: vec![("q_proj(".into(), 1.0)],
+            ..layout
+        };
+        let e = format!(
+            "{:#}",
+            bad.rank_alpha(&cfg, "model.layers.0.self_attn.q_proj")
+                .unwrap_err()
+        );
+        assert!(e.contains("alpha_pattern key \"q_proj(\""), "{e}");
     }
 
     #[test]

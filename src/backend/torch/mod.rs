@@ -115,10 +115,15 @@ impl TorchModel {
         let lora = match adapter {
             Some(a) => Some(TorchLora {
                 weights: to_device(&a.params, dev, true, hint)?,
-                scale: a.scale(),
+                scales: a
+                    .params
+                    .iter()
+                    .filter_map(|(n, _)| n.strip_suffix(".lora_A.weight"))
+                    .map(|m| Ok((m.to_string(), a.scale_of(m)?)))
+                    .collect::<Result<_>>()?,
                 cfg: a.cfg.clone(),
                 base_model: a.base_model.clone(),
-                layers: a.layers.clone(),
+                layout: a.layout.clone(),
                 seed: a.seed,
             }),
             None => None,
@@ -516,7 +521,7 @@ impl LanguageModel for TorchModel {
                 cfg: l.cfg.clone(),
                 params: host_params(&l.weights)?,
                 base_model: l.base_model.clone(),
-                layers: l.layers.clone(),
+                layout: l.layout.clone(),
                 seed: l.seed,
             };
             return adapter.save(out);

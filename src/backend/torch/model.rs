@@ -57,13 +57,14 @@ pub struct Cache {
 /// `model::lora` names them (`{module}.lora_A.weight`), and the output scale.
 pub struct TorchLora {
     pub weights: TorchWeights,
-    pub scale: f64,
+    /// The output scale of each adapted module (`model.layers.0.self_attn.q_proj`).
+    pub scales: std::collections::HashMap<String, f64>,
     /// rank, alpha, dropout, targets: what the saved adapter's config records.
     pub cfg: crate::model::lora::LoraConfig,
     /// PEFT's `base_model_name_or_path`.
     pub base_model: String,
-    /// PEFT's `layers_to_transform` (`model::lora::Adapter::layers`).
-    pub layers: Option<Vec<usize>>,
+    /// PEFT's layers and rank / alpha patterns (`model::lora::Adapter::layout`).
+    pub layout: crate::model::lora::PeftLayout,
     /// The run's seed, which draws the dropout masks (`model::lora::LoraDropout`), kept
     /// for the saved adapter as the fused path keeps it.
     pub seed: u64,
@@ -161,12 +162,13 @@ impl<'a> Decoder<'a> {
         let (na, nb) = crate::model::lora::lora_names(name);
         match (lora.weights.get(&na), lora.weights.get(&nb)) {
             (Some(a), Some(b)) => {
+                let scale = lora.scales.get(name).copied().unwrap_or(0.0);
                 let cast = |t: &Tensor| match self.compute {
                     Kind::Float => t.shallow_clone(),
                     k => t.to_kind(k),
                 };
                 let low = self.dropped(x, name).linear::<Tensor>(&cast(a), None);
-                y + low.linear::<Tensor>(&cast(b), None) * lora.scale
+                y + low.linear::<Tensor>(&cast(b), None) * scale
             }
             _ => y,
         }
