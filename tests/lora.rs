@@ -83,7 +83,7 @@ fn assert_same_grads(name: &str, auto: &Grads, by_hand: &Grads) {
 #[test]
 fn the_lora_backward_equals_autograd_and_a_finite_difference() {
     let (ids, targets) = ids_and_targets();
-    for name in ["peft-llama", "peft-qwen2-rslora"] {
+    for name in ["peft-llama", "peft-qwen2-rslora", "peft-qwen2-patterns"] {
         let lm = with_adapter(name);
         let (_, by_hand) = nll_and_grads(&lm.model, &ids, &targets, 0.5, None).unwrap();
         let auto = autograd(&lm, &ids, &targets, 0.5);
@@ -165,7 +165,7 @@ fn lora_dropout_masks_are_inverted_keyed_and_reproducible() {
 #[test]
 fn the_lora_backward_with_a_dropout_mask_equals_autograd_and_a_finite_difference() {
     let (ids, targets) = ids_and_targets();
-    for name in ["peft-llama", "peft-qwen2-rslora"] {
+    for name in ["peft-llama", "peft-qwen2-rslora", "peft-qwen2-patterns"] {
         let lm = with_dropout(name, 0.5, 11);
         let drop = lm.model.lora_dropout(3, 1).unwrap();
         // The mask is really applied: the masked loss is not the model's loss.
@@ -297,7 +297,7 @@ fn the_cli_trains_with_lora_dropout_and_records_it() {
 fn merging_equals_the_adapter_on_the_fly() {
     let dir = tempfile::tempdir().unwrap();
     let (ids, _) = ids_and_targets();
-    for name in ["peft-llama", "peft-qwen2-rslora"] {
+    for name in ["peft-llama", "peft-qwen2-rslora", "peft-qwen2-patterns"] {
         let lm = with_adapter(name);
         let out = dir.path().join(name);
         save_merged(&lm, &out, None).unwrap();
