@@ -61,21 +61,41 @@ pub fn resolve_with_cache(
         found.retain(|rel| matches_selector(sel, rel));
     }
     if found.is_empty() {
+        let arrow = if all == 0 && holds_arrow(&root) {
+            rows::ARROW_HINT
+        } else {
+            ""
+        };
         match selector {
             Some(sel) => bail!(
                 "no data file under {} matches `files = \"{sel}\"`; the {all} data file(s) \
                  there: {}. Use a split name (matching `{sel}.*`, `{sel}-*`, `{sel}/...` or \
-                 `<name>-{sel}-00000-of-00001.*`) or a glob such as \"*{sel}*.parquet\"",
+                 `<name>-{sel}-00000-of-00001.*`) or a glob such as \"*{sel}*.parquet\"{arrow}",
                 root.display(),
                 listing(&all_files)
             ),
             None => bail!(
-                "no data files (.parquet, .json, .jsonl / .csv [.gz|.xz|.zst]) under {}",
+                "no data files (.parquet, .json, .jsonl / .csv [.gz|.xz|.zst]) under {}{arrow}",
                 root.display()
             ),
         }
     }
     Ok(found.into_iter().map(|rel| root.join(rel)).collect())
+}
+
+/// Whether any `.arrow` file lies under `dir` (the `datasets` library's processed cache).
+fn holds_arrow(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let path = e.path();
+        if path.is_dir() {
+            holds_arrow(&path)
+        } else {
+            path.extension().is_some_and(|x| x == "arrow")
+        }
+    })
 }
 
 /// Relative paths (with `/` separators) of the readable data files under `dir`.
@@ -283,6 +303,33 @@ mod tests {
         assert!(e.contains("single file"), "{e}");
         let e = format!("{:#}", resolve("./no/such/file.jsonl", None).unwrap_err());
         assert!(e.contains("does not exist"), "{e}");
+    }
+
+    /// The `datasets` library's processed cache (`.arrow` shards) is not read: the error
+    /// says so and what to give instead, for a directory and for one file.
+    #[test]
+    fn a_datasets_arrow_cache_is_refused_with_what_to_use_instead() {
+        let cache = tempfile::tempdir().unwrap();
+        let shard = cache.path().join("plain_text/0.0.0/abc/imdb-train.arrow");
+        std::fs::create_dir_all(shard.parent().unwrap()).unwrap();
+        std::fs::write(&shard, b"arrow").unwrap();
+        for sel in [None, Some("train")] {
+            let e = format!(
+                "{:#}",
+                resolve(cache.path().to_str().unwrap(), sel).unwrap_err()
+            );
+            assert!(
+                e.contains(".arrow files") && e.contains("to_parquet"),
+                "{e}"
+            );
+        }
+        let e = rows::for_each_row(&shard, &mut |_, _| Ok(std::ops::ControlFlow::Continue(())))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("imdb-train.arrow") && e.contains("datasets--ORG--NAME"),
+            "{e}"
+        );
     }
 
     #[test]

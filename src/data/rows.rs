@@ -42,6 +42,11 @@ impl fmt::Display for Loc {
     }
 }
 
+/// Why `.arrow` files are not read, and what to use instead.
+pub const ARROW_HINT: &str = "; .arrow files are the `datasets` library's processed cache, \
+     which elastica does not read: give the hub cache's copy of the data set (its id, or the \
+     datasets--ORG--NAME snapshot) or save the split with ds.to_parquet(path)";
+
 /// The container formats this module reads, chosen from the file name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
@@ -99,9 +104,14 @@ pub fn for_each_row(
     f: &mut dyn FnMut(Loc, Result<Object>) -> Result<ControlFlow<()>>,
 ) -> Result<()> {
     let format = format_of(path).ok_or_else(|| {
+        let arrow = if path.extension().is_some_and(|x| x == "arrow") {
+            ARROW_HINT
+        } else {
+            ""
+        };
         anyhow!(
             "{}: unknown data file type; expected .parquet, .json, .jsonl or .csv (the last \
-             two optionally .gz, .xz or .zst compressed)",
+             two optionally .gz, .xz or .zst compressed){arrow}",
             path.display()
         )
     })?;
