@@ -11,7 +11,9 @@ Computes with PyTorch, on models/tiny-llama, the DPO formula elastica implements
     the batch's chosen answers first, then its rejected ones, right-padded with <pad>);
   - the reference = the starting model (log-probs computed once, before training);
   - h = (log pi(y+) - log ref(y+)) - (log pi(y-) - log ref(y-)); loss per pair
-    sigmoid: -logsigmoid(beta h), ipo: (h - 1/(2 beta))^2; the step's loss is the mean over
+    sigmoid: -logsigmoid(beta h), ipo: (h - 1/(2 beta))^2; simpo (no reference; its own beta
+    and gamma): -logsigmoid(beta (a+ - a-) - gamma) with a = log pi(y) / answer tokens, rewards
+    beta a; the step's loss is the mean over
     its pairs (each micro-batch backpropagates its pairs' summed loss / pairs in the step);
   - rewards beta (log pi - log ref), margin = chosen - rejected, accuracy = chosen > rejected;
   - clip_grad_norm_(1.0), torch.optim.AdamW (non-fused, non-foreach) with weight decay 0.01
@@ -63,6 +65,8 @@ HP = dict(
     schedule="constant",
     clip=1.0,
     beta=0.1,
+    simpo_beta=2.0,
+    simpo_gamma=0.5,
 )
 
 
@@ -131,11 +135,18 @@ def run(loss_type: str, chosen, rejected, ref_c, ref_r, pad, save_step1: Path | 
                 tokens += int((lab[:, 1:] != -100).sum())
                 lp = seq_logps(model, ids, mask, lab)
                 k = len(part)
-                dc = lp[:k] - torch.tensor([ref_c[i] for i in part], dtype=torch.float64).float()
-                dr = lp[k:] - torch.tensor([ref_r[i] for i in part], dtype=torch.float64).float()
+                if loss_type == "simpo":
+                    beta = HP["simpo_beta"]
+                    lens = (lab[:, 1:] != -100).sum(dim=1).float()
+                    dc, dr = lp[:k] / lens[:k], lp[k:] / lens[k:]
+                else:
+                    dc = lp[:k] - torch.tensor([ref_c[i] for i in part], dtype=torch.float64).float()
+                    dr = lp[k:] - torch.tensor([ref_r[i] for i in part], dtype=torch.float64).float()
                 h = dc - dr
                 if loss_type == "sigmoid":
                     l = -F.logsigmoid(beta * h)
+                elif loss_type == "simpo":
+                    l = -F.logsigmoid(beta * h - HP["simpo_gamma"])
                 else:
                     l = (h - 1 / (2 * beta)) ** 2
                 (l.sum() / n).backward()
@@ -188,6 +199,7 @@ def main() -> None:
 
     sig = run("sigmoid", chosen, rejected, ref_c, ref_r, pad, OUT / "step1.safetensors")
     ipo = run("ipo", chosen, rejected, ref_c, ref_r, pad, None)
+    simpo = run("simpo", chosen, rejected, ref_c, ref_r, pad, None)
     check(abs(sig[0]["loss"] - math.log(2)) < 1e-5, f"first sigmoid loss {sig[0]['loss']} = ln 2")
     check(abs(ipo[0]["loss"] - (1 / (2 * HP["beta"])) ** 2) < 1e-3, "first ipo loss = (1/(2 beta))^2")
     check(sig[1]["margin"] > 0, "the second step's reward margin is positive")
@@ -205,6 +217,7 @@ def main() -> None:
                 "reference_rejected": ref_r,
                 "sigmoid": sig,
                 "ipo": ipo,
+                "simpo": simpo,
             },
             f,
             indent=1,

@@ -54,10 +54,12 @@ fn cfg(loss: DpoLoss) -> TrainConfig {
         epochs: 2,
         clip: 1.0,
         shuffle: false,
+        // SimPO's own beta (its authors use about 2) and gamma, as the script's.
         dpo: DpoConfig {
             method: Method::Dpo,
-            dpo_beta: 0.1,
+            dpo_beta: if loss == DpoLoss::Simpo { 2.0 } else { 0.1 },
             dpo_loss: loss,
+            simpo_gamma: 0.5,
         },
         ..Default::default()
     }
@@ -91,7 +93,7 @@ fn loss_rewards_and_first_step_match_pytorch() {
             assert_eq!((&e.ids, &e.labels), (&ids, &labels), "{side} tokens");
         }
     }
-    for loss in [DpoLoss::Sigmoid, DpoLoss::Ipo] {
+    for loss in [DpoLoss::Sigmoid, DpoLoss::Ipo, DpoLoss::Simpo] {
         let lm = load_model(&model(), &candle_core::Device::Cpu).unwrap();
         let out = tempfile::tempdir().unwrap();
         let s = dpo::train(
@@ -102,24 +104,26 @@ fn loss_rewards_and_first_step_match_pytorch() {
         )
         .unwrap();
         assert!(!s.reference_cached);
-        // The cached reference log-probs are the script's.
-        let r: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(out.path().join(REFERENCE_FILE)).unwrap(),
-        )
-        .unwrap();
-        for side in ["chosen", "rejected"] {
-            let got: Vec<f64> = serde_json::from_value(r[side].clone()).unwrap();
-            let want: Vec<f64> =
-                serde_json::from_value(traj[format!("reference_{side}")].clone()).unwrap();
-            assert_eq!(got.len(), want.len());
-            for (g, w) in got.iter().zip(&want) {
-                assert!(close(*g, *w, 1e-5, 0.0), "reference {side}: {g} vs {w}");
+        if loss == DpoLoss::Simpo {
+            // SimPO has no reference model: nothing computed, nothing cached.
+            assert!(!out.path().join(REFERENCE_FILE).exists());
+        } else {
+            // The cached reference log-probs are the script's.
+            let r: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(out.path().join(REFERENCE_FILE)).unwrap(),
+            )
+            .unwrap();
+            for side in ["chosen", "rejected"] {
+                let got: Vec<f64> = serde_json::from_value(r[side].clone()).unwrap();
+                let want: Vec<f64> =
+                    serde_json::from_value(traj[format!("reference_{side}")].clone()).unwrap();
+                assert_eq!(got.len(), want.len());
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(close(*g, *w, 1e-5, 0.0), "reference {side}: {g} vs {w}");
+                }
             }
         }
-        let name = match loss {
-            DpoLoss::Sigmoid => "sigmoid",
-            DpoLoss::Ipo => "ipo",
-        };
+        let name = loss.name();
         let want = traj[name].as_array().unwrap();
         assert_eq!(s.log.len(), want.len());
         // The log on disk is the summary's.
@@ -350,6 +354,34 @@ fn train_method_dpo_through_the_binary() {
     assert!(!ok && stderr.contains("--dpo-beta"), "{stderr}");
     let (ok, _, stderr) = common::train_cli(&m, &sft, &other, &["--prefer", "safer"]);
     assert!(!ok && stderr.contains("--method dpo"), "{stderr}");
+    // The default SimPO gamma stays out of a DPO run's settings (older runs compare equal).
+    assert!(!settings.contains("simpo_gamma"), "{settings}");
+
+    // SimPO: no reference model is computed or cached, its gamma is a checked setting, and a
+    // gamma given to another loss is refused.
+    let simpo = dir.path().join("simpo");
+    let flags = [
+        "--no-shuffle",
+        "--dpo-loss",
+        "simpo",
+        "--dpo-beta",
+        "2",
+        "--simpo-gamma",
+        "0.3",
+    ];
+    let (ok, _, stderr) = cli(&simpo, &flags);
+    assert!(ok, "{stderr}");
+    assert!(!simpo.join(REFERENCE_FILE).exists());
+    let settings = std::fs::read_to_string(simpo.join("train_config.toml")).unwrap();
+    assert!(
+        settings.contains("dpo_loss = \"simpo\"") && settings.contains("simpo_gamma = 0.3"),
+        "{settings}"
+    );
+    let (ok, _, stderr) = cli(&other, &["--simpo-gamma", "1"]);
+    assert!(
+        !ok && stderr.contains("simpo_gamma") && stderr.contains("sigmoid"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -867,7 +867,9 @@ fn dpo_step(
     let mut loss = 0.0;
     let mut weigh = |nll: &[f64]| -> Result<Vec<f64>> {
         let refs = ref_chosen.iter().copied().zip(ref_rejected.iter().copied());
-        let (w, terms) = crate::train::dpo::pair_weights(dpo, nll, refs, n);
+        // The sigmoid loss reads summed log-probs: the lengths do not enter.
+        let lens = std::iter::repeat((1, 1));
+        let (w, terms) = crate::train::dpo::pair_weights(dpo, nll, refs, lens, n);
         loss = terms.iter().map(|t| t.loss).sum::<f64>() / n;
         Ok(w)
     };

@@ -7,7 +7,10 @@
 //! model, let h = [log pi(y+) - log pi_ref(y+)] - [log pi(y-) - log pi_ref(y-)]. The loss is
 //! - `sigmoid` (standard DPO): -log sigmoid(beta h);
 //! - `ipo` (Azar et al. 2023): (h - 1/(2 beta))^2, here on summed (not length-averaged)
-//!   log-probs, like the sigmoid loss.
+//!   log-probs, like the sigmoid loss;
+//! - `simpo` (Meng et al. 2024): -log sigmoid(beta (a+ - a-) - gamma), where a is an answer's
+//!   mean log-prob per counted token and there is no reference model (none is computed or
+//!   cached; rewards are beta a). This is TRL's `loss_type = "simpo"` with `simpo_gamma`.
 //!
 //! The step's loss is the mean over its pairs. Its gradient is the SFT gradient of each
 //! sequence times a per-pair scalar (dloss/dNLL: beta sigmoid(-beta h) for y+ and its negative
@@ -46,7 +49,8 @@ pub struct PairTerms {
 }
 
 /// [`PairTerms`] from the policy's minus the reference's log-probs of the chosen (`dc`) and
-/// rejected (`dr`) answers.
+/// rejected (`dr`) answers (under SimPO: their mean log-probs per token, no reference). The
+/// derivatives are with respect to `-dc` and `-dr`.
 pub fn pair_terms(cfg: &DpoConfig, dc: f64, dr: f64) -> PairTerms {
     let beta = cfg.dpo_beta;
     let h = dc - dr;
@@ -62,6 +66,11 @@ pub fn pair_terms(cfg: &DpoConfig, dc: f64, dr: f64) -> PairTerms {
             let d = h - 1.0 / (2.0 * beta);
             (d * d, 2.0 * d)
         }
+        DpoLoss::Simpo => {
+            let z = beta * h - cfg.simpo_gamma;
+            let loss = (-z).max(0.0) + (-z.abs()).exp().ln_1p();
+            (loss, -beta * sigmoid(-z))
+        }
     };
     PairTerms {
         loss,
@@ -74,19 +83,32 @@ pub fn pair_terms(cfg: &DpoConfig, dc: f64, dr: f64) -> PairTerms {
 
 /// The gradient weights of a micro-batch of pairs (`nll`: its sequences' summed NLLs, every
 /// chosen answer then every rejected one) and each pair's terms; `refs` yields the pairs'
-/// reference log-probs (chosen, rejected) in order, and `n` counts the step's pairs (the
-/// loss is their mean).
+/// reference log-probs and `lens` their answers' counted tokens (chosen, rejected) in order,
+/// and `n` counts the step's pairs (the loss is their mean). SimPO divides each log-prob by
+/// its length (and has no reference: pass zeros); the other losses use the sums.
 pub fn pair_weights(
     cfg: &DpoConfig,
     nll: &[f64],
     refs: impl Iterator<Item = (f64, f64)>,
+    lens: impl Iterator<Item = (usize, usize)>,
     n: f64,
 ) -> (Vec<f64>, Vec<PairTerms>) {
     let k = nll.len() / 2;
     let mut w = vec![0.0; 2 * k];
     let mut terms = Vec::with_capacity(k);
-    for (j, (ref_chosen, ref_rejected)) in refs.take(k).enumerate() {
-        let t = pair_terms(cfg, -nll[j] - ref_chosen, -nll[k + j] - ref_rejected);
+    for (j, ((ref_c, ref_r), (len_c, len_r))) in refs.zip(lens).take(k).enumerate() {
+        let (norm_c, norm_r) = match cfg.dpo_loss {
+            DpoLoss::Simpo => (len_c as f64, len_r as f64),
+            DpoLoss::Sigmoid | DpoLoss::Ipo => (1.0, 1.0),
+        };
+        let mut t = pair_terms(
+            cfg,
+            (-nll[j] - ref_c) / norm_c,
+            (-nll[k + j] - ref_r) / norm_r,
+        );
+        // The chain rule through the division by the length.
+        t.d_nll_chosen /= norm_c;
+        t.d_nll_rejected /= norm_r;
         w[j] = t.d_nll_chosen / n;
         w[k + j] = t.d_nll_rejected / n;
         terms.push(t);
@@ -250,6 +272,18 @@ fn reference(
 ) -> Result<(Reference, bool)> {
     let path = out.join(REFERENCE_FILE);
     let s = &p.settings;
+    if cfg.dpo.dpo_loss == DpoLoss::Simpo {
+        // SimPO has no reference model: zeros, neither computed nor cached.
+        let zeros = vec![0.0; p.chosen.len()];
+        let r = Reference {
+            start_sha256: s.start_sha256.clone(),
+            data_sha256: s.data_sha256.clone(),
+            chosen: zeros.clone(),
+            rejected: zeros,
+            cached: false,
+        };
+        return Ok((r, false));
+    }
     if path.is_file() {
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {}", path.display()))?;
@@ -392,7 +426,10 @@ impl Method for DpoStep<'_> {
             let pair_refs = chunks[m]
                 .iter()
                 .map(|&i| (refs.chosen[i], refs.rejected[i]));
-            let (w, t) = pair_weights(&cfg.dpo, nll, pair_refs, n);
+            let lens = chunks[m]
+                .iter()
+                .map(|&i| (loss_tokens(&p.chosen[i]), loss_tokens(&p.rejected[i])));
+            let (w, t) = pair_weights(&cfg.dpo, nll, pair_refs, lens, n);
             // Refused before the update, as SFT refuses a non-finite loss.
             if let Some(bad) = t.iter().find(|t| !t.loss.is_finite()) {
                 bail!("the DPO loss is {} (not finite); lower the learning rate or check the weights and data", bad.loss);
@@ -507,11 +544,12 @@ mod tests {
     }
 
     #[test]
-    fn pair_terms_are_the_dpo_and_ipo_formulas() {
+    fn pair_terms_are_the_dpo_ipo_and_simpo_formulas() {
         let sig = DpoConfig {
             method: Objective::Dpo,
             dpo_beta: 0.5,
             dpo_loss: DpoLoss::Sigmoid,
+            simpo_gamma: 0.5,
         };
         let t = pair_terms(&sig, 0.0, 0.0);
         assert!((t.loss - std::f64::consts::LN_2).abs() < 1e-15);
@@ -522,6 +560,11 @@ mod tests {
             sig.clone(),
             DpoConfig {
                 dpo_loss: DpoLoss::Ipo,
+                ..sig.clone()
+            },
+            DpoConfig {
+                dpo_loss: DpoLoss::Simpo,
+                simpo_gamma: 0.3,
                 ..sig.clone()
             },
         ] {
@@ -552,5 +595,67 @@ mod tests {
         // Large margins stay finite.
         let far = pair_terms(&sig, -4000.0, 0.0);
         assert!(far.loss.is_finite() && (far.loss - 2000.0).abs() < 1e-9);
+        // SimPO at equal mean log-probs: -log sigmoid(-gamma).
+        let simpo = DpoConfig {
+            dpo_loss: DpoLoss::Simpo,
+            simpo_gamma: 0.3,
+            ..sig.clone()
+        };
+        let t = pair_terms(&simpo, -2.0, -2.0);
+        assert!((t.loss - (1.0 + 0.3f64.exp()).ln()).abs() < 1e-15);
+    }
+
+    /// SimPO's weights are the derivatives of the mean loss in each sequence's summed NLL,
+    /// through the division by the answer's length; the other losses ignore the lengths.
+    #[test]
+    fn simpo_weights_follow_the_chain_rule_through_the_length() {
+        let cfg = DpoConfig {
+            method: Objective::Dpo,
+            dpo_beta: 2.0,
+            dpo_loss: DpoLoss::Simpo,
+            simpo_gamma: 0.5,
+        };
+        let nll = [6.0, 4.0, 9.0, 2.5];
+        let lens = [(3, 8), (5, 2)];
+        let loss = |nll: &[f64]| {
+            let zeros = std::iter::repeat((0.0, 0.0));
+            let (_, t) = pair_weights(&cfg, nll, zeros, lens.into_iter(), 2.0);
+            t.iter().map(|t| t.loss).sum::<f64>() / 2.0
+        };
+        let (w, _) = pair_weights(
+            &cfg,
+            &nll,
+            std::iter::repeat((0.0, 0.0)),
+            lens.into_iter(),
+            2.0,
+        );
+        for i in 0..4 {
+            let e = 1e-6;
+            let (mut up, mut down) = (nll, nll);
+            up[i] += e;
+            down[i] -= e;
+            let fd = (loss(&up) - loss(&down)) / (2.0 * e);
+            assert!((fd - w[i]).abs() < 1e-8, "sequence {i}: {fd} vs {}", w[i]);
+        }
+        let sig = DpoConfig {
+            dpo_loss: DpoLoss::Sigmoid,
+            simpo_gamma: 0.5,
+            ..cfg
+        };
+        let ones = pair_weights(
+            &sig,
+            &nll,
+            std::iter::repeat((0.0, 0.0)),
+            std::iter::repeat((1, 1)),
+            2.0,
+        );
+        let lens = pair_weights(
+            &sig,
+            &nll,
+            std::iter::repeat((0.0, 0.0)),
+            lens.into_iter(),
+            2.0,
+        );
+        assert_eq!(ones, lens);
     }
 }

@@ -1,7 +1,8 @@
 //! The training objective of `train` and its settings: SFT (the NLL of the responses) or
-//! DPO (`train::dpo`) with its beta and loss. One struct, [`DpoConfig`], serves as the
-//! command-line flags (`--method`, `--dpo-beta`, `--dpo-loss`) and as the `dpo` field of
-//! `TrainConfig` (and so of the settings a run is checked against on resume).
+//! DPO (`train::dpo`) with its beta and loss (sigmoid, IPO, or the reference-free SimPO).
+//! One struct, [`DpoConfig`], serves as the command-line flags (`--method`, `--dpo-beta`,
+//! `--dpo-loss`, `--simpo-gamma`) and as the `dpo` field of `TrainConfig` (and so of the
+//! settings a run is checked against on resume).
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -26,6 +27,21 @@ pub enum DpoLoss {
     Sigmoid,
     /// (h - 1/(2 beta))^2, IPO.
     Ipo,
+    /// -log sigmoid(beta (a+ - a-) - gamma) on the answers' mean log-prob per token a, with
+    /// no reference model: SimPO (Meng et al. 2024), one of the alignment methods under which
+    /// the paper's appendix reports the rebound.
+    Simpo,
+}
+
+impl DpoLoss {
+    /// The name in configs and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            DpoLoss::Sigmoid => "sigmoid",
+            DpoLoss::Ipo => "ipo",
+            DpoLoss::Simpo => "simpo",
+        }
+    }
 }
 
 /// The objective and DPO's settings (`train --method dpo --dpo-beta 0.1 --dpo-loss sigmoid`).
@@ -39,9 +55,14 @@ pub struct DpoConfig {
     /// DPO's beta: the strength of the pull towards the reference (starting) model.
     #[arg(long, default_value_t = DpoConfig::DEFAULT.dpo_beta)]
     pub dpo_beta: f64,
-    /// DPO's loss: sigmoid (standard DPO) or ipo.
+    /// DPO's loss: sigmoid (standard DPO), ipo, or simpo (reference-free, length-normalised;
+    /// SimPO's authors use a larger beta, about 2).
     #[arg(long, value_enum, default_value = "sigmoid")]
     pub dpo_loss: DpoLoss,
+    /// SimPO's target margin gamma (--dpo-loss simpo only; TRL's default 0.5).
+    #[arg(long, default_value_t = DpoConfig::DEFAULT.simpo_gamma)]
+    #[serde(skip_serializing_if = "DpoConfig::gamma_is_default")]
+    pub simpo_gamma: f64,
 }
 
 impl Default for DpoConfig {
@@ -56,7 +77,14 @@ impl DpoConfig {
         method: Method::Sft,
         dpo_beta: 0.1,
         dpo_loss: DpoLoss::Sigmoid,
+        simpo_gamma: 0.5,
     };
+
+    /// The default gamma is left out of saved settings, so the settings and cell ids of runs
+    /// from before SimPO existed are unchanged.
+    pub(crate) fn gamma_is_default(g: &f64) -> bool {
+        *g == DpoConfig::DEFAULT.simpo_gamma
+    }
 
     /// SFT with DPO's settings untouched: left out of saved settings, so SFT runs written
     /// before DPO existed compare equal.
@@ -69,6 +97,18 @@ impl DpoConfig {
             bail!(
                 "dpo_beta (--dpo-beta) must be a finite number > 0, got {}",
                 self.dpo_beta
+            );
+        }
+        if !self.simpo_gamma.is_finite() {
+            bail!(
+                "simpo_gamma (--simpo-gamma) must be a finite number, got {}",
+                self.simpo_gamma
+            );
+        }
+        if self.dpo_loss != DpoLoss::Simpo && !Self::gamma_is_default(&self.simpo_gamma) {
+            bail!(
+                "simpo_gamma (--simpo-gamma) applies to the simpo loss only; the loss is {}",
+                self.dpo_loss.name()
             );
         }
         Ok(())
