@@ -685,6 +685,7 @@ mod torch {
                 method: Method::Dpo,
                 dpo_beta: 0.1,
                 dpo_loss: loss,
+                ..DpoConfig::default()
             },
             ..sft_config()
         }
@@ -876,7 +877,7 @@ mod torch {
     fn dpo_on_torch_matches_the_fused_path() {
         let pairs = dpo_pairs();
         let dir = tempfile::tempdir().unwrap();
-        for loss in [DpoLoss::Sigmoid, DpoLoss::Ipo] {
+        for loss in [DpoLoss::Sigmoid, DpoLoss::Ipo, DpoLoss::Simpo] {
             let cfg = dpo_config(loss);
             let (fo, to) = (
                 dir.path().join(format!("{loss:?}-f")),
