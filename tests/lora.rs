@@ -29,13 +29,7 @@ fn fixtures() -> PathBuf {
 #[test]
 fn peft_adapters_score_as_transformers_plus_peft_on_both_paths() {
     let (ids, targets) = ids_and_targets();
-    for name in [
-        "peft-llama",
-        "peft-qwen2-rslora",
-        "peft-qwen2-layers",
-        "peft-qwen2-patterns",
-        "elastica-trained",
-    ] {
+    for name in common::LORA_FIXTURES {
         let want = expected()["nll_sum"][name].as_f64().unwrap();
         let lm = with_adapter(name);
         assert!(usable(&lm.model), "{name}: the fused path should take it");

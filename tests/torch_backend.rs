@@ -750,13 +750,7 @@ mod torch {
             n_targets: b * (t - 1),
             n_tokens: b * t,
         };
-        for name in [
-            "peft-llama",
-            "peft-qwen2-rslora",
-            "peft-qwen2-layers",
-            "peft-qwen2-patterns",
-            "elastica-trained",
-        ] {
+        for name in common::LORA_FIXTURES {
             let want = expected["nll_sum"][name].as_f64().unwrap();
             let base = expected["base"][name].as_str().unwrap();
             let lm = common::with_lora_adapter(name);

@@ -286,6 +286,16 @@ pub fn lora_ids_and_targets() -> (candle_core::Tensor, candle_core::Tensor) {
     )
 }
 
+/// Every LoRA fixture adapter (tests/fixtures/lora): the four PEFT wrote and the one
+/// elastica trained, each scored by transformers + peft in `expected.json`.
+pub const LORA_FIXTURES: [&str; 5] = [
+    "peft-llama",
+    "peft-qwen2-rslora",
+    "peft-qwen2-layers",
+    "peft-qwen2-patterns",
+    "elastica-trained",
+];
+
 /// The LoRA fixture adapter `name` (tests/fixtures/lora/NAME) on its base model, on the CPU.
 pub fn with_lora_adapter(name: &str) -> elastica::model::LoadedModel {
     let fix = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
