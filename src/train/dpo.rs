@@ -56,8 +56,13 @@ pub fn pair_terms(cfg: &DpoConfig, dc: f64, dr: f64) -> PairTerms {
     let h = dc - dr;
     // dloss/dh; h = -NLL(y+) + NLL(y-) + const, so dloss/dNLL(y+) = -dloss/dh.
     let (loss, dh) = match cfg.dpo_loss {
-        DpoLoss::Sigmoid => {
-            let z = beta * h;
+        DpoLoss::Sigmoid | DpoLoss::Simpo => {
+            // SimPO asks for a margin of gamma (its h is on mean log-probs, no reference).
+            let gamma = match cfg.dpo_loss {
+                DpoLoss::Simpo => cfg.simpo_gamma,
+                _ => 0.0,
+            };
+            let z = beta * h - gamma;
             // -log sigmoid(z) = softplus(-z), stable for either sign.
             let loss = (-z).max(0.0) + (-z.abs()).exp().ln_1p();
             (loss, -beta * sigmoid(-z))
@@ -65,11 +70,6 @@ pub fn pair_terms(cfg: &DpoConfig, dc: f64, dr: f64) -> PairTerms {
         DpoLoss::Ipo => {
             let d = h - 1.0 / (2.0 * beta);
             (d * d, 2.0 * d)
-        }
-        DpoLoss::Simpo => {
-            let z = beta * h - cfg.simpo_gamma;
-            let loss = (-z).max(0.0) + (-z.abs()).exp().ln_1p();
-            (loss, -beta * sigmoid(-z))
         }
     };
     PairTerms {
