@@ -463,19 +463,8 @@ fn the_cli_trains_an_adapter_scores_it_and_merges_it() {
     );
     merge_equals_on_the_fly(base_s, &out, &d.join("merged"), data_s, adapted);
     // Continuing the adapter with other settings is refused, naming them.
-    let (ok, _, err) = common::elastica(&[
-        "train",
-        "--model",
-        base_s,
-        "--adapter",
-        out.to_str().unwrap(),
-        "--data",
-        data_s,
-        "--out",
-        d.join("more").to_str().unwrap(),
-        "--lora-rank",
-        "8",
-    ]);
+    let flags = ["--adapter", out.to_str().unwrap(), "--lora-rank", "8"];
+    let (ok, _, err) = common::train_cli(base_s, data_s, &d.join("more"), &flags);
     assert!(!ok && err.contains("r = 4"), "{err}");
 }
 
