@@ -13,14 +13,17 @@ Computes with PyTorch, on models/tiny-llama, the DPO formula elastica implements
   - h = (log pi(y+) - log ref(y+)) - (log pi(y-) - log ref(y-)); loss per pair
     sigmoid: -logsigmoid(beta h), ipo: (h - 1/(2 beta))^2; simpo (no reference; its own beta
     and gamma): -logsigmoid(beta (a+ - a-) - gamma) with a = log pi(y) / answer tokens, rewards
-    beta a; the step's loss is the mean over
+    beta a; kto: (1 - sigmoid(beta (r+ - z0)) + 1 - sigmoid(beta (z0 - r-))) / 2 with
+    r = log pi - log ref and z0 = max(0, mean over the step's mismatched sequences (pair i's
+    prompt with pair i-1's chosen and rejected answers, cyclic) of log pi - log ref), computed
+    under no_grad before the step's first backward; the step's loss is the mean over
     its pairs (each micro-batch backpropagates its pairs' summed loss / pairs in the step);
   - rewards beta (log pi - log ref), margin = chosen - rejected, accuracy = chosen > rejected;
   - clip_grad_norm_(1.0), torch.optim.AdamW (non-fused, non-foreach) with weight decay 0.01
     on tensors of ndim >= 2 and 0 on the rest, constant lr, no shuffle.
 
-Writes pairs.jsonl, trajectory.json (hyper-parameters, token ids, reference log-probs, the
-per-step log of both losses) and step1.safetensors (the sigmoid run's weights after its first
+Writes pairs.jsonl, kto_pairs.jsonl, trajectory.json (hyper-parameters, token ids, reference
+log-probs, the per-step log of each loss; KTO's under "kto" with its own sequences) and step1.safetensors (the sigmoid run's weights after its first
 AdamW step, HF names). Deterministic: one thread, float32, eager attention. Checks: the first
 step's loss is ln 2 (policy = reference) and the fixture's files reload as written.
 """
@@ -50,6 +53,13 @@ PAIRS = [
     {"prompt": "Question: What colour is the sky?\nAnswer:", "chosen": " The sky is blue.", "rejected": " green"},
     {"prompt": "The cat sat on", "chosen": " the mat.", "rejected": " a very small red chair in the garden."},
     {"prompt": "Say hello:", "chosen": " hello", "rejected": " no"},
+]
+
+# KTO's own pairs: one shared chosen answer, so raising it on every prompt raises the
+# mismatched sequences' log-probs too and the reference point z0 leaves its floor of 0 (on
+# PAIRS the KL estimate stays negative, and z0 = 0 would leave its path untested).
+KTO_PAIRS = [
+    {"prompt": p["prompt"], "chosen": " I am happy to help.", "rejected": p["rejected"]} for p in PAIRS
 ]
 
 HP = dict(
@@ -107,7 +117,7 @@ def micro_batches(chosen, rejected, idx, size, pad):
         yield part, collate([chosen[i] for i in part] + [rejected[i] for i in part], pad)
 
 
-def run(loss_type: str, chosen, rejected, ref_c, ref_r, pad, save_step1: Path | None):
+def run(loss_type: str, chosen, rejected, ref_c, ref_r, pad, save_step1: Path | None, kl=None):
     model = AutoModelForCausalLM.from_pretrained(str(MODEL), attn_implementation="eager", dtype=torch.float32)
     model.train()
     decay = [p for p in model.parameters() if p.ndim >= 2]
@@ -131,6 +141,17 @@ def run(loss_type: str, chosen, rejected, ref_c, ref_r, pad, save_step1: Path | 
             n = len(idx)
             opt.zero_grad(set_to_none=True)
             losses, rc, rr, tokens = [], [], [], 0
+            z0 = None
+            if loss_type == "kto":
+                kl_c, kl_r, ref_kl_c, ref_kl_r = kl
+                with torch.no_grad():
+                    diffs = []
+                    for part, (ids, mask, lab) in micro_batches(kl_c, kl_r, idx, HP["batch_size_pairs"], pad):
+                        lp = seq_logps(model, ids, mask, lab).double()
+                        k = len(part)
+                        diffs += (lp[:k] - torch.tensor([ref_kl_c[i] for i in part], dtype=torch.float64)).tolist()
+                        diffs += (lp[k:] - torch.tensor([ref_kl_r[i] for i in part], dtype=torch.float64)).tolist()
+                z0 = max(0.0, sum(diffs) / len(diffs))
             for part, (ids, mask, lab) in micro_batches(chosen, rejected, idx, HP["batch_size_pairs"], pad):
                 tokens += int((lab[:, 1:] != -100).sum())
                 lp = seq_logps(model, ids, mask, lab)
@@ -143,7 +164,9 @@ def run(loss_type: str, chosen, rejected, ref_c, ref_r, pad, save_step1: Path | 
                     dc = lp[:k] - torch.tensor([ref_c[i] for i in part], dtype=torch.float64).float()
                     dr = lp[k:] - torch.tensor([ref_r[i] for i in part], dtype=torch.float64).float()
                 h = dc - dr
-                if loss_type == "sigmoid":
+                if loss_type == "kto":
+                    l = ((1 - torch.sigmoid(beta * (dc - z0))) + (1 - torch.sigmoid(beta * (z0 - dr)))) / 2
+                elif loss_type == "sigmoid":
                     l = -F.logsigmoid(beta * h)
                 elif loss_type == "simpo":
                     l = -F.logsigmoid(beta * h - HP["simpo_gamma"])
@@ -165,6 +188,8 @@ def run(loss_type: str, chosen, rejected, ref_c, ref_r, pad, save_step1: Path | 
                 "grad_norm": gn.item(),
                 "tokens": tokens,
             }
+            if z0 is not None:
+                entry["kl"] = z0
             log.append(entry)
             print(f"  {loss_type} step {step}: {entry}")
             if step == 1 and save_step1 is not None:
@@ -175,6 +200,30 @@ def run(loss_type: str, chosen, rejected, ref_c, ref_r, pad, save_step1: Path | 
                 sd = model.state_dict()
                 check(all(torch.equal(saved[k], sd[k]) for k in saved), "step1.safetensors equals the weights")
     return log
+
+
+def kto_run(tok, ref, eos, pad) -> dict:
+    """KTO on KTO_PAIRS (written to kto_pairs.jsonl): its log and the sequences it used."""
+    with open(OUT / "kto_pairs.jsonl", "w", encoding="utf-8") as f:
+        for r in KTO_PAIRS:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    n = len(KTO_PAIRS)
+    seqs = {
+        "chosen": [encode(tok, p["prompt"], p["chosen"], eos) for p in KTO_PAIRS],
+        "rejected": [encode(tok, p["prompt"], p["rejected"], eos) for p in KTO_PAIRS],
+        # Pair i's prompt with pair i-1's answers (cyclic).
+        "mismatched_chosen": [encode(tok, KTO_PAIRS[i]["prompt"], KTO_PAIRS[(i - 1) % n]["chosen"], eos) for i in range(n)],
+        "mismatched_rejected": [encode(tok, KTO_PAIRS[i]["prompt"], KTO_PAIRS[(i - 1) % n]["rejected"], eos) for i in range(n)],
+    }
+    with torch.no_grad():
+        refs = {k: [seq_logps(ref, *collate([s], pad)).item() for s in v] for k, v in seqs.items()}
+    kl = (seqs["mismatched_chosen"], seqs["mismatched_rejected"], refs["mismatched_chosen"], refs["mismatched_rejected"])
+    log = run("kto", seqs["chosen"], seqs["rejected"], refs["chosen"], refs["rejected"], pad, None, kl)
+    out = {"data": "tests/fixtures/dpo/kto_pairs.jsonl", "log": log}
+    for k, v in seqs.items():
+        out[k] = [{"input_ids": i, "labels": l} for i, l in v]
+        out[f"reference_{k}"] = refs[k]
+    return out
 
 
 def main() -> None:
@@ -200,9 +249,12 @@ def main() -> None:
     sig = run("sigmoid", chosen, rejected, ref_c, ref_r, pad, OUT / "step1.safetensors")
     ipo = run("ipo", chosen, rejected, ref_c, ref_r, pad, None)
     simpo = run("simpo", chosen, rejected, ref_c, ref_r, pad, None)
+    kto = kto_run(tok, ref, eos, pad)
     check(abs(sig[0]["loss"] - math.log(2)) < 1e-5, f"first sigmoid loss {sig[0]['loss']} = ln 2")
     check(abs(ipo[0]["loss"] - (1 / (2 * HP["beta"])) ** 2) < 1e-3, "first ipo loss = (1/(2 beta))^2")
     check(sig[1]["margin"] > 0, "the second step's reward margin is positive")
+    check(abs(kto["log"][0]["loss"] - 0.5) < 1e-5, f"first kto loss {kto['log'][0]['loss']} = 1/2")
+    check(kto["log"][1]["kl"] > 0.1, "KTO's second step has a reference point z0 above its floor")
 
     with open(OUT / "trajectory.json", "w", encoding="utf-8") as f:
         json.dump(
@@ -218,6 +270,7 @@ def main() -> None:
                 "sigmoid": sig,
                 "ipo": ipo,
                 "simpo": simpo,
+                "kto": kto,
             },
             f,
             indent=1,

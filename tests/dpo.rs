@@ -108,59 +108,14 @@ fn loss_rewards_and_first_step_match_pytorch() {
             // SimPO has no reference model: nothing computed, nothing cached.
             assert!(!out.path().join(REFERENCE_FILE).exists());
         } else {
-            // The cached reference log-probs are the script's.
-            let r: serde_json::Value = serde_json::from_str(
-                &std::fs::read_to_string(out.path().join(REFERENCE_FILE)).unwrap(),
-            )
-            .unwrap();
-            for side in ["chosen", "rejected"] {
-                let got: Vec<f64> = serde_json::from_value(r[side].clone()).unwrap();
-                let want: Vec<f64> =
-                    serde_json::from_value(traj[format!("reference_{side}")].clone()).unwrap();
-                assert_eq!(got.len(), want.len());
-                for (g, w) in got.iter().zip(&want) {
-                    assert!(close(*g, *w, 1e-5, 0.0), "reference {side}: {g} vs {w}");
-                }
-            }
+            assert_reference(
+                out.path(),
+                &traj,
+                &[("chosen", "chosen"), ("rejected", "rejected")],
+            );
         }
         let name = loss.name();
-        let want = traj[name].as_array().unwrap();
-        assert_eq!(s.log.len(), want.len());
-        // The log on disk is the summary's.
-        let on_disk: Vec<DpoStepLog> = dpo::read_log(&out.path().join("train_log.jsonl")).unwrap();
-        assert_eq!(on_disk, s.log);
-        for (got, w) in s.log.iter().zip(want) {
-            let f = |k: &str| w[k].as_f64().unwrap();
-            let step = got.base.step;
-            assert!(
-                close(got.base.loss, f("loss"), 1e-4, 1e-6),
-                "{name} step {step}: loss {} vs {}",
-                got.base.loss,
-                f("loss")
-            );
-            assert!(
-                close(got.base.grad_norm, f("grad_norm"), 1e-3, 0.0),
-                "{name} step {step}: grad_norm {} vs {}",
-                got.base.grad_norm,
-                f("grad_norm")
-            );
-            for (g, k) in [
-                (got.chosen_reward, "chosen_reward"),
-                (got.rejected_reward, "rejected_reward"),
-                (got.margin, "margin"),
-            ] {
-                assert!(
-                    close(g, f(k), 1e-3, 1e-5),
-                    "{name} step {step}: {k} {g} vs {}",
-                    f(k)
-                );
-            }
-            assert_eq!(got.base.tokens as u64, w["tokens"].as_u64().unwrap());
-            if step > 1 {
-                // At step 1 the rewards are 0 up to float noise, so accuracy is noise too.
-                assert_eq!(got.accuracy, f("accuracy"), "{name} step {step}");
-            }
-        }
+        assert_log_matches(name, out.path(), &s.log, traj[name].as_array().unwrap());
         if loss == DpoLoss::Sigmoid {
             // Policy = reference at the first step: loss ln 2, rewards 0.
             let first = &s.log[0];
@@ -168,7 +123,130 @@ fn loss_rewards_and_first_step_match_pytorch() {
             assert!(first.margin.abs() < 1e-5);
             assert!(s.log[1].margin > 1.0 && s.log[1].accuracy == 1.0);
         }
+        assert!(s.log.iter().all(|l| l.kl.is_none()), "{name} logs no z0");
     }
+}
+
+/// The run's cached reference log-probs (`out`'s [`REFERENCE_FILE`], keys as named first in
+/// `sides`) are the script's (`reference_` + the second name, in `traj`).
+fn assert_reference(out: &Path, traj: &serde_json::Value, sides: &[(&str, &str)]) {
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join(REFERENCE_FILE)).unwrap()).unwrap();
+    for (ours, theirs) in sides {
+        let got: Vec<f64> = serde_json::from_value(r[ours].clone()).unwrap();
+        let want: Vec<f64> =
+            serde_json::from_value(traj[format!("reference_{theirs}")].clone()).unwrap();
+        assert_eq!(got.len(), want.len(), "reference {ours}");
+        for (g, w) in got.iter().zip(&want) {
+            assert!(close(*g, *w, 1e-5, 0.0), "reference {ours}: {g} vs {w}");
+        }
+    }
+}
+
+/// A run's log (as returned and as on disk in `out`) against the script's `want`.
+fn assert_log_matches(name: &str, out: &Path, log: &[DpoStepLog], want: &[serde_json::Value]) {
+    assert_eq!(log.len(), want.len());
+    let on_disk: Vec<DpoStepLog> = dpo::read_log(&out.join("train_log.jsonl")).unwrap();
+    assert_eq!(on_disk, log);
+    for (got, w) in log.iter().zip(want) {
+        let f = |k: &str| w[k].as_f64().unwrap();
+        let step = got.base.step;
+        assert!(
+            close(got.base.loss, f("loss"), 1e-4, 1e-6),
+            "{name} step {step}: loss {} vs {}",
+            got.base.loss,
+            f("loss")
+        );
+        assert!(
+            close(got.base.grad_norm, f("grad_norm"), 1e-3, 0.0),
+            "{name} step {step}: grad_norm {} vs {}",
+            got.base.grad_norm,
+            f("grad_norm")
+        );
+        for (g, k) in [
+            (got.chosen_reward, "chosen_reward"),
+            (got.rejected_reward, "rejected_reward"),
+            (got.margin, "margin"),
+        ] {
+            assert!(
+                close(g, f(k), 1e-3, 1e-5),
+                "{name} step {step}: {k} {g} vs {}",
+                f(k)
+            );
+        }
+        if let Some(want_kl) = w.get("kl") {
+            let kl = got.kl.expect("a KTO step logs its z0");
+            let want_kl = want_kl.as_f64().unwrap();
+            assert!(
+                close(kl, want_kl, 1e-3, 1e-5),
+                "{name} step {step}: kl {kl} vs {want_kl}"
+            );
+        }
+        assert_eq!(got.base.tokens as u64, w["tokens"].as_u64().unwrap());
+        if step > 1 {
+            // At step 1 the rewards are 0 up to float noise, so accuracy is noise too.
+            assert_eq!(got.accuracy, f("accuracy"), "{name} step {step}");
+        }
+    }
+}
+
+/// KTO on its own pairs (one shared chosen answer, so z0 leaves its floor): the mismatched
+/// sequences' reference log-probs, z0, the loss, rewards and gradient norms over both steps
+/// equal the script's; the first step's loss is 1/2 (each answer 1 - sigmoid(0)).
+#[test]
+fn kto_matches_pytorch() {
+    let traj = &trajectory()["kto"];
+    let pairs = prefs::load(
+        &DataSpec::new(format!("{FIX}/dpo/kto_pairs.jsonl"), "jsonl"),
+        None,
+    )
+    .unwrap()
+    .records;
+    let c = TrainConfig {
+        save_every: 1,
+        save_dtype: Some("float32".into()),
+        ..cfg(DpoLoss::Kto)
+    };
+    let out = tempfile::tempdir().unwrap();
+    let s = run_on(&pairs, out.path(), None, &c).unwrap();
+    assert_reference(
+        out.path(),
+        traj,
+        &[
+            ("chosen", "chosen"),
+            ("rejected", "rejected"),
+            ("kl_chosen", "mismatched_chosen"),
+            ("kl_rejected", "mismatched_rejected"),
+        ],
+    );
+    let want = traj["log"].as_array().unwrap();
+    assert_log_matches("kto", out.path(), &s.log, want);
+    assert!((s.log[0].base.loss - 0.5).abs() < 1e-6);
+    assert!(
+        s.log[1].kl.unwrap() > 1.0,
+        "z0 left its floor: {:?}",
+        s.log[1].kl
+    );
+    // Killed at step 2, resumed from step 1's checkpoint with the cached reference (its
+    // mismatched sequences' log-probs included): the same log and weights to the bit.
+    let cut = tempfile::tempdir().unwrap();
+    assert!(run_on(&pairs, cut.path(), Some(2), &c).is_err());
+    let resumed = run_on(&pairs, cut.path(), None, &c).unwrap();
+    assert_eq!(resumed.train.resumed_from, Some(1));
+    assert!(resumed.reference_cached);
+    assert_eq!(resumed.log, s.log);
+    let weights = |d: &Path| std::fs::read(d.join("model.safetensors")).unwrap();
+    assert!(weights(cut.path()) == weights(out.path()));
+    // One pair has no other pair's answers to mismatch with.
+    let e = run_on(
+        &pairs[..1],
+        tempfile::tempdir().unwrap().path(),
+        Some(9),
+        &c,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("at least 2 pairs"), "{e}");
 }
 
 #[test]
@@ -223,9 +301,13 @@ fn weights_after_one_adamw_step_match_pytorch() {
     }
 }
 
-/// Run the fixture's sigmoid settings for 4 steps with a checkpoint every step, killed (the
-/// hook fails) at step `stop` when given.
-fn run(out: &Path, stop: Option<usize>, c: &TrainConfig) -> anyhow::Result<dpo::DpoSummary> {
+/// Run `c` on `pairs`, killed (the hook fails) at step `stop` when given, else resuming.
+fn run_on(
+    pairs: &[PrefRecord],
+    out: &Path,
+    stop: Option<usize>,
+    c: &TrainConfig,
+) -> anyhow::Result<dpo::DpoSummary> {
     let lm = load_model(&model(), &candle_core::Device::Cpu).unwrap();
     let mut hook = |_: &elastica::model::LoadedModel,
                     l: &elastica::train::sft::StepLog|
@@ -241,7 +323,12 @@ fn run(out: &Path, stop: Option<usize>, c: &TrainConfig) -> anyhow::Result<dpo::
         hook: Some(&mut hook),
         progress: false,
     };
-    dpo::train(&lm, &pairs(), c, run)
+    dpo::train(&lm, pairs, c, run)
+}
+
+/// [`run_on`] the fixture's pairs.
+fn run(out: &Path, stop: Option<usize>, c: &TrainConfig) -> anyhow::Result<dpo::DpoSummary> {
+    run_on(&pairs(), out, stop, c)
 }
 
 #[test]
@@ -382,6 +469,24 @@ fn train_method_dpo_through_the_binary() {
         !ok && stderr.contains("simpo_gamma") && stderr.contains("sigmoid"),
         "{stderr}"
     );
+
+    // KTO: each log line carries its z0 (`kl`), the first loss is 1/2, and the cache holds
+    // the mismatched sequences' reference log-probs too.
+    let kto = dir.path().join("kto");
+    let (ok, _, stderr) = cli(&kto, &["--no-shuffle", "--dpo-loss", "kto"]);
+    assert!(ok, "{stderr}");
+    let log = common::jsonl_values(&kto.join("train_log.jsonl"));
+    assert!(
+        (log[0]["loss"].as_f64().unwrap() - 0.5).abs() < 1e-6,
+        "{}",
+        log[0]
+    );
+    assert!(log
+        .iter()
+        .all(|l| l["kl"].as_f64().is_some_and(|z| z >= 0.0)));
+    let r = common::read_json(&kto.join(REFERENCE_FILE));
+    assert_eq!(r["kl_chosen"].as_array().map(Vec::len), Some(4), "{r}");
+    assert_eq!(r["kl_rejected"].as_array().map(Vec::len), Some(4), "{r}");
 }
 
 #[test]

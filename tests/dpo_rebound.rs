@@ -176,3 +176,31 @@ fn rebound_aligns_by_dpo_with_lora_and_perturbs_with_lora() {
     let csv = std::fs::read_to_string(out.join("weight_space.csv")).unwrap();
     assert!(csv.lines().count() > 1, "{csv}");
 }
+
+/// `[align] dpo_loss = "kto"`: the align cell trains by KTO (first loss 1/2, a z0 per step,
+/// the mismatched sequences' reference cached) and the report names it.
+#[test]
+fn rebound_aligns_by_kto() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_data(tmp.path());
+    let out = tmp.path().join("run");
+    let cfg = config_with(tmp.path(), "", "dpo_loss = \"kto\"", "");
+    let (ok, _, err) = common::rebound(&cfg, &out);
+    assert!(ok, "{err}");
+    let model = out.join("cells/align.p4.s1/model");
+    let log = common::jsonl_values(&model.join("train_log.jsonl"));
+    assert_eq!(log.len(), 2);
+    assert!(
+        (log[0]["loss"].as_f64().unwrap() - 0.5).abs() < 1e-5,
+        "{}",
+        log[0]
+    );
+    assert!(log.iter().all(|l| l["kl"].is_number()), "{log:?}");
+    let r = common::read_json(&model.join("dpo_reference.json"));
+    assert_eq!(r["kl_chosen"].as_array().map(Vec::len), Some(4), "{r}");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.contains("alignment: KTO on the pairs' answers"),
+        "{report}"
+    );
+}

@@ -671,7 +671,12 @@ mod torch {
     }
 
     fn dpo_pairs() -> Vec<PrefRecord> {
-        let spec = DataSpec::new(format!("{FIX}/dpo/pairs.jsonl"), "jsonl");
+        pairs_from("pairs.jsonl")
+    }
+
+    /// A file of tests/fixtures/dpo (`kto_pairs.jsonl` moves KTO's z0 off its floor).
+    fn pairs_from(name: &str) -> Vec<PrefRecord> {
+        let spec = DataSpec::new(format!("{FIX}/dpo/{name}"), "jsonl");
         prefs::load(&spec, None).unwrap().records
     }
 
@@ -865,14 +870,17 @@ mod torch {
         assert!(moved > 0, "no adapter weight moved");
     }
 
-    /// DPO on torch: the fused path's losses, rewards and weights (sigmoid and IPO); the
-    /// first step's loss is ln 2 (policy = reference).
+    /// DPO on torch: the fused path's losses, rewards, KTO's z0 and weights (every loss);
+    /// the first step's loss is ln 2 (policy = reference).
     #[test]
     fn dpo_on_torch_matches_the_fused_path() {
-        let pairs = dpo_pairs();
         let dir = tempfile::tempdir().unwrap();
-        for loss in [DpoLoss::Sigmoid, DpoLoss::Ipo, DpoLoss::Simpo] {
+        for loss in [DpoLoss::Sigmoid, DpoLoss::Ipo, DpoLoss::Simpo, DpoLoss::Kto] {
             let cfg = dpo_config(loss);
+            let pairs = match loss {
+                DpoLoss::Kto => pairs_from("kto_pairs.jsonl"),
+                _ => dpo_pairs(),
+            };
             let (fo, to) = (
                 dir.path().join(format!("{loss:?}-f")),
                 dir.path().join(format!("{loss:?}-t")),
@@ -882,6 +890,13 @@ mod torch {
             let a = backend::train::train_dpo(&mut *f, &pairs, &cfg, at(&fo, false, None)).unwrap();
             let b = backend::train::train_dpo(&mut *t, &pairs, &cfg, at(&to, false, None)).unwrap();
             assert!(a.log.len() >= 2 && a.log.len() == b.log.len());
+            if loss == DpoLoss::Kto {
+                assert!(
+                    a.log[1].kl.unwrap() > 1.0,
+                    "z0 left its floor: {:?}",
+                    a.log[1]
+                );
+            }
             if loss == DpoLoss::Sigmoid {
                 let first = b.log[0].base.loss;
                 assert!(
@@ -891,10 +906,15 @@ mod torch {
             }
             for (x, y) in a.log.iter().zip(&b.log) {
                 let close = |p: f64, q: f64| (p - q).abs() <= 1e-5 * p.abs().max(1e-3);
+                let kl_close = match (x.kl, y.kl) {
+                    (Some(p), Some(q)) => close(p, q),
+                    (p, q) => p.is_none() && q.is_none() && loss != DpoLoss::Kto,
+                };
                 assert!(
                     close(x.base.loss, y.base.loss)
                         && close(x.margin, y.margin)
-                        && close(x.chosen_reward, y.chosen_reward),
+                        && close(x.chosen_reward, y.chosen_reward)
+                        && kl_close,
                     "{loss:?} step {}: fused {x:?} vs torch {y:?}",
                     x.base.step
                 );

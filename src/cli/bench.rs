@@ -869,7 +869,7 @@ fn dpo_step(
         let refs = ref_chosen.iter().copied().zip(ref_rejected.iter().copied());
         // The sigmoid loss reads summed log-probs: the lengths do not enter.
         let lens = std::iter::repeat((1, 1));
-        let (w, terms) = crate::train::dpo::pair_weights(dpo, nll, refs, lens, n);
+        let (w, terms) = crate::train::dpo::pair_weights(dpo, nll, refs, lens, n, 0.0);
         loss = terms.iter().map(|t| t.loss).sum::<f64>() / n;
         Ok(w)
     };

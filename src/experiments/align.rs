@@ -7,7 +7,7 @@
 //! [align]
 //! method = "dpo"
 //! dpo_beta = 0.1        # default
-//! dpo_loss = "sigmoid"  # or "ipo", or "simpo" (reference-free; with simpo_gamma)
+//! dpo_loss = "sigmoid"  # or "ipo", "simpo" (reference-free; with simpo_gamma), "kto"
 //! prefer = "safer"      # pku-saferlhf only
 //! lora = { rank = 8, alpha = 16 }  # align with a LoRA adapter (default: full fine-tune)
 //! ```
@@ -102,6 +102,11 @@ impl AlignSpec {
                 "SimPO on preference pairs (beta {}, gamma {}; no reference model)",
                 self.dpo_beta, self.simpo_gamma
             ),
+            Method::Dpo if self.dpo_loss == DpoLoss::Kto => format!(
+                "KTO on the pairs' answers taken one by one (beta {}; chosen desirable, \
+                 rejected undesirable; the reference is the base model)",
+                self.dpo_beta
+            ),
             Method::Dpo => format!(
                 "DPO on preference pairs (beta {}, {} loss; the reference is the base model)",
                 self.dpo_beta,
@@ -151,5 +156,16 @@ mod tests {
             json,
             r#"{"method":"dpo","dpo_beta":0.1,"dpo_loss":"sigmoid"}"#
         );
+    }
+
+    #[test]
+    fn kto_in_the_align_table() {
+        let a: AlignSpec = toml::from_str("method = \"dpo\"\ndpo_loss = \"kto\"").unwrap();
+        assert_eq!(a.dpo_config().dpo_loss, DpoLoss::Kto);
+        a.check(&TrainConfig::default()).unwrap();
+        assert!(a.describe().starts_with("KTO") && a.describe().contains("beta 0.1"));
+        let stray: AlignSpec =
+            toml::from_str("method = \"dpo\"\ndpo_loss = \"kto\"\nsimpo_gamma = 1.0").unwrap();
+        assert!(stray.check(&TrainConfig::default()).is_err());
     }
 }

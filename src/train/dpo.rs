@@ -10,7 +10,18 @@
 //!   log-probs, like the sigmoid loss;
 //! - `simpo` (Meng et al. 2024): -log sigmoid(beta (a+ - a-) - gamma), where a is an answer's
 //!   mean log-prob per counted token and there is no reference model (none is computed or
-//!   cached; rewards are beta a). This is TRL's `loss_type = "simpo"` with `simpo_gamma`.
+//!   cached; rewards are beta a). This is TRL's `loss_type = "simpo"` with `simpo_gamma`;
+//! - `kto` (Ethayarajh et al. 2024): each pair's chosen answer is a desirable example and its
+//!   rejected answer an undesirable one, each scored alone against a reference point z0:
+//!   1 - sigmoid(beta (r+ - z0)) and 1 - sigmoid(beta (z0 - r-)), r = log pi - log pi_ref,
+//!   averaged (so the step's loss is the mean over its answers, TRL's `KTOTrainer` on a
+//!   preference set it unpairs, with desirable and undesirable weights 1). z0 estimates
+//!   KL(pi || pi_ref) on mismatched sequences: pair i's prompt with pair i-1's two answers
+//!   (the last pair's for the first; TRL's `_get_kl_dataset` shift). At each step's start the
+//!   policy's log-probs of the step's mismatched sequences, minus the reference's, are
+//!   averaged and floored at 0; z0 is held constant in the backward (as TRL's `detach`).
+//!   TRL estimates z0 per micro-batch; here it is per optimizer step, so it does not depend
+//!   on how the step is split into micro-batches.
 //!
 //! The step's loss is the mean over its pairs. Its gradient is the SFT gradient of each
 //! sequence times a per-pair scalar (dloss/dNLL: beta sigmoid(-beta h) for y+ and its negative
@@ -49,13 +60,14 @@ pub struct PairTerms {
 }
 
 /// [`PairTerms`] from the policy's minus the reference's log-probs of the chosen (`dc`) and
-/// rejected (`dr`) answers (under SimPO: their mean log-probs per token, no reference). The
-/// derivatives are with respect to `-dc` and `-dr`.
-pub fn pair_terms(cfg: &DpoConfig, dc: f64, dr: f64) -> PairTerms {
+/// rejected (`dr`) answers (under SimPO: their mean log-probs per token, no reference), and
+/// KTO's reference point `z0` (ignored by the other losses). The derivatives are with
+/// respect to `-dc` and `-dr`.
+pub fn pair_terms(cfg: &DpoConfig, dc: f64, dr: f64, z0: f64) -> PairTerms {
     let beta = cfg.dpo_beta;
     let h = dc - dr;
-    // dloss/dh; h = -NLL(y+) + NLL(y-) + const, so dloss/dNLL(y+) = -dloss/dh.
-    let (loss, dh) = match cfg.dpo_loss {
+    // (loss, dloss/ddc, dloss/ddr); dc = -NLL(y+) + const, so dloss/dNLL(y+) = -dloss/ddc.
+    let (loss, d_dc, d_dr) = match cfg.dpo_loss {
         DpoLoss::Sigmoid | DpoLoss::Simpo => {
             // SimPO asks for a margin of gamma (its h is on mean log-probs, no reference).
             let gamma = match cfg.dpo_loss {
@@ -65,33 +77,46 @@ pub fn pair_terms(cfg: &DpoConfig, dc: f64, dr: f64) -> PairTerms {
             let z = beta * h - gamma;
             // -log sigmoid(z) = softplus(-z), stable for either sign.
             let loss = (-z).max(0.0) + (-z.abs()).exp().ln_1p();
-            (loss, -beta * sigmoid(-z))
+            let dh = -beta * sigmoid(-z);
+            (loss, dh, -dh)
         }
         DpoLoss::Ipo => {
             let d = h - 1.0 / (2.0 * beta);
-            (d * d, 2.0 * d)
+            (d * d, 2.0 * d, -2.0 * d)
+        }
+        DpoLoss::Kto => {
+            // 1 - sigmoid(x) = sigmoid(-x); each answer is half the pair's loss.
+            let (sc, sr) = (sigmoid(beta * (dc - z0)), sigmoid(beta * (z0 - dr)));
+            let loss = (sigmoid(beta * (z0 - dc)) + sigmoid(beta * (dr - z0))) / 2.0;
+            (
+                loss,
+                -beta * sc * (1.0 - sc) / 2.0,
+                beta * sr * (1.0 - sr) / 2.0,
+            )
         }
     };
     PairTerms {
         loss,
         chosen_reward: beta * dc,
         rejected_reward: beta * dr,
-        d_nll_chosen: -dh,
-        d_nll_rejected: dh,
+        d_nll_chosen: -d_dc,
+        d_nll_rejected: -d_dr,
     }
 }
 
 /// The gradient weights of a micro-batch of pairs (`nll`: its sequences' summed NLLs, every
 /// chosen answer then every rejected one) and each pair's terms; `refs` yields the pairs'
 /// reference log-probs and `lens` their answers' counted tokens (chosen, rejected) in order,
-/// and `n` counts the step's pairs (the loss is their mean). SimPO divides each log-prob by
-/// its length (and has no reference: pass zeros); the other losses use the sums.
+/// and `n` counts the step's pairs (the loss is their mean); `z0` is KTO's reference point
+/// (0 for the other losses). SimPO divides each log-prob by its length (and has no
+/// reference: pass zeros); the other losses use the sums.
 pub fn pair_weights(
     cfg: &DpoConfig,
     nll: &[f64],
     refs: impl Iterator<Item = (f64, f64)>,
     lens: impl Iterator<Item = (usize, usize)>,
     n: f64,
+    z0: f64,
 ) -> (Vec<f64>, Vec<PairTerms>) {
     let k = nll.len() / 2;
     let mut w = vec![0.0; 2 * k];
@@ -99,12 +124,13 @@ pub fn pair_weights(
     for (j, ((ref_c, ref_r), (len_c, len_r))) in refs.zip(lens).take(k).enumerate() {
         let (norm_c, norm_r) = match cfg.dpo_loss {
             DpoLoss::Simpo => (len_c as f64, len_r as f64),
-            DpoLoss::Sigmoid | DpoLoss::Ipo => (1.0, 1.0),
+            DpoLoss::Sigmoid | DpoLoss::Ipo | DpoLoss::Kto => (1.0, 1.0),
         };
         let mut t = pair_terms(
             cfg,
             (-nll[j] - ref_c) / norm_c,
             (-nll[k + j] - ref_r) / norm_r,
+            z0,
         );
         // The chain rule through the division by the length.
         t.d_nll_chosen /= norm_c;
@@ -127,7 +153,8 @@ fn sigmoid(x: f64) -> f64 {
 
 /// One line of a DPO run's `train_log.jsonl`: the SFT fields (`loss` is the mean DPO loss of
 /// the step's pairs, `tokens` the counted tokens of both answers) and the means over the
-/// step's pairs of the rewards, their margin and the accuracy (chosen reward > rejected).
+/// step's pairs of the rewards, their margin and the accuracy (chosen reward > rejected);
+/// under KTO also the step's reference point z0 (`kl`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DpoStepLog {
     #[serde(flatten)]
@@ -136,6 +163,8 @@ pub struct DpoStepLog {
     pub rejected_reward: f64,
     pub margin: f64,
     pub accuracy: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kl: Option<f64>,
 }
 
 /// What a DPO run did.
@@ -148,7 +177,8 @@ pub struct DpoSummary {
     pub reference_cached: bool,
 }
 
-/// The reference model's summed response log-probs, cached in the run directory.
+/// The reference model's summed response log-probs (and, under KTO, those of the
+/// mismatched sequences), cached in the run directory.
 pub const REFERENCE_FILE: &str = "dpo_reference.json";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -157,15 +187,35 @@ struct Reference {
     data_sha256: String,
     chosen: Vec<f64>,
     rejected: Vec<f64>,
+    /// KTO's mismatched sequences (pair i's prompt with pair i-1's chosen / rejected answer);
+    /// empty under the other losses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    kl_chosen: Vec<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    kl_rejected: Vec<f64>,
     /// Read from the run directory (not written to the file).
     #[serde(skip)]
     cached: bool,
+}
+
+impl Reference {
+    /// Every log-prob: chosen, rejected, then KTO's mismatched ones.
+    fn all(&self) -> impl Iterator<Item = &f64> {
+        self.chosen
+            .iter()
+            .chain(&self.rejected)
+            .chain(&self.kl_chosen)
+            .chain(&self.kl_rejected)
+    }
 }
 
 /// A run's tokenized pairs and settings, checked before anything is written.
 pub struct PairPlan {
     chosen: Vec<Example>,
     rejected: Vec<Example>,
+    /// KTO's mismatched sequences (see [`Reference`]); empty under the other losses.
+    kl_chosen: Vec<Example>,
+    kl_rejected: Vec<Example>,
     truncated: usize,
     total: usize,
     steps_per_epoch: usize,
@@ -218,15 +268,31 @@ pub fn prepare_pairs(
         bail!("no preference pairs");
     }
     let save_dtype = save_dtype_of(cfg, torch_dtype, None)?;
-    let side = |answer: fn(&PrefRecord) -> &str| -> Vec<Record> {
-        pairs
-            .iter()
-            .map(|p| Record::pair(p.prompt.clone(), answer(p)))
+    let kto = cfg.dpo.dpo_loss == DpoLoss::Kto;
+    if kto && pairs.len() < 2 {
+        bail!(
+            "the kto loss estimates its reference point on mismatched pairs (each prompt with \
+             another pair's answers), so it needs at least 2 pairs; the data has 1"
+        );
+    }
+    // Pair i's prompt with the answers of pair i - `shift` (cyclic).
+    let side = |answer: fn(&PrefRecord) -> &str, shift: usize| -> Vec<Record> {
+        let n = pairs.len();
+        (0..n)
+            .map(|i| Record::pair(pairs[i].prompt.clone(), answer(&pairs[(i + n - shift) % n])))
             .collect()
     };
     let tok = |recs: &[Record]| tokenize(recs, tokenizer, cfg.template, cfg.max_length);
-    let (chosen, tc) = tok(&side(|p| &p.chosen))?;
-    let (rejected, tr) = tok(&side(|p| &p.rejected))?;
+    let (chosen, tc) = tok(&side(|p| &p.chosen, 0))?;
+    let (rejected, tr) = tok(&side(|p| &p.rejected, 0))?;
+    let (kl_chosen, kl_rejected) = if kto {
+        // Not trained on: a cut one only shifts z0's estimate, so it goes unreported.
+        let (c, _) = tok(&side(|p| &p.chosen, 1))?;
+        let (r, _) = tok(&side(|p| &p.rejected, 1))?;
+        (c, r)
+    } else {
+        (Vec::new(), Vec::new())
+    };
     for (i, (c, r)) in chosen.iter().zip(&rejected).enumerate() {
         for (name, e) in [("chosen", c), ("rejected", r)] {
             if loss_tokens(e) == 0 {
@@ -244,6 +310,8 @@ pub fn prepare_pairs(
     Ok(PairPlan {
         chosen,
         rejected,
+        kl_chosen,
+        kl_rejected,
         truncated: tc + tr,
         total,
         steps_per_epoch,
@@ -252,14 +320,55 @@ pub fn prepare_pairs(
     })
 }
 
-/// The sequences of a micro-batch of pairs: every chosen answer, then every rejected one.
-fn pair_batch(p: &PairPlan, idx: &[usize], pad: u32) -> Result<Batch> {
+/// The sequences of a micro-batch of pairs: every chosen answer, then every rejected one
+/// (`chosen` and `rejected` are the plan's answers or KTO's mismatched sequences).
+fn pair_batch(chosen: &[Example], rejected: &[Example], idx: &[usize], pad: u32) -> Result<Batch> {
     let seqs: Vec<&Example> = idx
         .iter()
-        .map(|&i| &p.chosen[i])
-        .chain(idx.iter().map(|&i| &p.rejected[i]))
+        .map(|&i| &chosen[i])
+        .chain(idx.iter().map(|&i| &rejected[i]))
         .collect();
     collate(&seqs, pad, &candle_core::Device::Cpu)
+}
+
+/// `model`'s summed log-probs of the sequence pairs `idx` (chosen, rejected), `batch_size`
+/// pairs a forward.
+fn pair_logps(
+    model: &dyn Trainee,
+    (chosen, rejected): (&[Example], &[Example]),
+    idx: &[usize],
+    batch_size: usize,
+) -> Result<(Vec<f64>, Vec<f64>)> {
+    let (mut c, mut r) = (Vec::with_capacity(idx.len()), Vec::with_capacity(idx.len()));
+    for part in idx.chunks(batch_size) {
+        let nll = model.seq_nll(&pair_batch(chosen, rejected, part, model.pad_id())?)?;
+        let k = part.len();
+        c.extend(nll[..k].iter().map(|x| -x));
+        r.extend(nll[k..].iter().map(|x| -x));
+    }
+    Ok((c, r))
+}
+
+/// KTO's reference point for a step over the pairs `idx`: the mean over their mismatched
+/// sequences of log pi - log pi_ref at the current weights, floored at 0.
+fn reference_point(
+    model: &dyn Trainee,
+    p: &PairPlan,
+    refs: &Reference,
+    idx: &[usize],
+    batch_size: usize,
+) -> Result<f64> {
+    let (c, r) = pair_logps(model, (&p.kl_chosen, &p.kl_rejected), idx, batch_size)?;
+    let sum: f64 = idx
+        .iter()
+        .zip(c.iter().zip(&r))
+        .map(|(&i, (c, r))| (c - refs.kl_chosen[i]) + (r - refs.kl_rejected[i]))
+        .sum();
+    let z0 = sum / (2 * idx.len()) as f64;
+    if !z0.is_finite() {
+        bail!("KTO's reference point (the KL estimate) is {z0} (not finite); lower the learning rate or check the weights and data");
+    }
+    Ok(z0.max(0.0))
 }
 
 /// The reference log-probs: read from `out`'s cache when it was written for this start and
@@ -280,6 +389,8 @@ fn reference(
             data_sha256: s.data_sha256.clone(),
             chosen: zeros.clone(),
             rejected: zeros,
+            kl_chosen: Vec::new(),
+            kl_rejected: Vec::new(),
             cached: false,
         };
         return Ok((r, false));
@@ -293,7 +404,9 @@ fn reference(
                     && r.data_sha256 == s.data_sha256
                     && r.chosen.len() == p.chosen.len()
                     && r.rejected.len() == p.rejected.len()
-                    && r.chosen.iter().chain(&r.rejected).all(|x| x.is_finite()) =>
+                    && r.kl_chosen.len() == p.kl_chosen.len()
+                    && r.kl_rejected.len() == p.kl_rejected.len()
+                    && r.all().all(|x| x.is_finite()) =>
             {
                 return Ok((r, true));
             }
@@ -304,28 +417,33 @@ fn reference(
             ),
         }
     }
-    let (mut chosen, mut rejected) = (Vec::new(), Vec::new());
     let order: Vec<usize> = (0..p.chosen.len()).collect();
-    for idx in order.chunks(cfg.batch_size) {
-        let batch = pair_batch(p, idx, model.pad_id())?;
-        let nll = model.seq_nll(&batch)?;
-        let k = idx.len();
-        chosen.extend(nll[..k].iter().map(|x| -x));
-        rejected.extend(nll[k..].iter().map(|x| -x));
-    }
-    if let Some(i) = chosen.iter().chain(&rejected).position(|x| !x.is_finite()) {
-        bail!(
-            "the starting model's log-prob of sequence {} is not finite",
-            i + 1
-        );
-    }
+    let (chosen, rejected) = pair_logps(model, (&p.chosen, &p.rejected), &order, cfg.batch_size)?;
+    let (kl_chosen, kl_rejected) = if p.kl_chosen.is_empty() {
+        (Vec::new(), Vec::new())
+    } else {
+        pair_logps(
+            model,
+            (&p.kl_chosen, &p.kl_rejected),
+            &order,
+            cfg.batch_size,
+        )?
+    };
     let r = Reference {
         start_sha256: s.start_sha256.clone(),
         data_sha256: s.data_sha256.clone(),
         chosen,
         rejected,
+        kl_chosen,
+        kl_rejected,
         cached: false,
     };
+    if let Some(i) = r.all().position(|x| !x.is_finite()) {
+        bail!(
+            "the starting model's log-prob of sequence {} is not finite",
+            i + 1
+        );
+    }
     crate::util::fsx::atomic_write_json(&path, &r)?;
     Ok((r, false))
 }
@@ -414,11 +532,16 @@ impl Method for DpoStep<'_> {
             .as_ref()
             .context("DPO's step before its reference")?;
         let n = idx.len() as f64;
+        // KTO's z0 from the weights before this step's update (no gradient flows through it).
+        let kl = match cfg.dpo.dpo_loss {
+            DpoLoss::Kto => Some(reference_point(model, p, refs, idx, cfg.batch_size)?),
+            _ => None,
+        };
         let chunks: Vec<&[usize]> = idx.chunks(cfg.batch_size).collect();
         let pad = model.pad_id();
         let micro: Vec<Batch> = chunks
             .iter()
-            .map(|c| pair_batch(p, c, pad))
+            .map(|c| pair_batch(&p.chosen, &p.rejected, c, pad))
             .collect::<Result<_>>()?;
         let tokens = micro.iter().map(|b| b.n_targets).sum();
         let mut terms: Vec<PairTerms> = Vec::with_capacity(idx.len());
@@ -429,7 +552,7 @@ impl Method for DpoStep<'_> {
             let lens = chunks[m]
                 .iter()
                 .map(|&i| (loss_tokens(&p.chosen[i]), loss_tokens(&p.rejected[i])));
-            let (w, t) = pair_weights(&cfg.dpo, nll, pair_refs, lens, n);
+            let (w, t) = pair_weights(&cfg.dpo, nll, pair_refs, lens, n, kl.unwrap_or(0.0));
             // Refused before the update, as SFT refuses a non-finite loss.
             if let Some(bad) = t.iter().find(|t| !t.loss.is_finite()) {
                 bail!("the DPO loss is {} (not finite); lower the learning rate or check the weights and data", bad.loss);
@@ -451,6 +574,7 @@ impl Method for DpoStep<'_> {
             rejected_reward: mean(|t| t.rejected_reward),
             margin: mean(|t| t.chosen_reward - t.rejected_reward),
             accuracy: mean(|t| f64::from(u8::from(t.chosen_reward > t.rejected_reward))),
+            kl,
         })
     }
     fn base(log: &DpoStepLog) -> &StepLog {
@@ -544,14 +668,14 @@ mod tests {
     }
 
     #[test]
-    fn pair_terms_are_the_dpo_ipo_and_simpo_formulas() {
+    fn pair_terms_are_the_dpo_ipo_simpo_and_kto_formulas() {
         let sig = DpoConfig {
             method: Objective::Dpo,
             dpo_beta: 0.5,
             dpo_loss: DpoLoss::Sigmoid,
             simpo_gamma: 0.5,
         };
-        let t = pair_terms(&sig, 0.0, 0.0);
+        let t = pair_terms(&sig, 0.0, 0.0, 0.0);
         assert!((t.loss - std::f64::consts::LN_2).abs() < 1e-15);
         assert!((t.d_nll_chosen - 0.25).abs() < 1e-15 && (t.d_nll_rejected + 0.25).abs() < 1e-15);
         // Finite differences of the loss in the two NLLs (dc = -NLL_c + const).
@@ -567,13 +691,17 @@ mod tests {
                 simpo_gamma: 0.3,
                 ..sig.clone()
             },
+            DpoConfig {
+                dpo_loss: DpoLoss::Kto,
+                ..sig.clone()
+            },
         ] {
-            let t = pair_terms(&cfg, dc, dr);
+            let z0 = 0.7;
+            let terms = |dc: f64, dr: f64| pair_terms(&cfg, dc, dr, z0);
+            let t = terms(dc, dr);
             let e = 1e-6;
-            let fd_c =
-                (pair_terms(&cfg, dc - e, dr).loss - pair_terms(&cfg, dc + e, dr).loss) / (2.0 * e);
-            let fd_r =
-                (pair_terms(&cfg, dc, dr - e).loss - pair_terms(&cfg, dc, dr + e).loss) / (2.0 * e);
+            let fd_c = (terms(dc - e, dr).loss - terms(dc + e, dr).loss) / (2.0 * e);
+            let fd_r = (terms(dc, dr - e).loss - terms(dc, dr + e).loss) / (2.0 * e);
             assert!((fd_c - t.d_nll_chosen).abs() < 1e-6, "{cfg:?}");
             assert!((fd_r - t.d_nll_rejected).abs() < 1e-6, "{cfg:?}");
             assert!(
@@ -587,13 +715,14 @@ mod tests {
             },
             1.0,
             0.0,
+            0.0,
         );
         assert!(
             (ipo.loss - 0.0).abs() < 1e-15,
             "h = 1/(2 beta) is IPO's target"
         );
         // Large margins stay finite.
-        let far = pair_terms(&sig, -4000.0, 0.0);
+        let far = pair_terms(&sig, -4000.0, 0.0, 0.0);
         assert!(far.loss.is_finite() && (far.loss - 2000.0).abs() < 1e-9);
         // SimPO at equal mean log-probs: -log sigmoid(-gamma).
         let simpo = DpoConfig {
@@ -601,8 +730,25 @@ mod tests {
             simpo_gamma: 0.3,
             ..sig.clone()
         };
-        let t = pair_terms(&simpo, -2.0, -2.0);
+        let t = pair_terms(&simpo, -2.0, -2.0, 0.0);
         assert!((t.loss - (1.0 + 0.3f64.exp()).ln()).abs() < 1e-15);
+        // KTO: at the reference (r = z0 = 0) each answer's loss is 1 - sigmoid(0) = 1/2 and
+        // its weight beta/8 (half of beta sigmoid'(0)); the answers are scored alone, so z0
+        // moves the two terms in opposite directions and the pair's margin does not decide.
+        let kto = DpoConfig {
+            dpo_loss: DpoLoss::Kto,
+            ..sig.clone()
+        };
+        let t = pair_terms(&kto, 0.0, 0.0, 0.0);
+        assert!((t.loss - 0.5).abs() < 1e-15);
+        assert!((t.d_nll_chosen - 0.5 / 8.0).abs() < 1e-15);
+        assert!((t.d_nll_rejected + 0.5 / 8.0).abs() < 1e-15);
+        let s = |x: f64| 1.0 / (1.0 + (-x).exp());
+        let t = pair_terms(&kto, 1.0, 3.0, 2.0);
+        let want = ((1.0 - s(0.5 * (1.0 - 2.0))) + (1.0 - s(0.5 * (2.0 - 3.0)))) / 2.0;
+        assert!((t.loss - want).abs() < 1e-15, "{} vs {want}", t.loss);
+        let far = pair_terms(&kto, -4000.0, 4000.0, 0.0);
+        assert!((far.loss - 1.0).abs() < 1e-15 && far.d_nll_chosen == 0.0);
     }
 
     /// SimPO's weights are the derivatives of the mean loss in each sequence's summed NLL,
@@ -619,7 +765,7 @@ mod tests {
         let lens = [(3, 8), (5, 2)];
         let loss = |nll: &[f64]| {
             let zeros = std::iter::repeat((0.0, 0.0));
-            let (_, t) = pair_weights(&cfg, nll, zeros, lens.into_iter(), 2.0);
+            let (_, t) = pair_weights(&cfg, nll, zeros, lens.into_iter(), 2.0, 0.0);
             t.iter().map(|t| t.loss).sum::<f64>() / 2.0
         };
         let (w, _) = pair_weights(
@@ -628,6 +774,7 @@ mod tests {
             std::iter::repeat((0.0, 0.0)),
             lens.into_iter(),
             2.0,
+            0.0,
         );
         for i in 0..4 {
             let e = 1e-6;
@@ -648,6 +795,7 @@ mod tests {
             std::iter::repeat((0.0, 0.0)),
             std::iter::repeat((1, 1)),
             2.0,
+            0.0,
         );
         let lens = pair_weights(
             &sig,
@@ -655,6 +803,7 @@ mod tests {
             std::iter::repeat((0.0, 0.0)),
             lens.into_iter(),
             2.0,
+            0.0,
         );
         assert_eq!(ones, lens);
     }

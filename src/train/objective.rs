@@ -1,5 +1,6 @@
 //! The training objective of `train` and its settings: SFT (the NLL of the responses) or
-//! DPO (`train::dpo`) with its beta and loss (sigmoid, IPO, or the reference-free SimPO).
+//! DPO (`train::dpo`) with its beta and loss (sigmoid, IPO, the reference-free SimPO, or KTO
+//! on the pairs' answers taken one by one).
 //! One struct, [`DpoConfig`], serves as the command-line flags (`--method`, `--dpo-beta`,
 //! `--dpo-loss`, `--simpo-gamma`) and as the `dpo` field of `TrainConfig` (and so of the
 //! settings a run is checked against on resume).
@@ -31,6 +32,12 @@ pub enum DpoLoss {
     /// no reference model: SimPO (Meng et al. 2024), one of the alignment methods under which
     /// the paper's appendix reports the rebound.
     Simpo,
+    /// KTO (Ethayarajh et al. 2024), another of the appendix's alignment methods: each pair
+    /// gives a desirable (chosen) and an undesirable (rejected) example, each scored alone
+    /// against a reference point z0 (the policy's KL from the reference, estimated on
+    /// mismatched prompt-answer pairs); loss 1 - sigmoid(beta (r - z0)) for a desirable
+    /// answer and 1 - sigmoid(beta (z0 - r)) for an undesirable one.
+    Kto,
 }
 
 impl DpoLoss {
@@ -40,6 +47,7 @@ impl DpoLoss {
             DpoLoss::Sigmoid => "sigmoid",
             DpoLoss::Ipo => "ipo",
             DpoLoss::Simpo => "simpo",
+            DpoLoss::Kto => "kto",
         }
     }
 }
@@ -55,8 +63,8 @@ pub struct DpoConfig {
     /// DPO's beta: the strength of the pull towards the reference (starting) model.
     #[arg(long, default_value_t = DpoConfig::DEFAULT.dpo_beta)]
     pub dpo_beta: f64,
-    /// DPO's loss: sigmoid (standard DPO), ipo, or simpo (reference-free, length-normalised;
-    /// SimPO's authors use a larger beta, about 2).
+    /// DPO's loss: sigmoid (standard DPO), ipo, simpo (reference-free, length-normalised;
+    /// SimPO's authors use a larger beta, about 2), or kto (each answer scored alone).
     #[arg(long, value_enum, default_value = "sigmoid")]
     pub dpo_loss: DpoLoss,
     /// SimPO's target margin gamma (--dpo-loss simpo only; TRL's default 0.5).
