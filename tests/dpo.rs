@@ -473,9 +473,11 @@ fn train_method_dpo_through_the_binary() {
     // KTO: each log line carries its z0 (`kl`), the first loss is 1/2, and the cache holds
     // the mismatched sequences' reference log-probs too.
     let kto = dir.path().join("kto");
-    let (ok, _, stderr) = cli(&kto, &["--no-shuffle", "--dpo-loss", "kto"]);
+    let (ok, stdout, stderr) = cli(&kto, &["--no-shuffle", "--dpo-loss", "kto"]);
     assert!(ok, "{stderr}");
     let log = common::jsonl_values(&kto.join("train_log.jsonl"));
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(summary["final_kl"], log[1]["kl"], "{summary}");
     assert!(
         (log[0]["loss"].as_f64().unwrap() - 0.5).abs() < 1e-6,
         "{}",

@@ -200,7 +200,7 @@ fn rebound_aligns_by_kto() {
     assert_eq!(r["kl_chosen"].as_array().map(Vec::len), Some(4), "{r}");
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(
-        report.contains("alignment: KTO on the pairs' answers"),
+        report.contains("alignment: KTO on the answers of preference pairs"),
         "{report}"
     );
 }

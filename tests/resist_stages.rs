@@ -238,3 +238,25 @@ fn bad_stage_combinations_are_refused_before_anything_is_written() {
     let c = elastica::experiments::resist::ResistConfig::from_file(Path::new(ex)).unwrap();
     assert!(c.align.is_dpo() && c.align.lora.enabled());
 }
+
+/// KTO's reference point needs mismatched pairs: slices of 1 pair are refused before
+/// anything is written.
+#[test]
+fn resist_refuses_kto_slices_of_one_pair() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("pairs.jsonl");
+    // 4 pairs - 2 held-out prompts = 2, split 1 / 1.
+    write_pairs(&data, 4);
+    let cfg = config(
+        tmp.path(),
+        &data,
+        "[align]\nmethod = \"dpo\"\ndpo_loss = \"kto\"\n",
+    );
+    let out = tmp.path().join("run");
+    let (ok, _, err) = resist(&cfg, &out);
+    assert!(
+        !ok && err.contains("at least 2 pairs") && err.contains("slice 1 has 1"),
+        "{err}"
+    );
+    assert!(!out.exists(), "a refused run wrote {}", out.display());
+}

@@ -275,6 +275,10 @@ fn dpo_summary(
         "final_accuracy": last.map(|l| l.accuracy),
         "reference_cached": d.reference_cached, "resumed_from": s.resumed_from,
     });
+    // KTO's reference point at the last step (the policy's estimated KL from the start).
+    if let Some(kl) = last.and_then(|l| l.kl) {
+        line["final_kl"] = kl.into();
+    }
     if let Some(on) = on {
         line["backend"] = on["backend"].clone();
         line["device"] = on["device"].clone();

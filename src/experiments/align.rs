@@ -67,6 +67,11 @@ impl AlignSpec {
         self.method == Method::Dpo
     }
 
+    /// KTO, whose reference point needs at least 2 pairs a run (mismatched pairs).
+    pub fn is_kto(&self) -> bool {
+        self.is_dpo() && self.dpo_loss == DpoLoss::Kto
+    }
+
     /// Refuse settings that would not do what they say: DPO set under `[train]` (it would
     /// apply to the perturbation too), a bad beta, `prefer` without DPO.
     pub fn check(&self, train: &TrainConfig) -> Result<()> {
@@ -98,17 +103,25 @@ impl AlignSpec {
     pub fn describe(&self) -> String {
         match self.method {
             Method::Sft => "SFT on the positive records".into(),
-            Method::Dpo if self.dpo_loss == DpoLoss::Simpo => format!(
-                "SimPO on preference pairs (beta {}, gamma {}; no reference model)",
+            Method::Dpo => self.describe_preference("preference pairs", "the base model"),
+        }
+    }
+
+    /// How the preference objective trains on `data`, with `reference` naming the model its
+    /// rewards are measured against (SimPO has none).
+    pub fn describe_preference(&self, data: &str, reference: &str) -> String {
+        match self.dpo_loss {
+            DpoLoss::Simpo => format!(
+                "SimPO on {data} (beta {}, gamma {}; no reference model)",
                 self.dpo_beta, self.simpo_gamma
             ),
-            Method::Dpo if self.dpo_loss == DpoLoss::Kto => format!(
-                "KTO on the pairs' answers taken one by one (beta {}; chosen desirable, \
-                 rejected undesirable; the reference is the base model)",
+            DpoLoss::Kto => format!(
+                "KTO on the answers of {data} taken one by one (beta {}; chosen desirable, \
+                 rejected undesirable; the reference is {reference})",
                 self.dpo_beta
             ),
-            Method::Dpo => format!(
-                "DPO on preference pairs (beta {}, {} loss; the reference is the base model)",
+            DpoLoss::Sigmoid | DpoLoss::Ipo => format!(
+                "DPO on {data} (beta {}, {} loss; the reference is {reference})",
                 self.dpo_beta,
                 self.dpo_loss.name()
             ),
@@ -163,7 +176,11 @@ mod tests {
         let a: AlignSpec = toml::from_str("method = \"dpo\"\ndpo_loss = \"kto\"").unwrap();
         assert_eq!(a.dpo_config().dpo_loss, DpoLoss::Kto);
         a.check(&TrainConfig::default()).unwrap();
-        assert!(a.describe().starts_with("KTO") && a.describe().contains("beta 0.1"));
+        assert!(
+            a.describe().starts_with("KTO") && a.describe().contains("beta 0.1"),
+            "{}",
+            a.describe()
+        );
         let stray: AlignSpec =
             toml::from_str("method = \"dpo\"\ndpo_loss = \"kto\"\nsimpo_gamma = 1.0").unwrap();
         assert!(stray.check(&TrainConfig::default()).is_err());

@@ -410,6 +410,13 @@ impl ReboundConfig {
         if self.n_positive[0] == 0 {
             bail!("n_positive must be at least 1 (alignment needs positive samples)");
         }
+        if self.align.is_kto() && self.n_positive[0] < 2 {
+            bail!(
+                "[align] dpo_loss = \"kto\" estimates its reference point on mismatched pairs, \
+                 so every n_positive needs at least 2 pairs (got {:?})",
+                self.n_positive
+            );
+        }
         check_counts("n_negative", &mut self.n_negative)?;
         if self.n_negative[0] != 0 {
             bail!(
@@ -596,6 +603,17 @@ kind = "keywords"
         assert!(e("seeds = []").contains("seeds is empty"));
         assert!(e("kl_epsilon = 0.0").contains("kl_epsilon"));
         assert!(e("n_postive = [1]").contains("n_postive"));
+        let kto = format!(
+            "{:#}",
+            ReboundConfig::from_toml(&format!(
+                "n_positive = [1, 8]\n{MIN}\n[align]\nmethod = \"dpo\"\ndpo_loss = \"kto\""
+            ))
+            .unwrap_err()
+        );
+        assert!(
+            kto.contains("kto") && kto.contains("at least 2 pairs"),
+            "{kto}"
+        );
         let bad_scorer = MIN.replace("kind = \"keywords\"", "kind = \"sentiment\"");
         let e = format!("{:#}", ReboundConfig::from_toml(&bad_scorer).unwrap_err());
         assert!(

@@ -109,6 +109,17 @@ pub fn prepare_data(cfg: &ResistConfig) -> Result<PreparedData> {
         }
         prompts = given[..cfg.eval_prompts].to_vec();
     }
+    if cfg.align.is_kto() {
+        if let Some(i) = slice_files.iter().position(|(_, n)| *n < 2) {
+            bail!(
+                "[align] dpo_loss = \"kto\" estimates its reference point on mismatched pairs, \
+                 so each slice needs at least 2 pairs; slice {} has {} (add pairs, lower \
+                 `slices`, or change `slice_ratios`)",
+                i + 1,
+                slice_files[i].1
+            );
+        }
+    }
     let mut files = Vec::new();
     for (i, (bytes, _)) in slice_files.iter().enumerate() {
         files.push((slice_file(i + 1), bytes.clone()));
@@ -302,8 +313,9 @@ pub fn run(cfg: &ResistConfig, out: &Path) -> Result<ResistResults> {
 /// report later).
 pub fn run_with(cfg: &ResistConfig, out: &Path, opts: RunOptions) -> Result<Option<ResistResults>> {
     cfg.cell_device().check_precision(out)?;
-    let run_dir = RunDir::create(out)?;
+    // Planned first, so a refused config or data set leaves no directory behind.
     let (grid, data) = plan(cfg, out)?;
+    let run_dir = RunDir::create(out)?;
     cfg.cell_device().write(grid.run_dir())?;
     let exec = launch(&cfg.executor, &cfg.slurm, opts, super::cells::KINDS)?;
     let report = exec.execute(&grid)?;
@@ -405,14 +417,9 @@ fn stages(cfg: &ResistConfig) -> String {
     use crate::experiments::align::AlignSpec;
     let slices = match cfg.align.is_dpo() {
         false => "SFT on the slice's records".to_string(),
-        true => format!(
-            "DPO on the slice's preference pairs (beta {}, {} loss; each stage's reference is \
-             its starting model θk-1)",
-            cfg.align.dpo_beta,
-            serde_json::to_value(cfg.align.dpo_loss)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default()
+        true => cfg.align.describe_preference(
+            "the slice's preference pairs",
+            "its starting model θk-1, at each stage",
         ),
     };
     let merged = if cfg.align.lora.enabled() {
