@@ -288,6 +288,9 @@ fn demo_writes_progress_lines_off_a_terminal() {
     );
 }
 
+/// A small grid for the DPO variant's tests (its `dpo` line added by each).
+const SMALL_DPO: &str = "seeds = [1, 2]\nn_plus = [10]\nn_minus = [0, 5]\nresist_slice_records = 0\ntheory = false\ninstruments = false\neval_prompts = 4\nmax_new_tokens = 4\nprobe_records = 4\nrate_records = 4\ndrop_fit_points = 2\nbases = [{size = \"tiny\", tokens = 2000}]\n";
+
 /// The DPO variant (issue 20; on in `--full`, here through `--settings`): the same units
 /// aligned by DPO on the world's preference pairs, perturbed by the same SFT, reported
 /// beside the SFT rebound with its own claims; without it results.json has no such key.
@@ -297,7 +300,7 @@ fn the_dpo_variant_aligns_by_dpo_and_is_reported_beside_sft() {
     let settings = dir.path().join("s.toml");
     std::fs::write(
         &settings,
-        "seeds = [1, 2]\nn_plus = [10]\nn_minus = [0, 5]\nresist_slice_records = 0\ntheory = false\ninstruments = false\neval_prompts = 4\nmax_new_tokens = 4\nprobe_records = 4\nrate_records = 4\ndrop_fit_points = 2\nbases = [{size = \"tiny\", tokens = 2000}]\ndpo = { beta = 0.1, lr = 0.002 }\n",
+        format!("{SMALL_DPO}dpo = {{ beta = 0.1, lr = 0.002 }}\n"),
     )
     .unwrap();
     let out = dir.path().join("run");
@@ -358,4 +361,49 @@ fn the_dpo_variant_aligns_by_dpo_and_is_reported_beside_sft() {
     run(&plain, &["--settings", settings.to_str().unwrap()]);
     let text = std::fs::read_to_string(plain.join("results.json")).unwrap();
     assert!(!text.contains("dpo"), "{text}");
+}
+
+/// The variant under another preference loss (`[dpo] loss = "kto"`): KTO trains each seed's
+/// alignment (z0 in its log) and the section, claims and settings line name KTO; a SimPO
+/// gamma given to another loss is refused before anything runs.
+#[test]
+fn the_dpo_variant_takes_the_kto_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = dir.path().join("s.toml");
+    std::fs::write(
+        &settings,
+        format!("{SMALL_DPO}dpo = {{ beta = 0.1, lr = 0.002, loss = \"kto\" }}\n"),
+    )
+    .unwrap();
+    let out = dir.path().join("run");
+    let (summary, _) = run(&out, &["--settings", settings.to_str().unwrap()]);
+    for seed in [1, 2] {
+        let cell = out.join(format!("cells/tiny-2k-seed{seed}-dpo/nplus10"));
+        let log = std::fs::read_to_string(cell.join("aligned/train_log.jsonl")).unwrap();
+        assert!(log.contains("\"kl\""), "{log}");
+    }
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(results["dpo_rebound"]["loss"], "kto");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.contains("## Rebound after KTO alignment")
+            && report.contains("aligned by **KTO** instead of SFT: kto loss")
+            && report.contains("DPO variant: alignment by KTO (kto loss"),
+        "{report}"
+    );
+    assert!(summary.contains("KTO control:") && summary.contains("Rebound after KTO:"));
+    assert!(
+        summary.contains("KTO vs SFT alignment, tiny-2k"),
+        "{summary}"
+    );
+    std::fs::write(
+        &settings,
+        format!("{SMALL_DPO}dpo = {{ beta = 0.1, lr = 0.002, simpo_gamma = 1.0 }}\n"),
+    )
+    .unwrap();
+    let not_run = dir.path().join("refused");
+    let err = refused(&settings, &not_run);
+    assert!(err.contains("simpo_gamma"), "{err}");
+    assert!(!not_run.exists());
 }

@@ -4,6 +4,7 @@
 //! budgets spanning 100x, the compression ablation, the DPO variant of the rebound).
 
 use crate::data::world::{Task, World};
+use crate::train::objective::{DpoConfig, DpoLoss, Method};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -62,14 +63,26 @@ pub struct AblationArm {
 
 /// The DPO variant of the rebound grid: the same bases aligned by DPO on preference pairs of
 /// the world (a positive and a negative continuation of the same review opening), then
-/// perturbed by SFT on negative reviews as the SFT grid is.
+/// perturbed by SFT on negative reviews as the SFT grid is. `loss` chooses among the
+/// preference losses of `train --dpo-loss` (the paper's appendix reports the rebound under
+/// DPO, KTO and SimPO), so `[dpo] loss = "kto"` in `--settings` asks the same question of KTO.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DpoVariant {
-    /// DPO's β (the sigmoid loss).
+    /// The loss's β.
     pub beta: f64,
     /// Learning rate of the DPO alignment (constant; the perturbation keeps `align_lr`).
     pub lr: f64,
+    /// The preference loss (default sigmoid, standard DPO; left out of the saved settings
+    /// then, so the units of earlier runs keep their fingerprints).
+    #[serde(default, skip_serializing_if = "DpoVariant::is_sigmoid")]
+    pub loss: DpoLoss,
+    /// SimPO's target margin γ (loss = "simpo" only).
+    #[serde(
+        default = "DpoVariant::default_gamma",
+        skip_serializing_if = "DpoConfig::gamma_is_default"
+    )]
+    pub simpo_gamma: f64,
 }
 
 impl DpoVariant {
@@ -79,6 +92,52 @@ impl DpoVariant {
         DpoVariant {
             beta: 0.1,
             lr: align_lr,
+            loss: DpoLoss::Sigmoid,
+            simpo_gamma: DpoConfig::DEFAULT.simpo_gamma,
+        }
+    }
+
+    fn is_sigmoid(l: &DpoLoss) -> bool {
+        *l == DpoLoss::Sigmoid
+    }
+
+    fn default_gamma() -> f64 {
+        DpoConfig::DEFAULT.simpo_gamma
+    }
+
+    /// The training objective of the variant's alignment.
+    pub fn objective(&self) -> DpoConfig {
+        DpoConfig {
+            method: Method::Dpo,
+            dpo_beta: self.beta,
+            dpo_loss: self.loss,
+            simpo_gamma: self.simpo_gamma,
+        }
+    }
+
+    /// The method's name in the report: DPO (sigmoid or IPO loss), SimPO or KTO.
+    pub fn method_name(&self) -> &'static str {
+        match self.loss {
+            DpoLoss::Sigmoid | DpoLoss::Ipo => "DPO",
+            DpoLoss::Simpo => "SimPO",
+            DpoLoss::Kto => "KTO",
+        }
+    }
+
+    /// The loss and its settings, for the report ("sigmoid loss, β 0.1").
+    pub fn describe_loss(&self) -> String {
+        match self.loss {
+            DpoLoss::Simpo => format!(
+                "simpo loss, length-normalised, no reference model, β {}, γ {}",
+                self.beta, self.simpo_gamma
+            ),
+            DpoLoss::Kto => format!(
+                "kto loss, each answer scored alone against the KL estimate z0, β {}",
+                self.beta
+            ),
+            DpoLoss::Sigmoid | DpoLoss::Ipo => {
+                format!("{} loss, β {}", self.loss.name(), self.beta)
+            }
         }
     }
 }
@@ -360,6 +419,14 @@ impl DemoConfig {
             }
         }
         if let Some(d) = &self.dpo {
+            d.objective()
+                .validate()
+                .map_err(|e| anyhow::anyhow!("[dpo]: {e}"))?;
+            if d.loss == DpoLoss::Kto && self.n_plus.iter().any(|&n| n < 2) {
+                bail!(
+                    "[dpo] loss = \"kto\" needs every n_plus to be at least 2 (mismatched pairs)"
+                );
+            }
             if !is_positive(d.lr)
                 || !d.lr.is_finite()
                 || !is_positive(d.beta)

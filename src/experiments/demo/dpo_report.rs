@@ -17,13 +17,15 @@ use super::rebound_report::{
 use super::BaseScore;
 use crate::report::stats::{Effect, Verdict};
 use crate::report::table::{fmt_ci, Table};
+use crate::train::objective::DpoLoss;
 use anyhow::Result;
 use serde::Serialize;
 
 /// What the DPO variant measured and concluded (`dpo_rebound` in results.json).
 #[derive(Debug, Clone, Serialize)]
 pub struct DpoOutcome {
-    /// The variant's settings, written inline (`beta`, `lr`).
+    /// The variant's settings, written inline (`beta`, `lr`, and `loss`, `simpo_gamma` where
+    /// not the defaults).
     #[serde(flatten)]
     pub variant: DpoVariant,
     pub rows: Vec<ReboundRow>,
@@ -31,9 +33,11 @@ pub struct DpoOutcome {
     pub claims: Vec<Claim>,
 }
 
-/// The claims of one base: the control, the rebound and the comparison with SFT.
+/// The claims of one base: the control, the rebound and the comparison with SFT; `m` names
+/// the variant's method (DPO, SimPO or KTO).
 fn base_claims(
     cfg: &DemoConfig,
+    m: &str,
     name: &str,
     sft: &[Strength],
     dpo: &[Strength],
@@ -47,8 +51,8 @@ fn base_claims(
         .map(|x| x.1)
         .collect();
     out.extend(claim(
-        &format!("DPO control: DPO alignment on preference pairs raises the {vm} of {name}"),
-        "DPO-aligned minus pre-trained, per seed",
+        &format!("{m} control: {m} alignment on preference pairs raises the {vm} of {name}"),
+        &format!("{m}-aligned minus pre-trained, per seed"),
         &g,
         true,
         3,
@@ -68,7 +72,7 @@ fn base_claims(
         .map(|x| x.1)
         .collect();
         out.extend(claim(
-            &format!("Rebound after DPO: {last} negatives lower the {vm} of DPO-aligned {name}"),
+            &format!("Rebound after {m}: {last} negatives lower the {vm} of {m}-aligned {name}"),
             &format!("n- = {last} minus n- = 0, per seed"),
             &d,
             false,
@@ -78,14 +82,14 @@ fn base_claims(
     let diff = paired(&drop_rates(cfg, sft, name), &drop_rates(cfg, dpo, name));
     if let Some(effect) = Effect::of(&diff, true) {
         let word = match effect.verdict {
-            Verdict::Held => "DPO-aligned models rebound faster",
-            Verdict::Reversed => "DPO-aligned models rebound slower",
-            Verdict::Undecided => "cannot tell",
+            Verdict::Held => format!("{m}-aligned models rebound faster"),
+            Verdict::Reversed => format!("{m}-aligned models rebound slower"),
+            Verdict::Undecided => "cannot tell".into(),
         };
         out.push(Claim {
-            name: format!("DPO vs SFT alignment, {name}"),
+            name: format!("{m} vs SFT alignment, {name}"),
             text: format!(
-                "- DPO vs SFT alignment, {name} (drop rate of the {vm} per 100 negatives, DPO \
+                "- {m} vs SFT alignment, {name} (drop rate of the {vm} per 100 negatives, {m} \
                  minus SFT, paired by seed; no predicted direction): {}{} -> {word}",
                 effect.describe(3),
                 effect.power_phrase("seed", 3),
@@ -109,9 +113,14 @@ pub fn section(
         anyhow::bail!("internal: the DPO section without DPO settings");
     };
     let vm = cfg.rebound_measure.as_str();
+    let m = v.method_name();
+    let reference = match v.loss {
+        DpoLoss::Simpo => "no reference model",
+        _ => "the reference the pre-trained model",
+    };
     let mut md = format!(
-        "## Rebound after DPO alignment\n\nThe same bases and seeds aligned by **DPO** instead of SFT: sigmoid loss, β {}, learning rate {} (constant), batch {} pairs, 1 epoch, no shuffling, the reference the pre-trained model, on n+ preference pairs of the world (a review opening with a positive continuation chosen and a negative one rejected; drawn from their own stream, no opening among the evaluation prompts, no review in the pre-training text), then perturbed by the same SFT on the same n- negative reviews as the SFT grid. The {} against n- (mean ± 95% CI over seeds), SFT-aligned beside DPO-aligned:\n\n",
-        v.beta, v.lr, cfg.batch_size, label(vm)
+        "## Rebound after {m} alignment\n\nThe same bases and seeds aligned by **{m}** instead of SFT: {}, learning rate {} (constant), batch {} pairs, 1 epoch, no shuffling, {reference}, on n+ preference pairs of the world (a review opening with a positive continuation chosen and a negative one rejected; drawn from their own stream, no opening among the evaluation prompts, no review in the pre-training text), then perturbed by the same SFT on the same n- negative reviews as the SFT grid. The {} against n- (mean ± 95% CI over seeds), SFT-aligned beside {m}-aligned:\n\n",
+        v.describe_loss(), v.lr, cfg.batch_size, label(vm)
     );
     let mut t = Table::new(
         [
@@ -125,7 +134,7 @@ pub fn section(
     for base in &cfg.bases {
         let name = base.name();
         for &np in &cfg.n_plus {
-            for (how, r) in [("SFT", sft_rows), ("DPO", &rows[..])] {
+            for (how, r) in [("SFT", sft_rows), (m, &rows[..])] {
                 let c = curve(r, &name, np, &cfg.n_minus, vm);
                 t.push_row(
                     [name.clone(), np.to_string(), how.to_string()]
@@ -144,7 +153,7 @@ pub fn section(
         "drop rate per 100 negatives",
         "n½ (negatives to lose half the gain)",
     ]);
-    for (how, list) in [("SFT", sft), ("DPO", &dpo[..])] {
+    for (how, list) in [("SFT", sft), (m, &dpo[..])] {
         for s in list.iter().filter(|s| s.measure == vm) {
             let ci = |c: Option<crate::report::stats::MeanCi>| {
                 c.map(|c| fmt_ci(c.mean, c.half_width))
@@ -175,6 +184,7 @@ pub fn section(
     for base in &cfg.bases {
         claims.extend(base_claims(
             cfg,
+            m,
             &base.name(),
             sft,
             &dpo,

@@ -31,7 +31,7 @@ use crate::model::generate::GenConfig;
 use crate::model::TextTokenizer;
 use crate::report::stats::mean_ci95;
 use crate::score::{Sample, Scorer};
-use crate::train::objective::{DpoConfig, Method};
+
 use crate::train::schedule::Schedule;
 use crate::train::sft::StepLog;
 use crate::train::{train, TrainConfig, TrainRun};
@@ -493,11 +493,7 @@ pub(super) fn aligned(
             let pairs = draw(data.pairs, np, seed, ALIGN_STRIDE);
             let tc = TrainConfig {
                 lr: v.lr,
-                dpo: DpoConfig {
-                    method: Method::Dpo,
-                    dpo_beta: v.beta,
-                    ..DpoConfig::DEFAULT
-                },
+                dpo: v.objective(),
                 ..tc
             };
             let run = TrainRun {
