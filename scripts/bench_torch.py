@@ -22,12 +22,16 @@ Prints ONE JSON line:
   dpo_tok_s_eager, dpo_tok_s_sdpa          tokens/s (both answers) of DPO steps on batch pairs, as
                                            `elastica bench dpo` times them (below)
   sft_same_tok_s_eager, sft_same_tok_s_sdpa  the SFT step on those same 2*batch sequences
+  kto_tok_s_eager, kto_tok_s_sdpa          the KTO step on those pairs (below)
 
 One DPO step (sigmoid loss, beta 0.1): forward the chosen and the rejected answers as one batch
 of 2*batch sequences, each sequence's summed log-prob of its next tokens, loss = mean over pairs
 of -log sigmoid(beta * ((lp_c - ref_c) - (lp_r - ref_r))) with the reference log-probs computed
 once before timing (cached, as a DPO run does), backward, clip at 1, AdamW, zero_grad.
-`--only dpo` times just these two (the DPO row of BENCHMARKS.md).
+One KTO step: a no-grad forward over 2*batch mismatched sequences for z0 = max(0, mean of
+their log-prob minus the reference's), then the DPO step's forward with the loss the mean over
+the 2*batch answers of 1 - sigmoid(beta (r+ - z0)) and 1 - sigmoid(beta (z0 - r-)).
+`--only dpo` times just these three (the DPO rows of BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -139,21 +143,28 @@ def seq_logprobs(m, ids: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1).sum(-1)
 
 
-def bench_dpo(cfg, attn, pairs, steps, warmup, seed, beta=0.1) -> tuple[float, float]:
-    """tokens/s of DPO steps and of SFT steps on the same sequences (first half chosen)."""
+def bench_dpo(cfg, attn, pairs, mismatched, steps, warmup, seed, beta=0.1) -> tuple[float, float, float]:
+    """tokens/s of DPO steps, of SFT steps on the same sequences (first half chosen) and of KTO
+    steps (z0 from a no-grad forward over `mismatched`, then the KTO loss on the pairs)."""
     m = model(cfg, attn, seed)
     m.train()
     k = pairs.shape[0] // 2
     with torch.no_grad():
         ref = seq_logprobs(m, pairs)
+        ref_mismatched = seq_logprobs(m, mismatched)
     out = []
-    for dpo in (True, False):
+    for kind in ("dpo", "sft", "kto"):
         opt = torch.optim.AdamW(m.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.01)
 
         def step():
-            if dpo:
+            if kind == "dpo":
                 h = seq_logprobs(m, pairs) - ref
                 loss = -torch.nn.functional.logsigmoid(beta * (h[:k] - h[k:])).mean()
+            elif kind == "kto":
+                with torch.no_grad():
+                    z0 = (seq_logprobs(m, mismatched) - ref_mismatched).mean().clamp(min=0)
+                h = seq_logprobs(m, pairs) - ref
+                loss = torch.cat([1 - torch.sigmoid(beta * (h[:k] - z0)), 1 - torch.sigmoid(beta * (z0 - h[k:]))]).mean()
             else:
                 loss = m(input_ids=pairs, labels=pairs).loss
             loss.backward()
@@ -162,7 +173,7 @@ def bench_dpo(cfg, attn, pairs, steps, warmup, seed, beta=0.1) -> tuple[float, f
             opt.zero_grad(set_to_none=True)
 
         out.append(pairs.numel() * steps / timed(step, steps, warmup))
-    return out[0], out[1]
+    return out[0], out[1], out[2]
 
 
 def sgemm(m: int, k: int, n: int, min_s=0.5) -> float:
@@ -187,9 +198,11 @@ def main() -> None:
     r: dict = {"loadavg_1m_at_start": round(os.getloadavg()[0], 2)}
     if a.only == "dpo":
         pairs = torch.randint(3, cfg.vocab_size, (2 * a.batch, a.seq), generator=g)
+        mismatched = torch.randint(3, cfg.vocab_size, (2 * a.batch, a.seq), generator=g)
         for attn in ("eager", "sdpa"):
-            dpo, sft = bench_dpo(cfg, attn, pairs, a.steps, a.warmup, a.seed)
+            dpo, sft, kto = bench_dpo(cfg, attn, pairs, mismatched, a.steps, a.warmup, a.seed)
             r[f"dpo_tok_s_{attn}"], r[f"sft_same_tok_s_{attn}"] = round(dpo, 1), round(sft, 1)
+            r[f"kto_tok_s_{attn}"] = round(kto, 1)
         r["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         r.update(torch=torch.__version__, threads=torch.get_num_threads(), seq=a.seq, pairs=a.batch, steps=a.steps)
         print(json.dumps(r))

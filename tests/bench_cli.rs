@@ -64,6 +64,7 @@ fn bench_dpo_times_a_dpo_step_against_sft_on_the_same_sequences() {
     let rows = v["rows"].as_array().unwrap();
     assert_eq!(rows[0]["step"], "DPO");
     assert_eq!(rows[1]["step"], "SFT, same sequences");
+    assert_eq!(rows[2]["step"], "KTO");
     for r in rows {
         assert!(r["tok_s"].as_f64().unwrap() > 0.0, "{r}");
         assert!(r["cpu_s_per_step"].as_f64().unwrap() >= 0.0, "{r}");
@@ -76,4 +77,9 @@ fn bench_dpo_times_a_dpo_step_against_sft_on_the_same_sequences() {
     // loss is -log sigmoid(0) = ln 2: the reference log-probs line up with the pairs.
     let first = v["first_dpo_loss"].as_f64().unwrap();
     assert!((first - std::f64::consts::LN_2).abs() < 1e-4, "{first}");
+    assert_eq!(
+        rows[2]["torch_tok_s"],
+        serde_json::Value::Null,
+        "no KTO figure was given"
+    );
 }

@@ -13,7 +13,7 @@ use crate::model::generate::{generate, GenConfig};
 use crate::model::init::init_params;
 use crate::model::{Llama, ModelConfig};
 use crate::train::batch::Batch;
-use crate::train::objective::{DpoConfig, Method};
+use crate::train::objective::{DpoConfig, DpoLoss, Method};
 use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::sft::optimizer_step;
 use anyhow::{Context, Result};
@@ -851,25 +851,40 @@ fn lora_vs_full(a: &BenchArgs, cfg: &ModelConfig, params: crate::model::Params) 
     Ok(())
 }
 
+/// KTO's mismatched sequences and their cached reference log-probs, for [`dpo_step`].
+struct Mismatched<'a> {
+    batch: &'a Batch,
+    reference: &'a [f64],
+}
+
 /// One DPO step as `train --method dpo` takes it, on a batch whose first `ref_chosen.len()`
 /// sequences are the chosen answers and the rest the rejected ones: the policy's forward and
 /// backward on both (one backward, per-sequence weights), the reference log-probs given
-/// (cached), clipping at 1 and AdamW. Returns the mean DPO loss of the pairs.
+/// (cached), clipping at 1 and AdamW. Under KTO the step first runs the forward (no
+/// backward) over `kl`'s sequences for its reference point z0. Returns the mean loss.
 fn dpo_step(
     model: &Llama,
     b: &Batch,
-    ref_chosen: &[f64],
-    ref_rejected: &[f64],
+    (ref_chosen, ref_rejected): (&[f64], &[f64]),
+    kl: Option<&Mismatched<'_>>,
     dpo: &DpoConfig,
     opt: &mut AdamW,
 ) -> Result<f64> {
     let n = ref_chosen.len() as f64;
+    let z0 = match kl {
+        Some(k) => {
+            let nll = crate::train::dpo::seq_nll(model, k.batch)?;
+            let sum: f64 = nll.iter().zip(k.reference).map(|(x, r)| -x - r).sum();
+            (sum / nll.len() as f64).max(0.0)
+        }
+        None => 0.0,
+    };
     let mut loss = 0.0;
     let mut weigh = |nll: &[f64]| -> Result<Vec<f64>> {
         let refs = ref_chosen.iter().copied().zip(ref_rejected.iter().copied());
-        // The sigmoid loss reads summed log-probs: the lengths do not enter.
+        // The sigmoid and KTO losses read summed log-probs: the lengths do not enter.
         let lens = std::iter::repeat((1, 1));
-        let (w, terms) = crate::train::dpo::pair_weights(dpo, nll, refs, lens, n, 0.0);
+        let (w, terms) = crate::train::dpo::pair_weights(dpo, nll, refs, lens, n, z0);
         loss = terms.iter().map(|t| t.loss).sum::<f64>() / n;
         Ok(w)
     };
@@ -881,9 +896,10 @@ fn dpo_step(
 
 /// `bench dpo`: one DPO step on --batch pairs of random answers (reference log-probs
 /// computed once before timing, as `train --method dpo` caches them) against one SFT step
-/// on the same 2 x --batch sequences, all kernels on, each its fastest of --rounds rounds
-/// of --steps steps with its own AdamW; DPO runs first (peak RSS only grows). tok/s counts
-/// the tokens of both answers.
+/// on the same 2 x --batch sequences, then one KTO step (the DPO step plus a forward over
+/// 2 x --batch mismatched sequences for z0), all kernels on, each its fastest of --rounds
+/// rounds of --steps steps with its own AdamW; DPO runs first. tok/s counts the tokens of
+/// both answers (the trained ones).
 fn dpo_vs_sft(
     a: &BenchArgs,
     cfg: &ModelConfig,
@@ -899,10 +915,23 @@ fn dpo_vs_sft(
         .iter()
         .map(|nll| -nll)
         .collect();
-    let (ref_chosen, ref_rejected) = reference.split_at(a.batch);
+    let refs = reference.split_at(a.batch);
     let dpo = DpoConfig {
         method: Method::Dpo,
         ..DpoConfig::default()
+    };
+    let kto = DpoConfig {
+        dpo_loss: DpoLoss::Kto,
+        ..dpo.clone()
+    };
+    let mismatched = random_batch(a, 2 * a.batch, &mut rng)?;
+    let mismatched_ref: Vec<f64> = crate::train::dpo::seq_nll(&model, &mismatched)?
+        .iter()
+        .map(|nll| -nll)
+        .collect();
+    let kl = Mismatched {
+        batch: &mismatched,
+        reference: &mismatched_ref,
     };
     let tokens = 2 * a.batch * a.seq;
     println!(
@@ -919,12 +948,19 @@ fn dpo_vs_sft(
     println!("|---|---|---|---|---|---|");
     let mut first_loss = None;
     let mut rows = Vec::new();
-    for (label, is_dpo) in [("DPO", true), ("SFT, same sequences", false)] {
+    for (label, torch_key) in [
+        ("DPO", "dpo"),
+        ("SFT, same sequences", "sft_same"),
+        ("KTO", "kto"),
+    ] {
         let mut opt = bench_adamw();
         let m = with_kernels_on(a, tokens, || {
-            if is_dpo {
-                let loss = dpo_step(&model, &pairs, ref_chosen, ref_rejected, &dpo, &mut opt)?;
+            if torch_key == "dpo" {
+                let loss = dpo_step(&model, &pairs, refs, None, &dpo, &mut opt)?;
                 first_loss.get_or_insert(loss);
+            } else if torch_key == "kto" {
+                // The rows before trained the model, so this loss is not KTO's first (1/2).
+                dpo_step(&model, &pairs, refs, Some(&kl), &kto, &mut opt)?;
             } else {
                 let b = Batch {
                     ids: pairs.ids.clone(),
@@ -935,7 +971,6 @@ fn dpo_vs_sft(
             }
             Ok(())
         })?;
-        let torch_key = if is_dpo { "dpo" } else { "sft_same" };
         let torch_tok_s = torch_best(
             torch,
             &[
