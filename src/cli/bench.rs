@@ -935,8 +935,8 @@ fn dpo_vs_sft(
     };
     let tokens = 2 * a.batch * a.seq;
     println!(
-        "elastica bench dpo: {}, {} pairs ({} sequences) a step, f32, {} threads; DPO beta \
-         {}, sigmoid loss\n{}\n",
+        "elastica bench dpo: {}, {} pairs ({} sequences) a step, f32, {} threads; beta {}: \
+         DPO sigmoid loss, KTO (plus a forward over as many mismatched sequences)\n{}\n",
         model_line(a),
         a.batch,
         2 * a.batch,
