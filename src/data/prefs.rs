@@ -155,6 +155,14 @@ fn load_files(spec: &DataSpec, prefer: Option<Prefer>, files: Vec<PathBuf>) -> R
 }
 
 fn generic(o: &Object) -> Result<PrefRecord> {
+    if !o.contains_key("chosen") && o.contains_key("completion") && o.contains_key("label") {
+        bail!(
+            "this row is unpaired feedback {{\"prompt\", \"completion\", \"label\"}} (TRL's KTO \
+             format); elastica reads preference pairs {{\"prompt\", \"chosen\", \"rejected\"}}, \
+             and its KTO (--dpo-loss kto) scores each pair's chosen answer as desirable and its \
+             rejected one as undesirable: pair the rows per prompt"
+        );
+    }
     Ok(PrefRecord::new(
         str_field(o, "prompt")?,
         str_field(o, "chosen")?,
@@ -242,6 +250,14 @@ mod tests {
         skip.skip_bad_rows = true;
         let ds = load(&skip, None).unwrap();
         assert_eq!((ds.records.len(), ds.read.skipped_bad), (1, 1));
+        // TRL's unpaired KTO rows are named as such, with what to do.
+        let unpaired = serde_json::json!({"prompt": "p", "completion": "a", "label": true});
+        let path = write(d.path(), "kto.jsonl", &[unpaired]);
+        let e = err(&DataSpec::new(&path, "jsonl"), None);
+        assert!(
+            e.contains("kto.jsonl") && e.contains("line 1") && e.contains("TRL's KTO format"),
+            "{e}"
+        );
         let e = err(&DataSpec::new(&path, "beavertails"), None);
         assert!(e.contains("unknown preference schema"), "{e}");
     }
