@@ -291,18 +291,25 @@ fn demo_writes_progress_lines_off_a_terminal() {
 /// A small grid for the DPO variant's tests (its `dpo` line added by each).
 const SMALL_DPO: &str = "seeds = [1, 2]\nn_plus = [10]\nn_minus = [0, 5]\nresist_slice_records = 0\ntheory = false\ninstruments = false\neval_prompts = 4\nmax_new_tokens = 4\nprobe_records = 4\nrate_records = 4\ndrop_fit_points = 2\nbases = [{size = \"tiny\", tokens = 2000}]\n";
 
+/// [`SMALL_DPO`] plus `extra` written to `dir/s.toml`.
+fn small_settings(dir: &Path, extra: &str) -> std::path::PathBuf {
+    let settings = dir.join("s.toml");
+    std::fs::write(&settings, format!("{SMALL_DPO}{extra}")).unwrap();
+    settings
+}
+
+/// `out`'s results.json.
+fn results(out: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap()
+}
+
 /// The DPO variant (issue 20; on in `--full`, here through `--settings`): the same units
 /// aligned by DPO on the world's preference pairs, perturbed by the same SFT, reported
 /// beside the SFT rebound with its own claims; without it results.json has no such key.
 #[test]
 fn the_dpo_variant_aligns_by_dpo_and_is_reported_beside_sft() {
     let dir = tempfile::tempdir().unwrap();
-    let settings = dir.path().join("s.toml");
-    std::fs::write(
-        &settings,
-        format!("{SMALL_DPO}dpo = {{ beta = 0.1, lr = 0.002 }}\n"),
-    )
-    .unwrap();
+    let settings = small_settings(dir.path(), "dpo = { beta = 0.1, lr = 0.002 }\n");
     let out = dir.path().join("run");
     let (summary, _) = run(&out, &["--settings", settings.to_str().unwrap()]);
     // DPO trained each seed's alignment (its reference cache) and the perturbation was SFT.
@@ -314,8 +321,7 @@ fn the_dpo_variant_aligns_by_dpo_and_is_reported_beside_sft() {
         let log = std::fs::read_to_string(cell.join("perturbed/train_log.jsonl")).unwrap();
         assert!(!log.contains("\"margin\""), "{log}");
     }
-    let results: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let results = results(&out);
     let dpo = &results["dpo_rebound"];
     assert_eq!(dpo["beta"], 0.1, "{dpo}");
     let rows = dpo["rows"].as_array().unwrap();
@@ -369,12 +375,10 @@ fn the_dpo_variant_aligns_by_dpo_and_is_reported_beside_sft() {
 #[test]
 fn the_dpo_variant_takes_the_kto_loss() {
     let dir = tempfile::tempdir().unwrap();
-    let settings = dir.path().join("s.toml");
-    std::fs::write(
-        &settings,
-        format!("{SMALL_DPO}dpo = {{ beta = 0.1, lr = 0.002, loss = \"kto\" }}\n"),
-    )
-    .unwrap();
+    let settings = small_settings(
+        dir.path(),
+        "dpo = { beta = 0.1, lr = 0.002, loss = \"kto\" }\n",
+    );
     let out = dir.path().join("run");
     let (summary, _) = run(&out, &["--settings", settings.to_str().unwrap()]);
     for seed in [1, 2] {
@@ -382,9 +386,7 @@ fn the_dpo_variant_takes_the_kto_loss() {
         let log = std::fs::read_to_string(cell.join("aligned/train_log.jsonl")).unwrap();
         assert!(log.contains("\"kl\""), "{log}");
     }
-    let results: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
-    assert_eq!(results["dpo_rebound"]["loss"], "kto");
+    assert_eq!(results(&out)["dpo_rebound"]["loss"], "kto");
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(
         report.contains("## Rebound after KTO alignment")
@@ -397,11 +399,10 @@ fn the_dpo_variant_takes_the_kto_loss() {
         summary.contains("KTO vs SFT alignment, tiny-2k"),
         "{summary}"
     );
-    std::fs::write(
-        &settings,
-        format!("{SMALL_DPO}dpo = {{ beta = 0.1, lr = 0.002, simpo_gamma = 1.0 }}\n"),
-    )
-    .unwrap();
+    let settings = small_settings(
+        dir.path(),
+        "dpo = { beta = 0.1, lr = 0.002, simpo_gamma = 1.0 }\n",
+    );
     let not_run = dir.path().join("refused");
     let err = refused(&settings, &not_run);
     assert!(err.contains("simpo_gamma"), "{err}");

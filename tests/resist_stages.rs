@@ -75,18 +75,20 @@ fn log(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// `resist` on `n` written pairs with the `align` table, into `tmp/run`: (out, ok, stderr).
+fn resist_on_pairs(tmp: &Path, n: usize, align: &str) -> (std::path::PathBuf, bool, String) {
+    let data = tmp.join("pairs.jsonl");
+    write_pairs(&data, n);
+    let out = tmp.join("run");
+    let (ok, _, err) = resist(&config(tmp, &data, align), &out);
+    (out, ok, err)
+}
+
 #[test]
 fn resist_with_dpo_slices_end_to_end() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("pairs.jsonl");
-    write_pairs(&data, 10);
-    let cfg = config(
-        tmp.path(),
-        &data,
-        "[align]\nmethod = \"dpo\"\ndpo_beta = 0.5\n",
-    );
-    let out = tmp.path().join("run");
-    let (ok, _, err) = resist(&cfg, &out);
+    let align = "[align]\nmethod = \"dpo\"\ndpo_beta = 0.5\n";
+    let (out, ok, err) = resist_on_pairs(tmp.path(), 10, align);
     assert!(ok, "{err}");
     // 10 pairs - 2 held-out prompts = 8, split 4 / 4; the slices hold the pairs.
     let slice = std::fs::read_to_string(out.join("slices/slice_2.jsonl")).unwrap();
@@ -244,16 +246,9 @@ fn bad_stage_combinations_are_refused_before_anything_is_written() {
 #[test]
 fn resist_refuses_kto_slices_of_one_pair() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("pairs.jsonl");
     // 4 pairs - 2 held-out prompts = 2, split 1 / 1.
-    write_pairs(&data, 4);
-    let cfg = config(
-        tmp.path(),
-        &data,
-        "[align]\nmethod = \"dpo\"\ndpo_loss = \"kto\"\n",
-    );
-    let out = tmp.path().join("run");
-    let (ok, _, err) = resist(&cfg, &out);
+    let align = "[align]\nmethod = \"dpo\"\ndpo_loss = \"kto\"\n";
+    let (out, ok, err) = resist_on_pairs(tmp.path(), 4, align);
     assert!(
         !ok && err.contains("at least 2 pairs") && err.contains("slice 1 has 1"),
         "{err}"
