@@ -2,17 +2,19 @@
 //! The same bases, seeds, n+ and n- grid as the rebound section, the alignment by DPO on
 //! preference pairs instead of SFT on positive reviews, the perturbation the same SFT on the
 //! same negatives. Per (base, n+) the verdict measure's curve beside the SFT one; the DPO
-//! rebound strength (the same drop rate and n½); and per base three claims on per-seed
+//! rebound strength (the same drop rate and n½); and per base four claims on per-seed
 //! values: DPO alignment raises the measure (a control), negatives lower it after DPO
-//! alignment (the rebound), and the drop rate DPO minus SFT, paired by seed. The paper
-//! predicts rebound after any alignment method but no direction for the difference, so that
-//! line says "faster", "slower" or "cannot tell" from its interval alone.
+//! alignment (the rebound), and the drop rate and n½ DPO minus SFT, paired by seed (the drop
+//! rate is absolute, n½ relative to each model's own gain). The paper predicts rebound after
+//! any alignment method but no direction for the differences, so those lines say "faster",
+//! "slower" (more or fewer negatives for n½) or "cannot tell" from their intervals alone.
+//! The variant's loss may be any of `train --dpo-loss`'s; the lines then name the method.
 
 use super::config::{DemoConfig, DpoVariant};
 use super::rebound::ReboundRow;
 use super::rebound_report::{
-    claim, curve, drop_rates, gains, label, paired, per_seed, seed_curve, seeds_of, strengths,
-    Claim, Strength,
+    claim, curve, drop_rates, gains, half_lives, label, paired, per_seed, seed_curve, seeds_of,
+    strengths, Claim, Strength,
 };
 use super::BaseScore;
 use crate::report::stats::{Effect, Verdict};
@@ -91,6 +93,27 @@ fn base_claims(
             text: format!(
                 "- {m} vs SFT alignment, {name} (drop rate of the {vm} per 100 negatives, {m} \
                  minus SFT, paired by seed; no predicted direction): {}{} -> {word}",
+                effect.describe(3),
+                effect.power_phrase("seed", 3),
+            ),
+            effect,
+        });
+    }
+    // The drop rate is absolute, and the methods' gains differ; n½ is relative to each
+    // model's own gain, so it says whether the faster drop is more than a larger gain.
+    let diff = paired(&half_lives(cfg, sft, name), &half_lives(cfg, dpo, name));
+    if let Some(effect) = Effect::of(&diff, true) {
+        let word = match effect.verdict {
+            Verdict::Held => format!("{m}-aligned models need more negatives to lose half"),
+            Verdict::Reversed => format!("{m}-aligned models need fewer negatives to lose half"),
+            Verdict::Undecided => "cannot tell".into(),
+        };
+        out.push(Claim {
+            name: format!("{m} vs SFT half-life, {name}"),
+            text: format!(
+                "- {m} vs SFT half-life, {name} (n½, the negatives that undo half the alignment \
+                 gain of the {vm}, {m} minus SFT, paired by seed over the seeds that reached it; \
+                 no predicted direction): {}{} -> {word}",
                 effect.describe(3),
                 effect.power_phrase("seed", 3),
             ),

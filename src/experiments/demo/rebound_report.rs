@@ -605,6 +605,19 @@ pub(super) fn drop_rates(cfg: &DemoConfig, strengths: &[Strength], base: &str) -
     })
 }
 
+/// Per seed, the negatives that undid half the alignment gain of the verdict measure on
+/// `base`, averaged over n+ (seeds that reached it at every n+).
+pub(super) fn half_lives(cfg: &DemoConfig, strengths: &[Strength], base: &str) -> Vec<(u64, f64)> {
+    let vm = cfg.rebound_measure.as_str();
+    per_seed(cfg, |np| {
+        strengths
+            .iter()
+            .find(|s| s.base == base && s.n_plus == np && s.measure == vm)
+            .map(|s| s.n_half.clone())
+            .unwrap_or_default()
+    })
+}
+
 /// The paper's scaling claims on the drop rate of the verdict measure, paired by seed.
 fn scaling_claims(cfg: &DemoConfig, strengths: &[Strength]) -> Vec<Claim> {
     let vm = cfg.rebound_measure.as_str();
