@@ -81,46 +81,51 @@ fn base_claims(
             3,
         ));
     }
-    let diff = paired(&drop_rates(cfg, sft, name), &drop_rates(cfg, dpo, name));
-    if let Some(effect) = Effect::of(&diff, true) {
-        let word = match effect.verdict {
-            Verdict::Held => format!("{m}-aligned models rebound faster"),
-            Verdict::Reversed => format!("{m}-aligned models rebound slower"),
-            Verdict::Undecided => "cannot tell".into(),
-        };
-        out.push(Claim {
-            name: format!("{m} vs SFT alignment, {name}"),
-            text: format!(
-                "- {m} vs SFT alignment, {name} (drop rate of the {vm} per 100 negatives, {m} \
-                 minus SFT, paired by seed; no predicted direction): {}{} -> {word}",
-                effect.describe(3),
-                effect.power_phrase("seed", 3),
-            ),
-            effect,
-        });
-    }
+    out.extend(versus_sft(
+        &format!("{m} vs SFT alignment, {name}"),
+        &format!("drop rate of the {vm} per 100 negatives, {m} minus SFT, paired by seed"),
+        &paired(&drop_rates(cfg, sft, name), &drop_rates(cfg, dpo, name)),
+        [
+            format!("{m}-aligned models rebound faster"),
+            format!("{m}-aligned models rebound slower"),
+        ],
+    ));
     // The drop rate is absolute, and the methods' gains differ; n½ is relative to each
     // model's own gain, so it says whether the faster drop is more than a larger gain.
-    let diff = paired(&half_lives(cfg, sft, name), &half_lives(cfg, dpo, name));
-    if let Some(effect) = Effect::of(&diff, true) {
-        let word = match effect.verdict {
-            Verdict::Held => format!("{m}-aligned models need more negatives to lose half"),
-            Verdict::Reversed => format!("{m}-aligned models need fewer negatives to lose half"),
-            Verdict::Undecided => "cannot tell".into(),
-        };
-        out.push(Claim {
-            name: format!("{m} vs SFT half-life, {name}"),
-            text: format!(
-                "- {m} vs SFT half-life, {name} (n½, the negatives that undo half the alignment \
-                 gain of the {vm}, {m} minus SFT, paired by seed over the seeds that reached it; \
-                 no predicted direction): {}{} -> {word}",
-                effect.describe(3),
-                effect.power_phrase("seed", 3),
-            ),
-            effect,
-        });
-    }
+    out.extend(versus_sft(
+        &format!("{m} vs SFT half-life, {name}"),
+        &format!(
+            "n½, the negatives that undo half the alignment gain of the {vm}, {m} minus SFT, \
+             paired by seed over the seeds that reached it"
+        ),
+        &paired(&half_lives(cfg, sft, name), &half_lives(cfg, dpo, name)),
+        [
+            format!("{m}-aligned models need more negatives to lose half"),
+            format!("{m}-aligned models need fewer negatives to lose half"),
+        ],
+    ));
     out
+}
+
+/// A comparison with SFT that the paper gives no direction: `diffs` (method minus SFT), its
+/// verdict worded by `words` (what a positive, then a negative difference means).
+fn versus_sft(name: &str, what: &str, diffs: &[f64], words: [String; 2]) -> Option<Claim> {
+    let effect = Effect::of(diffs, true)?;
+    let [more, less] = words;
+    let word = match effect.verdict {
+        Verdict::Held => more,
+        Verdict::Reversed => less,
+        Verdict::Undecided => "cannot tell".into(),
+    };
+    Some(Claim {
+        name: name.to_string(),
+        text: format!(
+            "- {name} ({what}; no predicted direction): {}{} -> {word}",
+            effect.describe(3),
+            effect.power_phrase("seed", 3),
+        ),
+        effect,
+    })
 }
 
 /// The section's Markdown and claim lines, and its outcome; `sft_rows` and `sft` are the

@@ -595,25 +595,28 @@ fn controls(cfg: &DemoConfig, rows: &[ReboundRow], base_scores: &[BaseScore]) ->
 
 /// The per-seed drop rates of the verdict measure of `base`, averaged over n+.
 pub(super) fn drop_rates(cfg: &DemoConfig, strengths: &[Strength], base: &str) -> Vec<(u64, f64)> {
-    let vm = cfg.rebound_measure.as_str();
-    per_seed(cfg, |np| {
-        strengths
-            .iter()
-            .find(|s| s.base == base && s.n_plus == np && s.measure == vm)
-            .map(|s| s.drop_rate.clone())
-            .unwrap_or_default()
-    })
+    per_seed_of(cfg, strengths, base, |s| &s.drop_rate)
 }
 
 /// Per seed, the negatives that undid half the alignment gain of the verdict measure on
 /// `base`, averaged over n+ (seeds that reached it at every n+).
 pub(super) fn half_lives(cfg: &DemoConfig, strengths: &[Strength], base: &str) -> Vec<(u64, f64)> {
+    per_seed_of(cfg, strengths, base, |s| &s.n_half)
+}
+
+/// One per-seed field of the verdict measure's strengths on `base`, averaged over n+.
+fn per_seed_of(
+    cfg: &DemoConfig,
+    strengths: &[Strength],
+    base: &str,
+    field: fn(&Strength) -> &Vec<(u64, f64)>,
+) -> Vec<(u64, f64)> {
     let vm = cfg.rebound_measure.as_str();
     per_seed(cfg, |np| {
         strengths
             .iter()
             .find(|s| s.base == base && s.n_plus == np && s.measure == vm)
-            .map(|s| s.n_half.clone())
+            .map(|s| field(s).clone())
             .unwrap_or_default()
     })
 }
