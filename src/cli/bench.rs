@@ -874,8 +874,8 @@ fn dpo_step(
     let z0 = match kl {
         Some(k) => {
             let nll = crate::train::dpo::seq_nll(model, k.batch)?;
-            let sum: f64 = nll.iter().zip(k.reference).map(|(x, r)| -x - r).sum();
-            (sum / nll.len() as f64).max(0.0)
+            let policy: Vec<f64> = nll.iter().map(|x| -x).collect();
+            crate::train::dpo::kto_z0(&policy, k.reference)?
         }
         None => 0.0,
     };

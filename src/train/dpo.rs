@@ -359,12 +359,19 @@ fn reference_point(
     batch_size: usize,
 ) -> Result<f64> {
     let (c, r) = pair_logps(model, (&p.kl_chosen, &p.kl_rejected), idx, batch_size)?;
-    let sum: f64 = idx
+    let reference: Vec<f64> = idx
         .iter()
-        .zip(c.iter().zip(&r))
-        .map(|(&i, (c, r))| (c - refs.kl_chosen[i]) + (r - refs.kl_rejected[i]))
-        .sum();
-    let z0 = sum / (2 * idx.len()) as f64;
+        .map(|&i| refs.kl_chosen[i])
+        .chain(idx.iter().map(|&i| refs.kl_rejected[i]))
+        .collect();
+    kto_z0(&[c, r].concat(), &reference)
+}
+
+/// KTO's z0 from the policy's and the reference's log-probs of the same mismatched
+/// sequences: their mean difference, floored at 0 (a non-finite mean is an error, not 0).
+pub fn kto_z0(policy: &[f64], reference: &[f64]) -> Result<f64> {
+    let sum: f64 = policy.iter().zip(reference).map(|(p, r)| p - r).sum();
+    let z0 = sum / policy.len() as f64;
     if !z0.is_finite() {
         bail!("KTO's reference point (the KL estimate) is {z0} (not finite); lower the learning rate or check the weights and data");
     }
@@ -749,6 +756,16 @@ mod tests {
         assert!((t.loss - want).abs() < 1e-15, "{} vs {want}", t.loss);
         let far = pair_terms(&kto, -4000.0, 4000.0, 0.0);
         assert!((far.loss - 1.0).abs() < 1e-15 && far.d_nll_chosen == 0.0);
+    }
+
+    /// z0 is the mean log-prob gain over the reference, floored at 0; a NaN is refused, not
+    /// floored (f64::max would turn it into 0).
+    #[test]
+    fn kto_z0_is_the_floored_mean_and_refuses_nan() {
+        assert_eq!(kto_z0(&[-1.0, -2.0], &[-3.0, -2.0]).unwrap(), 1.0);
+        assert_eq!(kto_z0(&[-4.0, -2.0], &[-3.0, -2.0]).unwrap(), 0.0);
+        let e = kto_z0(&[f64::NAN, -2.0], &[-3.0, -2.0]).unwrap_err();
+        assert!(e.to_string().contains("not finite"), "{e}");
     }
 
     /// SimPO's weights are the derivatives of the mean loss in each sequence's summed NLL,
