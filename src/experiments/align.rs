@@ -112,16 +112,20 @@ impl AlignSpec {
     pub fn describe_preference(&self, data: &str, reference: &str) -> String {
         match self.dpo_loss {
             DpoLoss::Simpo => format!(
-                "SimPO on {data} (beta {}, gamma {}; no reference model)",
-                self.dpo_beta, self.simpo_gamma
+                "{} on {data} (beta {}, gamma {}; no reference model)",
+                self.dpo_loss.method_name(),
+                self.dpo_beta,
+                self.simpo_gamma
             ),
             DpoLoss::Kto => format!(
-                "KTO on the answers of {data} taken one by one (beta {}; chosen desirable, \
+                "{} on the answers of {data} taken one by one (beta {}; chosen desirable, \
                  rejected undesirable; the reference is {reference})",
+                self.dpo_loss.method_name(),
                 self.dpo_beta
             ),
             DpoLoss::Sigmoid | DpoLoss::Ipo => format!(
-                "DPO on {data} (beta {}, {} loss; the reference is {reference})",
+                "{} on {data} (beta {}, {} loss; the reference is {reference})",
+                self.dpo_loss.method_name(),
                 self.dpo_beta,
                 self.dpo_loss.name()
             ),

@@ -50,6 +50,16 @@ impl DpoLoss {
             DpoLoss::Kto => "kto",
         }
     }
+
+    /// The alignment method the loss makes, as reports name it: DPO (sigmoid or IPO loss),
+    /// SimPO or KTO.
+    pub fn method_name(self) -> &'static str {
+        match self {
+            DpoLoss::Sigmoid | DpoLoss::Ipo => "DPO",
+            DpoLoss::Simpo => "SimPO",
+            DpoLoss::Kto => "KTO",
+        }
+    }
 }
 
 /// The objective and DPO's settings (`train --method dpo --dpo-beta 0.1 --dpo-loss sigmoid`).

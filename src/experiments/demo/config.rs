@@ -117,11 +117,7 @@ impl DpoVariant {
 
     /// The method's name in the report: DPO (sigmoid or IPO loss), SimPO or KTO.
     pub fn method_name(&self) -> &'static str {
-        match self.loss {
-            DpoLoss::Sigmoid | DpoLoss::Ipo => "DPO",
-            DpoLoss::Simpo => "SimPO",
-            DpoLoss::Kto => "KTO",
-        }
+        self.loss.method_name()
     }
 
     /// The loss and its settings, for the report ("sigmoid loss, β 0.1").
