@@ -948,26 +948,30 @@ fn dpo_vs_sft(
     println!("|---|---|---|---|---|---|");
     let mut first_loss = None;
     let mut rows = Vec::new();
-    for (label, torch_key) in [
-        ("DPO", "dpo"),
-        ("SFT, same sequences", "sft_same"),
-        ("KTO", "kto"),
-    ] {
+    // Each row: its label, PyTorch's key, and the preference objective (None: SFT).
+    let steps = [
+        ("DPO", "dpo", Some((&dpo, None))),
+        ("SFT, same sequences", "sft_same", None),
+        ("KTO", "kto", Some((&kto, Some(&kl)))),
+    ];
+    for (label, torch_key, preference) in steps {
         let mut opt = bench_adamw();
         let m = with_kernels_on(a, tokens, || {
-            if torch_key == "dpo" {
-                let loss = dpo_step(&model, &pairs, refs, None, &dpo, &mut opt)?;
-                first_loss.get_or_insert(loss);
-            } else if torch_key == "kto" {
-                // The rows before trained the model, so this loss is not KTO's first (1/2).
-                dpo_step(&model, &pairs, refs, Some(&kl), &kto, &mut opt)?;
-            } else {
-                let b = Batch {
-                    ids: pairs.ids.clone(),
-                    targets: pairs.targets.clone(),
-                    ..pairs
-                };
-                optimizer_step(&model, &[b], &mut opt, 1e-4, 1.0)?;
+            match preference {
+                Some((objective, mismatched)) => {
+                    let loss = dpo_step(&model, &pairs, refs, mismatched, objective, &mut opt)?;
+                    // DPO runs first, so this keeps its loss; later rows start from a model
+                    // the rows before trained (KTO's loss there is not its first-step 1/2).
+                    first_loss.get_or_insert(loss);
+                }
+                None => {
+                    let b = Batch {
+                        ids: pairs.ids.clone(),
+                        targets: pairs.targets.clone(),
+                        ..pairs
+                    };
+                    optimizer_step(&model, &[b], &mut opt, 1e-4, 1.0)?;
+                }
             }
             Ok(())
         })?;

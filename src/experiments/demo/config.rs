@@ -115,11 +115,6 @@ impl DpoVariant {
         }
     }
 
-    /// The method's name in the report: DPO (sigmoid or IPO loss), SimPO or KTO.
-    pub fn method_name(&self) -> &'static str {
-        self.loss.method_name()
-    }
-
     /// The loss and its settings, for the report ("sigmoid loss, β 0.1").
     pub fn describe_loss(&self) -> String {
         match self.loss {

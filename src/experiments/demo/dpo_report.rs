@@ -141,7 +141,7 @@ pub fn section(
         anyhow::bail!("internal: the DPO section without DPO settings");
     };
     let vm = cfg.rebound_measure.as_str();
-    let m = v.method_name();
+    let m = v.loss.method_name();
     let reference = match v.loss {
         DpoLoss::Simpo => "no reference model",
         _ => "the reference the pre-trained model",

@@ -714,7 +714,7 @@ fn settings_section(cfg: &DemoConfig, pretrain_tokens: &[(String, usize)]) -> St
     if let Some(d) = &cfg.dpo {
         md.push_str(&format!(
             "- DPO variant: alignment by {} ({}, lr {} constant, batch {} pairs, 1 epoch) on n+ preference pairs, perturbation as above\n",
-            d.method_name(), d.describe_loss().replace('β', "beta").replace('γ', "gamma"), d.lr, cfg.batch_size
+            d.loss.method_name(), d.describe_loss().replace('β', "beta").replace('γ', "gamma"), d.lr, cfg.batch_size
         ));
     }
     for a in &cfg.ablation {
