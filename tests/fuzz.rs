@@ -9,6 +9,7 @@
 //! thread); and it writes nothing (the input directory is unchanged afterwards).
 //!
 //! Inputs fuzzed: safetensors weights, a sharded model's index, config.json, tokenizer.json,
+//! a PEFT (DoRA) adapter's adapter_model.safetensors and adapter_config.json,
 //! JSONL / BeaverTails JSONL / Alpaca JSON / IMDb parquet data, compressed files (also with
 //! their checksums recomputed after the mutation, so the decoder itself sees garbage), grid
 //! manifests and cell result files. `ELASTICA_FUZZ_CASES` sets the cases per input
@@ -466,6 +467,62 @@ fn fuzz_tokenizer_json() {
             t.decode(&ids, false)?;
             Ok(())
         },
+    );
+}
+
+/// A PEFT DoRA adapter (tests/fixtures/lora/peft-llama-dora) in `dir`, read against
+/// tiny-llama's config and folded into its weights.
+fn load_adapter(dir: &Path) -> anyhow::Result<()> {
+    let base = elastica::model::checkpoint::load_model(
+        fixture("models/tiny-llama").to_str().unwrap(),
+        &candle_core::Device::Cpu,
+    )?;
+    elastica::model::lora::PeftAdapter::load(dir, &base.model.cfg)?.merged(&base.model.params)?;
+    Ok(())
+}
+
+fn adapter_dir(dir: &Path) {
+    for f in ["adapter_config.json", "adapter_model.safetensors"] {
+        std::fs::copy(fixture("lora/peft-llama-dora").join(f), dir.join(f)).unwrap();
+    }
+}
+
+#[test]
+fn fuzz_adapter_safetensors() {
+    let tmp = tempfile::tempdir().unwrap();
+    adapter_dir(tmp.path());
+    let seed = std::fs::read(tmp.path().join("adapter_model.safetensors")).unwrap();
+    let header = u64::from_le_bytes(seed[..8].try_into().unwrap()) as usize + 8;
+    let base = std::fs::metadata(fixture("models/tiny-llama/model.safetensors"))
+        .unwrap()
+        .len() as usize;
+    fuzz(
+        "adapter-safetensors",
+        tmp.path(),
+        "adapter_model.safetensors",
+        &seed,
+        header,
+        move |n| FIXED + 4 * (n + base),
+        load_adapter,
+    );
+}
+
+#[test]
+fn fuzz_adapter_config_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    adapter_dir(tmp.path());
+    let seed = std::fs::read(tmp.path().join("adapter_config.json")).unwrap();
+    let base = std::fs::metadata(fixture("models/tiny-llama/model.safetensors"))
+        .unwrap()
+        .len() as usize;
+    fuzz(
+        "adapter-config",
+        tmp.path(),
+        "adapter_config.json",
+        &seed,
+        seed.len(),
+        move |n| FIXED + 4 * (n + base),
+        load_adapter,
     );
 }
 

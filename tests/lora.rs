@@ -766,3 +766,169 @@ fn compress_decompress_and_rates_take_an_adapter() {
         "the adapter did not change the rate: {a} vs {b}"
     );
 }
+
+/// The DoRA fixtures' expectations (`scripts/make_dora_fixture.py`).
+fn dora_expected() -> serde_json::Value {
+    common::read_json(&fixtures().join("lora/dora.json"))
+}
+
+const DORA_FIXTURES: [&str; 2] = ["peft-llama-dora", "peft-qwen2-dora"];
+
+#[test]
+fn dora_adapters_score_as_transformers_plus_peft_folded_into_the_weights() {
+    let (ids, targets) = ids_and_targets();
+    for name in DORA_FIXTURES {
+        let want = dora_expected()["nll_sum"][name].as_f64().unwrap();
+        let base = fixtures()
+            .join("models")
+            .join(dora_expected()["base"][name].as_str().unwrap());
+        let base = base.to_str().unwrap();
+        let dir = fixtures().join("lora").join(name);
+        let lm = elastica::model::adapted::load_model_with(base, Some(&dir), &Device::Cpu).unwrap();
+        assert!(lm.model.adapter().is_none(), "{name}: DoRA is folded in");
+        let fused = scoring_nll(&lm.model, &ids, &targets).unwrap();
+        let graph = nll_sum(&lm.model.forward(&ids).unwrap(), &targets)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        for (path, got) in [("fused", fused), ("graph", graph)] {
+            assert!(
+                (got - want).abs() <= 1e-5 * want.abs(),
+                "{name} ({path}): elastica {got} vs transformers+peft {want}"
+            );
+        }
+        // The magnitudes matter: the same A and B as plain LoRA score otherwise.
+        let plain = load_model(base, &Device::Cpu).unwrap();
+        let cfg = plain.model.cfg.clone();
+        let elastica::model::lora::PeftAdapter::Dora(dora) =
+            elastica::model::lora::PeftAdapter::load(&dir, &cfg).unwrap()
+        else {
+            panic!("{name} read as plain LoRA")
+        };
+        assert_eq!(dora.magnitudes.len() * 2, dora.lora.params.iter().count());
+        let as_lora = attach(plain, dora.lora).unwrap();
+        let lora_only = scoring_nll(&as_lora.model, &ids, &targets).unwrap();
+        assert!(
+            (lora_only - want).abs() > 1e-2,
+            "{name}: the magnitudes had no effect"
+        );
+    }
+}
+
+#[test]
+fn dora_adapters_evaluate_merge_and_generate_through_the_cli_but_do_not_train() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = fixtures().join("sft/data.jsonl");
+    let data = data.to_str().unwrap();
+    let base = fixtures().join("models/tiny-qwen2");
+    let base = base.to_str().unwrap();
+    let adapter = fixtures().join("lora/peft-qwen2-dora");
+    let on_the_fly = eval_loss_cli(data, base, Some(&adapter));
+    assert!((on_the_fly - eval_loss_cli(data, base, None)).abs() > 1e-3);
+    merge_equals_on_the_fly(base, &adapter, &dir.path().join("merged"), data, on_the_fly);
+    let (ok, stdout, err) = common::elastica(&[
+        "generate",
+        "--model",
+        base,
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--prompt",
+        "hello",
+        "--max-new-tokens",
+        "4",
+    ]);
+    assert!(ok && !stdout.trim().is_empty(), "{err}");
+    // Training one is refused before anything is written, naming where it loads instead.
+    let out = dir.path().join("train");
+    let (ok, _, err) = common::elastica(&[
+        "train",
+        "--model",
+        base,
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--data",
+        data,
+        "--out",
+        out.to_str().unwrap(),
+        "--max-steps",
+        "1",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("DoRA")
+            && err.contains("elastica merge")
+            && err.contains("adapter_config.json"),
+        "{err}"
+    );
+    assert!(!out.exists(), "a refused run wrote {}", out.display());
+}
+
+#[test]
+fn broken_dora_adapters_are_refused_naming_the_file_and_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = fixtures().join("models/tiny-llama");
+    let src = fixtures().join("lora/peft-llama-dora");
+    let weights = src.join("adapter_model.safetensors");
+    let key = "base_model.model.model.layers.1.mlp.up_proj.lora_magnitude_vector";
+    type Edit<'a> = &'a dyn Fn(&mut serde_json::Value, &mut Vec<(String, Tensor)>);
+    let cases: [(&str, Edit, &str); 4] = [
+        (
+            "flag-off",
+            &|c, _| c["use_dora"] = false.into(),
+            "does not set use_dora = true",
+        ),
+        (
+            "no-magnitude",
+            &|_, t| t.retain(|(k, _)| !k.contains("magnitude")),
+            "holds no lora_magnitude_vector",
+        ),
+        (
+            "one-missing",
+            &|_, t| t.retain(|(k, _)| k != key),
+            "\"model.layers.1.mlp.up_proj\" has lora_A / lora_B but no lora_magnitude_vector",
+        ),
+        (
+            "shape",
+            &|_, t| {
+                for (k, v) in t.iter_mut() {
+                    if k == key {
+                        *v = v.narrow(0, 0, 3).unwrap();
+                    }
+                }
+            },
+            "has shape [3], expected [",
+        ),
+    ];
+    for (name, edit, word) in cases {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let mut c: serde_json::Value = common::read_json(&src.join("adapter_config.json"));
+        let mut t: Vec<(String, Tensor)> = candle_core::safetensors::load(&weights, &Device::Cpu)
+            .unwrap()
+            .into_iter()
+            .collect();
+        edit(&mut c, &mut t);
+        std::fs::write(d.join("adapter_config.json"), c.to_string()).unwrap();
+        candle_core::safetensors::save(
+            &t.into_iter().collect::<std::collections::HashMap<_, _>>(),
+            d.join("adapter_model.safetensors"),
+        )
+        .unwrap();
+        let (ok, _, err) = common::elastica(&[
+            "eval-loss",
+            "--model",
+            base.to_str().unwrap(),
+            "--adapter",
+            d.to_str().unwrap(),
+            "--data",
+            fixtures().join("sft/data.jsonl").to_str().unwrap(),
+        ]);
+        assert!(!ok, "{name} was accepted");
+        assert!(
+            err.contains(word) && err.contains("adapter_"),
+            "{name}: {err}"
+        );
+    }
+}

@@ -13,8 +13,8 @@ pub struct GenerateArgs {
     /// Model directory or `org/name` in the offline HF cache.
     #[arg(long)]
     pub model: String,
-    /// A LoRA adapter (PEFT's format: adapter_config.json, adapter_model.safetensors) on
-    /// top of --model.
+    /// A LoRA or DoRA adapter (PEFT's format: adapter_config.json,
+    /// adapter_model.safetensors) on top of --model.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
     /// One prompt; the response is printed.

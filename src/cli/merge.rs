@@ -1,8 +1,9 @@
 //! `elastica merge`: a base model with a LoRA adapter folded in (W + s * B A on every adapted
-//! projection), written as a plain HF checkpoint that any command (or transformers) loads
-//! without the adapter. Each file is written atomically and durably.
+//! projection; a DoRA adapter's m / ||W + s B A||_row (W + s B A)), written as a plain HF
+//! checkpoint that any command (or transformers) loads without the adapter. Each file is written atomically and durably.
 
-use crate::model::adapted::{load_model_with, save_merged};
+use crate::model::adapted::save_with_merged;
+use crate::model::checkpoint::load_model;
 use anyhow::{bail, Result};
 use candle_core::Device;
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ pub struct MergeArgs {
     /// Base model: a directory in the HF layout, or `org/name` in the offline HF cache.
     #[arg(long)]
     pub model: String,
-    /// The LoRA adapter directory (PEFT's format: adapter_config.json,
+    /// The LoRA or DoRA adapter directory (PEFT's format: adapter_config.json,
     /// adapter_model.safetensors).
     #[arg(long)]
     pub adapter: PathBuf,
@@ -25,14 +26,14 @@ pub struct MergeArgs {
 }
 
 pub fn run(a: MergeArgs) -> Result<()> {
-    let lm = load_model_with(&a.model, Some(&a.adapter), &Device::Cpu)?;
+    let lm = load_model(&a.model, &Device::Cpu)?;
     if a.out == lm.dir {
         bail!(
             "--out {} is the base model's own directory; give another one",
             a.out.display()
         );
     }
-    save_merged(&lm, &a.out, a.save_dtype.as_deref())?;
+    save_with_merged(&lm, &a.adapter, &a.out, a.save_dtype.as_deref())?;
     println!(
         "{}",
         serde_json::json!({"out": a.out, "model": a.model, "adapter": a.adapter})

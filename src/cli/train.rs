@@ -32,7 +32,7 @@ pub struct TrainArgs {
     #[arg(long, required_unless_present = "init", conflicts_with = "init")]
     pub model: Option<String>,
     /// A LoRA adapter directory (PEFT's format) on top of --model: training continues this
-    /// adapter (the LoRA flags default to its own settings).
+    /// adapter (the LoRA flags default to its own settings; a DoRA adapter is refused: merge it).
     #[arg(long, requires = "model")]
     pub adapter: Option<PathBuf>,
     /// Train from scratch from this config.json (random init, seeded by --seed).
@@ -114,17 +114,6 @@ pub fn run(a: TrainArgs) -> Result<()> {
     if cfg.dpo.method == Method::Sft && a.prefer.is_some() {
         bail!("--prefer chooses between preference labels; it applies to --method dpo only");
     }
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("cannot create output directory {}", a.out.display()))?;
-    let lock_path = a.out.join(LOCK_FILE);
-    let Some(_lock) = crate::util::fsx::try_lock(&lock_path)? else {
-        bail!(
-            "another elastica process is training into {} (it holds {}); wait for it to \
-             finish or stop it, or give another --out",
-            a.out.display(),
-            lock_path.display()
-        );
-    };
     let (records, pairs) = match cfg.dpo.method {
         Method::Sft => {
             let data = load_data(&spec)?;
@@ -142,6 +131,19 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let base_name = a.model.clone().unwrap_or_default();
     let (lm, lora) = crate::model::adapted::for_training(lm, &cfg.lora, cfg.seed, &base_name)?;
     let cfg = TrainConfig { lora, ..cfg };
+    // --out is created only now, so a run refused for its data, model or adapter leaves
+    // nothing behind.
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create output directory {}", a.out.display()))?;
+    let lock_path = a.out.join(LOCK_FILE);
+    let Some(_lock) = crate::util::fsx::try_lock(&lock_path)? else {
+        bail!(
+            "another elastica process is training into {} (it holds {}); wait for it to \
+             finish or stop it, or give another --out",
+            a.out.display(),
+            lock_path.display()
+        );
+    };
     if !choice.is_default_cpu() {
         return on_backend(&a, &cfg, lm, &records, &pairs);
     }
@@ -200,7 +202,7 @@ fn load_start(a: &TrainArgs, seed: u64, fused: bool) -> Result<LoadedModel> {
                 let config = dir.join("config.json");
                 ModelConfig::from_file(&config)?.check_training_fits(&config)?;
             }
-            crate::model::adapted::load_model_with(m, a.adapter.as_deref(), &dev)
+            crate::model::adapted::load_model_to_train(m, a.adapter.as_deref(), &dev)
         }
         (None, Some(init)) => {
             let Some(tok) = &a.tokenizer else {

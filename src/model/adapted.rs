@@ -1,24 +1,54 @@
 //! A base model with a LoRA adapter (`model::lora`): loading one for `--model M --adapter
-//! DIR`, preparing one for training, and merging it into a plain checkpoint. Kept apart from
+//! DIR` (a DoRA adapter folded in), preparing one for training, and merging it into a plain
+//! checkpoint. Kept apart from
 //! `lora` so that the decoder (which applies an adapter) does not depend on checkpoint I/O.
 
 use super::checkpoint::LoadedModel;
-use super::lora::{Adapter, LoraConfig};
+use super::lora::{Adapter, DoraAdapter, LoraConfig, PeftAdapter};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use std::path::Path;
 
 /// Load `spec` (a model directory or `org/name` in the offline HF cache) with the adapter in
-/// `adapter` on top, if given: what every command's `--model M --adapter DIR` loads.
+/// `adapter` on top, if given, to evaluate: what `eval-loss`, `generate`, `compress` and
+/// `rates` load for `--model M --adapter DIR`. A LoRA adapter is applied on the fly; a DoRA
+/// adapter is folded into the weights (see [`DoraAdapter`]), so the model carries none.
 pub fn load_model_with(spec: &str, adapter: Option<&Path>, device: &Device) -> Result<LoadedModel> {
+    let lm = super::checkpoint::load_model(spec, device)?;
+    let Some(dir) = adapter else {
+        return Ok(lm);
+    };
+    match PeftAdapter::load(dir, &lm.model.cfg)? {
+        PeftAdapter::Lora(a) => attach(lm, a),
+        PeftAdapter::Dora(d) => fold(lm, &d),
+    }
+}
+
+/// Load `spec` with the adapter in `adapter` on top, if given, to train further: a LoRA
+/// adapter only (a DoRA adapter is refused, naming where it loads instead).
+pub fn load_model_to_train(
+    spec: &str,
+    adapter: Option<&Path>,
+    device: &Device,
+) -> Result<LoadedModel> {
     let lm = super::checkpoint::load_model(spec, device)?;
     match adapter {
         None => Ok(lm),
         Some(dir) => {
-            let adapter = Adapter::load(dir, &lm.model.cfg)?;
-            attach(lm, adapter)
+            let a = Adapter::load(dir, &lm.model.cfg)?;
+            attach(lm, a)
         }
     }
+}
+
+/// `lm` with a DoRA adapter folded into its weights.
+fn fold(lm: LoadedModel, dora: &DoraAdapter) -> Result<LoadedModel> {
+    let params = dora.merged(&lm.model.params)?;
+    Ok(LoadedModel {
+        model: super::Llama::new(lm.model.cfg.clone(), params, lm.model.device())?,
+        tokenizer: lm.tokenizer,
+        dir: lm.dir,
+    })
 }
 
 /// Refuse to train `model` with `cfg` when the two disagree: LoRA settings without an
@@ -118,6 +148,22 @@ pub fn save_merged(lm: &LoadedModel, out: &Path, dtype: Option<&str>) -> Result<
         .adapter()
         .context("the model has no adapter to merge")?;
     let merged = adapter.merged(&lm.model.params)?;
+    let model = super::Llama::new(lm.model.cfg.clone(), merged, lm.model.device())?;
+    super::checkpoint::save_model(&model, &lm.dir, out, dtype)
+}
+
+/// Write the base `lm` (no adapter on it) with the adapter in `adapter` merged in, LoRA or
+/// DoRA, as an HF checkpoint in `out` (the base's dtype unless `dtype` is given).
+pub fn save_with_merged(
+    lm: &LoadedModel,
+    adapter: &Path,
+    out: &Path,
+    dtype: Option<&str>,
+) -> Result<()> {
+    if lm.model.adapter().is_some() {
+        bail!("the model already carries an adapter; merge from the base alone");
+    }
+    let merged = PeftAdapter::load(adapter, &lm.model.cfg)?.merged(&lm.model.params)?;
     let model = super::Llama::new(lm.model.cfg.clone(), merged, lm.model.device())?;
     super::checkpoint::save_model(&model, &lm.dir, out, dtype)
 }

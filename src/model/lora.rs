@@ -9,10 +9,11 @@
 //! `base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight` (PEFT also wrote
 //! `.lora_A.default.weight` in some versions; both are read). Inside elastica the adapter's
 //! tensors are named without the `base_model.model.` prefix, next to the weight they adapt.
-//! What PEFT can express but elastica does not compute (DoRA, trained biases, extra trained
+//! What PEFT can express but elastica does not compute (trained biases, extra trained
 //! modules, adapters on embeddings or the LM head) is refused by name; `layers_to_transform`
 //! and the per-module `rank_pattern` / `alpha_pattern` ([`PeftLayout`]) are read and written
-//! back.
+//! back. A DoRA adapter ([`DoraAdapter`], `use_dora`) is read for evaluation only: it is
+//! folded into the base weights, which is exactly PEFT's DoRA forward outside training.
 
 use super::config::ModelConfig;
 use super::params::{proj_module, proj_shape, Params};
@@ -21,7 +22,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 /// The projections an adapter may sit on (every projection of a layer).
@@ -363,8 +364,81 @@ impl Adapter {
         Ok(())
     }
 
-    /// Read an adapter directory PEFT (or elastica) wrote, checked against `model`.
+    /// Read a LoRA adapter directory PEFT (or elastica) wrote, checked against `model`, to
+    /// apply on the fly or train further. A DoRA adapter is refused here, with where it loads.
     pub fn load(dir: &Path, model: &ModelConfig) -> Result<Adapter> {
+        match PeftAdapter::load(dir, model)? {
+            PeftAdapter::Lora(a) => Ok(a),
+            PeftAdapter::Dora(_) => bail!(
+                "{} is a DoRA adapter (use_dora = true): elastica evaluates one folded into \
+                 the base weights (--adapter in eval-loss, generate, compress and rates; \
+                 elastica merge), but does not train one or apply it on the fly; merge it \
+                 first (elastica merge) and use the merged model",
+                dir.join(CONFIG_FILE).display()
+            ),
+        }
+    }
+}
+
+/// A DoRA adapter (Liu et al. 2024; PEFT's `use_dora = true`): LoRA's A and B plus a learned
+/// magnitude m (one value per output row) on each adapted projection. Outside training PEFT
+/// computes `m / ||W + s B A||_row * (W + s B A) x` (the norm of each output row, held
+/// constant), so the adapter folds exactly into the base weights.
+#[derive(Clone)]
+pub struct DoraAdapter {
+    /// The directions' low-rank update (A, B, scales, layout), as a LoRA adapter.
+    pub lora: Adapter,
+    /// `model.layers.{l}.{block}.{proj}` -> m, shape (out,).
+    pub magnitudes: BTreeMap<String, Tensor>,
+}
+
+impl DoraAdapter {
+    /// The base weights with the adapter folded in: each adapted projection becomes
+    /// `diag(m / ||W + s B A||_row) (W + s B A)`; every other tensor is copied.
+    pub fn merged(&self, base: &Params) -> Result<Params> {
+        let mut entries = Vec::new();
+        for (name, var) in base.iter() {
+            let module = name.strip_suffix(".weight").unwrap_or(name);
+            let t = match (self.lora.pair(module)?, self.magnitudes.get(module)) {
+                (Some((a, b)), Some(m)) => {
+                    let w = (var.as_tensor() + (b.matmul(&a)? * self.lora.scale_of(module)?)?)?;
+                    let norm = w.sqr()?.sum_keepdim(1)?.sqrt()?;
+                    let scale = m.unsqueeze(1)?.broadcast_div(&norm)?;
+                    // A zero row of W + s B A has no direction to scale.
+                    if let Some(x) = super::tensor_file::non_finite(&scale)? {
+                        bail!(
+                            "DoRA on \"{module}\": m / ||W + s B A|| is {x} (a row of W + s B A \
+                             is zero or overflows)"
+                        );
+                    }
+                    w.broadcast_mul(&scale)?
+                }
+                _ => var.as_tensor().copy()?,
+            };
+            entries.push((name.clone(), Var::from_tensor(&t)?));
+        }
+        Ok(Params::new(entries))
+    }
+}
+
+/// An adapter directory as PEFT wrote it: plain LoRA or DoRA.
+#[derive(Clone)]
+pub enum PeftAdapter {
+    Lora(Adapter),
+    Dora(DoraAdapter),
+}
+
+impl PeftAdapter {
+    /// The base weights with the adapter merged in (W + s B A for LoRA; DoRA's fold).
+    pub fn merged(&self, base: &Params) -> Result<Params> {
+        match self {
+            PeftAdapter::Lora(a) => a.merged(base),
+            PeftAdapter::Dora(d) => d.merged(base),
+        }
+    }
+
+    /// Read an adapter directory PEFT (or elastica) wrote, checked against `model`.
+    pub fn load(dir: &Path, model: &ModelConfig) -> Result<PeftAdapter> {
         let cfg_path = dir.join(CONFIG_FILE);
         let text = std::fs::read_to_string(&cfg_path).with_context(|| {
             format!(
@@ -416,6 +490,31 @@ impl Adapter {
                 cfg_path.display(),
                 model.num_hidden_layers
             );
+        }
+        // DoRA's magnitudes, by module, apart from the A / B pairs.
+        let mag_names: Vec<String> = by_name
+            .keys()
+            .filter(|n| n.ends_with(MAGNITUDE))
+            .cloned()
+            .collect();
+        let mut magnitudes = BTreeMap::new();
+        for n in mag_names {
+            let t = by_name.remove(&n).expect("listed above");
+            magnitudes.insert(n.trim_end_matches(MAGNITUDE).to_string(), t);
+        }
+        match (peft.dora, magnitudes.is_empty()) {
+            (true, true) => bail!(
+                "{}: use_dora = true, but {} holds no lora_magnitude_vector",
+                cfg_path.display(),
+                weights.display()
+            ),
+            (false, false) => bail!(
+                "{} holds DoRA magnitudes (lora_magnitude_vector), but {} does not set \
+                 use_dora = true",
+                weights.display(),
+                cfg_path.display()
+            ),
+            _ => {}
         }
         // Order: layer, then projection, then A before B; every A has its B.
         let mut entries = Vec::new();
@@ -473,9 +572,45 @@ impl Adapter {
             seed: 0,
         };
         adapter.check_fits(model, &weights)?;
-        Ok(adapter)
+        if !peft.dora {
+            return Ok(PeftAdapter::Lora(adapter));
+        }
+        for (module, m) in &magnitudes {
+            let proj = module.rsplit('.').next().unwrap_or("");
+            let (out, _) = proj_shape(model, proj);
+            if adapter.pair(module)?.is_none() {
+                bail!(
+                    "{}: \"{module}{MAGNITUDE}\" has no lora_A / lora_B beside it",
+                    weights.display()
+                );
+            }
+            if m.dims() != [out] {
+                bail!(
+                    "{}: \"{module}{MAGNITUDE}\" has shape {:?}, expected [{out}]",
+                    weights.display(),
+                    m.dims()
+                );
+            }
+        }
+        let adapted: Vec<&str> = adapter
+            .params
+            .iter()
+            .filter_map(|(n, _)| split_name(n).map(|(m, _)| m))
+            .collect();
+        if let Some(m) = adapted.iter().find(|m| !magnitudes.contains_key(**m)) {
+            bail!(
+                "{}: \"{m}\" has lora_A / lora_B but no lora_magnitude_vector (use_dora = true)",
+                weights.display()
+            );
+        }
+        Ok(PeftAdapter::Dora(DoraAdapter {
+            lora: adapter,
+            magnitudes,
+        }))
     }
+}
 
+impl Adapter {
     /// Write the adapter in PEFT's format into `dir` (created if needed): each file atomic
     /// and durable, the config last.
     pub fn save(&self, dir: &Path) -> Result<()> {
@@ -556,8 +691,16 @@ fn internal_name(key: &str) -> Result<String> {
     let rest = rest
         .replace(".lora_A.default.weight", ".lora_A.weight")
         .replace(".lora_B.default.weight", ".lora_B.weight");
-    if rest.contains("lora_magnitude_vector") {
-        bail!("DoRA (use_dora) is not supported");
+    // DoRA's magnitude: `{module}.lora_magnitude_vector` as PEFT saves it, also with
+    // `.weight` / `.default.weight` (the parameter's own name in the model).
+    if let Some(at) = rest.find(MAGNITUDE) {
+        let module = &rest[..at];
+        let tail = &rest[at + MAGNITUDE.len()..];
+        if !matches!(tail, "" | ".weight" | ".default.weight" | ".default") {
+            bail!("unexpected DoRA tensor name");
+        }
+        projection_module(module)?;
+        return Ok(format!("{module}{MAGNITUDE}"));
     }
     if rest.contains("lora_embedding_") {
         bail!("adapters on embeddings are not supported");
@@ -568,16 +711,27 @@ fn internal_name(key: &str) -> Result<String> {
              extras are not)"
         );
     };
+    projection_module(module)?;
+    Ok(rest)
+}
+
+/// Refuse a module that is not one of the decoder's projections.
+fn projection_module(module: &str) -> Result<()> {
     let proj = module.rsplit('.').next().unwrap_or("");
     let block = module.rsplit('.').nth(1).unwrap_or("");
     if !PROJECTIONS.iter().any(|(b, p)| *p == proj && *b == block) {
         bail!("adapters on \"{module}\" are not supported (only the decoder's projections)");
     }
-    Ok(rest)
+    Ok(())
 }
+
+/// The suffix of DoRA's magnitude tensor (inside elastica: `{module}.lora_magnitude_vector`).
+const MAGNITUDE: &str = ".lora_magnitude_vector";
 
 /// The fields of PEFT's `adapter_config.json` elastica reads, with what it refuses.
 struct PeftConfig {
+    /// `use_dora`: the adapter also holds DoRA's magnitudes.
+    dora: bool,
     r: usize,
     alpha: f64,
     dropout: f64,
@@ -644,7 +798,7 @@ impl PeftConfig {
             }
         }
         let flag = |k: &str| get(k).and_then(|x| x.as_bool()).unwrap_or(false);
-        for k in ["use_dora", "fan_in_fan_out", "lora_bias", "use_qalora"] {
+        for k in ["fan_in_fan_out", "lora_bias", "use_qalora"] {
             if flag(k) {
                 bail!("{k} = true is not supported");
             }
@@ -718,6 +872,7 @@ impl PeftConfig {
         })
         .transpose()?;
         Ok(PeftConfig {
+            dora: flag("use_dora"),
             r,
             alpha,
             dropout,
@@ -751,10 +906,23 @@ mod tests {
             internal_name(k).unwrap(),
             "model.layers.0.self_attn.q_proj.lora_A.weight"
         );
+        // DoRA's magnitude, in each of the names PEFT has used.
+        for tail in ["", ".weight", ".default.weight"] {
+            let k =
+                format!("base_model.model.model.layers.1.mlp.up_proj.lora_magnitude_vector{tail}");
+            assert_eq!(
+                internal_name(&k).unwrap(),
+                "model.layers.1.mlp.up_proj.lora_magnitude_vector"
+            );
+        }
         for (k, why) in [
             (
-                "base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector",
-                "DoRA",
+                "base_model.model.model.layers.0.self_attn.q_proj.lora_magnitude_vector.x",
+                "unexpected DoRA tensor",
+            ),
+            (
+                "base_model.model.model.embed_tokens.lora_magnitude_vector",
+                "not supported",
             ),
             ("base_model.model.lm_head.lora_A.weight", "not supported"),
             (
@@ -773,8 +941,12 @@ mod tests {
             "target_modules":"all-linear","task_type":"CAUSAL_LM"});
         let ok = PeftConfig::from_json(&base).unwrap();
         assert_eq!((ok.r, ok.alpha, ok.rslora), (4, 8.0, false));
+        assert!(!ok.dora);
+        let mut dora = base.clone();
+        dora["use_dora"] = true.into();
+        assert!(PeftConfig::from_json(&dora).unwrap().dora);
         for (k, v) in [
-            ("use_dora", serde_json::json!(true)),
+            ("fan_in_fan_out", serde_json::json!(true)),
             ("bias", serde_json::json!("all")),
             ("modules_to_save", serde_json::json!(["lm_head"])),
             ("rank_pattern", serde_json::json!({"q_proj": 0})),
