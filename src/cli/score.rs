@@ -73,14 +73,21 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     let scorer = build(&spec, &Device::Cpu).context("cannot build the scorer")?;
     let samples: Vec<Sample<'_>> = records
         .iter()
-        .map(|r| match r {
-            Record::Pair { prompt, response } => Sample { prompt, response },
-            Record::Text { text } => Sample {
+        .enumerate()
+        .map(|(i, r)| match r {
+            Record::Pair { prompt, response } => Ok(Sample { prompt, response }),
+            Record::Text { text } => Ok(Sample {
                 prompt: "",
                 response: text,
-            },
+            }),
+            Record::Chat { .. } => Err(anyhow::anyhow!(
+                "{}: record {} is a conversation; score reads {{\"prompt\", \"response\"}} \
+                 or {{\"text\"}} records",
+                a.data.display(),
+                i + 1
+            )),
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let pb = crate::util::progress::bar(samples.len() as u64, "score");
     let mut scores = Vec::with_capacity(samples.len());
     for chunk in samples.chunks(a.batch_size) {

@@ -73,6 +73,10 @@ impl ScoredSequence {
         let (context, target) = match record {
             Record::Pair { prompt, response } => (tok.encode(prompt)?, response),
             Record::Text { text } => (Vec::new(), text),
+            Record::Chat { .. } => bail!(
+                "a conversation record has no raw text: compression rates read \
+                 {{\"prompt\", \"response\"}} or {{\"text\"}} records"
+            ),
         };
         let mut targets = tok.encode(target)?;
         targets.extend_from_slice(&eos);

@@ -1,11 +1,14 @@
 //! Preference pairs for DPO: a prompt with a chosen and a rejected answer. Read from a
 //! [`DataSpec`] (a file, a directory of shards, or a hub data set id in the offline cache,
 //! with `files`, `limit`, `offset`, `shuffle_seed` and `skip_bad_rows` as for SFT records) in
-//! one of three schemas:
+//! one of four schemas:
 //! - `jsonl` (generic): `{"prompt", "chosen", "rejected"}` objects;
 //! - `pku-saferlhf`: PKU-SafeRLHF rows (`prompt`, `response_0`, `response_1`,
 //!   `safer_response_id`, `better_response_id`); `prefer = "safer" | "better"` picks which id
 //!   names the chosen answer;
+//! - `conversation`: TRL's conversational pairs, `chosen` and `rejected` lists of
+//!   `{"role", "content"}` messages with or without a `prompt` list (UltraFeedback binarized),
+//!   rendered by the chat template;
 //! - `hh-rlhf`: Anthropic HH-RLHF rows, `chosen` and `rejected` as whole dialogues of
 //!   `\n\nHuman:` / `\n\nAssistant:` turns, split at the last `\n\nAssistant:` into the prompt
 //!   (the dialogue up to and including that marker) and the two answers. A row whose two
@@ -13,6 +16,7 @@
 //!
 //! Errors name the file and the row.
 
+use crate::data::records::{messages_from_json, Message, Record, ASSISTANT};
 use crate::data::rows::{self, Object};
 use crate::data::schemas::{str_field, DataSpec, ReadCounts, Select};
 use crate::data::template::Template;
@@ -26,9 +30,15 @@ use std::path::PathBuf;
 /// One preference pair.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PrefRecord {
+    /// The prompt; for a conversational pair, the content of its last user turn (what logs
+    /// and generation prompts show), the turns themselves being in `context`.
     pub prompt: String,
     pub chosen: String,
     pub rejected: String,
+    /// A conversational pair: the turns the two answers (assistant turns) follow, rendered
+    /// by the chat template as [`Record::Chat`] is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<Vec<Message>>,
 }
 
 impl PrefRecord {
@@ -37,6 +47,16 @@ impl PrefRecord {
             prompt: prompt.into(),
             chosen: chosen.into(),
             rejected: rejected.into(),
+            context: None,
+        }
+    }
+
+    /// The training record of this pair's prompt answered by `answer` (one of its answers,
+    /// or, for KTO's mismatched sequences, another pair's).
+    pub fn record(&self, answer: &str) -> Record {
+        match &self.context {
+            Some(turns) => Record::chat(turns, answer),
+            None => Record::pair(self.prompt.clone(), answer),
         }
     }
 }
@@ -52,13 +72,15 @@ pub enum Prefer {
 }
 
 /// The preference schemas, in the order listings show them.
-pub const PREF_SCHEMAS: &[&str] = &["jsonl", "pku-saferlhf", "hh-rlhf"];
+pub const PREF_SCHEMAS: &[&str] = &["jsonl", "pku-saferlhf", "hh-rlhf", "conversation"];
 
 /// The template pairs of `schema` are trained with when none is set: HH-RLHF's prompts are
-/// already whole dialogues (raw); the others get the safe-rlhf template, as SFT records do.
+/// already whole dialogues (raw); conversations get the model's chat template; the others get
+/// the safe-rlhf template, as SFT records do.
 pub fn default_template(schema: &str) -> Template {
     match schema {
         "hh-rlhf" => Template::Raw,
+        "conversation" => Template::Chat,
         _ => Template::SafeRlhf,
     }
 }
@@ -94,6 +116,7 @@ fn parser(schema: &str, prefer: Option<Prefer>) -> Result<Box<Parse>> {
              of safer_response_id / better_response_id names the chosen answer"
         ),
         ("hh-rlhf", None) => Box::new(hh),
+        ("conversation", None) => Box::new(conversation),
         (s, Some(_)) if PREF_SCHEMAS.contains(&s) => {
             bail!("prefer (--prefer) applies to schema \"pku-saferlhf\" only, not \"{s}\"")
         }
@@ -163,6 +186,16 @@ fn generic(o: &Object) -> Result<PrefRecord> {
              rejected one as undesirable: pair the rows per prompt"
         );
     }
+    if ["prompt", "chosen", "rejected"]
+        .iter()
+        .any(|k| o.get(*k).is_some_and(|v| v.is_array()))
+    {
+        bail!(
+            "this row is a conversational pair (lists of {{\"role\", \"content\"}} messages); \
+             read it with schema \"conversation\" (--schema conversation), which renders it \
+             with the model's chat template"
+        );
+    }
     Ok(PrefRecord::new(
         str_field(o, "prompt")?,
         str_field(o, "chosen")?,
@@ -187,16 +220,75 @@ fn pku(o: &Object, prefer: Prefer) -> Result<PrefRecord> {
     Ok(PrefRecord::new(str_field(o, "prompt")?, chosen, rejected))
 }
 
+/// TRL's conversational preference rows: `chosen` and `rejected` lists of messages, with an
+/// explicit `prompt` list (each answer then one assistant turn), or without one (implicit
+/// prompt: the turns the two lists share, as TRL's `extract_prompt`; a string `prompt`
+/// beside conversational answers, as in UltraFeedback binarized, is ignored as TRL does).
+fn conversation(o: &Object) -> Result<PrefRecord> {
+    let list = |k: &str| -> Result<Vec<Message>> {
+        match o.get(k) {
+            None | Some(serde_json::Value::Null) => bail!("field \"{k}\" is missing"),
+            Some(v) => messages_from_json(v, k),
+        }
+    };
+    let (mut chosen, mut rejected) = (list("chosen")?, list("rejected")?);
+    let context = match o.get("prompt") {
+        Some(p) if p.is_array() => messages_from_json(p, "prompt")?,
+        _ => {
+            let shared = chosen
+                .iter()
+                .zip(&rejected)
+                .take_while(|(c, r)| c == r)
+                .count();
+            if shared == chosen.len() || shared == rejected.len() {
+                bail!(
+                    "the \"chosen\" and \"rejected\" conversations do not differ after the \
+                     turns they share, so there are no two answers to compare"
+                );
+            }
+            rejected.drain(..shared);
+            chosen.drain(..shared).collect()
+        }
+    };
+    let answer = |turns: Vec<Message>, k: &str| -> Result<String> {
+        match <[Message; 1]>::try_from(turns) {
+            Ok([m]) if m.role == ASSISTANT => Ok(m.content),
+            Ok([m]) => bail!(
+                "the \"{k}\" answer is a \"{}\" turn, not an \"assistant\" one",
+                m.role
+            ),
+            Err(t) => bail!(
+                "the \"{k}\" answer is {} turns after the prompt; a pair compares one \
+                 \"assistant\" turn each",
+                t.len()
+            ),
+        }
+    };
+    let (chosen, rejected) = (answer(chosen, "chosen")?, answer(rejected, "rejected")?);
+    let prompt = context
+        .iter()
+        .rev()
+        .find(|m| m.role == "user")
+        .map(|m| m.content.clone())
+        .unwrap_or_default();
+    Ok(PrefRecord {
+        prompt,
+        chosen,
+        rejected,
+        context: Some(context),
+    })
+}
+
 /// The marker of an assistant turn in HH-RLHF dialogues.
-const ASSISTANT: &str = "\n\nAssistant:";
+const HH_ASSISTANT: &str = "\n\nAssistant:";
 
 fn hh(o: &Object) -> Result<PrefRecord> {
     let split = |key: &str| -> Result<(String, String)> {
         let text = str_field(o, key)?;
-        let at = text.rfind(ASSISTANT).with_context(|| {
+        let at = text.rfind(HH_ASSISTANT).with_context(|| {
             format!("field \"{key}\" has no \"\\n\\nAssistant:\" turn to split at")
         })?;
-        let cut = at + ASSISTANT.len();
+        let cut = at + HH_ASSISTANT.len();
         Ok((text[..cut].to_string(), text[cut..].to_string()))
     };
     let (pc, chosen) = split("chosen")?;
@@ -211,6 +303,7 @@ fn hh(o: &Object) -> Result<PrefRecord> {
         prompt: pc,
         chosen,
         rejected,
+        context: None,
     })
 }
 
@@ -322,6 +415,71 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn conversational_pairs_with_an_implicit_or_explicit_prompt() {
+        let d = tempfile::tempdir().unwrap();
+        let m = |role: &str, content: &str| serde_json::json!({"role": role, "content": content});
+        let (u, a) = (|c: &str| m("user", c), |c: &str| m("assistant", c));
+        // UltraFeedback binarized: a string prompt beside whole conversations (ignored, as
+        // TRL does: the shared turns are the prompt).
+        let implicit = serde_json::json!({"prompt": "q", "chosen": [u("q"), a("good")],
+            "rejected": [u("q"), a("bad")], "score_chosen": 9.0});
+        let explicit = serde_json::json!({"prompt": [m("system", "s"), u("q2")],
+            "chosen": [a("yes")], "rejected": [a("no")]});
+        let path = write(d.path(), "c.jsonl", &[implicit, explicit]);
+        let ds = load(&DataSpec::new(&path, "conversation"), None).unwrap();
+        let msg = |r: &str, c: &str| Message::new(r, c);
+        assert_eq!(ds.records[0].context, Some(vec![msg("user", "q")]));
+        assert_eq!(
+            (ds.records[0].prompt.as_str(), ds.records[0].chosen.as_str()),
+            ("q", "good")
+        );
+        assert_eq!(
+            ds.records[1].context,
+            Some(vec![msg("system", "s"), msg("user", "q2")])
+        );
+        assert_eq!(
+            ds.records[1].record("no"),
+            Record::Chat {
+                messages: vec![
+                    msg("system", "s"),
+                    msg("user", "q2"),
+                    msg("assistant", "no")
+                ]
+            }
+        );
+        assert_eq!(default_template("conversation"), Template::Chat);
+        for (row, want) in [
+            (
+                serde_json::json!({"chosen": [u("q"), a("x")], "rejected": [u("q"), a("x")]}),
+                "do not differ",
+            ),
+            (
+                serde_json::json!({"chosen": [u("q"), a("x"), u("more")],
+                    "rejected": [u("q"), a("y")]}),
+                "the \"chosen\" answer is 2 turns",
+            ),
+            (
+                serde_json::json!({"prompt": [u("q")], "chosen": [u("x")], "rejected": [a("y")]}),
+                "is a \"user\" turn",
+            ),
+            (
+                serde_json::json!({"chosen": [u("q")]}),
+                "\"rejected\" is missing",
+            ),
+        ] {
+            let path = write(d.path(), "bad.jsonl", &[row]);
+            let e = err(&DataSpec::new(&path, "conversation"), None);
+            assert!(
+                e.contains("bad.jsonl") && e.contains("line 1") && e.contains(want),
+                "{want}: {e}"
+            );
+        }
+        // The generic schema names conversational rows and the schema that reads them.
+        let e = err(&DataSpec::new(&path, "jsonl"), None);
+        assert!(e.contains("--schema conversation"), "{e}");
     }
 
     #[test]

@@ -1,11 +1,33 @@
-//! SFT records. A record is either a prompt/response pair (the loss counts on the response and
-//! its EOS only) or a plain text (the loss counts on every token). On disk: JSONL, one object a
-//! line, `{"prompt": ..., "response": ...}` or `{"text": ...}`.
+//! SFT records. A record is a prompt/response pair (the loss counts on the response and its
+//! EOS only), a plain text (the loss counts on every token), or a conversation (TRL's
+//! conversational format: the loss counts on its last message, an assistant turn, rendered by
+//! the model's chat template). On disk: JSONL, one object a line, `{"prompt": ...,
+//! "response": ...}`, `{"text": ...}` or `{"messages": [{"role", "content"}, ...]}`.
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::io::BufRead;
 use std::path::Path;
+
+/// One turn of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// `system`, `user`, `assistant` (or whatever roles the chat template knows).
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: &str) -> Self {
+        Message {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// The role of the turn a conversation record trains on.
+pub const ASSISTANT: &str = "assistant";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -14,6 +36,11 @@ pub enum Record {
     Pair { prompt: String, response: String },
     /// Every token counts (pre-training style).
     Text { text: String },
+    /// A conversation whose last message is an assistant turn: the chat template renders the
+    /// turns before it (with the generation prompt) as the masked prompt, and the loss counts
+    /// on what the template adds for the last turn (its content and end-of-turn text), as
+    /// TRL's conversational prompt-completion does.
+    Chat { messages: Vec<Message> },
 }
 
 impl Record {
@@ -25,6 +52,29 @@ impl Record {
     }
     pub fn text(text: impl Into<String>) -> Self {
         Record::Text { text: text.into() }
+    }
+    /// A pair's prompt; a text and a conversation have none (a conversation's prompt is its
+    /// turns, which only the chat template turns into text).
+    pub fn prompt(&self) -> Option<&str> {
+        match self {
+            Record::Pair { prompt, .. } => Some(prompt),
+            Record::Text { .. } | Record::Chat { .. } => None,
+        }
+    }
+    /// The record as one text without a template: the text, or the prompt then the response;
+    /// a conversation has none.
+    pub fn plain_text(&self) -> Option<String> {
+        match self {
+            Record::Text { text } => Some(text.clone()),
+            Record::Pair { prompt, response } => Some(format!("{prompt}{response}")),
+            Record::Chat { .. } => None,
+        }
+    }
+    /// The conversation `context` answered by the assistant with `answer`.
+    pub fn chat(context: &[Message], answer: &str) -> Self {
+        let mut messages = context.to_vec();
+        messages.push(Message::new(ASSISTANT, answer));
+        Record::Chat { messages }
     }
 }
 
@@ -57,7 +107,8 @@ pub fn parse_record(line: &str) -> Result<Record> {
 }
 
 /// A [`Record`] from a parsed JSON value: an object with string fields `prompt`+`response`
-/// or `text`.
+/// or `text`. Conversational rows (lists of messages) are named, with the schema that reads
+/// them.
 pub fn record_from_json(v: &serde_json::Value) -> Result<Record> {
     let Some(obj) = v.as_object() else {
         bail!(
@@ -65,6 +116,16 @@ pub fn record_from_json(v: &serde_json::Value) -> Result<Record> {
             kind(v)
         );
     };
+    if ["messages", "prompt", "completion"]
+        .iter()
+        .any(|k| obj.get(*k).is_some_and(|x| x.is_array()))
+    {
+        bail!(
+            "this row is a conversation (lists of {{\"role\", \"content\"}} messages); read it \
+             with schema \"conversation\" (--schema conversation), which renders it with the \
+             model's chat template"
+        );
+    }
     let field = |k: &str| -> Result<Option<String>> {
         match obj.get(k) {
             None | Some(serde_json::Value::Null) => Ok(None),
@@ -78,6 +139,52 @@ pub fn record_from_json(v: &serde_json::Value) -> Result<Record> {
         (Some(_), None, _) => bail!("field \"response\" is missing"),
         (None, Some(_), _) => bail!("field \"prompt\" is missing"),
         (None, None, None) => bail!("expected fields \"prompt\" and \"response\", or \"text\""),
+    }
+}
+
+/// A list of `{"role", "content"}` messages (field `key` of a row), each role and content a
+/// string.
+pub fn messages_from_json(v: &serde_json::Value, key: &str) -> Result<Vec<Message>> {
+    let Some(list) = v.as_array() else {
+        bail!(
+            "field \"{key}\" must be a list of {{\"role\", \"content\"}} messages, found {}",
+            kind(v)
+        );
+    };
+    list.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let text = |k: &str| -> Result<String> {
+                match m.get(k) {
+                    Some(serde_json::Value::String(s)) => Ok(s.clone()),
+                    None | Some(serde_json::Value::Null) => {
+                        bail!("field \"{key}\": message {} has no \"{k}\"", i + 1)
+                    }
+                    Some(x) => bail!(
+                        "field \"{key}\": message {}'s \"{k}\" must be a string, found {}",
+                        i + 1,
+                        kind(x)
+                    ),
+                }
+            };
+            Ok(Message {
+                role: text("role")?,
+                content: text("content")?,
+            })
+        })
+        .collect()
+}
+
+/// Check a conversation record: it ends with an assistant turn (what the loss counts on).
+pub fn check_conversation(messages: &[Message]) -> Result<()> {
+    match messages.last() {
+        None => bail!("the conversation has no messages"),
+        Some(m) if m.role != ASSISTANT => bail!(
+            "the conversation's last message is a \"{}\" turn; training counts the loss on a \
+             last \"assistant\" turn",
+            m.role
+        ),
+        Some(_) => Ok(()),
     }
 }
 
@@ -104,7 +211,7 @@ pub fn jsonl_bytes<T: serde::Serialize>(rows: &[T]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-fn kind(v: &serde_json::Value) -> &'static str {
+pub(crate) fn kind(v: &serde_json::Value) -> &'static str {
     match v {
         serde_json::Value::Null => "null",
         serde_json::Value::Bool(_) => "a boolean",

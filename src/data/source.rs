@@ -43,8 +43,10 @@ impl DataSetArgs {
 /// The data flags, defined once and flattened into each command's arguments.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct DataArgs {
-    /// Schema of --data: imdb, beavertails, alpaca or jsonl (default: jsonl records
-    /// {"prompt","response"} / {"text"}).
+    /// Schema of --data: imdb, beavertails, alpaca, truthfulqa, conversation (TRL's
+    /// {"messages"} / {"prompt","completion"} message lists, with the chat template) or jsonl
+    /// (default: records {"prompt","response"} / {"text"}). With --method dpo: jsonl,
+    /// pku-saferlhf, hh-rlhf or conversation.
     #[arg(long, conflicts_with = "data_config")]
     pub schema: Option<String>,
     /// Which labelled rows to keep: positive|negative (imdb), safe|unsafe (beavertails).

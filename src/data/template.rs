@@ -21,6 +21,14 @@ pub enum Template {
 impl Template {
     pub const NAMES: &'static [&'static str] = &["raw", "safe-rlhf", "chat"];
 
+    pub fn name(self) -> &'static str {
+        match self {
+            Template::Raw => "raw",
+            Template::SafeRlhf => "safe-rlhf",
+            Template::Chat => "chat",
+        }
+    }
+
     pub fn from_name(name: &str) -> Result<Self> {
         Ok(match name {
             "raw" => Template::Raw,

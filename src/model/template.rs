@@ -3,6 +3,7 @@
 //! tokenizer's own `chat_template` (Jinja, with minijinja), so it sits beside the tokenizer.
 
 use super::tokenizer::TextTokenizer;
+use crate::data::records::Message;
 use crate::data::template::Template;
 use anyhow::{bail, Context, Result};
 
@@ -24,7 +25,56 @@ impl Template {
     }
 }
 
+/// A conversation's token ids as training sees them (TRL's conversational prompt-completion):
+/// the prompt is the chat template's rendering of every turn before the last, with the
+/// generation prompt; the answer is what the template's rendering of the whole conversation
+/// adds after that prompt (the last turn's content and its end-of-turn text). Each part is
+/// tokenized on its own, without added special tokens (the template writes its own), so the
+/// mask boundary is exact. Returns (prompt ids, answer ids, answer bytes).
+pub fn encode_conversation(
+    template: Template,
+    messages: &[Message],
+    tok: &TextTokenizer,
+) -> Result<(Vec<u32>, Vec<u32>, usize)> {
+    if template != Template::Chat {
+        bail!(
+            "a conversation record is rendered by the model's chat template; use template \
+             \"chat\" (--template chat, or `template = \"chat\"`), not \"{}\"",
+            template.name()
+        );
+    }
+    crate::data::records::check_conversation(messages)?;
+    let context = &messages[..messages.len() - 1];
+    let prompt = render_messages(context, true, tok)?;
+    let full = render_messages(messages, false, tok)?;
+    let Some(answer) = full.strip_prefix(prompt.as_str()) else {
+        bail!(
+            "the chat template does not render this conversation as its earlier turns (with the \
+             generation prompt) followed by the last turn, so the answer cannot be told apart \
+             from the prompt"
+        );
+    };
+    if answer.is_empty() {
+        bail!("the chat template renders the last turn as nothing");
+    }
+    Ok((
+        tok.encode(&prompt, false)?,
+        tok.encode(answer, false)?,
+        answer.len(),
+    ))
+}
+
 fn render_chat(prompt: &str, tok: &TextTokenizer) -> Result<String> {
+    render_messages(&[Message::new("user", prompt)], true, tok)
+}
+
+/// The tokenizer's chat template rendered over `messages`, as transformers'
+/// `apply_chat_template(messages, tokenize=False, add_generation_prompt=...)`.
+fn render_messages(
+    messages: &[Message],
+    add_generation_prompt: bool,
+    tok: &TextTokenizer,
+) -> Result<String> {
     let Some(src) = tok.chat_template.as_deref() else {
         bail!("template \"chat\" needs a chat_template in tokenizer_config.json, and this tokenizer has none; use --template raw or safe-rlhf");
     };
@@ -45,9 +95,13 @@ fn render_chat(prompt: &str, tok: &TextTokenizer) -> Result<String> {
     );
     env.add_template("chat", src)
         .context("the chat_template does not parse")?;
+    let messages: Vec<_> = messages
+        .iter()
+        .map(|m| minijinja::context! { role => m.role, content => m.content })
+        .collect();
     let ctx = minijinja::context! {
-        messages => vec![minijinja::context! { role => "user", content => prompt }],
-        add_generation_prompt => true,
+        messages => messages,
+        add_generation_prompt => add_generation_prompt,
         bos_token => tok.bos_token.clone().unwrap_or_default(),
         eos_token => tok.eos_token.clone().unwrap_or_default(),
     };

@@ -1,7 +1,9 @@
 //! From records to token ids and labels, and from examples to padded micro-batches.
 //! A pair is `prompt_ids (tokenizer specials included) + response_ids + [EOS]` with the prompt
-//! masked (-100); a text record is `text_ids + [EOS]`, all counted. Prompt and response are
-//! tokenized separately so the mask boundary is exact.
+//! masked (-100); a text record is `text_ids + [EOS]`, all counted; a conversation is its
+//! chat-template prompt, masked, then the template's rendering of its last turn, counted (no
+//! EOS added: the template ends the turn). Prompt and response are tokenized separately so
+//! the mask boundary is exact.
 
 use crate::data::records::Record;
 use crate::data::template::Template;
@@ -46,6 +48,16 @@ pub fn tokenize(
                 let mut ids = p;
                 ids.extend(resp);
                 (ids, labels, response.len())
+            }
+            Record::Chat { messages } => {
+                let (p, answer, bytes) =
+                    crate::model::template::encode_conversation(template, messages, tok)
+                        .with_context(|| format!("record {}", i + 1))?;
+                let mut labels = vec![IGNORE; p.len()];
+                labels.extend(answer.iter().map(|&t| t as i64));
+                let mut ids = p;
+                ids.extend(answer);
+                (ids, labels, bytes)
             }
             Record::Text { text } => {
                 let mut ids = tok

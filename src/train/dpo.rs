@@ -279,7 +279,7 @@ pub fn prepare_pairs(
     let side = |answer: fn(&PrefRecord) -> &str, shift: usize| -> Vec<Record> {
         let n = pairs.len();
         (0..n)
-            .map(|i| Record::pair(pairs[i].prompt.clone(), answer(&pairs[(i + n - shift) % n])))
+            .map(|i| pairs[i].record(answer(&pairs[(i + n - shift) % n])))
             .collect()
     };
     let tok = |recs: &[Record]| tokenize(recs, tokenizer, cfg.template, cfg.max_length);

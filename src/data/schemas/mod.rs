@@ -9,6 +9,8 @@
 //! - `alpaca`: Alpaca instructions (`instruction`, `input`, `output`);
 //! - `truthfulqa`: TruthfulQA questions and best answers (hub `generation` parquet or CSV);
 //! - `jsonl`: elastica's own `{"prompt", "response"}` / `{"text"}` records;
+//! - `conversation`: TRL's conversational rows (`messages`, or `prompt` + `completion` lists
+//!   of `{"role", "content"}`), rendered by the chat template;
 //! - `world`: the synthetic world's data, provided by `crate::data::world`.
 //!
 //! Rows are kept in file order (files sorted by path), filtered by `select`, optionally
@@ -31,6 +33,7 @@
 
 pub mod alpaca;
 pub mod beavertails;
+pub mod conversation;
 pub mod imdb;
 pub mod jsonl;
 pub mod truthfulqa;
@@ -179,6 +182,7 @@ pub const SCHEMAS: &[Schema] = &[
     alpaca::SCHEMA,
     truthfulqa::SCHEMA,
     jsonl::SCHEMA,
+    conversation::SCHEMA,
 ];
 
 /// All valid schema names, including `world`.
@@ -192,10 +196,12 @@ pub fn schema_names() -> Vec<&'static str> {
 
 /// The prompt template a schema's data is trained and prompted with when none is set: raw
 /// text for IMDb reviews and the synthetic world (the paper trains IMDb without a template,
-/// PAPER.md §5), the paper's safe-rlhf conversation template for everything else.
+/// PAPER.md §5), the model's own chat template for conversations, the paper's safe-rlhf
+/// conversation template for everything else.
 pub fn default_template(schema: &str) -> Template {
     match schema {
         "imdb" | WORLD_SCHEMA => Template::Raw,
+        "conversation" => Template::Chat,
         _ => Template::SafeRlhf,
     }
 }
@@ -208,7 +214,8 @@ pub fn default_template_of(specs: &[&DataSpec]) -> Result<Template> {
         let t = default_template(&s.schema);
         match chosen {
             Some((c, first)) if c != t => bail!(
-                "no `[train] template` is set, and the data's schemas default to different                  templates (\"{first}\" and \"{}\"); set `template` under [train] \
+                "no `[train] template` is set, and the data's schemas default to different \
+                 templates (\"{first}\" and \"{}\"); set `template` under [train] \
                  (raw, safe-rlhf or chat)",
                 s.schema
             ),
@@ -262,6 +269,11 @@ impl Dataset {
                 Record::Text { .. } => Err(anyhow!(
                     "record {} is a plain {{\"text\"}} record with no prompt; evaluation \
                      prompts need {{\"prompt\", \"response\"}} records",
+                    i + 1
+                )),
+                Record::Chat { .. } => Err(anyhow!(
+                    "record {} is a conversation; evaluation prompts need {{\"prompt\", \
+                     \"response\"}} records (a generation prompt is one user turn)",
                     i + 1
                 )),
             })

@@ -323,10 +323,8 @@ impl World {
         let every = every.max(1);
         let mut texts: Vec<String> = Vec::new();
         let mut take = |rs: &[Record]| {
-            texts.extend(rs.iter().step_by(every).map(|r| match r {
-                Record::Text { text } => text.clone(),
-                Record::Pair { prompt, response } => format!("{prompt}{response}"),
-            }))
+            // The world's records are texts and pairs, never conversations.
+            texts.extend(rs.iter().step_by(every).filter_map(Record::plain_text))
         };
         take(&self.pretrain);
         for task in Task::ALL {
@@ -443,6 +441,7 @@ fn records_stats(
                 }
                 st.add(p as u64, r as u64, 2);
             }
+            Record::Chat { .. } => bail!("the world's files hold no conversation records"),
         }
     }
     Ok(st.finish(role, task, split))

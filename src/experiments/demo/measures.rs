@@ -101,10 +101,8 @@ pub fn probes(world: &World, seed: u64, n: usize) -> Result<Probes> {
 }
 
 fn record_text(r: &Record) -> String {
-    match r {
-        Record::Text { text } => text.clone(),
-        Record::Pair { prompt, response } => format!("{prompt}{response}"),
-    }
+    // The world's records are texts and pairs, never conversations.
+    r.plain_text().unwrap_or_default()
 }
 
 /// The review's text up to (without) the space before the first sentiment-bearing word of

@@ -24,7 +24,7 @@ pub fn pairs(seed: u64, n: usize, eval: &[String], pretrain: &[Record]) -> Resul
         .iter()
         .filter_map(|r| match r {
             Record::Text { text } => Some(text.as_str()),
-            Record::Pair { .. } => None,
+            Record::Pair { .. } | Record::Chat { .. } => None,
         })
         .collect();
     let eval: HashSet<&str> = eval.iter().map(String::as_str).collect();

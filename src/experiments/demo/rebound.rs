@@ -134,7 +134,7 @@ impl Alignment<'_> {
 fn pretrain_parts(held_out: &[Record], n: usize) -> (Vec<Record>, Vec<Record>) {
     held_out.iter().take(n).cloned().partition(|r| match r {
         Record::Text { text } => !text.starts_with(crate::data::world::lexicon::USER_TAG),
-        Record::Pair { .. } => true,
+        Record::Pair { .. } | Record::Chat { .. } => true,
     })
 }
 
@@ -201,10 +201,9 @@ fn rate_points(
 /// Sequence tokens (BOS + text + EOS) of records, the unit the pre-training budget counts.
 pub fn sequence_tokens(tok: &TextTokenizer, records: &[Record]) -> Result<usize> {
     records.iter().try_fold(0, |acc, r| {
-        let text = match r {
-            Record::Text { text } => text.clone(),
-            Record::Pair { prompt, response } => format!("{prompt}{response}"),
-        };
+        let text = r
+            .plain_text()
+            .context("a conversation record has no text to count without a chat template")?;
         Ok(acc + tok.encode(&text, true)?.len() + 1)
     })
 }

@@ -121,10 +121,7 @@ pub fn freeze(cfg: &ReboundConfig) -> Result<Frozen> {
     let train_prompts: HashSet<&str> = positive
         .iter()
         .chain(&negative)
-        .filter_map(|r| match r {
-            Record::Pair { prompt, .. } => Some(prompt.as_str()),
-            Record::Text { .. } => None,
-        })
+        .filter_map(Record::prompt)
         .collect();
     let eval_overlap = prompts
         .iter()

@@ -173,10 +173,7 @@ impl PairPlan {
 }
 
 fn prompt(r: &Record) -> Option<&str> {
-    match r {
-        Record::Pair { prompt, .. } => Some(prompt),
-        Record::Text { .. } => None,
-    }
+    r.prompt()
 }
 
 #[cfg(test)]

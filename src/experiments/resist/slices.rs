@@ -16,10 +16,7 @@ pub trait SliceRecord: Clone {
 
 impl SliceRecord for Record {
     fn prompt(&self) -> Option<&str> {
-        match self {
-            Record::Pair { prompt, .. } => Some(prompt),
-            Record::Text { .. } => None,
-        }
+        Record::prompt(self)
     }
 }
 

@@ -1,0 +1,140 @@
+//! Conversations in TRL's conversational formats, rendered by the model's chat template
+//! (their default template is `chat`):
+//! - `{"messages": [{"role", "content"}, ...]}` (language modelling, e.g. UltraChat's
+//!   `messages`): the last message, an assistant turn, is the answer; the turns before it are
+//!   the prompt;
+//! - `{"prompt": [...], "completion": [...]}` (prompt-completion): the prompt's turns, then one
+//!   assistant turn.
+//!
+//! The loss counts on the last turn only, as TRL's prompt-completion does (earlier assistant
+//! turns are context). Other fields (ids, scores) are ignored. No labels, so only
+//! `select = "all"` applies.
+
+use super::{Class, Parsed, RowOptions, Schema};
+use crate::data::records::{check_conversation, messages_from_json, Record, ASSISTANT};
+use crate::data::rows::Object;
+use anyhow::{bail, Result};
+
+pub const SCHEMA: Schema = Schema {
+    name: "conversation",
+    about: "conversations: {\"messages\": [{\"role\", \"content\"}, ...]} or {\"prompt\": [...], \
+            \"completion\": [...]}, rendered with the chat template",
+    selects: &[],
+    parse,
+};
+
+fn parse(obj: &Object, _: &RowOptions) -> Result<Parsed> {
+    let messages = match (
+        obj.get("messages"),
+        obj.get("prompt"),
+        obj.get("completion"),
+    ) {
+        (Some(m), _, _) => messages_from_json(m, "messages")?,
+        (None, Some(p), Some(c)) => {
+            let mut turns = messages_from_json(p, "prompt")?;
+            let completion = messages_from_json(c, "completion")?;
+            match completion.as_slice() {
+                [one] if one.role == ASSISTANT => turns.push(one.clone()),
+                _ => bail!(
+                    "field \"completion\" must be one \"assistant\" message (it has {}); the \
+                     loss counts on one answer turn",
+                    completion.len()
+                ),
+            }
+            turns
+        }
+        _ => bail!(
+            "expected a list \"messages\", or lists \"prompt\" and \"completion\", of \
+             {{\"role\", \"content\"}} messages"
+        ),
+    };
+    check_conversation(&messages)?;
+    Ok(Parsed::Row(Record::Chat { messages }, Class::Unlabeled))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{load, DataSpec};
+    use crate::data::records::{Message, Record};
+
+    fn write(dir: &std::path::Path, lines: &[serde_json::Value]) -> String {
+        let p = dir.join("chat.jsonl");
+        let text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+        std::fs::write(&p, text.join("\n") + "\n").unwrap();
+        p.to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn messages_and_prompt_completion_rows_read_as_conversations() {
+        let d = tempfile::tempdir().unwrap();
+        let msgs = serde_json::json!([{"role": "system", "content": "be brief"},
+            {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]);
+        let pc = serde_json::json!({"prompt": [{"role": "user", "content": "hi"}],
+            "completion": [{"role": "assistant", "content": "hello"}], "score": 3});
+        let path = write(d.path(), &[serde_json::json!({ "messages": msgs }), pc]);
+        let ds = load(&DataSpec::new(&path, "conversation")).unwrap();
+        let user_hello = vec![
+            Message::new("user", "hi"),
+            Message::new("assistant", "hello"),
+        ];
+        let mut with_system = vec![Message::new("system", "be brief")];
+        with_system.extend(user_hello.clone());
+        assert_eq!(
+            ds.records,
+            vec![
+                Record::Chat {
+                    messages: with_system
+                },
+                Record::Chat {
+                    messages: user_hello
+                }
+            ]
+        );
+        // The generic schema names the row and the schema that reads it.
+        let e = format!("{:#}", load(&DataSpec::new(&path, "jsonl")).unwrap_err());
+        assert!(
+            e.contains("line 1") && e.contains("--schema conversation"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn malformed_conversations_are_refused_naming_the_line() {
+        let d = tempfile::tempdir().unwrap();
+        for (row, want) in [
+            (
+                serde_json::json!({"messages": [{"role": "user", "content": "hi"}]}),
+                "last message is a \"user\" turn",
+            ),
+            (serde_json::json!({"messages": []}), "no messages"),
+            (
+                serde_json::json!({"messages": [{"role": "assistant"}]}),
+                "message 1 has no \"content\"",
+            ),
+            (
+                serde_json::json!({"messages": "hi"}),
+                "must be a list of {\"role\", \"content\"} messages",
+            ),
+            (
+                serde_json::json!({"prompt": [{"role": "user", "content": "q"}],
+                    "completion": [{"role": "assistant", "content": "a"},
+                                   {"role": "assistant", "content": "b"}]}),
+                "must be one \"assistant\" message (it has 2)",
+            ),
+            (
+                serde_json::json!({"text": "x"}),
+                "expected a list \"messages\"",
+            ),
+        ] {
+            let path = write(d.path(), &[row]);
+            let e = format!(
+                "{:#}",
+                load(&DataSpec::new(&path, "conversation")).unwrap_err()
+            );
+            assert!(
+                e.contains("chat.jsonl") && e.contains("line 1") && e.contains(want),
+                "{want}: {e}"
+            );
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! Conversations (TRL's conversational formats, `--schema conversation`): SFT rows and
+//! preference pairs rendered by the model's chat template build the token ids and loss masks
+//! TRL builds, and score as transformers scores them (`scripts/make_chat_fixture.py`,
+//! fixture `tests/fixtures/chat`, on tiny-qwen2, whose tokenizer has a chat template).
+
+mod common;
+
+use elastica::data::schemas::{load, DataSpec};
+use elastica::data::template::Template;
+use elastica::model::checkpoint::load_model;
+use elastica::train::batch::tokenize;
+use std::path::{Path, PathBuf};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn expected() -> serde_json::Value {
+    common::read_json(&fixtures().join("chat/expected.json"))
+}
+
+fn path(rel: &str) -> String {
+    fixtures().join(rel).to_string_lossy().into_owned()
+}
+
+#[test]
+fn conversations_tokenize_as_trl_builds_them() {
+    let lm = load_model(&path("models/tiny-qwen2"), &candle_core::Device::Cpu).unwrap();
+    let ds = load(&DataSpec::new(path("chat/sft.jsonl"), "conversation")).unwrap();
+    let (examples, cut) = tokenize(&ds.records, &lm.tokenizer, Template::Chat, 512).unwrap();
+    assert_eq!(cut, 0);
+    let want = expected()["sft"].as_array().unwrap().clone();
+    assert_eq!(examples.len(), want.len());
+    for (i, (e, w)) in examples.iter().zip(&want).enumerate() {
+        let ids: Vec<u32> = serde_json::from_value(w["ids"].clone()).unwrap();
+        let labels: Vec<i64> = serde_json::from_value(w["labels"].clone()).unwrap();
+        assert_eq!(e.ids, ids, "record {i}: ids");
+        assert_eq!(e.labels, labels, "record {i}: labels");
+    }
+    // Another template is refused, naming the record and the fix.
+    let e = format!(
+        "{:#}",
+        tokenize(&ds.records, &lm.tokenizer, Template::SafeRlhf, 512).unwrap_err()
+    );
+    assert!(
+        e.contains("record 1") && e.contains("--template chat"),
+        "{e}"
+    );
+}
+
+#[test]
+fn eval_loss_scores_conversations_as_transformers() {
+    let (ok, stdout, err) = common::elastica(&[
+        "eval-loss",
+        "--model",
+        &path("models/tiny-qwen2"),
+        "--data",
+        &path("chat/sft.jsonl"),
+        "--schema",
+        "conversation",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let want = expected()["sft"].as_array().unwrap().clone();
+    let nll: f64 = want.iter().map(|w| w["nll_sum"].as_f64().unwrap()).sum();
+    let tokens: u64 = want.iter().map(|w| w["tokens"].as_u64().unwrap()).sum();
+    assert_eq!(v["tokens"].as_u64().unwrap(), tokens, "{v}");
+    let mean = v["mean_nll"].as_f64().unwrap();
+    let want_mean = nll / tokens as f64;
+    assert!(
+        (mean - want_mean).abs() <= 1e-5 * want_mean,
+        "elastica {mean} vs transformers {want_mean}"
+    );
+    // A model without a chat template cannot render them, and says so.
+    let (ok, _, err) = common::elastica(&[
+        "eval-loss",
+        "--model",
+        &path("models/tiny-llama"),
+        "--data",
+        &path("chat/sft.jsonl"),
+        "--schema",
+        "conversation",
+    ]);
+    assert!(!ok && err.contains("chat_template"), "{err}");
+}
+
+#[test]
+fn dpo_on_conversational_pairs_takes_transformers_reference_log_probs() {
+    let dir = tempfile::tempdir().unwrap();
+    for loss in ["sigmoid", "kto"] {
+        let out = dir.path().join(loss);
+        let (ok, _, err) = common::elastica(&[
+            "train",
+            "--method",
+            "dpo",
+            "--dpo-loss",
+            loss,
+            "--model",
+            &path("models/tiny-qwen2"),
+            "--data",
+            &path("chat/pairs.jsonl"),
+            "--schema",
+            "conversation",
+            "--out",
+            out.to_str().unwrap(),
+            "--max-steps",
+            "1",
+            "--batch-size",
+            "3",
+        ]);
+        assert!(ok, "{loss}: {err}");
+        let r = common::read_json(&out.join("dpo_reference.json"));
+        let want = expected()["pairs"].as_array().unwrap().clone();
+        for (i, w) in want.iter().enumerate() {
+            for side in ["chosen", "rejected"] {
+                let got = r[side][i].as_f64().unwrap();
+                let w = w[format!("{side}_logp")].as_f64().unwrap();
+                assert!(
+                    (got - w).abs() <= 1e-5 * w.abs(),
+                    "{loss} pair {i} {side}: elastica {got} vs transformers {w}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn sft_trains_on_conversations_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sft");
+    let (ok, stdout, err) = common::elastica(&[
+        "train",
+        "--model",
+        &path("models/tiny-qwen2"),
+        "--data",
+        &path("chat/sft.jsonl"),
+        "--schema",
+        "conversation",
+        "--out",
+        out.to_str().unwrap(),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "3",
+    ]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("final_loss"), "{stdout}");
+    let log = std::fs::read_to_string(out.join("train_log.jsonl")).unwrap();
+    let first: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    // The first step's loss is the starting model's mean NLL of the answer tokens.
+    let want = expected()["sft"].as_array().unwrap().clone();
+    let nll: f64 = want.iter().map(|w| w["nll_sum"].as_f64().unwrap()).sum();
+    let tokens: f64 = want.iter().map(|w| w["tokens"].as_f64().unwrap()).sum();
+    let loss = first["loss"].as_f64().unwrap();
+    assert!(
+        (loss - nll / tokens).abs() <= 1e-5 * loss,
+        "first loss {loss} vs {}",
+        nll / tokens
+    );
+}
