@@ -19,6 +19,27 @@ fn expected() -> serde_json::Value {
     common::read_json(&fixtures().join("chat/expected.json"))
 }
 
+/// transformers' mean NLL of the SFT rows' answer tokens, and how many there are.
+fn expected_mean_nll() -> (f64, u64) {
+    let want = expected()["sft"].as_array().unwrap().clone();
+    let nll: f64 = want.iter().map(|w| w["nll_sum"].as_f64().unwrap()).sum();
+    let tokens: u64 = want.iter().map(|w| w["tokens"].as_u64().unwrap()).sum();
+    (nll / tokens as f64, tokens)
+}
+
+/// `elastica train` of tiny-qwen2 on the conversation file `data` into `out` for `steps`
+/// steps of 3 rows, with `extra` flags; its stdout.
+fn train(data: &str, out: &Path, steps: &str, extra: &[&str]) -> String {
+    let (model, data) = (path("models/tiny-qwen2"), path(data));
+    let mut args = vec!["train", "--model", &model, "--data", &data];
+    args.extend(["--schema", "conversation", "--out", out.to_str().unwrap()]);
+    args.extend(["--max-steps", steps, "--batch-size", "3"]);
+    args.extend(extra);
+    let (ok, stdout, err) = common::elastica(&args);
+    assert!(ok, "{extra:?}: {err}");
+    stdout
+}
+
 fn path(rel: &str) -> String {
     fixtures().join(rel).to_string_lossy().into_owned()
 }
@@ -61,12 +82,9 @@ fn eval_loss_scores_conversations_as_transformers() {
     ]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    let want = expected()["sft"].as_array().unwrap().clone();
-    let nll: f64 = want.iter().map(|w| w["nll_sum"].as_f64().unwrap()).sum();
-    let tokens: u64 = want.iter().map(|w| w["tokens"].as_u64().unwrap()).sum();
+    let (want_mean, tokens) = expected_mean_nll();
     assert_eq!(v["tokens"].as_u64().unwrap(), tokens, "{v}");
     let mean = v["mean_nll"].as_f64().unwrap();
-    let want_mean = nll / tokens as f64;
     assert!(
         (mean - want_mean).abs() <= 1e-5 * want_mean,
         "elastica {mean} vs transformers {want_mean}"
@@ -89,26 +107,12 @@ fn dpo_on_conversational_pairs_takes_transformers_reference_log_probs() {
     let dir = tempfile::tempdir().unwrap();
     for loss in ["sigmoid", "kto"] {
         let out = dir.path().join(loss);
-        let (ok, _, err) = common::elastica(&[
-            "train",
-            "--method",
-            "dpo",
-            "--dpo-loss",
-            loss,
-            "--model",
-            &path("models/tiny-qwen2"),
-            "--data",
-            &path("chat/pairs.jsonl"),
-            "--schema",
-            "conversation",
-            "--out",
-            out.to_str().unwrap(),
-            "--max-steps",
+        train(
+            "chat/pairs.jsonl",
+            &out,
             "1",
-            "--batch-size",
-            "3",
-        ]);
-        assert!(ok, "{loss}: {err}");
+            &["--method", "dpo", "--dpo-loss", loss],
+        );
         let r = common::read_json(&out.join("dpo_reference.json"));
         let want = expected()["pairs"].as_array().unwrap().clone();
         for (i, w) in want.iter().enumerate() {
@@ -128,33 +132,15 @@ fn dpo_on_conversational_pairs_takes_transformers_reference_log_probs() {
 fn sft_trains_on_conversations_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("sft");
-    let (ok, stdout, err) = common::elastica(&[
-        "train",
-        "--model",
-        &path("models/tiny-qwen2"),
-        "--data",
-        &path("chat/sft.jsonl"),
-        "--schema",
-        "conversation",
-        "--out",
-        out.to_str().unwrap(),
-        "--max-steps",
-        "2",
-        "--batch-size",
-        "3",
-    ]);
-    assert!(ok, "{err}");
+    let stdout = train("chat/sft.jsonl", &out, "2", &[]);
     assert!(stdout.contains("final_loss"), "{stdout}");
     let log = std::fs::read_to_string(out.join("train_log.jsonl")).unwrap();
     let first: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
     // The first step's loss is the starting model's mean NLL of the answer tokens.
-    let want = expected()["sft"].as_array().unwrap().clone();
-    let nll: f64 = want.iter().map(|w| w["nll_sum"].as_f64().unwrap()).sum();
-    let tokens: f64 = want.iter().map(|w| w["tokens"].as_f64().unwrap()).sum();
+    let (want, _) = expected_mean_nll();
     let loss = first["loss"].as_f64().unwrap();
     assert!(
-        (loss - nll / tokens).abs() <= 1e-5 * loss,
-        "first loss {loss} vs {}",
-        nll / tokens
+        (loss - want).abs() <= 1e-5 * loss,
+        "first loss {loss} vs {want}"
     );
 }

@@ -26,6 +26,25 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
+/// `lm` gives the LoRA fixture's ids the summed NLL `want` (transformers + peft's) within
+/// 1e-5, on the fused and on the graph path.
+fn scores_as(name: &str, lm: &LoadedModel, want: f64) {
+    let (ids, targets) = ids_and_targets();
+    let fused = scoring_nll(&lm.model, &ids, &targets).unwrap();
+    let graph = nll_sum(&lm.model.forward(&ids).unwrap(), &targets)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    for (path, got) in [("fused", fused), ("graph", graph)] {
+        assert!(
+            (got - want).abs() <= 1e-5 * want.abs(),
+            "{name} ({path}): elastica {got} vs transformers+peft {want}"
+        );
+    }
+}
+
 #[test]
 fn peft_adapters_score_as_transformers_plus_peft_on_both_paths() {
     let (ids, targets) = ids_and_targets();
@@ -33,19 +52,7 @@ fn peft_adapters_score_as_transformers_plus_peft_on_both_paths() {
         let want = expected()["nll_sum"][name].as_f64().unwrap();
         let lm = with_adapter(name);
         assert!(usable(&lm.model), "{name}: the fused path should take it");
-        let fused = scoring_nll(&lm.model, &ids, &targets).unwrap();
-        let graph = nll_sum(&lm.model.forward(&ids).unwrap(), &targets)
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
-        for (path, got) in [("fused", fused), ("graph", graph)] {
-            assert!(
-                (got - want).abs() <= 1e-5 * want.abs(),
-                "{name} ({path}): elastica {got} vs transformers+peft {want}"
-            );
-        }
+        scores_as(name, &lm, want);
         // Without the adapter the score differs: the adapter is really applied.
         let base = load_model(&lm.dir.to_string_lossy(), &Device::Cpu).unwrap();
         let plain = scoring_nll(&base.model, &ids, &targets).unwrap();
@@ -556,6 +563,21 @@ fn safetensors_shapes(path: &Path) -> Vec<(String, Vec<usize>)> {
     names
 }
 
+/// `eval-loss` of `base` with the adapter in `adapter` fails; its stderr.
+fn refused_adapter(base: &Path, adapter: &Path) -> String {
+    let (ok, _, err) = common::elastica(&[
+        "eval-loss",
+        "--model",
+        base.to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--data",
+        fixtures().join("sft/data.jsonl").to_str().unwrap(),
+    ]);
+    assert!(!ok, "{} was accepted", adapter.display());
+    err
+}
+
 #[test]
 fn unsupported_or_broken_adapters_are_refused_naming_the_file_and_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -598,16 +620,7 @@ fn unsupported_or_broken_adapters_are_refused_naming_the_file_and_key() {
         let mut c: serde_json::Value = common::read_json(&src.join("adapter_config.json"));
         edit(&mut c);
         std::fs::write(d.join("adapter_config.json"), c.to_string()).unwrap();
-        let (ok, _, err) = common::elastica(&[
-            "eval-loss",
-            "--model",
-            base.to_str().unwrap(),
-            "--adapter",
-            d.to_str().unwrap(),
-            "--data",
-            fixtures().join("sft/data.jsonl").to_str().unwrap(),
-        ]);
-        assert!(!ok, "{name} was accepted");
+        let err = refused_adapter(&base, &d);
         assert!(
             err.contains(word) && err.contains("adapter_config.json"),
             "{name}: {err}"
@@ -786,19 +799,7 @@ fn dora_adapters_score_as_transformers_plus_peft_folded_into_the_weights() {
         let dir = fixtures().join("lora").join(name);
         let lm = elastica::model::adapted::load_model_with(base, Some(&dir), &Device::Cpu).unwrap();
         assert!(lm.model.adapter().is_none(), "{name}: DoRA is folded in");
-        let fused = scoring_nll(&lm.model, &ids, &targets).unwrap();
-        let graph = nll_sum(&lm.model.forward(&ids).unwrap(), &targets)
-            .unwrap()
-            .to_dtype(DType::F64)
-            .unwrap()
-            .to_scalar::<f64>()
-            .unwrap();
-        for (path, got) in [("fused", fused), ("graph", graph)] {
-            assert!(
-                (got - want).abs() <= 1e-5 * want.abs(),
-                "{name} ({path}): elastica {got} vs transformers+peft {want}"
-            );
-        }
+        scores_as(name, &lm, want);
         // The magnitudes matter: the same A and B as plain LoRA score otherwise.
         let plain = load_model(base, &Device::Cpu).unwrap();
         let cfg = plain.model.cfg.clone();
@@ -916,16 +917,7 @@ fn broken_dora_adapters_are_refused_naming_the_file_and_tensor() {
             d.join("adapter_model.safetensors"),
         )
         .unwrap();
-        let (ok, _, err) = common::elastica(&[
-            "eval-loss",
-            "--model",
-            base.to_str().unwrap(),
-            "--adapter",
-            d.to_str().unwrap(),
-            "--data",
-            fixtures().join("sft/data.jsonl").to_str().unwrap(),
-        ]);
-        assert!(!ok, "{name} was accepted");
+        let err = refused_adapter(&base, &d);
         assert!(
             err.contains(word) && err.contains("adapter_"),
             "{name}: {err}"

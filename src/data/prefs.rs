@@ -322,6 +322,16 @@ mod tests {
         format!("{:#}", load(spec, prefer).unwrap_err())
     }
 
+    /// `row`, alone in a file, is refused under `schema` naming the file, its line and `want`.
+    fn refused(dir: &std::path::Path, schema: &str, row: serde_json::Value, want: &str) {
+        let path = write(dir, "bad.jsonl", &[row]);
+        let e = err(&DataSpec::new(&path, schema), None);
+        assert!(
+            e.contains("bad.jsonl") && e.contains("line 1") && e.contains(want),
+            "{want}: {e}"
+        );
+    }
+
     #[test]
     fn generic_pairs_and_their_errors_name_file_and_line() {
         let d = tempfile::tempdir().unwrap();
@@ -408,12 +418,7 @@ mod tests {
             "rejected": "\n\nHuman: b\n\nAssistant: y"});
         let none = serde_json::json!({"chosen": "\n\nHuman: a", "rejected": "\n\nHuman: a"});
         for (row, want) in [(differ, "differ"), (none, "no \"\\n\\nAssistant:\"")] {
-            let path = write(d.path(), "hh-bad.jsonl", &[row]);
-            let e = err(&DataSpec::new(&path, "hh-rlhf"), None);
-            assert!(
-                e.contains("hh-bad.jsonl") && e.contains("line 1") && e.contains(want),
-                "{e}"
-            );
+            refused(d.path(), "hh-rlhf", row, want);
         }
     }
 
@@ -429,6 +434,9 @@ mod tests {
         let explicit = serde_json::json!({"prompt": [m("system", "s"), u("q2")],
             "chosen": [a("yes")], "rejected": [a("no")]});
         let path = write(d.path(), "c.jsonl", &[implicit, explicit]);
+        // The generic schema names conversational rows and the schema that reads them.
+        let e = err(&DataSpec::new(&path, "jsonl"), None);
+        assert!(e.contains("--schema conversation"), "{e}");
         let ds = load(&DataSpec::new(&path, "conversation"), None).unwrap();
         let msg = |r: &str, c: &str| Message::new(r, c);
         assert_eq!(ds.records[0].context, Some(vec![msg("user", "q")]));
@@ -470,16 +478,8 @@ mod tests {
                 "\"rejected\" is missing",
             ),
         ] {
-            let path = write(d.path(), "bad.jsonl", &[row]);
-            let e = err(&DataSpec::new(&path, "conversation"), None);
-            assert!(
-                e.contains("bad.jsonl") && e.contains("line 1") && e.contains(want),
-                "{want}: {e}"
-            );
+            refused(d.path(), "conversation", row, want);
         }
-        // The generic schema names conversational rows and the schema that reads them.
-        let e = err(&DataSpec::new(&path, "jsonl"), None);
-        assert!(e.contains("--schema conversation"), "{e}");
     }
 
     #[test]

@@ -72,6 +72,12 @@ mod tests {
         let pc = serde_json::json!({"prompt": [{"role": "user", "content": "hi"}],
             "completion": [{"role": "assistant", "content": "hello"}], "score": 3});
         let path = write(d.path(), &[serde_json::json!({ "messages": msgs }), pc]);
+        // The generic schema names the row and the schema that reads it.
+        let e = format!("{:#}", load(&DataSpec::new(&path, "jsonl")).unwrap_err());
+        assert!(
+            e.contains("line 1") && e.contains("--schema conversation"),
+            "{e}"
+        );
         let ds = load(&DataSpec::new(&path, "conversation")).unwrap();
         let user_hello = vec![
             Message::new("user", "hi"),
@@ -89,12 +95,6 @@ mod tests {
                     messages: user_hello
                 }
             ]
-        );
-        // The generic schema names the row and the schema that reads it.
-        let e = format!("{:#}", load(&DataSpec::new(&path, "jsonl")).unwrap_err());
-        assert!(
-            e.contains("line 1") && e.contains("--schema conversation"),
-            "{e}"
         );
     }
 
