@@ -316,3 +316,52 @@ fn train_until_killed(
     )
     .map(|_| ())
 }
+
+/// generation_config.json's end-of-turn ids stop generation, as transformers' `generate`
+/// stops at them; the id training appends stays config.json's.
+#[test]
+fn generation_config_eos_ids_stop_generation() {
+    let src =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/tiny-llama");
+    let dir = tempfile::tempdir().unwrap();
+    for f in std::fs::read_dir(&src).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), dir.path().join(f.file_name())).unwrap();
+    }
+    let spec = dir.path().to_str().unwrap();
+    let cfg = GenConfig {
+        max_new_tokens: 12,
+        ..GenConfig::default()
+    };
+    let lm = load_model(spec, &Device::Cpu).unwrap();
+    let prompt = lm.tokenizer.encode("hello", true).unwrap();
+    let free = lm
+        .generate(&[prompt.clone()], &cfg, |_| {})
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        free.len(),
+        12,
+        "the plain model runs to max_new_tokens: {free:?}"
+    );
+    // Name the fourth generated token an end of turn: generation stops before it.
+    let stop = free[3];
+    assert!(!free[..3].contains(&stop));
+    let gen_cfg = dir.path().join("generation_config.json");
+    let mut g: serde_json::Value = common::read_json(&gen_cfg);
+    g["eos_token_id"] = serde_json::json!([1, stop]);
+    std::fs::write(&gen_cfg, g.to_string()).unwrap();
+    let lm = load_model(spec, &Device::Cpu).unwrap();
+    assert_eq!(lm.tokenizer.eos_ids(), &[1, stop]);
+    assert_eq!(lm.tokenizer.eos_id(), 1);
+    let stopped = lm.generate(&[prompt], &cfg, |_| {}).unwrap().remove(0);
+    assert_eq!(stopped, free[..3].to_vec());
+    // An id outside the vocabulary is refused naming the file.
+    g["eos_token_id"] = serde_json::json!(100000);
+    std::fs::write(&gen_cfg, g.to_string()).unwrap();
+    let e = format!("{:#}", load_model(spec, &Device::Cpu).err().unwrap());
+    assert!(
+        e.contains("generation_config.json") && e.contains("vocab_size"),
+        "{e}"
+    );
+}

@@ -50,13 +50,51 @@ pub fn load_model(spec: &str, device: &Device) -> Result<LoadedModel> {
     let dir = resolve_model_dir(spec)?;
     let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
     let params = load_params(&dir, &cfg, device)?;
-    let tokenizer = TextTokenizer::from_dir(&dir, &cfg.eos_token_ids, cfg.pad_token_id)?;
+    let tokenizer = TextTokenizer::from_dir(&dir, &stop_ids(&dir, &cfg)?, cfg.pad_token_id)?;
     let model = Llama::new(cfg, params, device)?;
     Ok(LoadedModel {
         model,
         tokenizer,
         dir,
     })
+}
+
+/// The end-of-sequence ids of a checkpoint: config.json's, then any more that
+/// `generation_config.json` lists. transformers' `generate` stops at the latter, and instruct
+/// models name their end-of-turn token there only (Gemma's `<end_of_turn>`, Llama 3's
+/// `<|eot_id|>`); the first id, the one training appends, stays config.json's (or the
+/// tokenizer's).
+fn stop_ids(dir: &Path, cfg: &ModelConfig) -> Result<Vec<u32>> {
+    let mut ids = cfg.eos_token_ids.clone();
+    let path = dir.join("generation_config.json");
+    if !path.is_file() {
+        return Ok(ids);
+    }
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", path.display()))?;
+    let listed = match v.get("eos_token_id") {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(serde_json::Value::Array(a)) => a.clone(),
+        Some(x) => vec![x.clone()],
+    };
+    for x in listed {
+        let id = x
+            .as_u64()
+            .filter(|&i| i < cfg.vocab_size as u64)
+            .with_context(|| {
+                format!(
+                    "{}: eos_token_id {x} is not a token id below vocab_size = {}",
+                    path.display(),
+                    cfg.vocab_size
+                )
+            })? as u32;
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    Ok(ids)
 }
 
 /// A fresh model from a `config.json` (from-scratch training), with the tokenizer taken from
