@@ -336,7 +336,7 @@ fn generation_config_eos_ids_stop_generation() {
     let lm = load_model(spec, &Device::Cpu).unwrap();
     let prompt = lm.tokenizer.encode("hello", true).unwrap();
     let free = lm
-        .generate(&[prompt.clone()], &cfg, |_| {})
+        .generate(std::slice::from_ref(&prompt), &cfg, |_| {})
         .unwrap()
         .remove(0);
     assert_eq!(
