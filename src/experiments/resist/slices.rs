@@ -121,9 +121,9 @@ pub fn prompts_of<T: SliceRecord>(records: &[T], source: &str) -> Result<Vec<Str
         .map(|(i, r)| match r.prompt() {
             Some(p) => Ok(p.to_string()),
             None => bail!(
-                "{source}: held-out record {} is a plain {{\"text\"}} record; generation \
-                 prompts need {{\"prompt\", \"response\"}} records (or give a [prompts] data \
-                 set)",
+                "{source}: held-out record {} is a plain {{\"text\"}} record or a \
+                 conversation; generation prompts need {{\"prompt\", \"response\"}} records \
+                 (or give a [prompts] data set)",
                 i + 1
             ),
         })
