@@ -9,6 +9,11 @@ use std::process::{Command, Output};
 
 /// Write `<dir>/<name>` with the test settings plus `extra` top-level keys or tables.
 fn write_config(dir: &Path, name: &str, data: &Path, extra: &str) -> PathBuf {
+    write_config_for(dir, name, data, extra, &tiny_llama())
+}
+
+/// [`write_config`] with `model` as the base model.
+fn write_config_for(dir: &Path, name: &str, data: &Path, extra: &str, model: &str) -> PathBuf {
     let cfg = dir.join(name);
     std::fs::write(
         &cfg,
@@ -17,7 +22,7 @@ fn write_config(dir: &Path, name: &str, data: &Path, extra: &str) -> PathBuf {
              [data]\npath = {:?}\nschema = \"jsonl\"\n\
              [generate]\nmax_new_tokens = 6\n\
              [train]\nlr = 1e-3\nbatch_size = 2\ngrad_accum = 1\nmax_length = 96\ntemplate = \"raw\"\nsave_every = 1\n",
-            tiny_llama(),
+            model,
             data.display()
         ),
     )
@@ -147,6 +152,42 @@ fn two_slices_one_seed_end_to_end_and_resume() {
     assert_eq!(result["output"]["fine_tune"]["resumed_from"], 1, "{result}");
     assert_eq!(
         std::fs::read_to_string(out2.join("results.csv")).unwrap(),
+        csv
+    );
+}
+
+/// A project directory holding the base model beside the run (as the demo's does) moves
+/// whole: the run records the base relative to itself, and the moved run resumes with
+/// nothing to redo.
+#[test]
+fn a_run_and_its_base_model_move_together() {
+    let tmp = tempfile::tempdir().unwrap();
+    let project = tmp.path().join("project");
+    let model = project.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in std::fs::read_dir(tiny_llama()).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), model.join(f.file_name())).unwrap();
+    }
+    let data = project.join("data.jsonl");
+    write_data(&data, 12);
+    let cfg = write_config_for(&project, "resist.toml", &data, "", model.to_str().unwrap());
+    let o = resist(&cfg, &project.join("run"), None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let manifest = std::fs::read_to_string(project.join("run/manifest.json")).unwrap();
+    assert!(manifest.contains("\"../model\""), "{manifest}");
+    let csv = std::fs::read_to_string(project.join("run/results.csv")).unwrap();
+
+    let moved = tmp.path().join("moved");
+    std::fs::rename(&project, &moved).unwrap();
+    let model = moved.join("model");
+    let data = moved.join("data.jsonl");
+    let cfg = write_config_for(&moved, "resist.toml", &data, "", model.to_str().unwrap());
+    let o = resist(&cfg, &moved.join("run"), None);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("running"), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read_to_string(moved.join("run/results.csv")).unwrap(),
         csv
     );
 }

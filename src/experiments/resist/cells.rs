@@ -35,7 +35,7 @@ use crate::train::{TrainConfig, TrainSummary};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 pub const THETA: &str = "resist.theta";
 pub const GENERATE: &str = "resist.generate";
@@ -45,7 +45,7 @@ pub const PAIR: &str = "resist.pair";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum ModelRef {
-    /// The base model theta_0, as an absolute directory.
+    /// The base model theta_0: its directory, absolute or relative to the run directory.
     Base(String),
     /// The directory of a `resist.theta` cell (a dependency).
     Cell(String),
@@ -54,7 +54,7 @@ pub enum ModelRef {
 impl ModelRef {
     fn dir(&self, ctx: &CellContext<'_>) -> PathBuf {
         match self {
-            ModelRef::Base(p) => PathBuf::from(p),
+            ModelRef::Base(p) => crate::grid::manifest::resolve(ctx.grid.run_dir(), p),
             ModelRef::Cell(id) => ctx.dep_dir(id),
         }
     }
@@ -82,7 +82,8 @@ pub struct GenerateParams {
     pub model: ModelRef,
     pub template: Template,
     pub generate: GenConfig,
-    /// θ0's directory: measure KL(θk || θ0) by position and the coherence under θ0.
+    /// θ0's directory (absolute or relative to the run directory): measure KL(θk || θ0) by
+    /// position and the coherence under θ0.
     pub base: Option<String>,
     /// Measure θk's capability kept on the `capability` input (its sequence limit).
     pub capability_max_length: Option<usize>,
@@ -267,7 +268,8 @@ impl CellKind for GenerateKind {
                 let b = if p.k == 0 {
                     None
                 } else {
-                    Some(device::load_eval_model(&ctx.device, Path::new(base))?)
+                    let base = crate::grid::manifest::resolve(ctx.grid.run_dir(), base);
+                    Some(device::load_eval_model(&ctx.device, &base)?)
                 };
                 let reference = b.as_ref().unwrap_or(&lm);
                 let kls = sequence_kl(

@@ -146,13 +146,21 @@ pub fn prepare_data(cfg: &ResistConfig) -> Result<PreparedData> {
     })
 }
 
-/// The base model's directory as an absolute path (cells may run from another directory).
-fn base_dir(cfg: &ResistConfig) -> Result<String> {
+/// The base model's directory as the cells of a run in `out` find it: relative to `out` when
+/// it lies inside `out`'s parent directory (as the demo's models lie beside its resistance
+/// run), so that the two can be moved together and the run resumed; otherwise absolute
+/// (cells may run from another directory).
+fn base_dir(cfg: &ResistConfig, out: &Path) -> Result<String> {
     let dir = crate::model::checkpoint::resolve_model_dir(&cfg.model)
         .with_context(|| format!("cannot find the base model {}", cfg.model))?;
     let abs = std::fs::canonicalize(&dir)
         .with_context(|| format!("cannot resolve the base model directory {}", dir.display()))?;
-    Ok(abs.to_string_lossy().into_owned())
+    let parent = std::path::absolute(out)
+        .ok()
+        .and_then(|o| o.parent().map(Path::to_path_buf))
+        .and_then(|p| std::fs::canonicalize(p).ok());
+    let rel = parent.and_then(|p| abs.strip_prefix(&p).ok().map(|r| Path::new("..").join(r)));
+    Ok(rel.unwrap_or(abs).to_string_lossy().into_owned())
 }
 
 /// The grid's cells, in an order where every dependency comes first.
@@ -259,7 +267,7 @@ pub fn cells(cfg: &ResistConfig, base: &str, data: &PreparedData) -> Result<Vec<
 pub fn plan(cfg: &ResistConfig, out: &Path) -> Result<(Grid, PreparedData)> {
     cfg.validate()?;
     let data = prepare_data(cfg)?;
-    let base = base_dir(cfg)?;
+    let base = base_dir(cfg, out)?;
     let manifest = Manifest::new("resist", cells(cfg, &base, &data)?)?;
     let grid = Grid::plan(out, manifest)?;
     for (rel, bytes) in &data.files {
