@@ -116,7 +116,7 @@ pub fn record_from_json(v: &serde_json::Value) -> Result<Record> {
             kind(v)
         );
     };
-    if ["messages", "prompt", "completion"]
+    if ["messages", "prompt", "completion", "conversations"]
         .iter()
         .any(|k| obj.get(*k).is_some_and(|x| x.is_array()))
     {

@@ -4,16 +4,18 @@
 //!   `messages`): the last message, an assistant turn, is the answer; the turns before it are
 //!   the prompt;
 //! - `{"prompt": [...], "completion": [...]}` (prompt-completion): the prompt's turns, then one
-//!   assistant turn.
+//!   assistant turn;
+//! - ShareGPT's `{"conversations": [{"from", "value"}, ...]}`, its roles `human` / `gpt` /
+//!   `system` read as `user` / `assistant` / `system`.
 //!
 //! The loss counts on the last turn only, as TRL's prompt-completion does (earlier assistant
 //! turns are context). Other fields (ids, scores) are ignored. No labels, so only
 //! `select = "all"` applies.
 
 use super::{Class, Parsed, RowOptions, Schema};
-use crate::data::records::{check_conversation, messages_from_json, Record, ASSISTANT};
+use crate::data::records::{check_conversation, messages_from_json, Message, Record, ASSISTANT};
 use crate::data::rows::Object;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 pub const SCHEMA: Schema = Schema {
     name: "conversation",
@@ -29,6 +31,7 @@ fn parse(obj: &Object, _: &RowOptions) -> Result<Parsed> {
         obj.get("prompt"),
         obj.get("completion"),
     ) {
+        _ if obj.contains_key("conversations") => sharegpt(&obj["conversations"])?,
         (Some(m), _, _) => messages_from_json(m, "messages")?,
         (None, Some(p), Some(c)) => {
             let mut turns = messages_from_json(p, "prompt")?;
@@ -45,11 +48,42 @@ fn parse(obj: &Object, _: &RowOptions) -> Result<Parsed> {
         }
         _ => bail!(
             "expected a list \"messages\", or lists \"prompt\" and \"completion\", of \
-             {{\"role\", \"content\"}} messages"
+             {{\"role\", \"content\"}} messages (or ShareGPT's \"conversations\")"
         ),
     };
     check_conversation(&messages)?;
     Ok(Parsed::Row(Record::Chat { messages }, Class::Unlabeled))
+}
+
+/// ShareGPT's turns: `{"from", "value"}`, with its role names mapped to the chat roles.
+fn sharegpt(v: &serde_json::Value) -> Result<Vec<Message>> {
+    let Some(list) = v.as_array() else {
+        bail!("field \"conversations\" must be a list of {{\"from\", \"value\"}} turns");
+    };
+    list.iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let text = |k: &str| {
+                t.get(k).and_then(|x| x.as_str()).with_context(|| {
+                    format!(
+                        "field \"conversations\": turn {} has no string \"{k}\"",
+                        i + 1
+                    )
+                })
+            };
+            let role = match text("from")? {
+                "human" | "user" => "user",
+                "gpt" | "assistant" | "chatgpt" => ASSISTANT,
+                "system" => "system",
+                other => bail!(
+                    "field \"conversations\": turn {} is from \"{other}\"; ShareGPT's roles are \
+                     human, gpt and system",
+                    i + 1
+                ),
+            };
+            Ok(Message::new(role, text("value")?))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -71,7 +105,12 @@ mod tests {
             {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]);
         let pc = serde_json::json!({"prompt": [{"role": "user", "content": "hi"}],
             "completion": [{"role": "assistant", "content": "hello"}], "score": 3});
-        let path = write(d.path(), &[serde_json::json!({ "messages": msgs }), pc]);
+        let share = serde_json::json!({"id": "x", "conversations": [
+            {"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]});
+        let path = write(
+            d.path(),
+            &[serde_json::json!({ "messages": msgs }), pc, share],
+        );
         // The generic schema names the row and the schema that reads it.
         let e = format!("{:#}", load(&DataSpec::new(&path, "jsonl")).unwrap_err());
         assert!(
@@ -90,6 +129,9 @@ mod tests {
             vec![
                 Record::Chat {
                     messages: with_system
+                },
+                Record::Chat {
+                    messages: user_hello.clone()
                 },
                 Record::Chat {
                     messages: user_hello
@@ -124,6 +166,10 @@ mod tests {
             (
                 serde_json::json!({"text": "x"}),
                 "expected a list \"messages\"",
+            ),
+            (
+                serde_json::json!({"conversations": [{"from": "bing", "value": "x"}]}),
+                "turn 1 is from \"bing\"",
             ),
         ] {
             let path = write(d.path(), &[row]);
