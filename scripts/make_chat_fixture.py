@@ -8,12 +8,16 @@ Writes under tests/fixtures/chat/:
 - pairs.jsonl: TRL conversational preference rows: implicit prompt (`chosen` / `rejected`
   whole conversations sharing their first turns, with a string `prompt` beside them as in
   UltraFeedback binarized) and explicit prompt (`prompt` list, one-turn answers).
+- prompts.jsonl: a conversation to answer (`{"messages"}`: a system and a user turn), for
+  `elastica generate --template chat`.
 - expected.json: for each SFT row, the token ids and loss labels as TRL's conversational
   prompt-completion builds them (prompt = apply_chat_template(turns before the last,
   add_generation_prompt=True); completion = apply_chat_template(all turns) after that
   prompt, all counted), and the summed NLL tiny-qwen2 gives the completion tokens; for each
   pair, the summed log-prob of the chosen and of the rejected answer tokens built the same way
-  (the DPO reference log-probs of a run starting from tiny-qwen2).
+  (the DPO reference log-probs of a run starting from tiny-qwen2); and the greedy answer
+  (8 new tokens, special tokens skipped) transformers' `generate` gives the conversation of
+  prompts.jsonl under the chat template.
 
 Run: python scripts/make_chat_fixture.py   (torch, transformers)
 """
@@ -95,6 +99,13 @@ def split_pair(row):
     return row["chosen"][:n], row["chosen"][n:], row["rejected"][n:]
 
 
+CONTEXT = [{"role": "system", "content": "You answer briefly."}, u("Tell me about foxes.")]
+ctx_ids = torch.tensor([ids_of(CONTEXT, True)])
+with torch.no_grad():
+    gen = model.generate(ctx_ids, max_new_tokens=8, do_sample=False, eos_token_id=None,
+                         pad_token_id=tok.pad_token_id)[0, ctx_ids.shape[1]:]
+greedy = {"ids": gen.tolist(), "text": tok.decode(gen, skip_special_tokens=True)}
+
 sft = []
 for row in SFT:
     ids, labels = built(turns_of_sft(row))
@@ -110,10 +121,12 @@ for row in PAIRS:
 os.makedirs(OUT, exist_ok=True)
 with open(os.path.join(OUT, "sft.jsonl"), "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in SFT)
+with open(os.path.join(OUT, "prompts.jsonl"), "w") as f:
+    f.write(json.dumps({"messages": CONTEXT}) + "\n")
 with open(os.path.join(OUT, "pairs.jsonl"), "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in PAIRS)
 json.dump(
-    {"model": "tiny-qwen2", "sft": sft, "pairs": pairs,
+    {"model": "tiny-qwen2", "sft": sft, "pairs": pairs, "greedy": greedy,
      "rendered_first": tok.apply_chat_template(turns_of_sft(SFT[0]), tokenize=False),
      "transformers_version": __import__("transformers").__version__,
      "torch_version": torch.__version__},

@@ -144,3 +144,43 @@ fn sft_trains_on_conversations_through_the_cli() {
         "first loss {loss} vs {want}"
     );
 }
+
+#[test]
+fn generate_answers_a_conversation_under_the_chat_template_as_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("gen.jsonl");
+    let args = |template: &'static str| {
+        let mut v = vec![
+            "generate".to_string(),
+            "--model".into(),
+            path("models/tiny-qwen2"),
+            "--prompts".into(),
+            path("chat/prompts.jsonl"),
+            "--out".into(),
+            out.to_string_lossy().into_owned(),
+            "--max-new-tokens".into(),
+            "8".into(),
+        ];
+        v.extend(["--template".into(), template.into()]);
+        v
+    };
+    let run = |template| {
+        let a = args(template);
+        common::elastica(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    // Another template cannot render a conversation, and says so before generating.
+    let (ok, _, err) = run("safe-rlhf");
+    assert!(
+        !ok && err.contains("prompt 1") && err.contains("--template chat"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    let (ok, _, err) = run("chat");
+    assert!(ok, "{err}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    let row: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let turns = row["messages"].as_array().unwrap();
+    assert_eq!(turns.len(), 3, "{row}");
+    assert_eq!(turns[2]["role"], "assistant");
+    assert_eq!(turns[2]["content"], expected()["greedy"]["text"], "{row}");
+}

@@ -1,10 +1,11 @@
 //! `elastica generate`: continue one prompt (printed) or a JSONL file of prompts (written as
-//! `{"prompt","response"}` records).
+//! `{"prompt","response"}` records); a `{"messages"}` line is a conversation the model
+//! answers under its chat template (written back with the answer as its last turn).
 
-use crate::data::records::Record;
+use crate::data::records::{messages_from_json, Message, Record};
 use crate::data::template::Template;
 use crate::model::generate::GenConfig;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use std::path::PathBuf;
 
@@ -20,7 +21,8 @@ pub struct GenerateArgs {
     /// One prompt; the response is printed.
     #[arg(long, conflicts_with = "prompts")]
     pub prompt: Option<String>,
-    /// JSONL file of {"prompt": ...} records (other fields are ignored).
+    /// JSONL file of {"prompt": ...} records (other fields are ignored), or of
+    /// {"messages": [{"role", "content"}, ...]} conversations to answer (with --template chat).
     #[arg(long, requires = "out")]
     pub prompts: Option<PathBuf>,
     /// Output JSONL of {"prompt","response"} (with --prompts).
@@ -38,58 +40,112 @@ pub struct GenerateArgs {
     pub device: super::device_args::DeviceArgs,
 }
 
-pub use crate::data::records::read_prompts;
+/// One thing to continue: a prompt (under --template), or a conversation's turns (under the
+/// chat template).
+enum Prompt {
+    Text(String),
+    Turns(Vec<Message>),
+}
+
+impl Prompt {
+    fn encode(&self, template: Template, tok: &crate::model::TextTokenizer) -> Result<Vec<u32>> {
+        match self {
+            Prompt::Text(p) => template.encode_prompt(p, tok),
+            Prompt::Turns(t) => crate::model::template::encode_context(template, t, tok),
+        }
+    }
+
+    /// The prompt with its response, as `--out` holds it.
+    fn answered(&self, response: &str) -> Record {
+        match self {
+            Prompt::Text(p) => Record::pair(p.clone(), response),
+            Prompt::Turns(t) => Record::chat(t, response),
+        }
+    }
+}
 
 pub fn run(a: GenerateArgs) -> Result<()> {
     crate::util::threads::set_threads(a.threads);
-    if !a.device.choice()?.is_default_cpu() {
+    let prompts = prompts_of(&a)?;
+    let responses = if a.device.choice()?.is_default_cpu() {
+        let lm =
+            crate::model::adapted::load_model_with(&a.model, a.adapter.as_deref(), &Device::Cpu)?;
+        let ids = encode_all(&prompts, a.template, &lm.tokenizer)?;
+        let pb = crate::util::progress::bar(prompts.len() as u64, "generate");
+        let outs = lm.generate(&ids, &a.gen, |n| pb.inc(n as u64))?;
+        pb.finish_and_clear();
+        decode_all(&outs, &lm.tokenizer)?
+    } else {
         if a.adapter.is_some() {
             anyhow::bail!("--adapter runs on the CPU path only for now; drop --device/--backend or merge the adapter first (elastica merge)");
         }
-        return on_backend(&a);
-    }
-    let lm = crate::model::adapted::load_model_with(&a.model, a.adapter.as_deref(), &Device::Cpu)?;
-    let prompts = prompts_of(&a)?;
-    let cfg = &a.gen;
-    let ids: Vec<Vec<u32>> = prompts
-        .iter()
-        .map(|p| a.template.encode_prompt(p, &lm.tokenizer))
-        .collect::<Result<_>>()?;
-    let pb = crate::util::progress::bar(prompts.len() as u64, "generate");
-    let outs = lm.generate(&ids, cfg, |n| pb.inc(n as u64))?;
-    pb.finish_and_clear();
-    let responses: Vec<String> = outs
-        .iter()
-        .map(|o| lm.tokenizer.decode(o, true))
-        .collect::<Result<_>>()?;
+        let model = crate::backend::load(&a.model, &a.device.choice()?)?;
+        let ids = encode_all(&prompts, a.template, model.tokenizer())?;
+        decode_all(&model.generate(&ids, &a.gen)?, model.tokenizer())?
+    };
     write_responses(&a, &prompts, &responses)
 }
 
-/// `elastica generate` on the chosen backend.
-fn on_backend(a: &GenerateArgs) -> Result<()> {
-    let model = crate::backend::load(&a.model, &a.device.choice()?)?;
-    let prompts = prompts_of(a)?;
-    let responses = crate::backend::run::generate_texts(&*model, &prompts, a.template, &a.gen)?;
-    write_responses(a, &prompts, &responses)
+fn encode_all(
+    prompts: &[Prompt],
+    template: Template,
+    tok: &crate::model::TextTokenizer,
+) -> Result<Vec<Vec<u32>>> {
+    prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            p.encode(template, tok)
+                .with_context(|| format!("prompt {}", i + 1))
+        })
+        .collect()
 }
 
-/// The prompts to continue: `--prompt`, or the records of `--prompts`.
-fn prompts_of(a: &GenerateArgs) -> Result<Vec<String>> {
-    Ok(match (&a.prompt, &a.prompts) {
-        (Some(p), _) => vec![p.clone()],
-        (None, Some(f)) => read_prompts(f)?,
+/// Responses decoded, special tokens skipped.
+fn decode_all(outs: &[Vec<u32>], tok: &crate::model::TextTokenizer) -> Result<Vec<String>> {
+    outs.iter().map(|o| tok.decode(o, true)).collect()
+}
+
+/// The prompts to continue: `--prompt`, or the lines of `--prompts` (`{"prompt"}` or
+/// `{"messages"}`).
+fn prompts_of(a: &GenerateArgs) -> Result<Vec<Prompt>> {
+    match (&a.prompt, &a.prompts) {
+        (Some(p), _) => Ok(vec![Prompt::Text(p.clone())]),
+        (None, Some(f)) => read_prompt_lines(f),
         (None, None) => bail!("give --prompt TEXT or --prompts FILE.jsonl --out FILE.jsonl"),
-    })
+    }
 }
 
-/// The responses as `{"prompt","response"}` records in `--out`, or the one response printed.
-fn write_responses(a: &GenerateArgs, prompts: &[String], responses: &[String]) -> Result<()> {
+fn read_prompt_lines(path: &std::path::Path) -> Result<Vec<Prompt>> {
+    crate::data::records::json_lines(path, "prompts")?
+        .into_iter()
+        .map(|(line, v)| {
+            let at = || format!("{}: line {line}", path.display());
+            Ok(
+                match (v.get("messages"), v.get("prompt").and_then(|p| p.as_str())) {
+                    (Some(m), _) => {
+                        Prompt::Turns(messages_from_json(m, "messages").with_context(at)?)
+                    }
+                    (None, Some(p)) => Prompt::Text(p.to_string()),
+                    (None, None) => bail!(
+                        "{}: expected an object with a string \"prompt\" or a list \"messages\"",
+                        at()
+                    ),
+                },
+            )
+        })
+        .collect()
+}
+
+/// The responses as records in `--out` (`{"prompt","response"}`, or a conversation with the
+/// answer as its last turn), or the one response printed.
+fn write_responses(a: &GenerateArgs, prompts: &[Prompt], responses: &[String]) -> Result<()> {
     match &a.out {
         Some(out) => {
             let recs: Vec<Record> = prompts
                 .iter()
                 .zip(responses)
-                .map(|(p, r)| Record::pair(p.clone(), r.clone()))
+                .map(|(p, r)| p.answered(r))
                 .collect();
             crate::data::records::write_jsonl(out, &recs)?;
             eprintln!("wrote {} generations to {}", recs.len(), out.display());

@@ -222,11 +222,11 @@ pub(crate) fn kind(v: &serde_json::Value) -> &'static str {
     }
 }
 
-/// Read `{"prompt": ...}` lines (other fields ignored); errors name the line, and a file
-/// without prompts is an error.
-pub fn read_prompts(path: &Path) -> Result<Vec<String>> {
+/// The JSON values of a JSONL file's non-blank lines, with their line numbers; errors name
+/// the file and line, and a file without lines is an error (`what` names what it should hold).
+pub fn json_lines(path: &Path, what: &str) -> Result<Vec<(usize, serde_json::Value)>> {
     let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read prompts file {}", path.display()))?;
+        .with_context(|| format!("cannot read {what} file {}", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
@@ -234,19 +234,27 @@ pub fn read_prompts(path: &Path) -> Result<Vec<String>> {
         }
         let v: serde_json::Value = serde_json::from_str(line)
             .with_context(|| format!("{}: line {}: not valid JSON", path.display(), i + 1))?;
-        match v.get("prompt").and_then(|p| p.as_str()) {
-            Some(p) => out.push(p.to_string()),
-            None => bail!(
-                "{}: line {}: expected an object with a string \"prompt\"",
-                path.display(),
-                i + 1
-            ),
-        }
+        out.push((i + 1, v));
     }
     if out.is_empty() {
-        bail!("prompts file {} holds no prompts", path.display());
+        bail!("{what} file {} holds no {what}", path.display());
     }
     Ok(out)
+}
+
+/// Read `{"prompt": ...}` lines (other fields ignored); errors name the line, and a file
+/// without prompts is an error.
+pub fn read_prompts(path: &Path) -> Result<Vec<String>> {
+    json_lines(path, "prompts")?
+        .into_iter()
+        .map(|(line, v)| match v.get("prompt").and_then(|p| p.as_str()) {
+            Some(p) => Ok(p.to_string()),
+            None => bail!(
+                "{}: line {line}: expected an object with a string \"prompt\"",
+                path.display()
+            ),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -64,6 +64,24 @@ pub fn encode_conversation(
     ))
 }
 
+/// The token ids that ask the model to answer a conversation's turns `context` (the last
+/// usually a user turn): the chat template over them with the generation prompt, as
+/// transformers' `apply_chat_template(context, add_generation_prompt=True)`.
+pub fn encode_context(
+    template: Template,
+    context: &[Message],
+    tok: &TextTokenizer,
+) -> Result<Vec<u32>> {
+    if template != Template::Chat {
+        bail!(
+            "a conversation is rendered by the model's chat template; use template \"chat\" \
+             (--template chat), not \"{}\"",
+            template.name()
+        );
+    }
+    tok.encode(&render_messages(context, true, tok)?, false)
+}
+
 fn render_chat(prompt: &str, tok: &TextTokenizer) -> Result<String> {
     render_messages(&[Message::new("user", prompt)], true, tok)
 }
