@@ -10,7 +10,8 @@
 //!
 //! Inputs fuzzed: safetensors weights, a sharded model's index, config.json, tokenizer.json,
 //! a PEFT (DoRA) adapter's adapter_model.safetensors and adapter_config.json,
-//! JSONL / BeaverTails JSONL / Alpaca JSON / IMDb parquet data, compressed files (also with
+//! JSONL / BeaverTails JSONL / Alpaca JSON / IMDb parquet data, conversations (SFT rows and
+//! preference pairs, rendered by a chat template), compressed files (also with
 //! their checksums recomputed after the mutation, so the decoder itself sees garbage), grid
 //! manifests and cell result files. `ELASTICA_FUZZ_CASES` sets the cases per input
 //! (default [`DEFAULT_CASES`]; the whole file runs in well under a minute in release).
@@ -556,6 +557,50 @@ fn fuzz_data_file(name: &str, rel: &str, schema: &'static str) {
         linear(64),
         load_data(schema, file),
     );
+}
+
+/// Conversations (`--schema conversation`, SFT rows and preference pairs), read and then
+/// rendered by tiny-qwen2's chat template into token ids.
+fn load_conversations(pairs: bool) -> impl Fn(&Path) -> anyhow::Result<()> {
+    let lm = elastica::model::checkpoint::load_model(
+        fixture("models/tiny-qwen2").to_str().unwrap(),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    move |d| {
+        let name = if pairs { "pairs.jsonl" } else { "sft.jsonl" };
+        let spec =
+            elastica::data::schemas::DataSpec::new(d.join(name).to_string_lossy(), "conversation");
+        let records = if pairs {
+            let ds = elastica::data::prefs::load(&spec, None)?;
+            ds.records
+                .iter()
+                .flat_map(|p| [p.record(&p.chosen), p.record(&p.rejected)])
+                .collect()
+        } else {
+            elastica::data::schemas::load(&spec)?.records
+        };
+        let chat = elastica::data::template::Template::Chat;
+        elastica::train::batch::tokenize(&records, &lm.tokenizer, chat, 512)?;
+        Ok(())
+    }
+}
+
+#[test]
+fn fuzz_conversations() {
+    for (pairs, file) in [(false, "sft.jsonl"), (true, "pairs.jsonl")] {
+        let tmp = tempfile::tempdir().unwrap();
+        let seed = std::fs::read(fixture("chat").join(file)).unwrap();
+        fuzz(
+            &format!("conversation-{file}"),
+            tmp.path(),
+            file,
+            &seed,
+            seed.len(),
+            linear(64),
+            load_conversations(pairs),
+        );
+    }
 }
 
 #[test]
