@@ -23,6 +23,30 @@ fn token_string(v: Option<&serde_json::Value>) -> Option<String> {
     }
 }
 
+/// The `default` template of a tokenizer config's named chat templates (a list of
+/// `{"name", "template"}`, as some models ship a tool-use template beside it); transformers'
+/// `apply_chat_template` renders that one when none is named.
+fn default_template(named: &[serde_json::Value]) -> Result<String> {
+    let mut names = Vec::new();
+    for t in named {
+        let (Some(name), Some(template)) = (
+            t.get("name").and_then(|x| x.as_str()),
+            t.get("template").and_then(|x| x.as_str()),
+        ) else {
+            bail!("chat_template: each named template needs a string \"name\" and \"template\"");
+        };
+        if name == "default" {
+            return Ok(template.to_string());
+        }
+        names.push(name);
+    }
+    bail!(
+        "chat_template lists named templates ({}) but none named \"default\", which elastica \
+         renders",
+        names.join(", ")
+    )
+}
+
 /// A `tokenizer.json` loaded with the tokenizers library, never panicking: tokenizers 0.23
 /// panics (an `expect` in its decoder deserializer) on some syntactically broken files, e.g.
 /// one truncated inside "decoder". The JSON syntax is checked first (an error with line and
@@ -64,6 +88,9 @@ impl TextTokenizer {
         let pad_token = token_string(cfg.get("pad_token"));
         let chat_template = match cfg.get("chat_template") {
             Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(serde_json::Value::Array(named)) => {
+                Some(default_template(named).with_context(|| cfg_path.display().to_string())?)
+            }
             _ => {
                 let j = dir.join("chat_template.jinja");
                 if j.exists() {
@@ -134,5 +161,24 @@ impl TextTokenizer {
 
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_chat_templates_render_the_default_one() {
+        let t = |name: &str, body: &str| serde_json::json!({"name": name, "template": body});
+        let named = [t("tool_use", "T"), t("default", "D")];
+        assert_eq!(default_template(&named).unwrap(), "D");
+        let e = format!("{:#}", default_template(&named[..1]).unwrap_err());
+        assert!(e.contains("(tool_use)") && e.contains("\"default\""), "{e}");
+        let e = format!(
+            "{:#}",
+            default_template(&[serde_json::json!({"name": 1})]).unwrap_err()
+        );
+        assert!(e.contains("needs a string"), "{e}");
     }
 }
