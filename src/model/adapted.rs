@@ -1,7 +1,7 @@
 //! A base model with a LoRA adapter (`model::lora`): loading one for `--model M --adapter
 //! DIR` (a DoRA adapter folded in), preparing one for training, and merging it into a plain
-//! checkpoint. Kept apart from
-//! `lora` so that the decoder (which applies an adapter) does not depend on checkpoint I/O.
+//! checkpoint. Kept apart from `lora` so that the decoder (which applies an adapter) does not
+//! depend on checkpoint I/O.
 
 use super::checkpoint::LoadedModel;
 use super::lora::{Adapter, DoraAdapter, LoraConfig, PeftAdapter};
@@ -35,20 +35,24 @@ pub fn load_model_to_train(
     match adapter {
         None => Ok(lm),
         Some(dir) => {
-            let a = Adapter::load(dir, &lm.model.cfg)?;
-            attach(lm, a)
+            let adapter = Adapter::load(dir, &lm.model.cfg)?;
+            attach(lm, adapter)
         }
     }
 }
 
 /// `lm` with a DoRA adapter folded into its weights.
 fn fold(lm: LoadedModel, dora: &DoraAdapter) -> Result<LoadedModel> {
-    let params = dora.merged(&lm.model.params)?;
     Ok(LoadedModel {
-        model: super::Llama::new(lm.model.cfg.clone(), params, lm.model.device())?,
+        model: with_params(&lm, dora.merged(&lm.model.params)?)?,
         tokenizer: lm.tokenizer,
         dir: lm.dir,
     })
+}
+
+/// `lm`'s decoder with other weights (merged ones), no adapter.
+fn with_params(lm: &LoadedModel, params: super::params::Params) -> Result<super::Llama> {
+    super::Llama::new(lm.model.cfg.clone(), params, lm.model.device())
 }
 
 /// Refuse to train `model` with `cfg` when the two disagree: LoRA settings without an
@@ -147,8 +151,7 @@ pub fn save_merged(lm: &LoadedModel, out: &Path, dtype: Option<&str>) -> Result<
         .model
         .adapter()
         .context("the model has no adapter to merge")?;
-    let merged = adapter.merged(&lm.model.params)?;
-    let model = super::Llama::new(lm.model.cfg.clone(), merged, lm.model.device())?;
+    let model = with_params(lm, adapter.merged(&lm.model.params)?)?;
     super::checkpoint::save_model(&model, &lm.dir, out, dtype)
 }
 
@@ -164,6 +167,5 @@ pub fn save_with_merged(
         bail!("the model already carries an adapter; merge from the base alone");
     }
     let merged = PeftAdapter::load(adapter, &lm.model.cfg)?.merged(&lm.model.params)?;
-    let model = super::Llama::new(lm.model.cfg.clone(), merged, lm.model.device())?;
-    super::checkpoint::save_model(&model, &lm.dir, out, dtype)
+    super::checkpoint::save_model(&with_params(lm, merged)?, &lm.dir, out, dtype)
 }

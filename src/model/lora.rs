@@ -492,16 +492,13 @@ impl PeftAdapter {
             );
         }
         // DoRA's magnitudes, by module, apart from the A / B pairs.
-        let mag_names: Vec<String> = by_name
-            .keys()
-            .filter(|n| n.ends_with(MAGNITUDE))
-            .cloned()
+        let (magnitudes, mut by_name): (BTreeMap<_, _>, BTreeMap<_, _>) = by_name
+            .into_iter()
+            .partition(|(n, _): &(String, Tensor)| n.ends_with(MAGNITUDE));
+        let magnitudes: BTreeMap<String, Tensor> = magnitudes
+            .into_iter()
+            .map(|(n, t)| (n.trim_end_matches(MAGNITUDE).to_string(), t))
             .collect();
-        let mut magnitudes = BTreeMap::new();
-        for n in mag_names {
-            let t = by_name.remove(&n).expect("listed above");
-            magnitudes.insert(n.trim_end_matches(MAGNITUDE).to_string(), t);
-        }
         match (peft.dora, magnitudes.is_empty()) {
             (true, true) => bail!(
                 "{}: use_dora = true, but {} holds no lora_magnitude_vector",

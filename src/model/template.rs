@@ -36,13 +36,7 @@ pub fn encode_conversation(
     messages: &[Message],
     tok: &TextTokenizer,
 ) -> Result<(Vec<u32>, Vec<u32>, usize)> {
-    if template != Template::Chat {
-        bail!(
-            "a conversation record is rendered by the model's chat template; use template \
-             \"chat\" (--template chat, or `template = \"chat\"`), not \"{}\"",
-            template.name()
-        );
-    }
+    require_chat(template)?;
     crate::data::records::check_conversation(messages)?;
     let context = &messages[..messages.len() - 1];
     let prompt = render_messages(context, true, tok)?;
@@ -72,14 +66,20 @@ pub fn encode_context(
     context: &[Message],
     tok: &TextTokenizer,
 ) -> Result<Vec<u32>> {
+    require_chat(template)?;
+    tok.encode(&render_messages(context, true, tok)?, false)
+}
+
+/// Refuse to render a conversation under any template but the model's chat template.
+fn require_chat(template: Template) -> Result<()> {
     if template != Template::Chat {
         bail!(
             "a conversation is rendered by the model's chat template; use template \"chat\" \
-             (--template chat), not \"{}\"",
+             (--template chat, or `template = \"chat\"`), not \"{}\"",
             template.name()
         );
     }
-    tok.encode(&render_messages(context, true, tok)?, false)
+    Ok(())
 }
 
 fn render_chat(prompt: &str, tok: &TextTokenizer) -> Result<String> {
