@@ -147,19 +147,23 @@ pub fn prepare_data(cfg: &ResistConfig) -> Result<PreparedData> {
 }
 
 /// The base model's directory as the cells of a run in `out` find it: relative to `out` when
-/// it lies inside `out`'s parent directory (as the demo's models lie beside its resistance
-/// run), so that the two can be moved together and the run resumed; otherwise absolute
-/// (cells may run from another directory).
+/// it lies inside `out` or `out`'s parent directory (as the demo's models lie beside its
+/// resistance run), so that the two can be moved together and the run resumed; otherwise
+/// absolute (cells may run from another directory).
 fn base_dir(cfg: &ResistConfig, out: &Path) -> Result<String> {
     let dir = crate::model::checkpoint::resolve_model_dir(&cfg.model)
         .with_context(|| format!("cannot find the base model {}", cfg.model))?;
     let abs = std::fs::canonicalize(&dir)
         .with_context(|| format!("cannot resolve the base model directory {}", dir.display()))?;
-    let parent = std::path::absolute(out)
-        .ok()
-        .and_then(|o| o.parent().map(Path::to_path_buf))
-        .and_then(|p| std::fs::canonicalize(p).ok());
-    let rel = parent.and_then(|p| abs.strip_prefix(&p).ok().map(|r| Path::new("..").join(r)));
+    let out = std::path::absolute(out)?;
+    let inside = |dir: Option<&Path>| {
+        let dir = std::fs::canonicalize(dir?).ok()?;
+        abs.strip_prefix(dir).ok().map(Path::to_path_buf)
+    };
+    let rel = match inside(Some(&out)) {
+        Some(r) => Some(r),
+        None => inside(out.parent()).map(|r| Path::new("..").join(r)),
+    };
     Ok(rel.unwrap_or(abs).to_string_lossy().into_owned())
 }
 
