@@ -633,9 +633,12 @@ fn report(
         md.push_str(c);
         md.push('\n');
     }
+    // The library changes the last bits of every product: results repeat bit for bit on a
+    // rerun with the same one, not across libraries.
     md.push_str(&format!(
-        "\nTotal time {:.0} s.\n",
-        started.elapsed().as_secs_f64()
+        "\nTotal time {:.0} s. Matrix products: {}.\n",
+        started.elapsed().as_secs_f64(),
+        crate::model::fused::blas::status()
     ));
     run.write_text("report.md", &md)?;
     run.write_json(
