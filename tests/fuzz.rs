@@ -488,43 +488,34 @@ fn adapter_dir(dir: &Path) {
     }
 }
 
+/// The adapter's weights (mutations kept to the header, as for a model's) and its config.
 #[test]
-fn fuzz_adapter_safetensors() {
-    let tmp = tempfile::tempdir().unwrap();
-    adapter_dir(tmp.path());
-    let seed = std::fs::read(tmp.path().join("adapter_model.safetensors")).unwrap();
-    let header = u64::from_le_bytes(seed[..8].try_into().unwrap()) as usize + 8;
+fn fuzz_adapter_files() {
     let base = std::fs::metadata(fixture("models/tiny-llama/model.safetensors"))
         .unwrap()
         .len() as usize;
-    fuzz(
-        "adapter-safetensors",
-        tmp.path(),
-        "adapter_model.safetensors",
-        &seed,
-        header,
-        move |n| FIXED + 4 * (n + base),
-        load_adapter,
-    );
-}
-
-#[test]
-fn fuzz_adapter_config_json() {
-    let tmp = tempfile::tempdir().unwrap();
-    adapter_dir(tmp.path());
-    let seed = std::fs::read(tmp.path().join("adapter_config.json")).unwrap();
-    let base = std::fs::metadata(fixture("models/tiny-llama/model.safetensors"))
-        .unwrap()
-        .len() as usize;
-    fuzz(
-        "adapter-config",
-        tmp.path(),
-        "adapter_config.json",
-        &seed,
-        seed.len(),
-        move |n| FIXED + 4 * (n + base),
-        load_adapter,
-    );
+    for (name, file) in [
+        ("adapter-safetensors", "adapter_model.safetensors"),
+        ("adapter-config", "adapter_config.json"),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        adapter_dir(tmp.path());
+        let seed = std::fs::read(tmp.path().join(file)).unwrap();
+        let hot = if file.ends_with(".safetensors") {
+            u64::from_le_bytes(seed[..8].try_into().unwrap()) as usize + 8
+        } else {
+            seed.len()
+        };
+        fuzz(
+            name,
+            tmp.path(),
+            file,
+            &seed,
+            hot,
+            move |n| FIXED + 4 * (n + base),
+            load_adapter,
+        );
+    }
 }
 
 fn load_data(schema: &'static str, file: &'static str) -> impl Fn(&Path) -> anyhow::Result<()> {
