@@ -9,7 +9,8 @@
 //! thread); and it writes nothing (the input directory is unchanged afterwards).
 //!
 //! Inputs fuzzed: safetensors weights, a sharded model's index, config.json, tokenizer.json,
-//! a PEFT (DoRA) adapter's adapter_model.safetensors and adapter_config.json,
+//! PEFT adapters' adapter_model.safetensors and adapter_config.json (DoRA; LoRA on the head
+//! with whole tensors),
 //! JSONL / BeaverTails JSONL / Alpaca JSON / IMDb parquet data, conversations (SFT rows and
 //! preference pairs, rendered by a chat template), compressed files (also with
 //! their checksums recomputed after the mutation, so the decoder itself sees garbage), grid
@@ -471,35 +472,47 @@ fn fuzz_tokenizer_json() {
     );
 }
 
-/// A PEFT DoRA adapter (tests/fixtures/lora/peft-llama-dora) in `dir`, read against
-/// tiny-llama's config and folded into its weights.
+/// A PEFT adapter (a tiny-llama one of tests/fixtures/lora) in `dir`, read against
+/// tiny-llama's config and merged into its weights.
 fn load_adapter(dir: &Path) -> anyhow::Result<()> {
     let base = elastica::model::checkpoint::load_model(
         fixture("models/tiny-llama").to_str().unwrap(),
         &candle_core::Device::Cpu,
     )?;
-    elastica::model::lora::PeftAdapter::load(dir, &base.model.cfg)?.merged(&base.model.params)?;
+    let cfg = &base.model.cfg;
+    elastica::model::lora::PeftAdapter::load(dir, cfg)?.merged(cfg, &base.model.params)?;
     Ok(())
 }
 
-fn adapter_dir(dir: &Path) {
+fn adapter_dir(dir: &Path, adapter: &str) {
     for f in ["adapter_config.json", "adapter_model.safetensors"] {
-        std::fs::copy(fixture("lora/peft-llama-dora").join(f), dir.join(f)).unwrap();
+        std::fs::copy(fixture("lora").join(adapter).join(f), dir.join(f)).unwrap();
     }
 }
 
-/// The adapter's weights (mutations kept to the header, as for a model's) and its config.
+/// The adapter's weights (mutations kept to the header, as for a model's) and its config, of
+/// a DoRA adapter and of one with LoRA on the head and whole tensors (modules_to_save).
 #[test]
 fn fuzz_adapter_files() {
     let base = std::fs::metadata(fixture("models/tiny-llama/model.safetensors"))
         .unwrap()
         .len() as usize;
-    for (name, file) in [
-        ("adapter-safetensors", "adapter_model.safetensors"),
-        ("adapter-config", "adapter_config.json"),
+    for (name, file, adapter) in [
+        (
+            "adapter-safetensors",
+            "adapter_model.safetensors",
+            "peft-llama-dora",
+        ),
+        ("adapter-config", "adapter_config.json", "peft-llama-dora"),
+        (
+            "folded-safetensors",
+            "adapter_model.safetensors",
+            "peft-llama-save",
+        ),
+        ("folded-config", "adapter_config.json", "peft-llama-save"),
     ] {
         let tmp = tempfile::tempdir().unwrap();
-        adapter_dir(tmp.path());
+        adapter_dir(tmp.path(), adapter);
         let seed = std::fs::read(tmp.path().join(file)).unwrap();
         let hot = if file.ends_with(".safetensors") {
             u64::from_le_bytes(seed[..8].try_into().unwrap()) as usize + 8

@@ -12,7 +12,7 @@ use common::{
 use candle_core::{DType, Device, Tensor};
 use elastica::model::adapted::{attach, for_training, save_merged};
 use elastica::model::checkpoint::{init_model, load_model};
-use elastica::model::lora::{LoraConfig, LoraDropout};
+use elastica::model::lora::{FoldedAdapter, LoraConfig, LoraDropout, PeftAdapter};
 use elastica::model::LoadedModel;
 use elastica::train::backprop::{nll_and_grads, scoring_nll, usable};
 use elastica::train::batch::Batch;
@@ -586,11 +586,11 @@ fn unsupported_or_broken_adapters_are_refused_naming_the_file_and_key() {
     type Edit<'a> = &'a dyn Fn(&mut serde_json::Value);
     let cases: [(&str, Edit, &str); 6] = [
         ("dora", &|c| c["use_dora"] = true.into(), "use_dora"),
-        ("bias", &|c| c["bias"] = "lora_only".into(), "bias"),
+        ("bias", &|c| c["bias"] = "some".into(), "bias = \"some\""),
         (
-            "save",
-            &|c| c["modules_to_save"] = serde_json::json!(["lm_head"]),
-            "modules_to_save",
+            "tokens",
+            &|c| c["trainable_token_indices"] = serde_json::json!([3]),
+            "trainable_token_indices",
         ),
         // The tensors cover layers 0 and 1: PEFT would ignore layer 1's.
         (
@@ -803,9 +803,7 @@ fn dora_adapters_score_as_transformers_plus_peft_folded_into_the_weights() {
         // The magnitudes matter: the same A and B as plain LoRA score otherwise.
         let plain = load_model(base, &Device::Cpu).unwrap();
         let cfg = plain.model.cfg.clone();
-        let elastica::model::lora::PeftAdapter::Dora(dora) =
-            elastica::model::lora::PeftAdapter::load(&dir, &cfg).unwrap()
-        else {
+        let PeftAdapter::Folded(dora) = PeftAdapter::load(&dir, &cfg).unwrap() else {
             panic!("{name} read as plain LoRA")
         };
         assert_eq!(dora.magnitudes.len() * 2, dora.lora.params.iter().count());
@@ -866,15 +864,34 @@ fn dora_adapters_evaluate_merge_and_generate_through_the_cli_but_do_not_train() 
     assert!(!out.exists(), "a refused run wrote {}", out.display());
 }
 
+/// An edit of an adapter's config and tensors.
+type AdapterEdit<'a> = &'a dyn Fn(&mut serde_json::Value, &mut Vec<(String, Tensor)>);
+
+/// A copy of the adapter in `src` at `dst`, its config and tensors edited by `edit`.
+fn edited_adapter(src: &Path, dst: &Path, edit: AdapterEdit) {
+    std::fs::create_dir_all(dst).unwrap();
+    let mut c: serde_json::Value = common::read_json(&src.join("adapter_config.json"));
+    let weights = src.join("adapter_model.safetensors");
+    let mut t: Vec<(String, Tensor)> = candle_core::safetensors::load(&weights, &Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .collect();
+    edit(&mut c, &mut t);
+    std::fs::write(dst.join("adapter_config.json"), c.to_string()).unwrap();
+    candle_core::safetensors::save(
+        &t.into_iter().collect::<std::collections::HashMap<_, _>>(),
+        dst.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+}
+
 #[test]
 fn broken_dora_adapters_are_refused_naming_the_file_and_tensor() {
     let dir = tempfile::tempdir().unwrap();
     let base = fixtures().join("models/tiny-llama");
     let src = fixtures().join("lora/peft-llama-dora");
-    let weights = src.join("adapter_model.safetensors");
     let key = "base_model.model.model.layers.1.mlp.up_proj.lora_magnitude_vector";
-    type Edit<'a> = &'a dyn Fn(&mut serde_json::Value, &mut Vec<(String, Tensor)>);
-    let cases: [(&str, Edit, &str); 4] = [
+    let cases: [(&str, AdapterEdit, &str); 4] = [
         (
             "flag-off",
             &|c, _| c["use_dora"] = false.into(),
@@ -904,23 +921,199 @@ fn broken_dora_adapters_are_refused_naming_the_file_and_tensor() {
     ];
     for (name, edit, word) in cases {
         let d = dir.path().join(name);
-        std::fs::create_dir_all(&d).unwrap();
-        let mut c: serde_json::Value = common::read_json(&src.join("adapter_config.json"));
-        let mut t: Vec<(String, Tensor)> = candle_core::safetensors::load(&weights, &Device::Cpu)
-            .unwrap()
-            .into_iter()
-            .collect();
-        edit(&mut c, &mut t);
-        std::fs::write(d.join("adapter_config.json"), c.to_string()).unwrap();
-        candle_core::safetensors::save(
-            &t.into_iter().collect::<std::collections::HashMap<_, _>>(),
-            d.join("adapter_model.safetensors"),
-        )
-        .unwrap();
+        edited_adapter(&src, &d, edit);
         let err = refused_adapter(&base, &d);
         assert!(
             err.contains(word) && err.contains("adapter_"),
             "{name}: {err}"
+        );
+    }
+}
+
+/// The fixtures of adapters with more than LoRA on the projections
+/// (`scripts/make_peft_extras_fixture.py`) and their expectations.
+const EXTRAS_FIXTURES: [&str; 3] = ["peft-qwen2-extras", "peft-gemma-embed", "peft-llama-save"];
+
+fn extras_expected() -> serde_json::Value {
+    common::read_json(&fixtures().join("lora/extras.json"))
+}
+
+fn extras_base(name: &str) -> String {
+    let base = extras_expected()["base"][name]
+        .as_str()
+        .unwrap()
+        .to_string();
+    fixtures()
+        .join("models")
+        .join(base)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The adapter in `lora/{name}` as read, which folds.
+fn folded(name: &str) -> FoldedAdapter {
+    let cfg = load_model(&extras_base(name), &Device::Cpu)
+        .unwrap()
+        .model
+        .cfg;
+    match PeftAdapter::load(&fixtures().join("lora").join(name), &cfg) {
+        Ok(PeftAdapter::Folded(f)) => f,
+        Ok(_) => panic!("{name} read as plain LoRA"),
+        Err(e) => panic!("{name}: {e:#}"),
+    }
+}
+
+#[test]
+fn folded_adapters_score_as_transformers_plus_peft() {
+    let (ids, targets) = ids_and_targets();
+    for name in EXTRAS_FIXTURES {
+        let want = extras_expected()["nll_sum"][name].as_f64().unwrap();
+        let base = extras_base(name);
+        let dir = fixtures().join("lora").join(name);
+        let lm = elastica::model::adapted::load_model_with(&base, Some(&dir), &Device::Cpu)
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        assert!(lm.model.adapter().is_none(), "{name}: folded in");
+        // Each adapter changes the embedding or the head, which PEFT unties from a tied one.
+        assert!(!lm.model.cfg.tie_word_embeddings, "{name}");
+        scores_as(name, &lm, want);
+        // Each part counts: without it the score moves.
+        let f = folded(name);
+        let without = |g: &dyn Fn(&mut FoldedAdapter)| {
+            let mut f = f.clone();
+            g(&mut f);
+            let base = load_model(&base, &Device::Cpu).unwrap();
+            let (cfg, params) = f.merged(&base.model.cfg, &base.model.params).unwrap();
+            let m = elastica::model::Llama::new(cfg, params, &Device::Cpu).unwrap();
+            scoring_nll(&m, &ids, &targets).unwrap()
+        };
+        // The whole tensors of modules_to_save (PEFT's copies of an adapted embedding or head
+        // are the base's own, and count for nothing).
+        let saved =
+            |k: &str| !k.ends_with(".bias") && !f.outer.contains_key(k.trim_end_matches(".weight"));
+        type Part<'a> = (&'a str, &'a dyn Fn(&mut FoldedAdapter));
+        let no_outer = |f: &mut FoldedAdapter| f.outer.clear();
+        let no_biases = |f: &mut FoldedAdapter| f.whole.retain(|k, _| !k.ends_with(".bias"));
+        let no_saved = |f: &mut FoldedAdapter| f.whole.retain(|k, _| !saved(k));
+        let mut parts: Vec<Part> = Vec::new();
+        if !f.outer.is_empty() {
+            parts.push(("outer LoRA", &no_outer));
+        }
+        if f.whole.keys().any(|k| k.ends_with(".bias")) {
+            parts.push(("biases", &no_biases));
+        }
+        if f.whole.keys().any(|k| saved(k)) {
+            parts.push(("whole modules", &no_saved));
+        }
+        assert!(!parts.is_empty(), "{name}");
+        for (part, g) in parts {
+            let got = without(g);
+            assert!(
+                (got - want).abs() > 1e-2,
+                "{name}: {part} had no effect ({got})"
+            );
+        }
+    }
+}
+
+#[test]
+fn folded_adapters_merge_untied_and_are_not_trained() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = fixtures().join("sft/data.jsonl");
+    let data = data.to_str().unwrap();
+    for name in ["peft-gemma-embed", "peft-qwen2-extras"] {
+        let base = extras_base(name);
+        let adapter = fixtures().join("lora").join(name);
+        let on_the_fly = eval_loss_cli(data, &base, Some(&adapter));
+        assert!((on_the_fly - eval_loss_cli(data, &base, None)).abs() > 1e-3);
+        let merged = dir.path().join(format!("{name}-merged"));
+        merge_equals_on_the_fly(&base, &adapter, &merged, data, on_the_fly);
+        // The tied base comes out untied, with a head tensor of its own.
+        let cfg = common::read_json(&merged.join("config.json"));
+        assert_eq!(cfg["tie_word_embeddings"], false, "{name}");
+        let names = safetensors_shapes(&merged.join("model.safetensors"));
+        assert!(names.iter().any(|(n, _)| n == "lm_head.weight"), "{name}");
+        let out = dir.path().join(format!("{name}-train"));
+        let (ok, _, err) = common::elastica(&[
+            "train",
+            "--model",
+            &base,
+            "--adapter",
+            adapter.to_str().unwrap(),
+            "--data",
+            data,
+            "--out",
+            out.to_str().unwrap(),
+            "--max-steps",
+            "1",
+        ]);
+        assert!(!ok);
+        assert!(
+            err.contains("elastica merge") && err.contains("adapter_config.json"),
+            "{err}"
+        );
+        assert!(!out.exists(), "a refused run wrote {}", out.display());
+    }
+}
+
+#[test]
+fn broken_folded_adapters_are_refused_naming_the_file_and_tensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let rename = |from: &'static str, to: &'static str| {
+        move |_: &mut serde_json::Value, t: &mut Vec<(String, Tensor)>| {
+            for (k, _) in t.iter_mut() {
+                *k = k.replace(from, to);
+            }
+        }
+    };
+    let unknown = rename(
+        "model.layers.0.self_attn.q_proj.base_layer.bias",
+        "model.layers.0.self_attn.x_proj.bias",
+    );
+    let cases: [(&str, &str, AdapterEdit, &str); 6] = [
+        (
+            "unsaved",
+            "peft-qwen2-extras",
+            &|c, _| c["modules_to_save"] = serde_json::Value::Null,
+            "\"lm_head.weight\" is a whole tensor of the base model, but",
+        ),
+        (
+            "untrained-bias",
+            "peft-qwen2-extras",
+            &|c, _| c["bias"] = "none".into(),
+            "self_attn.q_proj.bias\" is a whole tensor",
+        ),
+        (
+            "unknown",
+            "peft-qwen2-extras",
+            &unknown,
+            "is not a tensor of the base model",
+        ),
+        (
+            "half",
+            "peft-gemma-embed",
+            &|_, t| t.retain(|(k, _)| !k.ends_with("lm_head.lora_B.weight")),
+            "LoRA on lm_head has only one of A and B",
+        ),
+        (
+            "embed-rank",
+            "peft-gemma-embed",
+            &|c, _| c["rank_pattern"] = serde_json::json!({}),
+            "LoRA on model.embed_tokens has A [3, 300]",
+        ),
+        (
+            "tying",
+            "peft-gemma-embed",
+            &|c, _| c["ensure_weight_tying"] = true.into(),
+            "ensure_weight_tying",
+        ),
+    ];
+    for (case, src, edit, word) in cases {
+        let d = dir.path().join(case);
+        edited_adapter(&fixtures().join("lora").join(src), &d, edit);
+        let err = refused_adapter(Path::new(&extras_base(src)), &d);
+        assert!(
+            err.contains(word) && err.contains("adapter_"),
+            "{case}: {err}"
         );
     }
 }

@@ -66,7 +66,7 @@ pub struct CoderArgs {
     /// the same one.
     #[arg(long)]
     pub model: String,
-    /// A LoRA or DoRA adapter (PEFT's format) on top of --model; decompress needs the same one.
+    /// A PEFT adapter (LoRA, DoRA, ...) on top of --model; decompress needs the same one.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
 }

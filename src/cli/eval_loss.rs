@@ -12,7 +12,7 @@ pub struct EvalLossArgs {
     /// Model directory or `org/name` in the offline HF cache.
     #[arg(long)]
     pub model: String,
-    /// A LoRA or DoRA adapter (PEFT's format: adapter_config.json,
+    /// A PEFT adapter (LoRA, DoRA, ...; adapter_config.json,
     /// adapter_model.safetensors) on top of --model.
     #[arg(long)]
     pub adapter: Option<PathBuf>,

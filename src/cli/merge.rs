@@ -1,5 +1,6 @@
-//! `elastica merge`: a base model with a LoRA adapter folded in (W + s * B A on every adapted
-//! projection; a DoRA adapter's m / ||W + s B A||_row (W + s B A)), written as a plain HF
+//! `elastica merge`: a base model with a PEFT adapter folded in (W + s * B A on every adapted
+//! projection; DoRA, LoRA on the embedding or head, `modules_to_save` and trained biases as
+//! `model::lora::FoldedAdapter` folds them), written as a plain HF
 //! checkpoint that any command (or transformers) loads without the adapter. Each file is written atomically and durably.
 
 use crate::model::adapted::save_with_merged;
@@ -13,7 +14,7 @@ pub struct MergeArgs {
     /// Base model: a directory in the HF layout, or `org/name` in the offline HF cache.
     #[arg(long)]
     pub model: String,
-    /// The LoRA or DoRA adapter directory (PEFT's format: adapter_config.json,
+    /// The PEFT adapter directory (LoRA, DoRA, ...; adapter_config.json,
     /// adapter_model.safetensors).
     #[arg(long)]
     pub adapter: PathBuf,

@@ -32,7 +32,7 @@ pub struct TrainArgs {
     #[arg(long, required_unless_present = "init", conflicts_with = "init")]
     pub model: Option<String>,
     /// A LoRA adapter directory (PEFT's format) on top of --model: training continues this
-    /// adapter (the LoRA flags default to its own settings; a DoRA adapter is refused: merge it).
+    /// adapter (the LoRA flags default to its own settings; one that only folds, such as DoRA, is refused: merge it).
     #[arg(long, requires = "model")]
     pub adapter: Option<PathBuf>,
     /// Train from scratch from this config.json (random init, seeded by --seed).

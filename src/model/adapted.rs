@@ -1,18 +1,19 @@
 //! A base model with a LoRA adapter (`model::lora`): loading one for `--model M --adapter
-//! DIR` (a DoRA adapter folded in), preparing one for training, and merging it into a plain
+//! DIR` (an adapter with more than LoRA on the projections folded in), preparing one for training, and merging it into a plain
 //! checkpoint. Kept apart from `lora` so that the decoder (which applies an adapter) does not
 //! depend on checkpoint I/O.
 
 use super::checkpoint::LoadedModel;
-use super::lora::{Adapter, DoraAdapter, LoraConfig, PeftAdapter};
+use super::lora::{Adapter, FoldedAdapter, LoraConfig, PeftAdapter};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use std::path::Path;
 
 /// Load `spec` (a model directory or `org/name` in the offline HF cache) with the adapter in
 /// `adapter` on top, if given, to evaluate: what `eval-loss`, `generate`, `compress` and
-/// `rates` load for `--model M --adapter DIR`. A LoRA adapter is applied on the fly; a DoRA
-/// adapter is folded into the weights (see [`DoraAdapter`]), so the model carries none.
+/// `rates` load for `--model M --adapter DIR`. A LoRA adapter is applied on the fly; one with
+/// more (DoRA, LoRA on the embedding or head, `modules_to_save`, trained biases) is folded
+/// into the weights (see [`FoldedAdapter`]), so the model carries none.
 pub fn load_model_with(spec: &str, adapter: Option<&Path>, device: &Device) -> Result<LoadedModel> {
     let lm = super::checkpoint::load_model(spec, device)?;
     let Some(dir) = adapter else {
@@ -20,12 +21,12 @@ pub fn load_model_with(spec: &str, adapter: Option<&Path>, device: &Device) -> R
     };
     match PeftAdapter::load(dir, &lm.model.cfg)? {
         PeftAdapter::Lora(a) => attach(lm, a),
-        PeftAdapter::Dora(d) => fold(lm, &d),
+        PeftAdapter::Folded(f) => fold(lm, &f),
     }
 }
 
 /// Load `spec` with the adapter in `adapter` on top, if given, to train further: a LoRA
-/// adapter only (a DoRA adapter is refused, naming where it loads instead).
+/// adapter only (a [`FoldedAdapter`] is refused, naming where it loads instead).
 pub fn load_model_to_train(
     spec: &str,
     adapter: Option<&Path>,
@@ -41,10 +42,12 @@ pub fn load_model_to_train(
     }
 }
 
-/// `lm` with a DoRA adapter folded into its weights.
-fn fold(lm: LoadedModel, dora: &DoraAdapter) -> Result<LoadedModel> {
+/// `lm` with an adapter folded into its weights (and its configuration, which folding may
+/// untie).
+fn fold(lm: LoadedModel, adapter: &FoldedAdapter) -> Result<LoadedModel> {
+    let (cfg, params) = adapter.merged(&lm.model.cfg, &lm.model.params)?;
     Ok(LoadedModel {
-        model: with_params(&lm, dora.merged(&lm.model.params)?)?,
+        model: super::Llama::new(cfg, params, lm.model.device())?,
         tokenizer: lm.tokenizer,
         dir: lm.dir,
     })
@@ -156,7 +159,7 @@ pub fn save_merged(lm: &LoadedModel, out: &Path, dtype: Option<&str>) -> Result<
 }
 
 /// Write the base `lm` (no adapter on it) with the adapter in `adapter` merged in, LoRA or
-/// DoRA, as an HF checkpoint in `out` (the base's dtype unless `dtype` is given).
+/// folded, as an HF checkpoint in `out` (the base's dtype unless `dtype` is given).
 pub fn save_with_merged(
     lm: &LoadedModel,
     adapter: &Path,
@@ -166,6 +169,8 @@ pub fn save_with_merged(
     if lm.model.adapter().is_some() {
         bail!("the model already carries an adapter; merge from the base alone");
     }
-    let merged = PeftAdapter::load(adapter, &lm.model.cfg)?.merged(&lm.model.params)?;
-    super::checkpoint::save_model(&with_params(lm, merged)?, &lm.dir, out, dtype)
+    let (cfg, params) =
+        PeftAdapter::load(adapter, &lm.model.cfg)?.merged(&lm.model.cfg, &lm.model.params)?;
+    let model = super::Llama::new(cfg, params, lm.model.device())?;
+    super::checkpoint::save_model(&model, &lm.dir, out, dtype)
 }

@@ -9,11 +9,11 @@
 //! `base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight` (PEFT also wrote
 //! `.lora_A.default.weight` in some versions; both are read). Inside elastica the adapter's
 //! tensors are named without the `base_model.model.` prefix, next to the weight they adapt.
-//! What PEFT can express but elastica does not compute (trained biases, extra trained
-//! modules, adapters on embeddings or the LM head) is refused by name; `layers_to_transform`
-//! and the per-module `rank_pattern` / `alpha_pattern` ([`PeftLayout`]) are read and written
-//! back. A DoRA adapter ([`DoraAdapter`], `use_dora`) is read for evaluation only: it is
-//! folded into the base weights, which is exactly PEFT's DoRA forward outside training.
+//! `layers_to_transform` and the per-module `rank_pattern` / `alpha_pattern` ([`PeftLayout`])
+//! are read and written back. An adapter with more than LoRA on the projections (DoRA,
+//! LoRA on the embedding or LM head, `modules_to_save`, trained biases: [`FoldedAdapter`]) is
+//! read for evaluation and merging only: it is folded into the base weights, which is exactly
+//! PEFT's forward outside training. What PEFT can express beyond that is refused by name.
 
 use super::config::ModelConfig;
 use super::params::{proj_module, proj_shape, Params};
@@ -369,71 +369,142 @@ impl Adapter {
     pub fn load(dir: &Path, model: &ModelConfig) -> Result<Adapter> {
         match PeftAdapter::load(dir, model)? {
             PeftAdapter::Lora(a) => Ok(a),
-            PeftAdapter::Dora(_) => bail!(
-                "{} is a DoRA adapter (use_dora = true): elastica evaluates one folded into \
-                 the base weights (--adapter in eval-loss, generate, compress and rates; \
-                 elastica merge), but does not train one or apply it on the fly; merge it \
-                 first (elastica merge) and use the merged model",
-                dir.join(CONFIG_FILE).display()
+            PeftAdapter::Folded(f) => bail!(
+                "{} holds {}: elastica evaluates such an adapter folded into the base weights \
+                 (--adapter in eval-loss, generate, compress and rates; elastica merge), but \
+                 does not train one or apply it on the fly; merge it first (elastica merge) and \
+                 use the merged model",
+                dir.join(CONFIG_FILE).display(),
+                f.features().join(", ")
             ),
         }
     }
 }
 
-/// A DoRA adapter (Liu et al. 2024; PEFT's `use_dora = true`): LoRA's A and B plus a learned
-/// magnitude m (one value per output row) on each adapted projection. Outside training PEFT
-/// computes `m / ||W + s B A||_row * (W + s B A) x` (the norm of each output row, held
-/// constant), so the adapter folds exactly into the base weights.
+/// A PEFT adapter that elastica applies by folding it into the base weights (evaluation and
+/// `elastica merge`; it is not trained or applied on the fly). Beyond LoRA's A and B on the
+/// projections it holds any of:
+/// - DoRA's magnitudes (Liu et al. 2024; `use_dora = true`): a learned m per output row of each
+///   adapted projection. Outside training PEFT computes `m / ||W + s B A||_row * (W + s B A) x`
+///   (each row's norm held constant), which folds exactly into the weight;
+/// - LoRA on the embedding (`embed_tokens += s (B A)^T`, before Gemma's scaling, as PEFT adds
+///   it) or on the LM head (`lm_head += s B A`);
+/// - whole tensors: the modules PEFT trains and saves entire (`modules_to_save`) and the biases
+///   trained under `bias = "all"` / `"lora_only"`; they replace the base's.
+///
+/// On a model whose LM head is tied to its embedding, PEFT changes the one it wraps and leaves
+/// the other on the base tensor, so the folded model is untied (`tie_word_embeddings = false`).
 #[derive(Clone)]
-pub struct DoraAdapter {
-    /// The directions' low-rank update (A, B, scales, layout), as a LoRA adapter.
+pub struct FoldedAdapter {
+    /// The projections' low-rank update (A, B, scales, layout), as a LoRA adapter.
     pub lora: Adapter,
     /// `model.layers.{l}.{block}.{proj}` -> m, shape (out,).
     pub magnitudes: BTreeMap<String, Tensor>,
+    /// `model.embed_tokens` -> (A (r, vocab), B (hidden, r)); `lm_head` -> (A (r, hidden),
+    /// B (vocab, r)).
+    pub outer: BTreeMap<String, (Tensor, Tensor)>,
+    /// Checkpoint name (`lm_head.weight`, `model.layers.0.self_attn.q_proj.bias`) -> tensor.
+    pub whole: BTreeMap<String, Tensor>,
 }
 
-impl DoraAdapter {
-    /// The base weights with the adapter folded in: each adapted projection becomes
-    /// `diag(m / ||W + s B A||_row) (W + s B A)`; every other tensor is copied.
-    pub fn merged(&self, base: &Params) -> Result<Params> {
+impl FoldedAdapter {
+    /// What this adapter holds beyond LoRA on the projections, for messages.
+    pub fn features(&self) -> Vec<String> {
+        let mut f = Vec::new();
+        if !self.magnitudes.is_empty() {
+            f.push("DoRA magnitudes (use_dora = true)".to_string());
+        }
+        for m in self.outer.keys() {
+            f.push(format!("LoRA on {m}"));
+        }
+        let (biases, modules): (Vec<&String>, Vec<&String>) =
+            self.whole.keys().partition(|k| k.ends_with(".bias"));
+        if !biases.is_empty() {
+            f.push(format!(
+                "{} trained biases (bias = all / lora_only)",
+                biases.len()
+            ));
+        }
+        if !modules.is_empty() {
+            f.push(format!("whole tensors (modules_to_save): {modules:?}"));
+        }
+        f
+    }
+
+    /// The base model (`cfg`, `base`) with the adapter folded in: its configuration (untied
+    /// where the adapter changes one of a tied embedding and LM head) and weights (new
+    /// variables; the base is not changed).
+    pub fn merged(&self, cfg: &ModelConfig, base: &Params) -> Result<(ModelConfig, Params)> {
         let mut entries = Vec::new();
         for (name, var) in base.iter() {
-            let module = name.strip_suffix(".weight").unwrap_or(name);
-            let t = match (self.lora.pair(module)?, self.magnitudes.get(module)) {
-                (Some((a, b)), Some(m)) => {
-                    let w = (var.as_tensor() + (b.matmul(&a)? * self.lora.scale_of(module)?)?)?;
-                    let norm = w.sqr()?.sum_keepdim(1)?.sqrt()?;
-                    let scale = m.unsqueeze(1)?.broadcast_div(&norm)?;
-                    // A zero row of W + s B A has no direction to scale.
-                    if let Some(x) = super::tensor_file::non_finite(&scale)? {
-                        bail!(
-                            "DoRA on \"{module}\": m / ||W + s B A|| is {x} (a row of W + s B A \
-                             is zero or overflows)"
-                        );
-                    }
-                    w.broadcast_mul(&scale)?
-                }
-                _ => var.as_tensor().copy()?,
-            };
-            entries.push((name.clone(), Var::from_tensor(&t)?));
+            entries.push((
+                name.clone(),
+                Var::from_tensor(&self.folded(name, var.as_tensor())?)?,
+            ));
         }
-        Ok(Params::new(entries))
+        let mut cfg = cfg.clone();
+        let touches =
+            |m: &str| self.outer.contains_key(m) || self.whole.contains_key(&format!("{m}.weight"));
+        if cfg.tie_word_embeddings && (touches(EMBED) || touches(HEAD)) {
+            // The head keeps the base embedding, with its own change if it has one.
+            let embed = base.tensor(&format!("{EMBED}.weight"))?;
+            let head = self.folded(&format!("{HEAD}.weight"), &embed)?;
+            entries.push((format!("{HEAD}.weight"), Var::from_tensor(&head)?));
+            cfg.tie_word_embeddings = false;
+            if let Some(raw) = cfg.raw.as_object_mut() {
+                raw.insert("tie_word_embeddings".into(), false.into());
+            }
+        }
+        Ok((cfg, Params::new(entries)))
+    }
+
+    /// Base tensor `name` (`w`) with this adapter's change to it.
+    fn folded(&self, name: &str, w: &Tensor) -> Result<Tensor> {
+        // A whole tensor replaces the base's; LoRA on its module (PEFT saves the base layer of
+        // an adapted embedding or head whole) adds to it.
+        let w = self.whole.get(name).unwrap_or(w);
+        let module = name.strip_suffix(".weight").unwrap_or(name);
+        if let Some((a, b)) = self.outer.get(module) {
+            let s = self.lora.scale_of(module)?;
+            let delta = (b.matmul(a)? * s)?;
+            // The embedding's B A is (hidden, vocab): PEFT looks a token up in A's column.
+            let delta = if module == EMBED { delta.t()? } else { delta };
+            return Ok((w + delta)?);
+        }
+        let Some((a, b)) = self.lora.pair(module)? else {
+            return Ok(w.copy()?);
+        };
+        let w = (w + (b.matmul(&a)? * self.lora.scale_of(module)?)?)?;
+        let Some(m) = self.magnitudes.get(module) else {
+            return Ok(w);
+        };
+        let norm = w.sqr()?.sum_keepdim(1)?.sqrt()?;
+        let scale = m.unsqueeze(1)?.broadcast_div(&norm)?;
+        // A zero row of W + s B A has no direction to scale.
+        if let Some(x) = super::tensor_file::non_finite(&scale)? {
+            bail!(
+                "DoRA on \"{module}\": m / ||W + s B A|| is {x} (a row of W + s B A is zero or \
+                 overflows)"
+            );
+        }
+        Ok(w.broadcast_mul(&scale)?)
     }
 }
 
-/// An adapter directory as PEFT wrote it: plain LoRA or DoRA.
+/// An adapter directory as PEFT wrote it: plain LoRA, or one that only folds.
 #[derive(Clone)]
 pub enum PeftAdapter {
     Lora(Adapter),
-    Dora(DoraAdapter),
+    Folded(FoldedAdapter),
 }
 
 impl PeftAdapter {
-    /// The base weights with the adapter merged in (W + s B A for LoRA; DoRA's fold).
-    pub fn merged(&self, base: &Params) -> Result<Params> {
+    /// The base model (`cfg`, `base`) with the adapter merged in: W + s B A for LoRA, the
+    /// fold of [`FoldedAdapter::merged`] otherwise.
+    pub fn merged(&self, cfg: &ModelConfig, base: &Params) -> Result<(ModelConfig, Params)> {
         match self {
-            PeftAdapter::Lora(a) => a.merged(base),
-            PeftAdapter::Dora(d) => d.merged(base),
+            PeftAdapter::Lora(a) => Ok((cfg.clone(), a.merged(base)?)),
+            PeftAdapter::Folded(f) => f.merged(cfg, base),
         }
     }
 
@@ -462,9 +533,9 @@ impl PeftAdapter {
         }
         let tensors = candle_core::safetensors::load(&weights, &Device::Cpu)
             .with_context(|| format!("cannot read {}", weights.display()))?;
-        let mut by_name = std::collections::BTreeMap::new();
+        let mut read = PeftTensors::default();
         for (key, t) in tensors {
-            let name = internal_name(&key).with_context(|| {
+            let what = internal_name(&key).with_context(|| {
                 format!("{}: tensor \"{key}\" is not supported", weights.display())
             })?;
             let t = t.to_dtype(DType::F32)?;
@@ -474,7 +545,7 @@ impl PeftAdapter {
                     weights.display()
                 );
             }
-            if by_name.insert(name.clone(), t).is_some() {
+            if let Some(name) = read.insert(what, t) {
                 bail!("{}: tensor \"{name}\" appears twice", weights.display());
             }
         }
@@ -491,15 +562,7 @@ impl PeftAdapter {
                 model.num_hidden_layers
             );
         }
-        // DoRA's magnitudes, by module, apart from the A / B pairs.
-        let (magnitudes, mut by_name): (BTreeMap<_, _>, BTreeMap<_, _>) = by_name
-            .into_iter()
-            .partition(|(n, _): &(String, Tensor)| n.ends_with(MAGNITUDE));
-        let magnitudes: BTreeMap<String, Tensor> = magnitudes
-            .into_iter()
-            .map(|(n, t)| (n.trim_end_matches(MAGNITUDE).to_string(), t))
-            .collect();
-        match (peft.dora, magnitudes.is_empty()) {
+        match (peft.dora, read.magnitudes.is_empty()) {
             (true, true) => bail!(
                 "{}: use_dora = true, but {} holds no lora_magnitude_vector",
                 cfg_path.display(),
@@ -513,42 +576,11 @@ impl PeftAdapter {
             ),
             _ => {}
         }
-        // Order: layer, then projection, then A before B; every A has its B.
-        let mut entries = Vec::new();
-        let mut targets = BTreeSet::new();
-        for l in 0..model.num_hidden_layers {
-            for (j, (_, proj)) in PROJECTIONS.into_iter().enumerate() {
-                let (na, nb) = lora_names(&proj_module(l, j));
-                let listed = peft.layout.layers.as_ref().is_none_or(|ls| ls.contains(&l));
-                match (by_name.remove(&na), by_name.remove(&nb)) {
-                    // PEFT would build no module there and ignore the tensor: refuse rather
-                    // than apply what PEFT would not.
-                    (Some(_), _) | (_, Some(_)) if !listed => bail!(
-                        "{}: \"{na}\" is on layer {l}, which {} does not list in \
-                         layers_to_transform {:?}",
-                        weights.display(),
-                        cfg_path.display(),
-                        peft.layout.layers.as_deref().unwrap_or_default()
-                    ),
-                    (Some(a), Some(b)) => {
-                        targets.insert(proj);
-                        entries.push((na, Var::from_tensor(&a)?));
-                        entries.push((nb, Var::from_tensor(&b)?));
-                    }
-                    (None, None) => {}
-                    (Some(_), None) => bail!("{}: \"{na}\" has no lora_B", weights.display()),
-                    (None, Some(_)) => bail!("{}: \"{nb}\" has no lora_A", weights.display()),
-                }
-            }
-        }
-        if let Some(name) = by_name.keys().next() {
-            bail!(
-                "{}: tensor \"{name}\" is not on a projection of the base model's {} layers",
-                weights.display(),
-                model.num_hidden_layers
-            );
-        }
-        if entries.is_empty() {
+        let paths = (cfg_path.as_path(), weights.as_path());
+        let (entries, targets) = projection_pairs(&mut read.lora, &peft, model, paths)?;
+        let outer = outer_pairs(read.outer, &peft, model, paths)?;
+        check_whole(&read.whole, &outer, &peft, model, paths)?;
+        if entries.is_empty() && outer.is_empty() && read.whole.is_empty() {
             bail!("{} holds no LoRA tensors", weights.display());
         }
         let adapter = Adapter {
@@ -569,42 +601,243 @@ impl PeftAdapter {
             seed: 0,
         };
         adapter.check_fits(model, &weights)?;
-        if !peft.dora {
+        check_magnitudes(&adapter, &read.magnitudes, model, &weights)?;
+        if read.magnitudes.is_empty() && outer.is_empty() && read.whole.is_empty() {
             return Ok(PeftAdapter::Lora(adapter));
         }
-        for (module, m) in &magnitudes {
-            let proj = module.rsplit('.').next().unwrap_or("");
-            let (out, _) = proj_shape(model, proj);
-            if adapter.pair(module)?.is_none() {
+        if peft.ensure_weight_tying && model.tie_word_embeddings {
+            let tied = [EMBED, HEAD];
+            if tied
+                .iter()
+                .any(|m| outer.contains_key(*m) || read.whole.contains_key(&format!("{m}.weight")))
+            {
                 bail!(
-                    "{}: \"{module}{MAGNITUDE}\" has no lora_A / lora_B beside it",
-                    weights.display()
-                );
-            }
-            if m.dims() != [out] {
-                bail!(
-                    "{}: \"{module}{MAGNITUDE}\" has shape {:?}, expected [{out}]",
-                    weights.display(),
-                    m.dims()
+                    "{}: ensure_weight_tying = true on a model with a tied LM head, and the \
+                     adapter changes the embedding or the head; elastica does not fold that \
+                     (PEFT's tying rules differ across versions)",
+                    cfg_path.display()
                 );
             }
         }
-        let adapted: Vec<&str> = adapter
-            .params
-            .iter()
-            .filter_map(|(n, _)| split_name(n).map(|(m, _)| m))
-            .collect();
-        if let Some(m) = adapted.iter().find(|m| !magnitudes.contains_key(**m)) {
+        Ok(PeftAdapter::Folded(FoldedAdapter {
+            lora: adapter,
+            magnitudes: read.magnitudes,
+            outer,
+            whole: read.whole,
+        }))
+    }
+}
+
+/// An adapter file's tensors, sorted by what they are ([`PeftTensor`]).
+#[derive(Default)]
+struct PeftTensors {
+    lora: BTreeMap<String, Tensor>,
+    magnitudes: BTreeMap<String, Tensor>,
+    outer: BTreeMap<(String, char), Tensor>,
+    whole: BTreeMap<String, Tensor>,
+}
+
+impl PeftTensors {
+    /// File `t` as `what`; returns its name if one of that name was filed already.
+    fn insert(&mut self, what: PeftTensor, t: Tensor) -> Option<String> {
+        let (name, old) = match what {
+            PeftTensor::Lora(n) => (n.clone(), self.lora.insert(n, t)),
+            PeftTensor::Magnitude(m) => (format!("{m}{MAGNITUDE}"), self.magnitudes.insert(m, t)),
+            PeftTensor::Outer(m, w) => (format!("{m} lora_{w}"), self.outer.insert((m, w), t)),
+            PeftTensor::Whole(n) => (n.clone(), self.whole.insert(n, t)),
+        };
+        old.map(|_| name)
+    }
+}
+
+/// Named A / B variables in order, and the projections that carry them.
+type ProjectionPairs = (Vec<(String, Var)>, BTreeSet<&'static str>);
+
+/// The projections' A / B in order (layer, then projection, A before B), each with its
+/// partner, only on the layers `layers_to_transform` lists; and the projections adapted.
+/// Removes them from `lora`; a tensor left over is on no projection of the model.
+fn projection_pairs(
+    lora: &mut BTreeMap<String, Tensor>,
+    peft: &PeftConfig,
+    model: &ModelConfig,
+    (cfg_path, weights): (&Path, &Path),
+) -> Result<ProjectionPairs> {
+    let mut entries = Vec::new();
+    let mut targets = BTreeSet::new();
+    for l in 0..model.num_hidden_layers {
+        for (j, (_, proj)) in PROJECTIONS.into_iter().enumerate() {
+            let (na, nb) = lora_names(&proj_module(l, j));
+            let listed = peft.layout.layers.as_ref().is_none_or(|ls| ls.contains(&l));
+            match (lora.remove(&na), lora.remove(&nb)) {
+                // PEFT would build no module there and ignore the tensor: refuse rather
+                // than apply what PEFT would not.
+                (Some(_), _) | (_, Some(_)) if !listed => bail!(
+                    "{}: \"{na}\" is on layer {l}, which {} does not list in \
+                     layers_to_transform {:?}",
+                    weights.display(),
+                    cfg_path.display(),
+                    peft.layout.layers.as_deref().unwrap_or_default()
+                ),
+                (Some(a), Some(b)) => {
+                    targets.insert(proj);
+                    entries.push((na, Var::from_tensor(&a)?));
+                    entries.push((nb, Var::from_tensor(&b)?));
+                }
+                (None, None) => {}
+                (Some(_), None) => bail!("{}: \"{na}\" has no lora_B", weights.display()),
+                (None, Some(_)) => bail!("{}: \"{nb}\" has no lora_A", weights.display()),
+            }
+        }
+    }
+    if let Some(name) = lora.keys().next() {
+        bail!(
+            "{}: tensor \"{name}\" is not on a projection of the base model's {} layers",
+            weights.display(),
+            model.num_hidden_layers
+        );
+    }
+    Ok((entries, targets))
+}
+
+/// LoRA's (A, B) on the embedding and the LM head, each pair complete and of the shapes its
+/// module's rank (PEFT's `rank_pattern` applies) gives.
+fn outer_pairs(
+    mut outer: BTreeMap<(String, char), Tensor>,
+    peft: &PeftConfig,
+    model: &ModelConfig,
+    (cfg_path, weights): (&Path, &Path),
+) -> Result<BTreeMap<String, (Tensor, Tensor)>> {
+    let lora_cfg = LoraConfig {
+        rank: peft.r,
+        alpha: peft.alpha,
+        ..LoraConfig::DEFAULT
+    };
+    let mut pairs = BTreeMap::new();
+    for module in [EMBED, HEAD] {
+        let a = outer.remove(&(module.to_string(), 'A'));
+        let b = outer.remove(&(module.to_string(), 'B'));
+        let (a, b) = match (a, b) {
+            (None, None) => continue,
+            (Some(a), Some(b)) => (a, b),
+            _ => bail!(
+                "{}: LoRA on {module} has only one of A and B",
+                weights.display()
+            ),
+        };
+        let (r, _) = peft
+            .layout
+            .rank_alpha(&lora_cfg, module)
+            .with_context(|| cfg_path.display().to_string())?;
+        let (v, h) = (model.vocab_size, model.hidden_size);
+        let want = if module == EMBED {
+            ([r, v], [h, r])
+        } else {
+            ([r, h], [v, r])
+        };
+        if a.dims() != want.0 || b.dims() != want.1 {
             bail!(
-                "{}: \"{m}\" has lora_A / lora_B but no lora_magnitude_vector (use_dora = true)",
+                "{}: LoRA on {module} has A {:?} and B {:?}, expected {:?} and {:?} (r = {r}, \
+                 vocabulary {v}, hidden size {h}); is the adapter for another base model, or \
+                 one with a resized vocabulary?",
+                weights.display(),
+                a.dims(),
+                b.dims(),
+                want.0,
+                want.1
+            );
+        }
+        pairs.insert(module.to_string(), (a, b));
+    }
+    Ok(pairs)
+}
+
+/// Refuse a whole tensor that the base model lacks, has in another shape, or that the
+/// adapter's config neither saves (`modules_to_save`) nor trains (`bias`), and that is not the
+/// base layer of an adapted embedding or head (which PEFT saves with `save_embedding_layers`).
+fn check_whole(
+    whole: &BTreeMap<String, Tensor>,
+    outer: &BTreeMap<String, (Tensor, Tensor)>,
+    peft: &PeftConfig,
+    model: &ModelConfig,
+    (cfg_path, weights): (&Path, &Path),
+) -> Result<()> {
+    let specs = super::params::param_specs(model);
+    for (name, t) in whole {
+        let shape = match specs.iter().find(|s| s.name == *name) {
+            Some(s) => s.shape.clone(),
+            // A tied model has no head tensor of its own; PEFT's copy of the head unties it.
+            None if name == "lm_head.weight" => vec![model.vocab_size, model.hidden_size],
+            None => bail!(
+                "{}: tensor \"{name}\" is not a tensor of the base model",
+                weights.display()
+            ),
+        };
+        if t.dims() != shape.as_slice() {
+            bail!(
+                "{}: tensor \"{name}\" has shape {:?}, but the base model's is {shape:?}; is the \
+                 adapter for another base model, or one with a resized vocabulary?",
+                weights.display(),
+                t.dims()
+            );
+        }
+        let module = name.rsplit_once('.').map_or(name.as_str(), |(m, _)| m);
+        // PEFT matches modules_to_save as plain suffixes ("norm" saves input_layernorm too).
+        let saved = peft
+            .modules_to_save
+            .iter()
+            .any(|m| module.ends_with(m.as_str()));
+        let bias = name.ends_with(".bias") && peft.trains_biases;
+        if !(saved || bias || outer.contains_key(module)) {
+            bail!(
+                "{}: tensor \"{name}\" is a whole tensor of the base model, but {} neither lists \
+                 its module in modules_to_save, nor trains biases (bias), nor adapts it",
+                weights.display(),
+                cfg_path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Every DoRA magnitude sits beside an A / B pair and has one value per output row, and
+/// (when there are magnitudes) every adapted projection has one.
+fn check_magnitudes(
+    adapter: &Adapter,
+    magnitudes: &BTreeMap<String, Tensor>,
+    model: &ModelConfig,
+    weights: &Path,
+) -> Result<()> {
+    if magnitudes.is_empty() {
+        return Ok(());
+    }
+    for (module, m) in magnitudes {
+        let proj = module.rsplit('.').next().unwrap_or("");
+        let (out, _) = proj_shape(model, proj);
+        if adapter.pair(module)?.is_none() {
+            bail!(
+                "{}: \"{module}{MAGNITUDE}\" has no lora_A / lora_B beside it",
                 weights.display()
             );
         }
-        Ok(PeftAdapter::Dora(DoraAdapter {
-            lora: adapter,
-            magnitudes,
-        }))
+        if m.dims() != [out] {
+            bail!(
+                "{}: \"{module}{MAGNITUDE}\" has shape {:?}, expected [{out}]",
+                weights.display(),
+                m.dims()
+            );
+        }
     }
+    let adapted = adapter
+        .params
+        .iter()
+        .filter_map(|(n, _)| split_name(n).map(|(m, _)| m));
+    if let Some(m) = adapted.into_iter().find(|m| !magnitudes.contains_key(*m)) {
+        bail!(
+            "{}: \"{m}\" has lora_A / lora_B but no lora_magnitude_vector (use_dora = true)",
+            weights.display()
+        );
+    }
+    Ok(())
 }
 
 impl Adapter {
@@ -679,8 +912,27 @@ fn split_name(name: &str) -> Option<(&str, char)> {
     name.strip_suffix(".lora_B.weight").map(|m| (m, 'B'))
 }
 
-/// PEFT's key -> elastica's name, or why it is not supported.
-fn internal_name(key: &str) -> Result<String> {
+/// What one tensor of a PEFT adapter file is, named inside elastica.
+#[derive(Debug, Clone, PartialEq)]
+enum PeftTensor {
+    /// A projection's A or B: `model.layers.0.self_attn.q_proj.lora_A.weight`.
+    Lora(String),
+    /// DoRA's magnitude of a projection, by module (`model.layers.0.self_attn.q_proj`).
+    Magnitude(String),
+    /// A or B of LoRA on the embedding (`model.embed_tokens`, PEFT's `lora_embedding_A/B`)
+    /// or on the LM head (`lm_head`).
+    Outer(String, char),
+    /// A base model tensor PEFT saves whole (`modules_to_save`, or a bias trained under
+    /// `bias = "all"` / `"lora_only"`), by its checkpoint name (`lm_head.weight`).
+    Whole(String),
+}
+
+/// The modules outside the decoder layers that LoRA can sit on.
+const EMBED: &str = "model.embed_tokens";
+const HEAD: &str = "lm_head";
+
+/// PEFT's key -> what it is inside elastica, or why it is not supported.
+fn internal_name(key: &str) -> Result<PeftTensor> {
     let Some(rest) = key.strip_prefix(PEFT_PREFIX) else {
         bail!("expected keys starting with \"{PEFT_PREFIX}\" (PEFT's layout)");
     };
@@ -697,19 +949,38 @@ fn internal_name(key: &str) -> Result<String> {
             bail!("unexpected DoRA tensor name");
         }
         projection_module(module)?;
-        return Ok(format!("{module}{MAGNITUDE}"));
+        return Ok(PeftTensor::Magnitude(module.to_string()));
     }
-    if rest.contains("lora_embedding_") {
-        bail!("adapters on embeddings are not supported");
+    // LoRA on the embedding: PEFT's parameters `lora_embedding_A` / `_B` (no `.weight`).
+    for (which, tag) in [('A', ".lora_embedding_A"), ('B', ".lora_embedding_B")] {
+        if let Some(at) = rest.find(tag) {
+            let (module, tail) = (&rest[..at], &rest[at + tag.len()..]);
+            if module != EMBED || !matches!(tail, "" | ".default" | ".weight") {
+                bail!("LoRA on embeddings is supported on {EMBED} only");
+            }
+            return Ok(PeftTensor::Outer(EMBED.into(), which));
+        }
     }
-    let Some((module, _)) = split_name(&rest) else {
-        bail!(
-            "only LoRA A/B matrices are supported (trained biases, modules_to_save and other \
-             extras are not)"
-        );
-    };
-    projection_module(module)?;
-    Ok(rest)
+    if let Some((module, which)) = split_name(&rest) {
+        if module == HEAD {
+            return Ok(PeftTensor::Outer(HEAD.into(), which));
+        }
+        projection_module(module)?;
+        return Ok(PeftTensor::Lora(rest));
+    }
+    if rest.contains("lora_") {
+        bail!("unexpected LoRA tensor name");
+    }
+    // A whole tensor: PEFT's `modules_to_save` copy (`lm_head.modules_to_save.default.weight`
+    // in the model, saved as `lm_head.weight`) or a trained bias (`q_proj.base_layer.bias`).
+    let whole: Vec<&str> = rest
+        .split('.')
+        .filter(|s| !matches!(*s, "modules_to_save" | "default" | "base_layer"))
+        .collect();
+    match whole.last() {
+        Some(&"weight") | Some(&"bias") => Ok(PeftTensor::Whole(whole.join("."))),
+        _ => bail!("not a LoRA tensor, nor a weight or bias of the base model"),
+    }
 }
 
 /// Refuse a module that is not one of the decoder's projections.
@@ -729,6 +1000,12 @@ const MAGNITUDE: &str = ".lora_magnitude_vector";
 struct PeftConfig {
     /// `use_dora`: the adapter also holds DoRA's magnitudes.
     dora: bool,
+    /// `bias` is "all" or "lora_only": the adapter may hold trained biases.
+    trains_biases: bool,
+    /// `modules_to_save`: modules the adapter holds whole (names or name suffixes).
+    modules_to_save: Vec<String>,
+    /// `ensure_weight_tying`: PEFT keeps a tied embedding and LM head tied.
+    ensure_weight_tying: bool,
     r: usize,
     alpha: f64,
     dropout: f64,
@@ -800,11 +1077,21 @@ impl PeftConfig {
                 bail!("{k} = true is not supported");
             }
         }
-        if let Some(b) = get("bias").and_then(|x| x.as_str()) {
-            if b != "none" {
-                bail!("bias = \"{b}\" is not supported (only \"none\": no trained biases)");
-            }
-        }
+        let trains_biases = match get("bias").and_then(|x| x.as_str()).unwrap_or("none") {
+            "none" => false,
+            "all" | "lora_only" => true,
+            b => bail!("bias = \"{b}\" is not one of PEFT's \"none\", \"all\", \"lora_only\""),
+        };
+        let modules_to_save = match get("modules_to_save") {
+            None => Vec::new(),
+            Some(serde_json::Value::String(m)) => vec![m.clone()],
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .map(|m| m.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .context("\"modules_to_save\" must be a list of module names")?,
+            Some(_) => bail!("\"modules_to_save\" must be a list of module names"),
+        };
         let nonempty = |k: &str| match get(k) {
             None => false,
             Some(serde_json::Value::Array(a)) => !a.is_empty(),
@@ -812,13 +1099,9 @@ impl PeftConfig {
             Some(serde_json::Value::String(s)) => !s.is_empty(),
             Some(_) => true,
         };
-        for k in [
-            "modules_to_save",
-            "target_parameters",
-            "trainable_token_indices",
-        ] {
+        for k in ["target_parameters", "trainable_token_indices"] {
             if nonempty(k) {
-                bail!("{k} is set; elastica adapts the decoder's projections only");
+                bail!("{k} is set; elastica does not read it");
             }
         }
         let pattern = |k: &str, read: &dyn Fn(&serde_json::Value) -> Option<f64>| {
@@ -870,6 +1153,9 @@ impl PeftConfig {
         .transpose()?;
         Ok(PeftConfig {
             dora: flag("use_dora"),
+            trains_biases,
+            modules_to_save,
+            ensure_weight_tying: flag("ensure_weight_tying"),
             r,
             alpha,
             dropout,
@@ -893,24 +1179,43 @@ mod tests {
 
     #[test]
     fn peft_keys_map_with_or_without_the_adapter_name() {
-        let k = "base_model.model.model.layers.3.mlp.down_proj.lora_B.default.weight";
+        use PeftTensor::*;
+        let p = |k: &str| internal_name(&format!("base_model.model.{k}")).unwrap();
+        let lora = |n: &str| Lora(n.to_string());
         assert_eq!(
-            internal_name(k).unwrap(),
-            "model.layers.3.mlp.down_proj.lora_B.weight"
+            p("model.layers.3.mlp.down_proj.lora_B.default.weight"),
+            lora("model.layers.3.mlp.down_proj.lora_B.weight")
         );
-        let k = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight";
         assert_eq!(
-            internal_name(k).unwrap(),
-            "model.layers.0.self_attn.q_proj.lora_A.weight"
+            p("model.layers.0.self_attn.q_proj.lora_A.weight"),
+            lora("model.layers.0.self_attn.q_proj.lora_A.weight")
         );
         // DoRA's magnitude, in each of the names PEFT has used.
         for tail in ["", ".weight", ".default.weight"] {
-            let k =
-                format!("base_model.model.model.layers.1.mlp.up_proj.lora_magnitude_vector{tail}");
             assert_eq!(
-                internal_name(&k).unwrap(),
-                "model.layers.1.mlp.up_proj.lora_magnitude_vector"
+                p(&format!(
+                    "model.layers.1.mlp.up_proj.lora_magnitude_vector{tail}"
+                )),
+                Magnitude("model.layers.1.mlp.up_proj".into())
             );
+        }
+        // LoRA on the embedding (PEFT's parameter names) and on the head.
+        for tail in ["", ".default"] {
+            assert_eq!(
+                p(&format!("model.embed_tokens.lora_embedding_B{tail}")),
+                Outer(EMBED.into(), 'B')
+            );
+        }
+        assert_eq!(p("lm_head.lora_A.weight"), Outer(HEAD.into(), 'A'));
+        // Whole tensors: a modules_to_save copy and a trained bias, as saved and as in the model.
+        for k in ["lm_head.weight", "lm_head.modules_to_save.default.weight"] {
+            assert_eq!(p(k), Whole("lm_head.weight".into()));
+        }
+        for k in [
+            "model.layers.0.self_attn.q_proj.bias",
+            "model.layers.0.self_attn.q_proj.base_layer.bias",
+        ] {
+            assert_eq!(p(k), Whole("model.layers.0.self_attn.q_proj.bias".into()));
         }
         for (k, why) in [
             (
@@ -921,10 +1226,18 @@ mod tests {
                 "base_model.model.model.embed_tokens.lora_magnitude_vector",
                 "not supported",
             ),
-            ("base_model.model.lm_head.lora_A.weight", "not supported"),
             (
-                "base_model.model.model.layers.0.self_attn.q_proj.bias",
-                "biases",
+                "base_model.model.model.layers.0.mlp.lora_embedding_A",
+                "embed_tokens only",
+            ),
+            (
+                "base_model.model.model.layers.0.self_attn.q_proj.lora_C",
+                "unexpected LoRA",
+            ),
+            ("base_model.model.model.norm.scale", "weight or bias"),
+            (
+                "model.layers.0.self_attn.q_proj.lora_A.weight",
+                "PEFT's layout",
             ),
         ] {
             let e = format!("{:#}", internal_name(k).unwrap_err());
@@ -942,10 +1255,17 @@ mod tests {
         let mut dora = base.clone();
         dora["use_dora"] = true.into();
         assert!(PeftConfig::from_json(&dora).unwrap().dora);
+        let mut extras = base.clone();
+        extras["bias"] = "lora_only".into();
+        extras["modules_to_save"] = serde_json::json!(["lm_head", "embed_tokens"]);
+        let extras = PeftConfig::from_json(&extras).unwrap();
+        assert!(extras.trains_biases);
+        assert_eq!(extras.modules_to_save, ["lm_head", "embed_tokens"]);
         for (k, v) in [
             ("fan_in_fan_out", serde_json::json!(true)),
-            ("bias", serde_json::json!("all")),
-            ("modules_to_save", serde_json::json!(["lm_head"])),
+            ("bias", serde_json::json!("some")),
+            ("modules_to_save", serde_json::json!([1])),
+            ("trainable_token_indices", serde_json::json!([3, 4])),
             ("rank_pattern", serde_json::json!({"q_proj": 0})),
             ("peft_type", serde_json::json!("IA3")),
         ] {
