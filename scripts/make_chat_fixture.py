@@ -18,6 +18,15 @@ Writes under tests/fixtures/chat/:
   (the DPO reference log-probs of a run starting from tiny-qwen2); and the greedy answer
   (8 new tokens, special tokens skipped) transformers' `generate` gives the conversation of
   prompts.jsonl under the chat template.
+- expected.json's "turns": for each SFT row, the ids, labels and summed NLL with the loss on
+  every assistant turn (`--turns assistant`, TRL's assistant_only_loss): transformers'
+  `apply_chat_template(return_assistant_tokens_mask=True)` with MARKED, tiny-qwen2's template
+  written out with `{% generation %}` around each assistant turn's text (the script checks
+  that it renders every conversation as the original does); and on every token
+  (`--turns all`, TRL's default for {"messages"}): `apply_chat_template(tokenize=True)`.
+  "marked_template" is MARKED itself, for the test of templates that carry the markers, and
+  "marked_tight_template" a copy whose marks end before the newline after each turn (the
+  same rendering, one token less counted a turn), with its rows as "assistant_tight".
 
 Run: python scripts/make_chat_fixture.py   (torch, transformers)
 """
@@ -106,6 +115,57 @@ with torch.no_grad():
                          pad_token_id=tok.pad_token_id)[0, ctx_ids.shape[1]:]
 greedy = {"ids": gen.tolist(), "text": tok.decode(gen, skip_special_tokens=True)}
 
+# tiny-qwen2's template with transformers' generation markers around each assistant turn's
+# text (content, end-of-turn and the newline the template writes after it).
+MARKED = (
+    "{{ bos_token }}\n{% for message in messages %}{% if message['role'] == 'assistant' %}"
+    "<|assistant|>\n{% generation %}{{ message['content'] | trim }}{{ eos_token }}\n"
+    "{% endgeneration %}{% elif message['role'] in ['system', 'user'] %}"
+    "<|{{ message['role'] }}|>\n{{ message['content'] | trim }}{{ eos_token }}\n"
+    "{% else %}{{ raise_exception('Unknown role: ' + message['role']) }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+# The same, its marks ending before the newline: transformers then counts one token less a turn.
+MARKED_TIGHT = MARKED.replace("{{ eos_token }}\n{% endgeneration %}",
+                              "{{ eos_token }}{% endgeneration %}{{ '\\n' }}")
+assert MARKED_TIGHT != MARKED
+
+
+def assistant_mask(turns, template):
+    """(ids, labels) with transformers' assistant mask over `template`."""
+    for n in range(1, len(turns) + 1):
+        for gen in (False, True):
+            same = tok.apply_chat_template(turns[:n], tokenize=False, add_generation_prompt=gen)
+            assert same == tok.apply_chat_template(
+                turns[:n], tokenize=False, add_generation_prompt=gen, chat_template=template
+            ), "the marked template renders otherwise"
+    out = tok.apply_chat_template(turns, chat_template=template, tokenize=True, return_dict=True,
+                                  return_assistant_tokens_mask=True)
+    ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
+    assert ids == ids_of(turns, False)
+    return ids, [t if m else -100 for t, m in zip(ids, mask)]
+
+
+def turns_built(turns):
+    """{mode: (ids, labels)} for the loss on every assistant turn (as MARKED and as
+    MARKED_TIGHT mark it) and on every token."""
+    ids = ids_of(turns, False)
+    return {
+        "assistant": assistant_mask(turns, MARKED),
+        "assistant_tight": assistant_mask(turns, MARKED_TIGHT),
+        "all": (ids, list(ids)),
+    }
+
+
+turns_expected = []
+for row in SFT:
+    modes = {}
+    for mode, (ids, labels) in turns_built(turns_of_sft(row)).items():
+        nll, n = summed_logp(ids, labels)
+        modes[mode] = {"ids": ids, "labels": labels, "nll_sum": -nll, "tokens": n}
+    turns_expected.append(modes)
+
 sft = []
 for row in SFT:
     ids, labels = built(turns_of_sft(row))
@@ -127,6 +187,8 @@ with open(os.path.join(OUT, "pairs.jsonl"), "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in PAIRS)
 json.dump(
     {"model": "tiny-qwen2", "sft": sft, "pairs": pairs, "greedy": greedy,
+     "turns": turns_expected, "marked_template": MARKED,
+     "marked_tight_template": MARKED_TIGHT,
      "rendered_first": tok.apply_chat_template(turns_of_sft(SFT[0]), tokenize=False),
      "transformers_version": __import__("transformers").__version__,
      "torch_version": torch.__version__},

@@ -184,3 +184,121 @@ fn generate_answers_a_conversation_under_the_chat_template_as_transformers() {
     assert_eq!(turns[2]["role"], "assistant");
     assert_eq!(turns[2]["content"], expected()["greedy"]["text"], "{row}");
 }
+
+/// `--turns assistant` (every assistant turn counts) and `--turns all` (every token) build the
+/// ids and labels transformers builds (its assistant mask over a generation-marked copy of the
+/// template; its whole-conversation tokens) and score as transformers scores them, through the
+/// library and `eval-loss`; other schemas and preference pairs refuse the setting.
+#[test]
+fn every_assistant_turn_or_every_token_counts_as_transformers_counts_them() {
+    let lm = load_model(&path("models/tiny-qwen2"), &candle_core::Device::Cpu).unwrap();
+    let all_rows = expected()["turns"].as_array().unwrap().clone();
+    for (turns, flag) in [
+        (elastica::data::records::Turns::Assistant, "assistant"),
+        (elastica::data::records::Turns::All, "all"),
+    ] {
+        let mut spec = DataSpec::new(path("chat/sft.jsonl"), "conversation");
+        spec.turns = turns;
+        let ds = load(&spec).unwrap();
+        let (examples, _) = tokenize(&ds.records, &lm.tokenizer, Template::Chat, 512).unwrap();
+        let (mut nll, mut tokens) = (0.0, 0);
+        for (i, (e, w)) in examples.iter().zip(&all_rows).enumerate() {
+            let w = &w[flag];
+            let ids: Vec<u32> = serde_json::from_value(w["ids"].clone()).unwrap();
+            let labels: Vec<i64> = serde_json::from_value(w["labels"].clone()).unwrap();
+            assert_eq!(e.ids, ids, "{flag} record {i}: ids");
+            assert_eq!(e.labels, labels, "{flag} record {i}: labels");
+            nll += w["nll_sum"].as_f64().unwrap();
+            tokens += w["tokens"].as_u64().unwrap();
+        }
+        let (ok, stdout, err) = common::elastica(&[
+            "eval-loss",
+            "--model",
+            &path("models/tiny-qwen2"),
+            "--data",
+            &path("chat/sft.jsonl"),
+            "--schema",
+            "conversation",
+            "--turns",
+            flag,
+        ]);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert_eq!(v["tokens"].as_u64().unwrap(), tokens, "{flag}: {v}");
+        let (mean, want) = (v["mean_nll"].as_f64().unwrap(), nll / tokens as f64);
+        assert!(
+            (mean - want).abs() <= 1e-5 * want,
+            "{flag}: {mean} vs {want}"
+        );
+    }
+    // The multi-turn row counts more under `assistant` than under the default.
+    let last = expected()["sft"][1]["tokens"].as_u64().unwrap();
+    assert!(all_rows[1]["assistant"]["tokens"].as_u64().unwrap() > last);
+    for (data, schema, word) in [
+        ("sft/data.jsonl", "jsonl", "applies to conversations"),
+        (
+            "chat/pairs.jsonl",
+            "conversation",
+            "a preference pair's answers",
+        ),
+    ] {
+        let out = tempfile::tempdir().unwrap();
+        let mut args = vec!["train", "--model", "", "--data", "", "--schema", schema];
+        let (model, data) = (path("models/tiny-qwen2"), path(data));
+        (args[2], args[4]) = (&model, &data);
+        args.extend(["--turns", "all", "--out", out.path().to_str().unwrap()]);
+        if data.contains("pairs") {
+            args.extend(["--method", "dpo"]);
+        }
+        let (ok, _, err) = common::elastica(&args);
+        assert!(!ok && err.contains(word), "{schema}: {err}");
+    }
+}
+
+/// A template that marks the assistant's text with transformers' `{% generation %}` renders as
+/// the plain one does, and `--turns assistant` counts what it marks: on tiny-qwen2 with the
+/// fixture's marked copies of its template, the ids and labels of transformers' assistant
+/// mask, also where the marks leave out the newline after each turn (the copy "tight", which
+/// the turns' own text would count).
+#[test]
+fn templates_with_generation_markers_render_and_mark_the_assistant_turns() {
+    let dir = tempfile::tempdir().unwrap();
+    for (template, key) in [
+        ("marked_template", "assistant"),
+        ("marked_tight_template", "assistant_tight"),
+    ] {
+        let model = dir.path().join(template);
+        std::fs::create_dir(&model).unwrap();
+        for f in std::fs::read_dir(fixtures().join("models/tiny-qwen2")).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, model.join(f.file_name().unwrap())).unwrap();
+        }
+        let cfg_path = model.join("tokenizer_config.json");
+        let mut cfg = common::read_json(&cfg_path);
+        cfg["chat_template"] = expected()[template].clone();
+        std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+        let lm = load_model(model.to_str().unwrap(), &candle_core::Device::Cpu).unwrap();
+        for (turns, key) in [
+            (elastica::data::records::Turns::Last, None),
+            (elastica::data::records::Turns::Assistant, Some(key)),
+        ] {
+            let mut spec = DataSpec::new(path("chat/sft.jsonl"), "conversation");
+            spec.turns = turns;
+            let ds = load(&spec).unwrap();
+            let (examples, _) = tokenize(&ds.records, &lm.tokenizer, Template::Chat, 512).unwrap();
+            for (i, e) in examples.iter().enumerate() {
+                let w = match key {
+                    Some(k) => expected()["turns"][i][k].clone(),
+                    None => expected()["sft"][i].clone(),
+                };
+                let ids: Vec<u32> = serde_json::from_value(w["ids"].clone()).unwrap();
+                let labels: Vec<i64> = serde_json::from_value(w["labels"].clone()).unwrap();
+                assert_eq!(
+                    (&e.ids, &e.labels),
+                    (&ids, &labels),
+                    "{template} {key:?} {i}"
+                );
+            }
+        }
+    }
+}

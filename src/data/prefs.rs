@@ -100,6 +100,13 @@ impl PrefDataset {
 
 /// Load the pairs `spec` names; `prefer` is required by (and only used for) `pku-saferlhf`.
 pub fn load(spec: &DataSpec, prefer: Option<Prefer>) -> Result<PrefDataset> {
+    if !spec.turns.is_last() {
+        bail!(
+            "turns = \"{}\" (--turns) applies to SFT conversations; a preference pair's \
+             answers are its last turns",
+            spec.turns.name()
+        );
+    }
     let files = crate::data::files::resolve(&spec.path, spec.files.as_deref())?;
     load_files(spec, prefer, files)
         .with_context(|| format!("loading preference pairs {}", spec.path))
@@ -450,13 +457,11 @@ mod tests {
         );
         assert_eq!(
             ds.records[1].record("no"),
-            Record::Chat {
-                messages: vec![
-                    msg("system", "s"),
-                    msg("user", "q2"),
-                    msg("assistant", "no")
-                ]
-            }
+            Record::conversation(vec![
+                msg("system", "s"),
+                msg("user", "q2"),
+                msg("assistant", "no")
+            ])
         );
         assert_eq!(default_template("conversation"), Template::Chat);
         for (row, want) in [

@@ -29,6 +29,36 @@ impl Message {
 /// The role of the turn a conversation record trains on.
 pub const ASSISTANT: &str = "assistant";
 
+/// Which tokens of a conversation the loss counts (`--turns`, a data spec's `turns`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Turns {
+    /// The last assistant turn (what the template adds for it, end-of-turn text included);
+    /// every earlier turn is masked context. TRL's conversational prompt-completion.
+    #[default]
+    Last,
+    /// Every assistant turn, each as `last` counts it; system and user turns are masked.
+    /// TRL's `assistant_only_loss`, for templates that render a conversation as the
+    /// extension of its earlier turns.
+    Assistant,
+    /// Every token of the rendered conversation. TRL's default for `{"messages"}` rows
+    /// (language modelling).
+    All,
+}
+
+impl Turns {
+    pub fn is_last(&self) -> bool {
+        *self == Turns::Last
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Turns::Last => "last",
+            Turns::Assistant => "assistant",
+            Turns::All => "all",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Record {
@@ -36,11 +66,16 @@ pub enum Record {
     Pair { prompt: String, response: String },
     /// Every token counts (pre-training style).
     Text { text: String },
-    /// A conversation whose last message is an assistant turn: the chat template renders the
-    /// turns before it (with the generation prompt) as the masked prompt, and the loss counts
-    /// on what the template adds for the last turn (its content and end-of-turn text), as
-    /// TRL's conversational prompt-completion does.
-    Chat { messages: Vec<Message> },
+    /// A conversation whose last message is an assistant turn, rendered by the chat template.
+    /// By default ([`Turns::Last`]) the turns before the last (with the generation prompt)
+    /// are the masked prompt, and the loss counts on what the template adds for the last turn
+    /// (its content and end-of-turn text), as TRL's conversational prompt-completion does.
+    Chat {
+        messages: Vec<Message>,
+        /// Which turns count (not written when it is the default).
+        #[serde(default, skip_serializing_if = "Turns::is_last")]
+        turns: Turns,
+    },
 }
 
 impl Record {
@@ -70,11 +105,19 @@ impl Record {
             Record::Chat { .. } => None,
         }
     }
-    /// The conversation `context` answered by the assistant with `answer`.
+    /// The conversation `context` answered by the assistant with `answer` (its last turn
+    /// counts).
     pub fn chat(context: &[Message], answer: &str) -> Self {
         let mut messages = context.to_vec();
         messages.push(Message::new(ASSISTANT, answer));
-        Record::Chat { messages }
+        Record::conversation(messages)
+    }
+    /// A conversation whose last turn counts ([`Turns::Last`]).
+    pub fn conversation(messages: Vec<Message>) -> Self {
+        Record::Chat {
+            messages,
+            turns: Turns::Last,
+        }
     }
 }
 

@@ -11,6 +11,7 @@
 //! A data-config file holds one spec at top level (`path = ...`, `schema = ...`), or named
 //! specs as tables (`[safe]`, `[unsafe]`), which `rates` measures side by side.
 
+use crate::data::records::Turns;
 use crate::data::rows;
 use crate::data::schemas::{self, DataSpec, Dataset, Select};
 use crate::data::template::Template;
@@ -61,9 +62,14 @@ pub struct DataArgs {
     /// Skip and count malformed rows instead of stopping at the first.
     #[arg(long, conflicts_with = "data_config")]
     pub skip_bad_rows: bool,
+    /// With --schema conversation, which tokens the loss counts: last (the last assistant
+    /// turn; TRL's prompt-completion), assistant (every assistant turn; TRL's
+    /// assistant_only_loss) or all (every token; TRL's default for {"messages"} rows).
+    #[arg(long, value_enum, conflicts_with = "data_config")]
+    pub turns: Option<Turns>,
     /// A TOML data spec instead of --data and the flags above: `path`, `schema`, `select`,
-    /// `files`, `limit`, `offset`, `shuffle_seed`, `skip_bad_rows`, `prompt_words` (as in
-    /// the experiment configs), at top level or as named tables.
+    /// `files`, `limit`, `offset`, `shuffle_seed`, `skip_bad_rows`, `prompt_words`, `turns`
+    /// (as in the experiment configs), at top level or as named tables.
     #[arg(long)]
     pub data_config: Option<PathBuf>,
 }
@@ -127,6 +133,7 @@ impl DataArgs {
         spec.select = self.select.unwrap_or_default();
         spec.limit = self.limit;
         spec.skip_bad_rows = self.skip_bad_rows;
+        spec.turns = self.turns.unwrap_or_default();
         if self.schema.is_none() {
             refuse_known_layouts(&spec)?;
         }

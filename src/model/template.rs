@@ -3,7 +3,7 @@
 //! tokenizer's own `chat_template` (Jinja, with minijinja), so it sits beside the tokenizer.
 
 use super::tokenizer::TextTokenizer;
-use crate::data::records::Message;
+use crate::data::records::{Message, Turns, ASSISTANT};
 use crate::data::template::Template;
 use anyhow::{bail, Context, Result};
 
@@ -25,36 +25,96 @@ impl Template {
     }
 }
 
-/// A conversation's token ids as training sees them (TRL's conversational prompt-completion):
-/// the prompt is the chat template's rendering of every turn before the last, with the
-/// generation prompt; the answer is what the template's rendering of the whole conversation
-/// adds after that prompt (the last turn's content and its end-of-turn text). Each part is
-/// tokenized on its own, without added special tokens (the template writes its own), so the
-/// mask boundary is exact. Returns (prompt ids, answer ids, answer bytes).
+/// A conversation's token ids as training sees them, each with whether the loss counts it, and
+/// the bytes of the counted text. The chat template renders the whole conversation; which of
+/// it counts is `turns`:
+/// - [`Turns::Last`] (TRL's conversational prompt-completion): the prompt is the rendering of
+///   every turn before the last, with the generation prompt; the answer is what the whole
+///   conversation's rendering adds after it (the last turn's content and end-of-turn text).
+///   Prompt and answer are tokenized apart, as TRL tokenizes them, so the boundary is exact;
+/// - [`Turns::Assistant`] (TRL's `assistant_only_loss`): the rendering is tokenized once, and
+///   the tokens that overlap an assistant turn's text count, as transformers' assistant mask
+///   counts them. The text is what the template marks with `{% generation %}` where it has
+///   such markers (transformers' own rule), else what it adds for each assistant turn, found
+///   as `Last` finds the last one's;
+/// - [`Turns::All`] (TRL's default for `{"messages"}` rows): the rendering tokenized once,
+///   every token counted.
+///
+/// No special tokens are added: the template writes its own.
 pub fn encode_conversation(
     template: Template,
     messages: &[Message],
+    turns: Turns,
     tok: &TextTokenizer,
-) -> Result<(Vec<u32>, Vec<u32>, usize)> {
+) -> Result<(Vec<(u32, bool)>, usize)> {
     require_chat(template)?;
     crate::data::records::check_conversation(messages)?;
-    let context = &messages[..messages.len() - 1];
-    let prompt = render_messages(context, true, tok)?;
-    let full = render_messages(messages, false, tok)?;
-    let Some(answer) = full.strip_prefix(prompt.as_str()) else {
-        bail!(
-            "the chat template does not render this conversation as its earlier turns (with the \
-             generation prompt) followed by the last turn, so the answer cannot be told apart \
-             from the prompt"
-        );
-    };
-    if answer.is_empty() {
-        bail!("the chat template renders the last turn as nothing");
+    let (full, marked) = render_marked(messages, false, tok)?;
+    if turns == Turns::Assistant && !marked.is_empty() {
+        // The template marks the assistant's text itself: count what it marks.
+        return counted_by_spans(&full, &marked, tok);
     }
+    let answers: Vec<usize> = match turns {
+        Turns::All => {
+            let ids = tok.encode(&full, false)?;
+            return Ok((ids.into_iter().map(|t| (t, true)).collect(), full.len()));
+        }
+        Turns::Last => vec![messages.len() - 1],
+        Turns::Assistant => (0..messages.len())
+            .filter(|&i| messages[i].role == ASSISTANT)
+            .collect(),
+    };
+    // The byte spans of `full` that count, in order.
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    for i in answers {
+        let before = render_messages(&messages[..i], true, tok)?;
+        let through = render_messages(&messages[..=i], false, tok)?;
+        let after_last = spans.last().map_or(0, |s| s.1);
+        if !(full.starts_with(&before) && full.starts_with(&through) && before.len() >= after_last)
+        {
+            bail!(
+                "the chat template does not render this conversation as its earlier turns (with \
+                 the generation prompt) followed by turn {}, so the answer cannot be told apart \
+                 from its context{}",
+                i + 1,
+                if turns == Turns::Assistant {
+                    " (a template that rewrites earlier turns needs --turns last)"
+                } else {
+                    ""
+                }
+            );
+        }
+        if through.len() <= before.len() {
+            bail!("the chat template renders turn {} as nothing", i + 1);
+        }
+        spans.push((before.len(), through.len()));
+    }
+    if turns == Turns::Last {
+        let bytes = spans.iter().map(|(s, e)| e - s).sum();
+        let (start, _) = spans[0];
+        let prompt = tok.encode(&full[..start], false)?;
+        let answer = tok.encode(&full[start..], false)?;
+        let ids = prompt.into_iter().map(|t| (t, false));
+        return Ok((
+            ids.chain(answer.into_iter().map(|t| (t, true))).collect(),
+            bytes,
+        ));
+    }
+    counted_by_spans(&full, &spans, tok)
+}
+
+/// `full` tokenized once, each token counted if it overlaps one of the byte `spans` (as
+/// transformers' assistant mask counts the tokens of a marked span), and the spans' bytes.
+fn counted_by_spans(
+    full: &str,
+    spans: &[(usize, usize)],
+    tok: &TextTokenizer,
+) -> Result<(Vec<(u32, bool)>, usize)> {
+    let counted = |(s, e): (usize, usize)| spans.iter().any(|&(a, b)| s < b && e > a);
+    let tokens = tok.encode_with_offsets(full)?;
     Ok((
-        tok.encode(&prompt, false)?,
-        tok.encode(answer, false)?,
-        answer.len(),
+        tokens.into_iter().map(|(t, o)| (t, counted(o))).collect(),
+        spans.iter().map(|(s, e)| e - s).sum(),
     ))
 }
 
@@ -93,9 +153,37 @@ fn render_messages(
     add_generation_prompt: bool,
     tok: &TextTokenizer,
 ) -> Result<String> {
+    Ok(render_marked(messages, add_generation_prompt, tok)?.0)
+}
+
+/// Around the text a template marks with `{% generation %}`, in the raw rendering.
+const SPAN_OPEN: char = '\u{F0001}';
+const SPAN_CLOSE: char = '\u{F0002}';
+
+/// [`render_messages`], and the byte spans of the text the template marks as the assistant's
+/// with transformers' `{% generation %}` ... `{% endgeneration %}` (none if it has no
+/// markers). minijinja has no such statement, so each pair becomes a filter block, which is
+/// a block statement too (the same trim_blocks / lstrip_blocks whitespace) and wraps its
+/// body in two private-use characters that are then cut out.
+fn render_marked(
+    messages: &[Message],
+    add_generation_prompt: bool,
+    tok: &TextTokenizer,
+) -> Result<(String, Vec<(usize, usize)>)> {
     let Some(src) = tok.chat_template.as_deref() else {
         bail!("template \"chat\" needs a chat_template in tokenizer_config.json, and this tokenizer has none; use --template raw or safe-rlhf");
     };
+    if let Some(m) = messages
+        .iter()
+        .find(|m| m.content.contains([SPAN_OPEN, SPAN_CLOSE]))
+    {
+        bail!(
+            "a \"{}\" message holds U+F0001 or U+F0002, which elastica reserves to find the \
+             template's generation spans",
+            m.role
+        );
+    }
+    let src = generation_as_filter(src)?;
     let mut env = minijinja::Environment::new();
     // transformers renders chat templates with jinja2's trim_blocks and lstrip_blocks.
     env.set_trim_blocks(true);
@@ -111,7 +199,10 @@ fn render_messages(
             ))
         },
     );
-    env.add_template("chat", src)
+    env.add_filter(GENERATION_FILTER, |body: String| {
+        format!("{SPAN_OPEN}{body}{SPAN_CLOSE}")
+    });
+    env.add_template("chat", &src)
         .context("the chat_template does not parse")?;
     let messages: Vec<_> = messages
         .iter()
@@ -123,7 +214,36 @@ fn render_messages(
         bos_token => tok.bos_token.clone().unwrap_or_default(),
         eos_token => tok.eos_token.clone().unwrap_or_default(),
     };
-    env.get_template("chat")?
+    let raw = env
+        .get_template("chat")?
         .render(ctx)
-        .context("rendering the chat_template failed")
+        .context("rendering the chat_template failed")?;
+    // Cut the markers out, noting where each span starts and ends in what remains.
+    let (mut text, mut spans, mut open) = (String::with_capacity(raw.len()), Vec::new(), None);
+    for c in raw.chars() {
+        match c {
+            SPAN_OPEN => open = Some(text.len()),
+            SPAN_CLOSE => spans.extend(open.take().map(|s| (s, text.len()))),
+            c => text.push(c),
+        }
+    }
+    Ok((text, spans))
+}
+
+/// The filter a template's `{% generation %}` block becomes.
+const GENERATION_FILTER: &str = "elastica_generation_span";
+
+/// `src` with transformers' `{% generation %}` / `{% endgeneration %}` (whitespace control
+/// kept) as a filter block minijinja runs.
+fn generation_as_filter(src: &str) -> Result<std::borrow::Cow<'_, str>> {
+    if !src.contains("generation") {
+        return Ok(src.into());
+    }
+    let tag = |name: &str| regex::Regex::new(&format!(r"\{{%([-+]?)\s*{name}\s*([-+]?)%\}}"));
+    let opened = tag("generation")?.replace_all(
+        src,
+        format!("{{%${{1}} filter {GENERATION_FILTER} ${{2}}%}}"),
+    );
+    let closed = tag("endgeneration")?.replace_all(&opened, "{%${1} endfilter ${2}%}");
+    Ok(closed.into_owned().into())
 }

@@ -49,15 +49,15 @@ pub fn tokenize(
                 ids.extend(resp);
                 (ids, labels, response.len())
             }
-            Record::Chat { messages } => {
-                let (p, answer, bytes) =
-                    crate::model::template::encode_conversation(template, messages, tok)
+            Record::Chat { messages, turns } => {
+                let (tokens, bytes) =
+                    crate::model::template::encode_conversation(template, messages, *turns, tok)
                         .with_context(|| format!("record {}", i + 1))?;
-                let mut labels = vec![IGNORE; p.len()];
-                labels.extend(answer.iter().map(|&t| t as i64));
-                let mut ids = p;
-                ids.extend(answer);
-                (ids, labels, bytes)
+                let labels = tokens
+                    .iter()
+                    .map(|&(t, counted)| if counted { t as i64 } else { IGNORE })
+                    .collect();
+                (tokens.into_iter().map(|(t, _)| t).collect(), labels, bytes)
             }
             Record::Text { text } => {
                 let mut ids = tok

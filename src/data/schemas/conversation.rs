@@ -9,7 +9,8 @@
 //!   `system` read as `user` / `assistant` / `system`.
 //!
 //! The loss counts on the last turn only, as TRL's prompt-completion does (earlier assistant
-//! turns are context). Other fields (ids, scores) are ignored. No labels, so only
+//! turns are context), unless the spec's `turns` says otherwise (`assistant`: every assistant
+//! turn; `all`: every token; see [`crate::data::records::Turns`]). Other fields (ids, scores) are ignored. No labels, so only
 //! `select = "all"` applies.
 
 use super::{Class, Parsed, RowOptions, Schema};
@@ -25,7 +26,7 @@ pub const SCHEMA: Schema = Schema {
     parse,
 };
 
-fn parse(obj: &Object, _: &RowOptions) -> Result<Parsed> {
+fn parse(obj: &Object, opts: &RowOptions) -> Result<Parsed> {
     let messages = match (
         obj.get("messages"),
         obj.get("prompt"),
@@ -52,7 +53,13 @@ fn parse(obj: &Object, _: &RowOptions) -> Result<Parsed> {
         ),
     };
     check_conversation(&messages)?;
-    Ok(Parsed::Row(Record::Chat { messages }, Class::Unlabeled))
+    Ok(Parsed::Row(
+        Record::Chat {
+            messages,
+            turns: opts.turns,
+        },
+        Class::Unlabeled,
+    ))
 }
 
 /// ShareGPT's turns: `{"from", "value"}`, with its role names mapped to the chat roles.
@@ -127,15 +134,9 @@ mod tests {
         assert_eq!(
             ds.records,
             vec![
-                Record::Chat {
-                    messages: with_system
-                },
-                Record::Chat {
-                    messages: user_hello.clone()
-                },
-                Record::Chat {
-                    messages: user_hello
-                }
+                Record::conversation(with_system),
+                Record::conversation(user_hello.clone()),
+                Record::conversation(user_hello)
             ]
         );
     }

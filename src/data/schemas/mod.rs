@@ -38,7 +38,7 @@ pub mod imdb;
 pub mod jsonl;
 pub mod truthfulqa;
 
-use crate::data::records::Record;
+use crate::data::records::{Record, Turns};
 use crate::data::rows::{self, json_kind, Object};
 use crate::data::template::Template;
 use anyhow::{anyhow, bail, Context, Result};
@@ -84,6 +84,10 @@ pub struct DataSpec {
     /// Words in a prompt when a schema splits texts into prompt and response (IMDb).
     #[serde(default = "default_prompt_words")]
     pub prompt_words: usize,
+    /// Which turns of a conversation the loss counts (`conversation` schema): `last`
+    /// (default), `assistant` or `all`.
+    #[serde(default, skip_serializing_if = "Turns::is_last")]
+    pub turns: Turns,
 }
 
 fn default_prompt_words() -> usize {
@@ -103,7 +107,21 @@ impl DataSpec {
             shuffle_seed: None,
             skip_bad_rows: false,
             prompt_words: DEFAULT_PROMPT_WORDS,
+            turns: Turns::Last,
         }
+    }
+
+    /// Refuse `turns` on a schema without conversations.
+    pub fn check_turns(&self) -> Result<()> {
+        if !self.turns.is_last() && self.schema != conversation::SCHEMA.name {
+            bail!(
+                "turns = \"{}\" (--turns) applies to conversations (schema \"conversation\"), \
+                 not to schema \"{}\"",
+                self.turns.name(),
+                self.schema
+            );
+        }
+        Ok(())
     }
 }
 
@@ -155,6 +173,8 @@ pub enum Class {
 #[derive(Debug, Clone)]
 pub struct RowOptions {
     pub prompt_words: usize,
+    /// Which turns of a conversation count.
+    pub turns: Turns,
 }
 
 /// One row's outcome.
@@ -346,6 +366,7 @@ impl ReadCounts {
 
 /// Resolve a spec into records. See the module doc for the order of operations.
 pub fn load(spec: &DataSpec) -> Result<Dataset> {
+    spec.check_turns()?;
     if spec.schema == WORLD_SCHEMA {
         return load_world(spec);
     }
@@ -441,6 +462,7 @@ pub fn load_files(spec: &DataSpec, files: Vec<PathBuf>) -> Result<Dataset> {
     }
     let opts = RowOptions {
         prompt_words: spec.prompt_words,
+        turns: spec.turns,
     };
     // Without shuffling, reading can stop as soon as offset + limit records are in hand.
     let enough = match (spec.shuffle_seed, spec.limit) {

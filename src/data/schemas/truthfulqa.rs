@@ -101,7 +101,10 @@ mod tests {
     #[test]
     fn a_missing_field_names_both_spellings() {
         let row = |v: serde_json::Value| v.as_object().unwrap().clone();
-        let opts = RowOptions { prompt_words: 8 };
+        let opts = RowOptions {
+            prompt_words: 8,
+            turns: Default::default(),
+        };
         let e = parse(&row(serde_json::json!({"Question": "Q?"})), &opts).unwrap_err();
         assert!(
             e.to_string()
