@@ -12,80 +12,32 @@ Writes under tests/fixtures/lora/:
   fixture's ids (lora/expected.json), with the adapter applied by PEFT's DoRA forward
   (eval mode) and, as a check on the script, after PEFT's merge_and_unload.
 
-Run: python scripts/make_dora_fixture.py   (torch, transformers, peft)
+Run: python scripts/make_dora_fixture.py   (torch, transformers, peft; shared code in
+peft_fixture.py)
 """
 import json
 import os
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
-from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM
+from peft import LoraConfig
+
+from peft_fixture import OUT, lora_ids, make, randomise
 
 torch.manual_seed(0)
 torch.set_num_threads(1)
-ROOT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures")
-OUT = os.path.join(ROOT, "lora")
-IDS = json.load(open(os.path.join(OUT, "expected.json")))["ids"]
+IDS = lora_ids()
 
 
-def base(name):
-    return AutoModelForCausalLM.from_pretrained(
-        os.path.join(ROOT, "models", name), dtype=torch.float32
-    ).eval()
 
-
-def nll(model):
-    ids = torch.tensor(IDS)
-    with torch.no_grad():
-        logits = model(input_ids=ids).logits.float()
-    lp = torch.log_softmax(logits[:, :-1], dim=-1)
-    tgt = ids[:, 1:]
-    return float(-lp.gather(-1, tgt.unsqueeze(-1)).sum()), int(tgt.numel())
-
-
-def randomise(model, seed):
-    g = torch.Generator().manual_seed(seed)
-    for n, p in model.named_parameters():
-        with torch.no_grad():
-            if "lora_magnitude_vector" in n:
-                p.mul_(1 + 0.1 * torch.randn(p.shape, generator=g))
-            elif "lora_" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-
-
-def make(name, base_name, cfg, seed, keep_default):
-    m = get_peft_model(base(base_name), cfg)
-    randomise(m, seed)
-    m.eval()
-    d = os.path.join(OUT, name)
-    m.save_pretrained(d, safe_serialization=True)
-    os.remove(os.path.join(d, "README.md"))  # PEFT's model-card template
-    path = os.path.join(d, "adapter_model.safetensors")
-    keys = sorted(load_file(path))
+def dora(name, base_name, cfg, seed, keep_default):
+    got, keys = make(name, base_name, cfg, randomise(seed), IDS, keep_default, merge_check=True)
     assert any("lora_magnitude_vector" in k for k in keys), keys
-    if keep_default:
-        t = load_file(path)
-        t = {
-            k.replace(".lora_A.weight", ".lora_A.default.weight").replace(
-                ".lora_B.weight", ".lora_B.default.weight"
-            ): v
-            for k, v in t.items()
-        }
-        save_file(t, path, metadata={"format": "pt"})
-    # Reload from disk, as a user would.
-    loaded = PeftModel.from_pretrained(base(base_name), d).eval()
-    got = nll(loaded)
-    assert abs(got[0] - nll(m)[0]) < 1e-4 * abs(got[0]), "reload changed the adapter"
-    assert abs(got[0] - nll(base(base_name))[0]) > 1e-2, "adapter is the identity"
-    merged = nll(loaded.merge_and_unload())
-    assert abs(merged[0] - got[0]) < 1e-4 * abs(got[0]), "peft's DoRA merge differs"
     return got, keys
 
 
 results = {}
 keys = {}
-results["peft-llama-dora"], keys["peft-llama-dora"] = make(
+results["peft-llama-dora"], keys["peft-llama-dora"] = dora(
     "peft-llama-dora",
     "tiny-llama",
     LoraConfig(r=4, lora_alpha=8, use_dora=True, target_modules="all-linear",
@@ -93,7 +45,7 @@ results["peft-llama-dora"], keys["peft-llama-dora"] = make(
     11,
     False,
 )
-results["peft-qwen2-dora"], keys["peft-qwen2-dora"] = make(
+results["peft-qwen2-dora"], keys["peft-qwen2-dora"] = dora(
     "peft-qwen2-dora",
     "tiny-qwen2",
     LoraConfig(r=3, lora_alpha=5, use_rslora=True, use_dora=True,

@@ -20,73 +20,24 @@ Loading elastica-trained/ with `peft.PeftModel.from_pretrained` is itself the ch
 adapter elastica writes loads in PEFT unchanged; the script also checks that it is not the
 identity (its NLL differs from the base's) and that PEFT's merge_and_unload gives the same NLL.
 
-Run: /work/venv-h3/bin/python scripts/make_lora_fixture.py   (torch, transformers, peft)
+Run: python scripts/make_lora_fixture.py   (torch, transformers, peft; shared code in
+peft_fixture.py)
 """
 import json
 import os
 import sys
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
-from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM
+from peft import LoraConfig, PeftModel
+
+from peft_fixture import OUT, base, make, nll, randomise
 
 torch.manual_seed(0)
 torch.set_num_threads(1)
-ROOT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures")
-OUT = os.path.join(ROOT, "lora")
-
-
-def base(name):
-    return AutoModelForCausalLM.from_pretrained(
-        os.path.join(ROOT, "models", name), torch_dtype=torch.float32
-    ).eval()
-
 
 # Fixed ids inside the fixture vocabulary (300), two rows of 12, no padding.
 IDS = [[(i * 37 + 11 * r + 5) % 300 for i in range(12)] for r in range(2)]
 
-
-def nll(model):
-    ids = torch.tensor(IDS)
-    with torch.no_grad():
-        logits = model(input_ids=ids).logits.float()
-    lp = torch.log_softmax(logits[:, :-1], dim=-1)
-    tgt = ids[:, 1:]
-    return float(-lp.gather(-1, tgt.unsqueeze(-1)).sum()), int(tgt.numel())
-
-
-def randomise(model, seed):
-    g = torch.Generator().manual_seed(seed)
-    for n, p in model.named_parameters():
-        if "lora_" in n:
-            with torch.no_grad():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-
-
-def make(name, base_name, cfg, seed, keep_default):
-    m = get_peft_model(base(base_name), cfg)
-    randomise(m, seed)
-    m.eval()
-    d = os.path.join(OUT, name)
-    m.save_pretrained(d, safe_serialization=True)
-    os.remove(os.path.join(d, "README.md"))  # PEFT's model-card template
-    if keep_default:
-        path = os.path.join(d, "adapter_model.safetensors")
-        t = load_file(path)
-        t = {
-            k.replace(".lora_A.weight", ".lora_A.default.weight").replace(
-                ".lora_B.weight", ".lora_B.default.weight"
-            ): v
-            for k, v in t.items()
-        }
-        save_file(t, path, metadata={"format": "pt"})
-    # Reload from disk, as a user would.
-    loaded = PeftModel.from_pretrained(base(base_name), d).eval()
-    got = nll(loaded)
-    assert abs(got[0] - nll(m)[0]) < 1e-4 * abs(got[0]), "reload changed the adapter"
-    assert abs(got[0] - nll(base(base_name))[0]) > 1e-3, "adapter is the identity"
-    return got
 
 
 results = {}
@@ -95,26 +46,29 @@ results["peft-llama"] = make(
     "tiny-llama",
     LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules="all-linear",
                task_type="CAUSAL_LM"),
-    1,
-    False,
-)
+    randomise(1),
+    IDS,
+    keep_default=False,
+)[0]
 results["peft-qwen2-rslora"] = make(
     "peft-qwen2-rslora",
     "tiny-qwen2",
     LoraConfig(r=3, lora_alpha=5, use_rslora=True, target_modules=["q_proj", "v_proj", "down_proj"],
                task_type="CAUSAL_LM"),
-    2,
-    True,
-)
+    randomise(2),
+    IDS,
+    keep_default=True,
+)[0]
 
 results["peft-qwen2-layers"] = make(
     "peft-qwen2-layers",
     "tiny-qwen2",
     LoraConfig(r=2, lora_alpha=6, target_modules=["q_proj", "up_proj"], layers_to_transform=[1],
                task_type="CAUSAL_LM"),
-    3,
-    False,
-)
+    randomise(3),
+    IDS,
+    keep_default=False,
+)[0]
 
 results["peft-qwen2-patterns"] = make(
     "peft-qwen2-patterns",
@@ -122,16 +76,17 @@ results["peft-qwen2-patterns"] = make(
     LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj", "down_proj"],
                rank_pattern={"q_proj": 4, "layers.1.mlp.down_proj": 3},
                alpha_pattern={"v_proj": 2.5}, task_type="CAUSAL_LM"),
-    4,
-    False,
-)
+    randomise(4),
+    IDS,
+    keep_default=False,
+)[0]
 
 # The adapter elastica trained: PEFT must load it unchanged.
 el = os.path.join(OUT, "elastica-trained")
 m = PeftModel.from_pretrained(base("tiny-llama"), el).eval()
-got = nll(m)
-assert abs(got[0] - nll(base("tiny-llama"))[0]) > 1e-3, "elastica's adapter is the identity"
-merged = nll(m.merge_and_unload())
+got = nll(m, IDS)
+assert abs(got[0] - nll(base("tiny-llama"), IDS)[0]) > 1e-3, "elastica's adapter is the identity"
+merged = nll(m.merge_and_unload(), IDS)
 assert abs(merged[0] - got[0]) < 1e-4 * abs(got[0]), "peft merge differs"
 results["elastica-trained"] = got
 print("peft loaded elastica-trained/: nll_sum %.6f over %d tokens" % got, file=sys.stderr)

@@ -21,67 +21,21 @@ Writes under tests/fixtures/lora/:
   not PEFT's forward and is not used.
 
 All adapter tensors (A, B, the saved copies and biases) are randomised, so each part changes
-the model. Run: python scripts/make_peft_extras_fixture.py   (torch, transformers, peft)
+the model. Run: python scripts/make_peft_extras_fixture.py   (torch, transformers, peft;
+shared code in peft_fixture.py)
 """
 import json
 import os
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
-from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
+from peft import LoraConfig
+
+from peft_fixture import OUT, lora_ids, make, randomise
 
 torch.manual_seed(0)
 torch.set_num_threads(1)
-ROOT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures")
-OUT = os.path.join(ROOT, "lora")
-IDS = json.load(open(os.path.join(OUT, "expected.json")))["ids"]
+IDS = lora_ids()
 
-
-def base(name):
-    return AutoModelForCausalLM.from_pretrained(
-        os.path.join(ROOT, "models", name), dtype=torch.float32
-    ).eval()
-
-
-def nll(model):
-    ids = torch.tensor(IDS)
-    with torch.no_grad():
-        logits = model(input_ids=ids).logits.float()
-    lp = torch.log_softmax(logits[:, :-1], dim=-1)
-    tgt = ids[:, 1:]
-    return float(-lp.gather(-1, tgt.unsqueeze(-1)).sum()), int(tgt.numel())
-
-
-def randomise(model, seed):
-    g = torch.Generator().manual_seed(seed)
-    for n, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        with torch.no_grad():
-            if "lora_" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-            else:  # a modules_to_save copy or a trained bias
-                p.add_(torch.randn(p.shape, generator=g) * 0.1)
-
-
-def make(name, base_name, cfg, seed, untied):
-    m = get_peft_model(base(base_name), cfg)
-    randomise(m, seed)
-    m.eval()
-    d = os.path.join(OUT, name)
-    m.save_pretrained(d, safe_serialization=True)
-    os.remove(os.path.join(d, "README.md"))  # PEFT's model-card template
-    keys = sorted(load_file(os.path.join(d, "adapter_model.safetensors")))
-    # Reload from disk, as a user would.
-    loaded = PeftModel.from_pretrained(base(base_name), d).eval()
-    got = nll(loaded)
-    assert abs(got[0] - nll(m)[0]) < 1e-4 * abs(got[0]), "reload changed the adapter"
-    assert abs(got[0] - nll(base(base_name))[0]) > 1e-2, "adapter is the identity"
-    if untied:
-        merged = nll(loaded.merge_and_unload())
-        assert abs(merged[0] - got[0]) < 1e-4 * abs(got[0]), "peft's merge differs"
-    return got, keys
 
 
 cases = {
@@ -109,7 +63,8 @@ cases = {
 }
 results, keys = {}, {}
 for name, (base_name, cfg, seed, untied) in cases.items():
-    results[name], keys[name] = make(name, base_name, cfg, seed, untied)
+    results[name], keys[name] = make(name, base_name, cfg, randomise(seed), IDS,
+                                     merge_check=untied)
 json.dump(
     {
         "base": {k: v[0] for k, v in cases.items()},

@@ -40,6 +40,26 @@ fn train(data: &str, out: &Path, steps: &str, extra: &[&str]) -> String {
     stdout
 }
 
+/// `elastica eval-loss` of tiny-qwen2 on the SFT conversations, with `extra` flags: its JSON.
+fn eval_loss_on_conversations(model: &str, extra: &[&str]) -> Result<serde_json::Value, String> {
+    let (model, data) = (path(model), path("chat/sft.jsonl"));
+    let mut args = vec!["eval-loss", "--model", &model, "--data", &data];
+    args.extend(["--schema", "conversation"]);
+    args.extend(extra);
+    match common::elastica(&args) {
+        (true, stdout, _) => Ok(serde_json::from_str(stdout.trim()).unwrap()),
+        (false, _, err) => Err(err),
+    }
+}
+
+/// A fixture row's ids and labels.
+fn ids_and_labels(w: &serde_json::Value) -> (Vec<u32>, Vec<i64>) {
+    (
+        serde_json::from_value(w["ids"].clone()).unwrap(),
+        serde_json::from_value(w["labels"].clone()).unwrap(),
+    )
+}
+
 fn path(rel: &str) -> String {
     fixtures().join(rel).to_string_lossy().into_owned()
 }
@@ -53,8 +73,7 @@ fn conversations_tokenize_as_trl_builds_them() {
     let want = expected()["sft"].as_array().unwrap().clone();
     assert_eq!(examples.len(), want.len());
     for (i, (e, w)) in examples.iter().zip(&want).enumerate() {
-        let ids: Vec<u32> = serde_json::from_value(w["ids"].clone()).unwrap();
-        let labels: Vec<i64> = serde_json::from_value(w["labels"].clone()).unwrap();
+        let (ids, labels) = ids_and_labels(w);
         assert_eq!(e.ids, ids, "record {i}: ids");
         assert_eq!(e.labels, labels, "record {i}: labels");
     }
@@ -71,17 +90,7 @@ fn conversations_tokenize_as_trl_builds_them() {
 
 #[test]
 fn eval_loss_scores_conversations_as_transformers() {
-    let (ok, stdout, err) = common::elastica(&[
-        "eval-loss",
-        "--model",
-        &path("models/tiny-qwen2"),
-        "--data",
-        &path("chat/sft.jsonl"),
-        "--schema",
-        "conversation",
-    ]);
-    assert!(ok, "{err}");
-    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let v = eval_loss_on_conversations("models/tiny-qwen2", &[]).unwrap();
     let (want_mean, tokens) = expected_mean_nll();
     assert_eq!(v["tokens"].as_u64().unwrap(), tokens, "{v}");
     let mean = v["mean_nll"].as_f64().unwrap();
@@ -90,16 +99,8 @@ fn eval_loss_scores_conversations_as_transformers() {
         "elastica {mean} vs transformers {want_mean}"
     );
     // A model without a chat template cannot render them, and says so.
-    let (ok, _, err) = common::elastica(&[
-        "eval-loss",
-        "--model",
-        &path("models/tiny-llama"),
-        "--data",
-        &path("chat/sft.jsonl"),
-        "--schema",
-        "conversation",
-    ]);
-    assert!(!ok && err.contains("chat_template"), "{err}");
+    let err = eval_loss_on_conversations("models/tiny-llama", &[]).unwrap_err();
+    assert!(err.contains("chat_template"), "{err}");
 }
 
 #[test]
@@ -204,26 +205,13 @@ fn every_assistant_turn_or_every_token_counts_as_transformers_counts_them() {
         let (mut nll, mut tokens) = (0.0, 0);
         for (i, (e, w)) in examples.iter().zip(&all_rows).enumerate() {
             let w = &w[flag];
-            let ids: Vec<u32> = serde_json::from_value(w["ids"].clone()).unwrap();
-            let labels: Vec<i64> = serde_json::from_value(w["labels"].clone()).unwrap();
+            let (ids, labels) = ids_and_labels(w);
             assert_eq!(e.ids, ids, "{flag} record {i}: ids");
             assert_eq!(e.labels, labels, "{flag} record {i}: labels");
             nll += w["nll_sum"].as_f64().unwrap();
             tokens += w["tokens"].as_u64().unwrap();
         }
-        let (ok, stdout, err) = common::elastica(&[
-            "eval-loss",
-            "--model",
-            &path("models/tiny-qwen2"),
-            "--data",
-            &path("chat/sft.jsonl"),
-            "--schema",
-            "conversation",
-            "--turns",
-            flag,
-        ]);
-        assert!(ok, "{err}");
-        let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        let v = eval_loss_on_conversations("models/tiny-qwen2", &["--turns", flag]).unwrap();
         assert_eq!(v["tokens"].as_u64().unwrap(), tokens, "{flag}: {v}");
         let (mean, want) = (v["mean_nll"].as_f64().unwrap(), nll / tokens as f64);
         assert!(
@@ -291,8 +279,7 @@ fn templates_with_generation_markers_render_and_mark_the_assistant_turns() {
                     Some(k) => expected()["turns"][i][k].clone(),
                     None => expected()["sft"][i].clone(),
                 };
-                let ids: Vec<u32> = serde_json::from_value(w["ids"].clone()).unwrap();
-                let labels: Vec<i64> = serde_json::from_value(w["labels"].clone()).unwrap();
+                let (ids, labels) = ids_and_labels(&w);
                 assert_eq!(
                     (&e.ids, &e.labels),
                     (&ids, &labels),

@@ -26,6 +26,11 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
+/// A fixture's path, as a string for the CLI.
+fn fixture_path(rel: &str) -> String {
+    fixtures().join(rel).to_string_lossy().into_owned()
+}
+
 /// `lm` gives the LoRA fixture's ids the summed NLL `want` (transformers + peft's) within
 /// 1e-5, on the fused and on the graph path.
 fn scores_as(name: &str, lm: &LoadedModel, want: f64) {
@@ -819,8 +824,7 @@ fn dora_adapters_score_as_transformers_plus_peft_folded_into_the_weights() {
 #[test]
 fn dora_adapters_evaluate_merge_and_generate_through_the_cli_but_do_not_train() {
     let dir = tempfile::tempdir().unwrap();
-    let data = fixtures().join("sft/data.jsonl");
-    let data = data.to_str().unwrap();
+    let data = &fixture_path("sft/data.jsonl");
     let base = fixtures().join("models/tiny-qwen2");
     let base = base.to_str().unwrap();
     let adapter = fixtures().join("lora/peft-qwen2-dora");
@@ -1018,8 +1022,7 @@ fn folded_adapters_score_as_transformers_plus_peft() {
 #[test]
 fn folded_adapters_merge_untied_and_are_not_trained() {
     let dir = tempfile::tempdir().unwrap();
-    let data = fixtures().join("sft/data.jsonl");
-    let data = data.to_str().unwrap();
+    let data = &fixture_path("sft/data.jsonl");
     for name in ["peft-gemma-embed", "peft-qwen2-extras"] {
         let base = extras_base(name);
         let adapter = fixtures().join("lora").join(name);
