@@ -111,13 +111,8 @@ def seq_logps(model, ids, mask, lab) -> torch.Tensor:
     return -nll.view(tgt.shape).sum(dim=1)
 
 
-def micro_batches(chosen, rejected, idx, size, pad):
-    for m in range(0, len(idx), size):
-        part = idx[m : m + size]
-        yield part, collate([chosen[i] for i in part] + [rejected[i] for i in part], pad)
-
-
-def run(loss_type: str, chosen, rejected, ref_c, ref_r, pad, save_step1: Path | None, kl=None):
+def trainee():
+    """The starting model in train mode and its AdamW (weight decay on tensors of ndim >= 2)."""
     model = AutoModelForCausalLM.from_pretrained(str(MODEL), attn_implementation="eager", dtype=torch.float32)
     model.train()
     decay = [p for p in model.parameters() if p.ndim >= 2]
@@ -130,6 +125,17 @@ def run(loss_type: str, chosen, rejected, ref_c, ref_r, pad, save_step1: Path | 
         foreach=False,
         fused=False,
     )
+    return model, opt
+
+
+def micro_batches(chosen, rejected, idx, size, pad):
+    for m in range(0, len(idx), size):
+        part = idx[m : m + size]
+        yield part, collate([chosen[i] for i in part] + [rejected[i] for i in part], pad)
+
+
+def run(loss_type: str, chosen, rejected, ref_c, ref_r, pad, save_step1: Path | None, kl=None):
+    model, opt = trainee()
     beta = HP["beta"]
     per_step = HP["batch_size_pairs"] * HP["grad_accum"]
     log = []

@@ -60,6 +60,7 @@ fn cfg(loss: DpoLoss) -> TrainConfig {
             dpo_beta: if loss == DpoLoss::Simpo { 2.0 } else { 0.1 },
             dpo_loss: loss,
             simpo_gamma: 0.5,
+            ..DpoConfig::DEFAULT
         },
         ..Default::default()
     }
@@ -309,14 +310,7 @@ fn run_on(
     c: &TrainConfig,
 ) -> anyhow::Result<dpo::DpoSummary> {
     let lm = load_model(&model(), &candle_core::Device::Cpu).unwrap();
-    let mut hook = |_: &elastica::model::LoadedModel,
-                    l: &elastica::train::sft::StepLog|
-     -> anyhow::Result<()> {
-        if Some(l.step) == stop {
-            anyhow::bail!("killed")
-        }
-        Ok(())
-    };
+    let mut hook = common::kill_at(stop);
     let run = TrainRun {
         out,
         resume: stop.is_none(),

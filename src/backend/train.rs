@@ -62,6 +62,27 @@ pub fn train_dpo<H: FnMut(&StepLog) -> Result<()> + ?Sized>(
     Ok(method.summary(o))
 }
 
+/// Train `model` with KTO on unpaired `examples` into `run.out`, as `train::kto::train` does
+/// on the fused path.
+pub fn train_kto<H: FnMut(&StepLog) -> Result<()> + ?Sized>(
+    model: &mut dyn LanguageModel,
+    examples: &[crate::data::feedback::FeedbackRecord],
+    cfg: &TrainConfig,
+    run: Run<'_, H>,
+) -> Result<crate::train::kto::KtoSummary> {
+    check_settings(model, cfg)?;
+    let p = crate::train::kto::prepare_feedback(
+        model.tokenizer(),
+        &model.config().torch_dtype,
+        model.weights_sha256()?,
+        examples,
+        cfg,
+    )?;
+    let mut method = crate::train::kto::KtoStep::new(&p);
+    let o = drive(&mut OnBackend(model), &mut method, &p.plan(), run)?;
+    Ok(method.summary(o))
+}
+
 /// The settings, and the LoRA settings against the model's adapter, checked as the fused
 /// path's `train::sft` checks them (the same refusals, word for word).
 fn check_settings(model: &dyn LanguageModel, cfg: &TrainConfig) -> Result<()> {

@@ -1,18 +1,22 @@
-//! `elastica train`: supervised fine-tuning (or DPO with `--method dpo`), or from-scratch
+//! `elastica train`: supervised fine-tuning (or DPO with `--method dpo`; KTO on pairs, or on
+//! unpaired feedback `{"prompt", "completion", "label"}` with `--dpo-loss kto`), or from-scratch
 //! training with `--init`. The
 //! command holds an exclusive lock on `--out` for its whole run, so two processes never
 //! train into one directory.
 
 use super::train_hooks::StepHooks;
 use crate::compress::tracking::{load_sets, parse_sets, RateTracker};
+use crate::data::feedback;
 use crate::data::prefs::{self, Prefer};
+use crate::data::schemas::DataSpec;
 use crate::data::source::{load as load_data, template_for, DataSetArgs};
 use crate::data::template::Template;
 use crate::model::checkpoint::{init_model, resolve_model_dir, LoadedModel};
 use crate::model::ModelConfig;
-use crate::train::dpo;
+use crate::train::objective::DpoLoss;
 use crate::train::objective::Method;
 use crate::train::sft::{resume_point, ResumePoint, StepLog};
+use crate::train::{dpo, kto};
 use crate::train::{train, TrainConfig, TrainRun};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
@@ -114,18 +118,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     if cfg.dpo.method == Method::Sft && a.prefer.is_some() {
         bail!("--prefer chooses between preference labels; it applies to --method dpo only");
     }
-    let (records, pairs) = match cfg.dpo.method {
-        Method::Sft => {
-            let data = load_data(&spec)?;
-            eprintln!("data: {}", data.summary());
-            (data.records, Vec::new())
-        }
-        Method::Dpo => {
-            let data = prefs::load(&spec, a.prefer)?;
-            eprintln!("data: {}", data.summary());
-            (Vec::new(), data.records)
-        }
-    };
+    let data = load_train_data(&cfg, &spec, a.prefer)?;
     let choice = a.device.choice()?;
     let lm = load_start(&a, cfg.seed, choice.is_default_cpu())?;
     let base_name = a.model.clone().unwrap_or_default();
@@ -145,13 +138,14 @@ pub fn run(a: TrainArgs) -> Result<()> {
         );
     };
     if !choice.is_default_cpu() {
-        return on_backend(&a, &cfg, lm, &records, &pairs);
+        return on_backend(&a, &cfg, lm, &data);
     }
     // Resume's checks (and "already finished") come before anything is written into --out.
-    let resume_at = match (a.resume, cfg.dpo.method) {
+    let resume_at = match (a.resume, &data) {
         (false, _) => None,
-        (true, Method::Sft) => Some(resume_point(&lm, &records, &cfg, &a.out)?),
-        (true, Method::Dpo) => Some(dpo::resume_point(&lm, &pairs, &cfg, &a.out)?),
+        (true, TrainData::Records(r)) => Some(resume_point(&lm, r, &cfg, &a.out)?),
+        (true, TrainData::Pairs(p)) => Some(dpo::resume_point(&lm, p, &cfg, &a.out)?),
+        (true, TrainData::Feedback(f)) => Some(kto::resume_point(&lm, f, &cfg, &a.out)?),
     };
     let finished = resume_at == Some(ResumePoint::Finished);
     let tracker = match &a.track_rates {
@@ -179,16 +173,70 @@ pub fn run(a: TrainArgs) -> Result<()> {
         hook: Some(&mut hook),
         progress: true,
     };
-    if cfg.dpo.method == Method::Dpo {
-        let d = dpo::train(&lm, &pairs, &cfg, run)?;
-        hooks.finish(&lm, d.train.steps, &a.out)?;
-        println!("{}", dpo_summary(&a.out, &d, None));
-        return Ok(());
-    }
-    let s = train(&lm, &records, &cfg, run)?;
-    hooks.finish(&lm, s.steps, &a.out)?;
-    println!("{}", sft_summary(&a.out, &s));
+    let (steps, line) = match &data {
+        TrainData::Records(r) => {
+            let s = train(&lm, r, &cfg, run)?;
+            (s.steps, sft_summary(&a.out, &s))
+        }
+        TrainData::Pairs(p) => {
+            let d = dpo::train(&lm, p, &cfg, run)?;
+            (d.train.steps, dpo_summary(&a.out, &d, None))
+        }
+        TrainData::Feedback(f) => {
+            let k = kto::train(&lm, f, &cfg, run)?;
+            (k.train.steps, kto_summary(&a.out, &k, None))
+        }
+    };
+    hooks.finish(&lm, steps, &a.out)?;
+    println!("{line}");
     Ok(())
+}
+
+/// What `train` trains on: SFT records, DPO's preference pairs, or KTO's unpaired feedback.
+enum TrainData {
+    Records(Vec<crate::data::records::Record>),
+    Pairs(Vec<crate::data::prefs::PrefRecord>),
+    Feedback(Vec<crate::data::feedback::FeedbackRecord>),
+}
+
+/// The data `spec` names, read as the objective needs it: records for SFT; for DPO, pairs, or
+/// unpaired feedback when its rows are `{"prompt", "completion", "label"}` (KTO only).
+fn load_train_data(
+    cfg: &TrainConfig,
+    spec: &DataSpec,
+    prefer: Option<Prefer>,
+) -> Result<TrainData> {
+    let data = match cfg.dpo.method {
+        Method::Sft => {
+            let data = load_data(spec)?;
+            eprintln!("data: {}", data.summary());
+            TrainData::Records(data.records)
+        }
+        Method::Dpo if feedback::is_unpaired(spec)? => {
+            if cfg.dpo.dpo_loss != DpoLoss::Kto {
+                bail!(
+                    "{} holds unpaired feedback {{\"prompt\", \"completion\", \"label\"}} \
+                     (TRL's KTO format), which trains with --dpo-loss kto; the {} loss compares \
+                     two answers to one prompt (preference pairs {{\"prompt\", \"chosen\", \
+                     \"rejected\"}})",
+                    spec.path,
+                    cfg.dpo.dpo_loss.name()
+                );
+            }
+            if prefer.is_some() {
+                bail!("--prefer chooses between PKU-SafeRLHF's labels; unpaired feedback has its own label");
+            }
+            let data = feedback::load(spec)?;
+            eprintln!("data: {}", data.summary());
+            TrainData::Feedback(data.records)
+        }
+        Method::Dpo => {
+            let data = prefs::load(spec, prefer)?;
+            eprintln!("data: {}", data.summary());
+            TrainData::Pairs(data.records)
+        }
+    };
+    Ok(data)
 }
 
 /// The starting model: --model (with --adapter) or a random --init, on the host. `fused`:
@@ -215,13 +263,7 @@ fn load_start(a: &TrainArgs, seed: u64, fused: bool) -> Result<LoadedModel> {
 }
 
 /// `elastica train` on the chosen backend (`backend::train`'s loop).
-fn on_backend(
-    a: &TrainArgs,
-    cfg: &TrainConfig,
-    lm: LoadedModel,
-    records: &[crate::data::records::Record],
-    pairs: &[crate::data::prefs::PrefRecord],
-) -> Result<()> {
+fn on_backend(a: &TrainArgs, cfg: &TrainConfig, lm: LoadedModel, data: &TrainData) -> Result<()> {
     let choice = a.device.choice()?;
     if a.track_rates.is_some() {
         bail!(
@@ -239,15 +281,23 @@ fn on_backend(
     let on = serde_json::json!({
         "backend": model.backend_name(), "device": model.device_name(),
     });
-    if cfg.dpo.method == Method::Dpo {
-        let d = crate::backend::train::train_dpo(&mut *model, pairs, cfg, run())?;
-        println!("{}", dpo_summary(&a.out, &d, Some(on)));
-        return Ok(());
-    }
-    let s = crate::backend::train::train(&mut *model, records, cfg, run())?;
-    let mut line = sft_summary(&a.out, &s);
-    line["backend"] = on["backend"].clone();
-    line["device"] = on["device"].clone();
+    let line = match data {
+        TrainData::Pairs(p) => {
+            let d = crate::backend::train::train_dpo(&mut *model, p, cfg, run())?;
+            dpo_summary(&a.out, &d, Some(on))
+        }
+        TrainData::Feedback(f) => {
+            let k = crate::backend::train::train_kto(&mut *model, f, cfg, run())?;
+            kto_summary(&a.out, &k, Some(on))
+        }
+        TrainData::Records(r) => {
+            let s = crate::backend::train::train(&mut *model, r, cfg, run())?;
+            let mut line = sft_summary(&a.out, &s);
+            line["backend"] = on["backend"].clone();
+            line["device"] = on["device"].clone();
+            line
+        }
+    };
     println!("{line}");
     Ok(())
 }
@@ -281,6 +331,30 @@ fn dpo_summary(
     if let Some(kl) = last.and_then(|l| l.kl) {
         line["final_kl"] = kl.into();
     }
+    with_backend(line, on)
+}
+
+/// The JSON line `elastica train` prints for a KTO run on unpaired feedback.
+fn kto_summary(
+    out: &std::path::Path,
+    k: &kto::KtoSummary,
+    on: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let (s, last) = (&k.train, k.log.last());
+    let line = serde_json::json!({
+        "out": out, "method": "kto", "steps": s.steps, "examples": s.records,
+        "truncated": s.truncated, "mean_loss": s.mean_loss,
+        "final_loss": last.map(|l| l.base.loss),
+        "final_desirable_reward": last.and_then(|l| l.desirable_reward),
+        "final_undesirable_reward": last.and_then(|l| l.undesirable_reward),
+        "final_kl": last.map(|l| l.kl),
+        "reference_cached": k.reference_cached, "resumed_from": s.resumed_from,
+    });
+    with_backend(line, on)
+}
+
+/// `line` with the backend and device it ran on, when it ran off the default path.
+fn with_backend(mut line: serde_json::Value, on: Option<serde_json::Value>) -> serde_json::Value {
     if let Some(on) = on {
         line["backend"] = on["backend"].clone();
         line["device"] = on["device"].clone();

@@ -1,6 +1,8 @@
-//! Data: SFT records and their JSONL files, DPO preference pairs (`prefs`), prompt templates, loaders for the published
+//! Data: SFT records and their JSONL files, DPO preference pairs (`prefs`), unpaired KTO
+//! feedback (`feedback`), prompt templates, loaders for the published
 //! data-set schemas, the data flags commands share (`source`), and the synthetic world.
 
+pub mod feedback;
 pub mod files;
 pub mod hf_cache;
 pub mod parquet_pages;

@@ -16,7 +16,7 @@
 //!
 //! Errors name the file and the row.
 
-use crate::data::records::{messages_from_json, Message, Record, ASSISTANT};
+use crate::data::records::{last_user_content, messages_from_json, Message, Record, ASSISTANT};
 use crate::data::rows::{self, Object};
 use crate::data::schemas::{str_field, DataSpec, ReadCounts, Select};
 use crate::data::template::Template;
@@ -54,10 +54,7 @@ impl PrefRecord {
     /// The training record of this pair's prompt answered by `answer` (one of its answers,
     /// or, for KTO's mismatched sequences, another pair's).
     pub fn record(&self, answer: &str) -> Record {
-        match &self.context {
-            Some(turns) => Record::chat(turns, answer),
-            None => Record::pair(self.prompt.clone(), answer),
-        }
+        Record::answered(&self.prompt, self.context.as_deref(), answer)
     }
 }
 
@@ -136,22 +133,34 @@ fn parser(schema: &str, prefer: Option<Prefer>) -> Result<Box<Parse>> {
 
 fn load_files(spec: &DataSpec, prefer: Option<Prefer>, files: Vec<PathBuf>) -> Result<PrefDataset> {
     let parse = parser(&spec.schema, prefer)?;
+    let (records, read) = load_rows(spec, files, ("pairs", "preference pairs"), &*parse)?;
+    Ok(PrefDataset { records, read })
+}
+
+/// The rows of `files` that `parse` reads, with `spec`'s `skip_bad_rows`, `shuffle_seed`,
+/// `offset` and `limit` applied (`what`: the rows' short and long names in messages, as
+/// "pairs", "preference pairs"). Preference data has no labelled halves, so `select` is
+/// refused.
+pub(crate) fn load_rows<T>(
+    spec: &DataSpec,
+    files: Vec<PathBuf>,
+    (what, long): (&str, &str),
+    parse: &dyn Fn(&Object) -> Result<T>,
+) -> Result<(Vec<T>, ReadCounts)> {
     if spec.select != Select::All {
-        bail!("preference pairs have no labelled halves: remove `select` (--select)");
+        bail!("{long} have no labelled halves: remove `select` (--select)");
     }
     if spec.limit == Some(0) {
-        bail!("limit = 0 selects nothing; remove `limit` to keep every pair");
+        bail!("limit = 0 selects nothing; remove `limit` to keep every one");
     }
-    let mut ds = PrefDataset {
-        records: Vec::new(),
-        read: ReadCounts::new(files.clone()),
-    };
+    let mut records = Vec::new();
+    let mut read = ReadCounts::new(files.clone());
     for file in &files {
         rows::for_each_row(file, &mut |loc, row| {
-            ds.read.rows_read += 1;
+            read.rows_read += 1;
             match row.and_then(|o| parse(&o)) {
-                Ok(r) => ds.records.push(r),
-                Err(_) if spec.skip_bad_rows => ds.read.skipped_bad += 1,
+                Ok(r) => records.push(r),
+                Err(_) if spec.skip_bad_rows => read.skipped_bad += 1,
                 Err(e) => bail!(
                     "{}: {loc}: {e:#} (preference schema \"{}\"); fix the row, or set \
                      skip_bad_rows = true (--skip-bad-rows) to skip and count malformed rows",
@@ -163,34 +172,32 @@ fn load_files(spec: &DataSpec, prefer: Option<Prefer>, files: Vec<PathBuf>) -> R
         })?;
     }
     if let Some(seed) = spec.shuffle_seed {
-        ds.records
-            .shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+        records.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
     }
     let want = spec.offset.saturating_add(spec.limit.unwrap_or(0));
-    let n = ds.records.len();
+    let n = records.len();
     if n == 0 || n < want || n <= spec.offset {
         bail!(
-            "{} holds too few pairs: {n}, but the spec asks for offset {} + limit {:?}; {}",
+            "{} holds too few {what}: {n}, but the spec asks for offset {} + limit {:?}; {}",
             spec.path,
             spec.offset,
             spec.limit,
-            ds.summary()
+            read.summary(long, n)
         );
     }
-    ds.records.drain(..spec.offset);
+    records.drain(..spec.offset);
     if let Some(l) = spec.limit {
-        ds.records.truncate(l);
+        records.truncate(l);
     }
-    Ok(ds)
+    Ok((records, read))
 }
 
 fn generic(o: &Object) -> Result<PrefRecord> {
     if !o.contains_key("chosen") && o.contains_key("completion") && o.contains_key("label") {
         bail!(
             "this row is unpaired feedback {{\"prompt\", \"completion\", \"label\"}} (TRL's KTO \
-             format); elastica reads preference pairs {{\"prompt\", \"chosen\", \"rejected\"}}, \
-             and its KTO (--dpo-loss kto) scores each pair's chosen answer as desirable and its \
-             rejected one as undesirable: pair the rows per prompt"
+             format), where preference pairs {{\"prompt\", \"chosen\", \"rejected\"}} are read; \
+             `elastica train --method dpo --dpo-loss kto` trains on a file of such rows"
         );
     }
     if ["prompt", "chosen", "rejected"]
@@ -272,12 +279,7 @@ fn conversation(o: &Object) -> Result<PrefRecord> {
         }
     };
     let (chosen, rejected) = (answer(chosen, "chosen")?, answer(rejected, "rejected")?);
-    let prompt = context
-        .iter()
-        .rev()
-        .find(|m| m.role == "user")
-        .map(|m| m.content.clone())
-        .unwrap_or_default();
+    let prompt = last_user_content(&context);
     Ok(PrefRecord {
         prompt,
         chosen,

@@ -112,6 +112,14 @@ impl Record {
         messages.push(Message::new(ASSISTANT, answer));
         Record::conversation(messages)
     }
+    /// `answer` to a prompt: the conversation `context` answered by the assistant when there
+    /// is one, else the pair (`prompt`, `answer`).
+    pub fn answered(prompt: &str, context: Option<&[Message]>, answer: &str) -> Self {
+        match context {
+            Some(turns) => Record::chat(turns, answer),
+            None => Record::pair(prompt, answer),
+        }
+    }
     /// A conversation whose last turn counts ([`Turns::Last`]).
     pub fn conversation(messages: Vec<Message>) -> Self {
         Record::Chat {
@@ -119,6 +127,17 @@ impl Record {
             turns: Turns::Last,
         }
     }
+}
+
+/// The content of the last user turn of `turns` (what logs and generation prompts show of a
+/// conversation's prompt), or "" without one.
+pub fn last_user_content(turns: &[Message]) -> String {
+    turns
+        .iter()
+        .rev()
+        .find(|m| m.role == "user")
+        .map(|m| m.content.clone())
+        .unwrap_or_default()
 }
 
 /// Read a JSONL file of records. Blank lines are skipped; any other line that is not an

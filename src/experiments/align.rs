@@ -60,6 +60,7 @@ impl AlignSpec {
             dpo_beta: self.dpo_beta,
             dpo_loss: self.dpo_loss,
             simpo_gamma: self.simpo_gamma,
+            ..DpoConfig::DEFAULT
         }
     }
 

@@ -142,7 +142,8 @@ pub fn pair_weights(
     (w, terms)
 }
 
-fn sigmoid(x: f64) -> f64 {
+/// The logistic function, stable for either sign.
+pub(crate) fn sigmoid(x: f64) -> f64 {
     if x >= 0.0 {
         1.0 / (1.0 + (-x).exp())
     } else {
@@ -167,14 +168,36 @@ pub struct DpoStepLog {
     pub kl: Option<f64>,
 }
 
-/// What a DPO run did.
+/// What a run against a reference model did (DPO's, and `kto`'s on unpaired feedback).
 #[derive(Debug, Clone, Serialize)]
-pub struct DpoSummary {
-    /// Steps, pairs (as `records`), truncation and the base log lines.
+pub struct ReferenceRunSummary<L> {
+    /// Steps, pairs or examples (as `records`), truncation and the base log lines.
     pub train: TrainSummary,
-    pub log: Vec<DpoStepLog>,
+    pub log: Vec<L>,
     /// Whether the reference log-probs were read from the run directory's cache.
     pub reference_cached: bool,
+}
+
+/// What a DPO run did.
+pub type DpoSummary = ReferenceRunSummary<DpoStepLog>;
+
+impl<L> ReferenceRunSummary<L> {
+    /// The summary of a run over `records` pairs or examples (`truncated` of them cut) from
+    /// the loop's outcome; `cached`: the reference came from the run directory.
+    pub(crate) fn of<M: Method<Log = L>>(
+        total: usize,
+        records: usize,
+        truncated: usize,
+        o: Outcome<L>,
+        cached: bool,
+    ) -> Self {
+        let base: Vec<StepLog> = o.log.iter().map(|l| M::base(l).clone()).collect();
+        ReferenceRunSummary {
+            train: summarize(total, records, truncated, o.resumed_from, base),
+            log: o.log,
+            reference_cached: o.finished_before || cached,
+        }
+    }
 }
 
 /// The reference model's summed response log-probs (and, under KTO, those of the
@@ -504,18 +527,14 @@ impl<'a> DpoStep<'a> {
 
     /// The run's summary from the loop's outcome.
     pub fn summary(&self, o: Outcome<DpoStepLog>) -> DpoSummary {
-        let base: Vec<StepLog> = o.log.iter().map(|l| l.base.clone()).collect();
-        DpoSummary {
-            train: summarize(
-                self.p.total,
-                self.p.chosen.len(),
-                self.p.truncated,
-                o.resumed_from,
-                base,
-            ),
-            log: o.log,
-            reference_cached: o.finished_before || self.refs.as_ref().is_some_and(|r| r.cached),
-        }
+        let cached = self.refs.as_ref().is_some_and(|r| r.cached);
+        DpoSummary::of::<Self>(
+            self.p.total,
+            self.p.chosen.len(),
+            self.p.truncated,
+            o,
+            cached,
+        )
     }
 }
 
@@ -681,6 +700,7 @@ mod tests {
             dpo_beta: 0.5,
             dpo_loss: DpoLoss::Sigmoid,
             simpo_gamma: 0.5,
+            ..DpoConfig::DEFAULT
         };
         let t = pair_terms(&sig, 0.0, 0.0, 0.0);
         assert!((t.loss - std::f64::consts::LN_2).abs() < 1e-15);
@@ -777,6 +797,7 @@ mod tests {
             dpo_beta: 2.0,
             dpo_loss: DpoLoss::Simpo,
             simpo_gamma: 0.5,
+            ..DpoConfig::DEFAULT
         };
         let nll = [6.0, 4.0, 9.0, 2.5];
         let lens = [(3, 8), (5, 2)];

@@ -1,6 +1,7 @@
 //! Training: tokenized batches, the masked cross-entropy loss, AdamW, learning-rate
 //! schedules, one training loop (`driver`) with atomic checkpoints and exact resume, and the
-//! two methods it runs: SFT (`sft`, which also holds the shared run settings) and DPO (`dpo`).
+//! methods it runs: SFT (`sft`, which also holds the shared run settings), DPO on pairs
+//! (`dpo`) and KTO on unpaired feedback (`kto`).
 
 pub mod backprop;
 pub mod batch;
@@ -9,6 +10,7 @@ pub mod dpo;
 pub mod driver;
 pub mod eval;
 pub mod fused;
+pub mod kto;
 pub mod loss;
 pub mod objective;
 pub mod optim;

@@ -2,8 +2,9 @@
 //! DPO (`train::dpo`) with its beta and loss (sigmoid, IPO, the reference-free SimPO, or KTO
 //! on the pairs' answers taken one by one).
 //! One struct, [`DpoConfig`], serves as the command-line flags (`--method`, `--dpo-beta`,
-//! `--dpo-loss`, `--simpo-gamma`) and as the `dpo` field of `TrainConfig` (and so of the
-//! settings a run is checked against on resume).
+//! `--dpo-loss`, `--simpo-gamma`, KTO's `--kto-desirable-weight` / `--kto-undesirable-weight`)
+//! and as the `dpo` field of `TrainConfig` (and so of the settings a run is checked against on
+//! resume). KTO on unpaired feedback (`train::kto`) takes the same settings.
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -36,7 +37,8 @@ pub enum DpoLoss {
     /// gives a desirable (chosen) and an undesirable (rejected) example, each scored alone
     /// against a reference point z0 (the policy's KL from the reference, estimated on
     /// mismatched prompt-answer pairs); loss 1 - sigmoid(beta (r - z0)) for a desirable
-    /// answer and 1 - sigmoid(beta (z0 - r)) for an undesirable one.
+    /// answer and 1 - sigmoid(beta (z0 - r)) for an undesirable one. On unpaired feedback
+    /// (`train::kto`) each example is one such answer, weighted.
     Kto,
 }
 
@@ -81,6 +83,17 @@ pub struct DpoConfig {
     #[arg(long, default_value_t = DpoConfig::DEFAULT.simpo_gamma)]
     #[serde(skip_serializing_if = "DpoConfig::gamma_is_default")]
     pub simpo_gamma: f64,
+    /// KTO on unpaired feedback: the weight of a desirable example's loss (TRL's
+    /// desirable_weight). TRL advises weights with w_D n_D / (w_U n_U) in [1, 4/3] for n_D
+    /// desirable and n_U undesirable examples.
+    #[arg(long, default_value_t = 1.0)]
+    #[serde(skip_serializing_if = "DpoConfig::weight_is_default")]
+    pub kto_desirable_weight: f64,
+    /// KTO on unpaired feedback: the weight of an undesirable example's loss (TRL's
+    /// undesirable_weight).
+    #[arg(long, default_value_t = 1.0)]
+    #[serde(skip_serializing_if = "DpoConfig::weight_is_default")]
+    pub kto_undesirable_weight: f64,
 }
 
 impl Default for DpoConfig {
@@ -96,7 +109,15 @@ impl DpoConfig {
         dpo_beta: 0.1,
         dpo_loss: DpoLoss::Sigmoid,
         simpo_gamma: 0.5,
+        kto_desirable_weight: 1.0,
+        kto_undesirable_weight: 1.0,
     };
+
+    /// KTO's weights at 1 are left out of saved settings, so runs from before they existed
+    /// compare equal.
+    pub(crate) fn weight_is_default(w: &f64) -> bool {
+        *w == 1.0
+    }
 
     /// The default gamma is left out of saved settings, so the settings and cell ids of runs
     /// from before SimPO existed are unchanged.
@@ -122,6 +143,20 @@ impl DpoConfig {
                 "simpo_gamma (--simpo-gamma) must be a finite number, got {}",
                 self.simpo_gamma
             );
+        }
+        for (name, w) in [
+            ("kto_desirable_weight", self.kto_desirable_weight),
+            ("kto_undesirable_weight", self.kto_undesirable_weight),
+        ] {
+            if !(w.is_finite() && w > 0.0) {
+                bail!("{name} must be a finite number > 0, got {w}");
+            }
+            if self.dpo_loss != DpoLoss::Kto && !Self::weight_is_default(&w) {
+                bail!(
+                    "{name} applies to the kto loss only; the loss is {}",
+                    self.dpo_loss.name()
+                );
+            }
         }
         if self.dpo_loss != DpoLoss::Simpo && !Self::gamma_is_default(&self.simpo_gamma) {
             bail!(

@@ -528,3 +528,16 @@ pub fn eval_loss_one_thread(model: &str, data: &str, extra: &[&str]) -> serde_js
     assert!(o.status.success(), "{}", stderr(&o));
     serde_json::from_slice(&o.stdout).unwrap()
 }
+
+/// A training hook that fails, as a kill would, once step `stop` is done (never without one).
+pub fn kill_at(
+    stop: Option<usize>,
+) -> impl FnMut(&elastica::model::LoadedModel, &elastica::train::sft::StepLog) -> anyhow::Result<()>
+{
+    move |_, l| {
+        if Some(l.step) == stop {
+            anyhow::bail!("killed")
+        }
+        Ok(())
+    }
+}

@@ -112,6 +112,7 @@ impl DpoVariant {
             dpo_beta: self.beta,
             dpo_loss: self.loss,
             simpo_gamma: self.simpo_gamma,
+            ..DpoConfig::DEFAULT
         }
     }
 

@@ -1,0 +1,442 @@
+//! KTO (Ethayarajh et al. 2024) on unpaired feedback (`data::feedback`): TRL's `KTOTrainer`
+//! with `loss_type = "kto"`, as a step ([`KtoStep`]) of the one training loop, with SFT's and
+//! DPO's data order, AdamW, clipping, checkpoints, exact resume and settings checks.
+//!
+//! Each example is a prompt x with one completion y, desirable or not. With r = log pi(y|x) -
+//! log pi_ref(y|x) (the completion's counted tokens summed, EOS included, as DPO counts them;
+//! pi_ref the starting model) and the reference point z0, an example's loss is
+//! - w_D (1 - sigmoid(beta (r - z0))) for a desirable completion,
+//! - w_U (1 - sigmoid(beta (z0 - r))) for an undesirable one,
+//!
+//! (w_D, w_U: `--kto-desirable-weight`, `--kto-undesirable-weight`, TRL's default 1) and the
+//! step's loss is their mean over the step's examples (TRL's mean over the batch's desirable
+//! and undesirable losses together). z0 estimates KL(pi || pi_ref) on mismatched sequences,
+//! example i's prompt with example i-1's completion (the last example's for the first): at
+//! each step's start the mean over the step's examples of their log pi - log pi_ref, floored
+//! at 0 and held constant in the backward (TRL's `detach`). As in `dpo`'s paired KTO, z0 is
+//! estimated per optimizer step (TRL: per micro-batch) and the shift runs over the whole data
+//! set (TRL shifts within each batch of its dataset map), so neither depends on how a step is
+//! split into micro-batches. Rewards are beta r.
+//!
+//! The gradient is the SFT gradient of each completion times dloss/dNLL, so the hand-written
+//! backward serves it through the weighted step, as it serves DPO. The reference log-probs of
+//! the completions and of the mismatched sequences are computed once and cached in the run
+//! directory ([`REFERENCE_FILE`], tied to the starting weights, the data and the labels).
+
+use super::batch::{collate, loss_tokens, tokenize, Batch, Example};
+use super::dpo::{kto_z0, sigmoid, ReferenceRunSummary};
+use super::driver::{step_settings, Method, Outcome, Plan, Trainee};
+use super::objective::{DpoConfig, DpoLoss, Method as Objective};
+use super::sft::{
+    resume_point_of, save_dtype_of, schedule_of, weights_fingerprint, ResumePoint, RunSettings,
+    StepLog, TrainConfig, TrainRun,
+};
+use crate::data::feedback::FeedbackRecord;
+use crate::data::records::Record;
+use crate::model::{LoadedModel, TextTokenizer};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+
+/// One example's loss, reward and the loss's derivative with respect to its completion's
+/// summed NLL (the weight of its SFT gradient), from r = log pi - log pi_ref and z0.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ExampleTerms {
+    pub loss: f64,
+    pub reward: f64,
+    pub d_nll: f64,
+}
+
+/// [`ExampleTerms`] of a desirable (or undesirable) completion.
+pub fn example_terms(cfg: &DpoConfig, r: f64, z0: f64, desirable: bool) -> ExampleTerms {
+    let beta = cfg.dpo_beta;
+    // 1 - sigmoid(x) = sigmoid(-x); d sigmoid(x)/dx = s (1 - s). r = -NLL + const.
+    let (w, x) = if desirable {
+        (cfg.kto_desirable_weight, beta * (z0 - r))
+    } else {
+        (cfg.kto_undesirable_weight, beta * (r - z0))
+    };
+    let s = sigmoid(x);
+    // dloss/dr = w s (1 - s) dx/dr, dx/dr = -beta (desirable) or beta; dNLL = -dr.
+    let d_r = w * s * (1.0 - s) * if desirable { -beta } else { beta };
+    ExampleTerms {
+        loss: w * s,
+        reward: beta * r,
+        d_nll: -d_r,
+    }
+}
+
+/// One line of a KTO run's `train_log.jsonl`: the SFT fields (`loss` the mean over the step's
+/// examples, `tokens` their counted completion tokens), the mean rewards of the step's
+/// desirable and undesirable examples (none where the step has none), and z0 (`kl`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KtoStepLog {
+    #[serde(flatten)]
+    pub base: StepLog,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desirable_reward: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undesirable_reward: Option<f64>,
+    pub kl: f64,
+}
+
+/// What a KTO run did (examples as `records`).
+pub type KtoSummary = ReferenceRunSummary<KtoStepLog>;
+
+/// The reference model's summed log-probs of the completions and the mismatched sequences,
+/// cached in the run directory.
+pub const REFERENCE_FILE: &str = "kto_reference.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Reference {
+    start_sha256: String,
+    data_sha256: String,
+    completions: Vec<f64>,
+    /// Example i's prompt with example i-1's completion.
+    mismatched: Vec<f64>,
+    #[serde(skip)]
+    cached: bool,
+}
+
+/// A run's tokenized examples, labels and settings, checked before anything is written.
+pub struct FeedbackPlan {
+    completions: Vec<Example>,
+    desirable: Vec<bool>,
+    mismatched: Vec<Example>,
+    truncated: usize,
+    total: usize,
+    steps_per_epoch: usize,
+    settings: RunSettings,
+    save_dtype: String,
+}
+
+impl FeedbackPlan {
+    /// What the training loop schedules.
+    pub fn plan(&self) -> Plan<'_> {
+        Plan {
+            settings: &self.settings,
+            examples: self.completions.len(),
+            total: self.total,
+            steps_per_epoch: self.steps_per_epoch,
+            save_dtype: &self.save_dtype,
+        }
+    }
+}
+
+fn prepare(
+    lm: &LoadedModel,
+    examples: &[FeedbackRecord],
+    cfg: &TrainConfig,
+) -> Result<FeedbackPlan> {
+    cfg.validate()?;
+    crate::model::adapted::check_for_training(&lm.model, &cfg.lora)?;
+    prepare_feedback(
+        &lm.tokenizer,
+        &lm.model.cfg.torch_dtype,
+        weights_fingerprint(lm)?,
+        examples,
+        cfg,
+    )
+}
+
+/// [`FeedbackPlan`] for a model on any backend: its tokenizer, the dtype its checkpoint was
+/// stored in and the fingerprint of its starting weights.
+pub fn prepare_feedback(
+    tokenizer: &TextTokenizer,
+    torch_dtype: &str,
+    start_sha256: String,
+    examples: &[FeedbackRecord],
+    cfg: &TrainConfig,
+) -> Result<FeedbackPlan> {
+    cfg.validate()?;
+    cfg.dpo.validate()?;
+    if cfg.dpo.method != Objective::Dpo || cfg.dpo.dpo_loss != DpoLoss::Kto {
+        bail!(
+            "unpaired feedback ({{\"prompt\", \"completion\", \"label\"}}) trains with KTO: \
+             --method dpo --dpo-loss kto (the other losses compare two answers to one prompt)"
+        );
+    }
+    let n = examples.len();
+    if n < 2 {
+        bail!(
+            "KTO estimates its reference point on mismatched sequences (each prompt with \
+             another example's completion), so it needs at least 2 examples; the data has {n}"
+        );
+    }
+    let save_dtype = save_dtype_of(cfg, torch_dtype, None)?;
+    let records = |shift: usize| -> Vec<Record> {
+        (0..n)
+            .map(|i| examples[i].record(&examples[(i + n - shift) % n].completion))
+            .collect()
+    };
+    let tok = |recs: &[Record]| tokenize(recs, tokenizer, cfg.template, cfg.max_length);
+    let (completions, truncated) = tok(&records(0))?;
+    // Not trained on: a cut one only shifts z0's estimate, so it goes unreported.
+    let (mismatched, _) = tok(&records(1))?;
+    for (i, e) in completions.iter().enumerate() {
+        if loss_tokens(e) == 0 {
+            bail!(
+                "example {}: the completion has no token the loss can count (it is empty, or \
+                 its prompt fills max_length = {})",
+                i + 1,
+                cfg.max_length
+            );
+        }
+    }
+    let desirable: Vec<bool> = examples.iter().map(|e| e.desirable).collect();
+    let (steps_per_epoch, total, mut settings) = schedule_of(cfg, n, start_sha256, &completions)?;
+    // The labels are data too: a run resumed on flipped labels is refused.
+    let mut h = Sha256::new();
+    h.update(settings.data_sha256.as_bytes());
+    h.update(desirable.iter().map(|&d| u8::from(d)).collect::<Vec<u8>>());
+    settings.data_sha256 = hex::encode(h.finalize());
+    Ok(FeedbackPlan {
+        completions,
+        desirable,
+        mismatched,
+        truncated,
+        total,
+        steps_per_epoch,
+        settings,
+        save_dtype,
+    })
+}
+
+/// `model`'s summed log-probs of the sequences `seqs[idx]`, `batch_size` a forward.
+fn logps(
+    model: &dyn Trainee,
+    seqs: &[Example],
+    idx: &[usize],
+    batch_size: usize,
+) -> Result<Vec<f64>> {
+    let mut out = Vec::with_capacity(idx.len());
+    for part in idx.chunks(batch_size) {
+        let nll = model.seq_nll(&batch_of(seqs, part, model.pad_id())?)?;
+        out.extend(nll.iter().map(|x| -x));
+    }
+    Ok(out)
+}
+
+fn batch_of(seqs: &[Example], idx: &[usize], pad: u32) -> Result<Batch> {
+    let picked: Vec<&Example> = idx.iter().map(|&i| &seqs[i]).collect();
+    collate(&picked, pad, &candle_core::Device::Cpu)
+}
+
+/// The reference log-probs: read from `out`'s cache when it was written for this start and
+/// data, else computed with `model` (which must still hold the starting weights) and cached.
+fn reference(
+    model: &mut dyn Trainee,
+    p: &FeedbackPlan,
+    cfg: &TrainConfig,
+    out: &Path,
+) -> Result<Reference> {
+    let path = out.join(REFERENCE_FILE);
+    let s = &p.settings;
+    let n = p.completions.len();
+    if path.is_file() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        match serde_json::from_str::<Reference>(&text) {
+            Ok(r)
+                if r.start_sha256 == s.start_sha256
+                    && r.data_sha256 == s.data_sha256
+                    && r.completions.len() == n
+                    && r.mismatched.len() == n
+                    && r.completions
+                        .iter()
+                        .chain(&r.mismatched)
+                        .all(|x| x.is_finite()) =>
+            {
+                return Ok(Reference { cached: true, ..r });
+            }
+            _ => eprintln!(
+                "warning: {} was written for another model or data (or is damaged); \
+                 computing the reference log-probs again",
+                path.display()
+            ),
+        }
+    }
+    let order: Vec<usize> = (0..n).collect();
+    let r = Reference {
+        start_sha256: s.start_sha256.clone(),
+        data_sha256: s.data_sha256.clone(),
+        completions: logps(model, &p.completions, &order, cfg.batch_size)?,
+        mismatched: logps(model, &p.mismatched, &order, cfg.batch_size)?,
+        cached: false,
+    };
+    if let Some(i) = r
+        .completions
+        .iter()
+        .chain(&r.mismatched)
+        .position(|x| !x.is_finite())
+    {
+        bail!(
+            "the starting model's log-prob of sequence {} is not finite",
+            i + 1
+        );
+    }
+    crate::util::fsx::atomic_write_json(&path, &r)?;
+    Ok(r)
+}
+
+/// Train `lm` with KTO on unpaired `examples`, writing `train_log.jsonl` (one [`KtoStepLog`] a
+/// step), [`REFERENCE_FILE`], checkpoints and the final model into `run.out`, as
+/// `sft::train` does for SFT (resume, refusals, finished runs, the hook included).
+/// `cfg.batch_size` counts examples.
+pub fn train(
+    lm: &LoadedModel,
+    examples: &[FeedbackRecord],
+    cfg: &TrainConfig,
+    run: TrainRun<'_, '_>,
+) -> Result<KtoSummary> {
+    let p = prepare(lm, examples, cfg)?;
+    let mut method = KtoStep::new(&p);
+    let o = super::fused::drive_fused(lm, &mut method, &p.plan(), run)?;
+    Ok(method.summary(o))
+}
+
+/// Where `train(.., resume = true, ..)` would start in `out`, refusing what it would refuse.
+pub fn resume_point(
+    lm: &LoadedModel,
+    examples: &[FeedbackRecord],
+    cfg: &TrainConfig,
+    out: &Path,
+) -> Result<ResumePoint> {
+    let p = prepare(lm, examples, cfg)?;
+    resume_point_of(out, &p.settings, p.total)
+}
+
+/// KTO's step (see the module doc), with the reference log-probs it computes or reads before
+/// the first step.
+pub struct KtoStep<'a> {
+    p: &'a FeedbackPlan,
+    refs: Option<Reference>,
+}
+
+impl<'a> KtoStep<'a> {
+    /// The step over `p`'s examples; warns when max_length cut some completions.
+    pub fn new(p: &'a FeedbackPlan) -> Self {
+        super::sft::warn_truncated(
+            p.truncated,
+            p.completions.len(),
+            "completions",
+            &p.settings.train,
+        );
+        KtoStep { p, refs: None }
+    }
+
+    /// The run's summary from the loop's outcome.
+    pub fn summary(&self, o: Outcome<KtoStepLog>) -> KtoSummary {
+        let cached = self.refs.as_ref().is_some_and(|r| r.cached);
+        let n = self.p.completions.len();
+        KtoSummary::of::<Self>(self.p.total, n, self.p.truncated, o, cached)
+    }
+}
+
+impl Method for KtoStep<'_> {
+    type Log = KtoStepLog;
+    const LABEL: &'static str = "kto";
+    fn begin(&mut self, model: &mut dyn Trainee, out: &Path) -> Result<()> {
+        self.refs = Some(reference(model, self.p, &self.p.settings.train, out)?);
+        Ok(())
+    }
+
+    /// z0 from the mismatched sequences at the current weights; then per micro-batch of
+    /// `batch_size` examples, one forward, the examples' terms, one weighted backward; then
+    /// clip and AdamW.
+    fn step(&mut self, model: &mut dyn Trainee, idx: &[usize], lr: f64) -> Result<KtoStepLog> {
+        let (p, cfg) = (self.p, &self.p.settings.train);
+        let refs = self
+            .refs
+            .as_ref()
+            .context("KTO's step before its reference")?;
+        let policy = logps(model, &p.mismatched, idx, cfg.batch_size)?;
+        let reference: Vec<f64> = idx.iter().map(|&i| refs.mismatched[i]).collect();
+        let z0 = kto_z0(&policy, &reference)?;
+        let n = idx.len() as f64;
+        let chunks: Vec<&[usize]> = idx.chunks(cfg.batch_size).collect();
+        let pad = model.pad_id();
+        let micro: Vec<Batch> = chunks
+            .iter()
+            .map(|c| batch_of(&p.completions, c, pad))
+            .collect::<Result<_>>()?;
+        let tokens = micro.iter().map(|b| b.n_targets).sum();
+        let mut terms: Vec<(bool, ExampleTerms)> = Vec::with_capacity(idx.len());
+        let mut weigh = |m: usize, nll: &[f64]| -> Result<Vec<f64>> {
+            let mut w = Vec::with_capacity(nll.len());
+            for (&i, &nll) in chunks[m].iter().zip(nll) {
+                let t = example_terms(&cfg.dpo, -nll - refs.completions[i], z0, p.desirable[i]);
+                // Refused before the update, as SFT refuses a non-finite loss.
+                if !t.loss.is_finite() {
+                    bail!("the KTO loss is {} (not finite); lower the learning rate or check the weights and data", t.loss);
+                }
+                w.push(t.d_nll / n);
+                terms.push((p.desirable[i], t));
+            }
+            Ok(w)
+        };
+        let grad_norm = model.weighted_step(&micro, &mut weigh, &step_settings(cfg, lr))?;
+        let mean_reward = |d: bool| {
+            let r: Vec<f64> = terms
+                .iter()
+                .filter(|(x, _)| *x == d)
+                .map(|(_, t)| t.reward)
+                .collect();
+            (!r.is_empty()).then(|| r.iter().sum::<f64>() / r.len() as f64)
+        };
+        Ok(KtoStepLog {
+            base: StepLog {
+                step: 0,
+                loss: terms.iter().map(|(_, t)| t.loss).sum::<f64>() / n,
+                lr,
+                tokens,
+                grad_norm,
+            },
+            desirable_reward: mean_reward(true),
+            undesirable_reward: mean_reward(false),
+            kl: z0,
+        })
+    }
+    fn base(log: &KtoStepLog) -> &StepLog {
+        &log.base
+    }
+    fn base_mut(log: &mut KtoStepLog) -> &mut StepLog {
+        &mut log.base
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The terms are TRL's formulas, and their derivatives match finite differences.
+    #[test]
+    fn example_terms_are_ktos_formula_and_its_derivative() {
+        let cfg = DpoConfig {
+            method: Objective::Dpo,
+            dpo_beta: 0.5,
+            dpo_loss: DpoLoss::Kto,
+            kto_desirable_weight: 1.5,
+            kto_undesirable_weight: 0.75,
+            ..DpoConfig::DEFAULT
+        };
+        let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
+        let (r, z0) = (0.8, 0.3);
+        let d = example_terms(&cfg, r, z0, true);
+        assert!((d.loss - 1.5 * (1.0 - sig(0.5 * (r - z0)))).abs() < 1e-15);
+        assert!((d.reward - 0.4).abs() < 1e-15);
+        let u = example_terms(&cfg, r, z0, false);
+        assert!((u.loss - 0.75 * (1.0 - sig(0.5 * (z0 - r)))).abs() < 1e-15);
+        // r = -NLL + c: dloss/dNLL = -(loss(r + e) - loss(r - e)) / 2e.
+        let e = 1e-6;
+        for desirable in [true, false] {
+            let l = |r: f64| example_terms(&cfg, r, z0, desirable).loss;
+            let fd = -(l(r + e) - l(r - e)) / (2.0 * e);
+            let got = example_terms(&cfg, r, z0, desirable).d_nll;
+            assert!((fd - got).abs() < 1e-8, "{desirable}: {fd} vs {got}");
+        }
+        // A desirable completion's loss falls as its reward rises; an undesirable one's grows.
+        assert!(d.d_nll > 0.0 && u.d_nll < 0.0);
+    }
+}
