@@ -318,20 +318,16 @@ fn dpo_summary(
     d: &dpo::DpoSummary,
     on: Option<serde_json::Value>,
 ) -> serde_json::Value {
-    let (s, last) = (&d.train, d.log.last());
-    let mut line = serde_json::json!({
-        "out": out, "method": "dpo", "steps": s.steps, "pairs": s.records,
-        "truncated": s.truncated, "mean_loss": s.mean_loss,
-        "final_loss": last.map(|l| l.base.loss),
+    let last = d.log.last();
+    let mut finals = serde_json::json!({
         "final_margin": last.map(|l| l.margin),
         "final_accuracy": last.map(|l| l.accuracy),
-        "reference_cached": d.reference_cached, "resumed_from": s.resumed_from,
     });
     // KTO's reference point at the last step (the policy's estimated KL from the start).
     if let Some(kl) = last.and_then(|l| l.kl) {
-        line["final_kl"] = kl.into();
+        finals["final_kl"] = kl.into();
     }
-    with_backend(line, on)
+    reference_run_line(out, ("dpo", "pairs"), d, finals, on)
 }
 
 /// The JSON line `elastica train` prints for a KTO run on unpaired feedback.
@@ -340,16 +336,34 @@ fn kto_summary(
     k: &kto::KtoSummary,
     on: Option<serde_json::Value>,
 ) -> serde_json::Value {
-    let (s, last) = (&k.train, k.log.last());
-    let line = serde_json::json!({
-        "out": out, "method": "kto", "steps": s.steps, "examples": s.records,
-        "truncated": s.truncated, "mean_loss": s.mean_loss,
-        "final_loss": last.map(|l| l.base.loss),
+    let last = k.log.last();
+    let finals = serde_json::json!({
         "final_desirable_reward": last.and_then(|l| l.desirable_reward),
         "final_undesirable_reward": last.and_then(|l| l.undesirable_reward),
         "final_kl": last.map(|l| l.kl),
-        "reference_cached": k.reference_cached, "resumed_from": s.resumed_from,
     });
+    reference_run_line(out, ("kto", "examples"), k, finals, on)
+}
+
+/// The fields of a run against a reference model (`method`, its data counted as `unit`),
+/// its last step's `finals`, and where it ran.
+fn reference_run_line<L>(
+    out: &std::path::Path,
+    (method, unit): (&str, &str),
+    r: &dpo::ReferenceRunSummary<L>,
+    finals: serde_json::Value,
+    on: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let s = &r.train;
+    let mut line = serde_json::json!({
+        "out": out, "method": method, "steps": s.steps, unit: s.records,
+        "truncated": s.truncated, "mean_loss": s.mean_loss,
+        "final_loss": s.log.last().map(|l| l.loss),
+        "reference_cached": r.reference_cached, "resumed_from": s.resumed_from,
+    });
+    if let (Some(line), Some(finals)) = (line.as_object_mut(), finals.as_object()) {
+        line.extend(finals.clone());
+    }
     with_backend(line, on)
 }
 

@@ -10,8 +10,9 @@
 //! Errors name the file and the row. `train --method dpo --dpo-loss kto` reads a file of such
 //! rows as this data ([`is_unpaired`] looks at its first row).
 
-use crate::data::records::{last_user_content, messages_from_json, Message, Record, ASSISTANT};
+use crate::data::records::{last_user_content, Message, Record};
 use crate::data::rows::{self, Object};
+use crate::data::schemas::conversation::prompt_and_completion;
 use crate::data::schemas::{bool_field, str_field, DataSpec, ReadCounts};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -117,21 +118,14 @@ fn plain(o: &Object) -> Result<FeedbackRecord> {
 /// TRL's conversational unpaired rows: `prompt` a list of messages, `completion` one
 /// assistant message.
 fn conversation(o: &Object) -> Result<FeedbackRecord> {
-    let list = |k: &str| -> Result<Vec<Message>> {
-        match o.get(k) {
-            None | Some(serde_json::Value::Null) => bail!("field \"{k}\" is missing"),
-            Some(v) => messages_from_json(v, k),
-        }
+    let field = |k: &str| match o.get(k) {
+        None | Some(serde_json::Value::Null) => bail!("field \"{k}\" is missing"),
+        Some(v) => Ok(v),
     };
-    let context = list("prompt")?;
-    let completion = match <[Message; 1]>::try_from(list("completion")?) {
-        Ok([m]) if m.role == ASSISTANT => m.content,
-        _ => bail!("field \"completion\" must be one \"assistant\" message"),
-    };
-    let prompt = last_user_content(&context);
+    let (context, answer) = prompt_and_completion(field("prompt")?, field("completion")?)?;
     Ok(FeedbackRecord {
-        prompt,
-        completion,
+        prompt: last_user_content(&context),
+        completion: answer.content,
         desirable: bool_field(o, "label")?,
         context: Some(context),
     })

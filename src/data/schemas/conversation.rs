@@ -35,16 +35,8 @@ fn parse(obj: &Object, opts: &RowOptions) -> Result<Parsed> {
         _ if obj.contains_key("conversations") => sharegpt(&obj["conversations"])?,
         (Some(m), _, _) => messages_from_json(m, "messages")?,
         (None, Some(p), Some(c)) => {
-            let mut turns = messages_from_json(p, "prompt")?;
-            let completion = messages_from_json(c, "completion")?;
-            match completion.as_slice() {
-                [one] if one.role == ASSISTANT => turns.push(one.clone()),
-                _ => bail!(
-                    "field \"completion\" must be one \"assistant\" message (it has {}); the \
-                     loss counts on one answer turn",
-                    completion.len()
-                ),
-            }
+            let (mut turns, answer) = prompt_and_completion(p, c)?;
+            turns.push(answer);
             turns
         }
         _ => bail!(
@@ -60,6 +52,27 @@ fn parse(obj: &Object, opts: &RowOptions) -> Result<Parsed> {
         },
         Class::Unlabeled,
     ))
+}
+
+/// TRL's conversational prompt-completion fields: the `prompt` turns, and the one assistant
+/// turn `completion` holds.
+pub(crate) fn prompt_and_completion(
+    prompt: &serde_json::Value,
+    completion: &serde_json::Value,
+) -> Result<(Vec<Message>, Message)> {
+    let turns = messages_from_json(prompt, "prompt")?;
+    let completion = messages_from_json(completion, "completion")?;
+    match <[Message; 1]>::try_from(completion) {
+        Ok([one]) if one.role == ASSISTANT => Ok((turns, one)),
+        Ok(_) => bail!(
+            "field \"completion\" must be one \"assistant\" message (it has 1 of another role)"
+        ),
+        Err(c) => bail!(
+            "field \"completion\" must be one \"assistant\" message (it has {}); the loss \
+             counts on one answer turn",
+            c.len()
+        ),
+    }
 }
 
 /// ShareGPT's turns: `{"from", "value"}`, with its role names mapped to the chat roles.
