@@ -10,12 +10,12 @@
 //!
 //! Inputs fuzzed: safetensors weights, a sharded model's index, config.json, tokenizer.json,
 //! PEFT adapters' adapter_model.safetensors and adapter_config.json (DoRA; LoRA on the head
-//! with whole tensors),
-//! JSONL / BeaverTails JSONL / Alpaca JSON / IMDb parquet data, conversations (SFT rows and
-//! preference pairs, rendered by a chat template), compressed files (also with
-//! their checksums recomputed after the mutation, so the decoder itself sees garbage), grid
-//! manifests and cell result files. `ELASTICA_FUZZ_CASES` sets the cases per input
-//! (default [`DEFAULT_CASES`]; the whole file runs in well under a minute in release).
+//! with whole tensors), JSONL / BeaverTails JSONL / Alpaca JSON / IMDb parquet data, KTO's
+//! unpaired feedback, conversations (SFT rows and preference pairs, rendered by a chat
+//! template), compressed files (also with their checksums recomputed after the mutation, so
+//! the decoder itself sees garbage), grid manifests and cell result files.
+//! `ELASTICA_FUZZ_CASES` sets the cases per input (default [`DEFAULT_CASES`]; the whole file
+//! runs in well under a minute in release).
 //! Failures proptest finds are kept in `proptest-regressions/` and replayed first.
 
 mod common;
@@ -605,6 +605,30 @@ fn fuzz_conversations() {
             load_conversations(pairs),
         );
     }
+}
+
+/// Unpaired feedback (KTO's `{"prompt", "completion", "label"}`), sniffed and loaded.
+#[test]
+fn fuzz_feedback() {
+    let tmp = tempfile::tempdir().unwrap();
+    let seed = std::fs::read(fixture("dpo/kto_unpaired.jsonl")).unwrap();
+    fuzz(
+        "feedback",
+        tmp.path(),
+        "kto.jsonl",
+        &seed,
+        seed.len(),
+        linear(64),
+        |d| {
+            let spec = elastica::data::schemas::DataSpec::new(
+                d.join("kto.jsonl").to_string_lossy(),
+                "jsonl",
+            );
+            elastica::data::feedback::is_unpaired(&spec)?;
+            elastica::data::feedback::load(&spec)?;
+            Ok(())
+        },
+    );
 }
 
 #[test]
