@@ -180,11 +180,17 @@ pub fn run(a: TrainArgs) -> Result<()> {
         }
         TrainData::Pairs(p) => {
             let d = dpo::train(&lm, p, &cfg, run)?;
-            (d.train.steps, dpo_summary(&a.out, &d, None))
+            (
+                d.train.steps,
+                reference_run_line(&a.out, ("dpo", "pairs"), &d, None),
+            )
         }
         TrainData::Feedback(f) => {
             let k = kto::train(&lm, f, &cfg, run)?;
-            (k.train.steps, kto_summary(&a.out, &k, None))
+            (
+                k.train.steps,
+                reference_run_line(&a.out, ("kto", "examples"), &k, None),
+            )
         }
     };
     hooks.finish(&lm, steps, &a.out)?;
@@ -284,11 +290,11 @@ fn on_backend(a: &TrainArgs, cfg: &TrainConfig, lm: LoadedModel, data: &TrainDat
     let line = match data {
         TrainData::Pairs(p) => {
             let d = crate::backend::train::train_dpo(&mut *model, p, cfg, run())?;
-            dpo_summary(&a.out, &d, Some(on))
+            reference_run_line(&a.out, ("dpo", "pairs"), &d, Some(on))
         }
         TrainData::Feedback(f) => {
             let k = crate::backend::train::train_kto(&mut *model, f, cfg, run())?;
-            kto_summary(&a.out, &k, Some(on))
+            reference_run_line(&a.out, ("kto", "examples"), &k, Some(on))
         }
         TrainData::Records(r) => {
             let s = crate::backend::train::train(&mut *model, r, cfg, run())?;
@@ -311,47 +317,43 @@ fn sft_summary(out: &std::path::Path, s: &crate::train::TrainSummary) -> serde_j
     })
 }
 
-/// The JSON line `elastica train` prints for a DPO run (with the backend and device when
-/// it ran off the default path).
-fn dpo_summary(
-    out: &std::path::Path,
-    d: &dpo::DpoSummary,
-    on: Option<serde_json::Value>,
-) -> serde_json::Value {
-    let last = d.log.last();
-    let mut finals = serde_json::json!({
-        "final_margin": last.map(|l| l.margin),
-        "final_accuracy": last.map(|l| l.accuracy),
-    });
-    // KTO's reference point at the last step (the policy's estimated KL from the start).
-    if let Some(kl) = last.and_then(|l| l.kl) {
-        finals["final_kl"] = kl.into();
+/// A step log's fields that `train`'s JSON line reports from the last step (null before
+/// any step).
+trait FinalFields: Sized {
+    fn finals(last: Option<&Self>) -> serde_json::Value;
+}
+
+impl FinalFields for dpo::DpoStepLog {
+    fn finals(last: Option<&Self>) -> serde_json::Value {
+        let mut f = serde_json::json!({
+            "final_margin": last.map(|l| l.margin),
+            "final_accuracy": last.map(|l| l.accuracy),
+        });
+        // KTO's reference point at the last step (the policy's estimated KL from the start).
+        if let Some(kl) = last.and_then(|l| l.kl) {
+            f["final_kl"] = kl.into();
+        }
+        f
     }
-    reference_run_line(out, ("dpo", "pairs"), d, finals, on)
 }
 
-/// The JSON line `elastica train` prints for a KTO run on unpaired feedback.
-fn kto_summary(
-    out: &std::path::Path,
-    k: &kto::KtoSummary,
-    on: Option<serde_json::Value>,
-) -> serde_json::Value {
-    let last = k.log.last();
-    let finals = serde_json::json!({
-        "final_desirable_reward": last.and_then(|l| l.desirable_reward),
-        "final_undesirable_reward": last.and_then(|l| l.undesirable_reward),
-        "final_kl": last.map(|l| l.kl),
-    });
-    reference_run_line(out, ("kto", "examples"), k, finals, on)
+impl FinalFields for kto::KtoStepLog {
+    fn finals(last: Option<&Self>) -> serde_json::Value {
+        serde_json::json!({
+            "final_desirable_reward": last.and_then(|l| l.desirable_reward),
+            "final_undesirable_reward": last.and_then(|l| l.undesirable_reward),
+            "final_kl": last.map(|l| l.kl),
+        })
+    }
 }
 
-/// The fields of a run against a reference model (`method`, its data counted as `unit`),
-/// its last step's `finals`, and where it ran.
-fn reference_run_line<L>(
+/// The JSON line `elastica train` prints for a run against a reference model (DPO on pairs:
+/// `("dpo", "pairs")`; KTO on unpaired feedback: `("kto", "examples")`), with the backend
+/// and device when it ran off the default path.
+fn reference_run_line<L: FinalFields>(
     out: &std::path::Path,
     (method, unit): (&str, &str),
     r: &dpo::ReferenceRunSummary<L>,
-    finals: serde_json::Value,
     on: Option<serde_json::Value>,
 ) -> serde_json::Value {
     let s = &r.train;
@@ -361,6 +363,7 @@ fn reference_run_line<L>(
         "final_loss": s.log.last().map(|l| l.loss),
         "reference_cached": r.reference_cached, "resumed_from": s.resumed_from,
     });
+    let finals = L::finals(r.log.last());
     if let (Some(line), Some(finals)) = (line.as_object_mut(), finals.as_object()) {
         line.extend(finals.clone());
     }
