@@ -173,9 +173,11 @@ fn render_marked(
     let Some(src) = tok.chat_template.as_deref() else {
         bail!("template \"chat\" needs a chat_template in tokenizer_config.json, and this tokenizer has none; use --template raw or safe-rlhf");
     };
+    let src = generation_as_filter(src)?;
+    let marked = matches!(src, std::borrow::Cow::Owned(_));
     if let Some(m) = messages
         .iter()
-        .find(|m| m.content.contains([SPAN_OPEN, SPAN_CLOSE]))
+        .find(|m| marked && m.content.contains([SPAN_OPEN, SPAN_CLOSE]))
     {
         bail!(
             "a \"{}\" message holds U+F0001 or U+F0002, which elastica reserves to find the \
@@ -183,7 +185,6 @@ fn render_marked(
             m.role
         );
     }
-    let src = generation_as_filter(src)?;
     let mut env = minijinja::Environment::new();
     // transformers renders chat templates with jinja2's trim_blocks and lstrip_blocks.
     env.set_trim_blocks(true);
@@ -236,7 +237,8 @@ const GENERATION_FILTER: &str = "elastica_generation_span";
 /// `src` with transformers' `{% generation %}` / `{% endgeneration %}` (whitespace control
 /// kept) as a filter block minijinja runs.
 fn generation_as_filter(src: &str) -> Result<std::borrow::Cow<'_, str>> {
-    if !src.contains("generation") {
+    // Every template names `add_generation_prompt`; only a marked one closes a block.
+    if !src.contains("endgeneration") {
         return Ok(src.into());
     }
     let tag = |name: &str| regex::Regex::new(&format!(r"\{{%([-+]?)\s*{name}\s*([-+]?)%\}}"));
