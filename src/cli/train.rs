@@ -353,7 +353,7 @@ impl FinalFields for kto::KtoStepLog {
 fn reference_run_line<L: FinalFields>(
     out: &std::path::Path,
     (method, unit): (&str, &str),
-    r: &dpo::ReferenceRunSummary<L>,
+    r: &crate::train::reference::ReferenceRunSummary<L>,
     on: Option<serde_json::Value>,
 ) -> serde_json::Value {
     let s = &r.train;

@@ -37,9 +37,10 @@ use super::driver::{step_settings, Method, Outcome, Plan, Trainee};
 pub(crate) use super::fused::seq_nll;
 pub use super::fused::{autograd_weighted_grads, weighted_grads};
 use super::objective::{DpoConfig, DpoLoss, Method as Objective};
+use super::reference::{cached_or_computed, ReferenceCache, ReferenceRunSummary};
 use super::sft::{
-    resume_point_of, save_dtype_of, schedule_of, summarize, weights_fingerprint, ResumePoint,
-    RunSettings, StepLog, TrainConfig, TrainRun, TrainSummary,
+    resume_point_of, save_dtype_of, schedule_of, weights_fingerprint, ResumePoint, RunSettings,
+    StepLog, TrainConfig, TrainRun,
 };
 use crate::data::prefs::PrefRecord;
 use crate::data::records::Record;
@@ -168,37 +169,8 @@ pub struct DpoStepLog {
     pub kl: Option<f64>,
 }
 
-/// What a run against a reference model did (DPO's, and `kto`'s on unpaired feedback).
-#[derive(Debug, Clone, Serialize)]
-pub struct ReferenceRunSummary<L> {
-    /// Steps, pairs or examples (as `records`), truncation and the base log lines.
-    pub train: TrainSummary,
-    pub log: Vec<L>,
-    /// Whether the reference log-probs were read from the run directory's cache.
-    pub reference_cached: bool,
-}
-
 /// What a DPO run did.
 pub type DpoSummary = ReferenceRunSummary<DpoStepLog>;
-
-impl<L> ReferenceRunSummary<L> {
-    /// The summary of a run over `records` pairs or examples (`truncated` of them cut) from
-    /// the loop's outcome; `cached`: the reference came from the run directory.
-    pub(crate) fn of<M: Method<Log = L>>(
-        total: usize,
-        records: usize,
-        truncated: usize,
-        o: Outcome<L>,
-        cached: bool,
-    ) -> Self {
-        let base: Vec<StepLog> = o.log.iter().map(|l| M::base(l).clone()).collect();
-        ReferenceRunSummary {
-            train: summarize(total, records, truncated, o.resumed_from, base),
-            log: o.log,
-            reference_cached: o.finished_before || cached,
-        }
-    }
-}
 
 /// The reference model's summed response log-probs (and, under KTO, those of the
 /// mismatched sequences), cached in the run directory.
@@ -221,14 +193,18 @@ struct Reference {
     cached: bool,
 }
 
-impl Reference {
-    /// Every log-prob: chosen, rejected, then KTO's mismatched ones.
-    fn all(&self) -> impl Iterator<Item = &f64> {
-        self.chosen
-            .iter()
-            .chain(&self.rejected)
-            .chain(&self.kl_chosen)
-            .chain(&self.kl_rejected)
+impl ReferenceCache for Reference {
+    fn stamp(&self) -> (&str, &str) {
+        (&self.start_sha256, &self.data_sha256)
+    }
+    /// Chosen, rejected, then KTO's mismatched ones.
+    fn vectors(&self) -> Vec<&[f64]> {
+        vec![
+            &self.chosen,
+            &self.rejected,
+            &self.kl_chosen,
+            &self.kl_rejected,
+        ]
     }
 }
 
@@ -425,57 +401,32 @@ fn reference(
         };
         return Ok((r, false));
     }
-    if path.is_file() {
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        match serde_json::from_str::<Reference>(&text) {
-            Ok(r)
-                if r.start_sha256 == s.start_sha256
-                    && r.data_sha256 == s.data_sha256
-                    && r.chosen.len() == p.chosen.len()
-                    && r.rejected.len() == p.rejected.len()
-                    && r.kl_chosen.len() == p.kl_chosen.len()
-                    && r.kl_rejected.len() == p.kl_rejected.len()
-                    && r.all().all(|x| x.is_finite()) =>
-            {
-                return Ok((r, true));
-            }
-            _ => eprintln!(
-                "warning: {} was written for another model or data (or is damaged); \
-                 computing the reference log-probs again",
-                path.display()
-            ),
-        }
-    }
-    let order: Vec<usize> = (0..p.chosen.len()).collect();
-    let (chosen, rejected) = pair_logps(model, (&p.chosen, &p.rejected), &order, cfg.batch_size)?;
-    let (kl_chosen, kl_rejected) = if p.kl_chosen.is_empty() {
-        (Vec::new(), Vec::new())
-    } else {
-        pair_logps(
-            model,
-            (&p.kl_chosen, &p.kl_rejected),
-            &order,
-            cfg.batch_size,
-        )?
-    };
-    let r = Reference {
-        start_sha256: s.start_sha256.clone(),
-        data_sha256: s.data_sha256.clone(),
-        chosen,
-        rejected,
-        kl_chosen,
-        kl_rejected,
-        cached: false,
-    };
-    if let Some(i) = r.all().position(|x| !x.is_finite()) {
-        bail!(
-            "the starting model's log-prob of sequence {} is not finite",
-            i + 1
-        );
-    }
-    crate::util::fsx::atomic_write_json(&path, &r)?;
-    Ok((r, false))
+    let lens = [
+        p.chosen.len(),
+        p.rejected.len(),
+        p.kl_chosen.len(),
+        p.kl_rejected.len(),
+    ];
+    cached_or_computed(&path, s, &lens, || {
+        let order: Vec<usize> = (0..p.chosen.len()).collect();
+        let pairs = (&p.chosen[..], &p.rejected[..]);
+        let (chosen, rejected) = pair_logps(model, pairs, &order, cfg.batch_size)?;
+        let (kl_chosen, kl_rejected) = if p.kl_chosen.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            let mismatched = (&p.kl_chosen[..], &p.kl_rejected[..]);
+            pair_logps(model, mismatched, &order, cfg.batch_size)?
+        };
+        Ok(Reference {
+            start_sha256: s.start_sha256.clone(),
+            data_sha256: s.data_sha256.clone(),
+            chosen,
+            rejected,
+            kl_chosen,
+            kl_rejected,
+            cached: false,
+        })
+    })
 }
 
 /// Train `lm` with DPO on `pairs`, writing `train_log.jsonl` (one [`DpoStepLog`] a step),

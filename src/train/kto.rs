@@ -24,9 +24,10 @@
 //! directory ([`REFERENCE_FILE`], tied to the starting weights, the data and the labels).
 
 use super::batch::{collate, loss_tokens, tokenize, Batch, Example};
-use super::dpo::{kto_z0, sigmoid, ReferenceRunSummary};
+use super::dpo::{kto_z0, sigmoid};
 use super::driver::{step_settings, Method, Outcome, Plan, Trainee};
 use super::objective::{DpoConfig, DpoLoss, Method as Objective};
+use super::reference::{cached_or_computed, ReferenceCache, ReferenceRunSummary};
 use super::sft::{
     resume_point_of, save_dtype_of, schedule_of, weights_fingerprint, ResumePoint, RunSettings,
     StepLog, TrainConfig, TrainRun,
@@ -97,6 +98,15 @@ struct Reference {
     mismatched: Vec<f64>,
     #[serde(skip)]
     cached: bool,
+}
+
+impl ReferenceCache for Reference {
+    fn stamp(&self) -> (&str, &str) {
+        (&self.start_sha256, &self.data_sha256)
+    }
+    fn vectors(&self) -> Vec<&[f64]> {
+        vec![&self.completions, &self.mismatched]
+    }
 }
 
 /// A run's tokenized examples, labels and settings, checked before anything is written.
@@ -234,50 +244,17 @@ fn reference(
     let path = out.join(REFERENCE_FILE);
     let s = &p.settings;
     let n = p.completions.len();
-    if path.is_file() {
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        match serde_json::from_str::<Reference>(&text) {
-            Ok(r)
-                if r.start_sha256 == s.start_sha256
-                    && r.data_sha256 == s.data_sha256
-                    && r.completions.len() == n
-                    && r.mismatched.len() == n
-                    && r.completions
-                        .iter()
-                        .chain(&r.mismatched)
-                        .all(|x| x.is_finite()) =>
-            {
-                return Ok(Reference { cached: true, ..r });
-            }
-            _ => eprintln!(
-                "warning: {} was written for another model or data (or is damaged); \
-                 computing the reference log-probs again",
-                path.display()
-            ),
-        }
-    }
-    let order: Vec<usize> = (0..n).collect();
-    let r = Reference {
-        start_sha256: s.start_sha256.clone(),
-        data_sha256: s.data_sha256.clone(),
-        completions: logps(model, &p.completions, &order, cfg.batch_size)?,
-        mismatched: logps(model, &p.mismatched, &order, cfg.batch_size)?,
-        cached: false,
-    };
-    if let Some(i) = r
-        .completions
-        .iter()
-        .chain(&r.mismatched)
-        .position(|x| !x.is_finite())
-    {
-        bail!(
-            "the starting model's log-prob of sequence {} is not finite",
-            i + 1
-        );
-    }
-    crate::util::fsx::atomic_write_json(&path, &r)?;
-    Ok(r)
+    let (r, cached) = cached_or_computed(&path, s, &[n, n], || {
+        let order: Vec<usize> = (0..n).collect();
+        Ok(Reference {
+            start_sha256: s.start_sha256.clone(),
+            data_sha256: s.data_sha256.clone(),
+            completions: logps(model, &p.completions, &order, cfg.batch_size)?,
+            mismatched: logps(model, &p.mismatched, &order, cfg.batch_size)?,
+            cached: false,
+        })
+    })?;
+    Ok(Reference { cached, ..r })
 }
 
 /// Train `lm` with KTO on unpaired `examples`, writing `train_log.jsonl` (one [`KtoStepLog`] a

@@ -1,7 +1,8 @@
 //! Training: tokenized batches, the masked cross-entropy loss, AdamW, learning-rate
 //! schedules, one training loop (`driver`) with atomic checkpoints and exact resume, and the
 //! methods it runs: SFT (`sft`, which also holds the shared run settings), DPO on pairs
-//! (`dpo`) and KTO on unpaired feedback (`kto`).
+//! (`dpo`) and KTO on unpaired feedback (`kto`), the last two against a reference model whose
+//! cached log-probs `reference` keeps.
 
 pub mod backprop;
 pub mod batch;
@@ -14,6 +15,7 @@ pub mod kto;
 pub mod loss;
 pub mod objective;
 pub mod optim;
+pub mod reference;
 pub mod run_dir;
 pub mod schedule;
 pub mod sft;
