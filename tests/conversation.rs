@@ -289,3 +289,21 @@ fn templates_with_generation_markers_render_and_mark_the_assistant_turns() {
         }
     }
 }
+
+/// Llama 3.1's templates write "Today Date" from `strftime_now` when it is defined, else
+/// from their own fallback; elastica leaves it undefined, so the rendering (and a run's data
+/// fingerprint) does not depend on the day.
+#[test]
+fn a_template_asking_for_todays_date_renders_its_fallback() {
+    let tok_dir = fixtures().join("models/tiny-qwen2");
+    let mut tok = elastica::model::tokenizer::TextTokenizer::from_dir(&tok_dir, &[], None).unwrap();
+    tok.chat_template = Some(
+        "{%- if not date_string is defined %}{%- if strftime_now is defined %}\
+         {%- set date_string = strftime_now(\"%d %b %Y\") %}{%- else %}\
+         {%- set date_string = \"26 Jul 2024\" %}{%- endif %}{%- endif %}\
+         Today Date: {{ date_string }}\n{% for m in messages %}{{ m.content }}\n{% endfor %}"
+            .into(),
+    );
+    let text = Template::Chat.render("hi", &tok).unwrap();
+    assert_eq!(text, "Today Date: 26 Jul 2024\nhi\n");
+}

@@ -2,7 +2,8 @@
 //! `{"prompt","response"}` records); a `{"messages"}` line is a conversation the model
 //! answers under its chat template (written back with the answer as its last turn).
 
-use crate::data::records::{messages_from_json, Message, Record};
+use crate::data::prompts::{read_prompts, Prompt};
+use crate::data::records::Record;
 use crate::data::template::Template;
 use crate::model::generate::GenConfig;
 use anyhow::{bail, Context, Result};
@@ -40,30 +41,6 @@ pub struct GenerateArgs {
     pub device: super::device_args::DeviceArgs,
 }
 
-/// One thing to continue: a prompt (under --template), or a conversation's turns (under the
-/// chat template).
-enum Prompt {
-    Text(String),
-    Turns(Vec<Message>),
-}
-
-impl Prompt {
-    fn encode(&self, template: Template, tok: &crate::model::TextTokenizer) -> Result<Vec<u32>> {
-        match self {
-            Prompt::Text(p) => template.encode_prompt(p, tok),
-            Prompt::Turns(t) => crate::model::template::encode_context(template, t, tok),
-        }
-    }
-
-    /// The prompt with its response, as `--out` holds it.
-    fn answered(&self, response: &str) -> Record {
-        match self {
-            Prompt::Text(p) => Record::pair(p.clone(), response),
-            Prompt::Turns(t) => Record::chat(t, response),
-        }
-    }
-}
-
 pub fn run(a: GenerateArgs) -> Result<()> {
     crate::util::threads::set_threads(a.threads);
     let prompts = prompts_of(&a)?;
@@ -95,7 +72,8 @@ fn encode_all(
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            p.encode(template, tok)
+            template
+                .encode_generation_prompt(p, tok)
                 .with_context(|| format!("prompt {}", i + 1))
         })
         .collect()
@@ -111,30 +89,9 @@ fn decode_all(outs: &[Vec<u32>], tok: &crate::model::TextTokenizer) -> Result<Ve
 fn prompts_of(a: &GenerateArgs) -> Result<Vec<Prompt>> {
     match (&a.prompt, &a.prompts) {
         (Some(p), _) => Ok(vec![Prompt::Text(p.clone())]),
-        (None, Some(f)) => read_prompt_lines(f),
+        (None, Some(f)) => read_prompts(f),
         (None, None) => bail!("give --prompt TEXT or --prompts FILE.jsonl --out FILE.jsonl"),
     }
-}
-
-fn read_prompt_lines(path: &std::path::Path) -> Result<Vec<Prompt>> {
-    crate::data::records::json_lines(path, "prompts")?
-        .into_iter()
-        .map(|(line, v)| {
-            let at = || format!("{}: line {line}", path.display());
-            Ok(
-                match (v.get("messages"), v.get("prompt").and_then(|p| p.as_str())) {
-                    (Some(m), _) => {
-                        Prompt::Turns(messages_from_json(m, "messages").with_context(at)?)
-                    }
-                    (None, Some(p)) => Prompt::Text(p.to_string()),
-                    (None, None) => bail!(
-                        "{}: expected an object with a string \"prompt\" or a list \"messages\"",
-                        at()
-                    ),
-                },
-            )
-        })
-        .collect()
 }
 
 /// The responses as records in `--out` (`{"prompt","response"}`, or a conversation with the

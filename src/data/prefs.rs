@@ -210,11 +210,17 @@ fn generic(o: &Object) -> Result<PrefRecord> {
              with the model's chat template"
         );
     }
-    Ok(PrefRecord::new(
+    let mut r = PrefRecord::new(
         str_field(o, "prompt")?,
         str_field(o, "chosen")?,
         str_field(o, "rejected")?,
-    ))
+    );
+    // elastica's own pair files (a grid's frozen inputs) keep a conversational pair's turns
+    // as a list "context"; a string "context" in another layout is not ours and is ignored.
+    if let Some(v) = o.get("context").filter(|v| v.is_array()) {
+        r.context = Some(messages_from_json(v, "context")?);
+    }
+    Ok(r)
 }
 
 fn pku(o: &Object, prefer: Prefer) -> Result<PrefRecord> {
@@ -466,6 +472,15 @@ mod tests {
             ])
         );
         assert_eq!(default_template("conversation"), Template::Chat);
+        // elastica's own pair files (a grid's frozen slices) keep the turns as "context".
+        let own = d.path().join("own.jsonl");
+        std::fs::write(
+            &own,
+            crate::data::records::jsonl_bytes(&ds.records).unwrap(),
+        )
+        .unwrap();
+        let back = load(&DataSpec::new(own.to_string_lossy(), "jsonl"), None).unwrap();
+        assert_eq!(back.records, ds.records);
         for (row, want) in [
             (
                 serde_json::json!({"chosen": [u("q"), a("x")], "rejected": [u("q"), a("x")]}),

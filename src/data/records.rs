@@ -10,7 +10,7 @@ use std::io::BufRead;
 use std::path::Path;
 
 /// One turn of a conversation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Message {
     /// `system`, `user`, `assistant` (or whatever roles the chat template knows).
     pub role: String,
@@ -162,6 +162,29 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Record>> {
     Ok(out)
 }
 
+/// Read records that elastica wrote itself into a run directory (a grid's input files, the
+/// responses it sampled): pairs, texts, and conversations, which were checked as the
+/// `conversation` schema checks them when they were first loaded, written as [`Record`]
+/// serializes them. Errors name the file and line.
+pub fn read_run_records(path: &Path) -> Result<Vec<Record>> {
+    json_lines(path, "records")?
+        .into_iter()
+        .map(|(line, v)| {
+            let at = || format!("{}: line {line}", path.display());
+            match v.get("messages") {
+                Some(_) => {
+                    let r: Record = serde_json::from_value(v.clone()).with_context(at)?;
+                    if let Record::Chat { messages, .. } = &r {
+                        check_conversation(messages).with_context(at)?;
+                    }
+                    Ok(r)
+                }
+                None => record_from_json(&v).with_context(at),
+            }
+        })
+        .collect()
+}
+
 /// Parse one JSONL line into a [`Record`].
 pub fn parse_record(line: &str) -> Result<Record> {
     let v: serde_json::Value = serde_json::from_str(line).context("not valid JSON")?;
@@ -302,21 +325,6 @@ pub fn json_lines(path: &Path, what: &str) -> Result<Vec<(usize, serde_json::Val
         bail!("{what} file {} holds no {what}", path.display());
     }
     Ok(out)
-}
-
-/// Read `{"prompt": ...}` lines (other fields ignored); errors name the line, and a file
-/// without prompts is an error.
-pub fn read_prompts(path: &Path) -> Result<Vec<String>> {
-    json_lines(path, "prompts")?
-        .into_iter()
-        .map(|(line, v)| match v.get("prompt").and_then(|p| p.as_str()) {
-            Some(p) => Ok(p.to_string()),
-            None => bail!(
-                "{}: line {line}: expected an object with a string \"prompt\"",
-                path.display()
-            ),
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -29,6 +29,20 @@ impl Template {
         }
     }
 
+    /// Refuse, before a run is planned, `what` (a data set or prompt file, named) holding
+    /// conversations under a template other than `chat`: only the model's chat template
+    /// renders turns.
+    pub fn check_conversations(self, conversations: bool, what: &str) -> Result<()> {
+        if conversations && self != Template::Chat {
+            bail!(
+                "{what} holds conversations, which only the model's chat template renders, but \
+                 the template is \"{}\"; set template = \"chat\" (or give pairs)",
+                self.name()
+            );
+        }
+        Ok(())
+    }
+
     pub fn from_name(name: &str) -> Result<Self> {
         Ok(match name {
             "raw" => Template::Raw,

@@ -12,6 +12,8 @@
 
 use super::evaluated::Evaluated;
 use super::kl::{by_position, pooled_mean, sequence_kl, Continuation, PositionKl, SequenceKl};
+use crate::data::prompts::Prompt;
+use crate::data::records::Message;
 use crate::data::template::Template;
 use crate::model::generate::GenConfig;
 use crate::report::stats::{mean_ci95, MeanCi};
@@ -23,7 +25,9 @@ use serde::{Deserialize, Serialize};
 /// One sampled response.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Generation {
-    pub prompt: String,
+    pub prompt: Prompt,
+    /// What a scorer reads as the prompt ([`Prompt::text`]).
+    pub prompt_text: String,
     pub response: String,
     /// The prompt as the model saw it (template applied).
     pub prompt_ids: Vec<u32>,
@@ -37,7 +41,7 @@ impl Generation {
     /// The prompt and response text, as a scorer reads them.
     pub fn sample(&self) -> Sample<'_> {
         Sample {
-            prompt: &self.prompt,
+            prompt: &self.prompt_text,
             response: &self.response,
         }
     }
@@ -55,7 +59,7 @@ impl Generation {
 /// Sample one response per prompt (deterministic for a given `gen.seed`).
 pub fn generate_responses(
     lm: &dyn Evaluated,
-    prompts: &[String],
+    prompts: &[Prompt],
     template: Template,
     gen: &GenConfig,
     progress: bool,
@@ -65,7 +69,7 @@ pub fn generate_responses(
         .enumerate()
         .map(|(i, p)| {
             template
-                .encode_prompt(p, lm.tokenizer())
+                .encode_generation_prompt(p, lm.tokenizer())
                 .with_context(|| format!("evaluation prompt {}", i + 1))
         })
         .collect::<Result<_>>()?;
@@ -84,6 +88,7 @@ pub fn generate_responses(
         .map(|((p, prompt_ids), tokens)| {
             Ok(Generation {
                 prompt: p.clone(),
+                prompt_text: p.text(),
                 response: lm.tokenizer().decode(&tokens, true)?,
                 ended: tokens.len() < gen.max_new_tokens,
                 prompt_ids,
@@ -97,7 +102,10 @@ pub fn generate_responses(
 #[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SampleRow {
+    /// The prompt, or a conversation's last user turn.
     pub prompt: String,
+    /// The conversation's turns, when the prompt is one.
+    pub messages: Option<Vec<Message>>,
     pub response: String,
     /// Response tokens (EOS excluded).
     pub tokens: usize,
@@ -168,7 +176,7 @@ pub struct References<'a> {
 pub fn evaluate(
     lm: &dyn Evaluated,
     refs: References<'_>,
-    prompts: &[String],
+    prompts: &[Prompt],
     template: Template,
     gen: &GenConfig,
     scorer: &dyn Scorer,
@@ -220,7 +228,8 @@ pub fn evaluate(
         .iter()
         .enumerate()
         .map(|(i, g)| SampleRow {
-            prompt: g.prompt.clone(),
+            prompt: g.prompt_text.clone(),
+            messages: g.prompt.turns().map(<[Message]>::to_vec),
             response: g.response.clone(),
             tokens: g.tokens.len(),
             ended_with_eos: g.ended,

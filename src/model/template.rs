@@ -3,6 +3,7 @@
 //! tokenizer's own `chat_template` (Jinja, with minijinja), so it sits beside the tokenizer.
 
 use super::tokenizer::TextTokenizer;
+use crate::data::prompts::Prompt;
 use crate::data::records::{Message, Turns, ASSISTANT};
 use crate::data::template::Template;
 use anyhow::{bail, Context, Result};
@@ -22,6 +23,19 @@ impl Template {
     pub fn encode_prompt(&self, prompt: &str, tok: &TextTokenizer) -> Result<Vec<u32>> {
         let text = self.render(prompt, tok)?;
         tok.encode(&text, *self != Template::Chat)
+    }
+
+    /// Token ids that ask the model to answer `prompt`: a text under this template, a
+    /// conversation's turns under the chat template (see [`encode_context`]).
+    pub fn encode_generation_prompt(
+        &self,
+        prompt: &Prompt,
+        tok: &TextTokenizer,
+    ) -> Result<Vec<u32>> {
+        match prompt {
+            Prompt::Text(p) => self.encode_prompt(p, tok),
+            Prompt::Turns(t) => encode_context(*self, t, tok),
+        }
     }
 }
 

@@ -81,6 +81,7 @@ mod tests {
     use super::super::testing::{bad_rows, fixture, load_fails, train_split};
     use super::super::{load, DataSpec, Select};
     use super::*;
+    use crate::data::prompts::Prompt;
 
     #[test]
     fn cleaning_and_splitting() {
@@ -116,7 +117,11 @@ mod tests {
         assert_eq!(ds.records.len(), 3);
         assert_eq!(
             ds.prompts().unwrap(),
-            ["I rented this", "Dull, slow and", "Awful script. Awful"]
+            Prompt::texts(&[
+                "I rented this".into(),
+                "Dull, slow and".into(),
+                "Awful script. Awful".into()
+            ])
         );
         let Record::Pair { response, .. } = &ds.records[2] else {
             panic!()

@@ -38,6 +38,7 @@ pub mod imdb;
 pub mod jsonl;
 pub mod truthfulqa;
 
+use crate::data::prompts::Prompt;
 use crate::data::records::{Record, Turns};
 use crate::data::rows::{self, json_kind, Object};
 use crate::data::template::Template;
@@ -278,31 +279,28 @@ pub struct Dataset {
 const BAD_EXAMPLES: usize = 5;
 
 impl Dataset {
-    /// The records' prompts (generation prompts for evaluation). Plain-text records have no
-    /// prompt and are an error.
-    pub fn prompts(&self) -> Result<Vec<String>> {
+    /// The records' prompts (generation prompts for evaluation): a pair's prompt, a
+    /// conversation's turns before its answer. Plain-text records have no prompt and are an
+    /// error.
+    pub fn prompts(&self) -> Result<Vec<Prompt>> {
         self.records
             .iter()
             .enumerate()
-            .map(|(i, r)| match r {
-                Record::Pair { prompt, .. } => Ok(prompt.clone()),
-                Record::Text { .. } => Err(anyhow!(
-                    "record {} is a plain {{\"text\"}} record with no prompt; evaluation \
-                     prompts need {{\"prompt\", \"response\"}} records",
-                    i + 1
-                )),
-                Record::Chat { .. } => Err(anyhow!(
-                    "record {} is a conversation; evaluation prompts need {{\"prompt\", \
-                     \"response\"}} records (a generation prompt is one user turn)",
-                    i + 1
-                )),
+            .map(|(i, r)| {
+                Prompt::of_record(r).ok_or_else(|| {
+                    anyhow!(
+                        "record {} is a plain {{\"text\"}} record with no prompt; evaluation \
+                         prompts need {{\"prompt\", \"response\"}} records or conversations",
+                        i + 1
+                    )
+                })
             })
             .collect()
     }
 
     /// [`Dataset::prompts`] without repeats, in first-seen order (BeaverTails pairs one
     /// prompt with several responses).
-    pub fn unique_prompts(&self) -> Result<Vec<String>> {
+    pub fn unique_prompts(&self) -> Result<Vec<Prompt>> {
         let mut seen = std::collections::HashSet::new();
         Ok(self
             .prompts()?

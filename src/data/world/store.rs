@@ -89,7 +89,7 @@ pub fn load(dir: &Path) -> Result<World> {
             is_pair,
             "{\"prompt\",\"response\"}",
         )?;
-        let eval = crate::data::records::read_prompts(&dir.join(task.eval_file()))?;
+        let eval = crate::data::prompts::read_text_prompts(&dir.join(task.eval_file()))?;
         expect_count(&m, task.eval_file(), eval.len(), dir)?;
         sets.push(TaskSets {
             align,

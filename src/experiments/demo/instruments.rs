@@ -17,6 +17,7 @@
 //! rebound units do, so a rerun reuses it.
 
 use super::rebound::{aligned, draw, train_config, Alignment, UnitInputs, PERTURB_STRIDE};
+use crate::data::prompts::Prompt;
 use crate::data::template::Template;
 use crate::experiments::evaluate::generate_responses;
 use crate::experiments::kl::{by_position, sequence_kl, Continuation, PositionKl};
@@ -130,7 +131,7 @@ fn kl_by_position(
     prompts: &[String],
     gen: &GenConfig,
 ) -> Result<(Vec<PositionKl>, Vec<PositionKl>)> {
-    let gens = generate_responses(m, prompts, Template::Raw, gen, false)?;
+    let gens = generate_responses(m, &Prompt::texts(prompts), Template::Raw, gen, false)?;
     let seqs: Vec<Continuation<'_>> = gens
         .iter()
         .map(|g| Continuation {

@@ -22,6 +22,7 @@ use super::config::{AblationArm, BaseSpec, DemoConfig, DpoVariant};
 use super::measures::{self, Exact, Probes};
 use crate::compress::tracking::{measure_sets, TrackedSet};
 use crate::data::prefs::PrefRecord;
+use crate::data::prompts::Prompt;
 use crate::data::records::Record;
 use crate::data::template::Template;
 use crate::experiments::evaluate::{generate_responses, Generation};
@@ -215,7 +216,7 @@ pub fn score_model(
     scorer: &dyn Scorer,
     gen: &GenConfig,
 ) -> Result<(f64, Option<f64>)> {
-    let gens = generate_responses(lm, prompts, Template::Raw, gen, false)?;
+    let gens = generate_responses(lm, &Prompt::texts(prompts), Template::Raw, gen, false)?;
     let samples: Vec<Sample> = gens.iter().map(Generation::sample).collect();
     let scores = scorer.score_batch(&samples)?;
     let ci = mean_ci95(&scores).context("no eval scores")?;

@@ -33,7 +33,7 @@ use super::config::PerturbFrom;
 use super::memory;
 use crate::backend::LanguageModel;
 use crate::data::prefs::PrefRecord;
-use crate::data::records::{read_jsonl, Record};
+use crate::data::records::{read_run_records, Record};
 use crate::data::template::Template;
 use crate::experiments::device::{self, load_cpu, StageData};
 use crate::experiments::evaluate::{evaluate, EvalSummary, References};
@@ -524,7 +524,7 @@ fn capability_kept(
         return Ok(None);
     };
     let path = ctx.input("capability")?;
-    let records = read_jsonl(&path)?;
+    let records = read_run_records(&path)?;
     let loss = crate::backend::run::eval_loss(lm, &records, p.template, c.max_length, c.batch_size)
         .with_context(|| format!("capability kept on {}", path.display()))?;
     Ok(Some(loss))
@@ -532,7 +532,7 @@ fn capability_kept(
 
 /// The first `n` records of a frozen data file.
 fn first_records(path: &Path, n: usize, what: &str) -> Result<Vec<Record>> {
-    let mut r = read_jsonl(path)?;
+    let mut r = read_run_records(path)?;
     if r.len() < n {
         bail!(
             "{} holds {} records but this cell needs {what} = {n}",

@@ -84,10 +84,11 @@ pub struct BaseModel {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EvalConfig {
-    /// A JSONL file of `{"prompt": ...}` lines (other fields ignored).
+    /// A JSONL file of `{"prompt": ...}` lines (other fields ignored), or of `{"messages":
+    /// [...]}` conversations to answer (under template `chat`).
     pub prompts: Option<String>,
-    /// Or: a data set whose records' prompts are the evaluation prompts (use `offset` to keep
-    /// them apart from the training rows).
+    /// Or: a data set whose records' prompts are the evaluation prompts (a conversation's:
+    /// its turns before the last; use `offset` to keep them apart from the training rows).
     pub data: Option<DataSpec>,
     /// How many prompts to use (the first n). Default 200.
     #[serde(default = "default_eval_n")]
@@ -440,7 +441,7 @@ impl ReboundConfig {
             (Some(_), Some(_)) => bail!("[eval]: give `prompts` or `[eval.data]`, not both"),
             (None, None) => bail!(
                 "[eval]: no evaluation prompts; set `prompts = \"FILE.jsonl\"` (lines of \
-                 {{\"prompt\": ...}}) or an [eval.data] table"
+                 {{\"prompt\": ...}} or {{\"messages\": [...]}}) or an [eval.data] table"
             ),
             _ => {}
         }

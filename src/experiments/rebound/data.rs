@@ -8,6 +8,7 @@
 
 use super::config::ReboundConfig;
 use crate::data::prefs::{self, PrefRecord};
+use crate::data::prompts::{prompt_lines, Prompt};
 use crate::data::records::{jsonl_bytes, Record};
 use crate::data::schemas::{self, DataSpec};
 use anyhow::{bail, Context, Result};
@@ -78,9 +79,7 @@ pub fn freeze(cfg: &ReboundConfig) -> Result<Frozen> {
     };
     let positive = match &pairs {
         Some((p, what)) => (
-            p.iter()
-                .map(|r| Record::pair(r.prompt.clone(), r.chosen.clone()))
-                .collect(),
+            p.iter().map(|r| r.record(&r.chosen)).collect(),
             what.clone(),
         ),
         None => load_side(&cfg.positive, "positive", cfg.max_positive(), "n_positive")?,
@@ -97,7 +96,7 @@ pub fn freeze(cfg: &ReboundConfig) -> Result<Frozen> {
     let (mut prompts, what) = match (&cfg.eval.prompts, &cfg.eval.data) {
         (Some(file), _) => (
             read_prompts(Path::new(file))?,
-            format!("{file} ({{\"prompt\"}} lines)"),
+            format!("{file} ({{\"prompt\"}} or {{\"messages\"}} lines)"),
         ),
         (None, Some(spec)) => {
             let ds = schemas::load(spec)
@@ -116,22 +115,22 @@ pub fn freeze(cfg: &ReboundConfig) -> Result<Frozen> {
         );
     }
     prompts.truncate(cfg.eval.n);
+    let t = cfg.train.template;
+    let chat = |r: &[Record]| r.iter().any(|r| matches!(r, Record::Chat { .. }));
+    t.check_conversations(chat(&positive), "the positive data")?;
+    t.check_conversations(chat(&negative), "the negative data")?;
+    t.check_conversations(
+        prompts.iter().any(|p| p.turns().is_some()),
+        "the evaluation prompts",
+    )?;
     sources.push(format!("eval prompts: {what}"));
 
-    let train_prompts: HashSet<&str> = positive
+    let train_prompts: HashSet<Prompt> = positive
         .iter()
         .chain(&negative)
-        .filter_map(Record::prompt)
+        .filter_map(Prompt::of_record)
         .collect();
-    let eval_overlap = prompts
-        .iter()
-        .filter(|p| train_prompts.contains(p.as_str()))
-        .count();
-
-    let prompt_lines: Vec<serde_json::Value> = prompts
-        .iter()
-        .map(|p| serde_json::json!({ "prompt": p }))
-        .collect();
+    let eval_overlap = prompts.iter().filter(|p| train_prompts.contains(p)).count();
     let capability = match &cfg.capability {
         Some(spec) => {
             let ds = schemas::load(spec)
@@ -166,7 +165,7 @@ pub fn freeze(cfg: &ReboundConfig) -> Result<Frozen> {
     let mut files = vec![
         (POSITIVE_FILE, positive_bytes),
         (NEGATIVE_FILE, jsonl_bytes(&negative)?),
-        (PROMPTS_FILE, jsonl_bytes(&prompt_lines)?),
+        (PROMPTS_FILE, prompt_lines(&prompts)?),
     ];
     if let Some(r) = &capability {
         files.push((CAPABILITY_FILE, jsonl_bytes(r)?));
@@ -243,7 +242,7 @@ fn load_pairs(cfg: &ReboundConfig) -> Result<(Vec<PrefRecord>, String)> {
     ))
 }
 
-pub use crate::data::records::read_prompts;
+pub use crate::data::prompts::read_prompts;
 
 /// Keep an identical file untouched (its mtime too); replace a different one atomically.
 pub(crate) fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<()> {

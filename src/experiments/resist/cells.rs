@@ -16,7 +16,8 @@
 //! point `train-step-N` after optimizer step N (see `grid::cell`).
 
 use super::plan::{Direction, PairPlan};
-use crate::data::records::{read_jsonl, write_jsonl, Record};
+use crate::data::prompts::read_prompts;
+use crate::data::records::{read_run_records, write_jsonl, Record};
 use crate::data::schemas::DataSpec;
 use crate::data::template::Template;
 use crate::experiments::device::{self, load_cpu, StageData};
@@ -198,7 +199,7 @@ impl CellKind for ThetaKind {
         let p: ThetaParams = ctx.params()?;
         let input = ctx.input("data")?;
         let data = match p.train.dpo.method {
-            Method::Sft => StageData::Records(read_jsonl(&input)?),
+            Method::Sft => StageData::Records(read_run_records(&input)?),
             Method::Dpo => {
                 let spec = DataSpec::new(input.to_string_lossy(), "jsonl");
                 StageData::Pairs(crate::data::prefs::load(&spec, None)?.records)
@@ -251,12 +252,12 @@ impl CellKind for GenerateKind {
     fn run(&self, ctx: &CellContext<'_>) -> Result<serde_json::Value> {
         let p: GenerateParams = ctx.params()?;
         let path = ctx.input("prompts")?;
-        let prompts = super::slices::prompts_of(&read_jsonl(&path)?, &path.display().to_string())?;
+        let prompts = read_prompts(&path)?;
         let lm = device::load_eval_model(&ctx.device, &p.model.dir(ctx))?;
         let gens = generate_responses(&lm, &prompts, p.template, &p.generate, ctx.progress)?;
         let recs: Vec<Record> = gens
             .iter()
-            .map(|g| Record::pair(g.prompt.clone(), g.response.clone()))
+            .map(|g| g.prompt.answered(&g.response))
             .collect();
         let file = gen_file(p.k);
         write_jsonl(&ctx.dir.join(&file), &recs)?;
@@ -298,7 +299,7 @@ impl CellKind for GenerateKind {
                 Some(
                     crate::backend::run::eval_loss(
                         lm.as_ref(),
-                        &read_jsonl(&path)?,
+                        &read_run_records(&path)?,
                         p.template,
                         max_length,
                         p.generate.batch_size,
@@ -334,7 +335,7 @@ impl CellKind for PairKind {
                 .get(&c)
                 .with_context(|| format!("cell {}: no generation cell for θ{c}", ctx.cell.id))?;
             let out: GenerateOutput = ctx.dep_output(id)?;
-            gens.insert(c, read_jsonl(&ctx.dep_dir(id).join(out.file))?);
+            gens.insert(c, read_run_records(&ctx.dep_dir(id).join(out.file))?);
         }
         let data = p.pair.training_set(p.direction, &gens)?;
         let start_k = p.pair.start(p.direction);

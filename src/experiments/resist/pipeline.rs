@@ -22,6 +22,7 @@ use super::config::ResistConfig;
 use super::plan::{Direction, PairPlan};
 use super::results::{analyse, write_all, ResistResults, RunLosses};
 use super::slices;
+use crate::data::prompts::{prompt_lines, Prompt};
 use crate::data::records::{jsonl_bytes, Record};
 use crate::experiments::log_dir::cell_log_dir;
 use crate::grid::config::RunOptions;
@@ -62,7 +63,7 @@ pub struct PreparedData {
 }
 
 /// The slices of `records` as JSONL bytes with their sizes, and the held-out prompts.
-type Sliced = (Vec<(Vec<u8>, usize)>, Vec<String>);
+type Sliced = (Vec<(Vec<u8>, usize)>, Vec<Prompt>);
 
 fn sliced<T: slices::SliceRecord + serde::Serialize>(
     records: &[T],
@@ -78,6 +79,20 @@ fn sliced<T: slices::SliceRecord + serde::Serialize>(
     Ok((files, split.prompts))
 }
 
+/// The prompts file (read back with `data::prompts::read_prompts`): a text is a pair with an
+/// empty response, as runs planned before conversations were read hold it (so their pinned
+/// hash stays), and a conversation's turns are `{"messages"}`.
+fn prompts_file(prompts: &[Prompt]) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    for p in prompts {
+        bytes.extend(match p {
+            Prompt::Text(t) => jsonl_bytes(&[Record::pair(t.clone(), String::new())])?,
+            Prompt::Turns(_) => prompt_lines(std::slice::from_ref(p))?,
+        });
+    }
+    Ok(bytes)
+}
+
 /// Load the `[data]` set (and `[prompts]` if given) and split it into slices and prompts.
 /// Under `[align] method = "dpo"` the data are preference pairs and so are the slices.
 pub fn prepare_data(cfg: &ResistConfig) -> Result<PreparedData> {
@@ -87,12 +102,16 @@ pub fn prepare_data(cfg: &ResistConfig) -> Result<PreparedData> {
         cfg.eval_prompts
     };
     let what = || format!("cannot load the [data] set {}", cfg.data.path);
-    let (slice_files, mut prompts) = if cfg.align.is_dpo() {
+    let (slice_files, mut prompts, slices_hold_conversations) = if cfg.align.is_dpo() {
         let ds = crate::data::prefs::load(&cfg.data, cfg.align.prefer).with_context(what)?;
-        sliced(&ds.records, cfg, held_out)?
+        let chat = ds.records.iter().any(|r| r.context.is_some());
+        let (files, prompts) = sliced(&ds.records, cfg, held_out)?;
+        (files, prompts, chat)
     } else {
         let ds = crate::data::schemas::load(&cfg.data).with_context(what)?;
-        sliced(&ds.records, cfg, held_out)?
+        let chat = ds.records.iter().any(|r| matches!(r, Record::Chat { .. }));
+        let (files, prompts) = sliced(&ds.records, cfg, held_out)?;
+        (files, prompts, chat)
     };
     if let Some(spec) = &cfg.prompts {
         let pds = crate::data::schemas::load(spec)
@@ -109,6 +128,14 @@ pub fn prepare_data(cfg: &ResistConfig) -> Result<PreparedData> {
         }
         prompts = given[..cfg.eval_prompts].to_vec();
     }
+    let turns = prompts.iter().any(|p| p.turns().is_some());
+    let t = cfg.train.template;
+    t.check_conversations(slices_hold_conversations, "the [data] set")?;
+    t.check_conversations(turns, "the generation prompts")?;
+    cfg.pair_train().template.check_conversations(
+        turns,
+        "the generation prompts (which the pair fine-tunes train on, answered)",
+    )?;
     if cfg.align.is_kto() {
         if let Some(i) = slice_files.iter().position(|(_, n)| *n < 2) {
             bail!(
@@ -124,11 +151,7 @@ pub fn prepare_data(cfg: &ResistConfig) -> Result<PreparedData> {
     for (i, (bytes, _)) in slice_files.iter().enumerate() {
         files.push((slice_file(i + 1), bytes.clone()));
     }
-    let prompts: Vec<Record> = prompts
-        .iter()
-        .map(|p| Record::pair(p.clone(), String::new()))
-        .collect();
-    files.push((PROMPTS_FILE.to_string(), jsonl_bytes(&prompts)?));
+    files.push((PROMPTS_FILE.to_string(), prompts_file(&prompts)?));
     if let Some(spec) = &cfg.capability {
         let cds = crate::data::schemas::load(spec)
             .with_context(|| format!("cannot load the [capability] set {}", spec.path))?;

@@ -7,6 +7,7 @@
 //! the same first `samples` prompts from either data set. So the two directions cannot differ
 //! in sample count, prompts, hyper-parameters or seed: there is no field to set differently.
 
+use crate::data::prompts::Prompt;
 use crate::data::records::Record;
 use crate::train::TrainConfig;
 use anyhow::{bail, Context, Result};
@@ -172,8 +173,9 @@ impl PairPlan {
     }
 }
 
-fn prompt(r: &Record) -> Option<&str> {
-    r.prompt()
+/// The prompt a generation answered: its text or its conversation's turns.
+fn prompt(r: &Record) -> Option<Prompt> {
+    Prompt::of_record(r)
 }
 
 #[cfg(test)]
@@ -211,11 +213,7 @@ mod tests {
             let fwd = p.training_set(Direction::Forward, &gens).unwrap();
             let inv = p.training_set(Direction::Inverse, &gens).unwrap();
             assert_eq!((fwd.len(), inv.len()), (samples, samples));
-            let prompts = |v: &[Record]| {
-                v.iter()
-                    .map(|r| prompt(r).map(str::to_owned))
-                    .collect::<Vec<_>>()
-            };
+            let prompts = |v: &[Record]| v.iter().map(prompt).collect::<Vec<_>>();
             assert_eq!(prompts(&fwd), prompts(&inv), "same prompts both ways");
             assert_eq!(fwd, gen(3, samples), "forward trains theta_1 on gen_3");
             assert_eq!(inv, gen(1, samples), "inverse trains theta_3 on gen_1");

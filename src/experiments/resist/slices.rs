@@ -5,24 +5,29 @@
 //! preference pairs; both give their prompt to the held-out set the same way.
 
 use crate::data::prefs::PrefRecord;
+use crate::data::prompts::Prompt;
 use crate::data::records::Record;
 use anyhow::{bail, Result};
 
 /// A record a slice can hold, whose prompt a held-out record gives to the generations.
 pub trait SliceRecord: Clone {
-    /// The prompt, or `None` for a record without one (plain text).
-    fn prompt(&self) -> Option<&str>;
+    /// The prompt (a conversation's turns before its answer), or `None` for a record
+    /// without one (plain text).
+    fn prompt(&self) -> Option<Prompt>;
 }
 
 impl SliceRecord for Record {
-    fn prompt(&self) -> Option<&str> {
-        Record::prompt(self)
+    fn prompt(&self) -> Option<Prompt> {
+        Prompt::of_record(self)
     }
 }
 
 impl SliceRecord for PrefRecord {
-    fn prompt(&self) -> Option<&str> {
-        Some(&self.prompt)
+    fn prompt(&self) -> Option<Prompt> {
+        Some(match &self.context {
+            Some(turns) => Prompt::Turns(turns.clone()),
+            None => Prompt::Text(self.prompt.clone()),
+        })
     }
 }
 
@@ -32,7 +37,7 @@ pub struct Split<T = Record> {
     /// `slices[k - 1]` trains theta_k.
     pub slices: Vec<Vec<T>>,
     /// Prompts every checkpoint answers (never in a slice when held out of the same data).
-    pub prompts: Vec<String>,
+    pub prompts: Vec<Prompt>,
 }
 
 /// Sizes of `ratios.len()` slices of `n` records in proportion to `ratios` (largest
@@ -112,18 +117,19 @@ pub fn split<T: SliceRecord>(
     Ok(Split { slices, prompts })
 }
 
-/// The prompts of prompt/response records (or preference pairs); a plain-text record has
-/// none and is an error.
-pub fn prompts_of<T: SliceRecord>(records: &[T], source: &str) -> Result<Vec<String>> {
+/// The prompts of prompt/response records, conversations (their turns before the answer) or
+/// preference pairs (a conversational pair's turns); a plain-text record has none and is an
+/// error.
+pub fn prompts_of<T: SliceRecord>(records: &[T], source: &str) -> Result<Vec<Prompt>> {
     records
         .iter()
         .enumerate()
         .map(|(i, r)| match r.prompt() {
-            Some(p) => Ok(p.to_string()),
+            Some(p) => Ok(p),
             None => bail!(
-                "{source}: held-out record {} is a plain {{\"text\"}} record or a \
-                 conversation; generation prompts need {{\"prompt\", \"response\"}} records \
-                 (or give a [prompts] data set)",
+                "{source}: held-out record {} is a plain {{\"text\"}} record; generation \
+                 prompts need {{\"prompt\", \"response\"}} records or conversations (or give \
+                 a [prompts] data set)",
                 i + 1
             ),
         })
@@ -133,6 +139,7 @@ pub fn prompts_of<T: SliceRecord>(records: &[T], source: &str) -> Result<Vec<Str
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::records::Message;
 
     fn recs(n: usize) -> Vec<Record> {
         (0..n)
@@ -163,14 +170,27 @@ mod tests {
         let r = recs(10);
         let s = split(&r, &[1.0, 1.0], 4, "d").unwrap();
         assert_eq!(s.slices, vec![r[0..3].to_vec(), r[3..6].to_vec()]);
-        assert_eq!(s.prompts, vec!["p6", "p7", "p8", "p9"]);
+        let texts =
+            |t: &[&str]| -> Vec<Prompt> { t.iter().map(|p| Prompt::Text(p.to_string())).collect() };
+        assert_eq!(s.prompts, texts(&["p6", "p7", "p8", "p9"]));
         // Preference pairs split the same way and give their prompts.
         let pairs: Vec<PrefRecord> = (0..5)
             .map(|i| PrefRecord::new(&format!("q{i}"), "yes", "no"))
             .collect();
         let s = split(&pairs, &[1.0, 1.0], 1, "d").unwrap();
         assert_eq!(s.slices, vec![pairs[0..2].to_vec(), pairs[2..4].to_vec()]);
-        assert_eq!(s.prompts, vec!["q4"]);
+        assert_eq!(s.prompts, texts(&["q4"]));
+        // A conversation's prompt is its turns before the answer, a conversational pair's
+        // its context.
+        let turns = vec![Message::new("user", "Hi"), Message::new("assistant", "Yo")];
+        let mut convs = recs(2);
+        convs.push(Record::conversation(turns.clone()));
+        let s = split(&convs, &[1.0, 1.0], 1, "d").unwrap();
+        assert_eq!(s.prompts, vec![Prompt::Turns(turns[..1].to_vec())]);
+        let mut pair = PrefRecord::new("Hi", "a", "b");
+        pair.context = Some(turns.clone());
+        let s = split(&[pair.clone(), pair.clone(), pair], &[1.0, 1.0], 1, "d").unwrap();
+        assert_eq!(s.prompts, vec![Prompt::Turns(turns)]);
     }
 
     #[test]
