@@ -1,11 +1,13 @@
 //! `elastica score`: run one scorer over a JSONL file of responses, outside any experiment.
 //!
-//! Input lines are `{"prompt", "response"}` or `{"text"}` (scored as a response to an empty
-//! prompt). Writes `--out` with one `{"record", "score"}` line per input record, in input
+//! Input lines are `{"prompt", "response"}`, `{"text"}` (scored as a response to an empty
+//! prompt) or `{"messages": [...]}` conversations ending in an assistant turn, as `elastica
+//! generate` writes them (the last turn scored as the response to the last user turn before
+//! it, as the experiments score conversations). Writes `--out` with one `{"record", "score"}` line per input record, in input
 //! order (blank lines are not records), and a summary (scorer, count, mean, 95% CI over
 //! records) to stdout and to `<out stem>.summary.json` beside it.
 
-use crate::data::records::{read_jsonl, Record};
+use crate::data::records::{last_user_content, read_run_records, Record};
 use crate::report::stats::mean_ci95;
 use crate::score::registry::{build, parse_cli_spec};
 use crate::score::Sample;
@@ -20,7 +22,7 @@ pub struct ScoreArgs {
     /// `[scorer]` table (`'kind = "cost-model", path = "DIR"'`), or a TOML file with them.
     #[arg(long)]
     pub scorer: String,
-    /// JSONL of {"prompt","response"} or {"text"} records.
+    /// JSONL of {"prompt","response"}, {"text"} or {"messages": [...]} records.
     #[arg(long)]
     pub data: PathBuf,
     /// Where to write one {"record", "score"} line per input record.
@@ -54,6 +56,19 @@ pub struct ScoreSummary {
     pub ci_high: Option<f64>,
 }
 
+/// What a scorer reads of a record: a pair as it is, a text as the response to an empty
+/// prompt, a conversation's last turn as the response to the last user turn before it.
+fn prompt_and_response(r: &Record) -> (String, &str) {
+    match r {
+        Record::Pair { prompt, response } => (prompt.clone(), response),
+        Record::Text { text } => (String::new(), text),
+        Record::Chat { messages, .. } => match messages.split_last() {
+            Some((last, context)) => (last_user_content(context), &last.content),
+            None => (String::new(), ""),
+        },
+    }
+}
+
 /// `scores.jsonl` -> `scores.summary.json`.
 pub fn summary_path(out: &Path) -> PathBuf {
     let stem = out
@@ -69,25 +84,13 @@ pub fn run(a: ScoreArgs) -> Result<()> {
         bail!("--batch-size must be at least 1");
     }
     let spec = parse_cli_spec(&a.scorer)?;
-    let records = read_jsonl(&a.data)?;
+    let records = read_run_records(&a.data)?;
     let scorer = build(&spec, &Device::Cpu).context("cannot build the scorer")?;
-    let samples: Vec<Sample<'_>> = records
+    let texts: Vec<(String, &str)> = records.iter().map(prompt_and_response).collect();
+    let samples: Vec<Sample<'_>> = texts
         .iter()
-        .enumerate()
-        .map(|(i, r)| match r {
-            Record::Pair { prompt, response } => Ok(Sample { prompt, response }),
-            Record::Text { text } => Ok(Sample {
-                prompt: "",
-                response: text,
-            }),
-            Record::Chat { .. } => Err(anyhow::anyhow!(
-                "{}: record {} is a conversation; score reads {{\"prompt\", \"response\"}} \
-                 or {{\"text\"}} records",
-                a.data.display(),
-                i + 1
-            )),
-        })
-        .collect::<Result<_>>()?;
+        .map(|(prompt, response)| Sample { prompt, response })
+        .collect();
     let pb = crate::util::progress::bar(samples.len() as u64, "score");
     let mut scores = Vec::with_capacity(samples.len());
     for chunk in samples.chunks(a.batch_size) {

@@ -162,22 +162,24 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Record>> {
     Ok(out)
 }
 
-/// Read records that elastica wrote itself into a run directory (a grid's input files, the
-/// responses it sampled): pairs, texts, and conversations, which were checked as the
-/// `conversation` schema checks them when they were first loaded, written as [`Record`]
-/// serializes them. Errors name the file and line.
+/// Read records as elastica writes them (a grid's frozen inputs, the responses it sampled,
+/// `generate --out`): pairs, texts, and `{"messages": [...]}` conversations ending in an
+/// assistant turn (with their `turns` when not the default). Errors name the file and line.
 pub fn read_run_records(path: &Path) -> Result<Vec<Record>> {
     json_lines(path, "records")?
         .into_iter()
         .map(|(line, v)| {
             let at = || format!("{}: line {line}", path.display());
             match v.get("messages") {
-                Some(_) => {
-                    let r: Record = serde_json::from_value(v.clone()).with_context(at)?;
-                    if let Record::Chat { messages, .. } = &r {
-                        check_conversation(messages).with_context(at)?;
-                    }
-                    Ok(r)
+                Some(m) => {
+                    let messages = messages_from_json(m, "messages").with_context(at)?;
+                    check_conversation(&messages).with_context(at)?;
+                    let turns = match v.get("turns") {
+                        None | Some(serde_json::Value::Null) => Turns::Last,
+                        Some(t) => serde_json::from_value(t.clone())
+                            .with_context(|| format!("{}: \"turns\" is not valid", at()))?,
+                    };
+                    Ok(Record::Chat { messages, turns })
                 }
                 None => record_from_json(&v).with_context(at),
             }
