@@ -631,6 +631,36 @@ fn fuzz_feedback() {
     );
 }
 
+/// Prompt files (texts and conversations to answer) and run-record files (what `generate`
+/// writes and `score` reads), seeded with two conversations and a pair, which both read.
+#[test]
+fn fuzz_prompt_and_run_record_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sft = std::fs::read_to_string(fixture("chat/sft.jsonl")).unwrap();
+    let conversations: Vec<&str> = sft.lines().filter(|l| l.contains("messages")).collect();
+    let seed = format!(
+        "{}\n{{\"prompt\": \"p\", \"response\": \"r\"}}\n",
+        conversations.join("\n")
+    )
+    .into_bytes();
+    fuzz(
+        "prompts",
+        tmp.path(),
+        "p.jsonl",
+        &seed,
+        seed.len(),
+        linear(64),
+        |d| {
+            let path = d.join("p.jsonl");
+            let prompts = elastica::data::prompts::read_prompts(&path);
+            let records = elastica::data::records::read_run_records(&path);
+            prompts?;
+            records?;
+            Ok(())
+        },
+    );
+}
+
 #[test]
 fn fuzz_jsonl_data() {
     let tmp = tempfile::tempdir().unwrap();
