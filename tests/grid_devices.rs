@@ -475,6 +475,39 @@ fn a_run_refuses_cells_in_another_dtype_before_anything_is_written() {
     assert!(ok, "{err}");
 }
 
+/// `collect` merges only results of the run's precision: a result from a bf16 run copied
+/// into an f32 run is refused, naming the cell, and the report stays as it was.
+#[test]
+fn collect_refuses_a_result_of_another_precision() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "", "");
+    let out = dir.path().join("run");
+    let (ok, _, err) = rebound(&cfg, &out, &[]);
+    assert!(ok, "{err}");
+    let o = out.to_str().unwrap();
+    let (ok, _, err) = elastica_env(&["collect", o], &[]);
+    assert!(ok, "{err}");
+
+    let cell = std::fs::read_dir(out.join("cells"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .min()
+        .unwrap();
+    let path = cell.join("result.json");
+    let mut r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    r["device"] = serde_json::json!({"device": "cuda", "dtype": "bf16"});
+    std::fs::write(&path, r.to_string()).unwrap();
+    let before = snapshot(&out);
+    let (ok, _, err) = elastica_env(&["collect", o], &[]);
+    let id = cell.file_name().unwrap().to_str().unwrap();
+    assert!(
+        !ok && err.contains(id) && err.contains("dtype = \"bf16\"") && err.contains("device.json"),
+        "{err}"
+    );
+    assert_eq!(snapshot(&out), before, "a refused collect changed the run");
+}
+
 /// `elastica resist` reads the same keys: a device this build cannot use is refused before
 /// the run directory is made, naming the config.
 #[test]

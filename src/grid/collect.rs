@@ -5,10 +5,11 @@
 //! `cells/<id>/result.json`; this is the one place (besides a waiting experiment command)
 //! that merges them into `results.*` and `report.md`.
 
+use super::device::{CellDevice, DEVICE_FILE};
 use super::manifest::MANIFEST_FILE;
 use super::registry::Registry;
 use super::rundir::Grid;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
 /// What `collect` wrote.
@@ -27,6 +28,7 @@ pub fn collect(run_dir: &Path, registry: &Registry) -> Result<Collected> {
         .filter(|&i| !grid.is_done(i))
         .map(|i| grid.manifest().cells[i].id.clone())
         .collect();
+    check_precisions(&grid)?;
     let experiment = grid.manifest().experiment.clone();
     let e = registry.experiment(&experiment).with_context(|| {
         format!(
@@ -40,6 +42,30 @@ pub fn collect(run_dir: &Path, registry: &Registry) -> Result<Collected> {
         report: grid.run_dir().join("report.md"),
         missing,
     })
+}
+
+/// Refuse to merge a result computed in another precision than the run's (`device.json`):
+/// a cell run, resume or executor refuses that before computing, but a result copied in from
+/// another run (or written by an older elastica) is seen only here. Nothing is written.
+fn check_precisions(grid: &Grid) -> Result<()> {
+    let run = CellDevice::read(grid.run_dir())?.precision();
+    for (i, r) in grid.results()?.iter().enumerate() {
+        let Some(d) = r.as_ref().and_then(|r| r.device.as_ref()) else {
+            continue;
+        };
+        if d.precision() != run {
+            bail!(
+                "{}: cell {} was computed in dtype = \"{}\", but this run computes in dtype = \
+                 \"{run}\" ({}); a report must not mix precisions: delete that cell's directory \
+                 and run it again, or collect it with its own run",
+                grid.cell_dir(i).join("result.json").display(),
+                grid.manifest().cells[i].id,
+                d.precision(),
+                grid.run_dir().join(DEVICE_FILE).display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The first few ids, for messages.
