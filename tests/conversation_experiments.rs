@@ -237,3 +237,70 @@ fn resist_holds_out_conversations_with_their_turns_and_trains_on_them_answered()
         "{csv}"
     );
 }
+
+/// Conversational preference pairs through `resist`'s DPO slices: the frozen slices keep
+/// each pair's turns, and the reference log-prob of a chosen answer (the starting model's,
+/// cached by the slice fine-tune) is the one `eval-loss` gives the whole conversation, whose
+/// rendering the chat fixtures check against transformers.
+#[test]
+fn resist_dpo_on_conversational_pairs_scores_the_answers_in_their_turns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rows = (0..10).map(|i| {
+        let ask = format!("Is {i} even?");
+        let chosen = if i % 2 == 0 { "yes" } else { "no" };
+        json!({"prompt": conversation(i, &ask, None), "chosen": [msg("assistant", chosen)],
+            "rejected": [msg("assistant", "maybe so")]})
+    });
+    let data = tmp.path().join("pairs.jsonl");
+    write_jsonl(&data, rows);
+    let cfg = tmp.path().join("resist.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "model = {:?}\nslices = 2\neval_prompts = 2\nseeds = [3]\n\
+             [data]\npath = {:?}\nschema = \"conversation\"\n\
+             [align]\nmethod = \"dpo\"\ndpo_beta = 0.5\n\
+             [generate]\nmax_new_tokens = 4\n\
+             [train]\nlr = 1e-3\nbatch_size = 2\ngrad_accum = 1\nmax_length = 96\n",
+            tiny_qwen2(),
+            data.display()
+        ),
+    )
+    .unwrap();
+    let out = tmp.path().join("run");
+    let (o, c) = (out.to_str().unwrap(), cfg.to_str().unwrap());
+    let (ok, _, err) = elastica_env(
+        &["resist", "--threads", "1", "--config", c, "--out", o],
+        &[],
+    );
+    assert!(ok, "{err}");
+    let slice = lines(&out.join("slices/slice_1.jsonl"));
+    let reference = read_json(&out.join("cells/seed3-theta1/dpo_reference.json"));
+    for (i, pair) in slice.iter().enumerate().take(2) {
+        let mut turns = pair["context"]
+            .as_array()
+            .expect("the pair's turns")
+            .clone();
+        assert_eq!(turns.len(), if i % 2 == 0 { 2 } else { 3 });
+        turns.push(msg("assistant", pair["chosen"].as_str().unwrap()));
+        let one = tmp.path().join(format!("conversation{i}.jsonl"));
+        write_jsonl(&one, [json!({ "messages": turns })]);
+        let (ok, stdout, err) = elastica(&[
+            "eval-loss",
+            "--model",
+            &tiny_qwen2(),
+            "--data",
+            one.to_str().unwrap(),
+            "--schema",
+            "conversation",
+        ]);
+        assert!(ok, "{err}");
+        let e: Value = serde_json::from_str(stdout.trim()).unwrap();
+        let summed = -e["mean_nll"].as_f64().unwrap() * e["tokens"].as_f64().unwrap();
+        let cached = reference["chosen"][i].as_f64().unwrap();
+        assert!(
+            (summed - cached).abs() < 1e-4,
+            "pair {i}: {summed} vs {cached}"
+        );
+    }
+}

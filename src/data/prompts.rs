@@ -55,11 +55,12 @@ impl Prompt {
         }
     }
 
-    /// The line a prompt file holds: `{"prompt": ...}` or `{"messages": [...]}`.
-    pub fn to_json(&self) -> serde_json::Value {
+    /// The line a prompt file holds: `{"prompt": ...}` or `{"messages": [...]}` (each turn
+    /// `{"role", "content"}` in that order, as the other record files write turns).
+    pub fn line(&self) -> PromptLine<'_> {
         match self {
-            Prompt::Text(p) => serde_json::json!({ "prompt": p }),
-            Prompt::Turns(t) => serde_json::json!({ "messages": t }),
+            Prompt::Text(prompt) => PromptLine::Text { prompt },
+            Prompt::Turns(messages) => PromptLine::Turns { messages },
         }
     }
 
@@ -110,9 +111,17 @@ pub fn read_text_prompts(path: &Path) -> Result<Vec<String>> {
         .collect()
 }
 
+/// A prompt file's line, as written.
+#[derive(Debug, serde::Serialize)]
+#[serde(untagged)]
+pub enum PromptLine<'a> {
+    Text { prompt: &'a str },
+    Turns { messages: &'a [Message] },
+}
+
 /// Prompt-file lines (JSONL bytes) of `prompts`.
 pub fn prompt_lines(prompts: &[Prompt]) -> Result<Vec<u8>> {
-    let lines: Vec<serde_json::Value> = prompts.iter().map(Prompt::to_json).collect();
+    let lines: Vec<PromptLine<'_>> = prompts.iter().map(Prompt::line).collect();
     super::records::jsonl_bytes(&lines)
 }
 
