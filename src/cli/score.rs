@@ -58,13 +58,13 @@ pub struct ScoreSummary {
 
 /// What a scorer reads of a record: a pair as it is, a text as the response to an empty
 /// prompt, a conversation's last turn as the response to the last user turn before it.
-fn prompt_and_response(r: &Record) -> (String, &str) {
+fn prompt_and_response(r: &Record) -> (&str, &str) {
     match r {
-        Record::Pair { prompt, response } => (prompt.clone(), response),
-        Record::Text { text } => (String::new(), text),
+        Record::Pair { prompt, response } => (prompt, response),
+        Record::Text { text } => ("", text),
         Record::Chat { messages, .. } => match messages.split_last() {
             Some((last, context)) => (last_user_content(context), &last.content),
-            None => (String::new(), ""),
+            None => ("", ""),
         },
     }
 }
@@ -86,10 +86,12 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     let spec = parse_cli_spec(&a.scorer)?;
     let records = read_run_records(&a.data)?;
     let scorer = build(&spec, &Device::Cpu).context("cannot build the scorer")?;
-    let texts: Vec<(String, &str)> = records.iter().map(prompt_and_response).collect();
-    let samples: Vec<Sample<'_>> = texts
+    let samples: Vec<Sample<'_>> = records
         .iter()
-        .map(|(prompt, response)| Sample { prompt, response })
+        .map(|r| {
+            let (prompt, response) = prompt_and_response(r);
+            Sample { prompt, response }
+        })
         .collect();
     let pb = crate::util::progress::bar(samples.len() as u64, "score");
     let mut scores = Vec::with_capacity(samples.len());

@@ -124,7 +124,7 @@ fn conversation(o: &Object) -> Result<FeedbackRecord> {
     };
     let (context, answer) = prompt_and_completion(field("prompt")?, field("completion")?)?;
     Ok(FeedbackRecord {
-        prompt: last_user_content(&context),
+        prompt: last_user_content(&context).to_string(),
         completion: answer.content,
         desirable: bool_field(o, "label")?,
         context: Some(context),

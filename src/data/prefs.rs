@@ -285,7 +285,7 @@ fn conversation(o: &Object) -> Result<PrefRecord> {
         }
     };
     let (chosen, rejected) = (answer(chosen, "chosen")?, answer(rejected, "rejected")?);
-    let prompt = last_user_content(&context);
+    let prompt = last_user_content(&context).to_string();
     Ok(PrefRecord {
         prompt,
         chosen,

@@ -22,9 +22,9 @@ impl Prompt {
 
     /// What a scorer reads as the prompt and a sample row names: the text, or the
     /// conversation's last user turn.
-    pub fn text(&self) -> String {
+    pub fn text(&self) -> &str {
         match self {
-            Prompt::Text(p) => p.clone(),
+            Prompt::Text(p) => p,
             Prompt::Turns(t) => last_user_content(t),
         }
     }
@@ -40,7 +40,7 @@ impl Prompt {
     /// The prompt answered by `response`: a `{"prompt","response"}` pair, or the
     /// conversation with the response as its last (assistant) turn.
     pub fn answered(&self, response: &str) -> Record {
-        Record::answered(&self.text(), self.turns(), response)
+        Record::answered(self.text(), self.turns(), response)
     }
 
     /// The prompt a record asks: a pair's prompt, or a conversation's turns before its last

@@ -131,13 +131,12 @@ impl Record {
 
 /// The content of the last user turn of `turns` (what logs and generation prompts show of a
 /// conversation's prompt), or "" without one.
-pub fn last_user_content(turns: &[Message]) -> String {
+pub fn last_user_content(turns: &[Message]) -> &str {
     turns
         .iter()
         .rev()
         .find(|m| m.role == "user")
-        .map(|m| m.content.clone())
-        .unwrap_or_default()
+        .map_or("", |m| m.content.as_str())
 }
 
 /// Read a JSONL file of records. Blank lines are skipped; any other line that is not an

@@ -26,8 +26,6 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Generation {
     pub prompt: Prompt,
-    /// What a scorer reads as the prompt ([`Prompt::text`]).
-    pub prompt_text: String,
     pub response: String,
     /// The prompt as the model saw it (template applied).
     pub prompt_ids: Vec<u32>,
@@ -41,7 +39,7 @@ impl Generation {
     /// The prompt and response text, as a scorer reads them.
     pub fn sample(&self) -> Sample<'_> {
         Sample {
-            prompt: &self.prompt_text,
+            prompt: self.prompt.text(),
             response: &self.response,
         }
     }
@@ -88,7 +86,6 @@ pub fn generate_responses(
         .map(|((p, prompt_ids), tokens)| {
             Ok(Generation {
                 prompt: p.clone(),
-                prompt_text: p.text(),
                 response: lm.tokenizer().decode(&tokens, true)?,
                 ended: tokens.len() < gen.max_new_tokens,
                 prompt_ids,
@@ -228,7 +225,7 @@ pub fn evaluate(
         .iter()
         .enumerate()
         .map(|(i, g)| SampleRow {
-            prompt: g.prompt_text.clone(),
+            prompt: g.prompt.text().to_string(),
             messages: g.prompt.turns().map(<[Message]>::to_vec),
             response: g.response.clone(),
             tokens: g.tokens.len(),
