@@ -186,6 +186,55 @@ fn generate_answers_a_conversation_under_the_chat_template_as_transformers() {
     assert_eq!(turns[2]["content"], expected()["greedy"]["text"], "{row}");
 }
 
+/// `generate --data` answers a conversation data set's records from their turns before the
+/// answer, under the chat template its schema defaults to: transformers' greedy answer again.
+#[test]
+fn generate_answers_the_prompts_of_a_conversation_data_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("conversations.jsonl");
+    let prompts = std::fs::read_to_string(fixtures().join("chat/prompts.jsonl")).unwrap();
+    let mut row: serde_json::Value = serde_json::from_str(prompts.trim()).unwrap();
+    let turns = row["messages"].as_array_mut().unwrap();
+    turns.push(serde_json::json!({"role": "assistant", "content": "An old answer."}));
+    std::fs::write(&data, format!("{row}\n")).unwrap();
+    let out = dir.path().join("gen.jsonl");
+    let (model, data, out_s) = (
+        path("models/tiny-qwen2"),
+        data.to_string_lossy().into_owned(),
+        out.to_string_lossy().into_owned(),
+    );
+    let (ok, _, err) = common::elastica(&[
+        "generate",
+        "--model",
+        &model,
+        "--data",
+        &data,
+        "--schema",
+        "conversation",
+        "--out",
+        &out_s,
+        "--max-new-tokens",
+        "8",
+    ]);
+    assert!(ok, "{err}");
+    let got: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&out).unwrap().trim()).unwrap();
+    let turns = got["messages"].as_array().unwrap();
+    assert_eq!(turns.len(), 3, "the old answer is replaced: {got}");
+    assert_eq!(turns[2]["content"], expected()["greedy"]["text"], "{got}");
+    // The data flags read --data only.
+    let (ok, _, err) = common::elastica(&[
+        "generate",
+        "--model",
+        &model,
+        "--prompt",
+        "hi",
+        "--schema",
+        "conversation",
+    ]);
+    assert!(!ok && err.contains("give --data PATH"), "{err}");
+}
+
 /// `--turns assistant` (every assistant turn counts) and `--turns all` (every token) build the
 /// ids and labels transformers builds (its assistant mask over a generation-marked copy of the
 /// template; its whole-conversation tokens) and score as transformers scores them, through the

@@ -367,3 +367,60 @@ fn truthfulqa_reads_from_the_hub_layout_and_the_original_csv() {
         "{e}"
     );
 }
+
+/// `generate --data` reads a published schema with the data flags: the IMDb review openings it
+/// answers are the loader's prompts, under the raw template IMDb defaults to (the same
+/// answers as those prompts given as a `--prompts` file with `--template raw`).
+#[test]
+fn generate_answers_the_prompts_of_a_data_set_under_its_schemas_template() {
+    let dir = tempfile::tempdir().unwrap();
+    let (by_data, by_file) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+    let (m, imdb) = (model(), data("imdb"));
+    let flags = ["--max-new-tokens", "4", "--temperature", "0"];
+    let (ok, _, err) = elastica(
+        &[
+            &[
+                "generate", "--model", &m, "--data", &imdb, "--schema", "imdb", "--select",
+                "positive", "--files", "train", "--limit", "2", "--out",
+            ][..],
+            &[by_data.to_str().unwrap()],
+            &flags,
+        ]
+        .concat(),
+    );
+    assert!(ok, "{err}");
+    let mut spec = elastica::data::schemas::DataSpec::new(&imdb, "imdb");
+    spec.select = elastica::data::schemas::Select::Positive;
+    spec.files = Some("train".into());
+    spec.limit = Some(2);
+    let want = elastica::data::schemas::load(&spec)
+        .unwrap()
+        .prompts()
+        .unwrap();
+    let rows = common::jsonl_values(&by_data);
+    let got: Vec<&str> = rows.iter().map(|r| r["prompt"].as_str().unwrap()).collect();
+    let want: Vec<&str> = want.iter().map(|p| p.text()).collect();
+    assert_eq!(got, want);
+
+    let prompts = dir.path().join("prompts.jsonl");
+    common::write_jsonl(
+        &prompts,
+        want.iter().map(|p| serde_json::json!({ "prompt": p })),
+    );
+    let (ok, _, err) = elastica(
+        &[
+            &[
+                "generate",
+                "--model",
+                &m,
+                "--prompts",
+                prompts.to_str().unwrap(),
+            ][..],
+            &["--template", "raw", "--out", by_file.to_str().unwrap()],
+            &flags,
+        ]
+        .concat(),
+    );
+    assert!(ok, "{err}");
+    assert_eq!(common::jsonl_values(&by_file), rows);
+}

@@ -1,9 +1,12 @@
-//! `elastica generate`: continue one prompt (printed) or a JSONL file of prompts (written as
-//! `{"prompt","response"}` records); a `{"messages"}` line is a conversation the model
-//! answers under its chat template (written back with the answer as its last turn).
+//! `elastica generate`: continue one prompt (printed), a JSONL file of prompts, or the prompts
+//! of a data set in any schema elastica reads (`--data` with the data flags), written as
+//! `{"prompt","response"}` records; a conversation (a `{"messages"}` line, or a conversation
+//! record's turns before its answer) is answered under the chat template and written back
+//! with the answer as its last turn.
 
 use crate::data::prompts::{read_prompts, Prompt};
 use crate::data::records::Record;
+use crate::data::source::template_for;
 use crate::data::template::Template;
 use crate::model::generate::GenConfig;
 use anyhow::{bail, Context, Result};
@@ -24,14 +27,21 @@ pub struct GenerateArgs {
     pub prompt: Option<String>,
     /// JSONL file of {"prompt": ...} records (other fields are ignored), or of
     /// {"messages": [{"role", "content"}, ...]} conversations to answer (with --template chat).
-    #[arg(long, requires = "out")]
+    #[arg(long, requires = "out", conflicts_with = "data")]
     pub prompts: Option<PathBuf>,
-    /// Output JSONL of {"prompt","response"} (with --prompts).
+    /// A data set (file, directory or `org/name` in the offline HF cache) whose records'
+    /// prompts to answer, read by the data flags (--schema, --select, --files, --limit, ...):
+    /// a pair's prompt, or a conversation's turns before its answer.
+    #[arg(long, requires = "out", conflicts_with = "prompt")]
+    pub data: Option<PathBuf>,
+    #[command(flatten)]
+    pub data_args: crate::data::source::DataArgs,
+    /// Output JSONL of {"prompt","response"} (with --prompts or --data).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Prompt template.
-    #[arg(long, value_enum, default_value = "safe-rlhf")]
-    pub template: Template,
+    /// Prompt template (default: the --data schema's, else safe-rlhf).
+    #[arg(long, value_enum)]
+    pub template: Option<Template>,
     #[command(flatten)]
     pub gen: GenConfig,
     /// Worker threads (0 = all cores).
@@ -43,11 +53,11 @@ pub struct GenerateArgs {
 
 pub fn run(a: GenerateArgs) -> Result<()> {
     crate::util::threads::set_threads(a.threads);
-    let prompts = prompts_of(&a)?;
+    let (prompts, template) = prompts_of(&a)?;
     let responses = if a.device.choice()?.is_default_cpu() {
         let lm =
             crate::model::adapted::load_model_with(&a.model, a.adapter.as_deref(), &Device::Cpu)?;
-        let ids = encode_all(&prompts, a.template, &lm.tokenizer)?;
+        let ids = encode_all(&prompts, template, &lm.tokenizer)?;
         let pb = crate::util::progress::bar(prompts.len() as u64, "generate");
         let outs = lm.generate(&ids, &a.gen, |n| pb.inc(n as u64))?;
         pb.finish_and_clear();
@@ -57,7 +67,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             anyhow::bail!("--adapter runs on the CPU path only for now; drop --device/--backend or merge the adapter first (elastica merge)");
         }
         let model = crate::backend::load(&a.model, &a.device.choice()?)?;
-        let ids = encode_all(&prompts, a.template, model.tokenizer())?;
+        let ids = encode_all(&prompts, template, model.tokenizer())?;
         decode_all(&model.generate(&ids, &a.gen)?, model.tokenizer())?
     };
     write_responses(&a, &prompts, &responses)
@@ -84,13 +94,29 @@ fn decode_all(outs: &[Vec<u32>], tok: &crate::model::TextTokenizer) -> Result<Ve
     outs.iter().map(|o| tok.decode(o, true)).collect()
 }
 
-/// The prompts to continue: `--prompt`, or the lines of `--prompts` (`{"prompt"}` or
-/// `{"messages"}`).
-fn prompts_of(a: &GenerateArgs) -> Result<Vec<Prompt>> {
+/// The prompts to continue and their template: `--prompt`, the lines of `--prompts`
+/// (`{"prompt"}` or `{"messages"}`), or the prompts of the `--data` records.
+fn prompts_of(a: &GenerateArgs) -> Result<(Vec<Prompt>, Template)> {
+    let asked = a.template.unwrap_or(Template::SafeRlhf);
+    if a.data.is_some() || a.data_args.data_config.is_some() {
+        let spec = a.data_args.spec(a.data.as_deref())?;
+        let ds = crate::data::schemas::load(&spec)
+            .with_context(|| format!("cannot load the data set {}", spec.path))?;
+        let prompts = ds
+            .prompts()
+            .with_context(|| format!("the data set {}", spec.path))?;
+        return Ok((prompts, template_for(a.template, &spec)));
+    }
+    if a.data_args != Default::default() {
+        bail!("the data flags (--schema, --select, --files, --limit, ...) read --data; give --data PATH");
+    }
     match (&a.prompt, &a.prompts) {
-        (Some(p), _) => Ok(vec![Prompt::Text(p.clone())]),
-        (None, Some(f)) => read_prompts(f),
-        (None, None) => bail!("give --prompt TEXT or --prompts FILE.jsonl --out FILE.jsonl"),
+        (Some(p), _) => Ok((vec![Prompt::Text(p.clone())], asked)),
+        (None, Some(f)) => Ok((read_prompts(f)?, asked)),
+        (None, None) => bail!(
+            "give --prompt TEXT, --prompts FILE.jsonl --out FILE.jsonl, or --data PATH --out \
+             FILE.jsonl"
+        ),
     }
 }
 

@@ -42,7 +42,7 @@ impl DataSetArgs {
 }
 
 /// The data flags, defined once and flattened into each command's arguments.
-#[derive(clap::Args, Debug, Clone, Default)]
+#[derive(clap::Args, Debug, Clone, Default, PartialEq)]
 pub struct DataArgs {
     /// Schema of --data: imdb, beavertails, alpaca, truthfulqa, conversation (TRL's
     /// {"messages"} / {"prompt","completion"} message lists, with the chat template) or jsonl
