@@ -179,6 +179,13 @@ fn generate_answers_a_conversation_under_the_chat_template_as_transformers() {
     let (ok, _, err) = run("chat");
     assert!(ok, "{err}");
     let text = std::fs::read_to_string(&out).unwrap();
+    // Unset, the template of a file of conversations is the chat template.
+    let mut unset = args("chat");
+    unset.truncate(unset.len() - 2);
+    let unset: Vec<&str> = unset.iter().map(String::as_str).collect();
+    let (ok, _, err) = common::elastica(&unset);
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), text);
     let row: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
     let turns = row["messages"].as_array().unwrap();
     assert_eq!(turns.len(), 3, "{row}");

@@ -26,7 +26,7 @@ pub struct GenerateArgs {
     #[arg(long, conflicts_with = "prompts")]
     pub prompt: Option<String>,
     /// JSONL file of {"prompt": ...} records (other fields are ignored), or of
-    /// {"messages": [{"role", "content"}, ...]} conversations to answer (with --template chat).
+    /// {"messages": [{"role", "content"}, ...]} conversations to answer (under the chat template).
     #[arg(long, requires = "out", conflicts_with = "data")]
     pub prompts: Option<PathBuf>,
     /// A data set (file, directory or `org/name` in the offline HF cache) whose records'
@@ -39,7 +39,8 @@ pub struct GenerateArgs {
     /// Output JSONL of {"prompt","response"} (with --prompts or --data).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Prompt template (default: the --data schema's, else safe-rlhf).
+    /// Prompt template (default: the --data schema's; chat for a --prompts file with
+    /// conversations; else safe-rlhf).
     #[arg(long, value_enum)]
     pub template: Option<Template>,
     #[command(flatten)]
@@ -112,7 +113,16 @@ fn prompts_of(a: &GenerateArgs) -> Result<(Vec<Prompt>, Template)> {
     }
     match (&a.prompt, &a.prompts) {
         (Some(p), _) => Ok((vec![Prompt::Text(p.clone())], asked)),
-        (None, Some(f)) => Ok((read_prompts(f)?, asked)),
+        (None, Some(f)) => {
+            let prompts = read_prompts(f)?;
+            // Conversations need the chat template: it is the default where a file holds any.
+            let chat = prompts.iter().any(|p| p.turns().is_some());
+            let template = match a.template {
+                None if chat => Template::Chat,
+                _ => asked,
+            };
+            Ok((prompts, template))
+        }
         (None, None) => bail!(
             "give --prompt TEXT, --prompts FILE.jsonl --out FILE.jsonl, or --data PATH --out \
              FILE.jsonl"
