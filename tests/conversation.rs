@@ -229,7 +229,13 @@ fn generate_answers_the_prompts_of_a_conversation_data_set() {
     let turns = got["messages"].as_array().unwrap();
     assert_eq!(turns.len(), 3, "the old answer is replaced: {got}");
     assert_eq!(turns[2]["content"], expected()["greedy"]["text"], "{got}");
-    // The data flags read --data only.
+    // A data config needs --out too, and the data flags read --data only.
+    let config = dir.path().join("data.toml");
+    let spec = format!("path = {data:?}\nschema = \"conversation\"\n");
+    std::fs::write(&config, spec).unwrap();
+    let c = config.to_string_lossy().into_owned();
+    let (ok, _, err) = common::elastica(&["generate", "--model", &model, "--data-config", &c]);
+    assert!(!ok && err.contains("give --out"), "{err}");
     let (ok, _, err) = common::elastica(&[
         "generate",
         "--model",

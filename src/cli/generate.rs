@@ -100,6 +100,12 @@ fn decode_all(outs: &[Vec<u32>], tok: &crate::model::TextTokenizer) -> Result<Ve
 fn prompts_of(a: &GenerateArgs) -> Result<(Vec<Prompt>, Template)> {
     let asked = a.template.unwrap_or(Template::SafeRlhf);
     if a.data.is_some() || a.data_args.data_config.is_some() {
+        if a.prompt.is_some() || a.prompts.is_some() {
+            bail!("give one of --prompt, --prompts and --data (or --data-config)");
+        }
+        if a.out.is_none() {
+            bail!("a data set's prompts are answered into a file: give --out FILE.jsonl");
+        }
         let spec = a.data_args.spec(a.data.as_deref())?;
         let ds = crate::data::schemas::load(&spec)
             .with_context(|| format!("cannot load the data set {}", spec.path))?;

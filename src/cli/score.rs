@@ -3,9 +3,10 @@
 //! Input lines are `{"prompt", "response"}`, `{"text"}` (scored as a response to an empty
 //! prompt) or `{"messages": [...]}` conversations ending in an assistant turn, as `elastica
 //! generate` writes them (the last turn scored as the response to the last user turn before
-//! it, as the experiments score conversations). Writes `--out` with one `{"record", "score"}` line per input record, in input
-//! order (blank lines are not records), and a summary (scorer, count, mean, 95% CI over
-//! records) to stdout and to `<out stem>.summary.json` beside it.
+//! it, as the experiments score conversations). Writes `--out` with one `{"record", "score"}`
+//! line per input record, in input order (blank lines are not records), and a summary
+//! (scorer, count, mean, 95% CI over records) to stdout and to `<out stem>.summary.json`
+//! beside it.
 
 use crate::data::records::{last_user_content, read_run_records, Record};
 use crate::report::stats::mean_ci95;
