@@ -158,3 +158,75 @@ fn tracked_rates_appear_at_the_requested_steps_and_equal_eval_loss_and_rates() {
     let (ok, _, se) = run(&dir.path().join("bad"), &["--track-rates", "pos.jsonl"]);
     assert!(!ok && se.contains("NAME=FILE"), "{se}");
 }
+
+/// A tracked set may hold conversations (as `generate` writes them), measured under the chat
+/// template as `eval-loss --schema conversation` measures them; a set that cannot be read,
+/// or conversations under another template, are refused before `--out` exists.
+#[test]
+fn tracked_conversations_equal_eval_loss_and_bad_sets_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let model = fixtures.join("models/tiny-qwen2");
+    let model = model.to_str().unwrap();
+    let chat = fixtures.join("chat/sft.jsonl");
+    let text = std::fs::read_to_string(&chat).unwrap();
+    let convs = dir.path().join("convs.jsonl");
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("messages")).collect();
+    std::fs::write(&convs, lines.join("\n") + "\n").unwrap();
+    let train = dir.path().join("train.jsonl");
+    write_pairs(&train, &[("a", " b"), ("c", " d")]);
+    let run = |out: &Path, track: &str, template: &str| {
+        let (data, out) = (train.to_str().unwrap(), out.to_str().unwrap());
+        elastica(&[
+            "train",
+            "--model",
+            model,
+            "--data",
+            data,
+            "--out",
+            out,
+            "--template",
+            template,
+            "--max-steps",
+            "1",
+            "--batch-size",
+            "2",
+            "--track-rates",
+            track,
+        ])
+    };
+    let track = format!("chat={}", convs.display());
+    let out = dir.path().join("run");
+    let (ok, so, se) = run(&out, &track, "chat");
+    assert!(ok, "{so}\n{se}");
+    let got = rows(&out.join("rates.jsonl"));
+    let (ok, so, se) = elastica(&[
+        "eval-loss",
+        "--model",
+        model,
+        "--data",
+        convs.to_str().unwrap(),
+        "--schema",
+        "conversation",
+    ]);
+    assert!(ok, "{so}\n{se}");
+    let line = so.lines().rev().find(|l| l.starts_with('{')).unwrap();
+    let ev: serde_json::Value = serde_json::from_str(line).unwrap();
+    let nats = got[0]["bits_per_token"].as_f64().unwrap() * std::f64::consts::LN_2;
+    let nll = ev["mean_nll"].as_f64().unwrap();
+    assert!(
+        ((nats - nll) / nll).abs() < 1e-5,
+        "{nats} vs eval-loss {nll}"
+    );
+    assert_eq!(got[0]["tokens"], ev["tokens"]);
+
+    for (track, template, says) in [
+        (track.as_str(), "raw", "holds conversations"),
+        ("x=/nonexistent/set.jsonl", "chat", "/nonexistent/set.jsonl"),
+    ] {
+        let fresh = dir.path().join("fresh");
+        let (ok, _, se) = run(&fresh, track, template);
+        assert!(!ok && se.contains(says), "{se}");
+        assert!(!fresh.exists(), "a refused run created --out");
+    }
+}

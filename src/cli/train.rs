@@ -119,6 +119,19 @@ pub fn run(a: TrainArgs) -> Result<()> {
         bail!("--prefer chooses between preference labels; it applies to --method dpo only");
     }
     let data = load_train_data(&cfg, &spec, a.prefer)?;
+    // The tracked sets too are read before --out exists, so a bad one leaves nothing behind.
+    let tracked = match &a.track_rates {
+        Some(spec) => Some(load_sets(&parse_sets(spec)?, Some(a.track_records))?),
+        None => None,
+    };
+    for set in tracked.iter().flatten() {
+        let chat = set
+            .records
+            .iter()
+            .any(|r| matches!(r, crate::data::records::Record::Chat { .. }));
+        let what = format!("--track-rates set {:?}", set.name);
+        cfg.template.check_conversations(chat, &what)?;
+    }
     let choice = a.device.choice()?;
     let lm = load_start(&a, cfg.seed, choice.is_default_cpu())?;
     let base_name = a.model.clone().unwrap_or_default();
@@ -148,10 +161,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
         (true, TrainData::Feedback(f)) => Some(kto::resume_point(&lm, f, &cfg, &a.out)?),
     };
     let finished = resume_at == Some(ResumePoint::Finished);
-    let tracker = match &a.track_rates {
+    let tracker = match tracked {
         Some(_) if finished => None,
-        Some(spec) => {
-            let sets = load_sets(&parse_sets(spec)?, Some(a.track_records))?;
+        Some(sets) => {
             let mut t =
                 RateTracker::new(sets, cfg.template, cfg.max_length, a.track_every, &a.out)?;
             let start = match &resume_at {

@@ -9,7 +9,7 @@
 //! its measured overhead). Batching keeps tracking cheap next to the training it watches.
 
 use super::rates::Rate;
-use crate::data::records::{read_jsonl, Record};
+use crate::data::records::{read_run_records, Record};
 use crate::data::template::Template;
 use crate::model::checkpoint::LoadedModel;
 use crate::report::{LinePlot, RunDir, Series};
@@ -70,7 +70,7 @@ pub fn load_sets(named: &[(String, PathBuf)], limit: Option<usize>) -> Result<Ve
     named
         .iter()
         .map(|(name, path)| {
-            let mut records = read_jsonl(path)
+            let mut records = read_run_records(path)
                 .with_context(|| format!("--track-rates set {name:?}: {}", path.display()))?;
             if let Some(n) = limit {
                 records.truncate(n);
