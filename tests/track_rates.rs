@@ -229,4 +229,26 @@ fn tracked_conversations_equal_eval_loss_and_bad_sets_leave_nothing_behind() {
         assert!(!ok && se.contains(says), "{se}");
         assert!(!fresh.exists(), "a refused run created --out");
     }
+    // So are a measuring interval of 0 and a log directory that cannot be made.
+    let fresh = dir.path().join("fresh");
+    let (t, f) = (train.to_str().unwrap(), fresh.to_str().unwrap());
+    let not_a_dir = train.join("logs");
+    for (extra, says) in [
+        (["--track-every", "0"], "--track-every must be at least 1"),
+        (
+            ["--log-dir", not_a_dir.to_str().unwrap()],
+            "cannot create the log directory",
+        ),
+    ] {
+        let (ok, _, se) = elastica(
+            &[
+                &["train", "--model", model, "--data", t, "--out", f][..],
+                &["--track-rates", &track, "--template", "chat"],
+                &extra,
+            ]
+            .concat(),
+        );
+        assert!(!ok && se.contains(says), "{se}");
+        assert!(!fresh.exists(), "a refused run created --out");
+    }
 }

@@ -124,6 +124,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
         Some(spec) => Some(load_sets(&parse_sets(spec)?, Some(a.track_records))?),
         None => None,
     };
+    if tracked.is_some() {
+        crate::compress::tracking::check_every(a.track_every)?;
+    }
     for set in tracked.iter().flatten() {
         let chat = set
             .records
@@ -138,7 +141,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let (lm, lora) = crate::model::adapted::for_training(lm, &cfg.lora, cfg.seed, &base_name)?;
     let cfg = TrainConfig { lora, ..cfg };
     // --out is created only now, so a run refused for its data, model or adapter leaves
-    // nothing behind.
+    // nothing behind; an unusable log directory is found first too.
+    if let Some(dir) = &a.log_dir {
+        crate::report::tensorboard::ensure_log_dir(dir)?;
+    }
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create output directory {}", a.out.display()))?;
     let lock_path = a.out.join(LOCK_FILE);

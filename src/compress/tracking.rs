@@ -65,6 +65,14 @@ pub fn parse_sets(spec: &str) -> Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
+/// Refuse a measuring interval of 0 steps.
+pub fn check_every(every: usize) -> Result<()> {
+    if every == 0 {
+        bail!("--track-every must be at least 1 step");
+    }
+    Ok(())
+}
+
 /// Load each named file, keeping at most `limit` records of each (the first ones).
 pub fn load_sets(named: &[(String, PathBuf)], limit: Option<usize>) -> Result<Vec<TrackedSet>> {
     named
@@ -110,9 +118,7 @@ impl RateTracker {
         every: usize,
         out: &Path,
     ) -> Result<Self> {
-        if every == 0 {
-            bail!("--track-every must be at least 1 step");
-        }
+        check_every(every)?;
         if sets.is_empty() {
             bail!("no data set to track");
         }

@@ -22,6 +22,13 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 /// The version string TensorBoard expects in a file's first event.
 pub const FILE_VERSION: &str = "brain.Event:2";
 
+/// Create the log directory `dir` if it is missing (a command that can be refused makes it
+/// before anything else, so that an unusable one refuses the run before it writes).
+pub fn ensure_log_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the log directory {}", dir.display()))
+}
+
 /// Writes one event file; every event is flushed at once so a running `tensorboard` (or a
 /// killed run) sees all steps written so far.
 pub struct EventWriter {
@@ -33,8 +40,7 @@ impl EventWriter {
     /// A new event file in `dir` (created if needed). A file never overwrites another: a
     /// resumed run adds its own file, which TensorBoard reads together with the first.
     pub fn create(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create the log directory {}", dir.display()))?;
+        ensure_log_dir(dir)?;
         let secs = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
