@@ -151,6 +151,19 @@ fn rates_equal_eval_loss() {
         ((nats - nll) / nll).abs() < 1e-4,
         "rates {nats} nats/token vs eval-loss {nll}"
     );
+    // A model that cannot be loaded fails the run, which then writes no run directory.
+    let failed = tmp.path().join("failed");
+    let (ok, _, se) = elastica(&[
+        "rates",
+        "--models",
+        &format!("{m},{}", tmp.path().join("no-model").display()),
+        "--data",
+        &format!("d={}", data.display()),
+        "--out",
+        failed.to_str().unwrap(),
+    ]);
+    assert!(!ok && se.contains("no-model"), "{se}");
+    assert!(!failed.exists());
 }
 
 /// Issue 23 item 14: a 6 KB ELF (the first bytes of this very binary) is stored raw where

@@ -247,7 +247,6 @@ pub fn rates_scored(
             Ok((name, spec.path, recs))
         })
         .collect::<Result<Vec<_>>>()?;
-    let run = RunDir::create(args.out.clone().unwrap_or_else(|| default_run_dir("rates")))?;
     let mut rows = Vec::new();
     for (checkpoint, model) in args.models.iter().enumerate() {
         let mut pred = load(model).with_context(|| format!("model {model}"))?;
@@ -272,6 +271,9 @@ pub fn rates_scored(
             });
         }
     }
+    // The run directory is made once there is something to write: a refused or failed run
+    // leaves none behind.
+    let run = RunDir::create(args.out.clone().unwrap_or_else(|| default_run_dir("rates")))?;
     write_rates(&run, &rows)?;
     println!("{}", rates_table(&rows)?.to_markdown());
     println!("written to {}", run.root().display());
