@@ -144,3 +144,33 @@ fn help_documents_every_flag_with_its_default() {
     }
     assert_eq!(help.matches("[default: ").count(), 10, "{help}");
 }
+
+/// `elastica pretrain` checks its budget and settings before it makes `--out`: a refused run
+/// leaves nothing behind.
+#[test]
+fn pretrain_refusals_leave_no_output_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let w = tmp.path().join("w");
+    assert!(world(&w, &[]).status.success());
+    let out = tmp.path().join("model");
+    for (args, msg) in [
+        (["--tokens", "0"], "holds no whole pre-training record"),
+        (["--lr", "0"], "lr (--lr) must be a finite number > 0"),
+        (
+            ["--batch-size", "0"],
+            "batch_size and grad_accum must be at least 1",
+        ),
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_elastica"))
+            .args(["pretrain", "--world"])
+            .arg(&w)
+            .arg("--out")
+            .arg(&out)
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(msg), "{args:?}: {err}");
+        assert!(!out.exists(), "{args:?}: a refused pretrain made --out");
+    }
+}

@@ -53,6 +53,12 @@ pub fn take_tokens(
         used += n;
         out.push(r.clone());
     }
+    if out.is_empty() {
+        bail!(
+            "a budget of {tokens} tokens holds no whole pre-training record (records are taken \
+             whole, in order; the first is longer); raise --tokens"
+        );
+    }
     if out.len() == world.pretrain().len() && used < tokens {
         bail!(
             "the world holds only {used} pre-training tokens but {tokens} were asked for; regenerate it with --pretrain-tokens {tokens} or more"
@@ -72,10 +78,7 @@ pub fn pretrain(
         .with_context(|| format!("cannot load the world in {}", world_dir.display()))?;
     let tok = TextTokenizer::from_dir(world_dir, &[], None)?;
     let config = presets::config_json(&cfg.size, &tok, 512)?;
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let config_path = out.join("init_config.json");
-    crate::util::fsx::atomic_write(&config_path, config.as_bytes())?;
-    let lm = init_model(&config_path, world_dir, cfg.seed, &Device::Cpu)?;
+    // Data and settings are checked before `out` is made: a refused run leaves nothing.
     let (records, used) = take_tokens(&world, &tok, cfg.tokens)?;
     let tc = TrainConfig {
         template: Template::Raw,
@@ -95,6 +98,11 @@ pub fn pretrain(
             .max(50),
         ..Default::default()
     };
+    tc.validate()?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let config_path = out.join("init_config.json");
+    crate::util::fsx::atomic_write(&config_path, config.as_bytes())?;
+    let lm = init_model(&config_path, world_dir, cfg.seed, &Device::Cpu)?;
     let s = train(
         &lm,
         &records,
