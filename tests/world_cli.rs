@@ -154,10 +154,16 @@ fn pretrain_refusals_leave_no_output_directory() {
     assert!(world(&w, &[]).status.success());
     let out = tmp.path().join("model");
     for (args, msg) in [
-        (["--tokens", "0"], "holds no whole pre-training record"),
-        (["--lr", "0"], "lr (--lr) must be a finite number > 0"),
         (
-            ["--batch-size", "0"],
+            ["--tokens", "0", "--lr", "1e-3"],
+            "holds no whole pre-training record",
+        ),
+        (
+            ["--tokens", "5000", "--lr", "0"],
+            "lr (--lr) must be a finite number > 0",
+        ),
+        (
+            ["--tokens", "5000", "--batch-size", "0"],
             "batch_size and grad_accum must be at least 1",
         ),
     ] {
