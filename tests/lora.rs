@@ -538,6 +538,24 @@ fn eval_loss_cli(data: &str, model: &str, adapter: Option<&Path>) -> f64 {
 /// `elastica merge` of `adapter` into `base` at `merged` scores `on_the_fly` (the adapter
 /// applied on the fly) within 1e-5.
 fn merge_equals_on_the_fly(base: &str, adapter: &Path, merged: &Path, data: &str, on_the_fly: f64) {
+    // A dtype it cannot write is refused before the output directory is made.
+    let (a, m) = (adapter.to_str().unwrap(), merged.to_str().unwrap());
+    let bad = [
+        "merge",
+        "--model",
+        base,
+        "--adapter",
+        a,
+        "--out",
+        m,
+        "--save-dtype",
+        "fp8",
+    ];
+    let (ok, _, err) = common::elastica(&bad);
+    assert!(
+        !ok && err.contains("--save-dtype") && !merged.exists(),
+        "{err}"
+    );
     let (ok, _, err) = common::elastica(&[
         "merge",
         "--model",

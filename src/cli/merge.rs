@@ -5,7 +5,7 @@
 
 use crate::model::adapted::save_with_merged;
 use crate::model::checkpoint::load_model;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use std::path::PathBuf;
 
@@ -27,6 +27,9 @@ pub struct MergeArgs {
 }
 
 pub fn run(a: MergeArgs) -> Result<()> {
+    if let Some(d) = &a.save_dtype {
+        crate::model::checkpoint::dtype_from_name(d).context("--save-dtype")?;
+    }
     let lm = load_model(&a.model, &Device::Cpu)?;
     if a.out == lm.dir {
         bail!(

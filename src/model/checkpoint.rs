@@ -316,9 +316,10 @@ pub fn dtype_from_name(name: &str) -> Result<DType> {
 /// (or `dtype` if given). Each file is written atomically. Tokenizer and side files are copied
 /// from `source_dir`.
 pub fn save_model(model: &Llama, source_dir: &Path, out: &Path, dtype: Option<&str>) -> Result<()> {
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    // The dtype is checked before `out` is made: a refused save leaves nothing.
     let dtype_name = dtype.unwrap_or(&model.cfg.torch_dtype).to_string();
     let dt = dtype_from_name(&dtype_name)?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     save_params(&model.params, dt, &out.join("model.safetensors"))?;
     let cfg = model.cfg.to_json_for_save(&dtype_name);
     crate::util::fsx::atomic_write_json(&out.join("config.json"), &cfg)?;
