@@ -151,6 +151,17 @@ fn rates_equal_eval_loss() {
         ((nats - nll) / nll).abs() < 1e-4,
         "rates {nats} nats/token vs eval-loss {nll}"
     );
+    // A length that scores no token is refused as such (not as data without tokens).
+    let (ok, _, se) = elastica(&[
+        "eval-loss",
+        "--model",
+        &m,
+        "--data",
+        data.to_str().unwrap(),
+        "--max-length",
+        "1",
+    ]);
+    assert!(!ok && se.contains("max_length must be at least 2"), "{se}");
     // A model that cannot be loaded fails the run, which then writes no run directory.
     let failed = tmp.path().join("failed");
     let (ok, _, se) = elastica(&[

@@ -94,6 +94,13 @@ impl EvalBatches<'_> {
         if self.batch_size == 0 {
             bail!("batch size must be at least 1");
         }
+        if self.max_length < 2 {
+            // A sequence scores each token after its first: one token scores nothing.
+            bail!(
+                "max_length must be at least 2 tokens, got {}",
+                self.max_length
+            );
+        }
         let (examples, _) = tokenize(records, self.tokenizer, self.template, self.max_length)?;
         let pb = crate::util::progress::bar(examples.len() as u64, "eval");
         if !self.progress {
