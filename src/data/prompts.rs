@@ -49,7 +49,8 @@ impl Prompt {
         match r {
             Record::Pair { prompt, .. } => Some(Prompt::Text(prompt.clone())),
             Record::Chat { messages, .. } => {
-                Some(Prompt::Turns(messages[..messages.len() - 1].to_vec()))
+                let (_, context) = messages.split_last()?;
+                Some(Prompt::Turns(context.to_vec()))
             }
             Record::Text { .. } => None,
         }
