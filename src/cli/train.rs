@@ -131,7 +131,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         let chat = set
             .records
             .iter()
-            .any(|r| matches!(r, crate::data::records::Record::Chat { .. }));
+            .any(crate::data::records::Record::is_conversation);
         let what = format!("--track-rates set {:?}", set.name);
         cfg.template.check_conversations(chat, &what)?;
     }

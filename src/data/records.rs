@@ -120,6 +120,10 @@ impl Record {
             None => Record::pair(prompt, answer),
         }
     }
+    /// Whether the record is a conversation (which only the chat template renders).
+    pub fn is_conversation(&self) -> bool {
+        matches!(self, Record::Chat { .. })
+    }
     /// A conversation whose last turn counts ([`Turns::Last`]).
     pub fn conversation(messages: Vec<Message>) -> Self {
         Record::Chat {

@@ -116,7 +116,7 @@ pub fn freeze(cfg: &ReboundConfig) -> Result<Frozen> {
     }
     prompts.truncate(cfg.eval.n);
     let t = cfg.train.template;
-    let chat = |r: &[Record]| r.iter().any(|r| matches!(r, Record::Chat { .. }));
+    let chat = |r: &[Record]| r.iter().any(Record::is_conversation);
     t.check_conversations(chat(&positive), "the positive data")?;
     t.check_conversations(chat(&negative), "the negative data")?;
     t.check_conversations(

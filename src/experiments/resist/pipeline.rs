@@ -109,7 +109,7 @@ pub fn prepare_data(cfg: &ResistConfig) -> Result<PreparedData> {
         (files, prompts, chat)
     } else {
         let ds = crate::data::schemas::load(&cfg.data).with_context(what)?;
-        let chat = ds.records.iter().any(|r| matches!(r, Record::Chat { .. }));
+        let chat = ds.records.iter().any(Record::is_conversation);
         let (files, prompts) = sliced(&ds.records, cfg, held_out)?;
         (files, prompts, chat)
     };
