@@ -97,7 +97,7 @@ fn loss_rewards_and_first_step_match_pytorch() {
     for loss in [DpoLoss::Sigmoid, DpoLoss::Ipo, DpoLoss::Simpo] {
         let lm = load_model(&model(), &candle_core::Device::Cpu).unwrap();
         let out = tempfile::tempdir().unwrap();
-        let s = dpo::train(
+        let s = elastica::train::train(
             &lm,
             &pairs,
             &cfg(loss),
@@ -259,7 +259,7 @@ fn weights_after_one_adamw_step_match_pytorch() {
         save_dtype: Some("float32".into()),
         ..cfg(DpoLoss::Sigmoid)
     };
-    dpo::train(&lm, &pairs(), &one, common::quiet_run(out.path(), false)).unwrap();
+    elastica::train::train(&lm, &pairs(), &one, common::quiet_run(out.path(), false)).unwrap();
     let dev = candle_core::Device::Cpu;
     let want =
         candle_core::safetensors::load(format!("{FIX}/dpo/step1.safetensors"), &dev).unwrap();
@@ -317,7 +317,7 @@ fn run_on(
         hook: Some(&mut hook),
         progress: false,
     };
-    dpo::train(&lm, pairs, c, run)
+    elastica::train::train(&lm, pairs, c, run)
 }
 
 /// [`run_on`] the fixture's pairs.
@@ -546,7 +546,7 @@ fn lora_settings_that_disagree_with_the_model_are_refused_before_anything_is_wri
     let mut c = cfg(DpoLoss::Sigmoid);
     c.lora.rank = 4;
     c.lora.alpha = 8.0;
-    let e = dpo::train(&lm, &pairs(), &c, common::quiet_run(&out, false)).unwrap_err();
+    let e = elastica::train::train(&lm, &pairs(), &c, common::quiet_run(&out, false)).unwrap_err();
     assert!(format!("{e:#}").contains("has no adapter"), "{e:#}");
     assert!(!out.exists(), "the refused run wrote {}", out.display());
 }

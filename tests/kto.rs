@@ -85,7 +85,7 @@ fn run_on(
         hook: Some(&mut hook),
         progress: false,
     };
-    kto::train(&lm, examples, c, run)
+    elastica::train::train(&lm, examples, c, run)
 }
 
 /// The log (as returned and on disk) against the script's.

@@ -887,8 +887,8 @@ mod torch {
             );
             let mut f = load("tiny-llama", BackendKind::Fused, Precision::F32);
             let mut t = torch("tiny-llama");
-            let a = backend::train::train_dpo(&mut *f, &pairs, &cfg, at(&fo, false, None)).unwrap();
-            let b = backend::train::train_dpo(&mut *t, &pairs, &cfg, at(&to, false, None)).unwrap();
+            let a = backend::train::train(&mut *f, &pairs, &cfg, at(&fo, false, None)).unwrap();
+            let b = backend::train::train(&mut *t, &pairs, &cfg, at(&to, false, None)).unwrap();
             assert!(a.log.len() >= 2 && a.log.len() == b.log.len());
             if loss == DpoLoss::Kto {
                 assert!(
@@ -940,8 +940,8 @@ mod torch {
         let (fo, to) = (dir.path().join("f"), dir.path().join("t"));
         let mut f = load("tiny-llama", BackendKind::Fused, Precision::F32);
         let mut t = torch("tiny-llama");
-        let a = backend::train::train_kto(&mut *f, &examples, &cfg, at(&fo, false, None)).unwrap();
-        let b = backend::train::train_kto(&mut *t, &examples, &cfg, at(&to, false, None)).unwrap();
+        let a = backend::train::train(&mut *f, &examples, &cfg, at(&fo, false, None)).unwrap();
+        let b = backend::train::train(&mut *t, &examples, &cfg, at(&to, false, None)).unwrap();
         assert!(a.log.len() >= 2 && a.log.len() == b.log.len());
         assert!(a.log.iter().any(|l| l.kl > 1.0), "z0 never left its floor");
         // As tests/kto.rs holds the fused path to PyTorch: the rewards and z0 are differences
@@ -982,11 +982,10 @@ mod torch {
         let dir = tempfile::tempdir().unwrap();
         let (full, part) = (dir.path().join("full"), dir.path().join("part"));
         let model = || with_lora("tiny-qwen2", &cfg, BackendKind::Torch, Precision::F32);
-        let s =
-            backend::train::train_dpo(&mut *model(), &pairs, &cfg, at(&full, false, None)).unwrap();
+        let s = backend::train::train(&mut *model(), &pairs, &cfg, at(&full, false, None)).unwrap();
         assert!(s.train.steps >= 4, "{} steps", s.train.steps);
         let mut kill = kill_after(3);
-        let e = backend::train::train_dpo(
+        let e = backend::train::train(
             &mut *model(),
             &pairs,
             &cfg,
@@ -995,8 +994,7 @@ mod torch {
         .unwrap_err();
         assert!(format!("{e:#}").contains("killed"), "{e:#}");
         assert!(part.join("checkpoints/step-2").is_dir());
-        let r =
-            backend::train::train_dpo(&mut *model(), &pairs, &cfg, at(&part, true, None)).unwrap();
+        let r = backend::train::train(&mut *model(), &pairs, &cfg, at(&part, true, None)).unwrap();
         assert_eq!(r.train.resumed_from, Some(2));
         assert!(
             r.reference_cached,

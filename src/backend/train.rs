@@ -1,86 +1,46 @@
-//! The training loop (`train::driver`) on any [`LanguageModel`]: SFT and DPO with the
+//! The training loop (`train::driver`) on any [`LanguageModel`]: SFT, DPO and KTO with the
 //! schedule, data order, log (`train_log.jsonl`), atomic checkpoints and exact resume that
 //! the fused path has, the steps left to the backend. `elastica train` runs the fused
-//! path's own entry points (`train::sft::train`, `train::dpo::train`: their hooks see the
-//! candle model) on the default CPU backend and these on any other; both resolve a run the
-//! same way, so a resume with other settings, data or starting weights is refused here
-//! exactly as there, and a finished run is not redone.
+//! path's own entry point (`train::train`: its hook sees the candle model) on the default
+//! CPU backend and this one on any other; both resolve a run with `train::recipe`, so a
+//! resume with other settings, data or starting weights is refused here exactly as there,
+//! and a finished run is not redone.
 
 use super::LanguageModel;
-use crate::data::prefs::PrefRecord;
-use crate::data::records::Record;
 use crate::train::driver::{drive, Checkpointed, Run, Trainee};
 use crate::train::optim::AdamWConfig;
+use crate::train::recipe::{Recipe, Start, SummaryOf, TrainData};
 use crate::train::run_dir::saved_adam_step;
-use crate::train::sft::{prepare_run, write_checkpoint_with, RunSettings, StepLog, TrainSummary};
+use crate::train::sft::{write_checkpoint_with, RunSettings, StepLog};
 use crate::train::TrainConfig;
 use anyhow::Result;
 use std::path::Path;
 
-/// Fine-tune `model` on `records` into `run.out` (final model, `train_log.jsonl`,
-/// checkpoints every `save_every` steps); with `run.resume`, continue from the newest
-/// complete checkpoint (refused when it was written with other settings, data or starting
-/// weights). A finished run with the same settings is not redone: its summary is returned
-/// and `model` keeps the weights it was given (the trained ones are in `out`).
-pub fn train<H: FnMut(&StepLog) -> Result<()> + ?Sized>(
+/// Fine-tune `model` on `records` with their method (SFT on records, DPO on pairs, KTO on
+/// feedback; `train::recipe`) into `run.out` (final model, `train_log.jsonl`, checkpoints
+/// every `save_every` steps, DPO's and KTO's cached reference log-probs); with `run.resume`,
+/// continue from the newest complete checkpoint (refused when it was written with other
+/// settings, data or starting weights). A finished run with the same settings is not redone:
+/// its summary is returned and `model` keeps the weights it was given (the trained ones are
+/// in `out`).
+pub fn train<T: TrainData, H: FnMut(&StepLog) -> Result<()> + ?Sized>(
     model: &mut dyn LanguageModel,
-    records: &[Record],
+    records: &[T],
     cfg: &TrainConfig,
     run: Run<'_, H>,
-) -> Result<TrainSummary> {
+) -> Result<SummaryOf<T>> {
     // Settings first: fingerprinting the weights is a pass over all of them.
     check_settings(model, cfg)?;
-    let p = prepare_run(
-        model.tokenizer(),
-        &model.config().torch_dtype,
-        "the model's config.json",
-        model.weights_sha256()?,
-        records,
-        cfg,
-    )?;
-    p.run(cfg, |m, plan| drive(&mut OnBackend(model), m, plan, run))
-}
-
-/// Train `model` with DPO on `pairs` into `run.out`, as `train::dpo::train` does on the
-/// fused path (the reference log-probs cached in the run, resume, refusals).
-pub fn train_dpo<H: FnMut(&StepLog) -> Result<()> + ?Sized>(
-    model: &mut dyn LanguageModel,
-    pairs: &[PrefRecord],
-    cfg: &TrainConfig,
-    run: Run<'_, H>,
-) -> Result<crate::train::dpo::DpoSummary> {
-    check_settings(model, cfg)?;
-    let p = crate::train::dpo::prepare_pairs(
-        model.tokenizer(),
-        &model.config().torch_dtype,
-        model.weights_sha256()?,
-        pairs,
-        cfg,
-    )?;
-    let mut method = crate::train::dpo::DpoStep::new(&p);
-    let o = drive(&mut OnBackend(model), &mut method, &p.plan(), run)?;
-    Ok(method.summary(o))
-}
-
-/// Train `model` with KTO on unpaired `examples` into `run.out`, as `train::kto::train` does
-/// on the fused path.
-pub fn train_kto<H: FnMut(&StepLog) -> Result<()> + ?Sized>(
-    model: &mut dyn LanguageModel,
-    examples: &[crate::data::feedback::FeedbackRecord],
-    cfg: &TrainConfig,
-    run: Run<'_, H>,
-) -> Result<crate::train::kto::KtoSummary> {
-    check_settings(model, cfg)?;
-    let p = crate::train::kto::prepare_feedback(
-        model.tokenizer(),
-        &model.config().torch_dtype,
-        model.weights_sha256()?,
-        examples,
-        cfg,
-    )?;
-    let mut method = crate::train::kto::KtoStep::new(&p);
-    let o = drive(&mut OnBackend(model), &mut method, &p.plan(), run)?;
-    Ok(method.summary(o))
+    let start = Start {
+        tokenizer: model.tokenizer(),
+        torch_dtype: &model.config().torch_dtype,
+        dtype_source: "the model's config.json",
+        sha256: model.weights_sha256()?,
+    };
+    let r = T::Recipe::prepare(start, records, cfg)?;
+    let mut step = r.step();
+    let o = drive(&mut OnBackend(model), &mut step, &r.resolved().plan(), run)?;
+    Ok(r.summary(&step, o))
 }
 
 /// The settings, and the LoRA settings against the model's adapter, checked as the fused

@@ -15,9 +15,9 @@ use crate::model::checkpoint::{init_model, resolve_model_dir, LoadedModel};
 use crate::model::ModelConfig;
 use crate::train::objective::DpoLoss;
 use crate::train::objective::Method;
-use crate::train::sft::{resume_point, ResumePoint, StepLog};
+use crate::train::sft::{ResumePoint, StepLog};
 use crate::train::{dpo, kto};
-use crate::train::{train, TrainConfig, TrainRun};
+use crate::train::{resume_point, train, TrainConfig, TrainRun};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use std::path::PathBuf;
@@ -163,8 +163,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let resume_at = match (a.resume, &data) {
         (false, _) => None,
         (true, TrainData::Records(r)) => Some(resume_point(&lm, r, &cfg, &a.out)?),
-        (true, TrainData::Pairs(p)) => Some(dpo::resume_point(&lm, p, &cfg, &a.out)?),
-        (true, TrainData::Feedback(f)) => Some(kto::resume_point(&lm, f, &cfg, &a.out)?),
+        (true, TrainData::Pairs(p)) => Some(resume_point(&lm, p, &cfg, &a.out)?),
+        (true, TrainData::Feedback(f)) => Some(resume_point(&lm, f, &cfg, &a.out)?),
     };
     let finished = resume_at == Some(ResumePoint::Finished);
     let tracker = match tracked {
@@ -197,14 +197,14 @@ pub fn run(a: TrainArgs) -> Result<()> {
             (s.steps, sft_summary(&a.out, &s))
         }
         TrainData::Pairs(p) => {
-            let d = dpo::train(&lm, p, &cfg, run)?;
+            let d = train(&lm, p, &cfg, run)?;
             (
                 d.train.steps,
                 reference_run_line(&a.out, ("dpo", "pairs"), &d, None),
             )
         }
         TrainData::Feedback(f) => {
-            let k = kto::train(&lm, f, &cfg, run)?;
+            let k = train(&lm, f, &cfg, run)?;
             (
                 k.train.steps,
                 reference_run_line(&a.out, ("kto", "examples"), &k, None),
@@ -307,11 +307,11 @@ fn on_backend(a: &TrainArgs, cfg: &TrainConfig, lm: LoadedModel, data: &TrainDat
     });
     let line = match data {
         TrainData::Pairs(p) => {
-            let d = crate::backend::train::train_dpo(&mut *model, p, cfg, run())?;
+            let d = crate::backend::train::train(&mut *model, p, cfg, run())?;
             reference_run_line(&a.out, ("dpo", "pairs"), &d, Some(on))
         }
         TrainData::Feedback(f) => {
-            let k = crate::backend::train::train_kto(&mut *model, f, cfg, run())?;
+            let k = crate::backend::train::train(&mut *model, f, cfg, run())?;
             reference_run_line(&a.out, ("kto", "examples"), &k, Some(on))
         }
         TrainData::Records(r) => {

@@ -160,7 +160,7 @@ pub fn train_stage(
         };
         return match data {
             StageData::Records(r) => train(&lm, r, cfg, run),
-            StageData::Pairs(p) => crate::train::dpo::train(&lm, p, cfg, run).map(|s| s.train),
+            StageData::Pairs(p) => train(&lm, p, cfg, run).map(|s| s.train),
         };
     }
     let mut model = backend::from_loaded(lm, &c)?;
@@ -172,9 +172,7 @@ pub fn train_stage(
     };
     match data {
         StageData::Records(r) => backend::train::train(model.as_mut(), r, cfg, run),
-        StageData::Pairs(p) => {
-            backend::train::train_dpo(model.as_mut(), p, cfg, run).map(|s| s.train)
-        }
+        StageData::Pairs(p) => backend::train::train(model.as_mut(), p, cfg, run).map(|s| s.train),
     }
 }
 

@@ -33,19 +33,18 @@
 //! resumed run reads them instead of recomputing. Rewards are beta x (log pi - log pi_ref).
 
 use super::batch::{collate, loss_tokens, tokenize, Batch, Example};
-use super::driver::{step_settings, Method, Outcome, Plan, Trainee};
+use super::driver::{step_settings, Outcome, Trainee};
 pub(crate) use super::fused::seq_nll;
 pub use super::fused::{autograd_weighted_grads, weighted_grads};
 use super::objective::{DpoConfig, DpoLoss, Method as Objective};
-use super::reference::{cached_or_computed, ReferenceCache, ReferenceRunSummary};
-use super::sft::{
-    resume_point_of, save_dtype_of, schedule_of, weights_fingerprint, ResumePoint, RunSettings,
-    StepLog, TrainConfig, TrainRun,
+use super::recipe::{save_dtype_of, Recipe, Resolved, Start, TrainData};
+use super::reference::{
+    cached_or_computed, AgainstReference, ReferenceCache, ReferenceRunSummary, ReferenceStep,
 };
+use super::sft::{StepLog, TrainConfig};
 use crate::data::prefs::PrefRecord;
 use crate::data::records::Record;
-use crate::model::{LoadedModel, TextTokenizer};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -176,8 +175,9 @@ pub type DpoSummary = ReferenceRunSummary<DpoStepLog>;
 /// mismatched sequences), cached in the run directory.
 pub const REFERENCE_FILE: &str = "dpo_reference.json";
 
+/// The reference model's log-probs of a run's pairs (the [`REFERENCE_FILE`] cache).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Reference {
+pub struct Reference {
     start_sha256: String,
     data_sha256: String,
     chosen: Vec<f64>,
@@ -188,9 +188,6 @@ struct Reference {
     kl_chosen: Vec<f64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     kl_rejected: Vec<f64>,
-    /// Read from the run directory (not written to the file).
-    #[serde(skip)]
-    cached: bool,
 }
 
 impl ReferenceCache for Reference {
@@ -215,108 +212,91 @@ pub struct PairPlan {
     /// KTO's mismatched sequences (see [`Reference`]); empty under the other losses.
     kl_chosen: Vec<Example>,
     kl_rejected: Vec<Example>,
-    truncated: usize,
-    total: usize,
-    steps_per_epoch: usize,
-    settings: RunSettings,
-    save_dtype: String,
+    resolved: Resolved,
 }
 
-impl PairPlan {
-    /// What the training loop schedules.
-    pub fn plan(&self) -> Plan<'_> {
-        Plan {
-            settings: &self.settings,
-            examples: self.chosen.len(),
-            total: self.total,
-            steps_per_epoch: self.steps_per_epoch,
-            save_dtype: &self.save_dtype,
+impl TrainData for PrefRecord {
+    type Recipe = PairPlan;
+}
+
+impl Recipe for PairPlan {
+    type Record = PrefRecord;
+    type Step<'a> = DpoStep<'a>;
+    type Summary = DpoSummary;
+
+    fn prepare(start: Start<'_>, pairs: &[PrefRecord], cfg: &TrainConfig) -> Result<PairPlan> {
+        cfg.validate()?;
+        cfg.dpo.validate()?;
+        if cfg.dpo.method != Objective::Dpo {
+            bail!("preference pairs train with DPO: method = \"dpo\" (--method dpo)");
         }
-    }
-}
-
-fn prepare(lm: &LoadedModel, pairs: &[PrefRecord], cfg: &TrainConfig) -> Result<PairPlan> {
-    cfg.validate()?;
-    // As `sft::prepare`: LoRA settings and the model's adapter must agree, or a run with
-    // `lora.rank > 0` on a model without an adapter would train every weight.
-    crate::model::adapted::check_for_training(&lm.model, &cfg.lora)?;
-    prepare_pairs(
-        &lm.tokenizer,
-        &lm.model.cfg.torch_dtype,
-        weights_fingerprint(lm)?,
-        pairs,
-        cfg,
-    )
-}
-
-/// [`PairPlan`] for a model on any backend: its tokenizer, the dtype its checkpoint was
-/// stored in and the fingerprint of its starting weights (as `sft::prepare_run`).
-pub fn prepare_pairs(
-    tokenizer: &TextTokenizer,
-    torch_dtype: &str,
-    start_sha256: String,
-    pairs: &[PrefRecord],
-    cfg: &TrainConfig,
-) -> Result<PairPlan> {
-    cfg.validate()?;
-    cfg.dpo.validate()?;
-    if cfg.dpo.method != Objective::Dpo {
-        bail!("dpo::train needs method = \"dpo\" (--method dpo)");
-    }
-    if pairs.is_empty() {
-        bail!("no preference pairs");
-    }
-    let save_dtype = save_dtype_of(cfg, torch_dtype, None)?;
-    let kto = cfg.dpo.dpo_loss == DpoLoss::Kto;
-    if kto && pairs.len() < 2 {
-        bail!(
-            "the kto loss estimates its reference point on mismatched pairs (each prompt with \
-             another pair's answers), so it needs at least 2 pairs; the data has 1"
-        );
-    }
-    // Pair i's prompt with the answers of pair i - `shift` (cyclic).
-    let side = |answer: fn(&PrefRecord) -> &str, shift: usize| -> Vec<Record> {
-        let n = pairs.len();
-        (0..n)
-            .map(|i| pairs[i].record(answer(&pairs[(i + n - shift) % n])))
-            .collect()
-    };
-    let tok = |recs: &[Record]| tokenize(recs, tokenizer, cfg.template, cfg.max_length);
-    let (chosen, tc) = tok(&side(|p| &p.chosen, 0))?;
-    let (rejected, tr) = tok(&side(|p| &p.rejected, 0))?;
-    let (kl_chosen, kl_rejected) = if kto {
-        // Not trained on: a cut one only shifts z0's estimate, so it goes unreported.
-        let (c, _) = tok(&side(|p| &p.chosen, 1))?;
-        let (r, _) = tok(&side(|p| &p.rejected, 1))?;
-        (c, r)
-    } else {
-        (Vec::new(), Vec::new())
-    };
-    for (i, (c, r)) in chosen.iter().zip(&rejected).enumerate() {
-        for (name, e) in [("chosen", c), ("rejected", r)] {
-            if loss_tokens(e) == 0 {
-                bail!(
-                    "pair {}: the {name} answer has no token the loss can count (it is empty, \
-                     or its prompt fills max_length = {})",
-                    i + 1,
-                    cfg.max_length
-                );
+        if pairs.is_empty() {
+            bail!("no preference pairs");
+        }
+        let save_dtype = save_dtype_of(cfg, &start)?;
+        let kto = cfg.dpo.dpo_loss == DpoLoss::Kto;
+        if kto && pairs.len() < 2 {
+            bail!(
+                "the kto loss estimates its reference point on mismatched pairs (each prompt with \
+                 another pair's answers), so it needs at least 2 pairs; the data has 1"
+            );
+        }
+        // Pair i's prompt with the answers of pair i - `shift` (cyclic).
+        let side = |answer: fn(&PrefRecord) -> &str, shift: usize| -> Vec<Record> {
+            let n = pairs.len();
+            (0..n)
+                .map(|i| pairs[i].record(answer(&pairs[(i + n - shift) % n])))
+                .collect()
+        };
+        let tok = |recs: &[Record]| tokenize(recs, start.tokenizer, cfg.template, cfg.max_length);
+        let (chosen, tc) = tok(&side(|p| &p.chosen, 0))?;
+        let (rejected, tr) = tok(&side(|p| &p.rejected, 0))?;
+        let (kl_chosen, kl_rejected) = if kto {
+            // Not trained on: a cut one only shifts z0's estimate, so it goes unreported.
+            let (c, _) = tok(&side(|p| &p.chosen, 1))?;
+            let (r, _) = tok(&side(|p| &p.rejected, 1))?;
+            (c, r)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        for (i, (c, r)) in chosen.iter().zip(&rejected).enumerate() {
+            for (name, e) in [("chosen", c), ("rejected", r)] {
+                if loss_tokens(e) == 0 {
+                    bail!(
+                        "pair {}: the {name} answer has no token the loss can count (it is empty, \
+                         or its prompt fills max_length = {})",
+                        i + 1,
+                        cfg.max_length
+                    );
+                }
             }
         }
+        let both: Vec<Example> = chosen.iter().chain(&rejected).cloned().collect();
+        let n = pairs.len();
+        let resolved = Resolved::new(cfg, n, start.sha256, &both, save_dtype, tc + tr)?;
+        Ok(PairPlan {
+            chosen,
+            rejected,
+            kl_chosen,
+            kl_rejected,
+            resolved,
+        })
     }
-    let both: Vec<Example> = chosen.iter().chain(&rejected).cloned().collect();
-    let (steps_per_epoch, total, settings) = schedule_of(cfg, pairs.len(), start_sha256, &both)?;
-    Ok(PairPlan {
-        chosen,
-        rejected,
-        kl_chosen,
-        kl_rejected,
-        truncated: tc + tr,
-        total,
-        steps_per_epoch,
-        settings,
-        save_dtype,
-    })
+
+    fn resolved(&self) -> &Resolved {
+        &self.resolved
+    }
+
+    /// `cfg.batch_size` counts pairs, so a micro-batch holds twice as many sequences.
+    fn step(&self) -> DpoStep<'_> {
+        self.resolved
+            .warn_truncated(2 * self.chosen.len(), "answers");
+        ReferenceStep::new(self)
+    }
+
+    fn summary(&self, step: &DpoStep<'_>, o: Outcome<DpoStepLog>) -> DpoSummary {
+        step.summary(&self.resolved, self.chosen.len(), o)
+    }
 }
 
 /// The sequences of a micro-batch of pairs: every chosen answer, then every rejected one
@@ -386,7 +366,7 @@ fn reference(
     out: &Path,
 ) -> Result<(Reference, bool)> {
     let path = out.join(REFERENCE_FILE);
-    let s = &p.settings;
+    let s = &p.resolved.settings;
     if cfg.dpo.dpo_loss == DpoLoss::Simpo {
         // SimPO has no reference model: zeros, neither computed nor cached.
         let zeros = vec![0.0; p.chosen.len()];
@@ -397,7 +377,6 @@ fn reference(
             rejected: zeros,
             kl_chosen: Vec::new(),
             kl_rejected: Vec::new(),
-            cached: false,
         };
         return Ok((r, false));
     }
@@ -424,90 +403,32 @@ fn reference(
             rejected,
             kl_chosen,
             kl_rejected,
-            cached: false,
         })
     })
 }
 
-/// Train `lm` with DPO on `pairs`, writing `train_log.jsonl` (one [`DpoStepLog`] a step),
-/// [`REFERENCE_FILE`], checkpoints and the final model into `run.out`, exactly as
-/// `sft::train` does for SFT (resume, refusals, finished runs, the hook included).
-/// `cfg.batch_size` counts pairs, so a micro-batch holds twice as many sequences.
-pub fn train(
-    lm: &LoadedModel,
-    pairs: &[PrefRecord],
-    cfg: &TrainConfig,
-    run: TrainRun<'_, '_>,
-) -> Result<DpoSummary> {
-    let p = prepare(lm, pairs, cfg)?;
-    let mut method = DpoStep::new(&p);
-    let o = super::fused::drive_fused(lm, &mut method, &p.plan(), run)?;
-    Ok(method.summary(o))
-}
-
-/// Where `train(.., resume = true, ..)` would start in `out`, refusing what it would refuse
-/// (as `sft::resume_point`).
-pub fn resume_point(
-    lm: &LoadedModel,
-    pairs: &[PrefRecord],
-    cfg: &TrainConfig,
-    out: &Path,
-) -> Result<ResumePoint> {
-    let p = prepare(lm, pairs, cfg)?;
-    resume_point_of(out, &p.settings, p.total)
-}
-
 /// DPO's step (see the module doc), with the reference log-probs it computes or reads
 /// before the first step.
-pub struct DpoStep<'a> {
-    p: &'a PairPlan,
-    refs: Option<Reference>,
-}
+pub type DpoStep<'a> = ReferenceStep<'a, PairPlan>;
 
-impl<'a> DpoStep<'a> {
-    /// The step over `p`'s pairs; warns when max_length cut some answers.
-    pub fn new(p: &'a PairPlan) -> Self {
-        super::sft::warn_truncated(
-            p.truncated,
-            2 * p.chosen.len(),
-            "answers",
-            &p.settings.train,
-        );
-        DpoStep { p, refs: None }
-    }
-
-    /// The run's summary from the loop's outcome.
-    pub fn summary(&self, o: Outcome<DpoStepLog>) -> DpoSummary {
-        let cached = self.refs.as_ref().is_some_and(|r| r.cached);
-        DpoSummary::of::<Self>(
-            self.p.total,
-            self.p.chosen.len(),
-            self.p.truncated,
-            o,
-            cached,
-        )
-    }
-}
-
-impl Method for DpoStep<'_> {
+impl AgainstReference for PairPlan {
+    type Reference = Reference;
     type Log = DpoStepLog;
     const LABEL: &'static str = "dpo";
-    fn begin(&mut self, model: &mut dyn Trainee, out: &Path) -> Result<()> {
-        let cfg = &self.p.settings.train;
-        let (mut r, cached) = reference(model, self.p, cfg, out)?;
-        r.cached = cached;
-        self.refs = Some(r);
-        Ok(())
+    fn reference(&self, model: &mut dyn Trainee, out: &Path) -> Result<(Reference, bool)> {
+        reference(model, self, &self.resolved.settings.train, out)
     }
 
     /// Per micro-batch of `batch_size` pairs, one forward, the pairs' terms, one weighted
     /// backward; then clip and AdamW.
-    fn step(&mut self, model: &mut dyn Trainee, idx: &[usize], lr: f64) -> Result<DpoStepLog> {
-        let (p, cfg) = (self.p, &self.p.settings.train);
-        let refs = self
-            .refs
-            .as_ref()
-            .context("DPO's step before its reference")?;
+    fn step(
+        &self,
+        refs: &Reference,
+        model: &mut dyn Trainee,
+        idx: &[usize],
+        lr: f64,
+    ) -> Result<DpoStepLog> {
+        let (p, cfg) = (self, &self.resolved.settings.train);
         let n = idx.len() as f64;
         // KTO's z0 from the weights before this step's update (no gradient flows through it).
         let kl = match cfg.dpo.dpo_loss {

@@ -78,7 +78,7 @@ pub trait Method {
     fn base_mut(log: &mut Self::Log) -> &mut StepLog;
 }
 
-/// A run resolved by `sft::prepare_run` (or DPO's prepare): what the loop schedules.
+/// A run resolved by a `train::recipe::Recipe`: what the loop schedules.
 pub struct Plan<'a> {
     /// The settings and data fingerprints (stored in checkpoints and `train_config.toml`).
     pub settings: &'a RunSettings,

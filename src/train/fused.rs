@@ -21,7 +21,7 @@ use std::path::Path;
 /// Called after every optimizer step with the model and the step's log (for rate tracking).
 pub type StepHook<'a> = dyn FnMut(&LoadedModel, &StepLog) -> Result<()> + 'a;
 
-/// Where a fused-path run (`sft::train`, `dpo::train`) writes and how it runs (everything
+/// Where a fused-path run (`train::train`) writes and how it runs (everything
 /// but the model, data and hyper-parameters): the loop's [`Run`] with a hook that also sees
 /// the model.
 pub type TrainRun<'a, 'h> = Run<'a, StepHook<'h>>;

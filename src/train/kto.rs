@@ -25,17 +25,16 @@
 
 use super::batch::{collate, loss_tokens, tokenize, Batch, Example};
 use super::dpo::{kto_z0, sigmoid};
-use super::driver::{step_settings, Method, Outcome, Plan, Trainee};
+use super::driver::{step_settings, Outcome, Trainee};
 use super::objective::{DpoConfig, DpoLoss, Method as Objective};
-use super::reference::{cached_or_computed, ReferenceCache, ReferenceRunSummary};
-use super::sft::{
-    resume_point_of, save_dtype_of, schedule_of, weights_fingerprint, ResumePoint, RunSettings,
-    StepLog, TrainConfig, TrainRun,
+use super::recipe::{save_dtype_of, Recipe, Resolved, Start, TrainData};
+use super::reference::{
+    cached_or_computed, AgainstReference, ReferenceCache, ReferenceRunSummary, ReferenceStep,
 };
+use super::sft::{StepLog, TrainConfig};
 use crate::data::feedback::FeedbackRecord;
 use crate::data::records::Record;
-use crate::model::{LoadedModel, TextTokenizer};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -89,15 +88,14 @@ pub type KtoSummary = ReferenceRunSummary<KtoStepLog>;
 /// cached in the run directory.
 pub const REFERENCE_FILE: &str = "kto_reference.json";
 
+/// The reference model's log-probs of a run's examples (the [`REFERENCE_FILE`] cache).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Reference {
+pub struct Reference {
     start_sha256: String,
     data_sha256: String,
     completions: Vec<f64>,
     /// Example i's prompt with example i-1's completion.
     mismatched: Vec<f64>,
-    #[serde(skip)]
-    cached: bool,
 }
 
 impl ReferenceCache for Reference {
@@ -114,103 +112,88 @@ pub struct FeedbackPlan {
     completions: Vec<Example>,
     desirable: Vec<bool>,
     mismatched: Vec<Example>,
-    truncated: usize,
-    total: usize,
-    steps_per_epoch: usize,
-    settings: RunSettings,
-    save_dtype: String,
+    resolved: Resolved,
 }
 
-impl FeedbackPlan {
-    /// What the training loop schedules.
-    pub fn plan(&self) -> Plan<'_> {
-        Plan {
-            settings: &self.settings,
-            examples: self.completions.len(),
-            total: self.total,
-            steps_per_epoch: self.steps_per_epoch,
-            save_dtype: &self.save_dtype,
-        }
-    }
+impl TrainData for FeedbackRecord {
+    type Recipe = FeedbackPlan;
 }
 
-fn prepare(
-    lm: &LoadedModel,
-    examples: &[FeedbackRecord],
-    cfg: &TrainConfig,
-) -> Result<FeedbackPlan> {
-    cfg.validate()?;
-    crate::model::adapted::check_for_training(&lm.model, &cfg.lora)?;
-    prepare_feedback(
-        &lm.tokenizer,
-        &lm.model.cfg.torch_dtype,
-        weights_fingerprint(lm)?,
-        examples,
-        cfg,
-    )
-}
+impl Recipe for FeedbackPlan {
+    type Record = FeedbackRecord;
+    type Step<'a> = KtoStep<'a>;
+    type Summary = KtoSummary;
 
-/// [`FeedbackPlan`] for a model on any backend: its tokenizer, the dtype its checkpoint was
-/// stored in and the fingerprint of its starting weights.
-pub fn prepare_feedback(
-    tokenizer: &TextTokenizer,
-    torch_dtype: &str,
-    start_sha256: String,
-    examples: &[FeedbackRecord],
-    cfg: &TrainConfig,
-) -> Result<FeedbackPlan> {
-    cfg.validate()?;
-    cfg.dpo.validate()?;
-    if cfg.dpo.method != Objective::Dpo || cfg.dpo.dpo_loss != DpoLoss::Kto {
-        bail!(
-            "unpaired feedback ({{\"prompt\", \"completion\", \"label\"}}) trains with KTO: \
-             --method dpo --dpo-loss kto (the other losses compare two answers to one prompt)"
-        );
-    }
-    let n = examples.len();
-    if n < 2 {
-        bail!(
-            "KTO estimates its reference point on mismatched sequences (each prompt with \
-             another example's completion), so it needs at least 2 examples; the data has {n}"
-        );
-    }
-    let save_dtype = save_dtype_of(cfg, torch_dtype, None)?;
-    let records = |shift: usize| -> Vec<Record> {
-        (0..n)
-            .map(|i| examples[i].record(&examples[(i + n - shift) % n].completion))
-            .collect()
-    };
-    let tok = |recs: &[Record]| tokenize(recs, tokenizer, cfg.template, cfg.max_length);
-    let (completions, truncated) = tok(&records(0))?;
-    // Not trained on: a cut one only shifts z0's estimate, so it goes unreported.
-    let (mismatched, _) = tok(&records(1))?;
-    for (i, e) in completions.iter().enumerate() {
-        if loss_tokens(e) == 0 {
+    fn prepare(
+        start: Start<'_>,
+        examples: &[FeedbackRecord],
+        cfg: &TrainConfig,
+    ) -> Result<FeedbackPlan> {
+        cfg.validate()?;
+        cfg.dpo.validate()?;
+        if cfg.dpo.method != Objective::Dpo || cfg.dpo.dpo_loss != DpoLoss::Kto {
             bail!(
-                "example {}: the completion has no token the loss can count (it is empty, or \
-                 its prompt fills max_length = {})",
-                i + 1,
-                cfg.max_length
+                "unpaired feedback ({{\"prompt\", \"completion\", \"label\"}}) trains with KTO: \
+                 --method dpo --dpo-loss kto (the other losses compare two answers to one prompt)"
             );
         }
+        let n = examples.len();
+        if n < 2 {
+            bail!(
+                "KTO estimates its reference point on mismatched sequences (each prompt with \
+                 another example's completion), so it needs at least 2 examples; the data has {n}"
+            );
+        }
+        let save_dtype = save_dtype_of(cfg, &start)?;
+        let records = |shift: usize| -> Vec<Record> {
+            (0..n)
+                .map(|i| examples[i].record(&examples[(i + n - shift) % n].completion))
+                .collect()
+        };
+        let tok = |recs: &[Record]| tokenize(recs, start.tokenizer, cfg.template, cfg.max_length);
+        let (completions, truncated) = tok(&records(0))?;
+        // Not trained on: a cut one only shifts z0's estimate, so it goes unreported.
+        let (mismatched, _) = tok(&records(1))?;
+        for (i, e) in completions.iter().enumerate() {
+            if loss_tokens(e) == 0 {
+                bail!(
+                    "example {}: the completion has no token the loss can count (it is empty, or \
+                     its prompt fills max_length = {})",
+                    i + 1,
+                    cfg.max_length
+                );
+            }
+        }
+        let desirable: Vec<bool> = examples.iter().map(|e| e.desirable).collect();
+        let mut resolved =
+            Resolved::new(cfg, n, start.sha256, &completions, save_dtype, truncated)?;
+        // The labels are data too: a run resumed on flipped labels is refused.
+        let mut h = Sha256::new();
+        h.update(resolved.settings.data_sha256.as_bytes());
+        h.update(desirable.iter().map(|&d| u8::from(d)).collect::<Vec<u8>>());
+        resolved.settings.data_sha256 = hex::encode(h.finalize());
+        Ok(FeedbackPlan {
+            completions,
+            desirable,
+            mismatched,
+            resolved,
+        })
     }
-    let desirable: Vec<bool> = examples.iter().map(|e| e.desirable).collect();
-    let (steps_per_epoch, total, mut settings) = schedule_of(cfg, n, start_sha256, &completions)?;
-    // The labels are data too: a run resumed on flipped labels is refused.
-    let mut h = Sha256::new();
-    h.update(settings.data_sha256.as_bytes());
-    h.update(desirable.iter().map(|&d| u8::from(d)).collect::<Vec<u8>>());
-    settings.data_sha256 = hex::encode(h.finalize());
-    Ok(FeedbackPlan {
-        completions,
-        desirable,
-        mismatched,
-        truncated,
-        total,
-        steps_per_epoch,
-        settings,
-        save_dtype,
-    })
+
+    fn resolved(&self) -> &Resolved {
+        &self.resolved
+    }
+
+    /// `cfg.batch_size` counts examples.
+    fn step(&self) -> KtoStep<'_> {
+        self.resolved
+            .warn_truncated(self.completions.len(), "completions");
+        ReferenceStep::new(self)
+    }
+
+    fn summary(&self, step: &KtoStep<'_>, o: Outcome<KtoStepLog>) -> KtoSummary {
+        step.summary(&self.resolved, self.completions.len(), o)
+    }
 }
 
 /// `model`'s summed log-probs of the sequences `seqs[idx]`, `batch_size` a forward.
@@ -240,94 +223,44 @@ fn reference(
     p: &FeedbackPlan,
     cfg: &TrainConfig,
     out: &Path,
-) -> Result<Reference> {
+) -> Result<(Reference, bool)> {
     let path = out.join(REFERENCE_FILE);
-    let s = &p.settings;
+    let s = &p.resolved.settings;
     let n = p.completions.len();
-    let (r, cached) = cached_or_computed(&path, s, &[n, n], || {
+    cached_or_computed(&path, s, &[n, n], || {
         let order: Vec<usize> = (0..n).collect();
         Ok(Reference {
             start_sha256: s.start_sha256.clone(),
             data_sha256: s.data_sha256.clone(),
             completions: logps(model, &p.completions, &order, cfg.batch_size)?,
             mismatched: logps(model, &p.mismatched, &order, cfg.batch_size)?,
-            cached: false,
         })
-    })?;
-    Ok(Reference { cached, ..r })
-}
-
-/// Train `lm` with KTO on unpaired `examples`, writing `train_log.jsonl` (one [`KtoStepLog`] a
-/// step), [`REFERENCE_FILE`], checkpoints and the final model into `run.out`, as
-/// `sft::train` does for SFT (resume, refusals, finished runs, the hook included).
-/// `cfg.batch_size` counts examples.
-pub fn train(
-    lm: &LoadedModel,
-    examples: &[FeedbackRecord],
-    cfg: &TrainConfig,
-    run: TrainRun<'_, '_>,
-) -> Result<KtoSummary> {
-    let p = prepare(lm, examples, cfg)?;
-    let mut method = KtoStep::new(&p);
-    let o = super::fused::drive_fused(lm, &mut method, &p.plan(), run)?;
-    Ok(method.summary(o))
-}
-
-/// Where `train(.., resume = true, ..)` would start in `out`, refusing what it would refuse.
-pub fn resume_point(
-    lm: &LoadedModel,
-    examples: &[FeedbackRecord],
-    cfg: &TrainConfig,
-    out: &Path,
-) -> Result<ResumePoint> {
-    let p = prepare(lm, examples, cfg)?;
-    resume_point_of(out, &p.settings, p.total)
+    })
 }
 
 /// KTO's step (see the module doc), with the reference log-probs it computes or reads before
 /// the first step.
-pub struct KtoStep<'a> {
-    p: &'a FeedbackPlan,
-    refs: Option<Reference>,
-}
+pub type KtoStep<'a> = ReferenceStep<'a, FeedbackPlan>;
 
-impl<'a> KtoStep<'a> {
-    /// The step over `p`'s examples; warns when max_length cut some completions.
-    pub fn new(p: &'a FeedbackPlan) -> Self {
-        super::sft::warn_truncated(
-            p.truncated,
-            p.completions.len(),
-            "completions",
-            &p.settings.train,
-        );
-        KtoStep { p, refs: None }
-    }
-
-    /// The run's summary from the loop's outcome.
-    pub fn summary(&self, o: Outcome<KtoStepLog>) -> KtoSummary {
-        let cached = self.refs.as_ref().is_some_and(|r| r.cached);
-        let n = self.p.completions.len();
-        KtoSummary::of::<Self>(self.p.total, n, self.p.truncated, o, cached)
-    }
-}
-
-impl Method for KtoStep<'_> {
+impl AgainstReference for FeedbackPlan {
+    type Reference = Reference;
     type Log = KtoStepLog;
     const LABEL: &'static str = "kto";
-    fn begin(&mut self, model: &mut dyn Trainee, out: &Path) -> Result<()> {
-        self.refs = Some(reference(model, self.p, &self.p.settings.train, out)?);
-        Ok(())
+    fn reference(&self, model: &mut dyn Trainee, out: &Path) -> Result<(Reference, bool)> {
+        reference(model, self, &self.resolved.settings.train, out)
     }
 
     /// z0 from the mismatched sequences at the current weights; then per micro-batch of
     /// `batch_size` examples, one forward, the examples' terms, one weighted backward; then
     /// clip and AdamW.
-    fn step(&mut self, model: &mut dyn Trainee, idx: &[usize], lr: f64) -> Result<KtoStepLog> {
-        let (p, cfg) = (self.p, &self.p.settings.train);
-        let refs = self
-            .refs
-            .as_ref()
-            .context("KTO's step before its reference")?;
+    fn step(
+        &self,
+        refs: &Reference,
+        model: &mut dyn Trainee,
+        idx: &[usize],
+        lr: f64,
+    ) -> Result<KtoStepLog> {
+        let (p, cfg) = (self, &self.resolved.settings.train);
         let policy = logps(model, &p.mismatched, idx, cfg.batch_size)?;
         let reference: Vec<f64> = idx.iter().map(|&i| refs.mismatched[i]).collect();
         let z0 = kto_z0(&policy, &reference)?;

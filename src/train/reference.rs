@@ -2,7 +2,8 @@
 //! reference log-probs, computed once before the first step and cached in the run directory
 //! so that a resumed run reads them, and what such a run reports.
 
-use super::driver::{Method, Outcome};
+use super::driver::{Method, Outcome, Trainee};
+use super::recipe::Resolved;
 use super::sft::{summarize, RunSettings, StepLog, TrainSummary};
 use anyhow::{bail, Context, Result};
 use serde::de::DeserializeOwned;
@@ -35,6 +36,79 @@ impl<L> ReferenceRunSummary<L> {
             log: o.log,
             reference_cached: o.finished_before || cached,
         }
+    }
+}
+
+/// A method's resolved run against a frozen reference model (DPO's pairs, KTO's feedback):
+/// how it gets its reference log-probs and takes a step against them.
+pub trait AgainstReference {
+    /// The reference log-probs of the run's sequences (its cache file).
+    type Reference;
+    /// One line of `train_log.jsonl`.
+    type Log: Serialize + DeserializeOwned;
+    /// The progress bar's label.
+    const LABEL: &'static str;
+    /// The log-probs, and whether they were read from `out`'s cache (else computed with
+    /// `model`, which still holds the starting weights, and cached).
+    fn reference(&self, model: &mut dyn Trainee, out: &Path) -> Result<(Self::Reference, bool)>;
+    /// One optimizer step over `idx` at learning rate `lr`.
+    fn step(
+        &self,
+        refs: &Self::Reference,
+        model: &mut dyn Trainee,
+        idx: &[usize],
+        lr: f64,
+    ) -> Result<Self::Log>;
+    fn base(log: &Self::Log) -> &StepLog;
+    fn base_mut(log: &mut Self::Log) -> &mut StepLog;
+}
+
+/// The loop's step of a run `P` against a reference model: the log-probs are computed or
+/// read once, in [`Method::begin`].
+pub struct ReferenceStep<'a, P: AgainstReference> {
+    plan: &'a P,
+    /// The log-probs, and whether they were read from the run directory's cache.
+    reference: Option<(P::Reference, bool)>,
+}
+
+impl<'a, P: AgainstReference> ReferenceStep<'a, P> {
+    pub(super) fn new(plan: &'a P) -> Self {
+        ReferenceStep {
+            plan,
+            reference: None,
+        }
+    }
+
+    /// The run's summary over `n` pairs or examples from the loop's outcome.
+    pub(super) fn summary(
+        &self,
+        resolved: &Resolved,
+        n: usize,
+        o: Outcome<P::Log>,
+    ) -> ReferenceRunSummary<P::Log> {
+        let cached = self.reference.as_ref().is_some_and(|(_, c)| *c);
+        ReferenceRunSummary::of::<Self>(resolved.total, n, resolved.truncated, o, cached)
+    }
+}
+
+impl<P: AgainstReference> Method for ReferenceStep<'_, P> {
+    type Log = P::Log;
+    const LABEL: &'static str = P::LABEL;
+    fn begin(&mut self, model: &mut dyn Trainee, out: &Path) -> Result<()> {
+        self.reference = Some(self.plan.reference(model, out)?);
+        Ok(())
+    }
+    fn step(&mut self, model: &mut dyn Trainee, idx: &[usize], lr: f64) -> Result<P::Log> {
+        let Some((refs, _)) = &self.reference else {
+            bail!("a step against the reference model before its log-probs");
+        };
+        self.plan.step(refs, model, idx, lr)
+    }
+    fn base(log: &P::Log) -> &StepLog {
+        P::base(log)
+    }
+    fn base_mut(log: &mut P::Log) -> &mut StepLog {
+        P::base_mut(log)
     }
 }
 

@@ -174,7 +174,7 @@ pub enum ResumePoint {
     Finished,
 }
 
-/// [`resume_point`] for a run already resolved by [`prepare_run`].
+/// `train::resume_point` for a run already resolved (`train::recipe`).
 pub fn resume_point_of(out: &Path, settings: &RunSettings, total: usize) -> Result<ResumePoint> {
     if finished_with(out, settings)? {
         return Ok(ResumePoint::Finished);

@@ -1,4 +1,4 @@
-//! SFT: the resolved run ([`prepare_run`]) and SFT's step. The settings live in
+//! SFT: the resolved run ([`Prepared`], a [`Recipe`]) and SFT's step. The settings live in
 //! `train::config`, the run directory (settings and fingerprints, resume points, checkpoints,
 //! the step log) in `train::run_dir` (re-exported here), the fused path's step in
 //! `train::fused`. The loop itself is `train::driver`'s; SFT's step ([`SftStep`]) is: micro-batches (forward,
@@ -24,20 +24,17 @@
 
 use super::batch::{collate, loss_tokens, tokenize, Batch, Example};
 pub use super::config::TrainConfig;
-use super::driver::{step_settings, Method, Outcome, Plan, Trainee};
-pub(crate) use super::fused::drive_fused;
+use super::driver::{step_settings, Method, Outcome, Trainee};
 pub use super::fused::{optimizer_step, StepHook, TrainRun};
+use super::recipe::{save_dtype_of, Recipe, Resolved, Start, TrainData};
 pub use super::run_dir::{
     data_fingerprint, latest_checkpoint, params_fingerprint, read_log, read_log_as,
     remove_checkpoints, resume_point_of, step_indices, weights_fingerprint, write_checkpoint_with,
     ResumePoint, RunSettings, StepLog, COMPLETE_MARKER, FINISHED_SETTINGS,
 };
 use crate::data::records::Record;
-use crate::model::checkpoint::dtype_from_name;
-use crate::model::LoadedModel;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::Serialize;
-use std::path::Path;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainSummary {
@@ -49,23 +46,14 @@ pub struct TrainSummary {
     pub log: Vec<StepLog>,
 }
 
-/// Fine-tune `lm` on `records`, writing `train_log.jsonl`, checkpoints and the final model
-/// into `run.out`. With `run.resume`, continues from the newest complete checkpoint in `out`
-/// (refused when it was written with other settings or data); a finished run with the same
-/// settings is not redone: its final weights are loaded into `lm` and its summary is returned.
-pub fn train(
-    lm: &LoadedModel,
-    records: &[Record],
-    cfg: &TrainConfig,
-    run: TrainRun<'_, '_>,
-) -> Result<TrainSummary> {
-    prepare(lm, records, cfg)?.run(cfg, |m, plan| drive_fused(lm, m, plan, run))
-}
-
 /// SFT's step: the step's examples in micro-batches of `batch_size`, token-weighted NLL.
 pub struct SftStep<'a> {
     pub examples: &'a [Example],
     pub cfg: &'a TrainConfig,
+}
+
+impl TrainData for Record {
+    type Recipe = Prepared;
 }
 
 impl Method for SftStep<'_> {
@@ -126,171 +114,52 @@ pub(crate) fn summarize(
 /// A run's data and settings, resolved and checked before anything is written.
 pub struct Prepared {
     pub examples: Vec<Example>,
-    pub truncated: usize,
-    pub total: usize,
-    pub steps_per_epoch: usize,
-    pub settings: RunSettings,
-    /// The dtype the finished model is saved in.
-    pub save_dtype: String,
+    pub resolved: Resolved,
 }
 
-impl Prepared {
-    /// What the training loop schedules.
-    pub fn plan(&self) -> Plan<'_> {
-        Plan {
-            settings: &self.settings,
-            examples: self.examples.len(),
-            total: self.total,
-            steps_per_epoch: self.steps_per_epoch,
-            save_dtype: &self.save_dtype,
+impl Recipe for Prepared {
+    type Record = Record;
+    type Step<'a> = SftStep<'a>;
+    type Summary = TrainSummary;
+
+    fn prepare(start: Start<'_>, records: &[Record], cfg: &TrainConfig) -> Result<Prepared> {
+        cfg.validate()?;
+        if records.is_empty() {
+            bail!("no training records");
+        }
+        let save_dtype = save_dtype_of(cfg, &start)?;
+        let (examples, truncated) =
+            tokenize(records, start.tokenizer, cfg.template, cfg.max_length)?;
+        if examples.iter().all(|e| loss_tokens(e) == 0) {
+            bail!("no record has a token the loss can count (are all responses empty or cut by max_length?)");
+        }
+        let n = examples.len();
+        let resolved = Resolved::new(cfg, n, start.sha256, &examples, save_dtype, truncated)?;
+        Ok(Prepared { examples, resolved })
+    }
+
+    fn resolved(&self) -> &Resolved {
+        &self.resolved
+    }
+
+    fn step(&self) -> SftStep<'_> {
+        self.resolved.warn_truncated(self.examples.len(), "records");
+        SftStep {
+            examples: &self.examples,
+            cfg: &self.resolved.settings.train,
         }
     }
 
-    /// SFT on this run: `drive` runs the loop with the method and plan (on whatever runs the
-    /// model); the summary of what it did.
-    pub fn run(
-        &self,
-        cfg: &TrainConfig,
-        drive: impl FnOnce(&mut SftStep<'_>, &Plan<'_>) -> Result<Outcome<StepLog>>,
-    ) -> Result<TrainSummary> {
-        self.warn_truncated("records");
-        let mut method = SftStep {
-            examples: &self.examples,
-            cfg,
-        };
-        let o = drive(&mut method, &self.plan())?;
-        Ok(summarize(
-            self.total,
+    fn summary(&self, _: &SftStep<'_>, o: Outcome<StepLog>) -> TrainSummary {
+        let r = &self.resolved;
+        summarize(
+            r.total,
             self.examples.len(),
-            self.truncated,
+            r.truncated,
             o.resumed_from,
             o.log,
-        ))
-    }
-
-    /// Warn when max_length cut some of the `what` (records, answers).
-    pub fn warn_truncated(&self, what: &str) {
-        warn_truncated(
-            self.truncated,
-            self.examples.len(),
-            what,
-            &self.settings.train,
-        );
-    }
-}
-
-/// Warn that `truncated` of `n` `what` were cut to max_length.
-pub(crate) fn warn_truncated(truncated: usize, n: usize, what: &str, cfg: &TrainConfig) {
-    if truncated > 0 {
-        eprintln!(
-            "warning: {truncated} of {n} {what} were longer than max_length = {} tokens and \
-             were truncated",
-            cfg.max_length
-        );
-    }
-}
-
-fn prepare(lm: &LoadedModel, records: &[Record], cfg: &TrainConfig) -> Result<Prepared> {
-    cfg.validate()?;
-    crate::model::adapted::check_for_training(&lm.model, &cfg.lora)?;
-    let source = format!("config.json in {}", lm.dir.display());
-    let start = weights_fingerprint(lm)?;
-    prepare_run(
-        &lm.tokenizer,
-        &lm.model.cfg.torch_dtype,
-        &source,
-        start,
-        records,
-        cfg,
-    )
-}
-
-/// [`Prepared`] for a model on any backend: its tokenizer, the dtype its checkpoint was
-/// stored in (`source` says where that came from, for the error), and the fingerprint of its
-/// starting weights. Every training loop resolves its run here, so all of them check and
-/// store the same settings.
-pub fn prepare_run(
-    tokenizer: &crate::model::TextTokenizer,
-    torch_dtype: &str,
-    source: &str,
-    start_sha256: String,
-    records: &[Record],
-    cfg: &TrainConfig,
-) -> Result<Prepared> {
-    cfg.validate()?;
-    if records.is_empty() {
-        bail!("no training records");
-    }
-    let save_dtype = save_dtype_of(cfg, torch_dtype, Some(source))?;
-    let (examples, truncated) = tokenize(records, tokenizer, cfg.template, cfg.max_length)?;
-    if examples.iter().all(|e| loss_tokens(e) == 0) {
-        bail!("no record has a token the loss can count (are all responses empty or cut by max_length?)");
-    }
-    let (steps_per_epoch, total, settings) =
-        schedule_of(cfg, examples.len(), start_sha256, &examples)?;
-    Ok(Prepared {
-        examples,
-        truncated,
-        total,
-        steps_per_epoch,
-        settings,
-        save_dtype,
-    })
-}
-
-/// The dtype a run saves its model in: `save_dtype`, else the input checkpoint's
-/// (`torch_dtype`, read from `source` where given); refused before the first step when the
-/// final save could not write it.
-pub(crate) fn save_dtype_of(
-    cfg: &TrainConfig,
-    torch_dtype: &str,
-    source: Option<&str>,
-) -> Result<String> {
-    let save_dtype = cfg
-        .save_dtype
-        .clone()
-        .unwrap_or_else(|| torch_dtype.to_string());
-    let whence = source.map(|s| format!(" ({s})")).unwrap_or_default();
-    dtype_from_name(&save_dtype).with_context(|| {
-        format!(
-            "the trained model would be saved in the input checkpoint's dtype \"{save_dtype}\"\
-             {whence}; set save_dtype (--save-dtype) to float32, bfloat16 or float16"
         )
-    })?;
-    Ok(save_dtype)
-}
-
-/// A run's schedule over `n` examples (or pairs) and the settings its checkpoints store,
-/// `data` fingerprinted: (steps per epoch, total steps, settings).
-pub(crate) fn schedule_of(
-    cfg: &TrainConfig,
-    n: usize,
-    start_sha256: String,
-    data: &[Example],
-) -> Result<(usize, usize, RunSettings)> {
-    let steps_per_epoch = n.div_ceil(cfg.records_per_step()?);
-    let total = cfg.total_steps(n)?;
-    let settings = RunSettings {
-        start_sha256,
-        data_sha256: data_fingerprint(data),
-        examples: n,
-        train: cfg.clone(),
-    };
-    Ok((steps_per_epoch, total, settings))
-}
-
-/// Where `train(.., resume = true, ..)` would start in `out`, refusing what it would refuse
-/// (a checkpoint or finished run with other settings or data, a checkpoint past the last
-/// step). Lets a caller check before it writes anything of its own. Incomplete checkpoints
-/// are cleaned as [`latest_checkpoint`] does.
-pub fn resume_point(
-    lm: &LoadedModel,
-    records: &[Record],
-    cfg: &TrainConfig,
-    out: &Path,
-) -> Result<ResumePoint> {
-    let p = prepare(lm, records, cfg)?;
-    resume_point_of(out, &p.settings, p.total)
+    }
 }
 
 #[cfg(test)]

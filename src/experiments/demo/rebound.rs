@@ -502,7 +502,7 @@ pub(super) fn aligned(
                 hook: None,
                 progress: false,
             };
-            crate::train::dpo::train(&lm, &pairs, &tc, run)?;
+            train(&lm, &pairs, &tc, run)?;
             pairs
                 .iter()
                 .map(|p| Record::Pair {
