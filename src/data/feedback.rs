@@ -136,10 +136,7 @@ mod tests {
     use super::*;
 
     fn write(dir: &std::path::Path, lines: &[serde_json::Value]) -> DataSpec {
-        let p = dir.join("kto.jsonl");
-        let text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
-        std::fs::write(&p, text.join("\n") + "\n").unwrap();
-        DataSpec::new(p.to_string_lossy(), "jsonl")
+        DataSpec::new(crate::data::write_jsonl(dir, "kto.jsonl", lines), "jsonl")
     }
 
     #[test]

@@ -14,3 +14,16 @@ pub mod schemas;
 pub mod source;
 pub mod template;
 pub mod world;
+
+/// `lines` as a JSON-lines file `name` in `dir` (the data readers' unit tests).
+#[cfg(test)]
+pub(crate) fn write_jsonl(
+    dir: &std::path::Path,
+    name: &str,
+    lines: &[serde_json::Value],
+) -> String {
+    let p = dir.join(name);
+    let text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    std::fs::write(&p, text.join("\n") + "\n").unwrap();
+    p.to_string_lossy().into_owned()
+}

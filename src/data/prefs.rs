@@ -326,12 +326,7 @@ fn hh(o: &Object) -> Result<PrefRecord> {
 mod tests {
     use super::*;
 
-    fn write(dir: &std::path::Path, name: &str, lines: &[serde_json::Value]) -> String {
-        let p = dir.join(name);
-        let text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
-        std::fs::write(&p, text.join("\n") + "\n").unwrap();
-        p.to_string_lossy().into_owned()
-    }
+    use crate::data::write_jsonl as write;
 
     fn err(spec: &DataSpec, prefer: Option<Prefer>) -> String {
         format!("{:#}", load(spec, prefer).unwrap_err())

@@ -4,7 +4,7 @@
 //! switched off). The two paths are checked against each other in the tests below.
 
 pub use crate::model::llama::backward::usable;
-use crate::model::llama::backward::{self, Seed};
+use crate::model::llama::backward::{self, Seed, SeqWeigh};
 use crate::model::lora::LoraDropout;
 use crate::model::Llama;
 use crate::train::optim::Grads;
@@ -57,7 +57,7 @@ pub fn seq_nll_and_weighted_grads(
     ids: &Tensor,
     targets: &Tensor,
     drop: Option<&LoraDropout>,
-    weigh: &mut dyn FnMut(&[f64]) -> Result<Vec<f64>>,
+    weigh: &mut SeqWeigh<'_>,
 ) -> Result<(Vec<f64>, Grads)> {
     let (_, seq, grads) =
         backward::nll_and_grads(model, ids, targets, Seed::PerSequence(weigh), drop)?;

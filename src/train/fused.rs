@@ -11,6 +11,7 @@ use super::run_dir::{
     load_final, load_state, save_state, save_trained, saved_adam_step, write_checkpoint,
     RunSettings, StepLog,
 };
+use crate::model::llama::backward::SeqWeigh;
 use crate::model::lora::LoraDropout;
 use crate::model::{Llama, LoadedModel};
 use anyhow::{bail, Context, Result};
@@ -194,7 +195,7 @@ pub fn weighted_grads(
     model: &Llama,
     b: &Batch,
     drop: Option<&LoraDropout>,
-    weigh: &mut dyn FnMut(&[f64]) -> Result<Vec<f64>>,
+    weigh: &mut SeqWeigh<'_>,
 ) -> Result<(Vec<f64>, Grads)> {
     if crate::train::backprop::usable(model) {
         return crate::train::backprop::seq_nll_and_weighted_grads(
@@ -210,7 +211,7 @@ pub fn autograd_weighted_grads(
     ids: &Tensor,
     targets: &Tensor,
     drop: Option<&LoraDropout>,
-    weigh: &mut dyn FnMut(&[f64]) -> Result<Vec<f64>>,
+    weigh: &mut SeqWeigh<'_>,
 ) -> Result<(Vec<f64>, Grads)> {
     let logits = model.forward_train(ids, drop)?;
     let per: Vec<Tensor> = (0..ids.dim(0)?)

@@ -112,10 +112,7 @@ mod tests {
     use crate::data::records::{Message, Record};
 
     fn write(dir: &std::path::Path, lines: &[serde_json::Value]) -> String {
-        let p = dir.join("chat.jsonl");
-        let text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
-        std::fs::write(&p, text.join("\n") + "\n").unwrap();
-        p.to_string_lossy().into_owned()
+        crate::data::write_jsonl(dir, "chat.jsonl", lines)
     }
 
     #[test]

@@ -439,11 +439,14 @@ pub fn scoring_nll(model: &Llama, ids: &Tensor, targets: &Tensor) -> Result<f64>
     Ok(total)
 }
 
+/// Turns a forward's per-sequence NLLs into each sequence's loss weight (DPO's, KTO's).
+pub type SeqWeigh<'a> = dyn FnMut(&[f64]) -> Result<Vec<f64>> + 'a;
+
 /// How the loss's logit gradient is seeded: one scale for every row (SFT), or a weight per
 /// sequence computed from the sequences' NLLs (DPO).
 pub enum Seed<'a> {
     Uniform(f64),
-    PerSequence(&'a mut dyn FnMut(&[f64]) -> Result<Vec<f64>>),
+    PerSequence(&'a mut SeqWeigh<'a>),
 }
 
 /// Per-sequence summed NLLs of `logits` (b * t, vocab) at `targets` (b * t values).
