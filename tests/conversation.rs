@@ -77,7 +77,7 @@ fn conversations_tokenize_as_trl_builds_them() {
         assert_eq!(e.ids, ids, "record {i}: ids");
         assert_eq!(e.labels, labels, "record {i}: labels");
     }
-    // Another template is refused, naming the record and the fix.
+    // safe-rlhf cannot render the system turn of record 1: refused, naming the record and the fix.
     let e = format!(
         "{:#}",
         tokenize(&ds.records, &lm.tokenizer, Template::SafeRlhf, 512).unwrap_err()
@@ -169,7 +169,7 @@ fn generate_answers_a_conversation_under_the_chat_template_as_transformers() {
         let a = args(template);
         common::elastica(&a.iter().map(String::as_str).collect::<Vec<_>>())
     };
-    // Another template cannot render a conversation, and says so before generating.
+    // safe-rlhf's format has no system turn, and says so before generating.
     let (ok, _, err) = run("safe-rlhf");
     assert!(
         !ok && err.contains("prompt 1") && err.contains("--template chat"),

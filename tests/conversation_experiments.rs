@@ -155,6 +155,26 @@ fn conversations_under_a_template_without_turns_are_refused_before_anything_is_w
     assert_eq!(snapshot(tmp.path()), before);
 }
 
+/// safe-rlhf's format renders conversations of user and assistant turns only: the system
+/// turns of the even conversations are refused at planning, naming the record and the fix.
+#[test]
+fn turns_safe_rlhf_cannot_render_are_refused_before_anything_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = rebound_config(tmp.path(), "template = \"safe-rlhf\"");
+    let before = snapshot(tmp.path());
+    let out = tmp.path().join("run");
+    let (ok, _, err) = common::rebound(&cfg, &out);
+    assert!(!ok);
+    assert!(
+        err.contains("the positive data: record 1")
+            && err.contains("\"system\" turn")
+            && err.contains("--template chat"),
+        "{err}"
+    );
+    assert!(!out.exists() || snapshot(&out).is_empty());
+    assert_eq!(snapshot(tmp.path()), before);
+}
+
 /// Twelve conversations (the odd ones with an earlier exchange) and a resist config over
 /// them: 2 slices, 4 held out as generation prompts, template unset (`chat`).
 fn resist_config(dir: &Path) -> PathBuf {

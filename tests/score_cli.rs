@@ -129,6 +129,42 @@ fn conversations_are_scored_by_their_last_turn() {
     );
 }
 
+/// The safe-rlhf cost model reads a conversation's earlier turns too, in safe-rlhf's multi-turn
+/// format: the scores of `scripts/make_cost_model_turns_fixture.py`.
+#[test]
+fn the_cost_model_scores_a_conversation_after_its_turns() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = format!("{FIX}/scorers/cost-model");
+    let r: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{dir}/turns_reference.json")).unwrap(),
+    )
+    .unwrap();
+    let cases = r["cases"].as_array().unwrap();
+    let rows: Vec<serde_json::Value> = cases
+        .iter()
+        .map(|c| {
+            let mut turns = c["messages"].as_array().unwrap().clone();
+            turns.push(serde_json::json!({"role": "assistant", "content": c["response"]}));
+            serde_json::json!({ "messages": turns })
+        })
+        .collect();
+    let data = t.path().join("conversations.jsonl");
+    common::write_jsonl(&data, rows);
+    let out = t.path().join("scores.jsonl");
+    let scorer = format!("kind = \"cost-model\", path = \"{dir}\", max_length = 120");
+    let (ok, _, e) = score(&scorer, &data, out.to_str().unwrap(), &[]);
+    assert!(ok, "{e}");
+    let got = scores(&out);
+    assert_eq!(got.len(), cases.len());
+    for ((_, g), c) in got.iter().zip(cases) {
+        let want = c["score"].as_f64().unwrap();
+        assert!(
+            (g - want).abs() < 1e-4 * (1.0 + want.abs()),
+            "{g} vs {want}"
+        );
+    }
+}
+
 #[test]
 fn bad_input_is_a_clear_error() {
     let t = tempfile::tempdir().unwrap();

@@ -1,8 +1,8 @@
 //! `elastica generate`: continue one prompt (printed), a JSONL file of prompts, or the prompts
 //! of a data set in any schema elastica reads (`--data` with the data flags), written as
 //! `{"prompt","response"}` records; a conversation (a `{"messages"}` line, or a conversation
-//! record's turns before its answer) is answered under the chat template and written back
-//! with the answer as its last turn.
+//! record's turns before its answer) is answered under the chat template (or safe-rlhf's
+//! multi-turn format) and written back with the answer as its last turn.
 
 use crate::data::prompts::{read_prompts, Prompt};
 use crate::data::records::Record;
@@ -26,7 +26,8 @@ pub struct GenerateArgs {
     #[arg(long, conflicts_with = "prompts")]
     pub prompt: Option<String>,
     /// JSONL file of {"prompt": ...} records (other fields are ignored), or of
-    /// {"messages": [{"role", "content"}, ...]} conversations to answer (under the chat template).
+    /// {"messages": [{"role", "content"}, ...]} conversations to answer (under the chat template
+    /// unless --template says otherwise).
     #[arg(long, requires = "out", conflicts_with = "data")]
     pub prompts: Option<PathBuf>,
     /// A data set (file, directory or `org/name` in the offline HF cache) whose records'
@@ -121,7 +122,7 @@ fn prompts_of(a: &GenerateArgs) -> Result<(Vec<Prompt>, Template)> {
         (Some(p), _) => Ok((vec![Prompt::Text(p.clone())], asked)),
         (None, Some(f)) => {
             let prompts = read_prompts(f)?;
-            // Conversations need the chat template: it is the default where a file holds any.
+            // A file that holds conversations defaults to the chat template, which renders any.
             let chat = prompts.iter().any(|p| p.turns().is_some());
             let template = match a.template {
                 None if chat => Template::Chat,

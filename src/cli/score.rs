@@ -3,7 +3,8 @@
 //! Input lines are `{"prompt", "response"}`, `{"text"}` (scored as a response to an empty
 //! prompt) or `{"messages": [...]}` conversations ending in an assistant turn, as `elastica
 //! generate` writes them (the last turn scored as the response to the last user turn before
-//! it, as the experiments score conversations). Writes `--out` with one `{"record", "score"}`
+//! it, as the experiments score conversations; the safe-rlhf cost model also reads the turns
+//! before it). Writes `--out` with one `{"record", "score"}`
 //! line per input record, in input order (blank lines are not records), and a summary
 //! (scorer, count, mean, 95% CI over records) to stdout and to `<out stem>.summary.json`
 //! beside it.
@@ -58,14 +59,19 @@ pub struct ScoreSummary {
 }
 
 /// What a scorer reads of a record: a pair as it is, a text as the response to an empty
-/// prompt, a conversation's last turn as the response to the last user turn before it.
-fn prompt_and_response(r: &Record) -> (&str, &str) {
+/// prompt, a conversation's last turn as the response to the turns before it (whose last
+/// user turn is the prompt of scorers that read one).
+fn sample_of(r: &Record) -> Sample<'_> {
     match r {
-        Record::Pair { prompt, response } => (prompt, response),
-        Record::Text { text } => ("", text),
+        Record::Pair { prompt, response } => Sample::new(prompt, response),
+        Record::Text { text } => Sample::new("", text),
         Record::Chat { messages, .. } => match messages.split_last() {
-            Some((last, context)) => (last_user_content(context), &last.content),
-            None => ("", ""),
+            Some((last, context)) => Sample {
+                prompt: last_user_content(context),
+                response: &last.content,
+                context: Some(context),
+            },
+            None => Sample::new("", ""),
         },
     }
 }
@@ -87,13 +93,7 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     let spec = parse_cli_spec(&a.scorer)?;
     let records = read_run_records(&a.data)?;
     let scorer = build(&spec, &Device::Cpu).context("cannot build the scorer")?;
-    let samples: Vec<Sample<'_>> = records
-        .iter()
-        .map(|r| {
-            let (prompt, response) = prompt_and_response(r);
-            Sample { prompt, response }
-        })
-        .collect();
+    let samples: Vec<Sample<'_>> = records.iter().map(sample_of).collect();
     let pb = crate::util::progress::bar(samples.len() as u64, "score");
     let mut scores = Vec::with_capacity(samples.len());
     for chunk in samples.chunks(a.batch_size) {

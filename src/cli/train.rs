@@ -128,12 +128,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
         crate::compress::tracking::check_every(a.track_every)?;
     }
     for set in tracked.iter().flatten() {
-        let chat = set
-            .records
-            .iter()
-            .any(crate::data::records::Record::is_conversation);
         let what = format!("--track-rates set {:?}", set.name);
-        cfg.template.check_conversations(chat, &what)?;
+        let conversations = crate::data::records::conversations(&set.records);
+        cfg.template.check_conversations(conversations, &what)?;
     }
     let choice = a.device.choice()?;
     let lm = load_start(&a, cfg.seed, choice.is_default_cpu())?;

@@ -1,6 +1,6 @@
 //! Generation prompts: a text, which the run's template renders, or a conversation's turns,
-//! which the model's chat template renders with its generation prompt (the model then writes
-//! the next assistant turn). Prompt files hold one a line, `{"prompt": ...}` or
+//! which the model's chat template (or safe-rlhf's multi-turn format) renders with its
+//! generation prompt (the model then writes the next assistant turn). Prompt files hold one a line, `{"prompt": ...}` or
 //! `{"messages": [...]}`, as `elastica generate --prompts` and the experiments read them.
 
 use super::records::{kind, last_user_content, messages_from_json, Message, Record};
@@ -83,6 +83,14 @@ impl Prompt {
             }
         }
     }
+}
+
+/// The conversations among `prompts`: (prompt number from 1, turns).
+pub fn conversations(prompts: &[Prompt]) -> impl Iterator<Item = (usize, &[Message])> {
+    prompts
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| p.turns().map(|t| (i + 1, t)))
 }
 
 /// A prompt file's prompts; errors name the file and line, and a file without prompts is an

@@ -28,6 +28,8 @@ impl Message {
 
 /// The role of the turn a conversation record trains on.
 pub const ASSISTANT: &str = "assistant";
+/// The role of a user turn.
+pub const USER: &str = "user";
 
 /// Which tokens of a conversation the loss counts (`--turns`, a data spec's `turns`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -120,9 +122,16 @@ impl Record {
             None => Record::pair(prompt, answer),
         }
     }
-    /// Whether the record is a conversation (which only the chat template renders).
+    /// Whether the record is a conversation (which the chat and safe-rlhf templates render).
     pub fn is_conversation(&self) -> bool {
         matches!(self, Record::Chat { .. })
+    }
+    /// A conversation's turns; none for a text or a pair.
+    pub fn messages(&self) -> Option<&[Message]> {
+        match self {
+            Record::Chat { messages, .. } => Some(messages),
+            _ => None,
+        }
     }
     /// A conversation whose last turn counts ([`Turns::Last`]).
     pub fn conversation(messages: Vec<Message>) -> Self {
@@ -276,6 +285,14 @@ pub fn check_conversation(messages: &[Message]) -> Result<()> {
         ),
         Some(_) => Ok(()),
     }
+}
+
+/// The conversations among `records`: (record number from 1, turns).
+pub fn conversations(records: &[Record]) -> impl Iterator<Item = (usize, &[Message])> {
+    records
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.messages().map(|m| (i + 1, m)))
 }
 
 /// Write records as JSONL, atomically.

@@ -36,11 +36,12 @@ pub struct Generation {
 }
 
 impl Generation {
-    /// The prompt and response text, as a scorer reads them.
+    /// The prompt (and a conversation's turns) and response text, as a scorer reads them.
     pub fn sample(&self) -> Sample<'_> {
         Sample {
             prompt: self.prompt.text(),
             response: &self.response,
+            context: self.prompt.turns(),
         }
     }
 

@@ -1,11 +1,15 @@
 //! Rendering a prompt with a [`Template`] (whose names live in `data::template`, where data
 //! sets pick their default): `raw` and `safe-rlhf` are fixed strings, `chat` renders the
 //! tokenizer's own `chat_template` (Jinja, with minijinja), so it sits beside the tokenizer.
+//! Conversations render under `chat` and in safe-rlhf's multi-turn format (which writes the
+//! tokenizer's EOS text after each answer).
 
 use super::tokenizer::TextTokenizer;
 use crate::data::prompts::Prompt;
-use crate::data::records::{Message, Turns, ASSISTANT};
-use crate::data::template::Template;
+use crate::data::records::{Message, Turns, ASSISTANT, USER};
+use crate::data::template::{
+    check_safe_rlhf_turns, safe_rlhf_user_turn, Template, SAFE_RLHF_BEGIN,
+};
 use anyhow::{bail, Context, Result};
 
 impl Template {
@@ -13,7 +17,7 @@ impl Template {
     pub fn render(&self, prompt: &str, tok: &TextTokenizer) -> Result<String> {
         Ok(match self {
             Template::Raw => prompt.to_string(),
-            Template::SafeRlhf => format!("BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:"),
+            Template::SafeRlhf => format!("{SAFE_RLHF_BEGIN}{}", safe_rlhf_user_turn(prompt)),
             Template::Chat => render_chat(prompt, tok)?,
         })
     }
@@ -26,7 +30,7 @@ impl Template {
     }
 
     /// Token ids that ask the model to answer `prompt`: a text under this template, a
-    /// conversation's turns under the chat template (see [`encode_context`]).
+    /// conversation's turns under the chat or safe-rlhf template (see [`encode_context`]).
     pub fn encode_generation_prompt(
         &self,
         prompt: &Prompt,
@@ -40,8 +44,8 @@ impl Template {
 }
 
 /// A conversation's token ids as training sees them, each with whether the loss counts it, and
-/// the bytes of the counted text. The chat template renders the whole conversation; which of
-/// it counts is `turns`:
+/// the bytes of the counted text. The template (chat, or safe-rlhf's multi-turn format)
+/// renders the whole conversation; which of it counts is `turns`:
 /// - [`Turns::Last`] (TRL's conversational prompt-completion): the prompt is the rendering of
 ///   every turn before the last, with the generation prompt; the answer is what the whole
 ///   conversation's rendering adds after it (the last turn's content and end-of-turn text).
@@ -54,23 +58,24 @@ impl Template {
 /// - [`Turns::All`] (TRL's default for `{"messages"}` rows): the rendering tokenized once,
 ///   every token counted.
 ///
-/// No special tokens are added: the template writes its own.
+/// A chat template writes its own special tokens; under safe-rlhf the tokenizer adds its own
+/// at the start (its BOS), as safe-rlhf tokenizes, and the answers end with the EOS text.
 pub fn encode_conversation(
     template: Template,
     messages: &[Message],
     turns: Turns,
     tok: &TextTokenizer,
 ) -> Result<(Vec<(u32, bool)>, usize)> {
-    require_chat(template)?;
     crate::data::records::check_conversation(messages)?;
-    let (full, marked) = render_marked(messages, false, tok)?;
+    let (full, marked) = render_turns(template, messages, false, tok)?;
+    let specials = template != Template::Chat;
     if turns == Turns::Assistant && !marked.is_empty() {
         // The template marks the assistant's text itself: count what it marks.
-        return counted_by_spans(&full, &marked, tok);
+        return counted_by_spans(&full, &marked, specials, tok);
     }
     let answers: Vec<usize> = match turns {
         Turns::All => {
-            let ids = tok.encode(&full, false)?;
+            let ids = tok.encode(&full, specials)?;
             return Ok((ids.into_iter().map(|t| (t, true)).collect(), full.len()));
         }
         Turns::Last => vec![messages.len() - 1],
@@ -81,8 +86,8 @@ pub fn encode_conversation(
     // The byte spans of `full` that count, in order.
     let mut spans: Vec<(usize, usize)> = Vec::new();
     for i in answers {
-        let before = render_messages(&messages[..i], true, tok)?;
-        let through = render_messages(&messages[..=i], false, tok)?;
+        let before = render_turns(template, &messages[..i], true, tok)?.0;
+        let through = render_turns(template, &messages[..=i], false, tok)?.0;
         let after_last = spans.last().map_or(0, |s| s.1);
         if !(full.starts_with(&before) && full.starts_with(&through) && before.len() >= after_last)
         {
@@ -106,7 +111,7 @@ pub fn encode_conversation(
     if turns == Turns::Last {
         let bytes = spans.iter().map(|(s, e)| e - s).sum();
         let (start, _) = spans[0];
-        let prompt = tok.encode(&full[..start], false)?;
+        let prompt = tok.encode(&full[..start], specials)?;
         let answer = tok.encode(&full[start..], false)?;
         let ids = prompt.into_iter().map(|t| (t, false));
         return Ok((
@@ -114,18 +119,20 @@ pub fn encode_conversation(
             bytes,
         ));
     }
-    counted_by_spans(&full, &spans, tok)
+    counted_by_spans(&full, &spans, specials, tok)
 }
 
-/// `full` tokenized once, each token counted if it overlaps one of the byte `spans` (as
-/// transformers' assistant mask counts the tokens of a marked span), and the spans' bytes.
+/// `full` tokenized once (with the tokenizer's special tokens if `specials`), each token
+/// counted if it overlaps one of the byte `spans` (as transformers' assistant mask counts the
+/// tokens of a marked span), and the spans' bytes.
 fn counted_by_spans(
     full: &str,
     spans: &[(usize, usize)],
+    specials: bool,
     tok: &TextTokenizer,
 ) -> Result<(Vec<(u32, bool)>, usize)> {
     let counted = |(s, e): (usize, usize)| spans.iter().any(|&(a, b)| s < b && e > a);
-    let tokens = tok.encode_with_offsets(full)?;
+    let tokens = tok.encode_with_offsets(full, specials)?;
     Ok((
         tokens.into_iter().map(|(t, o)| (t, counted(o))).collect(),
         spans.iter().map(|(s, e)| e - s).sum(),
@@ -134,47 +141,87 @@ fn counted_by_spans(
 
 /// The token ids that ask the model to answer a conversation's turns `context` (the last
 /// usually a user turn): the chat template over them with the generation prompt, as
-/// transformers' `apply_chat_template(context, add_generation_prompt=True)`.
+/// transformers' `apply_chat_template(context, add_generation_prompt=True)`; or safe-rlhf's
+/// format, which ends a user turn asking for the answer, BOS added.
 pub fn encode_context(
     template: Template,
     context: &[Message],
     tok: &TextTokenizer,
 ) -> Result<Vec<u32>> {
-    require_chat(template)?;
-    tok.encode(&render_messages(context, true, tok)?, false)
+    let text = render_context(template, context, tok)?;
+    tok.encode(&text, template != Template::Chat)
 }
 
-/// Refuse to render a conversation under any template but the model's chat template.
-fn require_chat(template: Template) -> Result<()> {
-    if template != Template::Chat {
-        bail!(
-            "a conversation is rendered by the model's chat template; use template \"chat\" \
-             (--template chat, or `template = \"chat\"`), not \"{}\"",
-            template.name()
-        );
-    }
-    Ok(())
+/// The text that asks the model to answer `context` under `template` (what
+/// [`encode_context`] tokenizes): a scorer that reads whole conversations appends the answer.
+pub fn render_context(
+    template: Template,
+    context: &[Message],
+    tok: &TextTokenizer,
+) -> Result<String> {
+    Ok(render_turns(template, context, true, tok)?.0)
 }
 
-fn render_chat(prompt: &str, tok: &TextTokenizer) -> Result<String> {
-    render_messages(&[Message::new("user", prompt)], true, tok)
-}
-
-/// The tokenizer's chat template rendered over `messages`, as transformers'
-/// `apply_chat_template(messages, tokenize=False, add_generation_prompt=...)`.
-fn render_messages(
+/// `messages` rendered under `template`, with the byte spans a chat template marks as the
+/// assistant's (see [`render_marked`]; none under safe-rlhf). The raw template renders no
+/// conversation.
+fn render_turns(
+    template: Template,
     messages: &[Message],
     add_generation_prompt: bool,
     tok: &TextTokenizer,
-) -> Result<String> {
-    Ok(render_marked(messages, add_generation_prompt, tok)?.0)
+) -> Result<(String, Vec<(usize, usize)>)> {
+    match template {
+        Template::Chat => render_marked(messages, add_generation_prompt, tok),
+        Template::SafeRlhf => Ok((render_safe_rlhf(messages, tok)?, Vec::new())),
+        Template::Raw => bail!(
+            "the raw template renders no conversation; use the model's chat template \
+             (--template chat, or `template = \"chat\"`) or safe-rlhf's format (\"safe-rlhf\")"
+        ),
+    }
+}
+
+/// safe-rlhf's multi-turn text: its start, then `USER: {u} ASSISTANT:` for each user turn
+/// and `{a}{eos}` for each assistant turn (the EOS as text, which the tokenizer reads back as
+/// the EOS token). A conversation ending with a user turn ends asking for the answer, so
+/// there is no separate generation prompt.
+fn render_safe_rlhf(messages: &[Message], tok: &TextTokenizer) -> Result<String> {
+    check_safe_rlhf_turns(messages)?;
+    let mut text = SAFE_RLHF_BEGIN.to_string();
+    for m in messages {
+        if m.role == USER {
+            text.push_str(&safe_rlhf_user_turn(&m.content));
+        } else {
+            text.push_str(&m.content);
+            text.push_str(&eos_text(tok)?);
+        }
+    }
+    Ok(text)
+}
+
+/// The EOS token's text: `eos_token` of tokenizer_config.json, else the vocabulary's entry
+/// for the EOS id.
+fn eos_text(tok: &TextTokenizer) -> Result<String> {
+    if let Some(t) = &tok.eos_token {
+        return Ok(t.clone());
+    }
+    tok.inner.id_to_token(tok.eos_id()).context(
+        "safe-rlhf's format ends each answer with the EOS token's text, and this tokenizer has \
+         no text for its EOS id",
+    )
+}
+
+fn render_chat(prompt: &str, tok: &TextTokenizer) -> Result<String> {
+    Ok(render_marked(&[Message::new(USER, prompt)], true, tok)?.0)
 }
 
 /// Around the text a template marks with `{% generation %}`, in the raw rendering.
 const SPAN_OPEN: char = '\u{F0001}';
 const SPAN_CLOSE: char = '\u{F0002}';
 
-/// [`render_messages`], and the byte spans of the text the template marks as the assistant's
+/// The tokenizer's chat template rendered over `messages`, as transformers'
+/// `apply_chat_template(messages, tokenize=False, add_generation_prompt=...)`, and the byte
+/// spans of the text the template marks as the assistant's
 /// with transformers' `{% generation %}` ... `{% endgeneration %}` (none if it has no
 /// markers). minijinja has no such statement, so each pair becomes a filter block, which is
 /// a block statement too (the same trim_blocks / lstrip_blocks whitespace) and wraps its

@@ -139,11 +139,16 @@ impl TextTokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
-    /// Token ids of `text` (no special tokens added), each with its byte span in `text`.
-    pub fn encode_with_offsets(&self, text: &str) -> Result<Vec<(u32, (usize, usize))>> {
+    /// Token ids of `text` (with the tokenizer's special tokens if `add_special_tokens`),
+    /// each with its byte span in `text`.
+    pub fn encode_with_offsets(
+        &self,
+        text: &str,
+        add_special_tokens: bool,
+    ) -> Result<Vec<(u32, (usize, usize))>> {
         let enc = self
             .inner
-            .encode(text, false)
+            .encode(text, add_special_tokens)
             .map_err(|e| anyhow::anyhow!("tokenizer failed: {e}"))?;
         Ok(enc
             .get_ids()

@@ -442,14 +442,8 @@ mod tests {
         assert_eq!(s.labels(), ["NEGATIVE", "POSITIVE"]);
         assert_eq!(s.max_length(), 64);
         let samples = [
-            Sample {
-                prompt: "ignored ",
-                response: &r.texts[0],
-            },
-            Sample {
-                prompt: "",
-                response: &r.texts[1],
-            },
+            Sample::new("ignored ", &r.texts[0]),
+            Sample::new("", &r.texts[1]),
         ];
         let got = s.score_batch(&samples).unwrap();
         assert!((got[0] - r.runs[0].2[0]).abs() < 1e-4 && (got[1] - r.runs[0].2[1]).abs() < 1e-4);
@@ -459,7 +453,7 @@ mod tests {
         opts.input = ClassifierInput::PromptResponse;
         let s = ClassifierScorer::load(path.to_str().unwrap(), opts, &Device::Cpu).unwrap();
         let (prompt, response) = r.texts[3].split_at(10);
-        let got = s.score_batch(&[Sample { prompt, response }]).unwrap();
+        let got = s.score_batch(&[Sample::new(prompt, response)]).unwrap();
         assert!(
             (got[0] - r.runs[0].3[3]).abs() < 1e-4,
             "prompt + response is the whole text"

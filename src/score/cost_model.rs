@@ -9,11 +9,14 @@
 //! The score of a (prompt, response) pair is the head's first output at the last token of
 //! `BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:{response}` (the safe-rlhf template;
 //! the tokenizer adds its BOS), truncated to `max_length` tokens (512 in the paper), as
-//! safe-rlhf's `end_scores`. For a cost model a higher score is less safe.
+//! safe-rlhf's `end_scores`. A response to a conversation follows its turns in safe-rlhf's
+//! multi-turn format (`... ASSISTANT:{a1}</s>USER: {u2} ASSISTANT:{response}`). For a cost
+//! model a higher score is less safe.
 
 use crate::data::template::Template;
 use crate::model::checkpoint::{resolve_model_dir, weight_files};
 use crate::model::params::param_specs;
+use crate::model::template::render_context;
 use crate::model::{Llama, ModelConfig, Params, TextTokenizer};
 use crate::score::{Sample, Scorer};
 use anyhow::{bail, Context, Result};
@@ -160,16 +163,19 @@ impl CostModelScorer {
         })
     }
 
-    /// safe-rlhf's input text for a pair: the safe-rlhf template, then the response.
-    pub fn input_text(&self, prompt: &str, response: &str) -> Result<String> {
-        Ok(Template::SafeRlhf.render(prompt, &self.tokenizer)? + response)
+    /// safe-rlhf's input text for a sample: the safe-rlhf template over the prompt (over a
+    /// conversation's turns, in safe-rlhf's multi-turn format), then the response.
+    pub fn input_text(&self, s: &Sample<'_>) -> Result<String> {
+        let asked = match s.context {
+            Some(turns) => render_context(Template::SafeRlhf, turns, &self.tokenizer)?,
+            None => Template::SafeRlhf.render(s.prompt, &self.tokenizer)?,
+        };
+        Ok(asked + s.response)
     }
 
-    /// Token ids of a pair as scored: the template, BOS added, cut to `max_length`.
-    pub fn encode(&self, prompt: &str, response: &str) -> Result<Vec<u32>> {
-        let mut ids = self
-            .tokenizer
-            .encode(&self.input_text(prompt, response)?, true)?;
+    /// Token ids of a sample as scored: the template, BOS added, cut to `max_length`.
+    pub fn encode(&self, s: &Sample<'_>) -> Result<Vec<u32>> {
+        let mut ids = self.tokenizer.encode(&self.input_text(s)?, true)?;
         ids.truncate(self.max_length);
         if ids.is_empty() {
             bail!("a scored text encodes to no tokens");
@@ -234,10 +240,7 @@ impl Scorer for CostModelScorer {
         let seqs: Vec<Vec<u32>> = samples
             .iter()
             .enumerate()
-            .map(|(i, s)| {
-                self.encode(s.prompt, s.response)
-                    .with_context(|| format!("sample {}", i + 1))
-            })
+            .map(|(i, s)| self.encode(s).with_context(|| format!("sample {}", i + 1)))
             .collect::<Result<_>>()?;
         self.score_ids(&seqs)
     }
@@ -279,7 +282,7 @@ mod tests {
         assert!(!s.higher_is_aligned());
         for c in &r.cases {
             assert_eq!(
-                s.encode(&c.prompt, &c.response).unwrap(),
+                s.encode(&Sample::new(&c.prompt, &c.response)).unwrap(),
                 c.ids,
                 "{}",
                 c.prompt
@@ -288,10 +291,7 @@ mod tests {
         let samples: Vec<Sample<'_>> = r
             .cases
             .iter()
-            .map(|c| Sample {
-                prompt: &c.prompt,
-                response: &c.response,
-            })
+            .map(|c| Sample::new(&c.prompt, &c.response))
             .collect();
         // Batched with padding, against references computed one sequence at a time.
         let got = s.score_batch(&samples).unwrap();
@@ -307,6 +307,51 @@ mod tests {
             r.cases.iter().any(|c| c.ids.len() == r.max_length),
             "a truncated case"
         );
+    }
+
+    #[derive(serde::Deserialize)]
+    struct TurnsCase {
+        messages: Vec<crate::data::records::Message>,
+        response: String,
+        ids: Vec<u32>,
+        score: f64,
+    }
+
+    /// A response to a conversation is scored after its turns in safe-rlhf's multi-turn
+    /// format (scripts/make_cost_model_turns_fixture.py); a one-turn conversation reads as
+    /// the single-turn template.
+    #[test]
+    fn responses_to_conversations_follow_their_turns_in_safe_rlhf_format() {
+        #[derive(serde::Deserialize)]
+        struct Turns {
+            cases: Vec<TurnsCase>,
+        }
+        let path = format!("{}/turns_reference.json", fixture());
+        let r: Turns = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let s = CostModelScorer::load(&fixture(), 120, &Device::Cpu).unwrap();
+        let samples: Vec<Sample<'_>> = r
+            .cases
+            .iter()
+            .map(|c| Sample {
+                prompt: &c.messages.last().unwrap().content,
+                response: &c.response,
+                context: Some(&c.messages),
+            })
+            .collect();
+        for (sample, c) in samples.iter().zip(&r.cases) {
+            assert_eq!(s.encode(sample).unwrap(), c.ids, "{:?}", c.messages);
+        }
+        let got = s.score_batch(&samples).unwrap();
+        for (g, c) in got.iter().zip(&r.cases) {
+            assert!(
+                (g - c.score).abs() < 1e-4 * (1.0 + c.score.abs()),
+                "{g} vs {}",
+                c.score
+            );
+        }
+        let single = &r.cases[2];
+        let text = Sample::new(&single.messages[0].content, &single.response);
+        assert_eq!(s.encode(&text).unwrap(), single.ids);
     }
 
     #[test]

@@ -9,13 +9,30 @@ pub mod keywords;
 pub mod registry;
 pub mod world;
 
+use crate::data::records::Message;
 use anyhow::Result;
 
 /// One generation to score: the prompt it answered and the model's response.
 #[derive(Debug, Clone)]
 pub struct Sample<'a> {
+    /// The prompt; for a conversation, its last user turn.
     pub prompt: &'a str,
     pub response: &'a str,
+    /// The conversation's turns before the response, when it answers one (a scorer that
+    /// reads whole conversations, such as the safe-rlhf cost model, renders them; the others
+    /// read `prompt`).
+    pub context: Option<&'a [Message]>,
+}
+
+impl<'a> Sample<'a> {
+    /// A response to a text prompt.
+    pub fn new(prompt: &'a str, response: &'a str) -> Self {
+        Sample {
+            prompt,
+            response,
+            context: None,
+        }
+    }
 }
 
 /// A batched scorer. Higher is "more aligned" or "more unsafe" depending on the scorer;

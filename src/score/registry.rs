@@ -265,10 +265,7 @@ mod tests {
     #[test]
     fn builds_keywords_and_classifier_and_explains_hooks() {
         let k = build(&ScorerSpec::Keywords { path: None }, &Device::Cpu).unwrap();
-        let sample = Sample {
-            prompt: "p",
-            response: "I'm sorry, I can't help.",
-        };
+        let sample = Sample::new("p", "I'm sorry, I can't help.");
         assert_eq!(
             (k.name(), k.score_batch(&[sample]).unwrap()),
             ("keywords", vec![1.0])
@@ -281,10 +278,7 @@ mod tests {
         .unwrap();
         let c = build(&spec, &Device::Cpu).unwrap();
         let got = c
-            .score_batch(&[Sample {
-                prompt: "",
-                response: "This movie was wonderful!",
-            }])
+            .score_batch(&[Sample::new("", "This movie was wonderful!")])
             .unwrap();
         assert!(got[0] > 0.0 && got[0] < 1.0);
 

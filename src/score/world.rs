@@ -391,14 +391,8 @@ mod tests {
         assert!(s.higher_is_aligned());
         let out = s
             .score_batch(&[
-                Sample {
-                    prompt: "x",
-                    response: " i loved it.",
-                },
-                Sample {
-                    prompt: "x",
-                    response: " i hated it.",
-                },
+                Sample::new("x", " i loved it."),
+                Sample::new("x", " i hated it."),
             ])
             .unwrap();
         assert_eq!(out, vec![1.0, 0.0]);

@@ -71,10 +71,7 @@ mod tests {
         assert_eq!(p, pairs(7, 40, &eval, &[]).unwrap(), "seeded");
         let scorer = by_name("world-sentiment").unwrap();
         for r in &p {
-            let sample = |response| Sample {
-                prompt: &r.prompt,
-                response,
-            };
+            let sample = |response| Sample::new(&r.prompt, response);
             let s = scorer
                 .score_batch(&[sample(r.chosen.as_str()), sample(r.rejected.as_str())])
                 .unwrap();

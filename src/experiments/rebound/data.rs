@@ -8,8 +8,8 @@
 
 use super::config::ReboundConfig;
 use crate::data::prefs::{self, PrefRecord};
-use crate::data::prompts::{prompt_lines, Prompt};
-use crate::data::records::{jsonl_bytes, Record};
+use crate::data::prompts::{conversations as prompt_conversations, prompt_lines, Prompt};
+use crate::data::records::{conversations, jsonl_bytes, Record};
 use crate::data::schemas::{self, DataSpec};
 use anyhow::{bail, Context, Result};
 use std::collections::HashSet;
@@ -116,13 +116,9 @@ pub fn freeze(cfg: &ReboundConfig) -> Result<Frozen> {
     }
     prompts.truncate(cfg.eval.n);
     let t = cfg.train.template;
-    let chat = |r: &[Record]| r.iter().any(Record::is_conversation);
-    t.check_conversations(chat(&positive), "the positive data")?;
-    t.check_conversations(chat(&negative), "the negative data")?;
-    t.check_conversations(
-        prompts.iter().any(|p| p.turns().is_some()),
-        "the evaluation prompts",
-    )?;
+    t.check_conversations(conversations(&positive), "the positive data")?;
+    t.check_conversations(conversations(&negative), "the negative data")?;
+    t.check_conversations(prompt_conversations(&prompts), "the evaluation prompts")?;
     sources.push(format!("eval prompts: {what}"));
 
     let train_prompts: HashSet<Prompt> = positive

@@ -22,8 +22,8 @@ use super::config::ResistConfig;
 use super::plan::{Direction, PairPlan};
 use super::results::{analyse, write_all, ResistResults, RunLosses};
 use super::slices;
-use crate::data::prompts::{prompt_lines, Prompt};
-use crate::data::records::{jsonl_bytes, Record};
+use crate::data::prompts::{conversations as prompt_conversations, prompt_lines, Prompt};
+use crate::data::records::{conversations, jsonl_bytes, Record};
 use crate::experiments::log_dir::cell_log_dir;
 use crate::grid::config::RunOptions;
 use crate::grid::launch::launch;
@@ -102,16 +102,16 @@ pub fn prepare_data(cfg: &ResistConfig) -> Result<PreparedData> {
         cfg.eval_prompts
     };
     let what = || format!("cannot load the [data] set {}", cfg.data.path);
-    let (slice_files, mut prompts, slices_hold_conversations) = if cfg.align.is_dpo() {
+    let t = cfg.train.template;
+    let (slice_files, mut prompts) = if cfg.align.is_dpo() {
         let ds = crate::data::prefs::load(&cfg.data, cfg.align.prefer).with_context(what)?;
-        let chat = ds.records.iter().any(|r| r.context.is_some());
-        let (files, prompts) = sliced(&ds.records, cfg, held_out)?;
-        (files, prompts, chat)
+        let answered: Vec<Record> = ds.records.iter().map(|r| r.record(&r.chosen)).collect();
+        t.check_conversations(conversations(&answered), "the [data] set")?;
+        sliced(&ds.records, cfg, held_out)?
     } else {
         let ds = crate::data::schemas::load(&cfg.data).with_context(what)?;
-        let chat = ds.records.iter().any(Record::is_conversation);
-        let (files, prompts) = sliced(&ds.records, cfg, held_out)?;
-        (files, prompts, chat)
+        t.check_conversations(conversations(&ds.records), "the [data] set")?;
+        sliced(&ds.records, cfg, held_out)?
     };
     if let Some(spec) = &cfg.prompts {
         let pds = crate::data::schemas::load(spec)
@@ -128,12 +128,9 @@ pub fn prepare_data(cfg: &ResistConfig) -> Result<PreparedData> {
         }
         prompts = given[..cfg.eval_prompts].to_vec();
     }
-    let turns = prompts.iter().any(|p| p.turns().is_some());
-    let t = cfg.train.template;
-    t.check_conversations(slices_hold_conversations, "the [data] set")?;
-    t.check_conversations(turns, "the generation prompts")?;
+    t.check_conversations(prompt_conversations(&prompts), "the generation prompts")?;
     cfg.pair_train().template.check_conversations(
-        turns,
+        prompt_conversations(&prompts),
         "the generation prompts (which the pair fine-tunes train on, answered)",
     )?;
     if cfg.align.is_kto() {
