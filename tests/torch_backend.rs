@@ -216,6 +216,39 @@ mod torch {
         check_against_transformers("tiny-qwen2");
     }
 
+    /// YaRN's scaled rotation on libtorch: the logits transformers gives a model with a yarn
+    /// `rope_scaling` (tests/rope_scaling.rs checks the fused path against the same fixture).
+    #[test]
+    fn yarn_rope_scaling_matches_transformers() {
+        for case in common::yarn_cases() {
+            let dir = tempfile::tempdir().unwrap();
+            common::write_yarn_model(&case, dir.path());
+            let m = backend::load(
+                dir.path().to_str().unwrap(),
+                &choice(BackendKind::Torch, Precision::F32),
+            )
+            .unwrap();
+            let ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+            let got = m.logits(&ids, 1, ids.len()).unwrap();
+            let positions: Vec<usize> = serde_json::from_value(case["positions"].clone()).unwrap();
+            let want: Vec<Vec<f32>> = serde_json::from_value(case["logits"].clone()).unwrap();
+            let v = want[0].len();
+            for (&p, w) in positions.iter().zip(&want) {
+                let scale = w.iter().fold(1f32, |m, x| m.max(x.abs()));
+                let row = &got[p * v..(p + 1) * v];
+                let worst = row
+                    .iter()
+                    .zip(w)
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(
+                    worst <= 1e-5 * scale,
+                    "{}: position {p}: {worst}",
+                    case["rope_scaling"]
+                );
+            }
+        }
+    }
+
     #[test]
     fn gemma_matches_transformers() {
         check_against_transformers("tiny-gemma");

@@ -57,6 +57,17 @@ pub enum RopeScaling {
         high_freq_factor: f64,
         original_max_position_embeddings: f64,
     },
+    /// YaRN (Peng et al. 2023; Qwen2.5's long-context setting): each frequency interpolated
+    /// by `factor`, extrapolated, or a ramp between the two by its rotations over the original
+    /// context, and cos / sin scaled by `attention_factor` (resolved as transformers does).
+    Yarn {
+        factor: f64,
+        original_max_position_embeddings: f64,
+        attention_factor: f64,
+        beta_fast: f64,
+        beta_slow: f64,
+        truncate: bool,
+    },
 }
 
 /// The resolved runtime configuration.
@@ -211,7 +222,7 @@ impl RawConfig {
 
     /// RoPE's theta (not yet checked) and scaling: top-level keys (paper era) or inside
     /// `rope_parameters` (transformers 5).
-    fn rope(&self) -> Result<(f64, RopeScaling)> {
+    fn rope(&self, max_position_embeddings: usize) -> Result<(f64, RopeScaling)> {
         let rope_params = self.rope_parameters.as_ref().and_then(|v| v.as_object());
         // transformers' own class default when the key is absent, for every family.
         let rope_theta = self
@@ -227,7 +238,8 @@ impl RawConfig {
             .as_ref()
             .filter(|v| !v.is_null())
             .or(self.rope_parameters.as_ref());
-        Ok((rope_theta, parse_rope_scaling(scaling_src)?))
+        let scaling = parse_rope_scaling(scaling_src, max_position_embeddings)?;
+        Ok((rope_theta, scaling))
     }
 
     /// The MLP's activation from `hidden_activation` or `hidden_act`, with each family's
@@ -289,7 +301,8 @@ impl ModelConfig {
         let family = raw.family()?;
         let hidden_size = positive(raw.hidden_size, "hidden_size")?;
         let (num_attention_heads, num_key_value_heads, head_dim) = raw.heads(hidden_size)?;
-        let (rope_theta, rope_scaling) = raw.rope()?;
+        let max_position_embeddings = raw.max_position_embeddings.unwrap_or(2048);
+        let (rope_theta, rope_scaling) = raw.rope(max_position_embeddings)?;
         let activation = raw.activation(family)?;
         let tie_word_embeddings = raw
             .tie_word_embeddings
@@ -307,7 +320,6 @@ impl ModelConfig {
         if !(rope_theta.is_finite() && rope_theta > 0.0) {
             bail!("key \"rope_theta\" must be a finite number > 0, got {rope_theta}");
         }
-        let max_position_embeddings = raw.max_position_embeddings.unwrap_or(2048);
         if max_position_embeddings == 0 {
             bail!("key \"max_position_embeddings\" must be positive");
         }
@@ -439,7 +451,7 @@ fn as_u32(n: &serde_json::Number) -> Result<u32> {
         .with_context(|| format!("{n} is not a valid token id"))
 }
 
-fn parse_rope_scaling(v: Option<&serde_json::Value>) -> Result<RopeScaling> {
+fn parse_rope_scaling(v: Option<&serde_json::Value>, max_positions: usize) -> Result<RopeScaling> {
     let Some(obj) = v.and_then(|v| v.as_object()) else {
         return Ok(RopeScaling::None);
     };
@@ -464,9 +476,71 @@ fn parse_rope_scaling(v: Option<&serde_json::Value>) -> Result<RopeScaling> {
             high_freq_factor: num("high_freq_factor")?,
             original_max_position_embeddings: num("original_max_position_embeddings")?,
         },
-        other => {
-            bail!("unsupported rope scaling type \"{other}\"; supported: default, linear, llama3")
+        "yarn" => yarn(obj, max_positions)?,
+        other => bail!(
+            "unsupported rope scaling type \"{other}\"; supported: default, linear, llama3, yarn"
+        ),
+    })
+}
+
+/// YaRN's settings as transformers' `_compute_yarn_parameters` resolves them: the original
+/// context defaults to `max_position_embeddings`, a null `factor` to their ratio, and the
+/// attention factor to `mscale(factor, mscale) / mscale(factor, mscale_all_dim)` where both
+/// are given, else `mscale(factor)` (`0.1 ln(factor) + 1`, 1 for factor <= 1).
+fn yarn(
+    obj: &serde_json::Map<String, serde_json::Value>,
+    max_positions: usize,
+) -> Result<RopeScaling> {
+    let opt = |k: &str| -> Result<Option<f64>> {
+        match obj.get(k) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .with_context(|| format!("rope scaling \"yarn\": \"{k}\" must be a number")),
         }
+    };
+    let original = opt("original_max_position_embeddings")?.unwrap_or(max_positions as f64);
+    let factor = opt("factor")?.unwrap_or(max_positions as f64 / original);
+    if !(factor.is_finite() && factor > 0.0 && original > 0.0) {
+        bail!("rope scaling \"yarn\": factor {factor} and original_max_position_embeddings {original} must be positive");
+    }
+    let mscale = |scale: f64, m: f64| {
+        if scale <= 1.0 {
+            1.0
+        } else {
+            0.1 * m * scale.ln() + 1.0
+        }
+    };
+    // Python truthiness: an absent or zero mscale falls back to mscale(factor).
+    let attention_factor = match (
+        opt("attention_factor")?,
+        opt("mscale")?,
+        opt("mscale_all_dim")?,
+    ) {
+        (Some(a), _, _) => a,
+        (None, Some(m), Some(all)) if m != 0.0 && all != 0.0 => {
+            mscale(factor, m) / mscale(factor, all)
+        }
+        _ => mscale(factor, 1.0),
+    };
+    // `or` in transformers: zero or absent takes the paper's default.
+    let beta = |k: &str, default: f64| -> Result<f64> {
+        Ok(opt(k)?.filter(|b| *b != 0.0).unwrap_or(default))
+    };
+    let truncate = match obj.get("truncate") {
+        None | Some(serde_json::Value::Null) => true,
+        Some(v) => v
+            .as_bool()
+            .context("rope scaling \"yarn\": \"truncate\" must be true or false")?,
+    };
+    Ok(RopeScaling::Yarn {
+        factor,
+        original_max_position_embeddings: original,
+        attention_factor,
+        beta_fast: beta("beta_fast", 32.0)?,
+        beta_slow: beta("beta_slow", 1.0)?,
+        truncate,
     })
 }
 
@@ -494,6 +568,71 @@ mod tests {
         let saved = new.to_json_for_save("bfloat16");
         assert_eq!(saved["dtype"], "bfloat16");
         assert!(saved.get("torch_dtype").is_none());
+    }
+
+    /// YaRN's keys resolve as transformers resolves them; `dynamic` (which changes with the
+    /// sequence length) is refused, naming what is supported.
+    #[test]
+    fn yarn_settings_resolve_with_transformers_defaults() {
+        let with = |scaling: &str| {
+            ModelConfig::from_json_str(&format!(
+                "{BASE},\"max_position_embeddings\":128,\"rope_scaling\":{scaling}}}"
+            ))
+        };
+        let yarn = |scaling: &str| match with(scaling).unwrap().rope_scaling {
+            RopeScaling::Yarn {
+                factor,
+                original_max_position_embeddings,
+                attention_factor,
+                beta_fast,
+                beta_slow,
+                truncate,
+            } => (
+                factor,
+                original_max_position_embeddings,
+                attention_factor,
+                beta_fast,
+                beta_slow,
+                truncate,
+            ),
+            other => panic!("{other:?}"),
+        };
+        // Only a factor: the original context is max_position_embeddings, betas 32 / 1.
+        let (f, orig, a, fast, slow, truncate) = yarn(r#"{"type":"yarn","factor":4.0}"#);
+        assert_eq!(
+            (f, orig, fast, slow, truncate),
+            (4.0, 128.0, 32.0, 1.0, true)
+        );
+        assert!((a - (0.1 * 4f64.ln() + 1.0)).abs() < 1e-15);
+        // A null factor: max_position_embeddings over the original context.
+        let (f, ..) =
+            yarn(r#"{"rope_type":"yarn","factor":null,"original_max_position_embeddings":32}"#);
+        assert_eq!(f, 4.0);
+        // Both mscales: their ratio; an explicit attention factor wins.
+        let (_, _, a, ..) =
+            yarn(r#"{"rope_type":"yarn","factor":8.0,"mscale":2.0,"mscale_all_dim":1.0}"#);
+        let m = |k: f64| 0.1 * k * 8f64.ln() + 1.0;
+        assert!((a - m(2.0) / m(1.0)).abs() < 1e-15);
+        let (_, _, a, ..) = yarn(r#"{"rope_type":"yarn","factor":8.0,"attention_factor":1.5}"#);
+        assert_eq!(a, 1.5);
+        for (bad, want) in [
+            (
+                r#"{"rope_type":"yarn","factor":"4"}"#,
+                "\"factor\" must be a number",
+            ),
+            (r#"{"rope_type":"yarn","factor":-2.0}"#, "must be positive"),
+            (
+                r#"{"rope_type":"yarn","factor":2.0,"truncate":1}"#,
+                "\"truncate\"",
+            ),
+            (
+                r#"{"rope_type":"dynamic","factor":2.0}"#,
+                "supported: default, linear, llama3, yarn",
+            ),
+        ] {
+            let e = format!("{:#}", with(bad).unwrap_err());
+            assert!(e.contains(want), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -460,6 +460,30 @@ pub fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// The cases of `tests/fixtures/rope/yarn.json` (scripts/make_yarn_fixture.py).
+pub fn yarn_cases() -> Vec<serde_json::Value> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let v = read_json(&Path::new(dir).join("rope/yarn.json"));
+    v["cases"].as_array().unwrap().clone()
+}
+
+/// A yarn case's fixture model in `dir`: its files, with the case's `rope_theta` and
+/// `rope_scaling` written into the config as the script wrote them.
+pub fn write_yarn_model(case: &serde_json::Value, dir: &Path) {
+    let fix = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models");
+    let src = Path::new(fix).join(case["model"].as_str().unwrap());
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+    }
+    let mut config = read_json(&src.join("config.json"));
+    let obj = config.as_object_mut().unwrap();
+    obj.remove("rope_parameters");
+    obj.insert("rope_theta".into(), case["rope_theta"].clone());
+    obj.insert("rope_scaling".into(), case["rope_scaling"].clone());
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+}
+
 /// `elastica bench WHAT` on a one-layer model (d 32, 2 heads, ff 64, vocab 64, 2 sequences
 /// of 8 tokens), one step of one round on one thread, then `extra`.
 pub fn bench_tiny(what: &str, extra: &[&str]) -> (bool, String, String) {

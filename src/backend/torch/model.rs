@@ -89,6 +89,8 @@ pub struct Decoder<'a> {
     /// Kind of matmuls and activations (Float or BFloat16).
     pub compute: Kind,
     inv_freq: Tensor,
+    /// What cos and sin are multiplied by (YaRN's attention factor; 1 otherwise).
+    rope_scale: f32,
     /// Weights cast once to `compute` (for decoding, where the weights do not change and a
     /// cast per token would read every f32 master again).
     cast: Option<std::collections::HashMap<String, Tensor>>,
@@ -105,6 +107,7 @@ impl<'a> Decoder<'a> {
             device,
             compute,
             inv_freq: Tensor::from_slice(&inv).to_device(device),
+            rope_scale: crate::model::rope::attention_scaling(cfg),
             cast: None,
         }
     }
@@ -213,10 +216,14 @@ impl<'a> Decoder<'a> {
     fn cos_sin(&self, positions: &Tensor) -> (Tensor, Tensor) {
         let freqs = positions.unsqueeze(-1) * self.inv_freq.view([1, 1, -1]);
         let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
-        (
-            emb.cos().to_kind(self.compute),
-            emb.sin().to_kind(self.compute),
-        )
+        let (cos, sin) = (emb.cos(), emb.sin());
+        let (cos, sin) = if self.rope_scale == 1.0 {
+            (cos, sin)
+        } else {
+            let s = f64::from(self.rope_scale);
+            (cos * s, sin * s)
+        };
+        (cos.to_kind(self.compute), sin.to_kind(self.compute))
     }
 
     fn embed(&self, ids: &Tensor) -> Tensor {

@@ -29,16 +29,17 @@ pub struct RopeTables {
 }
 
 impl RopeTables {
-    /// Tables from inverse frequencies, as transformers computes them: f32 (pos * inv_freq).
-    pub fn new(inv_freq: &[f32], t: usize) -> Self {
+    /// Tables from inverse frequencies, as transformers computes them: f32 (pos * inv_freq),
+    /// its cos and sin times `scale` (YaRN's attention factor; 1 otherwise).
+    pub fn new(inv_freq: &[f32], scale: f32, t: usize) -> Self {
         let half = inv_freq.len();
         let mut cos = Vec::with_capacity(t * half);
         let mut sin = Vec::with_capacity(t * half);
         for p in 0..t {
             for &f in inv_freq {
                 let a = p as f32 * f;
-                cos.push(a.cos());
-                sin.push(a.sin());
+                cos.push(a.cos() * scale);
+                sin.push(a.sin() * scale);
             }
         }
         RopeTables {
@@ -452,7 +453,7 @@ mod tests {
         let inv: Vec<f32> = (0..hd / 2)
             .map(|i| 1.0 / 10000f32.powf(2.0 * i as f32 / hd as f32))
             .collect();
-        let tables = RopeTables::new(&inv, t);
+        let tables = RopeTables::new(&inv, 1.0, t);
         let heads = Heads {
             n_heads: nh,
             n_kv: nkv,

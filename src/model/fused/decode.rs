@@ -28,9 +28,11 @@ pub struct DecodeCtx {
 }
 
 impl DecodeCtx {
-    /// `positions` (b * t), `key_mask` (b * (past + t)), inverse frequencies of the rope.
+    /// `positions` (b * t), `key_mask` (b * (past + t)), inverse frequencies of the rope and
+    /// the factor of its cos and sin (YaRN's attention factor; 1 otherwise).
     pub fn new(
         inv_freq: &[f32],
+        scale: f32,
         b: usize,
         t: usize,
         past: usize,
@@ -50,8 +52,8 @@ impl DecodeCtx {
         for &p in positions {
             for &f in inv_freq {
                 let a = p as f32 * f;
-                cos.push(a.cos());
-                sin.push(a.sin());
+                cos.push(a.cos() * scale);
+                sin.push(a.sin() * scale);
             }
         }
         Ok(DecodeCtx {
@@ -331,7 +333,7 @@ mod tests {
         let (q, k, v) = (data(&qt), data(&kt), data(&vt));
         let pos: Vec<u32> = (0..b).flat_map(|_| 0..t as u32).collect();
         let run = |mask: Vec<u32>| {
-            let ctx = DecodeCtx::new(&inv, b, t, 0, &pos, mask).unwrap();
+            let ctx = DecodeCtx::new(&inv, 1.0, b, t, 0, &pos, mask).unwrap();
             let (mut q, mut k) = (q.clone(), k.clone());
             rope_in_place(&mut q, nh, &ctx).unwrap();
             rope_in_place(&mut k, nkv, &ctx).unwrap();
@@ -343,7 +345,7 @@ mod tests {
         let heads = Heads {
             n_heads: nh,
             n_kv: nkv,
-            rope: &RopeTables::new(&inv, t),
+            rope: &RopeTables::new(&inv, 1.0, t),
         };
         let want = causal_attention(&qt, &kt, &vt, heads).unwrap();
         assert!(max_diff(&y, &data(&want)) < 1e-5);
@@ -366,7 +368,7 @@ mod tests {
                 .collect()
         };
         let pos0: Vec<u32> = (0..b).flat_map(|_| 0..(t - 1) as u32).collect();
-        let ctx0 = DecodeCtx::new(&inv, b, t - 1, 0, &pos0, vec![1; b * (t - 1)]).unwrap();
+        let ctx0 = DecodeCtx::new(&inv, 1.0, b, t - 1, 0, &pos0, vec![1; b * (t - 1)]).unwrap();
         let mut k0 = rows(&k, nkv * hd, &first);
         rope_in_place(&mut k0, nkv, &ctx0).unwrap();
         let mut cache1 = KvBuffers::default();
@@ -374,8 +376,16 @@ mod tests {
             .append(&k0, &rows(&v, nkv * hd, &first), b, nkv, hd)
             .unwrap();
         let last: Vec<usize> = (0..b).map(|r| r * t + t - 1).collect();
-        let ctx1 =
-            DecodeCtx::new(&inv, b, 1, t - 1, &vec![(t - 1) as u32; b], vec![1; b * t]).unwrap();
+        let ctx1 = DecodeCtx::new(
+            &inv,
+            1.0,
+            b,
+            1,
+            t - 1,
+            &vec![(t - 1) as u32; b],
+            vec![1; b * t],
+        )
+        .unwrap();
         let (mut q1, mut k1) = (rows(&q, nh * hd, &last), rows(&k, nkv * hd, &last));
         rope_in_place(&mut q1, nh, &ctx1).unwrap();
         rope_in_place(&mut k1, nkv, &ctx1).unwrap();

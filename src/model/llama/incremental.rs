@@ -125,7 +125,15 @@ impl Llama {
     ) -> Result<Tensor> {
         let t = ids.len() / b.max(1);
         let past = cache.first().map_or(0, |c| c.len());
-        let ctx = DecodeCtx::new(self.rope.inv_freq(), b, t, past, positions, key_mask)?;
+        let ctx = DecodeCtx::new(
+            self.rope.inv_freq(),
+            self.rope.scale(),
+            b,
+            t,
+            past,
+            positions,
+            key_mask,
+        )?;
         let w = Weights::lock(self);
         let h = self.cfg.hidden_size;
         let vocab = self.embed_tokens.dim(0)?;
