@@ -179,3 +179,40 @@ fn eval_loss_and_train_read_conversations_under_safe_rlhf() {
     assert!(ok, "{err}");
     assert!(out.join("model.safetensors").is_file());
 }
+
+/// A run refused for its data (turns the template cannot render) is refused before --out
+/// exists, on SFT and on DPO pairs.
+#[test]
+fn train_refused_for_its_turns_leaves_no_output_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = path("models/tiny-llama");
+    let sft = dir.path().join("sys.jsonl");
+    let system = serde_json::json!({"messages": [{"role": "system", "content": "Be nice"},
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]});
+    common::write_jsonl(&sft, [system]);
+    let pairs = dir.path().join("pairs.jsonl");
+    let pair = serde_json::json!({"prompt": [{"role": "user", "content": "Hi"}],
+        "chosen": [{"role": "assistant", "content": "Hello"}],
+        "rejected": [{"role": "assistant", "content": "Go away"}]});
+    common::write_jsonl(&pairs, [pair.clone(), pair]);
+    for (data, extra, want) in [
+        (&sft, &["--template", "safe-rlhf"][..], "\"system\" turn"),
+        (
+            &pairs,
+            &["--method", "dpo", "--template", "raw"][..],
+            "renders no conversation",
+        ),
+    ] {
+        let out = dir.path().join("run");
+        let (data, out_s) = (data.to_str().unwrap(), out.to_str().unwrap());
+        let mut args = vec!["train", "--model", &model, "--data", data, "--out", out_s];
+        args.extend(["--schema", "conversation", "--max-steps", "1"]);
+        args.extend(extra);
+        let (ok, _, err) = common::elastica(&args);
+        assert!(
+            !ok && err.contains("record 1") && err.contains(want),
+            "{err}"
+        );
+        assert!(!out.exists(), "{extra:?} left {}", out.display());
+    }
+}

@@ -29,6 +29,17 @@ pub fn train<T: TrainData, H: FnMut(&StepLog) -> Result<()> + ?Sized>(
     cfg: &TrainConfig,
     run: Run<'_, H>,
 ) -> Result<SummaryOf<T>> {
+    let r = prepare(model, records, cfg)?;
+    train_prepared(model, &r, run)
+}
+
+/// The run of `records` on `model`: every refusal of the settings, the adapter and the data
+/// comes here, before anything is written.
+pub fn prepare<T: TrainData>(
+    model: &dyn LanguageModel,
+    records: &[T],
+    cfg: &TrainConfig,
+) -> Result<T::Recipe> {
     // Settings first: fingerprinting the weights is a pass over all of them.
     check_settings(model, cfg)?;
     let start = Start {
@@ -37,7 +48,15 @@ pub fn train<T: TrainData, H: FnMut(&StepLog) -> Result<()> + ?Sized>(
         dtype_source: "the model's config.json",
         sha256: model.weights_sha256()?,
     };
-    let r = T::Recipe::prepare(start, records, cfg)?;
+    T::Recipe::prepare(start, records, cfg)
+}
+
+/// [`train`] of a run [`prepare`] resolved.
+pub fn train_prepared<R: Recipe, H: FnMut(&StepLog) -> Result<()> + ?Sized>(
+    model: &mut dyn LanguageModel,
+    r: &R,
+    run: Run<'_, H>,
+) -> Result<R::Summary> {
     let mut step = r.step();
     let o = drive(&mut OnBackend(model), &mut step, &r.resolved().plan(), run)?;
     Ok(r.summary(&step, o))

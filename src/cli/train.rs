@@ -5,7 +5,7 @@
 //! train into one directory.
 
 use super::train_hooks::StepHooks;
-use crate::compress::tracking::{load_sets, parse_sets, RateTracker};
+use crate::compress::tracking::{load_sets, parse_sets, RateTracker, TrackedSet};
 use crate::data::feedback;
 use crate::data::prefs::{self, Prefer};
 use crate::data::schemas::DataSpec;
@@ -15,12 +15,14 @@ use crate::model::checkpoint::{init_model, resolve_model_dir, LoadedModel};
 use crate::model::ModelConfig;
 use crate::train::objective::DpoLoss;
 use crate::train::objective::Method;
+use crate::train::recipe::{train_prepared, Recipe, SummaryOf};
 use crate::train::sft::{ResumePoint, StepLog};
 use crate::train::{dpo, kto};
-use crate::train::{resume_point, train, TrainConfig, TrainRun};
+use crate::train::{TrainConfig, TrainRun};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
-use std::path::PathBuf;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 
 /// The name of `train`'s lock file inside `--out`.
 pub const LOCK_FILE: &str = ".train.lock";
@@ -137,31 +139,39 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let base_name = a.model.clone().unwrap_or_default();
     let (lm, lora) = crate::model::adapted::for_training(lm, &cfg.lora, cfg.seed, &base_name)?;
     let cfg = TrainConfig { lora, ..cfg };
-    // --out is created only now, so a run refused for its data, model or adapter leaves
-    // nothing behind; an unusable log directory is found first too.
     if let Some(dir) = &a.log_dir {
         crate::report::tensorboard::ensure_log_dir(dir)?;
     }
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("cannot create output directory {}", a.out.display()))?;
-    let lock_path = a.out.join(LOCK_FILE);
-    let Some(_lock) = crate::util::fsx::try_lock(&lock_path)? else {
-        bail!(
-            "another elastica process is training into {} (it holds {}); wait for it to \
-             finish or stop it, or give another --out",
-            a.out.display(),
-            lock_path.display()
-        );
-    };
-    if !choice.is_default_cpu() {
-        return on_backend(&a, &cfg, lm, &data);
+    match &data {
+        TrainData::Records(r) => train_on(&a, &cfg, lm, r, tracked, &choice),
+        TrainData::Pairs(p) => train_on(&a, &cfg, lm, p, tracked, &choice),
+        TrainData::Feedback(f) => train_on(&a, &cfg, lm, f, tracked, &choice),
     }
+}
+
+/// Train `records` with their method on the fused path, or on the backend `--device` /
+/// `--backend` choose. The run is resolved first, so one refused for its settings, adapter or
+/// data leaves no --out behind.
+fn train_on<T: crate::train::recipe::TrainData>(
+    a: &TrainArgs,
+    cfg: &TrainConfig,
+    lm: LoadedModel,
+    records: &[T],
+    tracked: Option<Vec<TrackedSet>>,
+    choice: &crate::backend::BackendChoice,
+) -> Result<()>
+where
+    SummaryOf<T>: Reported,
+{
+    if !choice.is_default_cpu() {
+        return on_backend(a, cfg, lm, records, choice);
+    }
+    let recipe = crate::train::recipe::prepare(&lm, records, cfg)?;
+    let _lock = claim_out(&a.out)?;
     // Resume's checks (and "already finished") come before anything is written into --out.
-    let resume_at = match (a.resume, &data) {
-        (false, _) => None,
-        (true, TrainData::Records(r)) => Some(resume_point(&lm, r, &cfg, &a.out)?),
-        (true, TrainData::Pairs(p)) => Some(resume_point(&lm, p, &cfg, &a.out)?),
-        (true, TrainData::Feedback(f)) => Some(resume_point(&lm, f, &cfg, &a.out)?),
+    let resume_at = match a.resume {
+        true => Some(recipe.resolved().resume_point(&a.out)?),
+        false => None,
     };
     let finished = resume_at == Some(ResumePoint::Finished);
     let tracker = match tracked {
@@ -188,29 +198,26 @@ pub fn run(a: TrainArgs) -> Result<()> {
         hook: Some(&mut hook),
         progress: true,
     };
-    let (steps, line) = match &data {
-        TrainData::Records(r) => {
-            let s = train(&lm, r, &cfg, run)?;
-            (s.steps, sft_summary(&a.out, &s))
-        }
-        TrainData::Pairs(p) => {
-            let d = train(&lm, p, &cfg, run)?;
-            (
-                d.train.steps,
-                reference_run_line(&a.out, ("dpo", "pairs"), &d, None),
-            )
-        }
-        TrainData::Feedback(f) => {
-            let k = train(&lm, f, &cfg, run)?;
-            (
-                k.train.steps,
-                reference_run_line(&a.out, ("kto", "examples"), &k, None),
-            )
-        }
-    };
+    let (steps, line) = train_prepared(&lm, &recipe, run)?.report(&a.out);
     hooks.finish(&lm, steps, &a.out)?;
     println!("{line}");
     Ok(())
+}
+
+/// Create --out and take its lock, or refuse while another process trains into it.
+fn claim_out(out: &Path) -> Result<File> {
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("cannot create output directory {}", out.display()))?;
+    let lock_path = out.join(LOCK_FILE);
+    let Some(lock) = crate::util::fsx::try_lock(&lock_path)? else {
+        bail!(
+            "another elastica process is training into {} (it holds {}); wait for it to \
+             finish or stop it, or give another --out",
+            out.display(),
+            lock_path.display()
+        );
+    };
+    Ok(lock)
 }
 
 /// What `train` trains on: SFT records, DPO's preference pairs, or KTO's unpaired feedback.
@@ -284,16 +291,26 @@ fn load_start(a: &TrainArgs, seed: u64, fused: bool) -> Result<LoadedModel> {
 }
 
 /// `elastica train` on the chosen backend (`backend::train`'s loop).
-fn on_backend(a: &TrainArgs, cfg: &TrainConfig, lm: LoadedModel, data: &TrainData) -> Result<()> {
-    let choice = a.device.choice()?;
+fn on_backend<T: crate::train::recipe::TrainData>(
+    a: &TrainArgs,
+    cfg: &TrainConfig,
+    lm: LoadedModel,
+    records: &[T],
+    choice: &crate::backend::BackendChoice,
+) -> Result<()>
+where
+    SummaryOf<T>: Reported,
+{
     if a.track_rates.is_some() {
         bail!(
             "--track-rates runs on the fused CPU path only for now; drop it or use --device cpu --backend fused"
         );
     }
-    let mut model = crate::backend::from_loaded(lm, &choice)?;
+    let mut model = crate::backend::from_loaded(lm, choice)?;
     model.set_grad_checkpoint(a.device.grad_checkpoint)?;
-    let run = || crate::train::driver::Run {
+    let recipe = crate::backend::train::prepare(&*model, records, cfg)?;
+    let _lock = claim_out(&a.out)?;
+    let run = crate::train::driver::Run {
         out: &a.out,
         resume: a.resume,
         progress: true,
@@ -302,25 +319,34 @@ fn on_backend(a: &TrainArgs, cfg: &TrainConfig, lm: LoadedModel, data: &TrainDat
     let on = serde_json::json!({
         "backend": model.backend_name(), "device": model.device_name(),
     });
-    let line = match data {
-        TrainData::Pairs(p) => {
-            let d = crate::backend::train::train(&mut *model, p, cfg, run())?;
-            reference_run_line(&a.out, ("dpo", "pairs"), &d, Some(on))
-        }
-        TrainData::Feedback(f) => {
-            let k = crate::backend::train::train(&mut *model, f, cfg, run())?;
-            reference_run_line(&a.out, ("kto", "examples"), &k, Some(on))
-        }
-        TrainData::Records(r) => {
-            let s = crate::backend::train::train(&mut *model, r, cfg, run())?;
-            let mut line = sft_summary(&a.out, &s);
-            line["backend"] = on["backend"].clone();
-            line["device"] = on["device"].clone();
-            line
-        }
-    };
-    println!("{line}");
+    let s = crate::backend::train::train_prepared(&mut *model, &recipe, run)?;
+    println!("{}", with_backend(s.report(&a.out).1, Some(on)));
     Ok(())
+}
+
+/// A run's summary as `elastica train` reports it: (steps, the JSON line it prints).
+trait Reported {
+    fn report(&self, out: &Path) -> (usize, serde_json::Value);
+}
+
+impl Reported for crate::train::TrainSummary {
+    fn report(&self, out: &Path) -> (usize, serde_json::Value) {
+        (self.steps, sft_summary(out, self))
+    }
+}
+
+impl Reported for dpo::DpoSummary {
+    fn report(&self, out: &Path) -> (usize, serde_json::Value) {
+        let line = reference_run_line(out, ("dpo", "pairs"), self, None);
+        (self.train.steps, line)
+    }
+}
+
+impl Reported for kto::KtoSummary {
+    fn report(&self, out: &Path) -> (usize, serde_json::Value) {
+        let line = reference_run_line(out, ("kto", "examples"), self, None);
+        (self.train.steps, line)
+    }
 }
 
 /// The JSON line `elastica train` prints for an SFT run.

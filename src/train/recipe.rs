@@ -98,6 +98,13 @@ impl Resolved {
         }
     }
 
+    /// Where a run with these settings would start in `out`, refusing what it would refuse
+    /// (a checkpoint or finished run with other settings or data, a checkpoint past the last
+    /// step). Incomplete checkpoints are cleaned as `run_dir::latest_checkpoint` does.
+    pub fn resume_point(&self, out: &Path) -> Result<ResumePoint> {
+        resume_point_of(out, &self.settings, self.total)
+    }
+
     /// Warn when max_length cut some of the `n` `what` (records, answers, completions).
     pub fn warn_truncated(&self, n: usize, what: &str) {
         if self.truncated > 0 {
@@ -146,29 +153,39 @@ pub fn train<T: TrainData>(
     cfg: &TrainConfig,
     run: TrainRun<'_, '_>,
 ) -> Result<SummaryOf<T>> {
-    let r = prepare::<T>(lm, records, cfg)?;
+    train_prepared(lm, &prepare::<T>(lm, records, cfg)?, run)
+}
+
+/// [`train`] of a run [`prepare`] resolved (so a caller can refuse it before it writes
+/// anything of its own).
+pub fn train_prepared<R: Recipe>(
+    lm: &LoadedModel,
+    r: &R,
+    run: TrainRun<'_, '_>,
+) -> Result<R::Summary> {
     let mut step = r.step();
     let o = drive_fused(lm, &mut step, &r.resolved().plan(), run)?;
     Ok(r.summary(&step, o))
 }
 
 /// Where `train(.., resume = true, ..)` would start in `out`, refusing what it would refuse
-/// (a checkpoint or finished run with other settings or data, a checkpoint past the last
-/// step). Lets a caller check before it writes anything of its own. Incomplete checkpoints
-/// are cleaned as `run_dir::latest_checkpoint` does.
+/// (see [`Resolved::resume_point`]).
 pub fn resume_point<T: TrainData>(
     lm: &LoadedModel,
     records: &[T],
     cfg: &TrainConfig,
     out: &Path,
 ) -> Result<ResumePoint> {
-    let r = prepare::<T>(lm, records, cfg)?;
-    let r = r.resolved();
-    resume_point_of(out, &r.settings, r.total)
+    prepare::<T>(lm, records, cfg)?.resolved().resume_point(out)
 }
 
-/// The run of `records` on the fused path's model.
-fn prepare<T: TrainData>(lm: &LoadedModel, records: &[T], cfg: &TrainConfig) -> Result<T::Recipe> {
+/// The run of `records` on the fused path's model: every refusal of the settings, the
+/// adapter and the data comes here, before anything is written.
+pub fn prepare<T: TrainData>(
+    lm: &LoadedModel,
+    records: &[T],
+    cfg: &TrainConfig,
+) -> Result<T::Recipe> {
     // Settings first: fingerprinting the weights is a pass over all of them. LoRA settings
     // and the model's adapter must agree, or a run with `lora.rank > 0` on a model without an
     // adapter would train every weight.
