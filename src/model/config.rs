@@ -579,41 +579,35 @@ mod tests {
                 "{BASE},\"max_position_embeddings\":128,\"rope_scaling\":{scaling}}}"
             ))
         };
-        let yarn = |scaling: &str| match with(scaling).unwrap().rope_scaling {
+        let yarn = |scaling: &str| with(scaling).unwrap().rope_scaling;
+        // Only a factor: the original context is max_position_embeddings, betas 32 / 1.
+        let only_factor = RopeScaling::Yarn {
+            factor: 4.0,
+            original_max_position_embeddings: 128.0,
+            attention_factor: 0.1 * 4f64.ln() + 1.0,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            truncate: true,
+        };
+        assert_eq!(yarn(r#"{"type":"yarn","factor":4.0}"#), only_factor);
+        let settled = |scaling: &str| match yarn(scaling) {
             RopeScaling::Yarn {
                 factor,
-                original_max_position_embeddings,
                 attention_factor,
-                beta_fast,
-                beta_slow,
-                truncate,
-            } => (
-                factor,
-                original_max_position_embeddings,
-                attention_factor,
-                beta_fast,
-                beta_slow,
-                truncate,
-            ),
+                ..
+            } => (factor, attention_factor),
             other => panic!("{other:?}"),
         };
-        // Only a factor: the original context is max_position_embeddings, betas 32 / 1.
-        let (f, orig, a, fast, slow, truncate) = yarn(r#"{"type":"yarn","factor":4.0}"#);
-        assert_eq!(
-            (f, orig, fast, slow, truncate),
-            (4.0, 128.0, 32.0, 1.0, true)
-        );
-        assert!((a - (0.1 * 4f64.ln() + 1.0)).abs() < 1e-15);
         // A null factor: max_position_embeddings over the original context.
-        let (f, ..) =
-            yarn(r#"{"rope_type":"yarn","factor":null,"original_max_position_embeddings":32}"#);
+        let (f, _) =
+            settled(r#"{"rope_type":"yarn","factor":null,"original_max_position_embeddings":32}"#);
         assert_eq!(f, 4.0);
         // Both mscales: their ratio; an explicit attention factor wins.
-        let (_, _, a, ..) =
-            yarn(r#"{"rope_type":"yarn","factor":8.0,"mscale":2.0,"mscale_all_dim":1.0}"#);
+        let (_, a) =
+            settled(r#"{"rope_type":"yarn","factor":8.0,"mscale":2.0,"mscale_all_dim":1.0}"#);
         let m = |k: f64| 0.1 * k * 8f64.ln() + 1.0;
         assert!((a - m(2.0) / m(1.0)).abs() < 1e-15);
-        let (_, _, a, ..) = yarn(r#"{"rope_type":"yarn","factor":8.0,"attention_factor":1.5}"#);
+        let (_, a) = settled(r#"{"rope_type":"yarn","factor":8.0,"attention_factor":1.5}"#);
         assert_eq!(a, 1.5);
         for (bad, want) in [
             (
