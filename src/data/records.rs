@@ -91,7 +91,7 @@ impl Record {
         Record::Text { text: text.into() }
     }
     /// A pair's prompt; a text and a conversation have none (a conversation's prompt is its
-    /// turns, which only the chat template turns into text).
+    /// turns, which a template turns into text).
     pub fn prompt(&self) -> Option<&str> {
         match self {
             Record::Pair { prompt, .. } => Some(prompt),
