@@ -175,6 +175,45 @@ fn turns_safe_rlhf_cannot_render_are_refused_before_anything_is_written() {
     assert_eq!(snapshot(tmp.path()), before);
 }
 
+/// A chat template that raises on some turn (here on a system turn, as Gemma's does) stops
+/// the plan with the template's message, before anything is written, not inside a cell.
+#[test]
+fn a_chat_template_that_raises_is_found_at_planning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("strict-qwen2");
+    std::fs::create_dir(&model).unwrap();
+    for e in std::fs::read_dir(tiny_qwen2()).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
+    }
+    let cfg_path = model.join("tokenizer_config.json");
+    let mut tc = read_json(&cfg_path);
+    let strict = format!(
+        "{{% if messages[0]['role'] == 'system' %}}{{{{ raise_exception('System role not \
+         supported') }}}}{{% endif %}}{}",
+        tc["chat_template"].as_str().unwrap()
+    );
+    tc["chat_template"] = strict.into();
+    std::fs::write(&cfg_path, tc.to_string()).unwrap();
+    let cfg = rebound_config(tmp.path(), "");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text = text.replace(
+        &format!("{:?}", tiny_qwen2()),
+        &format!("{:?}", model.to_str().unwrap()),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let before = snapshot(tmp.path());
+    let out = tmp.path().join("run");
+    let (ok, _, err) = common::rebound(&cfg, &out);
+    assert!(!ok);
+    assert!(
+        err.contains("the positive data: record 1") && err.contains("System role not supported"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    assert_eq!(snapshot(tmp.path()), before);
+}
+
 /// Twelve conversations (the odd ones with an earlier exchange) and a resist config over
 /// them: 2 slices, 4 held out as generation prompts, template unset (`chat`).
 fn resist_config(dir: &Path) -> PathBuf {

@@ -25,6 +25,7 @@ pub mod log_dir;
 pub mod pretrain;
 pub mod rebound;
 pub mod registry;
+pub mod renders;
 pub mod resist;
 pub mod sampling;
 pub mod scaling;

@@ -11,6 +11,7 @@ use crate::data::prefs::{self, PrefRecord};
 use crate::data::prompts::{conversations as prompt_conversations, prompt_lines, Prompt};
 use crate::data::records::{conversations, jsonl_bytes, Record};
 use crate::data::schemas::{self, DataSpec};
+use crate::experiments::renders::check_renders;
 use anyhow::{bail, Context, Result};
 use std::collections::HashSet;
 use std::path::Path;
@@ -119,6 +120,13 @@ pub fn freeze(cfg: &ReboundConfig) -> Result<Frozen> {
     t.check_conversations(conversations(&positive), "the positive data")?;
     t.check_conversations(conversations(&negative), "the negative data")?;
     t.check_conversations(prompt_conversations(&prompts), "the evaluation prompts")?;
+    let sets = [
+        ("the positive data", positive.as_slice()),
+        ("the negative data", negative.as_slice()),
+    ];
+    for m in &cfg.models {
+        check_renders(&m.path, t, cfg.train.max_length, &sets, &prompts)?;
+    }
     sources.push(format!("eval prompts: {what}"));
 
     let train_prompts: HashSet<Prompt> = positive

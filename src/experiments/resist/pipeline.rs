@@ -25,6 +25,7 @@ use super::slices;
 use crate::data::prompts::{conversations as prompt_conversations, prompt_lines, Prompt};
 use crate::data::records::{conversations, jsonl_bytes, Record};
 use crate::experiments::log_dir::cell_log_dir;
+use crate::experiments::renders::check_renders;
 use crate::grid::config::RunOptions;
 use crate::grid::launch::launch;
 use crate::grid::manifest::{sha256_hex, CellSpec, Input, Manifest};
@@ -102,15 +103,29 @@ pub fn prepare_data(cfg: &ResistConfig) -> Result<PreparedData> {
         cfg.eval_prompts
     };
     let what = || format!("cannot load the [data] set {}", cfg.data.path);
-    let t = cfg.train.template;
+    let (t, max_length) = (cfg.train.template, cfg.train.max_length);
     let (slice_files, mut prompts) = if cfg.align.is_dpo() {
         let ds = crate::data::prefs::load(&cfg.data, cfg.align.prefer).with_context(what)?;
         let answered: Vec<Record> = ds.records.iter().map(|r| r.record(&r.chosen)).collect();
         t.check_conversations(conversations(&answered), "the [data] set")?;
+        check_renders(
+            &cfg.model,
+            t,
+            max_length,
+            &[("the [data] set", &answered)],
+            &[],
+        )?;
         sliced(&ds.records, cfg, held_out)?
     } else {
         let ds = crate::data::schemas::load(&cfg.data).with_context(what)?;
         t.check_conversations(conversations(&ds.records), "the [data] set")?;
+        check_renders(
+            &cfg.model,
+            t,
+            max_length,
+            &[("the [data] set", &ds.records)],
+            &[],
+        )?;
         sliced(&ds.records, cfg, held_out)?
     };
     if let Some(spec) = &cfg.prompts {
@@ -129,10 +144,13 @@ pub fn prepare_data(cfg: &ResistConfig) -> Result<PreparedData> {
         prompts = given[..cfg.eval_prompts].to_vec();
     }
     t.check_conversations(prompt_conversations(&prompts), "the generation prompts")?;
-    cfg.pair_train().template.check_conversations(
+    let pair = cfg.pair_train();
+    pair.template.check_conversations(
         prompt_conversations(&prompts),
         "the generation prompts (which the pair fine-tunes train on, answered)",
     )?;
+    check_renders(&cfg.model, t, max_length, &[], &prompts)?;
+    check_renders(&cfg.model, pair.template, pair.max_length, &[], &prompts)?;
     if cfg.align.is_kto() {
         if let Some(i) = slice_files.iter().position(|(_, n)| *n < 2) {
             bail!(
