@@ -11,13 +11,7 @@ use std::process::Command;
 const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
 fn copy_model(dst: &Path) -> PathBuf {
-    let src = Path::new(FIX).join("models/tiny-llama");
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
-    }
-    dst.to_path_buf()
+    common::copy_model_dir(&Path::new(FIX).join("models/tiny-llama"), dst)
 }
 
 fn data() -> String {

@@ -180,12 +180,7 @@ fn turns_safe_rlhf_cannot_render_are_refused_before_anything_is_written() {
 #[test]
 fn a_chat_template_that_raises_is_found_at_planning() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("strict-qwen2");
-    std::fs::create_dir(&model).unwrap();
-    for e in std::fs::read_dir(tiny_qwen2()).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
-    }
+    let model = common::copy_model_dir(Path::new(&tiny_qwen2()), &tmp.path().join("strict-qwen2"));
     let cfg_path = model.join("tokenizer_config.json");
     let mut tc = read_json(&cfg_path);
     let strict = format!(

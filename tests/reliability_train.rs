@@ -27,12 +27,7 @@ fn data() -> String {
 }
 
 fn copy_model(dst: &Path) -> PathBuf {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(model()).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
-    }
-    dst.to_path_buf()
+    common::copy_model_dir(Path::new(&model()), dst)
 }
 
 fn set_config(m: &Path, key: &str, value: serde_json::Value) {

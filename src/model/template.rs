@@ -187,13 +187,18 @@ fn render_turns(
 /// there is no separate generation prompt.
 fn render_safe_rlhf(messages: &[Message], tok: &TextTokenizer) -> Result<String> {
     check_safe_rlhf_turns(messages)?;
+    // Read once, and only when an answer needs it.
+    let eos = match messages.iter().any(|m| m.role == ASSISTANT) {
+        true => eos_text(tok)?,
+        false => String::new(),
+    };
     let mut text = SAFE_RLHF_BEGIN.to_string();
     for m in messages {
         if m.role == USER {
             text.push_str(&safe_rlhf_user_turn(&m.content));
         } else {
             text.push_str(&m.content);
-            text.push_str(&eos_text(tok)?);
+            text.push_str(&eos);
         }
     }
     Ok(text)

@@ -460,6 +460,16 @@ pub fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// Every file of the model directory `src` copied into `dst` (made if missing); `dst`.
+pub fn copy_model_dir(src: &Path, dst: &Path) -> std::path::PathBuf {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+    dst.to_path_buf()
+}
+
 /// The cases of `tests/fixtures/rope/yarn.json` (scripts/make_yarn_fixture.py).
 pub fn yarn_cases() -> Vec<serde_json::Value> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
@@ -472,10 +482,7 @@ pub fn yarn_cases() -> Vec<serde_json::Value> {
 pub fn write_yarn_model(case: &serde_json::Value, dir: &Path) {
     let fix = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/models");
     let src = Path::new(fix).join(case["model"].as_str().unwrap());
-    for e in std::fs::read_dir(&src).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
-    }
+    copy_model_dir(&src, dir);
     let mut config = read_json(&src.join("config.json"));
     let obj = config.as_object_mut().unwrap();
     obj.remove("rope_parameters");
