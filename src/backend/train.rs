@@ -9,7 +9,7 @@
 use super::LanguageModel;
 use crate::train::driver::{drive, Checkpointed, Run, Trainee};
 use crate::train::optim::AdamWConfig;
-use crate::train::recipe::{Recipe, Start, SummaryOf, TrainData};
+use crate::train::recipe::{save_dtype_of, Recipe, Start, SummaryOf, TrainData};
 use crate::train::run_dir::saved_adam_step;
 use crate::train::sft::{write_checkpoint_with, RunSettings, StepLog};
 use crate::train::TrainConfig;
@@ -42,10 +42,10 @@ pub fn prepare<T: TrainData>(
 ) -> Result<T::Recipe> {
     // Settings first: fingerprinting the weights is a pass over all of them.
     check_settings(model, cfg)?;
+    let torch_dtype = &model.config().torch_dtype;
     let start = Start {
         tokenizer: model.tokenizer(),
-        torch_dtype: &model.config().torch_dtype,
-        dtype_source: "the model's config.json",
+        save_dtype: save_dtype_of(cfg, torch_dtype, "the model's config.json")?,
         sha256: model.weights_sha256()?,
     };
     T::Recipe::prepare(start, records, cfg)

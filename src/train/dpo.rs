@@ -33,13 +33,14 @@
 //! resumed run reads them instead of recomputing. Rewards are beta x (log pi - log pi_ref).
 
 use super::batch::{collate, loss_tokens, tokenize, Batch, Example};
-use super::driver::{step_settings, Outcome, Trainee};
+use super::driver::{log_line_with_base, step_settings, Outcome, Trainee};
 pub(crate) use super::fused::seq_nll;
 pub use super::fused::{autograd_weighted_grads, weighted_grads};
 use super::objective::{DpoConfig, DpoLoss, Method as Objective};
-use super::recipe::{save_dtype_of, Recipe, Resolved, Start, TrainData};
+use super::recipe::{Recipe, Resolved, Start, TrainData};
 use super::reference::{
-    cached_or_computed, AgainstReference, ReferenceCache, ReferenceRunSummary, ReferenceStep,
+    cached_or_computed, AgainstReference, MicroBatches, ReferenceCache, ReferenceRunSummary,
+    ReferenceStep,
 };
 use super::sft::{StepLog, TrainConfig};
 use crate::data::prefs::PrefRecord;
@@ -168,6 +169,8 @@ pub struct DpoStepLog {
     pub kl: Option<f64>,
 }
 
+log_line_with_base!(DpoStepLog);
+
 /// What a DPO run did.
 pub type DpoSummary = ReferenceRunSummary<DpoStepLog>;
 
@@ -225,7 +228,6 @@ impl Recipe for PairPlan {
     type Summary = DpoSummary;
 
     fn prepare(start: Start<'_>, pairs: &[PrefRecord], cfg: &TrainConfig) -> Result<PairPlan> {
-        cfg.validate()?;
         cfg.dpo.validate()?;
         if cfg.dpo.method != Objective::Dpo {
             bail!("preference pairs train with DPO: method = \"dpo\" (--method dpo)");
@@ -233,7 +235,6 @@ impl Recipe for PairPlan {
         if pairs.is_empty() {
             bail!("no preference pairs");
         }
-        let save_dtype = save_dtype_of(cfg, &start)?;
         let kto = cfg.dpo.dpo_loss == DpoLoss::Kto;
         if kto && pairs.len() < 2 {
             bail!(
@@ -273,7 +274,7 @@ impl Recipe for PairPlan {
         }
         let both: Vec<Example> = chosen.iter().chain(&rejected).cloned().collect();
         let n = pairs.len();
-        let resolved = Resolved::new(cfg, n, start.sha256, &both, save_dtype, tc + tr)?;
+        let resolved = Resolved::new(cfg, n, start, &both, tc + tr)?;
         Ok(PairPlan {
             chosen,
             rejected,
@@ -435,19 +436,15 @@ impl AgainstReference for PairPlan {
             DpoLoss::Kto => Some(reference_point(model, p, refs, idx, cfg.batch_size)?),
             _ => None,
         };
-        let chunks: Vec<&[usize]> = idx.chunks(cfg.batch_size).collect();
-        let pad = model.pad_id();
-        let micro: Vec<Batch> = chunks
-            .iter()
-            .map(|c| pair_batch(&p.chosen, &p.rejected, c, pad))
-            .collect::<Result<_>>()?;
-        let tokens = micro.iter().map(|b| b.n_targets).sum();
+        let micro = MicroBatches::new(idx, cfg.batch_size, model.pad_id(), |c, pad| {
+            pair_batch(&p.chosen, &p.rejected, c, pad)
+        })?;
         let mut terms: Vec<PairTerms> = Vec::with_capacity(idx.len());
         let mut weigh = |m: usize, nll: &[f64]| -> Result<Vec<f64>> {
-            let pair_refs = chunks[m]
+            let pair_refs = micro.chunks[m]
                 .iter()
                 .map(|&i| (refs.chosen[i], refs.rejected[i]));
-            let lens = chunks[m]
+            let lens = micro.chunks[m]
                 .iter()
                 .map(|&i| (loss_tokens(&p.chosen[i]), loss_tokens(&p.rejected[i])));
             let (w, t) = pair_weights(&cfg.dpo, nll, pair_refs, lens, n, kl.unwrap_or(0.0));
@@ -458,14 +455,14 @@ impl AgainstReference for PairPlan {
             terms.extend(t);
             Ok(w)
         };
-        let grad_norm = model.weighted_step(&micro, &mut weigh, &step_settings(cfg, lr))?;
+        let grad_norm = model.weighted_step(&micro.batches, &mut weigh, &step_settings(cfg, lr))?;
         let mean = |f: fn(&PairTerms) -> f64| terms.iter().map(f).sum::<f64>() / n;
         Ok(DpoStepLog {
             base: StepLog {
                 step: 0,
                 loss: mean(|t| t.loss),
                 lr,
-                tokens,
+                tokens: micro.tokens,
                 grad_norm,
             },
             chosen_reward: mean(|t| t.chosen_reward),
@@ -474,12 +471,6 @@ impl AgainstReference for PairPlan {
             accuracy: mean(|t| f64::from(u8::from(t.chosen_reward > t.rejected_reward))),
             kl,
         })
-    }
-    fn base(log: &DpoStepLog) -> &StepLog {
-        &log.base
-    }
-    fn base_mut(log: &mut DpoStepLog) -> &mut StepLog {
-        &mut log.base
     }
 }
 

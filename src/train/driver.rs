@@ -63,7 +63,7 @@ pub trait Checkpointed {
 /// A training method: its log line and its optimizer step.
 pub trait Method {
     /// One line of `train_log.jsonl`.
-    type Log: Serialize + DeserializeOwned;
+    type Log: LogLine;
     /// The progress bar's label.
     const LABEL: &'static str;
     /// Called once before any checkpoint is restored (the model holds its starting weights).
@@ -73,10 +73,37 @@ pub trait Method {
     /// One optimizer step over the examples `idx` at learning rate `lr`; the log line's
     /// `step` is set by the loop.
     fn step(&mut self, model: &mut dyn Trainee, idx: &[usize], lr: f64) -> Result<Self::Log>;
-    /// The fields every method logs.
-    fn base(log: &Self::Log) -> &StepLog;
-    fn base_mut(log: &mut Self::Log) -> &mut StepLog;
 }
+
+/// One line of `train_log.jsonl`: a method's own fields around the fields every method logs.
+pub trait LogLine: Serialize + DeserializeOwned {
+    fn base(&self) -> &StepLog;
+    fn base_mut(&mut self) -> &mut StepLog;
+}
+
+impl LogLine for StepLog {
+    fn base(&self) -> &StepLog {
+        self
+    }
+    fn base_mut(&mut self) -> &mut StepLog {
+        self
+    }
+}
+
+/// [`LogLine`] for a log line type whose common fields are its `base` field.
+macro_rules! log_line_with_base {
+    ($t:ty) => {
+        impl $crate::train::driver::LogLine for $t {
+            fn base(&self) -> &$crate::train::run_dir::StepLog {
+                &self.base
+            }
+            fn base_mut(&mut self) -> &mut $crate::train::run_dir::StepLog {
+                &mut self.base
+            }
+        }
+    };
+}
+pub(crate) use log_line_with_base;
 
 /// A run resolved by a `train::recipe::Recipe`: what the loop schedules.
 pub struct Plan<'a> {
@@ -105,6 +132,19 @@ pub struct Run<'a, H: ?Sized + 'a = AfterStep<'a>> {
     pub progress: bool,
     /// Called after every optimizer step with its log line.
     pub hook: Option<&'a mut H>,
+}
+
+impl<'a, H: ?Sized + 'a> Run<'a, H> {
+    /// A run from the start into `out`, silent and without a hook (as an experiment's cells
+    /// train); struct update syntax sets the rest.
+    pub fn fresh(out: &'a Path) -> Self {
+        Run {
+            out,
+            resume: false,
+            progress: false,
+            hook: None,
+        }
+    }
 }
 
 impl<'a, H: ?Sized> Run<'a, H> {
@@ -191,7 +231,7 @@ pub fn drive<M: Method, H: FnMut(&StepLog) -> Result<()> + ?Sized>(
             model.restore(&dir, step, &opt)?;
             log = read_log_as::<M::Log>(&log_path)?
                 .into_iter()
-                .filter(|l| M::base(l).step <= step)
+                .filter(|l| l.base().step <= step)
                 .collect();
             (start, resumed_from) = (step, Some(step));
         }
@@ -213,8 +253,8 @@ pub fn drive<M: Method, H: FnMut(&StepLog) -> Result<()> + ?Sized>(
         let mut entry = method
             .step(model.trainee(), &idx, lr)
             .with_context(stopped)?;
-        M::base_mut(&mut entry).step = step + 1;
-        let base = M::base(&entry).clone();
+        entry.base_mut().step = step + 1;
+        let base = entry.base().clone();
         check_finite(&base).with_context(stopped)?;
         append_log(&log_path, &entry)?;
         if let Some(h) = hook.as_deref_mut() {

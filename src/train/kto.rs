@@ -25,11 +25,12 @@
 
 use super::batch::{collate, loss_tokens, tokenize, Batch, Example};
 use super::dpo::{kto_z0, sigmoid};
-use super::driver::{step_settings, Outcome, Trainee};
+use super::driver::{log_line_with_base, step_settings, Outcome, Trainee};
 use super::objective::{DpoConfig, DpoLoss, Method as Objective};
-use super::recipe::{save_dtype_of, Recipe, Resolved, Start, TrainData};
+use super::recipe::{Recipe, Resolved, Start, TrainData};
 use super::reference::{
-    cached_or_computed, AgainstReference, ReferenceCache, ReferenceRunSummary, ReferenceStep,
+    cached_or_computed, AgainstReference, MicroBatches, ReferenceCache, ReferenceRunSummary,
+    ReferenceStep,
 };
 use super::sft::{StepLog, TrainConfig};
 use crate::data::feedback::FeedbackRecord;
@@ -81,6 +82,8 @@ pub struct KtoStepLog {
     pub kl: f64,
 }
 
+log_line_with_base!(KtoStepLog);
+
 /// What a KTO run did (examples as `records`).
 pub type KtoSummary = ReferenceRunSummary<KtoStepLog>;
 
@@ -129,7 +132,6 @@ impl Recipe for FeedbackPlan {
         examples: &[FeedbackRecord],
         cfg: &TrainConfig,
     ) -> Result<FeedbackPlan> {
-        cfg.validate()?;
         cfg.dpo.validate()?;
         if cfg.dpo.method != Objective::Dpo || cfg.dpo.dpo_loss != DpoLoss::Kto {
             bail!(
@@ -144,7 +146,6 @@ impl Recipe for FeedbackPlan {
                  another example's completion), so it needs at least 2 examples; the data has {n}"
             );
         }
-        let save_dtype = save_dtype_of(cfg, &start)?;
         let records = |shift: usize| -> Vec<Record> {
             (0..n)
                 .map(|i| examples[i].record(&examples[(i + n - shift) % n].completion))
@@ -165,8 +166,7 @@ impl Recipe for FeedbackPlan {
             }
         }
         let desirable: Vec<bool> = examples.iter().map(|e| e.desirable).collect();
-        let mut resolved =
-            Resolved::new(cfg, n, start.sha256, &completions, save_dtype, truncated)?;
+        let mut resolved = Resolved::new(cfg, n, start, &completions, truncated)?;
         // The labels are data too: a run resumed on flipped labels is refused.
         let mut h = Sha256::new();
         h.update(resolved.settings.data_sha256.as_bytes());
@@ -265,17 +265,13 @@ impl AgainstReference for FeedbackPlan {
         let reference: Vec<f64> = idx.iter().map(|&i| refs.mismatched[i]).collect();
         let z0 = kto_z0(&policy, &reference)?;
         let n = idx.len() as f64;
-        let chunks: Vec<&[usize]> = idx.chunks(cfg.batch_size).collect();
-        let pad = model.pad_id();
-        let micro: Vec<Batch> = chunks
-            .iter()
-            .map(|c| batch_of(&p.completions, c, pad))
-            .collect::<Result<_>>()?;
-        let tokens = micro.iter().map(|b| b.n_targets).sum();
+        let micro = MicroBatches::new(idx, cfg.batch_size, model.pad_id(), |c, pad| {
+            batch_of(&p.completions, c, pad)
+        })?;
         let mut terms: Vec<(bool, ExampleTerms)> = Vec::with_capacity(idx.len());
         let mut weigh = |m: usize, nll: &[f64]| -> Result<Vec<f64>> {
             let mut w = Vec::with_capacity(nll.len());
-            for (&i, &nll) in chunks[m].iter().zip(nll) {
+            for (&i, &nll) in micro.chunks[m].iter().zip(nll) {
                 let t = example_terms(&cfg.dpo, -nll - refs.completions[i], z0, p.desirable[i]);
                 // Refused before the update, as SFT refuses a non-finite loss.
                 if !t.loss.is_finite() {
@@ -286,7 +282,7 @@ impl AgainstReference for FeedbackPlan {
             }
             Ok(w)
         };
-        let grad_norm = model.weighted_step(&micro, &mut weigh, &step_settings(cfg, lr))?;
+        let grad_norm = model.weighted_step(&micro.batches, &mut weigh, &step_settings(cfg, lr))?;
         let mean_reward = |d: bool| {
             let r: Vec<f64> = terms
                 .iter()
@@ -300,19 +296,13 @@ impl AgainstReference for FeedbackPlan {
                 step: 0,
                 loss: terms.iter().map(|(_, t)| t.loss).sum::<f64>() / n,
                 lr,
-                tokens,
+                tokens: micro.tokens,
                 grad_norm,
             },
             desirable_reward: mean_reward(true),
             undesirable_reward: mean_reward(false),
             kl: z0,
         })
-    }
-    fn base(log: &KtoStepLog) -> &StepLog {
-        &log.base
-    }
-    fn base_mut(log: &mut KtoStepLog) -> &mut StepLog {
-        &mut log.base
     }
 }
 

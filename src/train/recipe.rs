@@ -20,10 +20,8 @@ use std::path::Path;
 /// The starting model as a run sees it.
 pub struct Start<'a> {
     pub tokenizer: &'a TextTokenizer,
-    /// The dtype its checkpoint was stored in (the default save dtype)...
-    pub torch_dtype: &'a str,
-    /// ...and where that was read, for the error when it cannot be saved.
-    pub dtype_source: &'a str,
+    /// The dtype the trained model is saved in ([`save_dtype_of`]).
+    pub save_dtype: String,
     /// The fingerprint of its weights, which a resume must find again.
     pub sha256: String,
 }
@@ -36,8 +34,8 @@ pub trait Recipe: Sized {
     where
         Self: 'a;
     type Summary;
-    /// Checks `cfg` and `records` and tokenizes them; refusals come here, before anything
-    /// is written.
+    /// Checks `records` (and the method's own settings; `cfg.validate()` has passed) and
+    /// tokenizes them; refusals come here, before anything is written.
     fn prepare(start: Start<'_>, records: &[Self::Record], cfg: &TrainConfig) -> Result<Self>;
     /// What every method resolves alike.
     fn resolved(&self) -> &Resolved;
@@ -63,26 +61,24 @@ pub struct Resolved {
 }
 
 impl Resolved {
-    /// The schedule over `n` examples (or pairs), `data` fingerprinted; `save_dtype` from
-    /// [`save_dtype_of`], checked before tokenizing.
+    /// The schedule over `n` examples (or pairs) from `start`, `data` fingerprinted.
     pub fn new(
         cfg: &TrainConfig,
         n: usize,
-        start_sha256: String,
+        start: Start<'_>,
         data: &[Example],
-        save_dtype: String,
         truncated: usize,
     ) -> Result<Self> {
         Ok(Resolved {
             total: cfg.total_steps(n)?,
             steps_per_epoch: n.div_ceil(cfg.records_per_step()?),
             settings: RunSettings {
-                start_sha256,
+                start_sha256: start.sha256,
                 data_sha256: data_fingerprint(data),
                 examples: n,
                 train: cfg.clone(),
             },
-            save_dtype,
+            save_dtype: start.save_dtype,
             truncated,
         })
     }
@@ -117,18 +113,18 @@ impl Resolved {
     }
 }
 
-/// The dtype a run saves its model in: `save_dtype`, else the input checkpoint's; refused
-/// before the first step when the final save could not write it.
-pub fn save_dtype_of(cfg: &TrainConfig, start: &Start<'_>) -> Result<String> {
+/// The dtype a run saves its model in: `save_dtype`, else the input checkpoint's
+/// (`torch_dtype`, read from `source`); refused before the first step when the final save
+/// could not write it.
+pub fn save_dtype_of(cfg: &TrainConfig, torch_dtype: &str, source: &str) -> Result<String> {
     let save_dtype = cfg
         .save_dtype
         .clone()
-        .unwrap_or_else(|| start.torch_dtype.to_string());
+        .unwrap_or_else(|| torch_dtype.to_string());
     dtype_from_name(&save_dtype).with_context(|| {
         format!(
             "the trained model would be saved in the input checkpoint's dtype \"{save_dtype}\" \
-             ({}); set save_dtype (--save-dtype) to float32, bfloat16 or float16",
-            start.dtype_source
+             ({source}); set save_dtype (--save-dtype) to float32, bfloat16 or float16"
         )
     })?;
     Ok(save_dtype)
@@ -194,8 +190,7 @@ pub fn prepare<T: TrainData>(
     let source = format!("config.json in {}", lm.dir.display());
     let start = Start {
         tokenizer: &lm.tokenizer,
-        torch_dtype: &lm.model.cfg.torch_dtype,
-        dtype_source: &source,
+        save_dtype: save_dtype_of(cfg, &lm.model.cfg.torch_dtype, &source)?,
         sha256: weights_fingerprint(lm)?,
     };
     T::Recipe::prepare(start, records, cfg)

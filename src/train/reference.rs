@@ -2,7 +2,8 @@
 //! reference log-probs, computed once before the first step and cached in the run directory
 //! so that a resumed run reads them, and what such a run reports.
 
-use super::driver::{Method, Outcome, Trainee};
+use super::batch::Batch;
+use super::driver::{LogLine, Method, Outcome, Trainee};
 use super::recipe::Resolved;
 use super::sft::{summarize, RunSettings, StepLog, TrainSummary};
 use anyhow::{bail, Context, Result};
@@ -20,17 +21,17 @@ pub struct ReferenceRunSummary<L> {
     pub reference_cached: bool,
 }
 
-impl<L> ReferenceRunSummary<L> {
+impl<L: LogLine> ReferenceRunSummary<L> {
     /// The summary of a run over `records` pairs or examples (`truncated` of them cut) from
     /// the loop's outcome; `cached`: the reference came from the run directory.
-    pub(crate) fn of<M: Method<Log = L>>(
+    pub(crate) fn of(
         total: usize,
         records: usize,
         truncated: usize,
         o: Outcome<L>,
         cached: bool,
     ) -> Self {
-        let base: Vec<StepLog> = o.log.iter().map(|l| M::base(l).clone()).collect();
+        let base: Vec<StepLog> = o.log.iter().map(|l| l.base().clone()).collect();
         ReferenceRunSummary {
             train: summarize(total, records, truncated, o.resumed_from, base),
             log: o.log,
@@ -45,7 +46,7 @@ pub trait AgainstReference {
     /// The reference log-probs of the run's sequences (its cache file).
     type Reference;
     /// One line of `train_log.jsonl`.
-    type Log: Serialize + DeserializeOwned;
+    type Log: LogLine;
     /// The progress bar's label.
     const LABEL: &'static str;
     /// The log-probs, and whether they were read from `out`'s cache (else computed with
@@ -59,8 +60,6 @@ pub trait AgainstReference {
         idx: &[usize],
         lr: f64,
     ) -> Result<Self::Log>;
-    fn base(log: &Self::Log) -> &StepLog;
-    fn base_mut(log: &mut Self::Log) -> &mut StepLog;
 }
 
 /// The loop's step of a run `P` against a reference model: the log-probs are computed or
@@ -87,7 +86,7 @@ impl<'a, P: AgainstReference> ReferenceStep<'a, P> {
         o: Outcome<P::Log>,
     ) -> ReferenceRunSummary<P::Log> {
         let cached = self.reference.as_ref().is_some_and(|(_, c)| *c);
-        ReferenceRunSummary::of::<Self>(resolved.total, n, resolved.truncated, o, cached)
+        ReferenceRunSummary::of(resolved.total, n, resolved.truncated, o, cached)
     }
 }
 
@@ -104,11 +103,34 @@ impl<P: AgainstReference> Method for ReferenceStep<'_, P> {
         };
         self.plan.step(refs, model, idx, lr)
     }
-    fn base(log: &P::Log) -> &StepLog {
-        P::base(log)
-    }
-    fn base_mut(log: &mut P::Log) -> &mut StepLog {
-        P::base_mut(log)
+}
+
+/// A step's examples `idx` in micro-batches of `size`: the chunks of `idx`, the batch
+/// `collate` makes of each (padded with `pad`), and the counted tokens of them all.
+pub(super) struct MicroBatches<'i> {
+    pub chunks: Vec<&'i [usize]>,
+    pub batches: Vec<Batch>,
+    pub tokens: usize,
+}
+
+impl<'i> MicroBatches<'i> {
+    pub(super) fn new(
+        idx: &'i [usize],
+        size: usize,
+        pad: u32,
+        collate: impl Fn(&[usize], u32) -> Result<Batch>,
+    ) -> Result<Self> {
+        let chunks: Vec<&[usize]> = idx.chunks(size).collect();
+        let batches: Vec<Batch> = chunks
+            .iter()
+            .map(|c| collate(c, pad))
+            .collect::<Result<_>>()?;
+        let tokens = batches.iter().map(|b| b.n_targets).sum();
+        Ok(MicroBatches {
+            chunks,
+            batches,
+            tokens,
+        })
     }
 }
 

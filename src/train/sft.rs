@@ -26,7 +26,7 @@ use super::batch::{collate, loss_tokens, tokenize, Batch, Example};
 pub use super::config::TrainConfig;
 use super::driver::{step_settings, Method, Outcome, Trainee};
 pub use super::fused::{optimizer_step, StepHook, TrainRun};
-use super::recipe::{save_dtype_of, Recipe, Resolved, Start, TrainData};
+use super::recipe::{Recipe, Resolved, Start, TrainData};
 pub use super::run_dir::{
     data_fingerprint, latest_checkpoint, params_fingerprint, read_log, read_log_as,
     remove_checkpoints, resume_point_of, step_indices, weights_fingerprint, write_checkpoint_with,
@@ -80,12 +80,6 @@ impl Method for SftStep<'_> {
             grad_norm,
         })
     }
-    fn base(log: &StepLog) -> &StepLog {
-        log
-    }
-    fn base_mut(log: &mut StepLog) -> &mut StepLog {
-        log
-    }
 }
 
 /// The summary of a run from its step log (mean loss over the logged steps; 0 without any).
@@ -123,18 +117,16 @@ impl Recipe for Prepared {
     type Summary = TrainSummary;
 
     fn prepare(start: Start<'_>, records: &[Record], cfg: &TrainConfig) -> Result<Prepared> {
-        cfg.validate()?;
         if records.is_empty() {
             bail!("no training records");
         }
-        let save_dtype = save_dtype_of(cfg, &start)?;
         let (examples, truncated) =
             tokenize(records, start.tokenizer, cfg.template, cfg.max_length)?;
         if examples.iter().all(|e| loss_tokens(e) == 0) {
             bail!("no record has a token the loss can count (are all responses empty or cut by max_length?)");
         }
         let n = examples.len();
-        let resolved = Resolved::new(cfg, n, start.sha256, &examples, save_dtype, truncated)?;
+        let resolved = Resolved::new(cfg, n, start, &examples, truncated)?;
         Ok(Prepared { examples, resolved })
     }
 

@@ -104,11 +104,10 @@ pub fn run_instruments(u: &UnitInputs) -> Result<InstrumentsOutcome> {
             Ok(())
         };
         let tc = train_config(cfg, cfg.align_lr, seed);
+        let out = unit_dir.join("perturbed");
         let run = TrainRun {
-            out: &unit_dir.join("perturbed"),
-            resume: false,
             hook: Some(&mut hook),
-            progress: false,
+            ..TrainRun::fresh(&out)
         };
         train(&lm, &neg, &tc, run)?;
     }

@@ -447,10 +447,8 @@ fn perturb_measured(
         Ok(())
     };
     let run = TrainRun {
-        out,
-        resume: false,
         hook: Some(&mut hook),
-        progress: false,
+        ..TrainRun::fresh(out)
     };
     train(lm, set, &train_config(cfg, lr, seed), run)?;
     Ok(())
@@ -474,13 +472,7 @@ pub(super) fn aligned(
     let pos = match how {
         Alignment::Sft => {
             let pos = draw(data.align, np, seed, ALIGN_STRIDE);
-            let run = TrainRun {
-                out: &out,
-                resume: false,
-                hook: None,
-                progress: false,
-            };
-            train(&lm, &pos, &tc, run)?;
+            train(&lm, &pos, &tc, TrainRun::fresh(&out))?;
             pos
         }
         Alignment::Dpo(v) => {
@@ -496,13 +488,7 @@ pub(super) fn aligned(
                 dpo: v.objective(),
                 ..tc
             };
-            let run = TrainRun {
-                out: &out,
-                resume: false,
-                hook: None,
-                progress: false,
-            };
-            train(&lm, &pairs, &tc, run)?;
+            train(&lm, &pairs, &tc, TrainRun::fresh(&out))?;
             pairs
                 .iter()
                 .map(|p| Record::Pair {
