@@ -112,7 +112,7 @@ pub fn product(
         }
         return out;
     }
-    gemm_product(m, n, k, a, a_strides, b, b_strides, out)
+    gemm_product((m, n, k), a, a_strides, b, b_strides, out)
 }
 
 /// acc (rows, out) += x (rows, in) W^T for W (out, in): a projection added onto the
@@ -163,12 +163,9 @@ fn system_blas(
         .filter(|lib| lib.accepts(m, n, k, a_strides, b_strides))
 }
 
-/// [`product`] on the gemm crate, into `out`'s spare capacity.
-#[allow(clippy::too_many_arguments)]
+/// [`product`] on the gemm crate, into `out`'s spare capacity (shapes as [`blas_product`]).
 fn gemm_product(
-    m: usize,
-    n: usize,
-    k: usize,
+    (m, n, k): (usize, usize, usize),
     a: &[f32],
     a_strides: (usize, usize),
     b: &[f32],
@@ -552,7 +549,7 @@ mod tests {
         for (m, n, k) in [(200, 150, 100), (90, 333, 70), (17, 5, 3), (64, 64, 64)] {
             let (a, b) = (data(m * k, 4), data(k * n, 5));
             for (sa, sb) in [((k, 1), (n, 1)), ((1, m), (1, k)), ((k, 1), (1, k))] {
-                let want = gemm_product(m, n, k, &a, sa, &b, sb, Vec::with_capacity(m * n));
+                let want = gemm_product((m, n, k), &a, sa, &b, sb, Vec::with_capacity(m * n));
                 assert!(lib.accepts(m, n, k, sa, sb));
                 // beta = 1 adds onto what is there; beta = 0 must ignore it, even NaN.
                 for (beta, start) in [(1.0f32, 0.5f32), (0.0, f32::NAN)] {
@@ -624,7 +621,8 @@ mod tests {
             let (a, b) = (data(m * k, 6), data(k * n, 7));
             for (sa, sb) in [((k, 1), (1, k)), ((1, m), (n, 1))] {
                 let via_product = || product(m, n, k, &a, sa, &b, sb);
-                let via_gemm = || gemm_product(m, n, k, &a, sa, &b, sb, Vec::with_capacity(m * n));
+                let via_gemm =
+                    || gemm_product((m, n, k), &a, sa, &b, sb, Vec::with_capacity(m * n));
                 for f in [&via_product as &(dyn Fn() -> Vec<f32> + Sync), &via_gemm] {
                     let (one, three) = (in_pool(1, f), in_pool(3, f));
                     assert!(
@@ -657,7 +655,7 @@ mod tests {
         ] {
             let (x, w) = (data(m * k, 1), data(n * k, 2));
             let got = few_rows_product(m, n, k, &x, &w);
-            let want = gemm_product(m, n, k, &x, (k, 1), &w, (1, k), Vec::with_capacity(m * n));
+            let want = gemm_product((m, n, k), &x, (k, 1), &w, (1, k), Vec::with_capacity(m * n));
             let diff = got
                 .iter()
                 .zip(&want)
