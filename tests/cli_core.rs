@@ -278,3 +278,76 @@ fn grid_commands_share_their_grid_arguments() {
         }
     }
 }
+
+#[test]
+fn an_output_that_is_an_input_is_refused_and_the_input_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = copy_model(&dir.path().join("model"));
+    let adapter = common::copy_model_dir(
+        &Path::new(FIX).join("lora/peft-llama"),
+        &dir.path().join("ad"),
+    );
+    let prompts = dir.path().join("prompts.jsonl");
+    std::fs::write(&prompts, "{\"prompt\": \"hello\"}\n").unwrap();
+    let text = dir.path().join("in.txt");
+    std::fs::write(&text, "hello world").unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&model, &link).unwrap();
+    let before = common::snapshot(dir.path());
+    let (m, d, p, t) = (
+        model.to_str().unwrap(),
+        data(),
+        prompts.to_str().unwrap(),
+        text.to_str().unwrap(),
+    );
+    let dot = format!("{m}/.");
+    let l = link.to_str().unwrap();
+    let a = adapter.to_str().unwrap();
+    let cases: Vec<Vec<&str>> = vec![
+        vec![
+            "train",
+            "--model",
+            m,
+            "--data",
+            &d,
+            "--out",
+            &dot,
+            "--max-steps",
+            "1",
+        ],
+        vec![
+            "train",
+            "--model",
+            m,
+            "--data",
+            &d,
+            "--out",
+            l,
+            "--max-steps",
+            "1",
+        ],
+        vec!["merge", "--model", m, "--adapter", a, "--out", l],
+        vec!["merge", "--model", m, "--adapter", a, "--out", a],
+        vec![
+            "generate",
+            "--model",
+            m,
+            "--prompts",
+            p,
+            "--out",
+            p,
+            "--max-new-tokens",
+            "2",
+        ],
+        vec!["score", "--data", p, "--scorer", "keywords", "--out", p],
+        vec!["compress", "--model", m, t, t],
+    ];
+    for args in cases {
+        let (ok, _, err) = elastica(&args);
+        assert!(!ok && err.contains("destroy the input"), "{args:?}: {err}");
+    }
+    assert!(
+        common::snapshot(dir.path()) == before,
+        "a refused command changed its input"
+    );
+}

@@ -14,7 +14,7 @@ use crate::compress::{compress, decompress, CompressOptions, TokenPredictor};
 use crate::data::source::{load as load_data, DataArgs};
 use crate::model::adapted::load_model_with;
 use crate::report::{default_run_dir, RunDir};
-use crate::util::fsx::{atomic_write, atomic_write_json};
+use crate::util::fsx::{atomic_write, atomic_write_json, refuse_input_as_output};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -174,6 +174,7 @@ pub fn run_rates(args: RatesArgs) -> Result<()> {
 
 /// `compress` with a given predictor.
 pub fn compress_file(args: &CompressArgs, pred: &mut dyn TokenPredictor) -> Result<()> {
+    refuse_input_as_output("OUTPUT", &args.output, &[("INPUT", &args.input)])?;
     let input = std::fs::read(&args.input)
         .with_context(|| format!("cannot read {}", args.input.display()))?;
     let opts = CompressOptions {
@@ -204,6 +205,7 @@ pub fn compress_file(args: &CompressArgs, pred: &mut dyn TokenPredictor) -> Resu
 
 /// `decompress` with a given predictor.
 pub fn decompress_file(args: &DecompressArgs, pred: &mut dyn TokenPredictor) -> Result<()> {
+    refuse_input_as_output("OUTPUT", &args.output, &[("INPUT", &args.input)])?;
     let file = std::fs::read(&args.input)
         .with_context(|| format!("cannot read {}", args.input.display()))?;
     let (out, report) = decompress(&file, pred, true)

@@ -11,7 +11,7 @@ use crate::data::template::Template;
 use crate::model::generate::GenConfig;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
 pub struct GenerateArgs {
@@ -104,10 +104,15 @@ fn prompts_of(a: &GenerateArgs) -> Result<(Vec<Prompt>, Template)> {
         if a.prompt.is_some() || a.prompts.is_some() {
             bail!("give one of --prompt, --prompts and --data (or --data-config)");
         }
-        if a.out.is_none() {
+        let Some(out) = &a.out else {
             bail!("a data set's prompts are answered into a file: give --out FILE.jsonl");
-        }
+        };
         let spec = a.data_args.spec(a.data.as_deref())?;
+        crate::util::fsx::refuse_input_as_output(
+            "--out",
+            out,
+            &[("--data", Path::new(&spec.path))],
+        )?;
         let ds = crate::data::schemas::load(&spec)
             .with_context(|| format!("cannot load the data set {}", spec.path))?;
         let prompts = ds
@@ -121,6 +126,9 @@ fn prompts_of(a: &GenerateArgs) -> Result<(Vec<Prompt>, Template)> {
     match (&a.prompt, &a.prompts) {
         (Some(p), _) => Ok((vec![Prompt::Text(p.clone())], asked)),
         (None, Some(f)) => {
+            if let Some(out) = &a.out {
+                crate::util::fsx::refuse_input_as_output("--out", out, &[("--prompts", f)])?;
+            }
             let prompts = read_prompts(f)?;
             // A file that holds conversations defaults to the chat template, which renders any.
             let chat = prompts.iter().any(|p| p.turns().is_some());

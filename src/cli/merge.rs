@@ -5,7 +5,7 @@
 
 use crate::model::adapted::save_with_merged;
 use crate::model::checkpoint::load_model;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use candle_core::Device;
 use std::path::PathBuf;
 
@@ -31,12 +31,11 @@ pub fn run(a: MergeArgs) -> Result<()> {
         crate::model::checkpoint::dtype_from_name(d).context("--save-dtype")?;
     }
     let lm = load_model(&a.model, &Device::Cpu)?;
-    if a.out == lm.dir {
-        bail!(
-            "--out {} is the base model's own directory; give another one",
-            a.out.display()
-        );
-    }
+    crate::util::fsx::refuse_input_as_output(
+        "--out",
+        &a.out,
+        &[("--model", &lm.dir), ("--adapter", &a.adapter)],
+    )?;
     save_with_merged(&lm, &a.adapter, &a.out, a.save_dtype.as_deref())?;
     println!(
         "{}",

@@ -91,6 +91,10 @@ pub fn run(a: ScoreArgs) -> Result<()> {
         bail!("--batch-size must be at least 1");
     }
     let spec = parse_cli_spec(&a.scorer)?;
+    let outputs = [a.out.clone(), summary_path(&a.out)];
+    for out in &outputs {
+        crate::util::fsx::refuse_input_as_output("--out", out, &[("--data", &a.data)])?;
+    }
     let records = read_run_records(&a.data)?;
     let scorer = build(&spec, &Device::Cpu).context("cannot build the scorer")?;
     let samples: Vec<Sample<'_>> = records.iter().map(sample_of).collect();

@@ -136,6 +136,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
     }
     let choice = a.device.choice()?;
     let lm = load_start(&a, cfg.seed, choice.is_default_cpu())?;
+    let mut inputs = vec![("--model", lm.dir.as_path())];
+    inputs.extend(a.adapter.as_deref().map(|p| ("--adapter", p)));
+    crate::util::fsx::refuse_input_as_output("--out", &a.out, &inputs)?;
     let base_name = a.model.clone().unwrap_or_default();
     let (lm, lora) = crate::model::adapted::for_training(lm, &cfg.lora, cfg.seed, &base_name)?;
     let cfg = TrainConfig { lora, ..cfg };

@@ -254,6 +254,44 @@ fn persist(tmp: tempfile::NamedTempFile, p: &Path) -> Result<()> {
     sync_dir(&parent_dir(p))
 }
 
+/// `path` as the file system resolves it: absolute, links and `.`/`..` resolved as far as it
+/// exists, the rest appended; so two spellings of one place (`dir`, `dir/.`, a link to it)
+/// compare equal.
+pub fn resolved(path: &Path) -> PathBuf {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut existing = abs.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(c) = existing.canonicalize() {
+            return rest.iter().rev().fold(c, |p, r| p.join(r));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return abs,
+        }
+    }
+}
+
+/// Refuse an output `out` (the flag `flag`) that is one of the command's `inputs` (each its
+/// flag and path): writing it would destroy what the command reads.
+pub fn refuse_input_as_output(flag: &str, out: &Path, inputs: &[(&str, &Path)]) -> Result<()> {
+    let o = resolved(out);
+    for (input_flag, input) in inputs {
+        if resolved(input) == o {
+            bail!(
+                "{flag} {} is the input {input_flag} {} itself: writing it would destroy the \
+                 input; give another {flag}",
+                out.display(),
+                input.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn parent_dir(path: &Path) -> PathBuf {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -264,6 +302,38 @@ fn parent_dir(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn an_input_is_found_under_any_spelling_of_the_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("model");
+        std::fs::create_dir(&model).unwrap();
+        let file = model.join("x.jsonl");
+        std::fs::write(&file, "{}").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&model, &link).unwrap();
+        for out in [
+            model.clone(),
+            model.join("."),
+            link.clone(),
+            model.join("../model"),
+        ] {
+            let e = refuse_input_as_output("--out", &out, &[("--model", &model)]).unwrap_err();
+            assert!(e.to_string().contains("destroy the input"), "{e}");
+        }
+        let e = refuse_input_as_output("--out", &link.join("x.jsonl"), &[("--data", &file)]);
+        assert!(e.is_err());
+        // A new file beside the input, or a directory below it, is not the input.
+        for out in [
+            model.join("y.jsonl"),
+            model.join("run"),
+            dir.path().join("new/a"),
+        ] {
+            refuse_input_as_output("--out", &out, &[("--model", &model), ("--data", &file)])
+                .unwrap();
+        }
+    }
 
     #[test]
     fn atomic_write_replaces_content_and_leaves_no_temp_files() {
