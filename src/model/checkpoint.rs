@@ -319,8 +319,15 @@ pub fn save_model(model: &Llama, source_dir: &Path, out: &Path, dtype: Option<&s
     // The dtype is checked before `out` is made: a refused save leaves nothing.
     let dtype_name = dtype.unwrap_or(&model.cfg.torch_dtype).to_string();
     let dt = dtype_from_name(&dtype_name)?;
+    let made = !out.exists();
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    save_params(&model.params, dt, &out.join("model.safetensors"))?;
+    if let Err(e) = save_params(&model.params, dt, &out.join("model.safetensors")) {
+        // A refused save leaves no empty directory behind.
+        if made {
+            let _ = std::fs::remove_dir(out);
+        }
+        return Err(e);
+    }
     let cfg = model.cfg.to_json_for_save(&dtype_name);
     crate::util::fsx::atomic_write_json(&out.join("config.json"), &cfg)?;
     if source_dir != out {
@@ -349,7 +356,39 @@ pub fn save_params(params: &Params, dtype: DType, path: &Path) -> Result<()> {
                 path.display()
             );
         }
-        tensors.push((name.clone(), var.as_tensor().to_dtype(dtype)?.contiguous()?));
+        let stored = var.as_tensor().to_dtype(dtype)?.contiguous()?;
+        // A finite f32 can still overflow a narrower dtype (float16 ends at 65504).
+        if dtype != DType::F32 && non_finite(&stored)?.is_some() {
+            let max = var.as_tensor().abs()?.max_all()?.to_dtype(DType::F32)?;
+            bail!(
+                "refusing to save {}: tensor \"{name}\" holds a value of magnitude {} that \
+                 {} cannot hold (it would be stored as inf); save in bfloat16 or float32 \
+                 (--save-dtype)",
+                path.display(),
+                max.to_scalar::<f32>()?,
+                dtype.as_str()
+            );
+        }
+        tensors.push((name.clone(), stored));
     }
     save_tensors(&tensors, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn a_value_the_save_dtype_cannot_hold_is_refused_unwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = Var::from_vec(vec![1.0f32, -1.0e6], 2, &Device::Cpu).unwrap();
+        let params = Params::new(vec![("w".to_string(), w)]);
+        let f16 = dir.path().join("f16.safetensors");
+        let e = save_params(&params, DType::F16, &f16).unwrap_err().to_string();
+        assert!(e.contains("\"w\"") && e.contains("1000000") && e.contains("--save-dtype"), "{e}");
+        assert!(!f16.exists());
+        // bfloat16 has float32's range.
+        save_params(&params, DType::BF16, &dir.path().join("bf16.safetensors")).unwrap();
+    }
 }
