@@ -351,3 +351,39 @@ fn an_output_that_is_an_input_is_refused_and_the_input_kept() {
         "a refused command changed its input"
     );
 }
+
+/// A checkpoint whose forward overflows (finite weights, logits past f32) is refused by
+/// `eval-loss` and `generate`, not reported as a null loss or answered with garbage.
+#[test]
+fn a_forward_that_overflows_is_refused_not_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = copy_model(&dir.path().join("model"));
+    let file = model.join("model.safetensors");
+    let dev = candle_core::Device::Cpu;
+    let mut ts = candle_core::safetensors::load(&file, &dev).unwrap();
+    let head = ts.get("lm_head.weight").unwrap();
+    ts.insert("lm_head.weight".into(), (head * 1e38).unwrap());
+    candle_core::safetensors::save(&ts, &file).unwrap();
+    let m = model.to_str().unwrap();
+    let (ok, out, err) = elastica(&["eval-loss", "--model", m, "--data", &data()]);
+    assert!(
+        !ok && err.contains("NLL of records 1..") && err.contains("overflows"),
+        "{out}\n{err}"
+    );
+    for temp in ["0", "1"] {
+        let args = [
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            "hello",
+            "--temperature",
+            temp,
+        ];
+        let (ok, out, err) = elastica(&args);
+        assert!(
+            !ok && err.contains("non-finite logits"),
+            "{temp}: {out}\n{err}"
+        );
+    }
+}

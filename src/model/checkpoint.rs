@@ -385,8 +385,13 @@ mod tests {
         let w = Var::from_vec(vec![1.0f32, -1.0e6], 2, &Device::Cpu).unwrap();
         let params = Params::new(vec![("w".to_string(), w)]);
         let f16 = dir.path().join("f16.safetensors");
-        let e = save_params(&params, DType::F16, &f16).unwrap_err().to_string();
-        assert!(e.contains("\"w\"") && e.contains("1000000") && e.contains("--save-dtype"), "{e}");
+        let e = save_params(&params, DType::F16, &f16)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"w\"") && e.contains("1000000") && e.contains("--save-dtype"),
+            "{e}"
+        );
         assert!(!f16.exists());
         // bfloat16 has float32's range.
         save_params(&params, DType::BF16, &dir.path().join("bf16.safetensors")).unwrap();

@@ -8,7 +8,7 @@
 
 use super::checkpoint::LoadedModel;
 use super::llama::{KvCache, Llama};
-use anyhow::Result;
+use anyhow::{bail, Result};
 use candle_core::Tensor;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
@@ -231,6 +231,11 @@ impl Decoding<'_> {
         for _ in 0..cfg.max_new_tokens {
             // (b, vocab): each row's last token.
             let last: Vec<Vec<f32>> = logits.to_dtype(candle_core::DType::F32)?.to_vec2()?;
+            for (row, done) in last.iter().zip(&rows.done) {
+                if !done {
+                    check_logits(row)?;
+                }
+            }
             at_context += rows.stop_at(context);
             let Some((step_ids, positions)) =
                 rows.step(eos_ids, pad_id, |r, rng| pick(&last[r], cfg, rng))
@@ -356,6 +361,27 @@ impl Rows {
         self.next_pos.iter_mut().for_each(|p| *p += 1);
         Some((ids, positions))
     }
+}
+
+/// Refuse a step's logits that hold NaN or +inf, or only -inf: the forward overflowed (a
+/// diverged fine-tune, a damaged checkpoint, an adapter's scale), and sampling from them
+/// would return garbage without a word.
+pub fn check_logits(row: &[f32]) -> Result<()> {
+    if let Some(x) = row.iter().find(|x| x.is_nan() || **x == f32::INFINITY) {
+        bail!("{}", non_finite_logits(*x));
+    }
+    if row.iter().all(|&x| x == f32::NEG_INFINITY) {
+        bail!("{}", non_finite_logits(f32::NEG_INFINITY));
+    }
+    Ok(())
+}
+
+/// The error of [`check_logits`].
+pub fn non_finite_logits(x: f32) -> String {
+    format!(
+        "the model produced non-finite logits ({x}) while generating: its forward overflows \
+         (diverged or damaged weights, or an adapter's scale)"
+    )
 }
 
 /// Choose the next token from one row of logits.

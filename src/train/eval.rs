@@ -109,11 +109,20 @@ impl EvalBatches<'_> {
         let mut total_nll = 0.0;
         let mut tokens = 0;
         let bytes: usize = examples.iter().map(|e| e.scored_bytes).sum();
-        for chunk in examples.chunks(self.batch_size) {
+        for (i, chunk) in examples.chunks(self.batch_size).enumerate() {
             let refs: Vec<&Example> = chunk.iter().collect();
             let b = collate(&refs, self.tokenizer.pad_id(), self.device)?;
             if b.n_targets > 0 {
-                total_nll += nll_sum(&b)?;
+                let nll = nll_sum(&b)?;
+                if !nll.is_finite() {
+                    let first = i * self.batch_size + 1;
+                    bail!(
+                        "the model's NLL of records {first}..{} is {nll}: its forward overflows \
+                         (diverged or damaged weights, or an adapter's scale)",
+                        first + chunk.len() - 1
+                    );
+                }
+                total_nll += nll;
                 tokens += b.n_targets;
             }
             pb.inc(chunk.len() as u64);

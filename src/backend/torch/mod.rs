@@ -12,7 +12,9 @@ mod optim;
 pub use model::{TorchLora, TorchWeights};
 
 use super::{DeviceSpec, LanguageModel, Precision};
-use crate::model::generate::{check_request, pick, warn_context_stops, GenConfig, Rows};
+use crate::model::generate::{
+    check_logits, check_request, pick, warn_context_stops, GenConfig, Rows,
+};
 use crate::model::lora::LoraDropout;
 use crate::model::{LoadedModel, ModelConfig, TextTokenizer};
 use crate::train::batch::Batch;
@@ -88,6 +90,24 @@ fn guard<T>(what: &str, hint: impl FnOnce() -> String, f: impl FnOnce() -> Resul
             bail!("libtorch failed during {what}: {first}")
         }
     }
+}
+
+/// [`check_logits`] of each unfinished row of a step's `(b, vocab)` logits: one reduction on
+/// the device, and a row copied to the host only to name what is wrong with it.
+fn check_step_logits(logits: &Tensor, done: &[bool]) -> Result<()> {
+    let bad = logits
+        .isnan()
+        .logical_or(&logits.isposinf())
+        .any_dim(-1, false)
+        .logical_or(&logits.isneginf().all_dim(-1, false))
+        .to_kind(Kind::Int64);
+    let bad = Vec::<i64>::try_from(&bad.to_device(Device::Cpu))?;
+    for (r, (&b, &d)) in bad.iter().zip(done).enumerate() {
+        if b != 0 && !d {
+            check_logits(&to_host(&logits.get(r as i64))?)?;
+        }
+    }
+    Ok(())
 }
 
 /// Host f32 data of a tensor.
@@ -298,6 +318,7 @@ impl TorchModel {
         let mut at_context = 0;
         for _ in 0..cfg.max_new_tokens {
             at_context += rows.stop_at(context);
+            check_step_logits(&logits, &rows.done)?;
             let step = if cfg.temperature == 0.0 {
                 let am = logits.argmax(-1, false).to_device(Device::Cpu);
                 let picked = Vec::<i64>::try_from(&am)?;
