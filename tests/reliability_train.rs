@@ -381,6 +381,10 @@ fn bad_settings_are_refused_before_the_first_step() {
         (&["--weight-decay", "nan"], "weight_decay (--weight-decay)"),
         (&["--save-dtype", "int8"], "int8"),
         (
+            &["--lora-rank", "4", "--lora-alpha", "1e39"],
+            "lora alpha (--lora-alpha) must be a finite number > 0 within float32's range",
+        ),
+        (
             &["--batch-size", "4294967296", "--grad-accum", "4294967296"],
             "batch_size x grad_accum = 4294967296 x 4294967296 does not fit",
         ),

@@ -460,10 +460,17 @@ fn parse_rope_scaling(v: Option<&serde_json::Value>, max_positions: usize) -> Re
         .or_else(|| obj.get("type"))
         .and_then(|t| t.as_str())
         .unwrap_or("default");
+    // Positive: a zero or negative factor divides by zero (NaN logits), and transformers
+    // computes the same frequencies without checking.
     let num = |k: &str| -> Result<f64> {
-        obj.get(k)
+        let x = obj
+            .get(k)
             .and_then(|x| x.as_f64())
-            .with_context(|| format!("rope scaling \"{kind}\" needs a number \"{k}\""))
+            .with_context(|| format!("rope scaling \"{kind}\" needs a number \"{k}\""))?;
+        if !(x.is_finite() && x > 0.0) {
+            bail!("rope scaling \"{kind}\": \"{k}\" must be a positive number, got {x}");
+        }
+        Ok(x)
     };
     Ok(match kind {
         "default" => RopeScaling::None,
@@ -568,6 +575,44 @@ mod tests {
         let saved = new.to_json_for_save("bfloat16");
         assert_eq!(saved["dtype"], "bfloat16");
         assert!(saved.get("torch_dtype").is_none());
+    }
+
+    /// A factor that would divide by zero (NaN logits) is refused, naming the key.
+    #[test]
+    fn rope_factors_must_be_positive() {
+        let with = |scaling: &str| {
+            ModelConfig::from_json_str(&format!("{BASE},\"rope_scaling\":{scaling}}}"))
+                .map(|c| c.rope_scaling)
+        };
+        let llama3 = |f: &str| {
+            format!(
+                r#"{{"rope_type":"llama3","factor":{f},"low_freq_factor":1.0,
+                "high_freq_factor":4.0,"original_max_position_embeddings":8192}}"#
+            )
+        };
+        for (scaling, key) in [
+            (
+                r#"{"type":"linear","factor":0.0}"#.to_string(),
+                "\"factor\"",
+            ),
+            (
+                r#"{"type":"linear","factor":-2.0}"#.to_string(),
+                "\"factor\"",
+            ),
+            (llama3("0"), "\"factor\""),
+            (llama3("8.0").replace("1.0", "0.0"), "\"low_freq_factor\""),
+        ] {
+            let e = format!("{:#}", with(&scaling).unwrap_err());
+            assert!(e.contains(key) && e.contains("positive"), "{scaling}: {e}");
+        }
+        assert_eq!(
+            with(r#"{"type":"linear","factor":2.0}"#).unwrap(),
+            RopeScaling::Linear { factor: 2.0 }
+        );
+        assert!(matches!(
+            with(&llama3("8.0")).unwrap(),
+            RopeScaling::Llama3 { .. }
+        ));
     }
 
     /// YaRN's keys resolve as transformers resolves them; `dynamic` (which changes with the

@@ -165,9 +165,11 @@ impl LoraConfig {
         if !self.enabled() {
             return Ok(());
         }
-        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+        // The scale multiplies float32 weights: past float32's range it is inf.
+        if !((self.alpha as f32).is_finite() && self.alpha > 0.0) {
             bail!(
-                "lora alpha (--lora-alpha) must be a finite number > 0, got {}",
+                "lora alpha (--lora-alpha) must be a finite number > 0 within float32's range, \
+                 got {}",
                 self.alpha
             );
         }
@@ -1099,7 +1101,11 @@ impl PeftConfig {
             Some(serde_json::Value::String(s)) => !s.is_empty(),
             Some(_) => true,
         };
-        for k in ["target_parameters", "trainable_token_indices"] {
+        for k in [
+            "target_parameters",
+            "trainable_token_indices",
+            "layer_replication",
+        ] {
             if nonempty(k) {
                 bail!("{k} is set; elastica does not read it");
             }
@@ -1119,7 +1125,8 @@ impl PeftConfig {
                 .collect::<Result<Vec<_>>>()
         };
         let positive_int = |v: &serde_json::Value| v.as_u64().filter(|&r| r > 0).map(|r| r as f64);
-        let finite = |v: &serde_json::Value| v.as_f64().filter(|a| a.is_finite());
+        // Scales multiply float32 weights: past float32's range they are inf.
+        let finite = |v: &serde_json::Value| v.as_f64().filter(|&a| (a as f32).is_finite());
         let rank_pattern = pattern("rank_pattern", &positive_int)?
             .into_iter()
             .map(|(k, r)| (k, r as usize))
@@ -1130,9 +1137,8 @@ impl PeftConfig {
             .filter(|&r| r > 0)
             .context("\"r\" must be a positive integer")? as usize;
         let alpha = get("lora_alpha")
-            .and_then(|x| x.as_f64())
-            .filter(|a| a.is_finite())
-            .context("\"lora_alpha\" must be a number")?;
+            .and_then(|x| finite(x))
+            .context("\"lora_alpha\" must be a finite number within float32's range")?;
         let dropout = get("lora_dropout").and_then(|x| x.as_f64()).unwrap_or(0.0);
         let layer = |x: &serde_json::Value| x.as_u64().map(|l| l as usize);
         let layers = match get("layers_to_transform") {
@@ -1267,6 +1273,9 @@ mod tests {
             ("modules_to_save", serde_json::json!([1])),
             ("trainable_token_indices", serde_json::json!([3, 4])),
             ("rank_pattern", serde_json::json!({"q_proj": 0})),
+            ("lora_alpha", serde_json::json!(1e39)),
+            ("alpha_pattern", serde_json::json!({"q_proj": 1e39})),
+            ("layer_replication", serde_json::json!([[0, 1], [0, 1]])),
             ("peft_type", serde_json::json!("IA3")),
         ] {
             let mut c = base.clone();
