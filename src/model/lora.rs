@@ -1126,7 +1126,9 @@ impl PeftConfig {
         };
         let positive_int = |v: &serde_json::Value| v.as_u64().filter(|&r| r > 0).map(|r| r as f64);
         // Scales multiply float32 weights: past float32's range they are inf.
-        let finite = |v: &serde_json::Value| v.as_f64().filter(|&a| (a as f32).is_finite());
+        fn finite(v: &serde_json::Value) -> Option<f64> {
+            v.as_f64().filter(|&a| (a as f32).is_finite())
+        }
         let rank_pattern = pattern("rank_pattern", &positive_int)?
             .into_iter()
             .map(|(k, r)| (k, r as usize))
@@ -1137,7 +1139,7 @@ impl PeftConfig {
             .filter(|&r| r > 0)
             .context("\"r\" must be a positive integer")? as usize;
         let alpha = get("lora_alpha")
-            .and_then(|x| finite(x))
+            .and_then(finite)
             .context("\"lora_alpha\" must be a finite number within float32's range")?;
         let dropout = get("lora_dropout").and_then(|x| x.as_f64()).unwrap_or(0.0);
         let layer = |x: &serde_json::Value| x.as_u64().map(|l| l as usize);
