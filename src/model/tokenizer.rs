@@ -86,22 +86,22 @@ impl TextTokenizer {
         let bos_token = token_string(cfg.get("bos_token"));
         let eos_token = token_string(cfg.get("eos_token"));
         let pad_token = token_string(cfg.get("pad_token"));
+        // transformers: a chat_template.jinja file takes priority over the config's entry.
+        let jinja = dir.join("chat_template.jinja");
         let chat_template = match cfg.get("chat_template") {
+            _ if jinja.exists() => Some(
+                std::fs::read_to_string(&jinja)
+                    .with_context(|| format!("cannot read {}", jinja.display()))?,
+            ),
             Some(serde_json::Value::String(s)) => Some(s.clone()),
             Some(serde_json::Value::Array(named)) => {
                 Some(default_template(named).with_context(|| cfg_path.display().to_string())?)
             }
-            _ => {
-                let j = dir.join("chat_template.jinja");
-                if j.exists() {
-                    Some(
-                        std::fs::read_to_string(&j)
-                            .with_context(|| format!("cannot read {}", j.display()))?,
-                    )
-                } else {
-                    None
-                }
-            }
+            Some(serde_json::Value::Null) | None => None,
+            Some(other) => bail!(
+                "{}: \"chat_template\" must be a string or a list of named templates, got {other}",
+                cfg_path.display()
+            ),
         };
         let mut eos_ids: Vec<u32> = config_eos.to_vec();
         if let Some(id) = eos_token.as_deref().and_then(|t| inner.token_to_id(t)) {
@@ -199,5 +199,27 @@ mod tests {
             default_template(&[serde_json::json!({"name": 1})]).unwrap_err()
         );
         assert!(e.contains("needs a string"), "{e}");
+    }
+
+    /// As transformers: chat_template.jinja takes priority over the config's entry; an entry
+    /// of another type is an error naming the file.
+    #[test]
+    fn a_chat_template_file_wins_over_the_config_entry() {
+        let fix = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/tiny-qwen2");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(fix.join("tokenizer.json"), dir.path().join("tokenizer.json")).unwrap();
+        let write_cfg = |template: serde_json::Value| {
+            let cfg = serde_json::json!({"eos_token": "</s>", "chat_template": template});
+            std::fs::write(dir.path().join("tokenizer_config.json"), cfg.to_string()).unwrap();
+        };
+        let load = || TextTokenizer::from_dir(dir.path(), &[], None);
+        write_cfg("C".into());
+        assert_eq!(load().unwrap().chat_template.as_deref(), Some("C"));
+        std::fs::write(dir.path().join("chat_template.jinja"), "J").unwrap();
+        assert_eq!(load().unwrap().chat_template.as_deref(), Some("J"));
+        std::fs::remove_file(dir.path().join("chat_template.jinja")).unwrap();
+        write_cfg(42.into());
+        let e = format!("{:#}", load().err().unwrap());
+        assert!(e.contains("tokenizer_config.json") && e.contains("must be a string"), "{e}");
     }
 }
