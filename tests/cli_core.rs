@@ -387,3 +387,74 @@ fn a_forward_that_overflows_is_refused_not_reported() {
         );
     }
 }
+
+/// A tokenizer token past the model's vocab_size is refused when a text holds it, naming the
+/// token and config.json, before `train` makes its --out.
+#[test]
+fn a_token_the_model_has_no_embedding_for_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::copy_model_dir(
+        &Path::new(FIX).join("models/tiny-qwen2"),
+        &dir.path().join("m"),
+    );
+    let tj = model.join("tokenizer.json");
+    let mut tok: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&tj).unwrap()).unwrap();
+    tok["added_tokens"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"id": 4000,
+        "content": "<extra>", "single_word": false, "lstrip": false, "rstrip": false,
+        "normalized": false, "special": false}));
+    std::fs::write(&tj, tok.to_string()).unwrap();
+    let data = dir.path().join("d.jsonl");
+    std::fs::write(
+        &data,
+        "{\"prompt\": \"hi <extra>\", \"response\": \"ok\"}\n",
+    )
+    .unwrap();
+    let (m, d) = (model.to_str().unwrap(), data.to_str().unwrap());
+    let out = dir.path().join("run");
+    let o = out.to_str().unwrap();
+    for args in [
+        vec!["eval-loss", "--model", m, "--data", d],
+        vec![
+            "train",
+            "--model",
+            m,
+            "--data",
+            d,
+            "--out",
+            o,
+            "--max-steps",
+            "1",
+        ],
+        vec![
+            "generate",
+            "--model",
+            m,
+            "--prompt",
+            "hi <extra>",
+            "--max-new-tokens",
+            "2",
+        ],
+    ] {
+        let (ok, _, err) = elastica(&args);
+        assert!(
+            !ok && err.contains("\"<extra>\" (id 300)") && err.contains("vocab_size = 300"),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!out.exists());
+    // Text without it runs.
+    let (ok, _, err) = elastica(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "hi",
+        "--max-new-tokens",
+        "2",
+    ]);
+    assert!(ok, "{err}");
+}

@@ -50,7 +50,8 @@ pub fn load_model(spec: &str, device: &Device) -> Result<LoadedModel> {
     let dir = resolve_model_dir(spec)?;
     let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
     let params = load_params(&dir, &cfg, device)?;
-    let tokenizer = TextTokenizer::from_dir(&dir, &stop_ids(&dir, &cfg)?, cfg.pad_token_id)?;
+    let tokenizer = TextTokenizer::from_dir(&dir, &stop_ids(&dir, &cfg)?, cfg.pad_token_id)?
+        .for_model(cfg.vocab_size, &dir.join("config.json"))?;
     let model = Llama::new(cfg, params, device)?;
     Ok(LoadedModel {
         model,

@@ -2,7 +2,7 @@
 //! `tokenizer_config.json` adds (bos/eos/pad tokens, the chat template).
 
 use anyhow::{bail, Context, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub struct TextTokenizer {
     pub inner: tokenizers::Tokenizer,
@@ -12,6 +12,9 @@ pub struct TextTokenizer {
     pub chat_template: Option<String>,
     eos_ids: Vec<u32>,
     pad_id: u32,
+    /// The model's embedding rows (`vocab_size`), once bound to a model: an id past them is
+    /// refused when text is encoded (a tokenizer may hold tokens the model has no row for).
+    model_vocab: Option<(usize, PathBuf)>,
 }
 
 fn token_string(v: Option<&serde_json::Value>) -> Option<String> {
@@ -128,7 +131,39 @@ impl TextTokenizer {
             chat_template,
             eos_ids,
             pad_id,
+            model_vocab: None,
         })
+    }
+
+    /// Bind to a model of `vocab_size` rows (set in `config`): encoding refuses an id past
+    /// them, naming the token, where the embedding lookup would fail without a word on why.
+    pub fn for_model(mut self, vocab_size: usize, config: &Path) -> Result<Self> {
+        if self.pad_id as usize >= vocab_size {
+            bail!(
+                "the padding token id {} is past the model's vocab_size = {vocab_size} ({}); \
+                 set a pad_token the model has",
+                self.pad_id,
+                config.display()
+            );
+        }
+        self.model_vocab = Some((vocab_size, config.to_path_buf()));
+        Ok(self)
+    }
+
+    /// Refuse an id the bound model has no embedding row for.
+    fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        let Some((n, config)) = &self.model_vocab else {
+            return Ok(());
+        };
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= *n) {
+            let token = self.inner.id_to_token(id).unwrap_or_default();
+            bail!(
+                "the text holds token {token:?} (id {id}), past the model's vocab_size = {n} \
+                 ({}): the tokenizer has tokens the model has no embedding for",
+                config.display()
+            );
+        }
+        Ok(())
     }
 
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
@@ -136,6 +171,7 @@ impl TextTokenizer {
             .inner
             .encode(text, add_special_tokens)
             .map_err(|e| anyhow::anyhow!("tokenizer failed: {e}"))?;
+        self.check_ids(enc.get_ids())?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -150,6 +186,7 @@ impl TextTokenizer {
             .inner
             .encode(text, add_special_tokens)
             .map_err(|e| anyhow::anyhow!("tokenizer failed: {e}"))?;
+        self.check_ids(enc.get_ids())?;
         Ok(enc
             .get_ids()
             .iter()
@@ -207,7 +244,11 @@ mod tests {
     fn a_chat_template_file_wins_over_the_config_entry() {
         let fix = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/tiny-qwen2");
         let dir = tempfile::tempdir().unwrap();
-        std::fs::copy(fix.join("tokenizer.json"), dir.path().join("tokenizer.json")).unwrap();
+        std::fs::copy(
+            fix.join("tokenizer.json"),
+            dir.path().join("tokenizer.json"),
+        )
+        .unwrap();
         let write_cfg = |template: serde_json::Value| {
             let cfg = serde_json::json!({"eos_token": "</s>", "chat_template": template});
             std::fs::write(dir.path().join("tokenizer_config.json"), cfg.to_string()).unwrap();
@@ -220,6 +261,9 @@ mod tests {
         std::fs::remove_file(dir.path().join("chat_template.jinja")).unwrap();
         write_cfg(42.into());
         let e = format!("{:#}", load().err().unwrap());
-        assert!(e.contains("tokenizer_config.json") && e.contains("must be a string"), "{e}");
+        assert!(
+            e.contains("tokenizer_config.json") && e.contains("must be a string"),
+            "{e}"
+        );
     }
 }
