@@ -458,3 +458,45 @@ fn a_token_the_model_has_no_embedding_for_is_named() {
     ]);
     assert!(ok, "{err}");
 }
+
+/// A record cut by --max-length is scored per byte of what was kept (not of the whole
+/// response), with a warning; a cut that keeps no counted token says so.
+#[test]
+fn a_cut_record_counts_only_the_bytes_it_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d.jsonl");
+    let response = "word ".repeat(100);
+    let rows = [
+        serde_json::json!({"prompt": "Hi", "response": response}),
+        serde_json::json!({"text": response}),
+    ];
+    common::write_jsonl(&data, rows);
+    let (m, d) = (
+        format!("{FIX}/models/tiny-llama"),
+        data.to_str().unwrap().to_string(),
+    );
+    let run = |extra: &[&str]| {
+        let (ok, out, err) = common::eval_loss(&m, &d, &[&["--template", "raw"], extra].concat());
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        (v, err)
+    };
+    let (full, err) = run(&[]);
+    assert!(!err.contains("were cut"), "{err}");
+    assert_eq!(full["bytes"], 2 * response.len());
+    let (cut, err) = run(&["--max-length", "20"]);
+    assert!(
+        err.contains("2 of 2 records were longer than max_length = 20"),
+        "{err}"
+    );
+    let (tokens, bytes) = (
+        cut["tokens"].as_u64().unwrap(),
+        cut["bytes"].as_u64().unwrap(),
+    );
+    // Each kept "word " token pair stands for at most 5 bytes; nothing like the 1000 in all.
+    assert!(tokens > 0 && bytes > 0 && bytes <= 5 * tokens, "{cut}");
+    let bpb = cut["bits_per_byte"].as_f64().unwrap();
+    let want =
+        cut["mean_nll"].as_f64().unwrap() * tokens as f64 / std::f64::consts::LN_2 / bytes as f64;
+    assert!((bpb - want).abs() < 1e-9 * want, "{cut}");
+}

@@ -68,18 +68,46 @@ pub fn tokenize(
                 (ids, labels, text.len())
             }
         };
+        let mut scored_bytes = bytes;
         if ids.len() > max_length {
             truncated += 1;
             ids.truncate(max_length);
             labels.truncate(max_length);
+            scored_bytes =
+                kept_bytes(r, &labels, tok).with_context(|| format!("record {}", i + 1))?;
         }
         out.push(Example {
             ids,
             labels,
-            scored_bytes: bytes,
+            scored_bytes,
         });
     }
     Ok((out, truncated))
+}
+
+/// The bytes of text that a cut example's counted tokens (`labels` after the cut) still
+/// stand for, so bits per byte stay per byte of what was scored: a response's or text's
+/// prefix up to its last kept token (by the tokenizer's offsets), a conversation's kept
+/// counted runs as decoded.
+fn kept_bytes(r: &Record, labels: &[i64], tok: &TextTokenizer) -> Result<usize> {
+    let counted = labels.iter().filter(|&&l| l != IGNORE).count();
+    let prefix_end = |text: &str, special: bool, kept: usize| -> Result<usize> {
+        let spans = tok.encode_with_offsets(text, special)?;
+        Ok(spans.iter().take(kept).map(|s| s.1 .1).max().unwrap_or(0))
+    };
+    match r {
+        // The response's tokens come after the prompt's; the cut took the EOS with it.
+        Record::Pair { response, .. } => prefix_end(response, false, counted),
+        Record::Text { text } => prefix_end(text, true, labels.len()),
+        Record::Chat { .. } => {
+            let mut bytes = 0;
+            for run in labels.split(|&l| l == IGNORE).filter(|r| !r.is_empty()) {
+                let ids: Vec<u32> = run.iter().map(|&l| l as u32).collect();
+                bytes += tok.decode(&ids, true)?.len();
+            }
+            Ok(bytes)
+        }
+    }
 }
 
 /// Number of tokens the loss counts for an example (labels shifted by one).

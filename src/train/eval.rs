@@ -101,7 +101,16 @@ impl EvalBatches<'_> {
                 self.max_length
             );
         }
-        let (examples, _) = tokenize(records, self.tokenizer, self.template, self.max_length)?;
+        let (examples, truncated) =
+            tokenize(records, self.tokenizer, self.template, self.max_length)?;
+        if truncated > 0 {
+            eprintln!(
+                "warning: {truncated} of {} records were longer than max_length = {} tokens and \
+                 were cut; only their kept tokens (and the bytes those stand for) are scored",
+                examples.len(),
+                self.max_length
+            );
+        }
         let pb = crate::util::progress::bar(examples.len() as u64, "eval");
         if !self.progress {
             pb.set_draw_target(indicatif::ProgressDrawTarget::hidden());
@@ -128,6 +137,13 @@ impl EvalBatches<'_> {
             pb.inc(chunk.len() as u64);
         }
         pb.finish_and_clear();
+        if tokens == 0 && truncated > 0 {
+            bail!(
+                "no token to score: the counted tokens of the {truncated} cut records all fall \
+                 past max_length = {} (raise --max-length)",
+                self.max_length
+            );
+        }
         EvalLoss::from_totals(examples.len(), tokens, bytes, total_nll)
     }
 }
