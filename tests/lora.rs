@@ -607,19 +607,13 @@ fn unsupported_or_broken_adapters_are_refused_naming_the_file_and_key() {
     let base = fixtures().join("models/tiny-llama");
     let src = fixtures().join("lora/peft-llama");
     type Edit<'a> = &'a dyn Fn(&mut serde_json::Value);
-    let cases: [(&str, Edit, &str); 6] = [
+    let cases: [(&str, Edit, &str); 8] = [
         ("dora", &|c| c["use_dora"] = true.into(), "use_dora"),
         ("bias", &|c| c["bias"] = "some".into(), "bias = \"some\""),
         (
             "tokens",
             &|c| c["trainable_token_indices"] = serde_json::json!([3]),
             "trainable_token_indices",
-        ),
-        // The tensors cover layers 0 and 1: PEFT would ignore layer 1's.
-        (
-            "layers",
-            &|c| c["layers_to_transform"] = serde_json::json!([0]),
-            "is on layer 1, which",
         ),
         (
             "layers-range",
@@ -630,6 +624,23 @@ fn unsupported_or_broken_adapters_are_refused_naming_the_file_and_key() {
             "layers-type",
             &|c| c["layers_to_transform"] = "1".into(),
             "must be a layer index",
+        ),
+        // PEFT builds LoRA layers only where target_modules (less exclude_modules) names a
+        // module, and raises when it names none.
+        (
+            "targets-none",
+            &|c| c["target_modules"] = ".*nomatch.*".into(),
+            "matches no module of the base model",
+        ),
+        (
+            "targets-empty",
+            &|c| c["target_modules"] = serde_json::json!([]),
+            "matches no module of the base model",
+        ),
+        (
+            "targets-regex",
+            &|c| c["target_modules"] = "(unclosed".into(),
+            "is not a regular expression",
         ),
     ];
     for (name, edit, word) in cases {
@@ -664,6 +675,98 @@ fn unsupported_or_broken_adapters_are_refused_naming_the_file_and_key() {
         err.contains("adapter_model.safetensors") && err.contains("lora_"),
         "{err}"
     );
+}
+
+/// PEFT builds LoRA layers only on the modules `target_modules` names, `exclude_modules`
+/// does not, on the layers `layers_to_transform` lists, and leaves the file's other tensors
+/// unused: such an adapter computes what the same adapter without those tensors computes,
+/// and elastica says which it left.
+#[test]
+fn tensors_on_modules_peft_does_not_adapt_are_left_unused_as_peft_leaves_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = fixtures().join("models/tiny-llama");
+    let src = fixtures().join("lora/peft-llama");
+    let tensors =
+        candle_core::safetensors::load(src.join("adapter_model.safetensors"), &Device::Cpu)
+            .unwrap();
+    let nll = |adapter: &Path| {
+        let data = fixtures().join("sft/data.jsonl");
+        let adapter = adapter.to_str().unwrap();
+        let (ok, out, err) = common::eval_loss(
+            base.to_str().unwrap(),
+            data.to_str().unwrap(),
+            &["--adapter", adapter],
+        );
+        assert!(ok, "{err}");
+        (out, err)
+    };
+    type Edit<'a> = &'a dyn Fn(&mut serde_json::Value);
+    type Used<'a> = &'a dyn Fn(&str) -> bool;
+    // (config edit, the tensors PEFT uses, how many modules it leaves)
+    let cases: [(&str, Edit, Used, usize); 5] = [
+        (
+            "q-only",
+            &|c| c["target_modules"] = serde_json::json!(["q_proj"]),
+            &|k| k.contains("q_proj"),
+            12,
+        ),
+        (
+            "regex",
+            &|c| c["target_modules"] = r".*\.(q|v)_proj".into(),
+            &|k| k.contains("q_proj") || k.contains("v_proj"),
+            10,
+        ),
+        (
+            "all-linear",
+            &|c| c["target_modules"] = "all-linear".into(),
+            &|_| true,
+            0,
+        ),
+        (
+            "excluded",
+            &|c| c["exclude_modules"] = serde_json::json!(["mlp.down_proj"]),
+            &|k| !k.contains("down_proj"),
+            2,
+        ),
+        (
+            "layers",
+            &|c| c["layers_to_transform"] = serde_json::json!([0]),
+            &|k| k.contains("layers.0."),
+            7,
+        ),
+    ];
+    for (name, edit, used, unused) in cases {
+        let edited = dir.path().join(name);
+        let kept = dir.path().join(format!("{name}-kept"));
+        for d in [&edited, &kept] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let mut c: serde_json::Value = common::read_json(&src.join("adapter_config.json"));
+        std::fs::write(kept.join("adapter_config.json"), c.to_string()).unwrap();
+        edit(&mut c);
+        std::fs::write(edited.join("adapter_config.json"), c.to_string()).unwrap();
+        std::fs::copy(
+            src.join("adapter_model.safetensors"),
+            edited.join("adapter_model.safetensors"),
+        )
+        .unwrap();
+        let only: std::collections::HashMap<String, candle_core::Tensor> = tensors
+            .iter()
+            .filter(|(k, _)| used(k))
+            .map(|(k, t)| (k.clone(), t.clone()))
+            .collect();
+        candle_core::safetensors::save(&only, kept.join("adapter_model.safetensors")).unwrap();
+        let (got, err) = nll(&edited);
+        assert_eq!(got, nll(&kept).0, "{name}");
+        if unused > 0 {
+            assert!(
+                err.contains(&format!("on {unused} module(s)")) && err.contains("left unused"),
+                "{name}: {err}"
+            );
+        } else {
+            assert!(!err.contains("left unused"), "{name}: {err}");
+        }
+    }
 }
 
 #[test]

@@ -579,8 +579,15 @@ impl PeftAdapter {
             _ => {}
         }
         let paths = (cfg_path.as_path(), weights.as_path());
-        let (entries, targets) = projection_pairs(&mut read.lora, &peft, model, paths)?;
-        let outer = outer_pairs(read.outer, &peft, model, paths)?;
+        peft.check_targets_exist(model, &cfg_path)?;
+        let mut unused = Vec::new();
+        let (entries, targets) =
+            projection_pairs(&mut read.lora, &peft, model, &weights, &mut unused)?;
+        let outer = outer_pairs(read.outer, &peft, model, paths, &mut unused)?;
+        for m in &unused {
+            read.magnitudes.remove(m);
+        }
+        peft.warn_unused(&unused, paths);
         check_whole(&read.whole, &outer, &peft, model, paths)?;
         if entries.is_empty() && outer.is_empty() && read.whole.is_empty() {
             bail!("{} holds no LoRA tensors", weights.display());
@@ -662,24 +669,20 @@ fn projection_pairs(
     lora: &mut BTreeMap<String, Tensor>,
     peft: &PeftConfig,
     model: &ModelConfig,
-    (cfg_path, weights): (&Path, &Path),
+    weights: &Path,
+    unused: &mut Vec<String>,
 ) -> Result<ProjectionPairs> {
     let mut entries = Vec::new();
     let mut targets = BTreeSet::new();
     for l in 0..model.num_hidden_layers {
         for (j, (_, proj)) in PROJECTIONS.into_iter().enumerate() {
-            let (na, nb) = lora_names(&proj_module(l, j));
-            let listed = peft.layout.layers.as_ref().is_none_or(|ls| ls.contains(&l));
+            let module = proj_module(l, j);
+            let (na, nb) = lora_names(&module);
             match (lora.remove(&na), lora.remove(&nb)) {
-                // PEFT would build no module there and ignore the tensor: refuse rather
-                // than apply what PEFT would not.
-                (Some(_), _) | (_, Some(_)) if !listed => bail!(
-                    "{}: \"{na}\" is on layer {l}, which {} does not list in \
-                     layers_to_transform {:?}",
-                    weights.display(),
-                    cfg_path.display(),
-                    peft.layout.layers.as_deref().unwrap_or_default()
-                ),
+                // PEFT builds no LoRA layer there and leaves the tensors unused.
+                (Some(_), _) | (_, Some(_)) if !peft.adapts(&module, true, Some(l)) => {
+                    unused.push(module);
+                }
                 (Some(a), Some(b)) => {
                     targets.insert(proj);
                     entries.push((na, Var::from_tensor(&a)?));
@@ -708,6 +711,7 @@ fn outer_pairs(
     peft: &PeftConfig,
     model: &ModelConfig,
     (cfg_path, weights): (&Path, &Path),
+    unused: &mut Vec<String>,
 ) -> Result<BTreeMap<String, (Tensor, Tensor)>> {
     let lora_cfg = LoraConfig {
         rank: peft.r,
@@ -720,6 +724,10 @@ fn outer_pairs(
         let b = outer.remove(&(module.to_string(), 'B'));
         let (a, b) = match (a, b) {
             (None, None) => continue,
+            _ if !peft.adapts(module, module == HEAD, None) => {
+                unused.push(module.to_string());
+                continue;
+            }
             (Some(a), Some(b)) => (a, b),
             _ => bail!(
                 "{}: LoRA on {module} has only one of A and B",
@@ -1014,6 +1022,132 @@ struct PeftConfig {
     rslora: bool,
     base_model: String,
     layout: PeftLayout,
+    /// `target_modules` (None: not given, every module the file holds counts as targeted).
+    targets: Option<Modules>,
+    /// `exclude_modules`: modules left out even where `target_modules` names them.
+    excluded: Option<Modules>,
+}
+
+/// A set of the base model's modules as PEFT's `target_modules` / `exclude_modules` name it:
+/// a string is a regular expression the whole module name must match (`re.fullmatch`),
+/// except `all-linear` (every linear layer but the LM head); a list holds module names or
+/// name suffixes (`q_proj` names `model.layers.0.self_attn.q_proj`).
+#[derive(Debug, Clone)]
+enum Modules {
+    AllLinear,
+    Regex(String, regex::Regex),
+    Names(Vec<String>),
+}
+
+impl Modules {
+    fn from_json(v: &serde_json::Value, key: &str) -> Result<Modules> {
+        match v {
+            serde_json::Value::String(s) if s == "all-linear" => Ok(Modules::AllLinear),
+            serde_json::Value::String(s) => {
+                let re = regex::Regex::new(&format!("^(?:{s})$")).with_context(|| {
+                    format!("\"{key}\" \"{s}\" is not a regular expression elastica reads")
+                })?;
+                Ok(Modules::Regex(s.clone(), re))
+            }
+            serde_json::Value::Array(a) => a
+                .iter()
+                .map(|m| m.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .map(Modules::Names)
+                .with_context(|| format!("\"{key}\" must be a string or a list of strings")),
+            _ => bail!("\"{key}\" must be a string or a list of strings"),
+        }
+    }
+
+    /// Whether `module` (a full name; `linear`: a linear layer) is in the set.
+    fn contains(&self, module: &str, linear: bool) -> bool {
+        match self {
+            Modules::AllLinear => linear && module != HEAD,
+            Modules::Regex(_, re) => re.is_match(module),
+            Modules::Names(names) => names
+                .iter()
+                .any(|n| module == n || module.ends_with(&format!(".{n}"))),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Modules::AllLinear => "\"all-linear\"".into(),
+            Modules::Regex(s, _) => format!("{s:?}"),
+            Modules::Names(n) => format!("{n:?}"),
+        }
+    }
+}
+
+impl PeftConfig {
+    /// Whether PEFT builds a LoRA layer on `module` (a full name; `linear`: a linear layer;
+    /// `layer`: its decoder layer, none for the embedding and the head): `target_modules`
+    /// names it, `exclude_modules` does not, and `layers_to_transform` (where set) lists its
+    /// layer (a module outside the layers is then not adapted, as in PEFT).
+    fn adapts(&self, module: &str, linear: bool, layer: Option<usize>) -> bool {
+        self.targets
+            .as_ref()
+            .is_none_or(|t| t.contains(module, linear))
+            && !self
+                .excluded
+                .as_ref()
+                .is_some_and(|e| e.contains(module, linear))
+            && match (&self.layout.layers, layer) {
+                (None, _) => true,
+                (Some(ls), Some(l)) => ls.contains(&l),
+                (Some(_), None) => false,
+            }
+    }
+
+    /// Say which LoRA tensors of the file PEFT leaves unused (it builds no LoRA layer on
+    /// their modules, and loads the file without a word), as elastica leaves them too.
+    fn warn_unused(&self, unused: &[String], (cfg_path, weights): (&Path, &Path)) {
+        if let Some(first) = unused.first() {
+            eprintln!(
+                "warning: {}: LoRA tensors on {} module(s) ({first}{}) are left unused, as PEFT \
+                 leaves them: {} does not adapt them (target_modules {}, exclude_modules {}, \
+                 layers_to_transform {:?})",
+                weights.display(),
+                unused.len(),
+                if unused.len() > 1 { ", ..." } else { "" },
+                cfg_path.display(),
+                self.targets
+                    .as_ref()
+                    .map_or("unset".into(), Modules::describe),
+                self.excluded
+                    .as_ref()
+                    .map_or("unset".into(), Modules::describe),
+                self.layout.layers
+            );
+        }
+    }
+
+    /// Refuse a `target_modules` that names none of the model's modules (PEFT raises then).
+    fn check_targets_exist(&self, model: &ModelConfig, cfg_path: &Path) -> Result<()> {
+        let projections = (0..model.num_hidden_layers)
+            .flat_map(|l| (0..PROJECTIONS.len()).map(move |j| proj_module(l, j)));
+        let mut modules = projections
+            .map(|m| (m, true))
+            .chain([(EMBED.to_string(), false), (HEAD.to_string(), true)]);
+        let targeted = |m: &str, linear| {
+            self.targets.as_ref().is_some_and(|t| t.contains(m, linear))
+                && !self
+                    .excluded
+                    .as_ref()
+                    .is_some_and(|e| e.contains(m, linear))
+        };
+        if self.targets.is_some() && !modules.any(|(m, linear)| targeted(&m, linear)) {
+            bail!(
+                "{}: target_modules {} matches no module of the base model (PEFT refuses it too)",
+                cfg_path.display(),
+                self.targets
+                    .as_ref()
+                    .map(Modules::describe)
+                    .unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
 }
 
 /// What PEFT's `adapter_config.json` can say beyond one rank and alpha that elastica computes:
@@ -1177,6 +1311,12 @@ impl PeftConfig {
                 rank_pattern,
                 alpha_pattern,
             },
+            targets: get("target_modules")
+                .map(|v| Modules::from_json(v, "target_modules"))
+                .transpose()?,
+            excluded: get("exclude_modules")
+                .map(|v| Modules::from_json(v, "exclude_modules"))
+                .transpose()?,
         })
     }
 }
