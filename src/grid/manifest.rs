@@ -197,8 +197,9 @@ impl Manifest {
         if actual != m.hash {
             bail!(
                 "{}: the content hash is {actual} but the run recorded {}; the manifest was \
-                 edited after the grid was planned. Re-plan the run (rerun the experiment \
-                 command) instead of editing manifest.json",
+                 edited after the grid was planned, and an edited manifest is not run. Restore \
+                 it, or plan the run into a new output directory (change the experiment's \
+                 config instead of manifest.json)",
                 path.display(),
                 m.hash
             );

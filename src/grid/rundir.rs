@@ -139,6 +139,14 @@ impl Grid {
             return Ok(());
         }
         let old = Manifest::read(&path)?;
+        if old.experiment != manifest.experiment {
+            bail!(
+                "{} holds a {} run; a {} run needs its own output directory. Nothing was written",
+                run_dir.display(),
+                old.experiment,
+                manifest.experiment
+            );
+        }
         if old.hash == manifest.hash {
             return Ok(());
         }
@@ -293,5 +301,27 @@ impl Grid {
             label.to_string(),
             self.attempts(i).to_string(),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grid::registry::testing::echo;
+
+    /// A run directory holds one experiment's run: planning another into it is refused with
+    /// nothing written.
+    #[test]
+    fn another_experiment_is_not_planned_into_a_run_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let cells = || vec![echo("a", &[], serde_json::json!({}))];
+        Grid::plan(dir.path(), Manifest::new("resist", cells()).unwrap()).unwrap();
+        let before = std::fs::read(dir.path().join(MANIFEST_FILE)).unwrap();
+        let e = Grid::plan(dir.path(), Manifest::new("rebound", cells()).unwrap()).err();
+        let e = format!("{:#}", e.unwrap());
+        assert!(e.contains("holds a resist run; a rebound run needs its own"), "{e}");
+        assert_eq!(std::fs::read(dir.path().join(MANIFEST_FILE)).unwrap(), before);
+        // The same experiment re-planned is fine.
+        Grid::plan(dir.path(), Manifest::new("resist", cells()).unwrap()).unwrap();
     }
 }
