@@ -152,6 +152,12 @@ pub fn last_user_content(turns: &[Message]) -> &str {
         .map_or("", |m| m.content.as_str())
 }
 
+/// A line without the UTF-8 byte-order mark some editors write at the start of a file
+/// (JSON has no BOM; Python's `utf-8-sig` drops it the same way).
+pub fn without_bom(line: &str) -> &str {
+    line.strip_prefix('\u{feff}').unwrap_or(line)
+}
+
 /// Read a JSONL file of records. Blank lines are skipped; any other line that is not an
 /// object with string fields `prompt`+`response` or `text` is an error naming the line.
 pub fn read_jsonl(path: &Path) -> Result<Vec<Record>> {
@@ -161,11 +167,12 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Record>> {
     for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
         let line =
             line.with_context(|| format!("{}: line {}: cannot read", path.display(), i + 1))?;
+        let line = without_bom(&line);
         if line.trim().is_empty() {
             continue;
         }
         out.push(
-            parse_record(&line).with_context(|| format!("{}: line {}", path.display(), i + 1))?,
+            parse_record(line).with_context(|| format!("{}: line {}", path.display(), i + 1))?,
         );
     }
     if out.is_empty() {
@@ -335,7 +342,7 @@ pub fn json_lines(path: &Path, what: &str) -> Result<Vec<(usize, serde_json::Val
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read {what} file {}", path.display()))?;
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
+    for (i, line) in without_bom(&text).lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
@@ -352,6 +359,17 @@ pub fn json_lines(path: &Path, what: &str) -> Result<Vec<(usize, serde_json::Val
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A UTF-8 byte-order mark at the start of a file is not part of its first line.
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bom.jsonl");
+        std::fs::write(&p, "\u{feff}{\"text\": \"a\"}\n{\"text\": \"b\"}\n").unwrap();
+        assert_eq!(read_jsonl(&p).unwrap().len(), 2);
+        assert_eq!(json_lines(&p, "records").unwrap().len(), 2);
+        assert_eq!(read_run_records(&p).unwrap().len(), 2);
+    }
 
     #[test]
     fn round_trip_and_errors_name_the_line() {

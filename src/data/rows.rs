@@ -149,10 +149,11 @@ fn json_lines(
         let loc = Loc::Line(i + 1);
         // An unreadable line (bad UTF-8, a corrupt compressed stream) ends the file.
         let line = line.with_context(|| format!("{}: {loc}: cannot read", path.display()))?;
+        let line = crate::data::records::without_bom(&line);
         if line.trim().is_empty() {
             continue;
         }
-        let row = serde_json::from_str::<Value>(&line)
+        let row = serde_json::from_str::<Value>(line)
             .map_err(|e| anyhow!("not valid JSON ({e})"))
             .and_then(into_object);
         if f(loc, row)?.is_break() {
@@ -214,11 +215,13 @@ fn json_file(
 ) -> Result<()> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read data file {}", path.display()))?;
+    let text = crate::data::records::without_bom(&text);
     // Many hub data sets name JSON-lines files `.json`; a list starts with '['.
     if !text.trim_start().starts_with('[') {
-        return json_lines(path, Box::new(std::io::Cursor::new(text.into_bytes())), f);
+        let bytes = text.as_bytes().to_vec();
+        return json_lines(path, Box::new(std::io::Cursor::new(bytes)), f);
     }
-    let list: Vec<Value> = serde_json::from_str(&text).with_context(|| {
+    let list: Vec<Value> = serde_json::from_str(text).with_context(|| {
         format!(
             "{}: not a valid JSON list (a truncated or hand-edited file?); the whole file is \
              unusable, so skip_bad_rows cannot help",
