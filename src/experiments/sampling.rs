@@ -54,6 +54,12 @@ pub fn read<'de, D: Deserializer<'de>>(defaults: &GenConfig, d: D) -> Result<Gen
         if !KEYS.contains(&k.as_str()) {
             return Err(D::Error::unknown_field(&k, &KEYS));
         }
+        // TOML has no null: a JSON value reads nan and inf as one.
+        if v.is_null() {
+            return Err(D::Error::custom(format!(
+                "{k} must be a finite number (temperature >= 0, top_p in (0, 1]), got nan or inf"
+            )));
+        }
         full.insert(k, v);
     }
     serde_json::from_value(Value::Object(full)).map_err(D::Error::custom)

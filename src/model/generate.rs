@@ -59,18 +59,25 @@ impl GenConfig {
         }
     }
 
-    /// Check the values `generate` cannot use: no tokens or no batch, a negative (or NaN)
-    /// temperature, a nucleus mass outside (0, 1].
+    /// Check the values `generate` cannot use: no tokens or no batch, a negative, infinite
+    /// or NaN temperature, a nucleus mass outside (0, 1].
     pub fn validate(&self) -> Result<()> {
         if self.max_new_tokens == 0 || self.batch_size == 0 {
             anyhow::bail!("max_new_tokens and batch_size must be at least 1");
         }
-        if !(self.temperature >= 0.0 && self.top_p > 0.0 && self.top_p <= 1.0) {
+        self.check_sampling()
+    }
+
+    /// The sampling settings alone (see [`Self::validate`]), naming the one that is wrong.
+    fn check_sampling(&self) -> Result<()> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
             anyhow::bail!(
-                "temperature must be >= 0 and top_p in (0, 1], got {} and {}",
-                self.temperature,
-                self.top_p
+                "temperature must be a finite number >= 0 (0 = greedy), got {}",
+                self.temperature
             );
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            anyhow::bail!("top_p must be in (0, 1], got {}", self.top_p);
         }
         Ok(())
     }
@@ -137,10 +144,7 @@ pub fn generate(
 /// fills the model's `context` (no token can follow it).
 pub fn check_request(prompts: &[Vec<u32>], cfg: &GenConfig, context: usize) -> Result<()> {
     anyhow::ensure!(cfg.batch_size > 0, "generation batch size must be positive");
-    anyhow::ensure!(
-        cfg.temperature >= 0.0 && cfg.top_p > 0.0 && cfg.top_p <= 1.0,
-        "invalid sampling settings: temperature must be >= 0 and top_p in (0, 1]"
-    );
+    cfg.check_sampling()?;
     if let Some((i, p)) = prompts.iter().enumerate().find(|(_, p)| p.len() >= context) {
         anyhow::bail!(
             "prompt {} is {} tokens long, but the model's context (max_position_embeddings) is \

@@ -582,7 +582,9 @@ kind = "keywords"
         assert_eq!(c.generation.with_seed(7).seed, 7);
         for (table, want) in [
             ("seed = 1", "`seeds`"),
-            ("top_p = 0", "in [generation]: temperature must be >= 0"),
+            ("top_p = 0", "in [generation]: top_p must be in (0, 1]"),
+            ("temperature = inf", "temperature must be a finite number"),
+            ("temperature = nan", "temperature must be a finite number"),
             ("batch_size = 0", "batch_size"),
         ] {
             let text = format!("{MIN}\n[generation]\n{table}\n");
