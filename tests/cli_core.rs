@@ -500,3 +500,30 @@ fn a_cut_record_counts_only_the_bytes_it_kept() {
         cut["mean_nll"].as_f64().unwrap() * tokens as f64 / std::f64::consts::LN_2 / bytes as f64;
     assert!((bpb - want).abs() < 1e-9 * want, "{cut}");
 }
+
+/// `generate --data` answers the prompts of preference pairs too (README: "a data set in any
+/// schema"): each pair's prompt, once, in order.
+#[test]
+fn generate_answers_the_prompts_of_preference_pairs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("g.jsonl");
+    let pairs = format!("{FIX}/dpo/pairs.jsonl");
+    let (ok, _, err) = elastica(&[
+        "generate",
+        "--model",
+        &format!("{FIX}/models/tiny-llama"),
+        "--data",
+        &pairs,
+        "--out",
+        out.to_str().unwrap(),
+        "--max-new-tokens",
+        "2",
+    ]);
+    assert!(ok, "{err}");
+    let want: Vec<serde_json::Value> = common::jsonl_values(Path::new(&pairs));
+    let got = common::jsonl_values(&out);
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert_eq!(g["prompt"], w["prompt"]);
+    }
+}

@@ -4,6 +4,7 @@
 //! record's turns before its answer) is answered under the chat template (or safe-rlhf's
 //! multi-turn format) and written back with the answer as its last turn.
 
+use crate::data::prefs;
 use crate::data::prompts::{read_prompts, Prompt};
 use crate::data::records::Record;
 use crate::data::source::template_for;
@@ -113,12 +114,14 @@ fn prompts_of(a: &GenerateArgs) -> Result<(Vec<Prompt>, Template)> {
             out,
             &[("--data", Path::new(&spec.path))],
         )?;
-        let ds = crate::data::schemas::load(&spec)
-            .with_context(|| format!("cannot load the data set {}", spec.path))?;
-        let prompts = ds
-            .prompts()
-            .with_context(|| format!("the data set {}", spec.path))?;
-        return Ok((prompts, template_for(a.template, &spec)));
+        let prompts = data_prompts(&spec)?;
+        let template = match a.template {
+            None if prefs::PREF_SCHEMAS.contains(&spec.schema.as_str()) => {
+                prefs::default_template(&spec.schema)
+            }
+            _ => template_for(a.template, &spec),
+        };
+        return Ok((prompts, template));
     }
     if a.data_args != Default::default() {
         bail!("the data flags (--schema, --select, --files, --limit, ...) read --data; give --data PATH");
@@ -142,6 +145,38 @@ fn prompts_of(a: &GenerateArgs) -> Result<(Vec<Prompt>, Template)> {
             "give --prompt TEXT, --prompts FILE.jsonl --out FILE.jsonl, or --data PATH --out \
              FILE.jsonl"
         ),
+    }
+}
+
+/// The prompts of the data set `spec`: its records', or, for preference pairs (schemas
+/// `pku-saferlhf`, `hh-rlhf`, or `jsonl` / `conversation` rows with `chosen` and
+/// `rejected`), each pair's prompt (with its turns).
+fn data_prompts(spec: &crate::data::schemas::DataSpec) -> Result<Vec<Prompt>> {
+    let pairs = |first: Option<anyhow::Error>| -> Result<Vec<Prompt>> {
+        // A pair's prompt is the same whichever answer is chosen: either label reads it.
+        let prefer = (spec.schema == "pku-saferlhf").then_some(prefs::Prefer::Better);
+        let ds = match prefs::load(spec, prefer) {
+            Ok(ds) => ds,
+            // Not pairs either: the records' own error says more.
+            Err(e) => return Err(first.unwrap_or(e)),
+        };
+        Ok(ds
+            .records
+            .iter()
+            .filter_map(|p| Prompt::of_record(&p.record(&p.chosen)))
+            .collect())
+    };
+    if matches!(spec.schema.as_str(), "pku-saferlhf" | "hh-rlhf") {
+        return pairs(None);
+    }
+    match crate::data::schemas::load(spec) {
+        Ok(ds) => ds
+            .prompts()
+            .with_context(|| format!("the data set {}", spec.path)),
+        Err(e) if prefs::PREF_SCHEMAS.contains(&spec.schema.as_str()) => pairs(Some(
+            e.context(format!("cannot load the data set {}", spec.path)),
+        )),
+        Err(e) => Err(e.context(format!("cannot load the data set {}", spec.path))),
     }
 }
 

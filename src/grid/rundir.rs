@@ -319,8 +319,14 @@ mod tests {
         let before = std::fs::read(dir.path().join(MANIFEST_FILE)).unwrap();
         let e = Grid::plan(dir.path(), Manifest::new("rebound", cells()).unwrap()).err();
         let e = format!("{:#}", e.unwrap());
-        assert!(e.contains("holds a resist run; a rebound run needs its own"), "{e}");
-        assert_eq!(std::fs::read(dir.path().join(MANIFEST_FILE)).unwrap(), before);
+        assert!(
+            e.contains("holds a resist run; a rebound run needs its own"),
+            "{e}"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join(MANIFEST_FILE)).unwrap(),
+            before
+        );
         // The same experiment re-planned is fine.
         Grid::plan(dir.path(), Manifest::new("resist", cells()).unwrap()).unwrap();
     }
