@@ -18,7 +18,8 @@ pub struct EvalLossArgs {
     pub adapter: Option<PathBuf>,
     #[command(flatten)]
     pub data: DataSetArgs,
-    /// Prompt template (default: by schema, raw for imdb, safe-rlhf otherwise).
+    /// Prompt template (default: by schema: raw for imdb and world, chat for conversation,
+    /// safe-rlhf otherwise).
     #[arg(long, value_enum)]
     pub template: Option<Template>,
     /// Records per forward pass.

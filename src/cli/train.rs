@@ -56,7 +56,8 @@ pub struct TrainArgs {
     /// Output directory: final model (HF layout), train_log.jsonl, checkpoints.
     #[arg(long)]
     pub out: PathBuf,
-    /// Prompt template (default: by schema, raw for imdb, safe-rlhf otherwise).
+    /// Prompt template (default: by schema: raw for imdb and world, chat for conversation,
+    /// safe-rlhf otherwise).
     #[arg(long, value_enum)]
     pub template: Option<Template>,
     /// AdamW betas, "b1,b2" (default and paper: 0.9,0.95).

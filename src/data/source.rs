@@ -56,7 +56,7 @@ pub struct DataArgs {
     /// Inside a data directory: a split name (train, test) or a glob (*train*.parquet).
     #[arg(long, conflicts_with = "data_config")]
     pub files: Option<String>,
-    /// Keep at most this many records (after --select).
+    /// Keep this many records (after --select); fewer is an error.
     #[arg(long, conflicts_with = "data_config")]
     pub limit: Option<usize>,
     /// Skip and count malformed rows instead of stopping at the first.

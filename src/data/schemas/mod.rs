@@ -72,7 +72,8 @@ pub struct DataSpec {
     /// Which labelled half to keep.
     #[serde(default)]
     pub select: Select,
-    /// Keep at most this many records (after `select`, shuffling and `offset`).
+    /// Keep this many records (after `select`, shuffling and `offset`); fewer is an error, so a
+    /// design never runs on less data than it names.
     pub limit: Option<usize>,
     /// Drop this many records first, e.g. to take evaluation prompts that training never saw.
     #[serde(default)]
