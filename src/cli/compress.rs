@@ -47,6 +47,12 @@ fn model_and_adapter(entry: &str, base: Option<&str>) -> Result<(String, Option<
             )
             .with_context(|| format!("{} is not JSON", p.display()))?;
             match cfg["base_model_name_or_path"].as_str() {
+                // A base path from another machine: say how to point at this one's copy.
+                Some(b) if b.starts_with('/') && !Path::new(b).is_dir() => bail!(
+                    "{} names the base model {b}, which is not on this machine; give the base \
+                     model with --base",
+                    p.display()
+                ),
                 Some(b) if !b.is_empty() => b.to_string(),
                 _ => bail!(
                     "{} names no base_model_name_or_path; give the base model with --base",
