@@ -79,8 +79,8 @@ impl CompressSummary {
             )
         } else if f.pieces > 0 {
             format!(
-                " {} byte(s) in {} text piece(s) are stored raw: the model coded them worse \
-                 than 8 bits per byte.",
+                " Of the raw bytes, {} come from {} text piece(s) the model coded worse than \
+                 8 bits per byte (so they were stored raw instead).",
                 f.bytes, f.pieces
             )
         } else {
