@@ -303,45 +303,38 @@ fn an_output_that_is_an_input_is_refused_and_the_input_kept() {
     let dot = format!("{m}/.");
     let l = link.to_str().unwrap();
     let a = adapter.to_str().unwrap();
-    let cases: Vec<Vec<&str>> = vec![
-        vec![
-            "train",
-            "--model",
-            m,
-            "--data",
-            &d,
-            "--out",
-            &dot,
-            "--max-steps",
-            "1",
-        ],
-        vec![
-            "train",
-            "--model",
-            m,
-            "--data",
-            &d,
-            "--out",
-            l,
-            "--max-steps",
-            "1",
-        ],
+    let gen = [
+        "generate",
+        "--model",
+        m,
+        "--prompts",
+        p,
+        "--out",
+        p,
+        "--max-new-tokens",
+        "2",
+    ];
+    let mut cases: Vec<Vec<&str>> = vec![
         vec!["merge", "--model", m, "--adapter", a, "--out", l],
         vec!["merge", "--model", m, "--adapter", a, "--out", a],
-        vec![
-            "generate",
-            "--model",
-            m,
-            "--prompts",
-            p,
-            "--out",
-            p,
-            "--max-new-tokens",
-            "2",
-        ],
+        gen.to_vec(),
         vec!["score", "--data", p, "--scorer", "keywords", "--out", p],
         vec!["compress", "--model", m, t, t],
     ];
+    for out in [dot.as_str(), l] {
+        let train = [
+            "train",
+            "--model",
+            m,
+            "--data",
+            &d,
+            "--out",
+            out,
+            "--max-steps",
+            "1",
+        ];
+        cases.push(train.to_vec());
+    }
     for args in cases {
         let (ok, _, err) = elastica(&args);
         assert!(!ok && err.contains("destroy the input"), "{args:?}: {err}");
