@@ -533,24 +533,7 @@ impl PeftAdapter {
             }
             bail!("{} is missing", weights.display());
         }
-        let tensors = candle_core::safetensors::load(&weights, &Device::Cpu)
-            .with_context(|| format!("cannot read {}", weights.display()))?;
-        let mut read = PeftTensors::default();
-        for (key, t) in tensors {
-            let what = internal_name(&key).with_context(|| {
-                format!("{}: tensor \"{key}\" is not supported", weights.display())
-            })?;
-            let t = t.to_dtype(DType::F32)?;
-            if let Some(x) = super::tensor_file::non_finite(&t)? {
-                bail!(
-                    "{}: tensor \"{key}\" holds a non-finite value ({x})",
-                    weights.display()
-                );
-            }
-            if let Some(name) = read.insert(what, t) {
-                bail!("{}: tensor \"{name}\" appears twice", weights.display());
-            }
-        }
+        let mut read = PeftTensors::read(&weights)?;
         if let Some(l) = peft
             .layout
             .layers
@@ -647,6 +630,30 @@ struct PeftTensors {
 }
 
 impl PeftTensors {
+    /// The tensors of an adapter file, as f32, sorted; unknown, non-finite or repeated ones
+    /// are refused naming the file and tensor.
+    fn read(weights: &Path) -> Result<PeftTensors> {
+        let tensors = candle_core::safetensors::load(weights, &Device::Cpu)
+            .with_context(|| format!("cannot read {}", weights.display()))?;
+        let mut read = PeftTensors::default();
+        for (key, t) in tensors {
+            let what = internal_name(&key).with_context(|| {
+                format!("{}: tensor \"{key}\" is not supported", weights.display())
+            })?;
+            let t = t.to_dtype(DType::F32)?;
+            if let Some(x) = super::tensor_file::non_finite(&t)? {
+                bail!(
+                    "{}: tensor \"{key}\" holds a non-finite value ({x})",
+                    weights.display()
+                );
+            }
+            if let Some(name) = read.insert(what, t) {
+                bail!("{}: tensor \"{name}\" appears twice", weights.display());
+            }
+        }
+        Ok(read)
+    }
+
     /// File `t` as `what`; returns its name if one of that name was filed already.
     fn insert(&mut self, what: PeftTensor, t: Tensor) -> Option<String> {
         let (name, old) = match what {
@@ -1196,7 +1203,9 @@ fn matching<T: Copy>(pattern: &[(String, T)], what: &str, module: &str) -> Resul
 }
 
 impl PeftConfig {
-    fn from_json(v: &serde_json::Value) -> Result<PeftConfig> {
+    /// Refuse what PEFT's config can ask that elastica does not compute: another adapter or
+    /// task type, and the options that change what the adapter computes or where.
+    fn refuse_unsupported(v: &serde_json::Value) -> Result<()> {
         let get = |k: &str| v.get(k).filter(|x| !x.is_null());
         let peft_type = get("peft_type").and_then(|x| x.as_str()).unwrap_or("");
         if peft_type != "LORA" {
@@ -1207,27 +1216,11 @@ impl PeftConfig {
                 bail!("task_type is \"{t}\"; only CAUSAL_LM adapters are supported");
             }
         }
-        let flag = |k: &str| get(k).and_then(|x| x.as_bool()).unwrap_or(false);
         for k in ["fan_in_fan_out", "lora_bias", "use_qalora"] {
-            if flag(k) {
+            if get(k).and_then(|x| x.as_bool()).unwrap_or(false) {
                 bail!("{k} = true is not supported");
             }
         }
-        let trains_biases = match get("bias").and_then(|x| x.as_str()).unwrap_or("none") {
-            "none" => false,
-            "all" | "lora_only" => true,
-            b => bail!("bias = \"{b}\" is not one of PEFT's \"none\", \"all\", \"lora_only\""),
-        };
-        let modules_to_save = match get("modules_to_save") {
-            None => Vec::new(),
-            Some(serde_json::Value::String(m)) => vec![m.clone()],
-            Some(serde_json::Value::Array(a)) => a
-                .iter()
-                .map(|m| m.as_str().map(str::to_string))
-                .collect::<Option<Vec<_>>>()
-                .context("\"modules_to_save\" must be a list of module names")?,
-            Some(_) => bail!("\"modules_to_save\" must be a list of module names"),
-        };
         let nonempty = |k: &str| match get(k) {
             None => false,
             Some(serde_json::Value::Array(a)) => !a.is_empty(),
@@ -1244,6 +1237,28 @@ impl PeftConfig {
                 bail!("{k} is set; elastica does not read it");
             }
         }
+        Ok(())
+    }
+
+    fn from_json(v: &serde_json::Value) -> Result<PeftConfig> {
+        Self::refuse_unsupported(v)?;
+        let get = |k: &str| v.get(k).filter(|x| !x.is_null());
+        let flag = |k: &str| get(k).and_then(|x| x.as_bool()).unwrap_or(false);
+        let trains_biases = match get("bias").and_then(|x| x.as_str()).unwrap_or("none") {
+            "none" => false,
+            "all" | "lora_only" => true,
+            b => bail!("bias = \"{b}\" is not one of PEFT's \"none\", \"all\", \"lora_only\""),
+        };
+        let modules_to_save = match get("modules_to_save") {
+            None => Vec::new(),
+            Some(serde_json::Value::String(m)) => vec![m.clone()],
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .map(|m| m.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .context("\"modules_to_save\" must be a list of module names")?,
+            Some(_) => bail!("\"modules_to_save\" must be a list of module names"),
+        };
         let pattern = |k: &str, read: &dyn Fn(&serde_json::Value) -> Option<f64>| {
             let Some(m) = get(k) else {
                 return Ok(Vec::new());
