@@ -10,8 +10,9 @@ use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct TheoryArgs {
-    /// k = |D_p| / |D_a| values, comma-separated (pre-training set size over alignment set size).
-    #[arg(long = "k", value_delimiter = ',', allow_negative_numbers = true, default_values_t = vec![10.0, 100.0, 1000.0, 10000.0])]
+    /// k = |D_p| / |D_a| values, comma-separated (pre-training set size over alignment set size)
+    /// [default: 10,100,1000,10000].
+    #[arg(long = "k", value_delimiter = ',', allow_negative_numbers = true, hide_default_value = true, default_values_t = vec![10.0, 100.0, 1000.0, 10000.0])]
     pub k: Vec<f64>,
     /// Depth d of the token tree (2^d responses; 1..=22; 20 runs in seconds).
     #[arg(long, default_value_t = 12)]

@@ -75,11 +75,15 @@ pub fn check_every(every: usize) -> Result<()> {
 
 /// Load each named file, keeping at most `limit` records of each (the first ones).
 pub fn load_sets(named: &[(String, PathBuf)], limit: Option<usize>) -> Result<Vec<TrackedSet>> {
+    if limit == Some(0) {
+        bail!("--track-records must be at least 1 (records of each tracked set to measure)");
+    }
     named
         .iter()
         .map(|(name, path)| {
-            let mut records = read_run_records(path)
-                .with_context(|| format!("--track-rates set {name:?}: {}", path.display()))?;
+            // The reader's errors name the file and line.
+            let mut records =
+                read_run_records(path).with_context(|| format!("--track-rates set {name:?}"))?;
             if let Some(n) = limit {
                 records.truncate(n);
             }
