@@ -235,7 +235,10 @@ fn tracked_conversations_equal_eval_loss_and_bad_sets_leave_nothing_behind() {
     let not_a_dir = train.join("logs");
     for (extra, says) in [
         (["--track-every", "0"], "--track-every must be at least 1"),
-        (["--track-records", "0"], "--track-records must be at least 1"),
+        (
+            ["--track-records", "0"],
+            "--track-records must be at least 1",
+        ),
         (
             ["--log-dir", not_a_dir.to_str().unwrap()],
             "cannot create the log directory",
