@@ -1092,6 +1092,17 @@ impl PeftConfig {
     /// names it, `exclude_modules` does not, and `layers_to_transform` (where set) lists its
     /// layer (a module outside the layers is then not adapted, as in PEFT).
     fn adapts(&self, module: &str, linear: bool, layer: Option<usize>) -> bool {
+        self.targeted(module, linear)
+            && match (&self.layout.layers, layer) {
+                (None, _) => true,
+                (Some(ls), Some(l)) => ls.contains(&l),
+                (Some(_), None) => false,
+            }
+    }
+
+    /// Whether `target_modules` (unset: every module) names `module` and `exclude_modules`
+    /// does not.
+    fn targeted(&self, module: &str, linear: bool) -> bool {
         self.targets
             .as_ref()
             .is_none_or(|t| t.contains(module, linear))
@@ -1099,11 +1110,6 @@ impl PeftConfig {
                 .excluded
                 .as_ref()
                 .is_some_and(|e| e.contains(module, linear))
-            && match (&self.layout.layers, layer) {
-                (None, _) => true,
-                (Some(ls), Some(l)) => ls.contains(&l),
-                (Some(_), None) => false,
-            }
     }
 
     /// Say which LoRA tensors of the file PEFT leaves unused (it builds no LoRA layer on
@@ -1136,14 +1142,7 @@ impl PeftConfig {
         let mut modules = projections
             .map(|m| (m, true))
             .chain([(EMBED.to_string(), false), (HEAD.to_string(), true)]);
-        let targeted = |m: &str, linear| {
-            self.targets.as_ref().is_some_and(|t| t.contains(m, linear))
-                && !self
-                    .excluded
-                    .as_ref()
-                    .is_some_and(|e| e.contains(m, linear))
-        };
-        if self.targets.is_some() && !modules.any(|(m, linear)| targeted(&m, linear)) {
+        if self.targets.is_some() && !modules.any(|(m, linear)| self.targeted(&m, linear)) {
             bail!(
                 "{}: target_modules {} matches no module of the base model (PEFT refuses it too)",
                 cfg_path.display(),
