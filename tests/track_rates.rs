@@ -256,3 +256,47 @@ fn tracked_conversations_equal_eval_loss_and_bad_sets_leave_nothing_behind() {
         assert!(!fresh.exists(), "a refused run created --out");
     }
 }
+
+/// A tracked set whose records are cut to `--max-length` is reported once, not at each of
+/// the run's measurements (the set does not change between them).
+#[test]
+fn a_cut_tracked_set_is_reported_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/tiny-llama");
+    let train = dir.path().join("train.jsonl");
+    write_pairs(
+        &train,
+        &[("a", " b"), ("c", " d"), ("e", " f"), ("g", " h")],
+    );
+    let long = dir.path().join("long.jsonl");
+    let words = " the film was good and warm".repeat(20);
+    write_pairs(&long, &[("the play was", &words)]);
+    let out = dir.path().join("run");
+    let (ok, so, se) = elastica(&[
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        train.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--template",
+        "raw",
+        "--batch-size",
+        "1",
+        "--grad-accum",
+        "1",
+        "--max-length",
+        "24",
+        "--track-rates",
+        &format!("long={}", long.display()),
+        "--track-every",
+        "1",
+    ]);
+    assert!(ok, "{so}\n{se}");
+    assert_eq!(rows(&out.join("rates.jsonl")).len(), 5, "steps 0..=4");
+    let said = se
+        .matches("1 of 1 records were longer than max_length = 24")
+        .count();
+    assert_eq!(said, 1, "{se}");
+}

@@ -16,13 +16,7 @@ pub fn eval_loss(
     max_length: usize,
     batch_size: usize,
 ) -> Result<EvalLoss> {
-    let batches = EvalBatches {
-        tokenizer: model.tokenizer(),
-        device: &Device::Cpu,
-        template,
-        max_length,
-        batch_size,
-        progress: false,
-    };
+    let mut batches = EvalBatches::new(model.tokenizer(), &Device::Cpu, template, max_length);
+    batches.batch_size = batch_size;
     batches.eval_loss(records, |b| model.nll_sum(b))
 }

@@ -13,7 +13,7 @@ use crate::data::records::{read_run_records, Record};
 use crate::data::template::Template;
 use crate::model::checkpoint::LoadedModel;
 use crate::report::{LinePlot, RunDir, Series};
-use crate::train::eval::eval_loss;
+use crate::train::eval::EvalBatches;
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -110,6 +110,9 @@ pub struct RateTracker {
     every: usize,
     path: PathBuf,
     rows: Vec<TrackedRate>,
+    /// Whether a measurement has run in this process: the sets do not change, so records
+    /// cut to `max_length` are reported once, not at every measurement.
+    measured: std::cell::Cell<bool>,
 }
 
 impl RateTracker {
@@ -139,12 +142,14 @@ impl RateTracker {
             every,
             path,
             rows,
+            measured: std::cell::Cell::new(false),
         })
     }
 
     /// Rates of every set under the model as it is now.
     pub fn measure(&self, lm: &LoadedModel, step: usize) -> Result<Vec<TrackedRate>> {
-        let mut rows = measure_sets(lm, &self.sets, self.template, self.max_length)?;
+        let first = !self.measured.replace(true);
+        let mut rows = measure_sets(lm, &self.sets, self.template, self.max_length, first)?;
         for r in &mut rows {
             r.step = step;
         }
@@ -203,17 +208,23 @@ impl RateTracker {
     }
 }
 
-/// The rate of each set under `lm` (rows with `step` 0), from batched forward passes.
+/// The rate of each set under `lm` (rows with `step` 0), from batched forward passes;
+/// `warn_cuts`: say on stderr how many records were cut to `max_length`.
 pub fn measure_sets(
     lm: &LoadedModel,
     sets: &[TrackedSet],
     template: Template,
     max_length: usize,
+    warn_cuts: bool,
 ) -> Result<Vec<TrackedRate>> {
     let vocab = lm.tokenizer.vocab_size();
     sets.iter()
         .map(|s| {
-            let e = eval_loss(lm, &s.records, template, max_length, 8, false)
+            let mut batches =
+                EvalBatches::new(&lm.tokenizer, lm.model.device(), template, max_length);
+            batches.warn_cuts = warn_cuts;
+            let e = batches
+                .fused(lm, &s.records)
                 .with_context(|| format!("tracked set {:?}", s.name))?;
             let bits = e.mean_nll * e.tokens as f64 / std::f64::consts::LN_2;
             let r = Rate::from_totals(

@@ -59,17 +59,10 @@ pub fn eval_loss(
     batch_size: usize,
     progress: bool,
 ) -> Result<EvalLoss> {
-    let batches = EvalBatches {
-        tokenizer: &lm.tokenizer,
-        device: lm.model.device(),
-        template,
-        max_length,
-        batch_size,
-        progress,
-    };
-    batches.eval_loss(records, |b| {
-        crate::train::backprop::scoring_nll(&lm.model, &b.ids, &b.targets)
-    })
+    let mut batches = EvalBatches::new(&lm.tokenizer, lm.model.device(), template, max_length);
+    batches.batch_size = batch_size;
+    batches.progress = progress;
+    batches.fused(lm, records)
 }
 
 /// How a data set is cut into the batches its held-out loss is summed over: the same
@@ -82,9 +75,37 @@ pub struct EvalBatches<'a> {
     pub max_length: usize,
     pub batch_size: usize,
     pub progress: bool,
+    /// Warn on stderr when records are cut to `max_length` (off where the same set is
+    /// measured again and again, as `--track-rates` does).
+    pub warn_cuts: bool,
 }
 
-impl EvalBatches<'_> {
+impl<'a> EvalBatches<'a> {
+    /// Batches of 8, no progress bar, cut records reported.
+    pub fn new(
+        tokenizer: &'a TextTokenizer,
+        device: &'a Device,
+        template: Template,
+        max_length: usize,
+    ) -> Self {
+        EvalBatches {
+            tokenizer,
+            device,
+            template,
+            max_length,
+            batch_size: 8,
+            progress: false,
+            warn_cuts: true,
+        }
+    }
+
+    /// The held-out loss under the fused CPU model `lm`.
+    pub fn fused(&self, lm: &LoadedModel, records: &[Record]) -> Result<EvalLoss> {
+        self.eval_loss(records, |b| {
+            crate::train::backprop::scoring_nll(&lm.model, &b.ids, &b.targets)
+        })
+    }
+
     /// Sum `nll_sum` (summed NLL of a batch's counted tokens) over the batches of `records`.
     pub fn eval_loss(
         &self,
@@ -103,7 +124,7 @@ impl EvalBatches<'_> {
         }
         let (examples, truncated) =
             tokenize(records, self.tokenizer, self.template, self.max_length)?;
-        if truncated > 0 {
+        if truncated > 0 && self.warn_cuts {
             eprintln!(
                 "warning: {truncated} of {} records were longer than max_length = {} tokens and \
                  were cut; only their kept tokens (and the bytes those stand for) are scored",

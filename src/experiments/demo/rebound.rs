@@ -171,7 +171,7 @@ fn rate_points(
     at: (&str, usize, u64, usize, f64, f64),
 ) -> Result<Vec<RatePoint>> {
     let (base, n_plus, seed, n_minus, l, k) = at;
-    let measured = measure_sets(lm, sets, Template::Raw, 512)?;
+    let measured = measure_sets(lm, sets, Template::Raw, 512, true)?;
     let point = |set: &str, bits_per_token: f64| RatePoint {
         base: base.to_string(),
         n_plus,
