@@ -103,6 +103,63 @@ fn eval_loss_scores_conversations_as_transformers() {
     assert!(err.contains("chat_template"), "{err}");
 }
 
+/// A SentencePiece-style tokenizer (Metaspace, prepend_scheme "first", as Llama-2, Mistral
+/// and Zephyr have) gives an answer tokenized alone a leading '▁' the whole rendering does not
+/// have; the conversation is tokenized once, as TRL does, and scores as transformers scores it
+/// (`scripts/make_sp_chat_fixture.py`: tiny-llama's weights with `chat/sp`'s tokenizer).
+#[test]
+fn a_sentencepiece_tokenizer_tokenizes_the_conversation_once_as_trl() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(
+            fixtures().join("models/tiny-llama").join(f),
+            dir.path().join(f),
+        )
+        .unwrap();
+    }
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ] {
+        std::fs::copy(fixtures().join("chat/sp").join(f), dir.path().join(f)).unwrap();
+    }
+    let want = common::read_json(&fixtures().join("chat/sp/expected.json"));
+    let want = want["sft"].as_array().unwrap();
+    let lm = load_model(dir.path().to_str().unwrap(), &candle_core::Device::Cpu).unwrap();
+    let ds = load(&DataSpec::new(path("chat/sft.jsonl"), "conversation")).unwrap();
+    let (examples, _) = tokenize(&ds.records, &lm.tokenizer, Template::Chat, 512).unwrap();
+    for (i, (e, w)) in examples.iter().zip(want).enumerate() {
+        let (ids, labels) = ids_and_labels(w);
+        assert_eq!((&e.ids, &e.labels), (&ids, &labels), "record {i}");
+        let alone: Vec<u32> = serde_json::from_value(w["answer_alone"].clone()).unwrap();
+        let counted: Vec<u32> = e.ids[e.labels.iter().position(|&l| l >= 0).unwrap()..].to_vec();
+        assert_ne!(
+            counted, alone,
+            "record {i}: the fixture tells the two ways apart"
+        );
+    }
+    let (ok, stdout, err) = common::elastica(&[
+        "eval-loss",
+        "--model",
+        dir.path().to_str().unwrap(),
+        "--data",
+        &path("chat/sft.jsonl"),
+        "--schema",
+        "conversation",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let nll: f64 = want.iter().map(|w| w["nll_sum"].as_f64().unwrap()).sum();
+    let tokens: u64 = want.iter().map(|w| w["tokens"].as_u64().unwrap()).sum();
+    assert_eq!(v["tokens"].as_u64().unwrap(), tokens, "{v}");
+    let (mean, want_mean) = (v["mean_nll"].as_f64().unwrap(), nll / tokens as f64);
+    assert!(
+        (mean - want_mean).abs() <= 1e-5 * want_mean,
+        "elastica {mean} vs transformers {want_mean}"
+    );
+}
+
 #[test]
 fn dpo_on_conversational_pairs_takes_transformers_reference_log_probs() {
     let dir = tempfile::tempdir().unwrap();

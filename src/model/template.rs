@@ -49,7 +49,8 @@ impl Template {
 /// - [`Turns::Last`] (TRL's conversational prompt-completion): the prompt is the rendering of
 ///   every turn before the last, with the generation prompt; the answer is what the whole
 ///   conversation's rendering adds after it (the last turn's content and end-of-turn text).
-///   Prompt and answer are tokenized apart, as TRL tokenizes them, so the boundary is exact;
+///   As TRL's SFT, the whole rendering is tokenized once and its first tokens, as many as the
+///   prompt's own tokenization has, are masked;
 /// - [`Turns::Assistant`] (TRL's `assistant_only_loss`): the rendering is tokenized once, and
 ///   the tokens that overlap an assistant turn's text count, as transformers' assistant mask
 ///   counts them. The text is what the template marks with `{% generation %}` where it has
@@ -111,11 +112,19 @@ pub fn encode_conversation(
     if turns == Turns::Last {
         let bytes = spans.iter().map(|(s, e)| e - s).sum();
         let (start, _) = spans[0];
-        let prompt = tok.encode(&full[..start], specials)?;
-        let answer = tok.encode(&full[start..], false)?;
-        let ids = prompt.into_iter().map(|t| (t, false));
+        // As TRL: the whole rendering tokenized once, its first len(prompt ids) tokens masked.
+        // (The answer tokenized alone would start with a piece the joint text never has, e.g.
+        // SentencePiece's '▁' where the answer follows the generation prompt directly.)
+        let prompt = tok.encode(&full[..start], specials)?.len();
+        let ids = tok.encode(&full, specials)?;
+        if ids.len() <= prompt {
+            bail!("the last turn adds no token to the conversation's prompt ({prompt} tokens)");
+        }
         return Ok((
-            ids.chain(answer.into_iter().map(|t| (t, true))).collect(),
+            ids.into_iter()
+                .enumerate()
+                .map(|(i, t)| (t, i >= prompt))
+                .collect(),
             bytes,
         ));
     }

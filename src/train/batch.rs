@@ -2,8 +2,8 @@
 //! A pair is `prompt_ids (tokenizer specials included) + response_ids + [EOS]` with the prompt
 //! masked (-100); a text record is `text_ids + [EOS]`, all counted; a conversation is its
 //! chat-template prompt, masked, then the template's rendering of its last turn, counted (no
-//! EOS added: the template ends the turn). Prompt and response are tokenized separately so
-//! the mask boundary is exact.
+//! EOS added: the template ends the turn; see `model::template::encode_conversation`). A
+//! pair's prompt and response are tokenized separately so the mask boundary is exact.
 
 use crate::data::records::Record;
 use crate::data::template::Template;
