@@ -345,6 +345,39 @@ fn an_output_that_is_an_input_is_refused_and_the_input_kept() {
     );
 }
 
+/// A tied checkpoint (tiny-qwen2) that also stores an `lm_head.weight`: loaded when the head
+/// equals the embedding, refused, naming the key, when it differs (transformers 4 and 5
+/// would read two different models from it).
+#[test]
+fn a_tied_checkpoint_with_a_different_stored_head_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::copy_model_dir(
+        &Path::new(FIX).join("models/tiny-qwen2"),
+        &dir.path().join("m"),
+    );
+    let file = model.join("model.safetensors");
+    let dev = candle_core::Device::Cpu;
+    let mut ts = candle_core::safetensors::load(&file, &dev).unwrap();
+    let embed = ts.get("model.embed_tokens.weight").unwrap().clone();
+    let eval = || {
+        let m = model.to_str().unwrap();
+        elastica(&["eval-loss", "--model", m, "--data", &data()])
+    };
+    let (ok, want, err) = eval();
+    assert!(ok, "{err}");
+    ts.insert("lm_head.weight".into(), embed.clone());
+    candle_core::safetensors::save(&ts, &file).unwrap();
+    let (ok, got, err) = eval();
+    assert!(ok && got == want, "{err}");
+    ts.insert("lm_head.weight".into(), (embed * 2.0).unwrap());
+    candle_core::safetensors::save(&ts, &file).unwrap();
+    let (ok, _, err) = eval();
+    assert!(
+        !ok && err.contains("tie_word_embeddings") && err.contains("lm_head.weight"),
+        "{err}"
+    );
+}
+
 /// A checkpoint whose forward overflows (finite weights, logits past f32) is refused by
 /// `eval-loss` and `generate`, not reported as a null loss or answered with garbage.
 #[test]

@@ -298,7 +298,51 @@ fn load_params(dir: &Path, cfg: &ModelConfig, device: &Device) -> Result<Params>
         }
         entries.push((spec.name, Var::from_tensor(&t)?));
     }
+    if cfg.tie_word_embeddings && st.get("lm_head.weight").is_ok() {
+        check_tied_head(&st, &entries, dir)?;
+    }
     Ok(Params::new(entries))
+}
+
+/// A tied model whose file also holds an `lm_head.weight`: fine when it equals the embedding
+/// (some tools save both), refused when it differs, since transformers 4 ties it away and
+/// transformers 5 keeps it, so the same checkpoint means two different models.
+fn check_tied_head(
+    st: &candle_core::safetensors::MmapedSafetensors,
+    entries: &[(String, Var)],
+    dir: &Path,
+) -> Result<()> {
+    let head = st
+        .load("lm_head.weight", &Device::Cpu)
+        .and_then(|t| t.to_dtype(DType::F32))
+        .with_context(|| {
+            format!(
+                "tensor \"lm_head.weight\" is unreadable in {}",
+                dir.display()
+            )
+        })?;
+    let embed = entries
+        .iter()
+        .find(|(n, _)| n == "model.embed_tokens.weight")
+        .map(|(_, v)| v.as_tensor().to_device(&Device::Cpu))
+        .transpose()?;
+    let same = match embed {
+        Some(e) if e.dims() == head.dims() => {
+            e.flatten_all()?.to_vec1::<f32>()? == head.flatten_all()?.to_vec1::<f32>()?
+        }
+        _ => false,
+    };
+    if !same {
+        bail!(
+            "config.json in {} ties the output layer to the embedding (tie_word_embeddings = \
+             true), but the weights hold their own lm_head.weight, which differs from \
+             model.embed_tokens.weight: transformers 4 would use the embedding, transformers 5 \
+             the stored head. Set \"tie_word_embeddings\": false to use the stored head, or \
+             remove the tensor to tie",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// The candle dtype for a config dtype name.

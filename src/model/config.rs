@@ -242,28 +242,27 @@ impl RawConfig {
         Ok((rope_theta, scaling))
     }
 
-    /// The MLP's activation from `hidden_activation` or `hidden_act`, with each family's
-    /// default.
+    /// The MLP's activation from `hidden_act` (each family's default without it), as
+    /// transformers 5 reads it. Only Gemma configs carry `hidden_activation`, which
+    /// transformers 4 preferred: one that means another activation than `hidden_act` is
+    /// refused, since the two versions would build different models.
     fn activation(&self, family: Family) -> Result<Activation> {
-        let act_name = self
-            .hidden_activation
-            .clone()
-            .or(self.hidden_act.clone())
-            .unwrap_or_else(|| match family {
-                Family::Gemma => "gelu_pytorch_tanh".into(),
-                _ => "silu".into(),
-            });
-        Ok(match (family, act_name.as_str()) {
-            // transformers' Gemma forces the tanh approximation for the legacy "gelu" value.
-            (Family::Gemma, "gelu") | (_, "gelu_pytorch_tanh") | (_, "gelu_new") => {
-                Activation::GeluTanh
+        let default = match family {
+            Family::Gemma => "gelu_pytorch_tanh",
+            _ => "silu",
+        };
+        let act = activation_named(family, self.hidden_act.as_deref().unwrap_or(default))?;
+        if let (Family::Gemma, Some(other)) = (family, self.hidden_activation.as_deref()) {
+            if activation_named(family, other)? != act {
+                bail!(
+                    "\"hidden_activation\": \"{other}\" and \"hidden_act\": \"{}\" name \
+                     different activations (transformers 4 uses the first, transformers 5 the \
+                     second); keep the one the weights were trained with",
+                    self.hidden_act.as_deref().unwrap_or(default)
+                );
             }
-            (_, "silu") | (_, "swish") => Activation::Silu,
-            (_, "gelu") => Activation::Gelu,
-            (_, other) => bail!(
-                "unsupported activation \"{other}\"; supported: silu, gelu, gelu_pytorch_tanh"
-            ),
-        })
+        }
+        Ok(act)
     }
 
     /// (bos, eos ids, pad): the first id where a key lists several, except for eos.
@@ -280,6 +279,21 @@ impl RawConfig {
             .copied();
         Ok((bos_token_id, eos_token_ids, pad_token_id))
     }
+}
+
+/// A `hidden_act` name as `family` reads it.
+fn activation_named(family: Family, name: &str) -> Result<Activation> {
+    Ok(match (family, name) {
+        // transformers' Gemma forces the tanh approximation for the legacy "gelu" value.
+        (Family::Gemma, "gelu") | (_, "gelu_pytorch_tanh") | (_, "gelu_new") => {
+            Activation::GeluTanh
+        }
+        (_, "silu") | (_, "swish") => Activation::Silu,
+        (_, "gelu") => Activation::Gelu,
+        (_, other) => {
+            bail!("unsupported activation \"{other}\"; supported: silu, gelu, gelu_pytorch_tanh")
+        }
+    })
 }
 
 impl ModelConfig {
@@ -575,6 +589,32 @@ mod tests {
         let saved = new.to_json_for_save("bfloat16");
         assert_eq!(saved["dtype"], "bfloat16");
         assert!(saved.get("torch_dtype").is_none());
+    }
+
+    /// The activation is `hidden_act`'s, as transformers 5 reads it: a stray
+    /// `hidden_activation` outside Gemma is not read; in Gemma it must agree with `hidden_act`
+    /// (transformers 4 preferred it), the legacy "gelu" meaning the tanh approximation.
+    #[test]
+    fn the_activation_is_hidden_acts() {
+        let act = |family: &str, keys: &str| {
+            let base = BASE.replace("\"llama\"", &format!("\"{family}\""));
+            ModelConfig::from_json_str(&format!("{base}{keys}}}")).map(|c| c.activation)
+        };
+        assert_eq!(act("llama", "").unwrap(), Activation::Silu);
+        let stray = ",\"hidden_act\":\"silu\",\"hidden_activation\":\"gelu\"";
+        assert_eq!(act("qwen2", stray).unwrap(), Activation::Silu);
+        assert_eq!(act("gemma", "").unwrap(), Activation::GeluTanh);
+        let official = ",\"hidden_act\":\"gelu\",\"hidden_activation\":\"gelu_pytorch_tanh\"";
+        assert_eq!(act("gemma", official).unwrap(), Activation::GeluTanh);
+        let e = act(
+            "gemma",
+            ",\"hidden_act\":\"gelu\",\"hidden_activation\":\"silu\"",
+        );
+        let e = format!("{:#}", e.unwrap_err());
+        assert!(
+            e.contains("hidden_activation") && e.contains("transformers 5"),
+            "{e}"
+        );
     }
 
     /// A factor that would divide by zero (NaN logits) is refused, naming the key.
