@@ -345,6 +345,43 @@ fn an_output_that_is_an_input_is_refused_and_the_input_kept() {
     );
 }
 
+/// A `--config` file spells `--no-shuffle` as the run stores it (`shuffle = false`), and a
+/// key that is no flag is refused naming the file, before `--out` exists.
+#[test]
+fn config_files_spell_negated_switches_and_refuse_unknown_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("train.toml");
+    let model = format!("{FIX}/models/tiny-llama");
+    let run = |body: &str, out: &Path| {
+        std::fs::write(&cfg, body).unwrap();
+        let (c, o) = (cfg.to_str().unwrap(), out.to_str().unwrap());
+        let args = [
+            "train",
+            "--config",
+            c,
+            "--model",
+            &model,
+            "--data",
+            &data(),
+            "--out",
+            o,
+        ];
+        elastica(&[&args[..], &["--max-steps", "1", "--batch-size", "2"]].concat())
+    };
+    let out = dir.path().join("run");
+    let (ok, _, err) = run("shuffle = false\n", &out);
+    assert!(ok, "{err}");
+    let stored = std::fs::read_to_string(out.join("train_config.toml")).unwrap();
+    assert!(stored.contains("shuffle = false"), "{stored}");
+    let bad = dir.path().join("bad");
+    let (ok, _, err) = run("shufle = false\n", &bad);
+    assert!(
+        !ok && err.contains("train.toml") && err.contains("unknown key `shufle`"),
+        "{err}"
+    );
+    assert!(!bad.exists());
+}
+
 /// A tied checkpoint (tiny-qwen2) that also stores an `lm_head.weight`: loaded when the head
 /// equals the embedding, refused, naming the key, when it differs (transformers 4 and 5
 /// would read two different models from it).

@@ -8,9 +8,13 @@ use std::ffi::OsString;
 /// tables), passed through to them instead of being expanded into flags.
 pub const OWN_CONFIG_COMMANDS: &[&str] = &["rebound", "scaling", "resist"];
 
+/// What the subcommand knows of a long flag (without its `--`): `None` if it has no such
+/// flag, else whether the flag takes a value (a switch does not).
+pub type FlagLookup<'a> = &'a dyn Fn(&str) -> Option<bool>;
+
 /// Replace `--config FILE` (or `--config=FILE`) in `argv` by the flags the TOML file sets.
 /// Only the first occurrence is expanded; the file's flags go right after the subcommand.
-pub fn expand_config_args(argv: Vec<OsString>) -> Result<Vec<OsString>> {
+pub fn expand_config_args(argv: Vec<OsString>, flag: FlagLookup) -> Result<Vec<OsString>> {
     if argv
         .get(1)
         .is_some_and(|c| OWN_CONFIG_COMMANDS.contains(&c.to_string_lossy().as_ref()))
@@ -42,7 +46,7 @@ pub fn expand_config_args(argv: Vec<OsString>) -> Result<Vec<OsString>> {
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     let flags =
-        toml_to_flags(&text).with_context(|| format!("in config file {}", path.display()))?;
+        toml_to_flags(&text, flag).with_context(|| format!("in config file {}", path.display()))?;
     // Subcommand is argv[1]; file flags go right after it, the user's flags after those.
     let mut out: Vec<OsString> = Vec::with_capacity(argv.len() + flags.len());
     let insert_at = 2.min(argv.len());
@@ -62,14 +66,33 @@ pub fn expand_config_args(argv: Vec<OsString>) -> Result<Vec<OsString>> {
 }
 
 /// Turn a flat TOML table into `--key value` flags (`snake_case` keys become `kebab-case`).
-pub fn toml_to_flags(text: &str) -> Result<Vec<String>> {
+/// A boolean sets a switch (`resume = true`) or, where the flag is the switch's negation,
+/// spells it (`shuffle = false` is `--no-shuffle`); a key that names no flag is refused.
+pub fn toml_to_flags(text: &str, flag: FlagLookup) -> Result<Vec<String>> {
     let table: toml::Table = text.parse().context("not valid TOML")?;
     let mut flags = Vec::new();
     for (key, value) in table {
-        let flag = format!("--{}", key.replace('_', "-"));
+        let long = key.replace('_', "-");
+        let negation = format!("no-{long}");
+        let takes_value = match (flag(&long), &value) {
+            (Some(takes), _) => takes,
+            (None, toml::Value::Boolean(b)) if flag(&negation) == Some(false) => {
+                if !b {
+                    flags.push(format!("--{negation}"));
+                }
+                continue;
+            }
+            (None, _) => bail!(
+                "unknown key `{key}`: the keys are the command's long flag names (see its --help)"
+            ),
+        };
+        let flag = format!("--{long}");
         match value {
-            toml::Value::Boolean(true) => flags.push(flag),
-            toml::Value::Boolean(false) => {}
+            toml::Value::Boolean(b) if !takes_value => {
+                if b {
+                    flags.push(flag);
+                }
+            }
             toml::Value::Array(items) => {
                 let parts: Result<Vec<String>> = items.iter().map(scalar).collect();
                 flags.push(flag);
@@ -98,11 +121,18 @@ fn scalar(v: &toml::Value) -> Result<String> {
 mod tests {
     use super::*;
 
+    /// `elastica train`'s flags, as the CLI looks them up.
+    fn train_flag(long: &str) -> Option<bool> {
+        crate::cli::long_flag("train", long)
+    }
+
     #[test]
     fn toml_keys_become_flags() {
-        let f =
-            toml_to_flags("lr = 0.001\nno_shuffle = true\nbetas = [0.9, 0.95]\nmodel = \"m\"\n")
-                .unwrap();
+        let f = toml_to_flags(
+            "lr = 0.001\nno_shuffle = true\nbetas = [0.9, 0.95]\nmodel = \"m\"\n",
+            &train_flag,
+        )
+        .unwrap();
         let s = f.join(" ");
         assert!(s.contains("--lr 0.001"), "{s}");
         assert!(s.contains("--no-shuffle"), "{s}");
@@ -126,7 +156,7 @@ mod tests {
         .iter()
         .map(OsString::from)
         .collect();
-        let out = expand_config_args(argv).unwrap();
+        let out = expand_config_args(argv, &train_flag).unwrap();
         let out: Vec<String> = out
             .iter()
             .map(|s| s.to_string_lossy().into_owned())
@@ -143,7 +173,22 @@ mod tests {
             .iter()
             .map(OsString::from)
             .collect();
-        let e = format!("{:#}", expand_config_args(argv).unwrap_err());
+        let e = format!("{:#}", expand_config_args(argv, &train_flag).unwrap_err());
         assert!(e.contains("bad.toml"), "{e}");
+    }
+
+    /// `shuffle = false` (the stored spelling of `--no-shuffle`) turns shuffling off, a
+    /// switch set false stays off, and a key that is no flag is refused by name.
+    #[test]
+    fn booleans_spell_switches_and_unknown_keys_are_refused() {
+        let f = |t: &str| toml_to_flags(t, &train_flag).map(|f| f.join(" "));
+        assert_eq!(f("shuffle = false").unwrap(), "--no-shuffle");
+        assert_eq!(f("shuffle = true").unwrap(), "");
+        assert_eq!(f("no_shuffle = true").unwrap(), "--no-shuffle");
+        assert_eq!(f("resume = false").unwrap(), "");
+        assert_eq!(f("resume = true").unwrap(), "--resume");
+        let e = format!("{:#}", f("bogus = 1").unwrap_err());
+        assert!(e.contains("unknown key `bogus`"), "{e}");
+        assert!(f("bogus = false").is_err());
     }
 }

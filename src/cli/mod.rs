@@ -108,7 +108,12 @@ pub fn main() -> i32 {
     let argv = if reads_own_config(&argv) {
         Ok(argv)
     } else {
-        config::expand_config_args(argv)
+        let sub = argv
+            .get(1)
+            .and_then(|a| a.to_str())
+            .unwrap_or("")
+            .to_string();
+        config::expand_config_args(argv, &|long| long_flag(&sub, long))
     };
     let argv = match argv {
         Ok(a) => a,
@@ -129,6 +134,17 @@ pub fn main() -> i32 {
             }
         }
     }
+}
+
+/// Whether subcommand `sub` has the long flag `--long`, and if so whether it takes a value.
+pub(crate) fn long_flag(sub: &str, long: &str) -> Option<bool> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let arg = cmd
+        .find_subcommand(sub)?
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))?;
+    Some(arg.get_action().takes_values())
 }
 
 /// Whether the subcommand in `argv` declares its own `--config` (an experiment whose TOML

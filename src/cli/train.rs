@@ -30,8 +30,8 @@ pub const LOCK_FILE: &str = ".train.lock";
 #[derive(clap::Args, Debug)]
 #[command(
     after_help = "Every flag can also be set in a TOML file given as --config FILE \
-(keys are the long flag names: lr = 1e-5, no_shuffle = true, betas = [0.9, 0.95]); flags typed \
-on the command line win."
+(keys are the long flag names: lr = 1e-5, betas = [0.9, 0.95], and shuffle = false for \
+--no-shuffle; a key that is no flag is refused); flags typed on the command line win."
 )]
 pub struct TrainArgs {
     /// Base model: a directory in the HF layout, or `org/name` in the offline HF cache.
