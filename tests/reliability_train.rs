@@ -772,3 +772,40 @@ fn an_output_that_is_a_symlink_or_fifo_is_written_through_never_replaced() {
     assert!(!ok && err.contains("is a directory"), "{err}");
     assert!(sub.is_dir());
 }
+
+/// A run that replaces an earlier one in its --out clears what that run left, its finished
+/// marker first: a replacement that dies midway never passes for the earlier run finished
+/// (a `--resume` with the earlier settings trains it again, to the same weights), and a full
+/// run leaves no earlier LoRA adapter for `rates` or `--adapter` to read, nor a LoRA run an
+/// earlier model.
+#[test]
+fn a_replacing_run_clears_the_earlier_runs_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let (ok, _, err) = train_cli(&out, &[]);
+    assert!(ok, "{err}");
+    let first = std::fs::read(out.join("model.safetensors")).unwrap();
+    // The replacement diverges at its second step.
+    let (ok, _, err) = train_cli(&out, &["--lr", "1e30", "--clip", "0"]);
+    assert!(!ok && err.contains("training stopped"), "{err}");
+    assert!(!out.join("train_config.toml").exists());
+    assert!(!out.join("model.safetensors").exists());
+    let (ok, _, err) = train_cli(&out, &["--resume"]);
+    assert!(ok && !err.contains("nothing to do"), "{err}");
+    assert_eq!(std::fs::read(out.join("model.safetensors")).unwrap(), first);
+    // LoRA over the full run, then full over the LoRA run.
+    let (ok, _, err) = train_cli(&out, &["--lora-rank", "2"]);
+    assert!(ok, "{err}");
+    assert!(out.join("adapter_model.safetensors").exists());
+    assert!(
+        !out.join("model.safetensors").exists(),
+        "the full run's model stayed"
+    );
+    let (ok, _, err) = train_cli(&out, &[]);
+    assert!(ok, "{err}");
+    assert!(
+        !out.join("adapter_config.json").exists(),
+        "the LoRA run's adapter stayed"
+    );
+    assert_eq!(std::fs::read(out.join("model.safetensors")).unwrap(), first);
+}

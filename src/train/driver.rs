@@ -12,8 +12,8 @@
 use super::batch::Batch;
 use super::optim::{AdamWConfig, StepSettings};
 use super::run_dir::{
-    append_log, read_log_as, remove_checkpoints, resume_point_of, rewrite_log, step_indices,
-    sync_file, ResumePoint, RunSettings, StepLog, FINISHED_SETTINGS,
+    append_log, clear_previous_run, read_log_as, remove_checkpoints, resume_point_of, rewrite_log,
+    step_indices, sync_file, ResumePoint, RunSettings, StepLog, FINISHED_SETTINGS, LOG_FILE,
 };
 use super::schedule::{lr_at, warmup_steps};
 use anyhow::{bail, Context, Result};
@@ -208,7 +208,9 @@ pub fn drive<M: Method, H: FnMut(&StepLog) -> Result<()> + ?Sized>(
     };
     std::fs::create_dir_all(out)
         .with_context(|| format!("cannot create output directory {}", out.display()))?;
-    let log_path = out.join("train_log.jsonl");
+    // What a killed run's writes left half-done (its caller holds `out`'s lock).
+    crate::util::fsx::remove_stale_temps(out)?;
+    let log_path = out.join(LOG_FILE);
     let opt = adamw_config(cfg);
     let (mut log, mut start, mut resumed_from) = (Vec::new(), 0, None);
     match point {
@@ -219,6 +221,8 @@ pub fn drive<M: Method, H: FnMut(&StepLog) -> Result<()> + ?Sized>(
                 out.display()
             );
             model.load_final(out)?;
+            // A kill between the finished marker and the clean-up left checkpoints behind.
+            remove_checkpoints(out)?;
             let log = read_log_as(&log_path)?;
             return Ok(Outcome {
                 log,
@@ -235,7 +239,10 @@ pub fn drive<M: Method, H: FnMut(&StepLog) -> Result<()> + ?Sized>(
                 .collect();
             (start, resumed_from) = (step, Some(step));
         }
-        ResumePoint::Fresh => method.begin(model.trainee(), out)?,
+        ResumePoint::Fresh => {
+            clear_previous_run(out)?;
+            method.begin(model.trainee(), out)?
+        }
     }
     rewrite_log(&log_path, &log)?;
     let mut bar = Progress::new(M::LABEL, total, start, progress);

@@ -163,6 +163,9 @@ pub(crate) fn save_trained(lm: &LoadedModel, out: &Path, save_dtype: &str) -> Re
 /// The resolved settings of a finished run, written after its final model.
 pub const FINISHED_SETTINGS: &str = "train_config.toml";
 
+/// A run's step log, one JSON line per optimizer step.
+pub const LOG_FILE: &str = "train_log.jsonl";
+
 /// Where a resumed run starts.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ResumePoint {
@@ -442,6 +445,44 @@ pub(crate) fn load_state(
     let moments = candle_core::safetensors::load(dir.join("optimizer.safetensors"), dev)
         .with_context(|| format!("cannot read optimizer state in {}", dir.display()))?;
     opt.load_state(lm.model.trainable(), &moments, adam_step)
+}
+
+/// Before a run trains into `out` from its start: what an earlier run left there goes, its
+/// finished marker first, so that a replacement killed midway never passes for the earlier
+/// run finished, and no earlier adapter or model (a LoRA run's adapter beside a full run's
+/// model, say) outlives the run that wrote it. A folder no run has trained into is left as
+/// it is.
+pub(crate) fn clear_previous_run(out: &Path) -> Result<()> {
+    if !out.join(FINISHED_SETTINGS).exists() && !out.join(LOG_FILE).exists() {
+        return Ok(());
+    }
+    let remove = |p: &Path| match std::fs::remove_file(p) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove {}", p.display()))
+        }
+        _ => Ok(()),
+    };
+    remove(&out.join(FINISHED_SETTINGS))?;
+    crate::util::fsx::sync_dir(out)?;
+    let mut stale: Vec<PathBuf> = [
+        crate::model::lora::CONFIG_FILE,
+        crate::model::lora::WEIGHTS_FILE,
+        "model.safetensors",
+        "model.safetensors.index.json",
+    ]
+    .iter()
+    .map(|f| out.join(f))
+    .collect();
+    for e in std::fs::read_dir(out).with_context(|| format!("cannot list {}", out.display()))? {
+        let name = e?.file_name().to_string_lossy().into_owned();
+        if name.starts_with("model-") && name.ends_with(".safetensors") {
+            stale.push(out.join(name));
+        }
+    }
+    for p in &stale {
+        remove(p)?;
+    }
+    remove_checkpoints(out)
 }
 
 /// Remove every checkpoint of a finished run (each marker first).

@@ -218,30 +218,50 @@ fn open_stream(p: &Path) -> Result<File> {
         .with_context(|| format!("cannot open {} for writing", p.display()))
 }
 
+/// Remove the temporary files (`.tmp-*`, see [`temp_sibling`]) a killed writer left in
+/// `dir`. Only for a folder this process owns (its lock held): a live writer's temporary
+/// file would go too.
+pub fn remove_stale_temps(dir: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let stale = e.file_name().to_string_lossy().starts_with(TEMP_PREFIX)
+            && e.file_type().is_ok_and(|t| t.is_file());
+        if stale {
+            std::fs::remove_file(e.path())
+                .with_context(|| format!("cannot remove {}", e.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// How the names of [`temp_sibling`]'s files begin.
+const TEMP_PREFIX: &str = ".tmp-";
+
 /// A temporary file beside `p` (so the rename stays within one file system).
 fn temp_sibling(p: &Path, suffix: &str) -> Result<tempfile::NamedTempFile> {
     let dir = parent_dir(p);
     std::fs::create_dir_all(&dir)
         .with_context(|| format!("cannot create directory {}", dir.display()))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
+    tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
         .suffix(suffix)
         .tempfile_in(&dir)
-        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
-    // Temp files are created owner-only (0600); a result file should be readable like any other.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644))
-            .with_context(|| format!("cannot set permissions of {}", tmp.path().display()))?;
-    }
-    Ok(tmp)
+        .with_context(|| format!("cannot create a temporary file in {}", dir.display()))
 }
 
 /// fsync the finished temporary file, rename it over `p`, fsync the directory.
 fn persist(tmp: tempfile::NamedTempFile, p: &Path) -> Result<()> {
-    // Reopen by path: a producer given only the path may have replaced the inode.
+    // Temp files are created owner-only (0600); a result file should be readable like any
+    // other. Set by path: a producer given only the path may have replaced the inode.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o644))
+            .with_context(|| format!("cannot set permissions of {}", tmp.path().display()))?;
+    }
+    // Reopen by path, for the same reason.
     File::open(tmp.path())
         .and_then(|f| f.sync_all())
         .with_context(|| format!("cannot sync the data of {}", p.display()))?;
@@ -302,6 +322,33 @@ fn parent_dir(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A written file is readable by all (0644) even when the producer replaced the
+    /// owner-only temporary file with one of its own (as the safetensors serializer does).
+    #[cfg(unix)]
+    #[test]
+    fn written_files_are_readable_by_all() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.txt"), dir.path().join("b.bin"));
+        atomic_write(&a, b"x").unwrap();
+        atomic_write_path(&b, ".bin", |tmp| {
+            std::fs::remove_file(tmp)?;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(tmp)?;
+            f.write_all(b"y")?;
+            Ok(())
+        })
+        .unwrap();
+        for p in [&a, &b] {
+            let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o644, "{}", p.display());
+        }
+    }
 
     #[cfg(unix)]
     #[test]
