@@ -590,3 +590,44 @@ fn generate_answers_the_prompts_of_preference_pairs() {
         assert_eq!(g["prompt"], w["prompt"]);
     }
 }
+
+/// Run elastica with its stdout a pipe that is already closed (`elastica ... | head -1` once
+/// head has exited): stderr, and the exit status.
+fn with_closed_stdout(args: &[&str]) -> (String, std::process::ExitStatus) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_elastica"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    (
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status,
+    )
+}
+
+/// A closed stdout ends a command quietly, as it does other Unix tools: no panic, no
+/// "Broken pipe" message, whether the command prints a table of results or of cells.
+#[test]
+fn a_closed_stdout_ends_a_command_quietly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = common::tiny_rebound(tmp.path(), "", "");
+    let run = tmp.path().join("run");
+    let (c, r) = (cfg.to_str().unwrap(), run.to_str().unwrap());
+    let (ok, _, err) = elastica(&["rebound", "--config", c, "--out", r, "--plan-only"]);
+    assert!(ok, "{err}");
+    let theory = tmp.path().join("theory");
+    for args in [
+        vec!["theory", "--out", theory.to_str().unwrap()],
+        vec!["status", r],
+    ] {
+        let (err, status) = with_closed_stdout(&args);
+        assert!(
+            !err.contains("panicked") && !err.contains("Broken pipe"),
+            "{args:?}: {err}"
+        );
+        assert_ne!(status.code(), Some(101), "{args:?} panicked: {err}");
+    }
+}

@@ -325,3 +325,151 @@ fn scaling_over_two_models_plots_strength_against_x() {
         stderr(&r)
     );
 }
+
+/// A child process killed (and reaped) when the test ends, even by a failed assertion.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `elastica status DIR`: (exit code, stdout and stderr).
+fn status(out: &Path) -> (Option<i32>, String) {
+    let r = run(&["status", out.to_str().unwrap()], &[]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&r.stdout),
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(!text.contains("panicked"), "{text}");
+    (r.status.code(), text)
+}
+
+/// `status` while a local run is under way: the cell its live process holds is running,
+/// the cells it has still to run are pending, and nothing failed (exit 0). Once that
+/// process is killed, the cell failed (exit 1) without a Slurm log to point at, and the
+/// next step is the experiment command again.
+#[test]
+fn status_of_a_live_local_run_says_running_not_failed() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_refusal_data(tmp.path(), 12);
+    let cfg = config(tmp.path(), &GRID_2X2.replace("MODEL", &tiny_llama()));
+    let out = tmp.path().join("run");
+    let (c, o) = (cfg.to_str().unwrap(), out.to_str().unwrap());
+    // align.p4.s1 hangs (holding its lock) once base.s1 is done.
+    let child = Command::new(bin())
+        .args(["rebound", "--config", c, "--out", o])
+        .env("RAYON_NUM_THREADS", "1")
+        .env("ELASTICA_INJECT_FAULT", "align.p4.s1@start:sleep=120")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut child = KillOnDrop(child);
+    let running = "| align.p4.s1 | rebound.align | running |";
+    let t0 = std::time::Instant::now();
+    let (code, text) = loop {
+        let (code, text) = status(&out);
+        if text.contains(running) || t0.elapsed().as_secs() > 90 {
+            break (code, text);
+        }
+        assert!(
+            child.0.try_wait().unwrap().is_none(),
+            "the run ended: {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    assert!(text.contains(running), "{text}");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains(", running 1, done 1, failed 0"), "{text}");
+    assert!(
+        text.contains("| perturb.p4.n0.s1 | rebound.perturb | pending |")
+            && text.contains("| align.p8.s1 | rebound.align | pending |"),
+        "{text}"
+    );
+    assert!(!text.contains("logs/cell-"), "{text}");
+
+    // The run's process dies: its locks go with it.
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    let (code, text) = status(&out);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("| align.p4.s1 | rebound.align | failed |")
+            && text.contains("the process that ran it ended without a result"),
+        "{text}"
+    );
+    assert!(!text.contains("logs/cell-"), "{text}");
+    assert!(
+        text.contains("rerunning the experiment command") && !text.contains("resubmit"),
+        "{text}"
+    );
+}
+
+/// A truncated result.json is named as unreadable (not "stale"), and neither `collect` nor
+/// the experiment command drops that cell from a report: both refuse, naming the file, with
+/// the complete report left as it was. Deleting the cell's directory runs it again.
+#[test]
+fn a_damaged_result_is_named_and_never_dropped_from_the_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_refusal_data(tmp.path(), 12);
+    let cfg = config(tmp.path(), &GRID_2X2.replace("MODEL", &tiny_llama()));
+    let out = tmp.path().join("run");
+    let (c, o) = (cfg.to_str().unwrap(), out.to_str().unwrap());
+    let r = grid("rebound", &cfg, &out, &[]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let files = ["report.md", "results.csv", "results.jsonl"];
+    let before: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(out.join(f)).unwrap())
+        .collect();
+    let result = out.join("cells/perturb.p4.n4.s1/result.json");
+    let text = std::fs::read_to_string(&result).unwrap();
+    std::fs::write(&result, &text[..text.len() / 2]).unwrap();
+    let named = result.display().to_string();
+
+    let (code, t) = status(&out);
+    assert_eq!(code, Some(1), "{t}");
+    assert!(
+        t.contains("| perturb.p4.n4.s1 | rebound.perturb | unreadable |")
+            && t.contains(&named)
+            && t.contains("not a valid cell result")
+            && t.contains("unreadable result 1"),
+        "{t}"
+    );
+    assert!(!t.contains("another definition"), "{t}");
+
+    for args in [
+        vec!["collect", o],
+        vec!["rebound", "--config", c, "--out", o],
+    ] {
+        let r = run(&args, &[]);
+        let e = stderr(&r);
+        assert!(!r.status.success(), "{args:?}: {e}");
+        assert!(
+            e.contains(&named) && e.contains("not a valid cell result"),
+            "{args:?}: {e}"
+        );
+        for (f, b) in files.iter().zip(&before) {
+            assert_eq!(
+                &std::fs::read(out.join(f)).unwrap(),
+                b,
+                "{args:?} changed {f}"
+            );
+        }
+        assert_eq!(
+            std::fs::read_to_string(&result).unwrap(),
+            text[..text.len() / 2]
+        );
+    }
+
+    std::fs::remove_dir_all(result.parent().unwrap()).unwrap();
+    let r = grid("rebound", &cfg, &out, &[]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let (code, t) = status(&out);
+    assert_eq!(code, Some(0), "{t}");
+    assert_eq!(std::fs::read(out.join("results.csv")).unwrap(), before[1]);
+}

@@ -38,6 +38,9 @@ use std::path::{Path, PathBuf};
 /// Environment variable naming injected faults (`<cell-id>@<point>`, comma-separated).
 pub const FAULT_ENV: &str = "ELASTICA_INJECT_FAULT";
 
+/// Tries, 50 ms apart, to take a cell's lock before it counts as held by another process.
+const LOCK_TRIES: usize = 10;
+
 /// A kind of cell: how to run it. Implementations are unit structs listed in their
 /// experiment's `kinds` (see `grid::registry`).
 pub trait CellKind: Send + Sync {
@@ -211,6 +214,7 @@ pub fn run_cell_on(
             cell.id,
             grid.cell_dir(index).display()
         ),
+        CellStatus::Unreadable(e) => bail!("{}", grid.unreadable_hint(index, &e)),
         _ => {}
     }
     let kind = find(kinds, &cell.kind)?;
@@ -302,6 +306,15 @@ pub fn run_cell_on(
 /// Take the cell's lock (released when the file is dropped, or when the process dies).
 fn lock_cell(dir: &Path, id: &str) -> Result<std::fs::File> {
     let p = dir.join(LOCK_FILE);
+    // `status` probes the lock by taking it for an instant (`fsx::is_locked`); a few short
+    // retries keep such a probe from failing a cell that starts at that instant. A cell
+    // really run by another process holds the lock far longer.
+    for _ in 0..LOCK_TRIES - 1 {
+        if let Some(f) = crate::util::fsx::try_lock(&p)? {
+            return Ok(f);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     match crate::util::fsx::try_lock(&p)? {
         Some(f) => Ok(f),
         None => bail!(

@@ -24,6 +24,9 @@ pub struct Collected {
 /// Write the report of the run in `run_dir`, by the experiment in `registry` that planned it.
 pub fn collect(run_dir: &Path, registry: &Registry) -> Result<Collected> {
     let grid = Grid::open(&run_dir.join(MANIFEST_FILE))?;
+    // A damaged result is not a missing cell: reporting without it would replace a complete
+    // report with a partial one.
+    grid.check_results()?;
     let missing: Vec<String> = (0..grid.len())
         .filter(|&i| !grid.is_done(i))
         .map(|i| grid.manifest().cells[i].id.clone())

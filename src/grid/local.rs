@@ -15,7 +15,7 @@ use super::cell::{find, run_cell_on, CellKind, Kinds};
 use super::config::LOCAL;
 use super::device::{CellDevice, DevicePool};
 use super::executor::{Executor, FailedCell, GridReport, SkippedCell};
-use super::rundir::Grid;
+use super::rundir::{Grid, RUN_LOCK_FILE};
 use crate::util::parallel::{schedule, Limits, Outcome};
 use anyhow::Result;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -65,6 +65,10 @@ impl Executor for LocalExecutor {
 
     fn execute(&self, grid: &Grid) -> Result<GridReport> {
         let started = std::time::Instant::now();
+        grid.check_results()?;
+        // Held until the grid ends, so that `status` lists the cells still to run as pending
+        // (not as failed or never submitted) while this process lives.
+        let _running = crate::util::fsx::lock_shared(&grid.run_dir().join(RUN_LOCK_FILE))?;
         let n = grid.len();
         let cells = &grid.manifest().cells;
         let Pending {

@@ -10,9 +10,13 @@
 //! <run>/cells/<id>/result.json written atomically LAST: its presence means "done"
 //! <run>/cells/<id>/error.txt   the error of the last failed attempt
 //! <run>/cells/<id>/attempts    how many times the cell was started
+//! <run>/cells/<id>/.lock       locked (flock) by the process running the cell
+//! <run>/.local-run.lock        locked (shared) by every local executor running the grid
 //! ```
 //! A cell's status is read from these files alone, so any process (a local executor, a Slurm
-//! array task, `elastica cell status`) sees the same state.
+//! array task, `elastica cell status`) sees the same state. The locks tell a cell (or a
+//! local grid) that a live process is running from one whose process died: a lock ends with
+//! its process.
 
 use super::device::CellDevice;
 use super::manifest::{Manifest, MANIFEST_FILE};
@@ -34,6 +38,9 @@ pub const ERROR_FILE: &str = "error.txt";
 pub const ATTEMPTS_FILE: &str = "attempts";
 /// Held (flock) by the process running the cell.
 pub const LOCK_FILE: &str = ".lock";
+/// Held (shared flock) by a local executor while it runs the grid, so that `status` can tell
+/// a cell waiting in a live local run from one that nobody will run.
+pub const RUN_LOCK_FILE: &str = ".local-run.lock";
 
 /// `cells/<id>/result.json`: the done marker and the cell's output.
 #[serde_with::skip_serializing_none]
@@ -87,6 +94,9 @@ pub enum CellStatus {
     Pending,
     /// `result.json` belongs to a different definition of the cell (another manifest).
     Stale,
+    /// `result.json` exists but cannot be read as a result (truncated, edited, unreadable):
+    /// the error, naming the file.
+    Unreadable(String),
 }
 
 impl CellStatus {
@@ -97,6 +107,7 @@ impl CellStatus {
             CellStatus::Started => "started",
             CellStatus::Pending => "pending",
             CellStatus::Stale => "stale",
+            CellStatus::Unreadable(_) => "unreadable",
         }
     }
 }
@@ -227,7 +238,8 @@ impl Grid {
         if result.exists() {
             return match CellResult::read(&result) {
                 Ok(r) if r.cell_hash == self.manifest.cells[i].hash() => CellStatus::Done,
-                _ => CellStatus::Stale,
+                Ok(_) => CellStatus::Stale,
+                Err(e) => CellStatus::Unreadable(format!("{e:#}")),
             };
         }
         let err = dir.join(ERROR_FILE);
@@ -247,6 +259,53 @@ impl Grid {
 
     pub fn is_done(&self, i: usize) -> bool {
         self.status(i) == CellStatus::Done
+    }
+
+    /// A live process holds cell `i`'s lock: it is running the cell now.
+    pub fn is_running(&self, i: usize) -> bool {
+        crate::util::fsx::is_locked(&self.cell_dir(i).join(LOCK_FILE))
+    }
+
+    /// A local executor is running this grid now (it holds [`RUN_LOCK_FILE`]).
+    pub fn local_run_active(&self) -> bool {
+        crate::util::fsx::is_locked(&self.run_dir.join(RUN_LOCK_FILE))
+    }
+
+    /// What to do about cell `i`'s unreadable `result.json` (`error` names the file).
+    pub fn unreadable_hint(&self, i: usize, error: &str) -> String {
+        format!(
+            "{error}; results are written atomically, so the file was damaged after the cell \
+             finished (a copy, an edit, the disk): delete {} to run cell {} again",
+            self.cell_dir(i).display(),
+            self.manifest.cells[i].id
+        )
+    }
+
+    /// Refuse a grid with an unreadable `result.json`: running or reporting it would leave
+    /// a finished cell out of the report, or replace a complete report with a partial one.
+    /// Executors and `collect` call this before they run or write anything.
+    pub fn check_results(&self) -> Result<()> {
+        let bad: Vec<(usize, String)> = (0..self.len())
+            .filter_map(|i| match self.status(i) {
+                CellStatus::Unreadable(e) => Some((i, e)),
+                _ => None,
+            })
+            .collect();
+        let Some((i, e)) = bad.first() else {
+            return Ok(());
+        };
+        let others = match bad.len() {
+            1 => String::new(),
+            n => format!(
+                " ({} other cell(s) have an unreadable result.json too)",
+                n - 1
+            ),
+        };
+        bail!(
+            "{}{others}. No cell was run and no report written; `elastica status {}` lists them",
+            self.unreadable_hint(*i, e),
+            self.run_dir.display()
+        )
     }
 
     /// The result of cell `i` if it is done (and belongs to this cell).
@@ -278,6 +337,7 @@ impl Grid {
             let detail = match &st {
                 CellStatus::Failed(e) => e.clone(),
                 CellStatus::Stale => "result belongs to another manifest".to_string(),
+                CellStatus::Unreadable(e) => e.clone(),
                 _ => String::new(),
             };
             // Rows always have the header's width.

@@ -211,6 +211,41 @@ pub fn try_lock(path: &Path) -> Result<Option<File>> {
     }
 }
 
+/// Take a shared lock on `path` (created if missing), waiting while someone holds it
+/// exclusively (only [`is_locked`]'s probe does, for an instant). Holders of shared locks
+/// do not exclude each other; the lock ends when the file is dropped or the process dies.
+pub fn lock_shared(path: &Path) -> Result<File> {
+    // Read and write: NFS emulates flock with byte-range locks, which need a readable file
+    // for a shared lock and a writable one for an exclusive probe.
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+    f.lock_shared()
+        .with_context(|| format!("cannot lock {}", path.display()))?;
+    Ok(f)
+}
+
+/// Whether a live process holds a lock (shared or exclusive) on `path`. Reads only: a
+/// missing file is not created (it means "not locked"), and a file that cannot be opened
+/// counts as not locked. The probe takes the lock for an instant when it is free, so a
+/// process starting at that instant must retry (as `grid::cell` does).
+pub fn is_locked(path: &Path) -> bool {
+    // Writable where allowed: NFS takes an exclusive lock only through a writable file.
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .or_else(|_| File::open(path));
+    let Ok(f) = opened else {
+        return false;
+    };
+    matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock))
+}
+
 fn open_stream(p: &Path) -> Result<File> {
     std::fs::OpenOptions::new()
         .write(true)
@@ -514,5 +549,22 @@ mod tests {
         assert!(try_lock(&p).unwrap().is_none(), "a second lock was granted");
         drop(held);
         assert!(try_lock(&p).unwrap().is_some());
+    }
+
+    #[test]
+    fn is_locked_sees_shared_and_exclusive_holders_and_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("lock");
+        assert!(!is_locked(&p));
+        assert!(!p.exists(), "the probe created the lock file");
+        let shared = lock_shared(&p).unwrap();
+        let again = lock_shared(&p).unwrap();
+        assert!(is_locked(&p));
+        drop((shared, again));
+        assert!(!is_locked(&p));
+        let held = try_lock(&p).unwrap().unwrap();
+        assert!(is_locked(&p));
+        drop(held);
+        assert!(!is_locked(&p));
     }
 }

@@ -60,6 +60,7 @@ impl Executor for SlurmExecutor {
         self.cfg.validate()?;
         let run_dir = submit::check_paths(grid)?;
         let grid = &Grid::open(&run_dir.join(MANIFEST_FILE))?;
+        grid.check_results()?;
         let record = JobRecord::read(&run_dir)?;
         let snap = if record.is_empty() {
             None
@@ -75,7 +76,10 @@ impl Executor for SlurmExecutor {
             .collect();
         let todo: Vec<usize> = (0..grid.len())
             .filter(|&i| {
-                !matches!(before[i], CellState::Done | CellState::Stale) && !before[i].is_active()
+                !matches!(
+                    before[i],
+                    CellState::Done | CellState::Stale | CellState::Unreadable(_)
+                ) && !before[i].is_active()
             })
             .collect();
         // Jobs that still hold tasks: new cells may depend on those tasks' cells.
@@ -176,7 +180,10 @@ fn report_of(grid: &Grid, already: &[usize], states: &[CellState], seconds: f64)
             }),
             CellState::Failed { reason, log } => r.failed.push(FailedCell {
                 id,
-                error: format!("{reason} (log: {})", log.display()),
+                error: match log {
+                    Some(log) => format!("{reason} (log: {})", log.display()),
+                    None => reason.clone(),
+                },
             }),
             CellState::Skipped { because } => r.skipped.push(SkippedCell {
                 id,
@@ -193,6 +200,10 @@ fn report_of(grid: &Grid, already: &[usize], states: &[CellState], seconds: f64)
                     grid.cell_dir(i).display()
                 ),
                 id,
+            }),
+            CellState::Unreadable(hint) => r.failed.push(FailedCell {
+                id,
+                error: hint.clone(),
             }),
         }
     }
@@ -280,7 +291,12 @@ pub fn status_table(grid: &Grid, states: &[CellState], record: &JobRecord) -> cr
     for (i, st) in states.iter().enumerate() {
         let detail = match st {
             CellState::Queued(r) => r.clone(),
-            CellState::Failed { reason, log } => format!("{reason}; log: {}", log.display()),
+            CellState::Failed {
+                reason,
+                log: Some(log),
+            } => format!("{reason}; log: {}", log.display()),
+            CellState::Failed { reason, log: None } => reason.clone(),
+            CellState::Unreadable(hint) => hint.clone(),
             CellState::Skipped { because } => format!("{because} is not done"),
             CellState::Stale => "result.json belongs to another definition".into(),
             CellState::Cancelled { log } => {

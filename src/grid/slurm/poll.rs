@@ -192,10 +192,11 @@ pub enum CellState {
     /// Submitted and waiting in the queue (the scheduler's reason).
     Queued(String),
     Running,
-    /// Its task ended without a result.
+    /// Its task (or the process that ran it) ended without a result.
     Failed {
         reason: String,
-        log: PathBuf,
+        /// The Slurm task's log; none for a cell never submitted to Slurm.
+        log: Option<PathBuf>,
     },
     /// Not done because a dependency is not done.
     Skipped {
@@ -205,6 +206,8 @@ pub enum CellState {
     NotSubmitted,
     /// `result.json` belongs to another definition of the cell.
     Stale,
+    /// `result.json` cannot be read: the error naming the file, and what to do.
+    Unreadable(String),
     /// Its job was cancelled with `elastica cancel` before the cell finished.
     Cancelled {
         log: PathBuf,
@@ -224,6 +227,7 @@ impl CellState {
             CellState::Skipped { .. } => "skipped",
             CellState::NotSubmitted => "not submitted",
             CellState::Stale => "stale",
+            CellState::Unreadable(_) => "unreadable",
             CellState::Cancelled { .. } => "cancelled",
             CellState::Unknown => "unknown",
         }
@@ -235,12 +239,18 @@ impl CellState {
     }
 }
 
-/// The state of every cell of `grid`, in manifest order.
+/// The state of every cell of `grid`, in manifest order. A cell whose lock a live process
+/// holds is running, whoever runs it (a Slurm task, a local executor, `cell run` by hand);
+/// while a local executor runs the grid, the cells it has still to run are pending.
 pub fn cell_states(grid: &Grid, record: &JobRecord, snap: Option<&Snapshot>) -> Vec<CellState> {
     let n = grid.len();
     let deps = grid.manifest().dep_indices();
+    let local = grid.local_run_active();
     let mut out: Vec<CellState> = Vec::with_capacity(n);
     for (i, deps_i) in deps.iter().enumerate() {
+        // The lock before the files: a cell that ends in between then reads as done, not
+        // as a cell nobody runs.
+        let locked = grid.is_running(i);
         let files = grid.status(i);
         let job = record.latest_job(i, &grid.manifest().hash);
         let sched = match (job, snap) {
@@ -251,6 +261,8 @@ pub fn cell_states(grid: &Grid, record: &JobRecord, snap: Option<&Snapshot>) -> 
         let st = match (&files, &sched) {
             (CellStatus::Done, _) => CellState::Done,
             (CellStatus::Stale, _) => CellState::Stale,
+            (CellStatus::Unreadable(e), _) => CellState::Unreadable(grid.unreadable_hint(i, e)),
+            _ if locked => CellState::Running,
             (_, Some(TaskState::Pending(r))) => CellState::Queued(r.clone()),
             (_, Some(TaskState::Running)) => CellState::Running,
             // error.txt says how the cell itself failed, whatever happened to its job since.
@@ -266,14 +278,20 @@ pub fn cell_states(grid: &Grid, record: &JobRecord, snap: Option<&Snapshot>) -> 
             _ => {
                 // Dependencies come first, so their states are known.
                 let blocked = deps_i.iter().find(|&&d| out[d] != CellState::Done).copied();
+                let dep_id = |d: usize| grid.manifest().cells[d].id.clone();
                 match (blocked, &files) {
-                    (Some(d), CellStatus::Pending) => CellState::Skipped {
-                        because: grid.manifest().cells[d].id.clone(),
-                    },
+                    (Some(d), CellStatus::Pending) if local && out[d].is_active() => {
+                        CellState::Queued(format!("a live local run runs it after {}", dep_id(d)))
+                    }
+                    (Some(d), CellStatus::Pending) => CellState::Skipped { because: dep_id(d) },
+                    // The live local run runs every cell not done (a killed one again).
+                    _ if local && !own_error => {
+                        CellState::Queued("a live local run will run it".into())
+                    }
                     _ if job.is_none() && files == CellStatus::Pending => CellState::NotSubmitted,
                     _ => CellState::Failed {
-                        reason: failure_reason(grid, i, &files, sched.as_ref()),
-                        log: log_path(grid.run_dir(), i),
+                        reason: failure_reason(grid, i, &files, sched.as_ref(), job.is_some()),
+                        log: job.map(|_| log_path(grid.run_dir(), i)),
                     },
                 }
             }
@@ -283,10 +301,22 @@ pub fn cell_states(grid: &Grid, record: &JobRecord, snap: Option<&Snapshot>) -> 
     out
 }
 
-/// Why cell `i` ended without a result, as well as the files and the scheduler can tell.
-fn failure_reason(grid: &Grid, i: usize, files: &CellStatus, sched: Option<&TaskState>) -> String {
+/// Why cell `i` ended without a result, as well as the files and the scheduler can tell
+/// (`submitted`: the cell was handed to Slurm, which may know more).
+fn failure_reason(
+    grid: &Grid,
+    i: usize,
+    files: &CellStatus,
+    sched: Option<&TaskState>,
+    submitted: bool,
+) -> String {
     if let CellStatus::Failed(e) = files {
         return e.clone();
+    }
+    if !submitted {
+        return "the process that ran it ended without a result or an error (killed, or its \
+                machine went down)"
+            .to_string();
     }
     if let Some(TaskState::Ended(s)) = sched {
         if !s.starts_with("COMPLETED") {
@@ -327,6 +357,8 @@ pub struct Counts {
     pub skipped: usize,
     pub cancelled: usize,
     pub unknown: usize,
+    /// Cells whose `result.json` cannot be read.
+    pub unreadable: usize,
     pub other: usize,
 }
 
@@ -342,6 +374,7 @@ impl Counts {
                 CellState::Skipped { .. } => c.skipped += 1,
                 CellState::Cancelled { .. } => c.cancelled += 1,
                 CellState::Unknown => c.unknown += 1,
+                CellState::Unreadable(_) => c.unreadable += 1,
                 CellState::NotSubmitted | CellState::Stale => c.other += 1,
             }
         }
@@ -361,6 +394,9 @@ impl Counts {
         }
         if self.unknown > 0 {
             s += &format!(", state unknown {}", self.unknown);
+        }
+        if self.unreadable > 0 {
+            s += &format!(", unreadable result {}", self.unreadable);
         }
         if self.other > 0 {
             s += &format!(", not submitted or stale {}", self.other);
@@ -455,7 +491,7 @@ mod tests {
         match &s[2] {
             CellState::Failed { reason, log } => {
                 assert!(reason.contains("CANCELLED"), "{reason}");
-                assert!(log.ends_with("logs/cell-2.out"));
+                assert!(log.as_ref().unwrap().ends_with("logs/cell-2.out"));
             }
             other => panic!("{other:?}"),
         }
@@ -516,5 +552,65 @@ mod tests {
         assert!(matches!(s[4], CellState::Cancelled { .. }), "{:?}", s[4]);
         assert!(matches!(s[3], CellState::Failed { .. }), "{:?}", s[3]);
         assert_eq!(Counts::of(&s).cancelled, 3);
+    }
+
+    /// A local run has no Slurm record: its cells' locks say which run now, the run's lock
+    /// which cells are still to run, and a damaged result.json is named, not called stale.
+    #[test]
+    fn local_runs_are_read_from_their_locks() {
+        use crate::grid::rundir::{LOCK_FILE, RESULT_FILE, RUN_LOCK_FILE};
+        use crate::util::fsx::{lock_shared, try_lock};
+        let dir = tempfile::tempdir().unwrap();
+        let cells = vec![echo("a", &[]), echo("b", &["a"]), echo("c", &[])];
+        let g = Grid::plan(dir.path(), Manifest::new("t", cells).unwrap()).unwrap();
+        let rec = JobRecord::default();
+        // a is being run (its lock held), b waits for it, c was never started.
+        std::fs::create_dir_all(g.cell_dir(0)).unwrap();
+        let cell_lock = try_lock(&g.cell_dir(0).join(LOCK_FILE)).unwrap().unwrap();
+        let run_lock = lock_shared(&dir.path().join(RUN_LOCK_FILE)).unwrap();
+        let s = cell_states(&g, &rec, None);
+        assert_eq!(s[0], CellState::Running);
+        assert!(
+            matches!(&s[1], CellState::Queued(r) if r.contains("after a")),
+            "{s:?}"
+        );
+        assert!(matches!(&s[2], CellState::Queued(_)), "{s:?}");
+        assert_eq!((Counts::of(&s).running, Counts::of(&s).pending), (1, 2));
+
+        // The process died: its locks are gone, and a is a failed cell with no Slurm log.
+        drop((cell_lock, run_lock));
+        let s = cell_states(&g, &rec, None);
+        match &s[0] {
+            CellState::Failed { reason, log } => {
+                assert!(reason.contains("the process that ran it ended"), "{reason}");
+                assert!(log.is_none());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(s[1], CellState::Skipped { .. }), "{s:?}");
+        assert_eq!(s[2], CellState::NotSubmitted);
+
+        // A truncated result.json is unreadable, named, and refused before any run.
+        crate::grid::cell::run_cell(&g, TEST_KINDS, 2, false).unwrap();
+        let result = g.cell_dir(2).join(RESULT_FILE);
+        let text = std::fs::read_to_string(&result).unwrap();
+        std::fs::write(&result, &text[..text.len() / 2]).unwrap();
+        let s = cell_states(&g, &rec, None);
+        match &s[2] {
+            CellState::Unreadable(e) => {
+                assert!(e.contains(&result.display().to_string()), "{e}");
+                assert!(e.contains("not a valid cell result"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(Counts::of(&s).unreadable, 1);
+        let e = format!("{:#}", g.check_results().unwrap_err());
+        assert!(e.contains(&result.display().to_string()), "{e}");
+        let e = format!(
+            "{:#}",
+            crate::grid::cell::run_cell(&g, TEST_KINDS, 2, false).unwrap_err()
+        );
+        assert!(e.contains("not a valid cell result"), "{e}");
+        assert_eq!(g.attempts(2), 1, "a refused cell counted an attempt");
     }
 }
