@@ -3,7 +3,7 @@
 //! panic.
 
 mod common;
-use common::elastica;
+use common::{elastica, snapshot};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -293,7 +293,7 @@ fn an_output_that_is_an_input_is_refused_and_the_input_kept() {
     std::fs::write(&text, "hello world").unwrap();
     let link = dir.path().join("link");
     std::os::unix::fs::symlink(&model, &link).unwrap();
-    let before = common::snapshot(dir.path());
+    let before = snapshot(dir.path());
     let (m, d, p, t) = (
         model.to_str().unwrap(),
         data(),
@@ -340,7 +340,7 @@ fn an_output_that_is_an_input_is_refused_and_the_input_kept() {
         assert!(!ok && err.contains("destroy the input"), "{args:?}: {err}");
     }
     assert!(
-        common::snapshot(dir.path()) == before,
+        snapshot(dir.path()) == before,
         "a refused command changed its input"
     );
 }
@@ -630,4 +630,87 @@ fn a_closed_stdout_ends_a_command_quietly() {
         );
         assert_ne!(status.code(), Some(101), "{args:?} panicked: {err}");
     }
+}
+
+/// One command never writes into another's run, and two processes never write one run at
+/// once: theory into a grid's run, train into theory's, a rebound into a train run are
+/// refused, leaving each folder as it was; a theory run whose folder is held is refused.
+#[test]
+fn a_command_refuses_another_commands_run_and_a_held_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let theory = |out: &Path| {
+        elastica(&[
+            "theory",
+            "--depth",
+            "3",
+            "--seeds",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    let grid = dir.path().join("grid");
+    std::fs::create_dir_all(&grid).unwrap();
+    std::fs::write(grid.join("manifest.json"), "{}").unwrap();
+    let before = snapshot(dir.path());
+    let (ok, _, err) = theory(&grid);
+    assert!(!ok && err.contains("holds a `grid` run"), "{err}");
+    assert!(
+        snapshot(dir.path()) == before,
+        "a refused theory changed a folder"
+    );
+
+    let th = dir.path().join("th");
+    let (ok, _, err) = theory(&th);
+    assert!(ok, "{err}");
+    let before = snapshot(dir.path());
+    let (ok, _, err) = elastica(&[
+        "train",
+        "--model",
+        &format!("{FIX}/models/tiny-llama"),
+        "--data",
+        &data(),
+        "--out",
+        th.to_str().unwrap(),
+        "--max-steps",
+        "1",
+    ]);
+    assert!(!ok && err.contains("holds a `theory` run"), "{err}");
+    assert!(
+        snapshot(dir.path()) == before,
+        "a refused train changed a folder"
+    );
+    let (ok, _, err) = theory(&th);
+    assert!(ok, "theory again into its own run: {err}");
+
+    let lock = elastica::util::fsx::try_lock(&th.join(".elastica.lock")).unwrap();
+    assert!(lock.is_some());
+    let (ok, _, err) = theory(&th);
+    assert!(!ok && err.contains("another elastica process"), "{err}");
+    drop(lock);
+
+    let run = dir.path().join("run");
+    let (ok, _, err) = elastica(&[
+        "train",
+        "--model",
+        &format!("{FIX}/models/tiny-llama"),
+        "--data",
+        &data(),
+        "--out",
+        run.to_str().unwrap(),
+        "--max-steps",
+        "1",
+    ]);
+    assert!(ok, "{err}");
+    let rb = dir.path().join("rb");
+    std::fs::create_dir_all(&rb).unwrap();
+    let cfg = common::tiny_rebound(&rb, "", "");
+    let (ok, _, err) = elastica(&[
+        "rebound",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("holds a `train` run"), "{err}");
 }

@@ -158,6 +158,10 @@ pub fn run_decompress(args: DecompressArgs) -> Result<()> {
 }
 
 pub fn run_rates(args: RatesArgs) -> Result<()> {
+    if let Some(out) = &args.out {
+        // Before the models are scored: the folder is claimed when the rates are written.
+        super::out_dir::refuse_foreign(out, "rates")?;
+    }
     // Resolved before any data is read: a CUDA device without the torch build fails here.
     let choice = args.device.choice()?;
     let base = args.base.as_deref();
@@ -281,7 +285,9 @@ pub fn rates_scored(
     }
     // The run directory is made once there is something to write: a refused or failed run
     // leaves none behind.
-    let run = RunDir::create(args.out.clone().unwrap_or_else(|| default_run_dir("rates")))?;
+    let out = args.out.clone().unwrap_or_else(|| default_run_dir("rates"));
+    let _lock = super::out_dir::claim(&out, "rates")?;
+    let run = RunDir::create(out)?;
     write_rates(&run, &rows)?;
     println!("{}", rates_table(&rows)?.to_markdown());
     println!("written to {}", run.root().display());

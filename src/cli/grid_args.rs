@@ -65,11 +65,15 @@ impl GridArgs {
         Ok(spec)
     }
 
-    /// `--out`, or `runs/<command>-<UTC time>`.
-    pub fn out(&self, command: &str) -> PathBuf {
-        self.out
+    /// `--out`, or `runs/<command>-<UTC time>`; refused if it holds another command's run
+    /// (the grid tells its own experiments apart).
+    pub fn out(&self, command: &str) -> anyhow::Result<PathBuf> {
+        let out = self
+            .out
             .clone()
-            .unwrap_or_else(|| crate::report::default_run_dir(command))
+            .unwrap_or_else(|| crate::report::default_run_dir(command));
+        super::out_dir::refuse_foreign(&out, "grid")?;
+        Ok(out)
     }
 
     /// Progress bars on; `--no-wait` as given.

@@ -17,6 +17,7 @@ mod eval_loss;
 mod generate;
 mod grid_args;
 mod merge;
+mod out_dir;
 mod pretrain;
 mod rebound;
 mod resist;

@@ -49,7 +49,7 @@ pub fn run_grid(
     kind: &str,
     run: fn(&ReboundConfig, &Path, RunOptions) -> Result<Option<Outcome>>,
 ) -> Result<()> {
-    let out = a.grid.out(kind);
+    let out = a.grid.out(kind)?;
     if a.plan_only {
         let p = rebound::plan_only(cfg, &out, kind)?;
         println!("{}", p.grid.manifest_path().display());

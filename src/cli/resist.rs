@@ -22,7 +22,7 @@ pub fn run(a: ResistArgs) -> Result<()> {
     let mut cfg = ResistConfig::from_file(&a.config)?;
     cfg.executor = a.grid.executor(&cfg.executor)?;
     crate::experiments::device::check(&cfg.cell_device(), &cfg.executor, &cfg.slurm, &a.config)?;
-    let out = a.grid.out("resist");
+    let out = a.grid.out("resist")?;
     let Some(res) = resist::run_with(&cfg, &out, a.grid.run_options())? else {
         return Ok(());
     };

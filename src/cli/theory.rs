@@ -49,6 +49,7 @@ pub fn run(args: TheoryArgs) -> Result<()> {
     };
     cfg.validate()?;
     let out = args.out.unwrap_or_else(|| default_run_dir("theory"));
+    let _lock = super::out_dir::claim(&out, "theory")?;
     let start = std::time::Instant::now();
     let pb = bar((cfg.ks.len() * cfg.seeds) as u64, "theory");
     let results = run_experiment_with_progress(&cfg, &|| pb.inc(1))?;

@@ -208,8 +208,10 @@ where
     Ok(())
 }
 
-/// Create --out and take its lock, or refuse while another process trains into it.
+/// Create --out and take its lock, or refuse while another process trains into it (or when
+/// it holds another command's run).
 fn claim_out(out: &Path) -> Result<File> {
+    super::out_dir::refuse_foreign(out, "train")?;
     std::fs::create_dir_all(out)
         .with_context(|| format!("cannot create output directory {}", out.display()))?;
     let lock_path = out.join(LOCK_FILE);

@@ -65,8 +65,7 @@ pub fn run(args: WorldArgs) -> Result<()> {
     let cfg = args.config();
     cfg.validate()?;
     // Fail on an unusable output directory before spending time on generation.
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("cannot create the output directory {}", args.out.display()))?;
+    let _lock = super::out_dir::claim(&args.out, "world")?;
     let t0 = std::time::Instant::now();
     let world = World::generate(&cfg)?;
     world.write(&args.out)?;

@@ -30,7 +30,7 @@ use super::recipe::{Recipe, Resolved, Start, TrainData};
 pub use super::run_dir::{
     data_fingerprint, latest_checkpoint, params_fingerprint, read_log, read_log_as,
     remove_checkpoints, resume_point_of, step_indices, weights_fingerprint, write_checkpoint_with,
-    ResumePoint, RunSettings, StepLog, COMPLETE_MARKER, FINISHED_SETTINGS,
+    ResumePoint, RunSettings, StepLog, COMPLETE_MARKER, FINISHED_SETTINGS, LOG_FILE,
 };
 use crate::data::records::Record;
 use anyhow::{bail, Result};
