@@ -2,7 +2,10 @@
 //! hold (so a broken measurement cannot pass as "undecided"), every claim is a three-outcome
 //! verdict, the same seed gives the same results.json, and a rerun in the same directory
 //! reuses the finished work. Also: bases whose budgets round to the same name stay apart, and
-//! off a terminal the demo writes progress lines a log can follow.
+//! off a terminal the demo writes progress lines a log can follow. A refused demo (bad
+//! settings, another demo's settings in --out, another demo running there) changes nothing.
+
+mod common;
 
 use std::path::Path;
 use std::process::Command;
@@ -407,4 +410,146 @@ fn the_dpo_variant_takes_the_kto_loss() {
     let err = refused(&settings, &not_run);
     assert!(err.contains("simpo_gamma"), "{err}");
     assert!(!not_run.exists());
+}
+
+/// [`SMALL_DPO`] with the lines of `lines`' keys replaced by `lines` (TOML refuses a key given
+/// twice, which would be refused for the wrong reason), written to `dir/<name>.toml`.
+fn small_with(dir: &Path, name: &str, lines: &[&str]) -> std::path::PathBuf {
+    let key = |l: &str| l.split('=').next().unwrap_or("").trim().to_string();
+    let keys: Vec<String> = lines.iter().map(|l| key(l)).collect();
+    let mut text: String = SMALL_DPO
+        .lines()
+        .filter(|l| !keys.contains(&key(l)))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    for l in lines {
+        text.push_str(l);
+        text.push('\n');
+    }
+    let p = dir.join(format!("{name}.toml"));
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// `demo --quick --out OUT EXTRA...`: success and stderr.
+fn demo(out: &Path, extra: &[&str]) -> (bool, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_elastica"))
+        .args(["demo", "--quick", "--out", out.to_str().unwrap()])
+        .args(extra)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!err.contains("panicked"), "{err}");
+    (o.status.success(), err)
+}
+
+/// Bad settings were refused only after the world and the models were written (and
+/// rewrote an existing run's demo_config.json, NaN as null): now every one is refused before
+/// anything is written, leaving an existing run byte for byte as it was and creating nothing
+/// in a new directory. A budget too small for one pre-training record needs the world, which
+/// is generated in memory and checked before it is written.
+#[test]
+fn a_demo_refused_for_its_settings_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let good = small_settings(dir.path(), "");
+    run(&out, &["--settings", good.to_str().unwrap()]);
+    let before = common::snapshot(&out);
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["align_lr = nan"],
+            "align_lr must be a finite number above 0",
+        ),
+        (&["seeds = []"], "seeds is empty"),
+        (&["n_plus = [0]"], "n_plus holds 0"),
+        (&["n_minus = [5]"], "n_minus must start at 0"),
+        (&["bases = []"], "bases is empty"),
+        (&["temperature = -1.0"], "temperature"),
+        (&["positive_fraction = 2.0"], "positive_fraction"),
+        (&["eval_prompts = 0"], "eval_prompts"),
+        (&["drop_fit_points = 3"], "drop_fit_points = 3"),
+        (
+            &["resist_slice_records = 4", "resist_seeds = []"],
+            "resist_seeds is empty",
+        ),
+        (
+            &["bases = [{size = \"tiny\", tokens = 5}]"],
+            "base tiny-5: a budget of 5 tokens holds no whole pre-training record",
+        ),
+    ];
+    for (i, (lines, want)) in cases.iter().enumerate() {
+        let bad = small_with(dir.path(), &format!("bad{i}"), lines);
+        let fresh = dir.path().join(format!("fresh{i}"));
+        let err = refused(&bad, &fresh);
+        assert!(err.contains(want), "{lines:?}: {err}");
+        assert!(!fresh.exists(), "{lines:?} created {}", fresh.display());
+        // Over the run (the world-dependent one as other settings, before its world).
+        refused(&bad, &out);
+        assert!(
+            common::snapshot(&out) == before,
+            "{lines:?} changed the run"
+        );
+    }
+}
+
+/// A demo with other settings over an existing run overwrote its world, models and cells
+/// and was refused only at the resistance section, leaving a run of two settings. Now it is
+/// refused before anything is written, naming what differs; the same settings still resume.
+#[test]
+fn other_settings_over_an_existing_run_are_refused_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let good = small_settings(dir.path(), "");
+    let good = good.to_str().unwrap();
+    run(&out, &["--settings", good]);
+    let before = common::snapshot(&out);
+    let (ok, err) = demo(&out, &["--settings", good, "--seed", "7"]);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("holds a demo run made with other settings")
+            && err.contains("seed 42 there, 7 here")
+            && err.contains("another --out"),
+        "{err}"
+    );
+    let other = small_with(dir.path(), "other", &["seeds = [1]"]);
+    let (ok, err) = demo(&out, &["--settings", other.to_str().unwrap()]);
+    assert!(!ok && err.contains("seeds [1,2] there, [1] here"), "{err}");
+    assert!(
+        common::snapshot(&out) == before,
+        "a refused demo changed the run"
+    );
+    // The same settings again: the finished run is reused, its results unchanged.
+    run(&out, &["--settings", good]);
+    assert_eq!(
+        std::fs::read(out.join("results.json")).unwrap(),
+        before[&out.join("results.json")]
+    );
+}
+
+/// Two demos into one --out raced (the second wiped the first's models): a demo holds
+/// `--out/.demo.lock` (the lock `train --out` and grid cells take) and a second is refused
+/// while it is held, changing nothing.
+#[test]
+fn a_second_demo_into_a_run_in_use_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let good = small_settings(dir.path(), "");
+    let good = good.to_str().unwrap();
+    run(&out, &["--settings", good]);
+    let before = common::snapshot(&out);
+    let held = elastica::util::fsx::try_lock(&out.join(".demo.lock"))
+        .unwrap()
+        .unwrap();
+    let (ok, err) = demo(&out, &["--settings", good]);
+    assert!(!ok, "the second demo was not refused");
+    assert!(
+        err.contains("another elastica demo is running into"),
+        "{err}"
+    );
+    assert!(
+        common::snapshot(&out) == before,
+        "a refused demo changed the run"
+    );
+    drop(held);
+    run(&out, &["--settings", good]);
 }

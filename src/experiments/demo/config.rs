@@ -5,7 +5,7 @@
 
 use crate::data::world::{Task, World};
 use crate::train::objective::{DpoConfig, DpoLoss, Method};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -208,9 +208,13 @@ impl DemoConfig {
         for (k, v) in over {
             merged.insert(k, v);
         }
-        merged
+        let cfg: DemoConfig = merged
             .try_into()
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        // Checked here too, so that a refusal names the file.
+        cfg.validate_settings()
+            .with_context(|| path.display().to_string())?;
+        Ok(cfg)
     }
 
     /// The default demo: two pre-training budgets for the tiny model, and the small model at
@@ -347,14 +351,21 @@ impl DemoConfig {
             .max(1)
     }
 
-    /// Checks that need no world; run before the world is generated.
+    /// Every check that needs no world: run before anything is generated or written, so a
+    /// refused command leaves `--out` as it was. Messages name the setting as
+    /// `--settings` spells it.
     pub fn validate_settings(&self) -> Result<()> {
-        // The demo builds its world to fit the grid; these bounds keep it a CPU-minutes demo.
-        if let Some(&m) = self.n_plus.iter().max().filter(|&&m| m > MAX_PAIRS) {
-            bail!("n+ = {m} is larger than the demo allows ({MAX_PAIRS} positive pairs); run `elastica rebound` with schema = \"world\" for larger grids");
-        }
-        if let Some(&m) = self.n_minus.iter().max().filter(|&&m| m > MAX_PAIRS) {
-            bail!("n- = {m} is larger than the demo allows ({MAX_PAIRS} negative pairs); run `elastica rebound` with schema = \"world\" for larger grids");
+        self.check_bases()?;
+        self.check_grid()?;
+        self.check_numbers()?;
+        self.check_variants()
+    }
+
+    /// The pre-trained bases: at least one, each a known size with its own name and a
+    /// budget the demo allows.
+    fn check_bases(&self) -> Result<()> {
+        if self.bases.is_empty() {
+            bail!("bases is empty: the demo needs at least one base model");
         }
         for (i, b) in self.bases.iter().enumerate() {
             if let Some(j) = self.bases[..i].iter().position(|o| o.name() == b.name()) {
@@ -373,12 +384,60 @@ impl DemoConfig {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// The rebound grid: n+, the n- grid, the seeds, the batch and the drop-rate fit.
+    fn check_grid(&self) -> Result<()> {
+        // The demo builds its world to fit the grid; these bounds keep it a CPU-minutes demo.
+        if let Some(&m) = self.n_plus.iter().max().filter(|&&m| m > MAX_PAIRS) {
+            bail!("n+ = {m} is larger than the demo allows ({MAX_PAIRS} positive pairs); run `elastica rebound` with schema = \"world\" for larger grids");
+        }
+        if let Some(&m) = self.n_minus.iter().max().filter(|&&m| m > MAX_PAIRS) {
+            bail!("n- = {m} is larger than the demo allows ({MAX_PAIRS} negative pairs); run `elastica rebound` with schema = \"world\" for larger grids");
+        }
+        if self.n_plus.is_empty() {
+            bail!("n_plus is empty: the demo needs at least one n+");
+        }
+        if self.n_plus.contains(&0) {
+            bail!("n_plus holds 0 (n+ = 0): alignment needs at least one positive pair");
+        }
+        if let Some((i, n)) = first_repeat(&self.n_plus) {
+            bail!("n_plus: {n} is listed twice (entry #{i}); each n+ is one curve");
+        }
+        if self.n_minus.first() != Some(&0) || self.n_minus.windows(2).any(|w| w[0] >= w[1]) {
+            bail!(
+                "n_minus must start at 0 and increase (got {:?})",
+                self.n_minus
+            );
+        }
+        if self.batch_size == 0 {
+            bail!("batch_size must be at least 1");
+        }
+        if let Some(bad) = self.n_minus.iter().find(|&&n| n % self.batch_size != 0) {
+            bail!(
+                "every n- must be a multiple of batch_size = {} (n_minus holds {bad})",
+                self.batch_size
+            );
+        }
+        if self.drop_fit_points < 2 {
+            bail!("drop_fit_points must be at least 2 (a slope needs two points)");
+        }
+        // The fit takes the first drop_fit_points points of the grid: fewer would be reported
+        // as more.
+        if self.drop_fit_points > self.n_minus.len() {
+            bail!(
+                "drop_fit_points = {} but n_minus has {} points ({:?}): the drop rate is fitted on the first drop_fit_points of them",
+                self.drop_fit_points,
+                self.n_minus.len(),
+                self.n_minus
+            );
+        }
+        if self.seeds.is_empty() {
+            bail!("seeds is empty: the demo needs at least one seed");
+        }
         for (what, list) in [("seeds", &self.seeds), ("resist_seeds", &self.resist_seeds)] {
-            if let Some((i, s)) = list
-                .iter()
-                .enumerate()
-                .find(|(i, s)| list[..*i].contains(s))
-            {
+            if let Some((i, s)) = first_repeat(list) {
                 bail!("{what}: seed {s} is listed twice (entry #{i}); each seed is one unit of the statistics");
             }
         }
@@ -389,13 +448,51 @@ impl DemoConfig {
                 REBOUND_MEASURES.join(", ")
             );
         }
-        if self.drop_fit_points < 2 {
-            bail!("drop_fit_points must be at least 2 (a slope needs two points)");
+        Ok(())
+    }
+
+    /// The learning rates, the sampling and the set sizes: finite, in range, not empty.
+    fn check_numbers(&self) -> Result<()> {
+        for (name, v) in [
+            ("align_lr", self.align_lr),
+            ("pretrain_lr", self.pretrain_lr),
+            ("slope_l_max", self.slope_l_max),
+        ] {
+            if !(is_positive(v) && v.is_finite()) {
+                bail!("{name} must be a finite number above 0 (got {v})");
+            }
         }
-        if self.probe_records == 0 || self.probe_records > MAX_PAIRS {
-            bail!("probe_records must be between 1 and {MAX_PAIRS}");
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            bail!(
+                "temperature must be a finite number >= 0 (0 = greedy; got {})",
+                self.temperature
+            );
         }
-        for a in &self.ablation {
+        if !(0.0..=1.0).contains(&self.positive_fraction) {
+            bail!(
+                "positive_fraction must be between 0 and 1 (got {})",
+                self.positive_fraction
+            );
+        }
+        if self.pretrain_batch_size == 0 {
+            bail!("pretrain_batch_size must be at least 1");
+        }
+        for (name, v) in [
+            ("eval_prompts", self.eval_prompts),
+            ("max_new_tokens", self.max_new_tokens),
+            ("rate_records", self.rate_records),
+            ("probe_records", self.probe_records),
+        ] {
+            if v == 0 || v > MAX_PAIRS {
+                bail!("{name} must be between 1 and {MAX_PAIRS} (got {v})");
+            }
+        }
+        Ok(())
+    }
+
+    /// The ablation arms, the DPO variant and the resistance section.
+    fn check_variants(&self) -> Result<()> {
+        for (i, a) in self.ablation.iter().enumerate() {
             if !is_positive(a.lr) || !a.lr.is_finite() {
                 bail!(
                     "ablation arm {:?}: lr must be a finite number above 0",
@@ -407,6 +504,13 @@ impl DemoConfig {
                     "ablation arm {:?}: perturb = {:?}; valid are \"negative\" and \"pretrain\"",
                     a.name,
                     a.perturb
+                );
+            }
+            // An arm's rates are keyed by its name.
+            if self.ablation[..i].iter().any(|o| o.name == a.name) {
+                bail!(
+                    "ablation: two arms are named {:?}; give each its own name",
+                    a.name
                 );
             }
         }
@@ -437,17 +541,24 @@ impl DemoConfig {
                 self.resist_slice_records
             );
         }
+        if self.resist_slice_records > 0 {
+            if self.resist_seeds.is_empty() {
+                bail!("resist_seeds is empty: give at least one seed, or resist_slice_records = 0 to skip the resistance section");
+            }
+            if self.resist_prompts == 0 || self.resist_prompts > MAX_PAIRS {
+                bail!(
+                    "resist_prompts must be between 1 and {MAX_PAIRS} (got {})",
+                    self.resist_prompts
+                );
+            }
+        }
         Ok(())
     }
 
+    /// The checks that need the world (made to fit the grid, so these guard the world, not
+    /// the settings); [`Self::validate_settings`] comes first.
     pub fn validate(&self, world: &World) -> Result<()> {
         self.validate_settings()?;
-        if self.bases.is_empty() || self.seeds.is_empty() || self.n_plus.is_empty() {
-            bail!("the demo needs at least one base model, one seed and one n+");
-        }
-        if self.n_plus.contains(&0) {
-            bail!("n+ = 0: alignment needs at least one positive pair");
-        }
         let pos = world.align(Task::Reviews).len();
         let neg = world.perturb(Task::Reviews).len();
         if let Some(&m) = self.n_plus.iter().max() {
@@ -460,32 +571,15 @@ impl DemoConfig {
                 bail!("n- = {m} is larger than the {neg} negative pairs in the world");
             }
         }
-        if self.batch_size == 0 {
-            bail!("batch size must be at least 1");
-        }
-        if let Some(bad) = self.n_minus.iter().find(|&&n| n % self.batch_size != 0) {
-            bail!(
-                "every n- must be a multiple of the batch size {} (got {bad})",
-                self.batch_size
-            );
-        }
-        if self.pretrain_batch_size == 0 || !is_positive(self.pretrain_lr) {
-            bail!("pretrain_batch_size must be at least 1 and pretrain_lr greater than 0");
-        }
-        if self.n_minus.first() != Some(&0) || self.n_minus.windows(2).any(|w| w[0] >= w[1]) {
-            bail!(
-                "n_minus must start at 0 and increase (got {:?})",
-                self.n_minus
-            );
-        }
-        if self.rate_records == 0 {
-            bail!("rate_records must be at least 1");
-        }
-        if !is_positive(self.slope_l_max) {
-            bail!("slope_l_max must be greater than 0");
-        }
         Ok(())
     }
+}
+
+/// The first entry of `list` that an earlier one repeats, with its index.
+fn first_repeat<T: PartialEq>(list: &[T]) -> Option<(usize, &T)> {
+    list.iter()
+        .enumerate()
+        .find(|(i, x)| list[..*i].contains(x))
 }
 
 #[cfg(test)]
@@ -547,5 +641,52 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("margin"));
+    }
+
+    /// Issue: these were refused only after the world (or the models) had been written, or
+    /// not at all. Each is now refused by the settings check, naming the setting.
+    #[test]
+    fn every_setting_is_checked_before_the_world() {
+        type Edit = fn(&mut DemoConfig);
+        let cases: &[(Edit, &str)] = &[
+            (
+                |c| c.align_lr = f64::NAN,
+                "align_lr must be a finite number above 0 (got NaN)",
+            ),
+            (|c| c.pretrain_lr = f64::INFINITY, "pretrain_lr"),
+            (|c| c.slope_l_max = 0.0, "slope_l_max"),
+            (|c| c.temperature = -1.0, "temperature"),
+            (|c| c.positive_fraction = f64::NAN, "positive_fraction"),
+            (|c| c.seeds.clear(), "seeds is empty"),
+            (|c| c.bases.clear(), "bases is empty"),
+            (|c| c.n_plus.clear(), "n_plus is empty"),
+            (|c| c.n_plus = vec![0], "n_plus holds 0"),
+            (|c| c.n_plus = vec![10, 10], "n_plus: 10 is listed twice"),
+            (|c| c.n_minus = vec![5], "n_minus must start at 0"),
+            (
+                |c| c.n_minus = vec![0],
+                "drop_fit_points = 2 but n_minus has 1 points",
+            ),
+            (|c| c.n_minus = vec![0, 7], "multiple of batch_size = 5"),
+            (|c| c.batch_size = 0, "batch_size must be at least 1"),
+            (|c| c.pretrain_batch_size = 0, "pretrain_batch_size"),
+            (|c| c.eval_prompts = 0, "eval_prompts"),
+            (|c| c.max_new_tokens = 0, "max_new_tokens"),
+            (|c| c.rate_records = 0, "rate_records"),
+            (|c| c.resist_seeds.clear(), "resist_seeds is empty"),
+            (|c| c.resist_prompts = 0, "resist_prompts"),
+            (|c| c.drop_fit_points = 4, "drop_fit_points = 4"),
+        ];
+        for (edit, want) in cases {
+            let mut c = DemoConfig::quick(1);
+            edit(&mut c);
+            let e = c.validate_settings().unwrap_err().to_string();
+            assert!(e.contains(want), "{want}: {e}");
+        }
+        // Without the resistance section its settings are not used, so not refused.
+        let mut c = DemoConfig::quick(1);
+        c.resist_slice_records = 0;
+        c.resist_seeds.clear();
+        c.validate_settings().unwrap();
     }
 }

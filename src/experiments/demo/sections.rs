@@ -12,15 +12,9 @@ use crate::theory::elasticity::{run_experiment, TheoryConfig};
 use anyhow::{Context, Result};
 use std::path::Path;
 
-/// Forward vs inverse alignment (PAPER.md §3) on the world model in `base_dir`: slices of
-/// positive reviews, checkpoints theta_1..3, their generations, and the pair fine-tunes.
-pub fn resistance(
-    cfg: &DemoConfig,
-    base_dir: &Path,
-    base_name: &str,
-    world_dir: &Path,
-    out: &Path,
-) -> Result<(String, String, ResistResults)> {
+/// The resistance run's settings on the world model in `base_dir`, checked (it reads
+/// neither the model nor the data, so the demo checks it before writing anything).
+pub fn resist_config(cfg: &DemoConfig, base_dir: &Path, world_dir: &Path) -> Result<ResistConfig> {
     let data = world_dir.join("reviews_positive.jsonl");
     let mut rc = ResistConfig::demo(
         base_dir.to_string_lossy(),
@@ -30,7 +24,22 @@ pub fn resistance(
     rc.seeds = cfg.resist_seeds.clone();
     rc.eval_prompts = cfg.resist_prompts;
     rc.data.limit = Some(3 * cfg.resist_slice_records + cfg.resist_prompts);
-    rc.validate().context("the demo's resistance settings")?;
+    rc.validate().context(
+        "the demo's resistance settings (resist_slice_records, resist_prompts, resist_seeds)",
+    )?;
+    Ok(rc)
+}
+
+/// Forward vs inverse alignment (PAPER.md §3) on the world model in `base_dir`: slices of
+/// positive reviews, checkpoints theta_1..3, their generations, and the pair fine-tunes.
+pub fn resistance(
+    cfg: &DemoConfig,
+    base_dir: &Path,
+    base_name: &str,
+    world_dir: &Path,
+    out: &Path,
+) -> Result<(String, String, ResistResults)> {
+    let rc = resist_config(cfg, base_dir, world_dir)?;
     let res = run_with(&rc, out, RunOptions::waiting(false))
         .context("the demo's resistance section")?
         .context("the demo's resistance run did not finish")?;
