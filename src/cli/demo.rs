@@ -42,6 +42,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         Some(p) => DemoConfig::from_toml(p, &preset)?,
         None => preset,
     };
+    super::out_dir::refuse_foreign(&a.out, "demo")?;
     let summary = run_demo(&cfg, &a.out, crate::util::parallel::workers(a.threads))?;
     println!("{summary}");
     Ok(())
