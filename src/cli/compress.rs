@@ -114,6 +114,13 @@ pub struct DecompressArgs {
 }
 
 #[derive(clap::Args, Debug)]
+#[command(
+    after_help = "Each record is coded as `compress` codes text: a {prompt, response} \
+pair's prompt as plain text (no template) as context, then its response, counted; a sequence \
+longer than the model's context is coded in chunks of the context. `eval-loss` and `train \
+--track-rates` score under the data's template, in one pass up to --max-length: they give \
+these rates under --template raw for records within the context."
+)]
 pub struct RatesArgs {
     /// Checkpoints, in order (the x axis of the plots), comma-separated. An entry may be a
     /// LoRA adapter directory (PEFT's format), scored on top of --base.

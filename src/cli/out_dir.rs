@@ -56,7 +56,7 @@ pub fn refuse_foreign(out: &Path, kind: &str) -> Result<()> {
 pub fn claim(out: &Path, kind: &str) -> Result<File> {
     refuse_foreign(out, kind)?;
     std::fs::create_dir_all(out)
-        .with_context(|| format!("cannot create output directory {}", out.display()))?;
+        .with_context(|| format!("cannot create the output directory {}", out.display()))?;
     let lock_path = out.join(LOCK);
     let Some(lock) = crate::util::fsx::try_lock(&lock_path)? else {
         bail!(

@@ -42,7 +42,8 @@ pub fn run(a: PretrainArgs) -> Result<()> {
         lr: a.lr,
         batch_size: a.batch_size,
     };
-    let _lock = super::out_dir::claim(&a.out, "train")?;
+    // Not claimed here: `pretrain` makes --out only once the world and settings pass.
+    super::out_dir::refuse_foreign(&a.out, "train")?;
     let (lm, s, used) = pretrain(&a.world, &cfg, &a.out, true)?;
     let curve: Vec<String> = s
         .log
