@@ -55,19 +55,26 @@ pub fn refuse_foreign(out: &Path, kind: &str) -> Result<()> {
 /// is open.
 pub fn claim(out: &Path, kind: &str) -> Result<File> {
     refuse_foreign(out, kind)?;
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("cannot create the output directory {}", out.display()))?;
-    let lock_path = out.join(LOCK);
-    let Some(lock) = crate::util::fsx::try_lock(&lock_path)? else {
-        bail!(
-            "another elastica process is writing into {} (it holds {}); wait for it to \
-             finish or stop it, or give another --out",
-            out.display(),
-            lock_path.display()
-        );
-    };
+    let lock = lock_in(out, LOCK, "writing into")?;
     if !out.join(MARKER).is_file() {
         crate::util::fsx::atomic_write(&out.join(MARKER), format!("{kind}\n").as_bytes())?;
     }
     Ok(lock)
+}
+
+/// Create `out` and take the lock `out/file`, or refuse while another process holds it
+/// (`doing`: what that process is doing, for the message).
+pub fn lock_in(out: &Path, file: &str, doing: &str) -> Result<File> {
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("cannot create the output directory {}", out.display()))?;
+    let lock_path = out.join(file);
+    match crate::util::fsx::try_lock(&lock_path)? {
+        Some(lock) => Ok(lock),
+        None => bail!(
+            "another elastica process is {doing} {} (it holds {}); wait for it to finish or \
+             stop it, or give another --out",
+            out.display(),
+            lock_path.display()
+        ),
+    }
 }

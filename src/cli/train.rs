@@ -212,18 +212,7 @@ where
 /// it holds another command's run).
 fn claim_out(out: &Path) -> Result<File> {
     super::out_dir::refuse_foreign(out, "train")?;
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("cannot create output directory {}", out.display()))?;
-    let lock_path = out.join(LOCK_FILE);
-    let Some(lock) = crate::util::fsx::try_lock(&lock_path)? else {
-        bail!(
-            "another elastica process is training into {} (it holds {}); wait for it to \
-             finish or stop it, or give another --out",
-            out.display(),
-            lock_path.display()
-        );
-    };
-    Ok(lock)
+    super::out_dir::lock_in(out, LOCK_FILE, "training into")
 }
 
 /// What `train` trains on: SFT records, DPO's preference pairs, or KTO's unpaired feedback.
