@@ -130,6 +130,16 @@ fn bad_lora_layouts_are_refused_before_anything_runs() {
             "must be left out or equal [align] lora",
         ),
         ("[perturb]\nfrom = \"both\"", "", "from"),
+        (
+            "[align]\nlora = { rank = 0, alpha = 32 }",
+            "",
+            "[align] lora: rank = 0 means a full fine-tune",
+        ),
+        (
+            "[perturb]\nlora = { targets = [\"q_proj\"] }",
+            "",
+            "[perturb] lora: rank = 0 means a full fine-tune",
+        ),
     ] {
         let out = tmp.path().join("run");
         let (ok, _, err) = common::rebound(&config(tmp.path(), stages, extra), &out);

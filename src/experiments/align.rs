@@ -95,7 +95,7 @@ impl AlignSpec {
             );
         }
         self.lora
-            .validate()
+            .validate_stage()
             .map_err(|e| anyhow::anyhow!("[align] lora: {e}"))?;
         Ok(())
     }

@@ -165,6 +165,23 @@ impl LoraConfig {
         if !self.enabled() {
             return Ok(());
         }
+        self.validate_enabled()
+    }
+
+    /// [`validate`](Self::validate) for an experiment stage's `lora` table, where rank 0
+    /// with other keys set would silently drop them: refused, naming the way out.
+    pub fn validate_stage(&self) -> Result<()> {
+        if !self.enabled() && !self.is_off() {
+            bail!(
+                "rank = 0 means a full fine-tune, so the table's other keys (alpha, dropout, \
+                 targets, rslora) would be ignored: set rank to 1 or more for a LoRA adapter, \
+                 or leave lora out for a full fine-tune"
+            );
+        }
+        self.validate()
+    }
+
+    fn validate_enabled(&self) -> Result<()> {
         // The scale multiplies float32 weights: past float32's range it is inf.
         if !((self.alpha as f32).is_finite() && self.alpha > 0.0) {
             bail!(

@@ -285,7 +285,7 @@ pub struct PerturbSpec {
 impl PerturbSpec {
     fn check(&self, align: &AlignSpec) -> Result<()> {
         self.lora
-            .validate()
+            .validate_stage()
             .map_err(|e| anyhow::anyhow!("[perturb] lora: {e}"))?;
         if self.from == PerturbFrom::Adapter {
             if !align.lora.enabled() {
