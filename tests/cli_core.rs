@@ -714,3 +714,30 @@ fn a_command_refuses_another_commands_run_and_a_held_folder() {
     ]);
     assert!(!ok && err.contains("holds a `train` run"), "{err}");
 }
+
+/// `generate` refuses 0 new tokens (as rebound does) and an unusable temperature before it
+/// loads a model or writes --out.
+#[test]
+fn generate_refuses_settings_it_cannot_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("answers.jsonl");
+    let model = format!("{FIX}/models/tiny-llama");
+    for (flag, value, want) in [
+        ("--max-new-tokens", "0", "max_new_tokens"),
+        ("--temperature", "nan", "temperature"),
+    ] {
+        let (ok, _, err) = elastica(&[
+            "generate",
+            "--model",
+            &model,
+            "--prompt",
+            "hi",
+            flag,
+            value,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(!ok && err.contains(want), "{flag}: {err}");
+        assert!(!out.exists(), "{flag}: --out written");
+    }
+}

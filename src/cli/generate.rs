@@ -56,6 +56,8 @@ pub struct GenerateArgs {
 
 pub fn run(a: GenerateArgs) -> Result<()> {
     crate::util::threads::set_threads(a.threads);
+    // Before any model is loaded: 0 new tokens or an unusable sampling setting is refused.
+    a.gen.validate()?;
     let (prompts, template) = prompts_of(&a)?;
     let responses = if a.device.choice()?.is_default_cpu() {
         let lm =
