@@ -809,3 +809,32 @@ fn a_replacing_run_clears_the_earlier_runs_outputs() {
     );
     assert_eq!(std::fs::read(out.join("model.safetensors")).unwrap(), first);
 }
+
+/// A checkpoint whose AdamW moments hold a NaN (a damaged file) is refused at resume, on
+/// both loops, naming the tensor and the file, not found steps later as a non-finite loss.
+#[test]
+fn a_checkpoint_with_a_nan_moment_is_refused_at_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    for which in [Loop::Fused, Loop::Backend] {
+        let run = dir.path().join(match which {
+            Loop::Fused => "fused",
+            Loop::Backend => "backend",
+        });
+        killed_after(which, &run, 3);
+        let file = run.join("checkpoints/step-2/optimizer.safetensors");
+        let dev = candle_core::Device::Cpu;
+        let mut ts = candle_core::safetensors::load(&file, &dev).unwrap();
+        let name = ts.keys().min().unwrap().clone();
+        let t = ts.get(&name).unwrap();
+        let nan = (t.ones_like().unwrap() * f64::NAN).unwrap();
+        ts.insert(name.clone(), nan);
+        candle_core::safetensors::save(&ts, &file).unwrap();
+        let recs = read_jsonl(Path::new(&data())).unwrap();
+        let e = run_loop(which, &run, &cfg(), &recs, true, None).unwrap_err();
+        let e = format!("{e:#}");
+        assert!(
+            e.contains(&name) && e.contains("optimizer.safetensors") && e.contains("non-finite"),
+            "{e}"
+        );
+    }
+}

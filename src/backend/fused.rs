@@ -90,5 +90,6 @@ pub fn read_train_state(dir: &Path) -> Result<(TensorMap, TensorMap)> {
         .with_context(|| format!("cannot read checkpoint {}", dir.display()))?;
     let moments = candle_core::safetensors::load(dir.join("optimizer.safetensors"), &Device::Cpu)
         .with_context(|| format!("cannot read optimizer state in {}", dir.display()))?;
+    crate::train::sft::check_state_finite(dir, &weights, &moments)?;
     Ok((weights, moments))
 }

@@ -444,7 +444,30 @@ pub(crate) fn load_state(
     }
     let moments = candle_core::safetensors::load(dir.join("optimizer.safetensors"), dev)
         .with_context(|| format!("cannot read optimizer state in {}", dir.display()))?;
+    check_state_finite(dir, &weights, &moments)?;
     opt.load_state(lm.model.trainable(), &moments, adam_step)
+}
+
+/// Refuse a checkpoint whose weights or AdamW moments hold NaN or inf (a damaged file): the
+/// resumed run would otherwise find it only steps later, as a non-finite loss.
+pub fn check_state_finite(
+    dir: &Path,
+    weights: &std::collections::HashMap<String, candle_core::Tensor>,
+    moments: &std::collections::HashMap<String, candle_core::Tensor>,
+) -> Result<()> {
+    for (file, tensors) in [("model", weights), ("optimizer", moments)] {
+        for (name, t) in tensors {
+            if let Some(x) = crate::model::tensor_file::non_finite(t)? {
+                bail!(
+                    "checkpoint {}: tensor \"{name}\" of {file}.safetensors holds a non-finite \
+                     value ({x}); the checkpoint is damaged: delete it to resume from an \
+                     earlier one, or start over without --resume",
+                    dir.display()
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Before a run trains into `out` from its start: what an earlier run left there goes, its

@@ -28,9 +28,10 @@ use super::driver::{step_settings, Method, Outcome, Trainee};
 pub use super::fused::{optimizer_step, StepHook, TrainRun};
 use super::recipe::{Recipe, Resolved, Start, TrainData};
 pub use super::run_dir::{
-    data_fingerprint, latest_checkpoint, params_fingerprint, read_log, read_log_as,
-    remove_checkpoints, resume_point_of, step_indices, weights_fingerprint, write_checkpoint_with,
-    ResumePoint, RunSettings, StepLog, COMPLETE_MARKER, FINISHED_SETTINGS, LOG_FILE,
+    check_state_finite, data_fingerprint, latest_checkpoint, params_fingerprint, read_log,
+    read_log_as, remove_checkpoints, resume_point_of, step_indices, weights_fingerprint,
+    write_checkpoint_with, ResumePoint, RunSettings, StepLog, COMPLETE_MARKER, FINISHED_SETTINGS,
+    LOG_FILE,
 };
 use crate::data::records::Record;
 use anyhow::{bail, Result};
