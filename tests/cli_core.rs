@@ -741,3 +741,34 @@ fn generate_refuses_settings_it_cannot_use() {
         assert!(!out.exists(), "{flag}: --out written");
     }
 }
+
+/// A sequence past the model's context (tiny-llama: 128 positions) is scored as transformers
+/// scores it, with one warning naming the context; cut to it by --max-length, no warning.
+#[test]
+fn a_sequence_past_the_context_is_named_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("long.jsonl");
+    let text = "the film was good and warm ".repeat(60);
+    let line = serde_json::json!({ "text": text }).to_string();
+    std::fs::write(&data, format!("{line}\n{line}\n")).unwrap();
+    let model = format!("{FIX}/models/tiny-llama");
+    let eval = |extra: &[&str]| {
+        let args = [
+            "eval-loss",
+            "--model",
+            &model,
+            "--data",
+            data.to_str().unwrap(),
+        ];
+        elastica(&[&args[..], extra].concat())
+    };
+    let (ok, _, err) = eval(&[]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        err.matches("max_position_embeddings = 128").count(),
+        1,
+        "{err}"
+    );
+    let (ok, _, err) = eval(&["--max-length", "128"]);
+    assert!(ok && !err.contains("max_position_embeddings"), "{err}");
+}
