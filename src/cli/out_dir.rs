@@ -55,26 +55,9 @@ pub fn refuse_foreign(out: &Path, kind: &str) -> Result<()> {
 /// is open.
 pub fn claim(out: &Path, kind: &str) -> Result<File> {
     refuse_foreign(out, kind)?;
-    let lock = lock_in(out, LOCK, "writing into")?;
+    let lock = crate::util::fsx::lock_folder(out, LOCK, "process is writing into")?;
     if !out.join(MARKER).is_file() {
         crate::util::fsx::atomic_write(&out.join(MARKER), format!("{kind}\n").as_bytes())?;
     }
     Ok(lock)
-}
-
-/// Create `out` and take the lock `out/file`, or refuse while another process holds it
-/// (`doing`: what that process is doing, for the message).
-pub fn lock_in(out: &Path, file: &str, doing: &str) -> Result<File> {
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("cannot create the output directory {}", out.display()))?;
-    let lock_path = out.join(file);
-    match crate::util::fsx::try_lock(&lock_path)? {
-        Some(lock) => Ok(lock),
-        None => bail!(
-            "another elastica process is {doing} {} (it holds {}); wait for it to finish or \
-             stop it, or give another --out",
-            out.display(),
-            lock_path.display()
-        ),
-    }
 }

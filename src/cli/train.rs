@@ -212,7 +212,7 @@ where
 /// it holds another command's run).
 fn claim_out(out: &Path) -> Result<File> {
     super::out_dir::refuse_foreign(out, "train")?;
-    super::out_dir::lock_in(out, LOCK_FILE, "training into")
+    crate::util::fsx::lock_folder(out, LOCK_FILE, "process is training into")
 }
 
 /// What `train` trains on: SFT records, DPO's preference pairs, or KTO's unpaired feedback.

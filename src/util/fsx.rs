@@ -211,6 +211,24 @@ pub fn try_lock(path: &Path) -> Result<Option<File>> {
     }
 }
 
+/// Create the folder `out` and take the lock `out/file`, or refuse while another process
+/// holds it; `holder` says who that is and what it does, for the message ("process is
+/// training into"). The lock lasts while the returned file is open.
+pub fn lock_folder(out: &Path, file: &str, holder: &str) -> Result<File> {
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("cannot create the output directory {}", out.display()))?;
+    let lock_path = out.join(file);
+    match try_lock(&lock_path)? {
+        Some(lock) => Ok(lock),
+        None => bail!(
+            "another elastica {holder} {} (it holds {}); wait for it to finish or stop it, or \
+             give another --out",
+            out.display(),
+            lock_path.display()
+        ),
+    }
+}
+
 /// Take a shared lock on `path` (created if missing), waiting while someone holds it
 /// exclusively (only [`is_locked`]'s probe does, for an instant). Holders of shared locks
 /// do not exclude each other; the lock ends when the file is dropped or the process dies.

@@ -46,17 +46,7 @@ pub fn check_settings(cfg: &DemoConfig, out: &Path) -> Result<()> {
 /// Create `out` and take its lock, or refuse while another demo runs into it; then check its
 /// settings again, under the lock. The lock lasts while the returned file is open.
 pub fn claim(cfg: &DemoConfig, out: &Path) -> Result<File> {
-    std::fs::create_dir_all(out)
-        .with_context(|| format!("cannot create the output directory {}", out.display()))?;
-    let lock_path = out.join(LOCK_FILE);
-    let Some(lock) = crate::util::fsx::try_lock(&lock_path)? else {
-        bail!(
-            "another elastica demo is running into {} (it holds {}); wait for it to finish or \
-             stop it, or give another --out",
-            out.display(),
-            lock_path.display()
-        );
-    };
+    let lock = crate::util::fsx::lock_folder(out, LOCK_FILE, "demo is running into")?;
     check_settings(cfg, out)?;
     Ok(lock)
 }
