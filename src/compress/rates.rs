@@ -23,6 +23,7 @@
 use super::predictor::{TokenPredictor, Tokenization};
 use super::symbols::ideal_bits;
 use crate::data::records::Record;
+use crate::model::template::common_prefix;
 use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
 use serde::Serialize;
@@ -65,22 +66,30 @@ impl ScoredSequence {
         Ok(self.scored.iter().rposition(|&s| s).map_or(0, |i| i + 1))
     }
 
-    /// The `raw` template: a pair is `prompt` then `response` verbatim, each tokenized on
-    /// its own, with the response and an EOS scored; a text is scored entirely, then EOS.
-    /// Bytes are those of the response (or the text); EOS stands for none.
+    /// The `raw` template: a pair is `prompt` then `response` verbatim, tokenized once as
+    /// training tokenizes it (`Template::encode_pair`), with the tokens after those it shares
+    /// with the prompt's own tokenization and an EOS scored; a text is scored entirely, then
+    /// EOS. Bytes are those of the response (or the text); EOS stands for none.
     pub fn raw(record: &Record, tok: &dyn Tokenization) -> Result<Self> {
         let eos: Vec<u32> = tok.eos_id().into_iter().collect();
-        let (context, target) = match record {
-            Record::Pair { prompt, response } => (tok.encode(prompt)?, response),
-            Record::Text { text } => (Vec::new(), text),
+        let (mut ids, start, bytes) = match record {
+            Record::Pair { prompt, response } => {
+                let ids = tok.encode(&format!("{prompt}{response}"))?;
+                let start = common_prefix(&tok.encode(prompt)?, &ids);
+                (ids, start, response.len())
+            }
+            Record::Text { text } => (tok.encode(text)?, 0, text.len()),
             Record::Chat { .. } => bail!(
                 "a conversation record has no raw text: compression rates read \
                  {{\"prompt\", \"response\"}} or {{\"text\"}} records"
             ),
         };
-        let mut targets = tok.encode(target)?;
-        targets.extend_from_slice(&eos);
-        Ok(ScoredSequence::new(&context, &targets, target.len() as u64))
+        let targets = ids.split_off(start);
+        Ok(ScoredSequence::new(
+            &ids,
+            &[targets, eos].concat(),
+            bytes as u64,
+        ))
     }
 
     pub fn scored_tokens(&self) -> u64 {

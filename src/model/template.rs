@@ -29,6 +29,30 @@ impl Template {
         tok.encode(&text, *self != Template::Chat)
     }
 
+    /// A prompt-response pair as training and scoring read it: the templated prompt followed
+    /// by the response, tokenized once, then the EOS id; and where the response starts (the
+    /// tokens before it are masked). As TRL (1.x) tokenizes a prompt-completion example for
+    /// SFT, DPO and KTO alike, and as safe-rlhf tokenizes its SFT and preference data: the
+    /// response starts where the prompt's own tokenization and the joint one first differ
+    /// (TRL's `common_prefix_length`), which is after the prompt unless a token merges across
+    /// the boundary. Tokenized on its own, the response would start with a piece the joint
+    /// text never has (SentencePiece's '▁' before it, or a merge BPE without pre-tokenization
+    /// makes across the boundary).
+    pub fn encode_pair(
+        &self,
+        prompt: &str,
+        response: &str,
+        tok: &TextTokenizer,
+    ) -> Result<(Vec<u32>, usize)> {
+        let text = self.render(prompt, tok)?;
+        let specials = *self != Template::Chat;
+        let alone = tok.encode(&text, specials)?;
+        let mut ids = tok.encode(&format!("{text}{response}"), specials)?;
+        let start = common_prefix(&alone, &ids);
+        ids.push(tok.eos_id());
+        Ok((ids, start))
+    }
+
     /// Token ids that ask the model to answer `prompt`: a text under this template, a
     /// conversation's turns under the chat or safe-rlhf template (see [`encode_context`]).
     pub fn encode_generation_prompt(
@@ -43,14 +67,20 @@ impl Template {
     }
 }
 
+/// How many leading tokens `a` and `b` share (TRL's `common_prefix_length`): where a
+/// completion starts in its prompt+completion tokenization.
+pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
 /// A conversation's token ids as training sees them, each with whether the loss counts it, and
 /// the bytes of the counted text. The template (chat, or safe-rlhf's multi-turn format)
 /// renders the whole conversation; which of it counts is `turns`:
 /// - [`Turns::Last`] (TRL's conversational prompt-completion): the prompt is the rendering of
 ///   every turn before the last, with the generation prompt; the answer is what the whole
 ///   conversation's rendering adds after it (the last turn's content and end-of-turn text).
-///   As TRL's SFT, the whole rendering is tokenized once and its first tokens, as many as the
-///   prompt's own tokenization has, are masked;
+///   As TRL's SFT, the whole rendering is tokenized once and the leading tokens it shares
+///   with the prompt's own tokenization are masked;
 /// - [`Turns::Assistant`] (TRL's `assistant_only_loss`): the rendering is tokenized once, and
 ///   the tokens that overlap an assistant turn's text count, as transformers' assistant mask
 ///   counts them. The text is what the template marks with `{% generation %}` where it has
@@ -112,11 +142,12 @@ pub fn encode_conversation(
     if turns == Turns::Last {
         let bytes = spans.iter().map(|(s, e)| e - s).sum();
         let (start, _) = spans[0];
-        // As TRL: the whole rendering tokenized once, its first len(prompt ids) tokens masked.
-        // (The answer tokenized alone would start with a piece the joint text never has, e.g.
-        // SentencePiece's '▁' where the answer follows the generation prompt directly.)
-        let prompt = tok.encode(&full[..start], specials)?.len();
+        // As TRL: the whole rendering tokenized once, the tokens it shares with the prompt's
+        // own tokenization masked. (The answer tokenized alone would start with a piece the
+        // joint text never has, e.g. SentencePiece's '▁' where the answer follows the
+        // generation prompt directly.)
         let ids = tok.encode(&full, specials)?;
+        let prompt = common_prefix(&tok.encode(&full[..start], specials)?, &ids);
         if ids.len() <= prompt {
             bail!("the last turn adds no token to the conversation's prompt ({prompt} tokens)");
         }

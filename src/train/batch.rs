@@ -1,9 +1,9 @@
 //! From records to token ids and labels, and from examples to padded micro-batches.
-//! A pair is `prompt_ids (tokenizer specials included) + response_ids + [EOS]` with the prompt
-//! masked (-100); a text record is `text_ids + [EOS]`, all counted; a conversation is its
-//! chat-template prompt, masked, then the template's rendering of its last turn, counted (no
-//! EOS added: the template ends the turn; see `model::template::encode_conversation`). A
-//! pair's prompt and response are tokenized separately so the mask boundary is exact.
+//! A pair is its templated prompt and response tokenized once (tokenizer specials included),
+//! then EOS, with the prompt's tokens masked (-100; see `Template::encode_pair`); a text record
+//! is `text_ids + [EOS]`, all counted; a conversation is its chat-template prompt, masked, then
+//! the template's rendering of its last turn, counted (no EOS added: the template ends the turn;
+//! see `model::template::encode_conversation`).
 
 use crate::data::records::Record;
 use crate::data::template::Template;
@@ -36,17 +36,10 @@ pub fn tokenize(
     for (i, r) in records.iter().enumerate() {
         let (mut ids, mut labels, bytes) = match r {
             Record::Pair { prompt, response } => {
-                let p = template
-                    .encode_prompt(prompt, tok)
+                let (ids, start) = template
+                    .encode_pair(prompt, response, tok)
                     .with_context(|| format!("record {}", i + 1))?;
-                let mut resp = tok
-                    .encode(response, false)
-                    .with_context(|| format!("record {}", i + 1))?;
-                resp.push(tok.eos_id());
-                let mut labels = vec![IGNORE; p.len()];
-                labels.extend(resp.iter().map(|&t| t as i64));
-                let mut ids = p;
-                ids.extend(resp);
+                let labels = counted_from(&ids, start);
                 (ids, labels, response.len())
             }
             Record::Chat { messages, turns } => {
@@ -73,8 +66,8 @@ pub fn tokenize(
             truncated += 1;
             ids.truncate(max_length);
             labels.truncate(max_length);
-            scored_bytes =
-                kept_bytes(r, &labels, tok).with_context(|| format!("record {}", i + 1))?;
+            scored_bytes = kept_bytes(r, &labels, template, tok)
+                .with_context(|| format!("record {}", i + 1))?;
         }
         out.push(Example {
             ids,
@@ -85,19 +78,40 @@ pub fn tokenize(
     Ok((out, truncated))
 }
 
+/// `ids` with the first `start` masked: the labels of a sequence whose loss counts from
+/// `start` on.
+fn counted_from(ids: &[u32], start: usize) -> Vec<i64> {
+    let mut labels = vec![IGNORE; start];
+    labels.extend(ids[start..].iter().map(|&t| t as i64));
+    labels
+}
+
 /// The bytes of text that a cut example's counted tokens (`labels` after the cut) still
 /// stand for, so bits per byte stay per byte of what was scored: a response's or text's
 /// prefix up to its last kept token (by the tokenizer's offsets), a conversation's kept
 /// counted runs as decoded.
-fn kept_bytes(r: &Record, labels: &[i64], tok: &TextTokenizer) -> Result<usize> {
-    let counted = labels.iter().filter(|&&l| l != IGNORE).count();
+fn kept_bytes(
+    r: &Record,
+    labels: &[i64],
+    template: Template,
+    tok: &TextTokenizer,
+) -> Result<usize> {
     let prefix_end = |text: &str, special: bool, kept: usize| -> Result<usize> {
         let spans = tok.encode_with_offsets(text, special)?;
         Ok(spans.iter().take(kept).map(|s| s.1 .1).max().unwrap_or(0))
     };
     match r {
-        // The response's tokens come after the prompt's; the cut took the EOS with it.
-        Record::Pair { response, .. } => prefix_end(response, false, counted),
+        // The pair's text is the templated prompt then the response (see `encode_pair`); the
+        // cut took the EOS with it.
+        Record::Pair { prompt, response } => {
+            let prompt = template.render(prompt, tok)?;
+            let end = prefix_end(
+                &format!("{prompt}{response}"),
+                template != Template::Chat,
+                labels.len(),
+            )?;
+            Ok(end.saturating_sub(prompt.len()))
+        }
         Record::Text { text } => prefix_end(text, true, labels.len()),
         Record::Chat { .. } => {
             let mut bytes = 0;
@@ -108,6 +122,51 @@ fn kept_bytes(r: &Record, labels: &[i64], tok: &TextTokenizer) -> Result<usize> 
             Ok(bytes)
         }
     }
+}
+
+/// How many leading tokens of an answered example are its (masked) prompt.
+fn prompt_len(e: &Example) -> usize {
+    e.labels.iter().take_while(|&&l| l == IGNORE).count()
+}
+
+/// Gives a preference pair's two answers one prompt, as TRL's DPO does: each answer starts
+/// where its joint tokenization leaves the prompt's own, and both start at the earlier of the
+/// two, so a token merged across one boundary counts in both (see `Template::encode_pair`).
+pub fn share_prompt(chosen: &mut Example, rejected: &mut Example) {
+    let start = prompt_len(chosen).min(prompt_len(rejected));
+    for e in [chosen, rejected] {
+        for j in start..prompt_len(e) {
+            e.labels[j] = e.ids[j] as i64;
+        }
+    }
+}
+
+/// KTO's mismatched sequences as TRL's KTO builds them: example i's prompt tokens followed by
+/// the answer tokens of example i - 1 (cyclic), joined as ids (not tokenized again) and cut to
+/// `max_length`. `examples` are the answered examples uncut (tokenized with no length limit).
+pub fn mismatched(
+    examples: &[Example],
+    max_length: usize,
+    tok: &TextTokenizer,
+) -> Result<Vec<Example>> {
+    let n = examples.len();
+    (0..n)
+        .map(|i| {
+            let (p, c) = (&examples[i], &examples[(i + n - 1) % n]);
+            let (lp, lc) = (prompt_len(p), prompt_len(c));
+            let mut ids = p.ids[..lp].to_vec();
+            ids.extend_from_slice(&c.ids[lc..]);
+            ids.truncate(max_length);
+            let labels = counted_from(&ids, lp.min(ids.len()));
+            let counted: Vec<u32> = ids[lp.min(ids.len())..].to_vec();
+            let scored_bytes = tok.decode(&counted, true)?.len();
+            Ok(Example {
+                ids,
+                labels,
+                scored_bytes,
+            })
+        })
+        .collect()
 }
 
 /// Number of tokens the loss counts for an example (labels shifted by one).

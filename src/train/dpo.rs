@@ -32,7 +32,7 @@
 //! directory ([`REFERENCE_FILE`], tied to the starting weights and data by their sha256), so a
 //! resumed run reads them instead of recomputing. Rewards are beta x (log pi - log pi_ref).
 
-use super::batch::{collate, loss_tokens, tokenize, Batch, Example};
+use super::batch::{collate, loss_tokens, mismatched, share_prompt, tokenize, Batch, Example};
 use super::driver::{log_line_with_base, step_settings, Outcome, Trainee};
 pub(crate) use super::fused::seq_nll;
 pub use super::fused::{autograd_weighted_grads, weighted_grads};
@@ -242,21 +242,29 @@ impl Recipe for PairPlan {
                  another pair's answers), so it needs at least 2 pairs; the data has 1"
             );
         }
-        // Pair i's prompt with the answers of pair i - `shift` (cyclic).
-        let side = |answer: fn(&PrefRecord) -> &str, shift: usize| -> Vec<Record> {
-            let n = pairs.len();
-            (0..n)
-                .map(|i| pairs[i].record(answer(&pairs[(i + n - shift) % n])))
-                .collect()
+        let side = |answer: fn(&PrefRecord) -> &str| -> Vec<Record> {
+            pairs.iter().map(|p| p.record(answer(p))).collect()
         };
-        let tok = |recs: &[Record]| tokenize(recs, start.tokenizer, cfg.template, cfg.max_length);
-        let (chosen, tc) = tok(&side(|p| &p.chosen, 0))?;
-        let (rejected, tr) = tok(&side(|p| &p.rejected, 0))?;
+        // Each pair's answers, tokenized with the prompt and cut to `max_length` (all of them
+        // with `usize::MAX`), starting where both leave the prompt.
+        let answers = |max_length: usize| -> Result<(Vec<Example>, Vec<Example>, usize)> {
+            let tok = |recs: &[Record]| tokenize(recs, start.tokenizer, cfg.template, max_length);
+            let (mut chosen, tc) = tok(&side(|p| &p.chosen))?;
+            let (mut rejected, tr) = tok(&side(|p| &p.rejected))?;
+            for (c, r) in chosen.iter_mut().zip(&mut rejected) {
+                share_prompt(c, r);
+            }
+            Ok((chosen, rejected, tc + tr))
+        };
+        let (chosen, rejected, truncated) = answers(cfg.max_length)?;
         let (kl_chosen, kl_rejected) = if kto {
-            // Not trained on: a cut one only shifts z0's estimate, so it goes unreported.
-            let (c, _) = tok(&side(|p| &p.chosen, 1))?;
-            let (r, _) = tok(&side(|p| &p.rejected, 1))?;
-            (c, r)
+            // Pair i's prompt with the answers of pair i - 1. Not trained on: a cut one only
+            // shifts z0's estimate, so it goes unreported.
+            let (c, r, _) = answers(usize::MAX)?;
+            (
+                mismatched(&c, cfg.max_length, start.tokenizer)?,
+                mismatched(&r, cfg.max_length, start.tokenizer)?,
+            )
         } else {
             (Vec::new(), Vec::new())
         };
@@ -274,7 +282,7 @@ impl Recipe for PairPlan {
         }
         let both: Vec<Example> = chosen.iter().chain(&rejected).cloned().collect();
         let n = pairs.len();
-        let resolved = Resolved::new(cfg, n, start, &both, tc + tr)?;
+        let resolved = Resolved::new(cfg, n, start, &both, truncated)?;
         Ok(PairPlan {
             chosen,
             rejected,

@@ -23,7 +23,7 @@
 //! the completions and of the mismatched sequences are computed once and cached in the run
 //! directory ([`REFERENCE_FILE`], tied to the starting weights, the data and the labels).
 
-use super::batch::{collate, loss_tokens, tokenize, Batch, Example};
+use super::batch::{collate, loss_tokens, mismatched, tokenize, Batch, Example};
 use super::dpo::{kto_z0, sigmoid};
 use super::driver::{log_line_with_base, step_settings, Outcome, Trainee};
 use super::objective::{DpoConfig, DpoLoss, Method as Objective};
@@ -146,15 +146,12 @@ impl Recipe for FeedbackPlan {
                  another example's completion), so it needs at least 2 examples; the data has {n}"
             );
         }
-        let records = |shift: usize| -> Vec<Record> {
-            (0..n)
-                .map(|i| examples[i].record(&examples[(i + n - shift) % n].completion))
-                .collect()
-        };
-        let tok = |recs: &[Record]| tokenize(recs, start.tokenizer, cfg.template, cfg.max_length);
-        let (completions, truncated) = tok(&records(0))?;
-        // Not trained on: a cut one only shifts z0's estimate, so it goes unreported.
-        let (mismatched, _) = tok(&records(1))?;
+        let records: Vec<Record> = examples.iter().map(|e| e.record(&e.completion)).collect();
+        let tok = |max_length| tokenize(&records, start.tokenizer, cfg.template, max_length);
+        let (completions, truncated) = tok(cfg.max_length)?;
+        // Example i's prompt with example i - 1's completion. Not trained on: a cut one only
+        // shifts z0's estimate, so it goes unreported.
+        let mismatched = mismatched(&tok(usize::MAX)?.0, cfg.max_length, start.tokenizer)?;
         for (i, e) in completions.iter().enumerate() {
             if loss_tokens(e) == 0 {
                 bail!(
