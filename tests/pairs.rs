@@ -194,3 +194,33 @@ fn rates_code_pairs_as_eval_loss_scores_them() {
         "rates {nats} vs transformers {want_nats} nats per token"
     );
 }
+
+/// As TRL: an answer or text that already ends with the EOS text gets no second EOS, in
+/// training and in rates alike.
+#[test]
+fn an_eos_already_written_is_not_added_again() {
+    use elastica::compress::rates::ScoredSequence;
+    use elastica::data::records::Record;
+    let (_dir, lm) = lm();
+    let pair = |r: &str| Record::Pair {
+        prompt: "Say hello\n".into(),
+        response: r.into(),
+    };
+    let text = |t: &str| Record::Text { text: t.into() };
+    for (plain, with_eos) in [
+        (pair("hello there"), pair("hello there</s>")),
+        (text("hello there"), text("hello there</s>")),
+    ] {
+        let recs = [plain, with_eos];
+        let (e, _) = tokenize(&recs, &lm.tokenizer, Template::Raw, 512).unwrap();
+        assert_eq!(e[0].ids, e[1].ids);
+        assert_eq!(
+            e[0].ids.iter().filter(|&&t| t == 1).count(),
+            1,
+            "{:?}",
+            e[0].ids
+        );
+        let seq = |r| ScoredSequence::raw(r, &lm.tokenizer).unwrap();
+        assert_eq!(seq(&recs[0]).ids, seq(&recs[1]).ids);
+    }
+}

@@ -39,6 +39,10 @@ impl Tokenization for TextTokenizer {
     fn eos_id(&self) -> Option<u32> {
         Some(TextTokenizer::eos_id(self))
     }
+
+    fn ends_with_eos(&self, text: &str) -> bool {
+        TextTokenizer::ends_with_eos(self, text)
+    }
 }
 
 /// The special tokens `tok` puts before a text when asked to add special tokens (its BOS, if

@@ -25,6 +25,12 @@ pub trait Tokenization {
     /// The end-of-sequence token, if the model has one. Only compression *rates* use it
     /// (a response's EOS counts in the loss, as in training); the compressor does not.
     fn eos_id(&self) -> Option<u32>;
+
+    /// Whether `text` already ends with the EOS token's text (then rates score no second EOS
+    /// after it, as training adds none).
+    fn ends_with_eos(&self, _text: &str) -> bool {
+        false
+    }
 }
 
 /// A causal language model queried one token at a time.

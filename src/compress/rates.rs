@@ -72,24 +72,24 @@ impl ScoredSequence {
     /// EOS. Bytes are those of the response (or the text); EOS stands for none.
     pub fn raw(record: &Record, tok: &dyn Tokenization) -> Result<Self> {
         let eos: Vec<u32> = tok.eos_id().into_iter().collect();
-        let (mut ids, start, bytes) = match record {
+        let (mut ids, start, target) = match record {
             Record::Pair { prompt, response } => {
                 let ids = tok.encode(&format!("{prompt}{response}"))?;
                 let start = common_prefix(&tok.encode(prompt)?, &ids);
-                (ids, start, response.len())
+                (ids, start, response)
             }
-            Record::Text { text } => (tok.encode(text)?, 0, text.len()),
+            Record::Text { text } => (tok.encode(text)?, 0, text),
             Record::Chat { .. } => bail!(
                 "a conversation record has no raw text: compression rates read \
                  {{\"prompt\", \"response\"}} or {{\"text\"}} records"
             ),
         };
-        let targets = ids.split_off(start);
-        Ok(ScoredSequence::new(
-            &ids,
-            &[targets, eos].concat(),
-            bytes as u64,
-        ))
+        let mut targets = ids.split_off(start);
+        // As training: a text that already ends with the EOS text gets no second EOS.
+        if !tok.ends_with_eos(target) {
+            targets.extend_from_slice(&eos);
+        }
+        Ok(ScoredSequence::new(&ids, &targets, target.len() as u64))
     }
 
     pub fn scored_tokens(&self) -> u64 {

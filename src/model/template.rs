@@ -49,7 +49,10 @@ impl Template {
         let alone = tok.encode(&text, specials)?;
         let mut ids = tok.encode(&format!("{text}{response}"), specials)?;
         let start = common_prefix(&alone, &ids);
-        ids.push(tok.eos_id());
+        // As TRL: a response that already ends with the EOS text gets no second EOS.
+        if !tok.ends_with_eos(response) {
+            ids.push(tok.eos_id());
+        }
         Ok((ids, start))
     }
 

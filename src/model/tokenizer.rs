@@ -206,6 +206,14 @@ impl TextTokenizer {
         self.eos_ids[0]
     }
 
+    /// Whether `text` already ends with the primary EOS token's text, so that training adds
+    /// no second EOS after it (TRL's rule: it appends the EOS text unless it is there).
+    pub fn ends_with_eos(&self, text: &str) -> bool {
+        self.inner
+            .id_to_token(self.eos_id())
+            .is_some_and(|eos| !eos.is_empty() && text.ends_with(&eos))
+    }
+
     /// Every id that ends generation.
     pub fn eos_ids(&self) -> &[u32] {
         &self.eos_ids

@@ -56,7 +56,10 @@ pub fn tokenize(
                 let mut ids = tok
                     .encode(text, true)
                     .with_context(|| format!("record {}", i + 1))?;
-                ids.push(tok.eos_id());
+                // As TRL: a text that already ends with the EOS text gets no second EOS.
+                if !tok.ends_with_eos(text) {
+                    ids.push(tok.eos_id());
+                }
                 let labels = ids.iter().map(|&t| t as i64).collect();
                 (ids, labels, text.len())
             }
