@@ -1241,3 +1241,30 @@ fn broken_folded_adapters_are_refused_naming_the_file_and_tensor() {
         );
     }
 }
+
+#[test]
+fn lora_flags_without_a_rank_are_refused_before_anything_is_written() {
+    // Rank 0 is a full fine-tune (with --adapter: the adapter's own settings), which would
+    // drop the other LoRA flags without a word.
+    let dir = tempfile::tempdir().unwrap();
+    let base = fixtures().join("models/tiny-llama");
+    let data = fixtures().join("sft/data.jsonl");
+    let adapter = fixtures().join("lora/peft-llama");
+    for flags in [
+        vec!["--lora-alpha", "32"],
+        vec!["--lora-dropout", "0.1"],
+        vec!["--lora-rslora"],
+        vec!["--lora-alpha", "32", "--adapter", adapter.to_str().unwrap()],
+    ] {
+        let out = dir.path().join("run");
+        let mut args = flags.clone();
+        args.extend(["--max-steps", "1"]);
+        let (ok, _, err) =
+            common::train_cli(base.to_str().unwrap(), data.to_str().unwrap(), &out, &args);
+        assert!(
+            !ok && err.contains("without --lora-rank"),
+            "{flags:?}: {err}"
+        );
+        assert!(!out.exists(), "{flags:?}: something was written");
+    }
+}

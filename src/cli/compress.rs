@@ -130,7 +130,8 @@ pub struct RatesArgs {
     /// adapter_config.json names).
     #[arg(long)]
     pub base: Option<String>,
-    /// Held-out data sets as NAME=PATH, comma-separated, each read with --schema etc.
+    /// Held-out data sets as NAME=PATH, comma-separated (a path may hold a comma where the text
+    /// after it has no `=`), each read with --schema etc.
     /// (default: JSONL records); or name them in --data-config.
     #[arg(
         long,

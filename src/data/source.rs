@@ -105,7 +105,7 @@ impl DataArgs {
     pub fn named_specs(&self, entries: &[String]) -> Result<Vec<(String, DataSpec)>> {
         let named = match &self.data_config {
             Some(cfg) => read_data_config(cfg)?,
-            None => entries
+            None => rejoin_paths(entries)
                 .iter()
                 .map(|e| {
                     let (name, path) = e
@@ -259,9 +259,39 @@ fn refuse_known_layouts(spec: &DataSpec) -> Result<()> {
     Ok(())
 }
 
+/// `NAME=PATH` entries as the comma-separated flag splits them, with the pieces of a path that
+/// holds a comma joined again: a piece with no `=` cannot start an entry, so it continues the
+/// one before it.
+fn rejoin_paths(pieces: &[String]) -> Vec<String> {
+    let mut entries: Vec<String> = Vec::new();
+    for p in pieces {
+        match entries.last_mut() {
+            Some(last) if !p.contains('=') => {
+                last.push(',');
+                last.push_str(p);
+            }
+            _ => entries.push(p.clone()),
+        }
+    }
+    entries
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_data_path_with_a_comma_is_joined_again() {
+        let pieces: Vec<String> = ["a=/d/x", "y/f.jsonl", "b=g.jsonl", "c=h,i=j"]
+            .iter()
+            .flat_map(|e| e.split(','))
+            .map(String::from)
+            .collect();
+        assert_eq!(
+            rejoin_paths(&pieces),
+            ["a=/d/x,y/f.jsonl", "b=g.jsonl", "c=h", "i=j"]
+        );
+    }
 
     fn fixture(rel: &str) -> PathBuf {
         schemas::testing::fixture(rel).into()

@@ -297,6 +297,21 @@ fn activation_named(family: Family, name: &str) -> Result<Activation> {
 }
 
 impl ModelConfig {
+    /// Say once per process when a sequence of `t` tokens runs past the model's context:
+    /// it is computed as transformers computes it, but silently it would look like any other.
+    pub fn note_past_context(&self, t: usize) {
+        static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        let ctx = self.max_position_embeddings;
+        if t > ctx && !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            eprintln!(
+                "warning: a sequence of {t} tokens runs past the model's context \
+                 (max_position_embeddings = {ctx}); its later positions are computed as \
+                 transformers computes them, on positions the model was not trained on \
+                 (--max-length {ctx} cuts sequences to the context)"
+            );
+        }
+    }
+
     /// Read and resolve `config.json`; every error names the file.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)

@@ -357,23 +357,8 @@ impl Llama {
 
     /// The fused attention's RoPE tables for positions 0..t.
     pub fn rope_tables(&self, t: usize) -> RopeTables {
-        self.note_past_context(t);
+        self.cfg.note_past_context(t);
         self.rope.tables(t)
-    }
-
-    /// Say once per process when a sequence of `t` tokens runs past the model's context:
-    /// it is computed as transformers computes it, but silently it would look like any other.
-    fn note_past_context(&self, t: usize) {
-        static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-        let ctx = self.cfg.max_position_embeddings;
-        if t > ctx && !SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
-            eprintln!(
-                "warning: a sequence of {t} tokens runs past the model's context \
-                 (max_position_embeddings = {ctx}); its later positions are computed as \
-                 transformers computes them, on positions the model was not trained on \
-                 (--max-length {ctx} cuts sequences to the context)"
-            );
-        }
     }
 
     /// Training / scoring forward: `ids` (b, t) u32, causal attention, positions 0..t.
@@ -410,7 +395,7 @@ impl Llama {
     /// [`Self::forward_hidden`], with LoRA dropout when `drop` is given.
     fn hidden_states(&self, ids: &Tensor, drop: Option<&LoraDropout>) -> Result<Tensor> {
         let (_, t) = ids.dims2()?;
-        self.note_past_context(t);
+        self.cfg.note_past_context(t);
         let positions = Tensor::arange(0u32, t as u32, &self.device)?.unsqueeze(0)?;
         let x = self.embed(ids)?;
         if fused::usable(Kernel::Attention, &[&x]) {

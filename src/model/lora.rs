@@ -45,7 +45,7 @@ fn default_targets() -> Vec<String> {
 #[serde(default, deny_unknown_fields)]
 pub struct LoraConfig {
     /// LoRA rank r: train a rank-r adapter on each target projection with the base frozen
-    /// (0 = full fine-tune). Saved in PEFT's format (adapter_config.json,
+    /// (0 = full fine-tune, which refuses the other LoRA flags). Saved in PEFT's format (adapter_config.json,
     /// adapter_model.safetensors).
     #[arg(long = "lora-rank", id = "lora_rank", default_value_t = 0)]
     pub rank: usize,

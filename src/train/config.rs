@@ -171,6 +171,16 @@ impl TrainConfig {
         if let Some(d) = &self.save_dtype {
             dtype_from_name(d).context("save_dtype (--save-dtype)")?;
         }
+        // A rank-0 run trains the full model (or, with --adapter, the adapter with its own
+        // settings): LoRA flags given beside it would be dropped without a word.
+        if !self.lora.enabled() && !self.lora.is_off() {
+            bail!(
+                "--lora-alpha, --lora-dropout, --lora-targets or --lora-rslora was given \
+                 without --lora-rank, so a full fine-tune (or, with --adapter, the adapter's own \
+                 settings) would ignore it: give --lora-rank for a LoRA run (with --adapter, the \
+                 adapter's own rank), or drop the LoRA flags"
+            );
+        }
         self.lora.validate()?;
         Ok(())
     }

@@ -215,8 +215,9 @@ fn finished_with(out: &Path, settings: &RunSettings) -> Result<bool> {
     let changes = stored.changes(settings);
     if !changes.is_empty() {
         bail!(
-            "{} holds a finished run with other settings or data ({}); --resume would train \
-             over it: give another --out, or drop --resume to replace it",
+            "{} holds a finished run with other settings or data ({}); resuming would train \
+             over it: give another --out, or delete that folder (`elastica train` without \
+             --resume replaces it)",
             out.display(),
             changes.join("; ")
         );

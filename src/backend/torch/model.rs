@@ -360,6 +360,7 @@ impl<'a> Decoder<'a> {
     /// Logits (b, t, vocab) f32 of `ids` (b, t) i64, causal, positions 0..t.
     pub fn forward(&self, ids: &Tensor) -> Tensor {
         let t = ids.size()[1];
+        self.cfg.note_past_context(t as usize);
         let pos = Tensor::arange(t, (Kind::Float, self.device)).unsqueeze(0);
         let x = self.blocks(self.embed(ids), &self.at(&pos, None), None);
         self.head(&x)
