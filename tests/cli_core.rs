@@ -771,4 +771,14 @@ fn a_sequence_past_the_context_is_named_once() {
     );
     let (ok, _, err) = eval(&["--max-length", "128"]);
     assert!(ok && !err.contains("max_position_embeddings"), "{err}");
+    #[cfg(feature = "torch")]
+    {
+        let (ok, _, err) = eval(&["--backend", "torch"]);
+        assert!(ok, "{err}");
+        assert_eq!(
+            err.matches("max_position_embeddings = 128").count(),
+            1,
+            "torch: {err}"
+        );
+    }
 }
