@@ -16,6 +16,7 @@ pub mod rope;
 pub mod template;
 pub mod tensor_file;
 pub mod tokenizer;
+pub mod tokenizer_class;
 
 pub use checkpoint::{load_model, save_model, LoadedModel};
 pub use config::{Family, ModelConfig};

@@ -57,7 +57,12 @@ fn default_template(named: &[serde_json::Value]) -> Result<String> {
 pub fn read_tokenizer_file(path: &Path) -> Result<tokenizers::Tokenizer> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    serde_json::from_str::<serde::de::IgnoredAny>(&text)
+    parse_tokenizer(&text, path)
+}
+
+/// [`read_tokenizer_file`] of the file's text.
+fn parse_tokenizer(text: &str, path: &Path) -> Result<tokenizers::Tokenizer> {
+    serde_json::from_str::<serde::de::IgnoredAny>(text)
         .with_context(|| format!("{} is not valid JSON", path.display()))?;
     std::panic::catch_unwind(|| text.parse::<tokenizers::Tokenizer>())
         .map_err(|_| anyhow::anyhow!("the tokenizers library panicked on this file"))
@@ -76,7 +81,9 @@ impl TextTokenizer {
                 tj.display()
             );
         }
-        let inner = read_tokenizer_file(&tj)?;
+        let text = std::fs::read_to_string(&tj)
+            .with_context(|| format!("cannot read {}", tj.display()))?;
+        let mut inner = parse_tokenizer(&text, &tj)?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: serde_json::Value = if cfg_path.exists() {
             let s = std::fs::read_to_string(&cfg_path)
@@ -86,6 +93,8 @@ impl TextTokenizer {
         } else {
             serde_json::Value::Null
         };
+        super::tokenizer_class::as_transformers_reads(&mut inner, &cfg, &text)
+            .with_context(|| format!("rebuilding {} as its tokenizer_class", tj.display()))?;
         let bos_token = token_string(cfg.get("bos_token"));
         let eos_token = token_string(cfg.get("eos_token"));
         let pad_token = token_string(cfg.get("pad_token"));
