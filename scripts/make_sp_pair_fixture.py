@@ -24,7 +24,11 @@ PROMPT_ASSISTANT`. The script checks that the fixture tells the joint way from t
 (an answer alone differs) and that a boundary merge occurs (a common prefix shorter than the
 prompt), so the tests can fail.
 
-Run: python scripts/make_sp_pair_fixture.py   (torch, transformers, tokenizers)
+Where TRL is installed (checked with trl 1.16.0), the script also builds TRL's own SFT, DPO and
+KTO data sets (and the KTO collator's KL batch, the whole file in one batch) from the same rows
+and asserts they equal the raw-template expectations.
+
+Run: python scripts/make_sp_pair_fixture.py   (torch, transformers, tokenizers; optionally trl)
 """
 import json
 import os
@@ -75,13 +79,14 @@ def main():
         with open(os.path.join(SP, f"{name}.jsonl"), "w", encoding="utf-8") as f:
             for r in rows:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    with tempfile.TemporaryDirectory() as d:
-        for f in ("config.json", "model.safetensors"):
-            shutil.copy(os.path.join(BASE, f), d)
-        for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-            shutil.copy(os.path.join(SP, f), d)
-        tok = AutoTokenizer.from_pretrained(d)
-        model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+    # Kept until the end: TRL's trainers look at the model's folder again.
+    d = tempfile.mkdtemp()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(os.path.join(BASE, f), d)
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(os.path.join(SP, f), d)
+    tok = AutoTokenizer.from_pretrained(d)
+    model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
     eos = tok.eos_token
 
     def ids(text):
@@ -151,6 +156,48 @@ def main():
     with open(os.path.join(SP, "pairs_expected.json"), "w") as f:
         json.dump(out, f, indent=1)
     print(f"{alone_differs} answers differ alone, {merges} boundary merges")
+    try:
+        import trl  # noqa: F401
+    except ImportError:
+        print("trl is not installed: the expectations were not checked against TRL itself")
+    else:
+        check_against_trl(model, tok, out["raw"])
+    shutil.rmtree(d)
+
+
+def check_against_trl(model, tok, want):
+    """TRL's own data sets for the raw rows equal the expectations."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer
+
+    out = tempfile.mkdtemp()
+    args = dict(output_dir=out, report_to=[], max_steps=1, use_cpu=True, max_length=None)
+    sft = SFTTrainer(model=model, processing_class=tok,
+                     args=SFTConfig(per_device_train_batch_size=1, **args),
+                     train_dataset=Dataset.from_list(
+                         [{"prompt": r["prompt"], "completion": r["response"]} for r in SFT]))
+    for i, e in enumerate(want["sft"]):
+        row = sft.train_dataset[i]
+        assert (row["input_ids"], row["labels"]) == (e["ids"], e["labels"]), ("sft", i)
+    dpo = DPOTrainer(model=model, processing_class=tok,
+                     args=DPOConfig(per_device_train_batch_size=1, **args),
+                     train_dataset=Dataset.from_list(PREFS))
+    for i, e in enumerate(want["prefs"]):
+        row = dpo.train_dataset[i]
+        for side in ("chosen", "rejected"):
+            ids = row["prompt_ids"] + row[f"{side}_ids"]
+            labels = [-100] * len(row["prompt_ids"]) + row[f"{side}_ids"]
+            assert (ids, labels) == (e[side]["ids"], e[side]["labels"]), ("dpo", i, side)
+    kto = KTOTrainer(model=model, processing_class=tok,
+                     args=KTOConfig(per_device_train_batch_size=len(FEEDBACK), **args),
+                     train_dataset=Dataset.from_list(FEEDBACK))
+    batch = kto.data_collator([kto.train_dataset[i] for i in range(len(FEEDBACK))])
+    for i, e in enumerate(want["feedback"]):
+        row = kto.train_dataset[i]
+        assert row["prompt_ids"] + row["completion_ids"] == e["ids"], ("kto", i)
+        n = int(batch["KL_attention_mask"][i].sum())
+        assert batch["KL_input_ids"][i][:n].tolist() == e["kl"]["ids"], ("kto KL", i)
+    print(f"TRL {__import__('trl').__version__} builds the same SFT, DPO and KTO sequences")
 
 
 if __name__ == "__main__":
