@@ -14,7 +14,8 @@
 
 use crate::backend::{self, BackendChoice, BackendKind, DeviceSpec, Precision};
 use crate::data::prefs::PrefRecord;
-use crate::data::records::Record;
+use crate::data::records::{read_run_records, Record};
+use crate::data::template::Template;
 use crate::grid::cell::CellContext;
 use crate::grid::config::ExecutorSpec;
 use crate::grid::device::CellDevice;
@@ -24,6 +25,7 @@ use crate::model::checkpoint::load_model;
 use crate::model::LoadedModel;
 use crate::report::tensorboard::TrainBoard;
 use crate::train::driver::{AfterStep, Run};
+use crate::train::eval::EvalLoss;
 use crate::train::sft::{StepLog, TrainSummary};
 use crate::train::{train, TrainConfig, TrainRun};
 use anyhow::{Context, Result};
@@ -129,6 +131,21 @@ pub fn load_eval_model(d: &CellDevice, dir: &Path) -> Result<Box<dyn backend::La
 /// adapter sits on, or [`eval_model`] puts on the backend.
 pub fn load_cpu(dir: &Path) -> Result<LoadedModel> {
     load_model(&dir.to_string_lossy(), &candle_core::Device::Cpu)
+}
+
+/// The capability `lm` kept: its mean NLL on the cell's `capability` input (records read
+/// with `template`, cut to `max_length`, `batch_size` a forward), on `lm`'s backend.
+pub fn capability_kept(
+    ctx: &CellContext<'_>,
+    lm: &dyn backend::LanguageModel,
+    template: Template,
+    max_length: usize,
+    batch_size: usize,
+) -> Result<EvalLoss> {
+    let path = ctx.input("capability")?;
+    let records = read_run_records(&path)?;
+    backend::run::eval_loss(lm, &records, template, max_length, batch_size)
+        .with_context(|| format!("capability kept on {}", path.display()))
 }
 
 /// What a training stage learns from: SFT records, or DPO's preference pairs.

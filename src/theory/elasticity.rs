@@ -143,24 +143,30 @@ impl Setting {
         mixture(&[(k, &self.pretrain), (1.0, &self.align), (l, &self.perturb)])
     }
 
-    /// Ideal rates, their exact l-derivatives, and the reverse divergences KL(q(l) || D)
-    /// under q(l), in one pass over the leaves.
-    pub fn ideal_at(&self, k: f64, l: f64) -> IdealPoint {
+    /// The leaves where the model q(l) trained on sizes k, 1, l has mass (where it has none,
+    /// every data set has none too): (leaf, q, the masses of D_p, D_a, D_t there).
+    fn mixture_leaves(&self, k: f64, l: f64) -> impl Iterator<Item = (usize, f64, [f64; 3])> + '_ {
         let (pp, pa, pt) = (
             self.pretrain.leaves(),
             self.align.leaves(),
             self.perturb.leaves(),
         );
         let n = k + 1.0 + l;
-        let (mut ce, mut cross, mut rev) = ([0.0f64; 3], [0.0f64; 3], [0.0f64; 3]);
-        for x in 0..pp.len() {
+        (0..pp.len()).filter_map(move |x| {
             let q = (k * pp[x] + pa[x] + l * pt[x]) / n;
-            if q <= 0.0 {
-                continue; // every data set has zero mass here too
-            }
+            (q > 0.0).then_some((x, q, [pp[x], pa[x], pt[x]]))
+        })
+    }
+
+    /// Ideal rates, their exact l-derivatives, and the reverse divergences KL(q(l) || D)
+    /// under q(l), in one pass over the leaves.
+    pub fn ideal_at(&self, k: f64, l: f64) -> IdealPoint {
+        let n = k + 1.0 + l;
+        let (mut ce, mut cross, mut rev) = ([0.0f64; 3], [0.0f64; 3], [0.0f64; 3]);
+        for (x, q, masses) in self.mixture_leaves(k, l) {
             let lq = q.log2();
-            let ptq = pt[x] / q;
-            for (i, p) in [pp[x], pa[x], pt[x]].into_iter().enumerate() {
+            let ptq = masses[2] / q;
+            for (i, p) in masses.into_iter().enumerate() {
                 ce[i] -= p * lq;
                 cross[i] += p * ptq;
                 rev[i] += q * (lq - self.log2_masses[i][x]);
@@ -183,21 +189,13 @@ impl Setting {
 
     /// The exact l-derivatives alone (no logarithms: cheap enough for a fine sweep).
     pub fn slopes_at(&self, k: f64, l: f64) -> SlopePoint {
-        let (pp, pa, pt) = (
-            self.pretrain.leaves(),
-            self.align.leaves(),
-            self.perturb.leaves(),
-        );
         let n = k + 1.0 + l;
         let mut cross = [0.0f64; 3];
-        for x in 0..pp.len() {
-            let q = (k * pp[x] + pa[x] + l * pt[x]) / n;
-            if q > 0.0 {
-                let ptq = pt[x] / q;
-                cross[0] += pp[x] * ptq;
-                cross[1] += pa[x] * ptq;
-                cross[2] += pt[x] * ptq;
-            }
+        for (_, q, [pp, pa, pt]) in self.mixture_leaves(k, l) {
+            let ptq = pt / q;
+            cross[0] += pp * ptq;
+            cross[1] += pa * ptq;
+            cross[2] += pt * ptq;
         }
         let scale = 1.0 / (self.depth as f64 * n * std::f64::consts::LN_2);
         SlopePoint {
@@ -211,18 +209,10 @@ impl Setting {
 
     /// d gamma(D_p)/dl alone (no logarithms: cheap enough for root finding).
     fn pretrain_slope(&self, k: f64, l: f64) -> f64 {
-        let (pp, pa, pt) = (
-            self.pretrain.leaves(),
-            self.align.leaves(),
-            self.perturb.leaves(),
-        );
         let n = k + 1.0 + l;
         let mut cross = 0.0;
-        for x in 0..pp.len() {
-            let q = (k * pp[x] + pa[x] + l * pt[x]) / n;
-            if q > 0.0 {
-                cross += pp[x] * pt[x] / q;
-            }
+        for (_, q, [pp, _, pt]) in self.mixture_leaves(k, l) {
+            cross += pp * pt / q;
         }
         (1.0 - cross) / (self.depth as f64 * n * std::f64::consts::LN_2)
     }

@@ -185,6 +185,15 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// These settings, saving the trained model in f32: for a model that later stages train
+    /// from, so that none of their updates is rounded away.
+    pub fn saving_f32(&self) -> TrainConfig {
+        TrainConfig {
+            save_dtype: Some("float32".into()),
+            ..self.clone()
+        }
+    }
+
     /// Records per optimizer step (batch_size x grad_accum), refused when it overflows.
     pub fn records_per_step(&self) -> Result<usize> {
         self.batch_size

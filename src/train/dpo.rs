@@ -366,56 +366,6 @@ pub fn kto_z0(policy: &[f64], reference: &[f64]) -> Result<f64> {
     Ok(z0.max(0.0))
 }
 
-/// The reference log-probs: read from `out`'s cache when it was written for this start and
-/// data, else computed with `model` (which must still hold the starting weights) and cached.
-fn reference(
-    model: &mut dyn Trainee,
-    p: &PairPlan,
-    cfg: &TrainConfig,
-    out: &Path,
-) -> Result<(Reference, bool)> {
-    let path = out.join(REFERENCE_FILE);
-    let s = &p.resolved.settings;
-    if cfg.dpo.dpo_loss == DpoLoss::Simpo {
-        // SimPO has no reference model: zeros, neither computed nor cached.
-        let zeros = vec![0.0; p.chosen.len()];
-        let r = Reference {
-            start_sha256: s.start_sha256.clone(),
-            data_sha256: s.data_sha256.clone(),
-            chosen: zeros.clone(),
-            rejected: zeros,
-            kl_chosen: Vec::new(),
-            kl_rejected: Vec::new(),
-        };
-        return Ok((r, false));
-    }
-    let lens = [
-        p.chosen.len(),
-        p.rejected.len(),
-        p.kl_chosen.len(),
-        p.kl_rejected.len(),
-    ];
-    cached_or_computed(&path, s, &lens, || {
-        let order: Vec<usize> = (0..p.chosen.len()).collect();
-        let pairs = (&p.chosen[..], &p.rejected[..]);
-        let (chosen, rejected) = pair_logps(model, pairs, &order, cfg.batch_size)?;
-        let (kl_chosen, kl_rejected) = if p.kl_chosen.is_empty() {
-            (Vec::new(), Vec::new())
-        } else {
-            let mismatched = (&p.kl_chosen[..], &p.kl_rejected[..]);
-            pair_logps(model, mismatched, &order, cfg.batch_size)?
-        };
-        Ok(Reference {
-            start_sha256: s.start_sha256.clone(),
-            data_sha256: s.data_sha256.clone(),
-            chosen,
-            rejected,
-            kl_chosen,
-            kl_rejected,
-        })
-    })
-}
-
 /// DPO's step (see the module doc), with the reference log-probs it computes or reads
 /// before the first step.
 pub type DpoStep<'a> = ReferenceStep<'a, PairPlan>;
@@ -425,7 +375,46 @@ impl AgainstReference for PairPlan {
     type Log = DpoStepLog;
     const LABEL: &'static str = "dpo";
     fn reference(&self, model: &mut dyn Trainee, out: &Path) -> Result<(Reference, bool)> {
-        reference(model, self, &self.resolved.settings.train, out)
+        let (p, s) = (self, &self.resolved.settings);
+        let (cfg, path) = (&s.train, out.join(REFERENCE_FILE));
+        if cfg.dpo.dpo_loss == DpoLoss::Simpo {
+            // SimPO has no reference model: zeros, neither computed nor cached.
+            let zeros = vec![0.0; p.chosen.len()];
+            let r = Reference {
+                start_sha256: s.start_sha256.clone(),
+                data_sha256: s.data_sha256.clone(),
+                chosen: zeros.clone(),
+                rejected: zeros,
+                kl_chosen: Vec::new(),
+                kl_rejected: Vec::new(),
+            };
+            return Ok((r, false));
+        }
+        let lens = [
+            p.chosen.len(),
+            p.rejected.len(),
+            p.kl_chosen.len(),
+            p.kl_rejected.len(),
+        ];
+        cached_or_computed(&path, s, &lens, || {
+            let order: Vec<usize> = (0..p.chosen.len()).collect();
+            let pairs = (&p.chosen[..], &p.rejected[..]);
+            let (chosen, rejected) = pair_logps(model, pairs, &order, cfg.batch_size)?;
+            let (kl_chosen, kl_rejected) = if p.kl_chosen.is_empty() {
+                (Vec::new(), Vec::new())
+            } else {
+                let mismatched = (&p.kl_chosen[..], &p.kl_rejected[..]);
+                pair_logps(model, mismatched, &order, cfg.batch_size)?
+            };
+            Ok(Reference {
+                start_sha256: s.start_sha256.clone(),
+                data_sha256: s.data_sha256.clone(),
+                chosen,
+                rejected,
+                kl_chosen,
+                kl_rejected,
+            })
+        })
     }
 
     /// Per micro-batch of `batch_size` pairs, one forward, the pairs' terms, one weighted
@@ -447,32 +436,29 @@ impl AgainstReference for PairPlan {
         let micro = MicroBatches::new(idx, cfg.batch_size, model.pad_id(), |c, pad| {
             pair_batch(&p.chosen, &p.rejected, c, pad)
         })?;
-        let mut terms: Vec<PairTerms> = Vec::with_capacity(idx.len());
-        let mut weigh = |m: usize, nll: &[f64]| -> Result<Vec<f64>> {
-            let pair_refs = micro.chunks[m]
-                .iter()
-                .map(|&i| (refs.chosen[i], refs.rejected[i]));
-            let lens = micro.chunks[m]
-                .iter()
-                .map(|&i| (loss_tokens(&p.chosen[i]), loss_tokens(&p.rejected[i])));
-            let (w, t) = pair_weights(&cfg.dpo, nll, pair_refs, lens, n, kl.unwrap_or(0.0));
-            // Refused before the update, as SFT refuses a non-finite loss.
-            if let Some(bad) = t.iter().find(|t| !t.loss.is_finite()) {
-                bail!("the DPO loss is {} (not finite); lower the learning rate or check the weights and data", bad.loss);
-            }
-            terms.extend(t);
-            Ok(w)
-        };
-        let grad_norm = model.weighted_step(&micro.batches, &mut weigh, &step_settings(cfg, lr))?;
+        let loss = |t: &PairTerms| t.loss;
+        let (base, terms) = micro.weighted_step(
+            model,
+            &step_settings(cfg, lr),
+            ("DPO", loss),
+            |chunk, nll| {
+                let pair_refs = chunk.iter().map(|&i| (refs.chosen[i], refs.rejected[i]));
+                let lens = chunk
+                    .iter()
+                    .map(|&i| (loss_tokens(&p.chosen[i]), loss_tokens(&p.rejected[i])));
+                Ok(pair_weights(
+                    &cfg.dpo,
+                    nll,
+                    pair_refs,
+                    lens,
+                    n,
+                    kl.unwrap_or(0.0),
+                ))
+            },
+        )?;
         let mean = |f: fn(&PairTerms) -> f64| terms.iter().map(f).sum::<f64>() / n;
         Ok(DpoStepLog {
-            base: StepLog {
-                step: 0,
-                loss: mean(|t| t.loss),
-                lr,
-                tokens: micro.tokens,
-                grad_norm,
-            },
+            base,
             chosen_reward: mean(|t| t.chosen_reward),
             rejected_reward: mean(|t| t.rejected_reward),
             margin: mean(|t| t.chosen_reward - t.rejected_reward),

@@ -213,28 +213,6 @@ fn batch_of(seqs: &[Example], idx: &[usize], pad: u32) -> Result<Batch> {
     collate(&picked, pad, &candle_core::Device::Cpu)
 }
 
-/// The reference log-probs: read from `out`'s cache when it was written for this start and
-/// data, else computed with `model` (which must still hold the starting weights) and cached.
-fn reference(
-    model: &mut dyn Trainee,
-    p: &FeedbackPlan,
-    cfg: &TrainConfig,
-    out: &Path,
-) -> Result<(Reference, bool)> {
-    let path = out.join(REFERENCE_FILE);
-    let s = &p.resolved.settings;
-    let n = p.completions.len();
-    cached_or_computed(&path, s, &[n, n], || {
-        let order: Vec<usize> = (0..n).collect();
-        Ok(Reference {
-            start_sha256: s.start_sha256.clone(),
-            data_sha256: s.data_sha256.clone(),
-            completions: logps(model, &p.completions, &order, cfg.batch_size)?,
-            mismatched: logps(model, &p.mismatched, &order, cfg.batch_size)?,
-        })
-    })
-}
-
 /// KTO's step (see the module doc), with the reference log-probs it computes or reads before
 /// the first step.
 pub type KtoStep<'a> = ReferenceStep<'a, FeedbackPlan>;
@@ -244,7 +222,18 @@ impl AgainstReference for FeedbackPlan {
     type Log = KtoStepLog;
     const LABEL: &'static str = "kto";
     fn reference(&self, model: &mut dyn Trainee, out: &Path) -> Result<(Reference, bool)> {
-        reference(model, self, &self.resolved.settings.train, out)
+        let (p, s) = (self, &self.resolved.settings);
+        let (cfg, path) = (&s.train, out.join(REFERENCE_FILE));
+        let n = p.completions.len();
+        cached_or_computed(&path, s, &[n, n], || {
+            let order: Vec<usize> = (0..n).collect();
+            Ok(Reference {
+                start_sha256: s.start_sha256.clone(),
+                data_sha256: s.data_sha256.clone(),
+                completions: logps(model, &p.completions, &order, cfg.batch_size)?,
+                mismatched: logps(model, &p.mismatched, &order, cfg.batch_size)?,
+            })
+        })
     }
 
     /// z0 from the mismatched sequences at the current weights; then per micro-batch of
@@ -265,21 +254,27 @@ impl AgainstReference for FeedbackPlan {
         let micro = MicroBatches::new(idx, cfg.batch_size, model.pad_id(), |c, pad| {
             batch_of(&p.completions, c, pad)
         })?;
-        let mut terms: Vec<(bool, ExampleTerms)> = Vec::with_capacity(idx.len());
-        let mut weigh = |m: usize, nll: &[f64]| -> Result<Vec<f64>> {
-            let mut w = Vec::with_capacity(nll.len());
-            for (&i, &nll) in micro.chunks[m].iter().zip(nll) {
-                let t = example_terms(&cfg.dpo, -nll - refs.completions[i], z0, p.desirable[i]);
-                // Refused before the update, as SFT refuses a non-finite loss.
-                if !t.loss.is_finite() {
-                    bail!("the KTO loss is {} (not finite); lower the learning rate or check the weights and data", t.loss);
-                }
-                w.push(t.d_nll / n);
-                terms.push((p.desirable[i], t));
-            }
-            Ok(w)
-        };
-        let grad_norm = model.weighted_step(&micro.batches, &mut weigh, &step_settings(cfg, lr))?;
+        let loss = |(_, t): &(bool, ExampleTerms)| t.loss;
+        let (base, terms) = micro.weighted_step(
+            model,
+            &step_settings(cfg, lr),
+            ("KTO", loss),
+            |chunk, nll| {
+                let terms: Vec<(bool, ExampleTerms)> = chunk
+                    .iter()
+                    .zip(nll)
+                    .map(|(&i, &nll)| {
+                        let r = -nll - refs.completions[i];
+                        (
+                            p.desirable[i],
+                            example_terms(&cfg.dpo, r, z0, p.desirable[i]),
+                        )
+                    })
+                    .collect();
+                let w = terms.iter().map(|(_, t)| t.d_nll / n).collect();
+                Ok((w, terms))
+            },
+        )?;
         let mean_reward = |d: bool| {
             let r: Vec<f64> = terms
                 .iter()
@@ -289,13 +284,7 @@ impl AgainstReference for FeedbackPlan {
             (!r.is_empty()).then(|| r.iter().sum::<f64>() / r.len() as f64)
         };
         Ok(KtoStepLog {
-            base: StepLog {
-                step: 0,
-                loss: terms.iter().map(|(_, t)| t.loss).sum::<f64>() / n,
-                lr,
-                tokens: micro.tokens,
-                grad_norm,
-            },
+            base,
             desirable_reward: mean_reward(true),
             undesirable_reward: mean_reward(false),
             kl: z0,

@@ -4,6 +4,7 @@
 
 use super::batch::Batch;
 use super::driver::{LogLine, Method, Outcome, Trainee};
+use super::optim::StepSettings;
 use super::recipe::Resolved;
 use super::sft::{summarize, RunSettings, StepLog, TrainSummary};
 use anyhow::{bail, Context, Result};
@@ -131,6 +132,40 @@ impl<'i> MicroBatches<'i> {
             batches,
             tokens,
         })
+    }
+
+    /// One optimizer step on the weighted SFT gradient of these micro-batches: `weigh` gives
+    /// a micro-batch's gradient weights and terms (a pair's or an example's loss, rewards,
+    /// ...) from its indices and its sequences' summed NLLs. A term whose `loss` is not
+    /// finite is refused before the update, as SFT refuses a non-finite loss (`method`
+    /// names it). Returns the base log line, its loss the terms' mean over the step's
+    /// indices, and every term in order.
+    pub(super) fn weighted_step<T>(
+        &self,
+        model: &mut dyn Trainee,
+        s: &StepSettings,
+        (method, loss): (&str, fn(&T) -> f64),
+        mut weigh: impl FnMut(&[usize], &[f64]) -> Result<(Vec<f64>, Vec<T>)>,
+    ) -> Result<(StepLog, Vec<T>)> {
+        let n: usize = self.chunks.iter().map(|c| c.len()).sum();
+        let mut terms: Vec<T> = Vec::with_capacity(n);
+        let mut by_micro_batch = |m: usize, nll: &[f64]| -> Result<Vec<f64>> {
+            let (w, t) = weigh(self.chunks[m], nll)?;
+            if let Some(bad) = t.iter().map(loss).find(|l| !l.is_finite()) {
+                bail!("the {method} loss is {bad} (not finite); lower the learning rate or check the weights and data");
+            }
+            terms.extend(t);
+            Ok(w)
+        };
+        let grad_norm = model.weighted_step(&self.batches, &mut by_micro_batch, s)?;
+        let base = StepLog {
+            step: 0,
+            loss: terms.iter().map(loss).sum::<f64>() / n as f64,
+            lr: s.lr,
+            tokens: self.tokens,
+            grad_norm,
+        };
+        Ok((base, terms))
     }
 }
 

@@ -238,11 +238,8 @@ impl CellKind for Align {
     }
     fn run(&self, ctx: &CellContext<'_>) -> Result<serde_json::Value> {
         let p: AlignParams = ctx.params()?;
-        // Every perturb cell trains from this model: f32, so no update is rounded away.
-        let t = TrainConfig {
-            save_dtype: Some("float32".into()),
-            ..p.train.clone()
-        };
+        // Every perturb cell trains from this model.
+        let t = p.train.saving_f32();
         let data = match t.dpo.method {
             Method::Sft => {
                 StageData::Records(first_records(&ctx.input("positive")?, p.n_positive, "n+")?)
@@ -523,10 +520,7 @@ fn capability_kept(
     let Some(c) = &p.capability else {
         return Ok(None);
     };
-    let path = ctx.input("capability")?;
-    let records = read_run_records(&path)?;
-    let loss = crate::backend::run::eval_loss(lm, &records, p.template, c.max_length, c.batch_size)
-        .with_context(|| format!("capability kept on {}", path.display()))?;
+    let loss = device::capability_kept(ctx, lm, p.template, c.max_length, c.batch_size)?;
     Ok(Some(loss))
 }
 

@@ -16,6 +16,7 @@ use super::config::ReboundConfig;
 use super::curves::{self, ci};
 use super::outputs::Outputs;
 use super::plan::ResolvedModel;
+use crate::experiments::kl::PositionKl;
 use crate::experiments::weight_space::Movement;
 use crate::report::stats::{mean_ci95, MeanCi};
 use crate::report::{LinePlot, RunDir, Series, Table};
@@ -188,8 +189,8 @@ pub fn analyze(
                     },
                 });
                 for (reference, pick) in [
-                    ("base", by_pos_base as fn(&EvalOutput) -> Vec<(usize, f64)>),
-                    ("aligned", by_pos_aligned),
+                    ("base", kl_to_base as fn(&EvalOutput) -> &[PositionKl]),
+                    ("aligned", kl_to_aligned),
                 ] {
                     let kl = position_means(&outs, pick);
                     if !kl.is_empty() {
@@ -220,31 +221,25 @@ pub fn analyze(
     out
 }
 
-fn by_pos_base(o: &EvalOutput) -> Vec<(usize, f64)> {
-    o.eval
-        .kl_by_position
-        .iter()
-        .map(|p| (p.position, p.mean))
-        .collect()
+/// KL to the base model by response position.
+fn kl_to_base(o: &EvalOutput) -> &[PositionKl] {
+    &o.eval.kl_by_position
 }
 
-fn by_pos_aligned(o: &EvalOutput) -> Vec<(usize, f64)> {
-    o.eval
-        .kl_to_aligned_by_position
-        .iter()
-        .map(|p| (p.position, p.mean))
-        .collect()
+/// KL to the aligned model by response position.
+fn kl_to_aligned(o: &EvalOutput) -> &[PositionKl] {
+    &o.eval.kl_to_aligned_by_position
 }
 
 /// Per position, the mean over the seeds that reach it.
 fn position_means(
     outs: &[&EvalOutput],
-    pick: fn(&EvalOutput) -> Vec<(usize, f64)>,
+    pick: fn(&EvalOutput) -> &[PositionKl],
 ) -> Vec<(usize, MeanCi)> {
     let mut at: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
     for o in outs {
-        for (p, v) in pick(o) {
-            at.entry(p).or_default().push(v);
+        for p in pick(o) {
+            at.entry(p.position).or_default().push(p.mean);
         }
     }
     at.into_iter()

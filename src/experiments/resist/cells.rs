@@ -205,11 +205,8 @@ impl CellKind for ThetaKind {
                 StageData::Pairs(crate::data::prefs::load(&spec, None)?.records)
             }
         };
-        // θ_k is trained further (θ_{k+1}, the pairs): f32, so no update is rounded away.
-        let t = TrainConfig {
-            save_dtype: Some("float32".into()),
-            ..p.train.clone()
-        };
+        // θ_k is trained further (θ_{k+1}, the pairs).
+        let t = p.train.saving_f32();
         let start = p.start.dir(ctx);
         let log_dir = p.log_dir.as_deref();
         if !t.lora.enabled() {
@@ -294,19 +291,13 @@ impl CellKind for GenerateKind {
         };
         let capability = match p.capability_max_length {
             None => None,
-            Some(max_length) => {
-                let path = ctx.input("capability")?;
-                Some(
-                    crate::backend::run::eval_loss(
-                        lm.as_ref(),
-                        &read_run_records(&path)?,
-                        p.template,
-                        max_length,
-                        p.generate.batch_size,
-                    )
-                    .with_context(|| format!("capability kept on {}", path.display()))?,
-                )
-            }
+            Some(max_length) => Some(device::capability_kept(
+                ctx,
+                lm.as_ref(),
+                p.template,
+                max_length,
+                p.generate.batch_size,
+            )?),
         };
         Ok(serde_json::to_value(GenerateOutput {
             file,
