@@ -11,11 +11,12 @@
 //! (w_D, w_U: `--kto-desirable-weight`, `--kto-undesirable-weight`, TRL's default 1) and the
 //! step's loss is their mean over the step's examples (TRL's mean over the batch's desirable
 //! and undesirable losses together). z0 estimates KL(pi || pi_ref) on mismatched sequences,
-//! example i's prompt with example i-1's completion (the last example's for the first): at
+//! example i's prompt ids joined to example i-1's completion ids (the last example's for the
+//! first), as TRL's KTO collator joins them (`batch::mismatched`): at
 //! each step's start the mean over the step's examples of their log pi - log pi_ref, floored
 //! at 0 and held constant in the backward (TRL's `detach`). As in `dpo`'s paired KTO, z0 is
 //! estimated per optimizer step (TRL: per micro-batch) and the shift runs over the whole data
-//! set (TRL shifts within each batch of its dataset map), so neither depends on how a step is
+//! set (TRL 1.x cycles within each training batch), so neither depends on how a step is
 //! split into micro-batches. Rewards are beta r.
 //!
 //! The gradient is the SFT gradient of each completion times dloss/dNLL, so the hand-written
