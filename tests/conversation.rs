@@ -21,10 +21,7 @@ fn expected() -> serde_json::Value {
 
 /// transformers' mean NLL of the SFT rows' answer tokens, and how many there are.
 fn expected_mean_nll() -> (f64, u64) {
-    let want = expected()["sft"].as_array().unwrap().clone();
-    let nll: f64 = want.iter().map(|w| w["nll_sum"].as_f64().unwrap()).sum();
-    let tokens: u64 = want.iter().map(|w| w["tokens"].as_u64().unwrap()).sum();
-    (nll / tokens as f64, tokens)
+    common::rows_mean_nll(expected()["sft"].as_array().unwrap())
 }
 
 /// `elastica train` of tiny-qwen2 on the conversation file `data` into `out` for `steps`
@@ -150,14 +147,7 @@ fn a_sentencepiece_tokenizer_tokenizes_the_conversation_once_as_trl() {
     ]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
-    let nll: f64 = want.iter().map(|w| w["nll_sum"].as_f64().unwrap()).sum();
-    let tokens: u64 = want.iter().map(|w| w["tokens"].as_u64().unwrap()).sum();
-    assert_eq!(v["tokens"].as_u64().unwrap(), tokens, "{v}");
-    let (mean, want_mean) = (v["mean_nll"].as_f64().unwrap(), nll / tokens as f64);
-    assert!(
-        (mean - want_mean).abs() <= 1e-5 * want_mean,
-        "elastica {mean} vs transformers {want_mean}"
-    );
+    common::assert_eval_matches_rows(&v, want, "sp");
 }
 
 #[test]

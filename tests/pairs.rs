@@ -82,14 +82,7 @@ fn sft_pairs_are_tokenized_once_as_trl_and_score_as_transformers() {
         assert!(ok, "{err}");
         let line = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap();
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let nll: f64 = rows.iter().map(|w| w["nll_sum"].as_f64().unwrap()).sum();
-        let tokens: u64 = rows.iter().map(|w| w["tokens"].as_u64().unwrap()).sum();
-        assert_eq!(v["tokens"].as_u64().unwrap(), tokens, "{name}: {v}");
-        let (mean, want_mean) = (v["mean_nll"].as_f64().unwrap(), nll / tokens as f64);
-        assert!(
-            (mean - want_mean).abs() <= 1e-5 * want_mean,
-            "{name}: elastica {mean} vs transformers {want_mean}"
-        );
+        common::assert_eval_matches_rows(&v, rows, name);
     }
 }
 
@@ -170,9 +163,7 @@ fn kto_completions_and_kl_sequences_are_trls() {
 fn rates_code_pairs_as_eval_loss_scores_them() {
     let (dir, _lm) = lm();
     let want = expected();
-    let rows = want["raw"]["sft"].as_array().unwrap();
-    let nll: f64 = rows.iter().map(|w| w["nll_sum"].as_f64().unwrap()).sum();
-    let tokens: u64 = rows.iter().map(|w| w["tokens"].as_u64().unwrap()).sum();
+    let (want_nats, tokens) = common::rows_mean_nll(want["raw"]["sft"].as_array().unwrap());
     let out = dir.path().join("rates");
     let (ok, so, se) = common::elastica(&[
         "rates",
@@ -188,7 +179,6 @@ fn rates_code_pairs_as_eval_loss_scores_them() {
     let row = &rates.as_array().unwrap()[0];
     assert_eq!(row["tokens"].as_u64(), Some(tokens), "{row}");
     let nats = row["bits_per_token"].as_f64().unwrap() * std::f64::consts::LN_2;
-    let want_nats = nll / tokens as f64;
     assert!(
         (nats - want_nats).abs() <= 1e-5 * want_nats,
         "rates {nats} vs transformers {want_nats} nats per token"

@@ -572,3 +572,23 @@ pub fn kill_at(
         Ok(())
     }
 }
+
+/// Fixture rows' mean NLL (the sum of their `nll_sum` over the sum of their `tokens`, as a
+/// reference script computed them) and their token count.
+pub fn rows_mean_nll(rows: &[serde_json::Value]) -> (f64, u64) {
+    let nll: f64 = rows.iter().map(|w| w["nll_sum"].as_f64().unwrap()).sum();
+    let tokens: u64 = rows.iter().map(|w| w["tokens"].as_u64().unwrap()).sum();
+    (nll / tokens as f64, tokens)
+}
+
+/// `eval-loss`'s JSON line `v` scores as the fixture rows: the same tokens, the same mean NLL
+/// to 1e-5 relative.
+pub fn assert_eval_matches_rows(v: &serde_json::Value, rows: &[serde_json::Value], what: &str) {
+    let (want_mean, tokens) = rows_mean_nll(rows);
+    assert_eq!(v["tokens"].as_u64().unwrap(), tokens, "{what}: {v}");
+    let mean = v["mean_nll"].as_f64().unwrap();
+    assert!(
+        (mean - want_mean).abs() <= 1e-5 * want_mean,
+        "{what}: elastica {mean} vs transformers {want_mean}"
+    );
+}
