@@ -113,44 +113,39 @@ fn rates_equal_eval_loss() {
     )
     .unwrap();
     let m = model("tiny-llama");
-    let out = tmp.path().join("rates");
-    let (ok, so, se) = elastica(&[
-        "rates",
-        "--models",
-        &m,
-        "--data",
-        &format!("d={}", data.display()),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(ok, "{so}\n{se}");
-    let rows: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("rates.json")).unwrap()).unwrap();
-    let row = &rows.as_array().unwrap()[0];
-    let bits = row["bits_per_token"].as_f64().unwrap();
-    let (ok, so, se) = elastica(&[
-        "eval-loss",
-        "--model",
-        &m,
-        "--data",
-        data.to_str().unwrap(),
-        "--template",
-        "raw",
-    ]);
-    assert!(ok, "{so}\n{se}");
-    let line = so.lines().rev().find(|l| l.starts_with('{')).unwrap();
-    let ev: serde_json::Value = serde_json::from_str(line).unwrap();
-    let nll = ev["mean_nll"].as_f64().unwrap();
-    assert_eq!(
-        row["tokens"].as_u64(),
-        ev["tokens"].as_u64(),
-        "{row} vs {ev}"
-    );
-    let nats = bits * std::f64::consts::LN_2;
-    assert!(
-        ((nats - nll) / nll).abs() < 1e-4,
-        "rates {nats} nats/token vs eval-loss {nll}"
-    );
+    // The schema's default template (safe-rlhf for JSONL records) and raw, as eval-loss's.
+    for template in [None, Some("raw")] {
+        let out = tmp.path().join(format!("rates-{template:?}"));
+        let t: Vec<&str> = template.map(|t| vec!["--template", t]).unwrap_or_default();
+        let d = format!("d={}", data.display());
+        let mut args = vec!["rates", "--models", &m, "--data", &d];
+        args.extend(["--out", out.to_str().unwrap()]);
+        let (ok, so, se) = elastica(&[&args[..], &t].concat());
+        assert!(ok, "{so}\n{se}");
+        let rows: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("rates.json")).unwrap())
+                .unwrap();
+        let row = &rows.as_array().unwrap()[0];
+        assert_eq!(row["template"], template.unwrap_or("safe-rlhf"), "{row}");
+        let bits = row["bits_per_token"].as_f64().unwrap();
+        let args = ["eval-loss", "--model", &m, "--data", data.to_str().unwrap()];
+        let (ok, so, se) = elastica(&[&args[..], &t].concat());
+        assert!(ok, "{so}\n{se}");
+        let line = so.lines().rev().find(|l| l.starts_with('{')).unwrap();
+        let ev: serde_json::Value = serde_json::from_str(line).unwrap();
+        let nll = ev["mean_nll"].as_f64().unwrap();
+        assert_eq!(
+            row["tokens"].as_u64(),
+            ev["tokens"].as_u64(),
+            "{row} vs {ev}"
+        );
+        assert_eq!(row["bytes"].as_u64(), ev["bytes"].as_u64(), "{row} vs {ev}");
+        let nats = bits * std::f64::consts::LN_2;
+        assert!(
+            ((nats - nll) / nll).abs() < 1e-4,
+            "{template:?}: rates {nats} nats/token vs eval-loss {nll}"
+        );
+    }
     // A length that scores no token is refused as such (not as data without tokens).
     let (ok, _, se) = elastica(&[
         "eval-loss",

@@ -416,3 +416,79 @@ fn a_template_asking_for_todays_date_renders_its_fallback() {
     let text = Template::Chat.render("hi", &tok).unwrap();
     assert_eq!(text, "Today Date: 26 Jul 2024\nhi\n");
 }
+
+/// `rates` codes conversations under the chat template as training counts them (the
+/// conversation schema's default template; each `--turns`), so its bits per token are
+/// transformers' NLL of the fixture rows.
+#[test]
+fn rates_code_conversations_as_transformers_scores_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = expected();
+    for (flag, want) in [
+        ("last", rows["sft"].as_array().unwrap().clone()),
+        ("assistant", turn_rows(&rows, "assistant")),
+        ("all", turn_rows(&rows, "all")),
+    ] {
+        let row = rates_on_conversations(&path("models/tiny-qwen2"), dir.path(), flag);
+        assert_eq!(row["template"], "chat", "{row}");
+        let (want_nats, tokens) = common::rows_mean_nll(&want);
+        assert_eq!(row["tokens"].as_u64(), Some(tokens), "{flag}: {row}");
+        let nats = row["bits_per_token"].as_f64().unwrap() * std::f64::consts::LN_2;
+        assert!(
+            (nats - want_nats).abs() <= 1e-5 * want_nats,
+            "{flag}: rates {nats} vs transformers {want_nats} nats per token"
+        );
+    }
+}
+
+/// A chat template that writes no BOS where the tokenizer adds one (TinyLlama-Chat's, for
+/// one): training sees no BOS, so `rates` codes the rendering from an empty context rather
+/// than after the tokenizer's start state, and equals `eval-loss` (tiny-qwen2 with its
+/// template's `{{ bos_token }}` taken out).
+#[test]
+fn rates_follow_a_chat_template_that_writes_no_bos() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("no-bos");
+    std::fs::create_dir(&model).unwrap();
+    let src = fixtures().join("models/tiny-qwen2");
+    for f in std::fs::read_dir(&src).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, model.join(f.file_name().unwrap())).unwrap();
+    }
+    let cfg_path = model.join("tokenizer_config.json");
+    let mut cfg = common::read_json(&cfg_path);
+    let template = cfg["chat_template"].as_str().unwrap().to_string();
+    assert!(template.starts_with("{{ bos_token }}"), "{template}");
+    cfg["chat_template"] = template.replacen("{{ bos_token }}", "", 1).into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let model = model.to_str().unwrap();
+    for flag in ["last", "all"] {
+        let row = rates_on_conversations(model, dir.path(), flag);
+        let v = eval_loss_on_conversations(model, &["--turns", flag]).unwrap();
+        assert_eq!(row["tokens"], v["tokens"], "{flag}: {row} vs {v}");
+        let nats = row["bits_per_token"].as_f64().unwrap() * std::f64::consts::LN_2;
+        let nll = v["mean_nll"].as_f64().unwrap();
+        assert!(
+            (nats - nll).abs() <= 1e-5 * nll,
+            "{flag}: rates {nats} vs eval-loss {nll} nats per token"
+        );
+    }
+}
+
+/// The fixture's per-row expectations under `--turns flag` (`assistant` or `all`).
+fn turn_rows(rows: &serde_json::Value, flag: &str) -> Vec<serde_json::Value> {
+    let turns = rows["turns"].as_array().unwrap();
+    turns.iter().map(|r| r[flag].clone()).collect()
+}
+
+/// `elastica rates` of `model` on the SFT conversations under `--turns flag`: its one row.
+fn rates_on_conversations(model: &str, dir: &Path, flag: &str) -> serde_json::Value {
+    let out = dir.join(format!("rates-{flag}-{}", model.len()));
+    let data = format!("c={}", path("chat/sft.jsonl"));
+    let mut args = vec!["rates", "--models", model, "--data", &data];
+    args.extend(["--schema", "conversation", "--turns", flag]);
+    args.extend(["--out", out.to_str().unwrap()]);
+    let (ok, so, se) = common::elastica(&args);
+    assert!(ok, "{so}\n{se}");
+    common::read_json(&out.join("rates.json"))[0].clone()
+}

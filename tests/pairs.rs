@@ -158,31 +158,32 @@ fn kto_completions_and_kl_sequences_are_trls() {
     }
 }
 
-/// `rates` codes a pair as training tokenizes it, so its bits per token are eval-loss's NLL.
+/// `rates` codes a pair as training tokenizes it under the template it is given (the JSONL
+/// schema's default is safe-rlhf), so its bits per token are eval-loss's NLL.
 #[test]
 fn rates_code_pairs_as_eval_loss_scores_them() {
     let (dir, _lm) = lm();
     let want = expected();
-    let (want_nats, tokens) = common::rows_mean_nll(want["raw"]["sft"].as_array().unwrap());
-    let out = dir.path().join("rates");
-    let (ok, so, se) = common::elastica(&[
-        "rates",
-        "--models",
-        dir.path().to_str().unwrap(),
-        "--data",
-        &format!("d={}", sp("pair_sft.jsonl")),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert!(ok, "{so}\n{se}");
-    let rates = common::read_json(&out.join("rates.json"));
-    let row = &rates.as_array().unwrap()[0];
-    assert_eq!(row["tokens"].as_u64(), Some(tokens), "{row}");
-    let nats = row["bits_per_token"].as_f64().unwrap() * std::f64::consts::LN_2;
-    assert!(
-        (nats - want_nats).abs() <= 1e-5 * want_nats,
-        "rates {nats} vs transformers {want_nats} nats per token"
-    );
+    for (template, given) in [("raw", Some("raw")), ("safe-rlhf", None)] {
+        let rows = want[template]["sft"].as_array().unwrap();
+        let (want_nats, tokens) = common::rows_mean_nll(rows);
+        let out = dir.path().join(format!("rates-{template}"));
+        let data = format!("d={}", sp("pair_sft.jsonl"));
+        let mut args = vec!["rates", "--models", dir.path().to_str().unwrap()];
+        args.extend(["--data", &data, "--out", out.to_str().unwrap()]);
+        args.extend(given.map(|t| ["--template", t]).into_iter().flatten());
+        let (ok, so, se) = common::elastica(&args);
+        assert!(ok, "{so}\n{se}");
+        let rates = common::read_json(&out.join("rates.json"));
+        let row = &rates.as_array().unwrap()[0];
+        assert_eq!(row["template"], template, "{row}");
+        assert_eq!(row["tokens"].as_u64(), Some(tokens), "{template}: {row}");
+        let nats = row["bits_per_token"].as_f64().unwrap() * std::f64::consts::LN_2;
+        assert!(
+            (nats - want_nats).abs() <= 1e-5 * want_nats,
+            "{template}: rates {nats} vs transformers {want_nats} nats per token"
+        );
+    }
 }
 
 /// As TRL: an answer or text that already ends with the EOS text gets no second EOS, in

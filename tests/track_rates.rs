@@ -129,6 +129,8 @@ fn tracked_rates_appear_at_the_requested_steps_and_equal_eval_loss_and_rates() {
         out.to_str().unwrap(),
         "--data",
         &track,
+        "--template",
+        "raw",
         "--out",
         rates_dir.to_str().unwrap(),
     ]);

@@ -7,11 +7,13 @@
 
 use crate::compress::baselines::baselines;
 use crate::compress::model_predictor::ModelPredictor;
-use crate::compress::rates::{rate_scored, Coder, RecordScorer, ScoredSequence};
+use crate::compress::rates::{rate_scored, scored_sequences, Coder, RecordScorer};
 use crate::compress::rates_report::{rates_table, write_rates, RateRow};
 use crate::compress::summary::CompressSummary;
 use crate::compress::{compress, decompress, CompressOptions, TokenPredictor};
-use crate::data::source::{load as load_data, DataArgs};
+use crate::data::records::conversations;
+use crate::data::source::{load as load_data, template_for, DataArgs};
+use crate::data::template::Template;
 use crate::model::adapted::load_model_with;
 use crate::report::{default_run_dir, RunDir};
 use crate::util::fsx::{atomic_write, atomic_write_json, refuse_input_as_output};
@@ -113,13 +115,13 @@ pub struct DecompressArgs {
     pub output: PathBuf,
 }
 
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 #[command(
-    after_help = "Each record is coded as `compress` codes text: a {prompt, response} \
-pair's prompt as plain text (no template) as context, then its response, counted; a sequence \
-longer than the model's context is coded in chunks of the context. `eval-loss` and `train \
---track-rates` score under the data's template, in one pass up to --max-length: they give \
-these rates under --template raw for records within the context."
+    after_help = "Each record is tokenized as training and `eval-loss` tokenize it under \
+--template (a pair's templated prompt as context, then its response and EOS, counted; a \
+conversation's counted turns; a text, all counted). A sequence longer than the model's context \
+is coded in chunks of the context, where `eval-loss` and `train --track-rates` cut at \
+--max-length: for records within both, nats/token is eval-loss's mean NLL."
 )]
 pub struct RatesArgs {
     /// Checkpoints, in order (the x axis of the plots), comma-separated. An entry may be a
@@ -148,6 +150,10 @@ pub struct RatesArgs {
     /// Use only the first N records of each data set.
     #[arg(long)]
     pub max_records: Option<usize>,
+    /// Template the records are tokenized under, as in training and eval-loss (default: by
+    /// schema: raw for imdb and world, chat for conversation, safe-rlhf otherwise).
+    #[arg(long, value_enum)]
+    pub template: Option<Template>,
     /// Where and how the models run. The default (fused, CPU) scores with the compressor's
     /// own predictor, bit for bit what `compress` codes; another backend scores each chunk
     /// in one forward (equal to float rounding).
@@ -264,21 +270,17 @@ pub fn rates_scored(
             if let Some(n) = args.max_records {
                 recs.truncate(n);
             }
-            Ok((name, spec.path, recs))
+            let template = template_for(args.template, &spec);
+            template.check_conversations(conversations(&recs), &spec.path)?;
+            Ok((name, spec.path, recs, template))
         })
         .collect::<Result<Vec<_>>>()?;
     let mut rows = Vec::new();
     for (checkpoint, model) in args.models.iter().enumerate() {
         let mut pred = load(model).with_context(|| format!("model {model}"))?;
-        for (name, path, recs) in &sets {
-            let seqs = recs
-                .iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    ScoredSequence::raw(r, pred.tokenization())
-                        .with_context(|| format!("{path}: record {}: cannot tokenize", i + 1))
-                })
-                .collect::<Result<Vec<_>>>()?;
+        for (name, path, recs, template) in &sets {
+            let seqs = scored_sequences(recs, *template, pred.tokenization())
+                .with_context(|| format!("{path}: cannot tokenize"))?;
             let pb = crate::util::progress::bar(seqs.len() as u64, &format!("{model} {name}"));
             let r = rate_scored(pred.as_mut(), &seqs, &pb)
                 .with_context(|| format!("rate of {path} under {model}"))?;
@@ -287,6 +289,7 @@ pub fn rates_scored(
                 model: model.clone(),
                 checkpoint,
                 dataset: name.clone(),
+                template: *template,
                 rate: r,
             });
         }
@@ -391,6 +394,8 @@ mod tests {
             ],
             out: Some(out.clone()),
             max_records: None,
+            // The toy tokenizer has no specials or chat template to render the others with.
+            template: Some(Template::Raw),
             data_args: Default::default(),
             device: crate::cli::device_args::DeviceArgs {
                 device: "cpu".into(),
@@ -415,6 +420,21 @@ mod tests {
             assert!(out.join(format!("{stem}.png")).exists());
             assert!(out.join(format!("{stem}.svg")).exists());
         }
+
+        // Under its schema's default (safe-rlhf) the toy tokenizer is refused, and nothing is
+        // written.
+        let refused = tmp.path().join("refused");
+        let templated = RatesArgs {
+            template: None,
+            out: Some(refused.clone()),
+            ..args.clone()
+        };
+        let err = format!("{:#}", rates_with(&templated, &mut load).unwrap_err());
+        assert!(
+            err.contains("a.jsonl") && err.contains("--template raw"),
+            "{err}"
+        );
+        assert!(!refused.exists());
 
         let bad = RatesArgs {
             data: vec![format!(

@@ -10,9 +10,8 @@
 //! tokenizer puts *before* a text when it adds special tokens (Llama: `<s>`), i.e. exactly
 //! the prefix `eval-loss` sees, so a data set's rate equals its `eval-loss` figure. A
 //! tokenizer that adds no prefix (Qwen2) leaves the model with no context for the first
-//! token; the predictor then answers the uniform distribution for it (`eval-loss` does not
-//! score that token at all, so rates and eval-loss differ by that one token per record for
-//! such models).
+//! token; the predictor then answers the uniform distribution for it (the compressor codes
+//! it so; rates, like `eval-loss`, do not score it: see `super::rates::ScoredSequence`).
 
 use super::format::sha256;
 use super::predictor::{TokenPredictor, Tokenization};
@@ -42,6 +41,10 @@ impl Tokenization for TextTokenizer {
 
     fn ends_with_eos(&self, text: &str) -> bool {
         TextTokenizer::ends_with_eos(self, text)
+    }
+
+    fn text_tokenizer(&self) -> Option<&TextTokenizer> {
+        Some(self)
     }
 }
 
@@ -201,13 +204,18 @@ impl TokenPredictor for ModelPredictor {
     }
 
     fn start(&mut self) -> Result<()> {
+        self.start_empty()?;
+        for id in self.prefix.clone() {
+            self.feed(id)?;
+        }
+        Ok(())
+    }
+
+    fn start_empty(&mut self) -> Result<()> {
         self.cache = KvCache::new(self.model.cfg.num_hidden_layers);
         self.pending = None;
         self.pos = 0;
         self.started = true;
-        for id in self.prefix.clone() {
-            self.feed(id)?;
-        }
         Ok(())
     }
 

@@ -7,7 +7,8 @@
 //! of calls when compressing and when decompressing, and the predictor must answer an
 //! identical call sequence with identical floats.
 
-use anyhow::Result;
+use crate::model::TextTokenizer;
+use anyhow::{bail, Result};
 
 /// Turns text into token ids and back (for a real model: a Hugging Face tokenizer).
 ///
@@ -30,6 +31,12 @@ pub trait Tokenization {
     /// after it, as training adds none).
     fn ends_with_eos(&self, _text: &str) -> bool {
         false
+    }
+
+    /// The model's own tokenizer, where this is one: rates then tokenize records under a
+    /// template exactly as training does (specials, chat templates, conversations).
+    fn text_tokenizer(&self) -> Option<&TextTokenizer> {
+        None
     }
 }
 
@@ -70,6 +77,14 @@ pub trait TokenPredictor {
 
     /// Begin a new chunk: forget all context (clear the KV cache).
     fn start(&mut self) -> Result<()>;
+
+    /// As [`start`](Self::start), but without the start-of-sequence tokens: the chunk's
+    /// first token gets the uniform distribution. Rates use it for a sequence that writes its
+    /// own start (a chat template with no BOS where the tokenizer adds one); the compressor
+    /// never does.
+    fn start_empty(&mut self) -> Result<()> {
+        bail!("this predictor cannot start a sequence without its start-of-sequence state")
+    }
 
     /// Distribution of the next token given the chunk so far, after appending `prev`
     /// (`None` only on the first call of a chunk).

@@ -16,14 +16,22 @@
 //! checkpoints equal the changes of `bits_per_token`, which is what the elasticity theorem is
 //! about.
 //!
+//! **Template.** A data set is tokenized under a template exactly as training and `eval-loss`
+//! tokenize it ([`ScoredSequence::templated`]): `rates --template` takes the same values and
+//! the same default (by schema), so conversations are coded too.
+//!
 //! Scoring goes through the same [`TokenPredictor`] calls as the coder. A sequence longer than
 //! the model's context is scored in chunks that each restart from an empty context, exactly
 //! as the compressor codes it.
 
+use super::model_predictor::special_prefix;
 use super::predictor::{TokenPredictor, Tokenization};
 use super::symbols::ideal_bits;
 use crate::data::records::Record;
+use crate::data::template::Template;
 use crate::model::template::common_prefix;
+use crate::model::TextTokenizer;
+use crate::train::batch::{tokenize, Example, IGNORE};
 use anyhow::{bail, Context, Result};
 use indicatif::ProgressBar;
 use serde::Serialize;
@@ -36,6 +44,10 @@ pub struct ScoredSequence {
     pub ids: Vec<u32>,
     pub scored: Vec<bool>,
     pub bytes: u64,
+    /// The ids write their own start (a chat template that renders no BOS where the tokenizer
+    /// adds one): scored from an empty context ([`TokenPredictor::start_empty`]) rather than
+    /// after the start-of-sequence state, as training sees them.
+    pub from_empty: bool,
 }
 
 impl ScoredSequence {
@@ -50,6 +62,48 @@ impl ScoredSequence {
             ids,
             scored,
             bytes: target_bytes,
+            from_empty: false,
+        }
+    }
+
+    /// `records` as training tokenizes them under `template` (`train::batch::tokenize`, not
+    /// cut): the tokens the loss counts are scored, standing for the bytes `eval-loss` counts.
+    /// The tokenizer's start-of-sequence tokens, which the scorer's start supplies, come off
+    /// the front; a sequence that does not begin with them starts from an empty context, and
+    /// its first token, which training never predicts, is not scored.
+    pub fn templated(
+        records: &[Record],
+        template: Template,
+        tok: &TextTokenizer,
+    ) -> Result<Vec<Self>> {
+        let prefix = special_prefix(tok)?;
+        let (examples, _) = tokenize(records, tok, template, usize::MAX)?;
+        Ok(examples
+            .into_iter()
+            .map(|e| Self::after_start(e, &prefix))
+            .collect())
+    }
+
+    fn after_start(e: Example, prefix: &[u32]) -> Self {
+        let mut scored: Vec<bool> = e.labels.iter().map(|&l| l != IGNORE).collect();
+        let mut ids = e.ids;
+        let from_empty = !ids.starts_with(prefix);
+        if !from_empty {
+            ids.drain(..prefix.len());
+            scored.drain(..prefix.len());
+        }
+        // Training never predicts a sequence's first token: with no start state before it,
+        // it is context only.
+        if from_empty || prefix.is_empty() {
+            if let Some(first) = scored.first_mut() {
+                *first = false;
+            }
+        }
+        ScoredSequence {
+            ids,
+            scored,
+            bytes: e.scored_bytes as u64,
+            from_empty,
         }
     }
 
@@ -66,10 +120,12 @@ impl ScoredSequence {
         Ok(self.scored.iter().rposition(|&s| s).map_or(0, |i| i + 1))
     }
 
-    /// The `raw` template: a pair is `prompt` then `response` verbatim, tokenized once as
-    /// training tokenizes it (`Template::encode_pair`), with the tokens after those it shares
-    /// with the prompt's own tokenization and an EOS scored; a text is scored entirely, then
-    /// EOS. Bytes are those of the response (or the text); EOS stands for none.
+    /// The `raw` template through any [`Tokenization`] (one that is not a model's own
+    /// tokenizer, which [`Self::templated`] reads): a pair is `prompt` then `response`
+    /// verbatim, tokenized once as training tokenizes it (`Template::encode_pair`), with the
+    /// tokens after those it shares with the prompt's own tokenization and an EOS scored; a
+    /// text is scored entirely, then EOS. Bytes are those of the response (or the text); EOS
+    /// stands for none.
     pub fn raw(record: &Record, tok: &dyn Tokenization) -> Result<Self> {
         let eos: Vec<u32> = tok.eos_id().into_iter().collect();
         let (mut ids, start, target) = match record {
@@ -97,6 +153,28 @@ impl ScoredSequence {
     }
 }
 
+/// A data set's records as `rates` scores them under `template`: through the model's own
+/// tokenizer where `tok` is one ([`ScoredSequence::templated`]), else the raw template only.
+pub fn scored_sequences(
+    records: &[Record],
+    template: Template,
+    tok: &dyn Tokenization,
+) -> Result<Vec<ScoredSequence>> {
+    match tok.text_tokenizer() {
+        Some(t) => ScoredSequence::templated(records, template, t),
+        None if template == Template::Raw => records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| ScoredSequence::raw(r, tok).with_context(|| format!("record {}", i + 1)))
+            .collect(),
+        None => bail!(
+            "the {} template needs the model's own tokenizer, and this scorer has none; use \
+             --template raw",
+            template.name()
+        ),
+    }
+}
+
 /// Exact code length of one record.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct RecordCode {
@@ -121,8 +199,12 @@ pub fn code_length(pred: &mut dyn TokenPredictor, seq: &ScoredSequence) -> Resul
             bail!("token id {id} is outside the model's vocabulary of {vocab}");
         }
         if calls == max_context {
-            pred.start()
-                .context("the model failed to start a sequence")?;
+            if seq.from_empty {
+                pred.start_empty()
+            } else {
+                pred.start()
+            }
+            .context("the model failed to start a sequence")?;
             calls = 0;
             prev = None;
         }
@@ -288,6 +370,7 @@ mod tests {
             ids: vec![5, 6, 7, 8],
             scored: vec![false, true, false, false],
             bytes: 1,
+            from_empty: false,
         };
         assert_eq!(seq.scored_end().unwrap(), 2);
         assert_eq!(

@@ -4,8 +4,9 @@
 //!
 //! The chunks, the start-of-sequence prefix and the first token of a chunk without one are
 //! exactly the [`super::model_predictor::ModelPredictor`]'s: each chunk of at most
-//! `max_context` tokens restarts from the tokenizer's special prefix (Llama: `<s>`); with no
-//! prefix (Qwen2) the chunk's first token costs `log2 V` bits (the uniform distribution).
+//! `max_context` tokens restarts from the tokenizer's special prefix (Llama: `<s>`), or from
+//! nothing for a sequence that writes its own start; with no prefix (Qwen2) the chunk's first
+//! token costs `log2 V` bits (the uniform distribution).
 //! The numbers agree with the fused coder's to float rounding (a batched forward adds in
 //! another order than the cached one), which is all a rate needs; an arithmetic-coded file
 //! needs the coder's bit-identical floats, so `compress` keeps the fused path.
@@ -63,14 +64,16 @@ impl RecordScorer for BackendRates {
         if let Some(&id) = seq.ids.iter().find(|&&id| id as usize >= vocab) {
             bail!("token id {id} is outside the model's vocabulary of {vocab}");
         }
-        let p = self.prefix.len();
+        // A sequence that writes its own start is scored from an empty context.
+        let prefix: &[u32] = if seq.from_empty { &[] } else { &self.prefix };
+        let p = prefix.len();
         let mut bits = 0.0;
         for start in (0..end).step_by(self.max_context) {
             let stop = (start + self.max_context).min(end);
             let chunk = &seq.ids[start..stop];
             // The model sees the prefix and every chunk token but the last; position
             // p + k - 1 predicts chunk token k.
-            let mut input = self.prefix.clone();
+            let mut input = prefix.to_vec();
             input.extend_from_slice(&chunk[..chunk.len() - 1]);
             let logits = if input.is_empty() {
                 Vec::new()
@@ -142,16 +145,28 @@ mod tests {
                 assert_eq!(on.max_context, coder.max_context());
                 let seq = ScoredSequence::raw(&rec, coder.tokenization()).unwrap();
                 assert!(context.is_none() || seq.ids.len() > 3 * on.max_context);
-                let a = crate::compress::rates::code_length(&mut coder, &seq).unwrap();
-                let b = on.code_length(&seq).unwrap();
-                assert_eq!((a.tokens, a.bytes), (b.tokens, b.bytes));
-                let rel = (a.bits - b.bits).abs() / a.bits;
-                assert!(
-                    rel < 1e-5,
-                    "{name}, context {context:?}: coder {} vs backend {} bits",
-                    a.bits,
-                    b.bits
-                );
+                // Also from an empty context (a sequence that writes its own start).
+                let bare = ScoredSequence {
+                    from_empty: true,
+                    ..seq.clone()
+                };
+                let mut bits = Vec::new();
+                for s in [&seq, &bare] {
+                    let a = crate::compress::rates::code_length(&mut coder, s).unwrap();
+                    let b = on.code_length(s).unwrap();
+                    assert_eq!((a.tokens, a.bytes), (b.tokens, b.bytes));
+                    let rel = (a.bits - b.bits).abs() / a.bits;
+                    assert!(
+                        rel < 1e-5,
+                        "{name}, context {context:?}, from empty {}: coder {} vs backend {} \
+                         bits",
+                        s.from_empty,
+                        a.bits,
+                        b.bits
+                    );
+                    bits.push(a.bits);
+                }
+                assert_ne!(bits[0], bits[1], "{name}: the start state changes nothing");
             }
         }
     }

@@ -2,6 +2,7 @@
 //! table, CSV, JSON, and plots of the rate against the checkpoint with one line per data set.
 
 use super::rates::Rate;
+use crate::data::template::Template;
 use crate::report::{LinePlot, RunDir, Series, Table};
 use anyhow::{bail, Result};
 use serde::Serialize;
@@ -17,6 +18,8 @@ pub struct RateRow {
     /// Position of the model in the `--models` list (the x axis of the plots).
     pub checkpoint: usize,
     pub dataset: String,
+    /// The template the records were tokenized under.
+    pub template: Template,
     #[serde(flatten)]
     pub rate: Rate,
 }
@@ -26,6 +29,7 @@ pub fn rates_table(rows: &[RateRow]) -> Result<Table> {
         "checkpoint",
         "model",
         "dataset",
+        "template",
         "records",
         "tokens",
         "bytes",
@@ -39,6 +43,7 @@ pub fn rates_table(rows: &[RateRow]) -> Result<Table> {
             r.checkpoint.to_string(),
             r.model.clone(),
             r.dataset.clone(),
+            r.template.name().to_string(),
             r.rate.records.to_string(),
             r.rate.tokens.to_string(),
             r.rate.bytes.to_string(),
@@ -128,6 +133,7 @@ mod tests {
                     model: format!("ckpt-{c}"),
                     checkpoint: c,
                     dataset: d.to_string(),
+                    template: Template::Raw,
                     rate: rate(30.0 + c as f64),
                 })
             })
@@ -139,7 +145,7 @@ mod tests {
         }
         let csv = std::fs::read_to_string(run.path("rates.csv")).unwrap();
         assert_eq!(csv.lines().count(), 7);
-        assert!(csv.contains("ckpt-2,align,1,10,40,3.2000,0.8000,-4.8000"));
+        assert!(csv.contains("ckpt-2,align,raw,1,10,40,3.2000,0.8000,-4.8000"));
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(run.path("rates.json")).unwrap())
                 .unwrap();

@@ -230,6 +230,11 @@ impl<T: Tokenization> TokenPredictor for NgramPredictor<T> {
         Ok(())
     }
 
+    /// Its start state holds no token, so an empty start is the same.
+    fn start_empty(&mut self) -> Result<()> {
+        self.start()
+    }
+
     fn next_log_probs(&mut self, prev: Option<u32>) -> Result<Vec<f32>> {
         let Some(calls) = self.calls else {
             bail!("next_log_probs called before start");
