@@ -1,6 +1,7 @@
 //! The tokenizer: `tokenizer.json` through the tokenizers crate (offline), plus what
 //! `tokenizer_config.json` adds (bos/eos/pad tokens, the chat template).
 
+use super::tokenizer_class::{as_transformers_reads, token_string};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -15,15 +16,6 @@ pub struct TextTokenizer {
     /// The model's embedding rows (`vocab_size`), once bound to a model: an id past them is
     /// refused when text is encoded (a tokenizer may hold tokens the model has no row for).
     model_vocab: Option<(usize, PathBuf)>,
-}
-
-fn token_string(v: Option<&serde_json::Value>) -> Option<String> {
-    match v? {
-        serde_json::Value::String(s) => Some(s.clone()),
-        // AddedToken written as a dict: {"content": "</s>", ...}
-        serde_json::Value::Object(o) => o.get("content")?.as_str().map(String::from),
-        _ => None,
-    }
 }
 
 /// The `default` template of a tokenizer config's named chat templates (a list of
@@ -50,17 +42,10 @@ fn default_template(named: &[serde_json::Value]) -> Result<String> {
     )
 }
 
-/// A `tokenizer.json` loaded with the tokenizers library, never panicking: tokenizers 0.23
-/// panics (an `expect` in its decoder deserializer) on some syntactically broken files, e.g.
-/// one truncated inside "decoder". The JSON syntax is checked first (an error with line and
-/// column), and any other panic of the library becomes an error.
-pub fn read_tokenizer_file(path: &Path) -> Result<tokenizers::Tokenizer> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    parse_tokenizer(&text, path)
-}
-
-/// [`read_tokenizer_file`] of the file's text.
+/// A `tokenizer.json`'s text (of the file at `path`) loaded with the tokenizers library, never
+/// panicking: tokenizers 0.23 panics (an `expect` in its decoder deserializer) on some
+/// syntactically broken files, e.g. one truncated inside "decoder". The JSON syntax is checked
+/// first (an error with line and column), and any other panic of the library becomes an error.
 fn parse_tokenizer(text: &str, path: &Path) -> Result<tokenizers::Tokenizer> {
     serde_json::from_str::<serde::de::IgnoredAny>(text)
         .with_context(|| format!("{} is not valid JSON", path.display()))?;
@@ -68,6 +53,31 @@ fn parse_tokenizer(text: &str, path: &Path) -> Result<tokenizers::Tokenizer> {
         .map_err(|_| anyhow::anyhow!("the tokenizers library panicked on this file"))
         .and_then(|r| r.map_err(|e| anyhow::anyhow!("{e}")))
         .with_context(|| format!("cannot load tokenizer {}", path.display()))
+}
+
+/// A model directory's `tokenizer.json` as transformers 5 reads it, with the directory's
+/// `tokenizer_config.json` (`Null` where there is none): rebuilt where the config's class (or,
+/// for encoders, `model_type`) has a constructor of its own ([`as_transformers_reads`]).
+pub fn read_as_transformers(
+    dir: &Path,
+    model_type: Option<&str>,
+) -> Result<(tokenizers::Tokenizer, serde_json::Value)> {
+    let tj = dir.join("tokenizer.json");
+    let text =
+        std::fs::read_to_string(&tj).with_context(|| format!("cannot read {}", tj.display()))?;
+    let mut tok = parse_tokenizer(&text, &tj)?;
+    let cfg_path = dir.join("tokenizer_config.json");
+    let cfg: serde_json::Value = if cfg_path.exists() {
+        let s = std::fs::read_to_string(&cfg_path)
+            .with_context(|| format!("cannot read {}", cfg_path.display()))?;
+        serde_json::from_str(&s)
+            .with_context(|| format!("{} is not valid JSON", cfg_path.display()))?
+    } else {
+        serde_json::Value::Null
+    };
+    as_transformers_reads(&mut tok, &cfg, &text, model_type)
+        .with_context(|| format!("rebuilding {} as its tokenizer class", tj.display()))?;
+    Ok((tok, cfg))
 }
 
 impl TextTokenizer {
@@ -81,20 +91,8 @@ impl TextTokenizer {
                 tj.display()
             );
         }
-        let text = std::fs::read_to_string(&tj)
-            .with_context(|| format!("cannot read {}", tj.display()))?;
-        let mut inner = parse_tokenizer(&text, &tj)?;
+        let (inner, cfg) = read_as_transformers(dir, None)?;
         let cfg_path = dir.join("tokenizer_config.json");
-        let cfg: serde_json::Value = if cfg_path.exists() {
-            let s = std::fs::read_to_string(&cfg_path)
-                .with_context(|| format!("cannot read {}", cfg_path.display()))?;
-            serde_json::from_str(&s)
-                .with_context(|| format!("{} is not valid JSON", cfg_path.display()))?
-        } else {
-            serde_json::Value::Null
-        };
-        super::tokenizer_class::as_transformers_reads(&mut inner, &cfg, &text)
-            .with_context(|| format!("rebuilding {} as its tokenizer_class", tj.display()))?;
         let bos_token = token_string(cfg.get("bos_token"));
         let eos_token = token_string(cfg.get("eos_token"));
         let pad_token = token_string(cfg.get("pad_token"));

@@ -144,7 +144,10 @@ impl ClassifierScorer {
                 d = dir.display()
             );
         }
-        let mut tokenizer = crate::model::tokenizer::read_tokenizer_file(&tok_path)?;
+        // As transformers reads it: BERT's and RoBERTa's classes rebuild it from
+        // tokenizer_config.json's flags (`model::tokenizer_class`).
+        let model_type = config.get("model_type").and_then(|t| t.as_str());
+        let (mut tokenizer, _) = crate::model::tokenizer::read_as_transformers(dir, model_type)?;
         // Padding is done here, with the model's pad id; a padding config in the file (some
         // pad to a fixed 512) would only waste work.
         tokenizer.with_padding(None);
