@@ -86,18 +86,21 @@ impl CompressSummary {
         } else {
             String::new()
         };
+        let coded = if s.tokens > 0 {
+            format!(
+                "{} tokens in {} chunk(s) of up to {} tokens, {:.4} bits/token",
+                s.tokens, s.chunks, r.chunk_tokens, self.bits_per_token
+            )
+        } else {
+            "No text coded as tokens".to_string()
+        };
         let notes = format!(
             "code overhead over the ideal: {}% of {:.0} bits (payload {} bytes; header {} bytes \
-             extra). {} tokens in {} chunk(s) of up to {} tokens, {:.4} bits/token; {} text \
-             piece(s); {} raw byte(s) in {} run(s).",
+             extra). {coded}; {} text piece(s) coded as tokens; {} raw byte(s) in {} run(s).",
             fmt_sig(self.overhead_percent, 3),
             s.ideal_bits(),
             r.payload_bytes,
             r.header_bytes,
-            s.tokens,
-            s.chunks,
-            r.chunk_tokens,
-            self.bits_per_token,
             s.pieces,
             s.raw_bytes,
             s.raw_runs,
@@ -126,5 +129,21 @@ mod tests {
         assert!(s.notes().contains("tokens"));
         let json = serde_json::to_value(&s).unwrap();
         assert!(json["overhead_percent"].as_f64().unwrap() < 5.0);
+    }
+
+    /// Bytes that are no text are accounted for as raw bytes, not as "0 tokens in 1 chunk".
+    #[test]
+    fn notes_on_an_input_with_no_text_say_so() {
+        let input: Vec<u8> = (0..600u32).map(|i| 0x80 | (i * 7 % 64) as u8).collect();
+        let mut pred = NgramPredictor::new(400, 4096).unwrap();
+        let (_, report) = compress(&input, &mut pred, &CompressOptions::default()).unwrap();
+        assert_eq!(report.stream.tokens, 0);
+        let notes = CompressSummary::new("x.bin", report, Vec::new()).notes();
+        assert!(
+            notes.contains("No text coded as tokens; 0 text piece(s)"),
+            "{notes}"
+        );
+        assert!(notes.contains("600 raw byte(s)"), "{notes}");
+        assert!(!notes.contains("0 tokens in"), "{notes}");
     }
 }
