@@ -72,9 +72,9 @@ impl Template {
             match self {
                 Template::Chat => return Ok(()),
                 Template::Raw => bail!(
-                    "{what} holds conversations, which the raw template cannot render; set \
-                     template = \"chat\" (the model's chat template) or \"safe-rlhf\" (or give \
-                     pairs)"
+                    "{what} holds conversations, which the raw template cannot render; use the \
+                     model's chat template (--template chat, or `template = \"chat\"`) or \
+                     safe-rlhf (or give pairs)"
                 ),
                 Template::SafeRlhf => check_safe_rlhf_turns(turns)
                     .with_context(|| format!("{what}: record {n} is a conversation"))?,
