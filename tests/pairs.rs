@@ -183,6 +183,23 @@ fn rates_code_pairs_as_eval_loss_scores_them() {
             (nats - want_nats).abs() <= 1e-5 * want_nats,
             "{template}: rates {nats} vs transformers {want_nats} nats per token"
         );
+        // The interval over records is that of transformers' per-row code lengths.
+        let ln2 = std::f64::consts::LN_2;
+        let bits: Vec<f64> = rows
+            .iter()
+            .map(|w| w["nll_sum"].as_f64().unwrap() / ln2)
+            .collect();
+        let counts: Vec<f64> = rows.iter().map(|w| w["tokens"].as_f64().unwrap()).collect();
+        let (lo, hi) = elastica::report::stats::ratio_ci95(&bits, &counts).unwrap();
+        let ci = &row["bits_per_token_ci95"];
+        for (got, want) in [(&ci[0], lo), (&ci[1], hi)] {
+            let got = got.as_f64().unwrap();
+            assert!(
+                (got - want).abs() <= 1e-5 * want.abs(),
+                "{template}: {ci} vs ({lo}, {hi})"
+            );
+        }
+        assert!(lo < nats / ln2 && nats / ln2 < hi, "{template}: {ci}");
     }
 }
 

@@ -7,7 +7,7 @@
 
 use crate::compress::baselines::baselines;
 use crate::compress::model_predictor::ModelPredictor;
-use crate::compress::rates::{rate_scored, scored_sequences, Coder, RecordScorer};
+use crate::compress::rates::{scored_code_lengths, scored_sequences, Coder, RecordScorer};
 use crate::compress::rates_report::{rates_table, write_rates, RateRow};
 use crate::compress::summary::CompressSummary;
 use crate::compress::{compress, decompress, CompressOptions, TokenPredictor};
@@ -282,16 +282,19 @@ pub fn rates_scored(
             let seqs = scored_sequences(recs, *template, pred.tokenization())
                 .with_context(|| format!("{path}: cannot tokenize"))?;
             let pb = crate::util::progress::bar(seqs.len() as u64, &format!("{model} {name}"));
-            let r = rate_scored(pred.as_mut(), &seqs, &pb)
-                .with_context(|| format!("rate of {path} under {model}"))?;
+            let rate_of = |pred: &mut dyn RecordScorer| {
+                let codes = scored_code_lengths(pred, &seqs, &pb)?;
+                RateRow::of_codes(
+                    (model, checkpoint),
+                    (name, *template),
+                    &codes,
+                    pred.vocab_size(),
+                )
+            };
+            let row =
+                rate_of(pred.as_mut()).with_context(|| format!("rate of {path} under {model}"))?;
             pb.finish_and_clear();
-            rows.push(RateRow {
-                model: model.clone(),
-                checkpoint,
-                dataset: name.clone(),
-                template: *template,
-                rate: r,
-            });
+            rows.push(row);
         }
     }
     // The run directory is made once there is something to write: a refused or failed run

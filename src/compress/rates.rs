@@ -304,16 +304,6 @@ impl Rate {
     }
 }
 
-/// The rate of a data set: [`code_lengths`] pooled by [`Rate::from_codes`].
-pub fn rate(
-    pred: &mut dyn TokenPredictor,
-    seqs: &[ScoredSequence],
-    progress: &ProgressBar,
-) -> Result<Rate> {
-    let codes = code_lengths(pred, seqs, progress)?;
-    Rate::from_codes(&codes, pred.vocab_size())
-}
-
 /// What `rates` scores records with: the coder's predictor ([`Coder`]), or a model on a
 /// compute backend (`super::rates_backend`).
 pub trait RecordScorer {
@@ -339,14 +329,13 @@ impl RecordScorer for Coder {
     }
 }
 
-/// [`rate`] with any [`RecordScorer`].
-pub fn rate_scored(
+/// [`code_lengths`] with any [`RecordScorer`]; `progress` counts records.
+pub fn scored_code_lengths(
     scorer: &mut dyn RecordScorer,
     seqs: &[ScoredSequence],
     progress: &ProgressBar,
-) -> Result<Rate> {
-    let codes = seqs
-        .iter()
+) -> Result<Vec<RecordCode>> {
+    seqs.iter()
         .enumerate()
         .map(|(i, s)| {
             let c = scorer
@@ -355,8 +344,7 @@ pub fn rate_scored(
             progress.inc(1);
             Ok(c)
         })
-        .collect::<Result<Vec<_>>>()?;
-    Rate::from_codes(&codes, scorer.vocab_size())
+        .collect()
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! Output of `elastica rates`: one row per (checkpoint, data set), written as a Markdown
 //! table, CSV, JSON, and plots of the rate against the checkpoint with one line per data set.
 
-use super::rates::Rate;
+use super::rates::{Rate, RecordCode};
 use crate::data::template::Template;
+use crate::report::stats::ratio_ci95;
 use crate::report::{LinePlot, RunDir, Series, Table};
 use anyhow::{bail, Result};
 use serde::Serialize;
@@ -22,6 +23,34 @@ pub struct RateRow {
     pub template: Template,
     #[serde(flatten)]
     pub rate: Rate,
+    /// 95% intervals of the pooled bits per token and per byte over the records (the records
+    /// are the sampling unit; `stats::ratio_ci95`); none with fewer than two records.
+    pub bits_per_token_ci95: Option<(f64, f64)>,
+    pub bits_per_byte_ci95: Option<(f64, f64)>,
+}
+
+impl RateRow {
+    /// The row of `codes` (one per record) of data set `dataset` under checkpoint
+    /// `checkpoint` (`model`), whose vocabulary has `vocab_size` entries.
+    pub fn of_codes(
+        (model, checkpoint): (&str, usize),
+        (dataset, template): (&str, Template),
+        codes: &[RecordCode],
+        vocab_size: usize,
+    ) -> Result<Self> {
+        let bits: Vec<f64> = codes.iter().map(|c| c.bits).collect();
+        let per =
+            |f: fn(&RecordCode) -> u64| -> Vec<f64> { codes.iter().map(|c| f(c) as f64).collect() };
+        Ok(RateRow {
+            model: model.to_string(),
+            checkpoint,
+            dataset: dataset.to_string(),
+            template,
+            rate: Rate::from_codes(codes, vocab_size)?,
+            bits_per_token_ci95: ratio_ci95(&bits, &per(|c| c.tokens)),
+            bits_per_byte_ci95: ratio_ci95(&bits, &per(|c| c.bytes)),
+        })
+    }
 }
 
 pub fn rates_table(rows: &[RateRow]) -> Result<Table> {
@@ -34,6 +63,7 @@ pub fn rates_table(rows: &[RateRow]) -> Result<Table> {
         "tokens",
         "bytes",
         "bits/token",
+        "bits/token 95% CI",
         "bits/byte",
         "normalised",
         "nats/token",
@@ -48,6 +78,8 @@ pub fn rates_table(rows: &[RateRow]) -> Result<Table> {
             r.rate.tokens.to_string(),
             r.rate.bytes.to_string(),
             format!("{:.4}", r.rate.bits_per_token),
+            r.bits_per_token_ci95
+                .map_or("n/a".into(), |(lo, hi)| format!("[{lo:.4}, {hi:.4}]")),
             format!("{:.4}", r.rate.bits_per_byte),
             format!("{:.4}", r.rate.normalized),
             format!("{:.4}", r.rate.nats_per_token),
@@ -66,7 +98,9 @@ pub fn write_rates(run: &RunDir, rows: &[RateRow]) -> Result<Vec<PathBuf>> {
     let mut md = String::from(
         "# Compression rates\n\nExact code length (sum of -log2 p) of each data set's scored \
          tokens under each checkpoint. normalised = bits/token - log2(vocabulary size); \
-         nats/token is the mean NLL (the eval-loss figure).\n\n",
+         nats/token is the mean NLL (the eval-loss figure). The 95% interval of bits/token \
+         treats the records as the sample (delta method for a ratio of sums, Student t with \
+         records - 1 degrees of freedom).\n\n",
     );
     md.push_str(&table.to_markdown());
     let mut written = vec![
@@ -116,25 +150,21 @@ mod tests {
     fn writes_table_json_and_plots() {
         let tmp = tempfile::tempdir().unwrap();
         let run = RunDir::create(tmp.path()).unwrap();
-        let rate = |bits: f64| {
-            Rate::from_codes(
-                &[RecordCode {
-                    bits,
-                    tokens: 10,
-                    bytes: 40,
-                }],
-                256,
-            )
-            .unwrap()
+        // One record per row at first: no interval; two at checkpoint 2 of "align".
+        let code = |bits: f64| RecordCode {
+            bits,
+            tokens: 10,
+            bytes: 40,
         };
         let rows: Vec<RateRow> = (0..3)
             .flat_map(|c| {
-                ["pretrain", "align"].map(|d| RateRow {
-                    model: format!("ckpt-{c}"),
-                    checkpoint: c,
-                    dataset: d.to_string(),
-                    template: Template::Raw,
-                    rate: rate(30.0 + c as f64),
+                ["pretrain", "align"].map(|d| {
+                    let mut codes = vec![code(30.0 + c as f64)];
+                    if (c, d) == (2, "align") {
+                        codes.push(code(34.0));
+                    }
+                    let (model, template) = (format!("ckpt-{c}"), Template::Raw);
+                    RateRow::of_codes((&model, c), (d, template), &codes, 256).unwrap()
                 })
             })
             .collect();
@@ -145,10 +175,20 @@ mod tests {
         }
         let csv = std::fs::read_to_string(run.path("rates.csv")).unwrap();
         assert_eq!(csv.lines().count(), 7);
-        assert!(csv.contains("ckpt-2,align,raw,1,10,40,3.2000,0.8000,-4.8000"));
+        assert!(csv.contains("ckpt-1,align,raw,1,10,40,3.1000,n/a,0.7750,-4.9000"));
+        // Records of 32 and 34 bits over 10 tokens each: 3.3 ± t(0.975, 1) * 0.1.
+        let h = 12.706204736174705 * 0.1;
+        let bounds = format!("[{:.4}, {:.4}]", 3.3 - h, 3.3 + h);
+        assert!(
+            csv.contains(&format!("ckpt-2,align,raw,2,20,80,3.3000,\"{bounds}\"")),
+            "{csv}"
+        );
         let json: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(run.path("rates.json")).unwrap())
                 .unwrap();
         assert_eq!(json[0]["bits_per_token"], 3.0);
+        assert!(json[0]["bits_per_token_ci95"].is_null());
+        let ci = &json[5]["bits_per_token_ci95"];
+        assert!((ci[0].as_f64().unwrap() - (3.3 - h)).abs() < 1e-9, "{ci}");
     }
 }

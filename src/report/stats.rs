@@ -82,6 +82,28 @@ pub fn mean_ci(xs: &[f64], level: f64) -> Option<MeanCi> {
     })
 }
 
+/// 95% confidence interval of the ratio of sums `R = Σ nums / Σ dens` (a pooled rate such as
+/// bits per token over records), by the linearised (delta-method) variance of a ratio
+/// estimator with the records as the sampling unit: `Var R ≈ n/(n-1) Σ (num_i - R den_i)² /
+/// (Σ dens)²`, and a Student t with n - 1 degrees of freedom. With equal denominators it is
+/// the mean's interval. `None` with fewer than two records or a zero denominator sum.
+pub fn ratio_ci95(nums: &[f64], dens: &[f64]) -> Option<(f64, f64)> {
+    let n = nums.len();
+    let total: f64 = dens.iter().sum();
+    if n < 2 || n != dens.len() || total == 0.0 {
+        return None;
+    }
+    let r = nums.iter().sum::<f64>() / total;
+    let sq: f64 = nums
+        .iter()
+        .zip(dens)
+        .map(|(y, x)| (y - r * x).powi(2))
+        .sum();
+    let se = (n as f64 / (n - 1) as f64 * sq).sqrt() / total.abs();
+    let h = student_t_quantile(0.975, (n - 1) as f64) * se;
+    Some((r - h, r + h))
+}
+
 /// Natural log of the gamma function (Lanczos, g = 7, 9 terms; relative error ~1e-15).
 pub fn ln_gamma(x: f64) -> f64 {
     const G: f64 = 7.0;
@@ -628,6 +650,21 @@ pub fn p_phrase(p: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ratio_interval_is_the_means_for_equal_denominators_and_widens_with_spread() {
+        let ys = [3.0, 5.0, 4.0, 8.0];
+        let (lo, hi) = ratio_ci95(&ys, &[2.0; 4]).unwrap();
+        let m = mean_ci95(&ys.map(|y| y / 2.0)).unwrap().bounds().unwrap();
+        assert!((lo - m.0).abs() < 1e-12 && (hi - m.1).abs() < 1e-12);
+        // By hand: R = 20/9, residuals y - R x = (7, -13, -4, 10)/9, t(0.975, 3).
+        let (lo, hi) = ratio_ci95(&[3.0, 3.0, 4.0, 10.0], &[1.0, 2.0, 2.0, 4.0]).unwrap();
+        let h = 3.182446305284263 * (4.0 / 3.0 * 334.0 / 81.0f64).sqrt() / 9.0;
+        assert!((lo - (20.0 / 9.0 - h)).abs() < 1e-9, "{lo}");
+        assert!((hi - (20.0 / 9.0 + h)).abs() < 1e-9, "{hi}");
+        assert!(ratio_ci95(&[1.0], &[1.0]).is_none());
+        assert!(ratio_ci95(&[1.0, 2.0], &[0.0, 0.0]).is_none());
+    }
 
     fn close(a: f64, b: f64, tol: f64) -> bool {
         (a - b).abs() <= tol * (1.0 + b.abs())
