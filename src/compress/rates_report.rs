@@ -144,7 +144,7 @@ pub fn write_rates(run: &RunDir, rows: &[RateRow]) -> Result<Vec<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compress::rates::{Rate, RecordCode};
+    use crate::compress::rates::RecordCode;
 
     #[test]
     fn writes_table_json_and_plots() {
