@@ -474,7 +474,9 @@ fn a_demo_refused_for_its_settings_changes_nothing() {
         ),
         (
             &["bases = [{size = \"tiny\", tokens = 5}]"],
-            "base tiny-5: a budget of 5 tokens holds no whole pre-training record",
+            "base tiny-5: a budget of 5 tokens holds no whole pre-training record (records \
+             are taken whole, in order; the first is longer); raise the base's `tokens` in the \
+             demo settings' `bases`",
         ),
     ];
     for (i, (lines, want)) in cases.iter().enumerate() {

@@ -156,7 +156,7 @@ fn pretrain_refusals_leave_no_output_directory() {
     for (args, msg) in [
         (
             ["--tokens", "0", "--lr", "1e-3"],
-            "holds no whole pre-training record",
+            "holds no whole pre-training record (records are taken whole, in order; the first is longer); raise --tokens",
         ),
         (
             ["--tokens", "5000", "--lr", "0"],

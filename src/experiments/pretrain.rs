@@ -36,11 +36,13 @@ impl Default for PretrainConfig {
 }
 
 /// The world's pre-training records in file order until `tokens` sequence tokens are used.
-/// Errors if the world holds fewer.
+/// Errors if the world holds fewer, or if the budget holds no record: then the error asks to
+/// raise `budget` (the setting that gave `tokens`, as the user writes it).
 pub fn take_tokens(
     world: &World,
     tok: &TextTokenizer,
     tokens: usize,
+    budget: &str,
 ) -> Result<(Vec<Record>, usize)> {
     let mut used = 0;
     let mut out = Vec::new();
@@ -56,7 +58,7 @@ pub fn take_tokens(
     if out.is_empty() {
         bail!(
             "a budget of {tokens} tokens holds no whole pre-training record (records are taken \
-             whole, in order; the first is longer); raise --tokens"
+             whole, in order; the first is longer); raise {budget}"
         );
     }
     if out.len() == world.pretrain().len() && used < tokens {
@@ -79,7 +81,7 @@ pub fn pretrain(
     let tok = TextTokenizer::from_dir(world_dir, &[], None)?;
     let config = presets::config_json(&cfg.size, &tok, 512)?;
     // Data and settings are checked before `out` is made: a refused run leaves nothing.
-    let (records, used) = take_tokens(&world, &tok, cfg.tokens)?;
+    let (records, used) = take_tokens(&world, &tok, cfg.tokens, "--tokens")?;
     let tc = TrainConfig {
         template: Template::Raw,
         lr: cfg.lr,

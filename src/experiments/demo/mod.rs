@@ -40,6 +40,9 @@ pub use config::{BaseSpec, DemoConfig};
 pub use rebound::ReboundRow;
 
 use super::pretrain::{pretrain, take_tokens, PretrainConfig};
+
+/// How a user raises a base's pre-training budget (in take_tokens' refusal).
+const BASE_BUDGET: &str = "the base's `tokens` in the demo settings' `bases`";
 use crate::data::world::{Task, World, WorldConfig};
 use crate::experiments::resist::results::ResistResults;
 use crate::model::TextTokenizer;
@@ -367,14 +370,14 @@ fn plan(cfg: &DemoConfig, out: &Path) -> Result<Plan> {
         .bases
         .iter()
         .map(|b| {
-            let used = take_tokens(&world, &tok, b.tokens)
+            let used = take_tokens(&world, &tok, b.tokens, BASE_BUDGET)
                 .with_context(|| format!("base {}", b.name()))?
                 .1;
             Ok((b.name(), used))
         })
         .collect::<Result<_>>()?;
     let max_tokens = cfg.bases.iter().map(|b| b.tokens).max().unwrap_or(0);
-    let held_out_from = take_tokens(&world, &tok, max_tokens)?.0.len();
+    let held_out_from = take_tokens(&world, &tok, max_tokens, BASE_BUDGET)?.0.len();
     let probes = measures::probes(&world, cfg.seed, cfg.probe_records)?;
     let (jobs, deps, resist_base) = job_graph(cfg);
     if cfg.resist_slice_records > 0 {
