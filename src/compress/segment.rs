@@ -1,7 +1,9 @@
 //! The byte scheme: how any byte string is cut into **text pieces** (coded as tokens) and
 //! **raw runs** (coded as uniform bytes), so that every input round-trips exactly.
 //!
-//! 1. The input is split into maximal valid-UTF-8 runs and the invalid bytes between them.
+//! 1. The input is split into maximal valid-UTF-8 runs and the invalid bytes between them; a
+//!    NUL byte counts as invalid (no text holds one, binary files are full of them, and a
+//!    model would spend a forward on each only for the run to end up raw).
 //! 2. A valid run becomes text if it is the whole input or at least [`MIN_TEXT_RUN`] bytes
 //!    long; shorter runs between invalid bytes join the raw run around them (an escape costs
 //!    about 25 bits, more than coding a few bytes raw), so binary junk stays near 8 bits/byte.
@@ -143,38 +145,53 @@ impl Planner<'_> {
     }
 }
 
-/// Maximal runs of valid UTF-8 (`true`) and of bytes that are not (`false`), in order.
+/// Maximal runs of valid UTF-8 without NUL bytes (`true`) and of bytes that are not (`false`),
+/// in order.
 pub fn utf8_runs(input: &[u8]) -> Vec<(Range<usize>, bool)> {
     let mut runs: Vec<(Range<usize>, bool)> = Vec::new();
-    let mut push = |r: Range<usize>, valid: bool| {
-        if r.is_empty() {
-            return;
-        }
-        match runs.last_mut() {
-            Some((last, v)) if *v == valid && last.end == r.start => last.end = r.end,
-            _ => runs.push((r, valid)),
-        }
-    };
     let mut pos = 0;
     while pos < input.len() {
         match std::str::from_utf8(&input[pos..]) {
             Ok(_) => {
-                push(pos..input.len(), true);
+                push_valid(&mut runs, input, pos..input.len());
                 pos = input.len();
             }
             Err(e) => {
                 let valid_end = pos + e.valid_up_to();
-                push(pos..valid_end, true);
+                push_valid(&mut runs, input, pos..valid_end);
                 let bad_end = match e.error_len() {
                     Some(n) => valid_end + n,
                     None => input.len(), // an incomplete sequence at the very end
                 };
-                push(valid_end..bad_end, false);
+                push_run(&mut runs, valid_end..bad_end, false);
                 pos = bad_end;
             }
         }
     }
     runs
+}
+
+/// Append a valid-UTF-8 stretch `r` of `input`, its NUL bytes as invalid ones.
+fn push_valid(runs: &mut Vec<(Range<usize>, bool)>, input: &[u8], r: Range<usize>) {
+    let mut start = r.start;
+    for i in r.clone().filter(|&i| input[i] == 0) {
+        push_run(runs, start..i, true);
+        push_run(runs, i..i + 1, false);
+        start = i + 1;
+    }
+    push_run(runs, start..r.end, true);
+}
+
+/// Append `r`, merged into the last run when that one is of the same kind and ends where it
+/// starts.
+fn push_run(runs: &mut Vec<(Range<usize>, bool)>, r: Range<usize>, valid: bool) {
+    if r.is_empty() {
+        return;
+    }
+    match runs.last_mut() {
+        Some((last, v)) if *v == valid && last.end == r.start => last.end = r.end,
+        _ => runs.push((r, valid)),
+    }
 }
 
 /// A char boundary strictly inside `text` (which has at least two chars) near `target`,
@@ -232,6 +249,19 @@ mod tests {
             vec![(0..2, true), (2..3, false), (3..5, true), (5..7, false)]
         );
         assert!(utf8_runs(b"").is_empty());
+        // NUL bytes are no text.
+        assert_eq!(
+            utf8_runs(b"ab\0\0cd\xff\0"),
+            vec![(0..2, true), (2..4, false), (4..6, true), (6..8, false)]
+        );
+    }
+
+    #[test]
+    fn a_run_of_nul_bytes_is_raw_without_asking_the_tokenizer() {
+        let tok = ToyTokenizer::new();
+        let input = vec![0u8; 5000];
+        let segs = plan(&input, &tok, tok.vocab_len()).unwrap();
+        assert_eq!(segs, vec![Segment::Raw { bytes: 0..5000 }]);
     }
 
     #[test]
