@@ -431,13 +431,7 @@ fn rates_code_conversations_as_transformers_scores_them() {
     ] {
         let row = rates_on_conversations(&path("models/tiny-qwen2"), dir.path(), flag);
         assert_eq!(row["template"], "chat", "{row}");
-        let (want_nats, tokens) = common::rows_mean_nll(&want);
-        assert_eq!(row["tokens"].as_u64(), Some(tokens), "{flag}: {row}");
-        let nats = row["bits_per_token"].as_f64().unwrap() * std::f64::consts::LN_2;
-        assert!(
-            (nats - want_nats).abs() <= 1e-5 * want_nats,
-            "{flag}: rates {nats} vs transformers {want_nats} nats per token"
-        );
+        common::assert_rates_match_rows(&row, &want, flag);
     }
 }
 

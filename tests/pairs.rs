@@ -166,7 +166,6 @@ fn rates_code_pairs_as_eval_loss_scores_them() {
     let want = expected();
     for (template, given) in [("raw", Some("raw")), ("safe-rlhf", None)] {
         let rows = want[template]["sft"].as_array().unwrap();
-        let (want_nats, tokens) = common::rows_mean_nll(rows);
         let out = dir.path().join(format!("rates-{template}"));
         let data = format!("d={}", sp("pair_sft.jsonl"));
         let mut args = vec!["rates", "--models", dir.path().to_str().unwrap()];
@@ -177,12 +176,8 @@ fn rates_code_pairs_as_eval_loss_scores_them() {
         let rates = common::read_json(&out.join("rates.json"));
         let row = &rates.as_array().unwrap()[0];
         assert_eq!(row["template"], template, "{row}");
-        assert_eq!(row["tokens"].as_u64(), Some(tokens), "{template}: {row}");
-        let nats = row["bits_per_token"].as_f64().unwrap() * std::f64::consts::LN_2;
-        assert!(
-            (nats - want_nats).abs() <= 1e-5 * want_nats,
-            "{template}: rates {nats} vs transformers {want_nats} nats per token"
-        );
+        common::assert_rates_match_rows(row, rows, template);
+        let bits_per_token = row["bits_per_token"].as_f64().unwrap();
         // The interval over records is that of transformers' per-row code lengths.
         let ln2 = std::f64::consts::LN_2;
         let bits: Vec<f64> = rows
@@ -199,7 +194,10 @@ fn rates_code_pairs_as_eval_loss_scores_them() {
                 "{template}: {ci} vs ({lo}, {hi})"
             );
         }
-        assert!(lo < nats / ln2 && nats / ln2 < hi, "{template}: {ci}");
+        assert!(
+            lo < bits_per_token && bits_per_token < hi,
+            "{template}: {ci}"
+        );
     }
 }
 

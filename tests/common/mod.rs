@@ -581,6 +581,18 @@ pub fn rows_mean_nll(rows: &[serde_json::Value]) -> (f64, u64) {
     (nll / tokens as f64, tokens)
 }
 
+/// A `rates` row codes as the fixture rows score: the same tokens, and bits per token times
+/// ln 2 equal to their mean NLL to 1e-5 relative.
+pub fn assert_rates_match_rows(row: &serde_json::Value, rows: &[serde_json::Value], what: &str) {
+    let (want_nats, tokens) = rows_mean_nll(rows);
+    assert_eq!(row["tokens"].as_u64(), Some(tokens), "{what}: {row}");
+    let nats = row["bits_per_token"].as_f64().unwrap() * std::f64::consts::LN_2;
+    assert!(
+        (nats - want_nats).abs() <= 1e-5 * want_nats,
+        "{what}: rates {nats} vs transformers {want_nats} nats per token"
+    );
+}
+
 /// `eval-loss`'s JSON line `v` scores as the fixture rows: the same tokens, the same mean NLL
 /// to 1e-5 relative.
 pub fn assert_eval_matches_rows(v: &serde_json::Value, rows: &[serde_json::Value], what: &str) {
