@@ -9,8 +9,13 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 use std::path::PathBuf;
 
-/// A plotted quantity: file stem, axis label, and how to read it from a [`Rate`].
-type Metric = (&'static str, &'static str, fn(&Rate) -> f64);
+/// A plotted quantity: file stem, axis label, how to read it from a row, and its interval.
+type Metric = (
+    &'static str,
+    &'static str,
+    fn(&RateRow) -> f64,
+    fn(&RateRow) -> Option<(f64, f64)>,
+);
 
 /// The rate of one data set under one checkpoint.
 #[derive(Debug, Clone, Serialize)]
@@ -115,24 +120,37 @@ pub fn write_rates(run: &RunDir, rows: &[RateRow]) -> Result<Vec<PathBuf>> {
         }
     }
     let metrics: [Metric; 2] = [
-        ("rates_bits_per_byte", "bits per byte", |r| r.bits_per_byte),
-        ("rates_bits_per_token", "bits per token", |r| {
-            r.bits_per_token
-        }),
+        (
+            "rates_bits_per_byte",
+            "bits per byte",
+            |r| r.rate.bits_per_byte,
+            |r| r.bits_per_byte_ci95,
+        ),
+        (
+            "rates_bits_per_token",
+            "bits per token",
+            |r| r.rate.bits_per_token,
+            |r| r.bits_per_token_ci95,
+        ),
     ];
-    for (stem, label, get) in metrics {
+    for (stem, label, get, ci) in metrics {
         let mut plot = LinePlot::new(
-            format!("Compression rate ({label}) by checkpoint"),
+            format!("Compression rate ({label}, 95% interval over records) by checkpoint"),
             "checkpoint (order of --models)",
             label,
-        );
+        )
+        .integer_x(true);
         for d in &datasets {
-            let points = rows
+            let of_set: Vec<&RateRow> = rows.iter().filter(|r| r.dataset == *d).collect();
+            let points = of_set
                 .iter()
-                .filter(|r| r.dataset == *d)
-                .map(|r| (r.checkpoint as f64, get(&r.rate)))
+                .map(|r| (r.checkpoint as f64, get(r)))
                 .collect();
-            plot = plot.series(Series::new(*d, points));
+            let band = of_set
+                .iter()
+                .filter_map(|r| ci(r).map(|(lo, hi)| (r.checkpoint as f64, lo, hi)))
+                .collect();
+            plot = plot.series(Series::new(*d, points).with_band(band));
         }
         let (png, svg) = run.plot(stem, &plot)?;
         written.push(png);
