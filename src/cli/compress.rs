@@ -282,19 +282,11 @@ pub fn rates_scored(
             let seqs = scored_sequences(recs, *template, pred.tokenization())
                 .with_context(|| format!("{path}: cannot tokenize"))?;
             let pb = crate::util::progress::bar(seqs.len() as u64, &format!("{model} {name}"));
-            let rate_of = |pred: &mut dyn RecordScorer| {
-                let codes = scored_code_lengths(pred, &seqs, &pb)?;
-                RateRow::of_codes(
-                    (model, checkpoint),
-                    (name, *template),
-                    &codes,
-                    pred.vocab_size(),
-                )
-            };
-            let row =
-                rate_of(pred.as_mut()).with_context(|| format!("rate of {path} under {model}"))?;
+            let what = || format!("rate of {path} under {model}");
+            let codes = scored_code_lengths(pred.as_mut(), &seqs, &pb).with_context(what)?;
             pb.finish_and_clear();
-            rows.push(row);
+            let (at, set) = ((model.as_str(), checkpoint), (name.as_str(), *template));
+            rows.push(RateRow::of_codes(at, set, &codes, pred.vocab_size()).with_context(what)?);
         }
     }
     // The run directory is made once there is something to write: a refused or failed run
