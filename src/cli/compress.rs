@@ -7,7 +7,7 @@
 
 use crate::compress::baselines::baselines;
 use crate::compress::model_predictor::ModelPredictor;
-use crate::compress::rates::{scored_code_lengths, scored_sequences, Coder, RecordScorer};
+use crate::compress::rates::{code_lengths, scored_sequences, Coder, RecordScorer};
 use crate::compress::rates_report::{rates_table, write_rates, RateRow};
 use crate::compress::summary::CompressSummary;
 use crate::compress::{compress, decompress, CompressOptions, TokenPredictor};
@@ -283,7 +283,7 @@ pub fn rates_scored(
                 .with_context(|| format!("{path}: cannot tokenize"))?;
             let pb = crate::util::progress::bar(seqs.len() as u64, &format!("{model} {name}"));
             let what = || format!("rate of {path} under {model}");
-            let codes = scored_code_lengths(pred.as_mut(), &seqs, &pb).with_context(what)?;
+            let codes = code_lengths(pred.as_mut(), &seqs, &pb).with_context(what)?;
             pb.finish_and_clear();
             let (at, set) = ((model.as_str(), checkpoint), (name.as_str(), *template));
             rows.push(RateRow::of_codes(at, set, &codes, pred.vocab_size()).with_context(what)?);

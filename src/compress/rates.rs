@@ -230,22 +230,6 @@ pub fn code_length(pred: &mut dyn TokenPredictor, seq: &ScoredSequence) -> Resul
     })
 }
 
-/// Code lengths of every sequence, in order; `progress` counts records.
-pub fn code_lengths(
-    pred: &mut dyn TokenPredictor,
-    seqs: &[ScoredSequence],
-    progress: &ProgressBar,
-) -> Result<Vec<RecordCode>> {
-    seqs.iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let c = code_length(pred, s).with_context(|| format!("record {}", i + 1))?;
-            progress.inc(1);
-            Ok(c)
-        })
-        .collect()
-}
-
 /// A data set's compression rate under one model.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Rate {
@@ -329,8 +313,8 @@ impl RecordScorer for Coder {
     }
 }
 
-/// [`code_lengths`] with any [`RecordScorer`]; `progress` counts records.
-pub fn scored_code_lengths(
+/// Code lengths of every sequence by `scorer`, in order; `progress` counts records.
+pub fn code_lengths(
     scorer: &mut dyn RecordScorer,
     seqs: &[ScoredSequence],
     progress: &ProgressBar,
@@ -413,7 +397,7 @@ mod tests {
 
     #[test]
     fn rates_pool_by_tokens_and_normalise_by_the_vocabulary() {
-        let mut pred = NgramPredictor::new(512, 1000).unwrap();
+        let pred = NgramPredictor::new(512, 1000).unwrap();
         let recs = [
             Record::text("the end of the world"),
             Record::pair("q", "an answer"),
@@ -422,7 +406,8 @@ mod tests {
             .iter()
             .map(|r| ScoredSequence::raw(r, pred.tokenization()).unwrap())
             .collect();
-        let codes = code_lengths(&mut pred, &seqs, &ProgressBar::hidden()).unwrap();
+        let mut coder = Coder(Box::new(pred));
+        let codes = code_lengths(&mut coder, &seqs, &ProgressBar::hidden()).unwrap();
         let r = Rate::from_codes(&codes, 512).unwrap();
         let bits = codes[0].bits + codes[1].bits;
         let tokens = codes[0].tokens + codes[1].tokens;
