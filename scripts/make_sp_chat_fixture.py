@@ -53,7 +53,7 @@ CORPUS = [
 MERGES = [("\u2581", "a"), ("\u2581", "t"), ("\u2581t", "h"), ("\u2581th", "e"), ("e", "r"),
           ("o", "n"), ("i", "s"), ("\u2581", "c"), ("\u2581c", "a"), ("a", "n"), ("o", "r"),
           ("o", "u"), ("\u2581", "s"), ("\u2581", "h"), ("e", "l"), ("l", "o"), ("\u2581", "i"),
-          ("\u2581is", ""), ("r", "e")]
+          ("r", "e")]
 
 
 def sp_tokenizer():
@@ -82,6 +82,18 @@ def sp_tokenizer():
     return tok
 
 
+def sp_model(d):
+    """tiny-llama's weights with the chat/sp tokenizer files, copied into the folder `d` (which
+    transformers, and TRL's trainers, read): its tokenizer and model as transformers loads them."""
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(os.path.join(BASE, f), d)
+    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(os.path.join(OUT, f), d)
+    tok = AutoTokenizer.from_pretrained(d)
+    model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+    return tok, model
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     template = json.load(open(os.path.join(ROOT, "models", "tiny-qwen2",
@@ -97,12 +109,7 @@ def main():
               open(os.path.join(OUT, "special_tokens_map.json"), "w"), indent=1)
 
     with tempfile.TemporaryDirectory() as d:
-        for f in ("config.json", "model.safetensors"):
-            shutil.copy(os.path.join(BASE, f), d)
-        for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-            shutil.copy(os.path.join(OUT, f), d)
-        tok = AutoTokenizer.from_pretrained(d)
-        model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+        tok, model = sp_model(d)
 
     def ids_of(messages, gen):
         out = tok.apply_chat_template(messages, add_generation_prompt=gen, tokenize=True)

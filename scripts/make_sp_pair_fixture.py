@@ -36,12 +36,11 @@ import shutil
 import tempfile
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from make_sp_chat_fixture import sp_model
 
 torch.set_num_threads(1)
 ROOT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures")
 SP = os.path.join(ROOT, "chat", "sp")
-BASE = os.path.join(ROOT, "models", "tiny-llama")
 
 SFT = [
     {"prompt": "What is a cat?\nAnswer:", "response": " a small animal."},
@@ -81,12 +80,7 @@ def main():
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
     # Kept until the end: TRL's trainers look at the model's folder again.
     d = tempfile.mkdtemp()
-    for f in ("config.json", "model.safetensors"):
-        shutil.copy(os.path.join(BASE, f), d)
-    for f in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(os.path.join(SP, f), d)
-    tok = AutoTokenizer.from_pretrained(d)
-    model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+    tok, model = sp_model(d)
     eos = tok.eos_token
 
     def ids(text):
