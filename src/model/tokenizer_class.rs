@@ -63,22 +63,17 @@ pub fn as_transformers_reads(
         (None, Some("roberta")) => "RobertaTokenizer",
         (None, _) => return Ok(false),
     };
-    match (class, tok.get_model()) {
-        ("LlamaTokenizer", ModelWrapper::BPE(_)) => llama(tok, cfg, file_text),
-        ("BertTokenizer" | "DistilBertTokenizer", ModelWrapper::WordPiece(_)) => {
-            let mut tj: Value = serde_json::from_str(file_text)?;
-            bert(&mut tj, cfg, tok)?;
-            *tok = parsed(&tj)?;
-            Ok(true)
-        }
-        ("RobertaTokenizer", ModelWrapper::BPE(_)) => {
-            let mut tj: Value = serde_json::from_str(file_text)?;
-            roberta(&mut tj, cfg, tok)?;
-            *tok = parsed(&tj)?;
-            Ok(true)
-        }
-        _ => Ok(false),
-    }
+    // The encoders' constructors: edits of the file, which is then loaded again.
+    let rebuild: fn(&mut Value, &Value, &Tokenizer) -> Result<()> = match (class, tok.get_model()) {
+        ("LlamaTokenizer", ModelWrapper::BPE(_)) => return llama(tok, cfg, file_text),
+        ("BertTokenizer" | "DistilBertTokenizer", ModelWrapper::WordPiece(_)) => bert,
+        ("RobertaTokenizer", ModelWrapper::BPE(_)) => roberta,
+        _ => return Ok(false),
+    };
+    let mut tj: Value = serde_json::from_str(file_text)?;
+    rebuild(&mut tj, cfg, tok)?;
+    *tok = parsed(&tj)?;
+    Ok(true)
 }
 
 /// A special token of `cfg` (else `default`) and its id in `tok`.
